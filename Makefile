@@ -1,0 +1,54 @@
+# mailpipe — developer entry points. `make demo` and `make test` each run
+# `setup` first, so a fresh clone needs nothing else.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE ?= $(HOME)/.cache/mailpipe
+export MAILPIPE_CACHE := $(CACHE)
+
+.PHONY: setup venv components demo test test-unit smoke lint bench bench-relay bench-operator clean
+
+setup: venv components
+
+# The virtualenv is rebuilt only when pyproject.toml changes (stamp file).
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Kafka (Maven Central), etcd + kube-apiserver + helm (Go modules),
+# dnsmasq + postfix (Debian); cached under $(CACHE), idempotent.
+components:
+	bash scripts/setup-components.sh
+
+demo: setup
+	$(BIN)/mailpipe demo
+
+test: setup
+	bash scripts/run-tests.sh
+
+test-unit: venv
+	$(BIN)/pytest -m "not smoke and not relay and not operator and not e2e"
+
+smoke: setup
+	$(BIN)/pytest -m smoke
+
+lint: venv
+	$(BIN)/ruff check operator relay devstack tests bench
+	$(BIN)/ruff format --check operator relay devstack tests bench
+	$(BIN)/mypy operator/mailpipe relay/mailpipe devstack/mailpipe
+	$(BIN)/lint-imports
+	$(CACHE)/bin/helm lint helm/mailpipe
+
+bench: bench-relay bench-operator
+
+bench-relay: setup
+	$(BIN)/python -m bench.relay
+
+bench-operator: setup
+	$(BIN)/python -m bench.operator
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

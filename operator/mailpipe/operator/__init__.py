@@ -1,0 +1,1 @@
+"""Control plane: kopf handlers and pure builders for SendingPool and Campaign."""

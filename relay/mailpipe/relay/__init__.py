@@ -1,0 +1,1 @@
+"""Data plane: Kafka -> scheduler -> SMTP delivery -> dispositions. Owns the wire formats."""

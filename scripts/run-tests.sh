@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole suite. pytest's exit code 5 ("no tests ran") is a failure:
+# a suite that silently collects nothing must never look green.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+    echo "run-tests: pytest collected no tests (exit 5) — failing" >&2
+    exit 1
+fi
+exit "$rc"
