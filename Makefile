@@ -16,6 +16,10 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# Plain path entries for the three source roots, so every tool (mypy,
+	# pytest, debuggers) sees real files rather than setuptools' editable finder.
+	printf '%s\n' $(CURDIR)/operator $(CURDIR)/relay $(CURDIR)/devstack \
+	  > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mailpipe-source-roots.pth"
 	touch $@
 
 # Kafka (Maven Central), etcd + kube-apiserver + helm (Go modules),
