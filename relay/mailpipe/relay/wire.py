@@ -1,0 +1,233 @@
+"""Wire formats on Kafka: delivery records, disposition events, suppressions.
+
+The relay owns these formats; the operator (fan-out, status aggregation) and
+the inbound receivers write and read them through this module only, so the
+two sides cannot drift. Every format carries a `v` field; a reader refuses a
+version it does not know (the record goes to the DLQ with that reason) rather
+than guessing.
+
+All models reject unknown keys and refuse CR/LF in anything that ends up in
+an SMTP command or a header, because header injection through merge fields
+or API input is the classic way a bulk sender gets abused.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+WIRE_VERSION: Literal[1] = 1
+
+
+class WireError(ValueError):
+    """A Kafka value that cannot be decoded into a known wire format."""
+
+
+def _no_crlf(value: str) -> str:
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise ValueError("must not contain CR, LF or NUL (header injection)")
+    return value
+
+
+def _address(value: str) -> str:
+    _no_crlf(value)
+    local, sep, domain = value.rpartition("@")
+    if not sep or not local or not domain or " " in value or "<" in value or ">" in value:
+        raise ValueError(f"not a plain mailbox address: {value!r}")
+    return value
+
+
+SafeStr = Annotated[str, AfterValidator(_no_crlf)]
+Address = Annotated[str, AfterValidator(_address)]
+
+
+def domain_of(address: str) -> str:
+    """Lower-cased domain part of an address: the unit of throttling and routing."""
+    return address.rpartition("@")[2].lower()
+
+
+def suppression_key(address: str) -> str:
+    """Key of an address on `mailpipe.suppressions`: the whole address, lower-cased."""
+    return address.strip().lower()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Recipient(_Model):
+    address: Address
+    merge: dict[str, SafeStr] = Field(
+        default_factory=dict, description="per-recipient merge fields, already validated"
+    )
+
+
+class Content(_Model):
+    """A structured message the relay turns into MIME (email.message.EmailMessage)."""
+
+    subject: SafeStr
+    text: str | None = None
+    html: str | None = None
+    headers: list[tuple[SafeStr, SafeStr]] = Field(
+        default_factory=list, description="extra headers, in order; names and values CR/LF-free"
+    )
+    from_name: SafeStr | None = None
+    reply_to: Address | None = None
+
+    @model_validator(mode="after")
+    def _has_body(self) -> Content:
+        if self.text is None and self.html is None:
+            raise ValueError("content needs a text or an html body")
+        for name, _ in self.headers:
+            if not name or ":" in name or " " in name:
+                raise ValueError(f"invalid header name {name!r}")
+        return self
+
+
+class ListUnsubscribe(_Model):
+    """RFC 2369 List-Unsubscribe, with RFC 8058 one-click when `one_click`."""
+
+    url: SafeStr | None = None
+    mailto: Address | None = None
+    one_click: bool = True
+
+    @model_validator(mode="after")
+    def _has_target(self) -> ListUnsubscribe:
+        if self.url is None and self.mailto is None:
+            raise ValueError("list_unsubscribe needs a url or a mailto")
+        if self.one_click and (self.url is None or not self.url.startswith("https://")):
+            raise ValueError("one-click unsubscribe (RFC 8058) needs an https url")
+        return self
+
+
+class DeliveryRecord(_Model):
+    """One message to one or more recipients of one domain (value on `<pool>.outbound`)."""
+
+    v: Literal[1] = WIRE_VERSION
+    id: SafeStr = Field(min_length=1, max_length=200, description="unique message id")
+    campaign: SafeStr | None = Field(default=None, description="'namespace/name' of the Campaign")
+    variant: SafeStr | None = None
+    sender: Address = Field(description="envelope MAIL FROM and default From: address")
+    recipients: list[Recipient] = Field(min_length=1, max_length=1000)
+    content: Content | None = None
+    raw: str | None = Field(
+        default=None, description="a complete RFC 5322 message (submission endpoint)"
+    )
+    list_unsubscribe: ListUnsubscribe | None = None
+    created_at: float = Field(description="unix seconds; retries expire at created_at + max age")
+    not_before: float | None = Field(default=None, description="unix seconds; not sent earlier")
+    attempt: int = Field(default=0, ge=0, description="deliveries tried so far")
+
+    @model_validator(mode="after")
+    def _check(self) -> DeliveryRecord:
+        if (self.content is None) == (self.raw is None):
+            raise ValueError("exactly one of content and raw is required")
+        domains = {domain_of(r.address) for r in self.recipients}
+        if len(domains) != 1:
+            raise ValueError(f"all recipients must share one domain, got {sorted(domains)}")
+        return self
+
+    @property
+    def domain(self) -> str:
+        return domain_of(self.recipients[0].address)
+
+
+class Disposition(enum.StrEnum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    SUPPRESSED = "suppressed"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+class Event(_Model):
+    """One disposition of one recipient attempt (value on `<pool>.events`)."""
+
+    v: Literal[1] = WIRE_VERSION
+    message_id: str
+    campaign: str | None = None
+    variant: str | None = None
+    recipient: str
+    domain: str
+    disposition: Disposition
+    time: float = Field(description="unix seconds")
+    attempt: int = 0
+    egress_ip: str | None = None
+    mx_host: str | None = None
+    smtp_code: int | None = None
+    enhanced_code: str | None = None
+    reply: str | None = Field(default=None, max_length=2000)
+    reason: str | None = Field(default=None, description="short machine-readable cause")
+
+
+class SuppressionReason(enum.StrEnum):
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"
+    MANUAL = "manual"
+
+
+class Suppression(_Model):
+    """Value on the compacted `mailpipe.suppressions` topic; a tombstone lifts it."""
+
+    v: Literal[1] = WIRE_VERSION
+    address: str
+    reason: SuppressionReason
+    time: float
+    source: str | None = Field(default=None, description="pool, campaign or receiver that said so")
+    detail: str | None = None
+
+
+def encode(model: BaseModel) -> bytes:
+    """Compact JSON, the one encoding of every wire value."""
+    return model.model_dump_json(exclude_none=True).encode()
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _decode(cls: type[M], data: bytes) -> M:
+    try:
+        obj: Any = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise WireError("not a JSON object")
+    if obj.get("v") != WIRE_VERSION:
+        raise WireError(f"unknown wire version {obj.get('v')!r}, this relay reads v{WIRE_VERSION}")
+    try:
+        return cls.model_validate(obj)
+    except ValidationError as exc:
+        raise WireError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<record>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode_record(data: bytes) -> DeliveryRecord:
+    return _decode(DeliveryRecord, data)
+
+
+def decode_event(data: bytes) -> Event:
+    return _decode(Event, data)
+
+
+def decode_suppression(data: bytes) -> Suppression:
+    return _decode(Suppression, data)
