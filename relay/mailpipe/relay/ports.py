@@ -1,0 +1,110 @@
+"""The relay's seams: protocols between the engine and its IO adapters.
+
+The engine (scheduler, ready queues, warm-up, classification) depends only on
+these protocols; the Kafka adapter and the SMTP transport implement them, and
+`mailpipe.relay.fakes` has in-memory versions so the engine's unit tests need
+no broker and no network. Integration tests use the real adapters.
+
+A transport never raises for a delivery outcome: connection refusals, DNS
+failures and null MX come back as synthesized SMTP replies for every
+recipient (RFC 3463 codes), so one classifier decides every disposition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One Kafka record as the engine sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+class RecordSource(Protocol):
+    """A consumer-group member: records in, commits out."""
+
+    async def poll(self, max_records: int) -> Sequence[SourceRecord]:
+        """Up to `max_records` records; empty when none arrived within a short wait."""
+        ...
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit `next offset to read` per partition (Kafka's convention)."""
+        ...
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+
+class RecordSink(Protocol):
+    """A producer whose `send` returns only after the broker acknowledged (acks=all)."""
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class SMTPReply(NamedTuple):
+    code: int
+    text: str
+    enhanced: str | None = None  # RFC 3463 "x.y.z", parsed from text when present
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One SMTP transaction to attempt: one sender, recipients of one domain."""
+
+    domain: str
+    sender: str
+    recipients: tuple[str, ...]
+    message: bytes
+    egress_address: str
+    helo: str
+
+
+@dataclass(slots=True)
+class TransactionResult:
+    """Per-recipient replies of one transaction, in `Envelope.recipients` order."""
+
+    replies: dict[str, SMTPReply]
+    mx_host: str | None = None
+    connected: bool = False
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    """Delivers envelopes over SMTP (MX lookup, connection reuse, TLS policy)."""
+
+    async def deliver(self, envelope: Envelope) -> TransactionResult: ...
+
+    async def close(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Injectable time: wall clock for dates and warm-up days, monotonic for rates."""
+
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
