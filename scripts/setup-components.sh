@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Installs or builds the real components the tests, demo and benchmarks use,
+# into a cache outside the clone, so a second clone on this machine is warm.
+# Only package managers download anything: Maven (Kafka), Go modules (etcd,
+# kube-apiserver, helm), apt (dnsmasq, postfix). Idempotent: each component is
+# skipped when its cached binary already reports the pinned version.
+set -euo pipefail
+
+KAFKA_VERSION=3.9.1
+ETCD_VERSION=v3.6.16
+KUBE_VERSION=v1.34.4
+HELM_VERSION=v4.3.1
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${MAILPIPE_CACHE:-$HOME/.cache/mailpipe}
+BIN=$CACHE/bin
+LOGS=$CACHE/logs
+mkdir -p "$BIN" "$LOGS"
+export GOFLAGS=-mod=mod
+export GOTOOLCHAIN=local
+
+fail() { # component, log
+    echo "setup: $1 FAILED — last lines of $2:" >&2
+    tail -n 40 "$2" >&2 || true
+    exit 1
+}
+
+# A throwaway Go module that requires the target and builds its main package:
+# `go install pkg@version` refuses modules whose go.mod has replace lines.
+go_wrapper_build() { # name, module@version, package, output, ldflags, [extra go.mod text]
+    local name=$1 modver=$2 pkg=$3 out=$4 ldflags=$5 extra=${6:-}
+    local dir
+    dir=$(mktemp -d "$CACHE/build-$name.XXXXXX")
+    printf 'module mailpipe.local/build/%s\n\ngo 1.24\n\nrequire %s\n%s\n' \
+        "$name" "${modver/@/ }" "$extra" > "$dir/go.mod"
+    printf 'package tools\n\nimport _ "%s"\n' "$pkg" > "$dir/tools.go"
+    ( cd "$dir" && go mod tidy && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$pkg" \
+        && mv "$out.tmp" "$out" ) > "$LOGS/$name.log" 2>&1 || { rm -rf "$dir"; fail "$name" "$LOGS/$name.log"; }
+    rm -rf "$dir"
+}
+
+link() { ln -sfn "$1" "$BIN/$2"; }
+
+# --- etcd -------------------------------------------------------------------
+etcd_dir=$CACHE/etcd-$ETCD_VERSION
+if "$etcd_dir/etcd" --version 2>/dev/null | grep -q "etcd Version: ${ETCD_VERSION#v}"; then
+    echo "etcd $ETCD_VERSION: cached"
+else
+    echo "etcd $ETCD_VERSION: building from Go modules (a few minutes)"
+    mkdir -p "$etcd_dir"
+    go_wrapper_build etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3 \
+        "$etcd_dir/etcd" "-s -w"
+fi
+link "$etcd_dir/etcd" etcd
+
+# --- kube-apiserver -----------------------------------------------------------
+kube_dir=$CACHE/kube-apiserver-$KUBE_VERSION
+if "$kube_dir/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes $KUBE_VERSION"; then
+    echo "kube-apiserver $KUBE_VERSION: cached"
+else
+    echo "kube-apiserver $KUBE_VERSION: building from Go modules (10+ minutes on 2 cores)"
+    mkdir -p "$kube_dir"
+    # k8s.io/kubernetes points its staging modules at ./staging with replace
+    # lines; map each to its published v0.x.y twin of the same release.
+    gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    staging_version="v0.${KUBE_VERSION#v1.}"
+    replaces=$(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod" \
+        | sort -u | awk -v v="$staging_version" '{printf "replace %s => %s %s\n", $1, $1, v}')
+    minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
+    ver_pkg=k8s.io/component-base/version
+    ldflags="-s -w -X $ver_pkg.gitVersion=$KUBE_VERSION -X $ver_pkg.gitMajor=1 -X $ver_pkg.gitMinor=$minor"
+    ldflags+=" -X $ver_pkg.gitTreeState=clean -X $ver_pkg.buildDate=1970-01-01T00:00:00Z"
+    go_wrapper_build kube-apiserver "k8s.io/kubernetes@$KUBE_VERSION" k8s.io/kubernetes/cmd/kube-apiserver \
+        "$kube_dir/kube-apiserver" "$ldflags" "$replaces"
+fi
+link "$kube_dir/kube-apiserver" kube-apiserver
+
+# --- helm -------------------------------------------------------------------
+helm_dir=$CACHE/helm-$HELM_VERSION
+if "$helm_dir/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION"; then
+    echo "helm $HELM_VERSION: cached"
+else
+    echo "helm $HELM_VERSION: building from Go modules"
+    mkdir -p "$helm_dir"
+    (GOBIN=$helm_dir CGO_ENABLED=0 go install -trimpath \
+        -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+        "helm.sh/helm/v4/cmd/helm@$HELM_VERSION") > "$LOGS/helm.log" 2>&1 || fail helm "$LOGS/helm.log"
+fi
+link "$helm_dir/helm" helm
+
+# --- Kafka ------------------------------------------------------------------
+kafka_dir=$CACHE/kafka-$KAFKA_VERSION
+if [ -s "$kafka_dir/classpath" ] && [ -f "$kafka_dir/libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+    echo "kafka $KAFKA_VERSION: cached"
+else
+    echo "kafka $KAFKA_VERSION: resolving the broker classpath from Maven Central"
+    mkdir -p "$kafka_dir/libs"
+    (mvn -B -q -f "$here/deps/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$kafka_dir/libs") \
+        > "$LOGS/kafka.log" 2>&1 || fail kafka "$LOGS/kafka.log"
+    find "$kafka_dir/libs" -name '*.jar' | sort | paste -sd: > "$kafka_dir/classpath"
+fi
+ln -sfn "$kafka_dir" "$CACHE/kafka"
+
+# --- Debian packages -----------------------------------------------------------
+need=()
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+[ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/postfix ] || need+=(postfix)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "apt: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    (apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}") \
+        > "$LOGS/apt.log" 2>&1 || fail apt "$LOGS/apt.log"
+    # We run our own instances on loopback ports; never leave a system daemon.
+    (postfix stop 2>/dev/null; pkill -x master 2>/dev/null) || true
+else
+    echo "dnsmasq, postfix: installed"
+fi
+echo "setup: components ready in $CACHE"
