@@ -1,1 +1,4 @@
-"""Local stack of real components (Kafka, etcd + kube-apiserver, dnsmasq) for dev, tests and benchmarks."""
+"""Local stack of real components for dev, tests and benchmarks.
+
+Kafka, etcd + kube-apiserver and dnsmasq on loopback, started by pid and
+stopped by pid (see `stack.Stack`)."""

@@ -1,0 +1,120 @@
+"""A single-node Apache Kafka in KRaft mode, run straight from its Maven classpath.
+
+The broker is one JVM acting as broker and controller, with a small heap
+because it shares two cores and the test machine with everything else. It is
+ready when a metadata request answers, which is what every client needs first.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths, procs
+
+HEAP = "-Xmx512m"  # ample for test volumes; the default (1/4 of RAM) would take 6 GiB
+STORAGE_TOOL = "kafka.tools.StorageTool"
+MAIN = "kafka.Kafka"
+
+
+@dataclass(frozen=True)
+class KafkaPorts:
+    broker: int
+    controller: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.broker}"
+
+
+def server_properties(ports: KafkaPorts, data_dir: Path, partitions: int = 4) -> str:
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{ports.controller}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{ports.broker},CONTROLLER://127.0.0.1:{ports.controller}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{ports.broker}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": str(partitions),
+        # One node: every internal topic has one replica.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",  # default 50 makes first group join slow
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "4",
+        "group.initial.rebalance.delay.ms": "0",  # tests join groups constantly
+        "auto.create.topics.enable": "true",
+        "log.retention.hours": "24",
+        "log.segment.bytes": str(64 * 1024 * 1024),
+        "log.cleaner.backoff.ms": "1000",  # compacted suppressions topic in tests
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+LOG4J = """\
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File=${kafka.logs.dir}/server.log
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.org.apache.kafka.controller=INFO
+"""
+
+
+def _cluster_id() -> str:
+    # Kafka cluster ids are 16 random bytes, URL-safe base64 without padding.
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def java_command(main: str, *args: str, log_dir: Path) -> list[str]:
+    return [
+        str(paths.java()),
+        HEAP,
+        "-XX:+UseG1GC",
+        "-XX:TieredStopAtLevel=1",  # C1 only: faster start, plenty for test loads
+        "-Djava.awt.headless=true",
+        f"-Dkafka.logs.dir={log_dir}",
+        f"-Dlog4j.configuration=file:{log_dir / 'log4j.properties'}",
+        "-cp",
+        paths.kafka_classpath(),
+        main,
+        *args,
+    ]
+
+
+def prepare(state_dir: Path) -> tuple[KafkaPorts, list[str], Path]:
+    """Write config, format storage; return ports, the broker command and its log."""
+    import subprocess
+
+    home = state_dir / "kafka"
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    ports = KafkaPorts(procs.free_port(), procs.free_port())
+    props = home / "server.properties"
+    props.write_text(server_properties(ports, data))
+    (home / "log4j.properties").write_text(LOG4J)
+    log = home / "kafka.log"
+    fmt = java_command(STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(props), log_dir=home)
+    with log.open("ab") as out:
+        result = subprocess.run(fmt, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        raise procs.ComponentFailed("kafka", "storage format failed", log)
+    return ports, java_command(MAIN, str(props), log_dir=home), log
+
+
+def is_ready(bootstrap: str) -> bool:
+    """True when the broker answers a metadata request and has a controller."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        admin.list_topics()
+        return True
+    finally:
+        admin.close()

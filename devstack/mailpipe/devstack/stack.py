@@ -1,0 +1,181 @@
+"""The local stack: Kafka, etcd + kube-apiserver and dnsmasq, up and down by pid.
+
+State (ports, pids, paths) lives in `state.json` inside the state directory, so
+`down`, `status` and `env` work from any process: the CLI, a pytest session,
+the demo. Kafka's JVM and etcd start in parallel because together they are
+most of the start-up time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import certs, dns, kafka, kube, procs
+
+STATE_FILE = "state.json"
+KAFKA_START_TIMEOUT_SECONDS = 120  # a cold JVM on a loaded 2-core machine
+KUBE_START_TIMEOUT_SECONDS = 90
+
+
+@dataclass
+class Process:
+    pid: int
+    log: str
+
+
+@dataclass
+class StackState:
+    state_dir: str
+    kafka_bootstrap: str = ""
+    kube_server: str = ""
+    kubeconfig: str = ""
+    dns_port: int = 0
+    processes: dict[str, Process] = field(default_factory=dict)
+    started_at: float = 0.0
+
+    def save(self) -> None:
+        path = Path(self.state_dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> StackState | None:
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        procs_ = {k: Process(**v) for k, v in data.pop("processes").items()}
+        return cls(processes=procs_, **data)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "KUBECONFIG": self.kubeconfig,
+            "KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "MAILPIPE_DNS": f"127.0.0.1:{self.dns_port}",
+        }
+
+
+class Stack:
+    """Handle on one stack's state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir.resolve()
+
+    @property
+    def state(self) -> StackState | None:
+        return StackState.load(self.state_dir)
+
+    def up(self, zones: Iterable[dns.Zone] = ()) -> StackState:
+        """Start every component; on any failure stop what started and re-raise."""
+        existing = self.state
+        if existing is not None and all(procs.alive(p.pid) for p in existing.processes.values()):
+            return existing
+        if existing is not None:
+            self.down()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = StackState(state_dir=str(self.state_dir), started_at=time.time())
+        try:
+            self._start(state, list(zones))
+        except BaseException:
+            state.save()
+            self.down()
+            raise
+        state.save()
+        return state
+
+    def _start(self, state: StackState, zones: list[dns.Zone]) -> None:
+        kube_dir = self.state_dir / "kube"
+        kube_dir.mkdir(parents=True, exist_ok=True)
+        ports = kube.allocate_ports()
+
+        # etcd and the Kafka JVM first, concurrently; the apiserver needs etcd.
+        etcd_log = kube_dir / "etcd.log"
+        etcd_pid = procs.spawn(kube.etcd_command(ports, kube_dir / "etcd-data"), etcd_log)
+        state.processes["etcd"] = Process(etcd_pid, str(etcd_log))
+        state.save()
+
+        kafka_ports, kafka_cmd, kafka_log = kafka.prepare(self.state_dir)
+        kafka_pid = procs.spawn(kafka_cmd, kafka_log)
+        state.processes["kafka"] = Process(kafka_pid, str(kafka_log))
+        state.kafka_bootstrap = kafka_ports.bootstrap
+        state.save()
+
+        self._start_dns(state, zones)
+
+        pki = certs.generate(kube_dir / "pki")
+        procs.wait_ready("etcd", etcd_pid, lambda: kube.etcd_is_ready(ports), etcd_log, 30)
+        api_log = kube_dir / "apiserver.log"
+        api_pid = procs.spawn(kube.apiserver_command(ports, pki, kube_dir / "certs"), api_log)
+        state.processes["kube-apiserver"] = Process(api_pid, str(api_log))
+        state.kube_server = ports.server
+        state.kubeconfig = str(self.state_dir / "kubeconfig")
+        kube.write_kubeconfig(Path(state.kubeconfig), ports.server, pki)
+        state.save()
+
+        procs.wait_ready(
+            "kube-apiserver",
+            api_pid,
+            lambda: kube.is_ready(ports.server, pki),
+            api_log,
+            KUBE_START_TIMEOUT_SECONDS,
+        )
+        procs.wait_ready(
+            "kafka",
+            kafka_pid,
+            lambda: kafka.is_ready(kafka_ports.bootstrap),
+            kafka_log,
+            KAFKA_START_TIMEOUT_SECONDS,
+        )
+
+    def _start_dns(self, state: StackState, zones: list[dns.Zone]) -> None:
+        dns_dir = self.state_dir / "dns"
+        dns_dir.mkdir(parents=True, exist_ok=True)
+        if not state.dns_port:
+            state.dns_port = procs.free_port()
+        conf = dns_dir / "dnsmasq.conf"
+        log = dns_dir / "dnsmasq.log"
+        conf.write_text(dns.render_config(zones, state.dns_port, dns_dir / "pid", log))
+        pid = procs.spawn(dns.command(conf), log)
+        state.processes["dnsmasq"] = Process(pid, str(log))
+        state.save()
+        procs.wait_ready("dnsmasq", pid, lambda: dns.is_ready(state.dns_port), log, 15, 0.05)
+
+    def set_dns(self, zones: Iterable[dns.Zone]) -> None:
+        """Replace every DNS record: restart dnsmasq on the same port with the new zones."""
+        state = self._require()
+        old = state.processes.pop("dnsmasq", None)
+        if old is not None:
+            procs.stop(old.pid)
+        self._start_dns(state, list(zones))
+
+    def down(self) -> list[str]:
+        """Stop exactly the processes `up` started; returns their names."""
+        state = self.state
+        if state is None:
+            return []
+        stopped = []
+        # Reverse start order: the apiserver before etcd, so it doesn't log a storm.
+        for name in ["kube-apiserver", "kafka", "dnsmasq", "etcd"]:
+            proc = state.processes.get(name)
+            if proc is not None:
+                procs.stop(proc.pid)
+                stopped.append(name)
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+        return stopped
+
+    def status(self) -> dict[str, bool]:
+        state = self.state
+        if state is None:
+            return {}
+        return {name: procs.alive(p.pid) for name, p in state.processes.items()}
+
+    def _require(self) -> StackState:
+        state = self.state
+        if state is None:
+            raise RuntimeError(f"no stack running in {self.state_dir}: run `mailpipe dev up`")
+        return state
