@@ -16,6 +16,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
+# Popen handles of the processes this process started: kept so they are reaped
+# (no zombies, no ResourceWarning) when stopped; other processes go by pid only.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 class ComponentFailed(RuntimeError):
     """A component did not become ready; the message carries its log tail."""
 
@@ -55,10 +60,14 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
         )
+    _children[proc.pid] = proc
     return proc.pid
 
 
 def alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -103,8 +112,10 @@ def stop(pid: int, grace_seconds: float = 10.0) -> None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if not alive(pid) and not _group_alive(pid):
+                _children.pop(pid, None)
                 return
             time.sleep(0.1)
+    _children.pop(pid, None)
 
 
 def _group_alive(pgid: int) -> bool:

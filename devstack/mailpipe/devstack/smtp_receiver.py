@@ -1,0 +1,208 @@
+"""A recording SMTP receiver on aiosmtpd that answers as it is told.
+
+Stands in for recipient MX hosts in tests, the demo and benchmarks: it listens
+on a given 127.0.0.x address, records what a real MX would see (peer address,
+EHLO name, envelope, data, time) and answers per recipient (250, 451, 550, any
+code) or per connection (421 at greeting, slow replies). A recipient may have a
+sequence of answers, consumed one per attempt, so "451 first, then 250" is a
+one-liner. It runs in aiosmtpd's own thread, so synchronous tests can use it;
+accessors are guarded by a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+OK = "250 2.0.0 OK"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One accepted message as the receiver saw it."""
+
+    peer: str
+    helo: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    time: float
+
+
+@dataclass
+class Policy:
+    """How the receiver answers. Mutable between tests or phases of one test."""
+
+    # lower-cased recipient -> replies, consumed in order; the last one repeats
+    recipients: dict[str, list[str]] = field(default_factory=dict)
+    greeting_421: bool = False
+    reply_delay_seconds: float = 0.0
+    data_reply: str = OK
+
+
+class _RecordingSMTP(SMTP):
+    """aiosmtpd's server, plus a 421-at-greeting option (a busy or blocking MX)."""
+
+    def __init__(self, handler: ReceiverHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._receiver = handler
+
+    async def _handle_client(self) -> None:
+        self._receiver.count_connection(self.session)
+        if self._receiver.policy.greeting_421:
+            await self.push("421 4.7.0 too many connections, try later")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+
+class ReceiverHandler:
+    """aiosmtpd handler: policy per recipient, recording per message."""
+
+    def __init__(self) -> None:
+        self.policy = Policy()
+        self.lock = threading.Lock()
+        self.messages: list[Received] = []
+        self.rcpt_replies: list[tuple[str, str]] = []  # (recipient, reply) in order
+        self.connections: Counter[str] = Counter()  # peer ip -> connections
+        self._attempts: Counter[str] = Counter()
+
+    def count_connection(self, session: Session | None) -> None:
+        if session is not None and session.peer:
+            with self.lock:
+                self.connections[str(session.peer[0])] += 1
+
+    def _reply_for(self, address: str) -> str:
+        key = address.lower()
+        with self.lock:
+            replies = self.policy.recipients.get(key)
+            n = self._attempts[key]
+            self._attempts[key] += 1
+        if not replies:
+            return OK
+        return replies[min(n, len(replies) - 1)]
+
+    async def _delay(self) -> None:
+        if self.policy.reply_delay_seconds:
+            await asyncio.sleep(self.policy.reply_delay_seconds)
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        await self._delay()
+        reply = self._reply_for(address)
+        with self.lock:
+            self.rcpt_replies.append((address, reply))
+        if reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await self._delay()
+        reply = self.policy.data_reply
+        if reply.startswith("2"):
+            content = envelope.original_content or b""
+            peer = str(session.peer[0]) if session.peer else ""
+            with self.lock:
+                self.messages.append(
+                    Received(
+                        peer=peer,
+                        helo=session.host_name or "",
+                        mail_from=envelope.mail_from or "",
+                        rcpt_tos=tuple(envelope.rcpt_tos),
+                        data=content,
+                        time=time.time(),
+                    )
+                )
+        return reply
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        assert isinstance(self.handler, ReceiverHandler)
+        return _RecordingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class SMTPReceiver:
+    """A recording receiver listening on `host:port` until `stop()`.
+
+    >>> rx = SMTPReceiver("127.0.0.10", 2525).start()
+    >>> rx.answer("bob@example.test", "550 5.1.1 no such user")
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.handler = ReceiverHandler()
+        self._controller = _Controller(
+            self.handler,
+            hostname=host,
+            port=port,
+            ready_timeout=10.0,
+            data_size_limit=50 * 1024 * 1024,  # bigger than any test message
+            enable_SMTPUTF8=True,
+            ident="mailpipe-test-receiver",
+        )
+
+    def start(self) -> SMTPReceiver:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def __enter__(self) -> SMTPReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def policy(self) -> Policy:
+        return self.handler.policy
+
+    def answer(self, recipient: str, *replies: str) -> None:
+        """Answer RCPT for `recipient` with these replies, one per attempt; the last repeats."""
+        with self.handler.lock:
+            self.handler.policy.recipients[recipient.lower()] = list(replies)
+
+    def messages(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def recipients(self) -> list[str]:
+        """Every accepted recipient of every accepted message, duplicates kept."""
+        return [r for m in self.messages() for r in m.rcpt_tos]
+
+    def peers(self) -> Counter[str]:
+        """Accepted recipients per peer (egress) address."""
+        counts: Counter[str] = Counter()
+        for m in self.messages():
+            counts[m.peer] += len(m.rcpt_tos)
+        return counts
+
+    def connections(self) -> Counter[str]:
+        with self.handler.lock:
+            return Counter(self.handler.connections)
+
+    def reset(self, recipients: Iterable[str] = ()) -> None:
+        with self.handler.lock:
+            self.handler.messages.clear()
+            self.handler.rcpt_replies.clear()
+            self.handler.connections.clear()
+            for r in recipients:
+                self.handler.policy.recipients.pop(r.lower(), None)
