@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-
 # Popen handles of the processes this process started: kept so they are reaped
 # (no zombies, no ResourceWarning) when stopped; other processes go by pid only.
 _children: dict[int, subprocess.Popen[bytes]] = {}
