@@ -42,6 +42,11 @@ class KafkaSettings(_Model):
         description="delay step (e.g. '1m') -> topic; records wait there until due",
     )
     client_id: str = "mailpipe-relay"
+    ready_queue_per_domain: int = Field(
+        default=500,
+        ge=1,
+        description="records held per domain; beyond it they overflow to a delay topic",
+    )
     max_in_flight_records: int = Field(
         default=2000,
         ge=1,

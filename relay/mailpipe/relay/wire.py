@@ -170,6 +170,7 @@ class Event(_Model):
     enhanced_code: str | None = None
     reply: str | None = Field(default=None, max_length=2000)
     reason: str | None = Field(default=None, description="short machine-readable cause")
+    relay: str | None = Field(default=None, description="id of the relay process that sent")
 
 
 class SuppressionReason(enum.StrEnum):

@@ -1,0 +1,492 @@
+"""The relay engine: records in, SMTP transactions out, one disposition each.
+
+    source.poll -> decode (bad -> DLQ) -> not due yet? (-> delay topic / hold)
+      -> per-domain ready queue (full -> overflow to a delay topic)
+      -> lanes: rate token, connection slot, egress IP (warm-up, back-off)
+      -> transport.deliver -> classify each recipient
+      -> events, suppressions, retry record (all acknowledged)
+      -> offset finished -> commit up to the lowest unfinished offset
+
+Each domain has its own queue and its own lanes (one lane = one connection's
+worth of sequential work), so a throttled, backed-off or dead domain only ever
+waits on itself (invariant 2). Nothing is committed before every record it
+caused is acknowledged by Kafka (invariant 1). The engine depends only on the
+protocols in `ports`; `main` wires in Kafka and SMTP, tests wire in fakes:
+
+    Engine(config, source, sink, transport, suppressions=SuppressionList(),
+           ledger=WarmupLedger(config, relay_id), clock=SystemClock(),
+           metrics=RelayMetrics(), relay_id="relay-1")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import re
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from .classify import Outcome, classify, reply
+from .config import RelayConfig
+from .message import MessageError, Signer, build_message
+from .metrics import RelayMetrics
+from .offsets import OffsetTracker
+from .ports import (
+    Clock,
+    Envelope,
+    RecordSink,
+    RecordSource,
+    SourceRecord,
+    TopicPartition,
+    Transport,
+)
+from .suppressions import SuppressionList
+from .throttle import Shaper, Shaping
+from .warmup import WarmupLedger
+from .wire import (
+    DeliveryRecord,
+    Disposition,
+    Event,
+    Suppression,
+    SuppressionReason,
+    WireError,
+    decode_record,
+    encode,
+    suppression_key,
+)
+
+log = logging.getLogger("mailpipe.relay.engine")
+
+COMMIT_INTERVAL_SECONDS = 0.5  # bounds re-reads after a crash without flooding the broker
+POLL_IDLE_SECONDS = 0.05
+HOLD_SLACK_SECONDS = 0.5  # records due this soon are sent now, not parked
+STOP_GRACE_SECONDS = 20.0  # in-flight transactions get this long to finish on shutdown
+_STEP = re.compile(r"^(\d+)([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def step_seconds(step: str) -> int:
+    """'1m' -> 60: delay topic step names as in DESIGN.md."""
+    match = _STEP.match(step)
+    if not match:
+        raise ValueError(f"delay step {step!r} is not like 30s, 1m, 1h or 1d")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+@dataclass
+class Work:
+    src: SourceRecord
+    record: DeliveryRecord
+    message: bytes | None = None
+
+
+@dataclass
+class DomainQueue:
+    items: deque[Work] = field(default_factory=deque)
+    lanes: int = 0
+
+
+class Engine:
+    def __init__(
+        self,
+        config: RelayConfig,
+        source: RecordSource,
+        sink: RecordSink,
+        transport: Transport,
+        *,
+        suppressions: SuppressionList,
+        ledger: WarmupLedger,
+        clock: Clock,
+        metrics: RelayMetrics,
+        relay_id: str,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.transport = transport
+        self.suppressions = suppressions
+        self.ledger = ledger
+        self.clock = clock
+        self.metrics = metrics
+        self.relay_id = relay_id
+        self.tracker = OffsetTracker()
+        self.shaping = Shaping()
+        self._queues: dict[str, DomainQueue] = {}
+        self._waiting_for_slot: dict[str, set[str]] = {}  # shaping key -> domains
+        self._held: list[tuple[float, int, Work]] = []  # (due, seq, work) from delay topics
+        self._held_per_tp: dict[TopicPartition, int] = {}
+        self._seq = itertools.count()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self.reconfigure(config)
+
+    # -- configuration -------------------------------------------------------
+
+    def reconfigure(self, config: RelayConfig) -> None:
+        """Apply a new config without dropping work (shaping and warm-up update in place)."""
+        self.config = config
+        self.ledger.reconfigure(config)
+        self.signer = Signer(config.dkim) if config.dkim else None
+        steps = sorted((step_seconds(s), t) for s, t in config.kafka.delay_topics.items())
+        self._delay_steps = steps
+        self._delay_topic_names = {t for _, t in steps}
+
+    def _delay_topic(self, seconds: float) -> str:
+        """The delay topic whose step is the largest one not beyond `seconds`."""
+        if not self._delay_steps:
+            return self.config.kafka.outbound_topic  # no delay topics: re-read, held in memory
+        chosen = self._delay_steps[0][1]
+        for step, topic in self._delay_steps:
+            if step <= seconds:
+                chosen = topic
+        return chosen
+
+    # -- main loop -----------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        committer = asyncio.create_task(self._commit_loop(stop))
+        try:
+            while not stop.is_set():
+                self._release_held()
+                room = self.config.kafka.max_in_flight_records - self.tracker.in_flight
+                if room <= 0:
+                    await asyncio.sleep(POLL_IDLE_SECONDS)
+                    continue
+                batch = await self.source.poll(room)
+                for rec in batch:
+                    self._accept(rec)
+                self.metrics.in_flight.set(self.tracker.in_flight)
+                if not batch:
+                    await asyncio.sleep(0)
+        finally:
+            await self._drain()
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            await self._commit()
+
+    async def _drain(self) -> None:
+        """Stop taking new work; let running transactions finish, then leave."""
+        self._stopping = True
+        for q in self._queues.values():
+            q.items.clear()  # unfinished: not committed, re-read by the next owner
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_SECONDS)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _commit_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(COMMIT_INTERVAL_SECONDS)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        offsets = self.tracker.committable()
+        if offsets:
+            try:
+                await self.source.commit(offsets)
+            except Exception:  # a failed commit only means more re-reads later
+                log.warning("commit failed", exc_info=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine task failed", exc_info=task.exception())
+
+    def _finish(self, src: SourceRecord) -> None:
+        self.tracker.finish(src.tp, src.offset)
+
+    # -- intake --------------------------------------------------------------
+
+    def _accept(self, src: SourceRecord) -> None:
+        self.tracker.start(src.tp, src.offset)
+        if src.value is None:
+            self._finish(src)  # a tombstone on a delivery topic carries nothing to send
+            return
+        try:
+            record = decode_record(src.value)
+        except WireError as exc:
+            self._spawn(self._to_dlq(src, str(exc)))
+            return
+        work = Work(src, record)
+        now = self.clock.time()
+        if record.not_before is not None and record.not_before > now + HOLD_SLACK_SECONDS:
+            if src.topic in self._delay_topic_names or not self._delay_steps:
+                self._hold(work, record.not_before)
+            else:
+                self._spawn(self._postpone(work, record.not_before, reason=None))
+            return
+        self._enqueue(work)
+
+    def _hold(self, work: Work, due: float) -> None:
+        """Park a not-yet-due record from a delay topic and pause its partition:
+        the records behind it in a FIFO delay topic are due later still."""
+        heapq.heappush(self._held, (due, next(self._seq), work))
+        tp = work.src.tp
+        self._held_per_tp[tp] = self._held_per_tp.get(tp, 0) + 1
+        self.source.pause([tp])
+
+    def _release_held(self) -> None:
+        now = self.clock.time()
+        while self._held and self._held[0][0] <= now + HOLD_SLACK_SECONDS:
+            _, _, work = heapq.heappop(self._held)
+            tp = work.src.tp
+            self._held_per_tp[tp] -= 1
+            if self._held_per_tp[tp] == 0:
+                del self._held_per_tp[tp]
+                self.source.resume([tp])
+            if self.tracker.owns(tp):
+                self._enqueue(work)
+
+    def _enqueue(self, work: Work) -> None:
+        domain = work.record.domain
+        q = self._queues.get(domain)
+        if q is None:
+            q = self._queues[domain] = DomainQueue()
+        if len(q.items) >= self.config.kafka.ready_queue_per_domain:
+            # Invariant 2: a full domain spills to a delay topic instead of
+            # holding up the partition it shares with other domains.
+            self.metrics.overflow.labels(domain).inc()
+            delay = self._delay_steps[0][0] if self._delay_steps else 1.0
+            self._spawn(self._postpone(work, self.clock.time() + delay, reason="overflow"))
+            return
+        q.items.append(work)
+        self.metrics.ready_queue_depth.labels(domain).set(len(q.items))
+        self._start_lanes(domain)
+
+    # -- lanes ---------------------------------------------------------------
+
+    def _shaper(self, domain: str) -> tuple[str, Shaper]:
+        key = self.config.shaping_key(domain)
+        return key, self.shaping.shaper(
+            key, self.config.throttle_for(domain), self.clock.monotonic()
+        )
+
+    def _start_lanes(self, domain: str) -> None:
+        if self._stopping:
+            return
+        q = self._queues[domain]
+        key, shaper = self._shaper(domain)
+        while q.items and q.lanes < len(q.items):
+            if not shaper.can_open():
+                self._waiting_for_slot.setdefault(key, set()).add(domain)
+                return
+            shaper.connections += 1
+            q.lanes += 1
+            self._spawn(self._lane(domain, key, shaper))
+
+    async def _lane(self, domain: str, key: str, shaper: Shaper) -> None:
+        q = self._queues[domain]
+        try:
+            while q.items and not self._stopping:
+                work = q.items.popleft()
+                self.metrics.ready_queue_depth.labels(domain).set(len(q.items))
+                if shaper.bucket is not None:
+                    wait = shaper.bucket.reserve(self.clock.monotonic())
+                    if wait > 0:
+                        self.metrics.throttle_wait.labels(domain).observe(wait)
+                        await self.clock.sleep(wait)
+                try:
+                    await self._attempt(work, domain)
+                except Exception:
+                    # Unexpected failure: leave the record unfinished so it is
+                    # re-read after a restart rather than lost.
+                    log.exception("attempt failed", extra={"message_id": work.record.id})
+        finally:
+            q.lanes -= 1
+            shaper.connections -= 1
+            waiting = self._waiting_for_slot.pop(key, set())
+            for other in waiting | {domain}:
+                if other in self._queues:
+                    self._start_lanes(other)
+
+    # -- one attempt -----------------------------------------------------------
+
+    async def _attempt(self, work: Work, domain: str) -> None:
+        record = work.record
+        now = self.clock.time()
+        sends: list[Coroutine[Any, Any, None]] = []
+        live = []
+        for rcpt in record.recipients:
+            if self.suppressions.is_suppressed(rcpt.address):
+                reason = self.suppressions.reason(rcpt.address)
+                sends.append(
+                    self._event(record, rcpt.address, Disposition.SUPPRESSED, now, reason=reason)
+                )
+            else:
+                live.append(rcpt)
+        if not live:
+            await self._settle(work, sends)
+            return
+
+        mono = self.clock.monotonic()
+        ips = [e.address for e in self.config.egress]
+        excluded = frozenset(ip for ip in ips if self.shaping.backed_off(ip, domain, mono))
+        ip = self.ledger.choose(domain, len(live), now, excluded)
+        if ip is None:
+            # No IP may send now: all backed off (wait for the first to rest) or
+            # every warming budget spent and no warm IP (wait for tomorrow).
+            end = self.shaping.earliest_backoff_end(domain, ips, mono)
+            due = now + (end - mono) if end is not None else self.ledger.next_day_start(now)
+            remaining = record.model_copy(update={"recipients": live})
+            sends.append(self._produce_retry(remaining, due))
+            await self._settle(work, sends)
+            return
+
+        if work.message is None:
+            try:
+                work.message = build_message(record, now, self.signer)
+            except MessageError as exc:
+                await self._to_dlq(work.src, str(exc))
+                return
+        helo = next(e.helo for e in self.config.egress if e.address == ip)
+        self.ledger.record(ip, domain, len(live), now)
+        envelope = Envelope(
+            domain, record.sender, tuple(r.address for r in live), work.message, ip, helo
+        )
+        result = await self.transport.deliver(envelope)
+
+        now = self.clock.time()
+        deferred = []
+        next_delay = self.config.retry.delay_for(record.attempt + 1)
+        expires = record.created_at + self.config.retry.max_age_seconds
+        for rcpt in live:
+            r = result.replies.get(rcpt.address) or reply(451, "4.3.0 no reply for recipient")
+            verdict = classify(r)
+            if verdict.backoff:
+                self.shaping.back_off(ip, domain, verdict.reason, self.clock.monotonic())
+                self.metrics.backoffs.labels(domain, ip, verdict.reason).inc()
+            if verdict.outcome is Outcome.DELIVERED:
+                disposition = Disposition.DELIVERED
+            elif verdict.outcome is Outcome.BOUNCED:
+                disposition = Disposition.BOUNCED
+                if verdict.suppress:
+                    self.suppressions.add(rcpt.address, SuppressionReason.HARD_BOUNCE.value)
+                    sends.append(self._suppress(rcpt.address, r.text, now))
+            elif now + next_delay > expires:
+                disposition = Disposition.EXPIRED
+            else:
+                disposition = Disposition.DEFERRED
+                deferred.append(rcpt)
+            self.ledger.outcome(ip, disposition)
+            self.metrics.deliveries.labels(disposition.value, domain, ip).inc()
+            sends.append(
+                self._event(
+                    record,
+                    rcpt.address,
+                    disposition,
+                    now,
+                    ip=ip,
+                    mx=result.mx_host,
+                    code=r.code,
+                    enhanced=r.enhanced,
+                    text=r.text,
+                    reason=verdict.reason,
+                )
+            )
+        if deferred:
+            retry = record.model_copy(
+                update={"recipients": deferred, "attempt": record.attempt + 1}
+            )
+            sends.append(self._produce_retry(retry, now + next_delay))
+        await self._settle(work, sends)
+
+    async def _settle(self, work: Work, sends: list[Coroutine[Any, Any, None]]) -> None:
+        """Await every produce this record caused, then mark its offset finished."""
+        if sends:
+            await asyncio.gather(*sends)
+        self._finish(work.src)
+
+    # -- producing -------------------------------------------------------------
+
+    async def _event(
+        self,
+        record: DeliveryRecord,
+        recipient: str,
+        disposition: Disposition,
+        now: float,
+        *,
+        ip: str | None = None,
+        mx: str | None = None,
+        code: int | None = None,
+        enhanced: str | None = None,
+        text: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        event = Event(
+            message_id=record.id,
+            campaign=record.campaign,
+            variant=record.variant,
+            recipient=recipient,
+            domain=record.domain,
+            disposition=disposition,
+            time=now,
+            attempt=record.attempt + 1,
+            egress_ip=ip,
+            mx_host=mx,
+            smtp_code=code,
+            enhanced_code=enhanced,
+            reply=text[:2000] if text else None,
+            reason=reason,
+            relay=self.relay_id,
+        )
+        key = (record.campaign or record.id).encode()
+        await self.sink.send(self.config.kafka.events_topic, key, encode(event))
+
+    async def _suppress(self, address: str, detail: str, now: float) -> None:
+        value = Suppression(
+            address=suppression_key(address),
+            reason=SuppressionReason.HARD_BOUNCE,
+            time=now,
+            source=self.config.pool,
+            detail=detail[:500],
+        )
+        await self.sink.send(
+            self.config.kafka.suppressions_topic, suppression_key(address).encode(), encode(value)
+        )
+
+    async def _produce_retry(self, record: DeliveryRecord, due: float) -> None:
+        record = record.model_copy(update={"not_before": due})
+        topic = self._delay_topic(due - self.clock.time())
+        await self.sink.send(topic, record.domain.encode(), encode(record))
+
+    async def _postpone(self, work: Work, due: float, reason: str | None) -> None:
+        """Move a record, unchanged but for not_before, to a delay topic."""
+        await self._produce_retry(work.record, due)
+        self._finish(work.src)
+
+    async def _to_dlq(self, src: SourceRecord, reason: str) -> None:
+        self.metrics.dlq.labels(reason.split(":", 1)[0][:40]).inc()
+        value = {
+            "reason": reason,
+            "topic": src.topic,
+            "partition": src.partition,
+            "offset": src.offset,
+            "value": (src.value or b"").decode("utf-8", "replace"),
+        }
+        await self.sink.send(self.config.kafka.dlq_topic, src.key, json.dumps(value).encode())
+        self._finish(src)
+
+    # -- rebalancing -------------------------------------------------------------
+
+    def on_revoked(self, tps: list[TopicPartition]) -> None:
+        """Partitions moved to another replica: drop their queued work uncommitted
+        (the new owner re-reads it) and let transactions already running finish."""
+        gone = set(tps)
+        for q in self._queues.values():
+            q.items = deque(w for w in q.items if w.src.tp not in gone)
+        self._held = [h for h in self._held if h[2].src.tp not in gone]
+        heapq.heapify(self._held)
+        for tp in gone:
+            self._held_per_tp.pop(tp, None)
+        self.tracker.revoke(list(gone))

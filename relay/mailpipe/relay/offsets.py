@@ -1,0 +1,78 @@
+"""Which offsets may be committed: the lowest unfinished one, per partition.
+
+Records finish out of order (a fast domain overtakes a throttled one), but
+Kafka only stores one position per partition. Committing the lowest offset
+still in flight means a crash re-reads some finished records (duplicates,
+bounded by the in-flight window) and never skips an unfinished one
+(invariant 1). Guarded by a lock: the consumer thread reads it on revoke.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+
+from .ports import TopicPartition
+
+
+class _Partition:
+    __slots__ = ("done", "heap", "high")
+
+    def __init__(self) -> None:
+        self.heap: list[int] = []  # unfinished offsets (lazy deletion via `done`)
+        self.done: set[int] = set()
+        self.high = -1  # highest offset seen
+
+
+class OffsetTracker:
+    def __init__(self) -> None:
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def start(self, tp: TopicPartition, offset: int) -> None:
+        with self._lock:
+            part = self._parts.setdefault(tp, _Partition())
+            heapq.heappush(part.heap, offset)
+            part.high = max(part.high, offset)
+            self._in_flight += 1
+
+    def finish(self, tp: TopicPartition, offset: int) -> None:
+        with self._lock:
+            part = self._parts.get(tp)
+            if part is None or offset in part.done:
+                return  # partition revoked meanwhile, or finished twice
+            part.done.add(offset)
+            self._in_flight -= 1
+            while part.heap and part.heap[0] in part.done:
+                part.done.discard(heapq.heappop(part.heap))
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Next offset to read per partition: Kafka's commit convention."""
+        with self._lock:
+            out = {}
+            for tp, part in self._parts.items():
+                if part.high < 0:
+                    continue
+                out[tp] = part.heap[0] if part.heap else part.high + 1
+            return out
+
+    def revoke(self, tps: list[TopicPartition]) -> int:
+        """Forget partitions this relay no longer owns; returns records dropped."""
+        with self._lock:
+            dropped = 0
+            for tp in tps:
+                part = self._parts.pop(tp, None)
+                if part is not None:
+                    n = len(part.heap) - len(part.done)
+                    dropped += n
+                    self._in_flight -= n
+            return dropped
+
+    def owns(self, tp: TopicPartition) -> bool:
+        with self._lock:
+            return tp in self._parts

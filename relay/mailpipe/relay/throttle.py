@@ -1,0 +1,98 @@
+"""Shaping: message rates, connection slots and back-off per destination.
+
+Kafka keys records by recipient domain, so exactly one replica owns a domain
+at a time; the limits kept here in memory are therefore pool-wide limits
+(invariant 3) without any shared counter store. All times come from the
+injected clock's monotonic reading, so tests drive them without sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import Throttle
+
+# After a 421 / 4.7.x the IP rests this long for that domain, doubling on each
+# repeat up to the cap: receivers that rate-limit usually lift it in minutes.
+BACKOFF_FIRST_SECONDS = 60.0
+BACKOFF_MAX_SECONDS = 15 * 60.0
+
+
+class TokenBucket:
+    """Messages per minute with a burst of one: sends are spaced, never bunched.
+
+    A burst of one keeps the rate honest over any window a receiver measures;
+    `reserve()` returns how long the caller must wait for its token, and takes
+    it, so concurrent callers queue fairly.
+    """
+
+    def __init__(self, messages_per_minute: float, now: float) -> None:
+        self.interval = 60.0 / messages_per_minute
+        self._next_free = now
+
+    def reserve(self, now: float) -> float:
+        start = max(now, self._next_free)
+        self._next_free = start + self.interval
+        return start - now
+
+
+@dataclass
+class Shaper:
+    """State of one shaping key (a domain, or a group with a shared override)."""
+
+    throttle: Throttle
+    bucket: TokenBucket | None
+    connections: int = 0
+
+    def can_open(self) -> bool:
+        return self.connections < self.throttle.max_connections
+
+
+@dataclass
+class Backoff:
+    until: float
+    seconds: float
+    reason: str
+
+
+@dataclass
+class Shaping:
+    """All shapers of a relay, created on first use from the config's lookup."""
+
+    shapers: dict[str, Shaper] = field(default_factory=dict)
+    backoffs: dict[tuple[str, str], Backoff] = field(default_factory=dict)
+
+    def shaper(self, key: str, throttle: Throttle, now: float) -> Shaper:
+        shaper = self.shapers.get(key)
+        if shaper is None or shaper.throttle != throttle:
+            bucket = (
+                TokenBucket(throttle.messages_per_minute, now)
+                if throttle.messages_per_minute
+                else None
+            )
+            connections = shaper.connections if shaper else 0
+            shaper = Shaper(throttle, bucket, connections)
+            self.shapers[key] = shaper
+        return shaper
+
+    def back_off(self, ip: str, domain: str, reason: str, now: float) -> Backoff:
+        """Rest `ip` for `domain`, doubling the rest if it was already resting."""
+        prev = self.backoffs.get((ip, domain))
+        seconds = BACKOFF_FIRST_SECONDS
+        if prev is not None and prev.until > now - prev.seconds:
+            seconds = min(prev.seconds * 2, BACKOFF_MAX_SECONDS)
+        backoff = Backoff(now + seconds, seconds, reason)
+        self.backoffs[(ip, domain)] = backoff
+        return backoff
+
+    def backed_off(self, ip: str, domain: str, now: float) -> bool:
+        backoff = self.backoffs.get((ip, domain))
+        return backoff is not None and backoff.until > now
+
+    def earliest_backoff_end(self, domain: str, ips: list[str], now: float) -> float | None:
+        ends = [
+            b.until
+            for (ip, d), b in self.backoffs.items()
+            if d == domain and ip in ips and b.until > now
+        ]
+        return min(ends) if ends else None

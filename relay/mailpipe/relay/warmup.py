@@ -1,0 +1,204 @@
+"""IP warm-up: daily caps per egress IP, in total and per destination group.
+
+A new IP earns reputation by sending a little more each day. Its warm-up day
+is 1 + the number of earlier calendar days on which it actually sent (plus a
+manual offset), so a weekend without traffic does not skip a step. The cap of
+that day holds in total and per domain group; when a warming IP is out of
+budget, mail goes to the pool's warm IPs, and when none can take it, it waits
+(invariant 4: never dropped, never over).
+
+The ledger is rebuilt from the events topic at start (`observe`), and keeps
+following it so sends of other replicas count too; this relay's own sends are
+counted when made (`record`) and skipped when their events come back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from .config import EgressIP, RelayConfig
+from .wire import Disposition, Event
+
+_COUNTED = {Disposition.DELIVERED, Disposition.BOUNCED, Disposition.DEFERRED}
+ALL = "*"  # the per-day total, beside the per-group counts
+
+
+@dataclass
+class IPState:
+    egress: EgressIP
+    days_sent: set[int] = field(default_factory=set)  # proleptic ordinals, local tz
+    sent: Counter[tuple[int, str]] = field(default_factory=Counter)  # (day, group|ALL)
+    attempts: int = 0
+    bounces: int = 0
+    complaints: int = 0
+    paused_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class IPReport:
+    """What the operator shows per IP in the pool's status."""
+
+    address: str
+    warming: bool
+    warmup_day: int
+    cap_today: int | None
+    sent_today: int
+    paused_reason: str | None
+
+
+class WarmupLedger:
+    def __init__(self, config: RelayConfig, relay_id: str) -> None:
+        self.relay_id = relay_id
+        self._ips: dict[str, IPState] = {}
+        self._rr = itertools.count()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: RelayConfig) -> None:
+        self.config = config
+        self._tz = ZoneInfo(config.warmup.timezone)
+        old = self._ips
+        self._ips = {}
+        for egress in config.egress:
+            state = old.get(egress.address) or IPState(egress)
+            state.egress = egress
+            self._ips[egress.address] = state
+
+    def day_of(self, now: float) -> int:
+        return dt.datetime.fromtimestamp(now, self._tz).date().toordinal()
+
+    def next_day_start(self, now: float) -> float:
+        local = dt.datetime.fromtimestamp(now, self._tz)
+        tomorrow = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), self._tz)
+        return tomorrow.timestamp()
+
+    def warmup_day(self, ip: str, now: float) -> int:
+        state = self._ips[ip]
+        today = self.day_of(now)
+        earlier = sum(1 for d in state.days_sent if d < today)
+        return 1 + earlier + state.egress.warmup_day_offset
+
+    def _caps(self, ip: str, group: str | None, now: float) -> tuple[int | None, int | None]:
+        """(total cap, group cap) for today; None = no cap."""
+        state = self._ips[ip]
+        if not state.egress.warmup:
+            return None, None
+        step = self.config.warmup.step_for(self.warmup_day(ip, now))
+        if step is None:
+            # Before the first step there is no sending allowed; past the last, fully warm.
+            day = self.warmup_day(ip, now)
+            schedule = self.config.warmup.schedule
+            if schedule and day < schedule[0].day:
+                return 0, 0
+            return None, None
+        group_cap = step.group_limits.get(group) if group is not None else None
+        return step.daily_limit, group_cap
+
+    def remaining(self, ip: str, group: str | None, now: float) -> int | None:
+        """Messages `ip` may still send today to `group`; None = unlimited."""
+        total_cap, group_cap = self._caps(ip, group, now)
+        state = self._ips[ip]
+        today = self.day_of(now)
+        left: list[int] = []
+        if total_cap is not None:
+            left.append(total_cap - state.sent[(today, ALL)])
+        if group_cap is not None and group is not None:
+            left.append(group_cap - state.sent[(today, group)])
+        return max(0, min(left)) if left else None
+
+    def choose(
+        self, domain: str, count: int, now: float, excluded: frozenset[str] = frozenset()
+    ) -> str | None:
+        """An egress IP that may send `count` more messages to `domain` now, or None.
+
+        Warming IPs with budget go first, so each gets its day's volume; the rest
+        goes round-robin over IPs without a cap. Paused IPs are never chosen.
+        """
+        group = self.config.group_of(domain)
+        warming: list[str] = []
+        warm: list[str] = []
+        for ip, state in self._ips.items():
+            if ip in excluded or state.paused_reason is not None:
+                continue
+            left = self.remaining(ip, group, now)
+            if left is None:
+                warm.append(ip)
+            elif left >= count:
+                warming.append(ip)
+        if warming:
+            return warming[0]
+        if warm:
+            return warm[next(self._rr) % len(warm)]
+        return None
+
+    def record(self, ip: str, domain: str, count: int, now: float) -> None:
+        """Count `count` messages sent from `ip` (this relay's own sends)."""
+        self._count(ip, self.config.group_of(domain), count, now)
+
+    def _count(self, ip: str, group: str | None, count: int, now: float) -> None:
+        state = self._ips.get(ip)
+        if state is None:
+            return
+        today = self.day_of(now)
+        state.days_sent.add(today)
+        state.sent[(today, ALL)] += count
+        if group is not None:
+            state.sent[(today, group)] += count
+
+    def outcome(self, ip: str, disposition: Disposition) -> None:
+        """Track bounce and complaint rates; pause a warming IP above the thresholds."""
+        state = self._ips.get(ip)
+        if state is None:
+            return
+        if disposition in _COUNTED:
+            state.attempts += 1
+        if disposition is Disposition.BOUNCED:
+            state.bounces += 1
+        if disposition is Disposition.COMPLAINED:
+            state.complaints += 1
+        settings = self.config.warmup
+        if not state.egress.warmup or state.attempts < settings.min_sample:
+            return
+        bounce_rate = state.bounces / state.attempts
+        complaint_rate = state.complaints / state.attempts
+        if bounce_rate > settings.bounce_rate_pause:
+            state.paused_reason = (
+                f"bounce rate {bounce_rate:.1%} over {settings.bounce_rate_pause:.1%}"
+            )
+        elif complaint_rate > settings.complaint_rate_pause:
+            state.paused_reason = (
+                f"complaint rate {complaint_rate:.2%} over {settings.complaint_rate_pause:.2%}"
+            )
+
+    def observe(self, event: Event, replaying: bool) -> None:
+        """Count an event from the events topic: all of them while replaying at
+        start, afterwards only those of other replicas (ours were counted live)."""
+        if event.egress_ip is None:
+            return
+        if replaying or event.relay != self.relay_id:
+            if event.disposition in _COUNTED:
+                self._count(event.egress_ip, self.config.group_of(event.domain), 1, event.time)
+            self.outcome(event.egress_ip, event.disposition)
+
+    def paused(self) -> dict[str, str]:
+        return {ip: s.paused_reason for ip, s in self._ips.items() if s.paused_reason}
+
+    def report(self, now: float) -> list[IPReport]:
+        today = self.day_of(now)
+        out = []
+        for ip, state in self._ips.items():
+            cap, _ = self._caps(ip, None, now)
+            out.append(
+                IPReport(
+                    address=ip,
+                    warming=state.egress.warmup,
+                    warmup_day=self.warmup_day(ip, now),
+                    cap_today=cap,
+                    sent_today=state.sent[(today, ALL)],
+                    paused_reason=state.paused_reason,
+                )
+            )
+        return out
