@@ -122,6 +122,7 @@ class Engine:
         self._held_per_tp: dict[TopicPartition, int] = {}
         self._seq = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiting_lanes: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.reconfigure(config)
 
@@ -149,6 +150,7 @@ class Engine:
     # -- main loop -----------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stopping = False
         committer = asyncio.create_task(self._commit_loop(stop))
         try:
             while not stop.is_set():
@@ -175,6 +177,8 @@ class Engine:
         self._stopping = True
         for q in self._queues.values():
             q.items.clear()  # unfinished: not committed, re-read by the next owner
+        for task in list(self._waiting_lanes):
+            task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_SECONDS)
         for task in list(self._tasks):
@@ -295,7 +299,17 @@ class Engine:
                     wait = shaper.bucket.reserve(self.clock.monotonic())
                     if wait > 0:
                         self.metrics.throttle_wait.labels(domain).observe(wait)
-                        await self.clock.sleep(wait)
+                        # A lane waiting for its token holds no connection and may
+                        # be cancelled on shutdown; its record stays unfinished.
+                        task = asyncio.current_task()
+                        assert task is not None
+                        self._waiting_lanes.add(task)
+                        try:
+                            await self.clock.sleep(wait)
+                        finally:
+                            self._waiting_lanes.discard(task)
+                        if self._stopping:
+                            return
                 try:
                     await self._attempt(work, domain)
                 except Exception:

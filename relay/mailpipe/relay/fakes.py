@@ -1,0 +1,111 @@
+"""In-memory stand-ins for the engine's ports, for unit tests without a broker.
+
+Integration tests use the real Kafka adapter and SMTP transport; these exist so
+the engine's logic (ordering, commits, classification, throttling) is tested
+fast and deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from .classify import reply
+from .ports import Envelope, SMTPReply, SourceRecord, TopicPartition, TransactionResult
+
+
+class MemorySource:
+    """A partitioned log with a cursor per partition, pause/resume and commits."""
+
+    def __init__(self) -> None:
+        self.logs: dict[TopicPartition, list[SourceRecord]] = defaultdict(list)
+        self.positions: dict[TopicPartition, int] = defaultdict(int)
+        self.paused: set[TopicPartition] = set()
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    def append(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        tp = TopicPartition(topic, partition)
+        offset = len(self.logs[tp])
+        self.logs[tp].append(SourceRecord(topic, partition, offset, key, value, 0))
+
+    async def poll(self, max_records: int) -> Sequence[SourceRecord]:
+        out: list[SourceRecord] = []
+        for tp, log in self.logs.items():
+            if tp in self.paused:
+                continue
+            while self.positions[tp] < len(log) and len(out) < max_records:
+                out.append(log[self.positions[tp]])
+                self.positions[tp] += 1
+        if not out:
+            await asyncio.sleep(0.001)
+        return out
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        self.paused.difference_update(partitions)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.logs)
+
+    @property
+    def committed(self) -> dict[TopicPartition, int]:
+        merged: dict[TopicPartition, int] = {}
+        for c in self.commits:
+            merged.update(c)
+        return merged
+
+
+class MemorySink:
+    """Collects produced records per topic; `fail` makes sends raise."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
+        self.fail = False
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        await asyncio.sleep(0)
+        if self.fail:
+            raise ConnectionError("sink unavailable")
+        self.topics[topic].append((key, value))
+
+    async def flush(self) -> None:
+        return None
+
+
+Responder = Callable[[Envelope, str], SMTPReply]
+
+
+class ScriptedTransport:
+    """Answers each recipient from a script: address -> replies, consumed in order."""
+
+    def __init__(self, default: str = "250 2.0.0 OK") -> None:
+        self.script: dict[str, list[str]] = {}
+        self.default = default
+        self.envelopes: list[Envelope] = []
+        self.delay_seconds = 0.0
+
+    def answer(self, address: str, *replies: str) -> None:
+        self.script[address.lower()] = list(replies)
+
+    async def deliver(self, envelope: Envelope) -> TransactionResult:
+        self.envelopes.append(envelope)
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
+        replies = {}
+        for rcpt in envelope.recipients:
+            queue = self.script.get(rcpt.lower())
+            text = (
+                queue.pop(0) if queue and len(queue) > 1 else (queue[0] if queue else self.default)
+            )
+            code, _, rest = text.partition(" ")
+            replies[rcpt] = reply(int(code), rest)
+        return TransactionResult(replies=replies, mx_host="mx.fake", connected=True)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mailpipe.relay.clock import ManualClock, SystemClock
+from mailpipe.relay.config import RelayConfig
+from mailpipe.relay.engine import Engine
+from mailpipe.relay.fakes import MemorySink, MemorySource, ScriptedTransport
+from mailpipe.relay.metrics import RelayMetrics
+from mailpipe.relay.ports import Clock
+from mailpipe.relay.suppressions import SuppressionList
+from mailpipe.relay.warmup import WarmupLedger
+
+_ids = itertools.count()
+
+
+def make_config(**overrides: Any) -> RelayConfig:
+    data: dict[str, Any] = {
+        "pool": "ns/pool",
+        "kafka": {
+            "bootstrap_servers": "unused:9092",
+            "group_id": "g",
+            "outbound_topic": "p.outbound",
+            "events_topic": "p.events",
+            "dlq_topic": "p.dlq",
+            "delay_topics": {"1m": "p.delay.1m", "10m": "p.delay.10m"},
+        },
+        "egress": [{"address": "127.0.0.2", "helo": "e2.test"}],
+        "metrics_port": 0,
+    }
+    data.update(overrides)
+    return RelayConfig.model_validate(data)
+
+
+def record_bytes(*recipients: str, subject: str = "hi", **extra: Any) -> bytes:
+    rec = {
+        "v": 1,
+        "id": f"m{next(_ids)}",
+        "campaign": "ns/camp",
+        "sender": "news@sender.test",
+        "recipients": [{"address": r} for r in recipients],
+        "content": {"subject": subject, "text": "hello"},
+        "created_at": 1_700_000_000.0,
+    }
+    rec.update(extra)
+    return json.dumps(rec).encode()
+
+
+class Harness:
+    def __init__(self, config: RelayConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.source = MemorySource()
+        self.sink = MemorySink()
+        self.transport = ScriptedTransport()
+        self.suppressions = SuppressionList()
+        self.clock = clock or ManualClock()
+        self.engine = Engine(
+            config,
+            self.source,
+            self.sink,
+            self.transport,
+            suppressions=self.suppressions,
+            ledger=WarmupLedger(config, "relay-test"),
+            clock=self.clock,
+            metrics=RelayMetrics(),
+            relay_id="relay-test",
+        )
+
+    def put(self, value: bytes, partition: int = 0, topic: str = "p.outbound") -> None:
+        self.source.append(topic, partition, b"k", value)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(v or b"{}") for _, v in self.sink.topics["p.events"]]
+
+    async def run_until(self, done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.engine.run(stop))
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not done():  # noqa: ASYNC110 — polling a plain predicate
+                    await asyncio.sleep(0.005)
+        finally:
+            stop.set()
+            await task
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness(make_config())
+
+
+@pytest.fixture
+def real_clock() -> SystemClock:
+    return SystemClock()

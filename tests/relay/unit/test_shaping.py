@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from mailpipe.relay.offsets import OffsetTracker
+from mailpipe.relay.ports import TopicPartition
+from mailpipe.relay.throttle import BACKOFF_FIRST_SECONDS, Shaping, TokenBucket
+
+
+def test_token_bucket_spaces_sends_at_the_rate() -> None:
+    bucket = TokenBucket(60, now=0.0)
+    waits = [bucket.reserve(0.0) for _ in range(5)]
+    assert waits == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert bucket.reserve(10.0) == 0.0  # idle time does not bank a burst
+
+
+def test_backoff_doubles_while_repeating() -> None:
+    s = Shaping()
+    first = s.back_off("127.0.0.2", "d.test", "rate_limited", now=0.0)
+    assert first.seconds == BACKOFF_FIRST_SECONDS
+    assert s.backed_off("127.0.0.2", "d.test", now=1.0)
+    assert not s.backed_off("127.0.0.3", "d.test", now=1.0)
+    second = s.back_off("127.0.0.2", "d.test", "rate_limited", now=61.0)
+    assert second.seconds == 2 * BACKOFF_FIRST_SECONDS
+
+
+def test_offsets_commit_lowest_unfinished() -> None:
+    t = OffsetTracker()
+    tp = TopicPartition("t", 0)
+    for o in range(5):
+        t.start(tp, o)
+    for o in (1, 2, 4):
+        t.finish(tp, o)
+    assert t.committable() == {tp: 0}
+    t.finish(tp, 0)
+    assert t.committable() == {tp: 3}
+    t.finish(tp, 3)
+    assert t.committable() == {tp: 5}
+    assert t.in_flight == 0

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from mailpipe.relay.warmup import WarmupLedger
+from mailpipe.relay.wire import Disposition, Event
+
+from .conftest import make_config
+
+DAY = 86400.0
+T0 = 1_700_006_400.0  # 2023-11-15 00:00 UTC: a day boundary, so +DAY is the next day
+
+
+def two_ips() -> WarmupLedger:
+    config = make_config(
+        egress=[
+            {"address": "127.0.0.2", "helo": "cold.test", "warmup": True},
+            {"address": "127.0.0.3", "helo": "warm.test"},
+        ],
+        domain_groups={"big": ["*.big.test"]},
+        warmup={
+            "schedule": [
+                {"day": 1, "daily_limit": 5, "group_limits": {"big": 2}},
+                {"day": 2, "daily_limit": 10},
+            ]
+        },
+    )
+    return WarmupLedger(config, "me")
+
+
+def send_all(ledger: WarmupLedger, domain: str, n: int, now: float) -> list[str]:
+    chosen = []
+    for _ in range(n):
+        ip = ledger.choose(domain, 1, now)
+        assert ip is not None
+        ledger.record(ip, domain, 1, now)
+        chosen.append(ip)
+    return chosen
+
+
+def test_cold_ip_takes_its_cap_then_warm_ip_takes_the_rest() -> None:
+    ledger = two_ips()
+    chosen = send_all(ledger, "x.test", 8, T0 + 10)
+    assert chosen.count("127.0.0.2") == 5
+    assert chosen.count("127.0.0.3") == 3
+
+
+def test_group_cap_holds_within_the_total() -> None:
+    ledger = two_ips()
+    chosen = send_all(ledger, "mx.big.test", 4, T0 + 10)
+    assert chosen.count("127.0.0.2") == 2
+
+
+def test_day_advances_only_on_days_sent() -> None:
+    ledger = two_ips()
+    send_all(ledger, "x.test", 1, T0 + 10)
+    assert ledger.warmup_day("127.0.0.2", T0 + 10) == 1
+    # Three idle days later it is warm-up day 2, not day 4.
+    assert ledger.warmup_day("127.0.0.2", T0 + 4 * DAY) == 2
+    chosen = send_all(ledger, "x.test", 12, T0 + 4 * DAY)
+    assert chosen.count("127.0.0.2") == 10
+
+
+def test_waits_when_no_ip_can_send() -> None:
+    config = make_config(
+        egress=[{"address": "127.0.0.2", "helo": "cold.test", "warmup": True}],
+        warmup={"schedule": [{"day": 1, "daily_limit": 1}]},
+    )
+    ledger = WarmupLedger(config, "me")
+    assert send_all(ledger, "x.test", 1, T0) == ["127.0.0.2"]
+    assert ledger.choose("x.test", 1, T0) is None
+    assert ledger.next_day_start(T0 + 5) == T0 + DAY
+
+
+def test_replay_counts_other_relays_and_pauses_on_bounces() -> None:
+    ledger = two_ips()
+    ledger.config = ledger.config.model_copy(
+        update={"warmup": ledger.config.warmup.model_copy(update={"min_sample": 4})}
+    )
+    for i in range(4):
+        ev = Event(
+            message_id=f"m{i}",
+            recipient=f"u{i}@x.test",
+            domain="x.test",
+            disposition=Disposition.BOUNCED if i < 2 else Disposition.DELIVERED,
+            time=T0 + 5,
+            egress_ip="127.0.0.2",
+            relay="other",
+        )
+        ledger.observe(ev, replaying=False)
+    [report] = [r for r in ledger.report(T0 + 6) if r.address == "127.0.0.2"]
+    assert report.sent_today == 4
+    assert report.paused_reason is not None and "bounce rate" in report.paused_reason
+    assert ledger.choose("x.test", 1, T0 + 6) == "127.0.0.3"
