@@ -1,0 +1,400 @@
+"""The Kafka adapter: the only module of the relay that imports kafka-python.
+
+kafka-python is blocking and not thread-safe, so each client lives in a thread
+of its own and talks to the asyncio engine through queues:
+
+- `KafkaSource`: the consumer-group member. Its thread polls while the
+  hand-off buffer has room (pausing every partition when it has none, which
+  keeps the group membership alive), executes commits, pauses and resumes
+  sent from the loop, and on a rebalance commits what is finished of the
+  revoked partitions before telling the engine to drop their queued work.
+- `KafkaSink`: a producer with acks=all and idempotence; `send` resolves when
+  the broker acknowledged, bridged to asyncio from the producer's callbacks.
+- `TopicFollower`: reads a whole topic from the beginning without a group and
+  keeps following it (suppressions, events for the warm-up ledger); `caught_up`
+  is set once it reached the end that existed when it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTP
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from .config import KafkaSettings
+from .ports import SourceRecord, TopicPartition
+
+log = logging.getLogger("mailpipe.relay.kafka")
+
+POLL_TIMEOUT_MS = 100  # how often the consumer thread looks at its command queue
+LAG_INTERVAL_SECONDS = 5.0
+
+
+def ensure_topics(
+    settings: KafkaSettings, partitions: int = 4, replication: int = 1, timeout_s: float = 30
+) -> None:
+    """Create the pool's topics if missing (idempotent); suppressions are compacted."""
+    wanted = [settings.outbound_topic, settings.events_topic, settings.dlq_topic]
+    wanted += list(settings.delay_topics.values())
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id="mailpipe-admin"
+    )
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(t, partitions, replication) for t in wanted if t not in existing]
+        if settings.suppressions_topic not in existing:
+            new.append(
+                NewTopic(
+                    settings.suppressions_topic,
+                    partitions,
+                    replication,
+                    topic_configs={"cleanup.policy": "compact"},
+                )
+            )
+        for topic in new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([topic], timeout_ms=int(timeout_s * 1000))
+    finally:
+        admin.close()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.source._revoked([TopicPartition(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.source._assigned_now({TopicPartition(tp.topic, tp.partition) for tp in assigned})
+
+
+class KafkaSource:
+    """A consumer-group member feeding the engine (implements `ports.RecordSource`)."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topics: Sequence[str],
+        *,
+        committable: Callable[[], dict[TopicPartition, int]],
+        on_revoked: Callable[[list[TopicPartition]], None],
+        on_lag: Callable[[TopicPartition, int], None] | None = None,
+        buffer_records: int = 1000,
+    ) -> None:
+        self.settings = settings
+        self.topics = list(topics)
+        self._committable = committable
+        self._on_revoked = on_revoked
+        self._on_lag = on_lag
+        self._buffer_limit = buffer_records
+        self._commands: queue.SimpleQueue[
+            tuple[str, Any, concurrent.futures.Future[None] | None]
+        ] = queue.SimpleQueue()
+        self._handoff: queue.SimpleQueue[list[SourceRecord]] = queue.SimpleQueue()
+        self._buffered = 0
+        self._lock = threading.Lock()
+        self._pending: deque[SourceRecord] = deque()
+        self._assigned: set[TopicPartition] = set()
+        self._engine_paused: set[TopicPartition] = set()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
+        self.joined = threading.Event()
+
+    # -- loop side -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
+
+    async def poll(self, max_records: int) -> Sequence[SourceRecord]:
+        if self._error is not None:
+            raise RuntimeError("Kafka consumer thread died") from self._error
+        if not self._pending:
+            try:
+                batch = self._handoff.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.01)
+                return []
+            self._pending.extend(batch)
+        out: list[SourceRecord] = []
+        with self._lock:
+            assigned = set(self._assigned)
+        while self._pending and len(out) < max_records:
+            rec = self._pending.popleft()
+            if rec.tp in assigned:  # records of revoked partitions belong to the new owner
+                out.append(rec)
+        with self._lock:
+            self._buffered -= len(out)
+        return out
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._commands.put(("commit", dict(offsets), fut))
+        await asyncio.wrap_future(fut)
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        self._commands.put(("pause", list(partitions), None))
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        self._commands.put(("resume", list(partitions), None))
+
+    def assignment(self) -> set[TopicPartition]:
+        with self._lock:
+            return set(self._assigned)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    # -- consumer thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                group_id=self.settings.group_id,
+                client_id=self.settings.client_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=500,
+                # generous: the engine may hold a batch while domains are throttled
+                max_poll_interval_ms=300_000,
+                session_timeout_ms=10_000,
+                heartbeat_interval_ms=3_000,
+            )
+        except BaseException as exc:
+            self._error = exc
+            return
+        self._consumer = consumer
+        consumer.subscribe(self.topics, listener=_Listener(self))
+        last_lag = 0.0
+        try:
+            while not self._stop.is_set():
+                self._run_commands(consumer)
+                with self._lock:
+                    full = self._buffered >= self._buffer_limit
+                    assigned = set(self._assigned)
+                if full:
+                    consumer.pause(*[KafkaTP(*tp) for tp in assigned])
+                else:
+                    resumable = assigned - self._engine_paused
+                    consumer.resume(*[KafkaTP(*tp) for tp in resumable])
+                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+                batch = [
+                    SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+                    for records in polled.values()
+                    for r in records
+                ]
+                if batch:
+                    with self._lock:
+                        self._buffered += len(batch)
+                    self._handoff.put(batch)
+                if self._on_lag is not None and time.monotonic() - last_lag > LAG_INTERVAL_SECONDS:
+                    last_lag = time.monotonic()
+                    self._report_lag(consumer)
+            self._run_commands(consumer)
+            self._commit(consumer, self._committable())
+        except BaseException as exc:
+            self._error = exc
+            log.exception("Kafka consumer thread failed")
+        finally:
+            with contextlib.suppress(Exception):
+                consumer.close(autocommit=False)
+
+    def _run_commands(self, consumer: KafkaConsumer) -> None:
+        while True:
+            try:
+                kind, arg, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if kind == "commit":
+                    self._commit(consumer, arg)
+                elif kind == "pause":
+                    self._engine_paused.update(arg)
+                    consumer.pause(*[KafkaTP(*tp) for tp in arg])
+                elif kind == "resume":
+                    self._engine_paused.difference_update(arg)
+                    consumer.resume(*[KafkaTP(*tp) for tp in arg])
+                if fut is not None:
+                    fut.set_result(None)
+            except Exception as exc:
+                if fut is not None:
+                    fut.set_exception(exc)
+                else:
+                    log.warning("consumer command %s failed: %s", kind, exc)
+
+    def _commit(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        with self._lock:
+            owned = {tp: o for tp, o in offsets.items() if tp in self._assigned}
+        if owned:
+            consumer.commit({KafkaTP(*tp): OffsetAndMetadata(o, "", -1) for tp, o in owned.items()})
+
+    def _revoked(self, tps: list[TopicPartition]) -> None:
+        # Runs inside consumer.poll, in the consumer thread: commit what is
+        # finished of these partitions while they are still ours.
+        finished = {tp: o for tp, o in self._committable().items() if tp in tps}
+        with contextlib.suppress(Exception):
+            self._commit(self._consumer, finished)
+        with self._lock:
+            self._assigned.difference_update(tps)
+        self._engine_paused.difference_update(tps)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_revoked, tps)
+
+    def _assigned_now(self, tps: set[TopicPartition]) -> None:
+        with self._lock:
+            self._assigned = set(tps)
+        self.joined.set()
+
+    def _report_lag(self, consumer: KafkaConsumer) -> None:
+        assert self._on_lag is not None
+        for tp in self.assignment():
+            ktp = KafkaTP(*tp)
+            high = consumer.highwater(ktp)
+            if high is None:
+                continue
+            with contextlib.suppress(Exception):
+                self._on_lag(tp, max(0, high - consumer.position(ktp)))
+
+
+class KafkaSink:
+    """Producer whose `send` completes on the broker's acknowledgement (ports.RecordSink)."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.client_id}-producer",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,  # small batches: acks stay fast, throughput stays high
+            retries=5,
+        )
+
+    def prefetch(self, topics: Sequence[str]) -> None:
+        """Load topic metadata now: a first send would otherwise block the loop."""
+        for topic in topics:
+            self._producer.partitions_for(topic)
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def ok(_: Any) -> None:
+            loop.call_soon_threadsafe(_set, done, None)
+
+        def fail(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(_set, done, exc)
+
+        future = self._producer.send(topic, key=key, value=value)
+        future.add_callback(ok)
+        future.add_errback(fail)
+        await done
+
+    async def flush(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._producer.flush)
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+def _set(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
+
+
+class TopicFollower:
+    """Reads `topic` from the beginning, without a group, and keeps following it.
+
+    `apply(key, value, caught_up)` runs on the event loop for every record;
+    `caught_up` is False while replaying history, True afterwards.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        apply: Callable[[bytes | None, bytes | None, bool], None],
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.apply = apply
+        self.caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=f"follow-{topic}", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
+
+    async def wait_caught_up(self, timeout_s: float = 60) -> None:
+        ok = await asyncio.get_running_loop().run_in_executor(None, self.caught_up.wait, timeout_s)
+        if self.error is not None:
+            raise RuntimeError(f"following {self.topic} failed") from self.error
+        if not ok:
+            raise TimeoutError(f"could not read {self.topic} to its end within {timeout_s}s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, group_id=None
+            )
+            parts = None
+            deadline = time.monotonic() + 30
+            while not parts and time.monotonic() < deadline:
+                parts = consumer.partitions_for_topic(self.topic)
+                if not parts:
+                    time.sleep(0.2)
+            if not parts:
+                raise RuntimeError(f"topic {self.topic} does not exist")
+            tps = [KafkaTP(self.topic, p) for p in parts]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            end = consumer.end_offsets(tps)
+            remaining = {tp for tp, o in end.items() if o > 0}
+            if not remaining:
+                self.caught_up.set()
+            while not self._stop.is_set():
+                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+                live = self.caught_up.is_set()
+                for tp, records in polled.items():
+                    for r in records:
+                        self._loop.call_soon_threadsafe(self.apply, r.key, r.value, live)
+                    if tp in remaining and consumer.position(tp) >= end[tp]:
+                        remaining.discard(tp)
+                if not live and not remaining:
+                    # everything replayed is queued on the loop before this flag flips
+                    self._loop.call_soon_threadsafe(self.caught_up.set)
+            consumer.close()
+        except BaseException as exc:
+            self.error = exc
+            self.caught_up.set()
+            log.exception("follower of %s failed", self.topic)

@@ -1,0 +1,224 @@
+"""`mailpipe relay`: one relay process, wired from its config file.
+
+Start-up order matters for the invariants: the suppression list and the
+warm-up ledger are replayed to the end of their topics *before* the consumer
+joins the group, so no record is sent to a suppressed address or over an IP's
+cap because the relay had not caught up yet. The config file (the mounted
+ConfigMap) is re-read when it changes; shaping, warm-up, retry, TLS and route
+changes apply in place, without dropping queued work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from .clock import SystemClock
+from .config import ConfigError, RelayConfig, load_config
+from .delivery import SMTPTransport
+from .engine import Engine
+from .kafka_adapter import KafkaSink, KafkaSource, TopicFollower, ensure_topics
+from .metrics import RelayMetrics
+from .suppressions import SuppressionList
+from .warmup import WarmupLedger
+from .wire import WireError, decode_event, decode_suppression
+
+log = logging.getLogger("mailpipe.relay")
+
+CONFIG_POLL_SECONDS = 2.0  # kubelet refreshes mounted ConfigMaps within about a minute anyway
+CLOCK_OFFSET_ENV = "MAILPIPE_CLOCK_OFFSET_SECONDS"
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line, with message id, domain and IP when given as extras."""
+
+    FIELDS = ("message_id", "domain", "egress_ip", "pool", "relay_id")
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            if hasattr(record, name):
+                out[name] = getattr(record, name)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="relay config file (YAML)")
+    parser.add_argument(
+        "--relay-id", default=None, help="id in events (default: host name + random)"
+    )
+    parser.add_argument("--log-level", default=os.environ.get("MAILPIPE_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--ensure-topics",
+        action="store_true",
+        help="create missing topics at start (dev and tests; the operator does it in a cluster)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    relay_id = args.relay_id or f"{os.uname().nodename}-{uuid.uuid4().hex[:6]}"
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, args.config, relay_id, ensure=args.ensure_topics))
+    return 0
+
+
+async def serve(
+    config: RelayConfig, config_path: Path, relay_id: str, ensure: bool = False
+) -> None:
+    loop = asyncio.get_running_loop()
+    # Test-only: shift the wall clock so warm-up days can be crossed without waiting.
+    clock = SystemClock(float(os.environ.get(CLOCK_OFFSET_ENV, "0")))
+    metrics = RelayMetrics()
+    if config.metrics_port:
+        start_http_server(config.metrics_port, registry=metrics.registry)
+    if ensure:
+        await loop.run_in_executor(None, ensure_topics, config.kafka)
+
+    sink = await loop.run_in_executor(None, KafkaSink, config.kafka)
+    topics = [config.kafka.outbound_topic, *config.kafka.delay_topics.values()]
+    await loop.run_in_executor(
+        None,
+        sink.prefetch,
+        [
+            *topics,
+            config.kafka.events_topic,
+            config.kafka.dlq_topic,
+            config.kafka.suppressions_topic,
+        ],
+    )
+
+    suppressions = SuppressionList()
+    ledger = WarmupLedger(config, relay_id)
+
+    def apply_suppression(key: bytes | None, value: bytes | None, live: bool) -> None:
+        if key is None:
+            return
+        if value is None:
+            suppressions.lift(key.decode())
+            return
+        try:
+            s = decode_suppression(value)
+        except WireError as exc:
+            log.warning("ignoring bad suppression %r: %s", key, exc)
+            return
+        suppressions.add(s.address, s.reason.value)
+
+    def apply_event(key: bytes | None, value: bytes | None, live: bool) -> None:
+        if value is None:
+            return
+        try:
+            ledger.observe(decode_event(value), replaying=not live)
+        except WireError:
+            return
+
+    followers = [
+        TopicFollower(
+            config.kafka.bootstrap_servers, config.kafka.suppressions_topic, apply_suppression
+        ),
+        TopicFollower(config.kafka.bootstrap_servers, config.kafka.events_topic, apply_event),
+    ]
+    for f in followers:
+        f.start()
+    for f in followers:
+        await f.wait_caught_up()
+    log.info("caught up: %d suppressions", len(suppressions), extra={"relay_id": relay_id})
+
+    transport = SMTPTransport(config)
+    engine: Engine
+
+    def on_lag(tp: Any, lag: int) -> None:
+        metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    source = KafkaSource(
+        config.kafka,
+        topics,
+        committable=lambda: engine.tracker.committable(),
+        on_revoked=lambda tps: engine.on_revoked(tps),
+        on_lag=on_lag,
+        buffer_records=config.kafka.max_in_flight_records,
+    )
+    engine = Engine(
+        config,
+        source,
+        sink,
+        transport,
+        suppressions=suppressions,
+        ledger=ledger,
+        clock=clock,
+        metrics=metrics,
+        relay_id=relay_id,
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    source.start()
+    reloader = asyncio.create_task(_watch_config(config_path, engine, transport, stop))
+    log.info("relay started", extra={"relay_id": relay_id, "pool": config.pool})
+    try:
+        await engine.run(stop)
+    finally:
+        reloader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloader
+        await loop.run_in_executor(None, source.stop)
+        await transport.close()
+        await sink.flush()
+        sink.close()
+        for f in followers:
+            await loop.run_in_executor(None, f.stop)
+        log.info("relay stopped", extra={"relay_id": relay_id})
+
+
+async def _watch_config(
+    path: Path, engine: Engine, transport: SMTPTransport, stop: asyncio.Event
+) -> None:
+    def mtime() -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    seen = mtime()
+    while not stop.is_set():
+        await asyncio.sleep(CONFIG_POLL_SECONDS)
+        now = mtime()
+        if now == seen:
+            continue
+        seen = now
+        try:
+            config = load_config(path)
+        except (ConfigError, OSError) as exc:
+            log.error("keeping the running config; the new one is invalid: %s", exc)
+            continue
+        if config.kafka != engine.config.kafka:
+            log.warning("Kafka settings changed: they apply at the next restart")
+        engine.reconfigure(config)
+        transport.reconfigure(config)
+        log.info("config reloaded", extra={"pool": config.pool})
