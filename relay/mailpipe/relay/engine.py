@@ -63,7 +63,7 @@ from .wire import (
 
 log = logging.getLogger("mailpipe.relay.engine")
 
-COMMIT_INTERVAL_SECONDS = 0.5  # bounds re-reads after a crash without flooding the broker
+COMMIT_INTERVAL_SECONDS = 0.2  # frequent enough that the read window, not commits, limits speed
 POLL_IDLE_SECONDS = 0.05
 HOLD_SLACK_SECONDS = 0.5  # records due this soon are sent now, not parked
 STOP_GRACE_SECONDS = 20.0  # in-flight transactions get this long to finish on shutdown
@@ -124,6 +124,7 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiting_lanes: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._last_commit: dict[TopicPartition, int] = {}
         self.reconfigure(config)
 
     # -- configuration -------------------------------------------------------
@@ -155,7 +156,9 @@ class Engine:
         try:
             while not stop.is_set():
                 self._release_held()
-                room = self.config.kafka.max_in_flight_records - self.tracker.in_flight
+                # The window counts records read but not committed, so a crash
+                # re-sends at most max_in_flight_records (invariant 1's bound).
+                room = self.config.kafka.max_in_flight_records - self.tracker.uncommitted
                 if room <= 0:
                     await asyncio.sleep(POLL_IDLE_SECONDS)
                     continue
@@ -191,11 +194,14 @@ class Engine:
 
     async def _commit(self) -> None:
         offsets = self.tracker.committable()
-        if offsets:
+        if offsets and offsets != self._last_commit:
             try:
                 await self.source.commit(offsets)
             except Exception:  # a failed commit only means more re-reads later
                 log.warning("commit failed", exc_info=True)
+                return
+            self._last_commit = offsets
+            self.tracker.committed(offsets)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import heapq
 import threading
+from collections import deque
 
 from .ports import TopicPartition
 
 
 class _Partition:
-    __slots__ = ("done", "heap", "high")
+    __slots__ = ("done", "heap", "high", "read")
 
     def __init__(self) -> None:
         self.heap: list[int] = []  # unfinished offsets (lazy deletion via `done`)
         self.done: set[int] = set()
         self.high = -1  # highest offset seen
+        self.read: deque[int] = deque()  # offsets read and not yet committed, in order
 
 
 class OffsetTracker:
@@ -29,17 +31,38 @@ class OffsetTracker:
         self._parts: dict[TopicPartition, _Partition] = {}
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._uncommitted = 0
 
     @property
     def in_flight(self) -> int:
+        """Records read and not finished."""
         return self._in_flight
+
+    @property
+    def uncommitted(self) -> int:
+        """Records read and not yet covered by a commit: what a crash would re-read.
+        The engine reads no more while this is at its window, which bounds duplicates."""
+        return self._uncommitted
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """The broker stored these positions: forget the offsets below them."""
+        with self._lock:
+            for tp, position in offsets.items():
+                part = self._parts.get(tp)
+                if part is None:
+                    continue
+                while part.read and part.read[0] < position:
+                    part.read.popleft()
+                    self._uncommitted -= 1
 
     def start(self, tp: TopicPartition, offset: int) -> None:
         with self._lock:
             part = self._parts.setdefault(tp, _Partition())
             heapq.heappush(part.heap, offset)
+            part.read.append(offset)
             part.high = max(part.high, offset)
             self._in_flight += 1
+            self._uncommitted += 1
 
     def finish(self, tp: TopicPartition, offset: int) -> None:
         with self._lock:
@@ -71,6 +94,7 @@ class OffsetTracker:
                     n = len(part.heap) - len(part.done)
                     dropped += n
                     self._in_flight -= n
+                    self._uncommitted -= len(part.read)
             return dropped
 
     def owns(self, tp: TopicPartition) -> bool:

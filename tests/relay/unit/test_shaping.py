@@ -35,3 +35,16 @@ def test_offsets_commit_lowest_unfinished() -> None:
     t.finish(tp, 3)
     assert t.committable() == {tp: 5}
     assert t.in_flight == 0
+
+
+def test_uncommitted_window_shrinks_only_on_commit() -> None:
+    t = OffsetTracker()
+    tp = TopicPartition("t", 0)
+    for o in range(4):
+        t.start(tp, o)
+        t.finish(tp, o)
+    assert (t.in_flight, t.uncommitted) == (0, 4)
+    t.committed({tp: 3})
+    assert t.uncommitted == 1
+    t.committed(t.committable())
+    assert t.uncommitted == 0

@@ -1,0 +1,168 @@
+"""Pool-wide shaping with several relays, crash safety, and IP warm-up."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
+
+from .conftest import Pool, RelayProcess, wait_for
+
+pytestmark = pytest.mark.relay
+
+
+def _members(pool: Pool) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=pool.bootstrap)
+    try:
+        try:
+            groups = admin.describe_groups([pool.config.kafka.group_id])
+        except KafkaError:  # the group coordinator is still being elected
+            return 0
+        group = groups[pool.config.kafka.group_id]
+        if group.get("group_state") != "Stable":
+            return 0
+        return len(group.get("members", []))
+    finally:
+        admin.close()
+
+
+def _send_to_partition(pool: Pool, partition: int, recipient: str) -> None:
+    value = {
+        "v": 1,
+        "id": recipient,
+        "sender": "news@sender.test",
+        "recipients": [{"address": recipient}],
+        "content": {"subject": "hi", "text": "body"},
+        "created_at": time.time(),
+    }
+    pool.producer.send(
+        pool.config.kafka.outbound_topic,
+        key=recipient.rpartition("@")[2].encode(),
+        value=json.dumps(value).encode(),
+        partition=partition,
+    )
+
+
+def test_rate_limit_holds_across_two_relays_without_blocking_other_domains(
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+) -> None:
+    rx = smtp_receiver("127.0.0.10", 0)
+    route = [{"host": rx.host, "port": rx.port}]
+    pool = pool_factory(
+        routes={"slow.test": route, "fast1.test": route, "fast2.test": route},
+        throttles={"slow.test": {"messages_per_minute": 60}},
+    )
+    a = relays(pool, "relay-a")
+    b = relays(pool, "relay-b")
+    wait_for(lambda: _members(pool) == 2, 60, "both relays in the group", a)
+
+    slow_n, fast_n = 25, 200
+    # slow.test shares partition 0 with fast1.test (as colliding keys would).
+    for i in range(slow_n):
+        _send_to_partition(pool, 0, f"s{i}@slow.test")
+    for i in range(fast_n):
+        _send_to_partition(pool, 0, f"f{i}@fast1.test")
+        _send_to_partition(pool, 1, f"g{i}@fast2.test")
+    pool.flush()
+    started = time.time()
+
+    def delivered(domain: str) -> list[float]:
+        return sorted(m.time for m in rx.messages() if m.rcpt_tos[0].endswith("@" + domain))
+
+    wait_for(
+        lambda: len(delivered("fast1.test")) >= fast_n and len(delivered("fast2.test")) >= fast_n,
+        60,
+        "fast domains delivered",
+        a,
+    )
+    fast_done = max(delivered("fast1.test")[-1], delivered("fast2.test")[-1]) - started
+    slow_by_then = len(delivered("slow.test"))
+    # Head-of-line: both fast domains are done while slow.test has most of its mail left.
+    assert slow_by_then <= slow_n // 2, (slow_by_then, fast_done)
+
+    wait_for(lambda: len(delivered("slow.test")) >= slow_n, slow_n * 2 + 30, "slow domain done", b)
+    times = delivered("slow.test")
+    rate_per_minute = (len(times) - 1) / (times[-1] - times[0]) * 60
+    assert rate_per_minute <= 60 * 1.05, rate_per_minute
+    assert rate_per_minute >= 60 * 0.8, rate_per_minute  # and the limit is actually used
+
+
+def test_kill_9_loses_nothing_and_duplicates_stay_within_the_window(
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+) -> None:
+    rx = smtp_receiver("127.0.0.10", 0)
+    rx.policy.reply_delay_seconds = 0.002  # a realistic MX: not instant
+    domains = [f"d{i}.test" for i in range(5)]
+    window = 200
+    pool = pool_factory(
+        routes={d: [{"host": rx.host, "port": rx.port}] for d in domains},
+        kafka={"max_in_flight_records": window},
+    )
+    total = 1500
+    expected = {f"u{i}@{domains[i % 5]}" for i in range(total)}
+    for rcpt in sorted(expected):
+        pool.send(rcpt)
+    pool.flush()
+
+    first = relays(pool, "relay-1")
+    wait_for(lambda: len(rx.recipients()) >= 300, 60, "some deliveries", first)
+    first.kill()  # SIGKILL: no shutdown, no final commit
+    killed_at = len(rx.recipients())
+    assert killed_at < total, "the relay finished before it could be killed"
+
+    second = relays(pool, "relay-2")
+    wait_for(lambda: set(rx.recipients()) >= expected, 120, "every recipient delivered", second)
+    counts = Counter(rx.recipients())
+    duplicates = sum(n - 1 for n in counts.values())
+    assert set(counts) == expected
+    assert duplicates <= window, duplicates
+
+
+def test_warmup_caps_the_cold_ip_per_day(
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+) -> None:
+    rx = smtp_receiver("127.0.0.10", 0)
+    pool = pool_factory(
+        routes={"w.test": [{"host": rx.host, "port": rx.port}]},
+        egress=[
+            {"address": "127.0.0.2", "helo": "cold.sender.test", "warmup": True},
+            {"address": "127.0.0.3", "helo": "warm.sender.test"},
+        ],
+        warmup={"schedule": [{"day": 1, "daily_limit": 5}, {"day": 2, "daily_limit": 8}]},
+    )
+    # Day 1 starts well inside a UTC day, so the run cannot straddle midnight.
+    now = time.time()
+    to_noon = (now // 86400) * 86400 + 43200 - now
+    env = {"MAILPIPE_CLOCK_OFFSET_SECONDS": str(to_noon)}
+    day1 = relays(pool, "relay-day1", env)
+    for i in range(20):
+        pool.send(f"a{i}@w.test")
+    pool.flush()
+    wait_for(lambda: len(rx.recipients()) == 20, 60, "day 1 delivered", day1)
+    assert rx.peers() == Counter({"127.0.0.2": 5, "127.0.0.3": 15})
+    helos = {m.peer: m.helo for m in rx.messages()}
+    assert helos == {"127.0.0.2": "cold.sender.test", "127.0.0.3": "warm.sender.test"}
+    day1.stop()
+
+    # Next day, a new relay process: the ledger is rebuilt from the events topic.
+    rx.reset()
+    env = {"MAILPIPE_CLOCK_OFFSET_SECONDS": str(to_noon + 86400)}
+    day2 = relays(pool, "relay-day2", env)
+    for i in range(20):
+        pool.send(f"b{i}@w.test")
+    pool.flush()
+    wait_for(lambda: len(rx.recipients()) == 20, 60, "day 2 delivered", day2)
+    assert rx.peers() == Counter({"127.0.0.2": 8, "127.0.0.3": 12})
