@@ -1,0 +1,315 @@
+"""Typed specs of the two custom resources, the single source of their schemas.
+
+The CRDs in `crds/` are generated from these models (`crdgen`), and the
+handlers parse every object through them, so the schema the apiserver enforces
+and the one the operator reads cannot drift. Field names are camelCase on the
+wire (Kubernetes API conventions) and snake_case in Python.
+
+Cross-field rules that the apiserver can check itself are CEL rules
+(`x-kubernetes-validations`), so a bad object is refused at `kubectl apply`
+with a message naming the field, instead of being accepted and failing later.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "mailpipe.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+HOSTNAME = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+IPV4 = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"
+ADDRESS = r"^[^@\s<>]+@[^@\s<>]+$"
+TIME_ZONE = r"^(UTC|[A-Za-z]+(/[A-Za-z0-9_+-]+){1,2})$"  # IANA names, e.g. Europe/Paris
+CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+TOPIC = r"^[A-Za-z0-9._-]{1,200}$"
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+# --- SendingPool -------------------------------------------------------------
+
+
+class EgressIP(Spec):
+    address: str = Field(pattern=IPV4, description="IPv4 source address the relays bind to.")
+    helo: str = Field(
+        pattern=HOSTNAME, max_length=253, description="EHLO name; should match the IP's PTR record."
+    )
+    warmup: bool = Field(default=False, description="True while this IP follows the warm-up schedule.")
+    warmup_day_offset: int = Field(
+        default=0, ge=0, le=365, description="Warm-up days already done elsewhere (skips steps)."
+    )
+
+
+class WarmupStep(Spec):
+    day: int = Field(ge=1, le=365, description="Warm-up day this cap starts on (1 = first day sent).")
+    daily_limit: int = Field(ge=0, description="Messages per day from the IP, all destinations.")
+    group_limits: dict[str, int] = Field(
+        default_factory=dict, description="Messages per day from the IP per domain group."
+    )
+
+
+class Warmup(Spec):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.schedule.all(a, self.schedule.all(b, a.day < b.day ? a.dailyLimit <= b.dailyLimit : true))",
+                "warm-up schedule: dailyLimit must not decrease from one day to a later one",
+            ),
+            (
+                "self.schedule.all(a, self.schedule.exists_one(b, b.day == a.day))",
+                "warm-up schedule: each day may appear only once",
+            ),
+        )
+    )
+    schedule: list[WarmupStep] = Field(
+        default_factory=list, max_length=60, description="Daily caps for warming IPs, by day."
+    )
+    bounce_rate_pause: float = Field(
+        default=0.10, ge=0, le=1, description="Pause a warming IP when its bounce rate exceeds this."
+    )
+    complaint_rate_pause: float = Field(
+        default=0.003, ge=0, le=1, description="Pause a warming IP above this complaint rate."
+    )
+    min_sample: int = Field(default=200, ge=1, description="Messages before rates are judged.")
+    time_zone: str = Field(default="UTC", pattern=TIME_ZONE, description="Where warm-up days start.")
+
+
+class Throttle(Spec):
+    max_connections: int = Field(default=10, ge=1, le=1000, description="Concurrent connections.")
+    messages_per_minute: float | None = Field(
+        default=None, gt=0, description="Message rate, pool-wide. Unset means unlimited."
+    )
+    messages_per_connection: int = Field(
+        default=100, ge=1, description="Messages before a connection is closed and reopened."
+    )
+    recipients_per_transaction: int = Field(default=50, ge=1, le=1000, description="RCPTs per DATA.")
+
+
+class Throttles(Spec):
+    default: Throttle = Field(default_factory=Throttle, description="Shaping for every domain.")
+    overrides: dict[str, Throttle] = Field(
+        default_factory=dict, description="Shaping per destination domain or domain group name."
+    )
+
+
+class Retry(Spec):
+    schedule_seconds: list[int] = Field(
+        default_factory=lambda: [60, 600, 3600, 21600],
+        min_length=1,
+        max_length=20,
+        description="Wait before each retry of a deferred message; the last step repeats.",
+    )
+    max_age_seconds: int = Field(
+        default=259200, ge=60, description="Give up (expired) when a message is this old."
+    )
+
+
+class TLSMode(enum.StrEnum):
+    OPPORTUNISTIC = "opportunistic"
+    REQUIRED = "required"
+    DISABLED = "disabled"
+
+
+class TLS(Spec):
+    mode: TLSMode = Field(default=TLSMode.OPPORTUNISTIC, description="STARTTLS policy.")
+    verify: bool = Field(default=False, description="Verify MX certificates.")
+
+
+class SecretKeyRef(Spec):
+    name: str = Field(pattern=DNS_LABEL, description="Secret in the pool's namespace.")
+    key: str = Field(default="private.pem", description="Key of the PEM private key in the Secret.")
+
+
+class DKIM(Spec):
+    domain: str = Field(pattern=HOSTNAME, description="Signing domain (d=).")
+    selector: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="Selector (s=).")
+    secret_ref: SecretKeyRef = Field(description="Where the private key is.")
+
+
+class Route(Spec):
+    host: str = Field(description="Host name or address to connect to.")
+    port: int = Field(default=25, ge=1, le=65535, description="TCP port.")
+
+
+class KafkaSpec(Spec):
+    bootstrap_servers: str = Field(min_length=1, description="Kafka bootstrap servers, host:port,...")
+    topic_prefix: str | None = Field(
+        default=None, pattern=TOPIC, description="Prefix of the pool's topics (default: ns.name)."
+    )
+    partitions: int = Field(default=12, ge=1, le=1000, description="Partitions of each topic.")
+    replication_factor: int = Field(default=1, ge=1, le=7, description="Replicas of each topic.")
+    delay_steps: list[str] = Field(
+        default_factory=lambda: ["1m", "10m", "1h", "6h"],
+        min_length=1,
+        max_length=10,
+        description="Delay topics for retries and scheduled mail, e.g. 1m, 10m, 1h.",
+    )
+
+
+class ResourceList(Spec):
+    cpu: str | None = Field(default=None, description="CPU quantity, e.g. 500m.")
+    memory: str | None = Field(default=None, description="Memory quantity, e.g. 256Mi.")
+
+
+class Resources(Spec):
+    requests: ResourceList = Field(default_factory=ResourceList, description="Requested resources.")
+    limits: ResourceList = Field(default_factory=ResourceList, description="Resource limits.")
+
+
+class SendingPoolSpec(Spec):
+    """Where mail leaves from: egress IPs, shaping, retries, TLS, DKIM, relays."""
+
+    replicas: int = Field(default=1, ge=0, le=100, description="Relay replicas.")
+    image: str = Field(default="ghcr.io/mailpipe/mailpipe:0.1.0", description="Relay image.")
+    resources: Resources = Field(default_factory=Resources, description="Relay container resources.")
+    kafka: KafkaSpec = Field(description="Kafka cluster and topics of the pool.")
+    egress_ips: list[EgressIP] = Field(
+        min_length=1, max_length=256, description="Egress IPs with their HELO names."
+    )
+    warmup: Warmup = Field(default_factory=Warmup, description="IP warm-up schedule and safeguards.")
+    domain_groups: dict[str, list[str]] = Field(
+        default_factory=dict, description="Group name -> destination domain patterns (fnmatch)."
+    )
+    throttles: Throttles = Field(default_factory=Throttles, description="Per-destination shaping.")
+    retry: Retry = Field(default_factory=Retry, description="Retry schedule of deferred mail.")
+    tls: TLS = Field(default_factory=TLS, description="TLS policy towards MX hosts.")
+    dkim: DKIM | None = Field(default=None, description="DKIM signing; unset means unsigned.")
+    routes: dict[str, list[Route]] = Field(
+        default_factory=dict, description="Static next hops per domain instead of MX (tests, smart hosts)."
+    )
+    dns_nameserver: str | None = Field(
+        default=None, pattern=r"^[^:]+:[0-9]+$", description="Resolver host:port instead of the pod's."
+    )
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="Port of MX hosts.")
+    metrics_port: int = Field(default=9090, ge=1024, le=65535, description="Relay metrics port.")
+
+
+# --- Campaign ------------------------------------------------------------------
+
+
+class Sender(Spec):
+    address: str = Field(pattern=ADDRESS, description="Envelope sender and From: address.")
+    name: str | None = Field(default=None, max_length=200, description="Display name in From:.")
+
+
+class Variant(Spec):
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="Variant name, e.g. a or b.")
+    weight: int = Field(ge=0, le=100, description="Share of recipients, in percent.")
+    subject: str | None = Field(default=None, description="Subject template for this variant.")
+    text: str | None = Field(default=None, description="Text body template for this variant.")
+    html: str | None = Field(default=None, description="HTML body template for this variant.")
+
+
+class Recipient(Spec):
+    address: str = Field(pattern=ADDRESS, description="Recipient address.")
+    time_zone: str | None = Field(default=None, pattern=TIME_ZONE, description="Recipient's zone.")
+    merge: dict[str, str] = Field(default_factory=dict, description="Merge fields for templates.")
+
+
+class AudienceFormat(enum.StrEnum):
+    CSV = "csv"
+    JSONL = "jsonl"
+
+
+class ConfigMapAudience(Spec):
+    name: str = Field(description="ConfigMap in the campaign's namespace.")
+    key: str = Field(default="audience.csv", description="Key holding the audience.")
+    format: AudienceFormat = Field(
+        default=AudienceFormat.CSV,
+        description="csv (header row: address, timeZone, other columns = merge fields) or jsonl.",
+    )
+
+
+class Audience(Spec):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("has(self.inline) != has(self.configMapRef)", "audience needs exactly one of inline or configMapRef")
+        )
+    )
+    inline: list[Recipient] | None = Field(
+        default=None, max_length=1000, description="Recipients listed in the Campaign itself."
+    )
+    config_map_ref: ConfigMapAudience | None = Field(
+        default=None, description="Recipients in a ConfigMap (large audiences)."
+    )
+
+
+class Weekday(enum.StrEnum):
+    MON = "Mon"
+    TUE = "Tue"
+    WED = "Wed"
+    THU = "Thu"
+    FRI = "Fri"
+    SAT = "Sat"
+    SUN = "Sun"
+
+
+class SendWindow(Spec):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(("self.start < self.end", "send window: start must be before end"))
+    )
+    days: list[Weekday] = Field(min_length=1, max_length=7, description="Days the window is open.")
+    start: str = Field(pattern=CLOCK, description="Opening time, HH:MM, recipient's local time.")
+    end: str = Field(pattern=CLOCK, description="Closing time, HH:MM, recipient's local time.")
+
+
+class Unsubscribe(Spec):
+    url: str | None = Field(
+        default=None, pattern=r"^https://", description="Template of the one-click https URL."
+    )
+    mailto: str | None = Field(default=None, pattern=ADDRESS, description="Unsubscribe mailbox.")
+    one_click: bool = Field(default=True, description="Add List-Unsubscribe-Post (RFC 8058).")
+
+
+class CampaignSpec(Spec):
+    """What to send: sender, templates, audience, schedule, variants."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("has(self.text) || has(self.html)", "a campaign needs a text or an html template"),
+            (
+                "!has(self.variants) || size(self.variants) == 0 || self.variants.map(v, v.weight).sum() == 100",
+                "variant weights must sum to 100",
+            ),
+            (
+                "!has(self.unsubscribe) || !self.unsubscribe.oneClick || has(self.unsubscribe.url)",
+                "one-click unsubscribe needs an https url",
+            ),
+        )
+    )
+    pool_ref: str = Field(pattern=DNS_LABEL, max_length=253, description="SendingPool in this namespace.")
+    from_: Sender = Field(alias="from", description="Sender.")
+    reply_to: str | None = Field(default=None, pattern=ADDRESS, description="Reply-To address.")
+    subject: str = Field(min_length=1, max_length=998, description="Subject template (Jinja2).")
+    text: str | None = Field(default=None, description="Text body template (Jinja2).")
+    html: str | None = Field(default=None, description="HTML body template (Jinja2, autoescaped).")
+    variants: list[Variant] = Field(
+        default_factory=list, max_length=10, description="A/B variants by weight."
+    )
+    audience: Audience = Field(description="Who receives it.")
+    start_at: str | None = Field(
+        default=None, description="RFC 3339 time before which nothing is sent.", json_schema_extra={"format": "date-time"}
+    )
+    send_windows: list[SendWindow] = Field(
+        default_factory=list, max_length=14, description="When sending is allowed, recipient time."
+    )
+    time_zone: str = Field(
+        default="UTC", pattern=TIME_ZONE, description="Zone of recipients without their own."
+    )
+    unsubscribe: Unsubscribe | None = Field(default=None, description="Unsubscribe headers and link.")
+    suspend: bool = Field(default=False, description="Pause sending; resume by setting false.")
