@@ -22,8 +22,11 @@ GROUP = "mailpipe.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-HOSTNAME = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-IPV4 = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"
+HOSTNAME = (
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4 = rf"^({_OCTET}\.){{3}}{_OCTET}$"
 ADDRESS = r"^[^@\s<>]+@[^@\s<>]+$"
 TIME_ZONE = r"^(UTC|[A-Za-z]+(/[A-Za-z0-9_+-]+){1,2})$"  # IANA names, e.g. Europe/Paris
 CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -49,14 +52,18 @@ class EgressIP(Spec):
     helo: str = Field(
         pattern=HOSTNAME, max_length=253, description="EHLO name; should match the IP's PTR record."
     )
-    warmup: bool = Field(default=False, description="True while this IP follows the warm-up schedule.")
+    warmup: bool = Field(
+        default=False, description="True while this IP follows the warm-up schedule."
+    )
     warmup_day_offset: int = Field(
         default=0, ge=0, le=365, description="Warm-up days already done elsewhere (skips steps)."
     )
 
 
 class WarmupStep(Spec):
-    day: int = Field(ge=1, le=365, description="Warm-up day this cap starts on (1 = first day sent).")
+    day: int = Field(
+        ge=1, le=365, description="Warm-up day this cap starts on (1 = first day sent)."
+    )
     daily_limit: int = Field(ge=0, description="Messages per day from the IP, all destinations.")
     group_limits: dict[str, int] = Field(
         default_factory=dict, description="Messages per day from the IP per domain group."
@@ -67,7 +74,8 @@ class Warmup(Spec):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             (
-                "self.schedule.all(a, self.schedule.all(b, a.day < b.day ? a.dailyLimit <= b.dailyLimit : true))",
+                "self.schedule.all(a, self.schedule.all(b, "
+                "a.day < b.day ? a.dailyLimit <= b.dailyLimit : true))",
                 "warm-up schedule: dailyLimit must not decrease from one day to a later one",
             ),
             (
@@ -80,13 +88,18 @@ class Warmup(Spec):
         default_factory=list, max_length=60, description="Daily caps for warming IPs, by day."
     )
     bounce_rate_pause: float = Field(
-        default=0.10, ge=0, le=1, description="Pause a warming IP when its bounce rate exceeds this."
+        default=0.10,
+        ge=0,
+        le=1,
+        description="Pause a warming IP when its bounce rate exceeds this.",
     )
     complaint_rate_pause: float = Field(
         default=0.003, ge=0, le=1, description="Pause a warming IP above this complaint rate."
     )
     min_sample: int = Field(default=200, ge=1, description="Messages before rates are judged.")
-    time_zone: str = Field(default="UTC", pattern=TIME_ZONE, description="Where warm-up days start.")
+    time_zone: str = Field(
+        default="UTC", pattern=TIME_ZONE, description="Where warm-up days start."
+    )
 
 
 class Throttle(Spec):
@@ -97,7 +110,9 @@ class Throttle(Spec):
     messages_per_connection: int = Field(
         default=100, ge=1, description="Messages before a connection is closed and reopened."
     )
-    recipients_per_transaction: int = Field(default=50, ge=1, le=1000, description="RCPTs per DATA.")
+    recipients_per_transaction: int = Field(
+        default=50, ge=1, le=1000, description="RCPTs per DATA."
+    )
 
 
 class Throttles(Spec):
@@ -147,7 +162,9 @@ class Route(Spec):
 
 
 class KafkaSpec(Spec):
-    bootstrap_servers: str = Field(min_length=1, description="Kafka bootstrap servers, host:port,...")
+    bootstrap_servers: str = Field(
+        min_length=1, description="Kafka bootstrap servers, host:port,..."
+    )
     topic_prefix: str | None = Field(
         default=None, pattern=TOPIC, description="Prefix of the pool's topics (default: ns.name)."
     )
@@ -176,12 +193,16 @@ class SendingPoolSpec(Spec):
 
     replicas: int = Field(default=1, ge=0, le=100, description="Relay replicas.")
     image: str = Field(default="ghcr.io/mailpipe/mailpipe:0.1.0", description="Relay image.")
-    resources: Resources = Field(default_factory=Resources, description="Relay container resources.")
+    resources: Resources = Field(
+        default_factory=Resources, description="Relay container resources."
+    )
     kafka: KafkaSpec = Field(description="Kafka cluster and topics of the pool.")
     egress_ips: list[EgressIP] = Field(
         min_length=1, max_length=256, description="Egress IPs with their HELO names."
     )
-    warmup: Warmup = Field(default_factory=Warmup, description="IP warm-up schedule and safeguards.")
+    warmup: Warmup = Field(
+        default_factory=Warmup, description="IP warm-up schedule and safeguards."
+    )
     domain_groups: dict[str, list[str]] = Field(
         default_factory=dict, description="Group name -> destination domain patterns (fnmatch)."
     )
@@ -190,10 +211,13 @@ class SendingPoolSpec(Spec):
     tls: TLS = Field(default_factory=TLS, description="TLS policy towards MX hosts.")
     dkim: DKIM | None = Field(default=None, description="DKIM signing; unset means unsigned.")
     routes: dict[str, list[Route]] = Field(
-        default_factory=dict, description="Static next hops per domain instead of MX (tests, smart hosts)."
+        default_factory=dict,
+        description="Static next hops per domain instead of MX (tests, smart hosts).",
     )
     dns_nameserver: str | None = Field(
-        default=None, pattern=r"^[^:]+:[0-9]+$", description="Resolver host:port instead of the pod's."
+        default=None,
+        pattern=r"^[^:]+:[0-9]+$",
+        description="Resolver host:port instead of the pod's.",
     )
     smtp_port: int = Field(default=25, ge=1, le=65535, description="Port of MX hosts.")
     metrics_port: int = Field(default=9090, ge=1024, le=65535, description="Relay metrics port.")
@@ -238,7 +262,10 @@ class ConfigMapAudience(Spec):
 class Audience(Spec):
     model_config = ConfigDict(
         json_schema_extra=_cel(
-            ("has(self.inline) != has(self.configMapRef)", "audience needs exactly one of inline or configMapRef")
+            (
+                "has(self.inline) != has(self.configMapRef)",
+                "audience needs exactly one of inline or configMapRef",
+            )
         )
     )
     inline: list[Recipient] | None = Field(
@@ -283,7 +310,8 @@ class CampaignSpec(Spec):
         json_schema_extra=_cel(
             ("has(self.text) || has(self.html)", "a campaign needs a text or an html template"),
             (
-                "!has(self.variants) || size(self.variants) == 0 || self.variants.map(v, v.weight).sum() == 100",
+                "!has(self.variants) || size(self.variants) == 0 || "
+                "self.variants.map(v, v.weight).sum() == 100",
                 "variant weights must sum to 100",
             ),
             (
@@ -292,7 +320,9 @@ class CampaignSpec(Spec):
             ),
         )
     )
-    pool_ref: str = Field(pattern=DNS_LABEL, max_length=253, description="SendingPool in this namespace.")
+    pool_ref: str = Field(
+        pattern=DNS_LABEL, max_length=253, description="SendingPool in this namespace."
+    )
     from_: Sender = Field(alias="from", description="Sender.")
     reply_to: str | None = Field(default=None, pattern=ADDRESS, description="Reply-To address.")
     subject: str = Field(min_length=1, max_length=998, description="Subject template (Jinja2).")
@@ -303,7 +333,9 @@ class CampaignSpec(Spec):
     )
     audience: Audience = Field(description="Who receives it.")
     start_at: str | None = Field(
-        default=None, description="RFC 3339 time before which nothing is sent.", json_schema_extra={"format": "date-time"}
+        default=None,
+        description="RFC 3339 time before which nothing is sent.",
+        json_schema_extra={"format": "date-time"},
     )
     send_windows: list[SendWindow] = Field(
         default_factory=list, max_length=14, description="When sending is allowed, recipient time."
@@ -311,5 +343,7 @@ class CampaignSpec(Spec):
     time_zone: str = Field(
         default="UTC", pattern=TIME_ZONE, description="Zone of recipients without their own."
     )
-    unsubscribe: Unsubscribe | None = Field(default=None, description="Unsubscribe headers and link.")
+    unsubscribe: Unsubscribe | None = Field(
+        default=None, description="Unsubscribe headers and link."
+    )
     suspend: bool = Field(default=False, description="Pause sending; resume by setting false.")

@@ -346,8 +346,9 @@ class TopicFollower:
         self._thread = threading.Thread(target=self._run, name=f"follow-{topic}", daemon=True)
         self.error: BaseException | None = None
 
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start following; records are applied on `loop` (default: the running one)."""
+        self._loop = loop or asyncio.get_running_loop()
         self._thread.start()
 
     async def wait_caught_up(self, timeout_s: float = 60) -> None:

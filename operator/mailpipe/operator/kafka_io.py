@@ -1,0 +1,205 @@
+"""The operator's Kafka IO: topics, fan-out produce, checkpoint scans, events.
+
+Fan-out is exactly-once across operator restarts without Kafka transactions:
+before each chunk the operator checkpoints, in the Campaign's status, the
+index it starts at *and the end offsets of the outbound topic at that moment*.
+After a crash it scans only the records appended since those offsets, finds
+which indices of this campaign were already produced (record ids are
+`<campaign uid>-<index>`), and skips them. Nothing before the checkpoint is
+re-sent, nothing after it is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from mailpipe.relay.kafka_adapter import TopicFollower
+from mailpipe.relay.wire import WireError, decode_event, decode_suppression, suppression_key
+
+log = logging.getLogger("mailpipe.operator.kafka")
+
+
+def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int,
+    replication: int,
+    compacted: Iterable[str] = (),
+) -> list[str]:
+    """Create missing topics; returns the ones created. Idempotent."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mailpipe-operator")
+    created: list[str] = []
+    try:
+        existing = set(admin.list_topics())
+        compacted = set(compacted)
+        for name in [*names, *compacted]:
+            if name in existing or name in created:
+                continue
+            configs = {"cleanup.policy": "compact"} if name in compacted else {}
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(
+                    [NewTopic(name, partitions, replication, topic_configs=configs)]
+                )
+                created.append(name)
+    finally:
+        admin.close()
+    return created
+
+
+class Producers:
+    """One idempotent, acks=all producer per Kafka cluster, shared by fan-outs."""
+
+    def __init__(self) -> None:
+        self._producers: dict[str, KafkaProducer] = {}
+        self._lock = threading.Lock()
+
+    def get(self, bootstrap: str) -> KafkaProducer:
+        with self._lock:
+            p = self._producers.get(bootstrap)
+            if p is None:
+                p = KafkaProducer(
+                    bootstrap_servers=bootstrap,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=20,  # fan-out is bulk: bigger batches, fewer requests
+                    batch_size=256 * 1024,
+                    compression_type=None,
+                    client_id="mailpipe-operator-fanout",
+                )
+                self._producers[bootstrap] = p
+            return p
+
+    def close(self) -> None:
+        with self._lock:
+            for p in self._producers.values():
+                p.close(timeout=10)
+            self._producers.clear()
+
+
+def produce_all(producer: KafkaProducer, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """Send and wait until every record is acknowledged; raise on the first failure."""
+    futures = [producer.send(topic, key=k, value=v) for k, v in records]
+    producer.flush()
+    for f in futures:
+        f.get(timeout=30)
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+def produced_since(bootstrap: str, topic: str, since: dict[int, int], uid: str) -> set[int]:
+    """Indices of campaign `uid` appended to `topic` after the `since` offsets."""
+    prefix = f'"id":"{uid}-'.encode()
+    found: set[int] = set()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        end = consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, since.get(tp.partition, 0))
+        pending = {tp for tp in tps if consumer.position(tp) < end[tp]}
+        while pending:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for r in records:
+                    if r.value and prefix in r.value:
+                        rid = json.loads(r.value)["id"]
+                        found.add(int(rid.rsplit("-", 1)[1]))
+                if consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+    finally:
+        consumer.close()
+    return found
+
+
+def read_suppressions(bootstrap: str, topic: str) -> set[str]:
+    """The whole compacted suppression topic, tombstones applied."""
+    out: dict[str, bool] = {}
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return set()
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        pending = {tp for tp in tps if end[tp] > 0}
+        while pending:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for r in records:
+                    if r.key is None:
+                        continue
+                    key = r.key.decode()
+                    if r.value is None:
+                        out.pop(key, None)
+                        continue
+                    with contextlib.suppress(WireError):
+                        out[suppression_key(decode_suppression(r.value).address)] = True
+                if consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+    finally:
+        consumer.close()
+    return set(out)
+
+
+class EventsHub:
+    """Follows each pool's events topic once and fans the events out to observers.
+
+    `follow` may be called from any thread (kopf daemons run in threads);
+    observers always run on the operator's event loop, given to `start`.
+    """
+
+    def __init__(self) -> None:
+        self._followers: dict[tuple[str, str], TopicFollower] = {}
+        self._observers: dict[tuple[str, str], list[Callable[[Any], None]]] = {}
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def follow(self, bootstrap: str, topic: str, observer: Callable[[Any], None]) -> None:
+        key = (bootstrap, topic)
+        with self._lock:
+            observers = self._observers.setdefault(key, [])
+            if observer not in observers:
+                observers.append(observer)
+            if key in self._followers:
+                return
+
+            def apply(_: bytes | None, value: bytes | None, __: bool) -> None:
+                if value is None:
+                    return
+                try:
+                    event = decode_event(value)
+                except WireError:
+                    return
+                for obs in self._observers.get(key, []):
+                    obs(event)
+
+            follower = TopicFollower(bootstrap, topic, apply)
+            self._followers[key] = follower
+        follower.start(self._loop)
+
+    def stop(self) -> None:
+        for f in self._followers.values():
+            f.stop()

@@ -1,0 +1,142 @@
+"""The operator's Kubernetes writes: server-side apply of children, cleanup, status.
+
+Children are applied with server-side apply (field manager `mailpipe-operator`,
+forced), so fields removed from the rendered object are removed from the
+cluster too; an unchanged object (same spec-hash annotation) is not written
+at all. Deletion is explicit: owner references make a real cluster's garbage
+collector remove children, but the operator does not rely on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from .models import GROUP, VERSION
+from .pool import SPEC_HASH_ANNOTATION, PoolRef
+
+FIELD_MANAGER = "mailpipe-operator"
+_api: client.ApiClient | None = None
+
+
+def api() -> client.ApiClient:
+    """A client from the in-cluster ServiceAccount, else from KUBECONFIG."""
+    global _api
+    if _api is None:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            _api = client.ApiClient()
+        except config.ConfigException:
+            _api = config.new_client_from_config()  # type: ignore[no-untyped-call]
+    return _api
+
+
+def _hash(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_KINDS: dict[str, tuple[str, str]] = {
+    # kind -> (API class, method suffix)
+    "ConfigMap": ("CoreV1Api", "namespaced_config_map"),
+    "Service": ("CoreV1Api", "namespaced_service"),
+    "Deployment": ("AppsV1Api", "namespaced_deployment"),
+    "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
+}
+
+
+def _call(kind: str, verb: str, *args: Any, **kwargs: Any) -> Any:
+    cls_name, suffix = _KINDS[kind]
+    target = getattr(client, cls_name)(api())
+    return getattr(target, f"{verb}_{suffix}")(*args, **kwargs)
+
+
+def apply(obj: dict[str, Any]) -> bool:
+    """Server-side apply `obj` unless the live one has the same spec hash; True if written."""
+    desired = json.loads(json.dumps(obj))
+    digest = _hash(desired)
+    desired["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
+    kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
+    try:
+        live = _call(kind, "read", name, ns)
+        annotations = live.metadata.annotations or {}
+        if annotations.get(SPEC_HASH_ANNOTATION) == digest:
+            return False
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    _call(
+        kind,
+        "patch",
+        name,
+        ns,
+        desired,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        _content_type="application/apply-patch+yaml",
+    )
+    return True
+
+
+def apply_all(objects: list[dict[str, Any]]) -> list[str]:
+    """Apply each object; returns 'Kind/name' of those written."""
+    return [f"{o['kind']}/{o['metadata']['name']}" for o in objects if apply(o)]
+
+
+def delete_children(ref: PoolRef) -> list[str]:
+    deleted = []
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "ConfigMap"):
+        try:
+            _call(kind, "delete", ref.child_name, ref.namespace)
+            deleted.append(f"{kind}/{ref.child_name}")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    return deleted
+
+
+def read_deployment_status(ref: PoolRef) -> dict[str, int]:
+    try:
+        dep = _call("Deployment", "read", ref.child_name, ref.namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return {}
+        raise
+    st = dep.status
+    return {
+        "replicas": st.replicas or 0,
+        "readyReplicas": st.ready_replicas or 0,
+        "availableReplicas": st.available_replicas or 0,
+        "updatedReplicas": st.updated_replicas or 0,
+    }
+
+
+def get_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj = client.CustomObjectsApi(api()).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name
+        )
+        return dict(obj)  # type: ignore[call-overload]
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, plural, name, {"status": status}
+    )
+
+
+def read_configmap(namespace: str, name: str) -> dict[str, str] | None:
+    try:
+        cm = client.CoreV1Api(api()).read_namespaced_config_map(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(cm.data or {})

@@ -1,0 +1,273 @@
+"""Pure builders: a SendingPool spec -> the relay config and its Kubernetes objects.
+
+Each `build_*` takes the typed spec and returns a plain dict; no API calls, no
+clock, so every object is table-tested. The ConfigMap carries the relay config
+(the relay's own `RelayConfig`, dumped canonically) and its hash; the
+Deployment's pod template carries the same hash, so editing the pool rolls the
+relays exactly when their config changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from mailpipe.relay import config as relay_config
+
+from .models import API_VERSION, SendingPoolSpec
+
+CONFIG_KEY = "relay.yaml"
+CONFIG_DIR = "/etc/mailpipe"
+DKIM_DIR = "/etc/mailpipe/dkim"
+HASH_ANNOTATION = "mailpipe.io/config-hash"
+SPEC_HASH_ANNOTATION = "mailpipe.io/spec-hash"
+MANAGED_BY = "mailpipe-operator"
+
+
+@dataclass(frozen=True)
+class PoolRef:
+    name: str
+    namespace: str
+    uid: str
+
+    @property
+    def child_name(self) -> str:
+        return f"mailpipe-relay-{self.name}"
+
+    def labels(self) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/name": "mailpipe-relay",
+            "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/component": "relay",
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            "mailpipe.io/pool": self.name,
+        }
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "SendingPool",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def metadata(self, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": self.child_name,
+            "namespace": self.namespace,
+            "labels": self.labels(),
+            "ownerReferences": [self.owner_reference()],
+        }
+        if annotations:
+            meta["annotations"] = annotations
+        return meta
+
+
+@dataclass(frozen=True)
+class Topics:
+    outbound: str
+    events: str
+    dlq: str
+    delay: dict[str, str]
+    suppressions: str = "mailpipe.suppressions"
+
+    def all(self) -> list[str]:
+        return [self.outbound, self.events, self.dlq, *self.delay.values()]
+
+
+def topics(ref: PoolRef, spec: SendingPoolSpec) -> Topics:
+    prefix = spec.kafka.topic_prefix or f"{ref.namespace}.{ref.name}"
+    return Topics(
+        outbound=f"{prefix}.outbound",
+        events=f"{prefix}.events",
+        dlq=f"{prefix}.dlq",
+        delay={step: f"{prefix}.delay.{step}" for step in spec.kafka.delay_steps},
+    )
+
+
+def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.RelayConfig:
+    t = topics(ref, spec)
+
+    def throttle(th: Any) -> relay_config.Throttle:
+        return relay_config.Throttle(
+            max_connections=th.max_connections,
+            messages_per_minute=th.messages_per_minute,
+            messages_per_connection=th.messages_per_connection,
+            recipients_per_transaction=th.recipients_per_transaction,
+        )
+
+    return relay_config.RelayConfig(
+        pool=f"{ref.namespace}/{ref.name}",
+        kafka=relay_config.KafkaSettings(
+            bootstrap_servers=spec.kafka.bootstrap_servers,
+            group_id=f"mailpipe-{ref.namespace}-{ref.name}",
+            outbound_topic=t.outbound,
+            events_topic=t.events,
+            dlq_topic=t.dlq,
+            suppressions_topic=t.suppressions,
+            delay_topics=t.delay,
+            client_id=f"mailpipe-relay-{ref.name}",
+        ),
+        egress=[
+            relay_config.EgressIP(
+                address=e.address,
+                helo=e.helo,
+                warmup=e.warmup,
+                warmup_day_offset=e.warmup_day_offset,
+            )
+            for e in spec.egress_ips
+        ],
+        domain_groups=spec.domain_groups,
+        throttle_default=throttle(spec.throttles.default),
+        throttles={k: throttle(v) for k, v in spec.throttles.overrides.items()},
+        warmup=relay_config.WarmupSettings(
+            schedule=[
+                relay_config.WarmupStep(
+                    day=s.day, daily_limit=s.daily_limit, group_limits=s.group_limits
+                )
+                for s in spec.warmup.schedule
+            ],
+            bounce_rate_pause=spec.warmup.bounce_rate_pause,
+            complaint_rate_pause=spec.warmup.complaint_rate_pause,
+            min_sample=spec.warmup.min_sample,
+            timezone=spec.warmup.time_zone,
+        ),
+        retry=relay_config.RetrySettings(
+            schedule_seconds=spec.retry.schedule_seconds, max_age_seconds=spec.retry.max_age_seconds
+        ),
+        tls=relay_config.TLSSettings(
+            mode=relay_config.TLSMode(spec.tls.mode.value), verify=spec.tls.verify
+        ),
+        dkim=(
+            relay_config.DKIMSettings(
+                domain=spec.dkim.domain,
+                selector=spec.dkim.selector,
+                private_key_path=f"{DKIM_DIR}/{spec.dkim.secret_ref.key}",
+            )
+            if spec.dkim
+            else None
+        ),
+        routes={
+            d: [relay_config.Route(host=r.host, port=r.port) for r in routes]
+            for d, routes in spec.routes.items()
+        },
+        smtp_port=spec.smtp_port,
+        dns_nameserver=spec.dns_nameserver,
+        metrics_port=spec.metrics_port,
+    )
+
+
+def config_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_configmap(ref: PoolRef, config_text: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": ref.metadata({HASH_ANNOTATION: config_hash(config_text)}),
+        "data": {CONFIG_KEY: config_text},
+    }
+
+
+def build_deployment(ref: PoolRef, spec: SendingPoolSpec, config_text: str) -> dict[str, Any]:
+    digest = config_hash(config_text)
+    resources = {
+        kind: {k: v for k, v in getattr(spec.resources, kind).model_dump().items() if v}
+        for kind in ("requests", "limits")
+    }
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": ref.child_name}}]
+    mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    if spec.dkim:
+        volumes.append({"name": "dkim", "secret": {"secretName": spec.dkim.secret_ref.name}})
+        mounts.append({"name": "dkim", "mountPath": DKIM_DIR, "readOnly": True})
+    probe = {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10}
+    container = {
+        "name": "relay",
+        "image": spec.image,
+        "args": ["relay", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "env": [
+            {"name": "MAILPIPE_POOL", "value": f"{ref.namespace}/{ref.name}"},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        "ports": [{"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"}],
+        "readinessProbe": {**probe, "initialDelaySeconds": 5},
+        "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 6},
+        "resources": {k: v for k, v in resources.items() if v},
+        "volumeMounts": mounts,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ref.metadata({HASH_ANNOTATION: digest}),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {
+                "matchLabels": {
+                    "mailpipe.io/pool": ref.name,
+                    "app.kubernetes.io/component": "relay",
+                }
+            },
+            "template": {
+                "metadata": {"labels": ref.labels(), "annotations": {HASH_ANNOTATION: digest}},
+                "spec": {
+                    # SMTP egress binds the pool's IPs, which live on the node.
+                    "hostNetwork": True,
+                    "dnsPolicy": "ClusterFirstWithHostNet",
+                    "terminationGracePeriodSeconds": 60,  # lets in-flight transactions finish
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def build_service(ref: PoolRef, spec: SendingPoolSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ref.metadata(),
+        "spec": {
+            "selector": {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": "relay"},
+            "ports": [{"name": "metrics", "port": spec.metrics_port, "targetPort": "metrics"}],
+        },
+    }
+
+
+def build_pdb(ref: PoolRef, spec: SendingPoolSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": ref.metadata(),
+        "spec": {
+            # keep at least one relay per pool during node drains when there are several
+            "maxUnavailable": 1,
+            "selector": {
+                "matchLabels": {
+                    "mailpipe.io/pool": ref.name,
+                    "app.kubernetes.io/component": "relay",
+                }
+            },
+        },
+    }
+
+
+def build_children(ref: PoolRef, spec: SendingPoolSpec) -> tuple[str, list[dict[str, Any]]]:
+    """The relay config text and every child object, in apply order."""
+    text = relay_config.dump_config(build_relay_config(ref, spec))
+    return text, [
+        build_configmap(ref, text),
+        build_deployment(ref, spec, text),
+        build_service(ref, spec),
+        build_pdb(ref, spec),
+    ]

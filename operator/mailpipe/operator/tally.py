@@ -1,0 +1,75 @@
+"""Campaign counts from the events topic: the latest disposition per recipient.
+
+Relays emit one event per recipient attempt, so a deferred-then-delivered
+recipient has two events and a crash can repeat one. Counting the *latest*
+disposition per (campaign, recipient) gives counts that add up to the
+audience and a campaign that is complete exactly when every recipient has a
+final disposition. Pure: fed by a topic follower, read by status timers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from mailpipe.relay.wire import Disposition, Event
+
+FINAL = frozenset(
+    {
+        Disposition.DELIVERED,
+        Disposition.BOUNCED,
+        Disposition.SUPPRESSED,
+        Disposition.EXPIRED,
+        Disposition.FAILED,
+    }
+)
+COUNTED = ("delivered", "deferred", "bounced", "complained", "suppressed", "expired", "failed")
+
+
+@dataclass
+class _Campaign:
+    latest: dict[str, tuple[float, Disposition]] = field(default_factory=dict)
+    complained: set[str] = field(default_factory=set)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+class Tally:
+    def __init__(self) -> None:
+        self._campaigns: dict[str, _Campaign] = {}
+
+    def observe(self, event: Event) -> None:
+        if event.campaign is None:
+            return
+        c = self._campaigns.setdefault(event.campaign, _Campaign())
+        rcpt = event.recipient.lower()
+        if event.disposition is Disposition.COMPLAINED:
+            if rcpt not in c.complained:
+                c.complained.add(rcpt)
+                c.counts["complained"] += 1
+            return
+        prev = c.latest.get(rcpt)
+        if prev is not None:
+            if prev[1] in FINAL and event.disposition not in FINAL:
+                return  # a late duplicate deferral never undoes a final outcome
+            if prev[1] in FINAL and event.disposition in FINAL and prev[0] > event.time:
+                return
+            c.counts[prev[1].value] -= 1
+        c.latest[rcpt] = (event.time, event.disposition)
+        c.counts[event.disposition.value] += 1
+
+    def counts(self, campaign: str) -> dict[str, int]:
+        c = self._campaigns.get(campaign)
+        base = dict.fromkeys(COUNTED, 0)
+        if c is not None:
+            base.update({k: v for k, v in c.counts.items() if k in base})
+        return base
+
+    def finished(self, campaign: str) -> int:
+        """Recipients with a final disposition."""
+        c = self._campaigns.get(campaign)
+        if c is None:
+            return 0
+        return sum(1 for _, d in c.latest.values() if d in FINAL)
+
+    def forget(self, campaign: str) -> None:
+        self._campaigns.pop(campaign, None)
