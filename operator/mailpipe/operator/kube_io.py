@@ -119,7 +119,8 @@ def get_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         obj = client.CustomObjectsApi(api()).get_namespaced_custom_object(
             GROUP, VERSION, namespace, plural, name
         )
-        return dict(obj)  # type: ignore[call-overload]
+        result: dict[str, Any] = dict(obj)  # type: ignore[call-overload]
+        return result
     except ApiException as exc:
         if exc.status == 404:
             return None

@@ -198,7 +198,10 @@ class SendingPoolSpec(Spec):
     )
     kafka: KafkaSpec = Field(description="Kafka cluster and topics of the pool.")
     egress_ips: list[EgressIP] = Field(
-        min_length=1, max_length=256, description="Egress IPs with their HELO names."
+        alias="egressIPs",
+        min_length=1,
+        max_length=256,
+        description="Egress IPs with their HELO names.",
     )
     warmup: Warmup = Field(
         default_factory=Warmup, description="IP warm-up schedule and safeguards."
