@@ -1,0 +1,102 @@
+"""Table tests of the pure SendingPool builders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mailpipe.operator.models import SendingPoolSpec
+from mailpipe.operator.pool import (
+    HASH_ANNOTATION,
+    PoolRef,
+    build_children,
+    build_relay_config,
+    topics,
+)
+from mailpipe.relay.config import parse_config
+
+REF = PoolRef("news", "mail", "uid-1")
+
+
+def spec(**extra: Any) -> SendingPoolSpec:
+    base: dict[str, Any] = {
+        "kafka": {"bootstrapServers": "kafka:9092"},
+        "egressIPs": [{"address": "10.0.0.5", "helo": "mta1.example.com", "warmup": True}],
+    }
+    base.update(extra)
+    return SendingPoolSpec.model_validate(base)
+
+
+def test_relay_config_round_trips_through_the_relays_parser() -> None:
+    s = spec(
+        throttles={"overrides": {"gmail.com": {"messagesPerMinute": 600}}},
+        warmup={"schedule": [{"day": 1, "dailyLimit": 50}, {"day": 2, "dailyLimit": 100}]},
+        dkim={"domain": "example.com", "selector": "s1", "secretRef": {"name": "dkim"}},
+    )
+    text, _ = build_children(REF, s)
+    config = parse_config(text)
+    assert config == build_relay_config(REF, s)
+    assert config.kafka.outbound_topic == "mail.news.outbound"
+    assert config.kafka.group_id == "mailpipe-mail-news"
+    assert config.throttle_for("gmail.com").messages_per_minute == 600
+    assert config.warmup.schedule[1].daily_limit == 100
+    assert (
+        config.dkim is not None and config.dkim.private_key_path == "/etc/mailpipe/dkim/private.pem"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "check"),
+    [
+        ("ConfigMap", lambda o: "relay.yaml" in o["data"]),
+        (
+            "Deployment",
+            lambda o: o["spec"]["template"]["spec"]["containers"][0]["args"][0] == "relay",
+        ),
+        ("Service", lambda o: o["spec"]["ports"][0]["name"] == "metrics"),
+        ("PodDisruptionBudget", lambda o: o["spec"]["maxUnavailable"] == 1),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_children_are_owned_labelled_and_shaped(kind: str, check: Any) -> None:
+    _, children = build_children(REF, spec())
+    [obj] = [c for c in children if c["kind"] == kind]
+    meta = obj["metadata"]
+    assert meta["name"] == "mailpipe-relay-news" and meta["namespace"] == "mail"
+    [owner] = meta["ownerReferences"]
+    assert owner["kind"] == "SendingPool" and owner["uid"] == "uid-1" and owner["controller"]
+    assert meta["labels"]["mailpipe.io/pool"] == "news"
+    assert check(obj)
+
+
+def test_config_hash_rolls_pods_only_when_config_changes() -> None:
+    def pod_hash(s: SendingPoolSpec) -> str:
+        _, children = build_children(REF, s)
+        dep = next(c for c in children if c["kind"] == "Deployment")
+        annotations: dict[str, str] = dep["spec"]["template"]["metadata"]["annotations"]
+        return annotations[HASH_ANNOTATION]
+
+    same = pod_hash(spec()) == pod_hash(spec())
+    throttled = pod_hash(spec(throttles={"default": {"messagesPerMinute": 30}}))
+    assert same and throttled != pod_hash(spec())
+    assert pod_hash(spec(replicas=3)) == pod_hash(spec())  # scaling is not a config change
+
+
+def test_dkim_secret_is_mounted_and_topics_follow_the_prefix() -> None:
+    s = spec(
+        dkim={"domain": "example.com", "selector": "s1", "secretRef": {"name": "dkim-key"}},
+        kafka={"bootstrapServers": "k:9092", "topicPrefix": "pool7", "delaySteps": ["1m", "1h"]},
+    )
+    _, children = build_children(REF, s)
+    dep = next(c for c in children if c["kind"] == "Deployment")
+    volumes = dep["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "dkim", "secret": {"secretName": "dkim-key"}} in volumes
+    t = topics(REF, s)
+    assert t.all() == [
+        "pool7.outbound",
+        "pool7.events",
+        "pool7.dlq",
+        "pool7.delay.1m",
+        "pool7.delay.1h",
+    ]
