@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import time
 from typing import Any
 
@@ -32,7 +33,8 @@ from .tally import Tally
 
 log = logging.getLogger("mailpipe.operator")
 
-FANOUT_CHUNK = 2000  # records per checkpoint: ~50 status patches for 100k recipients
+# records per checkpoint: ~50 status patches for 100k recipients (env: tests use smaller)
+FANOUT_CHUNK = int(os.environ.get("MAILPIPE_FANOUT_CHUNK", "2000"))
 STATUS_INTERVAL_SECONDS = 3.0  # counts are patched at most this often
 POOL_STATUS_INTERVAL_SECONDS = 15.0
 WAIT_SECONDS = 2.0

@@ -1,0 +1,346 @@
+"""The operator against the real kube-apiserver and Kafka."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient
+
+from mailpipe.relay.wire import Disposition, Event, encode
+
+from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
+
+pytestmark = pytest.mark.operator
+
+GOOD_POOL: dict[str, Any] = {
+    "kafka": {"bootstrapServers": "k:9092"},
+    "egressIPs": [{"address": "127.0.0.2", "helo": "a.sender.test"}],
+}
+GOOD_CAMPAIGN: dict[str, Any] = {
+    "poolRef": "news",
+    "from": {"address": "news@sender.test"},
+    "subject": "Hello",
+    "text": "Hi",
+    "audience": {"inline": [{"address": "a@x.test"}]},
+}
+
+
+def _with(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(base))
+    node = out
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+    return out
+
+
+INVALID = [
+    ("SendingPool", _with(GOOD_POOL, "egressIPs", []), "spec.egressIPs"),
+    (
+        "SendingPool",
+        _with(GOOD_POOL, "egressIPs", [{"address": "300.1.1.1", "helo": "a.test"}]),
+        "spec.egressIPs[0].address",
+    ),
+    ("SendingPool", _with(GOOD_POOL, "replicas", -1), "spec.replicas"),
+    ("SendingPool", _with(GOOD_POOL, "tls", {"mode": "sometimes"}), "spec.tls.mode"),
+    (
+        "SendingPool",
+        _with(
+            GOOD_POOL,
+            "warmup",
+            {"schedule": [{"day": 1, "dailyLimit": 500}, {"day": 2, "dailyLimit": 100}]},
+        ),
+        "dailyLimit must not decrease",
+    ),
+    ("SendingPool", _with(GOOD_POOL, "warmup", {"timeZone": "not a zone"}), "spec.warmup.timeZone"),
+    (
+        "Campaign",
+        _with(
+            GOOD_CAMPAIGN, "variants", [{"name": "a", "weight": 50}, {"name": "b", "weight": 40}]
+        ),
+        "variant weights must sum to 100",
+    ),
+    (
+        "Campaign",
+        _with(
+            GOOD_CAMPAIGN,
+            "audience",
+            {"inline": [{"address": "a@x.test"}], "configMapRef": {"name": "aud"}},
+        ),
+        "exactly one of inline or configMapRef",
+    ),
+    ("Campaign", _with(GOOD_CAMPAIGN, "timeZone", "Mars/Olympus Mons"), "spec.timeZone"),
+    (
+        "Campaign",
+        {k: v for k, v in GOOD_CAMPAIGN.items() if k != "text"},
+        "needs a text or an html template",
+    ),
+    (
+        "Campaign",
+        _with(GOOD_CAMPAIGN, "sendWindows", [{"days": ["Mon"], "start": "18:00", "end": "09:00"}]),
+        "start must be before end",
+    ),
+    ("Campaign", _with(GOOD_CAMPAIGN, "from", {"address": "not-an-address"}), "spec.from.address"),
+]
+
+
+@pytest.mark.parametrize(("kind", "spec", "expected"), INVALID, ids=[e for _, _, e in INVALID])
+def test_invalid_objects_are_refused_naming_the_field(
+    crds: None,
+    cli_env: dict[str, str],
+    namespace: str,
+    kind: str,
+    spec: dict[str, Any],
+    expected: str,
+) -> None:
+    body = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "bad", "namespace": namespace},
+        "spec": spec,
+    }
+    refused = kubectl(cli_env, "apply", "-f", "-", stdin=yaml.safe_dump(body))
+    assert refused.returncode != 0, f"{kind} was accepted"
+    assert expected in refused.stderr, refused.stderr
+    good = GOOD_POOL if kind == "SendingPool" else GOOD_CAMPAIGN
+    body["spec"] = good
+    accepted = kubectl(cli_env, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(body))
+    assert accepted.returncode == 0, accepted.stderr  # the same object, valid, is accepted
+
+
+def _topics(bootstrap: str) -> set[str]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def test_pool_children_follow_the_spec_and_go_with_it(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    op = operator_factory()
+    manifest = pool_manifest("news", namespace, kafka_bootstrap, topic_prefix)
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=manifest).returncode == 0
+    child = "mailpipe-relay-news"
+    kinds = ["configmap", "deployment", "service", "poddisruptionbudget"]
+    wait_for(lambda: all(get(cli_env, k, child, namespace) for k in kinds), 60, "children", op)
+    wait_for(
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (get(cli_env, "sp", "news", namespace) or {})
+            .get("status", {})
+            .get("conditions", [])
+        ),
+        60,
+        "pool Ready",
+        op,
+    )
+    assert {
+        f"{topic_prefix}.outbound",
+        f"{topic_prefix}.events",
+        f"{topic_prefix}.delay.1s",
+    } <= _topics(kafka_bootstrap)
+    cm = get(cli_env, "configmap", child, namespace)
+    dep = get(cli_env, "deployment", child, namespace)
+    assert cm is not None and dep is not None
+    old_hash = dep["spec"]["template"]["metadata"]["annotations"]["mailpipe.io/config-hash"]
+    assert "messages_per_minute: null" in cm["data"]["relay.yaml"]
+
+    edited = pool_manifest(
+        "news",
+        namespace,
+        kafka_bootstrap,
+        topic_prefix,
+        throttles={"overrides": {"slow.test": {"messagesPerMinute": 60}}},
+    )
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=edited).returncode == 0
+
+    def rolled() -> bool:
+        d = get(cli_env, "deployment", child, namespace) or {}
+        return d.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get(
+            "mailpipe.io/config-hash"
+        ) not in (None, old_hash)
+
+    wait_for(rolled, 60, "deployment config hash to change", op)
+    cm = get(cli_env, "configmap", child, namespace)
+    assert (
+        cm is not None
+        and "slow.test" in cm["data"]["relay.yaml"]
+        and "messages_per_minute: 60" in cm["data"]["relay.yaml"]
+    )
+
+    assert (
+        kubectl(cli_env, "delete", "sp", "news", "-n", namespace, "--timeout=60s").returncode == 0
+    )
+    wait_for(
+        lambda: not any(get(cli_env, k, child, namespace) for k in kinds),
+        60,
+        "children deleted",
+        op,
+    )
+
+
+def _outbound_ids(bootstrap: str, topic: str, uid: str) -> Counter[str]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    parts = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in parts]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(tps)
+    ids: Counter[str] = Counter()
+    while any(consumer.position(tp) < end[tp] for tp in tps):
+        for records in consumer.poll(timeout_ms=500).values():
+            for r in records:
+                rid = json.loads(r.value)["id"]
+                if rid.startswith(uid):
+                    ids[rid] += 1
+    consumer.close()
+    return ids
+
+
+def _ready_pool(
+    cli_env: dict[str, str], namespace: str, bootstrap: str, prefix: str, op: OperatorProcess
+) -> None:
+    assert (
+        kubectl(
+            cli_env, "apply", "-f", "-", stdin=pool_manifest("news", namespace, bootstrap, prefix)
+        ).returncode
+        == 0
+    )
+    wait_for(
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (get(cli_env, "sp", "news", namespace) or {})
+            .get("status", {})
+            .get("conditions", [])
+        ),
+        60,
+        "pool Ready",
+        op,
+    )
+
+
+def test_fanout_of_10k_is_exactly_once_across_an_operator_kill(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    n = 10_000
+    op = operator_factory(MAILPIPE_FANOUT_CHUNK="250")
+    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    csv = "address,first\n" + "".join(f"u{i}@d{i % 13}.test,U{i}\n" for i in range(n))
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "aud", "namespace": namespace},
+        "data": {"audience.csv": csv},
+    }
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(cm)).returncode == 0
+    camp = _with(GOOD_CAMPAIGN, "audience", {"configMapRef": {"name": "aud"}})
+    camp["subject"] = "Hello {{ first }}"
+    body = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "Campaign",
+        "metadata": {"name": "big", "namespace": namespace},
+        "spec": camp,
+    }
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+
+    def fanout() -> dict[str, Any]:
+        status: dict[str, Any] = (get(cli_env, "camp", "big", namespace) or {}).get("status", {})
+        return dict(status.get("fanout", {}))
+
+    wait_for(lambda: fanout().get("nextIndex", 0) >= 1000, 120, "fan-out under way", op)
+    op.kill()
+    at_kill = fanout()
+    assert at_kill.get("state") == "running", f"fan-out was not killed mid-way: {at_kill}"
+    op2 = operator_factory(MAILPIPE_FANOUT_CHUNK="250")
+    wait_for(lambda: fanout().get("state") == "done", 180, "fan-out done after restart", op2)
+
+    uid = (get(cli_env, "camp", "big", namespace) or {})["metadata"]["uid"]
+    ids = _outbound_ids(kafka_bootstrap, f"{topic_prefix}.outbound", uid)
+    assert len(ids) == n
+    assert max(ids.values()) == 1, [i for i, c in ids.items() if c > 1][:5]
+    assert fanout()["enqueued"] == n
+
+
+def test_events_drive_counts_and_completion(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    op = operator_factory()
+    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    camp = _with(
+        GOOD_CAMPAIGN, "audience", {"inline": [{"address": f"r{i}@x.test"} for i in range(3)]}
+    )
+    body = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "Campaign",
+        "metadata": {"name": "small", "namespace": namespace},
+        "spec": camp,
+    }
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+    wait_for(
+        lambda: (
+            (get(cli_env, "camp", "small", namespace) or {}).get("status", {}).get("phase")
+            == "Sending"
+        ),
+        60,
+        "Sending",
+        op,
+    )
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    key = f"{namespace}/small"
+    outcomes = [
+        ("r0@x.test", Disposition.DEFERRED),
+        ("r0@x.test", Disposition.DELIVERED),
+        ("r1@x.test", Disposition.DELIVERED),
+        ("r2@x.test", Disposition.BOUNCED),
+    ]
+    for rcpt, disposition in outcomes:
+        event = Event(
+            message_id="m",
+            campaign=key,
+            recipient=rcpt,
+            domain="x.test",
+            disposition=disposition,
+            time=time.time(),
+        )
+        producer.send(f"{topic_prefix}.events", key=key.encode(), value=encode(event))
+    producer.flush()
+    producer.close()
+
+    def status() -> dict[str, Any]:
+        return dict((get(cli_env, "camp", "small", namespace) or {}).get("status", {}))
+
+    wait_for(lambda: status().get("phase") == "Completed", 60, "Completed", op)
+    counts = status()["counts"]
+    assert (counts["delivered"], counts["bounced"], counts["deferred"], counts["total"]) == (
+        2,
+        1,
+        0,
+        3,
+    )
+    assert status()["progress"] == "100%" and status().get("completedAt")
+    row = kubectl(cli_env, "get", "camp", "small", "-n", namespace, "--no-headers")
+    assert row.stdout.split()[:5] == ["small", "news", "Completed", "2", "1"], row.stdout
+    described = kubectl(cli_env, "describe", "camp", "small", "-n", namespace)
+    assert "FanoutDone" in described.stdout and "Completed" in described.stdout
