@@ -57,6 +57,9 @@ class StackState:
             "KUBECONFIG": self.kubeconfig,
             "KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "MAILPIPE_DNS": f"127.0.0.1:{self.dns_port}",
+            # kubectl caches discovery per host:port; ports are reused across
+            # stacks, so a shared cache would answer with an old cluster's types.
+            "KUBECACHEDIR": str(Path(self.state_dir) / "kubecache"),
         }
 
 
