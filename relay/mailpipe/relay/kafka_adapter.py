@@ -94,8 +94,10 @@ class KafkaSource:
         committable: Callable[[], dict[TopicPartition, int]],
         on_revoked: Callable[[list[TopicPartition]], None],
         on_lag: Callable[[TopicPartition, int], None] | None = None,
+        on_assigned: Callable[[set[TopicPartition], dict[str, int]], None] | None = None,
         buffer_records: int = 1000,
     ) -> None:
+        self._on_assigned = on_assigned
         self.settings = settings
         self.topics = list(topics)
         self._committable = committable
@@ -110,6 +112,7 @@ class KafkaSource:
         self._lock = threading.Lock()
         self._pending: deque[SourceRecord] = deque()
         self._assigned: set[TopicPartition] = set()
+        self._assignment_changed = False
         self._engine_paused: set[TopicPartition] = set()
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -197,6 +200,7 @@ class KafkaSource:
                     resumable = assigned - self._engine_paused
                     consumer.resume(*[KafkaTP(*tp) for tp in resumable])
                 polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+                self._report_assignment(consumer)
                 batch = [
                     SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
                     for records in polled.values()
@@ -248,11 +252,9 @@ class KafkaSource:
             consumer.commit({KafkaTP(*tp): OffsetAndMetadata(o, "", -1) for tp, o in owned.items()})
 
     def _revoked(self, tps: list[TopicPartition]) -> None:
-        # Runs inside consumer.poll, in the consumer thread: commit what is
-        # finished of these partitions while they are still ours.
-        finished = {tp: o for tp, o in self._committable().items() if tp in tps}
-        with contextlib.suppress(Exception):
-            self._commit(self._consumer, finished)
+        # Runs on kafka-python's IO thread, which must not block: no commit
+        # here. What was finished but not committed is re-read by the new
+        # owner, a duplicate window bounded by max_in_flight_records.
         with self._lock:
             self._assigned.difference_update(tps)
         self._engine_paused.difference_update(tps)
@@ -260,9 +262,21 @@ class KafkaSource:
             self._loop.call_soon_threadsafe(self._on_revoked, tps)
 
     def _assigned_now(self, tps: set[TopicPartition]) -> None:
+        # IO thread too: only note it; `_run` reports it after the poll returns.
         with self._lock:
             self._assigned = set(tps)
+            self._assignment_changed = True
         self.joined.set()
+
+    def _report_assignment(self, consumer: KafkaConsumer) -> None:
+        with self._lock:
+            if not self._assignment_changed:
+                return
+            self._assignment_changed = False
+            assigned = set(self._assigned)
+        if self._on_assigned is not None and self._loop is not None:
+            sizes = {t: len(consumer.partitions_for_topic(t) or ()) for t in self.topics}
+            self._loop.call_soon_threadsafe(self._on_assigned, assigned, sizes)
 
     def _report_lag(self, consumer: KafkaConsumer) -> None:
         assert self._on_lag is not None

@@ -156,12 +156,19 @@ async def serve(
     def on_lag(tp: Any, lag: int) -> None:
         metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
+    def on_assigned(tps: set[Any], sizes: dict[str, int]) -> None:
+        outbound = config.kafka.outbound_topic
+        owned = sum(1 for tp in tps if tp.topic == outbound)
+        ledger.set_share(owned / sizes[outbound] if sizes.get(outbound) else 1.0)
+        log.info("assigned %d of %d outbound partitions", owned, sizes.get(outbound, 0))
+
     source = KafkaSource(
         config.kafka,
         topics,
         committable=lambda: engine.tracker.committable(),
         on_revoked=lambda tps: engine.on_revoked(tps),
         on_lag=on_lag,
+        on_assigned=on_assigned,
         buffer_records=config.kafka.max_in_flight_records,
     )
     engine = Engine(

@@ -10,6 +10,11 @@ budget, mail goes to the pool's warm IPs, and when none can take it, it waits
 The ledger is rebuilt from the events topic at start (`observe`), and keeps
 following it so sends of other replicas count too; this relay's own sends are
 counted when made (`record`) and skipped when their events come back.
+
+Several replicas send from the same IPs, and the events of the others arrive
+with a lag, so each replica may use only its share of a cap: the fraction of
+the outbound topic's partitions it owns (`set_share`). The shares add up to at
+most the cap, so the pool never goes over it even while events are in flight.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ ALL = "*"  # the per-day total, beside the per-group counts
 class IPState:
     egress: EgressIP
     days_sent: set[int] = field(default_factory=set)  # proleptic ordinals, local tz
-    sent: Counter[tuple[int, str]] = field(default_factory=Counter)  # (day, group|ALL)
+    sent: Counter[tuple[int, str]] = field(default_factory=Counter)  # (day, group|ALL), pool-wide
+    own: Counter[tuple[int, str]] = field(default_factory=Counter)  # this replica's share of it
     attempts: int = 0
     bounces: int = 0
     complaints: int = 0
@@ -55,7 +61,12 @@ class WarmupLedger:
         self.relay_id = relay_id
         self._ips: dict[str, IPState] = {}
         self._rr = itertools.count()
+        self.share = 1.0
         self.reconfigure(config)
+
+    def set_share(self, share: float) -> None:
+        """Fraction of the pool's partitions this replica owns (0..1)."""
+        self.share = min(max(share, 0.0), 1.0)
 
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
@@ -103,10 +114,11 @@ class WarmupLedger:
         state = self._ips[ip]
         today = self.day_of(now)
         left: list[int] = []
-        if total_cap is not None:
-            left.append(total_cap - state.sent[(today, ALL)])
-        if group_cap is not None and group is not None:
-            left.append(group_cap - state.sent[(today, group)])
+        for cap, key in ((total_cap, ALL), (group_cap, group)):
+            if cap is None or key is None:
+                continue
+            left.append(cap - state.sent[(today, key)])
+            left.append(int(cap * self.share) - state.own[(today, key)])
         return max(0, min(left)) if left else None
 
     def choose(
@@ -136,17 +148,20 @@ class WarmupLedger:
 
     def record(self, ip: str, domain: str, count: int, now: float) -> None:
         """Count `count` messages sent from `ip` (this relay's own sends)."""
-        self._count(ip, self.config.group_of(domain), count, now)
+        self._count(ip, self.config.group_of(domain), count, now, own=True)
 
-    def _count(self, ip: str, group: str | None, count: int, now: float) -> None:
+    def _count(self, ip: str, group: str | None, count: int, now: float, own: bool) -> None:
         state = self._ips.get(ip)
         if state is None:
             return
         today = self.day_of(now)
         state.days_sent.add(today)
-        state.sent[(today, ALL)] += count
-        if group is not None:
-            state.sent[(today, group)] += count
+        for key in (ALL, group):
+            if key is None:
+                continue
+            state.sent[(today, key)] += count
+            if own:
+                state.own[(today, key)] += count
 
     def outcome(self, ip: str, disposition: Disposition) -> None:
         """Track bounce and complaint rates; pause a warming IP above the thresholds."""
@@ -180,7 +195,8 @@ class WarmupLedger:
             return
         if replaying or event.relay != self.relay_id:
             if event.disposition in _COUNTED:
-                self._count(event.egress_ip, self.config.group_of(event.domain), 1, event.time)
+                own = event.relay == self.relay_id
+                self._count(event.egress_ip, self.config.group_of(event.domain), 1, event.time, own)
             self.outcome(event.egress_ip, event.disposition)
 
     def paused(self) -> dict[str, str]:

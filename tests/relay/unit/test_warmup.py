@@ -90,3 +90,15 @@ def test_replay_counts_other_relays_and_pauses_on_bounces() -> None:
     assert report.sent_today == 4
     assert report.paused_reason is not None and "bounce rate" in report.paused_reason
     assert ledger.choose("x.test", 1, T0 + 6) == "127.0.0.3"
+
+
+def test_each_replica_uses_only_its_share_of_a_cap() -> None:
+    a, b = two_ips(), two_ips()
+    a.relay_id, b.relay_id = "a", "b"
+    a.set_share(0.5)
+    b.set_share(0.5)
+    # Neither sees the other's sends yet (events in flight): the shares still hold the cap.
+    sent_a = send_all(a, "x.test", 10, T0 + 10).count("127.0.0.2")
+    sent_b = send_all(b, "x.test", 10, T0 + 10).count("127.0.0.2")
+    assert sent_a + sent_b <= 5
+    assert (sent_a, sent_b) == (2, 2)
