@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
 import hashlib
 import io
 import json
@@ -52,6 +53,11 @@ def parse_audience(spec: CampaignSpec, configmap_data: dict[str, str] | None) ->
     if configmap_data is None or ref.key not in configmap_data:
         raise CampaignError(f"audience ConfigMap {ref.name} has no key {ref.key!r}")
     text = configmap_data[ref.key]
+    if ref.key.endswith(".gz"):
+        try:
+            text = gzip.decompress(text.encode("latin-1")).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CampaignError(f"audience {ref.key}: not gzip-compressed UTF-8 ({exc})") from exc
     if ref.format is AudienceFormat.JSONL:
         return _parse_jsonl(text)
     return _parse_csv(text)

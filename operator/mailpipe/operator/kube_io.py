@@ -9,6 +9,7 @@ collector remove children, but the operator does not rely on it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
@@ -140,4 +141,9 @@ def read_configmap(namespace: str, name: str) -> dict[str, str] | None:
         if exc.status == 404:
             return None
         raise
-    return dict(cm.data or {})
+    data = dict(cm.data or {})
+    # binaryData arrives base64-encoded; large audiences live there gzipped
+    # because a ConfigMap holds at most 1 MiB.
+    for key, b64 in (cm.binary_data or {}).items():
+        data[key] = base64.b64decode(b64).decode("latin-1")
+    return data

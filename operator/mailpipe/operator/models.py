@@ -255,7 +255,10 @@ class AudienceFormat(enum.StrEnum):
 
 class ConfigMapAudience(Spec):
     name: str = Field(description="ConfigMap in the campaign's namespace.")
-    key: str = Field(default="audience.csv", description="Key holding the audience.")
+    key: str = Field(
+        default="audience.csv",
+        description="Key holding the audience; a key ending in .gz is read gzipped from binaryData.",
+    )
     format: AudienceFormat = Field(
         default=AudienceFormat.CSV,
         description="csv (header row: address, timeZone, other columns = merge fields) or jsonl.",

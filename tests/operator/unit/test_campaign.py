@@ -164,3 +164,14 @@ def test_campaign_phase(
     fanout: dict[str, Any], spec_: dict[str, Any], finished: int, phase: str
 ) -> None:
     assert campaign_phase(fanout, {}, spec_, finished, now=1_800_000_000)[0] == phase
+
+
+def test_gzipped_audience_from_binary_data() -> None:
+    import gzip
+
+    s = spec(audience={"configMapRef": {"name": "aud", "key": "a.csv.gz"}})
+    raw = gzip.compress(b"address,first\nz\xc3\xa9@x.test,Z\n").decode("latin-1")
+    [r] = parse_audience(s, {"a.csv.gz": raw})
+    assert r.address == "z\u00e9@x.test"
+    with pytest.raises(CampaignError, match="gzip"):
+        parse_audience(s, {"a.csv.gz": "plain text"})

@@ -1,0 +1,324 @@
+"""Relay throughput against Postfix and the raw SMTP limit, in one run on one machine.
+
+Three measurements of the same load (N messages of 2 KB to 10 domains, all
+routed to one postfix `smtp-sink` on loopback):
+
+- relay:   records pre-loaded on Kafka -> one `mailpipe relay` -> smtp-sink;
+           rate from the first to the last delivered event's timestamp;
+- postfix: `smtp-source` -> a private Debian postfix (connection cache on,
+           destination concurrency 20) -> smtp-sink; from injection start
+           until the sink has counted N messages;
+- raw:     `smtp-source -d` (connection reuse, 20 sessions) straight into
+           smtp-sink: the ceiling of this machine.
+
+Ratios, not absolute numbers, are the result: everything shares two cores.
+Writes bench/results/relay.json. Loopback only; bounded by N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from mailpipe.devstack.procs import free_port
+from mailpipe.devstack.stack import Stack
+from mailpipe.relay.config import RelayConfig
+from mailpipe.relay.kafka_adapter import ensure_topics
+
+from .common import PeakRSS, write_result
+
+SINK_HOST = "127.0.0.5"
+SESSIONS = 20  # postfix's destination concurrency and smtp-source's sessions
+MESSAGE_BYTES = 2048
+DOMAINS = [f"dom{i}.test" for i in range(10)]
+MAILPIPE = str(Path(sys.executable).parent / "mailpipe")
+
+
+class Sink:
+    """postfix's smtp-sink with a running counter (-c) we read back."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.out = workdir / f"sink-{port}.out"
+        with self.out.open("wb") as f:
+            self.proc = subprocess.Popen(
+                ["/usr/sbin/smtp-sink", "-c", "-u", "postfix", f"{SINK_HOST}:{port}", "1024"],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+        time.sleep(0.3)
+
+    def count(self) -> int:
+        text = self.out.read_bytes().decode(errors="replace").replace("\r", "\n")
+        found = re.findall(r"mesg=(\d+)", text)
+        return int(found[-1]) if found else 0
+
+    def wait_for(self, n: int, timeout_s: float) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.count() >= n:
+                return time.monotonic()
+            time.sleep(0.05)
+        raise TimeoutError(f"sink saw {self.count()} of {n} messages")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def raw_limit(n: int, port: int, workdir: Path) -> float:
+    sink = Sink(port, workdir)
+    try:
+        start = time.monotonic()
+        subprocess.run(
+            [
+                "/usr/sbin/smtp-source",
+                "-s",
+                str(SESSIONS),
+                "-m",
+                str(n),
+                "-l",
+                str(MESSAGE_BYTES),
+                "-d",
+                "-f",
+                "bench@src.test",
+                "-t",
+                "rcpt@dom0.test",
+                f"{SINK_HOST}:{port}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        end = sink.wait_for(n, 60)
+        return n / (end - start)
+    finally:
+        sink.stop()
+
+
+def _postfix(conf: Path, action: str) -> None:
+    # postfix reports startup errors only to a terminal or syslog: give it a terminal.
+    out = subprocess.run(
+        ["script", "-qc", f"postfix -c {conf} {action}", "/dev/null"],
+        capture_output=True,
+        text=True,
+    )
+    if action == "start" and "startup failed" in out.stdout:
+        raise RuntimeError(f"postfix did not start: {out.stdout}")
+
+
+def postfix_rate(n: int, sink_port: int, workdir: Path) -> float:
+    """Debian's postfix as a relay, configured for throughput, into the same sink."""
+    base = workdir / "postfix"
+    conf, queue, data = base / "conf", base / "queue", base / "data"
+    for d in (conf, queue, data):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.chown(data, "postfix")
+    for d in (workdir, base, conf):
+        d.chmod(0o755)
+    listen = free_port()
+    (conf / "main.cf").write_text(
+        "\n".join(
+            [
+                "compatibility_level = 3.6",
+                f"queue_directory = {queue}",
+                f"data_directory = {data}",
+                "mail_owner = postfix",
+                "setgid_group = postdrop",
+                "inet_interfaces = loopback-only",
+                "inet_protocols = ipv4",
+                "myhostname = bench-postfix.test",
+                "mydestination =",
+                "mynetworks = 127.0.0.0/8",
+                f"relayhost = [{SINK_HOST}]:{sink_port}",
+                "smtp_connection_cache_on_demand = yes",
+                f"default_destination_concurrency_limit = {SESSIONS}",
+                f"smtp_destination_concurrency_limit = {SESSIONS}",
+                "smtpd_recipient_restrictions = permit_mynetworks, reject",
+                f"maillog_file = {base}/maillog",
+                f"maillog_file_prefixes = {base}",
+                "",
+            ]
+        )
+    )
+    master = Path("/etc/postfix/master.cf").read_text()
+    master = re.sub(
+        r"^smtp\s+inet.*$", f"127.0.0.1:{listen} inet n - n - - smtpd", master, flags=re.M
+    )
+    (conf / "master.cf").write_text(master)
+    _allow_config_dir(conf)
+    sink = Sink(sink_port, workdir)
+    _postfix(conf, "start")
+    try:
+        time.sleep(1)
+        start = time.monotonic()
+        subprocess.run(
+            [
+                "/usr/sbin/smtp-source",
+                "-s",
+                str(SESSIONS),
+                "-m",
+                str(n),
+                "-l",
+                str(MESSAGE_BYTES),
+                "-d",
+                "-f",
+                "bench@src.test",
+                "-t",
+                "rcpt@dom0.test",
+                f"127.0.0.1:{listen}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        end = sink.wait_for(n, 300)
+        return n / (end - start)
+    finally:
+        _postfix(conf, "stop")
+        sink.stop()
+
+
+def _allow_config_dir(conf: Path) -> None:
+    """postfix -c needs the default main.cf to list the directory (postfix's rule)."""
+    main = Path("/etc/postfix/main.cf")
+    text = main.read_text() if main.exists() else "compatibility_level = 3.6\n"
+    lines = [
+        line for line in text.splitlines() if not line.startswith("alternate_config_directories")
+    ]
+    lines.append(f"alternate_config_directories = {conf}")
+    main.write_text("\n".join(lines) + "\n")
+
+
+def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[float, float]:
+    state = stack.state
+    assert state is not None
+    prefix = f"bench{int(time.time())}"
+    route = [{"host": SINK_HOST, "port": sink_port}]
+    config = RelayConfig.model_validate(
+        {
+            "pool": "bench/relay",
+            "kafka": {
+                "bootstrap_servers": state.kafka_bootstrap,
+                "group_id": f"{prefix}-relays",
+                "outbound_topic": f"{prefix}.outbound",
+                "events_topic": f"{prefix}.events",
+                "dlq_topic": f"{prefix}.dlq",
+                "suppressions_topic": f"{prefix}.suppressions",
+                "delay_topics": {"1m": f"{prefix}.delay.1m"},
+                "max_in_flight_records": 4000,
+            },
+            "egress": [{"address": "127.0.0.2", "helo": "bench.src.test"}],
+            "routes": {d: route for d in DOMAINS},
+            "throttle_default": {"max_connections": SESSIONS, "messages_per_connection": 1000},
+            "tls": {"mode": "disabled"},
+            "metrics_port": 0,
+        }
+    )
+    path = workdir / "relay.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    ensure_topics(config.kafka, partitions=4)
+    producer = KafkaProducer(bootstrap_servers=state.kafka_bootstrap, acks="all", linger_ms=20)
+    body = "x" * MESSAGE_BYTES
+    for i in range(n):
+        domain = DOMAINS[i % len(DOMAINS)]
+        rec = {
+            "v": 1,
+            "id": f"{prefix}-{i}",
+            "sender": "bench@src.test",
+            "recipients": [{"address": f"u{i}@{domain}"}],
+            "content": {"subject": f"bench {i}", "text": body},
+            "created_at": time.time(),
+        }
+        producer.send(
+            config.kafka.outbound_topic, key=domain.encode(), value=json.dumps(rec).encode()
+        )
+    producer.flush()
+    producer.close()
+
+    sink = Sink(sink_port, workdir)
+    log = workdir / "relay.log"
+    profile = os.environ.get("MAILPIPE_BENCH_PROFILE")
+    cmd = [MAILPIPE, "relay", "--config", str(path), "--log-level", "warning"]
+    if profile:
+        cmd = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "mailpipe.cli", *cmd[1:]]
+    with log.open("wb") as out:
+        relay = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    rss = PeakRSS(relay.pid)
+    try:
+        sink.wait_for(n, 600)
+    finally:
+        relay.terminate()
+        relay.wait(timeout=60)
+        peak = rss.stop()
+        sink.stop()
+    times = sorted(_event_times(state.kafka_bootstrap, config.kafka.events_topic))
+    assert len(times) >= n, f"{len(times)} events for {n} messages"
+    return (n - 1) / (times[-1] - times[0]), peak
+
+
+def _event_times(bootstrap: str, topic: str) -> list[float]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(tps)
+    times = []
+    while any(consumer.position(tp) < end[tp] for tp in tps):
+        for records in consumer.poll(timeout_ms=500).values():
+            times.extend(
+                json.loads(r.value)["time"]
+                for r in records
+                if json.loads(r.value)["disposition"] == "delivered"
+            )
+    consumer.close()
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="mailpipe-bench-"))
+    n = args.messages
+    print(
+        f"bench relay: {n} messages of {MESSAGE_BYTES} B to {len(DOMAINS)} domains; work in {workdir}"
+    )
+    raw = raw_limit(n, free_port(SINK_HOST), workdir)
+    print(f"raw smtp-source -> smtp-sink: {raw:.0f} msg/s")
+    pf = postfix_rate(n, free_port(SINK_HOST), workdir)
+    print(f"postfix -> smtp-sink: {pf:.0f} msg/s")
+    stack = Stack(workdir / "stack")
+    stack.up()
+    try:
+        relay, peak = relay_rate(n, stack, free_port(SINK_HOST), workdir)
+    finally:
+        stack.down()
+    print(f"mailpipe relay -> smtp-sink: {relay:.0f} msg/s (peak RSS {peak:.0f} MiB)")
+    write_result(
+        "relay",
+        {
+            "messages": n,
+            "message_bytes": MESSAGE_BYTES,
+            "domains": len(DOMAINS),
+            "relay_msgs_per_s": round(relay, 1),
+            "postfix_msgs_per_s": round(pf, 1),
+            "raw_msgs_per_s": round(raw, 1),
+            "relay_vs_postfix": round(relay / pf, 2),
+            "relay_vs_raw": round(relay / raw, 3),
+            "relay_peak_rss_mb": round(peak, 1),
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
