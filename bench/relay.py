@@ -247,7 +247,7 @@ def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[flo
     sink = Sink(sink_port, workdir)
     log = workdir / "relay.log"
     profile = os.environ.get("MAILPIPE_BENCH_PROFILE")
-    cmd = [MAILPIPE, "relay", "--config", str(path), "--log-level", "warning"]
+    cmd = [MAILPIPE, "relay", "--config", str(path), "--log-level", "info"]
     if profile:
         cmd = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "mailpipe.cli", *cmd[1:]]
     with log.open("wb") as out:

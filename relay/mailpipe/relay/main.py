@@ -191,15 +191,17 @@ async def serve(
     try:
         await engine.run(stop)
     finally:
+        log.info("stopping: engine drained", extra={"relay_id": relay_id})
         reloader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reloader
         await loop.run_in_executor(None, source.stop)
+        log.info("stopping: consumer closed", extra={"relay_id": relay_id})
         await transport.close()
         await sink.flush()
-        sink.close()
-        for f in followers:
-            await loop.run_in_executor(None, f.stop)
+        await loop.run_in_executor(None, sink.close)
+        log.info("stopping: producer closed", extra={"relay_id": relay_id})
+        await asyncio.gather(*(loop.run_in_executor(None, f.stop) for f in followers))
         log.info("relay stopped", extra={"relay_id": relay_id})
 
 
