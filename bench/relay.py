@@ -289,9 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mailpipe-bench-"))
     n = args.messages
-    print(
-        f"bench relay: {n} messages of {MESSAGE_BYTES} B to {len(DOMAINS)} domains; work in {workdir}"
-    )
+    print(f"bench relay: {n} messages of {MESSAGE_BYTES} B to {len(DOMAINS)} domains, in {workdir}")
     raw = raw_limit(n, free_port(SINK_HOST), workdir)
     print(f"raw smtp-source -> smtp-sink: {raw:.0f} msg/s")
     pf = postfix_rate(n, free_port(SINK_HOST), workdir)

@@ -257,7 +257,7 @@ class ConfigMapAudience(Spec):
     name: str = Field(description="ConfigMap in the campaign's namespace.")
     key: str = Field(
         default="audience.csv",
-        description="Key holding the audience; a key ending in .gz is read gzipped from binaryData.",
+        description="Key of the audience; a key ending in .gz is read gzipped from binaryData.",
     )
     format: AudienceFormat = Field(
         default=AudienceFormat.CSV,
