@@ -42,6 +42,7 @@ log = logging.getLogger("mailpipe.relay.kafka")
 
 POLL_TIMEOUT_MS = 100  # how often the consumer thread looks at its command queue
 LAG_INTERVAL_SECONDS = 5.0
+COMMIT_TIMEOUT_SECONDS = 30.0  # a commit round trip is milliseconds; this is for a dead thread
 
 
 def ensure_topics(
@@ -148,9 +149,12 @@ class KafkaSource:
         return out
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self._error is not None or not self._thread.is_alive():
+            raise RuntimeError("Kafka consumer thread is not running") from self._error
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._commands.put(("commit", dict(offsets), fut))
-        await asyncio.wrap_future(fut)
+        # bounded: a consumer thread that died meanwhile must not hang shutdown
+        await asyncio.wait_for(asyncio.wrap_future(fut), timeout=COMMIT_TIMEOUT_SECONDS)
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         self._commands.put(("pause", list(partitions), None))
@@ -237,10 +241,10 @@ class KafkaSource:
                 elif kind == "resume":
                     self._engine_paused.difference_update(arg)
                     consumer.resume(*[KafkaTP(*tp) for tp in arg])
-                if fut is not None:
+                if fut is not None and fut.set_running_or_notify_cancel():
                     fut.set_result(None)
             except Exception as exc:
-                if fut is not None:
+                if fut is not None and not fut.done():
                     fut.set_exception(exc)
                 else:
                     log.warning("consumer command %s failed: %s", kind, exc)
