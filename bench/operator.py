@@ -91,7 +91,9 @@ def fanout(env: dict[str, str], namespace: str, bootstrap: str, recipients: int)
         "metadata": {"name": "audience", "namespace": namespace},
         "binaryData": {"audience.csv.gz": blob},
     }
-    kubectl(env, "apply", "-f", "-", stdin=json.dumps(cm))
+    kubectl(
+        env, "create", "-f", "-", stdin=json.dumps(cm)
+    )  # apply would copy 1 MB into an annotation
     camp = {
         "apiVersion": "mailpipe.io/v1alpha1",
         "kind": "Campaign",

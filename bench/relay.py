@@ -76,29 +76,34 @@ class Sink:
         self.proc.wait()
 
 
+def smtp_source(n: int, target: str) -> None:
+    """Inject n messages over SESSIONS reused connections (-d) with postfix's smtp-source."""
+    subprocess.run(
+        [
+            "/usr/sbin/smtp-source",
+            "-s",
+            str(SESSIONS),
+            "-m",
+            str(n),
+            "-l",
+            str(MESSAGE_BYTES),
+            "-d",
+            "-f",
+            "bench@src.test",
+            "-t",
+            "rcpt@dom0.test",
+            target,
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 def raw_limit(n: int, port: int, workdir: Path) -> float:
     sink = Sink(port, workdir)
     try:
         start = time.monotonic()
-        subprocess.run(
-            [
-                "/usr/sbin/smtp-source",
-                "-s",
-                str(SESSIONS),
-                "-m",
-                str(n),
-                "-l",
-                str(MESSAGE_BYTES),
-                "-d",
-                "-f",
-                "bench@src.test",
-                "-t",
-                "rcpt@dom0.test",
-                f"{SINK_HOST}:{port}",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        smtp_source(n, f"{SINK_HOST}:{port}")
         end = sink.wait_for(n, 60)
         return n / (end - start)
     finally:
@@ -161,25 +166,7 @@ def postfix_rate(n: int, sink_port: int, workdir: Path) -> float:
     try:
         time.sleep(1)
         start = time.monotonic()
-        subprocess.run(
-            [
-                "/usr/sbin/smtp-source",
-                "-s",
-                str(SESSIONS),
-                "-m",
-                str(n),
-                "-l",
-                str(MESSAGE_BYTES),
-                "-d",
-                "-f",
-                "bench@src.test",
-                "-t",
-                "rcpt@dom0.test",
-                f"127.0.0.1:{listen}",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        smtp_source(n, f"127.0.0.1:{listen}")
         end = sink.wait_for(n, 300)
         return n / (end - start)
     finally:

@@ -124,6 +124,15 @@ def _topics(bootstrap: str) -> set[str]:
         admin.close()
 
 
+def _wait_pool_ready(cli_env: dict[str, str], namespace: str, op: OperatorProcess) -> None:
+    def ready() -> bool:
+        pool = get(cli_env, "sp", "news", namespace) or {}
+        conditions = pool.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    wait_for(ready, 60, "pool Ready", op)
+
+
 def test_pool_children_follow_the_spec_and_go_with_it(
     operator_factory: Callable[..., OperatorProcess],
     cli_env: dict[str, str],
@@ -137,17 +146,7 @@ def test_pool_children_follow_the_spec_and_go_with_it(
     child = "mailpipe-relay-news"
     kinds = ["configmap", "deployment", "service", "poddisruptionbudget"]
     wait_for(lambda: all(get(cli_env, k, child, namespace) for k in kinds), 60, "children", op)
-    wait_for(
-        lambda: any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in (get(cli_env, "sp", "news", namespace) or {})
-            .get("status", {})
-            .get("conditions", [])
-        ),
-        60,
-        "pool Ready",
-        op,
-    )
+    _wait_pool_ready(cli_env, namespace, op)
     assert {
         f"{topic_prefix}.outbound",
         f"{topic_prefix}.events",
@@ -220,17 +219,7 @@ def _ready_pool(
         ).returncode
         == 0
     )
-    wait_for(
-        lambda: any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in (get(cli_env, "sp", "news", namespace) or {})
-            .get("status", {})
-            .get("conditions", [])
-        ),
-        60,
-        "pool Ready",
-        op,
-    )
+    _wait_pool_ready(cli_env, namespace, op)
 
 
 def test_fanout_of_10k_is_exactly_once_across_an_operator_kill(
