@@ -23,7 +23,7 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from mailpipe.relay.warmup import WarmupLedger
-from mailpipe.relay.wire import encode
+from mailpipe.relay.wire import CampaignControl, CampaignState, encode
 
 from . import campaign as camp
 from . import kafka_io, kube_io
@@ -139,7 +139,7 @@ async def reconcile_pool(
             t.all(),
             parsed.kafka.partitions,
             parsed.kafka.replication_factor,
-            [t.suppressions],
+            [t.suppressions, t.control],
         )
     except KafkaError as exc:
         message = f"cannot create topics on {parsed.kafka.bootstrap_servers}: {exc}"
@@ -468,7 +468,39 @@ async def campaign_status(
             patch.status[k] = v
 
 
-@kopf.on.delete(GROUP, VERSION, "campaigns", optional=True)
-async def delete_campaign(name: str, namespace: str | None, **_: Any) -> None:
+def _publish_state(namespace: str, name: str, pool_name: str, state: CampaignState) -> bool:
+    """Tell the pool's relays (compacted control topic) to hold or drop this campaign."""
+    pool = kube_io.get_custom("sendingpools", namespace, pool_name)
+    if pool is None:
+        return False
+    pool_spec = _parse_pool(pool["spec"])
+    ref = PoolRef(pool["metadata"]["name"], namespace, pool["metadata"]["uid"])
+    key = f"{namespace}/{name}"
+    control = CampaignControl(campaign=key, state=state, time=time.time())
+    producer = PRODUCERS.get(pool_spec.kafka.bootstrap_servers)
+    kafka_io.produce_all(
+        producer, topics(ref, pool_spec).control, [(key.encode(), encode(control))]
+    )
+    return True
+
+
+@kopf.on.field(GROUP, VERSION, "campaigns", field="spec.suspend")
+async def suspend_changed(
+    name: str, namespace: str | None, spec: Any, new: Any, body: Any, **_: Any
+) -> None:
     assert namespace is not None  # both kinds are namespaced
+    state = CampaignState.PAUSED if new else CampaignState.ACTIVE
+    if await asyncio.to_thread(_publish_state, namespace, name, spec.get("poolRef", ""), state):
+        kopf.info(
+            body, reason="Paused" if new else "Resumed", message=f"relays told: {state.value}"
+        )
+
+
+@kopf.on.delete(GROUP, VERSION, "campaigns")
+async def delete_campaign(name: str, namespace: str | None, spec: Any, **_: Any) -> None:
+    assert namespace is not None  # both kinds are namespaced
+    # Records already on Kafka are dropped by the relays with a `failed` event.
+    await asyncio.to_thread(
+        _publish_state, namespace, name, spec.get("poolRef", ""), CampaignState.CANCELLED
+    )
     TALLY.forget(f"{namespace}/{name}")

@@ -73,6 +73,7 @@ class Topics:
     dlq: str
     delay: dict[str, str]
     suppressions: str = "mailpipe.suppressions"
+    control: str = "mailpipe.campaigns"
 
     def all(self) -> list[str]:
         return [self.outbound, self.events, self.dlq, *self.delay.values()]
@@ -108,6 +109,7 @@ def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.Rela
             events_topic=t.events,
             dlq_topic=t.dlq,
             suppressions_topic=t.suppressions,
+            control_topic=t.control,
             delay_topics=t.delay,
             client_id=f"mailpipe-relay-{ref.name}",
         ),

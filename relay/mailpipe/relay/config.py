@@ -37,6 +37,9 @@ class KafkaSettings(_Model):
     events_topic: str
     dlq_topic: str
     suppressions_topic: str = "mailpipe.suppressions"
+    control_topic: str = Field(
+        default="mailpipe.campaigns", description="compacted campaign states (paused, cancelled)"
+    )
     delay_topics: dict[str, str] = Field(
         default_factory=dict,
         description="delay step (e.g. '1m') -> topic; records wait there until due",

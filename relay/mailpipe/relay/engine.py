@@ -46,7 +46,7 @@ from .ports import (
     TopicPartition,
     Transport,
 )
-from .suppressions import SuppressionList
+from .suppressions import CampaignStates, SuppressionList
 from .throttle import Shaper, Shaping
 from .warmup import WarmupLedger
 from .wire import (
@@ -105,7 +105,9 @@ class Engine:
         clock: Clock,
         metrics: RelayMetrics,
         relay_id: str,
+        campaigns: CampaignStates | None = None,
     ) -> None:
+        self.campaigns = campaigns or CampaignStates()
         self.source = source
         self.sink = sink
         self.transport = transport
@@ -336,6 +338,22 @@ class Engine:
         record = work.record
         now = self.clock.time()
         sends: list[Coroutine[Any, Any, None]] = []
+        halted = self.campaigns.state(record.campaign)
+        if halted == "paused":
+            # Suspended campaign: hold the record in the longest delay step and look again then.
+            await self._postpone(
+                work, now + self._delay_steps[-1][0] if self._delay_steps else now + 60, None
+            )
+            return
+        if halted == "cancelled":
+            for rcpt in record.recipients:
+                sends.append(
+                    self._event(
+                        record, rcpt.address, Disposition.FAILED, now, reason="campaign_cancelled"
+                    )
+                )
+            await self._settle(work, sends)
+            return
         live = []
         for rcpt in record.recipients:
             if self.suppressions.is_suppressed(rcpt.address):

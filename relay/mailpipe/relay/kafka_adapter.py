@@ -57,15 +57,16 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(t, partitions, replication) for t in wanted if t not in existing]
-        if settings.suppressions_topic not in existing:
-            new.append(
-                NewTopic(
-                    settings.suppressions_topic,
-                    partitions,
-                    replication,
-                    topic_configs={"cleanup.policy": "compact"},
+        for compacted in (settings.suppressions_topic, settings.control_topic):
+            if compacted not in existing:
+                new.append(
+                    NewTopic(
+                        compacted,
+                        partitions,
+                        replication,
+                        topic_configs={"cleanup.policy": "compact"},
+                    )
                 )
-            )
         for topic in new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([topic], timeout_ms=int(timeout_s * 1000))

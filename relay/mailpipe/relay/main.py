@@ -30,9 +30,9 @@ from .delivery import SMTPTransport
 from .engine import Engine
 from .kafka_adapter import KafkaSink, KafkaSource, TopicFollower, ensure_topics
 from .metrics import RelayMetrics
-from .suppressions import SuppressionList
+from .suppressions import CampaignStates, SuppressionList
 from .warmup import WarmupLedger
-from .wire import WireError, decode_event, decode_suppression
+from .wire import WireError, decode_control, decode_event, decode_suppression
 
 log = logging.getLogger("mailpipe.relay")
 
@@ -138,11 +138,28 @@ async def serve(
         except WireError:
             return
 
+    campaigns = CampaignStates()
+
+    def apply_control(key: bytes | None, value: bytes | None, live: bool) -> None:
+        if key is None:
+            return
+        if value is None:
+            campaigns.set(key.decode(), "active")
+            return
+        try:
+            control = decode_control(value)
+        except WireError as exc:
+            log.warning("ignoring bad campaign control %r: %s", key, exc)
+            return
+        campaigns.set(control.campaign, control.state.value)
+        if live:
+            log.info("campaign %s is %s", control.campaign, control.state.value)
+
+    bootstrap = config.kafka.bootstrap_servers
     followers = [
-        TopicFollower(
-            config.kafka.bootstrap_servers, config.kafka.suppressions_topic, apply_suppression
-        ),
-        TopicFollower(config.kafka.bootstrap_servers, config.kafka.events_topic, apply_event),
+        TopicFollower(bootstrap, config.kafka.suppressions_topic, apply_suppression),
+        TopicFollower(bootstrap, config.kafka.events_topic, apply_event),
+        TopicFollower(bootstrap, config.kafka.control_topic, apply_control),
     ]
     for f in followers:
         f.start()
@@ -181,6 +198,7 @@ async def serve(
         clock=clock,
         metrics=metrics,
         relay_id=relay_id,
+        campaigns=campaigns,
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,4 +1,4 @@
-"""The set of addresses never to send to (invariant 6).
+"""What not to send: suppressed addresses (invariant 6) and halted campaigns.
 
 Fed from the compacted `mailpipe.suppressions` topic by the Kafka adapter and
 updated locally the moment this relay sees a hard bounce, so a later record to
@@ -28,3 +28,19 @@ class SuppressionList:
 
     def __len__(self) -> int:
         return len(self._reasons)
+
+
+class CampaignStates:
+    """Campaigns suspended or deleted in the cluster, from `mailpipe.campaigns`."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, str] = {}
+
+    def set(self, campaign: str, state: str) -> None:
+        if state == "active":
+            self._states.pop(campaign, None)
+        else:
+            self._states[campaign] = state
+
+    def state(self, campaign: str | None) -> str | None:
+        return self._states.get(campaign) if campaign else None

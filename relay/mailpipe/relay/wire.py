@@ -191,6 +191,25 @@ class Suppression(_Model):
     detail: str | None = None
 
 
+class CampaignState(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+
+
+class CampaignControl(_Model):
+    """Value on the compacted `mailpipe.campaigns` topic, keyed by 'namespace/name'.
+
+    The operator publishes it when a Campaign is suspended, resumed or deleted,
+    so relays hold back or drop records that are already on Kafka.
+    """
+
+    v: Literal[1] = WIRE_VERSION
+    campaign: str
+    state: CampaignState
+    time: float
+
+
 def encode(model: BaseModel) -> bytes:
     """Compact JSON, the one encoding of every wire value."""
     return model.model_dump_json(exclude_none=True).encode()
@@ -232,3 +251,7 @@ def decode_event(data: bytes) -> Event:
 
 def decode_suppression(data: bytes) -> Suppression:
     return _decode(Suppression, data)
+
+
+def decode_control(data: bytes) -> CampaignControl:
+    return _decode(CampaignControl, data)

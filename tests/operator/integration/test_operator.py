@@ -333,3 +333,67 @@ def test_events_drive_counts_and_completion(
     assert row.stdout.split()[:5] == ["small", "news", "Completed", "2", "1"], row.stdout
     described = kubectl(cli_env, "describe", "camp", "small", "-n", namespace)
     assert "FanoutDone" in described.stdout and "Completed" in described.stdout
+
+
+def _controls(bootstrap: str, key: str) -> list[str]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [
+        TopicPartition("mailpipe.campaigns", p)
+        for p in consumer.partitions_for_topic("mailpipe.campaigns") or ()
+    ]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(tps)
+    states = []
+    while any(consumer.position(tp) < end[tp] for tp in tps):
+        for records in consumer.poll(timeout_ms=500).values():
+            states += [json.loads(r.value)["state"] for r in records if r.key == key.encode()]
+    consumer.close()
+    return states
+
+
+def test_suspend_and_delete_reach_the_relays_control_topic(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    op = operator_factory()
+    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    body = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "Campaign",
+        "metadata": {"name": "ctl", "namespace": namespace},
+        "spec": GOOD_CAMPAIGN,
+    }
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+    key = f"{namespace}/ctl"
+    patch = kubectl(
+        cli_env,
+        "patch",
+        "camp",
+        "ctl",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"suspend":true}}',
+    )
+    assert patch.returncode == 0, patch.stderr
+    wait_for(lambda: "paused" in _controls(kafka_bootstrap, key), 60, "paused published", op)
+    wait_for(
+        lambda: (
+            (get(cli_env, "camp", "ctl", namespace) or {}).get("status", {}).get("phase")
+            == "Paused"
+        ),
+        60,
+        "phase Paused",
+        op,
+    )
+    assert (
+        kubectl(cli_env, "delete", "camp", "ctl", "-n", namespace, "--timeout=60s").returncode == 0
+    )
+    wait_for(
+        lambda: _controls(kafka_bootstrap, key)[-1:] == ["cancelled"], 60, "cancelled published", op
+    )

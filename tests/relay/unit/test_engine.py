@@ -90,3 +90,24 @@ async def test_expired_after_max_age(harness: Harness) -> None:
     await harness.run_until(lambda: len(harness.events()) == 1)
     assert harness.events()[0]["disposition"] == "expired"
     assert "p.delay.1m" not in harness.sink.topics
+
+
+async def test_paused_campaign_is_held_and_cancelled_campaign_dropped(harness: Harness) -> None:
+    harness.engine.campaigns.set("ns/camp", "paused")
+    harness.put(record_bytes("a@d.test"))
+    await harness.run_until(lambda: len(harness.sink.topics["p.delay.10m"]) == 1)
+    assert harness.transport.envelopes == [] and harness.events() == []
+
+    harness.engine.campaigns.set("ns/camp", "cancelled")
+    harness.put(record_bytes("b@d.test", "c@d.test"))
+    await harness.run_until(lambda: len(harness.events()) == 2)
+    assert {(e["recipient"], e["disposition"], e["reason"]) for e in harness.events()} == {
+        ("b@d.test", "failed", "campaign_cancelled"),
+        ("c@d.test", "failed", "campaign_cancelled"),
+    }
+    assert harness.transport.envelopes == []
+
+    harness.engine.campaigns.set("ns/camp", "active")
+    harness.put(record_bytes("d@d.test"))
+    await harness.run_until(lambda: len(harness.events()) == 3)
+    assert harness.events()[-1]["disposition"] == "delivered"
