@@ -141,12 +141,16 @@ class KafkaSource:
         out: list[SourceRecord] = []
         with self._lock:
             assigned = set(self._assigned)
+        taken = 0
         while self._pending and len(out) < max_records:
             rec = self._pending.popleft()
+            taken += 1
             if rec.tp in assigned:  # records of revoked partitions belong to the new owner
                 out.append(rec)
         with self._lock:
-            self._buffered -= len(out)
+            # count what left the buffer, dropped records too: a leak here would
+            # eventually pause every partition for good
+            self._buffered -= taken
         return out
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
