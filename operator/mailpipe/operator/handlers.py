@@ -486,9 +486,11 @@ def _publish_state(namespace: str, name: str, pool_name: str, state: CampaignSta
 
 @kopf.on.field(GROUP, VERSION, "campaigns", field="spec.suspend")
 async def suspend_changed(
-    name: str, namespace: str | None, spec: Any, new: Any, body: Any, **_: Any
+    name: str, namespace: str | None, spec: Any, old: Any, new: Any, body: Any, **_: Any
 ) -> None:
     assert namespace is not None  # both kinds are namespaced
+    if old is None and not new:
+        return  # created unsuspended: nothing to tell the relays
     state = CampaignState.PAUSED if new else CampaignState.ACTIVE
     if await asyncio.to_thread(_publish_state, namespace, name, spec.get("poolRef", ""), state):
         kopf.info(

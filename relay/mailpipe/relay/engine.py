@@ -83,6 +83,7 @@ def step_seconds(step: str) -> int:
 class Work:
     src: SourceRecord
     record: DeliveryRecord
+    gen: int  # the offset tracker's ownership generation of src's partition
     message: bytes | None = None
 
 
@@ -215,22 +216,22 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             log.error("engine task failed", exc_info=task.exception())
 
-    def _finish(self, src: SourceRecord) -> None:
-        self.tracker.finish(src.tp, src.offset)
+    def _finish(self, src: SourceRecord, gen: int) -> None:
+        self.tracker.finish(src.tp, src.offset, gen)
 
     # -- intake --------------------------------------------------------------
 
     def _accept(self, src: SourceRecord) -> None:
-        self.tracker.start(src.tp, src.offset)
+        gen = self.tracker.start(src.tp, src.offset)
         if src.value is None:
-            self._finish(src)  # a tombstone on a delivery topic carries nothing to send
+            self._finish(src, gen)  # a tombstone on a delivery topic carries nothing to send
             return
         try:
             record = decode_record(src.value)
         except WireError as exc:
-            self._spawn(self._to_dlq(src, str(exc)))
+            self._spawn(self._to_dlq(src, gen, str(exc)))
             return
-        work = Work(src, record)
+        work = Work(src, record, gen)
         now = self.clock.time()
         if record.not_before is not None and record.not_before > now + HOLD_SLACK_SECONDS:
             if src.topic in self._delay_topic_names or not self._delay_steps:
@@ -385,7 +386,7 @@ class Engine:
             try:
                 work.message = build_message(record, now, self.signer)
             except MessageError as exc:
-                await self._to_dlq(work.src, str(exc))
+                await self._to_dlq(work.src, work.gen, str(exc))
                 return
         helo = next(e.helo for e in self.config.egress if e.address == ip)
         self.ledger.record(ip, domain, len(live), now)
@@ -443,7 +444,7 @@ class Engine:
         """Await every produce this record caused, then mark its offset finished."""
         if sends:
             await asyncio.gather(*sends)
-        self._finish(work.src)
+        self._finish(work.src, work.gen)
 
     # -- producing -------------------------------------------------------------
 
@@ -501,9 +502,9 @@ class Engine:
     async def _postpone(self, work: Work, due: float, reason: str | None) -> None:
         """Move a record, unchanged but for not_before, to a delay topic."""
         await self._produce_retry(work.record, due)
-        self._finish(work.src)
+        self._finish(work.src, work.gen)
 
-    async def _to_dlq(self, src: SourceRecord, reason: str) -> None:
+    async def _to_dlq(self, src: SourceRecord, gen: int, reason: str) -> None:
         self.metrics.dlq.labels(reason.split(":", 1)[0][:40]).inc()
         value = {
             "reason": reason,
@@ -513,7 +514,7 @@ class Engine:
             "value": (src.value or b"").decode("utf-8", "replace"),
         }
         await self.sink.send(self.config.kafka.dlq_topic, src.key, json.dumps(value).encode())
-        self._finish(src)
+        self._finish(src, gen)
 
     # -- rebalancing -------------------------------------------------------------
 

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -74,6 +75,11 @@ def ensure_topics(
         admin.close()
 
 
+@dataclass(frozen=True)
+class _Revoked:
+    partitions: list[TopicPartition]
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
@@ -109,7 +115,10 @@ class KafkaSource:
         self._commands: queue.SimpleQueue[
             tuple[str, Any, concurrent.futures.Future[None] | None]
         ] = queue.SimpleQueue()
-        self._handoff: queue.SimpleQueue[list[SourceRecord]] = queue.SimpleQueue()
+        # Batches of records, and revocations in their place between them: the
+        # engine must forget a revoked assignment before it sees any record of
+        # the next one, or it would drop that record or mis-finish an offset.
+        self._handoff: queue.SimpleQueue[list[SourceRecord] | _Revoked] = queue.SimpleQueue()
         self._buffered = 0
         self._lock = threading.Lock()
         self._pending: deque[SourceRecord] = deque()
@@ -131,13 +140,16 @@ class KafkaSource:
     async def poll(self, max_records: int) -> Sequence[SourceRecord]:
         if self._error is not None:
             raise RuntimeError("Kafka consumer thread died") from self._error
-        if not self._pending:
+        while not self._pending:
             try:
-                batch = self._handoff.get_nowait()
+                item = self._handoff.get_nowait()
             except queue.Empty:
                 await asyncio.sleep(0.01)
                 return []
-            self._pending.extend(batch)
+            if isinstance(item, _Revoked):
+                self._on_revoked(item.partitions)
+                continue
+            self._pending.extend(item)
         out: list[SourceRecord] = []
         with self._lock:
             assigned = set(self._assigned)
@@ -267,8 +279,7 @@ class KafkaSource:
         with self._lock:
             self._assigned.difference_update(tps)
         self._engine_paused.difference_update(tps)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._on_revoked, tps)
+        self._handoff.put(_Revoked(list(tps)))
 
     def _assigned_now(self, tps: set[TopicPartition]) -> None:
         # IO thread too: only note it; `_run` reports it after the poll returns.

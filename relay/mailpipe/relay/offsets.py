@@ -17,9 +17,10 @@ from .ports import TopicPartition
 
 
 class _Partition:
-    __slots__ = ("done", "heap", "high", "read")
+    __slots__ = ("done", "gen", "heap", "high", "read")
 
-    def __init__(self) -> None:
+    def __init__(self, gen: int) -> None:
+        self.gen = gen  # which ownership of the partition this is (see `revoke`)
         self.heap: list[int] = []  # unfinished offsets (lazy deletion via `done`)
         self.done: set[int] = set()
         self.high = -1  # highest offset seen
@@ -32,6 +33,7 @@ class OffsetTracker:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._uncommitted = 0
+        self._gens = 0
 
     @property
     def in_flight(self) -> int:
@@ -55,20 +57,28 @@ class OffsetTracker:
                     part.read.popleft()
                     self._uncommitted -= 1
 
-    def start(self, tp: TopicPartition, offset: int) -> None:
+    def start(self, tp: TopicPartition, offset: int) -> int:
+        """Track a record read; returns the ownership generation to finish it with."""
         with self._lock:
-            part = self._parts.setdefault(tp, _Partition())
+            part = self._parts.get(tp)
+            if part is None:
+                self._gens += 1
+                part = self._parts[tp] = _Partition(self._gens)
             heapq.heappush(part.heap, offset)
             part.read.append(offset)
             part.high = max(part.high, offset)
             self._in_flight += 1
             self._uncommitted += 1
+            return part.gen
 
-    def finish(self, tp: TopicPartition, offset: int) -> None:
+    def finish(self, tp: TopicPartition, offset: int, gen: int) -> None:
         with self._lock:
             part = self._parts.get(tp)
-            if part is None or offset in part.done:
-                return  # partition revoked meanwhile, or finished twice
+            if part is None or part.gen != gen or offset in part.done:
+                # Revoked meanwhile (perhaps assigned back since: a new
+                # generation whose copy of this record is tracked anew), or
+                # finished twice.
+                return
             part.done.add(offset)
             self._in_flight -= 1
             while part.heap and part.heap[0] in part.done:

@@ -25,14 +25,15 @@ def test_backoff_doubles_while_repeating() -> None:
 def test_offsets_commit_lowest_unfinished() -> None:
     t = OffsetTracker()
     tp = TopicPartition("t", 0)
+    gen = 0
     for o in range(5):
-        t.start(tp, o)
+        gen = t.start(tp, o)
     for o in (1, 2, 4):
-        t.finish(tp, o)
+        t.finish(tp, o, gen)
     assert t.committable() == {tp: 0}
-    t.finish(tp, 0)
+    t.finish(tp, 0, gen)
     assert t.committable() == {tp: 3}
-    t.finish(tp, 3)
+    t.finish(tp, 3, gen)
     assert t.committable() == {tp: 5}
     assert t.in_flight == 0
 
@@ -41,10 +42,21 @@ def test_uncommitted_window_shrinks_only_on_commit() -> None:
     t = OffsetTracker()
     tp = TopicPartition("t", 0)
     for o in range(4):
-        t.start(tp, o)
-        t.finish(tp, o)
+        t.finish(tp, o, t.start(tp, o))
     assert (t.in_flight, t.uncommitted) == (0, 4)
     t.committed({tp: 3})
     assert t.uncommitted == 1
     t.committed(t.committable())
     assert t.uncommitted == 0
+
+
+def test_a_finish_from_before_a_revoke_does_not_touch_the_new_ownership() -> None:
+    t = OffsetTracker()
+    tp = TopicPartition("t", 0)
+    old = t.start(tp, 7)
+    t.revoke([tp])
+    new = t.start(tp, 7)  # assigned back and the record re-read
+    t.finish(tp, 7, old)  # the old attempt completes late
+    assert t.committable() == {tp: 7}  # still unfinished in this ownership
+    t.finish(tp, 7, new)
+    assert t.committable() == {tp: 8}
