@@ -166,3 +166,28 @@ def test_warmup_caps_the_cold_ip_per_day(
     pool.flush()
     wait_for(lambda: len(rx.recipients()) == 20, 60, "day 2 delivered", day2)
     assert rx.peers() == Counter({"127.0.0.2": 8, "127.0.0.3": 12})
+
+
+def test_a_second_relay_joining_mid_stream_loses_nothing(
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+) -> None:
+    rx = smtp_receiver("127.0.0.10", 0)
+    rx.policy.reply_delay_seconds = 0.005
+    domains = [f"r{i}.test" for i in range(6)]
+    pool = pool_factory(
+        routes={d: [{"host": rx.host, "port": rx.port}] for d in domains},
+        kafka={"max_in_flight_records": 300},
+    )
+    expected = {f"u{i}@{domains[i % 6]}" for i in range(1200)}
+    for rcpt in sorted(expected):
+        pool.send(rcpt)
+    pool.flush()
+    first = relays(pool, "relay-first")
+    wait_for(lambda: len(rx.recipients()) >= 200, 60, "first deliveries", first)
+    second = relays(pool, "relay-second")  # forces a rebalance while work is in flight
+    wait_for(lambda: set(rx.recipients()) >= expected, 120, "every recipient delivered", second)
+    counts = Counter(rx.recipients())
+    assert set(counts) == expected
+    assert sum(n - 1 for n in counts.values()) <= 300  # the read-but-uncommitted window
