@@ -46,7 +46,7 @@ class KafkaSettings(_Model):
     )
     client_id: str = "mailpipe-relay"
     ready_queue_per_domain: int = Field(
-        default=500,
+        default=2000,
         ge=1,
         description="records held per domain; beyond it they overflow to a delay topic",
     )

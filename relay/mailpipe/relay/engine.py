@@ -66,7 +66,9 @@ log = logging.getLogger("mailpipe.relay.engine")
 COMMIT_INTERVAL_SECONDS = 0.2  # frequent enough that the read window, not commits, limits speed
 POLL_IDLE_SECONDS = 0.05
 HOLD_SLACK_SECONDS = 0.5  # records due this soon are sent now, not parked
-STOP_GRACE_SECONDS = 20.0  # in-flight transactions get this long to finish on shutdown
+STOP_GRACE_SECONDS = 20.0
+# in-flight transactions get this long to finish on shutdown (above)
+RELIEF_AFTER_SECONDS = 1.0  # a full window whose commits stood still this long is stuck
 _STEP = re.compile(r"^(\d+)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -128,6 +130,7 @@ class Engine:
         self._waiting_lanes: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._last_commit: dict[TopicPartition, int] = {}
+        self._last_progress = 0.0
         self.reconfigure(config)
 
     # -- configuration -------------------------------------------------------
@@ -155,6 +158,7 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stopping = False
+        self._last_progress = self.clock.monotonic()
         committer = asyncio.create_task(self._commit_loop(stop))
         try:
             while not stop.is_set():
@@ -163,6 +167,8 @@ class Engine:
                 # re-sends at most max_in_flight_records (invariant 1's bound).
                 room = self.config.kafka.max_in_flight_records - self.tracker.uncommitted
                 if room <= 0:
+                    if self.clock.monotonic() - self._last_progress > RELIEF_AFTER_SECONDS:
+                        self._relieve_window()
                     await asyncio.sleep(POLL_IDLE_SECONDS)
                     continue
                 batch = await self.source.poll(room)
@@ -204,6 +210,7 @@ class Engine:
                 log.warning("commit failed", exc_info=True)
                 return
             self._last_commit = offsets
+            self._last_progress = self.clock.monotonic()
             self.tracker.committed(offsets)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -261,14 +268,36 @@ class Engine:
             if self.tracker.owns(tp):
                 self._enqueue(work)
 
+    def _relieve_window(self) -> None:
+        """The read window is full and commits stand still: records queued behind a
+        slow domain pin the commit position, so nothing new can be read and every
+        other domain waits (head-of-line blocking). Move the largest queue, but
+        what its lanes already hold, to a delay topic: their
+        offsets finish, commits advance, reading resumes."""
+        self._last_progress = self.clock.monotonic()  # one relief per stuck period
+        if not self._queues:
+            return
+        domain, q = max(self._queues.items(), key=lambda kv: len(kv[1].items))
+        if not q.items:
+            return
+        spilled = list(q.items)
+        q.items.clear()  # lanes waiting for a token find nothing and end
+        self.metrics.overflow.labels(domain).inc(len(spilled))
+        self.metrics.ready_queue_depth.labels(domain).set(len(q.items))
+        delay = self._delay_steps[0][0] if self._delay_steps else 1.0
+        due = self.clock.time() + delay
+        log.info("window full: %d records of %s moved to the delay topic", len(spilled), domain)
+        for work in spilled:
+            self._spawn(self._postpone(work, due, reason="window"))
+
     def _enqueue(self, work: Work) -> None:
         domain = work.record.domain
         q = self._queues.get(domain)
         if q is None:
             q = self._queues[domain] = DomainQueue()
         if len(q.items) >= self.config.kafka.ready_queue_per_domain:
-            # Invariant 2: a full domain spills to a delay topic instead of
-            # holding up the partition it shares with other domains.
+            # Invariant 2: a domain over its share spills to a delay topic
+            # instead of holding up the partition it shares with others.
             self.metrics.overflow.labels(domain).inc()
             delay = self._delay_steps[0][0] if self._delay_steps else 1.0
             self._spawn(self._postpone(work, self.clock.time() + delay, reason="overflow"))
@@ -302,8 +331,8 @@ class Engine:
         q = self._queues[domain]
         try:
             while q.items and not self._stopping:
-                work = q.items.popleft()
-                self.metrics.ready_queue_depth.labels(domain).set(len(q.items))
+                # Wait for the rate token before taking a record, so records
+                # stay in the queue (and can be spilled) while they wait.
                 if shaper.bucket is not None:
                     wait = shaper.bucket.reserve(self.clock.monotonic())
                     if wait > 0:
@@ -319,6 +348,10 @@ class Engine:
                             self._waiting_lanes.discard(task)
                         if self._stopping:
                             return
+                if not q.items:
+                    break  # spilled while we waited
+                work = q.items.popleft()
+                self.metrics.ready_queue_depth.labels(domain).set(len(q.items))
                 try:
                     await self._attempt(work, domain)
                 except Exception:

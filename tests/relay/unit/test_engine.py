@@ -111,3 +111,33 @@ async def test_paused_campaign_is_held_and_cancelled_campaign_dropped(harness: H
     harness.put(record_bytes("d@d.test"))
     await harness.run_until(lambda: len(harness.events()) == 3)
     assert harness.events()[-1]["disposition"] == "delivered"
+
+
+async def test_a_flooding_throttled_domain_spills_instead_of_starving_others(
+    real_clock: object,
+) -> None:
+    config = make_config(
+        throttles={"slow.test": {"messages_per_minute": 6}},
+        kafka={
+            "bootstrap_servers": "unused:9092",
+            "group_id": "g",
+            "outbound_topic": "p.outbound",
+            "events_topic": "p.events",
+            "dlq_topic": "p.dlq",
+            "delay_topics": {"1m": "p.delay.1m"},
+            "max_in_flight_records": 20,
+            "ready_queue_per_domain": 20,
+        },
+    )
+    h = Harness(config, clock=real_clock)  # type: ignore[arg-type]
+    for i in range(30):
+        h.put(record_bytes(f"s{i}@slow.test"))
+    for i in range(10):
+        h.put(record_bytes(f"f{i}@fast.test"))
+    await h.run_until(
+        lambda: sum(e["domain"] == "fast.test" for e in h.events()) == 10, timeout_s=8
+    )
+    spilled = [
+        decode_record(v or b"").recipients[0].address for _, v in h.sink.topics["p.delay.1m"]
+    ]
+    assert spilled and all(a.endswith("@slow.test") for a in spilled)
