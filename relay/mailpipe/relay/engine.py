@@ -275,11 +275,19 @@ class Engine:
         what its lanes already hold, to a delay topic: their
         offsets finish, commits advance, reading resumes."""
         self._last_progress = self.clock.monotonic()  # one relief per stuck period
-        if not self._queues:
+        mono = self.clock.monotonic()
+        ips = [e.address for e in self.config.egress]
+
+        def held_back(domain: str) -> bool:
+            # Only a domain that waits on a limit of its own can pin the window;
+            # a merely busy one drains by itself, and spilling it would cost a delay step.
+            throttled = self.config.throttle_for(domain).messages_per_minute is not None
+            return throttled or all(self.shaping.backed_off(ip, domain, mono) for ip in ips)
+
+        candidates = [(d, q) for d, q in self._queues.items() if q.items and held_back(d)]
+        if not candidates:
             return
-        domain, q = max(self._queues.items(), key=lambda kv: len(kv[1].items))
-        if not q.items:
-            return
+        domain, q = max(candidates, key=lambda kv: len(kv[1].items))
         spilled = list(q.items)
         q.items.clear()  # lanes waiting for a token find nothing and end
         self.metrics.overflow.labels(domain).inc(len(spilled))
