@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 
 import yaml
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.stack import Stack
 from mailpipe.relay.config import RelayConfig
-from mailpipe.relay.kafka_adapter import ensure_topics
+from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
 
 from .common import PeakRSS, write_result
 
@@ -253,21 +253,8 @@ def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[flo
 
 
 def _event_times(bootstrap: str, topic: str) -> list[float]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    end = consumer.end_offsets(tps)
-    times = []
-    while any(consumer.position(tp) < end[tp] for tp in tps):
-        for records in consumer.poll(timeout_ms=500).values():
-            times.extend(
-                json.loads(r.value)["time"]
-                for r in records
-                if json.loads(r.value)["disposition"] == "delivered"
-            )
-    consumer.close()
-    return times
+    events = (json.loads(v) for _, v in read_topic(bootstrap, topic) if v)
+    return [e["time"] for e in events if e["disposition"] == "delivered"]
 
 
 def main(argv: list[str] | None = None) -> int:

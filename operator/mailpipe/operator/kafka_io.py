@@ -23,7 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from mailpipe.relay.kafka_adapter import TopicFollower
+from mailpipe.relay.kafka_adapter import TopicFollower, read_topic
 from mailpipe.relay.wire import WireError, decode_event, decode_suppression, suppression_key
 
 log = logging.getLogger("mailpipe.operator.kafka")
@@ -107,58 +107,25 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 def produced_since(bootstrap: str, topic: str, since: dict[int, int], uid: str) -> set[int]:
     """Indices of campaign `uid` appended to `topic` after the `since` offsets."""
     prefix = f'"id":"{uid}-'.encode()
-    found: set[int] = set()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        end = consumer.end_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, since.get(tp.partition, 0))
-        pending = {tp for tp in tps if consumer.position(tp) < end[tp]}
-        while pending:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for r in records:
-                    if r.value and prefix in r.value:
-                        rid = json.loads(r.value)["id"]
-                        found.add(int(rid.rsplit("-", 1)[1]))
-                if consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
-    finally:
-        consumer.close()
-    return found
+    return {
+        int(json.loads(value)["id"].rsplit("-", 1)[1])
+        for _, value in read_topic(bootstrap, topic, since)
+        if value and prefix in value
+    }
 
 
 def read_suppressions(bootstrap: str, topic: str) -> set[str]:
     """The whole compacted suppression topic, tombstones applied."""
-    out: dict[str, bool] = {}
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        if not tps:
-            return set()
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        pending = {tp for tp in tps if end[tp] > 0}
-        while pending:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for r in records:
-                    if r.key is None:
-                        continue
-                    key = r.key.decode()
-                    if r.value is None:
-                        out.pop(key, None)
-                        continue
-                    with contextlib.suppress(WireError):
-                        out[suppression_key(decode_suppression(r.value).address)] = True
-                if consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
-    finally:
-        consumer.close()
-    return set(out)
+    out: set[str] = set()
+    for key, value in read_topic(bootstrap, topic):
+        if key is None:
+            continue
+        if value is None:
+            out.discard(key.decode())
+            continue
+        with contextlib.suppress(WireError):
+            out.add(suppression_key(decode_suppression(value).address))
+    return out
 
 
 class EventsHub:

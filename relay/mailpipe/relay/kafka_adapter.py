@@ -80,6 +80,31 @@ class _Revoked:
     partitions: list[TopicPartition]
 
 
+def read_topic(
+    bootstrap: str, topic: str, since: dict[int, int] | None = None
+) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) on `topic` up to its end now, from the beginning or from
+    `since` (partition -> offset). No group, no commits: for replays and checks."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [KafkaTP(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            if since is not None and tp.partition in since:
+                consumer.seek(tp, since[tp.partition])
+        end = consumer.end_offsets(tps)
+        out: list[tuple[bytes | None, bytes | None]] = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend((r.key, r.value) for r in records)
+        return out
+    finally:
+        consumer.close()
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, source: KafkaSource) -> None:
         self.source = source

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
+from mailpipe.relay.kafka_adapter import read_topic
 from mailpipe.relay.wire import Disposition, Event, encode
 
 from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
@@ -193,21 +194,8 @@ def test_pool_children_follow_the_spec_and_go_with_it(
 
 
 def _outbound_ids(bootstrap: str, topic: str, uid: str) -> Counter[str]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    parts = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in parts]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    end = consumer.end_offsets(tps)
-    ids: Counter[str] = Counter()
-    while any(consumer.position(tp) < end[tp] for tp in tps):
-        for records in consumer.poll(timeout_ms=500).values():
-            for r in records:
-                rid = json.loads(r.value)["id"]
-                if rid.startswith(uid):
-                    ids[rid] += 1
-    consumer.close()
-    return ids
+    ids = (json.loads(v)["id"] for _, v in read_topic(bootstrap, topic) if v)
+    return Counter(i for i in ids if i.startswith(uid))
 
 
 def _ready_pool(
@@ -336,20 +324,8 @@ def test_events_drive_counts_and_completion(
 
 
 def _controls(bootstrap: str, key: str) -> list[str]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tps = [
-        TopicPartition("mailpipe.campaigns", p)
-        for p in consumer.partitions_for_topic("mailpipe.campaigns") or ()
-    ]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    end = consumer.end_offsets(tps)
-    states = []
-    while any(consumer.position(tp) < end[tp] for tp in tps):
-        for records in consumer.poll(timeout_ms=500).values():
-            states += [json.loads(r.value)["state"] for r in records if r.key == key.encode()]
-    consumer.close()
-    return states
+    records = read_topic(bootstrap, "mailpipe.campaigns")
+    return [json.loads(v)["state"] for k, v in records if v and k == key.encode()]
 
 
 def test_suspend_and_delete_reach_the_relays_control_topic(

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from mailpipe.relay.config import RelayConfig
-from mailpipe.relay.kafka_adapter import ensure_topics
+from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
 
 ROOT = Path(__file__).resolve().parents[3]
 MAILPIPE = str(Path(sys.executable).parent / "mailpipe")
@@ -82,21 +82,9 @@ class Pool:
     def flush(self) -> None:
         self.producer.flush()
 
-    def read(self, topic: str, timeout_s: float = 2.0) -> list[tuple[bytes | None, bytes | None]]:
-        """Everything on `topic` so far (reads until `timeout_s` without news)."""
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out: list[tuple[bytes | None, bytes | None]] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(consumer.position(tp) < end[tp] for tp in tps):
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend((r.key, r.value) for r in records)
-        consumer.close()
-        return out
+    def read(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+        """Everything on `topic` so far."""
+        return read_topic(self.bootstrap, topic)
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(v) for _, v in self.read(self.config.kafka.events_topic) if v]
