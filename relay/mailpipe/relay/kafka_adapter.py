@@ -80,6 +80,15 @@ class _Revoked:
     partitions: list[TopicPartition]
 
 
+def partition_count(bootstrap: str, topic: str) -> int:
+    """Partitions of `topic` (0 if unknown), from a short-lived client."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
 def read_topic(
     bootstrap: str, topic: str, since: dict[int, int] | None = None
 ) -> list[tuple[bytes | None, bytes | None]]:
@@ -127,7 +136,7 @@ class KafkaSource:
         committable: Callable[[], dict[TopicPartition, int]],
         on_revoked: Callable[[list[TopicPartition]], None],
         on_lag: Callable[[TopicPartition, int], None] | None = None,
-        on_assigned: Callable[[set[TopicPartition], dict[str, int]], None] | None = None,
+        on_assigned: Callable[[set[TopicPartition]], None] | None = None,
         buffer_records: int = 1000,
     ) -> None:
         self._on_assigned = on_assigned
@@ -319,9 +328,10 @@ class KafkaSource:
                 return
             self._assignment_changed = False
             assigned = set(self._assigned)
+        # No metadata calls here: they can block this thread past the session
+        # timeout and get the member evicted from the group.
         if self._on_assigned is not None and self._loop is not None:
-            sizes = {t: len(consumer.partitions_for_topic(t) or ()) for t in self.topics}
-            self._loop.call_soon_threadsafe(self._on_assigned, assigned, sizes)
+            self._loop.call_soon_threadsafe(self._on_assigned, assigned)
 
     def _report_lag(self, consumer: KafkaConsumer) -> None:
         assert self._on_lag is not None

@@ -28,7 +28,7 @@ from .clock import SystemClock
 from .config import ConfigError, RelayConfig, load_config
 from .delivery import SMTPTransport
 from .engine import Engine
-from .kafka_adapter import KafkaSink, KafkaSource, TopicFollower, ensure_topics
+from .kafka_adapter import KafkaSink, KafkaSource, TopicFollower, ensure_topics, partition_count
 from .metrics import RelayMetrics
 from .suppressions import CampaignStates, SuppressionList
 from .warmup import WarmupLedger
@@ -173,11 +173,14 @@ async def serve(
     def on_lag(tp: Any, lag: int) -> None:
         metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
-    def on_assigned(tps: set[Any], sizes: dict[str, int]) -> None:
-        outbound = config.kafka.outbound_topic
+    outbound = config.kafka.outbound_topic
+    # Read once: the share of warm-up caps follows partitions owned out of these.
+    partitions = await loop.run_in_executor(None, partition_count, bootstrap, outbound)
+
+    def on_assigned(tps: set[Any]) -> None:
         owned = sum(1 for tp in tps if tp.topic == outbound)
-        ledger.set_share(owned / sizes[outbound] if sizes.get(outbound) else 1.0)
-        log.info("assigned %d of %d outbound partitions", owned, sizes.get(outbound, 0))
+        ledger.set_share(owned / partitions if partitions else 1.0)
+        log.info("assigned %d of %d outbound partitions", owned, partitions)
 
     source = KafkaSource(
         config.kafka,
