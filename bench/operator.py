@@ -17,6 +17,7 @@ import base64
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -146,6 +147,8 @@ def pools_ready(env: dict[str, str], namespace: str, bootstrap: str, count: int)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM unwinds like Ctrl-C, so the stack and servers started here are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--pools", type=int, default=200)
