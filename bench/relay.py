@@ -235,16 +235,22 @@ def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[flo
     sink = Sink(sink_port, workdir)
     log = workdir / "relay.log"
     profile = os.environ.get("MAILPIPE_BENCH_PROFILE")
+    sampled = os.environ.get("MAILPIPE_BENCH_PYSPY")
     cmd = [MAILPIPE, "relay", "--config", str(path), "--log-level", "info"]
-    if profile:
+    if profile:  # deterministic profile of the whole process (slows it down)
         cmd = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "mailpipe.cli", *cmd[1:]]
+    elif sampled:  # sampling profile of every thread, folded stacks (py-spy must be installed)
+        pyspy = str(Path(sys.executable).parent / "py-spy")
+        spy = ["record", "-r", "200", "--threads", "--gil", "-f", "raw", "-o", sampled, "--"]
+        cmd = [pyspy, *spy, *cmd]
     with log.open("wb") as out:
         relay = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     rss = PeakRSS(relay.pid)
     try:
         sink.wait_for(n, 600)
     finally:
-        relay.terminate()
+        # py-spy writes its profile on SIGINT (SIGTERM would lose it)
+        relay.send_signal(signal.SIGINT if sampled else signal.SIGTERM)
         relay.wait(timeout=60)
         peak = rss.stop()
         sink.stop()
@@ -263,14 +269,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="skip the postfix and raw references (iterating on the relay; no result file)",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mailpipe-bench-"))
     n = args.messages
     print(f"bench relay: {n} messages of {MESSAGE_BYTES} B to {len(DOMAINS)} domains, in {workdir}")
-    raw = raw_limit(n, free_port(SINK_HOST), workdir)
-    print(f"raw smtp-source -> smtp-sink: {raw:.0f} msg/s")
-    pf = postfix_rate(n, free_port(SINK_HOST), workdir)
-    print(f"postfix -> smtp-sink: {pf:.0f} msg/s")
+    if not args.relay_only:
+        raw = raw_limit(n, free_port(SINK_HOST), workdir)
+        print(f"raw smtp-source -> smtp-sink: {raw:.0f} msg/s")
+        pf = postfix_rate(n, free_port(SINK_HOST), workdir)
+        print(f"postfix -> smtp-sink: {pf:.0f} msg/s")
     stack = Stack(workdir / "stack")
     stack.up()
     try:
@@ -278,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.down()
     print(f"mailpipe relay -> smtp-sink: {relay:.0f} msg/s (peak RSS {peak:.0f} MiB)")
+    if args.relay_only:
+        return 0
     write_result(
         "relay",
         {

@@ -1,0 +1,198 @@
+"""The message composer, checked against the standard library's own parser
+(policy.default: RFC 2047 decoding, MIME structure, transfer decoding) and
+DKIM signatures checked with dkimpy's verifier."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from mailpipe.relay.config import DKIMSettings
+from mailpipe.relay.message import MessageError, Signer, build_message
+from mailpipe.relay.wire import DeliveryRecord, decode_record
+
+NOW = 1_700_000_000.0
+
+
+def record(content: dict[str, Any], **extra: Any) -> DeliveryRecord:
+    rec: dict[str, Any] = {
+        "v": 1,
+        "id": "camp-42",
+        "sender": "news@sender.test",
+        "recipients": [{"address": "ann@dest.test"}],
+        "content": content,
+        "created_at": NOW,
+    }
+    rec.update(extra)
+    return decode_record(json.dumps(rec).encode())
+
+
+def parse(data: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    assert not msg.defects, msg.defects
+    return msg
+
+
+def content(part: EmailMessage) -> str:
+    """Decoded text of a part; the parser keeps the wire's CRLF line ends."""
+    text: str = part.get_content()
+    return text.replace("\r\n", "\n")
+
+
+def lines_ok(data: bytes) -> None:
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    assert b"\r" not in data.replace(b"\r\n", b"")
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+
+
+def test_plain_ascii_message_headers_and_7bit_body() -> None:
+    data = build_message(record({"subject": "Hello", "text": "line one\nline two\n"}), NOW)
+    lines_ok(data)
+    msg = parse(data)
+    assert msg["From"] == "news@sender.test"
+    assert msg["To"] == "ann@dest.test"
+    assert msg["Subject"] == "Hello"
+    assert msg["Message-ID"] == "<camp-42@sender.test>"
+    assert email.utils.parsedate_to_datetime(msg["Date"]).timestamp() == NOW
+    assert msg["Content-Transfer-Encoding"] == "7bit"
+    assert msg.get_content_type() == "text/plain"
+    assert content(msg) == "line one\nline two\n"
+
+
+def test_non_ascii_headers_are_rfc2047_and_body_quoted_printable() -> None:
+    subject = "Grüße aus Köln — 50 % Rabatt auf alles, nur heute und nur für Sie, ehrlich"
+    text = "Schöne Grüße\nzweite Zeile\n"
+    data = build_message(
+        record({"subject": subject, "text": text, "from_name": "Bäckerei Müller"}), NOW
+    )
+    lines_ok(data)
+    assert data.isascii()
+    msg = parse(data)
+    assert msg["Subject"] == subject
+    assert msg["From"].addresses[0].display_name == "Bäckerei Müller"
+    assert msg["From"].addresses[0].addr_spec == "news@sender.test"
+    assert msg["Content-Transfer-Encoding"] == "quoted-printable"
+    assert content(msg) == text
+
+
+def test_long_lines_are_encoded_and_long_headers_folded() -> None:
+    text = "x" * 5000 + "\n. a line starting with a dot\n"
+    subject = " ".join(["word"] * 60)
+    data = build_message(record({"subject": subject, "text": text}), NOW)
+    lines_ok(data)
+    assert all(len(line) <= 78 for line in data.split(b"\r\n\r\n")[0].split(b"\r\n"))
+    msg = parse(data)
+    assert msg["Subject"] == subject
+    assert content(msg) == text
+
+
+def test_crlf_and_lone_cr_in_bodies_become_crlf() -> None:
+    data = build_message(record({"subject": "s", "text": "a\r\nb\rc\nd"}), NOW)
+    lines_ok(data)
+    assert content(parse(data)) == "a\nb\nc\nd\n"
+
+
+def test_text_and_html_make_multipart_alternative() -> None:
+    html = "<p>Hallo <b>Jürgen</b></p>\n"
+    data = build_message(record({"subject": "s", "text": "Hallo Jürgen\n", "html": html}), NOW)
+    lines_ok(data)
+    msg = parse(data)
+    assert msg.get_content_type() == "multipart/alternative"
+    plain = msg.get_body(("plain",))
+    rich = msg.get_body(("html",))
+    assert plain is not None and rich is not None
+    assert content(plain).rstrip("\n") == "Hallo Jürgen"
+    assert content(rich).rstrip("\n") == html.rstrip("\n")
+
+
+def test_list_unsubscribe_reply_to_and_extra_headers() -> None:
+    data = build_message(
+        record(
+            {
+                "subject": "s",
+                "text": "t",
+                "reply_to": "help@sender.test",
+                "headers": [["X-Campaign", "spring"], ["X-Note", "Überall"]],
+            },
+            list_unsubscribe={
+                "url": "https://u.sender.test/u/abc",
+                "mailto": "unsub@sender.test",
+                "one_click": True,
+            },
+        ),
+        NOW,
+    )
+    msg = parse(data)
+    assert msg["List-Unsubscribe"] == ("<https://u.sender.test/u/abc>, <mailto:unsub@sender.test>")
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Reply-To"] == "help@sender.test"
+    assert msg["X-Campaign"] == "spring"
+    assert msg["X-Note"] == "Überall"
+
+
+def test_unfoldable_header_is_a_message_error() -> None:
+    with pytest.raises(MessageError, match="Subject"):
+        build_message(record({"subject": "y" * 1200, "text": "t"}), NOW)
+
+
+def test_raw_messages_pass_through_with_crlf() -> None:
+    raw = "From: a@sender.test\nTo: b@dest.test\nSubject: raw\n\nbody\n"
+    data = build_message(_raw_record(raw), NOW)
+    assert data == raw.replace("\n", "\r\n").encode()
+
+
+def _raw_record(raw: str) -> DeliveryRecord:
+    rec = {
+        "v": 1,
+        "id": "r-1",
+        "sender": "a@sender.test",
+        "recipients": [{"address": "b@dest.test"}],
+        "raw": raw,
+        "created_at": NOW,
+    }
+    return decode_record(json.dumps(rec).encode())
+
+
+def test_dkim_signature_verifies(tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    (tmp_path / "k.pem").write_bytes(pem)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    txt = b"v=DKIM1; k=rsa; p=" + __import__("base64").b64encode(public)
+    signer = Signer(
+        DKIMSettings(domain="sender.test", selector="s1", private_key_path=str(tmp_path / "k.pem"))
+    )
+    data = build_message(
+        record(
+            {"subject": "Grüße", "text": "body ü\n" * 3, "html": "<p>x</p>"},
+            list_unsubscribe={"url": "https://u.sender.test/u/1"},
+        ),
+        time.time(),
+        signer,
+    )
+    assert data.startswith(b"DKIM-Signature:")
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"s1._domainkey.sender.test."
+        return txt
+
+    assert dkim.verify(data, dnsfunc=dns)
+    signed = parse(data)["DKIM-Signature"]
+    assert "list-unsubscribe" in signed.lower()
