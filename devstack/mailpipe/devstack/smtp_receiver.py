@@ -46,6 +46,9 @@ class Policy:
     greeting_421: bool = False
     reply_delay_seconds: float = 0.0
     data_reply: str = OK
+    # Advertise RFC 2920 PIPELINING, as real MX hosts do (aiosmtpd reads
+    # commands in order from its stream, so pipelined groups just work).
+    pipelining: bool = True
 
 
 class _RecordingSMTP(SMTP):
@@ -94,6 +97,19 @@ class ReceiverHandler:
     async def _delay(self) -> None:
         if self.policy.reply_delay_seconds:
             await asyncio.sleep(self.policy.reply_delay_seconds)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.policy.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self,

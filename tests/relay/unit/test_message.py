@@ -8,7 +8,7 @@ import email
 import email.policy
 import json
 import time
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ def parse(data: bytes) -> EmailMessage:
     return msg
 
 
-def content(part: EmailMessage) -> str:
+def content(part: MIMEPart) -> str:
     """Decoded text of a part; the parser keeps the wire's CRLF line ends."""
     text: str = part.get_content()
     return text.replace("\r\n", "\n")
@@ -191,7 +191,7 @@ def test_dkim_signature_verifies(tmp_path: Path) -> None:
 
     def dns(name: bytes, timeout: int = 5) -> bytes:
         assert name == b"s1._domainkey.sender.test."
-        return txt
+        return bytes(txt)
 
     assert dkim.verify(data, dnsfunc=dns)
     signed = parse(data)["DKIM-Signature"]

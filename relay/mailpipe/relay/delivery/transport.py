@@ -1,4 +1,4 @@
-"""The SMTP transport: aiosmtplib connections, reused per (egress IP, MX host).
+"""The SMTP transport: connections per (egress IP, MX host), reused across transactions.
 
 Implements `ports.Transport`. Every failure becomes an SMTP reply for every
 recipient it touched, here and only here (third-party exceptions are mapped
@@ -9,19 +9,21 @@ once, at this boundary), so the engine's classifier decides all dispositions:
     TLS required, absent -> 451 4.7.5 (no backoff: our policy, not theirs)
     connection lost mid-transaction        -> 451 4.4.2
 
-Connections bind the egress IP as source address and greet with its HELO
-name. aiosmtplib speaks one command at a time (it has no PIPELINING support),
-so throughput comes from parallel lanes and connection reuse instead.
+aiosmtplib opens each connection: source address bound to the egress IP,
+greeting, EHLO with the IP's HELO name, STARTTLS per policy. The open
+connection then becomes a `session.Session`, which runs the transactions
+(pipelined when the server offers PIPELINING, which aiosmtplib cannot do).
+A pooled connection found dead before the message went out is replaced by a
+fresh one and the transaction tried again; once the message was sent, a lost
+connection is a deferral (it may have arrived: at-least-once, never lost).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
 
 import aiosmtplib
 
@@ -29,6 +31,7 @@ from ..classify import reply
 from ..config import RelayConfig, TLSMode
 from ..ports import Envelope, SMTPReply, TransactionResult
 from .mx import MXResolver, NoSuchDomain, NullMX, Route, TemporaryDNSError
+from .session import ConnectionLost, Session
 
 log = logging.getLogger("mailpipe.relay.delivery")
 
@@ -39,14 +42,6 @@ class _NoTLS(Exception):
     pass
 
 
-@dataclass
-class _Conn:
-    smtp: aiosmtplib.SMTP
-    route: Route
-    sent: int = 0
-    last_used: float = field(default_factory=time.monotonic)
-
-
 def _all(recipients: tuple[str, ...], r: SMTPReply) -> dict[str, SMTPReply]:
     return dict.fromkeys(recipients, r)
 
@@ -54,8 +49,9 @@ def _all(recipients: tuple[str, ...], r: SMTPReply) -> dict[str, SMTPReply]:
 class SMTPTransport:
     def __init__(self, config: RelayConfig, resolver: MXResolver | None = None) -> None:
         self.mx = resolver or MXResolver(config)
-        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        self._idle: dict[tuple[str, str, int], list[Session]] = {}
         self.connections_opened = 0
+        self._quitting: set[asyncio.Task[None]] = set()
         self.reconfigure(config)
 
     def reconfigure(self, config: RelayConfig) -> None:
@@ -90,33 +86,31 @@ class SMTPTransport:
                     last = reply(421, f"4.4.1 {route.name}: {exc.__class__.__name__}: {exc}")
                     break
                 try:
-                    replies = await self._transaction(conn, envelope)
-                except (
-                    aiosmtplib.SMTPServerDisconnected,
-                    aiosmtplib.SMTPTimeoutError,
-                    OSError,
-                ) as exc:
-                    conn.smtp.close()
-                    if reused:
+                    replies = await conn.transaction(envelope.sender, rcpts, envelope.message)
+                except ConnectionLost as exc:
+                    if reused and not exc.body_sent:
                         continue  # a stale pooled connection: try once more on a new one
                     return TransactionResult(
-                        _all(rcpts, reply(451, f"4.4.2 connection lost: {exc}")),
+                        _all(rcpts, reply(451, f"4.4.2 {route.name}: {exc}")),
                         mx_host=route.name,
                         connected=True,
                     )
-                self._release(envelope, conn)
+                self._release(envelope, route, conn)
                 return TransactionResult(replies, mx_host=route.name, connected=True)
         return TransactionResult(_all(rcpts, last))
 
-    async def _acquire(self, env: Envelope, route: Route, fresh_only: bool) -> tuple[_Conn, bool]:
+    async def _acquire(self, env: Envelope, route: Route, fresh_only: bool) -> tuple[Session, bool]:
         key = (env.egress_address, route.host, route.port)
         idle = self._idle.get(key, [])
         now = time.monotonic()
         while idle and not fresh_only:
             conn = idle.pop()
-            if conn.smtp.is_connected and now - conn.last_used < IDLE_SECONDS:
+            if conn.is_open and now - conn.last_used < IDLE_SECONDS:
                 return conn, True
-            conn.smtp.close()
+            conn.close()
+        return await self._open(env, route), False
+
+    async def _open(self, env: Envelope, route: Route) -> Session:
         tls = self.config.tls
         smtp = aiosmtplib.SMTP(
             hostname=route.host,
@@ -136,62 +130,33 @@ class SMTPTransport:
                 if not tls.verify:
                     context.check_hostname = False
                     context.verify_mode = ssl.CERT_NONE
-                await smtp.starttls(tls_context=context)
+                await smtp.starttls(tls_context=context)  # and EHLO again
             elif tls.mode is TLSMode.REQUIRED:
                 raise _NoTLS()
+            transport = smtp.transport
+            if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+                raise aiosmtplib.SMTPServerDisconnected("connection closed during EHLO")
         except BaseException:
             smtp.close()
             raise
-        return _Conn(smtp, route), False
-
-    def _release(self, env: Envelope, conn: _Conn) -> None:
-        conn.sent += 1
-        conn.last_used = time.monotonic()
-        limit = self.config.throttle_for(env.domain).messages_per_connection
-        if conn.sent >= limit or not conn.smtp.is_connected:
-            asyncio.get_running_loop().create_task(self._quit(conn))
-            return
-        self._idle.setdefault((env.egress_address, conn.route.host, conn.route.port), []).append(
-            conn
+        return Session(
+            transport,
+            dict(smtp.esmtp_extensions),
+            timeout=self.config.command_timeout_seconds,
+            host=route.name,
         )
 
-    async def _quit(self, conn: _Conn) -> None:
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
-            await conn.smtp.quit(timeout=5)
-        conn.smtp.close()
-
-    async def _transaction(self, conn: _Conn, env: Envelope) -> dict[str, SMTPReply]:
-        smtp = conn.smtp
-        replies: dict[str, SMTPReply] = {}
-        try:
-            await smtp.mail(env.sender)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            with contextlib.suppress(aiosmtplib.SMTPResponseException):
-                await smtp.rset()
-            return _all(env.recipients, reply(exc.code, exc.message))
-        accepted: list[str] = []
-        for rcpt in env.recipients:
-            try:
-                resp = await smtp.rcpt(rcpt)
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                replies[rcpt] = reply(exc.code, exc.message)
-            else:
-                replies[rcpt] = reply(resp.code, resp.message)
-                accepted.append(rcpt)
-        if not accepted:
-            with contextlib.suppress(aiosmtplib.SMTPResponseException):
-                await smtp.rset()
-            return replies
-        try:
-            resp = await smtp.data(env.message)
-            final = reply(resp.code, resp.message)
-        except aiosmtplib.SMTPDataError as exc:
-            final = reply(exc.code, exc.message)
-        for rcpt in accepted:
-            replies[rcpt] = final
-        return replies
+    def _release(self, env: Envelope, route: Route, conn: Session) -> None:
+        limit = self.config.throttle_for(env.domain).messages_per_connection
+        if conn.sent >= limit or not conn.is_open:
+            task = asyncio.get_running_loop().create_task(conn.quit())
+            self._quitting.add(task)
+            task.add_done_callback(self._quitting.discard)
+            return
+        key = (env.egress_address, route.host, route.port)
+        self._idle.setdefault(key, []).append(conn)
 
     async def close(self) -> None:
         conns = [c for idle in self._idle.values() for c in idle]
         self._idle.clear()
-        await asyncio.gather(*(self._quit(c) for c in conns))
+        await asyncio.gather(*(c.quit() for c in conns), *self._quitting)

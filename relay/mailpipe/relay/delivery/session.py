@@ -1,0 +1,259 @@
+"""Mail transactions on an open SMTP connection, pipelined when the server offers it.
+
+aiosmtplib opens the connection (source address, greeting, EHLO, STARTTLS),
+then the transport is handed to `SessionProtocol` for the transactions:
+aiosmtplib waits for each reply before the next command and drops replies
+that arrive before it asks for them, so it cannot do RFC 2920 PIPELINING.
+With PIPELINING a transaction is two writes and two waits whatever the
+number of recipients:
+
+    MAIL FROM:<s> / RCPT TO:<a> ... / DATA      -> one reply each, in order
+    <message, dot-stuffed> "."                  -> the final reply
+
+Without it the same commands go one at a time. Either way every recipient
+gets the reply that decides it: MAIL's refusal, its own RCPT refusal, DATA's
+refusal or the final reply. A connection lost before the message was sent
+is `ConnectionLost(body_sent=False)` (safe to retry on another connection);
+after, the message may have been delivered (`body_sent=True`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from ..classify import reply
+from ..ports import SMTPReply
+from .replies import ReplyError, ReplyParser
+
+QUIT_TIMEOUT_SECONDS = 5.0
+
+
+class ConnectionLost(Exception):
+    """The connection broke, timed out or spoke garbage mid-transaction."""
+
+    def __init__(self, message: str, *, body_sent: bool = False) -> None:
+        super().__init__(message)
+        self.body_sent = body_sent
+
+
+class SessionProtocol(asyncio.Protocol):
+    """Collects replies in arrival order; writers wait for as many as they sent commands."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._parser = ReplyParser()
+        self._replies: deque[SMTPReply] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused = False
+        self.error: ConnectionLost | None = None
+
+    # -- asyncio.Protocol callbacks ---------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._replies.extend(self._parser.feed(data))
+        except ReplyError as exc:
+            self._fail(ConnectionLost(f"protocol error: {exc}"))
+            self.transport.close()
+            return
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(ConnectionLost("server closed the connection"))
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionLost(f"connection lost: {exc}" if exc else "connection closed"))
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- for Session --------------------------------------------------------
+
+    def _fail(self, error: ConnectionLost) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.transport.write(data)
+        if self._paused:  # large messages: respect the transport's flow control
+            self._drain = self._loop.create_future()
+            await self._drain
+            if self.error is not None:
+                raise self.error
+
+    async def read(self, count: int) -> list[SMTPReply]:
+        """The next `count` replies, in order (the caller bounds the wait)."""
+        while len(self._replies) < count:
+            if self.error is not None:
+                raise self.error
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return [self._replies.popleft() for _ in range(count)]
+
+
+def _address_param(address: str) -> str:
+    return f"<{address}>"
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """RFC 5321 4.5.2 transparency plus the terminating dot; `message` has CRLF line ends."""
+    if message.startswith(b"."):
+        message = b"." + message
+    if b"\n." in message:
+        message = message.replace(b"\n.", b"\n..")
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message + b".\r\n"
+
+
+class Session:
+    """One open SMTP connection after EHLO (and STARTTLS), reused across transactions."""
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        extensions: dict[str, str],
+        *,
+        timeout: float,
+        host: str,
+    ) -> None:
+        self.protocol = SessionProtocol(transport)
+        transport.set_protocol(self.protocol)
+        self.host = host
+        self.timeout = timeout
+        self.pipelining = "pipelining" in extensions
+        self.eight_bit = "8bitmime" in extensions
+        self.smtputf8 = "smtputf8" in extensions
+        size = extensions.get("size", "").strip()
+        self.size_limit = int(size) if size.isdigit() and int(size) > 0 else None
+        self.sent = 0
+        self.last_used = time.monotonic()
+
+    @property
+    def is_open(self) -> bool:
+        return self.protocol.error is None and not self.protocol.transport.is_closing()
+
+    async def _exchange(self, data: bytes, replies: int, *, body_sent: bool) -> list[SMTPReply]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.protocol.write(data)
+                return await self.protocol.read(replies)
+        except TimeoutError:
+            self.close()
+            raise ConnectionLost(
+                f"no reply from {self.host} within {self.timeout:.0f} s", body_sent=body_sent
+            ) from None
+        except ConnectionLost as exc:
+            self.close()
+            raise ConnectionLost(str(exc), body_sent=body_sent) from None
+
+    async def transaction(
+        self, sender: str, recipients: tuple[str, ...], message: bytes
+    ) -> dict[str, SMTPReply]:
+        """Send `message` to `recipients`; every recipient's deciding reply."""
+        self.sent += 1
+        refusal = self._refuse(sender, recipients, message)
+        if refusal is not None:
+            return dict.fromkeys(recipients, refusal)
+        params = ""
+        if not message.isascii() and self.eight_bit:
+            params += " BODY=8BITMIME"
+        if not (sender.isascii() and all(r.isascii() for r in recipients)):
+            params += " SMTPUTF8"
+        mail_cmd = f"MAIL FROM:{_address_param(sender)}{params}\r\n".encode()
+        rcpt_cmds = [f"RCPT TO:{_address_param(r)}\r\n".encode() for r in recipients]
+
+        data_reply: SMTPReply | None
+        if self.pipelining:
+            replies = await self._exchange(
+                b"".join([mail_cmd, *rcpt_cmds, b"DATA\r\n"]), len(rcpt_cmds) + 2, body_sent=False
+            )
+            mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
+        else:
+            (mail_reply,) = await self._exchange(mail_cmd, 1, body_sent=False)
+            rcpt_replies = []
+            if _ok(mail_reply):
+                for cmd in rcpt_cmds:
+                    rcpt_replies.extend(await self._exchange(cmd, 1, body_sent=False))
+            accepted_any = any(_ok(r) for r in rcpt_replies)
+            data_reply = (
+                (await self._exchange(b"DATA\r\n", 1, body_sent=False))[0] if accepted_any else None
+            )
+
+        if not _ok(mail_reply):
+            result = dict.fromkeys(recipients, mail_reply)
+            accepted: list[str] = []
+        else:
+            result = dict(zip(recipients, rcpt_replies, strict=True))
+            accepted = [r for r, rep in result.items() if _ok(rep)]
+
+        if data_reply is not None and data_reply.code == 354:
+            if accepted:
+                (final,) = await self._exchange(dot_stuff(message), 1, body_sent=True)
+                result.update(dict.fromkeys(accepted, final))
+            else:
+                # RFC 2920 3.1: DATA accepted with no valid recipient: end it empty.
+                await self._exchange(b".\r\n", 1, body_sent=False)
+                await self._rset()
+        else:
+            if accepted:  # DATA refused: it decides the recipients RCPT accepted
+                assert data_reply is not None
+                result.update(dict.fromkeys(accepted, data_reply))
+            await self._rset()
+        self.last_used = time.monotonic()
+        return result
+
+    def _refuse(self, sender: str, recipients: tuple[str, ...], message: bytes) -> SMTPReply | None:
+        """Replies we can give without asking: what the server said it cannot take."""
+        if self.size_limit is not None and len(message) > self.size_limit:
+            return reply(
+                552, f"5.3.4 message of {len(message)} bytes over {self.host}'s SIZE limit"
+            )
+        needs_utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+        if needs_utf8 and not self.smtputf8:
+            return reply(553, f"5.6.7 {self.host} does not offer SMTPUTF8 for these addresses")
+        return None
+
+    async def _rset(self) -> None:
+        await self._exchange(b"RSET\r\n", 1, body_sent=False)
+
+    async def quit(self) -> None:
+        """Polite goodbye; a peer that does not answer is simply closed."""
+        if self.is_open:
+            try:
+                async with asyncio.timeout(QUIT_TIMEOUT_SECONDS):
+                    await self.protocol.write(b"QUIT\r\n")
+                    await self.protocol.read(1)
+            except (TimeoutError, ConnectionLost):
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if not self.protocol.transport.is_closing():
+            self.protocol.transport.close()
+
+
+def _ok(r: SMTPReply) -> bool:
+    return 200 <= r.code < 300
