@@ -28,7 +28,7 @@ import json
 import logging
 import re
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +120,7 @@ class Engine:
         self.metrics = metrics
         self.relay_id = relay_id
         self.tracker = OffsetTracker()
+        metrics.queue_depths.read = lambda: {d: len(q.items) for d, q in self._queues.items()}
         self.shaping = Shaping()
         self._queues: dict[str, DomainQueue] = {}
         self._waiting_for_slot: dict[str, set[str]] = {}  # shaping key -> domains
@@ -291,7 +292,6 @@ class Engine:
         spilled = list(q.items)
         q.items.clear()  # lanes waiting for a token find nothing and end
         self.metrics.overflow.labels(domain).inc(len(spilled))
-        self.metrics.ready_queue_depth.labels(domain).set(len(q.items))
         delay = self._delay_steps[0][0] if self._delay_steps else 1.0
         due = self.clock.time() + delay
         log.info("window full: %d records of %s moved to the delay topic", len(spilled), domain)
@@ -311,7 +311,6 @@ class Engine:
             self._spawn(self._postpone(work, self.clock.time() + delay, reason="overflow"))
             return
         q.items.append(work)
-        self.metrics.ready_queue_depth.labels(domain).set(len(q.items))
         self._start_lanes(domain)
 
     # -- lanes ---------------------------------------------------------------
@@ -359,7 +358,6 @@ class Engine:
                 if not q.items:
                     break  # spilled while we waited
                 work = q.items.popleft()
-                self.metrics.ready_queue_depth.labels(domain).set(len(q.items))
                 try:
                     await self._attempt(work, domain)
                 except Exception:
@@ -379,7 +377,7 @@ class Engine:
     async def _attempt(self, work: Work, domain: str) -> None:
         record = work.record
         now = self.clock.time()
-        sends: list[Coroutine[Any, Any, None]] = []
+        sends: list[Awaitable[None]] = []
         halted = self.campaigns.state(record.campaign)
         if halted == "paused":
             # Suspended campaign: hold the record in the longest delay step and look again then.
@@ -459,7 +457,7 @@ class Engine:
                 disposition = Disposition.DEFERRED
                 deferred.append(rcpt)
             self.ledger.outcome(ip, disposition)
-            self.metrics.deliveries.labels(disposition.value, domain, ip).inc()
+            self.metrics.delivered(disposition.value, domain, ip)
             sends.append(
                 self._event(
                     record,
@@ -481,7 +479,7 @@ class Engine:
             sends.append(self._produce_retry(retry, now + next_delay))
         await self._settle(work, sends)
 
-    async def _settle(self, work: Work, sends: list[Coroutine[Any, Any, None]]) -> None:
+    async def _settle(self, work: Work, sends: list[Awaitable[None]]) -> None:
         """Await every produce this record caused, then mark its offset finished."""
         if sends:
             await asyncio.gather(*sends)
@@ -489,7 +487,7 @@ class Engine:
 
     # -- producing -------------------------------------------------------------
 
-    async def _event(
+    def _event(
         self,
         record: DeliveryRecord,
         recipient: str,
@@ -502,7 +500,7 @@ class Engine:
         enhanced: str | None = None,
         text: str | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> Awaitable[None]:
         event = Event(
             message_id=record.id,
             campaign=record.campaign,
@@ -521,9 +519,9 @@ class Engine:
             relay=self.relay_id,
         )
         key = (record.campaign or record.id).encode()
-        await self.sink.send(self.config.kafka.events_topic, key, encode(event))
+        return self.sink.send(self.config.kafka.events_topic, key, encode(event))
 
-    async def _suppress(self, address: str, detail: str, now: float) -> None:
+    def _suppress(self, address: str, detail: str, now: float) -> Awaitable[None]:
         value = Suppression(
             address=suppression_key(address),
             reason=SuppressionReason.HARD_BOUNCE,
@@ -531,14 +529,14 @@ class Engine:
             source=self.config.pool,
             detail=detail[:500],
         )
-        await self.sink.send(
+        return self.sink.send(
             self.config.kafka.suppressions_topic, suppression_key(address).encode(), encode(value)
         )
 
-    async def _produce_retry(self, record: DeliveryRecord, due: float) -> None:
+    def _produce_retry(self, record: DeliveryRecord, due: float) -> Awaitable[None]:
         record = record.model_copy(update={"not_before": due})
         topic = self._delay_topic(due - self.clock.time())
-        await self.sink.send(topic, record.domain.encode(), encode(record))
+        return self.sink.send(topic, record.domain.encode(), encode(record))
 
     async def _postpone(self, work: Work, due: float, reason: str | None) -> None:
         """Move a record, unchanged but for not_before, to a delay topic."""

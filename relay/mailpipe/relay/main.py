@@ -130,9 +130,13 @@ async def serve(
             return
         suppressions.add(s.address, s.reason.value)
 
+    own_events = f'"relay":{json.dumps(relay_id)}'.encode()
+
     def apply_event(key: bytes | None, value: bytes | None, live: bool) -> None:
         if value is None:
             return
+        if live and own_events in value:
+            return  # counted when sent; the ledger ignores our own live events anyway
         try:
             ledger.observe(decode_event(value), replaying=not live)
         except WireError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import binascii
 import email.utils
+import functools
 import secrets
 from email.header import Header
 from pathlib import Path
@@ -122,6 +123,12 @@ def _boundary(parts: list[bytes]) -> str:
             return boundary
 
 
+@functools.lru_cache(maxsize=4)
+def _date_line(second: int) -> str:
+    """The Date header; thousands of messages share each second."""
+    return header_line("Date", email.utils.formatdate(second, localtime=False))
+
+
 def _structured(record: DeliveryRecord, now: float) -> bytes:
     content = record.content
     assert content is not None  # DeliveryRecord guarantees content xor raw
@@ -132,7 +139,7 @@ def _structured(record: DeliveryRecord, now: float) -> bytes:
         ),
         header_line("To", ", ".join(r.address for r in record.recipients)),
         header_line("Subject", content.subject),
-        header_line("Date", email.utils.formatdate(now, localtime=False)),
+        _date_line(int(now)),
         header_line("Message-ID", f"<{record.id}@{record.sender.rpartition('@')[2]}>"),
     ]
     if content.reply_to:

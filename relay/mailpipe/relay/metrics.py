@@ -1,8 +1,33 @@
-"""Prometheus metrics of one relay, on an explicit registry (tests stay isolated)."""
+"""Prometheus metrics of one relay, on an explicit registry (tests stay isolated).
+
+Per-message paths touch metrics thousands of times a second, so label
+children are looked up once and kept (`prometheus_client`'s `labels()`
+validates and locks on every call), and the ready-queue depth is read from
+the engine's queues when scraped instead of being set on every change.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _QueueDepths(Collector):
+    """mailpipe_ready_queue_depth, read from the engine at scrape time."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], dict[str, int]] = dict
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "mailpipe_ready_queue_depth", "Records waiting per domain", labels=["domain"]
+        )
+        for domain, depth in sorted(self.read().items()):
+            family.add_metric([domain], depth)
+        yield family
 
 
 class RelayMetrics:
@@ -21,9 +46,9 @@ class RelayMetrics:
             ["domain", "egress_ip", "reason"],
             registry=r,
         )
-        self.ready_queue_depth = Gauge(
-            "mailpipe_ready_queue_depth", "Records waiting per domain", ["domain"], registry=r
-        )
+        self.queue_depths = _QueueDepths()
+        r.register(self.queue_depths)
+        self._delivered: dict[tuple[str, str, str], Counter] = {}
         self.throttle_wait = Histogram(
             "mailpipe_throttle_wait_seconds",
             "Time a message waited for its domain's rate limit",
@@ -60,3 +85,10 @@ class RelayMetrics:
             "Records seen again after a restart or rebalance",
             registry=r,
         )
+
+    def delivered(self, outcome: str, domain: str, egress_ip: str) -> None:
+        key = (outcome, domain, egress_ip)
+        child = self._delivered.get(key)
+        if child is None:
+            child = self._delivered[key] = self.deliveries.labels(outcome, domain, egress_ip)
+        child.inc()

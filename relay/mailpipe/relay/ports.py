@@ -12,7 +12,7 @@ recipient (RFC 3463 codes), so one classifier decides every disposition.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -57,9 +57,10 @@ class RecordSource(Protocol):
 
 
 class RecordSink(Protocol):
-    """A producer whose `send` returns only after the broker acknowledged (acks=all)."""
+    """A producer: `send` starts producing at once and returns an awaitable that
+    completes only after the broker acknowledged the record (acks=all)."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None) -> None: ...
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> Awaitable[None]: ...
 
     async def flush(self) -> None: ...
 

@@ -219,6 +219,11 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _decode(cls: type[M], data: bytes) -> M:
+    # Fast path: pydantic parses and validates in one pass (no dict in between).
+    try:
+        return cls.model_validate_json(data)
+    except ValidationError:
+        pass  # the slow path below finds the precise reason
     try:
         obj: Any = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -81,6 +81,11 @@ class SessionProtocol(asyncio.Protocol):
 
     # -- for Session --------------------------------------------------------
 
+    def time_out(self, seconds: float) -> None:
+        self._fail(ConnectionLost(f"no reply within {seconds:.0f} s"))
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
     def _fail(self, error: ConnectionLost) -> None:
         if self.error is None:
             self.error = error
@@ -101,7 +106,7 @@ class SessionProtocol(asyncio.Protocol):
                 raise self.error
 
     async def read(self, count: int) -> list[SMTPReply]:
-        """The next `count` replies, in order (the caller bounds the wait)."""
+        """The next `count` replies, in order (the caller bounds the wait with `time_out`)."""
         while len(self._replies) < count:
             if self.error is not None:
                 raise self.error
@@ -141,6 +146,7 @@ class Session:
     ) -> None:
         self.protocol = SessionProtocol(transport)
         transport.set_protocol(self.protocol)
+        self._loop = asyncio.get_running_loop()
         self.host = host
         self.timeout = timeout
         self.pipelining = "pipelining" in extensions
@@ -156,18 +162,17 @@ class Session:
         return self.protocol.error is None and not self.protocol.transport.is_closing()
 
     async def _exchange(self, data: bytes, replies: int, *, body_sent: bool) -> list[SMTPReply]:
+        # A plain timer rather than asyncio.timeout(): this runs several times
+        # per message, and the timer is a third of the cost.
+        timer = self._loop.call_later(self.timeout, self.protocol.time_out, self.timeout)
         try:
-            async with asyncio.timeout(self.timeout):
-                await self.protocol.write(data)
-                return await self.protocol.read(replies)
-        except TimeoutError:
-            self.close()
-            raise ConnectionLost(
-                f"no reply from {self.host} within {self.timeout:.0f} s", body_sent=body_sent
-            ) from None
+            await self.protocol.write(data)
+            return await self.protocol.read(replies)
         except ConnectionLost as exc:
             self.close()
-            raise ConnectionLost(str(exc), body_sent=body_sent) from None
+            raise ConnectionLost(f"{self.host}: {exc}", body_sent=body_sent) from None
+        finally:
+            timer.cancel()
 
     async def transaction(
         self, sender: str, recipients: tuple[str, ...], message: bytes
@@ -242,12 +247,16 @@ class Session:
     async def quit(self) -> None:
         """Polite goodbye; a peer that does not answer is simply closed."""
         if self.is_open:
+            timer = self._loop.call_later(
+                QUIT_TIMEOUT_SECONDS, self.protocol.time_out, QUIT_TIMEOUT_SECONDS
+            )
             try:
-                async with asyncio.timeout(QUIT_TIMEOUT_SECONDS):
-                    await self.protocol.write(b"QUIT\r\n")
-                    await self.protocol.read(1)
-            except (TimeoutError, ConnectionLost):
+                await self.protocol.write(b"QUIT\r\n")
+                await self.protocol.read(1)
+            except ConnectionLost:
                 pass
+            finally:
+                timer.cancel()
         self.close()
 
     def close(self) -> None:
