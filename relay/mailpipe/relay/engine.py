@@ -481,7 +481,9 @@ class Engine:
 
     async def _settle(self, work: Work, sends: list[Awaitable[None]]) -> None:
         """Await every produce this record caused, then mark its offset finished."""
-        if sends:
+        if len(sends) == 1:
+            await sends[0]  # the common case; gather() would cost a future more
+        elif sends:
             await asyncio.gather(*sends)
         self._finish(work.src, work.gen)
 

@@ -34,6 +34,7 @@ class Script:
     final: str = "250 2.0.0 queued"
     size: int | None = None
     drop_after_body: bool = False  # close without the final reply
+    silent: bool = False  # never answer a transaction (a hung MX)
 
 
 class _Server:
@@ -55,6 +56,7 @@ class _Server:
 
     async def stop(self) -> None:
         assert self.server is not None
+        self.drop_clients()
         self.server.close()
         await self.server.wait_closed()
 
@@ -108,6 +110,8 @@ class _Server:
                     verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
                     if verb == "EHLO":
                         writer.write(self._ehlo())
+                        continue
+                    if self.script.silent:
                         continue
                     pending.append(self._answer(line))
                     if self.pipelining and verb in ("MAIL", "RCPT"):
@@ -266,6 +270,15 @@ async def test_lost_after_body_is_deferred_not_retried(transport_for: TransportF
     r = result.replies["a@dest.test"]
     assert (r.code, r.enhanced) == (451, "4.4.2")
     assert len(server.bodies) == 1  # not sent a second time by the transport
+
+
+async def test_silent_server_times_out_as_a_deferral(transport_for: TransportFor) -> None:
+    server = GroupServer(Script(silent=True))
+    t = await transport_for(server)  # command timeout 3 s, watchdog every second
+    result = await asyncio.wait_for(t.deliver(envelope("a@dest.test")), 10)
+    r = result.replies["a@dest.test"]
+    assert (r.code, r.enhanced) == (451, "4.4.2")
+    assert "no reply within 3 s" in r.text
 
 
 def test_reply_parser_splits_joins_and_refuses_garbage() -> None:

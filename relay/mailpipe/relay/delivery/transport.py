@@ -24,6 +24,7 @@ import asyncio
 import logging
 import ssl
 import time
+import weakref
 
 import aiosmtplib
 
@@ -35,6 +36,7 @@ from .session import ConnectionLost, Session
 
 log = logging.getLogger("mailpipe.relay.delivery")
 
+WATCHDOG_SECONDS = 1.0  # command timeouts are enforced to within this
 IDLE_SECONDS = 30.0  # drop pooled connections older than this; many MXes cut idle ones at ~60 s
 
 
@@ -52,13 +54,26 @@ class SMTPTransport:
         self._idle: dict[tuple[str, str, int], list[Session]] = {}
         self.connections_opened = 0
         self._quitting: set[asyncio.Task[None]] = set()
+        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._watchdog: asyncio.Task[None] | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
         self.mx.reconfigure(config)
 
+    async def _watch(self) -> None:
+        """Enforce command timeouts on every open session (see Session.check_deadline)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WATCHDOG_SECONDS)
+            now = loop.time()
+            for session in list(self._sessions):
+                session.check_deadline(now)
+
     async def deliver(self, envelope: Envelope) -> TransactionResult:
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         rcpts = envelope.recipients
         try:
             routes = await self.mx.routes(envelope.domain)
@@ -139,12 +154,14 @@ class SMTPTransport:
         except BaseException:
             smtp.close()
             raise
-        return Session(
+        session = Session(
             transport,
             dict(smtp.esmtp_extensions),
             timeout=self.config.command_timeout_seconds,
             host=route.name,
         )
+        self._sessions.add(session)
+        return session
 
     def _release(self, env: Envelope, route: Route, conn: Session) -> None:
         limit = self.config.throttle_for(env.domain).messages_per_connection
@@ -157,6 +174,9 @@ class SMTPTransport:
         self._idle.setdefault(key, []).append(conn)
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         conns = [c for idle in self._idle.values() for c in idle]
         self._idle.clear()
         await asyncio.gather(*(c.quit() for c in conns), *self._quitting)
