@@ -186,6 +186,13 @@ def _allow_config_dir(conf: Path) -> None:
     main.write_text("\n".join(lines) + "\n")
 
 
+def _body() -> str:
+    """MESSAGE_BYTES of text in the shape smtp-source sends (80-byte lines), so
+    the relay encodes what postfix relays: 7bit text, not one 2 KB line."""
+    lines = [f"{i % 10}" + "X" * 77 for i in range(MESSAGE_BYTES // 79 + 1)]
+    return "\n".join(lines)[:MESSAGE_BYTES]
+
+
 def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[float, float]:
     state = stack.state
     assert state is not None
@@ -215,12 +222,13 @@ def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[flo
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     ensure_topics(config.kafka, partitions=4)
     producer = KafkaProducer(bootstrap_servers=state.kafka_bootstrap, acks="all", linger_ms=20)
-    body = "x" * MESSAGE_BYTES
+    body = _body()
     for i in range(n):
         domain = DOMAINS[i % len(DOMAINS)]
         rec = {
             "v": 1,
             "id": f"{prefix}-{i}",
+            "campaign": "bench/campaign",  # as the operator's fan-out writes them
             "sender": "bench@src.test",
             "recipients": [{"address": f"u{i}@{domain}"}],
             "content": {"subject": f"bench {i}", "text": body},
@@ -241,7 +249,7 @@ def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[flo
         cmd = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "mailpipe.cli", *cmd[1:]]
     elif sampled:  # sampling profile of every thread, folded stacks (py-spy must be installed)
         pyspy = str(Path(sys.executable).parent / "py-spy")
-        spy = ["record", "-r", "200", "--threads", "--gil", "-f", "raw", "-o", sampled, "--"]
+        spy = ["record", "-r", "1000", "--threads", "--gil", "-f", "raw", "-o", sampled, "--"]
         cmd = [pyspy, *spy, *cmd]
     with log.open("wb") as out:
         relay = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)

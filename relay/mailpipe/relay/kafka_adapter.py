@@ -34,6 +34,7 @@ from kafka import TopicPartition as KafkaTP
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from .config import KafkaSettings
@@ -43,6 +44,8 @@ log = logging.getLogger("mailpipe.relay.kafka")
 
 POLL_TIMEOUT_MS = 100  # how often the consumer thread looks at its command queue
 LAG_INTERVAL_SECONDS = 5.0
+PARTITION_MEMO_SIZE = 10_000
+PARTITION_MEMO_SECONDS = 60.0
 COMMIT_TIMEOUT_SECONDS = 30.0  # a commit round trip is milliseconds; this is for a dead thread
 
 
@@ -356,6 +359,8 @@ class KafkaSink:
             linger_ms=5,  # small batches: acks stay fast, throughput stays high
             retries=5,
         )
+        self._partitions: dict[tuple[str, bytes], int] = {}
+        self._partitions_until = 0.0
         self._acks: list[tuple[asyncio.Future[None], BaseException | None]] = []
         self._acks_lock = threading.Lock()
         self._acks_scheduled = False
@@ -374,9 +379,27 @@ class KafkaSink:
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        future = self._producer.send(topic, key=key, value=value)
+        partition = self._partition_for(topic, key) if key is not None else None
+        future = self._producer.send(topic, key=key, value=value, partition=partition)
         future.add_both(self._acked, loop, done)
         return done
+
+    def _partition_for(self, topic: str, key: bytes) -> int:
+        """The partition kafka-python's default partitioner picks for `key`
+        (murmur2 of the key over the sorted partitions), remembered: the hash is
+        pure Python and most keys (campaigns, domains) repeat all day. The memo
+        is bounded and forgotten every PARTITION_MEMO_SECONDS, so a topic that
+        gains partitions is followed about as soon as the client's own metadata."""
+        now = time.monotonic()
+        if len(self._partitions) > PARTITION_MEMO_SIZE or now > self._partitions_until:
+            self._partitions.clear()
+            self._partitions_until = now + PARTITION_MEMO_SECONDS
+        found = self._partitions.get((topic, key))
+        if found is None:
+            parts = sorted(self._producer.partitions_for(topic))
+            found = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]  # as DefaultPartitioner
+            self._partitions[(topic, key)] = found
+        return found
 
     def _acked(
         self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], result: Any

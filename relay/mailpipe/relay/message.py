@@ -87,26 +87,21 @@ def header_line(name: str, value: str) -> str:
     return f"{name}: {folded}{CRLF}"
 
 
-def _lines(text: str) -> list[str]:
-    """Lines of `text` whatever its line ends (CRLF, LF or lone CR), no trailing empty."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
 def body_part(text: str, subtype: str) -> tuple[str, bytes]:
     """(MIME headers, encoded body) of a text part: 7bit when ASCII with lines
-    within 998 characters, otherwise UTF-8 quoted-printable."""
-    lines = _lines(text)
-    if text.isascii() and all(len(line) <= MAX_LINE for line in lines):
+    within 998 characters, otherwise UTF-8 quoted-printable. Any line ends
+    (CRLF, LF, lone CR) become CRLF; the body ends with a line end."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    if text.isascii() and max(map(len, text.split("\n"))) <= MAX_LINE:
         headers = (
             f'Content-Type: text/{subtype}; charset="us-ascii"{CRLF}'
             f"Content-Transfer-Encoding: 7bit{CRLF}"
         )
-        return headers, "".join(line + CRLF for line in lines).encode("ascii")
-    raw = "".join(line + "\n" for line in lines).encode("utf-8")
-    encoded = binascii.b2a_qp(raw, quotetabs=False, istext=True, header=False)
+        return headers, text.replace("\n", CRLF).encode("ascii")
+    encoded = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True, header=False)
     headers = (
         f'Content-Type: text/{subtype}; charset="utf-8"{CRLF}'
         f"Content-Transfer-Encoding: quoted-printable{CRLF}"

@@ -71,6 +71,7 @@ class WarmupLedger:
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
         self._tz = ZoneInfo(config.warmup.timezone)
+        self._day: tuple[float, float, int] = (0.0, 0.0, 0)  # [start, end) -> day, see day_of
         old = self._ips
         self._ips = {}
         for egress in config.egress:
@@ -79,7 +80,15 @@ class WarmupLedger:
             self._ips[egress.address] = state
 
     def day_of(self, now: float) -> int:
-        return dt.datetime.fromtimestamp(now, self._tz).date().toordinal()
+        """The local calendar day of `now` (an ordinal). Asked several times per
+        message, so the current day's [start, end) is kept and reused."""
+        start, end, ordinal = self._day
+        if start <= now < end:
+            return ordinal
+        local = dt.datetime.fromtimestamp(now, self._tz)
+        midnight = dt.datetime.combine(local.date(), dt.time(), self._tz).timestamp()
+        self._day = (min(midnight, now), self.next_day_start(now), local.date().toordinal())
+        return self._day[2]
 
     def next_day_start(self, now: float) -> float:
         local = dt.datetime.fromtimestamp(now, self._tz)
