@@ -193,7 +193,8 @@ def _body() -> str:
     return "\n".join(lines)[:MESSAGE_BYTES]
 
 
-def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[float, float]:
+def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[float, float, float]:
+    """(messages/s, peak RSS MiB, CPU microseconds per message incl. start-up)."""
     state = stack.state
     assert state is not None
     prefix = f"bench{int(time.time())}"
@@ -256,15 +257,17 @@ def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[flo
     rss = PeakRSS(relay.pid)
     try:
         sink.wait_for(n, 600)
+        time.sleep(0.2)  # one more sample of the finished run's CPU time
     finally:
         # py-spy writes its profile on SIGINT (SIGTERM would lose it)
         relay.send_signal(signal.SIGINT if sampled else signal.SIGTERM)
         relay.wait(timeout=60)
         peak = rss.stop()
+        cpu = rss.cpu_s
         sink.stop()
     times = sorted(_event_times(state.kafka_bootstrap, config.kafka.events_topic))
     assert len(times) >= n, f"{len(times)} events for {n} messages"
-    return (n - 1) / (times[-1] - times[0]), peak
+    return (n - 1) / (times[-1] - times[0]), peak, cpu * 1e6 / n
 
 
 def _event_times(bootstrap: str, topic: str) -> list[float]:
@@ -294,10 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(workdir / "stack")
     stack.up()
     try:
-        relay, peak = relay_rate(n, stack, free_port(SINK_HOST), workdir)
+        relay, peak, cpu_us = relay_rate(n, stack, free_port(SINK_HOST), workdir)
     finally:
         stack.down()
-    print(f"mailpipe relay -> smtp-sink: {relay:.0f} msg/s (peak RSS {peak:.0f} MiB)")
+    print(
+        f"mailpipe relay -> smtp-sink: {relay:.0f} msg/s "
+        f"(peak RSS {peak:.0f} MiB, {cpu_us:.0f} us CPU per message)"
+    )
     if args.relay_only:
         return 0
     write_result(
@@ -312,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             "relay_vs_postfix": round(relay / pf, 2),
             "relay_vs_raw": round(relay / raw, 3),
             "relay_peak_rss_mb": round(peak, 1),
+            "relay_cpu_us_per_msg": round(cpu_us),
         },
     )
     return 0

@@ -44,6 +44,8 @@ log = logging.getLogger("mailpipe.relay.kafka")
 
 POLL_TIMEOUT_MS = 100  # how often the consumer thread looks at its command queue
 LAG_INTERVAL_SECONDS = 5.0
+FOLLOW_FETCH_MIN_BYTES = 256 * 1024
+FOLLOW_FETCH_MAX_WAIT_MS = 500
 PARTITION_MEMO_SIZE = 10_000
 PARTITION_MEMO_SECONDS = 60.0
 COMMIT_TIMEOUT_SECONDS = 30.0  # a commit round trip is milliseconds; this is for a dead thread
@@ -481,7 +483,14 @@ class TopicFollower:
         assert self._loop is not None
         try:
             consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, group_id=None
+                bootstrap_servers=self.bootstrap_servers,
+                enable_auto_commit=False,
+                group_id=None,
+                # Followed topics (suppressions, events, campaign states) tolerate
+                # half a second of delay; fewer, larger fetches cost less CPU
+                # than chasing the events topic record by record at full rate.
+                fetch_min_bytes=FOLLOW_FETCH_MIN_BYTES,
+                fetch_max_wait_ms=FOLLOW_FETCH_MAX_WAIT_MS,
             )
             parts = None
             deadline = time.monotonic() + 30
