@@ -274,8 +274,9 @@ class Demo:
         replicas = dep["spec"]["replicas"]
         for i in range(replicas):
             config = yaml.safe_load(cm["data"]["relay.yaml"])
-            if i > 0:
-                config["metrics_port"] = free_port()  # local processes share one network namespace
+            # Local processes share the host's network namespace: the pod's fixed
+            # metrics port may be taken by anything else on this machine.
+            config["metrics_port"] = free_port()
             local = self.workdir / f"relay-{i}" / "relay.yaml"
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_text(yaml.safe_dump(config))
