@@ -250,7 +250,7 @@ def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[flo
         cmd = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "mailpipe.cli", *cmd[1:]]
     elif sampled:  # sampling profile of every thread, folded stacks (py-spy must be installed)
         pyspy = str(Path(sys.executable).parent / "py-spy")
-        spy = ["record", "-r", "1000", "--threads", "--gil", "-f", "raw", "-o", sampled, "--"]
+        spy = ["record", "-r", "400", "--threads", "--gil", "-f", "raw", "-o", sampled, "--"]
         cmd = [pyspy, *spy, *cmd]
     with log.open("wb") as out:
         relay = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)

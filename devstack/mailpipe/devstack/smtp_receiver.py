@@ -12,6 +12,7 @@ accessors are guarded by a lock.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ class Received:
     rcpt_tos: tuple[str, ...]
     data: bytes
     time: float
+    tls: bool = False  # the message came over a STARTTLS-protected session
 
 
 @dataclass
@@ -142,6 +144,7 @@ class ReceiverHandler:
                         rcpt_tos=tuple(envelope.rcpt_tos),
                         data=content,
                         time=time.time(),
+                        tls=session.ssl is not None,
                     )
                 )
         return reply
@@ -160,7 +163,8 @@ class SMTPReceiver:
     >>> rx.answer("bob@example.test", "550 5.1.1 no such user")
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls_context: ssl.SSLContext | None = None) -> None:
+        """`tls_context` (a server context) makes the receiver offer STARTTLS."""
         self.host = host
         self.port = port
         self.handler = ReceiverHandler()
@@ -172,6 +176,7 @@ class SMTPReceiver:
             data_size_limit=50 * 1024 * 1024,  # bigger than any test message
             enable_SMTPUTF8=True,
             ident="mailpipe-test-receiver",
+            tls_context=tls_context,
         )
 
     def start(self) -> SMTPReceiver:

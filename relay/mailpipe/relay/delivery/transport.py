@@ -145,7 +145,10 @@ class SMTPTransport:
                 if not tls.verify:
                     context.check_hostname = False
                     context.verify_mode = ssl.CERT_NONE
-                await smtp.starttls(tls_context=context)  # and EHLO again
+                await smtp.starttls(tls_context=context)
+                # RFC 3207: forget what was offered in clear and ask again. (aiosmtplib
+                # would do it lazily before its next command; the session won't.)
+                await smtp.ehlo()
             elif tls.mode is TLSMode.REQUIRED:
                 raise _NoTLS()
             transport = smtp.transport

@@ -1,0 +1,120 @@
+"""STARTTLS policy and large messages through the SMTP transport, against the
+aiosmtpd receiver on loopback (a real TLS handshake with a generated CA).
+
+After STARTTLS the connection is handed from aiosmtplib to the session
+protocol, so these tests prove that the hand-over works on a TLS transport,
+that `required` never sends in clear, and that flow control carries a
+message far larger than the socket buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailpipe.devstack.certs import generate
+from mailpipe.devstack.procs import free_port
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
+from mailpipe.relay.delivery import SMTPTransport
+from mailpipe.relay.ports import Envelope
+
+from .conftest import make_config
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    pki = generate(tmp_path_factory.mktemp("pki"))  # serving cert for 127.0.0.1
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.serving_cert, pki.serving_key)
+    return context
+
+
+@pytest.fixture
+def receiver() -> Iterator[list[SMTPReceiver]]:
+    started: list[SMTPReceiver] = []
+    yield started
+    for rx in started:
+        rx.stop()
+
+
+def start(started: list[SMTPReceiver], tls: ssl.SSLContext | None) -> SMTPReceiver:
+    rx = SMTPReceiver(HOST, free_port(HOST), tls_context=tls).start()
+    started.append(rx)
+    return rx
+
+
+def transport(rx: SMTPReceiver, mode: str) -> SMTPTransport:
+    return SMTPTransport(
+        make_config(
+            routes={"dest.test": [{"host": HOST, "port": rx.port}]},
+            tls={"mode": mode, "verify": False},
+            egress=[{"address": HOST, "helo": "relay.test"}],
+        )
+    )
+
+
+def envelope(message: bytes = b"Subject: tls\r\n\r\nhello\r\n") -> Envelope:
+    return Envelope("dest.test", "s@sender.test", ("a@dest.test",), message, HOST, "relay.test")
+
+
+@pytest.mark.parametrize("mode", ["opportunistic", "required"])
+async def test_starttls_used_when_offered(
+    receiver: list[SMTPReceiver], server_tls: ssl.SSLContext, mode: str
+) -> None:
+    rx = start(receiver, server_tls)
+    t = transport(rx, mode)
+    try:
+        for _ in range(2):  # the second transaction reuses the TLS session
+            result = await asyncio.wait_for(t.deliver(envelope()), 20)
+            assert result.replies["a@dest.test"].code == 250
+    finally:
+        await t.close()
+    messages = rx.messages()
+    assert len(messages) == 2 and all(m.tls for m in messages)
+    assert t.connections_opened == 1
+
+
+async def test_required_tls_not_offered_is_deferred_unsent(receiver: list[SMTPReceiver]) -> None:
+    rx = start(receiver, None)
+    t = transport(rx, "required")
+    try:
+        result = await asyncio.wait_for(t.deliver(envelope()), 20)
+    finally:
+        await t.close()
+    r = result.replies["a@dest.test"]
+    assert (r.code, r.enhanced) == (451, "4.7.5")
+    assert rx.messages() == []
+
+
+async def test_opportunistic_without_offer_sends_in_clear(receiver: list[SMTPReceiver]) -> None:
+    rx = start(receiver, None)
+    t = transport(rx, "opportunistic")
+    try:
+        result = await asyncio.wait_for(t.deliver(envelope()), 20)
+    finally:
+        await t.close()
+    assert result.replies["a@dest.test"].code == 250
+    assert [m.tls for m in rx.messages()] == [False]
+
+
+async def test_large_message_over_tls_arrives_whole(
+    receiver: list[SMTPReceiver], server_tls: ssl.SSLContext, tmp_path: Path
+) -> None:
+    rx = start(receiver, server_tls)
+    t = transport(rx, "required")
+    body = b"".join(b"%07d " % i + b"x" * 70 + b"\r\n" for i in range(80_000))  # ~6 MB
+    message = b"Subject: big\r\n\r\n" + body
+    try:
+        result = await asyncio.wait_for(t.deliver(envelope(message)), 60)
+    finally:
+        await t.close()
+    assert result.replies["a@dest.test"].code == 250
+    (received,) = rx.messages()
+    assert received.tls
+    assert received.data.replace(b"\r\n", b"\n") == message.replace(b"\r\n", b"\n")
