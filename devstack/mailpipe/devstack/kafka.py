@@ -100,7 +100,10 @@ def prepare(state_dir: Path) -> tuple[KafkaPorts, list[str], Path]:
     props.write_text(server_properties(ports, data))
     (home / "log4j.properties").write_text(LOG4J)
     log = home / "kafka.log"
-    fmt = java_command(STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(props), log_dir=home)
+    # "--cluster-id=ID": an id may start with "-", which argparse would take for an option
+    fmt = java_command(
+        STORAGE_TOOL, "format", f"--cluster-id={_cluster_id()}", "-c", str(props), log_dir=home
+    )
     with log.open("ab") as out:
         result = subprocess.run(fmt, stdout=out, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:

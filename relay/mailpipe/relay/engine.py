@@ -69,6 +69,7 @@ HOLD_SLACK_SECONDS = 0.5  # records due this soon are sent now, not parked
 STOP_GRACE_SECONDS = 20.0
 # in-flight transactions get this long to finish on shutdown (above)
 RELIEF_AFTER_SECONDS = 1.0  # a full window whose commits stood still this long is stuck
+STUCK_WARN_SECONDS = 10.0
 _STEP = re.compile(r"^(\d+)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -79,6 +80,23 @@ def step_seconds(step: str) -> int:
     if not match:
         raise ValueError(f"delay step {step!r} is not like 30s, 1m, 1h or 1d")
     return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+def task_stacks(tasks: set[asyncio.Task[Any]], limit: int = 3) -> list[str]:
+    """Where a few tasks are suspended: their await chain, outermost first."""
+    out = []
+    for task in list(tasks)[:limit]:
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < 12:
+            frame = getattr(awaited, "cr_frame", None)
+            if frame is None:
+                chain.append(type(awaited).__name__)
+                break
+            chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None)
+        out.append(" > ".join(chain))
+    return out
 
 
 @dataclass
@@ -132,6 +150,7 @@ class Engine:
         self._stopping = False
         self._last_commit: dict[TopicPartition, int] = {}
         self._last_progress = 0.0
+        self._last_stuck_warning = 0.0
         self.reconfigure(config)
 
     # -- configuration -------------------------------------------------------
@@ -168,8 +187,11 @@ class Engine:
                 # re-sends at most max_in_flight_records (invariant 1's bound).
                 room = self.config.kafka.max_in_flight_records - self.tracker.uncommitted
                 if room <= 0:
-                    if self.clock.monotonic() - self._last_progress > RELIEF_AFTER_SECONDS:
+                    await self.source.poll(0)  # revocations still arrive at once
+                    stuck = self.clock.monotonic() - self._last_progress
+                    if stuck > RELIEF_AFTER_SECONDS:
                         self._relieve_window()
+                    self._warn_if_stuck(stuck)
                     await asyncio.sleep(POLL_IDLE_SECONDS)
                     continue
                 batch = await self.source.poll(room)
@@ -268,6 +290,39 @@ class Engine:
                 self.source.resume([tp])
             if self.tracker.owns(tp):
                 self._enqueue(work)
+
+    def _warn_if_stuck(self, stuck_s: float) -> None:
+        """A window that stays full although relief ran means something holds
+        offsets that will never finish: say what, every STUCK_WARN_SECONDS."""
+        now = self.clock.monotonic()
+        if stuck_s < STUCK_WARN_SECONDS or now - self._last_stuck_warning < STUCK_WARN_SECONDS:
+            return
+        self._last_stuck_warning = now
+        log.warning(
+            "read window full, no commit progress for %.0f s: in flight %d, queued %s, "
+            "lanes %d, held %d, tasks %d, partitions %s; tasks wait in %s",
+            stuck_s,
+            self.tracker.in_flight,
+            {d: len(q.items) for d, q in self._queues.items() if q.items},
+            sum(q.lanes for q in self._queues.values()),
+            len(self._held),
+            len(self._tasks),
+            self.tracker.describe(),
+            task_stacks(self._tasks),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's state, for `kill -USR1` and the stuck-window warning."""
+        return {
+            "in_flight": self.tracker.in_flight,
+            "uncommitted": self.tracker.uncommitted,
+            "queued": {d: len(q.items) for d, q in self._queues.items() if q.items},
+            "lanes": {d: q.lanes for d, q in self._queues.items() if q.lanes},
+            "held": len(self._held),
+            "tasks": len(self._tasks),
+            "stopping": self._stopping,
+            "partitions": self.tracker.describe(),
+        }
 
     def _relieve_window(self) -> None:
         """The read window is full and commits stand still: records queued behind a
@@ -563,8 +618,15 @@ class Engine:
         """Partitions moved to another replica: drop their queued work uncommitted
         (the new owner re-reads it) and let transactions already running finish."""
         gone = set(tps)
+        queued = sum(len(q.items) for q in self._queues.values())
         for q in self._queues.values():
             q.items = deque(w for w in q.items if w.src.tp not in gone)
+        dropped = queued - sum(len(q.items) for q in self._queues.values())
+        log.info(
+            "revoked %s: %d queued records dropped for the new owner",
+            sorted(f"{tp.topic}/{tp.partition}" for tp in gone),
+            dropped,
+        )
         self._held = [h for h in self._held if h[2].src.tp not in gone]
         heapq.heapify(self._held)
         for tp in gone:

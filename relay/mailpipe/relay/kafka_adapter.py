@@ -43,6 +43,8 @@ from .ports import SourceRecord, TopicPartition
 log = logging.getLogger("mailpipe.relay.kafka")
 
 POLL_TIMEOUT_MS = 100  # how often the consumer thread looks at its command queue
+FULL_WAIT_SECONDS = 0.02  # hand-off full: look again this soon
+FULL_POLL_SECONDS = 1.0  # hand-off full: still poll (one record) this often
 LAG_INTERVAL_SECONDS = 5.0
 FOLLOW_FETCH_MIN_BYTES = 256 * 1024
 FOLLOW_FETCH_MAX_WAIT_MS = 500
@@ -126,6 +128,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.source._revoked([TopicPartition(tp.topic, tp.partition) for tp in revoked])
 
+    def on_partitions_lost(self, lost: Any) -> None:
+        self.source._lost([TopicPartition(tp.topic, tp.partition) for tp in lost])
+
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.source._assigned_now({TopicPartition(tp.topic, tp.partition) for tp in assigned})
 
@@ -177,31 +182,39 @@ class KafkaSource:
         self._thread.start()
 
     async def poll(self, max_records: int) -> Sequence[SourceRecord]:
+        """Up to `max_records` records; with 0, only hand-off control (revocations).
+
+        The hand-off queue is drained in order every time, whatever the engine's
+        room: a revocation must reach the engine at once, and the records read
+        before it for the partitions it names are dropped here, unhanded (they
+        belong to the new owner, who re-reads them from the committed offset).
+        """
         if self._error is not None:
             raise RuntimeError("Kafka consumer thread died") from self._error
-        while not self._pending:
+        dropped = 0
+        while True:
             try:
                 item = self._handoff.get_nowait()
             except queue.Empty:
-                await asyncio.sleep(0.01)
-                return []
+                break
             if isinstance(item, _Revoked):
+                gone = set(item.partitions)
+                kept = deque(r for r in self._pending if r.tp not in gone)
+                dropped += len(self._pending) - len(kept)
+                self._pending = kept
                 self._on_revoked(item.partitions)
-                continue
-            self._pending.extend(item)
+            else:
+                self._pending.extend(item)
         out: list[SourceRecord] = []
-        with self._lock:
-            assigned = set(self._assigned)
-        taken = 0
         while self._pending and len(out) < max_records:
-            rec = self._pending.popleft()
-            taken += 1
-            if rec.tp in assigned:  # records of revoked partitions belong to the new owner
-                out.append(rec)
-        with self._lock:
-            # count what left the buffer, dropped records too: a leak here would
-            # eventually pause every partition for good
-            self._buffered -= taken
+            out.append(self._pending.popleft())
+        if dropped or out:
+            with self._lock:
+                # count what left the buffer, dropped records too: a leak here
+                # would eventually pause every partition for good
+                self._buffered -= dropped + len(out)
+        if not out and max_records > 0:
+            await asyncio.sleep(0.01)
         return out
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -221,6 +234,40 @@ class KafkaSource:
     def assignment(self) -> set[TopicPartition]:
         with self._lock:
             return set(self._assigned)
+
+    def describe(self) -> dict[str, Any]:
+        """Hand-off state, for `kill -USR1` (see relay.main)."""
+        with self._lock:
+            out: dict[str, Any] = {
+                "assigned": sorted(f"{t}/{p}" for t, p in self._assigned),
+                "buffered": self._buffered,
+                "buffer_limit": self._buffer_limit,
+            }
+        out["pending"] = len(self._pending)
+        out["engine_paused"] = sorted(f"{t}/{p}" for t, p in self._engine_paused)
+        consumer = self._consumer
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                paused = consumer.paused()
+                out["consumer_paused"] = sorted(f"{tp.topic}/{tp.partition}" for tp in paused)
+            with contextlib.suppress(Exception):  # kafka-python internals, best effort
+                states = consumer._subscription.assignment
+                out["not_fetchable"] = {
+                    f"{tp.topic}/{tp.partition}": {
+                        "position": str(st._position),
+                        "pending_revocation": st._pending_revocation,
+                        "awaiting_validation": st._awaiting_validation,
+                        "valid_position": st.has_valid_position,
+                    }
+                    for tp, st in states.items()
+                    if not st.is_fetchable()
+                }
+                out["positions"] = {
+                    f"{tp.topic}/{tp.partition}": getattr(st._position, "offset", None)
+                    for tp, st in states.items()
+                    if tp.topic == self.settings.outbound_topic
+                }
+        return out
 
     def stop(self) -> None:
         self._stop.set()
@@ -248,18 +295,22 @@ class KafkaSource:
         self._consumer = consumer
         consumer.subscribe(self.topics, listener=_Listener(self))
         last_lag = 0.0
+        last_poll = 0.0
         try:
             while not self._stop.is_set():
                 self._run_commands(consumer)
                 with self._lock:
                     full = self._buffered >= self._buffer_limit
-                    assigned = set(self._assigned)
-                if full:
-                    consumer.pause(*[KafkaTP(*tp) for tp in assigned])
-                else:
-                    resumable = assigned - self._engine_paused
-                    consumer.resume(*[KafkaTP(*tp) for tp in resumable])
-                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+                # Back-pressure without pause(): kafka-python 3.0 can stop
+                # fetching a partition for good when pause/resume cycles meet
+                # a rebalance (the churn soak test caught it). A full buffer
+                # skips the poll instead; a one-record poll every second keeps
+                # rebalances and the poll interval moving.
+                if full and time.monotonic() - last_poll < FULL_POLL_SECONDS:
+                    time.sleep(FULL_WAIT_SECONDS)
+                    continue
+                last_poll = time.monotonic()
+                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=1 if full else None)
                 self._report_assignment(consumer)
                 batch = [
                     SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
@@ -312,9 +363,16 @@ class KafkaSource:
             consumer.commit({KafkaTP(*tp): OffsetAndMetadata(o, "", -1) for tp, o in owned.items()})
 
     def _revoked(self, tps: list[TopicPartition]) -> None:
-        # Runs on kafka-python's IO thread, which must not block: no commit
-        # here. What was finished but not committed is re-read by the new
-        # owner, a duplicate window bounded by max_in_flight_records.
+        # kafka-python's IO thread, which must not block: no commit here.
+        # With the eager protocol this is only a notice that a rebalance
+        # starts: partitions assigned again keep their fetch position (and
+        # so must keep the engine's state), so what is really gone is
+        # decided when the new assignment arrives (`_assigned_now`).
+        pass
+
+    def _lost(self, tps: list[TopicPartition]) -> None:
+        # Evicted from the group (session expired): these partitions are gone
+        # and their positions reset; the next assignment starts from commits.
         with self._lock:
             self._assigned.difference_update(tps)
         self._engine_paused.difference_update(tps)
@@ -322,9 +380,18 @@ class KafkaSource:
 
     def _assigned_now(self, tps: set[TopicPartition]) -> None:
         # IO thread too: only note it; `_run` reports it after the poll returns.
+        # Partitions of the previous assignment not in this one went to another
+        # member: the engine drops their queued work, uncommitted, and what
+        # was finished but not committed is re-read by the new owner (a
+        # duplicate window bounded by max_in_flight_records). Those kept
+        # continue where they were (kafka-python keeps their positions).
         with self._lock:
+            gone = self._assigned - tps
             self._assigned = set(tps)
             self._assignment_changed = True
+        if gone:
+            self._engine_paused.difference_update(gone)
+            self._handoff.put(_Revoked(sorted(gone)))
         self.joined.set()
 
     def _report_assignment(self, consumer: KafkaConsumer) -> None:

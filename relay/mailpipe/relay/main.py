@@ -27,7 +27,7 @@ from prometheus_client import start_http_server
 from .clock import SystemClock
 from .config import ConfigError, RelayConfig, load_config
 from .delivery import SMTPTransport
-from .engine import Engine
+from .engine import Engine, task_stacks
 from .kafka_adapter import KafkaSink, KafkaSource, TopicFollower, ensure_topics, partition_count
 from .metrics import RelayMetrics
 from .suppressions import CampaignStates, SuppressionList
@@ -182,9 +182,9 @@ async def serve(
     partitions = await loop.run_in_executor(None, partition_count, bootstrap, outbound)
 
     def on_assigned(tps: set[Any]) -> None:
-        owned = sum(1 for tp in tps if tp.topic == outbound)
-        ledger.set_share(owned / partitions if partitions else 1.0)
-        log.info("assigned %d of %d outbound partitions", owned, partitions)
+        mine = sorted(tp.partition for tp in tps if tp.topic == outbound)
+        ledger.set_share(len(mine) / partitions if partitions else 1.0)
+        log.info("assigned %d of %d outbound partitions: %s", len(mine), partitions, mine)
 
     source = KafkaSource(
         config.kafka,
@@ -210,6 +210,16 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def dump_state() -> None:  # `kill -USR1 <relay>`: what is it doing?
+        log.warning(
+            "state: %s; source: %s; tasks: %s",
+            json.dumps(engine.describe()),
+            json.dumps(source.describe()),
+            task_stacks(asyncio.all_tasks(), limit=1000),
+        )
+
+    loop.add_signal_handler(signal.SIGUSR1, dump_state)
     source.start()
     reloader = asyncio.create_task(_watch_config(config_path, engine, transport, stop))
     log.info("relay started", extra={"relay_id": relay_id, "pool": config.pool})

@@ -107,6 +107,20 @@ class OffsetTracker:
                     self._uncommitted -= len(part.read)
             return dropped
 
+    def describe(self) -> dict[str, dict[str, int]]:
+        """Per partition: records read-uncommitted, unfinished, lowest unfinished,
+        highest read (for the stuck-window warning)."""
+        with self._lock:
+            return {
+                f"{tp.topic}/{tp.partition}": {
+                    "uncommitted": len(part.read),
+                    "unfinished": len(part.heap) - len(part.done),
+                    "lowest_unfinished": part.heap[0] if part.heap else -1,
+                    "high": part.high,
+                }
+                for tp, part in self._parts.items()
+            }
+
     def owns(self, tp: TopicPartition) -> bool:
         with self._lock:
             return tp in self._parts

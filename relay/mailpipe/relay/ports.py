@@ -42,7 +42,8 @@ class RecordSource(Protocol):
     """A consumer-group member: records in, commits out."""
 
     async def poll(self, max_records: int) -> Sequence[SourceRecord]:
-        """Up to `max_records` records; empty when none arrived within a short wait."""
+        """Up to `max_records` records; empty when none arrived within a short wait.
+        With 0 it only delivers control (revocations), without waiting."""
         ...
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:

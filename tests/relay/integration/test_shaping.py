@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
@@ -191,3 +193,105 @@ def test_a_second_relay_joining_mid_stream_loses_nothing(
     counts = Counter(rx.recipients())
     assert set(counts) == expected
     assert sum(n - 1 for n in counts.values()) <= 300  # the read-but-uncommitted window
+
+
+def _delivered_by(pool: Pool, relay_id: str) -> int:
+    return sum(
+        1 for e in pool.events() if e["disposition"] == "delivered" and e["relay"] == relay_id
+    )
+
+
+def _explain_missing(pool: Pool, missing: set[str]) -> None:
+    """On failure: were the missing ones never read (lag) or read and lost?"""
+    tps = [TopicPartition(pool.config.kafka.outbound_topic, p) for p in range(4)]
+    group = KafkaConsumer(
+        bootstrap_servers=pool.bootstrap,
+        group_id=pool.config.kafka.group_id,
+        enable_auto_commit=False,
+    )
+    committed = {tp: group.committed(tp) for tp in tps}
+    group.close(autocommit=False)
+    consumer = KafkaConsumer(bootstrap_servers=pool.bootstrap)
+    ends = consumer.end_offsets(tps)
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    where: dict[str, tuple[int, int]] = {}
+    at: dict[tuple[int, int], str] = {}
+    while any(consumer.position(tp) < ends[tp] for tp in tps):
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            for r in records:
+                rcpt = json.loads(r.value)["recipients"][0]["address"]
+                at[(tp.partition, r.offset)] = rcpt
+                if rcpt in missing:
+                    where[rcpt] = (tp.partition, r.offset)
+    consumer.close()
+    all_events = pool.events()
+    by_rcpt: dict[str, list[str]] = {}
+    for e in all_events:
+        by_rcpt.setdefault(e["recipient"], []).append(f"{e['relay']}@{e['time']:.1f}")
+    if where:
+        part, first = min(where.values())
+        last = max(o for p_, o in where.values() if p_ == part)
+        for off in [*range(first - 5, first + 2), *range(last - 1, last + 5)]:
+            rcpt = at.get((part, off), "?")
+            print(f"p{part} offset {off} {rcpt}: {by_rcpt.get(rcpt)}")
+    events = Counter(e["disposition"] for e in all_events if e["recipient"] in missing)
+    print(f"missing {len(missing)}; events of them {dict(events)}")
+    for tp in tps:
+        print(f"{tp}: committed {committed.get(tp)}, end {ends[tp]}")
+    print("first missing at", sorted(where.values())[:10])
+
+
+def test_churning_group_loses_nothing(
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+) -> None:
+    """Soak: while 6,000 recipients flow, extra relays keep joining the group,
+    taking over partitions and leaving again (alternately SIGTERM and SIGKILL),
+    three rounds, each a pair of rebalances. Nothing may be lost; each
+    rebalance or kill may re-send at most the read-but-uncommitted window."""
+    rx = smtp_receiver("127.0.0.10", 0)
+    domains = [f"c{i}.test" for i in range(8)]
+    window = 150
+    pool = pool_factory(
+        routes={d: [{"host": rx.host, "port": rx.port}] for d in domains},
+        kafka={"max_in_flight_records": window},
+        # 8 x 40/s: about 20 s of sending, so every round happens under load
+        throttle_default={"messages_per_minute": 2400},
+    )
+    expected = [f"u{i}@{domains[i % 8]}" for i in range(6000)]
+    for i, rcpt in enumerate(expected):  # every partition gets a quarter of the load
+        _send_to_partition(pool, i % 4, rcpt)
+    pool.flush()
+
+    steady = relays(pool, "relay-steady")
+    wait_for(lambda: len(rx.recipients()) >= 100, 60, "first deliveries", steady)
+    rounds = 3
+    for n in range(rounds):
+        name = f"relay-extra-{n}"
+        extra = relays(pool, name)
+        wait_for(lambda: _members(pool) == 2, 60, f"{name} in the group", extra)
+        wait_for(lambda n=name: _delivered_by(pool, n) >= 50, 60, f"{name} delivering", extra)
+        if n % 2:
+            extra.kill()
+        else:
+            extra.stop()
+        assert len(set(rx.recipients())) < len(expected), "finished before the churn did"
+    try:
+        wait_for(
+            lambda: set(rx.recipients()) >= set(expected), 90, "every recipient delivered", steady
+        )
+    except AssertionError:
+        steady.proc.send_signal(signal.SIGUSR1)  # the relay logs its state
+        time.sleep(1)
+        _explain_missing(pool, set(expected) - set(rx.recipients()))
+        print("\n".join(line for line in steady.log.read_text().splitlines() if "state:" in line))
+        raise
+    counts = Counter(rx.recipients())
+    assert set(counts) == set(expected)
+    duplicates = sum(n - 1 for n in counts.values())
+    assert duplicates <= window * (2 * rounds), duplicates
+    delivered = {e["recipient"] for e in pool.events() if e["disposition"] == "delivered"}
+    assert delivered >= set(expected)
+    assert "consumer thread failed" not in steady.log.read_text()
