@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 import json
 import time
 from email.message import EmailMessage, MIMEPart
@@ -17,8 +18,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mailpipe.relay import message
 from mailpipe.relay.config import DKIMSettings
-from mailpipe.relay.message import MessageError, Signer, build_message
+from mailpipe.relay.message import MessageError, Signer, build_message, openssl_rsa_sign
 from mailpipe.relay.wire import DeliveryRecord, decode_record
 
 NOW = 1_700_000_000.0
@@ -162,6 +164,22 @@ def _raw_record(raw: str) -> DeliveryRecord:
         "created_at": NOW,
     }
     return decode_record(json.dumps(rec).encode())
+
+
+def test_openssl_rsa_step_gives_dkimpy_s_bytes(tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    (tmp_path / "k.pem").write_bytes(pem)
+    Signer(DKIMSettings(domain="d.test", selector="s", private_key_path=str(tmp_path / "k.pem")))
+    parsed = dkim.crypto.parse_pem_private_key(pem)
+    for data in (b"", b"one message", b"x" * 5000):
+        digest = hashlib.sha256(data)
+        assert openssl_rsa_sign(digest, parsed) == message._dkimpy_rsa_sign(digest, parsed)
+    assert dkim.RSASSA_PKCS1_v1_5_sign is openssl_rsa_sign
 
 
 def test_dkim_signature_verifies(tmp_path: Path) -> None:
