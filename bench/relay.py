@@ -193,7 +193,25 @@ def _body() -> str:
     return "\n".join(lines)[:MESSAGE_BYTES]
 
 
-def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[float, float, float]:
+def _dkim_key(workdir: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = workdir / "dkim.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+def relay_rate(
+    n: int, stack: Stack, sink_port: int, workdir: Path, dkim: bool = False
+) -> tuple[float, float, float]:
     """(messages/s, peak RSS MiB, CPU microseconds per message incl. start-up)."""
     state = stack.state
     assert state is not None
@@ -217,6 +235,17 @@ def relay_rate(n: int, stack: Stack, sink_port: int, workdir: Path) -> tuple[flo
             "throttle_default": {"max_connections": SESSIONS, "messages_per_connection": 1000},
             "tls": {"mode": "disabled"},
             "metrics_port": 0,
+            **(
+                {
+                    "dkim": {
+                        "domain": "src.test",
+                        "selector": "bench",
+                        "private_key_path": str(_dkim_key(workdir)),
+                    }
+                }
+                if dkim
+                else {}
+            ),
         }
     )
     path = workdir / "relay.yaml"
@@ -285,10 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the postfix and raw references (iterating on the relay; no result file)",
     )
+    parser.add_argument(
+        "--dkim",
+        action="store_true",
+        help="the relay signs every message (RSA-2048); implies --relay-only",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mailpipe-bench-"))
     n = args.messages
     print(f"bench relay: {n} messages of {MESSAGE_BYTES} B to {len(DOMAINS)} domains, in {workdir}")
+    args.relay_only = args.relay_only or args.dkim
     if not args.relay_only:
         raw = raw_limit(n, free_port(SINK_HOST), workdir)
         print(f"raw smtp-source -> smtp-sink: {raw:.0f} msg/s")
@@ -297,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(workdir / "stack")
     stack.up()
     try:
-        relay, peak, cpu_us = relay_rate(n, stack, free_port(SINK_HOST), workdir)
+        relay, peak, cpu_us = relay_rate(n, stack, free_port(SINK_HOST), workdir, args.dkim)
     finally:
         stack.down()
     print(
