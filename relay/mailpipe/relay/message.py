@@ -47,7 +47,8 @@ class MessageError(ValueError):
 # deterministic, so the bytes are the same (checked in the unit tests).
 _OPENSSL_KEYS: dict[int, rsa.RSAPrivateKey] = {}  # modulus -> key
 _PREHASHED: dict[str, hashes.HashAlgorithm] = {"sha256": hashes.SHA256(), "sha1": hashes.SHA1()}
-_dkimpy_rsa_sign = dkim.RSASSA_PKCS1_v1_5_sign
+# dkimpy's RSA step, looked up by name in its module when it signs.
+_dkimpy_rsa_sign: Any = getattr(dkim, "RSASSA_PKCS1_v1_5_sign", None)
 
 
 def openssl_rsa_sign(digest: Any, private_key: dict[str, int]) -> bytes:
@@ -69,7 +70,7 @@ class Signer:
         self._key = Path(settings.private_key_path).read_bytes()
         self._headers = [h.encode() for h in settings.headers]
         loaded = serialization.load_pem_private_key(self._key, password=None)
-        if isinstance(loaded, rsa.RSAPrivateKey):
+        if isinstance(loaded, rsa.RSAPrivateKey) and _dkimpy_rsa_sign is not None:
             _OPENSSL_KEYS[loaded.private_numbers().public_numbers.n] = loaded
             dkim.RSASSA_PKCS1_v1_5_sign = openssl_rsa_sign
 
