@@ -138,9 +138,9 @@ class Engine:
         self.metrics = metrics
         self.relay_id = relay_id
         self.tracker = OffsetTracker()
-        metrics.queue_depths.read = lambda: {d: len(q.items) for d, q in self._queues.items()}
         self.shaping = Shaping()
         self._queues: dict[str, DomainQueue] = {}
+        metrics.queue_depths.read = lambda: {d: len(q.items) for d, q in self._queues.items()}
         self._waiting_for_slot: dict[str, set[str]] = {}  # shaping key -> domains
         self._held: list[tuple[float, int, Work]] = []  # (due, seq, work) from delay topics
         self._held_per_tp: dict[TopicPartition, int] = {}
@@ -299,15 +299,9 @@ class Engine:
             return
         self._last_stuck_warning = now
         log.warning(
-            "read window full, no commit progress for %.0f s: in flight %d, queued %s, "
-            "lanes %d, held %d, tasks %d, partitions %s; tasks wait in %s",
+            "read window full, no commit progress for %.0f s: %s; tasks wait in %s",
             stuck_s,
-            self.tracker.in_flight,
-            {d: len(q.items) for d, q in self._queues.items() if q.items},
-            sum(q.lanes for q in self._queues.values()),
-            len(self._held),
-            len(self._tasks),
-            self.tracker.describe(),
+            self.describe(),
             task_stacks(self._tasks),
         )
 
@@ -618,10 +612,11 @@ class Engine:
         """Partitions moved to another replica: drop their queued work uncommitted
         (the new owner re-reads it) and let transactions already running finish."""
         gone = set(tps)
-        queued = sum(len(q.items) for q in self._queues.values())
+        dropped = 0
         for q in self._queues.values():
-            q.items = deque(w for w in q.items if w.src.tp not in gone)
-        dropped = queued - sum(len(q.items) for q in self._queues.values())
+            kept = deque(w for w in q.items if w.src.tp not in gone)
+            dropped += len(q.items) - len(kept)
+            q.items = kept
         log.info(
             "revoked %s: %d queued records dropped for the new owner",
             sorted(f"{tp.topic}/{tp.partition}" for tp in gone),

@@ -168,9 +168,9 @@ class KafkaSource:
         self._pending: deque[SourceRecord] = deque()
         self._assigned: set[TopicPartition] = set()
         self._assignment_changed = False
-        self._engine_paused: set[TopicPartition] = set()
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._consumer: KafkaConsumer | None = None  # created by the consumer thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
         self.joined = threading.Event()
@@ -244,28 +244,16 @@ class KafkaSource:
                 "buffer_limit": self._buffer_limit,
             }
         out["pending"] = len(self._pending)
-        out["engine_paused"] = sorted(f"{t}/{p}" for t, p in self._engine_paused)
         consumer = self._consumer
         if consumer is not None:
-            with contextlib.suppress(Exception):
-                paused = consumer.paused()
-                out["consumer_paused"] = sorted(f"{tp.topic}/{tp.partition}" for tp in paused)
             with contextlib.suppress(Exception):  # kafka-python internals, best effort
-                states = consumer._subscription.assignment
-                out["not_fetchable"] = {
+                out["partitions"] = {
                     f"{tp.topic}/{tp.partition}": {
-                        "position": str(st._position),
-                        "pending_revocation": st._pending_revocation,
-                        "awaiting_validation": st._awaiting_validation,
-                        "valid_position": st.has_valid_position,
+                        "position": getattr(state._position, "offset", None),
+                        "paused": state.paused,
+                        "fetchable": state.is_fetchable(),
                     }
-                    for tp, st in states.items()
-                    if not st.is_fetchable()
-                }
-                out["positions"] = {
-                    f"{tp.topic}/{tp.partition}": getattr(st._position, "offset", None)
-                    for tp, st in states.items()
-                    if tp.topic == self.settings.outbound_topic
+                    for tp, state in consumer._subscription.assignment.items()
                 }
         return out
 
@@ -343,10 +331,8 @@ class KafkaSource:
                 if kind == "commit":
                     self._commit(consumer, arg)
                 elif kind == "pause":
-                    self._engine_paused.update(arg)
                     consumer.pause(*[KafkaTP(*tp) for tp in arg])
                 elif kind == "resume":
-                    self._engine_paused.difference_update(arg)
                     consumer.resume(*[KafkaTP(*tp) for tp in arg])
                 if fut is not None and fut.set_running_or_notify_cancel():
                     fut.set_result(None)
@@ -375,7 +361,6 @@ class KafkaSource:
         # and their positions reset; the next assignment starts from commits.
         with self._lock:
             self._assigned.difference_update(tps)
-        self._engine_paused.difference_update(tps)
         self._handoff.put(_Revoked(list(tps)))
 
     def _assigned_now(self, tps: set[TopicPartition]) -> None:
@@ -390,7 +375,6 @@ class KafkaSource:
             self._assigned = set(tps)
             self._assignment_changed = True
         if gone:
-            self._engine_paused.difference_update(gone)
             self._handoff.put(_Revoked(sorted(gone)))
         self.joined.set()
 

@@ -125,17 +125,17 @@ def body_part(text: str, subtype: str) -> tuple[str, bytes]:
     if not text.endswith("\n"):
         text += "\n"
     if text.isascii() and max(map(len, text.split("\n"))) <= MAX_LINE:
-        headers = (
-            f'Content-Type: text/{subtype}; charset="us-ascii"{CRLF}'
-            f"Content-Transfer-Encoding: 7bit{CRLF}"
-        )
-        return headers, text.replace("\n", CRLF).encode("ascii")
-    encoded = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True, header=False)
+        charset, encoding = "us-ascii", "7bit"
+        body = text.replace("\n", CRLF).encode("ascii")
+    else:
+        charset, encoding = "utf-8", "quoted-printable"
+        qp = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True, header=False)
+        body = qp.replace(b"\n", b"\r\n")
     headers = (
-        f'Content-Type: text/{subtype}; charset="utf-8"{CRLF}'
-        f"Content-Transfer-Encoding: quoted-printable{CRLF}"
+        f'Content-Type: text/{subtype}; charset="{charset}"{CRLF}'
+        f"Content-Transfer-Encoding: {encoding}{CRLF}"
     )
-    return headers, encoded.replace(b"\n", b"\r\n")
+    return headers, body
 
 
 def _boundary(parts: list[bytes]) -> str:

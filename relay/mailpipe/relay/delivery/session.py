@@ -69,8 +69,6 @@ class SessionProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLost(f"connection lost: {exc}" if exc else "connection closed"))
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -84,13 +82,14 @@ class SessionProtocol(asyncio.Protocol):
 
     def time_out(self, seconds: float) -> None:
         self._fail(ConnectionLost(f"no reply within {seconds:.0f} s"))
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
 
     def _fail(self, error: ConnectionLost) -> None:
+        """The connection is done for: wake whoever waits for replies or a drain."""
         if self.error is None:
             self.error = error
         self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -117,10 +116,6 @@ class SessionProtocol(asyncio.Protocol):
             finally:
                 self._waiter = None
         return [self._replies.popleft() for _ in range(count)]
-
-
-def _address_param(address: str) -> str:
-    return f"<{address}>"
 
 
 def dot_stuff(message: bytes) -> bytes:
@@ -186,16 +181,17 @@ class Session:
     ) -> dict[str, SMTPReply]:
         """Send `message` to `recipients`; every recipient's deciding reply."""
         self.sent += 1
-        refusal = self._refuse(sender, recipients, message)
+        needs_utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+        refusal = self._refuse(message, needs_utf8)
         if refusal is not None:
             return dict.fromkeys(recipients, refusal)
         params = ""
         if not message.isascii() and self.eight_bit:
             params += " BODY=8BITMIME"
-        if not (sender.isascii() and all(r.isascii() for r in recipients)):
+        if needs_utf8:
             params += " SMTPUTF8"
-        mail_cmd = f"MAIL FROM:{_address_param(sender)}{params}\r\n".encode()
-        rcpt_cmds = [f"RCPT TO:{_address_param(r)}\r\n".encode() for r in recipients]
+        mail_cmd = f"MAIL FROM:<{sender}>{params}\r\n".encode()
+        rcpt_cmds = [f"RCPT TO:<{r}>\r\n".encode() for r in recipients]
 
         data_reply: SMTPReply | None
         if self.pipelining:
@@ -237,13 +233,12 @@ class Session:
         self.last_used = time.monotonic()
         return result
 
-    def _refuse(self, sender: str, recipients: tuple[str, ...], message: bytes) -> SMTPReply | None:
+    def _refuse(self, message: bytes, needs_utf8: bool) -> SMTPReply | None:
         """Replies we can give without asking: what the server said it cannot take."""
         if self.size_limit is not None and len(message) > self.size_limit:
             return reply(
                 552, f"5.3.4 message of {len(message)} bytes over {self.host}'s SIZE limit"
             )
-        needs_utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
         if needs_utf8 and not self.smtputf8:
             return reply(553, f"5.6.7 {self.host} does not offer SMTPUTF8 for these addresses")
         return None
