@@ -28,10 +28,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kafka import KafkaProducer
 
+from mailpipe.devstack.certs import write_rsa_key
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.stack import Stack
 from mailpipe.relay.config import RelayConfig
@@ -193,22 +195,6 @@ def _body() -> str:
     return "\n".join(lines)[:MESSAGE_BYTES]
 
 
-def _dkim_key(workdir: Path) -> Path:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path = workdir / "dkim.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
-
-
 def relay_rate(
     n: int, stack: Stack, sink_port: int, workdir: Path, dkim: bool = False
 ) -> tuple[float, float, float]:
@@ -217,37 +203,29 @@ def relay_rate(
     assert state is not None
     prefix = f"bench{int(time.time())}"
     route = [{"host": SINK_HOST, "port": sink_port}]
-    config = RelayConfig.model_validate(
-        {
-            "pool": "bench/relay",
-            "kafka": {
-                "bootstrap_servers": state.kafka_bootstrap,
-                "group_id": f"{prefix}-relays",
-                "outbound_topic": f"{prefix}.outbound",
-                "events_topic": f"{prefix}.events",
-                "dlq_topic": f"{prefix}.dlq",
-                "suppressions_topic": f"{prefix}.suppressions",
-                "delay_topics": {"1m": f"{prefix}.delay.1m"},
-                "max_in_flight_records": 4000,
-            },
-            "egress": [{"address": "127.0.0.2", "helo": "bench.src.test"}],
-            "routes": {d: route for d in DOMAINS},
-            "throttle_default": {"max_connections": SESSIONS, "messages_per_connection": 1000},
-            "tls": {"mode": "disabled"},
-            "metrics_port": 0,
-            **(
-                {
-                    "dkim": {
-                        "domain": "src.test",
-                        "selector": "bench",
-                        "private_key_path": str(_dkim_key(workdir)),
-                    }
-                }
-                if dkim
-                else {}
-            ),
-        }
-    )
+    data: dict[str, Any] = {
+        "pool": "bench/relay",
+        "kafka": {
+            "bootstrap_servers": state.kafka_bootstrap,
+            "group_id": f"{prefix}-relays",
+            "outbound_topic": f"{prefix}.outbound",
+            "events_topic": f"{prefix}.events",
+            "dlq_topic": f"{prefix}.dlq",
+            "suppressions_topic": f"{prefix}.suppressions",
+            "delay_topics": {"1m": f"{prefix}.delay.1m"},
+            "max_in_flight_records": 4000,
+        },
+        "egress": [{"address": "127.0.0.2", "helo": "bench.src.test"}],
+        "routes": {d: route for d in DOMAINS},
+        "throttle_default": {"max_connections": SESSIONS, "messages_per_connection": 1000},
+        "tls": {"mode": "disabled"},
+        "metrics_port": 0,
+    }
+    if dkim:
+        key = workdir / "dkim.pem"
+        write_rsa_key(key)
+        data["dkim"] = {"domain": "src.test", "selector": "bench", "private_key_path": str(key)}
+    config = RelayConfig.model_validate(data)
     path = workdir / "relay.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     ensure_topics(config.kafka, partitions=4)

@@ -49,6 +49,13 @@ def _write_key(key: rsa.RSAPrivateKey, path: Path) -> None:
     path.chmod(0o600)
 
 
+def write_rsa_key(path: Path) -> rsa.RSAPrivateKey:
+    """A fresh RSA key written to `path` as PEM (DKIM keys for tests and benchmarks)."""
+    key = _key()
+    _write_key(key, path)
+    return key
+
+
 def _name(cn: str, org: str | None = None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
     if org:

@@ -4,6 +4,7 @@ DKIM signatures checked with dkimpy's verifier."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import hashlib
@@ -16,8 +17,8 @@ from typing import Any
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mailpipe.devstack.certs import write_rsa_key
 from mailpipe.relay import message
 from mailpipe.relay.config import DKIMSettings
 from mailpipe.relay.message import MessageError, Signer, build_message, openssl_rsa_sign
@@ -167,15 +168,9 @@ def _raw_record(raw: str) -> DeliveryRecord:
 
 
 def test_openssl_rsa_step_gives_dkimpy_s_bytes(tmp_path: Path) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    (tmp_path / "k.pem").write_bytes(pem)
+    write_rsa_key(tmp_path / "k.pem")
     Signer(DKIMSettings(domain="d.test", selector="s", private_key_path=str(tmp_path / "k.pem")))
-    parsed = dkim.crypto.parse_pem_private_key(pem)
+    parsed = dkim.crypto.parse_pem_private_key((tmp_path / "k.pem").read_bytes())
     for data in (b"", b"one message", b"x" * 5000):
         digest = hashlib.sha256(data)
         assert openssl_rsa_sign(digest, parsed) == message._dkimpy_rsa_sign(digest, parsed)
@@ -183,17 +178,11 @@ def test_openssl_rsa_step_gives_dkimpy_s_bytes(tmp_path: Path) -> None:
 
 
 def test_dkim_signature_verifies(tmp_path: Path) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    (tmp_path / "k.pem").write_bytes(pem)
+    key = write_rsa_key(tmp_path / "k.pem")
     public = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    txt = b"v=DKIM1; k=rsa; p=" + __import__("base64").b64encode(public)
+    txt = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
     signer = Signer(
         DKIMSettings(domain="sender.test", selector="s1", private_key_path=str(tmp_path / "k.pem"))
     )

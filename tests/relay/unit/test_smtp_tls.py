@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,7 @@ from mailpipe.devstack.certs import generate
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.relay.delivery import SMTPTransport
-from mailpipe.relay.ports import Envelope
+from mailpipe.relay.ports import Envelope, SMTPReply
 
 from .conftest import make_config
 
@@ -63,6 +62,17 @@ def envelope(message: bytes = b"Subject: tls\r\n\r\nhello\r\n") -> Envelope:
     return Envelope("dest.test", "s@sender.test", ("a@dest.test",), message, HOST, "relay.test")
 
 
+async def deliver_once(rx: SMTPReceiver, mode: str, message: bytes | None = None) -> SMTPReply:
+    """One delivery to `rx` on a transport of its own; the reply for a@dest.test."""
+    t = transport(rx, mode)
+    try:
+        env = envelope() if message is None else envelope(message)
+        result = await asyncio.wait_for(t.deliver(env), 60)  # a guard against hangs
+    finally:
+        await t.close()
+    return result.replies["a@dest.test"]
+
+
 @pytest.mark.parametrize("mode", ["opportunistic", "required"])
 async def test_starttls_used_when_offered(
     receiver: list[SMTPReceiver], server_tls: ssl.SSLContext, mode: str
@@ -82,39 +92,24 @@ async def test_starttls_used_when_offered(
 
 async def test_required_tls_not_offered_is_deferred_unsent(receiver: list[SMTPReceiver]) -> None:
     rx = start(receiver, None)
-    t = transport(rx, "required")
-    try:
-        result = await asyncio.wait_for(t.deliver(envelope()), 20)
-    finally:
-        await t.close()
-    r = result.replies["a@dest.test"]
+    r = await deliver_once(rx, "required")
     assert (r.code, r.enhanced) == (451, "4.7.5")
     assert rx.messages() == []
 
 
 async def test_opportunistic_without_offer_sends_in_clear(receiver: list[SMTPReceiver]) -> None:
     rx = start(receiver, None)
-    t = transport(rx, "opportunistic")
-    try:
-        result = await asyncio.wait_for(t.deliver(envelope()), 20)
-    finally:
-        await t.close()
-    assert result.replies["a@dest.test"].code == 250
+    assert (await deliver_once(rx, "opportunistic")).code == 250
     assert [m.tls for m in rx.messages()] == [False]
 
 
 async def test_large_message_over_tls_arrives_whole(
-    receiver: list[SMTPReceiver], server_tls: ssl.SSLContext, tmp_path: Path
+    receiver: list[SMTPReceiver], server_tls: ssl.SSLContext
 ) -> None:
     rx = start(receiver, server_tls)
-    t = transport(rx, "required")
     body = b"".join(b"%07d " % i + b"x" * 70 + b"\r\n" for i in range(80_000))  # ~6 MB
     message = b"Subject: big\r\n\r\n" + body
-    try:
-        result = await asyncio.wait_for(t.deliver(envelope(message)), 60)
-    finally:
-        await t.close()
-    assert result.replies["a@dest.test"].code == 250
+    assert (await deliver_once(rx, "required", message)).code == 250
     (received,) = rx.messages()
     assert received.tls
     assert received.data.replace(b"\r\n", b"\n") == message.replace(b"\r\n", b"\n")
