@@ -4,6 +4,7 @@
 FROM python:3.11.7-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY common/ common/
 COPY operator/ operator/
 COPY relay/ relay/
 COPY devstack/ devstack/

@@ -18,7 +18,7 @@ $(VENV)/.stamp: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	# Plain path entries for the three source roots, so every tool (mypy,
 	# pytest, debuggers) sees real files rather than setuptools' editable finder.
-	printf '%s\n' $(CURDIR)/operator $(CURDIR)/relay $(CURDIR)/devstack \
+	printf '%s\n' $(CURDIR)/common $(CURDIR)/operator $(CURDIR)/relay $(CURDIR)/devstack \
 	  > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mailpipe-source-roots.pth"
 	touch $@
 
@@ -40,9 +40,9 @@ smoke: setup
 	$(BIN)/pytest -m smoke
 
 lint: venv
-	$(BIN)/ruff check operator relay devstack tests bench
-	$(BIN)/ruff format --check operator relay devstack tests bench
-	$(BIN)/mypy operator/mailpipe relay/mailpipe devstack/mailpipe
+	$(BIN)/ruff check common operator relay devstack tests bench
+	$(BIN)/ruff format --check common operator relay devstack tests bench
+	$(BIN)/mypy common/mailpipe operator/mailpipe relay/mailpipe devstack/mailpipe
 	$(BIN)/lint-imports
 	$(CACHE)/bin/helm lint helm/mailpipe
 

@@ -38,6 +38,15 @@ class SourceRecord:
         return TopicPartition(self.topic, self.partition)
 
 
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """Partitions taken from this relay by a rebalance, handed over in order
+    with the records: the engine forgets the old assignment before it sees any
+    record of the next one (see ARCHITECTURE.md, "hand-off")."""
+
+    partitions: tuple[TopicPartition, ...]
+
+
 class RecordSource(Protocol):
     """A consumer-group member: records in, commits out."""
 
