@@ -28,7 +28,7 @@ import json
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from .ports import (
     Envelope,
     RecordSink,
     RecordSource,
+    Revoked,
     SourceRecord,
     TopicPartition,
     Transport,
@@ -187,7 +188,7 @@ class Engine:
                 # re-sends at most max_in_flight_records (invariant 1's bound).
                 room = self.config.kafka.max_in_flight_records - self.tracker.uncommitted
                 if room <= 0:
-                    await self.source.poll(0)  # revocations still arrive at once
+                    self._take(await self.source.poll(0))  # revocations still arrive at once
                     stuck = self.clock.monotonic() - self._last_progress
                     if stuck > RELIEF_AFTER_SECONDS:
                         self._relieve_window()
@@ -195,8 +196,7 @@ class Engine:
                     await asyncio.sleep(POLL_IDLE_SECONDS)
                     continue
                 batch = await self.source.poll(room)
-                for rec in batch:
-                    self._accept(rec)
+                self._take(batch)
                 self.metrics.in_flight.set(self.tracker.in_flight)
                 if not batch:
                     await asyncio.sleep(0)
@@ -206,6 +206,14 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
             await self._commit()
+
+    def _take(self, items: Sequence[SourceRecord | Revoked]) -> None:
+        """Records and revocations from the source, in their order."""
+        for item in items:
+            if isinstance(item, Revoked):
+                self.on_revoked(list(item.partitions))
+            else:
+                self._accept(item)
 
     async def _drain(self) -> None:
         """Stop taking new work; let running transactions finish, then leave."""

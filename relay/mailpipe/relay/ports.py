@@ -50,9 +50,11 @@ class Revoked:
 class RecordSource(Protocol):
     """A consumer-group member: records in, commits out."""
 
-    async def poll(self, max_records: int) -> Sequence[SourceRecord]:
-        """Up to `max_records` records; empty when none arrived within a short wait.
-        With 0 it only delivers control (revocations), without waiting."""
+    async def poll(self, max_records: int) -> Sequence[SourceRecord | Revoked]:
+        """Up to `max_records` records, and every revocation that happened, in
+        order: a `Revoked` comes before any record read after it. Empty when
+        nothing arrived within a short wait. With 0 it only delivers
+        revocations, without waiting."""
         ...
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:

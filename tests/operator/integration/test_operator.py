@@ -13,7 +13,7 @@ import yaml
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
-from mailpipe.relay.kafka_adapter import read_topic
+from mailpipe.kafkakit import read_topic
 from mailpipe.relay.wire import Disposition, Event, encode
 
 from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
