@@ -112,7 +112,8 @@ class KafkaSource:
         if self._error is not None:
             raise RuntimeError("Kafka consumer thread died") from self._error
         out = self._handoff.take(max_records)
-        if max_records > 0 and not any(isinstance(item, SourceRecord) for item in out):
+        # records come after the revocations: no records if the last item is none
+        if max_records > 0 and (not out or isinstance(out[-1], Revoked)):
             await asyncio.sleep(EMPTY_POLL_SECONDS)
         return out
 
