@@ -17,7 +17,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from kafka import KafkaProducer
 
@@ -27,9 +26,17 @@ from mailpipe.kafkakit import TopicFollower, read_topic
 # because the handlers reach them as `kafka_io.ensure_topics` and `kafka_io.end_offsets`.
 from mailpipe.kafkakit import end_offsets as end_offsets
 from mailpipe.kafkakit import ensure_topics as ensure_topics
-from mailpipe.relay.wire import WireError, decode_event, decode_suppression, suppression_key
+from mailpipe.relay.wire import Event, WireError, decode_event, decode_suppression, suppression_key
 
 log = logging.getLogger("mailpipe.operator.kafka")
+
+# Fan-out is bulk: wait a little to fill big batches, so 100k records take few requests.
+FANOUT_LINGER_MS = 20
+FANOUT_BATCH_BYTES = 256 * 1024
+ACK_TIMEOUT_SECONDS = 30  # a record not acknowledged by then fails the chunk (retried whole)
+CLOSE_TIMEOUT_SECONDS = 10  # at shutdown, pending sends get this long before they are dropped
+
+Observer = Callable[[Event], None]
 
 
 class Producers:
@@ -47,8 +54,8 @@ class Producers:
                     bootstrap_servers=bootstrap,
                     acks="all",
                     enable_idempotence=True,
-                    linger_ms=20,  # fan-out is bulk: bigger batches, fewer requests
-                    batch_size=256 * 1024,
+                    linger_ms=FANOUT_LINGER_MS,
+                    batch_size=FANOUT_BATCH_BYTES,
                     compression_type=None,
                     client_id="mailpipe-operator-fanout",
                 )
@@ -58,7 +65,7 @@ class Producers:
     def close(self) -> None:
         with self._lock:
             for p in self._producers.values():
-                p.close(timeout=10)
+                p.close(timeout=CLOSE_TIMEOUT_SECONDS)
             self._producers.clear()
 
 
@@ -67,7 +74,7 @@ def produce_all(producer: KafkaProducer, topic: str, records: list[tuple[bytes, 
     futures = [producer.send(topic, key=k, value=v) for k, v in records]
     producer.flush()
     for f in futures:
-        f.get(timeout=30)
+        f.get(timeout=ACK_TIMEOUT_SECONDS)
 
 
 def produced_since(bootstrap: str, topic: str, since: dict[int, int], uid: str) -> set[int]:
@@ -103,14 +110,15 @@ class EventsHub:
 
     def __init__(self) -> None:
         self._followers: dict[tuple[str, str], TopicFollower] = {}
-        self._observers: dict[tuple[str, str], list[Callable[[Any], None]]] = {}
+        self._observers: dict[tuple[str, str], list[Observer]] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def follow(self, bootstrap: str, topic: str, observer: Callable[[Any], None]) -> None:
+    def follow(self, bootstrap: str, topic: str, observer: Observer) -> None:
+        """Call `observer` with every event on `topic`, from its beginning; idempotent."""
         key = (bootstrap, topic)
         with self._lock:
             observers = self._observers.setdefault(key, [])
