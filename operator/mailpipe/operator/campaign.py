@@ -29,8 +29,8 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
-from mailpipe.relay.wire import Content, DeliveryRecord, ListUnsubscribe
-from mailpipe.relay.wire import Recipient as WireRecipient
+from mailpipe.contracts.wire import Content, DeliveryRecord, ListUnsubscribe
+from mailpipe.contracts.wire import Recipient as WireRecipient
 
 from .models import AudienceFormat, CampaignSpec, Recipient, SendWindow, Weekday
 

@@ -22,8 +22,8 @@ import kopf
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from mailpipe.relay.warmup import WarmupLedger
-from mailpipe.relay.wire import CampaignControl, CampaignState, encode
+from mailpipe.contracts.warmup import WarmupLedger
+from mailpipe.contracts.wire import CampaignControl, CampaignState, encode
 
 from . import campaign as camp
 from . import kafka_io, kube_io

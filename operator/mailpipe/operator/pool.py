@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from mailpipe.relay import config as relay_config
+from mailpipe.contracts import config as relay_config
 
 from .models import API_VERSION, SendingPoolSpec
 

@@ -28,8 +28,8 @@ import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
-from .config import DKIMSettings
-from .wire import DeliveryRecord
+from mailpipe.contracts.config import DKIMSettings
+from mailpipe.contracts.wire import DeliveryRecord
 
 CRLF = "\r\n"
 MAX_HEADER_LINE = 78  # RFC 5322 2.1.1: SHOULD not exceed 78 characters

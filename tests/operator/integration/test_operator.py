@@ -13,8 +13,8 @@ import yaml
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
+from mailpipe.contracts.wire import Disposition, Event, encode
 from mailpipe.relay.kafka_adapter import read_topic
-from mailpipe.relay.wire import Disposition, Event, encode
 
 from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from mailpipe.contracts.config import parse_config
 from mailpipe.operator.models import SendingPoolSpec
 from mailpipe.operator.pool import (
     HASH_ANNOTATION,
@@ -14,7 +15,6 @@ from mailpipe.operator.pool import (
     build_relay_config,
     topics,
 )
-from mailpipe.relay.config import parse_config
 
 REF = PoolRef("news", "mail", "uid-1")
 

@@ -21,7 +21,7 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
-from ..config import RelayConfig
+from mailpipe.contracts.config import RelayConfig
 
 
 @dataclass(frozen=True)
