@@ -1,8 +1,8 @@
 """Wire formats on Kafka: delivery records, disposition events, suppressions.
 
-The relay owns these formats; the operator (fan-out, status aggregation) and
-the inbound receivers write and read them through this module only, so the
-two sides cannot drift. Every format carries a `v` field; a reader refuses a
+The relay, the operator (fan-out, status aggregation) and the inbound
+receivers write and read them through this module only, so the two planes
+cannot drift. Every format carries a `v` field; a reader refuses a
 version it does not know (the record goes to the DLQ with that reason) rather
 than guessing.
 
@@ -26,10 +26,12 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import PermanentError
+
 WIRE_VERSION: Literal[1] = 1
 
 
-class WireError(ValueError):
+class WireError(PermanentError, ValueError):
     """A Kafka value that cannot be decoded into a known wire format."""
 
 
