@@ -29,6 +29,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
+from mailpipe.contracts.errors import PermanentError
 from mailpipe.contracts.wire import Content, DeliveryRecord, ListUnsubscribe
 from mailpipe.contracts.wire import Recipient as WireRecipient
 
@@ -38,7 +39,7 @@ WEEKDAYS = list(Weekday)  # Monday first, like datetime.weekday()
 WINDOW_SEARCH_DAYS = 8  # a weekly window always opens within a week and a day
 
 
-class CampaignError(ValueError):
+class CampaignError(PermanentError, ValueError):
     """The campaign cannot be sent as written; the message says where."""
 
 
