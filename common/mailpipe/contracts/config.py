@@ -121,7 +121,7 @@ class KafkaSettings(_Model):
             outbound=self.outbound_topic,
             events=self.events_topic,
             dlq=self.dlq_topic,
-            delay={step: topic for step, topic in self.delay_topics.items()},
+            delay=dict(self.delay_topics),
             suppressions=self.suppressions_topic,
             control=self.control_topic,
         )

@@ -30,7 +30,7 @@ class Topics:
     outbound: str
     events: str
     dlq: str
-    delay: dict[str, str] = field(default_factory=dict)  # delay step -> topic
+    delay: dict[DelayStep, str] = field(default_factory=dict)
     suppressions: str = SUPPRESSIONS_TOPIC
     control: str = CONTROL_TOPIC
 
