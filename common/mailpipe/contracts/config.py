@@ -39,6 +39,7 @@ from .policy import (
     TLSMode,
     WarmupPolicy,
     WarmupStep,
+    check_pool,
 )
 from .topics import CONTROL_TOPIC, SUPPRESSIONS_TOPIC, Topics
 
@@ -179,13 +180,7 @@ class RelayConfig(_Model):
     def _check(self) -> RelayConfig:
         if self.v != CONFIG_VERSION:
             raise ValueError(f"unknown config version {self.v}, this relay reads {CONFIG_VERSION}")
-        known = set(self.domain_groups)
-        for step in self.warmup.schedule:
-            unknown = set(step.group_limits) - known
-            if unknown:
-                raise ValueError(f"warmup group_limits name unknown groups {sorted(unknown)}")
-        if len({e.address for e in self.egress}) != len(self.egress):
-            raise ValueError("egress addresses must be unique")
+        check_pool(self.egress, self.domain_groups, self.warmup.schedule)
         return self
 
     def group_of(self, domain: str) -> str | None:

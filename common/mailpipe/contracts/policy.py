@@ -18,6 +18,7 @@ become (or reorder) their description in the generated CRD.
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection, Sequence
 from typing import Annotated, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -186,3 +187,18 @@ class DKIMIdentity(Spec):
 class Route(Spec):
     host: str = Field(description="Host name or address to connect to.")
     port: int = Field(default=25, ge=1, le=65535, description="TCP port.")
+
+
+def check_pool(
+    egress: Sequence[EgressIP], domain_groups: Collection[str], schedule: Sequence[WarmupStep]
+) -> None:
+    """Rules across a pool's policy that no single field can check; ValueError names the rule.
+
+    Both the SendingPool spec and the relay config run it, so a pool the
+    operator accepts renders a relay config the relay accepts.
+    """
+    unknown = sorted({g for step in schedule for g in step.group_limits} - set(domain_groups))
+    if unknown:
+        raise ValueError(f"warmup group_limits name unknown groups {unknown}")
+    if len({e.address for e in egress}) != len(egress):
+        raise ValueError("egress addresses must be unique")

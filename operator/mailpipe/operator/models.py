@@ -18,9 +18,9 @@ with a message naming the field, instead of being accepted and failing later.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from mailpipe.contracts.delays import DelayStep
 from mailpipe.contracts.policy import (
@@ -34,6 +34,7 @@ from mailpipe.contracts.policy import (
     Throttle,
     TimeZone,
     WarmupPolicy,
+    check_pool,
 )
 
 GROUP = "mailpipe.io"
@@ -127,6 +128,11 @@ class SendingPoolSpec(Spec):
         min_length=1,
         max_length=256,
         description="Egress IPs with their HELO names.",
+        # a list keyed by address: the apiserver refuses the same address twice
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["address"],
+        },
     )
     warmup: Warmup = Field(
         default_factory=Warmup, description="IP warm-up schedule and safeguards."
@@ -149,6 +155,13 @@ class SendingPoolSpec(Spec):
     )
     smtp_port: int = Field(default=25, ge=1, le=65535, description="Port of MX hosts.")
     metrics_port: int = Field(default=9090, ge=1024, le=65535, description="Relay metrics port.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        # What the relay config would refuse is refused here, so the handler marks
+        # the pool Ready=False (InvalidSpec) instead of failing to render its config.
+        check_pool(self.egress_ips, self.domain_groups, self.warmup.schedule)
+        return self
 
 
 # --- Campaign ------------------------------------------------------------------
