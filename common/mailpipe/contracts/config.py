@@ -29,14 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .delays import DelayStep
 from .errors import PermanentError
 from .policy import (
-    TLS,
     DKIMIdentity,
     EgressIP,
-    Retry,
+    RetrySettings,
     Route,
     Throttle,
     TimeZone,
     TLSMode,
+    TLSSettings,
     WarmupPolicy,
     WarmupStep,
     check_pool,
@@ -44,15 +44,15 @@ from .policy import (
 from .topics import CONTROL_TOPIC, SUPPRESSIONS_TOPIC, Topics
 
 __all__ = [
-    "TLS",
     "ConfigError",
     "DKIMSettings",
     "EgressIP",
     "KafkaSettings",
     "RelayConfig",
-    "Retry",
+    "RetrySettings",
     "Route",
     "TLSMode",
+    "TLSSettings",
     "Throttle",
     "WarmupSettings",
     "WarmupStep",
@@ -162,8 +162,8 @@ class RelayConfig(_Model):
         default_factory=dict, description="domain or group name -> shaping override"
     )
     warmup: WarmupSettings = Field(default_factory=WarmupSettings)
-    retry: Retry = Field(default_factory=Retry)
-    tls: TLS = Field(default_factory=TLS)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
     dkim: DKIMSettings | None = None
     routes: dict[str, list[Route]] = Field(
         default_factory=dict, description="domain -> static hosts in order, instead of MX"

@@ -147,7 +147,7 @@ class Throttle(Spec):
 
 
 # When deferred mail is tried again, and when it expires.
-class Retry(Spec):
+class RetrySettings(Spec):
     schedule_seconds: list[int] = Field(
         default_factory=lambda: [60, 600, 3600, 21600],
         min_length=1,
@@ -171,7 +171,7 @@ class TLSMode(enum.StrEnum):
 
 
 # STARTTLS policy towards MX hosts.
-class TLS(Spec):
+class TLSSettings(Spec):
     mode: TLSMode = Field(default=TLSMode.OPPORTUNISTIC, description="STARTTLS policy.")
     verify: bool = Field(default=False, description="Verify MX certificates.")
 

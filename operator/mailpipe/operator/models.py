@@ -25,14 +25,14 @@ from pydantic import ConfigDict, Field, model_validator
 from mailpipe.contracts.delays import DelayStep
 from mailpipe.contracts.policy import (
     TIME_ZONE,
-    TLS,
     DKIMIdentity,
     EgressIP,
-    Retry,
+    RetrySettings,
     Route,
     Spec,
     Throttle,
     TimeZone,
+    TLSSettings,
     WarmupPolicy,
     check_pool,
 )
@@ -141,8 +141,12 @@ class SendingPoolSpec(Spec):
         default_factory=dict, description="Group name -> destination domain patterns (fnmatch)."
     )
     throttles: Throttles = Field(default_factory=Throttles, description="Per-destination shaping.")
-    retry: Retry = Field(default_factory=Retry, description="Retry schedule of deferred mail.")
-    tls: TLS = Field(default_factory=TLS, description="TLS policy towards MX hosts.")
+    retry: RetrySettings = Field(
+        default_factory=RetrySettings, description="Retry schedule of deferred mail."
+    )
+    tls: TLSSettings = Field(
+        default_factory=TLSSettings, description="TLS policy towards MX hosts."
+    )
     dkim: DKIM | None = Field(default=None, description="DKIM signing; unset means unsigned.")
     routes: dict[str, list[Route]] = Field(
         default_factory=dict,

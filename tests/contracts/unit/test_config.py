@@ -74,13 +74,13 @@ def test_every_invalid_config_raises_config_error(text: str) -> None:
 
 def test_spec_and_relay_config_share_their_policy_types() -> None:
     # The operator hands its parsed objects to the relay config: same classes, no copy.
-    for name in ("EgressIP", "Throttle", "Retry", "TLS", "Route"):
+    for name in ("EgressIP", "Throttle", "RetrySettings", "TLSSettings", "Route"):
         assert getattr(models, name) is getattr(config, name) is getattr(policy, name)
     assert issubclass(models.Warmup, policy.WarmupPolicy)
     assert issubclass(config.WarmupSettings, policy.WarmupPolicy)
     relay_fields = RelayConfig.model_fields
     assert relay_fields["throttle_default"].annotation is policy.Throttle
-    assert models.SendingPoolSpec.model_fields["tls"].annotation is policy.TLS
+    assert models.SendingPoolSpec.model_fields["tls"].annotation is policy.TLSSettings
 
 
 def test_policy_types_read_both_spellings() -> None:
