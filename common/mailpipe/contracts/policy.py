@@ -39,8 +39,13 @@ _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4 = rf"^({_OCTET}\.){{3}}{_OCTET}$"
 TIME_ZONE = r"^(UTC|[A-Za-z]+(/[A-Za-z0-9_+-]+){1,2})$"  # IANA names, e.g. Europe/Paris
 
+MAX_HOSTNAME = 253  # RFC 1035 2.3.4: a domain name in text form
 MAX_WARMUP_DAY = 365  # a schedule longer than a year is a typo, not a plan
-MAX_WARMUP_STEPS = 60
+MAX_WARMUP_STEPS = 60  # daily steps for two months; also bounds the CRD's CEL cost
+MAX_CONNECTIONS = 1000  # per destination, pool-wide: far beyond what any MX tolerates
+MAX_RECIPIENTS_PER_TRANSACTION = 1000  # = the most recipients one delivery record holds
+MAX_RETRY_STEPS = 20
+MIN_MAX_AGE_SECONDS = 60  # expiring sooner than the first retry could run is a mistake
 
 
 def _known_zone(name: str) -> str:
@@ -67,7 +72,9 @@ class Spec(BaseModel):
 class EgressIP(Spec):
     address: str = Field(pattern=IPV4, description="IPv4 source address the relays bind to.")
     helo: str = Field(
-        pattern=HOSTNAME, max_length=253, description="EHLO name; should match the IP's PTR record."
+        pattern=HOSTNAME,
+        max_length=MAX_HOSTNAME,
+        description="EHLO name; should match the IP's PTR record.",
     )
     warmup: bool = Field(
         default=False, description="True while this IP follows the warm-up schedule."
@@ -134,7 +141,9 @@ class WarmupPolicy(Spec):
 
 # Shaping of one destination (a domain or a domain group), pool-wide.
 class Throttle(Spec):
-    max_connections: int = Field(default=10, ge=1, le=1000, description="Concurrent connections.")
+    max_connections: int = Field(
+        default=10, ge=1, le=MAX_CONNECTIONS, description="Concurrent connections."
+    )
     messages_per_minute: float | None = Field(
         default=None, gt=0, description="Message rate, pool-wide. Unset means unlimited."
     )
@@ -142,7 +151,7 @@ class Throttle(Spec):
         default=100, ge=1, description="Messages before a connection is closed and reopened."
     )
     recipients_per_transaction: int = Field(
-        default=50, ge=1, le=1000, description="RCPTs per DATA."
+        default=50, ge=1, le=MAX_RECIPIENTS_PER_TRANSACTION, description="RCPTs per DATA."
     )
 
 
@@ -151,11 +160,13 @@ class RetrySettings(Spec):
     schedule_seconds: list[int] = Field(
         default_factory=lambda: [60, 600, 3600, 21600],
         min_length=1,
-        max_length=20,
+        max_length=MAX_RETRY_STEPS,
         description="Wait before each retry of a deferred message; the last step repeats.",
     )
     max_age_seconds: int = Field(
-        default=259200, ge=60, description="Give up (expired) when a message is this old."
+        default=3 * 24 * 3600,  # three days, as most MTAs
+        ge=MIN_MAX_AGE_SECONDS,
+        description="Give up (expired) when a message is this old.",
     )
 
     def delay_for(self, attempt: int) -> int:

@@ -94,6 +94,7 @@ class KafkaSpec(Spec):
     topic_prefix: str | None = Field(
         default=None, pattern=TOPIC, description="Prefix of the pool's topics (default: ns.name)."
     )
+    # 12 partitions: enough to spread domains over a dozen relay replicas
     partitions: int = Field(default=12, ge=1, le=1000, description="Partitions of each topic.")
     replication_factor: int = Field(default=1, ge=1, le=7, description="Replicas of each topic.")
     delay_steps: list[DelayStep] = Field(
@@ -158,6 +159,7 @@ class SendingPoolSpec(Spec):
         description="Resolver host:port instead of the pod's.",
     )
     smtp_port: int = Field(default=25, ge=1, le=65535, description="Port of MX hosts.")
+    # >= 1024: the relay runs as non-root and cannot bind privileged ports
     metrics_port: int = Field(default=9090, ge=1024, le=65535, description="Relay metrics port.")
 
     @model_validator(mode="after")
@@ -273,6 +275,7 @@ class CampaignSpec(Spec):
     )
     from_: Sender = Field(alias="from", description="Sender.")
     reply_to: str | None = Field(default=None, pattern=ADDRESS, description="Reply-To address.")
+    # 998: RFC 5322 2.1.1 line limit
     subject: str = Field(min_length=1, max_length=998, description="Subject template (Jinja2).")
     text: str | None = Field(default=None, description="Text body template (Jinja2).")
     html: str | None = Field(default=None, description="HTML body template (Jinja2, autoescaped).")
