@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     StringConstraints,
     model_validator,
 )
@@ -93,7 +94,7 @@ class WarmupStep(Spec):
         ge=1, le=MAX_WARMUP_DAY, description="Warm-up day this cap starts on (1 = first day sent)."
     )
     daily_limit: int = Field(ge=0, description="Messages per day from the IP, all destinations.")
-    group_limits: dict[str, int] = Field(
+    group_limits: dict[str, NonNegativeInt] = Field(
         default_factory=dict, description="Messages per day from the IP per domain group."
     )
 
@@ -157,7 +158,7 @@ class Throttle(Spec):
 
 # When deferred mail is tried again, and when it expires.
 class RetrySettings(Spec):
-    schedule_seconds: list[int] = Field(
+    schedule_seconds: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [60, 600, 3600, 21600],
         min_length=1,
         max_length=MAX_RETRY_STEPS,

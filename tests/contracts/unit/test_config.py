@@ -88,3 +88,13 @@ def test_policy_types_read_both_spellings() -> None:
     a = policy.Throttle.model_validate({"maxConnections": 3})
     b = policy.Throttle.model_validate({"max_connections": 3})
     assert a == b and a.model_dump(by_alias=True)["maxConnections"] == 3
+
+
+def test_zero_retry_waits_and_negative_group_caps_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"retry\.schedule_seconds"):
+        parse_config(yaml.safe_dump(_doc(retry={"schedule_seconds": [60, 0]})))
+    schedule = [{"day": 1, "daily_limit": 5, "group_limits": {"big": -1}}]
+    with pytest.raises(ConfigError, match="group_limits"):
+        parse_config(
+            yaml.safe_dump(_doc(domain_groups={"big": ["*"]}, warmup={"schedule": schedule}))
+        )
