@@ -33,6 +33,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from .wire import MAX_RECIPIENTS
+
 HOSTNAME = (
     r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
@@ -44,8 +46,8 @@ MAX_HOSTNAME = 253  # RFC 1035 2.3.4: a domain name in text form
 MAX_WARMUP_DAY = 365  # a schedule longer than a year is a typo, not a plan
 MAX_WARMUP_STEPS = 60  # daily steps for two months; also bounds the CRD's CEL cost
 MAX_CONNECTIONS = 1000  # per destination, pool-wide: far beyond what any MX tolerates
-MAX_RECIPIENTS_PER_TRANSACTION = 1000  # = the most recipients one delivery record holds
-MAX_RETRY_STEPS = 20
+MAX_RECIPIENTS_PER_TRANSACTION = MAX_RECIPIENTS  # a transaction carries at most one record's
+MAX_RETRY_STEPS = 20  # a schedule, not a list of every attempt: its last step repeats
 MIN_MAX_AGE_SECONDS = 60  # expiring sooner than the first retry could run is a mistake
 
 
