@@ -63,6 +63,23 @@ INVALID = [
     ),
     ("SendingPool", _with(GOOD_POOL, "warmup", {"timeZone": "not a zone"}), "spec.warmup.timeZone"),
     (
+        "SendingPool",
+        _with(GOOD_POOL, "kafka", {"bootstrapServers": "k:9092", "delaySteps": ["5 minutes"]}),
+        "spec.kafka.delaySteps[0]",
+    ),
+    (
+        "SendingPool",
+        _with(
+            GOOD_POOL,
+            "egressIPs",
+            [
+                {"address": "127.0.0.2", "helo": "a.test"},
+                {"address": "127.0.0.2", "helo": "b.test"},
+            ],
+        ),
+        "Duplicate value",
+    ),
+    (
         "Campaign",
         _with(
             GOOD_CAMPAIGN, "variants", [{"name": "a", "weight": 50}, {"name": "b", "weight": 40}]
