@@ -33,11 +33,11 @@ from typing import Any
 import yaml
 from kafka import KafkaProducer
 
+from mailpipe.contracts.config import RelayConfig
 from mailpipe.devstack.certs import write_rsa_key
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.stack import Stack
 from mailpipe.kafkakit import ensure_pool_topics, read_topic
-from mailpipe.relay.config import RelayConfig
 
 from .common import PeakRSS, write_result
 

@@ -11,7 +11,7 @@ from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from mailpipe import kafkakit
-from mailpipe.relay.config import KafkaSettings
+from mailpipe.contracts.config import KafkaSettings
 
 pytestmark = pytest.mark.relay  # needs Kafka only, like the relay's integration tests
 

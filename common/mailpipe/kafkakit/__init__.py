@@ -8,12 +8,11 @@ following it. Depends on no plane: the relay and the operator both import
 this, never each other.
 """
 
-from ._admin import PoolTopics, ensure_pool_topics, ensure_topics
+from ._admin import ensure_pool_topics, ensure_topics
 from ._read import Record, TopicRecord, end_offsets, partition_count, read_records, read_topic
 from .follower import TopicFollower
 
 __all__ = [
-    "PoolTopics",
     "Record",
     "TopicFollower",
     "TopicRecord",

@@ -10,40 +10,17 @@ TopicAlreadyExistsError that is ignored.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
-from typing import Protocol
+from collections.abc import Iterable
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-CREATE_TIMEOUT_SECONDS = (
-    30.0  # topic creation is a controller round trip; this is for a sick broker
-)
-COMPACTED = {
-    "cleanup.policy": "compact"
-}  # latest value per key wins: suppressions, campaign states
+from mailpipe.contracts.config import KafkaSettings
 
-
-class PoolTopics(Protocol):
-    """The topic names of one sending pool (the relay's `KafkaSettings` has them).
-
-    A protocol rather than the settings type itself, so this package depends
-    on no plane's configuration."""
-
-    @property
-    def bootstrap_servers(self) -> str: ...
-    @property
-    def outbound_topic(self) -> str: ...
-    @property
-    def events_topic(self) -> str: ...
-    @property
-    def dlq_topic(self) -> str: ...
-    @property
-    def suppressions_topic(self) -> str: ...
-    @property
-    def control_topic(self) -> str: ...
-    @property
-    def delay_topics(self) -> Mapping[str, str]: ...
+# creating a topic is one controller round trip; this bound is for a sick broker
+CREATE_TIMEOUT_SECONDS = 30.0
+# the latest value per key is the state: suppressions, campaign control
+COMPACTED = {"cleanup.policy": "compact"}
 
 
 def ensure_topics(
@@ -79,24 +56,21 @@ def ensure_topics(
 
 
 def ensure_pool_topics(
-    settings: PoolTopics,
+    settings: KafkaSettings,
     partitions: int = 4,
     replication: int = 1,
     timeout_s: float = CREATE_TIMEOUT_SECONDS,
 ) -> list[str]:
-    """Create a pool's missing topics: outbound, delay, events and DLQ, plus the
-    compacted suppression and campaign-control topics. For dev and tests; in a
-    cluster the operator creates them from the SendingPool."""
+    """Create the missing topics of the pool `settings` names: outbound, delay,
+    events and DLQ, plus the compacted suppression and campaign-control
+    topics. For dev and tests; in a cluster the operator creates them from the
+    SendingPool."""
+    topics = settings.topics
     return ensure_topics(
         settings.bootstrap_servers,
-        [
-            settings.outbound_topic,
-            settings.events_topic,
-            settings.dlq_topic,
-            *settings.delay_topics.values(),
-        ],
+        topics.all(),
         partitions,
         replication,
-        compacted=[settings.suppressions_topic, settings.control_topic],
+        compacted=[topics.suppressions, topics.control],
         timeout_s=timeout_s,
     )

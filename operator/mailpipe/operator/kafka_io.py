@@ -20,13 +20,19 @@ from collections.abc import Callable
 
 from kafka import KafkaProducer
 
+from mailpipe.contracts.wire import (
+    Event,
+    WireError,
+    decode_event,
+    decode_suppression,
+    suppression_key,
+)
 from mailpipe.kafkakit import TopicFollower, read_topic
 
 # The admin helpers are kafkakit's (one copy for every caller); re-exported
 # because the handlers reach them as `kafka_io.ensure_topics` and `kafka_io.end_offsets`.
 from mailpipe.kafkakit import end_offsets as end_offsets
 from mailpipe.kafkakit import ensure_topics as ensure_topics
-from mailpipe.relay.wire import Event, WireError, decode_event, decode_suppression, suppression_key
 
 log = logging.getLogger("mailpipe.operator.kafka")
 

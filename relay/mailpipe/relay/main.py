@@ -24,16 +24,16 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
+from mailpipe.contracts.config import ConfigError, RelayConfig, load_config
+from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.kafkakit import ensure_pool_topics, partition_count
 
 from .clock import SystemClock
-from .config import ConfigError, RelayConfig, load_config
 from .delivery import SMTPTransport
 from .engine import Engine, task_stacks
 from .kafka import KafkaSink, KafkaSource, relay_followers
 from .metrics import RelayMetrics
 from .suppressions import CampaignStates, SuppressionList
-from .warmup import WarmupLedger
 
 log = logging.getLogger("mailpipe.relay")
 

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
+from mailpipe.contracts.config import RelayConfig
 from mailpipe.kafkakit import ensure_pool_topics, read_topic
-from mailpipe.relay.config import RelayConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 MAILPIPE = str(Path(sys.executable).parent / "mailpipe")

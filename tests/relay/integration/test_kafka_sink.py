@@ -9,8 +9,8 @@ import asyncio
 import pytest
 from kafka import KafkaProducer
 
+from mailpipe.contracts.config import KafkaSettings
 from mailpipe.kafkakit import ensure_pool_topics, read_records
-from mailpipe.relay.config import KafkaSettings
 from mailpipe.relay.kafka import KafkaSink
 
 pytestmark = pytest.mark.relay

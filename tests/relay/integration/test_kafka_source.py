@@ -14,8 +14,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTP
 
+from mailpipe.contracts.config import KafkaSettings
 from mailpipe.kafkakit import ensure_pool_topics
-from mailpipe.relay.config import KafkaSettings
 from mailpipe.relay.kafka import KafkaSource
 from mailpipe.relay.ports import Revoked, SourceRecord, TopicPartition
 

@@ -11,10 +11,8 @@ from typing import Any, cast
 
 import pytest
 
-from mailpipe.relay.kafka import follower
-from mailpipe.relay.suppressions import CampaignStates, SuppressionList
-from mailpipe.relay.warmup import WarmupLedger
-from mailpipe.relay.wire import (
+from mailpipe.contracts.warmup import WarmupLedger
+from mailpipe.contracts.wire import (
     CampaignControl,
     CampaignState,
     Disposition,
@@ -23,6 +21,8 @@ from mailpipe.relay.wire import (
     SuppressionReason,
     encode,
 )
+from mailpipe.relay.kafka import follower
+from mailpipe.relay.suppressions import CampaignStates, SuppressionList
 
 
 class Ledger:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from mailpipe.relay.config import KafkaSettings
+from mailpipe.contracts.config import KafkaSettings
 from mailpipe.relay.kafka import KafkaSource
 from mailpipe.relay.kafka.commands import Commit, Pause, Resume
 from mailpipe.relay.kafka.handoff import HandOff

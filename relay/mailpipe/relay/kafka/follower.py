@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import logging
 
+from mailpipe.contracts.config import KafkaSettings
+from mailpipe.contracts.warmup import WarmupLedger
+from mailpipe.contracts.wire import WireError, decode_control, decode_event, decode_suppression
 from mailpipe.kafkakit import TopicFollower
 from mailpipe.kafkakit.follower import Apply
 
-from ..config import KafkaSettings
 from ..suppressions import CampaignStates, SuppressionList
-from ..warmup import WarmupLedger
-from ..wire import WireError, decode_control, decode_event, decode_suppression
 
 log = logging.getLogger("mailpipe.relay")
 

@@ -18,7 +18,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 
-from ..config import KafkaSettings
+from mailpipe.contracts.config import KafkaSettings
 
 LINGER_MS = 5  # small batches: acks stay fast, throughput stays high
 SEND_RETRIES = 5

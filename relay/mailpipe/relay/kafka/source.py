@@ -32,7 +32,8 @@ from kafka import TopicPartition as KafkaTP
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
-from ..config import KafkaSettings
+from mailpipe.contracts.config import KafkaSettings
+
 from ..ports import Revoked, SourceRecord, TopicPartition
 from .commands import Command, Commit, Pause, Resume
 from .handoff import HandOff
