@@ -1,0 +1,20 @@
+"""One record on its way through the engine: what was read, what it decoded to.
+
+Shared by the modules a record passes through (intake, ready queues, delay
+waiting, dispatch), so none of them imports another just for the type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ports import SourceRecord
+from .wire import DeliveryRecord
+
+
+@dataclass
+class Work:
+    src: SourceRecord
+    record: DeliveryRecord
+    gen: int  # the offset tracker's ownership generation of src's partition (see offsets)
+    message: bytes | None = None  # built once, at the first attempt that has an egress IP
