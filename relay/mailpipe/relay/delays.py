@@ -1,4 +1,4 @@
-"""Delay topics: postponing a record, and holding it in memory until it is due.
+"""Delay topics: postponing a record, and letting it wait in memory until it is due.
 
 "Postpone" is the one word for "produce this record to a delay topic with a
 later `not_before`" (ARCHITECTURE.md, glossary), whatever the cause; the cause

@@ -34,6 +34,8 @@ class _ScrapedGauge(Collector):
         yield family
 
 
+# From "barely waited" to "a whole minute": the range of 1 to 6000 messages per minute.
+THROTTLE_WAIT_BUCKETS_SECONDS = (0.01, 0.1, 0.5, 1, 5, 15, 60)
 NO_CAP = -1  # mailpipe_warmup_budget_remaining of an IP that is warm (no daily cap)
 
 # Every metric family a scrape shows (counters add `_total`, histograms
@@ -76,7 +78,7 @@ class RelayMetrics:
             "mailpipe_throttle_wait_seconds",
             "Time a message waited for its domain's rate limit",
             ["domain"],
-            buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60),
+            buckets=THROTTLE_WAIT_BUCKETS_SECONDS,
             registry=r,
         )
         self.warmup_remaining = _ScrapedGauge(

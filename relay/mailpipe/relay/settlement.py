@@ -36,6 +36,9 @@ from .wire import (
 MAX_REPLY_CHARS = 2000  # Event.reply's bound: a receiver's essay must not bloat the topic
 MAX_SUPPRESSION_DETAIL_CHARS = 500
 CAMPAIGN_CANCELLED = "campaign_cancelled"
+# A recipient the transport returned no reply for (it never should): deferred, so
+# it is tried again rather than assumed delivered or lost.
+NO_REPLY = reply(451, "4.3.0 no reply for recipient")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,7 @@ def settle(
     expires = record.created_at + retry.max_age_seconds
     for tx in transactions:
         for rcpt in tx.recipients:
-            r = tx.result.replies.get(rcpt.address) or reply(451, "4.3.0 no reply for recipient")
+            r = tx.result.replies.get(rcpt.address) or NO_REPLY
             verdict = classify(r)
             if verdict.backoff:
                 backoffs.append(verdict.reason)
