@@ -83,7 +83,7 @@ class Dispatcher:
 
     async def attempt(self, work: Work) -> None:
         record = work.record
-        domain = record.domain
+        domain = work.domain
         now = self.clock.time()
         state = self.campaigns.state(record.campaign)
         if state == CampaignState.PAUSED:
@@ -130,8 +130,8 @@ class Dispatcher:
         self.scheduler.count_sent(egress, domain, len(live), now)
 
         transactions = []
-        per_connection = self.scheduler.messages_per_connection(domain)
-        for part in chunks(live, self.scheduler.recipients_per_transaction(domain)):
+        throttle = self.scheduler.throttle(domain)
+        for part in chunks(live, throttle.recipients_per_transaction):
             envelope = Envelope(
                 domain,
                 record.sender,
@@ -139,7 +139,7 @@ class Dispatcher:
                 work.message,
                 egress.address,
                 egress.helo,
-                per_connection,
+                throttle.messages_per_connection,
             )
             transactions.append(Transaction(part, await self.transport.deliver(envelope)))
 

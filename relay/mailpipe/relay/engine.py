@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from .config import RelayConfig
@@ -102,8 +102,8 @@ class Engine:
         self.scheduler.reconfigure(config)
         self.dispatch.reconfigure(config)
 
-    async def _attempt(self, work: Work) -> None:
-        await self.dispatch.attempt(work)
+    def _attempt(self, work: Work) -> Awaitable[None]:
+        return self.dispatch.attempt(work)  # not `async`: one coroutine frame per attempt, not two
 
     def _warmup_budgets(self) -> dict[str, int]:
         budgets = self.ledger.budgets(self.clock.time())

@@ -27,9 +27,9 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from .config import RelayConfig
+from .config import RelayConfig, Throttle
 from .metrics import RelayMetrics
 from .ports import Clock, TopicPartition
 from .settlement import Settlement
@@ -47,16 +47,14 @@ class DomainQueue:
     lanes: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Egress:
+class Egress(NamedTuple):
     """The IP a transaction leaves from, and the name it greets with."""
 
     address: str
     helo: str
 
 
-@dataclass(frozen=True, slots=True)
-class NoEgress:
+class NoEgress(NamedTuple):
     """No IP may send now; `due` is when one may (a back-off ends, or the next warm-up day)."""
 
     due: float
@@ -92,7 +90,7 @@ class Scheduler:
     def enqueue(self, work: Work) -> bool:
         """Queue a record for its domain's lanes; False when the queue is full
         (the caller postpones it rather than hold up its partition: invariant 2)."""
-        domain = work.record.domain
+        domain = work.domain
         q = self._queues.get(domain)
         if q is None:
             q = self._queues[domain] = DomainQueue()
@@ -234,11 +232,10 @@ class Scheduler:
         for ev in settlement.events:
             self.ledger.outcome(egress.address, ev.disposition)
 
-    def messages_per_connection(self, domain: str) -> int:
-        return self.config.throttle_for(domain).messages_per_connection
-
-    def recipients_per_transaction(self, domain: str) -> int:
-        return self.config.throttle_for(domain).recipients_per_transaction
+    def throttle(self, domain: str) -> Throttle:
+        """The destination's shaping: `recipients_per_transaction` shapes the
+        transactions, `messages_per_connection` travels to the connection pool."""
+        return self.config.throttle_for(domain)
 
     # -- state -------------------------------------------------------------------
 

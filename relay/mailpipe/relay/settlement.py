@@ -18,7 +18,7 @@ drives this table without a broker, a transport or time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .classify import ReplyReason, classify, reply
 from .config import RetrySettings
@@ -41,16 +41,14 @@ CAMPAIGN_CANCELLED = "campaign_cancelled"
 NO_REPLY = reply(451, "4.3.0 no reply for recipient")
 
 
-@dataclass(frozen=True, slots=True)
-class Transaction:
+class Transaction(NamedTuple):
     """Recipients of one SMTP transaction and what the transport answered."""
 
     recipients: Sequence[Recipient]
     result: TransactionResult
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(NamedTuple):
     events: tuple[Event, ...] = ()
     suppressions: tuple[Suppression, ...] = ()
     retry: DeliveryRecord | None = None  # deferred recipients; `not_before` is the due time
@@ -170,4 +168,6 @@ def settle(
 def chunks(recipients: Sequence[Recipient], size: int) -> list[Sequence[Recipient]]:
     """Recipients in transactions of at most `size` (the destination's
     `recipients_per_transaction`), in order."""
+    if len(recipients) <= size:
+        return [recipients]  # the common case, without a copy
     return [recipients[i : i + size] for i in range(0, len(recipients), size)]

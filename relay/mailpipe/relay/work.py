@@ -6,7 +6,7 @@ waiting, dispatch), so none of them imports another just for the type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .ports import SourceRecord
 from .wire import DeliveryRecord
@@ -18,3 +18,7 @@ class Work:
     record: DeliveryRecord
     gen: int  # the offset tracker's ownership generation of src's partition (see offsets)
     message: bytes | None = None  # built once, at the first attempt that has an egress IP
+    domain: str = field(init=False)  # the record's, computed once: every step asks for it
+
+    def __post_init__(self) -> None:
+        self.domain = self.record.domain
