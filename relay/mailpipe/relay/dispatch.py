@@ -24,10 +24,10 @@ from .message import MessageError, Signer, build_message
 from .metrics import RelayMetrics
 from .offsets import OffsetTracker
 from .ports import Clock, Envelope, SourceRecord, Transport
-from .scheduling import NoEgress, Scheduler
+from .scheduling import Egress, NoEgress, Scheduler
 from .settlement import Transaction, cancelled, chunks, event, settle
 from .suppressions import CampaignStates, SuppressionList
-from .wire import CampaignState, Disposition
+from .wire import CampaignState, Disposition, Recipient
 from .work import Work
 
 
@@ -128,7 +128,14 @@ class Dispatcher:
                 await self.to_dlq(work.src, work.gen, str(exc))
                 return
         self.scheduler.count_sent(egress, domain, len(live), now)
+        await self._deliver(work, live, egress, sends)
 
+    async def _deliver(
+        self, work: Work, live: list[Recipient], egress: Egress, sends: list[Awaitable[None]]
+    ) -> None:
+        """The transactions of the live recipients, then their settlement."""
+        record, domain = work.record, work.domain
+        assert work.message is not None
         transactions = []
         throttle = self.scheduler.throttle(domain)
         for part in chunks(live, throttle.recipients_per_transaction):
