@@ -33,6 +33,7 @@ from .delivery import SMTPTransport
 from .engine import Engine, task_stacks
 from .kafka_adapter import KafkaSink, KafkaSource, TopicFollower, ensure_topics, partition_count
 from .metrics import RelayMetrics
+from .ports import Revoked
 from .suppressions import CampaignStates, SuppressionList
 
 log = logging.getLogger("mailpipe.relay")
@@ -191,7 +192,8 @@ async def serve(
         config.kafka,
         topics,
         committable=lambda: engine.tracker.committable(),
-        on_revoked=lambda tps: engine.on_revoked(tps),
+        # Until the adapter hands `Revoked` in-band through poll() (kafka branch):
+        on_revoked=lambda tps: engine._take([Revoked(tuple(tps))]),
         on_lag=on_lag,
         on_assigned=on_assigned,
         buffer_records=config.kafka.max_in_flight_records,
