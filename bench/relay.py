@@ -37,7 +37,7 @@ from mailpipe.contracts.config import RelayConfig
 from mailpipe.devstack.certs import write_rsa_key
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.stack import Stack
-from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
+from mailpipe.kafkakit import ensure_pool_topics, read_topic
 
 from .common import PeakRSS, write_result
 
@@ -228,7 +228,7 @@ def relay_rate(
     config = RelayConfig.model_validate(data)
     path = workdir / "relay.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    ensure_topics(config.kafka, partitions=4)
+    ensure_pool_topics(config.kafka, partitions=4)
     producer = KafkaProducer(bootstrap_servers=state.kafka_bootstrap, acks="all", linger_ms=20)
     body = _body()
     for i in range(n):

@@ -18,7 +18,7 @@ import yaml
 from kafka import KafkaProducer
 
 from mailpipe.contracts.config import RelayConfig
-from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
+from mailpipe.kafkakit import ensure_pool_topics, read_topic
 
 ROOT = Path(__file__).resolve().parents[3]
 MAILPIPE = str(Path(sys.executable).parent / "mailpipe")
@@ -55,7 +55,7 @@ class Pool:
         self.config = RelayConfig.model_validate(data)
         self.path = tmp / f"{prefix}.yaml"
         self.path.write_text(yaml.safe_dump(self.config.model_dump(mode="json")))
-        ensure_topics(self.config.kafka, partitions=4)
+        ensure_pool_topics(self.config.kafka, partitions=4)
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
 
     def send(self, *recipients: str, **extra: Any) -> str:
