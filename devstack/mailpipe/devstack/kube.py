@@ -98,6 +98,21 @@ def write_kubeconfig(path: Path, server: str, pki: certs.PKI) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def write_token_kubeconfig(path: Path, admin: Path, user: str, token: str) -> None:
+    """A kubeconfig for the admin kubeconfig's cluster that authenticates with `token`
+    (a ServiceAccount's, from `kubectl create token`): what an in-cluster pod would be."""
+    cluster = yaml.safe_load(admin.read_text())["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": user,
+        "clusters": [{"name": "devstack", "cluster": cluster}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": "devstack", "user": user}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
 def is_ready(server: str, pki: certs.PKI) -> bool:
     ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
     ctx.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
