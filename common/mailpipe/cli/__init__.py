@@ -33,7 +33,7 @@ def devstack_installed() -> bool:
     """Whether the dev stack is importable here, asked without importing it."""
     try:
         return importlib.util.find_spec(DEVSTACK_PACKAGE) is not None
-    except ModuleNotFoundError:  # `mailpipe` itself not a package: nothing installed
+    except ModuleNotFoundError:  # a parent package is missing: not installed either
         return False
 
 

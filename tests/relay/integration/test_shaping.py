@@ -283,7 +283,7 @@ def test_churning_group_loses_nothing(
             lambda: set(rx.recipients()) >= set(expected), 90, "every recipient delivered", steady
         )
     except AssertionError:
-        steady.proc.send_signal(signal.SIGUSR1)  # the relay logs its state
+        steady.send_signal(signal.SIGUSR1)  # the relay logs its state
         time.sleep(1)
         _explain_missing(pool, set(expected) - set(rx.recipients()))
         print("\n".join(line for line in steady.log.read_text().splitlines() if "state:" in line))
