@@ -14,8 +14,7 @@ from mailpipe.devstack import harness
 from mailpipe.devstack.harness import Child, Children, kubectl
 from mailpipe.devstack.harness import get_object as get
 from mailpipe.devstack.procs import free_port
-
-from ..conftest import wait_for
+from tests.conftest import wait_for
 
 __all__ = ["OperatorProcess", "get", "kubectl", "pool_manifest", "wait_for"]
 

@@ -14,8 +14,7 @@ from mailpipe.devstack import samples
 from mailpipe.devstack.harness import Child, Children
 from mailpipe.relay.config import EgressIP, RetrySettings
 from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
-
-from ..conftest import wait_for
+from tests.conftest import wait_for
 
 __all__ = ["Pool", "RelayProcess", "wait_for"]
 
@@ -46,9 +45,15 @@ class Pool:
         ensure_topics(self.config.kafka, partitions=PARTITIONS)
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
 
-    def send(self, *recipients: str, partition: int | None = None, **fields: Any) -> str:
+    def send(
+        self,
+        *recipients: str,
+        partition: int | None = None,
+        campaign: str | None = CAMPAIGN,
+        **fields: Any,
+    ) -> str:
         """One record to `recipients`; `fields` as `samples.delivery_record` takes them."""
-        record = samples.delivery_record(*recipients, campaign=CAMPAIGN, **fields)
+        record = samples.delivery_record(*recipients, campaign=campaign, **fields)
         samples.send_record(self.producer, self.config.kafka.outbound_topic, record, partition)
         return record.id
 

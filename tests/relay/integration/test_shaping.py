@@ -36,19 +36,8 @@ def _members(pool: Pool) -> int:
 
 
 def _send_to_partition(pool: Pool, partition: int, recipient: str) -> None:
-    value = {
-        "v": 1,
-        "id": recipient,
-        "sender": "news@sender.test",
-        "recipients": [{"address": recipient}],
-        "content": {"subject": "hi", "text": "body"},
-        "created_at": time.time(),
-    }
-    pool.producer.send(
-        pool.config.kafka.outbound_topic,
-        key=recipient.rpartition("@")[2].encode(),
-        value=json.dumps(value).encode(),
-        partition=partition,
+    pool.send(
+        recipient, id=recipient, partition=partition, campaign=None, subject="hi", text="body"
     )
 
 
