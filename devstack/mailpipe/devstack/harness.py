@@ -6,7 +6,7 @@ the wait depends on has died — and call kubectl and helm against the stack.
 Children are started through `procs` (their own process group each), so
 stopping one signals exactly what it started and nothing else on the machine.
 Before this module, the demo, both integration conftests and both benchmarks
-each carried their own copy of these (ARCHITECTURE.md, the dev stack).
+each carried their own copy of these (ARCHITECTURE.md, components).
 """
 
 from __future__ import annotations

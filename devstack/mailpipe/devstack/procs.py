@@ -3,7 +3,7 @@
 Each process runs in its own process group (`start_new_session`), so stopping
 it signals exactly what was started — its children included — and nothing
 else. `harness` builds the demo's, tests' and benchmarks' children on this;
-`stack` the components' (ARCHITECTURE.md, the dev stack).
+`stack` the components' (ARCHITECTURE.md, components).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Tests and benchmarks used to write these as raw dicts, which drift silently
 from the contract (a renamed field becomes an unknown key only the relay
-notices). Building them from the contract models (ARCHITECTURE.md, contracts)
-fails at the call site instead, and the relay reads exactly what `encode` and
-`dump_config` write in production.
+notices). Building them from the contract models (ARCHITECTURE.md,
+components: `mailpipe.contracts`) fails at the call site instead, and the
+relay reads exactly what `encode` and `dump_config` write in production.
 """
 
 from __future__ import annotations
