@@ -81,13 +81,14 @@ def pool_topics(
 
 
 def relay_config(
-    pool: str, kafka: KafkaSettings, egress: Sequence[EgressIP], **overrides: Any
+    pool: str, kafka: KafkaSettings, egress: Sequence[EgressIP], /, **overrides: Any
 ) -> RelayConfig:
     """A relay config for loopback tests: no TLS, no metrics server, then `overrides`.
 
     An override that is a mapping is merged into the field it names (so
     `kafka={"max_in_flight_records": 150}` keeps the topics); anything else
-    replaces the field. The result is validated like a config file."""
+    replaces the field. The result is validated like a config file. The
+    parameters are positional-only so `kafka=` and `egress=` can be overrides."""
     base = RelayConfig(
         pool=pool,
         kafka=kafka,
