@@ -210,6 +210,7 @@ def postfix_rate(n: int, sink_port: int, workdir: Path) -> float:
 
 SYSTEM_MAIN_CF = Path("/etc/postfix/main.cf")
 ALTERNATE_DIRS = "alternate_config_directories"
+MINIMAL_MAIN_CF = "compatibility_level = 3.6\n"  # what postfix needs to read the list at all
 
 
 @contextmanager
@@ -217,19 +218,24 @@ def _config_dir_allowed(conf: Path) -> Iterator[None]:
     """postfix -c needs the default main.cf to list the directory (postfix's rule).
 
     Added to whatever is listed there already and removed afterwards, so a
-    concurrent benchmark's private postfix keeps its own entry."""
+    concurrent benchmark's private postfix keeps its own entry; a main.cf that
+    only exists for this is removed again."""
+    existed = SYSTEM_MAIN_CF.exists()
 
     def edit(add: bool) -> None:
         text = SYSTEM_MAIN_CF.read_text() if SYSTEM_MAIN_CF.exists() else ""
-        text = text or "compatibility_level = 3.6\n"
-        lines = text.splitlines()
+        lines = (text or MINIMAL_MAIN_CF).splitlines()
         listed = [line for line in lines if line.startswith(ALTERNATE_DIRS)]
         others = [line for line in lines if not line.startswith(ALTERNATE_DIRS)]
         dirs = [d for line in listed for d in line.partition("=")[2].replace(",", " ").split()]
         dirs = [d for d in dirs if d != str(conf)] + ([str(conf)] if add else [])
         if dirs:
             others.append(f"{ALTERNATE_DIRS} = {' '.join(dirs)}")
-        SYSTEM_MAIN_CF.write_text("\n".join(others) + "\n")
+        text = "\n".join(others) + "\n"
+        if not existed and text == MINIMAL_MAIN_CF:
+            SYSTEM_MAIN_CF.unlink(missing_ok=True)
+        else:
+            SYSTEM_MAIN_CF.write_text(text)
 
     edit(add=True)
     try:
