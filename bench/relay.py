@@ -33,11 +33,11 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
+from mailpipe.contracts.config import DKIMSettings, EgressIP, KafkaSettings, Route, Throttle
 from mailpipe.devstack import harness, samples
 from mailpipe.devstack.certs import write_rsa_key
 from mailpipe.devstack.procs import free_port, listening
 from mailpipe.devstack.stack import Stack
-from mailpipe.relay.config import DKIMSettings, EgressIP, KafkaSettings, Route, Throttle
 from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
 
 from .common import PeakRSS, write_result

@@ -151,7 +151,7 @@ class Demo:
         return harness.condition_true(harness.get_object(self.env, "sp", POOL, NAMESPACE))
 
     def seed_suppressions(self) -> None:
-        from mailpipe.relay.wire import Suppression, SuppressionReason, encode
+        from mailpipe.contracts.wire import Suppression, SuppressionReason, encode
 
         producer = KafkaProducer(bootstrap_servers=self.state.kafka_bootstrap, acks="all")
         for addr in sorted(self.plan.suppressed):

@@ -12,13 +12,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
 from pydantic import BaseModel
 
-from mailpipe.relay.config import (
+from mailpipe.contracts.config import (
     EgressIP,
     KafkaSettings,
     RelayConfig,
@@ -26,7 +27,8 @@ from mailpipe.relay.config import (
     TLSSettings,
     dump_config,
 )
-from mailpipe.relay.wire import Content, DeliveryRecord, Recipient, encode
+from mailpipe.contracts.topics import Topics
+from mailpipe.contracts.wire import Content, DeliveryRecord, Recipient, encode
 
 SENDER = "news@sender.test"
 SUBJECT = "hello"
@@ -67,16 +69,12 @@ def send_record(
 def pool_topics(
     bootstrap: str, prefix: str, delay_steps: Sequence[str], **settings: Any
 ) -> KafkaSettings:
-    """Kafka settings of a pool whose topics all start with `prefix`."""
-    return KafkaSettings(
-        bootstrap_servers=bootstrap,
-        group_id=f"{prefix}-relays",
-        outbound_topic=f"{prefix}.outbound",
-        events_topic=f"{prefix}.events",
-        dlq_topic=f"{prefix}.dlq",
-        suppressions_topic=f"{prefix}.suppressions",
-        delay_topics={step: f"{prefix}.delay.{step}" for step in delay_steps},
-        **settings,
+    """Kafka settings of a pool whose topics all start with `prefix`, named as the
+    operator names them (`Topics`), with a suppression topic of its own so
+    parallel tests never see each other's suppressions."""
+    topics = replace(Topics.for_prefix(prefix, delay_steps), suppressions=f"{prefix}.suppressions")
+    return KafkaSettings.for_topics(
+        topics, bootstrap_servers=bootstrap, group_id=f"{prefix}-relays", **settings
     )
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
+from mailpipe.contracts.config import EgressIP, RetrySettings
 from mailpipe.devstack import samples
 from mailpipe.devstack.harness import Child, Children
-from mailpipe.relay.config import EgressIP, RetrySettings
 from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
 from tests.conftest import wait_for
 

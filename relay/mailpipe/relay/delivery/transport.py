@@ -28,8 +28,9 @@ import weakref
 
 import aiosmtplib
 
+from mailpipe.contracts.config import RelayConfig, TLSMode
+
 from ..classify import reply
-from ..config import RelayConfig, TLSMode
 from ..ports import Envelope, SMTPReply, TransactionResult
 from .mx import MXResolver, NoSuchDomain, NullMX, Route, TemporaryDNSError
 from .session import ConnectionLost, Session
