@@ -6,6 +6,8 @@ once, at this boundary), so the engine's classifier decides all dispositions:
 
     null MX              -> 556 5.1.10      domain without MX or address -> 550 5.1.2
     DNS timeout/failure  -> 451 4.4.3       every MX refused or timed out  -> 421 4.4.1
+    invalid domain name  -> 553 5.1.3       address literal u@[192.0.2.1]  -> 550 5.1.2
+    MX names an IP address, not a host      -> 550 5.4.4 (no suppression: their DNS is broken)
     TLS required, absent -> 451 4.7.5 (no backoff: our policy, not theirs)
     connection lost mid-transaction        -> 451 4.4.2
 
@@ -31,7 +33,16 @@ import aiosmtplib
 from ..classify import reply
 from ..config import RelayConfig, TLSMode
 from ..ports import Envelope, SMTPReply, TransactionResult
-from .mx import MXResolver, NoSuchDomain, NullMX, Route, TemporaryDNSError
+from .mx import (
+    AddressLiteral,
+    InvalidDomain,
+    MXResolver,
+    NoSuchDomain,
+    NullMX,
+    Route,
+    TemporaryDNSError,
+    UnroutableDomain,
+)
 from .session import ConnectionLost, Session
 
 log = logging.getLogger("mailpipe.relay.delivery")
@@ -77,12 +88,25 @@ class SMTPTransport:
         rcpts = envelope.recipients
         try:
             routes = await self.mx.routes(envelope.domain)
+        except AddressLiteral as exc:
+            return TransactionResult(
+                _all(rcpts, reply(550, f"5.1.2 {exc}: address literals are not delivered to"))
+            )
+        except InvalidDomain as exc:
+            return TransactionResult(_all(rcpts, reply(553, f"5.1.3 invalid domain: {exc}")))
         except NullMX as exc:
             return TransactionResult(_all(rcpts, reply(556, f"5.1.10 {exc}")))
         except NoSuchDomain as exc:
             return TransactionResult(_all(rcpts, reply(550, f"5.1.2 {exc}")))
+        except UnroutableDomain as exc:
+            return TransactionResult(_all(rcpts, reply(550, f"5.4.4 {exc}")))
         except TemporaryDNSError as exc:
             return TransactionResult(_all(rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc}")))
+        except Exception as exc:  # a resolver bug must defer the record, never kill the lane
+            log.exception("MX lookup for %r failed unexpectedly", envelope.domain)
+            return TransactionResult(
+                _all(rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc.__class__.__name__}"))
+            )
 
         last = reply(421, "4.4.1 no MX host accepted a connection")
         for route in routes:
