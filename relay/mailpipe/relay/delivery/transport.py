@@ -9,6 +9,8 @@ once, at this boundary), so the engine's classifier decides all dispositions:
     invalid domain name  -> 553 5.1.3       address literal u@[192.0.2.1]  -> 550 5.1.2
     MX names an IP address, not a host      -> 550 5.4.4 (no suppression: their DNS is broken)
     TLS required, absent -> 451 4.7.5 (no backoff: our policy, not theirs)
+    TLS required, STARTTLS failed (refused, handshake, certificate) -> 451 4.7.5
+    opportunistic TLS, STARTTLS failed -> the same host again in clear (RFC 3207 4.1)
     connection lost mid-transaction        -> 451 4.4.2
 
 aiosmtplib opens each connection: source address bound to the egress IP,
@@ -49,10 +51,18 @@ log = logging.getLogger("mailpipe.relay.delivery")
 
 WATCHDOG_SECONDS = 1.0  # command timeouts are enforced to within this
 IDLE_SECONDS = 30.0  # drop pooled connections older than this; many MXes cut idle ones at ~60 s
+# After an opportunistic STARTTLS failed, connect to that host in clear for this
+# long instead of paying a failed handshake (and a second connection) every time.
+TLS_FALLBACK_SECONDS = 3600.0
+MAX_TLS_BROKEN_HOSTS = 10_000  # hosts remembered; past it the expired ones are dropped
 
 
 class _NoTLS(Exception):
-    pass
+    """TLS is required by policy and the server does not offer STARTTLS."""
+
+
+class _TLSFailed(Exception):
+    """STARTTLS was offered and could not be completed: refused, handshake, certificate."""
 
 
 def _all(recipients: tuple[str, ...], r: SMTPReply) -> dict[str, SMTPReply]:
@@ -72,6 +82,13 @@ class SMTPTransport:
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
         self.mx.reconfigure(config)
+        self._tls_broken: dict[tuple[str, int], float] = {}  # (host, port) -> clear until
+        # One client context, made once: loading the CA bundle per connection is costly.
+        context = ssl.create_default_context()
+        if not config.tls.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._tls_context = context
 
     async def _watch(self) -> None:
         """Enforce command timeouts on every open session (see Session.check_deadline)."""
@@ -118,6 +135,9 @@ class SMTPTransport:
                         451, f"4.7.5 STARTTLS required by policy, not offered by {route.name}"
                     )
                     break
+                except _TLSFailed as exc:  # TLS required: defer, nothing sent
+                    last = reply(451, f"4.7.5 TLS with {route.name} failed: {exc}")
+                    break
                 except aiosmtplib.SMTPResponseException as exc:  # e.g. 421 at greeting
                     last = reply(exc.code, exc.message)
                     break
@@ -150,7 +170,27 @@ class SMTPTransport:
         return await self._open(env, route), False
 
     async def _open(self, env: Envelope, route: Route) -> Session:
-        tls = self.config.tls
+        """A new session; an opportunistic STARTTLS that fails is retried in clear."""
+        mode = self.config.tls.mode
+        host = (route.host, route.port)
+        now = time.monotonic()
+        starttls = mode is not TLSMode.DISABLED
+        if mode is TLSMode.OPPORTUNISTIC and self._tls_broken.get(host, 0.0) > now:
+            starttls = False
+        try:
+            return await self._connect(env, route, starttls=starttls)
+        except _TLSFailed as exc:
+            if mode is TLSMode.REQUIRED:
+                raise
+            # Opportunistic TLS (RFC 3207 4.1, as Postfix's "may"): a failed
+            # handshake leaves the connection unusable, so a new one goes in clear.
+            log.warning("STARTTLS with %s failed, delivering in clear: %s", route.name, exc)
+            if len(self._tls_broken) >= MAX_TLS_BROKEN_HOSTS:
+                self._tls_broken = {h: t for h, t in self._tls_broken.items() if t > now}
+            self._tls_broken[host] = now + TLS_FALLBACK_SECONDS
+            return await self._connect(env, route, starttls=False)
+
+    async def _connect(self, env: Envelope, route: Route, *, starttls: bool) -> Session:
         smtp = aiosmtplib.SMTP(
             hostname=route.host,
             port=route.port,
@@ -158,22 +198,15 @@ class SMTPTransport:
             source_address=(env.egress_address, 0),
             timeout=self.config.command_timeout_seconds,
             start_tls=False,  # decided below, per policy
-            validate_certs=tls.verify,
+            validate_certs=self.config.tls.verify,
         )
         await smtp.connect(timeout=self.config.connect_timeout_seconds)
         self.connections_opened += 1
         try:
             await smtp.ehlo()
-            if tls.mode is not TLSMode.DISABLED and smtp.supports_extension("starttls"):
-                context = ssl.create_default_context()
-                if not tls.verify:
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                await smtp.starttls(tls_context=context)
-                # RFC 3207: forget what was offered in clear and ask again. (aiosmtplib
-                # would do it lazily before its next command; the session won't.)
-                await smtp.ehlo()
-            elif tls.mode is TLSMode.REQUIRED:
+            if starttls and smtp.supports_extension("starttls"):
+                await self._starttls(smtp, route)
+            elif self.config.tls.mode is TLSMode.REQUIRED:
                 raise _NoTLS()
             transport = smtp.transport
             if not isinstance(transport, asyncio.Transport) or transport.is_closing():
@@ -189,6 +222,22 @@ class SMTPTransport:
         )
         self._sessions.add(session)
         return session
+
+    async def _starttls(self, smtp: aiosmtplib.SMTP, route: Route) -> None:
+        """STARTTLS, the certificate checked (when `tls.verify`) against the MX host
+        NAME as MTA-STS (RFC 8461) and DANE expect, never the address connected to;
+        every way it can fail is `_TLSFailed`."""
+        try:
+            await smtp.starttls(server_hostname=route.name, tls_context=self._tls_context)
+            # RFC 3207: forget what was offered in clear and ask again. (aiosmtplib
+            # would do it lazily before its next command; the session won't.)
+            await smtp.ehlo()
+        except ssl.SSLCertVerificationError as exc:
+            raise _TLSFailed(f"certificate of {route.name} refused: {exc.verify_message}") from exc
+        except aiosmtplib.SMTPResponseException as exc:  # e.g. "454 TLS not available"
+            raise _TLSFailed(f"STARTTLS refused: {exc.code} {exc.message}") from exc
+        except (TimeoutError, OSError, aiosmtplib.SMTPException) as exc:
+            raise _TLSFailed(f"TLS handshake failed: {exc.__class__.__name__}: {exc}") from exc
 
     def _release(self, env: Envelope, route: Route, conn: Session) -> None:
         limit = self.config.throttle_for(env.domain).messages_per_connection

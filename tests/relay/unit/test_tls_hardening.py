@@ -1,0 +1,185 @@
+"""Issue 10 findings 6 (TLS) and 10: STARTTLS failures and certificate names.
+
+- an opportunistic STARTTLS whose handshake fails is retried in clear (it used
+  to become a 421 that backed the IP off and never delivered);
+- with TLS required the same failure defers, nothing sent, with the TLS reply
+  `451 4.7.5` rather than a 421 that reads as "this IP is blocked";
+- `tls.verify: true` checks the certificate against the MX host NAME (what
+  MTA-STS and DANE expect), not the address the relay connected to.
+
+Real handshakes against the aiosmtpd receiver on loopback; the test CA is
+trusted through SSL_CERT_FILE, which `ssl.create_default_context()` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from mailpipe.devstack.procs import free_port
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
+from mailpipe.relay.delivery import MXResolver, Route, SMTPTransport
+from mailpipe.relay.ports import Envelope, SMTPReply
+
+from .conftest import make_config
+
+pytestmark = pytest.mark.security
+
+HOST = "127.0.0.1"
+MX_NAME = "mx.alpha.test"
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca: Path
+    chain: Path  # leaf for MX_NAME only (no IP address in it)
+    key: Path
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(
+    subject: str, issuer: str, key: Any, signer: Any, *, ca: bool, san: list[str]
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in san]), critical=False
+        )
+    return builder.sign(signer, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """A CA and a serving certificate for mx.alpha.test (EC keys: quick to make)."""
+    directory = tmp_path_factory.mktemp("mxpki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("test-ca", "test-ca", ca_key, ca_key, ca=True, san=[])
+    leaf = _cert(MX_NAME, "test-ca", leaf_key, ca_key, ca=False, san=[MX_NAME])
+    pem = serialization.Encoding.PEM
+    out = Certs(directory / "ca.pem", directory / "chain.pem", directory / "key.pem")
+    out.ca.write_bytes(ca.public_bytes(pem))
+    out.chain.write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
+    out.key.write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return out
+
+
+def server_context(certs: Certs) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.chain, certs.key)
+    return context
+
+
+def broken_context(certs: Certs) -> ssl.SSLContext:
+    """Offers STARTTLS, then fails every handshake: only a NULL cipher, which no
+    client accepts (a real-world stand-in for an MX with an ancient TLS stack)."""
+    context = server_context(certs)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("NULL-SHA256:@SECLEVEL=0")
+    return context
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[SMTPReceiver]]:
+    started: list[SMTPReceiver] = []
+    yield started
+    for rx in started:
+        rx.stop()
+
+
+def start(started: list[SMTPReceiver], tls: ssl.SSLContext | None) -> SMTPReceiver:
+    rx = SMTPReceiver(HOST, free_port(HOST), tls_context=tls).start()
+    started.append(rx)
+    return rx
+
+
+class NamedMX(MXResolver):
+    """The route an MX lookup gives: connect to an address, known by a host name."""
+
+    def __init__(self, config: Any, port: int, name: str) -> None:
+        super().__init__(config)
+        self.route = Route(HOST, port, name)
+
+    async def routes(self, domain: str) -> list[Route]:
+        return [self.route]
+
+
+async def deliver(rx: SMTPReceiver, mode: str, *, verify: bool, name: str = MX_NAME) -> SMTPReply:
+    config = make_config(
+        tls={"mode": mode, "verify": verify}, egress=[{"address": HOST, "helo": "relay.test"}]
+    )
+    t = SMTPTransport(config, NamedMX(config, rx.port, name))
+    env = Envelope(
+        "alpha.test", "s@sender.test", ("a@alpha.test",), b"Subject: t\r\n\r\nx\r\n", HOST, "r"
+    )
+    try:
+        result = await asyncio.wait_for(t.deliver(env), 60)
+    finally:
+        await t.close()
+    return result.replies["a@alpha.test"]
+
+
+async def test_opportunistic_handshake_failure_falls_back_to_clear(
+    receivers: list[SMTPReceiver], certs: Certs
+) -> None:
+    rx = start(receivers, broken_context(certs))
+    r = await deliver(rx, "opportunistic", verify=False)
+    assert r.code == 250, r
+    assert [m.tls for m in rx.messages()] == [False]
+
+
+async def test_required_tls_handshake_failure_defers_unsent(
+    receivers: list[SMTPReceiver], certs: Certs
+) -> None:
+    rx = start(receivers, broken_context(certs))
+    r = await deliver(rx, "required", verify=False)
+    assert (r.code, r.enhanced) == (451, "4.7.5"), r
+    assert "TLS" in r.text
+    assert rx.messages() == []
+
+
+async def test_verify_checks_the_mx_host_name_not_its_address(
+    receivers: list[SMTPReceiver], certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
+    rx = start(receivers, server_context(certs))
+    r = await deliver(rx, "required", verify=True)
+    assert r.code == 250, r
+    assert [m.tls for m in rx.messages()] == [True]
+
+
+async def test_verify_refuses_a_certificate_for_another_name(
+    receivers: list[SMTPReceiver], certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
+    rx = start(receivers, server_context(certs))
+    r = await deliver(rx, "required", verify=True, name="mx.other.test")
+    assert (r.code, r.enhanced) == (451, "4.7.5"), r
+    assert "mx.other.test" in r.text and "certificate" in r.text.lower()
+    assert rx.messages() == []
