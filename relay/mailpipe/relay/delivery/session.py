@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections import deque
 
+from ..addresses import smtp_address
 from ..classify import reply
 from ..ports import SMTPReply
 from .replies import ReplyError, ReplyParser
@@ -181,7 +182,11 @@ class Session:
     ) -> dict[str, SMTPReply]:
         """Send `message` to `recipients`; every recipient's deciding reply."""
         self.sent += 1
-        needs_utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+        # Domains go as A-labels, so only a non-ASCII local part needs SMTPUTF8
+        # (RFC 6531 3.2): u@bücher.test is RCPT TO:<u@xn--bcher-kva.test>.
+        wire_sender = smtp_address(sender)
+        wire_rcpts = [smtp_address(r) for r in recipients]
+        needs_utf8 = not (wire_sender.isascii() and all(r.isascii() for r in wire_rcpts))
         refusal = self._refuse(message, needs_utf8)
         if refusal is not None:
             return dict.fromkeys(recipients, refusal)
@@ -190,8 +195,8 @@ class Session:
             params += " BODY=8BITMIME"
         if needs_utf8:
             params += " SMTPUTF8"
-        mail_cmd = f"MAIL FROM:<{sender}>{params}\r\n".encode()
-        rcpt_cmds = [f"RCPT TO:<{r}>\r\n".encode() for r in recipients]
+        mail_cmd = f"MAIL FROM:<{wire_sender}>{params}\r\n".encode()
+        rcpt_cmds = [f"RCPT TO:<{r}>\r\n".encode() for r in wire_rcpts]
 
         data_reply: SMTPReply | None
         if self.pipelining:
