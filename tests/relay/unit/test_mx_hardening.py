@@ -50,6 +50,7 @@ class _Answer:
 class FakeDNS:
     mx: dict[str, list[str]] = field(default_factory=dict)  # name -> ["10 mx.x.test."]
     a: dict[str, list[str]] = field(default_factory=dict)  # name -> ["192.0.2.1"]
+    aaaa: dict[str, list[str]] = field(default_factory=dict)  # name -> ["2001:db8::1"]
     queries: list[tuple[str, str]] = field(default_factory=list)
     in_flight: int = 0
     peak: int = 0
@@ -68,8 +69,8 @@ class FakeDNS:
             self.in_flight -= 1
         if dropped:  # never answered: the client gives up when its lifetime ends
             raise dns.resolver.LifetimeTimeout(timeout=5.0, errors=[])
-        table = self.mx if kind == "MX" else self.a if kind == "A" else {}
-        known = name in self.mx or name in self.a
+        table = {"MX": self.mx, "A": self.a, "AAAA": self.aaaa}.get(kind, {})
+        known = name in self.mx or name in self.a or name in self.aaaa
         if name not in table:
             if known:
                 raise dns.resolver.NoAnswer()
@@ -195,3 +196,39 @@ async def test_trailing_dot_and_idn_resolve_as_one_ascii_name(fake_dns: FakeDNS)
     for domain in ("bücher.test", "BÜCHER.test", "xn--bcher-kva.test."):
         routes = await resolver.routes(domain)
         assert [(r.host, r.name) for r in routes] == [("192.0.2.7", "mx.xn--bcher-kva.test")]
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.1", "private"),
+        ("169.254.169.254", "link-local"),  # the cloud metadata service
+        ("0.0.0.0", "unspecified"),
+        ("::1", "loopback"),
+        ("::", "unspecified"),
+        ("::ffff:10.0.0.1", "private"),
+        ("fe80::1", "link-local"),
+    ],
+)
+async def test_internal_destinations_refused_by_policy(
+    fake_dns: FakeDNS, address: str, kind: str
+) -> None:
+    fake_dns.mx["internal.test"] = ["10 mx.internal.test."]
+    (fake_dns.aaaa if ":" in address else fake_dns.a)["mx.internal.test"] = [address]
+    resolver = MXResolver(config(), allow_private=False)
+    with pytest.raises(mx_module.UnroutableDomain, match=f"a {kind} address"):
+        await resolver.routes("internal.test")
+
+
+async def test_public_destinations_allowed_and_private_kept_when_allowed(
+    fake_dns: FakeDNS,
+) -> None:
+    fake_dns.mx["mixed.test"] = ["10 a.mixed.test.", "20 b.mixed.test."]
+    fake_dns.a["a.mixed.test"] = ["127.0.0.1"]
+    fake_dns.a["b.mixed.test"] = ["8.8.8.8"]
+    strict = await MXResolver(config(), allow_private=False).routes("mixed.test")
+    assert [r.host for r in strict] == ["8.8.8.8"]
+    lenient = await MXResolver(config()).routes("mixed.test")
+    assert [r.host for r in lenient] == ["127.0.0.1", "8.8.8.8"]

@@ -20,12 +20,21 @@ domain share one query, answers are cached for their TTL and failures for a
 while (negative caching, RFC 2308), and at most `MAX_MX_ADDRESSES` addresses
 are tried per attempt.
 
+Destination policy (issue 10): a relay inside a cluster must not become a
+probe of its own network, so with `allow_private=False` addresses that DNS
+gives for a recipient domain are dropped when they are loopback, private,
+link-local, unspecified, multicast or reserved (`forbidden_reason`); a domain
+left with none is unroutable, with the reason. Tests and smart hosts keep
+the default `allow_private=True` (the config field that will switch it per
+pool is not there yet; see ARCHITECTURE.md).
+
 Static routes from the config replace lookups (smart hosts, tests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import time
 from dataclasses import dataclass
@@ -90,8 +99,31 @@ MAX_CACHE_ENTRIES = 100_000  # domains remembered; past it the oldest are droppe
 _Cached = tuple[float, list[Route] | Exception]  # (valid until, routes or the failure)
 
 
+def forbidden_reason(address: str) -> str | None:
+    """Why a destination address is off limits for mail from a cluster, or None."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind, hit in (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+    ):
+        if hit:
+            return kind
+    return None
+
+
 class MXResolver:
-    def __init__(self, config: RelayConfig) -> None:
+    def __init__(self, config: RelayConfig, *, allow_private: bool = True) -> None:
+        """`allow_private=False` refuses destinations on internal networks."""
+        self.allow_private = allow_private
         self._cache: dict[str, _Cached] = {}
         self._inflight: dict[str, asyncio.Future[list[Route]]] = {}  # name -> its one lookup
         self._slots: asyncio.Semaphore | None = None
@@ -171,7 +203,8 @@ class MXResolver:
             hosts = await self._addresses(domain)
             if not hosts:
                 raise NoSuchDomain(f"{domain}: no MX and no address records") from None
-            return [Route(h, port, domain) for h in hosts], IMPLICIT_MX_TTL_SECONDS
+            implicit = [Route(h, port, domain) for h in hosts]
+            return self._permitted(domain, implicit), IMPLICIT_MX_TTL_SECONDS
         except dns.exception.DNSException as exc:  # timeout, SERVFAIL, anything odd
             raise TemporaryDNSError(f"{domain}: {exc.__class__.__name__}") from exc
         records = sorted(answer, key=lambda r: (r.preference, random.random()))
@@ -196,8 +229,23 @@ class MXResolver:
             )
         if not routes:
             raise TemporaryDNSError(f"{domain}: MX hosts have no addresses")
+        routes = self._permitted(domain, routes)
         ttl = float(answer.rrset.ttl) if answer.rrset is not None else IMPLICIT_MX_TTL_SECONDS
         return routes[:MAX_MX_ADDRESSES], max(ttl, 1.0)
+
+    def _permitted(self, domain: str, routes: list[Route]) -> list[Route]:
+        """The routes the destination policy allows; UnroutableDomain if none."""
+        if self.allow_private:
+            return routes
+        allowed = [r for r in routes if forbidden_reason(r.host) is None]
+        if not allowed:
+            first = routes[0]
+            kind = forbidden_reason(first.host)
+            raise UnroutableDomain(
+                f"{domain}: {first.name} is at {first.host}, a {kind} address;"
+                " this pool does not deliver to internal networks"
+            )
+        return allowed
 
     async def _addresses(self, name: str) -> list[str]:
         out: list[str] = []
