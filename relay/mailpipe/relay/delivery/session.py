@@ -20,6 +20,7 @@ after, the message may have been delivered (`body_sent=True`).
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections import deque
 
@@ -29,6 +30,25 @@ from ..ports import SMTPReply
 from .replies import ReplyError, ReplyParser
 
 QUIT_TIMEOUT_SECONDS = 5.0
+
+
+class Stage(enum.StrEnum):
+    """Where the reply that decided a recipient came from. The same code means
+    different things by stage (a 5.1.1 greeting refuses the host, not the
+    mailbox; a 5.7.1 after RCPT refuses that recipient, after MAIL the sender),
+    so the transport reports it with every reply (`TransactionResult.detail`)."""
+
+    DNS = "dns"  # synthesized: the domain has nowhere to deliver, or DNS failed
+    CONNECT = "connect"  # synthesized: no connection (refused, timeout, unreachable)
+    GREETING = "greeting"  # the server's banner refused us
+    EHLO = "ehlo"
+    TLS = "tls"  # synthesized: TLS required and absent or failed
+    LOCAL = "local"  # synthesized: refused without asking (SIZE, SMTPUTF8 not offered)
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"  # the reply to DATA itself
+    MESSAGE = "message"  # the reply after the message's final dot
+    LOST = "lost"  # synthesized: the connection broke mid-transaction
 
 
 class ConnectionLost(Exception):
@@ -179,8 +199,8 @@ class Session:
 
     async def transaction(
         self, sender: str, recipients: tuple[str, ...], message: bytes
-    ) -> dict[str, SMTPReply]:
-        """Send `message` to `recipients`; every recipient's deciding reply."""
+    ) -> tuple[dict[str, SMTPReply], dict[str, Stage]]:
+        """Send `message` to `recipients`; every recipient's deciding reply and its stage."""
         self.sent += 1
         # Domains go as A-labels, so only a non-ASCII local part needs SMTPUTF8
         # (RFC 6531 3.2): u@bücher.test is RCPT TO:<u@xn--bcher-kva.test>.
@@ -189,7 +209,7 @@ class Session:
         needs_utf8 = not (wire_sender.isascii() and all(r.isascii() for r in wire_rcpts))
         refusal = self._refuse(message, needs_utf8)
         if refusal is not None:
-            return dict.fromkeys(recipients, refusal)
+            return dict.fromkeys(recipients, refusal), dict.fromkeys(recipients, Stage.LOCAL)
         params = ""
         if not message.isascii() and self.eight_bit:
             params += " BODY=8BITMIME"
@@ -217,15 +237,18 @@ class Session:
 
         if not _ok(mail_reply):
             result = dict.fromkeys(recipients, mail_reply)
+            stages = dict.fromkeys(recipients, Stage.MAIL)
             accepted: list[str] = []
         else:
             result = dict(zip(recipients, rcpt_replies, strict=True))
+            stages = dict.fromkeys(recipients, Stage.RCPT)
             accepted = [r for r, rep in result.items() if _ok(rep)]
 
         if data_reply is not None and data_reply.code == 354:
             if accepted:
                 (final,) = await self._exchange(dot_stuff(message), 1, body_sent=True)
                 result.update(dict.fromkeys(accepted, final))
+                stages.update(dict.fromkeys(accepted, Stage.MESSAGE))
             else:
                 # RFC 2920 3.1: DATA accepted with no valid recipient: end it empty.
                 await self._exchange(b".\r\n", 1, body_sent=False)
@@ -234,9 +257,10 @@ class Session:
             if accepted:  # DATA refused: it decides the recipients RCPT accepted
                 assert data_reply is not None
                 result.update(dict.fromkeys(accepted, data_reply))
+                stages.update(dict.fromkeys(accepted, Stage.DATA))
             await self._rset()
         self.last_used = time.monotonic()
-        return result
+        return result, stages
 
     def _refuse(self, message: bytes, needs_utf8: bool) -> SMTPReply | None:
         """Replies we can give without asking: what the server said it cannot take."""

@@ -13,6 +13,12 @@ once, at this boundary), so the engine's classifier decides all dispositions:
     opportunistic TLS, STARTTLS failed -> the same host again in clear (RFC 3207 4.1)
     connection lost mid-transaction        -> 451 4.4.2
 
+Every result says, per recipient, the stage whose reply decided it
+(`TransactionResult.detail[recipient]`, a `session.Stage` value: "dns",
+"connect", "greeting", "ehlo", "tls", "local", "mail", "rcpt", "data",
+"message", "lost"), so the classifier can tell a host-level refusal
+(greeting, EHLO) from a recipient-level one (RCPT) with the same code.
+
 aiosmtplib opens each connection: source address bound to the egress IP,
 greeting, EHLO with the IP's HELO name, STARTTLS per policy. The open
 connection then becomes a `session.Session`, which runs the transactions
@@ -29,6 +35,7 @@ import logging
 import ssl
 import time
 import weakref
+from typing import Any
 
 import aiosmtplib
 
@@ -45,7 +52,7 @@ from .mx import (
     TemporaryDNSError,
     UnroutableDomain,
 )
-from .session import ConnectionLost, Session
+from .session import ConnectionLost, Session, Stage
 
 log = logging.getLogger("mailpipe.relay.delivery")
 
@@ -65,8 +72,13 @@ class _TLSFailed(Exception):
     """STARTTLS was offered and could not be completed: refused, handshake, certificate."""
 
 
-def _all(recipients: tuple[str, ...], r: SMTPReply) -> dict[str, SMTPReply]:
-    return dict.fromkeys(recipients, r)
+def _all(
+    recipients: tuple[str, ...], r: SMTPReply, stage: Stage, **extra: Any
+) -> TransactionResult:
+    """The same reply, from the same stage, for every recipient."""
+    return TransactionResult(
+        dict.fromkeys(recipients, r), detail=dict.fromkeys(recipients, stage.value), **extra
+    )
 
 
 class SMTPTransport:
@@ -103,29 +115,30 @@ class SMTPTransport:
         if self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         rcpts = envelope.recipients
+        dns = Stage.DNS
         try:
             routes = await self.mx.routes(envelope.domain)
         except AddressLiteral as exc:
-            return TransactionResult(
-                _all(rcpts, reply(550, f"5.1.2 {exc}: address literals are not delivered to"))
+            return _all(
+                rcpts, reply(550, f"5.1.2 {exc}: address literals are not delivered to"), dns
             )
         except InvalidDomain as exc:
-            return TransactionResult(_all(rcpts, reply(553, f"5.1.3 invalid domain: {exc}")))
+            return _all(rcpts, reply(553, f"5.1.3 invalid domain: {exc}"), dns)
         except NullMX as exc:
-            return TransactionResult(_all(rcpts, reply(556, f"5.1.10 {exc}")))
+            return _all(rcpts, reply(556, f"5.1.10 {exc}"), dns)
         except NoSuchDomain as exc:
-            return TransactionResult(_all(rcpts, reply(550, f"5.1.2 {exc}")))
+            return _all(rcpts, reply(550, f"5.1.2 {exc}"), dns)
         except UnroutableDomain as exc:
-            return TransactionResult(_all(rcpts, reply(550, f"5.4.4 {exc}")))
+            return _all(rcpts, reply(550, f"5.4.4 {exc}"), dns)
         except TemporaryDNSError as exc:
-            return TransactionResult(_all(rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc}")))
+            return _all(rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc}"), dns)
         except Exception as exc:  # a resolver bug must defer the record, never kill the lane
             log.exception("MX lookup for %r failed unexpectedly", envelope.domain)
-            return TransactionResult(
-                _all(rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc.__class__.__name__}"))
+            return _all(
+                rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc.__class__.__name__}"), dns
             )
 
-        last = reply(421, "4.4.1 no MX host accepted a connection")
+        last, stage = reply(421, "4.4.1 no MX host accepted a connection"), Stage.CONNECT
         for route in routes:
             for fresh_only in (False, True):
                 try:
@@ -134,29 +147,39 @@ class SMTPTransport:
                     last = reply(
                         451, f"4.7.5 STARTTLS required by policy, not offered by {route.name}"
                     )
+                    stage = Stage.TLS
                     break
                 except _TLSFailed as exc:  # TLS required: defer, nothing sent
-                    last = reply(451, f"4.7.5 TLS with {route.name} failed: {exc}")
+                    last, stage = (
+                        reply(451, f"4.7.5 TLS with {route.name} failed: {exc}"),
+                        Stage.TLS,
+                    )
                     break
                 except aiosmtplib.SMTPResponseException as exc:  # e.g. 421 at greeting
                     last = reply(exc.code, exc.message)
+                    stage = (
+                        Stage.GREETING
+                        if isinstance(exc, aiosmtplib.SMTPConnectResponseError)
+                        else Stage.EHLO
+                    )
                     break
                 except (TimeoutError, OSError, aiosmtplib.SMTPException) as exc:
                     last = reply(421, f"4.4.1 {route.name}: {exc.__class__.__name__}: {exc}")
+                    stage = Stage.CONNECT
                     break
                 try:
-                    replies = await conn.transaction(envelope.sender, rcpts, envelope.message)
+                    replies, stages = await conn.transaction(
+                        envelope.sender, rcpts, envelope.message
+                    )
                 except ConnectionLost as exc:
                     if reused and not exc.body_sent:
                         continue  # a stale pooled connection: try once more on a new one
-                    return TransactionResult(
-                        _all(rcpts, reply(451, f"4.4.2 {route.name}: {exc}")),
-                        mx_host=route.name,
-                        connected=True,
-                    )
+                    lost = reply(451, f"4.4.2 {route.name}: {exc}")
+                    return _all(rcpts, lost, Stage.LOST, mx_host=route.name, connected=True)
                 self._release(envelope, route, conn)
-                return TransactionResult(replies, mx_host=route.name, connected=True)
-        return TransactionResult(_all(rcpts, last))
+                detail = {r: s.value for r, s in stages.items()}
+                return TransactionResult(replies, mx_host=route.name, connected=True, detail=detail)
+        return _all(rcpts, last, stage)
 
     async def _acquire(self, env: Envelope, route: Route, fresh_only: bool) -> tuple[Session, bool]:
         key = (env.egress_address, route.host, route.port)
