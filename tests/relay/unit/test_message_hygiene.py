@@ -236,3 +236,11 @@ def test_composer_never_injects_a_header(
     assert " ".join(str(msg["Subject"]).split()) == " ".join(subject.split())
     if recipients > 1:
         assert msg["To"] == "undisclosed-recipients:;"
+
+
+def test_utf8_local_part_is_written_raw_not_as_an_encoded_word() -> None:
+    """RFC 2047 words are not allowed in an address; RFC 6532 (with SMTPUTF8,
+    which the session then requires) carries UTF-8 raw."""
+    data = build_message(record({"subject": "s", "text": "t"}, "müller@bücher.test"), NOW)
+    assert "To: müller@xn--bcher-kva.test\r\n".encode() in head(data)
+    assert b"=?" not in head(data).split(b"\r\nSubject:")[0]

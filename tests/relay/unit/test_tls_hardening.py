@@ -145,6 +145,7 @@ async def deliver(rx: SMTPReceiver, mode: str, *, verify: bool, name: str = MX_N
     return result.replies["a@alpha.test"]
 
 
+@pytest.mark.faults  # a broken peer: its TLS handshake always fails
 async def test_opportunistic_handshake_failure_falls_back_to_clear(
     receivers: list[SMTPReceiver], certs: Certs
 ) -> None:
@@ -154,6 +155,7 @@ async def test_opportunistic_handshake_failure_falls_back_to_clear(
     assert [m.tls for m in rx.messages()] == [False]
 
 
+@pytest.mark.faults  # a broken peer: its TLS handshake always fails
 async def test_required_tls_handshake_failure_defers_unsent(
     receivers: list[SMTPReceiver], certs: Certs
 ) -> None:
