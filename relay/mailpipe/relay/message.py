@@ -19,7 +19,8 @@ LF, NUL, VT, FF, ...) or DEL in any header is refused; `content.headers` may
 not replace a header the composer owns (`RESERVED_HEADERS`) nor use a name
 outside RFC 5322's printable ASCII; List-Unsubscribe URLs are percent-encoded
 so a merge field cannot close the `<...>` and add a target; addresses carry
-A-label domains (`addresses.smtp_address`); a record with several recipients
+A-label domains (`addresses.smtp_address`); raw messages get CRLF line ends,
+no NUL, no header control characters and no Bcc; a record with several recipients
 is addressed `To: undisclosed-recipients:;` (RFC 5322 3.4 group syntax), one
 message for all of them that shows none of them to the others. A refusal is a
 `MessageError`: the record goes to the DLQ with the reason.
@@ -61,6 +62,7 @@ RESERVED_HEADERS = frozenset(
 RESERVED_PREFIXES = ("content-", "resent-")  # MIME structure; RFC 5322 3.6.6 resent blocks
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 2.2 ftext: printable ASCII but ":"
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # C0 controls (tab allowed) and DEL
+_RAW_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # the same, in a raw header block
 # RFC 5322 3.2.3 atext plus "." (dot-atom-text): what a Message-ID's left part may hold.
 _NOT_ATEXT = re.compile(r"[^A-Za-z0-9!#$&'*+/=?^_`{|}~.-]")
 # RFC 3986 characters a URL keeps as they are; anything else ("<", ">", ",", quotes,
@@ -127,14 +129,39 @@ class Signer:
 def build_message(record: DeliveryRecord, now: float, signer: Signer | None = None) -> bytes:
     """The bytes to send for `record` (one message for all its recipients), CRLF line ends."""
     if record.raw is not None:
-        data = record.raw.encode("utf-8", "surrogateescape").replace(b"\r\n", b"\n")
-        data = data.replace(b"\n", b"\r\n")
+        data = _raw(record.raw)
     else:
         try:
             data = _structured(record, now)
         except (ValueError, TypeError, UnicodeError) as exc:
             raise MessageError(f"cannot build message {record.id}: {exc}") from exc
     return signer.sign(data) if signer is not None else data
+
+
+def _raw(raw: str) -> bytes:
+    """A complete message as given, made safe to send: CRLF line ends (a lone CR
+    or LF is a line end, never sent bare: RFC 5321 2.3.8), no NUL (RFC 5322 2.3),
+    no control character in the header block, and no Bcc header (RFC 5322
+    3.6.3: it must not reach the other recipients)."""
+    data = raw.encode("utf-8", "surrogateescape")
+    if b"\x00" in data:
+        raise MessageError("raw message contains NUL (RFC 5322 2.3)")
+    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    head, blank, body = data.partition(b"\n\n")
+    kept: list[bytes] = []
+    in_bcc = False
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):  # a folded continuation of the previous field
+            if not in_bcc:
+                kept.append(line)
+            continue
+        in_bcc = line.split(b":", 1)[0].strip().lower() == b"bcc"
+        if not in_bcc:
+            kept.append(line)
+    bad = _RAW_CONTROL.search(b"".join(kept))
+    if bad is not None:
+        raise MessageError(f"raw message header contains control character {bad.group()!r}")
+    return (b"\n".join(kept) + blank + body).replace(b"\n", b"\r\n")
 
 
 def header_line(name: str, value: str) -> str:

@@ -244,3 +244,49 @@ def test_utf8_local_part_is_written_raw_not_as_an_encoded_word() -> None:
     data = build_message(record({"subject": "s", "text": "t"}, "müller@bücher.test"), NOW)
     assert "To: müller@xn--bcher-kva.test\r\n".encode() in head(data)
     assert b"=?" not in head(data).split(b"\r\nSubject:")[0]
+
+
+# -- raw messages (submission endpoint) -------------------------------------
+
+
+def raw_record(raw: str) -> DeliveryRecord:
+    return decode_record(
+        json.dumps(
+            {
+                "v": 1,
+                "id": "r-1",
+                "sender": "a@sender.test",
+                "recipients": [{"address": "b@dest.test"}],
+                "raw": raw,
+                "created_at": NOW,
+            }
+        ).encode()
+    )
+
+
+def test_raw_message_bcc_is_removed() -> None:
+    raw = (
+        "From: a@sender.test\nTo: b@dest.test\n"
+        "Bcc: hidden@x.test,\n other@x.test\n"  # folded: the continuation goes too
+        "Subject: r\n\nbody\n"
+    )
+    data = build_message(raw_record(raw), NOW)
+    assert b"hidden@" not in data and b"other@" not in data
+    assert header_names(data) == ["From", "To", "Subject"]
+
+
+def test_raw_message_lone_cr_becomes_a_line_end() -> None:
+    data = build_message(raw_record("Subject: r\r\n\r\nline one\rline two\r\n"), NOW)
+    assert data == b"Subject: r\r\n\r\nline one\r\nline two\r\n"
+
+
+@pytest.mark.parametrize("raw", ["Subject: a\x00b\n\nbody\n", "Subject: r\n\nbo\x00dy\n"])
+def test_raw_message_with_nul_is_refused(raw: str) -> None:
+    with pytest.raises(MessageError, match="NUL"):
+        build_message(raw_record(raw), NOW)
+
+
+@pytest.mark.parametrize("char", ["\x0b", "\x0c", "\x1b", "\x7f"])
+def test_raw_message_header_controls_are_refused(char: str) -> None:
+    with pytest.raises(MessageError, match="control character"):
+        build_message(raw_record(f"Subject: a{char}b\n\nbody\n"), NOW)
