@@ -185,3 +185,32 @@ async def test_verify_refuses_a_certificate_for_another_name(
     assert (r.code, r.enhanced) == (451, "4.7.5"), r
     assert "mx.other.test" in r.text and "certificate" in r.text.lower()
     assert rx.messages() == []
+
+
+async def test_pooled_connection_is_not_reused_for_another_mx_name(
+    receivers: list[SMTPReceiver], certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection verified for mx.alpha.test is not a verified connection for
+    mx.other.test, even at the same address."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
+    rx = start(receivers, server_context(certs))
+    config = make_config(
+        tls={"mode": "required", "verify": True}, egress=[{"address": HOST, "helo": "relay.test"}]
+    )
+    resolver = NamedMX(config, rx.port, MX_NAME)
+    t = SMTPTransport(config, resolver)
+    env = Envelope(
+        "alpha.test", "s@sender.test", ("a@alpha.test",), b"Subject: t\r\n\r\nx\r\n", HOST, "r"
+    )
+    try:
+        first = await asyncio.wait_for(t.deliver(env), 60)
+        resolver.route = Route(HOST, rx.port, "mx.other.test")
+        second = await asyncio.wait_for(t.deliver(env), 60)
+    finally:
+        await t.close()
+    assert first.replies["a@alpha.test"].code == 250
+    assert (second.replies["a@alpha.test"].code, second.replies["a@alpha.test"].enhanced) == (
+        451,
+        "4.7.5",
+    )
+    assert len(rx.messages()) == 1

@@ -30,6 +30,9 @@ from ..ports import SMTPReply
 from .replies import ReplyError, ReplyParser
 
 QUIT_TIMEOUT_SECONDS = 5.0
+# After QUIT, how long the connection may take to finish closing (a TLS one first
+# exchanges close_notify) before it is aborted, so no socket outlives the session.
+CLOSE_WAIT_SECONDS = 2.0
 
 
 class Stage(enum.StrEnum):
@@ -72,6 +75,7 @@ class SessionProtocol(asyncio.Protocol):
         self._paused = False
         self.error: ConnectionLost | None = None
         self.deadline: float | None = None  # loop time by which the pending exchange must end
+        self.closed: asyncio.Future[None] = self._loop.create_future()  # set by connection_lost
 
     # -- asyncio.Protocol callbacks ---------------------------------------
 
@@ -90,6 +94,8 @@ class SessionProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLost(f"connection lost: {exc}" if exc else "connection closed"))
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -287,6 +293,10 @@ class Session:
             finally:
                 self.protocol.deadline = None
         self.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.protocol.closed), CLOSE_WAIT_SECONDS)
+        except TimeoutError:
+            self.protocol.transport.abort()
 
     def close(self) -> None:
         if not self.protocol.transport.is_closing():

@@ -84,7 +84,7 @@ def _all(
 class SMTPTransport:
     def __init__(self, config: RelayConfig, resolver: MXResolver | None = None) -> None:
         self.mx = resolver or MXResolver(config)
-        self._idle: dict[tuple[str, str, int], list[Session]] = {}
+        self._idle: dict[tuple[str, str, int, str], list[Session]] = {}
         self.connections_opened = 0
         self._quitting: set[asyncio.Task[None]] = set()
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
@@ -182,7 +182,9 @@ class SMTPTransport:
         return _all(rcpts, last, stage)
 
     async def _acquire(self, env: Envelope, route: Route, fresh_only: bool) -> tuple[Session, bool]:
-        key = (env.egress_address, route.host, route.port)
+        # The MX name is part of the key: a connection whose certificate was
+        # checked for one name is not a checked connection for another.
+        key = (env.egress_address, route.host, route.port, route.name)
         idle = self._idle.get(key, [])
         now = time.monotonic()
         while idle and not fresh_only:
@@ -269,7 +271,7 @@ class SMTPTransport:
             self._quitting.add(task)
             task.add_done_callback(self._quitting.discard)
             return
-        key = (env.egress_address, route.host, route.port)
+        key = (env.egress_address, route.host, route.port, route.name)
         self._idle.setdefault(key, []).append(conn)
 
     async def close(self) -> None:
