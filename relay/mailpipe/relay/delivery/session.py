@@ -20,7 +20,6 @@ after, the message may have been delivered (`body_sent=True`).
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections import deque
 
@@ -28,30 +27,12 @@ from ..addresses import smtp_address
 from ..classify import reply
 from ..ports import SMTPReply
 from .replies import ReplyError, ReplyParser
+from .stage import Stage
 
 QUIT_TIMEOUT_SECONDS = 5.0
 # After QUIT, how long the connection may take to finish closing (a TLS one first
 # exchanges close_notify) before it is aborted, so no socket outlives the session.
 CLOSE_WAIT_SECONDS = 2.0
-
-
-class Stage(enum.StrEnum):
-    """Where the reply that decided a recipient came from. The same code means
-    different things by stage (a 5.1.1 greeting refuses the host, not the
-    mailbox; a 5.7.1 after RCPT refuses that recipient, after MAIL the sender),
-    so the transport reports it with every reply (`TransactionResult.detail`)."""
-
-    DNS = "dns"  # synthesized: the domain has nowhere to deliver, or DNS failed
-    CONNECT = "connect"  # synthesized: no connection (refused, timeout, unreachable)
-    GREETING = "greeting"  # the server's banner refused us
-    EHLO = "ehlo"
-    TLS = "tls"  # synthesized: TLS required and absent or failed
-    LOCAL = "local"  # synthesized: refused without asking (SIZE, SMTPUTF8 not offered)
-    MAIL = "mail"
-    RCPT = "rcpt"
-    DATA = "data"  # the reply to DATA itself
-    MESSAGE = "message"  # the reply after the message's final dot
-    LOST = "lost"  # synthesized: the connection broke mid-transaction
 
 
 class ConnectionLost(Exception):

@@ -52,7 +52,8 @@ from .mx import (
     TemporaryDNSError,
     UnroutableDomain,
 )
-from .session import ConnectionLost, Session, Stage
+from .session import ConnectionLost, Session
+from .stage import Stage
 
 log = logging.getLogger("mailpipe.relay.delivery")
 
