@@ -36,6 +36,8 @@ from .models import AudienceFormat, CampaignSpec, Recipient, SendWindow, Weekday
 
 WEEKDAYS = list(Weekday)  # Monday first, like datetime.weekday()
 WINDOW_SEARCH_DAYS = 8  # a weekly window always opens within a week and a day
+VARIANT_BUCKETS = 100  # variant weights are percentages (the CRD makes them sum to 100)
+ROW_ERRORS_SHOWN = 5  # enough to fix a file, short enough for a status message
 
 
 class CampaignError(ValueError):
@@ -113,8 +115,9 @@ def _parse_jsonl(text: str) -> list[Recipient]:
 
 def _raise_if(errors: list[str]) -> None:
     if errors:
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        raise CampaignError("bad audience rows: " + "; ".join(errors[:5]) + more)
+        hidden = len(errors) - ROW_ERRORS_SHOWN
+        more = f" (and {hidden} more)" if hidden > 0 else ""
+        raise CampaignError("bad audience rows: " + "; ".join(errors[:ROW_ERRORS_SHOWN]) + more)
 
 
 # --- variants ---------------------------------------------------------------------
@@ -123,7 +126,8 @@ def _raise_if(errors: list[str]) -> None:
 def choose_variant(seed: str, address: str, weights: list[tuple[str, int]]) -> str | None:
     if not weights:
         return None
-    bucket = int.from_bytes(hashlib.sha256(f"{seed}:{address.lower()}".encode()).digest()[:8]) % 100
+    digest = hashlib.sha256(f"{seed}:{address.lower()}".encode()).digest()
+    bucket = int.from_bytes(digest[:8]) % VARIANT_BUCKETS  # 64 bits: no visible modulo bias
     total = 0
     for name, weight in weights:
         total += weight

@@ -17,16 +17,23 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from mailpipe.relay.kafka_adapter import TopicFollower, read_topic
-from mailpipe.relay.wire import WireError, decode_event, decode_suppression, suppression_key
+from mailpipe.relay.wire import Event, WireError, decode_event, decode_suppression, suppression_key
 
 log = logging.getLogger("mailpipe.operator.kafka")
+
+# Fan-out is bulk: wait a little to fill big batches, so 100k records take few requests.
+FANOUT_LINGER_MS = 20
+FANOUT_BATCH_BYTES = 256 * 1024
+ACK_TIMEOUT_SECONDS = 30  # a record not acknowledged by then fails the chunk (retried whole)
+CLOSE_TIMEOUT_SECONDS = 10  # at shutdown, pending sends get this long before they are dropped
+
+Observer = Callable[[Event], None]
 
 
 def ensure_topics(
@@ -71,8 +78,8 @@ class Producers:
                     bootstrap_servers=bootstrap,
                     acks="all",
                     enable_idempotence=True,
-                    linger_ms=20,  # fan-out is bulk: bigger batches, fewer requests
-                    batch_size=256 * 1024,
+                    linger_ms=FANOUT_LINGER_MS,
+                    batch_size=FANOUT_BATCH_BYTES,
                     compression_type=None,
                     client_id="mailpipe-operator-fanout",
                 )
@@ -82,7 +89,7 @@ class Producers:
     def close(self) -> None:
         with self._lock:
             for p in self._producers.values():
-                p.close(timeout=10)
+                p.close(timeout=CLOSE_TIMEOUT_SECONDS)
             self._producers.clear()
 
 
@@ -91,7 +98,7 @@ def produce_all(producer: KafkaProducer, topic: str, records: list[tuple[bytes, 
     futures = [producer.send(topic, key=k, value=v) for k, v in records]
     producer.flush()
     for f in futures:
-        f.get(timeout=30)
+        f.get(timeout=ACK_TIMEOUT_SECONDS)
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -137,14 +144,15 @@ class EventsHub:
 
     def __init__(self) -> None:
         self._followers: dict[tuple[str, str], TopicFollower] = {}
-        self._observers: dict[tuple[str, str], list[Callable[[Any], None]]] = {}
+        self._observers: dict[tuple[str, str], list[Observer]] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def follow(self, bootstrap: str, topic: str, observer: Callable[[Any], None]) -> None:
+    def follow(self, bootstrap: str, topic: str, observer: Observer) -> None:
+        """Call `observer` with every event on `topic`, from its beginning; idempotent."""
         key = (bootstrap, topic)
         with self._lock:
             observers = self._observers.setdefault(key, [])

@@ -21,6 +21,9 @@ from .models import GROUP, VERSION
 from .pool import SPEC_HASH_ANNOTATION, PoolRef
 
 FIELD_MANAGER = "mailpipe-operator"
+SPEC_HASH_CHARS = 16  # 64 bits of SHA-256: a collision would only skip one write
+# One API client per process, created on first use and shared by every handler
+# thread (its urllib3 connection pool is thread-safe). A cache, not handler state.
 _api: client.ApiClient | None = None
 
 
@@ -37,7 +40,7 @@ def api() -> client.ApiClient:
 
 
 def _hash(obj: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:SPEC_HASH_CHARS]
 
 
 _KINDS: dict[str, tuple[str, str]] = {

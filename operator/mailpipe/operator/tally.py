@@ -23,7 +23,7 @@ FINAL = frozenset(
         Disposition.FAILED,
     }
 )
-COUNTED = ("delivered", "deferred", "bounced", "complained", "suppressed", "expired", "failed")
+COUNTED = tuple(d.value for d in Disposition)  # the keys of status.counts, one per disposition
 
 
 @dataclass

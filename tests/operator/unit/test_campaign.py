@@ -17,8 +17,8 @@ from mailpipe.operator.campaign import (
     parse_audience,
     zone,
 )
-from mailpipe.operator.handlers import campaign_phase
 from mailpipe.operator.models import CampaignSpec, SendWindow
+from mailpipe.operator.progress import FanoutCheckpoint, campaign_phase
 from mailpipe.operator.tally import Tally
 from mailpipe.relay.wire import Disposition, Event
 
@@ -163,7 +163,8 @@ def test_tally_counts_latest_disposition_per_recipient() -> None:
 def test_campaign_phase(
     fanout: dict[str, Any], spec_: dict[str, Any], finished: int, phase: str
 ) -> None:
-    assert campaign_phase(fanout, {}, spec_, finished, now=1_800_000_000)[0] == phase
+    checkpoint = FanoutCheckpoint.model_validate(fanout)
+    assert campaign_phase(checkpoint, spec_, finished, now=1_800_000_000)[0] == phase
 
 
 def test_gzipped_audience_from_binary_data() -> None:

@@ -1,0 +1,59 @@
+"""kopf handlers, one module per kind: importing this package registers them all.
+
+Handlers only parse, delegate to pure builders and IO modules, and patch
+status (ARCHITECTURE.md, control plane):
+
+- `pool`: SendingPool create/update/resume/delete and warm-up status; the one
+  place the relay Deployment (and its ConfigMap, Service, PDB) is written;
+- `fanout`: the per-Campaign daemon that produces the audience to Kafka;
+- `campaign`: Campaign status from events, suspend/resume, cancel on delete;
+- `status`: conditions; `context`: the operator state in kopf's memo, `get_pool`.
+
+This module holds the operator-wide startup and cleanup: kopf settings, and
+the `OperatorState` put into kopf's memo, which replaces module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from ..models import GROUP
+from . import campaign, fanout, pool
+from .context import MEMO_KEY, OperatorState, operator_state
+
+__all__ = ["campaign", "fanout", "pool"]
+
+# Re-list every 5 min: a watch that silently stopped delivering events (load
+# balancers drop idle streams) is replaced within that time.
+WATCH_SERVER_TIMEOUT_SECONDS = 300
+WATCH_CLIENT_TIMEOUT_SECONDS = WATCH_SERVER_TIMEOUT_SECONDS + 30  # the server ends it first
+WATCH_CONNECT_TIMEOUT_SECONDS = 30
+# kopf runs sync handlers (the fan-out daemons) in this many threads: the
+# number of campaigns that fan out at the same time.
+SYNC_HANDLER_THREADS = 8
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Settings for a real cluster, and the operator state every handler reaches via memo."""
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_SECONDS
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_SECONDS
+    settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT_SECONDS
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = SYNC_HANDLER_THREADS
+    state = OperatorState()
+    state.hub.start(asyncio.get_running_loop())
+    # Set before kopf starts watching, so every resource memo copies it.
+    memo[MEMO_KEY] = state
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    state = operator_state(memo)
+    state.hub.stop()
+    await asyncio.to_thread(state.producers.close)

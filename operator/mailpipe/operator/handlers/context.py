@@ -1,0 +1,98 @@
+"""What the handler modules share: the operator's in-memory state, and a pool read from the API.
+
+State lives in kopf's memo, not in module globals: the startup handler puts one
+`OperatorState` into the operator memo, and kopf shallow-copies that memo into
+every resource's memo, so all handlers of all objects reach the same instance
+through their `memo` kwarg (`operator_state(memo)`). Per-object flags live in
+the object's own memo and go with the object.
+
+Everything here is rebuilt after a restart: counts and warm-up from the events
+topic, fan-out progress from the Campaign's status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import kopf
+
+from mailpipe.relay.warmup import WarmupLedger
+
+from .. import kafka_io, kube_io
+from ..models import SendingPoolSpec
+from ..pool import PoolRef, Topics, topics
+from ..tally import Tally
+
+MEMO_KEY = "mailpipe"  # the operator memo's key for OperatorState
+
+
+@dataclass
+class OperatorState:
+    """The operator's long-lived in-memory state, one per operator process."""
+
+    hub: kafka_io.EventsHub = field(default_factory=kafka_io.EventsHub)
+    """Follows each pool's events topic once; feeds `tally` and `ledgers`."""
+    tally: Tally = field(default_factory=Tally)
+    """Per-campaign counts of the latest disposition per recipient."""
+    producers: kafka_io.Producers = field(default_factory=kafka_io.Producers)
+    """One producer per Kafka cluster, shared by fan-outs and control records."""
+    ledgers: dict[str, WarmupLedger] = field(default_factory=dict)
+    """Per-IP warm-up of each pool (`namespace/name`), as the relays count it."""
+
+
+def operator_state(memo: kopf.Memo) -> OperatorState:
+    """The state the startup handler put into the operator memo."""
+    state = memo.get(MEMO_KEY)
+    if not isinstance(state, OperatorState):
+        raise RuntimeError("operator state missing from kopf's memo: did the startup handler run?")
+    return state
+
+
+def parse_pool_spec(spec: Any) -> SendingPoolSpec:
+    """A SendingPool's spec as the typed model; raises pydantic's ValidationError."""
+    return SendingPoolSpec.model_validate(dict(spec))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A SendingPool as read from the API.
+
+    Identity and readiness come from metadata and status; the spec is parsed
+    on first use (raising ValidationError), so a waiting campaign can report
+    an invalid pool's readiness without parsing it.
+    """
+
+    ref: PoolRef
+    obj: dict[str, Any]
+
+    @cached_property
+    def spec(self) -> SendingPoolSpec:
+        return parse_pool_spec(self.obj["spec"])
+
+    @property
+    def topics(self) -> Topics:
+        return topics(self.ref, self.spec)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.spec.kafka.bootstrap_servers
+
+
+def get_pool(namespace: str, name: str) -> Pool | None:
+    """The SendingPool `namespace/name`, or None if it does not exist. Blocking."""
+    obj = kube_io.get_custom("sendingpools", namespace, name)
+    if obj is None:
+        return None
+    return Pool(PoolRef(obj["metadata"]["name"], namespace, obj["metadata"]["uid"]), obj)
+
+
+def pool_readiness(pool: Pool | None) -> tuple[bool, str]:
+    """(ready, reason) from the pool's Ready condition; a reason even when ready."""
+    if pool is None:
+        return False, "PoolNotFound"
+    for c in pool.obj.get("status", {}).get("conditions", []):
+        if c.get("type") == "Ready":
+            return c.get("status") == "True", c.get("reason", "PoolNotReady")
+    return False, "PoolNotReconciled"

@@ -1,0 +1,111 @@
+"""A Campaign's progress as typed values: the fan-out checkpoint, its states, the phase.
+
+The fan-out daemon writes a checkpoint into `status.fanout` before every chunk
+(ARCHITECTURE.md, invariant "fan-out is resumable"); the status timer reads it
+back to derive the phase. Both sides use `FanoutCheckpoint`, so the shape of
+`status.fanout` is written down once. The enums' values are exactly the strings
+that status and the CRD's printer columns have always shown.
+
+Pure: no clock (callers pass `now`), no API.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from .campaign import parse_start
+
+
+class FanoutState(enum.StrEnum):
+    """Where the fan-out daemon is (`status.fanout.state`)."""
+
+    PAUSED = "paused"  # spec.suspend is set: nothing is produced
+    WAITING_FOR_POOL = "waitingForPool"  # the pool is missing or not Ready
+    RUNNING = "running"  # producing chunks; the checkpoint says where to resume
+    DONE = "done"  # every recipient is on Kafka (or suppressed before send)
+    FAILED = "failed"  # the campaign cannot be sent as written
+
+    @property
+    def finished(self) -> bool:
+        """The daemon has nothing more to do for this campaign."""
+        return self in (FanoutState.DONE, FanoutState.FAILED)
+
+
+class CampaignPhase(enum.StrEnum):
+    """`status.phase`, shown by `kubectl get campaigns`."""
+
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    SENDING = "Sending"
+    PAUSED = "Paused"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+class FanoutCheckpoint(BaseModel):
+    """`status.fanout`: fan-out progress, enough to resume without producing twice.
+
+    Written as a merge patch with only the fields that were set (`patch()`),
+    so a state-only update (paused, waitingForPool) keeps the last checkpoint,
+    and an explicit `offsets=None` removes the offsets once the fan-out is done.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore"
+    )
+
+    state: FanoutState | None = None
+    message: str | None = None
+    next_index: int = 0
+    """Audience index the current chunk starts at."""
+    offsets: dict[int, int] | None = None
+    """End offsets of the outbound topic, per partition, when that chunk started:
+    on resume, records after them are scanned for indices already produced."""
+    enqueued: int = 0
+    suppressed_before_send: int = 0
+    total: int = 0
+    started_at: str | None = None
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> FanoutCheckpoint:
+        """The checkpoint in a Campaign's status (an empty one before the first)."""
+        return cls.model_validate(dict(status.get("fanout") or {}))
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing was ever written: not even a paused or waiting state."""
+        return not self.model_fields_set
+
+    def patch(self) -> dict[str, Any]:
+        """The fields that were set, as JSON for a status merge patch."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def campaign_phase(
+    fanout: FanoutCheckpoint, spec: Mapping[str, Any], finished: int, now: float
+) -> tuple[CampaignPhase, str]:
+    """(phase, reason) from the fan-out checkpoint and the recipients with a final disposition."""
+    state = fanout.state
+    if state is FanoutState.FAILED:
+        return CampaignPhase.FAILED, _or(fanout.message, "fan-out failed")
+    if spec.get("suspend"):
+        return CampaignPhase.PAUSED, "suspended"
+    if state is FanoutState.WAITING_FOR_POOL or state is None:
+        return CampaignPhase.PENDING, _or(fanout.message, "waiting for the pool")
+    start = parse_start(spec.get("startAt"))  # before the state test: a bad startAt always shows
+    if state is FanoutState.DONE:
+        if finished + fanout.suppressed_before_send >= fanout.total:
+            return CampaignPhase.COMPLETED, "every recipient has a final disposition"
+        if start is not None and start > now and finished == 0:
+            return CampaignPhase.SCHEDULED, "waiting for startAt"
+        return CampaignPhase.SENDING, "waiting for dispositions"
+    return CampaignPhase.SENDING, "fanning out"
+
+
+def _or(message: str | None, default: str) -> str:
+    return default if message is None else message
