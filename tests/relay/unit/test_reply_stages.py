@@ -34,6 +34,7 @@ class Script:
     rcpt: dict[str, str] = field(default_factory=dict)  # local part -> reply
     data: str = "354 go ahead"
     final: str = "250 2.0.0 queued"
+    starttls: str = "454 4.7.0 TLS not available due to temporary reason"
 
 
 async def serve(script: Script) -> tuple[asyncio.Server, int]:
@@ -58,6 +59,8 @@ async def serve(script: Script) -> tuple[asyncio.Server, int]:
                 elif verb == b"DATA":
                     answer = script.data
                     in_data = script.data.startswith("354")
+                elif verb == b"STAR":
+                    answer = script.starttls
                 elif verb == b"QUIT":
                     writer.write(b"221 bye\r\n")
                     break
@@ -81,13 +84,15 @@ Deliver = Callable[..., Awaitable[TransactionResult]]
 async def deliver() -> AsyncIterator[Deliver]:
     servers: list[asyncio.Server] = []
 
-    async def run(script: Script, *locals_: str, domain: str = "stage.test") -> TransactionResult:
+    async def run(
+        script: Script, *locals_: str, domain: str = "stage.test", tls: str = "disabled"
+    ) -> TransactionResult:
         server, port = await serve(script)
         servers.append(server)
         t = SMTPTransport(
             make_config(
                 routes={"stage.test": [{"host": HOST, "port": port}]},
-                tls={"mode": "disabled"},
+                tls={"mode": tls},
                 egress=[{"address": HOST, "helo": "relay.test"}],
             )
         )
@@ -132,3 +137,22 @@ async def test_mail_and_data_refusals_are_marked(deliver: Deliver) -> None:
 async def test_dns_refusal_is_marked_dns(deliver: Deliver) -> None:
     result = await deliver(Script(), "a", domain="[127.0.0.1]")
     assert result.detail == {"a@[127.0.0.1]": "dns"}
+
+
+STARTTLS_OFFERED = "250-stage.test\r\n250-PIPELINING\r\n250 STARTTLS"
+
+
+@pytest.mark.faults
+async def test_starttls_refused_opportunistic_goes_in_clear(deliver: Deliver) -> None:
+    result = await deliver(Script(ehlo=STARTTLS_OFFERED), "a", tls="opportunistic")
+    assert result.replies["a@stage.test"].code == 250
+    assert result.detail == {"a@stage.test": "message"}
+
+
+@pytest.mark.faults
+async def test_starttls_refused_required_defers_as_tls(deliver: Deliver) -> None:
+    result = await deliver(Script(ehlo=STARTTLS_OFFERED), "a", tls="required")
+    r = result.replies["a@stage.test"]
+    assert (r.code, r.enhanced) == (451, "4.7.5")
+    assert "454" in r.text
+    assert result.detail == {"a@stage.test": "tls"}
