@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dns.asyncresolver
+import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.resolver
@@ -49,6 +50,7 @@ class _Answer:
 @dataclass
 class FakeDNS:
     mx: dict[str, list[str]] = field(default_factory=dict)  # name -> ["10 mx.x.test."]
+    fail: dict[str, Exception] = field(default_factory=dict)  # name -> what resolve raises
     a: dict[str, list[str]] = field(default_factory=dict)  # name -> ["192.0.2.1"]
     aaaa: dict[str, list[str]] = field(default_factory=dict)  # name -> ["2001:db8::1"]
     queries: list[tuple[str, str]] = field(default_factory=list)
@@ -60,6 +62,8 @@ class FakeDNS:
         kind = str(rdtype)
         dns.name.from_text(name)  # the real resolver's name checks (LabelTooLong...)
         self.queries.append((name, kind))
+        if name in self.fail:
+            raise self.fail[name]
         dropped = self.in_flight >= SERVER_OUTSTANDING_LIMIT
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
@@ -237,3 +241,31 @@ async def test_public_destinations_allowed_and_private_kept_when_allowed(
     assert [r.host for r in strict] == ["8.8.8.8"]
     lenient = await MXResolver(config()).routes("mixed.test")
     assert [r.host for r in lenient] == ["127.0.0.1", "8.8.8.8"]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "error",
+    [
+        dns.resolver.LifetimeTimeout(timeout=5.0, errors=[]),
+        dns.resolver.NoNameservers(),  # dnsmasq stopped, or SERVFAIL from every server
+        dns.exception.FormError(),  # a malformed answer
+        dns.resolver.YXDOMAIN(),
+        dns.resolver.NoRootSOA(),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_resolver_failures_defer_never_bounce_never_raise(
+    fake_dns: FakeDNS, error: Exception
+) -> None:
+    fake_dns.fail["broken.test"] = error
+    transport = SMTPTransport(config())
+    env = Envelope("broken.test", "s@sender.test", ("u@broken.test",), b"x\r\n", "127.0.0.1", "r")
+    try:
+        result = await asyncio.wait_for(transport.deliver(env), 30)
+    finally:
+        await transport.close()
+    r = result.replies["u@broken.test"]
+    assert (r.code, r.enhanced) == (451, "4.4.3"), r
+    assert type(error).__name__ in r.text
+    assert result.detail == {"u@broken.test": "dns"}
