@@ -14,24 +14,18 @@ trusted through SSL_CERT_FILE, which `ssl.create_default_context()` reads.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.relay.delivery import MXResolver, Route, SMTPTransport
 from mailpipe.relay.ports import Envelope, SMTPReply
 
+from ..mx_certs import Certs, make_certs, server_context
 from .conftest import make_config
 
 pytestmark = pytest.mark.security
@@ -40,60 +34,9 @@ HOST = "127.0.0.1"
 MX_NAME = "mx.alpha.test"
 
 
-@dataclass(frozen=True)
-class Certs:
-    ca: Path
-    chain: Path  # leaf for MX_NAME only (no IP address in it)
-    key: Path
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(
-    subject: str, issuer: str, key: Any, signer: Any, *, ca: bool, san: list[str]
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if san:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in san]), critical=False
-        )
-    return builder.sign(signer, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    """A CA and a serving certificate for mx.alpha.test (EC keys: quick to make)."""
-    directory = tmp_path_factory.mktemp("mxpki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("test-ca", "test-ca", ca_key, ca_key, ca=True, san=[])
-    leaf = _cert(MX_NAME, "test-ca", leaf_key, ca_key, ca=False, san=[MX_NAME])
-    pem = serialization.Encoding.PEM
-    out = Certs(directory / "ca.pem", directory / "chain.pem", directory / "key.pem")
-    out.ca.write_bytes(ca.public_bytes(pem))
-    out.chain.write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
-    out.key.write_bytes(
-        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return out
-
-
-def server_context(certs: Certs) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certs.chain, certs.key)
-    return context
+    return make_certs(tmp_path_factory.mktemp("mxpki"), MX_NAME)
 
 
 def broken_context(certs: Certs) -> ssl.SSLContext:
