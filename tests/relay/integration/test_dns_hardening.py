@@ -74,7 +74,6 @@ def test_hostile_domains_bounce_and_the_rest_is_delivered(
         assert by_rcpt[address]["disposition"] == "delivered", by_rcpt[address]
     # The receiver saw the A-label: RCPT TO:<u@xn--bcher-kva.test>, no SMTPUTF8 needed.
     assert "u@xn--bcher-kva.test" in [r for m in rx.messages() for r in m.rcpt_tos]
-    assert relay.proc.poll() is None, relay.log_tail()
 
 
 NXDOMAIN_BURST = 5_000  # a quarter of the 20,000 of the finding; before the fix all 5,000 timed out
