@@ -29,8 +29,9 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
-from mailpipe.relay.wire import Content, DeliveryRecord, ListUnsubscribe
-from mailpipe.relay.wire import Recipient as WireRecipient
+from mailpipe.contracts.errors import PermanentError
+from mailpipe.contracts.wire import Content, DeliveryRecord, ListUnsubscribe
+from mailpipe.contracts.wire import Recipient as WireRecipient
 
 from .models import AudienceFormat, CampaignSpec, Recipient, SendWindow, Weekday
 
@@ -40,7 +41,7 @@ VARIANT_BUCKETS = 100  # variant weights are percentages (the CRD makes them sum
 ROW_ERRORS_SHOWN = 5  # enough to fix a file, short enough for a status message
 
 
-class CampaignError(ValueError):
+class CampaignError(PermanentError, ValueError):
     """The campaign cannot be sent as written; the message says where."""
 
 

@@ -24,6 +24,8 @@ import re
 
 import idna
 
+from mailpipe.contracts.errors import PermanentError
+
 MAX_LABEL = 63  # RFC 1035 2.3.4: octets per label
 MAX_NAME = 253  # RFC 1035 2.3.4: 255 octets in wire form = 253 characters of dotted text
 # RFC 5321 4.1.2 sub-domain (letters, digits, hyphens), plus the underscore that
@@ -32,7 +34,7 @@ _ASCII_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _CACHE_SIZE = 4096  # one entry per distinct domain in flight; campaigns repeat few domains
 
 
-class InvalidDomain(ValueError):
+class InvalidDomain(PermanentError, ValueError):
     """A destination domain that can never be delivered to: the reason says why."""
 
 

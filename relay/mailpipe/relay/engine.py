@@ -32,8 +32,21 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.warmup import WarmupLedger
+from mailpipe.contracts.wire import (
+    DeliveryRecord,
+    Disposition,
+    Event,
+    Suppression,
+    SuppressionReason,
+    WireError,
+    decode_record,
+    encode,
+    suppression_key,
+)
+
 from .classify import Outcome, classify, reply
-from .config import RelayConfig
 from .message import MessageError, Signer, build_message
 from .metrics import RelayMetrics
 from .offsets import OffsetTracker
@@ -48,18 +61,6 @@ from .ports import (
 )
 from .suppressions import CampaignStates, SuppressionList
 from .throttle import Shaper, Shaping
-from .warmup import WarmupLedger
-from .wire import (
-    DeliveryRecord,
-    Disposition,
-    Event,
-    Suppression,
-    SuppressionReason,
-    WireError,
-    decode_record,
-    encode,
-    suppression_key,
-)
 
 log = logging.getLogger("mailpipe.relay.engine")
 

@@ -24,15 +24,16 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
+from mailpipe.contracts.config import ConfigError, RelayConfig, load_config
+from mailpipe.contracts.warmup import WarmupLedger
+from mailpipe.contracts.wire import WireError, decode_control, decode_event, decode_suppression
+
 from .clock import SystemClock
-from .config import ConfigError, RelayConfig, load_config
 from .delivery import SMTPTransport
 from .engine import Engine, task_stacks
 from .kafka_adapter import KafkaSink, KafkaSource, TopicFollower, ensure_topics, partition_count
 from .metrics import RelayMetrics
 from .suppressions import CampaignStates, SuppressionList
-from .warmup import WarmupLedger
-from .wire import WireError, decode_control, decode_event, decode_suppression
 
 log = logging.getLogger("mailpipe.relay")
 

@@ -45,9 +45,11 @@ import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
+from mailpipe.contracts.config import DKIMSettings
+from mailpipe.contracts.errors import PermanentError
+from mailpipe.contracts.wire import DeliveryRecord, ListUnsubscribe
+
 from .addresses import smtp_address
-from .config import DKIMSettings
-from .wire import DeliveryRecord, ListUnsubscribe
 
 CRLF = "\r\n"
 MAX_HEADER_LINE = 78  # RFC 5322 2.1.1: SHOULD not exceed 78 characters
@@ -74,7 +76,7 @@ _URL_SAFE = "-._~:/?#[]@!$&'()*+;=%"
 UNDISCLOSED = "undisclosed-recipients:;"  # RFC 5322 3.4: an empty group
 
 
-class MessageError(ValueError):
+class MessageError(PermanentError, ValueError):
     """A record whose message cannot be built (goes to the DLQ with this reason)."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import Throttle
+from mailpipe.contracts.config import Throttle
 
 # After a 421 / 4.7.x the IP rests this long for that domain, doubling on each
 # repeat up to the cap: receivers that rate-limit usually lift it in minutes.

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from mailpipe.contracts.config import RelayConfig
 from mailpipe.devstack.dns import Zone
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
-from mailpipe.relay.config import RelayConfig
 from mailpipe.relay.delivery import MXResolver
 from mailpipe.relay.delivery.mx import NoSuchDomain, TemporaryDNSError
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from mailpipe.contracts.wire import decode_record
 from mailpipe.relay.ports import TopicPartition
-from mailpipe.relay.wire import decode_record
 
 from .conftest import Harness, make_config, record_bytes
 

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from mailpipe.contracts.wire import Content, DeliveryRecord, Recipient, decode_record
 from mailpipe.relay.message import MessageError, build_message
-from mailpipe.relay.wire import Content, DeliveryRecord, Recipient, decode_record
 
 pytestmark = pytest.mark.security
 

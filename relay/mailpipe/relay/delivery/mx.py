@@ -45,8 +45,10 @@ import dns.inet
 import dns.rdatatype
 import dns.resolver
 
+from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.errors import PermanentError, TemporaryError
+
 from ..addresses import AddressLiteral, InvalidDomain, ascii_domain
-from ..config import RelayConfig
 
 __all__ = [
     "AddressLiteral",
@@ -67,19 +69,19 @@ class Route:
     name: str  # the MX name: for logs, events and the TLS certificate check
 
 
-class NullMX(Exception):
+class NullMX(PermanentError):
     """RFC 7505: the domain publishes that it accepts no mail."""
 
 
-class NoSuchDomain(Exception):
+class NoSuchDomain(PermanentError):
     """NXDOMAIN, or no MX and no address records: nowhere to deliver."""
 
 
-class UnroutableDomain(Exception):
+class UnroutableDomain(PermanentError):
     """The domain's DNS data can never be used: e.g. its MX records name IP addresses."""
 
 
-class TemporaryDNSError(Exception):
+class TemporaryDNSError(TemporaryError):
     """Timeout or server failure: try again later."""
 
 

@@ -23,6 +23,8 @@ import asyncio
 import time
 from collections import deque
 
+from mailpipe.contracts.errors import TemporaryError
+
 from ..addresses import smtp_address
 from ..classify import reply
 from ..ports import SMTPReply
@@ -35,7 +37,7 @@ QUIT_TIMEOUT_SECONDS = 5.0
 CLOSE_WAIT_SECONDS = 2.0
 
 
-class ConnectionLost(Exception):
+class ConnectionLost(TemporaryError):
     """The connection broke, timed out or spoke garbage mid-transaction."""
 
     def __init__(self, message: str, *, body_sent: bool = False) -> None:

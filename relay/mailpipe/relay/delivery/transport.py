@@ -39,8 +39,9 @@ from typing import Any
 
 import aiosmtplib
 
+from mailpipe.contracts.config import RelayConfig, TLSMode
+
 from ..classify import reply
-from ..config import RelayConfig, TLSMode
 from ..ports import Envelope, SMTPReply, TransactionResult
 from .mx import (
     AddressLiteral,

@@ -15,6 +15,11 @@ Several replicas send from the same IPs, and the events of the others arrive
 with a lag, so each replica may use only its share of a cap: the fraction of
 the outbound topic's partitions it owns (`set_share`). The shares add up to at
 most the cap, so the pool never goes over it even while events are in flight.
+
+Both planes use it: the relay to enforce the caps, the operator to replay the
+same events into each IP's warm-up day and cap for the pool's status. It is
+pure (events in, decisions out; time passed in), so it lives with the
+contracts both planes import rather than inside either of them.
 """
 
 from __future__ import annotations
