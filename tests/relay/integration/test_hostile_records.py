@@ -98,22 +98,36 @@ def test_a_bad_suppression_value_does_not_unsuppress_the_ones_behind_it(
     assert rx.recipients() == ["ok@d.test"]
 
 
-def test_a_record_due_next_week_does_not_hold_back_one_due_sooner(
+@pytest.mark.parametrize("first_due_in", [7 * 86400, 40], ids=["next-week", "in-40s"])
+def test_a_record_due_later_does_not_hold_back_one_due_sooner(
     pool_factory: Callable[..., Pool],
     relays: Callable[..., RelayProcess],
     smtp_receiver: Callable[[str, int], SMTPReceiver],
+    first_due_in: float,
 ) -> None:
+    """Finding 4: a not-yet-due record at the head of a delay topic partition paused
+    that partition until it was due, so a record due in 3 s behind one due next week
+    (or in 40 s) waited a week (or 38 s)."""
     rx = smtp_receiver("127.0.0.10", 0)
     pool = pool_factory(routes={"d.test": [{"host": rx.host, "port": rx.port}]})
     relay = relays(pool)
-    delay_1m = pool.config.kafka.delay_topics["1m"]
-    now = time.time()
-    far = _record("later@d.test", not_before=now + 7 * 86400)
-    soon = _record("soon@d.test", not_before=now + 5)
-    pool.producer.send(delay_1m, key=b"d.test", value=far, partition=0)
-    pool.producer.send(delay_1m, key=b"d.test", value=soon, partition=0)
+    pool.send("ready@d.test")
     pool.flush()
-    wait_for(lambda: rx.recipients() == ["soon@d.test"], 45, "the record due in 5 s", relay)
+    wait_for(lambda: rx.recipients() == ["ready@d.test"], 60, "the relay running", relay)
+    delay_1s = pool.config.kafka.delay_topics["1s"]
+    first = _record("later@d.test", not_before=time.time() + first_due_in)
+    pool.producer.send(delay_1s, key=b"d.test", value=first, partition=0)
+    pool.flush()
+    time.sleep(2)  # the relay has read the first record (and, before the fix, paused)
+    soon = _record("soon@d.test", not_before=time.time() + 3)
+    pool.producer.send(delay_1s, key=b"d.test", value=soon, partition=0)
+    pool.flush()
+    wait_for(
+        lambda: rx.recipients() == ["ready@d.test", "soon@d.test"],
+        20,
+        "the record due in 3 s",
+        relay,
+    )
 
 
 @pytest.mark.parametrize(
