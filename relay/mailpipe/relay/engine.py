@@ -21,7 +21,9 @@ protocols in `ports`; `main` wires in Kafka and SMTP, tests wire in fakes:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import heapq
 import itertools
 import json
@@ -70,6 +72,13 @@ STOP_GRACE_SECONDS = 20.0
 # in-flight transactions get this long to finish on shutdown (above)
 RELIEF_AFTER_SECONDS = 1.0  # a full window whose commits stood still this long is stuck
 STUCK_WARN_SECONDS = 10.0
+# A retry computed as `now + 600` reaches the step choice a moment later as 599.99 s:
+# this much slack keeps it on the 10m step it was meant for (not the 1m one).
+STEP_SLACK_SECONDS = 1.0
+# How much of an undecodable value a DLQ copy keeps: enough to see what it was,
+# and always far below Kafka's default 1 MB message limit, so the copy itself
+# can never fail to produce (a 200 KB non-UTF-8 value escapes to 1.2 MB).
+DLQ_COPY_BYTES = 64 * 1024
 _STEP = re.compile(r"^(\d+)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -97,6 +106,28 @@ def task_stacks(tasks: set[asyncio.Task[Any]], limit: int = 3) -> list[str]:
             awaited = getattr(awaited, "cr_await", None)
         out.append(" > ".join(chain))
     return out
+
+
+def dlq_copy(src: SourceRecord, reason: str) -> bytes:
+    """The DLQ value for `src`: the reason, where it came from, and the original
+    value (UTF-8 text, or base64 when it is not UTF-8), cut to DLQ_COPY_BYTES so the
+    copy always fits on the DLQ topic; its size and SHA-256 say what was cut."""
+    raw = src.value or b""
+    kept = raw[:DLQ_COPY_BYTES]
+    value: dict[str, Any] = {
+        "reason": reason[:2000],
+        "topic": src.topic,
+        "partition": src.partition,
+        "offset": src.offset,
+        "value_bytes": len(raw),
+        "value_sha256": hashlib.sha256(raw).hexdigest(),
+        "truncated": len(kept) < len(raw),
+    }
+    try:
+        value["value"] = kept.decode("utf-8")
+    except UnicodeDecodeError:
+        value["value_base64"] = base64.b64encode(kept).decode()
+    return json.dumps(value).encode()
 
 
 @dataclass
@@ -162,7 +193,7 @@ class Engine:
         self.signer = Signer(config.dkim) if config.dkim else None
         steps = sorted((step_seconds(s), t) for s, t in config.kafka.delay_topics.items())
         self._delay_steps = steps
-        self._delay_topic_names = {t for _, t in steps}
+        self._step_of_topic = {t: step for step, t in steps}
 
     def _delay_topic(self, seconds: float) -> str:
         """The delay topic whose step is the largest one not beyond `seconds`."""
@@ -170,7 +201,7 @@ class Engine:
             return self.config.kafka.outbound_topic  # no delay topics: re-read, held in memory
         chosen = self._delay_steps[0][1]
         for step, topic in self._delay_steps:
-            if step <= seconds:
+            if step <= seconds + STEP_SLACK_SECONDS:
                 chosen = topic
         return chosen
 
@@ -264,17 +295,26 @@ class Engine:
         work = Work(src, record, gen)
         now = self.clock.time()
         if record.not_before is not None and record.not_before > now + HOLD_SLACK_SECONDS:
-            if src.topic in self._delay_topic_names or not self._delay_steps:
+            step = self._step_of_topic.get(src.topic)
+            if step is not None:
+                # Read from a delay topic: wait at most one step past the record's
+                # arrival there. Records behind it in this FIFO topic arrived later,
+                # so none of them is due before this one is looked at again; a
+                # record due later than that (next week, or put on too short a
+                # step) is postponed again instead of pausing the partition for good.
+                arrived = min(src.timestamp_ms / 1000, now) if src.timestamp_ms else now
+                self._hold(work, min(record.not_before, arrived + step))
+            elif not self._delay_steps:
                 self._hold(work, record.not_before)
             else:
                 self._spawn(self._postpone(work, record.not_before, reason=None))
             return
         self._enqueue(work)
 
-    def _hold(self, work: Work, due: float) -> None:
-        """Park a not-yet-due record from a delay topic and pause its partition:
-        the records behind it in a FIFO delay topic are due later still."""
-        heapq.heappush(self._held, (due, next(self._seq), work))
+    def _hold(self, work: Work, until: float) -> None:
+        """Keep a not-yet-due record from a delay topic until `until` and pause its
+        partition meanwhile: what is behind it arrived later (see `_accept`)."""
+        heapq.heappush(self._held, (until, next(self._seq), work))
         tp = work.src.tp
         self._held_per_tp[tp] = self._held_per_tp.get(tp, 0) + 1
         self.source.pause([tp])
@@ -288,7 +328,12 @@ class Engine:
             if self._held_per_tp[tp] == 0:
                 del self._held_per_tp[tp]
                 self.source.resume([tp])
-            if self.tracker.owns(tp):
+            if not self.tracker.owns(tp):
+                continue
+            due = work.record.not_before
+            if due is not None and due > now + HOLD_SLACK_SECONDS and self._delay_steps:
+                self._spawn(self._postpone(work, due, reason="not_due"))
+            else:
                 self._enqueue(work)
 
     def _warn_if_stuck(self, stuck_s: float) -> None:
@@ -409,10 +454,12 @@ class Engine:
                 work = q.items.popleft()
                 try:
                     await self._attempt(work, domain)
-                except Exception:
-                    # Unexpected failure: leave the record unfinished so it is
-                    # re-read after a restart rather than lost.
+                except Exception as exc:
+                    # The record's boundary: whatever went wrong, it gets a final
+                    # disposition (failed events + a DLQ copy with the reason)
+                    # instead of an offset that never finishes and stops commits.
                     log.exception("attempt failed", extra={"message_id": work.record.id})
+                    await self._fail(work, exc)
         finally:
             q.lanes -= 1
             shaper.connections -= 1
@@ -594,16 +641,21 @@ class Engine:
         await self._produce_retry(work.record, due)
         self._finish(work.src, work.gen)
 
+    async def _fail(self, work: Work, exc: Exception) -> None:
+        """A record the relay could not handle: one failed event per recipient (so
+        campaign counts complete) and a DLQ copy naming the error."""
+        reason = f"relay error: {type(exc).__name__}: {str(exc)[:300]}"
+        now = self.clock.time()
+        sends = [
+            self._event(work.record, r.address, Disposition.FAILED, now, reason="relay_error")
+            for r in work.record.recipients
+        ]
+        await asyncio.gather(*sends, return_exceptions=True)
+        await self._to_dlq(work.src, work.gen, reason)
+
     async def _to_dlq(self, src: SourceRecord, gen: int, reason: str) -> None:
         self.metrics.dlq.labels(reason.split(":", 1)[0][:40]).inc()
-        value = {
-            "reason": reason,
-            "topic": src.topic,
-            "partition": src.partition,
-            "offset": src.offset,
-            "value": (src.value or b"").decode("utf-8", "replace"),
-        }
-        await self.sink.send(self.config.kafka.dlq_topic, src.key, json.dumps(value).encode())
+        await self.sink.send(self.config.kafka.dlq_topic, src.key, dlq_copy(src, reason))
         self._finish(src, gen)
 
     # -- rebalancing -------------------------------------------------------------
