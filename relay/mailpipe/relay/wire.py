@@ -55,9 +55,7 @@ Address = Annotated[str, AfterValidator(_address)]
 MAX_UNIX_SECONDS = 4_102_444_800
 # Strict: the wire is JSON written by programs, so `"3"`, `true` or `NaN` where a
 # number belongs is a producer bug to refuse, never a value to coerce.
-UnixSeconds = Annotated[
-    float, Field(strict=True, ge=0, le=MAX_UNIX_SECONDS, allow_inf_nan=False)
-]
+UnixSeconds = Annotated[float, Field(strict=True, ge=0, le=MAX_UNIX_SECONDS, allow_inf_nan=False)]
 Count = Annotated[int, Field(strict=True, ge=0)]
 
 

@@ -142,7 +142,9 @@ def test_absurd_times_are_refused_at_the_wire(
     rx = smtp_receiver("127.0.0.10", 0)
     pool = pool_factory(routes={"d.test": [{"host": rx.host, "port": rx.port}]})
     relay = relays(pool)
-    value = _record("x@d.test").replace(b'"created_at"', b'"not_before": %s, "created_at"' % not_before.encode())
+    value = _record("x@d.test").replace(
+        b'"created_at"', b'"not_before": %s, "created_at"' % not_before.encode()
+    )
     pool.send_raw(b"d.test", value)
     pool.send("after@d.test")
     pool.flush()

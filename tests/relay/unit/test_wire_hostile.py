@@ -8,7 +8,13 @@ import time
 
 import pytest
 
-from mailpipe.relay.wire import WireError, decode_control, decode_event, decode_record, decode_suppression
+from mailpipe.relay.wire import (
+    WireError,
+    decode_control,
+    decode_event,
+    decode_record,
+    decode_suppression,
+)
 
 pytestmark = pytest.mark.security
 
@@ -61,9 +67,7 @@ def test_hostile_values_are_wire_errors(value: bytes) -> None:
 
 @pytest.mark.parametrize("decode", [decode_event, decode_suppression, decode_control])
 @pytest.mark.parametrize("value", [HOSTILE["deeply-nested"], HOSTILE["huge-integer"]])
-def test_followed_topics_decode_hostile_values_as_wire_errors(
-    decode: object, value: bytes
-) -> None:
+def test_followed_topics_decode_hostile_values_as_wire_errors(decode: object, value: bytes) -> None:
     with pytest.raises(WireError):
         decode(value)  # type: ignore[operator]
 
