@@ -213,6 +213,18 @@ class WarmupLedger:
                 self._count(event.egress_ip, self.config.group_of(event.domain), 1, event.time, own)
             self.outcome(event.egress_ip, event.disposition)
 
+    def budgets(self, now: float) -> dict[str, int | None]:
+        """Per IP, the messages this replica may still send today in total (None =
+        no cap): `mailpipe_warmup_budget_remaining`. Read by the metrics server's
+        thread, so an IP removed by a concurrent reload is skipped, not an error."""
+        out: dict[str, int | None] = {}
+        for ip in list(self._ips):
+            try:
+                out[ip] = self.remaining(ip, None, now)
+            except KeyError:
+                continue
+        return out
+
     def paused(self) -> dict[str, str]:
         return {ip: s.paused_reason for ip, s in self._ips.items() if s.paused_reason}
 

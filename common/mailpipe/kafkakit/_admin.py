@@ -17,9 +17,9 @@ from kafka.errors import TopicAlreadyExistsError
 
 from mailpipe.contracts.config import KafkaSettings
 
-# creating a topic is one controller round trip; this bound is for a sick broker
+# Topic creation is a controller round trip; this is for a sick broker.
 CREATE_TIMEOUT_SECONDS = 30.0
-# the latest value per key is the state: suppressions, campaign control
+# Latest value per key wins: suppressions, campaign states.
 COMPACTED = {"cleanup.policy": "compact"}
 
 
@@ -61,16 +61,19 @@ def ensure_pool_topics(
     replication: int = 1,
     timeout_s: float = CREATE_TIMEOUT_SECONDS,
 ) -> list[str]:
-    """Create the missing topics of the pool `settings` names: outbound, delay,
-    events and DLQ, plus the compacted suppression and campaign-control
-    topics. For dev and tests; in a cluster the operator creates them from the
-    SendingPool."""
-    topics = settings.topics
+    """Create a pool's missing topics: outbound, delay, events and DLQ, plus the
+    compacted suppression and campaign-control topics. For dev and tests; in a
+    cluster the operator creates them from the SendingPool."""
     return ensure_topics(
         settings.bootstrap_servers,
-        topics.all(),
+        [
+            settings.outbound_topic,
+            settings.events_topic,
+            settings.dlq_topic,
+            *settings.delay_topics.values(),
+        ],
         partitions,
         replication,
-        compacted=[topics.suppressions, topics.control],
+        compacted=[settings.suppressions_topic, settings.control_topic],
         timeout_s=timeout_s,
     )
