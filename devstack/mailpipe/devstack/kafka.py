@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import gc
 import socket
-import warnings
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
