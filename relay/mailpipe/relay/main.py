@@ -119,7 +119,12 @@ async def serve(
     ledger = WarmupLedger(config, relay_id)
     campaigns = CampaignStates()
     followers = relay_followers(
-        config.kafka, relay_id, suppressions=suppressions, ledger=ledger, campaigns=campaigns
+        config.kafka,
+        relay_id,
+        suppressions=suppressions,
+        ledger=ledger,
+        campaigns=campaigns,
+        metrics=metrics,
     )
     for f in followers:
         f.start()
