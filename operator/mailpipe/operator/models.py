@@ -28,10 +28,15 @@ HOSTNAME = (
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4 = rf"^({_OCTET}\.){{3}}{_OCTET}$"
 ADDRESS = r"^[^@\s<>]+@[^@\s<>]+$"
-TIME_ZONE = r"^(UTC|[A-Za-z]+(/[A-Za-z0-9_+-]+){1,2})$"  # IANA names, e.g. Europe/Paris
+# Every IANA name (Europe/Paris, CET, EST5EDT, Etc/GMT+5, America/Argentina/Buenos_Aires);
+# whether the name exists is checked where it is used (tests/operator/unit/test_audience.py).
+TIME_ZONE = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$"
 CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 TOPIC = r"^[A-Za-z0-9._-]{1,200}$"
+# Gmail clips an HTML body beyond 102 KB, so a bigger template is a mistake; the
+# limit also bounds what one render compiles (a 1 MB template cost 600 MB RSS).
+MAX_TEMPLATE_CHARS = 128 * 1024
 
 
 def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
@@ -237,9 +242,19 @@ class Sender(Spec):
 class Variant(Spec):
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="Variant name, e.g. a or b.")
     weight: int = Field(ge=0, le=100, description="Share of recipients, in percent.")
-    subject: str | None = Field(default=None, description="Subject template for this variant.")
-    text: str | None = Field(default=None, description="Text body template for this variant.")
-    html: str | None = Field(default=None, description="HTML body template for this variant.")
+    subject: str | None = Field(
+        default=None, max_length=998, description="Subject template for this variant."
+    )
+    text: str | None = Field(
+        default=None,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="Text body template for this variant.",
+    )
+    html: str | None = Field(
+        default=None,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="HTML body template for this variant.",
+    )
 
 
 class Recipient(Spec):
@@ -265,6 +280,13 @@ class ConfigMapAudience(Spec):
     )
 
 
+class OnInvalid(enum.StrEnum):
+    """What a problem row of the audience does (checked before anything is sent)."""
+
+    FAIL = "Fail"  # the campaign fails and nothing is sent
+    SKIP = "Skip"  # the row is left out and counted in status.audience
+
+
 class Audience(Spec):
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -280,6 +302,13 @@ class Audience(Spec):
     config_map_ref: ConfigMapAudience | None = Field(
         default=None, description="Recipients in a ConfigMap (large audiences)."
     )
+    on_invalid: OnInvalid = Field(
+        default=OnInvalid.FAIL,
+        description=(
+            "A row with a bad address, unknown time zone or a merge field its template "
+            "needs: Fail the campaign before anything is sent, or Skip and count it."
+        ),
+    )
 
 
 class Weekday(enum.StrEnum):
@@ -294,11 +323,16 @@ class Weekday(enum.StrEnum):
 
 class SendWindow(Spec):
     model_config = ConfigDict(
-        json_schema_extra=_cel(("self.start < self.end", "send window: start must be before end"))
+        json_schema_extra=_cel(
+            ("self.start != self.end", "send window: start must differ from end")
+        )
     )
     days: list[Weekday] = Field(min_length=1, max_length=7, description="Days the window is open.")
     start: str = Field(pattern=CLOCK, description="Opening time, HH:MM, recipient's local time.")
-    end: str = Field(pattern=CLOCK, description="Closing time, HH:MM, recipient's local time.")
+    end: str = Field(
+        pattern=CLOCK,
+        description="Closing time, HH:MM, local; before start means the next day (22:00-06:00).",
+    )
 
 
 class Unsubscribe(Spec):
@@ -332,8 +366,14 @@ class CampaignSpec(Spec):
     from_: Sender = Field(alias="from", description="Sender.")
     reply_to: str | None = Field(default=None, pattern=ADDRESS, description="Reply-To address.")
     subject: str = Field(min_length=1, max_length=998, description="Subject template (Jinja2).")
-    text: str | None = Field(default=None, description="Text body template (Jinja2).")
-    html: str | None = Field(default=None, description="HTML body template (Jinja2, autoescaped).")
+    text: str | None = Field(
+        default=None, max_length=MAX_TEMPLATE_CHARS, description="Text body template (Jinja2)."
+    )
+    html: str | None = Field(
+        default=None,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="HTML body template (Jinja2, autoescaped).",
+    )
     variants: list[Variant] = Field(
         default_factory=list, max_length=10, description="A/B variants by weight."
     )
