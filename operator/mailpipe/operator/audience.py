@@ -151,7 +151,9 @@ def _row(raw: dict[str, object], where: str) -> Row:
     if isinstance(merge_raw, dict):
         merge.update({str(k): str(v) for k, v in merge_raw.items()})
     try:
-        return Row(where, Recipient(address=address, time_zone=str(tz) if tz else None, merge=merge))
+        return Row(
+            where, Recipient(address=address, time_zone=str(tz) if tz else None, merge=merge)
+        )
     except ValidationError as exc:
         fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
         return Row(where, None, f"invalid {fields}: {address!r}")

@@ -128,17 +128,17 @@ class _BoundedSandbox(SandboxedEnvironment):
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int):
-                    if len(seq) * n > MAX_RENDERED_CHARS:
-                        raise _RenderLimit(f"'*' would build {len(seq) * n} items")
-        if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
-            if max(abs(left).bit_length(), 1) * right > MAX_POWER_BITS:
-                raise _RenderLimit(f"'**' result over {MAX_POWER_BITS} bits")
+                sized = isinstance(seq, str | list | tuple) and isinstance(n, int)
+                if sized and len(seq) * n > MAX_RENDERED_CHARS:
+                    raise _RenderLimit(f"'*' would build {len(seq) * n} items")
+        ints = isinstance(left, int) and isinstance(right, int)
+        if operator == "**" and ints and max(abs(left).bit_length(), 1) * right > MAX_POWER_BITS:
+            raise _RenderLimit(f"'**' result over {MAX_POWER_BITS} bits")
         return super().call_binop(context, operator, left, right)
 
-    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         if time.monotonic() > __self.deadline:
-            raise _RenderLimit(f"render took over {RENDER_SECONDS:g} s")
+            raise _RenderLimit("render took too long")
         return super().call(__context, __obj, *args, **kwargs)
 
 
@@ -174,12 +174,21 @@ class Renderer:
 
     `alarm=True` adds a SIGALRM per render: only for the main thread of the
     render-check process (`render_check`), where a signal can interrupt.
+    `seconds` is the time one message may take to render.
     """
 
-    def __init__(self, spec: CampaignSpec, campaign: str, *, alarm: bool = False) -> None:
+    def __init__(
+        self,
+        spec: CampaignSpec,
+        campaign: str,
+        *,
+        alarm: bool = False,
+        seconds: float = RENDER_SECONDS,
+    ) -> None:
         self.spec = spec
         self.campaign = campaign
         self._alarm = alarm
+        self._seconds = seconds
         self._plain = _BoundedSandbox(autoescape=False)
         self._html = _BoundedSandbox(autoescape=True)
         base = _Templates(spec.subject, spec.text, spec.html)
@@ -211,9 +220,9 @@ class Renderer:
         self, recipient: Recipient, variant: str | None
     ) -> tuple[Content, ListUnsubscribe | None]:
         who = f"recipient {recipient.address}"
-        deadline = time.monotonic() + RENDER_SECONDS
+        deadline = time.monotonic() + self._seconds
         self._plain.deadline = self._html.deadline = deadline
-        timer = _alarm(RENDER_SECONDS) if self._alarm else contextlib.nullcontext()
+        timer = _alarm(self._seconds) if self._alarm else contextlib.nullcontext()
         try:
             with timer:
                 return self._render(recipient, variant)
@@ -222,8 +231,13 @@ class Renderer:
         except UndefinedError as exc:
             raise RecipientError(f"{who}: {exc}") from None
         except (_RenderLimit, MemoryError) as exc:
-            raise CampaignError(f"{who}: {exc or 'out of memory'}", FailReason.RENDER_LIMIT) from None
-        except Exception as exc:  # noqa: BLE001 - a template can raise anything; each is a verdict
+            raise CampaignError(
+                f"{who}: {exc or 'out of memory'}", FailReason.RENDER_LIMIT
+            ) from None
+        except Exception as exc:
+            # A template can raise anything (ZeroDivisionError, OverflowError from
+            # the sandbox's range, RecursionError): each is a verdict on the
+            # template, never a reason to retry.
             detail = f"{type(exc).__name__}: {exc}"[:200]
             raise CampaignError(f"{who}: {detail}", FailReason.TEMPLATE_ERROR) from None
 
@@ -279,7 +293,7 @@ def parse_start(start_at: str | None) -> float | None:
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise CampaignError(f"unknown time zone {name!r}") from None
 
 

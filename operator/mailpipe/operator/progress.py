@@ -61,6 +61,8 @@ class FanoutCheckpoint(BaseModel):
 
     state: FanoutState | None = None
     message: str | None = None
+    reason: str | None = None
+    """Why the fan-out failed (`campaign.FailReason`): the reason of the Failed condition."""
     next_index: int = 0
     """Audience index the current chunk starts at."""
     offsets: dict[int, int] | None = None

@@ -53,7 +53,13 @@ def check_audience(
 ) -> PreparedAudience | None:
     """The prepared audience, or None when `stopped` became true; raises CampaignError."""
     request = json.dumps(
-        {"spec": spec_raw, "configmap": configmap_data, "campaign": campaign, "uid": uid, "now": now}
+        {
+            "spec": spec_raw,
+            "configmap": configmap_data,
+            "campaign": campaign,
+            "uid": uid,
+            "now": now,
+        }
     ).encode()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(

@@ -15,11 +15,11 @@ import zoneinfo
 from typing import Any
 
 import pytest
-from mailpipe.operator.audience import prepare_audience
-from mailpipe.operator.render_check import check_audience
 
+from mailpipe.operator.audience import prepare_audience
 from mailpipe.operator.campaign import CampaignError, next_open, zone
 from mailpipe.operator.models import CampaignSpec, SendWindow
+from mailpipe.operator.render_check import check_audience
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC).timestamp()
 

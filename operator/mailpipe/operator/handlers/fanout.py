@@ -1,8 +1,12 @@
 """The Campaign fan-out daemon: the audience to Kafka, one delivery record per recipient.
 
-One daemon per Campaign (in a thread: audience parsing and rendering are CPU
-work, producing is blocking IO). It waits while the campaign is suspended or
-its pool is not Ready, then produces the audience in chunks. Before each chunk
+One daemon per Campaign (in a thread: producing is blocking IO). It waits
+while the campaign is suspended or its pool is not Ready, then has the whole
+audience checked in a process of its own (`render_check`: parsed, normalised,
+de-duplicated, validated, every record rendered within limits) before the
+first record is produced, so a bad row or template fails the campaign with
+nothing sent (`status.audience` says what was de-duplicated and skipped).
+Then it produces the prepared audience in chunks. Before each chunk
 it writes a `FanoutCheckpoint` (next index + the outbound topic's end offsets)
 into status; a restarted operator resumes from it and skips indices already
 on the topic, so no recipient is produced twice (see `kafka_io` for why that
@@ -24,7 +28,7 @@ from pydantic import ValidationError
 from mailpipe.relay.wire import encode
 
 from .. import campaign as camp
-from .. import kafka_io, kube_io
+from .. import kafka_io, kube_io, render_check
 from ..models import GROUP, VERSION, CampaignSpec
 from ..progress import FanoutCheckpoint, FanoutState
 from .context import OperatorState, Pool, get_pool, operator_state, pool_readiness
@@ -40,6 +44,10 @@ KAFKA_BACKOFF_SECONDS = 10 * POLL_SECONDS  # a failing broker is not hammered
 # kopf waits this long for a stopping daemon before it abandons the thread;
 # enough for one chunk to be acknowledged by Kafka.
 CANCELLATION_TIMEOUT_SECONDS = 30
+# The check proved every render finishes within campaign.RENDER_SECONDS; the
+# same render here gets ten times that, so a busy node never fails a campaign
+# half-way through its fan-out.
+FANOUT_RENDER_SECONDS = 10 * camp.RENDER_SECONDS
 
 
 def _write(namespace: str, name: str, checkpoint: FanoutCheckpoint) -> None:
@@ -87,8 +95,11 @@ def fanout(
         try:
             _run_fanout(stopped, state, campaign_key, uid, dict(spec), pool, checkpoint, body)
         except camp.CampaignError as exc:
-            _write(namespace, name, FanoutCheckpoint(state=FanoutState.FAILED, message=str(exc)))
-            kopf.warn(body, reason="FanoutFailed", message=str(exc))
+            failed = FanoutCheckpoint(
+                state=FanoutState.FAILED, message=str(exc), reason=exc.reason.value
+            )
+            _write(namespace, name, failed)
+            kopf.warn(body, reason="FanoutFailed", message=f"{exc.reason.value}: {exc}")
             return
         except KafkaError as exc:
             log.warning("fan-out of %s paused by Kafka error: %s", campaign_key, exc)
@@ -113,15 +124,19 @@ def _run_fanout(
         spec = CampaignSpec.model_validate(spec_raw)
         t = pool.topics
     except ValidationError as exc:
-        raise camp.CampaignError(str(exc)) from exc
+        raise camp.CampaignError(str(exc), camp.FailReason.INVALID_SPEC) from exc
     bootstrap = pool.bootstrap
     state.hub.follow(bootstrap, t.events, state.tally.observe)
 
     cm_data = None
     if spec.audience.config_map_ref is not None:
         cm_data = kube_io.read_configmap(namespace, spec.audience.config_map_ref.name)
-    audience = camp.parse_audience(spec, cm_data)
-    renderer = camp.Renderer(spec, key)
+    prepared = render_check.check_audience(spec_raw, cm_data, key, uid, time.time(), stopped)
+    if prepared is None:
+        return  # stopped while the audience was being checked
+    kube_io.patch_status("campaigns", namespace, name, {"audience": prepared.summary()})
+    audience = prepared.recipients
+    renderer = camp.Renderer(spec, key, seconds=FANOUT_RENDER_SECONDS)
     suppressed = kafka_io.read_suppressions(bootstrap, t.suppressions)
     total = len(audience)
     start = checkpoint.next_index
