@@ -220,3 +220,56 @@ def test_overnight_windows_and_every_iana_zone_are_accepted(
     )
     refused = _apply(cli_env, empty, "--dry-run=server")
     assert refused.returncode != 0 and "start must differ from end" in refused.stderr
+
+
+def test_a_fixed_failed_campaign_resumes_without_sending_anyone_twice(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    op = operator_factory()
+    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    audience = {
+        "inline": [
+            {"address": "a@x.test", "merge": {"first": "A"}},
+            {"address": "b@x.test"},  # no first name: the subject cannot render
+            {"address": "c@x.test", "merge": {"first": "C"}},
+        ]
+    }
+    camp = _campaign("fix", namespace, subject="Hello {{ first }}", audience=audience)
+    assert _apply(cli_env, camp).returncode == 0
+    wait_for(lambda: _status(cli_env, "fix", namespace).get("phase") == "Failed", 60, "Failed", op)
+    assert _status(cli_env, "fix", namespace)["observedGeneration"] == 1
+    fixed = json.dumps({"spec": {"subject": "Hello {{ first|default('friend') }}"}})
+    patched = kubectl(cli_env, "patch", "camp", "fix", "-n", namespace, "--type=merge", "-p", fixed)
+    assert patched.returncode == 0, patched.stderr
+    wait_for(
+        lambda: _status(cli_env, "fix", namespace).get("fanout", {}).get("state") == "done",
+        60,
+        "fan-out resumed and done (before: Failed with the old message for good)",
+        op,
+    )
+    records = _outbound(
+        kafka_bootstrap, f"{topic_prefix}.outbound", _uid(cli_env, "fix", namespace)
+    )
+    assert sorted(r["recipients"][0]["address"] for r in records) == [
+        "a@x.test",
+        "b@x.test",
+        "c@x.test",
+    ]
+    assert sorted(r["content"]["subject"] for r in records) == [
+        "Hello A",
+        "Hello C",
+        "Hello friend",
+    ]
+    wait_for(
+        lambda: _status(cli_env, "fix", namespace).get("phase") == "Sending", 30, "Sending", op
+    )
+    status = _status(cli_env, "fix", namespace)
+    assert status["observedGeneration"] == 2
+    failed = [c for c in status["conditions"] if c["type"] == "Failed"]
+    assert failed[0]["status"] == "False", failed
+    described = kubectl(cli_env, "describe", "camp", "fix", "-n", namespace).stdout
+    assert "FanoutResumed" in described

@@ -87,6 +87,10 @@ async def campaign_status(
                 ),
             ],
         )
+    if fanout.generation is not None:
+        # the generation the fan-out last acted on: an edit it did not apply
+        # (after a Done fan-out) shows as observedGeneration < generation
+        new["observedGeneration"] = fanout.generation
     if fanout.started_at and not status.get("startedAt"):
         new["startedAt"] = fanout.started_at
     if phase is CampaignPhase.COMPLETED and not status.get("completedAt"):

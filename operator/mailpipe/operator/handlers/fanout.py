@@ -12,6 +12,11 @@ into status; a restarted operator resumes from it and skips indices already
 on the topic, so no recipient is produced twice (see `kafka_io` for why that
 is exactly-once without Kafka transactions). The daemon exits when the
 fan-out is done or failed; the status timer in `handlers.campaign` takes over.
+
+A Failed campaign whose spec is then edited (a new generation) gets a new
+daemon (kopf's `when` filter, `progress.fanout_wanted`), which resumes from
+the checkpoint: indices already produced are skipped, as after a restart.
+Every checkpoint carries the generation it acted on (status.observedGeneration).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from mailpipe.relay.wire import encode
 from .. import campaign as camp
 from .. import kafka_io, kube_io, render_check
 from ..models import GROUP, VERSION, CampaignSpec
-from ..progress import FanoutCheckpoint, FanoutState
+from ..progress import FanoutCheckpoint, FanoutState, fanout_wanted
 from .context import OperatorState, Pool, get_pool, operator_state, pool_readiness
 from .status import now_iso
 
@@ -54,7 +59,17 @@ def _write(namespace: str, name: str, checkpoint: FanoutCheckpoint) -> None:
     kube_io.patch_status("campaigns", namespace, name, {"fanout": checkpoint.patch()})
 
 
-@kopf.daemon(GROUP, VERSION, "campaigns", cancellation_timeout=CANCELLATION_TIMEOUT_SECONDS)
+def _wanted(status: Any, meta: Any, **_: Any) -> bool:
+    return fanout_wanted(status, meta.get("generation"))
+
+
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    "campaigns",
+    cancellation_timeout=CANCELLATION_TIMEOUT_SECONDS,
+    when=_wanted,
+)
 def fanout(
     stopped: Any,
     name: str,
@@ -72,35 +87,54 @@ def fanout(
         obj = kube_io.get_custom("campaigns", namespace, name)
         if obj is None:
             return
+        generation = obj["metadata"].get("generation")
+        spec = obj.get("spec", {})  # the spec of this generation, read with it
         checkpoint = FanoutCheckpoint.from_status(obj.get("status", {}))
-        if checkpoint.state is not None and checkpoint.state.finished:
-            return
+        if not fanout_wanted(obj.get("status", {}), generation):
+            # Returning would mark the daemon finished for good; waiting lets
+            # kopf stop it (its `when` filter no longer matches) and spawn a
+            # new one if the spec of a Failed campaign is edited.
+            stopped.wait(POLL_SECONDS)
+            continue
+        if checkpoint.state is FanoutState.FAILED:
+            kopf.info(
+                body,
+                reason="FanoutResumed",
+                message=f"spec edited (generation {generation}): resuming at index "
+                f"{checkpoint.next_index}",
+            )
+            checkpoint = checkpoint.model_copy(update={"state": FanoutState.RUNNING})
         if spec.get("suspend"):
             if checkpoint.state is not FanoutState.PAUSED:
-                _write(namespace, name, FanoutCheckpoint(state=FanoutState.PAUSED))
+                paused = FanoutCheckpoint(state=FanoutState.PAUSED, generation=generation)
+                _write(namespace, name, paused)
             stopped.wait(POLL_SECONDS)
             continue
         pool = get_pool(namespace, spec.get("poolRef", ""))
         ready, reason = pool_readiness(pool)
         if not ready:
             if checkpoint.state is not FanoutState.WAITING_FOR_POOL:
-                _write(
-                    namespace,
-                    name,
-                    FanoutCheckpoint(state=FanoutState.WAITING_FOR_POOL, message=reason),
+                waiting = FanoutCheckpoint(
+                    state=FanoutState.WAITING_FOR_POOL, message=reason, generation=generation
                 )
+                _write(namespace, name, waiting)
             stopped.wait(POLL_SECONDS)
             continue
         assert pool is not None
         try:
-            _run_fanout(stopped, state, campaign_key, uid, dict(spec), pool, checkpoint, body)
+            _run_fanout(
+                stopped, state, campaign_key, uid, dict(spec), pool, checkpoint, body, generation
+            )
         except camp.CampaignError as exc:
             failed = FanoutCheckpoint(
-                state=FanoutState.FAILED, message=str(exc), reason=exc.reason.value
+                state=FanoutState.FAILED,
+                message=str(exc),
+                reason=exc.reason.value,
+                generation=generation,
             )
             _write(namespace, name, failed)
             kopf.warn(body, reason="FanoutFailed", message=f"{exc.reason.value}: {exc}")
-            return
+            continue  # not `return`: an edited spec must be able to resume it
         except KafkaError as exc:
             log.warning("fan-out of %s paused by Kafka error: %s", campaign_key, exc)
             stopped.wait(KAFKA_BACKOFF_SECONDS)
@@ -117,6 +151,7 @@ def _run_fanout(
     pool: Pool,
     checkpoint: FanoutCheckpoint,
     body: Any,
+    generation: int | None,
 ) -> None:
     """Produce the audience from `checkpoint` on; returns early when stopped or deleted."""
     namespace, name = key.split("/", 1)
@@ -164,6 +199,9 @@ def _run_fanout(
                 suppressed_before_send=pre_suppressed,
                 total=total,
                 started_at=started_at,
+                message=None,  # a resumed campaign's failure message goes
+                reason=None,
+                generation=generation,
             ),
         )
         now = time.time()
@@ -193,6 +231,9 @@ def _run_fanout(
             suppressed_before_send=pre_suppressed,
             total=total,
             started_at=started_at,
+            message=None,
+            reason=None,
+            generation=generation,
         ),
     )
     kopf.info(
