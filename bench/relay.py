@@ -33,10 +33,10 @@ from typing import Any
 import yaml
 from kafka import KafkaProducer
 
+from mailpipe.contracts.config import RelayConfig
 from mailpipe.devstack.certs import write_rsa_key
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.stack import Stack
-from mailpipe.relay.config import RelayConfig
 from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
 
 from .common import PeakRSS, write_result

@@ -253,7 +253,7 @@ class Demo:
         )
 
     def seed_suppressions(self) -> None:
-        from mailpipe.relay.wire import Suppression, SuppressionReason, encode
+        from mailpipe.contracts.wire import Suppression, SuppressionReason, encode
 
         producer = KafkaProducer(bootstrap_servers=self.state.kafka_bootstrap, acks="all")
         for addr in sorted(self.plan.suppressed):

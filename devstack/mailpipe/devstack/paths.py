@@ -10,8 +10,10 @@ import os
 import shutil
 from pathlib import Path
 
+from mailpipe.contracts.errors import PermanentError
 
-class ComponentMissing(RuntimeError):
+
+class ComponentMissing(PermanentError, RuntimeError):
     """A binary the stack needs is not installed; `make setup` installs it."""
 
 

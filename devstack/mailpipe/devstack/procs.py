@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mailpipe.contracts.errors import MailpipeError
+
 # Popen handles of the processes this process started: kept so they are reaped
 # (no zombies, no ResourceWarning) when stopped; other processes go by pid only.
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-class ComponentFailed(RuntimeError):
+class ComponentFailed(MailpipeError, RuntimeError):
     """A component did not become ready; the message carries its log tail."""
 
     def __init__(self, name: str, reason: str, log: Path | None) -> None:

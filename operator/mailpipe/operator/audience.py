@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mailpipe.relay.wire import encode
+from mailpipe.contracts.wire import encode
 
 from .campaign import (
     MAX_RECORD_BYTES,

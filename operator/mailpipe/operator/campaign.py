@@ -35,8 +35,9 @@ from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
-from mailpipe.relay.wire import Content, DeliveryRecord, ListUnsubscribe
-from mailpipe.relay.wire import Recipient as WireRecipient
+from mailpipe.contracts.errors import PermanentError
+from mailpipe.contracts.wire import Content, DeliveryRecord, ListUnsubscribe
+from mailpipe.contracts.wire import Recipient as WireRecipient
 
 from .models import CampaignSpec, Recipient, SendWindow, Weekday
 
@@ -65,7 +66,7 @@ class FailReason(enum.StrEnum):
     RENDER_LIMIT = "RenderLimitExceeded"  # output, operand, time or memory limit
 
 
-class CampaignError(ValueError):
+class CampaignError(PermanentError, ValueError):
     """The campaign cannot be sent as written; the message says where, `reason` why."""
 
     def __init__(self, message: str, reason: FailReason = FailReason.INVALID_SPEC) -> None:

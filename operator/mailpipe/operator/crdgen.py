@@ -1,5 +1,9 @@
 """Generate the CustomResourceDefinitions in `crds/` from the typed models.
 
+The models are the operator's spec types (`models`) and the delivery policy
+types they share with the relay config (`mailpipe.contracts.policy`), so a
+constraint added there is published to the apiserver by the next generation.
+
 Pydantic's JSON Schema is close to what Kubernetes wants but not the same: a
 structural schema has no `$ref`, no `anyOf` for optional fields, no
 `additionalProperties: false` (unknown fields are pruned instead), and

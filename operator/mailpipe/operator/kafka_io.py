@@ -22,8 +22,14 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from mailpipe.contracts.wire import (
+    Event,
+    WireError,
+    decode_event,
+    decode_suppression,
+    suppression_key,
+)
 from mailpipe.relay.kafka_adapter import TopicFollower, read_topic
-from mailpipe.relay.wire import Event, WireError, decode_event, decode_suppression, suppression_key
 
 log = logging.getLogger("mailpipe.operator.kafka")
 

@@ -5,6 +5,11 @@ handlers parse every object through them, so the schema the apiserver enforces
 and the one the operator reads cannot drift. Field names are camelCase on the
 wire (Kubernetes API conventions) and snake_case in Python.
 
+The pool's delivery policy (egress IPs, warm-up, throttles, retry, TLS, DKIM
+identity, routes) is not defined here but in `mailpipe.contracts.policy`, the
+definitions the relay config is made of too: the operator hands the relay the
+very objects it parsed, so the two planes cannot disagree on a field.
+
 Cross-field rules that the apiserver can check itself are CEL rules
 (`x-kubernetes-validations`), so a bad object is refused at `kubectl apply`
 with a message naming the field, instead of being accepted and failing later.
@@ -13,24 +18,30 @@ with a message naming the field, instead of being accepted and failing later.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, model_validator
+
+from mailpipe.contracts.delays import DelayStep
+from mailpipe.contracts.policy import (
+    TIME_ZONE,
+    DKIMIdentity,
+    EgressIP,
+    RetrySettings,
+    Route,
+    Spec,
+    Throttle,
+    TimeZone,
+    TLSSettings,
+    WarmupPolicy,
+    check_pool,
+)
 
 GROUP = "mailpipe.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-HOSTNAME = (
-    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-IPV4 = rf"^({_OCTET}\.){{3}}{_OCTET}$"
 ADDRESS = r"^[^@\s<>]+@[^@\s<>]+$"
-# Every IANA name (Europe/Paris, CET, EST5EDT, Etc/GMT+5, America/Argentina/Buenos_Aires);
-# whether the name exists is checked where it is used (tests/operator/unit/test_audience.py).
-TIME_ZONE = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$"
 CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 TOPIC = r"^[A-Za-z0-9._-]{1,200}$"
@@ -43,39 +54,10 @@ def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
 
 
-class Spec(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
-    )
-
-
 # --- SendingPool -------------------------------------------------------------
 
 
-class EgressIP(Spec):
-    address: str = Field(pattern=IPV4, description="IPv4 source address the relays bind to.")
-    helo: str = Field(
-        pattern=HOSTNAME, max_length=253, description="EHLO name; should match the IP's PTR record."
-    )
-    warmup: bool = Field(
-        default=False, description="True while this IP follows the warm-up schedule."
-    )
-    warmup_day_offset: int = Field(
-        default=0, ge=0, le=365, description="Warm-up days already done elsewhere (skips steps)."
-    )
-
-
-class WarmupStep(Spec):
-    day: int = Field(
-        ge=1, le=365, description="Warm-up day this cap starts on (1 = first day sent)."
-    )
-    daily_limit: int = Field(ge=0, description="Messages per day from the IP, all destinations.")
-    group_limits: dict[str, int] = Field(
-        default_factory=dict, description="Messages per day from the IP per domain group."
-    )
-
-
-class Warmup(Spec):
+class Warmup(WarmupPolicy):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             (
@@ -89,35 +71,7 @@ class Warmup(Spec):
             ),
         )
     )
-    schedule: list[WarmupStep] = Field(
-        default_factory=list, max_length=60, description="Daily caps for warming IPs, by day."
-    )
-    bounce_rate_pause: float = Field(
-        default=0.10,
-        ge=0,
-        le=1,
-        description="Pause a warming IP when its bounce rate exceeds this.",
-    )
-    complaint_rate_pause: float = Field(
-        default=0.003, ge=0, le=1, description="Pause a warming IP above this complaint rate."
-    )
-    min_sample: int = Field(default=200, ge=1, description="Messages before rates are judged.")
-    time_zone: str = Field(
-        default="UTC", pattern=TIME_ZONE, description="Where warm-up days start."
-    )
-
-
-class Throttle(Spec):
-    max_connections: int = Field(default=10, ge=1, le=1000, description="Concurrent connections.")
-    messages_per_minute: float | None = Field(
-        default=None, gt=0, description="Message rate, pool-wide. Unset means unlimited."
-    )
-    messages_per_connection: int = Field(
-        default=100, ge=1, description="Messages before a connection is closed and reopened."
-    )
-    recipients_per_transaction: int = Field(
-        default=50, ge=1, le=1000, description="RCPTs per DATA."
-    )
+    time_zone: TimeZone = Field(default="UTC", description="Where warm-up days start.")
 
 
 class Throttles(Spec):
@@ -127,43 +81,13 @@ class Throttles(Spec):
     )
 
 
-class Retry(Spec):
-    schedule_seconds: list[int] = Field(
-        default_factory=lambda: [60, 600, 3600, 21600],
-        min_length=1,
-        max_length=20,
-        description="Wait before each retry of a deferred message; the last step repeats.",
-    )
-    max_age_seconds: int = Field(
-        default=259200, ge=60, description="Give up (expired) when a message is this old."
-    )
-
-
-class TLSMode(enum.StrEnum):
-    OPPORTUNISTIC = "opportunistic"
-    REQUIRED = "required"
-    DISABLED = "disabled"
-
-
-class TLS(Spec):
-    mode: TLSMode = Field(default=TLSMode.OPPORTUNISTIC, description="STARTTLS policy.")
-    verify: bool = Field(default=False, description="Verify MX certificates.")
-
-
 class SecretKeyRef(Spec):
     name: str = Field(pattern=DNS_LABEL, description="Secret in the pool's namespace.")
     key: str = Field(default="private.pem", description="Key of the PEM private key in the Secret.")
 
 
-class DKIM(Spec):
-    domain: str = Field(pattern=HOSTNAME, description="Signing domain (d=).")
-    selector: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="Selector (s=).")
+class DKIM(DKIMIdentity):
     secret_ref: SecretKeyRef = Field(description="Where the private key is.")
-
-
-class Route(Spec):
-    host: str = Field(description="Host name or address to connect to.")
-    port: int = Field(default=25, ge=1, le=65535, description="TCP port.")
 
 
 class KafkaSpec(Spec):
@@ -173,10 +97,11 @@ class KafkaSpec(Spec):
     topic_prefix: str | None = Field(
         default=None, pattern=TOPIC, description="Prefix of the pool's topics (default: ns.name)."
     )
+    # 12 partitions: enough to spread domains over a dozen relay replicas
     partitions: int = Field(default=12, ge=1, le=1000, description="Partitions of each topic.")
     replication_factor: int = Field(default=1, ge=1, le=7, description="Replicas of each topic.")
-    delay_steps: list[str] = Field(
-        default_factory=lambda: ["1m", "10m", "1h", "6h"],
+    delay_steps: list[DelayStep] = Field(
+        default_factory=lambda: [DelayStep(s) for s in ("1m", "10m", "1h", "6h")],
         min_length=1,
         max_length=10,
         description="Delay topics for retries and scheduled mail, e.g. 1m, 10m, 1h.",
@@ -207,6 +132,11 @@ class SendingPoolSpec(Spec):
         min_length=1,
         max_length=256,
         description="Egress IPs with their HELO names.",
+        # a list keyed by address: the apiserver refuses the same address twice
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["address"],
+        },
     )
     warmup: Warmup = Field(
         default_factory=Warmup, description="IP warm-up schedule and safeguards."
@@ -215,8 +145,12 @@ class SendingPoolSpec(Spec):
         default_factory=dict, description="Group name -> destination domain patterns (fnmatch)."
     )
     throttles: Throttles = Field(default_factory=Throttles, description="Per-destination shaping.")
-    retry: Retry = Field(default_factory=Retry, description="Retry schedule of deferred mail.")
-    tls: TLS = Field(default_factory=TLS, description="TLS policy towards MX hosts.")
+    retry: RetrySettings = Field(
+        default_factory=RetrySettings, description="Retry schedule of deferred mail."
+    )
+    tls: TLSSettings = Field(
+        default_factory=TLSSettings, description="TLS policy towards MX hosts."
+    )
     dkim: DKIM | None = Field(default=None, description="DKIM signing; unset means unsigned.")
     routes: dict[str, list[Route]] = Field(
         default_factory=dict,
@@ -228,7 +162,15 @@ class SendingPoolSpec(Spec):
         description="Resolver host:port instead of the pod's.",
     )
     smtp_port: int = Field(default=25, ge=1, le=65535, description="Port of MX hosts.")
+    # >= 1024: the relay runs as non-root and cannot bind privileged ports
     metrics_port: int = Field(default=9090, ge=1024, le=65535, description="Relay metrics port.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        # What the relay config would refuse is refused here, so the handler marks
+        # the pool Ready=False (InvalidSpec) instead of failing to render its config.
+        check_pool(self.egress_ips, self.domain_groups, self.warmup.schedule)
+        return self
 
 
 # --- Campaign ------------------------------------------------------------------
@@ -365,6 +307,7 @@ class CampaignSpec(Spec):
     )
     from_: Sender = Field(alias="from", description="Sender.")
     reply_to: str | None = Field(default=None, pattern=ADDRESS, description="Reply-To address.")
+    # 998: RFC 5322 2.1.1 line limit
     subject: str = Field(min_length=1, max_length=998, description="Subject template (Jinja2).")
     text: str | None = Field(
         default=None, max_length=MAX_TEMPLATE_CHARS, description="Text body template (Jinja2)."

@@ -2,7 +2,7 @@
 
 Each `build_*` takes the typed spec and returns a plain dict; no API calls, no
 clock, so every object is table-tested. The ConfigMap carries the relay config
-(the relay's own `RelayConfig`, dumped canonically) and its hash; the
+(`mailpipe.contracts.config.RelayConfig`, dumped canonically) and its hash; the
 Deployment's pod template carries the same hash, so editing the pool rolls the
 relays exactly when their config changed.
 """
@@ -13,7 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from mailpipe.relay import config as relay_config
+from mailpipe.contracts import config as relay_config
+from mailpipe.contracts.topics import Topics, pool_prefix
 
 from .models import API_VERSION, SendingPoolSpec
 
@@ -66,83 +67,34 @@ class PoolRef:
         return meta
 
 
-@dataclass(frozen=True)
-class Topics:
-    outbound: str
-    events: str
-    dlq: str
-    delay: dict[str, str]
-    suppressions: str = "mailpipe.suppressions"
-    control: str = "mailpipe.campaigns"
-
-    def all(self) -> list[str]:
-        return [self.outbound, self.events, self.dlq, *self.delay.values()]
-
-
 def topics(ref: PoolRef, spec: SendingPoolSpec) -> Topics:
-    prefix = spec.kafka.topic_prefix or f"{ref.namespace}.{ref.name}"
-    return Topics(
-        outbound=f"{prefix}.outbound",
-        events=f"{prefix}.events",
-        dlq=f"{prefix}.dlq",
-        delay={step: f"{prefix}.delay.{step}" for step in spec.kafka.delay_steps},
-    )
+    prefix = spec.kafka.topic_prefix or pool_prefix(ref.namespace, ref.name)
+    return Topics.for_prefix(prefix, spec.kafka.delay_steps)
 
 
 def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.RelayConfig:
-    t = topics(ref, spec)
-
-    def throttle(th: Any) -> relay_config.Throttle:
-        return relay_config.Throttle(
-            max_connections=th.max_connections,
-            messages_per_minute=th.messages_per_minute,
-            messages_per_connection=th.messages_per_connection,
-            recipients_per_transaction=th.recipients_per_transaction,
-        )
-
+    """The relay config of a pool. The policy objects are the spec's own (shared types)."""
     return relay_config.RelayConfig(
         pool=f"{ref.namespace}/{ref.name}",
-        kafka=relay_config.KafkaSettings(
+        kafka=relay_config.KafkaSettings.for_topics(
+            topics(ref, spec),
             bootstrap_servers=spec.kafka.bootstrap_servers,
             group_id=f"mailpipe-{ref.namespace}-{ref.name}",
-            outbound_topic=t.outbound,
-            events_topic=t.events,
-            dlq_topic=t.dlq,
-            suppressions_topic=t.suppressions,
-            control_topic=t.control,
-            delay_topics=t.delay,
             client_id=f"mailpipe-relay-{ref.name}",
         ),
-        egress=[
-            relay_config.EgressIP(
-                address=e.address,
-                helo=e.helo,
-                warmup=e.warmup,
-                warmup_day_offset=e.warmup_day_offset,
-            )
-            for e in spec.egress_ips
-        ],
+        egress=spec.egress_ips,
         domain_groups=spec.domain_groups,
-        throttle_default=throttle(spec.throttles.default),
-        throttles={k: throttle(v) for k, v in spec.throttles.overrides.items()},
+        throttle_default=spec.throttles.default,
+        throttles=spec.throttles.overrides,
         warmup=relay_config.WarmupSettings(
-            schedule=[
-                relay_config.WarmupStep(
-                    day=s.day, daily_limit=s.daily_limit, group_limits=s.group_limits
-                )
-                for s in spec.warmup.schedule
-            ],
+            schedule=spec.warmup.schedule,
             bounce_rate_pause=spec.warmup.bounce_rate_pause,
             complaint_rate_pause=spec.warmup.complaint_rate_pause,
             min_sample=spec.warmup.min_sample,
-            timezone=spec.warmup.time_zone,
+            timezone=spec.warmup.time_zone,  # the relay's name for it since config v1
         ),
-        retry=relay_config.RetrySettings(
-            schedule_seconds=spec.retry.schedule_seconds, max_age_seconds=spec.retry.max_age_seconds
-        ),
-        tls=relay_config.TLSSettings(
-            mode=relay_config.TLSMode(spec.tls.mode.value), verify=spec.tls.verify
-        ),
+        retry=spec.retry,
+        tls=spec.tls,
         dkim=(
             relay_config.DKIMSettings(
                 domain=spec.dkim.domain,
@@ -152,10 +104,7 @@ def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.Rela
             if spec.dkim
             else None
         ),
-        routes={
-            d: [relay_config.Route(host=r.host, port=r.port) for r in routes]
-            for d, routes in spec.routes.items()
-        },
+        routes=spec.routes,
         smtp_port=spec.smtp_port,
         dns_nameserver=spec.dns_nameserver,
         metrics_port=spec.metrics_port,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mailpipe.relay.wire import Disposition, Event
+from mailpipe.contracts.wire import Disposition, Event
 
 FINAL = frozenset(
     {

@@ -12,29 +12,47 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from .classify import reply
-from .ports import Envelope, SMTPReply, SourceRecord, TopicPartition, TransactionResult
+from .ports import (
+    Envelope,
+    Revoked,
+    SMTPReply,
+    SourceRecord,
+    TopicPartition,
+    TransactionResult,
+)
 
 
 class MemorySource:
-    """A partitioned log with a cursor per partition, pause/resume and commits."""
+    """A partitioned log with a cursor per partition, pause/resume, commits and
+    revocations (handed over in-band by `poll`, like the Kafka source does)."""
 
     def __init__(self) -> None:
         self.logs: dict[TopicPartition, list[SourceRecord]] = defaultdict(list)
         self.positions: dict[TopicPartition, int] = defaultdict(int)
         self.paused: set[TopicPartition] = set()
+        self.revoked: set[TopicPartition] = set()
         self.commits: list[dict[TopicPartition, int]] = []
+        self._control: list[Revoked] = []
 
     def append(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
         tp = TopicPartition(topic, partition)
         offset = len(self.logs[tp])
         self.logs[tp].append(SourceRecord(topic, partition, offset, key, value, 0))
 
-    async def poll(self, max_records: int) -> Sequence[SourceRecord]:
-        out: list[SourceRecord] = []
+    def revoke(self, partitions: Sequence[TopicPartition]) -> None:
+        """A rebalance took `partitions`: the next poll says so first, and no more
+        of their records are handed out."""
+        self.revoked.update(partitions)
+        self._control.append(Revoked(tuple(partitions)))
+
+    async def poll(self, max_records: int) -> Sequence[SourceRecord | Revoked]:
+        out: list[SourceRecord | Revoked] = [*self._control]
+        control = len(out)
+        self._control.clear()
         for tp, log in self.logs.items():
-            if tp in self.paused:
+            if tp in self.paused or tp in self.revoked:
                 continue
-            while self.positions[tp] < len(log) and len(out) < max_records:
+            while self.positions[tp] < len(log) and len(out) - control < max_records:
                 out.append(log[self.positions[tp]])
                 self.positions[tp] += 1
         if not out:
@@ -51,7 +69,7 @@ class MemorySource:
         self.paused.difference_update(partitions)
 
     def assignment(self) -> set[TopicPartition]:
-        return set(self.logs)
+        return set(self.logs) - self.revoked
 
     @property
     def committed(self) -> dict[TopicPartition, int]:

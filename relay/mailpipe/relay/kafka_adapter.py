@@ -37,7 +37,8 @@ from kafka.errors import TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from .config import KafkaSettings
+from mailpipe.contracts.config import KafkaSettings
+
 from .ports import SourceRecord, TopicPartition
 
 log = logging.getLogger("mailpipe.relay.kafka")

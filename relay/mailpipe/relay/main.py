@@ -24,15 +24,17 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
+from mailpipe.contracts.config import ConfigError, RelayConfig, load_config
+from mailpipe.contracts.warmup import WarmupLedger
+from mailpipe.contracts.wire import WireError, decode_control, decode_event, decode_suppression
+
 from .clock import SystemClock
-from .config import ConfigError, RelayConfig, load_config
 from .delivery import SMTPTransport
 from .engine import Engine, task_stacks
 from .kafka_adapter import KafkaSink, KafkaSource, TopicFollower, ensure_topics, partition_count
 from .metrics import RelayMetrics
+from .ports import Revoked
 from .suppressions import CampaignStates, SuppressionList
-from .warmup import WarmupLedger
-from .wire import WireError, decode_control, decode_event, decode_suppression
 
 log = logging.getLogger("mailpipe.relay")
 
@@ -190,7 +192,8 @@ async def serve(
         config.kafka,
         topics,
         committable=lambda: engine.tracker.committable(),
-        on_revoked=lambda tps: engine.on_revoked(tps),
+        # Until the adapter hands `Revoked` in-band through poll() (kafka branch):
+        on_revoked=lambda tps: engine._take([Revoked(tuple(tps))]),
         on_lag=on_lag,
         on_assigned=on_assigned,
         buffer_records=config.kafka.max_in_flight_records,

@@ -28,15 +28,16 @@ import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
-from .config import DKIMSettings
-from .wire import DeliveryRecord
+from mailpipe.contracts.config import DKIMSettings
+from mailpipe.contracts.errors import PermanentError
+from mailpipe.contracts.wire import DeliveryRecord
 
 CRLF = "\r\n"
 MAX_HEADER_LINE = 78  # RFC 5322 2.1.1: SHOULD not exceed 78 characters
 MAX_LINE = 998  # RFC 5322 2.1.1: MUST not exceed 998 characters
 
 
-class MessageError(ValueError):
+class MessageError(PermanentError, ValueError):
     """A record whose message cannot be built (goes to the DLQ with this reason)."""
 
 

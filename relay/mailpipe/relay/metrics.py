@@ -2,8 +2,10 @@
 
 Per-message paths touch metrics thousands of times a second, so label
 children are looked up once and kept (`prometheus_client`'s `labels()`
-validates and locks on every call), and the ready-queue depth is read from
-the engine's queues when scraped instead of being set on every change.
+validates and locks on every call), and gauges of state the engine keeps
+anyway (ready-queue depths, warm-up budgets) are read from it when scraped
+instead of being set on every change. `EXPORTED` lists every metric name a
+scrape shows, for the test that each dashboard panel's query is backed.
 """
 
 from __future__ import annotations
@@ -15,19 +17,40 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 
-class _QueueDepths(Collector):
-    """mailpipe_ready_queue_depth, read from the engine at scrape time."""
+class _ScrapedGauge(Collector):
+    """A labelled gauge whose values are read from the engine at scrape time."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
         self.read: Callable[[], dict[str, int]] = dict
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "mailpipe_ready_queue_depth", "Records waiting per domain", labels=["domain"]
-        )
-        for domain, depth in sorted(self.read().items()):
-            family.add_metric([domain], depth)
+        family = GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
+        for key, value in sorted(self.read().items()):
+            family.add_metric([key], value)
         yield family
+
+
+# From "barely waited" to "a whole minute": the range of 1 to 6000 messages per minute.
+THROTTLE_WAIT_BUCKETS_SECONDS = (0.01, 0.1, 0.5, 1, 5, 15, 60)
+NO_CAP = -1  # mailpipe_warmup_budget_remaining of an IP that is warm (no daily cap)
+
+# Every metric family a scrape shows (counters add `_total`, histograms
+# `_bucket`/`_sum`/`_count`), for the dashboard test.
+EXPORTED = (
+    "mailpipe_deliveries_total",
+    "mailpipe_backoffs_total",
+    "mailpipe_ready_queue_depth",
+    "mailpipe_throttle_wait_seconds",
+    "mailpipe_warmup_budget_remaining",
+    "mailpipe_in_flight_records",
+    "mailpipe_consumer_lag",
+    "mailpipe_postponed_records_total",
+    "mailpipe_dlq_records_total",
+)
 
 
 class RelayMetrics:
@@ -46,22 +69,24 @@ class RelayMetrics:
             ["domain", "egress_ip", "reason"],
             registry=r,
         )
-        self.queue_depths = _QueueDepths()
+        self.queue_depths = _ScrapedGauge(
+            "mailpipe_ready_queue_depth", "Records waiting per domain", "domain"
+        )
         r.register(self.queue_depths)
         self._delivered: dict[tuple[str, str, str], Counter] = {}
         self.throttle_wait = Histogram(
             "mailpipe_throttle_wait_seconds",
             "Time a message waited for its domain's rate limit",
             ["domain"],
-            buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60),
+            buckets=THROTTLE_WAIT_BUCKETS_SECONDS,
             registry=r,
         )
-        self.warmup_remaining = Gauge(
+        self.warmup_remaining = _ScrapedGauge(
             "mailpipe_warmup_budget_remaining",
-            "Messages a warming IP may still send today (-1 = no cap)",
-            ["egress_ip"],
-            registry=r,
+            f"Messages an egress IP may still send today from this relay ({NO_CAP} = no cap)",
+            "egress_ip",
         )
+        r.register(self.warmup_remaining)
         self.in_flight = Gauge(
             "mailpipe_in_flight_records", "Records read, not finished", registry=r
         )
@@ -71,19 +96,15 @@ class RelayMetrics:
             ["topic", "partition"],
             registry=r,
         )
-        self.overflow = Counter(
-            "mailpipe_overflow_records",
-            "Records moved to a delay topic because their domain's queue was full",
-            ["domain"],
+        self.postponed = Counter(
+            "mailpipe_postponed_records",
+            "Records postponed to a delay topic, by destination domain and reason"
+            " (retry, not_yet_due, queue_full, window_relief, campaign_paused, no_egress_ip)",
+            ["domain", "reason"],
             registry=r,
         )
         self.dlq = Counter(
             "mailpipe_dlq_records", "Records sent to the DLQ", ["reason"], registry=r
-        )
-        self.duplicates_skipped = Counter(
-            "mailpipe_duplicate_records",
-            "Records seen again after a restart or rebalance",
-            registry=r,
         )
 
     def delivered(self, outcome: str, domain: str, egress_ip: str) -> None:

@@ -50,9 +50,11 @@ class Revoked:
 class RecordSource(Protocol):
     """A consumer-group member: records in, commits out."""
 
-    async def poll(self, max_records: int) -> Sequence[SourceRecord]:
-        """Up to `max_records` records; empty when none arrived within a short wait.
-        With 0 it only delivers control (revocations), without waiting."""
+    async def poll(self, max_records: int) -> Sequence[SourceRecord | Revoked]:
+        """Up to `max_records` records, and every revocation that happened, each in
+        its place in the stream (a `Revoked` comes before any record read after it);
+        empty when nothing arrived within a short wait. With 0 it only delivers
+        control (revocations), without waiting."""
         ...
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -91,6 +93,9 @@ class Envelope:
     message: bytes
     egress_address: str
     helo: str
+    # The destination's shaping decides how many messages one connection carries
+    # (`scheduling.Scheduler.policy`); None = reuse while the connection lives.
+    messages_per_connection: int | None = None
 
 
 @dataclass(slots=True)

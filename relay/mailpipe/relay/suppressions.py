@@ -7,7 +7,7 @@ the same address is skipped even before its own suppression comes back.
 
 from __future__ import annotations
 
-from .wire import suppression_key
+from mailpipe.contracts.wire import suppression_key
 
 
 class SuppressionList:

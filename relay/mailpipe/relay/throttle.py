@@ -1,16 +1,18 @@
-"""Shaping: message rates, connection slots and back-off per destination.
+"""Shaping state: message rates, connection counts and back-offs per destination.
 
-Kafka keys records by recipient domain, so exactly one replica owns a domain
-at a time; the limits kept here in memory are therefore pool-wide limits
-(invariant 3) without any shared counter store. All times come from the
-injected clock's monotonic reading, so tests drive them without sleeping.
+The counters only; `scheduling` is where they are consulted and the limits
+enforced. Kafka keys records by recipient domain, so exactly one replica owns
+a domain at a time; the limits kept here in memory are therefore pool-wide
+limits (invariant 3, ARCHITECTURE.md) without any shared counter store. All
+times come from the injected clock's monotonic reading, so tests drive them
+without sleeping.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import Throttle
+from mailpipe.contracts.config import Throttle
 
 # After a 421 / 4.7.x the IP rests this long for that domain, doubling on each
 # repeat up to the cap: receivers that rate-limit usually lift it in minutes.

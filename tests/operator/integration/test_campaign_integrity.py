@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
+from mailpipe.contracts.wire import Disposition, Event, encode
 from mailpipe.relay.kafka_adapter import read_topic
-from mailpipe.relay.wire import Disposition, Event, encode
 
 from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
 

@@ -13,8 +13,8 @@ import yaml
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
+from mailpipe.contracts.wire import Disposition, Event, encode
 from mailpipe.relay.kafka_adapter import read_topic
-from mailpipe.relay.wire import Disposition, Event, encode
 
 from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
 
@@ -62,6 +62,23 @@ INVALID = [
         "dailyLimit must not decrease",
     ),
     ("SendingPool", _with(GOOD_POOL, "warmup", {"timeZone": "not a zone"}), "spec.warmup.timeZone"),
+    (
+        "SendingPool",
+        _with(GOOD_POOL, "kafka", {"bootstrapServers": "k:9092", "delaySteps": ["5 minutes"]}),
+        "spec.kafka.delaySteps[0]",
+    ),
+    (
+        "SendingPool",
+        _with(
+            GOOD_POOL,
+            "egressIPs",
+            [
+                {"address": "127.0.0.2", "helo": "a.test"},
+                {"address": "127.0.0.2", "helo": "b.test"},
+            ],
+        ),
+        "Duplicate value",
+    ),
     (
         "Campaign",
         _with(

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mailpipe.contracts.wire import Disposition, Event
 from mailpipe.operator.audience import parse_audience
 from mailpipe.operator.campaign import (
     CampaignError,
@@ -20,7 +21,6 @@ from mailpipe.operator.campaign import (
 from mailpipe.operator.models import CampaignSpec, SendWindow
 from mailpipe.operator.progress import FanoutCheckpoint, campaign_phase
 from mailpipe.operator.tally import Tally
-from mailpipe.relay.wire import Disposition, Event
 
 
 def spec(**extra: Any) -> CampaignSpec:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from mailpipe.contracts.delays import DELAY_STEP_PATTERN
 from mailpipe.operator import crdgen
 
 CRDS = Path(__file__).resolve().parents[3] / "crds"
@@ -54,3 +55,19 @@ def test_printer_columns() -> None:
     assert cols(camps) == ["Pool", "Phase", "Delivered", "Bounced", "Progress", "Age"]
     assert pools["spec"]["names"]["shortNames"] == ["sp"]
     assert camps["spec"]["names"]["shortNames"] == ["camp"]
+
+
+def test_the_schema_refuses_what_the_relay_config_refuses() -> None:
+    # A pool the apiserver accepts must render a relay config the relay accepts
+    # (ARCHITECTURE.md, invariant 8: bad input gets a clear error).
+    crd = yaml.safe_load((CRDS / "sendingpools.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    props = spec["properties"]
+    assert props["kafka"]["properties"]["delaySteps"]["items"]["pattern"] == DELAY_STEP_PATTERN
+    egress = props["egressIPs"]
+    assert egress["x-kubernetes-list-type"] == "map"
+    assert egress["x-kubernetes-list-map-keys"] == ["address"]  # no address twice
+    assert props["retry"]["properties"]["scheduleSeconds"]["items"]["minimum"] == 1
+    step = props["warmup"]["properties"]["schedule"]["items"]["properties"]
+    assert step["groupLimits"]["additionalProperties"]["minimum"] == 0
+    assert "pattern" in props["warmup"]["properties"]["timeZone"]

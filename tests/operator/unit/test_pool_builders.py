@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from mailpipe.contracts.config import parse_config
 from mailpipe.operator.models import SendingPoolSpec
 from mailpipe.operator.pool import (
     HASH_ANNOTATION,
@@ -14,7 +16,6 @@ from mailpipe.operator.pool import (
     build_relay_config,
     topics,
 )
-from mailpipe.relay.config import parse_config
 
 REF = PoolRef("news", "mail", "uid-1")
 
@@ -100,3 +101,33 @@ def test_dkim_secret_is_mounted_and_topics_follow_the_prefix() -> None:
         "pool7.delay.1m",
         "pool7.delay.1h",
     ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"warmup": {"schedule": [{"day": 1, "dailyLimit": 5, "groupLimits": {"big": 1}}]}},
+            "unknown groups",
+        ),
+        (
+            {
+                "egressIPs": [
+                    {"address": "10.0.0.5", "helo": "a.example.com"},
+                    {"address": "10.0.0.5", "helo": "b.example.com"},
+                ]
+            },
+            "egress addresses must be unique",
+        ),
+        ({"kafka": {"bootstrapServers": "k:9092", "delaySteps": ["5 minutes"]}}, "delay step"),
+        ({"warmup": {"timeZone": "Mars/Olympus_Mons"}}, "unknown time zone"),
+    ],
+    ids=["unknown-warmup-group", "duplicate-egress", "bad-delay-step", "unknown-time-zone"],
+)
+def test_a_spec_the_relay_would_refuse_is_refused_when_parsed(
+    extra: dict[str, Any], message: str
+) -> None:
+    # The handler turns this ValidationError into Ready=False (InvalidSpec); it never
+    # gets as far as rendering a relay config that the relay would refuse.
+    with pytest.raises(ValidationError, match=message):
+        spec(**extra)

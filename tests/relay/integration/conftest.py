@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from mailpipe.relay.config import RelayConfig
+from mailpipe.contracts.config import RelayConfig
 from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
 
 ROOT = Path(__file__).resolve().parents[3]

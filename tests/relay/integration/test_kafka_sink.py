@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from mailpipe.relay.config import KafkaSettings
+from mailpipe.contracts.config import KafkaSettings
 from mailpipe.relay.kafka_adapter import KafkaSink, ensure_topics
 
 pytestmark = pytest.mark.relay

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+from mailpipe.contracts.wire import decode_record
+from mailpipe.relay.metrics import EXPORTED
 from mailpipe.relay.ports import TopicPartition
-from mailpipe.relay.wire import decode_record
 
 from .conftest import Harness, make_config, record_bytes
 
@@ -141,3 +143,87 @@ async def test_a_flooding_throttled_domain_spills_instead_of_starving_others(
         decode_record(v or b"").recipients[0].address for _, v in h.sink.topics["p.delay.1m"]
     ]
     assert spilled and all(a.endswith("@slow.test") for a in spilled)
+
+
+async def test_recipients_per_transaction_splits_a_large_record() -> None:
+    h = Harness(make_config(throttle_default={"recipients_per_transaction": 2}))
+    h.transport.answer("u3@d.test", "451 4.3.0 try again")
+    h.put(record_bytes(*(f"u{i}@d.test" for i in range(5))))
+    await h.run_until(lambda: len(h.events()) == 5)
+    assert [e.recipients for e in h.transport.envelopes] == [
+        ("u0@d.test", "u1@d.test"),
+        ("u2@d.test", "u3@d.test"),
+        ("u4@d.test",),
+    ]
+    # One record, one settlement: the deferred recipient of the second transaction retries.
+    [(_, retry_bytes)] = h.sink.topics["p.delay.1m"]
+    assert [r.address for r in decode_record(retry_bytes or b"").recipients] == ["u3@d.test"]
+
+
+async def test_revocation_in_band_drops_queued_and_waiting_work(real_clock: object) -> None:
+    config = make_config(throttles={"slow.test": {"messages_per_minute": 6}})  # 10 s apart
+    h = Harness(config, clock=real_clock)  # type: ignore[arg-type]
+    p0, p1 = TopicPartition("p.outbound", 0), TopicPartition("p.outbound", 1)
+    delay = TopicPartition("p.delay.10m", 0)
+    for i in range(3):
+        h.put(record_bytes(f"s{i}@slow.test"), partition=0)  # one sent, two queued
+    h.put(record_bytes("w@d.test", not_before=h.clock.time() + 3600), topic="p.delay.10m")
+    stop = asyncio.Event()
+    task = asyncio.create_task(h.engine.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while len(h.events()) < 1 or h.engine.describe()["waiting"] < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+            assert h.engine.describe()["queued"] == {"slow.test": 2}
+
+            h.source.revoke([p0, delay])
+            h.put(record_bytes("f@fast.test"), partition=1)
+            while len(h.events()) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+            state = h.engine.describe()
+            assert (state["queued"], state["waiting"], state["in_flight"]) == ({}, 0, 0)
+            assert set(state["partitions"]) == {"p.outbound/1"}
+    finally:
+        stop.set()
+        await task
+    assert [e["recipient"] for e in h.events()] == ["s0@slow.test", "f@fast.test"]
+    assert h.source.committed[p1] == 1
+
+
+async def test_postponements_are_counted_by_reason(harness: Harness) -> None:
+    harness.transport.answer("later@d.test", "451 4.3.0 try again")
+    harness.put(record_bytes("later@d.test"))
+    harness.put(record_bytes("a@d.test", not_before=harness.clock.time() + 3600))
+    await harness.run_until(lambda: len(harness.sink.topics["p.delay.1m"]) == 1)
+    await harness.run_until(lambda: len(harness.sink.topics["p.delay.10m"]) == 1)
+    registry = harness.engine.metrics.registry
+    for reason in ("retry", "not_yet_due"):
+        labels = {"domain": "d.test", "reason": reason}
+        assert registry.get_sample_value("mailpipe_postponed_records_total", labels) == 1
+
+
+async def test_warmup_budget_gauge_follows_the_ledger() -> None:
+    h = Harness(
+        make_config(
+            egress=[
+                {"address": "127.0.0.2", "helo": "cold.test", "warmup": True},
+                {"address": "127.0.0.3", "helo": "warm.test"},
+            ],
+            warmup={"schedule": [{"day": 1, "daily_limit": 5}]},
+        )
+    )
+    registry = h.engine.metrics.registry
+
+    def budget(ip: str) -> float | None:
+        return registry.get_sample_value("mailpipe_warmup_budget_remaining", {"egress_ip": ip})
+
+    assert (budget("127.0.0.2"), budget("127.0.0.3")) == (5, -1)
+    h.put(record_bytes("a@d.test", "b@d.test"))
+    await h.run_until(lambda: len(h.events()) == 2)
+    assert (budget("127.0.0.2"), budget("127.0.0.3")) == (3, -1)
+
+
+def test_every_exported_metric_is_listed(harness: Harness) -> None:
+    suffix = {"counter": "_total"}
+    families = {f.name + suffix.get(f.type, "") for f in harness.engine.metrics.registry.collect()}
+    assert families == set(EXPORTED)

@@ -11,7 +11,7 @@ after them), which a churn soak test caught as missing mail.
 
 from __future__ import annotations
 
-from mailpipe.relay.config import KafkaSettings
+from mailpipe.contracts.config import KafkaSettings
 from mailpipe.relay.kafka_adapter import KafkaSource
 from mailpipe.relay.ports import SourceRecord, TopicPartition
 

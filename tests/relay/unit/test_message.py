@@ -18,11 +18,11 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from mailpipe.contracts.config import DKIMSettings
+from mailpipe.contracts.wire import DeliveryRecord, decode_record
 from mailpipe.devstack.certs import write_rsa_key
 from mailpipe.relay import message
-from mailpipe.relay.config import DKIMSettings
 from mailpipe.relay.message import MessageError, Signer, build_message, openssl_rsa_sign
-from mailpipe.relay.wire import DeliveryRecord, decode_record
 
 NOW = 1_700_000_000.0
 

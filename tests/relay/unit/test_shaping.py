@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+
 from mailpipe.relay.offsets import OffsetTracker
-from mailpipe.relay.ports import TopicPartition
+from mailpipe.relay.ports import Envelope, TopicPartition, TransactionResult
 from mailpipe.relay.throttle import BACKOFF_FIRST_SECONDS, Shaping, TokenBucket
+
+from .conftest import Harness, make_config, record_bytes
 
 
 def test_token_bucket_spaces_sends_at_the_rate() -> None:
@@ -60,3 +64,36 @@ def test_a_finish_from_before_a_revoke_does_not_touch_the_new_ownership() -> Non
     assert t.committable() == {tp: 7}  # still unfinished in this ownership
     t.finish(tp, 7, new)
     assert t.committable() == {tp: 8}
+
+
+async def test_lanes_never_hold_more_connections_than_the_shaping_key_allows() -> None:
+    """Connection slots are counted per shaping key: two domains of one group
+    share the group's slots (scheduling.py is where they are taken)."""
+    h = Harness(
+        make_config(
+            domain_groups={"big": ["*.big.test"]},
+            throttles={"big": {"max_connections": 2}},
+        )
+    )
+    busy = peak = 0
+    deliver = h.transport.deliver
+
+    async def counting(envelope: Envelope) -> TransactionResult:
+        nonlocal busy, peak
+        grouped = envelope.domain.endswith(".big.test")
+        busy += grouped
+        peak = max(peak, busy)
+        try:
+            await asyncio.sleep(0.01)
+            return await deliver(envelope)
+        finally:
+            busy -= grouped
+
+    h.transport.deliver = counting  # type: ignore[method-assign]
+    for i in range(6):
+        h.put(record_bytes(f"u{i}@a.big.test"))
+        h.put(record_bytes(f"u{i}@b.big.test"))
+        h.put(record_bytes(f"u{i}@other.test"))
+    await h.run_until(lambda: len(h.events()) == 18)
+    assert peak == 2  # the group's two slots, shared by its two domains
+    assert sum(e.domain == "other.test" for e in h.transport.envelopes) == 6

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from mailpipe.relay.warmup import WarmupLedger
-from mailpipe.relay.wire import Disposition, Event
+from mailpipe.contracts.warmup import WarmupLedger
+from mailpipe.contracts.wire import Disposition, Event
 
 from .conftest import make_config
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from mailpipe.relay.wire import CampaignControl, CampaignState, encode
+from mailpipe.contracts.wire import CampaignControl, CampaignState, encode
 
 from .. import kafka_io
 from ..models import GROUP, VERSION

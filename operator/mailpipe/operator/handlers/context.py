@@ -18,11 +18,12 @@ from typing import Any
 
 import kopf
 
-from mailpipe.relay.warmup import WarmupLedger
+from mailpipe.contracts.topics import Topics
+from mailpipe.contracts.warmup import WarmupLedger
 
 from .. import kafka_io, kube_io
 from ..models import SendingPoolSpec
-from ..pool import PoolRef, Topics, topics
+from ..pool import PoolRef, topics
 from ..tally import Tally
 
 MEMO_KEY = "mailpipe"  # the operator memo's key for OperatorState

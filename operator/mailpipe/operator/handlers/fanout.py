@@ -30,7 +30,7 @@ import kopf
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from mailpipe.relay.wire import encode
+from mailpipe.contracts.wire import encode
 
 from .. import campaign as camp
 from .. import kafka_io, kube_io, render_check

@@ -18,7 +18,7 @@ import kopf
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from mailpipe.relay.warmup import WarmupLedger
+from mailpipe.contracts.warmup import WarmupLedger
 
 from .. import kafka_io, kube_io
 from ..models import GROUP, VERSION, SendingPoolSpec

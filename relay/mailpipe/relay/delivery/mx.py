@@ -21,7 +21,8 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
-from ..config import RelayConfig
+from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.errors import PermanentError, TemporaryError
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,15 @@ class Route:
     name: str  # the MX name, for logs and events
 
 
-class NullMX(Exception):
+class NullMX(PermanentError):
     """RFC 7505: the domain publishes that it accepts no mail."""
 
 
-class NoSuchDomain(Exception):
+class NoSuchDomain(PermanentError):
     """NXDOMAIN, or no MX and no address records: nowhere to deliver."""
 
 
-class TemporaryDNSError(Exception):
+class TemporaryDNSError(TemporaryError):
     """Timeout or server failure: try again later."""
 
 

@@ -10,6 +10,8 @@ violation by the peer.
 
 from __future__ import annotations
 
+from mailpipe.contracts.errors import TemporaryError
+
 from ..classify import reply
 from ..ports import SMTPReply
 
@@ -17,7 +19,7 @@ MAX_REPLY_LINE = 4096  # RFC 5321 says 512; be lenient, but bounded
 MAX_REPLY_LINES = 200
 
 
-class ReplyError(Exception):
+class ReplyError(TemporaryError):
     """The peer sent something that is not an SMTP reply."""
 
 

@@ -23,6 +23,8 @@ import asyncio
 import time
 from collections import deque
 
+from mailpipe.contracts.errors import TemporaryError
+
 from ..classify import reply
 from ..ports import SMTPReply
 from .replies import ReplyError, ReplyParser
@@ -30,7 +32,7 @@ from .replies import ReplyError, ReplyParser
 QUIT_TIMEOUT_SECONDS = 5.0
 
 
-class ConnectionLost(Exception):
+class ConnectionLost(TemporaryError):
     """The connection broke, timed out or spoke garbage mid-transaction."""
 
     def __init__(self, message: str, *, body_sent: bool = False) -> None:

@@ -28,8 +28,9 @@ import weakref
 
 import aiosmtplib
 
+from mailpipe.contracts.config import RelayConfig, TLSMode
+
 from ..classify import reply
-from ..config import RelayConfig, TLSMode
 from ..ports import Envelope, SMTPReply, TransactionResult
 from .mx import MXResolver, NoSuchDomain, NullMX, Route, TemporaryDNSError
 from .session import ConnectionLost, Session
@@ -167,8 +168,11 @@ class SMTPTransport:
         return session
 
     def _release(self, env: Envelope, route: Route, conn: Session) -> None:
-        limit = self.config.throttle_for(env.domain).messages_per_connection
-        if conn.sent >= limit or not conn.is_open:
+        """Pool the connection for the next transaction, or close it: the envelope
+        carries the destination's messages-per-connection limit (the scheduler's
+        shaping decides it; the transport only counts)."""
+        limit = env.messages_per_connection
+        if (limit is not None and conn.sent >= limit) or not conn.is_open:
             task = asyncio.get_running_loop().create_task(conn.quit())
             self._quitting.add(task)
             task.add_done_callback(self._quitting.discard)

@@ -1,8 +1,8 @@
 """Wire formats on Kafka: delivery records, disposition events, suppressions.
 
-The relay owns these formats; the operator (fan-out, status aggregation) and
-the inbound receivers write and read them through this module only, so the
-two sides cannot drift. Every format carries a `v` field; a reader refuses a
+The relay, the operator (fan-out, status aggregation) and the inbound
+receivers write and read them through this module only, so the two planes
+cannot drift. Every format carries a `v` field; a reader refuses a
 version it does not know (the record goes to the DLQ with that reason) rather
 than guessing.
 
@@ -26,10 +26,15 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import PermanentError
+
 WIRE_VERSION: Literal[1] = 1
+MAX_ID_LENGTH = 200  # message ids end up in headers and logs; a longer one is a bug upstream
+MAX_RECIPIENTS = 1000  # per record: one SMTP transaction (RFC 5321 4.5.3.1.8 needs 100)
+MAX_REPLY_LENGTH = 2000  # an SMTP reply kept in an event; the relay truncates longer ones
 
 
-class WireError(ValueError):
+class WireError(PermanentError, ValueError):
     """A Kafka value that cannot be decoded into a known wire format."""
 
 
@@ -114,11 +119,11 @@ class DeliveryRecord(_Model):
     """One message to one or more recipients of one domain (value on `<pool>.outbound`)."""
 
     v: Literal[1] = WIRE_VERSION
-    id: SafeStr = Field(min_length=1, max_length=200, description="unique message id")
+    id: SafeStr = Field(min_length=1, max_length=MAX_ID_LENGTH, description="unique message id")
     campaign: SafeStr | None = Field(default=None, description="'namespace/name' of the Campaign")
     variant: SafeStr | None = None
     sender: Address = Field(description="envelope MAIL FROM and default From: address")
-    recipients: list[Recipient] = Field(min_length=1, max_length=1000)
+    recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     content: Content | None = None
     raw: str | None = Field(
         default=None, description="a complete RFC 5322 message (submission endpoint)"
@@ -168,7 +173,7 @@ class Event(_Model):
     mx_host: str | None = None
     smtp_code: int | None = None
     enhanced_code: str | None = None
-    reply: str | None = Field(default=None, max_length=2000)
+    reply: str | None = Field(default=None, max_length=MAX_REPLY_LENGTH)
     reason: str | None = Field(default=None, description="short machine-readable cause")
     relay: str | None = Field(default=None, description="id of the relay process that sent")
 

@@ -8,21 +8,63 @@ unit in its name.
 
 Policy is data (KumoMTA's "shaping"): the scheduler asks `throttle_for()` and
 `group_of()` rather than reading dicts, so lookup rules live in one place.
+The policy types (egress IPs, throttles, warm-up steps, retry, TLS, routes)
+are the SendingPool spec's own (`policy`), so the operator passes what it
+parsed, and whatever the relay refuses the CRD schema refuses too.
+
+`parse_config` validates the whole document before anyone sees it: any
+invalid value, a bad delay step or an unknown time zone included, raises
+`ConfigError`, so a reload either applies a complete config or none.
 """
 
 from __future__ import annotations
 
-import enum
 import fnmatch
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .delays import DelayStep
+from .errors import PermanentError
+from .policy import (
+    DKIMIdentity,
+    EgressIP,
+    RetrySettings,
+    Route,
+    Throttle,
+    TimeZone,
+    TLSMode,
+    TLSSettings,
+    WarmupPolicy,
+    WarmupStep,
+    check_pool,
+)
+from .topics import CONTROL_TOPIC, SUPPRESSIONS_TOPIC, Topics
+
+__all__ = [
+    "ConfigError",
+    "DKIMSettings",
+    "EgressIP",
+    "KafkaSettings",
+    "RelayConfig",
+    "RetrySettings",
+    "Route",
+    "TLSMode",
+    "TLSSettings",
+    "Throttle",
+    "WarmupSettings",
+    "WarmupStep",
+    "dump_config",
+    "load_config",
+    "parse_config",
+]
+
 CONFIG_VERSION = 1
 
 
-class ConfigError(ValueError):
+class ConfigError(PermanentError, ValueError):
     """A relay config that cannot be used, with the offending field named."""
 
 
@@ -36,11 +78,11 @@ class KafkaSettings(_Model):
     outbound_topic: str
     events_topic: str
     dlq_topic: str
-    suppressions_topic: str = "mailpipe.suppressions"
+    suppressions_topic: str = SUPPRESSIONS_TOPIC
     control_topic: str = Field(
-        default="mailpipe.campaigns", description="compacted campaign states (paused, cancelled)"
+        default=CONTROL_TOPIC, description="compacted campaign states (paused, cancelled)"
     )
-    delay_topics: dict[str, str] = Field(
+    delay_topics: dict[DelayStep, str] = Field(
         default_factory=dict,
         description="delay step (e.g. '1m') -> topic; records wait there until due",
     )
@@ -56,91 +98,41 @@ class KafkaSettings(_Model):
         description="read-ahead bound across all domains; the duplicate window on a crash",
     )
 
+    @classmethod
+    def for_topics(
+        cls, topics: Topics, *, bootstrap_servers: str, group_id: str, **settings: Any
+    ) -> KafkaSettings:
+        """Settings that read and write `topics` (built by `Topics.for_prefix`)."""
+        return cls(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            outbound_topic=topics.outbound,
+            events_topic=topics.events,
+            dlq_topic=topics.dlq,
+            suppressions_topic=topics.suppressions,
+            control_topic=topics.control,
+            delay_topics=topics.delay,
+            **settings,
+        )
 
-class Throttle(_Model):
-    """Shaping for one destination (domain or domain group), per egress IP unless noted."""
-
-    max_connections: int = Field(default=10, ge=1, description="concurrent connections, pool-wide")
-    messages_per_minute: float | None = Field(
-        default=None, gt=0, description="pool-wide message rate; None = unlimited"
-    )
-    messages_per_connection: int = Field(
-        default=100, ge=1, description="messages before a connection is closed and reopened"
-    )
-    recipients_per_transaction: int = Field(default=50, ge=1, le=1000)
-
-
-class WarmupStep(_Model):
-    day: int = Field(ge=1, description="warm-up day this cap applies from (1 = first day sent)")
-    daily_limit: int = Field(ge=0, description="messages per day in total from the IP")
-    group_limits: dict[str, int] = Field(
-        default_factory=dict, description="domain group -> messages per day from the IP"
-    )
-
-
-class EgressIP(_Model):
-    address: str = Field(description="source address the relay binds to")
-    helo: str = Field(description="EHLO name; should match the IP's PTR record")
-    warmup: bool = Field(default=False, description="True while this IP follows the schedule")
-    warmup_day_offset: int = Field(
-        default=0, ge=0, description="days already completed before this config (manual skip)"
-    )
-
-
-class WarmupSettings(_Model):
-    schedule: list[WarmupStep] = Field(default_factory=list)
-    bounce_rate_pause: float = Field(default=0.10, ge=0, le=1, description="pause IP above this")
-    complaint_rate_pause: float = Field(default=0.003, ge=0, le=1)
-    min_sample: int = Field(default=200, ge=1, description="messages before rates are judged")
-    timezone: str = Field(default="UTC", description="where a warm-up day starts and ends")
-
-    @model_validator(mode="after")
-    def _monotonic(self) -> WarmupSettings:
-        days = [s.day for s in self.schedule]
-        if days != sorted(set(days)):
-            raise ValueError("warmup.schedule days must be strictly increasing")
-        limits = [s.daily_limit for s in self.schedule]
-        if limits != sorted(limits):
-            raise ValueError("warmup.schedule daily_limit must be non-decreasing")
-        return self
-
-    def step_for(self, day: int) -> WarmupStep | None:
-        """The cap in force on warm-up `day`; None past the schedule (fully warm)."""
-        current: WarmupStep | None = None
-        for step in self.schedule:
-            if step.day <= day:
-                current = step
-        if self.schedule and day > self.schedule[-1].day:
-            return None
-        return current
+    @property
+    def topics(self) -> Topics:
+        """The topics these settings name, as the operator created them."""
+        return Topics(
+            outbound=self.outbound_topic,
+            events=self.events_topic,
+            dlq=self.dlq_topic,
+            delay=dict(self.delay_topics),
+            suppressions=self.suppressions_topic,
+            control=self.control_topic,
+        )
 
 
-class RetrySettings(_Model):
-    schedule_seconds: list[int] = Field(
-        default_factory=lambda: [60, 600, 3600, 6 * 3600],
-        description="wait before attempt n+1; the last step repeats",
-    )
-    max_age_seconds: int = Field(default=3 * 24 * 3600, ge=1, description="then expired")
-
-    def delay_for(self, attempt: int) -> int:
-        steps = self.schedule_seconds or [60]
-        return steps[min(max(attempt - 1, 0), len(steps) - 1)]
+class WarmupSettings(WarmupPolicy):
+    timezone: TimeZone = Field(default="UTC", description="where a warm-up day starts and ends")
 
 
-class TLSMode(enum.StrEnum):
-    OPPORTUNISTIC = "opportunistic"
-    REQUIRED = "required"
-    DISABLED = "disabled"
-
-
-class TLSSettings(_Model):
-    mode: TLSMode = TLSMode.OPPORTUNISTIC
-    verify: bool = Field(default=False, description="verify certificates (most MX certs don't)")
-
-
-class DKIMSettings(_Model):
-    domain: str
-    selector: str
+class DKIMSettings(DKIMIdentity):
     private_key_path: str = Field(description="PEM file mounted from a Secret")
     headers: list[str] = Field(
         default_factory=lambda: [
@@ -155,13 +147,6 @@ class DKIMSettings(_Model):
             "List-Unsubscribe-Post",
         ]
     )
-
-
-class Route(_Model):
-    """A static next hop that replaces MX lookup (tests, smart hosts)."""
-
-    host: str
-    port: int = Field(default=25, ge=1, le=65535)
 
 
 class RelayConfig(_Model):
@@ -195,13 +180,7 @@ class RelayConfig(_Model):
     def _check(self) -> RelayConfig:
         if self.v != CONFIG_VERSION:
             raise ValueError(f"unknown config version {self.v}, this relay reads {CONFIG_VERSION}")
-        known = set(self.domain_groups)
-        for step in self.warmup.schedule:
-            unknown = set(step.group_limits) - known
-            if unknown:
-                raise ValueError(f"warmup group_limits name unknown groups {sorted(unknown)}")
-        if len({e.address for e in self.egress}) != len(self.egress):
-            raise ValueError("egress addresses must be unique")
+        check_pool(self.egress, self.domain_groups, self.warmup.schedule)
         return self
 
     def group_of(self, domain: str) -> str | None:

@@ -15,6 +15,11 @@ Several replicas send from the same IPs, and the events of the others arrive
 with a lag, so each replica may use only its share of a cap: the fraction of
 the outbound topic's partitions it owns (`set_share`). The shares add up to at
 most the cap, so the pool never goes over it even while events are in flight.
+
+Both planes use it: the relay to enforce the caps, the operator to replay the
+same events into each IP's warm-up day and cap for the pool's status. It is
+pure (events in, decisions out; time passed in), so it lives with the
+contracts both planes import rather than inside either of them.
 """
 
 from __future__ import annotations
@@ -207,6 +212,18 @@ class WarmupLedger:
                 own = event.relay == self.relay_id
                 self._count(event.egress_ip, self.config.group_of(event.domain), 1, event.time, own)
             self.outcome(event.egress_ip, event.disposition)
+
+    def budgets(self, now: float) -> dict[str, int | None]:
+        """Per IP, the messages this replica may still send today in total (None =
+        no cap): `mailpipe_warmup_budget_remaining`. Read by the metrics server's
+        thread, so an IP removed by a concurrent reload is skipped, not an error."""
+        out: dict[str, int | None] = {}
+        for ip in list(self._ips):
+            try:
+                out[ip] = self.remaining(ip, None, now)
+            except KeyError:
+                continue
+        return out
 
     def paused(self) -> dict[str, str]:
         return {ip: s.paused_reason for ip, s in self._ips.items() if s.paused_reason}

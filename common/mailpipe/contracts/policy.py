@@ -1,0 +1,220 @@
+"""A pool's delivery policy: the types the SendingPool spec and the relay config share.
+
+Egress IPs, warm-up steps, throttles, retries, TLS, DKIM identity and static
+routes are defined once, here, with the constraints the CRD schema publishes.
+The operator's spec (`mailpipe.operator.models`) and the relay config
+(`config`) are built from these very classes, so the operator hands the
+relay the objects it parsed instead of copying them field by field, and a
+value the apiserver accepts is one the relay accepts.
+
+Field names are snake_case in Python and camelCase in a custom resource
+(Kubernetes API conventions); the relay config file uses the snake_case
+names, and both are accepted when parsing (`populate_by_name`).
+
+Classes used as spec fields carry comments, not docstrings: a docstring would
+become (or reorder) their description in the generated CRD.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Sequence
+from typing import Annotated, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from .wire import MAX_RECIPIENTS
+
+HOSTNAME = (
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4 = rf"^({_OCTET}\.){{3}}{_OCTET}$"
+# Every IANA name (Europe/Paris, CET, EST5EDT, Etc/GMT+5, America/Argentina/Buenos_Aires),
+# issue 12; tests/operator/unit/test_audience.py tries every name zoneinfo knows.
+TIME_ZONE = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$"
+
+MAX_HOSTNAME = 253  # RFC 1035 2.3.4: a domain name in text form
+MAX_WARMUP_DAY = 365  # a schedule longer than a year is a typo, not a plan
+MAX_WARMUP_STEPS = 60  # daily steps for two months; also bounds the CRD's CEL cost
+MAX_CONNECTIONS = 1000  # per destination, pool-wide: far beyond what any MX tolerates
+MAX_RECIPIENTS_PER_TRANSACTION = MAX_RECIPIENTS  # a transaction carries at most one record's
+MAX_RETRY_STEPS = 20  # a schedule, not a list of every attempt: its last step repeats
+MIN_MAX_AGE_SECONDS = 60  # expiring sooner than the first retry could run is a mistake
+
+
+def _known_zone(name: str) -> str:
+    # The pattern is all the apiserver can check; the relay needs the zone to exist.
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+    return name
+
+
+TimeZone = Annotated[str, StringConstraints(pattern=TIME_ZONE), AfterValidator(_known_zone)]
+
+
+class Spec(BaseModel):
+    """Base of every spec type: unknown keys refused, immutable, camelCase aliases."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+# An egress IP: the source address relays bind and the name they greet with.
+class EgressIP(Spec):
+    address: str = Field(pattern=IPV4, description="IPv4 source address the relays bind to.")
+    helo: str = Field(
+        pattern=HOSTNAME,
+        max_length=MAX_HOSTNAME,
+        description="EHLO name; should match the IP's PTR record.",
+    )
+    warmup: bool = Field(
+        default=False, description="True while this IP follows the warm-up schedule."
+    )
+    warmup_day_offset: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_WARMUP_DAY,
+        description="Warm-up days already done elsewhere (skips steps).",
+    )
+
+
+# One step of a warm-up schedule: the daily caps from `day` on.
+class WarmupStep(Spec):
+    day: int = Field(
+        ge=1, le=MAX_WARMUP_DAY, description="Warm-up day this cap starts on (1 = first day sent)."
+    )
+    daily_limit: int = Field(ge=0, description="Messages per day from the IP, all destinations.")
+    group_limits: dict[str, NonNegativeInt] = Field(
+        default_factory=dict, description="Messages per day from the IP per domain group."
+    )
+
+
+class WarmupPolicy(Spec):
+    """The schedule and safeguards of warming IPs (both planes; each adds its time zone)."""
+
+    schedule: list[WarmupStep] = Field(
+        default_factory=list,
+        max_length=MAX_WARMUP_STEPS,
+        description="Daily caps for warming IPs, by day.",
+    )
+    bounce_rate_pause: float = Field(
+        default=0.10,
+        ge=0,
+        le=1,
+        description="Pause a warming IP when its bounce rate exceeds this.",
+    )
+    complaint_rate_pause: float = Field(
+        default=0.003, ge=0, le=1, description="Pause a warming IP above this complaint rate."
+    )
+    min_sample: int = Field(default=200, ge=1, description="Messages before rates are judged.")
+
+    @model_validator(mode="after")
+    def _monotonic(self) -> Self:
+        # The CRD says the same with CEL rules; this refuses it in the relay config too.
+        days = [s.day for s in self.schedule]
+        if days != sorted(set(days)):
+            raise ValueError("warmup.schedule days must be strictly increasing")
+        limits = [s.daily_limit for s in self.schedule]
+        if limits != sorted(limits):
+            raise ValueError("warmup.schedule daily_limit must be non-decreasing")
+        return self
+
+    def step_for(self, day: int) -> WarmupStep | None:
+        """The cap in force on warm-up `day`; None past the schedule (fully warm)."""
+        current: WarmupStep | None = None
+        for step in self.schedule:
+            if step.day <= day:
+                current = step
+        if self.schedule and day > self.schedule[-1].day:
+            return None
+        return current
+
+
+# Shaping of one destination (a domain or a domain group), pool-wide.
+class Throttle(Spec):
+    max_connections: int = Field(
+        default=10, ge=1, le=MAX_CONNECTIONS, description="Concurrent connections."
+    )
+    messages_per_minute: float | None = Field(
+        default=None, gt=0, description="Message rate, pool-wide. Unset means unlimited."
+    )
+    messages_per_connection: int = Field(
+        default=100, ge=1, description="Messages before a connection is closed and reopened."
+    )
+    recipients_per_transaction: int = Field(
+        default=50, ge=1, le=MAX_RECIPIENTS_PER_TRANSACTION, description="RCPTs per DATA."
+    )
+
+
+# When deferred mail is tried again, and when it expires.
+class RetrySettings(Spec):
+    schedule_seconds: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [60, 600, 3600, 21600],
+        min_length=1,
+        max_length=MAX_RETRY_STEPS,
+        description="Wait before each retry of a deferred message; the last step repeats.",
+    )
+    max_age_seconds: int = Field(
+        default=3 * 24 * 3600,  # three days, as most MTAs
+        ge=MIN_MAX_AGE_SECONDS,
+        description="Give up (expired) when a message is this old.",
+    )
+
+    def delay_for(self, attempt: int) -> int:
+        """Seconds to wait before attempt `attempt + 1`."""
+        steps = self.schedule_seconds
+        return steps[min(max(attempt - 1, 0), len(steps) - 1)]
+
+
+class TLSMode(enum.StrEnum):
+    OPPORTUNISTIC = "opportunistic"
+    REQUIRED = "required"
+    DISABLED = "disabled"
+
+
+# STARTTLS policy towards MX hosts.
+class TLSSettings(Spec):
+    mode: TLSMode = Field(default=TLSMode.OPPORTUNISTIC, description="STARTTLS policy.")
+    verify: bool = Field(default=False, description="Verify MX certificates.")
+
+
+class DKIMIdentity(Spec):
+    """Who signs: d= and s=. Where the key comes from differs per plane."""
+
+    domain: str = Field(pattern=HOSTNAME, description="Signing domain (d=).")
+    selector: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="Selector (s=).")
+
+
+# A static next hop that replaces MX lookup (tests, smart hosts).
+class Route(Spec):
+    host: str = Field(description="Host name or address to connect to.")
+    port: int = Field(default=25, ge=1, le=65535, description="TCP port.")
+
+
+def check_pool(
+    egress: Sequence[EgressIP], domain_groups: Collection[str], schedule: Sequence[WarmupStep]
+) -> None:
+    """Rules across a pool's policy that no single field can check; ValueError names the rule.
+
+    Both the SendingPool spec and the relay config run it, so a pool the
+    operator accepts renders a relay config the relay accepts.
+    """
+    unknown = sorted({g for step in schedule for g in step.group_limits} - set(domain_groups))
+    if unknown:
+        raise ValueError(f"warmup group_limits name unknown groups {unknown}")
+    if len({e.address for e in egress}) != len(egress):
+        raise ValueError("egress addresses must be unique")

@@ -1,0 +1,130 @@
+"""Delay topics: postponing a record, and letting it wait in memory until it is due.
+
+"Postpone" is the one word for "produce this record to a delay topic with a
+later `not_before`" (ARCHITECTURE.md, glossary), whatever the cause; the cause
+is a `PostponeReason` and labels `mailpipe_postponed_records_total`. A record
+read back from a delay topic before it is due *waits* here, in memory, with
+its partition paused: a delay topic is FIFO with one step, so the records
+behind it are due later still.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+from collections.abc import Awaitable, Collection
+
+from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.wire import DeliveryRecord, encode
+
+from .metrics import RelayMetrics
+from .ports import Clock, RecordSink, RecordSource, TopicPartition
+from .work import Work
+
+# Records due this soon are sent now: a round trip through a delay topic costs more.
+DUE_SLACK_SECONDS = 0.5
+# Without delay topics a postponed record goes back to the outbound topic and
+# waits in memory; this is how soon a full queue or a stuck window tries again.
+NO_DELAY_TOPIC_SECONDS = 1.0
+# Without delay topics, how long a paused campaign's record waits before it is looked at again.
+NO_DELAY_TOPIC_CAMPAIGN_RECHECK_SECONDS = 60.0
+
+
+class PostponeReason(enum.StrEnum):
+    """Why a record went to a delay topic."""
+
+    RETRY = "retry"  # some recipients were deferred (4xx): next attempt on the retry schedule
+    NOT_YET_DUE = "not_yet_due"  # read from the outbound topic with a future not_before
+    QUEUE_FULL = "queue_full"  # its domain's ready queue was full (invariant 2)
+    WINDOW_RELIEF = "window_relief"  # it pinned a full read window (see window.py)
+    CAMPAIGN_PAUSED = "campaign_paused"  # its campaign is suspended: look again later
+    NO_EGRESS_IP = "no_egress_ip"  # every IP backed off or out of warm-up budget
+
+
+class Postponer:
+    """Chooses the delay topic for a due time and produces the record there."""
+
+    def __init__(self, sink: RecordSink, clock: Clock, metrics: RelayMetrics) -> None:
+        self.sink = sink
+        self.clock = clock
+        self.metrics = metrics
+
+    def reconfigure(self, config: RelayConfig) -> None:
+        self.outbound_topic = config.kafka.outbound_topic
+        self.steps = sorted((s.seconds, t) for s, t in config.kafka.delay_topics.items())
+        self.topic_names = frozenset(t for _, t in self.steps)
+
+    @property
+    def shortest_seconds(self) -> float:
+        """The soonest a postponed record comes back: the first delay step."""
+        return self.steps[0][0] if self.steps else NO_DELAY_TOPIC_SECONDS
+
+    @property
+    def longest_seconds(self) -> float:
+        return self.steps[-1][0] if self.steps else NO_DELAY_TOPIC_CAMPAIGN_RECHECK_SECONDS
+
+    def waits_in_memory(self, topic: str) -> bool:
+        """Whether a not-yet-due record read from `topic` waits here rather than
+        being postponed: it is on a delay topic already, or there is none."""
+        return topic in self.topic_names or not self.steps
+
+    def topic_for(self, seconds: float) -> str:
+        """The delay topic whose step is the largest one not beyond `seconds`."""
+        if not self.steps:
+            return self.outbound_topic  # no delay topics: re-read, wait in memory
+        chosen = self.steps[0][1]
+        for step, topic in self.steps:
+            if step <= seconds:
+                chosen = topic
+        return chosen
+
+    def postpone(
+        self, record: DeliveryRecord, due: float, reason: PostponeReason
+    ) -> Awaitable[None]:
+        """Produce `record` with `not_before = due`; completes when Kafka acknowledged it."""
+        record = record.model_copy(update={"not_before": due})
+        self.metrics.postponed.labels(record.domain, reason).inc()
+        topic = self.topic_for(due - self.clock.time())
+        return self.sink.send(topic, record.domain.encode(), encode(record))
+
+
+class Waiting:
+    """Records read before they are due, in due order, their partitions paused."""
+
+    def __init__(self, source: RecordSource) -> None:
+        self.source = source
+        self._heap: list[tuple[float, int, Work]] = []  # (due, seq, work)
+        self._per_tp: dict[TopicPartition, int] = {}
+        self._seq = itertools.count()  # ties keep arrival order; Work is not comparable
+
+    def add(self, work: Work, due: float) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), work))
+        tp = work.src.tp
+        self._per_tp[tp] = self._per_tp.get(tp, 0) + 1
+        self.source.pause([tp])
+
+    def due(self, now: float) -> list[Work]:
+        """Take the records due by `now` (with slack), resuming partitions left with none."""
+        out = []
+        while self._heap and self._heap[0][0] <= now + DUE_SLACK_SECONDS:
+            _, _, work = heapq.heappop(self._heap)
+            tp = work.src.tp
+            self._per_tp[tp] -= 1
+            if self._per_tp[tp] == 0:
+                del self._per_tp[tp]
+                self.source.resume([tp])
+            out.append(work)
+        return out
+
+    def drop(self, partitions: Collection[TopicPartition]) -> int:
+        """Forget the records of revoked partitions (the new owner re-reads them)."""
+        before = len(self._heap)
+        self._heap = [h for h in self._heap if h[2].src.tp not in partitions]
+        heapq.heapify(self._heap)
+        for tp in partitions:
+            self._per_tp.pop(tp, None)
+        return before - len(self._heap)
+
+    def __len__(self) -> int:
+        return len(self._heap)

@@ -1,0 +1,170 @@
+"""One attempt of one record, from its lane to its settlement.
+
+    campaign paused?     -> postpone (campaign_paused)   cancelled? -> FAILED events
+    suppressed addresses -> SUPPRESSED events (invariant 6); the rest are live
+    egress IP            -> scheduling (back-offs, warm-up); none -> postpone (no_egress_ip)
+    transactions         -> at most `recipients_per_transaction` recipients each
+    settlement           -> events, suppressions, back-offs, a retry record
+    every produce acknowledged -> the record's offset is finished (invariant 1)
+
+Decisions live elsewhere (what a reply means: `classify`; what an attempt
+means: `settlement`; which IP and when: `scheduling`); this module runs the
+steps in order and finishes the record's offset exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.wire import CampaignState, Disposition, Recipient
+
+from .delays import Postponer, PostponeReason
+from .emission import Emitter
+from .message import MessageError, Signer, build_message
+from .metrics import RelayMetrics
+from .offsets import OffsetTracker
+from .ports import Clock, Envelope, SourceRecord, Transport
+from .scheduling import Egress, NoEgress, Scheduler
+from .settlement import Transaction, cancelled, chunks, event, settle
+from .suppressions import CampaignStates, SuppressionList
+from .work import Work
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        scheduler: Scheduler,
+        postponer: Postponer,
+        emitter: Emitter,
+        suppressions: SuppressionList,
+        campaigns: CampaignStates,
+        tracker: OffsetTracker,
+        clock: Clock,
+        metrics: RelayMetrics,
+        relay_id: str,
+    ) -> None:
+        self.transport = transport
+        self.scheduler = scheduler
+        self.postponer = postponer
+        self.emitter = emitter
+        self.suppressions = suppressions
+        self.campaigns = campaigns
+        self.tracker = tracker
+        self.clock = clock
+        self.metrics = metrics
+        self.relay_id = relay_id
+
+    def reconfigure(self, config: RelayConfig) -> None:
+        self.config = config
+        self.signer = Signer(config.dkim) if config.dkim else None
+
+    # -- finishing a record's offset ---------------------------------------------
+
+    async def finish_after(self, work: Work, sends: list[Awaitable[None]]) -> None:
+        """Await every produce this record caused, then mark its offset finished."""
+        if len(sends) == 1:
+            await sends[0]  # the common case; gather() would cost a future more
+        elif sends:
+            await asyncio.gather(*sends)
+        self.tracker.finish(work.src.tp, work.src.offset, work.gen)
+
+    async def postpone(self, work: Work, due: float, reason: PostponeReason) -> None:
+        """Move a record, unchanged but for not_before, to a delay topic."""
+        await self.finish_after(work, [self.postponer.postpone(work.record, due, reason)])
+
+    async def to_dlq(self, src: SourceRecord, gen: int, reason: str) -> None:
+        await self.emitter.dlq(src, reason)
+        self.tracker.finish(src.tp, src.offset, gen)
+
+    # -- the attempt ---------------------------------------------------------------
+
+    async def attempt(self, work: Work) -> None:
+        record = work.record
+        domain = work.domain
+        now = self.clock.time()
+        state = self.campaigns.state(record.campaign)
+        if state == CampaignState.PAUSED:
+            # Suspended campaign: wait in the longest delay step and look again then.
+            due = now + self.postponer.longest_seconds
+            await self.postpone(work, due, PostponeReason.CAMPAIGN_PAUSED)
+            return
+        if state == CampaignState.CANCELLED:
+            settlement = cancelled(record, now, self.relay_id)
+            await self.finish_after(work, self.emitter.settlement(settlement))
+            return
+
+        sends: list[Awaitable[None]] = []
+        live = []
+        for rcpt in record.recipients:
+            reason = self.suppressions.reason(rcpt.address)
+            if reason is None:
+                live.append(rcpt)
+                continue
+            suppressed = event(
+                record, rcpt.address, Disposition.SUPPRESSED, now, self.relay_id, reason=reason
+            )
+            sends.append(self.emitter.event(suppressed))
+        if not live:
+            await self.finish_after(work, sends)
+            return
+
+        egress = self.scheduler.choose_egress(domain, len(live), now)
+        if isinstance(egress, NoEgress):
+            remaining = record.model_copy(update={"recipients": live})
+            sends.append(
+                self.postponer.postpone(remaining, egress.due, PostponeReason.NO_EGRESS_IP)
+            )
+            await self.finish_after(work, sends)
+            return
+        if work.message is None:
+            try:
+                work.message = build_message(record, now, self.signer)
+            except MessageError as exc:
+                if sends:
+                    await asyncio.gather(*sends)  # suppressed recipients are decided already
+                await self.to_dlq(work.src, work.gen, str(exc))
+                return
+        self.scheduler.count_sent(egress, domain, len(live), now)
+        await self._deliver(work, live, egress, sends)
+
+    async def _deliver(
+        self, work: Work, live: list[Recipient], egress: Egress, sends: list[Awaitable[None]]
+    ) -> None:
+        """The transactions of the live recipients, then their settlement."""
+        record, domain = work.record, work.domain
+        assert work.message is not None
+        transactions = []
+        throttle = self.scheduler.throttle(domain)
+        for part in chunks(live, throttle.recipients_per_transaction):
+            envelope = Envelope(
+                domain,
+                record.sender,
+                tuple(r.address for r in part),
+                work.message,
+                egress.address,
+                egress.helo,
+                throttle.messages_per_connection,
+            )
+            transactions.append(Transaction(part, await self.transport.deliver(envelope)))
+
+        settlement = settle(
+            record,
+            transactions,
+            egress_ip=egress.address,
+            now=self.clock.time(),
+            retry=self.config.retry,
+            relay_id=self.relay_id,
+            pool=self.config.pool,
+        )
+        self.scheduler.settled(egress, domain, settlement)
+        for ev in settlement.events:
+            self.metrics.delivered(ev.disposition.value, domain, egress.address)
+        sends.extend(self.emitter.settlement(settlement))
+        retry = settlement.retry
+        if retry is not None and retry.not_before is not None:
+            sends.append(self.postponer.postpone(retry, retry.not_before, PostponeReason.RETRY))
+        await self.finish_after(work, sends)

@@ -1,0 +1,63 @@
+"""Emission: producing what a record's attempt decided, to the topics that carry it.
+
+Disposition events to `<pool>.events`, hard-bounce suppressions to
+`mailpipe.suppressions` (and to this relay's own list at once, so a later
+record to the address is skipped before the suppression comes back), and
+undecodable or unrenderable records to `<pool>.dlq` with the reason. Every
+send returns an awaitable that completes when Kafka acknowledged it: a
+record's offset finishes only after all of them (invariant 1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable
+
+from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.wire import Event, Suppression, encode
+
+from .metrics import RelayMetrics
+from .ports import RecordSink, SourceRecord
+from .settlement import Settlement
+from .suppressions import SuppressionList
+
+DLQ_REASON_LABEL_CHARS = 40  # the DLQ metric's label: the reason's kind, not its details
+
+
+class Emitter:
+    def __init__(
+        self, sink: RecordSink, metrics: RelayMetrics, suppressions: SuppressionList
+    ) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.suppressions = suppressions
+
+    def reconfigure(self, config: RelayConfig) -> None:
+        self.kafka = config.kafka
+
+    def event(self, event: Event) -> Awaitable[None]:
+        key = (event.campaign or event.message_id).encode()  # a campaign's events stay in order
+        return self.sink.send(self.kafka.events_topic, key, encode(event))
+
+    def suppression(self, suppression: Suppression) -> Awaitable[None]:
+        self.suppressions.add(suppression.address, suppression.reason.value)
+        return self.sink.send(
+            self.kafka.suppressions_topic, suppression.address.encode(), encode(suppression)
+        )
+
+    def settlement(self, settlement: Settlement) -> list[Awaitable[None]]:
+        """Events and suppressions of a settlement (its retry record is postponed by `delays`)."""
+        sends = [self.event(e) for e in settlement.events]
+        sends.extend(self.suppression(s) for s in settlement.suppressions)
+        return sends
+
+    async def dlq(self, src: SourceRecord, reason: str) -> None:
+        self.metrics.dlq.labels(reason.split(":", 1)[0][:DLQ_REASON_LABEL_CHARS]).inc()
+        value = {
+            "reason": reason,
+            "topic": src.topic,
+            "partition": src.partition,
+            "offset": src.offset,
+            "value": (src.value or b"").decode("utf-8", "replace"),
+        }
+        await self.sink.send(self.kafka.dlq_topic, src.key, json.dumps(value).encode())

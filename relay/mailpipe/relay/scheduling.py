@@ -1,0 +1,247 @@
+"""Ready queues and lanes: the one place the per-domain limits are enforced.
+
+Each destination domain has a bounded ready queue and up to `max_connections`
+lanes; a lane is one connection's worth of sequential work. Before a lane
+takes a record it waits for the shaping key's rate token (`messages_per_minute`,
+a token bucket with a burst of one); a lane exists only while it holds one of
+the key's connection slots (`max_connections`); the destination's
+`messages_per_connection` travels in the envelope to the transport's
+connection pool; and the egress IP is chosen here, skipping IPs the domain
+told to back off (421, 4.7.x, 5.7.x) and IPs out of warm-up budget
+(invariants 3 and 4, ARCHITECTURE.md). `throttle` holds the counters; this
+module is where they are consulted.
+
+Because every domain has its own queue and lanes, a throttled, backed-off or
+dead domain only ever waits on itself (invariant 2). A record waits for its
+token *in the queue*, so a full read window can still move it to a delay
+topic (`relieve`).
+
+A record is one message for the rate, however many transactions its
+recipients need (`recipients_per_transaction` splits only large records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from mailpipe.contracts.config import RelayConfig, Throttle
+from mailpipe.contracts.warmup import WarmupLedger
+
+from .metrics import RelayMetrics
+from .ports import Clock, TopicPartition
+from .settlement import Settlement
+from .tasks import Tasks
+from .throttle import Shaper, Shaping
+from .work import Work
+
+log = logging.getLogger("mailpipe.relay.engine")
+
+
+@dataclass
+class DomainQueue:
+    items: deque[Work] = field(default_factory=deque)
+    lanes: int = 0
+
+
+class Egress(NamedTuple):
+    """The IP a transaction leaves from, and the name it greets with."""
+
+    address: str
+    helo: str
+
+
+class NoEgress(NamedTuple):
+    """No IP may send now; `due` is when one may (a back-off ends, or the next warm-up day)."""
+
+    due: float
+
+
+class Scheduler:
+    def __init__(
+        self,
+        clock: Clock,
+        metrics: RelayMetrics,
+        ledger: WarmupLedger,
+        tasks: Tasks,
+        attempt: Callable[[Work], Awaitable[None]],
+    ) -> None:
+        self.clock = clock
+        self.metrics = metrics
+        self.ledger = ledger
+        self.tasks = tasks
+        self._attempt = attempt
+        self.shaping = Shaping()
+        self.stopping = False
+        self._queues: dict[str, DomainQueue] = {}
+        self._waiting_for_slot: dict[str, set[str]] = {}  # shaping key -> domains
+        self._waiting_lanes: set[asyncio.Task[Any]] = set()
+        metrics.queue_depths.read = lambda: {d: len(q.items) for d, q in self._queues.items()}
+
+    def reconfigure(self, config: RelayConfig) -> None:
+        """Shapers pick up a changed throttle at their next use (see `Shaping.shaper`)."""
+        self.config = config
+
+    # -- ready queues ------------------------------------------------------------
+
+    def enqueue(self, work: Work) -> bool:
+        """Queue a record for its domain's lanes; False when the queue is full
+        (the caller postpones it rather than hold up its partition: invariant 2)."""
+        domain = work.domain
+        q = self._queues.get(domain)
+        if q is None:
+            q = self._queues[domain] = DomainQueue()
+        if len(q.items) >= self.config.kafka.ready_queue_per_domain:
+            return False
+        q.items.append(work)
+        self._start_lanes(domain)
+        return True
+
+    def drop(self, partitions: Collection[TopicPartition]) -> int:
+        """Forget queued records of revoked partitions; running transactions finish."""
+        dropped = 0
+        for q in self._queues.values():
+            kept = deque(w for w in q.items if w.src.tp not in partitions)
+            dropped += len(q.items) - len(kept)
+            q.items = kept
+        return dropped
+
+    def stop(self) -> None:
+        """Take no new work: queued records stay unfinished (re-read by the next
+        owner) and lanes waiting for a token end without a connection to close."""
+        self.stopping = True
+        for q in self._queues.values():
+            q.items.clear()
+        for task in list(self._waiting_lanes):
+            task.cancel()
+
+    def relieve(self) -> list[Work]:
+        """Empty the largest queue of a domain that waits on a limit of its own
+        (a rate, or every IP backed off): what the window moves to a delay topic
+        when such a queue pins it. A merely busy domain drains by itself, and
+        moving it would cost a delay step."""
+        mono = self.clock.monotonic()
+        ips = [e.address for e in self.config.egress]
+
+        def held_back(domain: str) -> bool:
+            throttled = self.config.throttle_for(domain).messages_per_minute is not None
+            return throttled or all(self.shaping.backed_off(ip, domain, mono) for ip in ips)
+
+        candidates = [(d, q) for d, q in self._queues.items() if q.items and held_back(d)]
+        if not candidates:
+            return []
+        domain, q = max(candidates, key=lambda kv: len(kv[1].items))
+        taken = list(q.items)
+        q.items.clear()  # lanes waiting for a token find nothing and end
+        log.info("window full: %d records of %s move to the delay topic", len(taken), domain)
+        return taken
+
+    # -- lanes: connection slots and rate tokens ----------------------------------
+
+    def _shaper(self, domain: str) -> tuple[str, Shaper]:
+        key = self.config.shaping_key(domain)
+        return key, self.shaping.shaper(
+            key, self.config.throttle_for(domain), self.clock.monotonic()
+        )
+
+    def _start_lanes(self, domain: str) -> None:
+        """Open lanes while the domain has more records than lanes and its shaping
+        key has a free connection slot; otherwise wait for a slot to free up."""
+        if self.stopping:
+            return
+        q = self._queues[domain]
+        key, shaper = self._shaper(domain)
+        while q.items and q.lanes < len(q.items):
+            if not shaper.can_open():
+                self._waiting_for_slot.setdefault(key, set()).add(domain)
+                return
+            shaper.connections += 1
+            q.lanes += 1
+            self.tasks.spawn(self._lane(domain, key, shaper))
+
+    async def _lane(self, domain: str, key: str, shaper: Shaper) -> None:
+        q = self._queues[domain]
+        try:
+            while q.items and not self.stopping:
+                # Wait for the rate token before taking a record, so records
+                # stay in the queue (and can be moved away) while they wait.
+                if shaper.bucket is not None:
+                    wait = shaper.bucket.reserve(self.clock.monotonic())
+                    if wait > 0:
+                        self.metrics.throttle_wait.labels(domain).observe(wait)
+                        await self._wait_for_token(wait)
+                        if self.stopping:
+                            return
+                if not q.items:
+                    break  # moved away while we waited
+                work = q.items.popleft()
+                try:
+                    await self._attempt(work)
+                except Exception:
+                    # Unexpected failure: leave the record unfinished so it is
+                    # re-read after a restart rather than lost.
+                    log.exception("attempt failed", extra={"message_id": work.record.id})
+        finally:
+            q.lanes -= 1
+            shaper.connections -= 1
+            waiting = self._waiting_for_slot.pop(key, set())
+            for other in waiting | {domain}:
+                if other in self._queues:
+                    self._start_lanes(other)
+
+    async def _wait_for_token(self, seconds: float) -> None:
+        """A lane waiting for its token holds no connection and may be cancelled
+        on shutdown; its record stays unfinished."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting_lanes.add(task)
+        try:
+            await self.clock.sleep(seconds)
+        finally:
+            self._waiting_lanes.discard(task)
+
+    # -- egress IPs: back-offs and warm-up budgets ---------------------------------
+
+    def choose_egress(self, domain: str, count: int, now: float) -> Egress | NoEgress:
+        """An IP that may send `count` messages to `domain` now, or when one may:
+        IPs the domain told to back off are skipped until their rest ends, IPs out
+        of warm-up budget until the next day. `count_sent` then spends the budget."""
+        mono = self.clock.monotonic()
+        ips = [e.address for e in self.config.egress]
+        excluded = frozenset(ip for ip in ips if self.shaping.backed_off(ip, domain, mono))
+        ip = self.ledger.choose(domain, count, now, excluded)
+        if ip is None:
+            end = self.shaping.earliest_backoff_end(domain, ips, mono)
+            due = now + (end - mono) if end is not None else self.ledger.next_day_start(now)
+            return NoEgress(due)
+        return Egress(ip, next(e.helo for e in self.config.egress if e.address == ip))
+
+    def count_sent(self, egress: Egress, domain: str, count: int, now: float) -> None:
+        self.ledger.record(egress.address, domain, count, now)
+
+    def settled(self, egress: Egress, domain: str, settlement: Settlement) -> None:
+        """What an attempt taught about the IP: rest it for the domain once per reply
+        that asked (421, 4.7.x, 5.7.x: repeats double the rest), and count its
+        dispositions towards the warm-up bounce and complaint rates."""
+        for reason in settlement.backoffs:
+            self.shaping.back_off(egress.address, domain, reason, self.clock.monotonic())
+            self.metrics.backoffs.labels(domain, egress.address, reason).inc()
+        for ev in settlement.events:
+            self.ledger.outcome(egress.address, ev.disposition)
+
+    def throttle(self, domain: str) -> Throttle:
+        """The destination's shaping: `recipients_per_transaction` shapes the
+        transactions, `messages_per_connection` travels to the connection pool."""
+        return self.config.throttle_for(domain)
+
+    # -- state -------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "queued": {d: len(q.items) for d, q in self._queues.items() if q.items},
+            "lanes": {d: q.lanes for d, q in self._queues.items() if q.lanes},
+        }

@@ -1,0 +1,174 @@
+"""Settlement: what one attempt of a record means, as a value. Pure: no IO, no clock.
+
+The single answer to "where does a 4xx become a retry" (ARCHITECTURE.md):
+
+    reply per recipient -> classify -> DELIVERED | BOUNCED | DEFERRED
+      BOUNCED and hard        -> also a suppression of the address
+      DEFERRED, next attempt
+        still within max age  -> the recipient joins the retry record
+                                 (attempt + 1, due now + the retry schedule's delay)
+        past max age          -> EXPIRED instead
+      reply asks for back-off -> the egress IP rests for this domain
+
+The engine applies a `Settlement` (emission produces it; scheduling applies the
+back-offs; the warm-up ledger counts the dispositions); `test_settlement`
+drives this table without a broker, a transport or time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from mailpipe.contracts.config import RetrySettings
+from mailpipe.contracts.wire import (
+    DeliveryRecord,
+    Disposition,
+    Event,
+    Recipient,
+    Suppression,
+    SuppressionReason,
+    suppression_key,
+)
+
+from .classify import ReplyReason, classify, reply
+from .ports import TransactionResult
+
+MAX_REPLY_CHARS = 2000  # Event.reply's bound: a receiver's essay must not bloat the topic
+MAX_SUPPRESSION_DETAIL_CHARS = 500
+CAMPAIGN_CANCELLED = "campaign_cancelled"
+# A recipient the transport returned no reply for (it never should): deferred, so
+# it is tried again rather than assumed delivered or lost.
+NO_REPLY = reply(451, "4.3.0 no reply for recipient")
+
+
+class Transaction(NamedTuple):
+    """Recipients of one SMTP transaction and what the transport answered."""
+
+    recipients: Sequence[Recipient]
+    result: TransactionResult
+
+
+class Settlement(NamedTuple):
+    events: tuple[Event, ...] = ()
+    suppressions: tuple[Suppression, ...] = ()
+    retry: DeliveryRecord | None = None  # deferred recipients; `not_before` is the due time
+    backoffs: tuple[ReplyReason, ...] = ()  # one per reply that asked the IP to slow down
+
+
+def event(
+    record: DeliveryRecord,
+    recipient: str,
+    disposition: Disposition,
+    now: float,
+    relay_id: str,
+    *,
+    ip: str | None = None,
+    mx: str | None = None,
+    code: int | None = None,
+    enhanced: str | None = None,
+    text: str | None = None,
+    reason: str | None = None,
+) -> Event:
+    """The disposition event of one recipient of `record`'s current attempt."""
+    return Event(
+        message_id=record.id,
+        campaign=record.campaign,
+        variant=record.variant,
+        recipient=recipient,
+        domain=record.domain,
+        disposition=disposition,
+        time=now,
+        attempt=record.attempt + 1,
+        egress_ip=ip,
+        mx_host=mx,
+        smtp_code=code,
+        enhanced_code=enhanced,
+        reply=text[:MAX_REPLY_CHARS] if text else None,
+        reason=str(reason) if reason is not None else None,
+        relay=relay_id,
+    )
+
+
+def cancelled(record: DeliveryRecord, now: float, relay_id: str) -> Settlement:
+    """A record of a deleted campaign: every recipient FAILED, nothing sent."""
+    return Settlement(
+        events=tuple(
+            event(record, r.address, Disposition.FAILED, now, relay_id, reason=CAMPAIGN_CANCELLED)
+            for r in record.recipients
+        )
+    )
+
+
+def settle(
+    record: DeliveryRecord,
+    transactions: Sequence[Transaction],
+    *,
+    egress_ip: str,
+    now: float,
+    retry: RetrySettings,
+    relay_id: str,
+    pool: str,
+) -> Settlement:
+    """Events, suppressions, the retry record and back-offs of one attempt."""
+    events: list[Event] = []
+    suppressions: list[Suppression] = []
+    backoffs: list[ReplyReason] = []
+    deferred: list[Recipient] = []
+    next_delay = retry.delay_for(record.attempt + 1)
+    expires = record.created_at + retry.max_age_seconds
+    for tx in transactions:
+        for rcpt in tx.recipients:
+            r = tx.result.replies.get(rcpt.address) or NO_REPLY
+            verdict = classify(r)
+            if verdict.backoff:
+                backoffs.append(verdict.reason)
+            disposition = verdict.disposition
+            if disposition is Disposition.BOUNCED and verdict.suppress:
+                suppressions.append(
+                    Suppression(
+                        address=suppression_key(rcpt.address),
+                        reason=SuppressionReason.HARD_BOUNCE,
+                        time=now,
+                        source=pool,
+                        detail=r.text[:MAX_SUPPRESSION_DETAIL_CHARS],
+                    )
+                )
+            elif disposition is Disposition.DEFERRED:
+                if now + next_delay > expires:
+                    disposition = Disposition.EXPIRED
+                else:
+                    deferred.append(rcpt)
+            events.append(
+                event(
+                    record,
+                    rcpt.address,
+                    disposition,
+                    now,
+                    relay_id,
+                    ip=egress_ip,
+                    mx=tx.result.mx_host,
+                    code=r.code,
+                    enhanced=r.enhanced,
+                    text=r.text,
+                    reason=verdict.reason,
+                )
+            )
+    retry_record = None
+    if deferred:
+        retry_record = record.model_copy(
+            update={
+                "recipients": deferred,
+                "attempt": record.attempt + 1,
+                "not_before": now + next_delay,
+            }
+        )
+    return Settlement(tuple(events), tuple(suppressions), retry_record, tuple(backoffs))
+
+
+def chunks(recipients: Sequence[Recipient], size: int) -> list[Sequence[Recipient]]:
+    """Recipients in transactions of at most `size` (the destination's
+    `recipients_per_transaction`), in order."""
+    if len(recipients) <= size:
+        return [recipients]  # the common case, without a copy
+    return [recipients[i : i + size] for i in range(0, len(recipients), size)]

@@ -1,0 +1,25 @@
+"""One record on its way through the engine: what was read, what it decoded to.
+
+Shared by the modules a record passes through (intake, ready queues, delay
+waiting, dispatch), so none of them imports another just for the type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mailpipe.contracts.wire import DeliveryRecord
+
+from .ports import SourceRecord
+
+
+@dataclass
+class Work:
+    src: SourceRecord
+    record: DeliveryRecord
+    gen: int  # the offset tracker's ownership generation of src's partition (see offsets)
+    message: bytes | None = None  # built once, at the first attempt that has an egress IP
+    domain: str = field(init=False)  # the record's, computed once: every step asks for it
+
+    def __post_init__(self) -> None:
+        self.domain = self.record.domain
