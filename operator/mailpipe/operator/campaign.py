@@ -16,6 +16,10 @@ rule is unit-tested (the audience is read and checked in `audience`):
 - send windows: the next open moment in the recipient's own time zone; a
   window whose end is before its start runs overnight (22:00-06:00), and
   belongs to the day it opens.
+
+Over 300 lines: the renderer's limits (`_BoundedSandbox`, `_alarm`,
+`_bounded`) sit beside the renderer they bound, so one reading shows every
+way a template can fail and the reason each failure is reported with.
 """
 
 from __future__ import annotations
