@@ -1,4 +1,6 @@
-# One image for both `mailpipe operator` and `mailpipe relay`.
+# One image for both `mailpipe operator` and `mailpipe relay`. The dev stack
+# (devstack/: the local Kafka, kube-apiserver, demo) is not copied: it is not
+# shipped, and `mailpipe dev`/`demo` are not offered without it.
 # Pinned by version tag; CI that can reach a registry should pin the digest too
 # (python:3.11.7-slim-bookworm@sha256:...), which cannot be resolved offline here.
 FROM python:3.11.7-slim-bookworm AS build
@@ -7,7 +9,6 @@ COPY pyproject.toml README.md ./
 COPY common/ common/
 COPY operator/ operator/
 COPY relay/ relay/
-COPY devstack/ devstack/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11.7-slim-bookworm

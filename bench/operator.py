@@ -18,29 +18,31 @@ import gzip
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from mailpipe.devstack import harness
+from mailpipe.devstack.harness import Env, apply, kubectl_ok
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.stack import Stack
 
 from .common import PeakRSS, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-MAILPIPE = str(Path(sys.executable).parent / "mailpipe")
-
-
-def kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    out = subprocess.run(
-        ["kubectl", *args], input=stdin, env=env, capture_output=True, text=True, timeout=300
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr}")
-    return out.stdout
+NAMESPACE = "bench"
+DEFAULT_RECIPIENTS = 100_000
+DEFAULT_POOLS = 200
+FANOUT_PARTITIONS = 4
+POOL_READY_TIMEOUT_SECONDS = 120
+FANOUT_TIMEOUT_SECONDS = 900
+POOLS_READY_TIMEOUT_SECONDS = 900
+FANOUT_POLL_SECONDS = 0.2  # the fan-out rate is measured against this
+POOLS_POLL_SECONDS = 1  # listing 200 pools is itself work for the operator's apiserver
+OPERATOR_STOP_GRACE_SECONDS = 60
+AUDIENCE_DOMAINS = 20
 
 
 def pool(name: str, namespace: str, bootstrap: str, partitions: int = 1) -> dict[str, Any]:
@@ -59,32 +61,24 @@ def pool(name: str, namespace: str, bootstrap: str, partitions: int = 1) -> dict
     }
 
 
-def ready_names(env: dict[str, str], namespace: str) -> set[str]:
-    items = json.loads(kubectl(env, "get", "sp", "-n", namespace, "-o", "json"))["items"]
-    return {
-        i["metadata"]["name"]
-        for i in items
-        if any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in i.get("status", {}).get("conditions", [])
-        )
-    }
+def ready_names(env: Env, namespace: str) -> set[str]:
+    items = harness.get_json(env, "sp", "-n", namespace)["items"]
+    return {i["metadata"]["name"] for i in items if harness.condition_true(i)}
 
 
-def fanout(env: dict[str, str], namespace: str, bootstrap: str, recipients: int) -> float:
-    kubectl(
-        env,
-        "apply",
-        "-f",
-        "-",
-        stdin=json.dumps(pool("fanout", namespace, bootstrap, partitions=4)),
+def fanout(
+    env: Env, namespace: str, bootstrap: str, recipients: int, operator: harness.Child
+) -> float:
+    apply(env, pool("fanout", namespace, bootstrap, partitions=FANOUT_PARTITIONS))
+    harness.wait_for(
+        lambda: "fanout" in ready_names(env, namespace),
+        POOL_READY_TIMEOUT_SECONDS,
+        "the fan-out pool to be Ready",
+        watch=[operator],
     )
-    deadline = time.monotonic() + 120
-    while "fanout" not in ready_names(env, namespace):
-        if time.monotonic() > deadline:
-            raise TimeoutError("fan-out pool not Ready")
-        time.sleep(0.5)
-    csv = "address,first\n" + "".join(f"u{i}@d{i % 20}.test,U{i}\n" for i in range(recipients))
+    csv = "address,first\n" + "".join(
+        f"u{i}@d{i % AUDIENCE_DOMAINS}.test,U{i}\n" for i in range(recipients)
+    )
     blob = base64.b64encode(gzip.compress(csv.encode())).decode()
     cm = {
         "apiVersion": "v1",
@@ -92,9 +86,8 @@ def fanout(env: dict[str, str], namespace: str, bootstrap: str, recipients: int)
         "metadata": {"name": "audience", "namespace": namespace},
         "binaryData": {"audience.csv.gz": blob},
     }
-    kubectl(
-        env, "create", "-f", "-", stdin=json.dumps(cm)
-    )  # apply would copy 1 MB into an annotation
+    # create, not apply: apply would copy 1 MB into an annotation
+    kubectl_ok(env, "create", "-f", "-", stdin=json.dumps(cm))
     camp = {
         "apiVersion": "mailpipe.io/v1alpha1",
         "kind": "Campaign",
@@ -107,51 +100,54 @@ def fanout(env: dict[str, str], namespace: str, bootstrap: str, recipients: int)
             "audience": {"configMapRef": {"name": "audience", "key": "audience.csv.gz"}},
         },
     }
-    kubectl(env, "apply", "-f", "-", stdin=json.dumps(camp))
-    started = None
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = json.loads(kubectl(env, "get", "camp", "big", "-n", namespace, "-o", "json")).get(
-            "status", {}
-        )
+    apply(env, camp)
+    started: float | None = None
+    state: dict[str, Any] = {}
+
+    def done() -> bool:
+        nonlocal started, state
+        status = harness.get_json(env, "camp", "big", "-n", namespace).get("status", {})
         state = status.get("fanout", {})
         if started is None and state.get("state") == "running":
             started = time.monotonic()
-        if state.get("state") == "done":
-            assert state["enqueued"] == recipients, state
-            begin = started or time.monotonic()
-            return recipients / max(time.monotonic() - begin, 1e-3)
         if state.get("state") == "failed":
             raise RuntimeError(state)
-        time.sleep(0.2)
-    raise TimeoutError("fan-out did not finish")
+        return state.get("state") == "done"
+
+    harness.wait_for(
+        done,
+        FANOUT_TIMEOUT_SECONDS,
+        "the fan-out to finish",
+        watch=[operator],
+        interval_seconds=FANOUT_POLL_SECONDS,
+    )
+    assert state["enqueued"] == recipients, state
+    begin = started or time.monotonic()
+    return recipients / max(time.monotonic() - begin, 1e-3)
 
 
-def pools_ready(env: dict[str, str], namespace: str, bootstrap: str, count: int) -> float:
+def pools_ready(
+    env: Env, namespace: str, bootstrap: str, count: int, operator: harness.Child
+) -> float:
     items = [pool(f"p{i:03d}", namespace, bootstrap) for i in range(count)]
     started = time.monotonic()
-    kubectl(
-        env,
-        "apply",
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+    apply(env, {"apiVersion": "v1", "kind": "List", "items": items})
+    harness.wait_for(
+        lambda: len({n for n in ready_names(env, namespace) if n.startswith("p")}) == count,
+        POOLS_READY_TIMEOUT_SECONDS,
+        f"{count} pools to be Ready",
+        watch=[operator],
+        interval_seconds=POOLS_POLL_SECONDS,
     )
-    deadline = started + 900
-    while time.monotonic() < deadline:
-        ready = {n for n in ready_names(env, namespace) if n.startswith("p")}
-        if len(ready) == count:
-            return time.monotonic() - started
-        time.sleep(1)
-    raise TimeoutError("pools not all Ready")
+    return time.monotonic() - started
 
 
 def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the stack and servers started here are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipients", type=int, default=100_000)
-    parser.add_argument("--pools", type=int, default=200)
+    parser.add_argument("--recipients", type=int, default=DEFAULT_RECIPIENTS)
+    parser.add_argument("--pools", type=int, default=DEFAULT_POOLS)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mailpipe-bench-op-"))
     stack = Stack(workdir / "stack")
@@ -159,33 +155,23 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, **state.env()}
     operator = None
     try:
-        kubectl(env, "apply", "-f", str(ROOT / "crds"))
-        kubectl(
+        harness.apply_crds(env, ROOT / "crds")
+        kubectl_ok(env, "create", "namespace", NAMESPACE)
+        operator = harness.start_mailpipe(
+            "operator",
+            ["operator", "--liveness-port", str(free_port())],
+            workdir / "operator.log",
             env,
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "-l",
-            "app.kubernetes.io/part-of=mailpipe",
         )
-        kubectl(env, "create", "namespace", "bench")
-        with (workdir / "operator.log").open("wb") as log:
-            operator = subprocess.Popen(
-                [MAILPIPE, "operator", "--liveness-port", str(free_port())],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
         rss = PeakRSS(operator.pid)
-        rate = fanout(env, "bench", state.kafka_bootstrap, args.recipients)
+        rate = fanout(env, NAMESPACE, state.kafka_bootstrap, args.recipients, operator)
         print(f"fan-out: {rate:.0f} records/s for {args.recipients} recipients")
-        seconds = pools_ready(env, "bench", state.kafka_bootstrap, args.pools)
+        seconds = pools_ready(env, NAMESPACE, state.kafka_bootstrap, args.pools, operator)
         print(f"{args.pools} pools Ready in {seconds:.1f}s")
         peak = rss.stop()
     finally:
         if operator is not None:
-            operator.terminate()
-            operator.wait(timeout=60)
+            operator.stop(OPERATOR_STOP_GRACE_SECONDS)
         stack.down()
     write_result(
         "operator",

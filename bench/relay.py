@@ -27,17 +27,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import yaml
 from kafka import KafkaProducer
 
-from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.config import DKIMSettings, EgressIP, KafkaSettings, Route, Throttle
+from mailpipe.devstack import harness, samples
 from mailpipe.devstack.certs import write_rsa_key
-from mailpipe.devstack.procs import free_port
+from mailpipe.devstack.procs import free_port, listening
 from mailpipe.devstack.stack import Stack
-from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
+from mailpipe.kafkakit import ensure_pool_topics, read_topic
 
 from .common import PeakRSS, write_result
 
@@ -45,38 +46,67 @@ SINK_HOST = "127.0.0.5"
 SESSIONS = 20  # postfix's destination concurrency and smtp-source's sessions
 MESSAGE_BYTES = 2048
 DOMAINS = [f"dom{i}.test" for i in range(10)]
-MAILPIPE = str(Path(sys.executable).parent / "mailpipe")
+DEFAULT_MESSAGES = 20_000  # about a minute of relay time: long enough to dwarf start-up
+SINK_BACKLOG = 1024  # smtp-sink's listen backlog: more than every session at once
+SINK_START_SECONDS = 10
+SINK_POLL_SECONDS = 0.05  # the rate is measured against this: poll finer than 1% of a run
+RAW_TIMEOUT_SECONDS = 60
+POSTFIX_TIMEOUT_SECONDS = 300
+RELAY_TIMEOUT_SECONDS = 600
+RELAY_STOP_GRACE_SECONDS = 60
+# postfix's master forks qmgr and its listeners after `start` returns; timing
+# starts once they are up, as it always has (the reference must not move).
+POSTFIX_SETTLE_SECONDS = 1
+LAST_SAMPLE_SECONDS = 0.2  # two RSS/CPU samples (every 100 ms) after the last delivery
+PARTITIONS = 4
+MAX_IN_FLIGHT_RECORDS = 4000  # read far ahead: the bench measures SMTP, not Kafka round trips
+MESSAGES_PER_CONNECTION = 1000  # reuse connections as smtp-source -d and postfix's cache do
+PRODUCER_LINGER_MS = 20  # batch the pre-load; it is not measured
+PYSPY_RATE_HZ = 400
 
 
 class Sink:
     """postfix's smtp-sink with a running counter (-c) we read back."""
 
     def __init__(self, port: int, workdir: Path) -> None:
-        self.out = workdir / f"sink-{port}.out"
-        with self.out.open("wb") as f:
-            self.proc = subprocess.Popen(
-                ["/usr/sbin/smtp-sink", "-c", "-u", "postfix", f"{SINK_HOST}:{port}", "1024"],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-            )
-        time.sleep(0.3)
+        self.child = harness.start(
+            "smtp-sink",
+            [
+                "/usr/sbin/smtp-sink",
+                "-c",
+                "-u",
+                "postfix",
+                f"{SINK_HOST}:{port}",
+                str(SINK_BACKLOG),
+            ],
+            workdir / f"sink-{port}.out",
+        )
+        harness.wait_for(
+            lambda: listening(SINK_HOST, port),
+            SINK_START_SECONDS,
+            "smtp-sink to listen",
+            watch=[self.child],
+            interval_seconds=SINK_POLL_SECONDS,
+        )
 
     def count(self) -> int:
-        text = self.out.read_bytes().decode(errors="replace").replace("\r", "\n")
+        text = self.child.log.read_bytes().decode(errors="replace").replace("\r", "\n")
         found = re.findall(r"mesg=(\d+)", text)
         return int(found[-1]) if found else 0
 
     def wait_for(self, n: int, timeout_s: float) -> float:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.count() >= n:
-                return time.monotonic()
-            time.sleep(0.05)
-        raise TimeoutError(f"sink saw {self.count()} of {n} messages")
+        """Wait until the sink has counted `n` messages; returns when (monotonic)."""
+        harness.wait_for(
+            lambda: self.count() >= n,
+            timeout_s,
+            f"the sink to count {n} messages",
+            watch=[self.child],
+            interval_seconds=SINK_POLL_SECONDS,
+        )
+        return time.monotonic()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
+        self.child.stop()
 
 
 def smtp_source(n: int, target: str) -> None:
@@ -107,7 +137,7 @@ def raw_limit(n: int, port: int, workdir: Path) -> float:
     try:
         start = time.monotonic()
         smtp_source(n, f"{SINK_HOST}:{port}")
-        end = sink.wait_for(n, 60)
+        end = sink.wait_for(n, RAW_TIMEOUT_SECONDS)
         return n / (end - start)
     finally:
         sink.stop()
@@ -163,29 +193,55 @@ def postfix_rate(n: int, sink_port: int, workdir: Path) -> float:
         r"^smtp\s+inet.*$", f"127.0.0.1:{listen} inet n - n - - smtpd", master, flags=re.M
     )
     (conf / "master.cf").write_text(master)
-    _allow_config_dir(conf)
     sink = Sink(sink_port, workdir)
-    _postfix(conf, "start")
+    with _config_dir_allowed(conf):
+        _postfix(conf, "start")
+        try:
+            time.sleep(POSTFIX_SETTLE_SECONDS)
+            start = time.monotonic()
+            smtp_source(n, f"127.0.0.1:{listen}")
+            end = sink.wait_for(n, POSTFIX_TIMEOUT_SECONDS)
+            return n / (end - start)
+        finally:
+            # postfix's own stop, by its config dir: only the instance started here
+            _postfix(conf, "stop")
+            sink.stop()
+
+
+SYSTEM_MAIN_CF = Path("/etc/postfix/main.cf")
+ALTERNATE_DIRS = "alternate_config_directories"
+MINIMAL_MAIN_CF = "compatibility_level = 3.6\n"  # what postfix needs to read the list at all
+
+
+@contextmanager
+def _config_dir_allowed(conf: Path) -> Iterator[None]:
+    """postfix -c needs the default main.cf to list the directory (postfix's rule).
+
+    Added to whatever is listed there already and removed afterwards, so a
+    concurrent benchmark's private postfix keeps its own entry; a main.cf that
+    only exists for this is removed again."""
+    existed = SYSTEM_MAIN_CF.exists()
+
+    def edit(add: bool) -> None:
+        text = SYSTEM_MAIN_CF.read_text() if SYSTEM_MAIN_CF.exists() else ""
+        lines = (text or MINIMAL_MAIN_CF).splitlines()
+        listed = [line for line in lines if line.startswith(ALTERNATE_DIRS)]
+        others = [line for line in lines if not line.startswith(ALTERNATE_DIRS)]
+        dirs = [d for line in listed for d in line.partition("=")[2].replace(",", " ").split()]
+        dirs = [d for d in dirs if d != str(conf)] + ([str(conf)] if add else [])
+        if dirs:
+            others.append(f"{ALTERNATE_DIRS} = {' '.join(dirs)}")
+        text = "\n".join(others) + "\n"
+        if not existed and text == MINIMAL_MAIN_CF:
+            SYSTEM_MAIN_CF.unlink(missing_ok=True)
+        else:
+            SYSTEM_MAIN_CF.write_text(text)
+
+    edit(add=True)
     try:
-        time.sleep(1)
-        start = time.monotonic()
-        smtp_source(n, f"127.0.0.1:{listen}")
-        end = sink.wait_for(n, 300)
-        return n / (end - start)
+        yield
     finally:
-        _postfix(conf, "stop")
-        sink.stop()
-
-
-def _allow_config_dir(conf: Path) -> None:
-    """postfix -c needs the default main.cf to list the directory (postfix's rule)."""
-    main = Path("/etc/postfix/main.cf")
-    text = main.read_text() if main.exists() else "compatibility_level = 3.6\n"
-    lines = [
-        line for line in text.splitlines() if not line.startswith("alternate_config_directories")
-    ]
-    lines.append(f"alternate_config_directories = {conf}")
-    main.write_text("\n".join(lines) + "\n")
+        edit(add=False)
 
 
 def _body() -> str:
@@ -202,73 +258,69 @@ def relay_rate(
     state = stack.state
     assert state is not None
     prefix = f"bench{int(time.time())}"
-    route = [{"host": SINK_HOST, "port": sink_port}]
-    data: dict[str, Any] = {
-        "pool": "bench/relay",
-        "kafka": {
-            "bootstrap_servers": state.kafka_bootstrap,
-            "group_id": f"{prefix}-relays",
-            "outbound_topic": f"{prefix}.outbound",
-            "events_topic": f"{prefix}.events",
-            "dlq_topic": f"{prefix}.dlq",
-            "suppressions_topic": f"{prefix}.suppressions",
-            "delay_topics": {"1m": f"{prefix}.delay.1m"},
-            "max_in_flight_records": 4000,
-        },
-        "egress": [{"address": "127.0.0.2", "helo": "bench.src.test"}],
-        "routes": {d: route for d in DOMAINS},
-        "throttle_default": {"max_connections": SESSIONS, "messages_per_connection": 1000},
-        "tls": {"mode": "disabled"},
-        "metrics_port": 0,
-    }
+    route = [Route(host=SINK_HOST, port=sink_port)]
+    kafka: KafkaSettings = samples.pool_topics(
+        state.kafka_bootstrap, prefix, ["1m"], max_in_flight_records=MAX_IN_FLIGHT_RECORDS
+    )
+    dkim_settings = None
     if dkim:
         key = workdir / "dkim.pem"
         write_rsa_key(key)
-        data["dkim"] = {"domain": "src.test", "selector": "bench", "private_key_path": str(key)}
-    config = RelayConfig.model_validate(data)
-    path = workdir / "relay.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    ensure_topics(config.kafka, partitions=4)
-    producer = KafkaProducer(bootstrap_servers=state.kafka_bootstrap, acks="all", linger_ms=20)
+        dkim_settings = DKIMSettings(domain="src.test", selector="bench", private_key_path=str(key))
+    config = samples.relay_config(
+        "bench/relay",
+        kafka,
+        [EgressIP(address="127.0.0.2", helo="bench.src.test")],
+        routes={d: route for d in DOMAINS},
+        throttle_default=Throttle(
+            max_connections=SESSIONS, messages_per_connection=MESSAGES_PER_CONNECTION
+        ),
+        dkim=dkim_settings,
+    )
+    path = samples.write_config(config, workdir / "relay.yaml")
+    ensure_pool_topics(config.kafka, partitions=PARTITIONS)
+    producer = KafkaProducer(
+        bootstrap_servers=state.kafka_bootstrap, acks="all", linger_ms=PRODUCER_LINGER_MS
+    )
     body = _body()
     for i in range(n):
-        domain = DOMAINS[i % len(DOMAINS)]
-        rec = {
-            "v": 1,
-            "id": f"{prefix}-{i}",
-            "campaign": "bench/campaign",  # as the operator's fan-out writes them
-            "sender": "bench@src.test",
-            "recipients": [{"address": f"u{i}@{domain}"}],
-            "content": {"subject": f"bench {i}", "text": body},
-            "created_at": time.time(),
-        }
-        producer.send(
-            config.kafka.outbound_topic, key=domain.encode(), value=json.dumps(rec).encode()
+        record = samples.delivery_record(
+            f"u{i}@{DOMAINS[i % len(DOMAINS)]}",
+            id=f"{prefix}-{i}",
+            campaign="bench/campaign",  # as the operator's fan-out writes them
+            sender="bench@src.test",
+            subject=f"bench {i}",
+            text=body,
         )
+        samples.send_record(producer, config.kafka.outbound_topic, record)
     producer.flush()
     producer.close()
 
     sink = Sink(sink_port, workdir)
-    log = workdir / "relay.log"
     profile = os.environ.get("MAILPIPE_BENCH_PROFILE")
     sampled = os.environ.get("MAILPIPE_BENCH_PYSPY")
-    cmd = [MAILPIPE, "relay", "--config", str(path), "--log-level", "info"]
+    cmd = [str(harness.MAILPIPE), "relay", "--config", str(path), "--log-level", "info"]
     if profile:  # deterministic profile of the whole process (slows it down)
         cmd = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "mailpipe.cli", *cmd[1:]]
     elif sampled:  # sampling profile of every thread, folded stacks (py-spy must be installed)
         pyspy = str(Path(sys.executable).parent / "py-spy")
-        spy = ["record", "-r", "400", "--threads", "--gil", "-f", "raw", "-o", sampled, "--"]
+        rate = str(PYSPY_RATE_HZ)
+        spy = ["record", "-r", rate, "--threads", "--gil", "-f", "raw", "-o", sampled, "--"]
         cmd = [pyspy, *spy, *cmd]
-    with log.open("wb") as out:
-        relay = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    relay = harness.start("relay", cmd, workdir / "relay.log")
     rss = PeakRSS(relay.pid)
     try:
-        sink.wait_for(n, 600)
-        time.sleep(0.2)  # one more sample of the finished run's CPU time
+        harness.wait_for(
+            lambda: sink.count() >= n,
+            RELAY_TIMEOUT_SECONDS,
+            f"the relay to deliver {n} messages",
+            watch=[relay, sink.child],
+            interval_seconds=SINK_POLL_SECONDS,
+        )
+        time.sleep(LAST_SAMPLE_SECONDS)
     finally:
         # py-spy writes its profile on SIGINT (SIGTERM would lose it)
-        relay.send_signal(signal.SIGINT if sampled else signal.SIGTERM)
-        relay.wait(timeout=60)
+        relay.stop(RELAY_STOP_GRACE_SECONDS, signal.SIGINT if sampled else signal.SIGTERM)
         peak = rss.stop()
         cpu = rss.cpu_s
         sink.stop()
@@ -286,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the stack and servers started here are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES)
     parser.add_argument(
         "--relay-only",
         action="store_true",

@@ -103,17 +103,32 @@ fi
 ln -sfn "$kafka_dir" "$CACHE/kafka"
 
 # --- Debian packages -----------------------------------------------------------
+# The system postfix instance (default config dir) that the package's
+# maintainer script may start on install. The dev stack and the benchmark run
+# their own instances, each with its own config dir, on loopback ports.
+SYSTEM_POSTFIX_CONF=/etc/postfix
+system_postfix_running() {
+    [ -x /usr/sbin/postfix ] && /usr/sbin/postfix -c "$SYSTEM_POSTFIX_CONF" status >/dev/null 2>&1
+}
+
 need=()
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/postfix ] || need+=(postfix)
 if [ ${#need[@]} -gt 0 ]; then
     echo "apt: installing ${need[*]}"
+    postfix_was_running=no
+    system_postfix_running && postfix_was_running=yes
     export DEBIAN_FRONTEND=noninteractive
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     (apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}") \
         > "$LOGS/apt.log" 2>&1 || fail apt "$LOGS/apt.log"
-    # We run our own instances on loopback ports; never leave a system daemon.
-    (postfix stop 2>/dev/null; pkill -x master 2>/dev/null) || true
+    # Leave no system daemon behind, but stop only the instance this install
+    # started: postfix's own `stop` for that config dir signals the master whose
+    # pid its queue directory records. Never by process name: on a shared
+    # machine other postfix masters (another clone's benchmark) are not ours.
+    if [ "$postfix_was_running" = no ] && system_postfix_running; then
+        /usr/sbin/postfix -c "$SYSTEM_POSTFIX_CONF" stop >> "$LOGS/apt.log" 2>&1 || true
+    fi
 else
     echo "dnsmasq, postfix: installed"
 fi

@@ -2,7 +2,8 @@
 
 The stack starts lazily, the first time a test asks for it, and stops at the
 end of the session. A component that fails to start fails the test with its
-log tail; nothing here ever skips.
+log tail; nothing here ever skips. Processes, waits, kubectl and helm go
+through the one harness, `mailpipe.devstack.harness`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,27 @@ import dns.resolver
 import pytest
 from kubernetes import client, config
 
+from mailpipe.devstack import harness
 from mailpipe.devstack.dns import Zone
+from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.devstack.stack import Stack, StackState
+
+DNS_LIFETIME_SECONDS = 2.0  # dnsmasq on loopback answers at once; a lost query fails fast
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    timeout_seconds: float,
+    what: str,
+    child: harness.Child | None = None,
+) -> None:
+    """`harness.wait_for` as a test failure: an AssertionError that carries the
+    log tail of `child` when it died or the wait timed out."""
+    try:
+        harness.wait_for(condition, timeout_seconds, what, watch=[child] if child else [])
+    except harness.HarnessError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +109,7 @@ def dns_zones(devstack: Stack) -> Iterator[DNSSetter]:
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = ["127.0.0.1"]
         resolver.port = state.dns_port
-        resolver.lifetime = 2.0
+        resolver.lifetime = DNS_LIFETIME_SECONDS
         return resolver
 
     yield set_zones
@@ -103,8 +122,6 @@ def smtp_receiver() -> Iterator[Callable[[str, int], SMTPReceiver]]:
     started: list[SMTPReceiver] = []
 
     def make(host: str, port: int = 0) -> SMTPReceiver:
-        from mailpipe.devstack.procs import free_port
-
         rx = SMTPReceiver(host, port or free_port(host)).start()
         started.append(rx)
         return rx

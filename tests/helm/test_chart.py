@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 import yaml
 
-from mailpipe.devstack.paths import binary
+from mailpipe.devstack import harness
+from mailpipe.devstack.harness import kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "mailpipe"
+OPENAPI_PUBLISHED_SECONDS = 15  # the apiserver publishes a new CRD's OpenAPI within seconds
 
 
 def helm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(binary("helm")), *args], capture_output=True, text=True, env=env, timeout=120
-    )
+    return harness.helm(env, *args)
 
 
 def render(*sets: str, namespace: str = "mail") -> list[dict[str, Any]]:
@@ -175,6 +175,14 @@ def test_dockerfile_entry_points_exist() -> None:
     assert "USER 10001" in dockerfile
 
 
+def test_image_ships_no_dev_stack() -> None:
+    """The image copies the production source roots only (ARCHITECTURE.md, components)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copies = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert "devstack/" not in copies and all("devstack" not in c for c in copies), copies
+    assert {"common/", "operator/", "relay/"} <= set(copies), copies
+
+
 @pytest.mark.operator
 def test_install_then_uninstall_leaves_only_the_crds(
     cli_env: dict[str, str], namespace: str
@@ -183,23 +191,19 @@ def test_install_then_uninstall_leaves_only_the_crds(
         "install", "mp", str(CHART), "-n", namespace, "--set", "operator.replicas=0", env=cli_env
     )
     assert installed.returncode == 0, installed.stderr
-    subprocess.run(
-        ["kubectl", "wait", "--for=condition=Established", "crd/sendingpools.mailpipe.io"],
-        capture_output=True,
-        env=cli_env,
-        check=True,
+    harness.kubectl_ok(
+        cli_env, "wait", "--for=condition=Established", "crd/sendingpools.mailpipe.io"
     )
-    for _ in range(30):  # the apiserver publishes a new CRD's OpenAPI within seconds
-        explain = subprocess.run(
-            ["kubectl", "explain", "sendingpool.spec.egressIPs"],
-            capture_output=True,
-            text=True,
-            env=cli_env,
-        )
-        if explain.returncode == 0:
-            break
-        time.sleep(0.5)
-    assert "Egress IPs with their HELO names" in explain.stdout, explain.stdout + explain.stderr
+
+    def explain() -> subprocess.CompletedProcess[str]:
+        return kubectl(cli_env, "explain", "sendingpool.spec.egressIPs")
+
+    with contextlib.suppress(harness.TimedOut):
+        harness.wait_for(lambda: explain().returncode == 0, OPENAPI_PUBLISHED_SECONDS, "explain")
+    explained = explain()
+    assert "Egress IPs with their HELO names" in explained.stdout, (
+        explained.stdout + explained.stderr
+    )
     manifest = helm("get", "manifest", "mp", "-n", namespace, env=cli_env).stdout
     created = [d for d in yaml.safe_load_all(manifest) if d]
     assert created
@@ -209,16 +213,9 @@ def test_install_then_uninstall_leaves_only_the_crds(
         ns_args = (
             ["-n", namespace] if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding") else []
         )
-        got = subprocess.run(
-            ["kubectl", "get", doc["kind"], doc["metadata"]["name"], *ns_args],
-            capture_output=True,
-            text=True,
-            env=cli_env,
-        )
+        got = kubectl(cli_env, "get", doc["kind"], doc["metadata"]["name"], *ns_args)
         assert got.returncode != 0 and "NotFound" in got.stderr, (
             f"{doc['kind']}/{doc['metadata']['name']} remains"
         )
-    crd = subprocess.run(
-        ["kubectl", "get", "crd", "sendingpools.mailpipe.io"], capture_output=True, env=cli_env
-    )
+    crd = kubectl(cli_env, "get", "crd", "sendingpools.mailpipe.io")
     assert crd.returncode == 0  # Helm keeps CRDs it installed from crds/

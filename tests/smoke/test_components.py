@@ -13,8 +13,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from mailpipe.devstack import paths
 from mailpipe.devstack.dns import Zone
+from mailpipe.devstack.harness import helm, kubectl
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 
 pytestmark = pytest.mark.smoke
@@ -96,20 +96,12 @@ CRD = textwrap.dedent(
 )
 
 
-def _kubectl(
-    env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["kubectl", *args], input=stdin, env=env, capture_output=True, text=True, timeout=60
-    )
-
-
 def test_apiserver_enforces_crd_schema_and_issues_tokens(
     cli_env: dict[str, str], namespace: str
 ) -> None:
-    applied = _kubectl(cli_env, "apply", "-f", "-", stdin=CRD)
+    applied = kubectl(cli_env, "apply", "-f", "-", stdin=CRD)
     assert applied.returncode == 0, applied.stderr
-    est = _kubectl(
+    est = kubectl(
         cli_env,
         "wait",
         "--for=condition=Established",
@@ -122,13 +114,13 @@ def test_apiserver_enforces_crd_schema_and_issues_tokens(
     bad = (
         "apiVersion: smoke.mailpipe.io/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {size: 99}\n"
     )
-    assert _kubectl(cli_env, "apply", "-n", namespace, "-f", "-", stdin=good).returncode == 0
-    refused = _kubectl(cli_env, "apply", "-n", namespace, "-f", "-", stdin=bad)
+    assert kubectl(cli_env, "apply", "-n", namespace, "-f", "-", stdin=good).returncode == 0
+    refused = kubectl(cli_env, "apply", "-n", namespace, "-f", "-", stdin=bad)
     assert refused.returncode != 0
     assert "spec.size" in refused.stderr and "less than or equal to 10" in refused.stderr
 
-    assert _kubectl(cli_env, "create", "serviceaccount", "smoke", "-n", namespace).returncode == 0
-    token = _kubectl(cli_env, "create", "token", "smoke", "-n", namespace)
+    assert kubectl(cli_env, "create", "serviceaccount", "smoke", "-n", namespace).returncode == 0
+    token = kubectl(cli_env, "create", "token", "smoke", "-n", namespace)
     assert token.returncode == 0, token.stderr
     assert token.stdout.count(".") == 2  # a signed JWT: header.payload.signature
 
@@ -143,21 +135,18 @@ def test_helm_installs_and_uninstalls_a_chart(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: smoke-{{ .Release.Name }}\n"
         "data:\n  hello: world\n"
     )
-    helm = str(paths.binary("helm"))
-    version = subprocess.run([helm, "version", "--short"], capture_output=True, text=True)
+    version = helm(None, "version", "--short")
     assert version.stdout.startswith("v4."), version.stdout
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [helm, *args, "-n", namespace], env=cli_env, capture_output=True, text=True, timeout=120
-        )
+        return helm(cli_env, *args, "-n", namespace)
 
     installed = run("install", "rel", str(chart), "--wait", "--timeout", "60s")
     assert installed.returncode == 0, installed.stderr
-    assert _kubectl(cli_env, "get", "configmap", "smoke-rel", "-n", namespace).returncode == 0
+    assert kubectl(cli_env, "get", "configmap", "smoke-rel", "-n", namespace).returncode == 0
     removed = run("uninstall", "rel")
     assert removed.returncode == 0, removed.stderr
-    gone = _kubectl(cli_env, "get", "configmap", "smoke-rel", "-n", namespace)
+    gone = kubectl(cli_env, "get", "configmap", "smoke-rel", "-n", namespace)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
 
 

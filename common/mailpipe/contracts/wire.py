@@ -55,6 +55,14 @@ def _address(value: str) -> str:
 SafeStr = Annotated[str, AfterValidator(_no_crlf)]
 Address = Annotated[str, AfterValidator(_address)]
 
+# Unix seconds up to 2100-01-01: later than any real schedule or retry, and far
+# below the floats (1e308, Infinity) that would park a record forever.
+MAX_UNIX_SECONDS = 4_102_444_800
+# Strict: the wire is JSON written by programs, so `"3"`, `true` or `NaN` where a
+# number belongs is a producer bug to refuse, never a value to coerce.
+UnixSeconds = Annotated[float, Field(strict=True, ge=0, le=MAX_UNIX_SECONDS, allow_inf_nan=False)]
+Count = Annotated[int, Field(strict=True, ge=0)]
+
 
 def domain_of(address: str) -> str:
     """Lower-cased domain part of an address: the unit of throttling and routing."""
@@ -129,9 +137,13 @@ class DeliveryRecord(_Model):
         default=None, description="a complete RFC 5322 message (submission endpoint)"
     )
     list_unsubscribe: ListUnsubscribe | None = None
-    created_at: float = Field(description="unix seconds; retries expire at created_at + max age")
-    not_before: float | None = Field(default=None, description="unix seconds; not sent earlier")
-    attempt: int = Field(default=0, ge=0, description="deliveries tried so far")
+    created_at: UnixSeconds = Field(
+        description="unix seconds; retries expire at created_at + max age"
+    )
+    not_before: UnixSeconds | None = Field(
+        default=None, description="unix seconds; not sent earlier"
+    )
+    attempt: Count = Field(default=0, description="deliveries tried so far")
 
     @model_validator(mode="after")
     def _check(self) -> DeliveryRecord:
@@ -167,8 +179,8 @@ class Event(_Model):
     recipient: str
     domain: str
     disposition: Disposition
-    time: float = Field(description="unix seconds")
-    attempt: int = 0
+    time: UnixSeconds = Field(description="unix seconds")
+    attempt: Count = 0
     egress_ip: str | None = None
     mx_host: str | None = None
     smtp_code: int | None = None
@@ -191,7 +203,7 @@ class Suppression(_Model):
     v: Literal[1] = WIRE_VERSION
     address: str
     reason: SuppressionReason
-    time: float
+    time: UnixSeconds
     source: str | None = Field(default=None, description="pool, campaign or receiver that said so")
     detail: str | None = None
 
@@ -212,7 +224,7 @@ class CampaignControl(_Model):
     v: Literal[1] = WIRE_VERSION
     campaign: str
     state: CampaignState
-    time: float
+    time: UnixSeconds
 
 
 def encode(model: BaseModel) -> bytes:
@@ -224,23 +236,33 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _decode(cls: type[M], data: bytes) -> M:
+    """Any bytes in, a valid model or a WireError with the reason out: never another
+    exception, because one that escapes stops a whole pool (ARCHITECTURE.md, invariant 8)."""
     # Fast path: pydantic parses and validates in one pass (no dict in between).
     try:
-        return cls.model_validate_json(data)
+        model = cls.model_validate_json(data)
     except ValidationError:
         pass  # the slow path below finds the precise reason
+    else:
+        if "v" not in model.model_fields_set:
+            raise WireError(f"no wire version 'v', this relay reads v{WIRE_VERSION}")
+        return model
     try:
         obj: Any = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise WireError("not JSON: nested too deeply") from exc
+    except ValueError as exc:  # JSON syntax, bad UTF-8, integers past Python's digit limit
+        raise WireError(f"not JSON: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise WireError("not a JSON object")
-    if obj.get("v") != WIRE_VERSION:
+    if type(obj.get("v")) is not int or obj["v"] != WIRE_VERSION:
         raise WireError(f"unknown wire version {obj.get('v')!r}, this relay reads v{WIRE_VERSION}")
     try:
         return cls.model_validate(obj)
     except ValidationError as exc:
         raise WireError(_describe(exc)) from exc
+    except (ValueError, RecursionError) as exc:  # a validator choking on a hostile value
+        raise WireError(f"invalid: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 def _describe(exc: ValidationError) -> str:

@@ -17,6 +17,9 @@ import yaml
 
 from . import certs, paths, procs
 
+READYZ_TIMEOUT_SECONDS = 3  # one probe; the caller polls again
+ETCD_HEALTH_TIMEOUT_SECONDS = 2
+
 
 @dataclass(frozen=True)
 class KubePorts:
@@ -98,15 +101,32 @@ def write_kubeconfig(path: Path, server: str, pki: certs.PKI) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def write_token_kubeconfig(path: Path, admin: Path, user: str, token: str) -> None:
+    """A kubeconfig for the admin kubeconfig's cluster that authenticates with `token`
+    (a ServiceAccount's, from `kubectl create token`): what an in-cluster pod would be."""
+    cluster = yaml.safe_load(admin.read_text())["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": user,
+        "clusters": [{"name": "devstack", "cluster": cluster}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": "devstack", "user": user}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
 def is_ready(server: str, pki: certs.PKI) -> bool:
     ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
     ctx.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
-    with urllib.request.urlopen(f"{server}/readyz", context=ctx, timeout=3) as resp:
+    with urllib.request.urlopen(
+        f"{server}/readyz", context=ctx, timeout=READYZ_TIMEOUT_SECONDS
+    ) as resp:
         body: bytes = resp.read()
         return resp.status == 200 and body.strip() == b"ok"
 
 
 def etcd_is_ready(ports: KubePorts) -> bool:
     url = f"http://127.0.0.1:{ports.etcd_client}/health"
-    with urllib.request.urlopen(url, timeout=2) as resp:
+    with urllib.request.urlopen(url, timeout=ETCD_HEALTH_TIMEOUT_SECONDS) as resp:
         return b'"health":"true"' in resp.read()

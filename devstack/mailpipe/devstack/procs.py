@@ -1,7 +1,9 @@
-"""Starting, probing and stopping the stack's processes, by pid.
+"""Starting, probing and stopping processes, by pid: the bottom of the harness.
 
-Each component runs in its own process group (`start_new_session`), so `down`
-can signal exactly what `up` started — children included — and nothing else.
+Each process runs in its own process group (`start_new_session`), so stopping
+it signals exactly what was started — its children included — and nothing
+else. `harness` builds the demo's, tests' and benchmarks' children on this;
+`stack` the components' (ARCHITECTURE.md, components).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from mailpipe.contracts.errors import MailpipeError
@@ -31,7 +33,14 @@ class ComponentFailed(MailpipeError, RuntimeError):
         self.component = name
 
 
-def log_tail(path: Path, lines: int = 40) -> str:
+LOG_TAIL_LINES = 40  # enough for a Python traceback or a JVM's last error, short enough to read
+STOP_GRACE_SECONDS = 10.0  # a relay's final commit and a JVM's shutdown hooks fit in this
+KILL_WAIT_SECONDS = 5.0  # SIGKILL cannot be refused; this only waits for the kernel to reap
+STOP_POLL_SECONDS = 0.1
+PORT_PROBE_TIMEOUT_SECONDS = 1.0  # loopback: a listener answers at once or not at all
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as exc:
@@ -65,6 +74,15 @@ def spawn(
     return proc.pid
 
 
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on host:port right now."""
+    try:
+        with socket.create_connection((host, port), timeout=PORT_PROBE_TIMEOUT_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
 def alive(pid: int) -> bool:
     child = _children.get(pid)
     if child is not None:
@@ -83,40 +101,49 @@ def alive(pid: int) -> bool:
     return True
 
 
-def wait_ready(
-    name: str,
+def exit_code(pid: int) -> int | None:
+    """The exit status of a process this process started, once it has exited."""
+    child = _children.get(pid)
+    return None if child is None else child.poll()
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send `sig` to the process group `pid` leads; quiet if it is already gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    """Wait up to `seconds` for the process and its group to be gone."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not alive(pid) and not _group_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(STOP_POLL_SECONDS)
+
+
+def stop(
     pid: int,
-    probe: Callable[[], bool],
-    log: Path,
-    timeout_seconds: float,
-    interval_seconds: float = 0.25,
-) -> None:
-    """Poll `probe` until it succeeds; fail early if the process died."""
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            raise ComponentFailed(name, f"process {pid} exited", log)
-        try:
-            if probe():
-                return
-        except Exception:  # any probe error means "not ready yet"
-            pass
-        time.sleep(interval_seconds)
-    raise ComponentFailed(name, f"not ready after {timeout_seconds:.0f}s", log)
+    grace_seconds: float = STOP_GRACE_SECONDS,
+    sig: signal.Signals = signal.SIGTERM,
+    signalled: bool = False,
+) -> int | None:
+    """`sig` to the process group (unless `signalled` already), then SIGKILL what
+    is left after the grace period. Returns the exit status when the process was
+    one of ours (else None)."""
+    if not signalled:
+        signal_group(pid, sig)
+    if not wait_gone(pid, grace_seconds):
+        signal_group(pid, signal.SIGKILL)
+        wait_gone(pid, KILL_WAIT_SECONDS)
+    return _forget(pid)
 
 
-def stop(pid: int, grace_seconds: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after the grace period."""
-    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not alive(pid) and not _group_alive(pid):
-                _children.pop(pid, None)
-                return
-            time.sleep(0.1)
-    _children.pop(pid, None)
+def _forget(pid: int) -> int | None:
+    child = _children.pop(pid, None)
+    return None if child is None else child.poll()
 
 
 def _group_alive(pgid: int) -> bool:

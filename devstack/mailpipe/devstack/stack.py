@@ -10,15 +10,45 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import certs, dns, kafka, kube, procs
+from . import certs, dns, harness, kafka, kube, procs
+from .procs import ComponentFailed
 
 STATE_FILE = "state.json"
 KAFKA_START_TIMEOUT_SECONDS = 120  # a cold JVM on a loaded 2-core machine
 KUBE_START_TIMEOUT_SECONDS = 90
+ETCD_START_TIMEOUT_SECONDS = 30  # a Go binary on local disk with fsync off
+DNS_START_TIMEOUT_SECONDS = 15
+DNS_POLL_SECONDS = 0.05  # dnsmasq answers within milliseconds; restarted once per test
+
+
+def _wait_ready(
+    name: str,
+    pid: int,
+    probe: Callable[[], bool],
+    log: Path,
+    timeout_seconds: float,
+    interval_seconds: float = harness.POLL_INTERVAL_SECONDS,
+) -> None:
+    """Poll a component's readiness probe; ComponentFailed (log tail) if it died or hung.
+
+    A probe that raises means "not ready yet": the server is still starting."""
+    try:
+        harness.wait_for(
+            probe,
+            timeout_seconds,
+            f"{name} to be ready",
+            watch=[harness.Child(name, pid, log)],
+            interval_seconds=interval_seconds,
+            retry_on=(Exception,),
+        )
+    except harness.ChildExited as exc:
+        raise ComponentFailed(name, f"process {pid} exited", log) from exc
+    except harness.TimedOut as exc:
+        raise ComponentFailed(name, f"not ready after {timeout_seconds:.0f}s", log) from exc
 
 
 @dataclass
@@ -111,7 +141,13 @@ class Stack:
         self._start_dns(state, zones)
 
         pki = certs.generate(kube_dir / "pki")
-        procs.wait_ready("etcd", etcd_pid, lambda: kube.etcd_is_ready(ports), etcd_log, 30)
+        _wait_ready(
+            "etcd",
+            etcd_pid,
+            lambda: kube.etcd_is_ready(ports),
+            etcd_log,
+            ETCD_START_TIMEOUT_SECONDS,
+        )
         api_log = kube_dir / "apiserver.log"
         api_pid = procs.spawn(kube.apiserver_command(ports, pki, kube_dir / "certs"), api_log)
         state.processes["kube-apiserver"] = Process(api_pid, str(api_log))
@@ -120,14 +156,14 @@ class Stack:
         kube.write_kubeconfig(Path(state.kubeconfig), ports.server, pki)
         state.save()
 
-        procs.wait_ready(
+        _wait_ready(
             "kube-apiserver",
             api_pid,
             lambda: kube.is_ready(ports.server, pki),
             api_log,
             KUBE_START_TIMEOUT_SECONDS,
         )
-        procs.wait_ready(
+        _wait_ready(
             "kafka",
             kafka_pid,
             lambda: kafka.is_ready(kafka_ports.bootstrap),
@@ -146,7 +182,14 @@ class Stack:
         pid = procs.spawn(dns.command(conf), log)
         state.processes["dnsmasq"] = Process(pid, str(log))
         state.save()
-        procs.wait_ready("dnsmasq", pid, lambda: dns.is_ready(state.dns_port), log, 15, 0.05)
+        _wait_ready(
+            "dnsmasq",
+            pid,
+            lambda: dns.is_ready(state.dns_port),
+            log,
+            DNS_START_TIMEOUT_SECONDS,
+            DNS_POLL_SECONDS,
+        )
 
     def set_dns(self, zones: Iterable[dns.Zone]) -> None:
         """Replace every DNS record: restart dnsmasq on the same port with the new zones."""

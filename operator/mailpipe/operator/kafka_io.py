@@ -16,11 +16,9 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka import KafkaProducer
 
 from mailpipe.contracts.wire import (
     Event,
@@ -29,7 +27,12 @@ from mailpipe.contracts.wire import (
     decode_suppression,
     suppression_key,
 )
-from mailpipe.relay.kafka_adapter import TopicFollower, read_topic
+from mailpipe.kafkakit import TopicFollower, read_topic
+
+# The admin helpers are kafkakit's (one copy for every caller); re-exported
+# because the handlers reach them as `kafka_io.ensure_topics` and `kafka_io.end_offsets`.
+from mailpipe.kafkakit import end_offsets as end_offsets
+from mailpipe.kafkakit import ensure_topics as ensure_topics
 
 log = logging.getLogger("mailpipe.operator.kafka")
 
@@ -40,33 +43,6 @@ ACK_TIMEOUT_SECONDS = 30  # a record not acknowledged by then fails the chunk (r
 CLOSE_TIMEOUT_SECONDS = 10  # at shutdown, pending sends get this long before they are dropped
 
 Observer = Callable[[Event], None]
-
-
-def ensure_topics(
-    bootstrap: str,
-    names: Iterable[str],
-    partitions: int,
-    replication: int,
-    compacted: Iterable[str] = (),
-) -> list[str]:
-    """Create missing topics; returns the ones created. Idempotent."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mailpipe-operator")
-    created: list[str] = []
-    try:
-        existing = set(admin.list_topics())
-        compacted = set(compacted)
-        for name in [*names, *compacted]:
-            if name in existing or name in created:
-                continue
-            configs = {"cleanup.policy": "compact"} if name in compacted else {}
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(
-                    [NewTopic(name, partitions, replication, topic_configs=configs)]
-                )
-                created.append(name)
-    finally:
-        admin.close()
-    return created
 
 
 class Producers:
@@ -105,16 +81,6 @@ def produce_all(producer: KafkaProducer, topic: str, records: list[tuple[bytes, 
     producer.flush()
     for f in futures:
         f.get(timeout=ACK_TIMEOUT_SECONDS)
-
-
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
-    finally:
-        consumer.close()
 
 
 def produced_since(bootstrap: str, topic: str, since: dict[int, int], uid: str) -> set[int]:

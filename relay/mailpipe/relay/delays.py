@@ -19,11 +19,15 @@ from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.wire import DeliveryRecord, encode
 
 from .metrics import RelayMetrics
-from .ports import Clock, RecordSink, RecordSource, TopicPartition
+from .ports import Clock, RecordSink, RecordSource, SourceRecord, TopicPartition
 from .work import Work
 
 # Records due this soon are sent now: a round trip through a delay topic costs more.
 DUE_SLACK_SECONDS = 0.5
+# A retry computed as `now + 600` reaches the step choice a moment later as 599.99 s:
+# this much slack keeps it on the 10m step it was meant for, not the 1m one (where
+# it would wait in memory for nine minutes with its partition paused).
+STEP_SLACK_SECONDS = 1.0
 # Without delay topics a postponed record goes back to the outbound topic and
 # waits in memory; this is how soon a full queue or a stuck window tries again.
 NO_DELAY_TOPIC_SECONDS = 1.0
@@ -53,7 +57,7 @@ class Postponer:
     def reconfigure(self, config: RelayConfig) -> None:
         self.outbound_topic = config.kafka.outbound_topic
         self.steps = sorted((s.seconds, t) for s, t in config.kafka.delay_topics.items())
-        self.topic_names = frozenset(t for _, t in self.steps)
+        self.step_of_topic = {t: step for step, t in self.steps}
 
     @property
     def shortest_seconds(self) -> float:
@@ -67,7 +71,22 @@ class Postponer:
     def waits_in_memory(self, topic: str) -> bool:
         """Whether a not-yet-due record read from `topic` waits here rather than
         being postponed: it is on a delay topic already, or there is none."""
-        return topic in self.topic_names or not self.steps
+        return topic in self.step_of_topic or not self.steps
+
+    def wait_until(self, src: SourceRecord, due: float, now: float) -> float:
+        """How long a not-yet-due record read from a delay topic waits in memory:
+        until it is due, but at most one step past its arrival on that topic.
+
+        The records behind it in the partition arrived later, so none of them can
+        be due before this one is looked at again; a record due later than that
+        (next week, or put on too short a step) is then postponed again instead
+        of pausing its partition until it is due (issue 10, finding 4)."""
+        step = self.step_of_topic.get(src.topic)
+        if step is None:
+            return due  # no delay topics: the outbound topic, re-read, waits in memory
+        # A producer's timestamp in the future must not stretch the wait.
+        arrived = min(src.timestamp_ms / 1000, now) if src.timestamp_ms > 0 else now
+        return min(due, arrived + step)
 
     def topic_for(self, seconds: float) -> str:
         """The delay topic whose step is the largest one not beyond `seconds`."""
@@ -75,7 +94,7 @@ class Postponer:
             return self.outbound_topic  # no delay topics: re-read, wait in memory
         chosen = self.steps[0][1]
         for step, topic in self.steps:
-            if step <= seconds:
+            if step <= seconds + STEP_SLACK_SECONDS:
                 chosen = topic
         return chosen
 
@@ -94,18 +113,19 @@ class Waiting:
 
     def __init__(self, source: RecordSource) -> None:
         self.source = source
-        self._heap: list[tuple[float, int, Work]] = []  # (due, seq, work)
+        self._heap: list[tuple[float, int, Work]] = []  # (until, seq, work)
         self._per_tp: dict[TopicPartition, int] = {}
         self._seq = itertools.count()  # ties keep arrival order; Work is not comparable
 
-    def add(self, work: Work, due: float) -> None:
-        heapq.heappush(self._heap, (due, next(self._seq), work))
+    def add(self, work: Work, until: float) -> None:
+        heapq.heappush(self._heap, (until, next(self._seq), work))
         tp = work.src.tp
         self._per_tp[tp] = self._per_tp.get(tp, 0) + 1
         self.source.pause([tp])
 
     def due(self, now: float) -> list[Work]:
-        """Take the records due by `now` (with slack), resuming partitions left with none."""
+        """Take the records whose wait ended by `now` (with slack), resuming partitions
+        left with none; a record still not due is the caller's to postpone again."""
         out = []
         while self._heap and self._heap[0][0] <= now + DUE_SLACK_SECONDS:
             _, _, work = heapq.heappop(self._heap)

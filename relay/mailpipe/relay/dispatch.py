@@ -31,6 +31,8 @@ from .settlement import Transaction, cancelled, chunks, event, settle
 from .suppressions import CampaignStates, SuppressionList
 from .work import Work
 
+ERROR_TEXT_CHARS = 300  # of an unexpected exception's text in a DLQ reason
+
 
 class Dispatcher:
     def __init__(
@@ -79,6 +81,21 @@ class Dispatcher:
     async def to_dlq(self, src: SourceRecord, gen: int, reason: str) -> None:
         await self.emitter.dlq(src, reason)
         self.tracker.finish(src.tp, src.offset, gen)
+
+    async def fail(self, work: Work, exc: Exception) -> None:
+        """A record the relay could not handle: a failed event per recipient (so a
+        campaign's counts still complete) and a DLQ copy naming the error."""
+        reason = f"relay error: {type(exc).__name__}: {str(exc)[:ERROR_TEXT_CHARS]}"
+        now = self.clock.time()
+        failed = [
+            event(
+                work.record, r.address, Disposition.FAILED, now, self.relay_id, reason="relay_error"
+            )
+            for r in work.record.recipients
+        ]
+        # Best effort: the DLQ copy below is what must not be lost.
+        await asyncio.gather(*(self.emitter.event(e) for e in failed), return_exceptions=True)
+        await self.to_dlq(work.src, work.gen, reason)
 
     # -- the attempt ---------------------------------------------------------------
 

@@ -10,8 +10,11 @@ record's offset finishes only after all of them (invariant 1).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Awaitable
+from typing import Any
 
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.wire import Event, Suppression, encode
@@ -22,6 +25,11 @@ from .settlement import Settlement
 from .suppressions import SuppressionList
 
 DLQ_REASON_LABEL_CHARS = 40  # the DLQ metric's label: the reason's kind, not its details
+DLQ_REASON_CHARS = 2000  # a reason quotes the offending value at most this much
+# How much of an undecodable value a DLQ copy keeps: enough to see what it was,
+# and far below Kafka's default 1 MB message limit, so the copy itself never
+# fails to produce (a 200 KB non-UTF-8 value once escaped to 1.2 MB and stuck).
+DLQ_COPY_BYTES = 64 * 1024
 
 
 class Emitter:
@@ -53,11 +61,26 @@ class Emitter:
 
     async def dlq(self, src: SourceRecord, reason: str) -> None:
         self.metrics.dlq.labels(reason.split(":", 1)[0][:DLQ_REASON_LABEL_CHARS]).inc()
-        value = {
-            "reason": reason,
-            "topic": src.topic,
-            "partition": src.partition,
-            "offset": src.offset,
-            "value": (src.value or b"").decode("utf-8", "replace"),
-        }
-        await self.sink.send(self.kafka.dlq_topic, src.key, json.dumps(value).encode())
+        await self.sink.send(self.kafka.dlq_topic, src.key, dlq_copy(src, reason))
+
+
+def dlq_copy(src: SourceRecord, reason: str) -> bytes:
+    """The DLQ value for `src`: the reason, where it came from, and the original
+    value (UTF-8 text, or base64 when it is not UTF-8) cut to DLQ_COPY_BYTES, so
+    the copy always fits on the DLQ topic; its size and SHA-256 say what was cut."""
+    raw = src.value or b""
+    kept = raw[:DLQ_COPY_BYTES]
+    value: dict[str, Any] = {
+        "reason": reason[:DLQ_REASON_CHARS],
+        "topic": src.topic,
+        "partition": src.partition,
+        "offset": src.offset,
+        "value_bytes": len(raw),
+        "value_sha256": hashlib.sha256(raw).hexdigest(),
+        "truncated": len(kept) < len(raw),
+    }
+    try:
+        value["value"] = kept.decode("utf-8")
+    except UnicodeDecodeError:
+        value["value_base64"] = base64.b64encode(kept).decode()
+    return json.dumps(value).encode()

@@ -77,7 +77,7 @@ class Engine:
         self.postponer = Postponer(sink, clock, metrics)
         self.waiting = Waiting(source)
         self.emitter = Emitter(sink, metrics, suppressions)
-        self.scheduler = Scheduler(clock, metrics, ledger, self.tasks, self._attempt)
+        self.scheduler = Scheduler(clock, metrics, ledger, self.tasks, self._attempt, self._fail)
         self.dispatch = Dispatcher(
             transport=transport,
             scheduler=self.scheduler,
@@ -106,6 +106,9 @@ class Engine:
     def _attempt(self, work: Work) -> Awaitable[None]:
         return self.dispatch.attempt(work)  # not `async`: one coroutine frame per attempt, not two
 
+    def _fail(self, work: Work, exc: Exception) -> Awaitable[None]:
+        return self.dispatch.fail(work, exc)
+
     def _warmup_budgets(self) -> dict[str, int]:
         budgets = self.ledger.budgets(self.clock.time())
         return {ip: NO_CAP if left is None else left for ip, left in budgets.items()}
@@ -118,9 +121,7 @@ class Engine:
         committer = asyncio.create_task(self.window.commit_loop(stop))
         try:
             while not stop.is_set():
-                for work in self.waiting.due(self.clock.time()):
-                    if self.tracker.owns(work.src.tp):
-                        self._enqueue(work)
+                self._wake_waiting()
                 room = self.window.room
                 if room <= 0:
                     self._take(await self.source.poll(0))  # revocations still arrive at once
@@ -159,13 +160,27 @@ class Engine:
             return
         work = Work(src, record, gen)
         due = record.not_before
-        if due is not None and due > self.clock.time() + DUE_SLACK_SECONDS:
+        now = self.clock.time()
+        if due is not None and due > now + DUE_SLACK_SECONDS:
             if self.postponer.waits_in_memory(src.topic):
-                self.waiting.add(work, due)
+                self.waiting.add(work, self.postponer.wait_until(src, due, now))
             else:
                 self.tasks.spawn(self.dispatch.postpone(work, due, PostponeReason.NOT_YET_DUE))
             return
         self._enqueue(work)
+
+    def _wake_waiting(self) -> None:
+        """Records whose wait in memory ended: due ones are queued, the others (due
+        beyond their delay topic's step) postponed again (see `Postponer.wait_until`)."""
+        now = self.clock.time()
+        for work in self.waiting.due(now):
+            if not self.tracker.owns(work.src.tp):
+                continue
+            due = work.record.not_before
+            if due is not None and due > now + DUE_SLACK_SECONDS and self.postponer.steps:
+                self.tasks.spawn(self.dispatch.postpone(work, due, PostponeReason.NOT_YET_DUE))
+            else:
+                self._enqueue(work)
 
     def _enqueue(self, work: Work) -> None:
         if not self.scheduler.enqueue(work):

@@ -26,14 +26,13 @@ from prometheus_client import start_http_server
 
 from mailpipe.contracts.config import ConfigError, RelayConfig, load_config
 from mailpipe.contracts.warmup import WarmupLedger
-from mailpipe.contracts.wire import WireError, decode_control, decode_event, decode_suppression
+from mailpipe.kafkakit import ensure_pool_topics, partition_count
 
 from .clock import SystemClock
 from .delivery import SMTPTransport
 from .engine import Engine, task_stacks
-from .kafka_adapter import KafkaSink, KafkaSource, TopicFollower, ensure_topics, partition_count
+from .kafka import KafkaSink, KafkaSource, relay_followers
 from .metrics import RelayMetrics
-from .ports import Revoked
 from .suppressions import CampaignStates, SuppressionList
 
 log = logging.getLogger("mailpipe.relay")
@@ -101,7 +100,7 @@ async def serve(
     if config.metrics_port:
         start_http_server(config.metrics_port, registry=metrics.registry)
     if ensure:
-        await loop.run_in_executor(None, ensure_topics, config.kafka)
+        await loop.run_in_executor(None, ensure_pool_topics, config.kafka)
 
     sink = await loop.run_in_executor(None, KafkaSink, config.kafka)
     topics = [config.kafka.outbound_topic, *config.kafka.delay_topics.values()]
@@ -118,55 +117,10 @@ async def serve(
 
     suppressions = SuppressionList()
     ledger = WarmupLedger(config, relay_id)
-
-    def apply_suppression(key: bytes | None, value: bytes | None, live: bool) -> None:
-        if key is None:
-            return
-        if value is None:
-            suppressions.lift(key.decode())
-            return
-        try:
-            s = decode_suppression(value)
-        except WireError as exc:
-            log.warning("ignoring bad suppression %r: %s", key, exc)
-            return
-        suppressions.add(s.address, s.reason.value)
-
-    own_events = f'"relay":{json.dumps(relay_id)}'.encode()
-
-    def apply_event(key: bytes | None, value: bytes | None, live: bool) -> None:
-        if value is None:
-            return
-        if live and own_events in value:
-            return  # counted when sent; the ledger ignores our own live events anyway
-        try:
-            ledger.observe(decode_event(value), replaying=not live)
-        except WireError:
-            return
-
     campaigns = CampaignStates()
-
-    def apply_control(key: bytes | None, value: bytes | None, live: bool) -> None:
-        if key is None:
-            return
-        if value is None:
-            campaigns.set(key.decode(), "active")
-            return
-        try:
-            control = decode_control(value)
-        except WireError as exc:
-            log.warning("ignoring bad campaign control %r: %s", key, exc)
-            return
-        campaigns.set(control.campaign, control.state.value)
-        if live:
-            log.info("campaign %s is %s", control.campaign, control.state.value)
-
-    bootstrap = config.kafka.bootstrap_servers
-    followers = [
-        TopicFollower(bootstrap, config.kafka.suppressions_topic, apply_suppression),
-        TopicFollower(bootstrap, config.kafka.events_topic, apply_event),
-        TopicFollower(bootstrap, config.kafka.control_topic, apply_control),
-    ]
+    followers = relay_followers(
+        config.kafka, relay_id, suppressions=suppressions, ledger=ledger, campaigns=campaigns
+    )
     for f in followers:
         f.start()
     for f in followers:
@@ -174,14 +128,15 @@ async def serve(
     log.info("caught up: %d suppressions", len(suppressions), extra={"relay_id": relay_id})
 
     transport = SMTPTransport(config)
-    engine: Engine
 
     def on_lag(tp: Any, lag: int) -> None:
         metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     outbound = config.kafka.outbound_topic
     # Read once: the share of warm-up caps follows partitions owned out of these.
-    partitions = await loop.run_in_executor(None, partition_count, bootstrap, outbound)
+    partitions = await loop.run_in_executor(
+        None, partition_count, config.kafka.bootstrap_servers, outbound
+    )
 
     def on_assigned(tps: set[Any]) -> None:
         mine = sorted(tp.partition for tp in tps if tp.topic == outbound)
@@ -191,9 +146,6 @@ async def serve(
     source = KafkaSource(
         config.kafka,
         topics,
-        committable=lambda: engine.tracker.committable(),
-        # Until the adapter hands `Revoked` in-band through poll() (kafka branch):
-        on_revoked=lambda tps: engine._take([Revoked(tuple(tps))]),
         on_lag=on_lag,
         on_assigned=on_assigned,
         buffer_records=config.kafka.max_in_flight_records,
@@ -227,7 +179,7 @@ async def serve(
     reloader = asyncio.create_task(_watch_config(config_path, engine, transport, stop))
     log.info("relay started", extra={"relay_id": relay_id, "pool": config.pool})
     try:
-        await engine.run(stop)
+        await engine.run(stop)  # returns after its final commit: the only one on shutdown
     finally:
         log.info("stopping: engine drained", extra={"relay_id": relay_id})
         reloader.cancel()

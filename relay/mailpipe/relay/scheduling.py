@@ -69,12 +69,14 @@ class Scheduler:
         ledger: WarmupLedger,
         tasks: Tasks,
         attempt: Callable[[Work], Awaitable[None]],
+        fail: Callable[[Work, Exception], Awaitable[None]],
     ) -> None:
         self.clock = clock
         self.metrics = metrics
         self.ledger = ledger
         self.tasks = tasks
         self._attempt = attempt
+        self._fail = fail
         self.shaping = Shaping()
         self.stopping = False
         self._queues: dict[str, DomainQueue] = {}
@@ -181,10 +183,12 @@ class Scheduler:
                 work = q.items.popleft()
                 try:
                     await self._attempt(work)
-                except Exception:
-                    # Unexpected failure: leave the record unfinished so it is
-                    # re-read after a restart rather than lost.
+                except Exception as exc:
+                    # The record's boundary: whatever went wrong, it gets a final
+                    # disposition instead of an offset that never finishes and
+                    # stops every commit of its partition (issue 10, finding 3).
                     log.exception("attempt failed", extra={"message_id": work.record.id})
+                    await self._fail(work, exc)
         finally:
             q.lanes -= 1
             shaper.connections -= 1

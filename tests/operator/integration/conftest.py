@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,113 +10,39 @@ from typing import Any
 import pytest
 import yaml
 
+from mailpipe.devstack import harness
+from mailpipe.devstack.harness import Child, Children, kubectl
+from mailpipe.devstack.harness import get_object as get
 from mailpipe.devstack.procs import free_port
+from tests.conftest import wait_for
+
+__all__ = ["OperatorProcess", "get", "kubectl", "pool_manifest", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[3]
-MAILPIPE = str(Path(sys.executable).parent / "mailpipe")
+PARTITIONS = 3
+DELAY_STEPS = ["1s", "1m"]
 
-
-def kubectl(
-    env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["kubectl", *args], input=stdin, env=env, capture_output=True, text=True, timeout=60
-    )
+OperatorProcess = Child  # a `mailpipe operator` child of the test
 
 
 @pytest.fixture(scope="session")
 def crds(cli_env: dict[str, str]) -> None:
-    applied = kubectl(cli_env, "apply", "-f", str(ROOT / "crds"))
-    assert applied.returncode == 0, applied.stderr
-    est = kubectl(
-        cli_env,
-        "wait",
-        "--for=condition=Established",
-        "crd",
-        "-l",
-        "app.kubernetes.io/part-of=mailpipe",
-        "--timeout=30s",
-    )
-    assert est.returncode == 0, est.stderr
-
-
-class OperatorProcess:
-    def __init__(
-        self, env: dict[str, str], log: Path, namespace: str, extra_env: dict[str, str]
-    ) -> None:
-        self.env = {**env, **extra_env}
-        self.log = log
-        self.namespace = namespace
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> OperatorProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    MAILPIPE,
-                    "operator",
-                    "--namespace",
-                    self.namespace,
-                    "--liveness-port",
-                    str(free_port()),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+    harness.apply_crds(cli_env, ROOT / "crds")
 
 
 @pytest.fixture
 def operator_factory(
     crds: None, cli_env: dict[str, str], namespace: str, tmp_path: Path
 ) -> Iterator[Callable[..., OperatorProcess]]:
-    started: list[OperatorProcess] = []
+    """Starts `mailpipe operator` children watching the test's namespace."""
+    with Children(tmp_path) as children:
 
-    def make(**extra_env: str) -> OperatorProcess:
-        op = OperatorProcess(cli_env, tmp_path / "operator.log", namespace, extra_env).start()
-        started.append(op)
-        return op
+        def make(**extra_env: str) -> OperatorProcess:
+            args = ["operator", "--namespace", namespace, "--liveness-port", str(free_port())]
+            name = f"operator-{len(children.started)}"
+            return children.mailpipe(name, args, {**cli_env, **extra_env})
 
-    yield make
-    for op in started:
-        op.stop()
-
-
-def get(env: dict[str, str], kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-    got = kubectl(env, "get", kind, name, "-n", namespace, "-o", "json")
-    if got.returncode != 0:
-        return None
-    obj: dict[str, Any] = json.loads(got.stdout)
-    return obj
-
-
-def wait_for(
-    predicate: Callable[[], bool], timeout_s: float, what: str, op: OperatorProcess | None = None
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}\n{op.tail() if op else ''}")
+        yield make
 
 
 def pool_manifest(name: str, namespace: str, bootstrap: str, prefix: str, **spec: Any) -> str:
@@ -133,8 +54,8 @@ def pool_manifest(name: str, namespace: str, bootstrap: str, prefix: str, **spec
             "kafka": {
                 "bootstrapServers": bootstrap,
                 "topicPrefix": prefix,
-                "partitions": 3,
-                "delaySteps": ["1s", "1m"],
+                "partitions": PARTITIONS,
+                "delaySteps": DELAY_STEPS,
             },
             "egressIPs": [{"address": "127.0.0.2", "helo": "egress-2.sender.test"}],
             **spec,

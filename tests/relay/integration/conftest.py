@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kafka import KafkaProducer
 
-from mailpipe.contracts.config import RelayConfig
-from mailpipe.relay.kafka_adapter import ensure_topics, read_topic
+from mailpipe.contracts.config import EgressIP, RetrySettings
+from mailpipe.devstack import samples
+from mailpipe.devstack.harness import Child, Children
+from mailpipe.kafkakit import ensure_pool_topics, read_topic
+from tests.conftest import wait_for
 
-ROOT = Path(__file__).resolve().parents[3]
-MAILPIPE = str(Path(sys.executable).parent / "mailpipe")
+__all__ = ["Pool", "RelayProcess", "wait_for"]
+
+PARTITIONS = 4  # enough for two relays to split a pool's domains
+DELAY_STEPS = ("1s", "1m")
+RETRY = RetrySettings(schedule_seconds=[1], max_age_seconds=3600)  # retries within the test
+EGRESS = EgressIP(address="127.0.0.2", helo="egress-2.sender.test")
+CAMPAIGN = "test/camp"
+
+RelayProcess = Child  # a `mailpipe relay` child of the test
 
 
 class Pool:
@@ -31,50 +34,28 @@ class Pool:
         self.bootstrap = bootstrap
         self.prefix = prefix
         self.tmp = tmp
-        data: dict[str, Any] = {
-            "pool": f"test/{prefix}",
-            "kafka": {
-                "bootstrap_servers": bootstrap,
-                "group_id": f"{prefix}-relays",
-                "outbound_topic": f"{prefix}.outbound",
-                "events_topic": f"{prefix}.events",
-                "dlq_topic": f"{prefix}.dlq",
-                "suppressions_topic": f"{prefix}.suppressions",
-                "delay_topics": {"1s": f"{prefix}.delay.1s", "1m": f"{prefix}.delay.1m"},
-            },
-            "egress": [{"address": "127.0.0.2", "helo": "egress-2.sender.test"}],
-            "retry": {"schedule_seconds": [1], "max_age_seconds": 3600},
-            "tls": {"mode": "disabled"},
-            "metrics_port": 0,
-        }
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
-        self.config = RelayConfig.model_validate(data)
-        self.path = tmp / f"{prefix}.yaml"
-        self.path.write_text(yaml.safe_dump(self.config.model_dump(mode="json")))
-        ensure_topics(self.config.kafka, partitions=4)
+        self.config = samples.relay_config(
+            f"test/{prefix}",
+            samples.pool_topics(bootstrap, prefix, DELAY_STEPS),
+            [EGRESS],
+            retry=RETRY,
+            **overrides,
+        )
+        self.path = samples.write_config(self.config, tmp / f"{prefix}.yaml")
+        ensure_pool_topics(self.config.kafka, partitions=PARTITIONS)
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
 
-    def send(self, *recipients: str, **extra: Any) -> str:
-        record_id = extra.pop("id", None) or uuid.uuid4().hex
-        value = {
-            "v": 1,
-            "id": record_id,
-            "campaign": "test/camp",
-            "sender": "news@sender.test",
-            "recipients": [{"address": r} for r in recipients],
-            "content": {"subject": "hello", "text": "x" * extra.pop("size", 100)},
-            "created_at": time.time(),
-            **extra,
-        }
-        domain = recipients[0].rpartition("@")[2]
-        self.producer.send(
-            self.config.kafka.outbound_topic, key=domain.encode(), value=json.dumps(value).encode()
-        )
-        return record_id
+    def send(
+        self,
+        *recipients: str,
+        partition: int | None = None,
+        campaign: str | None = CAMPAIGN,
+        **fields: Any,
+    ) -> str:
+        """One record to `recipients`; `fields` as `samples.delivery_record` takes them."""
+        record = samples.delivery_record(*recipients, campaign=campaign, **fields)
+        samples.send_record(self.producer, self.config.kafka.outbound_topic, record, partition)
+        return record.id
 
     def send_raw(self, key: bytes, value: bytes) -> None:
         self.producer.send(self.config.kafka.outbound_topic, key=key, value=value)
@@ -91,34 +72,6 @@ class Pool:
 
     def close(self) -> None:
         self.producer.close()
-
-
-class RelayProcess:
-    def __init__(self, pool: Pool, name: str, env: dict[str, str] | None = None) -> None:
-        self.log = pool.tmp / f"{name}.log"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [MAILPIPE, "relay", "--config", str(pool.path), "--relay-id", name],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-            )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
 
 
 @pytest.fixture
@@ -138,28 +91,14 @@ def pool_factory(
 
 
 @pytest.fixture
-def relays() -> Iterator[Callable[..., RelayProcess]]:
-    started: list[RelayProcess] = []
+def relays(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    """Starts `mailpipe relay` children for a pool; all stopped after the test."""
+    with Children(tmp_path) as children:
 
-    def start(pool: Pool, name: str = "relay-a", env: dict[str, str] | None = None) -> RelayProcess:
-        r = RelayProcess(pool, name, env)
-        started.append(r)
-        return r
+        def start(
+            pool: Pool, name: str = "relay-a", env: dict[str, str] | None = None
+        ) -> RelayProcess:
+            args = ["relay", "--config", str(pool.path), "--relay-id", name]
+            return children.mailpipe(name, args, env)
 
-    yield start
-    for r in started:
-        r.stop()
-
-
-def wait_for(
-    predicate: Callable[[], bool], timeout_s: float, what: str, relay: RelayProcess | None = None
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if relay is not None and relay.proc.poll() is not None:
-            raise AssertionError(f"relay exited while waiting for {what}:\n{relay.log_tail()}")
-        time.sleep(0.2)
-    tail = relay.log_tail() if relay is not None else ""
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{tail}")
+        yield start

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from mailpipe.contracts.config import KafkaSettings
-from mailpipe.relay.kafka_adapter import KafkaSink, ensure_topics
+from mailpipe.kafkakit import ensure_pool_topics, read_records
+from mailpipe.relay.kafka import KafkaSink
 
 pytestmark = pytest.mark.relay
 
@@ -28,7 +29,7 @@ async def test_sink_acks_and_partitions_like_kafka_python(
             "suppressions_topic": f"{topic_prefix}.suppressions",
         }
     )
-    ensure_topics(settings, partitions=6)
+    ensure_pool_topics(settings, partitions=6)
     topic = settings.events_topic
     keys = [f"ns/campaign-{i}".encode() for i in range(40)] + [b"dom0.test", b"x"]
     reference = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
@@ -47,17 +48,7 @@ async def test_sink_acks_and_partitions_like_kafka_python(
     finally:
         sink.close()
     seen: dict[bytes, set[int]] = {}
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for r in records:
-                    if r.value == b"sink" and r.key is not None:
-                        seen.setdefault(r.key, set()).add(tp.partition)
-    finally:
-        consumer.close()
+    for r in read_records(kafka_bootstrap, topic):
+        if r.value == b"sink" and r.key is not None:
+            seen.setdefault(r.key, set()).add(r.partition)
     assert seen == {k: {p} for k, p in expected.items()}

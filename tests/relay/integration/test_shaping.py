@@ -36,19 +36,8 @@ def _members(pool: Pool) -> int:
 
 
 def _send_to_partition(pool: Pool, partition: int, recipient: str) -> None:
-    value = {
-        "v": 1,
-        "id": recipient,
-        "sender": "news@sender.test",
-        "recipients": [{"address": recipient}],
-        "content": {"subject": "hi", "text": "body"},
-        "created_at": time.time(),
-    }
-    pool.producer.send(
-        pool.config.kafka.outbound_topic,
-        key=recipient.rpartition("@")[2].encode(),
-        value=json.dumps(value).encode(),
-        partition=partition,
+    pool.send(
+        recipient, id=recipient, partition=partition, campaign=None, subject="hi", text="body"
     )
 
 
@@ -283,7 +272,7 @@ def test_churning_group_loses_nothing(
             lambda: set(rx.recipients()) >= set(expected), 90, "every recipient delivered", steady
         )
     except AssertionError:
-        steady.proc.send_signal(signal.SIGUSR1)  # the relay logs its state
+        steady.send_signal(signal.SIGUSR1)  # the relay logs its state
         time.sleep(1)
         _explain_missing(pool, set(expected) - set(rx.recipients()))
         print("\n".join(line for line in steady.log.read_text().splitlines() if "state:" in line))

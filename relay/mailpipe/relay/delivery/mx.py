@@ -6,30 +6,67 @@
 - NXDOMAIN: the domain does not exist, bounce;
 - timeouts and SERVFAIL: temporary, defer.
 
-Answers are cached for their TTL so a campaign to one domain resolves once.
+Hostile or broken input is refused before or instead of a lookup, with a
+reason (issue 10): a name that breaks RFC 1035 limits (`InvalidDomain`), an
+address literal (`u@[192.0.2.1]`), MX records naming IP addresses instead of
+hosts (RFC 5321 5.1 wants names: `UnroutableDomain`). Names are looked up as
+A-labels (`addresses.ascii_domain`), so `bücher.test`, `BÜCHER.test` and
+`xn--bcher-kva.test.` are one domain with one cache entry.
+
+The resolver is bounded: at most `MAX_CONCURRENT_LOOKUPS` queries at once (a
+burst of 20,000 new domains otherwise outlives every query's lifetime and
+turns NXDOMAIN bounces into timeout deferrals), concurrent lookups of one
+domain share one query, answers are cached for their TTL and failures for a
+while (negative caching, RFC 2308), and at most `MAX_MX_ADDRESSES` addresses
+are tried per attempt.
+
+Destination policy (issue 10): a relay inside a cluster must not become a
+probe of its own network, so with `allow_private=False` addresses that DNS
+gives for a recipient domain are dropped when they are loopback, private,
+link-local, unspecified, multicast or reserved (`forbidden_reason`); a domain
+left with none is unroutable, with the reason. Tests and smart hosts keep
+the default `allow_private=True` (the config field that will switch it per
+pool is not there yet; see ARCHITECTURE.md).
+
 Static routes from the config replace lookups (smart hosts, tests).
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import random
 import time
 from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.inet
 import dns.rdatatype
 import dns.resolver
 
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.errors import PermanentError, TemporaryError
 
+from ..addresses import AddressLiteral, InvalidDomain, ascii_domain
+
+__all__ = [
+    "AddressLiteral",
+    "InvalidDomain",
+    "MXResolver",
+    "NoSuchDomain",
+    "NullMX",
+    "Route",
+    "TemporaryDNSError",
+    "UnroutableDomain",
+]
+
 
 @dataclass(frozen=True)
 class Route:
     host: str  # address or name to connect to
     port: int
-    name: str  # the MX name, for logs and events
+    name: str  # the MX name: for logs, events and the TLS certificate check
 
 
 class NullMX(PermanentError):
@@ -40,16 +77,58 @@ class NoSuchDomain(PermanentError):
     """NXDOMAIN, or no MX and no address records: nowhere to deliver."""
 
 
+class UnroutableDomain(PermanentError):
+    """The domain's DNS data can never be used: e.g. its MX records name IP addresses."""
+
+
 class TemporaryDNSError(TemporaryError):
     """Timeout or server failure: try again later."""
 
 
 NEGATIVE_CACHE_SECONDS = 60.0  # how long a temporary failure is remembered: avoids a lookup storm
+PERMANENT_CACHE_SECONDS = 300.0  # NXDOMAIN, null MX: RFC 2308 caps negative TTLs near this
+IMPLICIT_MX_TTL_SECONDS = 300.0  # A/AAAA fallback answers: their own TTL is not carried through
+LOOKUP_LIFETIME_SECONDS = 5.0  # one whole lookup; a slow resolver defers rather than stalls
+# Postfix's smtp_mx_address_limit: addresses tried per delivery attempt. Fifty
+# MX hosts at a 30-s connect timeout would hold a lane for 25 minutes.
+MAX_MX_ADDRESSES = 5
+# Queries in flight at once. Stays well under the default forwarding limits of
+# local resolvers (dnsmasq dns-forward-max 150) so each query is answered within
+# its lifetime; a burst of new domains queues here instead of timing out there.
+MAX_CONCURRENT_LOOKUPS = 64
+MAX_CACHE_ENTRIES = 100_000  # domains remembered; past it the oldest are dropped
+
+_Cached = tuple[float, list[Route] | Exception]  # (valid until, routes or the failure)
+
+
+def forbidden_reason(address: str) -> str | None:
+    """Why a destination address is off limits for mail from a cluster, or None."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind, hit in (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+    ):
+        if hit:
+            return kind
+    return None
 
 
 class MXResolver:
-    def __init__(self, config: RelayConfig) -> None:
-        self._cache: dict[str, tuple[float, list[Route] | Exception]] = {}
+    def __init__(self, config: RelayConfig, *, allow_private: bool = True) -> None:
+        """`allow_private=False` refuses destinations on internal networks."""
+        self.allow_private = allow_private
+        self._cache: dict[str, _Cached] = {}
+        self._inflight: dict[str, asyncio.Future[list[Route]]] = {}  # name -> its one lookup
+        self._slots: asyncio.Semaphore | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: RelayConfig) -> None:
@@ -59,68 +138,127 @@ class MXResolver:
             host, _, port = config.dns_nameserver.rpartition(":")
             resolver.nameservers = [host]
             resolver.port = int(port)
-        resolver.lifetime = 5.0  # whole lookup; a slow resolver defers rather than stalls
+        resolver.lifetime = LOOKUP_LIFETIME_SECONDS
         self._resolver = resolver
         self._cache.clear()
 
     async def routes(self, domain: str) -> list[Route]:
-        """Hosts to try in order; raises NullMX, NoSuchDomain or TemporaryDNSError."""
+        """Hosts to try in order, at most MAX_MX_ADDRESSES; raises InvalidDomain
+        (AddressLiteral), NullMX, NoSuchDomain, UnroutableDomain or TemporaryDNSError."""
         static = self.config.routes.get(domain)
         if static:
             return [Route(r.host, r.port, r.host) for r in static]
+        name = ascii_domain(domain)
+        static = self.config.routes.get(name)
+        if static:
+            return [Route(r.host, r.port, r.host) for r in static]
         now = time.monotonic()
-        cached = self._cache.get(domain)
+        cached = self._cache.get(name)
         if cached is not None and cached[0] > now:
             if isinstance(cached[1], Exception):
                 raise cached[1]
             return cached[1]
+        lookup = self._inflight.get(name)
+        if lookup is None:
+            # One query per domain however many lanes ask at once; a task of its
+            # own, so a caller that is cancelled does not cancel it for the others.
+            lookup = asyncio.ensure_future(self._resolve(name))
+            self._inflight[name] = lookup
+            lookup.add_done_callback(lambda _: self._inflight.pop(name, None))
+        return await asyncio.shield(lookup)
+
+    async def _resolve(self, name: str) -> list[Route]:
+        """One lookup, cached with its outcome."""
         try:
-            routes, ttl = await self._lookup(domain)
+            routes, ttl = await self._lookup(name)
         except TemporaryDNSError as exc:
-            self._cache[domain] = (now + NEGATIVE_CACHE_SECONDS, exc)
+            self._remember(name, NEGATIVE_CACHE_SECONDS, exc)
             raise
-        except (NullMX, NoSuchDomain) as exc:
-            self._cache[domain] = (now + max(NEGATIVE_CACHE_SECONDS, 300.0), exc)
+        except (NullMX, NoSuchDomain, UnroutableDomain) as exc:
+            self._remember(name, PERMANENT_CACHE_SECONDS, exc)
             raise
-        self._cache[domain] = (now + ttl, routes)
+        self._remember(name, ttl, routes)
         return routes
+
+    def _remember(self, name: str, seconds: float, outcome: list[Route] | Exception) -> None:
+        now = time.monotonic()
+        if len(self._cache) >= MAX_CACHE_ENTRIES:
+            for key in [k for k, (until, _) in self._cache.items() if until <= now]:
+                del self._cache[key]
+            while len(self._cache) >= MAX_CACHE_ENTRIES:
+                del self._cache[next(iter(self._cache))]  # oldest entry first
+        self._cache[name] = (now + seconds, outcome)
+
+    async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(MAX_CONCURRENT_LOOKUPS)
+        async with self._slots:
+            return await self._resolver.resolve(name, rdtype)
 
     async def _lookup(self, domain: str) -> tuple[list[Route], float]:
         port = self.config.smtp_port
         try:
-            answer = await self._resolver.resolve(domain, "MX")
+            answer = await self._query(domain, "MX")
         except dns.resolver.NXDOMAIN as exc:
             raise NoSuchDomain(f"{domain}: no such domain") from exc
         except dns.resolver.NoAnswer:
             hosts = await self._addresses(domain)
             if not hosts:
                 raise NoSuchDomain(f"{domain}: no MX and no address records") from None
-            return [Route(h, port, domain) for h in hosts], 300.0
-        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            implicit = [Route(h, port, domain) for h in hosts]
+            return self._permitted(domain, implicit), IMPLICIT_MX_TTL_SECONDS
+        except dns.exception.DNSException as exc:  # timeout, SERVFAIL, anything odd
             raise TemporaryDNSError(f"{domain}: {exc.__class__.__name__}") from exc
         records = sorted(answer, key=lambda r: (r.preference, random.random()))
         if len(records) == 1 and records[0].preference == 0 and str(records[0].exchange) == ".":
             raise NullMX(f"{domain} publishes a null MX")
         routes: list[Route] = []
+        numeric: list[str] = []
         for record in records:
             name = str(record.exchange).rstrip(".")
             if not name:
                 continue
+            if dns.inet.is_address(name):
+                numeric.append(name)  # RFC 5321 5.1: an MX names a host, never an address
+                continue
             for address in await self._addresses(name):
                 routes.append(Route(address, port, name))
+            if len(routes) >= MAX_MX_ADDRESSES:
+                break
+        if not routes and numeric:
+            raise UnroutableDomain(
+                f"MX of {domain} is an IP address ({numeric[0]}), not a host name (RFC 5321 5.1)"
+            )
         if not routes:
             raise TemporaryDNSError(f"{domain}: MX hosts have no addresses")
-        ttl = float(answer.rrset.ttl) if answer.rrset is not None else 300.0
-        return routes, max(ttl, 1.0)
+        routes = self._permitted(domain, routes)
+        ttl = float(answer.rrset.ttl) if answer.rrset is not None else IMPLICIT_MX_TTL_SECONDS
+        return routes[:MAX_MX_ADDRESSES], max(ttl, 1.0)
+
+    def _permitted(self, domain: str, routes: list[Route]) -> list[Route]:
+        """The routes the destination policy allows; UnroutableDomain if none."""
+        if self.allow_private:
+            return routes
+        allowed = [r for r in routes if forbidden_reason(r.host) is None]
+        if not allowed:
+            first = routes[0]
+            kind = forbidden_reason(first.host)
+            raise UnroutableDomain(
+                f"{domain}: {first.name} is at {first.host}, a {kind} address;"
+                " this pool does not deliver to internal networks"
+            )
+        return allowed
 
     async def _addresses(self, name: str) -> list[str]:
         out: list[str] = []
         for rdtype in ("A", "AAAA"):
             try:
-                answer = await self._resolver.resolve(name, rdtype)
+                answer = await self._query(name, rdtype)
             except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
                 continue
-            except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            except dns.exception.DNSException as exc:
                 raise TemporaryDNSError(f"{name}: {exc.__class__.__name__}") from exc
             out.extend(r.address for r in answer)
+            if len(out) >= MAX_MX_ADDRESSES:
+                break
         return out

@@ -25,11 +25,16 @@ from collections import deque
 
 from mailpipe.contracts.errors import TemporaryError
 
+from ..addresses import smtp_address
 from ..classify import reply
 from ..ports import SMTPReply
 from .replies import ReplyError, ReplyParser
+from .stage import Stage
 
 QUIT_TIMEOUT_SECONDS = 5.0
+# After QUIT, how long the connection may take to finish closing (a TLS one first
+# exchanges close_notify) before it is aborted, so no socket outlives the session.
+CLOSE_WAIT_SECONDS = 2.0
 
 
 class ConnectionLost(TemporaryError):
@@ -53,6 +58,7 @@ class SessionProtocol(asyncio.Protocol):
         self._paused = False
         self.error: ConnectionLost | None = None
         self.deadline: float | None = None  # loop time by which the pending exchange must end
+        self.closed: asyncio.Future[None] = self._loop.create_future()  # set by connection_lost
 
     # -- asyncio.Protocol callbacks ---------------------------------------
 
@@ -71,6 +77,8 @@ class SessionProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLost(f"connection lost: {exc}" if exc else "connection closed"))
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -180,20 +188,24 @@ class Session:
 
     async def transaction(
         self, sender: str, recipients: tuple[str, ...], message: bytes
-    ) -> dict[str, SMTPReply]:
-        """Send `message` to `recipients`; every recipient's deciding reply."""
+    ) -> tuple[dict[str, SMTPReply], dict[str, Stage]]:
+        """Send `message` to `recipients`; every recipient's deciding reply and its stage."""
         self.sent += 1
-        needs_utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+        # Domains go as A-labels, so only a non-ASCII local part needs SMTPUTF8
+        # (RFC 6531 3.2): u@bücher.test is RCPT TO:<u@xn--bcher-kva.test>.
+        wire_sender = smtp_address(sender)
+        wire_rcpts = [smtp_address(r) for r in recipients]
+        needs_utf8 = not (wire_sender.isascii() and all(r.isascii() for r in wire_rcpts))
         refusal = self._refuse(message, needs_utf8)
         if refusal is not None:
-            return dict.fromkeys(recipients, refusal)
+            return dict.fromkeys(recipients, refusal), dict.fromkeys(recipients, Stage.LOCAL)
         params = ""
         if not message.isascii() and self.eight_bit:
             params += " BODY=8BITMIME"
         if needs_utf8:
             params += " SMTPUTF8"
-        mail_cmd = f"MAIL FROM:<{sender}>{params}\r\n".encode()
-        rcpt_cmds = [f"RCPT TO:<{r}>\r\n".encode() for r in recipients]
+        mail_cmd = f"MAIL FROM:<{wire_sender}>{params}\r\n".encode()
+        rcpt_cmds = [f"RCPT TO:<{r}>\r\n".encode() for r in wire_rcpts]
 
         data_reply: SMTPReply | None
         if self.pipelining:
@@ -214,15 +226,18 @@ class Session:
 
         if not _ok(mail_reply):
             result = dict.fromkeys(recipients, mail_reply)
+            stages = dict.fromkeys(recipients, Stage.MAIL)
             accepted: list[str] = []
         else:
             result = dict(zip(recipients, rcpt_replies, strict=True))
+            stages = dict.fromkeys(recipients, Stage.RCPT)
             accepted = [r for r, rep in result.items() if _ok(rep)]
 
         if data_reply is not None and data_reply.code == 354:
             if accepted:
                 (final,) = await self._exchange(dot_stuff(message), 1, body_sent=True)
                 result.update(dict.fromkeys(accepted, final))
+                stages.update(dict.fromkeys(accepted, Stage.MESSAGE))
             else:
                 # RFC 2920 3.1: DATA accepted with no valid recipient: end it empty.
                 await self._exchange(b".\r\n", 1, body_sent=False)
@@ -231,9 +246,10 @@ class Session:
             if accepted:  # DATA refused: it decides the recipients RCPT accepted
                 assert data_reply is not None
                 result.update(dict.fromkeys(accepted, data_reply))
+                stages.update(dict.fromkeys(accepted, Stage.DATA))
             await self._rset()
         self.last_used = time.monotonic()
-        return result
+        return result, stages
 
     def _refuse(self, message: bytes, needs_utf8: bool) -> SMTPReply | None:
         """Replies we can give without asking: what the server said it cannot take."""
@@ -260,6 +276,10 @@ class Session:
             finally:
                 self.protocol.deadline = None
         self.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.protocol.closed), CLOSE_WAIT_SECONDS)
+        except TimeoutError:
+            self.protocol.transport.abort()
 
     def close(self) -> None:
         if not self.protocol.transport.is_closing():

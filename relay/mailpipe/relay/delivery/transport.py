@@ -6,8 +6,18 @@ once, at this boundary), so the engine's classifier decides all dispositions:
 
     null MX              -> 556 5.1.10      domain without MX or address -> 550 5.1.2
     DNS timeout/failure  -> 451 4.4.3       every MX refused or timed out  -> 421 4.4.1
+    invalid domain name  -> 553 5.1.3       address literal u@[192.0.2.1]  -> 550 5.1.2
+    MX names an IP address, not a host      -> 550 5.4.4 (no suppression: their DNS is broken)
     TLS required, absent -> 451 4.7.5 (no backoff: our policy, not theirs)
+    TLS required, STARTTLS failed (refused, handshake, certificate) -> 451 4.7.5
+    opportunistic TLS, STARTTLS failed -> the same host again in clear (RFC 3207 4.1)
     connection lost mid-transaction        -> 451 4.4.2
+
+Every result says, per recipient, the stage whose reply decided it
+(`TransactionResult.detail[recipient]`, a `session.Stage` value: "dns",
+"connect", "greeting", "ehlo", "tls", "local", "mail", "rcpt", "data",
+"message", "lost"), so the classifier can tell a host-level refusal
+(greeting, EHLO) from a recipient-level one (RCPT) with the same code.
 
 aiosmtplib opens each connection: source address bound to the egress IP,
 greeting, EHLO with the IP's HELO name, STARTTLS per policy. The open
@@ -25,6 +35,7 @@ import logging
 import ssl
 import time
 import weakref
+from typing import Any
 
 import aiosmtplib
 
@@ -32,27 +43,50 @@ from mailpipe.contracts.config import RelayConfig, TLSMode
 
 from ..classify import reply
 from ..ports import Envelope, SMTPReply, TransactionResult
-from .mx import MXResolver, NoSuchDomain, NullMX, Route, TemporaryDNSError
+from .mx import (
+    AddressLiteral,
+    InvalidDomain,
+    MXResolver,
+    NoSuchDomain,
+    NullMX,
+    Route,
+    TemporaryDNSError,
+    UnroutableDomain,
+)
 from .session import ConnectionLost, Session
+from .stage import Stage
 
 log = logging.getLogger("mailpipe.relay.delivery")
 
 WATCHDOG_SECONDS = 1.0  # command timeouts are enforced to within this
 IDLE_SECONDS = 30.0  # drop pooled connections older than this; many MXes cut idle ones at ~60 s
+# After an opportunistic STARTTLS failed, connect to that host in clear for this
+# long instead of paying a failed handshake (and a second connection) every time.
+TLS_FALLBACK_SECONDS = 3600.0
+MAX_TLS_BROKEN_HOSTS = 10_000  # hosts remembered; past it the expired ones are dropped
 
 
 class _NoTLS(Exception):
-    pass
+    """TLS is required by policy and the server does not offer STARTTLS."""
 
 
-def _all(recipients: tuple[str, ...], r: SMTPReply) -> dict[str, SMTPReply]:
-    return dict.fromkeys(recipients, r)
+class _TLSFailed(Exception):
+    """STARTTLS was offered and could not be completed: refused, handshake, certificate."""
+
+
+def _all(
+    recipients: tuple[str, ...], r: SMTPReply, stage: Stage, **extra: Any
+) -> TransactionResult:
+    """The same reply, from the same stage, for every recipient."""
+    return TransactionResult(
+        dict.fromkeys(recipients, r), detail=dict.fromkeys(recipients, stage.value), **extra
+    )
 
 
 class SMTPTransport:
     def __init__(self, config: RelayConfig, resolver: MXResolver | None = None) -> None:
         self.mx = resolver or MXResolver(config)
-        self._idle: dict[tuple[str, str, int], list[Session]] = {}
+        self._idle: dict[tuple[str, str, int, str], list[Session]] = {}
         self.connections_opened = 0
         self._quitting: set[asyncio.Task[None]] = set()
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
@@ -62,6 +96,13 @@ class SMTPTransport:
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
         self.mx.reconfigure(config)
+        self._tls_broken: dict[tuple[str, int], float] = {}  # (host, port) -> clear until
+        # One client context, made once: loading the CA bundle per connection is costly.
+        context = ssl.create_default_context()
+        if not config.tls.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._tls_context = context
 
     async def _watch(self) -> None:
         """Enforce command timeouts on every open session (see Session.check_deadline)."""
@@ -76,16 +117,30 @@ class SMTPTransport:
         if self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         rcpts = envelope.recipients
+        dns = Stage.DNS
         try:
             routes = await self.mx.routes(envelope.domain)
+        except AddressLiteral as exc:
+            return _all(
+                rcpts, reply(550, f"5.1.2 {exc}: address literals are not delivered to"), dns
+            )
+        except InvalidDomain as exc:
+            return _all(rcpts, reply(553, f"5.1.3 invalid domain: {exc}"), dns)
         except NullMX as exc:
-            return TransactionResult(_all(rcpts, reply(556, f"5.1.10 {exc}")))
+            return _all(rcpts, reply(556, f"5.1.10 {exc}"), dns)
         except NoSuchDomain as exc:
-            return TransactionResult(_all(rcpts, reply(550, f"5.1.2 {exc}")))
+            return _all(rcpts, reply(550, f"5.1.2 {exc}"), dns)
+        except UnroutableDomain as exc:
+            return _all(rcpts, reply(550, f"5.4.4 {exc}"), dns)
         except TemporaryDNSError as exc:
-            return TransactionResult(_all(rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc}")))
+            return _all(rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc}"), dns)
+        except Exception as exc:  # a resolver bug must defer the record, never kill the lane
+            log.exception("MX lookup for %r failed unexpectedly", envelope.domain)
+            return _all(
+                rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc.__class__.__name__}"), dns
+            )
 
-        last = reply(421, "4.4.1 no MX host accepted a connection")
+        last, stage = reply(421, "4.4.1 no MX host accepted a connection"), Stage.CONNECT
         for route in routes:
             for fresh_only in (False, True):
                 try:
@@ -94,29 +149,44 @@ class SMTPTransport:
                     last = reply(
                         451, f"4.7.5 STARTTLS required by policy, not offered by {route.name}"
                     )
+                    stage = Stage.TLS
+                    break
+                except _TLSFailed as exc:  # TLS required: defer, nothing sent
+                    last, stage = (
+                        reply(451, f"4.7.5 TLS with {route.name} failed: {exc}"),
+                        Stage.TLS,
+                    )
                     break
                 except aiosmtplib.SMTPResponseException as exc:  # e.g. 421 at greeting
                     last = reply(exc.code, exc.message)
+                    stage = (
+                        Stage.GREETING
+                        if isinstance(exc, aiosmtplib.SMTPConnectResponseError)
+                        else Stage.EHLO
+                    )
                     break
                 except (TimeoutError, OSError, aiosmtplib.SMTPException) as exc:
                     last = reply(421, f"4.4.1 {route.name}: {exc.__class__.__name__}: {exc}")
+                    stage = Stage.CONNECT
                     break
                 try:
-                    replies = await conn.transaction(envelope.sender, rcpts, envelope.message)
+                    replies, stages = await conn.transaction(
+                        envelope.sender, rcpts, envelope.message
+                    )
                 except ConnectionLost as exc:
                     if reused and not exc.body_sent:
                         continue  # a stale pooled connection: try once more on a new one
-                    return TransactionResult(
-                        _all(rcpts, reply(451, f"4.4.2 {route.name}: {exc}")),
-                        mx_host=route.name,
-                        connected=True,
-                    )
+                    lost = reply(451, f"4.4.2 {route.name}: {exc}")
+                    return _all(rcpts, lost, Stage.LOST, mx_host=route.name, connected=True)
                 self._release(envelope, route, conn)
-                return TransactionResult(replies, mx_host=route.name, connected=True)
-        return TransactionResult(_all(rcpts, last))
+                detail = {r: s.value for r, s in stages.items()}
+                return TransactionResult(replies, mx_host=route.name, connected=True, detail=detail)
+        return _all(rcpts, last, stage)
 
     async def _acquire(self, env: Envelope, route: Route, fresh_only: bool) -> tuple[Session, bool]:
-        key = (env.egress_address, route.host, route.port)
+        # The MX name is part of the key: a connection whose certificate was
+        # checked for one name is not a checked connection for another.
+        key = (env.egress_address, route.host, route.port, route.name)
         idle = self._idle.get(key, [])
         now = time.monotonic()
         while idle and not fresh_only:
@@ -127,7 +197,27 @@ class SMTPTransport:
         return await self._open(env, route), False
 
     async def _open(self, env: Envelope, route: Route) -> Session:
-        tls = self.config.tls
+        """A new session; an opportunistic STARTTLS that fails is retried in clear."""
+        mode = self.config.tls.mode
+        host = (route.host, route.port)
+        now = time.monotonic()
+        starttls = mode is not TLSMode.DISABLED
+        if mode is TLSMode.OPPORTUNISTIC and self._tls_broken.get(host, 0.0) > now:
+            starttls = False
+        try:
+            return await self._connect(env, route, starttls=starttls)
+        except _TLSFailed as exc:
+            if mode is TLSMode.REQUIRED:
+                raise
+            # Opportunistic TLS (RFC 3207 4.1, as Postfix's "may"): a failed
+            # handshake leaves the connection unusable, so a new one goes in clear.
+            log.warning("STARTTLS with %s failed, delivering in clear: %s", route.name, exc)
+            if len(self._tls_broken) >= MAX_TLS_BROKEN_HOSTS:
+                self._tls_broken = {h: t for h, t in self._tls_broken.items() if t > now}
+            self._tls_broken[host] = now + TLS_FALLBACK_SECONDS
+            return await self._connect(env, route, starttls=False)
+
+    async def _connect(self, env: Envelope, route: Route, *, starttls: bool) -> Session:
         smtp = aiosmtplib.SMTP(
             hostname=route.host,
             port=route.port,
@@ -135,22 +225,15 @@ class SMTPTransport:
             source_address=(env.egress_address, 0),
             timeout=self.config.command_timeout_seconds,
             start_tls=False,  # decided below, per policy
-            validate_certs=tls.verify,
+            validate_certs=self.config.tls.verify,
         )
         await smtp.connect(timeout=self.config.connect_timeout_seconds)
         self.connections_opened += 1
         try:
             await smtp.ehlo()
-            if tls.mode is not TLSMode.DISABLED and smtp.supports_extension("starttls"):
-                context = ssl.create_default_context()
-                if not tls.verify:
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                await smtp.starttls(tls_context=context)
-                # RFC 3207: forget what was offered in clear and ask again. (aiosmtplib
-                # would do it lazily before its next command; the session won't.)
-                await smtp.ehlo()
-            elif tls.mode is TLSMode.REQUIRED:
+            if starttls and smtp.supports_extension("starttls"):
+                await self._starttls(smtp, route)
+            elif self.config.tls.mode is TLSMode.REQUIRED:
                 raise _NoTLS()
             transport = smtp.transport
             if not isinstance(transport, asyncio.Transport) or transport.is_closing():
@@ -167,6 +250,22 @@ class SMTPTransport:
         self._sessions.add(session)
         return session
 
+    async def _starttls(self, smtp: aiosmtplib.SMTP, route: Route) -> None:
+        """STARTTLS, the certificate checked (when `tls.verify`) against the MX host
+        NAME as MTA-STS (RFC 8461) and DANE expect, never the address connected to;
+        every way it can fail is `_TLSFailed`."""
+        try:
+            await smtp.starttls(server_hostname=route.name, tls_context=self._tls_context)
+            # RFC 3207: forget what was offered in clear and ask again. (aiosmtplib
+            # would do it lazily before its next command; the session won't.)
+            await smtp.ehlo()
+        except ssl.SSLCertVerificationError as exc:
+            raise _TLSFailed(f"certificate of {route.name} refused: {exc.verify_message}") from exc
+        except aiosmtplib.SMTPResponseException as exc:  # e.g. "454 TLS not available"
+            raise _TLSFailed(f"STARTTLS refused: {exc.code} {exc.message}") from exc
+        except (TimeoutError, OSError, aiosmtplib.SMTPException) as exc:
+            raise _TLSFailed(f"TLS handshake failed: {exc.__class__.__name__}: {exc}") from exc
+
     def _release(self, env: Envelope, route: Route, conn: Session) -> None:
         """Pool the connection for the next transaction, or close it: the envelope
         carries the destination's messages-per-connection limit (the scheduler's
@@ -177,7 +276,7 @@ class SMTPTransport:
             self._quitting.add(task)
             task.add_done_callback(self._quitting.discard)
             return
-        key = (env.egress_address, route.host, route.port)
+        key = (env.egress_address, route.host, route.port, route.name)
         self._idle.setdefault(key, []).append(conn)
 
     async def close(self) -> None:

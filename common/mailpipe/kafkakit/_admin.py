@@ -1,0 +1,79 @@
+"""Topic administration, written once for the operator, the relay's dev mode,
+the tests and the benchmarks: create what is missing, never touch what exists.
+
+Idempotent by construction: topics are listed first and each missing one is
+created on its own, so a concurrent creator (two operator replicas, a relay
+started with --ensure-topics next to the operator) only costs a
+TopicAlreadyExistsError that is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from mailpipe.contracts.config import KafkaSettings
+
+# Topic creation is a controller round trip; this is for a sick broker.
+CREATE_TIMEOUT_SECONDS = 30.0
+# Latest value per key wins: suppressions, campaign states.
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int,
+    replication: int,
+    compacted: Iterable[str] = (),
+    *,
+    timeout_s: float = CREATE_TIMEOUT_SECONDS,
+) -> list[str]:
+    """Create the missing ones of `names` and `compacted` (the latter with
+    log compaction); returns the names created. Existing topics are left as
+    they are, whatever their partition count or config."""
+    compacted = set(compacted)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mailpipe-admin")
+    created: list[str] = []
+    try:
+        existing = set(admin.list_topics())
+        for name in [*names, *sorted(compacted)]:
+            if name in existing or name in created:
+                continue
+            configs = COMPACTED if name in compacted else {}
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(
+                    [NewTopic(name, partitions, replication, topic_configs=dict(configs))],
+                    timeout_ms=int(timeout_s * 1000),
+                )
+                created.append(name)
+    finally:
+        admin.close()
+    return created
+
+
+def ensure_pool_topics(
+    settings: KafkaSettings,
+    partitions: int = 4,
+    replication: int = 1,
+    timeout_s: float = CREATE_TIMEOUT_SECONDS,
+) -> list[str]:
+    """Create a pool's missing topics: outbound, delay, events and DLQ, plus the
+    compacted suppression and campaign-control topics. For dev and tests; in a
+    cluster the operator creates them from the SendingPool."""
+    return ensure_topics(
+        settings.bootstrap_servers,
+        [
+            settings.outbound_topic,
+            settings.events_topic,
+            settings.dlq_topic,
+            *settings.delay_topics.values(),
+        ],
+        partitions,
+        replication,
+        compacted=[settings.suppressions_topic, settings.control_topic],
+        timeout_s=timeout_s,
+    )

@@ -1,0 +1,20 @@
+"""The relay's Kafka adapter: with `mailpipe.kafkakit`, the only code of the
+relay that imports kafka-python.
+
+kafka-python is blocking and not thread-safe, so each client lives in a thread
+of its own and meets the asyncio engine only through the `ports` protocols:
+
+- `source`: the consumer-group member (`KafkaSource`, a `ports.RecordSource`)
+  and its thread, which executes typed `commands` from the loop;
+- `handoff`: records and in-band `ports.Revoked` notices from that thread to
+  the loop, in order, bounded by a buffer credit;
+- `sink`: the producer (`KafkaSink`, a `ports.RecordSink`), acks=all;
+- `follower`: the topics the relay replays and follows (suppressions, events
+  for the warm-up ledger, campaign states).
+"""
+
+from .follower import relay_followers
+from .sink import KafkaSink
+from .source import KafkaSource
+
+__all__ = ["KafkaSink", "KafkaSource", "relay_followers"]

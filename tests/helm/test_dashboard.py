@@ -1,0 +1,144 @@
+"""Every panel of the chart's Grafana dashboard is backed by a metric the code exports.
+
+The exported names come from the metric objects themselves (instantiated in a
+fresh registry and collected), not from a list kept by hand, so renaming or
+removing a metric fails here until the dashboard follows. A metric that is
+declared but never written would still leave its panel empty, so the second
+test asks that the code also writes each queried metric somewhere.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from mailpipe.relay import metrics as relay_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "helm" / "mailpipe" / "dashboards" / "mailpipe.json"
+RELAY_SOURCES = ROOT / "relay" / "mailpipe" / "relay"
+# The operator exports no Prometheus metrics of its own (kopf's are not scraped);
+# if it ever does, its metrics class joins this list.
+EXPORTERS = [relay_metrics.RelayMetrics]
+
+# The series a metric family of each type exposes (Prometheus / OpenMetrics text format).
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "gaugehistogram": ("_bucket", "_gcount", "_gsum"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "unknown": ("",),
+}
+
+# PromQL words that are not metric names.
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
+_KEYWORDS |= {"and", "or", "unless", "atan2"}
+_STRINGS = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
+_MATCHERS = re.compile(r"\{[^}]*\}")
+_RANGES = re.compile(r"\[[^\]]*\]")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_IDENTIFIER = re.compile(r"(?<![\w:.$])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?")
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (functions, labels, keywords removed)."""
+    expr = _STRINGS.sub(" ", expr)
+    expr = _MATCHERS.sub(" ", expr)
+    expr = _RANGES.sub(" ", expr)
+    expr = _GROUPING.sub(" ", expr)
+    names = set()
+    for name, call in _IDENTIFIER.findall(expr):
+        if not call and name not in _KEYWORDS:
+            names.add(name)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ("sum by (outcome) (rate(mailpipe_deliveries_total[5m]))", {"mailpipe_deliveries_total"}),
+        ('topk(10, x_total{outcome="delivered", a=~"b"}[1m])', {"x_total"}),
+        ("a / on(job) group_left(x) b offset 5m > bool 0.5", {"a", "b"}),
+        ("histogram_quantile(0.99, sum by (le) (rate(h_bucket[$__rate_interval])))", {"h_bucket"}),
+    ],
+    ids=["aggregation", "matchers", "binary", "grafana-variable"],
+)
+def test_metric_names_of_promql(expr: str, names: set[str]) -> None:
+    assert metric_names(expr) == names
+
+
+def _panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in items:
+        yield panel
+        yield from _panels(panel.get("panels", []))  # collapsed rows nest their panels
+
+
+def queried() -> dict[str, set[str]]:
+    """Panel title -> the metric names its queries select."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return {
+        panel["title"]: set().union(*(metric_names(t["expr"]) for t in panel["targets"]))
+        for panel in _panels(dashboard["panels"])
+        if panel.get("targets")
+    }
+
+
+def exported() -> dict[str, str]:
+    """Exported series name -> its metric family, from the metric objects themselves."""
+    series = {}
+    for exporter in EXPORTERS:
+        registry = CollectorRegistry()
+        exporter(registry)
+        for family in registry.collect():
+            for suffix in SUFFIXES[family.type]:
+                series[family.name + suffix] = family.name
+    return series
+
+
+def test_every_panel_queries_exported_metrics() -> None:
+    panels = queried()
+    assert panels, "the dashboard has no queries"
+    known = exported()
+    missing = {title: sorted(n - set(known)) for title, n in panels.items() if n - set(known)}
+    assert missing == {}, f"panels query metrics the code does not export: {missing}"
+
+
+def _written_attributes() -> set[str]:
+    """Attribute names the relay reads somewhere (`x.warmup_remaining.set(...)`,
+    `self.deliveries.labels(...)`); assigning the metric object is not a write."""
+    read = set()
+    for path in RELAY_SOURCES.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                read.add(node.attr)
+    return read
+
+
+def test_every_queried_metric_is_written_by_the_relay() -> None:
+    """A declared metric nobody sets exports no series: its panel stays empty."""
+    registry = CollectorRegistry()
+    metrics = relay_metrics.RelayMetrics(registry)
+    family_of_attribute = {}
+    for attribute, value in vars(metrics).items():
+        for family in getattr(value, "collect", lambda: [])():
+            family_of_attribute[family.name] = attribute
+    known = exported()
+    used = _written_attributes()
+    unwritten = {
+        title: sorted(
+            name for name in names if family_of_attribute.get(known.get(name, ""), "") not in used
+        )
+        for title, names in queried().items()
+    }
+    unwritten = {title: names for title, names in unwritten.items() if names}
+    assert unwritten == {}, f"panels query metrics the relay never writes: {unwritten}"
