@@ -19,7 +19,7 @@ import pytest
 from kafka import KafkaProducer
 
 from mailpipe.contracts.wire import Disposition, Event, encode
-from mailpipe.relay.kafka_adapter import read_topic
+from mailpipe.kafkakit import read_topic
 
 from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
 
