@@ -217,7 +217,13 @@ async def _watch_config(
             log.error("keeping the running config; the new one is invalid: %s", exc)
             continue
         if config.kafka != engine.config.kafka:
+            # Topics and the group are bound to the running consumer and producer.
             log.warning("Kafka settings changed: they apply at the next restart")
-        engine.reconfigure(config)
+            config = config.model_copy(update={"kafka": engine.config.kafka})
+        try:
+            engine.reconfigure(config)  # all or nothing (see Engine.reconfigure)
+        except Exception as exc:
+            log.error("keeping the running config; the new one cannot be applied: %s", exc)
+            continue
         transport.reconfigure(config)
         log.info("config reloaded", extra={"pool": config.pool})

@@ -57,7 +57,7 @@ def test_poison_records_go_to_the_dlq_and_the_pool_keeps_delivering(
     pool.flush()
     wait_for(lambda: rx.recipients() == ["after@d.test"], 60, "the record behind", relay)
     wait_for(lambda: len(pool.read(pool.config.kafka.dlq_topic)) == 3, 30, "3 DLQ copies", relay)
-    assert relay.alive(), relay.log_tail()
+    assert relay.alive(), f"{relay.describe()} exited: see {relay.log}"
     dead = [json.loads(v or b"") for _, v in pool.read(pool.config.kafka.dlq_topic)]
     reasons = [d["reason"] for d in dead]
     assert all(reasons), reasons
