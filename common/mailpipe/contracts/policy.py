@@ -40,7 +40,9 @@ HOSTNAME = (
 )
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4 = rf"^({_OCTET}\.){{3}}{_OCTET}$"
-TIME_ZONE = r"^(UTC|[A-Za-z]+(/[A-Za-z0-9_+-]+){1,2})$"  # IANA names, e.g. Europe/Paris
+# Every IANA name (Europe/Paris, CET, EST5EDT, Etc/GMT+5, America/Argentina/Buenos_Aires),
+# issue 12; tests/operator/unit/test_audience.py tries every name zoneinfo knows.
+TIME_ZONE = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$"
 
 MAX_HOSTNAME = 253  # RFC 1035 2.3.4: a domain name in text form
 MAX_WARMUP_DAY = 365  # a schedule longer than a year is a typo, not a plan

@@ -43,10 +43,15 @@ class TopicFollower:
     (and, being set through the loop too, only after it was applied).
     """
 
+    # A record whose `apply` raised is logged and counted (`failed_records`), and
+    # the rest of its batch still applied: one bad value must never undo the
+    # suppressions behind it (issue 10, finding 2).
+
     def __init__(self, bootstrap_servers: str, topic: str, apply: Apply) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.apply = apply
+        self.failed_records = 0
         self.caught_up = threading.Event()
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -71,7 +76,11 @@ class TopicFollower:
 
     def _apply_all(self, batch: list[tuple[bytes | None, bytes | None]], live: bool) -> None:
         for key, value in batch:
-            self.apply(key, value, live)
+            try:
+                self.apply(key, value, live)
+            except Exception:
+                self.failed_records += 1
+                log.exception("%s: could not apply the record with key %r", self.topic, key)
 
     def _run(self) -> None:
         assert self._loop is not None

@@ -12,6 +12,9 @@ with the same arguments and environment (the only changes: the ConfigMap
 mounted as a local file, and a free metrics port for each local relay since
 they share one network namespace). The end-to-end test runs the same code with
 a smaller audience. Exit code 0 only if every check holds.
+
+Why one module of ~300 lines: it is a script read top to bottom, one step per
+method in run order; what the steps compute is in `demo_plan`.
 """
 
 from __future__ import annotations

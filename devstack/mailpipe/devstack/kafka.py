@@ -8,7 +8,10 @@ ready when a metadata request answers, which is what every client needs first.
 from __future__ import annotations
 
 import base64
+import gc
+import socket
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from . import paths, procs
 HEAP = "-Xmx512m"  # ample for test volumes; the default (1/4 of RAM) would take 6 GiB
 STORAGE_TOOL = "kafka.tools.StorageTool"
 MAIN = "kafka.Kafka"
+PROBE_CONNECT_SECONDS = 1.0  # loopback: a listening broker accepts at once
 
 
 @dataclass(frozen=True)
@@ -112,10 +116,24 @@ def prepare(state_dir: Path) -> tuple[KafkaPorts, list[str], Path]:
 
 
 def is_ready(bootstrap: str) -> bool:
-    """True when the broker answers a metadata request and has a controller."""
+    """True when the broker answers a metadata request and has a controller.
+
+    A probe that raises means "not yet". kafka-python leaves the sockets of a
+    bootstrap that failed half-way open; they are collected here, with their
+    ResourceWarnings silenced, rather than in whatever test runs next (where
+    pytest's warnings-as-errors turned them into a failure of that test)."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    host, _, port = bootstrap.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=PROBE_CONNECT_SECONDS):
+        pass  # not listening yet: no client, nothing to leak
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    except Exception:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        raise
     try:
         admin.list_topics()
         return True

@@ -1,124 +1,92 @@
-"""Pure campaign logic: audience, templates, variants, send windows, records.
+"""Pure campaign logic: templates, variants, send windows, records.
 
 Everything here is deterministic given its inputs (no clock, no API), so a
 resumed fan-out renders exactly the same record for the same index, and every
-rule is unit-tested:
+rule is unit-tested (the audience is read and checked in `audience`):
 
-- audience: inline, or CSV / JSONL from a ConfigMap; bad rows are reported
-  with their line numbers, never silently skipped;
 - templates: Jinja2's sandbox with StrictUndefined (a missing merge field is
   an error, not an empty string); HTML autoescaped; CR/LF in any rendered
-  header value refused (header injection);
+  header value refused (header injection); bounded: output size, operand
+  sizes of `*` and `**`, and render time (cooperatively at every call, and by
+  SIGALRM where the renderer runs in the main thread of its own process, see
+  `render_check`); every exception a template can raise becomes a
+  `CampaignError` with a reason, never an endless retry;
 - variants: a stable hash of campaign uid + address picks the bucket, so a
   recipient sees the same variant on every render;
-- send windows: the next open moment in the recipient's own time zone.
+- send windows: the next open moment in the recipient's own time zone; a
+  window whose end is before its start runs overnight (22:00-06:00), and
+  belongs to the day it opens.
+
+Over 300 lines: the renderer's limits (`_BoundedSandbox`, `_alarm`,
+`_bounded`) sit beside the renderer they bound, so one reading shows every
+way a template can fail and the reason each failure is reported with.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import datetime as dt
-import gzip
+import enum
 import hashlib
-import io
-import json
+import signal
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import ValidationError
 
 from mailpipe.contracts.errors import PermanentError
 from mailpipe.contracts.wire import Content, DeliveryRecord, ListUnsubscribe
 from mailpipe.contracts.wire import Recipient as WireRecipient
 
-from .models import AudienceFormat, CampaignSpec, Recipient, SendWindow, Weekday
+from .models import CampaignSpec, Recipient, SendWindow, Weekday
 
 WEEKDAYS = list(Weekday)  # Monday first, like datetime.weekday()
-WINDOW_SEARCH_DAYS = 8  # a weekly window always opens within a week and a day
+# A weekly window always opens within a week and a day; one more day finds
+# the overnight window that opened yesterday and is still open.
+WINDOW_SEARCH_DAYS = 9
 VARIANT_BUCKETS = 100  # variant weights are percentages (the CRD makes them sum to 100)
-ROW_ERRORS_SHOWN = 5  # enough to fix a file, short enough for a status message
+# The encoded record must fit Kafka's default message.max.bytes (1,048,588) and
+# the producer's max.request.size (1 MiB) with room for batch and record headers:
+# beyond that the producer fails with MessageSizeTooLarge on every retry.
+MAX_RECORD_BYTES = 900_000
+MAX_RENDERED_CHARS = MAX_RECORD_BYTES  # one rendered part may not exceed the record alone
+# A mail renders in well under a millisecond; a second means a runaway loop.
+RENDER_SECONDS = 1.0
+# 2**4096 is larger than anything a mail can mean; 10**10**10 would take hours.
+MAX_POWER_BITS = 4096
+
+
+class FailReason(enum.StrEnum):
+    """Why a campaign cannot be sent: the reason of its Failed condition and Warning Event."""
+
+    INVALID_SPEC = "InvalidSpec"  # a campaign-wide setting (zone, startAt, windows, templates)
+    INVALID_AUDIENCE = "InvalidAudience"  # rows with problems, under onInvalid: Fail
+    TEMPLATE_ERROR = "TemplateError"  # the template raised (1/0, huge range, recursion)
+    RENDER_LIMIT = "RenderLimitExceeded"  # output, operand, time or memory limit
 
 
 class CampaignError(PermanentError, ValueError):
-    """The campaign cannot be sent as written; the message says where."""
+    """The campaign cannot be sent as written; the message says where, `reason` why."""
+
+    def __init__(self, message: str, reason: FailReason = FailReason.INVALID_SPEC) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
-# --- audience -------------------------------------------------------------------
+class RecipientError(CampaignError):
+    """A problem of one recipient's data (missing merge field, CR/LF), not of the template."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, FailReason.INVALID_AUDIENCE)
 
 
-def parse_audience(spec: CampaignSpec, configmap_data: dict[str, str] | None) -> list[Recipient]:
-    if spec.audience.inline is not None:
-        return list(spec.audience.inline)
-    ref = spec.audience.config_map_ref
-    assert ref is not None  # the CRD's CEL rule guarantees one source
-    if configmap_data is None or ref.key not in configmap_data:
-        raise CampaignError(f"audience ConfigMap {ref.name} has no key {ref.key!r}")
-    text = configmap_data[ref.key]
-    if ref.key.endswith(".gz"):
-        try:
-            text = gzip.decompress(text.encode("latin-1")).decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CampaignError(f"audience {ref.key}: not gzip-compressed UTF-8 ({exc})") from exc
-    if ref.format is AudienceFormat.JSONL:
-        return _parse_jsonl(text)
-    return _parse_csv(text)
-
-
-def _recipient(row: dict[str, object], where: str) -> Recipient:
-    address = str(row.pop("address", "") or row.pop("email", "") or "").strip()
-    tz = row.pop("timeZone", None) or row.pop("time_zone", None)
-    merge_raw = row.pop("merge", None)
-    merge = {k: str(v) for k, v in row.items() if v is not None and v != ""}
-    if isinstance(merge_raw, dict):
-        merge.update({str(k): str(v) for k, v in merge_raw.items()})
-    try:
-        return Recipient(address=address, time_zone=str(tz) if tz else None, merge=merge)
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
-        raise CampaignError(f"{where}: invalid {fields}: {address!r}") from None
-
-
-def _parse_csv(text: str) -> list[Recipient]:
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or not ({"address", "email"} & set(reader.fieldnames)):
-        raise CampaignError("audience CSV needs a header row with an 'address' column")
-    out: list[Recipient] = []
-    errors: list[str] = []
-    for row in reader:
-        try:
-            out.append(_recipient(dict(row), f"line {reader.line_num}"))
-        except CampaignError as exc:
-            errors.append(str(exc))
-    _raise_if(errors)
-    return out
-
-
-def _parse_jsonl(text: str) -> list[Recipient]:
-    out: list[Recipient] = []
-    errors: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise CampaignError(f"line {number}: not a JSON object")
-            out.append(_recipient(row, f"line {number}"))
-        except json.JSONDecodeError as exc:
-            errors.append(f"line {number}: not JSON ({exc.msg})")
-        except CampaignError as exc:
-            errors.append(str(exc))
-    _raise_if(errors)
-    return out
-
-
-def _raise_if(errors: list[str]) -> None:
-    if errors:
-        hidden = len(errors) - ROW_ERRORS_SHOWN
-        more = f" (and {hidden} more)" if hidden > 0 else ""
-        raise CampaignError("bad audience rows: " + "; ".join(errors[:ROW_ERRORS_SHOWN]) + more)
+class _RenderLimit(Exception):
+    """Raised inside a render when a limit is hit; becomes a CampaignError."""
 
 
 # --- variants ---------------------------------------------------------------------
@@ -147,14 +115,87 @@ class _Templates:
     html: str | None
 
 
-class Renderer:
-    """Compiled templates of one campaign (and its variants)."""
+class _BoundedSandbox(SandboxedEnvironment):
+    """Jinja's sandbox plus limits: operand sizes of `*` and `**`, and a render deadline.
 
-    def __init__(self, spec: CampaignSpec, campaign: str) -> None:
+    The deadline is checked at every call a template makes (functions, macros,
+    filters' callables): that stops runaway recursion and call-heavy loops in
+    any thread. A loop that calls nothing is stopped only by SIGALRM, which is
+    why the whole audience is first rendered in a process of its own.
+    """
+
+    intercepted_binops = frozenset({"*", "**"})  # also stops constant folding at compile time
+
+    def __init__(self, *, autoescape: bool) -> None:
+        super().__init__(undefined=StrictUndefined, autoescape=autoescape)
+        self.deadline = float("inf")
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(n, int)
+                if sized and len(seq) * n > MAX_RENDERED_CHARS:
+                    raise _RenderLimit(f"'*' would build {len(seq) * n} items")
+        ints = isinstance(left, int) and isinstance(right, int)
+        if operator == "**" and ints and max(abs(left).bit_length(), 1) * right > MAX_POWER_BITS:
+            raise _RenderLimit(f"'**' result over {MAX_POWER_BITS} bits")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if time.monotonic() > __self.deadline:
+            raise _RenderLimit("render took too long")
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """SIGALRM after `seconds`: interrupts even a loop that calls nothing. Main thread only."""
+
+    def fire(_signum: int, _frame: object) -> None:
+        raise _RenderLimit(f"render took over {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _bounded(chunks: Iterable[str], what: str) -> str:
+    out: list[str] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RENDERED_CHARS:
+            raise _RenderLimit(f"{what} renders over {MAX_RENDERED_CHARS} characters")
+        out.append(chunk)
+    return "".join(out)
+
+
+class Renderer:
+    """Compiled templates of one campaign (and its variants), rendered within limits.
+
+    `alarm=True` adds a SIGALRM per render: only for the main thread of the
+    render-check process (`render_check`), where a signal can interrupt.
+    `seconds` is the time one message may take to render.
+    """
+
+    def __init__(
+        self,
+        spec: CampaignSpec,
+        campaign: str,
+        *,
+        alarm: bool = False,
+        seconds: float = RENDER_SECONDS,
+    ) -> None:
         self.spec = spec
         self.campaign = campaign
-        self._plain = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-        self._html = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+        self._alarm = alarm
+        self._seconds = seconds
+        self._plain = _BoundedSandbox(autoescape=False)
+        self._html = _BoundedSandbox(autoescape=True)
         base = _Templates(spec.subject, spec.text, spec.html)
         self._sets: dict[str | None, _Templates] = {None: base}
         for v in spec.variants:
@@ -175,25 +216,53 @@ class Renderer:
                 if spec.unsubscribe and spec.unsubscribe.url
                 else None
             )
+        except _RenderLimit as exc:
+            raise CampaignError(f"template: {exc}", FailReason.RENDER_LIMIT) from None
         except TemplateError as exc:
-            raise CampaignError(f"template syntax: {exc}") from exc
+            raise CampaignError(f"template syntax: {exc}", FailReason.TEMPLATE_ERROR) from exc
 
     def render(
         self, recipient: Recipient, variant: str | None
     ) -> tuple[Content, ListUnsubscribe | None]:
+        who = f"recipient {recipient.address}"
+        deadline = time.monotonic() + self._seconds
+        self._plain.deadline = self._html.deadline = deadline
+        timer = _alarm(self._seconds) if self._alarm else contextlib.nullcontext()
+        try:
+            with timer:
+                return self._render(recipient, variant)
+        except CampaignError:
+            raise
+        except UndefinedError as exc:
+            raise RecipientError(f"{who}: {exc}") from None
+        except (_RenderLimit, MemoryError) as exc:
+            raise CampaignError(
+                f"{who}: {exc or 'out of memory'}", FailReason.RENDER_LIMIT
+            ) from None
+        except Exception as exc:
+            # A template can raise anything (ZeroDivisionError, OverflowError from
+            # the sandbox's range, RecursionError): each is a verdict on the
+            # template, never a reason to retry.
+            detail = f"{type(exc).__name__}: {exc}"[:200]
+            raise CampaignError(f"{who}: {detail}", FailReason.TEMPLATE_ERROR) from None
+
+    def _render(
+        self, recipient: Recipient, variant: str | None
+    ) -> tuple[Content, ListUnsubscribe | None]:
         context = {**recipient.merge, "address": recipient.address, "campaign": self.campaign}
         subject_t, text_t, html_t = self._compiled[variant if variant in self._compiled else None]
-        try:
-            unsub_url = self._unsub.render(context) if self._unsub else None
-            context["unsubscribe_url"] = unsub_url or ""
-            subject = subject_t.render(context)
-            text = text_t.render(context) if text_t else None
-            html = html_t.render(context) if html_t else None
-        except TemplateError as exc:
-            raise CampaignError(f"recipient {recipient.address}: {exc}") from exc
+
+        def run(t: Template, what: str) -> str:
+            return _bounded(t.generate(context), what)
+
+        unsub_url = run(self._unsub, "unsubscribe url") if self._unsub else None
+        context["unsubscribe_url"] = unsub_url or ""
+        subject = run(subject_t, "subject")
+        text = run(text_t, "text") if text_t else None
+        html = run(html_t, "html") if html_t else None
         for name, value in (("subject", subject), ("unsubscribe url", unsub_url or "")):
             if "\r" in value or "\n" in value:
-                raise CampaignError(
+                raise RecipientError(
                     f"recipient {recipient.address}: {name} contains CR/LF (header injection)"
                 )
         unsub = None
@@ -229,16 +298,20 @@ def parse_start(start_at: str | None) -> float | None:
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise CampaignError(f"unknown time zone {name!r}") from exc
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise CampaignError(f"unknown time zone {name!r}") from None
 
 
 def next_open(earliest: float, windows: list[SendWindow], tz: ZoneInfo) -> float:
-    """The first moment at or after `earliest` inside one of `windows`, local to `tz`."""
+    """The first moment at or after `earliest` inside one of `windows`, local to `tz`.
+
+    A window with end <= start closes the next day; it is listed under the day
+    it opens, so the search starts one day back to find one still open.
+    """
     if not windows:
         return earliest
     local = dt.datetime.fromtimestamp(earliest, tz)
-    for offset in range(WINDOW_SEARCH_DAYS):
+    for offset in range(-1, WINDOW_SEARCH_DAYS - 1):
         day = local.date() + dt.timedelta(days=offset)
         weekday = WEEKDAYS[day.weekday()]
         candidates = []
@@ -246,8 +319,9 @@ def next_open(earliest: float, windows: list[SendWindow], tz: ZoneInfo) -> float
             if weekday not in w.days:
                 continue
             start = dt.datetime.combine(day, dt.time.fromisoformat(w.start), tz)
-            end = dt.datetime.combine(day, dt.time.fromisoformat(w.end), tz)
-            moment = max(start, local) if offset == 0 else start
+            closes = day + dt.timedelta(days=1) if w.end <= w.start else day
+            end = dt.datetime.combine(closes, dt.time.fromisoformat(w.end), tz)
+            moment = max(start, local)
             if moment < end:
                 candidates.append(moment)
         if candidates:

@@ -45,6 +45,9 @@ ADDRESS = r"^[^@\s<>]+@[^@\s<>]+$"
 CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 TOPIC = r"^[A-Za-z0-9._-]{1,200}$"
+# Gmail clips an HTML body beyond 102 KB, so a bigger template is a mistake; the
+# limit also bounds what one render compiles (a 1 MB template cost 600 MB RSS).
+MAX_TEMPLATE_CHARS = 128 * 1024
 
 
 def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
@@ -181,9 +184,19 @@ class Sender(Spec):
 class Variant(Spec):
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="Variant name, e.g. a or b.")
     weight: int = Field(ge=0, le=100, description="Share of recipients, in percent.")
-    subject: str | None = Field(default=None, description="Subject template for this variant.")
-    text: str | None = Field(default=None, description="Text body template for this variant.")
-    html: str | None = Field(default=None, description="HTML body template for this variant.")
+    subject: str | None = Field(
+        default=None, max_length=998, description="Subject template for this variant."
+    )
+    text: str | None = Field(
+        default=None,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="Text body template for this variant.",
+    )
+    html: str | None = Field(
+        default=None,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="HTML body template for this variant.",
+    )
 
 
 class Recipient(Spec):
@@ -209,6 +222,13 @@ class ConfigMapAudience(Spec):
     )
 
 
+class OnInvalid(enum.StrEnum):
+    """What a problem row of the audience does (checked before anything is sent)."""
+
+    FAIL = "Fail"  # the campaign fails and nothing is sent
+    SKIP = "Skip"  # the row is left out and counted in status.audience
+
+
 class Audience(Spec):
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -224,6 +244,13 @@ class Audience(Spec):
     config_map_ref: ConfigMapAudience | None = Field(
         default=None, description="Recipients in a ConfigMap (large audiences)."
     )
+    on_invalid: OnInvalid = Field(
+        default=OnInvalid.FAIL,
+        description=(
+            "A row with a bad address, unknown time zone or a merge field its template "
+            "needs: Fail the campaign before anything is sent, or Skip and count it."
+        ),
+    )
 
 
 class Weekday(enum.StrEnum):
@@ -238,11 +265,16 @@ class Weekday(enum.StrEnum):
 
 class SendWindow(Spec):
     model_config = ConfigDict(
-        json_schema_extra=_cel(("self.start < self.end", "send window: start must be before end"))
+        json_schema_extra=_cel(
+            ("self.start != self.end", "send window: start must differ from end")
+        )
     )
     days: list[Weekday] = Field(min_length=1, max_length=7, description="Days the window is open.")
     start: str = Field(pattern=CLOCK, description="Opening time, HH:MM, recipient's local time.")
-    end: str = Field(pattern=CLOCK, description="Closing time, HH:MM, recipient's local time.")
+    end: str = Field(
+        pattern=CLOCK,
+        description="Closing time, HH:MM, local; before start means the next day (22:00-06:00).",
+    )
 
 
 class Unsubscribe(Spec):
@@ -277,8 +309,14 @@ class CampaignSpec(Spec):
     reply_to: str | None = Field(default=None, pattern=ADDRESS, description="Reply-To address.")
     # 998: RFC 5322 2.1.1 line limit
     subject: str = Field(min_length=1, max_length=998, description="Subject template (Jinja2).")
-    text: str | None = Field(default=None, description="Text body template (Jinja2).")
-    html: str | None = Field(default=None, description="HTML body template (Jinja2, autoescaped).")
+    text: str | None = Field(
+        default=None, max_length=MAX_TEMPLATE_CHARS, description="Text body template (Jinja2)."
+    )
+    html: str | None = Field(
+        default=None,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="HTML body template (Jinja2, autoescaped).",
+    )
     variants: list[Variant] = Field(
         default_factory=list, max_length=10, description="A/B variants by weight."
     )

@@ -61,6 +61,11 @@ class FanoutCheckpoint(BaseModel):
 
     state: FanoutState | None = None
     message: str | None = None
+    reason: str | None = None
+    """Why the fan-out failed (`campaign.FailReason`): the reason of the Failed condition."""
+    generation: int | None = None
+    """The Campaign's metadata.generation this state was written for: status.observedGeneration,
+    and how a Failed campaign knows its spec was edited since (`fanout_wanted`)."""
     next_index: int = 0
     """Audience index the current chunk starts at."""
     offsets: dict[int, int] | None = None
@@ -84,6 +89,20 @@ class FanoutCheckpoint(BaseModel):
     def patch(self) -> dict[str, Any]:
         """The fields that were set, as JSON for a status merge patch."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def fanout_wanted(status: Mapping[str, Any], generation: int | None) -> bool:
+    """Whether a Campaign needs its fan-out daemon (kopf's `when` filter of the daemon).
+
+    Done: never again. Failed: only once the spec was edited since the failure
+    (a higher generation); the fan-out then resumes from its checkpoint, so
+    nobody already produced is produced again.
+    """
+    checkpoint = FanoutCheckpoint.from_status(status)
+    if checkpoint.state is FanoutState.FAILED:
+        failed_at = checkpoint.generation
+        return failed_at is not None and generation is not None and generation > failed_at
+    return checkpoint.state is not FanoutState.DONE
 
 
 def campaign_phase(

@@ -1,1 +1,1 @@
-"""Data plane: Kafka -> scheduler -> SMTP delivery -> dispositions. Owns the wire formats."""
+"""Data plane: Kafka -> scheduler -> SMTP -> dispositions (see ARCHITECTURE.md, "Module map")."""

@@ -7,6 +7,18 @@ hard (the mailbox is gone: suppress it) or a policy refusal (the sender is
 blocked: slow down that IP, don't blame the address), and whether the
 receiver is asking this IP to back off (421, 4.7.x). What a deferral then
 becomes (a retry or an expiry) is decided by `settlement`.
+
+The code alone is not enough: the same reply means different things by the
+SMTP stage that gave it (`ports.Stage`), and some texts say more than their
+code (as KumoMTA's bounce classifier reads them). So the verdict of the code
+is then adjusted by stage and by the text rules below, which are data:
+
+- a refusal at RCPT concerns that recipient: never an IP back-off, unless its
+  text names the client's reputation (a blocklist answered at RCPT);
+- a 5xx greeting or EHLO refuses the host, not the mailbox: never suppressed;
+- replies the relay made up itself (DNS, TLS, local refusals, a lost
+  connection) say nothing about the receiver's view of the IP: no back-off;
+- greylisting is recognised by its text and retried, never a back-off.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ from typing import NamedTuple
 
 from mailpipe.contracts.wire import Disposition
 
-from .ports import SMTPReply
+from .ports import SMTPReply, Stage
 
 # "4.7.1" / "5.1.10": class.subject.detail, RFC 3463 section 2 (detail up to 3 digits).
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -38,6 +50,10 @@ class ReplyReason(enum.StrEnum):
     MAILBOX_OR_SYSTEM_FULL = "mailbox_or_system_full"  # 5.2.x, 5.3.x
     PERMANENT_FAILURE = "permanent_failure"  # any other 5xx
     INVALID_REPLY = "invalid_reply"  # not 2xx-5xx: a protocol violation by the peer
+    GREYLISTED = "greylisted"  # 4xx whose text says greylisting: retry, nothing wrong
+    RECIPIENT_REFUSED = "recipient_refused"  # 5.7.x at RCPT: this address is refused
+    HOST_REFUSED = "host_refused"  # 5xx greeting/EHLO: the server refuses us, not the mailbox
+    TLS_FAILED = "tls_failed"  # our TLS policy could not be met: retry, nobody blocked us
 
 
 class Verdict(NamedTuple):
@@ -74,9 +90,49 @@ _HARD_BASIC_CODES = (550, 551, 553)
 _DEFERRED = Disposition.DEFERRED
 _BOUNCED = Disposition.BOUNCED
 
+# Texts that name the sending client or its reputation: a refusal of the IP,
+# whatever the stage (Postfix answers reject_rbl_client at RCPT, for example).
+_IP_REPUTATION = re.compile(
+    r"block ?list|black ?list|blocked using|\bRBL\b|spamhaus|spamcop|barracuda"
+    r"|reputation|client host .*(blocked|rejected)|poor sending|sending rate",
+    re.IGNORECASE,
+)
+_GREYLISTING = re.compile(r"gr[ae]y ?list", re.IGNORECASE)
+# Stages where a refusal concerns the recipient it answered, not the sender's IP.
+_RECIPIENT_STAGES = frozenset({Stage.RCPT})
+# Stages where a 5xx refuses this client altogether: the mailbox was never judged.
+_HOST_STAGES = frozenset({Stage.GREETING, Stage.EHLO})
+# Stages whose replies the relay synthesized itself: no word from the receiver.
+_SYNTHESIZED_STAGES = frozenset({Stage.DNS, Stage.LOCAL, Stage.LOST, Stage.TLS})
 
-def classify(r: SMTPReply) -> Verdict:
-    """Decide the disposition of one recipient from the reply it got."""
+
+def classify(r: SMTPReply, stage: str | None = None) -> Verdict:
+    """Decide the disposition of one recipient from the reply it got and the
+    SMTP stage that gave it (None: unknown, judged by the code alone)."""
+    verdict = _by_code(r)
+    if verdict.disposition is Disposition.DELIVERED:
+        return verdict
+    if stage == Stage.TLS:
+        return Verdict(_DEFERRED, ReplyReason.TLS_FAILED)
+    if stage in _SYNTHESIZED_STAGES:
+        return verdict._replace(backoff=False)
+    if verdict.disposition is _DEFERRED and _GREYLISTING.search(r.text):
+        return Verdict(_DEFERRED, ReplyReason.GREYLISTED)
+    names_ip = bool(_IP_REPUTATION.search(r.text))
+    if stage in _HOST_STAGES and verdict.disposition is _BOUNCED:
+        return Verdict(_BOUNCED, ReplyReason.HOST_REFUSED, backoff=names_ip)
+    if stage in _RECIPIENT_STAGES:
+        if names_ip:
+            return verdict._replace(suppress=False, backoff=True)
+        if verdict.reason is ReplyReason.POLICY_BLOCK:
+            return Verdict(_BOUNCED, ReplyReason.RECIPIENT_REFUSED, suppress=True)
+        if verdict.reason is ReplyReason.RATE_LIMITED:
+            return verdict._replace(backoff=False)
+    return verdict
+
+
+def _by_code(r: SMTPReply) -> Verdict:
+    """The verdict of the reply code and its enhanced status code alone."""
     enhanced = r.enhanced or enhanced_code(r.text)
     subject = ".".join(enhanced.split(".")[1:]) if enhanced else ""
     if 200 <= r.code < 300:

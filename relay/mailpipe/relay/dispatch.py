@@ -60,9 +60,11 @@ class Dispatcher:
         self.metrics = metrics
         self.relay_id = relay_id
 
-    def reconfigure(self, config: RelayConfig) -> None:
+    def reconfigure(self, config: RelayConfig, signer: Signer | None) -> None:
+        """`signer` is built by the caller before anything is switched: reading its
+        key is the one step of a reload that can fail."""
         self.config = config
-        self.signer = Signer(config.dkim) if config.dkim else None
+        self.signer = signer
 
     # -- finishing a record's offset ---------------------------------------------
 

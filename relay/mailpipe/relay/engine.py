@@ -34,6 +34,7 @@ from mailpipe.contracts.wire import WireError, decode_record
 from .delays import DUE_SLACK_SECONDS, Postponer, PostponeReason, Waiting
 from .dispatch import Dispatcher
 from .emission import Emitter
+from .message import Signer
 from .metrics import NO_CAP, RelayMetrics
 from .offsets import OffsetTracker
 from .ports import Clock, RecordSink, RecordSource, Revoked, SourceRecord, Transport
@@ -94,14 +95,18 @@ class Engine:
         self.reconfigure(config)
 
     def reconfigure(self, config: RelayConfig) -> None:
-        """Apply a new config without dropping work (shaping and warm-up update in place)."""
-        self.postponer.reconfigure(config)  # first: a bad delay step raises before anything changed
+        """Apply a new config without dropping work (shaping and warm-up update in place).
+
+        All or nothing: what can fail (reading the DKIM key) is done before any
+        part switches, so a bad reload leaves the running config whole."""
+        signer = Signer(config.dkim) if config.dkim else None
+        self.postponer.reconfigure(config)
         self.config = config
         self.ledger.reconfigure(config)
         self.window.reconfigure(config)
         self.emitter.reconfigure(config)
         self.scheduler.reconfigure(config)
-        self.dispatch.reconfigure(config)
+        self.dispatch.reconfigure(config, signer)
 
     def _attempt(self, work: Work) -> Awaitable[None]:
         return self.dispatch.attempt(work)  # not `async`: one coroutine frame per attempt, not two

@@ -119,7 +119,12 @@ async def serve(
     ledger = WarmupLedger(config, relay_id)
     campaigns = CampaignStates()
     followers = relay_followers(
-        config.kafka, relay_id, suppressions=suppressions, ledger=ledger, campaigns=campaigns
+        config.kafka,
+        relay_id,
+        suppressions=suppressions,
+        ledger=ledger,
+        campaigns=campaigns,
+        metrics=metrics,
     )
     for f in followers:
         f.start()
@@ -217,7 +222,13 @@ async def _watch_config(
             log.error("keeping the running config; the new one is invalid: %s", exc)
             continue
         if config.kafka != engine.config.kafka:
+            # Topics and the group are bound to the running consumer and producer.
             log.warning("Kafka settings changed: they apply at the next restart")
-        engine.reconfigure(config)
+            config = config.model_copy(update={"kafka": engine.config.kafka})
+        try:
+            engine.reconfigure(config)  # all or nothing (see Engine.reconfigure)
+        except Exception as exc:
+            log.error("keeping the running config; the new one cannot be applied: %s", exc)
+            continue
         transport.reconfigure(config)
         log.info("config reloaded", extra={"pool": config.pool})

@@ -50,6 +50,7 @@ EXPORTED = (
     "mailpipe_consumer_lag",
     "mailpipe_postponed_records_total",
     "mailpipe_dlq_records_total",
+    "mailpipe_followed_bad_records_total",
 )
 
 
@@ -105,6 +106,13 @@ class RelayMetrics:
         )
         self.dlq = Counter(
             "mailpipe_dlq_records", "Records sent to the DLQ", ["reason"], registry=r
+        )
+        self.followed_bad = Counter(
+            "mailpipe_followed_bad_records",
+            "Undecodable records on a followed topic (suppressions, events, campaign control);"
+            " a bad suppression still suppresses its key",
+            ["topic"],
+            registry=r,
         )
 
     def delivered(self, outcome: str, domain: str, egress_ip: str) -> None:

@@ -12,6 +12,7 @@ recipient (RFC 3463 codes), so one classifier decides every disposition.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -77,6 +78,25 @@ class RecordSink(Protocol):
     async def flush(self) -> None: ...
 
 
+class Stage(enum.StrEnum):
+    """Where the reply that decided a recipient came from. The same code means
+    different things by stage (a 5.1.1 greeting refuses the host, not the
+    mailbox; a 5.7.1 after RCPT refuses that recipient, after MAIL the sender),
+    so the transport reports it with every reply (`TransactionResult.detail`)."""
+
+    DNS = "dns"  # synthesized: the domain has nowhere to deliver, or DNS failed
+    CONNECT = "connect"  # synthesized: no connection (refused, timeout, unreachable)
+    GREETING = "greeting"  # the server's banner refused us
+    EHLO = "ehlo"
+    TLS = "tls"  # synthesized: TLS required and absent or failed
+    LOCAL = "local"  # synthesized: refused without asking (SIZE, SMTPUTF8 not offered)
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"  # the reply to DATA itself
+    MESSAGE = "message"  # the reply after the message's final dot
+    LOST = "lost"  # synthesized: the connection broke mid-transaction
+
+
 class SMTPReply(NamedTuple):
     code: int
     text: str
@@ -105,7 +125,9 @@ class TransactionResult:
     replies: dict[str, SMTPReply]
     mx_host: str | None = None
     connected: bool = False
-    detail: dict[str, str] = field(default_factory=dict)
+    # recipient -> the `Stage` whose reply decided it (the same code means
+    # different things by stage: see `classify`)
+    detail: dict[str, Stage] = field(default_factory=dict)
 
 
 class Transport(Protocol):

@@ -120,7 +120,7 @@ def settle(
     for tx in transactions:
         for rcpt in tx.recipients:
             r = tx.result.replies.get(rcpt.address) or NO_REPLY
-            verdict = classify(r)
+            verdict = classify(r, tx.result.detail.get(rcpt.address))
             if verdict.backoff:
                 backoffs.append(verdict.reason)
             disposition = verdict.disposition

@@ -103,8 +103,8 @@ INVALID = [
     ),
     (
         "Campaign",
-        _with(GOOD_CAMPAIGN, "sendWindows", [{"days": ["Mon"], "start": "18:00", "end": "09:00"}]),
-        "start must be before end",
+        _with(GOOD_CAMPAIGN, "sendWindows", [{"days": ["Mon"], "start": "09:00", "end": "09:00"}]),
+        "start must differ from end",  # issue 12: 22:00-06:00 is an overnight window
     ),
     ("Campaign", _with(GOOD_CAMPAIGN, "from", {"address": "not-an-address"}), "spec.from.address"),
 ]

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from mailpipe.contracts.wire import Disposition, Event
+from mailpipe.operator.audience import parse_audience
 from mailpipe.operator.campaign import (
     CampaignError,
     Renderer,
     build_record,
     choose_variant,
     next_open,
-    parse_audience,
     zone,
 )
 from mailpipe.operator.models import CampaignSpec, SendWindow

@@ -10,13 +10,13 @@ uncompressed record behind them, while staying up.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 
 import pytest
 from kafka import KafkaProducer
 
+from mailpipe.contracts.wire import encode
+from mailpipe.devstack import samples
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 
 from .conftest import Pool, RelayProcess, wait_for
@@ -29,17 +29,10 @@ LINGER_MS = 200  # the producer waits this long to gather records into one batch
 
 
 def _value(record_id: str, recipient: str) -> bytes:
-    return json.dumps(
-        {
-            "v": 1,
-            "id": record_id,
-            "campaign": "test/camp",
-            "sender": "news@sender.test",
-            "recipients": [{"address": recipient}],
-            "content": {"subject": "compressed", "text": "x" * 500},
-            "created_at": time.time(),
-        }
-    ).encode()
+    record = samples.delivery_record(
+        recipient, id=record_id, campaign="test/camp", subject="compressed", size=500
+    )
+    return encode(record)
 
 
 def test_compressed_batches_are_delivered(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from mailpipe.contracts.wire import decode_record
 from mailpipe.relay.metrics import EXPORTED
 from mailpipe.relay.ports import TopicPartition
@@ -227,3 +229,18 @@ def test_every_exported_metric_is_listed(harness: Harness) -> None:
     suffix = {"counter": "_total"}
     families = {f.name + suffix.get(f.type, "") for f in harness.engine.metrics.registry.collect()}
     assert families == set(EXPORTED)
+
+
+def test_a_reload_that_cannot_be_applied_leaves_the_running_config_whole(
+    harness: Harness,
+) -> None:
+    running = harness.engine.config
+    bad = make_config(
+        dkim={"domain": "d.test", "selector": "s", "private_key_path": "/nonexistent/key.pem"},
+        throttles={"d.test": {"messages_per_minute": 1}},
+    )
+    with pytest.raises(OSError):
+        harness.engine.reconfigure(bad)
+    assert harness.engine.config is running
+    assert harness.engine.dispatch.config is running
+    assert harness.engine.scheduler.throttle("d.test") == running.throttle_for("d.test")

@@ -49,7 +49,7 @@ def event(relay: str) -> bytes:
 
 def test_own_live_events_are_skipped_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = Ledger()
-    apply = follower.apply_event(cast(WarmupLedger, ledger), "relay-1")
+    apply = follower.apply_event(cast(WarmupLedger, ledger), "relay-1", lambda: None)
     apply(b"k", event("relay-1"), False)  # replay: our own history counts
     apply(b"k", event("relay-2"), True)  # another replica, live
     apply(b"k", b"not json", True)  # bad: ignored
@@ -64,25 +64,45 @@ def test_own_live_events_are_skipped_before_decoding(monkeypatch: pytest.MonkeyP
     assert ledger.seen == [("relay-1", True), ("relay-2", False)]
 
 
-def test_suppressions_are_added_lifted_and_bad_ones_ignored() -> None:
+def test_suppressions_are_added_lifted_and_bad_ones_still_suppress_their_key() -> None:
     suppressions = SuppressionList()
-    apply = follower.apply_suppression(suppressions)
+    bad: list[None] = []
+    apply = follower.apply_suppression(suppressions, lambda: bad.append(None))
     value = Suppression(address="A@X.test", reason=SuppressionReason.COMPLAINT, time=1.0)
     apply(b"a@x.test", encode(value), False)
     apply(b"b@x.test", b"{", False)
     apply(None, encode(value), False)
     assert suppressions.reason("a@x.test") == "complaint"
-    assert len(suppressions) == 1
+    assert suppressions.reason("b@x.test") == follower.UNDECODABLE_SUPPRESSION
+    assert len(suppressions) == 2 and len(bad) == 1
     apply(b"a@x.test", None, True)  # tombstone
     assert not suppressions.is_suppressed("a@x.test")
 
 
 def test_campaign_control_and_its_tombstone() -> None:
     campaigns = CampaignStates()
-    apply = follower.apply_control(campaigns)
+    bad: list[None] = []
+    apply = follower.apply_control(campaigns, lambda: bad.append(None))
     control = CampaignControl(campaign="ns/c", state=CampaignState.PAUSED, time=1.0)
     apply(b"ns/c", encode(control), True)
     apply(b"ns/d", b"garbage", True)
-    assert campaigns.state("ns/c") == "paused"
+    assert campaigns.state("ns/c") == "paused" and len(bad) == 1
     apply(b"ns/c", None, True)
     assert campaigns.state("ns/c") is None
+
+
+def test_an_apply_that_raises_loses_nothing_else_of_its_batch() -> None:
+    """Issue 10, finding 2: one bad value stopped the rest of its batch
+    ("Exception in callback TopicFollower._apply_all") and the relay looked healthy."""
+    from mailpipe.kafkakit import TopicFollower
+
+    applied: list[bytes | None] = []
+
+    def apply(key: bytes | None, value: bytes | None, live: bool) -> None:
+        if value == b"boom":
+            raise RuntimeError("a bug in apply")
+        applied.append(key)
+
+    f = TopicFollower("unused:9092", "t.suppressions", apply)
+    f._apply_all([(b"u0", b"ok"), (b"bad", b"boom"), (b"u1", b"ok"), (b"u2", b"ok")], True)
+    assert applied == [b"u0", b"u1", b"u2"] and f.failed_records == 1

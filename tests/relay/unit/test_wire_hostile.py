@@ -72,5 +72,5 @@ def test_followed_topics_decode_hostile_values_as_wire_errors(decode: object, va
         decode(value)  # type: ignore[operator]
 
 
-def test_a_time_far_in_the_future_is_refused_but_a_year_ahead_is_fine() -> None:
+def test_a_time_a_year_ahead_is_fine() -> None:
     assert decode_record(_with(not_before=time.time() + 365 * 86400)).not_before is not None

@@ -53,6 +53,9 @@ async def campaign_status(
     counts["suppressed"] += fanout.suppressed_before_send
     counts["total"] = fanout.total
     counts["enqueued"] = fanout.enqueued
+    audience = status.get("audience") or {}  # written by the fan-out's audience check
+    counts["deduplicated"] = int(audience.get("deduplicated", 0))
+    counts["skipped"] = int(audience.get("skipped", 0))
     finished = state.tally.finished(key)
     phase, reason = campaign_phase(fanout, dict(spec), finished, time.time())
     total = fanout.total
@@ -61,6 +64,8 @@ async def campaign_status(
     new: dict[str, Any] = {"counts": counts, "progress": progress, "phase": phase.value}
     if phase != status.get("phase"):
         kopf.info(body, reason=phase.value, message=reason)
+        generation = body.get("metadata", {}).get("generation")
+        failed = phase is CampaignPhase.FAILED
         new["conditions"] = merge_conditions(
             list(status.get("conditions", [])),
             [
@@ -69,10 +74,23 @@ async def campaign_status(
                     phase is CampaignPhase.COMPLETED,
                     phase.value,
                     reason,
-                    body.get("metadata", {}).get("generation"),
-                )
+                    generation,
+                ),
+                # Failed: why the campaign cannot be sent (FailReason), for
+                # `kubectl wait --for=condition=Failed` and dashboards.
+                condition(
+                    "Failed",
+                    failed,
+                    (fanout.reason or "FanoutFailed") if failed else phase.value,
+                    reason if failed else "",
+                    generation,
+                ),
             ],
         )
+    if fanout.generation is not None:
+        # the generation the fan-out last acted on: an edit it did not apply
+        # (after a Done fan-out) shows as observedGeneration < generation
+        new["observedGeneration"] = fanout.generation
     if fanout.started_at and not status.get("startedAt"):
         new["startedAt"] = fanout.started_at
     if phase is CampaignPhase.COMPLETED and not status.get("completedAt"):

@@ -1,13 +1,22 @@
 """The Campaign fan-out daemon: the audience to Kafka, one delivery record per recipient.
 
-One daemon per Campaign (in a thread: audience parsing and rendering are CPU
-work, producing is blocking IO). It waits while the campaign is suspended or
-its pool is not Ready, then produces the audience in chunks. Before each chunk
+One daemon per Campaign (in a thread: producing is blocking IO). It waits
+while the campaign is suspended or its pool is not Ready, then has the whole
+audience checked in a process of its own (`render_check`: parsed, normalised,
+de-duplicated, validated, every record rendered within limits) before the
+first record is produced, so a bad row or template fails the campaign with
+nothing sent (`status.audience` says what was de-duplicated and skipped).
+Then it produces the prepared audience in chunks. Before each chunk
 it writes a `FanoutCheckpoint` (next index + the outbound topic's end offsets)
 into status; a restarted operator resumes from it and skips indices already
 on the topic, so no recipient is produced twice (see `kafka_io` for why that
 is exactly-once without Kafka transactions). The daemon exits when the
 fan-out is done or failed; the status timer in `handlers.campaign` takes over.
+
+A Failed campaign whose spec is then edited (a new generation) gets a new
+daemon (kopf's `when` filter, `progress.fanout_wanted`), which resumes from
+the checkpoint: indices already produced are skipped, as after a restart.
+Every checkpoint carries the generation it acted on (status.observedGeneration).
 """
 
 from __future__ import annotations
@@ -24,9 +33,9 @@ from pydantic import ValidationError
 from mailpipe.contracts.wire import encode
 
 from .. import campaign as camp
-from .. import kafka_io, kube_io
+from .. import kafka_io, kube_io, render_check
 from ..models import GROUP, VERSION, CampaignSpec
-from ..progress import FanoutCheckpoint, FanoutState
+from ..progress import FanoutCheckpoint, FanoutState, fanout_wanted
 from .context import OperatorState, Pool, get_pool, operator_state, pool_readiness
 from .status import now_iso
 
@@ -40,13 +49,27 @@ KAFKA_BACKOFF_SECONDS = 10 * POLL_SECONDS  # a failing broker is not hammered
 # kopf waits this long for a stopping daemon before it abandons the thread;
 # enough for one chunk to be acknowledged by Kafka.
 CANCELLATION_TIMEOUT_SECONDS = 30
+# The check proved every render finishes within campaign.RENDER_SECONDS; the
+# same render here gets ten times that, so a busy node never fails a campaign
+# half-way through its fan-out.
+FANOUT_RENDER_SECONDS = 10 * camp.RENDER_SECONDS
 
 
 def _write(namespace: str, name: str, checkpoint: FanoutCheckpoint) -> None:
     kube_io.patch_status("campaigns", namespace, name, {"fanout": checkpoint.patch()})
 
 
-@kopf.daemon(GROUP, VERSION, "campaigns", cancellation_timeout=CANCELLATION_TIMEOUT_SECONDS)
+def _wanted(status: Any, meta: Any, **_: Any) -> bool:
+    return fanout_wanted(status, meta.get("generation"))
+
+
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    "campaigns",
+    cancellation_timeout=CANCELLATION_TIMEOUT_SECONDS,
+    when=_wanted,
+)
 def fanout(
     stopped: Any,
     name: str,
@@ -64,32 +87,54 @@ def fanout(
         obj = kube_io.get_custom("campaigns", namespace, name)
         if obj is None:
             return
+        generation = obj["metadata"].get("generation")
+        spec = obj.get("spec", {})  # the spec of this generation, read with it
         checkpoint = FanoutCheckpoint.from_status(obj.get("status", {}))
-        if checkpoint.state is not None and checkpoint.state.finished:
-            return
+        if not fanout_wanted(obj.get("status", {}), generation):
+            # Returning would mark the daemon finished for good; waiting lets
+            # kopf stop it (its `when` filter no longer matches) and spawn a
+            # new one if the spec of a Failed campaign is edited.
+            stopped.wait(POLL_SECONDS)
+            continue
+        if checkpoint.state is FanoutState.FAILED:
+            kopf.info(
+                body,
+                reason="FanoutResumed",
+                message=f"spec edited (generation {generation}): resuming at index "
+                f"{checkpoint.next_index}",
+            )
+            checkpoint = checkpoint.model_copy(update={"state": FanoutState.RUNNING})
         if spec.get("suspend"):
             if checkpoint.state is not FanoutState.PAUSED:
-                _write(namespace, name, FanoutCheckpoint(state=FanoutState.PAUSED))
+                paused = FanoutCheckpoint(state=FanoutState.PAUSED, generation=generation)
+                _write(namespace, name, paused)
             stopped.wait(POLL_SECONDS)
             continue
         pool = get_pool(namespace, spec.get("poolRef", ""))
         ready, reason = pool_readiness(pool)
         if not ready:
             if checkpoint.state is not FanoutState.WAITING_FOR_POOL:
-                _write(
-                    namespace,
-                    name,
-                    FanoutCheckpoint(state=FanoutState.WAITING_FOR_POOL, message=reason),
+                waiting = FanoutCheckpoint(
+                    state=FanoutState.WAITING_FOR_POOL, message=reason, generation=generation
                 )
+                _write(namespace, name, waiting)
             stopped.wait(POLL_SECONDS)
             continue
         assert pool is not None
         try:
-            _run_fanout(stopped, state, campaign_key, uid, dict(spec), pool, checkpoint, body)
+            _run_fanout(
+                stopped, state, campaign_key, uid, dict(spec), pool, checkpoint, body, generation
+            )
         except camp.CampaignError as exc:
-            _write(namespace, name, FanoutCheckpoint(state=FanoutState.FAILED, message=str(exc)))
-            kopf.warn(body, reason="FanoutFailed", message=str(exc))
-            return
+            failed = FanoutCheckpoint(
+                state=FanoutState.FAILED,
+                message=str(exc),
+                reason=exc.reason.value,
+                generation=generation,
+            )
+            _write(namespace, name, failed)
+            kopf.warn(body, reason="FanoutFailed", message=f"{exc.reason.value}: {exc}")
+            continue  # not `return`: an edited spec must be able to resume it
         except KafkaError as exc:
             log.warning("fan-out of %s paused by Kafka error: %s", campaign_key, exc)
             stopped.wait(KAFKA_BACKOFF_SECONDS)
@@ -106,6 +151,7 @@ def _run_fanout(
     pool: Pool,
     checkpoint: FanoutCheckpoint,
     body: Any,
+    generation: int | None,
 ) -> None:
     """Produce the audience from `checkpoint` on; returns early when stopped or deleted."""
     namespace, name = key.split("/", 1)
@@ -113,15 +159,19 @@ def _run_fanout(
         spec = CampaignSpec.model_validate(spec_raw)
         t = pool.topics
     except ValidationError as exc:
-        raise camp.CampaignError(str(exc)) from exc
+        raise camp.CampaignError(str(exc), camp.FailReason.INVALID_SPEC) from exc
     bootstrap = pool.bootstrap
     state.hub.follow(bootstrap, t.events, state.tally.observe)
 
     cm_data = None
     if spec.audience.config_map_ref is not None:
         cm_data = kube_io.read_configmap(namespace, spec.audience.config_map_ref.name)
-    audience = camp.parse_audience(spec, cm_data)
-    renderer = camp.Renderer(spec, key)
+    prepared = render_check.check_audience(spec_raw, cm_data, key, uid, time.time(), stopped)
+    if prepared is None:
+        return  # stopped while the audience was being checked
+    kube_io.patch_status("campaigns", namespace, name, {"audience": prepared.summary()})
+    audience = prepared.recipients
+    renderer = camp.Renderer(spec, key, seconds=FANOUT_RENDER_SECONDS)
     suppressed = kafka_io.read_suppressions(bootstrap, t.suppressions)
     total = len(audience)
     start = checkpoint.next_index
@@ -149,6 +199,9 @@ def _run_fanout(
                 suppressed_before_send=pre_suppressed,
                 total=total,
                 started_at=started_at,
+                message=None,  # a resumed campaign's failure message goes
+                reason=None,
+                generation=generation,
             ),
         )
         now = time.time()
@@ -178,6 +231,9 @@ def _run_fanout(
             suppressed_before_send=pre_suppressed,
             total=total,
             started_at=started_at,
+            message=None,
+            reason=None,
+            generation=generation,
         ),
     )
     kopf.info(

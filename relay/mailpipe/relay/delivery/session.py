@@ -27,9 +27,8 @@ from mailpipe.contracts.errors import TemporaryError
 
 from ..addresses import smtp_address
 from ..classify import reply
-from ..ports import SMTPReply
+from ..ports import SMTPReply, Stage
 from .replies import ReplyError, ReplyParser
-from .stage import Stage
 
 QUIT_TIMEOUT_SECONDS = 5.0
 # After QUIT, how long the connection may take to finish closing (a TLS one first

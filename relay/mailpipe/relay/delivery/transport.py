@@ -14,7 +14,7 @@ once, at this boundary), so the engine's classifier decides all dispositions:
     connection lost mid-transaction        -> 451 4.4.2
 
 Every result says, per recipient, the stage whose reply decided it
-(`TransactionResult.detail[recipient]`, a `session.Stage` value: "dns",
+(`TransactionResult.detail[recipient]`, a `ports.Stage`: "dns",
 "connect", "greeting", "ehlo", "tls", "local", "mail", "rcpt", "data",
 "message", "lost"), so the classifier can tell a host-level refusal
 (greeting, EHLO) from a recipient-level one (RCPT) with the same code.
@@ -42,7 +42,7 @@ import aiosmtplib
 from mailpipe.contracts.config import RelayConfig, TLSMode
 
 from ..classify import reply
-from ..ports import Envelope, SMTPReply, TransactionResult
+from ..ports import Envelope, SMTPReply, Stage, TransactionResult
 from .mx import (
     AddressLiteral,
     InvalidDomain,
@@ -54,7 +54,6 @@ from .mx import (
     UnroutableDomain,
 )
 from .session import ConnectionLost, Session
-from .stage import Stage
 
 log = logging.getLogger("mailpipe.relay.delivery")
 
@@ -79,7 +78,7 @@ def _all(
 ) -> TransactionResult:
     """The same reply, from the same stage, for every recipient."""
     return TransactionResult(
-        dict.fromkeys(recipients, r), detail=dict.fromkeys(recipients, stage.value), **extra
+        dict.fromkeys(recipients, r), detail=dict.fromkeys(recipients, stage), **extra
     )
 
 
@@ -179,8 +178,7 @@ class SMTPTransport:
                     lost = reply(451, f"4.4.2 {route.name}: {exc}")
                     return _all(rcpts, lost, Stage.LOST, mx_host=route.name, connected=True)
                 self._release(envelope, route, conn)
-                detail = {r: s.value for r, s in stages.items()}
-                return TransactionResult(replies, mx_host=route.name, connected=True, detail=detail)
+                return TransactionResult(replies, mx_host=route.name, connected=True, detail=stages)
         return _all(rcpts, last, stage)
 
     async def _acquire(self, env: Envelope, route: Route, fresh_only: bool) -> tuple[Session, bool]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from mailpipe.contracts.config import KafkaSettings
 from mailpipe.contracts.warmup import WarmupLedger
@@ -19,29 +20,42 @@ from mailpipe.contracts.wire import WireError, decode_control, decode_event, dec
 from mailpipe.kafkakit import TopicFollower
 from mailpipe.kafkakit.follower import Apply
 
+from ..metrics import RelayMetrics
 from ..suppressions import CampaignStates, SuppressionList
 
 log = logging.getLogger("mailpipe.relay")
 
 
-def apply_suppression(suppressions: SuppressionList) -> Apply:
+# The reason recorded for a suppression whose value could not be decoded.
+UNDECODABLE_SUPPRESSION = "undecodable"
+
+
+def apply_suppression(suppressions: SuppressionList, bad: Callable[[], None]) -> Apply:
+    """A suppression is never silently skipped: one whose value is undecodable
+    still suppresses its key (the address, by the topic's contract), counted and
+    logged, because mailing someone who unsubscribed is worse than not mailing
+    someone whose suppression was garbled."""
+
     def apply(key: bytes | None, value: bytes | None, live: bool) -> None:
         if key is None:
             return
+        address = key.decode("utf-8", "replace")
         if value is None:  # tombstone: the suppression is lifted
-            suppressions.lift(key.decode())
+            suppressions.lift(address)
             return
         try:
             s = decode_suppression(value)
         except WireError as exc:
-            log.warning("ignoring bad suppression %r: %s", key, exc)
+            bad()
+            log.warning("bad suppression for %r, suppressing its key anyway: %s", address, exc)
+            suppressions.add(address, UNDECODABLE_SUPPRESSION)
             return
         suppressions.add(s.address, s.reason.value)
 
     return apply
 
 
-def apply_event(ledger: WarmupLedger, relay_id: str) -> Apply:
+def apply_event(ledger: WarmupLedger, relay_id: str, bad: Callable[[], None]) -> Apply:
     # This relay's own live events are skipped before decoding: the ledger
     # counted them when they were sent, and decoding every event this relay
     # produces would only spend CPU to ignore it.
@@ -53,14 +67,16 @@ def apply_event(ledger: WarmupLedger, relay_id: str) -> Apply:
         if live and own_events in value:
             return  # counted when sent; the ledger ignores our own live events anyway
         try:
-            ledger.observe(decode_event(value), replaying=not live)
+            event = decode_event(value)
         except WireError:
+            bad()
             return
+        ledger.observe(event, replaying=not live)
 
     return apply
 
 
-def apply_control(campaigns: CampaignStates) -> Apply:
+def apply_control(campaigns: CampaignStates, bad: Callable[[], None]) -> Apply:
     def apply(key: bytes | None, value: bytes | None, live: bool) -> None:
         if key is None:
             return
@@ -70,6 +86,7 @@ def apply_control(campaigns: CampaignStates) -> Apply:
         try:
             control = decode_control(value)
         except WireError as exc:
+            bad()
             log.warning("ignoring bad campaign control %r: %s", key, exc)
             return
         campaigns.set(control.campaign, control.state.value)
@@ -86,12 +103,30 @@ def relay_followers(
     suppressions: SuppressionList,
     ledger: WarmupLedger,
     campaigns: CampaignStates,
+    metrics: RelayMetrics,
 ) -> list[TopicFollower]:
     """The three followers, not started (start them, then await every
-    `wait_caught_up` before the consumer joins the group)."""
+    `wait_caught_up` before the consumer joins the group). Undecodable records
+    are counted in `mailpipe_followed_bad_records_total{topic}`."""
     bootstrap = settings.bootstrap_servers
+
+    def counter(topic: str) -> Callable[[], None]:
+        return metrics.followed_bad.labels(topic).inc
+
     return [
-        TopicFollower(bootstrap, settings.suppressions_topic, apply_suppression(suppressions)),
-        TopicFollower(bootstrap, settings.events_topic, apply_event(ledger, relay_id)),
-        TopicFollower(bootstrap, settings.control_topic, apply_control(campaigns)),
+        TopicFollower(
+            bootstrap,
+            settings.suppressions_topic,
+            apply_suppression(suppressions, counter(settings.suppressions_topic)),
+        ),
+        TopicFollower(
+            bootstrap,
+            settings.events_topic,
+            apply_event(ledger, relay_id, counter(settings.events_topic)),
+        ),
+        TopicFollower(
+            bootstrap,
+            settings.control_topic,
+            apply_control(campaigns, counter(settings.control_topic)),
+        ),
     ]

@@ -14,6 +14,10 @@ finished, and it makes no commit of its own on shutdown. The engine's last
 commit, sent before `stop()`, is the one final commit; a commit that cannot
 complete (dead thread) fails after COMMIT_TIMEOUT_SECONDS instead of hanging
 shutdown.
+
+Why one module of ~300 lines: everything that touches the consumer object is
+here, because it must run on that one thread; splitting it would spread the
+thread's invariants over files.
 """
 
 from __future__ import annotations

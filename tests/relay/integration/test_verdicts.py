@@ -1,0 +1,43 @@
+"""Verdicts against a real relay (issue 10, finding 9): a recipient refused at RCPT
+is bounced and suppressed, and the sending IP is not rested for the whole domain."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
+
+from .conftest import Pool, RelayProcess, wait_for
+
+pytestmark = [pytest.mark.relay, pytest.mark.faults]
+
+HEALTHY_WITHIN_SECONDS = 20  # a back-off would rest the IP for 60 s first
+
+
+def test_a_recipient_refused_at_rcpt_does_not_rest_the_ip(
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+) -> None:
+    rx = smtp_receiver("127.0.0.10", 0)
+    refused = "b003@beta.test"
+    rx.answer(refused, f"550 5.7.1 <{refused}>: Recipient address rejected: Access denied")
+    pool = pool_factory(routes={"beta.test": [{"host": rx.host, "port": rx.port}]})
+    relay = relays(pool)
+    pool.send(refused)
+    pool.flush()
+    wait_for(lambda: len(pool.events()) == 1, 60, "the refusal", relay)
+    started = time.monotonic()
+    for i in range(10):
+        pool.send(f"ok{i}@beta.test")
+    pool.flush()
+    wait_for(lambda: len(rx.recipients()) == 10, HEALTHY_WITHIN_SECONDS, "10 deliveries", relay)
+    assert time.monotonic() - started < HEALTHY_WITHIN_SECONDS
+    got = Counter((e["recipient"], e["disposition"]) for e in pool.events())
+    assert got[(refused, "bounced")] == 1
+    assert sum(n for (_, d), n in got.items() if d == "delivered") == 10
+    assert [k for k, _ in pool.read(pool.config.kafka.suppressions_topic)] == [refused.encode()]
