@@ -11,6 +11,7 @@ that says "everything that existed when I started has been applied".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -83,6 +84,7 @@ class TopicFollower:
 
     def _run(self) -> None:
         assert self._loop is not None
+        consumer: KafkaConsumer | None = None
         try:
             consumer = KafkaConsumer(
                 bootstrap_servers=self.bootstrap_servers,
@@ -118,8 +120,11 @@ class TopicFollower:
                 if not live and not remaining:
                     # everything replayed is queued on the loop before this flag flips
                     self._loop.call_soon_threadsafe(self.caught_up.set)
-            consumer.close()
         except BaseException as exc:
             self.error = exc
             self.caught_up.set()
             log.exception("follower of %s failed", self.topic)
+        finally:
+            if consumer is not None:  # a failed follower must not leak its sockets either
+                with contextlib.suppress(Exception):
+                    consumer.close()
