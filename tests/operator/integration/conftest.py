@@ -21,6 +21,7 @@ __all__ = ["OperatorProcess", "get", "kubectl", "pool_manifest", "wait_for"]
 ROOT = Path(__file__).resolve().parents[3]
 PARTITIONS = 3
 DELAY_STEPS = ["1s", "1m"]
+POOL_READY_SECONDS = 60  # topics created and children applied, on a loaded machine
 
 OperatorProcess = Child  # a `mailpipe operator` child of the test
 
@@ -67,3 +68,20 @@ def pool_manifest(name: str, namespace: str, bootstrap: str, prefix: str, **spec
 @pytest.fixture
 def env_for(cli_env: dict[str, str]) -> dict[str, str]:
     return dict(os.environ) | cli_env
+
+
+def wait_pool_ready(env: dict[str, str], namespace: str, op: Child, name: str = "news") -> None:
+    """Until the SendingPool `name` reports Ready=True (or the operator dies)."""
+    wait_for(
+        lambda: harness.condition_true(get(env, "sp", name, namespace)),
+        POOL_READY_SECONDS,
+        "pool Ready",
+        op,
+    )
+
+
+def ready_pool(env: dict[str, str], namespace: str, bootstrap: str, prefix: str, op: Child) -> None:
+    """Apply the test pool "news" and wait until it is Ready."""
+    manifest = pool_manifest("news", namespace, bootstrap, prefix)
+    assert kubectl(env, "apply", "-f", "-", stdin=manifest).returncode == 0
+    wait_pool_ready(env, namespace, op)

@@ -21,7 +21,7 @@ from kafka import KafkaProducer
 from mailpipe.contracts.wire import Disposition, Event, encode
 from mailpipe.kafkakit import read_topic
 
-from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
+from .conftest import OperatorProcess, get, kubectl, ready_pool, wait_for
 
 pytestmark = pytest.mark.operator
 
@@ -48,17 +48,6 @@ def _campaign(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def _ready_pool(env: dict[str, str], namespace: str, bootstrap: str, prefix: str, op: Any) -> None:
-    manifest = pool_manifest("news", namespace, bootstrap, prefix)
-    assert kubectl(env, "apply", "-f", "-", stdin=manifest).returncode == 0
-
-    def ready() -> bool:
-        conditions = (get(env, "sp", "news", namespace) or {}).get("status", {}).get("conditions")
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions or [])
-
-    wait_for(ready, 60, "pool Ready", op)
-
-
 def _status(env: dict[str, str], name: str, namespace: str) -> dict[str, Any]:
     return dict((get(env, "camp", name, namespace) or {}).get("status", {}))
 
@@ -80,7 +69,7 @@ def test_duplicate_recipients_get_one_message_and_the_campaign_completes(
     topic_prefix: str,
 ) -> None:
     op = operator_factory()
-    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
     audience = {"inline": [{"address": a} for a in ("dup@x.test", "dup@x.test", "DUP@x.test")]}
     assert _apply(cli_env, _campaign("dups", namespace, audience=audience)).returncode == 0
     wait_for(
@@ -128,7 +117,7 @@ def test_a_bad_row_never_causes_a_partial_send(
     topic_prefix: str,
 ) -> None:
     op = operator_factory()
-    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
     rows = "".join(f"u{i}@d{i % 13}.test,{'' if i == 2201 else f'U{i}'}\n" for i in range(1, 2501))
     cm = {
         "apiVersion": "v1",
@@ -174,7 +163,7 @@ def test_bad_templates_fail_within_seconds_and_never_hold_up_another_campaign(
     topic_prefix: str,
 ) -> None:
     op = operator_factory()
-    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
     for name, template in BAD_TEMPLATES.items():
         assert _apply(cli_env, _campaign(name, namespace, text=template)).returncode == 0
     time.sleep(2)  # the bad ones take the fan-out threads first
@@ -230,7 +219,7 @@ def test_a_fixed_failed_campaign_resumes_without_sending_anyone_twice(
     topic_prefix: str,
 ) -> None:
     op = operator_factory()
-    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
     audience = {
         "inline": [
             {"address": "a@x.test", "merge": {"first": "A"}},

@@ -16,7 +16,15 @@ from kafka.admin import KafkaAdminClient
 from mailpipe.contracts.wire import Disposition, Event, encode
 from mailpipe.kafkakit import read_topic
 
-from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
+from .conftest import (
+    OperatorProcess,
+    get,
+    kubectl,
+    pool_manifest,
+    ready_pool,
+    wait_for,
+    wait_pool_ready,
+)
 
 pytestmark = pytest.mark.operator
 
@@ -142,15 +150,6 @@ def _topics(bootstrap: str) -> set[str]:
         admin.close()
 
 
-def _wait_pool_ready(cli_env: dict[str, str], namespace: str, op: OperatorProcess) -> None:
-    def ready() -> bool:
-        pool = get(cli_env, "sp", "news", namespace) or {}
-        conditions = pool.get("status", {}).get("conditions", [])
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-    wait_for(ready, 60, "pool Ready", op)
-
-
 def test_pool_children_follow_the_spec_and_go_with_it(
     operator_factory: Callable[..., OperatorProcess],
     cli_env: dict[str, str],
@@ -164,7 +163,7 @@ def test_pool_children_follow_the_spec_and_go_with_it(
     child = "mailpipe-relay-news"
     kinds = ["configmap", "deployment", "service", "poddisruptionbudget"]
     wait_for(lambda: all(get(cli_env, k, child, namespace) for k in kinds), 60, "children", op)
-    _wait_pool_ready(cli_env, namespace, op)
+    wait_pool_ready(cli_env, namespace, op)
     assert {
         f"{topic_prefix}.outbound",
         f"{topic_prefix}.events",
@@ -215,18 +214,6 @@ def _outbound_ids(bootstrap: str, topic: str, uid: str) -> Counter[str]:
     return Counter(i for i in ids if i.startswith(uid))
 
 
-def _ready_pool(
-    cli_env: dict[str, str], namespace: str, bootstrap: str, prefix: str, op: OperatorProcess
-) -> None:
-    assert (
-        kubectl(
-            cli_env, "apply", "-f", "-", stdin=pool_manifest("news", namespace, bootstrap, prefix)
-        ).returncode
-        == 0
-    )
-    _wait_pool_ready(cli_env, namespace, op)
-
-
 def test_fanout_of_10k_is_exactly_once_across_an_operator_kill(
     operator_factory: Callable[..., OperatorProcess],
     cli_env: dict[str, str],
@@ -236,7 +223,7 @@ def test_fanout_of_10k_is_exactly_once_across_an_operator_kill(
 ) -> None:
     n = 10_000
     op = operator_factory(MAILPIPE_FANOUT_CHUNK="250")
-    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
     csv = "address,first\n" + "".join(f"u{i}@d{i % 13}.test,U{i}\n" for i in range(n))
     cm = {
         "apiVersion": "v1",
@@ -281,7 +268,7 @@ def test_events_drive_counts_and_completion(
     topic_prefix: str,
 ) -> None:
     op = operator_factory()
-    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
     camp = _with(
         GOOD_CAMPAIGN, "audience", {"inline": [{"address": f"r{i}@x.test"} for i in range(3)]}
     )
@@ -353,7 +340,7 @@ def test_suspend_and_delete_reach_the_relays_control_topic(
     topic_prefix: str,
 ) -> None:
     op = operator_factory()
-    _ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
     body = {
         "apiVersion": "mailpipe.io/v1alpha1",
         "kind": "Campaign",
