@@ -40,6 +40,7 @@ class TopicRecord(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def read_records(
@@ -61,7 +62,10 @@ def read_records(
         out: list[TopicRecord] = []
         while any(consumer.position(tp) < end[tp] for tp in tps):
             for tp, records in consumer.poll(timeout_ms=READ_POLL_MS).items():
-                out.extend(TopicRecord(tp.partition, r.offset, r.key, r.value) for r in records)
+                out.extend(
+                    TopicRecord(tp.partition, r.offset, r.key, r.value, tuple(r.headers or ()))
+                    for r in records
+                )
         return out
     finally:
         consumer.close()

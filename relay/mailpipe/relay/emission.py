@@ -61,7 +61,7 @@ class Emitter:
 
     async def dlq(self, src: SourceRecord, reason: str) -> None:
         self.metrics.dlq.labels(reason.split(":", 1)[0][:DLQ_REASON_LABEL_CHARS]).inc()
-        await self.sink.send(self.kafka.dlq_topic, src.key, dlq_copy(src, reason))
+        await self.sink.send(self.kafka.dlq_topic, src.key, dlq_copy(src, reason), src.headers)
 
 
 def dlq_copy(src: SourceRecord, reason: str) -> bytes:

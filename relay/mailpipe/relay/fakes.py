@@ -34,10 +34,17 @@ class MemorySource:
         self.commits: list[dict[TopicPartition, int]] = []
         self._control: list[Revoked] = []
 
-    def append(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+    def append(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: tuple[tuple[str, bytes], ...] = (),
+    ) -> None:
         tp = TopicPartition(topic, partition)
         offset = len(self.logs[tp])
-        self.logs[tp].append(SourceRecord(topic, partition, offset, key, value, 0))
+        self.logs[tp].append(SourceRecord(topic, partition, offset, key, value, 0, headers))
 
     def revoke(self, partitions: Sequence[TopicPartition]) -> None:
         """A rebalance took `partitions`: the next poll says so first, and no more
@@ -84,13 +91,21 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.topics: dict[str, list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
+        self.headers: dict[str, list[tuple[tuple[str, bytes], ...]]] = defaultdict(list)
         self.fail = False
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         await asyncio.sleep(0)
         if self.fail:
             raise ConnectionError("sink unavailable")
         self.topics[topic].append((key, value))
+        self.headers[topic].append(tuple(headers))
 
     async def flush(self) -> None:
         return None

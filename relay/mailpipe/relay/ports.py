@@ -33,6 +33,9 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    # The producer's Kafka headers, kept so a DLQ copy carries them (tracing ids,
+    # schema names: whatever the producer needs to find its record again).
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def tp(self) -> TopicPartition:
@@ -73,7 +76,13 @@ class RecordSink(Protocol):
     """A producer: `send` starts producing at once and returns an awaitable that
     completes only after the broker acknowledged the record (acks=all)."""
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None) -> Awaitable[None]: ...
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> Awaitable[None]: ...
 
     async def flush(self) -> None: ...
 

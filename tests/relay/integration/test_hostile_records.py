@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
+from mailpipe.kafkakit import read_records
 
 from .conftest import Pool, RelayProcess, wait_for
 
@@ -51,8 +52,9 @@ def test_poison_records_go_to_the_dlq_and_the_pool_keeps_delivering(
     pool = pool_factory(routes={"d.test": [{"host": rx.host, "port": rx.port}]})
     relay = relays(pool)
     outbound = pool.config.kafka.outbound_topic
+    trace = [("traceparent", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01")]
     for value in (DEEPLY_NESTED, HUGE_INTEGER, NON_UTF8):
-        pool.producer.send(outbound, key=b"d.test", value=value, partition=0)
+        pool.producer.send(outbound, key=b"d.test", value=value, partition=0, headers=trace)
     pool.producer.send(outbound, key=b"d.test", value=_record("after@d.test"), partition=0)
     pool.flush()
     wait_for(lambda: rx.recipients() == ["after@d.test"], 60, "the record behind", relay)
@@ -65,6 +67,8 @@ def test_poison_records_go_to_the_dlq_and_the_pool_keeps_delivering(
     assert "digit" in reasons[1].lower() or "integer" in reasons[1].lower(), reasons[1]
     sizes = [len(v or b"") for _, v in pool.read(pool.config.kafka.dlq_topic)]
     assert max(sizes) < DLQ_VALUE_LIMIT, sizes
+    copies = read_records(pool.bootstrap, pool.config.kafka.dlq_topic)
+    assert [list(c.headers) for c in copies] == [trace] * 3  # finding 11: headers kept
 
 
 def test_a_bad_suppression_value_does_not_unsuppress_the_ones_behind_it(

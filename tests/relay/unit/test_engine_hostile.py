@@ -66,3 +66,11 @@ async def test_a_record_far_in_the_future_is_postponed_again_not_held() -> None:
     assert [e["recipient"] for e in h.events()] == ["soon@d.test"]
     [(_, again)] = h.sink.topics["p.delay.10m"]
     assert [r["address"] for r in json.loads(again or b"")["recipients"]] == ["later@d.test"]
+
+
+async def test_a_dlq_copy_keeps_the_original_kafka_headers(harness: Harness) -> None:
+    """Issue 10, finding 11: DLQ copies dropped the producer's headers."""
+    headers = (("traceparent", b"00-abc-def-01"), ("schema", b"delivery.v1"))
+    harness.source.append("p.outbound", 0, b"k", b"{not json", headers)
+    await harness.run_until(lambda: len(harness.sink.topics["p.dlq"]) == 1)
+    assert harness.sink.headers["p.dlq"] == [headers]

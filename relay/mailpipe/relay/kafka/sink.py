@@ -50,7 +50,13 @@ class KafkaSink:
         for topic in topics:
             self._producer.partitions_for(topic)
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None) -> asyncio.Future[None]:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> asyncio.Future[None]:
         """Start producing; the future completes on the broker's acknowledgement.
 
         Acknowledgements arrive on the producer's IO thread; they are queued
@@ -60,7 +66,9 @@ class KafkaSink:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         partition = self._partition_for(topic, key) if key is not None else None
-        future = self._producer.send(topic, key=key, value=value, partition=partition)
+        future = self._producer.send(
+            topic, key=key, value=value, partition=partition, headers=list(headers) or None
+        )
         future.add_both(self._acked, loop, done)
         return done
 

@@ -207,7 +207,15 @@ class KafkaSource:
                 self._report_assignment()
                 self._handoff.put_records(
                     [
-                        SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+                        SourceRecord(
+                            r.topic,
+                            r.partition,
+                            r.offset,
+                            r.key,
+                            r.value,
+                            r.timestamp,
+                            tuple(r.headers) if r.headers else (),
+                        )
                         for records in polled.values()
                         for r in records
                     ]
