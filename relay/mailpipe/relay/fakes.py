@@ -87,12 +87,15 @@ class MemorySource:
 
 
 class MemorySink:
-    """Collects produced records per topic; `fail` makes sends raise."""
+    """Collects produced records per topic; `fail` makes every send raise, and
+    `refuse` names topics whose sends raise (a broker refusing a record, such as
+    one over its size limit)."""
 
     def __init__(self) -> None:
         self.topics: dict[str, list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
         self.headers: dict[str, list[tuple[tuple[str, bytes], ...]]] = defaultdict(list)
         self.fail = False
+        self.refuse: set[str] = set()
 
     async def send(
         self,
@@ -104,6 +107,8 @@ class MemorySink:
         await asyncio.sleep(0)
         if self.fail:
             raise ConnectionError("sink unavailable")
+        if topic in self.refuse:
+            raise ValueError(f"{topic} refused the record (e.g. MessageSizeTooLarge)")
         self.topics[topic].append((key, value))
         self.headers[topic].append(tuple(headers))
 

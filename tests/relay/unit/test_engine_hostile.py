@@ -74,3 +74,19 @@ async def test_a_dlq_copy_keeps_the_original_kafka_headers(harness: Harness) -> 
     harness.source.append("p.outbound", 0, b"k", b"{not json", headers)
     await harness.run_until(lambda: len(harness.sink.topics["p.dlq"]) == 1)
     assert harness.sink.headers["p.dlq"] == [headers]
+
+
+async def test_a_retry_the_broker_refuses_still_ends_in_a_disposition(harness: Harness) -> None:
+    """Issue 10, finding 3: a 10 MB record got a 451 and its retry produce failed
+    (MessageSizeTooLarge); the offset never finished and the partition stopped."""
+    harness.transport.answer("big@d.test", "451 4.3.0 try later")
+    harness.sink.refuse.add("p.delay.1m")
+    harness.put(record_bytes("big@d.test"))
+    harness.put(record_bytes("next@d.test"))
+    await harness.run_until(
+        lambda: harness.source.committed.get(TopicPartition("p.outbound", 0)) == 2
+    )
+    by_rcpt = {e["recipient"]: e["disposition"] for e in harness.events()}
+    assert by_rcpt == {"big@d.test": "failed", "next@d.test": "delivered"}
+    [(_, copy)] = harness.sink.topics["p.dlq"]
+    assert json.loads(copy or b"")["reason"].startswith("relay error: ValueError")
