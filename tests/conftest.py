@@ -9,6 +9,7 @@ through the one harness, `mailpipe.devstack.harness`.
 from __future__ import annotations
 
 import os
+import ssl
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,12 +118,13 @@ def dns_zones(devstack: Stack) -> Iterator[DNSSetter]:
 
 
 @pytest.fixture
-def smtp_receiver() -> Iterator[Callable[[str, int], SMTPReceiver]]:
-    """Factory of recording receivers; each one is stopped after the test."""
+def smtp_receiver() -> Iterator[Callable[..., SMTPReceiver]]:
+    """Factory of recording receivers (offering STARTTLS with `tls`); each one is
+    stopped after the test."""
     started: list[SMTPReceiver] = []
 
-    def make(host: str, port: int = 0) -> SMTPReceiver:
-        rx = SMTPReceiver(host, port or free_port(host)).start()
+    def make(host: str, port: int = 0, tls: ssl.SSLContext | None = None) -> SMTPReceiver:
+        rx = SMTPReceiver(host, port or free_port(host), tls_context=tls).start()
         started.append(rx)
         return rx
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 
 from mailpipe.devstack.certs import generate
-from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.relay.delivery import SMTPTransport
 from mailpipe.relay.ports import Envelope, SMTPReply
@@ -32,20 +31,6 @@ def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(pki.serving_cert, pki.serving_key)
     return context
-
-
-@pytest.fixture
-def receiver() -> Iterator[list[SMTPReceiver]]:
-    started: list[SMTPReceiver] = []
-    yield started
-    for rx in started:
-        rx.stop()
-
-
-def start(started: list[SMTPReceiver], tls: ssl.SSLContext | None) -> SMTPReceiver:
-    rx = SMTPReceiver(HOST, free_port(HOST), tls_context=tls).start()
-    started.append(rx)
-    return rx
 
 
 def transport(rx: SMTPReceiver, mode: str) -> SMTPTransport:
@@ -75,9 +60,9 @@ async def deliver_once(rx: SMTPReceiver, mode: str, message: bytes | None = None
 
 @pytest.mark.parametrize("mode", ["opportunistic", "required"])
 async def test_starttls_used_when_offered(
-    receiver: list[SMTPReceiver], server_tls: ssl.SSLContext, mode: str
+    smtp_receiver: Callable[..., SMTPReceiver], server_tls: ssl.SSLContext, mode: str
 ) -> None:
-    rx = start(receiver, server_tls)
+    rx = smtp_receiver(HOST, tls=server_tls)
     t = transport(rx, mode)
     try:
         for _ in range(2):  # the second transaction reuses the TLS session
@@ -90,23 +75,27 @@ async def test_starttls_used_when_offered(
     assert t.connections_opened == 1
 
 
-async def test_required_tls_not_offered_is_deferred_unsent(receiver: list[SMTPReceiver]) -> None:
-    rx = start(receiver, None)
+async def test_required_tls_not_offered_is_deferred_unsent(
+    smtp_receiver: Callable[..., SMTPReceiver],
+) -> None:
+    rx = smtp_receiver(HOST, tls=None)
     r = await deliver_once(rx, "required")
     assert (r.code, r.enhanced) == (451, "4.7.5")
     assert rx.messages() == []
 
 
-async def test_opportunistic_without_offer_sends_in_clear(receiver: list[SMTPReceiver]) -> None:
-    rx = start(receiver, None)
+async def test_opportunistic_without_offer_sends_in_clear(
+    smtp_receiver: Callable[..., SMTPReceiver],
+) -> None:
+    rx = smtp_receiver(HOST, tls=None)
     assert (await deliver_once(rx, "opportunistic")).code == 250
     assert [m.tls for m in rx.messages()] == [False]
 
 
 async def test_large_message_over_tls_arrives_whole(
-    receiver: list[SMTPReceiver], server_tls: ssl.SSLContext
+    smtp_receiver: Callable[..., SMTPReceiver], server_tls: ssl.SSLContext
 ) -> None:
-    rx = start(receiver, server_tls)
+    rx = smtp_receiver(HOST, tls=server_tls)
     body = b"".join(b"%07d " % i + b"x" * 70 + b"\r\n" for i in range(80_000))  # ~6 MB
     message = b"Subject: big\r\n\r\n" + body
     assert (await deliver_once(rx, "required", message)).code == 250

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.relay.delivery import MXResolver, Route, SMTPTransport
 from mailpipe.relay.ports import Envelope, SMTPReply
@@ -46,20 +45,6 @@ def broken_context(certs: Certs) -> ssl.SSLContext:
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers("NULL-SHA256:@SECLEVEL=0")
     return context
-
-
-@pytest.fixture
-def receivers() -> Iterator[list[SMTPReceiver]]:
-    started: list[SMTPReceiver] = []
-    yield started
-    for rx in started:
-        rx.stop()
-
-
-def start(started: list[SMTPReceiver], tls: ssl.SSLContext | None) -> SMTPReceiver:
-    rx = SMTPReceiver(HOST, free_port(HOST), tls_context=tls).start()
-    started.append(rx)
-    return rx
 
 
 class NamedMX(MXResolver):
@@ -90,9 +75,9 @@ async def deliver(rx: SMTPReceiver, mode: str, *, verify: bool, name: str = MX_N
 
 @pytest.mark.faults  # a broken peer: its TLS handshake always fails
 async def test_opportunistic_handshake_failure_falls_back_to_clear(
-    receivers: list[SMTPReceiver], certs: Certs
+    smtp_receiver: Callable[..., SMTPReceiver], certs: Certs
 ) -> None:
-    rx = start(receivers, broken_context(certs))
+    rx = smtp_receiver(HOST, tls=broken_context(certs))
     r = await deliver(rx, "opportunistic", verify=False)
     assert r.code == 250, r
     assert [m.tls for m in rx.messages()] == [False]
@@ -100,9 +85,9 @@ async def test_opportunistic_handshake_failure_falls_back_to_clear(
 
 @pytest.mark.faults  # a broken peer: its TLS handshake always fails
 async def test_required_tls_handshake_failure_defers_unsent(
-    receivers: list[SMTPReceiver], certs: Certs
+    smtp_receiver: Callable[..., SMTPReceiver], certs: Certs
 ) -> None:
-    rx = start(receivers, broken_context(certs))
+    rx = smtp_receiver(HOST, tls=broken_context(certs))
     r = await deliver(rx, "required", verify=False)
     assert (r.code, r.enhanced) == (451, "4.7.5"), r
     assert "TLS" in r.text
@@ -110,20 +95,20 @@ async def test_required_tls_handshake_failure_defers_unsent(
 
 
 async def test_verify_checks_the_mx_host_name_not_its_address(
-    receivers: list[SMTPReceiver], certs: Certs, monkeypatch: pytest.MonkeyPatch
+    smtp_receiver: Callable[..., SMTPReceiver], certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
-    rx = start(receivers, server_context(certs))
+    rx = smtp_receiver(HOST, tls=server_context(certs))
     r = await deliver(rx, "required", verify=True)
     assert r.code == 250, r
     assert [m.tls for m in rx.messages()] == [True]
 
 
 async def test_verify_refuses_a_certificate_for_another_name(
-    receivers: list[SMTPReceiver], certs: Certs, monkeypatch: pytest.MonkeyPatch
+    smtp_receiver: Callable[..., SMTPReceiver], certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
-    rx = start(receivers, server_context(certs))
+    rx = smtp_receiver(HOST, tls=server_context(certs))
     r = await deliver(rx, "required", verify=True, name="mx.other.test")
     assert (r.code, r.enhanced) == (451, "4.7.5"), r
     assert "mx.other.test" in r.text and "certificate" in r.text.lower()
@@ -131,12 +116,12 @@ async def test_verify_refuses_a_certificate_for_another_name(
 
 
 async def test_pooled_connection_is_not_reused_for_another_mx_name(
-    receivers: list[SMTPReceiver], certs: Certs, monkeypatch: pytest.MonkeyPatch
+    smtp_receiver: Callable[..., SMTPReceiver], certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection verified for mx.alpha.test is not a verified connection for
     mx.other.test, even at the same address."""
     monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
-    rx = start(receivers, server_context(certs))
+    rx = smtp_receiver(HOST, tls=server_context(certs))
     config = make_config(
         tls={"mode": "required", "verify": True}, egress=[{"address": HOST, "helo": "relay.test"}]
     )
