@@ -11,7 +11,7 @@ from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from mailpipe import kafkakit
-from mailpipe.contracts.config import KafkaSettings
+from mailpipe.devstack import samples
 
 pytestmark = pytest.mark.relay  # needs Kafka only, like the relay's integration tests
 
@@ -49,17 +49,8 @@ def test_ensure_topics_creates_only_what_is_missing(
 
 
 def test_ensure_pool_topics_creates_a_pools_set(kafka_bootstrap: str, topic_prefix: str) -> None:
-    settings = KafkaSettings.model_validate(
-        {
-            "bootstrap_servers": kafka_bootstrap,
-            "group_id": f"{topic_prefix}-g",
-            "outbound_topic": f"{topic_prefix}.outbound",
-            "events_topic": f"{topic_prefix}.events",
-            "dlq_topic": f"{topic_prefix}.dlq",
-            "suppressions_topic": f"{topic_prefix}.suppressions",
-            "control_topic": f"{topic_prefix}.campaigns",
-            "delay_topics": {"1m": f"{topic_prefix}.delay.1m"},
-        }
+    settings = samples.pool_topics(kafka_bootstrap, topic_prefix, ["1m"]).model_copy(
+        update={"control_topic": f"{topic_prefix}.campaigns"}
     )
     created = kafkakit.ensure_pool_topics(settings, partitions=2)
     assert sorted(created) == sorted(

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from kafka import KafkaProducer
 
-from mailpipe.contracts.config import KafkaSettings
+from mailpipe.devstack import samples
 from mailpipe.kafkakit import ensure_pool_topics, read_records
 from mailpipe.relay.kafka import KafkaSink
 
@@ -19,16 +19,7 @@ pytestmark = pytest.mark.relay
 async def test_sink_acks_and_partitions_like_kafka_python(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
-    settings = KafkaSettings.model_validate(
-        {
-            "bootstrap_servers": kafka_bootstrap,
-            "group_id": f"{topic_prefix}-g",
-            "outbound_topic": f"{topic_prefix}.outbound",
-            "events_topic": f"{topic_prefix}.events",
-            "dlq_topic": f"{topic_prefix}.dlq",
-            "suppressions_topic": f"{topic_prefix}.suppressions",
-        }
-    )
+    settings = samples.pool_topics(kafka_bootstrap, topic_prefix, ())
     ensure_pool_topics(settings, partitions=6)
     topic = settings.events_topic
     keys = [f"ns/campaign-{i}".encode() for i in range(40)] + [b"dom0.test", b"x"]

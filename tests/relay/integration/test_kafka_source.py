@@ -14,7 +14,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTP
 
-from mailpipe.contracts.config import KafkaSettings
+from mailpipe.devstack import samples
 from mailpipe.kafkakit import ensure_pool_topics
 from mailpipe.relay.kafka import KafkaSource
 from mailpipe.relay.ports import Revoked, SourceRecord, TopicPartition
@@ -55,16 +55,8 @@ async def take(source: KafkaSource, n: int, timeout_s: float = 60) -> list[Sourc
 async def test_records_commands_and_one_commit_per_request(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
-    settings = KafkaSettings.model_validate(
-        {
-            "bootstrap_servers": kafka_bootstrap,
-            "group_id": f"{topic_prefix}-g",
-            "outbound_topic": f"{topic_prefix}.outbound",
-            "events_topic": f"{topic_prefix}.events",
-            "dlq_topic": f"{topic_prefix}.dlq",
-            "suppressions_topic": f"{topic_prefix}.suppressions",
-            "control_topic": f"{topic_prefix}.campaigns",
-        }
+    settings = samples.pool_topics(kafka_bootstrap, topic_prefix, ()).model_copy(
+        update={"control_topic": f"{topic_prefix}.campaigns"}
     )
     ensure_pool_topics(settings, partitions=2)
     topic = settings.outbound_topic
