@@ -13,6 +13,7 @@ from kafka import KafkaProducer
 from mailpipe.contracts.config import EgressIP, RetrySettings
 from mailpipe.devstack import samples
 from mailpipe.devstack.harness import Child, Children
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.kafkakit import ensure_pool_topics, read_topic
 from tests.conftest import wait_for
 
@@ -102,3 +103,21 @@ def relays(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
             return children.mailpipe(name, args, env)
 
         yield start
+
+
+MX_HOST = "127.0.0.10"  # the loopback address standing in for a recipient's MX
+
+
+@pytest.fixture
+def routed_pool(
+    pool_factory: Callable[..., Pool], smtp_receiver: Callable[..., SMTPReceiver]
+) -> Callable[..., tuple[SMTPReceiver, Pool]]:
+    """A recording receiver and a pool whose `domain` is routed to it; further
+    keyword arguments override the pool's relay config."""
+
+    def make(domain: str = "d.test", **overrides: Any) -> tuple[SMTPReceiver, Pool]:
+        rx = smtp_receiver(MX_HOST, 0)
+        pool = pool_factory(routes={domain: [{"host": rx.host, "port": rx.port}]}, **overrides)
+        return rx, pool
+
+    return make

@@ -36,12 +36,10 @@ def _value(record_id: str, recipient: str) -> bytes:
 
 
 def test_compressed_batches_are_delivered(
-    pool_factory: Callable[..., Pool],
+    routed_pool: Callable[..., tuple[SMTPReceiver, Pool]],
     relays: Callable[..., RelayProcess],
-    smtp_receiver: Callable[[str, int], SMTPReceiver],
 ) -> None:
-    rx = smtp_receiver("127.0.0.10", 0)
-    pool = pool_factory(routes={"d.test": [{"host": rx.host, "port": rx.port}]})
+    rx, pool = routed_pool()
     relay = relays(pool)
     expected: list[str] = []
     for codec in CODECS:

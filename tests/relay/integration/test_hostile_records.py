@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import pytest
 
+from mailpipe.contracts.wire import encode
+from mailpipe.devstack import samples
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.kafkakit import read_records
 
@@ -30,26 +32,16 @@ DLQ_VALUE_LIMIT = 1_000_000  # Kafka's default max.message.bytes: a copy must fi
 
 
 def _record(address: str, **extra: object) -> bytes:
-    value = {
-        "v": 1,
-        "id": extra.pop("id", f"id-{address}"),
-        "campaign": "test/camp",
-        "sender": "news@sender.test",
-        "recipients": [{"address": address}],
-        "content": {"subject": "hello", "text": "body"},
-        "created_at": time.time(),
-        **extra,
-    }
-    return json.dumps(value).encode()
+    return encode(
+        samples.delivery_record(address, id=f"id-{address}", campaign="test/camp", **extra)
+    )
 
 
 def test_poison_records_go_to_the_dlq_and_the_pool_keeps_delivering(
-    pool_factory: Callable[..., Pool],
+    routed_pool: Callable[..., tuple[SMTPReceiver, Pool]],
     relays: Callable[..., RelayProcess],
-    smtp_receiver: Callable[[str, int], SMTPReceiver],
 ) -> None:
-    rx = smtp_receiver("127.0.0.10", 0)
-    pool = pool_factory(routes={"d.test": [{"host": rx.host, "port": rx.port}]})
+    rx, pool = routed_pool()
     relay = relays(pool)
     outbound = pool.config.kafka.outbound_topic
     trace = [("traceparent", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01")]
@@ -72,12 +64,10 @@ def test_poison_records_go_to_the_dlq_and_the_pool_keeps_delivering(
 
 
 def test_a_bad_suppression_value_does_not_unsuppress_the_ones_behind_it(
-    pool_factory: Callable[..., Pool],
+    routed_pool: Callable[..., tuple[SMTPReceiver, Pool]],
     relays: Callable[..., RelayProcess],
-    smtp_receiver: Callable[[str, int], SMTPReceiver],
 ) -> None:
-    rx = smtp_receiver("127.0.0.10", 0)
-    pool = pool_factory(routes={"d.test": [{"host": rx.host, "port": rx.port}]})
+    rx, pool = routed_pool()
     topic = pool.config.kafka.suppressions_topic
 
     def suppression(address: str) -> bytes:
@@ -104,16 +94,14 @@ def test_a_bad_suppression_value_does_not_unsuppress_the_ones_behind_it(
 
 @pytest.mark.parametrize("first_due_in", [7 * 86400, 40], ids=["next-week", "in-40s"])
 def test_a_record_due_later_does_not_hold_back_one_due_sooner(
-    pool_factory: Callable[..., Pool],
+    routed_pool: Callable[..., tuple[SMTPReceiver, Pool]],
     relays: Callable[..., RelayProcess],
-    smtp_receiver: Callable[[str, int], SMTPReceiver],
     first_due_in: float,
 ) -> None:
     """Finding 4: a not-yet-due record at the head of a delay topic partition paused
     that partition until it was due, so a record due in 3 s behind one due next week
     (or in 40 s) waited a week (or 38 s)."""
-    rx = smtp_receiver("127.0.0.10", 0)
-    pool = pool_factory(routes={"d.test": [{"host": rx.host, "port": rx.port}]})
+    rx, pool = routed_pool()
     relay = relays(pool)
     pool.send("ready@d.test")
     pool.flush()
@@ -138,13 +126,11 @@ def test_a_record_due_later_does_not_hold_back_one_due_sooner(
     "not_before", ["NaN", "Infinity", "-Infinity", "1e308"], ids=["nan", "inf", "-inf", "1e308"]
 )
 def test_absurd_times_are_refused_at_the_wire(
-    pool_factory: Callable[..., Pool],
+    routed_pool: Callable[..., tuple[SMTPReceiver, Pool]],
     relays: Callable[..., RelayProcess],
-    smtp_receiver: Callable[[str, int], SMTPReceiver],
     not_before: str,
 ) -> None:
-    rx = smtp_receiver("127.0.0.10", 0)
-    pool = pool_factory(routes={"d.test": [{"host": rx.host, "port": rx.port}]})
+    rx, pool = routed_pool()
     relay = relays(pool)
     value = _record("x@d.test").replace(
         b'"created_at"', b'"not_before": %s, "created_at"' % not_before.encode()

@@ -19,14 +19,12 @@ HEALTHY_WITHIN_SECONDS = 20  # a back-off would rest the IP for 60 s first
 
 
 def test_a_recipient_refused_at_rcpt_does_not_rest_the_ip(
-    pool_factory: Callable[..., Pool],
+    routed_pool: Callable[..., tuple[SMTPReceiver, Pool]],
     relays: Callable[..., RelayProcess],
-    smtp_receiver: Callable[[str, int], SMTPReceiver],
 ) -> None:
-    rx = smtp_receiver("127.0.0.10", 0)
+    rx, pool = routed_pool("beta.test")
     refused = "b003@beta.test"
     rx.answer(refused, f"550 5.7.1 <{refused}>: Recipient address rejected: Access denied")
-    pool = pool_factory(routes={"beta.test": [{"host": rx.host, "port": rx.port}]})
     relay = relays(pool)
     pool.send(refused)
     pool.flush()
