@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import yaml
 
@@ -12,22 +10,7 @@ from mailpipe.contracts.config import ConfigError, RelayConfig, dump_config, par
 from mailpipe.contracts.errors import PermanentError
 from mailpipe.operator import models
 
-
-def _doc(**extra: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "pool": "mail/news",
-        "kafka": {
-            "bootstrap_servers": "k:9092",
-            "group_id": "g",
-            "outbound_topic": "p.outbound",
-            "events_topic": "p.events",
-            "dlq_topic": "p.dlq",
-            "delay_topics": {"1m": "p.delay.1m"},
-        },
-        "egress": [{"address": "127.0.0.2", "helo": "e.test"}],
-    }
-    doc.update(extra)
-    return doc
+from .docs import relay_config_doc as _doc
 
 
 def test_a_valid_config_round_trips() -> None:

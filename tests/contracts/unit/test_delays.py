@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -13,6 +12,8 @@ from pydantic import ValidationError
 from mailpipe.contracts.config import ConfigError, parse_config
 from mailpipe.contracts.delays import DELAY_STEP_PATTERN, DelayStep
 from mailpipe.operator.models import SendingPoolSpec
+
+from .docs import relay_config_doc
 
 CRDS = Path(__file__).resolve().parents[3] / "crds"
 
@@ -33,19 +34,8 @@ def test_bad_steps_are_refused(text: str) -> None:
 
 
 def _relay_config(delay_topics: dict[str, str]) -> str:
-    doc: dict[str, Any] = {
-        "pool": "mail/news",
-        "kafka": {
-            "bootstrap_servers": "k:9092",
-            "group_id": "g",
-            "outbound_topic": "p.outbound",
-            "events_topic": "p.events",
-            "dlq_topic": "p.dlq",
-            "delay_topics": delay_topics,
-        },
-        "egress": [{"address": "127.0.0.2", "helo": "e.test"}],
-    }
-    return yaml.safe_dump(doc)
+    kafka = {**relay_config_doc()["kafka"], "delay_topics": delay_topics}
+    return yaml.safe_dump(relay_config_doc(kafka=kafka))
 
 
 @pytest.mark.parametrize("text", BAD, ids=repr)
