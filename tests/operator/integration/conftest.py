@@ -85,3 +85,17 @@ def ready_pool(env: dict[str, str], namespace: str, bootstrap: str, prefix: str,
     manifest = pool_manifest("news", namespace, bootstrap, prefix)
     assert kubectl(env, "apply", "-f", "-", stdin=manifest).returncode == 0
     wait_pool_ready(env, namespace, op)
+
+
+@pytest.fixture
+def ready_operator(
+    operator_factory: Callable[..., Child],
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> Child:
+    """A running operator with the test pool "news" applied and Ready."""
+    op = operator_factory()
+    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    return op

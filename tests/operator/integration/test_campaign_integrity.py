@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from kafka import KafkaProducer
 from mailpipe.contracts.wire import Disposition, Event, encode
 from mailpipe.kafkakit import read_topic
 
-from .conftest import OperatorProcess, get, kubectl, ready_pool, wait_for
+from .conftest import OperatorProcess, get, kubectl, wait_for
 
 pytestmark = pytest.mark.operator
 
@@ -62,14 +61,13 @@ def _uid(env: dict[str, str], name: str, namespace: str) -> str:
 
 
 def test_duplicate_recipients_get_one_message_and_the_campaign_completes(
-    operator_factory: Callable[..., OperatorProcess],
+    ready_operator: OperatorProcess,
     cli_env: dict[str, str],
     namespace: str,
     kafka_bootstrap: str,
     topic_prefix: str,
 ) -> None:
-    op = operator_factory()
-    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    op = ready_operator
     audience = {"inline": [{"address": a} for a in ("dup@x.test", "dup@x.test", "DUP@x.test")]}
     assert _apply(cli_env, _campaign("dups", namespace, audience=audience)).returncode == 0
     wait_for(
@@ -110,14 +108,13 @@ def test_duplicate_recipients_get_one_message_and_the_campaign_completes(
 
 
 def test_a_bad_row_never_causes_a_partial_send(
-    operator_factory: Callable[..., OperatorProcess],
+    ready_operator: OperatorProcess,
     cli_env: dict[str, str],
     namespace: str,
     kafka_bootstrap: str,
     topic_prefix: str,
 ) -> None:
-    op = operator_factory()
-    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    op = ready_operator
     rows = "".join(f"u{i}@d{i % 13}.test,{'' if i == 2201 else f'U{i}'}\n" for i in range(1, 2501))
     cm = {
         "apiVersion": "v1",
@@ -156,14 +153,13 @@ BAD_TEMPLATES = {
 
 
 def test_bad_templates_fail_within_seconds_and_never_hold_up_another_campaign(
-    operator_factory: Callable[..., OperatorProcess],
+    ready_operator: OperatorProcess,
     cli_env: dict[str, str],
     namespace: str,
     kafka_bootstrap: str,
     topic_prefix: str,
 ) -> None:
-    op = operator_factory()
-    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    op = ready_operator
     for name, template in BAD_TEMPLATES.items():
         assert _apply(cli_env, _campaign(name, namespace, text=template)).returncode == 0
     time.sleep(2)  # the bad ones take the fan-out threads first
@@ -212,14 +208,13 @@ def test_overnight_windows_and_every_iana_zone_are_accepted(
 
 
 def test_a_fixed_failed_campaign_resumes_without_sending_anyone_twice(
-    operator_factory: Callable[..., OperatorProcess],
+    ready_operator: OperatorProcess,
     cli_env: dict[str, str],
     namespace: str,
     kafka_bootstrap: str,
     topic_prefix: str,
 ) -> None:
-    op = operator_factory()
-    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    op = ready_operator
     audience = {
         "inline": [
             {"address": "a@x.test", "merge": {"first": "A"}},

@@ -261,14 +261,13 @@ def test_fanout_of_10k_is_exactly_once_across_an_operator_kill(
 
 
 def test_events_drive_counts_and_completion(
-    operator_factory: Callable[..., OperatorProcess],
+    ready_operator: OperatorProcess,
     cli_env: dict[str, str],
     namespace: str,
     kafka_bootstrap: str,
     topic_prefix: str,
 ) -> None:
-    op = operator_factory()
-    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    op = ready_operator
     camp = _with(
         GOOD_CAMPAIGN, "audience", {"inline": [{"address": f"r{i}@x.test"} for i in range(3)]}
     )
@@ -333,14 +332,13 @@ def _controls(bootstrap: str, key: str) -> list[str]:
 
 
 def test_suspend_and_delete_reach_the_relays_control_topic(
-    operator_factory: Callable[..., OperatorProcess],
+    ready_operator: OperatorProcess,
     cli_env: dict[str, str],
     namespace: str,
     kafka_bootstrap: str,
     topic_prefix: str,
 ) -> None:
-    op = operator_factory()
-    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    op = ready_operator
     body = {
         "apiVersion": "mailpipe.io/v1alpha1",
         "kind": "Campaign",
