@@ -40,6 +40,15 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* The names of imagePullSecrets, comma-separated, for the operator to hand to relays. */}}
+{{- define "mailpipe.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range .Values.imagePullSecrets -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
+
 {{/* The operator's permissions: least privilege for what its handlers do. */}}
 {{- define "mailpipe.operatorRules" -}}
 - apiGroups: ["mailpipe.io"]

@@ -156,6 +156,16 @@ def build_deployment(ref: PoolRef, spec: SendingPoolSpec, config_text: str) -> d
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    pod: dict[str, Any] = {
+        # SMTP egress binds the pool's IPs, which live on the node.
+        "hostNetwork": True,
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "terminationGracePeriodSeconds": 60,  # lets in-flight transactions finish
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.image_pull_secrets:  # the pool's, or the chart's imagePullSecrets (`defaults`)
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -170,14 +180,7 @@ def build_deployment(ref: PoolRef, spec: SendingPoolSpec, config_text: str) -> d
             },
             "template": {
                 "metadata": {"labels": ref.labels(), "annotations": {HASH_ANNOTATION: digest}},
-                "spec": {
-                    # SMTP egress binds the pool's IPs, which live on the node.
-                    "hostNetwork": True,
-                    "dnsPolicy": "ClusterFirstWithHostNet",
-                    "terminationGracePeriodSeconds": 60,  # lets in-flight transactions finish
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": pod,
             },
         },
     }
