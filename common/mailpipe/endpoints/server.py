@@ -9,8 +9,8 @@ given, holds at most `max_connections`, and gives each client
 `REQUEST_HEAD_TIMEOUT_SECONDS` to send a request head of at most
 `MAX_REQUEST_HEAD_BYTES`. When full, a new connection evicts the oldest one
 that has not yet sent its request (so idle clients cannot lock a scraper
-out), or is closed at once if every slot is busy answering. Responses are `Connection: close`: a scraper opens a
-connection per scrape anyway.
+out), or is closed at once if every slot is busy answering. Responses are
+`Connection: close`: a scraper opens a connection per scrape anyway.
 
 It speaks only the part of HTTP/1.x a scraper and the kubelet's probes use
 (GET/HEAD of a fixed path); the registry is rendered on the loop thread, so
