@@ -65,8 +65,8 @@ def test_the_section_holds_the_quick_start() -> None:
     """The e2e test below runs what this finds: an empty or renamed section would pass it."""
     lines = section_lines(README.read_text())
     assert [line.split()[:2] for line in lines][:5] == [
-        ["helm", "install"],
         ["kubectl", "create"],
+        ["helm", "install"],
         ["kubectl", "apply"],
         ["kubectl", "wait"],
         ["kubectl", "apply"],
