@@ -14,8 +14,9 @@ Two sources, so that no handler module carries metric code:
   status; collectors expose them at scrape time, per namespace, so a deleted
   object's series disappear with it.
 
-`serve` exposes the registry on `/metrics` (prometheus_client's HTTP server in
-a thread of its own; a scrape never waits on the event loop).
+`serve` exposes the registry on `/metrics` through the project's bounded
+scrape endpoint (`mailpipe.endpoints`: fixed paths, capped connections, no
+thread per client), started on kopf's event loop once the operator starts.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from mailpipe.endpoints import ScrapeEndpoint
 
 from .models import GROUP, VERSION
 from .progress import FanoutCheckpoint
@@ -45,6 +48,9 @@ _OUTCOME = re.compile(
     re.DOTALL,
 )
 SUCCEEDED, RETRY, FAILED = "succeeded", "retry", "failed"
+# The operator's pod has a network namespace of its own (no hostNetwork, unlike
+# the relays): every address of it is the pod's.
+METRICS_HOST = "0.0.0.0"
 # Phase of a campaign the operator has not reported on yet (status.phase unset).
 UNREPORTED_PHASE = "Unknown"
 
@@ -183,21 +189,27 @@ class HandlerOutcomes(logging.Handler):
 METRICS = OperatorMetrics()  # the process's metrics: kopf's handlers below are module-level too
 
 
+# async, so they run on the loop: a sync handler would wait for one of kopf's
+# executor threads, which long fan-outs may hold, and delay its object's events.
 @kopf.on.event(GROUP, VERSION, "campaigns")
-def campaign_seen(type: str | None, body: Any, **_: Any) -> None:  # `type`: kopf's kwarg name
+async def campaign_seen(type: str | None, body: Any, **_: Any) -> None:  # `type`: kopf's kwarg name
     meta = body.get("metadata", {})
     state = None if type == "DELETED" else CampaignState.from_body(body)
     METRICS.state.put_campaign(meta.get("namespace", ""), meta.get("name", ""), state)
 
 
 @kopf.on.event(GROUP, VERSION, "sendingpools")
-def pool_seen(type: str | None, body: Any, **_: Any) -> None:  # `type`: kopf's kwarg name
+async def pool_seen(type: str | None, body: Any, **_: Any) -> None:  # `type`: kopf's kwarg name
     meta = body.get("metadata", {})
     ready = None if type == "DELETED" else pool_ready(body)
     METRICS.state.put_pool(meta.get("namespace", ""), meta.get("name", ""), ready)
 
 
-def serve(port: int) -> None:
-    """Count kopf's handler outcomes and serve /metrics on `port` (all interfaces)."""
+def serve(port: int, host: str = METRICS_HOST) -> None:
+    """Count kopf's handler outcomes, and serve /metrics on `port` once kopf's loop runs."""
     logging.getLogger("kopf.objects").addHandler(HandlerOutcomes(METRICS))
-    start_http_server(port, registry=METRICS.registry)
+
+    async def metrics_endpoint(**_: Any) -> None:
+        await ScrapeEndpoint(METRICS.registry, host, port).start()
+
+    kopf.on.startup(id="metrics_endpoint")(metrics_endpoint)
