@@ -1,0 +1,496 @@
+"""The soak: a long mixed load through two real relays, every record accounted for.
+
+Issue 10 (Deliver 9) asks whether the relay keeps its promises over a long
+run, not just in the short scenarios of the integration tests: `records`
+delivery records across `domains` recipient domains (the first five
+rate-limited below what they would otherwise get), with bounces, greylisting,
+suppressed addresses and poison records mixed in (the plan:
+`bench/soak_model.py`), consumed by `relays` real `mailpipe relay` processes
+from real Kafka, MX hosts from dnsmasq, recording receivers on loopback
+addresses. At the end every record must have exactly one final disposition
+(ARCHITECTURE.md, invariant 9), the group's lag be 0 on every topic the relays
+consume, and each relay's RSS (sampled every second) stay under a ceiling
+without growing through the second half.
+
+`run_soak()` is used by `tests/soak/test_soak.py` (short) and by
+`python -m bench.soak` (`make bench-soak`: 200,000 records, writes
+bench/results/soak.json with the RSS curves and the final lag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from mailpipe.contracts.config import EgressIP, RelayConfig, RetrySettings, Throttle
+from mailpipe.contracts.wire import Suppression, SuppressionReason, encode
+from mailpipe.devstack import harness, samples
+from mailpipe.devstack.dns import Zone
+from mailpipe.devstack.procs import free_port
+from mailpipe.devstack.stack import Stack
+from mailpipe.kafkakit import ensure_pool_topics
+
+from .common import rss_mb, write_result
+from .soak_model import (
+    BAD_DOMAINS,
+    BOUNCE_REPLY,
+    DLQ_POISON,
+    FAR_FUTURE_NOT_BEFORE,
+    GREYLIST_REPLY,
+    Plan,
+    SoakReport,
+    Tally,
+    duplicate_receipts,
+    max_per_window,
+    observed_rate_per_minute,
+    rss_verdict,
+)
+
+FULL_RECORDS = 200_000
+FULL_DOMAINS = 50
+LIMITED_DOMAINS = 5
+# 4,000 records a domain at 600/min take 400 s: longer than the other 45 domains
+# need on this machine, so the limit binds for most of the run.
+FULL_LIMIT_PER_MINUTE = 600.0
+RECEIVER_HOSTS = [f"127.0.0.{n}" for n in range(40, 45)]  # 10 domains each
+PARTITIONS = 8  # two relays, four partitions each
+DELAY_STEPS = ("5s", "1m")
+RETRY = RetrySettings(schedule_seconds=[5], max_age_seconds=86_400)  # greylisted: 5 s later
+EGRESS = EgressIP(address="127.0.0.2", helo="soak.sender.test")
+BODY_BYTES = 512  # a short newsletter; the soak is about records, not MIME size
+RSS_SAMPLE_SECONDS = 1.0
+STALL_SECONDS = 180.0  # no new disposition for this long: stalled (the 1m step plus slack)
+GROUP_JOIN_SECONDS = 120.0
+LAG_SETTLE_SECONDS = 60.0  # relays commit on an interval; lag reaches 0 within it
+EVENT_POLL_MS = 1000
+PRODUCER_LINGER_MS = 20
+OK = "250 2.0.0 OK"
+
+
+class CountingHandler:
+    """aiosmtpd handler that counts accepted recipients and keeps no message
+    (200,000 messages would weigh more than the relays being measured).
+    `bounce*` local parts are refused 550, `grey*` greylisted once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.received: Counter[str] = Counter()
+        self.times: dict[str, list[float]] = {}  # domain -> when each message arrived
+        self._greylisted: set[str] = set()
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        responses.insert(len(responses) - 1, "250-PIPELINING")  # as real MX hosts do
+        return responses
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        local = address.partition("@")[0]
+        if local.startswith("bounce"):
+            return BOUNCE_REPLY
+        if local.startswith("grey"):
+            with self.lock:
+                first = address not in self._greylisted
+                self._greylisted.add(address)
+            if first:
+                return GREYLIST_REPLY
+        envelope.rcpt_tos.append(address)
+        return OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        now = time.time()
+        with self.lock:
+            self.received.update(a.lower() for a in envelope.rcpt_tos)
+            for a in envelope.rcpt_tos:
+                self.times.setdefault(a.rpartition("@")[2].lower(), []).append(now)
+        return OK
+
+
+@contextmanager
+def receivers(hosts: list[str]) -> Iterator[tuple[int, list[CountingHandler]]]:
+    """One counting receiver per host, all on one port (the pool's smtp_port)."""
+    port = _common_free_port(hosts)
+    handlers = [CountingHandler() for _ in hosts]
+    controllers = [
+        Controller(h, hostname=host, port=port, ready_timeout=10.0, ident="mailpipe-soak")
+        for h, host in zip(handlers, hosts, strict=True)
+    ]
+    started: list[Controller] = []
+    try:
+        for c in controllers:
+            c.start()
+            started.append(c)
+        yield port, handlers
+    finally:
+        for c in started:
+            c.stop()
+
+
+def _common_free_port(hosts: list[str]) -> int:
+    while True:
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as s:
+                    s.bind((host, port))
+            return port
+        except OSError:
+            continue
+
+
+class RSSSampler:
+    """Each relay's RSS every second, as (seconds since start, MiB)."""
+
+    def __init__(self, children: list[harness.Child]) -> None:
+        self.curves: dict[str, list[tuple[float, float]]] = {c.name: [] for c in children}
+        self._children = children
+        self._start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_SECONDS):
+            t = round(time.monotonic() - self._start, 1)
+            for c in self._children:
+                self.curves[c.name].append((t, round(rss_mb(c.pid), 1)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _zones(plan: Plan) -> list[Zone]:
+    zones = []
+    for i, domain in enumerate(plan.domain_names):
+        mx = f"mx.{domain}"
+        zones.append(Zone(domain, mx=((mx, 10),), a={mx: RECEIVER_HOSTS[i % len(RECEIVER_HOSTS)]}))
+    return zones
+
+
+def _config(bootstrap: str, dns_port: int, smtp_port: int, plan: Plan, limit: float) -> RelayConfig:
+    prefix = f"soak{int(time.time())}"
+    return samples.relay_config(
+        "bench/soak",
+        samples.pool_topics(bootstrap, prefix, DELAY_STEPS),
+        [EGRESS],
+        retry=RETRY,
+        smtp_port=smtp_port,
+        dns_nameserver=f"127.0.0.1:{dns_port}",
+        throttles={d: Throttle(messages_per_minute=limit) for d in plan.limited_domains},
+    )
+
+
+def _group_members(bootstrap: str, group: str) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        described = admin.describe_groups([group])[group]
+    except KafkaError:  # the coordinator is still being elected
+        return 0
+    finally:
+        admin.close()
+    return len(described.get("members", [])) if described.get("group_state") == "Stable" else 0
+
+
+def _produce(config: RelayConfig, plan: Plan) -> None:
+    """Suppressions first (the relays follow them), then records and poison, keyed by domain."""
+    producer = KafkaProducer(
+        bootstrap_servers=config.kafka.bootstrap_servers, acks="all", linger_ms=PRODUCER_LINGER_MS
+    )
+    try:
+        for address in plan.suppressed():
+            value = Suppression(
+                address=address, reason=SuppressionReason.UNSUBSCRIBE, time=time.time()
+            )
+            producer.send(
+                config.kafka.suppressions_topic, key=address.encode(), value=encode(value)
+            )
+        producer.flush()
+        outbound = config.kafka.outbound_topic
+        poison = plan.poison_positions()
+        body = "x" * BODY_BYTES
+        for i in range(plan.records):
+            for n, kind in enumerate(poison.get(i, ())):
+                _send_poison(producer, outbound, plan, kind, f"poison-{i}-{n}-{kind}", body)
+            record = samples.delivery_record(
+                plan.recipient(i), id=plan.record_id(i), campaign="bench/soak", text=body
+            )
+            samples.send_record(producer, outbound, record)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def _send_poison(
+    producer: KafkaProducer, topic: str, plan: Plan, kind: str, id: str, body: str
+) -> None:
+    key = plan.domain_names[0].encode()  # beside regular records of a (limited) domain
+    if kind in DLQ_POISON:
+        producer.send(topic, key=key, value=DLQ_POISON[kind])
+    elif kind == "far_future":
+        value = encode(samples.delivery_record(f"{id}@{plan.domain_names[1]}", id=id, text=body))
+        value = value.replace(
+            b'"created_at"', b'"not_before":%r,"created_at"' % FAR_FUTURE_NOT_BEFORE
+        )
+        producer.send(topic, key=key, value=value)
+    else:  # bad_domain_<n>: the DNS library cannot ask about it
+        domain = BAD_DOMAINS[int(kind.rsplit("_", 1)[1])]
+        # a local part of its own: a second copy to the same address would be
+        # suppressed (the first one's hard bounce), not bounced
+        record = samples.delivery_record(f"{id}@{domain}", id=id, text=body)
+        samples.send_record(producer, topic, record)
+
+
+class Outcome:
+    """Follows the events and DLQ topics from the beginning (no consumer group)."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.tally = Tally()
+        self.delivered_to: Counter[str] = Counter()
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=config.kafka.bootstrap_servers, enable_auto_commit=False
+        )
+        self.dlq_topic = config.kafka.dlq_topic
+        tps = [
+            TopicPartition(t, p)
+            for t in (config.kafka.events_topic, self.dlq_topic)
+            for p in self.consumer.partitions_for_topic(t) or ()
+        ]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+
+    def poll(self) -> None:
+        for tp, batch in self.consumer.poll(timeout_ms=EVENT_POLL_MS).items():
+            for r in batch:
+                value: dict[str, Any] = json.loads(r.value or b"{}")
+                if tp.topic == self.dlq_topic:
+                    self.tally.add_dlq(value)
+                    continue
+                self.tally.add_event(value)
+                if value.get("disposition") == "delivered":
+                    self.delivered_to[str(value.get("recipient")).lower()] += 1
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _lag(config: RelayConfig) -> tuple[dict[str, int], list[str]]:
+    """Per partition of every topic the group consumes: end - committed; and the
+    partitions that hold records but have no committed offset at all."""
+    k = config.kafka
+    group = KafkaConsumer(
+        bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False
+    )
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in [k.outbound_topic, *k.delay_topics.values()]
+            for p in group.partitions_for_topic(t) or ()
+        ]
+        ends = group.end_offsets(tps)
+        lag, uncommitted = {}, []
+        for tp in tps:
+            committed = group.committed(tp)
+            if committed is None and ends[tp] > 0:
+                uncommitted.append(f"{tp.topic}/{tp.partition}")
+            lag[f"{tp.topic}/{tp.partition}"] = ends[tp] - (committed or 0)
+        return lag, uncommitted
+    finally:
+        group.close(autocommit=False)
+
+
+def run_soak(
+    stack: Stack,
+    workdir: Path,
+    records: int = FULL_RECORDS,
+    domains: int = FULL_DOMAINS,
+    relays: int = 2,
+    limit_per_minute: float = FULL_LIMIT_PER_MINUTE,
+    timeout_seconds: float = 3600.0,
+) -> SoakReport:
+    """Run one soak on a running stack; returns the report (check `problems()`)."""
+    state = stack.state
+    assert state is not None, "the stack is not running"
+    plan = Plan(records=records, domains=domains, limited=LIMITED_DOMAINS)
+    report = SoakReport(
+        records=records,
+        produced=plan.produced,
+        domains=domains,
+        limited_domains=plan.limited_domains,
+        limit_per_minute=limit_per_minute,
+        relays=relays,
+        expected=dict(plan.expected()),
+    )
+    stack.set_dns(_zones(plan))
+    try:
+        with receivers(RECEIVER_HOSTS) as (port, handlers), harness.Children(workdir) as children:
+            config = _config(state.kafka_bootstrap, state.dns_port, port, plan, limit_per_minute)
+            path = samples.write_config(config, workdir / "relay.yaml")
+            ensure_pool_topics(config.kafka, partitions=PARTITIONS)
+            started = [
+                children.mailpipe(
+                    f"relay-{n}", ["relay", "--config", str(path), "--relay-id", f"relay-{n}"]
+                )
+                for n in range(relays)
+            ]
+            sampler = RSSSampler(started)
+            harness.wait_for(
+                lambda: _group_members(state.kafka_bootstrap, config.kafka.group_id) == relays,
+                GROUP_JOIN_SECONDS,
+                f"{relays} relays in the group",
+                watch=started,
+            )
+            outcome = Outcome(config)
+            t0 = time.monotonic()
+            _produce(config, plan)
+            report.stalled = _follow(outcome, plan, started, t0, timeout_seconds)
+            report.seconds = round(time.monotonic() - t0, 1)
+            sampler.stop()
+            lag, uncommitted = _settled_lag(config, outcome, started)
+            for child in started:
+                child.request_stop()
+            for child in started:
+                child.stop()
+                report.relay_exits[child.name] = child.returncode
+            outcome.poll()  # anything written while stopping (a duplicate would show here)
+            outcome.close()
+            received = sum((h.received for h in handlers), Counter())
+            arrivals = {d: t for h in handlers for d, t in h.times.items()}
+        _fill(report, plan, outcome, received, arrivals, lag, uncommitted, sampler)
+    finally:
+        stack.set_dns([])
+    return report
+
+
+def _follow(
+    outcome: Outcome, plan: Plan, relays: list[harness.Child], t0: float, timeout_seconds: float
+) -> str | None:
+    """Poll the outcome until every record is accounted; why not, if it stopped early."""
+    accounted, progress_at = -1, time.monotonic()
+    while outcome.tally.accounted < plan.produced:
+        outcome.poll()
+        now = time.monotonic()
+        for r in relays:
+            if not r.alive():
+                return f"{r.describe()} exited ({r.exit_code()}):\n{r.log_tail()}"
+        if outcome.tally.accounted != accounted:
+            accounted, progress_at = outcome.tally.accounted, now
+        elif now - progress_at > STALL_SECONDS:
+            return f"no new disposition for {STALL_SECONDS:.0f} s at {accounted}/{plan.produced}"
+        if now - t0 > timeout_seconds:
+            return f"not done after {timeout_seconds:.0f} s: {accounted}/{plan.produced}"
+    return None
+
+
+def _settled_lag(
+    config: RelayConfig, outcome: Outcome, relays: list[harness.Child]
+) -> tuple[dict[str, int], list[str]]:
+    """Lag while the relays still run (they commit on an interval), once it is 0 or after
+    LAG_SETTLE_SECONDS; the outcome keeps being followed meanwhile."""
+    deadline = time.monotonic() + LAG_SETTLE_SECONDS
+    while True:
+        lag, uncommitted = _lag(config)
+        if (not any(lag.values()) and not uncommitted) or time.monotonic() > deadline:
+            return lag, uncommitted
+        outcome.poll()
+
+
+def _fill(
+    report: SoakReport,
+    plan: Plan,
+    outcome: Outcome,
+    received: Counter[str],
+    arrivals: dict[str, list[float]],
+    lag: dict[str, int],
+    uncommitted: list[str],
+    sampler: RSSSampler,
+) -> None:
+    tally = outcome.tally
+    report.msgs_per_s = round(plan.produced / report.seconds, 1) if report.seconds else 0.0
+    unlimited = [
+        t for d, times in tally.event_times.items() if d not in plan.limited_domains for t in times
+    ]
+    if len(unlimited) > 1:  # the rate the limits do not set: first to last delivery
+        report.unlimited_msgs_per_s = round(
+            (len(unlimited) - 1) / (max(unlimited) - min(unlimited)), 1
+        )
+    report.dispositions = dict(tally.dispositions())
+    report.deferred_events = tally.deferred
+    report.duplicate_events = tally.duplicate_events()
+    report.duplicate_receipts = duplicate_receipts(received)
+    report.delivered_without_receipt = len(set(outcome.delivered_to) - set(received))
+    report.receipts_without_event = len(set(received) - set(outcome.delivered_to))
+    report.dlq_reasons = tally.dlq_reasons
+    report.limited_max_per_minute = {
+        d: max_per_window(arrivals.get(d, [])) for d in plan.limited_domains
+    }
+    report.limited_rates_per_minute = {
+        d: _rounded(observed_rate_per_minute(arrivals.get(d, []))) for d in plan.limited_domains
+    }
+    report.final_lag = lag
+    report.uncommitted = uncommitted
+    for name, curve in sampler.curves.items():
+        verdict = rss_verdict(curve)
+        report.rss[name] = {**vars(verdict), "curve": curve}
+
+
+def _rounded(rate: float | None) -> float | None:
+    return None if rate is None else round(rate, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # SIGTERM unwinds like Ctrl-C, so the stack and the relays started here are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=FULL_RECORDS)
+    parser.add_argument("--domains", type=int, default=FULL_DOMAINS)
+    parser.add_argument("--relays", type=int, default=2)
+    parser.add_argument("--limit-per-minute", type=float, default=FULL_LIMIT_PER_MINUTE)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="mailpipe-soak-"))
+    print(
+        f"bench soak: {args.records} records, {args.domains} domains, "
+        f"{args.relays} relays, in {workdir}"
+    )
+    stack = Stack(workdir / "stack")
+    stack.up()
+    try:
+        report = run_soak(
+            stack, workdir, args.records, args.domains, args.relays, args.limit_per_minute
+        )
+    finally:
+        stack.down()
+    problems = report.problems()
+    write_result("soak", {**report.as_dict(), "problems": problems})
+    for p in problems:
+        print(f"PROBLEM: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
