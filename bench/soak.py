@@ -20,48 +20,35 @@ bench/results/soak.json with the RSS curves and the final lag).
 from __future__ import annotations
 
 import argparse
-import json
 import signal
-import socket
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient
-from kafka.errors import KafkaError
+from kafka import KafkaProducer
 
 from mailpipe.contracts.config import EgressIP, RelayConfig, RetrySettings, Throttle
 from mailpipe.contracts.wire import Suppression, SuppressionReason, encode
 from mailpipe.devstack import harness, samples
 from mailpipe.devstack.dns import Zone
-from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.stack import Stack
 from mailpipe.kafkakit import ensure_pool_topics
 
-from .common import rss_mb, write_result
+from .common import write_result
 from .soak_model import (
     BAD_DOMAINS,
-    BOUNCE_REPLY,
     DLQ_POISON,
     FAR_FUTURE_NOT_BEFORE,
-    GREYLIST_REPLY,
     Plan,
-    SoakReport,
-    Tally,
     duplicate_receipts,
     max_per_window,
     observed_rate_per_minute,
     rss_verdict,
 )
+from .soak_probes import Outcome, RSSSampler, group_members, read_lag, receivers
+from .soak_report import SoakReport
 
 FULL_RECORDS = 200_000
 FULL_DOMAINS = 50
@@ -75,114 +62,11 @@ DELAY_STEPS = ("5s", "1m")
 RETRY = RetrySettings(schedule_seconds=[5], max_age_seconds=86_400)  # greylisted: 5 s later
 EGRESS = EgressIP(address="127.0.0.2", helo="soak.sender.test")
 BODY_BYTES = 512  # a short newsletter; the soak is about records, not MIME size
-RSS_SAMPLE_SECONDS = 1.0
 STALL_SECONDS = 180.0  # no new disposition for this long: stalled (the 1m step plus slack)
 GROUP_JOIN_SECONDS = 120.0
 LAG_SETTLE_SECONDS = 60.0  # relays commit on an interval; lag reaches 0 within it
-EVENT_POLL_MS = 1000
 PRODUCER_LINGER_MS = 20
-OK = "250 2.0.0 OK"
-
-
-class CountingHandler:
-    """aiosmtpd handler that counts accepted recipients and keeps no message
-    (200,000 messages would weigh more than the relays being measured).
-    `bounce*` local parts are refused 550, `grey*` greylisted once."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.received: Counter[str] = Counter()
-        self.times: dict[str, list[float]] = {}  # domain -> when each message arrived
-        self._greylisted: set[str] = set()
-
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname
-        responses.insert(len(responses) - 1, "250-PIPELINING")  # as real MX hosts do
-        return responses
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        local = address.partition("@")[0]
-        if local.startswith("bounce"):
-            return BOUNCE_REPLY
-        if local.startswith("grey"):
-            with self.lock:
-                first = address not in self._greylisted
-                self._greylisted.add(address)
-            if first:
-                return GREYLIST_REPLY
-        envelope.rcpt_tos.append(address)
-        return OK
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        now = time.time()
-        with self.lock:
-            self.received.update(a.lower() for a in envelope.rcpt_tos)
-            for a in envelope.rcpt_tos:
-                self.times.setdefault(a.rpartition("@")[2].lower(), []).append(now)
-        return OK
-
-
-@contextmanager
-def receivers(hosts: list[str]) -> Iterator[tuple[int, list[CountingHandler]]]:
-    """One counting receiver per host, all on one port (the pool's smtp_port)."""
-    port = _common_free_port(hosts)
-    handlers = [CountingHandler() for _ in hosts]
-    controllers = [
-        Controller(h, hostname=host, port=port, ready_timeout=10.0, ident="mailpipe-soak")
-        for h, host in zip(handlers, hosts, strict=True)
-    ]
-    started: list[Controller] = []
-    try:
-        for c in controllers:
-            c.start()
-            started.append(c)
-        yield port, handlers
-    finally:
-        for c in started:
-            c.stop()
-
-
-def _common_free_port(hosts: list[str]) -> int:
-    while True:
-        port = free_port(hosts[0])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, port))
-            return port
-        except OSError:
-            continue
-
-
-class RSSSampler:
-    """Each relay's RSS every second, as (seconds since start, MiB)."""
-
-    def __init__(self, children: list[harness.Child]) -> None:
-        self.curves: dict[str, list[tuple[float, float]]] = {c.name: [] for c in children}
-        self._children = children
-        self._start = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(RSS_SAMPLE_SECONDS):
-            t = round(time.monotonic() - self._start, 1)
-            for c in self._children:
-                self.curves[c.name].append((t, round(rss_mb(c.pid), 1)))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+PROGRESS_SECONDS = 30.0  # a line on stdout this often: a long run shows it is moving
 
 
 def _zones(plan: Plan) -> list[Zone]:
@@ -204,17 +88,6 @@ def _config(bootstrap: str, dns_port: int, smtp_port: int, plan: Plan, limit: fl
         dns_nameserver=f"127.0.0.1:{dns_port}",
         throttles={d: Throttle(messages_per_minute=limit) for d in plan.limited_domains},
     )
-
-
-def _group_members(bootstrap: str, group: str) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        described = admin.describe_groups([group])[group]
-    except KafkaError:  # the coordinator is still being elected
-        return 0
-    finally:
-        admin.close()
-    return len(described.get("members", [])) if described.get("group_state") == "Stable" else 0
 
 
 def _produce(config: RelayConfig, plan: Plan) -> None:
@@ -266,64 +139,6 @@ def _send_poison(
         samples.send_record(producer, topic, record)
 
 
-class Outcome:
-    """Follows the events and DLQ topics from the beginning (no consumer group)."""
-
-    def __init__(self, config: RelayConfig) -> None:
-        self.tally = Tally()
-        self.delivered_to: Counter[str] = Counter()
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=config.kafka.bootstrap_servers, enable_auto_commit=False
-        )
-        self.dlq_topic = config.kafka.dlq_topic
-        tps = [
-            TopicPartition(t, p)
-            for t in (config.kafka.events_topic, self.dlq_topic)
-            for p in self.consumer.partitions_for_topic(t) or ()
-        ]
-        self.consumer.assign(tps)
-        self.consumer.seek_to_beginning(*tps)
-
-    def poll(self) -> None:
-        for tp, batch in self.consumer.poll(timeout_ms=EVENT_POLL_MS).items():
-            for r in batch:
-                value: dict[str, Any] = json.loads(r.value or b"{}")
-                if tp.topic == self.dlq_topic:
-                    self.tally.add_dlq(value)
-                    continue
-                self.tally.add_event(value)
-                if value.get("disposition") == "delivered":
-                    self.delivered_to[str(value.get("recipient")).lower()] += 1
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def _lag(config: RelayConfig) -> tuple[dict[str, int], list[str]]:
-    """Per partition of every topic the group consumes: end - committed; and the
-    partitions that hold records but have no committed offset at all."""
-    k = config.kafka
-    group = KafkaConsumer(
-        bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False
-    )
-    try:
-        tps = [
-            TopicPartition(t, p)
-            for t in [k.outbound_topic, *k.delay_topics.values()]
-            for p in group.partitions_for_topic(t) or ()
-        ]
-        ends = group.end_offsets(tps)
-        lag, uncommitted = {}, []
-        for tp in tps:
-            committed = group.committed(tp)
-            if committed is None and ends[tp] > 0:
-                uncommitted.append(f"{tp.topic}/{tp.partition}")
-            lag[f"{tp.topic}/{tp.partition}"] = ends[tp] - (committed or 0)
-        return lag, uncommitted
-    finally:
-        group.close(autocommit=False)
-
-
 def run_soak(
     stack: Stack,
     workdir: Path,
@@ -360,7 +175,7 @@ def run_soak(
             ]
             sampler = RSSSampler(started)
             harness.wait_for(
-                lambda: _group_members(state.kafka_bootstrap, config.kafka.group_id) == relays,
+                lambda: group_members(state.kafka_bootstrap, config.kafka.group_id) == relays,
                 GROUP_JOIN_SECONDS,
                 f"{relays} relays in the group",
                 watch=started,
@@ -377,7 +192,7 @@ def run_soak(
             for child in started:
                 child.stop()
                 report.relay_exits[child.name] = child.returncode
-            outcome.poll()  # anything written while stopping (a duplicate would show here)
+            outcome.drain()  # anything written while stopping (a duplicate would show here)
             outcome.close()
             received = sum((h.received for h in handlers), Counter())
             arrivals = {d: t for h in handlers for d, t in h.times.items()}
@@ -391,7 +206,7 @@ def _follow(
     outcome: Outcome, plan: Plan, relays: list[harness.Child], t0: float, timeout_seconds: float
 ) -> str | None:
     """Poll the outcome until every record is accounted; why not, if it stopped early."""
-    accounted, progress_at = -1, time.monotonic()
+    accounted, progress_at, report_at = -1, time.monotonic(), time.monotonic()
     while outcome.tally.accounted < plan.produced:
         outcome.poll()
         now = time.monotonic()
@@ -400,6 +215,9 @@ def _follow(
                 return f"{r.describe()} exited ({r.exit_code()}):\n{r.log_tail()}"
         if outcome.tally.accounted != accounted:
             accounted, progress_at = outcome.tally.accounted, now
+        if now >= report_at:
+            report_at = now + PROGRESS_SECONDS
+            print(f"soak: {now - t0:.0f} s, {accounted}/{plan.produced} records accounted")
         elif now - progress_at > STALL_SECONDS:
             return f"no new disposition for {STALL_SECONDS:.0f} s at {accounted}/{plan.produced}"
         if now - t0 > timeout_seconds:
@@ -414,7 +232,7 @@ def _settled_lag(
     LAG_SETTLE_SECONDS; the outcome keeps being followed meanwhile."""
     deadline = time.monotonic() + LAG_SETTLE_SECONDS
     while True:
-        lag, uncommitted = _lag(config)
+        lag, uncommitted = read_lag(config)
         if (not any(lag.values()) and not uncommitted) or time.monotonic() > deadline:
             return lag, uncommitted
         outcome.poll()

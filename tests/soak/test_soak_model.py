@@ -1,6 +1,7 @@
-"""The soak's accounting and RSS verdict (bench/soak_model.py): the soak passes
-only if these catch what they exist to catch: a lost record, a duplicate, a
-record counted twice, a leak."""
+"""The soak's accounting and RSS verdict (bench/soak_model.py, bench/soak_report.py).
+
+The soak passes only if these catch what they exist to catch: a lost record,
+a duplicate, a record counted twice, a rate over its limit, a leak."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from collections import Counter
 from bench.soak_model import (
     RSS_CEILING_MB,
     Plan,
-    SoakReport,
     Tally,
     duplicate_receipts,
     max_per_window,
     rss_verdict,
 )
+from bench.soak_report import SoakReport
 
 PLAN = Plan(records=10_000, domains=50, limited=5)
 
