@@ -34,6 +34,7 @@ from .soak_model import BOUNCE_REPLY, GREYLIST_REPLY, Tally
 OK = "250 2.0.0 OK"
 RSS_SAMPLE_SECONDS = 1.0
 EVENT_POLL_MS = 1000
+RECEIVER_START_SECONDS = 10.0  # aiosmtpd's thread binds within milliseconds; a loaded machine
 
 
 class CountingHandler:
@@ -89,7 +90,9 @@ def receivers(hosts: list[str]) -> Iterator[tuple[int, list[CountingHandler]]]:
     port = common_free_port(hosts)
     handlers = [CountingHandler() for _ in hosts]
     controllers = [
-        Controller(h, hostname=host, port=port, ready_timeout=10.0, ident="mailpipe-soak")
+        Controller(
+            h, hostname=host, port=port, ready_timeout=RECEIVER_START_SECONDS, ident="mailpipe-soak"
+        )
         for h, host in zip(handlers, hosts, strict=True)
     ]
     started: list[Controller] = []
@@ -104,6 +107,7 @@ def receivers(hosts: list[str]) -> Iterator[tuple[int, list[CountingHandler]]]:
 
 
 def common_free_port(hosts: list[str]) -> int:
+    """A port free on every host: the relay dials every MX on the pool's one smtp_port."""
     while True:
         port = free_port(hosts[0])
         try:
