@@ -34,7 +34,7 @@ from mailpipe.contracts.wire import Suppression, SuppressionReason, encode
 from mailpipe.devstack import harness, samples
 from mailpipe.devstack.dns import Zone
 from mailpipe.devstack.stack import Stack
-from mailpipe.kafkakit import ensure_pool_topics
+from mailpipe.kafkakit import end_offsets, ensure_pool_topics
 
 from .common import write_result
 from .soak_model import (
@@ -187,6 +187,10 @@ def run_soak(
             report.seconds = round(time.monotonic() - t0, 1)
             sampler.stop()
             lag, uncommitted = _settled_lag(config, outcome, started)
+            report.delay_topic_records = {
+                str(step): sum(end_offsets(state.kafka_bootstrap, topic).values())
+                for step, topic in config.kafka.delay_topics.items()
+            }
             for child in started:
                 child.request_stop()
             for child in started:

@@ -25,6 +25,8 @@ class SoakReport:
     expected: dict[str, int] = field(default_factory=dict)
     dispositions: dict[str, int] = field(default_factory=dict)
     deferred_events: int = 0
+    # records postponed to each delay topic (retries, full queues, window relief)
+    delay_topic_records: dict[str, int] = field(default_factory=dict)
     duplicate_events: int = 0
     duplicate_receipts: int = 0
     delivered_without_receipt: int = 0
