@@ -158,6 +158,7 @@ def run_soak(
         domains=domains,
         limited_domains=plan.limited_domains,
         limit_per_minute=limit_per_minute,
+        limit_lanes=Throttle().max_connections,  # the limited domains keep the default
         relays=relays,
         expected=dict(plan.expected()),
     )

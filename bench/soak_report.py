@@ -18,6 +18,7 @@ class SoakReport:
     domains: int
     limited_domains: list[str]
     limit_per_minute: float
+    limit_lanes: int  # the limited domains' max_connections: see RATE_TOLERANCE
     relays: int
     seconds: float = 0.0
     msgs_per_s: float = 0.0  # produced / seconds (the limited domains set the end)
@@ -63,7 +64,7 @@ class SoakReport:
             found.append(f"consumer-group lag at the end: {lagging}")
         if self.uncommitted:
             found.append(f"partitions with records and no committed offset: {self.uncommitted}")
-        allowed = self.limit_per_minute * RATE_TOLERANCE + 1  # the first send is free
+        allowed = self.limit_per_minute * RATE_TOLERANCE + self.limit_lanes + 1
         for domain, most in self.limited_max_per_minute.items():
             if most > allowed:
                 found.append(
@@ -86,6 +87,11 @@ class SoakReport:
         return asdict(self)
 
 
-# Invariant 3's tests allow 5% over the limit: the token bucket spaces sends
-# exactly, event times are taken after the reply, and the first send is free.
+# A receiver's count in any minute may exceed the limit by this fraction, plus
+# one (the first send is free), plus one per lane of the domain: each lane
+# (connection) reserves its rate token and then sends, and a send delayed after
+# its slot (the first connection being set up, a busy event loop) lands in the
+# next minute beside that minute's own sends. The soak on a loaded 2-core
+# machine saw 127-129 in a minute at 120/min with 10 lanes. A limit not
+# applied, or two relays sending for one domain, exceeds this by far.
 RATE_TOLERANCE = 1.05

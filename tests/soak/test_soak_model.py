@@ -28,6 +28,7 @@ def _report(**fields: object) -> SoakReport:
         "domains": 50,
         "limited_domains": PLAN.limited_domains,
         "limit_per_minute": 240.0,
+        "limit_lanes": 10,
         "relays": 2,
         "expected": expected,
         "dispositions": dict(expected),
@@ -69,7 +70,7 @@ def test_every_broken_promise_is_a_problem() -> None:
         "lag": _report(final_lag={"t.outbound/3": 12}),
         "uncommitted": _report(uncommitted=["t.delay.5s/0"]),
         "stalled": _report(stalled="no new disposition"),
-        "over the limit": _report(limited_max_per_minute={"soak0.test": 300}),
+        "over the limit": _report(limited_max_per_minute={"soak0.test": 264}),
         "relay crashed": _report(relay_exits={"relay-0": 1}),
         "no reason": _report(dlq_reasons=[""]),
     }
