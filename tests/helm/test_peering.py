@@ -67,10 +67,11 @@ def test_two_replicas_elect_one_and_hand_over(
     second = kubelet.run_operator(release, namespace)
 
     def peers() -> dict[str, dict[str, object]]:
-        obj = harness.get_object(cli_env, "kopfpeering", "mailpipe", namespace) or {}
+        # the full resource name: a discovery cache from before the CRD knows no short one
+        obj = harness.get_object(cli_env, "kopfpeerings.kopf.dev", "mailpipe", namespace) or {}
         return dict(obj.get("status") or {})
 
-    wait_for(lambda: len(peers()) == 2, PEERING_SECONDS, "both replicas in the KopfPeering")
+    wait_for(lambda: len(peers()) == 2, PEERING_SECONDS, "both replicas in the KopfPeering", first)
     priorities = {p["priority"] for p in peers().values()}
     assert len(priorities) == 2, peers()  # equal priorities would pause both
 
