@@ -158,8 +158,8 @@ def sendingpool_crd() -> dict[str, Any]:
             {"name": "Warmup", "type": "string", "jsonPath": ".status.warmupSummary"},
         ],
         status_doc=(
-            "Observed state: conditions (Ready, Reconciling, Stalled, RelaysAvailable, TopicsReady) "
-            "with observedGeneration, relays (desired, available), "
+            "Observed state: conditions (Ready, Reconciling, Stalled, RelaysAvailable, "
+            "TopicsReady) with observedGeneration, relays (desired, available), "
             "topics, configHash, ipCount, warmupSummary and per-IP warm-up "
             "(day, capToday, sentToday)."
         ),

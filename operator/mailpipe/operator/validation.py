@@ -1,4 +1,4 @@
-"""What is wrong with a SendingPool, as one-line problems, before anything is rolled out.
+"""What is wrong with a SendingPool (or a Campaign edit), as one-line problems, before rollout.
 
 The apiserver refuses what the CRD schema can say (patterns, CEL rules); this
 module says the rest, and says it again for objects that reached the cluster
@@ -11,11 +11,15 @@ Pure: the spec is a mapping, the referenced Secrets are passed in as a lookup
 result, the Kafka error as an exception value. The handlers do the IO
 (`handlers.pool.reconcile`) and nothing is applied while a problem stands.
 Other checks (cluster policy, tenancy) add their own `Problem`s the same way.
+
+The last section decides which Campaign edits apply once its fan-out started.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -170,3 +174,57 @@ def kafka_problem(exc: BaseException, bootstrap: str) -> Problem:
         detail = one_line(str(exc), limit=160)
         what = f"cannot create topics on {bootstrap} ({name}{': ' + detail if detail else ''})"
     return Problem(Reason.KAFKA_UNAVAILABLE, f"KafkaUnavailable: {what}")
+
+
+# --- Campaign edits after fan-out ------------------------------------------------------------
+#
+# Records on Kafka carry their rendered content, sender, recipient and due time,
+# so once the fan-out has produced any, changing those fields could only reach
+# part of the audience: such edits are refused (kept out of the fan-out, shown
+# as SpecAccepted=False). `suspend` reaches records already on Kafka through the
+# campaign control topic, so it is applied at any time. A Failed campaign takes
+# any edit: that is how it is fixed and resumed.
+
+APPLIED_AFTER_FANOUT = ("suspend",)
+FROZEN_AFTER_FANOUT = (
+    "poolRef",
+    "from",
+    "replyTo",
+    "subject",
+    "text",
+    "html",
+    "variants",
+    "audience",
+    "startAt",
+    "sendWindows",
+    "timeZone",
+    "unsubscribe",
+)
+EDIT_REFUSED = "EditRefusedAfterFanout"
+DIGEST_CHARS = 16
+
+
+def frozen_digests(spec: Mapping[str, Any]) -> dict[str, str]:
+    """A digest of each field frozen once fan-out started (status.acceptedSpec)."""
+    return {
+        f: hashlib.sha256(json.dumps(spec.get(f), sort_keys=True).encode()).hexdigest()[
+            :DIGEST_CHARS
+        ]
+        for f in FROZEN_AFTER_FANOUT
+    }
+
+
+def refused_edits(accepted: Mapping[str, str] | None, spec: Mapping[str, Any]) -> list[str]:
+    """The frozen fields of `spec` that differ from the accepted ones (none before a snapshot)."""
+    if not accepted:
+        return []
+    now = frozen_digests(spec)
+    return [f for f in FROZEN_AFTER_FANOUT if f in accepted and accepted[f] != now[f]]
+
+
+def edit_refused_message(fields: Sequence[str]) -> str:
+    return one_line(
+        f"fan-out started: edits to {', '.join(fields)} are refused (records on Kafka carry "
+        "them); revert them, or delete the Campaign and create a new one. Only "
+        f"{', '.join(APPLIED_AFTER_FANOUT)} applies after fan-out"
+    )

@@ -108,7 +108,9 @@ def test_status_follows_the_relays_scaled_crashed_and_recovered_and_drift_is_rev
     topic_prefix: str,
 ) -> None:
     op = operator_factory()
-    _apply_pool(cli_env, pool_manifest("news", namespace, kafka_bootstrap, topic_prefix, replicas=2))
+    _apply_pool(
+        cli_env, pool_manifest("news", namespace, kafka_bootstrap, topic_prefix, replicas=2)
+    )
     relays_up(cli_env, namespace, op, available=0)
     message = _wait_ready(cli_env, namespace, op, "False", "RelaysUnavailable")
     assert message == "0/2 relays available"
@@ -191,8 +193,10 @@ def test_a_missing_dkim_secret_stalls_the_pool_until_it_is_created_and_rotating_
     )
     assert rotated.returncode == 0, rotated.stderr
     wait_for(
-        lambda: _template_annotations(cli_env, namespace).get("mailpipe.io/secrets-hash")
-        not in (None, first),
+        lambda: (
+            _template_annotations(cli_env, namespace).get("mailpipe.io/secrets-hash")
+            not in (None, first)
+        ),
         STATUS_SECONDS,
         "the relays' pod template to change with the rotated key",
         op,

@@ -80,7 +80,9 @@ def test_a_good_spec_has_no_problem_and_its_secrets_are_listed() -> None:
     spec, problems = check_spec(raw)
     assert spec is not None and problems == []
     refs = secret_refs(spec)
-    assert [(r.name, r.key, r.field) for r in refs] == [("dk", "private.pem", "spec.dkim.secretRef")]
+    assert [(r.name, r.key, r.field) for r in refs] == [
+        ("dk", "private.pem", "spec.dkim.secretRef")
+    ]
     assert secret_names(raw) == ["dk"]
     assert secret_names({"dkim": "garbage"}) == []  # watches read specs that do not parse
     assert reference_problems(refs, {"dk": {"private.pem": "eA=="}}) == []

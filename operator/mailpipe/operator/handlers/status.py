@@ -45,16 +45,22 @@ def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> li
     """`new` over `old`: lastTransitionTime kept while a condition's status holds.
 
     Conditions of `old` whose type `new` does not mention stay as they are, so
-    each writer (reconcile, warm-up, policy checks) owns its own types.
+    each writer (reconcile, warm-up, policy checks) owns its own types; the
+    order is stable (new types at the end), so an unchanged world compares equal.
     """
-    previous = {c.get("type"): c for c in old or []}
+    fresh = {c["type"]: c for c in new}
     out = []
-    for c in new:
-        p = previous.pop(c["type"], None)
-        if p is not None and p.get("status") == c["status"]:
-            c = {**c, "lastTransitionTime": p.get("lastTransitionTime", c["lastTransitionTime"])}
-        out.append(c)
-    return out + list(previous.values())
+    for p in old or []:
+        c = fresh.pop(p.get("type"), None)
+        if c is None:
+            out.append(p)
+        elif p.get("status") == c["status"]:
+            out.append(
+                {**c, "lastTransitionTime": p.get("lastTransitionTime", c["lastTransitionTime"])}
+            )
+        else:
+            out.append(c)
+    return out + list(fresh.values())
 
 
 def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
@@ -165,4 +171,41 @@ def pool_conditions(
             kafka.message if kafka else "",
             gen,
         ),
+    ]
+
+
+# --- Campaign (kstatus-readable) --------------------------------------------------------
+#
+# Ready True once the campaign is being acted on as written (Scheduled, Sending,
+# Paused, Completed): a sending campaign is not "in progress" for kstatus, or
+# `flux`/`kubectl wait` would wait for its last delivery. Reconciling while it
+# waits to start (its pool, its audience check); Stalled when it cannot proceed
+# without an edit (Failed, or an edit refused after fan-out).
+
+
+def campaign_conditions(
+    generation: int | None,
+    phase: str,
+    reason: str,
+    stalled: tuple[str, str] | None,
+) -> list[dict[str, Any]]:
+    """Ready, Reconciling and Stalled of a Campaign; `stalled`: (reason, message) or None."""
+    gen = generation
+    if stalled is not None:
+        why, message = stalled
+        return [
+            condition("Ready", False, why, message, gen),
+            condition("Reconciling", False, why, "", gen),
+            condition("Stalled", True, why, message, gen),
+        ]
+    if phase == "Pending":
+        return [
+            condition("Ready", False, "Pending", reason, gen),
+            condition("Reconciling", True, "Pending", reason, gen),
+            condition("Stalled", False, "AsExpected", "", gen),
+        ]
+    return [
+        condition("Ready", True, phase, reason, gen),
+        condition("Reconciling", False, phase, "", gen),
+        condition("Stalled", False, "AsExpected", "", gen),
     ]
