@@ -103,7 +103,8 @@ class WarmupStep(Spec):
     daily_limit: int = Field(ge=0, description="Messages per day from the IP, all destinations.")
     group_limits: dict[str, NonNegativeInt] = Field(
         default_factory=dict,
-        max_length=MAX_DOMAIN_GROUPS, description="Messages per day from the IP per domain group."
+        max_length=MAX_DOMAIN_GROUPS,
+        description="Messages per day from the IP per domain group.",
     )
 
 

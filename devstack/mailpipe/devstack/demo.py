@@ -150,6 +150,9 @@ class Demo:
         text = string.Template((EXAMPLES / name).read_text()).substitute(values)
         harness.apply(self.env, text)
 
+    def relays_rendered(self) -> bool:
+        return harness.get_object(self.env, "deployment", RELAY, NAMESPACE) is not None
+
     def pool_ready(self) -> bool:
         return harness.condition_true(harness.get_object(self.env, "sp", POOL, NAMESPACE))
 
@@ -247,6 +250,11 @@ class Demo:
             }
             self.say("kubectl apply -f examples/demo/pool.yaml")
             self.apply_template("pool.yaml", values)
+            self.wait("relay Deployment", self.relays_rendered)
+            self.start_relays()
+            # Ready needs available relays; the dev stack has no kubelet, and the
+            # local relays stand in for the Deployment's pods: report them.
+            harness.report_deployment(self.env, NAMESPACE, RELAY)
             self.wait("pool Ready", self.pool_ready)
             self.seed_suppressions()
             audience = {
@@ -258,7 +266,6 @@ class Demo:
             harness.apply(self.env, audience)
             self.say(f"kubectl apply -f examples/demo/campaign.yaml  ({self.plan.size} recipients)")
             self.apply_template("campaign.yaml", values)
-            self.start_relays()
             self.watch()
             self.summarize()
             self.say("\nkubectl describe camp demo-newsletter (events):")
