@@ -315,7 +315,12 @@ class Unsubscribe(Spec):
 
 
 class CampaignSpec(Spec):
-    """What to send: sender, templates, audience, schedule, variants."""
+    """What to send: sender, templates, audience, schedule, variants.
+
+    Once fan-out has started only suspend applies; an edit of any other field is
+    refused (condition SpecAccepted=False, reason EditRefusedAfterFanout) until
+    reverted. A Failed campaign takes any edit and resumes.
+    """
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
