@@ -148,6 +148,11 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
     deployment = next(c for c in children if c["kind"] == "Deployment")
     if live is not None:
         seen.drift = drifted(deployment["spec"], live.get("spec"), "spec")
+    # A spec change renders everything; a change in the world (a Deployment or
+    # Secret event) only puts back a drifted or deleted Deployment: no reads
+    # of the other children for every relay status change.
+    if not ensure_topics:
+        children = [deployment] if live is None or seen.drift else []
     for child in children:
         force = child is deployment and bool(seen.drift)
         if kube_io.apply(child, force=force):
@@ -156,9 +161,9 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
         live = kube_io.read_deployment(ref)  # the controller's view of the new template
     t = topics(ref, spec)
     kafka = None
-    topics_ready = find(old, "TopicsReady")
-    if topics_ready is None or topics_ready.get("observedGeneration") != generation:
-        ensure_topics = True  # never ensured for this generation (it was stalled until now)
+    topics_ready = find(old, "TopicsReady") or {}
+    if topics_ready.get("observedGeneration") != generation or topics_ready.get("status") != "True":
+        ensure_topics = True  # not (yet) in place for this generation: stalled or Kafka down
     if ensure_topics:
         try:
             seen.topics_created = kafka_io.ensure_topics(
@@ -171,8 +176,6 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
         except KafkaError as exc:
             log.warning("pool %s/%s: topics: %r", namespace, name, exc)  # the full repr: the log
             kafka = validation.kafka_problem(exc, spec.kafka.bootstrap_servers)
-    elif topics_ready is not None and topics_ready.get("status") == "False":
-        kafka = validation.Problem(topics_ready["reason"], topics_ready.get("message", ""))
     seen.outcome = Outcome(ref, spec, kafka)
     relays = Relays.of(live, spec.replicas)
     conditions = pool_conditions(generation, [], kafka, relays)
