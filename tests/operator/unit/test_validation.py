@@ -1,4 +1,5 @@
-"""What is wrong with a SendingPool, found before anything is rolled out (pure, table-tested)."""
+"""What is wrong with a SendingPool (found before anything is rolled out), which Campaign
+edits apply after fan-out, and the conditions both kinds derive from it: pure, table-tested."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 
-from mailpipe.operator.handlers.status import Relays, find, merge_conditions, pool_conditions
+from mailpipe.operator.handlers.status import (
+    Relays,
+    campaign_conditions,
+    find,
+    merge_conditions,
+    pool_conditions,
+)
 from mailpipe.operator.pool import drifted
 from mailpipe.operator.validation import (
     Problem,
     check_spec,
+    edit_refused_message,
+    frozen_digests,
     kafka_problem,
     reference_problems,
+    refused_edits,
     secret_names,
     secret_refs,
 )
@@ -212,3 +222,56 @@ def test_drift_is_what_differs_from_the_rendered_fields(
 ) -> None:
     desired = {"replicas": 2, "template": {"spec": {"image": "a", "resources": {}}}}
     assert drifted(desired, live) == paths
+
+
+CAMPAIGN: dict[str, Any] = {
+    "poolRef": "news",
+    "from": {"address": "news@sender.test"},
+    "subject": "Hello",
+    "text": "Hi",
+    "audience": {"inline": [{"address": "a@x.test"}]},
+}
+
+
+@pytest.mark.parametrize(
+    ("edit", "refused"),
+    [
+        ({"suspend": True}, []),
+        ({"subject": "Changed"}, ["subject"]),
+        ({"poolRef": "other", "text": "Bye"}, ["poolRef", "text"]),
+        ({"audience": {"inline": [{"address": "b@x.test"}]}}, ["audience"]),
+        ({"sendWindows": [{"days": ["Mon"], "start": "09:00", "end": "17:00"}]}, ["sendWindows"]),
+        ({"from": {"address": "other@sender.test"}}, ["from"]),
+    ],
+    ids=["suspend", "subject", "pool-and-text", "audience", "window", "sender"],
+)
+def test_after_fanout_only_suspend_applies(edit: dict[str, Any], refused: list[str]) -> None:
+    accepted = frozen_digests(CAMPAIGN)
+    assert refused_edits(accepted, {**CAMPAIGN, **edit}) == refused
+    assert refused_edits(None, {**CAMPAIGN, **edit}) == []  # nothing accepted yet: all applies
+    if refused:
+        message = edit_refused_message(refused)
+        assert message.startswith(f"fan-out started: edits to {', '.join(refused)} are refused")
+        assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("phase", "stalled", "expected"),
+    [
+        ("Pending", None, ("False", "True", "False")),
+        ("Sending", None, ("True", "False", "False")),
+        ("Completed", None, ("True", "False", "False")),
+        ("Paused", None, ("True", "False", "False")),
+        ("Failed", ("InvalidAudience", "line 3"), ("False", "False", "True")),
+        ("Sending", ("EditRefusedAfterFanout", "x"), ("False", "False", "True")),
+    ],
+    ids=["pending", "sending", "completed", "paused", "failed", "edit-refused"],
+)
+def test_campaign_conditions_are_kstatus_readable(
+    phase: str, stalled: tuple[str, str] | None, expected: tuple[str, str, str]
+) -> None:
+    got = {c["type"]: c for c in campaign_conditions(4, phase, "why", stalled)}
+    assert (got["Ready"]["status"], got["Reconciling"]["status"], got["Stalled"]["status"]) == (
+        expected
+    )
+    assert {c["observedGeneration"] for c in got.values()} == {4}
