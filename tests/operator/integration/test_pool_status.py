@@ -126,6 +126,12 @@ def test_status_follows_the_relays_scaled_crashed_and_recovered_and_drift_is_rev
     relays_up(cli_env, namespace, op, available=0)
     _wait_ready(cli_env, namespace, op, "False", "RelaysUnavailable")
     assert _condition(cli_env, namespace, "Reconciling")["status"] == "True"  # kstatus: InProgress
+    wait_for(
+        lambda: ("RelaysUnavailable", "0/2 relays available") in _warnings(cli_env, namespace),
+        STATUS_SECONDS,
+        "a Warning Event for the lost relays",
+        op,
+    )
     # recovery
     relays_up(cli_env, namespace, op, available=2)
     _wait_ready(cli_env, namespace, op, "True", "RelaysAvailable")

@@ -114,8 +114,12 @@ async def reconcile(
         new_ready.get("message"),
     )
     if changed and new_ready.get("status") == "False":
+        # A Warning for what needs someone: a problem with the spec, its
+        # references or Kafka, and relays lost by a Ready pool (a crash); not
+        # for relays that are still starting.
         stalled = find(seen.status.get("conditions"), "Stalled") or {}
-        if stalled.get("status") == "True" or seen.outcome.kafka is not None:
+        lost = old_ready.get("status") == "True"
+        if stalled.get("status") == "True" or seen.outcome.kafka is not None or lost:
             kopf.warn(body, reason=new_ready["reason"], message=new_ready["message"])
     return seen.outcome
 
@@ -157,7 +161,7 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
         force = child is deployment and bool(seen.drift)
         if kube_io.apply(child, force=force):
             seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
-    if seen.written and live is not None and deployment_written(seen.written):
+    if seen.written and live is not None and _deployment_written(seen.written):
         live = kube_io.read_deployment(ref)  # the controller's view of the new template
     t = topics(ref, spec)
     kafka = None
@@ -193,7 +197,7 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
     return seen
 
 
-def deployment_written(written: list[str]) -> bool:
+def _deployment_written(written: list[str]) -> bool:
     return any(w.startswith("Deployment/") for w in written)
 
 
