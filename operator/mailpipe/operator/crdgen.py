@@ -159,7 +159,7 @@ def sendingpool_crd() -> dict[str, Any]:
         ],
         status_doc=(
             "Observed state: conditions (Ready, Reconciling, Stalled, RelaysAvailable, "
-            "TopicsReady) with observedGeneration, relays (desired, available), "
+            "TopicsReady) with observedGeneration, relays (desired, available), secretsHash, "
             "topics, configHash, ipCount, warmupSummary and per-IP warm-up "
             "(day, capToday, sentToday)."
         ),

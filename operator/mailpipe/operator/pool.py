@@ -136,7 +136,10 @@ def build_configmap(ref: PoolRef, config_text: str) -> dict[str, Any]:
 
 def secrets_hash(secrets: Mapping[str, Mapping[str, str] | None]) -> str:
     """A digest of the referenced Secrets' data (name -> data), for the pod template."""
-    canonical = json.dumps({k: dict(v or {}) for k, v in secrets.items()}, sort_keys=True)
+    # a missing Secret (None) differs from an empty one
+    canonical = json.dumps(
+        {k: None if v is None else dict(v) for k, v in secrets.items()}, sort_keys=True
+    )
     return config_hash(canonical)
 
 

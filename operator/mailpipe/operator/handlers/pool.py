@@ -140,13 +140,14 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
         secrets = {r.name: kube_io.read_secret(namespace, r.name) for r in refs}
         problems += validation.reference_problems(refs, secrets)
     old = list(status.get("conditions") or [])
+    digest = secrets_hash(secrets) if secrets else None
     if spec is None or problems:
         conditions = pool_conditions(generation, problems, None, None)
         seen = _Seen(obj, Outcome(ref, None))
-        seen.status = {"conditions": merge_conditions(old, conditions)}
+        seen.status = {"conditions": merge_conditions(old, conditions), "secretsHash": digest}
         _patch(seen, status, generation)
         return seen
-    text, children = build_children(ref, spec, secrets_hash(secrets) if secrets else None)
+    text, children = build_children(ref, spec, digest)
     seen = _Seen(obj, Outcome(ref, spec))
     live = kube_io.read_deployment(ref)
     deployment = next(c for c in children if c["kind"] == "Deployment")
@@ -188,6 +189,7 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
         "configHash": config_hash(text),
         "topics": {"outbound": t.outbound, "events": t.events, "dlq": t.dlq, "delay": t.delay},
         "ipCount": len(spec.egress_ips),
+        "secretsHash": digest,  # what handlers.relays compares the Secrets it re-reads with
         "relays": {"desired": relays.desired, "available": relays.available},
     }
     if "warmupSummary" not in status:

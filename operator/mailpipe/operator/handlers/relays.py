@@ -8,8 +8,9 @@ conditions, applies back a drifted Deployment, and rolls the relays when the
 data of a referenced Secret changed (its hash is in the pod template).
 
 Deployments are watched by the operator's labels, so only relay Deployments
-reach these handlers. Secrets are matched to pools through a kopf index of
-the Secret names each pool's spec references; other Secrets cost a dict look-up.
+reach these handlers. Secrets cannot be watched (the operator may only `get`
+them by name), so a timer on each pool that references one re-reads it and
+reconciles when its data changed.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 
 import kopf
 
+from .. import kube_io
 from ..models import GROUP, VERSION
-from ..pool import MANAGED_BY
+from ..pool import MANAGED_BY, secrets_hash
 from ..validation import secret_names
 from . import pool
 from .context import operator_state
@@ -29,6 +31,10 @@ from .context import operator_state
 log = logging.getLogger("mailpipe.operator")
 
 POOL_LABEL = "mailpipe.io/pool"
+# Secrets are read by name, never listed or watched (the chart grants `get` only:
+# the operator cannot enumerate a namespace's Secrets), so a pool re-reads the
+# ones it references at this pace: a created or rotated DKIM key is seen within it.
+SECRETS_RECHECK_SECONDS = 10.0
 
 
 async def _sync(memo: kopf.Memo, namespace: str, name: str) -> None:
@@ -57,18 +63,28 @@ async def relay_deployment_changed(
     await _sync(memo, namespace, name)
 
 
-@kopf.index(GROUP, VERSION, "sendingpools")
-def pool_secrets(namespace: str | None, name: str, spec: Any, **_: Any) -> dict[Any, str]:
-    """(namespace, Secret name) -> the pools that reference it."""
-    return {(namespace, secret): name for secret in secret_names(spec)}
+def _references_secrets(spec: Any, **_: Any) -> bool:
+    return bool(secret_names(spec))
 
 
-@kopf.on.event("", "v1", "secrets")
-async def referenced_secret_changed(
-    namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "sendingpools",
+    interval=SECRETS_RECHECK_SECONDS,
+    idle=SECRETS_RECHECK_SECONDS,
+    when=_references_secrets,
+)
+async def referenced_secrets(
+    name: str, namespace: str | None, spec: Any, status: Any, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A Secret a pool references appeared, changed or went: re-check and roll its relays."""
-    index: kopf.Index[Any, str] = kwargs["pool_secrets"]  # kopf passes indices by name
-    for pool_name in list(index.get((namespace, name), [])):
-        assert namespace is not None
-        await _sync(memo, namespace, pool_name)
+    """A Secret the pool references appeared, changed or went: re-check and roll its relays.
+
+    One GET per referenced Secret per tick; the full reconcile only runs when
+    their digest differs from the one the last reconcile saw (status.secretsHash).
+    """
+    assert namespace is not None  # both kinds are namespaced
+    names = secret_names(spec)
+    found = await asyncio.to_thread(lambda: {n: kube_io.read_secret(namespace, n) for n in names})
+    if secrets_hash(found) != status.get("secretsHash"):
+        await _sync(memo, namespace, name)
