@@ -41,6 +41,7 @@ class Reason(enum.StrEnum):
     RETRY_LONGER_THAN_MAX_AGE = "RetryLongerThanMaxAge"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    FORBIDDEN = "Forbidden"
     KAFKA_UNAVAILABLE = "KafkaUnavailable"
 
 
@@ -159,6 +160,15 @@ def reference_problems(
                 )
             )
     return out
+
+
+def forbidden_problem(kind: str, names: Sequence[str]) -> Problem:
+    """The operator may not read what the pool references (its namespace is not onboarded)."""
+    return Problem(
+        Reason.FORBIDDEN,
+        f"the operator may not read {kind} {', '.join(names)}: is this namespace onboarded "
+        "(chart value rbac.tenantNamespaces)?",
+    )
 
 
 # --- Kafka ---------------------------------------------------------------------------------

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from http import HTTPStatus
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
 from kafka.errors import KafkaError
+from kubernetes.client.exceptions import ApiException
 
 from mailpipe.contracts.warmup import WarmupLedger
 
@@ -137,8 +139,13 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
     secrets: dict[str, dict[str, str] | None] = {}
     if spec is not None:
         refs = validation.secret_refs(spec)
-        secrets = {r.name: kube_io.read_secret(namespace, r.name) for r in refs}
-        problems += validation.reference_problems(refs, secrets)
+        try:
+            secrets = {r.name: kube_io.read_secret(namespace, r.name) for r in refs}
+            problems += validation.reference_problems(refs, secrets)
+        except ApiException as exc:
+            if exc.status != HTTPStatus.FORBIDDEN:
+                raise
+            problems.append(validation.forbidden_problem("Secret", [r.name for r in refs]))
     old = list(status.get("conditions") or [])
     digest = secrets_hash(secrets) if secrets else None
     if spec is None or problems:
