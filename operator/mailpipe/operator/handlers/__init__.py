@@ -7,8 +7,8 @@ status (ARCHITECTURE.md, control plane):
   place the relay Deployment (and its ConfigMap, Service, PDB) is written;
 - `fanout`: the per-Campaign daemon that produces the audience to Kafka;
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
-- `relays`: the world a pool depends on (its relay Deployment, referenced
-  Secrets) watched, so its status and relays follow it;
+- `relays`: the world a pool depends on (its relay Deployment watched, the
+  Secrets it references re-read), so its status and relays follow it;
 - `status`: conditions; `context`: the operator state in kopf's memo, `get_pool`.
 
 This module holds the operator-wide startup and cleanup: kopf settings, and
