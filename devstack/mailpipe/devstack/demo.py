@@ -195,8 +195,9 @@ class Demo:
         text = string.Template((EXAMPLES / name).read_text()).substitute(values)
         harness.apply(self.env, text)
 
-    def relays_rendered(self) -> bool:
-        return harness.get_object(self.env, "deployment", RELAY, NAMESPACE) is not None
+    def topics_ready(self) -> bool:
+        pool = harness.get_object(self.env, "sp", POOL, NAMESPACE)
+        return harness.condition_true(pool, "TopicsReady")
 
     def pool_ready(self) -> bool:
         return harness.condition_true(harness.get_object(self.env, "sp", POOL, NAMESPACE))
@@ -308,7 +309,9 @@ class Demo:
             }
             self.say("kubectl apply -f examples/demo/pool.yaml")
             self.apply_template("pool.yaml", values)
-            self.wait("relay Deployment", self.relays_rendered)
+            # Relays start once their topics exist (a consumer that subscribes
+            # before them rebalances when they appear, and re-reads records).
+            self.wait("relay Deployment and topics", self.topics_ready)
             self.start_relays()
             # Ready needs available relays; the dev stack has no kubelet, and the
             # local relays stand in for the Deployment's pods: report them.
