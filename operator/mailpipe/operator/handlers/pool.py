@@ -47,6 +47,8 @@ KAFKA_RETRY_SECONDS = 15  # a broker that refuses topic creation is retried at t
 WARMUP_STATUS_INTERVAL_SECONDS = 15.0  # warm-up moves by the day: a slow refresh is plenty
 WARMUP_STATUS_IDLE_SECONDS = 5  # let a just-edited pool settle before its first report
 WARMUP_LEDGER_RELAY_ID = "operator"  # the ledger only reads events; it never sends as a relay
+# Replaced by Reconciling/Stalled (kstatus); dropped from pools written before.
+LEGACY_CONDITIONS = ("Progressing", "Degraded")
 DRIFT_PATHS_SHOWN = 3  # an Event names a few drifted fields, not a whole template
 
 
@@ -146,7 +148,7 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
             if exc.status != HTTPStatus.FORBIDDEN:
                 raise
             problems.append(validation.forbidden_problem("Secret", [r.name for r in refs]))
-    old = list(status.get("conditions") or [])
+    old = [c for c in status.get("conditions") or [] if c.get("type") not in LEGACY_CONDITIONS]
     digest = secrets_hash(secrets) if secrets else None
     if spec is None or problems:
         conditions = pool_conditions(generation, problems, None, None)
