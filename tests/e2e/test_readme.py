@@ -14,6 +14,9 @@ What differs from a real cluster, and only that (the substitution):
   container's command (`mailpipe` + the Deployment's args and env) as a local
   process, authenticated as the chart's ServiceAccount (a token kubeconfig,
   as in a pod), with free local ports for its health and metrics endpoints.
+  It also plays the kubelet and Deployment controller for the relay
+  Deployments the operator writes: it reports them available, as those
+  controllers would once the relay pods ran (`Kubelet.report_relays`).
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def kubelet(
         # The README's objects go while the operator still runs (it owns their finalizers).
         for kind in ("campaigns", "sendingpools"):
             harness.kubectl(reader_env, "delete", kind, "--all", "-n", "mail", "--wait=true")
-        k.children.stop_all()
+        k.stop()
         harness.helm(reader_env, "uninstall", "mailpipe", "-n", "mailpipe-system")
         harness.kubectl(reader_env, "delete", "namespace", "mail", "--wait=false")
 
@@ -128,6 +131,7 @@ def test_using_it_runs_as_written(reader_env: dict[str, str], kubelet: Kubelet) 
         install = re.match(r"helm install (\S+) .*-n (\S+)", line)
         if install:  # the kubelet substitution: the chart's operator Deployment runs
             operator = kubelet.run_operator(install[1], install[2])
+            kubelet.report_relays()
     assert operator is not None, "the section installs no chart"
 
     pool = harness.get_object(reader_env, "sp", "marketing", "mail")
