@@ -31,8 +31,10 @@ from mailpipe.kafkakit import TopicFollower, read_topic
 
 # The admin helpers are kafkakit's (one copy for every caller); re-exported
 # because the handlers reach them as `kafka_io.ensure_topics` and `kafka_io.end_offsets`.
+from mailpipe.kafkakit import delete_topics as delete_topics
 from mailpipe.kafkakit import end_offsets as end_offsets
 from mailpipe.kafkakit import ensure_topics as ensure_topics
+from mailpipe.kafkakit import list_topics as list_topics
 
 log = logging.getLogger("mailpipe.operator.kafka")
 

@@ -9,10 +9,13 @@ control topic, so records already on Kafka are held or dropped too.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from typing import Any
 
 import kopf
+from kafka.errors import KafkaError
+from pydantic import ValidationError
 
 from mailpipe.contracts.wire import CampaignControl, CampaignState, encode
 
@@ -138,14 +141,33 @@ async def suspend_changed(
         )
 
 
+# A campaign's deletion never waits forever (ARCHITECTURE.md, invariant 14): a
+# pool that cannot be read or a Kafka that cannot be reached is retried this
+# long, then the campaign goes with a Warning Event saying the relays were not told.
+CANCEL_GIVE_UP_SECONDS = 300.0
+CANCEL_RETRY_SECONDS = 15
+
+
 @kopf.on.delete(GROUP, VERSION, "campaigns")
 async def delete_campaign(
-    name: str, namespace: str | None, spec: Any, memo: kopf.Memo, **_: Any
+    name: str,
+    namespace: str | None,
+    spec: Any,
+    body: Any,
+    memo: kopf.Memo,
+    runtime: datetime.timedelta,
+    **_: Any,
 ) -> None:
     assert namespace is not None  # both kinds are namespaced
     state = operator_state(memo)
     # Records already on Kafka are dropped by the relays with a `failed` event.
-    await asyncio.to_thread(
-        _publish_state, state, namespace, name, spec.get("poolRef", ""), CampaignState.CANCELLED
-    )
+    try:
+        await asyncio.to_thread(
+            _publish_state, state, namespace, name, spec.get("poolRef", ""), CampaignState.CANCELLED
+        )
+    except (KafkaError, ValidationError) as exc:
+        message = f"relays not told to drop its records: {type(exc).__name__}: {str(exc)[:200]}"
+        if isinstance(exc, KafkaError) and runtime.total_seconds() < CANCEL_GIVE_UP_SECONDS:
+            raise kopf.TemporaryError(message, delay=CANCEL_RETRY_SECONDS) from exc
+        kopf.warn(body, reason="CancelNotPublished", message=message)
     state.tally.forget(f"{namespace}/{name}")

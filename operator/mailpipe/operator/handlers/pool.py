@@ -4,12 +4,14 @@ create/update/resume: parse the spec, render the children with the pure
 builders in `mailpipe.operator.pool` (ConfigMap, Deployment, Service, PDB),
 server-side apply them (`kube_io.apply_all`), create the pool's topics, then
 report conditions. A timer reports per-IP warm-up, counted from the pool's
-events topic exactly as the relays count it. delete removes the children.
+events topic exactly as the relays count it. delete removes the children and
+the pool's own topics (unless `spec.kafka.deletionPolicy: Retain`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from typing import Any
@@ -18,10 +20,11 @@ import kopf
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from mailpipe.contracts.topics import owned_topics, pool_prefix
 from mailpipe.contracts.warmup import WarmupLedger
 
 from .. import kafka_io, kube_io
-from ..models import GROUP, VERSION, SendingPoolSpec
+from ..models import GROUP, VERSION, DeletionPolicy, SendingPoolSpec
 from ..pool import PoolRef, build_children, build_relay_config, config_hash, topics
 from .context import OperatorState, operator_state, parse_pool_spec
 from .status import condition, merge_conditions
@@ -182,11 +185,54 @@ async def pool_warmup_status(
         )
 
 
+# Deleting a pool never waits forever on Kafka: past this, the pool goes and a
+# Warning Event names the topics left behind (ARCHITECTURE.md, invariant 14).
+TOPIC_DELETE_GIVE_UP_SECONDS = 300.0
+
+
 @kopf.on.delete(GROUP, VERSION, "sendingpools")
 async def delete_pool(
-    name: str, namespace: str | None, uid: str, memo: kopf.Memo, **_: Any
+    name: str,
+    namespace: str | None,
+    uid: str,
+    spec: Any,
+    body: Any,
+    memo: kopf.Memo,
+    runtime: datetime.timedelta,
+    **_: Any,
 ) -> None:
+    """Children first (the relays stop sending), then the pool's own topics
+    unless `spec.kafka.deletionPolicy: Retain` or another pool shares them."""
     assert namespace is not None  # both kinds are namespaced
     deleted = await asyncio.to_thread(kube_io.delete_children, PoolRef(name, namespace, uid))
     operator_state(memo).ledgers.pop(f"{namespace}/{name}", None)
     log.info("deleted children of pool %s/%s: %s", namespace, name, deleted)
+    try:
+        parsed = parse_pool_spec(spec)
+    except ValidationError:
+        kopf.warn(body, reason="TopicsKept", message="spec unreadable: topics left as they are")
+        return
+    if parsed.kafka.deletion_policy is DeletionPolicy.RETAIN:
+        kopf.info(body, reason="TopicsRetained", message="spec.kafka.deletionPolicy is Retain")
+        return
+    bootstrap = parsed.kafka.bootstrap_servers
+    prefix = parsed.kafka.topic_prefix or pool_prefix(namespace, name)
+    sharing = await asyncio.to_thread(kube_io.pools_with_prefix, bootstrap, prefix, namespace, uid)
+    if sharing:
+        kopf.info(body, reason="TopicsKept", message=f"prefix {prefix} shared with {sharing[0]}")
+        return
+    try:
+        gone = await asyncio.to_thread(_delete_pool_topics, bootstrap, prefix)
+    except KafkaError as exc:
+        message = f"cannot delete topics {prefix}.* on {bootstrap}: {type(exc).__name__}"
+        if runtime.total_seconds() < TOPIC_DELETE_GIVE_UP_SECONDS:
+            raise kopf.TemporaryError(message, delay=KAFKA_RETRY_SECONDS) from exc
+        kopf.warn(body, reason="TopicsKept", message=f"{message}; gave up, delete them by hand")
+        return
+    if gone:
+        kopf.info(body, reason="TopicsDeleted", message=", ".join(gone))
+
+
+def _delete_pool_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Delete the topics of the pool with `prefix` (those of old delay steps too)."""
+    return kafka_io.delete_topics(bootstrap, owned_topics(prefix, kafka_io.list_topics(bootstrap)))
