@@ -149,6 +149,15 @@ class EventsHub:
             self._followers[key] = follower
         follower.start(self._loop)
 
+    def unfollow(self, bootstrap: str, topic: str) -> None:
+        """Stop following `topic` (its pool is being deleted: a consumer still
+        asking for the topic's metadata would have the broker re-create it). Blocking."""
+        with self._lock:
+            follower = self._followers.pop((bootstrap, topic), None)
+            self._observers.pop((bootstrap, topic), None)
+        if follower is not None:
+            follower.stop()
+
     def stop(self) -> None:
         for f in self._followers.values():
             f.stop()

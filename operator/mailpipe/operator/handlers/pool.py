@@ -188,6 +188,10 @@ async def pool_warmup_status(
 # Deleting a pool never waits forever on Kafka: past this, the pool goes and a
 # Warning Event names the topics left behind (ARCHITECTURE.md, invariant 14).
 TOPIC_DELETE_GIVE_UP_SECONDS = 300.0
+# After deleting its topics, the pool is finalized only once a later look finds
+# none: a relay still stopping (or any client asking for their metadata) can
+# have the broker re-create a topic (auto.create.topics.enable, on by default).
+TOPIC_RECHECK_SECONDS = 5
 
 
 @kopf.on.delete(GROUP, VERSION, "sendingpools")
@@ -204,18 +208,21 @@ async def delete_pool(
     """Children first (the relays stop sending), then the pool's own topics
     unless `spec.kafka.deletionPolicy: Retain` or another pool shares them."""
     assert namespace is not None  # both kinds are namespaced
-    deleted = await asyncio.to_thread(kube_io.delete_children, PoolRef(name, namespace, uid))
-    operator_state(memo).ledgers.pop(f"{namespace}/{name}", None)
+    ref = PoolRef(name, namespace, uid)
+    deleted = await asyncio.to_thread(kube_io.delete_children, ref)
+    state = operator_state(memo)
+    state.ledgers.pop(f"{namespace}/{name}", None)
     log.info("deleted children of pool %s/%s: %s", namespace, name, deleted)
     try:
         parsed = parse_pool_spec(spec)
     except ValidationError:
         kopf.warn(body, reason="TopicsKept", message="spec unreadable: topics left as they are")
         return
+    bootstrap = parsed.kafka.bootstrap_servers
+    await asyncio.to_thread(state.hub.unfollow, bootstrap, topics(ref, parsed).events)
     if parsed.kafka.deletion_policy is DeletionPolicy.RETAIN:
         kopf.info(body, reason="TopicsRetained", message="spec.kafka.deletionPolicy is Retain")
         return
-    bootstrap = parsed.kafka.bootstrap_servers
     prefix = parsed.kafka.topic_prefix or pool_prefix(namespace, name)
     sharing = await asyncio.to_thread(kube_io.pools_with_prefix, bootstrap, prefix, namespace, uid)
     if sharing:
@@ -231,6 +238,9 @@ async def delete_pool(
         return
     if gone:
         kopf.info(body, reason="TopicsDeleted", message=", ".join(gone))
+        if runtime.total_seconds() < TOPIC_DELETE_GIVE_UP_SECONDS:
+            raise kopf.TemporaryError("checking no topic comes back", delay=TOPIC_RECHECK_SECONDS)
+        kopf.warn(body, reason="TopicsRecreated", message="a client keeps re-creating them")
 
 
 def _delete_pool_topics(bootstrap: str, prefix: str) -> list[str]:
