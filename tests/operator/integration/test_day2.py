@@ -212,21 +212,9 @@ def test_deleting_a_pool_deletes_its_topics_unless_retained(
     kafka_bootstrap: str,
     topic_prefix: str,
 ) -> None:
-    kept_prefix = f"{topic_prefix}-kept"
-    manifest = pool_manifest(
-        "kept",
-        namespace,
-        kafka_bootstrap,
-        kept_prefix,
-    ).replace("partitions:", "deletionPolicy: Retain\n    partitions:")
-    assert kubectl(cli_env, "apply", "-f", "-", stdin=manifest).returncode == 0
-    wait_pool_ready(cli_env, namespace, ready_operator, "kept")
-    assert len(_pool_topics(kafka_bootstrap, topic_prefix)) == 5  # outbound, events, dlq, 2 delays
-    assert len(_pool_topics(kafka_bootstrap, kept_prefix)) == 5
-
-    out = kubectl(
-        cli_env, "delete", "sp", "news", "kept", "-n", namespace, f"--timeout={DELETE_SECONDS}s"
-    )
+    # outbound, events, dlq, 2 delays (the broker's metadata may lag the creation a moment)
+    wait_for(lambda: len(_pool_topics(kafka_bootstrap, topic_prefix)) == 5, 30, "pool topics")
+    out = kubectl(cli_env, "delete", "sp", "news", "-n", namespace, f"--timeout={DELETE_SECONDS}s")
     assert out.returncode == 0, out.stderr + ready_operator.log_tail()
     wait_for(
         lambda: _pool_topics(kafka_bootstrap, topic_prefix) == [],
@@ -234,9 +222,19 @@ def test_deleting_a_pool_deletes_its_topics_unless_retained(
         "the deleted pool's topics to be gone",
         ready_operator,
     )
-    assert len(_pool_topics(kafka_bootstrap, kept_prefix)) == 5, "Retain keeps them"
     assert SUPPRESSIONS_TOPIC in list_topics(kafka_bootstrap), "shared topics are never deleted"
     assert get(cli_env, "deployment", "mailpipe-relay-news", namespace) is None
+
+    kept_prefix = f"{topic_prefix}-kept"
+    manifest = pool_manifest("kept", namespace, kafka_bootstrap, kept_prefix).replace(
+        "partitions:", "deletionPolicy: Retain\n    partitions:"
+    )
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=manifest).returncode == 0
+    wait_pool_ready(cli_env, namespace, ready_operator, "kept")
+    wait_for(lambda: len(_pool_topics(kafka_bootstrap, kept_prefix)) == 5, 30, "pool topics")
+    out = kubectl(cli_env, "delete", "sp", "kept", "-n", namespace, f"--timeout={DELETE_SECONDS}s")
+    assert out.returncode == 0, out.stderr + ready_operator.log_tail()
+    assert len(_pool_topics(kafka_bootstrap, kept_prefix)) == 5, "Retain keeps them"
 
 
 CAMPAIGN = """
