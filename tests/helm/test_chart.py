@@ -50,14 +50,18 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
         "ClusterRole/rel-mailpipe-edit",
         "ClusterRole/rel-mailpipe-operator",
         "ClusterRole/rel-mailpipe-operator-crds",
+        "ClusterRole/rel-mailpipe-uninstall",  # the pre-delete hook's (hooks/uninstall.yaml)
         "ClusterRole/rel-mailpipe-view",
         "ClusterRoleBinding/rel-mailpipe-operator",
         "ClusterRoleBinding/rel-mailpipe-operator-crds",
+        "ClusterRoleBinding/rel-mailpipe-uninstall",
         "CustomResourceDefinition/campaigns.mailpipe.io",
         "CustomResourceDefinition/sendingpools.mailpipe.io",
         "Deployment/rel-mailpipe-operator",
+        "Job/rel-mailpipe-uninstall",
         "Pod/rel-mailpipe-test",
         "ServiceAccount/rel-mailpipe-operator",
+        "ServiceAccount/rel-mailpipe-uninstall",
     ]
     role = next(
         d
