@@ -20,6 +20,7 @@ from kafka import KafkaProducer
 from mailpipe.contracts.topics import SUPPRESSIONS_TOPIC, owned_topics
 from mailpipe.contracts.wire import Disposition, Event, Suppression, SuppressionReason, encode
 from mailpipe.devstack.harness import Child
+from mailpipe.devstack.procs import free_port
 from mailpipe.kafkakit import list_topics, read_topic
 
 from .conftest import get, kubectl, pool_manifest, wait_for, wait_pool_ready
@@ -29,6 +30,9 @@ pytestmark = pytest.mark.operator
 PLUGIN_BIN = Path(sys.executable).parent  # where the venv installed `kubectl-mailpipe`
 DELETE_SECONDS = 60  # finalizers: children, then topic deletion on Kafka
 FINALIZER = "mailpipe.io/finalizer"
+# Deletion against a dead Kafka: a first attempt, one 15 s retry past the 5 s
+# give-up, and a loaded machine's slack.
+GIVE_UP_TEST_SECONDS = 90
 
 
 def plugin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -323,3 +327,39 @@ def test_uninstall_leaves_nothing_stranded(
     out = plugin(cli_env, "release-finalizers", "-n", namespace)
     assert out.returncode == 0 and "released sendingpools/news" in out.stdout, out.stdout
     assert get(cli_env, "sp", "news", namespace) is None
+
+
+def _events(env: dict[str, str], namespace: str, reason: str) -> list[str]:
+    listed = json.loads(
+        kubectl(
+            env, "get", "events", "-n", namespace, f"--field-selector=reason={reason}", "-o", "json"
+        ).stdout
+    )
+    return [e["message"] for e in listed["items"]]
+
+
+def test_deleting_never_waits_forever_on_a_kafka_that_is_gone(
+    operator_factory: Callable[..., Child], cli_env: dict[str, str], namespace: str
+) -> None:
+    """A pool whose Kafka is unreachable, and its campaign: each deletion retries
+    for the give-up time (5 minutes; 5 s here), then the object goes with a
+    Warning Event instead of staying stuck on the finalizer."""
+    op = operator_factory(MAILPIPE_DELETE_GIVE_UP_SECONDS="5")
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    manifest = pool_manifest("news", namespace, dead, "gone")
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=manifest).returncode == 0
+    wait_for(lambda: _finalized(cli_env, "sp", "news", namespace), 30, "pool finalizer", op)
+    doc = CAMPAIGN.format(name="spring", namespace=namespace)
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=doc).returncode == 0
+    wait_for(lambda: _finalized(cli_env, "camp", "spring", namespace), 30, "finalizer", op)
+
+    for kind, name, reason in (
+        ("camp", "spring", "CancelNotPublished"),
+        ("sp", "news", "TopicsKept"),
+    ):
+        out = kubectl(
+            cli_env, "delete", kind, name, "-n", namespace, f"--timeout={GIVE_UP_TEST_SECONDS}s"
+        )
+        assert out.returncode == 0, out.stderr + op.log_tail()
+        assert get(cli_env, kind, name, namespace) is None
+        wait_for(lambda r=reason: bool(_events(cli_env, namespace, r)), 10, f"{reason} Event", op)  # type: ignore[misc]

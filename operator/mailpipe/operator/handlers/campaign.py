@@ -22,7 +22,7 @@ from mailpipe.contracts.wire import CampaignControl, CampaignState, encode
 from .. import kafka_io
 from ..models import GROUP, VERSION
 from ..progress import CampaignPhase, FanoutCheckpoint, campaign_phase
-from .context import OperatorState, get_pool, operator_state
+from .context import DELETE_GIVE_UP_SECONDS, OperatorState, get_pool, operator_state
 from .status import condition, merge_conditions, now_iso
 
 STATUS_INTERVAL_SECONDS = 3.0  # counts are patched at most this often
@@ -142,9 +142,8 @@ async def suspend_changed(
 
 
 # A campaign's deletion never waits forever (ARCHITECTURE.md, invariant 14): a
-# pool that cannot be read or a Kafka that cannot be reached is retried this
-# long, then the campaign goes with a Warning Event saying the relays were not told.
-CANCEL_GIVE_UP_SECONDS = 300.0
+# Kafka that cannot be reached is retried at this pace until DELETE_GIVE_UP_SECONDS,
+# then the campaign goes with a Warning Event saying the relays were not told.
 CANCEL_RETRY_SECONDS = 15
 
 
@@ -167,7 +166,7 @@ async def delete_campaign(
         )
     except (KafkaError, ValidationError) as exc:
         message = f"relays not told to drop its records: {type(exc).__name__}: {str(exc)[:200]}"
-        if isinstance(exc, KafkaError) and runtime.total_seconds() < CANCEL_GIVE_UP_SECONDS:
+        if isinstance(exc, KafkaError) and runtime.total_seconds() < DELETE_GIVE_UP_SECONDS:
             raise kopf.TemporaryError(message, delay=CANCEL_RETRY_SECONDS) from exc
         kopf.warn(body, reason="CancelNotPublished", message=message)
     state.tally.forget(f"{namespace}/{name}")

@@ -26,7 +26,7 @@ from mailpipe.contracts.warmup import WarmupLedger
 from .. import kafka_io, kube_io
 from ..models import GROUP, VERSION, DeletionPolicy, SendingPoolSpec
 from ..pool import PoolRef, build_children, build_relay_config, config_hash, topics
-from .context import OperatorState, operator_state, parse_pool_spec
+from .context import DELETE_GIVE_UP_SECONDS, OperatorState, operator_state, parse_pool_spec
 from .status import condition, merge_conditions
 
 log = logging.getLogger("mailpipe.operator")
@@ -185,9 +185,6 @@ async def pool_warmup_status(
         )
 
 
-# Deleting a pool never waits forever on Kafka: past this, the pool goes and a
-# Warning Event names the topics left behind (ARCHITECTURE.md, invariant 14).
-TOPIC_DELETE_GIVE_UP_SECONDS = 300.0
 # After deleting its topics, the pool is finalized only once a later look finds
 # none: a relay still stopping (or any client asking for their metadata) can
 # have the broker re-create a topic (auto.create.topics.enable, on by default).
@@ -232,13 +229,13 @@ async def delete_pool(
         gone = await asyncio.to_thread(_delete_pool_topics, bootstrap, prefix)
     except KafkaError as exc:
         message = f"cannot delete topics {prefix}.* on {bootstrap}: {type(exc).__name__}"
-        if runtime.total_seconds() < TOPIC_DELETE_GIVE_UP_SECONDS:
+        if runtime.total_seconds() < DELETE_GIVE_UP_SECONDS:
             raise kopf.TemporaryError(message, delay=KAFKA_RETRY_SECONDS) from exc
         kopf.warn(body, reason="TopicsKept", message=f"{message}; gave up, delete them by hand")
         return
     if gone:
         kopf.info(body, reason="TopicsDeleted", message=", ".join(gone))
-        if runtime.total_seconds() < TOPIC_DELETE_GIVE_UP_SECONDS:
+        if runtime.total_seconds() < DELETE_GIVE_UP_SECONDS:
             raise kopf.TemporaryError("checking no topic comes back", delay=TOPIC_RECHECK_SECONDS)
         kopf.warn(body, reason="TopicsRecreated", message="a client keeps re-creating them")
 
