@@ -30,9 +30,10 @@ pytestmark = pytest.mark.operator
 PLUGIN_BIN = Path(sys.executable).parent  # where the venv installed `kubectl-mailpipe`
 DELETE_SECONDS = 60  # finalizers: children, then topic deletion on Kafka
 FINALIZER = "mailpipe.io/finalizer"
-# Deletion against a dead Kafka: a first attempt, one 15 s retry past the 5 s
-# give-up, and a loaded machine's slack.
-GIVE_UP_TEST_SECONDS = 90
+# Deletion against a dead Kafka: the fan-out daemon stopping (<= 30 s), a first
+# attempt (the Kafka client's 30 s bootstrap timeout), the 15 s retry delay past
+# the 5 s give-up, and a loaded machine's slack.
+GIVE_UP_TEST_SECONDS = 180
 
 
 def plugin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -189,6 +189,7 @@ async def pool_warmup_status(
 # none: a relay still stopping (or any client asking for their metadata) can
 # have the broker re-create a topic (auto.create.topics.enable, on by default).
 TOPIC_RECHECK_SECONDS = 5
+DELETE_FAILURE_MEMO = "topic_delete_failure"  # per-pool memo: why the last attempt failed
 
 
 @kopf.on.delete(GROUP, VERSION, "sendingpools")
@@ -203,7 +204,9 @@ async def delete_pool(
     **_: Any,
 ) -> None:
     """Children first (the relays stop sending), then the pool's own topics
-    unless `spec.kafka.deletionPolicy: Retain` or another pool shares them."""
+    unless `spec.kafka.deletionPolicy: Retain` or another pool shares them.
+    Kafka failures are retried until DELETE_GIVE_UP_SECONDS; a retry that
+    starts later lets the pool go with a Warning Event (invariant 14)."""
     assert namespace is not None  # both kinds are namespaced
     ref = PoolRef(name, namespace, uid)
     deleted = await asyncio.to_thread(kube_io.delete_children, ref)
@@ -225,19 +228,21 @@ async def delete_pool(
     if sharing:
         kopf.info(body, reason="TopicsKept", message=f"prefix {prefix} shared with {sharing[0]}")
         return
+    if runtime.total_seconds() >= DELETE_GIVE_UP_SECONDS:
+        why = memo.get(DELETE_FAILURE_MEMO, "no answer from Kafka")
+        message = f"gave up after {DELETE_GIVE_UP_SECONDS:.0f}s ({why}): delete {prefix}.* by hand"
+        kopf.warn(body, reason="TopicsKept", message=message)
+        return
     try:
         gone = await asyncio.to_thread(_delete_pool_topics, bootstrap, prefix)
     except KafkaError as exc:
         message = f"cannot delete topics {prefix}.* on {bootstrap}: {type(exc).__name__}"
-        if runtime.total_seconds() < DELETE_GIVE_UP_SECONDS:
-            raise kopf.TemporaryError(message, delay=KAFKA_RETRY_SECONDS) from exc
-        kopf.warn(body, reason="TopicsKept", message=f"{message}; gave up, delete them by hand")
-        return
+        memo[DELETE_FAILURE_MEMO] = message
+        raise kopf.TemporaryError(message, delay=KAFKA_RETRY_SECONDS) from exc
     if gone:
         kopf.info(body, reason="TopicsDeleted", message=", ".join(gone))
-        if runtime.total_seconds() < DELETE_GIVE_UP_SECONDS:
-            raise kopf.TemporaryError("checking no topic comes back", delay=TOPIC_RECHECK_SECONDS)
-        kopf.warn(body, reason="TopicsRecreated", message="a client keeps re-creating them")
+        memo[DELETE_FAILURE_MEMO] = "a client keeps re-creating them"
+        raise kopf.TemporaryError("checking no topic comes back", delay=TOPIC_RECHECK_SECONDS)
 
 
 def _delete_pool_topics(bootstrap: str, prefix: str) -> list[str]:
