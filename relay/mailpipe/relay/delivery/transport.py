@@ -12,6 +12,9 @@ once, at this boundary), so the engine's classifier decides all dispositions:
     TLS required, STARTTLS failed (refused, handshake, certificate) -> 451 4.7.5
     opportunistic TLS, STARTTLS failed -> the same host again in clear (RFC 3207 4.1)
     connection lost mid-transaction        -> 451 4.4.2
+    destination address refused by policy  -> 550 5.4.4 (no suppression: see `mx`)
+    a stage timed out (RFC 5321 4.5.3.2)   -> 421 4.4.1 (connect), 451 4.4.2 (the
+        others), the text naming the stage: "no greeting within 300 s (greeting timeout)"
 
 Every result says, per recipient, the stage whose reply decided it
 (`TransactionResult.detail[recipient]`, a `ports.Stage`: "dns",
@@ -31,7 +34,9 @@ connection is a deferral (it may have arrived: at-least-once, never lost).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import ssl
 import time
 import weakref
@@ -39,7 +44,7 @@ from typing import Any
 
 import aiosmtplib
 
-from mailpipe.contracts.config import RelayConfig, TLSMode
+from mailpipe.contracts.config import RelayConfig, SMTPTimeouts, TLSMode
 
 from ..classify import reply
 from ..ports import Envelope, SMTPReply, Stage, TransactionResult
@@ -52,6 +57,7 @@ from .mx import (
     Route,
     TemporaryDNSError,
     UnroutableDomain,
+    destination_refusal,
 )
 from .session import ConnectionLost, Session
 
@@ -71,6 +77,18 @@ class _NoTLS(Exception):
 
 class _TLSFailed(Exception):
     """STARTTLS was offered and could not be completed: refused, handshake, certificate."""
+
+
+class _StageTimeout(Exception):
+    """A stage before the session (connect, greeting, EHLO) outlived its timeout."""
+
+    def __init__(self, stage: Stage, what: str, seconds: float) -> None:
+        super().__init__(f"{what} within {seconds:g} s ({stage} timeout)")
+        self.stage = stage
+
+
+class _Refused(Exception):
+    """The destination policy forbids the address a route leads to."""
 
 
 def _all(
@@ -150,6 +168,13 @@ class SMTPTransport:
                     )
                     stage = Stage.TLS
                     break
+                except _Refused as exc:
+                    last, stage = reply(550, f"5.4.4 {exc}"), Stage.DNS
+                    break
+                except _StageTimeout as exc:
+                    code, status = (421, "4.4.1") if exc.stage is Stage.CONNECT else (451, "4.4.2")
+                    last, stage = reply(code, f"{status} {route.name}: {exc}"), exc.stage
+                    break
                 except _TLSFailed as exc:  # TLS required: defer, nothing sent
                     last, stage = (
                         reply(451, f"4.7.5 TLS with {route.name} failed: {exc}"),
@@ -172,10 +197,13 @@ class SMTPTransport:
                     replies, stages = await conn.transaction(
                         envelope.sender, rcpts, envelope.message
                     )
+                except asyncio.CancelledError:
+                    conn.close()  # cut mid-transaction (tarpit budget, shutdown): never pooled
+                    raise
                 except ConnectionLost as exc:
                     if reused and not exc.body_sent:
                         continue  # a stale pooled connection: try once more on a new one
-                    lost = reply(451, f"4.4.2 {route.name}: {exc}")
+                    lost = reply(451, f"4.4.2 {exc}")  # the text names the host already
                     return _all(rcpts, lost, Stage.LOST, mx_host=route.name, connected=True)
                 self._release(envelope, route, conn)
                 return TransactionResult(replies, mx_host=route.name, connected=True, detail=stages)
@@ -215,20 +243,74 @@ class SMTPTransport:
             self._tls_broken[host] = now + TLS_FALLBACK_SECONDS
             return await self._connect(env, route, starttls=False)
 
+    async def _address(self, route: Route) -> tuple[int, str]:
+        """The address family and IP `route` leads to, checked against the
+        destination policy here, at the last step, whatever named the host (MX,
+        A record, static route): a relay must not probe its own network."""
+        host = route.host
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, route.port, type=socket.SOCK_STREAM
+            )
+            if not infos:
+                raise OSError(f"{host} has no address") from None
+            family, _, _, _, sockaddr = infos[0]
+            ip = ipaddress.ip_address(sockaddr[0])
+        refusal = destination_refusal(str(ip), self.config.delivery)
+        if refusal is not None:
+            raise _Refused(f"{route.name} is at {ip}, {refusal}")
+        return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), str(ip)
+
+    async def _tcp(self, env: Envelope, route: Route, timeouts: SMTPTimeouts) -> socket.socket:
+        """A TCP connection from the egress IP, within the connect timeout (apart
+        from the greeting's, which aiosmtplib would otherwise share)."""
+        family, address = await self._address(route)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((env.egress_address, 0))
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(sock, (address, route.port)),
+                timeouts.connect_seconds,
+            )
+        except TimeoutError:
+            sock.close()
+            raise _StageTimeout(
+                Stage.CONNECT, f"no connection to {address}", timeouts.connect_seconds
+            ) from None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     async def _connect(self, env: Envelope, route: Route, *, starttls: bool) -> Session:
+        timeouts = self.config.delivery.timeouts
+        sock = await self._tcp(env, route, timeouts)
         smtp = aiosmtplib.SMTP(
-            hostname=route.host,
-            port=route.port,
             local_hostname=env.helo,
-            source_address=(env.egress_address, 0),
-            timeout=self.config.command_timeout_seconds,
+            sock=sock,
+            timeout=timeouts.ehlo_seconds,  # EHLO and STARTTLS; the greeting's is below
             start_tls=False,  # decided below, per policy
             validate_certs=self.config.tls.verify,
         )
-        await smtp.connect(timeout=self.config.connect_timeout_seconds)
+        try:
+            await smtp.connect(timeout=timeouts.greeting_seconds)
+        except aiosmtplib.SMTPConnectTimeoutError:
+            sock.close()
+            raise _StageTimeout(
+                Stage.GREETING, "no greeting", timeouts.greeting_seconds
+            ) from None
+        except BaseException:
+            sock.close()
+            raise
         self.connections_opened += 1
         try:
-            await smtp.ehlo()
+            try:
+                await smtp.ehlo()
+            except aiosmtplib.SMTPTimeoutError:
+                raise _StageTimeout(Stage.EHLO, "no reply to EHLO", timeouts.ehlo_seconds) from None
             if starttls and smtp.supports_extension("starttls"):
                 await self._starttls(smtp, route)
             elif self.config.tls.mode is TLSMode.REQUIRED:
@@ -239,12 +321,7 @@ class SMTPTransport:
         except BaseException:
             smtp.close()
             raise
-        session = Session(
-            transport,
-            dict(smtp.esmtp_extensions),
-            timeout=self.config.command_timeout_seconds,
-            host=route.name,
-        )
+        session = Session(transport, dict(smtp.esmtp_extensions), timeouts=timeouts, host=route.name)
         self._sessions.add(session)
         return session
 
