@@ -22,8 +22,8 @@ from typing import Any, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from mailpipe.contracts.config import DeliveryPolicy, check_routes
 from mailpipe.contracts.delays import DelayStep
+from mailpipe.contracts.delivery import DeliveryPolicy, check_routes
 from mailpipe.contracts.policy import (
     TIME_ZONE,
     DKIMIdentity,

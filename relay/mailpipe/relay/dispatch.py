@@ -21,6 +21,7 @@ from collections.abc import Awaitable
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.wire import CampaignState, Disposition, Recipient
 
+from .classify import reply
 from .delays import Postponer, PostponeReason
 from .emission import Emitter
 from .message import MessageError, Signer, build_message
@@ -28,7 +29,6 @@ from .metrics import RelayMetrics
 from .offsets import OffsetTracker
 from .ports import Clock, Envelope, SourceRecord, Stage, TransactionResult, Transport
 from .scheduling import Egress, NoEgress, Scheduler
-from .classify import reply
 from .settlement import Transaction, cancelled, chunks, event, settle
 from .stalls import Attempt
 from .suppressions import CampaignStates, SuppressionList

@@ -9,8 +9,8 @@ at a 15-s timeout, hours at the defaults). Postponing only the domain's
 queued records would not help: they sit behind the stalled offsets.
 
 So while the read window is full, a domain whose oldest attempt has run
-longer than `delivery.stall_budget_seconds` is *cut* (ARCHITECTURE.md,
-invariant 15): its attempts in flight are cancelled and deferred with a
+longer than `delivery.stall_budget_seconds` is *cut* (ARCHITECTURE.md, "No
+domain holds the read window"): its attempts in flight are cancelled and deferred with a
 reason naming the budget (a retry record on the pool's schedule, like any
 4xx), its queued records are postponed (`stalled_domain`), and records that
 reach it within one more budget are postponed at once instead of stalling

@@ -20,7 +20,7 @@ domain share one query, answers are cached for their TTL and failures for a
 while (negative caching, RFC 2308), and at most `MAX_MX_ADDRESSES` addresses
 are tried per attempt.
 
-Destination policy (issue 10, ARCHITECTURE.md invariant 14): a relay inside a
+Destination policy (issue 10; ARCHITECTURE.md, "No probing inward"): a relay inside a
 cluster must not become a probe of its own network, so addresses DNS gives
 for a recipient domain are dropped when they are loopback, private,
 link-local, unspecified, multicast, reserved or otherwise not global
@@ -48,7 +48,8 @@ import dns.inet
 import dns.rdatatype
 import dns.resolver
 
-from mailpipe.contracts.config import RelayConfig, destination_refusal, forbidden_reason
+from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.delivery import destination_refusal, forbidden_reason
 from mailpipe.contracts.errors import PermanentError, TemporaryError
 
 from ..addresses import AddressLiteral, InvalidDomain, ascii_domain

@@ -21,6 +21,10 @@ stage (`SMTPTimeouts`: MAIL, each RCPT, DATA initiation, each block of the
 message written, DATA termination), also when pipelined; a stage that times
 out loses the connection with a text naming it ("no reply to RCPT within
 300 s (rcpt timeout)"), which the deferral event carries.
+
+Over 300 lines because the protocol (replies, deadlines, flow control) and
+the transaction that waits on it are one mechanism: split, each half would
+need the other's internals.
 """
 
 from __future__ import annotations

@@ -34,9 +34,7 @@ connection is a deferral (it may have arrived: at-least-once, never lost).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import socket
 import ssl
 import time
 import weakref
@@ -44,10 +42,11 @@ from typing import Any
 
 import aiosmtplib
 
-from mailpipe.contracts.config import RelayConfig, SMTPTimeouts, TLSMode
+from mailpipe.contracts.config import RelayConfig, TLSMode
 
 from ..classify import reply
 from ..ports import Envelope, SMTPReply, Stage, TransactionResult
+from .dial import Refused, StageTimeout, dial
 from .mx import (
     AddressLiteral,
     InvalidDomain,
@@ -57,7 +56,6 @@ from .mx import (
     Route,
     TemporaryDNSError,
     UnroutableDomain,
-    destination_refusal,
 )
 from .session import ConnectionLost, Session
 
@@ -77,18 +75,6 @@ class _NoTLS(Exception):
 
 class _TLSFailed(Exception):
     """STARTTLS was offered and could not be completed: refused, handshake, certificate."""
-
-
-class _StageTimeout(Exception):
-    """A stage before the session (connect, greeting, EHLO) outlived its timeout."""
-
-    def __init__(self, stage: Stage, what: str, seconds: float) -> None:
-        super().__init__(f"{what} within {seconds:g} s ({stage} timeout)")
-        self.stage = stage
-
-
-class _Refused(Exception):
-    """The destination policy forbids the address a route leads to."""
 
 
 def _all(
@@ -168,10 +154,10 @@ class SMTPTransport:
                     )
                     stage = Stage.TLS
                     break
-                except _Refused as exc:
+                except Refused as exc:
                     last, stage = reply(550, f"5.4.4 {exc}"), Stage.DNS
                     break
-                except _StageTimeout as exc:
+                except StageTimeout as exc:
                     code, status = (421, "4.4.1") if exc.stage is Stage.CONNECT else (451, "4.4.2")
                     last, stage = reply(code, f"{status} {route.name}: {exc}"), exc.stage
                     break
@@ -243,51 +229,9 @@ class SMTPTransport:
             self._tls_broken[host] = now + TLS_FALLBACK_SECONDS
             return await self._connect(env, route, starttls=False)
 
-    async def _address(self, route: Route) -> tuple[int, str]:
-        """The address family and IP `route` leads to, checked against the
-        destination policy here, at the last step, whatever named the host (MX,
-        A record, static route): a relay must not probe its own network."""
-        host = route.host
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, route.port, type=socket.SOCK_STREAM
-            )
-            if not infos:
-                raise OSError(f"{host} has no address") from None
-            family, _, _, _, sockaddr = infos[0]
-            ip = ipaddress.ip_address(sockaddr[0])
-        refusal = destination_refusal(str(ip), self.config.delivery)
-        if refusal is not None:
-            raise _Refused(f"{route.name} is at {ip}, {refusal}")
-        return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), str(ip)
-
-    async def _tcp(self, env: Envelope, route: Route, timeouts: SMTPTimeouts) -> socket.socket:
-        """A TCP connection from the egress IP, within the connect timeout (apart
-        from the greeting's, which aiosmtplib would otherwise share)."""
-        family, address = await self._address(route)
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.bind((env.egress_address, 0))
-            await asyncio.wait_for(
-                asyncio.get_running_loop().sock_connect(sock, (address, route.port)),
-                timeouts.connect_seconds,
-            )
-        except TimeoutError:
-            sock.close()
-            raise _StageTimeout(
-                Stage.CONNECT, f"no connection to {address}", timeouts.connect_seconds
-            ) from None
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
     async def _connect(self, env: Envelope, route: Route, *, starttls: bool) -> Session:
         timeouts = self.config.delivery.timeouts
-        sock = await self._tcp(env, route, timeouts)
+        sock = await dial(env.egress_address, route, self.config.delivery)
         smtp = aiosmtplib.SMTP(
             local_hostname=env.helo,
             sock=sock,
@@ -299,9 +243,7 @@ class SMTPTransport:
             await smtp.connect(timeout=timeouts.greeting_seconds)
         except aiosmtplib.SMTPConnectTimeoutError:
             sock.close()
-            raise _StageTimeout(
-                Stage.GREETING, "no greeting", timeouts.greeting_seconds
-            ) from None
+            raise StageTimeout(Stage.GREETING, "no greeting", timeouts.greeting_seconds) from None
         except BaseException:
             sock.close()
             raise
@@ -310,7 +252,7 @@ class SMTPTransport:
             try:
                 await smtp.ehlo()
             except aiosmtplib.SMTPTimeoutError:
-                raise _StageTimeout(Stage.EHLO, "no reply to EHLO", timeouts.ehlo_seconds) from None
+                raise StageTimeout(Stage.EHLO, "no reply to EHLO", timeouts.ehlo_seconds) from None
             if starttls and smtp.supports_extension("starttls"):
                 await self._starttls(smtp, route)
             elif self.config.tls.mode is TLSMode.REQUIRED:
@@ -321,7 +263,9 @@ class SMTPTransport:
         except BaseException:
             smtp.close()
             raise
-        session = Session(transport, dict(smtp.esmtp_extensions), timeouts=timeouts, host=route.name)
+        session = Session(
+            transport, dict(smtp.esmtp_extensions), timeouts=timeouts, host=route.name
+        )
         self._sessions.add(session)
         return session
 
