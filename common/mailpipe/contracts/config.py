@@ -189,6 +189,19 @@ class RelayConfig(_Model):
         description="stage timeouts, tarpit budget, destination policy",
     )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 = no metrics server")
+    metrics_address: str = Field(
+        default="0.0.0.0",
+        description="address the metrics endpoint binds; under hostNetwork the operator"
+        " sets the pod IP (the node's primary address) so egress IPs never serve it",
+    )
+    metrics_domain_labels: int = Field(
+        default=50,
+        ge=0,
+        le=1000,
+        description="recipient domains that get their own metrics label (shaping keys and"
+        " the first seen); the rest are counted as 'other', so a list of random domains"
+        " cannot grow the relay's time series without bound",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RelayConfig:
