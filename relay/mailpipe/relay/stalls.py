@@ -26,21 +26,36 @@ timeouts in full: the budget only spends what other domains would wait for.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from .ports import Clock
 
 
-@dataclass(slots=True)
 class Attempt:
-    """One lane's delivery in flight: when it started, and whether it was cut."""
+    """One lane's delivery in flight, registered with its domain while the `with`
+    block runs: when it started, and whether it was cut. (A class rather than a
+    generator context manager: one is made per attempt, on the hot path.)"""
 
-    task: asyncio.Task[Any]
-    started: float
-    cut: bool = False
+    __slots__ = ("cut", "domain", "stalls", "started", "task")
+
+    def __init__(self, stalls: Stalls, domain: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.stalls = stalls
+        self.domain = domain
+        self.task: asyncio.Task[Any] = task
+        self.started = stalls.clock.monotonic()
+        self.cut = False
+
+    def __enter__(self) -> Attempt:
+        self.stalls._running.setdefault(self.domain, {})[self.task] = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        running = self.stalls._running[self.domain]
+        del running[self.task]
+        if not running:
+            del self.stalls._running[self.domain]
 
     def uncut(self) -> bool:
         """After catching the cut's CancelledError: True if that was all (carry on
@@ -56,20 +71,9 @@ class Stalls:
         self._running: dict[str, dict[asyncio.Task[Any], Attempt]] = {}
         self._cut_until: dict[str, float] = {}  # domain -> monotonic end of its cut
 
-    @contextmanager
-    def watch(self, domain: str) -> Iterator[Attempt]:
-        """Register the current task's attempt for `domain` while it delivers."""
-        task = asyncio.current_task()
-        assert task is not None
-        attempt = Attempt(task, self.clock.monotonic())
-        running = self._running.setdefault(domain, {})
-        running[task] = attempt
-        try:
-            yield attempt
-        finally:
-            del running[task]
-            if not running:
-                del self._running[domain]
+    def watch(self, domain: str) -> Attempt:
+        """`with stalls.watch(domain) as attempt:` around the current task's delivery."""
+        return Attempt(self, domain)
 
     def cut(self, budget: float) -> list[str]:
         """Cancel every attempt older than `budget`; the domains they belong to."""
