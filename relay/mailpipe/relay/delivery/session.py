@@ -68,6 +68,9 @@ class SessionProtocol(asyncio.Protocol):
         self._paused = False
         self.error: ConnectionLost | None = None
         self.deadline: float | None = None  # loop time by which the pending exchange must end
+        # While a message is written: each block the transport takes re-arms the
+        # deadline by this much (RFC 5321 4.5.3.2.5 times each block, not the whole).
+        self.block_seconds: float | None = None
         self.closed: asyncio.Future[None] = self._loop.create_future()  # set by connection_lost
 
     # -- asyncio.Protocol callbacks ---------------------------------------
@@ -95,6 +98,8 @@ class SessionProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self.block_seconds is not None and self.deadline is not None:
+            self.deadline = self._loop.time() + self.block_seconds
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -200,9 +205,13 @@ class Session:
         try:
             if body_sent:  # 4.5.3.2.5: each block of the message within the data-block timeout
                 self._expect("message not taken", "data block", t.data_block_seconds)
+                self.protocol.block_seconds = t.data_block_seconds
             else:
                 self._expect(*stages[0])
-            await self.protocol.write(data)
+            try:
+                await self.protocol.write(data)
+            finally:
+                self.protocol.block_seconds = None
             out = []
             for stage in stages:
                 self._expect(*stage)
