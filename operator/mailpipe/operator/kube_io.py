@@ -17,6 +17,8 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from mailpipe.contracts.topics import pool_prefix
+
 from .models import GROUP, VERSION
 from .pool import SPEC_HASH_ANNOTATION, PoolRef
 
@@ -58,8 +60,11 @@ def _call(kind: str, verb: str, *args: Any, **kwargs: Any) -> Any:
     return getattr(target, f"{verb}_{suffix}")(*args, **kwargs)
 
 
-def apply(obj: dict[str, Any]) -> bool:
-    """Server-side apply `obj` unless the live one has the same spec hash; True if written."""
+def apply(obj: dict[str, Any], force: bool = False) -> bool:
+    """Server-side apply `obj` unless the live one has the same spec hash; True if written.
+
+    `force`: apply even then (the live object drifted: a manual scale or edit).
+    """
     desired = json.loads(json.dumps(obj))
     digest = _hash(desired)
     desired["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
@@ -67,7 +72,7 @@ def apply(obj: dict[str, Any]) -> bool:
     try:
         live = _call(kind, "read", name, ns)
         annotations = live.metadata.annotations or {}
-        if annotations.get(SPEC_HASH_ANNOTATION) == digest:
+        if annotations.get(SPEC_HASH_ANNOTATION) == digest and not force:
             return False
     except ApiException as exc:
         if exc.status != 404:
@@ -150,3 +155,49 @@ def read_configmap(namespace: str, name: str) -> dict[str, str] | None:
     for key, b64 in (cm.binary_data or {}).items():
         data[key] = base64.b64decode(b64).decode("latin-1")
     return data
+
+
+def read_deployment(ref: PoolRef) -> dict[str, Any] | None:
+    """The pool's relay Deployment as JSON, or None."""
+    try:
+        dep = _call("Deployment", "read", ref.child_name, ref.namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    out: dict[str, Any] = api().sanitize_for_serialization(dep)  # type: ignore[no-untyped-call]
+    return out
+
+
+def read_secret(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's data (base64 values, as stored), or None when it does not exist."""
+    try:
+        secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return {k: str(v) for k, v in (secret.data or {}).items()}
+
+
+def pools_with_prefix(bootstrap: str, prefix: str, namespace: str, except_uid: str) -> list[str]:
+    """'namespace/name' of the other SendingPools whose topics are `prefix`.* on
+    `bootstrap`: a deleted pool's topics are theirs too and must stay. Listed
+    cluster-wide, or in the namespaces the operator may read (namespaced RBAC
+    answers 403 to a cluster-wide list: then `namespace`, the deleted pool's)."""
+    api_ = client.CustomObjectsApi(api())
+    listed: Any
+    try:
+        listed = api_.list_cluster_custom_object(GROUP, VERSION, "sendingpools")
+    except ApiException as exc:
+        if exc.status != 403:
+            raise
+        listed = api_.list_namespaced_custom_object(GROUP, VERSION, namespace, "sendingpools")
+    out = []
+    for obj in listed["items"]:
+        meta, kafka = obj["metadata"], obj.get("spec", {}).get("kafka", {})
+        theirs = kafka.get("topicPrefix") or pool_prefix(meta["namespace"], meta["name"])
+        same = theirs == prefix and kafka.get("bootstrapServers") == bootstrap
+        if same and meta["uid"] != except_uid:
+            out.append(f"{meta['namespace']}/{meta['name']}")
+    return out

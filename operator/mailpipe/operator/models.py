@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field, model_validator
 from mailpipe.contracts.delays import DelayStep
 from mailpipe.contracts.delivery import DeliveryPolicy, check_routes
 from mailpipe.contracts.policy import (
+    MAX_DOMAIN_GROUPS,
     TIME_ZONE,
     DKIMIdentity,
     EgressIP,
@@ -61,18 +62,34 @@ def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
 class Warmup(WarmupPolicy):
     model_config = ConfigDict(
         json_schema_extra=_cel(
+            # `!has(self.schedule)`: a warmup with only a timeZone has no schedule key
             (
-                "self.schedule.all(a, self.schedule.all(b, "
+                "!has(self.schedule) || self.schedule.all(a, self.schedule.all(b, "
                 "a.day < b.day ? a.dailyLimit <= b.dailyLimit : true))",
                 "warm-up schedule: dailyLimit must not decrease from one day to a later one",
             ),
             (
+                "!has(self.schedule) || "
                 "self.schedule.all(a, self.schedule.exists_one(b, b.day == a.day))",
                 "warm-up schedule: each day may appear only once",
             ),
         )
     )
     time_zone: TimeZone = Field(default="UTC", description="Where warm-up days start.")
+
+
+class Retry(RetrySettings):
+    # The retry schedule must fit in the max age (when both are written; the
+    # operator checks the defaults too: validation.semantic_problems).
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.scheduleSeconds) || !has(self.maxAgeSeconds) || "
+                "self.scheduleSeconds.sum() <= self.maxAgeSeconds",
+                "retry schedule is longer than maxAgeSeconds: its last retries would never run",
+            )
+        )
+    )
 
 
 class Throttles(Spec):
@@ -91,6 +108,14 @@ class DKIM(DKIMIdentity):
     secret_ref: SecretKeyRef = Field(description="Where the private key is.")
 
 
+class DeletionPolicy(enum.StrEnum):
+    """What deleting a SendingPool does to its own Kafka topics (as Crossplane's
+    `deletionPolicy` for external resources, PersistentVolumes' reclaim policy)."""
+
+    DELETE = "Delete"  # outbound, delay, events and DLQ topics are deleted with the pool
+    RETAIN = "Retain"  # they stay: events kept for audit, a re-created pool resumes them
+
+
 class KafkaSpec(Spec):
     bootstrap_servers: str = Field(
         min_length=1, description="Kafka bootstrap servers, host:port,..."
@@ -107,6 +132,13 @@ class KafkaSpec(Spec):
         max_length=10,
         description="Delay topics for retries and scheduled mail, e.g. 1m, 10m, 1h.",
     )
+    deletion_policy: DeletionPolicy = Field(
+        default=DeletionPolicy.DELETE,
+        description=(
+            "Deleting the pool deletes its own topics (outbound, delay, events, DLQ), or "
+            "Retain keeps them. The shared suppression and campaign topics are never deleted."
+        ),
+    )
 
 
 class ResourceList(Spec):
@@ -121,6 +153,18 @@ class Resources(Spec):
 
 class SendingPoolSpec(Spec):
     """Where mail leaves from: egress IPs, shaping, retries, TLS, DKIM, relays."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.warmup) || !has(self.warmup.schedule) || self.warmup.schedule.all(s, "
+                "!has(s.groupLimits) || s.groupLimits.all(g, "
+                "has(self.domainGroups) && g in self.domainGroups))",
+                "warmup.schedule groupLimits name a domain group that is not defined "
+                "in domainGroups",
+            )
+        )
+    )
 
     replicas: int = Field(default=1, ge=0, le=100, description="Relay replicas.")
     image: str = Field(default="ghcr.io/mailpipe/mailpipe:0.1.0", description="Relay image.")
@@ -143,12 +187,12 @@ class SendingPoolSpec(Spec):
         default_factory=Warmup, description="IP warm-up schedule and safeguards."
     )
     domain_groups: dict[str, list[str]] = Field(
-        default_factory=dict, description="Group name -> destination domain patterns (fnmatch)."
+        default_factory=dict,
+        max_length=MAX_DOMAIN_GROUPS,
+        description="Group name -> destination domain patterns (fnmatch).",
     )
     throttles: Throttles = Field(default_factory=Throttles, description="Per-destination shaping.")
-    retry: RetrySettings = Field(
-        default_factory=RetrySettings, description="Retry schedule of deferred mail."
-    )
+    retry: Retry = Field(default_factory=Retry, description="Retry schedule of deferred mail.")
     tls: TLSSettings = Field(
         default_factory=TLSSettings, description="TLS policy towards MX hosts."
     )
@@ -292,7 +336,12 @@ class Unsubscribe(Spec):
 
 
 class CampaignSpec(Spec):
-    """What to send: sender, templates, audience, schedule, variants."""
+    """What to send: sender, templates, audience, schedule, variants.
+
+    Once fan-out has started only suspend applies; an edit of any other field is
+    refused (condition SpecAccepted=False, reason EditRefusedAfterFanout) until
+    reverted. A Failed campaign takes any edit and resumes.
+    """
 
     model_config = ConfigDict(
         json_schema_extra=_cel(

@@ -12,6 +12,8 @@ topic, fan-out progress from the Campaign's status.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -27,6 +29,10 @@ from ..pool import PoolRef, topics
 from ..tally import Tally
 
 MEMO_KEY = "mailpipe"  # the operator memo's key for OperatorState
+# A deletion handler retries what it cannot reach (Kafka) at most this long, then
+# lets the object go with a Warning Event (ARCHITECTURE.md, invariant 16). Tests
+# shorten it through the environment.
+DELETE_GIVE_UP_SECONDS = float(os.environ.get("MAILPIPE_DELETE_GIVE_UP_SECONDS", "300"))
 
 
 @dataclass
@@ -41,6 +47,13 @@ class OperatorState:
     """One producer per Kafka cluster, shared by fan-outs and control records."""
     ledgers: dict[str, WarmupLedger] = field(default_factory=dict)
     """Per-IP warm-up of each pool (`namespace/name`), as the relays count it."""
+    pool_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    """One lock per pool (`namespace/name`): its reconciles (spec, Deployment, Secret
+    events) read the world and patch status one at a time, so none overwrites a
+    newer reading with an older one."""
+
+    def pool_lock(self, key: str) -> asyncio.Lock:
+        return self.pool_locks.setdefault(key, asyncio.Lock())
 
 
 def operator_state(memo: kopf.Memo) -> OperatorState:
