@@ -23,6 +23,7 @@ from typing import Any, Self
 from pydantic import ConfigDict, Field, model_validator
 
 from mailpipe.contracts.delays import DelayStep
+from mailpipe.contracts.delivery import DeliveryPolicy, check_routes
 from mailpipe.contracts.policy import (
     MAX_DOMAIN_GROUPS,
     TIME_ZONE,
@@ -208,12 +209,17 @@ class SendingPoolSpec(Spec):
     smtp_port: int = Field(default=25, ge=1, le=65535, description="Port of MX hosts.")
     # >= 1024: the relay runs as non-root and cannot bind privileged ports
     metrics_port: int = Field(default=9090, ge=1024, le=65535, description="Relay metrics port.")
+    delivery: DeliveryPolicy = Field(
+        default_factory=DeliveryPolicy,
+        description="SMTP stage timeouts, tarpit budget, destination policy.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         # What the relay config would refuse is refused here, so the handler marks
         # the pool Ready=False (InvalidSpec) instead of failing to render its config.
         check_pool(self.egress_ips, self.domain_groups, self.warmup.schedule)
+        check_routes(self.routes, self.delivery)
         return self
 
 
