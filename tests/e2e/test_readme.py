@@ -101,7 +101,8 @@ def kubelet(
         for kind in ("campaigns", "sendingpools"):
             harness.kubectl(reader_env, "delete", kind, "--all", "-n", "mail", "--wait=true")
         k.stop()
-        harness.helm(reader_env, "uninstall", "mailpipe", "-n", "mailpipe-system")
+        # the CRs are gone already (what the pre-delete hook does; its Job needs a kubelet)
+        harness.helm(reader_env, "uninstall", "mailpipe", "-n", "mailpipe-system", "--no-hooks")
         harness.kubectl(reader_env, "delete", "namespace", "mail", "--wait=false")
 
 

@@ -46,7 +46,9 @@ def release(
         yield name, kubelet, values
     finally:
         kubelet.children.stop_all()
-        harness.helm(cli_env, "uninstall", name, "-n", namespace)
+        harness.helm(
+            cli_env, "uninstall", name, "-n", namespace, "--no-hooks"
+        )  # hook Job: no kubelet
 
 
 def create_test_hooks(cli_env: dict[str, str], name: str, namespace: str, values: list[str]) -> Any:

@@ -56,7 +56,9 @@ def replicas(
         yield kubelet, name
     finally:
         kubelet.children.stop_all()
-        harness.helm(cli_env, "uninstall", name, "-n", namespace)
+        harness.helm(
+            cli_env, "uninstall", name, "-n", namespace, "--no-hooks"
+        )  # hook Job: no kubelet
 
 
 def test_two_replicas_elect_one_and_hand_over(
