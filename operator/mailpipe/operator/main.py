@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(os.environ.get("MAILPIPE_METRICS_PORT", "0")),
         help="port of the Prometheus /metrics endpoint (0: none)",
     )
+    parser.add_argument(
+        "--listen-address",
+        default=os.environ.get("MAILPIPE_LISTEN_ADDRESS", "0.0.0.0"),
+        help="address the /healthz and /metrics endpoints bind (default: every address of"
+        " the pod's own network namespace, where the kubelet and Prometheus reach it)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--peering", default=None, help="kopf peering name for several replicas")
     mode.add_argument(
@@ -67,11 +73,13 @@ def run(args: argparse.Namespace) -> int:
     from . import handlers, metrics  # noqa: F401
 
     if args.metrics_port:
-        metrics.serve(args.metrics_port)
+        metrics.serve(args.metrics_port, args.listen_address)
     priority = args.priority
     if priority is None:
         priority = secrets.randbelow(PRIORITY_SPAN) if args.peering else 0
-    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    # kopf's health server (aiohttp: async, this one path, 404 elsewhere).
+    host = f"[{args.listen_address}]" if ":" in args.listen_address else args.listen_address
+    liveness = f"http://{host}:{args.liveness_port}/healthz" if args.liveness_port else None
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
