@@ -41,7 +41,7 @@ from .policy import (
     WarmupStep,
     check_pool,
 )
-from .topics import CONTROL_TOPIC, SUPPRESSIONS_TOPIC, Topics
+from .topics import CONTROL_SUFFIX, NEVER_MAIL_TOPIC, SUPPRESSIONS_SUFFIX, Topics, namespace_space
 
 __all__ = [
     "ConfigError",
@@ -78,9 +78,11 @@ class KafkaSettings(_Model):
     outbound_topic: str
     events_topic: str
     dlq_topic: str
-    suppressions_topic: str = SUPPRESSIONS_TOPIC
+    suppressions_topic: str = Field(
+        description="compacted; where this pool's hard bounces go (its namespace's, or its own)"
+    )
     control_topic: str = Field(
-        default=CONTROL_TOPIC, description="compacted campaign states (paused, cancelled)"
+        description="compacted campaign states (paused, cancelled) of the pool's namespace"
     )
     delay_topics: dict[DelayStep, str] = Field(
         default_factory=dict,
@@ -97,6 +99,10 @@ class KafkaSettings(_Model):
         ge=1,
         description="read-ahead bound across all domains; the duplicate window on a crash",
     )
+    obeyed_suppressions_topics: list[str] = Field(
+        default_factory=lambda: [NEVER_MAIL_TOPIC],
+        description="compacted suppression topics obeyed but never written (never-mail list)",
+    )
 
     @classmethod
     def for_topics(
@@ -112,6 +118,7 @@ class KafkaSettings(_Model):
             suppressions_topic=topics.suppressions,
             control_topic=topics.control,
             delay_topics=topics.delay,
+            obeyed_suppressions_topics=list(topics.obeyed),
             **settings,
         )
 
@@ -125,6 +132,7 @@ class KafkaSettings(_Model):
             delay=dict(self.delay_topics),
             suppressions=self.suppressions_topic,
             control=self.control_topic,
+            obeyed=tuple(self.obeyed_suppressions_topics),
         )
 
 
@@ -175,6 +183,23 @@ class RelayConfig(_Model):
     connect_timeout_seconds: float = Field(default=30, gt=0)
     command_timeout_seconds: float = Field(default=300, gt=0, description="RFC 5321 4.5.3.2")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 = no metrics server")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _namespace_topics(cls, data: Any) -> Any:
+        # A hand-written config without suppression or control topics gets its
+        # namespace's (from `pool`), never a cluster-global one (issue 11).
+        kafka = data.get("kafka") if isinstance(data, dict) else None
+        pool = data.get("pool") if isinstance(data, dict) else None
+        if isinstance(kafka, dict) and isinstance(pool, str) and "/" in pool:
+            space = namespace_space(pool.split("/", 1)[0])
+            kafka = {
+                "suppressions_topic": f"{space}.{SUPPRESSIONS_SUFFIX}",
+                "control_topic": f"{space}.{CONTROL_SUFFIX}",
+                **kafka,
+            }
+            data = {**data, "kafka": kafka}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RelayConfig:

@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--peering", default=None, help="kopf peering name for several replicas")
     parser.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="cluster policy YAML over tenant fields (default: $MAILPIPE_POLICY; none: no limits)",
+    )
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -39,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     from . import handlers  # noqa: F401 — registers the handlers
+    from .cluster_policy import POLICY_MEMO_KEY, load_policy
+
+    # Read before kopf starts, so a bad policy stops the operator instead of
+    # letting it reconcile pools unchecked; every resource memo copies it.
+    memo = kopf.Memo()
+    memo[POLICY_MEMO_KEY] = load_policy(args.policy)
 
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     kopf.run(
@@ -48,5 +59,6 @@ def run(args: argparse.Namespace) -> int:
         peering_name=args.peering,
         priority=args.priority,
         liveness_endpoint=liveness,
+        memo=memo,
     )
     return 0

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from mailpipe.contracts.warmup import WarmupLedger
 
-from .. import kafka_io, kube_io
+from .. import kafka_io, kube_io, tenancy
 from ..models import GROUP, VERSION, SendingPoolSpec
 from ..pool import PoolRef, build_children, build_relay_config, config_hash, topics
 from .context import OperatorState, operator_state, parse_pool_spec
@@ -61,6 +61,7 @@ async def reconcile_pool(
         )
         kopf.warn(body, reason="InvalidSpec", message=message)
         raise kopf.PermanentError(message) from exc
+    refuse_foreign_pool(namespace, name, parsed, memo, old_conditions, generation, body, patch)
     ref = PoolRef(name, namespace, uid)
     text, children = build_children(ref, parsed)
     written = await asyncio.to_thread(kube_io.apply_all, children)
@@ -74,7 +75,7 @@ async def reconcile_pool(
             t.all(),
             parsed.kafka.partitions,
             parsed.kafka.replication_factor,
-            [t.suppressions, t.control],
+            t.compacted(),
         )
     except KafkaError as exc:
         message = f"cannot create topics on {parsed.kafka.bootstrap_servers}: {exc}"
@@ -126,6 +127,30 @@ async def reconcile_pool(
     warming = sum(1 for e in parsed.egress_ips if e.warmup)
     patch.status["warmupSummary"] = f"{warming} warming" if warming else "warm"
     _follow_pool_events(operator_state(memo), ref, parsed)
+
+
+def refuse_foreign_pool(
+    namespace: str,
+    name: str,
+    spec: SendingPoolSpec,
+    memo: kopf.Memo,
+    old_conditions: list[dict[str, Any]],
+    generation: int | None,
+    body: Any,
+    patch: Any,
+) -> None:
+    """A pool naming another tenant's topics or breaking the cluster policy gets
+    Ready=False with the reason and a Warning, and nothing is applied or created
+    (`tenancy.refusal`)."""
+    refused = tenancy.refusal(namespace, name, spec, tenancy.policy_of(memo))
+    if refused is None:
+        return
+    patch.status["conditions"] = merge_conditions(
+        old_conditions, [condition("Ready", False, refused.reason, refused.message, generation)]
+    )
+    patch.status["observedGeneration"] = generation
+    kopf.warn(body, reason=refused.reason, message=refused.message)
+    raise kopf.PermanentError(f"{refused.reason}: {refused.message}")
 
 
 def _follow_pool_events(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec) -> None:
