@@ -53,11 +53,14 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
         "ClusterRole/rel-mailpipe-view",
         "ClusterRoleBinding/rel-mailpipe-operator",
         "ClusterRoleBinding/rel-mailpipe-operator-crds",
+        "ConfigMap/rel-mailpipe-policy",
         "CustomResourceDefinition/campaigns.mailpipe.io",
         "CustomResourceDefinition/sendingpools.mailpipe.io",
         "Deployment/rel-mailpipe-operator",
         "Pod/rel-mailpipe-test",
         "ServiceAccount/rel-mailpipe-operator",
+        "ValidatingAdmissionPolicy/rel-mailpipe-topic-ownership",
+        "ValidatingAdmissionPolicyBinding/rel-mailpipe-topic-ownership",
     ]
     role = next(
         d
