@@ -134,3 +134,26 @@ class Topics:
     def compacted(self) -> list[str]:
         """The compacted topics the pool writes or reads: suppressions, control, obeyed."""
         return list(dict.fromkeys([self.suppressions, self.control, *self.obeyed]))
+
+
+@dataclass(frozen=True)
+class Acl:
+    """One Kafka ACL a platform team grants (README, "Multi-tenancy and security")."""
+
+    resource: str  # "topic" or "group"
+    name: str
+    prefixed: bool  # a PREFIXED pattern, else LITERAL
+    operations: tuple[str, ...]  # Kafka operation names: Read, Write, Describe
+
+
+def namespace_acls(namespace: str) -> list[Acl]:
+    """What the relays of `namespace` (their own principal) need, and nothing
+    more: every topic and group of the namespace's space, and reading the
+    never-mail list. Topic creation stays with the operator's principal;
+    writing the never-mail list with the platform's."""
+    space = namespace_space(namespace) + "."
+    return [
+        Acl("topic", space, True, ("Read", "Write", "Describe")),
+        Acl("group", space, True, ("Read", "Describe")),
+        Acl("topic", NEVER_MAIL_TOPIC, False, ("Read", "Describe")),
+    ]
