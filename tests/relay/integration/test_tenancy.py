@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.topics import NEVER_MAIL_TOPIC
@@ -26,7 +26,7 @@ from mailpipe.contracts.wire import Suppression, SuppressionReason, encode, supp
 from mailpipe.devstack import samples
 from mailpipe.devstack.dns import Zone
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
-from mailpipe.kafkakit import ensure_pool_topics, read_topic
+from mailpipe.kafkakit import ensure_pool_topics
 from mailpipe.operator.models import SendingPoolSpec
 from mailpipe.operator.pool import PoolRef, build_relay_config
 
@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.relay, pytest.mark.security]
 BOUNCES = 20  # the finding's count
 EVENTS_SECONDS = 90  # three relays on a shared two-core machine
 HARD_BOUNCE = "550 5.1.1 no such user"
+EVENTS_POLL_MS = 200
 
 
 class TenantPool:
@@ -59,6 +60,8 @@ class TenantPool:
         ensure_pool_topics(self.config.kafka, partitions=2)  # the operator's job in a cluster
         self.bootstrap = bootstrap
         self.campaign = f"{namespace}/camp"
+        self._events: KafkaConsumer | None = None
+        self._seen: dict[str, list[str]] = {}
 
     def send(self, producer: KafkaProducer, *recipients: str) -> None:
         for r in recipients:
@@ -67,12 +70,23 @@ class TenantPool:
         producer.flush()
 
     def dispositions(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for _, v in read_topic(self.bootstrap, self.config.kafka.events_topic):
-            if v:
-                event = json.loads(v)
-                out.setdefault(event["recipient"], []).append(event["disposition"])
-        return out
+        """recipient -> dispositions so far, read by one long-lived consumer (a
+        client per look would churn sockets on a loaded machine)."""
+        if self._events is None:
+            self._events = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+            topic = self.config.kafka.events_topic
+            tps = [TopicPartition(topic, p) for p in self._events.partitions_for_topic(topic) or ()]
+            self._events.assign(tps)
+            self._events.seek_to_beginning(*tps)
+        for records in self._events.poll(timeout_ms=EVENTS_POLL_MS).values():
+            for r in records:
+                event = json.loads(r.value)
+                self._seen.setdefault(event["recipient"], []).append(event["disposition"])
+        return {k: list(v) for k, v in self._seen.items()}
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
 
 
 def test_bounces_suppress_within_their_namespace_or_pool_and_never_mail_everywhere(
@@ -146,13 +160,14 @@ def test_bounces_suppress_within_their_namespace_or_pool_and_never_mail_everywhe
             "namespace A's second round",
             relay_a,
         )
+        a, b = a_news.dispositions(), b_news.dispositions()
     finally:
         producer.close()
+        for pool in (a_news, a_routed, b_news):
+            pool.close()
 
-    b = b_news.dispositions()
     assert {r: b[r] for r in bounced} == {r: ["delivered"] for r in bounced}, b
     assert b[vip] == ["suppressed"]  # the never-mail list applies in every namespace
-    a = a_news.dispositions()
     assert a[ceo] == ["delivered"]  # a routed 550 stays in its own pool
     assert a[vip] == ["suppressed"]
     assert a[bounced[0]] == ["bounced", "suppressed"]  # within the namespace it still holds
