@@ -3,8 +3,9 @@
 A pool may only name topics in its namespace's space (`mailpipe.<namespace>.`,
 `contracts.topics`) and only use what the platform's cluster policy allows
 (`cluster_policy`). Kept apart from the handler so the reconcile stays a
-sequence of steps: `refusal` is pure, the handler turns a refusal into
-Ready=False with its reason, a Warning Event, and no children, no topics.
+sequence of steps: `refusal` is pure; the handler adds it to the pool's
+problems (`validation.Problem`), which means Ready=False and Stalled=True with
+its reason, a Warning Event, and no children, no topics.
 
 The CRD schema refuses what it can see on its own (a `kafka.topicPrefix`
 outside `mailpipe.` or inside the platform's `mailpipe._` space); it cannot
@@ -21,6 +22,7 @@ from mailpipe.contracts.topics import TopicOwnershipError, owned_prefix
 
 from .cluster_policy import POLICY_MEMO_KEY, ClusterPolicy, violations
 from .models import SendingPoolSpec
+from .validation import Problem
 
 TOPIC_NOT_OWNED = "TopicNotOwned"
 POLICY_VIOLATION = "PolicyViolation"
@@ -46,6 +48,14 @@ def refusal(
     if refused:
         return Refusal(POLICY_VIOLATION, "; ".join(refused))
     return None
+
+
+def problems(
+    namespace: str, name: str, spec: SendingPoolSpec, policy: ClusterPolicy
+) -> list[Problem]:
+    """`refusal` as the pool reconcile's problems (nothing is applied while one stands)."""
+    refused = refusal(namespace, name, spec, policy)
+    return [] if refused is None else [Problem(refused.reason, refused.message)]
 
 
 def policy_of(memo: Any) -> ClusterPolicy:

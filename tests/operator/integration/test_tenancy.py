@@ -21,7 +21,7 @@ from kafka.admin import KafkaAdminClient
 
 from mailpipe.devstack import harness
 
-from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
+from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for, wait_pool_ready
 
 pytestmark = [pytest.mark.operator, pytest.mark.security]
 
@@ -137,12 +137,7 @@ def test_the_cluster_policy_refuses_what_it_does_not_allow(
         assert message in ready["message"], ready
         assert get(cli_env, "deployment", f"mailpipe-relay-{name}", namespace) is None
     # the policy refuses what it must, not everything
-    wait_for(
-        lambda: harness.condition_true(get(cli_env, "sp", "good", namespace)),
-        REFUSAL_SECONDS,
-        "the compliant pool Ready",
-        op,
-    )
+    wait_pool_ready(cli_env, namespace, op, "good")  # plays the kubelet for its relays
 
 
 ADMISSION_ACTIVE_SECONDS = 30  # the apiserver compiles and starts a new policy within seconds

@@ -7,6 +7,8 @@ status (ARCHITECTURE.md, control plane):
   place the relay Deployment (and its ConfigMap, Service, PDB) is written;
 - `fanout`: the per-Campaign daemon that produces the audience to Kafka;
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
+- `relays`: the world a pool depends on (its relay Deployment watched, the
+  Secrets it references re-read), so its status and relays follow it;
 - `status`: conditions; `context`: the operator state in kopf's memo, `get_pool`.
 
 This module holds the operator-wide startup and cleanup: kopf settings, and
@@ -21,11 +23,13 @@ from typing import Any
 
 import kopf
 
+from .. import tenancy
+from ..cluster_policy import POLICY_MEMO_KEY
 from ..models import GROUP
-from . import campaign, fanout, pool
+from . import campaign, fanout, pool, relays
 from .context import MEMO_KEY, OperatorState, operator_state
 
-__all__ = ["campaign", "fanout", "pool"]
+__all__ = ["campaign", "fanout", "pool", "relays"]
 
 # Re-list every 5 min: a watch that silently stopped delivering events (load
 # balancers drop idle streams) is replaced within that time.
@@ -47,6 +51,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.INFO
     settings.execution.max_workers = SYNC_HANDLER_THREADS
     state = OperatorState()
+    if POLICY_MEMO_KEY in memo:  # put there by `mailpipe operator` (main.run)
+        state.policy = tenancy.policy_of(memo)
     state.hub.start(asyncio.get_running_loop())
     # Set before kopf starts watching, so every resource memo copies it.
     memo[MEMO_KEY] = state
