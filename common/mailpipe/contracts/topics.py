@@ -157,3 +157,24 @@ def namespace_acls(namespace: str) -> list[Acl]:
         Acl("group", space, True, ("Read", "Describe")),
         Acl("topic", NEVER_MAIL_TOPIC, False, ("Read", "Describe")),
     ]
+
+
+def owned_topics(prefix: str, existing: Iterable[str]) -> list[str]:
+    """The topics among `existing` that belong to the pool with `prefix`:
+    outbound, events, DLQ and every delay topic, including those of delay
+    steps the pool no longer lists, and a routed pool's own suppressions.
+    Sorted. Never the namespace's or the cluster's topics."""
+    own = {f"{prefix}.outbound", f"{prefix}.events", f"{prefix}.dlq"}
+    own.add(f"{prefix}.{SUPPRESSIONS_SUFFIX}")
+    delay = f"{prefix}.delay."
+    out = []
+    for name in existing:
+        if name in own:
+            out.append(name)
+        elif name.startswith(delay):
+            try:
+                DelayStep(name[len(delay) :])
+            except ValueError:
+                continue  # not a delay step: another pool's topic under a longer prefix
+            out.append(name)
+    return sorted(out)

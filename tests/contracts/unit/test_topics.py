@@ -14,6 +14,7 @@ from mailpipe.contracts.topics import (
     Topics,
     namespace_space,
     owned_prefix,
+    owned_topics,
     pool_group,
     pool_prefix,
 )
@@ -111,3 +112,33 @@ def test_a_hand_written_config_gets_its_namespaces_topics() -> None:
     assert config.kafka.suppressions_topic == "mailpipe.mail.suppressions"
     assert config.kafka.control_topic == "mailpipe.mail.campaigns"
     assert config.kafka.obeyed_suppressions_topics == [NEVER_MAIL_TOPIC]
+
+
+def test_a_pools_own_topics_are_found_among_the_clusters() -> None:
+    """What deleting a pool deletes: its outbound, events, DLQ and every delay
+    topic (old steps too), a routed pool's own suppressions; never another
+    pool's, the namespace's or the cluster's, or a name that only starts like
+    the prefix."""
+    existing = [
+        "mailpipe.mail.news.outbound",
+        "mailpipe.mail.news.events",
+        "mailpipe.mail.news.dlq",
+        "mailpipe.mail.news.delay.1m",
+        "mailpipe.mail.news.delay.6h",  # a step the pool no longer lists
+        "mailpipe.mail.news.delay.outbound",  # pool "news.delay"'s outbound? not a step
+        "mailpipe.mail.news.delay.delay.1m",  # pool "news.delay"'s delay topic: kept
+        "mailpipe.mail.newsletter.outbound",
+        "mailpipe.mail.news2.events",
+        "mailpipe.mail.news.suppressions",  # its own, were it routed
+        "mailpipe.mail.suppressions",
+        "mailpipe.mail.campaigns",
+        NEVER_MAIL_TOPIC,
+    ]
+    assert owned_topics("mailpipe.mail.news", existing) == [
+        "mailpipe.mail.news.delay.1m",
+        "mailpipe.mail.news.delay.6h",
+        "mailpipe.mail.news.dlq",
+        "mailpipe.mail.news.events",
+        "mailpipe.mail.news.outbound",
+        "mailpipe.mail.news.suppressions",
+    ]

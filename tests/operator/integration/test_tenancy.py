@@ -20,6 +20,7 @@ import yaml
 from kafka.admin import KafkaAdminClient
 
 from mailpipe.devstack import harness
+from mailpipe.operator import kafka_io
 
 from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for, wait_pool_ready
 
@@ -79,6 +80,8 @@ def test_a_pool_naming_another_namespaces_topics_is_refused(
 ) -> None:
     op = operator_factory()
     victim = f"mailpipe.victim-{unique}.vpool"
+    victims_outbound = f"{victim}.outbound"
+    kafka_io.ensure_topics(kafka_bootstrap, [victims_outbound], 1, 1)  # the victim's pool
     manifest = pool_manifest("evilpool", namespace, kafka_bootstrap, victim)
     assert kubectl(cli_env, "apply", "-f", "-", stdin=manifest).returncode == 0
     ready = _wait_refused(cli_env, "evilpool", namespace, "TopicNotOwned", op)
@@ -86,9 +89,13 @@ def test_a_pool_naming_another_namespaces_topics_is_refused(
     assert f"mailpipe.{namespace}." in ready["message"]
     described = kubectl(cli_env, "describe", "sp", "evilpool", "-n", namespace).stdout
     assert "Warning" in described and "TopicNotOwned" in described
-    # nothing made on the pool's word: no relays, no topics in the victim's space
+    # nothing made on the pool's word: no relays, no topic in the victim's space
     assert get(cli_env, "deployment", "mailpipe-relay-evilpool", namespace) is None
-    assert not {t for t in _topics(kafka_bootstrap) if t.startswith(victim)}
+    assert {t for t in _topics(kafka_bootstrap) if t.startswith(victim)} == {victims_outbound}
+    # and deleting the hostile pool deletes nothing of the victim's
+    out = kubectl(cli_env, "delete", "sp", "evilpool", "-n", namespace, "--timeout=60s")
+    assert out.returncode == 0, out.stderr + op.log_tail()
+    assert victims_outbound in _topics(kafka_bootstrap)
 
 
 def _policy(tmp_path: Path, bootstrap: str) -> Path:
