@@ -353,7 +353,7 @@ def test_deleting_never_waits_forever_on_a_kafka_that_is_gone(
     Warning Event instead of staying stuck on the finalizer."""
     op = operator_factory(MAILPIPE_DELETE_GIVE_UP_SECONDS="5")
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    manifest = pool_manifest("news", namespace, dead, "gone")
+    manifest = pool_manifest("news", namespace, dead, f"mailpipe.{namespace}.gone")
     assert kubectl(cli_env, "apply", "-f", "-", stdin=manifest).returncode == 0
     wait_for(lambda: _finalized(cli_env, "sp", "news", namespace), 30, "pool finalizer", op)
     # Not suspended: a suspended one is first told to the relays (spec.suspend
