@@ -23,6 +23,7 @@ from typing import Any, Self
 from pydantic import ConfigDict, Field, model_validator
 
 from mailpipe.contracts.delays import DelayStep
+from mailpipe.contracts.delivery import DeliveryPolicy, check_routes
 from mailpipe.contracts.policy import (
     MAX_DOMAIN_GROUPS,
     TIME_ZONE,
@@ -233,12 +234,17 @@ class SendingPoolSpec(Spec):
             "configured on the node; the cluster policy must allow it for the namespace."
         ),
     )
+    delivery: DeliveryPolicy = Field(
+        default_factory=DeliveryPolicy,
+        description="SMTP stage timeouts, tarpit budget, destination policy.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         # What the relay config would refuse is refused here, so the handler marks
         # the pool Ready=False (InvalidSpec) instead of failing to render its config.
         check_pool(self.egress_ips, self.domain_groups, self.warmup.schedule)
+        check_routes(self.routes, self.delivery)
         return self
 
 

@@ -118,8 +118,8 @@ REFUSED = {
     "image": ({"image": "evil/x"}, "image evil/x not in allowed images"),
     "hostnet": ({"hostNetwork": True}, "hostNetwork not allowed in namespace "),
     "route": (
-        {"routes": {"gmail.test": [{"host": "127.0.0.66", "port": 25}]}},
-        "route gmail.test -> 127.0.0.66:25 not in allowed routes (none)",
+        {"routes": {"gmail.test": [{"host": "relay.evil.example", "port": 25}]}},
+        "route gmail.test -> relay.evil.example:25 not in allowed routes (none)",
     ),
 }
 

@@ -49,6 +49,8 @@ class TenantPool:
                 "kafka": {"bootstrapServers": bootstrap, "delaySteps": ["1s", "1m"]},
                 "egressIPs": [{"address": EGRESS.address, "helo": EGRESS.helo}],
                 "tls": {"mode": "disabled"},
+                # every receiver of the tests listens on 127.0.0.0/8
+                "delivery": {"allowPrivateDestinations": True},
                 **spec,
             }
         )

@@ -138,7 +138,13 @@ def _publish_state(
     return True
 
 
-@kopf.on.field(GROUP, VERSION, "campaigns", field="spec.suspend")
+def _not_deleted(meta: Any, **_: Any) -> bool:
+    return not meta.get("deletionTimestamp")
+
+
+# A campaign being deleted is cancelled by `delete_campaign`; a pause still being
+# retried against an unreachable Kafka must not keep its finalizer (invariant 16).
+@kopf.on.field(GROUP, VERSION, "campaigns", field="spec.suspend", when=_not_deleted)
 async def suspend_changed(
     name: str,
     namespace: str | None,
