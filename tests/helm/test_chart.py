@@ -65,6 +65,7 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
         "ClusterRoleBinding/rel-mailpipe-operator",
         "ClusterRoleBinding/rel-mailpipe-operator-crds",
         "ClusterRoleBinding/rel-mailpipe-uninstall",
+        "ConfigMap/rel-mailpipe-policy",
         "CustomResourceDefinition/campaigns.mailpipe.io",
         "CustomResourceDefinition/clusterkopfpeerings.kopf.dev",
         "CustomResourceDefinition/kopfpeerings.kopf.dev",
@@ -78,6 +79,8 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
         "ServiceAccount/rel-mailpipe-operator",
         "ServiceAccount/rel-mailpipe-test",
         "ServiceAccount/rel-mailpipe-uninstall",
+        "ValidatingAdmissionPolicy/rel-mailpipe-topic-ownership",
+        "ValidatingAdmissionPolicyBinding/rel-mailpipe-topic-ownership",
     ]  # no binding of the workload role: no namespace is onboarded by default
 
     def rules(name: str) -> dict[tuple[tuple[str, ...], tuple[str, ...]], set[str]]:

@@ -60,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="peering priority of this replica (default: drawn at random)",
     )
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="cluster policy YAML over tenant fields (default: $MAILPIPE_POLICY; none: no limits)",
+    )
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -71,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # importing registers the handlers (metrics: its watch-event handlers)
     from . import handlers, metrics  # noqa: F401
+    from .cluster_policy import POLICY_MEMO_KEY, load_policy
+
+    # Read before kopf starts, so a bad policy stops the operator instead of
+    # letting it reconcile pools unchecked; every resource memo copies it.
+    memo = kopf.Memo()
+    memo[POLICY_MEMO_KEY] = load_policy(args.policy)
 
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.listen_address)
@@ -87,5 +98,6 @@ def run(args: argparse.Namespace) -> int:
         peering_name=args.peering,
         priority=priority,
         liveness_endpoint=liveness,
+        memo=memo,
     )
     return 0

@@ -126,13 +126,31 @@ class DeletionPolicy(enum.StrEnum):
 
 
 class KafkaSpec(Spec):
+    # What admission can say without the namespace (CEL cannot see it): a prefix
+    # stays under `mailpipe.` and out of the platform's `mailpipe._` space. The
+    # operator checks the namespace part (`tenancy`, Ready=False TopicNotOwned).
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.topicPrefix) || (self.topicPrefix.startsWith('mailpipe.') && "
+                "!self.topicPrefix.startsWith('mailpipe._'))",
+                "kafka.topicPrefix must start with mailpipe.<namespace>. "
+                "(topics belong to their namespace)",
+            ),
+        )
+    )
     bootstrap_servers: str = Field(
         default="",
         description="Kafka bootstrap servers, host:port,... (unset: the chart's "
         "kafka.bootstrapServers).",
     )
     topic_prefix: str | None = Field(
-        default=None, pattern=TOPIC, description="Prefix of the pool's topics (default: ns.name)."
+        default=None,
+        pattern=TOPIC,
+        description=(
+            "Prefix of the pool's topics, inside mailpipe.<namespace>. "
+            "(default: mailpipe.<namespace>.<name>)."
+        ),
     )
     # 12 partitions: enough to spread domains over a dozen relay replicas
     partitions: int = Field(default=12, ge=1, le=1000, description="Partitions of each topic.")
@@ -229,6 +247,13 @@ class SendingPoolSpec(Spec):
     smtp_port: int = Field(default=25, ge=1, le=65535, description="Port of MX hosts.")
     # >= 1024: the relay runs as non-root and cannot bind privileged ports
     metrics_port: int = Field(default=9090, ge=1024, le=65535, description="Relay metrics port.")
+    host_network: bool = Field(
+        default=False,
+        description=(
+            "Run relays in the node's network namespace, so they can bind egress IPs "
+            "configured on the node; the cluster policy must allow it for the namespace."
+        ),
+    )
     delivery: DeliveryPolicy = Field(
         default_factory=DeliveryPolicy,
         description="SMTP stage timeouts, tarpit budget, destination policy.",

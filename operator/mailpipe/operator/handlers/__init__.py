@@ -25,6 +25,8 @@ from typing import Any
 
 import kopf
 
+from .. import tenancy
+from ..cluster_policy import POLICY_MEMO_KEY
 from ..models import GROUP
 from . import campaign, fanout, pool, relays, scale
 from .context import MEMO_KEY, OperatorState, operator_state
@@ -51,6 +53,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.INFO
     settings.execution.max_workers = SYNC_HANDLER_THREADS
     state = OperatorState()
+    if POLICY_MEMO_KEY in memo:  # put there by `mailpipe operator` (main.run)
+        state.policy = tenancy.policy_of(memo)
     state.hub.start(asyncio.get_running_loop())
     # Set before kopf starts watching, so every resource memo copies it.
     memo[MEMO_KEY] = state

@@ -24,6 +24,7 @@ from mailpipe.contracts.topics import Topics
 from mailpipe.contracts.warmup import WarmupLedger
 
 from .. import defaults, kafka_io, kube_io
+from ..cluster_policy import ClusterPolicy
 from ..models import SendingPoolSpec
 from ..pool import PoolRef, topics
 from ..tally import Tally
@@ -47,6 +48,9 @@ class OperatorState:
     """One producer per Kafka cluster, shared by fan-outs and control records."""
     ledgers: dict[str, WarmupLedger] = field(default_factory=dict)
     """Per-IP warm-up of each pool (`namespace/name`), as the relays count it."""
+    policy: ClusterPolicy = field(default_factory=ClusterPolicy)
+    """The platform's cluster policy (`mailpipe operator --policy`); restrictive
+    by default so a wiring slip fails closed."""
     pool_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     """One lock per pool (`namespace/name`): its reconciles (spec, Deployment, Secret
     events) read the world and patch status one at a time, so none overwrites a
