@@ -4,7 +4,9 @@
 container's command (`mailpipe` + its args and env) as a local process,
 authenticated as the Deployment's ServiceAccount through a token kubeconfig,
 as a pod would be. The only changes: free local ports for the health and
-metrics endpoints, since every local process shares one network namespace.
+metrics endpoints, since every local process shares one network namespace,
+and ConfigMap volumes (the cluster policy) written to local directories, with
+the arguments that name their mount paths pointed there.
 
 `report_relays` plays the kubelet and the Deployment controller for the relay
 Deployments the operator writes: in a thread, it reports each one available
@@ -75,12 +77,34 @@ class Kubelet:
             else a
             for a in container["args"]
         ]
+        for mount_path, local in self.mount_configmaps(docs, pod, container).items():
+            args = [a.replace(mount_path, str(local)) for a in args]
         env = {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
         return self.children.mailpipe(
             f"operator-{len(self.children.started)}",
             args,
             {**self.env, **env, "KUBECONFIG": str(kubeconfig)},
         )
+
+    def mount_configmaps(
+        self, docs: list[dict[str, Any]], pod: dict[str, Any], container: dict[str, Any]
+    ) -> dict[str, Path]:
+        """Write each ConfigMap volume of the release where the container would see it."""
+        maps = {
+            d["metadata"]["name"]: d.get("data") or {} for d in docs if d["kind"] == "ConfigMap"
+        }
+        volumes = {
+            v["name"]: v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v
+        }
+        mounted: dict[str, Path] = {}
+        for m in container.get("volumeMounts", []):
+            if m["name"] in volumes and volumes[m["name"]] in maps:
+                local = self.workdir / "volumes" / m["name"]
+                local.mkdir(parents=True, exist_ok=True)
+                for key, value in maps[volumes[m["name"]]].items():
+                    (local / key).write_text(value)
+                mounted[m["mountPath"]] = local
+        return mounted
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"

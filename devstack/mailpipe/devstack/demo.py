@@ -61,6 +61,7 @@ WAIT_POLL_SECONDS = 0.5
 WATCH_POLL_SECONDS = 3  # `kubectl get` once every 3 s reads like someone watching
 OPERATOR_TOKEN_DURATION = "1h"  # longer than the demo ever runs
 DKIM_SECRET = "demo-dkim"
+CR_DELETE_TIMEOUT_SECONDS = 60  # finalizers: delete relays and topics, tell relays
 DKIM_KEY_BITS = 2048  # what mailbox providers expect of an RSA DKIM key
 LOCAL_POD_IP = "127.0.0.1"  # a local relay's "pod IP": where its metrics endpoint binds
 DEFAULT_RECIPIENTS = 1000
@@ -362,10 +363,23 @@ class Demo:
             described = self.kubectl("describe", "camp", CAMPAIGN, "-n", NAMESPACE)
             self.say(described[described.find("Events:") :].rstrip())
         finally:
+            # Uninstall as the README says: the CRs first, while the operator
+            # still runs their finalizers (deleting the pool deletes its topics),
+            # then the chart. Its pre-delete hook is a Job that does the same,
+            # which needs a kubelet this stack does not have: --no-hooks.
+            harness.kubectl(
+                self.env,
+                "delete",
+                "campaigns,sendingpools",
+                "--all",
+                "-n",
+                NAMESPACE,
+                f"--timeout={CR_DELETE_TIMEOUT_SECONDS}s",
+            )
             self.children.stop_all()
             for rx in self.receivers.values():
                 rx.stop()
-            harness.helm(self.env, "uninstall", RELEASE, "-n", SYSTEM_NAMESPACE)
+            harness.helm(self.env, "uninstall", RELEASE, "-n", SYSTEM_NAMESPACE, "--no-hooks")
         return bool(self.checks) and all(ok for ok, _ in self.checks)
 
 
