@@ -6,15 +6,25 @@ validates and locks on every call), and gauges of state the engine keeps
 anyway (ready-queue depths, warm-up budgets) are read from it when scraped
 instead of being set on every change. `EXPORTED` lists every metric name a
 scrape shows, for the test that each dashboard panel's query is backed.
+`serve` answers the probes (`/readyz`, `/healthz`, from `health.Health`) on
+the metrics port beside `/metrics`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .health import Health
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]
 
 
 class _ScrapedGauge(Collector):
@@ -51,6 +61,7 @@ EXPORTED = (
     "mailpipe_postponed_records_total",
     "mailpipe_dlq_records_total",
     "mailpipe_followed_bad_records_total",
+    "mailpipe_consumer_errors_total",
 )
 
 
@@ -115,9 +126,54 @@ class RelayMetrics:
             registry=r,
         )
 
+        self.consumer_errors = Counter(
+            "mailpipe_consumer_errors",
+            "Failures of the consumer thread to read (an undecodable or corrupt batch, a broker"
+            " error), by error type; the thread retries, and /readyz says why it is not ready",
+            ["error"],
+            registry=r,
+        )
+
     def delivered(self, outcome: str, domain: str, egress_ip: str) -> None:
         key = (outcome, domain, egress_ip)
         child = self._delivered.get(key)
         if child is None:
             child = self._delivered[key] = self.deliveries.labels(outcome, domain, egress_ip)
         child.inc()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: probes come every few seconds."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def _probe(reasons: Callable[[], list[str]]) -> WSGIApp:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        failing = reasons()
+        status = "503 Service Unavailable" if failing else "200 OK"
+        body = "".join(f"{r}\n" for r in failing) if failing else "ok\n"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [body.encode()]
+
+    return app
+
+
+def serve(port: int, metrics: RelayMetrics, health: Health, host: str = "0.0.0.0") -> WSGIServer:
+    """Serve /metrics, /readyz (readiness, with the reasons when false) and
+    /healthz (liveness) on `port`, in a daemon thread; returns the server."""
+    probes = {"/readyz": _probe(health.readiness), "/healthz": _probe(health.liveness)}
+    scrape = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        probe = probes.get(environ.get("PATH_INFO", ""))
+        return (probe or scrape)(environ, start_response)
+
+    server = make_server(host, port, app, _Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
