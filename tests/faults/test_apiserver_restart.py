@@ -24,7 +24,7 @@ from tests.operator.integration.test_operator import GOOD_CAMPAIGN, _outbound_id
 
 pytestmark = [pytest.mark.faults, pytest.mark.operator]
 
-AUDIENCE = 5_000
+AUDIENCE = 3_000
 CHUNK = "250"  # records per checkpoint: the restart falls between checkpoints
 OUTAGE_SECONDS = 10  # the apiserver away long enough for watches and patches to fail
 

@@ -23,7 +23,7 @@ polls again after READ_RETRY_SECONDS. kafka-python leaves the position of a
 partition whose batch failed where it was, so nothing is skipped (lost); the
 other partitions are read in between.
 
-Why one module of ~300 lines: everything that touches the consumer object is
+Why one module of ~380 lines: everything that touches the consumer object is
 here, because it must run on that one thread; splitting it would spread the
 thread's invariants over files.
 """
