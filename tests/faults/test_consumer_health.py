@@ -22,12 +22,12 @@ from kafka import KafkaConsumer
 from kafka.errors import CorruptRecordError
 
 from mailpipe.devstack import samples
-from mailpipe.devstack.procs import free_port
+from mailpipe.endpoints import ScrapeEndpoint
 from mailpipe.kafkakit import ensure_pool_topics
 from mailpipe.relay.health import Health
 from mailpipe.relay.kafka import KafkaSource
 from mailpipe.relay.main import read_error_reporter
-from mailpipe.relay.metrics import RelayMetrics, serve
+from mailpipe.relay.metrics import RelayMetrics
 from tests.relay.integration.test_kafka_source import produce, take
 
 pytestmark = [pytest.mark.faults, pytest.mark.relay]
@@ -86,8 +86,10 @@ async def test_a_batch_that_cannot_be_read_makes_the_relay_unready_not_dead(
 
     metrics, clock = RelayMetrics(), Clock()
     health = Health(clock=clock)
-    port = free_port()
-    server = serve(port, metrics, health, host="127.0.0.1")
+    endpoint = await ScrapeEndpoint(
+        metrics.registry, "127.0.0.1", 0, probes=health.probes()
+    ).start()
+    port = endpoint.bound_port
     source = BadBatchSource(settings, [topic], on_error=read_error_reporter(metrics, health))
     health.watch("kafka consumer thread", source.thread_error)
     source.start()
@@ -114,8 +116,7 @@ async def test_a_batch_that_cannot_be_read_makes_the_relay_unready_not_dead(
         assert (status, body) == (200, "ok\n")
     finally:
         await loop.run_in_executor(None, source.stop)
-        server.shutdown()
-        server.server_close()
+        await endpoint.stop()
 
 
 class DyingSource(KafkaSource):

@@ -5,9 +5,10 @@ failing to read a batch (undecodable, corrupt, a broker error), or a follower
 (suppressions, events, campaign control) stopped. Before, a consumer-thread
 failure killed the thread and the relay with it (a crash loop that stopped the
 pool, issue 10 finding 8) and a follower's failure was one log line. Here each
-problem is a named check with its reason, for the probes `metrics.serve`
-answers: readiness (`/readyz`) is false while any problem is current, with the
-reasons in the body; liveness (`/healthz`) is false only for what a restart
+problem is a named check with its reason, for the probes the metrics
+endpoint answers (`probes()`, served by `mailpipe.endpoints.ScrapeEndpoint`):
+readiness (`/readyz`) is false while any problem is current, with the reasons
+in the body; liveness (`/healthz`) is false only for what a restart
 can cure (a thread that died).
 
 Reported problems are current until `recover_seconds` pass without another
@@ -84,3 +85,15 @@ class Health:
             if reason is not None:
                 out.append(f"{name}: {reason}")
         return out
+
+    def probes(self) -> dict[str, Callable[[], tuple[bool, str]]]:
+        """`/readyz` and `/healthz` for the metrics endpoint: (healthy, the reasons)."""
+
+        def probe(reasons: Callable[[], list[str]]) -> Callable[[], tuple[bool, str]]:
+            def answer() -> tuple[bool, str]:
+                failing = reasons()
+                return (not failing, "; ".join(failing) if failing else "ok")
+
+            return answer
+
+        return {"/readyz": probe(self.readiness), "/healthz": probe(self.liveness)}
