@@ -7,6 +7,8 @@ status (ARCHITECTURE.md, control plane):
   place the relay Deployment (and its ConfigMap, Service, PDB) is written;
 - `fanout`: the per-Campaign daemon that produces the audience to Kafka;
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
+- `relays`: the world a pool depends on (its relay Deployment watched, the
+  Secrets it references re-read), so its status and relays follow it;
 - `status`: conditions; `context`: the operator state in kopf's memo, `get_pool`.
 
 This module holds the operator-wide startup and cleanup: kopf settings, and
@@ -22,10 +24,10 @@ from typing import Any
 import kopf
 
 from ..models import GROUP
-from . import campaign, fanout, pool
+from . import campaign, fanout, pool, relays
 from .context import MEMO_KEY, OperatorState, operator_state
 
-__all__ = ["campaign", "fanout", "pool"]
+__all__ = ["campaign", "fanout", "pool", "relays"]
 
 # Re-list every 5 min: a watch that silently stopped delivering events (load
 # balancers drop idle streams) is replaced within that time.

@@ -12,6 +12,7 @@ topic, fan-out progress from the Campaign's status.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -41,6 +42,13 @@ class OperatorState:
     """One producer per Kafka cluster, shared by fan-outs and control records."""
     ledgers: dict[str, WarmupLedger] = field(default_factory=dict)
     """Per-IP warm-up of each pool (`namespace/name`), as the relays count it."""
+    pool_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    """One lock per pool (`namespace/name`): its reconciles (spec, Deployment, Secret
+    events) read the world and patch status one at a time, so none overwrites a
+    newer reading with an older one."""
+
+    def pool_lock(self, key: str) -> asyncio.Lock:
+        return self.pool_locks.setdefault(key, asyncio.Lock())
 
 
 def operator_state(memo: kopf.Memo) -> OperatorState:
