@@ -31,8 +31,10 @@ from mailpipe.kafkakit import TopicFollower, read_topic
 
 # The admin helpers are kafkakit's (one copy for every caller); re-exported
 # because the handlers reach them as `kafka_io.ensure_topics` and `kafka_io.end_offsets`.
+from mailpipe.kafkakit import delete_topics as delete_topics
 from mailpipe.kafkakit import end_offsets as end_offsets
 from mailpipe.kafkakit import ensure_topics as ensure_topics
+from mailpipe.kafkakit import list_topics as list_topics
 
 log = logging.getLogger("mailpipe.operator.kafka")
 
@@ -146,6 +148,15 @@ class EventsHub:
             follower = TopicFollower(bootstrap, topic, apply)
             self._followers[key] = follower
         follower.start(self._loop)
+
+    def unfollow(self, bootstrap: str, topic: str) -> None:
+        """Stop following `topic` (its pool is being deleted: a consumer still
+        asking for the topic's metadata would have the broker re-create it). Blocking."""
+        with self._lock:
+            follower = self._followers.pop((bootstrap, topic), None)
+            self._observers.pop((bootstrap, topic), None)
+        if follower is not None:
+            follower.stop()
 
     def stop(self) -> None:
         for f in self._followers.values():

@@ -107,6 +107,14 @@ class DKIM(DKIMIdentity):
     secret_ref: SecretKeyRef = Field(description="Where the private key is.")
 
 
+class DeletionPolicy(enum.StrEnum):
+    """What deleting a SendingPool does to its own Kafka topics (as Crossplane's
+    `deletionPolicy` for external resources, PersistentVolumes' reclaim policy)."""
+
+    DELETE = "Delete"  # outbound, delay, events and DLQ topics are deleted with the pool
+    RETAIN = "Retain"  # they stay: events kept for audit, a re-created pool resumes them
+
+
 class KafkaSpec(Spec):
     bootstrap_servers: str = Field(
         min_length=1, description="Kafka bootstrap servers, host:port,..."
@@ -122,6 +130,13 @@ class KafkaSpec(Spec):
         min_length=1,
         max_length=10,
         description="Delay topics for retries and scheduled mail, e.g. 1m, 10m, 1h.",
+    )
+    deletion_policy: DeletionPolicy = Field(
+        default=DeletionPolicy.DELETE,
+        description=(
+            "Deleting the pool deletes its own topics (outbound, delay, events, DLQ), or "
+            "Retain keeps them. The shared suppression and campaign topics are never deleted."
+        ),
     )
 
 

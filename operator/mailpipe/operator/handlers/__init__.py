@@ -9,6 +9,8 @@ status (ARCHITECTURE.md, control plane):
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
 - `relays`: the world a pool depends on (its relay Deployment watched, the
   Secrets it references re-read), so its status and relays follow it;
+- `scale`: the pool's status.replicas and status.selector (scale subresource)
+  from its relay Deployment;
 - `status`: conditions; `context`: the operator state in kopf's memo, `get_pool`.
 
 This module holds the operator-wide startup and cleanup: kopf settings, and
@@ -24,10 +26,10 @@ from typing import Any
 import kopf
 
 from ..models import GROUP
-from . import campaign, fanout, pool, relays
+from . import campaign, fanout, pool, relays, scale
 from .context import MEMO_KEY, OperatorState, operator_state
 
-__all__ = ["campaign", "fanout", "pool", "relays"]
+__all__ = ["campaign", "fanout", "pool", "relays", "scale"]
 
 # Re-list every 5 min: a watch that silently stopped delivering events (load
 # balancers drop idle streams) is replaced within that time.
