@@ -5,7 +5,8 @@ transaction's recipients (a temporary failure, not a bounce) and deliver them
 on a retry, with no duplicate (the receiver never had the message).
 
 Silent after the final dot (RFC 1047), the receiver may have queued the
-message: the relay times out (`command_timeout_seconds`, RFC 5321 4.5.3.2),
+message: the relay times out (`delivery.timeouts.data_termination_seconds`,
+RFC 5321 4.5.3.2.6),
 defers and retries, so each silent transaction may legitimately be received
 twice: the bound is one duplicate per recipient of a silent transaction, and
 the events still show exactly one final disposition per recipient.
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.relay]
 DOMAIN = "rx.test"
 TOTAL = 40
 FAULTY_TRANSACTIONS = 3
-COMMAND_TIMEOUT_SECONDS = 3.0  # short, so the silent receiver's stalls cost seconds, not minutes
+FINAL_DOT_TIMEOUT_SECONDS = 3.0  # short, so the silent receiver's stalls cost seconds, not minutes
 
 
 def _run(
@@ -38,7 +39,7 @@ def _run(
 ) -> tuple[Pool, list[str]]:
     pool = pool_factory(
         routes={DOMAIN: [{"host": rx.host, "port": rx.port}]},
-        command_timeout_seconds=COMMAND_TIMEOUT_SECONDS,
+        delivery={"timeouts": {"data_termination_seconds": FINAL_DOT_TIMEOUT_SECONDS}},
     )
     sent = [f"u{i}@{DOMAIN}" for i in range(TOTAL)]
     for rcpt in sent:

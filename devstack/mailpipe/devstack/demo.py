@@ -156,9 +156,13 @@ class Demo:
         return path
 
     def start_operator(self, args: list[str], kubeconfig: Path) -> None:
-        port = free_port()
+        # one network namespace for every local process: free ports instead of the pod's
+        ports = {"--liveness-port": free_port(), "--metrics-port": free_port()}
         args = [
-            a if not a.startswith("--liveness-port=") else f"--liveness-port={port}" for a in args
+            f"{a.split('=', 1)[0]}={ports[a.split('=', 1)[0]]}"
+            if a.split("=", 1)[0] in ports
+            else a
+            for a in args
         ]
         self.say(f"operator: mailpipe {' '.join(args)}  (as the chart's ServiceAccount)")
         self.children.mailpipe("operator", args, {**self.env, "KUBECONFIG": str(kubeconfig)})

@@ -118,6 +118,7 @@ def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.Rela
         smtp_port=spec.smtp_port,
         dns_nameserver=spec.dns_nameserver,
         metrics_port=spec.metrics_port,
+        delivery=spec.delivery,
     )
 
 
@@ -185,6 +186,16 @@ def build_deployment(
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    pod: dict[str, Any] = {
+        # SMTP egress binds the pool's IPs, which live on the node.
+        "hostNetwork": True,
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "terminationGracePeriodSeconds": 60,  # lets in-flight transactions finish
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.image_pull_secrets:  # the pool's, or the chart's imagePullSecrets (`defaults`)
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -199,14 +210,7 @@ def build_deployment(
             },
             "template": {
                 "metadata": {"labels": ref.labels(), "annotations": template_annotations},
-                "spec": {
-                    # SMTP egress binds the pool's IPs, which live on the node.
-                    "hostNetwork": True,
-                    "dnsPolicy": "ClusterFirstWithHostNet",
-                    "terminationGracePeriodSeconds": 60,  # lets in-flight transactions finish
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": pod,
             },
         },
     }

@@ -23,7 +23,7 @@ import kopf
 from mailpipe.contracts.topics import Topics
 from mailpipe.contracts.warmup import WarmupLedger
 
-from .. import kafka_io, kube_io
+from .. import defaults, kafka_io, kube_io
 from ..models import SendingPoolSpec
 from ..pool import PoolRef, topics
 from ..tally import Tally
@@ -65,8 +65,9 @@ def operator_state(memo: kopf.Memo) -> OperatorState:
 
 
 def parse_pool_spec(spec: Any) -> SendingPoolSpec:
-    """A SendingPool's spec as the typed model; raises pydantic's ValidationError."""
-    return SendingPoolSpec.model_validate(dict(spec))
+    """A SendingPool's spec as the typed model, unset fields filled with the
+    operator's defaults (`defaults`); raises pydantic's ValidationError."""
+    return SendingPoolSpec.model_validate(dict(spec), context=defaults.from_process_env().context())
 
 
 @dataclass(frozen=True)
