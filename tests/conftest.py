@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.devstack.stack import Stack, StackState
 
 DNS_LIFETIME_SECONDS = 2.0  # dnsmasq on loopback answers at once; a lost query fails fast
+STALL_WAIT_LIMIT_SECONDS = 3600.0  # wait_progressing: the test's own timeout comes first
 
 
 def wait_for(
@@ -40,6 +42,37 @@ def wait_for(
         harness.wait_for(condition, timeout_seconds, what, watch=[child] if child else [])
     except harness.HarnessError as exc:
         raise AssertionError(str(exc)) from None
+
+
+def wait_progressing(
+    condition: Callable[[], bool],
+    progress: Callable[[], int],
+    stall_seconds: float,
+    what: str,
+    child: harness.Child | None = None,
+) -> None:
+    """Wait until `condition` holds for as long as `progress()` keeps moving.
+
+    On a busy machine a fixed timeout for "everything delivered" is a guess at
+    the machine's speed; this fails only when nothing moved for
+    `stall_seconds` (a stall, with `child`'s log tail), and pytest-timeout
+    bounds the whole test."""
+    last = progress()
+    moved_at = time.monotonic()
+
+    def check() -> bool:
+        nonlocal last, moved_at
+        if condition():
+            return True
+        now = progress()
+        if now != last:
+            last, moved_at = now, time.monotonic()
+        elif time.monotonic() - moved_at > stall_seconds:
+            tail = f"\n{child.describe()}: {child.log_section()}" if child else ""
+            raise AssertionError(f"no progress for {stall_seconds:.0f}s ({now}): {what}{tail}")
+        return False
+
+    wait_for(check, STALL_WAIT_LIMIT_SECONDS, what, child)
 
 
 @pytest.fixture(scope="session")

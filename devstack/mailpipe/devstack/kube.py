@@ -130,3 +130,18 @@ def etcd_is_ready(ports: KubePorts) -> bool:
     url = f"http://127.0.0.1:{ports.etcd_client}/health"
     with urllib.request.urlopen(url, timeout=ETCD_HEALTH_TIMEOUT_SECONDS) as resp:
         return b'"health":"true"' in resp.read()
+
+
+def is_ready_for(kubeconfig: Path) -> bool:
+    """`is_ready` of the cluster a kubeconfig written by `write_kubeconfig` names
+    (a restarted apiserver: its PKI paths are in the kubeconfig)."""
+    data = yaml.safe_load(kubeconfig.read_text())
+    cluster = data["clusters"][0]["cluster"]
+    user = data["users"][0]["user"]
+    ctx = ssl.create_default_context(cafile=cluster["certificate-authority"])
+    ctx.load_cert_chain(user["client-certificate"], user["client-key"])
+    with urllib.request.urlopen(
+        f"{cluster['server']}/readyz", context=ctx, timeout=READYZ_TIMEOUT_SECONDS
+    ) as resp:
+        body: bytes = resp.read()
+        return resp.status == 200 and body.strip() == b"ok"

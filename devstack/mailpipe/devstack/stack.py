@@ -9,6 +9,7 @@ most of the start-up time.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ KUBE_START_TIMEOUT_SECONDS = 90
 ETCD_START_TIMEOUT_SECONDS = 30  # a Go binary on local disk with fsync off
 DNS_START_TIMEOUT_SECONDS = 15
 DNS_POLL_SECONDS = 0.05  # dnsmasq answers within milliseconds; restarted once per test
+COMPONENT_STOP_GRACE_SECONDS = 30.0  # Kafka's controlled shutdown on a loaded machine
 
 
 def _wait_ready(
@@ -55,6 +57,9 @@ def _wait_ready(
 class Process:
     pid: int
     log: str
+    # How it was started, so `start_component` brings it back after a fault
+    # test's `stop_component`: same ports, same data, same log.
+    command: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -128,13 +133,14 @@ class Stack:
 
         # etcd and the Kafka JVM first, concurrently; the apiserver needs etcd.
         etcd_log = kube_dir / "etcd.log"
-        etcd_pid = procs.spawn(kube.etcd_command(ports, kube_dir / "etcd-data"), etcd_log)
-        state.processes["etcd"] = Process(etcd_pid, str(etcd_log))
+        etcd_cmd = kube.etcd_command(ports, kube_dir / "etcd-data")
+        etcd_pid = procs.spawn(etcd_cmd, etcd_log)
+        state.processes["etcd"] = Process(etcd_pid, str(etcd_log), etcd_cmd)
         state.save()
 
         kafka_ports, kafka_cmd, kafka_log = kafka.prepare(self.state_dir)
         kafka_pid = procs.spawn(kafka_cmd, kafka_log)
-        state.processes["kafka"] = Process(kafka_pid, str(kafka_log))
+        state.processes["kafka"] = Process(kafka_pid, str(kafka_log), kafka_cmd)
         state.kafka_bootstrap = kafka_ports.bootstrap
         state.save()
 
@@ -149,8 +155,9 @@ class Stack:
             ETCD_START_TIMEOUT_SECONDS,
         )
         api_log = kube_dir / "apiserver.log"
-        api_pid = procs.spawn(kube.apiserver_command(ports, pki, kube_dir / "certs"), api_log)
-        state.processes["kube-apiserver"] = Process(api_pid, str(api_log))
+        api_cmd = kube.apiserver_command(ports, pki, kube_dir / "certs")
+        api_pid = procs.spawn(api_cmd, api_log)
+        state.processes["kube-apiserver"] = Process(api_pid, str(api_log), api_cmd)
         state.kube_server = ports.server
         state.kubeconfig = str(self.state_dir / "kubeconfig")
         kube.write_kubeconfig(Path(state.kubeconfig), ports.server, pki)
@@ -179,8 +186,9 @@ class Stack:
         conf = dns_dir / "dnsmasq.conf"
         log = dns_dir / "dnsmasq.log"
         conf.write_text(dns.render_config(zones, state.dns_port, dns_dir / "pid", log))
-        pid = procs.spawn(dns.command(conf), log)
-        state.processes["dnsmasq"] = Process(pid, str(log))
+        dns_cmd = dns.command(conf)
+        pid = procs.spawn(dns_cmd, log)
+        state.processes["dnsmasq"] = Process(pid, str(log), dns_cmd)
         state.save()
         _wait_ready(
             "dnsmasq",
@@ -198,6 +206,39 @@ class Stack:
         if old is not None:
             procs.stop(old.pid)
         self._start_dns(state, list(zones))
+
+    # -- faults: one component down and back, the rest untouched --------------------
+
+    def stop_component(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop one component (`sig`: SIGTERM a clean stop, SIGKILL a crash).
+
+        It stays in the state with its command, so `start_component` brings it
+        back on the same ports and data: what clients see of a restart."""
+        state = self._require()
+        proc = state.processes[name]
+        procs.stop(proc.pid, COMPONENT_STOP_GRACE_SECONDS, sig)
+
+    def start_component(self, name: str) -> None:
+        """Start a component `stop_component` stopped, and wait until it serves again."""
+        state = self._require()
+        proc = state.processes[name]
+        if procs.alive(proc.pid):
+            return
+        if not proc.command:
+            raise RuntimeError(f"{name}: no command recorded (a stack started by an older version)")
+        proc.pid = procs.spawn(proc.command, Path(proc.log))
+        state.save()
+        probes: dict[str, tuple[Callable[[], bool], float]] = {
+            "kafka": (lambda: kafka.is_ready(state.kafka_bootstrap), KAFKA_START_TIMEOUT_SECONDS),
+            "kube-apiserver": (
+                lambda: kube.is_ready_for(Path(state.kubeconfig)),
+                KUBE_START_TIMEOUT_SECONDS,
+            ),
+            "dnsmasq": (lambda: dns.is_ready(state.dns_port), DNS_START_TIMEOUT_SECONDS),
+            "etcd": (lambda: procs.alive(proc.pid), ETCD_START_TIMEOUT_SECONDS),
+        }
+        probe, timeout = probes[name]
+        _wait_ready(name, proc.pid, probe, Path(proc.log), timeout)
 
     def down(self) -> list[str]:
         """Stop exactly the processes `up` started; returns their names."""

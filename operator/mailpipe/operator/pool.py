@@ -190,7 +190,12 @@ def build_deployment(
     if spec.dkim:
         volumes.append({"name": "dkim", "secret": {"secretName": spec.dkim.secret_ref.name}})
         mounts.append({"name": "dkim", "mountPath": DKIM_DIR, "readOnly": True})
-    probe = {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10}
+
+    # The relay's own verdicts (relay/health.py): /readyz while it cannot read
+    # its topics, /healthz only for a dead consumer thread or follower.
+    def probe(path: str, **timing: int) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": 10, **timing}
+
     container = {
         "name": "relay",
         "image": spec.image,
@@ -205,8 +210,8 @@ def build_deployment(
             },
         ],
         "ports": [{"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"}],
-        "readinessProbe": {**probe, "initialDelaySeconds": 5},
-        "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 6},
+        "readinessProbe": probe("/readyz", initialDelaySeconds=5),
+        "livenessProbe": probe("/healthz", initialDelaySeconds=30, failureThreshold=6),
         "resources": {k: v for k, v in resources.items() if v},
         "volumeMounts": mounts,
         "securityContext": CONTAINER_SECURITY,

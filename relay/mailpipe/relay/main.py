@@ -5,7 +5,9 @@ warm-up ledger are replayed to the end of their topics *before* the consumer
 joins the group, so no record is sent to a suppressed address or over an IP's
 cap because the relay had not caught up yet. The config file (the mounted
 ConfigMap) is re-read when it changes; shaping, warm-up, retry, TLS and route
-changes apply in place, without dropping queued work.
+changes apply in place, without dropping queued work. The metrics port also
+answers `/readyz` and `/healthz` (`health.Health`): a consumer thread that
+cannot read, or a follower that stopped, says so there with its reason.
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mailpipe.contracts.config import ConfigError, RelayConfig, load_config
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.endpoints import ScrapeEndpoint
-from mailpipe.kafkakit import ensure_pool_topics, partition_count
+from mailpipe.kafkakit import TopicFollower, ensure_pool_topics, partition_count
 
 from .clock import SystemClock
 from .delivery import SMTPTransport
 from .engine import Engine, task_stacks
+from .health import Health
 from .kafka import KafkaSink, KafkaSource, relay_followers
 from .metrics import DomainLabels, RelayMetrics
 from .suppressions import CampaignStates, SuppressionList
@@ -38,6 +42,8 @@ log = logging.getLogger("mailpipe.relay")
 
 CONFIG_POLL_SECONDS = 2.0  # kubelet refreshes mounted ConfigMaps within about a minute anyway
 CLOCK_OFFSET_ENV = "MAILPIPE_CLOCK_OFFSET_SECONDS"
+REASON_CHARS = 200  # of an exception's text in a readiness reason
+CONSUMER_CHECK = "kafka consumer"  # the readiness check of reading the pool's topics
 # Set by the relay Deployment to the pod IP (the node's primary address under
 # hostNetwork), so the metrics endpoint never listens on the pool's egress IPs.
 METRICS_ADDRESS_ENV = "MAILPIPE_METRICS_ADDRESS"
@@ -98,6 +104,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     # Test-only: shift the wall clock so warm-up days can be crossed without waiting.
     clock = SystemClock(float(os.environ.get(CLOCK_OFFSET_ENV, "0")))
+    health = Health()
     metrics = RelayMetrics(
         domains=DomainLabels(
             lambda d: d if d in config.throttles else config.group_of(d),
@@ -107,7 +114,9 @@ async def serve(
     endpoint = None
     if config.metrics_port:
         address = os.environ.get(METRICS_ADDRESS_ENV) or config.metrics_address
-        endpoint = await ScrapeEndpoint(metrics.registry, address, config.metrics_port).start()
+        endpoint = await ScrapeEndpoint(
+            metrics.registry, address, config.metrics_port, probes=health.probes()
+        ).start()
     if ensure:
         await loop.run_in_executor(None, ensure_pool_topics, config.kafka)
 
@@ -137,6 +146,8 @@ async def serve(
     )
     for f in followers:
         f.start()
+        # A follower that stopped leaves its list stale (suppressions!): not live.
+        health.watch(f"follower {f.topic}", _follower_check(f))
     for f in followers:
         await f.wait_caught_up()
     log.info("caught up: %d suppressions", len(suppressions), extra={"relay_id": relay_id})
@@ -162,8 +173,10 @@ async def serve(
         topics,
         on_lag=on_lag,
         on_assigned=on_assigned,
+        on_error=read_error_reporter(metrics, health),
         buffer_records=config.kafka.max_in_flight_records,
     )
+    health.watch("kafka consumer thread", source.thread_error)
     engine = Engine(
         config,
         source,
@@ -209,6 +222,25 @@ async def serve(
         if endpoint is not None:
             await endpoint.stop()
         log.info("relay stopped", extra={"relay_id": relay_id})
+
+
+def read_error_reporter(metrics: RelayMetrics, health: Health) -> Callable[[BaseException], None]:
+    """What the consumer thread calls when it fails to read: counted by error
+    type, and readiness false with the reason (see `health`)."""
+
+    def report(exc: BaseException) -> None:
+        metrics.consumer_errors.labels(type(exc).__name__).inc()
+        health.report(CONSUMER_CHECK, f"{type(exc).__name__}: {str(exc)[:REASON_CHARS]}")
+
+    return report
+
+
+def _follower_check(follower: TopicFollower) -> Callable[[], str | None]:
+    def check() -> str | None:
+        error = follower.error
+        return None if error is None else f"{type(error).__name__}: {error}"
+
+    return check
 
 
 async def _watch_config(

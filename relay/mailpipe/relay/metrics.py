@@ -110,6 +110,7 @@ EXPORTED = (
     "mailpipe_postponed_records_total",
     "mailpipe_dlq_records_total",
     "mailpipe_followed_bad_records_total",
+    "mailpipe_consumer_errors_total",
 )
 
 
@@ -183,6 +184,13 @@ class RelayMetrics:
             "Undecodable records on a followed topic (suppressions, events, campaign control);"
             " a bad suppression still suppresses its key",
             ["topic"],
+            registry=r,
+        )
+        self.consumer_errors = Counter(
+            "mailpipe_consumer_errors",
+            "Failures of the consumer thread to read (an undecodable or corrupt batch, a broker"
+            " error), by error type; the thread retries, and /readyz says why it is not ready",
+            ["error"],
             registry=r,
         )
 

@@ -15,7 +15,15 @@ commit, sent before `stop()`, is the one final commit; a commit that cannot
 complete (dead thread) fails after COMMIT_TIMEOUT_SECONDS instead of hanging
 shutdown.
 
-Why one module of ~300 lines: everything that touches the consumer object is
+A failure to read (a batch that cannot be decoded or fails its CRC, a broker
+error, even a consumer that cannot be created yet) never ends the thread: it
+is reported through `on_error` (relay main: readiness false with the reason,
+`mailpipe_consumer_errors_total`), and the thread keeps running commands and
+polls again after READ_RETRY_SECONDS. kafka-python leaves the position of a
+partition whose batch failed where it was, so nothing is skipped (lost); the
+other partitions are read in between.
+
+Why one module of ~380 lines: everything that touches the consumer object is
 here, because it must run on that one thread; splitting it would spread the
 thread's invariants over files.
 """
@@ -56,6 +64,9 @@ SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 3_000
 COMMIT_TIMEOUT_SECONDS = 30.0  # a commit round trip is milliseconds; this is for a dead thread
 STOP_JOIN_SECONDS = 30.0
+# After a failed poll or consumer creation: a batch that cannot be read fails
+# again at once, so look again this much later, not in a busy loop of errors.
+READ_RETRY_SECONDS = 1.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -87,12 +98,16 @@ class KafkaSource:
         *,
         on_lag: Callable[[TopicPartition, int], None] | None = None,
         on_assigned: Callable[[set[TopicPartition]], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
         buffer_records: int = 1000,
     ) -> None:
+        """`on_error` is called on the consumer thread for each failure to read."""
         self.settings = settings
         self.topics = list(topics)
         self._on_lag = on_lag
         self._on_assigned = on_assigned
+        self._on_error = on_error
+        self.read_errors = 0  # failures to read so far (polls and consumer creation)
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._handoff = HandOff(buffer_records)
         self._lock = threading.Lock()  # guards the assignment, read by both sides
@@ -161,6 +176,18 @@ class KafkaSource:
                 }
         return out
 
+    def thread_error(self) -> str | None:
+        """Why the consumer thread is not running (for the liveness check), or None."""
+        if self._error is not None:
+            return f"consumer thread died: {type(self._error).__name__}: {self._error}"
+        if (
+            self._thread.ident is not None
+            and not self._thread.is_alive()
+            and not self._stop.is_set()
+        ):
+            return "consumer thread ended"
+        return None
+
     def stop(self) -> None:
         """Leave the group and close the consumer (commands already sent are run
         first). Blocking: call it from an executor."""
@@ -169,22 +196,41 @@ class KafkaSource:
 
     # -- consumer thread ---------------------------------------------------------
 
+    def _make_consumer(self) -> KafkaConsumer:
+        return KafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.settings.group_id,
+            client_id=self.settings.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=MAX_POLL_RECORDS,
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        )
+
+    def _read_failed(self, exc: Exception, what: str) -> None:
+        """Report a failure to read and wait before the next try (stop still wins)."""
+        self.read_errors += 1
+        log.error("Kafka consumer: %s failed (%d so far): %r", what, self.read_errors, exc)
+        if self._on_error is not None:
+            with contextlib.suppress(Exception):  # a report must never end the thread
+                self._on_error(exc)
+        self._stop.wait(READ_RETRY_SECONDS)
+
     def _run(self) -> None:
-        try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=self.settings.bootstrap_servers,
-                group_id=self.settings.group_id,
-                client_id=self.settings.client_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=MAX_POLL_RECORDS,
-                max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
-                session_timeout_ms=SESSION_TIMEOUT_MS,
-                heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-            )
-        except BaseException as exc:
-            self._error = exc
-            self._fail_commands(exc)
+        consumer: KafkaConsumer | None = None
+        while consumer is None and not self._stop.is_set():
+            try:
+                consumer = self._make_consumer()
+            except Exception as exc:  # no broker yet: the relay waits, it does not exit
+                self._read_failed(exc, "creating the consumer")
+            except BaseException as exc:
+                self._error = exc
+                self._fail_commands(exc)
+                return
+        if consumer is None:
+            self._fail_commands(RuntimeError("Kafka consumer thread stopped"))
             return
         self._consumer = consumer
         consumer.subscribe(self.topics, listener=_Listener(self))
@@ -203,7 +249,13 @@ class KafkaSource:
                     time.sleep(FULL_WAIT_SECONDS)
                     continue
                 last_poll = time.monotonic()
-                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=1 if full else None)
+                try:
+                    polled = consumer.poll(
+                        timeout_ms=POLL_TIMEOUT_MS, max_records=1 if full else None
+                    )
+                except Exception as exc:  # an undecodable batch, a broker error
+                    self._read_failed(exc, "reading a batch")
+                    continue
                 self._report_assignment()
                 self._handoff.put_records(
                     [

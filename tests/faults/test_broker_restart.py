@@ -1,0 +1,71 @@
+"""Fault: the Kafka broker stops for 30 s in the middle of consumption, then returns.
+
+While the broker is away the relay can neither read, produce its events nor
+commit; what it had read it keeps delivering, and the acknowledgements wait.
+When the broker is back the relay must reconnect on its own (no restart),
+rejoin its group and finish: nothing lost, every recipient with exactly one
+final disposition. Duplicates are bounded by the read window (invariant 1):
+a commit that failed while the broker was away re-reads at most that many.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
+from mailpipe.devstack.stack import Stack
+from tests.conftest import wait_for
+from tests.relay.integration.conftest import MX_HOST, Pool, RelayProcess
+
+from .conftest import count
+
+pytestmark = [pytest.mark.faults, pytest.mark.relay]
+
+OUTAGE_SECONDS = 30  # the fault the issue names: the broker away for 30 s
+WINDOW = 100  # a small read window, so most records are still unread when the broker goes
+TOTAL = 600
+DOMAINS = [f"b{i}.test" for i in range(4)]
+REPLY_DELAY_SECONDS = 0.01  # a realistic MX, so consumption spans the outage
+
+
+def test_broker_stopped_30s_and_restarted_loses_nothing(
+    pool_factory: Callable[..., Pool],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+    relays: Callable[..., RelayProcess],
+    broken_stack: Stack,
+) -> None:
+    rx = smtp_receiver(MX_HOST, 0)
+    rx.policy.reply_delay_seconds = REPLY_DELAY_SECONDS
+    pool = pool_factory(
+        routes={d: [{"host": rx.host, "port": rx.port}] for d in DOMAINS},
+        kafka={"max_in_flight_records": WINDOW},
+    )
+    sent = [f"u{i}@{DOMAINS[i % len(DOMAINS)]}" for i in range(TOTAL)]
+    for rcpt in sent:
+        pool.send(rcpt)
+    pool.flush()
+
+    pool.close()  # an idle producer would only reconnect through the outage
+
+    relay = relays(pool)
+    wait_for(lambda: len(rx.recipients()) >= TOTAL // 6, 60, "deliveries under way", relay)
+    broken_stack.stop_component("kafka")
+    at_stop = len(rx.recipients())
+    time.sleep(OUTAGE_SECONDS)
+    assert relay.alive(), relay.log_tail()
+    broken_stack.start_component("kafka")
+
+    def done() -> bool:
+        t = count(pool, sent, rx.recipients())
+        return t.lost == 0 and t.stalled == 0
+
+    wait_for(done, 120, "every recipient delivered with a final disposition", relay)
+    t = count(pool, sent, rx.recipients())
+    print(f"broker restart: {t} (delivered before the stop: {at_stop})")
+    assert at_stop < TOTAL, "everything was delivered before the broker stopped"
+    assert (t.lost, t.stalled) == (0, 0), t
+    assert t.duplicated <= WINDOW, t
+    assert t.finals_twice <= WINDOW, t
