@@ -3,8 +3,9 @@
 Handlers only parse, delegate to pure builders and IO modules, and patch
 status (ARCHITECTURE.md, control plane):
 
-- `pool`: SendingPool create/update/resume/delete and warm-up status; the one
-  place the relay Deployment (and its ConfigMap, Service, PDB) is written;
+- `pool`: SendingPool create/update/resume/delete; the one place the relay
+  Deployment (and its ConfigMap, Service, PDB) is written;
+- `warmup`: per-IP warm-up status of each pool, read from its events topic;
 - `fanout`: the per-Campaign daemon that produces the audience to Kafka;
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
 - `status`: conditions; `context`: the operator state in kopf's memo, `get_pool`.
@@ -22,10 +23,10 @@ from typing import Any
 import kopf
 
 from ..models import GROUP
-from . import campaign, fanout, pool
+from . import campaign, fanout, pool, warmup
 from .context import MEMO_KEY, OperatorState, operator_state
 
-__all__ = ["campaign", "fanout", "pool"]
+__all__ = ["campaign", "fanout", "pool", "warmup"]
 
 # Re-list every 5 min: a watch that silently stopped delivering events (load
 # balancers drop idle streams) is replaced within that time.

@@ -3,35 +3,29 @@
 create/update/resume: parse the spec, render the children with the pure
 builders in `mailpipe.operator.pool` (ConfigMap, Deployment, Service, PDB),
 server-side apply them (`kube_io.apply_all`), create the pool's topics, then
-report conditions. A timer reports per-IP warm-up, counted from the pool's
-events topic exactly as the relays count it. delete removes the children.
+report conditions. delete removes the children. Per-IP warm-up status is
+`handlers/warmup.py`'s (it only reads).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import kopf
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from mailpipe.contracts.warmup import WarmupLedger
-
 from .. import kafka_io, kube_io
-from ..models import GROUP, VERSION, SendingPoolSpec
-from ..pool import PoolRef, build_children, build_relay_config, config_hash, topics
-from .context import OperatorState, operator_state, parse_pool_spec
+from ..models import GROUP, VERSION
+from ..pool import PoolRef, build_children, config_hash, topics
+from .context import operator_state, parse_pool_spec
 from .status import condition, merge_conditions
 
 log = logging.getLogger("mailpipe.operator")
 
 KAFKA_RETRY_SECONDS = 15  # a broker that refuses topic creation is retried at this pace
-WARMUP_STATUS_INTERVAL_SECONDS = 15.0  # warm-up moves by the day: a slow refresh is plenty
-WARMUP_STATUS_IDLE_SECONDS = 5  # let a just-edited pool settle before its first report
-WARMUP_LEDGER_RELAY_ID = "operator"  # the ledger only reads events; it never sends as a relay
 
 
 @kopf.on.create(GROUP, VERSION, "sendingpools")
@@ -125,61 +119,6 @@ async def reconcile_pool(
     patch.status["ipCount"] = len(parsed.egress_ips)
     warming = sum(1 for e in parsed.egress_ips if e.warmup)
     patch.status["warmupSummary"] = f"{warming} warming" if warming else "warm"
-    _follow_pool_events(operator_state(memo), ref, parsed)
-
-
-def _follow_pool_events(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec) -> None:
-    """Count this pool's events into its warm-up ledger and the campaign tally."""
-    key = f"{ref.namespace}/{ref.name}"
-    cfg = build_relay_config(ref, spec)
-    events = topics(ref, spec).events
-    ledger = state.ledgers.get(key)
-    if ledger is None:
-        ledger = state.ledgers[key] = WarmupLedger(cfg, relay_id=WARMUP_LEDGER_RELAY_ID)
-        # replaying=True: the operator sends nothing itself, so every event counts
-        state.hub.follow(
-            spec.kafka.bootstrap_servers, events, lambda e: ledger.observe(e, replaying=True)
-        )
-    else:
-        ledger.reconfigure(cfg)
-    state.hub.follow(spec.kafka.bootstrap_servers, events, state.tally.observe)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "sendingpools",
-    interval=WARMUP_STATUS_INTERVAL_SECONDS,
-    idle=WARMUP_STATUS_IDLE_SECONDS,
-)
-async def pool_warmup_status(
-    name: str, namespace: str | None, status: Any, patch: Any, memo: kopf.Memo, **_: Any
-) -> None:
-    assert namespace is not None  # both kinds are namespaced
-    ledger = operator_state(memo).ledgers.get(f"{namespace}/{name}")
-    if ledger is None:
-        return
-    ips = [
-        {
-            "address": r.address,
-            "warming": r.warming,
-            "warmupDay": r.warmup_day,
-            "capToday": r.cap_today,
-            "sentToday": r.sent_today,
-            **({"pausedReason": r.paused_reason} if r.paused_reason else {}),
-        }
-        for r in ledger.report(time.time())
-    ]
-    if ips != status.get("ips"):
-        patch.status["ips"] = ips
-        warming = [i for i in ips if i["warming"]]
-        patch.status["warmupSummary"] = (
-            ", ".join(
-                f"{i['address']} d{i['warmupDay']} {i['sentToday']}/{i['capToday']}"
-                for i in warming
-            )
-            or "warm"
-        )
 
 
 @kopf.on.delete(GROUP, VERSION, "sendingpools")
