@@ -1,5 +1,9 @@
 """The operator's Kafka IO: topics, fan-out produce, checkpoint scans, events.
 
+Kafka clients are few and shared, whatever the number of pools: one producer
+and at most `ADMIN_CLIENTS_PER_CLUSTER` admin clients per cluster here, and one
+events reader per cluster (`events_hub.EventsHub`, re-exported).
+
 Fan-out is exactly-once across operator restarts without Kafka transactions:
 before each chunk the operator checkpoints, in the Campaign's status, the
 index it starts at *and the end offsets of the outbound topic at that moment*.
@@ -11,28 +15,31 @@ re-sent, nothing after it is lost.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Iterable
 
 from kafka import KafkaProducer
+from kafka import errors as kafka_errors
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
 
 from mailpipe.contracts.wire import (
-    Event,
     WireError,
-    decode_event,
     decode_suppression,
     suppression_key,
 )
-from mailpipe.kafkakit import TopicFollower, read_topic
 
-# The admin helpers are kafkakit's (one copy for every caller); re-exported
-# because the handlers reach them as `kafka_io.ensure_topics` and `kafka_io.end_offsets`.
+# kafkakit's (one copy for every caller); re-exported because the handlers
+# reach it as `kafka_io.end_offsets`.
 from mailpipe.kafkakit import end_offsets as end_offsets
-from mailpipe.kafkakit import ensure_topics as ensure_topics
+from mailpipe.kafkakit import read_topic
+from mailpipe.kafkakit._admin import COMPACTED, CREATE_TIMEOUT_SECONDS
+
+from .events_hub import EventsHub as EventsHub
 
 log = logging.getLogger("mailpipe.operator.kafka")
 
@@ -41,8 +48,9 @@ FANOUT_LINGER_MS = 20
 FANOUT_BATCH_BYTES = 256 * 1024
 ACK_TIMEOUT_SECONDS = 30  # a record not acknowledged by then fails the chunk (retried whole)
 CLOSE_TIMEOUT_SECONDS = 10  # at shutdown, pending sends get this long before they are dropped
-
-Observer = Callable[[Event], None]
+# Reconciles of many pools create topics at once; two clients keep a slow
+# controller round trip from serialising all of them, and stay a fixed number.
+ADMIN_CLIENTS_PER_CLUSTER = 2
 
 
 class Producers:
@@ -107,46 +115,109 @@ def read_suppressions(bootstrap: str, topic: str) -> set[str]:
     return out
 
 
-class EventsHub:
-    """Follows each pool's events topic once and fans the events out to observers.
+class Admins:
+    """At most `ADMIN_CLIENTS_PER_CLUSTER` admin clients per cluster, kept open.
 
-    `follow` may be called from any thread (kopf daemons run in threads);
-    observers always run on the operator's event loop, given to `start`.
+    kafkakit's `ensure_topics` opens and closes a client per call: right for a
+    test or a relay's dev mode, but a reconcile of 200 pools would open 200. A
+    client is used by one thread at a time (checked out of a queue).
     """
 
     def __init__(self) -> None:
-        self._followers: dict[tuple[str, str], TopicFollower] = {}
-        self._observers: dict[tuple[str, str], list[Observer]] = {}
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: dict[str, queue.Queue[KafkaAdminClient]] = {}
+        self._made: dict[str, int] = {}
+        self.clients = 0
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def follow(self, bootstrap: str, topic: str, observer: Observer) -> None:
-        """Call `observer` with every event on `topic`, from its beginning; idempotent."""
-        key = (bootstrap, topic)
+    def _checkout(self, bootstrap: str) -> KafkaAdminClient:
         with self._lock:
-            observers = self._observers.setdefault(key, [])
-            if observer not in observers:
-                observers.append(observer)
-            if key in self._followers:
-                return
+            idle = self._idle.setdefault(bootstrap, queue.Queue())
+            make = idle.empty() and self._made.get(bootstrap, 0) < ADMIN_CLIENTS_PER_CLUSTER
+            if make:
+                self._made[bootstrap] = self._made.get(bootstrap, 0) + 1
+        if not make:
+            return idle.get()
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mailpipe-admin")
+        except BaseException:
+            with self._lock:
+                self._made[bootstrap] -= 1
+            raise
+        self.clients += 1
+        return admin
 
-            def apply(_: bytes | None, value: bytes | None, __: bool) -> None:
-                if value is None:
-                    return
-                try:
-                    event = decode_event(value)
-                except WireError:
-                    return
-                for obs in self._observers.get(key, []):
-                    obs(event)
+    def _checkin(self, bootstrap: str, admin: KafkaAdminClient, broken: bool) -> None:
+        if broken:  # a failed call may leave it half-connected: make a fresh one next time
+            with contextlib.suppress(Exception):
+                admin.close()
+            with self._lock:
+                self._made[bootstrap] -= 1
+            return
+        self._idle[bootstrap].put(admin)
 
-            follower = TopicFollower(bootstrap, topic, apply)
-            self._followers[key] = follower
-        follower.start(self._loop)
+    def ensure_topics(
+        self,
+        bootstrap: str,
+        names: Iterable[str],
+        partitions: int,
+        replication: int,
+        compacted: Iterable[str] = (),
+    ) -> list[str]:
+        """As `mailpipe.kafkakit.ensure_topics` (create the missing ones, return
+        their names, leave existing ones as they are), in one CreateTopics
+        request instead of a topic listing plus one request per topic."""
+        compacted = set(compacted)
+        wanted = list(dict.fromkeys([*names, *sorted(compacted)]))
+        new = [
+            NewTopic(
+                name,
+                partitions,
+                replication,
+                topic_configs=dict(COMPACTED if name in compacted else {}),
+            )
+            for name in wanted
+        ]
+        admin = self._checkout(bootstrap)
+        broken = True
+        try:
+            result = admin.create_topics(
+                new, timeout_ms=int(CREATE_TIMEOUT_SECONDS * 1000), raise_errors=False
+            )
+            broken = False
+        finally:
+            self._checkin(bootstrap, admin, broken)
+        created: list[str] = []
+        for topic in result.get("topics", []):
+            code = topic.get("error_code", 0)
+            if code == 0:
+                created.append(topic["name"])
+            elif code != TopicAlreadyExistsError.errno:
+                error = kafka_errors.for_code(code)
+                raise error(f"{topic['name']}: {topic.get('error_message') or error.message}")
+        return [name for name in wanted if name in created]
 
-    def stop(self) -> None:
-        for f in self._followers.values():
-            f.stop()
+    def close(self) -> None:
+        with self._lock:
+            idle = list(self._idle.values())
+            self._idle.clear()
+            self._made.clear()
+        for q in idle:
+            while not q.empty():
+                with contextlib.suppress(Exception):
+                    q.get_nowait().close()
+
+
+# One per process, like kube_io's API client: a cache of connections, not
+# handler state. The reconcile reaches it as `kafka_io.ensure_topics`.
+ADMINS = Admins()
+
+
+def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int,
+    replication: int,
+    compacted: Iterable[str] = (),
+) -> list[str]:
+    """Create the missing ones of `names` and `compacted` on a shared admin client. Blocking."""
+    return ADMINS.ensure_topics(bootstrap, names, partitions, replication, compacted)

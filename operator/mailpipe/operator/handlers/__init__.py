@@ -22,6 +22,7 @@ from typing import Any
 
 import kopf
 
+from .. import kafka_io
 from ..models import GROUP
 from . import campaign, fanout, pool, warmup
 from .context import MEMO_KEY, OperatorState, operator_state
@@ -56,5 +57,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     state = operator_state(memo)
-    state.hub.stop()
+    # In threads: stopping readers and closing clients waits on sockets.
+    await asyncio.to_thread(state.hub.stop)
     await asyncio.to_thread(state.producers.close)
+    await asyncio.to_thread(kafka_io.ADMINS.close)
