@@ -25,9 +25,12 @@ A pause for the bounce or complaint rate is lifted by an `IPUnpaused` record
 on the same events topic (the operator writes it when a SendingPool carries
 the `mailpipe.io/unpause-ip` annotation). Because the pause is re-derived from
 the topic at every start, the lift must live there too: every relay and the
-operator replay it and agree. After it, the IP's rate sample starts afresh
-(outcomes of events older than the lift are not judged again, whatever
-partition they replay from), so new bounces may pause it again. (Over 300
+operator replay it and agree. After it, the IP's rate sample starts afresh, so
+new bounces may pause it again. Replay order across partitions is arbitrary,
+so the lift is written once to *every* partition: any event appended after it
+is then replayed after at least one copy of it (the first copy resets the
+sample, later copies change nothing), and an event older than the lift, read
+after it from another partition, is recognised by its time and not judged again. (Over 300
 lines because the un-pause record and the ledger that replays it are one
 contract: splitting them would let the two drift.)
 """

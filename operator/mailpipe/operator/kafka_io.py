@@ -91,6 +91,21 @@ def produce_all(producer: KafkaProducer, topic: str, records: list[tuple[bytes, 
         f.get(timeout=ACK_TIMEOUT_SECONDS)
 
 
+def produce_to_every_partition(
+    producer: KafkaProducer, topic: str, key: bytes, value: bytes
+) -> int:
+    """The same record once on each partition of `topic`; returns how many.
+
+    For a record every reader must see *before* anything appended after it,
+    whichever partitions they replay first (an IP's un-pause: contracts/warmup.py)."""
+    partitions = sorted(producer.partitions_for(topic))
+    futures = [producer.send(topic, key=key, value=value, partition=p) for p in partitions]
+    producer.flush()
+    for f in futures:
+        f.get(timeout=ACK_TIMEOUT_SECONDS)
+    return len(partitions)
+
+
 def produced_since(bootstrap: str, topic: str, since: dict[int, int], uid: str) -> set[int]:
     """Indices of campaign `uid` appended to `topic` after the `since` offsets."""
     prefix = f'"id":"{uid}-'.encode()

@@ -123,3 +123,21 @@ def test_unpause_records_round_trip_and_hostile_ones_are_wire_errors() -> None:
     for value in hostile:
         with pytest.raises(WireError):
             decode_events_value(value)
+
+
+def test_replay_in_any_partition_order_agrees_when_the_lift_is_on_every_partition() -> None:
+    """The operator writes the lift to every partition. Whatever order a reader
+    replays the partitions in, bounces after the lift pause the IP again and
+    bounces before it do not."""
+    partitions = [
+        [*bounces(MIN_SAMPLE, T0 + 5), IPUnpaused(egress_ip=IP, time=T0 + 10)],
+        [IPUnpaused(egress_ip=IP, time=T0 + 10), *bounces(MIN_SAMPLE, T0 + 20, first=100)],
+        [*bounces(2, T0 + 6, first=200), IPUnpaused(egress_ip=IP, time=T0 + 10)],
+    ]
+    for order in ([0, 1, 2], [1, 0, 2], [2, 1, 0], [1, 2, 0]):
+        led = ledger()
+        for p in order:
+            for record in partitions[p]:
+                led.observe(record, replaying=True)
+        [report] = [r for r in led.report(T0 + 30) if r.address == IP]
+        assert report.paused_at == T0 + 20, order

@@ -144,13 +144,15 @@ async def pool_warmup_status(
     if ledger is None:
         return
     reports = ledger.report(time.time())
+    # No None values: the API server drops them, so the next comparison with
+    # the stored status would differ and every pool be patched every tick.
     ips = [
         {
             "address": r.address,
             "warming": r.warming,
             "warmupDay": r.warmup_day,
-            "capToday": r.cap_today,
             "sentToday": r.sent_today,
+            **({"capToday": r.cap_today} if r.cap_today is not None else {}),
             **({"pausedReason": r.paused_reason} if r.paused_reason else {}),
         }
         for r in reports
@@ -163,10 +165,10 @@ async def pool_warmup_status(
     newly = [r for r in paused if r.address not in was_paused]
     if newly:
         kopf.warn(body, reason="IPPaused", message=pause_message(newly))
+    # Written when missing too (False): the pool's reconcile replaces the
+    # conditions it owns, and a reader should see "not paused", not nothing.
     old = list(status.get("conditions") or [])
     previous = next((c for c in old if c.get("type") == PAUSED), None)
-    if not paused and previous is None:
-        return  # never paused: no condition to write for 200 quiet pools
     new = (
         condition(PAUSED, True, "RateOverLimit", pause_message(paused), meta.get("generation"))
         if paused
@@ -207,16 +209,21 @@ async def unpause_ip(
         kopf.warn(body, reason="UnpauseRefused", message=message)
         return
     now = time.time()
-    records = [
-        (ip.encode(), encode_unpaused(IPUnpaused(egress_ip=ip, time=now, by=UNPAUSE_ANNOTATION)))
-        for ip in ips
-    ]
     bootstrap = parsed.kafka.bootstrap_servers
+    events = topics(PoolRef(name, namespace, uid), parsed).events
     state = operator_state(memo)
     try:
         producer = await asyncio.to_thread(state.producers.get, bootstrap)
-        events = topics(PoolRef(name, namespace, uid), parsed).events
-        await asyncio.to_thread(kafka_io.produce_all, producer, events, records)
+        for ip in ips:
+            record = IPUnpaused(egress_ip=ip, time=now, by=UNPAUSE_ANNOTATION)
+            # On every partition: see `mailpipe.contracts.warmup` (order-proof replay).
+            await asyncio.to_thread(
+                kafka_io.produce_to_every_partition,
+                producer,
+                events,
+                ip.encode(),
+                encode_unpaused(record),
+            )
     except KafkaError as exc:
         message = (
             f"cannot write the un-pause of {', '.join(ips)} to {bootstrap}: {type(exc).__name__}"
