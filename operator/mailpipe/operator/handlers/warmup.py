@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from typing import Any
 
 import kopf
 from kafka.errors import KafkaError
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailpipe.contracts.warmup import (
@@ -37,11 +40,13 @@ from mailpipe.contracts.warmup import (
     encode_unpaused,
 )
 
-from .. import kafka_io
+from .. import kafka_io, kube_io
 from ..models import GROUP, VERSION, SendingPoolSpec
 from ..pool import PoolRef, build_relay_config, topics
 from .context import OperatorState, operator_state, parse_pool_spec
 from .status import condition, merge_conditions
+
+log = logging.getLogger("mailpipe.operator.warmup")
 
 WARMUP_STATUS_INTERVAL_SECONDS = 15.0  # warm-up moves by the day: a slow refresh is plenty
 WARMUP_STATUS_IDLE_SECONDS = 5  # let a just-edited pool settle before its first report
@@ -165,18 +170,51 @@ async def pool_warmup_status(
     newly = [r for r in paused if r.address not in was_paused]
     if newly:
         kopf.warn(body, reason="IPPaused", message=pause_message(newly))
-    # Written when missing too (False): the pool's reconcile replaces the
-    # conditions it owns, and a reader should see "not paused", not nothing.
     old = list(status.get("conditions") or [])
     previous = next((c for c in old if c.get("type") == PAUSED), None)
-    new = (
-        condition(PAUSED, True, "RateOverLimit", pause_message(paused), meta.get("generation"))
-        if paused
-        else condition(PAUSED, False, "NoIPPaused", "", meta.get("generation"))
-    )
+    if paused:
+        new = condition(
+            PAUSED, True, "RateOverLimit", pause_message(paused), meta.get("generation")
+        )
+    elif previous is not None and previous.get("status") == "True":
+        new = condition(PAUSED, False, "NoIPPaused", "", meta.get("generation"))
+    else:
+        return  # never paused (or already said so): nothing to write for 200 quiet pools
     if previous is None or any(previous.get(k) != new[k] for k in ("status", "message")):
         [merged] = merge_conditions(old, [new])
-        patch.status["conditions"] = [c for c in old if c.get("type") != PAUSED] + [merged]
+        conditions = [c for c in old if c.get("type") != PAUSED] + [merged]
+        await asyncio.to_thread(
+            write_conditions, namespace, name, meta.get("resourceVersion"), conditions
+        )
+
+
+def write_conditions(
+    namespace: str, name: str, resource_version: str | None, conditions: list[dict[str, Any]]
+) -> bool:
+    """Replace the pool's conditions only if the pool is unchanged since `resource_version`.
+
+    The reconcile writes the whole `conditions` list too (a merge patch replaces
+    a list whole): an unconditional write of a list read moments ago would wipe
+    a Ready it just set. A stale write fails here and is retried at the next
+    tick from a fresher status. Blocking."""
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        {"op": "add", "path": "/status/conditions", "value": conditions},
+    ]
+    try:
+        client.CustomObjectsApi(kube_io.api()).patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            "sendingpools",
+            name,
+            ops,
+            _content_type="application/json-patch+json",
+        )
+    except ApiException as exc:
+        log.debug("conditions of %s/%s not written (%s); next tick", namespace, name, exc.status)
+        return False
+    return True
 
 
 @kopf.on.create(GROUP, VERSION, "sendingpools", annotations={UNPAUSE_ANNOTATION: kopf.PRESENT})
