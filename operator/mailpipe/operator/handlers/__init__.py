@@ -17,6 +17,7 @@ the `OperatorState` put into kopf's memo, which replaces module globals.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from typing import Any
 
@@ -37,6 +38,9 @@ WATCH_CONNECT_TIMEOUT_SECONDS = 30
 # kopf runs sync handlers (the fan-out daemons) in this many threads: the
 # number of campaigns that fan out at the same time.
 SYNC_HANDLER_THREADS = 8
+# Threads for the handlers' blocking calls (to_thread): API requests and topic
+# creation in flight at once. The API server and Kafka queue the rest.
+BLOCKING_CALL_THREADS = 32
 
 
 @kopf.on.startup()
@@ -48,8 +52,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT_SECONDS
     settings.posting.level = logging.INFO
     settings.execution.max_workers = SYNC_HANDLER_THREADS
+    # Handlers run their blocking Kubernetes and Kafka calls in the loop's
+    # default executor (asyncio.to_thread), which has cpu+4 threads: six here,
+    # so 200 pools created at once queued 1,000 API calls behind six threads.
+    # The calls wait on the network, not the CPU: more threads overlap them.
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(
+            max_workers=BLOCKING_CALL_THREADS, thread_name_prefix="blocking"
+        )
+    )
     state = OperatorState()
-    state.hub.start(asyncio.get_running_loop())
+    state.hub.start(loop)
     # Set before kopf starts watching, so every resource memo copies it.
     memo[MEMO_KEY] = state
 

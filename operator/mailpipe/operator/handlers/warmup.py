@@ -146,7 +146,10 @@ async def pool_warmup_status(
 ) -> None:
     assert namespace is not None  # both kinds are namespaced
     ledger = operator_state(memo).ledgers.get(f"{namespace}/{name}")
-    if ledger is None:
+    if ledger is None or status.get("observedGeneration") is None:
+        # Not reconciled yet: when hundreds of pools are created at once, a
+        # status write now would only add to the API server's queue ahead of
+        # the reconciles, with nothing counted to report.
         return
     reports = ledger.report(time.time())
     # No None values: the API server drops them, so the next comparison with
