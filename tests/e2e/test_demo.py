@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,29 @@ def test_campaign_end_to_end(devstack: Stack, tmp_path: Path) -> None:
     assert per_domain == {"alpha.test": 50, "beta.test": 40, "gamma.test": 50, "delta.test": 48}
     assert 0 < per_ip["127.0.0.3"] <= plan.warmup_cap == 20
     assert per_ip["127.0.0.2"] + per_ip["127.0.0.3"] == 188
+    assert_no_secret_in_any_log(demo, tmp_path, report)
+
+
+def secrets_in(text: str, secrets: dict[str, str]) -> list[str]:
+    return [name for name, value in secrets.items() if value and value in text]
+
+
+def assert_no_secret_in_any_log(demo: Demo, workdir: Path, report: str) -> None:
+    """Issue 11: the operator's token and the pool's DKIM key never reach a log
+    or the demo's output, while the run really used both."""
+    delivered = [m for rx in demo.receivers.values() for m in rx.messages()]
+    assert delivered and all(b"DKIM-Signature:" in m.data for m in delivered)  # key in use
+    pem_lines = demo.dkim_pem.strip().splitlines()
+    secrets = {
+        "operator token": demo.token,
+        "a line of the DKIM key": pem_lines[5],
+        "the DKIM key's base64, as Secret data shows it": "".join(pem_lines[1:-1])[:64],
+        "the DKIM Secret's data field": base64.b64encode(demo.dkim_pem.encode()).decode()[:64],
+        "a PEM private key": "PRIVATE KEY-----",
+    }
+    logs = list(workdir.rglob("*.log"))
+    assert len(logs) >= 3, logs  # the operator and the relays
+    leaked = {
+        str(f): found for f in logs if (found := secrets_in(f.read_text(errors="replace"), secrets))
+    }
+    assert not leaked and not secrets_in(report, secrets), leaked

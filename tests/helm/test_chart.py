@@ -50,6 +50,8 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
         "ClusterRole/rel-mailpipe-edit",
         "ClusterRole/rel-mailpipe-operator",
         "ClusterRole/rel-mailpipe-operator-crds",
+        "ClusterRole/rel-mailpipe-operator-workloads",
+        "ClusterRole/rel-mailpipe-pool-admin",
         "ClusterRole/rel-mailpipe-view",
         "ClusterRoleBinding/rel-mailpipe-operator",
         "ClusterRoleBinding/rel-mailpipe-operator-crds",
@@ -58,27 +60,45 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
         "Deployment/rel-mailpipe-operator",
         "Pod/rel-mailpipe-test",
         "ServiceAccount/rel-mailpipe-operator",
-    ]
-    role = next(
-        d
-        for d in docs
-        if d["metadata"]["name"] == "rel-mailpipe-operator" and d["kind"] == "ClusterRole"
-    )
-    verbs = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
-    assert verbs[(("",), ("configmaps", "services"))] == {
+    ]  # no binding of the workload role: no namespace is onboarded by default
+
+    def rules(name: str) -> dict[tuple[tuple[str, ...], tuple[str, ...]], set[str]]:
+        role = next(d for d in docs if d["metadata"]["name"] == name and d["kind"] == "ClusterRole")
+        return {
+            (tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]
+        }
+
+    watch = rules("rel-mailpipe-operator")
+    assert watch[(("apps",), ("deployments",))] == {"get", "list", "watch"}  # read-only
+    assert not any(res in ("configmaps", "services", "secrets") for _, r in watch for res in r)
+    workloads = rules("rel-mailpipe-operator-workloads")
+    assert workloads[(("",), ("configmaps", "services"))] == {
         "get",
-        "list",
-        "watch",
         "create",
         "patch",
         "update",
         "delete",
-    }
-    assert all("*" not in v for v in verbs.values())
-    assert not any("secrets" in res for _, res in verbs)  # the operator never reads Secrets
-    assert not any("kopf.dev" in g for g, _ in verbs)  # no peering unless enabled
+    }  # by name only: no list or watch of ConfigMaps
+    assert workloads[(("",), ("secrets",))] == {"get"}
+    for verbs in [*watch.values(), *workloads.values()]:
+        assert "*" not in verbs
+    assert not any("kopf.dev" in g for g, _ in watch)  # no peering unless enabled
     view = next(d for d in docs if d["metadata"]["name"] == "rel-mailpipe-view")
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    admin = next(d for d in docs if d["metadata"]["name"] == "rel-mailpipe-pool-admin")
+    assert not any("aggregate" in k for k in admin["metadata"]["labels"])
+
+
+def test_tenant_namespaces_bind_the_workload_role_only_there() -> None:
+    docs = render("rbac.tenantNamespaces={team-a,team-b}")
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in bindings} == {
+        ("team-a", "rel-mailpipe-operator-workloads"),
+        ("team-b", "rel-mailpipe-operator-workloads"),
+    }
+    assert "ClusterRoleBinding/rel-mailpipe-operator-workloads" not in kinds(docs)
+    everywhere = render("rbac.tenantNamespaces={*}")
+    assert "ClusterRoleBinding/rel-mailpipe-operator-workloads" in kinds(everywhere)
 
 
 def test_deployment_runs_non_root_with_the_operator_entry_point() -> None:

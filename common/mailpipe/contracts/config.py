@@ -175,6 +175,19 @@ class RelayConfig(_Model):
     connect_timeout_seconds: float = Field(default=30, gt=0)
     command_timeout_seconds: float = Field(default=300, gt=0, description="RFC 5321 4.5.3.2")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 = no metrics server")
+    metrics_address: str = Field(
+        default="0.0.0.0",
+        description="address the metrics endpoint binds; under hostNetwork the operator"
+        " sets the pod IP (the node's primary address) so egress IPs never serve it",
+    )
+    metrics_domain_labels: int = Field(
+        default=50,
+        ge=0,
+        le=1000,
+        description="recipient domains that get their own metrics label (shaping keys and"
+        " the first seen); the rest are counted as 'other', so a list of random domains"
+        " cannot grow the relay's time series without bound",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RelayConfig:

@@ -20,6 +20,7 @@ method in run order; what the steps compute is in `demo_plan`.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import shutil
 import signal
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from kafka import KafkaProducer
 
 from . import harness, kube
@@ -58,6 +61,9 @@ POOL_READY_TIMEOUT_SECONDS = 60  # topics created, children written: seconds on 
 WAIT_POLL_SECONDS = 0.5
 WATCH_POLL_SECONDS = 3  # `kubectl get` once every 3 s reads like someone watching
 OPERATOR_TOKEN_DURATION = "1h"  # longer than the demo ever runs
+DKIM_SECRET = "demo-dkim"
+DKIM_KEY_BITS = 2048  # what mailbox providers expect of an RSA DKIM key
+LOCAL_POD_IP = "127.0.0.1"  # a local relay's "pod IP": where its metrics endpoint binds
 DEFAULT_RECIPIENTS = 1000
 FINAL_PHASES = ("Completed", "Failed")
 
@@ -76,6 +82,8 @@ class Demo:
         self.children = harness.Children(workdir)
         self.receivers: dict[str, SMTPReceiver] = {}
         self.checks: list[Check] = []
+        self.token = ""  # the operator's ServiceAccount token, once created
+        self.dkim_pem = ""  # the pool's DKIM private key, once created
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -114,9 +122,18 @@ class Demo:
         return port
 
     def install_chart(self) -> tuple[str, list[str]]:
-        self.say("helm install the chart")
+        self.say(f"helm install the chart (onboarding namespace {NAMESPACE})")
         harness.helm_ok(
-            self.env, "install", RELEASE, str(CHART), "-n", SYSTEM_NAMESPACE, "--create-namespace"
+            self.env,
+            "install",
+            RELEASE,
+            str(CHART),
+            "-n",
+            SYSTEM_NAMESPACE,
+            "--create-namespace",
+            # The operator may create relays only in onboarded namespaces (least privilege).
+            "--set",
+            f"rbac.tenantNamespaces={{{NAMESPACE}}}",
         )
         manifest = harness.helm_ok(self.env, "get", "manifest", RELEASE, "-n", SYSTEM_NAMESPACE)
         docs = [d for d in yaml.safe_load_all(manifest) if d]
@@ -126,7 +143,7 @@ class Demo:
         return sa, args
 
     def operator_kubeconfig(self, service_account: str) -> Path:
-        token = self.kubectl(
+        self.token = self.kubectl(
             "create",
             "token",
             service_account,
@@ -135,7 +152,7 @@ class Demo:
             f"--duration={OPERATOR_TOKEN_DURATION}",
         ).strip()
         path = self.workdir / "operator.kubeconfig"
-        kube.write_token_kubeconfig(path, Path(self.state.kubeconfig), service_account, token)
+        kube.write_token_kubeconfig(path, Path(self.state.kubeconfig), service_account, self.token)
         return path
 
     def start_operator(self, args: list[str], kubeconfig: Path) -> None:
@@ -145,6 +162,34 @@ class Demo:
         ]
         self.say(f"operator: mailpipe {' '.join(args)}  (as the chart's ServiceAccount)")
         self.children.mailpipe("operator", args, {**self.env, "KUBECONFIG": str(kubeconfig)})
+
+    def create_dkim_secret(self) -> None:
+        """The pool signs with a key from a Secret, as a real one would; the
+        test of this run greps every log for it (and for the operator's token)."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=DKIM_KEY_BITS)
+        self.dkim_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": DKIM_SECRET, "namespace": NAMESPACE},
+            "stringData": {"private.pem": self.dkim_pem},
+        }
+        harness.apply(self.env, secret)
+        self.say(f"DKIM key in Secret {DKIM_SECRET}")
+
+    def local_secret_dir(self, secret: str, relay_dir: Path) -> Path:
+        """Where a local relay finds what its pod would have mounted from `secret`."""
+        data = self.get_json("secret", secret, "-n", NAMESPACE)["data"]
+        target = relay_dir / "secrets" / secret
+        target.mkdir(parents=True, exist_ok=True)
+        for key, value in data.items():
+            (target / key).write_bytes(base64.b64decode(value))
+            (target / key).chmod(0o600)
+        return target
 
     def apply_template(self, name: str, values: dict[str, str]) -> None:
         text = string.Template((EXAMPLES / name).read_text()).substitute(values)
@@ -181,6 +226,14 @@ class Demo:
             config["metrics_port"] = free_port()
             local = self.workdir / f"relay-{i}" / "relay.yaml"
             local.parent.mkdir(parents=True, exist_ok=True)
+            secrets = {
+                v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v
+            }
+            for m in container["volumeMounts"]:
+                if m["name"] in secrets and config.get("dkim"):
+                    here = self.local_secret_dir(secrets[m["name"]], local.parent)
+                    key_path = config["dkim"]["private_key_path"]
+                    config["dkim"]["private_key_path"] = key_path.replace(m["mountPath"], str(here))
             local.write_text(yaml.safe_dump(config))
             args = [a.replace(mount, str(local.parent)) for a in container["args"]]
             env = dict(self.env)
@@ -191,6 +244,10 @@ class Demo:
                     var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name"
                 ):
                     env[var["name"]] = relay_id
+                elif (
+                    var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP"
+                ):
+                    env[var["name"]] = LOCAL_POD_IP
             self.say(f"relay {i}: mailpipe {' '.join(args)}")
             self.children.mailpipe(f"relay-{i}", [*args, "--relay-id", relay_id], env)
 
@@ -233,9 +290,10 @@ class Demo:
     def run(self) -> bool:
         smtp_port = self.start_receivers()
         try:
+            self.kubectl("create", "namespace", NAMESPACE)
             sa, operator_args = self.install_chart()
             self.start_operator(operator_args, self.operator_kubeconfig(sa))
-            self.kubectl("create", "namespace", NAMESPACE)
+            self.create_dkim_secret()
             values = {
                 "NAMESPACE": NAMESPACE,
                 "KAFKA_BOOTSTRAP": self.state.kafka_bootstrap,

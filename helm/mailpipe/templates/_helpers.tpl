@@ -40,23 +40,25 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{/* The operator's permissions: least privilege for what its handlers do. */}}
-{{- define "mailpipe.operatorRules" -}}
+{{/*
+The operator's permissions, in two parts, so a cluster-wide install need not
+hold write rights in every namespace (RBAC has no "deny", so the only way to
+keep kube-system out is never to bind write verbs cluster-wide).
+
+operatorWatchRules: what it needs wherever it watches: its own resources and
+their status, Events on them, and a read-only watch of Deployments (RBAC cannot
+filter by label; the operator itself selects app.kubernetes.io/managed-by=mailpipe).
+*/}}
+{{- define "mailpipe.operatorWatchRules" -}}
 - apiGroups: ["mailpipe.io"]
   resources: ["sendingpools", "campaigns"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["mailpipe.io"]
   resources: ["sendingpools/status", "campaigns/status"]
   verbs: ["get", "patch", "update"]
-- apiGroups: [""]
-  resources: ["configmaps", "services"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: ["policy"]
-  resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -68,4 +70,25 @@ app.kubernetes.io/component: operator
   resources: ["kopfpeerings", "clusterkopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
 {{- end }}
+{{- end -}}
+
+{{/*
+operatorWorkloadRules: what it needs in a namespace where it runs relays. It
+creates and deletes the relay Deployment, ConfigMap, Service and PDB by name;
+it reads a ConfigMap or Secret only when a Campaign or SendingPool names it
+(get by name: no list or watch, so it cannot enumerate them).
+*/}}
+{{- define "mailpipe.operatorWorkloadRules" -}}
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["configmaps", "services"]
+  verbs: ["get", "create", "patch", "update", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 {{- end -}}

@@ -143,6 +143,11 @@ def build_deployment(ref: PoolRef, spec: SendingPoolSpec, config_text: str) -> d
         "env": [
             {"name": "MAILPIPE_POOL", "value": f"{ref.namespace}/{ref.name}"},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            # The metrics endpoint binds the pod IP, never 0.0.0.0 (= every node address).
+            {
+                "name": "MAILPIPE_METRICS_ADDRESS",
+                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+            },
         ],
         "ports": [{"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"}],
         "readinessProbe": {**probe, "initialDelaySeconds": 5},

@@ -22,23 +22,25 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import start_http_server
-
 from mailpipe.contracts.config import ConfigError, RelayConfig, load_config
 from mailpipe.contracts.warmup import WarmupLedger
+from mailpipe.endpoints import ScrapeEndpoint
 from mailpipe.kafkakit import ensure_pool_topics, partition_count
 
 from .clock import SystemClock
 from .delivery import SMTPTransport
 from .engine import Engine, task_stacks
 from .kafka import KafkaSink, KafkaSource, relay_followers
-from .metrics import RelayMetrics
+from .metrics import DomainLabels, RelayMetrics
 from .suppressions import CampaignStates, SuppressionList
 
 log = logging.getLogger("mailpipe.relay")
 
 CONFIG_POLL_SECONDS = 2.0  # kubelet refreshes mounted ConfigMaps within about a minute anyway
 CLOCK_OFFSET_ENV = "MAILPIPE_CLOCK_OFFSET_SECONDS"
+# Set by the relay Deployment to the pod IP (the node's primary address under
+# hostNetwork), so the metrics endpoint never listens on the pool's egress IPs.
+METRICS_ADDRESS_ENV = "MAILPIPE_METRICS_ADDRESS"
 
 
 class JSONFormatter(logging.Formatter):
@@ -96,9 +98,16 @@ async def serve(
     loop = asyncio.get_running_loop()
     # Test-only: shift the wall clock so warm-up days can be crossed without waiting.
     clock = SystemClock(float(os.environ.get(CLOCK_OFFSET_ENV, "0")))
-    metrics = RelayMetrics()
+    metrics = RelayMetrics(
+        domains=DomainLabels(
+            lambda d: d if d in config.throttles else config.group_of(d),
+            config.metrics_domain_labels,
+        )
+    )
+    endpoint = None
     if config.metrics_port:
-        start_http_server(config.metrics_port, registry=metrics.registry)
+        address = os.environ.get(METRICS_ADDRESS_ENV) or config.metrics_address
+        endpoint = await ScrapeEndpoint(metrics.registry, address, config.metrics_port).start()
     if ensure:
         await loop.run_in_executor(None, ensure_pool_topics, config.kafka)
 
@@ -197,6 +206,8 @@ async def serve(
         await loop.run_in_executor(None, sink.close)
         log.info("stopping: producer closed", extra={"relay_id": relay_id})
         await asyncio.gather(*(loop.run_in_executor(None, f.stop) for f in followers))
+        if endpoint is not None:
+            await endpoint.stop()
         log.info("relay stopped", extra={"relay_id": relay_id})
 
 

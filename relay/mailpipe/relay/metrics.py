@@ -6,31 +6,90 @@ validates and locks on every call), and gauges of state the engine keeps
 anyway (ready-queue depths, warm-up budgets) are read from it when scraped
 instead of being set on every change. `EXPORTED` lists every metric name a
 scrape shows, for the test that each dashboard panel's query is backed.
+
+Recipient domains come from the records, i.e. from whoever produces them, so
+every `domain` label goes through `DomainLabels`: the shaping keys the pool
+names keep their own label, then the first `limit` other domains seen, and
+the rest share `OTHER_DOMAINS`. The number of series is bounded by the
+config, not by the audience.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+OTHER_DOMAINS = "other"  # the label of every domain past the limit
+DEFAULT_DOMAIN_LABELS = 50  # RelayConfig.metrics_domain_labels' default
+REMEMBERED_OTHERS = 10_000  # cache of 'other' verdicts: a hot domain skips the group match
+
+
+class DomainLabels:
+    """Maps a recipient domain to a bounded set of label values (see module doc)."""
+
+    def __init__(
+        self, named: Callable[[str], str | None] | None = None, limit: int = DEFAULT_DOMAIN_LABELS
+    ) -> None:
+        self._named = named or (lambda _domain: None)
+        self._limit = limit
+        self._seen: dict[str, str] = {}
+        self._own_labels = 0  # domains past this many share OTHER_DOMAINS
+
+    def __call__(self, domain: str) -> str:
+        label = self._seen.get(domain)
+        if label is not None:
+            return label
+        label = self._named(domain)
+        if label is None:
+            if self._own_labels < self._limit:
+                self._own_labels += 1
+                label = domain
+            else:
+                label = OTHER_DOMAINS
+        if label != OTHER_DOMAINS or len(self._seen) < REMEMBERED_OTHERS + self._limit:
+            self._seen[domain] = label  # bounded: `limit` own labels plus some others
+        return label
+
+
+class _DomainLabelled:
+    """A labelled metric whose first label is a domain, passed through DomainLabels."""
+
+    def __init__(self, metric: Any, labels: DomainLabels) -> None:
+        self._metric, self._labels = metric, labels
+
+    def labels(self, domain: str, *rest: str) -> Any:
+        return self._metric.labels(self._labels(domain), *rest)
+
 
 class _ScrapedGauge(Collector):
     """A labelled gauge whose values are read from the engine at scrape time."""
 
-    def __init__(self, name: str, documentation: str, label: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        relabel: Callable[[str], str] = lambda key: key,
+    ) -> None:
         self.name, self.documentation, self.label = name, documentation, label
         self.read: Callable[[], dict[str, int]] = dict
+        self.relabel = relabel
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
-        for key, value in sorted(self.read().items()):
-            family.add_metric([key], value)
+        totals: dict[str, int] = {}
+        for key, value in self.read().items():
+            label = self.relabel(key)
+            totals[label] = totals.get(label, 0) + value
+        for label, value in sorted(totals.items()):
+            family.add_metric([label], value)
         yield family
 
 
@@ -55,8 +114,11 @@ EXPORTED = (
 
 
 class RelayMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, domains: DomainLabels | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.domains = domains or DomainLabels()
         r = self.registry
         self.deliveries = Counter(
             "mailpipe_deliveries",
@@ -64,23 +126,29 @@ class RelayMetrics:
             ["outcome", "domain", "egress_ip"],
             registry=r,
         )
-        self.backoffs = Counter(
-            "mailpipe_backoffs",
-            "Times a domain told an egress IP to slow down (421, 4.7.x, 5.7.x)",
-            ["domain", "egress_ip", "reason"],
-            registry=r,
+        self.backoffs = _DomainLabelled(
+            Counter(
+                "mailpipe_backoffs",
+                "Times a domain told an egress IP to slow down (421, 4.7.x, 5.7.x)",
+                ["domain", "egress_ip", "reason"],
+                registry=r,
+            ),
+            self.domains,
         )
         self.queue_depths = _ScrapedGauge(
-            "mailpipe_ready_queue_depth", "Records waiting per domain", "domain"
+            "mailpipe_ready_queue_depth", "Records waiting per domain", "domain", self.domains
         )
         r.register(self.queue_depths)
         self._delivered: dict[tuple[str, str, str], Counter] = {}
-        self.throttle_wait = Histogram(
-            "mailpipe_throttle_wait_seconds",
-            "Time a message waited for its domain's rate limit",
-            ["domain"],
-            buckets=THROTTLE_WAIT_BUCKETS_SECONDS,
-            registry=r,
+        self.throttle_wait = _DomainLabelled(
+            Histogram(
+                "mailpipe_throttle_wait_seconds",
+                "Time a message waited for its domain's rate limit",
+                ["domain"],
+                buckets=THROTTLE_WAIT_BUCKETS_SECONDS,
+                registry=r,
+            ),
+            self.domains,
         )
         self.warmup_remaining = _ScrapedGauge(
             "mailpipe_warmup_budget_remaining",
@@ -97,12 +165,15 @@ class RelayMetrics:
             ["topic", "partition"],
             registry=r,
         )
-        self.postponed = Counter(
-            "mailpipe_postponed_records",
-            "Records postponed to a delay topic, by destination domain and reason"
-            " (retry, not_yet_due, queue_full, window_relief, campaign_paused, no_egress_ip)",
-            ["domain", "reason"],
-            registry=r,
+        self.postponed = _DomainLabelled(
+            Counter(
+                "mailpipe_postponed_records",
+                "Records postponed to a delay topic, by destination domain and reason"
+                " (retry, not_yet_due, queue_full, window_relief, campaign_paused, no_egress_ip)",
+                ["domain", "reason"],
+                registry=r,
+            ),
+            self.domains,
         )
         self.dlq = Counter(
             "mailpipe_dlq_records", "Records sent to the DLQ", ["reason"], registry=r
@@ -116,8 +187,8 @@ class RelayMetrics:
         )
 
     def delivered(self, outcome: str, domain: str, egress_ip: str) -> None:
-        key = (outcome, domain, egress_ip)
+        key = (outcome, self.domains(domain), egress_ip)  # bounded, as the series are
         child = self._delivered.get(key)
         if child is None:
-            child = self._delivered[key] = self.deliveries.labels(outcome, domain, egress_ip)
+            child = self._delivered[key] = self.deliveries.labels(*key)
         child.inc()
