@@ -165,9 +165,11 @@ async def pool_warmup_status(
         }
         for r in reports
     ]
-    if ips != status.get("ips"):
+    summary = warmup_summary(reports)
+    # The summary too: the pool's reconcile writes a first one ("1 warming").
+    if ips != status.get("ips") or summary != status.get("warmupSummary"):
         patch.status["ips"] = ips
-        patch.status["warmupSummary"] = warmup_summary(reports)
+        patch.status["warmupSummary"] = summary
     was_paused = {i["address"] for i in status.get("ips") or [] if i.get("pausedReason")}
     paused = [r for r in reports if r.paused_reason]
     newly = [r for r in paused if r.address not in was_paused]
