@@ -46,13 +46,20 @@ lint: venv
 	$(BIN)/lint-imports
 	$(CACHE)/bin/helm lint helm/mailpipe
 
-bench: bench-relay bench-operator
+bench: bench-relay bench-operator bench-soak
 
 bench-relay: setup
 	$(BIN)/python -m bench.relay
 
 bench-operator: setup
 	$(BIN)/python -m bench.operator
+
+# 200,000 records through two relays (issue 10, Deliver 9); bench/results/soak.json
+# gets the RSS curves, the final lag and the dispositions. `make test` runs the
+# short one (tests/soak/test_soak.py).
+.PHONY: bench-soak
+bench-soak: setup
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

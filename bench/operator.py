@@ -64,6 +64,9 @@ def pool(name: str, namespace: str, bootstrap: str, partitions: int = 1) -> dict
         "kind": "SendingPool",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
+            # no relays: Ready needs available relays, and the dev stack runs no
+            # kubelet; with replicas 0 a pool is Ready once reconciled (0/0)
+            "replicas": 0,
             "kafka": {
                 "bootstrapServers": bootstrap,
                 "partitions": partitions,

@@ -51,6 +51,9 @@ MAX_CONNECTIONS = 1000  # per destination, pool-wide: far beyond what any MX tol
 MAX_RECIPIENTS_PER_TRANSACTION = MAX_RECIPIENTS  # a transaction carries at most one record's
 MAX_RETRY_STEPS = 20  # a schedule, not a list of every attempt: its last step repeats
 MIN_MAX_AGE_SECONDS = 60  # expiring sooner than the first retry could run is a mistake
+# Domain groups a pool shapes separately: a handful in practice (gmail, microsoft,
+# yahoo, ...); the bound also keeps the CRD's CEL rule on groupLimits within budget.
+MAX_DOMAIN_GROUPS = 32
 
 
 def _known_zone(name: str) -> str:
@@ -99,7 +102,9 @@ class WarmupStep(Spec):
     )
     daily_limit: int = Field(ge=0, description="Messages per day from the IP, all destinations.")
     group_limits: dict[str, NonNegativeInt] = Field(
-        default_factory=dict, description="Messages per day from the IP per domain group."
+        default_factory=dict,
+        max_length=MAX_DOMAIN_GROUPS,
+        description="Messages per day from the IP per domain group.",
     )
 
 

@@ -195,6 +195,10 @@ class Demo:
         text = string.Template((EXAMPLES / name).read_text()).substitute(values)
         harness.apply(self.env, text)
 
+    def topics_ready(self) -> bool:
+        pool = harness.get_object(self.env, "sp", POOL, NAMESPACE)
+        return harness.condition_true(pool, "TopicsReady")
+
     def pool_ready(self) -> bool:
         return harness.condition_true(harness.get_object(self.env, "sp", POOL, NAMESPACE))
 
@@ -305,6 +309,13 @@ class Demo:
             }
             self.say("kubectl apply -f examples/demo/pool.yaml")
             self.apply_template("pool.yaml", values)
+            # Relays start once their topics exist (a consumer that subscribes
+            # before them rebalances when they appear, and re-reads records).
+            self.wait("relay Deployment and topics", self.topics_ready)
+            self.start_relays()
+            # Ready needs available relays; the dev stack has no kubelet, and the
+            # local relays stand in for the Deployment's pods: report them.
+            harness.report_deployment(self.env, NAMESPACE, RELAY)
             self.wait("pool Ready", self.pool_ready)
             self.seed_suppressions()
             audience = {
@@ -316,7 +327,6 @@ class Demo:
             harness.apply(self.env, audience)
             self.say(f"kubectl apply -f examples/demo/campaign.yaml  ({self.plan.size} recipients)")
             self.apply_template("campaign.yaml", values)
-            self.start_relays()
             self.watch()
             self.summarize()
             self.say("\nkubectl describe camp demo-newsletter (events):")

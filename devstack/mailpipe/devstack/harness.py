@@ -261,6 +261,42 @@ def condition_true(obj: Mapping[str, Any] | None, kind: str = READY) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True" for c in conditions)
 
 
+def report_deployment(
+    env: Env, namespace: str, name: str, available: int | None = None
+) -> dict[str, Any]:
+    """Play the kubelet and the Deployment controller, which the dev stack does not run.
+
+    Writes the Deployment's status as its controller would once `available`
+    replicas (default: all of spec.replicas) run its latest template; returns
+    the Deployment as read before.
+    """
+    dep = get_json(env, "deployment", name, "-n", namespace)
+    replicas = int(dep["spec"].get("replicas", 1))
+    up = replicas if available is None else available
+    status = {
+        "observedGeneration": dep["metadata"]["generation"],
+        "replicas": max(replicas, up),
+        "updatedReplicas": max(replicas, up),
+        "readyReplicas": up,
+        "availableReplicas": up,
+        "unavailableReplicas": max(replicas - up, 0),
+    }
+    patch = json.dumps({"status": status})
+    kubectl_ok(
+        env,
+        "patch",
+        "deployment",
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        patch,
+    )
+    return dep
+
+
 def apply_crds(env: Env, crds_dir: Path) -> None:
     """Apply mailpipe's CRDs and wait until the apiserver serves them."""
     kubectl_ok(env, "apply", "-f", str(crds_dir))

@@ -158,7 +158,8 @@ def sendingpool_crd() -> dict[str, Any]:
             {"name": "Warmup", "type": "string", "jsonPath": ".status.warmupSummary"},
         ],
         status_doc=(
-            "Observed state: conditions (Ready, Progressing, Degraded) with observedGeneration, "
+            "Observed state: conditions (Ready, Reconciling, Stalled, RelaysAvailable, "
+            "TopicsReady) with observedGeneration, relays (desired, available), secretsHash, "
             "topics, configHash, ipCount, warmupSummary and per-IP warm-up "
             "(day, capToday, sentToday)."
         ),

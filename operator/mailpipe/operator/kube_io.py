@@ -58,8 +58,11 @@ def _call(kind: str, verb: str, *args: Any, **kwargs: Any) -> Any:
     return getattr(target, f"{verb}_{suffix}")(*args, **kwargs)
 
 
-def apply(obj: dict[str, Any]) -> bool:
-    """Server-side apply `obj` unless the live one has the same spec hash; True if written."""
+def apply(obj: dict[str, Any], force: bool = False) -> bool:
+    """Server-side apply `obj` unless the live one has the same spec hash; True if written.
+
+    `force`: apply even then (the live object drifted: a manual scale or edit).
+    """
     desired = json.loads(json.dumps(obj))
     digest = _hash(desired)
     desired["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
@@ -67,7 +70,7 @@ def apply(obj: dict[str, Any]) -> bool:
     try:
         live = _call(kind, "read", name, ns)
         annotations = live.metadata.annotations or {}
-        if annotations.get(SPEC_HASH_ANNOTATION) == digest:
+        if annotations.get(SPEC_HASH_ANNOTATION) == digest and not force:
             return False
     except ApiException as exc:
         if exc.status != 404:
@@ -150,3 +153,26 @@ def read_configmap(namespace: str, name: str) -> dict[str, str] | None:
     for key, b64 in (cm.binary_data or {}).items():
         data[key] = base64.b64decode(b64).decode("latin-1")
     return data
+
+
+def read_deployment(ref: PoolRef) -> dict[str, Any] | None:
+    """The pool's relay Deployment as JSON, or None."""
+    try:
+        dep = _call("Deployment", "read", ref.child_name, ref.namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    out: dict[str, Any] = api().sanitize_for_serialization(dep)  # type: ignore[no-untyped-call]
+    return out
+
+
+def read_secret(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's data (base64 values, as stored), or None when it does not exist."""
+    try:
+        secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return {k: str(v) for k, v in (secret.data or {}).items()}

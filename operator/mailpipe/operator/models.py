@@ -24,6 +24,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from mailpipe.contracts.delays import DelayStep
 from mailpipe.contracts.policy import (
+    MAX_DOMAIN_GROUPS,
     TIME_ZONE,
     DKIMIdentity,
     EgressIP,
@@ -60,18 +61,34 @@ def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
 class Warmup(WarmupPolicy):
     model_config = ConfigDict(
         json_schema_extra=_cel(
+            # `!has(self.schedule)`: a warmup with only a timeZone has no schedule key
             (
-                "self.schedule.all(a, self.schedule.all(b, "
+                "!has(self.schedule) || self.schedule.all(a, self.schedule.all(b, "
                 "a.day < b.day ? a.dailyLimit <= b.dailyLimit : true))",
                 "warm-up schedule: dailyLimit must not decrease from one day to a later one",
             ),
             (
+                "!has(self.schedule) || "
                 "self.schedule.all(a, self.schedule.exists_one(b, b.day == a.day))",
                 "warm-up schedule: each day may appear only once",
             ),
         )
     )
     time_zone: TimeZone = Field(default="UTC", description="Where warm-up days start.")
+
+
+class Retry(RetrySettings):
+    # The retry schedule must fit in the max age (when both are written; the
+    # operator checks the defaults too: validation.semantic_problems).
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.scheduleSeconds) || !has(self.maxAgeSeconds) || "
+                "self.scheduleSeconds.sum() <= self.maxAgeSeconds",
+                "retry schedule is longer than maxAgeSeconds: its last retries would never run",
+            )
+        )
+    )
 
 
 class Throttles(Spec):
@@ -121,6 +138,18 @@ class Resources(Spec):
 class SendingPoolSpec(Spec):
     """Where mail leaves from: egress IPs, shaping, retries, TLS, DKIM, relays."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.warmup) || !has(self.warmup.schedule) || self.warmup.schedule.all(s, "
+                "!has(s.groupLimits) || s.groupLimits.all(g, "
+                "has(self.domainGroups) && g in self.domainGroups))",
+                "warmup.schedule groupLimits name a domain group that is not defined "
+                "in domainGroups",
+            )
+        )
+    )
+
     replicas: int = Field(default=1, ge=0, le=100, description="Relay replicas.")
     image: str = Field(default="ghcr.io/mailpipe/mailpipe:0.1.0", description="Relay image.")
     resources: Resources = Field(
@@ -142,12 +171,12 @@ class SendingPoolSpec(Spec):
         default_factory=Warmup, description="IP warm-up schedule and safeguards."
     )
     domain_groups: dict[str, list[str]] = Field(
-        default_factory=dict, description="Group name -> destination domain patterns (fnmatch)."
+        default_factory=dict,
+        max_length=MAX_DOMAIN_GROUPS,
+        description="Group name -> destination domain patterns (fnmatch).",
     )
     throttles: Throttles = Field(default_factory=Throttles, description="Per-destination shaping.")
-    retry: RetrySettings = Field(
-        default_factory=RetrySettings, description="Retry schedule of deferred mail."
-    )
+    retry: Retry = Field(default_factory=Retry, description="Retry schedule of deferred mail.")
     tls: TLSSettings = Field(
         default_factory=TLSSettings, description="TLS policy towards MX hosts."
     )
@@ -286,7 +315,12 @@ class Unsubscribe(Spec):
 
 
 class CampaignSpec(Spec):
-    """What to send: sender, templates, audience, schedule, variants."""
+    """What to send: sender, templates, audience, schedule, variants.
+
+    Once fan-out has started only suspend applies; an edit of any other field is
+    refused (condition SpecAccepted=False, reason EditRefusedAfterFanout) until
+    reverted. A Failed campaign takes any edit and resumes.
+    """
 
     model_config = ConfigDict(
         json_schema_extra=_cel(

@@ -4,16 +4,24 @@ Each `build_*` takes the typed spec and returns a plain dict; no API calls, no
 clock, so every object is table-tested. The ConfigMap carries the relay config
 (`mailpipe.contracts.config.RelayConfig`, dumped canonically) and its hash; the
 Deployment's pod template carries the same hash, so editing the pool rolls the
-relays exactly when their config changed.
+relays exactly when their config changed. It also carries a hash of the data
+of the Secrets the relays mount (`SECRETS_HASH_ANNOTATION`), so rotating a
+DKIM key in its Secret rolls the relays too.
+
+`drifted` compares a rendered object with the live one, so a manual
+`kubectl scale` or edit of a child is noticed and applied back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mailpipe.contracts import config as relay_config
+from mailpipe.contracts.policy import RetrySettings
 from mailpipe.contracts.topics import Topics, pool_prefix
 
 from .models import API_VERSION, SendingPoolSpec
@@ -24,6 +32,7 @@ DKIM_DIR = "/etc/mailpipe/dkim"
 HASH_ANNOTATION = "mailpipe.io/config-hash"
 SPEC_HASH_ANNOTATION = "mailpipe.io/spec-hash"
 MANAGED_BY = "mailpipe-operator"
+SECRETS_HASH_ANNOTATION = "mailpipe.io/secrets-hash"
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,8 @@ def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.Rela
             min_sample=spec.warmup.min_sample,
             timezone=spec.warmup.time_zone,  # the relay's name for it since config v1
         ),
-        retry=spec.retry,
+        # the relay's own type: the spec's subclass only adds the CRD's CEL rule
+        retry=RetrySettings.model_validate(spec.retry.model_dump()),
         tls=spec.tls,
         dkim=(
             relay_config.DKIMSettings(
@@ -124,8 +134,22 @@ def build_configmap(ref: PoolRef, config_text: str) -> dict[str, Any]:
     }
 
 
-def build_deployment(ref: PoolRef, spec: SendingPoolSpec, config_text: str) -> dict[str, Any]:
+def secrets_hash(secrets: Mapping[str, Mapping[str, str] | None]) -> str:
+    """A digest of the referenced Secrets' data (name -> data), for the pod template."""
+    # a missing Secret (None) differs from an empty one
+    canonical = json.dumps(
+        {k: None if v is None else dict(v) for k, v in secrets.items()}, sort_keys=True
+    )
+    return config_hash(canonical)
+
+
+def build_deployment(
+    ref: PoolRef, spec: SendingPoolSpec, config_text: str, secrets_digest: str | None = None
+) -> dict[str, Any]:
     digest = config_hash(config_text)
+    template_annotations = {HASH_ANNOTATION: digest}
+    if secrets_digest is not None:
+        template_annotations[SECRETS_HASH_ANNOTATION] = secrets_digest
     resources = {
         kind: {k: v for k, v in getattr(spec.resources, kind).model_dump().items() if v}
         for kind in ("requests", "limits")
@@ -174,7 +198,7 @@ def build_deployment(ref: PoolRef, spec: SendingPoolSpec, config_text: str) -> d
                 }
             },
             "template": {
-                "metadata": {"labels": ref.labels(), "annotations": {HASH_ANNOTATION: digest}},
+                "metadata": {"labels": ref.labels(), "annotations": template_annotations},
                 "spec": {
                     # SMTP egress binds the pool's IPs, which live on the node.
                     "hostNetwork": True,
@@ -218,12 +242,37 @@ def build_pdb(ref: PoolRef, spec: SendingPoolSpec) -> dict[str, Any]:
     }
 
 
-def build_children(ref: PoolRef, spec: SendingPoolSpec) -> tuple[str, list[dict[str, Any]]]:
+def build_children(
+    ref: PoolRef, spec: SendingPoolSpec, secrets_digest: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
     """The relay config text and every child object, in apply order."""
     text = relay_config.dump_config(build_relay_config(ref, spec))
     return text, [
         build_configmap(ref, text),
-        build_deployment(ref, spec, text),
+        build_deployment(ref, spec, text, secrets_digest),
         build_service(ref, spec),
         build_pdb(ref, spec),
     ]
+
+
+def drifted(desired: Any, live: Any, path: str = "") -> list[str]:
+    """Paths where `live` differs from what the operator rendered (`desired`).
+
+    Fields the apiserver adds (defaults, status, managedFields) are not drift:
+    only what `desired` sets is compared; lists are compared item by item.
+    """
+    if isinstance(desired, Mapping):
+        if not desired:
+            return []
+        if not isinstance(live, Mapping):
+            return [path or "."]
+        out: list[str] = []
+        for key, value in desired.items():
+            out += drifted(value, live.get(key), f"{path}.{key}")
+        return out
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(live) != len(desired):
+            return [path]
+        pairs = enumerate(zip(desired, live, strict=True))
+        return [p for i, (d, v) in pairs for p in drifted(d, v, f"{path}[{i}]")]
+    return [] if desired == live else [path]

@@ -16,7 +16,7 @@ from mailpipe.devstack.harness import get_object as get
 from mailpipe.devstack.procs import free_port
 from tests.conftest import wait_for
 
-__all__ = ["OperatorProcess", "get", "kubectl", "pool_manifest", "wait_for"]
+__all__ = ["OperatorProcess", "get", "kubectl", "pool_manifest", "relays_up", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[3]
 PARTITIONS = 3
@@ -70,8 +70,22 @@ def env_for(cli_env: dict[str, str]) -> dict[str, str]:
     return dict(os.environ) | cli_env
 
 
+def relays_up(
+    env: dict[str, str], namespace: str, op: Child, name: str = "news", available: int | None = None
+) -> None:
+    """Play the kubelet: once the pool's relay Deployment exists, report `available`
+    relays (default: all) in its status, as the Deployment controller would."""
+    deployment = f"mailpipe-relay-{name}"
+    wait_for(lambda: get(env, "deployment", deployment, namespace) is not None, 60, "relays", op)
+    harness.report_deployment(env, namespace, deployment, available)
+
+
 def wait_pool_ready(env: dict[str, str], namespace: str, op: Child, name: str = "news") -> None:
-    """Until the SendingPool `name` reports Ready=True (or the operator dies)."""
+    """Until the SendingPool `name` reports Ready=True (or the operator dies).
+
+    Ready needs available relays, and the dev stack runs no kubelet: this
+    reports them (`relays_up`)."""
+    relays_up(env, namespace, op, name)
     wait_for(
         lambda: harness.condition_true(get(env, "sp", name, namespace)),
         POOL_READY_SECONDS,

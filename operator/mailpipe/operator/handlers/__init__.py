@@ -8,6 +8,8 @@ status (ARCHITECTURE.md, control plane):
 - `warmup`: per-IP warm-up status of each pool, read from its events topic;
 - `fanout`: the per-Campaign daemon that produces the audience to Kafka;
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
+- `relays`: the world a pool depends on (its relay Deployment watched, the
+  Secrets it references re-read), so its status and relays follow it;
 - `status`: conditions; `context`: the operator state in kopf's memo, `get_pool`.
 
 This module holds the operator-wide startup and cleanup: kopf settings, and
@@ -25,10 +27,10 @@ import kopf
 
 from .. import kafka_io
 from ..models import GROUP
-from . import campaign, fanout, pool, warmup
+from . import campaign, fanout, pool, relays, warmup
 from .context import MEMO_KEY, OperatorState, operator_state
 
-__all__ = ["campaign", "fanout", "pool", "warmup"]
+__all__ = ["campaign", "fanout", "pool", "relays", "warmup"]
 
 # Re-list every 5 min: a watch that silently stopped delivering events (load
 # balancers drop idle streams) is replaced within that time.

@@ -1,9 +1,12 @@
-"""Campaign handlers besides the fan-out: status from events, suspend, cancel.
+"""Campaign handlers besides the fan-out: status from events, suspend, cancel, edits.
 
 A timer turns the pool's events topic (via the tally in the operator memo)
 and the fan-out checkpoint into counts, progress and the phase. Suspending,
 resuming or deleting a campaign is told to the pool's relays on the compacted
-control topic, so records already on Kafka are held or dropped too.
+control topic, so records already on Kafka are held or dropped too. An edit
+after fan-out started is accepted or refused field by field (`accept_spec`,
+rules in `validation`); the conditions are kstatus-readable (Ready,
+Reconciling, Stalled, with observedGeneration).
 """
 
 from __future__ import annotations
@@ -18,13 +21,20 @@ from mailpipe.contracts.wire import CampaignControl, CampaignState, encode
 
 from .. import kafka_io
 from ..models import GROUP, VERSION
-from ..progress import CampaignPhase, FanoutCheckpoint, campaign_phase
+from ..progress import CampaignPhase, FanoutCheckpoint, FanoutState, campaign_phase
+from ..validation import (
+    EDIT_REFUSED,
+    edit_refused_message,
+    frozen_digests,
+    refused_edits,
+)
 from .context import OperatorState, get_pool, operator_state
-from .status import condition, merge_conditions, now_iso
+from .status import campaign_conditions, condition, merge_conditions, now_iso
 
 STATUS_INTERVAL_SECONDS = 3.0  # counts are patched at most this often
 STATUS_IDLE_SECONDS = 1  # a campaign's first report waits until creation has settled
 EVENTS_FOLLOWED = "pool_events_followed"  # per-campaign memo flag: the tally is fed
+SPEC_ACCEPTED = "SpecAccepted"  # condition: the latest spec is what the operator acts on
 
 
 @kopf.timer(GROUP, VERSION, "campaigns", interval=STATUS_INTERVAL_SECONDS, idle=STATUS_IDLE_SECONDS)
@@ -62,12 +72,26 @@ async def campaign_status(
     done = finished + fanout.suppressed_before_send
     progress = f"{(100 * done // total) if total else 0}%"
     new: dict[str, Any] = {"counts": counts, "progress": progress, "phase": phase.value}
+    generation = body.get("metadata", {}).get("generation")
+    failed = phase is CampaignPhase.FAILED
+    conditions = list(status.get("conditions", []))
+    refused = status.get("refusedEdit")  # written by accept_spec; conditions are written here
+    stalled = None
+    if refused:
+        stalled = (EDIT_REFUSED, str(refused.get("message", "")))
+    elif failed:
+        stalled = (fanout.reason or "FanoutFailed", reason)
+    accepted = (
+        condition(SPEC_ACCEPTED, False, EDIT_REFUSED, stalled[1], generation)
+        if refused and stalled
+        else condition(SPEC_ACCEPTED, True, "Accepted", "", generation)
+    )
+    kstatus = campaign_conditions(generation, phase.value, reason, stalled)
+    merged = merge_conditions(conditions, [*kstatus, accepted])
     if phase != status.get("phase"):
         kopf.info(body, reason=phase.value, message=reason)
-        generation = body.get("metadata", {}).get("generation")
-        failed = phase is CampaignPhase.FAILED
-        new["conditions"] = merge_conditions(
-            list(status.get("conditions", [])),
+        merged = merge_conditions(
+            merged,
             [
                 condition(
                     "Completed",
@@ -87,10 +111,7 @@ async def campaign_status(
                 ),
             ],
         )
-    if fanout.generation is not None:
-        # the generation the fan-out last acted on: an edit it did not apply
-        # (after a Done fan-out) shows as observedGeneration < generation
-        new["observedGeneration"] = fanout.generation
+    new["conditions"] = merged
     if fanout.started_at and not status.get("startedAt"):
         new["startedAt"] = fanout.started_at
     if phase is CampaignPhase.COMPLETED and not status.get("completedAt"):
@@ -149,3 +170,33 @@ async def delete_campaign(
         _publish_state, state, namespace, name, spec.get("poolRef", ""), CampaignState.CANCELLED
     )
     state.tally.forget(f"{namespace}/{name}")
+
+
+@kopf.on.create(GROUP, VERSION, "campaigns")
+@kopf.on.update(GROUP, VERSION, "campaigns")
+@kopf.on.resume(GROUP, VERSION, "campaigns")
+async def accept_spec(spec: Any, status: Any, meta: Any, body: Any, patch: Any, **_: Any) -> None:
+    """Accept a new generation, or refuse the edits fan-out can no longer apply.
+
+    Before fan-out started (or while it is Failed) every field is accepted and
+    its digest kept in status.acceptedSpec; after, a change to a frozen field
+    (`validation.FROZEN_AFTER_FANOUT`) is refused: status.refusedEdit, a
+    Warning Event, and (from the status timer, the one writer of conditions)
+    SpecAccepted=False and Stalled; the fan-out holds until it is reverted.
+    Either way this generation was observed (status.observedGeneration).
+    """
+    generation = meta.get("generation")
+    fanout = FanoutCheckpoint.from_status(status)
+    started = fanout.state is not FanoutState.FAILED and (
+        fanout.started_at is not None or fanout.state in (FanoutState.RUNNING, FanoutState.DONE)
+    )
+    raw = dict(spec)
+    refused = refused_edits(status.get("acceptedSpec"), raw) if started else []
+    if refused:
+        message = edit_refused_message(refused)
+        patch.status["refusedEdit"] = {"fields": refused, "message": message}
+        kopf.warn(body, reason=EDIT_REFUSED, message=message)
+    else:
+        patch.status["acceptedSpec"] = frozen_digests(raw)
+        patch.status["refusedEdit"] = None  # merge patch: removed
+    patch.status["observedGeneration"] = generation

@@ -12,6 +12,7 @@ topic, fan-out progress from the Campaign's status.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -43,6 +44,13 @@ class OperatorState:
     """Per-IP warm-up of each pool (`namespace/name`), as the relays count it."""
     warmup_sources: dict[str, tuple[str, str]] = field(default_factory=dict)
     """(bootstrap, events topic) each ledger is fed from (`handlers/warmup.py`)."""
+    pool_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    """One lock per pool (`namespace/name`): its reconciles (spec, Deployment, Secret
+    events) read the world and patch status one at a time, so none overwrites a
+    newer reading with an older one."""
+
+    def pool_lock(self, key: str) -> asyncio.Lock:
+        return self.pool_locks.setdefault(key, asyncio.Lock())
 
 
 def operator_state(memo: kopf.Memo) -> OperatorState:

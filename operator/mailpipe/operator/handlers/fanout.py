@@ -104,6 +104,11 @@ def fanout(
                 f"{checkpoint.next_index}",
             )
             checkpoint = checkpoint.model_copy(update={"state": FanoutState.RUNNING})
+        if obj.get("status", {}).get("refusedEdit"):
+            # An edit refused after fan-out started (handlers.campaign.accept_spec):
+            # a restarted fan-out would read the edited spec, so it holds until reverted.
+            stopped.wait(POLL_SECONDS)
+            continue
         if spec.get("suspend"):
             if checkpoint.state is not FanoutState.PAUSED:
                 paused = FanoutCheckpoint(state=FanoutState.PAUSED, generation=generation)

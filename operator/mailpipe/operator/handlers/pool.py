@@ -1,9 +1,13 @@
 """SendingPool handlers: the one place the operator writes a pool's relay Deployment.
 
-create/update/resume: parse the spec, render the children with the pure
-builders in `mailpipe.operator.pool` (ConfigMap, Deployment, Service, PDB),
-server-side apply them (`kube_io.apply_all`), create the pool's topics, then
-report conditions. delete removes the children. Per-IP warm-up status is
+`reconcile` (for create/update/resume, and for the world's changes through
+`handlers.relays`): check the spec and the Secrets it references
+(`validation`: nothing is applied while a problem stands; each new one is a
+Warning Event), render the children with the pure builders in
+`mailpipe.operator.pool` (ConfigMap, Deployment, Service, PDB), apply them
+(again when the live Deployment drifted), create the pool's topics, then
+derive the conditions from what was seen (`status.pool_conditions`: Ready only
+with relays available). delete removes the children. Per-IP warm-up status is
 `handlers/warmup.py`'s (it only reads).
 """
 
@@ -11,114 +15,203 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, cast
 
 import kopf
 from kafka.errors import KafkaError
-from pydantic import ValidationError
+from kubernetes.client.exceptions import ApiException
 
-from .. import kafka_io, kube_io
-from ..models import GROUP, VERSION
-from ..pool import PoolRef, build_children, config_hash, topics
-from .context import operator_state, parse_pool_spec
-from .status import condition, merge_conditions
+from .. import kafka_io, kube_io, validation
+from ..models import GROUP, VERSION, SendingPoolSpec
+from ..pool import (
+    PoolRef,
+    build_children,
+    config_hash,
+    drifted,
+    secrets_hash,
+    topics,
+)
+from ..validation import Problem
+from .context import OperatorState, operator_state
+from .status import Relays, find, merge_conditions, pool_conditions
 
 log = logging.getLogger("mailpipe.operator")
 
 KAFKA_RETRY_SECONDS = 15  # a broker that refuses topic creation is retried at this pace
+# Replaced by Reconciling/Stalled (kstatus); dropped from pools written before.
+LEGACY_CONDITIONS = ("Progressing", "Degraded")
+DRIFT_PATHS_SHOWN = 3  # an Event names a few drifted fields, not a whole template
 
 
 @kopf.on.create(GROUP, VERSION, "sendingpools")
 @kopf.on.update(GROUP, VERSION, "sendingpools")
 @kopf.on.resume(GROUP, VERSION, "sendingpools")
-async def reconcile_pool(
-    spec: Any,
-    name: str,
-    namespace: str | None,
-    uid: str,
-    meta: Any,
-    status: Any,
-    body: Any,
-    patch: Any,
-    memo: kopf.Memo,
-    **_: Any,
-) -> None:
+async def reconcile_pool(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     assert namespace is not None  # both kinds are namespaced
-    generation = meta.get("generation")
-    old_conditions = list(status.get("conditions", []))
-    try:
-        parsed = parse_pool_spec(spec)
-    except ValidationError as exc:
-        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        patch.status["conditions"] = merge_conditions(
-            old_conditions, [condition("Ready", False, "InvalidSpec", message, generation)]
-        )
-        kopf.warn(body, reason="InvalidSpec", message=message)
-        raise kopf.PermanentError(message) from exc
-    ref = PoolRef(name, namespace, uid)
-    text, children = build_children(ref, parsed)
-    written = await asyncio.to_thread(kube_io.apply_all, children)
-    if written:
-        kopf.info(body, reason="Applied", message="updated " + ", ".join(written))
-    t = topics(ref, parsed)
-    try:
-        created = await asyncio.to_thread(
-            kafka_io.ensure_topics,
-            parsed.kafka.bootstrap_servers,
-            t.all(),
-            parsed.kafka.partitions,
-            parsed.kafka.replication_factor,
-            [t.suppressions, t.control],
-        )
-    except KafkaError as exc:
-        message = f"cannot create topics on {parsed.kafka.bootstrap_servers}: {exc}"
-        patch.status["conditions"] = merge_conditions(
-            old_conditions,
-            [
-                condition("Ready", False, "KafkaUnavailable", message, generation),
-                condition("Degraded", True, "KafkaUnavailable", message, generation),
-            ],
-        )
-        kopf.warn(body, reason="KafkaUnavailable", message=message)
-        raise kopf.TemporaryError(message, delay=KAFKA_RETRY_SECONDS) from exc
-    if created:
-        kopf.info(body, reason="TopicsCreated", message=", ".join(created))
-    deployment = await asyncio.to_thread(kube_io.read_deployment_status, ref)
-    available = deployment.get("availableReplicas", 0)
-    waiting = available < parsed.replicas
-    patch.status["conditions"] = merge_conditions(
-        old_conditions,
-        [
-            # Ready: the pool's resources and topics are in place, so campaigns
-            # may enqueue; relays consume whenever they run.
-            condition(
-                "Ready",
-                True,
-                "Reconciled",
-                "relay config, workloads and topics in place",
-                generation,
-            ),
-            condition(
-                "Progressing",
-                waiting,
-                "WaitingForReplicas" if waiting else "ReplicasAvailable",
-                f"{available}/{parsed.replicas} relay replicas available",
-                generation,
-            ),
-            condition("Degraded", False, "AsExpected", "", generation),
-        ],
+    state = operator_state(memo)
+    outcome = await reconcile(state, namespace, name, ensure_topics=True)
+    if outcome.kafka is not None:
+        # Only Kafka is retried: a spec problem waits for an edit or for the
+        # referenced Secret (handlers.relays), not for a timer.
+        raise kopf.TemporaryError(outcome.kafka.message, delay=KAFKA_RETRY_SECONDS)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile saw: the parsed spec (None if invalid) and a Kafka problem."""
+
+    ref: PoolRef | None = None
+    spec: SendingPoolSpec | None = None
+    kafka: Problem | None = None
+
+
+@dataclass
+class _Seen:
+    """The world as one reconcile read it (blocking part), for the loop to report."""
+
+    obj: dict[str, Any]
+    outcome: Outcome
+    status: dict[str, Any] = field(default_factory=dict)
+    written: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    topics_created: list[str] = field(default_factory=list)
+
+
+async def reconcile(
+    state: OperatorState, namespace: str, name: str, *, ensure_topics: bool
+) -> Outcome:
+    """Bring the pool's children to its spec and its status to what the world shows.
+
+    Called for spec changes (`ensure_topics=True`) and for changes in the world
+    (the relay Deployment, a referenced Secret: `handlers.relays`), one at a
+    time per pool; topics are ensured for a spec change and whenever they were
+    not yet for this generation. Nothing is applied while the
+    spec or a reference has a problem; each new problem is a Warning Event.
+    """
+    async with state.pool_lock(f"{namespace}/{name}"):
+        seen = await asyncio.to_thread(_reconcile_blocking, namespace, name, ensure_topics)
+    if seen is None:
+        return Outcome()
+    body = kopf.Body(cast(kopf.RawBody, seen.obj))
+    if seen.written:
+        message = "updated " + ", ".join(seen.written)
+        if seen.drift:
+            message += " (drifted: " + ", ".join(seen.drift[:DRIFT_PATHS_SHOWN]) + ")"
+        kopf.info(body, reason="Applied", message=message)
+    if seen.topics_created:
+        kopf.info(body, reason="TopicsCreated", message=", ".join(seen.topics_created))
+    old_ready = find(body.get("status", {}).get("conditions"), "Ready") or {}
+    new_ready = find(seen.status.get("conditions"), "Ready") or {}
+    changed = (old_ready.get("reason"), old_ready.get("message")) != (
+        new_ready.get("reason"),
+        new_ready.get("message"),
     )
-    patch.status["observedGeneration"] = generation
-    patch.status["configHash"] = config_hash(text)
-    patch.status["topics"] = {
-        "outbound": t.outbound,
-        "events": t.events,
-        "dlq": t.dlq,
-        "delay": t.delay,
+    if changed and new_ready.get("status") == "False":
+        # A Warning for what needs someone: a problem with the spec, its
+        # references or Kafka, and relays lost by a Ready pool (a crash); not
+        # for relays that are still starting.
+        stalled = find(seen.status.get("conditions"), "Stalled") or {}
+        lost = old_ready.get("status") == "True"
+        if stalled.get("status") == "True" or seen.outcome.kafka is not None or lost:
+            kopf.warn(body, reason=new_ready["reason"], message=new_ready["message"])
+    return seen.outcome
+
+
+def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen | None:
+    obj = kube_io.get_custom("sendingpools", namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return None
+    meta, status = obj["metadata"], obj.get("status") or {}
+    generation = meta.get("generation")
+    if not ensure_topics and status.get("observedGeneration") != generation:
+        return None  # a new spec: its own (kopf) reconcile is coming and creates topics first
+    ref = PoolRef(name, namespace, meta["uid"])
+    spec, problems = validation.check_spec(obj.get("spec") or {})
+    secrets: dict[str, dict[str, str] | None] = {}
+    if spec is not None:
+        refs = validation.secret_refs(spec)
+        try:
+            secrets = {r.name: kube_io.read_secret(namespace, r.name) for r in refs}
+            problems += validation.reference_problems(refs, secrets)
+        except ApiException as exc:
+            if exc.status != HTTPStatus.FORBIDDEN:
+                raise
+            problems.append(validation.forbidden_problem("Secret", [r.name for r in refs]))
+    old = [c for c in status.get("conditions") or [] if c.get("type") not in LEGACY_CONDITIONS]
+    digest = secrets_hash(secrets) if secrets else None
+    if spec is None or problems:
+        conditions = pool_conditions(generation, problems, None, None)
+        seen = _Seen(obj, Outcome(ref, None))
+        seen.status = {"conditions": merge_conditions(old, conditions), "secretsHash": digest}
+        _patch(seen, status, generation)
+        return seen
+    text, children = build_children(ref, spec, digest)
+    seen = _Seen(obj, Outcome(ref, spec))
+    live = kube_io.read_deployment(ref)
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    if live is not None:
+        seen.drift = drifted(deployment["spec"], live.get("spec"), "spec")
+    # A spec change renders everything; a change in the world (a Deployment or
+    # Secret event) only puts back a drifted or deleted Deployment: no reads
+    # of the other children for every relay status change.
+    if not ensure_topics:
+        children = [deployment] if live is None or seen.drift else []
+    for child in children:
+        force = child is deployment and bool(seen.drift)
+        if kube_io.apply(child, force=force):
+            seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
+    if seen.written and live is not None and _deployment_written(seen.written):
+        live = kube_io.read_deployment(ref)  # the controller's view of the new template
+    t = topics(ref, spec)
+    kafka = None
+    topics_ready = find(old, "TopicsReady") or {}
+    if topics_ready.get("observedGeneration") != generation or topics_ready.get("status") != "True":
+        ensure_topics = True  # not (yet) in place for this generation: stalled or Kafka down
+    if ensure_topics:
+        try:
+            seen.topics_created = kafka_io.ensure_topics(
+                spec.kafka.bootstrap_servers,
+                t.all(),
+                spec.kafka.partitions,
+                spec.kafka.replication_factor,
+                [t.suppressions, t.control],
+            )
+        except KafkaError as exc:
+            log.warning("pool %s/%s: topics: %r", namespace, name, exc)  # the full repr: the log
+            kafka = validation.kafka_problem(exc, spec.kafka.bootstrap_servers)
+    seen.outcome = Outcome(ref, spec, kafka)
+    relays = Relays.of(live, spec.replicas)
+    conditions = pool_conditions(generation, [], kafka, relays)
+    seen.status = {
+        "conditions": merge_conditions(old, conditions),
+        "configHash": config_hash(text),
+        "topics": {"outbound": t.outbound, "events": t.events, "dlq": t.dlq, "delay": t.delay},
+        "ipCount": len(spec.egress_ips),
+        "secretsHash": digest,  # what handlers.relays compares the Secrets it re-reads with
+        "relays": {"desired": relays.desired, "available": relays.available},
     }
-    patch.status["ipCount"] = len(parsed.egress_ips)
-    warming = sum(1 for e in parsed.egress_ips if e.warmup)
-    patch.status["warmupSummary"] = f"{warming} warming" if warming else "warm"
+    if "warmupSummary" not in status:
+        warming = sum(1 for e in spec.egress_ips if e.warmup)
+        seen.status["warmupSummary"] = f"{warming} warming" if warming else "warm"
+    _patch(seen, status, generation)
+    return seen
+
+
+def _deployment_written(written: list[str]) -> bool:
+    return any(w.startswith("Deployment/") for w in written)
+
+
+def _patch(seen: _Seen, status: dict[str, Any], generation: int | None) -> None:
+    """Patch what changed, and observedGeneration: this generation was acted on."""
+    seen.status["observedGeneration"] = generation
+    # merge_conditions keeps transition times while statuses hold, so an
+    # unchanged world compares equal and writes nothing.
+    changes = {k: v for k, v in seen.status.items() if status.get(k) != v}
+    if changes:
+        meta = seen.obj["metadata"]
+        kube_io.patch_status("sendingpools", meta["namespace"], meta["name"], changes)
 
 
 @kopf.on.delete(GROUP, VERSION, "sendingpools")

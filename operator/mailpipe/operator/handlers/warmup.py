@@ -186,8 +186,7 @@ async def pool_warmup_status(
     else:
         return  # never paused (or already said so): nothing to write for 200 quiet pools
     if previous is None or any(previous.get(k) != new[k] for k in ("status", "message")):
-        [merged] = merge_conditions(old, [new])
-        conditions = [c for c in old if c.get("type") != PAUSED] + [merged]
+        conditions = merge_conditions(old, [new])  # the other types as they are
         await asyncio.to_thread(
             write_conditions, namespace, name, meta.get("resourceVersion"), conditions
         )

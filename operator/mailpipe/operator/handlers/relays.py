@@ -1,0 +1,90 @@
+"""The world a SendingPool depends on, watched: its relay Deployment and its Secrets.
+
+A pool's status must follow its relays (a crash, a recovery, a manual
+`kubectl scale`) and the Secrets it references (a DKIM Secret created late, or
+rotated), not only its own spec. Each change here re-runs the pool's
+`reconcile` (`handlers.pool`), which reads the Deployment's status into the
+conditions, applies back a drifted Deployment, and rolls the relays when the
+data of a referenced Secret changed (its hash is in the pod template).
+
+Deployments are watched by the operator's labels, so only relay Deployments
+reach these handlers. Secrets cannot be watched (the operator may only `get`
+them by name), so a timer on each pool that references one re-reads it and
+reconciles when its data changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from .. import kube_io
+from ..models import GROUP, VERSION
+from ..pool import MANAGED_BY, secrets_hash
+from ..validation import secret_names
+from . import pool
+from .context import operator_state
+
+log = logging.getLogger("mailpipe.operator")
+
+POOL_LABEL = "mailpipe.io/pool"
+# Secrets are read by name, never listed or watched (the chart grants `get` only:
+# the operator cannot enumerate a namespace's Secrets), so a pool re-reads the
+# ones it references at this pace: a created or rotated DKIM key is seen within it.
+SECRETS_RECHECK_SECONDS = 10.0
+
+
+async def _sync(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """Reconcile the pool from the world; retry while its Kafka cannot be reached."""
+    state = operator_state(memo)
+    while True:
+        outcome = await pool.reconcile(state, namespace, name, ensure_topics=False)
+        if outcome.kafka is None:
+            return
+        await asyncio.sleep(pool.KAFKA_RETRY_SECONDS)
+
+
+@kopf.on.event(
+    "apps",
+    "v1",
+    "deployments",
+    labels={"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "relay"},
+)
+async def relay_deployment_changed(
+    namespace: str | None, labels: Any, memo: kopf.Memo, **_: Any
+) -> None:
+    """A relay Deployment changed (status, scale, edit, deletion): the pool follows."""
+    name = labels.get(POOL_LABEL)
+    if namespace is None or not name:
+        return
+    await _sync(memo, namespace, name)
+
+
+def _references_secrets(spec: Any, **_: Any) -> bool:
+    return bool(secret_names(spec))
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "sendingpools",
+    interval=SECRETS_RECHECK_SECONDS,
+    idle=SECRETS_RECHECK_SECONDS,
+    when=_references_secrets,
+)
+async def referenced_secrets(
+    name: str, namespace: str | None, spec: Any, status: Any, memo: kopf.Memo, **_: Any
+) -> None:
+    """A Secret the pool references appeared, changed or went: re-check and roll its relays.
+
+    One GET per referenced Secret per tick; the full reconcile only runs when
+    their digest differs from the one the last reconcile saw (status.secretsHash).
+    """
+    assert namespace is not None  # both kinds are namespaced
+    names = secret_names(spec)
+    found = await asyncio.to_thread(lambda: {n: kube_io.read_secret(namespace, n) for n in names})
+    if secrets_hash(found) != status.get("secretsHash"):
+        await _sync(memo, namespace, name)

@@ -1,0 +1,240 @@
+"""What is wrong with a SendingPool (or a Campaign edit), as one-line problems, before rollout.
+
+The apiserver refuses what the CRD schema can say (patterns, CEL rules); this
+module says the rest, and says it again for objects that reached the cluster
+under an older schema. Each `Problem` has a stable CamelCase reason (the
+`Ready`/`Stalled` condition's reason and the Warning Event's) and a one-line
+message naming the field, so `kubectl get sp` and `kubectl describe` show the
+cause instead of an operator log line.
+
+Pure: the spec is a mapping, the referenced Secrets are passed in as a lookup
+result, the Kafka error as an exception value. The handlers do the IO
+(`handlers.pool.reconcile`) and nothing is applied while a problem stands.
+Other checks (cluster policy, tenancy) add their own `Problem`s the same way.
+
+The last section decides which Campaign edits apply once its fan-out started.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from .models import SendingPoolSpec
+
+MAX_MESSAGE_CHARS = 300  # a condition message is read in `kubectl get`; details go to the log
+
+
+class Reason(enum.StrEnum):
+    """Why a pool is not Ready (condition reason and Warning Event reason)."""
+
+    INVALID_SPEC = "InvalidSpec"
+    UNKNOWN_TIME_ZONE = "UnknownTimeZone"
+    INVALID_DELAY_STEP = "InvalidDelayStep"
+    UNKNOWN_DOMAIN_GROUP = "UnknownDomainGroup"
+    RETRY_LONGER_THAN_MAX_AGE = "RetryLongerThanMaxAge"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    FORBIDDEN = "Forbidden"
+    KAFKA_UNAVAILABLE = "KafkaUnavailable"
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", one_line(self.message))
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A Secret the pool's relays mount: name, key, and the spec field that names it."""
+
+    name: str
+    key: str
+    field: str
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` on one line, cut to `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# --- the spec ------------------------------------------------------------------------
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = "spec"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _reason(path: str, msg: str) -> Reason:
+    if "unknown time zone" in msg:
+        return Reason.UNKNOWN_TIME_ZONE
+    if ".delaySteps" in path:
+        return Reason.INVALID_DELAY_STEP
+    if "unknown groups" in msg:
+        return Reason.UNKNOWN_DOMAIN_GROUP
+    return Reason.INVALID_SPEC
+
+
+def _problems_of(exc: ValidationError) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        path = _path(err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        out.append(Problem(_reason(path, msg), f"{path}: {msg}"))
+    return out
+
+
+def check_spec(raw: Mapping[str, Any]) -> tuple[SendingPoolSpec | None, list[Problem]]:
+    """The parsed spec (None if it does not parse) and every problem found in it."""
+    try:
+        spec = SendingPoolSpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        return None, _problems_of(exc)
+    return spec, semantic_problems(spec)
+
+
+def semantic_problems(spec: SendingPoolSpec) -> list[Problem]:
+    """Rules across fields that parse one by one (the CRD carries them as CEL rules too)."""
+    out = []
+    retry = spec.retry
+    total = sum(retry.schedule_seconds)
+    if total > retry.max_age_seconds:
+        out.append(
+            Problem(
+                Reason.RETRY_LONGER_THAN_MAX_AGE,
+                f"spec.retry: scheduleSeconds add up to {total}s, longer than maxAgeSeconds "
+                f"{retry.max_age_seconds}s: the last retries would never run",
+            )
+        )
+    return out
+
+
+# --- what the spec references ------------------------------------------------------------
+
+
+def secret_refs(spec: SendingPoolSpec) -> list[SecretRef]:
+    """Every Secret the relays of this pool mount."""
+    if spec.dkim is None:
+        return []
+    ref = spec.dkim.secret_ref
+    return [SecretRef(ref.name, ref.key, "spec.dkim.secretRef")]
+
+
+def secret_names(raw: Mapping[str, Any]) -> list[str]:
+    """The Secret names a raw spec references, even when the spec does not parse (for watches)."""
+    dkim = raw.get("dkim") or {}
+    name = (dkim.get("secretRef") or {}).get("name") if isinstance(dkim, Mapping) else None
+    return [name] if isinstance(name, str) and name else []
+
+
+def reference_problems(
+    refs: Sequence[SecretRef], found: Mapping[str, Mapping[str, str] | None]
+) -> list[Problem]:
+    """Missing Secrets or keys; `found` maps a Secret name to its data (None: not found)."""
+    out = []
+    for ref in refs:
+        data = found.get(ref.name)
+        if data is None:
+            out.append(
+                Problem(Reason.SECRET_NOT_FOUND, f"Secret {ref.name} not found ({ref.field})")
+            )
+        elif ref.key not in data:
+            out.append(
+                Problem(
+                    Reason.SECRET_KEY_NOT_FOUND,
+                    f"Secret {ref.name} has no key {ref.key!r} ({ref.field}.key)",
+                )
+            )
+    return out
+
+
+def forbidden_problem(kind: str, names: Sequence[str]) -> Problem:
+    """The operator may not read what the pool references (its namespace is not onboarded)."""
+    return Problem(
+        Reason.FORBIDDEN,
+        f"the operator may not read {kind} {', '.join(names)}: is this namespace onboarded "
+        "(chart value rbac.tenantNamespaces)?",
+    )
+
+
+# --- Kafka ---------------------------------------------------------------------------------
+
+
+def kafka_problem(exc: BaseException, bootstrap: str) -> Problem:
+    """A Kafka client error as one line: its class and what was tried, not its repr."""
+    name = type(exc).__name__
+    # kafka-python 2 says NoBrokersAvailable; 3 a KafkaTimeoutError "Unable to bootstrap"
+    if name == "NoBrokersAvailable" or "bootstrap" in str(exc).lower():
+        what = f"cannot reach bootstrap {bootstrap} ({name})"
+    else:
+        detail = one_line(str(exc), limit=160)
+        what = f"cannot create topics on {bootstrap} ({name}{': ' + detail if detail else ''})"
+    return Problem(Reason.KAFKA_UNAVAILABLE, f"KafkaUnavailable: {what}")
+
+
+# --- Campaign edits after fan-out ------------------------------------------------------------
+#
+# Records on Kafka carry their rendered content, sender, recipient and due time,
+# so once the fan-out has produced any, changing those fields could only reach
+# part of the audience: such edits are refused (kept out of the fan-out, shown
+# as SpecAccepted=False). `suspend` reaches records already on Kafka through the
+# campaign control topic, so it is applied at any time. A Failed campaign takes
+# any edit: that is how it is fixed and resumed.
+
+APPLIED_AFTER_FANOUT = ("suspend",)
+FROZEN_AFTER_FANOUT = (
+    "poolRef",
+    "from",
+    "replyTo",
+    "subject",
+    "text",
+    "html",
+    "variants",
+    "audience",
+    "startAt",
+    "sendWindows",
+    "timeZone",
+    "unsubscribe",
+)
+EDIT_REFUSED = "EditRefusedAfterFanout"
+DIGEST_CHARS = 16
+
+
+def frozen_digests(spec: Mapping[str, Any]) -> dict[str, str]:
+    """A digest of each field frozen once fan-out started (status.acceptedSpec)."""
+    return {
+        f: hashlib.sha256(json.dumps(spec.get(f), sort_keys=True).encode()).hexdigest()[
+            :DIGEST_CHARS
+        ]
+        for f in FROZEN_AFTER_FANOUT
+    }
+
+
+def refused_edits(accepted: Mapping[str, str] | None, spec: Mapping[str, Any]) -> list[str]:
+    """The frozen fields of `spec` that differ from the accepted ones (none before a snapshot)."""
+    if not accepted:
+        return []
+    now = frozen_digests(spec)
+    return [f for f in FROZEN_AFTER_FANOUT if f in accepted and accepted[f] != now[f]]
+
+
+def edit_refused_message(fields: Sequence[str]) -> str:
+    return one_line(
+        f"fan-out started: edits to {', '.join(fields)} are refused (records on Kafka carry "
+        "them); revert them, or delete the Campaign and create a new one. Only "
+        f"{', '.join(APPLIED_AFTER_FANOUT)} applies after fan-out"
+    )
