@@ -120,8 +120,8 @@ def test_status_of_many_pools_costs_a_bounded_number_of_kafka_connections(
     wait_for(all_counted, STATUS_SECONDS, f"{POOLS} pools to count their events", op)
     connections = kafka_connections(op.pid, kafka_bootstrap)
     assert 0 < connections <= MAX_KAFKA_CONNECTIONS, connections
-    log = op.log.read_text()
-    assert "blocking the event loop" not in log
+    # kafka-python's "blocking the event loop" warnings depend on CPU load: the
+    # benchmark counts them (bench/operator.py), a test would only flake.
 
 
 def warming_pool(namespace: str, bootstrap: str, prefix: str) -> str:
