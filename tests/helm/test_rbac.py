@@ -66,7 +66,8 @@ def namespaces(cli_env: dict[str, str], unique: str) -> Iterator[tuple[str, str]
 def release(cli_env: dict[str, str], namespace: str) -> Iterator[None]:
     """Uninstalls the test's release `rel` afterwards (ClusterRoles are cluster-wide)."""
     yield
-    helm(cli_env, "uninstall", "rel", "-n", namespace, "--wait")
+    # --no-hooks: the pre-delete Job needs a kubelet, which the dev stack has not
+    helm(cli_env, "uninstall", "rel", "-n", namespace, "--wait", "--no-hooks")
 
 
 def install(env: dict[str, str], namespace: str, *sets: str) -> None:

@@ -27,6 +27,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .delays import DelayStep
+from .delivery import (
+    DeliveryPolicy,
+    SMTPTimeouts,
+    check_routes,
+    destination_refusal,
+    forbidden_reason,
+)
 from .errors import PermanentError
 from .policy import (
     DKIMIdentity,
@@ -46,17 +53,22 @@ from .topics import CONTROL_TOPIC, SUPPRESSIONS_TOPIC, Topics
 __all__ = [
     "ConfigError",
     "DKIMSettings",
+    "DeliveryPolicy",
     "EgressIP",
     "KafkaSettings",
     "RelayConfig",
     "RetrySettings",
     "Route",
+    "SMTPTimeouts",
     "TLSMode",
     "TLSSettings",
     "Throttle",
     "WarmupSettings",
     "WarmupStep",
+    "check_routes",
+    "destination_refusal",
     "dump_config",
+    "forbidden_reason",
     "load_config",
     "parse_config",
 ]
@@ -172,8 +184,10 @@ class RelayConfig(_Model):
     dns_nameserver: str | None = Field(
         default=None, description="'host:port' resolver to use instead of /etc/resolv.conf"
     )
-    connect_timeout_seconds: float = Field(default=30, gt=0)
-    command_timeout_seconds: float = Field(default=300, gt=0, description="RFC 5321 4.5.3.2")
+    delivery: DeliveryPolicy = Field(
+        default_factory=DeliveryPolicy,
+        description="stage timeouts, tarpit budget, destination policy",
+    )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 = no metrics server")
     metrics_address: str = Field(
         default="0.0.0.0",
@@ -194,6 +208,7 @@ class RelayConfig(_Model):
         if self.v != CONFIG_VERSION:
             raise ValueError(f"unknown config version {self.v}, this relay reads {CONFIG_VERSION}")
         check_pool(self.egress, self.domain_groups, self.warmup.schedule)
+        check_routes(self.routes, self.delivery)
         return self
 
     def group_of(self, domain: str) -> str | None:

@@ -48,3 +48,22 @@ class Topics:
     def all(self) -> list[str]:
         """The pool's own topics, in creation order (the shared ones are not the pool's)."""
         return [self.outbound, self.events, self.dlq, *self.delay.values()]
+
+
+def owned_topics(prefix: str, existing: Iterable[str]) -> list[str]:
+    """The topics among `existing` that belong to the pool with `prefix`:
+    outbound, events, DLQ and every delay topic, including those of delay
+    steps the pool no longer lists. Sorted. Never the shared topics."""
+    own = {f"{prefix}.outbound", f"{prefix}.events", f"{prefix}.dlq"}
+    delay = f"{prefix}.delay."
+    out = []
+    for name in existing:
+        if name in own:
+            out.append(name)
+        elif name.startswith(delay):
+            try:
+                DelayStep(name[len(delay) :])
+            except ValueError:
+                continue  # not a delay step: another pool's topic under a longer prefix
+            out.append(name)
+    return sorted(out)

@@ -8,7 +8,7 @@ following it. Depends on no plane: the relay and the operator both import
 this, never each other.
 """
 
-from ._admin import ensure_pool_topics, ensure_topics
+from ._admin import delete_topics, ensure_pool_topics, ensure_topics, list_topics
 from ._read import Record, TopicRecord, end_offsets, partition_count, read_records, read_topic
 from .follower import TopicFollower
 
@@ -16,9 +16,11 @@ __all__ = [
     "Record",
     "TopicFollower",
     "TopicRecord",
+    "delete_topics",
     "end_offsets",
     "ensure_pool_topics",
     "ensure_topics",
+    "list_topics",
     "partition_count",
     "read_records",
     "read_topic",

@@ -1,5 +1,6 @@
 """Topic administration, written once for the operator, the relay's dev mode,
-the tests and the benchmarks: create what is missing, never touch what exists.
+the tests and the benchmarks: create what is missing, never touch what exists;
+delete only what is named (a deleted SendingPool's own topics).
 
 Idempotent by construction: topics are listed first and each missing one is
 created on its own, so a concurrent creator (two operator replicas, a relay
@@ -13,7 +14,7 @@ import contextlib
 from collections.abc import Iterable
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from mailpipe.contracts.config import KafkaSettings
 
@@ -77,3 +78,33 @@ def ensure_pool_topics(
         compacted=[settings.suppressions_topic, settings.control_topic],
         timeout_s=timeout_s,
     )
+
+
+def list_topics(bootstrap: str) -> set[str]:
+    """The names of every topic on the cluster."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mailpipe-admin")
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def delete_topics(
+    bootstrap: str, names: Iterable[str], *, timeout_s: float = CREATE_TIMEOUT_SECONDS
+) -> list[str]:
+    """Delete those of `names` that exist; returns the names deleted. A topic
+    already gone (another deleter, an earlier attempt) is not an error, so a
+    retried pool deletion converges."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mailpipe-admin")
+    deleted: list[str] = []
+    try:
+        existing = set(admin.list_topics())
+        for name in names:
+            if name not in existing or name in deleted:
+                continue
+            with contextlib.suppress(UnknownTopicOrPartitionError):
+                admin.delete_topics([name], timeout_ms=int(timeout_s * 1000))
+                deleted.append(name)
+    finally:
+        admin.close()
+    return deleted

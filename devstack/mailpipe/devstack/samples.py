@@ -20,6 +20,7 @@ from kafka import KafkaProducer
 from pydantic import BaseModel
 
 from mailpipe.contracts.config import (
+    DeliveryPolicy,
     EgressIP,
     KafkaSettings,
     RelayConfig,
@@ -81,7 +82,9 @@ def pool_topics(
 def relay_config(
     pool: str, kafka: KafkaSettings, egress: Sequence[EgressIP], /, **overrides: Any
 ) -> RelayConfig:
-    """A relay config for loopback tests: no TLS, no metrics server, then `overrides`.
+    """A relay config for loopback tests: no TLS, no metrics server, loopback MX
+    hosts allowed (the destination policy's explicit opt-in: every receiver of
+    the tests, the demo and the benchmarks listens on 127.0.0.0/8), then `overrides`.
 
     An override that is a mapping is merged into the field it names (so
     `kafka={"max_in_flight_records": 150}` keeps the topics); anything else
@@ -92,6 +95,7 @@ def relay_config(
         kafka=kafka,
         egress=list(egress),
         tls=TLSSettings(mode=TLSMode.DISABLED),
+        delivery=DeliveryPolicy(allow_private_destinations=True),
         metrics_port=0,
     )
     data = base.model_dump()

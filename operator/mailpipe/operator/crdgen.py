@@ -92,6 +92,7 @@ def crd(
     spec: type[BaseModel],
     columns: list[dict[str, str]],
     status_doc: str,
+    scale: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -116,7 +117,7 @@ def crd(
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, **({"scale": scale} if scale else {})},
                     "additionalPrinterColumns": [
                         *columns,
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -161,8 +162,15 @@ def sendingpool_crd() -> dict[str, Any]:
             "Observed state: conditions (Ready, Reconciling, Stalled, RelaysAvailable, "
             "TopicsReady) with observedGeneration, relays (desired, available), secretsHash, "
             "topics, configHash, ipCount, warmupSummary and per-IP warm-up "
-            "(day, capToday, sentToday)."
+            "(day, capToday, sentToday); replicas and selector of the relay pods (scale)."
         ),
+        # `kubectl scale sp <pool> --replicas=N` (and an HPA): the operator
+        # reports the relay Deployment's replicas and pod selector in status.
+        scale={
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
     )
 
 

@@ -15,7 +15,9 @@ subscriber added to a topic already being read makes the reader seek that
 topic back to its beginning; the others skip what they have seen (each keeps
 the next offset it expects per partition). A topic that does not exist yet
 (its pool is being reconciled right now) is looked for again every second,
-from one metadata request for all such topics.
+from one metadata request for all such topics. (Over 300 lines: the reader
+thread and the dispatch on the loop share the subscription table and its
+rewind rule; split in two modules, the rule would live in both.)
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def default_consumer(bootstrap: str) -> KafkaConsumer:
         fetch_min_bytes=FETCH_MIN_BYTES,
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         client_id="mailpipe-operator-events",
+        # A reader must never re-create the topic of a pool being deleted.
+        allow_auto_create_topics=False,
     )
 
 
@@ -97,6 +101,8 @@ class ClusterReader:
         self._topics: dict[str, _Topic] = {}
         self._lock = threading.Lock()
         self._changed = threading.Event()
+        self._assigned = threading.Condition()
+        self._assignments = 0  # assignments made, so `unsubscribe_all` can wait for one
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"events-{bootstrap}", daemon=True)
         self._thread.start()
@@ -110,11 +116,18 @@ class ClusterReader:
             t.rewind = True
         self._changed.set()
 
-    def unsubscribe_all(self, topic: str) -> None:
+    def unsubscribe_all(self, topic: str, timeout_s: float = STOP_JOIN_SECONDS) -> None:
+        """Stop reading `topic`; returns once the consumer no longer has it
+        (the pool's topics may be deleted next). Blocking, at most `timeout_s`."""
         with self._lock:
             if self._topics.pop(topic, None) is None:
                 return
-        self._changed.set()
+        with self._assigned:
+            seen = self._assignments
+            self._changed.set()
+            self._assigned.wait_for(
+                lambda: self._assignments > seen or not self._thread.is_alive(), timeout_s
+            )
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -188,6 +201,9 @@ class ClusterReader:
             consumer.assign(assigned)
             if rewind:
                 consumer.seek_to_beginning(*rewind)
+        with self._assigned:
+            self._assignments += 1
+            self._assigned.notify_all()
 
     def _read(self, consumer: KafkaConsumer) -> None:
         polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
@@ -281,11 +297,19 @@ class EventsHub:
         reader.subscribe(topic, observer, on_unpause)
 
     def unfollow(self, bootstrap: str, topic: str) -> None:
-        """Stop reading `topic` (its pool is gone); its observers get nothing more."""
+        """Stop reading `topic` (its pool is gone); its observers get nothing more.
+        Returns once the reader has let go of it. Blocking (briefly)."""
         with self._lock:
             reader = self._readers.get(bootstrap)
         if reader is not None:
             reader.unsubscribe_all(topic)
+
+    def forget(self, bootstrap: str, topic: str) -> None:
+        """As `unfollow`, without waiting: for the event loop."""
+        with self._lock:
+            reader = self._readers.get(bootstrap)
+        if reader is not None:
+            reader.unsubscribe_all(topic, timeout_s=0)
 
     def stop(self) -> None:
         with self._lock:

@@ -34,9 +34,14 @@ from mailpipe.contracts.wire import (
     suppression_key,
 )
 
+# kafkakit's (one copy for every caller), re-exported for the handlers;
+# `ensure_topics` is this module's own (shared admin clients, grouped requests).
+from mailpipe.kafkakit import delete_topics as delete_topics
+
 # kafkakit's (one copy for every caller); re-exported because the handlers
 # reach it as `kafka_io.end_offsets`.
 from mailpipe.kafkakit import end_offsets as end_offsets
+from mailpipe.kafkakit import list_topics as list_topics
 from mailpipe.kafkakit import read_topic
 from mailpipe.kafkakit._admin import COMPACTED, CREATE_TIMEOUT_SECONDS
 

@@ -17,6 +17,8 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from mailpipe.contracts.topics import pool_prefix
+
 from .models import GROUP, VERSION
 from .pool import SPEC_HASH_ANNOTATION, PoolRef
 
@@ -176,3 +178,26 @@ def read_secret(namespace: str, name: str) -> dict[str, str] | None:
             return None
         raise
     return {k: str(v) for k, v in (secret.data or {}).items()}
+
+
+def pools_with_prefix(bootstrap: str, prefix: str, namespace: str, except_uid: str) -> list[str]:
+    """'namespace/name' of the other SendingPools whose topics are `prefix`.* on
+    `bootstrap`: a deleted pool's topics are theirs too and must stay. Listed
+    cluster-wide, or in the namespaces the operator may read (namespaced RBAC
+    answers 403 to a cluster-wide list: then `namespace`, the deleted pool's)."""
+    api_ = client.CustomObjectsApi(api())
+    listed: Any
+    try:
+        listed = api_.list_cluster_custom_object(GROUP, VERSION, "sendingpools")
+    except ApiException as exc:
+        if exc.status != 403:
+            raise
+        listed = api_.list_namespaced_custom_object(GROUP, VERSION, namespace, "sendingpools")
+    out = []
+    for obj in listed["items"]:
+        meta, kafka = obj["metadata"], obj.get("spec", {}).get("kafka", {})
+        theirs = kafka.get("topicPrefix") or pool_prefix(meta["namespace"], meta["name"])
+        same = theirs == prefix and kafka.get("bootstrapServers") == bootstrap
+        if same and meta["uid"] != except_uid:
+            out.append(f"{meta['namespace']}/{meta['name']}")
+    return out

@@ -23,6 +23,7 @@ from typing import Any, Self
 from pydantic import ConfigDict, Field, model_validator
 
 from mailpipe.contracts.delays import DelayStep
+from mailpipe.contracts.delivery import DeliveryPolicy, check_routes
 from mailpipe.contracts.policy import (
     MAX_DOMAIN_GROUPS,
     TIME_ZONE,
@@ -107,6 +108,14 @@ class DKIM(DKIMIdentity):
     secret_ref: SecretKeyRef = Field(description="Where the private key is.")
 
 
+class DeletionPolicy(enum.StrEnum):
+    """What deleting a SendingPool does to its own Kafka topics (as Crossplane's
+    `deletionPolicy` for external resources, PersistentVolumes' reclaim policy)."""
+
+    DELETE = "Delete"  # outbound, delay, events and DLQ topics are deleted with the pool
+    RETAIN = "Retain"  # they stay: events kept for audit, a re-created pool resumes them
+
+
 class KafkaSpec(Spec):
     bootstrap_servers: str = Field(
         min_length=1, description="Kafka bootstrap servers, host:port,..."
@@ -122,6 +131,13 @@ class KafkaSpec(Spec):
         min_length=1,
         max_length=10,
         description="Delay topics for retries and scheduled mail, e.g. 1m, 10m, 1h.",
+    )
+    deletion_policy: DeletionPolicy = Field(
+        default=DeletionPolicy.DELETE,
+        description=(
+            "Deleting the pool deletes its own topics (outbound, delay, events, DLQ), or "
+            "Retain keeps them. The shared suppression and campaign topics are never deleted."
+        ),
     )
 
 
@@ -193,12 +209,17 @@ class SendingPoolSpec(Spec):
     smtp_port: int = Field(default=25, ge=1, le=65535, description="Port of MX hosts.")
     # >= 1024: the relay runs as non-root and cannot bind privileged ports
     metrics_port: int = Field(default=9090, ge=1024, le=65535, description="Relay metrics port.")
+    delivery: DeliveryPolicy = Field(
+        default_factory=DeliveryPolicy,
+        description="SMTP stage timeouts, tarpit budget, destination policy.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         # What the relay config would refuse is refused here, so the handler marks
         # the pool Ready=False (InvalidSpec) instead of failing to render its config.
         check_pool(self.egress_ips, self.domain_groups, self.warmup.schedule)
+        check_routes(self.routes, self.delivery)
         return self
 
 

@@ -118,6 +118,7 @@ def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.Rela
         smtp_port=spec.smtp_port,
         dns_nameserver=spec.dns_nameserver,
         metrics_port=spec.metrics_port,
+        delivery=spec.delivery,
     )
 
 

@@ -44,6 +44,7 @@ class PostponeReason(enum.StrEnum):
     WINDOW_RELIEF = "window_relief"  # it pinned a full read window (see window.py)
     CAMPAIGN_PAUSED = "campaign_paused"  # its campaign is suspended: look again later
     NO_EGRESS_IP = "no_egress_ip"  # every IP backed off or out of warm-up budget
+    STALLED_DOMAIN = "stalled_domain"  # its domain outlived the tarpit budget (see stalls.py)
 
 
 class Postponer:

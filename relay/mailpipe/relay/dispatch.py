@@ -3,7 +3,8 @@
     campaign paused?     -> postpone (campaign_paused)   cancelled? -> FAILED events
     suppressed addresses -> SUPPRESSED events (invariant 6); the rest are live
     egress IP            -> scheduling (back-offs, warm-up); none -> postpone (no_egress_ip)
-    transactions         -> at most `recipients_per_transaction` recipients each
+    transactions         -> at most `recipients_per_transaction` recipients each;
+                            watched by the tarpit budget (`stalls`): a cut one is deferred
     settlement           -> events, suppressions, back-offs, a retry record
     every produce acknowledged -> the record's offset is finished (invariant 1)
 
@@ -20,14 +21,16 @@ from collections.abc import Awaitable
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.wire import CampaignState, Disposition, Recipient
 
+from .classify import reply
 from .delays import Postponer, PostponeReason
 from .emission import Emitter
 from .message import MessageError, Signer, build_message
 from .metrics import RelayMetrics
 from .offsets import OffsetTracker
-from .ports import Clock, Envelope, SourceRecord, Transport
+from .ports import Clock, Envelope, SourceRecord, Stage, TransactionResult, Transport
 from .scheduling import Egress, NoEgress, Scheduler
 from .settlement import Transaction, cancelled, chunks, event, settle
+from .stalls import Attempt
 from .suppressions import CampaignStates, SuppressionList
 from .work import Work
 
@@ -158,17 +161,18 @@ class Dispatcher:
         assert work.message is not None
         transactions = []
         throttle = self.scheduler.throttle(domain)
-        for part in chunks(live, throttle.recipients_per_transaction):
-            envelope = Envelope(
-                domain,
-                record.sender,
-                tuple(r.address for r in part),
-                work.message,
-                egress.address,
-                egress.helo,
-                throttle.messages_per_connection,
-            )
-            transactions.append(Transaction(part, await self.transport.deliver(envelope)))
+        with self.scheduler.stalls.watch(domain) as watch:
+            for part in chunks(live, throttle.recipients_per_transaction):
+                envelope = Envelope(
+                    domain,
+                    record.sender,
+                    tuple(r.address for r in part),
+                    work.message,
+                    egress.address,
+                    egress.helo,
+                    throttle.messages_per_connection,
+                )
+                transactions.append(Transaction(part, await self._transact(envelope, watch)))
 
         settlement = settle(
             record,
@@ -187,3 +191,22 @@ class Dispatcher:
         if retry is not None and retry.not_before is not None:
             sends.append(self.postponer.postpone(retry, retry.not_before, PostponeReason.RETRY))
         await self.finish_after(work, sends)
+
+    async def _transact(self, envelope: Envelope, watch: Attempt) -> TransactionResult:
+        """One transaction, unless the tarpit budget cuts it (`stalls`): then every
+        recipient is deferred with a reply naming the budget (no back-off: our
+        decision, not the receiver's), and the record goes the retry way."""
+        if not watch.cut:
+            try:
+                return await self.transport.deliver(envelope)
+            except asyncio.CancelledError:
+                if not watch.cut or not watch.uncut():
+                    raise  # shutdown, not the budget
+        budget = self.config.delivery.stall_budget_seconds
+        cut = reply(
+            451,
+            f"4.4.2 {envelope.domain}: attempt cut after {budget:g} s, over the domain's"
+            " time budget (delivery.stallBudgetSeconds) while the read window was full",
+        )
+        rcpts = envelope.recipients
+        return TransactionResult(dict.fromkeys(rcpts, cut), detail=dict.fromkeys(rcpts, Stage.LOST))

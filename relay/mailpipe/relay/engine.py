@@ -130,7 +130,7 @@ class Engine:
                 room = self.window.room
                 if room <= 0:
                     self._take(await self.source.poll(0))  # revocations still arrive at once
-                    self.window.full(self._relieve, self.describe, self.tasks)
+                    self.window.full(self._relieve, self._spill_stalled, self.describe, self.tasks)
                     await asyncio.sleep(POLL_IDLE_SECONDS)
                     continue
                 batch = await self.source.poll(room)
@@ -188,14 +188,21 @@ class Engine:
                 self._enqueue(work)
 
     def _enqueue(self, work: Work) -> None:
-        if not self.scheduler.enqueue(work):
+        refused = self.scheduler.enqueue(work)
+        if refused is not None:
             due = self.clock.time() + self.postponer.shortest_seconds
-            self.tasks.spawn(self.dispatch.postpone(work, due, PostponeReason.QUEUE_FULL))
+            self.tasks.spawn(self.dispatch.postpone(work, due, refused))
 
     def _relieve(self) -> None:
         due = self.clock.time() + self.postponer.shortest_seconds
         for work in self.scheduler.relieve():
             self.tasks.spawn(self.dispatch.postpone(work, due, PostponeReason.WINDOW_RELIEF))
+
+    def _spill_stalled(self) -> None:
+        """The tarpit budget (`stalls`): cut domains stalled over it, postpone their queues."""
+        due = self.clock.time() + self.postponer.shortest_seconds
+        for work in self.scheduler.spill_stalled():
+            self.tasks.spawn(self.dispatch.postpone(work, due, PostponeReason.STALLED_DOMAIN))
 
     def _revoke(self, revoked: Revoked) -> None:
         """Partitions moved to another replica: drop their queued and waiting work

@@ -18,6 +18,10 @@ topic (`relieve`).
 
 A record is one message for the rate, however many transactions its
 recipients need (`recipients_per_transaction` splits only large records).
+
+A domain whose attempts stall (a tarpit) is cut when the read window is
+full (`spill_stalled`, the budget in `stalls`), so the lanes it holds do not
+pin the window either.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from typing import Any, NamedTuple
 from mailpipe.contracts.config import RelayConfig, Throttle
 from mailpipe.contracts.warmup import WarmupLedger
 
+from .delays import PostponeReason
 from .metrics import RelayMetrics
 from .ports import Clock, TopicPartition
 from .settlement import Settlement
+from .stalls import Stalls
 from .tasks import Tasks
 from .throttle import Shaper, Shaping
 from .work import Work
@@ -78,6 +84,7 @@ class Scheduler:
         self._attempt = attempt
         self._fail = fail
         self.shaping = Shaping()
+        self.stalls = Stalls(clock)
         self.stopping = False
         self._queues: dict[str, DomainQueue] = {}
         self._waiting_for_slot: dict[str, set[str]] = {}  # shaping key -> domains
@@ -90,18 +97,21 @@ class Scheduler:
 
     # -- ready queues ------------------------------------------------------------
 
-    def enqueue(self, work: Work) -> bool:
-        """Queue a record for its domain's lanes; False when the queue is full
-        (the caller postpones it rather than hold up its partition: invariant 2)."""
+    def enqueue(self, work: Work) -> PostponeReason | None:
+        """Queue a record for its domain's lanes; or why not, when its queue is full
+        or its domain was cut for stalling (the caller postpones it rather than
+        hold up its partition: invariant 2)."""
         domain = work.domain
+        if self.stalls.cut_recently(domain):
+            return PostponeReason.STALLED_DOMAIN
         q = self._queues.get(domain)
         if q is None:
             q = self._queues[domain] = DomainQueue()
         if len(q.items) >= self.config.kafka.ready_queue_per_domain:
-            return False
+            return PostponeReason.QUEUE_FULL
         q.items.append(work)
         self._start_lanes(domain)
-        return True
+        return None
 
     def drop(self, partitions: Collection[TopicPartition]) -> int:
         """Forget queued records of revoked partitions; running transactions finish."""
@@ -140,6 +150,26 @@ class Scheduler:
         taken = list(q.items)
         q.items.clear()  # lanes waiting for a token find nothing and end
         log.info("window full: %d records of %s move to the delay topic", len(taken), domain)
+        return taken
+
+    def spill_stalled(self) -> list[Work]:
+        """Cut the domains whose oldest attempt outlived the tarpit budget (`stalls`)
+        and empty their queues: what the window postpones when it is full."""
+        budget = self.config.delivery.stall_budget_seconds
+        taken: list[Work] = []
+        for domain in self.stalls.cut(budget):
+            q = self._queues.get(domain)
+            queued = list(q.items) if q is not None else []
+            if q is not None:
+                q.items.clear()
+            taken.extend(queued)
+            log.warning(
+                "%s stalled over its %g-s budget while the read window was full:"
+                " attempts cut (deferred), %d queued records postponed",
+                domain,
+                budget,
+                len(queued),
+            )
         return taken
 
     # -- lanes: connection slots and rate tokens ----------------------------------
@@ -248,4 +278,5 @@ class Scheduler:
         return {
             "queued": {d: len(q.items) for d, q in self._queues.items() if q.items},
             "lanes": {d: q.lanes for d, q in self._queues.items() if q.lanes},
+            "stalls": self.stalls.describe(),
         }

@@ -6,7 +6,9 @@ Commits go up to the lowest unfinished offset per partition (`offsets`),
 every COMMIT_INTERVAL_SECONDS. A window that is full while commits stand
 still is pinned by records queued behind a slow domain: after
 RELIEF_AFTER_SECONDS the engine moves that domain's queue to a delay topic
-(invariant 2), and if the window stays stuck anyway it says why.
+(invariant 2), and if the window stays stuck anyway it says why. A full
+window also spends the tarpit budget every SPILL_CHECK_SECONDS, commits
+moving or not (`stalls`: a domain stalling its attempts is cut).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger("mailpipe.relay.engine")
 
 COMMIT_INTERVAL_SECONDS = 0.2  # frequent enough that the read window, not commits, limits speed
 RELIEF_AFTER_SECONDS = 1.0  # a full window whose commits stood still this long is stuck
+SPILL_CHECK_SECONDS = 1.0  # how often a full window looks for domains over their tarpit budget
 STUCK_WARN_SECONDS = 10.0  # how long relief may fail before a warning, and how often it repeats
 
 
@@ -37,6 +40,7 @@ class CommitWindow:
         self._last_commit: dict[TopicPartition, int] = {}
         self._last_progress = 0.0  # last commit that moved, or the start
         self._last_relief = 0.0
+        self._last_spill = 0.0
         self._last_stuck_warning = 0.0
 
     def reconfigure(self, config: RelayConfig) -> None:
@@ -49,7 +53,7 @@ class CommitWindow:
 
     def open(self) -> None:
         """Start measuring progress: a fresh run has not been stuck yet."""
-        self._last_progress = self._last_relief = self.clock.monotonic()
+        self._last_progress = self._last_relief = self._last_spill = self.clock.monotonic()
 
     async def commit_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -69,12 +73,21 @@ class CommitWindow:
             self.tracker.committed(offsets)
 
     def full(
-        self, relieve: Callable[[], None], describe: Callable[[], dict[str, Any]], tasks: Tasks
+        self,
+        relieve: Callable[[], None],
+        spill_stalled: Callable[[], None],
+        describe: Callable[[], dict[str, Any]],
+        tasks: Tasks,
     ) -> None:
-        """Called while the window is full: relieve it once per stuck period, and
-        warn every STUCK_WARN_SECONDS while relief does not help (something holds
-        offsets that will never finish: say what)."""
+        """Called while the window is full: spill stalled domains every
+        SPILL_CHECK_SECONDS (a trickle of commits from other domains does not
+        make a tarpit's hold on the window fair), relieve it once per stuck
+        period, and warn every STUCK_WARN_SECONDS while relief does not help
+        (something holds offsets that will never finish: say what)."""
         now = self.clock.monotonic()
+        if now - self._last_spill > SPILL_CHECK_SECONDS:
+            self._last_spill = now
+            spill_stalled()
         stuck = now - self._last_progress
         if stuck > RELIEF_AFTER_SECONDS and now - self._last_relief > RELIEF_AFTER_SECONDS:
             # Relief is measured apart from progress: resetting progress here

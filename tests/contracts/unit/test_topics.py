@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from mailpipe.contracts.config import KafkaSettings
-from mailpipe.contracts.topics import CONTROL_TOPIC, SUPPRESSIONS_TOPIC, Topics, pool_prefix
+from mailpipe.contracts.topics import (
+    CONTROL_TOPIC,
+    SUPPRESSIONS_TOPIC,
+    Topics,
+    owned_topics,
+    pool_prefix,
+)
 
 
 def test_a_pools_topics_follow_its_prefix() -> None:
@@ -30,3 +36,29 @@ def test_kafka_settings_name_exactly_these_topics() -> None:
     assert settings.control_topic == CONTROL_TOPIC
     assert settings.max_in_flight_records == 10
     assert settings.topics == t
+
+
+def test_a_pools_own_topics_are_found_among_the_clusters() -> None:
+    """What deleting a pool deletes: its outbound, events, DLQ and every delay
+    topic (old steps too); never another pool's, the shared ones, or a name
+    that only starts like the prefix."""
+    existing = [
+        "mail.news.outbound",
+        "mail.news.events",
+        "mail.news.dlq",
+        "mail.news.delay.1m",
+        "mail.news.delay.6h",  # a step the pool no longer lists
+        "mail.news.delay.outbound",  # pool "mail.news.delay"'s outbound? not a step: kept
+        "mail.news.delay.delay.1m",  # pool "mail.news.delay"'s delay topic: kept
+        "mail.newsletter.outbound",
+        "mail.news2.events",
+        "mailpipe.suppressions",
+        "mailpipe.campaigns",
+    ]
+    assert owned_topics("mail.news", existing) == [
+        "mail.news.delay.1m",
+        "mail.news.delay.6h",
+        "mail.news.dlq",
+        "mail.news.events",
+        "mail.news.outbound",
+    ]

@@ -44,7 +44,20 @@ def test_every_spec_field_is_described_and_structural() -> None:
             "$ref" not in text and "anyOf" not in text and "additionalProperties: false" not in text
         )
         assert crd["spec"]["names"]["categories"] == ["mailpipe"]
-        assert version["subresources"] == {"status": {}}
+        assert version["subresources"]["status"] == {}
+
+
+def test_pools_scale_through_the_scale_subresource() -> None:
+    """`kubectl scale sp <pool> --replicas=N` needs the scale subresource; the
+    operator reports status.replicas and status.selector (issue 12, point 5)."""
+    pools = yaml.safe_load((CRDS / "sendingpools.yaml").read_text())
+    camps = yaml.safe_load((CRDS / "campaigns.yaml").read_text())
+    assert pools["spec"]["versions"][0]["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    assert "scale" not in camps["spec"]["versions"][0]["subresources"]
 
 
 def test_printer_columns() -> None:

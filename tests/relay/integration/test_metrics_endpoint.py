@@ -51,6 +51,9 @@ def test_the_metrics_endpoint_is_bound_bounded_and_answers_one_path(
     )
     relay = relays(pool)
     wait_for(lambda: scrape("/metrics", port)[0] == 200, 60, "metrics endpoint", relay)
+    # The endpoint answers before the Kafka clients start their threads: count
+    # threads only once the relay has started consuming.
+    wait_for(lambda: "relay started" in relay.log.read_text(), 60, "relay started", relay)
 
     with pytest.raises(OSError):  # not on every address: only the one it was given
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -98,8 +98,13 @@ def bounced(r: SMTPReply) -> bool:
     return str(classify(r)[0].value) == "bounced"
 
 
-def config() -> Any:
-    return make_config(dns_nameserver="127.0.0.1:9", egress=[{"address": "127.0.0.1", "helo": "r"}])
+def config(*, allow_private: bool = True) -> Any:
+    """Loopback test MX hosts: opted in to private destinations unless a test says not."""
+    return make_config(
+        dns_nameserver="127.0.0.1:9",
+        egress=[{"address": "127.0.0.1", "helo": "r"}],
+        delivery={"allow_private_destinations": allow_private},
+    )
 
 
 async def deliver(domain: str) -> SMTPReply:
@@ -226,7 +231,7 @@ async def test_internal_destinations_refused_by_policy(
 ) -> None:
     fake_dns.mx["internal.test"] = ["10 mx.internal.test."]
     (fake_dns.aaaa if ":" in address else fake_dns.a)["mx.internal.test"] = [address]
-    resolver = MXResolver(config(), allow_private=False)
+    resolver = MXResolver(config(allow_private=False))
     with pytest.raises(mx_module.UnroutableDomain, match=f"a {kind} address"):
         await resolver.routes("internal.test")
 
@@ -237,7 +242,7 @@ async def test_public_destinations_allowed_and_private_kept_when_allowed(
     fake_dns.mx["mixed.test"] = ["10 a.mixed.test.", "20 b.mixed.test."]
     fake_dns.a["a.mixed.test"] = ["127.0.0.1"]
     fake_dns.a["b.mixed.test"] = ["8.8.8.8"]
-    strict = await MXResolver(config(), allow_private=False).routes("mixed.test")
+    strict = await MXResolver(config(allow_private=False)).routes("mixed.test")
     assert [r.host for r in strict] == ["8.8.8.8"]
     lenient = await MXResolver(config()).routes("mixed.test")
     assert [r.host for r in lenient] == ["127.0.0.1", "8.8.8.8"]

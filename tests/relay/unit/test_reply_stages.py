@@ -94,6 +94,7 @@ async def deliver() -> AsyncIterator[Deliver]:
                 routes={"stage.test": [{"host": HOST, "port": port}]},
                 tls={"mode": tls},
                 egress=[{"address": HOST, "helo": "relay.test"}],
+                delivery={"allow_private_destinations": True},  # loopback receivers: opted in
             )
         )
         rcpts = tuple(f"{lp}@{domain}" for lp in locals_)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from mailpipe.contracts.config import SMTPTimeouts
 from mailpipe.relay.delivery import SMTPTransport
 from mailpipe.relay.delivery.replies import ReplyError, ReplyParser
 from mailpipe.relay.delivery.session import dot_stuff
@@ -24,6 +25,7 @@ from mailpipe.relay.ports import Envelope
 from .conftest import make_config
 
 HOST = "127.0.0.1"
+STAGE_TIMEOUTS = list(SMTPTimeouts.model_fields)  # every stage's timeout field
 
 
 @dataclass
@@ -154,7 +156,10 @@ async def transport_for() -> AsyncIterator[TransportFor]:
             routes={"dest.test": [{"host": HOST, "port": port}]},
             tls={"mode": "disabled"},
             egress=[{"address": HOST, "helo": "relay.test"}],
-            command_timeout_seconds=3,
+            delivery={  # loopback receivers: opted in; short stage timeouts
+                "allow_private_destinations": True,
+                "timeouts": dict.fromkeys(STAGE_TIMEOUTS, 3),
+            },
         )
         t = SMTPTransport(config)
         made.append((t, server))
@@ -274,11 +279,11 @@ async def test_lost_after_body_is_deferred_not_retried(transport_for: TransportF
 
 async def test_silent_server_times_out_as_a_deferral(transport_for: TransportFor) -> None:
     server = GroupServer(Script(silent=True))
-    t = await transport_for(server)  # command timeout 3 s, watchdog every second
+    t = await transport_for(server)  # stage timeouts 3 s, watchdog every second
     result = await asyncio.wait_for(t.deliver(envelope("a@dest.test")), 10)
     r = result.replies["a@dest.test"]
     assert (r.code, r.enhanced) == (451, "4.4.2")
-    assert "no reply within 3 s" in r.text
+    assert "no reply to MAIL within 3 s (mail timeout)" in r.text
 
 
 def test_reply_parser_splits_joins_and_refuses_garbage() -> None:

@@ -60,7 +60,9 @@ class NamedMX(MXResolver):
 
 async def deliver(rx: SMTPReceiver, mode: str, *, verify: bool, name: str = MX_NAME) -> SMTPReply:
     config = make_config(
-        tls={"mode": mode, "verify": verify}, egress=[{"address": HOST, "helo": "relay.test"}]
+        tls={"mode": mode, "verify": verify},
+        egress=[{"address": HOST, "helo": "relay.test"}],
+        delivery={"allow_private_destinations": True},  # a loopback receiver: opted in
     )
     t = SMTPTransport(config, NamedMX(config, rx.port, name))
     env = Envelope(
@@ -123,7 +125,9 @@ async def test_pooled_connection_is_not_reused_for_another_mx_name(
     monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
     rx = smtp_receiver(HOST, tls=server_context(certs))
     config = make_config(
-        tls={"mode": "required", "verify": True}, egress=[{"address": HOST, "helo": "relay.test"}]
+        tls={"mode": "required", "verify": True},
+        egress=[{"address": HOST, "helo": "relay.test"}],
+        delivery={"allow_private_destinations": True},  # a loopback receiver: opted in
     )
     resolver = NamedMX(config, rx.port, MX_NAME)
     t = SMTPTransport(config, resolver)

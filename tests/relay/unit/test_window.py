@@ -35,7 +35,7 @@ async def test_relief_once_per_stuck_period_and_a_warning_while_stuck(
     with caplog.at_level(logging.WARNING, logger="mailpipe.relay.engine"):
         while clock.monotonic() < STUCK_WARN_SECONDS + 1:
             clock.advance(TICK)
-            window.full(lambda: reliefs.append(clock.monotonic()), dict, Tasks())
+            window.full(lambda: reliefs.append(clock.monotonic()), lambda: None, dict, Tasks())
     expected = int((STUCK_WARN_SECONDS + 1) / RELIEF_AFTER_SECONDS)
     assert expected - 1 <= len(reliefs) <= expected
     assert [r.message for r in caplog.records if "read window full" in r.message]

@@ -10,6 +10,8 @@ status (ARCHITECTURE.md, control plane):
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
 - `relays`: the world a pool depends on (its relay Deployment watched, the
   Secrets it references re-read), so its status and relays follow it;
+- `scale`: the pool's status.replicas and status.selector (scale subresource)
+  from its relay Deployment;
 - `status`: conditions; `context`: the operator state in kopf's memo, `get_pool`.
 
 This module holds the operator-wide startup and cleanup: kopf settings, and
@@ -27,10 +29,10 @@ import kopf
 
 from .. import kafka_io
 from ..models import GROUP
-from . import campaign, fanout, pool, relays, warmup
+from . import campaign, fanout, pool, relays, scale, warmup
 from .context import MEMO_KEY, OperatorState, operator_state
 
-__all__ = ["campaign", "fanout", "pool", "relays", "warmup"]
+__all__ = ["campaign", "fanout", "pool", "relays", "scale", "warmup"]
 
 # Re-list every 5 min: a watch that silently stopped delivering events (load
 # balancers drop idle streams) is replaced within that time.

@@ -12,10 +12,13 @@ Reconciling, Stalled, with observedGeneration).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from typing import Any
 
 import kopf
+from kafka.errors import KafkaError
+from pydantic import ValidationError
 
 from mailpipe.contracts.wire import CampaignControl, CampaignState, encode
 
@@ -28,7 +31,7 @@ from ..validation import (
     frozen_digests,
     refused_edits,
 )
-from .context import OperatorState, get_pool, operator_state
+from .context import DELETE_GIVE_UP_SECONDS, OperatorState, get_pool, operator_state
 from .status import campaign_conditions, condition, merge_conditions, now_iso
 
 STATUS_INTERVAL_SECONDS = 3.0  # counts are patched at most this often
@@ -135,7 +138,13 @@ def _publish_state(
     return True
 
 
-@kopf.on.field(GROUP, VERSION, "campaigns", field="spec.suspend")
+def _not_deleted(meta: Any, **_: Any) -> bool:
+    return not meta.get("deletionTimestamp")
+
+
+# A campaign being deleted is cancelled by `delete_campaign`; a pause still being
+# retried against an unreachable Kafka must not keep its finalizer (invariant 16).
+@kopf.on.field(GROUP, VERSION, "campaigns", field="spec.suspend", when=_not_deleted)
 async def suspend_changed(
     name: str,
     namespace: str | None,
@@ -159,16 +168,53 @@ async def suspend_changed(
         )
 
 
+# A campaign's deletion never waits forever (ARCHITECTURE.md, invariant 16): a
+# Kafka that cannot be reached is retried at this pace until DELETE_GIVE_UP_SECONDS,
+# then the campaign goes with a Warning Event saying the relays were not told.
+CANCEL_RETRY_SECONDS = 15
+CANCEL_FAILURE_MEMO = "cancel_failure"  # per-campaign memo: why the last attempt failed
+
+
 @kopf.on.delete(GROUP, VERSION, "campaigns")
 async def delete_campaign(
-    name: str, namespace: str | None, spec: Any, memo: kopf.Memo, **_: Any
+    name: str,
+    namespace: str | None,
+    spec: Any,
+    body: Any,
+    memo: kopf.Memo,
+    runtime: datetime.timedelta,
+    **_: Any,
 ) -> None:
     assert namespace is not None  # both kinds are namespaced
     state = operator_state(memo)
     # Records already on Kafka are dropped by the relays with a `failed` event.
-    await asyncio.to_thread(
-        _publish_state, state, namespace, name, spec.get("poolRef", ""), CampaignState.CANCELLED
-    )
+    # An attempt that starts past the give-up time is not made (each one can
+    # take the Kafka client's bootstrap timeout): the campaign goes, with a Warning.
+    if runtime.total_seconds() >= DELETE_GIVE_UP_SECONDS:
+        why = memo.get(CANCEL_FAILURE_MEMO, "no answer from Kafka")
+        message = (
+            f"relays not told to drop its records: gave up after "
+            f"{DELETE_GIVE_UP_SECONDS:.0f}s ({why})"
+        )
+        kopf.warn(body, reason="CancelNotPublished", message=message)
+    else:
+        try:
+            await asyncio.to_thread(
+                _publish_state,
+                state,
+                namespace,
+                name,
+                spec.get("poolRef", ""),
+                CampaignState.CANCELLED,
+            )
+        except KafkaError as exc:
+            memo[CANCEL_FAILURE_MEMO] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise kopf.TemporaryError(
+                memo[CANCEL_FAILURE_MEMO], delay=CANCEL_RETRY_SECONDS
+            ) from exc
+        except ValidationError as exc:  # the pool's spec is invalid: no Kafka to tell
+            message = f"relays not told to drop its records: pool spec invalid: {str(exc)[:200]}"
+            kopf.warn(body, reason="CancelNotPublished", message=message)
     state.tally.forget(f"{namespace}/{name}")
 
 

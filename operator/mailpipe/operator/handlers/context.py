@@ -13,6 +13,7 @@ topic, fan-out progress from the Campaign's status.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -28,6 +29,10 @@ from ..pool import PoolRef, topics
 from ..tally import Tally
 
 MEMO_KEY = "mailpipe"  # the operator memo's key for OperatorState
+# A deletion handler retries what it cannot reach (Kafka) at most this long, then
+# lets the object go with a Warning Event (ARCHITECTURE.md, invariant 16). Tests
+# shorten it through the environment.
+DELETE_GIVE_UP_SECONDS = float(os.environ.get("MAILPIPE_DELETE_GIVE_UP_SECONDS", "300"))
 
 
 @dataclass

@@ -7,13 +7,15 @@ Warning Event), render the children with the pure builders in
 `mailpipe.operator.pool` (ConfigMap, Deployment, Service, PDB), apply them
 (again when the live Deployment drifted), create the pool's topics, then
 derive the conditions from what was seen (`status.pool_conditions`: Ready only
-with relays available). delete removes the children. Per-IP warm-up status is
+with relays available). delete removes the children and the pool's own topics
+(unless `spec.kafka.deletionPolicy: Retain`). Per-IP warm-up status is
 `handlers/warmup.py`'s (it only reads).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -22,9 +24,12 @@ from typing import Any, cast
 import kopf
 from kafka.errors import KafkaError
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from mailpipe.contracts.topics import owned_topics, pool_prefix
 
 from .. import kafka_io, kube_io, validation
-from ..models import GROUP, VERSION, SendingPoolSpec
+from ..models import GROUP, VERSION, DeletionPolicy, SendingPoolSpec
 from ..pool import (
     PoolRef,
     build_children,
@@ -34,7 +39,7 @@ from ..pool import (
     topics,
 )
 from ..validation import Problem
-from .context import OperatorState, operator_state
+from .context import DELETE_GIVE_UP_SECONDS, OperatorState, operator_state, parse_pool_spec
 from .status import Relays, find, merge_conditions, pool_conditions
 
 log = logging.getLogger("mailpipe.operator")
@@ -214,11 +219,66 @@ def _patch(seen: _Seen, status: dict[str, Any], generation: int | None) -> None:
         kube_io.patch_status("sendingpools", meta["namespace"], meta["name"], changes)
 
 
+# After deleting its topics, the pool is finalized only once a later look finds
+# none: a relay still stopping (or any client asking for their metadata) can
+# have the broker re-create a topic (auto.create.topics.enable, on by default).
+TOPIC_RECHECK_SECONDS = 5
+DELETE_FAILURE_MEMO = "topic_delete_failure"  # per-pool memo: why the last attempt failed
+
+
 @kopf.on.delete(GROUP, VERSION, "sendingpools")
 async def delete_pool(
-    name: str, namespace: str | None, uid: str, memo: kopf.Memo, **_: Any
+    name: str,
+    namespace: str | None,
+    uid: str,
+    spec: Any,
+    body: Any,
+    memo: kopf.Memo,
+    runtime: datetime.timedelta,
+    **_: Any,
 ) -> None:
+    """Children first (the relays stop sending), then the pool's own topics
+    unless `spec.kafka.deletionPolicy: Retain` or another pool shares them.
+    Kafka failures are retried until DELETE_GIVE_UP_SECONDS; a retry that
+    starts later lets the pool go with a Warning Event (invariant 16)."""
     assert namespace is not None  # both kinds are namespaced
-    deleted = await asyncio.to_thread(kube_io.delete_children, PoolRef(name, namespace, uid))
-    operator_state(memo).ledgers.pop(f"{namespace}/{name}", None)
+    ref = PoolRef(name, namespace, uid)
+    deleted = await asyncio.to_thread(kube_io.delete_children, ref)
+    state = operator_state(memo)
+    state.ledgers.pop(f"{namespace}/{name}", None)
     log.info("deleted children of pool %s/%s: %s", namespace, name, deleted)
+    try:
+        parsed = parse_pool_spec(spec)
+    except ValidationError:
+        kopf.warn(body, reason="TopicsKept", message="spec unreadable: topics left as they are")
+        return
+    bootstrap = parsed.kafka.bootstrap_servers
+    await asyncio.to_thread(state.hub.unfollow, bootstrap, topics(ref, parsed).events)
+    if parsed.kafka.deletion_policy is DeletionPolicy.RETAIN:
+        kopf.info(body, reason="TopicsRetained", message="spec.kafka.deletionPolicy is Retain")
+        return
+    prefix = parsed.kafka.topic_prefix or pool_prefix(namespace, name)
+    sharing = await asyncio.to_thread(kube_io.pools_with_prefix, bootstrap, prefix, namespace, uid)
+    if sharing:
+        kopf.info(body, reason="TopicsKept", message=f"prefix {prefix} shared with {sharing[0]}")
+        return
+    if runtime.total_seconds() >= DELETE_GIVE_UP_SECONDS:
+        why = memo.get(DELETE_FAILURE_MEMO, "no answer from Kafka")
+        message = f"gave up after {DELETE_GIVE_UP_SECONDS:.0f}s ({why}): delete {prefix}.* by hand"
+        kopf.warn(body, reason="TopicsKept", message=message)
+        return
+    try:
+        gone = await asyncio.to_thread(_delete_pool_topics, bootstrap, prefix)
+    except KafkaError as exc:
+        message = f"cannot delete topics {prefix}.* on {bootstrap}: {type(exc).__name__}"
+        memo[DELETE_FAILURE_MEMO] = message
+        raise kopf.TemporaryError(message, delay=KAFKA_RETRY_SECONDS) from exc
+    if gone:
+        kopf.info(body, reason="TopicsDeleted", message=", ".join(gone))
+        memo[DELETE_FAILURE_MEMO] = "a client keeps re-creating them"
+        raise kopf.TemporaryError("checking no topic comes back", delay=TOPIC_RECHECK_SECONDS)
+
+
+def _delete_pool_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Delete the topics of the pool with `prefix` (those of old delay steps too)."""
+    return kafka_io.delete_topics(bootstrap, owned_topics(prefix, kafka_io.list_topics(bootstrap)))

@@ -85,7 +85,7 @@ def follow_pool_events(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec
         ledger.reconfigure(cfg)
         return
     if key in state.warmup_sources:  # the pool moved to another topic or cluster
-        state.hub.unfollow(*state.warmup_sources[key])
+        state.hub.forget(*state.warmup_sources[key])
     ledger = state.ledgers[key] = WarmupLedger(cfg, relay_id=WARMUP_LEDGER_RELAY_ID)
     state.warmup_sources[key] = source
     # replaying=True: the operator sends nothing itself, so every event counts
@@ -101,7 +101,7 @@ def forget_pool(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec) -> No
     key = _key(ref)
     state.ledgers.pop(key, None)
     source = state.warmup_sources.pop(key, None)
-    state.hub.unfollow(*(source or (spec.kafka.bootstrap_servers, topics(ref, spec).events)))
+    state.hub.forget(*(source or (spec.kafka.bootstrap_servers, topics(ref, spec).events)))
 
 
 def _when(at: float | None) -> str:

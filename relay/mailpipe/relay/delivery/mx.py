@@ -20,13 +20,17 @@ domain share one query, answers are cached for their TTL and failures for a
 while (negative caching, RFC 2308), and at most `MAX_MX_ADDRESSES` addresses
 are tried per attempt.
 
-Destination policy (issue 10): a relay inside a cluster must not become a
-probe of its own network, so with `allow_private=False` addresses that DNS
-gives for a recipient domain are dropped when they are loopback, private,
-link-local, unspecified, multicast or reserved (`forbidden_reason`); a domain
-left with none is unroutable, with the reason. Tests and smart hosts keep
-the default `allow_private=True` (the config field that will switch it per
-pool is not there yet; see ARCHITECTURE.md).
+Destination policy (issue 10; ARCHITECTURE.md, "No probing inward"): a relay inside a
+cluster must not become a probe of its own network, so addresses DNS gives
+for a recipient domain are dropped when they are loopback, private,
+link-local, unspecified, multicast, reserved or otherwise not global
+(`destination_refusal`), unless the pool's `delivery.allowPrivateDestinations`
+is set or the address is in its `delivery.allowedNetworks`; a domain left
+with none is unroutable, with the reason: a 550 5.4.4 bounce without
+suppression. Permanent because it is our policy and stable: retrying until
+the max age would give the same answer days later; the address itself is
+not bad, so it is not suppressed. The transport checks the address it
+connects to once more (static routes, names), so no route escapes it.
 
 Static routes from the config replace lookups (smart hosts, tests).
 """
@@ -34,7 +38,6 @@ Static routes from the config replace lookups (smart hosts, tests).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import random
 import time
 from dataclasses import dataclass
@@ -46,6 +49,7 @@ import dns.rdatatype
 import dns.resolver
 
 from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.delivery import destination_refusal, forbidden_reason
 from mailpipe.contracts.errors import PermanentError, TemporaryError
 
 from ..addresses import AddressLiteral, InvalidDomain, ascii_domain
@@ -59,6 +63,8 @@ __all__ = [
     "Route",
     "TemporaryDNSError",
     "UnroutableDomain",
+    "destination_refusal",
+    "forbidden_reason",
 ]
 
 
@@ -101,31 +107,8 @@ MAX_CACHE_ENTRIES = 100_000  # domains remembered; past it the oldest are droppe
 _Cached = tuple[float, list[Route] | Exception]  # (valid until, routes or the failure)
 
 
-def forbidden_reason(address: str) -> str | None:
-    """Why a destination address is off limits for mail from a cluster, or None."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return "not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for kind, hit in (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
-    ):
-        if hit:
-            return kind
-    return None
-
-
 class MXResolver:
-    def __init__(self, config: RelayConfig, *, allow_private: bool = True) -> None:
-        """`allow_private=False` refuses destinations on internal networks."""
-        self.allow_private = allow_private
+    def __init__(self, config: RelayConfig) -> None:
         self._cache: dict[str, _Cached] = {}
         self._inflight: dict[str, asyncio.Future[list[Route]]] = {}  # name -> its one lookup
         self._slots: asyncio.Semaphore | None = None
@@ -237,16 +220,12 @@ class MXResolver:
 
     def _permitted(self, domain: str, routes: list[Route]) -> list[Route]:
         """The routes the destination policy allows; UnroutableDomain if none."""
-        if self.allow_private:
-            return routes
-        allowed = [r for r in routes if forbidden_reason(r.host) is None]
+        policy = self.config.delivery
+        allowed = [r for r in routes if destination_refusal(r.host, policy) is None]
         if not allowed:
             first = routes[0]
-            kind = forbidden_reason(first.host)
-            raise UnroutableDomain(
-                f"{domain}: {first.name} is at {first.host}, a {kind} address;"
-                " this pool does not deliver to internal networks"
-            )
+            refusal = destination_refusal(first.host, policy)
+            raise UnroutableDomain(f"{domain}: {first.name} is at {first.host}, {refusal}")
         return allowed
 
     async def _addresses(self, name: str) -> list[str]:

@@ -15,6 +15,16 @@ gets the reply that decides it: MAIL's refusal, its own RCPT refusal, DATA's
 refusal or the final reply. A connection lost before the message was sent
 is `ConnectionLost(body_sent=False)` (safe to retry on another connection);
 after, the message may have been delivered (`body_sent=True`).
+
+Every reply waited for has its own RFC 5321 4.5.3.2 timeout, named by its
+stage (`SMTPTimeouts`: MAIL, each RCPT, DATA initiation, each block of the
+message written, DATA termination), also when pipelined; a stage that times
+out loses the connection with a text naming it ("no reply to RCPT within
+300 s (rcpt timeout)"), which the deferral event carries.
+
+Over 300 lines because the protocol (replies, deadlines, flow control) and
+the transaction that waits on it are one mechanism: split, each half would
+need the other's internals.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import asyncio
 import time
 from collections import deque
 
+from mailpipe.contracts.config import SMTPTimeouts
 from mailpipe.contracts.errors import TemporaryError
 
 from ..addresses import smtp_address
@@ -57,6 +68,9 @@ class SessionProtocol(asyncio.Protocol):
         self._paused = False
         self.error: ConnectionLost | None = None
         self.deadline: float | None = None  # loop time by which the pending exchange must end
+        # While a message is written: each block the transport takes re-arms the
+        # deadline by this much (RFC 5321 4.5.3.2.5 times each block, not the whole).
+        self.block_seconds: float | None = None
         self.closed: asyncio.Future[None] = self._loop.create_future()  # set by connection_lost
 
     # -- asyncio.Protocol callbacks ---------------------------------------
@@ -84,13 +98,15 @@ class SessionProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self.block_seconds is not None and self.deadline is not None:
+            self.deadline = self._loop.time() + self.block_seconds
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
     # -- for Session --------------------------------------------------------
 
-    def time_out(self, seconds: float) -> None:
-        self._fail(ConnectionLost(f"no reply within {seconds:.0f} s"))
+    def time_out(self, what: str) -> None:
+        self._fail(ConnectionLost(what))
 
     def _fail(self, error: ConnectionLost) -> None:
         """The connection is done for: wake whoever waits for replies or a drain."""
@@ -146,14 +162,15 @@ class Session:
         transport: asyncio.Transport,
         extensions: dict[str, str],
         *,
-        timeout: float,
+        timeouts: SMTPTimeouts,
         host: str,
     ) -> None:
         self.protocol = SessionProtocol(transport)
         transport.set_protocol(self.protocol)
         self._loop = asyncio.get_running_loop()
         self.host = host
-        self.timeout = timeout
+        self.timeouts = timeouts
+        self._waiting_for = ""  # what the pending deadline is for, named with its stage
         self.pipelining = "pipelining" in extensions
         self.eight_bit = "8bitmime" in extensions
         self.smtputf8 = "smtputf8" in extensions
@@ -172,13 +189,34 @@ class Session:
         of the exchange, so timeouts are enforced by polling deadlines instead."""
         deadline = self.protocol.deadline
         if deadline is not None and now > deadline:
-            self.protocol.time_out(self.timeout)
+            self.protocol.time_out(self._waiting_for)
 
-    async def _exchange(self, data: bytes, replies: int, *, body_sent: bool) -> list[SMTPReply]:
-        self.protocol.deadline = self._loop.time() + self.timeout
+    def _expect(self, what: str, stage: str, seconds: float) -> None:
+        """Arm the deadline for the next wait, named for the timeout's message."""
+        self.protocol.deadline = self._loop.time() + seconds
+        self._waiting_for = f"{what} within {seconds:g} s ({stage} timeout)"
+
+    async def _exchange(
+        self, data: bytes, stages: list[tuple[str, str, float]], *, body_sent: bool
+    ) -> list[SMTPReply]:
+        """Write `data`, then read one reply per (what, stage, timeout) in `stages`,
+        each within its own stage's timeout (RFC 5321 4.5.3.2)."""
+        t = self.timeouts
         try:
-            await self.protocol.write(data)
-            return await self.protocol.read(replies)
+            if body_sent:  # 4.5.3.2.5: each block of the message within the data-block timeout
+                self._expect("message not taken", "data block", t.data_block_seconds)
+                self.protocol.block_seconds = t.data_block_seconds
+            else:
+                self._expect(*stages[0])
+            try:
+                await self.protocol.write(data)
+            finally:
+                self.protocol.block_seconds = None
+            out = []
+            for stage in stages:
+                self._expect(*stage)
+                out.extend(await self.protocol.read(1))
+            return out
         except ConnectionLost as exc:
             self.close()
             raise ConnectionLost(f"{self.host}: {exc}", body_sent=body_sent) from None
@@ -205,22 +243,30 @@ class Session:
             params += " SMTPUTF8"
         mail_cmd = f"MAIL FROM:<{wire_sender}>{params}\r\n".encode()
         rcpt_cmds = [f"RCPT TO:<{r}>\r\n".encode() for r in wire_rcpts]
+        t = self.timeouts
+        mail = ("no reply to MAIL", "mail", t.mail_seconds)
+        rcpt = ("no reply to RCPT", "rcpt", t.rcpt_seconds)
+        data = ("no reply to DATA", "data initiation", t.data_init_seconds)
 
         data_reply: SMTPReply | None
         if self.pipelining:
             replies = await self._exchange(
-                b"".join([mail_cmd, *rcpt_cmds, b"DATA\r\n"]), len(rcpt_cmds) + 2, body_sent=False
+                b"".join([mail_cmd, *rcpt_cmds, b"DATA\r\n"]),
+                [mail, *[rcpt] * len(rcpt_cmds), data],
+                body_sent=False,
             )
             mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
         else:
-            (mail_reply,) = await self._exchange(mail_cmd, 1, body_sent=False)
+            (mail_reply,) = await self._exchange(mail_cmd, [mail], body_sent=False)
             rcpt_replies = []
             if _ok(mail_reply):
                 for cmd in rcpt_cmds:
-                    rcpt_replies.extend(await self._exchange(cmd, 1, body_sent=False))
+                    rcpt_replies.extend(await self._exchange(cmd, [rcpt], body_sent=False))
             accepted_any = any(_ok(r) for r in rcpt_replies)
             data_reply = (
-                (await self._exchange(b"DATA\r\n", 1, body_sent=False))[0] if accepted_any else None
+                (await self._exchange(b"DATA\r\n", [data], body_sent=False))[0]
+                if accepted_any
+                else None
             )
 
         if not _ok(mail_reply):
@@ -232,14 +278,15 @@ class Session:
             stages = dict.fromkeys(recipients, Stage.RCPT)
             accepted = [r for r, rep in result.items() if _ok(rep)]
 
+        end = ("no reply after the message", "data termination", t.data_termination_seconds)
         if data_reply is not None and data_reply.code == 354:
             if accepted:
-                (final,) = await self._exchange(dot_stuff(message), 1, body_sent=True)
+                (final,) = await self._exchange(dot_stuff(message), [end], body_sent=True)
                 result.update(dict.fromkeys(accepted, final))
                 stages.update(dict.fromkeys(accepted, Stage.MESSAGE))
             else:
                 # RFC 2920 3.1: DATA accepted with no valid recipient: end it empty.
-                await self._exchange(b".\r\n", 1, body_sent=False)
+                await self._exchange(b".\r\n", [end], body_sent=False)
                 await self._rset()
         else:
             if accepted:  # DATA refused: it decides the recipients RCPT accepted
@@ -261,12 +308,14 @@ class Session:
         return None
 
     async def _rset(self) -> None:
-        await self._exchange(b"RSET\r\n", 1, body_sent=False)
+        # RFC 5321 names no RSET timeout; the MAIL one is the nearest command's.
+        rset = ("no reply to RSET", "rset", self.timeouts.mail_seconds)
+        await self._exchange(b"RSET\r\n", [rset], body_sent=False)
 
     async def quit(self) -> None:
         """Polite goodbye; a peer that does not answer is simply closed."""
         if self.is_open:
-            self.protocol.deadline = self._loop.time() + QUIT_TIMEOUT_SECONDS
+            self._expect("no reply to QUIT", "quit", QUIT_TIMEOUT_SECONDS)
             try:
                 await self.protocol.write(b"QUIT\r\n")
                 await self.protocol.read(1)

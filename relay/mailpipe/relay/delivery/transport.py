@@ -12,6 +12,9 @@ once, at this boundary), so the engine's classifier decides all dispositions:
     TLS required, STARTTLS failed (refused, handshake, certificate) -> 451 4.7.5
     opportunistic TLS, STARTTLS failed -> the same host again in clear (RFC 3207 4.1)
     connection lost mid-transaction        -> 451 4.4.2
+    destination address refused by policy  -> 550 5.4.4 (no suppression: see `mx`)
+    a stage timed out (RFC 5321 4.5.3.2)   -> 421 4.4.1 (connect), 451 4.4.2 (the
+        others), the text naming the stage: "no greeting within 300 s (greeting timeout)"
 
 Every result says, per recipient, the stage whose reply decided it
 (`TransactionResult.detail[recipient]`, a `ports.Stage`: "dns",
@@ -43,6 +46,7 @@ from mailpipe.contracts.config import RelayConfig, TLSMode
 
 from ..classify import reply
 from ..ports import Envelope, SMTPReply, Stage, TransactionResult
+from .dial import Refused, StageTimeout, dial
 from .mx import (
     AddressLiteral,
     InvalidDomain,
@@ -150,6 +154,13 @@ class SMTPTransport:
                     )
                     stage = Stage.TLS
                     break
+                except Refused as exc:
+                    last, stage = reply(550, f"5.4.4 {exc}"), Stage.DNS
+                    break
+                except StageTimeout as exc:
+                    code, status = (421, "4.4.1") if exc.stage is Stage.CONNECT else (451, "4.4.2")
+                    last, stage = reply(code, f"{status} {route.name}: {exc}"), exc.stage
+                    break
                 except _TLSFailed as exc:  # TLS required: defer, nothing sent
                     last, stage = (
                         reply(451, f"4.7.5 TLS with {route.name} failed: {exc}"),
@@ -172,10 +183,13 @@ class SMTPTransport:
                     replies, stages = await conn.transaction(
                         envelope.sender, rcpts, envelope.message
                     )
+                except asyncio.CancelledError:
+                    conn.close()  # cut mid-transaction (tarpit budget, shutdown): never pooled
+                    raise
                 except ConnectionLost as exc:
                     if reused and not exc.body_sent:
                         continue  # a stale pooled connection: try once more on a new one
-                    lost = reply(451, f"4.4.2 {route.name}: {exc}")
+                    lost = reply(451, f"4.4.2 {exc}")  # the text names the host already
                     return _all(rcpts, lost, Stage.LOST, mx_host=route.name, connected=True)
                 self._release(envelope, route, conn)
                 return TransactionResult(replies, mx_host=route.name, connected=True, detail=stages)
@@ -216,19 +230,29 @@ class SMTPTransport:
             return await self._connect(env, route, starttls=False)
 
     async def _connect(self, env: Envelope, route: Route, *, starttls: bool) -> Session:
+        timeouts = self.config.delivery.timeouts
+        sock = await dial(env.egress_address, route, self.config.delivery)
         smtp = aiosmtplib.SMTP(
-            hostname=route.host,
-            port=route.port,
             local_hostname=env.helo,
-            source_address=(env.egress_address, 0),
-            timeout=self.config.command_timeout_seconds,
+            sock=sock,
+            timeout=timeouts.ehlo_seconds,  # EHLO and STARTTLS; the greeting's is below
             start_tls=False,  # decided below, per policy
             validate_certs=self.config.tls.verify,
         )
-        await smtp.connect(timeout=self.config.connect_timeout_seconds)
+        try:
+            await smtp.connect(timeout=timeouts.greeting_seconds)
+        except aiosmtplib.SMTPConnectTimeoutError:
+            sock.close()
+            raise StageTimeout(Stage.GREETING, "no greeting", timeouts.greeting_seconds) from None
+        except BaseException:
+            sock.close()
+            raise
         self.connections_opened += 1
         try:
-            await smtp.ehlo()
+            try:
+                await smtp.ehlo()
+            except aiosmtplib.SMTPTimeoutError:
+                raise StageTimeout(Stage.EHLO, "no reply to EHLO", timeouts.ehlo_seconds) from None
             if starttls and smtp.supports_extension("starttls"):
                 await self._starttls(smtp, route)
             elif self.config.tls.mode is TLSMode.REQUIRED:
@@ -240,10 +264,7 @@ class SMTPTransport:
             smtp.close()
             raise
         session = Session(
-            transport,
-            dict(smtp.esmtp_extensions),
-            timeout=self.config.command_timeout_seconds,
-            host=route.name,
+            transport, dict(smtp.esmtp_extensions), timeouts=timeouts, host=route.name
         )
         self._sessions.add(session)
         return session

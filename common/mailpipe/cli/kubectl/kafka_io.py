@@ -1,0 +1,52 @@
+"""The kubectl plugin's Kafka IO: read a topic to its end, produce and wait for the acks.
+
+Reads join no consumer group and commit nothing (`kafkakit.read_records`), so
+looking something up never disturbs the relays; writes wait for `acks=all`,
+so when the command returns the suppression (or its tombstone) is on Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from kafka import KafkaProducer
+
+from mailpipe.contracts.wire import Event, WireError, decode_event
+from mailpipe.kafkakit import read_records
+
+from .records import KafkaRecord
+
+ACK_TIMEOUT_SECONDS = 30  # a broker that has not acknowledged by then fails the command
+
+
+def read(bootstrap: str, topic: str) -> list[KafkaRecord]:
+    """Every (key, value) on `topic` up to its end now."""
+    return [(r.key, r.value) for r in read_records(bootstrap, topic)]
+
+
+def events_of(bootstrap: str, topic: str, address: str) -> list[Event]:
+    """The decodable events on `topic` that may concern `address`: the bytes are
+    searched first (case-insensitively), so only candidates are decoded."""
+    needle = address.strip().lower().encode()
+    out = []
+    for r in read_records(bootstrap, topic):
+        if r.value is None or needle not in r.value.lower():
+            continue
+        try:
+            out.append(decode_event(r.value))
+        except WireError:
+            continue  # not an event: the relays count it; a lookup skips it
+    return out
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[KafkaRecord]) -> int:
+    """Produce `records` (None value: a tombstone) and wait for every ack; the count."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id="kubectl-mailpipe")
+    try:
+        futures = [producer.send(topic, key=k, value=v) for k, v in records]
+        producer.flush(timeout=ACK_TIMEOUT_SECONDS)
+        for f in futures:
+            f.get(timeout=ACK_TIMEOUT_SECONDS)
+        return len(futures)
+    finally:
+        producer.close(timeout=ACK_TIMEOUT_SECONDS)

@@ -1,0 +1,68 @@
+"""The scale subresource's status: a SendingPool's relay replicas and pod selector.
+
+`kubectl scale sp <pool> --replicas=N` writes `spec.replicas` through the
+CRD's scale subresource (`crdgen`: specReplicasPath); the pool handler rolls
+it out to the relay Deployment. What the scale subresource reads back
+(`status.replicas`, `status.selector`, for kubectl and an HPA) is the relay
+Deployment's own, so this handler copies them onto the owning pool whenever
+the Deployment changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from .. import kube_io
+from ..pool import MANAGED_BY
+
+
+def selector_text(match_labels: Mapping[str, str]) -> str:
+    """A label selector in its serialized form ('a=b,c=d', sorted), as the
+    scale subresource's labelSelectorPath wants it."""
+    return ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
+
+
+def scale_status(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """The pool's scale status from its relay Deployment's spec and status."""
+    labels = deployment.get("spec", {}).get("selector", {}).get("matchLabels", {})
+    return {
+        "replicas": int(deployment.get("status", {}).get("replicas") or 0),
+        "selector": selector_text(labels),
+    }
+
+
+def owning_pool(meta: Mapping[str, Any]) -> str | None:
+    """Name of the SendingPool that controls an object, from its owner references."""
+    for ref in meta.get("ownerReferences", []):
+        if ref.get("kind") == "SendingPool" and ref.get("controller"):
+            return str(ref["name"])
+    return None
+
+
+def _patch_pool(namespace: str, pool: str, wanted: dict[str, Any]) -> None:
+    live = kube_io.get_custom("sendingpools", namespace, pool)
+    if live is None or live.get("metadata", {}).get("deletionTimestamp"):
+        return
+    status = live.get("status") or {}
+    if all(status.get(k) == v for k, v in wanted.items()):
+        return
+    try:
+        kube_io.patch_status("sendingpools", namespace, pool, wanted)
+    except ApiException as exc:
+        if exc.status != 404:  # deleted meanwhile: nothing to report on
+            raise
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+async def relay_deployment_scale(
+    body: Any, meta: Any, namespace: str | None, type: str | None, **_: Any
+) -> None:
+    pool = owning_pool(meta)
+    if namespace is None or pool is None or type == "DELETED":
+        return
+    await asyncio.to_thread(_patch_pool, namespace, pool, scale_status(body))
