@@ -16,6 +16,7 @@ re-sent, nothing after it is lost.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import queue
@@ -222,7 +223,10 @@ class Admins:
         elif not batch.done.wait(2 * CREATE_TIMEOUT_SECONDS):
             raise kafka_errors.KafkaTimeoutError(f"creating topics on {bootstrap} timed out")
         if batch.error is not None:
-            raise kafka_errors.KafkaError(f"{type(batch.error).__name__}: {batch.error}")
+            # The same kind of error for every caller (the reconcile names it),
+            # a copy each: one exception object raised in several threads
+            # would share one traceback.
+            raise copy.copy(batch.error) from batch.error
         created: list[str] = []
         for name in wanted:
             code, message = batch.codes.get(name, (0, None))
