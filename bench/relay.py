@@ -34,6 +34,7 @@ from pathlib import Path
 from kafka import KafkaProducer
 
 from mailpipe.contracts.config import DKIMSettings, EgressIP, KafkaSettings, Route, Throttle
+from mailpipe.contracts.topics import pool_prefix
 from mailpipe.devstack import harness, samples
 from mailpipe.devstack.certs import write_rsa_key
 from mailpipe.devstack.procs import free_port, listening
@@ -257,7 +258,7 @@ def relay_rate(
     """(messages/s, peak RSS MiB, CPU microseconds per message incl. start-up)."""
     state = stack.state
     assert state is not None
-    prefix = f"bench{int(time.time())}"
+    prefix = pool_prefix(f"bench{int(time.time())}", "pool")  # a fresh namespace per run
     route = [Route(host=SINK_HOST, port=sink_port)]
     kafka: KafkaSettings = samples.pool_topics(
         state.kafka_bootstrap, prefix, ["1m"], max_in_flight_records=MAX_IN_FLIGHT_RECORDS

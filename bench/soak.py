@@ -30,6 +30,7 @@ from pathlib import Path
 from kafka import KafkaProducer
 
 from mailpipe.contracts.config import EgressIP, RelayConfig, RetrySettings, Throttle
+from mailpipe.contracts.topics import pool_prefix
 from mailpipe.contracts.wire import Suppression, SuppressionReason, encode
 from mailpipe.devstack import harness, samples
 from mailpipe.devstack.dns import Zone
@@ -78,7 +79,7 @@ def _zones(plan: Plan) -> list[Zone]:
 
 
 def _config(bootstrap: str, dns_port: int, smtp_port: int, plan: Plan, limit: float) -> RelayConfig:
-    prefix = f"soak{int(time.time())}"
+    prefix = pool_prefix(f"soak{int(time.time())}", "pool")  # a fresh namespace per run
     return samples.relay_config(
         "bench/soak",
         samples.pool_topics(bootstrap, prefix, DELAY_STEPS),

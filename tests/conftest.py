@@ -18,6 +18,7 @@ import dns.resolver
 import pytest
 from kubernetes import client, config
 
+from mailpipe.contracts.topics import pool_prefix
 from mailpipe.devstack import harness
 from mailpipe.devstack.dns import Zone
 from mailpipe.devstack.procs import free_port
@@ -79,14 +80,21 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
+def namespace_name(unique: str) -> str:
+    """The test's namespace (`namespace`), named before it exists."""
+    return f"test-{unique}"
+
+
 @pytest.fixture
 def topic_prefix(unique: str) -> str:
-    return f"t{unique}"
+    """The default topic prefix of pool "news" in the test's namespace, as the
+    operator derives it (topics live in their namespace's space, issue 11)."""
+    return pool_prefix(namespace_name(unique), "news")
 
 
 @pytest.fixture
 def namespace(kube_api: client.ApiClient, unique: str) -> Iterator[str]:
-    name = f"test-{unique}"
+    name = namespace_name(unique)
     core = client.CoreV1Api(kube_api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -25,10 +26,17 @@ def helm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return harness.helm(env, *args)
 
 
-def render(*sets: str, namespace: str = "mail") -> list[dict[str, Any]]:
+SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
+
+
+def render(
+    *sets: str, namespace: str = "mail", api_versions: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     args = ["template", "rel", str(CHART), "--namespace", namespace, "--include-crds"]
     for s in sets:
         args += ["--set", s]
+    for api in api_versions:
+        args += ["--api-versions", api]
     out = helm(*args)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -57,13 +65,22 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
         "ClusterRoleBinding/rel-mailpipe-operator",
         "ClusterRoleBinding/rel-mailpipe-operator-crds",
         "ClusterRoleBinding/rel-mailpipe-uninstall",
+        "ConfigMap/rel-mailpipe-policy",
         "CustomResourceDefinition/campaigns.mailpipe.io",
+        "CustomResourceDefinition/clusterkopfpeerings.kopf.dev",
+        "CustomResourceDefinition/kopfpeerings.kopf.dev",
         "CustomResourceDefinition/sendingpools.mailpipe.io",
         "Deployment/rel-mailpipe-operator",
         "Job/rel-mailpipe-uninstall",
         "Pod/rel-mailpipe-test",
+        "Role/rel-mailpipe-test",
+        "RoleBinding/rel-mailpipe-test",
+        "Service/rel-mailpipe-operator",
         "ServiceAccount/rel-mailpipe-operator",
+        "ServiceAccount/rel-mailpipe-test",
         "ServiceAccount/rel-mailpipe-uninstall",
+        "ValidatingAdmissionPolicy/rel-mailpipe-topic-ownership",
+        "ValidatingAdmissionPolicyBinding/rel-mailpipe-topic-ownership",
     ]  # no binding of the workload role: no namespace is onboarded by default
 
     def rules(name: str) -> dict[tuple[tuple[str, ...], tuple[str, ...]], set[str]]:
@@ -95,7 +112,11 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
 
 def test_tenant_namespaces_bind_the_workload_role_only_there() -> None:
     docs = render("rbac.tenantNamespaces={team-a,team-b}")
-    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    bindings = [  # `helm test`'s own binding (a hook) aside
+        d
+        for d in docs
+        if d["kind"] == "RoleBinding" and "helm.sh/hook" not in d["metadata"].get("annotations", {})
+    ]
     assert {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in bindings} == {
         ("team-a", "rel-mailpipe-operator-workloads"),
         ("team-b", "rel-mailpipe-operator-workloads"),
@@ -132,6 +153,7 @@ def test_monitoring_and_peering_are_optional() -> None:
         "metrics.serviceMonitor.enabled=true",
         "metrics.dashboard.enabled=true",
         "peering.enabled=true",
+        api_versions=(SERVICE_MONITOR_API,),
     )
     names = kinds(docs)
     assert "ServiceMonitor/rel-mailpipe-relays" in names
@@ -245,3 +267,139 @@ def test_install_then_uninstall_leaves_only_the_crds(
         )
     crd = kubectl(cli_env, "get", "crd", "sendingpools.mailpipe.io")
     assert crd.returncode == 0  # Helm keeps CRDs it installed from crds/
+
+
+# -- issue 12, point 7: the chart and its docs ------------------------------------------
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    container: dict[str, Any] = dep["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_service_monitors_render_only_where_their_crd_exists() -> None:
+    """Without the Prometheus Operator's CRD, `serviceMonitor.enabled=true` used to fail
+    the install or upgrade ("no matches for kind ServiceMonitor")."""
+    enabled = "metrics.serviceMonitor.enabled=true"
+    assert not [d for d in render(enabled) if d["kind"] == "ServiceMonitor"]
+    docs = render(enabled, api_versions=(SERVICE_MONITOR_API,))
+    monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"rel-mailpipe-relays", "rel-mailpipe-operator"}
+    service = next(d for d in docs if d["kind"] == "Service")
+    selector = monitors["rel-mailpipe-operator"]["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    ports = {p["name"] for p in operator_container(docs)["ports"]}
+    assert "metrics" in ports
+    assert not [
+        d for d in render(api_versions=(SERVICE_MONITOR_API,)) if d["kind"] == "ServiceMonitor"
+    ]
+
+
+def test_several_replicas_require_peering() -> None:
+    out = helm("template", "rel", str(CHART), "--set", "operator.replicas=2")
+    assert out.returncode != 0
+    assert "peering" in out.stderr, out.stderr
+
+
+def test_peering_ships_its_object_rbac_and_flag() -> None:
+    docs = render("operator.replicas=2", "peering.enabled=true", "peering.name=mp")
+    assert "ClusterKopfPeering/mp" in kinds(docs)
+    args = operator_container(docs)["args"]
+    assert "--peering=mp" in args and "--standalone" not in args
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    role = next(
+        d
+        for d in docs
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "rel-mailpipe-operator"
+    )
+    rule = next(r for r in role["rules"] if "kopf.dev" in r["apiGroups"])
+    assert "clusterkopfpeerings" in rule["resources"] and "patch" in rule["verbs"]
+    crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= crds
+    # namespaced: one KopfPeering per watched namespace, where the Roles are
+    docs = render("peering.enabled=true", "operator.watchNamespaces={mail,news}")
+    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
+    assert {d["metadata"]["namespace"] for d in peerings} == {"mail", "news"}
+
+
+def test_one_replica_runs_standalone() -> None:
+    docs = render()
+    assert "--standalone" in operator_container(docs)["args"]
+    assert not [d for d in docs if d["kind"] in ("KopfPeering", "ClusterKopfPeering")]
+
+
+def test_the_charts_image_pull_secrets_and_kafka_reach_the_relays() -> None:
+    """The operator gets them as env; a pool that leaves them unset gets them in its
+    relay Deployment (`build_children`)."""
+    from mailpipe.operator.defaults import PoolDefaults
+    from mailpipe.operator.models import SendingPoolSpec
+    from mailpipe.operator.pool import PoolRef, build_children
+
+    docs = render(
+        "image.repository=registry.example.com/mailpipe",
+        "image.tag=1.2.3",
+        "imagePullSecrets[0].name=regcred",
+        "kafka.bootstrapServers=kafka.kafka.svc:9092",
+    )
+    env = {e["name"]: e["value"] for e in operator_container(docs)["env"] if "value" in e}
+    defaults = PoolDefaults.from_env(env)
+    pool = yaml.safe_load((ROOT / "examples" / "warmup-pool.yaml").read_text())
+    spec = SendingPoolSpec.model_validate(pool["spec"], context=defaults.context())
+    assert spec.kafka.bootstrap_servers == "kafka.kafka.svc:9092"
+    _, children = build_children(PoolRef("marketing", "mail", "u"), spec)
+    pod = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.example.com/mailpipe:1.2.3"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def notes(*sets: str) -> str:
+    args = ["install", "rel", str(CHART), "-n", "mailpipe-system", "--dry-run=client"]
+    for s in sets:
+        args += ["--set", s]
+    out = helm(*args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout[out.stdout.index("NOTES:") :]
+
+
+def test_notes_suggest_examples_that_work_together() -> None:
+    """NOTES.txt used to suggest the transactional pool with a campaign whose poolRef is
+    `marketing` (PoolNotFound). Every Campaign it applies must name a pool it applies,
+    in a namespace it creates."""
+    text = notes()
+    applied = [ROOT / p for p in re.findall(r"kubectl apply -f (\S+)", text)]
+    created = set(re.findall(r"kubectl create namespace (\S+)", text))
+    assert applied
+    objects = [d for p in applied for d in yaml.safe_load_all(p.read_text()) if d]
+    pools = {
+        (d["metadata"]["namespace"], d["metadata"]["name"])
+        for d in objects
+        if d["kind"] == "SendingPool"
+    }
+    campaigns = [d for d in objects if d["kind"] == "Campaign"]
+    assert campaigns
+    for c in campaigns:
+        assert (c["metadata"]["namespace"], c["spec"]["poolRef"]) in pools, c["metadata"]
+    assert {d["metadata"]["namespace"] for d in objects} <= created
+    assert "kafka.bootstrapServers" in text  # no default Kafka: it says how to set one
+    onboard = "--set 'rbac.tenantNamespaces={mail}'"
+    assert onboard in text  # relays may run only in onboarded namespaces
+    assert onboard not in notes("rbac.tenantNamespaces={mail}")
+    assert "kafka.example:9092" in notes("kafka.bootstrapServers=kafka.example:9092")
+
+
+def test_helm_test_runs_the_shipped_script_in_a_watched_namespace() -> None:
+    docs = render("operator.watchNamespaces={news,mail}")
+    pod = next(d for d in docs if d["kind"] == "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pod["spec"]["containers"][0]
+    assert container["args"] == [(CHART / "files" / "helm-test.py").read_text()]
+    assert {"name": "MAILPIPE_TEST_NAMESPACE", "value": "news"} in container["env"]
+    role = next(
+        d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "rel-mailpipe-test"
+    )
+    assert role["metadata"]["namespace"] == "news"
+    assert pod["spec"]["serviceAccountName"] == "rel-mailpipe-test"

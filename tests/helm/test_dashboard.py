@@ -19,14 +19,24 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from mailpipe.operator import metrics as operator_metrics
 from mailpipe.relay import metrics as relay_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "helm" / "mailpipe" / "dashboards" / "mailpipe.json"
 RELAY_SOURCES = ROOT / "relay" / "mailpipe" / "relay"
-# The operator exports no Prometheus metrics of its own (kopf's are not scraped);
-# if it ever does, its metrics class joins this list.
-EXPORTERS = [relay_metrics.RelayMetrics]
+OPERATOR_SOURCES = ROOT / "operator" / "mailpipe" / "operator"
+# Each metrics class, with the sources that must write its metrics.
+EXPORTERS = [relay_metrics.RelayMetrics, operator_metrics.OperatorMetrics]
+SOURCES = {
+    relay_metrics.RelayMetrics: RELAY_SOURCES,
+    operator_metrics.OperatorMetrics: OPERATOR_SOURCES,
+}
+# Operator families without a `pool` label (per namespace only). Relay series get
+# `namespace` and `pool` from the ServiceMonitor (Prometheus' target namespace and
+# a relabeling of the relay Service's mailpipe.io/pool label).
+WITHOUT_POOL = {"mailpipe_operator_campaigns", "mailpipe_operator_reconciles_total"}
+VARIABLES = {"datasource", "namespace", "pool"}
 
 # The series a metric family of each type exposes (Prometheus / OpenMetrics text format).
 SUFFIXES = {
@@ -113,32 +123,84 @@ def test_every_panel_queries_exported_metrics() -> None:
     assert missing == {}, f"panels query metrics the code does not export: {missing}"
 
 
-def _written_attributes() -> set[str]:
-    """Attribute names the relay reads somewhere (`x.warmup_remaining.set(...)`,
+def _written_attributes(sources: Path) -> set[str]:
+    """Attribute names the code reads somewhere (`x.warmup_remaining.set(...)`,
     `self.deliveries.labels(...)`); assigning the metric object is not a write."""
     read = set()
-    for path in RELAY_SOURCES.rglob("*.py"):
+    for path in sources.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
                 read.add(node.attr)
     return read
 
 
-def test_every_queried_metric_is_written_by_the_relay() -> None:
+@pytest.mark.parametrize("exporter", EXPORTERS, ids=lambda e: e.__name__)
+def test_every_queried_metric_is_written_by_its_exporter(exporter: type) -> None:
     """A declared metric nobody sets exports no series: its panel stays empty."""
     registry = CollectorRegistry()
-    metrics = relay_metrics.RelayMetrics(registry)
+    metrics = exporter(registry)
     family_of_attribute = {}
     for attribute, value in vars(metrics).items():
         for family in getattr(value, "collect", lambda: [])():
             family_of_attribute[family.name] = attribute
     known = exported()
-    used = _written_attributes()
+    used = _written_attributes(SOURCES[exporter])
     unwritten = {
         title: sorted(
-            name for name in names if family_of_attribute.get(known.get(name, ""), "") not in used
+            name
+            for name in names
+            if known.get(name, "") in family_of_attribute
+            and family_of_attribute[known[name]] not in used
         )
         for title, names in queried().items()
     }
     unwritten = {title: names for title, names in unwritten.items() if names}
-    assert unwritten == {}, f"panels query metrics the relay never writes: {unwritten}"
+    assert unwritten == {}, f"panels query metrics the code never writes: {unwritten}"
+
+
+def _dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return dashboard
+
+
+def test_the_dashboard_has_datasource_namespace_and_pool_variables() -> None:
+    variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
+    assert set(variables) >= VARIABLES
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    known = exported()
+    for name in ("namespace", "pool"):
+        v = variables[name]
+        assert v["datasource"]["uid"] == "${datasource}", name
+        query = v["query"]["query"]
+        assert query.startswith("label_values(") and query.rstrip(")").endswith(name), query
+        selector = query.removeprefix("label_values(").rsplit(",", 1)[0]
+        assert metric_names(selector) <= set(known), query
+    assert "$namespace" in variables["pool"]["query"]["query"]  # pools of the chosen namespaces
+
+
+def _selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric name, its matchers) for every metric a PromQL expression selects."""
+    out = []
+    for m in re.finditer(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?", expr):
+        if m[1] in metric_names(expr):
+            out.append((m[1], m[2] or ""))
+    return out
+
+
+def test_every_panel_follows_the_variables() -> None:
+    """Every panel reads the chosen data source, and every series it selects is
+    filtered by the chosen namespaces (and pools, where the series has a pool)."""
+    unfiltered = []
+    for panel in _panels(_dashboard()["panels"]):
+        if not panel.get("targets"):
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            for name, matchers in _selectors(target["expr"]):
+                wanted = ['namespace=~"$namespace"']
+                if name not in WITHOUT_POOL:
+                    wanted.append('pool=~"$pool"')
+                if not all(w in matchers for w in wanted):
+                    unfiltered.append(f"{panel['title']}: {name}{matchers}")
+    assert unfiltered == []

@@ -48,7 +48,7 @@ from .policy import (
     WarmupStep,
     check_pool,
 )
-from .topics import CONTROL_TOPIC, SUPPRESSIONS_TOPIC, Topics
+from .topics import CONTROL_SUFFIX, NEVER_MAIL_TOPIC, SUPPRESSIONS_SUFFIX, Topics, namespace_space
 
 __all__ = [
     "ConfigError",
@@ -90,9 +90,11 @@ class KafkaSettings(_Model):
     outbound_topic: str
     events_topic: str
     dlq_topic: str
-    suppressions_topic: str = SUPPRESSIONS_TOPIC
+    suppressions_topic: str = Field(
+        description="compacted; where this pool's hard bounces go (its namespace's, or its own)"
+    )
     control_topic: str = Field(
-        default=CONTROL_TOPIC, description="compacted campaign states (paused, cancelled)"
+        description="compacted campaign states (paused, cancelled) of the pool's namespace"
     )
     delay_topics: dict[DelayStep, str] = Field(
         default_factory=dict,
@@ -109,6 +111,10 @@ class KafkaSettings(_Model):
         ge=1,
         description="read-ahead bound across all domains; the duplicate window on a crash",
     )
+    obeyed_suppressions_topics: list[str] = Field(
+        default_factory=lambda: [NEVER_MAIL_TOPIC],
+        description="compacted suppression topics obeyed but never written (never-mail list)",
+    )
 
     @classmethod
     def for_topics(
@@ -124,6 +130,7 @@ class KafkaSettings(_Model):
             suppressions_topic=topics.suppressions,
             control_topic=topics.control,
             delay_topics=topics.delay,
+            obeyed_suppressions_topics=list(topics.obeyed),
             **settings,
         )
 
@@ -137,6 +144,7 @@ class KafkaSettings(_Model):
             delay=dict(self.delay_topics),
             suppressions=self.suppressions_topic,
             control=self.control_topic,
+            obeyed=tuple(self.obeyed_suppressions_topics),
         )
 
 
@@ -202,6 +210,23 @@ class RelayConfig(_Model):
         " the first seen); the rest are counted as 'other', so a list of random domains"
         " cannot grow the relay's time series without bound",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _namespace_topics(cls, data: Any) -> Any:
+        # A hand-written config without suppression or control topics gets its
+        # namespace's (from `pool`), never a cluster-global one (issue 11).
+        kafka = data.get("kafka") if isinstance(data, dict) else None
+        pool = data.get("pool") if isinstance(data, dict) else None
+        if isinstance(kafka, dict) and isinstance(pool, str) and "/" in pool:
+            space = namespace_space(pool.split("/", 1)[0])
+            kafka = {
+                "suppressions_topic": f"{space}.{SUPPRESSIONS_SUFFIX}",
+                "control_topic": f"{space}.{CONTROL_SUFFIX}",
+                **kafka,
+            }
+            data = {**data, "kafka": kafka}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RelayConfig:

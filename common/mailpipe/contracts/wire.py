@@ -70,7 +70,7 @@ def domain_of(address: str) -> str:
 
 
 def suppression_key(address: str) -> str:
-    """Key of an address on `mailpipe.suppressions`: the whole address, lower-cased."""
+    """Key of an address on a suppression topic: the whole address, lower-cased."""
     return address.strip().lower()
 
 
@@ -198,7 +198,8 @@ class SuppressionReason(enum.StrEnum):
 
 
 class Suppression(_Model):
-    """Value on the compacted `mailpipe.suppressions` topic; a tombstone lifts it."""
+    """Value on a compacted suppression topic (a namespace's, a routed pool's or
+    the never-mail list); a tombstone lifts it."""
 
     v: Literal[1] = WIRE_VERSION
     address: str
@@ -215,7 +216,7 @@ class CampaignState(enum.StrEnum):
 
 
 class CampaignControl(_Model):
-    """Value on the compacted `mailpipe.campaigns` topic, keyed by 'namespace/name'.
+    """Value on a namespace's compacted campaign-control topic, keyed by 'namespace/name'.
 
     The operator publishes it when a Campaign is suspended, resumed or deleted,
     so relays hold back or drop records that are already on Kafka.

@@ -63,7 +63,7 @@ def ensure_pool_topics(
     timeout_s: float = CREATE_TIMEOUT_SECONDS,
 ) -> list[str]:
     """Create a pool's missing topics: outbound, delay, events and DLQ, plus the
-    compacted suppression and campaign-control topics. For dev and tests; in a
+    compacted suppression, campaign-control and obeyed (never-mail) topics. For dev and tests; in a
     cluster the operator creates them from the SendingPool."""
     return ensure_topics(
         settings.bootstrap_servers,
@@ -75,7 +75,7 @@ def ensure_pool_topics(
         ],
         partitions,
         replication,
-        compacted=[settings.suppressions_topic, settings.control_topic],
+        compacted=settings.topics.compacted(),
         timeout_s=timeout_s,
     )
 

@@ -55,7 +55,6 @@ SYSTEM_NAMESPACE = "mailpipe-system"
 RELEASE = "mailpipe"
 POOL, CAMPAIGN, AUDIENCE = "demo", "demo-newsletter", "demo-audience"
 RELAY = f"mailpipe-relay-{POOL}"  # the operator's name for the pool's Deployment and ConfigMap
-SUPPRESSIONS_TOPIC = "mailpipe.suppressions"
 TIMEOUT_SECONDS = 240  # the whole campaign; 1000 recipients take about a minute
 POOL_READY_TIMEOUT_SECONDS = 60  # topics created, children written: seconds on an idle stack
 WAIT_POLL_SECONDS = 0.5
@@ -121,8 +120,19 @@ class Demo:
         self.say(f"receivers: {', '.join(f'{d} -> {ip}:{port}' for d, ip in DOMAINS.items())}")
         return port
 
-    def install_chart(self) -> tuple[str, list[str]]:
-        self.say(f"helm install the chart (onboarding namespace {NAMESPACE})")
+    def install_chart(self, smtp_port: int) -> tuple[str, list[str]]:
+        # The platform team's cluster policy: the stack's Kafka and resolver and
+        # the receivers' port are what the demo's pool may use, nothing else.
+        policy = {
+            "allowedBootstrapServers": self.state.kafka_bootstrap,
+            "allowedDnsNameservers": f"127.0.0.1:{self.state.dns_port}",
+            "allowedSmtpPorts": str(smtp_port),
+        }
+        sets = [a for k, v in policy.items() for a in ("--set", f"policy.{k}={{{v}}}")]
+        self.say(
+            f"helm install the chart (onboarding namespace {NAMESPACE}; "
+            "policy: " + ", ".join(policy.values()) + ")"
+        )
         harness.helm_ok(
             self.env,
             "install",
@@ -131,6 +141,7 @@ class Demo:
             "-n",
             SYSTEM_NAMESPACE,
             "--create-namespace",
+            *sets,
             # The operator may create relays only in onboarded namespaces (least privilege).
             "--set",
             f"rbac.tenantNamespaces={{{NAMESPACE}}}",
@@ -139,7 +150,18 @@ class Demo:
         docs = [d for d in yaml.safe_load_all(manifest) if d]
         sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
         dep = next(d for d in docs if d["kind"] == "Deployment")
-        args: list[str] = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        # The chart mounts its policy ConfigMap where `--policy` points; here it is a file.
+        policy_cm = next(
+            d
+            for d in docs
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-policy")
+        )
+        policy_file = self.workdir / "policy.yaml"
+        policy_file.write_text(policy_cm["data"]["policy.yaml"])
+        args: list[str] = [
+            f"--policy={policy_file}" if a.startswith("--policy=") else a
+            for a in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        ]
         return sa, args
 
     def operator_kubeconfig(self, service_account: str) -> Path:
@@ -156,9 +178,13 @@ class Demo:
         return path
 
     def start_operator(self, args: list[str], kubeconfig: Path) -> None:
-        port = free_port()
+        # one network namespace for every local process: free ports instead of the pod's
+        ports = {"--liveness-port": free_port(), "--metrics-port": free_port()}
         args = [
-            a if not a.startswith("--liveness-port=") else f"--liveness-port={port}" for a in args
+            f"{a.split('=', 1)[0]}={ports[a.split('=', 1)[0]]}"
+            if a.split("=", 1)[0] in ports
+            else a
+            for a in args
         ]
         self.say(f"operator: mailpipe {' '.join(args)}  (as the chart's ServiceAccount)")
         self.children.mailpipe("operator", args, {**self.env, "KUBECONFIG": str(kubeconfig)})
@@ -203,14 +229,17 @@ class Demo:
         return harness.condition_true(harness.get_object(self.env, "sp", POOL, NAMESPACE))
 
     def seed_suppressions(self) -> None:
+        from mailpipe.contracts.topics import Topics
         from mailpipe.contracts.wire import Suppression, SuppressionReason, encode
+
+        topic = Topics.for_pool(NAMESPACE, POOL).suppressions  # the namespace's list
 
         producer = KafkaProducer(bootstrap_servers=self.state.kafka_bootstrap, acks="all")
         for addr in sorted(self.plan.suppressed):
             value = Suppression(
                 address=addr, reason=SuppressionReason.UNSUBSCRIBE, time=time.time(), source="demo"
             )
-            producer.send(SUPPRESSIONS_TOPIC, key=addr.encode(), value=encode(value))
+            producer.send(topic, key=addr.encode(), value=encode(value))
         producer.flush()
         producer.close()
         self.say(f"suppression list: {len(self.plan.suppressed)} unsubscribed addresses")
@@ -295,7 +324,7 @@ class Demo:
         smtp_port = self.start_receivers()
         try:
             self.kubectl("create", "namespace", NAMESPACE)
-            sa, operator_args = self.install_chart()
+            sa, operator_args = self.install_chart(smtp_port)
             self.start_operator(operator_args, self.operator_kubeconfig(sa))
             self.create_dkim_secret()
             values = {

@@ -12,6 +12,7 @@ import gc
 import socket
 import uuid
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,12 @@ class KafkaPorts:
         return f"127.0.0.1:{self.broker}"
 
 
-def server_properties(ports: KafkaPorts, data_dir: Path, partitions: int = 4) -> str:
+def server_properties(
+    ports: KafkaPorts,
+    data_dir: Path,
+    partitions: int = 4,
+    sasl_users: Mapping[str, str] | None = None,
+) -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -57,7 +63,40 @@ def server_properties(ports: KafkaPorts, data_dir: Path, partitions: int = 4) ->
         "log.segment.bytes": str(64 * 1024 * 1024),
         "log.cleaner.backoff.ms": "1000",  # compacted suppressions topic in tests
     }
+    if sasl_users is not None:
+        props.update(sasl_properties(ports, sasl_users))
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+SASL_ADMIN = "admin"  # the super user of a broker with ACLs: creates topics and ACLs
+
+
+def sasl_properties(ports: KafkaPorts, users: Mapping[str, str]) -> dict[str, str]:
+    """A broker whose clients log in with SASL/PLAIN (`users`: name -> password,
+    `SASL_ADMIN` among them) and are authorized by ACLs (KRaft's
+    StandardAuthorizer), nothing allowed without one. For the tests of the
+    Kafka ACLs the README tells a platform team to set (issue 11). The
+    controller listener stays PLAINTEXT on loopback; its principal (ANONYMOUS)
+    is the broker talking to its own controller, hence a super user."""
+    listener = f"SASL_PLAINTEXT://127.0.0.1:{ports.broker}"
+    accounts = " ".join(f'user_{name}="{password}"' for name, password in users.items())
+    jaas = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{SASL_ADMIN}" password="{users[SASL_ADMIN]}" {accounts};'
+    )
+    return {
+        "listeners": f"{listener},CONTROLLER://127.0.0.1:{ports.controller}",
+        "advertised.listeners": listener,
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "PLAIN",
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{SASL_ADMIN};User:ANONYMOUS",
+        "allow.everyone.if.no.acl.found": "false",
+        "auto.create.topics.enable": "false",  # topics are the operator's to create
+    }
 
 
 LOG4J = """\
@@ -92,8 +131,11 @@ def java_command(main: str, *args: str, log_dir: Path) -> list[str]:
     ]
 
 
-def prepare(state_dir: Path) -> tuple[KafkaPorts, list[str], Path]:
-    """Write config, format storage; return ports, the broker command and its log."""
+def prepare(
+    state_dir: Path, sasl_users: Mapping[str, str] | None = None
+) -> tuple[KafkaPorts, list[str], Path]:
+    """Write config, format storage; return ports, the broker command and its log.
+    `sasl_users`: a broker with SASL/PLAIN logins and ACLs (`sasl_properties`)."""
     import subprocess
 
     home = state_dir / "kafka"
@@ -101,7 +143,7 @@ def prepare(state_dir: Path) -> tuple[KafkaPorts, list[str], Path]:
     data.mkdir(parents=True, exist_ok=True)
     ports = KafkaPorts(procs.free_port(), procs.free_port())
     props = home / "server.properties"
-    props.write_text(server_properties(ports, data))
+    props.write_text(server_properties(ports, data, sasl_users=sasl_users))
     (home / "log4j.properties").write_text(LOG4J)
     log = home / "kafka.log"
     # "--cluster-id=ID": an id may start with "-", which argparse would take for an option

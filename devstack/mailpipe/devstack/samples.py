@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from mailpipe.contracts.config import (
     TLSSettings,
     dump_config,
 )
-from mailpipe.contracts.topics import Topics
+from mailpipe.contracts.topics import TOPIC_ROOT, Topics
 from mailpipe.contracts.wire import Content, DeliveryRecord, Recipient, encode
 
 SENDER = "news@sender.test"
@@ -68,14 +67,25 @@ def send_record(
 
 
 def pool_topics(
-    bootstrap: str, prefix: str, delay_steps: Sequence[str], **settings: Any
+    bootstrap: str,
+    prefix: str,
+    delay_steps: Sequence[str],
+    *,
+    routed: bool = False,
+    **settings: Any,
 ) -> KafkaSettings:
     """Kafka settings of a pool whose topics all start with `prefix`, named as the
-    operator names them (`Topics`), with a suppression topic of its own so
-    parallel tests never see each other's suppressions."""
-    topics = replace(Topics.for_prefix(prefix, delay_steps), suppressions=f"{prefix}.suppressions")
+    operator names them (`Topics`). `prefix` is a pool prefix,
+    `mailpipe.<namespace>.<pool>` (`topics.pool_prefix`); the namespace's
+    suppression and control topics are its parent's, so parallel tests (each
+    its own namespace) never see each other's suppressions. `routed`: named
+    as for a pool with static routes (its suppressions stay its own)."""
+    space, dot, _ = prefix.rpartition(".")
+    if not dot or not space.startswith(f"{TOPIC_ROOT}."):
+        raise ValueError(f"{prefix!r} is not a pool prefix (topics.pool_prefix)")
+    topics = Topics.for_prefix(prefix, delay_steps, space=space, routed=routed)
     return KafkaSettings.for_topics(
-        topics, bootstrap_servers=bootstrap, group_id=f"{prefix}-relays", **settings
+        topics, bootstrap_servers=bootstrap, group_id=f"{prefix}.relays", **settings
     )
 
 

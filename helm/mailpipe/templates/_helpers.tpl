@@ -40,6 +40,15 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* The names of imagePullSecrets, comma-separated, for the operator to hand to relays. */}}
+{{- define "mailpipe.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range .Values.imagePullSecrets -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
+
 {{/*
 The operator's permissions, in two parts, so a cluster-wide install need not
 hold write rights in every namespace (RBAC has no "deny", so the only way to

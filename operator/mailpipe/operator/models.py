@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Self
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, model_validator
 
 from mailpipe.contracts.delays import DelayStep
 from mailpipe.contracts.delivery import DeliveryPolicy, check_routes
@@ -39,6 +39,8 @@ from mailpipe.contracts.policy import (
     check_pool,
 )
 
+from .defaults import CONTEXT_KEY, PoolDefaults
+
 GROUP = "mailpipe.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -46,6 +48,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 ADDRESS = r"^[^@\s<>]+@[^@\s<>]+$"
 CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # Secret names may contain dots
 TOPIC = r"^[A-Za-z0-9._-]{1,200}$"
 # Gmail clips an HTML body beyond 102 KB, so a bigger template is a mistake; the
 # limit also bounds what one render compiles (a 1 MB template cost 600 MB RSS).
@@ -108,6 +111,12 @@ class DKIM(DKIMIdentity):
     secret_ref: SecretKeyRef = Field(description="Where the private key is.")
 
 
+class LocalObjectReference(Spec):
+    name: str = Field(
+        pattern=DNS_SUBDOMAIN, max_length=253, description="Name in the pool's namespace."
+    )
+
+
 class DeletionPolicy(enum.StrEnum):
     """What deleting a SendingPool does to its own Kafka topics (as Crossplane's
     `deletionPolicy` for external resources, PersistentVolumes' reclaim policy)."""
@@ -117,11 +126,31 @@ class DeletionPolicy(enum.StrEnum):
 
 
 class KafkaSpec(Spec):
+    # What admission can say without the namespace (CEL cannot see it): a prefix
+    # stays under `mailpipe.` and out of the platform's `mailpipe._` space. The
+    # operator checks the namespace part (`tenancy`, Ready=False TopicNotOwned).
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.topicPrefix) || (self.topicPrefix.startsWith('mailpipe.') && "
+                "!self.topicPrefix.startsWith('mailpipe._'))",
+                "kafka.topicPrefix must start with mailpipe.<namespace>. "
+                "(topics belong to their namespace)",
+            ),
+        )
+    )
     bootstrap_servers: str = Field(
-        min_length=1, description="Kafka bootstrap servers, host:port,..."
+        default="",
+        description="Kafka bootstrap servers, host:port,... (unset: the chart's "
+        "kafka.bootstrapServers).",
     )
     topic_prefix: str | None = Field(
-        default=None, pattern=TOPIC, description="Prefix of the pool's topics (default: ns.name)."
+        default=None,
+        pattern=TOPIC,
+        description=(
+            "Prefix of the pool's topics, inside mailpipe.<namespace>. "
+            "(default: mailpipe.<namespace>.<name>)."
+        ),
     )
     # 12 partitions: enough to spread domains over a dozen relay replicas
     partitions: int = Field(default=12, ge=1, le=1000, description="Partitions of each topic.")
@@ -167,11 +196,20 @@ class SendingPoolSpec(Spec):
     )
 
     replicas: int = Field(default=1, ge=0, le=100, description="Relay replicas.")
-    image: str = Field(default="ghcr.io/mailpipe/mailpipe:0.1.0", description="Relay image.")
+    image: str = Field(
+        default="", description="Relay image (unset: the chart's image.repository and tag)."
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Secrets for pulling the relay image (unset: the chart's imagePullSecrets).",
+    )
     resources: Resources = Field(
         default_factory=Resources, description="Relay container resources."
     )
-    kafka: KafkaSpec = Field(description="Kafka cluster and topics of the pool.")
+    kafka: KafkaSpec = Field(
+        default_factory=KafkaSpec, description="Kafka cluster and topics of the pool."
+    )
     egress_ips: list[EgressIP] = Field(
         alias="egressIPs",
         min_length=1,
@@ -209,6 +247,13 @@ class SendingPoolSpec(Spec):
     smtp_port: int = Field(default=25, ge=1, le=65535, description="Port of MX hosts.")
     # >= 1024: the relay runs as non-root and cannot bind privileged ports
     metrics_port: int = Field(default=9090, ge=1024, le=65535, description="Relay metrics port.")
+    host_network: bool = Field(
+        default=False,
+        description=(
+            "Run relays in the node's network namespace, so they can bind egress IPs "
+            "configured on the node; the cluster policy must allow it for the namespace."
+        ),
+    )
     delivery: DeliveryPolicy = Field(
         default_factory=DeliveryPolicy,
         description="SMTP stage timeouts, tarpit budget, destination policy.",
@@ -221,6 +266,28 @@ class SendingPoolSpec(Spec):
         check_pool(self.egress_ips, self.domain_groups, self.warmup.schedule)
         check_routes(self.routes, self.delivery)
         return self
+
+    @model_validator(mode="after")
+    def _operator_defaults(self, info: ValidationInfo) -> Self:
+        # Unset fields take the operator's defaults (the chart's values), given
+        # as validation context by the caller that read them (`defaults`).
+        d = (info.context or {}).get(CONTEXT_KEY) or PoolDefaults()
+        bootstrap = self.kafka.bootstrap_servers or d.kafka_bootstrap_servers
+        if not bootstrap:
+            raise ValueError(
+                "kafka.bootstrapServers is not set and the operator has no default "
+                "(chart value kafka.bootstrapServers)"
+            )
+        secrets = self.image_pull_secrets or [
+            LocalObjectReference(name=n) for n in d.image_pull_secrets
+        ]
+        return self.model_copy(
+            update={
+                "image": self.image or d.image,
+                "image_pull_secrets": secrets,
+                "kafka": self.kafka.model_copy(update={"bootstrap_servers": bootstrap}),
+            }
+        )
 
 
 # --- Campaign ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 
 from mailpipe.contracts import config as relay_config
 from mailpipe.contracts.policy import RetrySettings
-from mailpipe.contracts.topics import Topics, pool_prefix
+from mailpipe.contracts.topics import Topics, pool_group
 
 from .models import API_VERSION, SendingPoolSpec
 
@@ -33,6 +33,28 @@ HASH_ANNOTATION = "mailpipe.io/config-hash"
 SPEC_HASH_ANNOTATION = "mailpipe.io/spec-hash"
 MANAGED_BY = "mailpipe-operator"
 SECRETS_HASH_ANNOTATION = "mailpipe.io/secrets-hash"
+
+
+# Pod Security "restricted" for the relay: binding an egress IP that is on the
+# pod's interfaces (or the node's, under hostNetwork) is an ordinary bind() of
+# a local address to an ephemeral port, which needs no capability at all; only
+# hostNetwork itself (allowed per namespace by the cluster policy) departs
+# from the profile. Writes go nowhere but sockets, so the root can be read-only.
+RELAY_UID = 10001  # the image's non-root user (Dockerfile: USER 10001)
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RELAY_UID,
+    "runAsGroup": RELAY_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 @dataclass(frozen=True)
@@ -77,8 +99,16 @@ class PoolRef:
 
 
 def topics(ref: PoolRef, spec: SendingPoolSpec) -> Topics:
-    prefix = spec.kafka.topic_prefix or pool_prefix(ref.namespace, ref.name)
-    return Topics.for_prefix(prefix, spec.kafka.delay_steps)
+    """The pool's topics, all in its namespace's space; `TopicOwnershipError` if
+    its `kafka.topicPrefix` names another's (a pool with routes keeps its
+    suppressions to itself: `Topics.for_prefix`)."""
+    return Topics.for_pool(
+        ref.namespace,
+        ref.name,
+        spec.kafka.delay_steps,
+        prefix=spec.kafka.topic_prefix,
+        routed=bool(spec.routes),
+    )
 
 
 def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.RelayConfig:
@@ -88,7 +118,7 @@ def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.Rela
         kafka=relay_config.KafkaSettings.for_topics(
             topics(ref, spec),
             bootstrap_servers=spec.kafka.bootstrap_servers,
-            group_id=f"mailpipe-{ref.namespace}-{ref.name}",
+            group_id=pool_group(ref.namespace, ref.name),
             client_id=f"mailpipe-relay-{ref.name}",
         ),
         egress=spec.egress_ips,
@@ -179,13 +209,22 @@ def build_deployment(
         "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 6},
         "resources": {k: v for k, v in resources.items() if v},
         "volumeMounts": mounts,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": CONTAINER_SECURITY,
     }
+    pod: dict[str, Any] = {
+        # SMTP egress binds the pool's IPs; with hostNetwork they are
+        # the node's (the one exception to the restricted profile).
+        "hostNetwork": spec.host_network,
+        "dnsPolicy": "ClusterFirstWithHostNet" if spec.host_network else "ClusterFirst",
+        # relays never call the Kubernetes API: no token to steal
+        "automountServiceAccountToken": False,
+        "securityContext": POD_SECURITY,
+        "terminationGracePeriodSeconds": 60,  # lets in-flight transactions finish
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.image_pull_secrets:  # the pool's, or the chart's imagePullSecrets (`defaults`)
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -200,14 +239,7 @@ def build_deployment(
             },
             "template": {
                 "metadata": {"labels": ref.labels(), "annotations": template_annotations},
-                "spec": {
-                    # SMTP egress binds the pool's IPs, which live on the node.
-                    "hostNetwork": True,
-                    "dnsPolicy": "ClusterFirstWithHostNet",
-                    "terminationGracePeriodSeconds": 60,  # lets in-flight transactions finish
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": pod,
             },
         },
     }

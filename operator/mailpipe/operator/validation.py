@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import defaults
 from .models import SendingPoolSpec
 
 MAX_MESSAGE_CHARS = 300  # a condition message is read in `kubectl get`; details go to the log
@@ -101,7 +102,10 @@ def _problems_of(exc: ValidationError) -> list[Problem]:
 def check_spec(raw: Mapping[str, Any]) -> tuple[SendingPoolSpec | None, list[Problem]]:
     """The parsed spec (None if it does not parse) and every problem found in it."""
     try:
-        spec = SendingPoolSpec.model_validate(dict(raw))
+        # unset image, pull secrets and Kafka take the chart's values (`defaults`)
+        spec = SendingPoolSpec.model_validate(
+            dict(raw), context=defaults.from_process_env().context()
+        )
     except ValidationError as exc:
         return None, _problems_of(exc)
     return spec, semantic_problems(spec)

@@ -1,7 +1,7 @@
 """Emission: producing what a record's attempt decided, to the topics that carry it.
 
 Disposition events to `<pool>.events`, hard-bounce suppressions to
-`mailpipe.suppressions` (and to this relay's own list at once, so a later
+the pool's suppression topic (and to this relay's own list at once, so a later
 record to the address is skipped before the suppression comes back), and
 undecodable or unrenderable records to `<pool>.dlq` with the reason. Every
 send returns an awaitable that completes when Kafka acknowledged it: a

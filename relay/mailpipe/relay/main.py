@@ -233,9 +233,12 @@ async def _watch_config(
             log.error("keeping the running config; the new one is invalid: %s", exc)
             continue
         if config.kafka != engine.config.kafka:
-            # Topics and the group are bound to the running consumer and producer.
-            log.warning("Kafka settings changed: they apply at the next restart")
-            config = config.model_copy(update={"kafka": engine.config.kafka})
+            # Topics and the group are bound to the running consumer and producer,
+            # and the rest must not apply without them: new routes with the old
+            # suppression topic would let routed bounces suppress namespace-wide
+            # (issue 11). The operator rolls the relays on any config change.
+            log.warning("Kafka settings changed: the new config applies at the next restart")
+            continue
         try:
             engine.reconfigure(config)  # all or nothing (see Engine.reconfigure)
         except Exception as exc:

@@ -1,27 +1,43 @@
 """What not to send: suppressed addresses (invariant 6) and halted campaigns.
 
-Fed from the compacted `mailpipe.suppressions` topic by the Kafka adapter and
-updated locally the moment this relay sees a hard bounce, so a later record to
-the same address is skipped even before its own suppression comes back.
+Fed by the Kafka adapter from the compacted suppression topics the relay
+config names (ARCHITECTURE.md, "Kafka topics"): the pool's own (its
+namespace's, or the pool's alone when it has routes), and the ones it obeys
+but never writes (the namespace's for a routed pool, the platform's never-mail
+list). It is updated locally the moment this relay sees a hard bounce, so a
+later record to the same address is skipped even before its own suppression
+comes back.
+
+Each address is held per source topic: a tombstone on one topic lifts only
+that topic's suppression, so a tenant lifting its own never lifts the
+platform's never-mail entry for the same address.
 """
 
 from __future__ import annotations
 
 from mailpipe.contracts.wire import suppression_key
 
+OWN = ""  # the source of the pool's own suppressions (its topic and its local bounces)
+
 
 class SuppressionList:
     def __init__(self) -> None:
-        self._reasons: dict[str, str] = {}
+        self._reasons: dict[str, dict[str, str]] = {}
 
-    def add(self, address: str, reason: str) -> None:
-        self._reasons[suppression_key(address)] = reason
+    def add(self, address: str, reason: str, source: str = OWN) -> None:
+        self._reasons.setdefault(suppression_key(address), {})[source] = reason
 
-    def lift(self, address: str) -> None:
-        self._reasons.pop(suppression_key(address), None)
+    def lift(self, address: str, source: str = OWN) -> None:
+        key = suppression_key(address)
+        sources = self._reasons.get(key)
+        if sources is not None:
+            sources.pop(source, None)
+            if not sources:
+                del self._reasons[key]
 
     def reason(self, address: str) -> str | None:
-        return self._reasons.get(suppression_key(address))
+        sources = self._reasons.get(suppression_key(address))
+        return next(iter(sources.values())) if sources else None
 
     def is_suppressed(self, address: str) -> bool:
         return suppression_key(address) in self._reasons
@@ -31,7 +47,7 @@ class SuppressionList:
 
 
 class CampaignStates:
-    """Campaigns suspended or deleted in the cluster, from `mailpipe.campaigns`."""
+    """Campaigns of the pool's namespace suspended or deleted, from its control topic."""
 
     def __init__(self) -> None:
         self._states: dict[str, str] = {}

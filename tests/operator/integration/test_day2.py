@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from mailpipe.contracts.topics import SUPPRESSIONS_TOPIC, owned_topics
+from mailpipe.contracts.topics import Topics, owned_topics
 from mailpipe.contracts.wire import Disposition, Event, Suppression, SuppressionReason, encode
 from mailpipe.devstack.harness import Child
 from mailpipe.devstack.procs import free_port
@@ -50,9 +50,14 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None
     producer.close()
 
 
-def _live_suppressions(bootstrap: str) -> dict[str, bytes]:
+def _suppressions(namespace: str) -> str:
+    """The namespace's suppression topic (issue 11: suppressions are per namespace)."""
+    return Topics.for_pool(namespace, "news").suppressions
+
+
+def _live_suppressions(bootstrap: str, topic: str) -> dict[str, bytes]:
     live: dict[str, bytes] = {}
-    for key, value in read_topic(bootstrap, SUPPRESSIONS_TOPIC):
+    for key, value in read_topic(bootstrap, topic):
         if key is None:
             continue
         if value is None:
@@ -74,7 +79,7 @@ def test_suppressions_are_added_listed_and_lifted_with_the_plugin(
     mixed = Suppression(
         address=other, reason=SuppressionReason.HARD_BOUNCE, time=time.time(), source="inbound"
     )
-    _produce(kafka_bootstrap, SUPPRESSIONS_TOPIC, [(other.encode(), encode(mixed))])
+    _produce(kafka_bootstrap, _suppressions(namespace), [(other.encode(), encode(mixed))])
 
     out = plugin(cli_env, "suppress", added, "-n", namespace, "--detail", "asked by phone")
     assert out.returncode == 0, out.stderr  # --pool left out: the namespace's only pool
@@ -89,7 +94,7 @@ def test_suppressions_are_added_listed_and_lifted_with_the_plugin(
 
     out = plugin(cli_env, "unsuppress", other.lower(), added, "-n", namespace, "--pool", "news")
     assert out.returncode == 0, out.stderr + out.stdout
-    live = _live_suppressions(kafka_bootstrap)
+    live = _live_suppressions(kafka_bootstrap, _suppressions(namespace))
     assert other not in live and other.lower() not in live and added not in live
 
     out = plugin(cli_env, "unsuppress", added, "-n", namespace)
@@ -236,7 +241,8 @@ def test_deleting_a_pool_deletes_its_topics_unless_retained(
         "the deleted pool's topics to be gone",
         ready_operator,
     )
-    assert SUPPRESSIONS_TOPIC in list_topics(kafka_bootstrap), "shared topics are never deleted"
+    shared = _suppressions(namespace)
+    assert shared in list_topics(kafka_bootstrap), "shared topics are never deleted"
     assert get(cli_env, "deployment", "mailpipe-relay-news", namespace) is None
 
     kept_prefix = f"{topic_prefix}-kept"
@@ -356,7 +362,7 @@ def test_deleting_never_waits_forever_on_a_kafka_that_is_gone(
     Warning Event instead of staying stuck on the finalizer."""
     op = operator_factory(MAILPIPE_DELETE_GIVE_UP_SECONDS="5")
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    manifest = pool_manifest("news", namespace, dead, "gone")
+    manifest = pool_manifest("news", namespace, dead, f"mailpipe.{namespace}.gone")
     assert kubectl(cli_env, "apply", "-f", "-", stdin=manifest).returncode == 0
     wait_for(lambda: _finalized(cli_env, "sp", "news", namespace), 30, "pool finalizer", op)
     # Suspended: its pause, still being retried against the dead Kafka, must

@@ -13,6 +13,7 @@ import yaml
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
+from mailpipe.contracts.topics import Topics
 from mailpipe.contracts.wire import Disposition, Event, encode
 from mailpipe.kafkakit import read_topic
 
@@ -327,7 +328,8 @@ def test_events_drive_counts_and_completion(
 
 
 def _controls(bootstrap: str, key: str) -> list[str]:
-    records = read_topic(bootstrap, "mailpipe.campaigns")
+    # campaign control is per namespace (issue 11): the key's namespace's topic
+    records = read_topic(bootstrap, Topics.for_pool(key.split("/")[0], "news").control)
     return [json.loads(v)["state"] for k, v in records if v and k == key.encode()]
 
 

@@ -97,7 +97,7 @@ async def test_startup_puts_one_state_into_the_memo_every_resource_shares() -> N
 
 
 POOL_SPEC = {
-    "kafka": {"bootstrapServers": "k:9092", "topicPrefix": "p"},
+    "kafka": {"bootstrapServers": "k:9092", "topicPrefix": "mailpipe.ns.p"},
     "egressIPs": [{"address": "127.0.0.2", "helo": "a.sender.test"}],
 }
 
@@ -133,7 +133,7 @@ def test_get_pool_reads_readiness_without_parsing(
     assert pool_readiness(pool) == readiness
     if pool is not None and pool.obj["spec"]:
         assert pool.ref.uid == "u1" and pool.bootstrap == "k:9092"
-        assert pool.topics.events == "p.events"
+        assert pool.topics.events == "mailpipe.ns.p.events"
     elif pool is not None:
         with pytest.raises(ValidationError):
             pool.spec  # noqa: B018 — parsing is the point

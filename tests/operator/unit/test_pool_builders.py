@@ -38,8 +38,8 @@ def test_relay_config_round_trips_through_the_relays_parser() -> None:
     text, _ = build_children(REF, s)
     config = parse_config(text)
     assert config == build_relay_config(REF, s)
-    assert config.kafka.outbound_topic == "mail.news.outbound"
-    assert config.kafka.group_id == "mailpipe-mail-news"
+    assert config.kafka.outbound_topic == "mailpipe.mail.news.outbound"
+    assert config.kafka.group_id == "mailpipe.mail.news.relays"
     assert config.throttle_for("gmail.com").messages_per_minute == 600
     assert config.warmup.schedule[1].daily_limit == 100
     assert (
@@ -87,7 +87,11 @@ def test_config_hash_rolls_pods_only_when_config_changes() -> None:
 def test_dkim_secret_is_mounted_and_topics_follow_the_prefix() -> None:
     s = spec(
         dkim={"domain": "example.com", "selector": "s1", "secretRef": {"name": "dkim-key"}},
-        kafka={"bootstrapServers": "k:9092", "topicPrefix": "pool7", "delaySteps": ["1m", "1h"]},
+        kafka={
+            "bootstrapServers": "k:9092",
+            "topicPrefix": "mailpipe.mail.pool7",
+            "delaySteps": ["1m", "1h"],
+        },
     )
     _, children = build_children(REF, s)
     dep = next(c for c in children if c["kind"] == "Deployment")
@@ -95,11 +99,11 @@ def test_dkim_secret_is_mounted_and_topics_follow_the_prefix() -> None:
     assert {"name": "dkim", "secret": {"secretName": "dkim-key"}} in volumes
     t = topics(REF, s)
     assert t.all() == [
-        "pool7.outbound",
-        "pool7.events",
-        "pool7.dlq",
-        "pool7.delay.1m",
-        "pool7.delay.1h",
+        "mailpipe.mail.pool7.outbound",
+        "mailpipe.mail.pool7.events",
+        "mailpipe.mail.pool7.dlq",
+        "mailpipe.mail.pool7.delay.1m",
+        "mailpipe.mail.pool7.delay.1h",
     ]
 
 

@@ -24,7 +24,9 @@ async def test_per_recipient_replies_give_one_event_each(harness: Harness) -> No
 
     got = {e["recipient"]: e["disposition"] for e in harness.events()}
     assert got == {"ok@d.test": "delivered", "gone@d.test": "bounced", "later@d.test": "deferred"}
-    [(key, value)] = harness.sink.topics["mailpipe.suppressions"]
+    [(key, value)] = harness.sink.topics[
+        "mailpipe.ns.suppressions"
+    ]  # pool "ns/pool": its namespace's
     assert key == b"gone@d.test" and json.loads(value or b"")["reason"] == "hard_bounce"
     [(_, retry_bytes)] = harness.sink.topics["p.delay.1m"]
     retry = decode_record(retry_bytes or b"")

@@ -39,6 +39,8 @@ def make_source() -> KafkaSource:
             "outbound_topic": "p.outbound",
             "events_topic": "p.events",
             "dlq_topic": "p.dlq",
+            "suppressions_topic": "p.suppressions",
+            "control_topic": "p.campaigns",
         }
     )
     return KafkaSource(settings, ["p.outbound"], buffer_records=100)

@@ -27,7 +27,8 @@ from typing import Any
 
 import kopf
 
-from .. import kafka_io
+from .. import kafka_io, tenancy
+from ..cluster_policy import POLICY_MEMO_KEY
 from ..models import GROUP
 from . import campaign, fanout, pool, relays, scale, warmup
 from .context import MEMO_KEY, OperatorState, operator_state
@@ -67,6 +68,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         )
     )
     state = OperatorState()
+    if POLICY_MEMO_KEY in memo:  # put there by `mailpipe operator` (main.run)
+        state.policy = tenancy.policy_of(memo)
     state.hub.start(loop)
     # Set before kopf starts watching, so every resource memo copies it.
     memo[MEMO_KEY] = state

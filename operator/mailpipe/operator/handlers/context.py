@@ -23,7 +23,8 @@ import kopf
 from mailpipe.contracts.topics import Topics
 from mailpipe.contracts.warmup import WarmupLedger
 
-from .. import kafka_io, kube_io
+from .. import defaults, kafka_io, kube_io
+from ..cluster_policy import ClusterPolicy
 from ..models import SendingPoolSpec
 from ..pool import PoolRef, topics
 from ..tally import Tally
@@ -49,6 +50,9 @@ class OperatorState:
     """Per-IP warm-up of each pool (`namespace/name`), as the relays count it."""
     warmup_sources: dict[str, tuple[str, str]] = field(default_factory=dict)
     """(bootstrap, events topic) each ledger is fed from (`handlers/warmup.py`)."""
+    policy: ClusterPolicy = field(default_factory=ClusterPolicy)
+    """The platform's cluster policy (`mailpipe operator --policy`); restrictive
+    by default so a wiring slip fails closed."""
     pool_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     """One lock per pool (`namespace/name`): its reconciles (spec, Deployment, Secret
     events) read the world and patch status one at a time, so none overwrites a
@@ -67,8 +71,9 @@ def operator_state(memo: kopf.Memo) -> OperatorState:
 
 
 def parse_pool_spec(spec: Any) -> SendingPoolSpec:
-    """A SendingPool's spec as the typed model; raises pydantic's ValidationError."""
-    return SendingPoolSpec.model_validate(dict(spec))
+    """A SendingPool's spec as the typed model, unset fields filled with the
+    operator's defaults (`defaults`); raises pydantic's ValidationError."""
+    return SendingPoolSpec.model_validate(dict(spec), context=defaults.from_process_env().context())
 
 
 @dataclass(frozen=True)

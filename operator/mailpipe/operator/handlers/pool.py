@@ -26,9 +26,10 @@ from kafka.errors import KafkaError
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from mailpipe.contracts.topics import owned_topics, pool_prefix
+from mailpipe.contracts.topics import TopicOwnershipError, owned_prefix, owned_topics
 
-from .. import kafka_io, kube_io, validation
+from .. import kafka_io, kube_io, tenancy, validation
+from ..cluster_policy import ClusterPolicy
 from ..models import GROUP, VERSION, DeletionPolicy, SendingPoolSpec
 from ..pool import (
     PoolRef,
@@ -96,7 +97,9 @@ async def reconcile(
     spec or a reference has a problem; each new problem is a Warning Event.
     """
     async with state.pool_lock(f"{namespace}/{name}"):
-        seen = await asyncio.to_thread(_reconcile_blocking, namespace, name, ensure_topics)
+        seen = await asyncio.to_thread(
+            _reconcile_blocking, namespace, name, ensure_topics, state.policy
+        )
     if seen is None:
         return Outcome()
     body = kopf.Body(cast(kopf.RawBody, seen.obj))
@@ -124,7 +127,9 @@ async def reconcile(
     return seen.outcome
 
 
-def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen | None:
+def _reconcile_blocking(
+    namespace: str, name: str, ensure_topics: bool, policy: ClusterPolicy
+) -> _Seen | None:
     obj = kube_io.get_custom("sendingpools", namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return None
@@ -134,6 +139,9 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
         return None  # a new spec: its own (kopf) reconcile is coming and creates topics first
     ref = PoolRef(name, namespace, meta["uid"])
     spec, problems = validation.check_spec(obj.get("spec") or {})
+    if spec is not None:
+        # another tenant's topics, or what the cluster policy does not allow
+        problems += tenancy.problems(namespace, name, spec, policy)
     secrets: dict[str, dict[str, str] | None] = {}
     if spec is not None:
         refs = validation.secret_refs(spec)
@@ -181,7 +189,7 @@ def _reconcile_blocking(namespace: str, name: str, ensure_topics: bool) -> _Seen
                 t.all(),
                 spec.kafka.partitions,
                 spec.kafka.replication_factor,
-                [t.suppressions, t.control],
+                t.compacted(),
             )
         except KafkaError as exc:
             log.warning("pool %s/%s: topics: %r", namespace, name, exc)  # the full repr: the log
@@ -252,12 +260,18 @@ async def delete_pool(
     except ValidationError:
         kopf.warn(body, reason="TopicsKept", message="spec unreadable: topics left as they are")
         return
+    try:
+        # A prefix naming another tenant's topics was never reconciled; deleting
+        # the pool must not delete them either (issue 11).
+        prefix = owned_prefix(namespace, name, parsed.kafka.topic_prefix)
+    except TopicOwnershipError as exc:
+        kopf.warn(body, reason="TopicsKept", message=f"{exc}: topics left as they are")
+        return
     bootstrap = parsed.kafka.bootstrap_servers
     await asyncio.to_thread(state.hub.unfollow, bootstrap, topics(ref, parsed).events)
     if parsed.kafka.deletion_policy is DeletionPolicy.RETAIN:
         kopf.info(body, reason="TopicsRetained", message="spec.kafka.deletionPolicy is Retain")
         return
-    prefix = parsed.kafka.topic_prefix or pool_prefix(namespace, name)
     sharing = await asyncio.to_thread(kube_io.pools_with_prefix, bootstrap, prefix, namespace, uid)
     if sharing:
         kopf.info(body, reason="TopicsKept", message=f"prefix {prefix} shared with {sharing[0]}")

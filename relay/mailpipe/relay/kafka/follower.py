@@ -21,7 +21,7 @@ from mailpipe.kafkakit import TopicFollower
 from mailpipe.kafkakit.follower import Apply
 
 from ..metrics import RelayMetrics
-from ..suppressions import CampaignStates, SuppressionList
+from ..suppressions import OWN, CampaignStates, SuppressionList
 
 log = logging.getLogger("mailpipe.relay")
 
@@ -30,27 +30,30 @@ log = logging.getLogger("mailpipe.relay")
 UNDECODABLE_SUPPRESSION = "undecodable"
 
 
-def apply_suppression(suppressions: SuppressionList, bad: Callable[[], None]) -> Apply:
+def apply_suppression(
+    suppressions: SuppressionList, bad: Callable[[], None], source: str = OWN
+) -> Apply:
     """A suppression is never silently skipped: one whose value is undecodable
     still suppresses its key (the address, by the topic's contract), counted and
     logged, because mailing someone who unsubscribed is worse than not mailing
-    someone whose suppression was garbled."""
+    someone whose suppression was garbled. `source`: the topic, for an obeyed
+    one, so its tombstones lift only its own entries."""
 
     def apply(key: bytes | None, value: bytes | None, live: bool) -> None:
         if key is None:
             return
         address = key.decode("utf-8", "replace")
         if value is None:  # tombstone: the suppression is lifted
-            suppressions.lift(address)
+            suppressions.lift(address, source)
             return
         try:
             s = decode_suppression(value)
         except WireError as exc:
             bad()
             log.warning("bad suppression for %r, suppressing its key anyway: %s", address, exc)
-            suppressions.add(address, UNDECODABLE_SUPPRESSION)
+            suppressions.add(address, UNDECODABLE_SUPPRESSION, source)
             return
-        suppressions.add(s.address, s.reason.value)
+        suppressions.add(s.address, s.reason.value, source)
 
     return apply
 
@@ -105,9 +108,11 @@ def relay_followers(
     campaigns: CampaignStates,
     metrics: RelayMetrics,
 ) -> list[TopicFollower]:
-    """The three followers, not started (start them, then await every
-    `wait_caught_up` before the consumer joins the group). Undecodable records
-    are counted in `mailpipe_followed_bad_records_total{topic}`."""
+    """The followers, not started (start them, then await every
+    `wait_caught_up` before the consumer joins the group): the pool's
+    suppressions, events and its namespace's campaign control, and each obeyed
+    suppression topic (never-mail list; a routed pool's namespace list).
+    Undecodable records are counted in `mailpipe_followed_bad_records_total{topic}`."""
     bootstrap = settings.bootstrap_servers
 
     def counter(topic: str) -> Callable[[], None]:
@@ -128,5 +133,10 @@ def relay_followers(
             bootstrap,
             settings.control_topic,
             apply_control(campaigns, counter(settings.control_topic)),
+        ),
+        *(
+            TopicFollower(bootstrap, topic, apply_suppression(suppressions, counter(topic), topic))
+            for topic in settings.obeyed_suppressions_topics
+            if topic != settings.suppressions_topic
         ),
     ]

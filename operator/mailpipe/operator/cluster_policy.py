@@ -1,0 +1,157 @@
+"""The platform team's policy over the SendingPool fields a tenant controls.
+
+mailpipe runs once per cluster and any namespace editor may write a
+SendingPool; the operator then creates pods in that namespace on the pool's
+word. Without a policy that makes the operator a confused deputy: any image,
+hostNetwork, any Kafka cluster or DNS resolver, any SMTP port and any static
+route (issue 11, "anything goes in a pool"). The platform team writes this
+policy in the chart's values (`policy:`); the chart mounts it and the operator
+reads it once at start (`--policy`, or `MAILPIPE_POLICY`), refusing to start on
+an invalid one.
+
+Decisions are pure (`violations`): a spec and its namespace in, a sentence per
+refused field out, each naming the value and what is allowed, so the pool's
+Ready=False condition (reason `PolicyViolation`) tells the tenant what to fix.
+Patterns are shell patterns (`fnmatch`, case-sensitive; `*` also matches `/`).
+
+An operator started without a policy file enforces none (`unrestricted`, logged
+as a warning): that is the dev stack's mode; the chart always passes one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from mailpipe.contracts.errors import PermanentError
+
+from .models import SendingPoolSpec
+
+log = logging.getLogger("mailpipe.operator")
+
+POLICY_ENV = "MAILPIPE_POLICY"
+POLICY_MEMO_KEY = "mailpipe-cluster-policy"  # kopf memo key (see handlers.context)
+ANY = "*"
+SMTP_PORT = 25  # MX hosts listen on 25 (RFC 5321); anything else is a route or a probe
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class PolicyError(PermanentError, ValueError):
+    """A policy file that cannot be used; the operator does not start."""
+
+
+class ClusterPolicy(BaseModel):
+    """What tenants' SendingPools may use. A key left out is the restrictive default."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+    allowed_images: list[str] = Field(
+        default_factory=lambda: ["ghcr.io/mailpipe/mailpipe:*"],
+        description="Relay images (patterns).",
+    )
+    allowed_bootstrap_servers: list[str] = Field(
+        default_factory=list,
+        description="Kafka host:port a pool may name (patterns); each of its servers must match.",
+    )
+    allowed_dns_nameservers: list[str] = Field(
+        default_factory=list,
+        description="Resolvers (host:port patterns) a pool may set as dnsNameserver.",
+    )
+    allowed_smtp_ports: list[Port] | None = Field(
+        default_factory=lambda: [SMTP_PORT],
+        description="Ports of MX hosts a pool may use; null: any.",
+    )
+    allowed_routes: list[str] = Field(
+        default_factory=list,
+        description="Static next hops (host:port patterns) a pool's routes may name.",
+    )
+    host_network_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces (patterns) whose pools may run relays with hostNetwork.",
+    )
+
+    @classmethod
+    def unrestricted(cls) -> ClusterPolicy:
+        """Everything allowed: the operator's mode without a policy file (dev stack)."""
+        return cls(
+            allowed_images=[ANY],
+            allowed_bootstrap_servers=[ANY],
+            allowed_dns_nameservers=[ANY],
+            allowed_smtp_ports=None,
+            allowed_routes=[ANY],
+            host_network_namespaces=[ANY],
+        )
+
+
+def _allowed(value: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def _shown(patterns: Sequence[object] | None) -> str:
+    if patterns is None:
+        return "any"
+    return ", ".join(map(str, patterns)) or "none"
+
+
+def violations(policy: ClusterPolicy, namespace: str, spec: SendingPoolSpec) -> list[str]:
+    """Each field of `spec` the policy refuses in `namespace`, as a sentence; [] if none."""
+    out: list[str] = []
+    if not _allowed(spec.image, policy.allowed_images):
+        out.append(f"image {spec.image} not in allowed images ({_shown(policy.allowed_images)})")
+    for server in (s.strip() for s in spec.kafka.bootstrap_servers.split(",")):
+        if not _allowed(server, policy.allowed_bootstrap_servers):
+            out.append(
+                f"kafka.bootstrapServers {server} not in allowed bootstrap servers "
+                f"({_shown(policy.allowed_bootstrap_servers)})"
+            )
+    if spec.dns_nameserver is not None and not _allowed(
+        spec.dns_nameserver, policy.allowed_dns_nameservers
+    ):
+        out.append(
+            f"dnsNameserver {spec.dns_nameserver} not in allowed DNS resolvers "
+            f"({_shown(policy.allowed_dns_nameservers)})"
+        )
+    ports = policy.allowed_smtp_ports
+    if ports is not None and spec.smtp_port not in ports:
+        out.append(f"smtpPort {spec.smtp_port} not in allowed SMTP ports ({_shown(ports)})")
+    for domain, hops in sorted(spec.routes.items()):
+        for hop in hops:
+            target = f"{hop.host}:{hop.port}"
+            if not _allowed(target, policy.allowed_routes):
+                out.append(
+                    f"route {domain} -> {target} not in allowed routes "
+                    f"({_shown(policy.allowed_routes)})"
+                )
+    if spec.host_network and not _allowed(namespace, policy.host_network_namespaces):
+        out.append(f"hostNetwork not allowed in namespace {namespace}")
+    return out
+
+
+def load_policy(path: str | None) -> ClusterPolicy:
+    """The policy in the YAML file `path` (default: $MAILPIPE_POLICY); unrestricted
+    with a warning when neither is set. PolicyError names the bad key."""
+    path = path or os.environ.get(POLICY_ENV) or None
+    if path is None:
+        log.warning(
+            "no cluster policy (--policy): every image, port, route and hostNetwork allowed"
+        )
+        return ClusterPolicy.unrestricted()
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return ClusterPolicy.model_validate(data)
+    except (OSError, yaml.YAMLError) as exc:
+        raise PolicyError(f"cannot read cluster policy {path}: {exc}") from exc
+    except ValidationError as exc:
+        msgs = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise PolicyError(f"invalid cluster policy {path}: " + "; ".join(msgs)) from exc

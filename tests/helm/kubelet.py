@@ -1,0 +1,125 @@
+"""What the dev stack lacks for the chart: a kubelet. Runs the chart's operator as a process.
+
+`run_operator` reads the installed release's operator Deployment and runs that
+container's command (`mailpipe` + its args and env) as a local process,
+authenticated as the Deployment's ServiceAccount through a token kubeconfig,
+as a pod would be. The only changes: free local ports for the health and
+metrics endpoints, since every local process shares one network namespace.
+
+`report_relays` plays the kubelet and the Deployment controller for the relay
+Deployments the operator writes: in a thread, it reports each one available
+(`harness.report_deployment`) whenever its status lags its spec, as those
+controllers would once the relay pods ran. The relays themselves do not run:
+the examples' egress IPs (192.0.2.0/24) are not this machine's.
+Used by the README test (tests/e2e/test_readme.py) and the `helm test` test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mailpipe.devstack import harness, kube
+from mailpipe.devstack.procs import free_port
+
+TOKEN_DURATION = "1h"  # longer than any test runs
+PORT_ARGS = ("--liveness-port", "--metrics-port")
+SCRAPE_TIMEOUT_SECONDS = 5
+RELAY_SELECTOR = "app.kubernetes.io/component=relay,app.kubernetes.io/managed-by=mailpipe-operator"
+CONTROLLER_PERIOD_SECONDS = 1.0  # how often the stand-in controller looks at the Deployments
+
+
+class Kubelet:
+    def __init__(self, env: dict[str, str], admin_kubeconfig: Path, workdir: Path) -> None:
+        self.env = env
+        self.admin_kubeconfig = admin_kubeconfig
+        self.workdir = workdir
+        self.children = harness.Children(workdir)
+        self.metrics_port = 0
+        self._stop = threading.Event()
+        self._controller: threading.Thread | None = None
+
+    def token_kubeconfig(self, service_account: str, namespace: str) -> Path:
+        """A kubeconfig that authenticates as `namespace/service_account`."""
+        token = harness.kubectl_ok(
+            self.env,
+            "create",
+            "token",
+            service_account,
+            "-n",
+            namespace,
+            f"--duration={TOKEN_DURATION}",
+        ).strip()
+        path = self.workdir / f"{namespace}-{service_account}.kubeconfig"
+        kube.write_token_kubeconfig(path, self.admin_kubeconfig, service_account, token)
+        return path
+
+    def run_operator(self, release: str, namespace: str) -> harness.Child:
+        manifest = harness.helm_ok(self.env, "get", "manifest", release, "-n", namespace)
+        docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all(manifest) if d]
+        dep = next(d for d in docs if d["kind"] == "Deployment")
+        pod = dep["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        kubeconfig = self.token_kubeconfig(pod["serviceAccountName"], namespace)
+        ports = {name: free_port() for name in PORT_ARGS}
+        self.metrics_port = ports["--metrics-port"]
+        args = [
+            f"{a.split('=', 1)[0]}={ports[a.split('=', 1)[0]]}"
+            if a.split("=", 1)[0] in ports
+            else a
+            for a in container["args"]
+        ]
+        env = {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
+        return self.children.mailpipe(
+            f"operator-{len(self.children.started)}",
+            args,
+            {**self.env, **env, "KUBECONFIG": str(kubeconfig)},
+        )
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_SECONDS) as rsp:
+            text: str = rsp.read().decode()
+        return text
+
+    def report_relays(self) -> None:
+        """Start reporting the operator's relay Deployments available (see the docstring)."""
+
+        def lagging() -> list[dict[str, Any]]:
+            got = harness.kubectl(
+                self.env, "get", "deployments", "-A", "-l", RELAY_SELECTOR, "-o", "json"
+            )
+            items: list[dict[str, Any]] = (
+                json.loads(got.stdout)["items"] if got.returncode == 0 else []
+            )
+            return [
+                d
+                for d in items
+                if (d.get("status") or {}).get("observedGeneration") != d["metadata"]["generation"]
+                or (d.get("status") or {}).get("availableReplicas", 0)
+                != d["spec"].get("replicas", 1)
+            ]
+
+        def run() -> None:
+            while not self._stop.wait(CONTROLLER_PERIOD_SECONDS):
+                for dep in lagging():
+                    meta = dep["metadata"]
+                    # changed or deleted meanwhile: the next round sees it again
+                    with contextlib.suppress(harness.CommandFailed):
+                        harness.report_deployment(self.env, meta["namespace"], meta["name"])
+
+        self._controller = threading.Thread(target=run, name="stand-in-controller", daemon=True)
+        self._controller.start()
+
+    def stop(self) -> None:
+        """Stop the stand-in controller and every process started."""
+        self._stop.set()
+        if self._controller is not None:
+            self._controller.join()
+        self.children.stop_all()
