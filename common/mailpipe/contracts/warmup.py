@@ -20,6 +20,19 @@ Both planes use it: the relay to enforce the caps, the operator to replay the
 same events into each IP's warm-up day and cap for the pool's status. It is
 pure (events in, decisions out; time passed in), so it lives with the
 contracts both planes import rather than inside either of them.
+
+A pause for the bounce or complaint rate is lifted by an `IPUnpaused` record
+on the same events topic (the operator writes it when a SendingPool carries
+the `mailpipe.io/unpause-ip` annotation). Because the pause is re-derived from
+the topic at every start, the lift must live there too: every relay and the
+operator replay it and agree. After it, the IP's rate sample starts afresh, so
+new bounces may pause it again. Replay order across partitions is arbitrary,
+so the lift is written once to *every* partition: any event appended after it
+is then replayed after at least one copy of it (the first copy resets the
+sample, later copies change nothing), and an event older than the lift, read
+after it from another partition, is recognised by its time and not judged again. (Over 300
+lines because the un-pause record and the ledger that replays it are one
+contract: splitting them would let the two drift.)
 """
 
 from __future__ import annotations
@@ -28,13 +41,49 @@ import datetime as dt
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 from zoneinfo import ZoneInfo
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from .config import EgressIP, RelayConfig
-from .wire import Disposition, Event
+from .wire import WIRE_VERSION, Disposition, Event, UnixSeconds, WireError, decode_event
 
 _COUNTED = {Disposition.DELIVERED, Disposition.BOUNCED, Disposition.DEFERRED}
 ALL = "*"  # the per-day total, beside the per-group counts
+UNPAUSE_ANNOTATION = "mailpipe.io/unpause-ip"  # on a SendingPool: lift this IP's pause
+UNPAUSED_KIND: Literal["ip_unpaused"] = "ip_unpaused"
+# Recognises an un-pause record without decoding it: an Event's JSON never has
+# this key (`kind` is not an Event field, and a quote inside a string is escaped).
+_UNPAUSED_MARKER = b'"kind":"ip_unpaused"'
+
+
+class IPUnpaused(BaseModel):
+    """Value on `<pool>.events` that lifts a warming IP's rate pause, for good."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = WIRE_VERSION
+    kind: Literal["ip_unpaused"] = UNPAUSED_KIND
+    egress_ip: str = Field(max_length=64)
+    time: UnixSeconds = Field(
+        description="unix seconds; outcomes of earlier events are not judged again"
+    )
+    by: str | None = Field(default=None, max_length=200, description="who lifted it")
+
+
+def encode_unpaused(record: IPUnpaused) -> bytes:
+    return record.model_dump_json(exclude_none=True).encode()
+
+
+def decode_events_value(data: bytes) -> Event | IPUnpaused:
+    """A value of a pool's events topic: an Event, or an IPUnpaused; WireError otherwise."""
+    if _UNPAUSED_MARKER not in data:
+        return decode_event(data)
+    try:
+        return IPUnpaused.model_validate_json(data)
+    except (ValidationError, ValueError, RecursionError) as exc:
+        raise WireError(f"bad {UNPAUSED_KIND} record: {str(exc)[:200]}") from exc
 
 
 @dataclass
@@ -47,6 +96,8 @@ class IPState:
     bounces: int = 0
     complaints: int = 0
     paused_reason: str | None = None
+    paused_at: float | None = None  # time of the event that paused it (None: a live outcome)
+    unpaused_at: float | None = None  # outcomes of events up to this time are not judged again
 
 
 @dataclass(frozen=True)
@@ -59,6 +110,7 @@ class IPReport:
     cap_today: int | None
     sent_today: int
     paused_reason: str | None
+    paused_at: float | None = None
 
 
 class WarmupLedger:
@@ -177,10 +229,15 @@ class WarmupLedger:
             if own:
                 state.own[(today, key)] += count
 
-    def outcome(self, ip: str, disposition: Disposition) -> None:
-        """Track bounce and complaint rates; pause a warming IP above the thresholds."""
+    def outcome(self, ip: str, disposition: Disposition, at: float | None = None) -> None:
+        """Track bounce and complaint rates; pause a warming IP above the thresholds.
+
+        `at` is the event's time when replayed: an outcome from before the IP's
+        last un-pause was already judged, so it is not counted again."""
         state = self._ips.get(ip)
         if state is None:
+            return
+        if at is not None and state.unpaused_at is not None and at <= state.unpaused_at:
             return
         if disposition in _COUNTED:
             state.attempts += 1
@@ -193,6 +250,7 @@ class WarmupLedger:
             return
         bounce_rate = state.bounces / state.attempts
         complaint_rate = state.complaints / state.attempts
+        was_paused = state.paused_reason is not None
         if bounce_rate > settings.bounce_rate_pause:
             state.paused_reason = (
                 f"bounce rate {bounce_rate:.1%} over {settings.bounce_rate_pause:.1%}"
@@ -201,17 +259,38 @@ class WarmupLedger:
             state.paused_reason = (
                 f"complaint rate {complaint_rate:.2%} over {settings.complaint_rate_pause:.2%}"
             )
+        if state.paused_reason is not None and not was_paused:
+            state.paused_at = at
 
-    def observe(self, event: Event, replaying: bool) -> None:
+    def unpause(self, ip: str, at: float) -> bool:
+        """Lift `ip`'s rate pause and start its rate sample afresh; True if it was paused.
+
+        Idempotent and order-proof: replaying the same lift twice, or an older
+        lift after a newer one, changes nothing."""
+        state = self._ips.get(ip)
+        if state is None or (state.unpaused_at is not None and at <= state.unpaused_at):
+            return False
+        was_paused = state.paused_reason is not None
+        state.unpaused_at = at
+        state.attempts = state.bounces = state.complaints = 0
+        state.paused_reason = None
+        state.paused_at = None
+        return was_paused
+
+    def observe(self, event: Event | IPUnpaused, replaying: bool) -> None:
         """Count an event from the events topic: all of them while replaying at
-        start, afterwards only those of other replicas (ours were counted live)."""
+        start, afterwards only those of other replicas (ours were counted live).
+        An un-pause applies whoever wrote it."""
+        if isinstance(event, IPUnpaused):
+            self.unpause(event.egress_ip, event.time)
+            return
         if event.egress_ip is None:
             return
         if replaying or event.relay != self.relay_id:
             if event.disposition in _COUNTED:
                 own = event.relay == self.relay_id
                 self._count(event.egress_ip, self.config.group_of(event.domain), 1, event.time, own)
-            self.outcome(event.egress_ip, event.disposition)
+            self.outcome(event.egress_ip, event.disposition, event.time)
 
     def budgets(self, now: float) -> dict[str, int | None]:
         """Per IP, the messages this replica may still send today in total (None =
@@ -241,6 +320,7 @@ class WarmupLedger:
                     cap_today=cap,
                     sent_today=state.sent[(today, ALL)],
                     paused_reason=state.paused_reason,
+                    paused_at=state.paused_at,
                 )
             )
         return out

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from . import paths, procs
+from .interrupt import stop_on_signal as stop_on_signal  # runs that stop cleanly on a signal
 
 # The `mailpipe` console script of the interpreter running this code, so a
 # child runs the same checkout and virtualenv as its parent.

@@ -141,6 +141,11 @@ def stop(
     return _forget(pid)
 
 
+def started() -> list[int]:
+    """Pids of the processes this process started and has not stopped yet."""
+    return [pid for pid, child in list(_children.items()) if child.poll() is None]
+
+
 def _forget(pid: int) -> int | None:
     child = _children.pop(pid, None)
     return None if child is None else child.poll()

@@ -1,5 +1,9 @@
 """The operator's Kafka IO: topics, fan-out produce, checkpoint scans, events.
 
+Kafka clients are few and shared, whatever the number of pools: one producer
+and at most `ADMIN_CLIENTS_PER_CLUSTER` admin clients per cluster here, and one
+events reader per cluster (`events_hub.EventsHub`, re-exported).
+
 Fan-out is exactly-once across operator restarts without Kafka transactions:
 before each chunk the operator checkpoints, in the Campaign's status, the
 index it starts at *and the end offsets of the outbound topic at that moment*.
@@ -11,30 +15,38 @@ re-sent, nothing after it is lost.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import copy
 import json
 import logging
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from kafka import KafkaProducer
+from kafka import errors as kafka_errors
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
 
 from mailpipe.contracts.wire import (
-    Event,
     WireError,
-    decode_event,
     decode_suppression,
     suppression_key,
 )
-from mailpipe.kafkakit import TopicFollower, read_topic
 
-# The admin helpers are kafkakit's (one copy for every caller); re-exported
-# because the handlers reach them as `kafka_io.ensure_topics` and `kafka_io.end_offsets`.
+# kafkakit's (one copy for every caller), re-exported for the handlers;
+# `ensure_topics` is this module's own (shared admin clients, grouped requests).
 from mailpipe.kafkakit import delete_topics as delete_topics
+
+# kafkakit's (one copy for every caller); re-exported because the handlers
+# reach it as `kafka_io.end_offsets`.
 from mailpipe.kafkakit import end_offsets as end_offsets
-from mailpipe.kafkakit import ensure_topics as ensure_topics
 from mailpipe.kafkakit import list_topics as list_topics
+from mailpipe.kafkakit import read_topic
+from mailpipe.kafkakit._admin import COMPACTED, CREATE_TIMEOUT_SECONDS
+
+from .events_hub import EventsHub as EventsHub
 
 log = logging.getLogger("mailpipe.operator.kafka")
 
@@ -43,8 +55,9 @@ FANOUT_LINGER_MS = 20
 FANOUT_BATCH_BYTES = 256 * 1024
 ACK_TIMEOUT_SECONDS = 30  # a record not acknowledged by then fails the chunk (retried whole)
 CLOSE_TIMEOUT_SECONDS = 10  # at shutdown, pending sends get this long before they are dropped
-
-Observer = Callable[[Event], None]
+# Reconciles of many pools create topics at once; two clients keep a slow
+# controller round trip from serialising all of them, and stay a fixed number.
+ADMIN_CLIENTS_PER_CLUSTER = 2
 
 
 class Producers:
@@ -85,6 +98,21 @@ def produce_all(producer: KafkaProducer, topic: str, records: list[tuple[bytes, 
         f.get(timeout=ACK_TIMEOUT_SECONDS)
 
 
+def produce_to_every_partition(
+    producer: KafkaProducer, topic: str, key: bytes, value: bytes
+) -> int:
+    """The same record once on each partition of `topic`; returns how many.
+
+    For a record every reader must see *before* anything appended after it,
+    whichever partitions they replay first (an IP's un-pause: contracts/warmup.py)."""
+    partitions = sorted(producer.partitions_for(topic))
+    futures = [producer.send(topic, key=key, value=value, partition=p) for p in partitions]
+    producer.flush()
+    for f in futures:
+        f.get(timeout=ACK_TIMEOUT_SECONDS)
+    return len(partitions)
+
+
 def produced_since(bootstrap: str, topic: str, since: dict[int, int], uid: str) -> set[int]:
     """Indices of campaign `uid` appended to `topic` after the `since` offsets."""
     prefix = f'"id":"{uid}-'.encode()
@@ -109,55 +137,159 @@ def read_suppressions(bootstrap: str, topic: str) -> set[str]:
     return out
 
 
-class EventsHub:
-    """Follows each pool's events topic once and fans the events out to observers.
+@dataclass(eq=False)
+class _Batch:
+    """Topics of every pool asking at about the same time, created in one request."""
 
-    `follow` may be called from any thread (kopf daemons run in threads);
-    observers always run on the operator's event loop, given to `start`.
+    topics: dict[str, NewTopic] = field(default_factory=dict)
+    led: bool = False  # a caller has taken it upon itself to send it
+    done: threading.Event = field(default_factory=threading.Event)
+    codes: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+class Admins:
+    """At most `ADMIN_CLIENTS_PER_CLUSTER` admin clients per cluster, kept open,
+    and concurrent topic creations grouped into one request.
+
+    kafkakit's `ensure_topics` opens and closes a client per call: right for a
+    test or a relay's dev mode, but a reconcile of 200 pools would open 200.
+    When 200 pools are created at once, their reconciles ask for topics
+    together: the first caller of a batch sends it as soon as it has a client,
+    and everyone who joined meanwhile gets their answer from that one
+    CreateTopics request (group commit), instead of 200 controller round trips.
     """
 
-    def __init__(self) -> None:
-        self._followers: dict[tuple[str, str], TopicFollower] = {}
-        self._observers: dict[tuple[str, str], list[Observer]] = {}
+    def __init__(self, factory: Callable[[str], KafkaAdminClient] | None = None) -> None:
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: dict[str, queue.Queue[KafkaAdminClient]] = {}
+        self._made: dict[str, int] = {}
+        self._open: dict[str, _Batch] = {}
+        self._factory = factory or (
+            lambda bootstrap: KafkaAdminClient(
+                bootstrap_servers=bootstrap, client_id="mailpipe-admin"
+            )
+        )
+        self.clients = 0
+        self.requests = 0
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def follow(self, bootstrap: str, topic: str, observer: Observer) -> None:
-        """Call `observer` with every event on `topic`, from its beginning; idempotent."""
-        key = (bootstrap, topic)
+    def _checkout(self, bootstrap: str) -> KafkaAdminClient:
         with self._lock:
-            observers = self._observers.setdefault(key, [])
-            if observer not in observers:
-                observers.append(observer)
-            if key in self._followers:
-                return
+            idle = self._idle.setdefault(bootstrap, queue.Queue())
+            make = idle.empty() and self._made.get(bootstrap, 0) < ADMIN_CLIENTS_PER_CLUSTER
+            if make:
+                self._made[bootstrap] = self._made.get(bootstrap, 0) + 1
+        if not make:
+            return idle.get()
+        try:
+            admin = self._factory(bootstrap)
+        except BaseException:
+            with self._lock:
+                self._made[bootstrap] -= 1
+            raise
+        self.clients += 1
+        return admin
 
-            def apply(_: bytes | None, value: bytes | None, __: bool) -> None:
-                if value is None:
-                    return
-                try:
-                    event = decode_event(value)
-                except WireError:
-                    return
-                for obs in self._observers.get(key, []):
-                    obs(event)
+    def _checkin(self, bootstrap: str, admin: KafkaAdminClient, broken: bool) -> None:
+        if broken:  # a failed call may leave it half-connected: make a fresh one next time
+            with contextlib.suppress(Exception):
+                admin.close()
+            with self._lock:
+                self._made[bootstrap] -= 1
+            return
+        self._idle[bootstrap].put(admin)
 
-            follower = TopicFollower(bootstrap, topic, apply)
-            self._followers[key] = follower
-        follower.start(self._loop)
-
-    def unfollow(self, bootstrap: str, topic: str) -> None:
-        """Stop following `topic` (its pool is being deleted: a consumer still
-        asking for the topic's metadata would have the broker re-create it). Blocking."""
+    def ensure_topics(
+        self,
+        bootstrap: str,
+        names: Iterable[str],
+        partitions: int,
+        replication: int,
+        compacted: Iterable[str] = (),
+    ) -> list[str]:
+        """As `mailpipe.kafkakit.ensure_topics`: create the missing ones, return
+        their names, leave existing ones as they are. Blocking."""
+        compacted = set(compacted)
+        wanted = list(dict.fromkeys([*names, *sorted(compacted)]))
         with self._lock:
-            follower = self._followers.pop((bootstrap, topic), None)
-            self._observers.pop((bootstrap, topic), None)
-        if follower is not None:
-            follower.stop()
+            batch = self._open.setdefault(bootstrap, _Batch())
+            for name in wanted:
+                configs = dict(COMPACTED if name in compacted else {})
+                topic = NewTopic(name, partitions, replication, topic_configs=configs)
+                batch.topics.setdefault(name, topic)
+            lead, batch.led = not batch.led, True
+        if lead:
+            self._send(bootstrap, batch)
+        elif not batch.done.wait(2 * CREATE_TIMEOUT_SECONDS):
+            raise kafka_errors.KafkaTimeoutError(f"creating topics on {bootstrap} timed out")
+        if batch.error is not None:
+            # The same kind of error for every caller (the reconcile names it),
+            # a copy each: one exception object raised in several threads
+            # would share one traceback.
+            raise copy.copy(batch.error) from batch.error
+        created: list[str] = []
+        for name in wanted:
+            code, message = batch.codes.get(name, (0, None))
+            if code == 0 and name in batch.codes:
+                created.append(name)
+            elif code not in (0, TopicAlreadyExistsError.errno):
+                error = kafka_errors.for_code(code)
+                raise error(f"{name}: {message or error.message}")
+        return created
 
-    def stop(self) -> None:
-        for f in self._followers.values():
-            f.stop()
+    def _send(self, bootstrap: str, batch: _Batch) -> None:
+        """Send `batch` once a client is free; callers joining until then ride along."""
+        admin: KafkaAdminClient | None = None
+        broken = True
+        try:
+            admin = self._checkout(bootstrap)
+            with self._lock:  # closed: later callers start the next batch
+                if self._open.get(bootstrap) is batch:
+                    del self._open[bootstrap]
+            self.requests += 1
+            result = admin.create_topics(
+                list(batch.topics.values()),
+                timeout_ms=int(CREATE_TIMEOUT_SECONDS * 1000),
+                raise_errors=False,
+            )
+            broken = False
+            for topic in result.get("topics", []):
+                batch.codes[topic["name"]] = (
+                    topic.get("error_code", 0),
+                    topic.get("error_message"),
+                )
+        except BaseException as exc:
+            batch.error = exc
+            with self._lock:
+                if self._open.get(bootstrap) is batch:
+                    del self._open[bootstrap]
+        finally:
+            if admin is not None:
+                self._checkin(bootstrap, admin, broken)
+            batch.done.set()
+
+    def close(self) -> None:
+        with self._lock:
+            idle = list(self._idle.values())
+            self._idle.clear()
+            self._made.clear()
+        for q in idle:
+            while not q.empty():
+                with contextlib.suppress(Exception):
+                    q.get_nowait().close()
+
+
+# One per process, like kube_io's API client: a cache of connections, not
+# handler state. The reconcile reaches it as `kafka_io.ensure_topics`.
+ADMINS = Admins()
+
+
+def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int,
+    replication: int,
+    compacted: Iterable[str] = (),
+) -> list[str]:
+    """Create the missing ones of `names` and `compacted` on a shared admin client. Blocking."""
+    return ADMINS.ensure_topics(bootstrap, names, partitions, replication, compacted)

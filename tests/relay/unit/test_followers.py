@@ -59,7 +59,7 @@ def test_own_live_events_are_skipped_before_decoding(monkeypatch: pytest.MonkeyP
     def never(_: Any) -> Event:
         raise AssertionError("decoded an own live event")
 
-    monkeypatch.setattr(follower, "decode_event", never)
+    monkeypatch.setattr(follower, "decode_events_value", never)
     apply(b"k", event("relay-1"), True)
     assert ledger.seen == [("relay-1", True), ("relay-2", False)]
 

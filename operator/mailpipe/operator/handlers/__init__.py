@@ -3,8 +3,9 @@
 Handlers only parse, delegate to pure builders and IO modules, and patch
 status (ARCHITECTURE.md, control plane):
 
-- `pool`: SendingPool create/update/resume/delete and warm-up status; the one
-  place the relay Deployment (and its ConfigMap, Service, PDB) is written;
+- `pool`: SendingPool create/update/resume/delete; the one place the relay
+  Deployment (and its ConfigMap, Service, PDB) is written;
+- `warmup`: per-IP warm-up status of each pool, read from its events topic;
 - `fanout`: the per-Campaign daemon that produces the audience to Kafka;
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
 - `relays`: the world a pool depends on (its relay Deployment watched, the
@@ -20,18 +21,19 @@ the `OperatorState` put into kopf's memo, which replaces module globals.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from typing import Any
 
 import kopf
 
-from .. import tenancy
+from .. import kafka_io, tenancy
 from ..cluster_policy import POLICY_MEMO_KEY
 from ..models import GROUP
-from . import campaign, fanout, pool, relays, scale
+from . import campaign, fanout, pool, relays, scale, warmup
 from .context import MEMO_KEY, OperatorState, operator_state
 
-__all__ = ["campaign", "fanout", "pool", "relays", "scale"]
+__all__ = ["campaign", "fanout", "pool", "relays", "scale", "warmup"]
 
 # Re-list every 5 min: a watch that silently stopped delivering events (load
 # balancers drop idle streams) is replaced within that time.
@@ -41,6 +43,9 @@ WATCH_CONNECT_TIMEOUT_SECONDS = 30
 # kopf runs sync handlers (the fan-out daemons) in this many threads: the
 # number of campaigns that fan out at the same time.
 SYNC_HANDLER_THREADS = 8
+# Threads for the handlers' blocking calls (to_thread): API requests and topic
+# creation in flight at once. The API server and Kafka queue the rest.
+BLOCKING_CALL_THREADS = 32
 
 
 @kopf.on.startup()
@@ -52,10 +57,20 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT_SECONDS
     settings.posting.level = logging.INFO
     settings.execution.max_workers = SYNC_HANDLER_THREADS
+    # Handlers run their blocking Kubernetes and Kafka calls in the loop's
+    # default executor (asyncio.to_thread), which has cpu+4 threads: six here,
+    # so 200 pools created at once queued 1,000 API calls behind six threads.
+    # The calls wait on the network, not the CPU: more threads overlap them.
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(
+            max_workers=BLOCKING_CALL_THREADS, thread_name_prefix="blocking"
+        )
+    )
     state = OperatorState()
     if POLICY_MEMO_KEY in memo:  # put there by `mailpipe operator` (main.run)
         state.policy = tenancy.policy_of(memo)
-    state.hub.start(asyncio.get_running_loop())
+    state.hub.start(loop)
     # Set before kopf starts watching, so every resource memo copies it.
     memo[MEMO_KEY] = state
 
@@ -63,5 +78,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     state = operator_state(memo)
-    state.hub.stop()
+    # In threads: stopping readers and closing clients waits on sockets.
+    await asyncio.to_thread(state.hub.stop)
     await asyncio.to_thread(state.producers.close)
+    await asyncio.to_thread(kafka_io.ADMINS.close)

@@ -48,6 +48,8 @@ class OperatorState:
     """One producer per Kafka cluster, shared by fan-outs and control records."""
     ledgers: dict[str, WarmupLedger] = field(default_factory=dict)
     """Per-IP warm-up of each pool (`namespace/name`), as the relays count it."""
+    warmup_sources: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(bootstrap, events topic) each ledger is fed from (`handlers/warmup.py`)."""
     policy: ClusterPolicy = field(default_factory=ClusterPolicy)
     """The platform's cluster policy (`mailpipe operator --policy`); restrictive
     by default so a wiring slip fails closed."""

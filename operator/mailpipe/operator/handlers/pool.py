@@ -7,9 +7,9 @@ Warning Event), render the children with the pure builders in
 `mailpipe.operator.pool` (ConfigMap, Deployment, Service, PDB), apply them
 (again when the live Deployment drifted), create the pool's topics, then
 derive the conditions from what was seen (`status.pool_conditions`: Ready only
-with relays available). A timer reports per-IP warm-up, counted from the
-pool's events topic exactly as the relays count it. delete removes the children
-and the pool's own topics (unless `spec.kafka.deletionPolicy: Retain`).
+with relays available). delete removes the children and the pool's own topics
+(unless `spec.kafka.deletionPolicy: Retain`). Per-IP warm-up status is
+`handlers/warmup.py`'s (it only reads).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, cast
@@ -28,7 +27,6 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailpipe.contracts.topics import TopicOwnershipError, owned_prefix, owned_topics
-from mailpipe.contracts.warmup import WarmupLedger
 
 from .. import kafka_io, kube_io, tenancy, validation
 from ..cluster_policy import ClusterPolicy
@@ -36,7 +34,6 @@ from ..models import GROUP, VERSION, DeletionPolicy, SendingPoolSpec
 from ..pool import (
     PoolRef,
     build_children,
-    build_relay_config,
     config_hash,
     drifted,
     secrets_hash,
@@ -49,9 +46,6 @@ from .status import Relays, find, merge_conditions, pool_conditions
 log = logging.getLogger("mailpipe.operator")
 
 KAFKA_RETRY_SECONDS = 15  # a broker that refuses topic creation is retried at this pace
-WARMUP_STATUS_INTERVAL_SECONDS = 15.0  # warm-up moves by the day: a slow refresh is plenty
-WARMUP_STATUS_IDLE_SECONDS = 5  # let a just-edited pool settle before its first report
-WARMUP_LEDGER_RELAY_ID = "operator"  # the ledger only reads events; it never sends as a relay
 # Replaced by Reconciling/Stalled (kstatus); dropped from pools written before.
 LEGACY_CONDITIONS = ("Progressing", "Degraded")
 DRIFT_PATHS_SHOWN = 3  # an Event names a few drifted fields, not a whole template
@@ -68,8 +62,6 @@ async def reconcile_pool(name: str, namespace: str | None, memo: kopf.Memo, **_:
         # Only Kafka is retried: a spec problem waits for an edit or for the
         # referenced Secret (handlers.relays), not for a timer.
         raise kopf.TemporaryError(outcome.kafka.message, delay=KAFKA_RETRY_SECONDS)
-    if outcome.spec is not None and outcome.ref is not None:
-        _follow_pool_events(state, outcome.ref, outcome.spec)
 
 
 @dataclass(frozen=True)
@@ -233,60 +225,6 @@ def _patch(seen: _Seen, status: dict[str, Any], generation: int | None) -> None:
     if changes:
         meta = seen.obj["metadata"]
         kube_io.patch_status("sendingpools", meta["namespace"], meta["name"], changes)
-
-
-def _follow_pool_events(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec) -> None:
-    """Count this pool's events into its warm-up ledger and the campaign tally."""
-    key = f"{ref.namespace}/{ref.name}"
-    cfg = build_relay_config(ref, spec)
-    events = topics(ref, spec).events
-    ledger = state.ledgers.get(key)
-    if ledger is None:
-        ledger = state.ledgers[key] = WarmupLedger(cfg, relay_id=WARMUP_LEDGER_RELAY_ID)
-        # replaying=True: the operator sends nothing itself, so every event counts
-        state.hub.follow(
-            spec.kafka.bootstrap_servers, events, lambda e: ledger.observe(e, replaying=True)
-        )
-    else:
-        ledger.reconfigure(cfg)
-    state.hub.follow(spec.kafka.bootstrap_servers, events, state.tally.observe)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "sendingpools",
-    interval=WARMUP_STATUS_INTERVAL_SECONDS,
-    idle=WARMUP_STATUS_IDLE_SECONDS,
-)
-async def pool_warmup_status(
-    name: str, namespace: str | None, status: Any, patch: Any, memo: kopf.Memo, **_: Any
-) -> None:
-    assert namespace is not None  # both kinds are namespaced
-    ledger = operator_state(memo).ledgers.get(f"{namespace}/{name}")
-    if ledger is None:
-        return
-    ips = [
-        {
-            "address": r.address,
-            "warming": r.warming,
-            "warmupDay": r.warmup_day,
-            "capToday": r.cap_today,
-            "sentToday": r.sent_today,
-            **({"pausedReason": r.paused_reason} if r.paused_reason else {}),
-        }
-        for r in ledger.report(time.time())
-    ]
-    if ips != status.get("ips"):
-        patch.status["ips"] = ips
-        warming = [i for i in ips if i["warming"]]
-        patch.status["warmupSummary"] = (
-            ", ".join(
-                f"{i['address']} d{i['warmupDay']} {i['sentToday']}/{i['capToday']}"
-                for i in warming
-            )
-            or "warm"
-        )
 
 
 # After deleting its topics, the pool is finalized only once a later look finds

@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable
 
 from mailpipe.contracts.config import KafkaSettings
-from mailpipe.contracts.warmup import WarmupLedger
-from mailpipe.contracts.wire import WireError, decode_control, decode_event, decode_suppression
+from mailpipe.contracts.warmup import WarmupLedger, decode_events_value
+from mailpipe.contracts.wire import WireError, decode_control, decode_suppression
 from mailpipe.kafkakit import TopicFollower
 from mailpipe.kafkakit.follower import Apply
 
@@ -70,7 +70,7 @@ def apply_event(ledger: WarmupLedger, relay_id: str, bad: Callable[[], None]) ->
         if live and own_events in value:
             return  # counted when sent; the ledger ignores our own live events anyway
         try:
-            event = decode_event(value)
+            event = decode_events_value(value)  # an event, or an IP's un-pause
         except WireError:
             bad()
             return

@@ -1,0 +1,280 @@
+"""Per-IP warm-up of each SendingPool: status, why an IP paused, and its un-pause.
+
+The warm-up ledger of a pool is the relays' own (`mailpipe.contracts.warmup`),
+replayed by the operator from the pool's events topic so the status shows each
+IP's warm-up day, today's cap and what it sent, exactly as the relays count it.
+It is kept out of `handlers/pool.py`, whose reconcile is the one writer of the
+relay Deployment: this module never writes a pool's children.
+
+- A low-level event handler (no finalizer, no handler progress in the object)
+  registers each pool's ledger with the operator's one shared events reader
+  when the pool is listed, created or changed, and drops it when the pool goes.
+  Registering is a dictionary update: no Kafka client, no blocking call.
+- A timer turns the ledger into status: `ips`, the WARMUP column
+  (`warmupSummary`), and the `WarmupPaused` condition plus a Warning Event
+  when an IP pauses for its bounce or complaint rate.
+- The `mailpipe.io/unpause-ip: <ip>[,<ip>]` annotation makes the operator write
+  an `IPUnpaused` record to the pool's events topic (relays and this ledger
+  both replay it, so the lift survives restarts), then remove the annotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import kopf
+from kafka.errors import KafkaError
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from mailpipe.contracts.warmup import (
+    UNPAUSE_ANNOTATION,
+    IPReport,
+    IPUnpaused,
+    WarmupLedger,
+    encode_unpaused,
+)
+
+from .. import kafka_io, kube_io
+from ..models import GROUP, VERSION, SendingPoolSpec
+from ..pool import PoolRef, build_relay_config, topics
+from .context import OperatorState, operator_state, parse_pool_spec
+from .status import condition, merge_conditions
+
+log = logging.getLogger("mailpipe.operator.warmup")
+
+WARMUP_STATUS_INTERVAL_SECONDS = 15.0  # warm-up moves by the day: a slow refresh is plenty
+WARMUP_STATUS_IDLE_SECONDS = 5  # let a just-edited pool settle before its first report
+WARMUP_LEDGER_RELAY_ID = "operator"  # the ledger only reads events; it never sends as a relay
+UNPAUSE_RETRY_SECONDS = 15  # a broker that refuses the un-pause record is retried at this pace
+PAUSED = "WarmupPaused"
+
+
+@kopf.on.event(GROUP, VERSION, "sendingpools")
+async def track_pool_warmup(type: str | None, body: Any, memo: kopf.Memo, **_: Any) -> None:
+    """Keep one ledger per pool, fed by the shared events reader."""
+    meta = body.get("metadata", {})
+    state = operator_state(memo)
+    try:
+        spec = parse_pool_spec(body.get("spec", {}))
+    except ValidationError:
+        return  # reconcile reports the invalid spec; nothing to count yet
+    ref = PoolRef(meta["name"], meta["namespace"], meta.get("uid", ""))
+    if type == "DELETED":
+        forget_pool(state, ref, spec)
+    else:
+        follow_pool_events(state, ref, spec)
+
+
+def _key(ref: PoolRef) -> str:
+    return f"{ref.namespace}/{ref.name}"
+
+
+def follow_pool_events(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec) -> None:
+    """Count this pool's events into its warm-up ledger and the campaign tally."""
+    key = _key(ref)
+    cfg = build_relay_config(ref, spec)
+    source = (spec.kafka.bootstrap_servers, topics(ref, spec).events)
+    ledger = state.ledgers.get(key)
+    if ledger is not None and state.warmup_sources.get(key) == source:
+        ledger.reconfigure(cfg)
+        return
+    if key in state.warmup_sources:  # the pool moved to another topic or cluster
+        state.hub.forget(*state.warmup_sources[key])
+    ledger = state.ledgers[key] = WarmupLedger(cfg, relay_id=WARMUP_LEDGER_RELAY_ID)
+    state.warmup_sources[key] = source
+    # replaying=True: the operator sends nothing itself, so every event counts
+    state.hub.follow(
+        *source,
+        lambda e: ledger.observe(e, replaying=True),
+        on_unpause=lambda u: ledger.observe(u, replaying=True),
+    )
+    state.hub.follow(*source, state.tally.observe)
+
+
+def forget_pool(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec) -> None:
+    key = _key(ref)
+    state.ledgers.pop(key, None)
+    source = state.warmup_sources.pop(key, None)
+    state.hub.forget(*(source or (spec.kafka.bootstrap_servers, topics(ref, spec).events)))
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return ""
+    return " at " + dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pause_message(paused: list[IPReport]) -> str:
+    """One line: which IPs paused, why, since when, and how to lift it."""
+    parts = [f"{r.address} paused: {r.paused_reason}{_when(r.paused_at)}" for r in paused]
+    return "; ".join(parts) + f" (annotate the pool {UNPAUSE_ANNOTATION}=<ip> to lift)"
+
+
+def warmup_summary(reports: list[IPReport]) -> str:
+    """The WARMUP printer column: warming IPs' day and budget, and any pause."""
+    parts = []
+    for r in reports:
+        if r.paused_reason:
+            parts.append(f"{r.address} PAUSED ({r.paused_reason})")
+        elif r.warming:
+            parts.append(f"{r.address} d{r.warmup_day} {r.sent_today}/{r.cap_today}")
+    return ", ".join(parts) or "warm"
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "sendingpools",
+    interval=WARMUP_STATUS_INTERVAL_SECONDS,
+    idle=WARMUP_STATUS_IDLE_SECONDS,
+)
+async def pool_warmup_status(
+    name: str,
+    namespace: str | None,
+    meta: Any,
+    status: Any,
+    body: Any,
+    patch: Any,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    assert namespace is not None  # both kinds are namespaced
+    ledger = operator_state(memo).ledgers.get(f"{namespace}/{name}")
+    if ledger is None or status.get("observedGeneration") is None:
+        # Not reconciled yet: when hundreds of pools are created at once, a
+        # status write now would only add to the API server's queue ahead of
+        # the reconciles, with nothing counted to report.
+        return
+    reports = ledger.report(time.time())
+    # No None values: the API server drops them, so the next comparison with
+    # the stored status would differ and every pool be patched every tick.
+    ips = [
+        {
+            "address": r.address,
+            "warming": r.warming,
+            "warmupDay": r.warmup_day,
+            "sentToday": r.sent_today,
+            **({"capToday": r.cap_today} if r.cap_today is not None else {}),
+            **({"pausedReason": r.paused_reason} if r.paused_reason else {}),
+        }
+        for r in reports
+    ]
+    summary = warmup_summary(reports)
+    # The summary too: the pool's reconcile writes a first one ("1 warming").
+    if ips != status.get("ips") or summary != status.get("warmupSummary"):
+        patch.status["ips"] = ips
+        patch.status["warmupSummary"] = summary
+    was_paused = {i["address"] for i in status.get("ips") or [] if i.get("pausedReason")}
+    paused = [r for r in reports if r.paused_reason]
+    newly = [r for r in paused if r.address not in was_paused]
+    if newly:
+        kopf.warn(body, reason="IPPaused", message=pause_message(newly))
+    old = list(status.get("conditions") or [])
+    previous = next((c for c in old if c.get("type") == PAUSED), None)
+    if paused:
+        new = condition(
+            PAUSED, True, "RateOverLimit", pause_message(paused), meta.get("generation")
+        )
+    elif previous is not None and previous.get("status") == "True":
+        new = condition(PAUSED, False, "NoIPPaused", "", meta.get("generation"))
+    else:
+        return  # never paused (or already said so): nothing to write for 200 quiet pools
+    if previous is None or any(previous.get(k) != new[k] for k in ("status", "message")):
+        conditions = merge_conditions(old, [new])  # the other types as they are
+        await asyncio.to_thread(
+            write_conditions, namespace, name, meta.get("resourceVersion"), conditions
+        )
+
+
+def write_conditions(
+    namespace: str, name: str, resource_version: str | None, conditions: list[dict[str, Any]]
+) -> bool:
+    """Replace the pool's conditions only if the pool is unchanged since `resource_version`.
+
+    The reconcile writes the whole `conditions` list too (a merge patch replaces
+    a list whole): an unconditional write of a list read moments ago would wipe
+    a Ready it just set. A stale write fails here and is retried at the next
+    tick from a fresher status. Blocking."""
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        {"op": "add", "path": "/status/conditions", "value": conditions},
+    ]
+    try:
+        client.CustomObjectsApi(kube_io.api()).patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            "sendingpools",
+            name,
+            ops,
+            _content_type="application/json-patch+json",
+        )
+    except ApiException as exc:
+        log.debug("conditions of %s/%s not written (%s); next tick", namespace, name, exc.status)
+        return False
+    return True
+
+
+@kopf.on.create(GROUP, VERSION, "sendingpools", annotations={UNPAUSE_ANNOTATION: kopf.PRESENT})
+@kopf.on.update(GROUP, VERSION, "sendingpools", annotations={UNPAUSE_ANNOTATION: kopf.PRESENT})
+@kopf.on.resume(GROUP, VERSION, "sendingpools", annotations={UNPAUSE_ANNOTATION: kopf.PRESENT})
+async def unpause_ip(
+    name: str,
+    namespace: str | None,
+    uid: str,
+    spec: Any,
+    annotations: Any,
+    body: Any,
+    patch: Any,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Write an `IPUnpaused` record for each annotated IP, then remove the annotation."""
+    assert namespace is not None  # both kinds are namespaced
+    ips = [ip.strip() for ip in str(annotations[UNPAUSE_ANNOTATION]).split(",") if ip.strip()]
+    try:
+        parsed = parse_pool_spec(spec)
+    except ValidationError as exc:
+        raise kopf.PermanentError("the pool's spec is invalid; see its Ready condition") from exc
+    known = {e.address for e in parsed.egress_ips}
+    unknown = [ip for ip in ips if ip not in known]
+    if unknown or not ips:
+        patch.metadata.annotations[UNPAUSE_ANNOTATION] = None  # refused once, not retried
+        what = ", ".join(unknown) or "no IP"
+        message = f"{UNPAUSE_ANNOTATION}: {what} is not an egress IP of this pool"
+        kopf.warn(body, reason="UnpauseRefused", message=message)
+        return
+    now = time.time()
+    bootstrap = parsed.kafka.bootstrap_servers
+    events = topics(PoolRef(name, namespace, uid), parsed).events
+    state = operator_state(memo)
+    try:
+        producer = await asyncio.to_thread(state.producers.get, bootstrap)
+        for ip in ips:
+            record = IPUnpaused(egress_ip=ip, time=now, by=UNPAUSE_ANNOTATION)
+            # On every partition: see `mailpipe.contracts.warmup` (order-proof replay).
+            await asyncio.to_thread(
+                kafka_io.produce_to_every_partition,
+                producer,
+                events,
+                ip.encode(),
+                encode_unpaused(record),
+            )
+    except KafkaError as exc:
+        message = (
+            f"cannot write the un-pause of {', '.join(ips)} to {bootstrap}: {type(exc).__name__}"
+        )
+        kopf.warn(body, reason="KafkaUnavailable", message=message)
+        raise kopf.TemporaryError(message, delay=UNPAUSE_RETRY_SECONDS) from exc
+    patch.metadata.annotations[UNPAUSE_ANNOTATION] = None  # written: remove it only now
+    kopf.info(
+        body,
+        reason="IPUnpaused",
+        message=f"{', '.join(ips)} un-paused: bounce and complaint rates start afresh",
+    )
