@@ -175,6 +175,15 @@ def forbidden_problem(kind: str, names: Sequence[str]) -> Problem:
     )
 
 
+def forbidden_write_problem(namespace: str, what: str) -> Problem:
+    """The operator may not create the pool's relays here: the namespace is not onboarded."""
+    return Problem(
+        Reason.FORBIDDEN,
+        f"the operator may not create {what} in namespace {namespace}: onboard the namespace"
+        " (chart value rbac.tenantNamespaces, or a RoleBinding to the operator-workloads role)",
+    )
+
+
 # --- Kafka ---------------------------------------------------------------------------------
 
 

@@ -155,11 +155,7 @@ def _reconcile_blocking(
     old = [c for c in status.get("conditions") or [] if c.get("type") not in LEGACY_CONDITIONS]
     digest = secrets_hash(secrets) if secrets else None
     if spec is None or problems:
-        conditions = pool_conditions(generation, problems, None, None)
-        seen = _Seen(obj, Outcome(ref, None))
-        seen.status = {"conditions": merge_conditions(old, conditions), "secretsHash": digest}
-        _patch(seen, status, generation)
-        return seen
+        return _blocked(obj, ref, old, status, generation, digest, problems)
     text, children = build_children(ref, spec, digest)
     seen = _Seen(obj, Outcome(ref, spec))
     live = kube_io.read_deployment(ref)
@@ -171,10 +167,17 @@ def _reconcile_blocking(
     # of the other children for every relay status change.
     if not ensure_topics:
         children = [deployment] if live is None or seen.drift else []
-    for child in children:
-        force = child is deployment and bool(seen.drift)
-        if kube_io.apply(child, force=force):
-            seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
+    try:
+        for child in children:
+            force = child is deployment and bool(seen.drift)
+            if kube_io.apply(child, force=force):
+                seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
+    except ApiException as exc:
+        if exc.status != HTTPStatus.FORBIDDEN:
+            raise
+        # RBAC: the namespace is not onboarded (chart value rbac.tenantNamespaces)
+        problem = validation.forbidden_write_problem(namespace, f"{child['kind']}/{ref.child_name}")
+        return _blocked(obj, ref, old, status, generation, digest, [problem])
     if seen.written and live is not None and _deployment_written(seen.written):
         live = kube_io.read_deployment(ref)  # the controller's view of the new template
     t = topics(ref, spec)
@@ -208,6 +211,23 @@ def _reconcile_blocking(
     if "warmupSummary" not in status:
         warming = sum(1 for e in spec.egress_ips if e.warmup)
         seen.status["warmupSummary"] = f"{warming} warming" if warming else "warm"
+    _patch(seen, status, generation)
+    return seen
+
+
+def _blocked(
+    obj: dict[str, Any],
+    ref: PoolRef,
+    old: list[dict[str, Any]],
+    status: dict[str, Any],
+    generation: int | None,
+    digest: str | None,
+    problems: list[validation.Problem],
+) -> _Seen:
+    """Report `problems` as the pool's conditions; nothing (more) is applied."""
+    conditions = pool_conditions(generation, problems, None, None)
+    seen = _Seen(obj, Outcome(ref, None))
+    seen.status = {"conditions": merge_conditions(old, conditions), "secretsHash": digest}
     _patch(seen, status, generation)
     return seen
 
