@@ -365,8 +365,13 @@ class Demo:
         finally:
             # Uninstall as the README says: the CRs first, while the operator
             # still runs their finalizers (deleting the pool deletes its topics),
-            # then the chart. Its pre-delete hook is a Job that does the same,
-            # which needs a kubelet this stack does not have: --no-hooks.
+            # then the chart. The local relays go first, as the Deployment's pods
+            # would: a relay still reading would have the broker re-create the
+            # topics. The chart's pre-delete hook is a Job that deletes the CRs
+            # too, which needs a kubelet this stack does not have: --no-hooks.
+            for child in self.children.running():
+                if child.name.startswith("relay-"):
+                    child.stop()
             harness.kubectl(
                 self.env,
                 "delete",
