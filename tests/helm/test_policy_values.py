@@ -34,8 +34,20 @@ def test_the_operator_reads_the_policy_the_values_say() -> None:
     assert policy.allowed_bootstrap_servers == ["kafka.kafka.svc:9092"]
     assert policy.allowed_smtp_ports == [25, 2525]
     assert policy.host_network_namespaces == ["mail-*"]
-    assert policy.allowed_images == ["ghcr.io/mailpipe/mailpipe:*"]
+    assert policy.allowed_images == [
+        "ghcr.io/mailpipe/mailpipe:*",
+        "ghcr.io/mailpipe/mailpipe:0.1.0",
+    ]
     assert policy.allowed_routes == [] and policy.allowed_dns_nameservers == []
+    assert policy.private_destination_namespaces == []  # no inward delivery unless allowed
+
+
+def test_the_charts_own_kafka_and_image_are_always_allowed() -> None:
+    docs = render("kafka.bootstrapServers=k.kafka.svc:9092", "image.repository=reg.example/mp")
+    cm = next(d for d in docs if d["metadata"]["name"] == "rel-mailpipe-policy")
+    policy = ClusterPolicy.model_validate(yaml.safe_load(cm["data"]["policy.yaml"]))
+    assert policy.allowed_bootstrap_servers == ["k.kafka.svc:9092"]
+    assert "reg.example/mp:0.1.0" in policy.allowed_images
     pod = _one(docs, "Deployment")["spec"]["template"]
     [container] = pod["spec"]["containers"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "policy")

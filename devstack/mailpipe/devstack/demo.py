@@ -128,6 +128,8 @@ class Demo:
             "allowedBootstrapServers": self.state.kafka_bootstrap,
             "allowedDnsNameservers": f"127.0.0.1:{self.state.dns_port}",
             "allowedSmtpPorts": str(smtp_port),
+            # its MX hosts are loopback addresses (the pool opts in; the platform allows it)
+            "privateDestinationNamespaces": NAMESPACE,
         }
         sets = [a for k, v in policy.items() for a in ("--set", f"policy.{k}={{{v}}}")]
         self.say(

@@ -80,6 +80,12 @@ class ClusterPolicy(BaseModel):
         default_factory=list,
         description="Namespaces (patterns) whose pools may run relays with hostNetwork.",
     )
+    private_destination_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces (patterns) whose pools may deliver to private, loopback or"
+        " link-local addresses (delivery.allowPrivateDestinations / allowedNetworks): a relay"
+        " that may connect inward can probe the cluster's own network.",
+    )
 
     @classmethod
     def unrestricted(cls) -> ClusterPolicy:
@@ -91,6 +97,7 @@ class ClusterPolicy(BaseModel):
             allowed_smtp_ports=None,
             allowed_routes=[ANY],
             host_network_namespaces=[ANY],
+            private_destination_namespaces=[ANY],
         )
 
 
@@ -135,6 +142,12 @@ def violations(policy: ClusterPolicy, namespace: str, spec: SendingPoolSpec) -> 
                 )
     if spec.host_network and not _allowed(namespace, policy.host_network_namespaces):
         out.append(f"hostNetwork not allowed in namespace {namespace}")
+    inward = spec.delivery.allow_private_destinations or spec.delivery.allowed_networks
+    if inward and not _allowed(namespace, policy.private_destination_namespaces):
+        out.append(
+            "delivery to private addresses (allowPrivateDestinations/allowedNetworks)"
+            f" not allowed in namespace {namespace}"
+        )
     return out
 
 

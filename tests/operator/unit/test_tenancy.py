@@ -150,3 +150,17 @@ def test_relays_obey_the_never_mail_list_and_their_namespaces_control() -> None:
         "mailpipe.mail.suppressions",
         NEVER_MAIL_TOPIC,
     ]
+
+
+def test_delivering_inward_is_a_platform_decision() -> None:
+    """A tenant field that lets relays connect to private addresses (the
+    destination policy's opt-in) is refused unless the platform allows it."""
+    for delivery in ({"allowPrivateDestinations": True}, {"allowedNetworks": ["10.0.0.0/8"]}):
+        got = refusal("team-a", "news", spec(delivery=delivery), POLICY)
+        assert got is not None and got.reason == POLICY_VIOLATION
+        assert "delivery to private addresses" in got.message
+    allowed = POLICY.model_copy(update={"private_destination_namespaces": ["team-*"]})
+    assert (
+        refusal("team-a", "news", spec(delivery={"allowPrivateDestinations": True}), allowed)
+        is None
+    )
