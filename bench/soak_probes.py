@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.devstack import harness
 from mailpipe.devstack.procs import free_port
+from mailpipe.devstack.smtp_receiver import ehlo_responses
 
 from .common import rss_mb
 from .soak_model import BOUNCE_REPLY, GREYLIST_REPLY, Tally
@@ -56,9 +57,7 @@ class CountingHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        session.host_name = hostname
-        responses.insert(len(responses) - 1, "250-PIPELINING")  # as real MX hosts do
-        return responses
+        return ehlo_responses(session, hostname, responses)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

@@ -108,10 +108,7 @@ class ReceiverHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        session.host_name = hostname
-        if self.policy.pipelining:
-            responses.insert(len(responses) - 1, "250-PIPELINING")
-        return responses
+        return ehlo_responses(session, hostname, responses, pipelining=self.policy.pipelining)
 
     async def handle_RCPT(
         self,
@@ -227,3 +224,13 @@ class SMTPReceiver:
             self.handler.connections.clear()
             for r in recipients:
                 self.handler.policy.recipients.pop(r.lower(), None)
+
+
+def ehlo_responses(
+    session: Session, hostname: str, responses: list[str], *, pipelining: bool = True
+) -> list[str]:
+    """aiosmtpd's EHLO answer, advertising PIPELINING as real MX hosts do."""
+    session.host_name = hostname
+    if pipelining:
+        responses.insert(len(responses) - 1, "250-PIPELINING")
+    return responses
