@@ -142,3 +142,48 @@ async def test_a_consumer_thread_that_died_fails_liveness_with_its_reason(
         "kafka consumer thread: consumer thread died: SystemExit: the interpreter is going"
     ]
     assert health.readiness() == reasons
+
+
+async def test_a_relay_started_before_its_topics_exist_waits_then_reads_them_all(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """CI caught a relay joining its group right after the topics were created,
+    before the broker's metadata had them: the range assignor gave it none of
+    the 4 partitions ("assigned 0 of 4") and it looked again only at the next
+    metadata refresh, 5 minutes later. Now the member joins only once every
+    topic is known, reports the missing ones meanwhile, and never creates a
+    topic itself."""
+    settings = samples.pool_topics(kafka_bootstrap, topic_prefix, ())
+    topic = settings.outbound_topic
+    health = Health()
+    metrics = RelayMetrics()
+    source = KafkaSource(settings, [topic], on_error=read_error_reporter(metrics, health))
+    source.start()
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(100):
+            if source.read_errors >= 2:
+                break
+            await asyncio.sleep(0.1)
+        reasons = health.readiness()
+        assert any("topics not found on the broker" in r and topic in r for r in reasons), reasons
+        # waiting did not create the topic (no auto-creation by a reader)
+        admin_view = await loop.run_in_executor(None, _topics, kafka_bootstrap)
+        assert topic not in admin_view
+
+        ensure_pool_topics(settings, partitions=4)
+        for p in range(4):
+            await loop.run_in_executor(None, produce, kafka_bootstrap, topic, p, [f"p{p}".encode()])
+        got = await take(source, 4, timeout_s=60)  # well before a metadata refresh
+        assert sorted(r.value for r in got) == [b"p0", b"p1", b"p2", b"p3"]
+        assert source.assignment() == {(topic, p) for p in range(4)}
+    finally:
+        await loop.run_in_executor(None, source.stop)
+
+
+def _topics(bootstrap: str) -> set[str]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        return set(consumer.topics())
+    finally:
+        consumer.close()

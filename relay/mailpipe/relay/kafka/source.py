@@ -23,6 +23,16 @@ polls again after READ_RETRY_SECONDS. kafka-python leaves the position of a
 partition whose batch failed where it was, so nothing is skipped (lost); the
 other partitions are read in between.
 
+The consumer joins its group only once the broker's metadata knows every
+topic it reads (`_wait_for_topics`). kafka-python's range assignor gives a
+member nothing for a topic it has no metadata for, and the member looks again
+only at the next metadata refresh: a relay started right after the operator
+created the pool's topics sat with "assigned 0 of 4 partitions" for minutes
+(CI saw it). Until then the relay reports the missing topics as a read error
+(readiness false, with the names). The consumer never creates a topic
+(`allow_auto_create_topics=False`): topics belong to the operator, and a relay
+reading a deleted pool's topic must not bring it back.
+
 Why one module of ~380 lines: everything that touches the consumer object is
 here, because it must run on that one thread; splitting it would spread the
 thread's invariants over files.
@@ -67,6 +77,13 @@ STOP_JOIN_SECONDS = 30.0
 # After a failed poll or consumer creation: a batch that cannot be read fails
 # again at once, so look again this much later, not in a busy loop of errors.
 READ_RETRY_SECONDS = 1.0
+# How stale the consumer's view of topics and partitions may get: partitions
+# the operator adds are picked up (and rebalanced) within this time.
+METADATA_MAX_AGE_MS = 30_000
+
+
+class TopicsMissing(Exception):
+    """The broker does not (yet) know topics the relay reads."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -207,7 +224,28 @@ class KafkaSource:
             max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            allow_auto_create_topics=False,
         )
+
+    def _wait_for_topics(self, consumer: KafkaConsumer) -> bool:
+        """Wait until the broker's metadata has every topic (True), or stop (False).
+
+        Joining earlier would get this member no partitions of the missing
+        topics until the next metadata refresh (see the module docstring)."""
+        while not self._stop.is_set():
+            try:
+                missing = [t for t in self.topics if not consumer.partitions_for_topic(t)]
+            except Exception as exc:  # broker away: same as any failure to read
+                self._read_failed(exc, "reading topic metadata")
+                continue
+            if not missing:
+                return True
+            self._read_failed(
+                TopicsMissing(f"topics not found on the broker: {', '.join(missing)}"),
+                "waiting for topics",
+            )
+        return False
 
     def _read_failed(self, exc: Exception, what: str) -> None:
         """Report a failure to read and wait before the next try (stop still wins)."""
@@ -233,6 +271,11 @@ class KafkaSource:
             self._fail_commands(RuntimeError("Kafka consumer thread stopped"))
             return
         self._consumer = consumer
+        if not self._wait_for_topics(consumer):
+            self._fail_commands(RuntimeError("Kafka consumer thread stopped"))
+            with contextlib.suppress(Exception):
+                consumer.close(autocommit=False)
+            return
         consumer.subscribe(self.topics, listener=_Listener(self))
         last_lag = 0.0
         last_poll = 0.0
