@@ -1,6 +1,9 @@
 """The relay engine: records in, SMTP transactions out, one disposition each.
 
     source.poll -> Revoked? forget those partitions' work (in order with records)
+      -> Revoking? hold their new work, drain, answer what to commit  `handover`
+      -> Assigned? the previous owners' finished-ahead offsets        `offsets`
+      -> finished before (read again)? skip it                        `offsets`
       -> decode (bad -> DLQ) -> not due yet? (wait in memory / postpone: `delays`)
       -> per-domain ready queue (full -> postpone)           `scheduling`
       -> lanes: connection slot, rate token, egress IP       `scheduling`
@@ -24,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
 from mailpipe.contracts.config import RelayConfig
@@ -34,10 +37,21 @@ from mailpipe.contracts.wire import WireError, decode_record
 from .delays import DUE_SLACK_SECONDS, Postponer, PostponeReason, Waiting
 from .dispatch import Dispatcher
 from .emission import Emitter
+from .handover import DRAIN_SECONDS, Handover
 from .message import Signer
 from .metrics import NO_CAP, RelayMetrics
 from .offsets import OffsetTracker
-from .ports import Clock, RecordSink, RecordSource, Revoked, SourceRecord, Transport
+from .ports import (
+    Assigned,
+    Clock,
+    Control,
+    RecordSink,
+    RecordSource,
+    Revoked,
+    Revoking,
+    SourceRecord,
+    Transport,
+)
 from .scheduling import Scheduler
 from .suppressions import CampaignStates, SuppressionList
 from .tasks import Tasks, task_stacks
@@ -73,6 +87,7 @@ class Engine:
         self.clock = clock
         self.metrics = metrics
         self.tracker = OffsetTracker()
+        self.handover = Handover()
         self.tasks = Tasks()
         self.window = CommitWindow(source, self.tracker, clock)
         self.postponer = Postponer(sink, clock, metrics)
@@ -109,10 +124,32 @@ class Engine:
         self.dispatch.reconfigure(config, signer)
 
     def _attempt(self, work: Work) -> Awaitable[None]:
-        return self.dispatch.attempt(work)  # not `async`: one coroutine frame per attempt, not two
+        return self._step(work.src, work.gen, self.dispatch.attempt(work))
 
     def _fail(self, work: Work, exc: Exception) -> Awaitable[None]:
-        return self.dispatch.fail(work, exc)
+        return self._step(work.src, work.gen, self.dispatch.fail(work, exc))
+
+    def _step(
+        self, src: SourceRecord, gen: int, step: Coroutine[Any, Any, None]
+    ) -> Coroutine[Any, Any, None]:
+        """A step with effects outside the relay (SMTP, delay topic, DLQ), run
+        under the rebalance hand-over (`handover`): held while its partition
+        may move, never beside another copy of the same record, and not at all
+        once the partition is gone or the record was finished by an earlier copy."""
+
+        def still_wanted() -> bool:
+            if not self.tracker.current(src.tp, gen):
+                return False  # the partition went elsewhere: its new owner reads it
+            if self.tracker.finished_before(src.tp, src.offset):
+                self._already_finished(src, gen)
+                return False
+            return True
+
+        return self.handover.run(src.tp, src.offset, step, still_wanted)
+
+    def _already_finished(self, src: SourceRecord, gen: int) -> None:
+        self.tracker.finish(src.tp, src.offset, gen)
+        self.metrics.already_finished.inc()
 
     def _warmup_budgets(self) -> dict[str, int]:
         budgets = self.ledger.budgets(self.clock.time())
@@ -122,6 +159,7 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.scheduler.stopping = False
+        self.handover.stopping = False
         self.window.open()
         committer = asyncio.create_task(self.window.commit_loop(stop))
         try:
@@ -140,28 +178,38 @@ class Engine:
                     await asyncio.sleep(0)
         finally:
             self.scheduler.stop()  # unfinished work is not committed: the next owner re-reads it
+            self.handover.stop()  # steps held by a rebalance give up likewise
             await self.tasks.finish(STOP_GRACE_SECONDS)
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
             await self.window.commit()
 
-    def _take(self, items: Sequence[SourceRecord | Revoked]) -> None:
+    def _take(self, items: Sequence[SourceRecord | Control]) -> None:
         for item in items:
-            if isinstance(item, Revoked):
-                self._revoke(item)
-            else:
-                self._accept(item)
+            match item:
+                case SourceRecord():
+                    self._accept(item)
+                case Revoked():
+                    self._revoke(item)
+                case Revoking():
+                    self.handover.fence(item.partitions)
+                    self.tasks.spawn(self._answer(item))
+                case Assigned():
+                    self._assigned(item)
 
     def _accept(self, src: SourceRecord) -> None:
         gen = self.tracker.start(src.tp, src.offset)
+        if self.tracker.finished_before(src.tp, src.offset):
+            self._already_finished(src, gen)  # read again; an earlier copy was finished
+            return
         if src.value is None:
             self.tracker.finish(src.tp, src.offset, gen)  # a tombstone carries nothing to send
             return
         try:
             record = decode_record(src.value)
         except WireError as exc:
-            self.tasks.spawn(self.dispatch.to_dlq(src, gen, str(exc)))
+            self.tasks.spawn(self._step(src, gen, self.dispatch.to_dlq(src, gen, str(exc))))
             return
         work = Work(src, record, gen)
         due = record.not_before
@@ -170,7 +218,7 @@ class Engine:
             if self.postponer.waits_in_memory(src.topic):
                 self.waiting.add(work, self.postponer.wait_until(src, due, now))
             else:
-                self.tasks.spawn(self.dispatch.postpone(work, due, PostponeReason.NOT_YET_DUE))
+                self._postpone(work, due, PostponeReason.NOT_YET_DUE)
             return
         self._enqueue(work)
 
@@ -183,7 +231,7 @@ class Engine:
                 continue
             due = work.record.not_before
             if due is not None and due > now + DUE_SLACK_SECONDS and self.postponer.steps:
-                self.tasks.spawn(self.dispatch.postpone(work, due, PostponeReason.NOT_YET_DUE))
+                self._postpone(work, due, PostponeReason.NOT_YET_DUE)
             else:
                 self._enqueue(work)
 
@@ -191,18 +239,21 @@ class Engine:
         refused = self.scheduler.enqueue(work)
         if refused is not None:
             due = self.clock.time() + self.postponer.shortest_seconds
-            self.tasks.spawn(self.dispatch.postpone(work, due, refused))
+            self._postpone(work, due, refused)
 
     def _relieve(self) -> None:
         due = self.clock.time() + self.postponer.shortest_seconds
         for work in self.scheduler.relieve():
-            self.tasks.spawn(self.dispatch.postpone(work, due, PostponeReason.WINDOW_RELIEF))
+            self._postpone(work, due, PostponeReason.WINDOW_RELIEF)
 
     def _spill_stalled(self) -> None:
         """The tarpit budget (`stalls`): cut domains stalled over it, postpone their queues."""
         due = self.clock.time() + self.postponer.shortest_seconds
         for work in self.scheduler.spill_stalled():
-            self.tasks.spawn(self.dispatch.postpone(work, due, PostponeReason.STALLED_DOMAIN))
+            self._postpone(work, due, PostponeReason.STALLED_DOMAIN)
+
+    def _postpone(self, work: Work, due: float, reason: PostponeReason) -> None:
+        self.tasks.spawn(self._step(work.src, work.gen, self.dispatch.postpone(work, due, reason)))
 
     def _revoke(self, revoked: Revoked) -> None:
         """Partitions moved to another replica: drop their queued and waiting work
@@ -216,6 +267,28 @@ class Engine:
         )
         self.tracker.revoke(list(gone))
 
+    async def _answer(self, revoking: Revoking) -> None:
+        """A rebalance starts: once the steps running on the partitions that may
+        move are done (at most DRAIN_SECONDS), tell the source what to commit
+        for them before the relay rejoins, finished-ahead offsets included."""
+        tps = set(revoking.partitions)
+        if not await self.handover.drained(tps, DRAIN_SECONDS):
+            log.warning(
+                "rebalance: %d attempts still running on revoked partitions after %.0f s;"
+                " if their partitions move, the new owner sends them again",
+                self.handover.active(tps),
+                DRAIN_SECONDS,
+            )
+        offsets = {tp: o for tp, o in self.tracker.committable().items() if tp in tps}
+        revoking.reply(offsets, self.tracker.finished_ahead(offsets))
+
+    def _assigned(self, assigned: Assigned) -> None:
+        """A rebalance ended: learn what the previous owners finished past their
+        commits, then let held steps go on (those of partitions gone give up)."""
+        for tp, committed in assigned.committed.items():
+            self.tracker.learn(tp, committed, assigned.finished_ahead.get(tp, frozenset()))
+        self.handover.lift()
+
     def describe(self) -> dict[str, Any]:
         """The engine's state, for `kill -USR1` and the stuck-window warning."""
         return {
@@ -225,5 +298,6 @@ class Engine:
             "waiting": len(self.waiting),
             "tasks": len(self.tasks),
             "stopping": self.scheduler.stopping,
+            "handover": self.handover.describe(),
             "partitions": self.tracker.describe(),
         }

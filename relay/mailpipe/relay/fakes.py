@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from .classify import reply
 from .ports import (
+    Control,
     Envelope,
     Revoked,
     SMTPReply,
@@ -32,7 +33,8 @@ class MemorySource:
         self.paused: set[TopicPartition] = set()
         self.revoked: set[TopicPartition] = set()
         self.commits: list[dict[TopicPartition, int]] = []
-        self._control: list[Revoked] = []
+        self.finished_ahead: dict[TopicPartition, frozenset[int]] = {}  # of the last commit
+        self._control: list[Control] = []
 
     def append(
         self,
@@ -52,8 +54,17 @@ class MemorySource:
         self.revoked.update(partitions)
         self._control.append(Revoked(tuple(partitions)))
 
-    async def poll(self, max_records: int) -> Sequence[SourceRecord | Revoked]:
-        out: list[SourceRecord | Revoked] = [*self._control]
+    def notify(self, notice: Control) -> None:
+        """Hand `notice` (a `Revoking` or `Assigned`) to the engine with the next poll."""
+        self._control.append(notice)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read `tp` again from `offset` (the partition assigned back, from its commit)."""
+        self.revoked.discard(tp)
+        self.positions[tp] = offset
+
+    async def poll(self, max_records: int) -> Sequence[SourceRecord | Control]:
+        out: list[SourceRecord | Control] = [*self._control]
         control = len(out)
         self._control.clear()
         for tp, log in self.logs.items():
@@ -66,8 +77,13 @@ class MemorySource:
             await asyncio.sleep(0.001)
         return out
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def commit(
+        self,
+        offsets: dict[TopicPartition, int],
+        finished_ahead: Mapping[TopicPartition, Collection[int]] | None = None,
+    ) -> None:
         self.commits.append(dict(offsets))
+        self.finished_ahead = {tp: frozenset(o) for tp, o in (finished_ahead or {}).items()}
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         self.paused.update(partitions)

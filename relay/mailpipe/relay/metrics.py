@@ -111,6 +111,7 @@ EXPORTED = (
     "mailpipe_dlq_records_total",
     "mailpipe_followed_bad_records_total",
     "mailpipe_consumer_errors_total",
+    "mailpipe_already_finished_records_total",
 )
 
 
@@ -191,6 +192,12 @@ class RelayMetrics:
             "Failures of the consumer thread to read (an undecodable or corrupt batch, a broker"
             " error), by error type; the thread retries, and /readyz says why it is not ready",
             ["error"],
+            registry=r,
+        )
+        self.already_finished = Counter(
+            "mailpipe_already_finished_records",
+            "Records read again after a rebalance or an eviction and not sent again: this"
+            " relay, or the partition's previous owner (commit metadata), had finished them",
             registry=r,
         )
 

@@ -1,17 +1,37 @@
-"""Which offsets may be committed: the lowest unfinished one, per partition.
+"""Which offsets may be committed, and which were finished past the commit.
 
 Records finish out of order (a fast domain overtakes a throttled one), but
 Kafka only stores one position per partition. Committing the lowest offset
-still in flight means a crash re-reads some finished records (duplicates,
-bounded by the in-flight window) and never skips an unfinished one
-(invariant 1). Only the event loop touches it (revocations arrive in-band),
-so it needs no lock.
+still in flight means the commit never skips an unfinished record
+(invariant 1). The records finished *past* that position are the ones a
+re-read would send again, so the tracker also remembers them ("finished
+ahead"), per partition and across ownerships:
+
+- every finish is remembered, even one that completes after its partition
+  was revoked (an attempt running when the group took the partition away):
+  it was delivered all the same;
+- a record read again (the partition came back after a rebalance or after
+  the relay was evicted during a broker outage) whose offset is remembered is
+  not attempted again: `finished_before` says so and the engine finishes it
+  at once, so the next commit covers it;
+- the commit carries the finished-ahead offsets to the next owner in the
+  commit's metadata (`kafka.metadata`), which `learn` takes back in;
+- a commit the broker stored forgets what it covers.
+
+Memory is bounded: finished-ahead offsets lie within the read window above
+the commit, and `learn` drops a partition's memory when the group's position
+went back (a reset, a recreated topic): offsets there are not the same
+records any more, and skipping them would lose mail.
+
+Only the event loop touches it (revocations arrive in-band), so it needs no
+lock.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Collection, Mapping
 
 from .ports import TopicPartition
 
@@ -27,9 +47,26 @@ class _Partition:
         self.read: deque[int] = deque()  # offsets read and not yet committed, in order
 
 
+class _Memory:
+    """Offsets of one partition finished by anyone we know of, at or past `floor`
+    (the highest position known committed); kept across ownerships."""
+
+    __slots__ = ("finished", "floor")
+
+    def __init__(self) -> None:
+        self.floor = -1
+        self.finished: set[int] = set()
+
+    def forget_below(self, position: int) -> None:
+        if position > self.floor:
+            self.floor = position
+            self.finished = {o for o in self.finished if o >= position}
+
+
 class OffsetTracker:
     def __init__(self) -> None:
         self._parts: dict[TopicPartition, _Partition] = {}
+        self._memory: dict[TopicPartition, _Memory] = {}
         self._in_flight = 0
         self._uncommitted = 0
         self._gens = 0
@@ -45,9 +82,12 @@ class OffsetTracker:
         The engine reads no more while this is at its window, which bounds duplicates."""
         return self._uncommitted
 
-    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+    def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
         """The broker stored these positions: forget the offsets below them."""
         for tp, position in offsets.items():
+            memory = self._memory.get(tp)
+            if memory is not None:
+                memory.forget_below(position)
             part = self._parts.get(tp)
             if part is None:
                 continue
@@ -69,16 +109,28 @@ class OffsetTracker:
         return part.gen
 
     def finish(self, tp: TopicPartition, offset: int, gen: int) -> None:
+        memory = self._memory.get(tp)
+        if memory is None:
+            memory = self._memory[tp] = _Memory()
+        if offset >= memory.floor:
+            # Whichever ownership finished it: its disposition is acknowledged.
+            memory.finished.add(offset)
         part = self._parts.get(tp)
         if part is None or part.gen != gen or offset in part.done:
             # Revoked meanwhile (perhaps assigned back since: a new
-            # generation whose copy of this record is tracked anew), or
-            # finished twice.
+            # generation whose copy of this record is tracked anew and will
+            # be skipped, see `finished_before`), or finished twice.
             return
         part.done.add(offset)
         self._in_flight -= 1
         while part.heap and part.heap[0] in part.done:
             part.done.discard(heapq.heappop(part.heap))
+
+    def finished_before(self, tp: TopicPartition, offset: int) -> bool:
+        """This offset was finished already (by an earlier ownership, ours or, as
+        the commit metadata said, another relay's): not to be attempted again."""
+        memory = self._memory.get(tp)
+        return memory is not None and offset in memory.finished
 
     def committable(self) -> dict[TopicPartition, int]:
         """Next offset to read per partition: Kafka's commit convention."""
@@ -89,8 +141,46 @@ class OffsetTracker:
             out[tp] = part.heap[0] if part.heap else part.high + 1
         return out
 
-    def revoke(self, tps: list[TopicPartition]) -> int:
-        """Forget partitions this relay no longer owns; returns records dropped."""
+    def finished_ahead(
+        self, positions: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, frozenset[int]]:
+        """Per partition, the offsets past `positions` already finished: what the
+        next owner must not send again (carried in the commit's metadata)."""
+        out = {}
+        for tp, position in positions.items():
+            memory = self._memory.get(tp)
+            if memory is not None:
+                ahead = frozenset(o for o in memory.finished if o > position)
+                if ahead:
+                    out[tp] = ahead
+        return out
+
+    def learn(self, tp: TopicPartition, committed: int | None, finished: Collection[int]) -> None:
+        """A partition assigned to us: the group's committed position and the
+        offsets past it another owner finished (from the commit's metadata).
+
+        A position below what we knew committed (a reset) or none at all (a
+        recreated topic) means the offsets we remember may name other
+        records now: forget them rather than skip mail."""
+        memory = self._memory.get(tp)
+        if committed is None or (memory is not None and committed < memory.floor):
+            memory = None
+            self._memory.pop(tp, None)
+        if committed is None:
+            return
+        if memory is None:
+            memory = self._memory[tp] = _Memory()
+        memory.forget_below(committed)
+        memory.finished.update(o for o in finished if o > committed)
+
+    def current(self, tp: TopicPartition, gen: int) -> bool:
+        """`gen` is still this relay's ownership of `tp` (not revoked since)."""
+        part = self._parts.get(tp)
+        return part is not None and part.gen == gen
+
+    def revoke(self, tps: Collection[TopicPartition]) -> int:
+        """Forget partitions this relay no longer owns (their finished offsets stay
+        remembered); returns records dropped."""
         dropped = 0
         for tp in tps:
             part = self._parts.pop(tp, None)
@@ -110,6 +200,7 @@ class OffsetTracker:
                 "unfinished": len(part.heap) - len(part.done),
                 "lowest_unfinished": part.heap[0] if part.heap else -1,
                 "high": part.high,
+                "finished_ahead": len(self._memory[tp].finished) if tp in self._memory else 0,
             }
             for tp, part in self._parts.items()
         }

@@ -13,7 +13,7 @@ recipient (RFC 3463 codes), so one classifier decides every disposition.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -51,18 +51,51 @@ class Revoked:
     partitions: tuple[TopicPartition, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Revoking:
+    """A rebalance starts and these partitions may move: the last moment this
+    relay's commits for them are accepted. The engine holds back new work of
+    them, lets what is running finish (bounded), and calls `reply` with what
+    may be committed: the source commits it, finished-ahead offsets included,
+    before the relay rejoins (see ARCHITECTURE.md, invariant 31)."""
+
+    partitions: tuple[TopicPartition, ...]
+    reply: Callable[[dict[TopicPartition, int], dict[TopicPartition, frozenset[int]]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """A rebalance ended: `partitions` is the whole new assignment (work of them
+    held back by `Revoking` may go on). For each partition new to this relay,
+    `committed` has the group's position (None: no commit yet) and
+    `finished_ahead` the offsets past it that the previous owner finished
+    (from the commit's metadata): those are not sent again."""
+
+    partitions: tuple[TopicPartition, ...]
+    committed: Mapping[TopicPartition, int | None] = field(default_factory=dict)
+    finished_ahead: Mapping[TopicPartition, frozenset[int]] = field(default_factory=dict)
+
+
+Control = Revoked | Revoking | Assigned
+
+
 class RecordSource(Protocol):
     """A consumer-group member: records in, commits out."""
 
-    async def poll(self, max_records: int) -> Sequence[SourceRecord | Revoked]:
-        """Up to `max_records` records, and every revocation that happened, each in
-        its place in the stream (a `Revoked` comes before any record read after it);
-        empty when nothing arrived within a short wait. With 0 it only delivers
-        control (revocations), without waiting."""
+    async def poll(self, max_records: int) -> Sequence[SourceRecord | Control]:
+        """Up to `max_records` records, and every rebalance notice (`Control`), each
+        in its place in the stream (a `Revoked` or `Assigned` comes before any
+        record read after it); empty when nothing arrived within a short wait.
+        With 0 it only delivers control, without waiting."""
         ...
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit `next offset to read` per partition (Kafka's convention)."""
+    async def commit(
+        self,
+        offsets: dict[TopicPartition, int],
+        finished_ahead: Mapping[TopicPartition, Collection[int]] | None = None,
+    ) -> None:
+        """Commit `next offset to read` per partition (Kafka's convention), with
+        the offsets past it already finished, for whoever reads it next."""
         ...
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None: ...

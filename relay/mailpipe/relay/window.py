@@ -3,7 +3,8 @@
 The window counts records read but not yet covered by a commit, so a crash
 re-sends at most `max_in_flight_records` (invariant 1's bound on duplicates).
 Commits go up to the lowest unfinished offset per partition (`offsets`),
-every COMMIT_INTERVAL_SECONDS. A window that is full while commits stand
+every COMMIT_INTERVAL_SECONDS, each with the offsets finished past it (for
+whoever reads the partition next: invariant 31). A window that is full while commits stand
 still is pinned by records queued behind a slow domain: after
 RELIEF_AFTER_SECONDS the engine moves that domain's queue to a delay topic
 (invariant 2), and if the window stays stuck anyway it says why. A full
@@ -37,7 +38,8 @@ class CommitWindow:
         self.source = source
         self.tracker = tracker
         self.clock = clock
-        self._last_commit: dict[TopicPartition, int] = {}
+        self._last_commit: tuple[dict[TopicPartition, int], dict[TopicPartition, frozenset[int]]]
+        self._last_commit = ({}, {})
         self._last_progress = 0.0  # last commit that moved, or the start
         self._last_relief = 0.0
         self._last_spill = 0.0
@@ -62,13 +64,14 @@ class CommitWindow:
 
     async def commit(self) -> None:
         offsets = self.tracker.committable()
-        if offsets and offsets != self._last_commit:
+        ahead = self.tracker.finished_ahead(offsets)
+        if offsets and (offsets, ahead) != self._last_commit:
             try:
-                await self.source.commit(offsets)
+                await self.source.commit(offsets, ahead)
             except Exception:  # a failed commit only means more re-reads later
                 log.warning("commit failed", exc_info=True)
                 return
-            self._last_commit = offsets
+            self._last_commit = (offsets, ahead)
             self._last_progress = self.clock.monotonic()
             self.tracker.committed(offsets)
 

@@ -16,10 +16,12 @@ from ..ports import TopicPartition
 
 @dataclass(frozen=True, slots=True)
 class Commit:
-    """Commit `offsets` (next offset to read) of the partitions still assigned;
+    """Commit `offsets` (next offset to read) of the partitions still assigned,
+    each with its `metadata` (the finished-ahead offsets, `metadata.encode`);
     `done` resolves when the broker accepted it, or carries its error."""
 
     offsets: dict[TopicPartition, int]
+    metadata: dict[TopicPartition, str] = field(default_factory=dict)
     done: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
 
 

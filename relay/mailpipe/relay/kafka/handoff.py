@@ -14,6 +14,11 @@ without a broker (tests/relay/unit/test_kafka_handoff.py):
   its partitions was fetched *after* it (earlier ones were just dropped), and
   records of other partitions do not care. So the engine forgets an old
   assignment before it sees any record of the next one.
+- Other notices. `Revoking` (a rebalance starts) and `Assigned` (it ended,
+  with the previous owner's finished-ahead offsets) travel the same queue
+  and are handed out with the revocations, in order: `Assigned` always
+  after the `Revoked` of the same rebalance and before any record of a
+  partition it brings.
 - Credit. The consumer thread takes one credit per record it hands over and
   stops fetching while none is left; the loop gives credits back for every
   record that leaves the hand-off, handed to the engine *or dropped*. A credit
@@ -27,17 +32,17 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 
-from ..ports import Revoked, SourceRecord, TopicPartition
+from ..ports import Control, Revoked, SourceRecord, TopicPartition
 
-Item = SourceRecord | Revoked
+Item = SourceRecord | Control
 
 
 class HandOff:
-    """Thread side: `full`, `put_records`, `put_revoked`. Loop side: `take`."""
+    """Thread side: `full`, `put_records`, `put_revoked`, `put_control`. Loop side: `take`."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit  # records fetched but not yet taken by the engine
-        self._queue: queue.SimpleQueue[list[SourceRecord] | Revoked] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[SourceRecord] | Control] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards _buffered, written by both sides
         self._buffered = 0
         self._pending: deque[SourceRecord] = deque()  # loop side only: read, not yet taken
@@ -58,10 +63,14 @@ class HandOff:
     def put_revoked(self, partitions: Iterable[TopicPartition]) -> None:
         self._queue.put(Revoked(tuple(sorted(partitions))))
 
+    def put_control(self, notice: Control) -> None:
+        self._queue.put(notice)
+
     # -- event loop ------------------------------------------------------------
 
     def take(self, max_records: int) -> list[Item]:
-        """Every revocation that arrived, then up to `max_records` records.
+        """Every revocation (and other notice) that arrived, then up to
+        `max_records` records.
 
         The queue is drained completely every time, whatever `max_records`
         (0 included): a revocation must reach the engine at once, even while
@@ -79,8 +88,10 @@ class HandOff:
                 dropped += len(self._pending) - len(kept)
                 self._pending = kept
                 revocations.append(item)
-            else:
+            elif isinstance(item, list):
                 self._pending.extend(item)
+            else:
+                revocations.append(item)
         taken = min(max(max_records, 0), len(self._pending))
         records = [self._pending.popleft() for _ in range(taken)]
         if dropped or taken:

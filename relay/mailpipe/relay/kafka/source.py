@@ -9,6 +9,20 @@ FIFO queue, so a commit never overtakes a pause sent before it. The loop side
 `ports.RecordSource`; revocations reach the engine in-band, as
 `ports.Revoked` items of `poll()` (see `handoff`).
 
+Rebalances and duplicates (ARCHITECTURE.md, invariant 31). kafka-python runs
+the rebalance listener on its IO thread; ours is an
+`AsyncConsumerRebalanceListener`, so it can wait there without stopping
+heartbeats. When a rebalance starts (`on_partitions_revoked`, before the
+member rejoins: the group still accepts its commits), it hands the engine a
+`ports.Revoking` and waits (REVOKE_REPLY_SECONDS) for the engine's answer,
+given once the work running on those partitions finished; it then commits
+that answer, finished-ahead offsets in the commit's metadata
+(`metadata.encode`), before the rejoin. When the rebalance ended, the
+consumer thread reads the committed offset and metadata of every partition
+new to this relay and hands the engine an `ports.Assigned` before any of
+their records, so records the previous owner finished past its commit are
+not sent again.
+
 Commits are the engine's: the source never decides on its own what is
 finished, and it makes no commit of its own on shutdown. The engine's last
 commit, sent before `stop()`, is the one final commit; a commit that cannot
@@ -33,7 +47,7 @@ created the pool's topics sat with "assigned 0 of 4 partitions" for minutes
 (`allow_auto_create_topics=False`): topics belong to the operator, and a relay
 reading a deleted pool's topic must not bring it back.
 
-Why one module of ~380 lines: everything that touches the consumer object is
+Why one module of ~500 lines: everything that touches the consumer object is
 here, because it must run on that one thread; splitting it would spread the
 thread's invariants over files.
 """
@@ -41,22 +55,24 @@ thread's invariants over files.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaTP
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
 from mailpipe.contracts.config import KafkaSettings
 
-from ..ports import Revoked, SourceRecord, TopicPartition
+from ..ports import Assigned, Control, Revoking, SourceRecord, TopicPartition
+from . import metadata
 from .commands import Command, Commit, Pause, Resume
 from .handoff import HandOff
 
@@ -80,25 +96,45 @@ READ_RETRY_SECONDS = 1.0
 # How stale the consumer's view of topics and partitions may get: partitions
 # the operator adds are picked up (and rebalanced) within this time.
 METADATA_MAX_AGE_MS = 30_000
+# How long the rebalance listener waits for the engine's answer to `Revoking`:
+# longer than the engine lets running work finish (handover.DRAIN_SECONDS),
+# far shorter than the rebalance timeout (MAX_POLL_INTERVAL_MS) the rest of
+# the group waits at most.
+REVOKE_REPLY_SECONDS = 15.0
+REVOKE_COMMIT_SECONDS = 10.0  # the commit before the rejoin; a round trip when the broker is up
+REVOKE_CHECK_SECONDS = 0.01  # how often the listener looks for the answer (kafka-python's loop)
+COMMITTED_TIMEOUT_MS = 10_000  # reading a new partition's committed offset and metadata
+
+
+def _position(value: Any) -> tuple[int | None, frozenset[int]]:
+    """kafka-python's committed OffsetAndMetadata (or None): position and finished-ahead."""
+    if value is None or value.offset is None or value.offset < 0:
+        return None, frozenset()
+    return value.offset, metadata.decode(value.offset, value.metadata)
 
 
 class TopicsMissing(Exception):
     """The broker does not (yet) know topics the relay reads."""
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """kafka-python's rebalance callbacks, translated to our TopicPartition."""
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """kafka-python's rebalance callbacks, translated to our TopicPartition.
+
+    Async: kafka-python awaits them on its IO loop, which keeps heartbeating
+    meanwhile (a blocking listener would stop heartbeats)."""
 
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.source._revoked([TopicPartition(tp.topic, tp.partition) for tp in revoked])
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in revoked]
+        self.source._revoked(tps)
+        await self.source._commit_before_rejoin(tps)
 
-    def on_partitions_lost(self, lost: Any) -> None:
+    async def on_partitions_lost(self, lost: Any) -> None:
         self.source._lost([TopicPartition(tp.topic, tp.partition) for tp in lost])
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    async def on_partitions_assigned(self, assigned: Any) -> None:
         self.source._assigned_now({TopicPartition(tp.topic, tp.partition) for tp in assigned})
 
 
@@ -130,6 +166,8 @@ class KafkaSource:
         self._lock = threading.Lock()  # guards the assignment, read by both sides
         self._assigned: set[TopicPartition] = set()
         self._assignment_changed = False
+        self._rebalanced = False  # an assignment the engine has not been told of (`Assigned`)
+        self._fresh: set[TopicPartition] = set()  # partitions new to this relay since then
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._consumer: KafkaConsumer | None = None  # created by the consumer thread
@@ -143,21 +181,29 @@ class KafkaSource:
         self._loop = asyncio.get_running_loop()
         self._thread.start()
 
-    async def poll(self, max_records: int) -> Sequence[SourceRecord | Revoked]:
+    async def poll(self, max_records: int) -> Sequence[SourceRecord | Control]:
         """Revocations first, then up to `max_records` records (see `HandOff.take`);
         with 0, only the revocations, without waiting."""
         if self._error is not None:
             raise RuntimeError("Kafka consumer thread died") from self._error
         out = self._handoff.take(max_records)
         # records come after the revocations: no records if the last item is none
-        if max_records > 0 and (not out or isinstance(out[-1], Revoked)):
+        if max_records > 0 and (not out or not isinstance(out[-1], SourceRecord)):
             await asyncio.sleep(EMPTY_POLL_SECONDS)
         return out
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def commit(
+        self,
+        offsets: dict[TopicPartition, int],
+        finished_ahead: Mapping[TopicPartition, Collection[int]] | None = None,
+    ) -> None:
         if self._error is not None or not self._thread.is_alive():
             raise RuntimeError("Kafka consumer thread is not running") from self._error
-        command = Commit(dict(offsets))
+        ahead = finished_ahead or {}
+        command = Commit(
+            dict(offsets),
+            {tp: metadata.encode(o, ahead[tp]) for tp, o in offsets.items() if ahead.get(tp)},
+        )
         self._commands.put(command)
         # bounded: a consumer thread that died meanwhile must not hang shutdown
         await asyncio.wait_for(asyncio.wrap_future(command.done), timeout=COMMIT_TIMEOUT_SECONDS)
@@ -300,6 +346,7 @@ class KafkaSource:
                     self._read_failed(exc, "reading a batch")
                     continue
                 self._report_assignment()
+                self._announce_assignment(consumer)  # before any record it brings
                 self._handoff.put_records(
                     [
                         SourceRecord(
@@ -335,10 +382,10 @@ class KafkaSource:
                 return
             try:
                 match command:
-                    case Commit(offsets, done):
+                    case Commit(offsets=offsets, metadata=meta, done=done):
                         # committed even if the loop stopped waiting (cancelled
                         # or timed out): the offsets are finished all the same
-                        self._commit(consumer, offsets)
+                        self._commit(consumer, offsets, meta)
                         if done.set_running_or_notify_cancel():
                             done.set_result(None)
                     case Pause(partitions):
@@ -361,38 +408,134 @@ class KafkaSource:
             if isinstance(command, Commit) and command.done.set_running_or_notify_cancel():
                 command.done.set_exception(exc)
 
-    def _commit(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    def _commit(
+        self,
+        consumer: KafkaConsumer,
+        offsets: dict[TopicPartition, int],
+        meta: dict[TopicPartition, str],
+    ) -> None:
         with self._lock:
             owned = {tp: o for tp, o in offsets.items() if tp in self._assigned}
         if owned:
-            consumer.commit({KafkaTP(*tp): OffsetAndMetadata(o, "", -1) for tp, o in owned.items()})
+            consumer.commit(
+                {
+                    KafkaTP(*tp): OffsetAndMetadata(o, meta.get(tp, ""), -1)
+                    for tp, o in owned.items()
+                }
+            )
+
+    def _announce_assignment(self, consumer: KafkaConsumer) -> None:
+        """After a rebalance: `Assigned` to the engine, with the committed offset
+        and finished-ahead offsets of each partition new to this relay (read
+        here, on the consumer thread: blocking calls are not allowed on
+        kafka-python's IO thread, where the listener runs)."""
+        with self._lock:
+            if not self._rebalanced:
+                return
+            self._rebalanced = False
+            assigned = tuple(sorted(self._assigned))
+            fresh = sorted(self._fresh & self._assigned)
+            self._fresh.clear()
+        committed: dict[TopicPartition, int | None] = {}
+        ahead: dict[TopicPartition, frozenset[int]] = {}
+        for tp in fresh:
+            try:
+                value = consumer.committed(
+                    KafkaTP(*tp), metadata=True, timeout_ms=COMMITTED_TIMEOUT_MS
+                )
+            except Exception as exc:  # unknown: the records are sent, as without metadata
+                log.warning("could not read the committed offset of %s/%d: %r", *tp, exc)
+                continue
+            committed[tp], ahead[tp] = _position(value)
+        skipped = sum(len(a) for a in ahead.values())
+        if skipped:
+            log.info("previous owners finished %d records past their commits", skipped)
+        self._handoff.put_control(Assigned(assigned, committed, ahead))
 
     # -- rebalance listener (kafka-python's IO thread, inside consumer.poll) -------
 
     def _revoked(self, tps: list[TopicPartition]) -> None:
-        # Must not block: no commit here. With the eager protocol this is only
-        # a notice that a rebalance starts: partitions assigned again keep
-        # their fetch position (and so must keep the engine's state), so what
-        # is really gone is decided when the new assignment arrives.
+        # With the eager protocol this is only a notice that a rebalance
+        # starts: partitions assigned again keep their fetch position (and so
+        # must keep the engine's state), so what is really gone is decided
+        # when the new assignment arrives (`_assigned_now`).
         pass
+
+    async def _commit_before_rejoin(self, tps: list[TopicPartition]) -> None:
+        """The last commit of these partitions while this member may still make
+        it: ask the engine (`Revoking`), wait for its answer, commit it with
+        the finished-ahead offsets. On kafka-python's IO loop: waits with its
+        sleep, commits with `commit_async` (a blocking call would raise here).
+        Never raises: a failure only means the next owner re-reads more."""
+        consumer = self._consumer
+        if consumer is None or not tps or self._stop.is_set():
+            return  # closing: the engine's final commit, sent before stop(), was the last
+        answer: concurrent.futures.Future[
+            tuple[dict[TopicPartition, int], dict[TopicPartition, frozenset[int]]]
+        ] = concurrent.futures.Future()
+
+        def reply(
+            offsets: dict[TopicPartition, int], ahead: dict[TopicPartition, frozenset[int]]
+        ) -> None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                answer.set_result((offsets, ahead))
+
+        try:
+            self._handoff.put_control(Revoking(tuple(sorted(tps)), reply))
+            await self._wait_on_io_loop(consumer, answer.done, REVOKE_REPLY_SECONDS)
+            if not answer.done():
+                log.warning("rebalance: no answer from the engine; nothing committed before it")
+                return
+            offsets, ahead = answer.result()
+            commit = {
+                KafkaTP(*tp): OffsetAndMetadata(o, metadata.encode(o, ahead.get(tp, ())), -1)
+                for tp, o in offsets.items()
+                if tp in tps
+            }
+            if not commit:
+                return
+            future = consumer.commit_async(commit)
+            await self._wait_on_io_loop(consumer, lambda: future.is_done, REVOKE_COMMIT_SECONDS)
+            if future.is_done and future.succeeded():
+                log.info(
+                    "rebalance: committed %d partitions before rejoining (%d finished ahead)",
+                    len(commit),
+                    sum(len(a) for a in ahead.values()),
+                )
+            else:
+                reason = future.exception if future.is_done else "timed out"
+                log.warning("rebalance: the commit before rejoining failed: %s", reason)
+        except Exception:
+            log.exception("rebalance: committing before rejoining failed")
+
+    async def _wait_on_io_loop(
+        self, consumer: KafkaConsumer, done: Callable[[], bool], seconds: float
+    ) -> None:
+        # kafka-python's own loop sleep (not asyncio's): its heartbeats go on meanwhile
+        deadline = time.monotonic() + seconds
+        while not done() and time.monotonic() < deadline and not self._stop.is_set():
+            await consumer._net.sleep(REVOKE_CHECK_SECONDS)
 
     def _lost(self, tps: list[TopicPartition]) -> None:
         # Evicted from the group (session expired): these partitions are gone
         # and their positions reset; the next assignment starts from commits.
         with self._lock:
             self._assigned.difference_update(tps)
+            self._fresh.difference_update(tps)
         self._handoff.put_revoked(tps)
 
     def _assigned_now(self, tps: set[TopicPartition]) -> None:
         # Partitions of the previous assignment not in this one went to another
-        # member: the engine drops their queued work, uncommitted, and what
-        # was finished but not committed is re-read by the new owner (a
-        # duplicate window bounded by max_in_flight_records). Those kept
-        # continue where they were (kafka-python keeps their positions).
+        # member: the engine drops their queued work, uncommitted; what it
+        # finished past the commit went with the commit's metadata. Those kept
+        # continue where they were (kafka-python keeps their positions); the
+        # new ones are announced after the poll (`_announce_assignment`).
         with self._lock:
             gone = self._assigned - tps
+            self._fresh = (self._fresh | (tps - self._assigned)) - gone
             self._assigned = set(tps)
             self._assignment_changed = True
+            self._rebalanced = True
         if gone:
             self._handoff.put_revoked(gone)
         self.joined.set()
