@@ -34,6 +34,7 @@ class MemorySource:
         self.revoked: set[TopicPartition] = set()
         self.commits: list[dict[TopicPartition, int]] = []
         self.finished_ahead: dict[TopicPartition, frozenset[int]] = {}  # of the last commit
+        self.refuse_commits = False  # a broker away: every commit fails
         self._control: list[Control] = []
 
     def append(
@@ -82,6 +83,8 @@ class MemorySource:
         offsets: dict[TopicPartition, int],
         finished_ahead: Mapping[TopicPartition, Collection[int]] | None = None,
     ) -> None:
+        if self.refuse_commits:
+            raise ConnectionError("broker unavailable")
         self.commits.append(dict(offsets))
         self.finished_ahead = {tp: frozenset(o) for tp, o in (finished_ahead or {}).items()}
 

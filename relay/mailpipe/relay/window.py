@@ -68,8 +68,8 @@ class CommitWindow:
         if offsets and (offsets, ahead) != self._last_commit:
             try:
                 await self.source.commit(offsets, ahead)
-            except Exception:  # a failed commit only means more re-reads later
-                log.warning("commit failed", exc_info=True)
+            except Exception as exc:  # the next commit carries everything this one did
+                log.warning("commit failed: %s: %s", type(exc).__name__, exc)
                 return
             self._last_commit = (offsets, ahead)
             self._last_progress = self.clock.monotonic()

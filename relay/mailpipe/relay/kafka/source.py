@@ -67,7 +67,7 @@ from typing import Any
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaTP
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from mailpipe.contracts.config import KafkaSettings
 
@@ -89,6 +89,12 @@ MAX_POLL_INTERVAL_MS = 300_000
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 3_000
 COMMIT_TIMEOUT_SECONDS = 30.0  # a commit round trip is milliseconds; this is for a dead thread
+# How long the consumer thread may spend on one commit. kafka-python retries a
+# commit until request_timeout_ms (30 s) while the broker is away or the group
+# rebalances, and the consumer thread polls (rejoins the group) only after it:
+# a stuck commit held a rejoin for 30 s in the broker fault test. The engine
+# commits again every COMMIT_INTERVAL_SECONDS anyway, each commit carrying all.
+CONSUMER_COMMIT_TIMEOUT_MS = 2_000
 STOP_JOIN_SECONDS = 30.0
 # After a failed poll or consumer creation: a batch that cannot be read fails
 # again at once, so look again this much later, not in a busy loop of errors.
@@ -103,7 +109,9 @@ METADATA_MAX_AGE_MS = 30_000
 REVOKE_REPLY_SECONDS = 15.0
 REVOKE_COMMIT_SECONDS = 10.0  # the commit before the rejoin; a round trip when the broker is up
 REVOKE_CHECK_SECONDS = 0.01  # how often the listener looks for the answer (kafka-python's loop)
-COMMITTED_TIMEOUT_MS = 10_000  # reading a new partition's committed offset and metadata
+# Reading the committed offsets and metadata of the partitions a rebalance
+# brought, all of them: the consumer thread polls again only after it.
+COMMITTED_TIMEOUT_SECONDS = 10.0
 
 
 def _position(value: Any) -> tuple[int | None, frozenset[int]]:
@@ -115,6 +123,10 @@ def _position(value: Any) -> tuple[int | None, frozenset[int]]:
 
 class TopicsMissing(Exception):
     """The broker does not (yet) know topics the relay reads."""
+
+
+class CommitSkipped(Exception):
+    """A commit not attempted now (the engine's next one carries it)."""
 
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -416,13 +428,17 @@ class KafkaSource:
     ) -> None:
         with self._lock:
             owned = {tp: o for tp, o in offsets.items() if tp in self._assigned}
-        if owned:
-            consumer.commit(
-                {
-                    KafkaTP(*tp): OffsetAndMetadata(o, meta.get(tp, ""), -1)
-                    for tp, o in owned.items()
-                }
-            )
+        if not owned:
+            return
+        if consumer.group_metadata().state != MemberState.STABLE:
+            # Rebalancing: kafka-python would retry the commit until its request
+            # timeout, with the rejoin waiting behind it; what must be
+            # committed before a partition moves is committed by the listener.
+            raise CommitSkipped("the group is rebalancing")
+        consumer.commit(
+            {KafkaTP(*tp): OffsetAndMetadata(o, meta.get(tp, ""), -1) for tp, o in owned.items()},
+            timeout_ms=CONSUMER_COMMIT_TIMEOUT_MS,
+        )
 
     def _announce_assignment(self, consumer: KafkaConsumer) -> None:
         """After a rebalance: `Assigned` to the engine, with the committed offset
@@ -438,12 +454,14 @@ class KafkaSource:
             self._fresh.clear()
         committed: dict[TopicPartition, int | None] = {}
         ahead: dict[TopicPartition, frozenset[int]] = {}
+        deadline = time.monotonic() + COMMITTED_TIMEOUT_SECONDS
         for tp in fresh:
+            left_ms = int((deadline - time.monotonic()) * 1000)
             try:
-                value = consumer.committed(
-                    KafkaTP(*tp), metadata=True, timeout_ms=COMMITTED_TIMEOUT_MS
-                )
-            except Exception as exc:  # unknown: the records are sent, as without metadata
+                if left_ms <= 0:
+                    raise TimeoutError(f"over {COMMITTED_TIMEOUT_SECONDS:g} s")
+                value = consumer.committed(KafkaTP(*tp), metadata=True, timeout_ms=left_ms)
+            except Exception as exc:  # unknown: its records are sent, as without metadata
                 log.warning("could not read the committed offset of %s/%d: %r", *tp, exc)
                 continue
             committed[tp], ahead[tp] = _position(value)
