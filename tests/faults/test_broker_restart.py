@@ -4,8 +4,23 @@ While the broker is away the relay can neither read, produce its events nor
 commit; what it had read it keeps delivering, and the acknowledgements wait.
 When the broker is back the relay must reconnect on its own (no restart),
 rejoin its group and finish: nothing lost, every recipient with exactly one
-final disposition. Duplicates are bounded by the read window (invariant 1):
-a commit that failed while the broker was away re-reads at most that many.
+final disposition, and none delivered twice (invariant 31).
+
+The mechanism that used to send mail twice (30 to 100 of 600, the whole
+read window): the relay keeps delivering what it had read while no commit
+can be made; when the broker is back the group has dropped the relay
+(UnknownMemberIdError on its first commit), its partitions are revoked
+and re-read from the last stored commit, and everything delivered since
+went out again, including attempts still running at the eviction. Now the
+relay remembers the offsets it finished (across the eviction, even those
+whose attempt completes after it), skips them when they are read again,
+and a re-read copy of a record whose attempt is still running waits for
+it (`offsets`, `handover`; unit tests in
+tests/relay/unit/test_rebalance_handover.py). The bound is 0 because one
+relay owns every partition here. With several relays, a partition evicted
+from one and given to another while the broker was away is re-sent for
+what the first finished after its last stored commit: no commit, and so no
+metadata, can reach the new owner while the broker is down.
 """
 
 from __future__ import annotations
@@ -67,5 +82,4 @@ def test_broker_stopped_30s_and_restarted_loses_nothing(
     print(f"broker restart: {t} (delivered before the stop: {at_stop})")
     assert at_stop < TOTAL, "everything was delivered before the broker stopped"
     assert (t.lost, t.stalled) == (0, 0), t
-    assert t.duplicated <= WINDOW, t
-    assert t.finals_twice <= WINDOW, t
+    assert (t.duplicated, t.finals_twice) == (0, 0), t

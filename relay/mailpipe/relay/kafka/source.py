@@ -47,9 +47,10 @@ created the pool's topics sat with "assigned 0 of 4 partitions" for minutes
 (`allow_auto_create_topics=False`): topics belong to the operator, and a relay
 reading a deleted pool's topic must not bring it back.
 
-Why one module of ~500 lines: everything that touches the consumer object is
-here, because it must run on that one thread; splitting it would spread the
-thread's invariants over files.
+Why one module of ~630 lines: everything that touches the consumer object is
+here, because it must run on that one thread (or, for the rebalance
+listener, while that thread waits inside `poll`); splitting it would spread
+the thread's invariants, and the commit rules of a rebalance, over files.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ COMMIT_TIMEOUT_SECONDS = 30.0  # a commit round trip is milliseconds; this is fo
 # a stuck commit held a rejoin for 30 s in the broker fault test. The engine
 # commits again every COMMIT_INTERVAL_SECONDS anyway, each commit carrying all.
 CONSUMER_COMMIT_TIMEOUT_MS = 2_000
+# On shutdown, how long the consumer thread keeps the group going to store a
+# final commit that a rebalance refused (see `_store_last_commit`).
+FINAL_COMMIT_SECONDS = 10.0
 STOP_JOIN_SECONDS = 30.0
 # After a failed poll or consumer creation: a batch that cannot be read fails
 # again at once, so look again this much later, not in a busy loop of errors.
@@ -180,6 +184,8 @@ class KafkaSource:
         self._assignment_changed = False
         self._rebalanced = False  # an assignment the engine has not been told of (`Assigned`)
         self._fresh: set[TopicPartition] = set()  # partitions new to this relay since then
+        # The last commit the engine asked for, if it was not stored (consumer thread only).
+        self._unstored: tuple[dict[TopicPartition, int], dict[TopicPartition, str]] | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._consumer: KafkaConsumer | None = None  # created by the consumer thread
@@ -378,6 +384,7 @@ class KafkaSource:
                     last_lag = time.monotonic()
                     self._report_lag(consumer)
             self._run_commands(consumer)  # the engine's final commit, sent before stop()
+            self._store_last_commit(consumer)
         except BaseException as exc:
             self._error = exc
             log.exception("Kafka consumer thread failed")
@@ -397,7 +404,9 @@ class KafkaSource:
                     case Commit(offsets=offsets, metadata=meta, done=done):
                         # committed even if the loop stopped waiting (cancelled
                         # or timed out): the offsets are finished all the same
+                        self._unstored = (offsets, meta)
                         self._commit(consumer, offsets, meta)
+                        self._unstored = None
                         if done.set_running_or_notify_cancel():
                             done.set_result(None)
                     case Pause(partitions):
@@ -409,6 +418,28 @@ class KafkaSource:
                     command.done.set_exception(exc)
                 else:
                     log.warning("consumer command %r failed: %s", command, exc)
+
+    def _store_last_commit(self, consumer: KafkaConsumer) -> None:
+        """Shutdown: the engine's final commit was refused because the group was
+        rebalancing (a relay stopped while another joins: a roll). Keep polling,
+        handing nothing over, until the rebalance ends, FINAL_COMMIT_SECONDS at
+        most: the listener commits it before the rejoin (`_commit_before_rejoin`),
+        or it is stored once the group is stable. Without it, the next owner
+        re-sends everything the relay finished since its last stored commit."""
+        deadline = time.monotonic() + FINAL_COMMIT_SECONDS
+        while self._unstored is not None and time.monotonic() < deadline:
+            try:
+                if consumer.group_metadata().state == MemberState.STABLE:
+                    offsets, meta = self._unstored
+                    self._commit(consumer, offsets, meta)
+                    self._unstored = None
+                else:
+                    consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=1)  # drives the rejoin
+            except Exception as exc:
+                log.warning("final commit not stored yet: %r", exc)
+                time.sleep(POLL_TIMEOUT_MS / 1000)
+        if self._unstored is not None:
+            log.warning("final commit not stored: the next owner re-reads past the last one")
 
     def _fail_commands(self, exc: BaseException) -> None:
         """Commits left in the queue when the thread ends fail now, not at their timeout."""
@@ -486,8 +517,16 @@ class KafkaSource:
         sleep, commits with `commit_async` (a blocking call would raise here).
         Never raises: a failure only means the next owner re-reads more."""
         consumer = self._consumer
-        if consumer is None or not tps or self._stop.is_set():
-            return  # closing: the engine's final commit, sent before stop(), was the last
+        if consumer is None or not tps:
+            return
+        if self._stop.is_set():
+            # Closing: the engine's final commit, sent before stop(), is the last
+            # word; store it here if a rebalance refused it.
+            unstored = self._unstored
+            if unstored is not None:
+                offsets, meta = unstored
+                await self._commit_now(consumer, offsets, meta, tps)
+            return
         answer: concurrent.futures.Future[
             tuple[dict[TopicPartition, int], dict[TopicPartition, frozenset[int]]]
         ] = concurrent.futures.Future()
@@ -500,38 +539,49 @@ class KafkaSource:
 
         try:
             self._handoff.put_control(Revoking(tuple(sorted(tps)), reply))
-            await self._wait_on_io_loop(consumer, answer.done, REVOKE_REPLY_SECONDS)
+            await self._wait_on_io_loop(consumer, answer.done, REVOKE_REPLY_SECONDS, stops=True)
             if not answer.done():
                 log.warning("rebalance: no answer from the engine; nothing committed before it")
                 return
             offsets, ahead = answer.result()
-            commit = {
-                KafkaTP(*tp): OffsetAndMetadata(o, metadata.encode(o, ahead.get(tp, ())), -1)
-                for tp, o in offsets.items()
-                if tp in tps
-            }
-            if not commit:
-                return
-            future = consumer.commit_async(commit)
-            await self._wait_on_io_loop(consumer, lambda: future.is_done, REVOKE_COMMIT_SECONDS)
-            if future.is_done and future.succeeded():
-                log.info(
-                    "rebalance: committed %d partitions before rejoining (%d finished ahead)",
-                    len(commit),
-                    sum(len(a) for a in ahead.values()),
-                )
-            else:
-                reason = future.exception if future.is_done else "timed out"
-                log.warning("rebalance: the commit before rejoining failed: %s", reason)
+            meta = {tp: metadata.encode(o, ahead[tp]) for tp, o in offsets.items() if ahead.get(tp)}
+            await self._commit_now(consumer, offsets, meta, tps)
         except Exception:
             log.exception("rebalance: committing before rejoining failed")
 
-    async def _wait_on_io_loop(
-        self, consumer: KafkaConsumer, done: Callable[[], bool], seconds: float
+    async def _commit_now(
+        self,
+        consumer: KafkaConsumer,
+        offsets: dict[TopicPartition, int],
+        meta: dict[TopicPartition, str],
+        tps: list[TopicPartition],
     ) -> None:
-        # kafka-python's own loop sleep (not asyncio's): its heartbeats go on meanwhile
+        """Commit from the rebalance listener (kafka-python's IO loop), bounded."""
+        commit = {
+            KafkaTP(*tp): OffsetAndMetadata(o, meta.get(tp, ""), -1)
+            for tp, o in offsets.items()
+            if tp in tps
+        }
+        if not commit:
+            return
+        future = consumer.commit_async(commit)
+        await self._wait_on_io_loop(consumer, lambda: future.is_done, REVOKE_COMMIT_SECONDS)
+        if future.is_done and future.succeeded():
+            if self._unstored is not None and self._unstored[0] == offsets:
+                self._unstored = None
+            log.info("rebalance: committed %d partitions before rejoining", len(commit))
+        else:
+            reason = future.exception if future.is_done else "timed out"
+            log.warning("rebalance: the commit before rejoining failed: %s", reason)
+
+    async def _wait_on_io_loop(
+        self, consumer: KafkaConsumer, done: Callable[[], bool], seconds: float, stops: bool = False
+    ) -> None:
+        """Wait with kafka-python's own loop sleep (not asyncio's): its heartbeats
+        go on meanwhile. `stops`: a stopping relay waits no more (the engine
+        that would answer is gone)."""
         deadline = time.monotonic() + seconds
-        while not done() and time.monotonic() < deadline and not self._stop.is_set():
+        while not done() and time.monotonic() < deadline and not (stops and self._stop.is_set()):
             await consumer._net.sleep(REVOKE_CHECK_SECONDS)
 
     def _lost(self, tps: list[TopicPartition]) -> None:
