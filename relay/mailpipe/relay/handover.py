@@ -23,6 +23,16 @@ What stays: a step still running after DRAIN_SECONDS, on a partition that
 moves, is also started by the new owner (an SMTP transaction that outlives
 the drain: the RFC 1047 window, ARCHITECTURE.md invariant 31).
 
+Why the new owner does not look the records up on the events topic instead
+(each final disposition is an event there): the events topic is keyed by
+campaign, not by source partition, so finding a partition's records means
+reading every event partition back to the oldest uncommitted record (after
+a broker outage, all of the pool's traffic for as long as the outage
+lasted); and an event is written only once the old owner's transaction is
+over, so a lookup made while that transaction runs finds nothing: the window
+left here would remain. The commit's metadata answers the same question in
+one read of a few hundred bytes.
+
 Only the event loop uses it; no IO.
 """
 
