@@ -351,8 +351,11 @@ class KafkaSource:
                 # fetching a partition for good when pause/resume cycles meet
                 # a rebalance (the churn soak test caught it). A full buffer
                 # skips the poll instead; a one-record poll every second keeps
-                # rebalances and the poll interval moving.
-                if full and time.monotonic() - last_poll < FULL_POLL_SECONDS:
+                # rebalances and the poll interval moving. Not while the group
+                # rebalances: kafka-python completes a join only inside poll(),
+                # and a join that finished between polls is sent again.
+                stable = consumer.group_metadata().state == MemberState.STABLE
+                if full and stable and time.monotonic() - last_poll < FULL_POLL_SECONDS:
                     time.sleep(FULL_WAIT_SECONDS)
                     continue
                 last_poll = time.monotonic()
@@ -519,6 +522,15 @@ class KafkaSource:
         consumer = self._consumer
         if consumer is None or not tps:
             return
+        # kafka-python 3.0.12 drives a join only while need_rejoin() holds. A
+        # rejoin the leader starts for a metadata change does not set
+        # rejoin_needed, and the JoinGroup response makes the snapshots equal
+        # again: if the poll's timer ran out meanwhile (this listener waits for
+        # the engine), the finished join is never awaited, the member stays
+        # "rebalancing" with heartbeats off and is evicted (the config-reload
+        # fault test saw it). Flag the rejoin, as a broker-started one is, so
+        # polls keep awaiting it until it completes.
+        consumer._coordinator.request_rejoin()
         if self._stop.is_set():
             # Closing: the engine's final commit, sent before stop(), is the last
             # word; store it here if a rebalance refused it.
