@@ -11,9 +11,9 @@ from .conftest import Harness, make_config, record_bytes
 
 def test_token_bucket_spaces_sends_at_the_rate() -> None:
     bucket = TokenBucket(60, now=0.0)
-    waits = [bucket.reserve(0.0) for _ in range(5)]
-    assert waits == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert bucket.reserve(10.0) == 0.0  # idle time does not bank a burst
+    slots = [bucket.take(0.0) for _ in range(5)]
+    assert slots == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert bucket.take(10.0) == 10.0  # idle time does not bank a burst
 
 
 def test_backoff_doubles_while_repeating() -> None:
