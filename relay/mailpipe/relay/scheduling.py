@@ -223,7 +223,10 @@ class Scheduler:
                     break  # moved away while we waited
                 work = q.items.popleft()
                 work.token = RecordToken(
-                    shaper.bucket, self.clock, self._observe_wait(domain, waited)
+                    shaper.bucket,
+                    self.clock,
+                    self._observe_wait(domain, waited),
+                    self._wait_for_token,
                 )
                 try:
                     await self._attempt(work)
@@ -251,8 +254,9 @@ class Scheduler:
         return observe
 
     async def _wait_for_token(self, seconds: float) -> None:
-        """A lane waiting for its turn holds no connection and may be cancelled
-        on shutdown; its record stays unfinished."""
+        """A lane waiting for its turn (no connection held) or for its record's
+        token (before any MAIL FROM of the record) may be cancelled on shutdown;
+        its record stays unfinished."""
         task = asyncio.current_task()
         assert task is not None
         self._waiting_lanes.add(task)

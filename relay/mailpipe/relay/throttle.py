@@ -24,11 +24,12 @@ class TokenBucket:
     """Messages per minute with a burst of one: sends are spaced, never bunched.
 
     What is counted is what a receiver counts: a transaction arriving. So the
-    token that lets a message go is *taken* (`take`) just before its MAIL FROM,
-    on a connection already greeted, and every two takes are at least one
-    interval apart: any window of 60 s holds at most `messages_per_minute`
-    MAIL FROMs as sent (invariant 3, ARCHITECTURE.md). A token whose MAIL FROM
-    was not written after all is given back (`give_back`).
+    token that lets a message go is taken (`take`) just before its MAIL FROM,
+    on a connection already greeted, and only when it is free *at that moment*:
+    two tokens are always at least one interval apart on the clock that took
+    them, so any window of 60 s holds at most `messages_per_minute` MAIL FROMs
+    as sent (invariant 3, ARCHITECTURE.md), however late a waiter wakes. A
+    token whose MAIL FROM was not written after all is given back (`give_back`).
 
     Opening a connection takes seconds (connect, greeting, EHLO, STARTTLS), so
     lanes are also paced *before* they start an attempt (`turn`): a lane starts
@@ -41,18 +42,20 @@ class TokenBucket:
         self.interval = 60.0 / messages_per_minute
         self._next_free = now  # earliest time of the next token
         self._next_turn = now  # earliest start of the next lane's attempt
-        self._last: float | None = None  # the time of the last token taken
+        self._last: float | None = None  # when the last token was taken
 
     def take(self, now: float) -> float:
-        """Take the next token: the time it is for (`now` or later; the caller
-        waits until then and then sends its MAIL FROM)."""
-        at = max(now, self._next_free)
-        self._next_free = at + self.interval
-        self._last = at
-        return at
+        """Take the token if it is free at `now` (0.0), or how long until it is
+        (nothing taken: the caller waits and asks again, so a waiter that wakes
+        late never sends closer than one interval to the token before)."""
+        if now < self._next_free:
+            return self._next_free - now
+        self._next_free = now + self.interval
+        self._last = now
+        return 0.0
 
     def give_back(self, at: float) -> None:
-        """The token for `at` was not used (no MAIL FROM written). If no token
+        """The token taken at `at` was not used (no MAIL FROM written). If no token
         was taken after it, its slot is free again; otherwise it stays spent,
         which only ever sends less than the rate."""
         if self._last == at:

@@ -11,9 +11,10 @@ not (invariant 3, ARCHITECTURE.md).
 
 A record is one message for the rate however many transactions its
 recipients need: its first MAIL FROM takes the token, the transactions after
-it ride on it. A token whose MAIL FROM was not written after all (the
-connection died while it waited, the attempt was cut or shut down) is given
-back (`unused`), and the next MAIL FROM of the record takes a token of its
+it ride on it. A token is taken only when it is free at that moment, so an
+attempt cut or shut down while it waits has taken nothing; a token whose MAIL
+FROM was not written after all (the connection closed while it waited) is
+given back (`unused`), and the next MAIL FROM of the record takes a token of its
 own. The same token decides whether the record's IP warm-up count stands
 (`used`): a record that never reached a MAIL FROM is not counted as sent.
 
@@ -23,8 +24,7 @@ that waits, on the injected clock.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .ports import Clock
 from .throttle import TokenBucket
@@ -38,11 +38,15 @@ class RecordToken:
         bucket: TokenBucket | None,
         clock: Clock,
         observe_wait: Callable[[float], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self._bucket = bucket  # None: the destination has no rate limit
         self._clock = clock
         self._observe_wait = observe_wait
-        self._at: float | None = None  # the token held, for this time
+        # How to wait for the token: the scheduler's, so a shutdown cancels a
+        # record still waiting (nothing written; the record stays unfinished).
+        self._sleep = sleep or clock.sleep
+        self._at: float | None = None  # when the token held was taken
         self._uses = 0  # MAIL FROMs written on the token held
         self.mails = 0  # MAIL FROMs of this record written, on any token
 
@@ -53,7 +57,7 @@ class RecordToken:
 
     async def before_mail(self) -> None:
         """Wait for the record's token and take it, unless the record holds one:
-        called right before each MAIL FROM is written."""
+        called right before each MAIL FROM is written, nothing awaited after it."""
         if self._at is None:
             if self._bucket is None:
                 self._at = self._clock.monotonic()
@@ -63,18 +67,14 @@ class RecordToken:
         self.mails += 1
 
     async def _take(self, bucket: TokenBucket) -> float:
-        now = self._clock.monotonic()
-        at = bucket.take(now)
-        wait = at - now
+        started = self._clock.monotonic()
+        now = started
+        while (wait := bucket.take(now)) > 0:
+            await self._sleep(wait)  # cancelled here: nothing was taken
+            now = self._clock.monotonic()
         if self._observe_wait is not None:
-            self._observe_wait(wait)
-        if wait > 0:
-            try:
-                await self._clock.sleep(wait)
-            except asyncio.CancelledError:
-                bucket.give_back(at)  # cut or shut down while waiting: nothing sent
-                raise
-        return at
+            self._observe_wait(now - started)
+        return now
 
     def unused(self) -> None:
         """The MAIL FROM `before_mail` was called for was not written (the

@@ -31,7 +31,7 @@ LIMIT_PER_WINDOW = int(PER_MINUTE * WINDOW_SECONDS / 60)  # 10
 # Arrival times are the receiver's: loopback and two busy event loops move a
 # send by a few milliseconds, a loaded machine by more. Each window is checked
 # this much shorter; a bunched token costs a whole interval (0.5 s) or more.
-JITTER_SECONDS = 0.2
+JITTER_SECONDS = 0.25  # half an interval
 GREETING_SECONDS = 2.0  # four intervals: set-up that a token taken early would span
 CONNECTIONS = 5
 PER_CONNECTION = 6  # connections are reopened during the run: each reopening greets late again

@@ -72,14 +72,13 @@ class VirtualClock:
 
 def test_a_token_given_back_frees_its_slot_only_if_none_was_taken_after() -> None:
     bucket = TokenBucket(60, now=0.0)
-    first = bucket.take(0.0)
-    bucket.give_back(first)
-    assert bucket.take(0.0) == 0.0  # the slot is free again
-    second = bucket.take(0.0)
-    assert second == 1.0
-    bucket.take(0.0)  # a token at 2.0 after it
-    bucket.give_back(second)  # too late: the slot stays spent (never more than the rate)
-    assert bucket.take(0.0) == 3.0
+    assert bucket.take(0.0) == 0.0
+    bucket.give_back(0.0)
+    assert bucket.take(0.0) == 0.0  # the slot was free again
+    assert bucket.take(1.0) == 0.0
+    assert bucket.take(2.0) == 0.0
+    bucket.give_back(1.0)  # too late: a token was taken after it, the slot stays spent
+    assert bucket.take(2.5) == 0.5  # never more than the rate
 
 
 def test_turns_pace_lanes_and_never_run_ahead_of_the_tokens_taken() -> None:
@@ -87,9 +86,9 @@ def test_turns_pace_lanes_and_never_run_ahead_of_the_tokens_taken() -> None:
     assert [bucket.turn(0.0) for _ in range(3)] == [0.0, 1.0, 2.0]
     assert bucket.take(0.0) == 0.0
     # A lane greeted late takes its token at 10 s: turns follow the tokens.
-    assert bucket.take(10.0) == 10.0
+    assert bucket.take(10.0) == 0.0
     assert bucket.turn(3.0) == 11.0
-    assert bucket.take(11.0) == 11.0
+    assert bucket.take(11.0) == 0.0
 
 
 # -- the record's token ---------------------------------------------------------
@@ -133,7 +132,7 @@ async def test_a_retry_after_a_mail_from_that_may_have_arrived_takes_its_own_tok
     await runner
 
 
-async def test_an_attempt_cut_while_waiting_for_its_token_gives_it_back() -> None:
+async def test_an_attempt_cut_while_waiting_for_its_token_takes_none() -> None:
     clock = VirtualClock()
     bucket = TokenBucket(6, now=0.0)
     bucket.take(0.0)
@@ -144,7 +143,7 @@ async def test_an_attempt_cut_while_waiting_for_its_token_gives_it_back() -> Non
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert not token.used
-    assert bucket.take(0.0) == 10.0  # its slot is free for the next one
+    assert bucket.take(10.0) == 0.0  # it took nothing: the next token is free for another
 
 
 # -- the scheduler's lanes, end to end on the virtual clock ----------------------------
