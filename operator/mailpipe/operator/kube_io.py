@@ -169,6 +169,32 @@ def read_deployment(ref: PoolRef) -> dict[str, Any] | None:
     return out
 
 
+def scale_deployment(ref: PoolRef, replicas: int) -> None:
+    """Set the relay Deployment's spec.replicas, leaving the rest of it as it is.
+
+    A merge patch of that one field, not an apply: applying a partial object
+    would drop every field the operator applied before (server-side apply
+    removes what a manager stops applying). The next full apply takes the
+    field back (forced)."""
+    _call(
+        "Deployment",
+        "patch",
+        ref.child_name,
+        ref.namespace,
+        {"spec": {"replicas": replicas}},
+        field_manager=FIELD_MANAGER,
+        _content_type="application/merge-patch+json",
+    )
+
+
+def list_pools(namespace: str) -> list[dict[str, Any]]:
+    """Every SendingPool of `namespace`, as JSON."""
+    listed: Any = client.CustomObjectsApi(api()).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "sendingpools"
+    )
+    return list(listed["items"])
+
+
 def read_secret(namespace: str, name: str) -> dict[str, str] | None:
     """A Secret's data (base64 values, as stored), or None when it does not exist."""
     try:
