@@ -164,3 +164,32 @@ def test_tightening_the_policy_stops_running_relays_and_loosening_brings_them_ba
     wait_for(ready_again, POLICY_ROLL_SECONDS, "Ready again", op)
     dep = get(env, "deployment", DEPLOYMENT, ns)
     assert dep is not None and dep["metadata"]["uid"] == uid
+
+
+def test_an_operator_started_with_a_tighter_policy_stops_relays_it_finds_running(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+) -> None:
+    """The other way a policy changes: the operator restarted with the new one
+    (a new operator version, a rescheduled pod). It finds the relays of a pool
+    it now refuses already running, and stops them."""
+    env, ns = cli_env, namespace
+    allowed = _write_policy(tmp_path / "before", kafka_bootstrap, ["smarthost.example:*"])
+    first = operator_factory(MAILPIPE_POLICY=str(allowed))
+    manifest = pool_manifest("news", ns, kafka_bootstrap, f"mailpipe.{ns}.news", routes=ROUTE)
+    assert kubectl(env, "apply", "-f", "-", stdin=manifest).returncode == 0
+    wait_pool_ready(env, ns, first)
+    first.stop()
+    tight = _write_policy(tmp_path / "after", kafka_bootstrap, [])
+    second = operator_factory(MAILPIPE_POLICY=str(tight))
+    wait_for(lambda: _replicas(env, ns) == 0, POLICY_ROLL_SECONDS, "relays scaled to 0", second)
+    _controller_reports(env, ns)
+    wait_for(
+        lambda: _ready(env, ns).get("reason") == "PolicyViolation",
+        POLICY_ROLL_SECONDS,
+        "Ready=False PolicyViolation",
+        second,
+    )

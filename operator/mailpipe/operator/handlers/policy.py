@@ -3,7 +3,8 @@
 The policy is a ConfigMap mounted into the operator's pod (chart values
 `policy:`). The kubelet rewrites a mounted ConfigMap in place when it changes
 (a new hidden directory, then one atomic rename of the `..data` symlink), so
-the file's path stays and a read sees the old or the new content whole. The
+the file's path stays and a read sees the old or the new content whole (a
+`subPath` mount is never updated: the chart mounts the directory). The
 operator re-reads it every POLICY_RECHECK_SECONDS (`cluster_policy.PolicyFile`;
 one small read when nothing changed) rather than watching the ConfigMap: it
 needs no API right on ConfigMaps (ARCHITECTURE.md, invariant 29) and works the
@@ -69,7 +70,8 @@ async def pool_watched(
     posts Events only from a resource's own task, and the follower's task
     inherits this one's context (a policy with no pool has nothing to enforce).
     A standby replica (peering) sees no events, so it neither keeps pools nor
-    follows the policy.
+    follows the policy; one that was active before keeps re-checking the pools
+    it saw, writing what the active one writes.
     """
     state = operator_state(memo)
     key = f"{namespace}/{name}"
