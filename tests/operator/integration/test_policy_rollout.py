@@ -131,7 +131,8 @@ def test_tightening_the_policy_stops_running_relays_and_loosening_brings_them_ba
     )
     pool = get(env, "sp", "news", ns) or {}
     assert pool["status"]["relays"]["desired"] == 0, pool["status"]
-    assert f"{ns}/news" in op.log_tail(200)  # the change's log names the pool it refused
+    # the change's log names the pool it refused
+    assert f"{ns}/news: now refused, relays scaled to 0: {ROUTE_REFUSED}" in op.log.read_text()
 
     # Nobody scales a refused pool back up: not a manual scale of its Deployment...
     harness.kubectl_ok(env, "scale", "deployment", DEPLOYMENT, "-n", ns, "--replicas=5")
