@@ -157,6 +157,17 @@ def read_configmap(namespace: str, name: str) -> dict[str, str] | None:
     return data
 
 
+def configmap_version(namespace: str, name: str) -> str:
+    """The ConfigMap's resourceVersion, "" when it does not exist (changes on every edit)."""
+    try:
+        cm = client.CoreV1Api(api()).read_namespaced_config_map(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return ""
+        raise
+    return str(cm.metadata.resource_version) if cm.metadata else ""
+
+
 def read_deployment(ref: PoolRef) -> dict[str, Any] | None:
     """The pool's relay Deployment as JSON, or None."""
     try:
