@@ -4,12 +4,14 @@ mounted policy file re-read across the kubelet's atomic swap."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from mailpipe.operator import kube_io
 from mailpipe.operator.cluster_policy import (
     ClusterPolicy,
     PolicyChange,
@@ -17,6 +19,8 @@ from mailpipe.operator.cluster_policy import (
     PolicyFile,
     policy_changes,
 )
+from mailpipe.operator.handlers import policy, pool
+from mailpipe.operator.handlers.context import OperatorState
 from mailpipe.operator.handlers.scale import running_replicas
 from mailpipe.operator.models import SendingPoolSpec
 from tests.helm.kubelet import write_configmap_volume
@@ -128,3 +132,57 @@ def test_a_deployment_without_replicas_runs_one() -> None:
     assert running_replicas({"spec": {}}) == 1  # the API's default
     assert running_replicas({"spec": {"replicas": 0}}) == 0
     assert running_replicas({"spec": {"replicas": 3}}) == 3
+
+
+async def test_a_policy_change_is_in_force_at_once_and_reconciles_only_the_pools_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower (handlers.policy.follow) against fake API calls: the new policy
+    is the state's before any pool is re-checked; the pools whose verdict did not
+    change are not touched; a re-check that could not list the pools is retried."""
+    base = spec().model_dump(by_alias=True, exclude_defaults=True)
+    routed = {"gmail.test": [{"host": "smarthost.mail.svc", "port": 587}]}
+    objects = [
+        {"metadata": {"name": "routed"}, "spec": {**base, "routes": routed}},
+        {"metadata": {"name": "plain"}, "spec": base},
+    ]
+    listings = {"n": 0}
+
+    def list_pools(namespace: str) -> list[dict[str, Any]]:
+        listings["n"] += 1
+        if listings["n"] == 1:
+            raise ConnectionError("API server away")
+        return objects
+
+    reconciled: list[tuple[str, ClusterPolicy]] = []
+    state = OperatorState()
+
+    async def reconcile(st: OperatorState, namespace: str, name: str, **_: Any) -> pool.Outcome:
+        reconciled.append((f"{namespace}/{name}", st.policy))
+        return pool.Outcome()
+
+    monkeypatch.setattr(kube_io, "list_pools", list_pools)
+    monkeypatch.setattr(pool, "reconcile", reconcile)
+    monkeypatch.setattr(policy, "POLICY_RECHECK_SECONDS", 0.01)
+
+    volume = tmp_path / "policy"
+    write_configmap_volume(volume, {"policy.yaml": yaml.safe_dump(LOOSE.model_dump(by_alias=True))})
+    source = PolicyFile.open(str(volume / "policy.yaml"))
+    state.policy = source.policy
+    state.pools = {"sec/routed", "sec/plain"}
+    task = asyncio.create_task(policy.follow(state, source))
+    try:
+        tight = LOOSE.model_copy(update={"allowed_routes": []})
+        write_configmap_volume(
+            volume, {"policy.yaml": yaml.safe_dump(tight.model_dump(by_alias=True))}
+        )
+        for _ in range(500):
+            if reconciled:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert state.policy == tight
+    assert listings["n"] >= 2  # the failed listing was retried
+    assert reconciled == [("sec/routed", tight)]  # only the pool it refuses, judged by the new one

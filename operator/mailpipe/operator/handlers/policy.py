@@ -87,10 +87,12 @@ async def pool_watched(
 
 
 async def stop(state: OperatorState) -> None:
+    """Stop following the policy (operator shutdown), and any Kafka retry it started."""
     task, state.policy_task = state.policy_task, None
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    tasks = [*([task] if task is not None else []), *_RETRIES]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def follow(state: OperatorState, source: PolicyFile) -> None:
@@ -98,21 +100,25 @@ async def follow(state: OperatorState, source: PolicyFile) -> None:
     log.info(
         "following cluster policy %s (re-read every %.0fs)", source.path, POLICY_RECHECK_SECONDS
     )
+    unchecked: ClusterPolicy | None = None  # the pools' last verdicts, while a re-check failed
     while True:
         await asyncio.sleep(POLICY_RECHECK_SECONDS)
         try:
             new = await asyncio.to_thread(source.reread)
         except PolicyError as exc:
+            new = None
             log.error("%s; the cluster policy in force stays", exc)
+        if new is not None:
+            # in force at once: every reconcile from now on (kopf's too) judges by it
+            unchecked = unchecked or state.policy
+            state.policy = new
+        if unchecked is None:
             continue
-        if new is None:
-            continue
-        old, state.policy = state.policy, new
         try:
-            await recheck(state, old, new)
-        except Exception:  # the next change must still be followed
-            # kopf's own handlers (resume, events) still reconcile with the new policy
-            log.exception("re-checking pools after a cluster policy change failed")
+            await recheck(state, unchecked, state.policy)
+            unchecked = None
+        except Exception:  # pools not listed or not reconciled: the re-check is retried next tick
+            log.exception("re-checking pools after a cluster policy change failed; retrying")
 
 
 async def recheck(state: OperatorState, old: ClusterPolicy, new: ClusterPolicy) -> None:
@@ -130,7 +136,12 @@ async def recheck(state: OperatorState, old: ClusterPolicy, new: ClusterPolicy) 
             if not change.refused:  # the refusal's own Events come from the reconcile
                 message = "the cluster policy now allows this pool: relays back to spec.replicas"
                 kopf.info(bodies[change.pool], reason="PolicyAllowed", message=message)
-            outcome = await pool.reconcile(state, namespace, name, ensure_topics=True)
+            try:
+                outcome = await pool.reconcile(state, namespace, name, ensure_topics=True)
+            except Exception:  # one pool's failure must not hold up the others
+                log.exception("pool %s: reconcile after a policy change failed", change.pool)
+                failed.append(change.pool)
+                return
         if outcome.kafka is not None:
             # An allowed pool whose Kafka is away: retried apart, so one
             # unreachable Kafka never holds up the next policy change.
@@ -138,7 +149,10 @@ async def recheck(state: OperatorState, old: ClusterPolicy, new: ClusterPolicy) 
             _RETRIES.add(retry)
             retry.add_done_callback(_RETRIES.discard)
 
+    failed: list[str] = []
     await asyncio.gather(*(one(c) for c in changes))
+    if failed:  # follow() re-runs the whole re-check (reconciles are idempotent)
+        raise RuntimeError(f"not re-checked: {', '.join(sorted(failed))}")
 
 
 def _read_pools(
