@@ -57,7 +57,7 @@ class Revoking:
     relay's commits for them are accepted. The engine holds back new work of
     them, lets what is running finish (bounded), and calls `reply` with what
     may be committed: the source commits it, finished-ahead offsets included,
-    before the relay rejoins (see ARCHITECTURE.md, invariant 31)."""
+    before the relay rejoins (see ARCHITECTURE.md, invariant 32)."""
 
     partitions: tuple[TopicPartition, ...]
     reply: Callable[[dict[TopicPartition, int], dict[TopicPartition, frozenset[int]]], None]
@@ -145,6 +145,25 @@ class SMTPReply(NamedTuple):
     enhanced: str | None = None  # RFC 3463 "x.y.z", parsed from text when present
 
 
+class RateGate(Protocol):
+    """The record's rate token (`tokens.RecordToken`), taken by the transport on
+    a greeted connection right before each MAIL FROM it writes (invariant 3):
+    receivers count what arrives, not what a relay meant to send."""
+
+    async def before_mail(self) -> None:
+        """Wait for the token and take it (a record holding one rides on it)."""
+        ...
+
+    def unused(self) -> None:
+        """The MAIL FROM `before_mail` was called for was not written: give it back."""
+        ...
+
+    def renew(self) -> None:
+        """The last MAIL FROM may have arrived and is retried on another connection:
+        the retry takes a token of its own."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One SMTP transaction to attempt: one sender, recipients of one domain."""
@@ -158,6 +177,9 @@ class Envelope:
     # The destination's shaping decides how many messages one connection carries
     # (`scheduling.Scheduler.policy`); None = reuse while the connection lives.
     messages_per_connection: int | None = None
+    # The record's rate token, taken just before MAIL FROM; None = not rate-shaped
+    # (tests that drive the transport alone).
+    gate: RateGate | None = None
 
 
 @dataclass(slots=True)
