@@ -6,8 +6,11 @@ of its own and meets the asyncio engine only through the `ports` protocols:
 
 - `source`: the consumer-group member (`KafkaSource`, a `ports.RecordSource`)
   and its thread, which executes typed `commands` from the loop;
-- `handoff`: records and in-band `ports.Revoked` notices from that thread to
-  the loop, in order, bounded by a buffer credit;
+- `handoff`: records and in-band rebalance notices (`ports.Revoked`,
+  `ports.Revoking`, `ports.Assigned`) from that thread to the loop, in
+  order, bounded by a buffer credit;
+- `metadata`: the finished-ahead offsets a commit carries to the
+  partition's next owner;
 - `sink`: the producer (`KafkaSink`, a `ports.RecordSink`), acks=all;
 - `follower`: the topics the relay replays and follows (suppressions, events
   for the warm-up ledger, campaign states).
