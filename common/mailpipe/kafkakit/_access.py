@@ -101,11 +101,11 @@ def probe_access(cluster: Cluster, topics: Iterable[str], group: str | None = No
     (`KafkaCredentialsError`); a broker that does not answer raises the client's
     KafkaTimeoutError. Topics that simply do not exist are not this probe's
     business (the relay's consumer reports them)."""
-    options = client_options(cluster)
+    conn = connection_of(cluster)
     with _auth_failures() as failures:
         try:
             consumer = KafkaConsumer(
-                **options,
+                **client_options(conn),
                 group_id=group,
                 enable_auto_commit=False,
                 allow_auto_create_topics=False,
@@ -113,8 +113,7 @@ def probe_access(cluster: Cluster, topics: Iterable[str], group: str | None = No
                 bootstrap_timeout_ms=PROBE_TIMEOUT_MS,
             )
         except KafkaTimeoutError as exc:
-            security = connection_of(cluster).security
-            servers = options["bootstrap_servers"]
+            security, servers = conn.security, conn.bootstrap_servers
             if failures or (security.protocol != "PLAINTEXT" and _listening(servers)):
                 # The broker answers TCP but no session came of it. Its SASL
                 # error is logged on some attempts only (it may close first).

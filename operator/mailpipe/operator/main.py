@@ -75,13 +75,15 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # importing registers the handlers (metrics: its watch-event handlers)
-    from . import handlers, metrics  # noqa: F401
+    from . import handlers, kafka_identity, metrics  # noqa: F401
     from .cluster_policy import POLICY_MEMO_KEY, load_policy
 
     # Read before kopf starts, so a bad policy stops the operator instead of
     # letting it reconcile pools unchecked; every resource memo copies it.
     memo = kopf.Memo()
     memo[POLICY_MEMO_KEY] = load_policy(args.policy)
+    # Likewise the operator's Kafka login (MAILPIPE_KAFKA_*): a bad one stops it here.
+    logging.getLogger("mailpipe.operator").info("Kafka login: %s", kafka_identity.security())
 
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.listen_address)
