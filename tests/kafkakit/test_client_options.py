@@ -23,7 +23,11 @@ from mailpipe.kafkakit import KafkaCredentialsError, client_options
 pytestmark = pytest.mark.security
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION = [ROOT / "common" / "mailpipe", ROOT / "operator" / "mailpipe", ROOT / "relay" / "mailpipe"]
+PRODUCTION = [
+    ROOT / "common" / "mailpipe",
+    ROOT / "operator" / "mailpipe",
+    ROOT / "relay" / "mailpipe",
+]
 CLIENTS = {"KafkaConsumer", "KafkaProducer", "KafkaAdminClient"}
 
 
@@ -139,7 +143,9 @@ def test_the_environment_gives_the_operators_and_the_plugins_login() -> None:
 def test_the_relay_config_carries_paths_and_stays_the_same_without_a_login() -> None:
     topics = Topics.for_pool("a", "news", ["1m"])
     plain = KafkaSettings.for_topics(topics, bootstrap_servers="k:9092", group_id="g")
-    config = RelayConfig(pool="a/news", kafka=plain, egress=[{"address": "127.0.0.1", "helo": "mx.test"}])
+    config = RelayConfig(
+        pool="a/news", kafka=plain, egress=[{"address": "127.0.0.1", "helo": "mx.test"}]
+    )
     assert "security" not in dump_config(config)  # unchanged text and hash for existing pools
     secured = plain.model_copy(
         update={
