@@ -1,0 +1,297 @@
+"""Relays log in to Kafka as their tenant, and the broker's ACLs hold them to it (issue 11).
+
+A real broker with SCRAM logins and KRaft's StandardAuthorizer, each
+namespace's principal granted `contracts.topics.namespace_acls` (what README
+tells a platform team to set), and real `mailpipe relay` processes:
+
+- tenant A's relay, logged in as A with SCRAM-SHA-512, delivers its pool's
+  records to a loopback receiver;
+- tenant B's relay, configured with A's topics and group, is refused by the
+  ACLs: `/readyz` names the authorization error, it keeps running (asking
+  again) and never reads A's records;
+- a wrong password or a missing password file is a readiness reason that
+  says so, not a crash loop;
+- no relay log contains a password.
+
+Before: the relay had no way to log in (its config refused `security`), so
+against this broker it could not even start.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError
+
+from mailpipe.contracts.config import KafkaSecurity, RelayConfig
+from mailpipe.contracts.kafka_security import KafkaConnection
+from mailpipe.contracts.topics import NEVER_MAIL_TOPIC, Topics
+from mailpipe.devstack import kafka, procs, samples
+from mailpipe.devstack.harness import Child, Children
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
+from mailpipe.kafkakit import client_options
+from tests.conftest import wait_for
+from tests.e2e.test_demo import secrets_in
+from tests.kafkakit.test_tenant_acls import (
+    ACL_BROKER_START_SECONDS,
+    ACLS_APPLIED_SECONDS,
+    ALL_ACLS,
+    CLIENT_TIMEOUT_MS,
+    _acls,
+)
+
+from .conftest import EGRESS, RETRY
+
+pytestmark = [pytest.mark.relay, pytest.mark.security]
+
+PASSWORDS = {
+    kafka.SASL_ADMIN: "admin-Scram-pw-51c0",
+    "mailpipe-a": "tenant-a-Scram-pw-9e2d",
+    "mailpipe-b": "tenant-b-Scram-pw-4b7a",
+}
+MECHANISM = "SCRAM-SHA-512"
+DELAY_STEPS = ("1m",)
+DOMAIN = "a-customers.test"
+RECORDS = 12
+DELIVERY_SECONDS = 90  # a relay's start (replays, group join) plus 12 deliveries, busy machine
+# A refused login is reported after the probe's bootstrap timeout (10 s), then
+# asked again every ACCESS_RETRY_SECONDS (15 s): two reports within ~60 s.
+REFUSAL_SECONDS = 120
+MX_HOST = "127.0.0.10"
+
+
+def _login(bootstrap: str, user: str, password_file: Path) -> KafkaConnection:
+    return KafkaConnection(
+        bootstrap_servers=bootstrap,
+        security=KafkaSecurity(
+            protocol="SASL_PLAINTEXT",
+            sasl_mechanism=MECHANISM,
+            username=user,
+            password_file=str(password_file),
+        ),
+    )
+
+
+class Broker(NamedTuple):
+    bootstrap: str
+    admin: KafkaConnection  # the platform's (operator's) login: creates topics, produces
+
+
+def _admin_client(admin: KafkaConnection) -> KafkaAdminClient:
+    return KafkaAdminClient(**client_options(admin), request_timeout_ms=CLIENT_TIMEOUT_MS)
+
+
+def _ready(admin: KafkaConnection) -> bool:
+    host, _, port = admin.bootstrap_servers.rpartition(":")
+    if not procs.listening(host, int(port)):
+        return False
+    try:
+        client = _admin_client(admin)
+    except KafkaError:
+        with warnings.catch_warnings():  # a half-made bootstrap's sockets (kafka.is_ready)
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        return False
+    try:
+        client.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        client.close()
+
+
+def _grant(admin: KafkaConnection) -> None:
+    """Tenants a and b's topics, and each namespace's ACLs for its principal."""
+    client = _admin_client(admin)
+    try:
+        names = {NEVER_MAIL_TOPIC}
+        for ns in ("a", "b"):
+            t = Topics.for_pool(ns, "news", list(DELAY_STEPS))
+            names.update([*t.all(), *t.compacted()])
+        client.create_topics([NewTopic(n, 2, 1) for n in sorted(names)])
+        grants = [*_acls("User:mailpipe-a", "a"), *_acls("User:mailpipe-b", "b")]
+        result = client.create_acls(grants)
+        assert not result["failed"], result["failed"]
+        wait_for(
+            lambda: len(client.describe_acls(ALL_ACLS)[0]) >= len(grants),
+            ACLS_APPLIED_SECONDS,
+            "the ACLs in the authorizer",
+        )
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker with SCRAM logins and ACLs, tenants a and b's topics, and their ACLs."""
+    state: Path = tmp_path_factory.mktemp("scram-kafka")
+    ports, command, log = kafka.prepare(state, sasl_users=PASSWORDS)
+    admin_password = state / "admin-password"
+    admin_password.write_text(PASSWORDS[kafka.SASL_ADMIN])
+    admin = _login(ports.bootstrap, kafka.SASL_ADMIN, admin_password)
+    pid = procs.spawn(command, log)
+    try:
+        wait_for(lambda: _ready(admin), ACL_BROKER_START_SECONDS, "the SCRAM broker")
+        _grant(admin)
+        yield Broker(ports.bootstrap, admin)
+    finally:
+        procs.stop(pid)
+
+
+def _relay_config(
+    bootstrap: str, user: str, password_file: Path, rx: SMTPReceiver, port: int
+) -> RelayConfig:
+    """Tenant a's pool 'news' (its topics and group), logged in as `user`."""
+    security = _login(bootstrap, user, password_file).security
+    settings = samples.pool_topics(bootstrap, "mailpipe.a.news", DELAY_STEPS, security=security)
+    return samples.relay_config(
+        "a/news",
+        settings,
+        [EGRESS],
+        retry=RETRY,
+        routes={DOMAIN: [{"host": rx.host, "port": rx.port}]},
+        metrics_port=port,
+        metrics_address="127.0.0.1",
+    )
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError as err:
+        return 0, str(err)
+
+
+@pytest.fixture
+def start_relay(tmp_path: Path) -> Iterator[Callable[..., tuple[Child, int]]]:
+    with Children(tmp_path) as children:
+
+        def start(name: str, config: RelayConfig) -> tuple[Child, int]:
+            path = samples.write_config(config, tmp_path / f"{name}.yaml")
+            args = ["relay", "--config", str(path), "--relay-id", name]
+            return children.mailpipe(name, args), config.metrics_port
+
+        yield start
+
+
+def _password_file(tmp_path: Path, name: str, value: str) -> Path:
+    path = tmp_path / name
+    path.write_text(value + "\n")  # as `kubectl create secret --from-file` may leave it
+    return path
+
+
+def test_relays_log_in_as_their_tenant_and_the_acls_hold_them_to_it(
+    scram_broker: Broker,
+    smtp_receiver: Callable[..., SMTPReceiver],
+    start_relay: Callable[..., tuple[Child, int]],
+    tmp_path: Path,
+) -> None:
+    rx = smtp_receiver(MX_HOST, 0)
+    # The platform (the operator's principal) puts tenant a's records on its outbound topic.
+    a_topics = Topics.for_pool("a", "news", list(DELAY_STEPS))
+    producer = KafkaProducer(**client_options(scram_broker.admin), acks="all")
+    try:
+        for i in range(RECORDS):
+            record = samples.delivery_record(f"r{i}@{DOMAIN}", campaign="a/spring")
+            samples.send_record(producer, a_topics.outbound, record)
+        producer.flush()
+    finally:
+        producer.close()
+
+    # Tenant b's relay, configured with a's topics and group: refused, alive, reads nothing.
+    b_file = _password_file(tmp_path, "b-password", PASSWORDS["mailpipe-b"])
+    thief, thief_port = start_relay(
+        "relay-b",
+        _relay_config(scram_broker.bootstrap, "mailpipe-b", b_file, rx, procs.free_port()),
+    )
+    # A wrong password and a password file that is not there: said, not crashed.
+    wrong = _password_file(tmp_path, "wrong-password", "not-the-password")
+    locked_out, locked_port = start_relay(
+        "relay-wrong",
+        _relay_config(scram_broker.bootstrap, "mailpipe-a", wrong, rx, procs.free_port()),
+    )
+    missing = tmp_path / "no-such-dir" / "password"
+    unmounted, unmounted_port = start_relay(
+        "relay-unmounted",
+        _relay_config(scram_broker.bootstrap, "mailpipe-a", missing, rx, procs.free_port()),
+    )
+
+    def reported_twice(port: int, words: str) -> bool:
+        status, body = _readyz(port)
+        return status == 503 and words in body and "(2 times" in body
+
+    wait_for(
+        lambda: reported_twice(thief_port, "TopicAuthorizationFailedError"),
+        REFUSAL_SECONDS,
+        f"relay-b refused twice; /readyz: {_readyz(thief_port)}",
+        thief,
+    )
+    body = _readyz(thief_port)[1]
+    assert "kafka access: KafkaAccessDenied: TopicAuthorizationFailedError" in body, body
+    assert "mailpipe.a.news" in body and "Kafka ACLs" in body, body
+    wait_for(
+        lambda: reported_twice(locked_port, "KafkaLoginFailed"),
+        REFUSAL_SECONDS,
+        f"relay-wrong refused twice; /readyz: {_readyz(locked_port)}",
+        locked_out,
+    )
+    body = _readyz(locked_port)[1]
+    assert f"refused (SASL_PLAINTEXT {MECHANISM} as mailpipe-a)" in body, body
+    assert "check the user name, password" in body, body
+    wait_for(
+        lambda: reported_twice(unmounted_port, "KafkaCredentialsError"),
+        REFUSAL_SECONDS,
+        f"relay-unmounted reported twice; /readyz: {_readyz(unmounted_port)}",
+        unmounted,
+    )
+    body = _readyz(unmounted_port)[1]
+    assert f"password file (password_file) {missing} cannot be read" in body, body
+    for relay in (thief, locked_out, unmounted):
+        assert relay.alive(), relay.log_section()
+    assert rx.recipients() == []  # b never read a's records; nobody else delivered them
+
+    # Tenant a's own relay, logged in as a: delivers every record.
+    a_file = _password_file(tmp_path, "a-password", PASSWORDS["mailpipe-a"])
+    owner, owner_port = start_relay(
+        "relay-a",
+        _relay_config(scram_broker.bootstrap, "mailpipe-a", a_file, rx, procs.free_port()),
+    )
+    wait_for(
+        lambda: len(rx.recipients()) >= RECORDS,
+        DELIVERY_SECONDS,
+        f"a's records delivered; /readyz: {_readyz(owner_port)}",
+        owner,
+    )
+    assert sorted(rx.recipients()) == sorted(f"r{i}@{DOMAIN}" for i in range(RECORDS))
+    wait_for(lambda: _readyz(owner_port)[0] == 200, DELIVERY_SECONDS, "relay-a ready", owner)
+    assert thief.alive() and _readyz(thief_port)[0] == 503
+
+    # issue 11's guard (tests/e2e/test_demo.py) over these logs: no password in any of them
+    secrets = {f"{user}'s password": pw for user, pw in PASSWORDS.items()}
+    secrets |= {
+        f"{u}'s password, base64": base64.b64encode(p.encode()).decode()
+        for u, p in PASSWORDS.items()
+    }
+    secrets["the wrong password"] = "not-the-password"
+    for relay in (thief, locked_out, unmounted, owner):
+        relay.request_stop()
+    logs = list(tmp_path.rglob("*.log"))
+    assert len(logs) >= 4, logs
+    leaked = {
+        str(f): found for f in logs if (found := secrets_in(f.read_text(errors="replace"), secrets))
+    }
+    assert not leaked, leaked
