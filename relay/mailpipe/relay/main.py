@@ -245,7 +245,6 @@ async def wait_for_kafka_access(settings: KafkaSettings, health: Health) -> None
     refused login in the background, no follower dies on a refused topic,
     and the relay does not exit into a crash loop (issue 11)."""
     loop = asyncio.get_running_loop()
-    health.report(ACCESS_CHECK, "not checked yet")
     topics = [
         settings.outbound_topic,
         *settings.delay_topics.values(),
