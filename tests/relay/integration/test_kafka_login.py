@@ -31,8 +31,17 @@ from typing import NamedTuple
 
 import pytest
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    NewTopic,
+    ResourcePattern,
+    ResourceType,
+)
+from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from mailpipe.contracts.config import KafkaSecurity, RelayConfig
 from mailpipe.contracts.kafka_security import KafkaConnection
@@ -40,7 +49,7 @@ from mailpipe.contracts.topics import NEVER_MAIL_TOPIC, Topics
 from mailpipe.devstack import kafka, procs, samples
 from mailpipe.devstack.harness import Child, Children
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
-from mailpipe.kafkakit import client_options
+from mailpipe.kafkakit import client_options, ensure_topics, list_topics
 from tests.conftest import wait_for
 from tests.e2e.test_demo import secrets_in
 from tests.kafkakit.test_tenant_acls import (
@@ -55,8 +64,10 @@ from .conftest import EGRESS, RETRY
 
 pytestmark = [pytest.mark.relay, pytest.mark.security]
 
+OPERATOR = "mailpipe-operator"
 PASSWORDS = {
     kafka.SASL_ADMIN: "admin-Scram-pw-51c0",
+    OPERATOR: "operator-Scram-pw-3a8f",
     "mailpipe-a": "tenant-a-Scram-pw-9e2d",
     "mailpipe-b": "tenant-b-Scram-pw-4b7a",
 }
@@ -112,6 +123,22 @@ def _ready(admin: KafkaConnection) -> bool:
         client.close()
 
 
+def _operator_acls() -> list[ACL]:
+    """README's operator lines: everything under `mailpipe.`, but never writing
+    the never-mail list (a DENY wins over the prefix ALLOW)."""
+
+    def acl(op: ACLOperation, name: str, kind: ACLResourcePatternType, allow: bool) -> ACL:
+        permission = ACLPermissionType.ALLOW if allow else ACLPermissionType.DENY
+        return ACL(
+            f"User:{OPERATOR}", "*", op, permission, ResourcePattern(ResourceType.TOPIC, name, kind)
+        )
+
+    return [
+        acl(ACLOperation.ALL, "mailpipe.", ACLResourcePatternType.PREFIXED, True),
+        acl(ACLOperation.WRITE, NEVER_MAIL_TOPIC, ACLResourcePatternType.LITERAL, False),
+    ]
+
+
 def _grant(admin: KafkaConnection) -> None:
     """Tenants a and b's topics, and each namespace's ACLs for its principal."""
     client = _admin_client(admin)
@@ -121,7 +148,7 @@ def _grant(admin: KafkaConnection) -> None:
             t = Topics.for_pool(ns, "news", list(DELAY_STEPS))
             names.update([*t.all(), *t.compacted()])
         client.create_topics([NewTopic(n, 2, 1) for n in sorted(names)])
-        grants = [*_acls("User:mailpipe-a", "a"), *_acls("User:mailpipe-b", "b")]
+        grants = [*_acls("User:mailpipe-a", "a"), *_acls("User:mailpipe-b", "b"), *_operator_acls()]
         result = client.create_acls(grants)
         assert not result["failed"], result["failed"]
         wait_for(
@@ -298,3 +325,21 @@ def test_relays_log_in_as_their_tenant_and_the_acls_hold_them_to_it(
         str(f): found for f in logs if (found := secrets_in(f.read_text(errors="replace"), secrets))
     }
     assert not leaked, leaked
+
+
+def test_the_operators_login_creates_pool_topics_but_never_writes_the_never_mail_list(
+    scram_broker: Broker, tmp_path: Path
+) -> None:
+    """The README's operator ACLs, through kafkakit with the operator's login."""
+    password = _password_file(tmp_path, "operator-password", PASSWORDS[OPERATOR])
+    operator = _login(scram_broker.bootstrap, OPERATOR, password)
+    topics = Topics.for_pool("c", "news", list(DELAY_STEPS))
+    created = ensure_topics(operator, topics.all(), 1, 1, topics.compacted())
+    assert topics.outbound in created and topics.outbound in list_topics(operator)
+    producer = KafkaProducer(**client_options(operator), acks="all", max_block_ms=CLIENT_TIMEOUT_MS)
+    try:
+        producer.send(topics.outbound, b"campaign").get(timeout=CLIENT_TIMEOUT_MS / 1000)
+        with pytest.raises(TopicAuthorizationFailedError):
+            producer.send(NEVER_MAIL_TOPIC, b"x").get(timeout=CLIENT_TIMEOUT_MS / 1000)
+    finally:
+        producer.close()
