@@ -49,7 +49,13 @@ from mailpipe.contracts.topics import NEVER_MAIL_TOPIC, Topics
 from mailpipe.devstack import kafka, procs, samples
 from mailpipe.devstack.harness import Child, Children
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
-from mailpipe.kafkakit import client_options, ensure_topics, list_topics
+from mailpipe.kafkakit import (
+    KafkaAccessDenied,
+    client_options,
+    ensure_topics,
+    list_topics,
+    probe_access,
+)
 from tests.conftest import wait_for
 from tests.e2e.test_demo import secrets_in
 from tests.kafkakit.test_tenant_acls import (
@@ -343,3 +349,19 @@ def test_the_operators_login_creates_pool_topics_but_never_writes_the_never_mail
             producer.send(NEVER_MAIL_TOPIC, b"x").get(timeout=CLIENT_TIMEOUT_MS / 1000)
     finally:
         producer.close()
+
+
+def test_the_access_probe_names_a_refused_consumer_group(
+    scram_broker: Broker, tmp_path: Path
+) -> None:
+    """Tenant b's own topics but a's group: the probe says the group, not a timeout."""
+    password = _password_file(tmp_path, "b-password", PASSWORDS["mailpipe-b"])
+    b = _login(scram_broker.bootstrap, "mailpipe-b", password)
+    own = Topics.for_pool("b", "news", list(DELAY_STEPS))
+    probe_access(b, own.all(), "mailpipe.b.news.relays")  # its own: allowed
+    with pytest.raises(
+        KafkaAccessDenied,
+        match=re.escape("GroupAuthorizationFailedError: not authorized for consumer group")
+        + " mailpipe\\.a\\.news\\.relays",
+    ):
+        probe_access(b, own.all(), "mailpipe.a.news.relays")
