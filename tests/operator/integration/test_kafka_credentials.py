@@ -12,13 +12,31 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import yaml
 
 from mailpipe.contracts.config import parse_config
+from mailpipe.contracts.kafka_security import (
+    ENV_PASSWORD_FILE,
+    ENV_SASL_MECHANISM,
+    ENV_SECURITY_PROTOCOL,
+    ENV_USERNAME,
+)
+from mailpipe.contracts.topics import Topics
+from mailpipe.kafkakit import list_topics
+from tests.scram_broker import MECHANISM, OPERATOR, PASSWORDS, Broker, password_file, scram_broker
 
-from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for, wait_pool_ready
+from .conftest import (
+    DELAY_STEPS,
+    OperatorProcess,
+    get,
+    kubectl,
+    pool_manifest,
+    wait_for,
+    wait_pool_ready,
+)
 from .test_pool_status import (
     DEPLOYMENT,
     STATUS_SECONDS,
@@ -29,6 +47,7 @@ from .test_pool_status import (
 )
 
 pytestmark = [pytest.mark.operator, pytest.mark.security]
+__all__ = ["scram_broker"]  # the module's SCRAM broker fixture, imported for pytest
 
 SECRET = "kafka-news"
 PASSWORD = "tenant-a-Secret-pw-0815"  # must appear in no ConfigMap, Deployment or status
@@ -129,3 +148,33 @@ def test_the_credentials_secret_is_mounted_and_the_configmap_holds_paths_only(
     after = get(cli_env, "deployment", DEPLOYMENT, namespace) or {}
     assert after["spec"]["template"]["metadata"]["annotations"] == template
     assert after["spec"]["template"]["spec"]["volumes"] == pod["volumes"]
+
+
+def test_the_operator_logs_in_with_its_own_credentials_and_creates_the_pools_topics(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    topic_prefix: str,
+    scram_broker: Broker,
+    tmp_path: Path,
+) -> None:
+    """Against a broker that lets nobody in without a login, and the operator's
+    principal only what README's ACLs give it: its topics are created, its
+    events followed, and its password is in no log."""
+    secret = password_file(tmp_path, "operator-password", PASSWORDS[OPERATOR])
+    op = operator_factory(
+        **{
+            ENV_SECURITY_PROTOCOL: "SASL_PLAINTEXT",
+            ENV_SASL_MECHANISM: MECHANISM,
+            ENV_USERNAME: OPERATOR,
+            ENV_PASSWORD_FILE: str(secret),
+        }
+    )
+    _apply_pool(cli_env, pool_manifest("news", namespace, scram_broker.bootstrap, topic_prefix))
+    wait_pool_ready(cli_env, namespace, op)
+    assert _condition(cli_env, namespace, "TopicsReady")["status"] == "True"
+    expected = Topics.for_pool(namespace, "news", DELAY_STEPS, prefix=topic_prefix)
+    assert expected.outbound in list_topics(scram_broker.admin)
+    logs = "".join(f.read_text(errors="replace") for f in tmp_path.rglob("*.log"))
+    assert "Kafka login: SASL_PLAINTEXT SCRAM-SHA-512 as mailpipe-operator" in logs
+    assert PASSWORDS[OPERATOR] not in logs

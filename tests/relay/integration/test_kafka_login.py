@@ -20,33 +20,19 @@ against this broker it could not even start.
 from __future__ import annotations
 
 import base64
-import gc
 import re
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 from kafka import KafkaProducer
-from kafka.admin import (
-    ACL,
-    ACLOperation,
-    ACLPermissionType,
-    ACLResourcePatternType,
-    KafkaAdminClient,
-    NewTopic,
-    ResourcePattern,
-    ResourceType,
-)
-from kafka.errors import KafkaError, TopicAuthorizationFailedError
+from kafka.errors import TopicAuthorizationFailedError
 
-from mailpipe.contracts.config import KafkaSecurity, RelayConfig
-from mailpipe.contracts.kafka_security import KafkaConnection
+from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.topics import NEVER_MAIL_TOPIC, Topics
-from mailpipe.devstack import kafka, procs, samples
+from mailpipe.devstack import procs, samples
 from mailpipe.devstack.harness import Child, Children
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.kafkakit import (
@@ -58,27 +44,23 @@ from mailpipe.kafkakit import (
 )
 from tests.conftest import wait_for
 from tests.e2e.test_demo import secrets_in
-from tests.kafkakit.test_tenant_acls import (
-    ACL_BROKER_START_SECONDS,
-    ACLS_APPLIED_SECONDS,
-    ALL_ACLS,
+from tests.scram_broker import (
     CLIENT_TIMEOUT_MS,
-    _acls,
+    DELAY_STEPS,
+    MECHANISM,
+    OPERATOR,
+    PASSWORDS,
+    Broker,
+    login,
+    password_file,
+    scram_broker,
 )
 
 from .conftest import EGRESS, RETRY
 
 pytestmark = [pytest.mark.relay, pytest.mark.security]
+__all__ = ["scram_broker"]  # the module's broker fixture, imported for pytest
 
-OPERATOR = "mailpipe-operator"
-PASSWORDS = {
-    kafka.SASL_ADMIN: "admin-Scram-pw-51c0",
-    OPERATOR: "operator-Scram-pw-3a8f",
-    "mailpipe-a": "tenant-a-Scram-pw-9e2d",
-    "mailpipe-b": "tenant-b-Scram-pw-4b7a",
-}
-MECHANISM = "SCRAM-SHA-512"
-DELAY_STEPS = ("1m",)
 DOMAIN = "a-customers.test"
 RECORDS = 12
 DELIVERY_SECONDS = 90  # a relay's start (replays, group join) plus 12 deliveries, busy machine
@@ -88,106 +70,11 @@ REFUSAL_SECONDS = 120
 MX_HOST = "127.0.0.10"
 
 
-def _login(bootstrap: str, user: str, password_file: Path) -> KafkaConnection:
-    return KafkaConnection(
-        bootstrap_servers=bootstrap,
-        security=KafkaSecurity(
-            protocol="SASL_PLAINTEXT",
-            sasl_mechanism=MECHANISM,
-            username=user,
-            password_file=str(password_file),
-        ),
-    )
-
-
-class Broker(NamedTuple):
-    bootstrap: str
-    admin: KafkaConnection  # the platform's (operator's) login: creates topics, produces
-
-
-def _admin_client(admin: KafkaConnection) -> KafkaAdminClient:
-    return KafkaAdminClient(**client_options(admin), request_timeout_ms=CLIENT_TIMEOUT_MS)
-
-
-def _ready(admin: KafkaConnection) -> bool:
-    host, _, port = admin.bootstrap_servers.rpartition(":")
-    if not procs.listening(host, int(port)):
-        return False
-    try:
-        client = _admin_client(admin)
-    except KafkaError:
-        with warnings.catch_warnings():  # a half-made bootstrap's sockets (kafka.is_ready)
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
-        return False
-    try:
-        client.list_topics()
-        return True
-    except KafkaError:
-        return False
-    finally:
-        client.close()
-
-
-def _operator_acls() -> list[ACL]:
-    """README's operator lines: everything under `mailpipe.`, but never writing
-    the never-mail list (a DENY wins over the prefix ALLOW)."""
-
-    def acl(op: ACLOperation, name: str, kind: ACLResourcePatternType, allow: bool) -> ACL:
-        permission = ACLPermissionType.ALLOW if allow else ACLPermissionType.DENY
-        return ACL(
-            f"User:{OPERATOR}", "*", op, permission, ResourcePattern(ResourceType.TOPIC, name, kind)
-        )
-
-    return [
-        acl(ACLOperation.ALL, "mailpipe.", ACLResourcePatternType.PREFIXED, True),
-        acl(ACLOperation.WRITE, NEVER_MAIL_TOPIC, ACLResourcePatternType.LITERAL, False),
-    ]
-
-
-def _grant(admin: KafkaConnection) -> None:
-    """Tenants a and b's topics, and each namespace's ACLs for its principal."""
-    client = _admin_client(admin)
-    try:
-        names = {NEVER_MAIL_TOPIC}
-        for ns in ("a", "b"):
-            t = Topics.for_pool(ns, "news", list(DELAY_STEPS))
-            names.update([*t.all(), *t.compacted()])
-        client.create_topics([NewTopic(n, 2, 1) for n in sorted(names)])
-        grants = [*_acls("User:mailpipe-a", "a"), *_acls("User:mailpipe-b", "b"), *_operator_acls()]
-        result = client.create_acls(grants)
-        assert not result["failed"], result["failed"]
-        wait_for(
-            lambda: len(client.describe_acls(ALL_ACLS)[0]) >= len(grants),
-            ACLS_APPLIED_SECONDS,
-            "the ACLs in the authorizer",
-        )
-    finally:
-        client.close()
-
-
-@pytest.fixture(scope="module")
-def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A broker with SCRAM logins and ACLs, tenants a and b's topics, and their ACLs."""
-    state: Path = tmp_path_factory.mktemp("scram-kafka")
-    ports, command, log = kafka.prepare(state, sasl_users=PASSWORDS)
-    admin_password = state / "admin-password"
-    admin_password.write_text(PASSWORDS[kafka.SASL_ADMIN])
-    admin = _login(ports.bootstrap, kafka.SASL_ADMIN, admin_password)
-    pid = procs.spawn(command, log)
-    try:
-        wait_for(lambda: _ready(admin), ACL_BROKER_START_SECONDS, "the SCRAM broker")
-        _grant(admin)
-        yield Broker(ports.bootstrap, admin)
-    finally:
-        procs.stop(pid)
-
-
 def _relay_config(
-    bootstrap: str, user: str, password_file: Path, rx: SMTPReceiver, port: int
+    bootstrap: str, user: str, secret: Path, rx: SMTPReceiver, port: int
 ) -> RelayConfig:
     """Tenant a's pool 'news' (its topics and group), logged in as `user`."""
-    security = _login(bootstrap, user, password_file).security
+    security = login(bootstrap, user, secret).security
     settings = samples.pool_topics(bootstrap, "mailpipe.a.news", DELAY_STEPS, security=security)
     return samples.relay_config(
         "a/news",
@@ -222,12 +109,6 @@ def start_relay(tmp_path: Path) -> Iterator[Callable[..., tuple[Child, int]]]:
         yield start
 
 
-def _password_file(tmp_path: Path, name: str, value: str) -> Path:
-    path = tmp_path / name
-    path.write_text(value + "\n")  # as `kubectl create secret --from-file` may leave it
-    return path
-
-
 def test_relays_log_in_as_their_tenant_and_the_acls_hold_them_to_it(
     scram_broker: Broker,
     smtp_receiver: Callable[..., SMTPReceiver],
@@ -247,13 +128,13 @@ def test_relays_log_in_as_their_tenant_and_the_acls_hold_them_to_it(
         producer.close()
 
     # Tenant b's relay, configured with a's topics and group: refused, alive, reads nothing.
-    b_file = _password_file(tmp_path, "b-password", PASSWORDS["mailpipe-b"])
+    b_file = password_file(tmp_path, "b-password", PASSWORDS["mailpipe-b"])
     thief, thief_port = start_relay(
         "relay-b",
         _relay_config(scram_broker.bootstrap, "mailpipe-b", b_file, rx, procs.free_port()),
     )
     # A wrong password and a password file that is not there: said, not crashed.
-    wrong = _password_file(tmp_path, "wrong-password", "not-the-password")
+    wrong = password_file(tmp_path, "wrong-password", "not-the-password")
     locked_out, locked_port = start_relay(
         "relay-wrong",
         _relay_config(scram_broker.bootstrap, "mailpipe-a", wrong, rx, procs.free_port()),
@@ -301,7 +182,7 @@ def test_relays_log_in_as_their_tenant_and_the_acls_hold_them_to_it(
     assert rx.recipients() == []  # b never read a's records; nobody else delivered them
 
     # Tenant a's own relay, logged in as a: delivers every record.
-    a_file = _password_file(tmp_path, "a-password", PASSWORDS["mailpipe-a"])
+    a_file = password_file(tmp_path, "a-password", PASSWORDS["mailpipe-a"])
     owner, owner_port = start_relay(
         "relay-a",
         _relay_config(scram_broker.bootstrap, "mailpipe-a", a_file, rx, procs.free_port()),
@@ -337,8 +218,8 @@ def test_the_operators_login_creates_pool_topics_but_never_writes_the_never_mail
     scram_broker: Broker, tmp_path: Path
 ) -> None:
     """The README's operator ACLs, through kafkakit with the operator's login."""
-    password = _password_file(tmp_path, "operator-password", PASSWORDS[OPERATOR])
-    operator = _login(scram_broker.bootstrap, OPERATOR, password)
+    password = password_file(tmp_path, "operator-password", PASSWORDS[OPERATOR])
+    operator = login(scram_broker.bootstrap, OPERATOR, password)
     topics = Topics.for_pool("c", "news", list(DELAY_STEPS))
     created = ensure_topics(operator, topics.all(), 1, 1, topics.compacted())
     assert topics.outbound in created and topics.outbound in list_topics(operator)
@@ -355,8 +236,8 @@ def test_the_access_probe_names_a_refused_consumer_group(
     scram_broker: Broker, tmp_path: Path
 ) -> None:
     """Tenant b's own topics but a's group: the probe says the group, not a timeout."""
-    password = _password_file(tmp_path, "b-password", PASSWORDS["mailpipe-b"])
-    b = _login(scram_broker.bootstrap, "mailpipe-b", password)
+    password = password_file(tmp_path, "b-password", PASSWORDS["mailpipe-b"])
+    b = login(scram_broker.bootstrap, "mailpipe-b", password)
     own = Topics.for_pool("b", "news", list(DELAY_STEPS))
     probe_access(b, own.all(), "mailpipe.b.news.relays")  # its own: allowed
     with pytest.raises(
