@@ -13,7 +13,7 @@ Depends on no plane: the relay and the operator both import this, never
 each other.
 """
 
-from ._access import KafkaAccessDenied, KafkaLoginFailed, probe_access
+from ._access import KafkaAccessDenied, KafkaLoginFailed, login_refused, probe_access
 from ._admin import delete_topics, ensure_pool_topics, ensure_topics, list_topics
 from ._read import Record, TopicRecord, end_offsets, partition_count, read_records, read_topic
 from ._security import (
@@ -44,6 +44,7 @@ __all__ = [
     "ensure_pool_topics",
     "ensure_topics",
     "list_topics",
+    "login_refused",
     "partition_count",
     "probe_access",
     "read_records",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from kafka import KafkaConsumer, TopicPartition
@@ -94,6 +94,23 @@ def _listening(servers: str) -> bool:
     return False
 
 
+def login_refused(cluster: Cluster, logged: Sequence[str] = ()) -> str | None:
+    """Why a client of `cluster` could not bootstrap, if its login is the likely
+    cause: it logs in (not PLAINTEXT) and a bootstrap server answers TCP, or
+    kafka-python logged a SASL refusal (`logged`). None: the broker is away."""
+    conn = connection_of(cluster)
+    security, servers = conn.security, conn.bootstrap_servers
+    if not logged and (security.protocol == "PLAINTEXT" or not _listening(servers)):
+        return None
+    # The broker answers but no session came of it. Its SASL error is logged
+    # on some attempts only (it may close the connection first).
+    why = _reason(logged[-1]) if logged else "the broker closed the connection"
+    return (
+        f"login to {servers} refused ({security}): {why};"
+        " check the user name, password, mechanism and CA"
+    )
+
+
 def probe_access(cluster: Cluster, topics: Iterable[str], group: str | None = None) -> None:
     """Raise, with the broker's own reason, if this identity cannot log in
     (`KafkaLoginFailed`), may not use one of `topics` or `group`
@@ -113,15 +130,9 @@ def probe_access(cluster: Cluster, topics: Iterable[str], group: str | None = No
                 bootstrap_timeout_ms=PROBE_TIMEOUT_MS,
             )
         except KafkaTimeoutError as exc:
-            security, servers = conn.security, conn.bootstrap_servers
-            if failures or (security.protocol != "PLAINTEXT" and _listening(servers)):
-                # The broker answers TCP but no session came of it. Its SASL
-                # error is logged on some attempts only (it may close first).
-                why = _reason(failures[-1]) if failures else "the broker closed the connection"
-                raise KafkaLoginFailed(
-                    f"login to {servers} refused ({security}): {why};"
-                    " check the user name, password, mechanism and CA"
-                ) from exc
+            refused = login_refused(conn, failures)
+            if refused is not None:
+                raise KafkaLoginFailed(refused) from exc
             raise
     try:
         wanted = list(dict.fromkeys(topics))

@@ -34,7 +34,7 @@ from mailpipe.contracts.wire import (
     decode_suppression,
     suppression_key,
 )
-from mailpipe.kafkakit import client_options
+from mailpipe.kafkakit import client_options, login_refused
 from mailpipe.kafkakit import delete_topics as _delete_topics
 from mailpipe.kafkakit import end_offsets as _end_offsets
 from mailpipe.kafkakit import list_topics as _list_topics
@@ -168,6 +168,20 @@ class _Batch:
     error: BaseException | None = None
 
 
+def _admin_client(bootstrap: str) -> KafkaAdminClient:
+    """An admin client logged in as the operator. A refused login is said as
+    such (kafka-python only says "Unable to bootstrap", as for a broker that
+    is away), so the pool's KafkaUnavailable condition names the login."""
+    conn = connection(bootstrap)
+    try:
+        return KafkaAdminClient(**client_options(conn), client_id="mailpipe-admin")
+    except kafka_errors.KafkaTimeoutError:
+        refused = login_refused(conn)
+        if refused is None:
+            raise
+        raise kafka_errors.SaslAuthenticationFailedError(f"the operator's {refused}") from None
+
+
 class Admins:
     """At most `ADMIN_CLIENTS_PER_CLUSTER` admin clients per cluster, kept open,
     and concurrent topic creations grouped into one request.
@@ -185,11 +199,7 @@ class Admins:
         self._idle: dict[str, queue.Queue[KafkaAdminClient]] = {}
         self._made: dict[str, int] = {}
         self._open: dict[str, _Batch] = {}
-        self._factory = factory or (
-            lambda bootstrap: KafkaAdminClient(
-                **client_options(connection(bootstrap)), client_id="mailpipe-admin"
-            )
-        )
+        self._factory = factory or _admin_client
         self.clients = 0
         self.requests = 0
 

@@ -39,6 +39,7 @@ from .conftest import (
 )
 from .test_pool_status import (
     DEPLOYMENT,
+    KAFKA_BOOTSTRAP_TIMEOUT_SECONDS,
     STATUS_SECONDS,
     _apply_pool,
     _condition,
@@ -178,3 +179,32 @@ def test_the_operator_logs_in_with_its_own_credentials_and_creates_the_pools_top
     logs = "".join(f.read_text(errors="replace") for f in tmp_path.rglob("*.log"))
     assert "Kafka login: SASL_PLAINTEXT SCRAM-SHA-512 as mailpipe-operator" in logs
     assert PASSWORDS[OPERATOR] not in logs
+
+
+def test_a_refused_operator_login_is_named_on_the_pool_not_a_crash(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    topic_prefix: str,
+    scram_broker: Broker,
+    tmp_path: Path,
+) -> None:
+    """Before: kafka-python's "Unable to bootstrap", as if the broker were away."""
+    wrong = password_file(tmp_path, "operator-password", "not-the-operators-password")
+    op = operator_factory(
+        **{
+            ENV_SECURITY_PROTOCOL: "SASL_PLAINTEXT",
+            ENV_SASL_MECHANISM: MECHANISM,
+            ENV_USERNAME: OPERATOR,
+            ENV_PASSWORD_FILE: str(wrong),
+        }
+    )
+    _apply_pool(cli_env, pool_manifest("news", namespace, scram_broker.bootstrap, topic_prefix))
+    message = _wait_ready(
+        cli_env, namespace, op, "False", "KafkaUnavailable", KAFKA_BOOTSTRAP_TIMEOUT_SECONDS
+    )
+    assert "SaslAuthenticationFailedError" in message, message
+    assert f"the operator's login to {scram_broker.bootstrap} refused" in message, message
+    assert op.alive()
+    logs = "".join(f.read_text(errors="replace") for f in tmp_path.rglob("*.log"))
+    assert "not-the-operators-password" not in logs
