@@ -91,8 +91,3 @@ def client_options(cluster: Cluster) -> dict[str, Any]:
     conn = connection_of(cluster)
     return {"bootstrap_servers": conn.bootstrap_servers, **security_options(conn.security)}
 
-
-def check_credentials(cluster: Cluster) -> None:
-    """Raise `KafkaCredentialsError` now if a credential file is missing or empty
-    (what a relay checks at start, before it makes any client)."""
-    client_options(cluster)
