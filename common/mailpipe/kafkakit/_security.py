@@ -90,4 +90,3 @@ def client_options(cluster: Cluster) -> dict[str, Any]:
     KafkaAdminClient (`KafkaConsumer(**client_options(c), group_id=...)`)."""
     conn = connection_of(cluster)
     return {"bootstrap_servers": conn.bootstrap_servers, **security_options(conn.security)}
-
