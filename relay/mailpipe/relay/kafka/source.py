@@ -55,6 +55,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
 from mailpipe.contracts.config import KafkaSettings
+from mailpipe.kafkakit import client_options
 
 from ..ports import Revoked, SourceRecord, TopicPartition
 from .commands import Command, Commit, Pause, Resume
@@ -215,7 +216,7 @@ class KafkaSource:
 
     def _make_consumer(self) -> KafkaConsumer:
         return KafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **client_options(self.settings),
             group_id=self.settings.group_id,
             client_id=self.settings.client_id,
             enable_auto_commit=False,
