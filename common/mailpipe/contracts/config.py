@@ -35,6 +35,7 @@ from .delivery import (
     forbidden_reason,
 )
 from .errors import PermanentError
+from .kafka_security import KafkaConnection, KafkaSecurity
 from .policy import (
     DKIMIdentity,
     EgressIP,
@@ -55,6 +56,8 @@ __all__ = [
     "DKIMSettings",
     "DeliveryPolicy",
     "EgressIP",
+    "KafkaConnection",
+    "KafkaSecurity",
     "KafkaSettings",
     "RelayConfig",
     "RetrySettings",
@@ -115,6 +118,10 @@ class KafkaSettings(_Model):
         default_factory=lambda: [NEVER_MAIL_TOPIC],
         description="compacted suppression topics obeyed but never written (never-mail list)",
     )
+    security: KafkaSecurity = Field(
+        default_factory=KafkaSecurity,
+        description="how the relay logs in (SASL, TLS): file paths only, never a secret",
+    )
 
     @classmethod
     def for_topics(
@@ -133,6 +140,11 @@ class KafkaSettings(_Model):
             obeyed_suppressions_topics=list(topics.obeyed),
             **settings,
         )
+
+    @property
+    def connection(self) -> KafkaConnection:
+        """The cluster and the identity these settings log in with."""
+        return KafkaConnection(bootstrap_servers=self.bootstrap_servers, security=self.security)
 
     @property
     def topics(self) -> Topics:
@@ -288,4 +300,10 @@ def load_config(path: Path) -> RelayConfig:
 
 def dump_config(config: RelayConfig) -> str:
     """The canonical YAML the operator writes; stable key order so hashes are stable."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=True)
+    data = config.model_dump(mode="json")
+    security = config.kafka.security
+    if security == KafkaSecurity():  # no login: the config (and its hash) as before it existed
+        del data["kafka"]["security"]
+    else:
+        data["kafka"]["security"] = security.model_dump(mode="json", exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=True)

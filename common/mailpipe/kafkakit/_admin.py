@@ -18,6 +18,8 @@ from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from mailpipe.contracts.config import KafkaSettings
 
+from ._security import Cluster, client_options
+
 # Topic creation is a controller round trip; this is for a sick broker.
 CREATE_TIMEOUT_SECONDS = 30.0
 # Latest value per key wins: suppressions, campaign states.
@@ -25,7 +27,7 @@ COMPACTED = {"cleanup.policy": "compact"}
 
 
 def ensure_topics(
-    bootstrap: str,
+    bootstrap: Cluster,
     names: Iterable[str],
     partitions: int,
     replication: int,
@@ -37,7 +39,7 @@ def ensure_topics(
     log compaction); returns the names created. Existing topics are left as
     they are, whatever their partition count or config."""
     compacted = set(compacted)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mailpipe-admin")
+    admin = KafkaAdminClient(**client_options(bootstrap), client_id="mailpipe-admin")
     created: list[str] = []
     try:
         existing = set(admin.list_topics())
@@ -66,7 +68,7 @@ def ensure_pool_topics(
     compacted suppression, campaign-control and obeyed (never-mail) topics. For dev and tests; in a
     cluster the operator creates them from the SendingPool."""
     return ensure_topics(
-        settings.bootstrap_servers,
+        settings.connection,
         [
             settings.outbound_topic,
             settings.events_topic,
@@ -80,9 +82,9 @@ def ensure_pool_topics(
     )
 
 
-def list_topics(bootstrap: str) -> set[str]:
+def list_topics(bootstrap: Cluster) -> set[str]:
     """The names of every topic on the cluster."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mailpipe-admin")
+    admin = KafkaAdminClient(**client_options(bootstrap), client_id="mailpipe-admin")
     try:
         return set(admin.list_topics())
     finally:
@@ -90,12 +92,12 @@ def list_topics(bootstrap: str) -> set[str]:
 
 
 def delete_topics(
-    bootstrap: str, names: Iterable[str], *, timeout_s: float = CREATE_TIMEOUT_SECONDS
+    bootstrap: Cluster, names: Iterable[str], *, timeout_s: float = CREATE_TIMEOUT_SECONDS
 ) -> list[str]:
     """Delete those of `names` that exist; returns the names deleted. A topic
     already gone (another deleter, an earlier attempt) is not an error, so a
     retried pool deletion converges."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mailpipe-admin")
+    admin = KafkaAdminClient(**client_options(bootstrap), client_id="mailpipe-admin")
     deleted: list[str] = []
     try:
         existing = set(admin.list_topics())

@@ -11,23 +11,25 @@ from typing import NamedTuple
 
 from kafka import KafkaConsumer, TopicPartition
 
+from ._security import Cluster, client_options
+
 READ_POLL_MS = 500  # one fetch round; the loop ends on positions, not on an empty poll
 
 Record = tuple[bytes | None, bytes | None]  # (key, value); None value = tombstone
 
 
-def partition_count(bootstrap: str, topic: str) -> int:
+def partition_count(bootstrap: Cluster, topic: str) -> int:
     """Partitions of `topic` (0 if it does not exist), from a short-lived client."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**client_options(bootstrap), enable_auto_commit=False)
     try:
         return len(consumer.partitions_for_topic(topic) or ())
     finally:
         consumer.close()
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+def end_offsets(bootstrap: Cluster, topic: str) -> dict[int, int]:
     """partition -> the offset the next record appended to it will get."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**client_options(bootstrap), enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
@@ -44,11 +46,11 @@ class TopicRecord(NamedTuple):
 
 
 def read_records(
-    bootstrap: str, topic: str, since: dict[int, int] | None = None
+    bootstrap: Cluster, topic: str, since: dict[int, int] | None = None
 ) -> list[TopicRecord]:
     """Every record on `topic` up to its end now, from the beginning or from
     `since` (partition -> offset); in offset order within each partition."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**client_options(bootstrap), enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not tps:
@@ -71,6 +73,6 @@ def read_records(
         consumer.close()
 
 
-def read_topic(bootstrap: str, topic: str, since: dict[int, int] | None = None) -> list[Record]:
+def read_topic(bootstrap: Cluster, topic: str, since: dict[int, int] | None = None) -> list[Record]:
     """`read_records`, keys and values only."""
     return [(r.key, r.value) for r in read_records(bootstrap, topic, since)]

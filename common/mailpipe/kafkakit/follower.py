@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 
+from ._security import Cluster, client_options
+
 log = logging.getLogger("mailpipe.kafka.follower")
 
 POLL_TIMEOUT_MS = 100  # how soon a stop request is noticed
@@ -47,7 +49,7 @@ class TopicFollower:
     # the rest of its batch still applied: one bad value must never undo the
     # suppressions behind it (issue 10, finding 2).
 
-    def __init__(self, bootstrap_servers: str, topic: str, apply: Apply) -> None:
+    def __init__(self, bootstrap_servers: Cluster, topic: str, apply: Apply) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.apply = apply
@@ -87,7 +89,7 @@ class TopicFollower:
         consumer: KafkaConsumer | None = None
         try:
             consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
+                **client_options(self.bootstrap_servers),
                 enable_auto_commit=False,
                 group_id=None,
                 fetch_min_bytes=FETCH_MIN_BYTES,

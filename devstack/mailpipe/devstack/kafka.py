@@ -69,10 +69,24 @@ def server_properties(
 
 
 SASL_ADMIN = "admin"  # the super user of a broker with ACLs: creates topics and ACLs
+# Every SASL user may also log in with SCRAM (what production brokers use:
+# the password never crosses the wire); their credentials are written into the
+# metadata log when the storage is formatted (`scram_arguments`).
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+SCRAM_JAAS = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
+
+def scram_arguments(users: Mapping[str, str]) -> list[str]:
+    """StorageTool `format` arguments that create every user's SCRAM credentials."""
+    return [
+        f"--add-scram={m}=[name={name},password={password}]"
+        for name, password in users.items()
+        for m in SCRAM_MECHANISMS
+    ]
 
 
 def sasl_properties(ports: KafkaPorts, users: Mapping[str, str]) -> dict[str, str]:
-    """A broker whose clients log in with SASL/PLAIN (`users`: name -> password,
+    """A broker whose clients log in with SASL/PLAIN or SCRAM (`users`: name -> password,
     `SASL_ADMIN` among them) and are authorized by ACLs (KRaft's
     StandardAuthorizer), nothing allowed without one. For the tests of the
     Kafka ACLs the README tells a platform team to set (issue 11). The
@@ -89,9 +103,13 @@ def sasl_properties(ports: KafkaPorts, users: Mapping[str, str]) -> dict[str, st
         "advertised.listeners": listener,
         "inter.broker.listener.name": "SASL_PLAINTEXT",
         "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "sasl.enabled.mechanisms": "PLAIN",
+        "sasl.enabled.mechanisms": ",".join(("PLAIN", *SCRAM_MECHANISMS)),
         "sasl.mechanism.inter.broker.protocol": "PLAIN",
         "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
+        **{
+            f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config": SCRAM_JAAS
+            for m in SCRAM_MECHANISMS
+        },
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "super.users": f"User:{SASL_ADMIN};User:ANONYMOUS",
         "allow.everyone.if.no.acl.found": "false",
@@ -135,7 +153,7 @@ def prepare(
     state_dir: Path, sasl_users: Mapping[str, str] | None = None
 ) -> tuple[KafkaPorts, list[str], Path]:
     """Write config, format storage; return ports, the broker command and its log.
-    `sasl_users`: a broker with SASL/PLAIN logins and ACLs (`sasl_properties`)."""
+    `sasl_users`: a broker with SASL/PLAIN and SCRAM logins and ACLs (`sasl_properties`)."""
     import subprocess
 
     home = state_dir / "kafka"
@@ -148,7 +166,13 @@ def prepare(
     log = home / "kafka.log"
     # "--cluster-id=ID": an id may start with "-", which argparse would take for an option
     fmt = java_command(
-        STORAGE_TOOL, "format", f"--cluster-id={_cluster_id()}", "-c", str(props), log_dir=home
+        STORAGE_TOOL,
+        "format",
+        f"--cluster-id={_cluster_id()}",
+        "-c",
+        str(props),
+        *scram_arguments(sasl_users or {}),
+        log_dir=home,
     )
     with log.open("ab") as out:
         result = subprocess.run(fmt, stdout=out, stderr=subprocess.STDOUT, check=False)

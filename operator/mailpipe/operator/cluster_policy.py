@@ -94,6 +94,12 @@ class ClusterPolicy(BaseModel):
         " link-local addresses (delivery.allowPrivateDestinations / allowedNetworks): a relay"
         " that may connect inward can probe the cluster's own network.",
     )
+    kafka_credentials_required: bool = Field(
+        default=False,
+        description="Every pool must set kafka.credentialsSecretRef: with the broker's ACLs,"
+        " a pool without a login would reach Kafka as an anonymous (or the listener's)"
+        " principal instead of its namespace's.",
+    )
 
     @classmethod
     def unrestricted(cls) -> ClusterPolicy:
@@ -156,6 +162,8 @@ def violations(policy: ClusterPolicy, namespace: str, spec: SendingPoolSpec) -> 
             "delivery to private addresses (allowPrivateDestinations/allowedNetworks)"
             f" not allowed in namespace {namespace}"
         )
+    if policy.kafka_credentials_required and spec.kafka.credentials_secret_ref is None:
+        out.append("kafka.credentialsSecretRef is required (the relays must log in to Kafka)")
     return out
 
 

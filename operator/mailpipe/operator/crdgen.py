@@ -27,6 +27,18 @@ from .models import GROUP, VERSION, CampaignSpec, SendingPoolSpec
 _DROP = {"title"}
 
 
+class _NoAliases(yaml.SafeDumper):
+    """A schema shared by two fields (one $def) is written out twice, not as a
+    YAML anchor and alias: readers of a CRD should not need to resolve them."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _dump(crd: dict[str, Any]) -> str:
+    return yaml.dump(crd, Dumper=_NoAliases, sort_keys=False, width=120)
+
+
 def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Translate one pydantic JSON Schema node into a Kubernetes structural schema."""
     defs = defs if defs is not None else schema.get("$defs", {})
@@ -203,8 +215,8 @@ def render() -> dict[str, str]:
         " Do not edit.\n"
     )
     return {
-        "sendingpools.yaml": header + yaml.safe_dump(sendingpool_crd(), sort_keys=False, width=120),
-        "campaigns.yaml": header + yaml.safe_dump(campaign_crd(), sort_keys=False, width=120),
+        "sendingpools.yaml": header + _dump(sendingpool_crd()),
+        "campaigns.yaml": header + _dump(campaign_crd()),
     }
 
 

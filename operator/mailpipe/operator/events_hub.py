@@ -34,6 +34,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from mailpipe.contracts.warmup import IPUnpaused, decode_events_value
 from mailpipe.contracts.wire import Event, WireError
+from mailpipe.kafkakit import client_options
+
+from .kafka_identity import connection
 
 log = logging.getLogger("mailpipe.operator.events")
 
@@ -54,7 +57,7 @@ STOP_JOIN_SECONDS = 5.0  # one poll timeout plus closing the client
 
 def default_consumer(bootstrap: str) -> KafkaConsumer:
     return KafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_options(connection(bootstrap)),  # the operator's login
         group_id=None,
         enable_auto_commit=False,
         fetch_min_bytes=FETCH_MIN_BYTES,

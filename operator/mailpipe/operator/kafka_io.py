@@ -34,19 +34,15 @@ from mailpipe.contracts.wire import (
     decode_suppression,
     suppression_key,
 )
-
-# kafkakit's (one copy for every caller), re-exported for the handlers;
-# `ensure_topics` is this module's own (shared admin clients, grouped requests).
-from mailpipe.kafkakit import delete_topics as delete_topics
-
-# kafkakit's (one copy for every caller); re-exported because the handlers
-# reach it as `kafka_io.end_offsets`.
-from mailpipe.kafkakit import end_offsets as end_offsets
-from mailpipe.kafkakit import list_topics as list_topics
-from mailpipe.kafkakit import read_topic
+from mailpipe.kafkakit import client_options, login_refused
+from mailpipe.kafkakit import delete_topics as _delete_topics
+from mailpipe.kafkakit import end_offsets as _end_offsets
+from mailpipe.kafkakit import list_topics as _list_topics
+from mailpipe.kafkakit import read_topic as _read_topic
 from mailpipe.kafkakit._admin import COMPACTED, CREATE_TIMEOUT_SECONDS
 
 from .events_hub import EventsHub as EventsHub
+from .kafka_identity import connection
 
 log = logging.getLogger("mailpipe.operator.kafka")
 
@@ -72,7 +68,7 @@ class Producers:
             p = self._producers.get(bootstrap)
             if p is None:
                 p = KafkaProducer(
-                    bootstrap_servers=bootstrap,
+                    **client_options(connection(bootstrap)),
                     acks="all",
                     enable_idempotence=True,
                     linger_ms=FANOUT_LINGER_MS,
@@ -113,6 +109,30 @@ def produce_to_every_partition(
     return len(partitions)
 
 
+# kafkakit's (one copy for every caller) with the operator's login; the
+# handlers reach them as `kafka_io.end_offsets` etc. with a bootstrap string.
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """partition -> the offset the next record appended to `topic` will get."""
+    return _end_offsets(connection(bootstrap), topic)
+
+
+def list_topics(bootstrap: str) -> set[str]:
+    """The names of every topic on the cluster."""
+    return _list_topics(connection(bootstrap))
+
+
+def delete_topics(bootstrap: str, names: Iterable[str]) -> list[str]:
+    """Delete those of `names` that exist; the names deleted."""
+    return _delete_topics(connection(bootstrap), names)
+
+
+def read_topic(
+    bootstrap: str, topic: str, since: dict[int, int] | None = None
+) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of `topic` up to its end now (from `since`)."""
+    return _read_topic(connection(bootstrap), topic, since)
+
+
 def produced_since(bootstrap: str, topic: str, since: dict[int, int], uid: str) -> set[int]:
     """Indices of campaign `uid` appended to `topic` after the `since` offsets."""
     prefix = f'"id":"{uid}-'.encode()
@@ -148,6 +168,20 @@ class _Batch:
     error: BaseException | None = None
 
 
+def _admin_client(bootstrap: str) -> KafkaAdminClient:
+    """An admin client logged in as the operator. A refused login is said as
+    such (kafka-python only says "Unable to bootstrap", as for a broker that
+    is away), so the pool's KafkaUnavailable condition names the login."""
+    conn = connection(bootstrap)
+    try:
+        return KafkaAdminClient(**client_options(conn), client_id="mailpipe-admin")
+    except kafka_errors.KafkaTimeoutError:
+        refused = login_refused(conn)
+        if refused is None:
+            raise
+        raise kafka_errors.SaslAuthenticationFailedError(f"the operator's {refused}") from None
+
+
 class Admins:
     """At most `ADMIN_CLIENTS_PER_CLUSTER` admin clients per cluster, kept open,
     and concurrent topic creations grouped into one request.
@@ -165,11 +199,7 @@ class Admins:
         self._idle: dict[str, queue.Queue[KafkaAdminClient]] = {}
         self._made: dict[str, int] = {}
         self._open: dict[str, _Batch] = {}
-        self._factory = factory or (
-            lambda bootstrap: KafkaAdminClient(
-                bootstrap_servers=bootstrap, client_id="mailpipe-admin"
-            )
-        )
+        self._factory = factory or _admin_client
         self.clients = 0
         self.requests = 0
 

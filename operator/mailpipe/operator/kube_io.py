@@ -136,9 +136,20 @@ def get_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+def patch_status(
+    plural: str,
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    resource_version: str | None = None,
+) -> None:
+    """Merge `status` in; with `resource_version`, only if the object is still at
+    that version (else ApiException 409: someone wrote in between)."""
+    body: dict[str, Any] = {"status": status}
+    if resource_version is not None:
+        body["metadata"] = {"resourceVersion": resource_version}
     client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, plural, name, {"status": status}
+        GROUP, VERSION, namespace, plural, name, body
     )
 
 

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # importing registers the handlers (metrics: its watch-event handlers)
-    from . import handlers, metrics  # noqa: F401
+    from . import handlers, kafka_identity, metrics  # noqa: F401
     from .cluster_policy import (
         POLICY_FILE_MEMO_KEY,
         POLICY_MEMO_KEY,
@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         source = PolicyFile.open(path)
         memo[POLICY_MEMO_KEY] = source.policy
         memo[POLICY_FILE_MEMO_KEY] = source
+    # Likewise the operator's Kafka login (MAILPIPE_KAFKA_*): a bad one stops it here.
+    logging.getLogger("mailpipe.operator").info("Kafka login: %s", kafka_identity.security())
 
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.listen_address)

@@ -24,6 +24,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, model_validator
 
 from mailpipe.contracts.delays import DelayStep
 from mailpipe.contracts.delivery import DeliveryPolicy, check_routes
+from mailpipe.contracts.kafka_security import SaslMechanism, SecurityProtocol
 from mailpipe.contracts.policy import (
     MAX_DOMAIN_GROUPS,
     TIME_ZONE,
@@ -137,6 +138,16 @@ class KafkaSpec(Spec):
                 "kafka.topicPrefix must start with mailpipe.<namespace>. "
                 "(topics belong to their namespace)",
             ),
+            (
+                "!has(self.securityProtocol) || !self.securityProtocol.startsWith('SASL_') || "
+                "(has(self.saslMechanism) && has(self.credentialsSecretRef))",
+                "kafka.securityProtocol SASL_* needs saslMechanism and credentialsSecretRef",
+            ),
+            (
+                "!has(self.saslMechanism) || (has(self.securityProtocol) && "
+                "self.securityProtocol.startsWith('SASL_'))",
+                "kafka.saslMechanism needs securityProtocol SASL_PLAINTEXT or SASL_SSL",
+            ),
         )
     )
     bootstrap_servers: str = Field(
@@ -168,6 +179,38 @@ class KafkaSpec(Spec):
             "Retain keeps them. The shared suppression and campaign topics are never deleted."
         ),
     )
+    # The relays' Kafka login (issue 11): with the broker's ACLs, what lets it
+    # tell this namespace's relays from another's. Only paths reach the relay
+    # config; the Secret is mounted read-only (`pool.CREDENTIALS_DIR`).
+    security_protocol: SecurityProtocol = Field(
+        default=SecurityProtocol.PLAINTEXT,
+        description="How the relays reach Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+    )
+    sasl_mechanism: SaslMechanism | None = Field(
+        default=None,
+        description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (securityProtocol SASL_* only).",
+    )
+    credentials_secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description=(
+            "Secret in the pool's namespace with the relays' Kafka login, mounted read-only "
+            "into them: keys username and password (SASL_*), optional ca.crt (the broker's "
+            "CA, SSL and SASL_SSL) and tls.crt with tls.key (a client certificate)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _login(self) -> Self:
+        p = self.security_protocol
+        if p.sasl and (self.sasl_mechanism is None or self.credentials_secret_ref is None):
+            raise ValueError(
+                f"kafka.securityProtocol {p} needs saslMechanism and credentialsSecretRef"
+            )
+        if not p.sasl and self.sasl_mechanism is not None:
+            raise ValueError(
+                "kafka.saslMechanism needs securityProtocol SASL_PLAINTEXT or SASL_SSL"
+            )
+        return self
 
 
 class ResourceList(Spec):

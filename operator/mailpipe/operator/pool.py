@@ -6,7 +6,12 @@ clock, so every object is table-tested. The ConfigMap carries the relay config
 Deployment's pod template carries the same hash, so editing the pool rolls the
 relays exactly when their config changed. It also carries a hash of the data
 of the Secrets the relays mount (`SECRETS_HASH_ANNOTATION`), so rotating a
-DKIM key in its Secret rolls the relays too.
+DKIM key or the Kafka credentials in their Secret rolls the relays too.
+
+The relays' Kafka login (`spec.kafka.credentialsSecretRef`) flows as
+Secret -> read-only volume at `CREDENTIALS_DIR` -> file paths in the relay
+config (`relay_kafka_security`) -> `kafkakit.client_options` in the relay,
+which reads the files: the ConfigMap never holds a credential.
 
 `drifted` compares a rendered object with the live one, so a manual
 `kubectl scale` or edit of a child is noticed and applied back.
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +29,16 @@ from mailpipe.contracts import config as relay_config
 from mailpipe.contracts.policy import RetrySettings
 from mailpipe.contracts.topics import Topics, pool_group
 
-from .models import API_VERSION, SendingPoolSpec
+from .models import API_VERSION, KafkaSpec, SendingPoolSpec
 
 CONFIG_KEY = "relay.yaml"
 CONFIG_DIR = "/etc/mailpipe"
 DKIM_DIR = "/etc/mailpipe/dkim"
+CREDENTIALS_DIR = "/etc/mailpipe/kafka"  # the pool's Kafka credentials Secret, read-only
+# Keys of that Secret (documented in the CRD and README): SASL login, the
+# broker's CA, a client certificate and its key.
+USERNAME_KEY, PASSWORD_KEY = "username", "password"
+CA_KEY, CERT_KEY, KEY_KEY = "ca.crt", "tls.crt", "tls.key"
 HASH_ANNOTATION = "mailpipe.io/config-hash"
 SPEC_HASH_ANNOTATION = "mailpipe.io/spec-hash"
 MANAGED_BY = "mailpipe-operator"
@@ -111,8 +121,35 @@ def topics(ref: PoolRef, spec: SendingPoolSpec) -> Topics:
     )
 
 
-def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.RelayConfig:
-    """The relay config of a pool. The policy objects are the spec's own (shared types)."""
+def relay_kafka_security(
+    kafka: KafkaSpec, keys: Collection[str] = ()
+) -> relay_config.KafkaSecurity:
+    """The relays' Kafka login: paths into the mounted credentials Secret, whose
+    data `keys` say which optional files (CA, client certificate) exist."""
+    p = kafka.security_protocol
+    if kafka.credentials_secret_ref is None:
+        return relay_config.KafkaSecurity(protocol=p)  # TLS with the image's trust store
+
+    def path(key: str) -> str:
+        return f"{CREDENTIALS_DIR}/{key}"
+
+    client_cert = p.tls and CERT_KEY in keys and KEY_KEY in keys
+    return relay_config.KafkaSecurity(
+        protocol=p,
+        sasl_mechanism=kafka.sasl_mechanism if p.sasl else None,
+        username_file=path(USERNAME_KEY) if p.sasl else None,
+        password_file=path(PASSWORD_KEY) if p.sasl else None,
+        ca_file=path(CA_KEY) if p.tls and CA_KEY in keys else None,
+        cert_file=path(CERT_KEY) if client_cert else None,
+        key_file=path(KEY_KEY) if client_cert else None,
+    )
+
+
+def build_relay_config(
+    ref: PoolRef, spec: SendingPoolSpec, credential_keys: Collection[str] = ()
+) -> relay_config.RelayConfig:
+    """The relay config of a pool. The policy objects are the spec's own (shared types);
+    `credential_keys`: the data keys of its Kafka credentials Secret."""
     return relay_config.RelayConfig(
         pool=f"{ref.namespace}/{ref.name}",
         kafka=relay_config.KafkaSettings.for_topics(
@@ -120,6 +157,7 @@ def build_relay_config(ref: PoolRef, spec: SendingPoolSpec) -> relay_config.Rela
             bootstrap_servers=spec.kafka.bootstrap_servers,
             group_id=pool_group(ref.namespace, ref.name),
             client_id=f"mailpipe-relay-{ref.name}",
+            security=relay_kafka_security(spec.kafka, credential_keys),
         ),
         egress=spec.egress_ips,
         domain_groups=spec.domain_groups,
@@ -190,6 +228,10 @@ def build_deployment(
     if spec.dkim:
         volumes.append({"name": "dkim", "secret": {"secretName": spec.dkim.secret_ref.name}})
         mounts.append({"name": "dkim", "mountPath": DKIM_DIR, "readOnly": True})
+    if spec.kafka.credentials_secret_ref is not None:
+        secret = spec.kafka.credentials_secret_ref.name
+        volumes.append({"name": "kafka-credentials", "secret": {"secretName": secret}})
+        mounts.append({"name": "kafka-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
 
     # The relay's own verdicts (relay/health.py): /readyz while it cannot read
     # its topics, /healthz only for a dead consumer thread or follower.
@@ -281,10 +323,13 @@ def build_pdb(ref: PoolRef, spec: SendingPoolSpec) -> dict[str, Any]:
 
 
 def build_children(
-    ref: PoolRef, spec: SendingPoolSpec, secrets_digest: str | None = None
+    ref: PoolRef,
+    spec: SendingPoolSpec,
+    secrets_digest: str | None = None,
+    credential_keys: Collection[str] = (),
 ) -> tuple[str, list[dict[str, Any]]]:
     """The relay config text and every child object, in apply order."""
-    text = relay_config.dump_config(build_relay_config(ref, spec))
+    text = relay_config.dump_config(build_relay_config(ref, spec, credential_keys))
     return text, [
         build_configmap(ref, text),
         build_deployment(ref, spec, text, secrets_digest),

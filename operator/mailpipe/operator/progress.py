@@ -81,6 +81,11 @@ class FanoutCheckpoint(BaseModel):
     """`PreparedAudience.digest()` of the audience being produced: a resume over a
     different list (an edited ConfigMap or inline audience) is refused, because
     indices already produced would then name other people."""
+    holder: str | None = None
+    """The operator process producing this fan-out (`fanout_lease.Holder`), while
+    RUNNING; no holder once it stopped cleanly, finished or failed."""
+    held_at: float | None = None
+    """When the holder wrote this checkpoint (epoch seconds), for `fanout_lease.may_produce`."""
     audience_version: str | None = None
     """On a failure the audience ConfigMap can fix: that ConfigMap's resourceVersion
     ("" while it does not exist). When it changes, the status timer re-arms the

@@ -131,18 +131,31 @@ def semantic_problems(spec: SendingPoolSpec) -> list[Problem]:
 
 
 def secret_refs(spec: SendingPoolSpec) -> list[SecretRef]:
-    """Every Secret the relays of this pool mount."""
-    if spec.dkim is None:
-        return []
-    ref = spec.dkim.secret_ref
-    return [SecretRef(ref.name, ref.key, "spec.dkim.secretRef")]
+    """Every Secret the relays of this pool mount, with the keys they need
+    (key "": the Secret must exist, its keys are optional)."""
+    out = []
+    if spec.dkim is not None:
+        ref = spec.dkim.secret_ref
+        out.append(SecretRef(ref.name, ref.key, "spec.dkim.secretRef"))
+    creds = spec.kafka.credentials_secret_ref
+    if creds is not None:
+        field = "spec.kafka.credentialsSecretRef"
+        keys = ("username", "password") if spec.kafka.security_protocol.sasl else ("",)
+        out += [SecretRef(creds.name, key, field) for key in keys]
+    return out
 
 
 def secret_names(raw: Mapping[str, Any]) -> list[str]:
     """The Secret names a raw spec references, even when the spec does not parse (for watches)."""
     dkim = raw.get("dkim") or {}
-    name = (dkim.get("secretRef") or {}).get("name") if isinstance(dkim, Mapping) else None
-    return [name] if isinstance(name, str) and name else []
+    kafka = raw.get("kafka") or {}
+    names = [
+        (dkim.get("secretRef") or {}).get("name") if isinstance(dkim, Mapping) else None,
+        (kafka.get("credentialsSecretRef") or {}).get("name")
+        if isinstance(kafka, Mapping)
+        else None,
+    ]
+    return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
 
 
 def reference_problems(
@@ -150,17 +163,20 @@ def reference_problems(
 ) -> list[Problem]:
     """Missing Secrets or keys; `found` maps a Secret name to its data (None: not found)."""
     out = []
-    for ref in refs:
+    for i, ref in enumerate(refs):
         data = found.get(ref.name)
         if data is None:
+            if any(r.name == ref.name for r in refs[:i]):
+                continue  # one Secret, several keys: named once
             out.append(
                 Problem(Reason.SECRET_NOT_FOUND, f"Secret {ref.name} not found ({ref.field})")
             )
-        elif ref.key not in data:
+        elif ref.key and ref.key not in data:
+            where = ref.field + (".key" if ref.field.endswith(".secretRef") else "")
             out.append(
                 Problem(
                     Reason.SECRET_KEY_NOT_FOUND,
-                    f"Secret {ref.name} has no key {ref.key!r} ({ref.field}.key)",
+                    f"Secret {ref.name} has no key {ref.key!r} ({where})",
                 )
             )
     return out

@@ -59,6 +59,11 @@ class Health:
             count = old.count + 1 if old else 1
             self._problems[name] = Problem(reason, count, self._clock())
 
+    def resolve(self, name: str) -> None:
+        """`name` works again: its problem stops counting against readiness now."""
+        with self._lock:
+            self._problems.pop(name, None)
+
     def watch(self, name: str, check: Check) -> None:
         """A check whose failure makes the relay neither ready nor live (a dead thread)."""
         with self._lock:

@@ -25,10 +25,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mailpipe.contracts.config import ConfigError, RelayConfig, load_config
+from kafka.errors import KafkaError
+
+from mailpipe.contracts.config import ConfigError, KafkaSettings, RelayConfig, load_config
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.endpoints import ScrapeEndpoint
-from mailpipe.kafkakit import TopicFollower, ensure_pool_topics, partition_count
+from mailpipe.kafkakit import (
+    KafkaAccessError,
+    TopicFollower,
+    ensure_pool_topics,
+    partition_count,
+    probe_access,
+)
 
 from .clock import SystemClock
 from .delivery import SMTPTransport
@@ -44,6 +52,11 @@ CONFIG_POLL_SECONDS = 2.0  # kubelet refreshes mounted ConfigMaps within about a
 CLOCK_OFFSET_ENV = "MAILPIPE_CLOCK_OFFSET_SECONDS"
 REASON_CHARS = 200  # of an exception's text in a readiness reason
 CONSUMER_CHECK = "kafka consumer"  # the readiness check of reading the pool's topics
+ACCESS_CHECK = "kafka access"  # the readiness check of logging in and being authorized
+# A refused login or ACL is a configuration problem: asked again at this pace
+# (the Secret or the ACLs may be fixed meanwhile), never a crash loop.
+ACCESS_RETRY_SECONDS = 15.0
+ACCESS_REASON_CHARS = 400  # an access reason names the principal, the topic and the fix
 # Set by the relay Deployment to the pod IP (the node's primary address under
 # hostNetwork), so the metrics endpoint never listens on the pool's egress IPs.
 METRICS_ADDRESS_ENV = "MAILPIPE_METRICS_ADDRESS"
@@ -119,6 +132,7 @@ async def serve(
         ).start()
     if ensure:
         await loop.run_in_executor(None, ensure_pool_topics, config.kafka)
+    await wait_for_kafka_access(config.kafka, health)
 
     sink = await loop.run_in_executor(None, KafkaSink, config.kafka)
     topics = [config.kafka.outbound_topic, *config.kafka.delay_topics.values()]
@@ -159,9 +173,7 @@ async def serve(
 
     outbound = config.kafka.outbound_topic
     # Read once: the share of warm-up caps follows partitions owned out of these.
-    partitions = await loop.run_in_executor(
-        None, partition_count, config.kafka.bootstrap_servers, outbound
-    )
+    partitions = await loop.run_in_executor(None, partition_count, config.kafka, outbound)
 
     def on_assigned(tps: set[Any]) -> None:
         mine = sorted(tp.partition for tp in tps if tp.topic == outbound)
@@ -222,6 +234,39 @@ async def serve(
         if endpoint is not None:
             await endpoint.stop()
         log.info("relay stopped", extra={"relay_id": relay_id})
+
+
+async def wait_for_kafka_access(settings: KafkaSettings, health: Health) -> None:
+    """Return once this relay's identity may log in and use its topics and group.
+
+    Until then readiness is false with the reason (the credential file that is
+    missing, the refused login, the topic or group the ACLs refuse), logged
+    once per attempt, and nothing else is started: no client keeps retrying a
+    refused login in the background, no follower dies on a refused topic,
+    and the relay does not exit into a crash loop (issue 11)."""
+    loop = asyncio.get_running_loop()
+    topics = [
+        settings.outbound_topic,
+        *settings.delay_topics.values(),
+        settings.events_topic,
+        settings.dlq_topic,
+        settings.suppressions_topic,
+        settings.control_topic,
+        *settings.obeyed_suppressions_topics,
+    ]
+    while True:
+        try:
+            await loop.run_in_executor(None, probe_access, settings, topics, settings.group_id)
+        except (KafkaError, KafkaAccessError) as exc:
+            text = str(exc)
+            name = type(exc).__name__
+            reason = (text if text.startswith(name) else f"{name}: {text}")[:ACCESS_REASON_CHARS]
+            health.report(ACCESS_CHECK, reason)
+            log.error("cannot use Kafka as %s: %s", settings.security, reason)
+            await asyncio.sleep(ACCESS_RETRY_SECONDS)
+            continue
+        health.resolve(ACCESS_CHECK)
+        return
 
 
 def read_error_reporter(metrics: RelayMetrics, health: Health) -> Callable[[BaseException], None]:

@@ -16,6 +16,11 @@ plugin reads the pool's Kafka and topics from the SendingPool itself:
 `--pool` may be left out when the namespace has one pool. `--bootstrap`
 (or MAILPIPE_KAFKA_BOOTSTRAP) replaces the pool's Kafka address when the
 plugin runs where that address does not resolve (outside the cluster).
+`--kafka-security-protocol`, `--kafka-sasl-mechanism`, `--kafka-username`,
+`--kafka-password-file` and `--kafka-ca-file` (or the operator's variables
+MAILPIPE_KAFKA_SECURITY_PROTOCOL, ..._SASL_MECHANISM, ..._USERNAME,
+..._PASSWORD_FILE, ..._CA_FILE) are the plugin's Kafka login, for a broker
+with ACLs; the password is only ever read from a file.
 """
 
 from __future__ import annotations
@@ -23,16 +28,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
 from kafka.errors import KafkaError
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from mailpipe.contracts.kafka_security import (
+    ENV_CA_FILE,
+    ENV_PASSWORD_FILE,
+    ENV_SASL_MECHANISM,
+    ENV_SECURITY_PROTOCOL,
+    ENV_USERNAME,
+    KafkaSecurity,
+    security_from_env,
+)
 from mailpipe.contracts.wire import SuppressionReason
+from mailpipe.kafkakit import KafkaAccessError
 
-from . import commands
+from . import commands, kafka_io
 from .cluster import Cluster
 from .records import UsageError
 
@@ -52,7 +67,32 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--pool", default=s, help="SendingPool (default: the namespace's only one)")
     p.add_argument("--bootstrap", default=s, help="Kafka bootstrap servers instead of the pool's")
     p.add_argument("-o", "--output", choices=["table", "json"], default=s, help="output format")
+    for flag, (_, what) in KAFKA_LOGIN_FLAGS.items():
+        p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), default=s, help=what)
     return p
+
+
+# flag -> (environment variable, help): the plugin's Kafka login, as the operator's
+KAFKA_LOGIN_FLAGS = {
+    "kafka-security-protocol": (
+        ENV_SECURITY_PROTOCOL,
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    ),
+    "kafka-sasl-mechanism": (ENV_SASL_MECHANISM, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    "kafka-username": (ENV_USERNAME, "SASL user name"),
+    "kafka-password-file": (ENV_PASSWORD_FILE, "file holding the SASL password"),
+    "kafka-ca-file": (ENV_CA_FILE, "PEM CA bundle of the broker's certificate"),
+}
+
+
+def kafka_login(args: argparse.Namespace, env: Mapping[str, str]) -> KafkaSecurity:
+    """The login the flags give, each flag overriding its environment variable."""
+    merged = dict(env)
+    for flag, (var, _) in KAFKA_LOGIN_FLAGS.items():
+        value = getattr(args, flag.replace("-", "_"), None)
+        if value is not None:
+            merged[var] = value
+    return security_from_env(merged)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +152,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if not hasattr(args, name):
             setattr(args, name, default)
     try:
+        kafka_io.use_login(kafka_login(args, os.environ))
         cluster = Cluster(args.kubeconfig, args.context)
         if args.namespace is None:
             args.namespace = cluster.namespace
@@ -125,6 +166,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 1
     except KafkaError as exc:
         commands.warn(f"Kafka: {type(exc).__name__}: {str(exc)[:200]}")
+        return 1
+    except KafkaAccessError as exc:  # a credential file missing or empty, named
+        commands.warn(f"Kafka: {exc}")
         return 1
 
 

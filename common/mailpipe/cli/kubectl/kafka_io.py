@@ -3,6 +3,8 @@
 Reads join no consumer group and commit nothing (`kafkakit.read_records`), so
 looking something up never disturbs the relays; writes wait for `acks=all`,
 so when the command returns the suppression (or its tombstone) is on Kafka.
+Every client logs in as the plugin's user (`use_login`: flags or
+MAILPIPE_KAFKA_*), set once per command before any client is made.
 """
 
 from __future__ import annotations
@@ -11,17 +13,31 @@ from collections.abc import Iterable
 
 from kafka import KafkaProducer
 
+from mailpipe.contracts.kafka_security import KafkaConnection, KafkaSecurity
 from mailpipe.contracts.wire import Event, WireError, decode_event
-from mailpipe.kafkakit import read_records
+from mailpipe.kafkakit import client_options, read_records
 
 from .records import KafkaRecord
 
 ACK_TIMEOUT_SECONDS = 30  # a broker that has not acknowledged by then fails the command
 
+# The plugin's Kafka login: one per process (one command), like its kubeconfig.
+_login = KafkaSecurity()
+
+
+def use_login(security: KafkaSecurity) -> None:
+    """Log every later client of this command in as `security`."""
+    global _login
+    _login = security
+
+
+def _cluster(bootstrap: str) -> KafkaConnection:
+    return KafkaConnection(bootstrap_servers=bootstrap, security=_login)
+
 
 def read(bootstrap: str, topic: str) -> list[KafkaRecord]:
     """Every (key, value) on `topic` up to its end now."""
-    return [(r.key, r.value) for r in read_records(bootstrap, topic)]
+    return [(r.key, r.value) for r in read_records(_cluster(bootstrap), topic)]
 
 
 def events_of(bootstrap: str, topic: str, address: str) -> list[Event]:
@@ -29,7 +45,7 @@ def events_of(bootstrap: str, topic: str, address: str) -> list[Event]:
     searched first (case-insensitively), so only candidates are decoded."""
     needle = address.strip().lower().encode()
     out = []
-    for r in read_records(bootstrap, topic):
+    for r in read_records(_cluster(bootstrap), topic):
         if r.value is None or needle not in r.value.lower():
             continue
         try:
@@ -41,7 +57,9 @@ def events_of(bootstrap: str, topic: str, address: str) -> list[Event]:
 
 def produce(bootstrap: str, topic: str, records: Iterable[KafkaRecord]) -> int:
     """Produce `records` (None value: a tombstone) and wait for every ack; the count."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id="kubectl-mailpipe")
+    producer = KafkaProducer(
+        **client_options(_cluster(bootstrap)), acks="all", client_id="kubectl-mailpipe"
+    )
     try:
         futures = [producer.send(topic, key=k, value=v) for k, v in records]
         producer.flush(timeout=ACK_TIMEOUT_SECONDS)

@@ -33,12 +33,13 @@ from typing import Any
 
 import kopf
 from kafka.errors import KafkaError
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailpipe.contracts.wire import encode
 
 from .. import campaign as camp
-from .. import kafka_io, kube_io, render_check
+from .. import fanout_lease, kafka_io, kube_io, render_check
 from ..models import GROUP, VERSION, CampaignSpec
 from ..progress import FanoutCheckpoint, FanoutState, fanout_wanted
 from .context import OperatorState, Pool, get_pool, operator_state, pool_readiness
@@ -58,6 +59,10 @@ CANCELLATION_TIMEOUT_SECONDS = 30
 # same render here gets ten times that, so a busy node never fails a campaign
 # half-way through its fan-out.
 FANOUT_RENDER_SECONDS = 10 * camp.RENDER_SECONDS
+# A checkpoint write conflicts with the status timer's (every 3 s) now and then;
+# this many in a row means something else is wrong.
+CONFLICT_RETRIES = 20
+HTTP_CONFLICT = 409
 
 
 def _write(namespace: str, name: str, checkpoint: FanoutCheckpoint) -> None:
@@ -88,6 +93,7 @@ def fanout(
     assert namespace is not None  # both kinds are namespaced
     state = operator_state(memo)
     campaign_key = f"{namespace}/{name}"
+    waiting_for = ""  # the holder this daemon last said it waits for (one Event each)
     while not stopped:
         obj = kube_io.get_custom("campaigns", namespace, name)
         if obj is None:
@@ -99,6 +105,16 @@ def fanout(
             # Returning would mark the daemon finished for good; waiting lets
             # kopf stop it (its `when` filter no longer matches) and spawn a
             # new one if the spec of a Failed campaign is edited.
+            stopped.wait(POLL_SECONDS)
+            continue
+        may, why = fanout_lease.may_produce(
+            checkpoint.holder, checkpoint.held_at, fanout_lease.PROCESS, time.time()
+        )
+        if not may:
+            if why.split(" (")[0] != waiting_for:
+                waiting_for = why.split(" (")[0]
+                log.warning("fan-out of %s not resumed: %s", campaign_key, why)
+                kopf.info(body, reason="FanoutHeldElsewhere", message=why)
             stopped.wait(POLL_SECONDS)
             continue
         if checkpoint.state is FanoutState.FAILED:
@@ -142,6 +158,7 @@ def fanout(
                 reason=exc.reason.value,
                 generation=generation,
                 audience_version=_audience_version(namespace, spec, exc.reason),
+                holder=None,  # a failed fan-out is nobody's: any replica may resume it
             )
             _write(namespace, name, failed)
             kopf.warn(body, reason="FanoutFailed", message=f"{exc.reason.value}: {exc}")
@@ -151,6 +168,44 @@ def fanout(
             stopped.wait(KAFKA_BACKOFF_SECONDS)
             continue
         return
+
+
+def _write_held(
+    key: str, obj: dict[str, Any], checkpoint: FanoutCheckpoint, claim_from: str | None = ""
+) -> bool:
+    """Write `checkpoint` if this process holds the fan-out; False when it does not
+    (another operator process resumed it: this one must stop producing).
+
+    The first write of a run claims the fan-out from `claim_from`, the holder
+    the daemon found replaceable (None: nobody held it); later writes need the
+    holder to be this process still. Conditional on the resourceVersion just
+    read, so a holder written by another process in between is never
+    overwritten; a conflict with any other status write (the status timer's
+    counts) is read again."""
+    namespace, name = key.split("/", 1)
+    me = fanout_lease.PROCESS.encode()
+    allowed = {me} if claim_from == "" else {me, claim_from}
+    for _ in range(CONFLICT_RETRIES):
+        holder = FanoutCheckpoint.from_status(obj.get("status", {})).holder
+        if holder not in allowed:
+            log.warning(
+                "fan-out of %s taken over by %s: this process stops producing it", key, holder
+            )
+            return False
+        version = obj["metadata"]["resourceVersion"]
+        try:
+            kube_io.patch_status(
+                "campaigns", namespace, name, {"fanout": checkpoint.patch()}, version
+            )
+            return True
+        except ApiException as exc:
+            if exc.status != HTTP_CONFLICT:
+                raise
+        again = kube_io.get_custom("campaigns", namespace, name)
+        if again is None:
+            return False
+        obj = again
+    raise kopf.TemporaryError(f"fan-out checkpoint of {key}: {CONFLICT_RETRIES} write conflicts")
 
 
 def _audience_version(namespace: str, spec: Any, reason: camp.FailReason) -> str | None:
@@ -217,11 +272,15 @@ def _run_fanout(
     producer = state.producers.get(bootstrap)
     index = start
     while index < total:
-        if stopped or kube_io.get_custom("campaigns", namespace, name) is None:
+        obj = kube_io.get_custom("campaigns", namespace, name)
+        if obj is None:
             return
-        _write(
-            namespace,
-            name,
+        if stopped:  # released: another replica may resume it at once
+            _write_held(key, obj, FanoutCheckpoint(holder=None))
+            return
+        held = _write_held(
+            key,
+            obj,
             FanoutCheckpoint(
                 state=FanoutState.RUNNING,
                 next_index=index,
@@ -234,8 +293,13 @@ def _run_fanout(
                 message=None,  # a resumed campaign's failure message goes
                 reason=None,
                 generation=generation,
+                holder=fanout_lease.PROCESS.encode(),
+                held_at=time.time(),
             ),
+            claim_from=checkpoint.holder if index == start else "",
         )
+        if not held:
+            return  # another operator process resumed it (see fanout_lease)
         now = time.time()
         batch: list[tuple[bytes, bytes]] = []
         for i in range(index, min(index + FANOUT_CHUNK, total)):
@@ -252,9 +316,12 @@ def _run_fanout(
             batch.append((record.domain.encode(), encode(record)))
         kafka_io.produce_all(producer, t.outbound, batch)
         index = min(index + FANOUT_CHUNK, total)
-    _write(
-        namespace,
-        name,
+    obj = kube_io.get_custom("campaigns", namespace, name)
+    if obj is None:
+        return
+    done = _write_held(
+        key,
+        obj,
         FanoutCheckpoint(
             state=FanoutState.DONE,
             next_index=total,
@@ -267,8 +334,11 @@ def _run_fanout(
             message=None,
             reason=None,
             generation=generation,
+            holder=None,
         ),
     )
+    if not done:
+        return  # taken over during the last chunk: the new holder writes done
     kopf.info(
         body,
         reason="FanoutDone",

@@ -188,7 +188,9 @@ def _reconcile_blocking(
                     raise
                 problems.append(validation.forbidden_write_problem(namespace, ref.child_name))
         return _blocked(obj, ref, old, status, generation, digest, problems, stopped)
-    text, children = build_children(ref, spec, digest)
+    creds = spec.kafka.credentials_secret_ref  # which optional files its Secret has
+    keys = frozenset(secrets.get(creds.name) or {}) if creds is not None else frozenset()
+    text, children = build_children(ref, spec, digest, keys)
     seen = _Seen(obj, Outcome(ref, spec))
     live = kube_io.read_deployment(ref)
     deployment = next(c for c in children if c["kind"] == "Deployment")
@@ -196,9 +198,10 @@ def _reconcile_blocking(
         seen.drift = drifted(deployment["spec"], live.get("spec"), "spec")
     # A spec change renders everything; a change in the world (a Deployment or
     # Secret event) only puts back a drifted or deleted Deployment: no reads
-    # of the other children for every relay status change.
-    if not ensure_topics:
-        children = [deployment] if live is None or seen.drift else []
+    # of the other children for every relay status change. No Deployment at
+    # all (a pool that waited for its Secret) needs every child: its ConfigMap too.
+    if not ensure_topics and live is not None:
+        children = [deployment] if seen.drift else []
     try:
         for child in children:
             force = child is deployment and bool(seen.drift)

@@ -113,7 +113,7 @@ def relay_followers(
     suppressions, events and its namespace's campaign control, and each obeyed
     suppression topic (never-mail list; a routed pool's namespace list).
     Undecodable records are counted in `mailpipe_followed_bad_records_total{topic}`."""
-    bootstrap = settings.bootstrap_servers
+    bootstrap = settings.connection  # the relay's login too
 
     def counter(topic: str) -> Callable[[], None]:
         return metrics.followed_bad.labels(topic).inc

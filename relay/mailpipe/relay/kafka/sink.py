@@ -19,6 +19,7 @@ from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 
 from mailpipe.contracts.config import KafkaSettings
+from mailpipe.kafkakit import client_options
 
 LINGER_MS = 5  # small batches: acks stay fast, throughput stays high
 SEND_RETRIES = 5
@@ -32,7 +33,7 @@ class KafkaSink:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **client_options(settings),
             client_id=f"{settings.client_id}-producer",
             acks="all",
             enable_idempotence=True,

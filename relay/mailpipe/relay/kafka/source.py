@@ -9,7 +9,7 @@ FIFO queue, so a commit never overtakes a pause sent before it. The loop side
 `ports.RecordSource`; revocations reach the engine in-band, as
 `ports.Revoked` items of `poll()` (see `handoff`).
 
-Rebalances and duplicates (ARCHITECTURE.md, invariant 32). kafka-python runs
+Rebalances and duplicates (ARCHITECTURE.md, invariant 33). kafka-python runs
 the rebalance listener on its IO thread; ours is an
 `AsyncConsumerRebalanceListener`, so it can wait there without stopping
 heartbeats. When a rebalance starts (`on_partitions_revoked`, before the
@@ -71,6 +71,7 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import MemberState, OffsetAndMetadata
 
 from mailpipe.contracts.config import KafkaSettings
+from mailpipe.kafkakit import client_options
 
 from ..ports import Assigned, Control, Revoking, SourceRecord, TopicPartition
 from . import metadata
@@ -279,7 +280,7 @@ class KafkaSource:
 
     def _make_consumer(self) -> KafkaConsumer:
         return KafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **client_options(self.settings),
             group_id=self.settings.group_id,
             client_id=self.settings.client_id,
             enable_auto_commit=False,

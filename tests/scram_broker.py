@@ -1,0 +1,168 @@
+"""A Kafka broker with SCRAM logins and the ACL authorizer, for the tests of issue 11.
+
+Shared by the relay's and the operator's login tests: one broker per test
+module (a JVM of its own), tenants `a` and `b` with their pools' topics and
+the ACLs README tells a platform team to set (`contracts.topics.namespace_acls`
+per namespace principal, the operator's prefix grant with its DENY on the
+never-mail list). Every client here logs in with SCRAM through
+`kafkakit.client_options`, as mailpipe's own clients do.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    NewTopic,
+    ResourcePattern,
+    ResourceType,
+)
+from kafka.errors import KafkaError
+
+from mailpipe.contracts.config import KafkaSecurity
+from mailpipe.contracts.kafka_security import KafkaConnection
+from mailpipe.contracts.topics import NEVER_MAIL_TOPIC, Topics
+from mailpipe.devstack import kafka, procs
+from mailpipe.kafkakit import client_options
+from tests.conftest import wait_for
+from tests.kafkakit.test_tenant_acls import (
+    ACL_BROKER_START_SECONDS,
+    ACLS_APPLIED_SECONDS,
+    ALL_ACLS,
+    CLIENT_TIMEOUT_MS,
+    _acls,
+)
+
+__all__ = [
+    "CLIENT_TIMEOUT_MS",
+    "DELAY_STEPS",
+    "MECHANISM",
+    "OPERATOR",
+    "PASSWORDS",
+    "Broker",
+    "login",
+    "password_file",
+    "scram_broker",
+]
+
+DELAY_STEPS = ("1m",)
+
+OPERATOR = "mailpipe-operator"
+PASSWORDS = {
+    kafka.SASL_ADMIN: "admin-Scram-pw-51c0",
+    OPERATOR: "operator-Scram-pw-3a8f",
+    "mailpipe-a": "tenant-a-Scram-pw-9e2d",
+    "mailpipe-b": "tenant-b-Scram-pw-4b7a",
+}
+MECHANISM = "SCRAM-SHA-512"
+
+
+def login(bootstrap: str, user: str, password_file: Path) -> KafkaConnection:
+    return KafkaConnection(
+        bootstrap_servers=bootstrap,
+        security=KafkaSecurity(
+            protocol="SASL_PLAINTEXT",
+            sasl_mechanism=MECHANISM,
+            username=user,
+            password_file=str(password_file),
+        ),
+    )
+
+
+class Broker(NamedTuple):
+    bootstrap: str
+    admin: KafkaConnection  # the platform's (operator's) login: creates topics, produces
+
+
+def _admin_client(admin: KafkaConnection) -> KafkaAdminClient:
+    return KafkaAdminClient(**client_options(admin), request_timeout_ms=CLIENT_TIMEOUT_MS)
+
+
+def _ready(admin: KafkaConnection) -> bool:
+    host, _, port = admin.bootstrap_servers.rpartition(":")
+    if not procs.listening(host, int(port)):
+        return False
+    try:
+        client = _admin_client(admin)
+    except KafkaError:
+        with warnings.catch_warnings():  # a half-made bootstrap's sockets (kafka.is_ready)
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        return False
+    try:
+        client.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        client.close()
+
+
+def operator_acls() -> list[ACL]:
+    """README's operator lines: everything under `mailpipe.`, but never writing
+    the never-mail list (a DENY wins over the prefix ALLOW)."""
+
+    def acl(op: ACLOperation, name: str, kind: ACLResourcePatternType, allow: bool) -> ACL:
+        permission = ACLPermissionType.ALLOW if allow else ACLPermissionType.DENY
+        return ACL(
+            f"User:{OPERATOR}", "*", op, permission, ResourcePattern(ResourceType.TOPIC, name, kind)
+        )
+
+    return [
+        acl(ACLOperation.ALL, "mailpipe.", ACLResourcePatternType.PREFIXED, True),
+        acl(ACLOperation.WRITE, NEVER_MAIL_TOPIC, ACLResourcePatternType.LITERAL, False),
+    ]
+
+
+def _grant(admin: KafkaConnection) -> None:
+    """Tenants a and b's topics, and each namespace's ACLs for its principal."""
+    client = _admin_client(admin)
+    try:
+        names = {NEVER_MAIL_TOPIC}
+        for ns in ("a", "b"):
+            t = Topics.for_pool(ns, "news", list(DELAY_STEPS))
+            names.update([*t.all(), *t.compacted()])
+        client.create_topics([NewTopic(n, 2, 1) for n in sorted(names)])
+        grants = [*_acls("User:mailpipe-a", "a"), *_acls("User:mailpipe-b", "b"), *operator_acls()]
+        result = client.create_acls(grants)
+        assert not result["failed"], result["failed"]
+        wait_for(
+            lambda: len(client.describe_acls(ALL_ACLS)[0]) >= len(grants),
+            ACLS_APPLIED_SECONDS,
+            "the ACLs in the authorizer",
+        )
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker with SCRAM logins and ACLs, tenants a and b's topics, and their ACLs."""
+    state: Path = tmp_path_factory.mktemp("scram-kafka")
+    ports, command, log = kafka.prepare(state, sasl_users=PASSWORDS)
+    admin_password = state / "admin-password"
+    admin_password.write_text(PASSWORDS[kafka.SASL_ADMIN])
+    admin = login(ports.bootstrap, kafka.SASL_ADMIN, admin_password)
+    pid = procs.spawn(command, log)
+    try:
+        wait_for(lambda: _ready(admin), ACL_BROKER_START_SECONDS, "the SCRAM broker")
+        _grant(admin)
+        yield Broker(ports.bootstrap, admin)
+    finally:
+        procs.stop(pid)
+
+
+def password_file(tmp_path: Path, name: str, value: str) -> Path:
+    path = tmp_path / name
+    path.write_text(value + "\n")  # as `kubectl create secret --from-file` may leave it
+    return path
