@@ -20,8 +20,8 @@ ahead"), per partition and across ownerships:
 
 Memory is bounded: finished-ahead offsets lie within the read window above
 the commit, and `learn` drops a partition's memory when the group's position
-went back (a reset, a recreated topic): offsets there are not the same
-records any more, and skipping them would lose mail.
+went back below one this relay stored (a reset, a recreated topic): offsets
+there are not the same records any more, and skipping them would lose mail.
 
 Only the event loop touches it (revocations arrive in-band), so it needs no
 lock.
@@ -156,16 +156,20 @@ class OffsetTracker:
         return out
 
     def learn(self, tp: TopicPartition, committed: int | None, finished: Collection[int]) -> None:
-        """A partition assigned to us: the group's committed position and the
-        offsets past it another owner finished (from the commit's metadata).
+        """A partition assigned to us: the group's committed position (None: the
+        group has none) and the offsets past it another owner finished (from
+        the commit's metadata).
 
-        A position below what we knew committed (a reset) or none at all (a
-        recreated topic) means the offsets we remember may name other
-        records now: forget them rather than skip mail."""
+        A position below one we stored (a reset), or none where we stored one
+        (a recreated topic), means the offsets we remember may name other
+        records now: forget them rather than skip mail. None where we never
+        stored one is the broker-outage case (the relay evicted before its
+        first commit got through): what we finished stands."""
         memory = self._memory.get(tp)
-        if committed is None or (memory is not None and committed < memory.floor):
-            memory = None
-            self._memory.pop(tp, None)
+        if memory is not None and memory.floor >= 0:
+            if committed is None or committed < memory.floor:
+                memory = None
+                del self._memory[tp]
         if committed is None:
             return
         if memory is None:
