@@ -166,10 +166,10 @@ class OffsetTracker:
         stored one is the broker-outage case (the relay evicted before its
         first commit got through): what we finished stands."""
         memory = self._memory.get(tp)
-        if memory is not None and memory.floor >= 0:
-            if committed is None or committed < memory.floor:
-                memory = None
-                del self._memory[tp]
+        went_back = memory is not None and (committed is None or committed < memory.floor)
+        if memory is not None and memory.floor >= 0 and went_back:
+            memory = None
+            del self._memory[tp]
         if committed is None:
             return
         if memory is None:
