@@ -40,8 +40,7 @@ from mailpipe.devstack.stack import StackState
 from mailpipe.kafkakit import read_topic
 from tests.conftest import wait_for
 from tests.helm.kubelet import Kubelet
-
-pytestmark = pytest.mark.operator
+from tests.helm.test_chart import helm, operator_container, render
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "mailpipe"
@@ -199,6 +198,23 @@ def assert_once(ids: Counter[str]) -> None:
     assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1]
 
 
+def test_the_chart_names_each_peer_by_its_pod_and_passes_the_lifetime() -> None:
+    docs = render("operator.replicas=2", "peering.enabled=true", "peering.lifetimeSeconds=45")
+    container = operator_container(docs)
+    assert "--peering-lifetime=45" in container["args"]
+    pod_id = next(e for e in container["env"] if e["name"] == "POD_ID")  # kopf's identity
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "POD_ID" not in {e["name"] for e in operator_container(render())["env"]}
+
+
+def test_a_lifetime_within_kopfs_renewal_margin_is_refused() -> None:
+    out = helm("template", "rel", str(CHART), "--set", "peering.lifetimeSeconds=10")
+    assert out.returncode != 0
+    assert "lifetimeSeconds': minimum" in out.stderr, out.stderr
+    render("peering.lifetimeSeconds=15")  # the minimum itself is fine
+
+
+@pytest.mark.operator
 def test_one_replica_acts_and_a_crash_hands_over_within_the_lifetime(
     cli_env: dict[str, str],
     namespace: str,
@@ -236,6 +252,7 @@ def test_one_replica_acts_and_a_crash_hands_over_within_the_lifetime(
     assert_once(fanned_out(cli_env, namespace, "before", kafka_bootstrap, standby))
 
 
+@pytest.mark.operator
 def test_a_clean_stop_hands_over_without_waiting_for_the_lifetime(
     cli_env: dict[str, str],
     namespace: str,
