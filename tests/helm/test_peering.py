@@ -4,12 +4,14 @@ Two operators from the chart's own Deployment (same args and env, as two pods
 of one ReplicaSet would run, each with its pod name as kopf's identity),
 against the KopfPeering object the chart installs. kopf's rule: the replica
 that sees a live peer with a higher priority pauses (equal priorities would
-pause both, hence the drawn priorities). Proven by behaviour, not only by
-logs: the pool and a campaign are reconciled while both run, and the
-campaign's outbound topic holds each recipient once (no double fan-out); the
-active replica then dies (SIGKILL) or stops (SIGTERM), the standby resumes
-within the documented bound, and a campaign created after the hand-over is
-fanned out by the survivor, again exactly once.
+pause both; a replica's priority falls with its start time). Proven by
+behaviour, not only by the pause lines: while the active replica reconciles
+a pool and fans out a campaign, the standby runs no handler at all (not one
+`kopf.objects` line: two active replicas both log them), and the campaign's
+outbound topic holds each recipient once. The active replica then dies
+(SIGKILL) or stops (SIGTERM), the standby resumes within the documented
+bound, and a campaign created after the hand-over is fanned out by the
+survivor, again exactly once.
 
 Which replica is active is read from kopf's own log lines, and that needs
 care (why this test once failed one run in two): every peering replica
