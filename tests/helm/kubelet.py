@@ -6,7 +6,10 @@ authenticated as the Deployment's ServiceAccount through a token kubeconfig,
 as a pod would be. The only changes: free local ports for the health and
 metrics endpoints, since every local process shares one network namespace,
 and ConfigMap volumes (the cluster policy) written to local directories, with
-the arguments that name their mount paths pointed there. Downward-API env
+the arguments that name their mount paths pointed there. They are written as
+the kubelet writes them (`write_configmap_volume`: each key a symlink through
+`..data`, swapped atomically on an update), so a test can change a mounted
+ConfigMap under a running process the way a cluster does. Downward-API env
 (`fieldRef` metadata.name/namespace) gets a pod name of its own per process,
 `<deployment>-<n>`, as a ReplicaSet would give each pod.
 
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,35 @@ PORT_ARGS = ("--liveness-port", "--metrics-port")
 SCRAPE_TIMEOUT_SECONDS = 5
 RELAY_SELECTOR = "app.kubernetes.io/component=relay,app.kubernetes.io/managed-by=mailpipe-operator"
 CONTROLLER_PERIOD_SECONDS = 1.0  # how often the stand-in controller looks at the Deployments
+
+
+def write_configmap_volume(directory: Path, data: dict[str, str]) -> None:
+    """Write (or update) a ConfigMap volume the way the kubelet's atomic writer does.
+
+    The data goes to a new hidden `..<timestamp>` directory; `..data` is a
+    symlink to it, replaced in one rename; each key is a symlink `key ->
+    ..data/key`. A reader of `directory/key` sees the old data or the new,
+    never a half-written file; the path itself never changes.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
+    stamp.mkdir()
+    for key, value in data.items():
+        (stamp / key).write_text(value)
+    current = directory / "..data"
+    old = current.resolve() if current.is_symlink() else None
+    tmp = directory / "..data_tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(stamp.name)
+    os.replace(tmp, current)  # the atomic swap
+    for key in data:
+        link = directory / key
+        if not link.is_symlink():
+            link.symlink_to(Path("..data") / key)
+    if old is not None and old != stamp.resolve():
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
 
 
 class Kubelet:
@@ -112,9 +146,7 @@ class Kubelet:
         for m in container.get("volumeMounts", []):
             if m["name"] in volumes and volumes[m["name"]] in maps:
                 local = self.workdir / "volumes" / m["name"]
-                local.mkdir(parents=True, exist_ok=True)
-                for key, value in maps[volumes[m["name"]]].items():
-                    (local / key).write_text(value)
+                write_configmap_volume(local, maps[volumes[m["name"]]])
                 mounted[m["mountPath"]] = local
         return mounted
 

@@ -216,6 +216,23 @@ class WarmupLedger:
         """Count `count` messages sent from `ip` (this relay's own sends)."""
         self._count(ip, self.config.group_of(domain), count, now, own=True)
 
+    def unrecord(self, ip: str, domain: str, count: int, now: float) -> None:
+        """Take back `count` messages `record` counted that never reached a MAIL
+        FROM (the relay counts before the attempt, so two attempts cannot both
+        take an IP's last message): what did not arrive is not sent. A day
+        whose only sends are taken back is not a day the IP sent."""
+        state = self._ips.get(ip)
+        if state is None:
+            return
+        today = self.day_of(now)
+        for key in (ALL, self.config.group_of(domain)):
+            if key is None:
+                continue
+            state.sent[(today, key)] = max(0, state.sent[(today, key)] - count)
+            state.own[(today, key)] = max(0, state.own[(today, key)] - count)
+        if state.sent[(today, ALL)] == 0:
+            state.days_sent.discard(today)
+
     def _count(self, ip: str, group: str | None, count: int, now: float, own: bool) -> None:
         state = self._ips.get(ip)
         if state is None:

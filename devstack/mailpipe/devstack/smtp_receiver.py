@@ -46,6 +46,9 @@ class Policy:
     # lower-cased recipient -> replies, consumed in order; the last one repeats
     recipients: dict[str, list[str]] = field(default_factory=dict)
     greeting_421: bool = False
+    # Seconds before the banner: a slow MX (or a busy one, greeting late on
+    # purpose), so connection set-up takes time before the first transaction.
+    greeting_delay_seconds: float = 0.0
     reply_delay_seconds: float = 0.0
     data_reply: str = OK
     # Advertise RFC 2920 PIPELINING, as real MX hosts do (aiosmtpd reads
@@ -54,7 +57,8 @@ class Policy:
 
 
 class _RecordingSMTP(SMTP):
-    """aiosmtpd's server, plus a 421-at-greeting option (a busy or blocking MX)."""
+    """aiosmtpd's server, plus a 421-at-greeting option (a busy or blocking MX)
+    and a late greeting (a slow one)."""
 
     def __init__(self, handler: ReceiverHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -62,6 +66,8 @@ class _RecordingSMTP(SMTP):
 
     async def _handle_client(self) -> None:
         self._receiver.count_connection(self.session)
+        if self._receiver.policy.greeting_delay_seconds:
+            await asyncio.sleep(self._receiver.policy.greeting_delay_seconds)
         if self._receiver.policy.greeting_421:
             await self.push("421 4.7.0 too many connections, try later")
             if self.transport is not None:
@@ -79,6 +85,9 @@ class ReceiverHandler:
         self.messages: list[Received] = []
         self.rcpt_replies: list[tuple[str, str]] = []  # (recipient, reply) in order
         self.connections: Counter[str] = Counter()  # peer ip -> connections
+        # (sender, arrival time) of every MAIL FROM, accepted or not: what a
+        # receiver's rate limit counts (Gmail, Yahoo count what arrives).
+        self.mail_froms: list[tuple[str, float]] = []
         self._attempts: Counter[str] = Counter()
 
     def count_connection(self, session: Session | None) -> None:
@@ -109,6 +118,20 @@ class ReceiverHandler:
         responses: list[str],
     ) -> list[str]:
         return ehlo_responses(session, hostname, responses, pipelining=self.policy.pipelining)
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        with self.lock:
+            self.mail_froms.append((address, time.time()))
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self,
@@ -213,6 +236,11 @@ class SMTPReceiver:
             counts[m.peer] += len(m.rcpt_tos)
         return counts
 
+    def mail_times(self) -> list[float]:
+        """Arrival time of every MAIL FROM so far, in order."""
+        with self.handler.lock:
+            return [t for _, t in self.handler.mail_froms]
+
     def connections(self) -> Counter[str]:
         with self.handler.lock:
             return Counter(self.handler.connections)
@@ -222,6 +250,7 @@ class SMTPReceiver:
             self.handler.messages.clear()
             self.handler.rcpt_replies.clear()
             self.handler.connections.clear()
+            self.handler.mail_froms.clear()
             for r in recipients:
                 self.handler.policy.recipients.pop(r.lower(), None)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import enum
 import gzip
+import hashlib
 import io
 import json
 from collections import Counter
@@ -49,6 +50,10 @@ from .campaign import (
 from .models import AudienceFormat, CampaignSpec, OnInvalid, Recipient
 
 ROW_ERRORS_SHOWN = 5  # enough to fix a file, short enough for a status message
+
+
+# 128 bits of SHA-256: no accidental collision between two audiences of a campaign
+AUDIENCE_DIGEST_CHARS = 32
 
 
 class SkipReason(enum.StrEnum):
@@ -88,6 +93,15 @@ class PreparedAudience:
             "skippedByReason": dict(self.skipped),
             "problems": self.problems[:ROW_ERRORS_SHOWN],
         }
+
+    def digest(self) -> str:
+        """What the fan-out's indices refer to: the recipients in order, with their data.
+
+        A resumed fan-out skips indices by position, so it may only resume over
+        the same list (`FanoutCheckpoint.audience_digest`)."""
+        recipients = [r.model_dump(by_alias=True, exclude_none=True) for r in self.recipients]
+        text = json.dumps(recipients, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:AUDIENCE_DIGEST_CHARS]
 
     def to_json(self) -> dict[str, Any]:
         return {

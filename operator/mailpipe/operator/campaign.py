@@ -68,6 +68,15 @@ class FailReason(enum.StrEnum):
     INVALID_AUDIENCE = "InvalidAudience"  # rows with problems, under onInvalid: Fail
     TEMPLATE_ERROR = "TemplateError"  # the template raised (1/0, huge range, recursion)
     RENDER_LIMIT = "RenderLimitExceeded"  # output, operand, time or memory limit
+    # the audience is not the one the fan-out started with: resuming by index
+    # would skip some people and mail others twice
+    AUDIENCE_CHANGED = "AudienceChanged"
+
+    @property
+    def fixed_in_audience(self) -> bool:
+        """The cause can be fixed by editing the audience ConfigMap alone (no spec
+        edit, so no new generation): the operator looks at the ConfigMap again."""
+        return self in (FailReason.INVALID_AUDIENCE, FailReason.AUDIENCE_CHANGED)
 
 
 class CampaignError(PermanentError, ValueError):

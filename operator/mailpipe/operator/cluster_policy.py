@@ -5,9 +5,15 @@ SendingPool; the operator then creates pods in that namespace on the pool's
 word. Without a policy that makes the operator a confused deputy: any image,
 hostNetwork, any Kafka cluster or DNS resolver, any SMTP port and any static
 route (issue 11, "anything goes in a pool"). The platform team writes this
-policy in the chart's values (`policy:`); the chart mounts it and the operator
-reads it once at start (`--policy`, or `MAILPIPE_POLICY`), refusing to start on
-an invalid one.
+policy in the chart's values (`policy:`); the chart mounts it as a ConfigMap
+volume and the operator reads it at start (`--policy`, or `MAILPIPE_POLICY`),
+refusing to start on an invalid one. It then re-reads the file
+(`PolicyFile.reread`, every `handlers.policy.POLICY_RECHECK_SECONDS`): the
+kubelet swaps a ConfigMap volume's content atomically (a `..data` symlink), so
+a read sees the old policy or the new one whole. A new valid policy is put in
+force and every pool whose verdict it changes (`policy_changes`) is reconciled
+again: a refused pool's relays are scaled to 0 (`handlers.pool`). A new
+invalid one is logged as an error and the policy in force stays.
 
 Decisions are pure (`violations`): a spec and its namespace in, a sentence per
 refused field out, each naming the value and what is allowed, so the pool's
@@ -23,7 +29,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +46,7 @@ log = logging.getLogger("mailpipe.operator")
 
 POLICY_ENV = "MAILPIPE_POLICY"
 POLICY_MEMO_KEY = "mailpipe-cluster-policy"  # kopf memo key (see handlers.context)
+POLICY_FILE_MEMO_KEY = "mailpipe-cluster-policy-file"  # its PolicyFile, re-read (handlers.policy)
 ANY = "*"
 SMTP_PORT = 25  # MX hosts listen on 25 (RFC 5321); anything else is a route or a probe
 
@@ -151,20 +159,115 @@ def violations(policy: ClusterPolicy, namespace: str, spec: SendingPoolSpec) -> 
     return out
 
 
+def policy_path(path: str | None) -> str | None:
+    """The policy file to read: `path`, else $MAILPIPE_POLICY; None for no policy."""
+    return path or os.environ.get(POLICY_ENV) or None
+
+
+def parse_policy(text: str, path: str) -> ClusterPolicy:
+    """The policy in YAML `text` (read from `path`); PolicyError names the bad key."""
+    try:
+        data = yaml.safe_load(text) or {}
+        return ClusterPolicy.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"cannot read cluster policy {path}: {exc}") from exc
+    except ValidationError as exc:
+        msgs = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise PolicyError(f"invalid cluster policy {path}: " + "; ".join(msgs)) from exc
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise PolicyError(f"cannot read cluster policy {path}: {exc}") from exc
+
+
+class PolicyFile:
+    """The mounted policy file and the policy last read from it whole.
+
+    `reread` compares the file's text with the last text seen, so an unchanged
+    file costs one small read; a changed one is parsed, and only a valid one
+    replaces `policy`. A bad text is reported once (PolicyError), not at every
+    re-read, and the policy in force stays until the file changes again.
+    """
+
+    def __init__(self, path: str, text: str, policy: ClusterPolicy) -> None:
+        self.path = path
+        self.policy = policy
+        self._seen = text
+
+    @classmethod
+    def open(cls, path: str) -> PolicyFile:
+        text = _read(path)
+        return cls(path, text, parse_policy(text, path))
+
+    def reread(self) -> ClusterPolicy | None:
+        """The new policy if the file changed to a valid one; None if unchanged.
+
+        Raises PolicyError when the file changed to something unusable (once
+        per change; a file that cannot be read is reported at each attempt)."""
+        text = _read(self.path)
+        if text == self._seen:
+            return None
+        self._seen = text
+        policy = parse_policy(text, self.path)
+        if policy == self.policy:
+            return None  # reformatted, same rules
+        self.policy = policy
+        return policy
+
+
 def load_policy(path: str | None) -> ClusterPolicy:
     """The policy in the YAML file `path` (default: $MAILPIPE_POLICY); unrestricted
     with a warning when neither is set. PolicyError names the bad key."""
-    path = path or os.environ.get(POLICY_ENV) or None
+    path = policy_path(path)
     if path is None:
         log.warning(
             "no cluster policy (--policy): every image, port, route and hostNetwork allowed"
         )
         return ClusterPolicy.unrestricted()
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        return ClusterPolicy.model_validate(data)
-    except (OSError, yaml.YAMLError) as exc:
-        raise PolicyError(f"cannot read cluster policy {path}: {exc}") from exc
-    except ValidationError as exc:
-        msgs = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        raise PolicyError(f"invalid cluster policy {path}: " + "; ".join(msgs)) from exc
+    return PolicyFile.open(path).policy
+
+
+# --- a policy change over the pools already admitted -------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """A pool whose verdict a policy change changed: what was refused before and now."""
+
+    pool: str  # namespace/name
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+
+    @property
+    def refused(self) -> bool:
+        """Refused by the new policy: its relays stop (scaled to 0)."""
+        return bool(self.after)
+
+    def describe(self) -> str:
+        if not self.after:
+            return f"{self.pool}: allowed again, relays back to spec.replicas"
+        verb = "still refused" if self.before else "now refused, relays scaled to 0"
+        return f"{self.pool}: {verb}: " + "; ".join(self.after)
+
+
+def policy_changes(
+    old: ClusterPolicy,
+    new: ClusterPolicy,
+    pools: Iterable[tuple[str, str, SendingPoolSpec]],
+) -> list[PolicyChange]:
+    """The pools (namespace, name, spec) whose refusal `new` changes, in the order given.
+
+    A pool is judged whole: any field the policy refuses refuses the pool (one
+    route of two allowed is still a refused pool), so its relays either run
+    with everything the policy allows or do not run.
+    """
+    out = []
+    for namespace, name, spec in pools:
+        before = tuple(violations(old, namespace, spec))
+        after = tuple(violations(new, namespace, spec))
+        if before != after:
+            out.append(PolicyChange(f"{namespace}/{name}", before, after))
+    return out

@@ -157,6 +157,17 @@ def read_configmap(namespace: str, name: str) -> dict[str, str] | None:
     return data
 
 
+def configmap_version(namespace: str, name: str) -> str:
+    """The ConfigMap's resourceVersion, "" when it does not exist (changes on every edit)."""
+    try:
+        cm = client.CoreV1Api(api()).read_namespaced_config_map(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return ""
+        raise
+    return str(cm.metadata.resource_version) if cm.metadata else ""
+
+
 def read_deployment(ref: PoolRef) -> dict[str, Any] | None:
     """The pool's relay Deployment as JSON, or None."""
     try:
@@ -167,6 +178,32 @@ def read_deployment(ref: PoolRef) -> dict[str, Any] | None:
         raise
     out: dict[str, Any] = api().sanitize_for_serialization(dep)  # type: ignore[no-untyped-call]
     return out
+
+
+def scale_deployment(ref: PoolRef, replicas: int) -> None:
+    """Set the relay Deployment's spec.replicas, leaving the rest of it as it is.
+
+    A merge patch of that one field, not an apply: applying a partial object
+    would drop every field the operator applied before (server-side apply
+    removes what a manager stops applying). The next full apply takes the
+    field back (forced)."""
+    _call(
+        "Deployment",
+        "patch",
+        ref.child_name,
+        ref.namespace,
+        {"spec": {"replicas": replicas}},
+        field_manager=FIELD_MANAGER,
+        _content_type="application/merge-patch+json",
+    )
+
+
+def list_pools(namespace: str) -> list[dict[str, Any]]:
+    """Every SendingPool of `namespace`, as JSON."""
+    listed: Any = client.CustomObjectsApi(api()).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "sendingpools"
+    )
+    return list(listed["items"])
 
 
 def read_secret(namespace: str, name: str) -> dict[str, str] | None:

@@ -101,7 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         default=None,
-        help="cluster policy YAML over tenant fields (default: $MAILPIPE_POLICY; none: no limits)",
+        help="cluster policy YAML over tenant fields (default: $MAILPIPE_POLICY; none: no"
+        " limits); re-read while running, a change reaches every pool within seconds",
     )
     parser.add_argument("--verbose", action="store_true")
 
@@ -114,12 +115,25 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # importing registers the handlers (metrics: its watch-event handlers)
     from . import handlers, metrics  # noqa: F401
-    from .cluster_policy import POLICY_MEMO_KEY, load_policy
+    from .cluster_policy import (
+        POLICY_FILE_MEMO_KEY,
+        POLICY_MEMO_KEY,
+        PolicyFile,
+        load_policy,
+        policy_path,
+    )
 
     # Read before kopf starts, so a bad policy stops the operator instead of
     # letting it reconcile pools unchecked; every resource memo copies it.
+    # The file is then re-read while the operator runs (handlers.policy).
     memo = kopf.Memo()
-    memo[POLICY_MEMO_KEY] = load_policy(args.policy)
+    path = policy_path(args.policy)
+    if path is None:
+        memo[POLICY_MEMO_KEY] = load_policy(None)  # unrestricted, with a warning
+    else:
+        source = PolicyFile.open(path)
+        memo[POLICY_MEMO_KEY] = source.policy
+        memo[POLICY_FILE_MEMO_KEY] = source
 
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.listen_address)

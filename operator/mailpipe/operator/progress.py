@@ -18,7 +18,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from .campaign import parse_start
+from .campaign import FailReason, parse_start
+
+AUDIENCE_FIXABLE = frozenset(r.value for r in FailReason if r.fixed_in_audience)
 
 
 class FanoutState(enum.StrEnum):
@@ -75,6 +77,14 @@ class FanoutCheckpoint(BaseModel):
     suppressed_before_send: int = 0
     total: int = 0
     started_at: str | None = None
+    audience_digest: str | None = None
+    """`PreparedAudience.digest()` of the audience being produced: a resume over a
+    different list (an edited ConfigMap or inline audience) is refused, because
+    indices already produced would then name other people."""
+    audience_version: str | None = None
+    """On a failure the audience ConfigMap can fix: that ConfigMap's resourceVersion
+    ("" while it does not exist). When it changes, the status timer re-arms the
+    fan-out (`audience_fix_pending`): fixing the ConfigMap is enough, no spec edit."""
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> FanoutCheckpoint:
@@ -103,6 +113,20 @@ def fanout_wanted(status: Mapping[str, Any], generation: int | None) -> bool:
         failed_at = checkpoint.generation
         return failed_at is not None and generation is not None and generation > failed_at
     return checkpoint.state is not FanoutState.DONE
+
+
+def audience_fix_pending(checkpoint: FanoutCheckpoint, configmap_version: str | None) -> bool:
+    """A fan-out Failed by its audience ConfigMap whose ConfigMap changed since: check again.
+
+    `configmap_version` is the ConfigMap's resourceVersion now ("" when absent,
+    None when the audience is not in a ConfigMap)."""
+    return (
+        checkpoint.state is FanoutState.FAILED
+        and checkpoint.reason in AUDIENCE_FIXABLE
+        and checkpoint.audience_version is not None
+        and configmap_version is not None
+        and configmap_version != checkpoint.audience_version
+    )
 
 
 def campaign_phase(

@@ -4,7 +4,9 @@
     suppressed addresses -> SUPPRESSED events (invariant 6); the rest are live
     egress IP            -> scheduling (back-offs, warm-up); none -> postpone (no_egress_ip)
     transactions         -> at most `recipients_per_transaction` recipients each;
-                            watched by the tarpit budget (`stalls`): a cut one is deferred
+                            watched by the tarpit budget (`stalls`): a cut one is deferred;
+                            the rate token taken by the transport before MAIL FROM (`tokens`);
+                            no MAIL FROM written -> the warm-up count given back
     settlement           -> events, suppressions, back-offs, a retry record
     every produce acknowledged -> the record's offset is finished (invariant 1)
 
@@ -151,12 +153,20 @@ class Dispatcher:
                 await self.to_dlq(work.src, work.gen, str(exc))
                 return
         self.scheduler.count_sent(egress, domain, len(live), now)
-        await self._deliver(work, live, egress, sends)
+        await self._deliver(work, live, egress, sends, counted_at=now)
 
     async def _deliver(
-        self, work: Work, live: list[Recipient], egress: Egress, sends: list[Awaitable[None]]
+        self,
+        work: Work,
+        live: list[Recipient],
+        egress: Egress,
+        sends: list[Awaitable[None]],
+        *,
+        counted_at: float,
     ) -> None:
-        """The transactions of the live recipients, then their settlement."""
+        """The transactions of the live recipients, then their settlement. The
+        transport takes the record's rate token (`work.token`) just before its
+        MAIL FROM; an attempt that wrote none gives back its warm-up count."""
         record, domain = work.record, work.domain
         assert work.message is not None
         transactions = []
@@ -171,8 +181,11 @@ class Dispatcher:
                     egress.address,
                     egress.helo,
                     throttle.messages_per_connection,
+                    work.token,
                 )
                 transactions.append(Transaction(part, await self._transact(envelope, watch)))
+        if work.token is not None and not work.token.used:
+            self.scheduler.not_sent(egress, domain, len(live), counted_at)
 
         settlement = settle(
             record,

@@ -134,7 +134,9 @@ class ScriptedTransport:
     async def deliver(self, envelope: Envelope) -> TransactionResult:
         self.envelopes.append(envelope)
         if self.delay_seconds:
-            await asyncio.sleep(self.delay_seconds)
+            await asyncio.sleep(self.delay_seconds)  # connection set-up: before the token
+        if envelope.gate is not None:
+            await envelope.gate.before_mail()  # as the SMTP session does, before MAIL FROM
         replies = {}
         for rcpt in envelope.recipients:
             queue = self.script.get(rcpt.lower())

@@ -112,6 +112,25 @@ class SMTPReply(NamedTuple):
     enhanced: str | None = None  # RFC 3463 "x.y.z", parsed from text when present
 
 
+class RateGate(Protocol):
+    """The record's rate token (`tokens.RecordToken`), taken by the transport on
+    a greeted connection right before each MAIL FROM it writes (invariant 3):
+    receivers count what arrives, not what a relay meant to send."""
+
+    async def before_mail(self) -> None:
+        """Wait for the token and take it (a record holding one rides on it)."""
+        ...
+
+    def unused(self) -> None:
+        """The MAIL FROM `before_mail` was called for was not written: give it back."""
+        ...
+
+    def renew(self) -> None:
+        """The last MAIL FROM may have arrived and is retried on another connection:
+        the retry takes a token of its own."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One SMTP transaction to attempt: one sender, recipients of one domain."""
@@ -125,6 +144,9 @@ class Envelope:
     # The destination's shaping decides how many messages one connection carries
     # (`scheduling.Scheduler.policy`); None = reuse while the connection lives.
     messages_per_connection: int | None = None
+    # The record's rate token, taken just before MAIL FROM; None = not rate-shaped
+    # (tests that drive the transport alone).
+    gate: RateGate | None = None
 
 
 @dataclass(slots=True)

@@ -2,8 +2,11 @@
 
 Each destination domain has a bounded ready queue and up to `max_connections`
 lanes; a lane is one connection's worth of sequential work. Before a lane
-takes a record it waits for the shaping key's rate token (`messages_per_minute`,
-a token bucket with a burst of one); a lane exists only while it holds one of
+takes a record it waits for its turn at the shaping key's rate
+(`messages_per_minute`, a token bucket with a burst of one); the record's
+token itself is taken by the transport just before its MAIL FROM, on a
+greeted connection (`tokens`), so what arrives at the receiver keeps the
+rate however long connections take to open; a lane exists only while it holds one of
 the key's connection slots (`max_connections`); the destination's
 `messages_per_connection` travels in the envelope to the transport's
 connection pool; and the egress IP is chosen here, skipping IPs the domain
@@ -22,6 +25,9 @@ recipients need (`recipients_per_transaction` splits only large records).
 A domain whose attempts stall (a tarpit) is cut when the read window is
 full (`spill_stalled`, the budget in `stalls`), so the lanes it holds do not
 pin the window either.
+
+(Just over 300 lines: queues, lanes and the egress choice all consult the
+same shaping state; what waits for a token already lives in `tokens`.)
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from .settlement import Settlement
 from .stalls import Stalls
 from .tasks import Tasks
 from .throttle import Shaper, Shaping
+from .tokens import RecordToken
 from .work import Work
 
 log = logging.getLogger("mailpipe.relay.engine")
@@ -199,18 +206,28 @@ class Scheduler:
         q = self._queues[domain]
         try:
             while q.items and not self.stopping:
-                # Wait for the rate token before taking a record, so records
-                # stay in the queue (and can be moved away) while they wait.
+                # Wait for the lane's turn before taking a record, so records
+                # stay in the queue (and can be moved away) while they wait, and
+                # a lane starts an attempt only when its token should be free.
+                # The token itself is taken by the transport just before MAIL
+                # FROM (`tokens`): receivers count what arrives.
+                waited = 0.0
                 if shaper.bucket is not None:
-                    wait = shaper.bucket.reserve(self.clock.monotonic())
-                    if wait > 0:
-                        self.metrics.throttle_wait.labels(domain).observe(wait)
-                        await self._wait_for_token(wait)
+                    now = self.clock.monotonic()
+                    waited = shaper.bucket.turn(now) - now
+                    if waited > 0:
+                        await self._wait_for_token(waited)
                         if self.stopping:
                             return
                 if not q.items:
                     break  # moved away while we waited
                 work = q.items.popleft()
+                work.token = RecordToken(
+                    shaper.bucket,
+                    self.clock,
+                    self._observe_wait(domain, waited),
+                    self._wait_for_token,
+                )
                 try:
                     await self._attempt(work)
                 except Exception as exc:
@@ -227,9 +244,19 @@ class Scheduler:
                 if other in self._queues:
                     self._start_lanes(other)
 
+    def _observe_wait(self, domain: str, turn: float) -> Callable[[float], None]:
+        """The record's wait for its rate: its lane's turn plus its token's wait."""
+
+        def observe(take: float) -> None:
+            if turn + take > 0:
+                self.metrics.throttle_wait.labels(domain).observe(turn + take)
+
+        return observe
+
     async def _wait_for_token(self, seconds: float) -> None:
-        """A lane waiting for its token holds no connection and may be cancelled
-        on shutdown; its record stays unfinished."""
+        """A lane waiting for its turn (no connection held) or for its record's
+        token (before any MAIL FROM of the record) may be cancelled on shutdown;
+        its record stays unfinished."""
         task = asyncio.current_task()
         assert task is not None
         self._waiting_lanes.add(task)
@@ -255,7 +282,15 @@ class Scheduler:
         return Egress(ip, next(e.helo for e in self.config.egress if e.address == ip))
 
     def count_sent(self, egress: Egress, domain: str, count: int, now: float) -> None:
+        """Spend `count` of the IP's warm-up budget before the attempt, so two
+        lanes cannot both take its last message; `not_sent` gives it back."""
         self.ledger.record(egress.address, domain, count, now)
+
+    def not_sent(self, egress: Egress, domain: str, count: int, now: float) -> None:
+        """The attempt wrote no MAIL FROM (no connection, refused at greeting):
+        nothing arrived, so the warm-up budget counts it as not sent, by the
+        same rule as the rate token (`tokens`)."""
+        self.ledger.unrecord(egress.address, domain, count, now)
 
     def settled(self, egress: Egress, domain: str, settlement: Settlement) -> None:
         """What an attempt taught about the IP: rest it for the domain once per reply

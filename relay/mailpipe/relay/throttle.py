@@ -23,19 +23,51 @@ BACKOFF_MAX_SECONDS = 15 * 60.0
 class TokenBucket:
     """Messages per minute with a burst of one: sends are spaced, never bunched.
 
-    A burst of one keeps the rate honest over any window a receiver measures;
-    `reserve()` returns how long the caller must wait for its token, and takes
-    it, so concurrent callers queue fairly.
+    What is counted is what a receiver counts: a transaction arriving. So the
+    token that lets a message go is taken (`take`) just before its MAIL FROM,
+    on a connection already greeted, and only when it is free *at that moment*:
+    two tokens are always at least one interval apart on the clock that took
+    them, so any window of 60 s holds at most `messages_per_minute` MAIL FROMs
+    as sent (invariant 3, ARCHITECTURE.md), however late a waiter wakes. A
+    token whose MAIL FROM was not written after all is given back (`give_back`).
+
+    Opening a connection takes seconds (connect, greeting, EHLO, STARTTLS), so
+    lanes are also paced *before* they start an attempt (`turn`): a lane starts
+    when its token should be free by then, rather than holding a greeted
+    connection idle while it waits. Turns are advice only; they never run ahead
+    of the tokens actually taken. Pure: times are passed in.
     """
 
     def __init__(self, messages_per_minute: float, now: float) -> None:
         self.interval = 60.0 / messages_per_minute
-        self._next_free = now
+        self._next_free = now  # earliest time of the next token
+        self._next_turn = now  # earliest start of the next lane's attempt
+        self._last: float | None = None  # when the last token was taken
 
-    def reserve(self, now: float) -> float:
-        start = max(now, self._next_free)
-        self._next_free = start + self.interval
-        return start - now
+    def take(self, now: float) -> float:
+        """Take the token if it is free at `now` (0.0), or how long until it is
+        (nothing taken: the caller waits and asks again, so a waiter that wakes
+        late never sends closer than one interval to the token before)."""
+        if now < self._next_free:
+            return self._next_free - now
+        self._next_free = now + self.interval
+        self._last = now
+        return 0.0
+
+    def give_back(self, at: float) -> None:
+        """The token taken at `at` was not used (no MAIL FROM written). If no token
+        was taken after it, its slot is free again; otherwise it stays spent,
+        which only ever sends less than the rate."""
+        if self._last == at:
+            self._next_free = at
+            self._last = None
+
+    def turn(self, now: float) -> float:
+        """When a lane may start its next attempt: paced at the rate, never before
+        the next free token. Takes nothing."""
+        at = max(now, self._next_turn, self._next_free)
+        self._next_turn = at + self.interval
+        return at
 
 
 @dataclass

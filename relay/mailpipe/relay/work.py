@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from mailpipe.contracts.wire import DeliveryRecord
 
 from .ports import SourceRecord
+from .tokens import RecordToken
 
 
 @dataclass
@@ -19,6 +20,9 @@ class Work:
     record: DeliveryRecord
     gen: int  # the offset tracker's ownership generation of src's partition (see offsets)
     message: bytes | None = None  # built once, at the first attempt that has an egress IP
+    # Its rate token for the current attempt, handed out by its lane (`scheduling`)
+    # and taken by the transport just before MAIL FROM (`tokens`).
+    token: RecordToken | None = None
     domain: str = field(init=False)  # the record's, computed once: every step asks for it
 
     def __post_init__(self) -> None:

@@ -257,3 +257,63 @@ def test_a_fixed_failed_campaign_resumes_without_sending_anyone_twice(
     assert failed[0]["status"] == "False", failed
     described = kubectl(cli_env, "describe", "camp", "fix", "-n", namespace).stdout
     assert "FanoutResumed" in described
+
+
+def _audience_cm(namespace: str, csv: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "aud", "namespace": namespace},
+        "data": {"audience.csv": csv},
+    }
+
+
+def test_fixing_the_audience_configmap_is_enough_to_resume(
+    ready_operator: OperatorProcess,
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    """Before, a campaign Failed on its audience ConfigMap (missing, or a bad row)
+    stayed Failed after the ConfigMap was created or fixed, until its spec was
+    edited too: the fan-out is re-armed on Campaign changes only."""
+    op = ready_operator
+    camp = _campaign(
+        "cmfix", namespace, subject="Hello {{ first }}", audience={"configMapRef": {"name": "aud"}}
+    )
+    assert _apply(cli_env, camp).returncode == 0
+
+    def fanout() -> dict[str, Any]:
+        return dict(_status(cli_env, "cmfix", namespace).get("fanout", {}))
+
+    wait_for(lambda: fanout().get("state") == "failed", 60, "Failed: no ConfigMap", op)
+    assert "audience ConfigMap aud not found" in fanout()["message"]
+
+    rows = [f"u{i}@d{i % 7}.test,{'' if i == 201 else f'U{i}'}\n" for i in range(1, 301)]
+    assert (
+        _apply(cli_env, _audience_cm(namespace, "address,first\n" + "".join(rows))).returncode == 0
+    )
+    wait_for(
+        lambda: "line 202" in str(fanout().get("message")),
+        60,
+        "checked again once the ConfigMap exists: Failed on its bad row",
+        op,
+    )
+    uid = _uid(cli_env, "cmfix", namespace)
+    assert _outbound(kafka_bootstrap, f"{topic_prefix}.outbound", uid) == []
+
+    rows[200] = "u201@d5.test,U201\n"
+    assert (
+        _apply(cli_env, _audience_cm(namespace, "address,first\n" + "".join(rows))).returncode == 0
+    )
+    wait_for(
+        lambda: fanout().get("state") == "done", 60, "fan-out done after the row was fixed", op
+    )
+    records = _outbound(kafka_bootstrap, f"{topic_prefix}.outbound", uid)
+    addresses = Counter(r["recipients"][0]["address"] for r in records)
+    assert len(addresses) == 300 and max(addresses.values()) == 1
+    status = _status(cli_env, "cmfix", namespace)
+    assert status["observedGeneration"] == 1  # no spec edit was needed
+    described = kubectl(cli_env, "describe", "camp", "cmfix", "-n", namespace).stdout
+    assert "AudienceChanged" in described

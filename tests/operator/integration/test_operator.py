@@ -376,3 +376,63 @@ def test_suspend_and_delete_reach_the_relays_control_topic(
     wait_for(
         lambda: _controls(kafka_bootstrap, key)[-1:] == ["cancelled"], 60, "cancelled published", op
     )
+
+
+def test_an_audience_edited_mid_fanout_is_never_resumed_by_position(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    """The fan-out resumes by audience index. Before, a row inserted at the top of
+    the ConfigMap while the operator was down shifted every index: the restarted
+    fan-out skipped the new first rows' people and mailed the one before its
+    resume point twice. Now the resume is refused (Failed, AudienceChanged) and
+    restoring the ConfigMap lets it finish, everyone exactly once."""
+    n = 3000
+    op = operator_factory(MAILPIPE_FANOUT_CHUNK="100")
+    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
+    original = "address\n" + "".join(f"u{i}@d{i % 13}.test\n" for i in range(n))
+
+    def apply_audience(csv: str) -> None:
+        cm = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "aud", "namespace": namespace},
+            "data": {"audience.csv": csv},
+        }
+        assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(cm)).returncode == 0
+
+    apply_audience(original)
+    body = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "Campaign",
+        "metadata": {"name": "shift", "namespace": namespace},
+        "spec": _with(GOOD_CAMPAIGN, "audience", {"configMapRef": {"name": "aud"}}),
+    }
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+
+    def fanout() -> dict[str, Any]:
+        status: dict[str, Any] = (get(cli_env, "camp", "shift", namespace) or {}).get("status", {})
+        return dict(status.get("fanout", {}))
+
+    wait_for(lambda: fanout().get("nextIndex", 0) >= 500, 120, "fan-out under way", op)
+    op.kill()
+    assert fanout().get("state") == "running", fanout()
+    apply_audience("address\nnew0@x.test\nnew1@x.test\n" + original.split("\n", 1)[1])
+    op2 = operator_factory(MAILPIPE_FANOUT_CHUNK="100")
+    wait_for(lambda: fanout().get("state") == "failed", 120, "resume refused", op2)
+    assert fanout()["reason"] == "AudienceChanged", fanout()
+    assert "audience changed after the fan-out began" in fanout()["message"]
+
+    apply_audience(original)
+    wait_for(lambda: fanout().get("state") == "done", 180, "fan-out done once restored", op2)
+    uid = (get(cli_env, "camp", "shift", namespace) or {})["metadata"]["uid"]
+    values = [
+        json.loads(v) for _, v in read_topic(kafka_bootstrap, f"{topic_prefix}.outbound") if v
+    ]
+    mine = [r for r in values if r["id"].startswith(uid)]
+    addresses = Counter(r["recipients"][0]["address"] for r in mine)
+    assert len(addresses) == n and max(addresses.values()) == 1, addresses.most_common(3)
+    assert not any(a.startswith("new") for a in addresses)

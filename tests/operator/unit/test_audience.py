@@ -154,3 +154,28 @@ def test_every_iana_zone_name_is_accepted() -> None:
         except ValueError:
             refused.append(name)
     assert refused == []
+
+
+def test_the_digest_names_the_list_the_fanout_indexes() -> None:
+    """A resumed fan-out skips by position, so it may only resume over the same list:
+    the digest changes with a row inserted, reordered or with other merge data,
+    and not with what normalisation removes (case of the domain, a duplicate)."""
+
+    def digest(*rows: str) -> str:
+        return prepare_audience(
+            spec(audience=inline(*rows)), None, campaign="ns/c", uid="u", now=NOW
+        ).digest()
+
+    base = digest("a@x.test", "b@x.test")
+    assert digest("a@x.test", "b@x.test") == base
+    assert digest("a@X.TEST", "b@x.test", "A@x.test") == base
+    assert digest("new@x.test", "a@x.test", "b@x.test") != base
+    assert digest("b@x.test", "a@x.test") != base
+    changed = prepare_audience(
+        spec(audience={"inline": [{"address": "a@x.test", "merge": {"first": "A"}}]}),
+        None,
+        campaign="ns/c",
+        uid="u",
+        now=NOW,
+    )
+    assert changed.digest() != digest("a@x.test")

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from mailpipe.relay.offsets import OffsetTracker
 from mailpipe.relay.ports import Envelope, TopicPartition, TransactionResult
 from mailpipe.relay.throttle import BACKOFF_FIRST_SECONDS, Shaping, TokenBucket
@@ -11,9 +13,13 @@ from .conftest import Harness, make_config, record_bytes
 
 def test_token_bucket_spaces_sends_at_the_rate() -> None:
     bucket = TokenBucket(60, now=0.0)
-    waits = [bucket.reserve(0.0) for _ in range(5)]
-    assert waits == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert bucket.reserve(10.0) == 0.0  # idle time does not bank a burst
+    assert bucket.take(0.0) == 0.0  # taken
+    assert bucket.take(0.0) == 1.0  # not taken: free in 1 s, ask again then
+    assert bucket.take(0.5) == 0.5
+    assert bucket.take(1.3) == 0.0  # a waiter waking late takes it late ...
+    assert bucket.take(2.0) == pytest.approx(0.3)  # ... and the next an interval after that
+    assert bucket.take(10.0) == 0.0
+    assert bucket.take(10.0) == 1.0  # idle time does not bank a burst
 
 
 def test_backoff_doubles_while_repeating() -> None:

@@ -11,7 +11,9 @@ status (ARCHITECTURE.md, control plane):
 - `relays`: the world a pool depends on (its relay Deployment watched, the
   Secrets it references re-read), so its status and relays follow it;
 - `scale`: the pool's status.replicas and status.selector (scale subresource)
-  from its relay Deployment;
+  from its relay Deployment, and a refused pool's relays held at 0;
+- `policy`: the mounted cluster policy re-read while running; a change
+  re-checks every pool;
 - `status`: conditions; `context`: the operator state in kopf's memo, `get_pool`.
 
 This module holds the operator-wide startup and cleanup: kopf settings, and
@@ -30,10 +32,10 @@ import kopf
 from .. import kafka_io, tenancy
 from ..cluster_policy import POLICY_MEMO_KEY
 from ..models import GROUP
-from . import campaign, fanout, pool, relays, scale, warmup
+from . import campaign, fanout, policy, pool, relays, scale, warmup
 from .context import MEMO_KEY, OperatorState, operator_state
 
-__all__ = ["campaign", "fanout", "pool", "relays", "scale", "warmup"]
+__all__ = ["campaign", "fanout", "policy", "pool", "relays", "scale", "warmup"]
 
 # Re-list every 5 min: a watch that silently stopped delivering events (load
 # balancers drop idle streams) is replaced within that time.
@@ -78,6 +80,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     state = operator_state(memo)
+    await policy.stop(state)
     # In threads: stopping readers and closing clients waits on sockets.
     await asyncio.to_thread(state.hub.stop)
     await asyncio.to_thread(state.producers.close)

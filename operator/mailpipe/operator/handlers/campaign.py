@@ -22,9 +22,15 @@ from pydantic import ValidationError
 
 from mailpipe.contracts.wire import CampaignControl, CampaignState, encode
 
-from .. import kafka_io
+from .. import kafka_io, kube_io
 from ..models import GROUP, VERSION
-from ..progress import CampaignPhase, FanoutCheckpoint, FanoutState, campaign_phase
+from ..progress import (
+    CampaignPhase,
+    FanoutCheckpoint,
+    FanoutState,
+    audience_fix_pending,
+    campaign_phase,
+)
 from ..validation import (
     EDIT_REFUSED,
     edit_refused_message,
@@ -62,6 +68,10 @@ async def campaign_status(
             state.hub.follow(pool.bootstrap, pool.topics.events, state.tally.observe)
             memo[EVENTS_FOLLOWED] = True
     fanout = FanoutCheckpoint.from_status(status)
+    rearmed = await _rearm_if_audience_fixed(namespace, dict(spec), fanout, body)
+    if rearmed is not None:
+        patch.status["fanout"] = rearmed.patch()
+        fanout = FanoutCheckpoint.from_status({"fanout": fanout.patch() | rearmed.patch()})
     counts = state.tally.counts(key)
     counts["suppressed"] += fanout.suppressed_before_send
     counts["total"] = fanout.total
@@ -122,6 +132,35 @@ async def campaign_status(
     for k, v in new.items():
         if status.get(k) != v:
             patch.status[k] = v
+
+
+async def _rearm_if_audience_fixed(
+    namespace: str, spec: dict[str, Any], fanout: FanoutCheckpoint, body: Any
+) -> FanoutCheckpoint | None:
+    """The checkpoint patch that lets the fan-out try again, when it Failed on
+    its audience ConfigMap and that ConfigMap changed since; else None.
+
+    The fan-out daemon is spawned on status (`progress.fanout_wanted`), and a
+    ConfigMap edit is no Campaign event: without this, fixing the bad row (or
+    creating the missing ConfigMap) left the campaign Failed until its spec
+    was edited too."""
+    if fanout.state is not FanoutState.FAILED or fanout.audience_version is None:
+        return None
+    ref = (spec.get("audience") or {}).get("configMapRef") or {}
+    if not ref.get("name"):
+        return None
+    version = await asyncio.to_thread(kube_io.configmap_version, namespace, str(ref["name"]))
+    if not audience_fix_pending(fanout, version):
+        return None
+    message = f"audience ConfigMap {ref['name']} changed: checking the audience again"
+    kopf.info(body, reason="AudienceChanged", message=message)
+    return FanoutCheckpoint(
+        state=FanoutState.WAITING_FOR_POOL,
+        message=message,
+        reason=None,
+        audience_version=None,
+        generation=fanout.generation,
+    )
 
 
 def _publish_state(

@@ -53,6 +53,11 @@ class OperatorState:
     policy: ClusterPolicy = field(default_factory=ClusterPolicy)
     """The platform's cluster policy (`mailpipe operator --policy`); restrictive
     by default so a wiring slip fails closed."""
+    pools: set[str] = field(default_factory=set)
+    """Every pool (`namespace/name`) this operator watches: those a cluster
+    policy change re-checks (`handlers.policy`)."""
+    policy_task: asyncio.Task[None] | None = None
+    """The task re-reading the mounted policy file (`handlers.policy`), if any."""
     pool_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     """One lock per pool (`namespace/name`): its reconciles (spec, Deployment, Secret
     events) read the world and patch status one at a time, so none overwrites a

@@ -16,6 +16,11 @@ fan-out is done or failed; the status timer in `handlers.campaign` takes over.
 A Failed campaign whose spec is then edited (a new generation) gets a new
 daemon (kopf's `when` filter, `progress.fanout_wanted`), which resumes from
 the checkpoint: indices already produced are skipped, as after a restart.
+A failure the audience ConfigMap can fix (a bad row, a missing ConfigMap or
+key) records the ConfigMap's resourceVersion; once it changes, the status
+timer re-arms the fan-out, so fixing the ConfigMap is enough. Resuming skips
+by position, so it is refused (Failed, AudienceChanged) when the audience is
+no longer the list the fan-out began with (`FanoutCheckpoint.audience_digest`).
 Every checkpoint carries the generation it acted on (status.observedGeneration).
 """
 
@@ -136,6 +141,7 @@ def fanout(
                 message=str(exc),
                 reason=exc.reason.value,
                 generation=generation,
+                audience_version=_audience_version(namespace, spec, exc.reason),
             )
             _write(namespace, name, failed)
             kopf.warn(body, reason="FanoutFailed", message=f"{exc.reason.value}: {exc}")
@@ -145,6 +151,15 @@ def fanout(
             stopped.wait(KAFKA_BACKOFF_SECONDS)
             continue
         return
+
+
+def _audience_version(namespace: str, spec: Any, reason: camp.FailReason) -> str | None:
+    """The audience ConfigMap's version when the failure can be fixed there (see
+    `progress.audience_fix_pending`), else None."""
+    ref = (spec.get("audience") or {}).get("configMapRef") or {}
+    if not reason.fixed_in_audience or not ref.get("name"):
+        return None
+    return kube_io.configmap_version(namespace, str(ref["name"]))
 
 
 def _run_fanout(
@@ -174,6 +189,17 @@ def _run_fanout(
     prepared = render_check.check_audience(spec_raw, cm_data, key, uid, time.time(), stopped)
     if prepared is None:
         return  # stopped while the audience was being checked
+    digest = prepared.digest()
+    begun = checkpoint.next_index > 0 or checkpoint.offsets is not None
+    if begun and checkpoint.audience_digest not in (None, digest):
+        raise camp.CampaignError(
+            f"the audience changed after the fan-out began ({checkpoint.enqueued} of "
+            f"{checkpoint.total} recipients produced): resuming by position would skip "
+            "some people and mail others twice. Restore the audience as it was (the "
+            "campaign then resumes by itself), or send the changed audience as a new "
+            "Campaign",
+            camp.FailReason.AUDIENCE_CHANGED,
+        )
     kube_io.patch_status("campaigns", namespace, name, {"audience": prepared.summary()})
     audience = prepared.recipients
     renderer = camp.Renderer(spec, key, seconds=FANOUT_RENDER_SECONDS)
@@ -204,6 +230,7 @@ def _run_fanout(
                 suppressed_before_send=pre_suppressed,
                 total=total,
                 started_at=started_at,
+                audience_digest=digest,
                 message=None,  # a resumed campaign's failure message goes
                 reason=None,
                 generation=generation,
@@ -236,6 +263,7 @@ def _run_fanout(
             suppressed_before_send=pre_suppressed,
             total=total,
             started_at=started_at,
+            audience_digest=digest,
             message=None,
             reason=None,
             generation=generation,

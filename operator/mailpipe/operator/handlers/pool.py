@@ -7,9 +7,18 @@ Warning Event), render the children with the pure builders in
 `mailpipe.operator.pool` (ConfigMap, Deployment, Service, PDB), apply them
 (again when the live Deployment drifted), create the pool's topics, then
 derive the conditions from what was seen (`status.pool_conditions`: Ready only
-with relays available). delete removes the children and the pool's own topics
-(unless `spec.kafka.deletionPolicy: Retain`). Per-IP warm-up status is
+with relays available). A pool refused by its tenant's bounds (`tenancy`: the
+cluster policy, topics outside its namespace) runs no relay: a relay
+Deployment it already has is scaled to 0 and kept (`RelaysStopped`,
+`scale.stop_relays`), so the relays come back with the same spec when the pool
+or the policy changes; its records wait on Kafka (ARCHITECTURE.md, invariant
+31). delete removes the children and the pool's own topics (unless
+`spec.kafka.deletionPolicy: Retain`). Per-IP warm-up status is
 `handlers/warmup.py`'s (it only reads).
+
+Over 300 lines because one reconcile is one story: its read of the world, the
+blocked path and the rollout share the `_Seen` bookkeeping and the status
+patch; deletion, the other story, is at the end.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ from ..pool import (
 )
 from ..validation import Problem
 from .context import DELETE_GIVE_UP_SECONDS, OperatorState, operator_state, parse_pool_spec
-from .status import Relays, find, merge_conditions, pool_conditions
+from .scale import Stopped, stop_relays
+from .status import Relays, condition, find, merge_conditions, pool_conditions
 
 log = logging.getLogger("mailpipe.operator")
 
@@ -49,6 +59,7 @@ KAFKA_RETRY_SECONDS = 15  # a broker that refuses topic creation is retried at t
 # Replaced by Reconciling/Stalled (kstatus); dropped from pools written before.
 LEGACY_CONDITIONS = ("Progressing", "Degraded")
 DRIFT_PATHS_SHOWN = 3  # an Event names a few drifted fields, not a whole template
+RELAYS_STOPPED = "RelaysStopped"  # a refused pool's relays held at 0 (Event and condition reason)
 
 
 @kopf.on.create(GROUP, VERSION, "sendingpools")
@@ -83,6 +94,7 @@ class _Seen:
     written: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
     topics_created: list[str] = field(default_factory=list)
+    stopped_from: int | None = None  # replicas of the relays this reconcile scaled to 0
 
 
 async def reconcile(
@@ -110,6 +122,14 @@ async def reconcile(
         kopf.info(body, reason="Applied", message=message)
     if seen.topics_created:
         kopf.info(body, reason="TopicsCreated", message=", ".join(seen.topics_created))
+    if seen.stopped_from is not None:
+        refused = find(seen.status.get("conditions"), "Ready") or {}
+        kopf.warn(
+            body,
+            reason=RELAYS_STOPPED,
+            message=f"relays scaled from {seen.stopped_from} to 0: the pool is refused "
+            f"({refused.get('reason')}); its records wait on Kafka until it is allowed",
+        )
     old_ready = find(body.get("status", {}).get("conditions"), "Ready") or {}
     new_ready = find(seen.status.get("conditions"), "Ready") or {}
     changed = (old_ready.get("reason"), old_ready.get("message")) != (
@@ -139,9 +159,11 @@ def _reconcile_blocking(
         return None  # a new spec: its own (kopf) reconcile is coming and creates topics first
     ref = PoolRef(name, namespace, meta["uid"])
     spec, problems = validation.check_spec(obj.get("spec") or {})
+    refused: list[Problem] = []
     if spec is not None:
         # another tenant's topics, or what the cluster policy does not allow
-        problems += tenancy.problems(namespace, name, spec, policy)
+        refused = tenancy.problems(namespace, name, spec, policy)
+        problems += refused
     secrets: dict[str, dict[str, str] | None] = {}
     if spec is not None:
         refs = validation.secret_refs(spec)
@@ -155,7 +177,17 @@ def _reconcile_blocking(
     old = [c for c in status.get("conditions") or [] if c.get("type") not in LEGACY_CONDITIONS]
     digest = secrets_hash(secrets) if secrets else None
     if spec is None or problems:
-        return _blocked(obj, ref, old, status, generation, digest, problems)
+        # A refused pool runs no relay, whatever it ran before: the policy may
+        # have been tightened under relays that were allowed (invariant 31).
+        stopped = None
+        if refused:
+            try:
+                stopped = stop_relays(ref)
+            except ApiException as exc:
+                if exc.status != HTTPStatus.FORBIDDEN:
+                    raise
+                problems.append(validation.forbidden_write_problem(namespace, ref.child_name))
+        return _blocked(obj, ref, old, status, generation, digest, problems, stopped)
     text, children = build_children(ref, spec, digest)
     seen = _Seen(obj, Outcome(ref, spec))
     live = kube_io.read_deployment(ref)
@@ -223,11 +255,21 @@ def _blocked(
     generation: int | None,
     digest: str | None,
     problems: list[validation.Problem],
+    stopped: Stopped | None = None,
 ) -> _Seen:
-    """Report `problems` as the pool's conditions; nothing (more) is applied."""
+    """Report `problems` as the pool's conditions; nothing (more) is applied.
+
+    `stopped`: the pool is refused and its relays were held at 0 (`scale.stop_relays`)."""
     conditions = pool_conditions(generation, problems, None, None)
     seen = _Seen(obj, Outcome(ref, None))
+    if stopped is not None:
+        why = "the pool is refused: relays scaled to 0, records wait on Kafka"
+        held = condition("RelaysAvailable", False, RELAYS_STOPPED, why, generation)
+        conditions = [held if c["type"] == "RelaysAvailable" else c for c in conditions]
+        seen.stopped_from = stopped.scaled_from
     seen.status = {"conditions": merge_conditions(old, conditions), "secretsHash": digest}
+    if stopped is not None:
+        seen.status["relays"] = {"desired": 0, "available": stopped.available}
     _patch(seen, status, generation)
     return seen
 

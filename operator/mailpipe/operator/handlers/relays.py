@@ -4,7 +4,8 @@ A pool's status must follow its relays (a crash, a recovery, a manual
 `kubectl scale`) and the Secrets it references (a DKIM Secret created late, or
 rotated), not only its own spec. Each change here re-runs the pool's
 `reconcile` (`handlers.pool`), which reads the Deployment's status into the
-conditions, applies back a drifted Deployment, and rolls the relays when the
+conditions, applies back a drifted Deployment (or holds a refused pool's at 0
+replicas: a manual scale of it is undone), and rolls the relays when the
 data of a referenced Secret changed (its hash is in the pod template).
 
 Deployments are watched by the operator's labels, so only relay Deployments
@@ -26,7 +27,7 @@ from ..models import GROUP, VERSION
 from ..pool import MANAGED_BY, secrets_hash
 from ..validation import secret_names
 from . import pool
-from .context import operator_state
+from .context import OperatorState, operator_state
 
 log = logging.getLogger("mailpipe.operator")
 
@@ -37,14 +38,22 @@ POOL_LABEL = "mailpipe.io/pool"
 SECRETS_RECHECK_SECONDS = 10.0
 
 
-async def _sync(memo: kopf.Memo, namespace: str, name: str) -> None:
-    """Reconcile the pool from the world; retry while its Kafka cannot be reached."""
-    state = operator_state(memo)
+async def sync(
+    state: OperatorState, namespace: str, name: str, *, ensure_topics: bool = False
+) -> None:
+    """Reconcile the pool from the world; retry while its Kafka cannot be reached.
+
+    `ensure_topics`: render and apply everything, as for a spec change (a
+    cluster policy change that allows a pool never rolled out: `handlers.policy`)."""
     while True:
-        outcome = await pool.reconcile(state, namespace, name, ensure_topics=False)
+        outcome = await pool.reconcile(state, namespace, name, ensure_topics=ensure_topics)
         if outcome.kafka is None:
             return
         await asyncio.sleep(pool.KAFKA_RETRY_SECONDS)
+
+
+async def _sync(memo: kopf.Memo, namespace: str, name: str) -> None:
+    await sync(operator_state(memo), namespace, name)
 
 
 @kopf.on.event(

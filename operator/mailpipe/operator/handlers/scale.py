@@ -6,19 +6,29 @@ it out to the relay Deployment. What the scale subresource reads back
 (`status.replicas`, `status.selector`, for kubectl and an HPA) is the relay
 Deployment's own, so this handler copies them onto the owning pool whenever
 the Deployment changes.
+
+It also holds a refused pool's relays at 0 (`stop_relays`, called by the pool
+reconcile): a pool its tenant's bounds refuse (the cluster policy, tightened
+under running relays) keeps its Deployment, scaled to 0, so nothing sends and
+the same relays come back when it is allowed. Every writer of the scale goes
+through the pool reconcile, so none fights another: `kubectl scale sp` sets
+spec.replicas, which a refused pool does not roll out; a manual `kubectl
+scale` of the Deployment is an event that reconciles the pool, which puts it
+back (to 0 for a refused pool, to spec.replicas otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
 from .. import kube_io
-from ..pool import MANAGED_BY
+from ..pool import MANAGED_BY, PoolRef
 
 
 def selector_text(match_labels: Mapping[str, str]) -> str:
@@ -34,6 +44,34 @@ def scale_status(deployment: Mapping[str, Any]) -> dict[str, Any]:
         "replicas": int(deployment.get("status", {}).get("replicas") or 0),
         "selector": selector_text(labels),
     }
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A refused pool's relay Deployment, held at 0 replicas."""
+
+    scaled_from: int | None  # its replicas when it was scaled down just now; None: was 0
+    available: int  # relays its controller still reports available (terminating)
+
+
+def running_replicas(deployment: Mapping[str, Any] | None) -> int:
+    """The replicas a live relay Deployment asks for (0 when there is none)."""
+    if deployment is None:
+        return 0
+    replicas = (deployment.get("spec") or {}).get("replicas")
+    return 1 if replicas is None else int(replicas)  # the API's default is 1
+
+
+def stop_relays(ref: PoolRef) -> Stopped | None:
+    """Hold the pool's relay Deployment at 0 replicas; None when it has none. Blocking."""
+    live = kube_io.read_deployment(ref)
+    if live is None:
+        return None  # never rolled out: nothing runs
+    replicas = running_replicas(live)
+    if replicas:
+        kube_io.scale_deployment(ref, 0)
+    available = int((live.get("status") or {}).get("availableReplicas") or 0)
+    return Stopped(replicas or None, available)
 
 
 def owning_pool(meta: Mapping[str, Any]) -> str | None:

@@ -16,6 +16,10 @@ refusal or the final reply. A connection lost before the message was sent
 is `ConnectionLost(body_sent=False)` (safe to retry on another connection);
 after, the message may have been delivered (`body_sent=True`).
 
+The record's rate token is taken here, on the greeted connection, just
+before MAIL FROM is written (pipelined or not), so what arrives at the
+receiver keeps the destination's rate (`tokens`, invariant 3).
+
 Every reply waited for has its own RFC 5321 4.5.3.2 timeout, named by its
 stage (`SMTPTimeouts`: MAIL, each RCPT, DATA initiation, each block of the
 message written, DATA termination), also when pipelined; a stage that times
@@ -38,7 +42,7 @@ from mailpipe.contracts.errors import TemporaryError
 
 from ..addresses import smtp_address
 from ..classify import reply
-from ..ports import SMTPReply, Stage
+from ..ports import RateGate, SMTPReply, Stage
 from .replies import ReplyError, ReplyParser
 
 QUIT_TIMEOUT_SECONDS = 5.0
@@ -224,9 +228,14 @@ class Session:
             self.protocol.deadline = None
 
     async def transaction(
-        self, sender: str, recipients: tuple[str, ...], message: bytes
+        self,
+        sender: str,
+        recipients: tuple[str, ...],
+        message: bytes,
+        gate: RateGate | None = None,
     ) -> tuple[dict[str, SMTPReply], dict[str, Stage]]:
-        """Send `message` to `recipients`; every recipient's deciding reply and its stage."""
+        """Send `message` to `recipients`; every recipient's deciding reply and its stage.
+        `gate` (the record's rate token) is taken right before MAIL FROM is written."""
         self.sent += 1
         # Domains go as A-labels, so only a non-ASCII local part needs SMTPUTF8
         # (RFC 6531 3.2): u@bücher.test is RCPT TO:<u@xn--bcher-kva.test>.
@@ -247,6 +256,8 @@ class Session:
         mail = ("no reply to MAIL", "mail", t.mail_seconds)
         rcpt = ("no reply to RCPT", "rcpt", t.rcpt_seconds)
         data = ("no reply to DATA", "data initiation", t.data_init_seconds)
+        if gate is not None:
+            await self._take_token(gate)
 
         data_reply: SMTPReply | None
         if self.pipelining:
@@ -296,6 +307,15 @@ class Session:
             await self._rset()
         self.last_used = time.monotonic()
         return result, stages
+
+    async def _take_token(self, gate: RateGate) -> None:
+        """The rate token, on this greeted connection, as late as it can be taken:
+        receivers count the MAIL FROMs that arrive (invariant 3). A connection
+        that closed while it waited gives the token back, nothing written."""
+        await gate.before_mail()
+        if not self.is_open:
+            gate.unused()
+            raise ConnectionLost(f"{self.host}: connection closed while waiting for the rate token")
 
     def _refuse(self, message: bytes, needs_utf8: bool) -> SMTPReply | None:
         """Replies we can give without asking: what the server said it cannot take."""

@@ -29,6 +29,16 @@ connection then becomes a `session.Session`, which runs the transactions
 A pooled connection found dead before the message went out is replaced by a
 fresh one and the transaction tried again; once the message was sent, a lost
 connection is a deferral (it may have arrived: at-least-once, never lost).
+
+The record's rate token (`Envelope.gate`) is taken by the session on the
+greeted connection, right before MAIL FROM (invariant 3): nothing here takes
+it, so connect, greeting, EHLO and STARTTLS never spend a token, and a failure
+before MAIL FROM leaves it untouched. The stale-connection retry renews it:
+the first MAIL FROM may have arrived, so the retry takes its own.
+
+(Over 300 lines: opening connections and mapping every way they fail to a
+reply with its stage are one boundary; split, each half would re-raise the
+other's exceptions.)
 """
 
 from __future__ import annotations
@@ -181,14 +191,18 @@ class SMTPTransport:
                     break
                 try:
                     replies, stages = await conn.transaction(
-                        envelope.sender, rcpts, envelope.message
+                        envelope.sender, rcpts, envelope.message, envelope.gate
                     )
                 except asyncio.CancelledError:
                     conn.close()  # cut mid-transaction (tarpit budget, shutdown): never pooled
                     raise
                 except ConnectionLost as exc:
                     if reused and not exc.body_sent:
-                        continue  # a stale pooled connection: try once more on a new one
+                        # A stale pooled connection: try once more on a new one. Its
+                        # MAIL FROM may have arrived, so the retry takes a new token.
+                        if envelope.gate is not None:
+                            envelope.gate.renew()
+                        continue
                     lost = reply(451, f"4.4.2 {exc}")  # the text names the host already
                     return _all(rcpts, lost, Stage.LOST, mx_host=route.name, connected=True)
                 self._release(envelope, route, conn)
