@@ -9,7 +9,9 @@ and ConfigMap volumes (the cluster policy) written to local directories, with
 the arguments that name their mount paths pointed there. They are written as
 the kubelet writes them (`write_configmap_volume`: each key a symlink through
 `..data`, swapped atomically on an update), so a test can change a mounted
-ConfigMap under a running process the way a cluster does.
+ConfigMap under a running process the way a cluster does. Downward-API env
+(`fieldRef` metadata.name/namespace) gets a pod name of its own per process,
+`<deployment>-<n>`, as a ReplicaSet would give each pod.
 
 `report_relays` plays the kubelet and the Deployment controller for the relay
 Deployments the operator writes: in a thread, it reports each one available
@@ -113,9 +115,19 @@ class Kubelet:
         ]
         for mount_path, local in self.mount_configmaps(docs, pod, container).items():
             args = [a.replace(mount_path, str(local)) for a in args]
+        name = f"operator-{len(self.children.started)}"
+        pod_meta = {
+            "metadata.name": f"{dep['metadata']['name']}-{len(self.children.started)}",
+            "metadata.namespace": namespace,
+        }
         env = {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
+        env |= {  # the downward API: the pod's own name (kopf's peer identity) and namespace
+            v["name"]: pod_meta[v["valueFrom"]["fieldRef"]["fieldPath"]]
+            for v in container.get("env", [])
+            if "fieldRef" in v.get("valueFrom", {})
+        }
         return self.children.mailpipe(
-            f"operator-{len(self.children.started)}",
+            name,
             args,
             {**self.env, **env, "KUBECONFIG": str(kubeconfig)},
         )

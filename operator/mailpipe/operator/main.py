@@ -5,7 +5,19 @@ work safely (kopf's peering: the highest-priority live operator handles
 events, the other stands by), which needs the kopf peering CRDs and the
 peering object (the chart installs both with `peering.enabled`). Replicas of
 one Deployment share their arguments, and kopf pauses *every* operator when
-two have the same priority, so without `--priority` each replica draws its own.
+two have the same priority, so without `--priority` each replica derives its
+own from its start time (`seniority_priority`): the earlier replica has the
+higher one, so a replica that starts (a rolling update's new pod) stands by
+and never preempts one that is working; a random tie-break separates two
+that start in the same millisecond.
+
+Hand-over (README, "High availability"): a replica that stops cleanly removes
+itself from the peering object, and the standby resumes within seconds; one
+that dies (SIGKILL, node loss) stops renewing its keep-alive, and the standby
+resumes once that keep-alive is older than `--peering-lifetime` seconds.
+Every peering replica starts paused (kopf pre-activates the pause when
+peering is mandatory) and kopf logs only the changes of that state, so a
+replica that never became active logs no pause at all: `run` says so itself.
 
 `--metrics-port` serves the operator's Prometheus metrics (`metrics`).
 """
@@ -16,12 +28,31 @@ import argparse
 import logging
 import os
 import secrets
+import time
 
 import kopf
 
-# Peering priorities drawn by replicas without --priority: wide enough that two
-# replicas practically never draw the same one (kopf would pause both).
-PRIORITY_SPAN = 2**31
+log = logging.getLogger("mailpipe.operator")
+
+# Seniority priorities: -(start in ms * TIE_SPAN + a random tie-break below
+# TIE_SPAN). Two replicas of the same millisecond draw the same tie-break
+# (kopf would pause both) about once in a million; the values fit the int64 a
+# Kubernetes object holds until the year 2248 (2**63 / 2**20 ms).
+TIE_SPAN = 2**20
+# How long a replica's keep-alive in the peering object stays valid: the
+# longest a crashed active replica holds its standby back. kopf renews it
+# 5-10 s before it expires (kopf/_core/engines/peering.py, keepalive: `lifetime
+# - random.randint(5, 10)`), so under ~15 s the renewals only come more often
+# without a wider margin. kopf's own default is 60 s; 30 s halves the wait.
+PEERING_LIFETIME_SECONDS = 30
+
+
+def seniority_priority(started_ns: int, tie_break: int) -> int:
+    """kopf peering priority of a replica started at `started_ns` (epoch ns):
+    higher for an earlier start; `tie_break` in [0, TIE_SPAN) orders equal starts."""
+    if not 0 <= tie_break < TIE_SPAN:
+        raise ValueError(f"tie_break {tie_break} outside [0, {TIE_SPAN})")
+    return -(started_ns // 1_000_000 * TIE_SPAN + tie_break)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--priority",
         type=int,
         default=None,
-        help="peering priority of this replica (default: drawn at random)",
+        help="peering priority of this replica (default: from its start time, earlier higher)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=int(os.environ.get("MAILPIPE_PEERING_LIFETIME", str(PEERING_LIFETIME_SECONDS))),
+        help="seconds a replica's peering keep-alive stays valid: the longest a crashed"
+        f" active replica holds the standby back (default {PEERING_LIFETIME_SECONDS})",
     )
     parser.add_argument(
         "--policy",
@@ -103,11 +141,25 @@ def run(args: argparse.Namespace) -> int:
         metrics.serve(args.metrics_port, args.listen_address)
     priority = args.priority
     if priority is None:
-        priority = secrets.randbelow(PRIORITY_SPAN) if args.peering else 0
+        priority = (
+            seniority_priority(time.time_ns(), secrets.randbelow(TIE_SPAN)) if args.peering else 0
+        )
     # kopf's health server (aiohttp: async, this one path, 404 elsewhere).
     host = f"[{args.listen_address}]" if ":" in args.listen_address else args.listen_address
     liveness = f"http://{host}:{args.liveness_port}/healthz" if args.liveness_port else None
+    settings = kopf.OperatorSettings()
+    settings.peering.lifetime = args.peering_lifetime
+    if args.peering:
+        log.info(
+            "peering %r as %s, priority %d, keep-alive lifetime %d s: paused until no live"
+            " peer has a higher priority (kopf then logs 'Resuming operations')",
+            args.peering,
+            os.environ.get("POD_ID", "this process"),
+            priority,
+            args.peering_lifetime,
+        )
     kopf.run(
+        settings=settings,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=args.peering is None,

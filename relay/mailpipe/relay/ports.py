@@ -57,7 +57,7 @@ class Revoking:
     relay's commits for them are accepted. The engine holds back new work of
     them, lets what is running finish (bounded), and calls `reply` with what
     may be committed: the source commits it, finished-ahead offsets included,
-    before the relay rejoins (see ARCHITECTURE.md, invariant 33)."""
+    before the relay rejoins (see ARCHITECTURE.md, invariant 34)."""
 
     partitions: tuple[TopicPartition, ...]
     reply: Callable[[dict[TopicPartition, int], dict[TopicPartition, frozenset[int]]], None]
