@@ -211,6 +211,33 @@ def test_pool_children_follow_the_spec_and_go_with_it(
     )
 
 
+def _apply_audience(env: dict[str, str], namespace: str, csv: str) -> None:
+    """The audience ConfigMap "aud" with `csv` as its audience.csv (created or replaced)."""
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "aud", "namespace": namespace},
+        "data": {"audience.csv": csv},
+    }
+    assert kubectl(env, "apply", "-f", "-", stdin=json.dumps(cm)).returncode == 0
+
+
+def _apply_configmap_campaign(env: dict[str, str], namespace: str, name: str, **spec: Any) -> None:
+    """A good Campaign `name` whose audience is the ConfigMap "aud"."""
+    body = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "Campaign",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {**_with(GOOD_CAMPAIGN, "audience", {"configMapRef": {"name": "aud"}}), **spec},
+    }
+    assert kubectl(env, "apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+
+
+def _fanout(env: dict[str, str], name: str, namespace: str) -> dict[str, Any]:
+    status: dict[str, Any] = (get(env, "camp", name, namespace) or {}).get("status", {})
+    return dict(status.get("fanout", {}))
+
+
 def _outbound_ids(bootstrap: str, topic: str, uid: str) -> Counter[str]:
     ids = (json.loads(v)["id"] for _, v in read_topic(bootstrap, topic) if v)
     return Counter(i for i in ids if i.startswith(uid))
@@ -227,26 +254,11 @@ def test_fanout_of_10k_is_exactly_once_across_an_operator_kill(
     op = operator_factory(MAILPIPE_FANOUT_CHUNK="250")
     ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
     csv = "address,first\n" + "".join(f"u{i}@d{i % 13}.test,U{i}\n" for i in range(n))
-    cm = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "aud", "namespace": namespace},
-        "data": {"audience.csv": csv},
-    }
-    assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(cm)).returncode == 0
-    camp = _with(GOOD_CAMPAIGN, "audience", {"configMapRef": {"name": "aud"}})
-    camp["subject"] = "Hello {{ first }}"
-    body = {
-        "apiVersion": "mailpipe.io/v1alpha1",
-        "kind": "Campaign",
-        "metadata": {"name": "big", "namespace": namespace},
-        "spec": camp,
-    }
-    assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+    _apply_audience(cli_env, namespace, csv)
+    _apply_configmap_campaign(cli_env, namespace, "big", subject="Hello {{ first }}")
 
     def fanout() -> dict[str, Any]:
-        status: dict[str, Any] = (get(cli_env, "camp", "big", namespace) or {}).get("status", {})
-        return dict(status.get("fanout", {}))
+        return _fanout(cli_env, "big", namespace)
 
     wait_for(lambda: fanout().get("nextIndex", 0) >= 1000, 120, "fan-out under way", op)
     op.kill()
@@ -396,39 +408,24 @@ def test_an_audience_edited_mid_fanout_is_never_resumed_by_position(
     op = operator_factory(MAILPIPE_FANOUT_CHUNK="100")
     ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
     original = "address\n" + "".join(f"u{i}@d{i % 13}.test\n" for i in range(n))
-
-    def apply_audience(csv: str) -> None:
-        cm = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "aud", "namespace": namespace},
-            "data": {"audience.csv": csv},
-        }
-        assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(cm)).returncode == 0
-
-    apply_audience(original)
-    body = {
-        "apiVersion": "mailpipe.io/v1alpha1",
-        "kind": "Campaign",
-        "metadata": {"name": "shift", "namespace": namespace},
-        "spec": _with(GOOD_CAMPAIGN, "audience", {"configMapRef": {"name": "aud"}}),
-    }
-    assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+    _apply_audience(cli_env, namespace, original)
+    _apply_configmap_campaign(cli_env, namespace, "shift")
 
     def fanout() -> dict[str, Any]:
-        status: dict[str, Any] = (get(cli_env, "camp", "shift", namespace) or {}).get("status", {})
-        return dict(status.get("fanout", {}))
+        return _fanout(cli_env, "shift", namespace)
 
     wait_for(lambda: fanout().get("nextIndex", 0) >= 500, 120, "fan-out under way", op)
     op.kill()
     assert fanout().get("state") == "running", fanout()
-    apply_audience("address\nnew0@x.test\nnew1@x.test\n" + original.split("\n", 1)[1])
+    _apply_audience(
+        cli_env, namespace, "address\nnew0@x.test\nnew1@x.test\n" + original.split("\n", 1)[1]
+    )
     op2 = operator_factory(MAILPIPE_FANOUT_CHUNK="100")
     wait_for(lambda: fanout().get("state") == "failed", 120, "resume refused", op2)
     assert fanout()["reason"] == "AudienceChanged", fanout()
     assert "audience changed after the fan-out began" in fanout()["message"]
 
-    apply_audience(original)
+    _apply_audience(cli_env, namespace, original)
     wait_for(lambda: fanout().get("state") == "done", 180, "fan-out done once restored", op2)
     uid = (get(cli_env, "camp", "shift", namespace) or {})["metadata"]["uid"]
     values = [
@@ -462,24 +459,13 @@ def test_a_frozen_operator_that_wakes_after_a_takeover_stops_producing(
     }
     op = operator_factory(**knobs)
     ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
-    cm = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "aud", "namespace": namespace},
-        "data": {"audience.csv": "address\n" + "".join(f"u{i}@d{i % 13}.test\n" for i in range(n))},
-    }
-    assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(cm)).returncode == 0
-    body = {
-        "apiVersion": "mailpipe.io/v1alpha1",
-        "kind": "Campaign",
-        "metadata": {"name": "split", "namespace": namespace},
-        "spec": _with(GOOD_CAMPAIGN, "audience", {"configMapRef": {"name": "aud"}}),
-    }
-    assert kubectl(cli_env, "apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+    _apply_audience(
+        cli_env, namespace, "address\n" + "".join(f"u{i}@d{i % 13}.test\n" for i in range(n))
+    )
+    _apply_configmap_campaign(cli_env, namespace, "split")
 
     def fanout() -> dict[str, Any]:
-        status: dict[str, Any] = (get(cli_env, "camp", "split", namespace) or {}).get("status", {})
-        return dict(status.get("fanout", {}))
+        return _fanout(cli_env, "split", namespace)
 
     wait_for(lambda: fanout().get("nextIndex", 0) >= 500, 120, "fan-out under way", op)
     os.kill(op.pid, signal.SIGSTOP)
