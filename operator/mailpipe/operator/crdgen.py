@@ -167,8 +167,16 @@ def sendingpool_crd() -> dict[str, Any]:
         columns=[
             _ready_column(),
             {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+            # what runs: 0 for a pool the cluster policy stopped, whatever spec.replicas says
+            {"name": "Available", "type": "integer", "jsonPath": ".status.relays.available"},
             {"name": "IPs", "type": "integer", "jsonPath": ".status.ipCount"},
             {"name": "Warmup", "type": "string", "jsonPath": ".status.warmupSummary"},
+            # why not Ready (PolicyViolation, SecretNotFound, RelaysUnavailable, ...)
+            {
+                "name": "Reason",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+            },
         ],
         status_doc=(
             "Observed state: conditions (Ready, Reconciling, Stalled, RelaysAvailable, "
