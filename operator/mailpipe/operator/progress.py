@@ -120,6 +120,13 @@ def fanout_wanted(status: Mapping[str, Any], generation: int | None) -> bool:
     return checkpoint.state is not FanoutState.DONE
 
 
+def audience_configmap(spec: Mapping[str, Any]) -> str | None:
+    """The name of the ConfigMap a Campaign spec takes its audience from, if any."""
+    ref = (spec.get("audience") or {}).get("configMapRef") or {}
+    name = ref.get("name")
+    return str(name) if name else None
+
+
 def audience_fix_pending(checkpoint: FanoutCheckpoint, configmap_version: str | None) -> bool:
     """A fan-out Failed by its audience ConfigMap whose ConfigMap changed since: check again.
 

@@ -28,6 +28,7 @@ from ..progress import (
     CampaignPhase,
     FanoutCheckpoint,
     FanoutState,
+    audience_configmap,
     audience_fix_pending,
     campaign_phase,
 )
@@ -146,13 +147,13 @@ async def _rearm_if_audience_fixed(
     was edited too."""
     if fanout.state is not FanoutState.FAILED or fanout.audience_version is None:
         return None
-    ref = (spec.get("audience") or {}).get("configMapRef") or {}
-    if not ref.get("name"):
+    configmap = audience_configmap(spec)
+    if configmap is None:
         return None
-    version = await asyncio.to_thread(kube_io.configmap_version, namespace, str(ref["name"]))
+    version = await asyncio.to_thread(kube_io.configmap_version, namespace, configmap)
     if not audience_fix_pending(fanout, version):
         return None
-    message = f"audience ConfigMap {ref['name']} changed: checking the audience again"
+    message = f"audience ConfigMap {configmap} changed: checking the audience again"
     kopf.info(body, reason="AudienceChanged", message=message)
     return FanoutCheckpoint(
         state=FanoutState.WAITING_FOR_POOL,

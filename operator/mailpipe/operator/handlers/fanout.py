@@ -41,7 +41,7 @@ from mailpipe.contracts.wire import encode
 from .. import campaign as camp
 from .. import fanout_lease, kafka_io, kube_io, render_check
 from ..models import GROUP, VERSION, CampaignSpec
-from ..progress import FanoutCheckpoint, FanoutState, fanout_wanted
+from ..progress import FanoutCheckpoint, FanoutState, audience_configmap, fanout_wanted
 from .context import OperatorState, Pool, get_pool, operator_state, pool_readiness
 from .status import now_iso
 
@@ -93,7 +93,7 @@ def fanout(
     assert namespace is not None  # both kinds are namespaced
     state = operator_state(memo)
     campaign_key = f"{namespace}/{name}"
-    waiting_for = ""  # the holder this daemon last said it waits for (one Event each)
+    waiting_for: str | None = None  # the holder this daemon last said it waits for
     while not stopped:
         obj = kube_io.get_custom("campaigns", namespace, name)
         if obj is None:
@@ -111,10 +111,10 @@ def fanout(
             checkpoint.holder, checkpoint.held_at, fanout_lease.PROCESS, time.time()
         )
         if not may:
-            if why.split(" (")[0] != waiting_for:
-                waiting_for = why.split(" (")[0]
+            if checkpoint.holder != waiting_for:  # one Event per holder waited for
                 log.warning("fan-out of %s not resumed: %s", campaign_key, why)
                 kopf.info(body, reason="FanoutHeldElsewhere", message=why)
+                waiting_for = checkpoint.holder
             stopped.wait(POLL_SECONDS)
             continue
         if checkpoint.state is FanoutState.FAILED:
@@ -211,10 +211,10 @@ def _write_held(
 def _audience_version(namespace: str, spec: Any, reason: camp.FailReason) -> str | None:
     """The audience ConfigMap's version when the failure can be fixed there (see
     `progress.audience_fix_pending`), else None."""
-    ref = (spec.get("audience") or {}).get("configMapRef") or {}
-    if not reason.fixed_in_audience or not ref.get("name"):
+    configmap = audience_configmap(spec)
+    if not reason.fixed_in_audience or configmap is None:
         return None
-    return kube_io.configmap_version(namespace, str(ref["name"]))
+    return kube_io.configmap_version(namespace, configmap)
 
 
 def _run_fanout(

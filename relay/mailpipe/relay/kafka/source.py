@@ -336,15 +336,12 @@ class KafkaSource:
             self._fail_commands(RuntimeError("Kafka consumer thread stopped"))
             return
         self._consumer = consumer
-        if not self._wait_for_topics(consumer):
-            self._fail_commands(RuntimeError("Kafka consumer thread stopped"))
-            with contextlib.suppress(Exception):
-                consumer.close(autocommit=False)
-            return
-        consumer.subscribe(self.topics, listener=_Listener(self))
         last_lag = 0.0
         last_poll = 0.0
         try:
+            if not self._wait_for_topics(consumer):
+                return  # stopped while waiting; `finally` fails the commands and closes
+            consumer.subscribe(self.topics, listener=_Listener(self))
             while not self._stop.is_set():
                 self._run_commands(consumer)
                 full = self._handoff.full()
