@@ -337,8 +337,7 @@ class Demo:
         wide = sorted({f"{a}:{p}" for a, p in listeners if not sockets.is_loopback(a)})
         if wide:
             return False, "listening beyond loopback: " + ", ".join(wide)
-        count = len(listeners)
-        return bool(listeners), f"every process of the stack listens on loopback only ({count})"
+        return bool(listeners), "every process of the stack listens on loopback only"
 
     def run(self) -> bool:
         smtp_port = self.start_receivers()
