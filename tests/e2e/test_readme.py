@@ -1,12 +1,13 @@
 """The README, run top to bottom against the dev stack: every shell block, in order.
 
-Each line of each ```sh block runs as written, in bash, from the repository
-root, in the environment a shell has after `eval "$(mailpipe dev env)"` and
-nothing else: no KUBECONFIG of its own, no ~/.kube/config, no helm on its PATH.
-Every line must exit 0, and after each block the test checks what the README
-says the block did. A README edit that breaks a line fails here, and so does a
-block that is neither run here nor named in `ELSEWHERE` with the test that
-runs it.
+Each line of each ```sh block is typed, as written, into one bash started in
+the repository root with nothing of the stack (no KUBECONFIG, no
+~/.kube/config, no helm on its PATH), whose first line is `eval "$(mailpipe dev
+env)"`: what a reader's terminal would have. Variables and the working
+directory carry from line to line, as in a terminal. Every line must exit 0,
+and after each block the test checks what the README says the block did. A
+README edit that breaks a line fails here, and so does a block that is neither
+run here nor named in `ELSEWHERE` with the test that runs it.
 
 What differs from a real cluster, and only that (the substitutions):
 
@@ -22,7 +23,12 @@ What differs from a real cluster, and only that (the substitutions):
   what relays write after a run of bounces, bounce events of that IP on the
   pool's events topic, until the pool shows the IP PAUSED.
 - The Kafka login block names the reader's own files (`./mail.pw`,
-  `./ca.pem`): it runs in a directory that holds such files.
+  `./ca.pem`): the shell `cd`s to a directory that holds such files first.
+- The Kafka ACL block needs what the reader's cluster has and the dev stack's
+  broker has not: a broker with SASL logins and an authorizer (a second
+  broker, started for it), `kafka-acls.sh` (a script running the same class,
+  `kafka.admin.AclCommand`, from the stack's Kafka jars), and `K` and `A` set
+  as the README says (its address, an admin login's client properties).
 - The "operator is gone for good" block is for objects stuck being deleted
   with no operator: after the uninstall block, the test re-creates exactly
   that (the CRDs, and the quick start's pool and campaign deleted while they
@@ -32,10 +38,15 @@ What differs from a real cluster, and only that (the substitutions):
 from __future__ import annotations
 
 import json
+import os
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -45,14 +56,33 @@ from typing import Any
 import pytest
 import yaml
 from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    ResourcePattern,
+    ResourceType,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailpipe.contracts.topics import NEVER_MAIL_TOPIC
 from mailpipe.contracts.wire import Disposition, Event, encode
-from mailpipe.devstack import harness
+from mailpipe.devstack import harness, kafka, paths, procs
 from mailpipe.devstack.stack import StackState
 from tests.conftest import wait_for
 from tests.devstack.test_cli import bare_env
 from tests.helm.kubelet import Kubelet
+from tests.kafkakit.test_tenant_acls import (
+    ACL_BROKER_START_SECONDS,
+    ACLS_APPLIED_SECONDS,
+    ALL_ACLS,
+    PASSWORDS,
+)
+from tests.kafkakit.test_tenant_acls import _acls as namespace_acl_list
+from tests.kafkakit.test_tenant_acls import _admin as acl_admin
+from tests.kafkakit.test_tenant_acls import _ready as acl_broker_ready
+from tests.scram_broker import operator_acls
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -62,6 +92,7 @@ LINE_TIMEOUT_SECONDS = 330  # the longest line: `kubectl mailpipe uninstall` wai
 FANOUT_SECONDS = 60  # two recipients checked and produced: seconds on an idle stack
 STATUS_SECONDS = 90  # the warm-up status timer reports every 15 s, after 5 s idle
 ROLLOUT_SECONDS = 60
+SHELL_EXIT_SECONDS = 10
 SHELL_BLOCK = re.compile(r"^```(?:sh|bash|shell)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 HEADING = re.compile(r"^#{2,3} (.+)$", re.MULTILINE)
 NAMESPACE, POOL, CAMPAIGN = "mail", "marketing", "november-newsletter"
@@ -75,9 +106,6 @@ FINALIZER = "mailpipe.io/finalizer"
 ELSEWHERE = {
     "make demo": "`make demo` is tests/e2e/test_demo.py's run (the Demo class, smaller);"
     " `make test` is this suite itself",
-    "ns=team-a": "the Kafka ACLs need kafka-acls.sh and a broker with SASL logins and an"
-    " authorizer, which the dev stack's is not; tests/kafkakit/test_tenant_acls.py grants"
-    " the same ACLs (contracts.topics.namespace_acls) on such a broker",
 }
 
 
@@ -122,15 +150,80 @@ def test_shell_blocks_join_continuations_and_drop_comments() -> None:
 # -- the reader's shell ----------------------------------------------------------------
 
 
-def shell_after_dev_env(state: StackState, home: Path) -> dict[str, str]:
-    """The environment of a bash that ran `eval "$(mailpipe dev env)"`, read from it."""
-    home.mkdir(parents=True, exist_ok=True)
-    script = f'eval "$({MAILPIPE} dev env --state-dir {state.state_dir})" && env -0'
-    out = subprocess.run(
-        ["bash", "-c", script], env=bare_env(home), capture_output=True, check=True, timeout=60
-    )
-    pairs = [item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item]
-    return {k: v for k, v in pairs}
+class Shell:
+    """One bash, fed lines as a reader types them; each line's exit status and output.
+
+    A line runs with stdin from /dev/null (no line reads the next ones as its
+    input) and may end in a `# comment`; a marker printed after it carries `$?`.
+    The shell is a process group of its own, killed at `close`."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["bash", "--noprofile", "--norc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self.output: queue.Queue[bytes] = queue.Queue()
+        self.pump = threading.Thread(target=self._pump, name="readme-shell", daemon=True)
+        self.pump.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.output.put(raw)
+        self.output.put(b"")  # the shell is gone
+
+    def run(self, line: str, timeout_seconds: float = LINE_TIMEOUT_SECONDS) -> tuple[int, str]:
+        marker = f"readme-line-done-{uuid.uuid4().hex}"
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(
+            f"{{ {line}\n}} </dev/null\nprintf '\\n%s %s\\n' {marker} $?\n".encode()
+        )
+        self.proc.stdin.flush()
+        printed: list[str] = []
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                raw = self.output.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no end after {timeout_seconds:.0f}s: {line}\n{''.join(printed)}"
+                ) from None
+            if not raw:
+                raise AssertionError(f"the shell exited at: {line}\n{''.join(printed)}")
+            text = raw.decode(errors="replace")
+            if marker in text:
+                printed.append(text[: text.index(marker)])
+                return int(text.split(marker, 1)[1].split()[0]), "".join(printed)[:-1]
+            printed.append(text)
+
+    def ok(self, line: str) -> str:
+        status, printed = self.run(line)
+        assert status == 0, f"{line}: exit {status}\n{printed}"
+        return printed
+
+    def env(self, workdir: Path) -> dict[str, str]:
+        """The shell's environment now (for the test's own kubectl, helm and clients)."""
+        dump = workdir / "reader.env"
+        self.ok(f"env -0 > {dump}")
+        pairs = [item.split("=", 1) for item in dump.read_text().split("\0") if "=" in item]
+        return {k: v for k, v in pairs}
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=SHELL_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:  # a line that hung: its whole group goes
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.pump.join(SHELL_EXIT_SECONDS)  # it reads to the end of the output
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 # -- what the kubelet and the relays would do ---------------------------------------------
@@ -239,10 +332,14 @@ CHART_CRDS = {
 class Run:
     """One run of the README: the reader's shell, the pods, what each line printed."""
 
+    shell: Shell
     env: dict[str, str]
     pods: Pods
     workdir: Path
+    files: Path  # what the reader brings: the files a block names
     printed: dict[str, str] = field(default_factory=dict)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+    acl_bootstrap: str = ""
 
     def check_quick_start(self) -> None:
         env = self.env
@@ -285,9 +382,58 @@ class Run:
     def check_unpaused(self) -> None:
         wait_unpaused(self.env, self.pods)
 
+    def in_files_dir(self) -> None:
+        self.shell.ok(f"cd {self.files}")
+
     def check_login_secret(self) -> None:
+        self.shell.ok(f"cd {ROOT}")
         secret = harness.get_json(self.env, "secret", "kafka-marketing", "-n", NAMESPACE)
         assert set(secret["data"]) == {"username", "password", "ca.crt"}, secret["data"].keys()
+
+    def acl_broker(self) -> None:
+        """What the ACL block needs: a broker with SASL logins and an authorizer, no
+        ACL yet; `kafka-acls.sh`; K and A set as the README says."""
+        ports, command, log = kafka.prepare(self.workdir / "acl-kafka", sasl_users=PASSWORDS)
+        pid = procs.spawn(command, log)
+        self.cleanups.append(lambda: procs.stop(pid))
+        wait_for(lambda: acl_broker_ready(ports.bootstrap), ACL_BROKER_START_SECONDS, "ACL broker")
+        self.acl_bootstrap = ports.bootstrap
+        admin_login = self.files / "admin.properties"
+        admin_login.write_text(
+            "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\n"
+            "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required"
+            f' username="{kafka.SASL_ADMIN}" password="{PASSWORDS[kafka.SASL_ADMIN]}";\n'
+        )
+        tools = self.files / "bin"
+        tools.mkdir(exist_ok=True)
+        script = tools / "kafka-acls.sh"  # Kafka's own script runs this class
+        script.write_text(
+            f"#!/bin/sh\nexec {paths.java()} -Xmx256m -XX:TieredStopAtLevel=1"
+            f' -cp "{paths.kafka_classpath()}" kafka.admin.AclCommand "$@"\n'
+        )
+        script.chmod(0o755)
+        self.shell.ok(f'export K={ports.bootstrap} A={admin_login} PATH="{tools}:$PATH"')
+
+    def check_acls(self) -> None:
+        """The broker holds exactly the ACLs of the README's table and of the tests."""
+        never_mail = ResourcePattern(
+            ResourceType.TOPIC, NEVER_MAIL_TOPIC, ACLResourcePatternType.LITERAL
+        )
+        platform = [
+            ACL("User:platform", "*", op, ACLPermissionType.ALLOW, never_mail)
+            for op in (ACLOperation.WRITE, ACLOperation.DESCRIBE)
+        ]
+        tenant = namespace_acl_list("User:mailpipe-mail", NAMESPACE)
+        expected = acl_keys([*tenant, *operator_acls(), *platform])
+        admin = acl_admin(self.acl_bootstrap)
+        try:
+            wait_for(
+                lambda: acl_keys(admin.describe_acls(ALL_ACLS)[0]) == expected,
+                ACLS_APPLIED_SECONDS,
+                "the README's ACLs, and only those, in the authorizer",
+            )
+        finally:
+            admin.close()
 
     def check_day2(self) -> None:
         env = self.env
@@ -343,7 +489,6 @@ class Step:
     first: str
     after: Callable[[Run], None]
     before: Callable[[Run], None] = lambda run: None
-    in_files_dir: bool = False
 
 
 STEPS = [
@@ -353,7 +498,12 @@ STEPS = [
         Run.check_unpaused,
         before=lambda run: pause_warming_ip(run.env, run.pods),
     ),
-    Step("kubectl -n mail create secret generic", Run.check_login_secret, in_files_dir=True),
+    Step(
+        "kubectl -n mail create secret generic",
+        Run.check_login_secret,
+        before=Run.in_files_dir,
+    ),
+    Step("ns=mail; p=User:mailpipe-$ns", Run.check_acls, before=Run.acl_broker),
     Step(
         "kubectl scale sp marketing",
         Run.check_day2,
@@ -401,8 +551,21 @@ def test_the_plugin_install_the_readme_names_exists() -> None:
 
 
 @pytest.fixture
-def reader_env(stack_state: StackState, tmp_path: Path) -> dict[str, str]:
-    return shell_after_dev_env(stack_state, tmp_path / "home")
+def reader(stack_state: StackState, tmp_path: Path) -> Iterator[Shell]:
+    """The reader's terminal: a bash in the checkout that ran `eval "$(mailpipe dev env)"`."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shell = Shell(bare_env(home), ROOT)
+    try:
+        shell.ok(f'eval "$({MAILPIPE} dev env --state-dir {stack_state.state_dir})"')
+        yield shell
+    finally:
+        shell.close()
+
+
+@pytest.fixture
+def reader_env(reader: Shell, tmp_path: Path) -> dict[str, str]:
+    return reader.env(tmp_path)
 
 
 @pytest.fixture
@@ -439,17 +602,6 @@ def kubelet(
             harness.kubectl(reader_env, "delete", "crd", *sorted(CHART_CRDS), "--ignore-not-found")
 
 
-def run_line(line: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", "-c", line],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=LINE_TIMEOUT_SECONDS,
-    )
-
-
 def files_the_reader_brings(workdir: Path, state: StackState) -> Path:
     """The Kafka login block's `./mail.pw` and `./ca.pem`, in a directory of their own
     (the CA: the stack's own, a real PEM certificate)."""
@@ -463,11 +615,15 @@ def files_the_reader_brings(workdir: Path, state: StackState) -> Path:
 
 @pytest.mark.e2e
 def test_the_readme_runs_top_to_bottom(
-    reader_env: dict[str, str], kubelet: Kubelet, stack_state: StackState, tmp_path: Path
+    reader: Shell,
+    reader_env: dict[str, str],
+    kubelet: Kubelet,
+    stack_state: StackState,
+    tmp_path: Path,
 ) -> None:
     pods = Pods(kubelet)
-    run = Run(reader_env, pods, tmp_path)
     files = files_the_reader_brings(tmp_path, stack_state)
+    run = Run(reader, reader_env, pods, tmp_path, files)
     blocks = [b for b in shell_blocks(README.read_text()) if not any(map(b.starts, ELSEWHERE))]
     try:
         for block in blocks:
@@ -475,12 +631,9 @@ def test_the_readme_runs_top_to_bottom(
             assert step is not None, block  # test_every_block_is_run_here_or_named_elsewhere
             step.before(run)
             for line in block.lines:
-                out = run_line(line, reader_env, files if step.in_files_dir else ROOT)
-                run.printed[line] = out.stdout
-                assert out.returncode == 0, (
-                    f"README line failed ({block.section}): {line}\n"
-                    f"{out.stdout}{out.stderr}{pods.log()}"
-                )
+                status, printed = reader.run(line)
+                run.printed[line] = printed
+                assert status == 0, f"README line failed ({block.section}): {line}\n{printed}"
                 if installed := re.match(r"helm install (\S+) .*-n (\S+)", line):
                     pods.start(installed[1], installed[2])
                     kubelet.report_relays()
@@ -492,6 +645,24 @@ def test_the_readme_runs_top_to_bottom(
             step.after(run)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{pods.log()}") from None
+    finally:
+        for cleanup in run.cleanups:
+            cleanup()
+
+
+def acl_keys(acls: list[ACL]) -> set[tuple[object, ...]]:
+    return {
+        (
+            a.principal,
+            a.host,
+            a.operation,
+            a.permission_type,
+            a.resource_pattern.resource_type,
+            a.resource_pattern.resource_name,
+            a.resource_pattern.pattern_type,
+        )
+        for a in acls
+    }
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
