@@ -22,6 +22,8 @@ def test_campaign_end_to_end(devstack: Stack, tmp_path: Path) -> None:
     assert ok, report
     failed = [what for good, what in demo.checks if not good]
     assert failed == [], report
+    # Issue 18: the operator listened on 0.0.0.0 (the chart's value) on a stack said to be loopback.
+    assert any("listens on loopback only" in what for _, what in demo.checks), report
     # The numbers the summary prints, checked here against the plan itself.
     assert len(plan.bounce) == 10 and len(plan.defer) == 10 and len(plan.suppressed) == 2
     per_ip = {ip: 0 for ip in ("127.0.0.2", "127.0.0.3")}

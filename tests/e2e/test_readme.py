@@ -1,175 +1,668 @@
-"""The README's "Using it" section, run line by line against the dev stack.
+"""The README, run top to bottom against the dev stack: every shell block, in order.
 
-Each shell line of the section's ```sh blocks runs as written, in bash, from the
-repository root, and must exit 0; then the pool must be Ready and the
-campaign's audience on Kafka. A README edit that breaks a line fails here.
+Each line of each ```sh block is typed, as written, into one bash started in
+the repository root with nothing of the stack (no KUBECONFIG, no
+~/.kube/config, no helm on its PATH), whose first line is `eval "$(mailpipe dev
+env)"`: what a reader's terminal would have. Variables and the working
+directory carry from line to line, as in a terminal. Every line must exit 0,
+and after each block the test checks what the README says the block did. A
+README edit that breaks a line fails here, and so does a block that is neither
+run here nor named in `ELSEWHERE` with the test that runs it.
 
-What differs from a real cluster, and only that (the substitution):
+What differs from a real cluster, and only that (the substitutions):
 
-- `KUBECONFIG` and `KAFKA_BOOTSTRAP` point at the dev stack, as the README asks
-  the reader to set them (`mailpipe dev env` prints both); the cached helm is
-  put on PATH.
-- There is no kubelet. After the `helm install` line the test does what the
-  kubelet would do with the chart's operator Deployment: it runs that
-  container's command (`mailpipe` + the Deployment's args and env) as a local
-  process, authenticated as the chart's ServiceAccount (a token kubeconfig,
-  as in a pod), with free local ports for its health and metrics endpoints.
-  It also plays the kubelet and Deployment controller for the relay
-  Deployments the operator writes: it reports them available, as those
-  controllers would once the relay pods ran (`Kubelet.report_relays`).
+- There is no kubelet. After `helm install` and `helm upgrade` the test does
+  what the kubelet would with the chart's operator Deployment: it runs that
+  container's command as local processes (one per replica), authenticated as
+  the chart's ServiceAccount, with free loopback ports for the health and
+  metrics endpoints; after `helm uninstall` it stops them, as the pods would
+  go. It reports the relay Deployments available, as the Deployment controller
+  would once their pods ran (`Kubelet.report_relays`).
+- The relays do not run (the examples' egress IPs, 192.0.2.0/24, are not this
+  machine's). Before a block that un-pauses the warming IP, the test writes
+  what relays write after a run of bounces, bounce events of that IP on the
+  pool's events topic, until the pool shows the IP PAUSED.
+- The Kafka login block names the reader's own files (`./mail.pw`,
+  `./ca.pem`): the shell `cd`s to a directory that holds such files first.
+- The Kafka ACL block needs what the reader's cluster has and the dev stack's
+  broker has not: a broker with SASL logins and an authorizer (a second
+  broker, started for it), `kafka-acls.sh` (a script running the same class,
+  `kafka.admin.AclCommand`, from the stack's Kafka jars), and `K` and `A` set
+  as the README says (its address, an admin login's client properties).
+- The "operator is gone for good" block is for objects stuck being deleted
+  with no operator: after the uninstall block, the test re-creates exactly
+  that (the CRDs, and the quick start's pool and campaign deleted while they
+  hold the operator's finalizer).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import re
+import signal
 import subprocess
-from collections.abc import Iterator
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    ResourcePattern,
+    ResourceType,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailpipe.devstack import harness, paths
+from mailpipe.contracts.topics import NEVER_MAIL_TOPIC
+from mailpipe.contracts.wire import Disposition, Event, encode
+from mailpipe.devstack import harness, kafka, paths, procs
 from mailpipe.devstack.stack import StackState
 from tests.conftest import wait_for
+from tests.devstack.test_cli import bare_env
 from tests.helm.kubelet import Kubelet
+from tests.kafkakit.test_tenant_acls import (
+    ACL_BROKER_START_SECONDS,
+    ACLS_APPLIED_SECONDS,
+    ALL_ACLS,
+    PASSWORDS,
+)
+from tests.kafkakit.test_tenant_acls import _acls as namespace_acl_list
+from tests.kafkakit.test_tenant_acls import _admin as acl_admin
+from tests.kafkakit.test_tenant_acls import _ready as acl_broker_ready
+from tests.scram_broker import operator_acls
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-SECTION = "## Using it"
-LINE_TIMEOUT_SECONDS = 180  # the longest line is `kubectl wait --timeout=120s`
+CRDS = ROOT / "crds"  # the chart's crds/ (a symlink to it, which kubectl -f does not follow)
+MAILPIPE = Path(sys.executable).parent / "mailpipe"
+LINE_TIMEOUT_SECONDS = 330  # the longest line: `kubectl mailpipe uninstall` waits up to 300 s
 FANOUT_SECONDS = 60  # two recipients checked and produced: seconds on an idle stack
+STATUS_SECONDS = 90  # the warm-up status timer reports every 15 s, after 5 s idle
+ROLLOUT_SECONDS = 60
+SHELL_EXIT_SECONDS = 10
 SHELL_BLOCK = re.compile(r"^```(?:sh|bash|shell)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+HEADING = re.compile(r"^#{2,3} (.+)$", re.MULTILINE)
+NAMESPACE, POOL, CAMPAIGN = "mail", "marketing", "november-newsletter"
+RELAY_DEPLOYMENT = f"mailpipe-relay-{POOL}"
+WARMING_IP = "192.0.2.21"  # examples/warmup-pool.yaml's warming IP
+EVENTS_TOPIC = f"mailpipe.{NAMESPACE}.{POOL}.events"
+POOL_TOPICS = f"mailpipe.{NAMESPACE}.{POOL}."
+FINALIZER = "mailpipe.io/finalizer"
+
+# Blocks not run here, by the start of their first line: why, and what runs them.
+ELSEWHERE = {
+    "make demo": "`make demo` is tests/e2e/test_demo.py's run (the Demo class, smaller);"
+    " `make test` is this suite itself",
+}
 
 
-def section_lines(text: str, heading: str = SECTION) -> list[str]:
-    """The shell lines of the section's ```sh blocks: comments and blank lines left
-    out, `\\`-continued lines joined."""
-    start = text.index(heading + "\n")
-    end = text.find("\n## ", start + len(heading))
-    body = text[start : end if end >= 0 else len(text)]
+@dataclass(frozen=True)
+class Block:
+    section: str  # the heading it is under
+    lines: tuple[str, ...]
+
+    def starts(self, prefix: str) -> bool:
+        return bool(self.lines) and self.lines[0].startswith(prefix)
+
+
+def shell_lines(block: str) -> list[str]:
+    """A block's commands: comments and blank lines left out, `\\`-continued lines joined."""
     lines: list[str] = []
-    for block in SHELL_BLOCK.findall(body):
+    pending = ""
+    for raw in block.splitlines():
+        line = pending + raw.strip()
+        if line.endswith("\\"):
+            pending = line[:-1].rstrip() + " "
+            continue
         pending = ""
-        for raw in block.splitlines():
-            line = pending + raw.strip()
-            if line.endswith("\\"):
-                pending = line[:-1].rstrip() + " "
-                continue
-            pending = ""
-            if line and not line.startswith("#"):
-                lines.append(line)
+        if line and not line.startswith("#"):
+            lines.append(line)
     return lines
 
 
-def test_the_section_holds_the_quick_start() -> None:
-    """The e2e test below runs what this finds: an empty or renamed section would pass it."""
-    lines = section_lines(README.read_text())
-    assert [line.split()[:2] for line in lines][:5] == [
-        ["kubectl", "create"],
-        ["helm", "install"],
-        ["kubectl", "apply"],
-        ["kubectl", "wait"],
-        ["kubectl", "apply"],
-    ], lines
-    assert any(line.startswith("kubectl get sendingpools,campaigns") for line in lines)
+def shell_blocks(text: str) -> list[Block]:
+    """Every ```sh block of the text, in order, with the heading it is under."""
+    blocks = []
+    for m in SHELL_BLOCK.finditer(text):
+        headings = HEADING.findall(text, 0, m.start())
+        blocks.append(Block(headings[-1] if headings else "", tuple(shell_lines(m.group(1)))))
+    return blocks
 
 
-def test_section_lines_join_continuations_and_drop_comments() -> None:
-    text = "## Using it\n```sh\n# note\na \\\n  b  # c\n\nd\n```\n## Next\n```sh\ne\n```\n"
-    assert section_lines(text) == ["a b  # c", "d"]
+def test_shell_blocks_join_continuations_and_drop_comments() -> None:
+    text = "## A\n```sh\n# note\na \\\n  b  # c\n\nd\n```\n### B\n```yaml\nx\n```\n```sh\ne\n```\n"
+    assert shell_blocks(text) == [Block("A", ("a b  # c", "d")), Block("B", ("e",))]
+
+
+# -- the reader's shell ----------------------------------------------------------------
+
+
+class Shell:
+    """One bash, fed lines as a reader types them; each line's exit status and output.
+
+    A line runs with stdin from /dev/null (no line reads the next ones as its
+    input) and may end in a `# comment`; a marker printed after it carries `$?`.
+    The shell is a process group of its own, killed at `close`."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["bash", "--noprofile", "--norc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self.output: queue.Queue[bytes] = queue.Queue()
+        self.pump = threading.Thread(target=self._pump, name="readme-shell", daemon=True)
+        self.pump.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.output.put(raw)
+        self.output.put(b"")  # the shell is gone
+
+    def run(self, line: str, timeout_seconds: float = LINE_TIMEOUT_SECONDS) -> tuple[int, str]:
+        marker = f"readme-line-done-{uuid.uuid4().hex}"
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(
+            f"{{ {line}\n}} </dev/null\nprintf '\\n%s %s\\n' {marker} $?\n".encode()
+        )
+        self.proc.stdin.flush()
+        printed: list[str] = []
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                raw = self.output.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no end after {timeout_seconds:.0f}s: {line}\n{''.join(printed)}"
+                ) from None
+            if not raw:
+                raise AssertionError(f"the shell exited at: {line}\n{''.join(printed)}")
+            text = raw.decode(errors="replace")
+            if marker in text:
+                printed.append(text[: text.index(marker)])
+                return int(text.split(marker, 1)[1].split()[0]), "".join(printed)[:-1]
+            printed.append(text)
+
+    def ok(self, line: str) -> str:
+        status, printed = self.run(line)
+        assert status == 0, f"{line}: exit {status}\n{printed}"
+        return printed
+
+    def env(self, workdir: Path) -> dict[str, str]:
+        """The shell's environment now (for the test's own kubectl, helm and clients)."""
+        dump = workdir / "reader.env"
+        self.ok(f"env -0 > {dump}")
+        pairs = [item.split("=", 1) for item in dump.read_text().split("\0") if "=" in item]
+        return {k: v for k, v in pairs}
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=SHELL_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:  # a line that hung: its whole group goes
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.pump.join(SHELL_EXIT_SECONDS)  # it reads to the end of the output
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+# -- what the kubelet and the relays would do ---------------------------------------------
+
+
+@dataclass
+class Pods:
+    """The operator Deployment's pods, as local processes (see the module docstring)."""
+
+    kubelet: Kubelet
+    running: list[harness.Child] = field(default_factory=list)
+
+    def start(self, release: str, namespace: str) -> None:
+        manifest = harness.helm_ok(self.kubelet.env, "get", "manifest", release, "-n", namespace)
+        dep = next(d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Deployment")
+        for _ in range(dep["spec"].get("replicas", 1)):
+            self.running.append(self.kubelet.run_operator(release, namespace))
+
+    def stop(self) -> None:
+        for child in self.running:
+            child.stop()
+        self.running = []
+
+    def log(self) -> str:
+        return "".join(child.log_section() for child in self.running)
+
+    def one(self) -> harness.Child | None:
+        return self.running[0] if self.running else None
+
+
+def pool(env: dict[str, str]) -> dict[str, Any]:
+    return harness.get_object(env, "sp", POOL, NAMESPACE) or {}
+
+
+def campaign(env: dict[str, str]) -> dict[str, Any]:
+    return harness.get_object(env, "camp", CAMPAIGN, NAMESPACE) or {}
+
+
+def warmup_column(env: dict[str, str]) -> str:
+    return str(pool(env).get("status", {}).get("warmupSummary", ""))
+
+
+def pause_warming_ip(env: dict[str, str], pods: Pods) -> None:
+    """Write the bounce events a relay of the warming IP would, until it is paused."""
+    spec = yaml.safe_load((ROOT / "examples" / "warmup-pool.yaml").read_text())["spec"]
+    sample = spec["warmup"]["minSample"]  # judged after this many; every one bounced
+    producer = KafkaProducer(bootstrap_servers=env["KAFKA_BOOTSTRAP"])
+    try:
+        for i in range(sample):
+            bounce = Event(
+                message_id=f"readme-{time.time_ns()}-{i}",
+                recipient=f"gone{i}@example.org",
+                domain="example.org",
+                disposition=Disposition.BOUNCED,
+                time=time.time(),
+                egress_ip=WARMING_IP,
+                smtp_code=550,
+                relay=f"{RELAY_DEPLOYMENT}-0",
+            )
+            producer.send(EVENTS_TOPIC, encode(bounce))
+        producer.flush()
+    finally:
+        producer.close()
+    wait_for(
+        lambda: f"{WARMING_IP} PAUSED" in warmup_column(env),
+        STATUS_SECONDS,
+        f"{WARMING_IP} PAUSED in the WARMUP column",
+        pods.one(),
+    )
+
+
+def wait_unpaused(env: dict[str, str], pods: Pods) -> None:
+    wait_for(
+        lambda: "PAUSED" not in warmup_column(env) and warmup_column(env) != "",
+        STATUS_SECONDS,
+        f"{WARMING_IP}'s pause lifted (WARMUP: {warmup_column(env)})",
+        pods.one(),
+    )
+
+
+def pool_topics(bootstrap: str) -> list[str]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return sorted(t for t in admin.list_topics() if t.startswith(POOL_TOPICS))
+    finally:
+        admin.close()
+
+
+def crd_names(env: dict[str, str]) -> set[str]:
+    out = harness.kubectl_ok(env, "get", "crd", "-o", "name")
+    return {line.split("/", 1)[1] for line in out.split()}
+
+
+CHART_CRDS = {
+    "sendingpools.mailpipe.io",
+    "campaigns.mailpipe.io",
+    "kopfpeerings.kopf.dev",
+    "clusterkopfpeerings.kopf.dev",
+}
+
+
+# -- what each block is for, checked after it ---------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run of the README: the reader's shell, the pods, what each line printed."""
+
+    shell: Shell
+    env: dict[str, str]
+    pods: Pods
+    workdir: Path
+    files: Path  # what the reader brings: the files a block names
+    printed: dict[str, str] = field(default_factory=dict)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+    acl_bootstrap: str = ""
+
+    def check_quick_start(self) -> None:
+        env = self.env
+        assert harness.condition_true(pool(env)), pool(env)
+        audience = 2  # examples/newsletter-campaign.yaml's ConfigMap
+
+        def fanned_out() -> bool:
+            fanout = campaign(env).get("status", {}).get("fanout", {})
+            return fanout.get("state") == "done" and fanout.get("enqueued") == audience
+
+        wait_for(fanned_out, FANOUT_SECONDS, "the campaign's audience on Kafka", self.pods.one())
+        wait_for(
+            lambda: campaign(env).get("status", {}).get("phase") in ("Scheduled", "Sending"),
+            FANOUT_SECONDS,
+            "the campaign Scheduled or Sending",
+            self.pods.one(),
+        )
+        # The operator's own metrics saw the same.
+        metrics = self.pods.kubelet.metrics()
+        ready = sample(metrics, "mailpipe_operator_pool_ready", namespace=NAMESPACE, pool=POOL)
+        assert ready == 1, metrics
+        enqueued = sample(
+            metrics,
+            "mailpipe_operator_fanout_enqueued_records",
+            namespace=NAMESPACE,
+            pool=POOL,
+            campaign=CAMPAIGN,
+        )
+        assert enqueued == audience, metrics
+        reconciled = sample(
+            metrics,
+            "mailpipe_operator_reconciles_total",
+            kind="SendingPool",
+            namespace=NAMESPACE,
+            handler="reconcile_pool",
+            outcome="succeeded",
+        )
+        assert reconciled is not None and reconciled >= 1, metrics
+
+    def check_unpaused(self) -> None:
+        wait_unpaused(self.env, self.pods)
+
+    def in_files_dir(self) -> None:
+        self.shell.ok(f"cd {self.files}")
+
+    def check_login_secret(self) -> None:
+        self.shell.ok(f"cd {ROOT}")
+        secret = harness.get_json(self.env, "secret", "kafka-marketing", "-n", NAMESPACE)
+        assert set(secret["data"]) == {"username", "password", "ca.crt"}, secret["data"].keys()
+
+    def acl_broker(self) -> None:
+        """What the ACL block needs: a broker with SASL logins and an authorizer, no
+        ACL yet; `kafka-acls.sh`; K and A set as the README says."""
+        ports, command, log = kafka.prepare(self.workdir / "acl-kafka", sasl_users=PASSWORDS)
+        pid = procs.spawn(command, log)
+        self.cleanups.append(lambda: procs.stop(pid))
+        wait_for(lambda: acl_broker_ready(ports.bootstrap), ACL_BROKER_START_SECONDS, "ACL broker")
+        self.acl_bootstrap = ports.bootstrap
+        admin_login = self.files / "admin.properties"
+        admin_login.write_text(
+            "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\n"
+            "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required"
+            f' username="{kafka.SASL_ADMIN}" password="{PASSWORDS[kafka.SASL_ADMIN]}";\n'
+        )
+        tools = self.files / "bin"
+        tools.mkdir(exist_ok=True)
+        script = tools / "kafka-acls.sh"  # Kafka's own script runs this class
+        script.write_text(
+            f"#!/bin/sh\nexec {paths.java()} -Xmx256m -XX:TieredStopAtLevel=1"
+            f' -cp "{paths.kafka_classpath()}" kafka.admin.AclCommand "$@"\n'
+        )
+        script.chmod(0o755)
+        self.shell.ok(f'export K={ports.bootstrap} A={admin_login} PATH="{tools}:$PATH"')
+
+    def check_acls(self) -> None:
+        """The broker holds exactly the ACLs of the README's table and of the tests."""
+        never_mail = ResourcePattern(
+            ResourceType.TOPIC, NEVER_MAIL_TOPIC, ACLResourcePatternType.LITERAL
+        )
+        platform = [
+            ACL("User:platform", "*", op, ACLPermissionType.ALLOW, never_mail)
+            for op in (ACLOperation.WRITE, ACLOperation.DESCRIBE)
+        ]
+        tenant = namespace_acl_list("User:mailpipe-mail", NAMESPACE)
+        expected = acl_keys([*tenant, *operator_acls(), *platform])
+        admin = acl_admin(self.acl_bootstrap)
+        try:
+            wait_for(
+                lambda: acl_keys(admin.describe_acls(ALL_ACLS)[0]) == expected,
+                ACLS_APPLIED_SECONDS,
+                "the README's ACLs, and only those, in the authorizer",
+            )
+        finally:
+            admin.close()
+
+    def check_day2(self) -> None:
+        env = self.env
+
+        def relays_scaled() -> bool:
+            dep = harness.get_object(env, "deployment", RELAY_DEPLOYMENT, NAMESPACE) or {}
+            return bool(dep.get("spec", {}).get("replicas") == 3)
+
+        wait_for(relays_scaled, ROLLOUT_SECONDS, "the relays scaled to 3", self.pods.one())
+        listed = next(out for line, out in self.printed.items() if "suppressions list" in line)
+        assert isinstance(json.loads(listed), (list, dict)), listed
+        wait_unpaused(env, self.pods)
+
+    def check_peering(self) -> None:
+        """Two replicas meet in the peering object the block shows."""
+
+        def both_listed() -> bool:
+            peering = harness.get_object(self.env, "clusterkopfpeerings.kopf.dev", "mailpipe", "")
+            return len((peering or {}).get("status") or {}) == 2
+
+        wait_for(both_listed, ROLLOUT_SECONDS, "both replicas in the peering", self.pods.one())
+        assert harness.condition_true(pool(self.env)), pool(self.env)
+
+    def check_uninstalled(self) -> None:
+        env = self.env
+        assert harness.helm(env, "status", "mailpipe", "-n", "mailpipe-system").returncode != 0
+        assert not (CHART_CRDS & crd_names(env)), crd_names(env)
+        assert pool_topics(env["KAFKA_BOOTSTRAP"]) == []
+
+    def objects_stuck_on_the_finalizer(self) -> None:
+        """What the block is for: the operator is gone, its objects are being deleted."""
+        harness.kubectl_ok(self.env, "apply", "-f", str(CRDS))
+        harness.kubectl_ok(
+            self.env, "wait", "--for=condition=Established", "crd", *sorted(CHART_CRDS)
+        )
+        for example in ("warmup-pool.yaml", "newsletter-campaign.yaml"):
+            for doc in yaml.safe_load_all((ROOT / "examples" / example).read_text()):
+                if doc and doc["kind"] in ("SendingPool", "Campaign"):
+                    doc["metadata"]["finalizers"] = [FINALIZER]
+                    harness.apply(self.env, doc)
+        harness.kubectl_ok(self.env, "delete", "sp,camp", "--all", "-n", NAMESPACE, "--wait=false")
+        stuck = [pool(self.env), campaign(self.env)]
+        assert all(o.get("metadata", {}).get("deletionTimestamp") for o in stuck), stuck
+
+    def check_released(self) -> None:
+        assert pool(self.env) == {} and campaign(self.env) == {}
+
+
+@dataclass(frozen=True)
+class Step:
+    """A README block by the start of its first line, and what the test does around it."""
+
+    first: str
+    after: Callable[[Run], None]
+    before: Callable[[Run], None] = lambda run: None
+
+
+STEPS = [
+    Step("kubectl create namespace mail", Run.check_quick_start),
+    Step(
+        "kubectl annotate sp marketing",
+        Run.check_unpaused,
+        before=lambda run: pause_warming_ip(run.env, run.pods),
+    ),
+    Step(
+        "kubectl -n mail create secret generic",
+        Run.check_login_secret,
+        before=Run.in_files_dir,
+    ),
+    Step("ns=mail; p=User:mailpipe-$ns", Run.check_acls, before=Run.acl_broker),
+    Step(
+        "kubectl scale sp marketing",
+        Run.check_day2,
+        before=lambda run: pause_warming_ip(run.env, run.pods),
+    ),
+    Step("helm upgrade --install mailpipe", Run.check_peering),
+    Step("kubectl mailpipe uninstall", Run.check_uninstalled),
+    Step(
+        "kubectl patch sendingpool marketing",
+        Run.check_released,
+        before=Run.objects_stuck_on_the_finalizer,
+    ),
+]
+
+
+def step_of(block: Block) -> Step | None:
+    found = [s for s in STEPS if block.starts(s.first)]
+    assert len(found) <= 1, block
+    return found[0] if found else None
+
+
+def test_every_block_is_run_here_or_named_elsewhere() -> None:
+    """No block is skipped in silence: each is a step here, in README order, or is
+    named in ELSEWHERE with the test that runs it; each entry names one block."""
+    blocks = shell_blocks(README.read_text())
+    here = [step_of(b) for b in blocks]
+    elsewhere = [[k for k in ELSEWHERE if b.starts(k)] for b in blocks]
+    unplaced = [b for b, s, e in zip(blocks, here, elsewhere, strict=True) if not s and not e]
+    assert unplaced == [], unplaced
+    assert [s for s in here if s] == STEPS  # each step once, in the README's order
+    assert sorted(k for e in elsewhere for k in e) == sorted(ELSEWHERE)
+
+
+def test_the_plugin_install_the_readme_names_exists() -> None:
+    """Issue 18: the README said `pip install mailpipe`, which no index has. What it
+    says now installs this checkout's distribution, which carries the plugin."""
+    text = README.read_text()
+    installs = re.findall(r"pip install (\S+?)`", text)
+    assert installs == ["."], installs
+    scripts = {e.name for e in metadata.distribution("mailpipe").entry_points}
+    assert {"mailpipe", "kubectl-mailpipe"} <= scripts
+
+
+# -- the run ---------------------------------------------------------------------------
 
 
 @pytest.fixture
-def reader_env(stack_state: StackState) -> dict[str, str]:
-    """The reader's shell: KUBECONFIG and KAFKA_BOOTSTRAP set, helm on PATH."""
-    path = f"{paths.binary('helm').parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, **stack_state.env(), "PATH": path}
+def reader(stack_state: StackState, tmp_path: Path) -> Iterator[Shell]:
+    """The reader's terminal: a bash in the checkout that ran `eval "$(mailpipe dev env)"`."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shell = Shell(bare_env(home), ROOT)
+    try:
+        shell.ok(f'eval "$({MAILPIPE} dev env --state-dir {stack_state.state_dir})"')
+        yield shell
+    finally:
+        shell.close()
+
+
+@pytest.fixture
+def reader_env(reader: Shell, tmp_path: Path) -> dict[str, str]:
+    return reader.env(tmp_path)
 
 
 @pytest.fixture
 def kubelet(
     reader_env: dict[str, str], stack_state: StackState, tmp_path: Path
 ) -> Iterator[Kubelet]:
+    crds_before = CHART_CRDS & crd_names(reader_env)
     k = Kubelet(reader_env, Path(stack_state.kubeconfig), tmp_path)
     try:
         yield k
     finally:
-        # The README's objects go while the operator still runs (it owns their finalizers).
-        for kind in ("campaigns", "sendingpools"):
-            harness.kubectl(reader_env, "delete", kind, "--all", "-n", "mail", "--wait=true")
+        # A run that failed half-way: its objects go without the operator's cleanup.
+        harness.kubectl(reader_env, "delete", "sp,camp", "--all", "-n", NAMESPACE, "--wait=false")
+        for kind in ("sp", "camp"):
+            for name in (POOL, CAMPAIGN):
+                harness.kubectl(
+                    reader_env,
+                    "patch",
+                    kind,
+                    name,
+                    "-n",
+                    NAMESPACE,
+                    "--type=merge",
+                    "-p",
+                    '{"metadata":{"finalizers":null}}',
+                )
         k.stop()
-        # the CRs are gone already (what the pre-delete hook does; its Job needs a kubelet)
         harness.helm(reader_env, "uninstall", "mailpipe", "-n", "mailpipe-system", "--no-hooks")
-        harness.kubectl(reader_env, "delete", "namespace", "mail", "--wait=false")
+        harness.kubectl(reader_env, "delete", "namespace", NAMESPACE, "--wait=false")
+        # the session's later tests find the CRDs as they were
+        if crds_before:
+            harness.kubectl_ok(reader_env, "apply", "-f", str(CRDS))
+        else:
+            harness.kubectl(reader_env, "delete", "crd", *sorted(CHART_CRDS), "--ignore-not-found")
 
 
-def run_line(line: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", "-c", line],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=LINE_TIMEOUT_SECONDS,
-    )
-
-
-def campaign(env: dict[str, str]) -> dict[str, Any]:
-    return harness.get_object(env, "camp", "november-newsletter", "mail") or {}
+def files_the_reader_brings(workdir: Path, state: StackState) -> Path:
+    """The Kafka login block's `./mail.pw` and `./ca.pem`, in a directory of their own
+    (the CA: the stack's own, a real PEM certificate)."""
+    files = workdir / "reader-files"
+    files.mkdir(exist_ok=True)
+    (files / "mail.pw").write_text("a-long-random-password\n")
+    ca = Path(state.state_dir) / "kube" / "pki" / "ca.crt"
+    (files / "ca.pem").write_text(ca.read_text())
+    return files
 
 
 @pytest.mark.e2e
-def test_using_it_runs_as_written(reader_env: dict[str, str], kubelet: Kubelet) -> None:
-    lines = section_lines(README.read_text())
-    operator: harness.Child | None = None
-    for line in lines:
-        out = run_line(line, reader_env)
-        log = "" if operator is None else operator.log_section()
-        assert out.returncode == 0, f"README line failed: {line}\n{out.stdout}{out.stderr}{log}"
-        install = re.match(r"helm install (\S+) .*-n (\S+)", line)
-        if install:  # the kubelet substitution: the chart's operator Deployment runs
-            operator = kubelet.run_operator(install[1], install[2])
-            kubelet.report_relays()
-    assert operator is not None, "the section installs no chart"
+def test_the_readme_runs_top_to_bottom(
+    reader: Shell,
+    reader_env: dict[str, str],
+    kubelet: Kubelet,
+    stack_state: StackState,
+    tmp_path: Path,
+) -> None:
+    pods = Pods(kubelet)
+    files = files_the_reader_brings(tmp_path, stack_state)
+    run = Run(reader, reader_env, pods, tmp_path, files)
+    blocks = [b for b in shell_blocks(README.read_text()) if not any(map(b.starts, ELSEWHERE))]
+    try:
+        for block in blocks:
+            step = step_of(block)
+            assert step is not None, block  # test_every_block_is_run_here_or_named_elsewhere
+            step.before(run)
+            for line in block.lines:
+                status, printed = reader.run(line)
+                run.printed[line] = printed
+                assert status == 0, f"README line failed ({block.section}): {line}\n{printed}"
+                if installed := re.match(r"helm install (\S+) .*-n (\S+)", line):
+                    pods.start(installed[1], installed[2])
+                    kubelet.report_relays()
+                elif upgraded := re.match(r"helm upgrade --install (\S+) \S+ -n (\S+)", line):
+                    pods.stop()  # a rolling update: the new pods replace the old
+                    pods.start(upgraded[1], upgraded[2])
+                elif line.startswith("helm uninstall"):
+                    pods.stop()  # the Deployment is gone, and its pods with it
+            step.after(run)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{pods.log()}") from None
+    finally:
+        for cleanup in run.cleanups:
+            cleanup()
 
-    pool = harness.get_object(reader_env, "sp", "marketing", "mail")
-    assert harness.condition_true(pool), pool
-    audience = 2  # examples/newsletter-campaign.yaml's ConfigMap
 
-    def fanned_out() -> bool:
-        fanout = campaign(reader_env).get("status", {}).get("fanout", {})
-        return fanout.get("state") == "done" and fanout.get("enqueued") == audience
-
-    wait_for(fanned_out, FANOUT_SECONDS, "the campaign's audience on Kafka", operator)
-    wait_for(
-        lambda: campaign(reader_env).get("status", {}).get("phase") in ("Scheduled", "Sending"),
-        FANOUT_SECONDS,
-        "the campaign Scheduled or Sending",
-        operator,
-    )
-    # The operator's own metrics saw the same.
-    metrics = kubelet.metrics()
-    assert sample(metrics, "mailpipe_operator_pool_ready", namespace="mail", pool="marketing") == 1
-    enqueued = sample(
-        metrics,
-        "mailpipe_operator_fanout_enqueued_records",
-        namespace="mail",
-        pool="marketing",
-        campaign="november-newsletter",
-    )
-    assert enqueued == audience, metrics
-    reconciled = sample(
-        metrics,
-        "mailpipe_operator_reconciles_total",
-        kind="SendingPool",
-        namespace="mail",
-        handler="reconcile_pool",
-        outcome="succeeded",
-    )
-    assert reconciled is not None and reconciled >= 1, metrics
+def acl_keys(acls: list[ACL]) -> set[tuple[object, ...]]:
+    return {
+        (
+            a.principal,
+            a.host,
+            a.operation,
+            a.permission_type,
+            a.resource_pattern.resource_type,
+            a.resource_pattern.resource_name,
+            a.resource_pattern.pattern_type,
+        )
+        for a in acls
+    }
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

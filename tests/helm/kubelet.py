@@ -3,8 +3,9 @@
 `run_operator` reads the installed release's operator Deployment and runs that
 container's command (`mailpipe` + its args and env) as a local process,
 authenticated as the Deployment's ServiceAccount through a token kubeconfig,
-as a pod would be. The only changes: free local ports for the health and
-metrics endpoints, since every local process shares one network namespace,
+as a pod would be. The only changes: free local ports on loopback for the
+health and metrics endpoints, since every local process shares one network
+namespace,
 and ConfigMap volumes (the cluster policy) written to local directories, with
 the arguments that name their mount paths pointed there. They are written as
 the kubelet writes them (`write_configmap_volume`: each key a symlink through
@@ -39,6 +40,8 @@ from mailpipe.devstack.procs import free_port
 
 TOKEN_DURATION = "1h"  # longer than any test runs
 PORT_ARGS = ("--liveness-port", "--metrics-port")
+LISTEN_ARG = "--listen-address"
+LOOPBACK = "127.0.0.1"
 SCRAPE_TIMEOUT_SECONDS = 5
 RELAY_SELECTOR = "app.kubernetes.io/component=relay,app.kubernetes.io/managed-by=mailpipe-operator"
 CONTROLLER_PERIOD_SECONDS = 1.0  # how often the stand-in controller looks at the Deployments
@@ -107,9 +110,11 @@ class Kubelet:
         kubeconfig = self.token_kubeconfig(pod["serviceAccountName"], namespace)
         ports = {name: free_port() for name in PORT_ARGS}
         self.metrics_port = ports["--metrics-port"]
+        # The pod's own addresses are, for a local process, the machine's: loopback.
+        local = {**{name: str(port) for name, port in ports.items()}, LISTEN_ARG: LOOPBACK}
         args = [
-            f"{a.split('=', 1)[0]}={ports[a.split('=', 1)[0]]}"
-            if a.split("=", 1)[0] in ports
+            f"{a.split('=', 1)[0]}={local[a.split('=', 1)[0]]}"
+            if a.split("=", 1)[0] in local
             else a
             for a in container["args"]
         ]

@@ -391,6 +391,44 @@ def test_notes_suggest_examples_that_work_together() -> None:
     assert "kafka.example:9092" in notes("kafka.bootstrapServers=kafka.example:9092")
 
 
+@pytest.mark.parametrize(
+    ("sets", "relays_in", "create_mail", "upgrade"),
+    [
+        ((), "in no namespace yet", True, "--set 'rbac.tenantNamespaces={mail}'"),
+        (("rbac.tenantNamespaces={mail}",), "in: mail", False, None),
+        (("rbac.tenantNamespaces={team-a}",), "in: team-a", True, "{team-a,mail}"),
+        (("rbac.tenantNamespaces={*}",), "in every namespace", True, None),
+        (("operator.watchNamespaces={mail}",), "namespaces it watches", False, None),
+        (("operator.watchNamespaces={news}",), "namespaces it watches", True, "{news,mail}"),
+    ],
+    ids=[
+        "none-onboarded",
+        "mail-onboarded",
+        "other-onboarded",
+        "wildcard",
+        "watch-mail",
+        "watch-other",
+    ],
+)
+def test_notes_follow_the_onboarded_namespaces(
+    sets: tuple[str, ...], relays_in: str, create_mail: bool, upgrade: str | None
+) -> None:
+    """Issue 18: NOTES told the reader to create `mail` after an install that had
+    onboarded it (the install needs it first), whatever rbac.tenantNamespaces said.
+    A namespace the install needed is never to be created after it; one to onboard
+    later is created before the `helm upgrade` that onboards it."""
+    text = notes(*sets)
+    assert relays_in in text
+    lines = text.splitlines()
+    creates = [i for i, line in enumerate(lines) if "kubectl create namespace mail" in line]
+    assert bool(creates) == create_mail, text
+    upgrades = [i for i, line in enumerate(lines) if "helm upgrade rel" in line]
+    if upgrade is None:
+        assert not upgrades, text
+    else:
+        assert upgrade in lines[upgrades[0]] and creates[0] < upgrades[0], text
+
+
 def test_helm_test_runs_the_shipped_script_in_a_watched_namespace() -> None:
     docs = render("operator.watchNamespaces={news,mail}")
     pod = next(d for d in docs if d["kind"] == "Pod")

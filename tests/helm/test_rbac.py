@@ -248,3 +248,34 @@ def test_a_pool_in_a_namespace_not_onboarded_says_so(
         for ns in (team_a, team_b):
             kubectl(cli_env, "delete", "sp", "news", "-n", ns, "--wait=false")
         kubelet.stop()
+
+
+def test_install_refuses_a_tenant_namespace_that_does_not_exist(
+    cli_env: dict[str, str], namespace: str, unique: str, release: None
+) -> None:
+    """Issue 18: an install onboarding a namespace that does not exist yet failed
+    half-way (`namespaces "mail" not found`) and left a release that refused the
+    retry (`cannot reuse a name that is still in use`). It is refused before
+    anything is created, saying what to do, and the retry then works."""
+    missing = f"team-c-{unique}"
+    out = helm(
+        cli_env,
+        "install",
+        "rel",
+        str(CHART),
+        "-n",
+        namespace,
+        "--set",
+        "operator.replicas=0",
+        "--set",
+        f"rbac.tenantNamespaces={{{missing}}}",
+    )
+    assert out.returncode != 0
+    told = f'namespace "{missing}" does not exist: create it first (kubectl create namespace'
+    assert told in out.stderr, out.stderr
+    assert helm(cli_env, "status", "rel", "-n", namespace).returncode != 0  # no half release
+    harness.kubectl_ok(cli_env, "create", "namespace", missing)
+    try:
+        install(cli_env, namespace, f"rbac.tenantNamespaces={{{missing}}}")
+    finally:
+        kubectl(cli_env, "delete", "namespace", missing, "--wait=false")

@@ -1,11 +1,23 @@
-"""`mailpipe dev up | down | status | env`: the local stack from a shell."""
+"""`mailpipe dev up | down | status | env`: the local stack from a shell.
+
+`up` and `env` print `export NAME=value` lines, quoted for a POSIX shell, so
+`eval "$(mailpipe dev env)"` points the shell's `kubectl` and `helm` at the
+stack. Without `export` the shell would set variables its children never see,
+and `kubectl` would quietly talk to its default cluster (`~/.kube/config`).
+They also put the stack's helm and this installation's commands (`mailpipe`,
+`kubectl-mailpipe`) first on PATH: the README's lines then run as written.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import sysconfig
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from . import paths
 from .procs import ComponentFailed
 from .stack import Stack
 
@@ -20,6 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def shell_exports(env: Mapping[str, str], path_first: Sequence[str] = ()) -> str:
+    """`export NAME=value` lines for `eval` in sh, bash or zsh; `path_first`
+    directories go before the shell's own PATH (expanded by the shell)."""
+    lines = [f"export {key}={shlex.quote(value)}\n" for key, value in env.items()]
+    if path_first:
+        dirs = ":".join(shlex.quote(d) for d in path_first)
+        lines.append(f'export PATH={dirs}:"$PATH"\n')
+    return "".join(lines)
+
+
+def command_dirs() -> list[str]:
+    """Where the stack's helm and this installation's console scripts live."""
+    return [str(paths.cache_dir() / "bin"), sysconfig.get_path("scripts")]
+
+
 def run(args: argparse.Namespace) -> int:
     stack = Stack(args.state_dir)
     if args.action == "up":
@@ -27,9 +54,12 @@ def run(args: argparse.Namespace) -> int:
             state = stack.up()
         except ComponentFailed as exc:
             print(exc, file=sys.stderr)
+            print(
+                f"stopped the components that had started; logs stay in {stack.state_dir}",
+                file=sys.stderr,
+            )
             return 1
-        for key, value in state.env().items():
-            print(f"{key}={value}")
+        print(shell_exports(state.env(), command_dirs()), end="")
         return 0
     if args.action == "down":
         stopped = stack.down()
@@ -45,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if all(status.values()) else 1
     current = stack.state
     if current is None:
-        print("not running", file=sys.stderr)
+        print(f"not running in {stack.state_dir}: run `mailpipe dev up`", file=sys.stderr)
         return 1
-    for key, value in current.env().items():
-        print(f"{key}={value}")
+    print(shell_exports(current.env(), command_dirs()), end="")
     return 0

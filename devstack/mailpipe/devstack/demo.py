@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kafka import KafkaProducer
 
-from . import harness, kube
+from . import harness, kube, sockets
 from .demo_plan import DOMAINS, Check, Plan, summarize
 from .dns import Zone
 from .procs import free_port
@@ -148,6 +148,10 @@ class Demo:
             # The operator may create relays only in onboarded namespaces (least privilege).
             "--set",
             f"rbac.tenantNamespaces={{{NAMESPACE}}}",
+            # Its pod's own addresses are, for a local process, the machine's: the
+            # local stack stays on loopback (checked in the summary).
+            "--set",
+            "operator.listenAddress=127.0.0.1",
         )
         manifest = harness.helm_ok(self.env, "get", "manifest", RELEASE, "-n", SYSTEM_NAMESPACE)
         docs = [d for d in yaml.safe_load_all(manifest) if d]
@@ -320,8 +324,20 @@ class Demo:
         self.checks.extend(
             summarize(self.plan, self.campaign()["status"], self.receivers, self.say)
         )
+        self.checks.append(self.loopback_only())
         for ok, what in self.checks:
             self.say(f"  [{'ok' if ok else 'FAIL'}] {what}")
+
+    def loopback_only(self) -> tuple[bool, str]:
+        """The local stack promises loopback only: every socket the stack's
+        components, the operator and the relays listen on, checked from /proc."""
+        pids = [c.pid for c in self.children.running()]
+        pids += [p.pid for p in self.state.processes.values()]
+        listeners = sockets.listening(pids)
+        wide = sorted({f"{a}:{p}" for a, p in listeners if not sockets.is_loopback(a)})
+        if wide:
+            return False, "listening beyond loopback: " + ", ".join(wide)
+        return bool(listeners), "every process of the stack listens on loopback only"
 
     def run(self) -> bool:
         smtp_port = self.start_receivers()

@@ -119,6 +119,9 @@ def summarize(
     )
 
     cold = sum(n for (_, ip), n in per_ip.items() if ip == WARMING_IP)
+    # The cap, and the WARMUP column's "tried", count every recipient the IP
+    # tried: delivered, bounced and deferred alike.
+    cold_tried = sum(rx.handler.rcpt_tries[WARMING_IP] for rx in receivers.values())
     helos = {m.peer: m.helo for rx in receivers.values() for m in rx.messages()}
     return [
         (status["phase"] == "Completed", "campaign Completed"),
@@ -149,8 +152,9 @@ def summarize(
             "no suppressed address was ever sent to",
         ),
         (
-            0 < cold <= plan.warmup_cap,
-            f"warming IP {WARMING_IP} sent {cold} <= cap {plan.warmup_cap}",
+            0 < cold <= cold_tried <= plan.warmup_cap,
+            f"warming IP {WARMING_IP} tried {cold_tried} recipients ({cold} delivered)"
+            f" <= cap {plan.warmup_cap}",
         ),
         (
             helos.get(WARMING_IP) == WARMING_HELO and helos.get(WARM_IP) == WARM_HELO,

@@ -157,7 +157,7 @@ def prepare(
     import subprocess
 
     home = state_dir / "kafka"
-    data = home / "data"
+    data = home / "data"  # empty: `Stack.up` removes a previous run's (a new cluster id)
     data.mkdir(parents=True, exist_ok=True)
     ports = KafkaPorts(procs.free_port(), procs.free_port())
     props = home / "server.properties"

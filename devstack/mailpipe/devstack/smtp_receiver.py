@@ -85,6 +85,9 @@ class ReceiverHandler:
         self.messages: list[Received] = []
         self.rcpt_replies: list[tuple[str, str]] = []  # (recipient, reply) in order
         self.connections: Counter[str] = Counter()  # peer ip -> connections
+        # peer ip -> recipients it tried (RCPT answered, whatever the reply): what
+        # a warming IP's daily cap counts, delivered, bounced and deferred alike
+        self.rcpt_tries: Counter[str] = Counter()
         # (sender, arrival time) of every MAIL FROM, accepted or not: what a
         # receiver's rate limit counts (Gmail, Yahoo count what arrives).
         self.mail_froms: list[tuple[str, float]] = []
@@ -145,6 +148,8 @@ class ReceiverHandler:
         reply = self._reply_for(address)
         with self.lock:
             self.rcpt_replies.append((address, reply))
+            if session.peer:
+                self.rcpt_tries[str(session.peer[0])] += 1
         if reply.startswith("2"):
             envelope.rcpt_tos.append(address)
         return reply

@@ -9,6 +9,7 @@ most of the start-up time.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -19,6 +20,10 @@ from . import certs, dns, harness, kafka, kube, procs
 from .procs import ComponentFailed
 
 STATE_FILE = "state.json"
+# What a stack stores, relative to its state directory. Each `up` starts them
+# empty: Kafka's storage is formatted with a new cluster id (the old data would
+# refuse to start under it), and ports, certificates and tokens are new too.
+DATA_DIRS = ("kafka/data", "kube/etcd-data")
 KAFKA_START_TIMEOUT_SECONDS = 120  # a cold JVM on a loaded 2-core machine
 KUBE_START_TIMEOUT_SECONDS = 90
 ETCD_START_TIMEOUT_SECONDS = 30  # a Go binary on local disk with fsync off
@@ -109,13 +114,16 @@ class Stack:
         return StackState.load(self.state_dir)
 
     def up(self, zones: Iterable[dns.Zone] = ()) -> StackState:
-        """Start every component; on any failure stop what started and re-raise."""
+        """Start every component, with empty data; on any failure stop what
+        started and re-raise. A stack already running here is returned as it is."""
         existing = self.state
         if existing is not None and all(procs.alive(p.pid) for p in existing.processes.values()):
             return existing
         if existing is not None:
             self.down()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        for data in DATA_DIRS:  # a stack stopped by `down`: start afresh, not over its data
+            shutil.rmtree(self.state_dir / data, ignore_errors=True)
         state = StackState(state_dir=str(self.state_dir), started_at=time.time())
         try:
             self._start(state, list(zones))
@@ -133,7 +141,7 @@ class Stack:
 
         # etcd and the Kafka JVM first, concurrently; the apiserver needs etcd.
         etcd_log = kube_dir / "etcd.log"
-        etcd_cmd = kube.etcd_command(ports, kube_dir / "etcd-data")
+        etcd_cmd = kube.etcd_command(ports, self.state_dir / DATA_DIRS[1])
         etcd_pid = procs.spawn(etcd_cmd, etcd_log)
         state.processes["etcd"] = Process(etcd_pid, str(etcd_log), etcd_cmd)
         state.save()

@@ -101,3 +101,15 @@ it reads a ConfigMap or Secret only when a Campaign or SendingPool names it
   resources: ["secrets"]
   verbs: ["get"]
 {{- end -}}
+
+{{/*
+Namespaces outside the release's own that the chart puts objects in (Roles,
+RoleBindings), one per line: they must exist before `helm install`.
+*/}}
+{{- define "mailpipe.requiredNamespaces" -}}
+{{- if .Values.operator.watchNamespaces }}
+{{- join "\n" .Values.operator.watchNamespaces }}
+{{- else if .Values.rbac.create }}
+{{- join "\n" (without .Values.rbac.tenantNamespaces "*") }}
+{{- end }}
+{{- end -}}

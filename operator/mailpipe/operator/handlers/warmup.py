@@ -117,13 +117,17 @@ def pause_message(paused: list[IPReport]) -> str:
 
 
 def warmup_summary(reports: list[IPReport]) -> str:
-    """The WARMUP printer column: warming IPs' day and budget, and any pause."""
+    """The WARMUP printer column: warming IPs' day and budget, and any pause.
+
+    The budget counts recipients tried today (delivered, bounced and deferred
+    alike: each one spends the IP's reputation), so the column says "tried":
+    a bare "100/100" beside 94 delivered read as a miscount."""
     parts = []
     for r in reports:
         if r.paused_reason:
             parts.append(f"{r.address} PAUSED ({r.paused_reason})")
         elif r.warming:
-            parts.append(f"{r.address} d{r.warmup_day} {r.sent_today}/{r.cap_today}")
+            parts.append(f"{r.address} d{r.warmup_day} {r.sent_today}/{r.cap_today} tried")
     return ", ".join(parts) or "warm"
 
 
