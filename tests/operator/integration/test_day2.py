@@ -145,8 +145,11 @@ def test_the_plugin_tells_a_recipients_fate(
     assert f"{campaign}: delivered at" in out.stdout and "250 2.0.0 queued as 4F2A" in out.stdout
     assert "suppressed: no" in out.stdout
 
+    # A campaign that does not exist is an error, not "no event" (issue 18, 8).
     out = plugin(cli_env, "fate", rcpt, "-n", namespace, "--campaign", "autumn", "--pool", "news")
-    assert out.returncode == 0 and f"no event for {rcpt} in {namespace}/autumn" in out.stdout
+    assert out.returncode == 2 and f'campaign "autumn" not found in namespace {namespace}' in (
+        out.stderr
+    )
 
     out = plugin(cli_env, "fate", rcpt, "-n", namespace, "-o", "json")
     [fate] = json.loads(out.stdout)["fates"]
