@@ -1,10 +1,14 @@
-"""The pure parts of `kubectl mailpipe`: suppressions, fates, arguments, tables."""
+"""The pure parts of `kubectl mailpipe`: suppressions, fates, arguments, tables, and
+the one-line errors when there is no cluster to talk to."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from mailpipe.cli import kubectl
 from mailpipe.cli.kubectl import build_parser
 from mailpipe.cli.kubectl.records import (
     UNDECODABLE,
@@ -36,6 +40,7 @@ from mailpipe.contracts.wire import (
     decode_suppression,
     encode,
 )
+from mailpipe.devstack.procs import free_port
 from mailpipe.operator.handlers.warmup import split_unpause
 from mailpipe.operator.models import SendingPoolSpec
 
@@ -277,3 +282,29 @@ def test_kept_topics_are_named_with_the_command_that_deletes_them() -> None:
     )
     foreign = topics_kept_step("mail", "news", {"kafka": {"topicPrefix": "mailpipe.other.x"}})
     assert "nothing of this pool's to delete" in foreign
+
+
+KUBECONFIG_TO = """
+apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "https://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: c, context: {{cluster: c, user: u, namespace: mail}}}}]
+current-context: c
+"""
+
+
+def test_no_kubeconfig_and_no_api_server_are_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code = kubectl.main(["suppressions", "list", "--kubeconfig", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "--kubeconfig" in err, err
+    config = tmp_path / "kubeconfig"
+    port = free_port()  # nothing listens there
+    config.write_text(KUBECONFIG_TO.format(port=port))
+    code = kubectl.main(["fate", "a@x.test", "--kubeconfig", str(config)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"cannot reach the Kubernetes API at 127.0.0.1:{port}" in err

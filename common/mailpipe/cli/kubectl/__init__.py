@@ -177,8 +177,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         commands.warn(api_error(exc))
         return 1
     except HTTPError as exc:  # no answer from the API server at all
+        pool = getattr(exc, "pool", None)
+        where = f" at {pool.host}:{pool.port}" if pool is not None else ""
         commands.warn(
-            f"cannot reach the Kubernetes API ({type(exc).__name__}): "
+            f"cannot reach the Kubernetes API{where} ({type(exc).__name__}): "
             "check KUBECONFIG, --kubeconfig or --context"
         )
         return 1
