@@ -250,13 +250,21 @@ def uninstall(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
             file=out,
         )
         return 1
-    if kept:
+    steps = [
+        (plural, obj, message, step)
+        for plural, obj, message in kept
+        if (
+            step := topics_kept_step(
+                obj["metadata"]["namespace"], obj["metadata"]["name"], obj.get("spec") or {}
+            )
+        )
+    ]
+    if steps:
         print("every Campaign and SendingPool is gone, but Kafka topics remain:", file=out)
-        for plural, obj, message in kept:
+        for plural, obj, message, step in steps:
             meta = obj["metadata"]
-            spec = obj.get("spec") or {}
             print(f"  {plural}/{meta['name']} -n {meta['namespace']}: {message}", file=out)
-            print(f"  {topics_kept_step(meta['namespace'], meta['name'], spec)}", file=out)
+            print(f"  {step}", file=out)
         return 1
     print("every Campaign and SendingPool is gone", file=out)
     return 0

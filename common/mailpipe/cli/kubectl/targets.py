@@ -200,25 +200,15 @@ def unpause_refusal(ip: str, pool: str, egress: Sequence[str], status_ips: Any) 
     )
 
 
-@dataclass(frozen=True)
-class Leftover:
-    """What the operator reported it left behind when an object was deleted."""
-
-    plural: str
-    namespace: str
-    name: str
-    reason: str
-    message: str
-    next_step: str
-
-
-def topics_kept_step(namespace: str, name: str, spec: Mapping[str, Any]) -> str:
-    """The command that deletes what a pool's `TopicsKept` left (the pool's own topics)."""
+def topics_kept_step(namespace: str, name: str, spec: Mapping[str, Any]) -> str | None:
+    """The command that deletes what a pool's `TopicsKept` left (the pool's own
+    topics); None when the pool owns none: its prefix names topics outside its
+    namespace, which the operator never created and must not be deleted for it."""
     kafka = spec.get("kafka") or {}
     try:
         prefix = owned_prefix(namespace, name, kafka.get("topicPrefix") or None)
     except TopicOwnershipError:
-        return "nothing of this pool's to delete: its prefix names topics outside its namespace"
+        return None
     bootstrap = str(kafka.get("bootstrapServers") or "<the chart's kafka.bootstrapServers>")
     pattern = prefix.replace(".", "\\.") + "\\..*"
     return (
