@@ -145,33 +145,15 @@ def test_the_plugin_tells_a_recipients_fate(
     assert f"{campaign}: delivered at" in out.stdout and "250 2.0.0 queued as 4F2A" in out.stdout
     assert "suppressed: no" in out.stdout
 
+    # A campaign that does not exist is an error, not "no event" (issue 18, 8).
     out = plugin(cli_env, "fate", rcpt, "-n", namespace, "--campaign", "autumn", "--pool", "news")
-    assert out.returncode == 0 and f"no event for {rcpt} in {namespace}/autumn" in out.stdout
+    assert out.returncode == 2 and f'campaign "autumn" not found in namespace {namespace}' in (
+        out.stderr
+    )
 
     out = plugin(cli_env, "fate", rcpt, "-n", namespace, "-o", "json")
     [fate] = json.loads(out.stdout)["fates"]
     assert (fate["disposition"], fate["final"], len(fate["attempts"])) == ("delivered", True, 2)
-
-
-def test_unpause_ip_sets_the_annotation_the_operator_reads(
-    ready_operator: Child, cli_env: dict[str, str], namespace: str
-) -> None:
-    out = plugin(cli_env, "unpause-ip", "127.0.0.2", "--pool", "news", "-n", namespace)
-    assert out.returncode == 0, out.stderr
-
-    # The operator reads it: writes the un-pause to the events topic (an
-    # IPUnpaused Event says so), then removes the annotation.
-    def consumed() -> bool:
-        pool = get(cli_env, "sp", "news", namespace) or {}
-        annotations = pool.get("metadata", {}).get("annotations") or {}
-        events = kubectl(
-            cli_env, "get", "events", "-n", namespace, "--field-selector", "reason=IPUnpaused"
-        ).stdout
-        return "mailpipe.io/unpause-ip" not in annotations and "127.0.0.2" in events
-
-    wait_for(consumed, 60, "the operator to consume the un-pause annotation", ready_operator)
-    out = plugin(cli_env, "unpause-ip", "127.0.0.9", "--pool", "news", "-n", namespace)
-    assert out.returncode == 2 and "not an egress IP of sendingpool news" in out.stderr
 
 
 def test_kubectl_scale_sp_scales_the_relays(

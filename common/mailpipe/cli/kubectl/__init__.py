@@ -13,9 +13,13 @@ plugin reads the pool's Kafka and topics from the SendingPool itself:
     kubectl mailpipe uninstall --all-namespaces       # the chart's pre-delete hook runs this
     kubectl mailpipe release-finalizers -n mail       # the escape hatch: the operator is gone
 
-`--pool` may be left out when the namespace has one pool. `--bootstrap`
-(or MAILPIPE_KAFKA_BOOTSTRAP) replaces the pool's Kafka address when the
-plugin runs where that address does not resolve (outside the cluster).
+`--pool` may be left out when the namespace has one pool. A pool that names
+no Kafka uses the chart's `kafka.bootstrapServers`, read from the operator
+Deployment the chart installed (listing Deployments in all namespaces).
+`--bootstrap` (or MAILPIPE_KAFKA_BOOTSTRAP) replaces the pool's Kafka address
+when the plugin runs where that address does not resolve (outside the
+cluster) or may not read the operator's Deployment. Every error is one line
+that says what to do next.
 `--kafka-security-protocol`, `--kafka-sasl-mechanism`, `--kafka-username`,
 `--kafka-password-file` and `--kafka-ca-file` (or the operator's variables
 MAILPIPE_KAFKA_SECURITY_PROTOCOL, ..._SASL_MECHANISM, ..._USERNAME,
@@ -26,6 +30,7 @@ with ACLs; the password is only ever read from a file.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +38,9 @@ from typing import TextIO
 
 from kafka.errors import KafkaError
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config import ConfigException
 from pydantic import ValidationError
+from urllib3.exceptions import HTTPError
 
 from mailpipe.contracts.kafka_security import (
     ENV_CA_FILE,
@@ -49,7 +56,9 @@ from mailpipe.kafkakit import KafkaAccessError
 
 from . import commands, kafka_io
 from .cluster import Cluster
+from .kafka_io import KafkaFailure
 from .records import UsageError
+from .targets import first_problem
 
 Command = Callable[[Cluster, argparse.Namespace, TextIO], int]
 UNINSTALL_TIMEOUT_SECONDS = 300.0  # finalizers of hundreds of pools: topic deletions, one by one
@@ -158,18 +167,51 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             args.namespace = cluster.namespace
         run: Command = args._run
         return run(cluster, args, out or sys.stdout)
-    except (UsageError, ValidationError) as exc:
+    except UsageError as exc:
         commands.warn(str(exc))
         return 2
+    except ValidationError as exc:
+        commands.warn(first_problem(exc))
+        return 2
     except ApiException as exc:
-        commands.warn(f"Kubernetes API: {exc.status} {exc.reason}")
+        commands.warn(api_error(exc))
         return 1
-    except KafkaError as exc:
+    except HTTPError as exc:  # no answer from the API server at all
+        pool = getattr(exc, "pool", None)
+        where = f" at {pool.host}:{pool.port}" if pool is not None else ""
+        commands.warn(
+            f"cannot reach the Kubernetes API{where} ({type(exc).__name__}): "
+            "check KUBECONFIG, --kubeconfig or --context"
+        )
+        return 1
+    except ConfigException as exc:
+        commands.warn(
+            f"no usable kubeconfig ({' '.join(str(exc).split())[:200]}): "
+            "set KUBECONFIG or pass --kubeconfig"
+        )
+        return 1
+    except KafkaFailure as exc:
+        commands.warn(str(exc))
+        return 1
+    except KafkaError as exc:  # raised outside kafka_io's mapping (none known)
         commands.warn(f"Kafka: {type(exc).__name__}: {str(exc)[:200]}")
         return 1
     except KafkaAccessError as exc:  # a credential file missing or empty, named
-        commands.warn(f"Kafka: {exc}")
+        commands.warn(f"Kafka: {exc}: check the --kafka-* options or MAILPIPE_KAFKA_* variables")
         return 1
+
+
+def api_error(exc: ApiException) -> str:
+    """An API server refusal as one line: status, its own message, and what to do."""
+    try:
+        said = str(json.loads(exc.body or "{}").get("message") or "")
+    except (ValueError, AttributeError):
+        said = ""
+    said = " ".join(said.split())[:300]
+    head = f"Kubernetes API: {exc.status} {exc.reason}" + (f": {said}" if said else "")
+    if exc.status in (401, 403):
+        return f"{head}: ask for the rights, or use a kubeconfig/--context that has them"
+    return f"{head}: check the names given, or retry"
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The kubectl plugin's Kubernetes IO: find a pool's Kafka, annotate, delete, release.
 
 The user names a namespace and a pool; everything else (bootstrap servers,
-topic names) is read from the SendingPool and named by the operator's own
-models (`mailpipe.operator.models`, `mailpipe.operator.pool.topics`), so the
-plugin and the operator cannot disagree on a topic. Credentials are kubectl's:
+topic names) is read from the SendingPool (a pool that names no Kafka: from
+the chart's operator Deployment, whose environment gives the operator its
+default) and named by the operator's own models (`mailpipe.operator.models`,
+`mailpipe.operator.pool.topics`), so the plugin and the operator cannot
+disagree on a topic. Credentials are kubectl's:
 the kubeconfig (`--kubeconfig`, `KUBECONFIG`, `~/.kube/config`) and context,
 or the pod's ServiceAccount when run in the cluster (the chart's uninstall hook).
 """
@@ -18,12 +20,24 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
-from mailpipe.contracts.topics import Topics
+from mailpipe.contracts.topics import TopicOwnershipError, Topics
+from mailpipe.operator.defaults import PoolDefaults
 from mailpipe.operator.models import GROUP, VERSION, SendingPoolSpec
 from mailpipe.operator.pool import PoolRef, topics
 
 from .records import UsageError
+from .targets import (
+    OPERATOR_SELECTOR,
+    NamespaceState,
+    campaign_missing,
+    chart_kafka,
+    chart_kafka_forbidden,
+    choose_pool,
+    invalid_pool,
+    operator_kafka,
+)
 
 FINALIZER = f"{GROUP}/finalizer"  # the operator's (handlers: settings.persistence.finalizer)
 UNPAUSE_ANNOTATION = f"{GROUP}/unpause-ip"  # read by the operator: lifts a warm-up pause
@@ -85,38 +99,82 @@ class Cluster:
         items: list[dict[str, Any]] = listed["items"]
         return items
 
-    def pool(self, namespace: str, name: str | None, bootstrap: str | None = None) -> PoolTarget:
-        """The SendingPool `name` (or the only one in `namespace` when None);
-        `bootstrap` overrides its Kafka address (e.g. from outside the cluster)."""
-        if name is None:
-            pools = self.objects("sendingpools", namespace)
-            if len(pools) != 1:
-                found = ", ".join(p["metadata"]["name"] for p in pools) or "none"
-                raise UsageError(f"name the pool with --pool: namespace {namespace} has {found}")
-            obj = pools[0]
-        else:
+    def namespace_state(self, namespace: str) -> NamespaceState:
+        """Whether `namespace` exists (UNKNOWN: the user may not read namespaces)."""
+        try:
+            client.CoreV1Api(self.api).read_namespace(namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return NamespaceState.MISSING
+            if exc.status in (401, 403):
+                return NamespaceState.UNKNOWN
+            raise
+        return NamespaceState.EXISTS
+
+    def pool_object(self, namespace: str, name: str | None) -> dict[str, Any]:
+        """The SendingPool `name` (or the only one in `namespace` when None), as
+        the API serves it; UsageError naming what is wrong and what to do."""
+        if name is not None:
             got = self.get("sendingpools", namespace, name)
-            if got is None:
-                raise UsageError(f'sendingpool "{name}" not found in namespace {namespace}')
-            obj = got
+            if got is not None:
+                return got
+        pools = {p["metadata"]["name"]: p for p in self.objects("sendingpools", namespace)}
+        state = NamespaceState.EXISTS if pools else self.namespace_state(namespace)
+        return pools[choose_pool(namespace, name, sorted(pools), state)]
+
+    def chart_kafka(self, pool: str, namespace: str) -> str:
+        """The chart's kafka.bootstrapServers for a pool that names no Kafka: the
+        operator Deployment's environment, which is what the operator uses."""
+        try:
+            listed = client.AppsV1Api(self.api).list_deployment_for_all_namespaces(
+                label_selector=OPERATOR_SELECTOR
+            )
+        except ApiException as exc:
+            if exc.status in (401, 403):
+                raise chart_kafka_forbidden(pool, namespace) from exc
+            raise
+        deployments = [self.api.sanitize_for_serialization(d) for d in listed.items]
+        return chart_kafka(pool, namespace, [operator_kafka(d) for d in deployments])
+
+    def pool(self, namespace: str, name: str | None, bootstrap: str | None = None) -> PoolTarget:
+        """The SendingPool `name` (or the only one in `namespace` when None) and
+        its Kafka: `bootstrap` if given (e.g. from outside the cluster), else
+        the pool's own, else the chart's, as the operator would use it."""
+        obj = self.pool_object(namespace, name)
         meta = obj["metadata"]
-        spec = SendingPoolSpec.model_validate(obj["spec"])
-        ref = PoolRef(meta["name"], meta["namespace"], meta["uid"])
+        ns, pool_name = meta["namespace"], meta["name"]
+        raw = dict(obj.get("spec") or {})
+        own = str((raw.get("kafka") or {}).get("bootstrapServers") or "")
+        kafka = bootstrap or own or self.chart_kafka(pool_name, ns)
+        try:
+            spec = SendingPoolSpec.model_validate(
+                raw, context=PoolDefaults(kafka_bootstrap_servers=kafka).context()
+            )
+            pool_topics = topics(PoolRef(pool_name, ns, meta["uid"]), spec)
+        except ValidationError as exc:
+            raise invalid_pool(pool_name, ns, exc) from exc
+        except TopicOwnershipError as exc:
+            raise UsageError(f"sendingpool {pool_name} in namespace {ns}: {exc}") from exc
         return PoolTarget(
-            meta["namespace"],
-            meta["name"],
-            bootstrap or spec.kafka.bootstrap_servers,
-            topics(ref, spec),
-            spec,
-            obj,
+            ns, pool_name, bootstrap or spec.kafka.bootstrap_servers, pool_topics, spec, obj
         )
 
-    def campaign_pool(self, namespace: str, campaign: str) -> str:
-        """The poolRef of Campaign `campaign` in `namespace`."""
-        obj = self.get("campaigns", namespace, campaign)
+    def campaign(self, namespace: str, name: str) -> dict[str, Any]:
+        """Campaign `name` in `namespace`; UsageError saying what to do if there is none."""
+        obj = self.get("campaigns", namespace, name)
         if obj is None:
-            raise UsageError(f'campaign "{campaign}" not found in namespace {namespace}')
-        return str(obj["spec"]["poolRef"])
+            raise campaign_missing(namespace, name, self.namespace_state(namespace))
+        return obj
+
+    def events_about(self, namespace: str | None, kind: str) -> list[dict[str, Any]]:
+        """The Events about objects of `kind` in `namespace` (None: all namespaces)."""
+        core = client.CoreV1Api(self.api)
+        selector = f"involvedObject.kind={kind}"
+        if namespace is None:
+            listed = core.list_event_for_all_namespaces(field_selector=selector)
+        else:
+            listed = core.list_namespaced_event(namespace, field_selector=selector)
+        return [self.api.sanitize_for_serialization(e) for e in listed.items]
 
     # -- writing ------------------------------------------------------------------
 

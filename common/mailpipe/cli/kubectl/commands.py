@@ -13,13 +13,14 @@ import sys
 import time
 from typing import Any, TextIO
 
+from kubernetes.client.exceptions import ApiException
+
 from mailpipe.contracts.wire import SuppressionReason
 
 from . import kafka_io
 from .cluster import FINALIZER, PLURALS, UNPAUSE_ANNOTATION, Cluster, PoolTarget
 from .records import (
     Entry,
-    UsageError,
     campaign_key,
     checked_address,
     fates,
@@ -31,7 +32,13 @@ from .records import (
     table,
     tombstones,
 )
+from .targets import campaign_ref, topics_kept_step, unpause_refusal
 
+TOPICS_KEPT = "TopicsKept"  # the operator's Warning when a deleted pool's topics stay
+# What the operator says of a deleted pool's topics (handlers/pool.py, delete_pool).
+TOPIC_OUTCOMES = frozenset({TOPICS_KEPT, "TopicsDeleted", "TopicsRetained"})
+EVENT_SETTLE_SECONDS = 5.0  # the operator posts its Event within a moment of the deletion
+POLL_SECONDS = 1.0  # how often a settling uninstall looks at the Events again
 ESCAPE_HATCH = (
     "kubectl patch {plural} {name} -n {namespace} --type=merge "
     '-p \'{{"metadata":{{"finalizers":null}}}}\''
@@ -109,11 +116,18 @@ def suppressions_list(cluster: Cluster, args: argparse.Namespace, out: TextIO) -
 
 def fate(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
     address = checked_address(args.address)
-    campaign = campaign_key(args.namespace, args.campaign) if args.campaign else None
-    pool_name = args.pool
-    if pool_name is None and args.campaign and "/" not in args.campaign:
-        pool_name = cluster.campaign_pool(args.namespace, args.campaign)
-    pool = cluster.pool(args.namespace, pool_name, args.bootstrap)
+    campaign = None
+    pool_namespace, pool_name = args.namespace, args.pool
+    if args.campaign:
+        # The campaign's own pool holds its events, whatever --pool says.
+        pool_namespace, name = campaign_ref(args.namespace, args.campaign)
+        obj = cluster.campaign(pool_namespace, name)
+        campaign = campaign_key(pool_namespace, name)
+        own = str((obj.get("spec") or {}).get("poolRef") or "")
+        if pool_name is not None and pool_name != own:
+            note(f"--pool {pool_name} left aside: campaign {campaign} sends through {own}")
+        pool_name = own
+    pool = cluster.pool(pool_namespace, pool_name, args.bootstrap)
     found = fates(
         kafka_io.events_of(pool.bootstrap, pool.topics.events, address), address, campaign
     )
@@ -171,17 +185,21 @@ def fate(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def unpause_ip(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
-    pool = _pool(cluster, args)
-    addresses = [e.address for e in pool.spec.egress_ips]
-    if args.ip not in addresses:
-        raise UsageError(
-            f"{args.ip} is not an egress IP of sendingpool {pool.name} ({', '.join(addresses)})"
-        )
-    for ip in pool.obj.get("status", {}).get("ips", []):
-        if ip.get("address") == args.ip and ip.get("pausedReason"):
-            print(f"{args.ip} was paused: {ip['pausedReason']}", file=out)
-    cluster.annotate("sendingpools", pool.namespace, pool.name, UNPAUSE_ANNOTATION, args.ip)
-    print(f"sendingpool.mailpipe.io/{pool.name} annotated {UNPAUSE_ANNOTATION}={args.ip}", file=out)
+    """Lift a paused IP's pause (the operator acts on the annotation). Needs no
+    Kafka: the pool's egress IPs and their pauses are in the pool itself."""
+    obj = cluster.pool_object(args.namespace, args.pool)
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    egress = [str(e.get("address")) for e in spec.get("egressIPs") or []]
+    refused = unpause_refusal(args.ip, meta["name"], egress, status.get("ips"))
+    if refused is not None:
+        warn(refused)
+        return 1
+    reason = next(i["pausedReason"] for i in status["ips"] if i.get("address") == args.ip)
+    print(f"{args.ip} was paused: {reason}", file=out)
+    cluster.annotate("sendingpools", meta["namespace"], meta["name"], UNPAUSE_ANNOTATION, args.ip)
+    print(
+        f"sendingpool.mailpipe.io/{meta['name']} annotated {UNPAUSE_ANNOTATION}={args.ip}", file=out
+    )
     return 0
 
 
@@ -197,13 +215,17 @@ def _describe(plural: str, obj: dict[str, Any]) -> str:
 def uninstall(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
     """Delete every Campaign, then every SendingPool, each time waiting until
     the operator has run their finalizers; what is left after `--timeout` is
-    listed with the escape hatch (exit 1)."""
+    listed with the escape hatch (exit 1). What the operator reported it left
+    behind while deleting (a pool's topics kept) is listed with the command
+    that removes it (exit 1): the objects are gone, not everything they held."""
     scope = _scope(args)
     deadline = time.monotonic() + args.timeout
+    deleted: dict[str, tuple[str, dict[str, Any]]] = {}  # uid -> (plural, object)
     for plural in PLURALS:
         for obj in cluster.objects(plural, scope):
             meta = obj["metadata"]
             cluster.delete(plural, meta["namespace"], meta["name"])
+            deleted[meta["uid"]] = (plural, obj)
             print(f"deleting {plural}/{meta['name']} -n {meta['namespace']}", file=out)
         left = cluster.wait_gone(plural, scope, deadline, time.monotonic)
         if left:
@@ -219,8 +241,64 @@ def uninstall(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
                     file=out,
                 )
             return 1
+    kept = _topics_kept(cluster, scope, deleted)
+    if kept is None:
+        print(
+            "every Campaign and SendingPool is gone; whether the operator kept any topic is"
+            " unknown (Events not readable): kubectl get events -A --field-selector"
+            f" reason={TOPICS_KEPT}",
+            file=out,
+        )
+        return 1
+    steps = [
+        (plural, obj, message, step)
+        for plural, obj, message in kept
+        if (
+            step := topics_kept_step(
+                obj["metadata"]["namespace"], obj["metadata"]["name"], obj.get("spec") or {}
+            )
+        )
+    ]
+    if steps:
+        print("every Campaign and SendingPool is gone, but Kafka topics remain:", file=out)
+        for plural, obj, message, step in steps:
+            meta = obj["metadata"]
+            print(f"  {plural}/{meta['name']} -n {meta['namespace']}: {message}", file=out)
+            print(f"  {step}", file=out)
+        return 1
     print("every Campaign and SendingPool is gone", file=out)
     return 0
+
+
+def _topics_kept(
+    cluster: Cluster, scope: str | None, deleted: dict[str, tuple[str, dict[str, Any]]]
+) -> list[tuple[str, dict[str, Any], str]] | None:
+    """The deleted pools whose topics the operator kept (its `TopicsKept`
+    Warning Event on them), with its message; None if Events are not readable.
+
+    The operator posts its Event about a pool's topics beside removing the
+    finalizer, not strictly before, so a pool without one yet is looked at
+    again for up to EVENT_SETTLE_SECONDS."""
+    pools = {uid: v for uid, v in deleted.items() if v[0] == "sendingpools"}
+    settle = time.monotonic() + EVENT_SETTLE_SECONDS
+    while True:
+        try:
+            events = cluster.events_about(scope, "SendingPool")
+        except ApiException as exc:
+            if exc.status in (401, 403):
+                return None
+            raise
+        about = [e for e in events if (e.get("involvedObject") or {}).get("uid") in pools]
+        told = {e["involvedObject"]["uid"] for e in about if e.get("reason") in TOPIC_OUTCOMES}
+        if len(told) == len(pools) or time.monotonic() >= settle:
+            break
+        time.sleep(POLL_SECONDS)
+    kept = {
+        e["involvedObject"]["uid"]: str(e.get("message") or "")
+        for e in about
+        if e.get("reason") == TOPICS_KEPT and e.get("type") == "Warning"
+    }
+    return [(pools[uid][0], pools[uid][1], message) for uid, message in kept.items()]
 
 
 def release_finalizers(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
@@ -251,3 +329,7 @@ def release_finalizers(cluster: Cluster, args: argparse.Namespace, out: TextIO) 
 
 def warn(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
+
+
+def note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)

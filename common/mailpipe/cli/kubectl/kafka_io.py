@@ -9,9 +9,11 @@ MAILPIPE_KAFKA_*), set once per command before any client is made.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from mailpipe.contracts.kafka_security import KafkaConnection, KafkaSecurity
 from mailpipe.contracts.wire import Event, WireError, decode_event
@@ -31,13 +33,36 @@ def use_login(security: KafkaSecurity) -> None:
     _login = security
 
 
+class KafkaFailure(Exception):
+    """A Kafka client error, named with the address the plugin used and what to do."""
+
+    def __init__(self, bootstrap: str, exc: KafkaError) -> None:
+        detail = " ".join(str(exc).split())[:200]
+        super().__init__(
+            f"Kafka at {bootstrap}: {type(exc).__name__}"
+            + (f" ({detail})" if detail and detail != type(exc).__name__ else "")
+            + ": if that address does not answer from here, give a reachable one with"
+            " --bootstrap or MAILPIPE_KAFKA_BOOTSTRAP"
+        )
+
+
+@contextlib.contextmanager
+def _mapped(bootstrap: str) -> Iterator[None]:
+    """The Kafka client's errors as `KafkaFailure` (mapped once, here)."""
+    try:
+        yield
+    except KafkaError as exc:
+        raise KafkaFailure(bootstrap, exc) from exc
+
+
 def _cluster(bootstrap: str) -> KafkaConnection:
     return KafkaConnection(bootstrap_servers=bootstrap, security=_login)
 
 
 def read(bootstrap: str, topic: str) -> list[KafkaRecord]:
     """Every (key, value) on `topic` up to its end now."""
-    return [(r.key, r.value) for r in read_records(_cluster(bootstrap), topic)]
+    with _mapped(bootstrap):
+        return [(r.key, r.value) for r in read_records(_cluster(bootstrap), topic)]
 
 
 def events_of(bootstrap: str, topic: str, address: str) -> list[Event]:
@@ -45,7 +70,9 @@ def events_of(bootstrap: str, topic: str, address: str) -> list[Event]:
     searched first (case-insensitively), so only candidates are decoded."""
     needle = address.strip().lower().encode()
     out = []
-    for r in read_records(_cluster(bootstrap), topic):
+    with _mapped(bootstrap):
+        records = read_records(_cluster(bootstrap), topic)
+    for r in records:
         if r.value is None or needle not in r.value.lower():
             continue
         try:
@@ -57,14 +84,15 @@ def events_of(bootstrap: str, topic: str, address: str) -> list[Event]:
 
 def produce(bootstrap: str, topic: str, records: Iterable[KafkaRecord]) -> int:
     """Produce `records` (None value: a tombstone) and wait for every ack; the count."""
-    producer = KafkaProducer(
-        **client_options(_cluster(bootstrap)), acks="all", client_id="kubectl-mailpipe"
-    )
-    try:
-        futures = [producer.send(topic, key=k, value=v) for k, v in records]
-        producer.flush(timeout=ACK_TIMEOUT_SECONDS)
-        for f in futures:
-            f.get(timeout=ACK_TIMEOUT_SECONDS)
-        return len(futures)
-    finally:
-        producer.close(timeout=ACK_TIMEOUT_SECONDS)
+    with _mapped(bootstrap):
+        producer = KafkaProducer(
+            **client_options(_cluster(bootstrap)), acks="all", client_id="kubectl-mailpipe"
+        )
+        try:
+            futures = [producer.send(topic, key=k, value=v) for k, v in records]
+            producer.flush(timeout=ACK_TIMEOUT_SECONDS)
+            for f in futures:
+                f.get(timeout=ACK_TIMEOUT_SECONDS)
+            return len(futures)
+        finally:
+            producer.close(timeout=ACK_TIMEOUT_SECONDS)

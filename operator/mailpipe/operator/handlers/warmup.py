@@ -16,6 +16,8 @@ relay Deployment: this module never writes a pool's children.
 - The `mailpipe.io/unpause-ip: <ip>[,<ip>]` annotation makes the operator write
   an `IPUnpaused` record to the pool's events topic (relays and this ledger
   both replay it, so the lift survives restarts), then remove the annotation.
+  Only for an IP that is paused: the record restarts the IP's rates, so for
+  one that is not it would only wipe their history (refused, with a Warning).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -196,6 +199,17 @@ async def pool_warmup_status(
         )
 
 
+def split_unpause(
+    requested: list[str], ledger_paused: Mapping[str, str], status_ips: Any
+) -> tuple[list[str], list[str]]:
+    """(paused, not paused) of the `requested` IPs. Paused by the ledger or by
+    the status it last wrote: after an operator restart the ledger may still be
+    replaying the events topic while the status already says why an IP paused."""
+    reported = {str(i.get("address")) for i in status_ips or [] if i.get("pausedReason")}
+    paused = set(ledger_paused) | reported
+    return [ip for ip in requested if ip in paused], [ip for ip in requested if ip not in paused]
+
+
 def write_conditions(
     namespace: str, name: str, resource_version: str | None, conditions: list[dict[str, Any]]
 ) -> bool:
@@ -233,13 +247,17 @@ async def unpause_ip(
     namespace: str | None,
     uid: str,
     spec: Any,
+    status: Any,
     annotations: Any,
     body: Any,
     patch: Any,
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    """Write an `IPUnpaused` record for each annotated IP, then remove the annotation."""
+    """Write an `IPUnpaused` record for each annotated IP that is paused, then
+    remove the annotation. An IP that is not paused is refused with a Warning:
+    the record would start its bounce and complaint rates afresh, wiping the
+    history a pause is judged on, and lift nothing."""
     assert namespace is not None  # both kinds are namespaced
     ips = [ip.strip() for ip in str(annotations[UNPAUSE_ANNOTATION]).split(",") if ip.strip()]
     try:
@@ -254,10 +272,24 @@ async def unpause_ip(
         message = f"{UNPAUSE_ANNOTATION}: {what} is not an egress IP of this pool"
         kopf.warn(body, reason="UnpauseRefused", message=message)
         return
+    state = operator_state(memo)
+    ledger = state.ledgers.get(f"{namespace}/{name}")
+    lift, not_paused = split_unpause(
+        ips, ledger.paused() if ledger is not None else {}, status.get("ips")
+    )
+    if not_paused:
+        message = (
+            f"{UNPAUSE_ANNOTATION}: {', '.join(not_paused)} not paused: nothing to lift "
+            "(bounce and complaint rates kept)"
+        )
+        kopf.warn(body, reason="UnpauseRefused", message=message)
+    if not lift:
+        patch.metadata.annotations[UNPAUSE_ANNOTATION] = None  # refused once, not retried
+        return
+    ips = lift
     now = time.time()
     bootstrap = parsed.kafka.bootstrap_servers
     events = topics(PoolRef(name, namespace, uid), parsed).events
-    state = operator_state(memo)
     try:
         producer = await asyncio.to_thread(state.producers.get, bootstrap)
         for ip in ips:
