@@ -111,7 +111,8 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
 
 
 def test_tenant_namespaces_bind_the_workload_role_only_there() -> None:
-    docs = render("rbac.tenantNamespaces={team-a,team-b}")
+    logins = "policy.kafkaCredentialsRequired=true"  # several tenants need them (checks.yaml)
+    docs = render("rbac.tenantNamespaces={team-a,team-b}", logins)
     bindings = [  # `helm test`'s own binding (a hook) aside
         d
         for d in docs
@@ -122,7 +123,7 @@ def test_tenant_namespaces_bind_the_workload_role_only_there() -> None:
         ("team-b", "rel-mailpipe-operator-workloads"),
     }
     assert "ClusterRoleBinding/rel-mailpipe-operator-workloads" not in kinds(docs)
-    everywhere = render("rbac.tenantNamespaces={*}")
+    everywhere = render("rbac.tenantNamespaces={*}", logins)
     assert "ClusterRoleBinding/rel-mailpipe-operator-workloads" in kinds(everywhere)
 
 

@@ -101,3 +101,8 @@ it reads a ConfigMap or Secret only when a Campaign or SendingPool names it
   resources: ["secrets"]
   verbs: ["get"]
 {{- end -}}
+
+{{/* The Secret with the key the operator signs relay configs with (configSigning). */}}
+{{- define "mailpipe.configSigningSecret" -}}
+{{- default (printf "%s-config-signing" (include "mailpipe.fullname" .)) .Values.configSigning.existingSecret -}}
+{{- end -}}
