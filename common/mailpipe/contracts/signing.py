@@ -22,12 +22,21 @@ purpose, a later format) never verifies as a relay config. The config names
 its pool (`pool: namespace/name`); the relay also checks that against its
 own pool (`POOL_ENV`, set by the Deployment), so one pool's signed config
 copied into another pool's ConfigMap is refused too.
+
+A signature says who wrote a config, not when: a config the operator signed
+for this pool last month (before the platform removed a route) still carries
+a good signature. So the pod template also names the SHA-256 of the config
+it was rolled for (`DIGEST_ENV`), and a relay uses no other text
+(`StaleConfigError`). The operator rolls the relays whenever the config
+changes (the pod template carries its hash), so a relay never needs another:
+a newer one reaches it as a new pod.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +47,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .config import ConfigError, RelayConfig, parse_config
 
 __all__ = [
+    "DIGEST_ENV",
     "DOMAIN",
     "POOL_ENV",
     "PUBLIC_KEY_ENV",
     "SIGNATURE_SUFFIX",
     "ConfigSigner",
     "ConfigVerifier",
+    "StaleConfigError",
     "UntrustedConfigError",
+    "config_digest",
     "signature_path",
     "trusted_config",
 ]
@@ -52,11 +64,21 @@ __all__ = [
 DOMAIN = b"mailpipe relay config v1\n"  # what the signature is for (domain separation)
 SIGNATURE_SUFFIX = ".sig"  # `relay.yaml` is signed by `relay.yaml.sig`, in the same ConfigMap
 PUBLIC_KEY_ENV = "MAILPIPE_CONFIG_PUBLIC_KEY"  # base64 of the raw 32-byte Ed25519 public key
+DIGEST_ENV = "MAILPIPE_CONFIG_SHA256"  # hex SHA-256 of the config text the pod was rolled for
 POOL_ENV = "MAILPIPE_POOL"  # `namespace/name` of the relay's pool, from its Deployment
 
 
 class UntrustedConfigError(ConfigError):
     """The config was not written by the operator: no signature, a bad one, another pool's."""
+
+
+class StaleConfigError(UntrustedConfigError):
+    """The operator wrote this config, but not for this pod: an older or newer one."""
+
+
+def config_digest(text: str) -> str:
+    """The hex SHA-256 of a config text, as the pod template names it (`DIGEST_ENV`)."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def signature_path(config_path: Path) -> Path:
@@ -106,15 +128,18 @@ class ConfigVerifier:
 
     key: Ed25519PublicKey
     pool: str | None = None  # the relay's own pool; None: not checked (a config's pool is free)
+    digest: str | None = None  # the config text's SHA-256 its pod was rolled for; None: any
 
     @classmethod
-    def from_base64(cls, public_key: str, pool: str | None = None) -> ConfigVerifier:
+    def from_base64(
+        cls, public_key: str, pool: str | None = None, digest: str | None = None
+    ) -> ConfigVerifier:
         try:
             raw = base64.b64decode(public_key.strip(), validate=True)
             key = Ed25519PublicKey.from_public_bytes(raw)
         except (binascii.Error, ValueError) as exc:
             raise ConfigError(f"{PUBLIC_KEY_ENV}: not a base64 Ed25519 public key ({exc})") from exc
-        return cls(key, pool or None)
+        return cls(key, pool or None, (digest or "").strip().lower() or None)
 
     def verify(self, text: str, signature: str | None) -> None:
         """Raise `UntrustedConfigError` unless `signature` is the operator's for `text`."""
@@ -140,11 +165,18 @@ def trusted_config(
 
     The signature is checked before the text is parsed, so nothing of an
     untrusted config is used (not even to report its own errors); then its
-    pool must be the relay's. Without a verifier (a relay run by hand or by
-    the dev stack, which has no operator to sign), this is `parse_config`.
+    pool must be the relay's, and its text the one the relay's pod was rolled
+    for (`StaleConfigError`: signed, but older or newer). Without a verifier (a
+    relay run by hand or by the dev stack, which has no operator to sign), this
+    is `parse_config`.
     """
     if verifier is not None:
         verifier.verify(text, signature)
+        if verifier.digest is not None and config_digest(text) != verifier.digest:
+            raise StaleConfigError(
+                f"relay config (sha256 {config_digest(text)[:12]}…) is the operator's but not the"
+                f" one this relay's pod was rolled for ({verifier.digest[:12]}…); keeping to that"
+            )
     config = parse_config(text)
     if verifier is not None and verifier.pool is not None and config.pool != verifier.pool:
         raise UntrustedConfigError(

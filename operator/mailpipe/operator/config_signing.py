@@ -7,8 +7,9 @@ another namespace's topics after a restart). The operator holds an Ed25519
 private key that only its own namespace has (the chart's Secret, mounted into
 the operator alone: `--config-signing-key`); `signed` adds the signature of
 the rendered config beside it in the ConfigMap (`relay.yaml.sig`) and the
-public key to the relay container's environment, so the relay refuses any
-other text (`contracts.signing`, `relay.config_file`).
+public key and the config's digest to the relay container's environment, so
+the relay refuses any other text, even one the operator signed before
+(`contracts.signing`, `relay.config_file`).
 
 Why the public key travels in the pod template: a relay has no API token and
 cannot mount anything from the operator's namespace, so whatever it trusts
@@ -28,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from mailpipe.contracts.config import ConfigError
-from mailpipe.contracts.signing import PUBLIC_KEY_ENV, SIGNATURE_SUFFIX, ConfigSigner
+from mailpipe.contracts.signing import (
+    DIGEST_ENV,
+    PUBLIC_KEY_ENV,
+    SIGNATURE_SUFFIX,
+    ConfigSigner,
+    config_digest,
+)
 
 from .pool import CONFIG_KEY
 
@@ -67,7 +74,9 @@ def signed(
     children: list[dict[str, Any]], config_text: str, signer: ConfigSigner | None
 ) -> list[dict[str, Any]]:
     """`children` (from `pool.build_children`) with the config's signature in the
-    ConfigMap and the public key in the relay container's env; unchanged
+    ConfigMap, and the public key and the config's digest in the relay
+    container's env (the digest changes exactly when the pod template's
+    config hash does: no extra roll); unchanged
     without a signer. Ed25519 signatures are deterministic, so the same config
     renders the same ConfigMap and an unchanged pool writes nothing."""
     if signer is None:
@@ -78,7 +87,11 @@ def signed(
             child["data"][SIGNATURE_KEY] = signer.sign(config_text)
         elif child["kind"] == "Deployment":
             for container in child["spec"]["template"]["spec"]["containers"]:
-                container.setdefault("env", []).append(
-                    {"name": PUBLIC_KEY_ENV, "value": signer.public_key}
+                container.setdefault("env", []).extend(
+                    [
+                        {"name": PUBLIC_KEY_ENV, "value": signer.public_key},
+                        # the one config this pod runs: an older signed one is refused too
+                        {"name": DIGEST_ENV, "value": config_digest(config_text)},
+                    ]
                 )
     return out

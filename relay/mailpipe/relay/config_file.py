@@ -3,8 +3,9 @@
 In a cluster the config is the pool's ConfigMap, which a tenant with the
 namespace's `edit` role can write. The operator signs what it renders
 (`contracts.signing`) and puts its public key in the relay's pod template;
-with that key set, a config whose signature is missing or does not match is
-never used: at start the relay waits, not ready, until a config it trusts
+with that key set, a config whose signature is missing or does not match (or
+that the operator signed for another pod: an older config replayed) is never
+used: at start the relay waits, not ready, until a config it trusts
 appears (the operator puts its own back within seconds); on a reload it keeps
 running with the config it has, counts the refusal and says why on `/readyz`.
 Without a key (a relay started by hand or by the dev stack) any valid config
@@ -29,8 +30,10 @@ import yaml
 
 from mailpipe.contracts.config import ConfigError, RelayConfig
 from mailpipe.contracts.signing import (
+    DIGEST_ENV,
     POOL_ENV,
     ConfigVerifier,
+    StaleConfigError,
     UntrustedConfigError,
     signature_path,
     trusted_config,
@@ -49,20 +52,26 @@ Stamp = tuple[float, float]  # modification times of the config and its signatur
 
 def verifier_from_env(public_key: str | None) -> ConfigVerifier | None:
     """The verifier for `public_key` (the `--config-public-key` value, by default
-    `$MAILPIPE_CONFIG_PUBLIC_KEY`) and this relay's pool (`$MAILPIPE_POOL`), or
-    None when no key is set. A key that is set but malformed is a ConfigError:
+    `$MAILPIPE_CONFIG_PUBLIC_KEY`), this relay's pool (`$MAILPIPE_POOL`) and the
+    config its pod was rolled for (`$MAILPIPE_CONFIG_SHA256`), or None when no
+    key is set. A key that is set but malformed is a ConfigError:
     a relay told to check signatures never runs unchecked."""
     if not public_key:
         return None
-    return ConfigVerifier.from_base64(public_key, os.environ.get(POOL_ENV))
+    return ConfigVerifier.from_base64(
+        public_key, os.environ.get(POOL_ENV), os.environ.get(DIGEST_ENV)
+    )
 
 
-@dataclass(frozen=True)
+@dataclass
 class ConfigFile:
     """The config at `path` and its signature (`<path>.sig`), checked by `verifier`."""
 
     path: Path
     verifier: ConfigVerifier | None = None
+    read: Stamp = (0.0, 0.0)
+    """The stamp of the files as `load` last read them: a watcher compares with
+    this, so a change made between the read and the watcher's start is seen."""
 
     def stamp(self) -> Stamp:
         """Changes whenever either file is replaced or rewritten (0 for a missing one)."""
@@ -80,11 +89,13 @@ class ConfigFile:
 
         Raises `UntrustedConfigError` for a config the operator did not sign,
         `ConfigError` for an invalid one, `OSError` when it cannot be read."""
+        stamp = self.stamp()  # before reading: a write during the read shows as a change
         text = self.path.read_text()
         try:
             signature: str | None = signature_path(self.path).read_text()
         except FileNotFoundError:
             signature = None
+        self.read = stamp
         return trusted_config(text, signature, self.verifier)
 
 
@@ -99,15 +110,12 @@ async def wait_until_trusted(
     one found at start was refused. Meanwhile readiness is false with the reason
     (`CONFIG_CHECK`), re-reported every poll so it does not age out."""
     error: ConfigError | OSError = first
-    seen = source.stamp()
     while True:
         if isinstance(error, UntrustedConfigError):
             health.report(CONFIG_CHECK, str(error))
         await asyncio.sleep(poll_seconds)
-        now = source.stamp()
-        if now == seen:
+        if source.stamp() == source.read:
             continue
-        seen = now
         try:
             config = source.load()
         except UntrustedConfigError as exc:
@@ -125,10 +133,16 @@ async def wait_until_trusted(
 def refusal_reporter(
     health: Health, metrics: RelayMetrics
 ) -> Callable[[UntrustedConfigError], None]:
-    """What the relay does with an untrusted config: log it, count it
-    (`mailpipe_config_refused_total`), and say it on `/readyz`."""
+    """What the relay does with a config it will not use: log it and count it
+    (`mailpipe_config_refused_total`), and, unless the operator wrote it (a
+    `StaleConfigError`: the ConfigMap changed under a running pod, which a
+    roll replaces anyway), say it on `/readyz`."""
 
     def refused(exc: UntrustedConfigError) -> None:
+        if isinstance(exc, StaleConfigError):
+            log.warning("keeping the running config: %s", exc)
+            metrics.config_refused.labels("stale").inc()
+            return
         log.error("refusing the relay config on disk: %s", exc)
         metrics.config_refused.labels("untrusted").inc()
         health.report(CONFIG_CHECK, str(exc))

@@ -30,7 +30,7 @@ from typing import Any
 from kafka.errors import KafkaError
 
 from mailpipe.contracts.config import ConfigError, KafkaSettings, RelayConfig
-from mailpipe.contracts.signing import PUBLIC_KEY_ENV, UntrustedConfigError
+from mailpipe.contracts.signing import PUBLIC_KEY_ENV, StaleConfigError, UntrustedConfigError
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.endpoints import ScrapeEndpoint
 from mailpipe.kafkakit import (
@@ -356,19 +356,24 @@ async def _watch_config(
 ) -> None:
     """Apply a changed config in place; one the operator did not sign is refused
     (the running config stays, and readiness says why until a trusted one is
-    back: re-reported every poll, so it does not age out)."""
-    seen = source.stamp()
+    back: re-reported every poll, so it does not age out). With the pod's
+    config digest set (in a cluster), any other text is refused: a relay runs
+    the config its pod was rolled for, and a newer one arrives as a new pod."""
     refusal: UntrustedConfigError | None = None
     while not stop.is_set():
         await asyncio.sleep(CONFIG_POLL_SECONDS)
-        now = source.stamp()
-        if now == seen:
+        if source.stamp() == source.read:  # as read at start or at the last change
             if refusal is not None:
                 health.report(CONFIG_CHECK, str(refusal))
             continue
-        seen = now
         try:
             config = source.load()
+        except StaleConfigError as exc:
+            refused(exc)  # the operator's, for another pod: no alarm, and no tampering now
+            if refusal is not None:
+                refusal = None
+                health.resolve(CONFIG_CHECK)
+            continue
         except UntrustedConfigError as exc:
             refusal = exc
             refused(exc)

@@ -12,7 +12,9 @@ from mailpipe.contracts.config import ConfigError, EgressIP, dump_config
 from mailpipe.contracts.signing import (
     ConfigSigner,
     ConfigVerifier,
+    StaleConfigError,
     UntrustedConfigError,
+    config_digest,
     trusted_config,
 )
 from mailpipe.devstack import samples
@@ -73,6 +75,16 @@ def test_a_config_the_operator_did_not_write_is_refused(
         signature = signer.sign(text)
     with pytest.raises(UntrustedConfigError, match=why):
         trusted_config(text, signature, verifier)
+
+
+def test_a_config_the_operator_signed_for_another_roll_is_refused(signer: ConfigSigner) -> None:
+    """A signature says who, not when: last month's config (with a route since removed)
+    is signed too. The pod template names the one config its relays run."""
+    current, old = _text(), _tampered(_text())
+    verifier = ConfigVerifier.from_base64(signer.public_key, POOL, config_digest(current))
+    assert trusted_config(current, signer.sign(current), verifier).routes == {}
+    with pytest.raises(StaleConfigError, match="not the one this relay's pod was rolled for"):
+        trusted_config(old, signer.sign(old), verifier)
 
 
 def test_without_a_key_any_valid_config_is_used() -> None:

@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from mailpipe.contracts.signing import PUBLIC_KEY_ENV, ConfigSigner, ConfigVerifier, trusted_config
+from mailpipe.contracts.signing import (
+    DIGEST_ENV,
+    PUBLIC_KEY_ENV,
+    ConfigSigner,
+    ConfigVerifier,
+    trusted_config,
+)
 from mailpipe.operator.config_signing import SIGNATURE_KEY, SIGNING_KEY_ENV
 from mailpipe.operator.pool import CONFIG_KEY
 
@@ -92,7 +98,9 @@ def test_a_tenants_edits_of_the_relay_children_are_put_back_with_an_event(
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env[PUBLIC_KEY_ENV] == signer.public_key
-    verifier = ConfigVerifier.from_base64(env[PUBLIC_KEY_ENV], env["MAILPIPE_POOL"])
+    verifier = ConfigVerifier.from_base64(
+        env[PUBLIC_KEY_ENV], env["MAILPIPE_POOL"], env[DIGEST_ENV]
+    )
     trusted_config(written[CONFIG_KEY], written[SIGNATURE_KEY], verifier)
 
     # The finding: a route the cluster policy forbids, written into the ConfigMap.

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from mailpipe.contracts.signing import PUBLIC_KEY_ENV, ConfigSigner, ConfigVerifier, trusted_config
+from mailpipe.contracts.signing import (
+    DIGEST_ENV,
+    PUBLIC_KEY_ENV,
+    ConfigSigner,
+    ConfigVerifier,
+    config_digest,
+    trusted_config,
+)
 from mailpipe.operator import child_drift
 from mailpipe.operator.config_signing import SIGNATURE_KEY, signed
 from mailpipe.operator.models import SendingPoolSpec
@@ -112,7 +119,7 @@ def test_the_rendered_config_is_signed_and_the_relay_gets_only_the_public_key() 
     signer = ConfigSigner.generate()
     out = signed(children, text, signer)
     configmap, deployment = _kind(out, "ConfigMap"), _kind(out, "Deployment")
-    verifier = ConfigVerifier.from_base64(signer.public_key, "team-a/news")
+    verifier = ConfigVerifier.from_base64(signer.public_key, "team-a/news", config_digest(text))
     config = trusted_config(
         configmap["data"][CONFIG_KEY], configmap["data"][SIGNATURE_KEY], verifier
     )
@@ -120,6 +127,7 @@ def test_the_rendered_config_is_signed_and_the_relay_gets_only_the_public_key() 
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env[PUBLIC_KEY_ENV] == signer.public_key
+    assert env[DIGEST_ENV] == config_digest(text)  # the one config these relays run
     assert "PRIVATE" not in repr(out)
     assert signed(children, text, signer) == out, "the same config renders the same children"
     assert signed(children, text, None) == children

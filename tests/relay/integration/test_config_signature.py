@@ -6,7 +6,9 @@ volume holds them). A tenant's edit of the config text, here a route to
 another host (the issue's "route the cluster policy forbids"), leaves the
 signature as it was: the relay refuses it on reload and keeps delivering with
 the config it had; a relay that starts on such a config waits, not ready, and
-sends nothing until the operator's config is back.
+sends nothing until the operator's config is back. A config the operator did
+sign, but for another roll (an old one replayed with its signature), is not
+used either: the pod template names the one config its relays run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from pathlib import Path
 import pytest
 
 from mailpipe.contracts.config import RelayConfig, dump_config
-from mailpipe.contracts.signing import POOL_ENV, PUBLIC_KEY_ENV, ConfigSigner, signature_path
+from mailpipe.contracts.signing import (
+    DIGEST_ENV,
+    POOL_ENV,
+    PUBLIC_KEY_ENV,
+    ConfigSigner,
+    config_digest,
+    signature_path,
+)
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from tests.relay.integration.conftest import MX_HOST, Pool, RelayProcess, wait_for
@@ -79,6 +88,7 @@ def _env(pool: Pool, signer: ConfigSigner) -> dict[str, str]:
     return {
         PUBLIC_KEY_ENV: signer.public_key,
         POOL_ENV: pool.config.pool,
+        DIGEST_ENV: config_digest(dump_config(pool.config)),
         "MAILPIPE_METRICS_ADDRESS": METRICS_HOST,
     }
 
@@ -139,3 +149,30 @@ def test_a_relay_started_on_a_tampered_config_waits_unready_and_sends_nothing(
     wait_for(lambda: "waiting@d.test" in rx.recipients(), DELIVERY_SECONDS, "delivery", relay)
     wait_for(lambda: _probe("/readyz", port)[0] == 200, DELIVERY_SECONDS, "ready", relay)
     assert other.recipients() == [], "the tenant's route was used"
+
+
+def test_a_replayed_config_the_operator_once_signed_is_not_used(
+    pool_factory: Callable[..., Pool],
+    smtp_receiver: Callable[..., SMTPReceiver],
+    relays: Callable[..., RelayProcess],
+) -> None:
+    pool, rx, other, signer, operators, older, port = _setup(pool_factory, smtp_receiver)
+    _write(pool.path, operators)
+    relay = relays(pool, env=_env(pool, signer))
+    wait_for(lambda: _probe("/readyz", port)[0] == 200, DELIVERY_SECONDS, "ready", relay)
+
+    # A config the operator signed for an earlier roll, replayed with its signature.
+    _write(signature_path(pool.path), signer.sign(older))
+    _write(pool.path, older)
+    wait_for(
+        lambda: 'mailpipe_config_refused_total{reason="stale"}' in _probe("/metrics", port)[1],
+        REFUSAL_SECONDS,
+        "the replayed config counted as refused",
+        relay,
+    )
+    assert "not the one this relay's pod was rolled for" in relay.log_tail(200)
+    assert _probe("/readyz", port)[0] == 200  # the operator's own: no alarm, nothing to fix
+    pool.send("replayed@d.test")
+    pool.flush()
+    wait_for(lambda: "replayed@d.test" in rx.recipients(), DELIVERY_SECONDS, "delivery", relay)
+    assert other.recipients() == [], "the replayed config's route was used"
