@@ -32,10 +32,11 @@ from .context import OperatorState, operator_state
 
 log = logging.getLogger("mailpipe.operator")
 
-# How long an edited child stays edited at most (plus one apply). Three GETs per
-# pool per tick; a relay rereads its mounted config every 2 s, and refuses an
-# unsigned one anyway, so this bounds how long it reports the refusal.
-CHILDREN_RECHECK_SECONDS = 3.0
+# How long an edited child stays edited at most (plus one apply): three GETs per
+# pool per tick (200 pools: 120 GETs/s). The kubelet takes up to a minute to
+# show a running relay a changed ConfigMap, and the relay refuses one the
+# operator did not sign anyway, so seconds here are plenty.
+CHILDREN_RECHECK_SECONDS = 5.0
 CHILD_REVERTED = "ChildReverted"  # the Warning Event's reason
 PATHS_SHOWN = 5  # an Event names a few changed fields, not a whole ConfigMap
 
