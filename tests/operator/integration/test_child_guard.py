@@ -146,3 +146,13 @@ def test_a_tenants_edits_of_the_relay_children_are_put_back_with_an_event(
         op,
     )  # fmt: skip
     assert data() == written, "the ConfigMap stays as the operator wrote it"
+    # Nothing but the tenant's changes was ever put back (no drift from the apiserver's
+    # defaults): each Event names one of them.
+    expected = (
+        f"ConfigMap/{CHILD} (data.extra, data.relay.yaml)",
+        f"Service/{CHILD} (deleted)",
+        f"PodDisruptionBudget/{CHILD} (spec.maxUnavailable)",
+    )
+    for message in _warnings(cli_env, namespace):
+        for reverted in message.split(": ", 1)[1].split("; "):
+            assert reverted in expected, message
