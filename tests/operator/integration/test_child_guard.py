@@ -11,6 +11,7 @@ signature the relays check with the public key in their pod template.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,9 @@ def test_a_tenants_edits_of_the_relay_children_are_put_back_with_an_event(
     _as_tenant(
         cli_env, namespace, "patch", "configmap", CHILD, "--type=merge", "-p", json.dumps(patch)
     )
+    patched = time.monotonic()
     wait_for(lambda: data() == written, REVERT_SECONDS, "the ConfigMap put back", op)
+    print(f"ConfigMap put back {time.monotonic() - patched:.1f} s after the tenant's patch")
     wait_for(
         lambda: any(f"ConfigMap/{CHILD} (data.extra, data.relay.yaml)" in m
                     for m in _warnings(cli_env, namespace)),
