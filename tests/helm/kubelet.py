@@ -5,8 +5,8 @@ container's command (`mailpipe` + its args and env) as a local process,
 authenticated as the Deployment's ServiceAccount through a token kubeconfig,
 as a pod would be. The only changes: free local ports on loopback for the
 health and metrics endpoints, since every local process shares one network
-namespace,
-and ConfigMap volumes (the cluster policy) written to local directories, with
+namespace, and ConfigMap and Secret volumes (the cluster policy, the config
+signing key) written to local directories, with
 the arguments that name their mount paths pointed there. They are written as
 the kubelet writes them (`write_configmap_volume`: each key a symlink through
 `..data`, swapped atomically on an update), so a test can change a mounted
@@ -24,6 +24,7 @@ Used by the README test (tests/e2e/test_readme.py) and the `helm test` test.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -118,7 +119,7 @@ class Kubelet:
             else a
             for a in container["args"]
         ]
-        for mount_path, local in self.mount_configmaps(docs, pod, container).items():
+        for mount_path, local in self.mount_volumes(docs, pod, container).items():
             args = [a.replace(mount_path, str(local)) for a in args]
         name = f"operator-{len(self.children.started)}"
         pod_meta = {
@@ -137,15 +138,26 @@ class Kubelet:
             {**self.env, **env, "KUBECONFIG": str(kubeconfig)},
         )
 
-    def mount_configmaps(
+    def mount_volumes(
         self, docs: list[dict[str, Any]], pod: dict[str, Any], container: dict[str, Any]
     ) -> dict[str, Path]:
-        """Write each ConfigMap volume of the release where the container would see it."""
+        """Write each ConfigMap and Secret volume of the release where the container
+        would see it (a Secret's data decoded, as the kubelet writes it)."""
         maps = {
             d["metadata"]["name"]: d.get("data") or {} for d in docs if d["kind"] == "ConfigMap"
         }
+        maps |= {
+            d["metadata"]["name"]: {
+                k: base64.b64decode(v).decode() for k, v in (d.get("data") or {}).items()
+            }
+            for d in docs
+            if d["kind"] == "Secret"
+        }
         volumes = {
             v["name"]: v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v
+        }
+        volumes |= {
+            v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v
         }
         mounted: dict[str, Path] = {}
         for m in container.get("volumeMounts", []):

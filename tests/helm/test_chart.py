@@ -19,6 +19,8 @@ from mailpipe.devstack.harness import kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "mailpipe"
+# Several tenant namespaces need Kafka logins (templates/checks.yaml)
+LOGINS = "policy.kafkaCredentialsRequired=true"
 OPENAPI_PUBLISHED_SECONDS = 15  # the apiserver publishes a new CRD's OpenAPI within seconds
 
 
@@ -75,6 +77,7 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
         "Pod/rel-mailpipe-test",
         "Role/rel-mailpipe-test",
         "RoleBinding/rel-mailpipe-test",
+        "Secret/rel-mailpipe-config-signing",  # the key relay configs are signed with
         "Service/rel-mailpipe-operator",
         "ServiceAccount/rel-mailpipe-operator",
         "ServiceAccount/rel-mailpipe-test",
@@ -111,7 +114,7 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
 
 
 def test_tenant_namespaces_bind_the_workload_role_only_there() -> None:
-    docs = render("rbac.tenantNamespaces={team-a,team-b}")
+    docs = render("rbac.tenantNamespaces={team-a,team-b}", LOGINS)
     bindings = [  # `helm test`'s own binding (a hook) aside
         d
         for d in docs
@@ -122,7 +125,7 @@ def test_tenant_namespaces_bind_the_workload_role_only_there() -> None:
         ("team-b", "rel-mailpipe-operator-workloads"),
     }
     assert "ClusterRoleBinding/rel-mailpipe-operator-workloads" not in kinds(docs)
-    everywhere = render("rbac.tenantNamespaces={*}")
+    everywhere = render("rbac.tenantNamespaces={*}", LOGINS)
     assert "ClusterRoleBinding/rel-mailpipe-operator-workloads" in kinds(everywhere)
 
 
@@ -138,7 +141,7 @@ def test_deployment_runs_non_root_with_the_operator_entry_point() -> None:
 
 
 def test_watching_namespaces_installs_roles_instead_of_cluster_roles() -> None:
-    docs = render("operator.watchNamespaces={mail,news}", "rbac.aggregatedRoles=false")
+    docs = render("operator.watchNamespaces={mail,news}", "rbac.aggregatedRoles=false", LOGINS)
     names = kinds(docs)
     assert (
         "Role/rel-mailpipe-operator" in names and "ClusterRole/rel-mailpipe-operator" not in names
@@ -321,7 +324,7 @@ def test_peering_ships_its_object_rbac_and_flag() -> None:
     crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
     assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= crds
     # namespaced: one KopfPeering per watched namespace, where the Roles are
-    docs = render("peering.enabled=true", "operator.watchNamespaces={mail,news}")
+    docs = render("peering.enabled=true", "operator.watchNamespaces={mail,news}", LOGINS)
     peerings = [d for d in docs if d["kind"] == "KopfPeering"]
     assert {d["metadata"]["namespace"] for d in peerings} == {"mail", "news"}
 
@@ -430,7 +433,7 @@ def test_notes_follow_the_onboarded_namespaces(
 
 
 def test_helm_test_runs_the_shipped_script_in_a_watched_namespace() -> None:
-    docs = render("operator.watchNamespaces={news,mail}")
+    docs = render("operator.watchNamespaces={news,mail}", LOGINS)
     pod = next(d for d in docs if d["kind"] == "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     container = pod["spec"]["containers"][0]

@@ -15,7 +15,7 @@ from typing import Any
 
 from mailpipe.cli.kubectl import build_parser, commands
 
-from .test_chart import render
+from .test_chart import LOGINS, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +67,7 @@ def test_uninstall_deletes_every_cr_first_from_a_pre_delete_hook() -> None:
 
 
 def test_watched_namespaces_get_roles_and_a_container_each() -> None:
-    docs = _hooks(render("operator.watchNamespaces={mail,news}"))
+    docs = _hooks(render("operator.watchNamespaces={mail,news}", LOGINS))
     assert {(d["kind"], d["metadata"].get("namespace")) for d in docs if "Role" in d["kind"]} == {
         ("Role", "mail"),
         ("Role", "news"),

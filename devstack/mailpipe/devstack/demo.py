@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kafka import KafkaProducer
 
+from mailpipe.contracts.signing import PUBLIC_KEY_ENV
+
 from . import harness, kube, sockets
 from .demo_plan import DOMAINS, Check, Plan, summarize
 from .dns import Zone
@@ -165,8 +167,18 @@ class Demo:
         )
         policy_file = self.workdir / "policy.yaml"
         policy_file.write_text(policy_cm["data"]["policy.yaml"])
+        # Likewise the Secret with the key the operator signs relay configs with.
+        signing = next(
+            d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-signing")
+        )
+        key_file = self.workdir / "config-signing.pem"
+        key_file.touch(mode=0o600)
+        key_file.write_bytes(base64.b64decode(signing["data"]["ed25519.pem"]))
+        local = {"--policy": policy_file, "--config-signing-key": key_file}
         args: list[str] = [
-            f"--policy={policy_file}" if a.startswith("--policy=") else a
+            f"{a.split('=', 1)[0]}={local[a.split('=', 1)[0]]}"
+            if a.split("=", 1)[0] in local
+            else a
             for a in dep["spec"]["template"]["spec"]["containers"][0]["args"]
         ]
         return sa, args
@@ -278,6 +290,11 @@ class Demo:
             args = [a.replace(mount, str(local.parent)) for a in container["args"]]
             env = dict(self.env)
             for var in container.get("env", []):
+                if var["name"] == PUBLIC_KEY_ENV:
+                    # The config was rewritten above for a local process (ports, paths),
+                    # so it is no longer the text the operator signed; the signature
+                    # check is tests/relay/integration/test_config_signature.py's.
+                    continue
                 if "value" in var:
                     env[var["name"]] = var["value"]
                 elif (

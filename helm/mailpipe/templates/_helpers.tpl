@@ -113,3 +113,8 @@ RoleBindings), one per line: they must exist before `helm install`.
 {{- join "\n" (without .Values.rbac.tenantNamespaces "*") }}
 {{- end }}
 {{- end -}}
+
+{{/* The Secret with the key the operator signs relay configs with (configSigning). */}}
+{{- define "mailpipe.configSigningSecret" -}}
+{{- default (printf "%s-config-signing" (include "mailpipe.fullname" .)) .Values.configSigning.existingSecret -}}
+{{- end -}}

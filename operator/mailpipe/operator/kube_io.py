@@ -249,3 +249,33 @@ def pools_with_prefix(bootstrap: str, prefix: str, namespace: str, except_uid: s
         if same and meta["uid"] != except_uid:
             out.append(f"{meta['namespace']}/{meta['name']}")
     return out
+
+
+def read_child(kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    """A child (ConfigMap, Service, PDB, Deployment) as JSON, or None. Read by name:
+    the operator may `get` its children but never list a namespace's ConfigMaps."""
+    try:
+        obj = _call(kind, "read", name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    out: dict[str, Any] = api().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+    return out
+
+
+def remove_data_keys(name: str, namespace: str, keys: list[str]) -> None:
+    """Remove `keys` from a ConfigMap's data and binaryData (a merge patch).
+
+    Server-side apply removes only fields its own manager stops applying: a key
+    someone else added stays through any apply of ours, so it is removed here."""
+    body = {"data": dict.fromkeys(keys), "binaryData": dict.fromkeys(keys)}
+    _call(
+        "ConfigMap",
+        "patch",
+        name,
+        namespace,
+        body,
+        field_manager=FIELD_MANAGER,
+        _content_type="application/merge-patch+json",
+    )

@@ -104,6 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cluster policy YAML over tenant fields (default: $MAILPIPE_POLICY; none: no"
         " limits); re-read while running, a change reaches every pool within seconds",
     )
+    parser.add_argument(
+        "--config-signing-key",
+        default=None,
+        help="PEM Ed25519 private key the operator signs every relay config with (default:"
+        " $MAILPIPE_CONFIG_SIGNING_KEY_FILE); relays refuse a config without its signature",
+    )
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -134,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
         source = PolicyFile.open(path)
         memo[POLICY_MEMO_KEY] = source.policy
         memo[POLICY_FILE_MEMO_KEY] = source
+    # Likewise the key relay configs are signed with: a bad one stops it here.
+    from .config_signing import SIGNER_MEMO_KEY, load_signer, signing_key_path
+
+    memo[SIGNER_MEMO_KEY] = load_signer(signing_key_path(args.config_signing_key))
     # Likewise the operator's Kafka login (MAILPIPE_KAFKA_*): a bad one stops it here.
     logging.getLogger("mailpipe.operator").info("Kafka login: %s", kafka_identity.security())
 

@@ -5,7 +5,9 @@ warm-up ledger are replayed to the end of their topics *before* the consumer
 joins the group, so no record is sent to a suppressed address or over an IP's
 cap because the relay had not caught up yet. The config file (the mounted
 ConfigMap) is re-read when it changes; shaping, warm-up, retry, TLS and route
-changes apply in place, without dropping queued work. The metrics port also
+changes apply in place, without dropping queued work. With the operator's
+public key (`--config-public-key`, set by the relay Deployment), only a config
+the operator signed is used, at start and on reload (`config_file`). The metrics port also
 answers `/readyz` and `/healthz` (`health.Health`): a consumer thread that
 cannot read, or a follower that stopped, says so there with its reason.
 """
@@ -27,7 +29,8 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
-from mailpipe.contracts.config import ConfigError, KafkaSettings, RelayConfig, load_config
+from mailpipe.contracts.config import ConfigError, KafkaSettings, RelayConfig
+from mailpipe.contracts.signing import PUBLIC_KEY_ENV, StaleConfigError, UntrustedConfigError
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.endpoints import ScrapeEndpoint
 from mailpipe.kafkakit import (
@@ -39,6 +42,14 @@ from mailpipe.kafkakit import (
 )
 
 from .clock import SystemClock
+from .config_file import (
+    CONFIG_CHECK,
+    ConfigFile,
+    metrics_port_of,
+    refusal_reporter,
+    verifier_from_env,
+    wait_until_trusted,
+)
 from .delivery import SMTPTransport
 from .engine import Engine, task_stacks
 from .health import Health
@@ -60,6 +71,9 @@ ACCESS_REASON_CHARS = 400  # an access reason names the principal, the topic and
 # Set by the relay Deployment to the pod IP (the node's primary address under
 # hostNetwork), so the metrics endpoint never listens on the pool's egress IPs.
 METRICS_ADDRESS_ENV = "MAILPIPE_METRICS_ADDRESS"
+# Where a relay run outside a pod answers /readyz while it waits for a config it
+# trusts: nobody but the machine itself probes such a relay.
+WAITING_METRICS_ADDRESS = "127.0.0.1"
 
 
 class JSONFormatter(logging.Formatter):
@@ -93,6 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="create missing topics at start (dev and tests; the operator does it in a cluster)",
     )
+    parser.add_argument(
+        "--config-public-key",
+        default=os.environ.get(PUBLIC_KEY_ENV),
+        help=f"base64 Ed25519 public key of the operator (default: ${PUBLIC_KEY_ENV});"
+        " when set, a config without the operator's signature in <config>.sig is refused",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,23 +121,34 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
-        config = load_config(args.config)
+        config_file = ConfigFile(args.config, verifier_from_env(args.config_public_key))
+        first: RelayConfig | UntrustedConfigError = config_file.load()
+    except UntrustedConfigError as exc:
+        first = exc  # not the operator's: wait, not ready, for one that is (serve)
     except (ConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     relay_id = args.relay_id or f"{os.uname().nodename}-{uuid.uuid4().hex[:6]}"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config, args.config, relay_id, ensure=args.ensure_topics))
+        asyncio.run(serve(first, config_file, relay_id, ensure=args.ensure_topics))
     return 0
 
 
 async def serve(
-    config: RelayConfig, config_path: Path, relay_id: str, ensure: bool = False
+    first: RelayConfig | UntrustedConfigError,
+    config_file: ConfigFile,
+    relay_id: str,
+    ensure: bool = False,
 ) -> None:
+    """Run the relay; `first` is the config read at start, or why it was refused."""
     loop = asyncio.get_running_loop()
     # Test-only: shift the wall clock so warm-up days can be crossed without waiting.
     clock = SystemClock(float(os.environ.get(CLOCK_OFFSET_ENV, "0")))
     health = Health()
+    if isinstance(first, UntrustedConfigError):
+        config = await _wait_for_trusted_config(config_file, first, health)
+    else:
+        config = first
     metrics = RelayMetrics(
         domains=DomainLabels(
             lambda d: d if d in config.throttles else config.group_of(d),
@@ -215,7 +246,11 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGUSR1, dump_state)
     source.start()
-    reloader = asyncio.create_task(_watch_config(config_path, engine, transport, stop))
+    reloader = asyncio.create_task(
+        _watch_config(
+            config_file, engine, transport, stop, health, refusal_reporter(health, metrics)
+        )
+    )
     log.info("relay started", extra={"relay_id": relay_id, "pool": config.pool})
     try:
         await engine.run(stop)  # returns after its final commit: the only one on shutdown
@@ -288,27 +323,68 @@ def _follower_check(follower: TopicFollower) -> Callable[[], str | None]:
     return check
 
 
-async def _watch_config(
-    path: Path, engine: Engine, transport: SMTPTransport, stop: asyncio.Event
-) -> None:
-    def mtime() -> float:
-        try:
-            return path.stat().st_mtime
-        except OSError:
-            return 0.0
+async def _wait_for_trusted_config(
+    source: ConfigFile, first: UntrustedConfigError, health: Health
+) -> RelayConfig:
+    """At start, the config on disk is not the operator's: answer `/readyz` (not
+    ready, with the reason) and count it until one the relay trusts appears."""
+    metrics = RelayMetrics()  # the waiting relay's own; the running one starts afresh
+    refused = refusal_reporter(health, metrics)
+    refused(first)
+    port = metrics_port_of(source.path)
+    endpoint = None
+    if port is not None:
+        # The pod IP in a cluster; never an address from the untrusted file.
+        address = os.environ.get(METRICS_ADDRESS_ENV) or WAITING_METRICS_ADDRESS
+        endpoint = await ScrapeEndpoint(
+            metrics.registry, address, port, probes=health.probes()
+        ).start()
+    try:
+        return await wait_until_trusted(source, first, health, CONFIG_POLL_SECONDS, refused)
+    finally:
+        if endpoint is not None:
+            await endpoint.stop()
 
-    seen = mtime()
+
+async def _watch_config(
+    source: ConfigFile,
+    engine: Engine,
+    transport: SMTPTransport,
+    stop: asyncio.Event,
+    health: Health,
+    refused: Callable[[UntrustedConfigError], None],
+) -> None:
+    """Apply a changed config in place; one the operator did not sign is refused
+    (the running config stays, and readiness says why until a trusted one is
+    back: re-reported every poll, so it does not age out). With the pod's
+    config digest set (in a cluster), any other text is refused: a relay runs
+    the config its pod was rolled for, and a newer one arrives as a new pod."""
+    refusal: UntrustedConfigError | None = None
     while not stop.is_set():
         await asyncio.sleep(CONFIG_POLL_SECONDS)
-        now = mtime()
-        if now == seen:
+        if source.stamp() == source.read:  # as read at start or at the last change
+            if refusal is not None:
+                health.report(CONFIG_CHECK, str(refusal))
             continue
-        seen = now
         try:
-            config = load_config(path)
+            config = source.load()
+        except StaleConfigError as exc:
+            refused(exc)  # the operator's, for another pod: no alarm, and no tampering now
+            if refusal is not None:
+                refusal = None
+                health.resolve(CONFIG_CHECK)
+            continue
+        except UntrustedConfigError as exc:
+            refusal = exc
+            refused(exc)
+            continue
         except (ConfigError, OSError) as exc:
             log.error("keeping the running config; the new one is invalid: %s", exc)
             continue
+        if refusal is not None:
+            refusal = None  # the operator's config is back (the same or a newer one)
+            health.resolve(CONFIG_CHECK)
+            log.info("the relay config on disk is the operator's again")
         if config.kafka != engine.config.kafka:
             # Topics and the group are bound to the running consumer and producer,
             # and the rest must not apply without them: new routes with the old

@@ -112,6 +112,7 @@ EXPORTED = (
     "mailpipe_followed_bad_records_total",
     "mailpipe_consumer_errors_total",
     "mailpipe_already_finished_records_total",
+    "mailpipe_config_refused_total",
 )
 
 
@@ -198,6 +199,13 @@ class RelayMetrics:
             "mailpipe_already_finished_records",
             "Records read again after a rebalance or an eviction and not sent again: this"
             " relay, or the partition's previous owner (commit metadata), had finished them",
+            registry=r,
+        )
+        self.config_refused = Counter(
+            "mailpipe_config_refused",
+            "Relay configs on disk refused and not used, by reason (untrusted: not signed by"
+            " the operator, e.g. a ConfigMap edited by hand); /readyz says why meanwhile",
+            ["reason"],
             registry=r,
         )
 

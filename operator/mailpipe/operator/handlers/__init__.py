@@ -8,6 +8,8 @@ status (ARCHITECTURE.md, control plane):
 - `warmup`: per-IP warm-up status of each pool, read from its events topic;
 - `fanout`: the per-Campaign daemon that produces the audience to Kafka;
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
+- `children`: a pool's ConfigMap, Service and PDB put back when edited or
+  deleted (the Deployment is `relays`'s);
 - `relays`: the world a pool depends on (its relay Deployment watched, the
   Secrets it references re-read), so its status and relays follow it;
 - `scale`: the pool's status.replicas and status.selector (scale subresource)
@@ -31,11 +33,12 @@ import kopf
 
 from .. import kafka_io, tenancy
 from ..cluster_policy import POLICY_MEMO_KEY
+from ..config_signing import SIGNER_MEMO_KEY
 from ..models import GROUP
-from . import campaign, fanout, policy, pool, relays, scale, warmup
+from . import campaign, children, fanout, policy, pool, relays, scale, warmup
 from .context import MEMO_KEY, OperatorState, operator_state
 
-__all__ = ["campaign", "fanout", "policy", "pool", "relays", "scale", "warmup"]
+__all__ = ["campaign", "children", "fanout", "policy", "pool", "relays", "scale", "warmup"]
 
 # Re-list every 5 min: a watch that silently stopped delivering events (load
 # balancers drop idle streams) is replaced within that time.
@@ -72,6 +75,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     state = OperatorState()
     if POLICY_MEMO_KEY in memo:  # put there by `mailpipe operator` (main.run)
         state.policy = tenancy.policy_of(memo)
+    state.signer = memo.get(SIGNER_MEMO_KEY)  # put there by `mailpipe operator` (main.run)
     state.hub.start(loop)
     # Set before kopf starts watching, so every resource memo copies it.
     memo[MEMO_KEY] = state

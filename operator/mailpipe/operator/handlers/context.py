@@ -20,6 +20,7 @@ from typing import Any
 
 import kopf
 
+from mailpipe.contracts.signing import ConfigSigner
 from mailpipe.contracts.topics import Topics
 from mailpipe.contracts.warmup import WarmupLedger
 
@@ -58,6 +59,12 @@ class OperatorState:
     policy change re-checks (`handlers.policy`)."""
     policy_task: asyncio.Task[None] | None = None
     """The task re-reading the mounted policy file (`handlers.policy`), if any."""
+    signer: ConfigSigner | None = None
+    """Signs every relay config rendered (`config_signing`); None: unsigned (dev)."""
+    rendered: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The children last rendered for each pool (`namespace/name`) that may run
+    relays: what `handlers.children` puts back when one is edited or deleted.
+    A refused or invalid pool has none, so nothing of it is put back."""
     pool_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     """One lock per pool (`namespace/name`): its reconciles (spec, Deployment, Secret
     events) read the world and patch status one at a time, so none overwrites a

@@ -35,9 +35,10 @@ from kafka.errors import KafkaError
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from mailpipe.contracts.signing import ConfigSigner
 from mailpipe.contracts.topics import TopicOwnershipError, owned_prefix, owned_topics
 
-from .. import kafka_io, kube_io, tenancy, validation
+from .. import config_signing, kafka_io, kube_io, tenancy, validation
 from ..cluster_policy import ClusterPolicy
 from ..models import GROUP, VERSION, DeletionPolicy, SendingPoolSpec
 from ..pool import (
@@ -94,6 +95,7 @@ class _Seen:
     written: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
     topics_created: list[str] = field(default_factory=list)
+    rendered: list[dict[str, Any]] = field(default_factory=list)  # every child, as rendered
     stopped_from: int | None = None  # replicas of the relays this reconcile scaled to 0
 
 
@@ -110,8 +112,14 @@ async def reconcile(
     """
     async with state.pool_lock(f"{namespace}/{name}"):
         seen = await asyncio.to_thread(
-            _reconcile_blocking, namespace, name, ensure_topics, state.policy
+            _reconcile_blocking, namespace, name, ensure_topics, state.policy, state.signer
         )
+        # What handlers.children guards: only a pool that may run relays has any.
+        key = f"{namespace}/{name}"
+        if seen is not None and seen.rendered:
+            state.rendered[key] = seen.rendered
+        else:
+            state.rendered.pop(key, None)
     if seen is None:
         return Outcome()
     body = kopf.Body(cast(kopf.RawBody, seen.obj))
@@ -148,7 +156,11 @@ async def reconcile(
 
 
 def _reconcile_blocking(
-    namespace: str, name: str, ensure_topics: bool, policy: ClusterPolicy
+    namespace: str,
+    name: str,
+    ensure_topics: bool,
+    policy: ClusterPolicy,
+    signer: ConfigSigner | None = None,
 ) -> _Seen | None:
     obj = kube_io.get_custom("sendingpools", namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
@@ -191,7 +203,8 @@ def _reconcile_blocking(
     creds = spec.kafka.credentials_secret_ref  # which optional files its Secret has
     keys = frozenset(secrets.get(creds.name) or {}) if creds is not None else frozenset()
     text, children = build_children(ref, spec, digest, keys)
-    seen = _Seen(obj, Outcome(ref, spec))
+    children = config_signing.signed(children, text, signer)
+    seen = _Seen(obj, Outcome(ref, spec), rendered=children)
     live = kube_io.read_deployment(ref)
     deployment = next(c for c in children if c["kind"] == "Deployment")
     if live is not None:

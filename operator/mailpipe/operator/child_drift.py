@@ -1,0 +1,53 @@
+"""Pure: where a live child of a pool differs from what the operator rendered.
+
+The relay Deployment's drift is `pool.drifted` on its spec (the apiserver
+defaults many of its fields). The other children are compared here, for
+`handlers.children`: a ConfigMap's data is the operator's entirely (a key
+added, changed or removed is a change: the relay reads the config and its
+signature from it), a Service's or PDB's spec is compared on the fields the
+operator sets (the apiserver adds clusterIP, protocol, ...), and on every
+kind the labels and owner reference the operator relies on to find and
+garbage-collect its children.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .pool import drifted
+
+GUARDED_KINDS = ("ConfigMap", "Service", "PodDisruptionBudget")  # the Deployment: handlers.relays
+DATA_FIELDS = ("data", "binaryData")
+
+
+def _data_changes(desired: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
+    out = []
+    for field in DATA_FIELDS:
+        want, have = desired.get(field) or {}, live.get(field) or {}
+        out += [f"{field}.{k}" for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+    return out
+
+
+def foreign_keys(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> list[str]:
+    """Data keys of a live ConfigMap the operator did not render (someone added them)."""
+    if live is None:
+        return []
+    ours = {k for f in DATA_FIELDS for k in desired.get(f) or {}}
+    return sorted({k for f in DATA_FIELDS for k in live.get(f) or {}} - ours)
+
+
+def changes(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> list[str]:
+    """The paths where `live` is not what the operator rendered; ["deleted"] when
+    it is gone; [] when it is as rendered."""
+    if live is None:
+        return ["deleted"]
+    meta, live_meta = desired.get("metadata") or {}, live.get("metadata") or {}
+    out = drifted(meta.get("labels") or {}, live_meta.get("labels"), "metadata.labels")
+    if meta.get("ownerReferences"):
+        out += drifted(meta["ownerReferences"], live_meta.get("ownerReferences"), "ownerReferences")
+    if desired.get("kind") == "ConfigMap":
+        out += _data_changes(desired, live)
+    else:
+        out += drifted(desired.get("spec") or {}, live.get("spec"), "spec")
+    return out
