@@ -400,7 +400,7 @@ def test_notes_suggest_examples_that_work_together() -> None:
         ((), "in no namespace yet", True, "--set 'rbac.tenantNamespaces={mail}'"),
         (("rbac.tenantNamespaces={mail}",), "in: mail", False, None),
         (("rbac.tenantNamespaces={team-a}",), "in: team-a", True, "{team-a,mail}"),
-        (("rbac.tenantNamespaces={*}",), "in every namespace", True, None),
+        (("rbac.tenantNamespaces={*}", LOGINS), "in every namespace", True, None),
         (("operator.watchNamespaces={mail}",), "namespaces it watches", False, None),
         (("operator.watchNamespaces={news}",), "namespaces it watches", True, "{news,mail}"),
     ],
