@@ -22,8 +22,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${MAILPIPE_CACHE:-$HOME/.cache/mailpipe}
 IMAGES=$CACHE/images
 REPOSITORY=${MAILPIPE_IMAGE_REPOSITORY:-mailpipe.local/mailpipe}
-MIRROR=${MAILPIPE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SECURITY_MIRROR=${MAILPIPE_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+# Debian's mirrors: mmdebstrap's default for a stable release (the release, its
+# updates and its security suite), or a sources file (a local mirror).
+SOURCES=${MAILPIPE_DEBIAN_SOURCES:-}
 KEEP_BUILDS=2 # older archives are removed: each is a few hundred MB
 PY=${PY:-python3}
 
@@ -121,10 +122,7 @@ mmdebstrap --variant=essential --include="$(recipe packages)" \
     --customize-hook="copy-in $work/wheels $ROOT/image /tmp/mailpipe" \
     --customize-hook='chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 sh /tmp/mailpipe/image/install.sh /tmp/mailpipe/wheels' \
     --customize-hook='rm -rf "$1"/tmp/mailpipe "$1"/var/cache/apt/archives/*.deb' \
-    "$release" "$work/rootfs.tar" \
-    "deb $MIRROR $release main" \
-    "deb $MIRROR $release-updates main" \
-    "deb $SECURITY_MIRROR $release-security main" \
+    "$release" "$work/rootfs.tar" ${SOURCES:+"$SOURCES"} \
     >>"$log" 2>&1 || failed mmdebstrap
 
 # 3. The image: that tar as its one layer, the Dockerfile's config.
