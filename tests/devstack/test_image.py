@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import tarfile
 import textwrap
@@ -34,6 +35,9 @@ PACKAGES = image.debian_packages((ROOT / image.PACKAGE_LIST).read_text())
 BUILD_TIMEOUT_SECONDS = 1800  # cold: Debian's packages and the wheels downloaded on a busy machine
 RUN_TIMEOUT_SECONDS = 120  # one command in the image: imports of kopf or the relay, loaded machine
 CONTAINERD_START_SECONDS = 60.0
+# pytest-timeout's default (pyproject) is below a cold build, and the module's
+# build fixture is charged to whichever test asks for it first.
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT_SECONDS + RUN_TIMEOUT_SECONDS)
 UNSHARE = ["unshare", "--mount", "--propagation", "private", "--fork"]  # a mount namespace
 
 
@@ -170,7 +174,8 @@ class Built:
     output: str
 
 
-def build() -> tuple[Built, str]:
+def build() -> Built:
+    """Run the recipe (cached, or built); what it names in images/mailpipe.env."""
     out = subprocess.run(
         ["bash", str(ROOT / "scripts" / "build-image.sh")],
         capture_output=True,
@@ -180,40 +185,41 @@ def build() -> tuple[Built, str]:
     assert out.returncode == 0, out.stdout + out.stderr
     env_file = paths.cache_dir() / "images" / "mailpipe.env"
     facts = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
-    built = Built(
+    return Built(
         Path(facts["MAILPIPE_IMAGE_OCI"]),
         facts["MAILPIPE_IMAGE"],
         facts["MAILPIPE_IMAGE_VERSION_TAG"],
         out.stdout,
     )
-    return built, out.stdout
 
 
 @pytest.fixture(scope="module")
 def built() -> Built:
-    result, _ = build()
-    return result
+    return build()
 
 
 @pytest.fixture(scope="module")
-def layout(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The OCI layout inside the archive."""
+def layout(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The OCI layout inside the archive (removed after the module: tens of MB)."""
     target = tmp_path_factory.mktemp("layout")
     with tarfile.open(built.archive) as archive:
         archive.extractall(target, filter="data")
-    return target
+    yield target
+    shutil.rmtree(target)
 
 
 @pytest.fixture(scope="module")
-def bundle(built: Built, layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`umoci unpack`: the root filesystem and a runtime config.json from the image config."""
+def bundle(built: Built, layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`umoci unpack`: the root filesystem and a runtime config.json from the image
+    config (removed after the module: hundreds of MB)."""
     target = tmp_path_factory.mktemp("bundle") / "bundle"
     subprocess.run(
         ["umoci", "unpack", "--image", f"{layout}:{built.reference}", str(target)],
         check=True,
         capture_output=True,
     )
-    return target
+    yield target
+    shutil.rmtree(target.parent)
 
 
 def blob(layout: Path, digest: str) -> dict[str, Any]:
@@ -324,9 +330,9 @@ def test_the_image_runs_read_only_as_its_user_with_the_declared_python(bundle: P
 
 @pytest.mark.image
 def test_unchanged_sources_reuse_the_archive(built: Built) -> None:
-    again, output = build()
+    again = build()
     assert again.archive == built.archive
-    assert "up to date" in output, output
+    assert "up to date" in again.output, again.output
 
 
 @pytest.fixture
