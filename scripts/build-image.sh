@@ -8,7 +8,7 @@
 # (umoci), written as an OCI archive that containerd's
 # `ctr -n k8s.io images import` takes (checked with Debian's containerd 1.6).
 #
-# Output: $MAILPIPE_CACHE/images/mailpipe-<version>-<digest>.oci.tar, where
+# Output: $MAILPIPE_CACHE/images/<repository>-<version>-<digest>.oci.tar, where
 # <digest> hashes the inputs (sources, pyproject, README, Dockerfile, image/,
 # this recipe): unchanged inputs reuse the archive, so it is rebuilt only when
 # they change. The archive names the image twice, <repository>:<version>-<digest>
@@ -50,7 +50,8 @@ version=$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "r
 digest=$(recipe digest)
 release=$(recipe release)
 python=$(recipe python)
-name=mailpipe-$version-$digest
+# The archive's names are in it: another repository is another archive.
+name=${REPOSITORY//[\/:]/_}-$version-$digest
 tag=$version-$digest
 oci=$IMAGES/$name.oci.tar
 log=$IMAGES/build.log
@@ -152,7 +153,7 @@ mv "$work/image.oci.tar" "$oci"
 publish
 
 # Older builds go, the newest $KEEP_BUILDS stay.
-ls -1t "$IMAGES"/mailpipe-*.oci.tar | tail -n +$((KEEP_BUILDS + 1)) | while read -r old; do
+ls -1t "$IMAGES"/*.oci.tar | tail -n +$((KEEP_BUILDS + 1)) | while read -r old; do
     rm -f "$old"
 done
 
