@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CACHE ?= $(HOME)/.cache/mailpipe
 export MAILPIPE_CACHE := $(CACHE)
 
-.PHONY: setup venv components demo test test-unit smoke lint bench bench-relay bench-operator clean
+.PHONY: setup venv components image demo test test-unit smoke lint bench bench-relay bench-operator clean
 
 setup: venv components
 
@@ -26,6 +26,11 @@ $(VENV)/.stamp: pyproject.toml
 # dnsmasq + postfix (Debian); cached under $(CACHE), idempotent.
 components:
 	bash scripts/setup-components.sh
+
+# The image without a container engine (mmdebstrap + umoci; the Dockerfile's
+# twin): $(CACHE)/images/, rebuilt only when its inputs change. Needs root.
+image:
+	PY=$(PY) bash scripts/build-image.sh
 
 demo: setup
 	$(BIN)/mailpipe demo

@@ -20,7 +20,6 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -61,22 +60,22 @@ def check_audience(
             "now": now,
         }
     ).encode()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailpipe.operator.render_check"],
-            stdin=subprocess.PIPE,
-            stdout=out,
-            stderr=err,
-        )
+    # Pipes, not temporary files: the operator's root filesystem is read-only
+    # and the chart mounts no /tmp, so a temporary file cannot be created there.
+    # communicate() reads both pipes while it waits, so a large answer cannot
+    # block the process on a full pipe; each call waits POLL_SECONDS, then the
+    # stop flag and the deadline are looked at, and the next call goes on
+    # where the last one stopped (input included).
+    with subprocess.Popen(
+        [sys.executable, "-m", "mailpipe.operator.render_check"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
         try:
-            assert proc.stdin is not None
-            try:
-                proc.stdin.write(request)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # the process died at start: its exit status says why
             deadline = time.monotonic() + seconds + STARTUP_SECONDS
-            while proc.poll() is None:
+            pending: bytes | None = request
+            while True:
                 if stopped:
                     return None
                 if time.monotonic() > deadline:
@@ -85,23 +84,22 @@ def check_audience(
                         FailReason.RENDER_LIMIT,
                     )
                 try:
-                    proc.wait(POLL_SECONDS)
+                    out, err = proc.communicate(pending, timeout=POLL_SECONDS)
+                    break
                 except subprocess.TimeoutExpired:
-                    continue
+                    pending = None  # already handed over; communicate() keeps writing it
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        out.seek(0)
-        try:
-            answer = json.loads(out.read())
-        except ValueError:
-            err.seek(0)
-            tail = err.read()[-300:].decode(errors="replace").strip()
-            raise CampaignError(
-                f"the audience check ended with status {proc.returncode}: {tail}",
-                FailReason.RENDER_LIMIT,
-            ) from None
+    try:
+        answer = json.loads(out)
+    except ValueError:
+        tail = err[-300:].decode(errors="replace").strip()
+        raise CampaignError(
+            f"the audience check ended with status {proc.returncode}: {tail}",
+            FailReason.RENDER_LIMIT,
+        ) from None
     if "error" in answer:
         raise CampaignError(answer["error"], FailReason(answer["reason"]))
     return PreparedAudience.from_json(answer["audience"])
