@@ -5,7 +5,7 @@ is 1 + the number of earlier calendar days on which it actually sent (plus a
 manual offset), so a weekend without traffic does not skip a step. The cap of
 that day holds in total and per domain group; when a warming IP is out of
 budget, mail goes to the pool's warm IPs, and when none can take it, it waits
-(invariant 4: never dropped, never over).
+(ARCHITECTURE.md, "Limits hold pool-wide": never dropped, never over).
 
 The ledger is rebuilt from the events topic at start (`observe`), and keeps
 following it so sends of other replicas count too; this relay's own sends are

@@ -1,7 +1,7 @@
 """kopf handlers, one module per kind: importing this package registers them all.
 
 Handlers only parse, delegate to pure builders and IO modules, and patch
-status (ARCHITECTURE.md, control plane):
+status (ARCHITECTURE.md, "Components"):
 
 - `pool`: SendingPool create/update/resume/delete; the one place the relay
   Deployment (and its ConfigMap, Service, PDB) is written;

@@ -183,7 +183,8 @@ def _not_deleted(meta: Any, **_: Any) -> bool:
 
 
 # A campaign being deleted is cancelled by `delete_campaign`; a pause still being
-# retried against an unreachable Kafka must not keep its finalizer (invariant 16).
+# retried against an unreachable Kafka must not keep its finalizer (ARCHITECTURE.md, "Status is the
+# world's").
 @kopf.on.field(GROUP, VERSION, "campaigns", field="spec.suspend", when=_not_deleted)
 async def suspend_changed(
     name: str,
@@ -208,7 +209,7 @@ async def suspend_changed(
         )
 
 
-# A campaign's deletion never waits forever (ARCHITECTURE.md, invariant 16): a
+# A campaign's deletion never waits forever (ARCHITECTURE.md, "Status is the world's"): a
 # Kafka that cannot be reached is retried at this pace until DELETE_GIVE_UP_SECONDS,
 # then the campaign goes with a Warning Event saying the relays were not told.
 CANCEL_RETRY_SECONDS = 15

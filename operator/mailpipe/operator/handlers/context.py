@@ -31,7 +31,7 @@ from ..tally import Tally
 
 MEMO_KEY = "mailpipe"  # the operator memo's key for OperatorState
 # A deletion handler retries what it cannot reach (Kafka) at most this long, then
-# lets the object go with a Warning Event (ARCHITECTURE.md, invariant 16). Tests
+# lets the object go with a Warning Event (ARCHITECTURE.md, "Status is the world's"). Tests
 # shorten it through the environment.
 DELETE_GIVE_UP_SECONDS = float(os.environ.get("MAILPIPE_DELETE_GIVE_UP_SECONDS", "300"))
 

@@ -7,7 +7,7 @@ the file's path stays and a read sees the old or the new content whole (a
 `subPath` mount is never updated: the chart mounts the directory). The
 operator re-reads it every POLICY_RECHECK_SECONDS (`cluster_policy.PolicyFile`;
 one small read when nothing changed) rather than watching the ConfigMap: it
-needs no API right on ConfigMaps (ARCHITECTURE.md, invariant 29) and works the
+needs no API right on ConfigMaps (ARCHITECTURE.md, "Least privilege") and works the
 same with `--policy` pointing at any file.
 
 On a change, the new policy is put in force first (every later reconcile uses

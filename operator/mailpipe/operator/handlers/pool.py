@@ -11,9 +11,9 @@ with relays available). A pool refused by its tenant's bounds (`tenancy`: the
 cluster policy, topics outside its namespace) runs no relay: a relay
 Deployment it already has is scaled to 0 and kept (`RelaysStopped`,
 `scale.stop_relays`), so the relays come back with the same spec when the pool
-or the policy changes; its records wait on Kafka (ARCHITECTURE.md, invariant
-31). delete removes the children and the pool's own topics (unless
-`spec.kafka.deletionPolicy: Retain`). Per-IP warm-up status is
+or the policy changes; its records wait on Kafka (ARCHITECTURE.md, "Status is the world's"). delete
+removes the children and the pool's own topics (unless `spec.kafka.deletionPolicy: Retain`). Per-IP
+warm-up status is
 `handlers/warmup.py`'s (it only reads).
 
 Over 300 lines because one reconcile is one story: its read of the world, the
@@ -178,7 +178,8 @@ def _reconcile_blocking(
     digest = secrets_hash(secrets) if secrets else None
     if spec is None or problems:
         # A refused pool runs no relay, whatever it ran before: the policy may
-        # have been tightened under relays that were allowed (invariant 31).
+        # have been tightened under relays that were allowed (ARCHITECTURE.md, "Status is the
+        # world's").
         stopped = None
         if refused:
             try:
@@ -313,7 +314,8 @@ async def delete_pool(
     """Children first (the relays stop sending), then the pool's own topics
     unless `spec.kafka.deletionPolicy: Retain` or another pool shares them.
     Kafka failures are retried until DELETE_GIVE_UP_SECONDS; a retry that
-    starts later lets the pool go with a Warning Event (invariant 16)."""
+    starts later lets the pool go with a Warning Event (ARCHITECTURE.md, "Status is the
+    world's")."""
     assert namespace is not None  # both kinds are namespaced
     ref = PoolRef(name, namespace, uid)
     deleted = await asyncio.to_thread(kube_io.delete_children, ref)

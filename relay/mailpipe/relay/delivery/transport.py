@@ -31,8 +31,8 @@ fresh one and the transaction tried again; once the message was sent, a lost
 connection is a deferral (it may have arrived: at-least-once, never lost).
 
 The record's rate token (`Envelope.gate`) is taken by the session on the
-greeted connection, right before MAIL FROM (invariant 3): nothing here takes
-it, so connect, greeting, EHLO and STARTTLS never spend a token, and a failure
+greeted connection, right before MAIL FROM (ARCHITECTURE.md, "Limits hold pool-wide"): nothing here
+takes it, so connect, greeting, EHLO and STARTTLS never spend a token, and a failure
 before MAIL FROM leaves it untouched. The stale-connection retry renews it:
 the first MAIL FROM may have arrived, so the retry takes its own.
 

@@ -9,7 +9,7 @@ FIFO queue, so a commit never overtakes a pause sent before it. The loop side
 `ports.RecordSource`; revocations reach the engine in-band, as
 `ports.Revoked` items of `poll()` (see `handoff`).
 
-Rebalances and duplicates (ARCHITECTURE.md, invariant 34). kafka-python runs
+Rebalances and duplicates (ARCHITECTURE.md, "Nothing sent twice on a hand-over"). kafka-python runs
 the rebalance listener on its IO thread; ours is an
 `AsyncConsumerRebalanceListener`, so it can wait there without stopping
 heartbeats. When a rebalance starts (`on_partitions_revoked`, before the
