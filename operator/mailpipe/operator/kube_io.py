@@ -90,11 +90,6 @@ def apply(obj: dict[str, Any], force: bool = False) -> bool:
     return True
 
 
-def apply_all(objects: list[dict[str, Any]]) -> list[str]:
-    """Apply each object; returns 'Kind/name' of those written."""
-    return [f"{o['kind']}/{o['metadata']['name']}" for o in objects if apply(o)]
-
-
 def delete_children(ref: PoolRef) -> list[str]:
     deleted = []
     for kind in ("Deployment", "Service", "PodDisruptionBudget", "ConfigMap"):
@@ -105,22 +100,6 @@ def delete_children(ref: PoolRef) -> list[str]:
             if exc.status != 404:
                 raise
     return deleted
-
-
-def read_deployment_status(ref: PoolRef) -> dict[str, int]:
-    try:
-        dep = _call("Deployment", "read", ref.child_name, ref.namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return {}
-        raise
-    st = dep.status
-    return {
-        "replicas": st.replicas or 0,
-        "readyReplicas": st.ready_replicas or 0,
-        "availableReplicas": st.available_replicas or 0,
-        "updatedReplicas": st.updated_replicas or 0,
-    }
 
 
 def get_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:

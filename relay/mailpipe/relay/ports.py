@@ -188,7 +188,6 @@ class TransactionResult:
 
     replies: dict[str, SMTPReply]
     mx_host: str | None = None
-    connected: bool = False
     # recipient -> the `Stage` whose reply decided it (the same code means
     # different things by stage: see `classify`)
     detail: dict[str, Stage] = field(default_factory=dict)

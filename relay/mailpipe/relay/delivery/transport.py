@@ -204,9 +204,9 @@ class SMTPTransport:
                             envelope.gate.renew()
                         continue
                     lost = reply(451, f"4.4.2 {exc}")  # the text names the host already
-                    return _all(rcpts, lost, Stage.LOST, mx_host=route.name, connected=True)
+                    return _all(rcpts, lost, Stage.LOST, mx_host=route.name)
                 self._release(envelope, route, conn)
-                return TransactionResult(replies, mx_host=route.name, connected=True, detail=stages)
+                return TransactionResult(replies, mx_host=route.name, detail=stages)
         return _all(rcpts, last, stage)
 
     async def _acquire(self, env: Envelope, route: Route, fresh_only: bool) -> tuple[Session, bool]:
