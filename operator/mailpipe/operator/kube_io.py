@@ -1,5 +1,9 @@
 """The operator's Kubernetes writes: server-side apply of children, cleanup, status.
 
+The operator's only module that imports the Kubernetes client (`.importlinter`,
+"kubernetes-only-at-its-boundary"): handlers call these functions and catch
+`ApiException` from here, so a change of client touches one file.
+
 Children are applied with server-side apply (field manager `mailpipe-operator`,
 forced), so fields removed from the rendered object are removed from the
 cluster too; an unchanged object (same spec-hash annotation) is not written
@@ -15,7 +19,9 @@ import json
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client.exceptions import (
+    ApiException as ApiException,  # re-exported: handlers catch it
+)
 
 from mailpipe.contracts.topics import pool_prefix
 
@@ -129,6 +135,20 @@ def patch_status(
         body["metadata"] = {"resourceVersion": resource_version}
     client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, plural, name, body
+    )
+
+
+def json_patch_status(plural: str, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+    """A JSON patch (RFC 6902) of a custom object's status: its `test` ops make a
+    write conditional, which a merge patch cannot. Blocking; raises ApiException."""
+    client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        name,
+        ops,
+        _content_type="application/json-patch+json",
     )
 
 

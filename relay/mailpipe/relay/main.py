@@ -25,8 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kafka.errors import KafkaError
-
 from mailpipe.contracts.config import ConfigError, KafkaSettings, RelayConfig, load_config
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.endpoints import ScrapeEndpoint
@@ -42,7 +40,7 @@ from .clock import SystemClock
 from .delivery import SMTPTransport
 from .engine import Engine, task_stacks
 from .health import Health
-from .kafka import KafkaSink, KafkaSource, relay_followers
+from .kafka import KafkaError, KafkaSink, KafkaSource, relay_followers
 from .metrics import DomainLabels, RelayMetrics
 from .suppressions import CampaignStates, SuppressionList
 

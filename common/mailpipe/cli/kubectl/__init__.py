@@ -31,8 +31,6 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
-from kafka.errors import KafkaError
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailpipe.contracts.kafka_security import (
@@ -48,7 +46,8 @@ from mailpipe.contracts.wire import SuppressionReason
 from mailpipe.kafkakit import KafkaAccessError
 
 from . import commands, kafka_io
-from .cluster import Cluster
+from .cluster import ApiException, Cluster
+from .kafka_io import KafkaError
 from .records import UsageError
 
 Command = Callable[[Cluster, argparse.Namespace, TextIO], int]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client.exceptions import ApiException as ApiException  # re-exported
 
 from mailpipe.contracts.topics import Topics
 from mailpipe.operator.models import GROUP, VERSION, SendingPoolSpec

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError as KafkaError  # re-exported: the plugin reports it
 
 from mailpipe.contracts.kafka_security import KafkaConnection, KafkaSecurity
 from mailpipe.contracts.wire import Event, WireError, decode_event

@@ -17,12 +17,12 @@ import time
 from typing import Any
 
 import kopf
-from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from mailpipe.contracts.wire import CampaignControl, CampaignState, encode
 
 from .. import kafka_io, kube_io
+from ..kafka_io import KafkaError
 from ..models import GROUP, VERSION
 from ..progress import (
     CampaignPhase,

@@ -32,14 +32,14 @@ import time
 from typing import Any
 
 import kopf
-from kafka.errors import KafkaError
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailpipe.contracts.wire import encode
 
 from .. import campaign as camp
 from .. import fanout_lease, kafka_io, kube_io, render_check
+from ..kafka_io import KafkaError
+from ..kube_io import ApiException
 from ..models import GROUP, VERSION, CampaignSpec
 from ..progress import FanoutCheckpoint, FanoutState, audience_configmap, fanout_wanted
 from .context import OperatorState, Pool, get_pool, operator_state, pool_readiness

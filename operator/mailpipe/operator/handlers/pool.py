@@ -31,14 +31,14 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import kopf
-from kafka.errors import KafkaError
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailpipe.contracts.topics import TopicOwnershipError, owned_prefix, owned_topics
 
 from .. import kafka_io, kube_io, tenancy, validation
 from ..cluster_policy import ClusterPolicy
+from ..kafka_io import KafkaError
+from ..kube_io import ApiException
 from ..models import GROUP, VERSION, DeletionPolicy, SendingPoolSpec
 from ..pool import (
     PoolRef,

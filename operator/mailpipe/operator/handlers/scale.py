@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from .. import kube_io
+from ..kube_io import ApiException
 from ..pool import MANAGED_BY, PoolRef
 
 

@@ -27,9 +27,6 @@ import time
 from typing import Any
 
 import kopf
-from kafka.errors import KafkaError
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailpipe.contracts.warmup import (
@@ -41,6 +38,8 @@ from mailpipe.contracts.warmup import (
 )
 
 from .. import kafka_io, kube_io
+from ..kafka_io import KafkaError
+from ..kube_io import ApiException
 from ..models import GROUP, VERSION, SendingPoolSpec
 from ..pool import PoolRef, build_relay_config, topics
 from .context import OperatorState, operator_state, parse_pool_spec
@@ -206,15 +205,7 @@ def write_conditions(
         {"op": "add", "path": "/status/conditions", "value": conditions},
     ]
     try:
-        client.CustomObjectsApi(kube_io.api()).patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            "sendingpools",
-            name,
-            ops,
-            _content_type="application/json-patch+json",
-        )
+        kube_io.json_patch_status("sendingpools", namespace, name, ops)
     except ApiException as exc:
         log.debug("conditions of %s/%s not written (%s); next tick", namespace, name, exc.status)
         return False
