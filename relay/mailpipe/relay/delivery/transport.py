@@ -271,6 +271,18 @@ class SMTPTransport:
                 await self._starttls(smtp, route)
             elif self.config.tls.mode is TLSMode.REQUIRED:
                 raise _NoTLS()
+            # Taking aiosmtplib's transport over (handed to `session.Session`,
+            # which installs its own protocol with asyncio's public
+            # `Transport.set_protocol`). Why: aiosmtplib cannot pipeline (RFC
+            # 2920) nor give each stage its own timeout. `SMTP.transport` is a
+            # public attribute, but using it after aiosmtplib is done is not a
+            # documented use: it relies on aiosmtplib holding no unread bytes,
+            # timers or tasks on the connection once EHLO/STARTTLS returned.
+            # The public replacement would be a client that pipelines, or our
+            # own greeting, EHLO and STARTTLS (`loop.start_tls`) in `session`.
+            # aiosmtplib is pinned to the minor tested (pyproject.toml) and
+            # tests/test_dependency_internals.py fails, naming the attribute,
+            # when an upgrade changes what this relies on.
             transport = smtp.transport
             if not isinstance(transport, asyncio.Transport) or transport.is_closing():
                 raise aiosmtplib.SMTPServerDisconnected("connection closed during EHLO")
