@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .config import EgressIP, RelayConfig
 from .wire import WIRE_VERSION, Disposition, Event, UnixSeconds, WireError, decode_event
 
-_COUNTED = {Disposition.DELIVERED, Disposition.BOUNCED, Disposition.DEFERRED}
+_COUNTED = frozenset({Disposition.DELIVERED, Disposition.BOUNCED, Disposition.DEFERRED})
 ALL = "*"  # the per-day total, beside the per-group counts
 UNPAUSE_ANNOTATION = "mailpipe.io/unpause-ip"  # on a SendingPool: lift this IP's pause
 UNPAUSED_KIND: Literal["ip_unpaused"] = "ip_unpaused"

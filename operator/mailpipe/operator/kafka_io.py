@@ -312,19 +312,3 @@ class Admins:
             while not q.empty():
                 with contextlib.suppress(Exception):
                     q.get_nowait().close()
-
-
-# One per process, like kube_io's API client: a cache of connections, not
-# handler state. The reconcile reaches it as `kafka_io.ensure_topics`.
-ADMINS = Admins()
-
-
-def ensure_topics(
-    bootstrap: str,
-    names: Iterable[str],
-    partitions: int,
-    replication: int,
-    compacted: Iterable[str] = (),
-) -> list[str]:
-    """Create the missing ones of `names` and `compacted` on a shared admin client. Blocking."""
-    return ADMINS.ensure_topics(bootstrap, names, partitions, replication, compacted)

@@ -89,12 +89,12 @@ class MessageError(PermanentError, ValueError):
 # the bytes are the same (checked in the unit tests). dkimpy has no public hook
 # for the RSA step, so `_OpenSSLDKIM` overrides `DKIM.gen_header`, the method
 # that calls it, per signer; nothing of dkimpy's module is changed.
-_PREHASHED: Final = MappingProxyType({b"rsa-sha256": hashes.SHA256(), b"rsa-sha1": hashes.SHA1()})
+_PREHASHED: Final = MappingProxyType({b"rsa-sha256": hashes.SHA256, b"rsa-sha1": hashes.SHA1})
 
 
 def openssl_rsa_sign(key: rsa.RSAPrivateKey, algorithm: bytes, digest: bytes) -> bytes:
     """RSASSA-PKCS1-v1_5 (RFC 8017) of a DKIM hash, as dkimpy's own code computes it."""
-    return key.sign(digest, padding.PKCS1v15(), utils.Prehashed(_PREHASHED[algorithm]))
+    return key.sign(digest, padding.PKCS1v15(), utils.Prehashed(_PREHASHED[algorithm]()))
 
 
 class _OpenSSLDKIM(dkim.DKIM):  # type: ignore[misc]

@@ -29,7 +29,7 @@ from typing import Any
 
 import kopf
 
-from .. import kafka_io, tenancy
+from .. import tenancy
 from ..cluster_policy import POLICY_MEMO_KEY
 from ..models import GROUP
 from . import campaign, fanout, policy, pool, relays, scale, warmup
@@ -84,4 +84,4 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     # In threads: stopping readers and closing clients waits on sockets.
     await asyncio.to_thread(state.hub.stop)
     await asyncio.to_thread(state.producers.close)
-    await asyncio.to_thread(kafka_io.ADMINS.close)
+    await asyncio.to_thread(state.admins.close)

@@ -65,8 +65,8 @@ CONFLICT_RETRIES = 20
 HTTP_CONFLICT = 409
 
 
-def _write(namespace: str, name: str, checkpoint: FanoutCheckpoint) -> None:
-    kube_io.patch_status("campaigns", namespace, name, {"fanout": checkpoint.patch()})
+def _write(kube: kube_io.Kube, namespace: str, name: str, checkpoint: FanoutCheckpoint) -> None:
+    kube.patch_status("campaigns", namespace, name, {"fanout": checkpoint.patch()})
 
 
 def _wanted(status: Any, meta: Any, **_: Any) -> bool:
@@ -95,7 +95,7 @@ def fanout(
     campaign_key = f"{namespace}/{name}"
     waiting_for: str | None = None  # the holder this daemon last said it waits for
     while not stopped:
-        obj = kube_io.get_custom("campaigns", namespace, name)
+        obj = state.kube.get_custom("campaigns", namespace, name)
         if obj is None:
             return
         generation = obj["metadata"].get("generation")
@@ -108,7 +108,7 @@ def fanout(
             stopped.wait(POLL_SECONDS)
             continue
         may, why = fanout_lease.may_produce(
-            checkpoint.holder, checkpoint.held_at, fanout_lease.PROCESS, time.time()
+            checkpoint.holder, checkpoint.held_at, state.process, time.time()
         )
         if not may:
             if checkpoint.holder != waiting_for:  # one Event per holder waited for
@@ -133,17 +133,17 @@ def fanout(
         if spec.get("suspend"):
             if checkpoint.state is not FanoutState.PAUSED:
                 paused = FanoutCheckpoint(state=FanoutState.PAUSED, generation=generation)
-                _write(namespace, name, paused)
+                _write(state.kube, namespace, name, paused)
             stopped.wait(POLL_SECONDS)
             continue
-        pool = get_pool(namespace, spec.get("poolRef", ""))
+        pool = get_pool(state.kube, namespace, spec.get("poolRef", ""))
         ready, reason = pool_readiness(pool)
         if not ready:
             if checkpoint.state is not FanoutState.WAITING_FOR_POOL:
                 waiting = FanoutCheckpoint(
                     state=FanoutState.WAITING_FOR_POOL, message=reason, generation=generation
                 )
-                _write(namespace, name, waiting)
+                _write(state.kube, namespace, name, waiting)
             stopped.wait(POLL_SECONDS)
             continue
         assert pool is not None
@@ -157,10 +157,10 @@ def fanout(
                 message=str(exc),
                 reason=exc.reason.value,
                 generation=generation,
-                audience_version=_audience_version(namespace, spec, exc.reason),
+                audience_version=_audience_version(state.kube, namespace, spec, exc.reason),
                 holder=None,  # a failed fan-out is nobody's: any replica may resume it
             )
-            _write(namespace, name, failed)
+            _write(state.kube, namespace, name, failed)
             kopf.warn(body, reason="FanoutFailed", message=f"{exc.reason.value}: {exc}")
             continue  # not `return`: an edited spec must be able to resume it
         except KafkaError as exc:
@@ -171,10 +171,14 @@ def fanout(
 
 
 def _write_held(
-    key: str, obj: dict[str, Any], checkpoint: FanoutCheckpoint, claim_from: str | None = ""
+    state: OperatorState,
+    key: str,
+    obj: dict[str, Any],
+    checkpoint: FanoutCheckpoint,
+    claim_from: str | None = "",
 ) -> bool:
-    """Write `checkpoint` if this process holds the fan-out; False when it does not
-    (another operator process resumed it: this one must stop producing).
+    """Write `checkpoint` if this operator (`state.process`) holds the fan-out; False when
+    it does not (another operator process resumed it: this one must stop producing).
 
     The first write of a run claims the fan-out from `claim_from`, the holder
     the daemon found replaceable (None: nobody held it); later writes need the
@@ -183,7 +187,7 @@ def _write_held(
     overwritten; a conflict with any other status write (the status timer's
     counts) is read again."""
     namespace, name = key.split("/", 1)
-    me = fanout_lease.PROCESS.encode()
+    me = state.process.encode()
     allowed = {me} if claim_from == "" else {me, claim_from}
     for _ in range(CONFLICT_RETRIES):
         holder = FanoutCheckpoint.from_status(obj.get("status", {})).holder
@@ -194,27 +198,29 @@ def _write_held(
             return False
         version = obj["metadata"]["resourceVersion"]
         try:
-            kube_io.patch_status(
+            state.kube.patch_status(
                 "campaigns", namespace, name, {"fanout": checkpoint.patch()}, version
             )
             return True
         except ApiException as exc:
             if exc.status != HTTP_CONFLICT:
                 raise
-        again = kube_io.get_custom("campaigns", namespace, name)
+        again = state.kube.get_custom("campaigns", namespace, name)
         if again is None:
             return False
         obj = again
     raise kopf.TemporaryError(f"fan-out checkpoint of {key}: {CONFLICT_RETRIES} write conflicts")
 
 
-def _audience_version(namespace: str, spec: Any, reason: camp.FailReason) -> str | None:
+def _audience_version(
+    kube: kube_io.Kube, namespace: str, spec: Any, reason: camp.FailReason
+) -> str | None:
     """The audience ConfigMap's version when the failure can be fixed there (see
     `progress.audience_fix_pending`), else None."""
     configmap = audience_configmap(spec)
     if not reason.fixed_in_audience or configmap is None:
         return None
-    return kube_io.configmap_version(namespace, configmap)
+    return kube.configmap_version(namespace, configmap)
 
 
 def _run_fanout(
@@ -240,7 +246,7 @@ def _run_fanout(
 
     cm_data = None
     if spec.audience.config_map_ref is not None:
-        cm_data = kube_io.read_configmap(namespace, spec.audience.config_map_ref.name)
+        cm_data = state.kube.read_configmap(namespace, spec.audience.config_map_ref.name)
     prepared = render_check.check_audience(spec_raw, cm_data, key, uid, time.time(), stopped)
     if prepared is None:
         return  # stopped while the audience was being checked
@@ -255,7 +261,7 @@ def _run_fanout(
             "Campaign",
             camp.FailReason.AUDIENCE_CHANGED,
         )
-    kube_io.patch_status("campaigns", namespace, name, {"audience": prepared.summary()})
+    state.kube.patch_status("campaigns", namespace, name, {"audience": prepared.summary()})
     audience = prepared.recipients
     renderer = camp.Renderer(spec, key, seconds=FANOUT_RENDER_SECONDS)
     suppressed = kafka_io.read_suppressions(bootstrap, t.suppressions)
@@ -272,13 +278,14 @@ def _run_fanout(
     producer = state.producers.get(bootstrap)
     index = start
     while index < total:
-        obj = kube_io.get_custom("campaigns", namespace, name)
+        obj = state.kube.get_custom("campaigns", namespace, name)
         if obj is None:
             return
         if stopped:  # released: another replica may resume it at once
-            _write_held(key, obj, FanoutCheckpoint(holder=None))
+            _write_held(state, key, obj, FanoutCheckpoint(holder=None))
             return
         held = _write_held(
+            state,
             key,
             obj,
             FanoutCheckpoint(
@@ -293,7 +300,7 @@ def _run_fanout(
                 message=None,  # a resumed campaign's failure message goes
                 reason=None,
                 generation=generation,
-                holder=fanout_lease.PROCESS.encode(),
+                holder=state.process.encode(),
                 held_at=time.time(),
             ),
             claim_from=checkpoint.holder if index == start else "",
@@ -316,10 +323,11 @@ def _run_fanout(
             batch.append((record.domain.encode(), encode(record)))
         kafka_io.produce_all(producer, t.outbound, batch)
         index = min(index + FANOUT_CHUNK, total)
-    obj = kube_io.get_custom("campaigns", namespace, name)
+    obj = state.kube.get_custom("campaigns", namespace, name)
     if obj is None:
         return
     done = _write_held(
+        state,
         key,
         obj,
         FanoutCheckpoint(

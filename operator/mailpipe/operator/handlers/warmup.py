@@ -144,7 +144,8 @@ async def pool_warmup_status(
     **_: Any,
 ) -> None:
     assert namespace is not None  # both kinds are namespaced
-    ledger = operator_state(memo).ledgers.get(f"{namespace}/{name}")
+    state = operator_state(memo)
+    ledger = state.ledgers.get(f"{namespace}/{name}")
     if ledger is None or status.get("observedGeneration") is None:
         # Not reconciled yet: when hundreds of pools are created at once, a
         # status write now would only add to the API server's queue ahead of
@@ -187,12 +188,16 @@ async def pool_warmup_status(
     if previous is None or any(previous.get(k) != new[k] for k in ("status", "message")):
         conditions = merge_conditions(old, [new])  # the other types as they are
         await asyncio.to_thread(
-            write_conditions, namespace, name, meta.get("resourceVersion"), conditions
+            write_conditions, state.kube, namespace, name, meta.get("resourceVersion"), conditions
         )
 
 
 def write_conditions(
-    namespace: str, name: str, resource_version: str | None, conditions: list[dict[str, Any]]
+    kube: kube_io.Kube,
+    namespace: str,
+    name: str,
+    resource_version: str | None,
+    conditions: list[dict[str, Any]],
 ) -> bool:
     """Replace the pool's conditions only if the pool is unchanged since `resource_version`.
 
@@ -205,7 +210,7 @@ def write_conditions(
         {"op": "add", "path": "/status/conditions", "value": conditions},
     ]
     try:
-        kube_io.json_patch_status("sendingpools", namespace, name, ops)
+        kube.json_patch_status("sendingpools", namespace, name, ops)
     except ApiException as exc:
         log.debug("conditions of %s/%s not written (%s); next tick", namespace, name, exc.status)
         return False
