@@ -79,12 +79,65 @@ TLS_FALLBACK_SECONDS = 3600.0
 MAX_TLS_BROKEN_HOSTS = 10_000  # hosts remembered; past it the expired ones are dropped
 
 
+def dns_failure(exc: Exception, domain: str) -> SMTPReply:
+    """The reply every recipient gets when the MX lookup of `domain` raised `exc`."""
+    match exc:
+        case AddressLiteral():
+            return reply(550, f"5.1.2 {exc}: address literals are not delivered to")
+        case InvalidDomain():
+            return reply(553, f"5.1.3 invalid domain: {exc}")
+        case NullMX():
+            return reply(556, f"5.1.10 {exc}")
+        case NoSuchDomain():
+            return reply(550, f"5.1.2 {exc}")
+        case UnroutableDomain():
+            return reply(550, f"5.4.4 {exc}")
+        case TemporaryDNSError():
+            return reply(451, f"4.4.3 DNS lookup failed: {exc}")
+    # a resolver bug must defer the record, never kill the lane
+    log.error("MX lookup for %r failed unexpectedly", domain, exc_info=exc)
+    return reply(451, f"4.4.3 DNS lookup failed: {exc.__class__.__name__}")
+
+
 class _NoTLS(Exception):
     """TLS is required by policy and the server does not offer STARTTLS."""
 
 
 class _TLSFailed(Exception):
     """STARTTLS was offered and could not be completed: refused, handshake, certificate."""
+
+
+# What opening a connection to one MX host may raise; each is that host's reply.
+CONNECT_FAILURES = (
+    _NoTLS,
+    Refused,
+    StageTimeout,
+    _TLSFailed,
+    aiosmtplib.SMTPException,
+    TimeoutError,
+    OSError,
+)
+
+
+def connect_failure(exc: BaseException, host: str) -> tuple[SMTPReply, Stage]:
+    """The reply and stage for a connection to MX `host` that could not be opened
+    (nothing was sent; the next host, if any, is tried)."""
+    match exc:
+        case _NoTLS():
+            offered = f"4.7.5 STARTTLS required by policy, not offered by {host}"
+            return reply(451, offered), Stage.TLS
+        case Refused():
+            return reply(550, f"5.4.4 {exc}"), Stage.DNS
+        case StageTimeout():
+            code, status = (421, "4.4.1") if exc.stage is Stage.CONNECT else (451, "4.4.2")
+            return reply(code, f"{status} {host}: {exc}"), exc.stage
+        case _TLSFailed():  # TLS required: defer, nothing sent
+            return reply(451, f"4.7.5 TLS with {host} failed: {exc}"), Stage.TLS
+        case aiosmtplib.SMTPConnectResponseError():  # e.g. 421 at greeting
+            return reply(exc.code, exc.message), Stage.GREETING
+        case aiosmtplib.SMTPResponseException():
+            return reply(exc.code, exc.message), Stage.EHLO
+    return reply(421, f"4.4.1 {host}: {exc.__class__.__name__}: {exc}"), Stage.CONNECT
 
 
 def _all(
@@ -130,64 +183,17 @@ class SMTPTransport:
         if self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         rcpts = envelope.recipients
-        dns = Stage.DNS
         try:
             routes = await self.mx.routes(envelope.domain)
-        except AddressLiteral as exc:
-            return _all(
-                rcpts, reply(550, f"5.1.2 {exc}: address literals are not delivered to"), dns
-            )
-        except InvalidDomain as exc:
-            return _all(rcpts, reply(553, f"5.1.3 invalid domain: {exc}"), dns)
-        except NullMX as exc:
-            return _all(rcpts, reply(556, f"5.1.10 {exc}"), dns)
-        except NoSuchDomain as exc:
-            return _all(rcpts, reply(550, f"5.1.2 {exc}"), dns)
-        except UnroutableDomain as exc:
-            return _all(rcpts, reply(550, f"5.4.4 {exc}"), dns)
-        except TemporaryDNSError as exc:
-            return _all(rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc}"), dns)
-        except Exception as exc:  # a resolver bug must defer the record, never kill the lane
-            log.exception("MX lookup for %r failed unexpectedly", envelope.domain)
-            return _all(
-                rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc.__class__.__name__}"), dns
-            )
-
+        except Exception as exc:
+            return _all(rcpts, dns_failure(exc, envelope.domain), Stage.DNS)
         last, stage = reply(421, "4.4.1 no MX host accepted a connection"), Stage.CONNECT
         for route in routes:
             for fresh_only in (False, True):
                 try:
                     conn, reused = await self._acquire(envelope, route, fresh_only)
-                except _NoTLS:
-                    last = reply(
-                        451, f"4.7.5 STARTTLS required by policy, not offered by {route.name}"
-                    )
-                    stage = Stage.TLS
-                    break
-                except Refused as exc:
-                    last, stage = reply(550, f"5.4.4 {exc}"), Stage.DNS
-                    break
-                except StageTimeout as exc:
-                    code, status = (421, "4.4.1") if exc.stage is Stage.CONNECT else (451, "4.4.2")
-                    last, stage = reply(code, f"{status} {route.name}: {exc}"), exc.stage
-                    break
-                except _TLSFailed as exc:  # TLS required: defer, nothing sent
-                    last, stage = (
-                        reply(451, f"4.7.5 TLS with {route.name} failed: {exc}"),
-                        Stage.TLS,
-                    )
-                    break
-                except aiosmtplib.SMTPResponseException as exc:  # e.g. 421 at greeting
-                    last = reply(exc.code, exc.message)
-                    stage = (
-                        Stage.GREETING
-                        if isinstance(exc, aiosmtplib.SMTPConnectResponseError)
-                        else Stage.EHLO
-                    )
-                    break
-                except (TimeoutError, OSError, aiosmtplib.SMTPException) as exc:
-                    last = reply(421, f"4.4.1 {route.name}: {exc.__class__.__name__}: {exc}")
-                    stage = Stage.CONNECT
+                except CONNECT_FAILURES as exc:
+                    last, stage = connect_failure(exc, route.name)
                     break
                 try:
                     replies, stages = await conn.transaction(
