@@ -8,7 +8,7 @@ suppressed addresses and poison records mixed in (the plan:
 `bench/soak_model.py`), consumed by `relays` real `mailpipe relay` processes
 from real Kafka, MX hosts from dnsmasq, recording receivers on loopback
 addresses. At the end every record must have exactly one final disposition
-(ARCHITECTURE.md, invariant 9), the group's lag be 0 on every topic the relays
+(ARCHITECTURE.md, "Nothing lost"), the group's lag be 0 on every topic the relays
 consume, and each relay's RSS (sampled every second) stay under a ceiling
 without growing through the second half.
 

@@ -2,7 +2,7 @@
 
 `bench/soak.py` runs real processes (Kafka, dnsmasq, receivers, two relays);
 everything it decides lives here, free of IO, so the accounting that the
-soak's verdict rests on (ARCHITECTURE.md, invariant 9: every record has
+soak's verdict rests on (ARCHITECTURE.md, "Nothing lost": every record has
 exactly one final disposition) can be read and checked on its own:
 
 - `Plan`: which record goes to which domain, which recipients the receivers

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mailpipe.cli import kubectl
-from mailpipe.cli.kubectl import build_parser, kafka_io, kafka_login
-from mailpipe.contracts.kafka_security import KafkaSecurity
+from mailpipe.cli.kubectl import build_parser, kafka_login
+from mailpipe.contracts.kafka_security import KafkaConnection, KafkaSecurity
 from mailpipe.kafkakit import client_options
 
 pytestmark = pytest.mark.security
@@ -44,11 +44,7 @@ def test_flags_override_the_environment_and_the_password_comes_from_its_file(
         username="from-env",
         password_file=str(password),
     )
-    kafka_io.use_login(login)
-    try:
-        options = client_options(kafka_io._cluster("kafka:9093"))
-    finally:
-        kafka_io.use_login(KafkaSecurity())
+    options = client_options(KafkaConnection(bootstrap_servers="kafka:9093", security=login))
     assert options["sasl_plain_password"] == "plugin-pw"
     assert options["sasl_mechanism"] == "SCRAM-SHA-256"
     assert kafka_login(build_parser().parse_args(["suppressions", "list"]), {}) == KafkaSecurity()

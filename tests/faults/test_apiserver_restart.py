@@ -3,7 +3,8 @@
 The operator loses its watches and cannot patch the checkpoint while the
 apiserver is away. It must carry on by itself once the apiserver is back (no
 operator restart) and the fan-out must still be exactly once: every audience
-member produced to the pool's outbound topic once, none twice (invariant 7).
+member produced to the pool's outbound topic once, none twice (ARCHITECTURE.md, "Fan-out exactly
+once").
 """
 
 from __future__ import annotations

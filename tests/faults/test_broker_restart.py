@@ -4,7 +4,7 @@ While the broker is away the relay can neither read, produce its events nor
 commit; what it had read it keeps delivering, and the acknowledgements wait.
 When the broker is back the relay must reconnect on its own (no restart),
 rejoin its group and finish: nothing lost, every recipient with exactly one
-final disposition, and none delivered twice (invariant 34).
+final disposition, and none delivered twice (ARCHITECTURE.md, "Nothing sent twice on a hand-over").
 
 The mechanism that used to send mail twice (30 to 100 of 600, the whole
 read window): the relay keeps delivering what it had read while no commit

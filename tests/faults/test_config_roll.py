@@ -7,7 +7,7 @@ starts, joins the group, and the old one is stopped gracefully (SIGTERM: drain,
 final commit, leave the group).
 
 Reloaded in place, or rolled: nothing lost, nothing delivered twice
-(invariant 34).
+(ARCHITECTURE.md, "Nothing sent twice on a hand-over").
 
 The mechanism that used to send mail twice when rolled (12 to 87 of 800):
 the new relay's join moves partitions while the old one is delivering. The
@@ -137,5 +137,6 @@ def test_a_rolled_relay_under_load_loses_nothing(
     print(f"rolled relay: {t} (delivered when the old relay stopped: {at_stop})")
     assert at_stop < TOTAL, "everything was delivered before the roll"
     assert (t.lost, t.stalled) == (0, 0), t
-    # Invariant 34: a partition changing hands re-sends nothing.
+    # ARCHITECTURE.md, "Nothing sent twice on a hand-over": a partition changing hands re-sends
+    # nothing.
     assert (t.duplicated, t.finals_twice) == (0, 0), (t, _twice(pool))

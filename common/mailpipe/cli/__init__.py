@@ -14,19 +14,24 @@ import argparse
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 
 # subcommand -> (module, help). Each module exposes `add_arguments(parser)`
 # and `run(args) -> int`.
-PRODUCTION: dict[str, tuple[str, str]] = {
-    "operator": ("mailpipe.operator.main", "run the kopf operator"),
-    "relay": ("mailpipe.relay.main", "run a relay: Kafka -> SMTP"),
-}
+PRODUCTION: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "operator": ("mailpipe.operator.main", "run the kopf operator"),
+        "relay": ("mailpipe.relay.main", "run a relay: Kafka -> SMTP"),
+    }
+)
 DEVSTACK_PACKAGE = "mailpipe.devstack"
-DEVELOPMENT: dict[str, tuple[str, str]] = {
-    "dev": ("mailpipe.devstack.cli", "local stack of real components: up, down, status, env"),
-    "demo": ("mailpipe.devstack.demo", "end-to-end demo on the local stack"),
-}
+DEVELOPMENT: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "dev": ("mailpipe.devstack.cli", "local stack of real components: up, down, status, env"),
+        "demo": ("mailpipe.devstack.demo", "end-to-end demo on the local stack"),
+    }
+)
 
 
 def devstack_installed() -> bool:

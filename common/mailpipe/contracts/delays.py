@@ -10,6 +10,7 @@ therefore never meets `5 minutes` at start or half-way through a reload.
 from __future__ import annotations
 
 import re
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
@@ -20,7 +21,7 @@ from pydantic_core import core_schema
 # step (a record would come straight back), no leading zero (one name per step).
 DELAY_STEP_PATTERN = r"^[1-9][0-9]*[smhd]$"
 _STEP = re.compile(DELAY_STEP_PATTERN)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNIT_SECONDS = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400})
 
 
 class DelayStep(str):

@@ -2,10 +2,9 @@
 
 Spec types shared by the SendingPool spec (`spec.delivery`) and the relay
 config (`delivery`), like `policy`'s: what the CRD schema accepts the relay
-accepts (issue 10, Deliver 3 and 5; ARCHITECTURE.md, invariants "Every SMTP
-stage has its own timeout", "No domain holds the read window", "No probing
-inward"). The address checks are pure, so the relay config refuses a static
-route the policy forbids when it is parsed, and the relay applies the same
+accepts (issue 10, Deliver 3 and 5; ARCHITECTURE.md, "Replies decide",
+"No head-of-line blocking" and "Least privilege"). The address checks are pure, so the relay config
+refuses a static route the policy forbids when it is parsed, and the relay applies the same
 rule to every address DNS gives or it connects to.
 
 Classes used as spec fields carry comments, not docstrings (see `policy`).

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -149,16 +150,18 @@ ENV_PASSWORD_FILE = "MAILPIPE_KAFKA_PASSWORD_FILE"
 ENV_CA_FILE = "MAILPIPE_KAFKA_CA_FILE"
 ENV_CERT_FILE = "MAILPIPE_KAFKA_CERT_FILE"
 ENV_KEY_FILE = "MAILPIPE_KAFKA_KEY_FILE"
-_ENV_FIELDS = {
-    ENV_SECURITY_PROTOCOL: "protocol",
-    ENV_SASL_MECHANISM: "sasl_mechanism",
-    ENV_USERNAME: "username",
-    ENV_USERNAME_FILE: "username_file",
-    ENV_PASSWORD_FILE: "password_file",
-    ENV_CA_FILE: "ca_file",
-    ENV_CERT_FILE: "cert_file",
-    ENV_KEY_FILE: "key_file",
-}
+_ENV_FIELDS = MappingProxyType(
+    {
+        ENV_SECURITY_PROTOCOL: "protocol",
+        ENV_SASL_MECHANISM: "sasl_mechanism",
+        ENV_USERNAME: "username",
+        ENV_USERNAME_FILE: "username_file",
+        ENV_PASSWORD_FILE: "password_file",
+        ENV_CA_FILE: "ca_file",
+        ENV_CERT_FILE: "cert_file",
+        ENV_KEY_FILE: "key_file",
+    }
+)
 
 
 def security_from_env(env: Mapping[str, str]) -> KafkaSecurity:

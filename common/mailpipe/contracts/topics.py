@@ -2,7 +2,7 @@
 
 The operator creates a pool's topics and writes their names into the relay
 config; the relay, the tests and the benchmarks read and write them. All of
-them build the names here, so the names (ARCHITECTURE.md, "Kafka topics") are
+them build the names here, so the names (ARCHITECTURE.md, "Components") are
 spelled once.
 
 Every topic a tenant's relays touch lives in its namespace's **space**,

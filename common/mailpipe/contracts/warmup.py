@@ -5,7 +5,7 @@ is 1 + the number of earlier calendar days on which it actually sent (plus a
 manual offset), so a weekend without traffic does not skip a step. The cap of
 that day holds in total and per domain group; when a warming IP is out of
 budget, mail goes to the pool's warm IPs, and when none can take it, it waits
-(invariant 4: never dropped, never over).
+(ARCHITECTURE.md, "Limits hold pool-wide": never dropped, never over).
 
 The ledger is rebuilt from the events topic at start (`observe`), and keeps
 following it so sends of other replicas count too; this relay's own sends are
@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .config import EgressIP, RelayConfig
 from .wire import WIRE_VERSION, Disposition, Event, UnixSeconds, WireError, decode_event
 
-_COUNTED = {Disposition.DELIVERED, Disposition.BOUNCED, Disposition.DEFERRED}
+_COUNTED = frozenset({Disposition.DELIVERED, Disposition.BOUNCED, Disposition.DEFERRED})
 ALL = "*"  # the per-day total, beside the per-group counts
 UNPAUSE_ANNOTATION = "mailpipe.io/unpause-ip"  # on a SendingPool: lift this IP's pause
 UNPAUSED_KIND: Literal["ip_unpaused"] = "ip_unpaused"

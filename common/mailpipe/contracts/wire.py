@@ -238,7 +238,8 @@ M = TypeVar("M", bound=BaseModel)
 
 def _decode(cls: type[M], data: bytes) -> M:
     """Any bytes in, a valid model or a WireError with the reason out: never another
-    exception, because one that escapes stops a whole pool (ARCHITECTURE.md, invariant 8)."""
+    exception, because one that escapes stops a whole pool (ARCHITECTURE.md, "Bad input gets a
+    clear error")."""
     # Fast path: pydantic parses and validates in one pass (no dict in between).
     try:
         model = cls.model_validate_json(data)

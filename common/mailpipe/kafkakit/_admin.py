@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from types import MappingProxyType
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
@@ -23,7 +24,7 @@ from ._security import Cluster, client_options
 # Topic creation is a controller round trip; this is for a sick broker.
 CREATE_TIMEOUT_SECONDS = 30.0
 # Latest value per key wins: suppressions, campaign states.
-COMPACTED = {"cleanup.policy": "compact"}
+COMPACTED = MappingProxyType({"cleanup.policy": "compact"})
 
 
 def ensure_topics(
@@ -46,7 +47,7 @@ def ensure_topics(
         for name in [*names, *sorted(compacted)]:
             if name in existing or name in created:
                 continue
-            configs = COMPACTED if name in compacted else {}
+            configs = dict(COMPACTED) if name in compacted else {}
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [NewTopic(name, partitions, replication, topic_configs=dict(configs))],

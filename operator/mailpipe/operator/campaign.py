@@ -45,7 +45,7 @@ from mailpipe.contracts.wire import Recipient as WireRecipient
 
 from .models import CampaignSpec, Recipient, SendWindow, Weekday
 
-WEEKDAYS = list(Weekday)  # Monday first, like datetime.weekday()
+WEEKDAYS = tuple(Weekday)  # Monday first, like datetime.weekday()
 # A weekly window always opens within a week and a day; one more day finds
 # the overnight window that opened yesterday and is still open.
 WINDOW_SEARCH_DAYS = 9

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from .models import GROUP, VERSION, CampaignSpec, SendingPoolSpec
 
-_DROP = {"title"}
+_DROP = frozenset({"title"})
 
 
 class _NoAliases(yaml.SafeDumper):

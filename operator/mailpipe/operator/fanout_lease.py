@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,9 +61,6 @@ class Holder:
 
 def this_process(started: float) -> Holder:
     return Holder(os.environ.get("POD_ID") or socket.gethostname(), os.getpid(), started)
-
-
-PROCESS = this_process(time.time())  # the holder this operator process writes
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,5 +1,9 @@
 """The operator's Kafka IO: topics, fan-out produce, checkpoint scans, events.
 
+With `events_hub` (the events reader) the operator's only module that imports
+kafka-python (`.importlinter`, "kafka-only-at-its-boundary"); handlers catch
+`KafkaError` from here.
+
 Kafka clients are few and shared, whatever the number of pools: one producer
 and at most `ADMIN_CLIENTS_PER_CLUSTER` admin clients per cluster here, and one
 events reader per cluster (`events_hub.EventsHub`, re-exported).
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError as KafkaError  # re-exported: handlers catch it
 from kafka.errors import TopicAlreadyExistsError
 
 from mailpipe.contracts.wire import (
@@ -307,19 +312,3 @@ class Admins:
             while not q.empty():
                 with contextlib.suppress(Exception):
                     q.get_nowait().close()
-
-
-# One per process, like kube_io's API client: a cache of connections, not
-# handler state. The reconcile reaches it as `kafka_io.ensure_topics`.
-ADMINS = Admins()
-
-
-def ensure_topics(
-    bootstrap: str,
-    names: Iterable[str],
-    partitions: int,
-    replication: int,
-    compacted: Iterable[str] = (),
-) -> list[str]:
-    """Create the missing ones of `names` and `compacted` on a shared admin client. Blocking."""
-    return ADMINS.ensure_topics(bootstrap, names, partitions, replication, compacted)

@@ -1,5 +1,9 @@
 """The operator's Kubernetes writes: server-side apply of children, cleanup, status.
 
+The operator's only module that imports the Kubernetes client (`.importlinter`,
+"kubernetes-only-at-its-boundary"): handlers call these functions and catch
+`ApiException` from here, so a change of client touches one file.
+
 Children are applied with server-side apply (field manager `mailpipe-operator`,
 forced), so fields removed from the rendered object are removed from the
 cluster too; an unchanged object (same spec-hash annotation) is not written
@@ -12,10 +16,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client.exceptions import (
+    ApiException as ApiException,  # re-exported: handlers catch it
+)
 
 from mailpipe.contracts.topics import pool_prefix
 
@@ -24,258 +32,248 @@ from .pool import SPEC_HASH_ANNOTATION, PoolRef
 
 FIELD_MANAGER = "mailpipe-operator"
 SPEC_HASH_CHARS = 16  # 64 bits of SHA-256: a collision would only skip one write
-# One API client per process, created on first use and shared by every handler
-# thread (its urllib3 connection pool is thread-safe). A cache, not handler state.
-_api: client.ApiClient | None = None
-
-
-def api() -> client.ApiClient:
-    """A client from the in-cluster ServiceAccount, else from KUBECONFIG."""
-    global _api
-    if _api is None:
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-            _api = client.ApiClient()
-        except config.ConfigException:
-            _api = config.new_client_from_config()  # type: ignore[no-untyped-call]
-    return _api
 
 
 def _hash(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:SPEC_HASH_CHARS]
 
 
-_KINDS: dict[str, tuple[str, str]] = {
-    # kind -> (API class, method suffix)
-    "ConfigMap": ("CoreV1Api", "namespaced_config_map"),
-    "Service": ("CoreV1Api", "namespaced_service"),
-    "Deployment": ("AppsV1Api", "namespaced_deployment"),
-    "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
-}
+_KINDS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        # kind -> (API class, method suffix)
+        "ConfigMap": ("CoreV1Api", "namespaced_config_map"),
+        "Service": ("CoreV1Api", "namespaced_service"),
+        "Deployment": ("AppsV1Api", "namespaced_deployment"),
+        "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
+    }
+)
 
 
-def _call(kind: str, verb: str, *args: Any, **kwargs: Any) -> Any:
-    cls_name, suffix = _KINDS[kind]
-    target = getattr(client, cls_name)(api())
-    return getattr(target, f"{verb}_{suffix}")(*args, **kwargs)
+class Kube:
+    """The operator's Kubernetes API: one client (in-cluster ServiceAccount, else
+    KUBECONFIG), made on first use and shared by every handler thread (its
+    urllib3 connection pool is thread-safe). One per operator (`OperatorState.kube`),
+    passed in, so two operators in one process each have their own."""
 
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self._api = api
 
-def apply(obj: dict[str, Any], force: bool = False) -> bool:
-    """Server-side apply `obj` unless the live one has the same spec hash; True if written.
+    @property
+    def api(self) -> client.ApiClient:
+        if self._api is None:
+            try:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+                self._api = client.ApiClient()
+            except config.ConfigException:
+                self._api = config.new_client_from_config()  # type: ignore[no-untyped-call]
+        return self._api
 
-    `force`: apply even then (the live object drifted: a manual scale or edit).
-    """
-    desired = json.loads(json.dumps(obj))
-    digest = _hash(desired)
-    desired["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
-    kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
-    try:
-        live = _call(kind, "read", name, ns)
-        annotations = live.metadata.annotations or {}
-        if annotations.get(SPEC_HASH_ANNOTATION) == digest and not force:
-            return False
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-    _call(
-        kind,
-        "patch",
-        name,
-        ns,
-        desired,
-        field_manager=FIELD_MANAGER,
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-    return True
+    def _call(self, kind: str, verb: str, *args: Any, **kwargs: Any) -> Any:
+        cls_name, suffix = _KINDS[kind]
+        target = getattr(client, cls_name)(self.api)
+        return getattr(target, f"{verb}_{suffix}")(*args, **kwargs)
 
+    def apply(self, obj: dict[str, Any], force: bool = False) -> bool:
+        """Server-side apply `obj` unless the live one has the same spec hash; True if written.
 
-def apply_all(objects: list[dict[str, Any]]) -> list[str]:
-    """Apply each object; returns 'Kind/name' of those written."""
-    return [f"{o['kind']}/{o['metadata']['name']}" for o in objects if apply(o)]
-
-
-def delete_children(ref: PoolRef) -> list[str]:
-    deleted = []
-    for kind in ("Deployment", "Service", "PodDisruptionBudget", "ConfigMap"):
+        `force`: apply even then (the live object drifted: a manual scale or edit).
+        """
+        desired = json.loads(json.dumps(obj))
+        digest = _hash(desired)
+        desired["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
+        kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
         try:
-            _call(kind, "delete", ref.child_name, ref.namespace)
-            deleted.append(f"{kind}/{ref.child_name}")
+            live = self._call(kind, "read", name, ns)
+            annotations = live.metadata.annotations or {}
+            if annotations.get(SPEC_HASH_ANNOTATION) == digest and not force:
+                return False
         except ApiException as exc:
             if exc.status != 404:
                 raise
-    return deleted
-
-
-def read_deployment_status(ref: PoolRef) -> dict[str, int]:
-    try:
-        dep = _call("Deployment", "read", ref.child_name, ref.namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return {}
-        raise
-    st = dep.status
-    return {
-        "replicas": st.replicas or 0,
-        "readyReplicas": st.ready_replicas or 0,
-        "availableReplicas": st.available_replicas or 0,
-        "updatedReplicas": st.updated_replicas or 0,
-    }
-
-
-def get_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        obj = client.CustomObjectsApi(api()).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, name
+        self._call(
+            kind,
+            "patch",
+            name,
+            ns,
+            desired,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
         )
-        result: dict[str, Any] = dict(obj)  # type: ignore[call-overload]
-        return result
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+        return True
 
+    def delete_children(self, ref: PoolRef) -> list[str]:
+        deleted = []
+        for kind in ("Deployment", "Service", "PodDisruptionBudget", "ConfigMap"):
+            try:
+                self._call(kind, "delete", ref.child_name, ref.namespace)
+                deleted.append(f"{kind}/{ref.child_name}")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        return deleted
 
-def patch_status(
-    plural: str,
-    namespace: str,
-    name: str,
-    status: dict[str, Any],
-    resource_version: str | None = None,
-) -> None:
-    """Merge `status` in; with `resource_version`, only if the object is still at
-    that version (else ApiException 409: someone wrote in between)."""
-    body: dict[str, Any] = {"status": status}
-    if resource_version is not None:
-        body["metadata"] = {"resourceVersion": resource_version}
-    client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, plural, name, body
-    )
-
-
-def read_configmap(namespace: str, name: str) -> dict[str, str] | None:
-    try:
-        cm = client.CoreV1Api(api()).read_namespaced_config_map(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    data = dict(cm.data or {})
-    # binaryData arrives base64-encoded; large audiences live there gzipped
-    # because a ConfigMap holds at most 1 MiB.
-    for key, b64 in (cm.binary_data or {}).items():
-        data[key] = base64.b64decode(b64).decode("latin-1")
-    return data
-
-
-def configmap_version(namespace: str, name: str) -> str:
-    """The ConfigMap's resourceVersion, "" when it does not exist (changes on every edit)."""
-    try:
-        cm = client.CoreV1Api(api()).read_namespaced_config_map(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return ""
-        raise
-    return str(cm.metadata.resource_version) if cm.metadata else ""
-
-
-def read_deployment(ref: PoolRef) -> dict[str, Any] | None:
-    """The pool's relay Deployment as JSON, or None."""
-    try:
-        dep = _call("Deployment", "read", ref.child_name, ref.namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    out: dict[str, Any] = api().sanitize_for_serialization(dep)  # type: ignore[no-untyped-call]
-    return out
-
-
-def scale_deployment(ref: PoolRef, replicas: int) -> None:
-    """Set the relay Deployment's spec.replicas, leaving the rest of it as it is.
-
-    A merge patch of that one field, not an apply: applying a partial object
-    would drop every field the operator applied before (server-side apply
-    removes what a manager stops applying). The next full apply takes the
-    field back (forced)."""
-    _call(
-        "Deployment",
-        "patch",
-        ref.child_name,
-        ref.namespace,
-        {"spec": {"replicas": replicas}},
-        field_manager=FIELD_MANAGER,
-        _content_type="application/merge-patch+json",
-    )
-
-
-def list_pools(namespace: str) -> list[dict[str, Any]]:
-    """Every SendingPool of `namespace`, as JSON."""
-    listed: Any = client.CustomObjectsApi(api()).list_namespaced_custom_object(
-        GROUP, VERSION, namespace, "sendingpools"
-    )
-    return list(listed["items"])
-
-
-def read_secret(namespace: str, name: str) -> dict[str, str] | None:
-    """A Secret's data (base64 values, as stored), or None when it does not exist."""
-    try:
-        secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return {k: str(v) for k, v in (secret.data or {}).items()}
-
-
-def pools_with_prefix(bootstrap: str, prefix: str, namespace: str, except_uid: str) -> list[str]:
-    """'namespace/name' of the other SendingPools whose topics are `prefix`.* on
-    `bootstrap`: a deleted pool's topics are theirs too and must stay. Listed
-    cluster-wide, or in the namespaces the operator may read (namespaced RBAC
-    answers 403 to a cluster-wide list: then `namespace`, the deleted pool's)."""
-    api_ = client.CustomObjectsApi(api())
-    listed: Any
-    try:
-        listed = api_.list_cluster_custom_object(GROUP, VERSION, "sendingpools")
-    except ApiException as exc:
-        if exc.status != 403:
+    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name
+            )
+            result: dict[str, Any] = dict(obj)  # type: ignore[call-overload]
+            return result
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
             raise
-        listed = api_.list_namespaced_custom_object(GROUP, VERSION, namespace, "sendingpools")
-    out = []
-    for obj in listed["items"]:
-        meta, kafka = obj["metadata"], obj.get("spec", {}).get("kafka", {})
-        theirs = kafka.get("topicPrefix") or pool_prefix(meta["namespace"], meta["name"])
-        same = theirs == prefix and kafka.get("bootstrapServers") == bootstrap
-        if same and meta["uid"] != except_uid:
-            out.append(f"{meta['namespace']}/{meta['name']}")
-    return out
 
+    def patch_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> None:
+        """Merge `status` in; with `resource_version`, only if the object is still at
+        that version (else ApiException 409: someone wrote in between)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, plural, name, body
+        )
 
-def read_child(kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-    """A child (ConfigMap, Service, PDB, Deployment) as JSON, or None. Read by name:
-    the operator may `get` its children but never list a namespace's ConfigMaps."""
-    try:
-        obj = _call(kind, "read", name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    out: dict[str, Any] = api().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
-    return out
+    def json_patch_status(
+        self, plural: str, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> None:
+        """A JSON patch (RFC 6902) of a custom object's status: its `test` ops make a
+        write conditional, which a merge patch cannot. Blocking; raises ApiException."""
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            ops,
+            _content_type="application/json-patch+json",
+        )
 
+    def read_configmap(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            cm = client.CoreV1Api(self.api).read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data = dict(cm.data or {})
+        # binaryData arrives base64-encoded; large audiences live there gzipped
+        # because a ConfigMap holds at most 1 MiB.
+        for key, b64 in (cm.binary_data or {}).items():
+            data[key] = base64.b64decode(b64).decode("latin-1")
+        return data
 
-def remove_data_keys(name: str, namespace: str, keys: list[str]) -> None:
-    """Remove `keys` from a ConfigMap's data and binaryData (a merge patch).
+    def configmap_version(self, namespace: str, name: str) -> str:
+        """The ConfigMap's resourceVersion, "" when it does not exist (changes on every edit)."""
+        try:
+            cm = client.CoreV1Api(self.api).read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return ""
+            raise
+        return str(cm.metadata.resource_version) if cm.metadata else ""
 
-    Server-side apply removes only fields its own manager stops applying: a key
-    someone else added stays through any apply of ours, so it is removed here."""
-    body = {"data": dict.fromkeys(keys), "binaryData": dict.fromkeys(keys)}
-    _call(
-        "ConfigMap",
-        "patch",
-        name,
-        namespace,
-        body,
-        field_manager=FIELD_MANAGER,
-        _content_type="application/merge-patch+json",
-    )
+    def read_deployment(self, ref: PoolRef) -> dict[str, Any] | None:
+        """The pool's relay Deployment as JSON, or None."""
+        try:
+            dep = self._call("Deployment", "read", ref.child_name, ref.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        out: dict[str, Any] = self.api.sanitize_for_serialization(dep)  # type: ignore[no-untyped-call]
+        return out
+
+    def scale_deployment(self, ref: PoolRef, replicas: int) -> None:
+        """Set the relay Deployment's spec.replicas, leaving the rest of it as it is.
+
+        A merge patch of that one field, not an apply: applying a partial object
+        would drop every field the operator applied before (server-side apply
+        removes what a manager stops applying). The next full apply takes the
+        field back (forced)."""
+        self._call(
+            "Deployment",
+            "patch",
+            ref.child_name,
+            ref.namespace,
+            {"spec": {"replicas": replicas}},
+            field_manager=FIELD_MANAGER,
+            _content_type="application/merge-patch+json",
+        )
+
+    def list_pools(self, namespace: str) -> list[dict[str, Any]]:
+        """Every SendingPool of `namespace`, as JSON."""
+        listed: Any = client.CustomObjectsApi(self.api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "sendingpools"
+        )
+        return list(listed["items"])
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's data (base64 values, as stored), or None when it does not exist."""
+        try:
+            secret = client.CoreV1Api(self.api).read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return {k: str(v) for k, v in (secret.data or {}).items()}
+
+    def pools_with_prefix(
+        self, bootstrap: str, prefix: str, namespace: str, except_uid: str
+    ) -> list[str]:
+        """'namespace/name' of the other SendingPools whose topics are `prefix`.* on
+        `bootstrap`: a deleted pool's topics are theirs too and must stay. Listed
+        cluster-wide, or in the namespaces the operator may read (namespaced RBAC
+        answers 403 to a cluster-wide list: then `namespace`, the deleted pool's)."""
+        api_ = client.CustomObjectsApi(self.api)
+        listed: Any
+        try:
+            listed = api_.list_cluster_custom_object(GROUP, VERSION, "sendingpools")
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            listed = api_.list_namespaced_custom_object(GROUP, VERSION, namespace, "sendingpools")
+        out = []
+        for obj in listed["items"]:
+            meta, kafka = obj["metadata"], obj.get("spec", {}).get("kafka", {})
+            theirs = kafka.get("topicPrefix") or pool_prefix(meta["namespace"], meta["name"])
+            same = theirs == prefix and kafka.get("bootstrapServers") == bootstrap
+            if same and meta["uid"] != except_uid:
+                out.append(f"{meta['namespace']}/{meta['name']}")
+        return out
+
+    def read_child(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        """A child (ConfigMap, Service, PDB, Deployment) as JSON, or None. Read by name:
+        the operator may `get` its children but never list a namespace's ConfigMaps."""
+        try:
+            obj = self._call(kind, "read", name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        out: dict[str, Any] = self.api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+        return out
+
+    def remove_data_keys(self, name: str, namespace: str, keys: list[str]) -> None:
+        """Remove `keys` from a ConfigMap's data and binaryData (a merge patch).
+
+        Server-side apply removes only fields its own manager stops applying: a key
+        someone else added stays through any apply of ours, so it is removed here."""
+        body = {"data": dict.fromkeys(keys), "binaryData": dict.fromkeys(keys)}
+        self._call(
+            "ConfigMap",
+            "patch",
+            name,
+            namespace,
+            body,
+            field_manager=FIELD_MANAGER,
+            _content_type="application/merge-patch+json",
+        )

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("mailpipe.operator").info("Kafka login: %s", kafka_identity.security())
 
     if args.metrics_port:
-        metrics.serve(args.metrics_port, args.listen_address)
+        metrics.serve(args.metrics_port, memo, args.listen_address)
     priority = args.priority
     if priority is None:
         priority = (

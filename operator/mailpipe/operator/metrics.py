@@ -186,30 +186,56 @@ class HandlerOutcomes(logging.Handler):
         ).inc()
 
 
-METRICS = OperatorMetrics()  # the process's metrics: kopf's handlers below are module-level too
+METRICS_MEMO_KEY = "mailpipe.metrics"  # the operator memo's key for its OperatorMetrics
+
+
+def _metrics(memo: kopf.Memo) -> OperatorMetrics | None:
+    """The operator's metrics `serve` put into its memo; None when not served."""
+    metrics = memo.get(METRICS_MEMO_KEY)
+    return metrics if isinstance(metrics, OperatorMetrics) else None
 
 
 # async, so they run on the loop: a sync handler would wait for one of kopf's
 # executor threads, which long fan-outs may hold, and delay its object's events.
 @kopf.on.event(GROUP, VERSION, "campaigns")
-async def campaign_seen(type: str | None, body: Any, **_: Any) -> None:  # `type`: kopf's kwarg name
+async def campaign_seen(
+    type: str | None,  # kopf's kwarg name
+    body: Any,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    metrics = _metrics(memo)
+    if metrics is None:
+        return
     meta = body.get("metadata", {})
     state = None if type == "DELETED" else CampaignState.from_body(body)
-    METRICS.state.put_campaign(meta.get("namespace", ""), meta.get("name", ""), state)
+    metrics.state.put_campaign(meta.get("namespace", ""), meta.get("name", ""), state)
 
 
 @kopf.on.event(GROUP, VERSION, "sendingpools")
-async def pool_seen(type: str | None, body: Any, **_: Any) -> None:  # `type`: kopf's kwarg name
+async def pool_seen(
+    type: str | None,  # kopf's kwarg name
+    body: Any,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    metrics = _metrics(memo)
+    if metrics is None:
+        return
     meta = body.get("metadata", {})
     ready = None if type == "DELETED" else pool_ready(body)
-    METRICS.state.put_pool(meta.get("namespace", ""), meta.get("name", ""), ready)
+    metrics.state.put_pool(meta.get("namespace", ""), meta.get("name", ""), ready)
 
 
-def serve(port: int, host: str = METRICS_HOST) -> None:
-    """Count kopf's handler outcomes, and serve /metrics on `port` once kopf's loop runs."""
-    logging.getLogger("kopf.objects").addHandler(HandlerOutcomes(METRICS))
+def serve(port: int, memo: kopf.Memo, host: str = METRICS_HOST) -> OperatorMetrics:
+    """This operator's metrics, put into its `memo` (where the watch-event handlers
+    find them): kopf's handler outcomes counted, /metrics on `port` once kopf's loop runs."""
+    metrics = OperatorMetrics()
+    memo[METRICS_MEMO_KEY] = metrics
+    logging.getLogger("kopf.objects").addHandler(HandlerOutcomes(metrics))
 
     async def metrics_endpoint(**_: Any) -> None:
-        await ScrapeEndpoint(METRICS.registry, host, port).start()
+        await ScrapeEndpoint(metrics.registry, host, port).start()
 
     kopf.on.startup(id="metrics_endpoint")(metrics_endpoint)
+    return metrics

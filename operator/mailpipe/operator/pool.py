@@ -51,20 +51,29 @@ SECRETS_HASH_ANNOTATION = "mailpipe.io/secrets-hash"
 # hostNetwork itself (allowed per namespace by the cluster policy) departs
 # from the profile. Writes go nowhere but sockets, so the root can be read-only.
 RELAY_UID = 10001  # the image's non-root user (Dockerfile: USER 10001)
-POD_SECURITY: dict[str, Any] = {
-    "runAsNonRoot": True,
-    "runAsUser": RELAY_UID,
-    "runAsGroup": RELAY_UID,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-CONTAINER_SECURITY: dict[str, Any] = {
-    "runAsNonRoot": True,
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "privileged": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
+
+
+def pod_security() -> dict[str, Any]:
+    """The relay pod's securityContext; a new dict per Deployment built, so no
+    two built objects share one (a caller may edit what it was given)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RELAY_UID,
+        "runAsGroup": RELAY_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security() -> dict[str, Any]:
+    """The relay container's securityContext (restricted profile); a new dict each call."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 @dataclass(frozen=True)
@@ -256,7 +265,7 @@ def build_deployment(
         "livenessProbe": probe("/healthz", initialDelaySeconds=30, failureThreshold=6),
         "resources": {k: v for k, v in resources.items() if v},
         "volumeMounts": mounts,
-        "securityContext": CONTAINER_SECURITY,
+        "securityContext": container_security(),
     }
     pod: dict[str, Any] = {
         # SMTP egress binds the pool's IPs; with hostNetwork they are
@@ -265,7 +274,7 @@ def build_deployment(
         "dnsPolicy": "ClusterFirstWithHostNet" if spec.host_network else "ClusterFirst",
         # relays never call the Kubernetes API: no token to steal
         "automountServiceAccountToken": False,
-        "securityContext": POD_SECURITY,
+        "securityContext": pod_security(),
         "terminationGracePeriodSeconds": 60,  # lets in-flight transactions finish
         "containers": [container],
         "volumes": volumes,

@@ -1,7 +1,7 @@
 """A Campaign's progress as typed values: the fan-out checkpoint, its states, the phase.
 
 The fan-out daemon writes a checkpoint into `status.fanout` before every chunk
-(ARCHITECTURE.md, invariant "fan-out is resumable"); the status timer reads it
+(ARCHITECTURE.md, "Fan-out exactly once"); the status timer reads it
 back to derive the phase. Both sides use `FanoutCheckpoint`, so the shape of
 `status.fanout` is written down once. The enums' values are exactly the strings
 that status and the CRD's printer columns have always shown.

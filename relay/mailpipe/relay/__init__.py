@@ -1,1 +1,1 @@
-"""Data plane: Kafka -> scheduler -> SMTP -> dispositions (see ARCHITECTURE.md, "Module map")."""
+"""Data plane: Kafka -> scheduler -> SMTP -> dispositions (see ARCHITECTURE.md, "Where to look")."""

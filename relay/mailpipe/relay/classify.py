@@ -75,14 +75,16 @@ def reply(code: int, text: str) -> SMTPReply:
 
 
 # Subject codes (RFC 3463 section 3) that mean "this address is bad".
-_HARD_SUBJECTS = {
-    "1.1",  # bad destination mailbox address
-    "1.2",  # bad destination system address
-    "1.3",  # bad destination mailbox address syntax
-    "1.6",  # destination mailbox has moved
-    "1.10",  # recipient address has null MX (RFC 7505)
-    "2.1",  # mailbox disabled
-}
+_HARD_SUBJECTS = frozenset(
+    {
+        "1.1",  # bad destination mailbox address
+        "1.2",  # bad destination system address
+        "1.3",  # bad destination mailbox address syntax
+        "1.6",  # destination mailbox has moved
+        "1.10",  # recipient address has null MX (RFC 7505)
+        "2.1",  # mailbox disabled
+    }
+)
 # Basic codes that mean "no such mailbox" when the reply carries no enhanced code
 # (RFC 5321 4.2.3: 550 mailbox unavailable, 551 user not local, 553 name not allowed).
 _HARD_BASIC_CODES = (550, 551, 553)

@@ -1,7 +1,7 @@
 """Delay topics: postponing a record, and letting it wait in memory until it is due.
 
 "Postpone" is the one word for "produce this record to a delay topic with a
-later `not_before`" (ARCHITECTURE.md, glossary), whatever the cause; the cause
+later `not_before`" (ARCHITECTURE.md, "Glossary"), whatever the cause; the cause
 is a `PostponeReason` and labels `mailpipe_postponed_records_total`. A record
 read back from a delay topic before it is due *waits* here, in memory, with
 its partition paused: a delay topic is FIFO with one step, so the records
@@ -40,7 +40,7 @@ class PostponeReason(enum.StrEnum):
 
     RETRY = "retry"  # some recipients were deferred (4xx): next attempt on the retry schedule
     NOT_YET_DUE = "not_yet_due"  # read from the outbound topic with a future not_before
-    QUEUE_FULL = "queue_full"  # its domain's ready queue was full (invariant 2)
+    QUEUE_FULL = "queue_full"  # its domain's ready queue was full ("No head-of-line blocking")
     WINDOW_RELIEF = "window_relief"  # it pinned a full read window (see window.py)
     CAMPAIGN_PAUSED = "campaign_paused"  # its campaign is suspended: look again later
     NO_EGRESS_IP = "no_egress_ip"  # every IP backed off or out of warm-up budget

@@ -1,14 +1,14 @@
-"""One attempt of one record, from its lane to its settlement.
+"""One attempt of one record, from its lane to its settlement (rules quoted: ARCHITECTURE.md).
 
     campaign paused?     -> postpone (campaign_paused)   cancelled? -> FAILED events
-    suppressed addresses -> SUPPRESSED events (invariant 6); the rest are live
+    suppressed addresses -> SUPPRESSED events ("Suppressed is never sent"); the rest are live
     egress IP            -> scheduling (back-offs, warm-up); none -> postpone (no_egress_ip)
     transactions         -> at most `recipients_per_transaction` recipients each;
                             watched by the tarpit budget (`stalls`): a cut one is deferred;
                             the rate token taken by the transport before MAIL FROM (`tokens`);
                             no MAIL FROM written -> the warm-up count given back
     settlement           -> events, suppressions, back-offs, a retry record
-    every produce acknowledged -> the record's offset is finished (invariant 1)
+    every produce acknowledged -> the record's offset is finished ("Nothing lost")
 
 Decisions live elsewhere (what a reply means: `classify`; what an attempt
 means: `settlement`; which IP and when: `scheduling`); this module runs the

@@ -5,7 +5,7 @@ the pool's suppression topic (and to this relay's own list at once, so a later
 record to the address is skipped before the suppression comes back), and
 undecodable or unrenderable records to `<pool>.dlq` with the reason. Every
 send returns an awaitable that completes when Kafka acknowledged it: a
-record's offset finishes only after all of them (invariant 1).
+record's offset finishes only after all of them (ARCHITECTURE.md, "Nothing lost").
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@
       -> offset finished -> commit up to the lowest unfinished offset  `window`
 
 This class only wires those modules together and runs the read loop; each
-decision lives in the module named beside it (ARCHITECTURE.md, "the record's
-path"). The engine depends only on the protocols in `ports`; `main` wires in
-Kafka and SMTP, tests wire in fakes:
+decision lives in the module named beside it (ARCHITECTURE.md, "The path of
+a delivery record"). The engine depends only on the protocols in `ports`;
+`main` wires in Kafka and SMTP, tests wire in fakes:
 
     Engine(config, source, sink, transport, suppressions=SuppressionList(),
            ledger=WarmupLedger(config, relay_id), clock=SystemClock(),

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from .classify import reply
 from .ports import (
     Control,
     Envelope,
     Revoked,
-    SMTPReply,
     SourceRecord,
     TopicPartition,
     TransactionResult,
@@ -135,9 +134,6 @@ class MemorySink:
         return None
 
 
-Responder = Callable[[Envelope, str], SMTPReply]
-
-
 class ScriptedTransport:
     """Answers each recipient from a script: address -> replies, consumed in order."""
 
@@ -164,7 +160,7 @@ class ScriptedTransport:
             )
             code, _, rest = text.partition(" ")
             replies[rcpt] = reply(int(code), rest)
-        return TransactionResult(replies=replies, mx_host="mx.fake", connected=True)
+        return TransactionResult(replies=replies, mx_host="mx.fake")
 
     async def close(self) -> None:
         return None

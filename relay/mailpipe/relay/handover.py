@@ -21,7 +21,7 @@ delay topic, a DLQ copy) runs inside `Handover.run`, which
 
 What stays: a step still running after DRAIN_SECONDS, on a partition that
 moves, is also started by the new owner (an SMTP transaction that outlives
-the drain: the RFC 1047 window, ARCHITECTURE.md invariant 34).
+the drain: the RFC 1047 window; ARCHITECTURE.md, "Nothing sent twice on a hand-over").
 
 Why the new owner does not look the records up on the events topic instead
 (each final disposition is an event there): the events topic is keyed by

@@ -24,10 +24,9 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from kafka.errors import KafkaError
 
 from mailpipe.contracts.config import ConfigError, KafkaSettings, RelayConfig
 from mailpipe.contracts.signing import PUBLIC_KEY_ENV, StaleConfigError, UntrustedConfigError
@@ -53,7 +52,7 @@ from .config_file import (
 from .delivery import SMTPTransport
 from .engine import Engine, task_stacks
 from .health import Health
-from .kafka import KafkaSink, KafkaSource, relay_followers
+from .kafka import KafkaError, KafkaSink, KafkaSource, relay_followers
 from .metrics import DomainLabels, RelayMetrics
 from .suppressions import CampaignStates, SuppressionList
 
@@ -178,59 +177,20 @@ async def serve(
         ],
     )
 
-    suppressions = SuppressionList()
-    ledger = WarmupLedger(config, relay_id)
-    campaigns = CampaignStates()
-    followers = relay_followers(
-        config.kafka,
-        relay_id,
-        suppressions=suppressions,
-        ledger=ledger,
-        campaigns=campaigns,
-        metrics=metrics,
-    )
-    for f in followers:
-        f.start()
-        # A follower that stopped leaves its list stale (suppressions!): not live.
-        health.watch(f"follower {f.topic}", _follower_check(f))
-    for f in followers:
-        await f.wait_caught_up()
-    log.info("caught up: %d suppressions", len(suppressions), extra={"relay_id": relay_id})
-
+    followed = await _follow(config, relay_id, metrics, health)
     transport = SMTPTransport(config)
-
-    def on_lag(tp: Any, lag: int) -> None:
-        metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-
-    outbound = config.kafka.outbound_topic
-    # Read once: the share of warm-up caps follows partitions owned out of these.
-    partitions = await loop.run_in_executor(None, partition_count, config.kafka, outbound)
-
-    def on_assigned(tps: set[Any]) -> None:
-        mine = sorted(tp.partition for tp in tps if tp.topic == outbound)
-        ledger.set_share(len(mine) / partitions if partitions else 1.0)
-        log.info("assigned %d of %d outbound partitions: %s", len(mine), partitions, mine)
-
-    source = KafkaSource(
-        config.kafka,
-        topics,
-        on_lag=on_lag,
-        on_assigned=on_assigned,
-        on_error=read_error_reporter(metrics, health),
-        buffer_records=config.kafka.max_in_flight_records,
-    )
-    health.watch("kafka consumer thread", source.thread_error)
+    source = await _consumer(config, topics, followed.ledger, metrics, health)
     engine = Engine(
         config,
         source,
         sink,
         transport,
-        suppressions=suppressions,
-        ledger=ledger,
+        suppressions=followed.suppressions,
+        ledger=followed.ledger,
         clock=clock,
         metrics=metrics,
         relay_id=relay_id,
-        campaigns=campaigns,
+        campaigns=followed.campaigns,
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -259,16 +219,100 @@ async def serve(
         reloader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reloader
-        await loop.run_in_executor(None, source.stop)
-        log.info("stopping: consumer closed", extra={"relay_id": relay_id})
-        await transport.close()
-        await sink.flush()
-        await loop.run_in_executor(None, sink.close)
-        log.info("stopping: producer closed", extra={"relay_id": relay_id})
-        await asyncio.gather(*(loop.run_in_executor(None, f.stop) for f in followers))
-        if endpoint is not None:
-            await endpoint.stop()
-        log.info("relay stopped", extra={"relay_id": relay_id})
+        await _close(relay_id, source, transport, sink, followed.followers, endpoint)
+
+
+@dataclass
+class _Followed:
+    """What the relay must know before it may send, kept current by followers."""
+
+    suppressions: SuppressionList
+    ledger: WarmupLedger
+    campaigns: CampaignStates
+    followers: list[TopicFollower]
+
+
+async def _follow(
+    config: RelayConfig, relay_id: str, metrics: RelayMetrics, health: Health
+) -> _Followed:
+    """Replay the followed topics (suppressions, warm-up, campaign states) to their
+    end, then keep following them; each follower watched by the liveness probe."""
+    followed = _Followed(SuppressionList(), WarmupLedger(config, relay_id), CampaignStates(), [])
+    followed.followers = relay_followers(
+        config.kafka,
+        relay_id,
+        suppressions=followed.suppressions,
+        ledger=followed.ledger,
+        campaigns=followed.campaigns,
+        metrics=metrics,
+    )
+    for f in followed.followers:
+        f.start()
+        # A follower that stopped leaves its list stale (suppressions!): not live.
+        health.watch(f"follower {f.topic}", _follower_check(f))
+    for f in followed.followers:
+        await f.wait_caught_up()
+    count = len(followed.suppressions)
+    log.info("caught up: %d suppressions", count, extra={"relay_id": relay_id})
+    return followed
+
+
+async def _consumer(
+    config: RelayConfig,
+    topics: list[str],
+    ledger: WarmupLedger,
+    metrics: RelayMetrics,
+    health: Health,
+) -> KafkaSource:
+    """The consumer-group member (not started): its lag, errors and owned share of
+    the outbound partitions (what the warm-up caps are divided by) reported."""
+
+    def on_lag(tp: Any, lag: int) -> None:
+        metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    outbound = config.kafka.outbound_topic
+    # Read once: the share of warm-up caps follows partitions owned out of these.
+    loop = asyncio.get_running_loop()
+    partitions = await loop.run_in_executor(None, partition_count, config.kafka, outbound)
+
+    def on_assigned(tps: set[Any]) -> None:
+        mine = sorted(tp.partition for tp in tps if tp.topic == outbound)
+        ledger.set_share(len(mine) / partitions if partitions else 1.0)
+        log.info("assigned %d of %d outbound partitions: %s", len(mine), partitions, mine)
+
+    source = KafkaSource(
+        config.kafka,
+        topics,
+        on_lag=on_lag,
+        on_assigned=on_assigned,
+        on_error=read_error_reporter(metrics, health),
+        buffer_records=config.kafka.max_in_flight_records,
+    )
+    health.watch("kafka consumer thread", source.thread_error)
+    return source
+
+
+async def _close(
+    relay_id: str,
+    source: KafkaSource,
+    transport: SMTPTransport,
+    sink: KafkaSink,
+    followers: list[TopicFollower],
+    endpoint: ScrapeEndpoint | None,
+) -> None:
+    """Close in order, after the engine's final commit: the consumer (leaves the
+    group), SMTP connections, the producer (flushed), the followers, /metrics."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, source.stop)
+    log.info("stopping: consumer closed", extra={"relay_id": relay_id})
+    await transport.close()
+    await sink.flush()
+    await loop.run_in_executor(None, sink.close)
+    log.info("stopping: producer closed", extra={"relay_id": relay_id})
+    await asyncio.gather(*(loop.run_in_executor(None, f.stop) for f in followers))
+    if endpoint is not None:
+        await endpoint.stop()
+    log.info("relay stopped", extra={"relay_id": relay_id})
 
 
 async def wait_for_kafka_access(settings: KafkaSettings, health: Health) -> None:

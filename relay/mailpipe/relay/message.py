@@ -31,6 +31,7 @@ share the same header rules and the hot path, so they stay in one module.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import email.utils
 import functools
@@ -39,7 +40,8 @@ import secrets
 import urllib.parse
 from email.header import Header
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import dkim
 from cryptography.hazmat.primitives import hashes, serialization
@@ -82,24 +84,64 @@ class MessageError(PermanentError, ValueError):
 
 # dkimpy computes RSA signatures with Python's pow(): 8 ms per message for a
 # 2048-bit key, which would cap a signing relay near 120 messages a second.
-# dkimpy keeps canonicalisation, hashing and the header; the RSA step of keys
-# that a Signer loaded goes to OpenSSL (cryptography), 0.4 ms. PKCS#1 v1.5 is
-# deterministic, so the bytes are the same (checked in the unit tests).
-_OPENSSL_KEYS: dict[int, rsa.RSAPrivateKey] = {}  # modulus -> key
-_PREHASHED: dict[str, hashes.HashAlgorithm] = {"sha256": hashes.SHA256(), "sha1": hashes.SHA1()}
-# dkimpy's RSA step, looked up by name in its module when it signs.
-_dkimpy_rsa_sign: Any = getattr(dkim, "RSASSA_PKCS1_v1_5_sign", None)
+# dkimpy keeps canonicalisation, hashing and the header; the RSA step of an RSA
+# key goes to OpenSSL (cryptography), 0.4 ms. PKCS#1 v1.5 is deterministic, so
+# the bytes are the same (checked in the unit tests). dkimpy has no public hook
+# for the RSA step, so `_OpenSSLDKIM` overrides `DKIM.gen_header`, the method
+# that calls it, per signer; nothing of dkimpy's module is changed.
+_PREHASHED: Final = MappingProxyType({b"rsa-sha256": hashes.SHA256, b"rsa-sha1": hashes.SHA1})
 
 
-def openssl_rsa_sign(digest: Any, private_key: dict[str, int]) -> bytes:
-    """dkimpy's RSASSA_PKCS1_v1_5_sign(hash, key) contract, computed by OpenSSL
-    for keys a Signer registered (anything else: dkimpy's own code)."""
-    key = _OPENSSL_KEYS.get(private_key["modulus"])
-    algorithm = _PREHASHED.get(digest.name.lower())
-    if key is None or algorithm is None:
-        signature: bytes = _dkimpy_rsa_sign(digest, private_key)
-        return signature
-    return key.sign(digest.digest(), padding.PKCS1v15(), utils.Prehashed(algorithm))
+def openssl_rsa_sign(key: rsa.RSAPrivateKey, algorithm: bytes, digest: bytes) -> bytes:
+    """RSASSA-PKCS1-v1_5 (RFC 8017) of a DKIM hash, as dkimpy's own code computes it."""
+    return key.sign(digest, padding.PKCS1v15(), utils.Prehashed(_PREHASHED[algorithm]()))
+
+
+class _OpenSSLDKIM(dkim.DKIM):  # type: ignore[misc]
+    """dkimpy's `DKIM` with the RSA step of `gen_header` done by OpenSSL.
+
+    Private API: `gen_header` is dkimpy's internal step between hashing the
+    headers and writing the signature (dkimpy 1.1.8; the module helpers it uses,
+    `hash_headers`, `fold`, `RE_BTAG`, `HashThrough`, are undocumented too).
+    dkimpy is pinned to the minor tested and tests/test_dependency_internals.py
+    names what an upgrade removed. A public replacement would be a pluggable
+    signing function in dkimpy (or a DKIM library that signs through
+    `cryptography`)."""
+
+    def __init__(self, message: bytes, key: rsa.RSAPrivateKey) -> None:
+        super().__init__(message)
+        self._rsa = key
+
+    def gen_header(
+        self,
+        fields: list[tuple[bytes, bytes]],
+        include_headers: tuple[bytes, ...],
+        canon_policy: Any,
+        header_name: bytes,
+        pk: Any,
+        standardize: bool = False,
+    ) -> bytes:
+        if standardize or self.signature_algorithm not in _PREHASHED:
+            value: bytes = super().gen_header(
+                fields, include_headers, canon_policy, header_name, pk, standardize
+            )
+            return value
+        # dkimpy 1.1.8's gen_header without `standardize`, the RSA step replaced.
+        header_value = b"; ".join(b"=".join(x) for x in fields)
+        header_value = dkim.fold(header_value, namelen=len(header_name), linesep=b"\r\n")
+        header_value = dkim.RE_BTAG.sub(b"\\1", header_value)
+        header = (header_name, b" " + header_value)
+        h = dkim.HashThrough(self.hasher(), self.debug_content)
+        headers = canon_policy.canonicalize_headers(self.headers)
+        self.signed_headers = dkim.hash_headers(
+            h, canon_policy, headers, include_headers, header, dict(fields)
+        )
+        signature = openssl_rsa_sign(self._rsa, self.signature_algorithm, h.digest())
+        idx = next(i for i, (tag, _) in enumerate(fields) if tag == b"b")
+        fields[idx] = (b"b", base64.b64encode(signature))
+        header_value = b"; ".join(b"=".join(x) for x in fields) + self.linesep
+        folded: bytes = dkim.fold(header_value, namelen=len(header_name), linesep=self.linesep)
+        return folded
 
 
 class Signer:
@@ -110,9 +152,8 @@ class Signer:
         self._key = Path(settings.private_key_path).read_bytes()
         self._headers = [h.encode() for h in settings.headers]
         loaded = serialization.load_pem_private_key(self._key, password=None)
-        if isinstance(loaded, rsa.RSAPrivateKey) and _dkimpy_rsa_sign is not None:
-            _OPENSSL_KEYS[loaded.private_numbers().public_numbers.n] = loaded
-            dkim.RSASSA_PKCS1_v1_5_sign = openssl_rsa_sign
+        # An RSA key signs through OpenSSL; any other (ed25519) with dkimpy's own code.
+        self._rsa = loaded if isinstance(loaded, rsa.RSAPrivateKey) else None
 
     def sign(self, message: bytes) -> bytes:
         present = {
@@ -121,8 +162,8 @@ class Signer:
             if b":" in line and not line[:1].isspace()
         }
         include = [h for h in self._headers if h.lower() in present]
-        signature: bytes = dkim.sign(
-            message,
+        signer = dkim.DKIM(message) if self._rsa is None else _OpenSSLDKIM(message, self._rsa)
+        signature: bytes = signer.sign(
             self.settings.selector.encode(),
             self.settings.domain.encode(),
             self._key,

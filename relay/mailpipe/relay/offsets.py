@@ -3,7 +3,7 @@
 Records finish out of order (a fast domain overtakes a throttled one), but
 Kafka only stores one position per partition. Committing the lowest offset
 still in flight means the commit never skips an unfinished record
-(invariant 1). The records finished *past* that position are the ones a
+(ARCHITECTURE.md, "Nothing lost"). The records finished *past* that position are the ones a
 re-read would send again, so the tracker also remembers them ("finished
 ahead"), per partition and across ownerships:
 

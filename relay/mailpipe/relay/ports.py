@@ -46,7 +46,7 @@ class SourceRecord:
 class Revoked:
     """Partitions taken from this relay by a rebalance, handed over in order
     with the records: the engine forgets the old assignment before it sees any
-    record of the next one (see ARCHITECTURE.md, "hand-off")."""
+    record of the next one (see ARCHITECTURE.md, "The path of a delivery record")."""
 
     partitions: tuple[TopicPartition, ...]
 
@@ -57,7 +57,7 @@ class Revoking:
     relay's commits for them are accepted. The engine holds back new work of
     them, lets what is running finish (bounded), and calls `reply` with what
     may be committed: the source commits it, finished-ahead offsets included,
-    before the relay rejoins (see ARCHITECTURE.md, invariant 34)."""
+    before the relay rejoins (see ARCHITECTURE.md, "Nothing sent twice on a hand-over")."""
 
     partitions: tuple[TopicPartition, ...]
     reply: Callable[[dict[TopicPartition, int], dict[TopicPartition, frozenset[int]]], None]
@@ -147,8 +147,8 @@ class SMTPReply(NamedTuple):
 
 class RateGate(Protocol):
     """The record's rate token (`tokens.RecordToken`), taken by the transport on
-    a greeted connection right before each MAIL FROM it writes (invariant 3):
-    receivers count what arrives, not what a relay meant to send."""
+    a greeted connection right before each MAIL FROM it writes (ARCHITECTURE.md, "Limits hold
+    pool-wide"): receivers count what arrives, not what a relay meant to send."""
 
     async def before_mail(self) -> None:
         """Wait for the token and take it (a record holding one rides on it)."""
@@ -188,7 +188,6 @@ class TransactionResult:
 
     replies: dict[str, SMTPReply]
     mx_host: str | None = None
-    connected: bool = False
     # recipient -> the `Stage` whose reply decided it (the same code means
     # different things by stage: see `classify`)
     detail: dict[str, Stage] = field(default_factory=dict)

@@ -11,12 +11,12 @@ the key's connection slots (`max_connections`); the destination's
 `messages_per_connection` travels in the envelope to the transport's
 connection pool; and the egress IP is chosen here, skipping IPs the domain
 told to back off (421, 4.7.x, 5.7.x) and IPs out of warm-up budget
-(invariants 3 and 4, ARCHITECTURE.md). `throttle` holds the counters; this
+(ARCHITECTURE.md, "Limits hold pool-wide"). `throttle` holds the counters; this
 module is where they are consulted.
 
 Because every domain has its own queue and lanes, a throttled, backed-off or
-dead domain only ever waits on itself (invariant 2). A record waits for its
-token *in the queue*, so a full read window can still move it to a delay
+dead domain only ever waits on itself (ARCHITECTURE.md, "No head-of-line blocking"). A record waits
+for its token *in the queue*, so a full read window can still move it to a delay
 topic (`relieve`).
 
 A record is one message for the rate, however many transactions its
@@ -107,7 +107,7 @@ class Scheduler:
     def enqueue(self, work: Work) -> PostponeReason | None:
         """Queue a record for its domain's lanes; or why not, when its queue is full
         or its domain was cut for stalling (the caller postpones it rather than
-        hold up its partition: invariant 2)."""
+        hold up its partition: ARCHITECTURE.md, "No head-of-line blocking")."""
         domain = work.domain
         if self.stalls.cut_recently(domain):
             return PostponeReason.STALLED_DOMAIN

@@ -1,6 +1,6 @@
 """Settlement: what one attempt of a record means, as a value. Pure: no IO, no clock.
 
-The single answer to "where does a 4xx become a retry" (ARCHITECTURE.md):
+The single answer to where a 4xx becomes a retry (ARCHITECTURE.md, "Where to look"):
 
     reply per recipient -> classify -> DELIVERED | BOUNCED | DEFERRED
       BOUNCED and hard        -> also a suppression of the address

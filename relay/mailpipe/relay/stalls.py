@@ -10,12 +10,12 @@ queued records would not help: they sit behind the stalled offsets.
 
 So while the read window is full, a domain whose oldest attempt has run
 longer than `delivery.stall_budget_seconds` is *cut* (ARCHITECTURE.md, "No
-domain holds the read window"): its attempts in flight are cancelled and deferred with a
+head-of-line blocking"): its attempts in flight are cancelled and deferred with a
 reason naming the budget (a retry record on the pool's schedule, like any
 4xx), its queued records are postponed (`stalled_domain`), and records that
 reach it within one more budget are postponed at once instead of stalling
 again. A cut attempt's offset finishes only once its events and retry
-record are acknowledged, like every other (invariant 1). Cutting an attempt
+record are acknowledged, like every other (ARCHITECTURE.md, "Nothing lost"). Cutting an attempt
 whose message was already sent may deliver it twice, exactly as a connection
 lost after the message would (at-least-once); a tarpit stalls long before.
 

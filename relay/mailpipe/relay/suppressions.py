@@ -1,7 +1,8 @@
-"""What not to send: suppressed addresses (invariant 6) and halted campaigns.
+"""What not to send: suppressed addresses (ARCHITECTURE.md, "Suppressed is never sent") and halted
+campaigns.
 
 Fed by the Kafka adapter from the compacted suppression topics the relay
-config names (ARCHITECTURE.md, "Kafka topics"): the pool's own (its
+config names (ARCHITECTURE.md, "Components"): the pool's own (its
 namespace's, or the pool's alone when it has routes), and the ones it obeys
 but never writes (the namespace's for a routed pool, the platform's never-mail
 list). It is updated locally the moment this relay sees a hard bounce, so a

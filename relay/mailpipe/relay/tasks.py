@@ -1,7 +1,7 @@
 """The engine's background tasks: spawned, tracked, awaited on shutdown, described.
 
 Every produce, lane and attempt runs as its own task so one slow domain never
-waits on another (invariant 2, ARCHITECTURE.md); this keeps the set of them in
+waits on another (ARCHITECTURE.md, "No head-of-line blocking"); this keeps the set of them in
 one place, so shutdown can give them a grace period and a stuck relay can say
 where its tasks are suspended.
 """

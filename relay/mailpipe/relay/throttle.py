@@ -3,7 +3,7 @@
 The counters only; `scheduling` is where they are consulted and the limits
 enforced. Kafka keys records by recipient domain, so exactly one replica owns
 a domain at a time; the limits kept here in memory are therefore pool-wide
-limits (invariant 3, ARCHITECTURE.md) without any shared counter store. All
+limits (ARCHITECTURE.md, "Limits hold pool-wide") without any shared counter store. All
 times come from the injected clock's monotonic reading, so tests drive them
 without sleeping.
 """
@@ -28,7 +28,7 @@ class TokenBucket:
     on a connection already greeted, and only when it is free *at that moment*:
     two tokens are always at least one interval apart on the clock that took
     them, so any window of 60 s holds at most `messages_per_minute` MAIL FROMs
-    as sent (invariant 3, ARCHITECTURE.md), however late a waiter wakes. A
+    as sent (ARCHITECTURE.md, "Limits hold pool-wide"), however late a waiter wakes. A
     token whose MAIL FROM was not written after all is given back (`give_back`).
 
     Opening a connection takes seconds (connect, greeting, EHLO, STARTTLS), so

@@ -7,7 +7,7 @@ to `max_connections` messages over the limit in one window. So the scheduler
 hands each record a `RecordToken` (in its envelopes, `ports.Envelope.gate`),
 and the session calls `before_mail()` on a greeted connection right before it
 writes MAIL FROM, on every path: a new connection, a pooled one, pipelined or
-not (invariant 3, ARCHITECTURE.md).
+not (ARCHITECTURE.md, "Limits hold pool-wide").
 
 A record is one message for the rate however many transactions its
 recipients need: its first MAIL FROM takes the token, the transactions after

@@ -1,14 +1,14 @@
 """The read window: how far the relay reads ahead, what it commits, relief when stuck.
 
 The window counts records read but not yet covered by a commit, so a crash
-re-sends at most `max_in_flight_records` (invariant 1's bound on duplicates).
-Commits go up to the lowest unfinished offset per partition (`offsets`),
+re-sends at most `max_in_flight_records` (the bound on duplicates of ARCHITECTURE.md, "Nothing
+lost"). Commits go up to the lowest unfinished offset per partition (`offsets`),
 every COMMIT_INTERVAL_SECONDS, each with the offsets finished past it (for
-whoever reads the partition next: invariant 34). A window that is full while commits stand
-still is pinned by records queued behind a slow domain: after
+whoever reads the partition next: ARCHITECTURE.md, "Nothing sent twice on a hand-over"). A window
+that is full while commits stand still is pinned by records queued behind a slow domain: after
 RELIEF_AFTER_SECONDS the engine moves that domain's queue to a delay topic
-(invariant 2), and if the window stays stuck anyway it says why. A full
-window also spends the tarpit budget every SPILL_CHECK_SECONDS, commits
+(ARCHITECTURE.md, "No head-of-line blocking"), and if the window stays stuck anyway it says why. A
+full window also spends the tarpit budget every SPILL_CHECK_SECONDS, commits
 moving or not (`stalls`: a domain stalling its attempts is cut).
 """
 

@@ -81,10 +81,11 @@ def test_a_pool_naming_another_namespaces_topics_is_refused(
     op = operator_factory()
     victim = f"mailpipe.victim-{unique}.vpool"
     victims_outbound = f"{victim}.outbound"
+    admins = kafka_io.Admins()
     try:  # the victim's pool
-        kafka_io.ensure_topics(kafka_bootstrap, [victims_outbound], 1, 1)
-    finally:  # the process-wide admin client: its socket must not outlive the test
-        kafka_io.ADMINS.close()
+        admins.ensure_topics(kafka_bootstrap, [victims_outbound], 1, 1)
+    finally:  # its socket must not outlive the test
+        admins.close()
     manifest = pool_manifest("evilpool", namespace, kafka_bootstrap, victim)
     assert kubectl(cli_env, "apply", "-f", "-", stdin=manifest).returncode == 0
     ready = _wait_refused(cli_env, "evilpool", namespace, "TopicNotOwned", op)

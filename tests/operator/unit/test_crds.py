@@ -72,7 +72,7 @@ def test_printer_columns() -> None:
 
 def test_the_schema_refuses_what_the_relay_config_refuses() -> None:
     # A pool the apiserver accepts must render a relay config the relay accepts
-    # (ARCHITECTURE.md, invariant 8: bad input gets a clear error).
+    # (ARCHITECTURE.md, "Bad input gets a clear error").
     crd = yaml.safe_load((CRDS / "sendingpools.yaml").read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     props = spec["properties"]

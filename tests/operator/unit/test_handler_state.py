@@ -126,10 +126,13 @@ def _pool(spec: dict[str, Any], conditions: list[dict[str, str]] | None) -> dict
     ids=["missing", "not-reconciled", "invalid", "ready"],
 )
 def test_get_pool_reads_readiness_without_parsing(
-    monkeypatch: pytest.MonkeyPatch, obj: dict[str, Any] | None, readiness: tuple[bool, str]
+    obj: dict[str, Any] | None, readiness: tuple[bool, str]
 ) -> None:
-    monkeypatch.setattr(kube_io, "get_custom", lambda plural, ns, name: obj)
-    pool = get_pool("ns", "news")
+    class OnePool(kube_io.Kube):
+        def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+            return obj
+
+    pool = get_pool(OnePool(), "ns", "news")
     assert pool_readiness(pool) == readiness
     if pool is not None and pool.obj["spec"]:
         assert pool.ref.uid == "u1" and pool.bootstrap == "k:9092"

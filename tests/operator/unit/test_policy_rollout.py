@@ -148,20 +148,20 @@ async def test_a_policy_change_is_in_force_at_once_and_reconciles_only_the_pools
     ]
     listings = {"n": 0}
 
-    def list_pools(namespace: str) -> list[dict[str, Any]]:
-        listings["n"] += 1
-        if listings["n"] == 1:
-            raise ConnectionError("API server away")
-        return objects
+    class Listing(kube_io.Kube):
+        def list_pools(self, namespace: str) -> list[dict[str, Any]]:
+            listings["n"] += 1
+            if listings["n"] == 1:
+                raise ConnectionError("API server away")
+            return objects
 
     reconciled: list[tuple[str, ClusterPolicy]] = []
-    state = OperatorState()
+    state = OperatorState(kube=Listing())
 
     async def reconcile(st: OperatorState, namespace: str, name: str, **_: Any) -> pool.Outcome:
         reconciled.append((f"{namespace}/{name}", st.policy))
         return pool.Outcome()
 
-    monkeypatch.setattr(kube_io, "list_pools", list_pools)
     monkeypatch.setattr(pool, "reconcile", reconcile)
     monkeypatch.setattr(policy, "POLICY_RECHECK_SECONDS", 0.01)
 

@@ -7,7 +7,7 @@ hours at the defaults). Here the stage timeouts are two minutes, so the
 healthy records can only arrive in time if the budget cut the tarpit's
 attempts: they must all be delivered before any stage timeout fired, and
 every tarpit record must end deferred or postponed on a delay topic, none
-lost (ARCHITECTURE.md, "No domain holds the read window").
+lost (ARCHITECTURE.md, "No head-of-line blocking").
 """
 
 from __future__ import annotations

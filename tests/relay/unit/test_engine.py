@@ -69,10 +69,12 @@ async def test_commit_never_passes_an_unfinished_record(real_clock: object) -> N
         h.put(record_bytes(f"u{i}@fast.test"))  # offsets 2..6
     fast_done = lambda: sum(e["domain"] == "fast.test" for e in h.events()) == 5  # noqa: E731
     await h.run_until(lambda: fast_done() and len(h.source.commits) > 0, timeout_s=3)
-    # Invariant 2: the fast domain finished although it sits behind the slow one.
+    # ARCHITECTURE.md, "No head-of-line blocking": the fast domain finished although it sits behind
+    # the slow one.
     slow = [e for e in h.events() if e["domain"] == "slow.test"]
     assert len(slow) == 1
-    # Invariant 1: offset 1 is unfinished, so nothing at or past it is committed.
+    # ARCHITECTURE.md, "Nothing lost": offset 1 is unfinished, so nothing at or past it is
+    # committed.
     assert h.source.committed[TopicPartition("p.outbound", 0)] == 1
 
 

@@ -86,7 +86,7 @@ async def test_a_stalling_domain_is_cut_and_the_healthy_one_delivered() -> None:
     assert all("over the domain's time budget" in e["reply"] for e in tarpit_events)
     on_delay = [decode_record(v or b"") for _, v in h.sink.topics["p.delay.1m"]]
     retried = {r.id for r in on_delay if r.attempt == 1}
-    # Every cut attempt's record went the retry way (invariant 1: its offset
+    # Every cut attempt's record went the retry way (ARCHITECTURE.md, "Nothing lost": its offset
     # finished after its retry was produced); the queued ones were postponed.
     assert {e["message_id"] for e in tarpit_events} == retried
     assert len(on_delay) > len(retried)

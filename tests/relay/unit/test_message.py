@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import serialization
 from mailpipe.contracts.config import DKIMSettings
 from mailpipe.contracts.wire import DeliveryRecord, decode_record
 from mailpipe.devstack.certs import write_rsa_key
-from mailpipe.relay import message
 from mailpipe.relay.message import MessageError, Signer, build_message, openssl_rsa_sign
 
 NOW = 1_700_000_000.0
@@ -168,13 +167,38 @@ def _raw_record(raw: str) -> DeliveryRecord:
 
 
 def test_openssl_rsa_step_gives_dkimpy_s_bytes(tmp_path: Path) -> None:
-    write_rsa_key(tmp_path / "k.pem")
-    Signer(DKIMSettings(domain="d.test", selector="s", private_key_path=str(tmp_path / "k.pem")))
+    key = write_rsa_key(tmp_path / "k.pem")
     parsed = dkim.crypto.parse_pem_private_key((tmp_path / "k.pem").read_bytes())
     for data in (b"", b"one message", b"x" * 5000):
         digest = hashlib.sha256(data)
-        assert openssl_rsa_sign(digest, parsed) == message._dkimpy_rsa_sign(digest, parsed)
-    assert dkim.RSASSA_PKCS1_v1_5_sign is openssl_rsa_sign
+        ours = openssl_rsa_sign(key, b"rsa-sha256", digest.digest())
+        assert ours == dkim.crypto.RSASSA_PKCS1_v1_5_sign(digest, parsed)
+
+
+def test_the_signer_writes_dkimpy_s_header_and_patches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OpenSSL signer's DKIM-Signature is byte for byte dkimpy's own, and
+    dkimpy's module is left as it was: another signer in the same process (a
+    second relay, a test) gets dkimpy unchanged."""
+    write_rsa_key(tmp_path / "k.pem")
+    rsa_step = dkim.RSASSA_PKCS1_v1_5_sign
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)  # the t= tag
+    settings = DKIMSettings(
+        domain="sender.test", selector="s1", private_key_path=str(tmp_path / "k.pem")
+    )
+    data = build_message(record({"subject": "Grüße", "text": "body ü\n" * 3}), NOW)
+    signed = Signer(settings).sign(data)
+    block = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    present = {line.split(b":", 1)[0].lower() for line in block if not line[:1].isspace()}
+    include = [h.encode() for h in settings.headers if h.encode().lower() in present]
+    assert {b"from", b"subject"} <= {h.lower() for h in include}
+    expected = dkim.sign(
+        data, b"s1", b"sender.test", (tmp_path / "k.pem").read_bytes(), include_headers=include
+    )
+    assert signed == expected + data
+    assert dkim.RSASSA_PKCS1_v1_5_sign is rsa_step
+    assert dkim.crypto.RSASSA_PKCS1_v1_5_sign is rsa_step
 
 
 def test_dkim_signature_verifies(tmp_path: Path) -> None:

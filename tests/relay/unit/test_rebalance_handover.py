@@ -148,7 +148,7 @@ async def test_the_next_owner_skips_what_was_finished_past_a_lower_commit(
     """The drain gives up on a transaction that outlives it (a slow MX): the
     commit stays at that record, the records finished past it travel as
     finished-ahead offsets, and only the one mid-transaction is sent by both
-    (the residual window, RFC 1047's: ARCHITECTURE.md invariant 34)."""
+    (the residual window, RFC 1047's: ARCHITECTURE.md, "Nothing sent twice on a hand-over")."""
     monkeypatch.setattr(engine_module, "DRAIN_SECONDS", 0.2)
     a = Relay()
     a.transport.gates[SLOW] = gate = asyncio.Event()

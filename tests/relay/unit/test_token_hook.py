@@ -1,7 +1,7 @@
 """The SMTP session takes the record's rate token on a greeted connection, right
 before MAIL FROM, on every path: new connection, pooled one, pipelined or not;
 never when no MAIL FROM is written; a stale pooled connection's retry takes a
-new one after the new connection's greeting (invariant 3, ARCHITECTURE.md)."""
+new one after the new connection's greeting (ARCHITECTURE.md, "Limits hold pool-wide")."""
 
 from __future__ import annotations
 

@@ -34,11 +34,9 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import TextIO
 
-from kafka.errors import KafkaError
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config import ConfigException
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
@@ -54,9 +52,9 @@ from mailpipe.contracts.kafka_security import (
 from mailpipe.contracts.wire import SuppressionReason
 from mailpipe.kafkakit import KafkaAccessError
 
-from . import commands, kafka_io
-from .cluster import Cluster
-from .kafka_io import KafkaFailure
+from . import commands
+from .cluster import ApiException, Cluster, ConfigException
+from .kafka_io import KafkaError, KafkaFailure
 from .records import UsageError
 from .targets import first_problem
 
@@ -82,16 +80,18 @@ def _common() -> argparse.ArgumentParser:
 
 
 # flag -> (environment variable, help): the plugin's Kafka login, as the operator's
-KAFKA_LOGIN_FLAGS = {
-    "kafka-security-protocol": (
-        ENV_SECURITY_PROTOCOL,
-        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-    ),
-    "kafka-sasl-mechanism": (ENV_SASL_MECHANISM, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
-    "kafka-username": (ENV_USERNAME, "SASL user name"),
-    "kafka-password-file": (ENV_PASSWORD_FILE, "file holding the SASL password"),
-    "kafka-ca-file": (ENV_CA_FILE, "PEM CA bundle of the broker's certificate"),
-}
+KAFKA_LOGIN_FLAGS = MappingProxyType(
+    {
+        "kafka-security-protocol": (
+            ENV_SECURITY_PROTOCOL,
+            "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        ),
+        "kafka-sasl-mechanism": (ENV_SASL_MECHANISM, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+        "kafka-username": (ENV_USERNAME, "SASL user name"),
+        "kafka-password-file": (ENV_PASSWORD_FILE, "file holding the SASL password"),
+        "kafka-ca-file": (ENV_CA_FILE, "PEM CA bundle of the broker's certificate"),
+    }
+)
 
 
 def kafka_login(args: argparse.Namespace, env: Mapping[str, str]) -> KafkaSecurity:
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if not hasattr(args, name):
             setattr(args, name, default)
     try:
-        kafka_io.use_login(kafka_login(args, os.environ))
+        args.kafka_login = kafka_login(args, os.environ)
         cluster = Cluster(args.kubeconfig, args.context)
         if args.namespace is None:
             args.namespace = cluster.namespace

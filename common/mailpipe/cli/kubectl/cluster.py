@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client.exceptions import ApiException as ApiException  # re-exported
+from kubernetes.config import ConfigException as ConfigException  # re-exported
 from pydantic import ValidationError
 
 from mailpipe.contracts.topics import TopicOwnershipError, Topics

@@ -13,12 +13,11 @@ import sys
 import time
 from typing import Any, TextIO
 
-from kubernetes.client.exceptions import ApiException
-
+from mailpipe.contracts.kafka_security import KafkaConnection
 from mailpipe.contracts.wire import SuppressionReason
 
 from . import kafka_io
-from .cluster import FINALIZER, PLURALS, UNPAUSE_ANNOTATION, Cluster, PoolTarget
+from .cluster import FINALIZER, PLURALS, UNPAUSE_ANNOTATION, ApiException, Cluster, PoolTarget
 from .records import (
     Entry,
     campaign_key,
@@ -49,11 +48,16 @@ def _pool(cluster: Cluster, args: argparse.Namespace) -> PoolTarget:
     return cluster.pool(args.namespace, args.pool, args.bootstrap)
 
 
+def _kafka(pool: PoolTarget, args: argparse.Namespace) -> KafkaConnection:
+    """The pool's Kafka, logged in as the plugin's user (`args.kafka_login`, set by `main`)."""
+    return KafkaConnection(bootstrap_servers=pool.bootstrap, security=args.kafka_login)
+
+
 def _entry_row(e: Entry) -> list[str]:
     return [e.address, e.reason, iso(e.time), e.source or "-", (e.detail or "-")[:60]]
 
 
-ENTRY_HEADERS = ["ADDRESS", "REASON", "SINCE", "SOURCE", "DETAIL"]
+ENTRY_HEADERS = ("ADDRESS", "REASON", "SINCE", "SOURCE", "DETAIL")
 
 
 def _entry_json(e: Entry) -> dict[str, Any]:
@@ -71,7 +75,7 @@ def suppress(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
     pool = _pool(cluster, args)
     reason = SuppressionReason(args.reason)
     records = [suppression_record(a, reason, args.detail, time.time()) for a in args.addresses]
-    kafka_io.produce(pool.bootstrap, pool.topics.suppressions, records)
+    kafka_io.produce(_kafka(pool, args), pool.topics.suppressions, records)
     for key, _ in records:
         assert key is not None
         print(f"suppressed {key.decode()} ({reason.value}) on {pool.topics.suppressions}", file=out)
@@ -81,7 +85,7 @@ def suppress(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
 def unsuppress(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
     pool = _pool(cluster, args)
     addresses = [checked_address(a) for a in args.addresses]
-    live = live_suppressions(kafka_io.read(pool.bootstrap, pool.topics.suppressions))
+    live = live_suppressions(kafka_io.read(_kafka(pool, args), pool.topics.suppressions))
     status = 0
     lifted = []
     for address in addresses:
@@ -94,13 +98,13 @@ def unsuppress(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
         for e in entries:
             print(f"lifted {e.key}: was {e.reason} since {iso(e.time)}", file=out)
     if lifted:
-        kafka_io.produce(pool.bootstrap, pool.topics.suppressions, lifted)
+        kafka_io.produce(_kafka(pool, args), pool.topics.suppressions, lifted)
     return status
 
 
 def suppressions_list(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
     pool = _pool(cluster, args)
-    live = live_suppressions(kafka_io.read(pool.bootstrap, pool.topics.suppressions))
+    live = live_suppressions(kafka_io.read(_kafka(pool, args), pool.topics.suppressions))
     entries = sorted(live.values(), key=lambda e: e.key)
     if args.reason:
         entries = [e for e in entries if e.reason == args.reason]
@@ -129,10 +133,10 @@ def fate(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
         pool_name = own
     pool = cluster.pool(pool_namespace, pool_name, args.bootstrap)
     found = fates(
-        kafka_io.events_of(pool.bootstrap, pool.topics.events, address), address, campaign
+        kafka_io.events_of(_kafka(pool, args), pool.topics.events, address), address, campaign
     )
     suppressed = matching(
-        address, live_suppressions(kafka_io.read(pool.bootstrap, pool.topics.suppressions))
+        address, live_suppressions(kafka_io.read(_kafka(pool, args), pool.topics.suppressions))
     )
     if args.output == "json":
         doc = {

@@ -3,8 +3,8 @@
 Reads join no consumer group and commit nothing (`kafkakit.read_records`), so
 looking something up never disturbs the relays; writes wait for `acks=all`,
 so when the command returns the suppression (or its tombstone) is on Kafka.
-Every client logs in as the plugin's user (`use_login`: flags or
-MAILPIPE_KAFKA_*), set once per command before any client is made.
+Every client logs in as the plugin's user (flags or MAILPIPE_KAFKA_*): the
+command passes it in with the bootstrap servers, as one `KafkaConnection`.
 """
 
 from __future__ import annotations
@@ -13,24 +13,15 @@ import contextlib
 from collections.abc import Iterable, Iterator
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError as KafkaError  # re-exported: the plugin reports it
 
-from mailpipe.contracts.kafka_security import KafkaConnection, KafkaSecurity
+from mailpipe.contracts.kafka_security import KafkaConnection
 from mailpipe.contracts.wire import Event, WireError, decode_event
 from mailpipe.kafkakit import client_options, read_records
 
 from .records import KafkaRecord
 
 ACK_TIMEOUT_SECONDS = 30  # a broker that has not acknowledged by then fails the command
-
-# The plugin's Kafka login: one per process (one command), like its kubeconfig.
-_login = KafkaSecurity()
-
-
-def use_login(security: KafkaSecurity) -> None:
-    """Log every later client of this command in as `security`."""
-    global _login
-    _login = security
 
 
 class KafkaFailure(Exception):
@@ -47,31 +38,27 @@ class KafkaFailure(Exception):
 
 
 @contextlib.contextmanager
-def _mapped(bootstrap: str) -> Iterator[None]:
+def _mapped(cluster: KafkaConnection) -> Iterator[None]:
     """The Kafka client's errors as `KafkaFailure` (mapped once, here)."""
     try:
         yield
     except KafkaError as exc:
-        raise KafkaFailure(bootstrap, exc) from exc
+        raise KafkaFailure(cluster.bootstrap_servers, exc) from exc
 
 
-def _cluster(bootstrap: str) -> KafkaConnection:
-    return KafkaConnection(bootstrap_servers=bootstrap, security=_login)
-
-
-def read(bootstrap: str, topic: str) -> list[KafkaRecord]:
+def read(cluster: KafkaConnection, topic: str) -> list[KafkaRecord]:
     """Every (key, value) on `topic` up to its end now."""
-    with _mapped(bootstrap):
-        return [(r.key, r.value) for r in read_records(_cluster(bootstrap), topic)]
+    with _mapped(cluster):
+        return [(r.key, r.value) for r in read_records(cluster, topic)]
 
 
-def events_of(bootstrap: str, topic: str, address: str) -> list[Event]:
+def events_of(cluster: KafkaConnection, topic: str, address: str) -> list[Event]:
     """The decodable events on `topic` that may concern `address`: the bytes are
     searched first (case-insensitively), so only candidates are decoded."""
     needle = address.strip().lower().encode()
     out = []
-    with _mapped(bootstrap):
-        records = read_records(_cluster(bootstrap), topic)
+    with _mapped(cluster):
+        records = read_records(cluster, topic)
     for r in records:
         if r.value is None or needle not in r.value.lower():
             continue
@@ -82,11 +69,11 @@ def events_of(bootstrap: str, topic: str, address: str) -> list[Event]:
     return out
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[KafkaRecord]) -> int:
+def produce(cluster: KafkaConnection, topic: str, records: Iterable[KafkaRecord]) -> int:
     """Produce `records` (None value: a tombstone) and wait for every ack; the count."""
-    with _mapped(bootstrap):
+    with _mapped(cluster):
         producer = KafkaProducer(
-            **client_options(_cluster(bootstrap)), acks="all", client_id="kubectl-mailpipe"
+            **client_options(cluster), acks="all", client_id="kubectl-mailpipe"
         )
         try:
             futures = [producer.send(topic, key=k, value=v) for k, v in records]

@@ -70,7 +70,7 @@ def live_suppressions(records: Iterable[KafkaRecord]) -> dict[str, Entry]:
     """The suppressions in force after `records` (topic order): key -> entry.
 
     A tombstone removes its key; an undecodable value still suppresses its
-    key, as the relay treats it (ARCHITECTURE.md, invariant 9)."""
+    key, as the relay treats it (ARCHITECTURE.md, "Nothing lost")."""
     live: dict[str, Entry] = {}
     for raw_key, value in records:
         if raw_key is None:

@@ -1,7 +1,7 @@
 """kopf handlers, one module per kind: importing this package registers them all.
 
 Handlers only parse, delegate to pure builders and IO modules, and patch
-status (ARCHITECTURE.md, control plane):
+status (ARCHITECTURE.md, "Components"):
 
 - `pool`: SendingPool create/update/resume/delete; the one place the relay
   Deployment (and its ConfigMap, Service, PDB) is written;
@@ -31,7 +31,7 @@ from typing import Any
 
 import kopf
 
-from .. import kafka_io, tenancy
+from .. import tenancy
 from ..cluster_policy import POLICY_MEMO_KEY
 from ..config_signing import SIGNER_MEMO_KEY
 from ..models import GROUP
@@ -88,4 +88,4 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     # In threads: stopping readers and closing clients waits on sockets.
     await asyncio.to_thread(state.hub.stop)
     await asyncio.to_thread(state.producers.close)
-    await asyncio.to_thread(kafka_io.ADMINS.close)
+    await asyncio.to_thread(state.admins.close)

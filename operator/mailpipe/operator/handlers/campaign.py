@@ -17,12 +17,12 @@ import time
 from typing import Any
 
 import kopf
-from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from mailpipe.contracts.wire import CampaignControl, CampaignState, encode
 
 from .. import kafka_io, kube_io
+from ..kafka_io import KafkaError
 from ..models import GROUP, VERSION
 from ..progress import (
     CampaignPhase,
@@ -64,12 +64,12 @@ async def campaign_status(
     if not memo.get(EVENTS_FOLLOWED):
         # A finished fan-out's daemon returns at once after a restart, without
         # following the pool's events: follow them here, or counts stay zero.
-        pool = await asyncio.to_thread(get_pool, namespace, spec.get("poolRef", ""))
+        pool = await asyncio.to_thread(get_pool, state.kube, namespace, spec.get("poolRef", ""))
         if pool is not None:
             state.hub.follow(pool.bootstrap, pool.topics.events, state.tally.observe)
             memo[EVENTS_FOLLOWED] = True
     fanout = FanoutCheckpoint.from_status(status)
-    rearmed = await _rearm_if_audience_fixed(namespace, dict(spec), fanout, body)
+    rearmed = await _rearm_if_audience_fixed(state.kube, namespace, dict(spec), fanout, body)
     if rearmed is not None:
         patch.status["fanout"] = rearmed.patch()
         fanout = FanoutCheckpoint.from_status({"fanout": fanout.patch() | rearmed.patch()})
@@ -136,7 +136,7 @@ async def campaign_status(
 
 
 async def _rearm_if_audience_fixed(
-    namespace: str, spec: dict[str, Any], fanout: FanoutCheckpoint, body: Any
+    kube: kube_io.Kube, namespace: str, spec: dict[str, Any], fanout: FanoutCheckpoint, body: Any
 ) -> FanoutCheckpoint | None:
     """The checkpoint patch that lets the fan-out try again, when it Failed on
     its audience ConfigMap and that ConfigMap changed since; else None.
@@ -150,7 +150,7 @@ async def _rearm_if_audience_fixed(
     configmap = audience_configmap(spec)
     if configmap is None:
         return None
-    version = await asyncio.to_thread(kube_io.configmap_version, namespace, configmap)
+    version = await asyncio.to_thread(kube.configmap_version, namespace, configmap)
     if not audience_fix_pending(fanout, version):
         return None
     message = f"audience ConfigMap {configmap} changed: checking the audience again"
@@ -168,7 +168,7 @@ def _publish_state(
     state: OperatorState, namespace: str, name: str, pool_name: str, campaign: CampaignState
 ) -> bool:
     """Tell the pool's relays (compacted control topic) to hold or drop this campaign."""
-    pool = get_pool(namespace, pool_name)
+    pool = get_pool(state.kube, namespace, pool_name)
     if pool is None:
         return False
     key = f"{namespace}/{name}"
@@ -183,7 +183,8 @@ def _not_deleted(meta: Any, **_: Any) -> bool:
 
 
 # A campaign being deleted is cancelled by `delete_campaign`; a pause still being
-# retried against an unreachable Kafka must not keep its finalizer (invariant 16).
+# retried against an unreachable Kafka must not keep its finalizer (ARCHITECTURE.md, "Status is the
+# world's").
 @kopf.on.field(GROUP, VERSION, "campaigns", field="spec.suspend", when=_not_deleted)
 async def suspend_changed(
     name: str,
@@ -208,7 +209,7 @@ async def suspend_changed(
         )
 
 
-# A campaign's deletion never waits forever (ARCHITECTURE.md, invariant 16): a
+# A campaign's deletion never waits forever (ARCHITECTURE.md, "Status is the world's"): a
 # Kafka that cannot be reached is retried at this pace until DELETE_GIVE_UP_SECONDS,
 # then the campaign goes with a Warning Event saying the relays were not told.
 CANCEL_RETRY_SECONDS = 15

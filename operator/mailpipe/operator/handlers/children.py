@@ -41,7 +41,7 @@ CHILD_REVERTED = "ChildReverted"  # the Warning Event's reason
 PATHS_SHOWN = 5  # an Event names a few changed fields, not a whole ConfigMap
 
 
-def _revert_blocking(rendered: list[dict[str, Any]]) -> list[str]:
+def _revert_blocking(kube: kube_io.Kube, rendered: list[dict[str, Any]]) -> list[str]:
     """Apply back each guarded child that differs from `rendered`; what was put back."""
     reverted = []
     for child in rendered:
@@ -49,13 +49,13 @@ def _revert_blocking(rendered: list[dict[str, Any]]) -> list[str]:
         if kind not in child_drift.GUARDED_KINDS:
             continue
         meta = child["metadata"]
-        live = kube_io.read_child(kind, meta["name"], meta["namespace"])
+        live = kube.read_child(kind, meta["name"], meta["namespace"])
         changed = child_drift.changes(child, live)
         if changed:
-            kube_io.apply(child, force=True)
+            kube.apply(child, force=True)
             foreign = child_drift.foreign_keys(child, live)
             if foreign:  # another manager's fields outlive our apply
-                kube_io.remove_data_keys(meta["name"], meta["namespace"], foreign)
+                kube.remove_data_keys(meta["name"], meta["namespace"], foreign)
             shown = ", ".join(changed[:PATHS_SHOWN])
             more = f" and {len(changed) - PATHS_SHOWN} more" if len(changed) > PATHS_SHOWN else ""
             reverted.append(f"{kind}/{meta['name']} ({shown}{more})")
@@ -69,7 +69,7 @@ async def guard(state: OperatorState, namespace: str, name: str, body: Any) -> l
         rendered = state.rendered.get(key)
         if not rendered:
             return []
-        reverted = await asyncio.to_thread(_revert_blocking, rendered)
+        reverted = await asyncio.to_thread(_revert_blocking, state.kube, rendered)
     if reverted:
         message = "put back what was changed outside the operator: " + "; ".join(reverted)
         log.warning("pool %s: %s", key, message)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -24,7 +25,7 @@ from mailpipe.contracts.signing import ConfigSigner
 from mailpipe.contracts.topics import Topics
 from mailpipe.contracts.warmup import WarmupLedger
 
-from .. import defaults, kafka_io, kube_io
+from .. import defaults, fanout_lease, kafka_io, kube_io
 from ..cluster_policy import ClusterPolicy
 from ..models import SendingPoolSpec
 from ..pool import PoolRef, topics
@@ -32,7 +33,7 @@ from ..tally import Tally
 
 MEMO_KEY = "mailpipe"  # the operator memo's key for OperatorState
 # A deletion handler retries what it cannot reach (Kafka) at most this long, then
-# lets the object go with a Warning Event (ARCHITECTURE.md, invariant 16). Tests
+# lets the object go with a Warning Event (ARCHITECTURE.md, "Status is the world's"). Tests
 # shorten it through the environment.
 DELETE_GIVE_UP_SECONDS = float(os.environ.get("MAILPIPE_DELETE_GIVE_UP_SECONDS", "300"))
 
@@ -65,6 +66,20 @@ class OperatorState:
     """The children last rendered for each pool (`namespace/name`) that may run
     relays: what `handlers.children` puts back when one is edited or deleted.
     A refused or invalid pool has none, so nothing of it is put back."""
+    process: fanout_lease.Holder = field(
+        default_factory=lambda: fanout_lease.this_process(time.time())
+    )
+    """This operator as a fan-out's holder (pod, pid, start): what it writes in the
+    checkpoints it produces, so another operator, even in the same process, is
+    someone else."""
+    kube: kube_io.Kube = field(default_factory=kube_io.Kube)
+    """The Kubernetes API client every handler calls through (made on first use)."""
+    admins: kafka_io.Admins = field(default_factory=kafka_io.Admins)
+    """At most two admin clients per Kafka cluster, shared by every reconcile's
+    topic creation (`kafka_io.Admins`)."""
+    retries: set[asyncio.Task[None]] = field(default_factory=set)
+    """Retry tasks a cluster policy change started (`handlers.policy`), referenced
+    until done and cancelled at shutdown."""
     pool_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     """One lock per pool (`namespace/name`): its reconciles (spec, Deployment, Secret
     events) read the world and patch status one at a time, so none overwrites a
@@ -113,9 +128,9 @@ class Pool:
         return self.spec.kafka.bootstrap_servers
 
 
-def get_pool(namespace: str, name: str) -> Pool | None:
+def get_pool(kube: kube_io.Kube, namespace: str, name: str) -> Pool | None:
     """The SendingPool `namespace/name`, or None if it does not exist. Blocking."""
-    obj = kube_io.get_custom("sendingpools", namespace, name)
+    obj = kube.get_custom("sendingpools", namespace, name)
     if obj is None:
         return None
     return Pool(PoolRef(obj["metadata"]["name"], namespace, obj["metadata"]["uid"]), obj)

@@ -26,21 +26,25 @@ Every checkpoint carries the generation it acted on (status.observedGeneration).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from kafka.errors import KafkaError
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailpipe.contracts.wire import encode
 
 from .. import campaign as camp
 from .. import fanout_lease, kafka_io, kube_io, render_check
-from ..models import GROUP, VERSION, CampaignSpec
+from ..audience import PreparedAudience
+from ..kafka_io import KafkaError
+from ..kube_io import ApiException
+from ..models import GROUP, VERSION, CampaignSpec, Recipient
 from ..progress import FanoutCheckpoint, FanoutState, audience_configmap, fanout_wanted
 from .context import OperatorState, Pool, get_pool, operator_state, pool_readiness
 from .status import now_iso
@@ -65,8 +69,8 @@ CONFLICT_RETRIES = 20
 HTTP_CONFLICT = 409
 
 
-def _write(namespace: str, name: str, checkpoint: FanoutCheckpoint) -> None:
-    kube_io.patch_status("campaigns", namespace, name, {"fanout": checkpoint.patch()})
+def _write(kube: kube_io.Kube, namespace: str, name: str, checkpoint: FanoutCheckpoint) -> None:
+    kube.patch_status("campaigns", namespace, name, {"fanout": checkpoint.patch()})
 
 
 def _wanted(status: Any, meta: Any, **_: Any) -> bool:
@@ -95,7 +99,7 @@ def fanout(
     campaign_key = f"{namespace}/{name}"
     waiting_for: str | None = None  # the holder this daemon last said it waits for
     while not stopped:
-        obj = kube_io.get_custom("campaigns", namespace, name)
+        obj = state.kube.get_custom("campaigns", namespace, name)
         if obj is None:
             return
         generation = obj["metadata"].get("generation")
@@ -108,7 +112,7 @@ def fanout(
             stopped.wait(POLL_SECONDS)
             continue
         may, why = fanout_lease.may_produce(
-            checkpoint.holder, checkpoint.held_at, fanout_lease.PROCESS, time.time()
+            checkpoint.holder, checkpoint.held_at, state.process, time.time()
         )
         if not may:
             if checkpoint.holder != waiting_for:  # one Event per holder waited for
@@ -133,17 +137,17 @@ def fanout(
         if spec.get("suspend"):
             if checkpoint.state is not FanoutState.PAUSED:
                 paused = FanoutCheckpoint(state=FanoutState.PAUSED, generation=generation)
-                _write(namespace, name, paused)
+                _write(state.kube, namespace, name, paused)
             stopped.wait(POLL_SECONDS)
             continue
-        pool = get_pool(namespace, spec.get("poolRef", ""))
+        pool = get_pool(state.kube, namespace, spec.get("poolRef", ""))
         ready, reason = pool_readiness(pool)
         if not ready:
             if checkpoint.state is not FanoutState.WAITING_FOR_POOL:
                 waiting = FanoutCheckpoint(
                     state=FanoutState.WAITING_FOR_POOL, message=reason, generation=generation
                 )
-                _write(namespace, name, waiting)
+                _write(state.kube, namespace, name, waiting)
             stopped.wait(POLL_SECONDS)
             continue
         assert pool is not None
@@ -157,10 +161,10 @@ def fanout(
                 message=str(exc),
                 reason=exc.reason.value,
                 generation=generation,
-                audience_version=_audience_version(namespace, spec, exc.reason),
+                audience_version=_audience_version(state.kube, namespace, spec, exc.reason),
                 holder=None,  # a failed fan-out is nobody's: any replica may resume it
             )
-            _write(namespace, name, failed)
+            _write(state.kube, namespace, name, failed)
             kopf.warn(body, reason="FanoutFailed", message=f"{exc.reason.value}: {exc}")
             continue  # not `return`: an edited spec must be able to resume it
         except KafkaError as exc:
@@ -171,10 +175,14 @@ def fanout(
 
 
 def _write_held(
-    key: str, obj: dict[str, Any], checkpoint: FanoutCheckpoint, claim_from: str | None = ""
+    state: OperatorState,
+    key: str,
+    obj: dict[str, Any],
+    checkpoint: FanoutCheckpoint,
+    claim_from: str | None = "",
 ) -> bool:
-    """Write `checkpoint` if this process holds the fan-out; False when it does not
-    (another operator process resumed it: this one must stop producing).
+    """Write `checkpoint` if this operator (`state.process`) holds the fan-out; False when
+    it does not (another operator process resumed it: this one must stop producing).
 
     The first write of a run claims the fan-out from `claim_from`, the holder
     the daemon found replaceable (None: nobody held it); later writes need the
@@ -183,7 +191,7 @@ def _write_held(
     overwritten; a conflict with any other status write (the status timer's
     counts) is read again."""
     namespace, name = key.split("/", 1)
-    me = fanout_lease.PROCESS.encode()
+    me = state.process.encode()
     allowed = {me} if claim_from == "" else {me, claim_from}
     for _ in range(CONFLICT_RETRIES):
         holder = FanoutCheckpoint.from_status(obj.get("status", {})).holder
@@ -194,27 +202,117 @@ def _write_held(
             return False
         version = obj["metadata"]["resourceVersion"]
         try:
-            kube_io.patch_status(
+            state.kube.patch_status(
                 "campaigns", namespace, name, {"fanout": checkpoint.patch()}, version
             )
             return True
         except ApiException as exc:
             if exc.status != HTTP_CONFLICT:
                 raise
-        again = kube_io.get_custom("campaigns", namespace, name)
+        again = state.kube.get_custom("campaigns", namespace, name)
         if again is None:
             return False
         obj = again
     raise kopf.TemporaryError(f"fan-out checkpoint of {key}: {CONFLICT_RETRIES} write conflicts")
 
 
-def _audience_version(namespace: str, spec: Any, reason: camp.FailReason) -> str | None:
+def _audience_version(
+    kube: kube_io.Kube, namespace: str, spec: Any, reason: camp.FailReason
+) -> str | None:
     """The audience ConfigMap's version when the failure can be fixed there (see
     `progress.audience_fix_pending`), else None."""
     configmap = audience_configmap(spec)
     if not reason.fixed_in_audience or configmap is None:
         return None
-    return kube_io.configmap_version(namespace, configmap)
+    return kube.configmap_version(namespace, configmap)
+
+
+def _prepare(
+    stopped: Any,
+    state: OperatorState,
+    key: str,
+    uid: str,
+    spec_raw: dict[str, Any],
+    checkpoint: FanoutCheckpoint,
+) -> tuple[CampaignSpec, PreparedAudience] | None:
+    """The campaign's spec and its audience, checked whole (every record rendered)
+    and summarised in status; None when stopped meanwhile. `CampaignError` when
+    the spec is invalid, the audience bad, or changed since the fan-out began."""
+    namespace, name = key.split("/", 1)
+    try:
+        spec = CampaignSpec.model_validate(spec_raw)
+    except ValidationError as exc:
+        raise camp.CampaignError(str(exc), camp.FailReason.INVALID_SPEC) from exc
+    cm_data = None
+    if spec.audience.config_map_ref is not None:
+        cm_data = state.kube.read_configmap(namespace, spec.audience.config_map_ref.name)
+    prepared = render_check.check_audience(spec_raw, cm_data, key, uid, time.time(), stopped)
+    if prepared is None:
+        return None  # stopped while the audience was being checked
+    begun = checkpoint.next_index > 0 or checkpoint.offsets is not None
+    if begun and checkpoint.audience_digest not in (None, prepared.digest()):
+        raise camp.CampaignError(
+            f"the audience changed after the fan-out began ({checkpoint.enqueued} of "
+            f"{checkpoint.total} recipients produced): resuming by position would skip "
+            "some people and mail others twice. Restore the audience as it was (the "
+            "campaign then resumes by itself), or send the changed audience as a new "
+            "Campaign",
+            camp.FailReason.AUDIENCE_CHANGED,
+        )
+    state.kube.patch_status("campaigns", namespace, name, {"audience": prepared.summary()})
+    return spec, prepared
+
+
+@dataclass
+class _Chunk:
+    """One chunk of the audience as records, and what it adds to the counts."""
+
+    records: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value)
+    enqueued: int = 0  # recipients counted as enqueued (produced now or before a restart)
+    suppressed: int = 0  # recipients left out: suppressed before the send
+
+
+def _chunk(
+    audience: list[Recipient],
+    indices: range,
+    suppressed: set[str],
+    produced: set[int],
+    build: Callable[[int, Recipient], tuple[bytes, bytes]],
+) -> _Chunk:
+    """Pure: the records of `indices` to produce, leaving out suppressed addresses
+    and the indices `produced` before the operator restarted (counted, not sent)."""
+    out = _Chunk()
+    for i in indices:
+        r = audience[i]
+        if r.address.lower() in suppressed:
+            out.suppressed += 1
+            continue
+        out.enqueued += 1
+        if i not in produced:
+            out.records.append(build(i, r))
+    return out
+
+
+def _record(
+    key: str,
+    uid: str,
+    spec: CampaignSpec,
+    renderer: camp.Renderer,
+    now: float,
+    index: int,
+    recipient: Recipient,
+) -> tuple[bytes, bytes]:
+    """The (key, value) of recipient `index`'s delivery record."""
+    record = camp.build_record(
+        campaign=key,
+        uid=uid,
+        index=index,
+        recipient=recipient,
+        spec=spec,
+        renderer=renderer,
+        now=now,
+    )
+    return record.domain.encode(), encode(record)
 
 
 def _run_fanout(
@@ -231,113 +329,74 @@ def _run_fanout(
     """Produce the audience from `checkpoint` on; returns early when stopped or deleted."""
     namespace, name = key.split("/", 1)
     try:
-        spec = CampaignSpec.model_validate(spec_raw)
-        t = pool.topics
+        t, bootstrap = pool.topics, pool.bootstrap
     except ValidationError as exc:
         raise camp.CampaignError(str(exc), camp.FailReason.INVALID_SPEC) from exc
-    bootstrap = pool.bootstrap
     state.hub.follow(bootstrap, t.events, state.tally.observe)
-
-    cm_data = None
-    if spec.audience.config_map_ref is not None:
-        cm_data = kube_io.read_configmap(namespace, spec.audience.config_map_ref.name)
-    prepared = render_check.check_audience(spec_raw, cm_data, key, uid, time.time(), stopped)
-    if prepared is None:
-        return  # stopped while the audience was being checked
-    digest = prepared.digest()
-    begun = checkpoint.next_index > 0 or checkpoint.offsets is not None
-    if begun and checkpoint.audience_digest not in (None, digest):
-        raise camp.CampaignError(
-            f"the audience changed after the fan-out began ({checkpoint.enqueued} of "
-            f"{checkpoint.total} recipients produced): resuming by position would skip "
-            "some people and mail others twice. Restore the audience as it was (the "
-            "campaign then resumes by itself), or send the changed audience as a new "
-            "Campaign",
-            camp.FailReason.AUDIENCE_CHANGED,
-        )
-    kube_io.patch_status("campaigns", namespace, name, {"audience": prepared.summary()})
-    audience = prepared.recipients
+    ready = _prepare(stopped, state, key, uid, spec_raw, checkpoint)
+    if ready is None:
+        return
+    spec, prepared = ready
+    digest, audience, total = prepared.digest(), prepared.recipients, len(prepared.recipients)
     renderer = camp.Renderer(spec, key, seconds=FANOUT_RENDER_SECONDS)
     suppressed = kafka_io.read_suppressions(bootstrap, t.suppressions)
-    total = len(audience)
     start = checkpoint.next_index
-    skip: set[int] = set()
+    produced: set[int] = set()
     if checkpoint.offsets:
-        skip = kafka_io.produced_since(bootstrap, t.outbound, checkpoint.offsets, uid)
+        produced = kafka_io.produced_since(bootstrap, t.outbound, checkpoint.offsets, uid)
     enqueued = checkpoint.enqueued
     pre_suppressed = checkpoint.suppressed_before_send
     if start == 0 and checkpoint.is_empty:
         kopf.info(body, reason="FanoutStarted", message=f"{total} recipients to {t.outbound}")
     started_at = checkpoint.started_at or now_iso()
     producer = state.producers.get(bootstrap)
-    index = start
-    while index < total:
-        obj = kube_io.get_custom("campaigns", namespace, name)
-        if obj is None:
-            return
-        if stopped:  # released: another replica may resume it at once
-            _write_held(key, obj, FanoutCheckpoint(holder=None))
-            return
-        held = _write_held(
-            key,
-            obj,
-            FanoutCheckpoint(
-                state=FanoutState.RUNNING,
-                next_index=index,
-                offsets=kafka_io.end_offsets(bootstrap, t.outbound),
-                enqueued=enqueued,
-                suppressed_before_send=pre_suppressed,
-                total=total,
-                started_at=started_at,
-                audience_digest=digest,
-                message=None,  # a resumed campaign's failure message goes
-                reason=None,
-                generation=generation,
-                holder=fanout_lease.PROCESS.encode(),
-                held_at=time.time(),
-            ),
-            claim_from=checkpoint.holder if index == start else "",
-        )
-        if not held:
-            return  # another operator process resumed it (see fanout_lease)
-        now = time.time()
-        batch: list[tuple[bytes, bytes]] = []
-        for i in range(index, min(index + FANOUT_CHUNK, total)):
-            r = audience[i]
-            if r.address.lower() in suppressed:
-                pre_suppressed += 1
-                continue
-            enqueued += 1
-            if i in skip:
-                continue  # produced before the operator restarted
-            record = camp.build_record(
-                campaign=key, uid=uid, index=i, recipient=r, spec=spec, renderer=renderer, now=now
-            )
-            batch.append((record.domain.encode(), encode(record)))
-        kafka_io.produce_all(producer, t.outbound, batch)
-        index = min(index + FANOUT_CHUNK, total)
-    obj = kube_io.get_custom("campaigns", namespace, name)
-    if obj is None:
-        return
-    done = _write_held(
-        key,
-        obj,
-        FanoutCheckpoint(
-            state=FanoutState.DONE,
-            next_index=total,
-            offsets=None,  # explicit null: the merge patch removes the resume offsets
+
+    def progress(state_: FanoutState, index: int, **fields: Any) -> FanoutCheckpoint:
+        return FanoutCheckpoint(
+            state=state_,
+            next_index=index,
             enqueued=enqueued,
             suppressed_before_send=pre_suppressed,
             total=total,
             started_at=started_at,
             audience_digest=digest,
-            message=None,
+            message=None,  # a resumed campaign's failure message goes
             reason=None,
             generation=generation,
-            holder=None,
-        ),
-    )
-    if not done:
+            **fields,
+        )
+
+    index = start
+    while index < total:
+        obj = state.kube.get_custom("campaigns", namespace, name)
+        if obj is None:
+            return
+        if stopped:  # released: another replica may resume it at once
+            _write_held(state, key, obj, FanoutCheckpoint(holder=None))
+            return
+        running = progress(
+            FanoutState.RUNNING,
+            index,
+            offsets=kafka_io.end_offsets(bootstrap, t.outbound),
+            holder=state.process.encode(),
+            held_at=time.time(),
+        )
+        claim_from = checkpoint.holder if index == start else ""
+        if not _write_held(state, key, obj, running, claim_from=claim_from):
+            return  # another operator process resumed it (see fanout_lease)
+        build = functools.partial(_record, key, uid, spec, renderer, time.time())
+        end = min(index + FANOUT_CHUNK, total)
+        chunk = _chunk(audience, range(index, end), suppressed, produced, build)
+        enqueued += chunk.enqueued
+        pre_suppressed += chunk.suppressed
+        kafka_io.produce_all(producer, t.outbound, chunk.records)
+        index = end
+    obj = state.kube.get_custom("campaigns", namespace, name)
+    if obj is None:
+        return
+    # offsets: explicit null, the merge patch removes the resume offsets
+    done = progress(FanoutState.DONE, total, offsets=None, holder=None)
+    if not _write_held(state, key, obj, done):
         return  # taken over during the last chunk: the new holder writes done
     kopf.info(
         body,

@@ -7,7 +7,7 @@ the file's path stays and a read sees the old or the new content whole (a
 `subPath` mount is never updated: the chart mounts the directory). The
 operator re-reads it every POLICY_RECHECK_SECONDS (`cluster_policy.PolicyFile`;
 one small read when nothing changed) rather than watching the ConfigMap: it
-needs no API right on ConfigMaps (ARCHITECTURE.md, invariant 29) and works the
+needs no API right on ConfigMaps (ARCHITECTURE.md, "Least privilege") and works the
 same with `--policy` pointing at any file.
 
 On a change, the new policy is put in force first (every later reconcile uses
@@ -57,7 +57,6 @@ POLICY_RECHECK_SECONDS = float(os.environ.get("MAILPIPE_POLICY_RECHECK_SECONDS",
 # Affected pools reconciled at once after a change: each is a few API calls;
 # the rest queue behind them rather than flooding the API server.
 RECHECK_CONCURRENCY = 8
-_RETRIES: set[asyncio.Task[None]] = set()  # retry tasks, referenced until done
 
 
 @kopf.on.event(GROUP, VERSION, "sendingpools")
@@ -89,7 +88,7 @@ async def pool_watched(
 async def stop(state: OperatorState) -> None:
     """Stop following the policy (operator shutdown), and any Kafka retry it started."""
     task, state.policy_task = state.policy_task, None
-    tasks = [*([task] if task is not None else []), *_RETRIES]
+    tasks = [*([task] if task is not None else []), *state.retries]
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -123,7 +122,7 @@ async def follow(state: OperatorState, source: PolicyFile) -> None:
 
 async def recheck(state: OperatorState, old: ClusterPolicy, new: ClusterPolicy) -> None:
     """Reconcile every pool whose verdict changed from `old` to `new`; log each."""
-    pools, bodies = await asyncio.to_thread(_read_pools, sorted(state.pools))
+    pools, bodies = await asyncio.to_thread(_read_pools, state.kube, sorted(state.pools))
     changes = policy_changes(old, new, pools)
     log.warning("cluster policy changed: %d pools checked, %d affected", len(pools), len(changes))
     for change in changes:  # one line each, for whoever greps the log for a pool
@@ -146,8 +145,8 @@ async def recheck(state: OperatorState, old: ClusterPolicy, new: ClusterPolicy) 
             # An allowed pool whose Kafka is away: retried apart, so one
             # unreachable Kafka never holds up the next policy change.
             retry = asyncio.create_task(relays.sync(state, namespace, name, ensure_topics=True))
-            _RETRIES.add(retry)
-            retry.add_done_callback(_RETRIES.discard)
+            state.retries.add(retry)
+            retry.add_done_callback(state.retries.discard)
 
     failed: list[str] = []
     await asyncio.gather(*(one(c) for c in changes))
@@ -156,7 +155,7 @@ async def recheck(state: OperatorState, old: ClusterPolicy, new: ClusterPolicy) 
 
 
 def _read_pools(
-    keys: list[str],
+    kube: kube_io.Kube, keys: list[str]
 ) -> tuple[list[tuple[str, str, SendingPoolSpec]], dict[str, kopf.Body]]:
     """The pools `keys` (namespace/name) as they are now: one list call per
     namespace. A pool gone, being deleted or whose spec does not parse is left
@@ -167,7 +166,7 @@ def _read_pools(
         wanted[namespace].add(name)
     pools, bodies = [], {}
     for namespace, names in sorted(wanted.items()):
-        for obj in kube_io.list_pools(namespace):
+        for obj in kube.list_pools(namespace):
             meta: dict[str, Any] = obj["metadata"]
             if meta["name"] not in names or meta.get("deletionTimestamp"):
                 continue

@@ -11,9 +11,9 @@ with relays available). A pool refused by its tenant's bounds (`tenancy`: the
 cluster policy, topics outside its namespace) runs no relay: a relay
 Deployment it already has is scaled to 0 and kept (`RelaysStopped`,
 `scale.stop_relays`), so the relays come back with the same spec when the pool
-or the policy changes; its records wait on Kafka (ARCHITECTURE.md, invariant
-31). delete removes the children and the pool's own topics (unless
-`spec.kafka.deletionPolicy: Retain`). Per-IP warm-up status is
+or the policy changes; its records wait on Kafka (ARCHITECTURE.md, "Status is the world's"). delete
+removes the children and the pool's own topics (unless `spec.kafka.deletionPolicy: Retain`). Per-IP
+warm-up status is
 `handlers/warmup.py`'s (it only reads).
 
 Over 300 lines because one reconcile is one story: its read of the world, the
@@ -31,8 +31,6 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import kopf
-from kafka.errors import KafkaError
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailpipe.contracts.signing import ConfigSigner
@@ -40,6 +38,8 @@ from mailpipe.contracts.topics import TopicOwnershipError, owned_prefix, owned_t
 
 from .. import config_signing, kafka_io, kube_io, tenancy, validation
 from ..cluster_policy import ClusterPolicy
+from ..kafka_io import KafkaError
+from ..kube_io import ApiException
 from ..models import GROUP, VERSION, DeletionPolicy, SendingPoolSpec
 from ..pool import (
     PoolRef,
@@ -112,7 +112,14 @@ async def reconcile(
     """
     async with state.pool_lock(f"{namespace}/{name}"):
         seen = await asyncio.to_thread(
-            _reconcile_blocking, namespace, name, ensure_topics, state.policy, state.signer
+            _reconcile_blocking,
+            state.kube,
+            namespace,
+            name,
+            ensure_topics,
+            state.policy,
+            state.admins,
+            state.signer,
         )
         # What handlers.children guards: only a pool that may run relays has any.
         key = f"{namespace}/{name}"
@@ -156,13 +163,15 @@ async def reconcile(
 
 
 def _reconcile_blocking(
+    kube: kube_io.Kube,
     namespace: str,
     name: str,
     ensure_topics: bool,
     policy: ClusterPolicy,
+    admins: kafka_io.Admins,
     signer: ConfigSigner | None = None,
 ) -> _Seen | None:
-    obj = kube_io.get_custom("sendingpools", namespace, name)
+    obj = kube.get_custom("sendingpools", namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return None
     meta, status = obj["metadata"], obj.get("status") or {}
@@ -180,7 +189,7 @@ def _reconcile_blocking(
     if spec is not None:
         refs = validation.secret_refs(spec)
         try:
-            secrets = {r.name: kube_io.read_secret(namespace, r.name) for r in refs}
+            secrets = {r.name: kube.read_secret(namespace, r.name) for r in refs}
             problems += validation.reference_problems(refs, secrets)
         except ApiException as exc:
             if exc.status != HTTPStatus.FORBIDDEN:
@@ -190,22 +199,23 @@ def _reconcile_blocking(
     digest = secrets_hash(secrets) if secrets else None
     if spec is None or problems:
         # A refused pool runs no relay, whatever it ran before: the policy may
-        # have been tightened under relays that were allowed (invariant 31).
+        # have been tightened under relays that were allowed (ARCHITECTURE.md, "Status is the
+        # world's").
         stopped = None
         if refused:
             try:
-                stopped = stop_relays(ref)
+                stopped = stop_relays(kube, ref)
             except ApiException as exc:
                 if exc.status != HTTPStatus.FORBIDDEN:
                     raise
                 problems.append(validation.forbidden_write_problem(namespace, ref.child_name))
-        return _blocked(obj, ref, old, status, generation, digest, problems, stopped)
+        return _blocked(kube, obj, ref, old, status, generation, digest, problems, stopped)
     creds = spec.kafka.credentials_secret_ref  # which optional files its Secret has
     keys = frozenset(secrets.get(creds.name) or {}) if creds is not None else frozenset()
     text, children = build_children(ref, spec, digest, keys)
     children = config_signing.signed(children, text, signer)
     seen = _Seen(obj, Outcome(ref, spec), rendered=children)
-    live = kube_io.read_deployment(ref)
+    live = kube.read_deployment(ref)
     deployment = next(c for c in children if c["kind"] == "Deployment")
     if live is not None:
         seen.drift = drifted(deployment["spec"], live.get("spec"), "spec")
@@ -218,16 +228,16 @@ def _reconcile_blocking(
     try:
         for child in children:
             force = child is deployment and bool(seen.drift)
-            if kube_io.apply(child, force=force):
+            if kube.apply(child, force=force):
                 seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
     except ApiException as exc:
         if exc.status != HTTPStatus.FORBIDDEN:
             raise
         # RBAC: the namespace is not onboarded (chart value rbac.tenantNamespaces)
         problem = validation.forbidden_write_problem(namespace, f"{child['kind']}/{ref.child_name}")
-        return _blocked(obj, ref, old, status, generation, digest, [problem])
+        return _blocked(kube, obj, ref, old, status, generation, digest, [problem])
     if seen.written and live is not None and _deployment_written(seen.written):
-        live = kube_io.read_deployment(ref)  # the controller's view of the new template
+        live = kube.read_deployment(ref)  # the controller's view of the new template
     t = topics(ref, spec)
     kafka = None
     topics_ready = find(old, "TopicsReady") or {}
@@ -235,7 +245,7 @@ def _reconcile_blocking(
         ensure_topics = True  # not (yet) in place for this generation: stalled or Kafka down
     if ensure_topics:
         try:
-            seen.topics_created = kafka_io.ensure_topics(
+            seen.topics_created = admins.ensure_topics(
                 spec.kafka.bootstrap_servers,
                 t.all(),
                 spec.kafka.partitions,
@@ -259,11 +269,12 @@ def _reconcile_blocking(
     if "warmupSummary" not in status:
         warming = sum(1 for e in spec.egress_ips if e.warmup)
         seen.status["warmupSummary"] = f"{warming} warming" if warming else "warm"
-    _patch(seen, status, generation)
+    _patch(kube, seen, status, generation)
     return seen
 
 
 def _blocked(
+    kube: kube_io.Kube,
     obj: dict[str, Any],
     ref: PoolRef,
     old: list[dict[str, Any]],
@@ -286,7 +297,7 @@ def _blocked(
     seen.status = {"conditions": merge_conditions(old, conditions), "secretsHash": digest}
     if stopped is not None:
         seen.status["relays"] = {"desired": 0, "available": stopped.available}
-    _patch(seen, status, generation)
+    _patch(kube, seen, status, generation)
     return seen
 
 
@@ -294,7 +305,7 @@ def _deployment_written(written: list[str]) -> bool:
     return any(w.startswith("Deployment/") for w in written)
 
 
-def _patch(seen: _Seen, status: dict[str, Any], generation: int | None) -> None:
+def _patch(kube: kube_io.Kube, seen: _Seen, status: dict[str, Any], generation: int | None) -> None:
     """Patch what changed, and observedGeneration: this generation was acted on."""
     seen.status["observedGeneration"] = generation
     # merge_conditions keeps transition times while statuses hold, so an
@@ -302,7 +313,7 @@ def _patch(seen: _Seen, status: dict[str, Any], generation: int | None) -> None:
     changes = {k: v for k, v in seen.status.items() if status.get(k) != v}
     if changes:
         meta = seen.obj["metadata"]
-        kube_io.patch_status("sendingpools", meta["namespace"], meta["name"], changes)
+        kube.patch_status("sendingpools", meta["namespace"], meta["name"], changes)
 
 
 # After deleting its topics, the pool is finalized only once a later look finds
@@ -326,11 +337,12 @@ async def delete_pool(
     """Children first (the relays stop sending), then the pool's own topics
     unless `spec.kafka.deletionPolicy: Retain` or another pool shares them.
     Kafka failures are retried until DELETE_GIVE_UP_SECONDS; a retry that
-    starts later lets the pool go with a Warning Event (invariant 16)."""
+    starts later lets the pool go with a Warning Event (ARCHITECTURE.md, "Status is the
+    world's")."""
     assert namespace is not None  # both kinds are namespaced
     ref = PoolRef(name, namespace, uid)
-    deleted = await asyncio.to_thread(kube_io.delete_children, ref)
     state = operator_state(memo)
+    deleted = await asyncio.to_thread(state.kube.delete_children, ref)
     state.ledgers.pop(f"{namespace}/{name}", None)
     log.info("deleted children of pool %s/%s: %s", namespace, name, deleted)
     try:
@@ -350,7 +362,9 @@ async def delete_pool(
     if parsed.kafka.deletion_policy is DeletionPolicy.RETAIN:
         kopf.info(body, reason="TopicsRetained", message="spec.kafka.deletionPolicy is Retain")
         return
-    sharing = await asyncio.to_thread(kube_io.pools_with_prefix, bootstrap, prefix, namespace, uid)
+    sharing = await asyncio.to_thread(
+        state.kube.pools_with_prefix, bootstrap, prefix, namespace, uid
+    )
     if sharing:
         kopf.info(body, reason="TopicsKept", message=f"prefix {prefix} shared with {sharing[0]}")
         return

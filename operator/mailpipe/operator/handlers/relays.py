@@ -22,7 +22,6 @@ from typing import Any
 
 import kopf
 
-from .. import kube_io
 from ..models import GROUP, VERSION
 from ..pool import MANAGED_BY, secrets_hash
 from ..validation import secret_names
@@ -94,6 +93,7 @@ async def referenced_secrets(
     """
     assert namespace is not None  # both kinds are namespaced
     names = secret_names(spec)
-    found = await asyncio.to_thread(lambda: {n: kube_io.read_secret(namespace, n) for n in names})
+    kube = operator_state(memo).kube
+    found = await asyncio.to_thread(lambda: {n: kube.read_secret(namespace, n) for n in names})
     if secrets_hash(found) != status.get("secretsHash"):
         await _sync(memo, namespace, name)

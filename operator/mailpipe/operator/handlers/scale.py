@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from .. import kube_io
+from ..kube_io import ApiException
 from ..pool import MANAGED_BY, PoolRef
+from .context import operator_state
 
 
 def selector_text(match_labels: Mapping[str, str]) -> str:
@@ -62,14 +63,14 @@ def running_replicas(deployment: Mapping[str, Any] | None) -> int:
     return 1 if replicas is None else int(replicas)  # the API's default is 1
 
 
-def stop_relays(ref: PoolRef) -> Stopped | None:
+def stop_relays(kube: kube_io.Kube, ref: PoolRef) -> Stopped | None:
     """Hold the pool's relay Deployment at 0 replicas; None when it has none. Blocking."""
-    live = kube_io.read_deployment(ref)
+    live = kube.read_deployment(ref)
     if live is None:
         return None  # never rolled out: nothing runs
     replicas = running_replicas(live)
     if replicas:
-        kube_io.scale_deployment(ref, 0)
+        kube.scale_deployment(ref, 0)
     available = int((live.get("status") or {}).get("availableReplicas") or 0)
     return Stopped(replicas or None, available)
 
@@ -82,15 +83,15 @@ def owning_pool(meta: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _patch_pool(namespace: str, pool: str, wanted: dict[str, Any]) -> None:
-    live = kube_io.get_custom("sendingpools", namespace, pool)
+def _patch_pool(kube: kube_io.Kube, namespace: str, pool: str, wanted: dict[str, Any]) -> None:
+    live = kube.get_custom("sendingpools", namespace, pool)
     if live is None or live.get("metadata", {}).get("deletionTimestamp"):
         return
     status = live.get("status") or {}
     if all(status.get(k) == v for k, v in wanted.items()):
         return
     try:
-        kube_io.patch_status("sendingpools", namespace, pool, wanted)
+        kube.patch_status("sendingpools", namespace, pool, wanted)
     except ApiException as exc:
         if exc.status != 404:  # deleted meanwhile: nothing to report on
             raise
@@ -98,9 +99,10 @@ def _patch_pool(namespace: str, pool: str, wanted: dict[str, Any]) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 async def relay_deployment_scale(
-    body: Any, meta: Any, namespace: str | None, type: str | None, **_: Any
+    body: Any, meta: Any, namespace: str | None, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
     pool = owning_pool(meta)
     if namespace is None or pool is None or type == "DELETED":
         return
-    await asyncio.to_thread(_patch_pool, namespace, pool, scale_status(body))
+    kube = operator_state(memo).kube
+    await asyncio.to_thread(_patch_pool, kube, namespace, pool, scale_status(body))

@@ -30,9 +30,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kafka.errors import KafkaError
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailpipe.contracts.warmup import (
@@ -44,6 +41,8 @@ from mailpipe.contracts.warmup import (
 )
 
 from .. import kafka_io, kube_io
+from ..kafka_io import KafkaError
+from ..kube_io import ApiException
 from ..models import GROUP, VERSION, SendingPoolSpec
 from ..pool import PoolRef, build_relay_config, topics
 from .context import OperatorState, operator_state, parse_pool_spec
@@ -152,7 +151,8 @@ async def pool_warmup_status(
     **_: Any,
 ) -> None:
     assert namespace is not None  # both kinds are namespaced
-    ledger = operator_state(memo).ledgers.get(f"{namespace}/{name}")
+    state = operator_state(memo)
+    ledger = state.ledgers.get(f"{namespace}/{name}")
     if ledger is None or status.get("observedGeneration") is None:
         # Not reconciled yet: when hundreds of pools are created at once, a
         # status write now would only add to the API server's queue ahead of
@@ -195,7 +195,7 @@ async def pool_warmup_status(
     if previous is None or any(previous.get(k) != new[k] for k in ("status", "message")):
         conditions = merge_conditions(old, [new])  # the other types as they are
         await asyncio.to_thread(
-            write_conditions, namespace, name, meta.get("resourceVersion"), conditions
+            write_conditions, state.kube, namespace, name, meta.get("resourceVersion"), conditions
         )
 
 
@@ -211,7 +211,11 @@ def split_unpause(
 
 
 def write_conditions(
-    namespace: str, name: str, resource_version: str | None, conditions: list[dict[str, Any]]
+    kube: kube_io.Kube,
+    namespace: str,
+    name: str,
+    resource_version: str | None,
+    conditions: list[dict[str, Any]],
 ) -> bool:
     """Replace the pool's conditions only if the pool is unchanged since `resource_version`.
 
@@ -224,15 +228,7 @@ def write_conditions(
         {"op": "add", "path": "/status/conditions", "value": conditions},
     ]
     try:
-        client.CustomObjectsApi(kube_io.api()).patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            "sendingpools",
-            name,
-            ops,
-            _content_type="application/json-patch+json",
-        )
+        kube.json_patch_status("sendingpools", namespace, name, ops)
     except ApiException as exc:
         log.debug("conditions of %s/%s not written (%s); next tick", namespace, name, exc.status)
         return False

@@ -3,7 +3,7 @@
 The last step before any packet leaves: the address a route leads to (an MX
 or A record, a static route by address or by name) is checked against the
 pool's destination policy here, whatever named it, so no route escapes it
-(ARCHITECTURE.md, "No probing inward"). The TCP connect has its own timeout,
+(ARCHITECTURE.md, "Least privilege"). The TCP connect has its own timeout,
 apart from the greeting's: aiosmtplib would give both one value, so the
 transport hands it the connected socket (RFC 5321 4.5.3.2 times the greeting;
 the connect timeout is Postfix's `smtp_connect_timeout`).

@@ -20,7 +20,7 @@ domain share one query, answers are cached for their TTL and failures for a
 while (negative caching, RFC 2308), and at most `MAX_MX_ADDRESSES` addresses
 are tried per attempt.
 
-Destination policy (issue 10; ARCHITECTURE.md, "No probing inward"): a relay inside a
+Destination policy (issue 10; ARCHITECTURE.md, "Least privilege"): a relay inside a
 cluster must not become a probe of its own network, so addresses DNS gives
 for a recipient domain are dropped when they are loopback, private,
 link-local, unspecified, multicast, reserved or otherwise not global

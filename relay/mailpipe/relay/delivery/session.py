@@ -18,7 +18,7 @@ after, the message may have been delivered (`body_sent=True`).
 
 The record's rate token is taken here, on the greeted connection, just
 before MAIL FROM is written (pipelined or not), so what arrives at the
-receiver keeps the destination's rate (`tokens`, invariant 3).
+receiver keeps the destination's rate (`tokens`, ARCHITECTURE.md, "Limits hold pool-wide").
 
 Every reply waited for has its own RFC 5321 4.5.3.2 timeout, named by its
 stage (`SMTPTimeouts`: MAIL, each RCPT, DATA initiation, each block of the
@@ -310,8 +310,8 @@ class Session:
 
     async def _take_token(self, gate: RateGate) -> None:
         """The rate token, on this greeted connection, as late as it can be taken:
-        receivers count the MAIL FROMs that arrive (invariant 3). A connection
-        that closed while it waited gives the token back, nothing written."""
+        receivers count the MAIL FROMs that arrive (ARCHITECTURE.md, "Limits hold pool-wide"). A
+        connection that closed while it waited gives the token back, nothing written."""
         await gate.before_mail()
         if not self.is_open:
             gate.unused()

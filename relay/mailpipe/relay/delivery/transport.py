@@ -31,8 +31,8 @@ fresh one and the transaction tried again; once the message was sent, a lost
 connection is a deferral (it may have arrived: at-least-once, never lost).
 
 The record's rate token (`Envelope.gate`) is taken by the session on the
-greeted connection, right before MAIL FROM (invariant 3): nothing here takes
-it, so connect, greeting, EHLO and STARTTLS never spend a token, and a failure
+greeted connection, right before MAIL FROM (ARCHITECTURE.md, "Limits hold pool-wide"): nothing here
+takes it, so connect, greeting, EHLO and STARTTLS never spend a token, and a failure
 before MAIL FROM leaves it untouched. The stale-connection retry renews it:
 the first MAIL FROM may have arrived, so the retry takes its own.
 
@@ -79,12 +79,65 @@ TLS_FALLBACK_SECONDS = 3600.0
 MAX_TLS_BROKEN_HOSTS = 10_000  # hosts remembered; past it the expired ones are dropped
 
 
+def dns_failure(exc: Exception, domain: str) -> SMTPReply:
+    """The reply every recipient gets when the MX lookup of `domain` raised `exc`."""
+    match exc:
+        case AddressLiteral():
+            return reply(550, f"5.1.2 {exc}: address literals are not delivered to")
+        case InvalidDomain():
+            return reply(553, f"5.1.3 invalid domain: {exc}")
+        case NullMX():
+            return reply(556, f"5.1.10 {exc}")
+        case NoSuchDomain():
+            return reply(550, f"5.1.2 {exc}")
+        case UnroutableDomain():
+            return reply(550, f"5.4.4 {exc}")
+        case TemporaryDNSError():
+            return reply(451, f"4.4.3 DNS lookup failed: {exc}")
+    # a resolver bug must defer the record, never kill the lane
+    log.error("MX lookup for %r failed unexpectedly", domain, exc_info=exc)
+    return reply(451, f"4.4.3 DNS lookup failed: {exc.__class__.__name__}")
+
+
 class _NoTLS(Exception):
     """TLS is required by policy and the server does not offer STARTTLS."""
 
 
 class _TLSFailed(Exception):
     """STARTTLS was offered and could not be completed: refused, handshake, certificate."""
+
+
+# What opening a connection to one MX host may raise; each is that host's reply.
+CONNECT_FAILURES = (
+    _NoTLS,
+    Refused,
+    StageTimeout,
+    _TLSFailed,
+    aiosmtplib.SMTPException,
+    TimeoutError,
+    OSError,
+)
+
+
+def connect_failure(exc: BaseException, host: str) -> tuple[SMTPReply, Stage]:
+    """The reply and stage for a connection to MX `host` that could not be opened
+    (nothing was sent; the next host, if any, is tried)."""
+    match exc:
+        case _NoTLS():
+            offered = f"4.7.5 STARTTLS required by policy, not offered by {host}"
+            return reply(451, offered), Stage.TLS
+        case Refused():
+            return reply(550, f"5.4.4 {exc}"), Stage.DNS
+        case StageTimeout():
+            code, status = (421, "4.4.1") if exc.stage is Stage.CONNECT else (451, "4.4.2")
+            return reply(code, f"{status} {host}: {exc}"), exc.stage
+        case _TLSFailed():  # TLS required: defer, nothing sent
+            return reply(451, f"4.7.5 TLS with {host} failed: {exc}"), Stage.TLS
+        case aiosmtplib.SMTPConnectResponseError():  # e.g. 421 at greeting
+            return reply(exc.code, exc.message), Stage.GREETING
+        case aiosmtplib.SMTPResponseException():
+            return reply(exc.code, exc.message), Stage.EHLO
+    return reply(421, f"4.4.1 {host}: {exc.__class__.__name__}: {exc}"), Stage.CONNECT
 
 
 def _all(
@@ -130,64 +183,17 @@ class SMTPTransport:
         if self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         rcpts = envelope.recipients
-        dns = Stage.DNS
         try:
             routes = await self.mx.routes(envelope.domain)
-        except AddressLiteral as exc:
-            return _all(
-                rcpts, reply(550, f"5.1.2 {exc}: address literals are not delivered to"), dns
-            )
-        except InvalidDomain as exc:
-            return _all(rcpts, reply(553, f"5.1.3 invalid domain: {exc}"), dns)
-        except NullMX as exc:
-            return _all(rcpts, reply(556, f"5.1.10 {exc}"), dns)
-        except NoSuchDomain as exc:
-            return _all(rcpts, reply(550, f"5.1.2 {exc}"), dns)
-        except UnroutableDomain as exc:
-            return _all(rcpts, reply(550, f"5.4.4 {exc}"), dns)
-        except TemporaryDNSError as exc:
-            return _all(rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc}"), dns)
-        except Exception as exc:  # a resolver bug must defer the record, never kill the lane
-            log.exception("MX lookup for %r failed unexpectedly", envelope.domain)
-            return _all(
-                rcpts, reply(451, f"4.4.3 DNS lookup failed: {exc.__class__.__name__}"), dns
-            )
-
+        except Exception as exc:
+            return _all(rcpts, dns_failure(exc, envelope.domain), Stage.DNS)
         last, stage = reply(421, "4.4.1 no MX host accepted a connection"), Stage.CONNECT
         for route in routes:
             for fresh_only in (False, True):
                 try:
                     conn, reused = await self._acquire(envelope, route, fresh_only)
-                except _NoTLS:
-                    last = reply(
-                        451, f"4.7.5 STARTTLS required by policy, not offered by {route.name}"
-                    )
-                    stage = Stage.TLS
-                    break
-                except Refused as exc:
-                    last, stage = reply(550, f"5.4.4 {exc}"), Stage.DNS
-                    break
-                except StageTimeout as exc:
-                    code, status = (421, "4.4.1") if exc.stage is Stage.CONNECT else (451, "4.4.2")
-                    last, stage = reply(code, f"{status} {route.name}: {exc}"), exc.stage
-                    break
-                except _TLSFailed as exc:  # TLS required: defer, nothing sent
-                    last, stage = (
-                        reply(451, f"4.7.5 TLS with {route.name} failed: {exc}"),
-                        Stage.TLS,
-                    )
-                    break
-                except aiosmtplib.SMTPResponseException as exc:  # e.g. 421 at greeting
-                    last = reply(exc.code, exc.message)
-                    stage = (
-                        Stage.GREETING
-                        if isinstance(exc, aiosmtplib.SMTPConnectResponseError)
-                        else Stage.EHLO
-                    )
-                    break
-                except (TimeoutError, OSError, aiosmtplib.SMTPException) as exc:
-                    last = reply(421, f"4.4.1 {route.name}: {exc.__class__.__name__}: {exc}")
-                    stage = Stage.CONNECT
+                except CONNECT_FAILURES as exc:
+                    last, stage = connect_failure(exc, route.name)
                     break
                 try:
                     replies, stages = await conn.transaction(
@@ -204,9 +210,9 @@ class SMTPTransport:
                             envelope.gate.renew()
                         continue
                     lost = reply(451, f"4.4.2 {exc}")  # the text names the host already
-                    return _all(rcpts, lost, Stage.LOST, mx_host=route.name, connected=True)
+                    return _all(rcpts, lost, Stage.LOST, mx_host=route.name)
                 self._release(envelope, route, conn)
-                return TransactionResult(replies, mx_host=route.name, connected=True, detail=stages)
+                return TransactionResult(replies, mx_host=route.name, detail=stages)
         return _all(rcpts, last, stage)
 
     async def _acquire(self, env: Envelope, route: Route, fresh_only: bool) -> tuple[Session, bool]:
@@ -271,6 +277,18 @@ class SMTPTransport:
                 await self._starttls(smtp, route)
             elif self.config.tls.mode is TLSMode.REQUIRED:
                 raise _NoTLS()
+            # Taking aiosmtplib's transport over (handed to `session.Session`,
+            # which installs its own protocol with asyncio's public
+            # `Transport.set_protocol`). Why: aiosmtplib cannot pipeline (RFC
+            # 2920) nor give each stage its own timeout. `SMTP.transport` is a
+            # public attribute, but using it after aiosmtplib is done is not a
+            # documented use: it relies on aiosmtplib holding no unread bytes,
+            # timers or tasks on the connection once EHLO/STARTTLS returned.
+            # The public replacement would be a client that pipelines, or our
+            # own greeting, EHLO and STARTTLS (`loop.start_tls`) in `session`.
+            # aiosmtplib is pinned to the minor tested (pyproject.toml) and
+            # tests/test_dependency_internals.py fails, naming the attribute,
+            # when an upgrade changes what this relies on.
             transport = smtp.transport
             if not isinstance(transport, asyncio.Transport) or transport.is_closing():
                 raise aiosmtplib.SMTPServerDisconnected("connection closed during EHLO")

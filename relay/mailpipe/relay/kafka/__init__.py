@@ -16,8 +16,12 @@ of its own and meets the asyncio engine only through the `ports` protocols:
   for the warm-up ledger, campaign states).
 """
 
+from kafka.errors import KafkaError
+
 from .follower import relay_followers
 from .sink import KafkaSink
 from .source import KafkaSource
 
-__all__ = ["KafkaSink", "KafkaSource", "relay_followers"]
+# KafkaError re-exported so `main` can report a client failure without
+# importing kafka-python itself.
+__all__ = ["KafkaError", "KafkaSink", "KafkaSource", "relay_followers"]

@@ -1,9 +1,10 @@
 """The relay's followed topics: what it must know before it may send.
 
-Suppressions (invariant 6), the warm-up ledger rebuilt from the pool's events
-(invariant 4) and campaign states (paused, cancelled) are each replayed to the
-end of their topic before the consumer joins its group, then kept current
-(relay main waits on `wait_caught_up`). Reading a topic is
+Suppressions (ARCHITECTURE.md, "Suppressed is never sent"), the warm-up ledger
+rebuilt from the pool's events (ARCHITECTURE.md, "Limits hold pool-wide") and
+campaign states (paused, cancelled) are each replayed to the end of their
+topic before the consumer joins its group, then kept current (relay main
+waits on `wait_caught_up`). Reading a topic is
 `mailpipe.kafkakit.TopicFollower`; this module is what the relay does with
 each record: decode, tolerate bad ones, apply.
 """

@@ -1,6 +1,6 @@
 """The relay's producer: `send` completes when the broker acknowledged the record.
 
-Its own module because acknowledgement is what invariant 1 hangs on (an offset
+Its own module because acknowledgement is what "Nothing lost" (ARCHITECTURE.md) hangs on (an offset
 is finished only after everything it caused is acknowledged, ARCHITECTURE.md)
 and because the bridge from kafka-python's IO thread to asyncio is tuned for
 throughput: acknowledgements are batched into one loop wake-up, and the

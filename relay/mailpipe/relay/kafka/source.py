@@ -9,7 +9,7 @@ FIFO queue, so a commit never overtakes a pause sent before it. The loop side
 `ports.RecordSource`; revocations reach the engine in-band, as
 `ports.Revoked` items of `poll()` (see `handoff`).
 
-Rebalances and duplicates (ARCHITECTURE.md, invariant 34). kafka-python runs
+Rebalances and duplicates (ARCHITECTURE.md, "Nothing sent twice on a hand-over"). kafka-python runs
 the rebalance listener on its IO thread; ours is an
 `AsyncConsumerRebalanceListener`, so it can wait there without stopping
 heartbeats. When a rebalance starts (`on_partitions_revoked`, before the
@@ -247,6 +247,12 @@ class KafkaSource:
         }
         consumer = self._consumer
         if consumer is not None:
+            # Private (`_subscription`, `_position`, `is_fetchable`): each
+            # partition's fetch state, for diagnostics only. The public
+            # `position()` may ask the broker and blocks; `assignment()` and
+            # `paused()` say too little. Best effort: an upgrade that removes
+            # them loses `partitions` here and nothing else (the guard test
+            # names them).
             with contextlib.suppress(Exception):  # kafka-python internals, best effort
                 out["partitions"] = {
                     f"{tp.topic}/{tp.partition}": {
@@ -528,6 +534,12 @@ class KafkaSource:
         # "rebalancing" with heartbeats off and is evicted (the config-reload
         # fault test saw it). Flag the rejoin, as a broker-started one is, so
         # polls keep awaiting it until it completes.
+        # Private (`_coordinator`): kafka-python has no public call to ask for
+        # a rejoin; Java's `KafkaConsumer.enforceRebalance()` (KIP-568) would
+        # replace it, as would a kafka-python that keeps awaiting a
+        # leader-started join. kafka-python is pinned to the minor tested
+        # (pyproject.toml); tests/test_dependency_internals.py names this
+        # attribute when an upgrade removes it.
         consumer._coordinator.request_rejoin()
         if self._stop.is_set():
             # Closing: the engine's final commit, sent before stop(), is the last
@@ -591,6 +603,11 @@ class KafkaSource:
         go on meanwhile. `stops`: a stopping relay waits no more (the engine
         that would answer is gone)."""
         deadline = time.monotonic() + seconds
+        # Private (`_net`): an async rebalance listener runs on kafka-python's
+        # own selector loop, where `asyncio.sleep` cannot be awaited and
+        # `time.sleep` would stop the heartbeats; kafka-python 3.0 has no
+        # public awaitable sleep for it. A public one (or awaitable futures
+        # with a timeout) would replace this. Guarded and pinned as above.
         while not done() and time.monotonic() < deadline and not (stops and self._stop.is_set()):
             await consumer._net.sleep(REVOKE_CHECK_SECONDS)
 

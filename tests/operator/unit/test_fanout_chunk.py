@@ -1,0 +1,25 @@
+"""One chunk of a fan-out (`handlers.fanout._chunk`, pure): which recipients
+become records, and how the counts move, on a first run and on a resume."""
+
+from __future__ import annotations
+
+from mailpipe.operator.handlers.fanout import _chunk
+from mailpipe.operator.models import Recipient
+
+AUDIENCE = [Recipient(address=f"u{i}@dest.test") for i in range(6)]
+
+
+def _build(i: int, r: Recipient) -> tuple[bytes, bytes]:
+    return b"dest.test", f"{i}:{r.address}".encode()
+
+
+def test_a_chunk_leaves_out_the_suppressed_and_what_was_produced_before_a_restart() -> None:
+    chunk = _chunk(AUDIENCE, range(1, 5), {"u2@dest.test"}, {3}, _build)
+    assert [v for _, v in chunk.records] == [b"1:u1@dest.test", b"4:u4@dest.test"]
+    assert (chunk.enqueued, chunk.suppressed) == (3, 1)  # 3 produced now or before
+
+
+def test_a_suppression_matches_whatever_the_case_of_the_audience() -> None:
+    shouting = [Recipient(address="U0@Dest.Test")]
+    chunk = _chunk(shouting, range(1), {"u0@dest.test"}, set(), _build)
+    assert (chunk.records, chunk.enqueued, chunk.suppressed) == ([], 0, 1)

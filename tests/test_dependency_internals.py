@@ -1,0 +1,125 @@
+"""The private parts of dependencies the relay relies on are still there.
+
+kafka-python, aiosmtplib and dkimpy are each used through something they do
+not document (the comment beside each use says why, and which public API would
+replace it). They are pinned to the minor versions tested (pyproject.toml);
+when an upgrade is tried, this file says which private attribute went away,
+by name, before a rebalance or a DKIM signature goes wrong at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import aiosmtplib
+import dkim
+import pytest
+from kafka import KafkaConsumer
+from kafka.consumer.subscription_state import SubscriptionState, TopicPartitionState
+from kafka.coordinator.consumer import ConsumerCoordinator
+from kafka.net.selector import NetworkSelector
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+USED_PRIVATELY = ("kafka-python", "aiosmtplib", "dkimpy")
+
+
+def _kafka_python() -> list[str]:
+    """kafka-python, as `mailpipe.relay.kafka.source` uses it. Read from the
+    classes and the consumer's constructor: a consumer made here would start
+    connecting on a thread of its own (and leak that socket on close)."""
+    init = inspect.getsource(KafkaConsumer.__init__)
+    missing = []
+    uses = {
+        "_coordinator": (ConsumerCoordinator, "request_rejoin", "rejoin"),
+        "_net": (NetworkSelector, "sleep", "waiting in the listener"),
+    }
+    for attribute, (cls, method, why) in uses.items():
+        if not re.search(rf"self\.{attribute}\s*=", init) or not callable(
+            getattr(cls, method, None)
+        ):
+            missing.append(f"KafkaConsumer.{attribute}.{method}() (source.py, {why})")
+    if not re.search(r"self\._subscription\s*=", init) or not hasattr(
+        SubscriptionState(), "assignment"
+    ):
+        missing.append("KafkaConsumer._subscription.assignment (source.py, diagnostics)")
+    state = TopicPartitionState()
+    for name in ("_position", "paused", "is_fetchable"):
+        if not hasattr(state, name):
+            missing.append(f"TopicPartitionState.{name} (source.py, diagnostics)")
+    return missing
+
+
+def _aiosmtplib() -> list[str]:
+    """aiosmtplib, as `mailpipe.relay.delivery.transport` hands its connection over."""
+    smtp = aiosmtplib.SMTP()
+    return [
+        f"SMTP.{name} (transport.py, taking the connection over)"
+        for name in ("transport", "esmtp_extensions", "supports_extension")
+        if not hasattr(smtp, name)
+    ]
+
+
+def _dkimpy() -> list[str]:
+    """dkimpy, as `mailpipe.relay.message._OpenSSLDKIM` overrides its RSA step."""
+    missing = [
+        f"dkim.{name} (message.py, _OpenSSLDKIM.gen_header)"
+        for name in ("fold", "RE_BTAG", "HashThrough", "hash_headers")
+        if not hasattr(dkim, name)
+    ]
+    expected = ["self", "fields", "include_headers", "canon_policy", "header_name", "pk"]
+    gen_header = getattr(dkim.DKIM, "gen_header", None)
+    if gen_header is None:
+        missing.append("dkim.DKIM.gen_header (message.py, _OpenSSLDKIM)")
+    elif list(inspect.signature(gen_header).parameters)[: len(expected)] != expected:
+        missing.append(f"dkim.DKIM.gen_header{inspect.signature(gen_header)}: expected {expected}")
+    for name in ("hasher", "debug_content", "headers", "linesep", "signature_algorithm"):
+        if name not in inspect.getsource(dkim.DomainSigner):
+            missing.append(f"DomainSigner.{name} (message.py, _OpenSSLDKIM.gen_header)")
+    return missing
+
+
+CHECKS: dict[str, Callable[[], list[str]]] = {
+    "kafka-python": _kafka_python,
+    "aiosmtplib": _aiosmtplib,
+    "dkimpy": _dkimpy,
+}
+
+
+@pytest.mark.parametrize("distribution", USED_PRIVATELY)
+def test_the_private_parts_the_relay_uses_are_there(distribution: str) -> None:
+    version = importlib.metadata.version(distribution)
+    missing = CHECKS[distribution]()
+    assert missing == [], (
+        f"{distribution} {version} no longer has what mailpipe uses privately: "
+        + "; ".join(missing)
+        + ". See the comment at each use for the public API that would replace it."
+    )
+
+
+def test_a_removed_private_attribute_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kafka.coordinator.base import BaseCoordinator
+
+    monkeypatch.delattr(BaseCoordinator, "request_rejoin")
+    assert not hasattr(ConsumerCoordinator, "request_rejoin")
+    assert _kafka_python() == ["KafkaConsumer._coordinator.request_rejoin() (source.py, rejoin)"]
+
+
+@pytest.mark.parametrize("distribution", USED_PRIVATELY)
+def test_each_dependency_used_privately_is_pinned_to_the_minor_tested(distribution: str) -> None:
+    """The range admits the installed (tested) version and no other minor."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (req,) = [Requirement(d) for d in deps if Requirement(d).name == distribution]
+    installed = Version(importlib.metadata.version(distribution))
+    next_minor = Version(f"{installed.major}.{installed.minor + 1}")
+    previous_minor = Version(f"{installed.major}.{max(installed.minor - 1, 0)}.999")
+    assert installed in req.specifier, f"{req}: the tested {installed} is outside the pin"
+    assert next_minor not in req.specifier, f"{req}: admits {next_minor}, not tested"
+    if installed.minor > 0:
+        assert previous_minor not in req.specifier, f"{req}: admits {previous_minor}, not tested"
