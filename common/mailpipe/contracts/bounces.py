@@ -151,6 +151,20 @@ class SuppressionPolicy(Spec):
     )
 
 
+def _known_classes(policies: dict[str, SuppressionPolicy]) -> dict[str, SuppressionPolicy]:
+    # Keys are checked here, not by the schema: a CRD's structural schema cannot
+    # constrain map keys (no propertyNames).
+    unknown = sorted(set(policies) - set(BounceClass))
+    if unknown:
+        raise ValueError(
+            f"unknown bounce class {', '.join(unknown)}; known: {', '.join(BounceClass)}"
+        )
+    return {BounceClass(k): v for k, v in policies.items()}
+
+
+ClassPolicies = Annotated[dict[str, SuppressionPolicy], AfterValidator(_known_classes)]
+
+
 # The rules and suppression policies of the defaults file, or a pool's additions.
 class BounceRules(Spec):
     rules: list[BounceRule] = Field(
@@ -158,7 +172,7 @@ class BounceRules(Spec):
         max_length=MAX_POOL_RULES,
         description="Rules tried in order before the defaults; the first match decides.",
     )
-    suppression: dict[BounceClass, SuppressionPolicy] = Field(
+    suppression: ClassPolicies = Field(
         default_factory=dict,
         description=(
             "Class -> when it suppresses the address, replacing the default for that class "
@@ -208,7 +222,7 @@ class BounceClassifier:
     policy per class. Immutable once built: share it freely."""
 
     def __init__(
-        self, rules: Sequence[BounceRule], suppression: Mapping[BounceClass, SuppressionPolicy]
+        self, rules: Sequence[BounceRule], suppression: Mapping[str, SuppressionPolicy]
     ) -> None:
         self._rules = tuple(_compile(r) for r in rules)
         self._suppression = dict(suppression)
