@@ -26,7 +26,14 @@ from importlib import resources
 from typing import Annotated, NamedTuple, Self
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from .policy import Spec
 
@@ -142,7 +149,9 @@ class BounceRule(Spec):
 # When a class suppresses the address: `after` bounced replies of the class
 # within `withinDays` (1: at once); a class without a policy never suppresses.
 class SuppressionPolicy(Spec):
-    after: int = Field(ge=1, le=100, description="Bounces of this class that suppress (1: at once).")
+    after: int = Field(
+        ge=1, le=100, description="Bounces of this class that suppress (1: at once)."
+    )
     within_days: int = Field(
         default=7,
         ge=1,

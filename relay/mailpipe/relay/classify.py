@@ -134,9 +134,7 @@ def classify(
     )
     policy = found.suppression
     at_once = verdict.disposition is _BOUNCED and policy is not None and policy.after == 1
-    return verdict._replace(
-        suppress=at_once, bounce_class=found.bounce_class, suppression=policy
-    )
+    return verdict._replace(suppress=at_once, bounce_class=found.bounce_class, suppression=policy)
 
 
 def _by_stage(r: SMTPReply, stage: str | None) -> Verdict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from mailpipe.contracts.bounces import BounceClassifier
 from mailpipe.contracts.config import RetrySettings
 from mailpipe.contracts.wire import (
     DeliveryRecord,
@@ -31,8 +32,6 @@ from mailpipe.contracts.wire import (
     SuppressionReason,
     suppression_key,
 )
-
-from mailpipe.contracts.bounces import BounceClassifier
 
 from .classify import ReplyReason, Verdict, classify, reply
 from .ports import TransactionResult

@@ -89,7 +89,9 @@ def test_policy_refusal_at_rcpt_suppresses_on_the_third_within_seven_days() -> N
 def test_policy_refusals_further_apart_than_the_window_never_add_up() -> None:
     strikes = StrikeLedger()
     for i in range(6):
-        s = attempt(["a@d.test"], 550, LOCAL_POLICY, now=NOW + i * 4 * SECONDS_PER_DAY, strikes=strikes)
+        s = attempt(
+            ["a@d.test"], 550, LOCAL_POLICY, now=NOW + i * 4 * SECONDS_PER_DAY, strikes=strikes
+        )
         assert s.suppressions == (), f"refusal {i + 1}, four days apart"
 
 
@@ -103,7 +105,9 @@ def test_an_unknown_mailbox_suppresses_at_once() -> None:
 
 
 def test_a_deferral_carries_its_class_and_never_suppresses() -> None:
-    s = attempt(["a@d.test"], 450, "4.1.2 <a@nx.test>: Recipient address rejected: Domain not found")
+    s = attempt(
+        ["a@d.test"], 450, "4.1.2 <a@nx.test>: Recipient address rejected: Domain not found"
+    )
     assert [(e.disposition, e.bounce_class) for e in s.events] == [
         (Disposition.DEFERRED, "bad_domain")
     ]
@@ -122,7 +126,9 @@ def test_the_ledger_forgets_the_oldest_address_beyond_its_bound() -> None:
     assert policy is not None
     strikes = StrikeLedger(max_entries=2)
     for name in ("a", "b", "c"):
-        strikes.strike(f"{name}@d.test", pool.classify(550, "5.7.1", LOCAL_POLICY).bounce_class, policy, NOW)
+        strikes.strike(
+            f"{name}@d.test", pool.classify(550, "5.7.1", LOCAL_POLICY).bounce_class, policy, NOW
+        )
     assert len(strikes) == 2
 
 
@@ -131,7 +137,10 @@ def test_rule_stages_are_the_relays_stages() -> None:
 
 
 def test_an_event_without_a_class_still_decodes_and_one_with_it_round_trips() -> None:
-    old = b'{"v":1,"message_id":"m","recipient":"a@d.test","domain":"d.test","disposition":"bounced","time":1}'
+    old = (
+        b'{"v":1,"message_id":"m","recipient":"a@d.test","domain":"d.test",'
+        b'"disposition":"bounced","time":1}'
+    )
     assert decode_event(old).bounce_class is None
     ev = attempt(["a@d.test"], 554, SENDER_REJECTED).events[0]
     assert decode_event(encode(ev)).bounce_class == "invalid_sender"
