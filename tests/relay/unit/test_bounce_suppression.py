@@ -33,7 +33,7 @@ def attempt(
     code: int,
     text: str,
     *,
-    stage: str = Stage.RCPT,
+    stage: Stage = Stage.RCPT,
     now: float = NOW,
     strikes: StrikeLedger | None = None,
     pool_rules: BounceRules | None = None,
