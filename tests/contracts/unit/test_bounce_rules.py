@@ -73,6 +73,13 @@ CASES: dict[str, tuple[str | None, int, str | None, str, BounceClass]] = {
         "4.1.8 <x@sender.test>: Sender address rejected: Domain not found",
         C.INVALID_SENDER,
     ),
+    "sender-domain": (
+        "rcpt",
+        550,
+        "5.7.1",
+        "5.7.1 Sender domain sender.test does not exist",
+        C.INVALID_SENDER,
+    ),
     "exim-sender-verify": ("rcpt", 550, None, "Sender verify failed", C.INVALID_SENDER),
     "bad-sender-syntax": (
         "mail",
