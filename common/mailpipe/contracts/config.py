@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .bounces import BounceRules
 from .delays import DelayStep
 from .delivery import (
     DeliveryPolicy,
@@ -208,6 +209,11 @@ class RelayConfig(_Model):
         default_factory=DeliveryPolicy,
         description="stage timeouts, tarpit budget, destination policy",
     )
+    bounces: BounceRules = Field(
+        default_factory=BounceRules,
+        description="the pool's bounce rules, tried before the packaged defaults, and its"
+        " suppression policy per class (contracts.bounces)",
+    )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 = no metrics server")
     metrics_address: str = Field(
         default="0.0.0.0",
@@ -306,4 +312,6 @@ def dump_config(config: RelayConfig) -> str:
         del data["kafka"]["security"]
     else:
         data["kafka"]["security"] = security.model_dump(mode="json", exclude_none=True)
+    if config.bounces == BounceRules():  # the defaults: the config (and its hash) as before
+        del data["bounces"]
     return yaml.safe_dump(data, sort_keys=True)

@@ -32,6 +32,7 @@ WIRE_VERSION: Literal[1] = 1
 MAX_ID_LENGTH = 200  # message ids end up in headers and logs; a longer one is a bug upstream
 MAX_RECIPIENTS = 1000  # per record: one SMTP transaction (RFC 5321 4.5.3.1.8 needs 100)
 MAX_REPLY_LENGTH = 2000  # an SMTP reply kept in an event; the relay truncates longer ones
+MAX_BOUNCE_CLASS_LENGTH = 64  # a class name, not a sentence
 
 
 class WireError(PermanentError, ValueError):
@@ -187,6 +188,13 @@ class Event(_Model):
     enhanced_code: str | None = None
     reply: str | None = Field(default=None, max_length=MAX_REPLY_LENGTH)
     reason: str | None = Field(default=None, description="short machine-readable cause")
+    # Optional and left out when unset (`encode` drops None), so events written
+    # before it existed still decode.
+    bounce_class: str | None = Field(
+        default=None,
+        max_length=MAX_BOUNCE_CLASS_LENGTH,
+        description="what a bounce or deferral was about (contracts.bounces.BounceClass)",
+    )
     relay: str | None = Field(default=None, description="id of the relay process that sent")
 
 

@@ -210,7 +210,8 @@ def campaign_crd() -> dict[str, Any]:
         status_doc=(
             "Observed state: phase (Pending, Scheduled, Sending, Paused, Completed, Failed), "
             "counts (total, enqueued, delivered, deferred, bounced, complained, suppressed, "
-            "failed), "
+            "failed), bouncedByClass and deferredByClass (recipients per bounce class, "
+            "e.g. invalid_recipient, policy_related), "
             "progress, fan-out checkpoint, conditions, startedAt and completedAt."
         ),
     )

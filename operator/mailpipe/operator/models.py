@@ -22,6 +22,7 @@ from typing import Any, Self
 
 from pydantic import ConfigDict, Field, ValidationInfo, model_validator
 
+from mailpipe.contracts.bounces import BounceRules
 from mailpipe.contracts.delays import DelayStep
 from mailpipe.contracts.delivery import DeliveryPolicy, check_routes
 from mailpipe.contracts.kafka_security import SaslMechanism, SecurityProtocol
@@ -300,6 +301,13 @@ class SendingPoolSpec(Spec):
     delivery: DeliveryPolicy = Field(
         default_factory=DeliveryPolicy,
         description="SMTP stage timeouts, tarpit budget, destination policy.",
+    )
+    bounces: BounceRules = Field(
+        default_factory=BounceRules,
+        description=(
+            "Bounce classification: rules tried before the packaged defaults (the first "
+            "match gives the class) and when a class suppresses the address."
+        ),
     )
 
     @model_validator(mode="after")

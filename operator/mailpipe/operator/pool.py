@@ -196,6 +196,7 @@ def build_relay_config(
         dns_nameserver=spec.dns_nameserver,
         metrics_port=spec.metrics_port,
         delivery=spec.delivery,
+        bounces=spec.bounces,
     )
 
 

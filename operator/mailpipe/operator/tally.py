@@ -5,6 +5,10 @@ recipient has two events and a crash can repeat one. Counting the *latest*
 disposition per (campaign, recipient) gives counts that add up to the
 audience and a campaign that is complete exactly when every recipient has a
 final disposition. Pure: fed by a topic follower, read by status timers.
+
+A bounced or deferred recipient is also counted under its bounce class (the
+event's `bounce_class`, "unclassified" for events from before it existed),
+so `status.bouncedByClass` says what the bounces were about.
 """
 
 from __future__ import annotations
@@ -26,11 +30,27 @@ FINAL = frozenset(
 COUNTED = tuple(d.value for d in Disposition)  # the keys of status.counts, one per disposition
 
 
+# The dispositions counted per bounce class as well (status.<disposition>ByClass).
+BY_CLASS = (Disposition.BOUNCED, Disposition.DEFERRED)
+UNCLASSIFIED = "unclassified"  # an event written before events carried a class
+
+
 @dataclass
 class _Campaign:
-    latest: dict[str, tuple[float, Disposition]] = field(default_factory=dict)
+    latest: dict[str, tuple[float, Disposition, str]] = field(default_factory=dict)
     complained: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
+    by_class: dict[Disposition, Counter[str]] = field(
+        default_factory=lambda: {d: Counter() for d in BY_CLASS}
+    )
+
+    def count(self, disposition: Disposition, bounce_class: str, n: int) -> None:
+        self.counts[disposition.value] += n
+        if disposition in self.by_class:
+            per = self.by_class[disposition]
+            per[bounce_class] += n
+            if per[bounce_class] == 0:
+                del per[bounce_class]
 
 
 class Tally:
@@ -53,9 +73,10 @@ class Tally:
                 return  # a late duplicate deferral never undoes a final outcome
             if prev[1] in FINAL and event.disposition in FINAL and prev[0] > event.time:
                 return
-            c.counts[prev[1].value] -= 1
-        c.latest[rcpt] = (event.time, event.disposition)
-        c.counts[event.disposition.value] += 1
+            c.count(prev[1], prev[2], -1)
+        bounce_class = event.bounce_class or UNCLASSIFIED
+        c.latest[rcpt] = (event.time, event.disposition, bounce_class)
+        c.count(event.disposition, bounce_class, 1)
 
     def counts(self, campaign: str) -> dict[str, int]:
         c = self._campaigns.get(campaign)
@@ -64,12 +85,20 @@ class Tally:
             base.update({k: v for k, v in c.counts.items() if k in base})
         return base
 
+    def by_class(self, campaign: str, disposition: Disposition) -> dict[str, int]:
+        """Recipients whose latest disposition is `disposition` (bounced or
+        deferred), per bounce class."""
+        c = self._campaigns.get(campaign)
+        if c is None or disposition not in c.by_class:
+            return {}
+        return dict(sorted(c.by_class[disposition].items()))
+
     def finished(self, campaign: str) -> int:
         """Recipients with a final disposition."""
         c = self._campaigns.get(campaign)
         if c is None:
             return 0
-        return sum(1 for _, d in c.latest.values() if d in FINAL)
+        return sum(1 for _, d, _ in c.latest.values() if d in FINAL)
 
     def forget(self, campaign: str) -> None:
         self._campaigns.pop(campaign, None)

@@ -19,6 +19,12 @@ is then adjusted by stage and by the text rules below, which are data:
 - replies the relay made up itself (DNS, TLS, local refusals, a lost
   connection) say nothing about the receiver's view of the IP: no back-off;
 - greylisting is recognised by its text and retried, never a back-off.
+
+What the refusal was about - its bounce class - and so whether it suppresses
+the address comes from the bounce rules (`mailpipe.contracts.bounces`, data a
+pool can extend): only a class that means the address is bad suppresses at
+once. A refusal at RCPT is not enough: receivers answer a refused *sender* or
+a policy there too (Postfix: `554 5.7.1 <x@sender>: Sender address rejected`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ import enum
 import re
 from typing import NamedTuple
 
+from mailpipe.contracts.bounces import (
+    BounceClass,
+    BounceClassifier,
+    SuppressionPolicy,
+    default_classifier,
+)
 from mailpipe.contracts.wire import Disposition
 
 from .ports import SMTPReply, Stage
@@ -51,7 +63,7 @@ class ReplyReason(enum.StrEnum):
     PERMANENT_FAILURE = "permanent_failure"  # any other 5xx
     INVALID_REPLY = "invalid_reply"  # not 2xx-5xx: a protocol violation by the peer
     GREYLISTED = "greylisted"  # 4xx whose text says greylisting: retry, nothing wrong
-    RECIPIENT_REFUSED = "recipient_refused"  # 5.7.x at RCPT: this address is refused
+    RECIPIENT_REFUSED = "recipient_refused"  # 5.7.x at RCPT: refused, not necessarily the address
     HOST_REFUSED = "host_refused"  # 5xx greeting/EHLO: the server refuses us, not the mailbox
     TLS_FAILED = "tls_failed"  # our TLS policy could not be met: retry, nobody blocked us
 
@@ -59,8 +71,10 @@ class ReplyReason(enum.StrEnum):
 class Verdict(NamedTuple):
     disposition: Disposition  # DELIVERED, DEFERRED or BOUNCED: a reply decides no other
     reason: ReplyReason
-    suppress: bool = False  # hard bounce: the address must never be tried again
+    suppress: bool = False  # the class suppresses the address at its first bounce
     backoff: bool = False  # the receiver wants this egress IP to slow down
+    bounce_class: BounceClass | None = None  # what it was about (None: delivered)
+    suppression: SuppressionPolicy | None = None  # when the class suppresses (None: never)
 
 
 def enhanced_code(text: str) -> str | None:
@@ -108,9 +122,25 @@ _HOST_STAGES = frozenset({Stage.GREETING, Stage.EHLO})
 _SYNTHESIZED_STAGES = frozenset({Stage.DNS, Stage.LOCAL, Stage.LOST, Stage.TLS})
 
 
-def classify(r: SMTPReply, stage: str | None = None) -> Verdict:
+def classify(
+    r: SMTPReply, stage: str | None = None, classifier: BounceClassifier | None = None
+) -> Verdict:
     """Decide the disposition of one recipient from the reply it got and the
-    SMTP stage that gave it (None: unknown, judged by the code alone)."""
+    SMTP stage that gave it (None: unknown, judged by the code alone), and
+    class it with `classifier` (the pool's rules; default: the packaged ones)."""
+    verdict = _by_stage(r, stage)
+    if verdict.disposition is Disposition.DELIVERED:
+        return verdict
+    found = (classifier or default_classifier()).classify(
+        r.code, r.enhanced or enhanced_code(r.text), r.text, stage
+    )
+    policy = found.suppression
+    at_once = verdict.disposition is _BOUNCED and policy is not None and policy.after == 1
+    return verdict._replace(suppress=at_once, bounce_class=found.bounce_class, suppression=policy)
+
+
+def _by_stage(r: SMTPReply, stage: str | None) -> Verdict:
+    """The disposition, reason and back-off of the code adjusted by stage and text."""
     verdict = _by_code(r)
     if verdict.disposition is Disposition.DELIVERED:
         return verdict
@@ -127,7 +157,7 @@ def classify(r: SMTPReply, stage: str | None = None) -> Verdict:
         if names_ip:
             return verdict._replace(suppress=False, backoff=True)
         if verdict.reason is ReplyReason.POLICY_BLOCK:
-            return Verdict(_BOUNCED, ReplyReason.RECIPIENT_REFUSED, suppress=True)
+            return Verdict(_BOUNCED, ReplyReason.RECIPIENT_REFUSED)
         if verdict.reason is ReplyReason.RATE_LIMITED:
             return verdict._replace(backoff=False)
     return verdict

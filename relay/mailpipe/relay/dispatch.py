@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
+from mailpipe.contracts.bounces import classifier_for
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.wire import CampaignState, Disposition, Recipient
 
@@ -33,6 +34,7 @@ from .ports import Clock, Envelope, SourceRecord, Stage, TransactionResult, Tran
 from .scheduling import Egress, NoEgress, Scheduler
 from .settlement import Transaction, cancelled, chunks, event, settle
 from .stalls import Attempt
+from .strikes import StrikeLedger
 from .suppressions import CampaignStates, SuppressionList
 from .work import Work
 
@@ -64,12 +66,14 @@ class Dispatcher:
         self.clock = clock
         self.metrics = metrics
         self.relay_id = relay_id
+        self.strikes = StrikeLedger()  # outlives reloads: a new rule set keeps the count
 
     def reconfigure(self, config: RelayConfig, signer: Signer | None) -> None:
         """`signer` is built by the caller before anything is switched: reading its
         key is the one step of a reload that can fail."""
         self.config = config
         self.signer = signer
+        self.classifier = classifier_for(config.bounces)
 
     # -- finishing a record's offset ---------------------------------------------
 
@@ -195,6 +199,8 @@ class Dispatcher:
             retry=self.config.retry,
             relay_id=self.relay_id,
             pool=self.config.pool,
+            classifier=self.classifier,
+            strikes=self.strikes,
         )
         self.scheduler.settled(egress, domain, settlement)
         for ev in settlement.events:

@@ -2,8 +2,9 @@
 
 The single answer to where a 4xx becomes a retry (ARCHITECTURE.md, "Where to look"):
 
-    reply per recipient -> classify -> DELIVERED | BOUNCED | DEFERRED
-      BOUNCED and hard        -> also a suppression of the address
+    reply per recipient -> classify -> DELIVERED | BOUNCED | DEFERRED, and a bounce class
+      BOUNCED, class suppresses at once   -> also a suppression of the address
+      BOUNCED, class suppresses after N   -> a strike; the Nth within the window suppresses
       DEFERRED, next attempt
         still within max age  -> the recipient joins the retry record
                                  (attempt + 1, due now + the retry schedule's delay)
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from mailpipe.contracts.bounces import BounceClassifier
 from mailpipe.contracts.config import RetrySettings
 from mailpipe.contracts.wire import (
     DeliveryRecord,
@@ -31,8 +33,9 @@ from mailpipe.contracts.wire import (
     suppression_key,
 )
 
-from .classify import ReplyReason, classify, reply
+from .classify import ReplyReason, Verdict, classify, reply
 from .ports import TransactionResult
+from .strikes import StrikeLedger
 
 MAX_REPLY_CHARS = 2000  # Event.reply's bound: a receiver's essay must not bloat the topic
 MAX_SUPPRESSION_DETAIL_CHARS = 500
@@ -69,6 +72,7 @@ def event(
     enhanced: str | None = None,
     text: str | None = None,
     reason: str | None = None,
+    bounce_class: str | None = None,
 ) -> Event:
     """The disposition event of one recipient of `record`'s current attempt."""
     return Event(
@@ -86,6 +90,7 @@ def event(
         enhanced_code=enhanced,
         reply=text[:MAX_REPLY_CHARS] if text else None,
         reason=str(reason) if reason is not None else None,
+        bounce_class=bounce_class,
         relay=relay_id,
     )
 
@@ -109,8 +114,14 @@ def settle(
     retry: RetrySettings,
     relay_id: str,
     pool: str,
+    classifier: BounceClassifier | None = None,
+    strikes: StrikeLedger | None = None,
 ) -> Settlement:
-    """Events, suppressions, the retry record and back-offs of one attempt."""
+    """Events, suppressions, the retry record and back-offs of one attempt.
+    `classifier`: the pool's bounce rules (default: the packaged ones);
+    `strikes`: the bounces counted toward a class's threshold so far (default:
+    none, so only classes that suppress at once suppress)."""
+    ledger = strikes if strikes is not None else StrikeLedger()
     events: list[Event] = []
     suppressions: list[Suppression] = []
     backoffs: list[ReplyReason] = []
@@ -120,20 +131,22 @@ def settle(
     for tx in transactions:
         for rcpt in tx.recipients:
             r = tx.result.replies.get(rcpt.address) or NO_REPLY
-            verdict = classify(r, tx.result.detail.get(rcpt.address))
+            verdict = classify(r, tx.result.detail.get(rcpt.address), classifier)
             if verdict.backoff:
                 backoffs.append(verdict.reason)
             disposition = verdict.disposition
-            if disposition is Disposition.BOUNCED and verdict.suppress:
-                suppressions.append(
-                    Suppression(
-                        address=suppression_key(rcpt.address),
-                        reason=SuppressionReason.HARD_BOUNCE,
-                        time=now,
-                        source=pool,
-                        detail=r.text[:MAX_SUPPRESSION_DETAIL_CHARS],
+            if disposition is Disposition.BOUNCED:
+                why = _suppresses(verdict, rcpt.address, ledger, now)
+                if why is not None:
+                    suppressions.append(
+                        Suppression(
+                            address=suppression_key(rcpt.address),
+                            reason=SuppressionReason.HARD_BOUNCE,
+                            time=now,
+                            source=pool,
+                            detail=f"{why}: {r.text}"[:MAX_SUPPRESSION_DETAIL_CHARS],
+                        )
                     )
-                )
             elif disposition is Disposition.DEFERRED:
                 if now + next_delay > expires:
                     disposition = Disposition.EXPIRED
@@ -152,6 +165,7 @@ def settle(
                     enhanced=r.enhanced,
                     text=r.text,
                     reason=verdict.reason,
+                    bounce_class=verdict.bounce_class,
                 )
             )
     retry_record = None
@@ -164,6 +178,20 @@ def settle(
             }
         )
     return Settlement(tuple(events), tuple(suppressions), retry_record, tuple(backoffs))
+
+
+def _suppresses(verdict: Verdict, address: str, ledger: StrikeLedger, now: float) -> str | None:
+    """Why this bounce suppresses the address (its class, and how often within
+    how long when the class has a threshold), or None."""
+    policy = verdict.suppression
+    if verdict.bounce_class is None or policy is None:
+        return None  # the class never suppresses
+    if verdict.suppress:
+        return str(verdict.bounce_class)
+    count = ledger.strike(address, verdict.bounce_class, policy, now)
+    if count < policy.after:
+        return None
+    return f"{verdict.bounce_class} {count} times within {policy.within_days} days"
 
 
 def chunks(recipients: Sequence[Recipient], size: int) -> list[Sequence[Recipient]]:

@@ -304,12 +304,12 @@ def test_events_drive_counts_and_completion(
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     key = f"{namespace}/small"
     outcomes = [
-        ("r0@x.test", Disposition.DEFERRED),
-        ("r0@x.test", Disposition.DELIVERED),
-        ("r1@x.test", Disposition.DELIVERED),
-        ("r2@x.test", Disposition.BOUNCED),
+        ("r0@x.test", Disposition.DEFERRED, "greylisted"),
+        ("r0@x.test", Disposition.DELIVERED, None),
+        ("r1@x.test", Disposition.DELIVERED, None),
+        ("r2@x.test", Disposition.BOUNCED, "invalid_recipient"),
     ]
-    for rcpt, disposition in outcomes:
+    for rcpt, disposition, bounce_class in outcomes:
         event = Event(
             message_id="m",
             campaign=key,
@@ -317,6 +317,7 @@ def test_events_drive_counts_and_completion(
             domain="x.test",
             disposition=disposition,
             time=time.time(),
+            bounce_class=bounce_class,
         )
         producer.send(f"{topic_prefix}.events", key=key.encode(), value=encode(event))
     producer.flush()
@@ -334,6 +335,9 @@ def test_events_drive_counts_and_completion(
         3,
     )
     assert status()["progress"] == "100%" and status().get("completedAt")
+    # per bounce class, by each recipient's latest disposition (issue 20, item 3)
+    assert status()["bouncedByClass"] == {"invalid_recipient": 1}
+    assert not status().get("deferredByClass")  # r0's deferral ended delivered
     row = kubectl(cli_env, "get", "camp", "small", "-n", namespace, "--no-headers")
     assert row.stdout.split()[:5] == ["small", "news", "Completed", "2", "1"], row.stdout
     described = kubectl(cli_env, "describe", "camp", "small", "-n", namespace)

@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from mailpipe.contracts.wire import CampaignControl, CampaignState, encode
+from mailpipe.contracts.wire import CampaignControl, CampaignState, Disposition, encode
 
 from .. import kafka_io, kube_io
 from ..kafka_io import KafkaError
@@ -45,6 +45,12 @@ STATUS_INTERVAL_SECONDS = 3.0  # counts are patched at most this often
 STATUS_IDLE_SECONDS = 1  # a campaign's first report waits until creation has settled
 EVENTS_FOLLOWED = "pool_events_followed"  # per-campaign memo flag: the tally is fed
 SPEC_ACCEPTED = "SpecAccepted"  # condition: the latest spec is what the operator acts on
+
+# status fields counting recipients per bounce class, by their latest disposition
+BY_CLASS_FIELDS = (
+    (Disposition.BOUNCED, "bouncedByClass"),
+    (Disposition.DEFERRED, "deferredByClass"),
+)
 
 
 @kopf.timer(GROUP, VERSION, "campaigns", interval=STATUS_INTERVAL_SECONDS, idle=STATUS_IDLE_SECONDS)
@@ -86,6 +92,12 @@ async def campaign_status(
     done = finished + fanout.suppressed_before_send
     progress = f"{(100 * done // total) if total else 0}%"
     new: dict[str, Any] = {"counts": counts, "progress": progress, "phase": phase.value}
+    for disposition, field_name in BY_CLASS_FIELDS:
+        by_class = state.tally.by_class(key, disposition)
+        old = status.get(field_name) or {}
+        if by_class or old:
+            # merge patch: a class no longer counted is removed with a null
+            new[field_name] = {**dict.fromkeys(old), **by_class}
     generation = body.get("metadata", {}).get("generation")
     failed = phase is CampaignPhase.FAILED
     conditions = list(status.get("conditions", []))
