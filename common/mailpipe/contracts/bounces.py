@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Annotated, NamedTuple, Self
 
@@ -310,7 +310,3 @@ def default_classifier() -> BounceClassifier:
 def classifier_for(pool: BounceRules | None) -> BounceClassifier:
     """The defaults, extended by a pool's rules when it has any."""
     return default_classifier() if pool is None else default_classifier().extended(pool)
-
-
-def classes_in(rules: Iterable[BounceRule]) -> set[BounceClass]:
-    return {r.bounce_class for r in rules}
