@@ -1,7 +1,7 @@
 """A Kafka broker with SCRAM logins and the ACL authorizer, for the tests of issue 11.
 
 Shared by the relay's and the operator's login tests: one broker per test
-module (a JVM of its own), tenants `a` and `b` with their pools' topics and
+session (a JVM of its own), tenants `a` and `b` with their pools' topics and
 the ACLs README tells a platform team to set (`contracts.topics.namespace_acls`
 per namespace principal, the operator's prefix grant with its DENY on the
 never-mail list). Every client here logs in with SCRAM through
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -145,21 +144,37 @@ def _grant(admin: KafkaConnection) -> None:
         client.close()
 
 
+_SHARED = pytest.StashKey[Broker]()
+
+
 @pytest.fixture(scope="module")
-def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A broker with SCRAM logins and ACLs, tenants a and b's topics, and their ACLs."""
+def scram_broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Broker:
+    """A broker with SCRAM logins and ACLs, tenants a and b's topics, and their ACLs.
+
+    One per session, shared by every module that asks (a JVM takes 10 to 20 s to
+    start on a loaded machine): the modules import this fixture, and pytest would
+    otherwise make one per module. Tests share it as they share the stack's
+    broker: tenant a's pool is the relay test's, the operator's pools have
+    topic prefixes of their own. Stopped when the session ends."""
+    config = request.config
+    if _SHARED not in config.stash:
+        config.stash[_SHARED] = _start(config, tmp_path_factory)
+    return config.stash[_SHARED]
+
+
+def _start(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Broker:
     state: Path = tmp_path_factory.mktemp("scram-kafka")
     ports, command, log = kafka.prepare(state, sasl_users=PASSWORDS)
     admin_password = state / "admin-password"
     admin_password.write_text(PASSWORDS[kafka.SASL_ADMIN])
     admin = login(ports.bootstrap, kafka.SASL_ADMIN, admin_password)
     pid = procs.spawn(command, log)
-    try:
-        wait_for(lambda: _ready(admin), ACL_BROKER_START_SECONDS, "the SCRAM broker")
-        _grant(admin)
-        yield Broker(ports.bootstrap, admin)
-    finally:
-        procs.stop(pid)
+    config.add_cleanup(lambda: procs.stop(pid))
+    wait_for(lambda: _ready(admin), ACL_BROKER_START_SECONDS, "the SCRAM broker")
+    _grant(admin)
+    return Broker(ports.bootstrap, admin)
 
 
 def password_file(tmp_path: Path, name: str, value: str) -> Path:

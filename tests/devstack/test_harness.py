@@ -106,3 +106,38 @@ def test_kill_is_sigkill(tmp_path: Path) -> None:
     assert child.returncode == -signal.SIGKILL
     with pytest.raises(ProcessLookupError):
         os.kill(child.pid, 0)
+
+
+def test_get_object_reads_what_kubectl_shows_without_a_process_per_poll(
+    cli_env: dict[str, str], namespace: str, tmp_path: Path
+) -> None:
+    """Waits poll objects several times a second: through the API client, not a
+    kubectl process each time, and with the same answer kubectl gives."""
+    root = Path(__file__).resolve().parents[2]
+    harness.apply_crds(cli_env, root / "crds")
+    pool = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "SendingPool",
+        "metadata": {"name": "news", "namespace": namespace},
+        "spec": {
+            "kafka": {"bootstrapServers": "127.0.0.1:9", "topicPrefix": "mailpipe.x.news"},
+            "egressIPs": [{"address": "127.0.0.2", "helo": "egress-2.sender.test"}],
+        },
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cm", "namespace": namespace},
+        "data": {"k": "v"},
+    }
+    harness.apply(cli_env, pool)
+    harness.apply(cli_env, config_map)
+    for kind, name in [("sp", "news"), ("configmap", "cm")]:
+        shown = harness.get_json(cli_env, kind, name, "-n", namespace)
+        assert harness.get_object(cli_env, kind, name, namespace) == shown
+    assert harness.get_object(cli_env, "camp", "none", namespace) is None
+    assert harness.get_object(cli_env, "deployment", "none", namespace) is None
+    assert (
+        harness.get_object({**cli_env, "KUBECONFIG": str(tmp_path / "no")}, "sp", "news", namespace)
+        is None
+    )
