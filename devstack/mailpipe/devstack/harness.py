@@ -135,8 +135,9 @@ class Children:
 
     A context manager: leaving it stops every child still running, newest first."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, stop_grace_seconds: float = CHILD_STOP_GRACE_SECONDS) -> None:
         self.workdir = workdir
+        self.stop_grace_seconds = stop_grace_seconds
         self.started: list[Child] = []
 
     def start(self, name: str, command: Sequence[str], env: Env | None = None) -> Child:
@@ -158,7 +159,7 @@ class Children:
         for child in reversed(self.started):
             child.request_stop()
         for child in reversed(self.started):
-            child.stop()
+            child.stop(self.stop_grace_seconds)
 
     def __enter__(self) -> Children:
         return self
