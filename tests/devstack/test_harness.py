@@ -132,9 +132,10 @@ def test_get_object_reads_what_kubectl_shows_without_a_process_per_poll(
     }
     harness.apply(cli_env, pool)
     harness.apply(cli_env, config_map)
+    no_kubectl = {**cli_env, "PATH": str(tmp_path)}  # a kubectl process would not start
     for kind, name in [("sp", "news"), ("configmap", "cm")]:
         shown = harness.get_json(cli_env, kind, name, "-n", namespace)
-        assert harness.get_object(cli_env, kind, name, namespace) == shown
+        assert harness.get_object(no_kubectl, kind, name, namespace) == shown
     assert harness.get_object(cli_env, "camp", "none", namespace) is None
     assert harness.get_object(cli_env, "deployment", "none", namespace) is None
     assert (
