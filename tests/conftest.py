@@ -9,7 +9,10 @@ through the one harness, `mailpipe.devstack.harness`.
 from __future__ import annotations
 
 import os
+import signal
 import ssl
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,14 +23,72 @@ import pytest
 from kubernetes import client, config
 
 from mailpipe.contracts.topics import pool_prefix
-from mailpipe.devstack import harness
+from mailpipe.devstack import harness, procs
 from mailpipe.devstack.dns import Zone
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.devstack.stack import Stack, StackState
 
+# What a user or a supervisor sends to stop a run: `timeout` and CI runners send
+# SIGTERM, a closed terminal SIGHUP, Ctrl-C SIGINT.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+_STOPPED_BY = pytest.StashKey[list[int]]()
+
 DNS_LIFETIME_SECONDS = 2.0  # dnsmasq on loopback answers at once; a lost query fails fast
 STALL_WAIT_LIMIT_SECONDS = 3600.0  # wait_progressing: the test's own timeout comes first
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped by a signal stops everything it started.
+
+    The stack's components, relays and operators run in sessions of their own
+    (so stopping one signals exactly what it started): a signal to pytest
+    reaches none of them. Before this, SIGTERM (what `timeout` sends) ended
+    pytest at once, no fixture finalizer ran, and Kafka, etcd, the apiserver,
+    dnsmasq and the operator stayed up. Now the first SIGTERM, SIGHUP or SIGINT
+    interrupts the run as Ctrl-C does: pytest tears every fixture down. Later
+    signals are ignored, so a supervisor repeating its SIGTERM cannot cut that
+    clean-up short; `pytest_unconfigure` stops whatever is still running, and
+    a run killed outright (SIGKILL) takes its children with it
+    (`procs.die_with_this_process`)."""
+    procs.die_with_this_process()
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (pytest run in-process)
+    stopped_by: list[int] = []
+    config.stash[_STOPPED_BY] = stopped_by
+
+    def on_signal(signum: int, _: object) -> None:
+        name = signal.Signals(signum).name
+        if stopped_by:
+            print(f"\n{name}: already stopping, finishing the clean-up", file=sys.stderr)
+            return
+        stopped_by.append(signum)
+        raise KeyboardInterrupt(f"{name}: stopping the run, tearing its fixtures down")
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """After the fixtures' teardown (pytest's own hook): a run stopped by a
+    signal exits with 128 + the signal, as the shell reports it."""
+    stopped_by = session.config.stash.get(_STOPPED_BY, [])
+    if stopped_by:
+        session.exitstatus = 128 + stopped_by[0]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A stopped run's last sweep: any child still running (a teardown the
+    signal cut short, a process started but not yet handed to a fixture) is
+    stopped by process group."""
+    if not config.stash.get(_STOPPED_BY, []):
+        return
+    left = procs.started()
+    for pid in left:
+        procs.signal_group(pid, signal.SIGTERM)
+    for pid in left:
+        procs.stop(pid, signalled=True)
 
 
 def wait_for(

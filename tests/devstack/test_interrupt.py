@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,9 @@ STARTED_SECONDS = 30.0  # three sleeping children start at once
 EXIT_SECONDS = 60.0  # the run's clean-up, with its deliberate pause
 BENCH_STARTED_SECONDS = 300.0  # Kafka's JVM, etcd and kube-apiserver on a loaded machine
 BENCH_EXIT_SECONDS = 180.0  # operator (60 s grace at worst) then four components (10 s each)
+REAPED_SECONDS = 10.0  # the kernel reaps a killed process at once; this is a loaded machine
+OPERATOR_FIRST_LINE = "Kafka login:"  # mailpipe.operator.main, just before kopf.run
+KOPF_STOPPING = "Operator is stopping"  # kopf, on the signal it was sent
 
 RUN = """
 import sys, time
@@ -45,6 +47,19 @@ with harness.stop_on_signal():
         time.sleep(2)  # a slow clean-up: the second signal arrives meanwhile
         kids[0].stop()
 """
+
+
+def _workdir(bench_log: Path) -> Path:
+    """The bench's work directory, from its first line ("logs in DIR")."""
+    wait_for(lambda: "logs in " in bench_log.read_text(), BENCH_STARTED_SECONDS, "the bench's log")
+    return Path(bench_log.read_text().split("logs in ", 1)[1].splitlines()[0].strip())
+
+
+def _logged(log: Path, words: str) -> bool:
+    try:
+        return words in log.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def gone(pid: int) -> bool:
@@ -119,17 +134,29 @@ def test_an_interrupted_bench_operator_leaves_no_process_behind(tmp_path: Path) 
             return any(" operator " in command_line(pid) for pid in seen)
 
         wait_for(operator_running, BENCH_STARTED_SECONDS, "the bench's operator to start")
-        time.sleep(2)  # the operator is starting up: the worst moment to be interrupted
+        # The operator is starting up (its first log line, kopf not yet running):
+        # the worst moment to be interrupted.
+        operator_log = _workdir(tmp_path / "bench.log") / "operator.log"
+        wait_for(lambda: _logged(operator_log, OPERATOR_FIRST_LINE), BENCH_STARTED_SECONDS, "it")
         seen.update(descendants(bench.pid))
         names = {pid: command_line(pid)[:80] for pid in seen}
+        operators = [pid for pid, c in names.items() if " operator " in c]
         assert any("etcd" in c for c in names.values()), names
         assert any("kube-apiserver" in c for c in names.values()), names
         os.kill(bench.pid, signal.SIGTERM)
-        time.sleep(1)  # it is stopping the operator now; an impatient user presses Ctrl-C
+        # It is stopping the operator now (kopf says so, or it is already gone):
+        # an impatient user presses Ctrl-C.
+        wait_for(
+            lambda: _logged(operator_log, KOPF_STOPPING) or all(gone(p) for p in operators),
+            BENCH_EXIT_SECONDS,
+            "the run to stop its operator",
+        )
         with contextlib.suppress(ProcessLookupError):
             os.kill(bench.pid, signal.SIGINT)
         status = bench.wait(BENCH_EXIT_SECONDS)
-        time.sleep(1)  # what the run stopped has been reaped
+        # what the run stopped has been reaped (a zombie counts as gone)
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: all(gone(p) for p in seen), REAPED_SECONDS, "the reaping")
         left = {pid: names[pid] for pid in seen if not gone(pid)}
         assert left == {}, left
         assert status == 128 + signal.SIGTERM
@@ -141,3 +168,136 @@ def test_an_interrupted_bench_operator_leaves_no_process_behind(tmp_path: Path) 
                     os.kill(pid, signal.SIGKILL)
         bench.wait()
         log.close()
+
+
+# -- a pytest run stopped by a signal (issue 19) ------------------------------------------
+
+SESSION_STARTED_SECONDS = 300.0  # the child run starts a whole stack on a loaded machine
+SESSION_EXIT_SECONDS = 180.0  # the operator's stop, then four components (grace 10 s each)
+READY_FILE = "ready"
+
+# A small suite run by the child pytest: the real session fixtures (tests/conftest.py,
+# loaded with -p) start the stack, a session fixture an operator; its one test
+# says so and waits to be interrupted.
+STACK_SESSION = """
+import time
+from pathlib import Path
+
+import pytest
+
+from mailpipe.devstack import harness
+from mailpipe.devstack.procs import free_port
+
+OUT = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def operator(devstack, cli_env):
+    with harness.Children(OUT / "operator") as children:
+        args = ["operator", "--namespace", "default", "--liveness-port", str(free_port())]
+        yield children.mailpipe("operator", args, cli_env)
+
+
+def test_waits_to_be_interrupted(operator, kafka_bootstrap):
+    (OUT / "ready").write_text(str(operator.pid))
+    time.sleep(600)
+"""
+
+# The same shape without the stack: two sleeping children of a session fixture.
+CHILDREN_SESSION = """
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mailpipe.devstack import harness
+
+OUT = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def sleepers():
+    with harness.Children(OUT / "kids") as children:
+        sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+        yield [children.start(f"k{i}", sleep) for i in range(2)]
+
+
+def test_waits_to_be_interrupted(sleepers):
+    (OUT / "ready").write_text(" ".join(str(k.pid) for k in sleepers))
+    time.sleep(600)
+"""
+
+
+def _start_session(tmp_path: Path, source: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """A pytest run of `source`, with the suite's configuration and root fixtures."""
+    (tmp_path / "test_held.py").write_text(source)
+    log = tmp_path / "pytest.log"
+    with log.open("wb") as out:
+        run = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"),
+                *("-c", str(ROOT / "pyproject.toml"), "-p", "tests.conftest"),
+                str(tmp_path / "test_held.py"),
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return run, log
+
+
+def _held(run: subprocess.Popen[bytes], tmp_path: Path, log: Path) -> bool:
+    assert run.poll() is None, log.read_text()[-3000:]
+    return (tmp_path / READY_FILE).exists()
+
+
+def test_a_test_run_stopped_by_sigterm_stops_the_stack_and_the_operator(tmp_path: Path) -> None:
+    """`timeout 20m make test` used to leave Kafka, etcd, the apiserver, dnsmasq and the
+    operator running: pytest died on SIGTERM without running a fixture finalizer."""
+    run, log = _start_session(tmp_path, STACK_SESSION)
+    seen: set[int] = set()
+    try:
+        wait_for(lambda: _held(run, tmp_path, log), SESSION_STARTED_SECONDS, "the stack run")
+        seen = descendants(run.pid)
+        names = {pid: command_line(pid) for pid in seen}
+        for component in ("etcd", "kube-apiserver", "kafka.Kafka", "dnsmasq", " operator "):
+            assert any(component in c for c in names.values()), (component, names)
+        names = {pid: c[:100] for pid, c in names.items()}
+        run.send_signal(signal.SIGTERM)
+        wait_for(lambda: "KeyboardInterrupt" in log.read_text(), SESSION_EXIT_SECONDS, "it")
+        run.send_signal(signal.SIGTERM)  # a supervisor repeating itself: the clean-up goes on
+        status = run.wait(SESSION_EXIT_SECONDS)
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: all(gone(p) for p in seen), REAPED_SECONDS, "the reaping")
+        left = {pid: names[pid] for pid in seen if not gone(pid)}
+        assert left == {}, left
+        assert status == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    finally:
+        _strand_nothing(run, seen)
+
+
+def test_a_killed_test_run_takes_its_children_with_it(tmp_path: Path) -> None:
+    """SIGKILL runs no clean-up at all: the kernel's parent-death signal stops them."""
+    run, log = _start_session(tmp_path, CHILDREN_SESSION)
+    kids: list[int] = []
+    try:
+        wait_for(lambda: _held(run, tmp_path, log), STARTED_SECONDS, "the children's run")
+        kids = [int(p) for p in (tmp_path / READY_FILE).read_text().split()]
+        assert kids and not any(gone(pid) for pid in kids)
+        run.kill()
+        run.wait(EXIT_SECONDS)
+        wait_for(lambda: all(gone(pid) for pid in kids), EXIT_SECONDS, "the children to die")
+    finally:
+        _strand_nothing(run, set(kids))
+
+
+def _strand_nothing(run: subprocess.Popen[bytes], pids: set[int]) -> None:
+    """Whatever the outcome, this test leaves no process of its own behind."""
+    for pid in pids | {run.pid}:
+        if not gone(pid):
+            procs.signal_group(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    run.wait()

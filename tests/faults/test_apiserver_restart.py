@@ -10,7 +10,6 @@ once").
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,12 @@ pytestmark = [pytest.mark.faults, pytest.mark.operator]
 
 AUDIENCE = 3_000
 CHUNK = "250"  # records per checkpoint: the restart falls between checkpoints
-OUTAGE_SECONDS = 10  # the apiserver away long enough for watches and patches to fail
+# The apiserver stays away until watches and patches have failed (kopf's log), not
+# for a fixed time: a guess at how fast the operator notices.
+OUTAGE_LIMIT_SECONDS = 120
+WATCH_RETRIED = "Request attempt #2/"  # kopf: a watch failed twice
+WATCH_RETRIED_LONG = "Request attempt #4/"  # kopf's back-off: about 7 s of failing watches
+DAEMON_FAILED = ("failed with an exception", "failed temporarily")  # kopf, on the fan-out
 
 
 def test_apiserver_restart_during_fanout_resumes_exactly_once(
@@ -62,8 +66,18 @@ def test_apiserver_restart_during_fanout_resumes_exactly_once(
         return dict(status.get("fanout", {}))
 
     wait_for(lambda: fanout().get("nextIndex", 0) >= 500, 120, "fan-out under way", op)
+    logged = op.log.stat().st_size
     broken_stack.stop_component("kube-apiserver")
-    time.sleep(OUTAGE_SECONDS)
+
+    def outage_felt() -> bool:
+        """The operator's watches failed and were retried, and its fan-out failed to
+        reach the apiserver (or the watches kept failing for several seconds)."""
+        since = op.log.read_text(errors="replace")[logged:]
+        return WATCH_RETRIED in since and (
+            any(words in since for words in DAEMON_FAILED) or WATCH_RETRIED_LONG in since
+        )
+
+    wait_for(outage_felt, OUTAGE_LIMIT_SECONDS, "the operator to feel the outage", op)
     broken_stack.start_component("kube-apiserver")
     assert op.alive(), op.log_tail()
     wait_for(lambda: fanout().get("state") == "done", 180, "fan-out done after the restart", op)

@@ -9,12 +9,15 @@ else. `harness` builds the demo's, tests' and benchmarks' children on this;
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailpipe.contracts.errors import MailpipeError
@@ -22,6 +25,10 @@ from mailpipe.contracts.errors import MailpipeError
 # Popen handles of the processes this process started: kept so they are reaped
 # (no zombies, no ResourceWarning) when stopped; other processes go by pid only.
 _children: dict[int, subprocess.Popen[bytes]] = {}
+# Whether children die with this process (`die_with_this_process`): on for a
+# test session, off for `mailpipe dev up`, whose stack outlives the command.
+_tied = threading.Event()
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class ComponentFailed(MailpipeError, RuntimeError):
@@ -55,6 +62,35 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def die_with_this_process() -> None:
+    """From now on, a child started from the main thread gets SIGTERM when this
+    process dies, however it dies (SIGKILL included), on Linux.
+
+    A child runs in a session of its own, so a signal to this process never
+    reaches it; a run that cannot clean up (killed, or crashed) used to leave
+    Kafka, etcd, the apiserver, dnsmasq and the operator running. The kernel's
+    parent-death signal follows the thread that forked, hence the main thread
+    only: a child started from a short-lived worker thread would die with it."""
+    _tied.set()
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """The pre-exec hook that asks the kernel for SIGTERM when this process dies."""
+    if not _tied.is_set() or not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
+    parent = os.getpid()
+
+    def tie() -> None:  # in the child, between fork and exec
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return tie
+
+
 def spawn(
     args: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> int:
@@ -69,6 +105,7 @@ def spawn(
             env={**os.environ, **(env or {})},
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_parent_death_signal(),  # one prctl call: takes no lock
         )
     _children[proc.pid] = proc
     return proc.pid

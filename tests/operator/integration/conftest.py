@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[3]
 PARTITIONS = 3
 DELAY_STEPS = ["1s", "1m"]
 POOL_READY_SECONDS = 60  # topics created and children applied, on a loaded machine
+# An operator stuck in a Kafka call to a broker that is gone or refuses it used
+# to hold every such test's teardown for the full 30 s grace.
+OPERATOR_TEARDOWN_GRACE_SECONDS = 5.0
 
 OperatorProcess = Child  # a `mailpipe operator` child of the test
 
@@ -35,8 +38,11 @@ def crds(cli_env: dict[str, str]) -> None:
 def operator_factory(
     crds: None, cli_env: dict[str, str], namespace: str, tmp_path: Path
 ) -> Iterator[Callable[..., OperatorProcess]]:
-    """Starts `mailpipe operator` children watching the test's namespace."""
-    with Children(tmp_path) as children:
+    """Starts `mailpipe operator` children watching the test's namespace; after the
+    test, each is stopped and, if it has not exited within the teardown grace,
+    killed (nothing here is about its shutdown: that is tested where it is the
+    point)."""
+    with Children(tmp_path, stop_grace_seconds=OPERATOR_TEARDOWN_GRACE_SECONDS) as children:
 
         def make(**extra_env: str) -> OperatorProcess:
             args = ["operator", "--namespace", namespace, "--liveness-port", str(free_port())]

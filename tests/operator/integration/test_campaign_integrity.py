@@ -162,7 +162,14 @@ def test_bad_templates_fail_within_seconds_and_never_hold_up_another_campaign(
     op = ready_operator
     for name, template in BAD_TEMPLATES.items():
         assert _apply(cli_env, _campaign(name, namespace, text=template)).returncode == 0
-    time.sleep(2)  # the bad ones take the fan-out threads first
+    # The bad ones take the fan-out threads first: every one of them has been
+    # seen by the operator (its spec accepted) before the good one is applied.
+    wait_for(
+        lambda: all("observedGeneration" in _status(cli_env, n, namespace) for n in BAD_TEMPLATES),
+        FAILED_WITHIN_SECONDS,
+        "the operator to accept every bad campaign",
+        op,
+    )
     assert _apply(cli_env, _campaign("good", namespace)).returncode == 0
     wait_for(
         lambda: _status(cli_env, "good", namespace).get("fanout", {}).get("state") == "done",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.kafkakit import ensure_pool_topics, read_topic
 from tests.conftest import wait_for
 
-__all__ = ["Pool", "RelayProcess", "wait_for"]
+__all__ = ["Pool", "RelayProcess", "relay_state", "wait_for"]
 
 PARTITIONS = 4  # enough for two relays to split a pool's domains
 DELAY_STEPS = ("1s", "1m")
@@ -103,6 +104,21 @@ def relays(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
             return children.mailpipe(name, args, env)
 
         yield start
+
+
+STATE_LINE = "state: "  # what a relay logs on SIGUSR1: its engine's state, then "; source:"
+
+
+def relay_state(relay: RelayProcess) -> dict[str, Any] | None:
+    """The engine state of the relay's last SIGUSR1 dump (None before the first),
+    and a new dump asked for, for the next call: a wait on the relay's inside."""
+    state = None
+    for line in relay.log.read_text(errors="replace").splitlines():
+        if STATE_LINE in line:
+            msg = json.loads(line)["msg"]
+            state = json.loads(msg[len(STATE_LINE) : msg.index("; source: ")])
+    relay.send_signal(signal.SIGUSR1)
+    return state
 
 
 MX_HOST = "127.0.0.10"  # the loopback address standing in for a recipient's MX

@@ -21,7 +21,7 @@ from mailpipe.devstack import samples
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.kafkakit import read_records
 
-from .conftest import Pool, RelayProcess, wait_for
+from .conftest import Pool, RelayProcess, relay_state, wait_for
 
 pytestmark = [pytest.mark.relay, pytest.mark.security]
 
@@ -35,6 +35,12 @@ def _record(address: str, **extra: object) -> bytes:
     return encode(
         samples.delivery_record(address, id=f"id-{address}", campaign="test/camp", **extra)
     )
+
+
+def _has_read(relay: RelayProcess, partition: str, offset: int) -> bool:
+    """Whether the relay's last state dump shows `offset` of `partition` read."""
+    state = relay_state(relay) or {"partitions": {}}
+    return bool(state["partitions"].get(partition, {}).get("high", -1) >= offset)
 
 
 def test_poison_records_go_to_the_dlq_and_the_pool_keeps_delivering(
@@ -110,7 +116,8 @@ def test_a_record_due_later_does_not_hold_back_one_due_sooner(
     first = _record("later@d.test", not_before=time.time() + first_due_in)
     pool.producer.send(delay_1s, key=b"d.test", value=first, partition=0)
     pool.flush()
-    time.sleep(2)  # the relay has read the first record (and, before the fix, paused)
+    # The relay has read the first record (and, before the fix, paused the partition).
+    wait_for(lambda: _has_read(relay, f"{delay_1s}/0", 0), 60, "the first record read", relay)
     soon = _record("soon@d.test", not_before=time.time() + 3)
     pool.producer.send(delay_1s, key=b"d.test", value=soon, partition=0)
     pool.flush()

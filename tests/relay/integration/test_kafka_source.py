@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -57,6 +58,24 @@ async def take(source: KafkaSource, n: int, timeout_s: float = 60) -> list[Sourc
     return out
 
 
+CONDITION_SECONDS = 60.0  # a consumer thread's poll round, on a loaded machine
+REFUSED_WITHIN_SECONDS = 5.0  # a stopped source refuses at once; its commit bound is longer
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait, without blocking the loop, until `condition` holds (or fail after a deadline)."""
+    deadline = time.monotonic() + CONDITION_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _partition(source: KafkaSource, tp: TopicPartition) -> dict[str, Any]:
+    """The consumer thread's view of one partition (position, paused), from describe()."""
+    partitions: dict[str, dict[str, Any]] = source.describe().get("partitions", {})
+    return partitions.get(f"{tp.topic}/{tp.partition}", {})
+
+
 async def test_records_commands_and_one_commit_per_request(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
@@ -79,25 +98,29 @@ async def test_records_commands_and_one_commit_per_request(
         assert source.assignment() == {p0, p1}
 
         source.pause([p0])
-        await asyncio.sleep(0.5)  # the command queue is read every poll round
+        # the command queue is read every poll round: wait until the consumer has it
+        await until(lambda: _partition(source, p0).get("paused") is True, "p0 paused")
         await loop.run_in_executor(None, produce, kafka_bootstrap, topic, 0, [b"a3"])
         await loop.run_in_executor(None, produce, kafka_bootstrap, topic, 1, [b"b2"])
         assert [r.value for r in await take(source, 1)] == [b"b2"]
-        await asyncio.sleep(1.0)
+        # Two fetch rounds since a3 was on the log (b2's, then b3's): a fetchable
+        # p0 would have come back with them.
+        await loop.run_in_executor(None, produce, kafka_bootstrap, topic, 1, [b"b3"])
+        assert [r.value for r in await take(source, 1)] == [b"b3"]
         assert await source.poll(10) == []  # p0 paused: a3 waits
+        assert _partition(source, p0)["position"] == 3
         source.resume([p0])
         assert [r.value for r in await take(source, 1)] == [b"a3"]
         assert source.describe()["buffered"] == 0  # every credit came back
 
-        await source.commit({p0: 4, p1: 3})
+        await source.commit({p0: 4, p1: 4})
         assert source.commits_executed == 1
     finally:
         await loop.run_in_executor(None, source.stop)
     assert source.commits_executed == 1  # stop made no commit of its own
-    started = time.monotonic()
     with pytest.raises(RuntimeError, match="not running"):
-        await source.commit({p0: 4})
-    assert time.monotonic() - started < 1
+        # at once: a hang would end in TimeoutError, well before the commit's own bound
+        await asyncio.wait_for(source.commit({p0: 4}), timeout=REFUSED_WITHIN_SECONDS)
 
     group = KafkaConsumer(
         bootstrap_servers=kafka_bootstrap, group_id=settings.group_id, enable_auto_commit=False
@@ -106,7 +129,7 @@ async def test_records_commands_and_one_commit_per_request(
         committed = {tp: group.committed(KafkaTP(*tp)) for tp in (p0, p1)}
     finally:
         group.close(autocommit=False)
-    assert committed == {p0: 4, p1: 3}
+    assert committed == {p0: 4, p1: 4}
 
 
 async def test_a_rebalance_commits_before_the_rejoin_and_the_next_owner_learns_the_finished(

@@ -4,7 +4,6 @@ refusal does not suppress the address at once (issue 20, item 3)."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -30,12 +29,11 @@ def test_a_recipient_refused_at_rcpt_does_not_rest_the_ip(
     pool.send(refused)
     pool.flush()
     wait_for(lambda: len(pool.events()) == 1, 60, "the refusal", relay)
-    started = time.monotonic()
     for i in range(10):
         pool.send(f"ok{i}@beta.test")
     pool.flush()
+    # The deadline is the claim: a rested IP would deliver nothing for 60 s.
     wait_for(lambda: len(rx.recipients()) == 10, HEALTHY_WITHIN_SECONDS, "10 deliveries", relay)
-    assert time.monotonic() - started < HEALTHY_WITHIN_SECONDS
     got = Counter((e["recipient"], e["disposition"]) for e in pool.events())
     assert got[(refused, "bounced")] == 1
     assert sum(n for (_, d), n in got.items() if d == "delivered") == 10
