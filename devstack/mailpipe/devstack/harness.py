@@ -268,8 +268,9 @@ _PATHS["campaigns.mailpipe.io"] = _PATHS["camp"]
 
 
 @functools.lru_cache(maxsize=8)
-def _api_client(kubeconfig: str, modified_ns: int) -> Any:
-    """One client (and its connection pool) per kubeconfig file and version of it."""
+def _api_client(kubeconfig: str, _modified_ns: int) -> Any:
+    """One client (and its connection pool) per kubeconfig file and version of it
+    (`_modified_ns` is only part of the cache key: a rewritten file gets a new client)."""
     from kubernetes import config  # the harness's only use of the Python client
 
     return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
