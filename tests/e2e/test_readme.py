@@ -37,6 +37,7 @@ What differs from a real cluster, and only that (the substitutions):
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import queue
@@ -47,6 +48,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -64,6 +66,7 @@ from kafka.admin import (
     ResourcePattern,
     ResourceType,
 )
+from kafka.errors import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailpipe.contracts.topics import NEVER_MAIL_TOPIC
@@ -73,16 +76,15 @@ from mailpipe.devstack.stack import StackState
 from tests.conftest import wait_for
 from tests.devstack.test_cli import bare_env
 from tests.helm.kubelet import Kubelet
-from tests.kafkakit.test_tenant_acls import (
+from tests.kafkakit.test_tenant_acls import _admin as acl_admin
+from tests.scram_broker import (
     ACL_BROKER_START_SECONDS,
     ACLS_APPLIED_SECONDS,
     ALL_ACLS,
     PASSWORDS,
+    operator_acls,
 )
-from tests.kafkakit.test_tenant_acls import _acls as namespace_acl_list
-from tests.kafkakit.test_tenant_acls import _admin as acl_admin
-from tests.kafkakit.test_tenant_acls import _ready as acl_broker_ready
-from tests.scram_broker import operator_acls
+from tests.scram_broker import tenant_acls as namespace_acl_list
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -252,6 +254,28 @@ class Pods:
 
     def one(self) -> harness.Child | None:
         return self.running[0] if self.running else None
+
+
+def acl_broker_ready(bootstrap: str) -> bool:
+    """The README's own ACL broker answers its admin (PLAIN login, as the README's)."""
+    host, _, port = bootstrap.rpartition(":")
+    if not procs.listening(host, int(port)):
+        return False  # no client, nothing to leak
+    try:
+        admin = acl_admin(bootstrap)
+    except KafkaError:
+        # kafka-python leaves a half-made bootstrap's sockets open: collect them here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
 
 
 def pool(env: dict[str, str]) -> dict[str, Any]:
