@@ -142,6 +142,9 @@ def secret_refs(spec: SendingPoolSpec) -> list[SecretRef]:
         field = "spec.kafka.credentialsSecretRef"
         keys = ("username", "password") if spec.kafka.security_protocol.sasl else ("",)
         out += [SecretRef(creds.name, key, field) for key in keys]
+    bundle = spec.tls.ca_bundle
+    if bundle is not None and bundle.secret is not None:
+        out.append(SecretRef(bundle.secret, bundle.key, "spec.tls.caBundle.secret"))
     return out
 
 
@@ -149,7 +152,10 @@ def secret_names(raw: Mapping[str, Any]) -> list[str]:
     """The Secret names a raw spec references, even when the spec does not parse (for watches)."""
     dkim = raw.get("dkim") or {}
     kafka = raw.get("kafka") or {}
+    tls = raw.get("tls") or {}
+    bundle = (tls.get("caBundle") or {}) if isinstance(tls, Mapping) else {}
     names = [
+        bundle.get("secret") if isinstance(bundle, Mapping) else None,
         (dkim.get("secretRef") or {}).get("name") if isinstance(dkim, Mapping) else None,
         (kafka.get("credentialsSecretRef") or {}).get("name")
         if isinstance(kafka, Mapping)
