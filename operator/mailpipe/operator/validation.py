@@ -155,11 +155,11 @@ def secret_names(raw: Mapping[str, Any]) -> list[str]:
     tls = raw.get("tls") or {}
     bundle = (tls.get("caBundle") or {}) if isinstance(tls, Mapping) else {}
     names = [
-        bundle.get("secret") if isinstance(bundle, Mapping) else None,
         (dkim.get("secretRef") or {}).get("name") if isinstance(dkim, Mapping) else None,
         (kafka.get("credentialsSecretRef") or {}).get("name")
         if isinstance(kafka, Mapping)
         else None,
+        bundle.get("secret") if isinstance(bundle, Mapping) else None,
     ]
     return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
 

@@ -275,3 +275,20 @@ def test_campaign_conditions_are_kstatus_readable(
         expected
     )
     assert {c["observedGeneration"] for c in got.values()} == {4}
+
+
+def test_a_ca_bundle_secret_is_checked_and_watched() -> None:
+    """Issue 22 finding 2: the pool's CA bundle Secret must exist with its key, and
+    rotating it rolls the relays like the other Secrets they mount."""
+    raw = _with("tls", {"mode": "verify", "caBundle": {"secret": "private-ca"}})
+    spec, problems = check_spec(raw)
+    assert spec is not None and problems == []
+    refs = secret_refs(spec)
+    assert [(r.name, r.key, r.field) for r in refs] == [
+        ("private-ca", "ca.crt", "spec.tls.caBundle.secret")
+    ]
+    assert secret_names(raw) == ["private-ca"]
+    assert secret_names({"tls": {"caBundle": "garbage"}}) == []
+    assert reference_problems(refs, {"private-ca": {}}) == [
+        Problem("SecretKeyNotFound", "Secret private-ca has no key 'ca.crt' (spec.tls.caBundle.secret)")
+    ]
