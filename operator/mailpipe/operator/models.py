@@ -237,7 +237,10 @@ class CABundleRef(Spec):
     )
 
     secret: str | None = Field(
-        default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="Secret in the pool's namespace."
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="Secret in the pool's namespace.",
     )
     config_map: str | None = Field(
         default=None,

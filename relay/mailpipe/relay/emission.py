@@ -26,7 +26,6 @@ from .settlement import Settlement
 from .suppressions import SuppressionList
 
 
-
 class DLQReason(enum.StrEnum):
     """Why a record went to the DLQ: the `reason` label of `mailpipe_dlq_records_total`.
 
@@ -37,6 +36,7 @@ class DLQReason(enum.StrEnum):
     UNDECODABLE = "undecodable"  # not a delivery record of this wire version
     UNRENDERABLE = "unrenderable"  # a record whose message cannot be built
     RELAY_ERROR = "relay_error"  # the relay failed while handling it
+
 
 DLQ_REASON_CHARS = 2000  # a reason quotes the offending value at most this much
 # How much of an undecodable value a DLQ copy keeps: enough to see what it was,
@@ -73,7 +73,8 @@ class Emitter:
         return sends
 
     async def dlq(self, src: SourceRecord, kind: DLQReason, reason: str) -> None:
-        """A copy of `src` on the DLQ; `reason` (free text) goes in the copy, `kind` in the metric."""
+        """A copy of `src` on the DLQ: `reason` (free text) goes in the copy,
+        `kind` in the metric."""
         self.metrics.dlq.labels(kind.value).inc()
         await self.sink.send(self.kafka.dlq_topic, src.key, dlq_copy(src, reason), src.headers)
 

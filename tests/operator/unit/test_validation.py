@@ -290,5 +290,8 @@ def test_a_ca_bundle_secret_is_checked_and_watched() -> None:
     assert secret_names(raw) == ["private-ca"]
     assert secret_names({"tls": {"caBundle": "garbage"}}) == []
     assert reference_problems(refs, {"private-ca": {}}) == [
-        Problem("SecretKeyNotFound", "Secret private-ca has no key 'ca.crt' (spec.tls.caBundle.secret)")
+        Problem(
+            "SecretKeyNotFound",
+            "Secret private-ca has no key 'ca.crt' (spec.tls.caBundle.secret)",
+        )
     ]

@@ -67,13 +67,13 @@ def test_opportunistic_skips_starttls_only_while_a_failure_is_remembered() -> No
 
 @pytest.mark.parametrize("mode", ["opportunistic", "none", "disabled"])
 def test_verify_with_a_mode_that_never_verifies_is_refused_naming_mode_verify(mode: str) -> None:
-    with pytest.raises(ValidationError, match=f"contradicts mode {mode}.*use mode: verify"):
+    with pytest.raises(ValidationError, match=rf"contradicts mode {mode}.*use mode: verify"):
         TLSSettings.model_validate({"mode": mode, "verify": True})
 
 
 @pytest.mark.parametrize("tls", [{"mode": "opportunistic"}, {"mode": "required"}])
 def test_a_ca_bundle_without_verification_is_refused(tls: dict[str, Any]) -> None:
-    with pytest.raises(ValidationError, match="only used to verify.*use mode: verify"):
+    with pytest.raises(ValidationError, match=r"only used to verify.*use mode: verify"):
         RelayTLSSettings.model_validate({**tls, "ca_file": "/ca.pem"})
 
 
