@@ -149,3 +149,18 @@ async def test_a_private_ca_is_trusted_through_the_pools_bundle(
     finally:
         await without.close()
         await with_bundle.close()
+
+
+async def test_an_unreadable_ca_bundle_defers_naming_it_never_clear(
+    smtp_receiver: Callable[..., SMTPReceiver], tmp_path: Path
+) -> None:
+    private = make_certs(tmp_path, MX_NAME)
+    rx = smtp_receiver(HOST, tls=server_context(private))
+    t = transport(rx.port, mode="verify", ca_file=str(tmp_path / "missing.pem"))
+    try:
+        r = await attempt(t)
+        assert (r.code, r.enhanced) == (451, "4.7.5"), r
+        assert "missing.pem not loaded" in r.text
+        assert rx.messages() == []
+    finally:
+        await t.close()

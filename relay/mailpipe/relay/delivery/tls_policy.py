@@ -52,15 +52,22 @@ def plan(settings: RelayTLSSettings) -> TLSPlan:
     return TLSPlan(TLSMode.VERIFY, starttls=True, verify=True, clear_on_failure=False)
 
 
-def client_context(tls_plan: TLSPlan, ca_file: str | None) -> ssl.SSLContext:
+def client_context(tls_plan: TLSPlan, ca_file: str | None) -> tuple[ssl.SSLContext, str | None]:
     """The one client context of a relay (loading CAs per connection is costly):
     the system's trust store plus the pool's CA bundle, checked only when the
-    mode verifies. A bundle that cannot be read raises here, at (re)configuration,
-    not at the first delivery."""
+    mode verifies; and why the bundle could not be loaded, if it could not.
+
+    An unreadable bundle adds no CA rather than failing the relay: a mode that
+    verifies still never sends in clear, and a certificate from the private CA
+    is refused, the deferral naming the bundle's problem."""
     context = ssl.create_default_context()
+    problem = None
     if ca_file is not None:
-        context.load_verify_locations(cafile=ca_file)
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            problem = f"CA bundle {ca_file} not loaded: {exc}"
     if not tls_plan.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    return context
+    return context, problem

@@ -167,7 +167,11 @@ class SMTPTransport:
         self.mx.reconfigure(config)
         self._tls_broken: dict[tuple[str, int], float] = {}  # (host, port) -> clear until
         self._tls = plan(config.tls)
-        self._tls_context = client_context(self._tls, config.tls.ca_file)
+        self._tls_context, self._ca_problem = client_context(self._tls, config.tls.ca_file)
+        if self._ca_problem is not None:
+            log.error(
+                "%s; certificates are checked against the system's CAs only", self._ca_problem
+            )
 
     async def _watch(self) -> None:
         """Enforce command timeouts on every open session (see Session.check_deadline)."""
@@ -307,7 +311,10 @@ class SMTPTransport:
             # would do it lazily before its next command; the session won't.)
             await smtp.ehlo()
         except ssl.SSLCertVerificationError as exc:
-            raise _TLSFailed(f"certificate of {route.name} refused: {exc.verify_message}") from exc
+            why = f" ({self._ca_problem})" if self._ca_problem else ""
+            raise _TLSFailed(
+                f"certificate of {route.name} refused: {exc.verify_message}{why}"
+            ) from exc
         except aiosmtplib.SMTPResponseException as exc:  # e.g. "454 TLS not available"
             raise _TLSFailed(f"STARTTLS refused: {exc.code} {exc.message}") from exc
         except (TimeoutError, OSError, aiosmtplib.SMTPException) as exc:
