@@ -164,3 +164,19 @@ async def test_an_unreadable_ca_bundle_defers_naming_it_never_clear(
         assert rx.messages() == []
     finally:
         await t.close()
+
+
+async def test_opportunistic_encrypts_without_verifying(
+    smtp_receiver: Callable[..., SMTPReceiver], tmp_path: Path
+) -> None:
+    """A certificate for another name from an unknown CA: encrypted all the same,
+    as RFC 3207 opportunistic TLS is (it only protects against passive listeners)."""
+    stranger = make_certs(tmp_path, "mx.someone-else.test", ca_name="unknown-ca")
+    rx = smtp_receiver(HOST, tls=server_context(stranger))
+    t = transport(rx.port, mode="opportunistic")
+    try:
+        r = await attempt(t)
+        assert r.code == 250, r
+        assert [m.tls for m in rx.messages()] == [True]
+    finally:
+        await t.close()
