@@ -49,6 +49,7 @@ from .policy import (
     WarmupPolicy,
     WarmupStep,
     check_pool,
+    tls_problem,
 )
 from .topics import CONTROL_SUFFIX, NEVER_MAIL_TOPIC, SUPPRESSIONS_SUFFIX, Topics, namespace_space
 
@@ -61,6 +62,7 @@ __all__ = [
     "KafkaSecurity",
     "KafkaSettings",
     "RelayConfig",
+    "RelayTLSSettings",
     "RetrySettings",
     "Route",
     "SMTPTimeouts",
@@ -182,6 +184,24 @@ class DKIMSettings(DKIMIdentity):
     )
 
 
+class RelayTLSSettings(TLSSettings):
+    """The pool's TLS policy plus where the relay finds its CA bundle (the operator
+    mounts the pool's Secret or ConfigMap and writes the path)."""
+
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM bundle of CAs trusted besides the system's, to verify MX certificates"
+        " (a private CA); only with a verifying mode",
+    )
+
+    @model_validator(mode="after")
+    def _ca_needs_verify(self) -> RelayTLSSettings:
+        problem = tls_problem(self.mode, self.verify, ca_bundle=self.ca_file is not None)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
 class RelayConfig(_Model):
     v: int = CONFIG_VERSION
     pool: str = Field(description="'namespace/name' of the SendingPool")
@@ -196,7 +216,7 @@ class RelayConfig(_Model):
     )
     warmup: WarmupSettings = Field(default_factory=WarmupSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
-    tls: TLSSettings = Field(default_factory=TLSSettings)
+    tls: RelayTLSSettings = Field(default_factory=lambda: RelayTLSSettings())
     dkim: DKIMSettings | None = None
     routes: dict[str, list[Route]] = Field(
         default_factory=dict, description="domain -> static hosts in order, instead of MX"
@@ -314,4 +334,6 @@ def dump_config(config: RelayConfig) -> str:
         data["kafka"]["security"] = security.model_dump(mode="json", exclude_none=True)
     if config.bounces == BounceRules():  # the defaults: the config (and its hash) as before
         del data["bounces"]
+    if config.tls.ca_file is None:  # no CA bundle: the config (and its hash) as before it existed
+        del data["tls"]["ca_file"]
     return yaml.safe_dump(data, sort_keys=True)

@@ -186,15 +186,85 @@ class RetrySettings(Spec):
 
 
 class TLSMode(enum.StrEnum):
+    """STARTTLS policy towards MX hosts; each mode has one meaning (issue 22).
+
+    `none`: never STARTTLS. `opportunistic`: encrypt when offered, never
+    verify, deliver in clear when STARTTLS fails (RFC 3207 4.1; Postfix
+    `may`). `verify`: the certificate must chain to a trusted CA and match the
+    MX host name, else defer; never clear (Postfix `secure`). `required` with
+    `verify: false`: encrypted, unverified, never clear (Postfix `encrypt`);
+    `required` with `verify: true` is `verify`. `disabled` is the old name of
+    `none`. Both older spellings stay accepted for existing pools.
+    """
+
+    NONE = "none"
     OPPORTUNISTIC = "opportunistic"
+    VERIFY = "verify"
     REQUIRED = "required"
     DISABLED = "disabled"
 
 
+def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool) -> str | None:
+    """Why a TLS setting contradicts itself, naming the mode to use; None if it does not.
+
+    `verify: true` used to be accepted with `opportunistic`, which then fell
+    back to clear text on a bad certificate: a policy that asks for
+    verification must never end in clear, so that combination is refused,
+    not reinterpreted (mail would start deferring without anyone asking)."""
+    if verify and mode in (TLSMode.OPPORTUNISTIC, TLSMode.NONE, TLSMode.DISABLED):
+        return (
+            f"tls.verify: true contradicts mode {mode.value} (which never verifies); use "
+            "mode: verify to require a certificate matching the MX name, or drop verify"
+        )
+    if ca_bundle and applied_tls_mode(mode, verify) is not TLSMode.VERIFY:
+        return (
+            f"a TLS CA bundle is only used to verify certificates, and mode {mode.value} "
+            f"{'with verify: false ' if mode is TLSMode.REQUIRED else ''}does not verify; "
+            "use mode: verify"
+        )
+    return None
+
+
+def applied_tls_mode(mode: TLSMode, verify: bool) -> TLSMode:
+    """The mode a setting means: `none`, `opportunistic`, `required` (encrypt,
+    unverified) or `verify`; the older spellings mapped onto them."""
+    if mode is TLSMode.DISABLED:
+        return TLSMode.NONE
+    if mode is TLSMode.REQUIRED and verify:
+        return TLSMode.VERIFY
+    return mode
+
+
 # STARTTLS policy towards MX hosts.
 class TLSSettings(Spec):
-    mode: TLSMode = Field(default=TLSMode.OPPORTUNISTIC, description="STARTTLS policy.")
-    verify: bool = Field(default=False, description="Verify MX certificates.")
+    mode: TLSMode = Field(
+        default=TLSMode.OPPORTUNISTIC,
+        description=(
+            "STARTTLS policy: none; opportunistic (encrypt if offered, never verify, clear "
+            "if STARTTLS fails); verify (certificate must match the MX name, else defer, "
+            "never clear); required (encrypt, unverified unless verify: true, never clear); "
+            "disabled (= none)."
+        ),
+    )
+    verify: bool = Field(
+        default=False,
+        description=(
+            "With mode required: verify MX certificates (the same as mode verify). "
+            "Refused with none and opportunistic."
+        ),
+    )
+
+    @property
+    def applied(self) -> TLSMode:
+        """What this setting means, as one of none, opportunistic, required, verify."""
+        return applied_tls_mode(self.mode, self.verify)
+
+    @model_validator(mode="after")
+    def _no_contradiction(self) -> Self:
+        problem = tls_problem(self.mode, self.verify, ca_bundle=False)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class DKIMIdentity(Spec):

@@ -23,8 +23,8 @@ from mailpipe.contracts.config import (
     EgressIP,
     KafkaSettings,
     RelayConfig,
+    RelayTLSSettings,
     TLSMode,
-    TLSSettings,
     dump_config,
 )
 from mailpipe.contracts.topics import TOPIC_ROOT, Topics
@@ -104,7 +104,7 @@ def relay_config(
         pool=pool,
         kafka=kafka,
         egress=list(egress),
-        tls=TLSSettings(mode=TLSMode.DISABLED),
+        tls=RelayTLSSettings(mode=TLSMode.DISABLED),
         delivery=DeliveryPolicy(allow_private_destinations=True),
         metrics_port=0,
     )

@@ -39,6 +39,7 @@ from mailpipe.contracts.policy import (
     TLSSettings,
     WarmupPolicy,
     check_pool,
+    tls_problem,
 )
 
 from .defaults import CONTEXT_KEY, PoolDefaults
@@ -224,6 +225,75 @@ class Resources(Spec):
     limits: ResourceList = Field(default_factory=ResourceList, description="Resource limits.")
 
 
+# Where the relays find a CA bundle for verifying MX certificates (a private CA).
+class CABundleRef(Spec):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "has(self.secret) != has(self.configMap)",
+                "tls.caBundle: name exactly one of secret or configMap",
+            )
+        )
+    )
+
+    secret: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="Secret in the pool's namespace.",
+    )
+    config_map: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="ConfigMap in the pool's namespace.",
+    )
+    key: str = Field(
+        default="ca.crt",
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        max_length=253,
+        description="Key of the PEM bundle in it.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.secret is None) == (self.config_map is None):
+            raise ValueError("tls.caBundle: name exactly one of secret or configMap")
+        return self
+
+
+# The CEL rules say what `tls_problem` says, so `kubectl apply` refuses it.
+class TLS(TLSSettings):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!self.verify || self.mode == 'required' || self.mode == 'verify'",
+                "tls.verify: true contradicts modes none, disabled and opportunistic (they never "
+                "verify); use mode: verify to require a certificate matching the MX name",
+            ),
+            (
+                "!has(self.caBundle) || self.mode == 'verify' || "
+                "(self.mode == 'required' && self.verify)",
+                "tls.caBundle is only used to verify certificates; use mode: verify",
+            ),
+        )
+    )
+    ca_bundle: CABundleRef | None = Field(
+        default=None,
+        description=(
+            "CA bundle (PEM) trusted besides the system's to verify MX certificates, from a "
+            "Secret or ConfigMap mounted read-only into the relays; only with mode verify."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _ca_needs_verify(self) -> Self:
+        problem = tls_problem(self.mode, self.verify, ca_bundle=self.ca_bundle is not None)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
 class SendingPoolSpec(Spec):
     """Where mail leaves from: egress IPs, shaping, retries, TLS, DKIM, relays."""
 
@@ -275,9 +345,7 @@ class SendingPoolSpec(Spec):
     )
     throttles: Throttles = Field(default_factory=Throttles, description="Per-destination shaping.")
     retry: Retry = Field(default_factory=Retry, description="Retry schedule of deferred mail.")
-    tls: TLSSettings = Field(
-        default_factory=TLSSettings, description="TLS policy towards MX hosts."
-    )
+    tls: TLS = Field(default_factory=TLS, description="TLS policy towards MX hosts.")
     dkim: DKIM | None = Field(default=None, description="DKIM signing; unset means unsigned.")
     routes: dict[str, list[Route]] = Field(
         default_factory=dict,

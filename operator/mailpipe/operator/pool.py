@@ -34,6 +34,7 @@ from .models import API_VERSION, KafkaSpec, SendingPoolSpec
 CONFIG_KEY = "relay.yaml"
 CONFIG_DIR = "/etc/mailpipe"
 DKIM_DIR = "/etc/mailpipe/dkim"
+TLS_CA_DIR = "/etc/mailpipe/tls-ca"  # the pool's CA bundle (Secret or ConfigMap), read-only
 CREDENTIALS_DIR = "/etc/mailpipe/kafka"  # the pool's Kafka credentials Secret, read-only
 # Keys of that Secret (documented in the CRD and README): SASL login, the
 # broker's CA, a client certificate and its key.
@@ -181,7 +182,11 @@ def build_relay_config(
         ),
         # the relay's own type: the spec's subclass only adds the CRD's CEL rule
         retry=RetrySettings.model_validate(spec.retry.model_dump()),
-        tls=spec.tls,
+        tls=relay_config.RelayTLSSettings(
+            mode=spec.tls.mode,
+            verify=spec.tls.verify,
+            ca_file=f"{TLS_CA_DIR}/{spec.tls.ca_bundle.key}" if spec.tls.ca_bundle else None,
+        ),
         dkim=(
             relay_config.DKIMSettings(
                 domain=spec.dkim.domain,
@@ -238,6 +243,15 @@ def build_deployment(
     if spec.dkim:
         volumes.append({"name": "dkim", "secret": {"secretName": spec.dkim.secret_ref.name}})
         mounts.append({"name": "dkim", "mountPath": DKIM_DIR, "readOnly": True})
+    bundle = spec.tls.ca_bundle
+    if bundle is not None:
+        source = (
+            {"secret": {"secretName": bundle.secret}}
+            if bundle.secret is not None
+            else {"configMap": {"name": bundle.config_map}}
+        )
+        volumes.append({"name": "tls-ca", **source})
+        mounts.append({"name": "tls-ca", "mountPath": TLS_CA_DIR, "readOnly": True})
     if spec.kafka.credentials_secret_ref is not None:
         secret = spec.kafka.credentials_secret_ref.name
         volumes.append({"name": "kafka-credentials", "secret": {"secretName": secret}})

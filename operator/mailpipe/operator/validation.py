@@ -42,6 +42,8 @@ class Reason(enum.StrEnum):
     RETRY_LONGER_THAN_MAX_AGE = "RetryLongerThanMaxAge"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
+    CONFIG_MAP_KEY_NOT_FOUND = "ConfigMapKeyNotFound"
     FORBIDDEN = "Forbidden"
     KAFKA_UNAVAILABLE = "KafkaUnavailable"
 
@@ -142,6 +144,9 @@ def secret_refs(spec: SendingPoolSpec) -> list[SecretRef]:
         field = "spec.kafka.credentialsSecretRef"
         keys = ("username", "password") if spec.kafka.security_protocol.sasl else ("",)
         out += [SecretRef(creds.name, key, field) for key in keys]
+    bundle = spec.tls.ca_bundle
+    if bundle is not None and bundle.secret is not None:
+        out.append(SecretRef(bundle.secret, bundle.key, "spec.tls.caBundle.secret"))
     return out
 
 
@@ -149,11 +154,14 @@ def secret_names(raw: Mapping[str, Any]) -> list[str]:
     """The Secret names a raw spec references, even when the spec does not parse (for watches)."""
     dkim = raw.get("dkim") or {}
     kafka = raw.get("kafka") or {}
+    tls = raw.get("tls") or {}
+    bundle = (tls.get("caBundle") or {}) if isinstance(tls, Mapping) else {}
     names = [
         (dkim.get("secretRef") or {}).get("name") if isinstance(dkim, Mapping) else None,
         (kafka.get("credentialsSecretRef") or {}).get("name")
         if isinstance(kafka, Mapping)
         else None,
+        bundle.get("secret") if isinstance(bundle, Mapping) else None,
     ]
     return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
 
@@ -180,6 +188,43 @@ def reference_problems(
                 )
             )
     return out
+
+
+# The key of a mounted ConfigMap among the Secrets whose data the relays' pod
+# template hashes: "/" never occurs in a Secret name, so the two cannot collide.
+CONFIG_MAP_PREFIX = "configmap/"
+
+
+def config_map_names(raw: Mapping[str, Any]) -> list[str]:
+    """The ConfigMaps a raw spec has mounted into the relays (the TLS CA bundle),
+    even when the spec does not parse (for watches)."""
+    tls = raw.get("tls") or {}
+    bundle = (tls.get("caBundle") or {}) if isinstance(tls, Mapping) else {}
+    name = bundle.get("configMap") if isinstance(bundle, Mapping) else None
+    return [name] if isinstance(name, str) and name else []
+
+
+def ca_config_map(spec: SendingPoolSpec) -> tuple[str, str] | None:
+    """(name, key) of the ConfigMap holding the pool's TLS CA bundle, if it names one."""
+    bundle = spec.tls.ca_bundle
+    if bundle is None or bundle.config_map is None:
+        return None
+    return bundle.config_map, bundle.key
+
+
+def config_map_problems(name: str, key: str, data: Mapping[str, str] | None) -> list[Problem]:
+    """A missing CA bundle ConfigMap or key, said on the pool rather than left to a
+    relay pod stuck mounting it."""
+    field = "spec.tls.caBundle.configMap"
+    if data is None:
+        return [Problem(Reason.CONFIG_MAP_NOT_FOUND, f"ConfigMap {name} not found ({field})")]
+    if key not in data:
+        return [
+            Problem(
+                Reason.CONFIG_MAP_KEY_NOT_FOUND, f"ConfigMap {name} has no key {key!r} ({field})"
+            )
+        ]
+    return []
 
 
 def forbidden_problem(kind: str, names: Sequence[str]) -> Problem:

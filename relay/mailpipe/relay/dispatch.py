@@ -26,7 +26,7 @@ from mailpipe.contracts.wire import CampaignState, Disposition, Recipient
 
 from .classify import reply
 from .delays import Postponer, PostponeReason
-from .emission import Emitter
+from .emission import DLQReason, Emitter
 from .message import MessageError, Signer, build_message
 from .metrics import RelayMetrics
 from .offsets import OffsetTracker
@@ -89,8 +89,8 @@ class Dispatcher:
         """Move a record, unchanged but for not_before, to a delay topic."""
         await self.finish_after(work, [self.postponer.postpone(work.record, due, reason)])
 
-    async def to_dlq(self, src: SourceRecord, gen: int, reason: str) -> None:
-        await self.emitter.dlq(src, reason)
+    async def to_dlq(self, src: SourceRecord, gen: int, kind: DLQReason, reason: str) -> None:
+        await self.emitter.dlq(src, kind, reason)
         self.tracker.finish(src.tp, src.offset, gen)
 
     async def fail(self, work: Work, exc: Exception) -> None:
@@ -106,7 +106,7 @@ class Dispatcher:
         ]
         # Best effort: the DLQ copy below is what must not be lost.
         await asyncio.gather(*(self.emitter.event(e) for e in failed), return_exceptions=True)
-        await self.to_dlq(work.src, work.gen, reason)
+        await self.to_dlq(work.src, work.gen, DLQReason.RELAY_ERROR, reason)
 
     # -- the attempt ---------------------------------------------------------------
 
@@ -154,7 +154,7 @@ class Dispatcher:
             except MessageError as exc:
                 if sends:
                     await asyncio.gather(*sends)  # suppressed recipients are decided already
-                await self.to_dlq(work.src, work.gen, str(exc))
+                await self.to_dlq(work.src, work.gen, DLQReason.UNRENDERABLE, str(exc))
                 return
         self.scheduler.count_sent(egress, domain, len(live), now)
         await self._deliver(work, live, egress, sends, counted_at=now)

@@ -11,6 +11,7 @@ record's offset finishes only after all of them (ARCHITECTURE.md, "Nothing lost"
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import json
 from collections.abc import Awaitable
@@ -24,7 +25,19 @@ from .ports import RecordSink, SourceRecord
 from .settlement import Settlement
 from .suppressions import SuppressionList
 
-DLQ_REASON_LABEL_CHARS = 40  # the DLQ metric's label: the reason's kind, not its details
+
+class DLQReason(enum.StrEnum):
+    """Why a record went to the DLQ: the `reason` label of `mailpipe_dlq_records_total`.
+
+    A fixed set, never text from the record or the error: the error's first
+    word was once the label, and for an unknown field that is the producer's
+    own field name, so random keys made a new time series each (issue 22)."""
+
+    UNDECODABLE = "undecodable"  # not a delivery record of this wire version
+    UNRENDERABLE = "unrenderable"  # a record whose message cannot be built
+    RELAY_ERROR = "relay_error"  # the relay failed while handling it
+
+
 DLQ_REASON_CHARS = 2000  # a reason quotes the offending value at most this much
 # How much of an undecodable value a DLQ copy keeps: enough to see what it was,
 # and far below Kafka's default 1 MB message limit, so the copy itself never
@@ -59,8 +72,10 @@ class Emitter:
         sends.extend(self.suppression(s) for s in settlement.suppressions)
         return sends
 
-    async def dlq(self, src: SourceRecord, reason: str) -> None:
-        self.metrics.dlq.labels(reason.split(":", 1)[0][:DLQ_REASON_LABEL_CHARS]).inc()
+    async def dlq(self, src: SourceRecord, kind: DLQReason, reason: str) -> None:
+        """A copy of `src` on the DLQ: `reason` (free text) goes in the copy,
+        `kind` in the metric."""
+        self.metrics.dlq.labels(kind.value).inc()
         await self.sink.send(self.kafka.dlq_topic, src.key, dlq_copy(src, reason), src.headers)
 
 

@@ -36,7 +36,7 @@ from mailpipe.contracts.wire import WireError, decode_record
 
 from .delays import DUE_SLACK_SECONDS, Postponer, PostponeReason, Waiting
 from .dispatch import Dispatcher
-from .emission import Emitter
+from .emission import DLQReason, Emitter
 from .handover import DRAIN_SECONDS, Handover
 from .message import Signer
 from .metrics import NO_CAP, RelayMetrics
@@ -209,7 +209,8 @@ class Engine:
         try:
             record = decode_record(src.value)
         except WireError as exc:
-            self.tasks.spawn(self._step(src, gen, self.dispatch.to_dlq(src, gen, str(exc))))
+            dlq = self.dispatch.to_dlq(src, gen, DLQReason.UNDECODABLE, str(exc))
+            self.tasks.spawn(self._step(src, gen, dlq))
             return
         work = Work(src, record, gen)
         due = record.not_before

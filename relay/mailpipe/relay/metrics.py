@@ -179,7 +179,10 @@ class RelayMetrics:
             self.domains,
         )
         self.dlq = Counter(
-            "mailpipe_dlq_records", "Records sent to the DLQ", ["reason"], registry=r
+            "mailpipe_dlq_records",
+            "Records sent to the DLQ, by reason (undecodable, unrenderable, relay_error)",
+            ["reason"],
+            registry=r,
         )
         self.followed_bad = Counter(
             "mailpipe_followed_bad_records",

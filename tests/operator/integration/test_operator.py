@@ -63,6 +63,17 @@ INVALID = [
     ),
     ("SendingPool", _with(GOOD_POOL, "replicas", -1), "spec.replicas"),
     ("SendingPool", _with(GOOD_POOL, "tls", {"mode": "sometimes"}), "spec.tls.mode"),
+    # issue 22: a policy asking to verify with a mode that never does
+    (
+        "SendingPool",
+        _with(GOOD_POOL, "tls", {"mode": "opportunistic", "verify": True}),
+        "use mode: verify to require a certificate matching the MX name",
+    ),
+    (
+        "SendingPool",
+        _with(GOOD_POOL, "tls", {"mode": "opportunistic", "caBundle": {"secret": "ca"}}),
+        "tls.caBundle is only used to verify certificates; use mode: verify",
+    ),
     (
         "SendingPool",
         _with(

@@ -135,3 +135,53 @@ def test_a_spec_the_relay_would_refuse_is_refused_when_parsed(
     # gets as far as rendering a relay config that the relay would refuse.
     with pytest.raises(ValidationError, match=message):
         spec(**extra)
+
+
+@pytest.mark.parametrize(
+    ("bundle", "volume"),
+    [
+        ({"secret": "private-ca"}, {"name": "tls-ca", "secret": {"secretName": "private-ca"}}),
+        (
+            {"configMap": "private-ca", "key": "bundle.pem"},
+            {"name": "tls-ca", "configMap": {"name": "private-ca"}},
+        ),
+    ],
+    ids=["secret", "configmap"],
+)
+def test_a_ca_bundle_is_mounted_and_its_path_reaches_the_relay(
+    bundle: dict[str, str], volume: dict[str, Any]
+) -> None:
+    """Issue 22 finding 2: a pool trusts a private CA from its own Secret or ConfigMap."""
+    s = spec(tls={"mode": "verify", "caBundle": bundle})
+    text, children = build_children(REF, s)
+    pod = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert volume in pod["volumes"]
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {"name": "tls-ca", "mountPath": "/etc/mailpipe/tls-ca", "readOnly": True} in mounts
+    key = bundle.get("key", "ca.crt")
+    assert parse_config(text).tls.ca_file == f"/etc/mailpipe/tls-ca/{key}"
+
+
+def test_a_pool_without_a_ca_bundle_keeps_its_config_text() -> None:
+    # No `ca_file: null` in the config: pools that do not use it do not roll.
+    text, _ = build_children(REF, spec())
+    assert "ca_file" not in text
+
+
+@pytest.mark.parametrize(
+    ("tls", "message"),
+    [
+        ({"mode": "opportunistic", "verify": True}, "use mode: verify"),
+        ({"mode": "none", "verify": True}, "use mode: verify"),
+        ({"mode": "opportunistic", "caBundle": {"secret": "ca"}}, "use mode: verify"),
+        ({"mode": "required", "caBundle": {"secret": "ca"}}, "use mode: verify"),
+        ({"mode": "verify", "caBundle": {"secret": "ca", "configMap": "ca"}}, "exactly one"),
+        ({"mode": "verify", "caBundle": {}}, "exactly one"),
+    ],
+    ids=["opportunistic+verify", "none+verify", "ca-opportunistic", "ca-unverified", "two", "none"],
+)
+def test_contradictory_tls_is_refused_naming_the_mode_to_use(
+    tls: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        spec(tls=tls)

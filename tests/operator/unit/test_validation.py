@@ -19,7 +19,10 @@ from mailpipe.operator.handlers.status import (
 from mailpipe.operator.pool import drifted
 from mailpipe.operator.validation import (
     Problem,
+    ca_config_map,
     check_spec,
+    config_map_names,
+    config_map_problems,
     edit_refused_message,
     frozen_digests,
     kafka_problem,
@@ -275,3 +278,41 @@ def test_campaign_conditions_are_kstatus_readable(
         expected
     )
     assert {c["observedGeneration"] for c in got.values()} == {4}
+
+
+def test_a_ca_bundle_secret_is_checked_and_watched() -> None:
+    """Issue 22 finding 2: the pool's CA bundle Secret must exist with its key, and
+    rotating it rolls the relays like the other Secrets they mount."""
+    raw = _with("tls", {"mode": "verify", "caBundle": {"secret": "private-ca"}})
+    spec, problems = check_spec(raw)
+    assert spec is not None and problems == []
+    refs = secret_refs(spec)
+    assert [(r.name, r.key, r.field) for r in refs] == [
+        ("private-ca", "ca.crt", "spec.tls.caBundle.secret")
+    ]
+    assert secret_names(raw) == ["private-ca"]
+    assert secret_names({"tls": {"caBundle": "garbage"}}) == []
+    assert reference_problems(refs, {"private-ca": {}}) == [
+        Problem(
+            "SecretKeyNotFound",
+            "Secret private-ca has no key 'ca.crt' (spec.tls.caBundle.secret)",
+        )
+    ]
+
+
+def test_a_ca_bundle_configmap_is_checked_and_watched() -> None:
+    raw = _with("tls", {"mode": "verify", "caBundle": {"configMap": "ca", "key": "b.pem"}})
+    spec, problems = check_spec(raw)
+    assert spec is not None and problems == []
+    assert ca_config_map(spec) == ("ca", "b.pem")
+    assert config_map_names(raw) == ["ca"] and secret_names(raw) == []
+    assert config_map_names({"tls": "garbage"}) == []
+    assert config_map_problems("ca", "b.pem", {"b.pem": "PEM"}) == []
+    assert config_map_problems("ca", "b.pem", None) == [
+        Problem("ConfigMapNotFound", "ConfigMap ca not found (spec.tls.caBundle.configMap)")
+    ]
+    assert config_map_problems("ca", "b.pem", {}) == [
+        Problem(
+            "ConfigMapKeyNotFound", "ConfigMap ca has no key 'b.pem' (spec.tls.caBundle.configMap)"
+        )
+    ]

@@ -195,6 +195,17 @@ def _reconcile_blocking(
             if exc.status != HTTPStatus.FORBIDDEN:
                 raise
             problems.append(validation.forbidden_problem("Secret", [r.name for r in refs]))
+        bundle = validation.ca_config_map(spec)
+        if bundle is not None:
+            try:
+                data = kube.read_configmap(namespace, bundle[0])
+                problems += validation.config_map_problems(*bundle, data)
+                # hashed with the Secrets: a new bundle rolls the relays
+                secrets[validation.CONFIG_MAP_PREFIX + bundle[0]] = data
+            except ApiException as exc:
+                if exc.status != HTTPStatus.FORBIDDEN:
+                    raise
+                problems.append(validation.forbidden_problem("ConfigMap", [bundle[0]]))
     old = [c for c in status.get("conditions") or [] if c.get("type") not in LEGACY_CONDITIONS]
     digest = secrets_hash(secrets) if secrets else None
     if spec is None or problems:

@@ -24,7 +24,7 @@ import kopf
 
 from ..models import GROUP, VERSION
 from ..pool import MANAGED_BY, secrets_hash
-from ..validation import secret_names
+from ..validation import CONFIG_MAP_PREFIX, config_map_names, secret_names
 from . import pool
 from .context import OperatorState, operator_state
 
@@ -72,7 +72,7 @@ async def relay_deployment_changed(
 
 
 def _references_secrets(spec: Any, **_: Any) -> bool:
-    return bool(secret_names(spec))
+    return bool(secret_names(spec) or config_map_names(spec))
 
 
 @kopf.timer(
@@ -86,14 +86,21 @@ def _references_secrets(spec: Any, **_: Any) -> bool:
 async def referenced_secrets(
     name: str, namespace: str | None, spec: Any, status: Any, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A Secret the pool references appeared, changed or went: re-check and roll its relays.
+    """A Secret (or CA bundle ConfigMap) the pool references appeared, changed or went:
+    re-check and roll its relays.
 
     One GET per referenced Secret per tick; the full reconcile only runs when
     their digest differs from the one the last reconcile saw (status.secretsHash).
     """
     assert namespace is not None  # both kinds are namespaced
-    names = secret_names(spec)
+    names, maps = secret_names(spec), config_map_names(spec)
     kube = operator_state(memo).kube
-    found = await asyncio.to_thread(lambda: {n: kube.read_secret(namespace, n) for n in names})
+
+    def read() -> dict[str, dict[str, str] | None]:
+        found = {n: kube.read_secret(namespace, n) for n in names}
+        found.update({CONFIG_MAP_PREFIX + m: kube.read_configmap(namespace, m) for m in maps})
+        return found
+
+    found = await asyncio.to_thread(read)
     if secrets_hash(found) != status.get("secretsHash"):
         await _sync(memo, namespace, name)

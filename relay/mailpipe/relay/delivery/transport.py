@@ -8,9 +8,10 @@ once, at this boundary), so the engine's classifier decides all dispositions:
     DNS timeout/failure  -> 451 4.4.3       every MX refused or timed out  -> 421 4.4.1
     invalid domain name  -> 553 5.1.3       address literal u@[192.0.2.1]  -> 550 5.1.2
     MX names an IP address, not a host      -> 550 5.4.4 (no suppression: their DNS is broken)
-    TLS required, absent -> 451 4.7.5 (no backoff: our policy, not theirs)
-    TLS required, STARTTLS failed (refused, handshake, certificate) -> 451 4.7.5
+    TLS required or verify, absent -> 451 4.7.5 (no backoff: our policy, not theirs)
+    TLS required or verify, STARTTLS failed (refused, handshake, certificate) -> 451 4.7.5
     opportunistic TLS, STARTTLS failed -> the same host again in clear (RFC 3207 4.1)
+    (what each mode does is `tls_policy`'s table; this module only asks it)
     connection lost mid-transaction        -> 451 4.4.2
     destination address refused by policy  -> 550 5.4.4 (no suppression: see `mx`)
     a stage timed out (RFC 5321 4.5.3.2)   -> 421 4.4.1 (connect), 451 4.4.2 (the
@@ -52,7 +53,7 @@ from typing import Any
 
 import aiosmtplib
 
-from mailpipe.contracts.config import RelayConfig, TLSMode
+from mailpipe.contracts.config import RelayConfig
 
 from ..classify import reply
 from ..ports import Envelope, SMTPReply, Stage, TransactionResult
@@ -68,6 +69,7 @@ from .mx import (
     UnroutableDomain,
 )
 from .session import ConnectionLost, Session
+from .tls_policy import client_context, plan
 
 log = logging.getLogger("mailpipe.relay.delivery")
 
@@ -75,6 +77,7 @@ WATCHDOG_SECONDS = 1.0  # command timeouts are enforced to within this
 IDLE_SECONDS = 30.0  # drop pooled connections older than this; many MXes cut idle ones at ~60 s
 # After an opportunistic STARTTLS failed, connect to that host in clear for this
 # long instead of paying a failed handshake (and a second connection) every time.
+# Never under a mode that verifies: `tls_policy.TLSPlan.starttls_now`.
 TLS_FALLBACK_SECONDS = 3600.0
 MAX_TLS_BROKEN_HOSTS = 10_000  # hosts remembered; past it the expired ones are dropped
 
@@ -163,12 +166,12 @@ class SMTPTransport:
         self.config = config
         self.mx.reconfigure(config)
         self._tls_broken: dict[tuple[str, int], float] = {}  # (host, port) -> clear until
-        # One client context, made once: loading the CA bundle per connection is costly.
-        context = ssl.create_default_context()
-        if not config.tls.verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        self._tls_context = context
+        self._tls = plan(config.tls)
+        self._tls_context, self._ca_problem = client_context(self._tls, config.tls.ca_file)
+        if self._ca_problem is not None:
+            log.error(
+                "%s; certificates are checked against the system's CAs only", self._ca_problem
+            )
 
     async def _watch(self) -> None:
         """Enforce command timeouts on every open session (see Session.check_deadline)."""
@@ -230,16 +233,13 @@ class SMTPTransport:
 
     async def _open(self, env: Envelope, route: Route) -> Session:
         """A new session; an opportunistic STARTTLS that fails is retried in clear."""
-        mode = self.config.tls.mode
         host = (route.host, route.port)
         now = time.monotonic()
-        starttls = mode is not TLSMode.DISABLED
-        if mode is TLSMode.OPPORTUNISTIC and self._tls_broken.get(host, 0.0) > now:
-            starttls = False
+        starttls = self._tls.starttls_now(self._tls_broken.get(host, 0.0), now)
         try:
             return await self._connect(env, route, starttls=starttls)
         except _TLSFailed as exc:
-            if mode is TLSMode.REQUIRED:
+            if not self._tls.clear_on_failure:  # required, verify: defer, never clear
                 raise
             # Opportunistic TLS (RFC 3207 4.1, as Postfix's "may"): a failed
             # handshake leaves the connection unusable, so a new one goes in clear.
@@ -257,7 +257,7 @@ class SMTPTransport:
             sock=sock,
             timeout=timeouts.ehlo_seconds,  # EHLO and STARTTLS; the greeting's is below
             start_tls=False,  # decided below, per policy
-            validate_certs=self.config.tls.verify,
+            validate_certs=self._tls.verify,
         )
         try:
             await smtp.connect(timeout=timeouts.greeting_seconds)
@@ -275,7 +275,7 @@ class SMTPTransport:
                 raise StageTimeout(Stage.EHLO, "no reply to EHLO", timeouts.ehlo_seconds) from None
             if starttls and smtp.supports_extension("starttls"):
                 await self._starttls(smtp, route)
-            elif self.config.tls.mode is TLSMode.REQUIRED:
+            elif not self._tls.clear_on_failure:
                 raise _NoTLS()
             # Taking aiosmtplib's transport over (handed to `session.Session`,
             # which installs its own protocol with asyncio's public
@@ -302,7 +302,7 @@ class SMTPTransport:
         return session
 
     async def _starttls(self, smtp: aiosmtplib.SMTP, route: Route) -> None:
-        """STARTTLS, the certificate checked (when `tls.verify`) against the MX host
+        """STARTTLS, the certificate checked (mode verify) against the MX host
         NAME as MTA-STS (RFC 8461) and DANE expect, never the address connected to;
         every way it can fail is `_TLSFailed`."""
         try:
@@ -311,7 +311,10 @@ class SMTPTransport:
             # would do it lazily before its next command; the session won't.)
             await smtp.ehlo()
         except ssl.SSLCertVerificationError as exc:
-            raise _TLSFailed(f"certificate of {route.name} refused: {exc.verify_message}") from exc
+            why = f" ({self._ca_problem})" if self._ca_problem else ""
+            raise _TLSFailed(
+                f"certificate of {route.name} refused: {exc.verify_message}{why}"
+            ) from exc
         except aiosmtplib.SMTPResponseException as exc:  # e.g. "454 TLS not available"
             raise _TLSFailed(f"STARTTLS refused: {exc.code} {exc.message}") from exc
         except (TimeoutError, OSError, aiosmtplib.SMTPException) as exc:
