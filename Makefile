@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CACHE ?= $(HOME)/.cache/mailpipe
 export MAILPIPE_CACHE := $(CACHE)
 
-.PHONY: setup venv components demo test test-unit smoke lint bench bench-relay bench-operator clean
+.PHONY: setup venv components node-components demo test test-unit smoke lint bench bench-relay bench-operator clean
 
 setup: venv components
 
@@ -26,6 +26,12 @@ $(VENV)/.stamp: pyproject.toml
 # dnsmasq + postfix (Debian); cached under $(CACHE), idempotent.
 components:
 	bash scripts/setup-components.sh
+
+# kubelet, kube-controller-manager, kube-scheduler, kube-proxy (Go modules, the
+# API server's version), containerd + runc + CNI plugins (Debian), the pause
+# binary: what the stack's real node runs (issue 17). Cached like `components`.
+node-components:
+	bash scripts/setup-node.sh
 
 demo: setup
 	$(BIN)/mailpipe demo
