@@ -64,7 +64,16 @@ def apiserver_command(ports: KubePorts, pki: certs.PKI, cert_dir: Path) -> list[
         f"--tls-cert-file={pki.serving_cert}",
         f"--tls-private-key-file={pki.serving_key}",
         f"--client-ca-file={pki.ca_cert}",
-        "--authorization-mode=RBAC",
+        # Node first: a kubelet (`system:node:<name>`) may touch only its own
+        # node's objects, as on a real cluster; everyone else goes through RBAC.
+        "--authorization-mode=Node,RBAC",
+        # How `kubectl logs` and `exec` reach the stack's node: the kubelet
+        # trusts the stack's CA, and the admin identity may do anything there.
+        f"--kubelet-client-certificate={pki.admin_cert}",
+        f"--kubelet-client-key={pki.admin_key}",
+        # By address, never by node name: a name lookup would ask the host's
+        # resolver, off this machine.
+        "--kubelet-preferred-address-types=InternalIP",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",

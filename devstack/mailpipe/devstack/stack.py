@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import certs, dns, harness, kafka, kube, procs
+from .node import Node
 from .procs import ComponentFailed
 
 STATE_FILE = "state.json"
@@ -245,7 +246,9 @@ class Stack:
         state = self.state
         if state is None:
             return []
-        stopped = []
+        # The node first: its kubelet and controllers talk to the API server,
+        # and only a running containerd stops its containers cleanly.
+        stopped = ["node"] if Node(self.state_dir).down() else []
         # Reverse start order: the apiserver before etcd, so it doesn't log a storm.
         for name in ["kube-apiserver", "kafka", "dnsmasq", "etcd"]:
             proc = state.processes.get(name)

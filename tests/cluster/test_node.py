@@ -1,0 +1,204 @@
+"""The stack's real Kubernetes node: pods run on it, and `down` leaves nothing.
+
+Brought up against the session's stack: containerd and a kubelet in a network
+namespace of their own, kube-scheduler and kube-controller-manager beside the
+API server. What `down` must remove is checked twice: by the node's own
+`leftovers` (its recorded names) and by comparing the machine before and
+after (interfaces, iptables rules, mounts, top-level cgroups, processes in the
+node's cgroup or namespaces), so a thing the node forgot to record shows too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailpipe.devstack import harness, node_plan
+from mailpipe.devstack.node import Node, NodeState
+from mailpipe.devstack.stack import Stack, StackState
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+
+POD_RUNNING_TIMEOUT_SECONDS = 120  # sandbox + container start on a loaded 2-core machine
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+ZOMBIE_REAPED_TIMEOUT_SECONDS = 30  # PID 1 here reaps orphans within seconds
+
+
+def _snapshot() -> dict[str, Any]:
+    """What of the machine a node could leave behind, outside its own directory."""
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    return {
+        "interfaces": sorted(os.listdir("/sys/class/net")),
+        "iptables rules": sorted(line for line in rules.splitlines() if line.startswith("-A")),
+        "mounts": sorted(line.split()[4] for line in mountinfo),
+        "cgroups": sorted(
+            str(d) for h in CGROUP_ROOT.iterdir() if h.is_dir() for d in h.iterdir() if d.is_dir()
+        ),
+    }
+
+
+def _pids_in_cgroup(fragment: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if fragment in (proc / "cgroup").read_text():
+                    found.append(int(proc.name))
+            except OSError:
+                continue  # exited while we looked
+    return found
+
+
+def _describe(pids: list[int]) -> list[str]:
+    """Name, state and parent of each pid, for the failure message."""
+    described = []
+    for pid in pids:
+        try:
+            status = dict(
+                line.split(":\t", 1)
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if ":\t" in line
+            )
+            described.append(f"{pid} {status['Name']} {status['State']} ppid {status['PPid']}")
+        except OSError:
+            described.append(f"{pid} (gone)")
+    return described
+
+
+def _netns_inode(pid: int) -> int:
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+def _pids_in_netns(inodes: set[int]) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if _netns_inode(int(proc.name)) in inodes:
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def _pod(name: str, namespace: str, image: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "nodeName": node_plan.NODE_NAME,  # the kubelet alone, no scheduler
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "pause", "image": image, "imagePullPolicy": "Never"}],
+        },
+    }
+
+
+def _deployment(name: str, namespace: str, image: str, replicas: int) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {"name": "pause", "image": image, "imagePullPolicy": "IfNotPresent"}
+                    ]
+                },
+            },
+        },
+    }
+
+
+def _running_pods(env: dict[str, str], namespace: str) -> list[dict[str, Any]]:
+    pods = harness.get_json(env, "pods", "-n", namespace)["items"]
+    return [p for p in pods if p["status"].get("phase") == "Running"]
+
+
+def test_pods_run_on_the_node_and_down_leaves_nothing(
+    devstack: Stack, stack_state: StackState, unique: str
+) -> None:
+    env = {**os.environ, **stack_state.env()}
+    before = _snapshot()
+    node = Node(devstack.state_dir)
+    started = time.monotonic()
+    state: NodeState = node.up(stack_state)
+    up_seconds = time.monotonic() - started
+    namespace = f"node-{unique}"
+    try:
+        harness.kubectl_ok(env, "create", "namespace", namespace)
+        # The ServiceAccount admission needs `default`; the controller-manager
+        # makes it, and the pod must not race it.
+        wait_for(
+            lambda: harness.kubectl(env, "get", "sa", "default", "-n", namespace).returncode == 0,
+            POD_RUNNING_TIMEOUT_SECONDS,
+            "the controller-manager to create the namespace's default ServiceAccount",
+        )
+        harness.apply(env, _pod("bound", namespace, state.pause_image))
+        harness.apply(env, _deployment("scheduled", namespace, state.pause_image, 2))
+        wait_for(
+            lambda: len(_running_pods(env, namespace)) == 3,
+            POD_RUNNING_TIMEOUT_SECONDS,
+            "the bound pod and both Deployment pods Running",
+        )
+        wait_for(
+            lambda: (
+                harness.get_json(env, "deployment", "scheduled", "-n", namespace)["status"].get(
+                    "availableReplicas"
+                )
+                == 2
+            ),
+            POD_RUNNING_TIMEOUT_SECONDS,
+            "the Deployment to report 2 available replicas",
+        )
+        pods = _running_pods(env, namespace)
+        pod_net = ipaddress.IPv4Network(node_plan.POD_CIDR)
+        assert all(ipaddress.IPv4Address(p["status"]["podIP"]) in pod_net for p in pods)
+        assert {p["spec"]["nodeName"] for p in pods} == {node_plan.NODE_NAME}
+        # The API server reaches the kubelet across the link (logs, exec).
+        scheduled = next(p for p in pods if p["metadata"]["name"] != "bound")
+        harness.kubectl_ok(env, "logs", "-n", namespace, scheduled["metadata"]["name"])
+        node_obj = harness.get_json(env, "node", node_plan.NODE_NAME)
+        addresses = {a["type"]: a["address"] for a in node_obj["status"]["addresses"]}
+        assert ipaddress.IPv4Address(addresses["InternalIP"]) in ipaddress.IPv4Network(state.link)
+
+        container_pids = _pids_in_cgroup(state.names.pods_cgroup + "/")
+        assert container_pids, "no container process in the node's pods cgroup"
+        netns_inodes = {_netns_inode(pid) for pid in container_pids}
+        netns_inodes.add(os.stat(state.layout.netns).st_ino)
+        peak = node.memory_peak_bytes(state)
+        print(f"node up in {up_seconds:.1f}s; node cgroup peak memory {peak / 2**20:.0f} MiB")
+        harness.kubectl(env, "delete", "namespace", namespace, "--wait=false")
+    finally:
+        started = time.monotonic()
+        removed = node.down()
+        print(f"node down in {time.monotonic() - started:.1f}s: removed {len(removed)} things")
+
+    assert node.leftovers(state) == []
+    # containerd's shims are orphans of PID 1 once containerd is gone; here PID 1
+    # reaps them a moment after they exit, so a killed one may linger as a zombie.
+    with contextlib.suppress(AssertionError):  # the assertions below say what is left
+        wait_for(
+            lambda: not _pids_in_cgroup(state.names.cgroup) and not _pids_in_netns(netns_inodes),
+            ZOMBIE_REAPED_TIMEOUT_SECONDS,
+            "no process left in the node's cgroup or network namespaces",
+        )
+    assert _describe(_pids_in_cgroup(state.names.cgroup)) == []
+    assert _describe(_pids_in_netns(netns_inodes)) == []
+    assert _snapshot() == before
+    assert harness.kubectl(env, "get", "node", node_plan.NODE_NAME).returncode != 0
+    assert not state.layout.netns.exists()
