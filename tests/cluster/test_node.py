@@ -29,6 +29,21 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 POD_RUNNING_TIMEOUT_SECONDS = 120  # sandbox + container start on a loaded 2-core machine
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Where the kubelet, containerd and libcni write whatever they are told.
+HOST_PATHS = [
+    "/var/lib/kubelet",
+    "/var/lib/cni",
+    "/var/lib/cni/results",
+    "/var/log/containers",
+    "/var/log/pods",
+    "/run/containerd",
+    "/run/containerd/s",
+    "/var/lib/containerd",
+    "/run/netns",
+    "/opt/containerd",
+    "/etc/cni",
+    "/usr/libexec/kubernetes",
+]
 ZOMBIE_REAPED_TIMEOUT_SECONDS = 30  # PID 1 here reaps orphans within seconds
 
 
@@ -40,6 +55,7 @@ def _snapshot() -> dict[str, Any]:
         "interfaces": sorted(os.listdir("/sys/class/net")),
         "iptables rules": sorted(line for line in rules.splitlines() if line.startswith("-A")),
         "mounts": sorted(line.split()[4] for line in mountinfo),
+        "host paths": {p: sorted(os.listdir(p)) if os.path.isdir(p) else None for p in HOST_PATHS},
         "cgroups": sorted(
             str(d) for h in CGROUP_ROOT.iterdir() if h.is_dir() for d in h.iterdir() if d.is_dir()
         ),

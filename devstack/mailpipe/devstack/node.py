@@ -57,9 +57,12 @@ LOG_SYMLINK_DIR = Path("/var/log/containers")  # the kubelet's legacy links, not
 # device plugin directory, the legacy log links, the shims' socket directory.
 # `up` records those that did not exist; `down` removes those (the first one
 # with its content, a socket and a checkpoint; the others only when empty).
-HOST_DIRS_OWNED = (Path("/var/lib/kubelet"),)
+# libcni caches each pod's CNI result here; containerd 1.6 cannot move it.
+CNI_RESULTS_DIR = Path("/var/lib/cni/results")
+HOST_DIRS_OWNED = (Path("/var/lib/kubelet"), CNI_RESULTS_DIR.parent)
 HOST_DIRS = (
     *HOST_DIRS_OWNED,
+    CNI_RESULTS_DIR,
     LOG_SYMLINK_DIR,
     Path("/run/containerd"),
     Path("/run/containerd/s"),
@@ -426,6 +429,7 @@ class Node:
             removed.append(f"network namespace {layout.netns}")
         layout.netns.unlink(missing_ok=True)
         removed += self._remove_log_symlinks(layout)
+        removed += self._remove_cni_results(layout)
         for directory in reversed(state.host_dirs):
             host_dir = Path(directory)
             if not host_dir.is_dir():
@@ -524,6 +528,16 @@ class Node:
         return removed
 
     @staticmethod
+    def _remove_cni_results(layout: Layout) -> list[str]:
+        """The CNI result files of this node's pods: a CNI DEL removes them, but
+        `down` kills pods without one (the namespace they lived in goes anyway)."""
+        removed = []
+        for result in _cni_results(layout):
+            result.unlink(missing_ok=True)
+            removed.append(f"CNI result {result}")
+        return removed
+
+    @staticmethod
     def _remove_log_symlinks(layout: Layout) -> list[str]:
         removed = []
         if LOG_SYMLINK_DIR.is_dir():
@@ -556,6 +570,7 @@ class Node:
         if Path("/sys/class/net", names.host_veth).exists():
             left.append(f"veth {names.host_veth}")
         left += [f"directory {d}" for d in state.host_dirs if Path(d).exists()]
+        left += [f"CNI result {r}" for r in _cni_results(layout)]
         if LOG_SYMLINK_DIR.is_dir():
             left += [
                 f"symlink {p}"
@@ -563,6 +578,15 @@ class Node:
                 if p.is_symlink() and os.readlink(p).startswith(str(layout.pod_logs))
             ]
         return left
+
+
+def _cni_results(layout: Layout) -> list[Path]:
+    """libcni's cached results for this node's pod sandboxes (named by sandbox id)."""
+    sandboxes = layout.containerd_root / "io.containerd.grpc.v1.cri" / "sandboxes"
+    ids = [d.name for d in sandboxes.iterdir()] if sandboxes.is_dir() else []
+    if not ids or not CNI_RESULTS_DIR.is_dir():
+        return []
+    return [r for r in CNI_RESULTS_DIR.iterdir() if any(i in r.name for i in ids)]
 
 
 def _network(cidr: str) -> ipaddress.IPv4Network:
