@@ -14,14 +14,16 @@ import contextlib
 import ipaddress
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mailpipe.devstack import harness, node_plan
+from mailpipe.devstack import harness, node_plan, procs
 from mailpipe.devstack.node import Node, NodeState
+from mailpipe.devstack.procs import ComponentFailed
 from mailpipe.devstack.stack import Stack, StackState
 from tests.conftest import wait_for
 
@@ -218,3 +220,79 @@ def test_pods_run_on_the_node_and_down_leaves_nothing(
     assert _snapshot() == before
     assert harness.kubectl(env, "get", "node", node_plan.NODE_NAME).returncode != 0
     assert not state.layout.netns.exists()
+
+
+def test_a_failed_up_leaves_nothing(
+    devstack: Stack, stack_state: StackState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kubelet refuses its flags: `up` fails with its log and undoes the
+    namespace, link, rule, cgroups and containerd it had already made."""
+    before = _snapshot()
+    real = node_plan.kubelet_command
+    monkeypatch.setattr(
+        node_plan, "kubelet_command", lambda *a: [*real(*a), "--no-such-flag-for-this-test"]
+    )
+    node = Node(devstack.state_dir)
+    with pytest.raises(ComponentFailed, match=r"kubelet failed to start(.|\n)*no-such-flag"):
+        node.up(stack_state, control_plane=False)
+    assert node.state is None
+    assert _snapshot() == before
+
+
+OWNER_SCRIPT = """
+import signal, sys
+from pathlib import Path
+from mailpipe.devstack.node import Node
+from mailpipe.devstack.stack import StackState
+stack_dir = Path(sys.argv[1])
+Node(stack_dir).up(StackState.load(stack_dir), control_plane=False)
+print("node up", flush=True)
+signal.pause()
+"""
+
+
+def test_down_from_another_process_after_the_owner_was_killed(
+    devstack: Stack, stack_state: StackState, unique: str, tmp_path: Path
+) -> None:
+    """`mailpipe dev down` runs in a new process: the node's record alone is
+    enough to remove a node whose `up` process died with it running a pod."""
+    env = {**os.environ, **stack_state.env()}
+    before = _snapshot()
+    owner = harness.start(
+        "node owner",
+        [sys.executable, "-c", OWNER_SCRIPT, str(devstack.state_dir)],
+        tmp_path / "owner.log",
+    )
+    node = Node(devstack.state_dir)
+    try:
+        wait_for(
+            lambda: "node up" in owner.log.read_text(),
+            POD_RUNNING_TIMEOUT_SECONDS,
+            "the node to come up in the owner process",
+            owner,
+        )
+        state = node.state
+        assert state is not None
+        namespace = f"orphan-{unique}"
+        harness.kubectl_ok(env, "create", "namespace", namespace)
+        harness.kubectl_ok(env, "create", "serviceaccount", "default", "-n", namespace)
+        harness.apply(env, _pod("bound", namespace, state.pause_image))
+        wait_for(
+            lambda: len(_running_pods(env, namespace)) == 1,
+            POD_RUNNING_TIMEOUT_SECONDS,
+            "the bound pod Running",
+        )
+        owner.kill()
+        assert all(procs.alive(p.pid) for p in state.processes.values())
+    finally:
+        owner.kill()
+        node.down()
+    assert node.leftovers(state) == []
+    with contextlib.suppress(AssertionError):  # the assertion below says what is left
+        wait_for(
+            lambda: not _pids_in_cgroup(state.names.cgroup),
+            ZOMBIE_REAPED_TIMEOUT_SECONDS,
+            "no process left in the node's cgroup",
+        )
+    assert _describe(_pids_in_cgroup(state.names.cgroup)) == []
+    assert _snapshot() == before
