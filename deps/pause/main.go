@@ -3,15 +3,37 @@
 // reachable from this machine kind, so the stack builds this instead of
 // pulling registry.k8s.io/pause; it does what that one does: wait for a
 // signal to stop, and reap orphans when it is PID 1 of a shared PID namespace.
+//
+// `pause apiserver-readyz` is the one other thing it does, for the node's
+// tests: from inside a pod, ask the API server's /readyz the way in-cluster
+// clients find it (KUBERNETES_SERVICE_HOST/PORT, the ServiceAccount token and
+// CA), print the answer and exit 0 only on 200. A test image with a client in
+// it would need a registry or a root filesystem; this needs neither.
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 )
 
+const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// One request on a loopback-speed link; anything slower is a failure to report.
+const readyzTimeout = 10 * time.Second
+
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "apiserver-readyz" {
+		os.Exit(apiserverReadyz())
+	}
 	signals := make(chan os.Signal, 8)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
 	for sig := range signals {
@@ -26,4 +48,47 @@ func main() {
 			}
 		}
 	}
+}
+
+func apiserverReadyz() int {
+	host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
+	if host == "" || port == "" {
+		fmt.Println("no KUBERNETES_SERVICE_HOST/PORT in the environment")
+		return 2
+	}
+	token, err := os.ReadFile(serviceAccountDir + "/token")
+	if err != nil {
+		fmt.Println("no ServiceAccount token:", err)
+		return 2
+	}
+	caPEM, err := os.ReadFile(serviceAccountDir + "/ca.crt")
+	if err != nil {
+		fmt.Println("no ServiceAccount CA:", err)
+		return 2
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	client := &http.Client{
+		Timeout:   readyzTimeout,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}},
+	}
+	url := "https://" + net.JoinHostPort(host, port) + "/readyz"
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	resp, err := client.Do(req)
+	if err != nil {
+		fmt.Println("GET", url, "failed:", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	fmt.Printf("GET %s: %d %s\n", url, resp.StatusCode, strings.TrimSpace(string(body)))
+	if resp.StatusCode != http.StatusOK {
+		return 1
+	}
+	return 0
 }

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from mailpipe.devstack import harness, node_plan, procs
+from mailpipe.devstack import harness, kube, node_plan, procs
 from mailpipe.devstack.node import Node, NodeState
 from mailpipe.devstack.procs import ComponentFailed
 from mailpipe.devstack.stack import Stack, StackState
@@ -142,6 +142,31 @@ def _deployment(name: str, namespace: str, image: str, replicas: int) -> dict[st
     }
 
 
+def _readyz_pod(name: str, namespace: str, image: str) -> dict[str, Any]:
+    """A pod that asks the API server's /readyz as in-cluster clients do (deps/pause)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "readyz",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": ["/pause", "apiserver-readyz"],
+                }
+            ],
+        },
+    }
+
+
+def _phase(env: dict[str, str], namespace: str, name: str) -> str:
+    pod = harness.get_object(env, "pod", name, namespace)
+    return str((pod or {}).get("status", {}).get("phase", ""))
+
+
 def _running_pods(env: dict[str, str], namespace: str) -> list[dict[str, Any]]:
     pods = harness.get_json(env, "pods", "-n", namespace)["items"]
     return [p for p in pods if p["status"].get("phase") == "Running"]
@@ -193,6 +218,18 @@ def test_pods_run_on_the_node_and_down_leaves_nothing(
         node_obj = harness.get_json(env, "node", node_plan.NODE_NAME)
         addresses = {a["type"]: a["address"] for a in node_obj["status"]["addresses"]}
         assert ipaddress.IPv4Address(addresses["InternalIP"]) in ipaddress.IPv4Network(state.link)
+
+        # In-cluster config from a pod: the `kubernetes` Service (kube-proxy's
+        # rules in the node's namespace) leads to the API server on loopback.
+        harness.apply(env, _readyz_pod("readyz", namespace, state.pause_image))
+        wait_for(
+            lambda: _phase(env, namespace, "readyz") in {"Succeeded", "Failed"},
+            POD_RUNNING_TIMEOUT_SECONDS,
+            "the readyz pod to finish",
+        )
+        answer = harness.kubectl_ok(env, "logs", "-n", namespace, "readyz")
+        assert _phase(env, namespace, "readyz") == "Succeeded", answer
+        assert f"https://{kube.KUBERNETES_SERVICE_IP}:443/readyz: 200 ok" in answer
 
         container_pids = _pids_in_cgroup(state.names.pods_cgroup + "/")
         assert container_pids, "no container process in the node's pods cgroup"

@@ -145,3 +145,24 @@ def test_cgroup_hierarchies_are_every_v1_and_v2_mount() -> None:
         Path("/sys/fs/cgroup/cpu/mailpipe-node-abc123/pods"),
         Path("/sys/fs/cgroup/unified/mailpipe-node-abc123/pods"),
     ]
+
+
+def test_kube_proxy_leaves_the_hosts_conntrack_settings_alone() -> None:
+    config = node_plan.kube_proxy_config(LAYOUT)
+    assert config["mode"] == "iptables"
+    assert config["clusterCIDR"] == node_plan.POD_CIDR
+    # Zero means "do not set": nf_conntrack_max is host-wide, not the namespace's.
+    assert config["conntrack"]["maxPerCore"] == 0 and config["conntrack"]["min"] == 0
+    assert config["clientConnection"]["kubeconfig"].startswith("/state/node/")
+
+
+def test_the_kubernetes_service_endpoints_are_the_host_end_of_the_link() -> None:
+    endpoints, slice_ = node_plan.kubernetes_endpoints(LINK, 6443)
+    assert endpoints["subsets"] == [
+        {
+            "addresses": [{"ip": "172.30.0.5"}],
+            "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+        }
+    ]
+    assert slice_["metadata"]["labels"]["kubernetes.io/service-name"] == "kubernetes"
+    assert slice_["endpoints"][0]["addresses"] == ["172.30.0.5"]

@@ -78,8 +78,11 @@ def _builder(
     )
 
 
-def generate(directory: Path) -> PKI:
-    """Write a fresh CA, serving cert, admin client cert and SA key pair to `directory`."""
+def generate(directory: Path, service_ip: str | None = None) -> PKI:
+    """Write a fresh CA, serving cert, admin client cert and SA key pair to `directory`.
+
+    `service_ip`: the `kubernetes` Service's ClusterIP, where pods reach the
+    API server; the serving certificate names it beside 127.0.0.1."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = pki_in(directory)
     ca_key = _key()
@@ -113,8 +116,12 @@ def generate(directory: Path) -> PKI:
             x509.SubjectAlternativeName(
                 [
                     x509.DNSName("localhost"),
+                    x509.DNSName("kubernetes"),
+                    x509.DNSName("kubernetes.default"),
                     x509.DNSName("kubernetes.default.svc"),
+                    x509.DNSName("kubernetes.default.svc.cluster.local"),
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    *([x509.IPAddress(ipaddress.ip_address(service_ip))] if service_ip else []),
                 ]
             ),
             critical=False,

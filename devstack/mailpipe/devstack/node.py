@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import ipaddress
 import json
 import os
@@ -49,9 +50,16 @@ DEREGISTER_TIMEOUT_SECONDS = 15.0  # one DELETE; the API server answers in milli
 PROCESS_STOP_GRACE_SECONDS = 15.0  # kubelet and containerd stop within a few seconds
 CGROUP_EMPTY_TIMEOUT_SECONDS = 10.0  # SIGKILLed processes leave their cgroup once reaped
 UMOUNT_ATTEMPTS = 3
-PAUSE_TAG = "1"  # bumped with deps/pause; the digest names the content anyway
+PAUSE_TAG_LENGTH = 12  # hex digits of the binary's sha256: a new build, a new tag
 # Start order; `down` stops in the reverse.
-PROCESS_ORDER = ["containerd", "kubelet", "kube-scheduler", "kube-controller-manager"]
+PROCESS_ORDER = [
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+    "kube-scheduler",
+    "kube-controller-manager",
+]
+KUBE_PROXY_READY_TIMEOUT_SECONDS = 60  # first sync of Services into iptables
 LOG_SYMLINK_DIR = Path("/var/log/containers")  # the kubelet's legacy links, not configurable
 # Host paths the kubelet and containerd 1.6 use whatever they are told: the
 # device plugin directory, the legacy log links, the shims' socket directory.
@@ -95,6 +103,7 @@ class NodeState:
     processes: dict[str, NodeProcess] = field(default_factory=dict)
     pause_image: str = ""
     kubeconfig: str = ""  # the stack's admin kubeconfig: `down` deregisters the node
+    endpoints: bool = False  # the `kubernetes` Service's endpoints were written
     host_dirs: list[str] = field(default_factory=list)  # created outside the root, see HOST_DIRS
     started_at: float = 0.0
 
@@ -225,6 +234,7 @@ class Node:
             self._configs(state, stack)
             self._containerd(state)
             self._kubelet(state, {**os.environ, **stack.env()})
+            self._kube_proxy(state, stack)
             if control_plane:
                 self._control_plane(state, stack)
         except BaseException:
@@ -271,7 +281,9 @@ class Node:
         for directory in (layout.cni_conf_dir, layout.cni_ipam_dir, layout.pod_logs, layout.logs):
             directory.mkdir(parents=True, exist_ok=True)
         pki = certs.pki_in(_pki_dir(stack))
-        state.pause_image = f"{node_plan.PAUSE_IMAGE_REPOSITORY}:{PAUSE_TAG}"
+        pause = paths.binary("pause").read_bytes()
+        tag = hashlib.sha256(pause).hexdigest()[:PAUSE_TAG_LENGTH]
+        state.pause_image = f"{node_plan.PAUSE_IMAGE_REPOSITORY}:{tag}"
         layout.containerd_config.write_text(node_plan.containerd_config(layout, state.pause_image))
         (layout.cni_conf_dir / "10-mailpipe.conflist").write_text(
             json.dumps(node_plan.cni_conflist(layout), indent=2)
@@ -293,7 +305,7 @@ class Node:
         )
         archive = oci.build_archive(
             state.pause_image,
-            [oci.ImageFile("pause", paths.binary("pause").read_bytes())],
+            [oci.ImageFile("pause", pause)],
             oci.ImageConfig(entrypoint=["/pause"], user=node_plan.PAUSE_USER),
         )
         layout.pause_archive.write_bytes(archive.data)
@@ -356,6 +368,50 @@ class Node:
             return got.returncode == 0 and harness.condition_true(json.loads(got.stdout))
 
         self._wait(state, "kubelet", ready, NODE_READY_TIMEOUT_SECONDS)
+
+    def _kube_proxy(self, state: NodeState, stack: StackState) -> None:
+        """kube-proxy in the node's namespace, and the `kubernetes` Service's
+        endpoints at the host end of the link: in-cluster config then reaches
+        the API server from a pod, as on any cluster."""
+        layout = state.layout
+        link = Link(_network(state.link))
+        port = int(stack.kube_server.rsplit(":", 1)[1])
+        pki = certs.pki_in(_pki_dir(stack))
+        cert, key = layout.pki / "kube-proxy.crt", layout.pki / "kube-proxy.key"
+        # The built-in `system:node-proxier` binding names this user.
+        certs.issue_client_cert(pki, "system:kube-proxy", "", cert, key)
+        layout.kube_proxy_kubeconfig.write_text(
+            yaml.safe_dump(
+                node_plan.kubeconfig(
+                    f"https://{link.host_ip}:{port}", pki.ca_cert, cert, key, "localhost"
+                )
+            )
+        )
+        layout.kube_proxy_config.write_text(yaml.safe_dump(node_plan.kube_proxy_config(layout)))
+        env = {**os.environ, **stack.env()}
+        state.endpoints = True
+        state.save()
+        harness.apply(
+            env,
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": node_plan.kubernetes_endpoints(link, port),
+            },
+        )
+        argv = node_plan.kube_proxy_command(paths.binary("kube-proxy"), layout)
+        self._spawn(state, "kube-proxy", node_plan.in_netns(layout, argv))
+
+        def kubernetes_service_programmed() -> bool:
+            rules = _run(
+                node_plan.in_netns(layout, ["iptables", "-w", "-t", "nat", "-S"]),
+                "list the node's iptables rules",
+            )
+            return "default/kubernetes:https" in rules and "KUBE-SEP-" in rules
+
+        self._wait(
+            state, "kube-proxy", kubernetes_service_programmed, KUBE_PROXY_READY_TIMEOUT_SECONDS
+        )
 
     def _control_plane(self, state: NodeState, stack: StackState) -> None:
         kubeconfig = Path(stack.kubeconfig)
@@ -449,10 +505,29 @@ class Node:
     @staticmethod
     def _deregister(state: NodeState) -> bool:
         """Delete the Node object, so the API server does not keep a NotReady node
-        with its pods bound to it. Best effort: the API server may be gone."""
+        with its pods bound to it, and the `kubernetes` endpoints that lead to the
+        link. Best effort: the API server may be gone."""
         if not state.kubeconfig or not Path(state.kubeconfig).exists():
             return False
-        env = {**os.environ, "KUBECONFIG": state.kubeconfig}
+        env = {
+            **os.environ,
+            "KUBECONFIG": state.kubeconfig,
+            # The stack's discovery cache (see StackState.env), not ~/.kube's.
+            "KUBECACHEDIR": str(Path(state.kubeconfig).parent / "kubecache"),
+        }
+        if state.endpoints:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                harness.kubectl(
+                    env,
+                    "delete",
+                    "-n",
+                    "default",
+                    "endpoints/kubernetes",
+                    "endpointslices.discovery.k8s.io/kubernetes",
+                    "--ignore-not-found",
+                    "--wait=false",
+                    timeout_seconds=DEREGISTER_TIMEOUT_SECONDS,
+                )
         with contextlib.suppress(subprocess.TimeoutExpired):
             got = harness.kubectl(
                 env,

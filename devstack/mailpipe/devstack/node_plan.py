@@ -42,6 +42,9 @@ NODE_IFNAME = "eth0"  # the node end of the link, renamed inside the namespace
 UNIX_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 KUBELET_PORT = 10250
 KUBELET_HEALTHZ_PORT = 10248  # on the namespace's own loopback
+KUBE_PROXY_HEALTHZ_PORT = 10256  # kube-proxy's defaults, on the namespace's loopback
+KUBE_PROXY_METRICS_PORT = 10249
+ENDPOINTS_MANAGER = "mailpipe-devstack"  # the EndpointSlice's managed-by label
 PAUSE_IMAGE_REPOSITORY = "mailpipe.local/pause"
 PAUSE_USER = "65535"  # the upstream pause image's user: nobody's, owns nothing
 # No registry: an image garbage-collected from the node cannot be pulled back.
@@ -168,6 +171,14 @@ class Layout:
     @property
     def kubelet_kubeconfig(self) -> Path:
         return self.root / "kubelet.kubeconfig"
+
+    @property
+    def kube_proxy_config(self) -> Path:
+        return self.root / "kube-proxy.yaml"
+
+    @property
+    def kube_proxy_kubeconfig(self) -> Path:
+        return self.root / "kube-proxy.kubeconfig"
 
     @property
     def pod_logs(self) -> Path:
@@ -395,6 +406,63 @@ def kubelet_command(binary: Path, layout: Layout, link: Link) -> list[str]:
         f"--node-ip={link.node_ip}",
         f"--hostname-override={NODE_NAME}",
         "--v=1",
+    ]
+
+
+def kube_proxy_config(layout: Layout, pod_cidr: str = POD_CIDR) -> dict[str, Any]:
+    """kube-proxy in iptables mode inside the node's namespace (its rules go with it).
+
+    Conntrack limits are the host's, not the namespace's: kube-proxy is told
+    to leave them (zero means "do not set")."""
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "iptables",
+        "clientConnection": {"kubeconfig": str(layout.kube_proxy_kubeconfig)},
+        "hostnameOverride": NODE_NAME,
+        "clusterCIDR": pod_cidr,
+        "healthzBindAddress": f"127.0.0.1:{KUBE_PROXY_HEALTHZ_PORT}",
+        "metricsBindAddress": f"127.0.0.1:{KUBE_PROXY_METRICS_PORT}",
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
+    }
+
+
+def kube_proxy_command(binary: Path, layout: Layout) -> list[str]:
+    return [str(binary), f"--config={layout.kube_proxy_config}", "--v=1"]
+
+
+def kubernetes_endpoints(link: Link, apiserver_port: int) -> list[dict[str, Any]]:
+    """The `kubernetes` Service's endpoints: the host end of the link, whose DNAT
+    rule carries the connection to the API server on loopback. The API server
+    writes none (`--endpoint-reconciler-type=none`): its own address is 127.0.0.1."""
+    port = {"name": "https", "port": apiserver_port, "protocol": "TCP"}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": link.host_ip}], "ports": [port]}],
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": ENDPOINTS_MANAGER,
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [link.host_ip], "conditions": {"ready": True}}],
+            "ports": [port],
+        },
     ]
 
 

@@ -147,7 +147,7 @@ class Stack:
 
         self._start_dns(state, zones)
 
-        pki = certs.generate(kube_dir / "pki")
+        pki = certs.generate(kube_dir / "pki", kube.KUBERNETES_SERVICE_IP)
         _wait_ready(
             "etcd",
             etcd_pid,
