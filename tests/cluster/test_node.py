@@ -47,6 +47,8 @@ HOST_PATHS = [
     "/usr/libexec/kubernetes",
 ]
 ZOMBIE_REAPED_TIMEOUT_SECONDS = 30  # PID 1 here reaps orphans within seconds
+CLI_UP_TIMEOUT_SECONDS = 420  # Kafka's JVM, etcd, the API server, then the node, loaded machine
+CLI_TIMEOUT_SECONDS = 120
 
 
 def _snapshot() -> dict[str, Any]:
@@ -324,6 +326,57 @@ def test_down_from_another_process_after_the_owner_was_killed(
     finally:
         owner.kill()
         node.down()
+    assert node.leftovers(state) == []
+    with contextlib.suppress(AssertionError):  # the assertion below says what is left
+        wait_for(
+            lambda: not _pids_in_cgroup(state.names.cgroup),
+            ZOMBIE_REAPED_TIMEOUT_SECONDS,
+            "no process left in the node's cgroup",
+        )
+    assert _describe(_pids_in_cgroup(state.names.cgroup)) == []
+    assert _snapshot() == before
+
+
+def test_dev_up_with_a_node_and_dev_down_from_the_shell(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`mailpipe dev up --node` is a whole stack with its node; `mailpipe dev
+    down` (the stack's down) removes the node with it."""
+    state_dir = tmp_path_factory.mktemp("cli")  # short: unix socket paths live under it
+    before = _snapshot()
+    mailpipe = [str(harness.MAILPIPE), "dev"]
+    up = subprocess.run(
+        [*mailpipe, "up", "--node", "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=CLI_UP_TIMEOUT_SECONDS,
+        check=False,
+    )
+    node = Node(state_dir)
+    state = node.state
+    try:
+        assert up.returncode == 0, up.stderr
+        assert state is not None and state.complete
+        env = {**os.environ, **dict(line.split("=", 1) for line in up.stdout.splitlines())}
+        assert harness.condition_true(harness.get_json(env, "node", node_plan.NODE_NAME))
+        status = subprocess.run(
+            [*mailpipe, "status", "--state-dir", str(state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_SECONDS,
+            check=False,
+        )
+        assert status.returncode == 0, status.stdout
+        assert "node kubelet: running" in status.stdout
+    finally:
+        down = subprocess.run(
+            [*mailpipe, "down", "--state-dir", str(state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_SECONDS,
+            check=False,
+        )
+    assert down.returncode == 0 and "stopped: node, " in down.stdout, down.stdout + down.stderr
     assert node.leftovers(state) == []
     with contextlib.suppress(AssertionError):  # the assertion below says what is left
         wait_for(

@@ -1,4 +1,4 @@
-"""`mailpipe dev up | down | status | env`: the local stack from a shell."""
+"""`mailpipe dev up [--node] | down | status | env`: the local stack from a shell."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import procs
+from .node import Node, NodeError
+from .node_plan import PlanError
+from .paths import ComponentMissing
 from .procs import ComponentFailed
 from .stack import Stack
 
@@ -18,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path(".devstack"),
         help="where pids, ports, logs and data live (default: ./.devstack)",
     )
+    parser.add_argument(
+        "--node",
+        action="store_true",
+        help="up: also a real Kubernetes node (containerd, kubelet, kube-proxy, scheduler, "
+        "controller-manager in a network namespace; root, `make node-components`)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "up":
         try:
             state = stack.up()
-        except ComponentFailed as exc:
+            if args.node:
+                node = Node(args.state_dir).up(state)
+                print(f"node {node.link}: {node.pause_image} imported", file=sys.stderr)
+        except (ComponentFailed, ComponentMissing, NodeError, PlanError) as exc:
             print(exc, file=sys.stderr)
             return 1
         for key, value in state.env().items():
@@ -37,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "status":
         status = stack.status()
+        node_state = Node(args.state_dir).state
+        if node_state is not None:
+            status.update(
+                {f"node {name}": procs.alive(p.pid) for name, p in node_state.processes.items()}
+            )
         if not status:
             print("not running")
             return 1

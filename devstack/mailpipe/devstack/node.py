@@ -105,6 +105,7 @@ class NodeState:
     kubeconfig: str = ""  # the stack's admin kubeconfig: `down` deregisters the node
     endpoints: bool = False  # the `kubernetes` Service's endpoints were written
     host_dirs: list[str] = field(default_factory=list)  # created outside the root, see HOST_DIRS
+    complete: bool = False  # `up` finished: every process started and ready
     started_at: float = 0.0
 
     @property
@@ -219,6 +220,12 @@ class Node:
         if not stack.kube_server:
             raise NodeError(f"no API server in {stack.state_dir}: run `mailpipe dev up` first")
         existing = self.state
+        if (
+            existing is not None
+            and existing.complete
+            and all(procs.alive(p.pid) for p in existing.processes.values())
+        ):
+            return existing  # `dev up --node` twice: the running node stays
         if existing is not None:
             self.down()
         layout = Layout(self.root)
@@ -241,6 +248,7 @@ class Node:
             state.save()
             self.down()
             raise
+        state.complete = True
         state.save()
         return state
 
