@@ -94,6 +94,17 @@ def _describe(pids: list[int]) -> list[str]:
     return described
 
 
+def _rss_anon_kib(pid: int) -> int:
+    """A process's own memory (RssAnon), without the shared binary pages RSS counts."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _netns_inode(pid: int) -> int:
     return os.stat(f"/proc/{pid}/ns/net").st_ino
 
@@ -233,12 +244,27 @@ def test_pods_run_on_the_node_and_down_leaves_nothing(
         assert _phase(env, namespace, "readyz") == "Succeeded", answer
         assert f"https://{kube.KUBERNETES_SERVICE_IP}:443/readyz: 200 ok" in answer
 
+        # Contained: the node's namespace routes the link and the pods' bridge, nothing else.
+        routes = subprocess.run(
+            node_plan.in_netns(state.layout, ["ip", "-4", "route", "show"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert sorted(line.split()[0] for line in routes.splitlines()) == sorted(
+            [state.link, node_plan.POD_CIDR]
+        ), routes
+
         container_pids = _pids_in_cgroup(state.names.pods_cgroup + "/")
         assert container_pids, "no container process in the node's pods cgroup"
         netns_inodes = {_netns_inode(pid) for pid in container_pids}
         netns_inodes.add(os.stat(state.layout.netns).st_ino)
         peak = node.memory_peak_bytes(state)
-        print(f"node up in {up_seconds:.1f}s; node cgroup peak memory {peak / 2**20:.0f} MiB")
+        anon = sum(_rss_anon_kib(pid) for pid in _pids_in_cgroup(state.names.cgroup + "/"))
+        print(
+            f"node up in {up_seconds:.1f}s; node cgroup peak memory {peak / 2**20:.0f} MiB; "
+            f"anonymous RSS of its processes now {anon / 1024:.0f} MiB"
+        )
         harness.kubectl(env, "delete", "namespace", namespace, "--wait=false")
     finally:
         started = time.monotonic()
