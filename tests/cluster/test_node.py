@@ -31,6 +31,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 POD_RUNNING_TIMEOUT_SECONDS = 120  # sandbox + container start on a loaded 2-core machine
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Mounts a node could leave outside its own directory (which `leftovers`
+# covers): system paths. Not all of /tmp: other work on a shared machine
+# mounts there (a root filesystem being built) while the node comes and goes.
+SYSTEM_MOUNT_PREFIXES = ("/run", "/var", "/etc", "/opt", "/usr", "/sys", "/dev", "/proc")
 # Where the kubelet, containerd and libcni write whatever they are told.
 HOST_PATHS = [
     "/var/lib/kubelet",
@@ -52,18 +56,41 @@ CLI_TIMEOUT_SECONDS = 120
 
 
 def _snapshot() -> dict[str, Any]:
-    """What of the machine a node could leave behind, outside its own directory."""
+    """What of the machine a node could leave behind, outside its own directory
+    (mounts under it are in `Node.leftovers`, also asserted)."""
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
     mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
     return {
         "interfaces": sorted(os.listdir("/sys/class/net")),
         "iptables rules": sorted(line for line in rules.splitlines() if line.startswith("-A")),
-        "mounts": sorted(line.split()[4] for line in mountinfo),
+        "mounts": sorted(
+            point
+            for point in (line.split()[4] for line in mountinfo)
+            if point.startswith(SYSTEM_MOUNT_PREFIXES)
+        ),
         "host paths": {p: sorted(os.listdir(p)) if os.path.isdir(p) else None for p in HOST_PATHS},
         "cgroups": sorted(
             str(d) for h in CGROUP_ROOT.iterdir() if h.is_dir() for d in h.iterdir() if d.is_dir()
         ),
     }
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What differs between two snapshots, item by item (empty: nothing)."""
+    changes: dict[str, Any] = {}
+    for key, old in before.items():
+        new = after[key]
+        if old == new:
+            continue
+        if isinstance(old, list):
+            changes[key] = {
+                "added": sorted(set(new) - set(old)),
+                "removed": sorted(set(old) - set(new)),
+                "count": (len(old), len(new)),
+            }
+        else:
+            changes[key] = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
+    return changes
 
 
 def _pids_in_cgroup(fragment: str) -> list[int]:
@@ -282,7 +309,7 @@ def test_pods_run_on_the_node_and_down_leaves_nothing(
         )
     assert _describe(_pids_in_cgroup(state.names.cgroup)) == []
     assert _describe(_pids_in_netns(netns_inodes)) == []
-    assert _snapshot() == before
+    assert _changes(before, _snapshot()) == {}
     assert harness.kubectl(env, "get", "node", node_plan.NODE_NAME).returncode != 0
     assert not state.layout.netns.exists()
 
@@ -301,7 +328,7 @@ def test_a_failed_up_leaves_nothing(
     with pytest.raises(ComponentFailed, match=r"kubelet failed to start(.|\n)*no-such-flag"):
         node.up(stack_state, control_plane=False)
     assert node.state is None
-    assert _snapshot() == before
+    assert _changes(before, _snapshot()) == {}
 
 
 OWNER_SCRIPT = """
@@ -360,7 +387,7 @@ def test_down_from_another_process_after_the_owner_was_killed(
             "no process left in the node's cgroup",
         )
     assert _describe(_pids_in_cgroup(state.names.cgroup)) == []
-    assert _snapshot() == before
+    assert _changes(before, _snapshot()) == {}
 
 
 def test_dev_up_with_a_node_and_dev_down_from_the_shell(
@@ -411,4 +438,4 @@ def test_dev_up_with_a_node_and_dev_down_from_the_shell(
             "no process left in the node's cgroup",
         )
     assert _describe(_pids_in_cgroup(state.names.cgroup)) == []
-    assert _snapshot() == before
+    assert _changes(before, _snapshot()) == {}
