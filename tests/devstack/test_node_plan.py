@@ -166,3 +166,12 @@ def test_the_kubernetes_service_endpoints_are_the_host_end_of_the_link() -> None
     ]
     assert slice_["metadata"]["labels"]["kubernetes.io/service-name"] == "kubernetes"
     assert slice_["endpoints"][0]["addresses"] == ["172.30.0.5"]
+
+
+def test_no_node_component_writes_the_default_flex_volume_directory() -> None:
+    kubelet = node_plan.kubelet_config(LAYOUT, LINK, NAMES, Path("/ca.crt"))
+    kcm = node_plan.controller_manager_command(
+        Path("kcm"), Path("/kc"), 1, Path("/ca"), Path("/sa"), LAYOUT
+    )
+    assert kubelet["volumePluginDir"] == "/state/node/kubelet/volume-plugins"
+    assert "--flex-volume-plugin-dir=/state/node/kubelet/volume-plugins" in kcm

@@ -439,6 +439,7 @@ class Node:
                 kcm_port,
                 pki.ca_cert,
                 pki.sa_key,
+                state.layout,
             ),
         )
         for name, port in (("kube-scheduler", sched_port), ("kube-controller-manager", kcm_port)):

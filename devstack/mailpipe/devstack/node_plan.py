@@ -485,7 +485,7 @@ def scheduler_command(binary: Path, kubeconfig: Path, port: int) -> list[str]:
 
 
 def controller_manager_command(
-    binary: Path, kubeconfig: Path, port: int, ca_cert: Path, sa_key: Path
+    binary: Path, kubeconfig: Path, port: int, ca_cert: Path, sa_key: Path, layout: Layout
 ) -> list[str]:
     """kube-controller-manager: Deployments, ReplicaSets, garbage collection,
     ServiceAccounts and the root CA ConfigMap that pods' token volumes need."""
@@ -501,6 +501,8 @@ def controller_manager_command(
         f"--root-ca-file={ca_cert}",
         f"--service-account-private-key-file={sa_key}",
         "--use-service-account-credentials=true",
+        # Else it creates /usr/libexec/kubernetes/kubelet-plugins/volume/exec.
+        f"--flex-volume-plugin-dir={layout.kubelet_root / 'volume-plugins'}",
         "--v=1",
     ]
 
