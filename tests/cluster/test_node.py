@@ -35,7 +35,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # covers): system paths. Not all of /tmp: other work on a shared machine
 # mounts there (a root filesystem being built) while the node comes and goes.
 SYSTEM_MOUNT_PREFIXES = ("/run", "/var", "/etc", "/opt", "/usr", "/sys", "/dev", "/proc")
-# Where the kubelet, containerd and libcni write whatever they are told.
+# Where the kubelet, containerd and libcni write whatever they are told. Not
+# /etc/cni: buildah and podman (other work on a shared machine) lock files there.
 HOST_PATHS = [
     "/var/lib/kubelet",
     "/var/lib/cni",
@@ -47,7 +48,6 @@ HOST_PATHS = [
     "/var/lib/containerd",
     "/run/netns",
     "/opt/containerd",
-    "/etc/cni",
     "/usr/libexec/kubernetes",
 ]
 ZOMBIE_REAPED_TIMEOUT_SECONDS = 30  # PID 1 here reaps orphans within seconds
