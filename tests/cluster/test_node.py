@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from mailpipe.devstack import harness, kube, node_plan, procs
-from mailpipe.devstack.node import Node, NodeState
+from mailpipe.devstack.node import Node, NodeError, NodeState
 from mailpipe.devstack.procs import ComponentFailed
 from mailpipe.devstack.stack import Stack, StackState
 from tests.conftest import wait_for
@@ -438,4 +438,32 @@ def test_dev_up_with_a_node_and_dev_down_from_the_shell(
             "no process left in the node's cgroup",
         )
     assert _describe(_pids_in_cgroup(state.names.cgroup)) == []
+    assert _changes(before, _snapshot()) == {}
+
+
+def test_a_failing_down_step_does_not_stop_the_others_and_down_again_finishes(
+    devstack: Stack, stack_state: StackState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One mount that will not go: `down` still removes the rest, says which
+    step failed, keeps the record; the next `down` removes what was left."""
+    before = _snapshot()
+    node = Node(devstack.state_dir)
+    state = node.up(stack_state, control_plane=False)
+    stuck = state.layout.kubelet_root
+    real_umount = Node._umount
+
+    def umount(point: Path) -> None:
+        if point == stuck:
+            raise NodeError(f"unmount {point}: busy (this test)")
+        real_umount(point)
+
+    monkeypatch.setattr(Node, "_umount", staticmethod(umount))
+    with pytest.raises(NodeError, match=r"unmount under the node's directory: unmount .*busy"):
+        node.down()
+    assert node.state is not None  # kept for the next down
+    left = node.leftovers(state)
+    assert left == [f"mount {stuck}"], left  # the link, rule, cgroups, processes: gone
+    monkeypatch.undo()
+    node.down()
+    assert node.leftovers(state) == []
     assert _changes(before, _snapshot()) == {}

@@ -450,16 +450,45 @@ class Node:
 
     def down(self) -> list[str]:
         """Remove everything the recorded `up` created, in reverse order; returns
-        what was removed. Safe to call twice and after a partial `up`."""
+        what was removed. Safe to call twice and after a partial `up`.
+
+        A step that fails does not stop the steps after it; NodeError then
+        names every failure, and the record stays so the next `down` retries."""
         state = self.state
         if state is None:
             return []
         removed: list[str] = []
-        names, layout = state.names, state.layout
-        hierarchies = node_plan.cgroup_hierarchies(_mountinfo())
-        # Processes: ours by pid, in reverse start order, containerd last; the
-        # containers go through containerd first, so their shims exit cleanly
-        # and remove their sockets; then whatever is left in the node's cgroup.
+        errors: list[str] = []
+        steps: list[tuple[str, Callable[[], list[str]]]] = [
+            ("stop the node's processes", lambda: self._stop_processes(state)),
+            ("deregister the node", lambda: self._deregister_step(state)),
+            ("empty the node's cgroup", lambda: self._kill_step(state)),
+            ("unmount under the node's directory", lambda: self._unmount_step(state)),
+            ("remove the node's cgroups", lambda: self._cgroups_step(state)),
+            ("remove the DNAT rule", lambda: self._dnat_step(state)),
+            ("remove the veth pair", lambda: self._veth_step(state)),
+            ("remove the network namespace", lambda: self._netns_step(state)),
+            ("remove the kubelet's log links", lambda: self._remove_log_symlinks(state.layout)),
+            ("remove CNI results", lambda: self._remove_cni_results(state.layout)),
+            ("remove host directories", lambda: self._host_dirs_step(state)),
+        ]
+        for what, step in steps:
+            try:
+                removed += step()
+            except (NodeError, OSError, subprocess.SubprocessError) as exc:
+                errors.append(f"{what}: {exc}")
+        if errors:
+            raise NodeError(
+                f"node {state.node_id} not fully removed (run `mailpipe dev down` again): "
+                + "; ".join(errors)
+            )
+        (self.root / STATE_FILE).unlink(missing_ok=True)
+        return removed
+
+    def _stop_processes(self, state: NodeState) -> list[str]:
+        """Ours by pid, in reverse start order, containerd last; the containers go
+        through containerd first, so their shims exit and remove their sockets."""
+        removed = []
         for name in reversed(PROCESS_ORDER):
             proc = state.processes.get(name)
             if name == "containerd" and proc is not None and procs.alive(proc.pid):
@@ -467,39 +496,70 @@ class Node:
             if proc is not None and procs.alive(proc.pid):
                 procs.stop(proc.pid, PROCESS_STOP_GRACE_SECONDS)
                 removed.append(f"process {name} ({proc.pid})")
+        return removed
+
+    def _deregister_step(self, state: NodeState) -> list[str]:
         # After the kubelet stopped: it would register the node again.
         if "kubelet" in state.processes and self._deregister(state):
-            removed.append(f"node {node_plan.NODE_NAME}")
-        if state.cgroups:
-            removed += self._kill_cgroup_tree(hierarchies, names.cgroup)
-        # Mounts: container root filesystems, pod network namespaces, kubelet volumes.
+            return [f"node {node_plan.NODE_NAME}"]
+        return []
+
+    def _kill_step(self, state: NodeState) -> list[str]:
+        if not state.cgroups:
+            return []
+        hierarchies = node_plan.cgroup_hierarchies(_mountinfo())
+        return self._kill_cgroup_tree(hierarchies, state.names.cgroup)
+
+    def _unmount_step(self, state: NodeState) -> list[str]:
+        """Container root filesystems, pod network namespaces, kubelet volumes."""
+        removed = []
         for point in node_plan.mounts_under(_mountinfo(), self.root):
-            if point == layout.netns:
+            if point == state.layout.netns:
                 continue  # the node's namespace goes last
             self._umount(point)
             removed.append(f"mount {point}")
+        return removed
+
+    def _cgroups_step(self, state: NodeState) -> list[str]:
+        hierarchies = node_plan.cgroup_hierarchies(_mountinfo())
+        removed = []
         for path in reversed(state.cgroups):
             removed += self._remove_cgroup(hierarchies, path)
-        if state.dnat:
-            rule = node_plan.Rule("nat", "PREROUTING", tuple(state.dnat))
-            check = subprocess.run(rule.check(), capture_output=True, check=False)
-            if check.returncode == 0:
-                _run(rule.delete(), "remove the API server DNAT rule")
-                removed.append(f"iptables nat PREROUTING rule ({names.iptables_comment})")
-        if state.veth and Path("/sys/class/net", names.host_veth).exists():
-            _run(["ip", "link", "del", names.host_veth], "remove the node's veth pair")
-            removed.append(f"veth {names.host_veth}")
-        if state.netns and layout.netns in node_plan.mounts_under(_mountinfo(), layout.netns):
-            self._umount(layout.netns)
-            removed.append(f"network namespace {layout.netns}")
-        layout.netns.unlink(missing_ok=True)
-        removed += self._remove_log_symlinks(layout)
-        removed += self._remove_cni_results(layout)
+        return removed
+
+    def _dnat_step(self, state: NodeState) -> list[str]:
+        if not state.dnat:
+            return []
+        rule = node_plan.Rule("nat", "PREROUTING", tuple(state.dnat))
+        if subprocess.run(rule.check(), capture_output=True, check=False).returncode != 0:
+            return []  # already gone
+        _run(rule.delete(), "remove the API server DNAT rule")
+        return [f"iptables nat PREROUTING rule ({state.names.iptables_comment})"]
+
+    def _veth_step(self, state: NodeState) -> list[str]:
+        veth = state.names.host_veth
+        if not state.veth or not Path("/sys/class/net", veth).exists():
+            return []
+        _run(["ip", "link", "del", veth], "remove the node's veth pair")
+        return [f"veth {veth}"]
+
+    def _netns_step(self, state: NodeState) -> list[str]:
+        netns = state.layout.netns
+        removed = []
+        if state.netns and netns in node_plan.mounts_under(_mountinfo(), netns):
+            self._umount(netns)
+            removed.append(f"network namespace {netns}")
+        netns.unlink(missing_ok=True)
+        return removed
+
+    @staticmethod
+    def _host_dirs_step(state: NodeState) -> list[str]:
+        removed = []
         for directory in reversed(state.host_dirs):
             host_dir = Path(directory)
             if not host_dir.is_dir():
                 continue
-            # Created by this node's kubelet or containerd at a host_dir they do not
+            # Created by this node's kubelet or containerd at a path they do not
             # let us choose; removed only when this `up` created it.
             if host_dir in HOST_DIRS_OWNED:
                 shutil.rmtree(host_dir)
@@ -508,7 +568,6 @@ class Node:
                     host_dir.rmdir()
             if not host_dir.exists():
                 removed.append(f"directory {host_dir}")
-        (self.root / STATE_FILE).unlink(missing_ok=True)
         return removed
 
     @staticmethod

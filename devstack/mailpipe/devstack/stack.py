@@ -246,16 +246,21 @@ class Stack:
         state = self.state
         if state is None:
             return []
-        # The node first: its kubelet and controllers talk to the API server,
-        # and only a running containerd stops its containers cleanly.
-        stopped = ["node"] if Node(self.state_dir).down() else []
-        # Reverse start order: the apiserver before etcd, so it doesn't log a storm.
-        for name in ["kube-apiserver", "kafka", "dnsmasq", "etcd"]:
-            proc = state.processes.get(name)
-            if proc is not None:
-                procs.stop(proc.pid)
-                stopped.append(name)
-        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+        stopped: list[str] = []
+        try:
+            # The node first: its kubelet and controllers talk to the API server.
+            # If removing it fails, the stack still stops, and the node's record
+            # stays for the next `down`.
+            if Node(self.state_dir).down():
+                stopped.append("node")
+        finally:
+            # Reverse start order: the apiserver before etcd, so it doesn't log a storm.
+            for name in ["kube-apiserver", "kafka", "dnsmasq", "etcd"]:
+                proc = state.processes.get(name)
+                if proc is not None:
+                    procs.stop(proc.pid)
+                    stopped.append(name)
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
         return stopped
 
     def status(self) -> dict[str, bool]:
