@@ -4,14 +4,17 @@
 // pulling registry.k8s.io/pause; it does what that one does: wait for a
 // signal to stop, and reap orphans when it is PID 1 of a shared PID namespace.
 //
-// `pause apiserver-readyz` is the one other thing it does, for the node's
-// tests: from inside a pod, ask the API server's /readyz the way in-cluster
-// clients find it (KUBERNETES_SERVICE_HOST/PORT, the ServiceAccount token and
-// CA), print the answer and exit 0 only on 200. A test image with a client in
-// it would need a registry or a root filesystem; this needs neither.
+// Two other things it does, for the node's tests (a test image with a client
+// in it would need a registry or a root filesystem; this needs neither):
+//   - `pause apiserver-readyz`: from inside a pod, ask the API server's /readyz
+//     the way in-cluster clients find it (KUBERNETES_SERVICE_HOST/PORT, the
+//     ServiceAccount token and CA), print the answer, exit 0 only on 200;
+//   - `pause tcp-banner HOST:PORT`: connect, print the first line the server
+//     sends (an SMTP greeting), exit 0 only if there was one.
 package main
 
 import (
+	"bufio"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -33,6 +36,9 @@ const readyzTimeout = 10 * time.Second
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "apiserver-readyz" {
 		os.Exit(apiserverReadyz())
+	}
+	if len(os.Args) > 2 && os.Args[1] == "tcp-banner" {
+		os.Exit(tcpBanner(os.Args[2]))
 	}
 	signals := make(chan os.Signal, 8)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
@@ -90,5 +96,22 @@ func apiserverReadyz() int {
 	if resp.StatusCode != http.StatusOK {
 		return 1
 	}
+	return 0
+}
+
+func tcpBanner(address string) int {
+	conn, err := net.DialTimeout("tcp", address, readyzTimeout)
+	if err != nil {
+		fmt.Println("connect", address, "failed:", err)
+		return 1
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(readyzTimeout))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		fmt.Println("read from", address, "failed:", err)
+		return 1
+	}
+	fmt.Printf("%s: %s\n", address, strings.TrimSpace(line))
 	return 0
 }

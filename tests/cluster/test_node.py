@@ -23,7 +23,9 @@ import pytest
 
 from mailpipe.devstack import harness, kube, node_plan, procs
 from mailpipe.devstack.node import Node, NodeError, NodeState
+from mailpipe.devstack.node_plan import Link
 from mailpipe.devstack.procs import ComponentFailed
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.devstack.stack import Stack, StackState
 from tests.conftest import wait_for
 
@@ -202,6 +204,13 @@ def _readyz_pod(name: str, namespace: str, image: str) -> dict[str, Any]:
     }
 
 
+def _banner_pod(name: str, namespace: str, image: str, address: str) -> dict[str, Any]:
+    """A pod that reads the greeting of the server at `address` (deps/pause)."""
+    pod = _readyz_pod(name, namespace, image)
+    pod["spec"]["containers"][0]["command"] = ["/pause", "tcp-banner", address]
+    return pod
+
+
 def _phase(env: dict[str, str], namespace: str, name: str) -> str:
     pod = harness.get_object(env, "pod", name, namespace)
     return str((pod or {}).get("status", {}).get("phase", ""))
@@ -281,6 +290,24 @@ def test_pods_run_on_the_node_and_down_leaves_nothing(
         assert sorted(line.split()[0] for line in routes.splitlines()) == sorted(
             [state.link, node_plan.POD_CIDR]
         ), routes
+
+        # A test host of the stack (an SMTP receiver on loopback) exposed to pods.
+        port = procs.free_port()
+        with SMTPReceiver("127.0.0.1", port) as receiver:
+            address = node.expose(port)
+            harness.apply(env, _banner_pod("banner", namespace, state.pause_image, address))
+            wait_for(
+                lambda: _phase(env, namespace, "banner") in {"Succeeded", "Failed"},
+                POD_RUNNING_TIMEOUT_SECONDS,
+                "the banner pod to finish",
+            )
+            banner = harness.kubectl_ok(env, "logs", "-n", namespace, "banner")
+            assert _phase(env, namespace, "banner") == "Succeeded", banner
+            assert f"{address}: 220 " in banner and "mailpipe-test-receiver" in banner
+            # The pod's connection arrived from the node's end of the link (the
+            # other one, from 127.0.0.1, is the receiver's own start-up probe).
+            node_ip = Link(ipaddress.IPv4Network(state.link)).node_ip
+            assert set(receiver.connections()) == {node_ip, "127.0.0.1"}
 
         container_pids = _pids_in_cgroup(state.names.pods_cgroup + "/")
         assert container_pids, "no container process in the node's pods cgroup"

@@ -65,7 +65,7 @@ def test_link_commands_address_both_ends_and_route_nothing_beyond_the_link() -> 
 
 
 def test_the_dnat_rule_matches_only_the_link_and_carries_the_node_id() -> None:
-    rule = node_plan.apiserver_dnat(LINK, NAMES, 6443)
+    rule = node_plan.loopback_dnat(LINK, NAMES, 6443)
     spec = list(rule.spec)
     assert spec[spec.index("-i") + 1] == "mph-abc123"
     assert spec[spec.index("-d") + 1] == "172.30.0.5/32"
@@ -175,3 +175,9 @@ def test_no_node_component_writes_the_default_flex_volume_directory() -> None:
     )
     assert kubelet["volumePluginDir"] == "/state/node/kubelet/volume-plugins"
     assert "--flex-volume-plugin-dir=/state/node/kubelet/volume-plugins" in kcm
+
+
+def test_only_tcp_and_udp_ports_can_be_exposed() -> None:
+    assert "udp" in node_plan.loopback_dnat(LINK, NAMES, 53, "udp").spec
+    with pytest.raises(PlanError, match="cannot expose 'sctp' port 9: tcp or udp"):
+        node_plan.loopback_dnat(LINK, NAMES, 9, "sctp")

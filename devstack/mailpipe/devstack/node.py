@@ -98,7 +98,9 @@ class NodeState:
     netns: bool = False  # the namespace file is mounted
     veth: bool = False
     route_localnet: bool = False
-    dnat: list[str] = field(default_factory=list)  # the rule's spec once added
+    # Each host DNAT rule's spec, recorded before it is added: the API server's
+    # first, then what `expose` added.
+    dnat: list[list[str]] = field(default_factory=list)
     cgroups: list[str] = field(default_factory=list)  # directories created, in order
     processes: dict[str, NodeProcess] = field(default_factory=dict)
     pause_image: str = ""
@@ -268,10 +270,28 @@ class Node:
         node_plan.route_localnet_path(names).write_text("1")
         state.route_localnet = True
         port = int(kube_server.rsplit(":", 1)[1])
-        rule = node_plan.apiserver_dnat(link, names, port)
-        state.dnat = list(rule.spec)
+        self._add_dnat(state, node_plan.loopback_dnat(link, names, port), "the API server")
+
+    @staticmethod
+    def _add_dnat(state: NodeState, rule: node_plan.Rule, what: str) -> None:
+        state.dnat.append(list(rule.spec))
         state.save()
-        _run(rule.add(), "route the node's API server connections to loopback")
+        _run(rule.add(), f"route the node's connections to {what} to loopback")
+
+    def expose(self, port: int, protocol: str = "tcp") -> str:
+        """Let the node and its pods reach a server of the stack listening on
+        127.0.0.1:`port`, at the host end of the link; returns that host:port.
+
+        Only for servers that answer with nothing naming 127.0.0.1 (an SMTP or
+        DNS server; not Kafka, whose metadata names its advertised listener)."""
+        state = self.state
+        if state is None or not state.complete:
+            raise NodeError(f"no node running in {self.root}: run `mailpipe dev up --node`")
+        link = Link(_network(state.link))
+        rule = node_plan.loopback_dnat(link, state.names, port, protocol)
+        if list(rule.spec) not in state.dnat:
+            self._add_dnat(state, rule, f"{protocol} port {port}")
+        return f"{link.host_ip}:{port}"
 
     def _cgroups(self, state: NodeState) -> None:
         names = state.names
@@ -465,7 +485,7 @@ class Node:
             ("empty the node's cgroup", lambda: self._kill_step(state)),
             ("unmount under the node's directory", lambda: self._unmount_step(state)),
             ("remove the node's cgroups", lambda: self._cgroups_step(state)),
-            ("remove the DNAT rule", lambda: self._dnat_step(state)),
+            ("remove the DNAT rules", lambda: self._dnat_step(state)),
             ("remove the veth pair", lambda: self._veth_step(state)),
             ("remove the network namespace", lambda: self._netns_step(state)),
             ("remove the kubelet's log links", lambda: self._remove_log_symlinks(state.layout)),
@@ -528,13 +548,15 @@ class Node:
         return removed
 
     def _dnat_step(self, state: NodeState) -> list[str]:
-        if not state.dnat:
-            return []
-        rule = node_plan.Rule("nat", "PREROUTING", tuple(state.dnat))
-        if subprocess.run(rule.check(), capture_output=True, check=False).returncode != 0:
-            return []  # already gone
-        _run(rule.delete(), "remove the API server DNAT rule")
-        return [f"iptables nat PREROUTING rule ({state.names.iptables_comment})"]
+        removed = []
+        for spec in reversed(state.dnat):
+            rule = node_plan.Rule("nat", "PREROUTING", tuple(spec))
+            if subprocess.run(rule.check(), capture_output=True, check=False).returncode != 0:
+                continue  # never added, or already gone
+            _run(rule.delete(), "remove a DNAT rule")
+            port = spec[spec.index("--dport") + 1]
+            removed.append(f"iptables nat PREROUTING rule to port {port}")
+        return removed
 
     def _veth_step(self, state: NodeState) -> list[str]:
         veth = state.names.host_veth

@@ -258,16 +258,19 @@ class Rule:
         return ["iptables", "-w", "-t", self.table, "-C", self.chain, *self.spec]
 
 
-def apiserver_dnat(link: Link, names: Names, apiserver_port: int) -> Rule:
-    """The node reaches the API server at host_ip:port; the host hands it to loopback."""
+def loopback_dnat(link: Link, names: Names, port: int, protocol: str = "tcp") -> Rule:
+    """The node reaches host_ip:port; the host hands it to 127.0.0.1:port, where the
+    stack's servers listen (the API server; the test hosts a test exposes)."""
+    if protocol not in {"tcp", "udp"}:
+        raise PlanError(f"cannot expose {protocol!r} port {port}: tcp or udp")
     return Rule(
         "nat",
         "PREROUTING",
         (
-            "-i", names.host_veth, "-d", f"{link.host_ip}/32", "-p", "tcp",
-            "--dport", str(apiserver_port),
+            "-i", names.host_veth, "-d", f"{link.host_ip}/32", "-p", protocol,
+            "--dport", str(port),
             "-m", "comment", "--comment", names.iptables_comment,
-            "-j", "DNAT", "--to-destination", f"127.0.0.1:{apiserver_port}",
+            "-j", "DNAT", "--to-destination", f"127.0.0.1:{port}",
         ),
     )  # fmt: skip
 
