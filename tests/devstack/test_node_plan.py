@@ -105,6 +105,7 @@ def test_kubelet_config_fits_cgroup_v1_without_systemd_and_keeps_pods_in_the_nod
     config = node_plan.kubelet_config(LAYOUT, LINK, NAMES, Path("/ca.crt"))
     assert config["cgroupDriver"] == "cgroupfs"
     assert config["cgroupRoot"] == "/mailpipe-node-abc123/pods"
+    assert config["cgroupsPerQOS"] is True  # off, containerd puts pods in /k8s.io/<id>
     assert (config["failSwapOn"], config["enforceNodeAllocatable"]) == (False, [])
     assert config["address"] == "172.30.0.6"
     assert config["authentication"]["anonymous"]["enabled"] is False

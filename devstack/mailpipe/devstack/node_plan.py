@@ -12,8 +12,11 @@ Why the node is shaped like this (measured on this machine kind):
   the link (with `route_localnet` on that interface alone) carries the node's
   connections to it, so nothing listens beyond loopback and the link;
 - cgroup v1 and a PID 1 that is not systemd: the kubelet uses the `cgroupfs`
-  driver without per-QoS cgroups, and every node process and pod lives under
-  one cgroup of the node's own, which `down` empties and removes;
+  driver; every node process and pod lives under one cgroup of the node's
+  own, which `down` empties and removes. Per-QoS cgroups stay on: with them
+  off the kubelet gives containerd no cgroup parent and pods land in
+  `/k8s.io/<id>` beside everything else; with them on, `cgroupRoot` puts the
+  pods under the node's cgroup;
 - containerd's CRI plugin must restrict oom_score_adj, or runc fails with
   "can't get final child's PID from pipe".
 """
