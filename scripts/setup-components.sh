@@ -8,7 +8,6 @@ set -euo pipefail
 
 KAFKA_VERSION=3.9.1
 ETCD_VERSION=v3.6.16
-KUBE_VERSION=v1.34.4
 HELM_VERSION=v4.3.1
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,30 +15,8 @@ CACHE=${MAILPIPE_CACHE:-$HOME/.cache/mailpipe}
 BIN=$CACHE/bin
 LOGS=$CACHE/logs
 mkdir -p "$BIN" "$LOGS"
-export GOFLAGS=-mod=mod
-export GOTOOLCHAIN=local
-
-fail() { # component, log
-    echo "setup: $1 FAILED — last lines of $2:" >&2
-    tail -n 40 "$2" >&2 || true
-    exit 1
-}
-
-# A throwaway Go module that requires the target and builds its main package:
-# `go install pkg@version` refuses modules whose go.mod has replace lines.
-go_wrapper_build() { # name, module@version, package, output, ldflags, [extra go.mod text]
-    local name=$1 modver=$2 pkg=$3 out=$4 ldflags=$5 extra=${6:-}
-    local dir
-    dir=$(mktemp -d "$CACHE/build-$name.XXXXXX")
-    printf 'module mailpipe.local/build/%s\n\ngo 1.24\n\nrequire %s\n%s\n' \
-        "$name" "${modver/@/ }" "$extra" > "$dir/go.mod"
-    printf 'package tools\n\nimport _ "%s"\n' "$pkg" > "$dir/tools.go"
-    ( cd "$dir" && go mod tidy && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$pkg" \
-        && mv "$out.tmp" "$out" ) > "$LOGS/$name.log" 2>&1 || { rm -rf "$dir"; fail "$name" "$LOGS/$name.log"; }
-    rm -rf "$dir"
-}
-
-link() { ln -sfn "$1" "$BIN/$2"; }
+# shellcheck source=lib/components.sh
+. "$here/scripts/lib/components.sh"
 
 # --- etcd -------------------------------------------------------------------
 etcd_dir=$CACHE/etcd-$ETCD_VERSION
@@ -60,16 +37,8 @@ if "$kube_dir/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes $KUBE
 else
     echo "kube-apiserver $KUBE_VERSION: building from Go modules (10+ minutes on 2 cores)"
     mkdir -p "$kube_dir"
-    # k8s.io/kubernetes points its staging modules at ./staging with replace
-    # lines; map each to its published v0.x.y twin of the same release.
-    gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-    staging_version="v0.${KUBE_VERSION#v1.}"
-    replaces=$(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod" \
-        | sort -u | awk -v v="$staging_version" '{printf "replace %s => %s %s\n", $1, $1, v}')
-    minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
-    ver_pkg=k8s.io/component-base/version
-    ldflags="-s -w -X $ver_pkg.gitVersion=$KUBE_VERSION -X $ver_pkg.gitMajor=1 -X $ver_pkg.gitMinor=$minor"
-    ldflags+=" -X $ver_pkg.gitTreeState=clean -X $ver_pkg.buildDate=1970-01-01T00:00:00Z"
+    replaces=$(kube_staging_replaces "$KUBE_VERSION")
+    ldflags=$(kube_ldflags "$KUBE_VERSION")
     go_wrapper_build kube-apiserver "k8s.io/kubernetes@$KUBE_VERSION" k8s.io/kubernetes/cmd/kube-apiserver \
         "$kube_dir/kube-apiserver" "$ldflags" "$replaces"
 fi
@@ -120,8 +89,7 @@ if [ ${#need[@]} -gt 0 ]; then
     system_postfix_running && postfix_was_running=yes
     export DEBIAN_FRONTEND=noninteractive
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    (apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}") \
-        > "$LOGS/apt.log" 2>&1 || fail apt "$LOGS/apt.log"
+    apt_install "$LOGS/apt.log" "${need[@]}"
     # Leave no system daemon behind, but stop only the instance this install
     # started: postfix's own `stop` for that config dir signals the master whose
     # pid its queue directory records. Never by process name: on a shared

@@ -78,19 +78,13 @@ def _builder(
     )
 
 
-def generate(directory: Path) -> PKI:
-    """Write a fresh CA, serving cert, admin client cert and SA key pair to `directory`."""
+def generate(directory: Path, service_ip: str | None = None) -> PKI:
+    """Write a fresh CA, serving cert, admin client cert and SA key pair to `directory`.
+
+    `service_ip`: the `kubernetes` Service's ClusterIP, where pods reach the
+    API server; the serving certificate names it beside 127.0.0.1."""
     directory.mkdir(parents=True, exist_ok=True)
-    pki = PKI(
-        ca_cert=directory / "ca.crt",
-        ca_key=directory / "ca.key",
-        serving_cert=directory / "apiserver.crt",
-        serving_key=directory / "apiserver.key",
-        admin_cert=directory / "admin.crt",
-        admin_key=directory / "admin.key",
-        sa_key=directory / "sa.key",
-        sa_pub=directory / "sa.pub",
-    )
+    pki = pki_in(directory)
     ca_key = _key()
     ca_name = _name("mailpipe-devstack-ca")
     ca_cert = (
@@ -122,8 +116,12 @@ def generate(directory: Path) -> PKI:
             x509.SubjectAlternativeName(
                 [
                     x509.DNSName("localhost"),
+                    x509.DNSName("kubernetes"),
+                    x509.DNSName("kubernetes.default"),
                     x509.DNSName("kubernetes.default.svc"),
+                    x509.DNSName("kubernetes.default.svc.cluster.local"),
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    *([x509.IPAddress(ipaddress.ip_address(service_ip))] if service_ip else []),
                 ]
             ),
             critical=False,
@@ -151,3 +149,35 @@ def generate(directory: Path) -> PKI:
         )
     )
     return pki
+
+
+def issue_client_cert(pki: PKI, cn: str, org: str, cert: Path, key: Path) -> None:
+    """A client certificate signed by the stack's CA: the identity the API server
+    sees for a non-admin component (the kubelet is `system:node:<name>` in group
+    `system:nodes`, so the Node authorizer limits it to its own node's objects)."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    client_key = _key()
+    issued = (
+        _builder(_name(cn, org), ca_cert.subject, client_key.public_key())
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    cert.write_bytes(issued.public_bytes(serialization.Encoding.PEM))
+    _write_key(client_key, key)
+
+
+def pki_in(directory: Path) -> PKI:
+    """The PKI `generate` wrote to `directory` (the node reads the stack's)."""
+    return PKI(
+        ca_cert=directory / "ca.crt",
+        ca_key=directory / "ca.key",
+        serving_cert=directory / "apiserver.crt",
+        serving_key=directory / "apiserver.key",
+        admin_cert=directory / "admin.crt",
+        admin_key=directory / "admin.key",
+        sa_key=directory / "sa.key",
+        sa_pub=directory / "sa.pub",
+    )

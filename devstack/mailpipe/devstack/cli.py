@@ -1,4 +1,4 @@
-"""`mailpipe dev up | down | status | env`: the local stack from a shell.
+"""`mailpipe dev up [--node] | down | status | env`: the local stack from a shell.
 
 `up` and `env` print `export NAME=value` lines, quoted for a POSIX shell, so
 `eval "$(mailpipe dev env)"` points the shell's `kubectl` and `helm` at the
@@ -17,7 +17,10 @@ import sysconfig
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import paths
+from . import paths, procs
+from .node import Node, NodeError
+from .node_plan import PlanError
+from .paths import ComponentMissing
 from .procs import ComponentFailed
 from .stack import Stack
 
@@ -29,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path(".devstack"),
         help="where pids, ports, logs and data live (default: ./.devstack)",
+    )
+    parser.add_argument(
+        "--node",
+        action="store_true",
+        help="up: also a real Kubernetes node (containerd, kubelet, kube-proxy, scheduler, "
+        "controller-manager in a network namespace; root, `make node-components`)",
     )
 
 
@@ -52,8 +61,20 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "up":
         try:
             state = stack.up()
-        except ComponentFailed as exc:
+        except (ComponentFailed, ComponentMissing) as exc:
             print(exc, file=sys.stderr)
+            print(
+                f"stopped the components that had started; logs stay in {stack.state_dir}",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            if args.node:
+                node = Node(args.state_dir).up(state)
+                print(f"node {node.link}: {node.pause_image} imported", file=sys.stderr)
+        except (ComponentMissing, NodeError, PlanError) as exc:
+            print(exc, file=sys.stderr)
+            stack.down()  # a failed node `up` removed what it made; the stack goes too
             print(
                 f"stopped the components that had started; logs stay in {stack.state_dir}",
                 file=sys.stderr,
@@ -67,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "status":
         status = stack.status()
+        node_state = Node(args.state_dir).state
+        if node_state is not None:
+            status.update(
+                {f"node {name}": procs.alive(p.pid) for name, p in node_state.processes.items()}
+            )
         if not status:
             print("not running")
             return 1

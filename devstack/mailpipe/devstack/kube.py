@@ -18,6 +18,13 @@ import yaml
 from . import certs, paths, procs
 
 READYZ_TIMEOUT_SECONDS = 3  # one probe; the caller polls again
+# Every SendingPool has a metrics Service: a /24 held 253, and the 1,000-pool
+# benchmark failed with "failed to allocate a serviceIP".
+SERVICE_CIDR = "10.0.0.0/16"
+# The `kubernetes` Service's ClusterIP: the first address of the range. Pods
+# reach the API server there (KUBERNETES_SERVICE_HOST), so the serving
+# certificate names it.
+KUBERNETES_SERVICE_IP = "10.0.0.1"
 ETCD_HEALTH_TIMEOUT_SECONDS = 2
 
 
@@ -64,13 +71,24 @@ def apiserver_command(ports: KubePorts, pki: certs.PKI, cert_dir: Path) -> list[
         f"--tls-cert-file={pki.serving_cert}",
         f"--tls-private-key-file={pki.serving_key}",
         f"--client-ca-file={pki.ca_cert}",
-        "--authorization-mode=RBAC",
+        # Node first: a kubelet (`system:node:<name>`) may touch only its own
+        # node's objects, as on a real cluster; everyone else goes through RBAC.
+        "--authorization-mode=Node,RBAC",
+        # How `kubectl logs` and `exec` reach the stack's node: the kubelet
+        # trusts the stack's CA, and the admin identity may do anything there.
+        f"--kubelet-client-certificate={pki.admin_cert}",
+        f"--kubelet-client-key={pki.admin_key}",
+        # By address, never by node name: a name lookup would ask the host's
+        # resolver, off this machine.
+        "--kubelet-preferred-address-types=InternalIP",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",
-        # Every SendingPool has a metrics Service: a /24 held 253, and the
-        # 1,000-pool benchmark failed with "failed to allocate a serviceIP".
-        "--service-cluster-ip-range=10.0.0.0/16",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        # The API server listens on 127.0.0.1, which a pod cannot reach; the
+        # stack's node writes the `kubernetes` Service's endpoints itself (the
+        # host end of its link), and nothing else may overwrite them.
+        "--endpoint-reconciler-type=none",
         "--allow-privileged=true",
         "--enable-priority-and-fairness=false",  # one client load; saves CPU and memory
         "--storage-media-type=application/json",

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import certs, dns, harness, kafka, kube, procs
+from .node import Node
 from .procs import ComponentFailed
 
 STATE_FILE = "state.json"
@@ -154,7 +155,7 @@ class Stack:
 
         self._start_dns(state, zones)
 
-        pki = certs.generate(kube_dir / "pki")
+        pki = certs.generate(kube_dir / "pki", kube.KUBERNETES_SERVICE_IP)
         _wait_ready(
             "etcd",
             etcd_pid,
@@ -253,14 +254,21 @@ class Stack:
         state = self.state
         if state is None:
             return []
-        stopped = []
-        # Reverse start order: the apiserver before etcd, so it doesn't log a storm.
-        for name in ["kube-apiserver", "kafka", "dnsmasq", "etcd"]:
-            proc = state.processes.get(name)
-            if proc is not None:
-                procs.stop(proc.pid)
-                stopped.append(name)
-        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+        stopped: list[str] = []
+        try:
+            # The node first: its kubelet and controllers talk to the API server.
+            # If removing it fails, the stack still stops, and the node's record
+            # stays for the next `down`.
+            if Node(self.state_dir).down():
+                stopped.append("node")
+        finally:
+            # Reverse start order: the apiserver before etcd, so it doesn't log a storm.
+            for name in ["kube-apiserver", "kafka", "dnsmasq", "etcd"]:
+                proc = state.processes.get(name)
+                if proc is not None:
+                    procs.stop(proc.pid)
+                    stopped.append(name)
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
         return stopped
 
     def status(self) -> dict[str, bool]:

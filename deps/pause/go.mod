@@ -1,0 +1,3 @@
+module mailpipe.local/pause
+
+go 1.24
