@@ -97,7 +97,6 @@ class NodeState:
     link: str = ""  # the /30, once its addresses are assigned
     netns: bool = False  # the namespace file is mounted
     veth: bool = False
-    route_localnet: bool = False
     # Each host DNAT rule's spec, recorded before it is added: the API server's
     # first, then what `expose` added.
     dnat: list[list[str]] = field(default_factory=list)
@@ -267,8 +266,8 @@ class Node:
             state.save()
             for argv in node_plan.link_commands(layout, link, names):
                 _run(argv, "link the node to the host")
+        # on the host end alone; it goes with the interface, so `down` has nothing to undo
         node_plan.route_localnet_path(names).write_text("1")
-        state.route_localnet = True
         port = int(kube_server.rsplit(":", 1)[1])
         self._add_dnat(state, node_plan.loopback_dnat(link, names, port), "the API server")
 
