@@ -3,8 +3,10 @@
 Children are applied with server-side apply (field manager `mailpipe-operator`,
 forced), so fields removed from the rendered object are removed from the
 cluster too; an unchanged object (same spec-hash annotation) is not written
-at all. Deletion is explicit: owner references make a real cluster's garbage
-collector remove children, but the operator does not rely on it.
+at all. Drift is judged against the object as the API server stores it
+(`server_view`, a dry-run apply), never against the rendered one. Deletion
+is explicit: owner references make a real cluster's garbage collector remove
+children, but the operator does not rely on it.
 """
 
 from __future__ import annotations
@@ -60,39 +62,71 @@ def _call(kind: str, verb: str, *args: Any, **kwargs: Any) -> Any:
     return getattr(target, f"{verb}_{suffix}")(*args, **kwargs)
 
 
-def apply(obj: dict[str, Any], force: bool = False) -> bool:
-    """Server-side apply `obj` unless the live one has the same spec hash; True if written.
+def spec_digest(obj: dict[str, Any]) -> str:
+    """The spec-hash annotation `apply` puts on `obj`: what it was rendered from."""
+    return _hash(json.loads(json.dumps(obj)))
 
-    `force`: apply even then (the live object drifted: a manual scale or edit).
-    """
-    desired = json.loads(json.dumps(obj))
-    digest = _hash(desired)
+
+def _annotated(obj: dict[str, Any]) -> dict[str, Any]:
+    desired: dict[str, Any] = json.loads(json.dumps(obj))
+    digest = _hash(desired)  # of the rendered object, before the annotation is added
     desired["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
+    return desired
+
+
+def _patch_applied(obj: dict[str, Any], **options: Any) -> dict[str, Any]:
+    kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
+    answer = _call(
+        kind,
+        "patch",
+        name,
+        ns,
+        obj,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        _content_type="application/apply-patch+yaml",
+        **options,
+    )
+    out: dict[str, Any] = api().sanitize_for_serialization(answer)  # type: ignore[no-untyped-call]
+    return out
+
+
+def apply(obj: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
+    """Server-side apply `obj` unless the live one has the same spec hash.
+
+    Returns the object as the API server stored it (with its defaults: what a
+    later read of it is compared with, `server_view`), or None when nothing
+    was written. `force`: apply even then (the live object drifted: a manual
+    scale or edit).
+    """
+    desired = _annotated(obj)
+    digest = desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
     kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
     try:
         live = _call(kind, "read", name, ns)
         annotations = live.metadata.annotations or {}
         if annotations.get(SPEC_HASH_ANNOTATION) == digest and not force:
-            return False
+            return None
     except ApiException as exc:
         if exc.status != 404:
             raise
-    _call(
-        kind,
-        "patch",
-        name,
-        ns,
-        desired,
-        field_manager=FIELD_MANAGER,
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-    return True
+    return _patch_applied(desired)
+
+
+def server_view(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` as the API server would store it if applied now: defaulted, with
+    fields its encoding omits (a `false` it never writes out) left out and
+    quantities canonical. A dry run: nothing is written.
+
+    Drift is judged against this, not against the rendered object, which the
+    API server never returns as rendered: comparing with that saw a change on
+    every Deployment event and re-applied (and announced) it each time."""
+    return _patch_applied(_annotated(obj), dry_run="All")
 
 
 def apply_all(objects: list[dict[str, Any]]) -> list[str]:
     """Apply each object; returns 'Kind/name' of those written."""
-    return [f"{o['kind']}/{o['metadata']['name']}" for o in objects if apply(o)]
+    return [f"{o['kind']}/{o['metadata']['name']}" for o in objects if apply(o) is not None]
 
 
 def delete_children(ref: PoolRef) -> list[str]:

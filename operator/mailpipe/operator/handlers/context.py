@@ -63,6 +63,12 @@ class OperatorState:
     events) read the world and patch status one at a time, so none overwrites a
     newer reading with an older one."""
 
+    server_views: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per pool (`namespace/name`): the spec digest of its relay Deployment as
+    last rendered, and the API server's view of that rendering
+    (`kube_io.server_view`), so a Deployment event is compared without asking
+    the server again. Rebuilt by one dry run per pool after a restart."""
+
     def pool_lock(self, key: str) -> asyncio.Lock:
         return self.pool_locks.setdefault(key, asyncio.Lock())
 

@@ -41,6 +41,7 @@ from .. import kafka_io, kube_io, tenancy, validation
 from ..cluster_policy import ClusterPolicy
 from ..models import GROUP, VERSION, DeletionPolicy, SendingPoolSpec
 from ..pool import (
+    SPEC_HASH_ANNOTATION,
     PoolRef,
     build_children,
     config_hash,
@@ -110,7 +111,7 @@ async def reconcile(
     """
     async with state.pool_lock(f"{namespace}/{name}"):
         seen = await asyncio.to_thread(
-            _reconcile_blocking, namespace, name, ensure_topics, state.policy
+            _reconcile_blocking, namespace, name, ensure_topics, state.policy, state.server_views
         )
     if seen is None:
         return Outcome()
@@ -148,7 +149,11 @@ async def reconcile(
 
 
 def _reconcile_blocking(
-    namespace: str, name: str, ensure_topics: bool, policy: ClusterPolicy
+    namespace: str,
+    name: str,
+    ensure_topics: bool,
+    policy: ClusterPolicy,
+    views: dict[str, tuple[str, dict[str, Any]]],
 ) -> _Seen | None:
     obj = kube_io.get_custom("sendingpools", namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
@@ -194,19 +199,25 @@ def _reconcile_blocking(
     seen = _Seen(obj, Outcome(ref, spec))
     live = kube_io.read_deployment(ref)
     deployment = next(c for c in children if c["kind"] == "Deployment")
+    key = f"{namespace}/{name}"
+    rerendered = False
     if live is not None:
-        seen.drift = drifted(deployment["spec"], live.get("spec"), "spec")
+        rerendered, seen.drift = _drift(views, key, deployment, live)
     # A spec change renders everything; a change in the world (a Deployment or
-    # Secret event) only puts back a drifted or deleted Deployment: no reads
-    # of the other children for every relay status change. No Deployment at
-    # all (a pool that waited for its Secret) needs every child: its ConfigMap too.
+    # Secret event) only puts back a drifted, re-rendered or deleted Deployment:
+    # no reads of the other children for every relay status change. No
+    # Deployment at all (a pool that waited for its Secret) needs every child.
     if not ensure_topics and live is not None:
-        children = [deployment] if seen.drift else []
+        children = [deployment] if seen.drift or rerendered else []
     try:
         for child in children:
             force = child is deployment and bool(seen.drift)
-            if kube_io.apply(child, force=force):
-                seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
+            stored = kube_io.apply(child, force=force)
+            if stored is None:
+                continue
+            seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
+            if child is deployment:
+                views[key] = (kube_io.spec_digest(deployment), stored)
     except ApiException as exc:
         if exc.status != HTTPStatus.FORBIDDEN:
             raise
@@ -277,6 +288,30 @@ def _blocked(
     return seen
 
 
+def _drift(
+    views: dict[str, tuple[str, dict[str, Any]]],
+    key: str,
+    deployment: dict[str, Any],
+    live: dict[str, Any],
+) -> tuple[bool, list[str]]:
+    """(re-rendered, drifted paths) of the live relay Deployment.
+
+    Re-rendered: the live one was applied from another rendering (its spec-hash
+    annotation differs), so `kube_io.apply` writes it anyway. Otherwise drift is
+    what differs from the API server's view of this rendering (`views`, else one
+    dry run): compared with the rendering itself, a field the server omits
+    (`hostNetwork: false`) looked changed on every Deployment event, and each
+    one was re-applied and announced."""
+    digest = kube_io.spec_digest(deployment)
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(SPEC_HASH_ANNOTATION) != digest:
+        return True, []
+    cached = views.get(key)
+    if cached is None or cached[0] != digest:
+        cached = views[key] = (digest, kube_io.server_view(deployment))
+    return False, drifted(deployment["spec"], live.get("spec"), "spec", cached[1].get("spec"))
+
+
 def _deployment_written(written: list[str]) -> bool:
     return any(w.startswith("Deployment/") for w in written)
 
@@ -319,6 +354,7 @@ async def delete_pool(
     deleted = await asyncio.to_thread(kube_io.delete_children, ref)
     state = operator_state(memo)
     state.ledgers.pop(f"{namespace}/{name}", None)
+    state.server_views.pop(f"{namespace}/{name}", None)
     log.info("deleted children of pool %s/%s: %s", namespace, name, deleted)
     try:
         parsed = parse_pool_spec(spec)
