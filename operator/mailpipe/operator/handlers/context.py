@@ -19,13 +19,14 @@ from functools import cached_property
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from mailpipe.contracts.topics import Topics
 from mailpipe.contracts.warmup import WarmupLedger
 
-from .. import defaults, kafka_io, kube_io
+from .. import defaults, kafka_io, kube_io, tenancy
 from ..cluster_policy import ClusterPolicy
-from ..models import SendingPoolSpec
+from ..models import KafkaSpec, SendingPoolSpec
 from ..pool import PoolRef, topics
 from ..tally import Tally
 
@@ -87,6 +88,18 @@ def parse_pool_spec(spec: Any) -> SendingPoolSpec:
     return SendingPoolSpec.model_validate(dict(spec), context=defaults.from_process_env().context())
 
 
+def parse_pool_kafka(spec: Any) -> KafkaSpec:
+    """Only the Kafka part of a pool's spec, the operator's default bootstrap
+    filled in: what the pool's topics are named from and where they live, so
+    a pool whose other fields no longer parse (a time zone) can still delete
+    them. Raises ValueError (pydantic's ValidationError is one)."""
+    kafka = KafkaSpec.model_validate(dict(spec.get("kafka") or {}))
+    bootstrap = kafka.bootstrap_servers or defaults.from_process_env().kafka_bootstrap_servers
+    if not bootstrap:
+        raise ValueError("kafka.bootstrapServers is not set and the operator has no default")
+    return kafka.model_copy(update={"bootstrap_servers": bootstrap})
+
+
 @dataclass(frozen=True)
 class Pool:
     """A SendingPool as read from the API.
@@ -106,6 +119,17 @@ class Pool:
     @property
     def topics(self) -> Topics:
         return topics(self.ref, self.spec)
+
+    def kafka_refusal(self, policy: ClusterPolicy) -> str | None:
+        """Why the operator may not contact this pool's Kafka now, or None: its
+        spec does not parse, or `tenancy.kafka_refusal` (the cluster policy
+        refuses its bootstrap servers, or its topics are another namespace's)."""
+        try:
+            spec = self.spec
+        except ValidationError as exc:
+            return f"pool {self.ref.name}: invalid spec ({exc.error_count()} errors)"
+        refused = tenancy.kafka_refusal(self.ref.namespace, self.ref.name, spec.kafka, policy)
+        return None if refused is None else f"pool {self.ref.name}: {refused.message}"
 
     @property
     def bootstrap(self) -> str:

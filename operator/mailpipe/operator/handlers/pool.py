@@ -33,9 +33,8 @@ from typing import Any, cast
 import kopf
 from kafka.errors import KafkaError
 from kubernetes.client.exceptions import ApiException
-from pydantic import ValidationError
 
-from mailpipe.contracts.topics import TopicOwnershipError, owned_prefix, owned_topics
+from mailpipe.contracts.topics import Topics, owned_prefix, owned_topics
 
 from .. import kafka_io, kube_io, tenancy, validation
 from ..cluster_policy import ClusterPolicy
@@ -50,7 +49,7 @@ from ..pool import (
     topics,
 )
 from ..validation import Problem
-from .context import DELETE_GIVE_UP_SECONDS, OperatorState, operator_state, parse_pool_spec
+from .context import DELETE_GIVE_UP_SECONDS, OperatorState, operator_state, parse_pool_kafka
 from .scale import Stopped, stop_relays
 from .status import Relays, condition, find, merge_conditions, pool_conditions
 
@@ -340,6 +339,7 @@ async def delete_pool(
     namespace: str | None,
     uid: str,
     spec: Any,
+    status: Any,
     body: Any,
     memo: kopf.Memo,
     runtime: datetime.timedelta,
@@ -348,7 +348,8 @@ async def delete_pool(
     """Children first (the relays stop sending), then the pool's own topics
     unless `spec.kafka.deletionPolicy: Retain` or another pool shares them.
     Kafka failures are retried until DELETE_GIVE_UP_SECONDS; a retry that
-    starts later lets the pool go with a Warning Event (invariant 16)."""
+    starts later lets the pool go with a Warning Event (invariant 16). A
+    Kafka the cluster policy refuses is not contacted: the pool goes at once."""
     assert namespace is not None  # both kinds are namespaced
     ref = PoolRef(name, namespace, uid)
     deleted = await asyncio.to_thread(kube_io.delete_children, ref)
@@ -357,20 +358,31 @@ async def delete_pool(
     state.server_views.pop(f"{namespace}/{name}", None)
     log.info("deleted children of pool %s/%s: %s", namespace, name, deleted)
     try:
-        parsed = parse_pool_spec(spec)
-    except ValidationError:
-        kopf.warn(body, reason="TopicsKept", message="spec unreadable: topics left as they are")
+        # The topics' names and place only: a pool whose time zone (or any
+        # other field) no longer parses still takes the topics it made.
+        kafka = parse_pool_kafka(spec)
+    except ValueError as exc:
+        message = f"spec.kafka unreadable ({validation.one_line(str(exc), 160)}): topics left"
+        kopf.warn(body, reason="TopicsKept", message=message)
         return
-    try:
-        # A prefix naming another tenant's topics was never reconciled; deleting
-        # the pool must not delete them either (issue 11).
-        prefix = owned_prefix(namespace, name, parsed.kafka.topic_prefix)
-    except TopicOwnershipError as exc:
-        kopf.warn(body, reason="TopicsKept", message=f"{exc}: topics left as they are")
+    refused = tenancy.kafka_refusal(namespace, name, kafka, state.policy)
+    if refused is not None:
+        # Never contacted, so nothing to delete there (issue 11: a prefix naming
+        # another tenant's topics must not delete them either).
+        made = bool((status or {}).get("topics"))
+        if refused.reason == tenancy.POLICY_VIOLATION and not made:
+            message = f"none created: {refused.message}; the operator never connected there"
+            kopf.info(body, reason="TopicsKept", message=message)
+        else:
+            kopf.warn(
+                body, reason="TopicsKept", message=f"{refused.message}: topics left as they are"
+            )
         return
-    bootstrap = parsed.kafka.bootstrap_servers
-    await asyncio.to_thread(state.hub.unfollow, bootstrap, topics(ref, parsed).events)
-    if parsed.kafka.deletion_policy is DeletionPolicy.RETAIN:
+    prefix = owned_prefix(namespace, name, kafka.topic_prefix)
+    bootstrap = kafka.bootstrap_servers
+    events = Topics.for_pool(namespace, name, prefix=kafka.topic_prefix).events
+    await asyncio.to_thread(state.hub.unfollow, bootstrap, events)
+    if kafka.deletion_policy is DeletionPolicy.RETAIN:
         kopf.info(body, reason="TopicsRetained", message="spec.kafka.deletionPolicy is Retain")
         return
     sharing = await asyncio.to_thread(kube_io.pools_with_prefix, bootstrap, prefix, namespace, uid)
