@@ -188,18 +188,24 @@ def patch_status(
 
 
 def read_configmap(namespace: str, name: str) -> dict[str, str] | None:
+    return read_configmap_versioned(namespace, name)[0]
+
+
+def read_configmap_versioned(namespace: str, name: str) -> tuple[dict[str, str] | None, str]:
+    """A ConfigMap's data (as `read_configmap`) and its resourceVersion, from one
+    read: what was checked is known to be that version. (None, "") when absent."""
     try:
         cm = client.CoreV1Api(api()).read_namespaced_config_map(name, namespace)
     except ApiException as exc:
         if exc.status == 404:
-            return None
+            return None, ""
         raise
     data = dict(cm.data or {})
     # binaryData arrives base64-encoded; large audiences live there gzipped
     # because a ConfigMap holds at most 1 MiB.
     for key, b64 in (cm.binary_data or {}).items():
         data[key] = base64.b64decode(b64).decode("latin-1")
-    return data
+    return data, str(cm.metadata.resource_version) if cm.metadata else ""
 
 
 def configmap_version(namespace: str, name: str) -> str:

@@ -3,31 +3,44 @@
 Why a process: Python threads cannot be cancelled, so a template looping
 without calling anything (nested `for` over a list) once held a fan-out thread
 for good, and eight of them stopped fan-out for every namespace. Here every
-render gets a SIGALRM (`Renderer(alarm=True)` in this process's main thread),
-memory is capped with RLIMIT_AS, and the fan-out thread that waits for the
-check polls its `stopped` flag and kills the process when the whole check
-exceeds its time. What comes back is the prepared audience (normalised,
-de-duplicated, every record rendered once within the limits), so the fan-out
-renders the same records again knowing each one is bounded.
+render gets a SIGPROF after its CPU second (`Renderer(alarm=True)` in this
+process's main thread), memory is capped with RLIMIT_AS, and the whole check
+has a CPU budget (checked after every row, and RLIMIT_CPU behind it). The
+fan-out thread that waits for the check polls its `stopped` flag and the
+check's progress (rows done of all, for the campaign's status). What comes
+back is the prepared audience (normalised, de-duplicated, every record
+rendered once within the limits), so the fan-out renders the same records
+again knowing each one is bounded.
+
+Every limit is CPU time, never wall time: a wall-clock limit failed a slow
+but valid campaign after 300 s on a quiet node and in 7 s on a busy one. A
+check that waits for a CPU keeps waiting (its status says how far it got);
+one that needs more CPU than its budget fails the same way on any node of
+the same speed.
 
 Protocol: the request is JSON on stdin, the answer JSON on stdout
-(`{"audience": ...}` or `{"error": ..., "reason": ...}`).
+(`{"audience": ...}` or `{"error": ..., "reason": ...}`); progress is the
+file the request names, rewritten atomically as "done rows".
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from .audience import PreparedAudience, prepare_audience
-from .campaign import CampaignError, FailReason, Renderer
+from .campaign import RENDER_SECONDS, CampaignError, FailReason, Renderer
 from .models import CampaignSpec
 
 # Address space of the check: the audience text (a ConfigMap holds 1 MiB, a
@@ -35,11 +48,17 @@ from .models import CampaignSpec
 # message are far below; a template that builds gigabytes fails instead of
 # taking the operator's memory.
 CHECK_MEMORY_BYTES = 1024 * 1024 * 1024
-# The whole audience: 100k recipients render in seconds; five minutes is a
-# template slow for every recipient (each just under its one-second limit).
-CHECK_SECONDS = 300.0
-STARTUP_SECONDS = 30.0  # the interpreter and imports, on a loaded node
-POLL_SECONDS = 0.2  # how often the waiting fan-out thread looks at its stop flag
+# CPU seconds for the whole audience: 100k recipients of an ordinary template
+# render in seconds; five CPU minutes is a template slow for every recipient
+# (0.24 s each over 5,000 fails here, after about 1,250, on any node).
+CHECK_CPU_SECONDS = 300.0
+# RLIMIT_CPU behind the per-row check: the interpreter's start, one row's
+# render (at most RENDER_SECONDS) and writing the answer fit in this slack.
+CPU_LIMIT_SLACK_SECONDS = 10 * RENDER_SECONDS
+POLL_SECONDS = 0.2  # how often the waiting fan-out thread looks at its stop flag and progress
+PROGRESS_EVERY_SECONDS = 0.5  # how often the check rewrites its progress file
+
+Progress = Callable[[int, int], None]  # (rows done, rows)
 
 
 def check_audience(
@@ -49,62 +68,106 @@ def check_audience(
     uid: str,
     now: float,
     stopped: Any = False,
-    seconds: float = CHECK_SECONDS,
+    cpu_seconds: float = CHECK_CPU_SECONDS,
+    on_progress: Progress | None = None,
 ) -> PreparedAudience | None:
-    """The prepared audience, or None when `stopped` became true; raises CampaignError."""
-    request = json.dumps(
-        {
-            "spec": spec_raw,
-            "configmap": configmap_data,
-            "campaign": campaign,
-            "uid": uid,
-            "now": now,
-        }
-    ).encode()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailpipe.operator.render_check"],
-            stdin=subprocess.PIPE,
-            stdout=out,
-            stderr=err,
-        )
-        try:
-            assert proc.stdin is not None
+    """The prepared audience, or None when `stopped` became true; raises CampaignError.
+
+    `on_progress(done, rows)` is called from this thread as the check moves."""
+    with tempfile.TemporaryDirectory(prefix="mailpipe-check-") as work:
+        progress_path = Path(work) / "progress"
+        request = json.dumps(
+            {
+                "spec": spec_raw,
+                "configmap": configmap_data,
+                "campaign": campaign,
+                "uid": uid,
+                "now": now,
+                "cpuSeconds": cpu_seconds,
+                "progress": str(progress_path),
+            }
+        ).encode()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mailpipe.operator.render_check"],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+            )
             try:
-                proc.stdin.write(request)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # the process died at start: its exit status says why
-            deadline = time.monotonic() + seconds + STARTUP_SECONDS
-            while proc.poll() is None:
-                if stopped:
-                    return None
-                if time.monotonic() > deadline:
-                    raise CampaignError(
-                        f"rendering the audience took over {seconds:g} s",
-                        FailReason.RENDER_LIMIT,
-                    )
+                assert proc.stdin is not None
                 try:
-                    proc.wait(POLL_SECONDS)
-                except subprocess.TimeoutExpired:
-                    continue
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        out.seek(0)
-        try:
-            answer = json.loads(out.read())
-        except ValueError:
-            err.seek(0)
-            tail = err.read()[-300:].decode(errors="replace").strip()
-            raise CampaignError(
-                f"the audience check ended with status {proc.returncode}: {tail}",
-                FailReason.RENDER_LIMIT,
-            ) from None
+                    proc.stdin.write(request)
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass  # the process died at start: its exit status says why
+                seen = ""
+                while proc.poll() is None:
+                    if stopped:
+                        return None
+                    seen = _report(progress_path, seen, on_progress)
+                    try:
+                        proc.wait(POLL_SECONDS)
+                    except subprocess.TimeoutExpired:
+                        continue
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            _report(progress_path, seen, on_progress)
+            out.seek(0)
+            try:
+                answer = json.loads(out.read())
+            except ValueError:
+                err.seek(0)
+                raise CampaignError(
+                    _died(proc.returncode, err.read(), cpu_seconds), FailReason.RENDER_LIMIT
+                ) from None
     if "error" in answer:
         raise CampaignError(answer["error"], FailReason(answer["reason"]))
     return PreparedAudience.from_json(answer["audience"])
+
+
+def _report(path: Path, seen: str, on_progress: Progress | None) -> str:
+    """Pass new progress from the check's file to `on_progress`; returns what was read."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return seen  # not written yet
+    if text != seen and on_progress is not None:
+        done, rows = (int(n) for n in text.split())
+        on_progress(done, rows)
+    return text
+
+
+def _died(returncode: int, stderr: bytes, cpu_seconds: float) -> str:
+    if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        return f"rendering the audience needed over {cpu_seconds:g} s of CPU"
+    tail = stderr[-300:].decode(errors="replace").strip()
+    return f"the audience check ended with status {returncode}: {tail}"
+
+
+def _progress_writer(path: str, cpu_seconds: float) -> Progress:
+    """The check's own progress hook: the CPU budget, and the progress file."""
+    written = 0.0
+
+    def progress(done: int, rows: int) -> None:
+        nonlocal written
+        if time.process_time() > cpu_seconds:
+            raise CampaignError(
+                f"rendering the audience needed over {cpu_seconds:g} s of CPU ({done} of "
+                f"{rows} rows rendered): make the template cheaper or split the audience",
+                FailReason.RENDER_LIMIT,
+            )
+        now = time.monotonic()
+        if done < rows and now - written < PROGRESS_EVERY_SECONDS:
+            return
+        written = now
+        partial = f"{path}.tmp"
+        Path(partial).write_text(f"{done} {rows}")
+        os.replace(partial, path)  # the reader sees the old count or the new one
+
+    return progress
 
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +175,8 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
         spec = CampaignSpec.model_validate(request["spec"])
     except ValidationError as exc:
         return {"error": str(exc), "reason": FailReason.INVALID_SPEC.value}
+    cpu_seconds = float(request.get("cpuSeconds", CHECK_CPU_SECONDS))
+    progress = _progress_writer(request["progress"], cpu_seconds) if "progress" in request else None
     try:
         prepared = prepare_audience(
             spec,
@@ -120,6 +185,7 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
             uid=request["uid"],
             now=request["now"],
             renderer=Renderer(spec, request["campaign"], alarm=True),
+            progress=progress,
         )
     except CampaignError as exc:
         return {"error": str(exc), "reason": exc.reason.value}
@@ -133,7 +199,12 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (CHECK_MEMORY_BYTES, CHECK_MEMORY_BYTES))
-    answer = _answer(json.loads(sys.stdin.buffer.read()))
+    request = json.loads(sys.stdin.buffer.read())
+    # SIGXCPU at the soft limit, SIGKILL at the hard one: a check that stopped
+    # calling its progress hook still ends, whatever the node's load.
+    soft = int(float(request.get("cpuSeconds", CHECK_CPU_SECONDS)) + CPU_LIMIT_SLACK_SECONDS)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
+    answer = _answer(request)
     sys.stdout.write(json.dumps(answer))
 
 

@@ -70,6 +70,7 @@ def test_checkpoint_reads_back_what_it_wrote() -> None:
 def test_status_strings_are_the_ones_status_always_showed() -> None:
     assert [s.value for s in FanoutState] == [
         "paused",
+        "checkingAudience",  # new: the audience is checked while the pool is not Ready
         "waitingForPool",
         "running",
         "done",

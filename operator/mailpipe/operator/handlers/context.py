@@ -144,6 +144,23 @@ def get_pool(namespace: str, name: str) -> Pool | None:
     return Pool(PoolRef(obj["metadata"]["name"], namespace, obj["metadata"]["uid"]), obj)
 
 
+def pool_waiting(name: str, pool: Pool | None) -> str:
+    """Why a campaign waits for pool `name`, in the pool's own words: its Ready
+    condition's reason and message (`RelaysUnavailable: 0/2 relays available`),
+    not a bare reason, so `kubectl get camp` says what to look at."""
+    ready, reason = pool_readiness(pool)
+    if pool is None:
+        return f"pool {name} does not exist ({reason})"
+    if reason == "PoolNotReconciled":
+        return f"pool {name} is not reconciled yet ({reason})"
+    condition: dict[str, Any] = next(
+        (c for c in pool.obj.get("status", {}).get("conditions", []) if c.get("type") == "Ready"),
+        {},
+    )
+    words = f"{reason}: {condition['message']}" if condition.get("message") else reason
+    return f"pool {name} is {'Ready' if ready else 'not Ready'}: {words}"
+
+
 def pool_readiness(pool: Pool | None) -> tuple[bool, str]:
     """(ready, reason) from the pool's Ready condition; a reason even when ready."""
     if pool is None:
