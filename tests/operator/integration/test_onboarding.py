@@ -3,11 +3,13 @@
 The operator runs as the chart's ServiceAccount (a token kubeconfig, as a pod
 would have), so RBAC is the chart's: it may watch pools everywhere but write
 relays only in onboarded namespaces. RBAC changes are no event the operator
-can watch; the README's `kubectl create rolebinding ...` must be enough.
+can watch; the README's `kubectl create rolebinding ...` must be enough, for
+the pool and for a campaign whose audience ConfigMap it could not read.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,31 @@ def release(cli_env: dict[str, str], unique: str) -> Iterator[tuple[str, str]]:
     kubectl(cli_env, "delete", "namespace", system, "--wait=false")
 
 
+AUDIENCE = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {"name": "aud"},
+    "data": {"audience.csv": "address\nann@x.test\n"},
+}
+CAMPAIGN = {
+    "apiVersion": "mailpipe.io/v1alpha1",
+    "kind": "Campaign",
+    "metadata": {"name": "spring"},
+    "spec": {
+        "poolRef": "news",
+        "from": {"address": "news@sender.test"},
+        "subject": "Hello",
+        "text": "Hi",
+        "audience": {"configMapRef": {"name": "aud"}},
+    },
+}
+
+
+def _fanout_message(env: dict[str, str], namespace: str) -> str:
+    campaign = get(env, "camp", "spring", namespace) or {}
+    return str(((campaign.get("status") or {}).get("fanout") or {}).get("message", ""))
+
+
 def _ready(env: dict[str, str], namespace: str) -> dict[str, Any]:
     pool = get(env, "sp", "news", namespace) or {}
     conditions = (pool.get("status") or {}).get("conditions") or []
@@ -78,10 +105,20 @@ def test_a_namespace_onboarded_later_gets_its_relays_without_touching_the_pool(
     op = operator_factory(KUBECONFIG=str(kubeconfig))
     manifest = pool_manifest("news", namespace, kafka_bootstrap, topic_prefix)
     harness.kubectl_ok(cli_env, "apply", "-f", "-", stdin=manifest)
+    for applied in (AUDIENCE, CAMPAIGN):
+        harness.kubectl_ok(cli_env, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(applied))
     wait_for(
         lambda: _ready(cli_env, namespace).get("reason") == "Forbidden",
         FORBIDDEN_SECONDS,
         "Ready=False, Forbidden: the namespace is not onboarded",
+        op,
+    )
+    # The campaign says why its audience cannot be checked (no traceback behind
+    # "waiting for the pool").
+    wait_for(
+        lambda: "may not read ConfigMaps in namespace" in _fanout_message(cli_env, namespace),
+        FORBIDDEN_SECONDS,
+        f"the campaign saying its audience is not readable: {_fanout_message(cli_env, namespace)}",
         op,
     )
     # The README's onboarding line, for this release and namespace; nothing else.
@@ -99,6 +136,12 @@ def test_a_namespace_onboarded_later_gets_its_relays_without_touching_the_pool(
         lambda: get(cli_env, "deployment", "mailpipe-relay-news", namespace) is not None,
         ONBOARDED_SECONDS,
         f"relays created once onboarded; Ready is {_ready(cli_env, namespace)}",
+        op,
+    )
+    wait_for(
+        lambda: "audience checked: 1 recipients" in _fanout_message(cli_env, namespace),
+        ONBOARDED_SECONDS,
+        f"the audience checked once onboarded: {_fanout_message(cli_env, namespace)}",
         op,
     )
     relays_up(cli_env, namespace, op)
