@@ -19,8 +19,8 @@ one that needs more CPU than its budget fails the same way on any node of
 the same speed.
 
 Protocol: the request is JSON on stdin, the answer JSON on stdout
-(`{"audience": ...}` or `{"error": ..., "reason": ...}`); progress is the
-file the request names, rewritten atomically as "done rows".
+(`{"audience": ...}` or `{"error": ..., "reason": ...}`); progress comes as
+"done rows" lines on the pipe whose descriptor the request names.
 """
 
 from __future__ import annotations
@@ -31,10 +31,8 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -56,7 +54,7 @@ CHECK_CPU_SECONDS = 300.0
 # render (at most RENDER_SECONDS) and writing the answer fit in this slack.
 CPU_LIMIT_SLACK_SECONDS = 10 * RENDER_SECONDS
 POLL_SECONDS = 0.2  # how often the waiting fan-out thread looks at its stop flag and progress
-PROGRESS_EVERY_SECONDS = 0.5  # how often the check rewrites its progress file
+PROGRESS_EVERY_SECONDS = 0.5  # how often the check reports its progress
 
 Progress = Callable[[int, int], None]  # (rows done, rows)
 
@@ -74,70 +72,88 @@ def check_audience(
     """The prepared audience, or None when `stopped` became true; raises CampaignError.
 
     `on_progress(done, rows)` is called from this thread as the check moves."""
-    with tempfile.TemporaryDirectory(prefix="mailpipe-check-") as work:
-        progress_path = Path(work) / "progress"
-        request = json.dumps(
-            {
-                "spec": spec_raw,
-                "configmap": configmap_data,
-                "campaign": campaign,
-                "uid": uid,
-                "now": now,
-                "cpuSeconds": cpu_seconds,
-                "progress": str(progress_path),
-            }
-        ).encode()
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "mailpipe.operator.render_check"],
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-            )
+    # Pipes, not temporary files: the operator's root filesystem is read-only
+    # and the chart mounts no /tmp. The answer comes on stdout, progress on a
+    # pipe of its own (its write end passed to the child), read without
+    # blocking between the polls of communicate(), which keeps reading stdout
+    # and stderr so a large answer never blocks the child on a full pipe.
+    progress_r, progress_w = os.pipe()
+    os.set_blocking(progress_r, False)
+    request = json.dumps(
+        {
+            "spec": spec_raw,
+            "configmap": configmap_data,
+            "campaign": campaign,
+            "uid": uid,
+            "now": now,
+            "cpuSeconds": cpu_seconds,
+            "progressFd": progress_w,
+        }
+    ).encode()
+    reader = _ProgressReader(progress_r, on_progress)
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "mailpipe.operator.render_check"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(progress_w,),
+        ) as proc:
+            os.close(progress_w)
+            progress_w = -1
             try:
-                assert proc.stdin is not None
-                try:
-                    proc.stdin.write(request)
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass  # the process died at start: its exit status says why
-                seen = ""
-                while proc.poll() is None:
+                pending: bytes | None = request
+                while True:
                     if stopped:
                         return None
-                    seen = _report(progress_path, seen, on_progress)
+                    reader.read()
                     try:
-                        proc.wait(POLL_SECONDS)
+                        out, err = proc.communicate(pending, timeout=POLL_SECONDS)
+                        break
                     except subprocess.TimeoutExpired:
-                        continue
+                        pending = None  # handed over; communicate() keeps writing it
             finally:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-            _report(progress_path, seen, on_progress)
-            out.seek(0)
-            try:
-                answer = json.loads(out.read())
-            except ValueError:
-                err.seek(0)
-                raise CampaignError(
-                    _died(proc.returncode, err.read(), cpu_seconds), FailReason.RENDER_LIMIT
-                ) from None
+        reader.read()
+    finally:
+        os.close(progress_r)
+        if progress_w >= 0:
+            os.close(progress_w)
+    try:
+        answer = json.loads(out)
+    except ValueError:
+        raise CampaignError(
+            _died(proc.returncode, err, cpu_seconds), FailReason.RENDER_LIMIT
+        ) from None
     if "error" in answer:
         raise CampaignError(answer["error"], FailReason(answer["reason"]))
     return PreparedAudience.from_json(answer["audience"])
 
 
-def _report(path: Path, seen: str, on_progress: Progress | None) -> str:
-    """Pass new progress from the check's file to `on_progress`; returns what was read."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return seen  # not written yet
-    if text != seen and on_progress is not None:
-        done, rows = (int(n) for n in text.split())
-        on_progress(done, rows)
-    return text
+class _ProgressReader:
+    """The parent's end of the progress pipe: "done rows" lines, the last one wins."""
+
+    def __init__(self, fd: int, on_progress: Progress | None) -> None:
+        self._fd = fd
+        self._on_progress = on_progress
+        self._partial = b""
+
+    def read(self) -> None:
+        chunks = [self._partial]
+        while True:
+            try:
+                chunk = os.read(self._fd, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        *lines, self._partial = b"".join(chunks).split(b"\n")
+        if lines and self._on_progress is not None:
+            done, rows = (int(n) for n in lines[-1].split())
+            self._on_progress(done, rows)
 
 
 def _died(returncode: int, stderr: bytes, cpu_seconds: float) -> str:
@@ -147,8 +163,8 @@ def _died(returncode: int, stderr: bytes, cpu_seconds: float) -> str:
     return f"the audience check ended with status {returncode}: {tail}"
 
 
-def _progress_writer(path: str, cpu_seconds: float) -> Progress:
-    """The check's own progress hook: the CPU budget, and the progress file."""
+def _progress_writer(fd: int, cpu_seconds: float) -> Progress:
+    """The check's own progress hook: the CPU budget, and the progress pipe."""
     written = 0.0
 
     def progress(done: int, rows: int) -> None:
@@ -163,9 +179,7 @@ def _progress_writer(path: str, cpu_seconds: float) -> Progress:
         if done < rows and now - written < PROGRESS_EVERY_SECONDS:
             return
         written = now
-        partial = f"{path}.tmp"
-        Path(partial).write_text(f"{done} {rows}")
-        os.replace(partial, path)  # the reader sees the old count or the new one
+        os.write(fd, f"{done} {rows}\n".encode())  # one small write: never torn
 
     return progress
 
@@ -176,7 +190,8 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         return {"error": str(exc), "reason": FailReason.INVALID_SPEC.value}
     cpu_seconds = float(request.get("cpuSeconds", CHECK_CPU_SECONDS))
-    progress = _progress_writer(request["progress"], cpu_seconds) if "progress" in request else None
+    fd = request.get("progressFd")
+    progress = _progress_writer(int(fd), cpu_seconds) if fd is not None else None
     try:
         prepared = prepare_audience(
             spec,
