@@ -7,7 +7,8 @@ Written once, over kafka-python: the options every client is made with
 (`read_topic` and `read_records` up to the end now, `end_offsets`,
 `partition_count`), `TopicFollower`, which replays a topic and keeps
 following it, and `probe_access`, which says in one line why an identity
-cannot use its topics. Every function taking a cluster accepts a bootstrap
+cannot use its topics; `without_auto_create` makes a client that never
+creates a topic by asking for it. Every function taking a cluster accepts a bootstrap
 string (PLAINTEXT), a `KafkaConnection` or a relay's `KafkaSettings`.
 Depends on no plane: the relay and the operator both import this, never
 each other.
@@ -15,6 +16,7 @@ each other.
 
 from ._access import KafkaAccessDenied, KafkaLoginFailed, login_refused, probe_access
 from ._admin import delete_topics, ensure_pool_topics, ensure_topics, list_topics
+from ._autocreate import without_auto_create
 from ._read import Record, TopicRecord, end_offsets, partition_count, read_records, read_topic
 from ._security import (
     Cluster,
@@ -48,4 +50,5 @@ __all__ = [
     "read_records",
     "read_topic",
     "security_options",
+    "without_auto_create",
 ]

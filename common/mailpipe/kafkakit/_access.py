@@ -32,6 +32,7 @@ from kafka.errors import (
     TopicAuthorizationFailedError,
 )
 
+from ._autocreate import without_auto_create
 from ._security import Cluster, KafkaAccessError, client_options, connection_of
 
 # A refused login or topic is answered in milliseconds; a broker that is down
@@ -121,13 +122,14 @@ def probe_access(cluster: Cluster, topics: Iterable[str], group: str | None = No
     conn = connection_of(cluster)
     with _auth_failures() as failures:
         try:
-            consumer = KafkaConsumer(
-                **client_options(conn),
-                group_id=group,
-                enable_auto_commit=False,
-                allow_auto_create_topics=False,
-                request_timeout_ms=PROBE_TIMEOUT_MS,
-                bootstrap_timeout_ms=PROBE_TIMEOUT_MS,
+            consumer = without_auto_create(
+                KafkaConsumer(
+                    **client_options(conn),
+                    group_id=group,
+                    enable_auto_commit=False,
+                    request_timeout_ms=PROBE_TIMEOUT_MS,
+                    bootstrap_timeout_ms=PROBE_TIMEOUT_MS,
+                )
             )
         except KafkaTimeoutError as exc:
             refused = login_refused(conn, failures)

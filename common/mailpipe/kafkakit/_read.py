@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from kafka import KafkaConsumer, TopicPartition
 
+from ._autocreate import without_auto_create
 from ._security import Cluster, client_options
 
 READ_POLL_MS = 500  # one fetch round; the loop ends on positions, not on an empty poll
@@ -18,9 +19,14 @@ READ_POLL_MS = 500  # one fetch round; the loop ends on positions, not on an emp
 Record = tuple[bytes | None, bytes | None]  # (key, value); None value = tombstone
 
 
+def _consumer(bootstrap: Cluster) -> KafkaConsumer:
+    """A short-lived reader: asking for a topic that is gone must not create it."""
+    return without_auto_create(KafkaConsumer(**client_options(bootstrap), enable_auto_commit=False))
+
+
 def partition_count(bootstrap: Cluster, topic: str) -> int:
     """Partitions of `topic` (0 if it does not exist), from a short-lived client."""
-    consumer = KafkaConsumer(**client_options(bootstrap), enable_auto_commit=False)
+    consumer = _consumer(bootstrap)
     try:
         return len(consumer.partitions_for_topic(topic) or ())
     finally:
@@ -29,7 +35,7 @@ def partition_count(bootstrap: Cluster, topic: str) -> int:
 
 def end_offsets(bootstrap: Cluster, topic: str) -> dict[int, int]:
     """partition -> the offset the next record appended to it will get."""
-    consumer = KafkaConsumer(**client_options(bootstrap), enable_auto_commit=False)
+    consumer = _consumer(bootstrap)
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
@@ -50,7 +56,7 @@ def read_records(
 ) -> list[TopicRecord]:
     """Every record on `topic` up to its end now, from the beginning or from
     `since` (partition -> offset); in offset order within each partition."""
-    consumer = KafkaConsumer(**client_options(bootstrap), enable_auto_commit=False)
+    consumer = _consumer(bootstrap)
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not tps:

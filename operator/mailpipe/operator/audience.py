@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,8 +228,13 @@ def prepare_audience(
     uid: str,
     now: float,
     renderer: Renderer | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PreparedAudience:
-    """The whole audience checked as the fan-out will produce it; raises CampaignError."""
+    """The whole audience checked as the fan-out will produce it; raises CampaignError.
+
+    `progress(done, rows)` after each row: what the campaign's status shows
+    while a large audience is checked, and where a budget over the whole
+    check is enforced (it may raise CampaignError)."""
     renderer = renderer or Renderer(spec, campaign)
     zone(spec.time_zone)  # campaign-wide settings fail the campaign, whatever onInvalid says
     parse_start(spec.start_at)
@@ -244,7 +250,9 @@ def prepare_audience(
         skipped[reason.value] += 1
         problems.append(f"{row.where}: {problem}")
 
-    for row in rows:
+    for index, row in enumerate(rows):
+        if progress is not None:
+            progress(index, len(rows))
         if row.recipient is None:
             skip(row, SkipReason.INVALID_ROW, row.problem or "invalid")
             continue
@@ -282,6 +290,8 @@ def prepare_audience(
             )
         seen.add(address.lower())
         out.recipients.append(recipient)
+    if progress is not None:
+        progress(len(rows), len(rows))
     out.skipped = dict(sorted(skipped.items()))
     out.problems = problems
     if problems and spec.audience.on_invalid is OnInvalid.FAIL:

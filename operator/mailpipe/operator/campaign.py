@@ -7,10 +7,12 @@ rule is unit-tested (the audience is read and checked in `audience`):
 - templates: Jinja2's sandbox with StrictUndefined (a missing merge field is
   an error, not an empty string); HTML autoescaped; CR/LF in any rendered
   header value refused (header injection); bounded: output size, operand
-  sizes of `*` and `**`, and render time (cooperatively at every call, and by
-  SIGALRM where the renderer runs in the main thread of its own process, see
-  `render_check`); every exception a template can raise becomes a
-  `CampaignError` with a reason, never an endless retry;
+  sizes of `*` and `**`, and render CPU time (cooperatively at every call, and
+  by SIGPROF where the renderer runs in the main thread of its own process,
+  see `render_check`); every exception a template can raise becomes a
+  `CampaignError` with a reason, never an endless retry. Time is CPU time,
+  never wall time: a render limit must not depend on how busy the node is
+  (a template that passed on a quiet node failed in 7 s on a busy one);
 - variants: a stable hash of campaign uid + address picks the bucket, so a
   recipient sees the same variant on every render;
 - send windows: the next open moment in the recipient's own time zone; a
@@ -55,7 +57,8 @@ VARIANT_BUCKETS = 100  # variant weights are percentages (the CRD makes them sum
 # beyond that the producer fails with MessageSizeTooLarge on every retry.
 MAX_RECORD_BYTES = 900_000
 MAX_RENDERED_CHARS = MAX_RECORD_BYTES  # one rendered part may not exceed the record alone
-# A mail renders in well under a millisecond; a second means a runaway loop.
+# A mail renders in well under a millisecond of CPU; a CPU second means a
+# runaway loop. CPU time: the same template gets the same verdict on a busy node.
 RENDER_SECONDS = 1.0
 # 2**4096 is larger than anything a mail can mean; 10**10**10 would take hours.
 MAX_POWER_BITS = 4096
@@ -127,9 +130,10 @@ class _Templates:
 class _BoundedSandbox(SandboxedEnvironment):
     """Jinja's sandbox plus limits: operand sizes of `*` and `**`, and a render deadline.
 
-    The deadline is checked at every call a template makes (functions, macros,
-    filters' callables): that stops runaway recursion and call-heavy loops in
-    any thread. A loop that calls nothing is stopped only by SIGALRM, which is
+    The deadline (in the rendering thread's CPU time, `time.thread_time`) is
+    checked at every call a template makes (functions, macros, filters'
+    callables): that stops runaway recursion and call-heavy loops in any
+    thread. A loop that calls nothing is stopped only by SIGPROF, which is
     why the whole audience is first rendered in a process of its own.
     """
 
@@ -151,25 +155,27 @@ class _BoundedSandbox(SandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        if time.monotonic() > __self.deadline:
-            raise _RenderLimit("render took too long")
+        if time.thread_time() > __self.deadline:
+            raise _RenderLimit("render needed too much CPU time")
         return super().call(__context, __obj, *args, **kwargs)
 
 
 @contextlib.contextmanager
 def _alarm(seconds: float) -> Iterator[None]:
-    """SIGALRM after `seconds`: interrupts even a loop that calls nothing. Main thread only."""
+    """SIGPROF after `seconds` of the process's CPU time: interrupts even a loop
+    that calls nothing, and never fires for time spent waiting for a CPU.
+    Main thread of a single-threaded process only (`render_check`)."""
 
     def fire(_signum: int, _frame: object) -> None:
-        raise _RenderLimit(f"render took over {seconds:g} s")
+        raise _RenderLimit(f"render needed over {seconds:g} s of CPU")
 
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = signal.signal(signal.SIGPROF, fire)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def _bounded(chunks: Iterable[str], what: str) -> str:
@@ -186,9 +192,9 @@ def _bounded(chunks: Iterable[str], what: str) -> str:
 class Renderer:
     """Compiled templates of one campaign (and its variants), rendered within limits.
 
-    `alarm=True` adds a SIGALRM per render: only for the main thread of the
+    `alarm=True` adds a SIGPROF per render: only for the main thread of the
     render-check process (`render_check`), where a signal can interrupt.
-    `seconds` is the time one message may take to render.
+    `seconds` is the CPU time one message may take to render.
     """
 
     def __init__(
@@ -234,7 +240,7 @@ class Renderer:
         self, recipient: Recipient, variant: str | None
     ) -> tuple[Content, ListUnsubscribe | None]:
         who = f"recipient {recipient.address}"
-        deadline = time.monotonic() + self._seconds
+        deadline = time.thread_time() + self._seconds
         self._plain.deadline = self._html.deadline = deadline
         timer = _alarm(self._seconds) if self._alarm else contextlib.nullcontext()
         try:

@@ -125,17 +125,23 @@ def _shown(patterns: Sequence[object] | None) -> str:
     return ", ".join(map(str, patterns)) or "none"
 
 
+def bootstrap_violations(policy: ClusterPolicy, bootstrap_servers: str) -> list[str]:
+    """Each of `bootstrap_servers` the policy refuses, as a sentence: the operator
+    never connects to one (README: the operator connects where a pool names)."""
+    return [
+        f"kafka.bootstrapServers {server} not in allowed bootstrap servers "
+        f"({_shown(policy.allowed_bootstrap_servers)})"
+        for server in (s.strip() for s in bootstrap_servers.split(","))
+        if not _allowed(server, policy.allowed_bootstrap_servers)
+    ]
+
+
 def violations(policy: ClusterPolicy, namespace: str, spec: SendingPoolSpec) -> list[str]:
     """Each field of `spec` the policy refuses in `namespace`, as a sentence; [] if none."""
     out: list[str] = []
     if not _allowed(spec.image, policy.allowed_images):
         out.append(f"image {spec.image} not in allowed images ({_shown(policy.allowed_images)})")
-    for server in (s.strip() for s in spec.kafka.bootstrap_servers.split(",")):
-        if not _allowed(server, policy.allowed_bootstrap_servers):
-            out.append(
-                f"kafka.bootstrapServers {server} not in allowed bootstrap servers "
-                f"({_shown(policy.allowed_bootstrap_servers)})"
-            )
+    out += bootstrap_violations(policy, spec.kafka.bootstrap_servers)
     if spec.dns_nameserver is not None and not _allowed(
         spec.dns_nameserver, policy.allowed_dns_nameservers
     ):

@@ -34,7 +34,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from mailpipe.contracts.warmup import IPUnpaused, decode_events_value
 from mailpipe.contracts.wire import Event, WireError
-from mailpipe.kafkakit import client_options
+from mailpipe.kafkakit import client_options, without_auto_create
 
 from .kafka_identity import connection
 
@@ -56,15 +56,16 @@ STOP_JOIN_SECONDS = 5.0  # one poll timeout plus closing the client
 
 
 def default_consumer(bootstrap: str) -> KafkaConsumer:
-    return KafkaConsumer(
-        **client_options(connection(bootstrap)),  # the operator's login
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_min_bytes=FETCH_MIN_BYTES,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        client_id="mailpipe-operator-events",
-        # A reader must never re-create the topic of a pool being deleted.
-        allow_auto_create_topics=False,
+    # A reader must never re-create the topic of a pool being deleted.
+    return without_auto_create(
+        KafkaConsumer(
+            **client_options(connection(bootstrap)),  # the operator's login
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_min_bytes=FETCH_MIN_BYTES,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            client_id="mailpipe-operator-events",
+        )
     )
 
 

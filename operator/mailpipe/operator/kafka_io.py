@@ -39,7 +39,7 @@ from mailpipe.contracts.wire import (
     decode_suppression,
     suppression_key,
 )
-from mailpipe.kafkakit import client_options, login_refused
+from mailpipe.kafkakit import client_options, login_refused, without_auto_create
 from mailpipe.kafkakit import delete_topics as _delete_topics
 from mailpipe.kafkakit import end_offsets as _end_offsets
 from mailpipe.kafkakit import list_topics as _list_topics
@@ -72,14 +72,20 @@ class Producers:
         with self._lock:
             p = self._producers.get(bootstrap)
             if p is None:
-                p = KafkaProducer(
-                    **client_options(connection(bootstrap)),
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=FANOUT_LINGER_MS,
-                    batch_size=FANOUT_BATCH_BYTES,
-                    compression_type=None,
-                    client_id="mailpipe-operator-fanout",
+                # Topics are the pool reconcile's to create. The producer asks
+                # for the metadata of every topic it ever wrote to whenever it
+                # writes to a new one: with auto-create, a deleted pool's
+                # topics came back seconds after their deletion.
+                p = without_auto_create(
+                    KafkaProducer(
+                        **client_options(connection(bootstrap)),
+                        acks="all",
+                        enable_idempotence=True,
+                        linger_ms=FANOUT_LINGER_MS,
+                        batch_size=FANOUT_BATCH_BYTES,
+                        compression_type=None,
+                        client_id="mailpipe-operator-fanout",
+                    )
                 )
                 self._producers[bootstrap] = p
             return p

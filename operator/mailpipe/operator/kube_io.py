@@ -7,8 +7,10 @@ The operator's only module that imports the Kubernetes client (`.importlinter`,
 Children are applied with server-side apply (field manager `mailpipe-operator`,
 forced), so fields removed from the rendered object are removed from the
 cluster too; an unchanged object (same spec-hash annotation) is not written
-at all. Deletion is explicit: owner references make a real cluster's garbage
-collector remove children, but the operator does not rely on it.
+at all. Drift is judged against the object as the API server stores it
+(`server_view`, a dry-run apply), never against the rendered one. Deletion
+is explicit: owner references make a real cluster's garbage collector remove
+children, but the operator does not rely on it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,18 @@ _KINDS: Mapping[str, tuple[str, str]] = MappingProxyType(
 )
 
 
+def spec_digest(obj: dict[str, Any]) -> str:
+    """The spec-hash annotation `apply` puts on `obj`: what it was rendered from."""
+    return _hash(json.loads(json.dumps(obj)))
+
+
+def _annotated(obj: dict[str, Any]) -> dict[str, Any]:
+    desired: dict[str, Any] = json.loads(json.dumps(obj))
+    digest = _hash(desired)  # of the rendered object, before the annotation is added
+    desired["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
+    return desired
+
+
 class Kube:
     """The operator's Kubernetes API: one client (in-cluster ServiceAccount, else
     KUBECONFIG), made on first use and shared by every handler thread (its
@@ -73,34 +87,52 @@ class Kube:
         target = getattr(client, cls_name)(self.api)
         return getattr(target, f"{verb}_{suffix}")(*args, **kwargs)
 
-    def apply(self, obj: dict[str, Any], force: bool = False) -> bool:
-        """Server-side apply `obj` unless the live one has the same spec hash; True if written.
+    def _patch_applied(self, obj: dict[str, Any], **options: Any) -> dict[str, Any]:
+        kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
+        answer = self._call(
+            kind,
+            "patch",
+            name,
+            ns,
+            obj,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+            **options,
+        )
+        out: dict[str, Any] = self.api.sanitize_for_serialization(answer)  # type: ignore[no-untyped-call]
+        return out
 
-        `force`: apply even then (the live object drifted: a manual scale or edit).
+    def apply(self, obj: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
+        """Server-side apply `obj` unless the live one has the same spec hash.
+
+        Returns the object as the API server stored it (with its defaults: what a
+        later read of it is compared with, `server_view`), or None when nothing
+        was written. `force`: apply even then (the live object drifted: a manual
+        scale or edit).
         """
-        desired = json.loads(json.dumps(obj))
-        digest = _hash(desired)
-        desired["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
+        desired = _annotated(obj)
+        digest = desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
         try:
             live = self._call(kind, "read", name, ns)
             annotations = live.metadata.annotations or {}
             if annotations.get(SPEC_HASH_ANNOTATION) == digest and not force:
-                return False
+                return None
         except ApiException as exc:
             if exc.status != 404:
                 raise
-        self._call(
-            kind,
-            "patch",
-            name,
-            ns,
-            desired,
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type="application/apply-patch+yaml",
-        )
-        return True
+        return self._patch_applied(desired)
+
+    def server_view(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """`obj` as the API server would store it if applied now: defaulted, with
+        fields its encoding omits (a `false` it never writes out) left out and
+        quantities canonical. A dry run: nothing is written.
+
+        Drift is judged against this, not against the rendered object, which the
+        API server never returns as rendered: comparing with that saw a change on
+        every Deployment event and re-applied (and announced) it each time."""
+        return self._patch_applied(_annotated(obj), dry_run="All")
 
     def delete_children(self, ref: PoolRef) -> list[str]:
         deleted = []
@@ -158,18 +190,25 @@ class Kube:
         )
 
     def read_configmap(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.read_configmap_versioned(namespace, name)[0]
+
+    def read_configmap_versioned(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, str] | None, str]:
+        """A ConfigMap's data (as `read_configmap`) and its resourceVersion, from one
+        read: what was checked is known to be that version. (None, "") when absent."""
         try:
             cm = client.CoreV1Api(self.api).read_namespaced_config_map(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
-                return None
+                return None, ""
             raise
         data = dict(cm.data or {})
         # binaryData arrives base64-encoded; large audiences live there gzipped
         # because a ConfigMap holds at most 1 MiB.
         for key, b64 in (cm.binary_data or {}).items():
             data[key] = base64.b64decode(b64).decode("latin-1")
-        return data
+        return data, str(cm.metadata.resource_version) if cm.metadata else ""
 
     def configmap_version(self, namespace: str, name: str) -> str:
         """The ConfigMap's resourceVersion, "" when it does not exist (changes on every edit)."""

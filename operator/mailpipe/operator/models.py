@@ -447,7 +447,13 @@ class AudienceFormat(enum.StrEnum):
 
 
 class ConfigMapAudience(Spec):
-    name: str = Field(description="ConfigMap in the campaign's namespace.")
+    # A name, never a path: `team-b/x` or `../../team-b/x` named another
+    # namespace's ConfigMap through the URL (the API server refused it, 403).
+    name: str = Field(
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="ConfigMap in the campaign's namespace (a name, not a path).",
+    )
     key: str = Field(
         default="audience.csv",
         description="Key of the audience; a key ending in .gz is read gzipped from binaryData.",

@@ -362,24 +362,35 @@ def build_children(
     ]
 
 
-def drifted(desired: Any, live: Any, path: str = "") -> list[str]:
-    """Paths where `live` differs from what the operator rendered (`desired`).
+_AS_RENDERED: Any = object()  # `drifted` without the server's view
 
-    Fields the apiserver adds (defaults, status, managedFields) are not drift:
-    only what `desired` sets is compared; lists are compared item by item.
+
+def drifted(desired: Any, live: Any, path: str = "", expected: Any = _AS_RENDERED) -> list[str]:
+    """Paths where `live` differs from what the operator applied.
+
+    `desired` (the rendered object) says which fields are the operator's:
+    fields others add (defaults, status, managedFields, another manager's) are
+    not drift. `expected` is the API server's view of `desired`
+    (`kube_io.server_view`): the values compared, because the server never
+    returns an object as rendered (a `false` it omits, `0.5` CPU as `500m`).
+    Without it, `desired` is compared as rendered. Lists are compared item by
+    item, over the server's length (it keeps items other managers added).
     """
+    if expected is _AS_RENDERED:
+        expected = desired
     if isinstance(desired, Mapping):
         if not desired:
             return []
         if not isinstance(live, Mapping):
-            return [path or "."]
+            return [] if live is None and expected is None else [path or "."]
+        view = expected if isinstance(expected, Mapping) else {}
         out: list[str] = []
         for key, value in desired.items():
-            out += drifted(value, live.get(key), f"{path}.{key}")
+            out += drifted(value, live.get(key), f"{path}.{key}", view.get(key))
         return out
-    if isinstance(desired, list):
-        if not isinstance(live, list) or len(live) != len(desired):
+    if isinstance(desired, list) and isinstance(expected, list):
+        if not isinstance(live, list) or len(live) != len(expected) or len(expected) < len(desired):
             return [path]
-        pairs = enumerate(zip(desired, live, strict=True))
-        return [p for i, (d, v) in pairs for p in drifted(d, v, f"{path}[{i}]")]
-    return [] if desired == live else [path]
+        pairs = enumerate(zip(desired, expected[: len(desired)], live[: len(desired)], strict=True))
+        return [p for i, (d, e, v) in pairs for p in drifted(d, v, f"{path}[{i}]", e)]
+    return [] if expected == live else [path]

@@ -27,7 +27,10 @@ class FanoutState(enum.StrEnum):
     """Where the fan-out daemon is (`status.fanout.state`)."""
 
     PAUSED = "paused"  # spec.suspend is set: nothing is produced
-    WAITING_FOR_POOL = "waitingForPool"  # the pool is missing or not Ready
+    # the audience and templates are being checked (the message says how far),
+    # or cannot be read (the message says why); nothing is produced yet
+    CHECKING = "checkingAudience"
+    WAITING_FOR_POOL = "waitingForPool"  # checked; the pool is missing or not Ready
     RUNNING = "running"  # producing chunks; the checkpoint says where to resume
     DONE = "done"  # every recipient is on Kafka (or suppressed before send)
     FAILED = "failed"  # the campaign cannot be sent as written
@@ -150,7 +153,7 @@ def campaign_phase(
         return CampaignPhase.FAILED, _or(fanout.message, "fan-out failed")
     if spec.get("suspend"):
         return CampaignPhase.PAUSED, "suspended"
-    if state is FanoutState.WAITING_FOR_POOL or state is None:
+    if state in (FanoutState.WAITING_FOR_POOL, FanoutState.CHECKING) or state is None:
         return CampaignPhase.PENDING, _or(fanout.message, "waiting for the pool")
     start = parse_start(spec.get("startAt"))  # before the state test: a bad startAt always shows
     if state is FanoutState.DONE:

@@ -20,8 +20,8 @@ from typing import Any
 
 from mailpipe.contracts.topics import TopicOwnershipError, owned_prefix
 
-from .cluster_policy import POLICY_MEMO_KEY, ClusterPolicy, violations
-from .models import SendingPoolSpec
+from .cluster_policy import POLICY_MEMO_KEY, ClusterPolicy, bootstrap_violations, violations
+from .models import KafkaSpec, SendingPoolSpec
 from .validation import Problem
 
 TOPIC_NOT_OWNED = "TopicNotOwned"
@@ -45,6 +45,26 @@ def refusal(
     except TopicOwnershipError as exc:
         return Refusal(TOPIC_NOT_OWNED, str(exc))
     refused = violations(policy, namespace, spec)
+    if refused:
+        return Refusal(POLICY_VIOLATION, "; ".join(refused))
+    return None
+
+
+def kafka_refusal(
+    namespace: str, name: str, kafka: KafkaSpec, policy: ClusterPolicy
+) -> Refusal | None:
+    """Why the operator must not connect to the pool's Kafka at all, or None.
+
+    Narrower than `refusal`: a pool refused for its image or hostNetwork still
+    has its topics and warm-up followed, but a Kafka the policy refuses is never
+    contacted (not for its topics, its events, a campaign's cancel, nor its
+    deletion), and topics in another namespace's space are not this pool's to
+    read or delete."""
+    try:
+        owned_prefix(namespace, name, kafka.topic_prefix)
+    except TopicOwnershipError as exc:
+        return Refusal(TOPIC_NOT_OWNED, str(exc))
+    refused = bootstrap_violations(policy, kafka.bootstrap_servers)
     if refused:
         return Refusal(POLICY_VIOLATION, "; ".join(refused))
     return None

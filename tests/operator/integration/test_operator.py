@@ -129,6 +129,18 @@ INVALID = [
         "start must differ from end",  # issue 12: 22:00-06:00 is an overnight window
     ),
     ("Campaign", _with(GOOD_CAMPAIGN, "from", {"address": "not-an-address"}), "spec.from.address"),
+    # a name, not a path into another namespace (the API server answered 403
+    # and the fan-out crashed every 60 s behind "waiting for the pool")
+    (
+        "Campaign",
+        _with(GOOD_CAMPAIGN, "audience", {"configMapRef": {"name": "team-b/x"}}),
+        "spec.audience.configMapRef.name",
+    ),
+    (
+        "Campaign",
+        _with(GOOD_CAMPAIGN, "audience", {"configMapRef": {"name": "../../team-b/x"}}),
+        "spec.audience.configMapRef.name",
+    ),
 ]
 
 

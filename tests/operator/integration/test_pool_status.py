@@ -312,3 +312,70 @@ def test_an_unreachable_kafka_is_one_line(
         "a Warning Event",
         op,
     )
+
+
+def _events_of_pool(env: dict[str, str], namespace: str, reason: str) -> list[str]:
+    out = kubectl(
+        env,
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.name=news,reason={reason}",
+        "-o",
+        "json",
+    )
+    return [e["message"] for e in json.loads(out.stdout)["items"]]
+
+
+def test_deployment_events_that_change_nothing_apply_nothing(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    """Applies are idempotent: the relay Deployment's status and metadata change
+    (as its controller and kubectl would), the operator reconciles each time,
+    and sends no apply and writes no `Applied` Event, since nothing it renders
+    differs. The API server returns the Deployment defaulted and re-encoded
+    (`hostNetwork: false` omitted, `0.5` CPU as `500m`), which once looked like
+    drift on every event. The same after an operator restart."""
+    resources = {"requests": {"cpu": "0.5", "memory": "0.25Gi"}}  # stored as 500m, 256Mi
+    manifest = pool_manifest(
+        "news", namespace, kafka_bootstrap, topic_prefix, replicas=2, resources=resources
+    )
+    op = operator_factory()
+    _apply_pool(cli_env, manifest)
+    relays_up(cli_env, namespace, op)
+    _wait_ready(cli_env, namespace, op, "True", "RelaysAvailable")
+
+    def deployment_applies() -> list[str]:
+        return [m for m in _events_of_pool(cli_env, namespace, "Applied") if "Deployment/" in m]
+
+    def relays_lost(available: int) -> None:
+        """Ready pool -> `available` relays; waits for the Warning the same reconcile
+        posts: Events are posted in order, so any Applied before it is visible."""
+        relays_up(cli_env, namespace, op, available=available)
+        wanted = ("RelaysUnavailable", f"{available}/2 relays available")
+        wait_for(
+            lambda: wanted in _warnings(cli_env, namespace),
+            STATUS_SECONDS,
+            f"a Warning Event for {wanted}",
+            op,
+        )
+        relays_up(cli_env, namespace, op)
+        _wait_ready(cli_env, namespace, op, "True", "RelaysAvailable")
+
+    # metadata changes, as `kubectl annotate` and `kubectl label` make them
+    for verb, change in (("annotate", "note=checked"), ("label", "team=mail")):
+        done = kubectl(cli_env, verb, "deployment", DEPLOYMENT, "-n", namespace, change)
+        assert done.returncode == 0, done.stderr
+    relays_lost(1)  # status changes, as the Deployment controller makes them
+    assert len(deployment_applies()) == 1, deployment_applies()  # the first rollout only
+    op.stop()
+    op = operator_factory()  # resumes the pool: compares with what the API server holds
+    relays_lost(0)
+    assert len(deployment_applies()) == 1, deployment_applies()
+    assert "drifted" not in op.log_tail()

@@ -15,6 +15,7 @@ from mailpipe.operator.handlers.context import (
     get_pool,
     operator_state,
     pool_readiness,
+    pool_waiting,
 )
 from mailpipe.operator.progress import CampaignPhase, FanoutCheckpoint, FanoutState
 
@@ -70,6 +71,7 @@ def test_checkpoint_reads_back_what_it_wrote() -> None:
 def test_status_strings_are_the_ones_status_always_showed() -> None:
     assert [s.value for s in FanoutState] == [
         "paused",
+        "checkingAudience",  # new: the audience is checked while the pool is not Ready
         "waitingForPool",
         "running",
         "done",
@@ -140,3 +142,36 @@ def test_get_pool_reads_readiness_without_parsing(
     elif pool is not None:
         with pytest.raises(ValidationError):
             pool.spec  # noqa: B018 — parsing is the point
+
+
+@pytest.mark.parametrize(
+    ("obj", "said"),
+    [
+        (None, "pool news does not exist (PoolNotFound)"),
+        (_pool(POOL_SPEC, None), "pool news is not reconciled yet (PoolNotReconciled)"),
+        (
+            _pool(
+                POOL_SPEC,
+                [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": "RelaysUnavailable",
+                        "message": "0/2 relays available",
+                    }
+                ],
+            ),
+            "pool news is not Ready: RelaysUnavailable: 0/2 relays available",
+        ),
+        (
+            _pool({}, [{"type": "Ready", "status": "False", "reason": "InvalidSpec"}]),
+            "pool news is not Ready: InvalidSpec",
+        ),
+    ],
+    ids=["missing", "not-reconciled", "relays", "no-message"],
+)
+def test_a_waiting_campaign_says_why_in_the_pools_words(
+    monkeypatch: pytest.MonkeyPatch, obj: dict[str, Any] | None, said: str
+) -> None:
+    monkeypatch.setattr(kube_io, "get_custom", lambda plural, ns, name: obj)
+    assert pool_waiting("news", get_pool("ns", "news")) == said

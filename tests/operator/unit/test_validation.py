@@ -227,6 +227,37 @@ def test_drift_is_what_differs_from_the_rendered_fields(
     assert drifted(desired, live) == paths
 
 
+RENDERED: dict[str, Any] = {
+    "template": {"spec": {"hostNetwork": False, "cpu": "0.5", "containers": [{"name": "a"}]}}
+}
+SERVER_VIEW: dict[str, Any] = {  # the API server omits false and writes quantities canonically
+    "template": {"spec": {"cpu": "500m", "containers": [{"name": "a", "restartPolicy": "x"}]}}
+}
+
+
+@pytest.mark.parametrize(
+    ("live", "paths"),
+    [
+        (SERVER_VIEW, []),
+        (
+            {"template": {"spec": {**SERVER_VIEW["template"]["spec"], "hostNetwork": True}}},
+            [".template.spec.hostNetwork"],
+        ),
+        (
+            {"template": {"spec": {**SERVER_VIEW["template"]["spec"], "cpu": "2"}}},
+            [".template.spec.cpu"],
+        ),
+        ({"template": {"spec": {"cpu": "500m", "containers": []}}}, [".template.spec.containers"]),
+    ],
+    ids=["as-stored", "false-set-true", "quantity-changed", "container-removed"],
+)
+def test_drift_is_judged_against_the_servers_view_of_the_rendering(
+    live: dict[str, Any], paths: list[str]
+) -> None:
+    assert drifted(RENDERED, live, "", SERVER_VIEW) == paths
+    assert drifted(RENDERED, SERVER_VIEW) != []  # compared as rendered, it always looked changed
+
+
 CAMPAIGN: dict[str, Any] = {
     "poolRef": "news",
     "from": {"address": "news@sender.test"},

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from mailpipe.contracts.wire import CampaignControl, CampaignState, Disposition, encode
 
@@ -71,7 +70,7 @@ async def campaign_status(
         # A finished fan-out's daemon returns at once after a restart, without
         # following the pool's events: follow them here, or counts stay zero.
         pool = await asyncio.to_thread(get_pool, state.kube, namespace, spec.get("poolRef", ""))
-        if pool is not None:
+        if pool is not None and pool.kafka_refusal(state.policy) is None:
             state.hub.follow(pool.bootstrap, pool.topics.events, state.tally.observe)
             memo[EVENTS_FOLLOWED] = True
     fanout = FanoutCheckpoint.from_status(status)
@@ -178,16 +177,23 @@ async def _rearm_if_audience_fixed(
 
 def _publish_state(
     state: OperatorState, namespace: str, name: str, pool_name: str, campaign: CampaignState
-) -> bool:
-    """Tell the pool's relays (compacted control topic) to hold or drop this campaign."""
+) -> str | None:
+    """Tell the pool's relays (compacted control topic) to hold or drop this campaign.
+
+    None once told; else why not: "" when the pool is gone (nobody to tell), or
+    why its Kafka may not be contacted (`Pool.kafka_refusal`: its relays never
+    ran, or were stopped, and are not told through a Kafka the policy refuses)."""
     pool = get_pool(state.kube, namespace, pool_name)
     if pool is None:
-        return False
+        return ""
+    refused = pool.kafka_refusal(state.policy)
+    if refused is not None:
+        return refused
     key = f"{namespace}/{name}"
     control = CampaignControl(campaign=key, state=campaign, time=time.time())
     producer = state.producers.get(pool.bootstrap)
     kafka_io.produce_all(producer, pool.topics.control, [(key.encode(), encode(control))])
-    return True
+    return None
 
 
 def _not_deleted(meta: Any, **_: Any) -> bool:
@@ -212,13 +218,14 @@ async def suspend_changed(
     if old is None and not new:
         return  # created unsuspended: nothing to tell the relays
     campaign = CampaignState.PAUSED if new else CampaignState.ACTIVE
-    published = await asyncio.to_thread(
+    why_not = await asyncio.to_thread(
         _publish_state, operator_state(memo), namespace, name, spec.get("poolRef", ""), campaign
     )
-    if published:
-        kopf.info(
-            body, reason="Paused" if new else "Resumed", message=f"relays told: {campaign.value}"
-        )
+    reason = "Paused" if new else "Resumed"
+    if why_not is None:
+        kopf.info(body, reason=reason, message=f"relays told: {campaign.value}")
+    elif why_not:
+        kopf.info(body, reason=reason, message=f"relays not told: {why_not}")
 
 
 # A campaign's deletion never waits forever (ARCHITECTURE.md, "Status is the world's"): a
@@ -252,7 +259,7 @@ async def delete_campaign(
         kopf.warn(body, reason="CancelNotPublished", message=message)
     else:
         try:
-            await asyncio.to_thread(
+            why_not = await asyncio.to_thread(
                 _publish_state,
                 state,
                 namespace,
@@ -265,8 +272,8 @@ async def delete_campaign(
             raise kopf.TemporaryError(
                 memo[CANCEL_FAILURE_MEMO], delay=CANCEL_RETRY_SECONDS
             ) from exc
-        except ValidationError as exc:  # the pool's spec is invalid: no Kafka to tell
-            message = f"relays not told to drop its records: pool spec invalid: {str(exc)[:200]}"
+        if why_not:  # an invalid pool spec, or a Kafka the operator may not contact
+            message = f"relays not told to drop its records: {why_not}"
             kopf.warn(body, reason="CancelNotPublished", message=message)
     state.tally.forget(f"{namespace}/{name}")
 

@@ -20,14 +20,15 @@ from functools import cached_property
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from mailpipe.contracts.signing import ConfigSigner
 from mailpipe.contracts.topics import Topics
 from mailpipe.contracts.warmup import WarmupLedger
 
-from .. import defaults, fanout_lease, kafka_io, kube_io
+from .. import defaults, fanout_lease, kafka_io, kube_io, tenancy
 from ..cluster_policy import ClusterPolicy
-from ..models import SendingPoolSpec
+from ..models import KafkaSpec, SendingPoolSpec
 from ..pool import PoolRef, topics
 from ..tally import Tally
 
@@ -85,6 +86,12 @@ class OperatorState:
     events) read the world and patch status one at a time, so none overwrites a
     newer reading with an older one."""
 
+    server_views: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per pool (`namespace/name`): the spec digest of its relay Deployment as
+    last rendered, and the API server's view of that rendering
+    (`kube_io.server_view`), so a Deployment event is compared without asking
+    the server again. Rebuilt by one dry run per pool after a restart."""
+
     def pool_lock(self, key: str) -> asyncio.Lock:
         return self.pool_locks.setdefault(key, asyncio.Lock())
 
@@ -101,6 +108,18 @@ def parse_pool_spec(spec: Any) -> SendingPoolSpec:
     """A SendingPool's spec as the typed model, unset fields filled with the
     operator's defaults (`defaults`); raises pydantic's ValidationError."""
     return SendingPoolSpec.model_validate(dict(spec), context=defaults.from_process_env().context())
+
+
+def parse_pool_kafka(spec: Any) -> KafkaSpec:
+    """Only the Kafka part of a pool's spec, the operator's default bootstrap
+    filled in: what the pool's topics are named from and where they live, so
+    a pool whose other fields no longer parse (a time zone) can still delete
+    them. Raises ValueError (pydantic's ValidationError is one)."""
+    kafka = KafkaSpec.model_validate(dict(spec.get("kafka") or {}))
+    bootstrap = kafka.bootstrap_servers or defaults.from_process_env().kafka_bootstrap_servers
+    if not bootstrap:
+        raise ValueError("kafka.bootstrapServers is not set and the operator has no default")
+    return kafka.model_copy(update={"bootstrap_servers": bootstrap})
 
 
 @dataclass(frozen=True)
@@ -123,6 +142,17 @@ class Pool:
     def topics(self) -> Topics:
         return topics(self.ref, self.spec)
 
+    def kafka_refusal(self, policy: ClusterPolicy) -> str | None:
+        """Why the operator may not contact this pool's Kafka now, or None: its
+        spec does not parse, or `tenancy.kafka_refusal` (the cluster policy
+        refuses its bootstrap servers, or its topics are another namespace's)."""
+        try:
+            spec = self.spec
+        except ValidationError as exc:
+            return f"pool {self.ref.name}: invalid spec ({exc.error_count()} errors)"
+        refused = tenancy.kafka_refusal(self.ref.namespace, self.ref.name, spec.kafka, policy)
+        return None if refused is None else f"pool {self.ref.name}: {refused.message}"
+
     @property
     def bootstrap(self) -> str:
         return self.spec.kafka.bootstrap_servers
@@ -134,6 +164,23 @@ def get_pool(kube: kube_io.Kube, namespace: str, name: str) -> Pool | None:
     if obj is None:
         return None
     return Pool(PoolRef(obj["metadata"]["name"], namespace, obj["metadata"]["uid"]), obj)
+
+
+def pool_waiting(name: str, pool: Pool | None) -> str:
+    """Why a campaign waits for pool `name`, in the pool's own words: its Ready
+    condition's reason and message (`RelaysUnavailable: 0/2 relays available`),
+    not a bare reason, so `kubectl get camp` says what to look at."""
+    ready, reason = pool_readiness(pool)
+    if pool is None:
+        return f"pool {name} does not exist ({reason})"
+    if reason == "PoolNotReconciled":
+        return f"pool {name} is not reconciled yet ({reason})"
+    condition: dict[str, Any] = next(
+        (c for c in pool.obj.get("status", {}).get("conditions", []) if c.get("type") == "Ready"),
+        {},
+    )
+    words = f"{reason}: {condition['message']}" if condition.get("message") else reason
+    return f"pool {name} is {'Ready' if ready else 'not Ready'}: {words}"
 
 
 def pool_readiness(pool: Pool | None) -> tuple[bool, str]:

@@ -46,7 +46,7 @@ from ..kafka_io import KafkaError
 from ..kube_io import ApiException
 from ..models import GROUP, VERSION, CampaignSpec, Recipient
 from ..progress import FanoutCheckpoint, FanoutState, audience_configmap, fanout_wanted
-from .context import OperatorState, Pool, get_pool, operator_state, pool_readiness
+from .context import OperatorState, Pool, get_pool, operator_state, pool_readiness, pool_waiting
 from .status import now_iso
 
 log = logging.getLogger("mailpipe.operator")
@@ -67,6 +67,13 @@ FANOUT_RENDER_SECONDS = 10 * camp.RENDER_SECONDS
 # this many in a row means something else is wrong.
 CONFLICT_RETRIES = 20
 HTTP_CONFLICT = 409
+HTTP_FORBIDDEN = 403
+# An audience ConfigMap the operator may not read (its namespace not onboarded)
+# is tried again at this pace: the RoleBinding that fixes it sends no event.
+AUDIENCE_RETRY_SECONDS = 5.0
+# The check's progress is written to status at most this often: `kubectl get`
+# shows it moving, the API server is not written to for every row.
+PROGRESS_WRITE_SECONDS = 2.0
 
 
 def _write(kube: kube_io.Kube, namespace: str, name: str, checkpoint: FanoutCheckpoint) -> None:
@@ -98,6 +105,7 @@ def fanout(
     state = operator_state(memo)
     campaign_key = f"{namespace}/{name}"
     waiting_for: str | None = None  # the holder this daemon last said it waits for
+    checked: Checked | None = None  # the audience as last checked, for this generation
     while not stopped:
         obj = state.kube.get_custom("campaigns", namespace, name)
         if obj is None:
@@ -140,22 +148,42 @@ def fanout(
                 _write(state.kube, namespace, name, paused)
             stopped.wait(POLL_SECONDS)
             continue
-        pool = get_pool(state.kube, namespace, spec.get("poolRef", ""))
-        ready, reason = pool_readiness(pool)
-        if not ready:
-            if checkpoint.state is not FanoutState.WAITING_FOR_POOL:
-                waiting = FanoutCheckpoint(
-                    state=FanoutState.WAITING_FOR_POOL, message=reason, generation=generation
-                )
-                _write(state.kube, namespace, name, waiting)
-            stopped.wait(POLL_SECONDS)
-            continue
-        assert pool is not None
+        pool_name = str(spec.get("poolRef", ""))
+        pool = get_pool(state.kube, namespace, pool_name)
+        ready = pool_readiness(pool)[0]
         try:
+            if checked is None or checked.generation != generation:
+                # Checked while the pool is not Ready yet: a template that cannot
+                # render fails the campaign now, not once relays are up.
+                checked = _check(
+                    state.kube, stopped, campaign_key, uid, dict(spec), checkpoint, generation
+                )
+            if not ready:
+                said = f"waiting for the pool: {pool_waiting(pool_name, pool)}"
+                if checked is not None and checked.prepared is not None:
+                    said += f" (audience checked: {len(checked.prepared.recipients)} recipients)"
+                if (checkpoint.state, checkpoint.message) != (FanoutState.WAITING_FOR_POOL, said):
+                    waiting = FanoutCheckpoint(
+                        state=FanoutState.WAITING_FOR_POOL, message=said, generation=generation
+                    )
+                    _write(state.kube, namespace, name, waiting)
+                stopped.wait(POLL_SECONDS)
+                continue
+            assert pool is not None
             _run_fanout(
-                stopped, state, campaign_key, uid, dict(spec), pool, checkpoint, body, generation
+                stopped,
+                state,
+                campaign_key,
+                uid,
+                dict(spec),
+                pool,
+                checkpoint,
+                body,
+                generation,
+                checked,
             )
         except camp.CampaignError as exc:
+            checked = None  # a fixed ConfigMap or spec is checked again
             failed = FanoutCheckpoint(
                 state=FanoutState.FAILED,
                 message=str(exc),
@@ -167,11 +195,108 @@ def fanout(
             _write(state.kube, namespace, name, failed)
             kopf.warn(body, reason="FanoutFailed", message=f"{exc.reason.value}: {exc}")
             continue  # not `return`: an edited spec must be able to resume it
+        except AudienceUnreadable as exc:
+            checked = None
+            if (checkpoint.state, checkpoint.message) != (FanoutState.CHECKING, str(exc)):
+                _write(
+                    state.kube,
+                    namespace,
+                    name,
+                    FanoutCheckpoint(
+                        state=FanoutState.CHECKING, message=str(exc), generation=generation
+                    ),
+                )
+                kopf.warn(body, reason="AudienceUnreadable", message=str(exc))
+            stopped.wait(AUDIENCE_RETRY_SECONDS)
+            continue
         except KafkaError as exc:
             log.warning("fan-out of %s paused by Kafka error: %s", campaign_key, exc)
             stopped.wait(KAFKA_BACKOFF_SECONDS)
             continue
         return
+
+
+class AudienceUnreadable(Exception):
+    """The operator may not read the audience ConfigMap (RBAC); retried, not a failure:
+    onboarding the namespace is the fix, and nothing about the campaign is wrong."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An audience this daemon checked (`render_check`), and what it was checked from:
+    reused by the fan-out when neither the spec nor the ConfigMap changed since."""
+
+    generation: int | None
+    audience_version: str | None  # the ConfigMap's resourceVersion; None: inline
+    prepared: PreparedAudience | None  # None: stopped while checking
+
+
+def _read_audience(
+    kube: kube_io.Kube, namespace: str, spec: CampaignSpec
+) -> tuple[dict[str, str] | None, str | None]:
+    """The audience ConfigMap's data and resourceVersion (None, None: inline);
+    raises AudienceUnreadable when RBAC refuses the read."""
+    ref = spec.audience.config_map_ref
+    if ref is None:
+        return None, None
+    try:
+        return kube.read_configmap_versioned(namespace, ref.name)
+    except ApiException as exc:
+        if exc.status != HTTP_FORBIDDEN:
+            raise
+        raise AudienceUnreadable(
+            f"cannot read the audience ConfigMap {ref.name}: the operator may not read "
+            f"ConfigMaps in namespace {namespace} (403 Forbidden); onboard the namespace "
+            "(chart value rbac.tenantNamespaces), the campaign then goes on by itself"
+        ) from None
+
+
+def _parse(spec_raw: dict[str, Any]) -> CampaignSpec:
+    try:
+        return CampaignSpec.model_validate(spec_raw)
+    except ValidationError as exc:
+        raise camp.CampaignError(str(exc), camp.FailReason.INVALID_SPEC) from exc
+
+
+def _check(
+    kube: kube_io.Kube,
+    stopped: Any,
+    key: str,
+    uid: str,
+    spec_raw: dict[str, Any],
+    checkpoint: FanoutCheckpoint,
+    generation: int | None,
+    data: tuple[dict[str, str] | None, str | None] | None = None,
+) -> Checked:
+    """Check the whole audience and every template (`render_check`), saying how
+    far it got in status.fanout while it runs; raises CampaignError.
+
+    A fan-out that already began is not shown as checking (its status stays
+    `running`): its audience is checked again only to compare it."""
+    namespace, name = key.split("/", 1)
+    spec = _parse(spec_raw)
+    cm_data, version = data if data is not None else _read_audience(kube, namespace, spec)
+    begun = checkpoint.next_index > 0 or checkpoint.offsets is not None
+    written = 0.0
+
+    def say(done: int, rows: int) -> None:
+        nonlocal written
+        now = time.monotonic()
+        if begun or (done < rows and now - written < PROGRESS_WRITE_SECONDS):
+            return
+        written = now
+        message = f"checking the audience and templates: {done} of {rows} rows rendered"
+        _write(
+            kube,
+            namespace,
+            name,
+            FanoutCheckpoint(state=FanoutState.CHECKING, message=message, generation=generation),
+        )
+
+    prepared = render_check.check_audience(
+        spec_raw, cm_data, key, uid, time.time(), stopped, on_progress=say
+    )
+    return Checked(generation, version, prepared)
 
 
 def _write_held(
@@ -234,19 +359,27 @@ def _prepare(
     uid: str,
     spec_raw: dict[str, Any],
     checkpoint: FanoutCheckpoint,
+    generation: int | None,
+    checked: Checked | None,
 ) -> tuple[CampaignSpec, PreparedAudience] | None:
     """The campaign's spec and its audience, checked whole (every record rendered)
     and summarised in status; None when stopped meanwhile. `CampaignError` when
-    the spec is invalid, the audience bad, or changed since the fan-out began."""
+    the spec is invalid, the audience bad, or changed since the fan-out began.
+
+    `checked`: the audience as checked while the pool was not Ready, used when
+    neither the spec nor the audience ConfigMap changed since."""
     namespace, name = key.split("/", 1)
-    try:
-        spec = CampaignSpec.model_validate(spec_raw)
-    except ValidationError as exc:
-        raise camp.CampaignError(str(exc), camp.FailReason.INVALID_SPEC) from exc
-    cm_data = None
-    if spec.audience.config_map_ref is not None:
-        cm_data = state.kube.read_configmap(namespace, spec.audience.config_map_ref.name)
-    prepared = render_check.check_audience(spec_raw, cm_data, key, uid, time.time(), stopped)
+    spec = _parse(spec_raw)
+    cm_data, version = _read_audience(state.kube, namespace, spec)
+    same = checked is not None and (checked.generation, checked.audience_version) == (
+        generation,
+        version,
+    )
+    if not same or checked is None:
+        checked = _check(
+            state.kube, stopped, key, uid, spec_raw, checkpoint, generation, data=(cm_data, version)
+        )
+    prepared = checked.prepared
     if prepared is None:
         return None  # stopped while the audience was being checked
     begun = checkpoint.next_index > 0 or checkpoint.offsets is not None
@@ -325,15 +458,19 @@ def _run_fanout(
     checkpoint: FanoutCheckpoint,
     body: Any,
     generation: int | None,
+    checked: Checked | None,
 ) -> None:
-    """Produce the audience from `checkpoint` on; returns early when stopped or deleted."""
+    """Produce the audience from `checkpoint` on; returns early when stopped or deleted.
+
+    `checked`: the audience as checked while the pool was not Ready, used when
+    neither the spec nor the audience ConfigMap changed since."""
     namespace, name = key.split("/", 1)
     try:
         t, bootstrap = pool.topics, pool.bootstrap
     except ValidationError as exc:
         raise camp.CampaignError(str(exc), camp.FailReason.INVALID_SPEC) from exc
     state.hub.follow(bootstrap, t.events, state.tally.observe)
-    ready = _prepare(stopped, state, key, uid, spec_raw, checkpoint)
+    ready = _prepare(stopped, state, key, uid, spec_raw, checkpoint, generation, checked)
     if ready is None:
         return
     spec, prepared = ready

@@ -35,7 +35,7 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from .. import kube_io
+from .. import kube_io, tenancy
 from ..cluster_policy import (
     POLICY_FILE_MEMO_KEY,
     ClusterPolicy,
@@ -45,7 +45,7 @@ from ..cluster_policy import (
     policy_changes,
 )
 from ..models import GROUP, VERSION, SendingPoolSpec
-from . import pool, relays
+from . import pool, relays, warmup
 from .context import OperatorState, operator_state, parse_pool_spec
 
 log = logging.getLogger("mailpipe.operator")
@@ -128,6 +128,14 @@ async def recheck(state: OperatorState, old: ClusterPolicy, new: ClusterPolicy) 
     for change in changes:  # one line each, for whoever greps the log for a pool
         log.log(logging.WARNING if change.refused else logging.INFO, "%s", change.describe())
     gate = asyncio.Semaphore(RECHECK_CONCURRENCY)
+    # Pools whose Kafka the operator may contact now and could not before, or
+    # the reverse: no pool event says so, so their events are (un)followed here.
+    kafka_changed = {
+        f"{ns}/{name}"
+        for ns, name, spec in pools
+        if (tenancy.kafka_refusal(ns, name, spec.kafka, old) is None)
+        != (tenancy.kafka_refusal(ns, name, spec.kafka, new) is None)
+    }
 
     async def one(change: PolicyChange) -> None:
         async with gate:
@@ -135,6 +143,8 @@ async def recheck(state: OperatorState, old: ClusterPolicy, new: ClusterPolicy) 
             if not change.refused:  # the refusal's own Events come from the reconcile
                 message = "the cluster policy now allows this pool: relays back to spec.replicas"
                 kopf.info(bodies[change.pool], reason="PolicyAllowed", message=message)
+            if change.pool in kafka_changed:  # its events: followed only while allowed
+                warmup.track(state, namespace, name, bodies[change.pool])
             try:
                 outcome = await pool.reconcile(state, namespace, name, ensure_topics=True)
             except Exception:  # one pool's failure must not hold up the others

@@ -31,10 +31,9 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import kopf
-from pydantic import ValidationError
 
 from mailpipe.contracts.signing import ConfigSigner
-from mailpipe.contracts.topics import TopicOwnershipError, owned_prefix, owned_topics
+from mailpipe.contracts.topics import Topics, owned_prefix, owned_topics
 
 from .. import config_signing, kafka_io, kube_io, tenancy, validation
 from ..cluster_policy import ClusterPolicy
@@ -42,6 +41,7 @@ from ..kafka_io import KafkaError
 from ..kube_io import ApiException
 from ..models import GROUP, VERSION, DeletionPolicy, SendingPoolSpec
 from ..pool import (
+    SPEC_HASH_ANNOTATION,
     PoolRef,
     build_children,
     config_hash,
@@ -50,7 +50,7 @@ from ..pool import (
     topics,
 )
 from ..validation import Problem
-from .context import DELETE_GIVE_UP_SECONDS, OperatorState, operator_state, parse_pool_spec
+from .context import DELETE_GIVE_UP_SECONDS, OperatorState, operator_state, parse_pool_kafka
 from .scale import Stopped, stop_relays
 from .status import Relays, condition, find, merge_conditions, pool_conditions
 
@@ -119,6 +119,7 @@ async def reconcile(
             ensure_topics,
             state.policy,
             state.admins,
+            state.server_views,
             state.signer,
         )
         # What handlers.children guards: only a pool that may run relays has any.
@@ -169,6 +170,7 @@ def _reconcile_blocking(
     ensure_topics: bool,
     policy: ClusterPolicy,
     admins: kafka_io.Admins,
+    views: dict[str, tuple[str, dict[str, Any]]],
     signer: ConfigSigner | None = None,
 ) -> _Seen | None:
     obj = kube.get_custom("sendingpools", namespace, name)
@@ -228,19 +230,25 @@ def _reconcile_blocking(
     seen = _Seen(obj, Outcome(ref, spec), rendered=children)
     live = kube.read_deployment(ref)
     deployment = next(c for c in children if c["kind"] == "Deployment")
+    key = f"{namespace}/{name}"
+    rerendered = False
     if live is not None:
-        seen.drift = drifted(deployment["spec"], live.get("spec"), "spec")
+        rerendered, seen.drift = _drift(kube, views, key, deployment, live)
     # A spec change renders everything; a change in the world (a Deployment or
-    # Secret event) only puts back a drifted or deleted Deployment: no reads
-    # of the other children for every relay status change. No Deployment at
-    # all (a pool that waited for its Secret) needs every child: its ConfigMap too.
+    # Secret event) only puts back a drifted, re-rendered or deleted Deployment:
+    # no reads of the other children for every relay status change. No
+    # Deployment at all (a pool that waited for its Secret) needs every child.
     if not ensure_topics and live is not None:
-        children = [deployment] if seen.drift else []
+        children = [deployment] if seen.drift or rerendered else []
     try:
         for child in children:
             force = child is deployment and bool(seen.drift)
-            if kube.apply(child, force=force):
-                seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
+            stored = kube.apply(child, force=force)
+            if stored is None:
+                continue
+            seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
+            if child is deployment:
+                views[key] = (kube_io.spec_digest(deployment), stored)
     except ApiException as exc:
         if exc.status != HTTPStatus.FORBIDDEN:
             raise
@@ -312,6 +320,31 @@ def _blocked(
     return seen
 
 
+def _drift(
+    kube: kube_io.Kube,
+    views: dict[str, tuple[str, dict[str, Any]]],
+    key: str,
+    deployment: dict[str, Any],
+    live: dict[str, Any],
+) -> tuple[bool, list[str]]:
+    """(re-rendered, drifted paths) of the live relay Deployment.
+
+    Re-rendered: the live one was applied from another rendering (its spec-hash
+    annotation differs), so `Kube.apply` writes it anyway. Otherwise drift is
+    what differs from the API server's view of this rendering (`views`, else one
+    dry run): compared with the rendering itself, a field the server omits
+    (`hostNetwork: false`) looked changed on every Deployment event, and each
+    one was re-applied and announced."""
+    digest = kube_io.spec_digest(deployment)
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(SPEC_HASH_ANNOTATION) != digest:
+        return True, []
+    cached = views.get(key)
+    if cached is None or cached[0] != digest:
+        cached = views[key] = (digest, kube.server_view(deployment))
+    return False, drifted(deployment["spec"], live.get("spec"), "spec", cached[1].get("spec"))
+
+
 def _deployment_written(written: list[str]) -> bool:
     return any(w.startswith("Deployment/") for w in written)
 
@@ -340,6 +373,7 @@ async def delete_pool(
     namespace: str | None,
     uid: str,
     spec: Any,
+    status: Any,
     body: Any,
     memo: kopf.Memo,
     runtime: datetime.timedelta,
@@ -349,28 +383,40 @@ async def delete_pool(
     unless `spec.kafka.deletionPolicy: Retain` or another pool shares them.
     Kafka failures are retried until DELETE_GIVE_UP_SECONDS; a retry that
     starts later lets the pool go with a Warning Event (ARCHITECTURE.md, "Status is the
-    world's")."""
+    world's"). A Kafka the cluster policy refuses is not contacted: the pool goes at once."""
     assert namespace is not None  # both kinds are namespaced
     ref = PoolRef(name, namespace, uid)
     state = operator_state(memo)
     deleted = await asyncio.to_thread(state.kube.delete_children, ref)
     state.ledgers.pop(f"{namespace}/{name}", None)
+    state.server_views.pop(f"{namespace}/{name}", None)
     log.info("deleted children of pool %s/%s: %s", namespace, name, deleted)
     try:
-        parsed = parse_pool_spec(spec)
-    except ValidationError:
-        kopf.warn(body, reason="TopicsKept", message="spec unreadable: topics left as they are")
+        # The topics' names and place only: a pool whose time zone (or any
+        # other field) no longer parses still takes the topics it made.
+        kafka = parse_pool_kafka(spec)
+    except ValueError as exc:
+        message = f"spec.kafka unreadable ({validation.one_line(str(exc), 160)}): topics left"
+        kopf.warn(body, reason="TopicsKept", message=message)
         return
-    try:
-        # A prefix naming another tenant's topics was never reconciled; deleting
-        # the pool must not delete them either (issue 11).
-        prefix = owned_prefix(namespace, name, parsed.kafka.topic_prefix)
-    except TopicOwnershipError as exc:
-        kopf.warn(body, reason="TopicsKept", message=f"{exc}: topics left as they are")
+    refused = tenancy.kafka_refusal(namespace, name, kafka, state.policy)
+    if refused is not None:
+        # Never contacted, so nothing to delete there (issue 11: a prefix naming
+        # another tenant's topics must not delete them either).
+        made = bool((status or {}).get("topics"))
+        if refused.reason == tenancy.POLICY_VIOLATION and not made:
+            message = f"none created: {refused.message}; the operator never connected there"
+            kopf.info(body, reason="TopicsKept", message=message)
+        else:
+            kopf.warn(
+                body, reason="TopicsKept", message=f"{refused.message}: topics left as they are"
+            )
         return
-    bootstrap = parsed.kafka.bootstrap_servers
-    await asyncio.to_thread(state.hub.unfollow, bootstrap, topics(ref, parsed).events)
-    if parsed.kafka.deletion_policy is DeletionPolicy.RETAIN:
+    prefix = owned_prefix(namespace, name, kafka.topic_prefix)
+    bootstrap = kafka.bootstrap_servers
+    events = Topics.for_pool(namespace, name, prefix=kafka.topic_prefix).events
+    await asyncio.to_thread(state.hub.unfollow, bootstrap, events)
+    if kafka.deletion_policy is DeletionPolicy.RETAIN:
         kopf.info(body, reason="TopicsRetained", message="spec.kafka.deletionPolicy is Retain")
         return
     sharing = await asyncio.to_thread(

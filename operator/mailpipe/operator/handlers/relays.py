@@ -11,7 +11,9 @@ data of a referenced Secret changed (its hash is in the pod template).
 Deployments are watched by the operator's labels, so only relay Deployments
 reach these handlers. Secrets cannot be watched (the operator may only `get`
 them by name), so a timer on each pool that references one re-reads it and
-reconciles when its data changed.
+reconciles when its data changed. RBAC cannot be watched either: a pool
+refused with `Forbidden` (its namespace not onboarded) is reconciled again on
+a timer, so the RoleBinding that onboards it is enough.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import kopf
 
 from ..models import GROUP, VERSION
 from ..pool import MANAGED_BY, secrets_hash
-from ..validation import CONFIG_MAP_PREFIX, config_map_names, secret_names
+from ..validation import CONFIG_MAP_PREFIX, Reason, config_map_names, secret_names
 from . import pool
 from .context import OperatorState, operator_state
+from .status import find
 
 log = logging.getLogger("mailpipe.operator")
 
@@ -35,6 +38,10 @@ POOL_LABEL = "mailpipe.io/pool"
 # the operator cannot enumerate a namespace's Secrets), so a pool re-reads the
 # ones it references at this pace: a created or rotated DKIM key is seen within it.
 SECRETS_RECHECK_SECONDS = 10.0
+# A namespace onboarded after its pool was created (README: `kubectl create
+# rolebinding ...`) creates no event the operator sees: a Forbidden pool tries
+# again at this pace. One pool costs a few GETs per try, and only while refused.
+FORBIDDEN_RETRY_SECONDS = 5.0
 
 
 async def sync(
@@ -104,3 +111,21 @@ async def referenced_secrets(
     found = await asyncio.to_thread(read)
     if secrets_hash(found) != status.get("secretsHash"):
         await _sync(memo, namespace, name)
+
+
+def _forbidden(status: Any, **_: Any) -> bool:
+    ready = find(status.get("conditions"), "Ready") or {}
+    return ready.get("reason") == Reason.FORBIDDEN
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "sendingpools",
+    interval=FORBIDDEN_RETRY_SECONDS,
+    when=_forbidden,
+)
+async def forbidden_retry(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """The pool was refused by RBAC: try again, as the namespace may be onboarded now."""
+    assert namespace is not None  # both kinds are namespaced
+    await _sync(memo, namespace, name)

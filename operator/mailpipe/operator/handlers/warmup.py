@@ -40,7 +40,7 @@ from mailpipe.contracts.warmup import (
     encode_unpaused,
 )
 
-from .. import kafka_io, kube_io
+from .. import kafka_io, kube_io, tenancy
 from ..kafka_io import KafkaError
 from ..kube_io import ApiException
 from ..models import GROUP, VERSION, SendingPoolSpec
@@ -61,13 +61,25 @@ PAUSED = "WarmupPaused"
 async def track_pool_warmup(type: str | None, body: Any, memo: kopf.Memo, **_: Any) -> None:
     """Keep one ledger per pool, fed by the shared events reader."""
     meta = body.get("metadata", {})
-    state = operator_state(memo)
+    track(operator_state(memo), meta["namespace"], meta["name"], body, deleted=type == "DELETED")
+
+
+def track(
+    state: OperatorState, namespace: str, name: str, body: Any, *, deleted: bool = False
+) -> None:
+    """Follow the pool's events topic, or stop: when it goes, is being deleted
+    (its topics are about to be), or its Kafka may not be contacted
+    (`tenancy.kafka_refusal`: the cluster policy refuses it, or the topics
+    are another namespace's). Called again after a policy change
+    (`handlers.policy`), which sends no pool event."""
+    meta = body.get("metadata", {})
     try:
         spec = parse_pool_spec(body.get("spec", {}))
     except ValidationError:
         return  # reconcile reports the invalid spec; nothing to count yet
-    ref = PoolRef(meta["name"], meta["namespace"], meta.get("uid", ""))
-    if type == "DELETED":
+    ref = PoolRef(name, namespace, meta.get("uid", ""))
+    refused = tenancy.kafka_refusal(namespace, name, spec.kafka, state.policy)
+    if deleted or meta.get("deletionTimestamp") or refused is not None:
         forget_pool(state, ref, spec)
     else:
         follow_pool_events(state, ref, spec)
@@ -103,7 +115,8 @@ def forget_pool(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec) -> No
     key = _key(ref)
     state.ledgers.pop(key, None)
     source = state.warmup_sources.pop(key, None)
-    state.hub.forget(*(source or (spec.kafka.bootstrap_servers, topics(ref, spec).events)))
+    if source is not None:  # never followed: nothing to forget, and no name to derive
+        state.hub.forget(*source)
 
 
 def _when(at: float | None) -> str:
