@@ -417,6 +417,19 @@ def test_down_from_another_process_after_the_owner_was_killed(
     assert _changes(before, _snapshot()) == {}
 
 
+def _evaluated(exports: str) -> dict[str, str]:
+    """The environment a shell has after `eval "$(mailpipe dev up)"`."""
+    shell = subprocess.run(
+        ["bash", "-c", 'eval "$EXPORTS"; unset EXPORTS; env -0'],
+        env={**os.environ, "EXPORTS": exports},
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_SECONDS,
+        check=True,
+    )
+    return dict(item.split("=", 1) for item in shell.stdout.split("\0") if "=" in item)
+
+
 def test_dev_up_with_a_node_and_dev_down_from_the_shell(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -437,7 +450,7 @@ def test_dev_up_with_a_node_and_dev_down_from_the_shell(
     try:
         assert up.returncode == 0, up.stderr
         assert state is not None and state.complete
-        env = {**os.environ, **dict(line.split("=", 1) for line in up.stdout.splitlines())}
+        env = _evaluated(up.stdout)
         assert harness.condition_true(harness.get_json(env, "node", node_plan.NODE_NAME))
         status = subprocess.run(
             [*mailpipe, "status", "--state-dir", str(state_dir)],

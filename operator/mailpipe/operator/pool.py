@@ -19,6 +19,7 @@ which reads the files: the ConfigMap never holds a credential.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from collections.abc import Collection, Mapping
@@ -362,10 +363,13 @@ def build_children(
     ]
 
 
-_AS_RENDERED: Any = object()  # `drifted` without the server's view
+class _Expected(enum.Enum):
+    AS_RENDERED = "as rendered"  # `drifted` without the server's view
 
 
-def drifted(desired: Any, live: Any, path: str = "", expected: Any = _AS_RENDERED) -> list[str]:
+def drifted(
+    desired: Any, live: Any, path: str = "", expected: Any = _Expected.AS_RENDERED
+) -> list[str]:
     """Paths where `live` differs from what the operator applied.
 
     `desired` (the rendered object) says which fields are the operator's:
@@ -376,7 +380,7 @@ def drifted(desired: Any, live: Any, path: str = "", expected: Any = _AS_RENDERE
     Without it, `desired` is compared as rendered. Lists are compared item by
     item, over the server's length (it keeps items other managers added).
     """
-    if expected is _AS_RENDERED:
+    if expected is _Expected.AS_RENDERED:
         expected = desired
     if isinstance(desired, Mapping):
         if not desired:

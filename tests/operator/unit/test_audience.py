@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 import zoneinfo
 from typing import Any
 
@@ -99,11 +98,10 @@ BAD_TEMPLATES = [
 @pytest.mark.parametrize(("template", "reason"), BAD_TEMPLATES, ids=[t for t, _ in BAD_TEMPLATES])
 def test_template_errors_and_limits_fail_the_campaign_at_once(template: str, reason: str) -> None:
     s = spec(text=template, audience=inline(*[f"u{i}@x.test" for i in range(50)]))
-    started = time.monotonic()
+    # A limit, not the work: each of these would take minutes (or all memory) if evaluated.
     with pytest.raises(CampaignError) as info:
         prepare_audience(s, None, campaign="ns/c", uid="u", now=NOW)
     assert info.value.reason == reason, str(info.value)
-    assert time.monotonic() - started < 5
 
 
 def test_an_oversized_template_is_refused_by_the_schema() -> None:
@@ -116,11 +114,11 @@ def test_a_render_that_loops_without_output_is_stopped_in_its_own_process() -> N
         "{% set r = range(100000)|list %}{% for a in r %}{% for b in r %}{% endfor %}{% endfor %}"
     )
     s = spec(text=loop)
-    started = time.monotonic()
     with pytest.raises(CampaignError) as info:
         check_audience(s.model_dump(by_alias=True, exclude_none=True), None, "ns/c", "u", NOW)
     assert info.value.reason == "RenderLimitExceeded", str(info.value)
-    assert time.monotonic() - started < 15
+    # stopped by the per-render CPU limit, not by the whole check's far larger budget
+    assert "render needed" in str(info.value), str(info.value)
 
 
 def test_the_whole_check_has_a_cpu_budget_and_says_how_far_it_got() -> None:

@@ -173,5 +173,6 @@ def test_get_pool_reads_readiness_without_parsing(
 def test_a_waiting_campaign_says_why_in_the_pools_words(
     monkeypatch: pytest.MonkeyPatch, obj: dict[str, Any] | None, said: str
 ) -> None:
-    monkeypatch.setattr(kube_io, "get_custom", lambda plural, ns, name: obj)
-    assert pool_waiting("news", get_pool("ns", "news")) == said
+    kube = kube_io.Kube()
+    monkeypatch.setattr(kube, "get_custom", lambda plural, ns, name: obj)
+    assert pool_waiting("news", get_pool(kube, "ns", "news")) == said
