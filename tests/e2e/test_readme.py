@@ -33,6 +33,11 @@ What differs from a real cluster, and only that (the substitutions):
   with no operator: after the uninstall block, the test re-creates exactly
   that (the CRDs, and the quick start's pool and campaign deleted while they
   hold the operator's finalizer).
+
+The run also times each line and each block (with the test's own steps before
+and after it) and prints the table at the end, passed or not (`pytest -s`), and
+writes it to `readme-steps.json` in the test's tmp dir: the first hour as a new
+user, step by step. Nothing asserts on those times.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -147,6 +153,94 @@ def shell_blocks(text: str) -> list[Block]:
 def test_shell_blocks_join_continuations_and_drop_comments() -> None:
     text = "## A\n```sh\n# note\na \\\n  b  # c\n\nd\n```\n### B\n```yaml\nx\n```\n```sh\ne\n```\n"
     assert shell_blocks(text) == [Block("A", ("a b  # c", "d")), Block("B", ("e",))]
+
+
+# -- how long each step took ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timed:
+    section: str  # which README block: its number and heading
+    step: str  # a README line, or the test's own part around a block
+    seconds: float
+
+
+@dataclass
+class StepTimes:
+    """Each README line's time and each block's, in README order: what a new user's
+    first hour costs, step by step (issue 18). Reported, never asserted: wall-clock
+    time says as much about the machine's load as about the code."""
+
+    rows: list[Timed] = field(default_factory=list)
+    load_before: tuple[float, float, float] = field(default_factory=os.getloadavg)
+
+    def add(self, section: str, step: str, seconds: float) -> None:
+        self.rows.append(Timed(section, step, seconds))
+
+    @contextmanager
+    def timing(self, section: str, step: str) -> Iterator[None]:
+        """Time what runs inside; a step that fails or times out is kept, marked so."""
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException:  # pytest-timeout's Failed too: the table says where it stopped
+            self.add(section, f"{step} (failed here)", time.monotonic() - started)
+            raise
+        self.add(section, step, time.monotonic() - started)
+
+    def blocks(self) -> list[tuple[str, float]]:
+        """Each block's total, lines and the test's own steps around it together."""
+        totals: list[tuple[str, float]] = []
+        for row in self.rows:
+            if totals and totals[-1][0] == row.section:
+                totals[-1] = (row.section, totals[-1][1] + row.seconds)
+            else:
+                totals.append((row.section, row.seconds))
+        return totals
+
+    def table(self) -> str:
+        width = 72  # a terminal line: long commands are cut, the section says which block
+        lines = [f"{'seconds':>8}  step"]
+        for section, total in self.blocks():
+            lines.append(f"{total:8.1f}  == {section}")
+            for row in (r for r in self.rows if r.section == section):
+                step = row.step if len(row.step) <= width else row.step[: width - 1] + "…"
+                lines.append(f"{row.seconds:8.1f}     {step}")
+        lines.append(f"{sum(r.seconds for r in self.rows):8.1f}  total")
+        return "\n".join(lines)
+
+    def write(self, path: Path) -> None:
+        path.write_text(
+            json.dumps(
+                {
+                    "load_average_before": self.load_before,
+                    "load_average_after": os.getloadavg(),
+                    "blocks": [{"section": s, "seconds": t} for s, t in self.blocks()],
+                    "steps": [vars(r) for r in self.rows],
+                },
+                indent=2,
+            )
+        )
+
+
+def test_step_times_total_each_block_in_readme_order() -> None:
+    times = StepTimes()
+    for section, step, seconds in [("A", "a", 1.0), ("A", "b", 2.5), ("B", "c", 0.5)]:
+        times.add(section, step, seconds)
+    with pytest.raises(KeyError), times.timing("B", "d"):
+        raise KeyError("a line that failed")
+    assert [r.step for r in times.rows][-1] == "d (failed here)"
+    times.rows.pop()
+    assert times.blocks() == [("A", 3.5), ("B", 0.5)]
+    assert times.table().splitlines() == [
+        " seconds  step",
+        "     3.5  == A",
+        "     1.0     a",
+        "     2.5     b",
+        "     0.5  == B",
+        "     0.5     c",
+        "     4.0  total",
+    ]
 
 
 # -- the reader's shell ----------------------------------------------------------------
@@ -649,13 +743,17 @@ def test_the_readme_runs_top_to_bottom(
     files = files_the_reader_brings(tmp_path, stack_state)
     run = Run(reader, reader_env, pods, tmp_path, files)
     blocks = [b for b in shell_blocks(README.read_text()) if not any(map(b.starts, ELSEWHERE))]
+    times = StepTimes()
     try:
-        for block in blocks:
+        for number, block in enumerate(blocks, 1):
             step = step_of(block)
             assert step is not None, block  # test_every_block_is_run_here_or_named_elsewhere
-            step.before(run)
+            timed = f"block {number}, {block.section}"  # two blocks may share a heading
+            with times.timing(timed, "(test: before the block)"):
+                step.before(run)
             for line in block.lines:
-                status, printed = reader.run(line)
+                with times.timing(timed, line):
+                    status, printed = reader.run(line)
                 run.printed[line] = printed
                 assert status == 0, f"README line failed ({block.section}): {line}\n{printed}"
                 if installed := re.match(r"helm install (\S+) .*-n (\S+)", line):
@@ -666,12 +764,15 @@ def test_the_readme_runs_top_to_bottom(
                     pods.start(upgraded[1], upgraded[2])
                 elif line.startswith("helm uninstall"):
                     pods.stop()  # the Deployment is gone, and its pods with it
-            step.after(run)
+            with times.timing(timed, "(test: checks after the block)"):
+                step.after(run)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{pods.log()}") from None
     finally:
         for cleanup in run.cleanups:
             cleanup()
+        times.write(tmp_path / "readme-steps.json")
+        print(f"\nREADME steps ({tmp_path / 'readme-steps.json'}):\n{times.table()}")
 
 
 def acl_keys(acls: list[ACL]) -> set[tuple[object, ...]]:
