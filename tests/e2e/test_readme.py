@@ -731,7 +731,14 @@ def files_the_reader_brings(workdir: Path, state: StackState) -> Path:
     return files
 
 
+# The whole README against the stack: about 100 s on a quiet machine; on a loaded
+# one its waits (fan-out, pause status, uninstall's finalizers) took over the
+# suite's 300 s default. A bound, not a timing claim: each line has its own.
+README_TEST_TIMEOUT_SECONDS = 900
+
+
 @pytest.mark.e2e
+@pytest.mark.timeout(README_TEST_TIMEOUT_SECONDS)
 def test_the_readme_runs_top_to_bottom(
     reader: Shell,
     reader_env: dict[str, str],
