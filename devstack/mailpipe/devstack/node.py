@@ -22,6 +22,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import tarfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ STATE_FILE = "node.json"
 NODE_DIR = "node"  # under the stack's state directory
 LOCK_FILE = "mailpipe-node-link.lock"  # host-wide: serialises picking a free /30
 COMMAND_TIMEOUT_SECONDS = 60.0  # ip, iptables, ctr import of a 1.5 MB image, loaded machine
+IMAGE_IMPORT_TIMEOUT_SECONDS = 300.0  # mailpipe's ~80 MB archive unpacked, loaded machine
 CONTAINERD_START_TIMEOUT_SECONDS = 60
 NODE_READY_TIMEOUT_SECONDS = 180  # kubelet start + first status sync on a loaded 2-core machine
 CONTROL_PLANE_START_TIMEOUT_SECONDS = 120
@@ -133,10 +135,8 @@ class NodeState:
         return cls(processes=processes, **data)
 
 
-def _run(argv: list[str], what: str) -> str:
-    out = subprocess.run(
-        argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_SECONDS, check=False
-    )
+def _run(argv: list[str], what: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if out.returncode != 0:
         raise NodeError(f"{what}: `{' '.join(argv)}` failed: {out.stderr.strip()}")
     return out.stdout
@@ -367,10 +367,34 @@ class Node:
         except harness.TimedOut as exc:
             raise ComponentFailed(name, f"not ready after {timeout:.0f}s", Path(proc.log)) from exc
 
-    def ctr(self, state: NodeState, *args: str) -> str:
+    def ctr(self, state: NodeState, *args: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> str:
         """`ctr` against the node's containerd, in the namespace the CRI uses."""
         sock = str(state.layout.containerd_socket)
-        return _run(["ctr", f"--address={sock}", "-n", "k8s.io", *args], f"ctr {args[0]}")
+        argv = ["ctr", f"--address={sock}", "-n", "k8s.io", *args]
+        return _run(argv, f"ctr {args[0]}", timeout)
+
+    def import_image(self, archive: Path) -> list[str]:
+        """Import an OCI image archive (`make image`'s) into the node's containerd,
+        where the kubelet finds it: the node reaches no registry, so pods name
+        it with `imagePullPolicy` IfNotPresent or Never. Returns its names.
+
+        The images live in containerd's root under the node's directory, so
+        they go with the node."""
+        state = self.state
+        if state is None or not state.complete:
+            raise NodeError(f"no node running in {self.root}: run `mailpipe dev up --node`")
+        try:
+            names = oci.archive_references(archive)
+        except (OSError, tarfile.TarError, ValueError) as exc:
+            raise NodeError(f"cannot read image archive {archive}: {exc}") from exc
+        if not names:
+            raise NodeError(f"image archive {archive} names no image (no ref.name annotation)")
+        self.ctr(state, "images", "import", str(archive), timeout=IMAGE_IMPORT_TIMEOUT_SECONDS)
+        listed = set(self.ctr(state, "images", "ls", "--quiet").split())
+        missing = [name for name in names if name not in listed]
+        if missing:
+            raise NodeError(f"containerd did not list {missing} after importing {archive}")
+        return names
 
     def _containerd(self, state: NodeState) -> None:
         layout = state.layout
