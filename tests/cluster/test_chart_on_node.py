@@ -40,6 +40,7 @@ BUILD_TIMEOUT_SECONDS = 1200  # a cold build: Debian packages and wheels, loaded
 OPERATOR_READY_TIMEOUT_SECONDS = 240
 UNINSTALL_TIMEOUT_SECONDS = 360  # the hook Job's pod starts, then the plugin's own wait
 GONE_TIMEOUT_SECONDS = 120  # the namespace's pods terminate (grace period 60 s)
+RELAY_READY_TIMEOUT_SECONDS = 240  # topics created, the relay pod started, its consumer joined
 # The build script's last line names what it built or found: "image: <ref> ... (<archive>)".
 BUILT_LINE = re.compile(r"^image: (?P<ref>\S+) .*\((?P<archive>/\S+\.oci\.tar)\)$", re.MULTILINE)
 
@@ -85,9 +86,57 @@ def node(devstack: Stack, stack_state: StackState) -> Iterator[Node]:
     state = node.up(stack_state)
     try:
         yield node
+        peak = node.memory_peak_bytes(state)
+        print(f"node cgroup peak memory {peak / 2**20:.0f} MiB (operator and relay pods included)")
     finally:
         node.down()
     assert node.leftovers(state) == []
+
+
+@pytest.fixture(scope="module")
+def imported(node: Node, image: Image) -> list[str]:
+    """The image's names, once it is in the node's containerd."""
+    started = time.monotonic()
+    names = node.import_image(image.archive)
+    print(f"image {image.reference} imported in {time.monotonic() - started:.1f}s")
+    assert image.reference in names
+    return names
+
+
+def _install(env: dict[str, str], release: str, namespace: str, image: Image, *sets: str) -> None:
+    repository, tag = image.reference.rsplit(":", 1)
+    values = [
+        f"image.repository={repository}",
+        f"image.tag={tag}",
+        "image.pullPolicy=Never",  # the imported image or nothing: no registry here
+        *sets,
+    ]
+    harness.helm_ok(
+        env,
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--create-namespace",
+        *[arg for value in values for arg in ("--set", value)],
+    )
+
+
+def _uninstall(env: dict[str, str], release: str, namespace: str) -> None:
+    started = time.monotonic()
+    uninstall = harness.helm(
+        env,
+        "uninstall",
+        release,
+        "-n",
+        namespace,
+        "--wait",
+        f"--timeout={UNINSTALL_TIMEOUT_SECONDS}s",
+        timeout_seconds=UNINSTALL_TIMEOUT_SECONDS + 60,
+    )
+    print(f"helm uninstall in {time.monotonic() - started:.1f}s")
+    assert uninstall.returncode == 0, uninstall.stdout + uninstall.stderr
 
 
 def _operator_pods(env: dict[str, str], namespace: str, release: str) -> list[dict[str, Any]]:
@@ -123,32 +172,12 @@ def _release_objects(env: dict[str, str], release: str) -> list[str]:
 
 
 def test_the_operator_runs_as_a_pod_from_the_chart_and_uninstall_leaves_nothing(
-    node: Node, image: Image, stack_state: StackState, unique: str
+    imported: list[str], image: Image, stack_state: StackState, unique: str
 ) -> None:
     env = {**os.environ, **stack_state.env()}
-    started = time.monotonic()
-    names = node.import_image(image.archive)
-    print(f"image {image.reference} imported in {time.monotonic() - started:.1f}s")
-    assert image.reference in names
-    repository, tag = image.reference.rsplit(":", 1)
-
     release, namespace = f"n{unique}", f"mailpipe-{unique}"
     started = time.monotonic()
-    harness.helm_ok(
-        env,
-        "install",
-        release,
-        str(CHART),
-        "-n",
-        namespace,
-        "--create-namespace",
-        "--set",
-        f"image.repository={repository}",
-        "--set",
-        f"image.tag={tag}",
-        "--set",
-        "image.pullPolicy=Never",  # the imported image or nothing: no registry here
-    )
+    _install(env, release, namespace, image)
     try:
 
         def operator_ready() -> bool:
@@ -165,32 +194,21 @@ def test_the_operator_runs_as_a_pod_from_the_chart_and_uninstall_leaves_nothing(
         spec, status = pod["spec"], pod["status"]
         assert spec["nodeName"] == node_plan.NODE_NAME
         assert spec["serviceAccountName"] == f"{release}-mailpipe-operator"
-        [container] = status["containerStatuses"]
         assert spec["containers"][0]["image"] == image.reference
+        [container] = status["containerStatuses"]
         # The kubelet reports the image by one of its names (the archive's two
         # tags are one image): the imported one, not a pull.
-        assert container["image"] in names, container["image"]
+        assert container["image"] in imported, container["image"]
         assert container["ready"] and container["restartCount"] == 0, container
         logs = harness.kubectl_ok(env, "logs", "-n", namespace, pod["metadata"]["name"])
-        assert logs.strip(), "the operator pod logged nothing"
         print(logs[-2000:])
-        # Its ServiceAccount token reached the API server: the operator
-        # announced itself on the cluster through its own identity.
+        # In-cluster config: kopf logged in with the pod's ServiceAccount token
+        # (no kubeconfig is in the pod) and the kubelet's probes got answers.
+        assert "Activity 'login_via_client' succeeded" in logs, logs[-4000:]
+        assert '"GET /healthz HTTP/1.1" 200' in logs, logs[-4000:]
         assert "Traceback" not in logs, logs[-4000:]
     finally:
-        started = time.monotonic()
-        uninstall = harness.helm(
-            env,
-            "uninstall",
-            release,
-            "-n",
-            namespace,
-            "--wait",
-            f"--timeout={UNINSTALL_TIMEOUT_SECONDS}s",
-            timeout_seconds=UNINSTALL_TIMEOUT_SECONDS + 60,
-        )
-        print(f"helm uninstall in {time.monotonic() - started:.1f}s")
-    assert uninstall.returncode == 0, uninstall.stdout + uninstall.stderr
+        _uninstall(env, release, namespace)
     assert harness.helm_ok(env, "list", "-A", "-q", "-f", f"^{release}$").strip() == ""
     wait_for(
         lambda: _release_objects(env, release) == [],
@@ -203,3 +221,88 @@ def test_the_operator_runs_as_a_pod_from_the_chart_and_uninstall_leaves_nothing(
         "no pod left in the release's namespace (the hook Job's included)",
     )
     harness.kubectl(env, "delete", "namespace", namespace, "--wait=false")
+
+
+def _pool(name: str, namespace: str) -> dict[str, Any]:
+    """A pool left to the chart's Kafka and relay image, in the pod network."""
+    return {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "SendingPool",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "kafka": {"partitions": 1},
+            # A loopback address: in the relay pod's own namespace it is local.
+            "egressIPs": [{"address": "127.0.0.2", "helo": "egress-2.sender.test"}],
+        },
+    }
+
+
+def test_a_sending_pool_gets_a_ready_relay_pod_that_reads_kafka_on_the_node(
+    node: Node, imported: list[str], image: Image, stack_state: StackState, unique: str
+) -> None:
+    """Kafka from pods (the operator's topics, the relay's consumer) through the
+    broker's pods listener and the node's Kafka Service."""
+    env = {**os.environ, **stack_state.env()}
+    bootstrap = node.expose_kafka(stack_state)
+    release, namespace, tenant = f"p{unique}", f"mailpipe-p{unique}", f"tenant-{unique}"
+    harness.kubectl_ok(env, "create", "namespace", tenant)
+    repository = image.reference.rsplit(":", 1)[0]
+    _install(
+        env,
+        release,
+        namespace,
+        image,
+        f"kafka.bootstrapServers={bootstrap}",
+        f"rbac.tenantNamespaces={{{tenant}}}",
+        f"policy.allowedImages={{{repository}:*}}",
+        f"policy.allowedBootstrapServers={{{bootstrap}}}",
+    )
+    try:
+        harness.apply(env, _pool("news", tenant))
+        started = time.monotonic()
+
+        def relay_ready() -> bool:
+            pods = harness.get_json(env, "pods", "-n", tenant, "-l", "mailpipe.io/pool=news")[
+                "items"
+            ]
+            return len(pods) == 1 and harness.condition_true(pods[0])
+
+        wait_for(relay_ready, RELAY_READY_TIMEOUT_SECONDS, "the relay pod Ready")
+        print(f"relay pod Ready {time.monotonic() - started:.1f}s after the pool was applied")
+        [pod] = harness.get_json(env, "pods", "-n", tenant, "-l", "mailpipe.io/pool=news")["items"]
+        assert pod["spec"]["nodeName"] == node_plan.NODE_NAME
+        assert pod["spec"]["containers"][0]["image"] == image.reference
+        assert not pod["spec"].get("hostNetwork", False)
+        logs = harness.kubectl_ok(env, "logs", "-n", tenant, pod["metadata"]["name"])
+        print(logs[-2000:])
+        # Its consumer joined the group: it reached the broker at the address
+        # the pods listener advertises, not only the bootstrap.
+        assert "assigned 1 of 1 outbound partitions" in logs, logs[-4000:]
+        # The operator (a pod too) created the topics through the same listener.
+        wait_for(
+            lambda: harness.condition_true(
+                harness.get_json(env, "sendingpool", "news", "-n", tenant)
+            ),
+            RELAY_READY_TIMEOUT_SECONDS,
+            "the pool Ready",
+        )
+        status = harness.get_json(env, "sendingpool", "news", "-n", tenant)["status"]
+        conditions = {c["type"]: c for c in status["conditions"]}
+        assert conditions["TopicsReady"]["status"] == "True", conditions
+        assert conditions["Ready"]["reason"] == "RelaysAvailable", conditions
+    finally:
+        harness.kubectl(env, "delete", "sendingpool", "news", "-n", tenant, "--wait=true")
+        _uninstall(env, release, namespace)
+    # The pool's children went with it (ownerReferences or the operator).
+    wait_for(
+        lambda: harness.get_json(env, "pods", "-n", tenant)["items"] == [],
+        GONE_TIMEOUT_SECONDS,
+        "no relay pod left",
+    )
+    wait_for(
+        lambda: _release_objects(env, release) == [],
+        GONE_TIMEOUT_SECONDS,
+        "no object of the release left (the operator pod terminates)",
+    )
+    harness.kubectl(env, "delete", "namespace", tenant, namespace, "--wait=false")

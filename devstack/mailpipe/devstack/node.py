@@ -107,6 +107,7 @@ class NodeState:
     pause_image: str = ""
     kubeconfig: str = ""  # the stack's admin kubeconfig: `down` deregisters the node
     endpoints: bool = False  # the `kubernetes` Service's endpoints were written
+    kafka_service: bool = False  # `expose_kafka` created the Kafka Service
     host_dirs: list[str] = field(default_factory=list)  # created outside the root, see HOST_DIRS
     complete: bool = False  # `up` finished: every process started and ready
     started_at: float = 0.0
@@ -291,6 +292,34 @@ class Node:
         if list(rule.spec) not in state.dnat:
             self._add_dnat(state, rule, f"{protocol} port {port}")
         return f"{link.host_ip}:{port}"
+
+    def expose_kafka(self, stack: StackState) -> str:
+        """Let pods reach the stack's Kafka; returns their bootstrap address.
+
+        Not `expose` alone: a Kafka client connects next to whatever the
+        broker's metadata names, so the broker has a listener for pods
+        (kafka.pods_listener_properties) that advertises a fixed ClusterIP; this
+        makes that Service, its endpoint the host end of the link, and the DNAT
+        rule from there to the listener on loopback."""
+        state = self.state
+        if state is None or not state.complete:
+            raise NodeError(f"no node running in {self.root}: run `mailpipe dev up --node`")
+        if not stack.kafka_pods_bootstrap:
+            raise NodeError(
+                f"the stack in {stack.state_dir} has no Kafka listener for pods: "
+                "restart it with this version (`mailpipe dev down`, `mailpipe dev up --node`)"
+            )
+        service_ip, port = stack.kafka_pods_bootstrap.rsplit(":", 1)
+        self.expose(int(port))
+        link = Link(_network(state.link))
+        state = self.state
+        assert state is not None  # `expose` saved it
+        state.kafka_service = True
+        state.save()
+        env = {**os.environ, **stack.env()}
+        manifest = node_plan.kafka_service(link, service_ip, int(port))
+        harness.apply(env, {"apiVersion": "v1", "kind": "List", "items": manifest})
+        return stack.kafka_pods_bootstrap
 
     def _cgroups(self, state: NodeState) -> None:
         names = state.names
@@ -628,6 +657,20 @@ class Node:
             # The stack's discovery cache (see StackState.env), not ~/.kube's.
             "KUBECACHEDIR": str(Path(state.kubeconfig).parent / "kubecache"),
         }
+        if state.kafka_service:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                harness.kubectl(
+                    env,
+                    "delete",
+                    "-n",
+                    "default",
+                    f"service/{node_plan.KAFKA_SERVICE}",
+                    f"endpoints/{node_plan.KAFKA_SERVICE}",
+                    f"endpointslices.discovery.k8s.io/{node_plan.KAFKA_SERVICE}",
+                    "--ignore-not-found",
+                    "--wait=false",
+                    timeout_seconds=DEREGISTER_TIMEOUT_SECONDS,
+                )
         if state.endpoints:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 harness.kubectl(
