@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -417,6 +418,18 @@ def test_down_from_another_process_after_the_owner_was_killed(
     assert _changes(before, _snapshot()) == {}
 
 
+def _exports(stdout: str) -> dict[str, str]:
+    """The variables `mailpipe dev up` prints as `export NAME=value` lines for
+    a shell's eval (PATH aside: it refers to the shell's own)."""
+    env = {}
+    for line in stdout.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and not words[1].startswith("PATH="):
+            key, _, value = words[1].partition("=")
+            env[key] = value
+    return env
+
+
 def test_dev_up_with_a_node_and_dev_down_from_the_shell(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -437,7 +450,7 @@ def test_dev_up_with_a_node_and_dev_down_from_the_shell(
     try:
         assert up.returncode == 0, up.stderr
         assert state is not None and state.complete
-        env = {**os.environ, **dict(line.split("=", 1) for line in up.stdout.splitlines())}
+        env = {**os.environ, **_exports(up.stdout)}
         assert harness.condition_true(harness.get_json(env, "node", node_plan.NODE_NAME))
         status = subprocess.run(
             [*mailpipe, "status", "--state-dir", str(state_dir)],
