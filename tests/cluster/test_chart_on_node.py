@@ -40,6 +40,7 @@ BUILD_TIMEOUT_SECONDS = 1200  # a cold build: Debian packages and wheels, loaded
 OPERATOR_READY_TIMEOUT_SECONDS = 240
 UNINSTALL_TIMEOUT_SECONDS = 360  # the hook Job's pod starts, then the plugin's own wait
 GONE_TIMEOUT_SECONDS = 120  # the namespace's pods terminate (grace period 60 s)
+HELM_TEST_TIMEOUT_SECONDS = 180  # the test pod starts, its script waits up to 60 s
 RELAY_READY_TIMEOUT_SECONDS = 240  # topics created, the relay pod started, its consumer joined
 # The build script's last line names what it built or found: "image: <ref> ... (<archive>)".
 BUILT_LINE = re.compile(r"^image: (?P<ref>\S+) .*\((?P<archive>/\S+\.oci\.tar)\)$", re.MULTILINE)
@@ -207,6 +208,22 @@ def test_the_operator_runs_as_a_pod_from_the_chart_and_uninstall_leaves_nothing(
         assert "Activity 'login_via_client' succeeded" in logs, logs[-4000:]
         assert '"GET /healthz HTTP/1.1" 200' in logs, logs[-4000:]
         assert "Traceback" not in logs, logs[-4000:]
+        # The chart's own test pod (templates/tests) runs on the node and
+        # passes only when the operator answers.
+        started = time.monotonic()
+        tested = harness.helm(
+            env,
+            "test",
+            release,
+            "-n",
+            namespace,
+            "--logs",
+            f"--timeout={HELM_TEST_TIMEOUT_SECONDS}s",
+            timeout_seconds=HELM_TEST_TIMEOUT_SECONDS + 60,
+        )
+        print(f"helm test in {time.monotonic() - started:.1f}s:\n{tested.stdout[-1500:]}")
+        assert tested.returncode == 0, tested.stdout + tested.stderr
+        assert "Phase:          Succeeded" in tested.stdout, tested.stdout
     finally:
         _uninstall(env, release, namespace)
     assert harness.helm_ok(env, "list", "-A", "-q", "-f", f"^{release}$").strip() == ""
