@@ -452,6 +452,10 @@ def test_dev_up_with_a_node_and_dev_down_from_the_shell(
         assert state is not None and state.complete
         env = _evaluated(up.stdout)
         assert harness.condition_true(harness.get_json(env, "node", node_plan.NODE_NAME))
+        # Pods get Kafka at the Service its pods listener advertises.
+        assert f"pods reach Kafka at {kube.KAFKA_SERVICE_IP}:" in up.stderr, up.stderr
+        service = harness.get_json(env, "service", node_plan.KAFKA_SERVICE, "-n", "default")
+        assert service["spec"]["clusterIP"] == kube.KAFKA_SERVICE_IP
         status = subprocess.run(
             [*mailpipe, "status", "--state-dir", str(state_dir)],
             capture_output=True,

@@ -182,3 +182,18 @@ def test_only_tcp_and_udp_ports_can_be_exposed() -> None:
     assert "udp" in node_plan.loopback_dnat(LINK, NAMES, 53, "udp").spec
     with pytest.raises(PlanError, match="cannot expose 'sctp' port 9: tcp or udp"):
         node_plan.loopback_dnat(LINK, NAMES, 9, "sctp")
+
+
+def test_the_kafka_service_has_the_advertised_address_and_the_link_as_endpoint() -> None:
+    service, endpoints, slice_ = node_plan.kafka_service(LINK, "10.0.0.9", 41234)
+    assert service["spec"]["clusterIP"] == "10.0.0.9"
+    assert "selector" not in service["spec"]  # endpoints written, not selected
+    # One port throughout: the broker's metadata names it and clients dial it.
+    assert service["spec"]["ports"][0]["port"] == service["spec"]["ports"][0]["targetPort"]
+    port = {"name": "kafka", "port": 41234, "protocol": "TCP"}
+    assert endpoints["metadata"]["name"] == service["metadata"]["name"] == node_plan.KAFKA_SERVICE
+    assert endpoints["subsets"] == [{"addresses": [{"ip": "172.30.0.5"}], "ports": [port]}]
+    assert slice_["metadata"]["labels"]["kubernetes.io/service-name"] == node_plan.KAFKA_SERVICE
+    assert slice_["endpoints"][0]["addresses"] == ["172.30.0.5"] and slice_["ports"] == [port]
+    # The `kubernetes` Service's endpoints are not touched by the copy.
+    assert node_plan.kubernetes_endpoints(LINK, 6443)[0]["metadata"]["name"] == "kubernetes"

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,30 @@ def test_same_files_same_digest_changed_file_new_digest() -> None:
 def test_an_image_name_without_a_tag_is_refused() -> None:
     with pytest.raises(ValueError, match="needs a tag"):
         oci.build_archive("mailpipe.local:5000/pause", FILES, CONFIG)
+
+
+def test_the_names_an_archive_gives_are_read_back(tmp_path: Path) -> None:
+    """What `Node.import_image` expects containerd to list: this module's
+    archives (containerd's annotation) and umoci's (the OCI ref name)."""
+    ours = tmp_path / "pause.oci.tar"
+    ours.write_bytes(oci.build_archive("mailpipe.local/pause:1", FILES, CONFIG).data)
+    assert oci.archive_references(ours) == ["mailpipe.local/pause:1"]
+    umoci_index = {
+        "manifests": [
+            {"annotations": {oci.OCI_REF_ANNOTATION: "mailpipe.local/mailpipe:0.1.0-abc"}},
+            {"annotations": {oci.OCI_REF_ANNOTATION: "mailpipe.local/mailpipe:0.1.0"}},
+            {"digest": "sha256:unnamed"},
+        ]
+    }
+    assert oci.index_references(json.dumps(umoci_index).encode()) == [
+        "mailpipe.local/mailpipe:0.1.0-abc",
+        "mailpipe.local/mailpipe:0.1.0",
+    ]
+
+
+def test_an_archive_without_an_index_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "not-oci.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.addfile(tarfile.TarInfo("manifest.json"), io.BytesIO(b""))
+    with pytest.raises(ValueError, match=r"no index\.json, not an OCI image archive"):
+        oci.archive_references(archive)

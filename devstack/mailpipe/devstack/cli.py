@@ -70,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
             return 1
         try:
             if args.node:
-                node = Node(args.state_dir).up(state)
+                handle = Node(args.state_dir)
+                node = handle.up(state)
                 print(f"node {node.link}: {node.pause_image} imported", file=sys.stderr)
+                kafka_for_pods = handle.expose_kafka(state)
+                print(f"node: pods reach Kafka at {kafka_for_pods}", file=sys.stderr)
         except (ComponentMissing, NodeError, PlanError) as exc:
             print(exc, file=sys.stderr)
             stack.down()  # a failed node `up` removed what it made; the stack goes too

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths, procs
+from . import kube, paths, procs
 
 HEAP = "-Xmx512m"  # ample for test volumes; the default (1/4 of RAM) would take 6 GiB
 STORAGE_TOOL = "kafka.tools.StorageTool"
@@ -28,10 +28,18 @@ PROBE_CONNECT_SECONDS = 1.0  # loopback: a listening broker accepts at once
 class KafkaPorts:
     broker: int
     controller: int
+    # The listener for the node's pods, bound on loopback like the others and
+    # advertised at kube.KAFKA_SERVICE_IP; 0: none (the SASL broker).
+    pods: int = 0
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.broker}"
+
+    @property
+    def pods_bootstrap(self) -> str:
+        """What a pod on the node bootstraps from (through `Node.expose_kafka`)."""
+        return f"{kube.KAFKA_SERVICE_IP}:{self.pods}" if self.pods else ""
 
 
 def server_properties(
@@ -63,9 +71,32 @@ def server_properties(
         "log.segment.bytes": str(64 * 1024 * 1024),
         "log.cleaner.backoff.ms": "1000",  # compacted suppressions topic in tests
     }
+    if ports.pods and sasl_users is None:
+        props.update(pods_listener_properties(ports))
     if sasl_users is not None:
         props.update(sasl_properties(ports, sasl_users))
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def pods_listener_properties(ports: KafkaPorts) -> dict[str, str]:
+    """A second plaintext listener, PODS, for clients in the node's pods.
+
+    Bound on loopback (nothing listens beyond it); what it advertises is the
+    Kafka Service's ClusterIP, which kube-proxy and the node's DNAT rule carry
+    back to this port. Host clients keep the PLAINTEXT listener, whose metadata
+    names 127.0.0.1, an address that in a pod is the pod itself."""
+    return {
+        "listeners": (
+            f"PLAINTEXT://127.0.0.1:{ports.broker},PODS://127.0.0.1:{ports.pods},"
+            f"CONTROLLER://127.0.0.1:{ports.controller}"
+        ),
+        "advertised.listeners": (
+            f"PLAINTEXT://127.0.0.1:{ports.broker},PODS://{ports.pods_bootstrap}"
+        ),
+        "listener.security.protocol.map": (
+            "PLAINTEXT:PLAINTEXT,PODS:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        ),
+    }
 
 
 SASL_ADMIN = "admin"  # the super user of a broker with ACLs: creates topics and ACLs
@@ -159,7 +190,9 @@ def prepare(
     home = state_dir / "kafka"
     data = home / "data"  # empty: `Stack.up` removes a previous run's (a new cluster id)
     data.mkdir(parents=True, exist_ok=True)
-    ports = KafkaPorts(procs.free_port(), procs.free_port())
+    # The SASL broker (ACL tests) has no pods listener: no pod reaches it.
+    pods = procs.free_port() if sasl_users is None else 0
+    ports = KafkaPorts(procs.free_port(), procs.free_port(), pods)
     props = home / "server.properties"
     props.write_text(server_properties(ports, data, sasl_users=sasl_users))
     (home / "log4j.properties").write_text(LOG4J)

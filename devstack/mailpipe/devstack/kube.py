@@ -25,6 +25,13 @@ SERVICE_CIDR = "10.0.0.0/16"
 # reach the API server there (KUBERNETES_SERVICE_HOST), so the serving
 # certificate names it.
 KUBERNETES_SERVICE_IP = "10.0.0.1"
+# Where pods on the stack's node reach Kafka: a Service the node creates
+# (`Node.expose_kafka`). Kafka's metadata names the address a client must
+# connect to next, so the broker's listener for pods advertises this address,
+# fixed before the node (and its link's address) exists. In the range's low
+# band, which the API server keeps for fixed ClusterIPs (never auto-assigned
+# while the rest of the /16 is free).
+KAFKA_SERVICE_IP = "10.0.0.9"
 ETCD_HEALTH_TIMEOUT_SECONDS = 2
 
 

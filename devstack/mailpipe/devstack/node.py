@@ -22,6 +22,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import tarfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ STATE_FILE = "node.json"
 NODE_DIR = "node"  # under the stack's state directory
 LOCK_FILE = "mailpipe-node-link.lock"  # host-wide: serialises picking a free /30
 COMMAND_TIMEOUT_SECONDS = 60.0  # ip, iptables, ctr import of a 1.5 MB image, loaded machine
+IMAGE_IMPORT_TIMEOUT_SECONDS = 300.0  # mailpipe's ~80 MB archive unpacked, loaded machine
 CONTAINERD_START_TIMEOUT_SECONDS = 60
 NODE_READY_TIMEOUT_SECONDS = 180  # kubelet start + first status sync on a loaded 2-core machine
 CONTROL_PLANE_START_TIMEOUT_SECONDS = 120
@@ -105,6 +107,7 @@ class NodeState:
     pause_image: str = ""
     kubeconfig: str = ""  # the stack's admin kubeconfig: `down` deregisters the node
     endpoints: bool = False  # the `kubernetes` Service's endpoints were written
+    kafka_service: bool = False  # `expose_kafka` created the Kafka Service
     host_dirs: list[str] = field(default_factory=list)  # created outside the root, see HOST_DIRS
     complete: bool = False  # `up` finished: every process started and ready
     started_at: float = 0.0
@@ -133,10 +136,8 @@ class NodeState:
         return cls(processes=processes, **data)
 
 
-def _run(argv: list[str], what: str) -> str:
-    out = subprocess.run(
-        argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_SECONDS, check=False
-    )
+def _run(argv: list[str], what: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if out.returncode != 0:
         raise NodeError(f"{what}: `{' '.join(argv)}` failed: {out.stderr.strip()}")
     return out.stdout
@@ -292,6 +293,34 @@ class Node:
             self._add_dnat(state, rule, f"{protocol} port {port}")
         return f"{link.host_ip}:{port}"
 
+    def expose_kafka(self, stack: StackState) -> str:
+        """Let pods reach the stack's Kafka; returns their bootstrap address.
+
+        Not `expose` alone: a Kafka client connects next to whatever the
+        broker's metadata names, so the broker has a listener for pods
+        (kafka.pods_listener_properties) that advertises a fixed ClusterIP; this
+        makes that Service, its endpoint the host end of the link, and the DNAT
+        rule from there to the listener on loopback."""
+        state = self.state
+        if state is None or not state.complete:
+            raise NodeError(f"no node running in {self.root}: run `mailpipe dev up --node`")
+        if not stack.kafka_pods_bootstrap:
+            raise NodeError(
+                f"the stack in {stack.state_dir} has no Kafka listener for pods: "
+                "restart it with this version (`mailpipe dev down`, `mailpipe dev up --node`)"
+            )
+        service_ip, port = stack.kafka_pods_bootstrap.rsplit(":", 1)
+        self.expose(int(port))
+        link = Link(_network(state.link))
+        state = self.state
+        assert state is not None  # `expose` saved it
+        state.kafka_service = True
+        state.save()
+        env = {**os.environ, **stack.env()}
+        manifest = node_plan.kafka_service(link, service_ip, int(port))
+        harness.apply(env, {"apiVersion": "v1", "kind": "List", "items": manifest})
+        return stack.kafka_pods_bootstrap
+
     def _cgroups(self, state: NodeState) -> None:
         names = state.names
         hierarchies = node_plan.cgroup_hierarchies(_mountinfo())
@@ -367,10 +396,34 @@ class Node:
         except harness.TimedOut as exc:
             raise ComponentFailed(name, f"not ready after {timeout:.0f}s", Path(proc.log)) from exc
 
-    def ctr(self, state: NodeState, *args: str) -> str:
+    def ctr(self, state: NodeState, *args: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> str:
         """`ctr` against the node's containerd, in the namespace the CRI uses."""
         sock = str(state.layout.containerd_socket)
-        return _run(["ctr", f"--address={sock}", "-n", "k8s.io", *args], f"ctr {args[0]}")
+        argv = ["ctr", f"--address={sock}", "-n", "k8s.io", *args]
+        return _run(argv, f"ctr {args[0]}", timeout)
+
+    def import_image(self, archive: Path) -> list[str]:
+        """Import an OCI image archive (`make image`'s) into the node's containerd,
+        where the kubelet finds it: the node reaches no registry, so pods name
+        it with `imagePullPolicy` IfNotPresent or Never. Returns its names.
+
+        The images live in containerd's root under the node's directory, so
+        they go with the node."""
+        state = self.state
+        if state is None or not state.complete:
+            raise NodeError(f"no node running in {self.root}: run `mailpipe dev up --node`")
+        try:
+            names = oci.archive_references(archive)
+        except (OSError, tarfile.TarError, ValueError) as exc:
+            raise NodeError(f"cannot read image archive {archive}: {exc}") from exc
+        if not names:
+            raise NodeError(f"image archive {archive} names no image (no ref.name annotation)")
+        self.ctr(state, "images", "import", str(archive), timeout=IMAGE_IMPORT_TIMEOUT_SECONDS)
+        listed = set(self.ctr(state, "images", "ls", "--quiet").split())
+        missing = [name for name in names if name not in listed]
+        if missing:
+            raise NodeError(f"containerd did not list {missing} after importing {archive}")
+        return names
 
     def _containerd(self, state: NodeState) -> None:
         layout = state.layout
@@ -604,6 +657,20 @@ class Node:
             # The stack's discovery cache (see StackState.env), not ~/.kube's.
             "KUBECACHEDIR": str(Path(state.kubeconfig).parent / "kubecache"),
         }
+        if state.kafka_service:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                harness.kubectl(
+                    env,
+                    "delete",
+                    "-n",
+                    "default",
+                    f"service/{node_plan.KAFKA_SERVICE}",
+                    f"endpoints/{node_plan.KAFKA_SERVICE}",
+                    f"endpointslices.discovery.k8s.io/{node_plan.KAFKA_SERVICE}",
+                    "--ignore-not-found",
+                    "--wait=false",
+                    timeout_seconds=DEREGISTER_TIMEOUT_SECONDS,
+                )
         if state.endpoints:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 harness.kubectl(

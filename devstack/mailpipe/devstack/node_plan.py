@@ -472,6 +472,35 @@ def kubernetes_endpoints(link: Link, apiserver_port: int) -> list[dict[str, Any]
     ]
 
 
+KAFKA_SERVICE = "mailpipe-kafka"  # in `default`, beside `kubernetes`
+
+
+def kafka_service(link: Link, service_ip: str, port: int) -> list[dict[str, Any]]:
+    """The stack's Kafka as a Service for pods: a fixed ClusterIP (the address
+    the broker's pods listener advertises) and, with no selector, endpoints
+    written here: the host end of the link, whose DNAT rule leads to Kafka's
+    pods listener on loopback. Same port throughout: the broker's metadata
+    names it, and the client connects to exactly that."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": KAFKA_SERVICE, "namespace": "default"},
+        "spec": {
+            "clusterIP": service_ip,
+            "ports": [{"name": "kafka", "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    }
+    endpoints = kubernetes_endpoints(link, port)
+    for obj in endpoints:
+        obj["metadata"]["name"] = KAFKA_SERVICE
+        if obj["kind"] == "EndpointSlice":
+            obj["metadata"]["labels"]["kubernetes.io/service-name"] = KAFKA_SERVICE
+            obj["ports"] = [{"name": "kafka", "port": port, "protocol": "TCP"}]
+        else:
+            obj["subsets"][0]["ports"] = [{"name": "kafka", "port": port, "protocol": "TCP"}]
+    return [service, *endpoints]
+
+
 def containerd_command(binary: Path, layout: Layout) -> list[str]:
     return [str(binary), f"--config={layout.containerd_config}", "--log-level=warn"]
 

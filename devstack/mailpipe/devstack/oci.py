@@ -16,6 +16,7 @@ import json
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 OCI_LAYOUT_VERSION = "1.0.0"
@@ -143,3 +144,29 @@ def build_archive(name: str, files: Sequence[ImageFile], config: ImageConfig) ->
         (blob + manifest_digest.removeprefix("sha256:"), manifest_blob, 0o644),
     ]
     return Archive(_tar(entries), manifest_digest)
+
+
+def index_references(index: bytes) -> list[str]:
+    """The image names an OCI layout's `index.json` gives its manifests (the
+    names `ctr images import` creates), in order: containerd's own annotation
+    (`build_archive`'s) or the OCI ref name, a full name as umoci writes it
+    (`make image`'s)."""
+    names = []
+    for manifest in json.loads(index).get("manifests", []):
+        annotations = manifest.get("annotations", {})
+        name = annotations.get(CONTAINERD_NAME_ANNOTATION) or annotations.get(OCI_REF_ANNOTATION)
+        if name:
+            names.append(name)
+    return names
+
+
+def archive_references(archive: Path) -> list[str]:
+    """The image names in an OCI archive (a tar of the layout) on disk."""
+    with tarfile.open(archive) as tar:
+        try:
+            member = tar.extractfile("index.json")
+        except KeyError:
+            member = None
+        if member is None:
+            raise ValueError(f"{archive}: no index.json, not an OCI image archive")
+        return index_references(member.read())

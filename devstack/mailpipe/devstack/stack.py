@@ -72,6 +72,7 @@ class Process:
 class StackState:
     state_dir: str
     kafka_bootstrap: str = ""
+    kafka_pods_bootstrap: str = ""  # for pods on the node, see kafka.pods_listener_properties
     kube_server: str = ""
     kubeconfig: str = ""
     dns_port: int = 0
@@ -151,6 +152,7 @@ class Stack:
         kafka_pid = procs.spawn(kafka_cmd, kafka_log)
         state.processes["kafka"] = Process(kafka_pid, str(kafka_log), kafka_cmd)
         state.kafka_bootstrap = kafka_ports.bootstrap
+        state.kafka_pods_bootstrap = kafka_ports.pods_bootstrap
         state.save()
 
         self._start_dns(state, zones)
