@@ -78,7 +78,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mailpipe.contracts.topics import NEVER_MAIL_TOPIC
 from mailpipe.contracts.wire import Disposition, Event, encode
 from mailpipe.devstack import harness, kafka, paths, procs
-from mailpipe.devstack.stack import StackState
+from mailpipe.devstack.stack import Stack, StackState
 from tests.conftest import wait_for
 from tests.devstack.test_cli import bare_env
 from tests.helm.kubelet import Kubelet
@@ -666,6 +666,23 @@ def test_the_plugin_install_the_readme_names_exists() -> None:
 
 
 # -- the run ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
+    """The README is a new user's first hour: a cluster of its own, not the session's,
+    where earlier tests leave pools and campaigns in other namespaces. Its
+    `kubectl mailpipe uninstall --all-namespaces` deleted those too and waited on
+    their finalizers (pools of brokers long gone) past the test's limit in the
+    whole suite, while the test alone took under two minutes."""
+    stack = Stack(tmp_path_factory.mktemp("readme-stack"))
+    stack.up()
+    try:
+        state = stack.state
+        assert state is not None
+        yield state
+    finally:
+        stack.down()
 
 
 @pytest.fixture
