@@ -273,7 +273,10 @@ def test_a_test_run_stopped_by_sigterm_stops_the_stack_and_the_operator(tmp_path
             wait_for(lambda: all(gone(p) for p in seen), REAPED_SECONDS, "the reaping")
         left = {pid: names[pid] for pid in seen if not gone(pid)}
         assert left == {}, left
-        assert status == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        # 128+15 from the run's own exit; -15 when the repeated SIGTERM landed after
+        # the clean-up had finished (the interpreter was exiting): nothing was cut short,
+        # as `left` shows
+        assert status in (128 + signal.SIGTERM, -signal.SIGTERM), log.read_text()[-3000:]
     finally:
         _strand_nothing(run, seen)
 
