@@ -25,15 +25,17 @@ Protocol: the request is JSON on stdin, the answer JSON on stdout
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 from pydantic import ValidationError
 
@@ -53,6 +55,7 @@ CHECK_CPU_SECONDS = 300.0
 # RLIMIT_CPU behind the per-row check: the interpreter's start, one row's
 # render (at most RENDER_SECONDS) and writing the answer fit in this slack.
 CPU_LIMIT_SLACK_SECONDS = 10 * RENDER_SECONDS
+FEED_JOIN_SECONDS = 5.0  # the feeder ends once the check has read or died
 POLL_SECONDS = 0.2  # how often the waiting fan-out thread looks at its stop flag and progress
 PROGRESS_EVERY_SECONDS = 0.5  # how often the check reports its progress
 
@@ -101,21 +104,31 @@ def check_audience(
         ) as proc:
             os.close(progress_w)
             progress_w = -1
+            # The request is written by a thread of its own, not by communicate():
+            # after a timeout, communicate() keeps reading but never writes the rest
+            # of its input (CPython registers stdin only when `input` is passed, and
+            # refuses input on a retry), so a request over the pipe's 64 KiB (an
+            # audience of some thousand rows) left the check waiting for it forever.
+            feeder = threading.Thread(
+                target=_feed, args=(proc.stdin, request), name="render-check-feed", daemon=True
+            )
+            proc.stdin = None  # communicate() must not close it under the feeder
+            feeder.start()
             try:
-                pending: bytes | None = request
                 while True:
                     if stopped:
                         return None
                     reader.read()
                     try:
-                        out, err = proc.communicate(pending, timeout=POLL_SECONDS)
+                        out, err = proc.communicate(timeout=POLL_SECONDS)
                         break
                     except subprocess.TimeoutExpired:
-                        pending = None  # handed over; communicate() keeps writing it
+                        continue
             finally:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+                feeder.join(FEED_JOIN_SECONDS)
         reader.read()
     finally:
         os.close(progress_r)
@@ -130,6 +143,19 @@ def check_audience(
     if "error" in answer:
         raise CampaignError(answer["error"], FailReason(answer["reason"]))
     return PreparedAudience.from_json(answer["audience"])
+
+
+def _feed(stdin: IO[bytes] | None, request: bytes) -> None:
+    """Write the whole request to the check and close its stdin (EOF ends its read)."""
+    if stdin is None:
+        return
+    try:
+        stdin.write(request)
+    except (BrokenPipeError, ValueError):
+        pass  # the check ended (killed, or stopped early): nothing to hand over
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            stdin.close()
 
 
 class _ProgressReader:

@@ -205,3 +205,19 @@ def test_the_digest_names_the_list_the_fanout_indexes() -> None:
         now=NOW,
     )
     assert changed.digest() != digest("a@x.test")
+
+
+def test_an_audience_larger_than_a_pipe_reaches_the_check_whole() -> None:
+    """The request (spec and audience) goes to the check process on its stdin. Written
+    by `communicate(input, timeout)` and retried after a timeout, only the first 64 KiB
+    (a pipe's buffer) ever arrived: CPython resumes no input on a retry, and the check
+    waited for the rest for ever (a fan-out of 10,000 rows restarted after an operator
+    kill never finished). pytest-timeout bounds this test."""
+    n = 10_000
+    s = spec(audience={"configMapRef": {"name": "aud"}})
+    csv = "address,first\n" + "".join(f"u{i}@d{i % 13}.test,U{i}\n" for i in range(n))
+    assert len(csv) > 3 * 65536
+    prepared = check_audience(
+        s.model_dump(by_alias=True, exclude_none=True), {"audience.csv": csv}, "ns/c", "u", NOW
+    )
+    assert prepared is not None and len(prepared.recipients) == n
