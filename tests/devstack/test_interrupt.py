@@ -31,17 +31,17 @@ OPERATOR_FIRST_LINE = "Kafka login:"  # mailpipe.operator.main, just before kopf
 KOPF_STOPPING = "Operator is stopping"  # kopf, on the signal it was sent
 
 RUN = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from mailpipe.devstack import harness
 
 out = Path(sys.argv[1])
 with harness.stop_on_signal():
-    sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+    sleep = [sys.executable, "-c", "import signal; signal.pause()"]
     kids = [harness.start(f"k{i}", sleep, out / f"k{i}.log") for i in range(3)]
     (out / "pids").write_text(" ".join(str(k.pid) for k in kids))
     try:
-        time.sleep(600)
+        signal.pause()  # until the run is signalled: the point of the test
     finally:
         (out / "cleaning").write_text("")
         time.sleep(2)  # a slow clean-up: the second signal arrives meanwhile
@@ -180,7 +180,7 @@ READY_FILE = "ready"
 # loaded with -p) start the stack, a session fixture an operator; its one test
 # says so and waits to be interrupted.
 STACK_SESSION = """
-import time
+import signal
 from pathlib import Path
 
 import pytest
@@ -200,13 +200,13 @@ def operator(devstack, cli_env):
 
 def test_waits_to_be_interrupted(operator, kafka_bootstrap):
     (OUT / "ready").write_text(str(operator.pid))
-    time.sleep(600)
+    signal.pause()  # until the run is signalled: the point of the test
 """
 
 # The same shape without the stack: two sleeping children of a session fixture.
 CHILDREN_SESSION = """
+import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -219,13 +219,13 @@ OUT = Path(__file__).parent
 @pytest.fixture(scope="session")
 def sleepers():
     with harness.Children(OUT / "kids") as children:
-        sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+        sleep = [sys.executable, "-c", "import signal; signal.pause()"]
         yield [children.start(f"k{i}", sleep) for i in range(2)]
 
 
 def test_waits_to_be_interrupted(sleepers):
     (OUT / "ready").write_text(" ".join(str(k.pid) for k in sleepers))
-    time.sleep(600)
+    signal.pause()  # until the run is signalled: the point of the test
 """
 
 
