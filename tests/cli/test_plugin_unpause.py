@@ -57,6 +57,20 @@ def _ips(env: dict[str, str], namespace: str) -> list[dict[str, Any]]:
     return ips
 
 
+def _warming_pool_ready(
+    operator_factory: Callable[..., Child],
+    env: dict[str, str],
+    namespace: str,
+    bootstrap: str,
+    prefix: str,
+) -> Child:
+    """An operator, and the warming pool "news" Ready under it."""
+    op = operator_factory()
+    kubectl_ok(env, "apply", "-f", "-", stdin=warming_pool(namespace, bootstrap, prefix))
+    wait_pool_ready(env, namespace, op)
+    return op
+
+
 def test_an_ip_that_is_not_paused_is_refused_and_its_history_kept(
     operator_factory: Callable[..., Child],
     cli_env: dict[str, str],
@@ -64,11 +78,7 @@ def test_an_ip_that_is_not_paused_is_refused_and_its_history_kept(
     kafka_bootstrap: str,
     topic_prefix: str,
 ) -> None:
-    op = operator_factory()
-    kubectl_ok(
-        cli_env, "apply", "-f", "-", stdin=warming_pool(namespace, kafka_bootstrap, topic_prefix)
-    )
-    wait_pool_ready(cli_env, namespace, op)
+    op = _warming_pool_ready(operator_factory, cli_env, namespace, kafka_bootstrap, topic_prefix)
     events = f"{topic_prefix}.events"
     # History the pause is judged on: bounces, not yet enough to pause.
     produce(kafka_bootstrap, events, [event(i, Disposition.BOUNCED) for i in range(MIN_SAMPLE - 1)])
@@ -117,11 +127,7 @@ def test_a_paused_ip_is_lifted_with_the_plugin(
     kafka_bootstrap: str,
     topic_prefix: str,
 ) -> None:
-    op = operator_factory()
-    kubectl_ok(
-        cli_env, "apply", "-f", "-", stdin=warming_pool(namespace, kafka_bootstrap, topic_prefix)
-    )
-    wait_pool_ready(cli_env, namespace, op)
+    op = _warming_pool_ready(operator_factory, cli_env, namespace, kafka_bootstrap, topic_prefix)
     produce(
         kafka_bootstrap,
         f"{topic_prefix}.events",
