@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -61,6 +62,14 @@ def _annotated(obj: dict[str, Any]) -> dict[str, Any]:
     digest = _hash(desired)  # of the rendered object, before the annotation is added
     desired["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
     return desired
+
+
+@dataclass
+class ChildrenDeleted:
+    """What `Kube.delete_children` did: deleted objects, and kinds it may not delete."""
+
+    deleted: list[str] = field(default_factory=list)
+    forbidden: list[str] = field(default_factory=list)
 
 
 class Kube:
@@ -134,16 +143,22 @@ class Kube:
         every Deployment event and re-applied (and announced) it each time."""
         return self._patch_applied(_annotated(obj), dry_run="All")
 
-    def delete_children(self, ref: PoolRef) -> list[str]:
-        deleted = []
+    def delete_children(self, ref: PoolRef) -> ChildrenDeleted:
+        """Delete the pool's children; a kind the operator may not delete in the
+        pool's namespace (403: the namespace is not onboarded, or no longer) is
+        reported, not raised: the operator cannot have made children there, or
+        their ownerReferences hand them to the garbage collector with the pool."""
+        out = ChildrenDeleted()
         for kind in ("Deployment", "Service", "PodDisruptionBudget", "ConfigMap"):
             try:
                 self._call(kind, "delete", ref.child_name, ref.namespace)
-                deleted.append(f"{kind}/{ref.child_name}")
+                out.deleted.append(f"{kind}/{ref.child_name}")
             except ApiException as exc:
-                if exc.status != 404:
+                if exc.status == 403:
+                    out.forbidden.append(kind)
+                elif exc.status != 404:
                     raise
-        return deleted
+        return out
 
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -151,3 +151,58 @@ def test_a_namespace_onboarded_later_gets_its_relays_without_touching_the_pool(
         f"Ready; last seen {_ready(cli_env, namespace)}",
         op,
     )
+
+
+def _reasons(env: dict[str, str], namespace: str, name: str) -> list[str]:
+    listed = harness.kubectl_ok(
+        env,
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.name={name}",
+        "-o",
+        "json",
+    )
+    return [e["reason"] for e in json.loads(listed)["items"]]
+
+
+def test_a_pool_deleted_in_a_namespace_never_onboarded_goes_with_a_warning(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    release: tuple[str, str],
+    stack_state: StackState,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """The operator may not delete relays there (403): it cannot have made any, so
+    holding the pool's finalizer would only hold the namespace in Terminating for
+    ever. It says so in an Event and lets the pool go; no traceback."""
+    name, system = release
+    account = f"{name}-mailpipe-operator"
+    token = harness.kubectl_ok(
+        cli_env, "create", "token", account, "-n", system, "--duration=1h"
+    ).strip()
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kube.write_token_kubeconfig(kubeconfig, Path(stack_state.kubeconfig), account, token)
+    op = operator_factory(KUBECONFIG=str(kubeconfig))
+    manifest = pool_manifest("news", namespace, kafka_bootstrap, topic_prefix)
+    harness.kubectl_ok(cli_env, "apply", "-f", "-", stdin=manifest)
+    wait_for(
+        lambda: _ready(cli_env, namespace).get("reason") == "Forbidden",
+        FORBIDDEN_SECONDS,
+        "Ready=False, Forbidden: the namespace is not onboarded",
+        op,
+    )
+    harness.kubectl_ok(cli_env, "delete", "sp", "news", "-n", namespace, "--wait=false")
+    wait_for(
+        lambda: get(cli_env, "sp", "news", namespace) is None,
+        FORBIDDEN_SECONDS,
+        "the pool gone (its finalizer released)",
+        op,
+    )
+    assert "ChildrenLeftToGarbageCollector" in _reasons(cli_env, namespace, "news")
+    assert "Traceback" not in op.log.read_text()

@@ -387,10 +387,20 @@ async def delete_pool(
     assert namespace is not None  # both kinds are namespaced
     ref = PoolRef(name, namespace, uid)
     state = operator_state(memo)
-    deleted = await asyncio.to_thread(state.kube.delete_children, ref)
+    children = await asyncio.to_thread(state.kube.delete_children, ref)
     state.ledgers.pop(f"{namespace}/{name}", None)
     state.server_views.pop(f"{namespace}/{name}", None)
-    log.info("deleted children of pool %s/%s: %s", namespace, name, deleted)
+    log.info("deleted children of pool %s/%s: %s", namespace, name, children.deleted)
+    if children.forbidden:
+        # Not onboarded (or no longer): holding the pool would hold its namespace
+        # in Terminating for ever, and anything the operator made here before
+        # goes with the pool through its ownerReferences.
+        message = (
+            f"may not delete {', '.join(children.forbidden)} in namespace {namespace} "
+            "(not onboarded: chart value rbac.tenantNamespaces); any the operator made "
+            "go with the pool through their ownerReferences"
+        )
+        kopf.warn(body, reason="ChildrenLeftToGarbageCollector", message=message)
     try:
         # The topics' names and place only: a pool whose time zone (or any
         # other field) no longer parses still takes the topics it made.
