@@ -122,3 +122,26 @@ async def test_follower_of_a_missing_topic_fails_clearly(
             await follower.wait_caught_up(timeout_s=30)
     finally:
         await asyncio.get_running_loop().run_in_executor(None, follower.stop)
+
+
+async def test_read_past_now_returns_after_what_was_written_before_it(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """What another process wrote before the call is applied when it returns: the
+    warm-up usage a relay wrote when a rebalance started, read by the relay that
+    takes over its partitions before that one sends on a capped IP."""
+    topic = f"{topic_prefix}.barrier"
+    kafkakit.ensure_topics(kafka_bootstrap, [topic], 3, 1)
+    seen: list[bytes | None] = []
+    follower = kafkakit.TopicFollower(kafka_bootstrap, topic, lambda k, v, live: seen.append(v))
+    follower.start()
+    loop = asyncio.get_running_loop()
+    try:
+        await follower.wait_caught_up(timeout_s=30)
+        written = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(30)]
+        await loop.run_in_executor(None, produce, kafka_bootstrap, topic, written)
+        await follower.read_past_now(timeout_s=30)
+        assert sorted(v for v in seen if v is not None) == sorted(v for _, v in written)
+    finally:
+        await loop.run_in_executor(None, follower.stop)
+    assert follower.error is None

@@ -56,6 +56,9 @@ UNPAUSED_KIND: Literal["ip_unpaused"] = "ip_unpaused"
 # Recognises an un-pause record without decoding it: an Event's JSON never has
 # this key (`kind` is not an Event field, and a quote inside a string is escaped).
 _UNPAUSED_MARKER = b'"kind":"ip_unpaused"'
+USAGE_KIND: Literal["warmup_usage"] = "warmup_usage"
+_USAGE_MARKER = b'"kind":"warmup_usage"'
+MAX_USAGE_COUNTS = 10_000  # (IP, group) pairs in one report: far above any pool's
 
 
 class IPUnpaused(BaseModel):
@@ -76,8 +79,46 @@ def encode_unpaused(record: IPUnpaused) -> bytes:
     return record.model_dump_json(exclude_none=True).encode()
 
 
-def decode_events_value(data: bytes) -> Event | IPUnpaused:
-    """A value of a pool's events topic: an Event, or an IPUnpaused; WireError otherwise."""
+class UsageCount(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ip: str = Field(max_length=64)
+    key: str = Field(max_length=200, description=f"a domain group, or {ALL!r} for the day's total")
+    n: int = Field(strict=True, ge=0)
+
+
+class WarmupUsage(BaseModel):
+    """Value on `<pool>.events`: what one relay has counted against today's warm-up
+    caps, attempts still running included, written when a rebalance starts.
+
+    A relay counts an attempt before it starts and writes its event when it
+    ends, so a relay that takes over partitions sees the others' events but
+    not their attempts in flight; from these it counts what it cannot see yet
+    (`WarmupLedger.observe`), and it sends nothing on a warming IP before it
+    has read the topic past the rebalance (`WarmupLedger.hold`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = WIRE_VERSION
+    kind: Literal["warmup_usage"] = USAGE_KIND
+    relay: str = Field(max_length=200)
+    time: UnixSeconds
+    day: int = Field(strict=True, ge=0, description="the local calendar day (an ordinal)")
+    counts: list[UsageCount] = Field(default_factory=list, max_length=MAX_USAGE_COUNTS)
+
+
+def encode_usage(record: WarmupUsage) -> bytes:
+    return record.model_dump_json(exclude_none=True).encode()
+
+
+def decode_events_value(data: bytes) -> Event | IPUnpaused | WarmupUsage:
+    """A value of a pool's events topic: an Event, an IPUnpaused or a WarmupUsage;
+    WireError otherwise."""
+    if _USAGE_MARKER in data:
+        try:
+            return WarmupUsage.model_validate_json(data)
+        except (ValidationError, ValueError, RecursionError) as exc:
+            raise WireError(f"bad {USAGE_KIND} record: {str(exc)[:200]}") from exc
     if _UNPAUSED_MARKER not in data:
         return decode_event(data)
     try:
@@ -92,6 +133,10 @@ class IPState:
     days_sent: set[int] = field(default_factory=set)  # proleptic ordinals, local tz
     sent: Counter[tuple[int, str]] = field(default_factory=Counter)  # (day, group|ALL), pool-wide
     own: Counter[tuple[int, str]] = field(default_factory=Counter)  # this replica's share of it
+    # Other replicas' sends as their events said (relay, day, key), and as their
+    # last WarmupUsage said: the difference is what they have in flight.
+    seen: Counter[tuple[str, int, str]] = field(default_factory=Counter)
+    reported: Counter[tuple[str, int, str]] = field(default_factory=Counter)
     attempts: int = 0
     bounces: int = 0
     complaints: int = 0
@@ -119,11 +164,22 @@ class WarmupLedger:
         self._ips: dict[str, IPState] = {}
         self._rr = itertools.count()
         self.share = 1.0
+        self.settling = False
         self.reconfigure(config)
 
     def set_share(self, share: float) -> None:
         """Fraction of the pool's partitions this replica owns (0..1)."""
         self.share = min(max(share, 0.0), 1.0)
+
+    def hold(self) -> None:
+        """A rebalance ended: no capped sends until `release`, which comes once the
+        events topic was read past it (the others' `WarmupUsage` written when it
+        started). Without it, a relay that took over partitions spent the share
+        the previous owner had already spent on attempts still in flight."""
+        self.settling = True
+
+    def release(self) -> None:
+        self.settling = False
 
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
@@ -183,7 +239,9 @@ class WarmupLedger:
         for cap, key in ((total_cap, ALL), (group_cap, group)):
             if cap is None or key is None:
                 continue
-            left.append(cap - state.sent[(today, key)])
+            if self.settling:
+                return 0
+            left.append(cap - state.sent[(today, key)] - _in_flight_elsewhere(state, today, key))
             left.append(int(cap * self.share) - state.own[(today, key)])
         return max(0, min(left)) if left else None
 
@@ -233,7 +291,9 @@ class WarmupLedger:
         if state.sent[(today, ALL)] == 0:
             state.days_sent.discard(today)
 
-    def _count(self, ip: str, group: str | None, count: int, now: float, own: bool) -> None:
+    def _count(
+        self, ip: str, group: str | None, count: int, now: float, own: bool, relay: str = ""
+    ) -> None:
         state = self._ips.get(ip)
         if state is None:
             return
@@ -245,6 +305,21 @@ class WarmupLedger:
             state.sent[(today, key)] += count
             if own:
                 state.own[(today, key)] += count
+            else:
+                state.seen[(relay, today, key)] += count
+
+    def usage(self, now: float) -> WarmupUsage:
+        """This relay's counts against today's caps of its warming IPs, attempts
+        in flight included: what a relay taking over partitions cannot see yet."""
+        today = self.day_of(now)
+        counts = [
+            UsageCount(ip=ip, key=key, n=n)
+            for ip, state in self._ips.items()
+            if state.egress.warmup
+            for (day, key), n in state.own.items()
+            if day == today and n > 0
+        ]
+        return WarmupUsage(relay=self.relay_id, time=now, day=today, counts=counts)
 
     def outcome(self, ip: str, disposition: Disposition, at: float | None = None) -> None:
         """Track bounce and complaint rates; pause a warming IP above the thresholds.
@@ -294,19 +369,28 @@ class WarmupLedger:
         state.paused_at = None
         return was_paused
 
-    def observe(self, event: Event | IPUnpaused, replaying: bool) -> None:
+    def observe(self, event: Event | IPUnpaused | WarmupUsage, replaying: bool) -> None:
         """Count an event from the events topic: all of them while replaying at
         start, afterwards only those of other replicas (ours were counted live).
         An un-pause applies whoever wrote it."""
         if isinstance(event, IPUnpaused):
             self.unpause(event.egress_ip, event.time)
             return
+        if isinstance(event, WarmupUsage):
+            if event.relay != self.relay_id:
+                for c in event.counts:
+                    state = self._ips.get(c.ip)
+                    if state is not None:
+                        slot = (event.relay, event.day, c.key)
+                        state.reported[slot] = max(state.reported[slot], c.n)
+            return
         if event.egress_ip is None:
             return
         if replaying or event.relay != self.relay_id:
             if event.disposition in _COUNTED:
                 own = event.relay == self.relay_id
-                self._count(event.egress_ip, self.config.group_of(event.domain), 1, event.time, own)
+                group = self.config.group_of(event.domain)
+                self._count(event.egress_ip, group, 1, event.time, own, event.relay or "")
             self.outcome(event.egress_ip, event.disposition, event.time)
 
     def budgets(self, now: float) -> dict[str, int | None]:
@@ -341,3 +425,13 @@ class WarmupLedger:
                 )
             )
         return out
+
+
+def _in_flight_elsewhere(state: IPState, day: int, key: str) -> int:
+    """What other relays reported counting (`WarmupUsage`) beyond what their
+    events have shown since: their attempts still in flight."""
+    return sum(
+        max(0, n - state.seen[(relay, d, k)])
+        for (relay, d, k), n in state.reported.items()
+        if d == day and k == key
+    )

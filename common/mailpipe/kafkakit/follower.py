@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ class TopicFollower:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=f"follow-{topic}", daemon=True)
         self.error: BaseException | None = None
+        self._barriers: queue.SimpleQueue[asyncio.Future[None]] = queue.SimpleQueue()
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start following; records are applied on `loop` (default: the running one)."""
@@ -72,9 +74,31 @@ class TopicFollower:
         if not ok:
             raise TimeoutError(f"could not read {self.topic} to its end within {timeout_s}s")
 
+    async def read_past_now(self, timeout_s: float = 60) -> None:
+        """Returns once every record the topic holds now has been applied: what
+        another process wrote before this call is known after it."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers.put(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError as exc:
+            message = f"could not read {self.topic} to its end within {timeout_s}s"
+            raise TimeoutError(message) from exc
+        if self.error is not None:
+            raise RuntimeError(f"following {self.topic} failed") from self.error
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=STOP_JOIN_SECONDS)
+
+    def _passed(
+        self, consumer: KafkaConsumer, future: asyncio.Future[None], end: dict[TopicPartition, int]
+    ) -> bool:
+        if any(consumer.position(tp) < offset for tp, offset in end.items()):
+            return False
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve, future)
+        return True
 
     def _apply_all(self, batch: list[tuple[bytes | None, bytes | None]], live: bool) -> None:
         for key, value in batch:
@@ -110,12 +134,17 @@ class TopicFollower:
             remaining = {tp for tp, o in end.items() if o > 0}
             if not remaining:
                 self.caught_up.set()
+            barriers: list[tuple[asyncio.Future[None], dict[TopicPartition, int]]] = []
             while not self._stop.is_set():
+                while not self._barriers.empty():
+                    barriers.append((self._barriers.get(), consumer.end_offsets(tps)))
                 polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
                 live = self.caught_up.is_set()
                 batch = [(r.key, r.value) for records in polled.values() for r in records]
                 if batch:  # one wake-up of the loop per poll, records in order
                     self._loop.call_soon_threadsafe(self._apply_all, batch, live)
+                # After the batch: the loop applies it before it resolves these.
+                barriers = [b for b in barriers if not self._passed(consumer, *b)]
                 for tp in polled:
                     if tp in remaining and consumer.position(tp) >= end[tp]:
                         remaining.discard(tp)
@@ -125,8 +154,15 @@ class TopicFollower:
         except BaseException as exc:
             self.error = exc
             self.caught_up.set()
+            while not self._barriers.empty():  # its waiters learn of the error now
+                self._loop.call_soon_threadsafe(_resolve, self._barriers.get())
             log.exception("follower of %s failed", self.topic)
         finally:
             if consumer is not None:  # a failed follower must not leak its sockets either
                 with contextlib.suppress(Exception):
                     consumer.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
 
-from mailpipe.contracts.warmup import IPUnpaused, decode_events_value
+from mailpipe.contracts.warmup import IPUnpaused, WarmupUsage, decode_events_value
 from mailpipe.contracts.wire import Event, WireError
 from mailpipe.kafkakit import client_options, without_auto_create
 
@@ -225,6 +225,8 @@ class ClusterReader:
                 try:  # decoded here, so the event loop only applies
                     value = decode_events_value(r.value)
                 except WireError:  # not an event a relay wrote: nothing to tally
+                    continue
+                if isinstance(value, WarmupUsage):  # between relays: nothing to tally
                     continue
                 batch.append((tp.topic, tp.partition, r.offset, epoch, value))
         if batch:  # one wake-up of the loop per poll, records in order per partition

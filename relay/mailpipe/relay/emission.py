@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.warmup import WarmupUsage, encode_usage
 from mailpipe.contracts.wire import Event, Suppression, encode
 
 from .metrics import RelayMetrics
@@ -59,6 +60,10 @@ class Emitter:
     def event(self, event: Event) -> Awaitable[None]:
         key = (event.campaign or event.message_id).encode()  # a campaign's events stay in order
         return self.sink.send(self.kafka.events_topic, key, encode(event))
+
+    def warmup_usage(self, usage: WarmupUsage) -> Awaitable[None]:
+        """This relay's warm-up counts, for the relays that take over partitions."""
+        return self.sink.send(self.kafka.events_topic, usage.relay.encode(), encode_usage(usage))
 
     def suppression(self, suppression: Suppression) -> Awaitable[None]:
         self.suppressions.add(suppression.address, suppression.reason.value)

@@ -64,6 +64,9 @@ log = logging.getLogger("mailpipe.relay.engine")
 
 POLL_IDLE_SECONDS = 0.05  # how often a full window looks again for revocations and relief
 STOP_GRACE_SECONDS = 20.0  # in-flight transactions get this long to finish on shutdown
+# The warm-up usage report before a rejoin (`Engine._report_warmup_usage`): a
+# broker that cannot take it in this long does not hold the rebalance.
+USAGE_REPORT_SECONDS = 5.0
 
 
 class Engine:
@@ -280,8 +283,23 @@ class Engine:
                 self.handover.active(tps),
                 DRAIN_SECONDS,
             )
+        await self._report_warmup_usage()
         offsets = {tp: o for tp, o in self.tracker.committable().items() if tp in tps}
         revoking.reply(offsets, self.tracker.finished_ahead(offsets))
+
+    async def _report_warmup_usage(self) -> None:
+        """Before the rejoin: what this relay counted against today's warm-up caps,
+        attempts in flight included, so the relays that take over partitions count
+        it before they send (`WarmupLedger.hold`). Not written, the others see
+        only this relay's events, and a warming IP may exceed its day's cap by
+        what is in flight (the rejoin is not held for it)."""
+        usage = self.ledger.usage(self.clock.time())
+        if not usage.counts:
+            return
+        try:
+            await asyncio.wait_for(self.emitter.warmup_usage(usage), USAGE_REPORT_SECONDS)
+        except Exception as exc:  # a broker that cannot take it now: never hold the rejoin
+            log.warning("rebalance: warm-up usage not written (%s)", type(exc).__name__)
 
     def _assigned(self, assigned: Assigned) -> None:
         """A rebalance ended: learn what the previous owners finished past their

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -66,6 +67,9 @@ ACCESS_CHECK = "kafka access"  # the readiness check of logging in and being aut
 # A refused login or ACL is a configuration problem: asked again at this pace
 # (the Secret or the ACLs may be fixed meanwhile), never a crash loop.
 ACCESS_RETRY_SECONDS = 15.0
+# After a rebalance, capped sends wait for the events topic to be read to its
+# end; a read that takes longer than this is logged and tried again.
+SETTLE_TIMEOUT_SECONDS = 30.0
 ACCESS_REASON_CHARS = 400  # an access reason names the principal, the topic and the fix
 # Set by the relay Deployment to the pod IP (the node's primary address under
 # hostNetwork), so the metrics endpoint never listens on the pool's egress IPs.
@@ -179,7 +183,8 @@ async def serve(
 
     followed = await _follow(config, relay_id, metrics, health)
     transport = SMTPTransport(config)
-    source = await _consumer(config, topics, followed.ledger, metrics, health)
+    [events] = [f for f in followed.followers if f.topic == config.kafka.events_topic]
+    source = await _consumer(config, topics, followed.ledger, events, metrics, health)
     engine = Engine(
         config,
         source,
@@ -261,11 +266,14 @@ async def _consumer(
     config: RelayConfig,
     topics: list[str],
     ledger: WarmupLedger,
+    events: TopicFollower,
     metrics: RelayMetrics,
     health: Health,
 ) -> KafkaSource:
     """The consumer-group member (not started): its lag, errors and owned share of
-    the outbound partitions (what the warm-up caps are divided by) reported."""
+    the outbound partitions (what the warm-up caps are divided by) reported; after
+    each rebalance, capped sends wait until the events topic was read past it
+    (the warm-up usage the other relays wrote when it started)."""
 
     def on_lag(tp: Any, lag: int) -> None:
         metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
@@ -275,9 +283,32 @@ async def _consumer(
     loop = asyncio.get_running_loop()
     partitions = await loop.run_in_executor(None, partition_count, config.kafka, outbound)
 
+    rebalances = itertools.count(1)
+    latest = 0
+    settling: set[asyncio.Task[None]] = set()
+
+    async def settle(rebalance: int) -> None:
+        while True:
+            try:
+                await events.read_past_now(SETTLE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                log.warning("warm-up budgets wait for %s to be read", events.topic)
+                continue
+            except RuntimeError:
+                return  # the follower failed: the liveness probe says so; stay held
+            if rebalance == latest:  # a later rebalance settles itself
+                ledger.release()
+            return
+
     def on_assigned(tps: set[Any]) -> None:
+        nonlocal latest
         mine = sorted(tp.partition for tp in tps if tp.topic == outbound)
         ledger.set_share(len(mine) / partitions if partitions else 1.0)
+        ledger.hold()
+        latest = next(rebalances)
+        task = loop.create_task(settle(latest))
+        settling.add(task)
+        task.add_done_callback(settling.discard)
         log.info("assigned %d of %d outbound partitions: %s", len(mine), partitions, mine)
 
     source = KafkaSource(

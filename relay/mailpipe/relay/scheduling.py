@@ -52,6 +52,10 @@ from .throttle import Shaper, Shaping
 from .tokens import RecordToken
 from .work import Work
 
+# A capped IP while the warm-up budgets settle after a rebalance: tried again
+# this soon (through the shortest delay step), never postponed to the next day.
+SETTLING_RETRY_SECONDS = 1.0
+
 log = logging.getLogger("mailpipe.relay.engine")
 
 
@@ -275,6 +279,10 @@ class Scheduler:
         ips = [e.address for e in self.config.egress]
         excluded = frozenset(ip for ip in ips if self.shaping.backed_off(ip, domain, mono))
         ip = self.ledger.choose(domain, count, now, excluded)
+        if ip is None and self.ledger.settling:
+            # Budgets are unknown until the events topic is read past the
+            # rebalance (`WarmupLedger.hold`): a second, not the next day.
+            return NoEgress(now + SETTLING_RETRY_SECONDS)
         if ip is None:
             end = self.shaping.earliest_backoff_end(domain, ips, mono)
             due = now + (end - mono) if end is not None else self.ledger.next_day_start(now)

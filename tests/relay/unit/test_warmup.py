@@ -102,3 +102,67 @@ def test_each_replica_uses_only_its_share_of_a_cap() -> None:
     sent_b = send_all(b, "x.test", 10, T0 + 10).count("127.0.0.2")
     assert sent_a + sent_b <= 5
     assert (sent_a, sent_b) == (2, 2)
+
+
+def test_a_relay_taking_over_counts_the_others_attempts_in_flight() -> None:
+    """Relay a had every partition and spent the warming IP's whole cap; when b
+    joins, half of a's attempts have no event yet. Seeing only events, b spent
+    its half-share again (the demo's warming IP tried 28 of a cap of 20); with
+    a's usage report (written before a rejoins) it sends nothing, and a's later
+    events are not counted twice."""
+    a, b = two_ips(), two_ips()
+    a.relay_id, b.relay_id = "a", "b"
+    now = T0 + 10
+    sent = [ip for ip in send_all(a, "x.test", 5, now) if ip == "127.0.0.2"]
+    assert len(sent) == 5  # the cap of day 1
+    events = [
+        Event(
+            message_id=f"m{i}",
+            recipient=f"r{i}@x.test",
+            domain="x.test",
+            disposition=Disposition.DELIVERED,
+            time=now,
+            egress_ip="127.0.0.2",
+            relay="a",
+        )
+        for i in range(5)
+    ]
+    for ev in events[:2]:  # two attempts ended before b caught up, three still running
+        b.observe(ev, replaying=True)
+    report = a.usage(now)
+    assert [(c.ip, c.key, c.n) for c in report.counts] == [("127.0.0.2", "*", 5)]
+    a.set_share(0.5)
+    b.set_share(0.5)
+    b.hold()
+    assert b.remaining("127.0.0.2", None, now) == 0  # not before the events were read
+    assert b.choose("x.test", 1, now) == "127.0.0.3"  # an uncapped IP is not held
+    b.observe(report, replaying=False)
+    b.release()
+    assert b.remaining("127.0.0.2", None, now) == 0
+    for ev in events[2:]:
+        b.observe(ev, replaying=False)
+    assert b.remaining("127.0.0.2", None, now) == 0
+    assert b.report(now)[0].sent_today == 5  # counted once, not 5 + 3
+
+
+def test_without_a_report_the_taking_over_relay_sees_only_events() -> None:
+    """The same hand-over without a's report: b would send again (what the
+    report is for)."""
+    a, b = two_ips(), two_ips()
+    a.relay_id, b.relay_id = "a", "b"
+    now = T0 + 10
+    send_all(a, "x.test", 5, now)
+    b.observe(
+        Event(
+            message_id="m0",
+            recipient="r0@x.test",
+            domain="x.test",
+            disposition=Disposition.DELIVERED,
+            time=now,
+            egress_ip="127.0.0.2",
+            relay="a",
+        ),
+        replaying=True,
+    )
+    b.set_share(0.5)
+    assert b.remaining("127.0.0.2", None, now) == 2
