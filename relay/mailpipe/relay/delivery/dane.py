@@ -36,6 +36,7 @@ import enum
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -48,8 +49,8 @@ from .tls_policy import TLSPlan
 
 
 class Usage(enum.IntEnum):
-    PKIX_TA = 0
-    PKIX_EE = 1
+    """The usages SMTP can use; PKIX-TA(0) and PKIX-EE(1) are unusable for it."""
+
     DANE_TA = 2
     DANE_EE = 3
 
@@ -65,9 +66,9 @@ class Matching(enum.IntEnum):
     SHA512 = 2
 
 
-DIGEST_BYTES = {Matching.SHA256: 32, Matching.SHA512: 64}
+DIGEST_BYTES = MappingProxyType({Matching.SHA256: 32, Matching.SHA512: 64})
 # RFC 7671 9: among digests the client supports, the strongest published wins.
-DIGEST_STRENGTH = {Matching.SHA256: 1, Matching.SHA512: 2}
+DIGEST_STRENGTH = MappingProxyType({Matching.SHA256: 1, Matching.SHA512: 2})
 # RFC 7672 3.2: the chain a DANE-TA record anchors is short in practice; the
 # bound keeps a hostile server's 100-certificate chain from costing much.
 MAX_CHAIN_DEPTH = 8
