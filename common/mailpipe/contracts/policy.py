@@ -268,7 +268,8 @@ class TLSSettings(Spec):
             "STARTTLS policy: none; opportunistic (encrypt if offered, never verify, clear "
             "if STARTTLS fails); verify (certificate must match the MX name, else defer, "
             "never clear); required (encrypt, unverified unless verify: true, never clear); "
-            "disabled (= none)."
+            "dane (DNSSEC-validated TLSA records of each MX host decide, RFC 7672; needs "
+            "dnsNameserver naming a validating resolver); disabled (= none)."
         ),
     )
     verify: bool = Field(
