@@ -16,6 +16,7 @@ mocks DNS or DNSSEC.
     unusable.dane.test  mx-unusable (signed)     1 1 1 (PKIX-EE: unusable)      TLS, unverified,
                                                                                 never clear
     bogus.dane.test     mx-bogus (signed)        3 1 1, signature broken        deferred 4.7.5
+    implicit.dane.test  none: the domain itself  3 1 1 another key              deferred 4.7.5
     plain.test          mx.plain.test (unsigned) 3 1 1 another key: not trusted opportunistic
     insecure.plain.test mx-mismatch.dane.test    (signed host, unsigned MX)     opportunistic
     itlsa.dane.test     mx-itlsa (signed)        3 1 1 another key, in an       opportunistic
@@ -60,6 +61,7 @@ ADDRESSES = {
     "mx-bogus": "127.0.0.37",
     "plain": "127.0.0.38",
     "mx-itlsa": "127.0.0.39",
+    "implicit": "127.0.0.40",  # a domain without MX: its own address (RFC 5321 5.1)
 }
 PORT_TRIES = 20  # a port free on one address is nearly always free on the others
 ATTEMPT_SECONDS = 60.0  # a guard against a hang; an attempt takes milliseconds
@@ -131,6 +133,7 @@ def dane_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         f"{tlsa}.mx-taname IN TLSA 2 0 1 {_cert_sha256(certs['mx-taname'].ca)}",
         f"{tlsa}.mx-unusable IN TLSA 1 1 1 {other_key}",
         f"{tlsa}.mx-bogus IN TLSA 3 1 1 {bogus_data}",
+        f"{tlsa}.implicit IN TLSA 3 1 1 {other_key}",
     ]
     unsigned = [
         "@ IN MX 10 mx",
@@ -209,8 +212,14 @@ async def test_a_matching_tlsa_record_delivers_over_tls(
         ("mismatch.dane.test", "mx-mismatch", "mx-mismatch", "matches no TLSA record"),
         ("taname.dane.test", "mx-taname", "mx-taname", "not mx-taname.dane.test"),
         ("ta.dane.test", "mx-ta", "stranger", "matches no TLSA record"),
+        ("implicit.dane.test", "implicit", "stranger", "matches no TLSA record"),
     ],
-    ids=["DANE-EE other key", "DANE-TA right CA, wrong name", "DANE-TA other CA"],
+    ids=[
+        "DANE-EE other key",
+        "DANE-TA right CA, wrong name",
+        "DANE-TA other CA",
+        "no MX (validated), the domain's own TLSA",
+    ],
 )
 async def test_a_mismatching_tlsa_record_defers_and_sends_nothing(
     dane_bed: Bed, smtp_receiver: Receiver, domain: str, host: str, certs: str, why: str
