@@ -236,6 +236,22 @@ async def test_a_mismatching_tlsa_record_defers_and_sends_nothing(
         await t.close()
 
 
+async def test_a_host_with_usable_tlsa_records_but_no_starttls_is_deferred(
+    dane_bed: Bed, smtp_receiver: Receiver
+) -> None:
+    """RFC 7672 2.2: usable TLSA records make TLS mandatory; a server that does
+    not offer STARTTLS (or an attacker who strips it) gets nothing in clear."""
+    rx = _receiver(smtp_receiver, dane_bed, "mx-ee", None)
+    t = _transport(dane_bed)
+    try:
+        r = await _attempt(t, "ee.dane.test")
+        assert (r.code, r.enhanced) == (451, "4.7.5"), r
+        assert "STARTTLS required by policy" in r.text, r
+        assert rx.messages() == []
+    finally:
+        await t.close()
+
+
 async def test_a_bogus_tlsa_answer_defers_even_where_clear_text_would_be_accepted(
     dane_bed: Bed, smtp_receiver: Receiver
 ) -> None:
