@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 CACHE ?= $(HOME)/.cache/mailpipe
 export MAILPIPE_CACHE := $(CACHE)
 
-.PHONY: setup venv components node-components image demo test test-cluster test-unit smoke lint bench bench-relay bench-operator clean
+.PHONY: setup venv components dnssec node-components image demo test test-cluster test-unit smoke lint bench bench-relay bench-operator clean
 
-setup: venv components node-components
+setup: venv components dnssec node-components
 
 # The virtualenv is rebuilt only when pyproject.toml changes (stamp file).
 venv: $(VENV)/.stamp
@@ -26,6 +26,11 @@ $(VENV)/.stamp: pyproject.toml
 # dnsmasq + postfix (Debian); cached under $(CACHE), idempotent.
 components:
 	bash scripts/setup-components.sh
+
+# nsd, unbound and ldns-utils (Debian): the signed zone and the validating
+# resolver the DANE tests run on loopback (issue 22); apt only when missing.
+dnssec:
+	bash scripts/setup-dnssec.sh
 
 # The image without a container engine (mmdebstrap + umoci; the Dockerfile's
 # twin): $(CACHE)/images/, rebuilt only when its inputs change. Needs root.

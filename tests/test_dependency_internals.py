@@ -9,6 +9,7 @@ by name, before a rebalance or a DKIM signature goes wrong at run time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import inspect
 import re
@@ -123,3 +124,36 @@ def test_each_dependency_used_privately_is_pinned_to_the_minor_tested(distributi
     assert next_minor not in req.specifier, f"{req}: admits {next_minor}, not tested"
     if installed.minor > 0:
         assert previous_minor not in req.specifier, f"{req}: admits {previous_minor}, not tested"
+
+
+def test_the_servers_certificate_chain_is_readable(tmp_path: Path) -> None:
+    """The stdlib, as `mailpipe.relay.delivery.transport.peer_chain` reads the chain
+    a server sent for DANE-TA: `SSLObject.get_unverified_chain` from Python 3.13,
+    before it the same method of the private `_sslobj`. A real handshake in
+    memory; the chain must come back leaf first, as DER."""
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from mailpipe.relay.delivery.transport import peer_chain
+    from tests.relay.mx_certs import make_certs, server_context
+
+    certs = make_certs(tmp_path, "mx.chain.test")
+    client_ctx = ssl.create_default_context()
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="mx.chain.test")
+    server = server_context(certs).wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):  # a TLS 1.3 handshake is two round trips
+        for side in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):  # waits for the other side
+                side.do_handshake()
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    expected = [
+        c.public_bytes(serialization.Encoding.DER)
+        for c in x509.load_pem_x509_certificates(certs.chain.read_bytes())
+    ]
+    assert peer_chain(client) == expected

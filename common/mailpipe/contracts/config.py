@@ -49,6 +49,7 @@ from .policy import (
     WarmupPolicy,
     WarmupStep,
     check_pool,
+    dane_resolver_problem,
     tls_problem,
 )
 from .topics import CONTROL_SUFFIX, NEVER_MAIL_TOPIC, SUPPRESSIONS_SUFFIX, Topics, namespace_space
@@ -272,6 +273,9 @@ class RelayConfig(_Model):
             raise ValueError(f"unknown config version {self.v}, this relay reads {CONFIG_VERSION}")
         check_pool(self.egress, self.domain_groups, self.warmup.schedule)
         check_routes(self.routes, self.delivery)
+        problem = dane_resolver_problem(self.tls.applied, self.dns_nameserver)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     def group_of(self, domain: str) -> str | None:

@@ -194,7 +194,11 @@ class TLSMode(enum.StrEnum):
     MX host name, else defer; never clear (Postfix `secure`). `required` with
     `verify: false`: encrypted, unverified, never clear (Postfix `encrypt`);
     `required` with `verify: true` is `verify`. `disabled` is the old name of
-    `none`. Both older spellings stay accepted for existing pools.
+    `none`. Both older spellings stay accepted for existing pools. `dane`
+    (RFC 7672; Postfix `dane`): DNSSEC-validated TLSA records of the MX host
+    decide; the pool's resolver (`dnsNameserver`) must validate, its AD bit
+    is trusted; without usable records it falls back as the RFC says
+    (`relay.delivery.dane`).
     """
 
     NONE = "none"
@@ -202,6 +206,7 @@ class TLSMode(enum.StrEnum):
     VERIFY = "verify"
     REQUIRED = "required"
     DISABLED = "disabled"
+    DANE = "dane"
 
 
 def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool) -> str | None:
@@ -211,6 +216,11 @@ def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool) -> str | None:
     back to clear text on a bad certificate: a policy that asks for
     verification must never end in clear, so that combination is refused,
     not reinterpreted (mail would start deferring without anyone asking)."""
+    if verify and mode is TLSMode.DANE:
+        return (
+            "tls.verify: true contradicts mode dane (its TLSA records decide what is "
+            "verified, and how); drop verify, or use mode: verify for CA-verified TLS"
+        )
     if verify and mode in (TLSMode.OPPORTUNISTIC, TLSMode.NONE, TLSMode.DISABLED):
         return (
             f"tls.verify: true contradicts mode {mode.value} (which never verifies); use "
@@ -221,6 +231,21 @@ def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool) -> str | None:
             f"a TLS CA bundle is only used to verify certificates, and mode {mode.value} "
             f"{'with verify: false ' if mode is TLSMode.REQUIRED else ''}does not verify; "
             "use mode: verify"
+        )
+    return None
+
+
+def dane_resolver_problem(mode: TLSMode, dns_nameserver: str | None) -> str | None:
+    """Why a pool in mode dane cannot work, naming the field; None if it can.
+
+    DANE trusts the AD bit of the resolver's answers (as Postfix does), which
+    means something only from a validating resolver the pool names: the pod's
+    default resolver is rarely one, and a DANE pool whose answers never carry
+    AD would silently be an opportunistic one."""
+    if mode is TLSMode.DANE and dns_nameserver is None:
+        return (
+            "tls.mode dane trusts the AD bit of the pool's resolver: set dnsNameserver "
+            "to a DNSSEC-validating resolver (host:port, e.g. a node-local unbound)"
         )
     return None
 
@@ -243,7 +268,8 @@ class TLSSettings(Spec):
             "STARTTLS policy: none; opportunistic (encrypt if offered, never verify, clear "
             "if STARTTLS fails); verify (certificate must match the MX name, else defer, "
             "never clear); required (encrypt, unverified unless verify: true, never clear); "
-            "disabled (= none)."
+            "dane (DNSSEC-validated TLSA records of each MX host decide, RFC 7672; needs "
+            "dnsNameserver naming a validating resolver); disabled (= none)."
         ),
     )
     verify: bool = Field(

@@ -39,6 +39,7 @@ from mailpipe.contracts.policy import (
     TLSSettings,
     WarmupPolicy,
     check_pool,
+    dane_resolver_problem,
     tls_problem,
 )
 
@@ -267,9 +268,14 @@ class TLS(TLSSettings):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             (
-                "!self.verify || self.mode == 'required' || self.mode == 'verify'",
+                "!self.verify || self.mode in ['required', 'verify', 'dane']",
                 "tls.verify: true contradicts modes none, disabled and opportunistic (they never "
                 "verify); use mode: verify to require a certificate matching the MX name",
+            ),
+            (
+                "!self.verify || self.mode != 'dane'",
+                "tls.verify: true contradicts mode dane (its TLSA records decide what is "
+                "verified, and how); drop verify, or use mode: verify for CA-verified TLS",
             ),
             (
                 "!has(self.caBundle) || self.mode == 'verify' || "
@@ -305,7 +311,13 @@ class SendingPoolSpec(Spec):
                 "has(self.domainGroups) && g in self.domainGroups))",
                 "warmup.schedule groupLimits name a domain group that is not defined "
                 "in domainGroups",
-            )
+            ),
+            (
+                "!has(self.tls) || !has(self.tls.mode) || self.tls.mode != 'dane' "
+                "|| has(self.dnsNameserver)",
+                "tls.mode dane trusts the AD bit of the pool's resolver: set dnsNameserver "
+                "to a DNSSEC-validating resolver (host:port, e.g. a node-local unbound)",
+            ),
         )
     )
 
@@ -384,6 +396,9 @@ class SendingPoolSpec(Spec):
         # the pool Ready=False (InvalidSpec) instead of failing to render its config.
         check_pool(self.egress_ips, self.domain_groups, self.warmup.schedule)
         check_routes(self.routes, self.delivery)
+        problem = dane_resolver_problem(self.tls.applied, self.dns_nameserver)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -74,6 +74,21 @@ INVALID = [
         _with(GOOD_POOL, "tls", {"mode": "opportunistic", "caBundle": {"secret": "ca"}}),
         "tls.caBundle is only used to verify certificates; use mode: verify",
     ),
+    # issue 22, DANE: the AD bit means something only from a resolver the pool names
+    (
+        "SendingPool",
+        _with(GOOD_POOL, "tls", {"mode": "dane"}),
+        "set dnsNameserver to a DNSSEC-validating resolver",
+    ),
+    (
+        "SendingPool",
+        _with(
+            _with(GOOD_POOL, "dnsNameserver", "10.0.0.53:53"),
+            "tls",
+            {"mode": "dane", "verify": True},
+        ),
+        "contradicts mode dane",
+    ),
     (
         "SendingPool",
         _with(
@@ -166,6 +181,20 @@ def test_invalid_objects_are_refused_naming_the_field(
     body["spec"] = good
     accepted = kubectl(cli_env, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(body))
     assert accepted.returncode == 0, accepted.stderr  # the same object, valid, is accepted
+
+
+def test_a_dane_pool_naming_its_resolver_is_accepted(
+    crds: None, cli_env: dict[str, str], namespace: str
+) -> None:
+    spec = _with(_with(GOOD_POOL, "dnsNameserver", "10.0.0.53:53"), "tls", {"mode": "dane"})
+    body = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "SendingPool",
+        "metadata": {"name": "dane", "namespace": namespace},
+        "spec": spec,
+    }
+    accepted = kubectl(cli_env, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(body))
+    assert accepted.returncode == 0, accepted.stderr
 
 
 def _topics(bootstrap: str) -> set[str]:

@@ -42,6 +42,7 @@ SERVER_OUTSTANDING_LIMIT = 150  # dnsmasq's default dns-forward-max: more are dr
 class _Answer:
     def __init__(self, rrset: dns.rrset.RRset) -> None:
         self.rrset = rrset
+        self.response = None  # dnspython's Answer carries the message: here no flags, no AD
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.rrset)

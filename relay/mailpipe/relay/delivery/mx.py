@@ -33,6 +33,11 @@ not bad, so it is not suppressed. The transport checks the address it
 connects to once more (static routes, names), so no route escapes it.
 
 Static routes from the config replace lookups (smart hosts, tests).
+
+Each route says whether DNSSEC vouched for it (`Route.secure`: the MX answer
+and the host's address answer both carried the AD bit of the pool's
+resolver), which is all DANE (`dane`, `tlsa`) needs from here; the DO bit is
+asked for only in mode dane. A static route is never secure.
 """
 
 from __future__ import annotations
@@ -44,11 +49,12 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.inet
 import dns.rdatatype
 import dns.resolver
 
-from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.config import RelayConfig, TLSMode
 from mailpipe.contracts.delivery import destination_refusal, forbidden_reason
 from mailpipe.contracts.errors import PermanentError, TemporaryError
 
@@ -73,6 +79,7 @@ class Route:
     host: str  # address or name to connect to
     port: int
     name: str  # the MX name: for logs, events and the TLS certificate check
+    secure: bool = False  # MX and address answers DNSSEC-validated (AD): DANE may apply
 
 
 class NullMX(PermanentError):
@@ -104,7 +111,31 @@ MAX_MX_ADDRESSES = 5
 MAX_CONCURRENT_LOOKUPS = 64
 MAX_CACHE_ENTRIES = 100_000  # domains remembered; past it the oldest are dropped
 
+# EDNS payload with DO: the DNS flag day 2020 size, no fragmentation on any path.
+EDNS_PAYLOAD_BYTES = 1232
+
 _Cached = tuple[float, list[Route] | Exception]  # (valid until, routes or the failure)
+
+
+def stub_resolver(config: RelayConfig) -> dns.asyncresolver.Resolver:
+    """The pool's resolver (`dns_nameserver`, else /etc/resolv.conf). In mode
+    dane it asks for DNSSEC (DO), so a validating resolver reports what it
+    validated in the AD bit of each answer (RFC 6840 5.7), as Postfix asks."""
+    resolver = dns.asyncresolver.Resolver(configure=config.dns_nameserver is None)
+    if config.dns_nameserver is not None:
+        host, _, port = config.dns_nameserver.rpartition(":")
+        resolver.nameservers = [host]
+        resolver.port = int(port)
+    resolver.lifetime = LOOKUP_LIFETIME_SECONDS
+    if config.tls.applied is TLSMode.DANE:
+        resolver.use_edns(0, dns.flags.DO, EDNS_PAYLOAD_BYTES)
+    return resolver
+
+
+def authentic(response: object) -> bool:
+    """Whether a resolver's response carries the AD bit (validated)."""
+    flags = getattr(response, "flags", 0)
+    return bool(flags & dns.flags.AD)
 
 
 class MXResolver:
@@ -116,13 +147,7 @@ class MXResolver:
 
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
-        resolver = dns.asyncresolver.Resolver(configure=config.dns_nameserver is None)
-        if config.dns_nameserver is not None:
-            host, _, port = config.dns_nameserver.rpartition(":")
-            resolver.nameservers = [host]
-            resolver.port = int(port)
-        resolver.lifetime = LOOKUP_LIFETIME_SECONDS
-        self._resolver = resolver
+        self._resolver = stub_resolver(config)
         self._cache.clear()
 
     async def routes(self, domain: str) -> list[Route]:
@@ -184,17 +209,20 @@ class MXResolver:
             answer = await self._query(domain, "MX")
         except dns.resolver.NXDOMAIN as exc:
             raise NoSuchDomain(f"{domain}: no such domain") from exc
-        except dns.resolver.NoAnswer:
+        except dns.resolver.NoAnswer as exc:
             hosts = await self._addresses(domain)
             if not hosts:
                 raise NoSuchDomain(f"{domain}: no MX and no address records") from None
-            implicit = [Route(h, port, domain) for h in hosts]
+            # the absence of MX validated (dnspython leaves `response()` untyped)
+            no_mx_secure = authentic(exc.kwargs.get("response"))
+            implicit = [Route(h, port, domain, no_mx_secure and ok) for h, ok in hosts]
             return self._permitted(domain, implicit), IMPLICIT_MX_TTL_SECONDS
         except dns.exception.DNSException as exc:  # timeout, SERVFAIL, anything odd
             raise TemporaryDNSError(f"{domain}: {exc.__class__.__name__}") from exc
         records = sorted(answer, key=lambda r: (r.preference, random.random()))
         if len(records) == 1 and records[0].preference == 0 and str(records[0].exchange) == ".":
             raise NullMX(f"{domain} publishes a null MX")
+        mx_secure = authentic(answer.response)
         routes: list[Route] = []
         numeric: list[str] = []
         for record in records:
@@ -204,8 +232,8 @@ class MXResolver:
             if dns.inet.is_address(name):
                 numeric.append(name)  # RFC 5321 5.1: an MX names a host, never an address
                 continue
-            for address in await self._addresses(name):
-                routes.append(Route(address, port, name))
+            for address, secure in await self._addresses(name):
+                routes.append(Route(address, port, name, mx_secure and secure))
             if len(routes) >= MAX_MX_ADDRESSES:
                 break
         if not routes and numeric:
@@ -228,8 +256,9 @@ class MXResolver:
             raise UnroutableDomain(f"{domain}: {first.name} is at {first.host}, {refusal}")
         return allowed
 
-    async def _addresses(self, name: str) -> list[str]:
-        out: list[str] = []
+    async def _addresses(self, name: str) -> list[tuple[str, bool]]:
+        """The host's addresses, each with whether its answer was validated."""
+        out: list[tuple[str, bool]] = []
         for rdtype in ("A", "AAAA"):
             try:
                 answer = await self._query(name, rdtype)
@@ -237,7 +266,8 @@ class MXResolver:
                 continue
             except dns.exception.DNSException as exc:
                 raise TemporaryDNSError(f"{name}: {exc.__class__.__name__}") from exc
-            out.extend(r.address for r in answer)
+            secure = authentic(answer.response)
+            out.extend((r.address, secure) for r in answer)
             if len(out) >= MAX_MX_ADDRESSES:
                 break
         return out

@@ -8,6 +8,7 @@ asks instead of comparing modes itself:
     opportunistic  when offered    never checked            clear (RFC 3207 4.1)
     required       always          never checked            defer 4.7.5, nothing sent
     verify         always          CA chain + MX name       defer 4.7.5, nothing sent
+    dane           per MX host: its DNSSEC-validated TLSA records decide (`dane`'s table)
 
 `required` with `verify: true` is `verify`, `disabled` is `none`
 (`TLSSettings.applied`). Only `opportunistic` ever remembers a host whose
@@ -27,7 +28,7 @@ from mailpipe.contracts.config import RelayTLSSettings, TLSMode
 class TLSPlan:
     """What one connection does about TLS under a mode."""
 
-    mode: TLSMode  # the applied mode: none, opportunistic, required or verify
+    mode: TLSMode  # the applied mode: none, opportunistic, required, verify or dane
     starttls: bool  # issue STARTTLS when the server offers it
     verify: bool  # the certificate must chain to a trusted CA and match the MX name
     clear_on_failure: bool  # STARTTLS absent or failed: deliver in clear (else defer)
@@ -48,6 +49,8 @@ def plan(settings: RelayTLSSettings) -> TLSPlan:
     if mode is TLSMode.OPPORTUNISTIC:
         return TLSPlan(mode, starttls=True, verify=False, clear_on_failure=True)
     if mode is TLSMode.REQUIRED:
+        return TLSPlan(mode, starttls=True, verify=False, clear_on_failure=False)
+    if mode is TLSMode.DANE:  # the strictest; the transport asks `dane` per MX host
         return TLSPlan(mode, starttls=True, verify=False, clear_on_failure=False)
     return TLSPlan(TLSMode.VERIFY, starttls=True, verify=True, clear_on_failure=False)
 

@@ -11,6 +11,8 @@ once, at this boundary), so the engine's classifier decides all dispositions:
     TLS required or verify, absent -> 451 4.7.5 (no backoff: our policy, not theirs)
     TLS required or verify, STARTTLS failed (refused, handshake, certificate) -> 451 4.7.5
     opportunistic TLS, STARTTLS failed -> the same host again in clear (RFC 3207 4.1)
+    dane: TLSA lookup failed -> 451 4.7.5; certificate matches no usable TLSA record -> 451 4.7.5
+    (the next MX host is tried; `dane` says which plan each host's TLSA answer gives)
     (what each mode does is `tls_policy`'s table; this module only asks it)
     connection lost mid-transaction        -> 451 4.4.2
     destination address refused by policy  -> 550 5.4.4 (no suppression: see `mx`)
@@ -44,7 +46,9 @@ other's exceptions.)
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
+import datetime as dt
 import logging
 import ssl
 import time
@@ -53,10 +57,12 @@ from typing import Any
 
 import aiosmtplib
 
-from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.config import RelayConfig, TLSMode
 
+from ..addresses import ascii_domain
 from ..classify import reply
 from ..ports import Envelope, SMTPReply, Stage, TransactionResult
+from . import dane
 from .dial import Refused, StageTimeout, dial
 from .mx import (
     AddressLiteral,
@@ -69,7 +75,8 @@ from .mx import (
     UnroutableDomain,
 )
 from .session import ConnectionLost, Session
-from .tls_policy import client_context, plan
+from .tls_policy import TLSPlan, client_context, plan
+from .tlsa import TLSALookupFailed, TLSAResolver
 
 log = logging.getLogger("mailpipe.relay.delivery")
 
@@ -110,9 +117,26 @@ class _TLSFailed(Exception):
     """STARTTLS was offered and could not be completed: refused, handshake, certificate."""
 
 
+def peer_chain(ssl_object: Any) -> list[bytes]:
+    """The certificates the server sent, leaf first, DER. DANE-TA needs the whole
+    chain, which the ssl module makes public only from Python 3.13
+    (`SSLObject.get_unverified_chain`); before it, the same method of its
+    private `_sslobj` (there since 3.10). tests/test_dependency_internals.py
+    fails, naming it, if a Python upgrade removes both."""
+    public = getattr(ssl_object, "get_unverified_chain", None)
+    chain = public() if public is not None else ssl_object._sslobj.get_unverified_chain()
+    return [c if isinstance(c, bytes) else c.public_bytes(_ssl.ENCODING_DER) for c in chain or ()]
+
+
+# What DANE asks of one connection: the usable TLSA records and the names a
+# DANE-TA certificate may be for (the MX host, then the next-hop domain).
+_DaneCheck = tuple[tuple[dane.TLSARecord, ...], tuple[str, ...]]
+
+
 # What opening a connection to one MX host may raise; each is that host's reply.
 CONNECT_FAILURES = (
     _NoTLS,
+    TLSALookupFailed,
     Refused,
     StageTimeout,
     _TLSFailed,
@@ -136,6 +160,8 @@ def connect_failure(exc: BaseException, host: str) -> tuple[SMTPReply, Stage]:
             return reply(code, f"{status} {host}: {exc}"), exc.stage
         case _TLSFailed():  # TLS required: defer, nothing sent
             return reply(451, f"4.7.5 TLS with {host} failed: {exc}"), Stage.TLS
+        case TLSALookupFailed():  # dane: unknown records are not "no records"
+            return reply(451, f"4.7.5 {exc}"), Stage.TLS
         case aiosmtplib.SMTPConnectResponseError():  # e.g. 421 at greeting
             return reply(exc.code, exc.message), Stage.GREETING
         case aiosmtplib.SMTPResponseException():
@@ -167,6 +193,7 @@ class SMTPTransport:
         self.mx.reconfigure(config)
         self._tls_broken: dict[tuple[str, int], float] = {}  # (host, port) -> clear until
         self._tls = plan(config.tls)
+        self._tlsa = TLSAResolver(config) if self._tls.mode is TLSMode.DANE else None
         self._tls_context, self._ca_problem = client_context(self._tls, config.tls.ca_file)
         if self._ca_problem is not None:
             log.error(
@@ -231,15 +258,29 @@ class SMTPTransport:
             conn.close()
         return await self._open(env, route), False
 
+    async def _route_plan(self, env: Envelope, route: Route) -> tuple[TLSPlan, _DaneCheck | None]:
+        """The TLS plan for this MX host: the pool's, or in mode dane what the
+        host's TLSA records give (`dane.policy`; looked up only on a DNSSEC-
+        validated route). Raises TLSALookupFailed."""
+        if self._tlsa is None:
+            return self._tls, None
+        answer = await self._tlsa.lookup(route.name, route.port) if route.secure else None
+        decided = dane.policy(route.name, route.secure, answer)
+        log.debug("DANE %s: %s", decided.plan.mode.value, decided.why)
+        if not decided.records:
+            return decided.plan, None
+        return decided.plan, (decided.records, (route.name, ascii_domain(env.domain)))
+
     async def _open(self, env: Envelope, route: Route) -> Session:
         """A new session; an opportunistic STARTTLS that fails is retried in clear."""
+        tls, dane_check = await self._route_plan(env, route)
         host = (route.host, route.port)
         now = time.monotonic()
-        starttls = self._tls.starttls_now(self._tls_broken.get(host, 0.0), now)
+        starttls = tls.starttls_now(self._tls_broken.get(host, 0.0), now)
         try:
-            return await self._connect(env, route, starttls=starttls)
+            return await self._connect(env, route, tls, dane_check, starttls=starttls)
         except _TLSFailed as exc:
-            if not self._tls.clear_on_failure:  # required, verify: defer, never clear
+            if not tls.clear_on_failure:  # required, verify, dane: defer, never clear
                 raise
             # Opportunistic TLS (RFC 3207 4.1, as Postfix's "may"): a failed
             # handshake leaves the connection unusable, so a new one goes in clear.
@@ -247,9 +288,17 @@ class SMTPTransport:
             if len(self._tls_broken) >= MAX_TLS_BROKEN_HOSTS:
                 self._tls_broken = {h: t for h, t in self._tls_broken.items() if t > now}
             self._tls_broken[host] = now + TLS_FALLBACK_SECONDS
-            return await self._connect(env, route, starttls=False)
+            return await self._connect(env, route, tls, None, starttls=False)
 
-    async def _connect(self, env: Envelope, route: Route, *, starttls: bool) -> Session:
+    async def _connect(
+        self,
+        env: Envelope,
+        route: Route,
+        tls: TLSPlan,
+        dane_check: _DaneCheck | None,
+        *,
+        starttls: bool,
+    ) -> Session:
         timeouts = self.config.delivery.timeouts
         sock = await dial(env.egress_address, route, self.config.delivery)
         smtp = aiosmtplib.SMTP(
@@ -257,7 +306,7 @@ class SMTPTransport:
             sock=sock,
             timeout=timeouts.ehlo_seconds,  # EHLO and STARTTLS; the greeting's is below
             start_tls=False,  # decided below, per policy
-            validate_certs=self._tls.verify,
+            validate_certs=tls.verify,
         )
         try:
             await smtp.connect(timeout=timeouts.greeting_seconds)
@@ -274,8 +323,8 @@ class SMTPTransport:
             except aiosmtplib.SMTPTimeoutError:
                 raise StageTimeout(Stage.EHLO, "no reply to EHLO", timeouts.ehlo_seconds) from None
             if starttls and smtp.supports_extension("starttls"):
-                await self._starttls(smtp, route)
-            elif not self._tls.clear_on_failure:
+                await self._starttls(smtp, route, dane_check)
+            elif not tls.clear_on_failure:
                 raise _NoTLS()
             # Taking aiosmtplib's transport over (handed to `session.Session`,
             # which installs its own protocol with asyncio's public
@@ -301,15 +350,35 @@ class SMTPTransport:
         self._sessions.add(session)
         return session
 
-    async def _starttls(self, smtp: aiosmtplib.SMTP, route: Route) -> None:
+    async def _starttls(
+        self, smtp: aiosmtplib.SMTP, route: Route, dane_check: _DaneCheck | None
+    ) -> None:
         """STARTTLS, the certificate checked (mode verify) against the MX host
         NAME as MTA-STS (RFC 8461) and DANE expect, never the address connected to;
-        every way it can fail is `_TLSFailed`."""
+        or (mode dane, usable TLSA records) against the records, before anything
+        else is sent; every way it can fail is `_TLSFailed`. The server name
+        (SNI) is the MX host name, which RFC 7672 8.1 asks for under DANE too."""
         try:
             await smtp.starttls(server_hostname=route.name, tls_context=self._tls_context)
+            if dane_check is not None:
+                records, names = dane_check
+                transport = smtp.transport
+                ssl_object = transport.get_extra_info("ssl_object") if transport else None
+                if ssl_object is None:
+                    raise _TLSFailed("DANE: no TLS session to check after STARTTLS")
+                chain = peer_chain(ssl_object)
+                problem = dane.check_chain(records, chain, names, dt.datetime.now(dt.UTC))
+                if problem is not None:
+                    # Not a word more to an unauthenticated server, not even QUIT:
+                    # abort drops the TLS session and its socket at once (a
+                    # graceful close would outlive the connection's owner).
+                    transport.abort()  # type: ignore[union-attr]
+                    raise _TLSFailed(f"DANE: {problem} (TLSA _{route.port}._tcp.{route.name})")
             # RFC 3207: forget what was offered in clear and ask again. (aiosmtplib
             # would do it lazily before its next command; the session won't.)
             await smtp.ehlo()
+        except _TLSFailed:
+            raise
         except ssl.SSLCertVerificationError as exc:
             why = f" ({self._ca_problem})" if self._ca_problem else ""
             raise _TLSFailed(
