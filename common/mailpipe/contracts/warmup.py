@@ -37,6 +37,7 @@ contract: splitting them would let the two drift.)
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 from collections import Counter
@@ -165,6 +166,8 @@ class WarmupLedger:
         self._rr = itertools.count()
         self.share = 1.0
         self.settling = False
+        self.released = asyncio.Event()  # set while not settling: what attempts wait on
+        self.released.set()
         self.reconfigure(config)
 
     def set_share(self, share: float) -> None:
@@ -177,9 +180,11 @@ class WarmupLedger:
         started). Without it, a relay that took over partitions spent the share
         the previous owner had already spent on attempts still in flight."""
         self.settling = True
+        self.released.clear()
 
     def release(self) -> None:
         self.settling = False
+        self.released.set()
 
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config

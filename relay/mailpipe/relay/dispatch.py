@@ -140,6 +140,9 @@ class Dispatcher:
             await self.finish_after(work, sends)
             return
 
+        if self.scheduler.ledger.settling:
+            await self.scheduler.budgets_known()
+            now = self.clock.time()
         egress = self.scheduler.choose_egress(domain, len(live), now)
         if isinstance(egress, NoEgress):
             remaining = record.model_copy(update={"recipients": live})

@@ -33,6 +33,7 @@ same shaping state; what waits for a token already lives in `tokens`.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
@@ -52,8 +53,12 @@ from .throttle import Shaper, Shaping
 from .tokens import RecordToken
 from .work import Work
 
-# A capped IP while the warm-up budgets settle after a rebalance: tried again
-# this soon (through the shortest delay step), never postponed to the next day.
+# After a rebalance an attempt waits this long at most for the warm-up budgets
+# to settle (the events topic read past it: usually well under a second), so
+# a warming IP keeps its day's share rather than lose it to a warm one.
+SETTLING_WAIT_SECONDS = 10.0
+# Still settling after that, with no uncapped IP: tried again this soon
+# (through the shortest delay step), never postponed to the next day.
 SETTLING_RETRY_SECONDS = 1.0
 
 log = logging.getLogger("mailpipe.relay.engine")
@@ -270,6 +275,13 @@ class Scheduler:
             self._waiting_lanes.discard(task)
 
     # -- egress IPs: back-offs and warm-up budgets ---------------------------------
+
+    async def budgets_known(self) -> None:
+        """Returns when the warm-up budgets are settled after a rebalance
+        (`WarmupLedger.hold`), or after SETTLING_WAIT_SECONDS."""
+        if self.ledger.settling:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ledger.released.wait(), SETTLING_WAIT_SECONDS)
 
     def choose_egress(self, domain: str, count: int, now: float) -> Egress | NoEgress:
         """An IP that may send `count` messages to `domain` now, or when one may:
