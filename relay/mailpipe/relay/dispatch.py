@@ -22,6 +22,7 @@ from collections.abc import Awaitable
 
 from mailpipe.contracts.bounces import classifier_for
 from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.strikes import StrikeLedger
 from mailpipe.contracts.wire import CampaignState, Disposition, Recipient
 
 from .classify import reply
@@ -34,7 +35,6 @@ from .ports import Clock, Envelope, SourceRecord, Stage, TransactionResult, Tran
 from .scheduling import Egress, NoEgress, Scheduler
 from .settlement import Transaction, cancelled, chunks, event, settle
 from .stalls import Attempt
-from .strikes import StrikeLedger
 from .suppressions import CampaignStates, SuppressionList
 from .work import Work
 
