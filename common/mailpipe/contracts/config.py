@@ -205,7 +205,7 @@ class RelayTLSSettings(TLSSettings):
 
 # A domain name as DNS spells it: what a bounce domain must be (it is the
 # right-hand side of every Return-Path the pool writes).
-_DOMAIN = r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+_DOMAIN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 
 
 class FeedbackSettings(_Model):
@@ -216,7 +216,9 @@ class FeedbackSettings(_Model):
     those tokens."""
 
     bounce_domain: str = Field(
-        pattern=_DOMAIN, description="lower-case domain whose MX is the feedback receiver"
+        pattern=_DOMAIN,
+        max_length=253,
+        description="lower-case domain whose MX is the feedback receiver",
     )
     keys_path: str = Field(
         description="directory of the mounted key Secret: one file per key id (a-z, 2-7),"
