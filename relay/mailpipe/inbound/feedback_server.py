@@ -37,8 +37,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, AnyStr, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -67,14 +68,16 @@ SECONDS_PER_DAY = 86_400
 
 # A refused token's reply per reason: fixed texts, so the reply never echoes
 # what another namespace's token said (names of other tenants).
-TOKEN_REPLIES = {
-    "malformed": "550 5.1.1 {rcpt}: no such return path (not a token of this pool)",
-    "forged": "550 5.7.1 {rcpt}: return path signature does not verify (forged or tampered)",
-    "expired": "550 5.1.1 {rcpt}: return path expired",
-    "foreign": "550 5.7.1 {rcpt}: return path of another namespace or pool",
-    "purpose": "550 5.7.1 {rcpt}: token is not a return path",
-    "unknown_key": "550 5.7.1 {rcpt}: return path signed with a key no longer held",
-}
+TOKEN_REPLIES: Mapping[str, str] = MappingProxyType(
+    {
+        "malformed": "550 5.1.1 {rcpt}: no such return path (not a token of this pool)",
+        "forged": "550 5.7.1 {rcpt}: return path signature does not verify (forged or tampered)",
+        "expired": "550 5.1.1 {rcpt}: return path expired",
+        "foreign": "550 5.7.1 {rcpt}: return path of another namespace or pool",
+        "purpose": "550 5.7.1 {rcpt}: token is not a return path",
+        "unknown_key": "550 5.7.1 {rcpt}: return path signed with a key no longer held",
+    }
+)
 
 
 class Sink(Protocol):

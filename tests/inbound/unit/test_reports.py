@@ -85,6 +85,7 @@ def test_a_standard_dsn_gives_action_status_and_diagnostic_per_recipient(
 ) -> None:
     report = dsn.parse(message(template))
     assert report.standard
+    assert report.reporting_mta and report.reporting_mta.startswith("dns;")
     (one,) = report.recipients
     assert (one.recipient, one.action, one.status, one.smtp_code) == (
         RCPT,
@@ -108,6 +109,7 @@ def test_a_free_text_bounce_gives_its_enhanced_code_and_the_failed_address_only(
         550,
     )
     assert "User unknown" in one.diagnostic
+    assert one.remote_mta is None  # a free text names no Remote-MTA field
 
 
 def test_a_report_with_thousands_of_recipient_blocks_is_a_bomb() -> None:
@@ -144,14 +146,31 @@ def test_an_arf_report_gives_type_recipient_and_the_tokens_of_the_original() -> 
     fb = arf.parse(message(S.YAHOO_ARF, p))
     assert fb.is_complaint and fb.feedback_type is arf.FeedbackType.ABUSE
     assert fb.original_rcpt_to == (RCPT,)
+    assert fb.original_mail_from == return_path(sign(p, Purpose.BOUNCE, KEYS), DOMAIN)
+    assert (fb.source_ip, fb.original_message_id) == ("192.0.2.1", "<camp-1@sender.test>")
     assert fb.user_agent == "Yahoo!-Mail-Feedback/2.0"
     assert fb.trace_tokens == (sign(p, Purpose.TRACE, KEYS),)
     assert return_path(sign(p, Purpose.BOUNCE, KEYS), DOMAIN) in fb.return_paths
 
 
-def test_an_arf_report_of_another_type_is_read_but_is_no_complaint() -> None:
-    fb = arf.parse(message(S.YAHOO_ARF.replace("Feedback-Type: abuse", "Feedback-Type: not-spam")))
-    assert not fb.is_complaint
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [("not-spam", arf.FeedbackType.NOT_SPAM), ("auth-failure", arf.FeedbackType.AUTH_FAILURE)],
+)
+def test_an_arf_report_of_another_type_is_read_but_is_no_complaint(
+    written: str, read: arf.FeedbackType
+) -> None:
+    data = message(S.YAHOO_ARF.replace("Feedback-Type: abuse", f"Feedback-Type: {written}"))
+    fb = arf.parse(data)
+    assert fb.feedback_type is read and not fb.is_complaint
+    out = receiver().decide(data, None, "", NOW + 60)
+    assert (out.kind, out.reason, out.events) == (Kind.IGNORED, f"feedback_{read.name.lower()}", ())
+
+
+@pytest.mark.parametrize("action", [dsn.Action.RELAYED, dsn.Action.EXPANDED, dsn.Action.DELIVERED])
+def test_a_success_notice_is_read_and_changes_nothing(action: dsn.Action) -> None:
+    out = decide(S.POSTFIX_DSN.replace("Action: failed", f"Action: {action.value}"))
+    assert (out.kind, out.events, out.suppressions) == (Kind.IGNORED, (), ())
 
 
 # -- the decisions -------------------------------------------------------------------
