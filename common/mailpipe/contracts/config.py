@@ -385,4 +385,6 @@ def dump_config(config: RelayConfig) -> str:
         del data["bounces"]
     if config.tls.ca_file is None:  # no CA bundle: the config (and its hash) as before it existed
         del data["tls"]["ca_file"]
+    if config.feedback is None:  # no return path: the config (and its hash) as before
+        del data["feedback"]
     return yaml.safe_dump(data, sort_keys=True)
