@@ -63,6 +63,12 @@ from .kafka_io import FeedbackProducer
 log = logging.getLogger("mailpipe.inbound.feedback")
 
 MAX_RECIPIENTS = 10  # per transaction: a report goes to one return path
+# Sessions at once: MTAs send a pool's reports over a few connections each; a
+# flood beyond this is answered 421 at once and costs nothing more.
+MAX_SESSIONS = 200
+# Idle seconds before a session is dropped (aiosmtpd's default is 300): a held
+# connection that sends nothing must not keep a session slot for long.
+IDLE_TIMEOUT_SECONDS = 60
 DLQ_COPY_BYTES = 64 * 1024  # of a set-aside message kept in its DLQ copy
 SECONDS_PER_DAY = 86_400
 
@@ -128,8 +134,11 @@ class FeedbackHandler:
         sink: Sink,
         metrics: FeedbackMetrics,
         clock: Callable[[], float] = time.time,
+        max_sessions: int = MAX_SESSIONS,
     ) -> None:
         self.receiver = receiver
+        self.max_sessions = max_sessions
+        self.sessions = 0  # open now (counted by `_CountingSMTP`)
         self.domain = settings.bounce_domain.lower()
         self.fbl = f"{settings.fbl_local_part}@{self.domain}"
         self.events_topic, self.suppressions_topic, self.dlq_topic = topics
@@ -246,11 +255,32 @@ def dlq_copy(data: bytes, rcpt: str, mail_from: str, out: Outcome) -> bytes:
 
 class _CountingSMTP(SMTP):
     """aiosmtpd's server, counting the 552s it writes itself (a SIZE over the
-    limit at MAIL, too much data at DATA): no handler hook sees those."""
+    limit at MAIL, too much data at DATA): no handler hook sees those; and
+    answering 421 to a connection beyond `max_sessions` before anything else."""
 
     def __init__(self, handler: FeedbackHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._feedback = handler
+        self._counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._counted or self._feedback.sessions < self._feedback.max_sessions:
+            if not self._counted:  # (STARTTLS calls this again on the same session)
+                self._counted = True
+                self._feedback.sessions += 1
+            super().connection_made(transport)
+            return
+        self._feedback.metrics.refused.labels("connect", "too_many_sessions").inc()
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+        transport.close()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._counted:
+            return  # refused in connection_made: aiosmtpd never set the session up
+        self._counted = False
+        self._feedback.sessions -= 1
+        super().connection_lost(error)
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and status.startswith("552"):
@@ -293,6 +323,7 @@ async def start_server(
             hostname=settings.bounce_domain,
             ident="mailpipe feedback receiver",
             enable_SMTPUTF8=True,
+            timeout=IDLE_TIMEOUT_SECONDS,
         )
 
     return await loop.create_server(factory, host or settings.listen_address, settings.listen_port)

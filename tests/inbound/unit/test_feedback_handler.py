@@ -4,13 +4,15 @@ otherwise), and that metrics count by fixed words only."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from aiosmtpd.smtp import Envelope
 
 from mailpipe.contracts.config import FeedbackSettings
 from mailpipe.contracts.feedback_token import Purpose, return_path, sign
-from mailpipe.inbound.feedback_server import FeedbackHandler, FeedbackMetrics
+from mailpipe.devstack.procs import free_port
+from mailpipe.inbound.feedback_server import FeedbackHandler, FeedbackMetrics, start_server
 
 from .. import samples as S
 from .test_reports import DOMAIN, KEYS, NOW, RCPT, payload, receiver
@@ -90,3 +92,38 @@ async def test_a_set_aside_report_goes_to_the_dlq_with_its_reason() -> None:
     assert topic == "p.dlq" and b'"reason": "not_a_report:' in value
     labels = {"kind": "set_aside", "reason": "not_a_report"}
     assert sample(h.metrics, "mailpipe_feedback_messages_total", **labels) == 1
+
+
+async def test_a_connection_flood_beyond_the_session_cap_is_answered_421() -> None:
+    host = "127.0.0.23"
+    settings = FeedbackSettings(
+        bounce_domain=DOMAIN, keys_path="/unused", listen_address=host, listen_port=free_port(host)
+    )
+    h = FeedbackHandler(receiver(), settings, TOPICS, Sink(), FeedbackMetrics(), max_sessions=2)
+    server = await start_server(h, settings)
+    held = []
+    try:
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(host, settings.listen_port)
+            assert (await reader.readline()).startswith(b"220")
+            held.append(writer)
+        reader, writer = await asyncio.open_connection(host, settings.listen_port)
+        assert (await reader.readline()).startswith(b"421 4.7.0")
+        assert await reader.read() == b""  # and closed
+        writer.close()
+        labels = {"stage": "connect", "reason": "too_many_sessions"}
+        assert sample(h.metrics, "mailpipe_feedback_refused_total", **labels) == 1
+        held.pop().close()  # a slot frees when a session ends
+        await asyncio.sleep(0)
+        for _ in range(100):
+            if h.sessions < 2:
+                break
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection(host, settings.listen_port)
+        assert (await reader.readline()).startswith(b"220")
+        held.append(writer)
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
