@@ -68,13 +68,19 @@ lint: venv
 	$(BIN)/lint-imports
 	$(CACHE)/bin/helm lint helm/mailpipe
 
-bench: bench-relay bench-operator bench-soak
+bench: bench-relay bench-operator bench-soak bench-dsn
 
 bench-relay: setup
 	$(BIN)/python -m bench.relay
 
 bench-operator: setup
 	$(BIN)/python -m bench.operator
+
+# Returned messages (DSNs, ARF) decided per second on one core by the feedback
+# receiver (issue 20): pure CPU, no stack needed; bench/results/dsn_parse.json.
+.PHONY: bench-dsn
+bench-dsn: venv
+	$(BIN)/python -m bench.dsn_parse
 
 # 200,000 records through two relays (issue 10, Deliver 9); bench/results/soak.json
 # gets the RSS curves, the final lag and the dispositions. `make test` runs the

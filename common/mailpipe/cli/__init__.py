@@ -23,6 +23,10 @@ PRODUCTION: Mapping[str, tuple[str, str]] = MappingProxyType(
     {
         "operator": ("mailpipe.operator.main", "run the kopf operator"),
         "relay": ("mailpipe.relay.main", "run a relay: Kafka -> SMTP"),
+        "feedback": (
+            "mailpipe.inbound.feedback_server",
+            "run a pool's feedback receiver: bounces and complaints -> Kafka",
+        ),
     }
 )
 DEVSTACK_PACKAGE = "mailpipe.devstack"

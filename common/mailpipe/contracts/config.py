@@ -59,6 +59,7 @@ __all__ = [
     "DKIMSettings",
     "DeliveryPolicy",
     "EgressIP",
+    "FeedbackSettings",
     "KafkaConnection",
     "KafkaSecurity",
     "KafkaSettings",
@@ -203,6 +204,49 @@ class RelayTLSSettings(TLSSettings):
         return self
 
 
+# A domain name as DNS spells it: what a bounce domain must be (it is the
+# right-hand side of every Return-Path the pool writes).
+_DOMAIN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+
+
+class FeedbackSettings(_Model):
+    """What comes back (issue 20): the pool's bounce domain and the key that signs
+    and verifies its tokens. The relay writes `b-<token>@<bounce_domain>` as each
+    message's MAIL FROM, a trace header and a Feedback-ID; the feedback receiver
+    (`mailpipe.inbound.feedback_server`) reads the same settings to accept only
+    those tokens."""
+
+    bounce_domain: str = Field(
+        pattern=_DOMAIN,
+        max_length=253,
+        description="lower-case domain whose MX is the feedback receiver",
+    )
+    keys_path: str = Field(
+        description="directory of the mounted key Secret: one file per key id (a-z, 2-7),"
+        " each at least 32 random bytes; the newest id signs (`keys_from_directory`)"
+    )
+    fbl_local_part: str = Field(
+        default="fbl",
+        pattern=r"^[a-z0-9][a-z0-9._+-]{0,63}$",
+        description="local part at the bounce domain that takes providers' ARF reports",
+    )
+    validity_days: int = Field(
+        default=60,
+        ge=1,
+        le=365,
+        description="how long a token is honoured: bounces come within days, complaints weeks",
+    )
+    listen_address: str = Field(default="0.0.0.0", description="address the receiver binds")
+    listen_port: int = Field(default=2525, ge=1, le=65535, description="its SMTP port")
+    max_message_bytes: int = Field(
+        default=1024 * 1024,
+        ge=10_000,
+        le=10 * 1024 * 1024,
+        description="larger reports are refused (552): a DSN is a few KB",
+    )
+    metrics_port: int = Field(default=9091, ge=0, le=65535, description="0 = no metrics server")
+
+
 class RelayConfig(_Model):
     v: int = CONFIG_VERSION
     pool: str = Field(description="'namespace/name' of the SendingPool")
@@ -234,6 +278,11 @@ class RelayConfig(_Model):
         default_factory=BounceRules,
         description="the pool's bounce rules, tried before the packaged defaults, and its"
         " suppression policy per class (contracts.bounces)",
+    )
+    feedback: FeedbackSettings | None = Field(
+        default=None,
+        description="VERP Return-Path, trace header and the feedback receiver; None: MAIL"
+        " FROM is the record's sender, as before",
     )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 = no metrics server")
     metrics_address: str = Field(
@@ -340,4 +389,6 @@ def dump_config(config: RelayConfig) -> str:
         del data["bounces"]
     if config.tls.ca_file is None:  # no CA bundle: the config (and its hash) as before it existed
         del data["tls"]["ca_file"]
+    if config.feedback is None:  # no return path: the config (and its hash) as before
+        del data["feedback"]
     return yaml.safe_dump(data, sort_keys=True)

@@ -35,6 +35,7 @@ import hmac
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "TokenError",
     "TokenKeys",
     "TokenPayload",
+    "keys_from_directory",
     "keys_from_secret",
     "return_path",
     "sign",
@@ -232,3 +234,16 @@ def keys_from_secret(data: Mapping[str, bytes], current: str | None = None) -> T
         raise ValueError("the feedback key Secret holds no key")
     kid = current or sorted(data)[-1]
     return TokenKeys(dict(data), kid)
+
+
+def keys_from_directory(path: str | Path) -> TokenKeys:
+    """The keys of a Secret mounted at `path` (one file per key id; the kubelet's
+    `..data` links and dot files are skipped), or ValueError saying what is wrong:
+    a relay or receiver without a usable key must not start."""
+    directory = Path(path)
+    try:
+        names = sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise ValueError(f"feedback key Secret not readable at {directory}: {exc}") from exc
+    data = {p.name: p.read_bytes().strip() for p in names if p.is_file()}
+    return keys_from_secret(data)

@@ -115,6 +115,38 @@ class DKIM(DKIMIdentity):
     secret_ref: SecretKeyRef = Field(description="Where the private key is.")
 
 
+class SecretName(Spec):
+    name: str = Field(
+        pattern=DNS_SUBDOMAIN, max_length=253, description="Secret in the pool's namespace."
+    )
+
+
+class Feedback(Spec):
+    """What comes back (issue 20): each message's Return-Path is
+    b-<signed token>@<bounceDomain>, and the feedback receiver, the bounce domain's
+    MX, turns bounces and complaints into events and suppressions."""
+
+    bounce_domain: str = Field(
+        pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
+        max_length=253,
+        description="Lower-case domain whose MX is the pool's feedback receiver.",
+    )
+    key_secret_ref: SecretName = Field(
+        description=(
+            "Secret of token keys: key id (a-z, 2-7) -> at least 32 random bytes; the"
+            " newest id signs, older ones still verify (rotation)."
+        )
+    )
+    fbl_local_part: str = Field(
+        default="fbl",
+        pattern=r"^[a-z0-9][a-z0-9._+-]{0,63}$",
+        description="Local part at the bounce domain given to providers' feedback loops.",
+    )
+    validity_days: int = Field(
+        default=60, ge=1, le=365, description="How long a return path or trace token is honoured."
+    )
+
+
 class LocalObjectReference(Spec):
     name: str = Field(
         pattern=DNS_SUBDOMAIN, max_length=253, description="Name in the pool's namespace."
@@ -359,6 +391,10 @@ class SendingPoolSpec(Spec):
     retry: Retry = Field(default_factory=Retry, description="Retry schedule of deferred mail.")
     tls: TLS = Field(default_factory=TLS, description="TLS policy towards MX hosts.")
     dkim: DKIM | None = Field(default=None, description="DKIM signing; unset means unsigned.")
+    feedback: Feedback | None = Field(
+        default=None,
+        description="VERP Return-Path and the feedback receiver; unset: MAIL FROM is the sender.",
+    )
     routes: dict[str, list[Route]] = Field(
         default_factory=dict,
         description="Static next hops per domain instead of MX (tests, smart hosts).",

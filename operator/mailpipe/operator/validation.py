@@ -17,9 +17,11 @@ The last section decides which Campaign edits apply once its fan-out started.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,8 @@ class Reason(enum.StrEnum):
     RETRY_LONGER_THAN_MAX_AGE = "RetryLongerThanMaxAge"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    FEEDBACK_KEY_SECRET_NOT_FOUND = "FeedbackKeySecretNotFound"
+    FEEDBACK_KEY_INVALID = "FeedbackKeyInvalid"
     CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
     CONFIG_MAP_KEY_NOT_FOUND = "ConfigMapKeyNotFound"
     FORBIDDEN = "Forbidden"
@@ -139,6 +143,8 @@ def secret_refs(spec: SendingPoolSpec) -> list[SecretRef]:
     if spec.dkim is not None:
         ref = spec.dkim.secret_ref
         out.append(SecretRef(ref.name, ref.key, "spec.dkim.secretRef"))
+    if spec.feedback is not None:
+        out.append(SecretRef(spec.feedback.key_secret_ref.name, "", FEEDBACK_KEY_FIELD))
     creds = spec.kafka.credentials_secret_ref
     if creds is not None:
         field = "spec.kafka.credentialsSecretRef"
@@ -153,6 +159,7 @@ def secret_refs(spec: SendingPoolSpec) -> list[SecretRef]:
 def secret_names(raw: Mapping[str, Any]) -> list[str]:
     """The Secret names a raw spec references, even when the spec does not parse (for watches)."""
     dkim = raw.get("dkim") or {}
+    feedback = raw.get("feedback") or {}
     kafka = raw.get("kafka") or {}
     tls = raw.get("tls") or {}
     bundle = (tls.get("caBundle") or {}) if isinstance(tls, Mapping) else {}
@@ -162,6 +169,7 @@ def secret_names(raw: Mapping[str, Any]) -> list[str]:
         if isinstance(kafka, Mapping)
         else None,
         bundle.get("secret") if isinstance(bundle, Mapping) else None,
+        (feedback.get("keySecretRef") or {}).get("name") if isinstance(feedback, Mapping) else None,
     ]
     return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
 
@@ -173,6 +181,11 @@ def reference_problems(
     out = []
     for i, ref in enumerate(refs):
         data = found.get(ref.name)
+        if ref.field == FEEDBACK_KEY_FIELD:
+            problem = feedback_key_problem(ref.name, data)
+            if problem is not None:
+                out.append(problem)
+            continue
         if data is None:
             if any(r.name == ref.name for r in refs[:i]):
                 continue  # one Secret, several keys: named once
@@ -188,6 +201,39 @@ def reference_problems(
                 )
             )
     return out
+
+
+FEEDBACK_KEY_FIELD = "spec.feedback.keySecretRef"
+MIN_FEEDBACK_KEY_BYTES = 32  # feedback_token.TokenKeys' minimum: HMAC-SHA256 keys of full strength
+_KEY_ID = re.compile(r"[a-z2-7]{1,8}")  # feedback_token.KEY_ID_ALPHABET, 1-8 characters
+
+
+def feedback_key_problem(name: str, data: Mapping[str, str] | None) -> Problem | None:
+    """Why the token key Secret cannot sign (`data`: its base64 values; None: missing),
+    saying how to make a good one: without it the relays cannot write a return path."""
+    make = f"kubectl create secret generic {name} --from-literal=ka=$(openssl rand -hex 32)"
+    if data is None:
+        return Problem(
+            Reason.FEEDBACK_KEY_SECRET_NOT_FOUND,
+            f"Secret {name} not found ({FEEDBACK_KEY_FIELD}): the relays cannot sign"
+            f" return paths; create it: {make}",
+        )
+    good = []
+    for kid, value in data.items():
+        try:
+            size = len(base64.b64decode(value).strip())
+        except (ValueError, TypeError):
+            size = 0
+        if _KEY_ID.fullmatch(kid) and size >= MIN_FEEDBACK_KEY_BYTES:
+            good.append(kid)
+    if len(good) != len(data) or not good:
+        bad = sorted(set(data) - set(good)) or ["(none)"]
+        return Problem(
+            Reason.FEEDBACK_KEY_INVALID,
+            f"Secret {name} ({FEEDBACK_KEY_FIELD}): keys must be named 1-8 of a-z, 2-7 and"
+            f" hold at least {MIN_FEEDBACK_KEY_BYTES} bytes; not so: {', '.join(bad)}; {make}",
+        )
+    return None
 
 
 # The key of a mounted ConfigMap among the Secrets whose data the relays' pod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Collection, Sequence
 
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.wire import DeliveryRecord, encode
@@ -100,13 +100,18 @@ class Postponer:
         return chosen
 
     def postpone(
-        self, record: DeliveryRecord, due: float, reason: PostponeReason
+        self,
+        record: DeliveryRecord,
+        due: float,
+        reason: PostponeReason,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> Awaitable[None]:
-        """Produce `record` with `not_before = due`; completes when Kafka acknowledged it."""
+        """Produce `record` with `not_before = due`; completes when Kafka acknowledged it.
+        `headers`, the producer's Kafka headers, go with it: its events carry them."""
         record = record.model_copy(update={"not_before": due})
         self.metrics.postponed.labels(record.domain, reason).inc()
         topic = self.topic_for(due - self.clock.time())
-        return self.sink.send(topic, record.domain.encode(), encode(record))
+        return self.sink.send(topic, record.domain.encode(), encode(record), headers)
 
 
 class Waiting:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable
 
 from mailpipe.contracts.bounces import classifier_for
 from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.strikes import StrikeLedger
 from mailpipe.contracts.wire import CampaignState, Disposition, Recipient
 
 from .classify import reply
@@ -34,7 +35,7 @@ from .ports import Clock, Envelope, SourceRecord, Stage, TransactionResult, Tran
 from .scheduling import Egress, NoEgress, Scheduler
 from .settlement import Transaction, cancelled, chunks, event, settle
 from .stalls import Attempt
-from .strikes import StrikeLedger
+from .stamps import Stamper
 from .suppressions import CampaignStates, SuppressionList
 from .work import Work
 
@@ -68,11 +69,14 @@ class Dispatcher:
         self.relay_id = relay_id
         self.strikes = StrikeLedger()  # outlives reloads: a new rule set keeps the count
 
-    def reconfigure(self, config: RelayConfig, signer: Signer | None) -> None:
-        """`signer` is built by the caller before anything is switched: reading its
-        key is the one step of a reload that can fail."""
+    def reconfigure(
+        self, config: RelayConfig, signer: Signer | None, stamper: Stamper | None = None
+    ) -> None:
+        """`signer` and `stamper` are built by the caller before anything is switched:
+        reading their keys is the one step of a reload that can fail."""
         self.config = config
         self.signer = signer
+        self.stamper = stamper
         self.classifier = classifier_for(config.bounces)
 
     # -- finishing a record's offset ---------------------------------------------
@@ -87,7 +91,8 @@ class Dispatcher:
 
     async def postpone(self, work: Work, due: float, reason: PostponeReason) -> None:
         """Move a record, unchanged but for not_before, to a delay topic."""
-        await self.finish_after(work, [self.postponer.postpone(work.record, due, reason)])
+        postponed = self.postponer.postpone(work.record, due, reason, work.src.headers)
+        await self.finish_after(work, [postponed])
 
     async def to_dlq(self, src: SourceRecord, gen: int, kind: DLQReason, reason: str) -> None:
         await self.emitter.dlq(src, kind, reason)
@@ -105,7 +110,9 @@ class Dispatcher:
             for r in work.record.recipients
         ]
         # Best effort: the DLQ copy below is what must not be lost.
-        await asyncio.gather(*(self.emitter.event(e) for e in failed), return_exceptions=True)
+        await asyncio.gather(
+            *(self.emitter.event(e, work.src.headers) for e in failed), return_exceptions=True
+        )
         await self.to_dlq(work.src, work.gen, DLQReason.RELAY_ERROR, reason)
 
     # -- the attempt ---------------------------------------------------------------
@@ -122,7 +129,7 @@ class Dispatcher:
             return
         if state == CampaignState.CANCELLED:
             settlement = cancelled(record, now, self.relay_id)
-            await self.finish_after(work, self.emitter.settlement(settlement))
+            await self.finish_after(work, self.emitter.settlement(settlement, work.src.headers))
             return
 
         sends: list[Awaitable[None]] = []
@@ -135,7 +142,7 @@ class Dispatcher:
             suppressed = event(
                 record, rcpt.address, Disposition.SUPPRESSED, now, self.relay_id, reason=reason
             )
-            sends.append(self.emitter.event(suppressed))
+            sends.append(self.emitter.event(suppressed, work.src.headers))
         if not live:
             await self.finish_after(work, sends)
             return
@@ -147,13 +154,19 @@ class Dispatcher:
         if isinstance(egress, NoEgress):
             remaining = record.model_copy(update={"recipients": live})
             sends.append(
-                self.postponer.postpone(remaining, egress.due, PostponeReason.NO_EGRESS_IP)
+                self.postponer.postpone(
+                    remaining, egress.due, PostponeReason.NO_EGRESS_IP, work.src.headers
+                )
             )
             await self.finish_after(work, sends)
             return
         if work.message is None:
             try:
-                work.message = build_message(record, now, self.signer)
+                stamp = self.stamper.stamp(record, now) if self.stamper is not None else None
+                work.message = build_message(
+                    record, now, self.signer, stamp.headers if stamp is not None else ()
+                )
+                work.sender = stamp.return_path if stamp is not None else record.sender
             except MessageError as exc:
                 if sends:
                     await asyncio.gather(*sends)  # suppressed recipients are decided already
@@ -182,7 +195,7 @@ class Dispatcher:
             for part in chunks(live, throttle.recipients_per_transaction):
                 envelope = Envelope(
                     domain,
-                    record.sender,
+                    work.sender or record.sender,
                     tuple(r.address for r in part),
                     work.message,
                     egress.address,
@@ -208,10 +221,14 @@ class Dispatcher:
         self.scheduler.settled(egress, domain, settlement)
         for ev in settlement.events:
             self.metrics.delivered(ev.disposition.value, domain, egress.address)
-        sends.extend(self.emitter.settlement(settlement))
+        sends.extend(self.emitter.settlement(settlement, work.src.headers))
         retry = settlement.retry
         if retry is not None and retry.not_before is not None:
-            sends.append(self.postponer.postpone(retry, retry.not_before, PostponeReason.RETRY))
+            sends.append(
+                self.postponer.postpone(
+                    retry, retry.not_before, PostponeReason.RETRY, work.src.headers
+                )
+            )
         await self.finish_after(work, sends)
 
     async def _transact(self, envelope: Envelope, watch: Attempt) -> TransactionResult:

@@ -14,7 +14,7 @@ import base64
 import enum
 import hashlib
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from mailpipe.contracts.config import RelayConfig
@@ -57,9 +57,11 @@ class Emitter:
     def reconfigure(self, config: RelayConfig) -> None:
         self.kafka = config.kafka
 
-    def event(self, event: Event) -> Awaitable[None]:
+    def event(self, event: Event, headers: Sequence[tuple[str, bytes]] = ()) -> Awaitable[None]:
+        """`headers`: the Kafka headers the producer set on the record (a trace id),
+        carried onto its events so the producer can follow its record through."""
         key = (event.campaign or event.message_id).encode()  # a campaign's events stay in order
-        return self.sink.send(self.kafka.events_topic, key, encode(event))
+        return self.sink.send(self.kafka.events_topic, key, encode(event), headers)
 
     def warmup_usage(self, usage: WarmupUsage) -> Awaitable[None]:
         """This relay's warm-up counts, for the relays that take over partitions."""
@@ -71,9 +73,12 @@ class Emitter:
             self.kafka.suppressions_topic, suppression.address.encode(), encode(suppression)
         )
 
-    def settlement(self, settlement: Settlement) -> list[Awaitable[None]]:
-        """Events and suppressions of a settlement (its retry record is postponed by `delays`)."""
-        sends = [self.event(e) for e in settlement.events]
+    def settlement(
+        self, settlement: Settlement, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> list[Awaitable[None]]:
+        """Events (with the record's Kafka `headers`) and suppressions of a settlement
+        (its retry record is postponed by `delays`)."""
+        sends = [self.event(e, headers) for e in settlement.events]
         sends.extend(self.suppression(s) for s in settlement.suppressions)
         return sends
 

@@ -53,6 +53,7 @@ from .ports import (
     Transport,
 )
 from .scheduling import Scheduler
+from .stamps import Stamper
 from .suppressions import CampaignStates, SuppressionList
 from .tasks import Tasks, task_stacks
 from .window import CommitWindow
@@ -115,16 +116,17 @@ class Engine:
     def reconfigure(self, config: RelayConfig) -> None:
         """Apply a new config without dropping work (shaping and warm-up update in place).
 
-        All or nothing: what can fail (reading the DKIM key) is done before any
+        All or nothing: what can fail (reading the DKIM and feedback keys) is done before any
         part switches, so a bad reload leaves the running config whole."""
         signer = Signer(config.dkim) if config.dkim else None
+        stamper = Stamper(config.feedback, config.pool) if config.feedback else None
         self.postponer.reconfigure(config)
         self.config = config
         self.ledger.reconfigure(config)
         self.window.reconfigure(config)
         self.emitter.reconfigure(config)
         self.scheduler.reconfigure(config)
-        self.dispatch.reconfigure(config, signer)
+        self.dispatch.reconfigure(config, signer, stamper)
 
     def _attempt(self, work: Work) -> Awaitable[None]:
         return self._step(work.src, work.gen, self.dispatch.attempt(work))

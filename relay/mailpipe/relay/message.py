@@ -38,6 +38,7 @@ import functools
 import re
 import secrets
 import urllib.parse
+from collections.abc import Sequence
 from email.header import Header
 from pathlib import Path
 from types import MappingProxyType
@@ -63,7 +64,7 @@ RESERVED_HEADERS = frozenset(
     {
         "from", "sender", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id",
         "mime-version", "list-unsubscribe", "list-unsubscribe-post", "dkim-signature",
-        "return-path", "received",
+        "return-path", "received", "x-mailpipe-trace", "feedback-id",
     }
 )  # fmt: skip
 RESERVED_PREFIXES = ("content-", "resent-")  # MIME structure; RFC 5322 3.6.6 resent blocks
@@ -172,13 +173,20 @@ class Signer:
         return signature + message
 
 
-def build_message(record: DeliveryRecord, now: float, signer: Signer | None = None) -> bytes:
-    """The bytes to send for `record` (one message for all its recipients), CRLF line ends."""
+def build_message(
+    record: DeliveryRecord,
+    now: float,
+    signer: Signer | None = None,
+    stamp: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    """The bytes to send for `record` (one message for all its recipients), CRLF line ends.
+    `stamp`: the relay's own headers (trace token, Feedback-ID: `stamps`), written
+    first in a raw message's header block, after the content's headers otherwise."""
     if record.raw is not None:
-        data = _raw(record.raw)
+        data = "".join(stamp_line(n, v) for n, v in stamp).encode() + _raw(record.raw)
     else:
         try:
-            data = _structured(record, now)
+            data = _structured(record, now, stamp)
         except (ValueError, TypeError, UnicodeError) as exc:
             raise MessageError(f"cannot build message {record.id}: {exc}") from exc
     return signer.sign(data) if signer is not None else data
@@ -263,6 +271,17 @@ def _date_line(second: int) -> str:
     return header_line("Date", email.utils.formatdate(second, localtime=False))
 
 
+_UNFOLDED = re.compile(r"[!-~]{1,900}")  # one printable ASCII word, within 998 with its name
+
+
+def stamp_line(name: str, value: str) -> str:
+    """A header of the relay's own whose value is one word (a token): never
+    folded, so a reader gets the token back without the folding whitespace."""
+    if _UNFOLDED.fullmatch(value):
+        return f"{name}: {value}{CRLF}"
+    return header_line(name, value)
+
+
 def extra_header_line(name: str, value: str) -> str:
     """A header from `content.headers`: a well-formed name the composer does not own."""
     if not _HEADER_NAME.fullmatch(name):
@@ -303,7 +322,7 @@ def _list_unsubscribe(unsub: ListUnsubscribe) -> str:
     return ", ".join(f"<{t}>" for t in targets)
 
 
-def _structured(record: DeliveryRecord, now: float) -> bytes:
+def _structured(record: DeliveryRecord, now: float, stamp: Sequence[tuple[str, str]] = ()) -> bytes:
     content = record.content
     assert content is not None  # DeliveryRecord guarantees content xor raw
     if len(record.recipients) == 1:
@@ -333,6 +352,8 @@ def _structured(record: DeliveryRecord, now: float) -> bytes:
             head.append(header_line("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     for name, value in content.headers:
         head.append(extra_header_line(name, value))
+    for name, value in stamp:
+        head.append(stamp_line(name, value))
     head.append(f"MIME-Version: 1.0{CRLF}")
 
     bodies = [(t, s) for t, s in ((content.text, "plain"), (content.html, "html")) if t is not None]

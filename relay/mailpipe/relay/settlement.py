@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from mailpipe.contracts.bounces import BounceClassifier
 from mailpipe.contracts.config import RetrySettings
+from mailpipe.contracts.strikes import StrikeLedger
 from mailpipe.contracts.wire import (
     DeliveryRecord,
     Disposition,
@@ -35,7 +36,6 @@ from mailpipe.contracts.wire import (
 
 from .classify import ReplyReason, Verdict, classify, reply
 from .ports import TransactionResult
-from .strikes import StrikeLedger
 
 MAX_REPLY_CHARS = 2000  # Event.reply's bound: a receiver's essay must not bloat the topic
 MAX_SUPPRESSION_DETAIL_CHARS = 500

@@ -23,6 +23,9 @@ class Work:
     # Its rate token for the current attempt, handed out by its lane (`scheduling`)
     # and taken by the transport just before MAIL FROM (`tokens`).
     token: RecordToken | None = None
+    # The envelope sender: the record's, or its VERP Return-Path (`stamps`),
+    # made with the message.
+    sender: str | None = None
     domain: str = field(init=False)  # the record's, computed once: every step asks for it
 
     def __post_init__(self) -> None:

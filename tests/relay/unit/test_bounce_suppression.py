@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mailpipe.contracts.bounces import STAGES, BounceRules, classifier_for
 from mailpipe.contracts.config import RetrySettings
+from mailpipe.contracts.strikes import SECONDS_PER_DAY, StrikeLedger
 from mailpipe.contracts.wire import (
     Disposition,
     SuppressionReason,
@@ -18,7 +19,6 @@ from mailpipe.contracts.wire import (
 from mailpipe.relay.classify import reply
 from mailpipe.relay.ports import Stage, TransactionResult
 from mailpipe.relay.settlement import Settlement, Transaction, settle
-from mailpipe.relay.strikes import SECONDS_PER_DAY, StrikeLedger
 
 from .conftest import record_bytes
 

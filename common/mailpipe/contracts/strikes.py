@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from mailpipe.contracts.bounces import BounceClass, SuppressionPolicy
-from mailpipe.contracts.wire import suppression_key
+from .bounces import BounceClass, SuppressionPolicy
+from .wire import suppression_key
 
 SECONDS_PER_DAY = 86_400
 # Addresses x classes remembered: ~100 bytes each, so about 10 MB at most per relay,
