@@ -89,9 +89,13 @@ class TokenPayload:
     campaign: str | None = None  # the Campaign's name, in `namespace`
     variant: str | None = None
     issued_at: int = 0  # unix seconds
+    # What an unsubscribe suppresses: one mailing list, or (None) the whole
+    # namespace. Signed, so a recipient cannot widen or narrow it. Written only
+    # when set: a token without it is exactly what it was before it existed.
+    list: str | None = None
 
     def _fields(self) -> list[str]:
-        return [
+        fields = [
             self.namespace,
             self.pool,
             self.recipient,
@@ -100,6 +104,7 @@ class TokenPayload:
             self.variant or "",
             str(self.issued_at),
         ]
+        return fields if self.list is None else [*fields, self.list]
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,7 @@ def verify(
         data = _unb32(body[1:])
         raw = zlib.decompress(data) if body[:1] == _COMPRESSED else data
         fields = raw.decode().split(SEPARATOR)
+        list_name = fields.pop() if len(fields) == 8 else None
         namespace_, pool, recipient, message_id, campaign, variant, issued = fields
         payload = TokenPayload(
             namespace=namespace_,
@@ -197,6 +203,7 @@ def verify(
             campaign=campaign or None,
             variant=variant or None,
             issued_at=int(issued),
+            list=list_name,
         )
     except (binascii.Error, ValueError, zlib.error) as exc:
         raise TokenError("malformed", f"signed body does not decode: {exc}") from exc
