@@ -269,7 +269,7 @@ def kafka_problem(exc: BaseException, bootstrap: str) -> Problem:
 # campaign control topic, so it is applied at any time. A Failed campaign takes
 # any edit: that is how it is fixed and resumed.
 
-APPLIED_AFTER_FANOUT = ("suspend",)
+APPLIED_AFTER_FANOUT = ("suspend", "complaints")
 FROZEN_AFTER_FANOUT = (
     "poolRef",
     "from",
