@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from .models import ComplaintSettings
 
+
 class Level(enum.StrEnum):
     """The condition ComplaintRateHigh's reason."""
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from mailpipe.contracts.wire import Disposition, Event
+from mailpipe.contracts.wire import Disposition, Event, ListUnsubscribe
+from mailpipe.operator.campaign import CampaignError, Renderer
 from mailpipe.operator.complaints import Level, judge
-from mailpipe.operator.models import CampaignSpec, ComplaintSettings
+from mailpipe.operator.models import CampaignSpec, ComplaintSettings, Recipient
 from mailpipe.operator.tally import Tally
 
 OK, B = Disposition.DELIVERED, Disposition.BOUNCED
@@ -126,3 +127,48 @@ def test_the_thresholds_are_set_in_the_campaign_spec() -> None:
         CampaignSpec.model_validate({**spec.model_dump(by_alias=True), "complaints": {}}).complaints
         == DEFAULTS
     )
+
+
+def _spec(**extra: object) -> CampaignSpec:
+    base: dict[str, object] = {
+        "poolRef": "p",
+        "from": {"address": "news@example.com"},
+        "subject": "s",
+        "text": "t",
+        "audience": {"inline": [{"address": "a@x.test"}]},
+    }
+    return CampaignSpec.model_validate({**base, **extra})
+
+
+ANN = Recipient(address="ann@x.test")
+
+
+def test_without_a_url_of_its_own_a_campaign_uses_the_pools_endpoint() -> None:
+    _, unsub = Renderer(_spec(), "ns/c", endpoint=True).render(ANN, None)
+    assert unsub == ListUnsubscribe(endpoint=True, one_click=True)
+    listed = _spec(unsubscribe={"scope": "List", "list": "news", "mailto": "u@example.com"})
+    _, unsub = Renderer(listed, "ns/c", endpoint=True).render(ANN, None)
+    assert unsub == ListUnsubscribe(endpoint=True, mailto="u@example.com", list="news")
+
+
+def test_a_users_own_url_stays_and_a_pool_without_endpoint_adds_nothing() -> None:
+    own = _spec(unsubscribe={"url": "https://example.com/u?a={{ address }}"})
+    _, unsub = Renderer(own, "ns/c", endpoint=True).render(ANN, None)
+    assert unsub is not None and not unsub.endpoint
+    assert unsub.url == "https://example.com/u?a=ann@x.test"
+    _, none = Renderer(_spec(), "ns/c", endpoint=False).render(ANN, None)
+    assert none is None
+
+
+def test_one_click_without_a_url_on_a_pool_without_endpoint_is_an_invalid_spec() -> None:
+    with pytest.raises(CampaignError, match=r"spec\.unsubscribe\.url, or a pool with a one-click"):
+        Renderer(_spec(unsubscribe={"mailto": "u@example.com"}), "ns/c", endpoint=False)
+    # while the pool is not known (the audience check) it renders
+    Renderer(_spec(unsubscribe={"mailto": "u@example.com"}), "ns/c")
+
+
+def test_scope_list_without_a_list_is_refused_by_the_crd() -> None:
+    from mailpipe.operator.crdgen import campaign_crd
+
+    text = str(campaign_crd())
+    assert "unsubscribe scope List needs a list name" in text
