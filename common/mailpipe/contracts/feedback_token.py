@@ -22,7 +22,8 @@ shorter. Long addresses still make long local parts (over RFC 5321's
 64-octet SHOULD); receivers of our own mail accept them, and the
 unsubscribe URL and the trace header have no such limit.
 
-Pure: no IO, no clock (the caller passes `now`).
+Pure: no clock (the caller passes `now`) and no IO but `keys_from_directory`,
+which reads the mounted key Secret for the relay and the receivers alike.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import hmac
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "TokenError",
     "TokenKeys",
     "TokenPayload",
+    "keys_from_directory",
     "keys_from_secret",
     "return_path",
     "sign",
@@ -92,7 +95,7 @@ class TokenPayload:
     # What an unsubscribe suppresses: one mailing list, or (None) the whole
     # namespace. Signed, so a recipient cannot widen or narrow it. Written only
     # when set: a token without it is exactly what it was before it existed.
-    list: str | None = None
+    mailing_list: str | None = None
 
     def _fields(self) -> list[str]:
         fields = [
@@ -104,7 +107,7 @@ class TokenPayload:
             self.variant or "",
             str(self.issued_at),
         ]
-        return fields if self.list is None else [*fields, self.list]
+        return fields if self.mailing_list is None else [*fields, self.mailing_list]
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,7 @@ def verify(
             campaign=campaign or None,
             variant=variant or None,
             issued_at=int(issued),
-            list=list_name,
+            mailing_list=list_name,
         )
     except (binascii.Error, ValueError, zlib.error) as exc:
         raise TokenError("malformed", f"signed body does not decode: {exc}") from exc
@@ -239,3 +242,14 @@ def keys_from_secret(data: Mapping[str, bytes], current: str | None = None) -> T
         raise ValueError("the feedback key Secret holds no key")
     kid = current or sorted(data)[-1]
     return TokenKeys(dict(data), kid)
+
+
+def keys_from_directory(path: str | Path, current: str | None = None) -> TokenKeys:
+    """The keys of a Secret mounted at `path` (one file per key id); the dot
+    entries of the kubelet's atomic writer (`..data`, `..2024_...`) are skipped."""
+    data = {
+        p.name: p.read_bytes()
+        for p in sorted(Path(path).iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
+    return keys_from_secret(data, current)

@@ -65,7 +65,7 @@ from mailpipe.contracts.feedback_token import (
     TokenError,
     TokenKeys,
     TokenPayload,
-    keys_from_secret,
+    keys_from_directory,
     verify,
 )
 from mailpipe.contracts.kafka_security import KafkaConnection
@@ -154,9 +154,9 @@ def suppression_of(payload: TokenPayload, now: float) -> tuple[bytes, bytes]:
         time=now,
         source=source,
         detail=HOW,
-        list=payload.list,
+        list=payload.mailing_list,
     )
-    return suppression_key(payload.recipient, payload.list).encode(), encode(value)
+    return suppression_key(payload.recipient, payload.mailing_list).encode(), encode(value)
 
 
 def event_of(payload: TokenPayload, now: float) -> tuple[bytes, bytes]:
@@ -193,8 +193,16 @@ def _page(title: str, text: str, form_action: str | None = None) -> str:
     )
 
 
+def _scope_text(payload: TokenPayload) -> str:
+    return (
+        f"the list {payload.mailing_list}" if payload.mailing_list else "all mail from this sender"
+    )
+
+
 def confirm_page(payload: TokenPayload, action: str) -> str:
-    what = f"the list {payload.list}" if payload.list else "all mail from this sender"
+    what = (
+        f"the list {payload.mailing_list}" if payload.mailing_list else "all mail from this sender"
+    )
     return _page(
         "Unsubscribe",
         f"Unsubscribe {payload.recipient} from {what}? Nothing changes until you confirm.",
@@ -249,17 +257,6 @@ class UnsubscribeSettings(BaseModel):
 
     def events_topic(self, pool: str) -> str:
         return self.events_topics.get(pool) or Topics.for_pool(self.namespace, pool).events
-
-
-def read_keys(keys_dir: str, current: str | None = None) -> TokenKeys:
-    """The feedback keys of a mounted Secret (files named by key id; `..data` and
-    other dot entries of the kubelet's atomic writer are skipped)."""
-    data = {
-        p.name: p.read_bytes()
-        for p in sorted(Path(keys_dir).iterdir())
-        if p.is_file() and not p.name.startswith(".")
-    }
-    return keys_from_secret(data, current)
 
 
 # --- IO ---------------------------------------------------------------------------
@@ -393,7 +390,11 @@ class UnsubscribeEndpoint:
                 Outcome(503, "kafka_unavailable", "could not record it just now; try again"),
             )
         self.metrics.kafka_seconds.observe(time.monotonic() - started)
-        what = f"the list {judged.list}" if judged.list else "all mail from this sender"
+        what = (
+            f"the list {judged.mailing_list}"
+            if judged.mailing_list
+            else "all mail from this sender"
+        )
         return self._answer(
             "POST", Outcome(200, "unsubscribed", f"{judged.recipient} is unsubscribed from {what}.")
         )
@@ -413,7 +414,7 @@ async def serve(settings: UnsubscribeSettings, stop: asyncio.Event) -> None:
     registry = CollectorRegistry()
     producer = AckedProducer(settings.kafka, client_id="mailpipe-unsubscribe")
     endpoint = UnsubscribeEndpoint(
-        settings, read_keys(settings.keys_dir, settings.current_key), producer,
+        settings, keys_from_directory(settings.keys_dir, settings.current_key), producer,
         Metrics.create(registry),
     )  # fmt: skip
     runner = web.AppRunner(endpoint.app(), access_log=None)

@@ -121,10 +121,10 @@ def test_a_trace_token_is_its_own_purpose() -> None:
 
 
 def test_an_unsubscribe_token_carries_its_list_signed_and_old_tokens_have_none() -> None:
-    listed = TokenPayload(**{**PAYLOAD.__dict__, "list": "newsletter"})
+    listed = TokenPayload(**{**PAYLOAD.__dict__, "mailing_list": "newsletter"})
     token = sign(listed, Purpose.UNSUBSCRIBE, KEYS)
-    assert verify(token, Purpose.UNSUBSCRIBE, KEYS, now=NOW).list == "newsletter"
+    assert verify(token, Purpose.UNSUBSCRIBE, KEYS, now=NOW).mailing_list == "newsletter"
     # without a list the token is the one made before lists existed
     plain = sign(PAYLOAD, Purpose.UNSUBSCRIBE, KEYS)
-    assert verify(plain, Purpose.UNSUBSCRIBE, KEYS, now=NOW).list is None
+    assert verify(plain, Purpose.UNSUBSCRIBE, KEYS, now=NOW).mailing_list is None
     assert plain != token
