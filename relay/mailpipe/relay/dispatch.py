@@ -36,6 +36,7 @@ from .settlement import Transaction, cancelled, chunks, event, settle
 from .stalls import Attempt
 from .strikes import StrikeLedger
 from .suppressions import CampaignStates, SuppressionList
+from .unsubscribe_links import UnsubscribeLinks
 from .work import Work
 
 ERROR_TEXT_CHARS = 300  # of an unexpected exception's text in a DLQ reason
@@ -68,11 +69,14 @@ class Dispatcher:
         self.relay_id = relay_id
         self.strikes = StrikeLedger()  # outlives reloads: a new rule set keeps the count
 
-    def reconfigure(self, config: RelayConfig, signer: Signer | None) -> None:
+    def reconfigure(
+        self, config: RelayConfig, signer: Signer | None, links: UnsubscribeLinks | None = None
+    ) -> None:
         """`signer` is built by the caller before anything is switched: reading its
         key is the one step of a reload that can fail."""
         self.config = config
         self.signer = signer
+        self.links = links
         self.classifier = classifier_for(config.bounces)
 
     # -- finishing a record's offset ---------------------------------------------
@@ -127,8 +131,9 @@ class Dispatcher:
 
         sends: list[Awaitable[None]] = []
         live = []
+        mailing_list = record.list_unsubscribe.list if record.list_unsubscribe else None
         for rcpt in record.recipients:
-            reason = self.suppressions.reason(rcpt.address)
+            reason = self.suppressions.reason(rcpt.address, mailing_list)
             if reason is None:
                 live.append(rcpt)
                 continue
@@ -150,7 +155,7 @@ class Dispatcher:
             return
         if work.message is None:
             try:
-                work.message = build_message(record, now, self.signer)
+                work.message = build_message(record, now, self.signer, self.links)
             except MessageError as exc:
                 if sends:
                     await asyncio.gather(*sends)  # suppressed recipients are decided already

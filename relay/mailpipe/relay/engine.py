@@ -55,6 +55,7 @@ from .ports import (
 from .scheduling import Scheduler
 from .suppressions import CampaignStates, SuppressionList
 from .tasks import Tasks, task_stacks
+from .unsubscribe_links import UnsubscribeLinks
 from .window import CommitWindow
 from .work import Work
 
@@ -115,13 +116,14 @@ class Engine:
         All or nothing: what can fail (reading the DKIM key) is done before any
         part switches, so a bad reload leaves the running config whole."""
         signer = Signer(config.dkim) if config.dkim else None
+        links = UnsubscribeLinks(config.unsubscribe, config.pool) if config.unsubscribe else None
         self.postponer.reconfigure(config)
         self.config = config
         self.ledger.reconfigure(config)
         self.window.reconfigure(config)
         self.emitter.reconfigure(config)
         self.scheduler.reconfigure(config)
-        self.dispatch.reconfigure(config, signer)
+        self.dispatch.reconfigure(config, signer, links)
 
     def _attempt(self, work: Work) -> Awaitable[None]:
         return self._step(work.src, work.gen, self.dispatch.attempt(work))
