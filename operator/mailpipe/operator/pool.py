@@ -35,6 +35,7 @@ from .models import API_VERSION, KafkaSpec, SendingPoolSpec
 CONFIG_KEY = "relay.yaml"
 CONFIG_DIR = "/etc/mailpipe"
 DKIM_DIR = "/etc/mailpipe/dkim"
+FEEDBACK_KEYS_DIR = "/etc/mailpipe/feedback-keys"  # the unsubscribe URLs' signing keys
 TLS_CA_DIR = "/etc/mailpipe/tls-ca"  # the pool's CA bundle (Secret or ConfigMap), read-only
 CREDENTIALS_DIR = "/etc/mailpipe/kafka"  # the pool's Kafka credentials Secret, read-only
 # Keys of that Secret (documented in the CRD and README): SASL login, the
@@ -197,6 +198,13 @@ def build_relay_config(
             if spec.dkim
             else None
         ),
+        unsubscribe=(
+            relay_config.UnsubscribeSettings(
+                base_url=spec.unsubscribe.base_url, keys_dir=FEEDBACK_KEYS_DIR
+            )
+            if spec.unsubscribe
+            else None
+        ),
         routes=spec.routes,
         smtp_port=spec.smtp_port,
         dns_nameserver=spec.dns_nameserver,
@@ -244,6 +252,10 @@ def build_deployment(
     if spec.dkim:
         volumes.append({"name": "dkim", "secret": {"secretName": spec.dkim.secret_ref.name}})
         mounts.append({"name": "dkim", "mountPath": DKIM_DIR, "readOnly": True})
+    if spec.unsubscribe:
+        secret = spec.unsubscribe.key_secret
+        volumes.append({"name": "feedback-keys", "secret": {"secretName": secret}})
+        mounts.append({"name": "feedback-keys", "mountPath": FEEDBACK_KEYS_DIR, "readOnly": True})
     bundle = spec.tls.ca_bundle
     if bundle is not None:
         source = (

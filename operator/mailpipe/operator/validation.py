@@ -147,6 +147,8 @@ def secret_refs(spec: SendingPoolSpec) -> list[SecretRef]:
     bundle = spec.tls.ca_bundle
     if bundle is not None and bundle.secret is not None:
         out.append(SecretRef(bundle.secret, bundle.key, "spec.tls.caBundle.secret"))
+    if spec.unsubscribe is not None:
+        out.append(SecretRef(spec.unsubscribe.key_secret, "", "spec.unsubscribe.keySecret"))
     return out
 
 
@@ -156,12 +158,14 @@ def secret_names(raw: Mapping[str, Any]) -> list[str]:
     kafka = raw.get("kafka") or {}
     tls = raw.get("tls") or {}
     bundle = (tls.get("caBundle") or {}) if isinstance(tls, Mapping) else {}
+    unsubscribe = raw.get("unsubscribe") or {}
     names = [
         (dkim.get("secretRef") or {}).get("name") if isinstance(dkim, Mapping) else None,
         (kafka.get("credentialsSecretRef") or {}).get("name")
         if isinstance(kafka, Mapping)
         else None,
         bundle.get("secret") if isinstance(bundle, Mapping) else None,
+        unsubscribe.get("keySecret") if isinstance(unsubscribe, Mapping) else None,
     ]
     return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
 
