@@ -423,8 +423,12 @@ async def serve(settings: UnsubscribeSettings, stop: asyncio.Event) -> None:
     await site.start()
     scrape = None
     if settings.metrics_port:
+        # /readyz: a Kafka client exists (until then every POST is a 503)
+        probes = {
+            "/readyz": lambda: (producer.ready, producer.last_error if not producer.ready else "ok")
+        }
         scrape = await ScrapeEndpoint(
-            registry, settings.metrics_address, settings.metrics_port
+            registry, settings.metrics_address, settings.metrics_port, probes=probes
         ).start()
     log.info("one-click unsubscribe on %s:%d", settings.listen_address, settings.port)
     try:

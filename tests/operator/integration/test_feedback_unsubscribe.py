@@ -76,10 +76,9 @@ def _request(url: str, method: str, body: bytes | None = None) -> tuple[int, str
         return 0, ""
 
 
-@pytest.fixture
-def endpoint(
-    tmp_path: Path, namespace: str, kafka_bootstrap: str, topic_prefix: str
-) -> Iterator[tuple[str, Child]]:
+def _start(
+    children: Children, tmp_path: Path, namespace: str, bootstrap: str, topic_prefix: str
+) -> tuple[str, Child]:
     """The endpoint as its own process (`python -m mailpipe.inbound.unsubscribe`)."""
     keys = tmp_path / "keys"
     keys.mkdir()
@@ -91,22 +90,45 @@ def endpoint(
             {
                 "namespace": namespace,
                 "keys_dir": str(keys),
-                "kafka": {"bootstrap_servers": kafka_bootstrap},
+                "kafka": {"bootstrap_servers": bootstrap},
                 "events_topics": {"news": f"{topic_prefix}.events"},
                 "listen_address": "127.0.0.1",
                 "port": port,
                 "metrics_port": 0,
+                "kafka_timeout_seconds": 5,
             }
         )
     )
+    child = children.start(
+        "unsubscribe",
+        [sys.executable, "-m", "mailpipe.inbound.unsubscribe", "--config", str(config)],
+    )
+    base = f"http://127.0.0.1:{port}/u/"
+    wait_for(lambda: _request(base + "x", "GET")[0] == 400, 60, "endpoint up", child)
+    return base, child
+
+
+@pytest.fixture
+def endpoint(
+    tmp_path: Path, namespace: str, kafka_bootstrap: str, topic_prefix: str
+) -> Iterator[tuple[str, Child]]:
     with Children(tmp_path) as children:
-        child = children.start(
-            "unsubscribe",
-            [sys.executable, "-m", "mailpipe.inbound.unsubscribe", "--config", str(config)],
-        )
-        base = f"http://127.0.0.1:{port}/u/"
-        wait_for(lambda: _request(base + "x", "GET")[0] == 400, 60, "endpoint up", child)
-        yield base, child
+        yield _start(children, tmp_path, namespace, kafka_bootstrap, topic_prefix)
+
+
+def test_without_kafka_the_endpoint_serves_and_answers_503_never_200(
+    tmp_path: Path, namespace: str, topic_prefix: str
+) -> None:
+    """Started while its Kafka is unreachable: it serves at once (the confirm page),
+    and a one-click POST gets 503 with Retry-After, so the client tries again."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    with Children(tmp_path) as children:
+        base, server = _start(children, tmp_path, namespace, nowhere, topic_prefix)
+        token = _token(namespace, "r1@x.test")
+        assert _request(base + token, "GET")[0] == 200
+        status, text = _request(base + token, "POST", ONE_CLICK)
+        assert status == 503, text
+        assert server.returncode is None
 
 
 def _token(namespace: str, recipient: str, keys: TokenKeys = KEYS, **fields: Any) -> str:
