@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 import yaml
@@ -99,14 +100,18 @@ class Outcome(NamedTuple):
 # A token's TokenError.reason -> (status, outcome). 410 Gone for an expired link:
 # it did work once; 403 for what was never ours (forged, tampered, a key we do
 # not hold) or is another namespace's; 400 for what is not an unsubscribe link.
-TOKEN_STATUS: Mapping[str, int] = {
-    "malformed": 400,
-    "purpose": 400,
-    "forged": 403,
-    "unknown_key": 403,
-    "foreign": 403,
-    "expired": 410,
-}
+TOKEN_STATUS: Mapping[str, int] = MappingProxyType(
+    {
+        "malformed": 400,
+        "purpose": 400,
+        "forged": 403,
+        "unknown_key": 403,
+        "foreign": 403,
+        "expired": 410,
+    }
+)
+# Every outcome word the requests counter may carry: its labels are these and
+# the methods, never a token or an address (a bounded number of series).
 OUTCOMES = (
     "unsubscribed",
     "page",
@@ -194,15 +199,13 @@ def _page(title: str, text: str, form_action: str | None = None) -> str:
 
 
 def _scope_text(payload: TokenPayload) -> str:
-    return (
-        f"the list {payload.mailing_list}" if payload.mailing_list else "all mail from this sender"
-    )
+    if payload.mailing_list:
+        return f"the list {payload.mailing_list}"
+    return "all mail from this sender"
 
 
 def confirm_page(payload: TokenPayload, action: str) -> str:
-    what = (
-        f"the list {payload.mailing_list}" if payload.mailing_list else "all mail from this sender"
-    )
+    what = _scope_text(payload)
     return _page(
         "Unsubscribe",
         f"Unsubscribe {payload.recipient} from {what}? Nothing changes until you confirm.",
@@ -274,7 +277,7 @@ class Metrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
-        return cls(
+        metrics = cls(
             requests=Counter(
                 "mailpipe_unsubscribe_requests",
                 "Requests to the one-click unsubscribe endpoint, by method and outcome",
@@ -292,6 +295,10 @@ class Metrics:
                 registry=registry,
             ),
         )
+        for method in ("GET", "POST"):  # every series from the start, at 0
+            for outcome in OUTCOMES:
+                metrics.requests.labels(method, outcome)
+        return metrics
 
 
 class UnsubscribeEndpoint:
@@ -390,11 +397,7 @@ class UnsubscribeEndpoint:
                 Outcome(503, "kafka_unavailable", "could not record it just now; try again"),
             )
         self.metrics.kafka_seconds.observe(time.monotonic() - started)
-        what = (
-            f"the list {judged.mailing_list}"
-            if judged.mailing_list
-            else "all mail from this sender"
-        )
+        what = _scope_text(judged)
         return self._answer(
             "POST", Outcome(200, "unsubscribed", f"{judged.recipient} is unsubscribed from {what}.")
         )

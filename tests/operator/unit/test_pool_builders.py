@@ -214,5 +214,5 @@ def test_the_unsubscribe_endpoint_reaches_the_relay_with_its_keys_mounted() -> N
     ids=["not-https", "no-trailing-slash"],
 )
 def test_an_unsubscribe_base_url_must_be_https_and_end_in_a_slash(base_url: str) -> None:
-    with pytest.raises(ValidationError, match="baseUrl|base_url"):
+    with pytest.raises(ValidationError, match=r"baseUrl|base_url"):
         spec(unsubscribe={"baseUrl": base_url, "keySecret": "k"})
