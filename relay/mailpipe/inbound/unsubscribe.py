@@ -216,7 +216,7 @@ def confirm_page(payload: TokenPayload, action: str) -> str:
 # --- settings ---------------------------------------------------------------------
 
 
-class UnsubscribeSettings(BaseModel):
+class EndpointSettings(BaseModel):
     """What the endpoint serves and where it writes (a YAML file, from a ConfigMap)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -306,7 +306,7 @@ class UnsubscribeEndpoint:
 
     def __init__(
         self,
-        settings: UnsubscribeSettings,
+        settings: EndpointSettings,
         keys: TokenKeys,
         sender: Sender,
         metrics: Metrics,
@@ -406,11 +406,11 @@ class UnsubscribeEndpoint:
 # --- process ----------------------------------------------------------------------
 
 
-def load_settings(path: Path) -> UnsubscribeSettings:
-    return UnsubscribeSettings.model_validate(yaml.safe_load(path.read_text()))
+def load_settings(path: Path) -> EndpointSettings:
+    return EndpointSettings.model_validate(yaml.safe_load(path.read_text()))
 
 
-async def serve(settings: UnsubscribeSettings, stop: asyncio.Event) -> None:
+async def serve(settings: EndpointSettings, stop: asyncio.Event) -> None:
     """Run the endpoint (and its metrics) until `stop` is set."""
     from .kafka_out import AckedProducer  # the Kafka client only where it is used
 

@@ -29,9 +29,9 @@ from mailpipe.contracts.wire import (
     decode_suppression,
 )
 from mailpipe.inbound.unsubscribe import (
+    EndpointSettings,
     Metrics,
     UnsubscribeEndpoint,
-    UnsubscribeSettings,
     judge_form,
 )
 
@@ -71,8 +71,8 @@ class Sent:
         self.records.append((topic, key, value))
 
 
-def settings(**overrides: Any) -> UnsubscribeSettings:
-    return UnsubscribeSettings(
+def settings(**overrides: Any) -> EndpointSettings:
+    return EndpointSettings(
         namespace="mail",
         keys_dir="/nonexistent",
         kafka=KafkaConnection(bootstrap_servers="127.0.0.1:9"),
