@@ -180,13 +180,14 @@ def event_of(payload: TokenPayload, now: float) -> tuple[bytes, bytes]:
     return (campaign or payload.recipient).encode(), encode(event)
 
 
-def _page(title: str, text: str, form_action: str | None = None) -> str:
+def _page(title: str, text: str, confirm: bool = False) -> str:
     button = ""
-    if form_action is not None:
-        # The same body a mail client POSTs, so one handler serves both.
+    if confirm:
+        # The same body a mail client POSTs, so one handler serves both; no
+        # action: the form posts to the URL the browser shows, whatever path
+        # prefix an ingress in front of the endpoint rewrote.
         button = (
-            f'<form method="post" action="{html.escape(form_action)}"'
-            ' enctype="application/x-www-form-urlencoded">'
+            '<form method="post" enctype="application/x-www-form-urlencoded">'
             f'<input type="hidden" name="{FORM_FIELD}" value="{FORM_VALUE}">'
             '<button type="submit">Unsubscribe</button></form>'
         )
@@ -204,12 +205,12 @@ def _scope_text(payload: TokenPayload) -> str:
     return "all mail from this sender"
 
 
-def confirm_page(payload: TokenPayload, action: str) -> str:
+def confirm_page(payload: TokenPayload) -> str:
     what = _scope_text(payload)
     return _page(
         "Unsubscribe",
         f"Unsubscribe {payload.recipient} from {what}? Nothing changes until you confirm.",
-        action,
+        confirm=True,
     )
 
 
@@ -350,7 +351,7 @@ class UnsubscribeEndpoint:
             return self._answer("GET", judged)
         self.metrics.requests.labels("GET", "page").inc()
         return web.Response(
-            text=confirm_page(judged, request.path),
+            text=confirm_page(judged),
             content_type="text/html",
             headers={"Cache-Control": "no-store"},
         )

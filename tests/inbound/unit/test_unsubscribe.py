@@ -253,3 +253,20 @@ def test_keys_are_read_from_a_mounted_secret_skipping_the_kubelets_dot_entries(
     (tmp_path / ".hidden").write_bytes(b"short")
     keys = keys_from_directory(tmp_path)
     assert set(keys.keys) == {"ka", "kb"} and keys.current == "kb"
+
+
+async def test_the_confirm_pages_form_posts_the_one_click_body_to_the_url_shown(
+    served: Any,
+) -> None:
+    """No action attribute: behind an ingress that rewrites the path, the form still
+    posts to the URL the browser shows; its fields are exactly the one-click form."""
+    import re
+
+    client, sent, _ = await served()
+    page = await (await client.get(url())).text()
+    form = re.search(r"<form ([^>]*)>(.*?)</form>", page)
+    assert form is not None and "action" not in form.group(1)
+    fields = dict(
+        re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]+)">', form.group(2))
+    )
+    assert (await client.post(url(), data=fields)).status == 200 and len(sent.records) == 2
