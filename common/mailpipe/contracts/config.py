@@ -71,6 +71,7 @@ __all__ = [
     "TLSMode",
     "TLSSettings",
     "Throttle",
+    "UnsubscribeSettings",
     "WarmupSettings",
     "WarmupStep",
     "check_routes",
@@ -186,6 +187,16 @@ class DKIMSettings(DKIMIdentity):
     )
 
 
+class UnsubscribeSettings(_Model):
+    """The pool's one-click endpoint: a record that asks for it (`ListUnsubscribe.endpoint`)
+    gets `base_url` + a token signed for its recipient (`contracts.feedback_token`)."""
+
+    base_url: str = Field(
+        pattern=r"^https://[^\s<>]+/$", description="https URL up to the token, ending in '/'"
+    )
+    keys_dir: str = Field(description="the feedback key Secret, mounted: one file per key id")
+
+
 class RelayTLSSettings(TLSSettings):
     """The pool's TLS policy plus where the relay finds its CA bundle (the operator
     mounts the pool's Secret or ConfigMap and writes the path)."""
@@ -263,6 +274,9 @@ class RelayConfig(_Model):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     tls: RelayTLSSettings = Field(default_factory=lambda: RelayTLSSettings())
     dkim: DKIMSettings | None = None
+    unsubscribe: UnsubscribeSettings | None = Field(
+        default=None, description="the pool's one-click unsubscribe endpoint, if it has one"
+    )
     routes: dict[str, list[Route]] = Field(
         default_factory=dict, description="domain -> static hosts in order, instead of MX"
     )
@@ -391,4 +405,6 @@ def dump_config(config: RelayConfig) -> str:
         del data["tls"]["ca_file"]
     if config.feedback is None:  # no return path: the config (and its hash) as before
         del data["feedback"]
+    if config.unsubscribe is None:  # no endpoint: the config (and its hash) as before it existed
+        del data["unsubscribe"]
     return yaml.safe_dump(data, sort_keys=True)

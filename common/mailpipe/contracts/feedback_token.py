@@ -22,7 +22,8 @@ shorter. Long addresses still make long local parts (over RFC 5321's
 64-octet SHOULD); receivers of our own mail accept them, and the
 unsubscribe URL and the trace header have no such limit.
 
-Pure: no IO, no clock (the caller passes `now`).
+Pure: no clock (the caller passes `now`) and no IO but `keys_from_directory`,
+which reads the mounted key Secret for the relay and the receivers alike.
 """
 
 from __future__ import annotations
@@ -91,9 +92,13 @@ class TokenPayload:
     campaign: str | None = None  # the Campaign's name, in `namespace`
     variant: str | None = None
     issued_at: int = 0  # unix seconds
+    # What an unsubscribe suppresses: one mailing list, or (None) the whole
+    # namespace. Signed, so a recipient cannot widen or narrow it. Written only
+    # when set: a token without it is exactly what it was before it existed.
+    mailing_list: str | None = None
 
     def _fields(self) -> list[str]:
-        return [
+        fields = [
             self.namespace,
             self.pool,
             self.recipient,
@@ -102,6 +107,7 @@ class TokenPayload:
             self.variant or "",
             str(self.issued_at),
         ]
+        return fields if self.mailing_list is None else [*fields, self.mailing_list]
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,7 @@ def verify(
         data = _unb32(body[1:])
         raw = zlib.decompress(data) if body[:1] == _COMPRESSED else data
         fields = raw.decode().split(SEPARATOR)
+        list_name = fields.pop() if len(fields) == 8 else None
         namespace_, pool, recipient, message_id, campaign, variant, issued = fields
         payload = TokenPayload(
             namespace=namespace_,
@@ -199,6 +206,7 @@ def verify(
             campaign=campaign or None,
             variant=variant or None,
             issued_at=int(issued),
+            mailing_list=list_name,
         )
     except (binascii.Error, ValueError, zlib.error) as exc:
         raise TokenError("malformed", f"signed body does not decode: {exc}") from exc
@@ -236,7 +244,7 @@ def keys_from_secret(data: Mapping[str, bytes], current: str | None = None) -> T
     return TokenKeys(dict(data), kid)
 
 
-def keys_from_directory(path: str | Path) -> TokenKeys:
+def keys_from_directory(path: str | Path, current: str | None = None) -> TokenKeys:
     """The keys of a Secret mounted at `path` (one file per key id; the kubelet's
     `..data` links and dot files are skipped), or ValueError saying what is wrong:
     a relay or receiver without a usable key must not start."""
@@ -246,4 +254,4 @@ def keys_from_directory(path: str | Path) -> TokenKeys:
     except OSError as exc:
         raise ValueError(f"feedback key Secret not readable at {directory}: {exc}") from exc
     data = {p.name: p.read_bytes().strip() for p in names if p.is_file()}
-    return keys_from_secret(data)
+    return keys_from_secret(data, current)

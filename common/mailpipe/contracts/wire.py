@@ -70,9 +70,13 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
-def suppression_key(address: str) -> str:
-    """Key of an address on a suppression topic: the whole address, lower-cased."""
-    return address.strip().lower()
+def suppression_key(address: str, list_name: str | None = None) -> str:
+    """Key of an address on a suppression topic: the whole address, lower-cased;
+    for a suppression of one mailing list only, the address and ` list=<list>`
+    (an address never holds a space, so the two kinds of key cannot collide and a
+    list's entry never overwrites or lifts the namespace's for the same address)."""
+    key = address.strip().lower()
+    return key if list_name is None else f"{key} list={list_name}"
 
 
 class _Model(BaseModel):
@@ -109,17 +113,30 @@ class Content(_Model):
 
 
 class ListUnsubscribe(_Model):
-    """RFC 2369 List-Unsubscribe, with RFC 8058 one-click when `one_click`."""
+    """RFC 2369 List-Unsubscribe, with RFC 8058 one-click when `one_click`.
+
+    `endpoint`: the URL is the pool's own one-click endpoint, with a token the
+    relay signs for the one recipient at send time (mailpipe.inbound.unsubscribe);
+    `list`: what that unsubscribe suppresses, one mailing list (absent: the whole
+    namespace)."""
 
     url: SafeStr | None = None
     mailto: Address | None = None
     one_click: bool = True
+    endpoint: bool = False
+    list: SafeStr | None = Field(default=None, max_length=63)
 
     @model_validator(mode="after")
     def _has_target(self) -> ListUnsubscribe:
-        if self.url is None and self.mailto is None:
-            raise ValueError("list_unsubscribe needs a url or a mailto")
-        if self.one_click and (self.url is None or not self.url.startswith("https://")):
+        if self.endpoint and self.url is not None:
+            raise ValueError("list_unsubscribe: a url of its own or the pool's endpoint, not both")
+        if self.url is None and self.mailto is None and not self.endpoint:
+            raise ValueError("list_unsubscribe needs a url, a mailto or the pool's endpoint")
+        if (
+            self.one_click
+            and not self.endpoint
+            and (self.url is None or not self.url.startswith("https://"))
+        ):
             raise ValueError("one-click unsubscribe (RFC 8058) needs an https url")
         return self
 
@@ -165,6 +182,7 @@ class Disposition(enum.StrEnum):
     DEFERRED = "deferred"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
+    UNSUBSCRIBED = "unsubscribed"  # by the one-click endpoint: not an attempt's outcome
     SUPPRESSED = "suppressed"
     EXPIRED = "expired"
     FAILED = "failed"
@@ -215,6 +233,12 @@ class Suppression(_Model):
     time: UnixSeconds
     source: str | None = Field(default=None, description="pool, campaign or receiver that said so")
     detail: str | None = None
+    list: str | None = Field(
+        default=None,
+        max_length=63,
+        description="the mailing list it applies to (its key: `suppression_key(address, list)`);"
+        " absent: every mail of the topic's scope",
+    )
 
 
 class CampaignState(enum.StrEnum):

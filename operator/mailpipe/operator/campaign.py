@@ -45,7 +45,7 @@ from mailpipe.contracts.errors import PermanentError
 from mailpipe.contracts.wire import Content, DeliveryRecord, ListUnsubscribe
 from mailpipe.contracts.wire import Recipient as WireRecipient
 
-from .models import CampaignSpec, Recipient, SendWindow, Weekday
+from .models import CampaignSpec, Recipient, SendWindow, UnsubscribeScope, Weekday
 
 WEEKDAYS = tuple(Weekday)  # Monday first, like datetime.weekday()
 # A weekly window always opens within a week and a day; one more day finds
@@ -194,7 +194,9 @@ class Renderer:
 
     `alarm=True` adds a SIGPROF per render: only for the main thread of the
     render-check process (`render_check`), where a signal can interrupt.
-    `seconds` is the CPU time one message may take to render.
+    `seconds` is the CPU time one message may take to render. `endpoint`: the
+    pool has a one-click endpoint (SendingPool spec.unsubscribe), the default
+    unsubscribe URL; None while the pool is not known (the audience check).
     """
 
     def __init__(
@@ -204,9 +206,27 @@ class Renderer:
         *,
         alarm: bool = False,
         seconds: float = RENDER_SECONDS,
+        endpoint: bool | None = None,
     ) -> None:
         self.spec = spec
         self.campaign = campaign
+        self.endpoint = endpoint is not False
+        unsubscribe = spec.unsubscribe
+        if (
+            endpoint is False
+            and unsubscribe is not None
+            and unsubscribe.one_click
+            and not unsubscribe.url
+        ):
+            raise CampaignError(
+                "one-click unsubscribe needs spec.unsubscribe.url, or a pool with a one-click"
+                " endpoint (SendingPool spec.unsubscribe)"
+            )
+        self.list = (
+            unsubscribe.list
+            if unsubscribe is not None and unsubscribe.scope is UnsubscribeScope.LIST
+            else None
+        )
         self._alarm = alarm
         self._seconds = seconds
         self._plain = _BoundedSandbox(autoescape=False)
@@ -281,11 +301,18 @@ class Renderer:
                     f"recipient {recipient.address}: {name} contains CR/LF (header injection)"
                 )
         unsub = None
-        if self.spec.unsubscribe:
+        own = self.spec.unsubscribe
+        if own is not None and (own.url or not self.endpoint):
             unsub = ListUnsubscribe(
-                url=unsub_url,
-                mailto=self.spec.unsubscribe.mailto,
-                one_click=self.spec.unsubscribe.one_click,
+                url=unsub_url, mailto=own.mailto, one_click=own.one_click, list=self.list
+            )
+        elif self.endpoint:
+            # The pool's endpoint: the relay signs the recipient's token into its URL.
+            unsub = ListUnsubscribe(
+                endpoint=True,
+                mailto=own.mailto if own else None,
+                one_click=own.one_click if own else True,
+                list=self.list,
             )
         sender = self.spec.from_
         content = Content(

@@ -164,7 +164,8 @@ def read_suppressions(bootstrap: str, topic: str) -> set[str]:
             out.discard(key.decode())
             continue
         with contextlib.suppress(WireError):
-            out.add(suppression_key(decode_suppression(value).address))
+            s = decode_suppression(value)
+            out.add(suppression_key(s.address, s.list))
     return out
 
 

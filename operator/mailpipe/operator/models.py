@@ -147,6 +147,25 @@ class Feedback(Spec):
     )
 
 
+class PoolUnsubscribe(Spec):
+    base_url: str = Field(
+        pattern=r"^https://[^\s<>]+/$",
+        max_length=200,
+        description=(
+            "https URL of the one-click endpoint up to the token, ending in '/', "
+            "e.g. https://unsubscribe.example.com/u/ (RFC 8058 needs https)."
+        ),
+    )
+    key_secret: str = Field(
+        pattern=DNS_LABEL,
+        max_length=253,
+        description=(
+            "Secret of the feedback keys: one key per entry (the entry name is the key id, "
+            "a-z and 2-7; the value at least 32 random bytes); the last id signs."
+        ),
+    )
+
+
 class LocalObjectReference(Spec):
     name: str = Field(
         pattern=DNS_SUBDOMAIN, max_length=253, description="Name in the pool's namespace."
@@ -395,6 +414,13 @@ class SendingPoolSpec(Spec):
         default=None,
         description="VERP Return-Path and the feedback receiver; unset: MAIL FROM is the sender.",
     )
+    unsubscribe: PoolUnsubscribe | None = Field(
+        default=None,
+        description=(
+            "The pool's one-click unsubscribe endpoint: a Campaign without an unsubscribe "
+            "url of its own gets this one, with a token signed for each recipient."
+        ),
+    )
     routes: dict[str, list[Route]] = Field(
         default_factory=dict,
         description="Static next hops per domain instead of MX (tests, smart hosts).",
@@ -570,12 +596,62 @@ class SendWindow(Spec):
     )
 
 
+class UnsubscribeScope(enum.StrEnum):
+    NAMESPACE = "Namespace"  # no more mail from any campaign of the namespace
+    LIST = "List"  # no more mail of the campaigns naming the same list
+
+
 class Unsubscribe(Spec):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.scope) || self.scope != 'List' || has(self.list)",
+                "unsubscribe scope List needs a list name",
+            )
+        )
+    )
     url: str | None = Field(
-        default=None, pattern=r"^https://", description="Template of the one-click https URL."
+        default=None,
+        pattern=r"^https://",
+        description=(
+            "Template of your own one-click https URL; unset: the pool's endpoint "
+            "(SendingPool spec.unsubscribe)."
+        ),
     )
     mailto: str | None = Field(default=None, pattern=ADDRESS, description="Unsubscribe mailbox.")
     one_click: bool = Field(default=True, description="Add List-Unsubscribe-Post (RFC 8058).")
+    scope: UnsubscribeScope = Field(
+        default=UnsubscribeScope.NAMESPACE,
+        description="What an unsubscribe through the pool's endpoint stops: Namespace or List.",
+    )
+    list: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="The mailing list this campaign is sent to (scope List).",
+    )
+
+
+class ComplaintSettings(Spec):
+    """When complaints pause a campaign (`complaints` module)."""
+
+    pause_at_percent: float = Field(
+        default=0.3,  # Gmail's and Yahoo's bulk-sender requirement (2024)
+        gt=0,
+        le=100,
+        description="Pause the campaign when complaints reach this share of delivered, in %.",
+    )
+    warn_at_percent: float = Field(
+        default=0.1,  # what Gmail asks bulk senders to stay under
+        gt=0,
+        le=100,
+        description="Condition ComplaintRateHigh from this share of delivered, in %.",
+    )
+    min_delivered: int = Field(
+        default=100,  # one complaint in 100 is 1%: below that a rate is noise
+        ge=1,
+        description="Deliveries needed before the rate may pause the campaign.",
+    )
 
 
 class CampaignSpec(Spec):
@@ -593,10 +669,6 @@ class CampaignSpec(Spec):
                 "!has(self.variants) || size(self.variants) == 0 || "
                 "self.variants.map(v, v.weight).sum() == 100",
                 "variant weights must sum to 100",
-            ),
-            (
-                "!has(self.unsubscribe) || !self.unsubscribe.oneClick || has(self.unsubscribe.url)",
-                "one-click unsubscribe needs an https url",
             ),
         )
     )
@@ -631,6 +703,13 @@ class CampaignSpec(Spec):
         default="UTC", pattern=TIME_ZONE, description="Zone of recipients without their own."
     )
     unsubscribe: Unsubscribe | None = Field(
-        default=None, description="Unsubscribe headers and link."
+        default=None,
+        description=(
+            "Unsubscribe headers and link; unset: the pool's one-click endpoint when it has one."
+        ),
+    )
+    complaints: ComplaintSettings = Field(
+        default_factory=ComplaintSettings,
+        description="Complaint rate that warns and that pauses the campaign (applies any time).",
     )
     suspend: bool = Field(default=False, description="Pause sending; resume by setting false.")

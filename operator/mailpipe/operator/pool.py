@@ -36,6 +36,7 @@ CONFIG_KEY = "relay.yaml"
 CONFIG_DIR = "/etc/mailpipe"
 DKIM_DIR = "/etc/mailpipe/dkim"
 FEEDBACK_KEYS_DIR = "/etc/mailpipe/feedback-keys"  # the pool's token key Secret, read-only
+UNSUBSCRIBE_KEYS_DIR = "/etc/mailpipe/unsubscribe-keys"  # the unsubscribe URLs' signing keys
 TLS_CA_DIR = "/etc/mailpipe/tls-ca"  # the pool's CA bundle (Secret or ConfigMap), read-only
 CREDENTIALS_DIR = "/etc/mailpipe/kafka"  # the pool's Kafka credentials Secret, read-only
 # Keys of that Secret (documented in the CRD and README): SASL login, the
@@ -208,6 +209,13 @@ def build_relay_config(
             if spec.feedback
             else None
         ),
+        unsubscribe=(
+            relay_config.UnsubscribeSettings(
+                base_url=spec.unsubscribe.base_url, keys_dir=UNSUBSCRIBE_KEYS_DIR
+            )
+            if spec.unsubscribe
+            else None
+        ),
         routes=spec.routes,
         smtp_port=spec.smtp_port,
         dns_nameserver=spec.dns_nameserver,
@@ -259,6 +267,12 @@ def build_deployment(
         secret = spec.feedback.key_secret_ref.name
         volumes.append({"name": "feedback-keys", "secret": {"secretName": secret}})
         mounts.append({"name": "feedback-keys", "mountPath": FEEDBACK_KEYS_DIR, "readOnly": True})
+    if spec.unsubscribe:
+        secret = spec.unsubscribe.key_secret
+        volumes.append({"name": "unsubscribe-keys", "secret": {"secretName": secret}})
+        mounts.append(
+            {"name": "unsubscribe-keys", "mountPath": UNSUBSCRIBE_KEYS_DIR, "readOnly": True}
+        )
     bundle = spec.tls.ca_bundle
     if bundle is not None:
         source = (

@@ -153,6 +153,8 @@ def secret_refs(spec: SendingPoolSpec) -> list[SecretRef]:
     bundle = spec.tls.ca_bundle
     if bundle is not None and bundle.secret is not None:
         out.append(SecretRef(bundle.secret, bundle.key, "spec.tls.caBundle.secret"))
+    if spec.unsubscribe is not None:
+        out.append(SecretRef(spec.unsubscribe.key_secret, "", UNSUBSCRIBE_KEY_FIELD))
     return out
 
 
@@ -163,6 +165,7 @@ def secret_names(raw: Mapping[str, Any]) -> list[str]:
     kafka = raw.get("kafka") or {}
     tls = raw.get("tls") or {}
     bundle = (tls.get("caBundle") or {}) if isinstance(tls, Mapping) else {}
+    unsubscribe = raw.get("unsubscribe") or {}
     names = [
         (dkim.get("secretRef") or {}).get("name") if isinstance(dkim, Mapping) else None,
         (kafka.get("credentialsSecretRef") or {}).get("name")
@@ -170,6 +173,7 @@ def secret_names(raw: Mapping[str, Any]) -> list[str]:
         else None,
         bundle.get("secret") if isinstance(bundle, Mapping) else None,
         (feedback.get("keySecretRef") or {}).get("name") if isinstance(feedback, Mapping) else None,
+        unsubscribe.get("keySecret") if isinstance(unsubscribe, Mapping) else None,
     ]
     return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
 
@@ -181,7 +185,7 @@ def reference_problems(
     out = []
     for i, ref in enumerate(refs):
         data = found.get(ref.name)
-        if ref.field == FEEDBACK_KEY_FIELD:
+        if ref.field in (FEEDBACK_KEY_FIELD, UNSUBSCRIBE_KEY_FIELD):
             problem = feedback_key_problem(ref.name, data)
             if problem is not None:
                 out.append(problem)
@@ -204,6 +208,7 @@ def reference_problems(
 
 
 FEEDBACK_KEY_FIELD = "spec.feedback.keySecretRef"
+UNSUBSCRIBE_KEY_FIELD = "spec.unsubscribe.keySecret"
 MIN_FEEDBACK_KEY_BYTES = 32  # feedback_token.TokenKeys' minimum: HMAC-SHA256 keys of full strength
 _KEY_ID = re.compile(r"[a-z2-7]{1,8}")  # feedback_token.KEY_ID_ALPHABET, 1-8 characters
 
@@ -315,7 +320,7 @@ def kafka_problem(exc: BaseException, bootstrap: str) -> Problem:
 # campaign control topic, so it is applied at any time. A Failed campaign takes
 # any edit: that is how it is fixed and resumed.
 
-APPLIED_AFTER_FANOUT = ("suspend",)
+APPLIED_AFTER_FANOUT = ("suspend", "complaints")
 FROZEN_AFTER_FANOUT = (
     "poolRef",
     "from",

@@ -37,6 +37,7 @@ from .settlement import Transaction, cancelled, chunks, event, settle
 from .stalls import Attempt
 from .stamps import Stamper
 from .suppressions import CampaignStates, SuppressionList
+from .unsubscribe_links import UnsubscribeLinks
 from .work import Work
 
 ERROR_TEXT_CHARS = 300  # of an unexpected exception's text in a DLQ reason
@@ -70,13 +71,18 @@ class Dispatcher:
         self.strikes = StrikeLedger()  # outlives reloads: a new rule set keeps the count
 
     def reconfigure(
-        self, config: RelayConfig, signer: Signer | None, stamper: Stamper | None = None
+        self,
+        config: RelayConfig,
+        signer: Signer | None,
+        stamper: Stamper | None = None,
+        links: UnsubscribeLinks | None = None,
     ) -> None:
-        """`signer` and `stamper` are built by the caller before anything is switched:
-        reading their keys is the one step of a reload that can fail."""
+        """`signer`, `stamper` and `links` are built by the caller before anything is
+        switched: reading their keys is the one step of a reload that can fail."""
         self.config = config
         self.signer = signer
         self.stamper = stamper
+        self.links = links
         self.classifier = classifier_for(config.bounces)
 
     # -- finishing a record's offset ---------------------------------------------
@@ -134,8 +140,9 @@ class Dispatcher:
 
         sends: list[Awaitable[None]] = []
         live = []
+        mailing_list = record.list_unsubscribe.list if record.list_unsubscribe else None
         for rcpt in record.recipients:
-            reason = self.suppressions.reason(rcpt.address)
+            reason = self.suppressions.reason(rcpt.address, mailing_list)
             if reason is None:
                 live.append(rcpt)
                 continue
@@ -164,7 +171,11 @@ class Dispatcher:
             try:
                 stamp = self.stamper.stamp(record, now) if self.stamper is not None else None
                 work.message = build_message(
-                    record, now, self.signer, stamp.headers if stamp is not None else ()
+                    record,
+                    now,
+                    self.signer,
+                    stamp.headers if stamp is not None else (),
+                    links=self.links,
                 )
                 work.sender = stamp.return_path if stamp is not None else record.sender
             except MessageError as exc:

@@ -56,6 +56,7 @@ from .scheduling import Scheduler
 from .stamps import Stamper
 from .suppressions import CampaignStates, SuppressionList
 from .tasks import Tasks, task_stacks
+from .unsubscribe_links import UnsubscribeLinks
 from .window import CommitWindow
 from .work import Work
 
@@ -120,13 +121,14 @@ class Engine:
         part switches, so a bad reload leaves the running config whole."""
         signer = Signer(config.dkim) if config.dkim else None
         stamper = Stamper(config.feedback, config.pool) if config.feedback else None
+        links = UnsubscribeLinks(config.unsubscribe, config.pool) if config.unsubscribe else None
         self.postponer.reconfigure(config)
         self.config = config
         self.ledger.reconfigure(config)
         self.window.reconfigure(config)
         self.emitter.reconfigure(config)
         self.scheduler.reconfigure(config)
-        self.dispatch.reconfigure(config, signer, stamper)
+        self.dispatch.reconfigure(config, signer, stamper, links)
 
     def _attempt(self, work: Work) -> Awaitable[None]:
         return self._step(work.src, work.gen, self.dispatch.attempt(work))

@@ -53,6 +53,7 @@ from mailpipe.contracts.errors import PermanentError
 from mailpipe.contracts.wire import DeliveryRecord, ListUnsubscribe
 
 from .addresses import smtp_address
+from .unsubscribe_links import UnsubscribeLinks
 
 CRLF = "\r\n"
 MAX_HEADER_LINE = 78  # RFC 5322 2.1.1: SHOULD not exceed 78 characters
@@ -178,15 +179,17 @@ def build_message(
     now: float,
     signer: Signer | None = None,
     stamp: Sequence[tuple[str, str]] = (),
+    links: UnsubscribeLinks | None = None,
 ) -> bytes:
     """The bytes to send for `record` (one message for all its recipients), CRLF line ends.
     `stamp`: the relay's own headers (trace token, Feedback-ID: `stamps`), written
-    first in a raw message's header block, after the content's headers otherwise."""
+    first in a raw message's header block, after the content's headers otherwise.
+    `links`: the pool's one-click endpoint, for records that ask for it."""
     if record.raw is not None:
         data = "".join(stamp_line(n, v) for n, v in stamp).encode() + _raw(record.raw)
     else:
         try:
-            data = _structured(record, now, stamp)
+            data = _structured(record, now, stamp, links)
         except (ValueError, TypeError, UnicodeError) as exc:
             raise MessageError(f"cannot build message {record.id}: {exc}") from exc
     return signer.sign(data) if signer is not None else data
@@ -313,16 +316,21 @@ def _message_id(record: DeliveryRecord) -> str:
     return f"<{left}@{domain}>"
 
 
-def _list_unsubscribe(unsub: ListUnsubscribe) -> str:
+def _list_unsubscribe(unsub: ListUnsubscribe, url: str | None) -> str:
     targets = []
-    if unsub.url:
-        targets.append(urllib.parse.quote(unsub.url, safe=_URL_SAFE))
+    if url:
+        targets.append(urllib.parse.quote(url, safe=_URL_SAFE))
     if unsub.mailto:
         targets.append(f"mailto:{smtp_address(unsub.mailto)}")
     return ", ".join(f"<{t}>" for t in targets)
 
 
-def _structured(record: DeliveryRecord, now: float, stamp: Sequence[tuple[str, str]] = ()) -> bytes:
+def _structured(
+    record: DeliveryRecord,
+    now: float,
+    stamp: Sequence[tuple[str, str]] = (),
+    links: UnsubscribeLinks | None = None,
+) -> bytes:
     content = record.content
     assert content is not None  # DeliveryRecord guarantees content xor raw
     if len(record.recipients) == 1:
@@ -347,7 +355,15 @@ def _structured(record: DeliveryRecord, now: float, stamp: Sequence[tuple[str, s
         head.append(address_line("Reply-To", content.reply_to))
     unsub = record.list_unsubscribe
     if unsub is not None:
-        head.append(header_line("List-Unsubscribe", _list_unsubscribe(unsub)))
+        url = unsub.url
+        if unsub.endpoint:
+            if links is None:
+                raise MessageError(
+                    "the record asks for the pool's one-click unsubscribe endpoint and this"
+                    " pool has none (SendingPool spec.unsubscribe)"
+                )
+            url = links.url(record, now)
+        head.append(header_line("List-Unsubscribe", _list_unsubscribe(unsub, url)))
         if unsub.one_click:
             head.append(header_line("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     for name, value in content.headers:

@@ -11,7 +11,9 @@ comes back.
 
 Each address is held per source topic: a tombstone on one topic lifts only
 that topic's suppression, so a tenant lifting its own never lifts the
-platform's never-mail entry for the same address.
+platform's never-mail entry for the same address. A suppression of one
+mailing list (an unsubscribe from it) is held under its own key
+(`suppression_key(address, list)`) and stops only records of that list.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ class SuppressionList:
     def __init__(self) -> None:
         self._reasons: dict[str, dict[str, str]] = {}
 
-    def add(self, address: str, reason: str, source: str = OWN) -> None:
-        self._reasons.setdefault(suppression_key(address), {})[source] = reason
+    def add(
+        self, address: str, reason: str, source: str = OWN, mailing_list: str | None = None
+    ) -> None:
+        self._reasons.setdefault(suppression_key(address, mailing_list), {})[source] = reason
 
     def lift(self, address: str, source: str = OWN) -> None:
+        """`address`: the topic's key (an address, or an address and its list)."""
         key = suppression_key(address)
         sources = self._reasons.get(key)
         if sources is not None:
@@ -36,8 +41,11 @@ class SuppressionList:
             if not sources:
                 del self._reasons[key]
 
-    def reason(self, address: str) -> str | None:
+    def reason(self, address: str, mailing_list: str | None = None) -> str | None:
+        """Why `address` is not mailed (for a record of `mailing_list`), or None."""
         sources = self._reasons.get(suppression_key(address))
+        if not sources and mailing_list is not None:
+            sources = self._reasons.get(suppression_key(address, mailing_list))
         return next(iter(sources.values())) if sources else None
 
     def is_suppressed(self, address: str) -> bool:

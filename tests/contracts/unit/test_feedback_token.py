@@ -118,3 +118,13 @@ def test_a_trace_token_is_its_own_purpose() -> None:
     assert verify(token, Purpose.TRACE, KEYS, now=NOW) == PAYLOAD
     with pytest.raises(TokenError):
         verify(token, Purpose.BOUNCE, KEYS, now=NOW)
+
+
+def test_an_unsubscribe_token_carries_its_list_signed_and_old_tokens_have_none() -> None:
+    listed = TokenPayload(**{**PAYLOAD.__dict__, "mailing_list": "newsletter"})
+    token = sign(listed, Purpose.UNSUBSCRIBE, KEYS)
+    assert verify(token, Purpose.UNSUBSCRIBE, KEYS, now=NOW).mailing_list == "newsletter"
+    # without a list the token is the one made before lists existed
+    plain = sign(PAYLOAD, Purpose.UNSUBSCRIBE, KEYS)
+    assert verify(plain, Purpose.UNSUBSCRIBE, KEYS, now=NOW).mailing_list is None
+    assert plain != token

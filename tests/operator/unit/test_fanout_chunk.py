@@ -3,6 +3,7 @@ become records, and how the counts move, on a first run and on a resume."""
 
 from __future__ import annotations
 
+from mailpipe.contracts.wire import suppression_key
 from mailpipe.operator.handlers.fanout import _chunk
 from mailpipe.operator.models import Recipient
 
@@ -23,3 +24,13 @@ def test_a_suppression_matches_whatever_the_case_of_the_audience() -> None:
     shouting = [Recipient(address="U0@Dest.Test")]
     chunk = _chunk(shouting, range(1), {"u0@dest.test"}, set(), _build)
     assert (chunk.records, chunk.enqueued, chunk.suppressed) == ([], 0, 1)
+
+
+def test_a_list_unsubscribe_leaves_out_that_lists_campaigns_only() -> None:
+    suppressed = {suppression_key("u1@dest.test", "news"), suppression_key("u2@dest.test")}
+    news = _chunk(AUDIENCE, range(3), suppressed, set(), _build, "news")
+    assert [v for _, v in news.records] == [b"0:u0@dest.test"]  # u1: its list; u2: namespace
+    other = _chunk(AUDIENCE, range(3), suppressed, set(), _build, "offers")
+    assert [v for _, v in other.records] == [b"0:u0@dest.test", b"1:u1@dest.test"]
+    unlisted = _chunk(AUDIENCE, range(3), suppressed, set(), _build)
+    assert unlisted.suppressed == 1

@@ -185,3 +185,34 @@ def test_contradictory_tls_is_refused_naming_the_mode_to_use(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         spec(tls=tls)
+
+
+def test_the_unsubscribe_endpoint_reaches_the_relay_with_its_keys_mounted() -> None:
+    from mailpipe.operator.validation import secret_names, secret_refs
+
+    raw = {"baseUrl": "https://unsub.example.com/u/", "keySecret": "feedback-keys"}
+    s = spec(unsubscribe=raw)
+    text, children = build_children(REF, s)
+    config = parse_config(text)
+    assert config.unsubscribe is not None
+    assert config.unsubscribe.base_url == "https://unsub.example.com/u/"
+    pod = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "feedback-keys", "secret": {"secretName": "feedback-keys"}} in pod["volumes"]
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {m["mountPath"] for m in mounts if m["name"] == "feedback-keys"} == {
+        config.unsubscribe.keys_dir
+    }
+    assert [r.name for r in secret_refs(s)] == ["feedback-keys"]
+    assert secret_names({"unsubscribe": raw}) == ["feedback-keys"]
+    # a pool without it keeps its config text (and its pods)
+    assert "unsubscribe" not in build_children(REF, spec())[0]
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://unsub.example.com/u/", "https://unsub.example.com/u"],
+    ids=["not-https", "no-trailing-slash"],
+)
+def test_an_unsubscribe_base_url_must_be_https_and_end_in_a_slash(base_url: str) -> None:
+    with pytest.raises(ValidationError, match=r"baseUrl|base_url"):
+        spec(unsubscribe={"baseUrl": base_url, "keySecret": "k"})

@@ -21,8 +21,9 @@ import kopf
 from mailpipe.contracts.wire import CampaignControl, CampaignState, Disposition, encode
 
 from .. import kafka_io, kube_io
+from ..complaints import Level, judge, rate_text
 from ..kafka_io import KafkaError
-from ..models import GROUP, VERSION
+from ..models import GROUP, VERSION, ComplaintSettings
 from ..progress import (
     CampaignPhase,
     FanoutCheckpoint,
@@ -44,6 +45,8 @@ STATUS_INTERVAL_SECONDS = 3.0  # counts are patched at most this often
 STATUS_IDLE_SECONDS = 1  # a campaign's first report waits until creation has settled
 EVENTS_FOLLOWED = "pool_events_followed"  # per-campaign memo flag: the tally is fed
 SPEC_ACCEPTED = "SpecAccepted"  # condition: the latest spec is what the operator acts on
+COMPLAINT_RATE_HIGH = "ComplaintRateHigh"  # condition: complaints over the warning level
+COMPLAINT_PAUSE = "ComplaintRateExceeded"  # Event reason (Warning) when complaints pause it
 
 # status fields counting recipients per bounce class, by their latest disposition
 BY_CLASS_FIELDS = (
@@ -86,11 +89,26 @@ async def campaign_status(
     counts["deduplicated"] = int(audience.get("deduplicated", 0))
     counts["skipped"] = int(audience.get("skipped", 0))
     finished = state.tally.finished(key)
+    complaints, complaint_condition = _complaints(spec, status, counts, body, patch)
     phase, reason = campaign_phase(fanout, dict(spec), finished, time.time())
+    if phase is CampaignPhase.PAUSED and complaints.get("paused"):
+        reason = complaint_condition["message"]
     total = fanout.total
     done = finished + fanout.suppressed_before_send
     progress = f"{(100 * done // total) if total else 0}%"
-    new: dict[str, Any] = {"counts": counts, "progress": progress, "phase": phase.value}
+    new: dict[str, Any] = {
+        "counts": counts,
+        "progress": progress,
+        "phase": phase.value,
+        "complaints": complaints,
+    }
+    variants = state.tally.variants(key)
+    old_variants = status.get("variants") or {}
+    for variant, per in variants.items():
+        old = (old_variants.get(variant) or {}).get("bouncedByClass") or {}
+        per["bouncedByClass"] = {**dict.fromkeys(old), **per["bouncedByClass"]}
+    if variants:
+        new["variants"] = variants
     for disposition, field_name in BY_CLASS_FIELDS:
         by_class = state.tally.by_class(key, disposition)
         old = status.get(field_name) or {}
@@ -112,7 +130,7 @@ async def campaign_status(
         else condition(SPEC_ACCEPTED, True, "Accepted", "", generation)
     )
     kstatus = campaign_conditions(generation, phase.value, reason, stalled)
-    merged = merge_conditions(conditions, [*kstatus, accepted])
+    merged = merge_conditions(conditions, [*kstatus, accepted, complaint_condition])
     if phase != status.get("phase"):
         kopf.info(body, reason=phase.value, message=reason)
         merged = merge_conditions(
@@ -144,6 +162,49 @@ async def campaign_status(
     for k, v in new.items():
         if status.get(k) != v:
             patch.status[k] = v
+
+
+def _complaints(
+    spec: Any, status: Any, counts: dict[str, int], body: Any, patch: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """status.complaints and the ComplaintRateHigh condition; pauses the campaign
+    (spec.suspend, as a person would, so the fan-out and the relays hold it) with a
+    Warning Event when its complaint rate reaches the threshold (`complaints.judge`)."""
+    try:
+        settings = ComplaintSettings.model_validate(dict(spec.get("complaints") or {}))
+    except ValueError:  # the CRD schema refuses what this refuses; never stop counting
+        settings = ComplaintSettings()
+    before = dict(status.get("complaints") or {})
+    paused_at = before.get("pausedAtComplaints")
+    suspended = bool(spec.get("suspend"))
+    complained, delivered = counts.get("complained", 0), counts.get("delivered", 0)
+    verdict = judge(
+        complained, delivered, settings, suspended=suspended, paused_at_complaints=paused_at
+    )
+    paused = bool(before.get("paused")) and suspended  # a resume by hand ends our pause
+    if verdict.pause:
+        patch.spec["suspend"] = True
+        paused, paused_at = True, complained
+        kopf.warn(body, reason=COMPLAINT_PAUSE, message=verdict.message)
+    elif verdict.level is Level.WARNING and before.get("level") != Level.WARNING.value:
+        kopf.warn(body, reason="ComplaintRateWarning", message=verdict.message)
+    out: dict[str, Any] = {
+        "rate": rate_text(verdict.rate_percent),
+        "complained": complained,
+        "delivered": delivered,
+        "level": verdict.level.value,
+        "paused": paused,
+        "pausedAtComplaints": paused_at,
+    }
+    generation = body.get("metadata", {}).get("generation")
+    cond = condition(
+        COMPLAINT_RATE_HIGH,
+        verdict.level is not Level.OK,
+        verdict.level.value,
+        verdict.message,
+        generation,
+    )
+    return out, cond
 
 
 async def _rearm_if_audience_fixed(

@@ -37,7 +37,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from mailpipe.contracts.wire import encode
+from mailpipe.contracts.wire import encode, suppression_key
 
 from .. import campaign as camp
 from .. import fanout_lease, kafka_io, kube_io, render_check
@@ -411,13 +411,17 @@ def _chunk(
     suppressed: set[str],
     produced: set[int],
     build: Callable[[int, Recipient], tuple[bytes, bytes]],
+    list_name: str | None = None,
 ) -> _Chunk:
     """Pure: the records of `indices` to produce, leaving out suppressed addresses
-    and the indices `produced` before the operator restarted (counted, not sent)."""
+    (the namespace's, and those of the campaign's mailing list `list_name`) and
+    the indices `produced` before the operator restarted (counted, not sent)."""
     out = _Chunk()
     for i in indices:
         r = audience[i]
-        if r.address.lower() in suppressed:
+        if suppression_key(r.address) in suppressed or (
+            list_name is not None and suppression_key(r.address, list_name) in suppressed
+        ):
             out.suppressed += 1
             continue
         out.enqueued += 1
@@ -475,7 +479,9 @@ def _run_fanout(
         return
     spec, prepared = ready
     digest, audience, total = prepared.digest(), prepared.recipients, len(prepared.recipients)
-    renderer = camp.Renderer(spec, key, seconds=FANOUT_RENDER_SECONDS)
+    renderer = camp.Renderer(
+        spec, key, seconds=FANOUT_RENDER_SECONDS, endpoint=pool.spec.unsubscribe is not None
+    )
     suppressed = kafka_io.read_suppressions(bootstrap, t.suppressions)
     start = checkpoint.next_index
     produced: set[int] = set()
@@ -523,7 +529,7 @@ def _run_fanout(
             return  # another operator process resumed it (see fanout_lease)
         build = functools.partial(_record, key, uid, spec, renderer, time.time())
         end = min(index + FANOUT_CHUNK, total)
-        chunk = _chunk(audience, range(index, end), suppressed, produced, build)
+        chunk = _chunk(audience, range(index, end), suppressed, produced, build, renderer.list)
         enqueued += chunk.enqueued
         pre_suppressed += chunk.suppressed
         kafka_io.produce_all(producer, t.outbound, chunk.records)

@@ -54,7 +54,7 @@ def apply_suppression(
             log.warning("bad suppression for %r, suppressing its key anyway: %s", address, exc)
             suppressions.add(address, UNDECODABLE_SUPPRESSION, source)
             return
-        suppressions.add(s.address, s.reason.value, source)
+        suppressions.add(s.address, s.reason.value, source, s.list)
 
     return apply
 
