@@ -197,9 +197,9 @@ def test_the_unsubscribe_endpoint_reaches_the_relay_with_its_keys_mounted() -> N
     assert config.unsubscribe is not None
     assert config.unsubscribe.base_url == "https://unsub.example.com/u/"
     pod = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
-    assert {"name": "feedback-keys", "secret": {"secretName": "feedback-keys"}} in pod["volumes"]
+    assert {"name": "unsubscribe-keys", "secret": {"secretName": "feedback-keys"}} in pod["volumes"]
     mounts = pod["containers"][0]["volumeMounts"]
-    assert {m["mountPath"] for m in mounts if m["name"] == "feedback-keys"} == {
+    assert {m["mountPath"] for m in mounts if m["name"] == "unsubscribe-keys"} == {
         config.unsubscribe.keys_dir
     }
     assert [r.name for r in secret_refs(s)] == ["feedback-keys"]
