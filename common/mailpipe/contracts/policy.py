@@ -194,7 +194,10 @@ class TLSMode(enum.StrEnum):
     MX host name, else defer; never clear (Postfix `secure`). `required` with
     `verify: false`: encrypted, unverified, never clear (Postfix `encrypt`);
     `required` with `verify: true` is `verify`. `disabled` is the old name of
-    `none`. Both older spellings stay accepted for existing pools.
+    `none`. Both older spellings stay accepted for existing pools. `mta-sts`:
+    the destination's MTA-STS policy (RFC 8461) decides, `verify` restricted to
+    its MX hosts where it says `enforce`, `opportunistic` (reporting what
+    `enforce` would refuse) where it says `testing`, `none` or nothing.
     """
 
     NONE = "none"
@@ -202,6 +205,11 @@ class TLSMode(enum.StrEnum):
     VERIFY = "verify"
     REQUIRED = "required"
     DISABLED = "disabled"
+    MTA_STS = "mta-sts"
+
+
+# Modes that verify certificates at least for some destinations: a CA bundle is used.
+VERIFYING_MODES = frozenset({TLSMode.VERIFY, TLSMode.MTA_STS})
 
 
 def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool) -> str | None:
@@ -216,11 +224,16 @@ def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool) -> str | None:
             f"tls.verify: true contradicts mode {mode.value} (which never verifies); use "
             "mode: verify to require a certificate matching the MX name, or drop verify"
         )
-    if ca_bundle and applied_tls_mode(mode, verify) is not TLSMode.VERIFY:
+    if verify and mode is TLSMode.MTA_STS:
+        return (
+            "tls.verify: true contradicts mode mta-sts (each destination's policy decides "
+            "where to verify); use mode: verify to verify everywhere, or drop verify"
+        )
+    if ca_bundle and applied_tls_mode(mode, verify) not in VERIFYING_MODES:
         return (
             f"a TLS CA bundle is only used to verify certificates, and mode {mode.value} "
             f"{'with verify: false ' if mode is TLSMode.REQUIRED else ''}does not verify; "
-            "use mode: verify"
+            "use mode: verify or mta-sts"
         )
     return None
 
@@ -243,14 +256,15 @@ class TLSSettings(Spec):
             "STARTTLS policy: none; opportunistic (encrypt if offered, never verify, clear "
             "if STARTTLS fails); verify (certificate must match the MX name, else defer, "
             "never clear); required (encrypt, unverified unless verify: true, never clear); "
-            "disabled (= none)."
+            "mta-sts (the destination's RFC 8461 policy decides: verify where it enforces, "
+            "else opportunistic); disabled (= none)."
         ),
     )
     verify: bool = Field(
         default=False,
         description=(
             "With mode required: verify MX certificates (the same as mode verify). "
-            "Refused with none and opportunistic."
+            "Refused with none, opportunistic and mta-sts."
         ),
     )
 
