@@ -266,7 +266,9 @@ class SMTPTransport:
                     if isinstance(exc, _NoTLS | _TLSFailed):
                         last_tls = outcome.model_copy(update={"failure": exc.failure})
                     break
-                tls = self._outcome(conn, outcome, policy is None or policy.allows(route.name))
+                testing = policy is not None and policy.mode is STSMode.TESTING
+                listed = not testing or (policy is not None and policy.allows(route.name))
+                tls = self._outcome(conn, outcome, listed)
                 try:
                     replies, stages = await conn.transaction(
                         envelope.sender, rcpts, envelope.message, envelope.gate
