@@ -18,16 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field
 class TLSFailure(enum.StrEnum):
     """Why a session was not (verified) TLS: RFC 8460 section 4.3 result types,
     plus `mx-mismatch` (an MX outside the MTA-STS policy: RFC 8461 section 4.1;
-    RFC 8460 has no type for it) and `starttls-failed` (the handshake broke off)."""
+    RFC 8460 has no type for it) and `starttls-failed` (the handshake broke off).
+    RFC 8460's DANE types (tlsa-invalid, dnssec-invalid, dane-required) come
+    with the DANE mode."""
 
     STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
     CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
     CERTIFICATE_EXPIRED = "certificate-expired"
     CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
     VALIDATION_FAILURE = "validation-failure"
-    TLSA_INVALID = "tlsa-invalid"
-    DNSSEC_INVALID = "dnssec-invalid"
-    DANE_REQUIRED = "dane-required"
     STS_POLICY_FETCH_ERROR = "sts-policy-fetch-error"
     STS_POLICY_INVALID = "sts-policy-invalid"
     STS_WEBPKI_INVALID = "sts-webpki-invalid"

@@ -54,7 +54,8 @@ import logging
 import ssl
 import time
 import weakref
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import aiosmtplib
 
@@ -126,15 +127,17 @@ class _TLSFailed(Exception):
 
 
 # OpenSSL's X509_V_ERR_* codes of a refused certificate, as RFC 8460 result types.
-_CERT_FAILURES = {
-    62: TLSFailure.CERTIFICATE_HOST_MISMATCH,  # X509_V_ERR_HOSTNAME_MISMATCH
-    10: TLSFailure.CERTIFICATE_EXPIRED,  # X509_V_ERR_CERT_HAS_EXPIRED
-    2: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # unable to get issuer certificate
-    18: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # self-signed certificate
-    19: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # self-signed certificate in chain
-    20: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # unable to get local issuer certificate
-    21: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # unable to verify the first certificate
-}
+_CERT_FAILURES: Final = MappingProxyType(
+    {
+        62: TLSFailure.CERTIFICATE_HOST_MISMATCH,  # X509_V_ERR_HOSTNAME_MISMATCH
+        10: TLSFailure.CERTIFICATE_EXPIRED,  # X509_V_ERR_CERT_HAS_EXPIRED
+        2: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # unable to get issuer certificate
+        18: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # self-signed certificate
+        19: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # self-signed certificate in chain
+        20: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # unable to get local issuer certificate
+        21: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # unable to verify the first certificate
+    }
+)
 
 
 # What opening a connection to one MX host may raise; each is that host's reply.
