@@ -55,13 +55,16 @@ def _cert(
     return builder.sign(signer, hashes.SHA256())
 
 
-def make_certs(directory: Path, name: str, ca_name: str = "test-ca") -> Certs:
-    """A CA and a certificate for `name` only, written to `directory`. Two CAs
-    trusted at once need two `ca_name`s: OpenSSL finds an issuer by its name."""
+def make_certs(
+    directory: Path, name: str, ca_name: str = "test-ca", also: tuple[str, ...] = ()
+) -> Certs:
+    """A CA and a certificate for `name` (and the names `also`) only, written to
+    `directory`. Two CAs trusted at once need two `ca_name`s: OpenSSL finds an
+    issuer by its name."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert(ca_name, ca_name, ca_key, ca_key, ca=True, san=[])
-    leaf = _cert(name, ca_name, leaf_key, ca_key, ca=False, san=[name])
+    leaf = _cert(name, ca_name, leaf_key, ca_key, ca=False, san=[name, *also])
     pem = serialization.Encoding.PEM
     out = Certs(directory / "ca.pem", directory / "chain.pem", directory / "key.pem")
     out.ca.write_bytes(ca.public_bytes(pem))

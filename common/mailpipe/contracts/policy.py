@@ -199,6 +199,9 @@ class TLSMode(enum.StrEnum):
     decide; the pool's resolver (`dnsNameserver`) must validate, its AD bit
     is trusted; without usable records it falls back as the RFC says
     (`relay.delivery.dane`).
+    `mta-sts`: the destination's MTA-STS policy (RFC 8461) decides, `verify`
+    restricted to its MX hosts where it says `enforce`, `opportunistic`
+    (reporting what `enforce` would refuse) where it says `testing`, `none` or nothing.
     """
 
     NONE = "none"
@@ -207,6 +210,11 @@ class TLSMode(enum.StrEnum):
     REQUIRED = "required"
     DISABLED = "disabled"
     DANE = "dane"
+    MTA_STS = "mta-sts"
+
+
+# Modes that verify certificates at least for some destinations: a CA bundle is used.
+VERIFYING_MODES = frozenset({TLSMode.VERIFY, TLSMode.MTA_STS})
 
 
 def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool) -> str | None:
@@ -226,11 +234,16 @@ def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool) -> str | None:
             f"tls.verify: true contradicts mode {mode.value} (which never verifies); use "
             "mode: verify to require a certificate matching the MX name, or drop verify"
         )
-    if ca_bundle and applied_tls_mode(mode, verify) is not TLSMode.VERIFY:
+    if verify and mode is TLSMode.MTA_STS:
+        return (
+            "tls.verify: true contradicts mode mta-sts (each destination's policy decides "
+            "where to verify); use mode: verify to verify everywhere, or drop verify"
+        )
+    if ca_bundle and applied_tls_mode(mode, verify) not in VERIFYING_MODES:
         return (
             f"a TLS CA bundle is only used to verify certificates, and mode {mode.value} "
             f"{'with verify: false ' if mode is TLSMode.REQUIRED else ''}does not verify; "
-            "use mode: verify"
+            "use mode: verify or mta-sts"
         )
     return None
 
@@ -269,14 +282,15 @@ class TLSSettings(Spec):
             "if STARTTLS fails); verify (certificate must match the MX name, else defer, "
             "never clear); required (encrypt, unverified unless verify: true, never clear); "
             "dane (DNSSEC-validated TLSA records of each MX host decide, RFC 7672; needs "
-            "dnsNameserver naming a validating resolver); disabled (= none)."
+            "dnsNameserver naming a validating resolver); mta-sts (the destination's RFC 8461 "
+            "policy decides: verify where it enforces, else opportunistic); disabled (= none)."
         ),
     )
     verify: bool = Field(
         default=False,
         description=(
             "With mode required: verify MX certificates (the same as mode verify). "
-            "Refused with none and opportunistic."
+            "Refused with none, opportunistic and mta-sts."
         ),
     )
 

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from .errors import PermanentError
+from .tls_outcome import TLSOutcome
 
 WIRE_VERSION: Literal[1] = 1
 MAX_ID_LENGTH = 200  # message ids end up in headers and logs; a longer one is a bug upstream
@@ -214,6 +215,9 @@ class Event(_Model):
         description="what a bounce or deferral was about (contracts.bounces.BounceClass)",
     )
     relay: str | None = Field(default=None, description="id of the relay process that sent")
+    tls: TLSOutcome | None = Field(
+        default=None, description="the TLS of this attempt: mode, protocol, verified or why not"
+    )
 
 
 class SuppressionReason(enum.StrEnum):

@@ -1,4 +1,4 @@
-"""dnsmasq on a high loopback port, answering MX and A records for test domains.
+"""dnsmasq on a high loopback port, answering MX, A and TXT records for test domains.
 
 Tests describe zones as data (`Zone`); this module renders them into a dnsmasq
 config file. Changing records means rewriting the file and restarting dnsmasq
@@ -25,13 +25,15 @@ class Zone:
 
     `mx` is a list of (host, preference); `a` maps host names to IPv4 addresses
     (the domain itself may be among them: implicit MX). `null_mx` publishes
-    "0 ." so mail to the domain bounces without a connection.
+    "0 ." so mail to the domain bounces without a connection. `txt` maps names
+    to their TXT records, one string each (e.g. `_mta-sts.<domain>`).
     """
 
     domain: str
     mx: tuple[tuple[str, int], ...] = ()
     a: Mapping[str, str] = field(default_factory=dict)
     null_mx: bool = False
+    txt: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def render_config(zones: Iterable[Zone], port: int, pid_file: Path, log_file: Path) -> str:
@@ -57,7 +59,18 @@ def render_config(zones: Iterable[Zone], port: int, pid_file: Path, log_file: Pa
         for name, ip in zone.a.items():
             socket.inet_aton(ip)  # refuse anything that is not an IPv4 address
             lines.append(f"host-record={name},{ip}")
+        for name, records in zone.txt.items():
+            for text in records:
+                lines.append(f"txt-record={name},{_txt(text)}")
     return "\n".join(lines) + "\n"
+
+
+def _txt(text: str) -> str:
+    """One TXT string as dnsmasq reads it: quoted, so `;` and spaces stay; a comma
+    (dnsmasq's string separator), a quote or a control character is refused."""
+    if any(c in text for c in ',"\\') or not text.isprintable() or not text.isascii():
+        raise ValueError(f"TXT text dnsmasq cannot carry as one string: {text!r}")
+    return f'"{text}"'
 
 
 def command(config_file: Path) -> list[str]:

@@ -182,7 +182,9 @@ def sendingpool_crd() -> dict[str, Any]:
             "Observed state: conditions (Ready, Reconciling, Stalled, RelaysAvailable, "
             "TopicsReady) with observedGeneration, relays (desired, available), secretsHash, "
             "topics, configHash, ipCount, warmupSummary and per-IP warm-up "
-            "(day, capToday, sentToday); replicas and selector of the relay pods (scale)."
+            "(day, capToday, sentToday); tls (recipients tried, verified, in clear, and the "
+            "busiest sites with their MTA-STS policy, last protocol and last failure); "
+            "replicas and selector of the relay pods (scale)."
         ),
         # `kubectl scale sp <pool> --replicas=N` (and an HPA): the operator
         # reports the relay Deployment's replicas and pod selector in status.

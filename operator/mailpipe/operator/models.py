@@ -320,8 +320,9 @@ class TLS(TLSSettings):
         json_schema_extra=_cel(
             (
                 "!self.verify || self.mode in ['required', 'verify', 'dane']",
-                "tls.verify: true contradicts modes none, disabled and opportunistic (they never "
-                "verify); use mode: verify to require a certificate matching the MX name",
+                "tls.verify: true contradicts modes none, disabled, opportunistic (they never "
+                "verify) and mta-sts (each destination's policy decides); use mode: verify to "
+                "require a certificate matching the MX name",
             ),
             (
                 "!self.verify || self.mode != 'dane'",
@@ -329,9 +330,9 @@ class TLS(TLSSettings):
                 "verified, and how); drop verify, or use mode: verify for CA-verified TLS",
             ),
             (
-                "!has(self.caBundle) || self.mode == 'verify' || "
+                "!has(self.caBundle) || self.mode == 'verify' || self.mode == 'mta-sts' || "
                 "(self.mode == 'required' && self.verify)",
-                "tls.caBundle is only used to verify certificates; use mode: verify",
+                "tls.caBundle is only used to verify certificates; use mode: verify or mta-sts",
             ),
         )
     )
@@ -339,7 +340,8 @@ class TLS(TLSSettings):
         default=None,
         description=(
             "CA bundle (PEM) trusted besides the system's to verify MX certificates, from a "
-            "Secret or ConfigMap mounted read-only into the relays; only with mode verify."
+            "Secret or ConfigMap mounted read-only into the relays; only with mode verify "
+            "or mta-sts (where it also verifies the policy host's HTTPS certificate)."
         ),
     )
 

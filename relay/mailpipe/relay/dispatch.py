@@ -232,6 +232,9 @@ class Dispatcher:
         self.scheduler.settled(egress, domain, settlement)
         for ev in settlement.events:
             self.metrics.delivered(ev.disposition.value, domain, egress.address)
+        for tx in transactions:
+            if tx.result.tls is not None:
+                self.metrics.tls(domain, tx.result.tls)
         sends.extend(self.emitter.settlement(settlement, work.src.headers))
         retry = settlement.retry
         if retry is not None and retry.not_before is not None:

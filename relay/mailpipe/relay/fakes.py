@@ -11,6 +11,8 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 
+from mailpipe.contracts.tls_outcome import TLSOutcome
+
 from .classify import reply
 from .ports import (
     Control,
@@ -142,6 +144,7 @@ class ScriptedTransport:
         self.default = default
         self.envelopes: list[Envelope] = []
         self.delay_seconds = 0.0
+        self.tls: TLSOutcome | None = None  # the TLS every transaction reports
 
     def answer(self, address: str, *replies: str) -> None:
         self.script[address.lower()] = list(replies)
@@ -160,7 +163,7 @@ class ScriptedTransport:
             )
             code, _, rest = text.partition(" ")
             replies[rcpt] = reply(int(code), rest)
-        return TransactionResult(replies=replies, mx_host="mx.fake")
+        return TransactionResult(replies=replies, mx_host="mx.fake", tls=self.tls)
 
     async def close(self) -> None:
         return None

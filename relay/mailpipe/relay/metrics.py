@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mailpipe.contracts.tls_outcome import TLSOutcome
+
 OTHER_DOMAINS = "other"  # the label of every domain past the limit
 DEFAULT_DOMAIN_LABELS = 50  # RelayConfig.metrics_domain_labels' default
 REMEMBERED_OTHERS = 10_000  # cache of 'other' verdicts: a hot domain skips the group match
@@ -113,6 +115,7 @@ EXPORTED = (
     "mailpipe_consumer_errors_total",
     "mailpipe_already_finished_records_total",
     "mailpipe_config_refused_total",
+    "mailpipe_tls_attempts_total",
 )
 
 
@@ -204,6 +207,17 @@ class RelayMetrics:
             " relay, or the partition's previous owner (commit metadata), had finished them",
             registry=r,
         )
+        self.tls_attempts = _DomainLabelled(
+            Counter(
+                "mailpipe_tls_attempts",
+                "Delivery attempts by the TLS of their connection: the mode applied, what the"
+                " destination published (MTA-STS mode or absent), protocol or clear, verified,"
+                " and why not (an RFC 8460 result type, or none)",
+                ["domain", "mode", "policy", "protocol", "verified", "failure"],
+                registry=r,
+            ),
+            self.domains,
+        )
         self.config_refused = Counter(
             "mailpipe_config_refused",
             "Relay configs on disk refused and not used, by reason (untrusted: not signed by"
@@ -211,6 +225,10 @@ class RelayMetrics:
             ["reason"],
             registry=r,
         )
+
+    def tls(self, domain: str, outcome: TLSOutcome) -> None:
+        """One delivery attempt's TLS; every label but the domain is from a fixed set."""
+        self.tls_attempts.labels(domain, *outcome.labels()).inc()
 
     def delivered(self, outcome: str, domain: str, egress_ip: str) -> None:
         key = (outcome, self.domains(domain), egress_ip)  # bounded, as the series are

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from mailpipe.contracts.tls_outcome import TLSOutcome
+
 
 class TopicPartition(NamedTuple):
     topic: str
@@ -191,6 +193,9 @@ class TransactionResult:
     # recipient -> the `Stage` whose reply decided it (the same code means
     # different things by stage: see `classify`)
     detail: dict[str, Stage] = field(default_factory=dict)
+    # the TLS of the connection that carried it, or of the one that refused to
+    # (None: no connection was opened, e.g. a DNS failure)
+    tls: TLSOutcome | None = None
 
 
 class Transport(Protocol):

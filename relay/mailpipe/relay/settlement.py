@@ -24,6 +24,7 @@ from typing import NamedTuple
 from mailpipe.contracts.bounces import BounceClassifier
 from mailpipe.contracts.config import RetrySettings
 from mailpipe.contracts.strikes import StrikeLedger
+from mailpipe.contracts.tls_outcome import TLSOutcome
 from mailpipe.contracts.wire import (
     DeliveryRecord,
     Disposition,
@@ -73,6 +74,7 @@ def event(
     text: str | None = None,
     reason: str | None = None,
     bounce_class: str | None = None,
+    tls: TLSOutcome | None = None,
 ) -> Event:
     """The disposition event of one recipient of `record`'s current attempt."""
     return Event(
@@ -92,6 +94,7 @@ def event(
         reason=str(reason) if reason is not None else None,
         bounce_class=bounce_class,
         relay=relay_id,
+        tls=tls,
     )
 
 
@@ -166,6 +169,7 @@ def settle(
                     text=r.text,
                     reason=verdict.reason,
                     bounce_class=verdict.bounce_class,
+                    tls=tx.result.tls,
                 )
             )
     retry_record = None

@@ -91,6 +91,11 @@ INVALID = [
     ),
     (
         "SendingPool",
+        _with(GOOD_POOL, "tls", {"mode": "mta-sts", "verify": True}),
+        "and mta-sts (each destination's policy decides)",
+    ),
+    (
+        "SendingPool",
         _with(
             GOOD_POOL,
             "warmup",

@@ -31,6 +31,7 @@ from ..cluster_policy import ClusterPolicy
 from ..models import KafkaSpec, SendingPoolSpec
 from ..pool import PoolRef, topics
 from ..tally import Tally
+from ..tls_status import TLSTally
 
 MEMO_KEY = "mailpipe"  # the operator memo's key for OperatorState
 # A deletion handler retries what it cannot reach (Kafka) at most this long, then
@@ -53,6 +54,8 @@ class OperatorState:
     """Per-IP warm-up of each pool (`namespace/name`), as the relays count it."""
     warmup_sources: dict[str, tuple[str, str]] = field(default_factory=dict)
     """(bootstrap, events topic) each ledger is fed from (`handlers/warmup.py`)."""
+    tls: dict[str, TLSTally] = field(default_factory=dict)
+    """Per pool (`namespace/name`): the TLS of its attempts, for its status."""
     policy: ClusterPolicy = field(default_factory=ClusterPolicy)
     """The platform's cluster policy (`mailpipe operator --policy`); restrictive
     by default so a wiring slip fails closed."""

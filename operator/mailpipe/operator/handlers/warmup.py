@@ -12,7 +12,9 @@ relay Deployment: this module never writes a pool's children.
   Registering is a dictionary update: no Kafka client, no blocking call.
 - A timer turns the ledger into status: `ips`, the WARMUP column
   (`warmupSummary`), and the `WarmupPaused` condition plus a Warning Event
-  when an IP pauses for its bounce or complaint rate.
+  when an IP pauses for its bounce or complaint rate; and the same events'
+  TLS outcomes into the `tls` section (`tls_status`: per site, verified,
+  unverified or clear, and the last failure).
 - The `mailpipe.io/unpause-ip: <ip>[,<ip>]` annotation makes the operator write
   an `IPUnpaused` record to the pool's events topic (relays and this ledger
   both replay it, so the lift survives restarts), then remove the annotation.
@@ -45,6 +47,7 @@ from ..kafka_io import KafkaError
 from ..kube_io import ApiException
 from ..models import GROUP, VERSION, SendingPoolSpec
 from ..pool import PoolRef, build_relay_config, topics
+from ..tls_status import TLSTally, status_update
 from .context import OperatorState, operator_state, parse_pool_spec
 from .status import condition, merge_conditions
 
@@ -109,11 +112,14 @@ def follow_pool_events(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec
         on_unpause=lambda u: ledger.observe(u, replaying=True),
     )
     state.hub.follow(*source, state.tally.observe)
+    tls = state.tls[key] = TLSTally()
+    state.hub.follow(*source, tls.observe)
 
 
 def forget_pool(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec) -> None:
     key = _key(ref)
     state.ledgers.pop(key, None)
+    state.tls.pop(key, None)
     source = state.warmup_sources.pop(key, None)
     if source is not None:  # never followed: nothing to forget, and no name to derive
         state.hub.forget(*source)
@@ -190,6 +196,9 @@ async def pool_warmup_status(
     if ips != status.get("ips") or summary != status.get("warmupSummary"):
         patch.status["ips"] = ips
         patch.status["warmupSummary"] = summary
+    tls = status_update(state.tls.get(f"{namespace}/{name}"), status.get("tls"))
+    if tls is not None:
+        patch.status["tls"] = tls
     was_paused = {i["address"] for i in status.get("ips") or [] if i.get("pausedReason")}
     paused = [r for r in reports if r.paused_reason]
     newly = [r for r in paused if r.address not in was_paused]

@@ -197,6 +197,11 @@ class MXResolver:
                 del self._cache[next(iter(self._cache))]  # oldest entry first
         self._cache[name] = (now + seconds, outcome)
 
+    async def query(self, name: str, rdtype: str) -> dns.resolver.Answer:
+        """One query through the pool's resolver and the concurrency bound (MTA-STS
+        TXT and policy host lookups share both with MX lookups); dnspython's errors."""
+        return await self._query(name, rdtype)
+
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
         if self._slots is None:
             self._slots = asyncio.Semaphore(MAX_CONCURRENT_LOOKUPS)

@@ -9,6 +9,11 @@ asks instead of comparing modes itself:
     required       always          never checked            defer 4.7.5, nothing sent
     verify         always          CA chain + MX name       defer 4.7.5, nothing sent
     dane           per MX host: its DNSSEC-validated TLSA records decide (`dane`'s table)
+    mta-sts        per the destination's policy (`mta_sts.sts_plan`): `verify` to
+                   its MX hosts where it says enforce; where it says testing, a
+                   certificate is checked and a failure reported, then sent
+                   unverified (verify and clear_on_failure both set); otherwise
+                   `opportunistic`
 
 `required` with `verify: true` is `verify`, `disabled` is `none`
 (`TLSSettings.applied`). Only `opportunistic` ever remembers a host whose
@@ -28,7 +33,7 @@ from mailpipe.contracts.config import RelayTLSSettings, TLSMode
 class TLSPlan:
     """What one connection does about TLS under a mode."""
 
-    mode: TLSMode  # the applied mode: none, opportunistic, required, verify or dane
+    mode: TLSMode  # the applied mode: none, opportunistic, required, verify, dane or mta-sts
     starttls: bool  # issue STARTTLS when the server offers it
     verify: bool  # the certificate must chain to a trusted CA and match the MX name
     clear_on_failure: bool  # STARTTLS absent or failed: deliver in clear (else defer)
@@ -47,6 +52,8 @@ def plan(settings: RelayTLSSettings) -> TLSPlan:
     if mode is TLSMode.NONE:
         return TLSPlan(mode, starttls=False, verify=False, clear_on_failure=True)
     if mode is TLSMode.OPPORTUNISTIC:
+        return TLSPlan(mode, starttls=True, verify=False, clear_on_failure=True)
+    if mode is TLSMode.MTA_STS:  # a destination without a policy; see `mta_sts.sts_plan`
         return TLSPlan(mode, starttls=True, verify=False, clear_on_failure=True)
     if mode is TLSMode.REQUIRED:
         return TLSPlan(mode, starttls=True, verify=False, clear_on_failure=False)

@@ -13,6 +13,8 @@ once, at this boundary), so the engine's classifier decides all dispositions:
     opportunistic TLS, STARTTLS failed -> the same host again in clear (RFC 3207 4.1)
     dane: TLSA lookup failed -> 451 4.7.5; certificate matches no usable TLSA record -> 451 4.7.5
     (the next MX host is tried; `dane` says which plan each host's TLSA answer gives)
+    mta-sts enforce, no MX host matches the policy -> 451 4.7.5, nothing sent
+    mta-sts testing, certificate refused -> reported, the same host again unverified
     (what each mode does is `tls_policy`'s table; this module only asks it)
     connection lost mid-transaction        -> 451 4.4.2
     destination address refused by policy  -> 550 5.4.4 (no suppression: see `mx`)
@@ -23,7 +25,9 @@ Every result says, per recipient, the stage whose reply decided it
 (`TransactionResult.detail[recipient]`, a `ports.Stage`: "dns",
 "connect", "greeting", "ehlo", "tls", "local", "mail", "rcpt", "data",
 "message", "lost"), so the classifier can tell a host-level refusal
-(greeting, EHLO) from a recipient-level one (RCPT) with the same code.
+(greeting, EHLO) from a recipient-level one (RCPT) with the same code, and
+the TLS of the attempt (`TransactionResult.tls`: mode, destination policy,
+protocol, verified or why not), which events and metrics carry.
 
 aiosmtplib opens each connection: source address bound to the egress IP,
 greeting, EHLO with the IP's HELO name, STARTTLS per policy. The open
@@ -48,22 +52,27 @@ from __future__ import annotations
 
 import _ssl
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import ssl
 import time
 import weakref
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import aiosmtplib
 
 from mailpipe.contracts.config import RelayConfig, TLSMode
+from mailpipe.contracts.tls_outcome import CLEAR, TLSFailure, TLSOutcome
 
 from ..addresses import ascii_domain
 from ..classify import reply
 from ..ports import Envelope, SMTPReply, Stage, TransactionResult
 from . import dane
 from .dial import Refused, StageTimeout, dial
+from .mta_sts import STSMode, sts_plan
+from .mta_sts_fetch import Applied, PolicyFetcher
 from .mx import (
     AddressLiteral,
     InvalidDomain,
@@ -112,9 +121,29 @@ def dns_failure(exc: Exception, domain: str) -> SMTPReply:
 class _NoTLS(Exception):
     """TLS is required by policy and the server does not offer STARTTLS."""
 
+    failure = TLSFailure.STARTTLS_NOT_SUPPORTED
+
 
 class _TLSFailed(Exception):
     """STARTTLS was offered and could not be completed: refused, handshake, certificate."""
+
+    def __init__(self, why: str, failure: TLSFailure = TLSFailure.STARTTLS_FAILED) -> None:
+        super().__init__(why)
+        self.failure = failure
+
+
+# OpenSSL's X509_V_ERR_* codes of a refused certificate, as RFC 8460 result types.
+_CERT_FAILURES: Final = MappingProxyType(
+    {
+        62: TLSFailure.CERTIFICATE_HOST_MISMATCH,  # X509_V_ERR_HOSTNAME_MISMATCH
+        10: TLSFailure.CERTIFICATE_EXPIRED,  # X509_V_ERR_CERT_HAS_EXPIRED
+        2: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # unable to get issuer certificate
+        18: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # self-signed certificate
+        19: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # self-signed certificate in chain
+        20: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # unable to get local issuer certificate
+        21: TLSFailure.CERTIFICATE_NOT_TRUSTED,  # unable to verify the first certificate
+    }
+)
 
 
 def peer_chain(ssl_object: Any) -> list[bytes]:
@@ -169,6 +198,19 @@ def connect_failure(exc: BaseException, host: str) -> tuple[SMTPReply, Stage]:
     return reply(421, f"4.4.1 {host}: {exc.__class__.__name__}: {exc}"), Stage.CONNECT
 
 
+@dataclasses.dataclass(frozen=True)
+class _Negotiated:
+    """What a connection's STARTTLS gave: the protocol or `clear`, whether the
+    certificate was checked, and what failed on the way (reported, not fatal)."""
+
+    protocol: str
+    verified: bool
+    failure: TLSFailure | None
+
+
+_UNKNOWN = _Negotiated(CLEAR, False, None)
+
+
 def _all(
     recipients: tuple[str, ...], r: SMTPReply, stage: Stage, **extra: Any
 ) -> TransactionResult:
@@ -181,7 +223,11 @@ def _all(
 class SMTPTransport:
     def __init__(self, config: RelayConfig, resolver: MXResolver | None = None) -> None:
         self.mx = resolver or MXResolver(config)
-        self._idle: dict[tuple[str, str, int, str], list[Session]] = {}
+        self._idle: dict[tuple[str, str, int, str, TLSPlan], list[Session]] = {}
+        # what each open session's handshake gave (protocol, verified, failure)
+        self._negotiated: weakref.WeakKeyDictionary[Session, _Negotiated] = (
+            weakref.WeakKeyDictionary()
+        )
         self.connections_opened = 0
         self._quitting: set[asyncio.Task[None]] = set()
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
@@ -195,6 +241,13 @@ class SMTPTransport:
         self._tls = plan(config.tls)
         self._tlsa = TLSAResolver(config) if self._tls.mode is TLSMode.DANE else None
         self._tls_context, self._ca_problem = client_context(self._tls, config.tls.ca_file)
+        # one context per verify flag: under mta-sts, destinations differ
+        self._contexts = {self._tls.verify: self._tls_context}
+        self._sts: PolicyFetcher | None = None
+        if self._tls.mode is TLSMode.MTA_STS:
+            verifying = dataclasses.replace(self._tls, verify=True)
+            self._contexts[True] = client_context(verifying, config.tls.ca_file)[0]
+            self._sts = PolicyFetcher(self.mx.query, config.delivery, config.tls.ca_file)
         if self._ca_problem is not None:
             log.error(
                 "%s; certificates are checked against the system's CAs only", self._ca_problem
@@ -217,14 +270,34 @@ class SMTPTransport:
             routes = await self.mx.routes(envelope.domain)
         except Exception as exc:
             return _all(rcpts, dns_failure(exc, envelope.domain), Stage.DNS)
+        tls_plan, sts = await self._destination_plan(envelope.domain)
+        policy = sts.policy if sts is not None else None
+        outcome = TLSOutcome(
+            mode=tls_plan.mode.value,
+            policy=policy.mode.value if policy is not None else None,
+            failure=sts.failure if sts is not None else None,
+        )
+        if policy is not None and policy.mode is STSMode.ENFORCE:
+            # RFC 8461 section 5: only MX hosts the policy lists are used
+            routes = [r for r in routes if policy.allows(r.name)]
+            if not routes:
+                why = f"4.7.5 no MX host of {envelope.domain} matches its MTA-STS policy"
+                mismatch = outcome.model_copy(update={"failure": TLSFailure.MX_MISMATCH})
+                return _all(rcpts, reply(451, why), Stage.TLS, tls=mismatch)
         last, stage = reply(421, "4.4.1 no MX host accepted a connection"), Stage.CONNECT
+        last_tls: TLSOutcome | None = None
         for route in routes:
             for fresh_only in (False, True):
                 try:
-                    conn, reused = await self._acquire(envelope, route, fresh_only)
+                    conn, reused = await self._acquire(envelope, route, fresh_only, tls_plan)
                 except CONNECT_FAILURES as exc:
                     last, stage = connect_failure(exc, route.name)
+                    if isinstance(exc, _NoTLS | _TLSFailed):
+                        last_tls = outcome.model_copy(update={"failure": exc.failure})
                     break
+                testing = policy is not None and policy.mode is STSMode.TESTING
+                listed = not testing or (policy is not None and policy.allows(route.name))
+                tls = self._outcome(conn, outcome, listed)
                 try:
                     replies, stages = await conn.transaction(
                         envelope.sender, rcpts, envelope.message, envelope.gate
@@ -240,15 +313,42 @@ class SMTPTransport:
                             envelope.gate.renew()
                         continue
                     lost = reply(451, f"4.4.2 {exc}")  # the text names the host already
-                    return _all(rcpts, lost, Stage.LOST, mx_host=route.name)
-                self._release(envelope, route, conn)
-                return TransactionResult(replies, mx_host=route.name, detail=stages)
-        return _all(rcpts, last, stage)
+                    return _all(rcpts, lost, Stage.LOST, mx_host=route.name, tls=tls)
+                self._release(envelope, route, conn, tls_plan)
+                return TransactionResult(replies, mx_host=route.name, detail=stages, tls=tls)
+        return _all(rcpts, last, stage, tls=last_tls)
 
-    async def _acquire(self, env: Envelope, route: Route, fresh_only: bool) -> tuple[Session, bool]:
-        # The MX name is part of the key: a connection whose certificate was
-        # checked for one name is not a checked connection for another.
-        key = (env.egress_address, route.host, route.port, route.name)
+    async def _destination_plan(self, domain: str) -> tuple[TLSPlan, Applied | None]:
+        """The TLS plan for `domain`: the pool's, or under mode mta-sts what the
+        domain's policy says (never an exception: see `mta_sts_fetch`)."""
+        if self._sts is None:
+            return self._tls, None
+        sts = await self._sts.applied(ascii_domain(domain))
+        return sts_plan(sts.policy), sts
+
+    def _outcome(self, conn: Session, base: TLSOutcome, listed: bool) -> TLSOutcome:
+        """The TLS of an attempt on `conn`: what its handshake gave, under this
+        destination's mode and policy (a pooled connection serves several)."""
+        negotiated = self._negotiated.get(conn, _UNKNOWN)
+        failure = negotiated.failure or base.failure
+        if not listed:  # mta-sts testing, an MX the policy does not list: reported
+            failure = failure or TLSFailure.MX_MISMATCH
+        return base.model_copy(
+            update={
+                "protocol": negotiated.protocol,
+                "verified": negotiated.verified,
+                "failure": failure,
+            }
+        )
+
+    async def _acquire(
+        self, env: Envelope, route: Route, fresh_only: bool, tls_plan: TLSPlan
+    ) -> tuple[Session, bool]:
+        # The MX name and the TLS plan are part of the key: a connection whose
+        # certificate was checked for one name is not a checked connection for
+        # another, and one opened unverified never serves a destination that
+        # enforces verification (mta-sts: destinations sharing an MX differ).
+        key = (env.egress_address, route.host, route.port, route.name, tls_plan)
         idle = self._idle.get(key, [])
         now = time.monotonic()
         while idle and not fresh_only:
@@ -256,14 +356,16 @@ class SMTPTransport:
             if conn.is_open and now - conn.last_used < IDLE_SECONDS:
                 return conn, True
             conn.close()
-        return await self._open(env, route), False
+        return await self._open(env, route, tls_plan), False
 
-    async def _route_plan(self, env: Envelope, route: Route) -> tuple[TLSPlan, _DaneCheck | None]:
-        """The TLS plan for this MX host: the pool's, or in mode dane what the
-        host's TLSA records give (`dane.policy`; looked up only on a DNSSEC-
-        validated route). Raises TLSALookupFailed."""
+    async def _route_plan(
+        self, env: Envelope, route: Route, tls_plan: TLSPlan
+    ) -> tuple[TLSPlan, _DaneCheck | None]:
+        """The TLS plan for this MX host: the destination's (`tls_plan`), or in mode
+        dane what the host's TLSA records give (`dane.policy`; looked up only on a
+        DNSSEC-validated route). Raises TLSALookupFailed."""
         if self._tlsa is None:
-            return self._tls, None
+            return tls_plan, None
         answer = await self._tlsa.lookup(route.name, route.port) if route.secure else None
         decided = dane.policy(route.name, route.secure, answer)
         log.debug("DANE %s: %s", decided.plan.mode.value, decided.why)
@@ -271,30 +373,44 @@ class SMTPTransport:
             return decided.plan, None
         return decided.plan, (decided.records, (route.name, ascii_domain(env.domain)))
 
-    async def _open(self, env: Envelope, route: Route) -> Session:
-        """A new session; an opportunistic STARTTLS that fails is retried in clear."""
-        tls, dane_check = await self._route_plan(env, route)
+    async def _open(self, env: Envelope, route: Route, tls_plan: TLSPlan) -> Session:
+        """A new session; an opportunistic STARTTLS that fails is retried in clear,
+        an MTA-STS `testing` one whose certificate is refused retried unverified;
+        in mode dane the host's TLSA records decide its plan (`_route_plan`)."""
+        tls_plan, dane_check = await self._route_plan(env, route, tls_plan)
         host = (route.host, route.port)
         now = time.monotonic()
-        starttls = tls.starttls_now(self._tls_broken.get(host, 0.0), now)
+        starttls = tls_plan.starttls_now(self._tls_broken.get(host, 0.0), now)
         try:
-            return await self._connect(env, route, tls, dane_check, starttls=starttls)
+            return await self._connect(env, route, tls_plan, dane_check, starttls=starttls)
         except _TLSFailed as exc:
-            if not tls.clear_on_failure:  # required, verify, dane: defer, never clear
+            if not tls_plan.clear_on_failure:  # required, verify, dane: defer, never clear
                 raise
+            if tls_plan.verify:
+                # MTA-STS testing (RFC 8461 section 5): report what enforce would
+                # refuse, deliver as without a policy (opportunistic).
+                log.warning("MTA-STS testing: %s; delivering unverified", exc)
+                unverified = dataclasses.replace(tls_plan, verify=False)
+                conn = await self._open(env, route, unverified)
+                self._negotiated[conn] = dataclasses.replace(
+                    self._negotiated.get(conn, _UNKNOWN), failure=exc.failure
+                )
+                return conn
             # Opportunistic TLS (RFC 3207 4.1, as Postfix's "may"): a failed
             # handshake leaves the connection unusable, so a new one goes in clear.
             log.warning("STARTTLS with %s failed, delivering in clear: %s", route.name, exc)
             if len(self._tls_broken) >= MAX_TLS_BROKEN_HOSTS:
                 self._tls_broken = {h: t for h, t in self._tls_broken.items() if t > now}
             self._tls_broken[host] = now + TLS_FALLBACK_SECONDS
-            return await self._connect(env, route, tls, None, starttls=False)
+            conn = await self._connect(env, route, tls_plan, None, starttls=False)
+            self._negotiated[conn] = _Negotiated(CLEAR, False, exc.failure)
+            return conn
 
     async def _connect(
         self,
         env: Envelope,
         route: Route,
-        tls: TLSPlan,
+        tls_plan: TLSPlan,
         dane_check: _DaneCheck | None,
         *,
         starttls: bool,
@@ -306,7 +422,7 @@ class SMTPTransport:
             sock=sock,
             timeout=timeouts.ehlo_seconds,  # EHLO and STARTTLS; the greeting's is below
             start_tls=False,  # decided below, per policy
-            validate_certs=tls.verify,
+            validate_certs=tls_plan.verify,
         )
         try:
             await smtp.connect(timeout=timeouts.greeting_seconds)
@@ -322,10 +438,17 @@ class SMTPTransport:
                 await smtp.ehlo()
             except aiosmtplib.SMTPTimeoutError:
                 raise StageTimeout(Stage.EHLO, "no reply to EHLO", timeouts.ehlo_seconds) from None
+            negotiated = _Negotiated(CLEAR, False, None)
             if starttls and smtp.supports_extension("starttls"):
-                await self._starttls(smtp, route, dane_check)
-            elif not tls.clear_on_failure:
+                await self._starttls(smtp, route, tls_plan.verify, dane_check)
+                ssl_object = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
+                version = ssl_object.version() if ssl_object is not None else None
+                verified = tls_plan.verify or dane_check is not None
+                negotiated = _Negotiated(version or "other", verified, None)
+            elif not tls_plan.clear_on_failure:
                 raise _NoTLS()
+            elif starttls:
+                negotiated = _Negotiated(CLEAR, False, TLSFailure.STARTTLS_NOT_SUPPORTED)
             # Taking aiosmtplib's transport over (handed to `session.Session`,
             # which installs its own protocol with asyncio's public
             # `Transport.set_protocol`). Why: aiosmtplib cannot pipeline (RFC
@@ -348,10 +471,15 @@ class SMTPTransport:
             transport, dict(smtp.esmtp_extensions), timeouts=timeouts, host=route.name
         )
         self._sessions.add(session)
+        self._negotiated[session] = negotiated
         return session
 
     async def _starttls(
-        self, smtp: aiosmtplib.SMTP, route: Route, dane_check: _DaneCheck | None
+        self,
+        smtp: aiosmtplib.SMTP,
+        route: Route,
+        verify: bool,
+        dane_check: _DaneCheck | None = None,
     ) -> None:
         """STARTTLS, the certificate checked (mode verify) against the MX host
         NAME as MTA-STS (RFC 8461) and DANE expect, never the address connected to;
@@ -359,7 +487,8 @@ class SMTPTransport:
         else is sent; every way it can fail is `_TLSFailed`. The server name
         (SNI) is the MX host name, which RFC 7672 8.1 asks for under DANE too."""
         try:
-            await smtp.starttls(server_hostname=route.name, tls_context=self._tls_context)
+            context = self._contexts[verify]
+            await smtp.starttls(server_hostname=route.name, tls_context=context)
             if dane_check is not None:
                 records, names = dane_check
                 transport = smtp.transport
@@ -373,7 +502,10 @@ class SMTPTransport:
                     # abort drops the TLS session and its socket at once (a
                     # graceful close would outlive the connection's owner).
                     transport.abort()  # type: ignore[union-attr]
-                    raise _TLSFailed(f"DANE: {problem} (TLSA _{route.port}._tcp.{route.name})")
+                    raise _TLSFailed(
+                        f"DANE: {problem} (TLSA _{route.port}._tcp.{route.name})",
+                        TLSFailure.TLSA_INVALID,
+                    )
             # RFC 3207: forget what was offered in clear and ask again. (aiosmtplib
             # would do it lazily before its next command; the session won't.)
             await smtp.ehlo()
@@ -382,14 +514,15 @@ class SMTPTransport:
         except ssl.SSLCertVerificationError as exc:
             why = f" ({self._ca_problem})" if self._ca_problem else ""
             raise _TLSFailed(
-                f"certificate of {route.name} refused: {exc.verify_message}{why}"
+                f"certificate of {route.name} refused: {exc.verify_message}{why}",
+                _CERT_FAILURES.get(exc.verify_code, TLSFailure.VALIDATION_FAILURE),
             ) from exc
         except aiosmtplib.SMTPResponseException as exc:  # e.g. "454 TLS not available"
             raise _TLSFailed(f"STARTTLS refused: {exc.code} {exc.message}") from exc
         except (TimeoutError, OSError, aiosmtplib.SMTPException) as exc:
             raise _TLSFailed(f"TLS handshake failed: {exc.__class__.__name__}: {exc}") from exc
 
-    def _release(self, env: Envelope, route: Route, conn: Session) -> None:
+    def _release(self, env: Envelope, route: Route, conn: Session, tls_plan: TLSPlan) -> None:
         """Pool the connection for the next transaction, or close it: the envelope
         carries the destination's messages-per-connection limit (the scheduler's
         shaping decides it; the transport only counts)."""
@@ -399,7 +532,7 @@ class SMTPTransport:
             self._quitting.add(task)
             task.add_done_callback(self._quitting.discard)
             return
-        key = (env.egress_address, route.host, route.port, route.name)
+        key = (env.egress_address, route.host, route.port, route.name, tls_plan)
         self._idle.setdefault(key, []).append(conn)
 
     async def close(self) -> None:
