@@ -171,11 +171,22 @@ def _container_finding(
         text = f"container {container} keeps exiting (exit code {ended.get('exitCode')})"
         tail = _last_line(ended.get("message") or "")
         return _Finding(PodReason.CRASH_LOOP_BACK_OFF, pod, f"{text}: {tail}" if tail else text)
+    restarted = state.get("terminated") or (c.get("lastState") or {}).get("terminated")
+    if restarted or reason == "CrashLoopBackOff":
+        # Stopped cleanly (exit 0: its liveness probe, or its own exit) and
+        # restarted, whether running, stopped or backing off now: not a crash,
+        # and not a relay starting for the first time either.
+        text = (
+            f"container {container} is not Ready and was restarted after it stopped "
+            f"(exit code 0: its liveness probe or its own exit); `kubectl logs pod/{pod} "
+            "--previous` says why"
+        )
+        return _Finding(PodReason.RELAYS_NOT_READY, pod, text)
     started = _time((state.get("running") or {}).get("startedAt"))
     if started is not None and (now - started).total_seconds() > NOT_READY_GRACE_SECONDS:
         text = (
-            f"container {container} runs but is not Ready: its readiness probe fails "
-            f"(`kubectl logs pod/{pod}` says why)"
+            f"container {container} runs but is not Ready: its readiness probe does not "
+            f"pass (`kubectl logs pod/{pod}` says why)"
         )
         return _Finding(PodReason.RELAYS_NOT_READY, pod, text)
     return None  # starting: pulling, creating, or running for a short while

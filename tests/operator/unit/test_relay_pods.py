@@ -202,7 +202,7 @@ CREATE_CONFIG_ERROR = _pod(
         (CRASH_LOOP, PodReason.CRASH_LOOP_BACK_OFF, "exit code 2"),
         (OOM_KILLED, PodReason.OOM_KILLED, "memory limit of 24Mi"),
         (UNSCHEDULABLE, PodReason.UNSCHEDULABLE, "1 Insufficient cpu"),
-        (NOT_READY, PodReason.RELAYS_NOT_READY, "readiness probe fails"),
+        (NOT_READY, PodReason.RELAYS_NOT_READY, "readiness probe does not pass"),
         (CREATE_CONFIG_ERROR, PodReason.CONTAINER_NOT_CREATED, 'secret "dkim-news" not found'),
     ],
     ids=[
@@ -337,3 +337,35 @@ def test_a_deployment_with_unavailable_pods_has_pods_to_explain() -> None:
         {**dep, "status": {**dep["status"], "unavailableReplicas": 0}}, 1
     ).pods_to_explain
     assert not Relays.of(None, 0).pods_to_explain
+
+
+def _restarted_cleanly(state: dict[str, Any]) -> dict[str, Any]:
+    """A relay stopped by its liveness probe (SIGTERM, exit 0) and restarted."""
+    return _running(
+        _pod(
+            restartCount=2,
+            state=state,
+            lastState={"terminated": {"exitCode": 0, "reason": "Completed"}},
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        _restarted_cleanly({"running": {"startedAt": _ago(2)}}),
+        _restarted_cleanly({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}}),
+        _restarted_cleanly({"terminated": {"exitCode": 0, "reason": "Completed"}}),
+    ],
+    ids=["running-again", "backing-off", "stopped"],
+)
+def test_a_relay_restarted_by_its_liveness_probe_is_not_ready_throughout(
+    pod: dict[str, Any],
+) -> None:
+    """Its probe stops it (exit 0), it restarts, it backs off: one reason and one
+    message all along, not "starting" for a minute after each restart."""
+    trouble = diagnose([pod], NOW)
+    assert trouble is not None
+    assert trouble.reason is PodReason.RELAYS_NOT_READY
+    assert "was restarted" in trouble.message
+    assert trouble == diagnose([_restarted_cleanly({"running": {"startedAt": _ago(2)}})], NOW)
