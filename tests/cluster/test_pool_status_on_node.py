@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -414,41 +413,3 @@ def test_a_relay_whose_readiness_probe_never_passes(pool: Pool) -> None:
     )
     _report("readiness probe never passes (lag includes the 60 s grace)", seen)
     assert "is not Ready" in seen.ready["message"], seen.ready
-
-
-def test_the_disruption_budget_blocks_evicting_the_last_available_relay(pool: Pool) -> None:
-    """Two relays: a node drain may evict one, not the other while the first
-    one's replacement is not available yet (PDB maxUnavailable 1)."""
-    pool.apply(replicas=2)
-    core = client.CoreV1Api(pool.op.api)
-
-    def ready_pods() -> list[str]:
-        return sorted(
-            p["metadata"]["name"]
-            for p in _pods(pool)
-            if _containers(p) and all(c.get("ready") for c in _containers(p))
-        )
-
-    wait_for(lambda: len(ready_pods()) == 2, RELAY_READY_TIMEOUT_SECONDS, "two relays Ready")
-    first, second = ready_pods()
-
-    def evict(name: str) -> int:
-        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=pool.op.tenant))
-        try:
-            core.create_namespaced_pod_eviction(name, pool.op.tenant, body)
-        except client.ApiException as exc:
-            return int(exc.status)
-        return HTTPStatus.CREATED
-
-    # The disruption controller must have counted both relays healthy first.
-    def budget_allows_one() -> bool:
-        pdb = client.PolicyV1Api(pool.op.api).read_namespaced_pod_disruption_budget(
-            f"mailpipe-relay-{pool.name}", pool.op.tenant
-        )
-        return (pdb.status.current_healthy or 0) == 2 and pdb.status.disruptions_allowed == 1
-
-    wait_for(budget_allows_one, TROUBLE_TIMEOUT_SECONDS, "the PDB counting two healthy relays")
-    assert evict(first) == HTTPStatus.CREATED
-    # 429: the API server refuses, the budget is spent until a new relay is Ready
-    assert evict(second) == HTTPStatus.TOO_MANY_REQUESTS
-    assert second in [p["metadata"]["name"] for p in _pods(pool)]
