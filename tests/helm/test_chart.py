@@ -104,6 +104,9 @@ def test_defaults_render_cluster_wide_least_privilege() -> None:
         "delete",
     }  # by name only: no list or watch of ConfigMaps
     assert workloads[(("",), ("secrets",))] == {"get"}
+    # relay pods read to say why relays are missing: never written, never watched
+    assert workloads[(("",), ("pods",))] == {"get", "list"}
+    assert not any("pods" in r for _, r in watch)
     for verbs in [*watch.values(), *workloads.values()]:
         assert "*" not in verbs
     assert not any("kopf.dev" in g for g, _ in watch)  # no peering unless enabled

@@ -106,9 +106,14 @@ def test_cluster_wide_operator_writes_only_in_onboarded_namespaces(
             ("create", "services", team_a, YES),
             ("create", "poddisruptionbudgets.policy", team_a, YES),
             ("get", "secrets", team_a, YES),
+            # relay pods read where relays run, to say why they are missing
+            ("list", "pods", team_a, YES),
             ("create", "deployments.apps", team_b, NO),
             ("get", "secrets", team_b, NO),
             ("get", "configmaps", team_b, NO),
+            ("list", "pods", team_b, NO),
+            ("list", "pods", "kube-system", NO),
+            ("watch", "pods", None, NO),
             # never kube-system, never enumerate ConfigMaps or Secrets
             ("create", "deployments.apps", "kube-system", NO),
             ("patch", "deployments.apps", "kube-system", NO),
@@ -119,6 +124,7 @@ def test_cluster_wide_operator_writes_only_in_onboarded_namespaces(
             ("list", "secrets", team_a, NO),
             # nothing beyond its job
             ("create", "pods", team_a, NO),
+            ("delete", "pods", team_a, NO),
             ("create", "rolebindings.rbac.authorization.k8s.io", team_a, NO),
             ("delete", "namespaces", None, NO),
             ("create", "sendingpools.mailpipe.io", team_a, NO),
@@ -140,7 +146,9 @@ def test_namespaced_operator_touches_nothing_outside_its_namespaces(
             ("list", "sendingpools.mailpipe.io", team_a, YES),
             ("create", "deployments.apps", team_a, YES),
             ("get", "secrets", team_a, YES),
+            ("list", "pods", team_a, YES),
             ("list", "sendingpools.mailpipe.io", None, NO),
+            ("list", "pods", team_b, NO),
             ("list", "sendingpools.mailpipe.io", team_b, NO),
             ("create", "deployments.apps", team_b, NO),
             ("create", "deployments.apps", "kube-system", NO),

@@ -85,7 +85,9 @@ filter by label; the operator itself selects app.kubernetes.io/managed-by=mailpi
 operatorWorkloadRules: what it needs in a namespace where it runs relays. It
 creates and deletes the relay Deployment, ConfigMap, Service and PDB by name;
 it reads a ConfigMap or Secret only when a Campaign or SendingPool names it
-(get by name: no list or watch, so it cannot enumerate them).
+(get by name: no list or watch, so it cannot enumerate them). It lists the
+relay pods of a pool whose relays are missing, to say why in the pool's
+status (read-only, no watch: relay_pods.py).
 */}}
 {{- define "mailpipe.operatorWorkloadRules" -}}
 - apiGroups: ["apps"]
@@ -100,6 +102,9 @@ it reads a ConfigMap or Secret only when a Campaign or SendingPool names it
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
 {{- end -}}
 
 {{/*

@@ -246,6 +246,24 @@ class Kube:
         out: dict[str, Any] = self.api.sanitize_for_serialization(dep)  # type: ignore[no-untyped-call]
         return out
 
+    def list_relay_pods(self, ref: PoolRef) -> list[dict[str, Any]]:
+        """The pool's relay pods (those its Deployment selects), as JSON.
+
+        Read as raw JSON, not as the client's models: only their status is
+        wanted, and a model per container status is slow to build. Raises
+        ApiException (403 where the chart grants no `list pods`)."""
+        selector = ",".join(
+            f"{k}={v}"
+            for k, v in ref.labels().items()
+            if k in ("mailpipe.io/pool", "app.kubernetes.io/component")
+        )
+        # _preload_content=False: the urllib3 response, not a V1PodList
+        answer: Any = client.CoreV1Api(self.api).list_namespaced_pod(
+            ref.namespace, label_selector=selector, _preload_content=False
+        )
+        items: list[dict[str, Any]] = json.loads(answer.data)["items"]
+        return items
+
     def scale_deployment(self, ref: PoolRef, replicas: int) -> None:
         """Set the relay Deployment's spec.replicas, leaving the rest of it as it is.
 

@@ -311,6 +311,10 @@ def build_deployment(
         "resources": {k: v for k, v in resources.items() if v},
         "volumeMounts": mounts,
         "securityContext": container_security(),
+        # A relay that exits leaves the end of its log as its termination
+        # message: the pool's condition quotes it (`relay_pods`), so `kubectl
+        # get sp` says why without `kubectl logs --previous`.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod: dict[str, Any] = {
         # SMTP egress binds the pool's IPs; with hostNetwork they are

@@ -30,6 +30,7 @@ from .. import defaults, fanout_lease, kafka_io, kube_io, tenancy
 from ..cluster_policy import ClusterPolicy
 from ..models import KafkaSpec, SendingPoolSpec
 from ..pool import PoolRef, topics
+from ..relay_pods import PodTrouble
 from ..tally import Tally
 from ..tls_status import TLSTally
 
@@ -94,6 +95,12 @@ class OperatorState:
     last rendered, and the API server's view of that rendering
     (`kube_io.server_view`), so a Deployment event is compared without asking
     the server again. Rebuilt by one dry run per pool after a restart."""
+
+    pod_troubles: dict[str, PodTrouble | None] = field(default_factory=dict)
+    """Per pool (`namespace/name`) that may run relays: why its relay pods were
+    not available at its last reconcile (None: they were, or were starting).
+    `handlers.relays` re-reads the pods of a pool whose relays are missing and
+    reconciles it when their trouble is no longer this one."""
 
     def pool_lock(self, key: str) -> asyncio.Lock:
         return self.pool_locks.setdefault(key, asyncio.Lock())

@@ -35,7 +35,7 @@ import kopf
 from mailpipe.contracts.signing import ConfigSigner
 from mailpipe.contracts.topics import Topics, owned_prefix, owned_topics
 
-from .. import config_signing, kafka_io, kube_io, tenancy, validation
+from .. import config_signing, kafka_io, kube_io, relay_pods, tenancy, validation
 from ..cluster_policy import ClusterPolicy
 from ..kafka_io import KafkaError
 from ..kube_io import ApiException
@@ -61,6 +61,7 @@ KAFKA_RETRY_SECONDS = 15  # a broker that refuses topic creation is retried at t
 LEGACY_CONDITIONS = ("Progressing", "Degraded")
 DRIFT_PATHS_SHOWN = 3  # an Event names a few drifted fields, not a whole template
 RELAYS_STOPPED = "RelaysStopped"  # a refused pool's relays held at 0 (Event and condition reason)
+RELAYS_RECOVERED = "RelaysRecovered"  # Event: relay pods in trouble are available again
 
 
 @kopf.on.create(GROUP, VERSION, "sendingpools")
@@ -97,6 +98,7 @@ class _Seen:
     topics_created: list[str] = field(default_factory=list)
     rendered: list[dict[str, Any]] = field(default_factory=list)  # every child, as rendered
     stopped_from: int | None = None  # replicas of the relays this reconcile scaled to 0
+    trouble: relay_pods.PodTrouble | None = None  # why relay pods are not available
 
 
 async def reconcile(
@@ -126,8 +128,10 @@ async def reconcile(
         key = f"{namespace}/{name}"
         if seen is not None and seen.rendered:
             state.rendered[key] = seen.rendered
+            state.pod_troubles[key] = seen.trouble  # what handlers.relays compares with
         else:
             state.rendered.pop(key, None)
+            state.pod_troubles.pop(key, None)
     if seen is None:
         return Outcome()
     body = kopf.Body(cast(kopf.RawBody, seen.obj))
@@ -146,21 +150,41 @@ async def reconcile(
             message=f"relays scaled from {seen.stopped_from} to 0: the pool is refused "
             f"({refused.get('reason')}); its records wait on Kafka until it is allowed",
         )
-    old_ready = find(body.get("status", {}).get("conditions"), "Ready") or {}
-    new_ready = find(seen.status.get("conditions"), "Ready") or {}
-    changed = (old_ready.get("reason"), old_ready.get("message")) != (
-        new_ready.get("reason"),
-        new_ready.get("message"),
-    )
+    _announce(body, seen)
+    return seen.outcome
+
+
+def _announce(body: kopf.Body, seen: _Seen) -> None:
+    """Events for what the reconcile changed in the pool's Ready and Reconciling."""
+    old_conditions = body.get("status", {}).get("conditions")
+    new_conditions = seen.status.get("conditions")
+    old_ready = find(old_conditions, "Ready") or {}
+    new_ready = find(new_conditions, "Ready") or {}
+    changed = _said(old_ready) != _said(new_ready)
+    pods = set(relay_pods.PodReason)
     if changed and new_ready.get("status") == "False":
         # A Warning for what needs someone: a problem with the spec, its
-        # references or Kafka, and relays lost by a Ready pool (a crash); not
+        # references or Kafka, relay pods in trouble (an image that cannot be
+        # pulled, a crash loop, no node), and relays lost by a Ready pool; not
         # for relays that are still starting.
-        stalled = find(seen.status.get("conditions"), "Stalled") or {}
+        stalled = find(new_conditions, "Stalled") or {}
         lost = old_ready.get("status") == "True"
-        if stalled.get("status") == "True" or seen.outcome.kafka is not None or lost:
+        troubled = seen.trouble is not None
+        if stalled.get("status") == "True" or seen.outcome.kafka is not None or lost or troubled:
             kopf.warn(body, reason=new_ready["reason"], message=new_ready["message"])
-    return seen.outcome
+    elif changed and new_ready.get("status") == "True" and old_ready.get("reason") in pods:
+        message = f"{new_ready.get('message')} (was {old_ready.get('reason')})"
+        kopf.info(body, reason=RELAYS_RECOVERED, message=message)
+    old_rolling = find(old_conditions, "Reconciling") or {}
+    new_rolling = find(new_conditions, "Reconciling") or {}
+    held = new_ready.get("status") == "True" and new_rolling.get("reason") in pods
+    if held and _said(old_rolling) != _said(new_rolling):
+        # Relays still available, but a new one cannot start: the rollout is held.
+        kopf.warn(body, reason=new_rolling["reason"], message=new_rolling["message"])
+
+
+def _said(c: dict[str, Any]) -> tuple[Any, Any]:
+    return c.get("reason"), c.get("message")
 
 
 def _reconcile_blocking(
@@ -276,7 +300,8 @@ def _reconcile_blocking(
             kafka = validation.kafka_problem(exc, spec.kafka.bootstrap_servers)
     seen.outcome = Outcome(ref, spec, kafka)
     relays = Relays.of(live, spec.replicas)
-    conditions = pool_conditions(generation, [], kafka, relays)
+    seen.trouble = _pod_trouble(kube, ref, relays)
+    conditions = pool_conditions(generation, [], kafka, relays, seen.trouble)
     seen.status = {
         "conditions": merge_conditions(old, conditions),
         "configHash": config_hash(text),
@@ -318,6 +343,22 @@ def _blocked(
         seen.status["relays"] = {"desired": 0, "available": stopped.available}
     _patch(kube, seen, status, generation)
     return seen
+
+
+def _pod_trouble(kube: kube_io.Kube, ref: PoolRef, relays: Relays) -> relay_pods.PodTrouble | None:
+    """Why relay pods are not available, read from them only when some are not:
+    a pool whose relays all run costs no pod list."""
+    if not relays.pods_to_explain:
+        return None
+    try:
+        pods = kube.list_relay_pods(ref)
+    except ApiException as exc:
+        if exc.status != HTTPStatus.FORBIDDEN:
+            raise
+        # A chart from before pods were read: the count alone, as before.
+        log.debug("pool %s/%s: may not list pods: %s", ref.namespace, ref.name, exc.reason)
+        return None
+    return relay_pods.diagnose(pods, datetime.datetime.now(datetime.UTC))
 
 
 def _drift(

@@ -1,4 +1,4 @@
-"""The world a SendingPool depends on, watched: its relay Deployment and its Secrets.
+"""The world a SendingPool depends on, watched: its relay Deployment, pods and Secrets.
 
 A pool's status must follow its relays (a crash, a recovery, a manual
 `kubectl scale`) and the Secrets it references (a DKIM Secret created late, or
@@ -9,9 +9,17 @@ replicas: a manual scale of it is undone), and rolls the relays when the
 data of a referenced Secret changed (its hash is in the pod template).
 
 Deployments are watched by the operator's labels, so only relay Deployments
-reach these handlers. Secrets cannot be watched (the operator may only `get`
-them by name), so a timer on each pool that references one re-reads it and
-reconciles when its data changed. RBAC cannot be watched either: a pool
+reach these handlers. A relay pod's trouble (ErrImagePull turning into
+ImagePullBackOff, a container that starts crash-looping) often changes nothing
+in its Deployment's status, so while a pool's relays are missing its pods are
+re-read on a timer and the pool reconciled when what they say changed
+(`relay_pods`); a pool whose relays all run reads no pod. A timer rather
+than a watch of pods: the operator then needs only `list` of pods in the
+namespaces where it runs relays, not a watch of every pod in the cluster.
+
+Secrets cannot be watched (the operator may only `get` them by name), so a
+timer on each pool that references one re-reads it and reconciles when its
+data changed. RBAC cannot be watched either: a pool
 refused with `Forbidden` (its namespace not onboarded) is reconciled again on
 a timer, so the RoleBinding that onboards it is enough.
 """
@@ -19,13 +27,17 @@ a timer, so the RoleBinding that onboards it is enough.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import kopf
 
+from .. import relay_pods
+from ..kube_io import ApiException
 from ..models import GROUP, VERSION
-from ..pool import MANAGED_BY, secrets_hash
+from ..pool import MANAGED_BY, PoolRef, secrets_hash
 from ..validation import CONFIG_MAP_PREFIX, Reason, config_map_names, secret_names
 from . import pool
 from .context import OperatorState, operator_state
@@ -42,6 +54,11 @@ SECRETS_RECHECK_SECONDS = 10.0
 # rolebinding ...`) creates no event the operator sees: a Forbidden pool tries
 # again at this pace. One pool costs a few GETs per try, and only while refused.
 FORBIDDEN_RETRY_SECONDS = 5.0
+# How late a relay pod's new trouble (or its end) shows on a pool whose relays
+# are missing: one pod list per such pool per tick, none for a pool that runs.
+PODS_RECHECK_SECONDS = 3.0
+# Ready or Reconciling reasons of a pool with relays missing or held up in a rollout.
+_PODS_PENDING = frozenset({*relay_pods.PodReason, "RelaysUnavailable", "RollingOut"})
 
 
 async def sync(
@@ -129,3 +146,40 @@ async def forbidden_retry(name: str, namespace: str | None, memo: kopf.Memo, **_
     """The pool was refused by RBAC: try again, as the namespace may be onboarded now."""
     assert namespace is not None  # both kinds are namespaced
     await _sync(memo, namespace, name)
+
+
+def _relays_missing(status: Any, **_: Any) -> bool:
+    conditions = status.get("conditions")
+    ready = find(conditions, "Ready") or {}
+    rolling = find(conditions, "Reconciling") or {}
+    return ready.get("reason") in _PODS_PENDING or (
+        rolling.get("status") == "True" and rolling.get("reason") in _PODS_PENDING
+    )
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "sendingpools",
+    interval=PODS_RECHECK_SECONDS,
+    when=_relays_missing,
+)
+async def relay_pods_changed(
+    name: str, namespace: str | None, uid: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """Relays missing: reconcile when their pods tell another story than last time."""
+    assert namespace is not None  # both kinds are namespaced
+    state = operator_state(memo)
+    key = f"{namespace}/{name}"
+    if key not in state.pod_troubles:  # not reconciled by this operator (yet)
+        await _sync(memo, namespace, name)
+        return
+    try:
+        pods = await asyncio.to_thread(state.kube.list_relay_pods, PoolRef(name, namespace, uid))
+    except ApiException as exc:
+        if exc.status == HTTPStatus.FORBIDDEN:
+            return  # a chart that grants no `list pods`: the count alone (handlers.pool)
+        raise
+    trouble = relay_pods.diagnose(pods, datetime.datetime.now(datetime.UTC))
+    if trouble != state.pod_troubles.get(key):
+        await _sync(memo, namespace, name)

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..relay_pods import PodTrouble
 from ..validation import Problem
 
 
@@ -86,6 +87,7 @@ class Relays:
     available: int
     updated: int
     observed: bool  # the Deployment's controller has seen its latest generation
+    unavailable: int = 0  # pods of any revision not available (a new one that cannot start)
 
     @classmethod
     def of(cls, deployment: Mapping[str, Any] | None, desired: int) -> Relays:
@@ -99,11 +101,17 @@ class Relays:
             available=int(st.get("availableReplicas") or 0),
             updated=int(st.get("updatedReplicas") or 0),
             observed=generation is not None and st.get("observedGeneration") == generation,
+            unavailable=int(st.get("unavailableReplicas") or 0),
         )
 
     @property
     def all_available(self) -> bool:
         return self.available >= self.desired
+
+    @property
+    def pods_to_explain(self) -> bool:
+        """Some relay pod is not available: its pods say why (`relay_pods`)."""
+        return self.desired > 0 and (not self.all_available or self.unavailable > 0)
 
     @property
     def rolled_out(self) -> bool:
@@ -120,12 +128,15 @@ def pool_conditions(
     problems: list[Problem],
     kafka: Problem | None,
     relays: Relays | None,
+    trouble: PodTrouble | None = None,
 ) -> list[dict[str, Any]]:
     """Ready, Reconciling, Stalled, RelaysAvailable and TopicsReady of a SendingPool.
 
     `problems`: what is wrong with the spec or its references (Stalled);
     `kafka`: the topics could not be ensured (retried); `relays`: None while
-    nothing was rolled out (because of `problems`).
+    nothing was rolled out (because of `problems`); `trouble`: why relay pods
+    are not available, from the pods (`relay_pods.diagnose`): the reason of
+    Ready when relays are missing, of Reconciling when a rollout is held up.
     """
     gen = generation
     if problems:
@@ -139,16 +150,24 @@ def pool_conditions(
         ]
     assert relays is not None
     relays_ok = relays.all_available
+    # Why relays are missing: their pods' trouble, else only how many.
+    missing = ("RelaysUnavailable", relays.summary())
+    if trouble is not None:
+        missing = (trouble.reason, f"{relays.summary()}: {trouble.message}")
     if kafka is not None:
         ready = condition("Ready", False, kafka.reason, kafka.message, gen)
         reconciling = condition("Reconciling", True, kafka.reason, kafka.message, gen)
     elif not relays_ok:
-        ready = condition("Ready", False, "RelaysUnavailable", relays.summary(), gen)
-        reconciling = condition("Reconciling", True, "RelaysUnavailable", relays.summary(), gen)
-    elif not relays.rolled_out:
+        why, message = missing
+        ready = condition("Ready", False, why, message, gen)
+        reconciling = condition("Reconciling", True, why, message, gen)
+    elif not relays.rolled_out or trouble is not None:
+        why = "RollingOut"
         message = f"rolling out: {relays.updated}/{relays.desired} relays updated"
+        if trouble is not None:  # relays available, a new one cannot start
+            why, message = trouble.reason, f"{message}: {trouble.message}"
         ready = condition("Ready", True, "RelaysAvailable", relays.summary(), gen)
-        reconciling = condition("Reconciling", True, "RollingOut", message, gen)
+        reconciling = condition("Reconciling", True, why, message, gen)
     else:
         message = f"{relays.summary()}, topics in place"
         ready = condition("Ready", True, "RelaysAvailable", message, gen)
@@ -160,8 +179,8 @@ def pool_conditions(
         condition(
             "RelaysAvailable",
             relays_ok,
-            "RelaysAvailable" if relays_ok else "RelaysUnavailable",
-            relays.summary(),
+            "RelaysAvailable" if relays_ok else missing[0],
+            relays.summary() if relays_ok else missing[1],
             gen,
         ),
         condition(
