@@ -23,6 +23,10 @@ PRODUCTION: Mapping[str, tuple[str, str]] = MappingProxyType(
     {
         "operator": ("mailpipe.operator.main", "run the kopf operator"),
         "relay": ("mailpipe.relay.main", "run a relay: Kafka -> SMTP"),
+        "submission": (
+            "mailpipe.inbound.submission",
+            "run the SMTP submission endpoint: applications -> Kafka",
+        ),
     }
 )
 DEVSTACK_PACKAGE = "mailpipe.devstack"
