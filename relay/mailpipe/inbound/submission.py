@@ -302,7 +302,9 @@ class SubmissionServer:
             enable_SMTPUTF8=True,
             tls_context=None if implicit else tls,
             require_starttls=False,  # AUTH first needs TLS (538) and MAIL first needs AUTH (530)
-            auth_require_tls=True,
+            # aiosmtpd knows TLS only from its own STARTTLS; the implicit
+            # listener is TLS from the first byte (a clear client fails the handshake).
+            auth_require_tls=not implicit,
             auth_required=True,
         )
 
