@@ -26,7 +26,6 @@ import signal
 import ssl
 import sys
 import time
-from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +104,7 @@ class _Authenticated:
     """What a session carries after AUTH: the user's name and settings."""
 
     def __init__(self, name: str, user: SubmissionUser) -> None:
-        self.name, self.user, self.login = name, user, name.encode()
+        self.name, self.user = name, user
 
 
 class SubmissionSMTP(SMTP):
@@ -205,7 +204,7 @@ class SubmissionHandler:
             )
         reason = self.suppressions.reason(address)
         if reason is not None:
-            if self.config.suppressed_recipients is SuppressedRecipients.REFUSE:
+            if self.config.suppressed_recipients is not SuppressedRecipients.DROP:
                 return self._refuse(
                     "suppressed", Replies.SUPPRESSED, address=address, reason=reason
                 )
@@ -369,6 +368,7 @@ def run(args: argparse.Namespace) -> int:
     handler.setFormatter(JSONFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at info
     try:
         config = parse_submission_config(args.config.read_text())
         users = parse_users(Path(config.users_file).read_text())
@@ -422,8 +422,3 @@ def _hash_password(args: argparse.Namespace) -> int:
         return 2
     print(hash_password(password))
     return 0
-
-
-def plain_auth(user: str, password: str) -> str:
-    """`AUTH PLAIN` argument for a login (tests and a manual `openssl s_client`)."""
-    return b64encode(f"\0{user}\0{password}".encode()).decode()

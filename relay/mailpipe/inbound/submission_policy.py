@@ -69,7 +69,6 @@ class Replies:
 
     ACCEPTED = Reply(250, "2.0.0 OK: queued as {id}")
     DUPLICATE = Reply(250, "2.0.0 OK: already queued as {id}")
-    AUTH_OK = Reply(235, "2.7.0 Authentication successful")
     AUTH_FAILED = Reply(535, "5.7.8 Authentication credentials invalid")
     AUTH_REQUIRED = Reply(530, "5.7.0 Authentication required")
     SENDER_FORBIDDEN = Reply(553, "5.7.1 <{address}>: sender domain not allowed for user {user}")
@@ -81,7 +80,6 @@ class Replies:
     RATE_LIMITED = Reply(450, "4.7.1 message rate of user {user} exceeded, try again later")
     TOO_BIG = Reply(552, "5.3.4 message too big for system (at most {limit} bytes)")
     NOT_UTF8 = Reply(554, "5.6.0 message is not UTF-8: send 8-bit parts base64 or QP encoded")
-    NO_RECIPIENTS = Reply(554, "5.5.1 no valid recipients")
     UNAVAILABLE = Reply(451, "4.3.0 queue unavailable, nothing was accepted: try again later")
 
 
