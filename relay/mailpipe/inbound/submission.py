@@ -242,11 +242,13 @@ class SubmissionHandler:
             return str(Replies.ACCEPTED).format(id=sid)
         records = build_records(sid, envelope.mail_from, recipients, text, time.time())
         topic = self.config.kafka.outbound_topic
+        values = [(topic, r.domain.encode(), encode(r)) for r in records]
+        largest = max(len(v) for _, _, v in values)
+        if largest > self.config.max_record_bytes:  # Kafka would refuse it for ever: not a 451
+            return self._refuse("too_big", Replies.TOO_BIG_ENCODED, size=largest)
         started = time.monotonic()
         try:
-            fresh = await self.outbox.submit(
-                sid, [(topic, r.domain.encode(), encode(r)) for r in records]
-            )
+            fresh = await self.outbox.submit(sid, values)
         except OutboxUnavailable as exc:
             self.metrics.messages.labels("unavailable").inc()
             log.warning("451 for %s: %s", sid, exc)
@@ -282,6 +284,7 @@ class SubmissionServer:
             ledger_topic=config.ledger,
             transactional_id=config.transactional_id,
             deadline_seconds=config.kafka_deadline_seconds,
+            max_record_bytes=config.max_record_bytes,
         )
         self.handler = SubmissionHandler(
             config, users, self.outbox, self.suppressions, self.metrics

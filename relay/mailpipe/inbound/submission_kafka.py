@@ -65,6 +65,7 @@ TRANSACTION_TIMEOUT_MS = 60_000
 JOB_POLL_SECONDS = 0.1  # how soon the outbox thread notices a stop request
 INIT_RETRY_SECONDS = 1.0  # between attempts to (re)create the producer while Kafka is away
 CLOSE_TIMEOUT_SECONDS = 5
+REQUEST_OVERHEAD_BYTES = 64 * 1024  # a request's headers and batch framing around the record
 
 
 class OutboxUnavailable(Exception):
@@ -88,12 +89,14 @@ class Outbox:
         ledger_topic: str,
         transactional_id: str,
         deadline_seconds: float,
+        max_record_bytes: int,
         on_batch: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.settings = settings
         self.ledger_topic = ledger_topic
         self.transactional_id = transactional_id
         self.deadline_seconds = deadline_seconds
+        self.max_record_bytes = max_record_bytes
         self._on_batch = on_batch
         self._accepted: set[str] = set()
         self._lock = threading.Lock()
@@ -183,6 +186,7 @@ class Outbox:
                 request_timeout_ms=REQUEST_TIMEOUT_MS,
                 delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
                 transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                max_request_size=self.max_record_bytes + REQUEST_OVERHEAD_BYTES,
             )
         except KafkaError as exc:
             log.warning("cannot create the transactional producer: %s", exc)

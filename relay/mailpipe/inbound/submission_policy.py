@@ -50,7 +50,12 @@ HASH_BYTES = 32
 HASH_SCHEME = "scrypt"
 
 RATE_WINDOW_SECONDS = 60.0  # messages_per_minute counts MAIL FROMs accepted in a sliding minute
-DEFAULT_MAX_MESSAGE_BYTES = 25 * 1024 * 1024  # what large providers accept from a client
+# A message travels inside a Kafka record (JSON, one per recipient domain), and
+# Kafka's default limit on a record batch is 1 MiB (broker message.max.bytes,
+# producer max.request.size). The default stays under it with room for the
+# JSON; a pool that wants larger mail raises both and this together.
+KAFKA_DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 768 * 1024
 ID_HASH_CHARS = 32  # 128 bits of SHA-256: collisions are not a concern
 
 
@@ -79,6 +84,7 @@ class Replies:
     SUPPRESSED = Reply(550, "5.7.1 <{address}>: recipient is suppressed ({reason})")
     RATE_LIMITED = Reply(450, "4.7.1 message rate of user {user} exceeded, try again later")
     TOO_BIG = Reply(552, "5.3.4 message too big for system (at most {limit} bytes)")
+    TOO_BIG_ENCODED = Reply(552, "5.3.4 message too big for the queue once encoded ({size} bytes)")
     NOT_UTF8 = Reply(554, "5.6.0 message is not UTF-8: send 8-bit parts base64 or QP encoded")
     UNAVAILABLE = Reply(451, "4.3.0 queue unavailable, nothing was accepted: try again later")
 
@@ -308,7 +314,14 @@ class SubmissionConfig(_Model):
     tls_cert_file: str = Field(description="PEM chain, mounted from the TLS Secret")
     tls_key_file: str
     users_file: str = Field(description="users YAML (hashed passwords), mounted from a Secret")
-    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024, description="SIZE and DATA limit (552 5.3.4)"
+    )
+    max_record_bytes: int = Field(
+        default=KAFKA_DEFAULT_MAX_RECORD_BYTES,
+        ge=1024,
+        description="largest record the pool's topics take (their max.message.bytes)",
+    )
     suppressed_recipients: SuppressedRecipients = SuppressedRecipients.REFUSE
     kafka_deadline_seconds: float = Field(
         default=10.0, gt=0, le=60, description="longest wait for Kafka before 451 4.3.0"

@@ -188,3 +188,21 @@ def test_suppressed_recipients_are_refused_or_dropped_as_the_pool_says(
         assert c.data(message())[0] == 250
     records = outbound(pool)
     assert [[r["address"] for r in rec["recipients"]] for rec in records] == [["ok@d.test"]]
+
+
+def test_a_message_kafka_cannot_hold_is_refused_for_good_not_451_for_ever(
+    pool_factory: Callable[..., Pool], submission: Callable[..., Endpoint]
+) -> None:
+    """Under the SMTP size limit but over the topic's record limit once encoded:
+    a 451 would make the client retry a message Kafka will never take."""
+    pool = pool_factory()
+    ep = submission(pool, max_message_bytes=4 * 1024 * 1024)  # the record limit stays 1 MiB
+    big = message(body=("y" * 998 + "\r\n") * 1100)  # about 1.1 MB
+    with ep.login() as c:
+        assert c.mail("news@shop.example")[0] == 250
+        assert c.rcpt("u@d.test")[0] == 250
+        code, text = c.data(big)
+        assert code == 552 and text.startswith(b"5.3.4") and b"encoded" in text, (code, text)
+        c.rset()
+        c.sendmail("news@shop.example", ["u@d.test"], message())  # the endpoint carries on
+    assert len(outbound(pool)) == 1
