@@ -63,6 +63,8 @@ log = logging.getLogger("mailpipe.inbound.submission")
 
 READY_TIMEOUT_SECONDS = 120.0  # Kafka transactions and the lists read, before listening
 # aiosmtpd's own size replies carry no enhanced code; RFC 3463 names 5.3.4.
+_AIOSMTPD_REFUSALS_UNAUTHENTICATED = "530 5.7.0"  # aiosmtpd's auth_required, before our hooks
+_AIOSMTPD_AUTH_NEEDS_TLS = "538 5.7.11"
 _AIOSMTPD_TOO_BIG = ("552 Error: Too much mail data", "552 Error: message size exceeds fixed")
 
 
@@ -117,6 +119,10 @@ class SubmissionSMTP(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode() if isinstance(status, bytes) else status
+        if text.startswith(_AIOSMTPD_REFUSALS_UNAUTHENTICATED):
+            self._submission.metrics.refused.labels("unauthenticated").inc()
+        elif text.startswith(_AIOSMTPD_AUTH_NEEDS_TLS):
+            self._submission.metrics.refused.labels("auth_before_tls").inc()
         if text.startswith(_AIOSMTPD_TOO_BIG):
             self._submission.metrics.refused.labels("too_big").inc()
             text = str(Replies.TOO_BIG).format(limit=self._submission.config.max_message_bytes)
@@ -178,7 +184,7 @@ class SubmissionHandler:
     ) -> str:
         auth = self._user(session)
         if auth is None:  # aiosmtpd's auth_required answers first; kept as a second lock
-            return self._refuse("unauthenticated", Replies.AUTH_REQUIRED)
+            return str(Replies.AUTH_REQUIRED)  # counted in `push`
         if not valid_address(address):
             return self._refuse("bad_address", Replies.BAD_ADDRESS, address=address)
         if not address_domain_allowed(auth.user, address):
@@ -195,7 +201,7 @@ class SubmissionHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if self._user(session) is None:
-            return self._refuse("unauthenticated", Replies.AUTH_REQUIRED)
+            return str(Replies.AUTH_REQUIRED)  # counted in `push`
         if not valid_address(address):
             return self._refuse("bad_address", Replies.BAD_ADDRESS, address=address)
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS_PER_MESSAGE:
@@ -217,7 +223,7 @@ class SubmissionHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         auth = self._user(session)
         if auth is None or envelope.mail_from is None:
-            return self._refuse("unauthenticated", Replies.AUTH_REQUIRED)
+            return str(Replies.AUTH_REQUIRED)  # counted in `push`
         raw = envelope.original_content or b""
         if len(raw) > self.config.max_message_bytes:
             return self._refuse("too_big", Replies.TOO_BIG, limit=self.config.max_message_bytes)
@@ -258,6 +264,7 @@ class SubmissionHandler:
         self.rates.count(auth.name)
         if not fresh:
             self.metrics.messages.labels("duplicate").inc()
+            log.info("already accepted %s: nothing produced", sid)
             return str(Replies.DUPLICATE).format(id=sid)
         self.metrics.messages.labels("accepted").inc()
         self.metrics.records.inc(len(records))

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from mailpipe.contracts.config import KafkaSettings
@@ -65,6 +65,11 @@ TRANSACTION_TIMEOUT_MS = 60_000
 JOB_POLL_SECONDS = 0.1  # how soon the outbox thread notices a stop request
 INIT_RETRY_SECONDS = 1.0  # between attempts to (re)create the producer while Kafka is away
 CLOSE_TIMEOUT_SECONDS = 5
+# A commit is given up after this (it normally takes milliseconds): past the
+# deadline clients have had their 451, and a stuck commit stops every message after it.
+COMMIT_LIMIT_SECONDS = 30.0
+LEDGER_RELOAD_SECONDS = 60.0
+LEDGER_POLL_MS = 500
 REQUEST_OVERHEAD_BYTES = 64 * 1024  # a request's headers and batch framing around the record
 
 
@@ -198,8 +203,73 @@ class Outbox:
             with contextlib.suppress(Exception):
                 producer.close(timeout=0)
             return False
+        if self.initialised.is_set() and not self._reload_ledger():
+            # a producer made again after a failure: not before the ledger is known
+            with contextlib.suppress(Exception):
+                producer.close(timeout=0)
+            return False
         self._producer = producer
         self.initialised.set()
+        return True
+
+    def _commit_within(self, producer: KafkaProducer) -> None:
+        """`commit_transaction`, given up after COMMIT_LIMIT_SECONDS: kafka-python
+        waits for ever, and after a batch expired mid-outage it was seen never to
+        return, which stopped every later message. The caller then drops the
+        producer; the next one's `init_transactions` settles the transaction
+        (committed if the commit had reached the coordinator, else aborted), and
+        `_reload_ledger` learns which."""
+        outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def commit() -> None:
+            try:
+                producer.commit_transaction()
+            except BaseException as exc:
+                outcome.set_exception(exc)
+            else:
+                outcome.set_result(None)
+
+        threading.Thread(target=commit, name="submission-commit", daemon=True).start()
+        try:
+            outcome.result(timeout=COMMIT_LIMIT_SECONDS)
+        except concurrent.futures.TimeoutError as exc:
+            raise KafkaError(f"commit not acknowledged within {COMMIT_LIMIT_SECONDS}s") from exc
+
+    def _reload_ledger(self) -> bool:
+        """Read the ledger to its end (read_committed) into the known ids: after a
+        new producer settled what an earlier one left open, a retry must find a
+        message that committed after all, before the follower's lag passes."""
+        consumer: KafkaConsumer | None = None
+        try:
+            consumer = KafkaConsumer(
+                **client_options(self.settings),
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                request_timeout_ms=REQUEST_TIMEOUT_MS,
+            )
+            tps = [
+                TopicPartition(self.ledger_topic, p)
+                for p in consumer.partitions_for_topic(self.ledger_topic) or ()
+            ]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            end = consumer.end_offsets(tps)
+            keys: set[str] = set()
+            deadline = time.monotonic() + LEDGER_RELOAD_SECONDS
+            while any(consumer.position(tp) < end[tp] for tp in tps):
+                if time.monotonic() > deadline or self._stop.is_set():
+                    return False
+                for records in consumer.poll(timeout_ms=LEDGER_POLL_MS).values():
+                    keys.update(r.key.decode("utf-8", "replace") for r in records if r.key)
+        except KafkaError as exc:
+            log.warning("cannot read the ledger %s: %s", self.ledger_topic, exc)
+            return False
+        finally:
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    consumer.close()
+        with self._lock:
+            self._accepted.update(keys)
         return True
 
     def _drop_producer(self) -> None:
@@ -230,7 +300,7 @@ class Outbox:
                     producer.send(topic, key=key, value=value)
                 entry = {"v": 1, "records": len(first.records), "time": now}
                 producer.send(self.ledger_topic, key=sid.encode(), value=json.dumps(entry).encode())
-            producer.commit_transaction()
+            self._commit_within(producer)
         except Exception as exc:  # any failure: this producer is done, the next one fences it
             log.warning("transaction of %d message(s) failed: %s", len(new), exc)
             self._drop_producer()

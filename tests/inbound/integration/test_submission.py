@@ -8,11 +8,13 @@ import base64
 import json
 import smtplib
 import time
+import urllib.request
 from collections.abc import Callable
 
 import pytest
 
 from mailpipe.contracts.wire import Suppression, SuppressionReason, encode
+from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.kafkakit import read_topic
 from tests.conftest import wait_for
@@ -40,7 +42,8 @@ def test_refusals_each_with_its_code_and_nothing_on_kafka(
     pool_factory: Callable[..., Pool], submission: Callable[..., Endpoint]
 ) -> None:
     pool = pool_factory()
-    ep = submission(pool)
+    metrics_port = free_port()
+    ep = submission(pool, metrics_address="127.0.0.1", metrics_port=metrics_port)
 
     # AUTH before TLS: 538 5.7.11 (RFC 4954 4); the password never crosses in clear
     with ep.plain() as c:
@@ -89,6 +92,17 @@ def test_refusals_each_with_its_code_and_nothing_on_kafka(
     records = outbound(pool)
     assert len(records) == 1
     assert records[0]["sender"] == "news@shop.example"
+
+    # counted by reason, in the endpoint's own words: no user, address or domain in a label
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as r:
+        scraped = r.read().decode()
+    for reason in ("unauthenticated", "sender_domain", "from_domain", "too_big"):
+        assert f'mailpipe_submission_refused_total{{reason="{reason}"}}' in scraped, reason
+    # smtplib tries PLAIN, then LOGIN: two refused attempts per refused client
+    assert 'mailpipe_submission_logins_total{result="refused"} 4.0' in scraped
+    assert 'mailpipe_submission_refused_total{reason="auth_before_tls"} 1.0' in scraped
+    assert 'mailpipe_submission_messages_total{outcome="accepted"} 1.0' in scraped
+    assert "bank.example" not in scraped and "nobody" not in scraped
 
 
 def test_rate_per_user_answers_450_and_counts_only_accepted(

@@ -96,6 +96,7 @@ def send(ep: Endpoint, rcpts: list[str], msg: str) -> tuple[int, bytes]:
         return c.data(msg)
 
 
+@pytest.mark.timeout(900)  # two broker starts, an outage and a group rejoin on a loaded machine
 def test_kafka_stopped_answers_451_and_the_retry_is_delivered_exactly_once(
     own_broker: OwnBroker,
     tmp_path: Path,

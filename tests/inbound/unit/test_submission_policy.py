@@ -3,6 +3,8 @@ domains, rate, ids and records (mailpipe.inbound.submission_policy)."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from mailpipe.contracts.wire import decode_record, encode
@@ -180,3 +182,18 @@ kafka:
     assert config.ledger == "mailpipe.ns.news.submitted"
     with pytest.raises(SubmissionConfigError, match="max_message_bytes"):
         parse_submission_config("pool: a\nmax_message_bytes: 1\n")
+
+
+def test_hash_password_command_prints_a_hash_that_logs_in(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailpipe.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-pw\n"))
+    assert main(["submission", "hash-password", "--password-stdin"]) == 0
+    stored = capsys.readouterr().out.strip()
+    user = SubmissionUser(password_hash=stored, sender_domains=["a.example"])
+    assert check_login({"u": user}, b"u", b"s3cret-pw") == ("u", user)
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert main(["submission", "hash-password", "--password-stdin"]) == 2
+    assert "empty password" in capsys.readouterr().err
