@@ -23,6 +23,9 @@ _.handle_EHLO
 _.handle_MAIL
 _.handle_RCPT
 rcpt_options  # part of the hook's signature
+# aiosmtpd's credential hook, called by its auth_PLAIN/auth_LOGIN (inbound/submission.py)
+_._authenticate
+mechanism
 # dnspython resolver settings, read by the resolver (delivery/mx.py, devstack/dns.py)
 _.nameservers
 # kopf settings, read by kopf (operator/handlers/__init__.py)

@@ -27,6 +27,14 @@ PRODUCTION: Mapping[str, tuple[str, str]] = MappingProxyType(
             "mailpipe.inbound.feedback_server",
             "run a pool's feedback receiver: bounces and complaints -> Kafka",
         ),
+        "unsubscribe": (
+            "mailpipe.inbound.unsubscribe",
+            "run the one-click unsubscribe endpoint (RFC 8058): POST -> suppression on Kafka",
+        ),
+        "submission": (
+            "mailpipe.inbound.submission",
+            "run the SMTP submission endpoint: applications -> Kafka",
+        ),
     }
 )
 DEVSTACK_PACKAGE = "mailpipe.devstack"

@@ -50,8 +50,18 @@ class TopicFollower:
     # the rest of its batch still applied: one bad value must never undo the
     # suppressions behind it (issue 10, finding 2).
 
-    def __init__(self, bootstrap_servers: Cluster, topic: str, apply: Apply) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: Cluster,
+        topic: str,
+        apply: Apply,
+        *,
+        isolation_level: str = "read_uncommitted",
+    ) -> None:
+        """`isolation_level="read_committed"` for a topic written in Kafka
+        transactions, whose aborted records must never be applied."""
         self.bootstrap_servers = bootstrap_servers
+        self.isolation_level = isolation_level
         self.topic = topic
         self.apply = apply
         self.failed_records = 0
@@ -118,6 +128,7 @@ class TopicFollower:
                 group_id=None,
                 fetch_min_bytes=FETCH_MIN_BYTES,
                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                isolation_level=self.isolation_level,
             )
             parts = None
             deadline = time.monotonic() + TOPIC_WAIT_SECONDS

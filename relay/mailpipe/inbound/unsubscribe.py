@@ -444,14 +444,16 @@ async def serve(settings: EndpointSettings, stop: asyncio.Event) -> None:
         await asyncio.to_thread(producer.close)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="mailpipe one-click unsubscribe endpoint")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True)
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`mailpipe unsubscribe --config F`: serve until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO)
     settings = load_settings(args.config)
 
-    async def run() -> None:
+    async def serve_until_stopped() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -459,8 +461,14 @@ def main(argv: list[str] | None = None) -> int:
                 loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(run())
+    asyncio.run(serve_until_stopped())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="mailpipe one-click unsubscribe endpoint")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -297,6 +297,9 @@ class KafkaSource:
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
             allow_auto_create_topics=False,
+            # The submission endpoint writes a message's records (one per
+            # domain) in one Kafka transaction: an aborted one is never read.
+            isolation_level="read_committed",
         )
 
     def _wait_for_topics(self, consumer: KafkaConsumer) -> bool:
