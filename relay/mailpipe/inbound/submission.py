@@ -32,10 +32,11 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from mailpipe.contracts.logformat import JSONFormatter
+from mailpipe.contracts.suppressions import SuppressionList
 from mailpipe.contracts.wire import encode
 from mailpipe.endpoints import Probe, ScrapeEndpoint
 from mailpipe.kafkakit import ensure_topics
-from mailpipe.relay.suppressions import SuppressionList
 
 from .submission_kafka import Outbox, OutboxUnavailable, suppression_followers
 from .submission_policy import (
@@ -372,8 +373,6 @@ def run(args: argparse.Namespace) -> int:
     if args.action != "serve":
         print("mailpipe submission: say `serve --config FILE` or `hash-password`", file=sys.stderr)
         return 2
-    from mailpipe.relay.main import JSONFormatter  # the relay's log format, one per line
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)

@@ -48,9 +48,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from mailpipe.contracts.config import KafkaSettings
+from mailpipe.contracts.suppressions import SuppressionList, apply_suppression
 from mailpipe.kafkakit import TopicFollower, client_options
-from mailpipe.relay.kafka.follower import apply_suppression
-from mailpipe.relay.suppressions import SuppressionList
 
 log = logging.getLogger("mailpipe.inbound.submission")
 

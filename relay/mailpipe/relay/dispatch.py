@@ -23,6 +23,7 @@ from collections.abc import Awaitable
 from mailpipe.contracts.bounces import classifier_for
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.strikes import StrikeLedger
+from mailpipe.contracts.suppressions import CampaignStates, SuppressionList
 from mailpipe.contracts.wire import CampaignState, Disposition, Recipient
 
 from .classify import reply
@@ -36,7 +37,6 @@ from .scheduling import Egress, NoEgress, Scheduler
 from .settlement import Transaction, cancelled, chunks, event, settle
 from .stalls import Attempt
 from .stamps import Stamper
-from .suppressions import CampaignStates, SuppressionList
 from .unsubscribe_links import UnsubscribeLinks
 from .work import Work
 

@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.suppressions import SuppressionList
 from mailpipe.contracts.warmup import WarmupUsage, encode_usage
 from mailpipe.contracts.wire import Event, Suppression, encode
 
 from .metrics import RelayMetrics
 from .ports import RecordSink, SourceRecord
 from .settlement import Settlement
-from .suppressions import SuppressionList
 
 
 class DLQReason(enum.StrEnum):

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
 from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.suppressions import CampaignStates, SuppressionList
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.contracts.wire import WireError, decode_record
 
@@ -54,7 +55,6 @@ from .ports import (
 )
 from .scheduling import Scheduler
 from .stamps import Stamper
-from .suppressions import CampaignStates, SuppressionList
 from .tasks import Tasks, task_stacks
 from .unsubscribe_links import UnsubscribeLinks
 from .window import CommitWindow

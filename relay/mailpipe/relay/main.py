@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from mailpipe.contracts.config import ConfigError, KafkaSettings, RelayConfig
+from mailpipe.contracts.logformat import JSONFormatter
 from mailpipe.contracts.signing import PUBLIC_KEY_ENV, StaleConfigError, UntrustedConfigError
+from mailpipe.contracts.suppressions import CampaignStates, SuppressionList
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.endpoints import ScrapeEndpoint
 from mailpipe.kafkakit import (
@@ -55,7 +57,6 @@ from .engine import Engine, task_stacks
 from .health import Health
 from .kafka import KafkaError, KafkaSink, KafkaSource, relay_followers
 from .metrics import DomainLabels, RelayMetrics
-from .suppressions import CampaignStates, SuppressionList
 
 log = logging.getLogger("mailpipe.relay")
 
@@ -77,26 +78,6 @@ METRICS_ADDRESS_ENV = "MAILPIPE_METRICS_ADDRESS"
 # Where a relay run outside a pod answers /readyz while it waits for a config it
 # trusts: nobody but the machine itself probes such a relay.
 WAITING_METRICS_ADDRESS = "127.0.0.1"
-
-
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line, with message id, domain and IP when given as extras."""
-
-    FIELDS = ("message_id", "domain", "egress_ip", "pool", "relay_id")
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for name in self.FIELDS:
-            if hasattr(record, name):
-                out[name] = getattr(record, name)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

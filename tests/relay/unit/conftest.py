@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.suppressions import SuppressionList
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.relay.clock import ManualClock, SystemClock
 from mailpipe.relay.engine import Engine
 from mailpipe.relay.fakes import MemorySink, MemorySource, ScriptedTransport
 from mailpipe.relay.metrics import RelayMetrics
 from mailpipe.relay.ports import Clock
-from mailpipe.relay.suppressions import SuppressionList
 
 _ids = itertools.count()
 

@@ -11,6 +11,12 @@ from typing import Any, cast
 
 import pytest
 
+from mailpipe.contracts.suppressions import (
+    UNDECODABLE_SUPPRESSION,
+    CampaignStates,
+    SuppressionList,
+    apply_suppression,
+)
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.contracts.wire import (
     CampaignControl,
@@ -22,7 +28,6 @@ from mailpipe.contracts.wire import (
     encode,
 )
 from mailpipe.relay.kafka import follower
-from mailpipe.relay.suppressions import CampaignStates, SuppressionList
 
 
 class Ledger:
@@ -67,13 +72,13 @@ def test_own_live_events_are_skipped_before_decoding(monkeypatch: pytest.MonkeyP
 def test_suppressions_are_added_lifted_and_bad_ones_still_suppress_their_key() -> None:
     suppressions = SuppressionList()
     bad: list[None] = []
-    apply = follower.apply_suppression(suppressions, lambda: bad.append(None))
+    apply = apply_suppression(suppressions, lambda: bad.append(None))
     value = Suppression(address="A@X.test", reason=SuppressionReason.COMPLAINT, time=1.0)
     apply(b"a@x.test", encode(value), False)
     apply(b"b@x.test", b"{", False)
     apply(None, encode(value), False)
     assert suppressions.reason("a@x.test") == "complaint"
-    assert suppressions.reason("b@x.test") == follower.UNDECODABLE_SUPPRESSION
+    assert suppressions.reason("b@x.test") == UNDECODABLE_SUPPRESSION
     assert len(suppressions) == 2 and len(bad) == 1
     apply(b"a@x.test", None, True)  # tombstone
     assert not suppressions.is_suppressed("a@x.test")

@@ -8,11 +8,15 @@ from __future__ import annotations
 import pytest
 
 from mailpipe.contracts.config import KafkaSettings
+from mailpipe.contracts.suppressions import (
+    CampaignStates,
+    SuppressionList,
+    apply_suppression,
+)
 from mailpipe.contracts.topics import NEVER_MAIL_TOPIC, Topics
 from mailpipe.contracts.wire import Suppression, SuppressionReason, encode
 from mailpipe.relay.kafka import follower
 from mailpipe.relay.metrics import RelayMetrics
-from mailpipe.relay.suppressions import CampaignStates, SuppressionList
 
 pytestmark = pytest.mark.security
 
@@ -23,8 +27,8 @@ def _value(address: str) -> bytes:
 
 def test_a_tenants_tombstone_does_not_lift_the_never_mail_entry() -> None:
     suppressions = SuppressionList()
-    own = follower.apply_suppression(suppressions, lambda: None)
-    never_mail = follower.apply_suppression(suppressions, lambda: None, NEVER_MAIL_TOPIC)
+    own = apply_suppression(suppressions, lambda: None)
+    never_mail = apply_suppression(suppressions, lambda: None, NEVER_MAIL_TOPIC)
     never_mail(b"ceo@x.test", _value("ceo@x.test"), False)
     own(b"ceo@x.test", _value("ceo@x.test"), False)
     own(b"ceo@x.test", None, True)  # the tenant lifts its own suppression

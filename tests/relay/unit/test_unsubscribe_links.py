@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives import serialization
 
 from mailpipe.contracts.config import DKIMSettings, UnsubscribeSettings
 from mailpipe.contracts.feedback_token import Purpose, keys_from_directory, verify
+from mailpipe.contracts.suppressions import SuppressionList
 from mailpipe.contracts.wire import DeliveryRecord, decode_record, suppression_key
 from mailpipe.devstack.certs import write_rsa_key
 from mailpipe.relay.message import MessageError, Signer, build_message
-from mailpipe.relay.suppressions import SuppressionList
 from mailpipe.relay.unsubscribe_links import UnsubscribeLinks
 
 BASE = "https://unsub.sender.test/u/"

@@ -16,47 +16,15 @@ import logging
 from collections.abc import Callable
 
 from mailpipe.contracts.config import KafkaSettings
+from mailpipe.contracts.suppressions import CampaignStates, SuppressionList, apply_suppression
 from mailpipe.contracts.warmup import WarmupLedger, decode_events_value
-from mailpipe.contracts.wire import WireError, decode_control, decode_suppression
+from mailpipe.contracts.wire import WireError, decode_control
 from mailpipe.kafkakit import TopicFollower
 from mailpipe.kafkakit.follower import Apply
 
 from ..metrics import RelayMetrics
-from ..suppressions import OWN, CampaignStates, SuppressionList
 
 log = logging.getLogger("mailpipe.relay")
-
-
-# The reason recorded for a suppression whose value could not be decoded.
-UNDECODABLE_SUPPRESSION = "undecodable"
-
-
-def apply_suppression(
-    suppressions: SuppressionList, bad: Callable[[], None], source: str = OWN
-) -> Apply:
-    """A suppression is never silently skipped: one whose value is undecodable
-    still suppresses its key (the address, by the topic's contract), counted and
-    logged, because mailing someone who unsubscribed is worse than not mailing
-    someone whose suppression was garbled. `source`: the topic, for an obeyed
-    one, so its tombstones lift only its own entries."""
-
-    def apply(key: bytes | None, value: bytes | None, live: bool) -> None:
-        if key is None:
-            return
-        address = key.decode("utf-8", "replace")
-        if value is None:  # tombstone: the suppression is lifted
-            suppressions.lift(address, source)
-            return
-        try:
-            s = decode_suppression(value)
-        except WireError as exc:
-            bad()
-            log.warning("bad suppression for %r, suppressing its key anyway: %s", address, exc)
-            suppressions.add(address, UNDECODABLE_SUPPRESSION, source)
-            return
-        suppressions.add(s.address, s.reason.value, source, s.list)
-
-    return apply
 
 
 def apply_event(ledger: WarmupLedger, relay_id: str, bad: Callable[[], None]) -> Apply:

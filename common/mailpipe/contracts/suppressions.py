@@ -18,7 +18,12 @@ mailing list (an unsubscribe from it) is held under its own key
 
 from __future__ import annotations
 
-from mailpipe.contracts.wire import suppression_key
+import logging
+from collections.abc import Callable
+
+from .wire import WireError, decode_suppression, suppression_key
+
+log = logging.getLogger("mailpipe.suppressions")
 
 OWN = ""  # the source of the pool's own suppressions (its topic and its local bounces)
 
@@ -69,3 +74,35 @@ class CampaignStates:
 
     def state(self, campaign: str | None) -> str | None:
         return self._states.get(campaign) if campaign else None
+
+
+# The reason recorded for a suppression whose value could not be decoded.
+UNDECODABLE_SUPPRESSION = "undecodable"
+
+
+def apply_suppression(
+    suppressions: SuppressionList, bad: Callable[[], None], source: str = OWN
+) -> Callable[[bytes | None, bytes | None, bool], None]:
+    """A suppression is never silently skipped: one whose value is undecodable
+    still suppresses its key (the address, by the topic's contract), counted and
+    logged, because mailing someone who unsubscribed is worse than not mailing
+    someone whose suppression was garbled. `source`: the topic, for an obeyed
+    one, so its tombstones lift only its own entries."""
+
+    def apply(key: bytes | None, value: bytes | None, live: bool) -> None:
+        if key is None:
+            return
+        address = key.decode("utf-8", "replace")
+        if value is None:  # tombstone: the suppression is lifted
+            suppressions.lift(address, source)
+            return
+        try:
+            s = decode_suppression(value)
+        except WireError as exc:
+            bad()
+            log.warning("bad suppression for %r, suppressing its key anyway: %s", address, exc)
+            suppressions.add(address, UNDECODABLE_SUPPRESSION, source)
+            return
+        suppressions.add(s.address, s.reason.value, source, s.list)
+
+    return apply
