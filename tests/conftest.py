@@ -90,12 +90,6 @@ def pytest_configure(config: pytest.Config) -> None:
             print(f"\n{name}: already stopping, finishing the clean-up", file=sys.stderr)
             return
         stopped_by.append(signum)
-        if config.pluginmanager.has_plugin("dsession"):
-            # pytest-xdist's controller: the workers run the tests and own their
-            # children, and live in this process group, not in sessions of their
-            # own; a signal sent to this process alone must reach them too.
-            for worker in procs.children_of(os.getpid()):
-                procs.signal_pid(worker, signal.Signals(signum))
         raise KeyboardInterrupt(f"{name}: stopping the run, tearing its fixtures down")
 
     for sig in STOP_SIGNALS:

@@ -150,29 +150,6 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def signal_pid(pid: int, sig: signal.Signals) -> None:
-    """Send `sig` to the one process `pid`; quiet if it is already gone."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def children_of(parent: int) -> list[int]:
-    """The direct children of `parent`, from /proc (Linux): pytest-xdist's
-    workers, which its controller does not hand out by pid."""
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # the fields after the command name, which may itself hold ")"
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent:
-            found.append(int(entry.name))
-    return found
-
-
 def wait_gone(pid: int, seconds: float) -> bool:
     """Wait up to `seconds` for the process and its group to be gone."""
     deadline = time.monotonic() + seconds
