@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole suite, in three pytest phases, each one a run of its own:
 #   parallel   every test but the two kinds below, on MAILPIPE_TEST_WORKERS
-#              pytest-xdist workers (default 4) sharing one stack
+#              pytest-xdist workers (default 6) sharing one stack
 #              (mailpipe.devstack.shared): the tests mostly wait on timers,
 #              Kafka and processes, not on the CPU;
 #   exclusive  the tests that change the stack for everyone (DNS records,
@@ -20,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTEST=(.venv/bin/pytest --durations=25)
-WORKERS="${MAILPIPE_TEST_WORKERS:-4}"
+WORKERS="${MAILPIPE_TEST_WORKERS:-6}"
 
 failed=0
 check() {  # check NAME RC
