@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from . import harness, procs
+from . import dns, harness, procs
 from .stack import Stack
 
 LOCK_FILE = "lock"
@@ -32,6 +33,28 @@ STACK_DIR = "stack"
 # The starter waits for the other workers' last tests; pytest-timeout bounds each.
 LAST_USER_WAIT_SECONDS = 3600.0
 USERS_POLL_SECONDS = 0.2
+
+
+class SharedStackChanged(RuntimeError):
+    """A process sharing the stack tried to change it for everyone."""
+
+
+class SharedStack(Stack):
+    """The stack as its sharers see it: they may use it, not change it.
+
+    Replacing the DNS records or stopping a component changes what every
+    other worker's tests see; such a test runs alone (the `exclusive` marker,
+    scripts/run-tests.sh), on a stack of its own."""
+
+    def set_dns(self, zones: Iterable[dns.Zone]) -> None:
+        raise SharedStackChanged(
+            "set_dns replaces every worker's DNS records: run the test alone (mark it exclusive)"
+        )
+
+    def stop_component(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        raise SharedStackChanged(
+            f"stopping {name} stops it for every worker: run the test alone (mark it exclusive)"
+        )
 
 
 @contextlib.contextmanager
@@ -64,11 +87,11 @@ def live_users(directory: Path, but: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def shared_stack(directory: Path) -> Iterator[Stack]:
+def shared_stack(directory: Path) -> Iterator[SharedStack]:
     """The run's stack in `directory`: started here if no one has, else attached to."""
     directory.mkdir(parents=True, exist_ok=True)
     me = os.getpid()
-    stack = Stack(directory / STACK_DIR)
+    stack = SharedStack(directory / STACK_DIR)
     starter = False
     try:
         with _locked(directory):
