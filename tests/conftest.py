@@ -163,6 +163,9 @@ def wait_progressing(
     wait_for(check, STALL_WAIT_LIMIT_SECONDS, what, child)
 
 
+SHARED_STACK_DIR = "devstack-shared"  # in the run's base directory (pytest-xdist)
+
+
 def xdist_worker(config: pytest.Config) -> bool:
     """Whether this process is a pytest-xdist worker (`config.workerinput` is
     xdist's own mark; the PYTEST_XDIST_WORKER variable would also be inherited
@@ -179,7 +182,7 @@ def devstack(
     worker's own temporary directory sits in."""
     if xdist_worker(request.config):
         run_dir = tmp_path_factory.getbasetemp().parent
-        with shared_stack(run_dir / "devstack-shared") as shared:
+        with shared_stack(run_dir / SHARED_STACK_DIR) as shared:
             yield shared
         return
     stack = Stack(tmp_path_factory.mktemp("devstack"))
