@@ -50,8 +50,8 @@ demo: setup
 test: setup
 	bash scripts/run-tests.sh
 
-# The stack's real node (issue 17): not yet part of `make test`
-# (scripts/run-tests.sh deselects the marker).
+# The stack's real node (issue 17): also the last phase of `make test`
+# (scripts/run-tests.sh), reported on its own.
 test-cluster: venv node-components
 	$(BIN)/pytest -m cluster
 

@@ -26,6 +26,7 @@ from mailpipe.contracts.topics import pool_prefix
 from mailpipe.devstack import harness, procs
 from mailpipe.devstack.dns import Zone
 from mailpipe.devstack.procs import free_port
+from mailpipe.devstack.shared import shared_stack
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.devstack.stack import Stack, StackState
 
@@ -36,6 +37,32 @@ _STOPPED_BY = pytest.StashKey[list[int]]()
 
 DNS_LIFETIME_SECONDS = 2.0  # dnsmasq on loopback answers at once; a lost query fails fast
 STALL_WAIT_LIMIT_SECONDS = 3600.0  # wait_progressing: the test's own timeout comes first
+
+
+# Fixtures that change what the whole stack serves: `dns_zones` replaces every
+# DNS record, `broken_stack` stops components. A test using one is `exclusive`.
+EXCLUSIVE_FIXTURES = frozenset({"dns_zones", "broken_stack"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `exclusive` every test that changes the shared stack for everyone
+    (see EXCLUSIVE_FIXTURES), so a new test using one of those fixtures goes
+    to the serial phase of scripts/run-tests.sh without anyone remembering to."""
+    for item in items:
+        if EXCLUSIVE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.exclusive)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """An `exclusive` test among parallel workers would break their stack (or
+    they its records): refuse it there with the way to run it."""
+    if xdist_worker(item.config) and item.get_closest_marker("exclusive"):
+        pytest.fail(
+            "an exclusive test changes the shared stack: run it without -n "
+            "(scripts/run-tests.sh runs it in its serial phase)",
+            pytrace=False,
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -136,8 +163,28 @@ def wait_progressing(
     wait_for(check, STALL_WAIT_LIMIT_SECONDS, what, child)
 
 
+SHARED_STACK_DIR = "devstack-shared"  # in the run's base directory (pytest-xdist)
+
+
+def xdist_worker(config: pytest.Config) -> bool:
+    """Whether this process is a pytest-xdist worker (`config.workerinput` is
+    xdist's own mark; the PYTEST_XDIST_WORKER variable would also be inherited
+    by a pytest a test starts as a child)."""
+    return hasattr(config, "workerinput")
+
+
 @pytest.fixture(scope="session")
-def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def devstack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The session's stack. Under pytest-xdist the workers share one
+    (`mailpipe.devstack.shared`), kept in the run's base directory, which every
+    worker's own temporary directory sits in."""
+    if xdist_worker(request.config):
+        run_dir = tmp_path_factory.getbasetemp().parent
+        with shared_stack(run_dir / SHARED_STACK_DIR) as shared:
+            yield shared
+        return
     stack = Stack(tmp_path_factory.mktemp("devstack"))
     stack.up()
     try:

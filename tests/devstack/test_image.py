@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import textwrap
 import tomllib
 from collections.abc import Iterator, Sequence
@@ -340,7 +341,10 @@ def containerd(tmp_path: Path) -> Iterator[Path]:
     """A containerd of this test's own (Debian's, as the node runs), CRI off: its socket."""
     state = tmp_path / "containerd"
     state.mkdir()
-    socket = state / "containerd.sock"
+    # A unix socket's path has at most 104 bytes here, and pytest-xdist's
+    # worker directories (popen-gwN/) pushed this one's over: a short one.
+    sockets = Path(tempfile.mkdtemp(prefix="ctrd-"))
+    socket = sockets / "containerd.sock"
     config = state / "config.toml"
     config.write_text(
         "version = 2\n"
@@ -358,6 +362,7 @@ def containerd(tmp_path: Path) -> Iterator[Path]:
         yield socket
     finally:
         child.stop()
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 @pytest.mark.image

@@ -229,7 +229,36 @@ def test_waits_to_be_interrupted(sleepers):
 """
 
 
-def _start_session(tmp_path: Path, source: str) -> tuple[subprocess.Popen[bytes], Path]:
+# The same under pytest-xdist (scripts/run-tests.sh's parallel phase): the test
+# runs in a worker.
+WORKER_SESSION = """
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailpipe.devstack import harness
+
+OUT = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def sleepers():
+    with harness.Children(OUT / "kids") as children:
+        sleep = [sys.executable, "-c", "import signal; signal.pause()"]
+        yield [children.start(f"k{i}", sleep) for i in range(2)]
+
+
+def test_waits_to_be_interrupted(sleepers):
+    (OUT / "ready").write_text(" ".join(str(k.pid) for k in sleepers))
+    signal.pause()  # until the run is signalled: the point of the test
+"""
+
+
+def _start_session(
+    tmp_path: Path, source: str, *options: str
+) -> tuple[subprocess.Popen[bytes], Path]:
     """A pytest run of `source`, with the suite's configuration and root fixtures."""
     (tmp_path / "test_held.py").write_text(source)
     log = tmp_path / "pytest.log"
@@ -237,7 +266,7 @@ def _start_session(tmp_path: Path, source: str) -> tuple[subprocess.Popen[bytes]
         run = subprocess.Popen(
             [
                 *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"),
-                *("-c", str(ROOT / "pyproject.toml"), "-p", "tests.conftest"),
+                *("-c", str(ROOT / "pyproject.toml"), "-p", "tests.conftest", *options),
                 str(tmp_path / "test_held.py"),
             ],
             cwd=ROOT,
@@ -279,6 +308,29 @@ def test_a_test_run_stopped_by_sigterm_stops_the_stack_and_the_operator(tmp_path
         assert status in (128 + signal.SIGTERM, -signal.SIGTERM), log.read_text()[-3000:]
     finally:
         _strand_nothing(run, seen)
+
+
+def test_a_parallel_run_stopped_by_sigterm_leaves_no_child_of_its_workers(
+    tmp_path: Path,
+) -> None:
+    """The signal goes to pytest-xdist's controller alone (as `kill` sends it); the
+    workers, which hold the fixtures and the children (and the shared stack,
+    `mailpipe.devstack.shared`), stop them: xdist interrupts them as it stops,
+    and tests/conftest.py turns that into a teardown."""
+    run, log = _start_session(tmp_path, WORKER_SESSION, "-n", "2")
+    kids: list[int] = []
+    try:
+        wait_for(lambda: _held(run, tmp_path, log), SESSION_STARTED_SECONDS, "the workers' run")
+        kids = [int(p) for p in (tmp_path / READY_FILE).read_text().split()]
+        assert kids and not any(gone(pid) for pid in kids)
+        run.send_signal(signal.SIGTERM)
+        status = run.wait(SESSION_EXIT_SECONDS)
+        # torn down by the worker, or (a worker slower to stop than xdist waits)
+        # by the kernel's parent-death signal when xdist kills it: gone either way
+        wait_for(lambda: all(gone(pid) for pid in kids), REAPED_SECONDS, "the children's end")
+        assert status == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    finally:
+        _strand_nothing(run, set(kids))
 
 
 def test_a_killed_test_run_takes_its_children_with_it(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ import pytest
 from mailpipe.devstack.demo import Demo, Plan
 from mailpipe.devstack.stack import Stack
 
-pytestmark = pytest.mark.e2e
+# The demo installs its chart into a fixed namespace, with an operator watching
+# every namespace, and sets the stack's DNS records: it runs alone.
+pytestmark = [pytest.mark.e2e, pytest.mark.exclusive]
 
 
 def test_campaign_end_to_end(devstack: Stack, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ import yaml
 
 from mailpipe.devstack import harness, kube
 from mailpipe.devstack.procs import free_port
+from tests.conftest import SHARED_STACK_DIR
 
 TOKEN_DURATION = "1h"  # longer than any test runs
 PORT_ARGS = ("--liveness-port", "--metrics-port")
@@ -86,6 +87,11 @@ class Kubelet:
         self.metrics_port = 0
         self._stop = threading.Event()
         self._controller: threading.Thread | None = None
+        # The namespaces the chart's operator watches (its --namespace args;
+        # none: all). Relay Deployments exist only there, and the stand-in
+        # controller looks only there: other tests' pools, in their own
+        # namespaces on the same stack, are not this release's to report.
+        self.watched: list[str] = []
 
     def token_kubeconfig(self, service_account: str, namespace: str) -> Path:
         """A kubeconfig that authenticates as `namespace/service_account`."""
@@ -121,6 +127,14 @@ class Kubelet:
         ]
         for mount_path, local in self.mount_volumes(docs, pod, container).items():
             args = [a.replace(mount_path, str(local)) for a in args]
+        watched = [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")]
+        # On the stack pytest-xdist's workers share, a cluster-wide operator
+        # would take the other tests' pools over: such a test is `exclusive`.
+        shared = SHARED_STACK_DIR in self.env.get("KUBECONFIG", "")
+        assert watched or not shared, (
+            "a cluster-wide operator on the stack parallel tests share: mark the test exclusive"
+        )
+        self.watched += watched
         name = f"operator-{len(self.children.started)}"
         pod_meta = {
             "metadata.name": f"{dep['metadata']['name']}-{len(self.children.started)}",
@@ -177,12 +191,12 @@ class Kubelet:
         """Start reporting the operator's relay Deployments available (see the docstring)."""
 
         def lagging() -> list[dict[str, Any]]:
-            got = harness.kubectl(
-                self.env, "get", "deployments", "-A", "-l", RELAY_SELECTOR, "-o", "json"
-            )
-            items: list[dict[str, Any]] = (
-                json.loads(got.stdout)["items"] if got.returncode == 0 else []
-            )
+            items: list[dict[str, Any]] = []
+            for where in [["-n", ns] for ns in self.watched] or [["-A"]]:
+                got = harness.kubectl(
+                    self.env, "get", "deployments", *where, "-l", RELAY_SELECTOR, "-o", "json"
+                )
+                items += json.loads(got.stdout)["items"] if got.returncode == 0 else []
             return [
                 d
                 for d in items

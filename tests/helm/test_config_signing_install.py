@@ -19,7 +19,8 @@ from tests.helm.kubelet import Kubelet
 from tests.helm.test_rbac import CHART, helm, install, namespaces, release
 from tests.operator.integration.conftest import pool_manifest
 
-pytestmark = [pytest.mark.operator, pytest.mark.security]
+# The installed operator watches every namespace: the test runs alone.
+pytestmark = [pytest.mark.operator, pytest.mark.security, pytest.mark.exclusive]
 
 __all__ = ["namespaces", "release"]  # fixtures, shared with test_rbac
 

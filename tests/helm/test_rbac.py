@@ -212,6 +212,7 @@ def test_tenants_write_campaigns_and_only_the_platform_writes_pools(
     )
 
 
+@pytest.mark.exclusive  # its operator watches every namespace: it runs alone
 def test_a_pool_in_a_namespace_not_onboarded_says_so(
     cli_env: dict[str, str],
     namespace: str,

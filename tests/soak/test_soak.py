@@ -18,7 +18,9 @@ from bench.soak import run_soak
 
 from mailpipe.devstack.stack import Stack
 
-pytestmark = [pytest.mark.soak, pytest.mark.relay]
+# The soak (bench/soak.py) sets the stack's DNS records for its domains,
+# replacing everyone's: it runs alone.
+pytestmark = [pytest.mark.soak, pytest.mark.relay, pytest.mark.exclusive]
 
 SHORT_RECORDS = 10_000
 DOMAINS = 50

@@ -30,6 +30,7 @@ from .interrupt import stop_on_signal as stop_on_signal  # runs that stop cleanl
 # The `mailpipe` console script of the interpreter running this code, so a
 # child runs the same checkout and virtualenv as its parent.
 MAILPIPE = Path(sys.executable).parent / "mailpipe"
+CRD_APPLY_ATTEMPTS = 3  # a lost create race, at most once per CRD file
 POLL_INTERVAL_SECONDS = 0.2  # what we wait on (Kafka, the apiserver) takes 100s of ms anyway
 CHILD_STOP_GRACE_SECONDS = 30.0  # a relay finishes its SMTP sessions and final commit in this
 KUBECTL_TIMEOUT_SECONDS = 300.0  # the benchmark applies 200 SendingPools in one call
@@ -354,8 +355,19 @@ def report_deployment(
 
 
 def apply_crds(env: Env, crds_dir: Path) -> None:
-    """Apply mailpipe's CRDs and wait until the apiserver serves them."""
-    kubectl_ok(env, "apply", "-f", str(crds_dir))
+    """Apply mailpipe's CRDs and wait until the apiserver serves them.
+
+    Processes sharing a stack (pytest-xdist workers) apply them at the same
+    time: kubectl's apply reads, then creates, and the one that loses the race
+    to create is told AlreadyExists. Its next apply finds them and updates."""
+    for _ in range(CRD_APPLY_ATTEMPTS - 1):
+        out = kubectl(env, "apply", "-f", str(crds_dir))
+        if out.returncode == 0:
+            break
+        if "AlreadyExists" not in out.stderr:
+            raise CommandFailed(f"kubectl apply -f {crds_dir}: {out.stderr.strip()}")
+    else:
+        kubectl_ok(env, "apply", "-f", str(crds_dir))
     kubectl_ok(
         env,
         "wait",

@@ -28,6 +28,7 @@ import argparse
 import logging
 import os
 import secrets
+import sys
 import time
 
 import kopf
@@ -146,6 +147,15 @@ def run(args: argparse.Namespace) -> int:
     memo[SIGNER_MEMO_KEY] = load_signer(signing_key_path(args.config_signing_key))
     # Likewise the operator's Kafka login (MAILPIPE_KAFKA_*): a bad one stops it here.
     logging.getLogger("mailpipe.operator").info("Kafka login: %s", kafka_identity.security())
+
+    # Likewise its timers (MAILPIPE_*_SECONDS): a bad value stops it here, in one line.
+    from .handlers.context import TIMERS_MEMO_KEY, OperatorTimers, TimerSettingError
+
+    try:
+        memo[TIMERS_MEMO_KEY] = OperatorTimers.from_env(os.environ)
+    except TimerSettingError as exc:
+        print(f"mailpipe operator: {exc}", file=sys.stderr)
+        return 2
 
     if args.metrics_port:
         metrics.serve(args.metrics_port, memo, args.listen_address)

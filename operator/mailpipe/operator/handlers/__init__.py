@@ -36,7 +36,7 @@ from ..cluster_policy import POLICY_MEMO_KEY
 from ..config_signing import SIGNER_MEMO_KEY
 from ..models import GROUP
 from . import campaign, children, fanout, policy, pool, relays, scale, warmup
-from .context import MEMO_KEY, OperatorState, operator_state
+from .context import MEMO_KEY, TIMERS_MEMO_KEY, OperatorState, OperatorTimers, operator_state
 
 __all__ = ["campaign", "children", "fanout", "policy", "pool", "relays", "scale", "warmup"]
 
@@ -72,7 +72,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             max_workers=BLOCKING_CALL_THREADS, thread_name_prefix="blocking"
         )
     )
-    state = OperatorState()
+    state = OperatorState(timers=memo.get(TIMERS_MEMO_KEY, OperatorTimers()))
     if POLICY_MEMO_KEY in memo:  # put there by `mailpipe operator` (main.run)
         state.policy = tenancy.policy_of(memo)
     state.signer = memo.get(SIGNER_MEMO_KEY)  # put there by `mailpipe operator` (main.run)

@@ -38,7 +38,7 @@ from ..validation import (
     frozen_digests,
     refused_edits,
 )
-from .context import DELETE_GIVE_UP_SECONDS, OperatorState, get_pool, operator_state
+from .context import OperatorState, get_pool, operator_state
 from .status import campaign_conditions, condition, merge_conditions, now_iso
 
 STATUS_INTERVAL_SECONDS = 3.0  # counts are patched at most this often
@@ -290,9 +290,9 @@ async def suspend_changed(
 
 
 # A campaign's deletion never waits forever (ARCHITECTURE.md, "Status is the world's"): a
-# Kafka that cannot be reached is retried at this pace until DELETE_GIVE_UP_SECONDS,
-# then the campaign goes with a Warning Event saying the relays were not told.
-CANCEL_RETRY_SECONDS = 15
+# Kafka that cannot be reached is retried (`OperatorTimers.cancel_retry_seconds`)
+# until the give-up time, then the campaign goes with a Warning Event saying the
+# relays were not told.
 CANCEL_FAILURE_MEMO = "cancel_failure"  # per-campaign memo: why the last attempt failed
 
 
@@ -311,12 +311,10 @@ async def delete_campaign(
     # Records already on Kafka are dropped by the relays with a `failed` event.
     # An attempt that starts past the give-up time is not made (each one can
     # take the Kafka client's bootstrap timeout): the campaign goes, with a Warning.
-    if runtime.total_seconds() >= DELETE_GIVE_UP_SECONDS:
+    give_up = state.timers.delete_give_up_seconds
+    if runtime.total_seconds() >= give_up:
         why = memo.get(CANCEL_FAILURE_MEMO, "no answer from Kafka")
-        message = (
-            f"relays not told to drop its records: gave up after "
-            f"{DELETE_GIVE_UP_SECONDS:.0f}s ({why})"
-        )
+        message = f"relays not told to drop its records: gave up after {give_up:.0f}s ({why})"
         kopf.warn(body, reason="CancelNotPublished", message=message)
     else:
         try:
@@ -331,7 +329,7 @@ async def delete_campaign(
         except KafkaError as exc:
             memo[CANCEL_FAILURE_MEMO] = f"{type(exc).__name__}: {str(exc)[:200]}"
             raise kopf.TemporaryError(
-                memo[CANCEL_FAILURE_MEMO], delay=CANCEL_RETRY_SECONDS
+                memo[CANCEL_FAILURE_MEMO], delay=state.timers.cancel_retry_seconds
             ) from exc
         if why_not:  # an invalid pool spec, or a Kafka the operator may not contact
             message = f"relays not told to drop its records: {why_not}"

@@ -13,8 +13,8 @@ topic, fan-out progress from the Campaign's status.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -35,10 +35,58 @@ from ..tally import Tally
 from ..tls_status import TLSTally
 
 MEMO_KEY = "mailpipe"  # the operator memo's key for OperatorState
-# A deletion handler retries what it cannot reach (Kafka) at most this long, then
-# lets the object go with a Warning Event (ARCHITECTURE.md, "Status is the world's"). Tests
-# shorten it through the environment.
-DELETE_GIVE_UP_SECONDS = float(os.environ.get("MAILPIPE_DELETE_GIVE_UP_SECONDS", "300"))
+TIMERS_MEMO_KEY = "mailpipe_timers"  # OperatorTimers, put there by `mailpipe operator`
+ENV_DELETE_GIVE_UP = "MAILPIPE_DELETE_GIVE_UP_SECONDS"
+ENV_KAFKA_RETRY = "MAILPIPE_KAFKA_RETRY_SECONDS"
+ENV_CANCEL_RETRY = "MAILPIPE_CANCEL_RETRY_SECONDS"
+
+
+class TimerSettingError(ValueError):
+    """An operator timer in the environment that is not a number of seconds >= 0."""
+
+
+@dataclass(frozen=True)
+class OperatorTimers:
+    """How long and how often the operator retries what it cannot reach.
+
+    Settings of the operator process, read once at its start
+    (`from_env`), and reached through `OperatorState.timers`: the defaults
+    are production's; a test shortens them by the operator's environment
+    rather than by waiting them out (or patching the code)."""
+
+    delete_give_up_seconds: float = 300.0
+    """A deletion handler retries what it cannot reach (Kafka) at most this long,
+    then lets the object go with a Warning Event (ARCHITECTURE.md, "Status is the
+    world's"): five minutes outlast a broker's restart, not an outage."""
+    kafka_retry_seconds: float = 15.0
+    """A pool whose Kafka refuses or cannot be reached (topic creation or
+    deletion) is retried at this pace: a few requests per pool and retry."""
+    cancel_retry_seconds: float = 15.0
+    """A campaign deletion whose cancel record Kafka did not take is retried at
+    this pace, until `delete_give_up_seconds`."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OperatorTimers:
+        """The defaults, with each timer the environment sets; TimerSettingError
+        names a value that is not a number of seconds >= 0."""
+        names = {
+            ENV_DELETE_GIVE_UP: "delete_give_up_seconds",
+            ENV_KAFKA_RETRY: "kafka_retry_seconds",
+            ENV_CANCEL_RETRY: "cancel_retry_seconds",
+        }
+        values: dict[str, float] = {}
+        for var, attr in names.items():
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            try:
+                seconds = float(raw)
+            except ValueError:
+                seconds = -1.0
+            if not seconds >= 0:  # also NaN
+                raise TimerSettingError(f"{var}={raw!r}: expected a number of seconds >= 0")
+            values[attr] = seconds
+        return cls(**values)
 
 
 @dataclass
@@ -89,6 +137,10 @@ class OperatorState:
     """One lock per pool (`namespace/name`): its reconciles (spec, Deployment, Secret
     events) read the world and patch status one at a time, so none overwrites a
     newer reading with an older one."""
+
+    timers: OperatorTimers = field(default_factory=OperatorTimers)
+    """Retry paces and give-up times (`mailpipe operator` reads them from its
+    environment, `OperatorTimers.from_env`)."""
 
     server_views: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     """Per pool (`namespace/name`): the spec digest of its relay Deployment as

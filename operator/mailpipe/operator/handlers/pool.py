@@ -50,13 +50,12 @@ from ..pool import (
     topics,
 )
 from ..validation import Problem
-from .context import DELETE_GIVE_UP_SECONDS, OperatorState, operator_state, parse_pool_kafka
+from .context import OperatorState, operator_state, parse_pool_kafka
 from .scale import Stopped, stop_relays
 from .status import Relays, condition, find, merge_conditions, pool_conditions
 
 log = logging.getLogger("mailpipe.operator")
 
-KAFKA_RETRY_SECONDS = 15  # a broker that refuses topic creation is retried at this pace
 # Replaced by Reconciling/Stalled (kstatus); dropped from pools written before.
 LEGACY_CONDITIONS = ("Progressing", "Degraded")
 DRIFT_PATHS_SHOWN = 3  # an Event names a few drifted fields, not a whole template
@@ -74,7 +73,7 @@ async def reconcile_pool(name: str, namespace: str | None, memo: kopf.Memo, **_:
     if outcome.kafka is not None:
         # Only Kafka is retried: a spec problem waits for an edit or for the
         # referenced Secret (handlers.relays), not for a timer.
-        raise kopf.TemporaryError(outcome.kafka.message, delay=KAFKA_RETRY_SECONDS)
+        raise kopf.TemporaryError(outcome.kafka.message, delay=state.timers.kafka_retry_seconds)
 
 
 @dataclass(frozen=True)
@@ -422,7 +421,7 @@ async def delete_pool(
 ) -> None:
     """Children first (the relays stop sending), then the pool's own topics
     unless `spec.kafka.deletionPolicy: Retain` or another pool shares them.
-    Kafka failures are retried until DELETE_GIVE_UP_SECONDS; a retry that
+    Kafka failures are retried until the give-up time (`OperatorTimers`); a retry that
     starts later lets the pool go with a Warning Event (ARCHITECTURE.md, "Status is the
     world's"). A Kafka the cluster policy refuses is not contacted: the pool goes at once."""
     assert namespace is not None  # both kinds are namespaced
@@ -476,9 +475,10 @@ async def delete_pool(
     if sharing:
         kopf.info(body, reason="TopicsKept", message=f"prefix {prefix} shared with {sharing[0]}")
         return
-    if runtime.total_seconds() >= DELETE_GIVE_UP_SECONDS:
+    give_up = state.timers.delete_give_up_seconds
+    if runtime.total_seconds() >= give_up:
         why = memo.get(DELETE_FAILURE_MEMO, "no answer from Kafka")
-        message = f"gave up after {DELETE_GIVE_UP_SECONDS:.0f}s ({why}): delete {prefix}.* by hand"
+        message = f"gave up after {give_up:.0f}s ({why}): delete {prefix}.* by hand"
         kopf.warn(body, reason="TopicsKept", message=message)
         return
     try:
@@ -486,7 +486,7 @@ async def delete_pool(
     except KafkaError as exc:
         message = f"cannot delete topics {prefix}.* on {bootstrap}: {type(exc).__name__}"
         memo[DELETE_FAILURE_MEMO] = message
-        raise kopf.TemporaryError(message, delay=KAFKA_RETRY_SECONDS) from exc
+        raise kopf.TemporaryError(message, delay=state.timers.kafka_retry_seconds) from exc
     if gone:
         kopf.info(body, reason="TopicsDeleted", message=", ".join(gone))
         memo[DELETE_FAILURE_MEMO] = "a client keeps re-creating them"

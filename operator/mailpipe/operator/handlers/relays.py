@@ -72,7 +72,7 @@ async def sync(
         outcome = await pool.reconcile(state, namespace, name, ensure_topics=ensure_topics)
         if outcome.kafka is None:
             return
-        await asyncio.sleep(pool.KAFKA_RETRY_SECONDS)
+        await asyncio.sleep(state.timers.kafka_retry_seconds)
 
 
 async def _sync(memo: kopf.Memo, namespace: str, name: str) -> None:
