@@ -44,7 +44,7 @@ DEPLOYMENT = "mailpipe-relay-news"
 
 def _write_policy(volume: Path, bootstrap: str, routes: list[str]) -> Path:
     policy = {
-        "allowedImages": ["ghcr.io/mailpipe/mailpipe:*"],
+        "allowedImages": ["mailpipe.local/mailpipe:*"],
         "allowedBootstrapServers": [bootstrap],
         "allowedSmtpPorts": [25],
         "allowedRoutes": routes,
