@@ -73,7 +73,7 @@ OBJECT_LOG = " kopf.objects "  # the logger of every handler, timer and daemon k
 PAUSED = re.compile(r"kopf\._core\.engines\.peering Pausing (operations|all operators)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: its env is a dict
 class Replica:
     """One operator pod; its log is its current container's (`kubectl logs`)."""
 
