@@ -2,8 +2,8 @@
 
 kubectl finds the `kubectl-mailpipe` executable on PATH (the venv's bin), as
 it does on a user's machine. The operator runs as a process (the operator
-integration fixtures, shared from there), or from the installed chart when
-what the chart renders is the point (`tests.helm.kubelet.Kubelet`).
+integration fixtures, shared from there), beside an installed chart when what
+the chart renders is the point; as the chart's pod in tests/cluster.
 """
 
 from __future__ import annotations

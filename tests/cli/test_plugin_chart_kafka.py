@@ -11,26 +11,22 @@ environment), an override wins, and every error is one line saying what to do.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mailpipe.devstack import harness
-from mailpipe.devstack.harness import get_object as get
+from mailpipe.devstack import harness, kube
+from mailpipe.devstack.harness import Child
 from mailpipe.devstack.procs import free_port
-from mailpipe.devstack.stack import StackState
-from tests.conftest import wait_for
-from tests.helm.kubelet import Kubelet
-from tests.operator.integration.conftest import pool_manifest
+from tests.operator.integration.conftest import pool_manifest, wait_pool_ready
 
 from .conftest import one_line_error, plugin
 
 pytestmark = pytest.mark.operator
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "mailpipe"
-READY_SECONDS = 90  # the chart's operator starting, topics created, relays reported
 TENANT_ROLE = """
 apiVersion: v1
 kind: ServiceAccount
@@ -61,15 +57,19 @@ def chart_pool(namespace: str, bootstrap: str) -> str:
 
 @pytest.fixture
 def chart_operator(
-    crds: None,
+    operator_factory: Callable[..., Child],
     cli_env: dict[str, str],
-    stack_state: StackState,
     namespace: str,
     kafka_bootstrap: str,
     unique: str,
-    tmp_path: Path,
-) -> Iterator[Kubelet]:
-    """The chart installed with kafka.bootstrapServers, its operator running."""
+) -> Iterator[Child]:
+    """The chart installed with kafka.bootstrapServers, and an operator running.
+
+    What is checked is where the plugin finds Kafka (the operator Deployment's
+    environment, as the chart renders it), not the operator's pod: the chart's
+    Deployment has no replica and the operator runs as a process with the
+    same bootstrap (pods on the node reach Kafka at an address the plugin,
+    on the host, cannot)."""
     release = f"pk{unique}"
     harness.helm_ok(
         cli_env,
@@ -82,32 +82,37 @@ def chart_operator(
         f"operator.watchNamespaces={{{namespace}}}",
         "--set",
         f"kafka.bootstrapServers={kafka_bootstrap}",
+        "--set",
+        "operator.replicas=0",
     )
-    kubelet = Kubelet(cli_env, Path(stack_state.kubeconfig), tmp_path)
     try:
-        kubelet.run_operator(release, namespace)
-        kubelet.report_relays()
-        yield kubelet
+        yield operator_factory(MAILPIPE_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)  # the chart's env
     finally:
-        kubelet.stop()
+        # --no-hooks: the pre-delete Job runs a pod, and this test has no node
         harness.helm(cli_env, "uninstall", release, "-n", namespace, "--no-hooks")
 
 
+def token_kubeconfig(
+    env: dict[str, str], service_account: str, namespace: str, directory: Path
+) -> Path:
+    """A kubeconfig that authenticates as `namespace/service_account`."""
+    token = harness.kubectl_ok(env, "create", "token", service_account, "-n", namespace).strip()
+    path = directory / f"{namespace}-{service_account}.kubeconfig"
+    kube.write_token_kubeconfig(path, Path(env["KUBECONFIG"]), service_account, token)
+    return path
+
+
 def test_every_command_works_on_a_pool_that_takes_kafka_from_the_chart(
-    chart_operator: Kubelet,
+    chart_operator: Child,
     cli_env: dict[str, str],
     namespace: str,
     kafka_bootstrap: str,
     unique: str,
+    tmp_path: Path,
 ) -> None:
-    [op] = chart_operator.children.started
+    op = chart_operator
     harness.apply(cli_env, chart_pool(namespace, kafka_bootstrap))
-    wait_for(
-        lambda: harness.condition_true(get(cli_env, "sp", "news", namespace)),
-        READY_SECONDS,
-        "pool Ready",
-        op,
-    )
+    wait_pool_ready(cli_env, namespace, op)
     env = {k: v for k, v in cli_env.items() if k != "MAILPIPE_KAFKA_BOOTSTRAP"}
     rcpt = f"a-{unique}@x.test"
 
@@ -129,7 +134,7 @@ def test_every_command_works_on_a_pool_that_takes_kafka_from_the_chart(
     # A user who may not read the operator's Deployment is told to name Kafka,
     # and naming it works: the override is honoured before anything else.
     harness.apply(cli_env, TENANT_ROLE.format(ns=namespace))
-    tenant = {**env, "KUBECONFIG": str(chart_operator.token_kubeconfig("tenant", namespace))}
+    tenant = {**env, "KUBECONFIG": str(token_kubeconfig(cli_env, "tenant", namespace, tmp_path))}
     out = plugin(tenant, "suppressions", "list", "-n", namespace)
     assert out.returncode == 2
     assert "--bootstrap or MAILPIPE_KAFKA_BOOTSTRAP" in one_line_error(out)

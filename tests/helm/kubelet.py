@@ -19,7 +19,10 @@ Deployments the operator writes: in a thread, it reports each one available
 (`harness.report_deployment`) whenever its status lags its spec, as those
 controllers would once the relay pods ran. The relays themselves do not run:
 the examples' egress IPs (192.0.2.0/24) are not this machine's.
-Used by the README test (tests/e2e/test_readme.py) and the `helm test` test.
+Used only by the README test (tests/e2e/test_readme.py): the chart, uninstall,
+peering and RBAC tests run on the stack's real node (tests/cluster). The README
+test stays here until its quick start can become Ready on one node
+(examples/warmup-pool.yaml: hostNetwork, two replicas, egress IPs 192.0.2.20-21).
 """
 
 from __future__ import annotations
@@ -27,9 +30,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ import yaml
 from mailpipe.devstack import harness, kube
 from mailpipe.devstack.procs import free_port
 from tests.conftest import SHARED_STACK_DIR
+from tests.operator.configmap_volume import write_configmap_volume
 
 TOKEN_DURATION = "1h"  # longer than any test runs
 PORT_ARGS = ("--liveness-port", "--metrics-port")
@@ -47,35 +49,6 @@ LOOPBACK = "127.0.0.1"
 SCRAPE_TIMEOUT_SECONDS = 5
 RELAY_SELECTOR = "app.kubernetes.io/component=relay,app.kubernetes.io/managed-by=mailpipe-operator"
 CONTROLLER_PERIOD_SECONDS = 1.0  # how often the stand-in controller looks at the Deployments
-
-
-def write_configmap_volume(directory: Path, data: dict[str, str]) -> None:
-    """Write (or update) a ConfigMap volume the way the kubelet's atomic writer does.
-
-    The data goes to a new hidden `..<timestamp>` directory; `..data` is a
-    symlink to it, replaced in one rename; each key is a symlink `key ->
-    ..data/key`. A reader of `directory/key` sees the old data or the new,
-    never a half-written file; the path itself never changes.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
-    stamp.mkdir()
-    for key, value in data.items():
-        (stamp / key).write_text(value)
-    current = directory / "..data"
-    old = current.resolve() if current.is_symlink() else None
-    tmp = directory / "..data_tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(stamp.name)
-    os.replace(tmp, current)  # the atomic swap
-    for key in data:
-        link = directory / key
-        if not link.is_symlink():
-            link.symlink_to(Path("..data") / key)
-    if old is not None and old != stamp.resolve():
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
 
 
 class Kubelet:

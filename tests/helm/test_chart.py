@@ -132,11 +132,33 @@ def test_tenant_namespaces_bind_the_workload_role_only_there() -> None:
     assert "ClusterRoleBinding/rel-mailpipe-operator-workloads" in kinds(everywhere)
 
 
+def test_the_default_image_is_the_one_this_checkout_builds() -> None:
+    """The chart's defaults name an image a user can produce: what `make image`
+    (scripts/build-image.sh) and the README's `docker build` tag, at the chart's
+    appVersion, which a node that has it loaded runs without a pull. The former
+    default, ghcr.io/mailpipe/mailpipe, exists nowhere: ImagePullBackOff in the
+    first minute."""
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    built = re.search(r"^REPOSITORY=\$\{MAILPIPE_IMAGE_REPOSITORY:-(\S+)\}$", script, re.M)
+    assert built is not None, "build-image.sh names its repository"
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version
+    default = f"{built[1]}:{version}"
+    docs = render()
+    container = operator_container(docs)
+    assert container["image"] == default
+    assert container["imagePullPolicy"] == "IfNotPresent"  # loaded on the node: no pull
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MAILPIPE_RELAY_IMAGE"] == default  # the relays run it too
+    assert default in (ROOT / "README.md").read_text()  # how to build and load it is said
+
+
 def test_deployment_runs_non_root_with_the_operator_entry_point() -> None:
     dep = next(d for d in render("image.tag=1.2.3") if d["kind"] == "Deployment")
     pod = dep["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["image"] == "ghcr.io/mailpipe/mailpipe:1.2.3"
+    assert container["image"] == "mailpipe.local/mailpipe:1.2.3"
     assert container["args"][0] == "operator"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -259,8 +281,9 @@ def test_install_then_uninstall_leaves_only_the_crds(
     manifest = helm("get", "manifest", "mp", "-n", namespace, env=cli_env).stdout
     created = [d for d in yaml.safe_load_all(manifest) if d]
     assert created
-    # --no-hooks: the pre-delete Job (hooks/uninstall.yaml) needs a kubelet to run,
-    # which the dev stack has not; what it runs is tested in test_day2.py.
+    # --no-hooks: the pre-delete Job (hooks/uninstall.yaml) runs a pod, and this
+    # API-server test has no node; the Job runs on the node in
+    # tests/cluster/test_chart_on_node.py, what it runs is tested in test_day2.py.
     removed = helm("uninstall", "mp", "-n", namespace, "--wait", "--no-hooks", env=cli_env)
     assert removed.returncode == 0, removed.stderr
     for doc in created:
@@ -395,6 +418,15 @@ def test_notes_suggest_examples_that_work_together() -> None:
     assert onboard in text  # relays may run only in onboarded namespaces
     assert onboard not in notes("rbac.tenantNamespaces={mail}")
     assert "kafka.example:9092" in notes("kafka.bootstrapServers=kafka.example:9092")
+
+
+def test_notes_say_how_to_get_the_default_image_onto_the_nodes() -> None:
+    """The default image is built from source and served by no registry: NOTES
+    say so and how to load it, and say nothing of it for an image of the user's."""
+    text = notes()
+    assert "mailpipe.local/mailpipe:0.1.0 is built from the chart's source" in text, text
+    assert "no registry serves it" in text and "kind load docker-image" in text, text
+    assert "no registry serves it" not in notes("image.repository=registry.example.com/mp")
 
 
 @pytest.mark.parametrize(

@@ -35,8 +35,8 @@ def test_the_operator_reads_the_policy_the_values_say() -> None:
     assert policy.allowed_smtp_ports == [25, 2525]
     assert policy.host_network_namespaces == ["mail-*"]
     assert policy.allowed_images == [
-        "ghcr.io/mailpipe/mailpipe:*",
-        "ghcr.io/mailpipe/mailpipe:0.1.0",
+        "mailpipe.local/mailpipe:*",
+        "mailpipe.local/mailpipe:0.1.0",
     ]
     assert policy.allowed_routes == [] and policy.allowed_dns_nameservers == []
     assert policy.private_destination_namespaces == []  # no inward delivery unless allowed

@@ -6,7 +6,9 @@ The chart is installed with `operator.replicas=0` (nothing to run: RBAC is
 what is checked) and the tenant roles are bound to made-up users the way a
 platform team would bind them. The dev stack runs no controller-manager, so
 the built-in view/edit/admin roles do not aggregate here; the tests bind our
-ClusterRoles directly, which is what aggregation copies.
+ClusterRoles directly, which is what aggregation copies. What the operator
+does with these rights as the chart's ServiceAccount (relays where onboarded,
+Forbidden elsewhere) runs on the stack's node: tests/cluster/test_chart_on_node.py.
 """
 
 from __future__ import annotations
@@ -14,16 +16,11 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mailpipe.devstack import harness
 from mailpipe.devstack.harness import kubectl
-from mailpipe.devstack.stack import StackState
-from tests.conftest import wait_for
-from tests.helm.kubelet import Kubelet
-from tests.operator.integration.conftest import pool_manifest
 
 pytestmark = [pytest.mark.operator, pytest.mark.security]
 
@@ -71,7 +68,8 @@ def namespaces(cli_env: dict[str, str], unique: str) -> Iterator[tuple[str, str]
 def release(cli_env: dict[str, str], namespace: str) -> Iterator[None]:
     """Uninstalls the test's release `rel` afterwards (ClusterRoles are cluster-wide)."""
     yield
-    # --no-hooks: the pre-delete Job needs a kubelet, which the dev stack has not
+    # --no-hooks: the pre-delete Job runs a pod, and only the node tests have a
+    # kubelet (tests/cluster, where the hook runs and deletes the CRs)
     helm(cli_env, "uninstall", "rel", "-n", namespace, "--wait", "--no-hooks")
 
 
@@ -210,53 +208,6 @@ def test_tenants_write_campaigns_and_only_the_platform_writes_pools(
             ("create", "sendingpools.mailpipe.io", team_b, NO),
         ],
     )
-
-
-@pytest.mark.exclusive  # its operator watches every namespace: it runs alone
-def test_a_pool_in_a_namespace_not_onboarded_says_so(
-    cli_env: dict[str, str],
-    namespace: str,
-    namespaces: tuple[str, str],
-    release: None,
-    stack_state: StackState,
-    tmp_path: Path,
-) -> None:
-    """The operator, run as the chart's ServiceAccount, makes relays where it may
-    and says why it cannot elsewhere: Ready=False, reason Forbidden, naming the
-    chart value that onboards a namespace."""
-    team_a, team_b = namespaces
-    bootstrap = stack_state.kafka_bootstrap
-    install(
-        cli_env,
-        namespace,
-        f"rbac.tenantNamespaces={{{team_a}}}",
-        f"kafka.bootstrapServers={bootstrap}",
-        "policy.admission=false",
-    )
-    kubelet = Kubelet(cli_env, Path(stack_state.kubeconfig), tmp_path)
-    try:
-        kubelet.run_operator("rel", namespace)
-        for ns in (team_a, team_b):
-            manifest = pool_manifest("news", ns, bootstrap, f"mailpipe.{ns}.news")
-            harness.kubectl_ok(cli_env, "apply", "-f", "-", stdin=manifest)
-
-        def ready(ns: str) -> dict[str, Any]:
-            pool = harness.get_object(cli_env, "sp", "news", ns) or {}
-            conds = (pool.get("status") or {}).get("conditions") or []
-            return next((c for c in conds if c.get("type") == "Ready"), {})
-
-        wait_for(lambda: ready(team_b).get("reason") == "Forbidden", 90, "Forbidden in team B")
-        assert "rbac.tenantNamespaces" in ready(team_b)["message"]
-        wait_for(
-            lambda: kubectl(cli_env, "get", "deploy", "-n", team_a, "-o", "name").stdout != "",
-            90,
-            "relays in team A",
-        )
-        assert kubectl(cli_env, "get", "deploy", "-n", team_b, "-o", "name").stdout == ""
-    finally:
-        for ns in (team_a, team_b):
-            kubectl(cli_env, "delete", "sp", "news", "-n", ns, "--wait=false")
-        kubelet.stop()
 
 
 def test_install_refuses_a_tenant_namespace_that_does_not_exist(

@@ -1,10 +1,12 @@
 """The chart's pre-delete hook: `helm uninstall` deletes the CRs while the operator still runs.
 
-The dev stack has no kubelet, so the Job itself cannot run here; what it runs
-(`kubectl-mailpipe uninstall`) is run against the real apiserver and Kafka by
-`tests/operator/integration/test_day2.py::test_uninstall_leaves_nothing_stranded`.
-These tests pin the rest: the hook's kind and order, its least privilege, and
-that the command it names exists in the image and parses.
+The Job runs on the stack's node, where plain `helm uninstall` deletes a CR the
+operator holds and leaves no object of the release
+(`tests/cluster/test_chart_on_node.py::test_the_operator_runs_as_a_pod_from_the_chart_and_uninstall_leaves_nothing`);
+what it runs (`kubectl-mailpipe uninstall`) is run against the real apiserver
+and Kafka by `tests/operator/integration/test_day2.py::test_uninstall_leaves_nothing_stranded`.
+These tests pin the rest, rendered: the hook's kind and order, its least
+privilege, and that the command it names exists in the image and parses.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def test_uninstall_deletes_every_cr_first_from_a_pre_delete_hook() -> None:
     pod = job["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "rel-mailpipe-uninstall"
     [container] = pod["containers"]
-    assert container["image"] == "ghcr.io/mailpipe/mailpipe:0.1.0"  # the operator's image
+    assert container["image"] == "mailpipe.local/mailpipe:0.1.0"  # the operator's image
     assert container["command"] == ["kubectl-mailpipe"]
     assert container["args"] == ["uninstall", "--all-namespaces", "--timeout=240"]
     assert job["spec"]["activeDeadlineSeconds"] > 240, "the plugin reports before the deadline"

@@ -6,8 +6,8 @@ state into status (waiting for the pool: nothing is sent, no Kafka is needed).
 Then the Campaign is deleted and must disappear, which only happens when the
 operator releases its finalizer. Exit 0 only if both happened in time.
 
-Runs in the test pod (in-cluster config) and, unchanged, from a shell with
-KUBECONFIG (tests/helm/test_helm_test.py runs it against the dev stack).
+Runs in the test pod (in-cluster config; `helm test` on the stack's node in
+tests/cluster/test_chart_on_node.py) and, unchanged, from a shell with KUBECONFIG.
 """
 
 import os

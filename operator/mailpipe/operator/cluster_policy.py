@@ -65,7 +65,7 @@ class ClusterPolicy(BaseModel):
     )
 
     allowed_images: list[str] = Field(
-        default_factory=lambda: ["ghcr.io/mailpipe/mailpipe:*"],
+        default_factory=lambda: ["mailpipe.local/mailpipe:*"],
         description="Relay images (patterns).",
     )
     allowed_bootstrap_servers: list[str] = Field(

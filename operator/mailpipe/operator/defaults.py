@@ -21,8 +21,9 @@ from dataclasses import dataclass
 ENV_IMAGE = "MAILPIPE_RELAY_IMAGE"
 ENV_PULL_SECRETS = "MAILPIPE_RELAY_IMAGE_PULL_SECRETS"  # comma-separated Secret names
 ENV_KAFKA = "MAILPIPE_KAFKA_BOOTSTRAP_SERVERS"
-# The image of this version, for an operator started without the chart's environment.
-BUILTIN_IMAGE = "ghcr.io/mailpipe/mailpipe:0.1.0"
+# The image of this version, for an operator started without the chart's environment:
+# the name `make image` and the chart's default give it (no registry serves it).
+BUILTIN_IMAGE = "mailpipe.local/mailpipe:0.1.0"
 CONTEXT_KEY = "pool_defaults"  # the validation-context key SendingPoolSpec reads
 
 

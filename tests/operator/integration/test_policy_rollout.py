@@ -7,7 +7,7 @@ its relay Deployment stayed at spec.replicas, sending with what the policy now
 forbids, and the operator learnt of the change only when restarted.
 
 Here the policy file is mounted as the kubelet mounts a ConfigMap volume
-(`tests/helm/kubelet.py`, `write_configmap_volume`: an atomic `..data` swap),
+(`tests/operator/configmap_volume.py`, `write_configmap_volume`: an atomic `..data` swap),
 changed under the running operator, and the relay Deployment must follow:
 scaled to 0 (the object kept), Ready=False with the reason, a Warning Event,
 scale status 0; neither a `kubectl scale` of the pool nor of its Deployment
@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from mailpipe.devstack import harness
-from tests.helm.kubelet import write_configmap_volume
+from tests.operator.configmap_volume import write_configmap_volume
 
 from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for, wait_pool_ready
 
@@ -44,7 +44,7 @@ DEPLOYMENT = "mailpipe-relay-news"
 
 def _write_policy(volume: Path, bootstrap: str, routes: list[str]) -> Path:
     policy = {
-        "allowedImages": ["ghcr.io/mailpipe/mailpipe:*"],
+        "allowedImages": ["mailpipe.local/mailpipe:*"],
         "allowedBootstrapServers": [bootstrap],
         "allowedSmtpPorts": [25],
         "allowedRoutes": routes,

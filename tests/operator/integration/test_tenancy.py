@@ -107,7 +107,7 @@ def _policy(tmp_path: Path, bootstrap: str) -> Path:
     path.write_text(
         yaml.safe_dump(
             {
-                "allowedImages": ["ghcr.io/mailpipe/mailpipe:*"],
+                "allowedImages": ["mailpipe.local/mailpipe:*"],
                 "allowedBootstrapServers": [bootstrap],
                 "allowedSmtpPorts": [25],
                 "hostNetworkNamespaces": ["platform-*"],

@@ -1,7 +1,7 @@
 """Peering settings of `mailpipe operator`: seniority priorities and the keep-alive lifetime.
 
 kopf pauses the replica that sees a live peer with a higher priority, and every
-replica when two share one; the live election is `tests/helm/test_peering.py`.
+replica when two share one; the live election is `tests/cluster/test_peering_on_node.py`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from mailpipe.operator.handlers import policy, pool
 from mailpipe.operator.handlers.context import OperatorState
 from mailpipe.operator.handlers.scale import running_replicas
 from mailpipe.operator.models import SendingPoolSpec
-from tests.helm.kubelet import write_configmap_volume
+from tests.operator.configmap_volume import write_configmap_volume
 
 pytestmark = pytest.mark.security
 

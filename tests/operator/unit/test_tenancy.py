@@ -19,7 +19,7 @@ pytestmark = pytest.mark.security
 
 KAFKA = "kafka.mailpipe.svc:9092"
 POLICY = ClusterPolicy(
-    allowed_images=["ghcr.io/mailpipe/mailpipe:*"],
+    allowed_images=["mailpipe.local/mailpipe:*"],
     allowed_bootstrap_servers=[KAFKA],
     allowed_dns_nameservers=["10.96.0.10:53"],
     allowed_smtp_ports=[25, 2525],
@@ -58,7 +58,7 @@ def test_a_pool_inside_its_bounds_is_not_refused() -> None:
         (
             {"image": "evil/x"},
             "t",
-            "image evil/x not in allowed images (ghcr.io/mailpipe/mailpipe:*)",
+            "image evil/x not in allowed images (mailpipe.local/mailpipe:*)",
         ),
         ({"smtpPort": 6443}, "t", "smtpPort 6443 not in allowed SMTP ports (25, 2525)"),
         ({"hostNetwork": True}, "tenant", "hostNetwork not allowed in namespace tenant"),
