@@ -76,9 +76,11 @@ def test_dev_subcommands_are_offered_only_with_the_dev_stack() -> None:
         """
     )
     assert out.returncode == 2, out.stderr
-    assert "{operator,relay,feedback}" in out.stdout
+    assert "{operator,relay,feedback,unsubscribe,submission}" in out.stdout
     assert "dev stack (mailpipe.devstack) is not installed" in out.stderr
     with_devstack = subprocess.run(
         [sys.executable, "-m", "mailpipe.cli", "--help"], capture_output=True, text=True
     )
-    assert "{operator,relay,feedback,dev,demo}" in with_devstack.stdout, with_devstack.stderr
+    assert "{operator,relay,feedback,unsubscribe,submission,dev,demo}" in with_devstack.stdout, (
+        with_devstack.stderr
+    )

@@ -32,18 +32,8 @@ from kubernetes import client
 from mailpipe.devstack import harness, oci, paths
 from mailpipe.devstack.node import Node
 from mailpipe.devstack.stack import StackState
-from tests.cluster.test_chart_on_node import (  # module-scoped fixtures, shared by name
-    Image,
-    _install,
-    _operator_pods,
-    _uninstall,
-    image,
-    imported,
-    node,
-)
+from tests.cluster.conftest import Image, install, operator_pods, uninstall
 from tests.conftest import wait_for
-
-__all__ = ["image", "imported", "node"]  # fixtures used by name only
 
 # The first test also waits for the image (a cold build took 9 minutes on a
 # loaded machine) and the last one for `helm uninstall` (up to 6 minutes).
@@ -105,7 +95,7 @@ def operator(
         "sleeps": _small_image(node, repository, "sleeps", ["/pause"], tmp),
     }
     harness.kubectl_ok(env, "create", "namespace", tenant)
-    _install(
+    install(
         env,
         release,
         namespace,
@@ -118,14 +108,14 @@ def operator(
     try:
 
         def operator_ready() -> bool:
-            pods = _operator_pods(env, namespace, release)
+            pods = operator_pods(env, namespace, release)
             return len(pods) == 1 and harness.condition_true(pods[0])
 
         wait_for(operator_ready, OPERATOR_READY_TIMEOUT_SECONDS, "the operator pod Ready")
         yield Operator(env, kube_api, tenant, repository, images)
     finally:
         harness.kubectl(env, "delete", "sendingpools", "--all", "-n", tenant, "--wait=true")
-        _uninstall(env, release, namespace)
+        uninstall(env, release, namespace)
         harness.kubectl(env, "delete", "namespace", tenant, namespace, "--wait=false")
 
 

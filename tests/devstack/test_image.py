@@ -286,8 +286,9 @@ def test_the_image_runs_read_only_as_its_user_with_the_declared_python(bundle: P
     helped = in_image(bundle_dir, process["args"])
     assert helped.returncode == 0, helped.stderr
     assert "operator" in helped.stdout and "relay" in helped.stdout
-    assert "{operator,relay}" in helped.stdout  # no dev stack: `dev`, `demo` are not offered
-    for sub in ("operator", "relay"):
+    # No dev stack: `dev`, `demo` are not offered; every production endpoint is.
+    assert "{operator,relay,feedback,unsubscribe,submission}" in helped.stdout
+    for sub in ("operator", "relay", "feedback", "unsubscribe", "submission"):
         sub_help = in_image(bundle_dir, ["mailpipe", sub, "--help"])
         assert sub_help.returncode == 0, sub_help.stderr
 
