@@ -8,7 +8,10 @@ recipient domain or domain group its own TLS mode.
 - against a real TLS receiver whose certificate names another host, a site in
   mode `verify` defers (nothing in clear) while another domain of the same
   pool, `opportunistic`, delivers encrypted through the same MX; a connection
-  opened for the one is never reused for the other.
+  opened for the one is never reused for the other;
+- a `dane` site in an opportunistic pool looks up TLSA records for its MX
+  only (and an `mta-sts` site consults its policy only:
+  test_mta_sts_transport.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pydantic import ValidationError
 from mailpipe.contracts.config import RelayConfig, TLSMode
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.relay.delivery import MXResolver, Route, SMTPTransport
+from mailpipe.relay.delivery.dane import TLSAAnswer, TLSARecord
 from mailpipe.relay.delivery.mx import stub_resolver
 from mailpipe.relay.delivery.tls_policy import destination_plan
 from mailpipe.relay.ports import Envelope, SMTPReply
@@ -125,9 +129,9 @@ def test_a_dane_site_asks_the_resolver_for_dnssec() -> None:
 class SharedMX(MXResolver):
     """Every destination's MX is the one receiver, known by one host name."""
 
-    def __init__(self, config: RelayConfig, port: int) -> None:
+    def __init__(self, config: RelayConfig, port: int, secure: bool = False) -> None:
         super().__init__(config)
-        self.route = Route(HOST, port, MX_NAME)
+        self.route = Route(HOST, port, MX_NAME, secure)
 
     async def routes(self, domain: str) -> list[Route]:
         return [self.route]
@@ -169,5 +173,48 @@ async def test_a_verify_site_defers_on_a_wrong_name_while_the_pool_delivers(
             (True, ("a@casual.test",)),
             (True, ("a@casual.test",)),
         ]
+    finally:
+        await t.close()
+
+
+class PublishedTLSA:
+    """The validated TLSA answer of the MX (in place of the transport's resolver;
+    the real lookup is tests/relay/integration/test_dane.py's), and who asked."""
+
+    def __init__(self, answer: TLSAAnswer) -> None:
+        self.answer = answer
+        self.asked: list[str] = []
+
+    async def lookup(self, host: str, port: int) -> TLSAAnswer:
+        self.asked.append(host)
+        return self.answer
+
+
+async def test_a_dane_site_checks_tlsa_records_where_the_pool_does_not(
+    smtp_receiver: Callable[..., SMTPReceiver], tmp_path: Path
+) -> None:
+    """A DANE-EE record matching no key of the receiver: the dane site defers
+    (RFC 7672: usable records make TLS and a match mandatory), the pool's other
+    domains on the same, signed MX go opportunistic and never ask for TLSA."""
+    rx = smtp_receiver(HOST, tls=server_context(make_certs(tmp_path, MX_NAME)))
+    config = make_config(
+        egress=[{"address": HOST, "helo": "relay.test"}],
+        delivery={"allow_private_destinations": True},
+        dns_nameserver="127.0.0.1:53",  # unused: the TLSA answer is given below
+        tls={"mode": "opportunistic", "sites": {"dane.test": {"mode": "dane"}}},
+    )
+    t = SMTPTransport(config, SharedMX(config, rx.port, secure=True))
+    assert t._tlsa is not None  # made because a site needs it, though the pool does not
+    tlsa = PublishedTLSA(TLSAAnswer(True, (TLSARecord(3, 1, 1, bytes(32)),)))
+    t._tlsa = tlsa  # type: ignore[assignment]
+    try:
+        r = await attempt(t, "casual.test")
+        assert r.code == 250, r
+        assert tlsa.asked == []
+        r = await attempt(t, "dane.test")
+        assert (r.code, r.enhanced) == (451, "4.7.5"), r
+        assert "DANE" in r.text, r
+        assert tlsa.asked == [MX_NAME]
+        assert [m.rcpt_tos for m in rx.messages()] == [("a@casual.test",)]
     finally:
         await t.close()
