@@ -46,11 +46,12 @@ from .policy import (
     TimeZone,
     TLSMode,
     TLSSettings,
+    TLSSite,
     WarmupPolicy,
     WarmupStep,
     check_pool,
     dane_resolver_problem,
-    tls_problem,
+    tls_sites_problem,
 )
 from .topics import CONTROL_SUFFIX, NEVER_MAIL_TOPIC, SUPPRESSIONS_SUFFIX, Topics, namespace_space
 
@@ -70,6 +71,7 @@ __all__ = [
     "SMTPTimeouts",
     "TLSMode",
     "TLSSettings",
+    "TLSSite",
     "Throttle",
     "UnsubscribeSettings",
     "WarmupSettings",
@@ -209,7 +211,7 @@ class RelayTLSSettings(TLSSettings):
 
     @model_validator(mode="after")
     def _ca_needs_verify(self) -> RelayTLSSettings:
-        problem = tls_problem(self.mode, self.verify, ca_bundle=self.ca_file is not None)
+        problem = self.problem(ca_bundle=self.ca_file is not None)
         if problem is not None:
             raise ValueError(problem)
         return self
@@ -336,7 +338,9 @@ class RelayConfig(_Model):
             raise ValueError(f"unknown config version {self.v}, this relay reads {CONFIG_VERSION}")
         check_pool(self.egress, self.domain_groups, self.warmup.schedule)
         check_routes(self.routes, self.delivery)
-        problem = dane_resolver_problem(self.tls.applied, self.dns_nameserver)
+        problem = dane_resolver_problem(self.tls, self.dns_nameserver) or tls_sites_problem(
+            self.tls, self.domain_groups
+        )
         if problem is not None:
             raise ValueError(problem)
         return self
@@ -358,6 +362,19 @@ class RelayConfig(_Model):
         if group is not None and group in self.throttles:
             return self.throttles[group]
         return self.throttle_default
+
+    def tls_for(self, domain: str) -> TLSSettings | TLSSite:
+        """The TLS policy of a destination: its domain's site override, else its
+        group's, else the pool's (the lookup of `throttle_for`, so a name means
+        the same thing in both maps)."""
+        domain = domain.lower()
+        sites = self.tls.sites
+        if domain in sites:
+            return sites[domain]
+        group = self.group_of(domain)
+        if group is not None and group in sites:
+            return sites[group]
+        return self.tls
 
     def shaping_key(self, domain: str) -> str:
         """What a throttle counts against: the override's name, else the domain itself."""

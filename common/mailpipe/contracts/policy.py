@@ -54,6 +54,9 @@ MIN_MAX_AGE_SECONDS = 60  # expiring sooner than the first retry could run is a 
 # Domain groups a pool shapes separately: a handful in practice (gmail, microsoft,
 # yahoo, ...); the bound also keeps the CRD's CEL rule on groupLimits within budget.
 MAX_DOMAIN_GROUPS = 32
+# TLS overrides per site (domain or group): a pool names a few dozen partners at most;
+# the bound keeps the CRD's CEL rules over `tls.sites` within the apiserver's budget.
+MAX_TLS_SITES = 256
 
 
 def _known_zone(name: str) -> str:
@@ -217,8 +220,11 @@ class TLSMode(enum.StrEnum):
 VERIFYING_MODES = frozenset({TLSMode.VERIFY, TLSMode.MTA_STS})
 
 
-def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool) -> str | None:
+def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool, where: str = "tls") -> str | None:
     """Why a TLS setting contradicts itself, naming the mode to use; None if it does not.
+
+    `where` names the setting in the message: `tls` for the pool's, `tls.sites.<site>`
+    for a site's override (the same rules hold for both).
 
     `verify: true` used to be accepted with `opportunistic`, which then fell
     back to clear text on a bad certificate: a policy that asks for
@@ -226,40 +232,65 @@ def tls_problem(mode: TLSMode, verify: bool, ca_bundle: bool) -> str | None:
     not reinterpreted (mail would start deferring without anyone asking)."""
     if verify and mode is TLSMode.DANE:
         return (
-            "tls.verify: true contradicts mode dane (its TLSA records decide what is "
+            f"{where}.verify: true contradicts mode dane (its TLSA records decide what is "
             "verified, and how); drop verify, or use mode: verify for CA-verified TLS"
         )
     if verify and mode in (TLSMode.OPPORTUNISTIC, TLSMode.NONE, TLSMode.DISABLED):
         return (
-            f"tls.verify: true contradicts mode {mode.value} (which never verifies); use "
+            f"{where}.verify: true contradicts mode {mode.value} (which never verifies); use "
             "mode: verify to require a certificate matching the MX name, or drop verify"
         )
     if verify and mode is TLSMode.MTA_STS:
         return (
-            "tls.verify: true contradicts mode mta-sts (each destination's policy decides "
+            f"{where}.verify: true contradicts mode mta-sts (each destination's policy decides "
             "where to verify); use mode: verify to verify everywhere, or drop verify"
         )
     if ca_bundle and applied_tls_mode(mode, verify) not in VERIFYING_MODES:
         return (
             f"a TLS CA bundle is only used to verify certificates, and mode {mode.value} "
-            f"{'with verify: false ' if mode is TLSMode.REQUIRED else ''}does not verify; "
-            "use mode: verify or mta-sts"
+            f"{'with verify: false ' if mode is TLSMode.REQUIRED else ''}does not verify "
+            "(nor does any of tls.sites); use mode: verify or mta-sts"
         )
     return None
 
 
-def dane_resolver_problem(mode: TLSMode, dns_nameserver: str | None) -> str | None:
-    """Why a pool in mode dane cannot work, naming the field; None if it can.
+def dane_resolver_problem(tls: TLSSettings, dns_nameserver: str | None) -> str | None:
+    """Why a pool using mode dane (pool-wide or for a site) cannot work, naming the
+    field; None if it can.
 
     DANE trusts the AD bit of the resolver's answers (as Postfix does), which
     means something only from a validating resolver the pool names: the pod's
     default resolver is rarely one, and a DANE pool whose answers never carry
     AD would silently be an opportunistic one."""
-    if mode is TLSMode.DANE and dns_nameserver is None:
+    if dns_nameserver is not None:
+        return None
+    where = [
+        f"tls.sites.{name}.mode" for name, site in tls.sites.items() if site.applied is TLSMode.DANE
+    ]
+    if tls.applied is TLSMode.DANE:
+        where.insert(0, "tls.mode")
+    if where:
         return (
-            "tls.mode dane trusts the AD bit of the pool's resolver: set dnsNameserver "
+            f"{where[0]} dane trusts the AD bit of the pool's resolver: set dnsNameserver "
             "to a DNSSEC-validating resolver (host:port, e.g. a node-local unbound)"
         )
+    return None
+
+
+def tls_sites_problem(tls: TLSSettings, domain_groups: Collection[str]) -> str | None:
+    """Why a site of `tls.sites` names nothing; None if each names a domain or a group.
+
+    A site is a recipient domain (it has a dot) or a domain group: a name without
+    a dot that no group defines is a typo whose override would never apply, and so
+    is a domain in capitals (destinations are looked up in lower case)."""
+    for name in tls.sites:
+        if "." in name and name != name.lower():
+            return f"tls.sites.{name}: write the domain in lower case ({name.lower()})"
+        if "." not in name and name not in domain_groups:
+            return (
+                f"tls.sites.{name} names no domain group defined in domainGroups and is "
+                "not a domain name: define the group, or write the recipient domain"
+            )
     return None
 
 
@@ -271,6 +302,22 @@ def applied_tls_mode(mode: TLSMode, verify: bool) -> TLSMode:
     if mode is TLSMode.REQUIRED and verify:
         return TLSMode.VERIFY
     return mode
+
+
+# A site's STARTTLS policy: replaces the pool's for one recipient domain or domain group.
+class TLSSite(Spec):
+    mode: TLSMode = Field(
+        description="STARTTLS policy for this site; the same modes as the pool's tls.mode."
+    )
+    verify: bool = Field(
+        default=False,
+        description="With mode required: verify MX certificates (the same as mode verify).",
+    )
+
+    @property
+    def applied(self) -> TLSMode:
+        """What this setting means, as one of none, opportunistic, required, verify."""
+        return applied_tls_mode(self.mode, self.verify)
 
 
 # STARTTLS policy towards MX hosts.
@@ -293,15 +340,43 @@ class TLSSettings(Spec):
             "Refused with none, opportunistic and mta-sts."
         ),
     )
+    sites: dict[str, TLSSite] = Field(
+        default_factory=dict,
+        max_length=MAX_TLS_SITES,
+        description=(
+            "TLS policy per recipient domain or domain group name, replacing mode and "
+            "verify above for it (as throttles.overrides: the domain's entry, else its "
+            "group's, else the pool's)."
+        ),
+    )
 
     @property
     def applied(self) -> TLSMode:
         """What this setting means, as one of none, opportunistic, required, verify."""
         return applied_tls_mode(self.mode, self.verify)
 
+    @property
+    def applied_modes(self) -> frozenset[TLSMode]:
+        """Every mode some destination may get: the pool's and its sites'."""
+        return frozenset({self.applied, *(site.applied for site in self.sites.values())})
+
+    def problem(self, ca_bundle: bool) -> str | None:
+        """The first contradiction of the pool's setting or a site's (`tls_problem`).
+
+        A CA bundle is refused only when no destination verifies: a pool that
+        is opportunistic except for one site in mode verify uses it there."""
+        problem = tls_problem(self.mode, self.verify, ca_bundle=False)
+        for name, site in self.sites.items():
+            problem = problem or tls_problem(
+                site.mode, site.verify, ca_bundle=False, where=f"tls.sites.{name}"
+            )
+        if problem is None and ca_bundle and not self.applied_modes & VERIFYING_MODES:
+            problem = tls_problem(self.mode, self.verify, ca_bundle=True)
+        return problem
+
     @model_validator(mode="after")
     def _no_contradiction(self) -> Self:
-        problem = tls_problem(self.mode, self.verify, ca_bundle=False)
+        problem = self.problem(ca_bundle=False)
         if problem is not None:
             raise ValueError(problem)
         return self

@@ -40,7 +40,7 @@ from mailpipe.contracts.policy import (
     WarmupPolicy,
     check_pool,
     dane_resolver_problem,
-    tls_problem,
+    tls_sites_problem,
 )
 
 from .defaults import CONTEXT_KEY, PoolDefaults
@@ -59,8 +59,31 @@ TOPIC = r"^[A-Za-z0-9._-]{1,200}$"
 MAX_TEMPLATE_CHARS = 128 * 1024
 
 
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+def _cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
+    # A third element is a messageExpression: the apiserver evaluates it to name
+    # what is wrong (a map key, e.g. the site), falling back to the message.
+    return {
+        "x-kubernetes-validations": [
+            {"rule": r[0], "message": r[1]} | ({"messageExpression": r[2]} if len(r) > 2 else {})
+            for r in rules
+        ]
+    }
+
+
+# The first key of `tls.sites` (seen from the TLS object) breaking a condition, for messages.
+def _first_site(bad: str) -> str:
+    return f"'tls.sites.' + self.sites.filter(k, {bad})[0]"
+
+
+_SITE_VERIFY_BAD = (
+    "has(self.sites[k].verify) && self.sites[k].verify && "
+    "!(self.sites[k].mode in ['required', 'verify'])"
+)
+_SITE_NOT_LOWER = "k.contains('.') && k.lowerAscii() != k"
+_SITE_VERIFIES = (
+    "self.sites[k].mode in ['verify', 'mta-sts'] || (self.sites[k].mode == 'required' && "
+    "has(self.sites[k].verify) && self.sites[k].verify)"
+)
 
 
 # --- SendingPool -------------------------------------------------------------
@@ -331,8 +354,25 @@ class TLS(TLSSettings):
             ),
             (
                 "!has(self.caBundle) || self.mode == 'verify' || self.mode == 'mta-sts' || "
-                "(self.mode == 'required' && self.verify)",
-                "tls.caBundle is only used to verify certificates; use mode: verify or mta-sts",
+                "(self.mode == 'required' && self.verify) || "
+                f"(has(self.sites) && self.sites.exists(k, {_SITE_VERIFIES}))",
+                "tls.caBundle is only used to verify certificates; use mode: verify or mta-sts "
+                "(pool-wide or for a site)",
+            ),
+            (
+                f"!has(self.sites) || !self.sites.exists(k, {_SITE_VERIFY_BAD})",
+                "tls.sites: verify: true contradicts a site's mode (none, disabled, "
+                "opportunistic, mta-sts or dane); use mode: verify to require a certificate "
+                "matching the MX name, or drop verify",
+                f"{_first_site(_SITE_VERIFY_BAD)} + ': verify: true contradicts mode ' + "
+                f"self.sites[self.sites.filter(k, {_SITE_VERIFY_BAD})[0]].mode + "
+                "'; use mode: verify to require a certificate matching the MX name, "
+                "or drop verify'",
+            ),
+            (
+                "!has(self.sites) || self.sites.all(k, !k.contains('.') || k.lowerAscii() == k)",
+                "tls.sites: write each domain in lower case",
+                f"{_first_site(_SITE_NOT_LOWER)} + ': write the domain in lower case'",
             ),
         )
     )
@@ -347,7 +387,7 @@ class TLS(TLSSettings):
 
     @model_validator(mode="after")
     def _ca_needs_verify(self) -> Self:
-        problem = tls_problem(self.mode, self.verify, ca_bundle=self.ca_bundle is not None)
+        problem = self.problem(ca_bundle=self.ca_bundle is not None)
         if problem is not None:
             raise ValueError(problem)
         return self
@@ -370,6 +410,24 @@ class SendingPoolSpec(Spec):
                 "|| has(self.dnsNameserver)",
                 "tls.mode dane trusts the AD bit of the pool's resolver: set dnsNameserver "
                 "to a DNSSEC-validating resolver (host:port, e.g. a node-local unbound)",
+            ),
+            (
+                "!has(self.tls) || !has(self.tls.sites) || has(self.dnsNameserver) || "
+                "self.tls.sites.all(k, self.tls.sites[k].mode != 'dane')",
+                "tls.sites: mode dane trusts the AD bit of the pool's resolver: set "
+                "dnsNameserver to a DNSSEC-validating resolver (host:port)",
+                "'tls.sites.' + self.tls.sites.filter(k, self.tls.sites[k].mode == 'dane')[0] "
+                "+ '.mode dane trusts the AD bit of the resolver of the pool: set dnsNameserver "
+                "to a DNSSEC-validating resolver (host:port, e.g. a node-local unbound)'",
+            ),
+            (
+                "!has(self.tls) || !has(self.tls.sites) || self.tls.sites.all(k, "
+                "k.contains('.') || (has(self.domainGroups) && k in self.domainGroups))",
+                "tls.sites names a domain group not defined in domainGroups",
+                "'tls.sites.' + self.tls.sites.filter(k, !k.contains('.') && "
+                "!(has(self.domainGroups) && k in self.domainGroups))[0] + ' names no domain "
+                "group defined in domainGroups and is not a domain name: define the group, "
+                "or write the recipient domain'",
             ),
         )
     )
@@ -460,7 +518,9 @@ class SendingPoolSpec(Spec):
         # the pool Ready=False (InvalidSpec) instead of failing to render its config.
         check_pool(self.egress_ips, self.domain_groups, self.warmup.schedule)
         check_routes(self.routes, self.delivery)
-        problem = dane_resolver_problem(self.tls.applied, self.dns_nameserver)
+        problem = dane_resolver_problem(self.tls, self.dns_nameserver) or tls_sites_problem(
+            self.tls, self.domain_groups
+        )
         if problem is not None:
             raise ValueError(problem)
         return self

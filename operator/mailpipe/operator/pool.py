@@ -188,6 +188,7 @@ def build_relay_config(
         tls=relay_config.RelayTLSSettings(
             mode=spec.tls.mode,
             verify=spec.tls.verify,
+            sites=spec.tls.sites,
             ca_file=f"{TLS_CA_DIR}/{spec.tls.ca_bundle.key}" if spec.tls.ca_bundle else None,
         ),
         dkim=(

@@ -94,6 +94,37 @@ INVALID = [
         _with(GOOD_POOL, "tls", {"mode": "mta-sts", "verify": True}),
         "and mta-sts (each destination's policy decides)",
     ),
+    # issue 22, TLS per site: the CEL rules name the site
+    (
+        "SendingPool",
+        _with(GOOD_POOL, "tls", {"sites": {"p.example": {"mode": "mta-sts", "verify": True}}}),
+        "tls.sites.p.example: verify: true contradicts mode mta-sts; use mode: verify",
+    ),
+    (
+        "SendingPool",
+        _with(GOOD_POOL, "tls", {"sites": {"gmial": {"mode": "verify"}}}),
+        "tls.sites.gmial names no domain group defined in domainGroups",
+    ),
+    (
+        "SendingPool",
+        _with(GOOD_POOL, "tls", {"sites": {"p.example": {"mode": "dane"}}}),
+        "tls.sites.p.example.mode dane trusts the AD bit",
+    ),
+    (
+        "SendingPool",
+        _with(GOOD_POOL, "tls", {"sites": {"P.example": {"mode": "verify"}}}),
+        "tls.sites.P.example: write the domain in lower case",
+    ),
+    (
+        "SendingPool",
+        _with(
+            GOOD_POOL,
+            "tls",
+            {"caBundle": {"secret": "ca"}, "sites": {"p.example": {"mode": "required"}}},
+        ),
+        "tls.caBundle is only used to verify certificates; use mode: verify or mta-sts "
+        "(pool-wide or for a site)",
+    ),
     (
         "SendingPool",
         _with(
@@ -186,6 +217,34 @@ def test_invalid_objects_are_refused_naming_the_field(
     body["spec"] = good
     accepted = kubectl(cli_env, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(body))
     assert accepted.returncode == 0, accepted.stderr  # the same object, valid, is accepted
+
+
+def test_a_pool_with_tls_sites_is_accepted(
+    crds: None, cli_env: dict[str, str], namespace: str
+) -> None:
+    """Issue 22: per-site TLS, each rule satisfied (a verifying site uses the CA
+    bundle, a dane site the pool's resolver, a group site a defined group)."""
+    spec = {
+        **GOOD_POOL,
+        "dnsNameserver": "10.0.0.53:53",
+        "domainGroups": {"gmail": ["gmail.com"]},
+        "tls": {
+            "caBundle": {"secret": "ca"},
+            "sites": {
+                "gmail": {"mode": "mta-sts"},
+                "p.example": {"mode": "required", "verify": True},
+                "d.example": {"mode": "dane"},
+            },
+        },
+    }
+    body = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "SendingPool",
+        "metadata": {"name": "sites", "namespace": namespace},
+        "spec": spec,
+    }
+    accepted = kubectl(cli_env, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(body))
+    assert accepted.returncode == 0, accepted.stderr
 
 
 def test_a_dane_pool_naming_its_resolver_is_accepted(

@@ -96,3 +96,40 @@ async def test_an_unverified_connection_never_serves_an_enforcing_destination(
         assert "a@enforce.test" not in {a for m in rx.messages() for a in m.rcpt_tos}
     finally:
         await t.close()
+
+
+async def test_an_mta_sts_site_in_an_opportunistic_pool_enforces_only_there(
+    smtp_receiver: Callable[..., SMTPReceiver], tmp_path: Path
+) -> None:
+    """Issue 22, TLS per site: `tls.sites` gives one domain mode mta-sts; the
+    transport makes a policy fetcher for it, and another domain publishing the
+    same enforcing policy stays under the pool's `opportunistic` (never asked)."""
+    wrong = make_certs(tmp_path, "mx.wrong.test")  # trusted CA, another name
+    rx = smtp_receiver(HOST, tls=server_context(wrong))
+    config = make_config(
+        tls={
+            "mode": "opportunistic",
+            "ca_file": str(wrong.ca),
+            "sites": {"enforce.test": {"mode": "mta-sts"}},
+        },
+        egress=[{"address": HOST, "helo": "relay.test"}],
+        delivery={"allow_private_destinations": True},
+    )
+    t = SMTPTransport(config, SharedMX(config, rx.port))
+    assert t._sts is not None  # made because a site needs it, though the pool does not
+    enforcing = Policy(STSMode.ENFORCE, 100, (MX_NAME,))
+    t._sts = Fixed({"enforce.test": enforcing, "casual.test": enforcing})  # type: ignore[assignment]
+    try:
+        casual = await send(t, "casual.test")
+        assert casual.replies["a@casual.test"].code == 250, casual
+        assert casual.tls is not None and (casual.tls.mode, casual.tls.policy) == (
+            "opportunistic",
+            None,
+        )
+        enforced = await send(t, "enforce.test")
+        r = enforced.replies["a@enforce.test"]
+        assert (r.code, r.enhanced) == (451, "4.7.5"), r
+        assert enforced.tls is not None and enforced.tls.policy == "enforce"
+        assert [m.rcpt_tos for m in rx.messages()] == [("a@casual.test",)]
+    finally:
+        await t.close()

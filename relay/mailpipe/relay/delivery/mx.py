@@ -120,14 +120,15 @@ _Cached = tuple[float, list[Route] | Exception]  # (valid until, routes or the f
 def stub_resolver(config: RelayConfig) -> dns.asyncresolver.Resolver:
     """The pool's resolver (`dns_nameserver`, else /etc/resolv.conf). In mode
     dane it asks for DNSSEC (DO), so a validating resolver reports what it
-    validated in the AD bit of each answer (RFC 6840 5.7), as Postfix asks."""
+    validated in the AD bit of each answer (RFC 6840 5.7), as Postfix asks (also
+    when only some sites are in mode dane: the flag costs nothing elsewhere)."""
     resolver = dns.asyncresolver.Resolver(configure=config.dns_nameserver is None)
     if config.dns_nameserver is not None:
         host, _, port = config.dns_nameserver.rpartition(":")
         resolver.nameservers = [host]
         resolver.port = int(port)
     resolver.lifetime = LOOKUP_LIFETIME_SECONDS
-    if config.tls.applied is TLSMode.DANE:
+    if TLSMode.DANE in config.tls.applied_modes:
         resolver.use_edns(0, dns.flags.DO, EDNS_PAYLOAD_BYTES)
     return resolver
 

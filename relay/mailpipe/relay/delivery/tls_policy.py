@@ -15,7 +15,8 @@ asks instead of comparing modes itself:
                    unverified (verify and clear_on_failure both set); otherwise
                    `opportunistic`
 
-`required` with `verify: true` is `verify`, `disabled` is `none`
+A pool's `tls.sites` override the mode per recipient domain or domain group
+(`destination_plan`). `required` with `verify: true` is `verify`, `disabled` is `none`
 (`TLSSettings.applied`). Only `opportunistic` ever remembers a host whose
 STARTTLS failed and goes to it in clear for a while (`clear_until`): a mode
 that verifies never does, so a fixed certificate is used on the next attempt.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from mailpipe.contracts.config import RelayTLSSettings, TLSMode
+from mailpipe.contracts.config import RelayConfig, TLSMode, TLSSettings, TLSSite
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class TLSPlan:
         return self.starttls
 
 
-def plan(settings: RelayTLSSettings) -> TLSPlan:
-    """The plan of the pool's TLS settings (see the table in the module doc)."""
+def plan(settings: TLSSettings | TLSSite) -> TLSPlan:
+    """The plan of the pool's TLS settings or a site's (see the table in the module doc)."""
     mode = settings.applied
     if mode is TLSMode.NONE:
         return TLSPlan(mode, starttls=False, verify=False, clear_on_failure=True)
@@ -60,6 +61,14 @@ def plan(settings: RelayTLSSettings) -> TLSPlan:
     if mode is TLSMode.DANE:  # the strictest; the transport asks `dane` per MX host
         return TLSPlan(mode, starttls=True, verify=False, clear_on_failure=False)
     return TLSPlan(TLSMode.VERIFY, starttls=True, verify=True, clear_on_failure=False)
+
+
+def destination_plan(config: RelayConfig, domain: str) -> TLSPlan:
+    """The plan for mail to `domain`: its site's override if the pool has one
+    (`tls.sites`: the domain's, else its group's), else the pool's; under
+    mta-sts or dane the transport then asks the destination's policy or the MX
+    host's TLSA records."""
+    return plan(config.tls_for(domain))
 
 
 def client_context(tls_plan: TLSPlan, ca_file: str | None) -> tuple[ssl.SSLContext, str | None]:

@@ -84,7 +84,7 @@ from .mx import (
     UnroutableDomain,
 )
 from .session import ConnectionLost, Session
-from .tls_policy import TLSPlan, client_context, plan
+from .tls_policy import TLSPlan, client_context, destination_plan, plan
 from .tlsa import TLSALookupFailed, TLSAResolver
 
 log = logging.getLogger("mailpipe.relay.delivery")
@@ -238,15 +238,21 @@ class SMTPTransport:
         self.config = config
         self.mx.reconfigure(config)
         self._tls_broken: dict[tuple[str, int], float] = {}  # (host, port) -> clear until
+        # The pool's plan and each site's (`tls.sites`): whatever any destination may
+        # get decides which helpers exist (a TLSA resolver, an MTA-STS fetcher, a
+        # verifying context), so one dane or mta-sts site works in any pool.
         self._tls = plan(config.tls)
-        self._tlsa = TLSAResolver(config) if self._tls.mode is TLSMode.DANE else None
-        self._tls_context, self._ca_problem = client_context(self._tls, config.tls.ca_file)
-        # one context per verify flag: under mta-sts, destinations differ
-        self._contexts = {self._tls.verify: self._tls_context}
+        plans = {self._tls, *(plan(site) for site in config.tls.sites.values())}
+        modes = {p.mode for p in plans}
+        self._tlsa = TLSAResolver(config) if TLSMode.DANE in modes else None
+        # one client context per verify flag (loading CAs per connection is costly)
+        self._contexts: dict[bool, ssl.SSLContext] = {}
+        self._ca_problem: str | None = None
+        for verify in sorted({p.verify for p in plans} | {TLSMode.MTA_STS in modes}):
+            flagged = dataclasses.replace(self._tls, verify=verify)
+            self._contexts[verify], self._ca_problem = client_context(flagged, config.tls.ca_file)
         self._sts: PolicyFetcher | None = None
-        if self._tls.mode is TLSMode.MTA_STS:
-            verifying = dataclasses.replace(self._tls, verify=True)
-            self._contexts[True] = client_context(verifying, config.tls.ca_file)[0]
+        if TLSMode.MTA_STS in modes:
             self._sts = PolicyFetcher(self.mx.query, config.delivery, config.tls.ca_file)
         if self._ca_problem is not None:
             log.error(
@@ -319,10 +325,12 @@ class SMTPTransport:
         return _all(rcpts, last, stage, tls=last_tls)
 
     async def _destination_plan(self, domain: str) -> tuple[TLSPlan, Applied | None]:
-        """The TLS plan for `domain`: the pool's, or under mode mta-sts what the
-        domain's policy says (never an exception: see `mta_sts_fetch`)."""
-        if self._sts is None:
-            return self._tls, None
+        """The TLS plan for `domain`: its site's or the pool's (`destination_plan`),
+        and under mode mta-sts what the domain's policy says (never an exception:
+        see `mta_sts_fetch`)."""
+        site_plan = destination_plan(self.config, domain)
+        if site_plan.mode is not TLSMode.MTA_STS or self._sts is None:
+            return site_plan, None
         sts = await self._sts.applied(ascii_domain(domain))
         return sts_plan(sts.policy), sts
 
@@ -364,7 +372,7 @@ class SMTPTransport:
         """The TLS plan for this MX host: the destination's (`tls_plan`), or in mode
         dane what the host's TLSA records give (`dane.policy`; looked up only on a
         DNSSEC-validated route). Raises TLSALookupFailed."""
-        if self._tlsa is None:
+        if tls_plan.mode is not TLSMode.DANE or self._tlsa is None:
             return tls_plan, None
         answer = await self._tlsa.lookup(route.name, route.port) if route.secure else None
         decided = dane.policy(route.name, route.secure, answer)
