@@ -293,12 +293,23 @@ class Outbox:
         now = time.time()
         try:
             producer.begin_transaction()
+            sent = []
             for sid, jobs in new.items():
                 first = jobs[0]
                 for topic, key, value in first.records:
-                    producer.send(topic, key=key, value=value)
+                    sent.append(producer.send(topic, key=key, value=value))
                 entry = {"v": 1, "records": len(first.records), "time": now}
-                producer.send(self.ledger_topic, key=sid.encode(), value=json.dumps(entry).encode())
+                ledger = json.dumps(entry).encode()
+                sent.append(producer.send(self.ledger_topic, key=sid.encode(), value=ledger))
+            # Every record acknowledged before the commit is asked for. kafka-python
+            # was seen committing a transaction whose records had expired in an
+            # outage (the ledger entry written, the outbound records not: a retry
+            # got "already accepted" and the message was lost); a transaction with
+            # a failed or unacknowledged record is never committed here, and the
+            # next producer's `init_transactions` aborts it.
+            deadline = time.monotonic() + COMMIT_LIMIT_SECONDS
+            for future in sent:
+                future.get(timeout=max(0.1, deadline - time.monotonic()))
             self._commit_within(producer)
         except Exception as exc:  # any failure: this producer is done, the next one fences it
             log.warning("transaction of %d message(s) failed: %s", len(new), exc)
