@@ -20,7 +20,8 @@ from pathlib import Path
 import aiosmtplib
 import dkim
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.cluster import ClusterMetadata
 from kafka.consumer.subscription_state import SubscriptionState, TopicPartitionState
 from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.net.selector import NetworkSelector
@@ -54,6 +55,16 @@ def _kafka_python() -> list[str]:
     for name in ("_position", "paused", "is_fetchable"):
         if not hasattr(state, name):
             missing.append(f"TopicPartitionState.{name} (source.py, diagnostics)")
+    # kafkakit/_autocreate.py turns topic auto-creation off in the clients'
+    # cluster metadata config (kafka-python 3.0 ignores the public option).
+    for cls in (KafkaConsumer, KafkaProducer):
+        source = inspect.getsource(cls.__init__)
+        if not re.search(r"self\._(cluster|metadata)\s*=", source):
+            missing.append(f"{cls.__name__}._cluster / ._metadata (kafkakit/_autocreate.py)")
+    if "allow_auto_create_topics" not in ClusterMetadata.DEFAULT_CONFIG:
+        missing.append(
+            "ClusterMetadata.config['allow_auto_create_topics'] (kafkakit/_autocreate.py)"
+        )
     return missing
 
 
