@@ -85,6 +85,24 @@ def _ready(env: dict[str, str], namespace: str) -> dict[str, Any]:
     return next((c for c in conditions if c.get("type") == "Ready"), {})
 
 
+def _operator_as_the_charts_account(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    release: tuple[str, str],
+    stack_state: StackState,
+    tmp_path: Path,
+) -> OperatorProcess:
+    """An operator logged in with the chart ServiceAccount's token, as a pod would be."""
+    name, system = release
+    account = f"{name}-mailpipe-operator"
+    token = harness.kubectl_ok(
+        cli_env, "create", "token", account, "-n", system, "--duration=1h"
+    ).strip()
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kube.write_token_kubeconfig(kubeconfig, Path(stack_state.kubeconfig), account, token)
+    return operator_factory(KUBECONFIG=str(kubeconfig))
+
+
 def test_a_namespace_onboarded_later_gets_its_relays_without_touching_the_pool(
     operator_factory: Callable[..., OperatorProcess],
     cli_env: dict[str, str],
@@ -96,13 +114,7 @@ def test_a_namespace_onboarded_later_gets_its_relays_without_touching_the_pool(
     tmp_path: Path,
 ) -> None:
     name, system = release
-    account = f"{name}-mailpipe-operator"
-    token = harness.kubectl_ok(
-        cli_env, "create", "token", account, "-n", system, "--duration=1h"
-    ).strip()
-    kubeconfig = tmp_path / "operator.kubeconfig"
-    kube.write_token_kubeconfig(kubeconfig, Path(stack_state.kubeconfig), account, token)
-    op = operator_factory(KUBECONFIG=str(kubeconfig))
+    op = _operator_as_the_charts_account(operator_factory, cli_env, release, stack_state, tmp_path)
     manifest = pool_manifest("news", namespace, kafka_bootstrap, topic_prefix)
     harness.kubectl_ok(cli_env, "apply", "-f", "-", stdin=manifest)
     for applied in (AUDIENCE, CAMPAIGN):
@@ -130,7 +142,7 @@ def test_a_namespace_onboarded_later_gets_its_relays_without_touching_the_pool(
         "-n",
         namespace,
         f"--clusterrole={name}-mailpipe-operator-workloads",
-        f"--serviceaccount={system}:{account}",
+        f"--serviceaccount={system}:{name}-mailpipe-operator",
     )
     wait_for(
         lambda: get(cli_env, "deployment", "mailpipe-relay-news", namespace) is not None,
@@ -181,14 +193,7 @@ def test_a_pool_deleted_in_a_namespace_never_onboarded_goes_with_a_warning(
     """The operator may not delete relays there (403): it cannot have made any, so
     holding the pool's finalizer would only hold the namespace in Terminating for
     ever. It says so in an Event and lets the pool go; no traceback."""
-    name, system = release
-    account = f"{name}-mailpipe-operator"
-    token = harness.kubectl_ok(
-        cli_env, "create", "token", account, "-n", system, "--duration=1h"
-    ).strip()
-    kubeconfig = tmp_path / "operator.kubeconfig"
-    kube.write_token_kubeconfig(kubeconfig, Path(stack_state.kubeconfig), account, token)
-    op = operator_factory(KUBECONFIG=str(kubeconfig))
+    op = _operator_as_the_charts_account(operator_factory, cli_env, release, stack_state, tmp_path)
     manifest = pool_manifest("news", namespace, kafka_bootstrap, topic_prefix)
     harness.kubectl_ok(cli_env, "apply", "-f", "-", stdin=manifest)
     wait_for(
