@@ -7,8 +7,9 @@ plugin reads the pool's Kafka and topics from the SendingPool itself:
 
     kubectl mailpipe suppress a@example.com --pool news -n mail
     kubectl mailpipe unsuppress a@example.com --pool news -n mail
-    kubectl mailpipe suppressions list --pool news -n mail
+    kubectl mailpipe suppressions list --pool news -n mail --reason complaint --source feedback
     kubectl mailpipe fate a@example.com --campaign spring -n mail
+    kubectl mailpipe fate a@example.com -n mail       # every pool and campaign of the namespace
     kubectl mailpipe unpause-ip 203.0.113.7 --pool news -n mail
     kubectl mailpipe uninstall --all-namespaces       # the chart's pre-delete hook runs this
     kubectl mailpipe release-finalizers -n mail       # the escape hatch: the operator is gone
@@ -55,7 +56,7 @@ from mailpipe.kafkakit import KafkaAccessError
 from . import commands
 from .cluster import ApiException, Cluster, ConfigException
 from .kafka_io import KafkaError, KafkaFailure
-from .records import UsageError
+from .records import REASONS, SOURCE_KINDS, UsageError
 from .targets import first_problem
 
 Command = Callable[[Cluster, argparse.Namespace, TextIO], int]
@@ -127,8 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     lists = p.add_subparsers(dest="action", required=True)
     p = lists.add_parser("list", help="suppressed addresses, why and since when", parents=[common])
     p.set_defaults(_run=commands.suppressions_list)
-    p.add_argument("--reason", choices=reasons, default=None, help="only those of this reason")
-    p = add("fate", commands.fate, "what happened to a recipient: each attempt and its reply")
+    # Checked by the command (records.checked_reason), not by choices: an unknown
+    # reason gets one line that lists the valid ones, not argparse's usage dump.
+    p.add_argument("--reason", default=None, help=f"only this reason: {', '.join(REASONS)}")
+    p.add_argument(
+        "--source",
+        default=None,
+        help=f"only from this source: {', '.join(SOURCE_KINDS)}, or any part of its text",
+    )
+    p = add(
+        "fate",
+        commands.fate,
+        "what happened to a recipient: each attempt and its reply, what came back,"
+        " the suppressions that hold",
+    )
     p.add_argument("address", metavar="ADDRESS")
     p.add_argument("--campaign", default=None, help="only this Campaign (its pool is used)")
     p = add("unpause-ip", commands.unpause_ip, "lift the warm-up pause of an egress IP")

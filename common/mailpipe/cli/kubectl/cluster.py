@@ -160,6 +160,14 @@ class Cluster:
             ns, pool_name, bootstrap or spec.kafka.bootstrap_servers, pool_topics, spec, obj
         )
 
+    def pools(self, namespace: str, bootstrap: str | None = None) -> list[PoolTarget]:
+        """Every SendingPool of `namespace` as `pool` gives it (none: `pool`'s
+        UsageError saying whether the namespace exists)."""
+        names = sorted(p["metadata"]["name"] for p in self.objects("sendingpools", namespace))
+        if not names:
+            return [self.pool(namespace, None, bootstrap)]
+        return [self.pool(namespace, name, bootstrap) for name in names]
+
     def campaign(self, namespace: str, name: str) -> dict[str, Any]:
         """Campaign `name` in `namespace`; UsageError saying what to do if there is none."""
         obj = self.get("campaigns", namespace, name)

@@ -14,19 +14,31 @@ import time
 from typing import Any, TextIO
 
 from mailpipe.contracts.kafka_security import KafkaConnection
+from mailpipe.contracts.topics import NEVER_MAIL_TOPIC
 from mailpipe.contracts.wire import SuppressionReason
 
 from . import kafka_io
 from .cluster import FINALIZER, PLURALS, UNPAUSE_ANNOTATION, ApiException, Cluster, PoolTarget
 from .records import (
+    FATE_HEADERS,
+    HELD_HEADERS,
     Entry,
+    Held,
+    KafkaRecord,
     campaign_key,
     checked_address,
+    checked_reason,
+    fate_row,
     fates,
+    held,
+    held_row,
     iso,
     live_suppressions,
     matching,
+    origin,
     reply_of,
+    scopes,
+    selected,
     suppression_record,
     table,
     tombstones,
@@ -54,7 +66,8 @@ def _kafka(pool: PoolTarget, args: argparse.Namespace) -> KafkaConnection:
 
 
 def _entry_row(e: Entry) -> list[str]:
-    return [e.address, e.reason, iso(e.time), e.source or "-", (e.detail or "-")[:60]]
+    who = e.address + (f" (list {e.mailing_list})" if e.mailing_list else "")
+    return [who, e.reason, iso(e.time), e.source or "-", (e.detail or "-")[:60]]
 
 
 ENTRY_HEADERS = ("ADDRESS", "REASON", "SINCE", "SOURCE", "DETAIL")
@@ -68,6 +81,7 @@ def _entry_json(e: Entry) -> dict[str, Any]:
         "time": e.time,
         "source": e.source,
         "detail": e.detail,
+        "list": e.mailing_list,
     }
 
 
@@ -103,45 +117,74 @@ def unsuppress(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def suppressions_list(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
+    if args.reason is not None:
+        checked_reason(args.reason)  # before any IO: a typo costs no Kafka read
     pool = _pool(cluster, args)
     live = live_suppressions(kafka_io.read(_kafka(pool, args), pool.topics.suppressions))
-    entries = sorted(live.values(), key=lambda e: e.key)
-    if args.reason:
-        entries = [e for e in entries if e.reason == args.reason]
+    entries = selected(sorted(live.values(), key=lambda e: e.key), args.reason, args.source)
     if args.output == "json":
         json.dump([_entry_json(e) for e in entries], out, indent=2)
         print(file=out)
     elif entries:
         print(table(ENTRY_HEADERS, (_entry_row(e) for e in entries)), file=out)
     else:
-        print(f"no suppressions on {pool.topics.suppressions}", file=out)
+        which = " matching" if args.reason or args.source else ""
+        print(f"no{which} suppressions on {pool.topics.suppressions}", file=out)
     return 0
+
+
+def _fate_pools(cluster: Cluster, args: argparse.Namespace) -> tuple[list[PoolTarget], str | None]:
+    """The pools whose events tell the fate, and the campaign key it is limited to:
+    the campaign's own pool; the pool named; else every pool of the namespace."""
+    if not args.campaign:
+        if args.pool is not None:
+            return [cluster.pool(args.namespace, args.pool, args.bootstrap)], None
+        return cluster.pools(args.namespace, args.bootstrap), None
+    # The campaign's own pool holds its events, whatever --pool says.
+    namespace, name = campaign_ref(args.namespace, args.campaign)
+    obj = cluster.campaign(namespace, name)
+    campaign = campaign_key(namespace, name)
+    own = str((obj.get("spec") or {}).get("poolRef") or "")
+    if args.pool is not None and args.pool != own:
+        note(f"--pool {args.pool} left aside: campaign {campaign} sends through {own}")
+    return [cluster.pool(namespace, own, args.bootstrap)], campaign
+
+
+def _held_records(
+    pools: list[PoolTarget], scope: dict[str, str], args: argparse.Namespace
+) -> dict[str, list[KafkaRecord]]:
+    """Each suppression topic's records. The never-mail list is the platform's:
+    a tenant's login may not read it, which is said, not fatal."""
+    by_topic: dict[str, list[KafkaRecord]] = {}
+    for topic in scope:
+        pool = next(p for p in pools if topic in p.topics.compacted())
+        try:
+            by_topic[topic] = kafka_io.read(_kafka(pool, args), topic)
+        except kafka_io.KafkaFailure as exc:
+            if topic != NEVER_MAIL_TOPIC:
+                raise
+            note(f"the never-mail list {topic} was not read: {exc}")
+    return by_topic
+
+
+def _held_json(h: Held) -> dict[str, Any]:
+    return {**_entry_json(h.entry), "topic": h.topic, "scope": h.scope_text}
 
 
 def fate(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
     address = checked_address(args.address)
-    campaign = None
-    pool_namespace, pool_name = args.namespace, args.pool
-    if args.campaign:
-        # The campaign's own pool holds its events, whatever --pool says.
-        pool_namespace, name = campaign_ref(args.namespace, args.campaign)
-        obj = cluster.campaign(pool_namespace, name)
-        campaign = campaign_key(pool_namespace, name)
-        own = str((obj.get("spec") or {}).get("poolRef") or "")
-        if pool_name is not None and pool_name != own:
-            note(f"--pool {pool_name} left aside: campaign {campaign} sends through {own}")
-        pool_name = own
-    pool = cluster.pool(pool_namespace, pool_name, args.bootstrap)
-    found = fates(
-        kafka_io.events_of(_kafka(pool, args), pool.topics.events, address), address, campaign
-    )
-    suppressed = matching(
-        address, live_suppressions(kafka_io.read(_kafka(pool, args), pool.topics.suppressions))
-    )
+    pools, campaign = _fate_pools(cluster, args)
+    events = []
+    for pool in pools:
+        events.extend(kafka_io.events_of(_kafka(pool, args), pool.topics.events, address))
+    found = fates(events, address, campaign)
+    namespace = pools[0].namespace
+    scope = scopes(namespace, ((p.name, p.topics) for p in pools))
+    suppressed = held(address, _held_records(pools, scope, args), scope)
     if args.output == "json":
         doc = {
             "address": address,
-            "pool": f"{pool.namespace}/{pool.name}",
+            "pools": [f"{p.namespace}/{p.name}" for p in pools],
             "fates": [
                 {
                     "campaign": f.campaign,
@@ -150,40 +193,29 @@ def fate(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
                     "time": f.last.time,
                     "reply": reply_of(f.last),
                     "attempts": [a.model_dump(exclude_none=True) for a in f.attempts],
+                    "returned": [
+                        {"source": origin(e), **e.model_dump(exclude_none=True)} for e in f.returned
+                    ],
                 }
                 for f in found
             ],
-            "suppressed": [_entry_json(e) for e in suppressed],
+            "suppressed": [_held_json(h) for h in suppressed],
         }
         json.dump(doc, out, indent=2)
         print(file=out)
         return 0
     if found:
-        rows = [
-            [
-                iso(a.time),
-                a.campaign or a.message_id,
-                a.disposition.value,
-                str(a.attempt),
-                a.egress_ip or "-",
-                reply_of(a)[:100],
-            ]
-            for f in found
-            for a in f.attempts
-        ]
-        print(
-            table(["TIME", "CAMPAIGN", "DISPOSITION", "ATTEMPT", "EGRESS", "REPLY"], rows), file=out
-        )
+        print(table(FATE_HEADERS, (fate_row(e) for f in found for e in f.events)), file=out)
         for f in found:
             print(f"{f.campaign or 'no campaign'}: {f.summary()}", file=out)
     else:
         where = f" in {campaign}" if campaign else ""
-        print(f"no event for {address}{where} on {pool.topics.events}", file=out)
-    for e in suppressed:
-        print(
-            f"suppressed: {e.reason} since {iso(e.time)} ({e.source or 'unknown source'})", file=out
-        )
-    if not suppressed:
+        topics = ", ".join(p.topics.events for p in pools)
+        print(f"no event for {address}{where} on {topics}", file=out)
+    if suppressed:
+        print("suppressed now:", file=out)
+        print(table(HELD_HEADERS, (held_row(h) for h in suppressed)), file=out)
+    else:
         print("suppressed: no", file=out)
     return 0
 
