@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -54,12 +55,48 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return f"(no log: {exc})"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now on `host`; the OS picks it, so parallel runs don't collide."""
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+FREE_PORT_LOW = 10_000  # below: well-known and registered services a machine may run
+FREE_PORT_TRIES = 200
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(p) for p in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now on `host` and on every address, outside the kernel's
+    ephemeral range.
+
+    The OS's own pick (bind to port 0) is an ephemeral port: between this call
+    and the child's bind, an outgoing connection of any process may take it as
+    its source port, and parallel test workers made that happen (a kopf probe
+    port "already in use"). A random port below the ephemeral range is never
+    handed out by the kernel, and workers picking at random rarely meet."""
+    low, high = _ephemeral_range()
+    start, stop = (FREE_PORT_LOW, low) if low - FREE_PORT_LOW >= 1000 else (high + 1, 65536)
+    pick = random.SystemRandom()
+    for _ in range(FREE_PORT_TRIES):
+        port = pick.randrange(start, stop)
+        if _bindable(host, port) and (host == "0.0.0.0" or _bindable("0.0.0.0", port)):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded range
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
 
 
 def die_with_this_process() -> None:
