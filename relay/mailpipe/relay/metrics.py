@@ -165,6 +165,13 @@ class RelayMetrics:
         self.in_flight = Gauge(
             "mailpipe_in_flight_records", "Records read, not finished", registry=r
         )
+        # How far the relay's suppressions have come: an unsubscribe acknowledged
+        # by Kafka stops this relay's sends once it is counted here.
+        self.suppressions_held = Gauge(
+            "mailpipe_suppressions_held",
+            "Suppression entries this relay holds, from every topic it follows",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "mailpipe_consumer_lag",
             "Records behind the log end",

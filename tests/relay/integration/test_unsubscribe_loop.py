@@ -19,11 +19,13 @@ from prometheus_client import CollectorRegistry
 from mailpipe.contracts.config import KafkaConnection, UnsubscribeSettings
 from mailpipe.contracts.feedback_token import keys_from_directory
 from mailpipe.contracts.wire import ListUnsubscribe
+from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.inbound.kafka_out import AckedProducer
 from mailpipe.inbound.unsubscribe import EndpointSettings, Metrics, UnsubscribeEndpoint
 
 from .conftest import Pool, RelayProcess, wait_for
+from .test_metrics_endpoint import METRICS_HOST, scrape
 
 pytestmark = [pytest.mark.relay, pytest.mark.feedback]
 
@@ -38,7 +40,12 @@ async def test_the_url_the_relay_sent_unsubscribes_from_its_list_only(
     keys = tmp_path / "feedback-keys"
     keys.mkdir()
     (keys / "ka").write_bytes(b"q" * 32)
-    rx, pool = routed_pool(unsubscribe=UnsubscribeSettings(base_url=BASE, keys_dir=str(keys)))
+    metrics_port = free_port(METRICS_HOST)
+    rx, pool = routed_pool(
+        unsubscribe=UnsubscribeSettings(base_url=BASE, keys_dir=str(keys)),
+        metrics_port=metrics_port,
+        metrics_address=METRICS_HOST,
+    )
     relay = relays(pool)
     ann = f"ann-{uuid.uuid4().hex[:8]}@d.test"
     news = ListUnsubscribe(endpoint=True, list="news")
@@ -83,12 +90,26 @@ async def test_the_url_the_relay_sent_unsubscribes_from_its_list_only(
             if e["recipient"] == ann and e["message_id"] == sent[list_name]
         ]
 
+    # Suppressions reach relays through Kafka: the records below are sent once
+    # this relay holds the unsubscribe (an earlier send may still go, as RFC 8058's
+    # two days allow).
+    wait_for(
+        lambda: "mailpipe_suppressions_held 1.0" in scrape("/metrics", metrics_port)[1],
+        60,
+        "the relay holding the unsubscribe",
+        relay,
+    )
     sent = {
         "news": pool.send(ann, list_unsubscribe=news),
         "offers": pool.send(ann, list_unsubscribe=ListUnsubscribe(endpoint=True, list="offers")),
     }
     pool.flush()
-    wait_for(lambda: outcome("news") == ["suppressed"], 60, "news record suppressed", relay)
+    wait_for(
+        lambda: outcome("news") == ["suppressed"],
+        60,
+        "news record suppressed",
+        relay,
+    )
     wait_for(lambda: outcome("offers") == ["delivered"], 60, "offers record delivered", relay)
     assert [e["disposition"] for e in pool.events() if e["recipient"] == ann].count(
         "unsubscribed"
