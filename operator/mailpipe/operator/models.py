@@ -168,6 +168,15 @@ class Feedback(Spec):
     validity_days: int = Field(
         default=60, ge=1, le=365, description="How long a return path or trace token is honoured."
     )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10,  # a few receivers take a pool's reports; more is a typo
+        description=(
+            "Feedback receiver replicas (Deployment mailpipe-feedback-<pool>, Service of"
+            " the same name on port 25); 0 stops the receiver."
+        ),
+    )
 
 
 class PoolUnsubscribe(Spec):

@@ -90,14 +90,24 @@ class PoolRef:
     def child_name(self) -> str:
         return f"mailpipe-relay-{self.name}"
 
-    def labels(self) -> dict[str, str]:
+    @property
+    def feedback_name(self) -> str:
+        """The feedback receiver's Deployment and Service."""
+        return f"mailpipe-feedback-{self.name}"
+
+    def labels(self, component: str = "relay") -> dict[str, str]:
         return {
-            "app.kubernetes.io/name": "mailpipe-relay",
+            "app.kubernetes.io/name": f"mailpipe-{component}",
             "app.kubernetes.io/instance": self.name,
-            "app.kubernetes.io/component": "relay",
+            "app.kubernetes.io/component": component,
             "app.kubernetes.io/managed-by": MANAGED_BY,
             "mailpipe.io/pool": self.name,
         }
+
+    def endpoint_children(self) -> list[tuple[str, str]]:
+        """(kind, name) of every child an optional spec field may render: what a
+        reconcile deletes when the field is gone, and the pool's deletion too."""
+        return [("Deployment", self.feedback_name), ("Service", self.feedback_name)]
 
     def owner_reference(self) -> dict[str, Any]:
         return {
@@ -109,11 +119,17 @@ class PoolRef:
             "blockOwnerDeletion": True,
         }
 
-    def metadata(self, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    def metadata(
+        self,
+        annotations: dict[str, str] | None = None,
+        *,
+        name: str | None = None,
+        component: str = "relay",
+    ) -> dict[str, Any]:
         meta: dict[str, Any] = {
-            "name": self.child_name,
+            "name": name or self.child_name,
             "namespace": self.namespace,
-            "labels": self.labels(),
+            "labels": self.labels(component),
             "ownerReferences": [self.owner_reference()],
         }
         if annotations:
@@ -381,20 +397,144 @@ def build_pdb(ref: PoolRef, spec: SendingPoolSpec) -> dict[str, Any]:
     }
 
 
+FEEDBACK = "feedback"  # the receiver's component label and container name
+
+
+def build_feedback_deployment(
+    ref: PoolRef,
+    spec: SendingPoolSpec,
+    config_text: str,
+    settings: relay_config.FeedbackSettings,
+    secrets_digest: str | None = None,
+) -> dict[str, Any]:
+    """The pool's feedback receiver (`mailpipe feedback`): the bounce domain's MX.
+
+    It reads the pool's own relay config (the ConfigMap the relays mount: one
+    config, so the receiver verifies exactly the tokens the relays sign), the
+    token keys and the Kafka login, all read-only; nothing else of the relay's
+    (DKIM key, CA bundle) is mounted. Same restricted pod security as the
+    relay, without hostNetwork: reports come in through the Service, whose
+    port 25 maps to the unprivileged port the receiver binds as non-root.
+    The pod template carries the config and Secrets hashes, so a new config
+    or a rotated key rolls the receivers as it rolls the relays.
+    """
+    digest = config_hash(config_text)
+    template_annotations = {HASH_ANNOTATION: digest}
+    if secrets_digest is not None:
+        template_annotations[SECRETS_HASH_ANNOTATION] = secrets_digest
+    assert spec.feedback is not None  # only rendered for a pool with spec.feedback
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": ref.child_name}},
+        {"name": "feedback-keys", "secret": {"secretName": spec.feedback.key_secret_ref.name}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "feedback-keys", "mountPath": FEEDBACK_KEYS_DIR, "readOnly": True},
+    ]
+    if spec.kafka.credentials_secret_ref is not None:
+        secret = spec.kafka.credentials_secret_ref.name
+        volumes.append({"name": "kafka-credentials", "secret": {"secretName": secret}})
+        mounts.append({"name": "kafka-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
+    ports = [{"name": "smtp", "containerPort": settings.listen_port, "protocol": "TCP"}]
+    probes: dict[str, Any] = {}
+    if settings.metrics_port:
+        ports.append({"name": "metrics", "containerPort": settings.metrics_port, "protocol": "TCP"})
+        # The receiver's scrape endpoint serves only /metrics: an answer there
+        # means its event loop runs. Not a TCP probe on the SMTP port: each
+        # would be a session that counts against the receiver's session limit.
+        probe = {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10}
+        probes = {
+            "readinessProbe": {**probe, "initialDelaySeconds": 5},
+            "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 6},
+        }
+    container = {
+        "name": FEEDBACK,
+        "image": spec.image,
+        "args": [FEEDBACK, "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "env": [
+            {"name": "MAILPIPE_POOL", "value": f"{ref.namespace}/{ref.name}"},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        "ports": ports,
+        **probes,
+        "volumeMounts": mounts,
+        "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # the receiver never calls the API
+        "securityContext": pod_security(),
+        "terminationGracePeriodSeconds": 30,  # a report in flight is a few KB
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    selector = {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": FEEDBACK}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ref.metadata(
+            {HASH_ANNOTATION: digest}, name=ref.feedback_name, component=FEEDBACK
+        ),
+        "spec": {
+            "replicas": spec.feedback.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": ref.labels(FEEDBACK), "annotations": template_annotations},
+                "spec": pod,
+            },
+        },
+    }
+
+
+SMTP_PORT = 25  # what other MTAs connect to: the bounce domain's MX port
+
+
+def build_feedback_service(ref: PoolRef) -> dict[str, Any]:
+    """Port 25 -> the receiver's SMTP port. ClusterIP: how it is reached from
+    outside (LoadBalancer, a node port, a MX host's forward) is the cluster's."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ref.metadata(name=ref.feedback_name, component=FEEDBACK),
+        "spec": {
+            "selector": {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": FEEDBACK},
+            "ports": [{"name": "smtp", "port": SMTP_PORT, "targetPort": "smtp"}],
+        },
+    }
+
+
 def build_children(
     ref: PoolRef,
     spec: SendingPoolSpec,
     secrets_digest: str | None = None,
     credential_keys: Collection[str] = (),
 ) -> tuple[str, list[dict[str, Any]]]:
-    """The relay config text and every child object, in apply order."""
-    text = relay_config.dump_config(build_relay_config(ref, spec, credential_keys))
-    return text, [
+    """The relay config text and every child object, in apply order (the relay
+    Deployment is the first Deployment); a pool with `spec.feedback` also gets
+    its feedback receiver's Deployment and Service."""
+    config = build_relay_config(ref, spec, credential_keys)
+    text = relay_config.dump_config(config)
+    children = [
         build_configmap(ref, text),
         build_deployment(ref, spec, text, secrets_digest),
         build_service(ref, spec),
         build_pdb(ref, spec),
     ]
+    if config.feedback is not None:
+        children += [
+            build_feedback_deployment(ref, spec, text, config.feedback, secrets_digest),
+            build_feedback_service(ref),
+        ]
+    return text, children
+
+
+def stale_children(ref: PoolRef, children: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(kind, name) of the endpoint children `children` no longer has: their spec
+    field was removed, so they go."""
+    rendered = {(c["kind"], c["metadata"]["name"]) for c in children}
+    return [k for k in ref.endpoint_children() if k not in rendered]
 
 
 class _Expected(enum.Enum):

@@ -1,0 +1,70 @@
+"""The feedback receiver's Deployment and Service follow `spec.feedback`, against the
+real API server: there with the field, gone when it is removed or the pool is deleted
+(the dev stack runs no garbage collector: the operator deletes them itself)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import OperatorProcess, get, kubectl, pool_manifest, wait_for
+
+pytestmark = pytest.mark.operator
+
+CHILDREN_SECONDS = 60  # a reconcile, on a loaded machine
+NAME = "mailpipe-feedback-news"
+FEEDBACK = {"bounceDomain": "bounces.sender.test", "keySecretRef": {"name": "fb-keys"}}
+
+
+def _children(env: dict[str, str], namespace: str) -> list[bool]:
+    return [get(env, kind, NAME, namespace) is not None for kind in ("deployment", "service")]
+
+
+def test_the_receiver_comes_with_spec_feedback_and_goes_without_it(
+    operator_factory: Callable[..., OperatorProcess],
+    cli_env: dict[str, str],
+    namespace: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    env = cli_env
+    op = operator_factory()
+    secret = kubectl(
+        env,
+        "create",
+        "secret",
+        "generic",
+        "fb-keys",
+        "-n",
+        namespace,
+        "--from-literal=ka=" + "k" * 32,
+    )
+    assert secret.returncode == 0, secret.stderr
+
+    def apply(**spec: object) -> None:
+        manifest = pool_manifest("news", namespace, kafka_bootstrap, topic_prefix, **spec)
+        done = kubectl(env, "apply", "-f", "-", stdin=manifest)
+        assert done.returncode == 0, done.stderr
+
+    apply(feedback=FEEDBACK)
+    wait_for(lambda: _children(env, namespace) == [True, True], CHILDREN_SECONDS, "receiver", op)
+    pool = get(env, "sp", "news", namespace) or {}
+    deployment = get(env, "deployment", NAME, namespace) or {}
+    service = get(env, "service", NAME, namespace) or {}
+    for obj in (deployment, service):
+        [owner] = obj["metadata"]["ownerReferences"]
+        assert owner["kind"] == "SendingPool" and owner["uid"] == pool["metadata"]["uid"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "feedback"
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(25, "smtp")]
+
+    apply()  # the field removed
+    wait_for(lambda: _children(env, namespace) == [False, False], CHILDREN_SECONDS, "removed", op)
+    assert get(env, "deployment", "mailpipe-relay-news", namespace) is not None  # relays stay
+
+    apply(feedback=FEEDBACK)
+    wait_for(lambda: _children(env, namespace) == [True, True], CHILDREN_SECONDS, "back", op)
+    deleted = kubectl(env, "delete", "sp", "news", "-n", namespace, "--wait=false")
+    assert deleted.returncode == 0, deleted.stderr
+    wait_for(lambda: _children(env, namespace) == [False, False], CHILDREN_SECONDS, "deleted", op)
