@@ -196,6 +196,15 @@ class PoolUnsubscribe(Spec):
             "a-z and 2-7; the value at least 32 random bytes); the last id signs."
         ),
     )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10,  # a one-click POST is cheap: a few endpoints serve a pool
+        description=(
+            "Endpoint replicas (Deployment mailpipe-unsubscribe-<pool>, Service of the"
+            " same name on port 80, behind your https Ingress); 0 stops it."
+        ),
+    )
 
 
 class LocalObjectReference(Spec):

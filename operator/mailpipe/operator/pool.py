@@ -26,6 +26,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from mailpipe.contracts import config as relay_config
 from mailpipe.contracts.policy import RetrySettings
 from mailpipe.contracts.topics import Topics, pool_group
@@ -95,6 +97,11 @@ class PoolRef:
         """The feedback receiver's Deployment and Service."""
         return f"mailpipe-feedback-{self.name}"
 
+    @property
+    def unsubscribe_name(self) -> str:
+        """The one-click endpoint's ConfigMap, Deployment and Service."""
+        return f"mailpipe-unsubscribe-{self.name}"
+
     def labels(self, component: str = "relay") -> dict[str, str]:
         return {
             "app.kubernetes.io/name": f"mailpipe-{component}",
@@ -107,7 +114,13 @@ class PoolRef:
     def endpoint_children(self) -> list[tuple[str, str]]:
         """(kind, name) of every child an optional spec field may render: what a
         reconcile deletes when the field is gone, and the pool's deletion too."""
-        return [("Deployment", self.feedback_name), ("Service", self.feedback_name)]
+        return [
+            ("Deployment", self.feedback_name),
+            ("Service", self.feedback_name),
+            ("Deployment", self.unsubscribe_name),
+            ("Service", self.unsubscribe_name),
+            ("ConfigMap", self.unsubscribe_name),
+        ]
 
     def owner_reference(self) -> dict[str, Any]:
         return {
@@ -400,6 +413,90 @@ def build_pdb(ref: PoolRef, spec: SendingPoolSpec) -> dict[str, Any]:
 FEEDBACK = "feedback"  # the receiver's component label and container name
 
 
+def _endpoint_deployment(
+    ref: PoolRef,
+    spec: SendingPoolSpec,
+    component: str,
+    name: str,
+    args: list[str],
+    config_map: str,
+    secrets: list[tuple[str, str, str]],
+    ports: list[dict[str, Any]],
+    probes: dict[str, Any],
+    template_annotations: dict[str, str],
+    replicas: int,
+) -> dict[str, Any]:
+    """An endpoint's Deployment: the relay's restricted pod security without
+    hostNetwork (it is reached through its Service), its config and `secrets`
+    ((volume, Secret, mount path)) mounted read-only, no API token."""
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": config_map}}]
+    mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    for volume, secret, path in secrets:
+        volumes.append({"name": volume, "secret": {"secretName": secret}})
+        mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+    container = {
+        "name": component,
+        "image": spec.image,
+        "args": args,
+        "env": [
+            {"name": "MAILPIPE_POOL", "value": f"{ref.namespace}/{ref.name}"},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        "ports": ports,
+        **probes,
+        "volumeMounts": mounts,
+        "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # endpoints never call the API
+        "securityContext": pod_security(),
+        "terminationGracePeriodSeconds": 30,  # a report or a POST in flight is small
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    selector = {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": component}
+    digest = template_annotations[HASH_ANNOTATION]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ref.metadata({HASH_ANNOTATION: digest}, name=name, component=component),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": ref.labels(component), "annotations": template_annotations},
+                "spec": pod,
+            },
+        },
+    }
+
+
+def _kafka_secret(spec: SendingPoolSpec) -> list[tuple[str, str, str]]:
+    ref = spec.kafka.credentials_secret_ref
+    return [] if ref is None else [("kafka-credentials", ref.name, CREDENTIALS_DIR)]
+
+
+def _http_probes(ready: str, port: int) -> dict[str, Any]:
+    if not port:
+        return {}
+    probe = {"httpGet": {"path": ready, "port": "metrics"}, "periodSeconds": 10}
+    live = {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10}
+    return {
+        "readinessProbe": {**probe, "initialDelaySeconds": 5},
+        "livenessProbe": {**live, "initialDelaySeconds": 30, "failureThreshold": 6},
+    }
+
+
+def _annotations(config_text: str, secrets_digest: str | None) -> dict[str, str]:
+    out = {HASH_ANNOTATION: config_hash(config_text)}
+    if secrets_digest is not None:
+        out[SECRETS_HASH_ANNOTATION] = secrets_digest
+    return out
+
+
 def build_feedback_deployment(
     ref: PoolRef,
     spec: SendingPoolSpec,
@@ -412,80 +509,34 @@ def build_feedback_deployment(
     It reads the pool's own relay config (the ConfigMap the relays mount: one
     config, so the receiver verifies exactly the tokens the relays sign), the
     token keys and the Kafka login, all read-only; nothing else of the relay's
-    (DKIM key, CA bundle) is mounted. Same restricted pod security as the
-    relay, without hostNetwork: reports come in through the Service, whose
-    port 25 maps to the unprivileged port the receiver binds as non-root.
+    (DKIM key, CA bundle) is mounted. Reports come in through the Service,
+    whose port 25 maps to the unprivileged port the receiver binds as non-root.
     The pod template carries the config and Secrets hashes, so a new config
     or a rotated key rolls the receivers as it rolls the relays.
     """
-    digest = config_hash(config_text)
-    template_annotations = {HASH_ANNOTATION: digest}
-    if secrets_digest is not None:
-        template_annotations[SECRETS_HASH_ANNOTATION] = secrets_digest
     assert spec.feedback is not None  # only rendered for a pool with spec.feedback
-    volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": ref.child_name}},
-        {"name": "feedback-keys", "secret": {"secretName": spec.feedback.key_secret_ref.name}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "feedback-keys", "mountPath": FEEDBACK_KEYS_DIR, "readOnly": True},
-    ]
-    if spec.kafka.credentials_secret_ref is not None:
-        secret = spec.kafka.credentials_secret_ref.name
-        volumes.append({"name": "kafka-credentials", "secret": {"secretName": secret}})
-        mounts.append({"name": "kafka-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
     ports = [{"name": "smtp", "containerPort": settings.listen_port, "protocol": "TCP"}]
-    probes: dict[str, Any] = {}
     if settings.metrics_port:
         ports.append({"name": "metrics", "containerPort": settings.metrics_port, "protocol": "TCP"})
+    return _endpoint_deployment(
+        ref,
+        spec,
+        FEEDBACK,
+        ref.feedback_name,
+        [FEEDBACK, "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        ref.child_name,
+        [
+            ("feedback-keys", spec.feedback.key_secret_ref.name, FEEDBACK_KEYS_DIR),
+            *_kafka_secret(spec),
+        ],
+        ports,
         # The receiver's scrape endpoint serves only /metrics: an answer there
         # means its event loop runs. Not a TCP probe on the SMTP port: each
         # would be a session that counts against the receiver's session limit.
-        probe = {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10}
-        probes = {
-            "readinessProbe": {**probe, "initialDelaySeconds": 5},
-            "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 6},
-        }
-    container = {
-        "name": FEEDBACK,
-        "image": spec.image,
-        "args": [FEEDBACK, "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
-        "env": [
-            {"name": "MAILPIPE_POOL", "value": f"{ref.namespace}/{ref.name}"},
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        ],
-        "ports": ports,
-        **probes,
-        "volumeMounts": mounts,
-        "securityContext": container_security(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod: dict[str, Any] = {
-        "automountServiceAccountToken": False,  # the receiver never calls the API
-        "securityContext": pod_security(),
-        "terminationGracePeriodSeconds": 30,  # a report in flight is a few KB
-        "containers": [container],
-        "volumes": volumes,
-    }
-    if spec.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
-    selector = {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": FEEDBACK}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": ref.metadata(
-            {HASH_ANNOTATION: digest}, name=ref.feedback_name, component=FEEDBACK
-        ),
-        "spec": {
-            "replicas": spec.feedback.replicas,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": ref.labels(FEEDBACK), "annotations": template_annotations},
-                "spec": pod,
-            },
-        },
-    }
+        _http_probes("/metrics", settings.metrics_port),
+        _annotations(config_text, secrets_digest),
+        spec.feedback.replicas,
+    )
 
 
 SMTP_PORT = 25  # what other MTAs connect to: the bounce domain's MX port
@@ -505,6 +556,78 @@ def build_feedback_service(ref: PoolRef) -> dict[str, Any]:
     }
 
 
+UNSUBSCRIBE = "unsubscribe"
+UNSUBSCRIBE_KEY = "unsubscribe.yaml"
+UNSUBSCRIBE_PORT = 8080  # EndpointSettings.port's default: unprivileged, as non-root
+UNSUBSCRIBE_METRICS_PORT = 9090
+HTTP_PORT = 80  # the Service's: an Ingress terminates https in front of it
+
+
+def build_unsubscribe_config(
+    ref: PoolRef, config: relay_config.RelayConfig, settings: relay_config.UnsubscribeSettings
+) -> str:
+    """The endpoint's settings (`mailpipe.inbound.unsubscribe.EndpointSettings`) as
+    YAML: this pool's namespace, its keys (the relays' signing keys, mounted at
+    the same path), the Kafka login of the relays and the topics they use."""
+    security = config.kafka.security.model_dump(mode="json", exclude_none=True)
+    data = {
+        "namespace": ref.namespace,
+        "keys_dir": settings.keys_dir,
+        "kafka": {"bootstrap_servers": config.kafka.bootstrap_servers, "security": security},
+        "suppressions_topic": config.kafka.suppressions_topic,
+        "events_topics": {ref.name: config.kafka.events_topic},
+        "port": UNSUBSCRIBE_PORT,
+        "metrics_port": UNSUBSCRIBE_METRICS_PORT,
+    }
+    return yaml.safe_dump(data, sort_keys=True)
+
+
+def build_unsubscribe_children(
+    ref: PoolRef, spec: SendingPoolSpec, text: str, secrets_digest: str | None = None
+) -> list[dict[str, Any]]:
+    """The one-click endpoint's ConfigMap, Deployment and Service."""
+    assert spec.unsubscribe is not None  # only rendered for a pool with spec.unsubscribe
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": ref.metadata(
+            {HASH_ANNOTATION: config_hash(text)}, name=ref.unsubscribe_name, component=UNSUBSCRIBE
+        ),
+        "data": {UNSUBSCRIBE_KEY: text},
+    }
+    ports = [
+        {"name": "http", "containerPort": UNSUBSCRIBE_PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": UNSUBSCRIBE_METRICS_PORT, "protocol": "TCP"},
+    ]
+    deployment = _endpoint_deployment(
+        ref,
+        spec,
+        UNSUBSCRIBE,
+        ref.unsubscribe_name,
+        [UNSUBSCRIBE, "--config", f"{CONFIG_DIR}/{UNSUBSCRIBE_KEY}"],
+        ref.unsubscribe_name,
+        [
+            ("unsubscribe-keys", spec.unsubscribe.key_secret, UNSUBSCRIBE_KEYS_DIR),
+            *_kafka_secret(spec),
+        ],
+        ports,
+        # /readyz: its Kafka producer exists (until then every POST is a 503)
+        _http_probes("/readyz", UNSUBSCRIBE_METRICS_PORT),
+        _annotations(text, secrets_digest),
+        spec.unsubscribe.replicas,
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ref.metadata(name=ref.unsubscribe_name, component=UNSUBSCRIBE),
+        "spec": {
+            "selector": {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": UNSUBSCRIBE},
+            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}],
+        },
+    }
+    return [configmap, deployment, service]
+
+
 def build_children(
     ref: PoolRef,
     spec: SendingPoolSpec,
@@ -513,7 +636,8 @@ def build_children(
 ) -> tuple[str, list[dict[str, Any]]]:
     """The relay config text and every child object, in apply order (the relay
     Deployment is the first Deployment); a pool with `spec.feedback` also gets
-    its feedback receiver's Deployment and Service."""
+    its feedback receiver's Deployment and Service, one with `spec.unsubscribe`
+    the one-click endpoint's ConfigMap, Deployment and Service."""
     config = build_relay_config(ref, spec, credential_keys)
     text = relay_config.dump_config(config)
     children = [
@@ -527,6 +651,9 @@ def build_children(
             build_feedback_deployment(ref, spec, text, config.feedback, secrets_digest),
             build_feedback_service(ref),
         ]
+    if config.unsubscribe is not None:
+        endpoint = build_unsubscribe_config(ref, config, config.unsubscribe)
+        children += build_unsubscribe_children(ref, spec, endpoint, secrets_digest)
     return text, children
 
 

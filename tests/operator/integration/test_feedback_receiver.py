@@ -1,6 +1,7 @@
-"""The feedback receiver's Deployment and Service follow `spec.feedback`, against the
-real API server: there with the field, gone when it is removed or the pool is deleted
-(the dev stack runs no garbage collector: the operator deletes them itself)."""
+"""The feedback receiver's Deployment and Service follow `spec.feedback`, and the
+one-click endpoint's ConfigMap, Deployment and Service `spec.unsubscribe`, against
+the real API server: there with the field, gone when it is removed or the pool is
+deleted (the dev stack runs no garbage collector: the operator deletes them itself)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,25 @@ pytestmark = pytest.mark.operator
 
 CHILDREN_SECONDS = 60  # a reconcile, on a loaded machine
 NAME = "mailpipe-feedback-news"
-FEEDBACK = {"bounceDomain": "bounces.sender.test", "keySecretRef": {"name": "fb-keys"}}
+UNSUBSCRIBE = "mailpipe-unsubscribe-news"
+ENDPOINTS = {
+    "feedback": {"bounceDomain": "bounces.sender.test", "keySecretRef": {"name": "fb-keys"}},
+    "unsubscribe": {"baseUrl": "https://unsub.sender.test/u/", "keySecret": "fb-keys"},
+}
+KINDS = [
+    ("deployment", NAME),
+    ("service", NAME),
+    ("configmap", UNSUBSCRIBE),
+    ("deployment", UNSUBSCRIBE),
+    ("service", UNSUBSCRIBE),
+]
 
 
 def _children(env: dict[str, str], namespace: str) -> list[bool]:
-    return [get(env, kind, NAME, namespace) is not None for kind in ("deployment", "service")]
+    return [get(env, kind, name, namespace) is not None for kind, name in KINDS]
 
 
-def test_the_receiver_comes_with_spec_feedback_and_goes_without_it(
+def test_the_endpoints_come_with_their_fields_and_go_without_them(
     operator_factory: Callable[..., OperatorProcess],
     cli_env: dict[str, str],
     namespace: str,
@@ -47,8 +59,10 @@ def test_the_receiver_comes_with_spec_feedback_and_goes_without_it(
         done = kubectl(env, "apply", "-f", "-", stdin=manifest)
         assert done.returncode == 0, done.stderr
 
-    apply(feedback=FEEDBACK)
-    wait_for(lambda: _children(env, namespace) == [True, True], CHILDREN_SECONDS, "receiver", op)
+    apply(**ENDPOINTS)
+    wait_for(
+        lambda: _children(env, namespace) == [True] * len(KINDS), CHILDREN_SECONDS, "receiver", op
+    )
     pool = get(env, "sp", "news", namespace) or {}
     deployment = get(env, "deployment", NAME, namespace) or {}
     service = get(env, "service", NAME, namespace) or {}
@@ -58,13 +72,20 @@ def test_the_receiver_comes_with_spec_feedback_and_goes_without_it(
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"][0] == "feedback"
     assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(25, "smtp")]
+    endpoint = get(env, "deployment", UNSUBSCRIBE, namespace) or {}
+    [container] = endpoint["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "unsubscribe"
 
-    apply()  # the field removed
-    wait_for(lambda: _children(env, namespace) == [False, False], CHILDREN_SECONDS, "removed", op)
+    apply()  # the fields removed
+    wait_for(
+        lambda: _children(env, namespace) == [False] * len(KINDS), CHILDREN_SECONDS, "removed", op
+    )
     assert get(env, "deployment", "mailpipe-relay-news", namespace) is not None  # relays stay
 
-    apply(feedback=FEEDBACK)
-    wait_for(lambda: _children(env, namespace) == [True, True], CHILDREN_SECONDS, "back", op)
+    apply(**ENDPOINTS)
+    wait_for(lambda: _children(env, namespace) == [True] * len(KINDS), CHILDREN_SECONDS, "back", op)
     deleted = kubectl(env, "delete", "sp", "news", "-n", namespace, "--wait=false")
     assert deleted.returncode == 0, deleted.stderr
-    wait_for(lambda: _children(env, namespace) == [False, False], CHILDREN_SECONDS, "deleted", op)
+    wait_for(
+        lambda: _children(env, namespace) == [False] * len(KINDS), CHILDREN_SECONDS, "deleted", op
+    )

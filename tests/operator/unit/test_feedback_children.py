@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from mailpipe.contracts.config import parse_config
+from mailpipe.contracts.signing import ConfigSigner
+from mailpipe.inbound.unsubscribe import EndpointSettings
+from mailpipe.operator.config_signing import PUBLIC_KEY_ENV, SIGNATURE_KEY, signed
 from mailpipe.operator.models import SendingPoolSpec
 from mailpipe.operator.pool import (
     HASH_ANNOTATION,
@@ -46,6 +51,9 @@ def test_a_pool_without_feedback_renders_what_it_did_before() -> None:
     assert stale_children(REF, children) == [
         ("Deployment", "mailpipe-feedback-news"),
         ("Service", "mailpipe-feedback-news"),
+        ("Deployment", "mailpipe-unsubscribe-news"),
+        ("Service", "mailpipe-unsubscribe-news"),
+        ("ConfigMap", "mailpipe-unsubscribe-news"),
     ]
 
 
@@ -62,7 +70,7 @@ def test_feedback_renders_a_restricted_receiver_on_the_pools_own_config() -> Non
     text, children = build_children(REF, s, secrets_digest="s1")
     config = parse_config(text)
     assert config.feedback is not None
-    assert stale_children(REF, children) == []
+    assert [k for k, n in stale_children(REF, children) if "feedback" in n] == []
     # the relay Deployment stays the first one (the reconcile's `deployment`)
     assert next(c for c in children if c["kind"] == "Deployment")["metadata"]["name"] == (
         "mailpipe-relay-news"
@@ -125,3 +133,58 @@ def test_the_receiver_fields_stay_out_of_the_relay_config() -> None:
     again, _ = build_children(REF, spec(feedback={**FEEDBACK, "replicas": 3}))
     assert text == again
     assert "replicas" not in text
+
+
+def test_unsubscribe_renders_its_endpoint_with_settings_it_accepts() -> None:
+    s = spec(unsubscribe={"baseUrl": "https://unsub.example.com/u/", "keySecret": "u-keys"})
+    text, children = build_children(REF, s, secrets_digest="s1")
+    config = parse_config(text)
+    assert config.unsubscribe is not None
+    cm = named(children, "ConfigMap", "mailpipe-unsubscribe-news")
+    # the endpoint's own parser takes what the operator renders
+    settings = EndpointSettings.model_validate(yaml.safe_load(cm["data"]["unsubscribe.yaml"]))
+    assert settings.namespace == "mail" and settings.keys_dir == config.unsubscribe.keys_dir
+    assert settings.kafka.bootstrap_servers == "kafka:9092"
+    assert settings.suppressions_topic == config.kafka.suppressions_topic
+    assert settings.events_topic("news") == config.kafka.events_topic
+    dep = named(children, "Deployment", "mailpipe-unsubscribe-news")
+    assert dep["spec"]["replicas"] == 1
+    pod = dep["spec"]["template"]["spec"]
+    assert "hostNetwork" not in pod and pod["automountServiceAccountToken"] is False
+    [container] = pod["containers"]
+    assert container["args"] == ["unsubscribe", "--config", "/etc/mailpipe/unsubscribe.yaml"]
+    assert container["securityContext"]["readOnlyRootFilesystem"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": settings.port, "metrics": settings.metrics_port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert {v["name"]: v.get("secret") or v.get("configMap") for v in pod["volumes"]} == {
+        "config": {"name": "mailpipe-unsubscribe-news"},
+        "unsubscribe-keys": {"secretName": "u-keys"},
+    }
+    assert all(m["readOnly"] for m in container["volumeMounts"])
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[SECRETS_HASH_ANNOTATION] == "s1"
+    svc = named(children, "Service", "mailpipe-unsubscribe-news")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+    for obj in (cm, dep, svc):
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert [n for _, n in stale_children(REF, children) if "unsubscribe" in n] == []
+
+
+def test_only_the_relays_children_carry_the_config_signature() -> None:
+    signer = ConfigSigner.generate()
+    s = spec(
+        feedback=FEEDBACK,
+        unsubscribe={"baseUrl": "https://unsub.example.com/u/", "keySecret": "u-keys"},
+    )
+    text, children = build_children(REF, s)
+    out = signed(children, text, signer)
+    for child in out:
+        relay = child["metadata"]["name"] == "mailpipe-relay-news"
+        if child["kind"] == "ConfigMap":
+            assert (SIGNATURE_KEY in child["data"]) is relay
+        if child["kind"] == "Deployment":
+            [container] = child["spec"]["template"]["spec"]["containers"]
+            names = {e["name"] for e in container["env"]}
+            assert (PUBLIC_KEY_ENV in names) is relay
