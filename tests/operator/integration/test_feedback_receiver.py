@@ -5,6 +5,7 @@ deleted (the dev stack runs no garbage collector: the operator deletes them itse
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -31,6 +32,14 @@ KINDS = [
 
 def _children(env: dict[str, str], namespace: str) -> list[bool]:
     return [get(env, kind, name, namespace) is not None for kind, name in KINDS]
+
+
+def _reverted(env: dict[str, str], namespace: str) -> list[str]:
+    """The parts of the pool's ChildReverted Events' messages, one per child."""
+    out = kubectl(env, "get", "events", "-n", namespace, "-o", "json")
+    events = json.loads(out.stdout)["items"]
+    messages = [e["message"] for e in events if e.get("reason") == "ChildReverted"]
+    return [part.strip() for m in messages for part in m.split(":", 1)[1].split(";")]
 
 
 def test_the_endpoints_come_with_their_fields_and_go_without_them(
@@ -75,6 +84,18 @@ def test_the_endpoints_come_with_their_fields_and_go_without_them(
     endpoint = get(env, "deployment", UNSUBSCRIBE, namespace) or {}
     [container] = endpoint["spec"]["template"]["spec"]["containers"]
     assert container["args"][0] == "unsubscribe"
+
+    # a receiver deleted by hand is put back (the children timer), and an
+    # untouched one is never "put back" (no drift seen where there is none)
+    gone = kubectl(env, "delete", "deployment", NAME, "-n", namespace, "--wait=false")
+    assert gone.returncode == 0, gone.stderr
+    wait_for(
+        lambda: any(NAME in m for m in _reverted(env, namespace)), CHILDREN_SECONDS, "put back", op
+    )
+    wait_for(lambda: _children(env, namespace) == [True] * len(KINDS), CHILDREN_SECONDS, "up", op)
+    assert all(m.endswith("(deleted)") for m in _reverted(env, namespace)), _reverted(
+        env, namespace
+    )
 
     apply()  # the fields removed
     wait_for(

@@ -9,6 +9,7 @@ import yaml
 from mailpipe.contracts.config import parse_config
 from mailpipe.contracts.signing import ConfigSigner
 from mailpipe.inbound.unsubscribe import EndpointSettings
+from mailpipe.operator.child_drift import guarded
 from mailpipe.operator.config_signing import PUBLIC_KEY_ENV, SIGNATURE_KEY, signed
 from mailpipe.operator.models import SendingPoolSpec
 from mailpipe.operator.pool import (
@@ -188,3 +189,13 @@ def test_only_the_relays_children_carry_the_config_signature() -> None:
             [container] = child["spec"]["template"]["spec"]["containers"]
             names = {e["name"] for e in container["env"]}
             assert (PUBLIC_KEY_ENV in names) is relay
+
+
+def test_the_children_timer_guards_every_child_but_the_relay_deployment() -> None:
+    s = spec(
+        feedback=FEEDBACK,
+        unsubscribe={"baseUrl": "https://unsub.example.com/u/", "keySecret": "u-keys"},
+    )
+    _, children = build_children(REF, s)
+    unguarded = [(c["kind"], c["metadata"]["name"]) for c in children if not guarded(c)]
+    assert unguarded == [("Deployment", "mailpipe-relay-news")]  # handlers.relays watches it
