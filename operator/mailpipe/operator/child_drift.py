@@ -19,6 +19,17 @@ from .pool import drifted
 
 GUARDED_KINDS = ("ConfigMap", "Service", "PodDisruptionBudget")  # the Deployment: handlers.relays
 DATA_FIELDS = ("data", "binaryData")
+COMPONENT_LABEL = "app.kubernetes.io/component"
+
+
+def guarded(child: Mapping[str, Any]) -> bool:
+    """Whether the timer puts `child` back: every kind but the relay Deployment,
+    which its own watch does (`handlers.relays`); the endpoints' Deployments
+    (feedback receiver, unsubscribe) have no watch, so the timer does."""
+    if child["kind"] in GUARDED_KINDS:
+        return True
+    labels = child["metadata"].get("labels") or {}
+    return bool(child["kind"] == "Deployment" and labels.get(COMPONENT_LABEL) != "relay")
 
 
 def _data_changes(desired: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:

@@ -42,6 +42,7 @@ from .pool import CONFIG_KEY
 log = logging.getLogger("mailpipe.operator")
 
 SIGNING_KEY_ENV = "MAILPIPE_CONFIG_SIGNING_KEY_FILE"  # the default of --config-signing-key
+COMPONENT_LABEL = "app.kubernetes.io/component"  # `PoolRef.labels`
 SIGNATURE_KEY = CONFIG_KEY + SIGNATURE_SUFFIX  # the ConfigMap key of the signature
 SIGNER_MEMO_KEY = "config_signer"  # kopf memo key: put by `mailpipe operator`, read at startup
 
@@ -83,6 +84,10 @@ def signed(
         return children
     out = copy.deepcopy(children)
     for child in out:
+        # the relays' ConfigMap and Deployment only: the endpoints' children
+        # hold no relay config (or mount the relays' ConfigMap and verify nothing)
+        if child["metadata"]["labels"].get(COMPONENT_LABEL) != "relay":
+            continue
         if child["kind"] == "ConfigMap":
             child["data"][SIGNATURE_KEY] = signer.sign(config_text)
         elif child["kind"] == "Deployment":

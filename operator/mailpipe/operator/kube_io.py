@@ -149,16 +149,28 @@ class Kube:
         reported, not raised: the operator cannot have made children there, or
         their ownerReferences hand them to the garbage collector with the pool."""
         out = ChildrenDeleted()
-        for kind in ("Deployment", "Service", "PodDisruptionBudget", "ConfigMap"):
+        relay = [(k, ref.child_name) for k in ("Deployment", "Service", "PodDisruptionBudget")]
+        # the endpoints before the ConfigMap they mount
+        for kind, name in [*relay, *ref.endpoint_children(), ("ConfigMap", ref.child_name)]:
             try:
-                self._call(kind, "delete", ref.child_name, ref.namespace)
-                out.deleted.append(f"{kind}/{ref.child_name}")
+                if self.delete_child(kind, name, ref.namespace):
+                    out.deleted.append(f"{kind}/{name}")
             except ApiException as exc:
-                if exc.status == 403:
-                    out.forbidden.append(kind)
-                elif exc.status != 404:
+                if exc.status != 403:
                     raise
+                if kind not in out.forbidden:
+                    out.forbidden.append(kind)
         return out
+
+    def delete_child(self, kind: str, name: str, namespace: str) -> bool:
+        """Delete one child by name; False when it was not there."""
+        try:
+            self._call(kind, "delete", name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -168,6 +168,15 @@ class Feedback(Spec):
     validity_days: int = Field(
         default=60, ge=1, le=365, description="How long a return path or trace token is honoured."
     )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10,  # a few receivers take a pool's reports; more is a typo
+        description=(
+            "Feedback receiver replicas (Deployment mailpipe-feedback-<pool>, Service of"
+            " the same name on port 25); 0 stops the receiver."
+        ),
+    )
 
 
 class PoolUnsubscribe(Spec):
@@ -185,6 +194,15 @@ class PoolUnsubscribe(Spec):
         description=(
             "Secret of the feedback keys: one key per entry (the entry name is the key id, "
             "a-z and 2-7; the value at least 32 random bytes); the last id signs."
+        ),
+    )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10,  # a one-click POST is cheap: a few endpoints serve a pool
+        description=(
+            "Endpoint replicas (Deployment mailpipe-unsubscribe-<pool>, Service of the"
+            " same name on port 80, behind your https Ingress); 0 stops it."
         ),
     )
 

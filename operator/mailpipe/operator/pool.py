@@ -26,6 +26,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from mailpipe.contracts import config as relay_config
 from mailpipe.contracts.policy import RetrySettings
 from mailpipe.contracts.topics import Topics, pool_group
@@ -90,14 +92,35 @@ class PoolRef:
     def child_name(self) -> str:
         return f"mailpipe-relay-{self.name}"
 
-    def labels(self) -> dict[str, str]:
+    @property
+    def feedback_name(self) -> str:
+        """The feedback receiver's Deployment and Service."""
+        return f"mailpipe-feedback-{self.name}"
+
+    @property
+    def unsubscribe_name(self) -> str:
+        """The one-click endpoint's ConfigMap, Deployment and Service."""
+        return f"mailpipe-unsubscribe-{self.name}"
+
+    def labels(self, component: str = "relay") -> dict[str, str]:
         return {
-            "app.kubernetes.io/name": "mailpipe-relay",
+            "app.kubernetes.io/name": f"mailpipe-{component}",
             "app.kubernetes.io/instance": self.name,
-            "app.kubernetes.io/component": "relay",
+            "app.kubernetes.io/component": component,
             "app.kubernetes.io/managed-by": MANAGED_BY,
             "mailpipe.io/pool": self.name,
         }
+
+    def endpoint_children(self) -> list[tuple[str, str]]:
+        """(kind, name) of every child an optional spec field may render: what a
+        reconcile deletes when the field is gone, and the pool's deletion too."""
+        return [
+            ("Deployment", self.feedback_name),
+            ("Service", self.feedback_name),
+            ("Deployment", self.unsubscribe_name),
+            ("Service", self.unsubscribe_name),
+            ("ConfigMap", self.unsubscribe_name),
+        ]
 
     def owner_reference(self) -> dict[str, Any]:
         return {
@@ -109,11 +132,17 @@ class PoolRef:
             "blockOwnerDeletion": True,
         }
 
-    def metadata(self, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    def metadata(
+        self,
+        annotations: dict[str, str] | None = None,
+        *,
+        name: str | None = None,
+        component: str = "relay",
+    ) -> dict[str, Any]:
         meta: dict[str, Any] = {
-            "name": self.child_name,
+            "name": name or self.child_name,
             "namespace": self.namespace,
-            "labels": self.labels(),
+            "labels": self.labels(component),
             "ownerReferences": [self.owner_reference()],
         }
         if annotations:
@@ -381,20 +410,258 @@ def build_pdb(ref: PoolRef, spec: SendingPoolSpec) -> dict[str, Any]:
     }
 
 
+FEEDBACK = "feedback"  # the receiver's component label and container name
+
+
+def _endpoint_deployment(
+    ref: PoolRef,
+    spec: SendingPoolSpec,
+    component: str,
+    name: str,
+    args: list[str],
+    config_map: str,
+    secrets: list[tuple[str, str, str]],
+    ports: list[dict[str, Any]],
+    probes: dict[str, Any],
+    template_annotations: dict[str, str],
+    replicas: int,
+) -> dict[str, Any]:
+    """An endpoint's Deployment: the relay's restricted pod security without
+    hostNetwork (it is reached through its Service), its config and `secrets`
+    ((volume, Secret, mount path)) mounted read-only, no API token."""
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": config_map}}]
+    mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    for volume, secret, path in secrets:
+        volumes.append({"name": volume, "secret": {"secretName": secret}})
+        mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+    container = {
+        "name": component,
+        "image": spec.image,
+        "args": args,
+        "env": [
+            {"name": "MAILPIPE_POOL", "value": f"{ref.namespace}/{ref.name}"},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        "ports": ports,
+        **probes,
+        "volumeMounts": mounts,
+        "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # endpoints never call the API
+        "securityContext": pod_security(),
+        "terminationGracePeriodSeconds": 30,  # a report or a POST in flight is small
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    selector = {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": component}
+    digest = template_annotations[HASH_ANNOTATION]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ref.metadata({HASH_ANNOTATION: digest}, name=name, component=component),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": ref.labels(component), "annotations": template_annotations},
+                "spec": pod,
+            },
+        },
+    }
+
+
+def _kafka_secret(spec: SendingPoolSpec) -> list[tuple[str, str, str]]:
+    ref = spec.kafka.credentials_secret_ref
+    return [] if ref is None else [("kafka-credentials", ref.name, CREDENTIALS_DIR)]
+
+
+def _http_probes(ready: str, port: int) -> dict[str, Any]:
+    if not port:
+        return {}
+    probe = {"httpGet": {"path": ready, "port": "metrics"}, "periodSeconds": 10}
+    live = {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10}
+    return {
+        "readinessProbe": {**probe, "initialDelaySeconds": 5},
+        "livenessProbe": {**live, "initialDelaySeconds": 30, "failureThreshold": 6},
+    }
+
+
+def _annotations(config_text: str, secrets_digest: str | None) -> dict[str, str]:
+    out = {HASH_ANNOTATION: config_hash(config_text)}
+    if secrets_digest is not None:
+        out[SECRETS_HASH_ANNOTATION] = secrets_digest
+    return out
+
+
+def build_feedback_deployment(
+    ref: PoolRef,
+    spec: SendingPoolSpec,
+    config_text: str,
+    settings: relay_config.FeedbackSettings,
+    secrets_digest: str | None = None,
+) -> dict[str, Any]:
+    """The pool's feedback receiver (`mailpipe feedback`): the bounce domain's MX.
+
+    It reads the pool's own relay config (the ConfigMap the relays mount: one
+    config, so the receiver verifies exactly the tokens the relays sign), the
+    token keys and the Kafka login, all read-only; nothing else of the relay's
+    (DKIM key, CA bundle) is mounted. Reports come in through the Service,
+    whose port 25 maps to the unprivileged port the receiver binds as non-root.
+    The pod template carries the config and Secrets hashes, so a new config
+    or a rotated key rolls the receivers as it rolls the relays.
+    """
+    assert spec.feedback is not None  # only rendered for a pool with spec.feedback
+    ports = [{"name": "smtp", "containerPort": settings.listen_port, "protocol": "TCP"}]
+    if settings.metrics_port:
+        ports.append({"name": "metrics", "containerPort": settings.metrics_port, "protocol": "TCP"})
+    return _endpoint_deployment(
+        ref,
+        spec,
+        FEEDBACK,
+        ref.feedback_name,
+        [FEEDBACK, "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        ref.child_name,
+        [
+            ("feedback-keys", spec.feedback.key_secret_ref.name, FEEDBACK_KEYS_DIR),
+            *_kafka_secret(spec),
+        ],
+        ports,
+        # The receiver's scrape endpoint serves only /metrics: an answer there
+        # means its event loop runs. Not a TCP probe on the SMTP port: each
+        # would be a session that counts against the receiver's session limit.
+        _http_probes("/metrics", settings.metrics_port),
+        _annotations(config_text, secrets_digest),
+        spec.feedback.replicas,
+    )
+
+
+SMTP_PORT = 25  # what other MTAs connect to: the bounce domain's MX port
+
+
+def build_feedback_service(ref: PoolRef) -> dict[str, Any]:
+    """Port 25 -> the receiver's SMTP port. ClusterIP: how it is reached from
+    outside (LoadBalancer, a node port, a MX host's forward) is the cluster's."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ref.metadata(name=ref.feedback_name, component=FEEDBACK),
+        "spec": {
+            "selector": {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": FEEDBACK},
+            "ports": [{"name": "smtp", "port": SMTP_PORT, "targetPort": "smtp"}],
+        },
+    }
+
+
+UNSUBSCRIBE = "unsubscribe"
+UNSUBSCRIBE_KEY = "unsubscribe.yaml"
+UNSUBSCRIBE_PORT = 8080  # EndpointSettings.port's default: unprivileged, as non-root
+UNSUBSCRIBE_METRICS_PORT = 9090
+HTTP_PORT = 80  # the Service's: an Ingress terminates https in front of it
+
+
+def build_unsubscribe_config(
+    ref: PoolRef, config: relay_config.RelayConfig, settings: relay_config.UnsubscribeSettings
+) -> str:
+    """The endpoint's settings (`mailpipe.inbound.unsubscribe.EndpointSettings`) as
+    YAML: this pool's namespace, its keys (the relays' signing keys, mounted at
+    the same path), the Kafka login of the relays and the topics they use."""
+    security = config.kafka.security.model_dump(mode="json", exclude_none=True)
+    data = {
+        "namespace": ref.namespace,
+        "keys_dir": settings.keys_dir,
+        "kafka": {"bootstrap_servers": config.kafka.bootstrap_servers, "security": security},
+        "suppressions_topic": config.kafka.suppressions_topic,
+        "events_topics": {ref.name: config.kafka.events_topic},
+        "port": UNSUBSCRIBE_PORT,
+        "metrics_port": UNSUBSCRIBE_METRICS_PORT,
+    }
+    return yaml.safe_dump(data, sort_keys=True)
+
+
+def build_unsubscribe_children(
+    ref: PoolRef, spec: SendingPoolSpec, text: str, secrets_digest: str | None = None
+) -> list[dict[str, Any]]:
+    """The one-click endpoint's ConfigMap, Deployment and Service."""
+    assert spec.unsubscribe is not None  # only rendered for a pool with spec.unsubscribe
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": ref.metadata(
+            {HASH_ANNOTATION: config_hash(text)}, name=ref.unsubscribe_name, component=UNSUBSCRIBE
+        ),
+        "data": {UNSUBSCRIBE_KEY: text},
+    }
+    ports = [
+        {"name": "http", "containerPort": UNSUBSCRIBE_PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": UNSUBSCRIBE_METRICS_PORT, "protocol": "TCP"},
+    ]
+    deployment = _endpoint_deployment(
+        ref,
+        spec,
+        UNSUBSCRIBE,
+        ref.unsubscribe_name,
+        [UNSUBSCRIBE, "--config", f"{CONFIG_DIR}/{UNSUBSCRIBE_KEY}"],
+        ref.unsubscribe_name,
+        [
+            ("unsubscribe-keys", spec.unsubscribe.key_secret, UNSUBSCRIBE_KEYS_DIR),
+            *_kafka_secret(spec),
+        ],
+        ports,
+        # /readyz: its Kafka producer exists (until then every POST is a 503)
+        _http_probes("/readyz", UNSUBSCRIBE_METRICS_PORT),
+        _annotations(text, secrets_digest),
+        spec.unsubscribe.replicas,
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ref.metadata(name=ref.unsubscribe_name, component=UNSUBSCRIBE),
+        "spec": {
+            "selector": {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": UNSUBSCRIBE},
+            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}],
+        },
+    }
+    return [configmap, deployment, service]
+
+
 def build_children(
     ref: PoolRef,
     spec: SendingPoolSpec,
     secrets_digest: str | None = None,
     credential_keys: Collection[str] = (),
 ) -> tuple[str, list[dict[str, Any]]]:
-    """The relay config text and every child object, in apply order."""
-    text = relay_config.dump_config(build_relay_config(ref, spec, credential_keys))
-    return text, [
+    """The relay config text and every child object, in apply order (the relay
+    Deployment is the first Deployment); a pool with `spec.feedback` also gets
+    its feedback receiver's Deployment and Service, one with `spec.unsubscribe`
+    the one-click endpoint's ConfigMap, Deployment and Service."""
+    config = build_relay_config(ref, spec, credential_keys)
+    text = relay_config.dump_config(config)
+    children = [
         build_configmap(ref, text),
         build_deployment(ref, spec, text, secrets_digest),
         build_service(ref, spec),
         build_pdb(ref, spec),
     ]
+    if config.feedback is not None:
+        children += [
+            build_feedback_deployment(ref, spec, text, config.feedback, secrets_digest),
+            build_feedback_service(ref),
+        ]
+    if config.unsubscribe is not None:
+        endpoint = build_unsubscribe_config(ref, config, config.unsubscribe)
+        children += build_unsubscribe_children(ref, spec, endpoint, secrets_digest)
+    return text, children
+
+
+def stale_children(ref: PoolRef, children: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(kind, name) of the endpoint children `children` no longer has: their spec
+    field was removed, so they go."""
+    rendered = {(c["kind"], c["metadata"]["name"]) for c in children}
+    return [k for k in ref.endpoint_children() if k not in rendered]
 
 
 class _Expected(enum.Enum):

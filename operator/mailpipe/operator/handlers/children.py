@@ -1,5 +1,8 @@
 """A pool's ConfigMap, Service and PDB are the operator's: edited or deleted, they are put back.
 
+So are its endpoints' children (feedback receiver, unsubscribe endpoint),
+Deployments included: no watch follows those (`child_drift.guarded`).
+
 The relay Deployment is watched (`handlers.relays`) and applied back within a
 second of an edit. Its other children were applied once and never looked at
 again (issue 17): a tenant with the namespace's built-in `edit` role patched
@@ -46,7 +49,7 @@ def _revert_blocking(kube: kube_io.Kube, rendered: list[dict[str, Any]]) -> list
     reverted = []
     for child in rendered:
         kind = child["kind"]
-        if kind not in child_drift.GUARDED_KINDS:
+        if not child_drift.guarded(child):
             continue
         meta = child["metadata"]
         live = kube.read_child(kind, meta["name"], meta["namespace"])

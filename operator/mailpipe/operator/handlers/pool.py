@@ -47,6 +47,7 @@ from ..pool import (
     config_hash,
     drifted,
     secrets_hash,
+    stale_children,
     topics,
 )
 from ..validation import Problem
@@ -272,6 +273,10 @@ def _reconcile_blocking(
             seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
             if child is deployment:
                 views[key] = (kube_io.spec_digest(deployment), stored)
+        if ensure_topics:  # a new spec: endpoints whose field was removed go
+            for kind, child_name in stale_children(ref, children):
+                if kube.delete_child(kind, child_name, namespace):
+                    seen.written.append(f"{kind}/{child_name} (deleted)")
     except ApiException as exc:
         if exc.status != HTTPStatus.FORBIDDEN:
             raise
