@@ -65,7 +65,10 @@ def check_shape(msg: Message) -> None:
             raise ReportError("bomb", f"more than {MAX_PARTS} MIME parts")
         if depth > MAX_DEPTH:
             raise ReportError("bomb", f"MIME parts nested deeper than {MAX_DEPTH}")
-        payload = part.get_payload()
+        try:
+            payload = part.get_payload()
+        except (ValueError, TypeError, LookupError) as exc:  # a charset like "a\x00b"
+            raise ReportError("malformed", f"a part does not decode: {type(exc).__name__}") from exc
         if isinstance(payload, list):
             stack.extend((p, depth + 1) for p in payload if isinstance(p, Message))
 
@@ -105,7 +108,7 @@ def text_of(part: Message) -> str:
     charset = part.get_content_charset() or "utf-8"
     try:
         return raw[: MAX_TEXT_CHARS * 4].decode(charset, "replace")[:MAX_TEXT_CHARS]
-    except LookupError:
+    except (LookupError, ValueError):
         return raw[: MAX_TEXT_CHARS * 4].decode("utf-8", "replace")[:MAX_TEXT_CHARS]
 
 

@@ -108,6 +108,7 @@ EXPORTED = (
     "mailpipe_throttle_wait_seconds",
     "mailpipe_warmup_budget_remaining",
     "mailpipe_in_flight_records",
+    "mailpipe_suppressions_held",
     "mailpipe_consumer_lag",
     "mailpipe_postponed_records_total",
     "mailpipe_dlq_records_total",
