@@ -124,7 +124,9 @@ def test_every_command_works_on_a_pool_that_takes_kafka_from_the_chart(
     out = plugin(env, "fate", rcpt, "-n", namespace)
     assert out.returncode == 0, out.stderr
     assert f"no event for {rcpt} on mailpipe.{namespace}.news.events" in out.stdout
-    assert "suppressed: manual" in out.stdout
+    # What holds now: a table of the suppressions in force, reason first.
+    held = out.stdout.split("suppressed now:", 1)[1].splitlines()
+    assert any(line.split()[:2] == ["manual", "kubectl-mailpipe"] for line in held), out.stdout
     out = plugin(env, "unsuppress", rcpt, "-n", namespace)
     assert out.returncode == 0, out.stderr
     # Needs no Kafka: an honest refusal (not paused, or not reported yet), one line.
