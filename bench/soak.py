@@ -67,6 +67,10 @@ STALL_SECONDS = 180.0  # no new disposition for this long: stalled (the 1m step 
 GROUP_JOIN_SECONDS = 120.0
 LAG_SETTLE_SECONDS = 60.0  # relays commit on an interval; lag reaches 0 within it
 PRODUCER_LINGER_MS = 20
+STATE_MARK = "state: "  # the relay's `kill -USR1` log line (relay main, dump_state)
+STATE_DUMP_SECONDS = 10.0
+STATE_DUMP_CHARS = 20_000  # the engine's and consumer's state
+TASKS_MARK = "; tasks: "  # what follows it (asyncio task stacks) stays in the relay's log
 PROGRESS_SECONDS = 30.0  # a line on stdout this often: a long run shows it is moving
 
 
@@ -225,10 +229,34 @@ def _follow(
             report_at = now + PROGRESS_SECONDS
             print(f"soak: {now - t0:.0f} s, {accounted}/{plan.produced} records accounted")
         elif now - progress_at > STALL_SECONDS:
-            return f"no new disposition for {STALL_SECONDS:.0f} s at {accounted}/{plan.produced}"
+            states = "\n".join(_state_dump(r) for r in relays)
+            return (
+                f"no new disposition for {STALL_SECONDS:.0f} s at {accounted}/{plan.produced}"
+                f"\n{states}"
+            )
         if now - t0 > timeout_seconds:
             return f"not done after {timeout_seconds:.0f} s: {accounted}/{plan.produced}"
     return None
+
+
+def _state_dump(relay: harness.Child) -> str:
+    """What a stalled relay is doing (`kill -USR1`: its engine's and consumer's state),
+    for the failure message: the test's temporary directory, with the relay's log,
+    does not outlive the run."""
+    before = relay.log.read_text(errors="replace").count(STATE_MARK)
+    relay.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + STATE_DUMP_SECONDS
+    while time.monotonic() < deadline:
+        lines = [
+            line
+            for line in relay.log.read_text(errors="replace").splitlines()
+            if STATE_MARK in line
+        ]
+        if len(lines) > before:
+            state = lines[-1].split(TASKS_MARK, 1)[0]  # the task stacks are long; cut
+            return f"{relay.describe()}: {state[:STATE_DUMP_CHARS]}"
+        time.sleep(0.1)
+    return f"{relay.describe()}: no state dump within {STATE_DUMP_SECONDS:.0f} s"
 
 
 def _settled_lag(
