@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import email
 import email.policy
-import json
 import smtplib
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -38,23 +36,17 @@ from tests.relay.integration.test_metrics_endpoint import METRICS_HOST, scrape
 
 from .. import samples as S
 from .conftest import Pool
+from .test_feedback_loop import DOMAIN, FEEDBACK_HOST, WAIT_SECONDS, records
 
 pytestmark = pytest.mark.feedback
 
-FEEDBACK_HOST = "127.0.0.21"  # the bounce domain's MX in this test
-DOMAIN = "bounce.sender.test"
 BASE = "https://unsubscribe.sender.test/u/"
-WAIT_SECONDS = 60
 
 
 def _keys(directory: Path, key: bytes) -> Path:
     directory.mkdir()
     (directory / "ka").write_bytes(key)
     return directory
-
-
-def _records(pool: Pool, topic: str) -> list[dict[str, Any]]:
-    return [json.loads(v) for _, v in pool.read(topic) if v]
 
 
 def _mailto(data: bytes) -> str:
@@ -115,7 +107,7 @@ def test_a_mail_to_the_list_unsubscribe_mailto_unsubscribes_and_a_bounce_to_it_d
         smtp.mail("")
         assert smtp.rcpt(address)[0] == 250
         assert smtp.data(S.fill(S.POSTFIX_DSN, rp=address, rcpt=address))[0] == 250
-        (copy,) = _records(pool, kafka.dlq_topic)  # on Kafka when the 250 came
+        (copy,) = records(pool, kafka.dlq_topic)  # on Kafka when the 250 came
         assert copy["reason"].startswith("not_an_unsubscribe:")
 
         # Ann's own mail: on Kafka when the 250 comes.
@@ -125,7 +117,7 @@ def test_a_mail_to_the_list_unsubscribe_mailto_unsubscribes_and_a_bounce_to_it_d
         person = f"From: {ann}\r\nTo: {address}\r\nSubject: unsubscribe\r\n\r\nplease\r\n"
         code, _ = smtp.data(person.encode())
         assert code == 250
-    (sup,) = _records(pool, kafka.suppressions_topic)
+    (sup,) = records(pool, kafka.suppressions_topic)
     assert (sup["address"], sup["reason"], sup["list"], sup["detail"]) == (
         ann,
         "unsubscribe",
