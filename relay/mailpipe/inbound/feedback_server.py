@@ -64,7 +64,7 @@ from mailpipe.contracts.wire import encode, suppression_key
 from mailpipe.endpoints import ScrapeEndpoint
 
 from .feedback import Kind, Outcome, Receiver
-from .kafka_io import FeedbackProducer
+from .kafka_io import AckedProducer
 
 log = logging.getLogger("mailpipe.inbound.feedback")
 
@@ -76,6 +76,12 @@ MAX_SESSIONS = 200
 # connection that sends nothing must not keep a session slot for long.
 IDLE_TIMEOUT_SECONDS = 60
 DLQ_COPY_BYTES = 64 * 1024  # of a set-aside message kept in its DLQ copy
+# How long one report's records may take to be acknowledged before the sender
+# is told to try again (451): well under an MTA's DATA-reply timeout (10 min,
+# RFC 5321 4.5.3.2.6), long enough for a leader election.
+ACK_TIMEOUT_SECONDS = 30.0
+# How long a send may wait for a topic's metadata (kafka-python's max_block_ms).
+METADATA_WAIT_MS = 10_000
 SECONDS_PER_DAY = 86_400
 
 
@@ -246,10 +252,11 @@ class FeedbackHandler:
                 items.append((self.dlq_topic, None, dlq_copy(data, rcpt, mail_from, out)))
                 produced.append("dlq")
         try:
-            await self.sink.produce(items)
+            async with asyncio.timeout(ACK_TIMEOUT_SECONDS):
+                await self.sink.produce(items)
         except Exception as exc:  # the producer's errors, whatever the client raises
             self.metrics.kafka_failures.inc()
-            log.warning("report not recorded, answered 451: %s", exc)
+            log.warning("report not recorded, answered 451: %s: %s", type(exc).__name__, exc)
             return "451 4.3.0 Report not recorded, try again later"
         for record in produced:
             self.metrics.produced.labels(record).inc()
@@ -391,7 +398,10 @@ async def serve(config: RelayConfig, receiver: Receiver) -> None:
     assert settings is not None  # build_receiver checked
     loop = asyncio.get_running_loop()
     metrics = FeedbackMetrics()
-    producer = await loop.run_in_executor(None, FeedbackProducer, config.kafka)
+    producer = AckedProducer(
+        config.kafka, f"{config.kafka.client_id}-feedback", max_block_ms=METADATA_WAIT_MS
+    )
+    await producer.started()  # as before: the receiver does not start without Kafka
     kafka = config.kafka
     handler = FeedbackHandler(
         receiver,

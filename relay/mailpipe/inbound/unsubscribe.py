@@ -389,7 +389,7 @@ def load_settings(path: Path) -> EndpointSettings:
 
 async def serve(settings: EndpointSettings, stop: asyncio.Event) -> None:
     """Run the endpoint (and its metrics) until `stop` is set."""
-    from .kafka_out import AckedProducer  # the Kafka client only where it is used
+    from .kafka_io import AckedProducer  # the Kafka client only where it is used
 
     registry = CollectorRegistry()
     producer = AckedProducer(settings.kafka, client_id="mailpipe-unsubscribe")
