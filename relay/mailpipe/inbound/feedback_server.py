@@ -129,7 +129,7 @@ class FeedbackMetrics:
         self.messages = Counter(
             "mailpipe_feedback_messages",
             "Messages taken by the feedback receiver, by what they were (bounce, delay,"
-            " complaint, auto_reply, ignored, set_aside) and a fixed reason",
+            " complaint, unsubscribe, auto_reply, ignored, set_aside) and a fixed reason",
             ["kind", "reason"],
             registry=self.registry,
         )
