@@ -56,7 +56,6 @@ from mailpipe.contracts.feedback_token import (
     UNSUBSCRIBE_PREFIX,
     Purpose,
     TokenError,
-    TokenPayload,
     keys_from_directory,
     token_of_address,
 )
@@ -208,26 +207,24 @@ class FeedbackHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    def _token_of(self, rcpt: str, now: float) -> tuple[Purpose, TokenPayload] | None:
-        """The purpose and verified token of an accepted recipient (None: the
-        feedback loop address). Checked again rather than kept from RCPT: an HMAC
-        is cheaper than state that a dropped connection would leave behind."""
-        found = _token_address(rcpt, self.domain)
-        if rcpt.lower() == self.fbl or found is None:
-            return None
-        token, purpose, _ = found
-        try:
-            return purpose, self.receiver.check_token(token, purpose, now)
-        except TokenError:
-            return None
-
     def _decide(self, rcpt: str, data: bytes, mail_from: str, now: float) -> Outcome:
         """The decision for one accepted recipient: an unsubscribe at the mailto
-        address, a report everywhere else."""
-        found = self._token_of(rcpt, now)
-        if found is not None and found[0] is Purpose.UNSUBSCRIBE:
-            return self.receiver.decide_unsubscribe(data, found[1], mail_from, now)
-        return self.receiver.decide(data, found[1] if found else None, mail_from, now)
+        address, a report everywhere else. The token is checked again rather than
+        kept from RCPT: an HMAC is cheaper than state that a dropped connection
+        would leave behind."""
+        found = _token_address(rcpt, self.domain)
+        if rcpt.lower() == self.fbl or found is None:
+            return self.receiver.decide(data, None, mail_from, now)
+        token, purpose, _ = found
+        try:
+            payload = self.receiver.check_token(token, purpose, now)
+        except TokenError as exc:  # expired since RCPT (or a key removed meanwhile)
+            if purpose is Purpose.UNSUBSCRIBE:  # never read as a report
+                return Outcome(Kind.SET_ASIDE, "unattributed", f"unsubscribe token: {exc}")
+            return self.receiver.decide(data, None, mail_from, now)  # its quoted tokens may do
+        if purpose is Purpose.UNSUBSCRIBE:
+            return self.receiver.decide_unsubscribe(data, payload, mail_from, now)
+        return self.receiver.decide(data, payload, mail_from, now)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""

@@ -219,3 +219,23 @@ async def test_a_bounce_to_the_unsubscribe_address_is_set_aside_and_unsubscribes
     assert (await h.handle_DATA(None, None, env)).startswith("250")  # type: ignore[arg-type]
     ((topic, _, value),) = sink.items
     assert topic == "p.dlq" and b'"reason": "not_an_unsubscribe:' in value
+
+
+async def test_a_token_expiring_between_rcpt_and_data_is_never_read_as_a_report() -> None:
+    # The unsubscribe token expires a moment after RCPT; the message is a DSN that
+    # quotes a valid return path of the pool. Still nobody bounces or unsubscribes.
+    clock = [NOW]
+    h = handler(Sink())
+    h.clock = lambda: clock[0]
+    old = payload(issued_at=int(NOW) - 60 * 86400 + 5)
+    address = mailto(old)
+    env = Envelope()
+    assert (await h.handle_RCPT(None, None, env, address, [])).startswith("250")  # type: ignore[arg-type]
+    clock[0] = NOW + 10
+    env.mail_from = "<>"
+    rp = return_path(sign(payload(), Purpose.BOUNCE, KEYS), DOMAIN)
+    env.original_content = S.fill(S.POSTFIX_DSN, rp=rp, rcpt=RCPT)
+    assert (await h.handle_DATA(None, None, env)).startswith("250")  # type: ignore[arg-type]
+    assert [topic for topic, _, _ in h.sink.items] == ["p.dlq"]  # type: ignore[attr-defined]
+    labels = {"kind": "set_aside", "reason": "unattributed"}
+    assert sample(h.metrics, "mailpipe_feedback_messages_total", **labels) == 1
