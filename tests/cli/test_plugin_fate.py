@@ -23,6 +23,7 @@ from kafka import KafkaProducer
 
 from mailpipe.cli.kubectl.records import (
     FEEDBACK_RECEIVER,
+    MAILTO,
     ONE_CLICK,
     RELAY_ATTEMPT,
     SOURCE,
@@ -80,9 +81,8 @@ def _payload(ns: str, pool: str, rcpt: str, campaign: str, **kw: str) -> TokenPa
     )
 
 
-def _returned(template: str, p: TokenPayload, now: float, mail_from: str = "") -> Outcome:
-    """What the feedback receiver writes for `template` (a real report) about `p`."""
-    rx = Receiver(
+def _receiver(p: TokenPayload) -> Receiver:
+    return Receiver(
         namespace=p.namespace,
         pool=p.pool,
         bounce_domain=DOMAIN,
@@ -91,6 +91,11 @@ def _returned(template: str, p: TokenPayload, now: float, mail_from: str = "") -
         validity_seconds=60 * 86400,
         receiver_id="feedback-node1",
     )
+
+
+def _returned(template: str, p: TokenPayload, now: float, mail_from: str = "") -> Outcome:
+    """What the feedback receiver writes for `template` (a real report) about `p`."""
+    rx = _receiver(p)
     data = S.fill(
         template,
         rp=return_path(sign(p, Purpose.BOUNCE, KEYS), DOMAIN),
@@ -200,6 +205,40 @@ def test_a_fate_tells_the_relays_attempts_from_what_came_back() -> None:
     # A message whose attempts have left the events topic: what came back is still told.
     [late] = fates(spring.returned, "ann@example.test")
     assert late.summary().startswith("no attempt on the events topic")
+
+
+def test_an_unsubscribe_by_mail_is_told_from_one_click_and_from_the_relays_words() -> None:
+    rcpt = "ann@example.test"
+    p = _payload("mail", "promo", rcpt, "autumn", mailing_list="weekly")
+    by_mail = _receiver(p).decide_unsubscribe(
+        b"From: " + rcpt.encode() + b"\r\nSubject: unsubscribe\r\n\r\nplease\r\n",
+        p,
+        rcpt,
+        T0 + 9000,
+    )
+    _, by_click = unsubscribe.event_of(p, T0 + 9500)
+    # The relay skipping a later record for a complaint suppression: its reason is
+    # the suppression's ("complaint"), no feedback writer's word.
+    skipped = _attempt("mail", "autumn", rcpt, Disposition.SUPPRESSED, T0 + 9900, 0, 250)
+    skipped = skipped.model_copy(update={"reason": "complaint", "smtp_code": None})
+    events = [
+        _attempt("mail", "autumn", rcpt, Disposition.DELIVERED, T0 + 8000, 1, 250),
+        *by_mail.events,
+        Event.model_validate_json(by_click),
+        skipped,
+    ]
+    (fate,) = fates(events, rcpt)
+    assert [fate_row(e)[2] for e in fate.events] == [
+        RELAY_ATTEMPT,
+        MAILTO,
+        ONE_CLICK,
+        RELAY_ATTEMPT,
+    ]
+    assert " via mailto; " in fate.summary()
+    (sup,) = by_mail.suppressions
+    entry = live_suppressions([(b"k", encode(sup))])["k"]
+    held_here = held(rcpt, {"t": [(b"k", encode(sup))]}, {"t": "namespace mail"})
+    assert (source_kind(entry.source), held_row(held_here[0])[4]) == ("unsubscribe", MAILTO)
 
 
 def test_the_suppressions_that_hold_say_why_who_and_where() -> None:

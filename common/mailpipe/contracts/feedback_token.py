@@ -40,7 +40,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 __all__ = [
+    "BOUNCE_PREFIX",
     "DEFAULT_VALIDITY_SECONDS",
+    "UNSUBSCRIBE_PREFIX",
     "Purpose",
     "TokenError",
     "TokenKeys",
@@ -64,6 +66,9 @@ KEY_ID_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 # and bounds how long a leaked unsubscribe link stays usable.
 DEFAULT_VALIDITY_SECONDS = 60 * 86400
 _COMPRESSED, _PLAIN = "z", "p"
+# Local-part prefixes of the bounce domain's token addresses: the VERP Return-Path
+# `b-<token>` and the List-Unsubscribe mailto `u-<token>` (RFC 2369).
+BOUNCE_PREFIX, UNSUBSCRIBE_PREFIX = "b", "u"
 
 
 class Purpose(enum.StrEnum):
@@ -219,12 +224,13 @@ def verify(
     return payload
 
 
-def return_path(token: str, bounce_domain: str, prefix: str = "b") -> str:
-    """The VERP envelope sender for a message: `<prefix>-<token>@<bounce_domain>`."""
+def return_path(token: str, bounce_domain: str, prefix: str = BOUNCE_PREFIX) -> str:
+    """The VERP envelope sender for a message: `<prefix>-<token>@<bounce_domain>`
+    (with UNSUBSCRIBE_PREFIX, the address of the List-Unsubscribe mailto)."""
     return f"{prefix}-{token}@{bounce_domain}"
 
 
-def token_of_address(address: str, bounce_domain: str, prefix: str = "b") -> str | None:
+def token_of_address(address: str, bounce_domain: str, prefix: str = BOUNCE_PREFIX) -> str | None:
     """The token in a VERP address of `bounce_domain`, or None if it is not one."""
     local, at, domain = address.rpartition("@")
     if not at or domain.lower() != bounce_domain.lower():

@@ -183,10 +183,51 @@ class Disposition(enum.StrEnum):
     DEFERRED = "deferred"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
-    UNSUBSCRIBED = "unsubscribed"  # by the one-click endpoint: not an attempt's outcome
+    UNSUBSCRIBED = "unsubscribed"  # by an unsubscribe (one-click or mailto): not an attempt's
     SUPPRESSED = "suppressed"
     EXPIRED = "expired"
     FAILED = "failed"
+
+
+class FeedbackReason(enum.StrEnum):
+    """The `reason` of an event that came back after the send, in the words its
+    writer puts there and `kubectl mailpipe fate` reads back: written here once,
+    so the feedback receiver, the one-click endpoint and the plugin cannot drift.
+
+    A complaint's reason carries the report's feedback type after a colon
+    (`complaint:abuse`, made by `COMPLAINT.complaint(type)`); `of` reads any
+    reason back. The relay's
+    own reasons (a suppressed record's `complaint`, a retry's cause) are none of
+    these: `of` gives None for them."""
+
+    ASYNC_BOUNCE = "async_bounce"  # a DSN (or a free-text bounce) saying failed
+    ASYNC_DELAY = "async_delay"  # a DSN saying delivery is still being tried
+    COMPLAINT = "complaint"  # an ARF report of type abuse: written `complaint:<type>`
+    ONE_CLICK = "one-click"  # the RFC 8058 POST to the unsubscribe endpoint
+    MAILTO = "mailto"  # a mail to the List-Unsubscribe mailto (the feedback receiver)
+
+    def complaint(self, feedback_type: str) -> str:
+        """The reason of a complaint of `feedback_type` (only for COMPLAINT)."""
+        assert self is FeedbackReason.COMPLAINT
+        return f"{self.value}:{feedback_type}"
+
+    @classmethod
+    def of(cls, reason: str | None) -> FeedbackReason | None:
+        """The word of an event's `reason`, or None when no feedback writer wrote it."""
+        if reason is None:
+            return None
+        if reason.startswith(f"{cls.COMPLAINT.value}:"):
+            return cls.COMPLAINT
+        if reason == cls.COMPLAINT.value:
+            return None  # the relay's: a record skipped for a complaint suppression
+        try:
+            return cls(reason)
+        except ValueError:
+            return None
+
+    @property
+    def is_unsubscribe(self) -> bool:
+        return self in (FeedbackReason.ONE_CLICK, FeedbackReason.MAILTO)
 
 
 class Event(_Model):

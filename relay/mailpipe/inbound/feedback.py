@@ -1,8 +1,15 @@
 """What a returned message means: the decision of the feedback receiver, as a value.
 
     envelope recipient      -> b-<token>@<bounce domain>: a bounce token, verified
+                               u-<token>@<bounce domain>: an unsubscribe token (the
+                                 List-Unsubscribe mailto), verified
                                fbl@<bounce domain>: the feedback loop address
-    message
+    message to u-<token>
+      a person's mail            -> UNSUBSCRIBED event + unsubscribe suppression,
+                                    as the one-click endpoint writes them
+      a report, a bounce (null sender), a mail system's or automatic mail
+                                 -> nothing, ever (set aside, or an auto-reply)
+    message to b-<token> or the feedback loop address
       ARF, feedback-type abuse   -> COMPLAINED event + complaint suppression
       ARF, other types           -> nothing (read, not counted)
       RFC 3464 DSN, per recipient
@@ -49,14 +56,15 @@ from mailpipe.contracts.wire import (
     MAX_REPLY_LENGTH,
     Disposition,
     Event,
+    FeedbackReason,
     Suppression,
     SuppressionReason,
     domain_of,
     suppression_key,
 )
 
-from . import arf, autoreply, dsn
-from .mime import ReportError, load
+from . import arf, autoreply, dsn, unsubscription
+from .mime import ReportError, clean, load
 
 MAX_DETAIL_CHARS = 500  # of a suppression's detail
 
@@ -67,6 +75,7 @@ class Kind(enum.StrEnum):
     BOUNCE = "bounce"
     DELAY = "delay"  # a DSN saying delivery is still being tried
     COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"  # a person's mail to the List-Unsubscribe mailto
     AUTO_REPLY = "auto_reply"
     IGNORED = "ignored"  # read and understood, nothing to count (delivered, not-spam)
     SET_ASIDE = "set_aside"  # not usable: goes to the DLQ with the reason
@@ -144,6 +153,50 @@ class Receiver:
             # The email package on hostile input: a report we cannot read.
             return Outcome(Kind.SET_ASIDE, "malformed", f"{type(exc).__name__}: {str(exc)[:200]}")
 
+    def decide_unsubscribe(
+        self, data: bytes, token: TokenPayload, mail_from: str, now: float
+    ) -> Outcome:
+        """What `data`, received for `u-<token>@<bounce domain>` (the List-Unsubscribe
+        mailto; `token` verified for unsubscribing) means: the token's recipient
+        unsubscribes, exactly as by the one-click endpoint, when a person sent it.
+        A delivery or feedback report, mail from a mail system or with the null
+        sender (a bounce *to* this address, whatever it names) and an automatic
+        reply never unsubscribe anybody. Who is unsubscribed is the token's
+        recipient, never the message's From (forwarding rewrites it). Never raises."""
+        try:
+            if mail_from == "":
+                raise ReportError(
+                    "not_an_unsubscribe", "null sender: a bounce or a notice, never an unsubscribe"
+                )
+            msg = load(data)
+            if (
+                msg.get_content_type() == "multipart/report"
+                or arf.is_feedback_report(msg)
+                or dsn.is_delivery_report(msg)
+                or autoreply.is_from_daemon(msg)
+            ):
+                raise ReportError(
+                    "not_an_unsubscribe",
+                    "a report or a mail system's message, never an unsubscribe",
+                )
+            why = _automatic(msg)
+            if why is not None:
+                return Outcome(Kind.AUTO_REPLY, why, "automatic mail: never an unsubscribe")
+            if not token.recipient or token.recipient.startswith("@"):
+                raise ReportError("unattributed", "the unsubscribe token names no one recipient")
+        except ReportError as exc:
+            return Outcome(Kind.SET_ASIDE, exc.reason, str(exc))
+        except (RecursionError, ValueError, TypeError, LookupError, AttributeError) as exc:
+            return Outcome(Kind.SET_ASIDE, "malformed", f"{type(exc).__name__}: {str(exc)[:200]}")
+        how = FeedbackReason.MAILTO
+        return Outcome(
+            Kind.UNSUBSCRIBE,
+            how.value,
+            "",
+            (unsubscription.event(token, now, how, relay=self.receiver_id),),
+            (unsubscription.suppression(token, now, how),),
+        )
+
     # -- complaints ------------------------------------------------------------------
 
     def _complaint(self, fb: arf.Feedback, token: TokenPayload | None, now: float) -> Outcome:
@@ -159,7 +212,11 @@ class Receiver:
         if not recipient:
             raise ReportError("unattributed", "complaint names no recipient and its token none")
         event = self._event(
-            token, recipient, Disposition.COMPLAINED, now, reason=f"complaint:{fb.feedback_type}"
+            token,
+            recipient,
+            Disposition.COMPLAINED,
+            now,
+            reason=FeedbackReason.COMPLAINT.complaint(fb.feedback_type),
         )
         suppression = Suppression(
             address=suppression_key(recipient),
@@ -193,7 +250,11 @@ class Receiver:
                     recipient,
                     disposition,
                     now,
-                    reason="async_bounce" if kind is Kind.BOUNCE else "async_delay",
+                    reason=(
+                        FeedbackReason.ASYNC_BOUNCE
+                        if kind is Kind.BOUNCE
+                        else FeedbackReason.ASYNC_DELAY
+                    ),
                     code=code,
                     enhanced=status.status,
                     text=status.diagnostic,
@@ -326,6 +387,25 @@ def _complainant(token: TokenPayload, fb: arf.Feedback) -> str | None:
     for address in (*fb.original_rcpt_to, fb.original_to):
         if address and (not domain or domain_of(address) == domain):
             return address
+    return None
+
+
+# RFC 3834 2: mail a responder must not answer is automatic (Precedence is the
+# older convention for list and bulk mail); a person's mail client sets none.
+_AUTOMATIC_PRECEDENCE = frozenset({"bulk", "junk", "list"})
+
+
+def _automatic(msg: Message) -> str | None:
+    """Why `msg` was sent by a program rather than a person (a fixed word), or None:
+    an auto-reply, any Auto-Submitted other than `no` (RFC 3834 5.1), or bulk mail."""
+    why = autoreply.auto_reply_reason(msg)
+    if why is not None:
+        return why
+    auto = clean(msg.get("auto-submitted"), 100).lower()
+    if auto and not auto.startswith("no"):
+        return "auto_submitted"
+    if clean(msg.get("precedence"), 40).lower() in _AUTOMATIC_PRECEDENCE:
+        return "precedence"
     return None
 
 

@@ -3,7 +3,11 @@
 It is the MX of the bounce domain and nothing else. At RCPT it takes only
 
 - `b-<token>@<bounce domain>`, a VERP Return-Path whose token verifies (this
-  pool, this namespace, a key still held, not expired, made for bounces), and
+  pool, this namespace, a key still held, not expired, made for bounces),
+- `u-<token>@<bounce domain>`, the List-Unsubscribe mailto (RFC 2369) whose
+  token verifies as made for unsubscribing: a person's mail to it writes the
+  same suppression and `unsubscribed` event as the one-click endpoint (a
+  report, a bounce or an automatic reply to it unsubscribes nobody), and
 - `<fbl local part>@<bounce domain>`, the address given to providers'
   feedback loops (their ARF reports are attributed by the tokens quoted in
   the original message, checked after DATA);
@@ -48,17 +52,18 @@ from prometheus_client import CollectorRegistry, Counter
 from mailpipe.contracts.bounces import classifier_for
 from mailpipe.contracts.config import ConfigError, FeedbackSettings, RelayConfig, load_config
 from mailpipe.contracts.feedback_token import (
+    BOUNCE_PREFIX,
+    UNSUBSCRIBE_PREFIX,
     Purpose,
     TokenError,
-    TokenPayload,
     keys_from_directory,
     token_of_address,
 )
-from mailpipe.contracts.wire import encode
+from mailpipe.contracts.wire import encode, suppression_key
 from mailpipe.endpoints import ScrapeEndpoint
 
 from .feedback import Kind, Outcome, Receiver
-from .kafka_io import FeedbackProducer
+from .kafka_io import AckedProducer
 
 log = logging.getLogger("mailpipe.inbound.feedback")
 
@@ -70,18 +75,36 @@ MAX_SESSIONS = 200
 # connection that sends nothing must not keep a session slot for long.
 IDLE_TIMEOUT_SECONDS = 60
 DLQ_COPY_BYTES = 64 * 1024  # of a set-aside message kept in its DLQ copy
+# How long one report's records may take to be acknowledged before the sender
+# is told to try again (451): well under an MTA's DATA-reply timeout (10 min,
+# RFC 5321 4.5.3.2.6), long enough for a leader election.
+ACK_TIMEOUT_SECONDS = 30.0
+# How long a send may wait for a topic's metadata (kafka-python's max_block_ms).
+METADATA_WAIT_MS = 10_000
 SECONDS_PER_DAY = 86_400
 
-# A refused token's reply per reason: fixed texts, so the reply never echoes
-# what another namespace's token said (names of other tenants).
-TOKEN_REPLIES: Mapping[str, str] = MappingProxyType(
+
+def _token_replies(what: str, article: str) -> Mapping[str, str]:
+    """A refused token's reply per reason, for an address that is `what`: fixed
+    texts, so the reply never echoes what another namespace's token said (names
+    of other tenants)."""
+    return MappingProxyType(
+        {
+            "malformed": f"550 5.1.1 {{rcpt}}: no such {what} (not a token of this pool)",
+            "forged": f"550 5.7.1 {{rcpt}}: {what} signature does not verify (forged or tampered)",
+            "expired": f"550 5.1.1 {{rcpt}}: {what} expired",
+            "foreign": f"550 5.7.1 {{rcpt}}: {what} of another namespace or pool",
+            "purpose": f"550 5.7.1 {{rcpt}}: token is not {article} {what}",
+            "unknown_key": f"550 5.7.1 {{rcpt}}: {what} signed with a key no longer held",
+        }
+    )
+
+
+# The token addresses the receiver takes: local-part prefix -> (purpose, replies).
+TOKEN_ADDRESSES: Mapping[str, tuple[Purpose, Mapping[str, str]]] = MappingProxyType(
     {
-        "malformed": "550 5.1.1 {rcpt}: no such return path (not a token of this pool)",
-        "forged": "550 5.7.1 {rcpt}: return path signature does not verify (forged or tampered)",
-        "expired": "550 5.1.1 {rcpt}: return path expired",
-        "foreign": "550 5.7.1 {rcpt}: return path of another namespace or pool",
-        "purpose": "550 5.7.1 {rcpt}: token is not a return path",
-        "unknown_key": "550 5.7.1 {rcpt}: return path signed with a key no longer held",
+        BOUNCE_PREFIX: (Purpose.BOUNCE, _token_replies("return path", "a")),
+        UNSUBSCRIBE_PREFIX: (Purpose.UNSUBSCRIBE, _token_replies("unsubscribe address", "an")),
     }
 )
 
@@ -105,7 +128,7 @@ class FeedbackMetrics:
         self.messages = Counter(
             "mailpipe_feedback_messages",
             "Messages taken by the feedback receiver, by what they were (bounce, delay,"
-            " complaint, auto_reply, ignored, set_aside) and a fixed reason",
+            " complaint, unsubscribe, auto_reply, ignored, set_aside) and a fixed reason",
             ["kind", "reason"],
             registry=self.registry,
         )
@@ -170,30 +193,38 @@ class FeedbackHandler:
                 f" {self.domain} only",
             )
         if address.lower() != self.fbl:
-            token = token_of_address(address, self.domain)
-            if not token:
+            found = _token_address(address, self.domain)
+            if found is None:
                 return self._refuse(
                     "rcpt", "no_token", f"550 5.1.1 {rcpt}: no such mailbox (not a return path)"
                 )
+            token, purpose, replies = found
             try:
-                self.receiver.check_token(token, Purpose.BOUNCE, self.clock())
+                self.receiver.check_token(token, purpose, self.clock())
             except TokenError as exc:
-                reply = TOKEN_REPLIES.get(exc.reason, TOKEN_REPLIES["malformed"])
+                reply = replies.get(exc.reason, replies["malformed"])
                 return self._refuse("rcpt", exc.reason, reply.format(rcpt=rcpt))
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    def _token_of(self, rcpt: str, now: float) -> TokenPayload | None:
-        """The verified token of an accepted recipient (None: the feedback loop
-        address). Checked again rather than kept from RCPT: an HMAC is cheaper
-        than state that a dropped connection would leave behind."""
-        token = token_of_address(rcpt, self.domain)
-        if rcpt.lower() == self.fbl or not token:
-            return None
+    def _decide(self, rcpt: str, data: bytes, mail_from: str, now: float) -> Outcome:
+        """The decision for one accepted recipient: an unsubscribe at the mailto
+        address, a report everywhere else. The token is checked again rather than
+        kept from RCPT: an HMAC is cheaper than state that a dropped connection
+        would leave behind."""
+        found = _token_address(rcpt, self.domain)
+        if rcpt.lower() == self.fbl or found is None:
+            return self.receiver.decide(data, None, mail_from, now)
+        token, purpose, _ = found
         try:
-            return self.receiver.check_token(token, Purpose.BOUNCE, now)
-        except TokenError:
-            return None
+            payload = self.receiver.check_token(token, purpose, now)
+        except TokenError as exc:  # expired since RCPT (or a key removed meanwhile)
+            if purpose is Purpose.UNSUBSCRIBE:  # never read as a report
+                return Outcome(Kind.SET_ASIDE, "unattributed", f"unsubscribe token: {exc}")
+            return self.receiver.decide(data, None, mail_from, now)  # its quoted tokens may do
+        if purpose is Purpose.UNSUBSCRIBE:
+            return self.receiver.decide_unsubscribe(data, payload, mail_from, now)
+        return self.receiver.decide(data, payload, mail_from, now)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
@@ -201,10 +232,7 @@ class FeedbackHandler:
         if mail_from == "<>":
             mail_from = ""
         now = self.clock()
-        outcomes = [
-            (rcpt, self.receiver.decide(data, self._token_of(rcpt, now), mail_from, now))
-            for rcpt in envelope.rcpt_tos
-        ]
+        outcomes = [(rcpt, self._decide(rcpt, data, mail_from, now)) for rcpt in envelope.rcpt_tos]
         items: list[tuple[str, bytes | None, bytes]] = []
         produced: list[str] = []
         for rcpt, out in outcomes:
@@ -213,16 +241,19 @@ class FeedbackHandler:
                 items.append((self.events_topic, key, encode(event)))
                 produced.append(f"event_{event.disposition.value}")
             for sup in out.suppressions:
-                items.append((self.suppressions_topic, sup.address.encode(), encode(sup)))
+                # a list's entry has a key of its own (`suppression_key`)
+                sup_key = suppression_key(sup.address, sup.list).encode()
+                items.append((self.suppressions_topic, sup_key, encode(sup)))
                 produced.append(f"suppression_{sup.reason.value}")
             if out.kind is Kind.SET_ASIDE:
                 items.append((self.dlq_topic, None, dlq_copy(data, rcpt, mail_from, out)))
                 produced.append("dlq")
         try:
-            await self.sink.produce(items)
+            async with asyncio.timeout(ACK_TIMEOUT_SECONDS):
+                await self.sink.produce(items)
         except Exception as exc:  # the producer's errors, whatever the client raises
             self.metrics.kafka_failures.inc()
-            log.warning("report not recorded, answered 451: %s", exc)
+            log.warning("report not recorded, answered 451: %s: %s", type(exc).__name__, exc)
             return "451 4.3.0 Report not recorded, try again later"
         for record in produced:
             self.metrics.produced.labels(record).inc()
@@ -232,6 +263,15 @@ class FeedbackHandler:
                 log.info("report set aside: %s: %s", out.reason, out.detail)
         kinds = ", ".join(sorted({out.kind.value for _, out in outcomes}))
         return f"250 2.0.0 OK: {kinds}"
+
+
+def _token_address(address: str, domain: str) -> tuple[str, Purpose, Mapping[str, str]] | None:
+    """(token, purpose, refusal replies) of a token address of `domain`, or None."""
+    for prefix, (purpose, replies) in TOKEN_ADDRESSES.items():
+        token = token_of_address(address, domain, prefix)
+        if token:
+            return token, purpose, replies
+    return None
 
 
 def dlq_copy(data: bytes, rcpt: str, mail_from: str, out: Outcome) -> bytes:
@@ -355,7 +395,10 @@ async def serve(config: RelayConfig, receiver: Receiver) -> None:
     assert settings is not None  # build_receiver checked
     loop = asyncio.get_running_loop()
     metrics = FeedbackMetrics()
-    producer = await loop.run_in_executor(None, FeedbackProducer, config.kafka)
+    producer = AckedProducer(
+        config.kafka, f"{config.kafka.client_id}-feedback", max_block_ms=METADATA_WAIT_MS
+    )
+    await producer.started()  # as before: the receiver does not start without Kafka
     kafka = config.kafka
     handler = FeedbackHandler(
         receiver,

@@ -71,22 +71,16 @@ from mailpipe.contracts.feedback_token import (
 )
 from mailpipe.contracts.kafka_security import KafkaConnection
 from mailpipe.contracts.topics import SUPPRESSIONS_SUFFIX, Topics, namespace_space
-from mailpipe.contracts.wire import (
-    Disposition,
-    Event,
-    Suppression,
-    SuppressionReason,
-    domain_of,
-    encode,
-    suppression_key,
-)
+from mailpipe.contracts.wire import FeedbackReason, encode, suppression_key
 from mailpipe.endpoints import ScrapeEndpoint
+
+from . import unsubscription
 
 log = logging.getLogger("mailpipe.inbound.unsubscribe")
 
 PATH_PREFIX = "/u/"
 FORM_FIELD, FORM_VALUE = "List-Unsubscribe", "One-Click"  # RFC 8058 3.1
-HOW = "one-click"  # the event's reason and the suppression's detail
+HOW = FeedbackReason.ONE_CLICK  # the event's reason and the suppression's detail
 
 
 class Outcome(NamedTuple):
@@ -151,33 +145,15 @@ def judge_form(form: Mapping[str, Any]) -> Outcome | None:
 
 
 def suppression_of(payload: TokenPayload, now: float) -> tuple[bytes, bytes]:
-    """(key, value) of the suppression an unsubscribe writes."""
-    source = f"unsubscribe:{payload.campaign or payload.pool}"
-    value = Suppression(
-        address=payload.recipient,
-        reason=SuppressionReason.UNSUBSCRIBE,
-        time=now,
-        source=source,
-        detail=HOW,
-        list=payload.mailing_list,
-    )
-    return suppression_key(payload.recipient, payload.mailing_list).encode(), encode(value)
+    """(key, value) of the suppression a one-click unsubscribe writes."""
+    value = unsubscription.suppression(payload, now, HOW)
+    return suppression_key(value.address, value.list).encode(), encode(value)
 
 
 def event_of(payload: TokenPayload, now: float) -> tuple[bytes, bytes]:
     """(key, value) of the `unsubscribed` event the campaign counts."""
-    campaign = f"{payload.namespace}/{payload.campaign}" if payload.campaign else None
-    event = Event(
-        message_id=payload.message_id,
-        campaign=campaign,
-        variant=payload.variant,
-        recipient=payload.recipient,
-        domain=domain_of(payload.recipient),
-        disposition=Disposition.UNSUBSCRIBED,
-        time=now,
-        reason=HOW,
-    )
-    return (campaign or payload.recipient).encode(), encode(event)
+    event = unsubscription.event(payload, now, HOW)
+    return (event.campaign or payload.recipient).encode(), encode(event)
 
 
 def _page(title: str, text: str, confirm: bool = False) -> str:
@@ -413,7 +389,7 @@ def load_settings(path: Path) -> EndpointSettings:
 
 async def serve(settings: EndpointSettings, stop: asyncio.Event) -> None:
     """Run the endpoint (and its metrics) until `stop` is set."""
-    from .kafka_out import AckedProducer  # the Kafka client only where it is used
+    from .kafka_io import AckedProducer  # the Kafka client only where it is used
 
     registry = CollectorRegistry()
     producer = AckedProducer(settings.kafka, client_id="mailpipe-unsubscribe")

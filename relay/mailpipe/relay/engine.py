@@ -121,7 +121,16 @@ class Engine:
         part switches, so a bad reload leaves the running config whole."""
         signer = Signer(config.dkim) if config.dkim else None
         stamper = Stamper(config.feedback, config.pool) if config.feedback else None
-        links = UnsubscribeLinks(config.unsubscribe, config.pool) if config.unsubscribe else None
+        links = (
+            UnsubscribeLinks(
+                config.unsubscribe,
+                config.pool,
+                config.feedback,
+                stamper.keys if stamper is not None else None,
+            )
+            if config.unsubscribe
+            else None
+        )
         self.postponer.reconfigure(config)
         self.config = config
         self.ledger.reconfigure(config)

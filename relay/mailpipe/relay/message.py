@@ -316,12 +316,15 @@ def _message_id(record: DeliveryRecord) -> str:
     return f"<{left}@{domain}>"
 
 
-def _list_unsubscribe(unsub: ListUnsubscribe, url: str | None) -> str:
+def _list_unsubscribe(unsub: ListUnsubscribe, url: str | None, mailto: str | None) -> str:
+    """RFC 2369's list of targets, the https URL first (RFC 8058 one-click); the
+    record's own mailto, else the pool's (`u-<token>@<bounce domain>`)."""
     targets = []
     if url:
         targets.append(urllib.parse.quote(url, safe=_URL_SAFE))
-    if unsub.mailto:
-        targets.append(f"mailto:{smtp_address(unsub.mailto)}")
+    mailto = unsub.mailto or mailto
+    if mailto:
+        targets.append(f"mailto:{smtp_address(mailto)}")
     return ", ".join(f"<{t}>" for t in targets)
 
 
@@ -355,15 +358,15 @@ def _structured(
         head.append(address_line("Reply-To", content.reply_to))
     unsub = record.list_unsubscribe
     if unsub is not None:
-        url = unsub.url
+        url, mailto = unsub.url, None
         if unsub.endpoint:
             if links is None:
                 raise MessageError(
                     "the record asks for the pool's one-click unsubscribe endpoint and this"
                     " pool has none (SendingPool spec.unsubscribe)"
                 )
-            url = links.url(record, now)
-        head.append(header_line("List-Unsubscribe", _list_unsubscribe(unsub, url)))
+            url, mailto = links.targets(record, now)
+        head.append(header_line("List-Unsubscribe", _list_unsubscribe(unsub, url, mailto)))
         if unsub.one_click:
             head.append(header_line("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     for name, value in content.headers:

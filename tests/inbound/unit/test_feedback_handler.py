@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
 from aiosmtpd.smtp import Envelope
 
 from mailpipe.contracts.config import FeedbackSettings
 from mailpipe.contracts.feedback_token import Purpose, return_path, sign
 from mailpipe.devstack.procs import free_port
+from mailpipe.inbound import feedback_server
 from mailpipe.inbound.feedback_server import FeedbackHandler, FeedbackMetrics, start_server
 
 from .. import samples as S
@@ -127,3 +129,20 @@ async def test_a_connection_flood_beyond_the_session_cap_is_answered_421() -> No
             w.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_report_kafka_never_acknowledges_is_answered_451_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Silent(Sink):
+        async def produce(self, items: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+            await asyncio.Event().wait()  # a broker that takes the records and never answers
+
+    monkeypatch.setattr(feedback_server, "ACK_TIMEOUT_SECONDS", 0.05)
+    h = handler(Silent())
+    rp = return_path(sign(payload(), Purpose.BOUNCE, KEYS), DOMAIN)
+    env = Envelope()
+    env.mail_from, env.rcpt_tos = "<>", [rp]
+    env.original_content = S.fill(S.POSTFIX_DSN, rp=rp, rcpt=RCPT)
+    assert (await h.handle_DATA(None, None, env)).startswith("451 4.3.0")  # type: ignore[arg-type]
+    assert sample(h.metrics, "mailpipe_feedback_kafka_failures_total") == 1

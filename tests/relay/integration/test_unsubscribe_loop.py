@@ -21,7 +21,7 @@ from mailpipe.contracts.feedback_token import keys_from_directory
 from mailpipe.contracts.wire import ListUnsubscribe
 from mailpipe.devstack.procs import free_port
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
-from mailpipe.inbound.kafka_out import AckedProducer
+from mailpipe.inbound.kafka_io import AckedProducer
 from mailpipe.inbound.unsubscribe import EndpointSettings, Metrics, UnsubscribeEndpoint
 
 from .conftest import Pool, RelayProcess, wait_for

@@ -1,7 +1,8 @@
 """The pool's one-click unsubscribe URL in a composed message (issue 20, item 5):
 signed per recipient by the relay, verifiable by the endpoint, under a DKIM
 signature whose h= tag covers List-Unsubscribe and List-Unsubscribe-Post
-(RFC 8058 3.3), and list-scoped suppressions in the relay."""
+(RFC 8058 3.3), and list-scoped suppressions in the relay. With a feedback
+receiver, a `mailto:u-<token>@<bounce domain>` beside the URL (RFC 2369)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,15 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from mailpipe.contracts.config import DKIMSettings, UnsubscribeSettings
-from mailpipe.contracts.feedback_token import Purpose, keys_from_directory, verify
+from mailpipe.contracts.config import DKIMSettings, FeedbackSettings, UnsubscribeSettings
+from mailpipe.contracts.feedback_token import (
+    UNSUBSCRIBE_PREFIX,
+    Purpose,
+    TokenError,
+    keys_from_directory,
+    token_of_address,
+    verify,
+)
 from mailpipe.contracts.suppressions import SuppressionList
 from mailpipe.contracts.wire import DeliveryRecord, decode_record, suppression_key
 from mailpipe.devstack.certs import write_rsa_key
@@ -102,8 +110,9 @@ def _tags(signature: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in flat.split(";") if "=" in part)
 
 
+@pytest.mark.parametrize("with_mailto", [False, True], ids=["url", "url-and-mailto"])
 def test_the_dkim_signature_covers_both_list_unsubscribe_headers(
-    links: UnsubscribeLinks, tmp_path: Path
+    links: UnsubscribeLinks, tmp_path: Path, feedback_keys: Path, with_mailto: bool
 ) -> None:
     key = write_rsa_key(tmp_path / "k.pem")
     public = key.public_key().public_bytes(
@@ -113,7 +122,8 @@ def test_the_dkim_signature_covers_both_list_unsubscribe_headers(
     signer = Signer(
         DKIMSettings(domain="sender.test", selector="s1", private_key_path=str(tmp_path / "k.pem"))
     )
-    data = build_message(record(), time.time(), signer, links=links)
+    chosen = links_with_mailto(tmp_path, feedback_keys) if with_mailto else links
+    data = build_message(record(), time.time(), signer, links=chosen)
 
     def dns(name: bytes, timeout: int = 5) -> bytes:
         assert name == b"s1._domainkey.sender.test."
@@ -122,9 +132,12 @@ def test_the_dkim_signature_covers_both_list_unsubscribe_headers(
     assert dkim.verify(data, dnsfunc=dns)
     signed = {h.lower() for h in _tags(str(_headers(data)["DKIM-Signature"]))["h"].split(":")}
     assert {"list-unsubscribe", "list-unsubscribe-post"} <= signed
-    # and a changed URL breaks the signature: the header really is covered
+    # and a changed URL or mailto breaks the signature: the header really is covered
     tampered = data.replace(BASE.encode(), b"https://evil.test/u/x")
     assert not dkim.verify(tampered, dnsfunc=dns)
+    if with_mailto:
+        tampered = data.replace(b"mailto:u-", b"mailto:x-")
+        assert tampered != data and not dkim.verify(tampered, dnsfunc=dns)
 
 
 def test_a_list_suppression_stops_that_lists_records_only() -> None:
@@ -135,3 +148,64 @@ def test_a_list_suppression_stops_that_lists_records_only() -> None:
     assert held.reason("ann@dest.test") is None
     held.lift(suppression_key("ann@dest.test", "news"))  # the topic's tombstone
     assert held.reason("ann@dest.test", "news") is None
+
+
+BOUNCE_DOMAIN = "bounce.sender.test"
+
+
+@pytest.fixture
+def feedback_keys(tmp_path: Path) -> Path:
+    keys = tmp_path / "feedback-keys"
+    keys.mkdir()
+    (keys / "kf").write_bytes(b"f" * 32)  # another Secret than the endpoint's
+    return keys
+
+
+def links_with_mailto(tmp_path: Path, feedback_keys: Path) -> UnsubscribeLinks:
+    feedback = FeedbackSettings(bounce_domain=BOUNCE_DOMAIN, keys_path=str(feedback_keys))
+    settings = UnsubscribeSettings(base_url=BASE, keys_dir=str(tmp_path / "keys"))
+    return UnsubscribeLinks(settings, "mail/pool", feedback)
+
+
+def _targets(header: str) -> list[str]:
+    return [t.strip().removeprefix("<").removesuffix(">") for t in header.split(",")]
+
+
+def test_with_a_feedback_receiver_a_mailto_at_the_bounce_domain_follows_the_url(
+    links: UnsubscribeLinks, tmp_path: Path, feedback_keys: Path
+) -> None:
+    now = time.time()
+    with_mailto = links_with_mailto(tmp_path, feedback_keys)
+    msg = _headers(build_message(record(), now, links=with_mailto))
+    url, mailto = _targets(str(msg["List-Unsubscribe"]))
+    assert url.startswith(BASE)  # RFC 8058's https first: clients take the leftmost they can
+    assert mailto.startswith("mailto:u-") and mailto.endswith("@" + BOUNCE_DOMAIN)
+    token = token_of_address(mailto.removeprefix("mailto:"), BOUNCE_DOMAIN, UNSUBSCRIBE_PREFIX)
+    assert token is not None
+    # Signed with the feedback receiver's keys, for unsubscribing, naming what the URL names.
+    held = keys_from_directory(feedback_keys)
+    by_mail = verify(token, Purpose.UNSUBSCRIBE, held, now=now, namespace="mail")
+    by_url = verify(
+        url[len(BASE) :], Purpose.UNSUBSCRIBE, keys_from_directory(tmp_path / "keys"), now=now
+    )
+    assert by_mail == by_url and by_mail.mailing_list == "news"
+    with pytest.raises(TokenError):  # it is no return path
+        verify(token, Purpose.BOUNCE, held, now=now)
+    # Without a feedback receiver there is no mailto; a record's own mailto stays its own.
+    plain = str(_headers(build_message(record(), now, links=links))["List-Unsubscribe"])
+    assert len(_targets(plain)) == 1 and "mailto" not in plain
+    own = record(list_unsubscribe={"endpoint": True, "mailto": "leave@sender.test"})
+    header = str(_headers(build_message(own, now, links=with_mailto))["List-Unsubscribe"])
+    assert _targets(header)[1] == "mailto:leave@sender.test"
+
+
+def test_one_secret_for_both_signs_one_token_for_url_and_mailto(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "ka").write_bytes(b"k" * 32)
+    feedback = FeedbackSettings(bounce_domain=BOUNCE_DOMAIN, keys_path=str(keys))
+    settings = UnsubscribeSettings(base_url=BASE, keys_dir=str(keys))
+    targets = UnsubscribeLinks(settings, "mail/pool", feedback).targets(record(), time.time())
+    assert targets.mailto is not None
+    token = token_of_address(targets.mailto, BOUNCE_DOMAIN, UNSUBSCRIBE_PREFIX)
+    assert targets.url == BASE + str(token)

@@ -12,9 +12,11 @@ another key would leave the old record to come back at the next relay start.
 
 What came back after a message was sent is on the same events topic as the
 relay's attempts: the feedback receiver's `bounced`/`deferred` (asynchronous
-DSNs) and `complained` events, and the unsubscribe endpoint's `unsubscribed`.
-`origin` tells them apart by what each writer puts in `reason`, so a fate says
-which line was an attempt and which came back later, and from where.
+DSNs) and `complained` events, and the `unsubscribed` of the one-click
+endpoint or of a mail to the List-Unsubscribe mailto (the feedback receiver).
+`origin` tells them apart by the word each writer puts in `reason`
+(`wire.FeedbackReason`, the writers' and this plugin's one list), so a fate
+says which line was an attempt and which came back later, and from where.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mailpipe.contracts.topics import (
 from mailpipe.contracts.wire import (
     Disposition,
     Event,
+    FeedbackReason,
     Recipient,
     Suppression,
     SuppressionReason,
@@ -50,13 +53,11 @@ UNDECODABLE = "undecodable"  # what the relay records for a value it cannot deco
 # relay gives a value it cannot decode (it still suppresses its key).
 REASONS = (*(r.value for r in SuppressionReason), UNDECODABLE)
 
-# Who wrote an event, from its `reason` (the writers' own words):
+# Who wrote an event, from its `reason` (`FeedbackReason`, the writers' own words):
 RELAY_ATTEMPT = "relay attempt"
 FEEDBACK_RECEIVER = "feedback receiver"
-ONE_CLICK = "one-click"  # mailpipe.inbound.unsubscribe: HOW, the event's reason
-# mailpipe.inbound.feedback: the reason of an event made from a DSN; a complaint's
-# reason is "complaint:<feedback type>".
-ASYNC_REASONS = frozenset({"async_bounce", "async_delay"})
+ONE_CLICK = FeedbackReason.ONE_CLICK.value  # an unsubscribe says how it came
+MAILTO = FeedbackReason.MAILTO.value
 
 # What wrote a suppression, from its `source` (the writers' own spellings):
 #   relay        "<namespace>/<pool>"                 a bounce at RCPT (relay settlement)
@@ -223,10 +224,16 @@ def held(
 def origin(e: Event) -> str:
     """Who wrote `e`: the relay (an attempt, or a record skipped or cancelled), the
     feedback receiver (an asynchronous bounce or delay, a complaint), or the
-    way an unsubscribe came (the one-click endpoint, or another's `reason`)."""
+    way an unsubscribe came (one-click, mailto, or another writer's `reason`)."""
+    why = FeedbackReason.of(e.reason)
     if e.disposition is Disposition.UNSUBSCRIBED:
-        return ONE_CLICK if e.reason == ONE_CLICK else f"unsubscribe ({e.reason or 'unknown'})"
-    if e.disposition is Disposition.COMPLAINED or (e.reason or "") in ASYNC_REASONS:
+        if why is not None and why.is_unsubscribe:
+            return why.value
+        return f"unsubscribe ({e.reason or 'unknown'})"
+    if e.disposition is Disposition.COMPLAINED or why in (
+        FeedbackReason.ASYNC_BOUNCE,
+        FeedbackReason.ASYNC_DELAY,
+    ):
         return FEEDBACK_RECEIVER
     return RELAY_ATTEMPT
 

@@ -18,7 +18,6 @@ none (`Applied.failure` says what went wrong, for the events and metrics).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import ssl
@@ -35,6 +34,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from mailpipe.contracts.delivery import DeliveryPolicy, destination_refusal
 from mailpipe.contracts.tls_outcome import TLSFailure
 
+from .lookups import SingleFlight
 from .mta_sts import (
     MAX_POLICY_BYTES,
     POLICY_PATH,
@@ -146,19 +146,13 @@ class PolicyFetcher:
         # domain -> (valid until, the STSv1 record, None, or why it is invalid)
         self._records: dict[str, tuple[float, STSRecord | InvalidPolicy | None]] = {}
         self._failed: dict[tuple[str, str], tuple[float, TLSFailure]] = {}
-        self._inflight: dict[str, asyncio.Future[Applied]] = {}
+        self._flights: SingleFlight[Applied] = SingleFlight()
 
     async def applied(self, domain: str) -> Applied:
         """The policy in force for `domain` (an A-label name); never raises for
         DNS or HTTPS trouble: that is `Applied.failure`."""
-        lookup = self._inflight.get(domain)
-        if lookup is None:
-            # One lookup per domain however many lanes ask; a task of its own so
-            # a cancelled caller does not cancel it for the others.
-            lookup = asyncio.ensure_future(self._applied(domain))
-            self._inflight[domain] = lookup
-            lookup.add_done_callback(lambda _: self._inflight.pop(domain, None))
-        return await asyncio.shield(lookup)
+        # One lookup per domain however many lanes ask.
+        return await self._flights.run(domain, lambda: self._applied(domain))
 
     async def _applied(self, domain: str) -> Applied:
         record = await self._record(domain)

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -59,6 +58,7 @@ from mailpipe.contracts.delivery import destination_refusal, forbidden_reason
 from mailpipe.contracts.errors import PermanentError, TemporaryError
 
 from ..addresses import AddressLiteral, InvalidDomain, ascii_domain
+from .lookups import CachedLookups
 
 __all__ = [
     "AddressLiteral",
@@ -109,12 +109,9 @@ MAX_MX_ADDRESSES = 5
 # local resolvers (dnsmasq dns-forward-max 150) so each query is answered within
 # its lifetime; a burst of new domains queues here instead of timing out there.
 MAX_CONCURRENT_LOOKUPS = 64
-MAX_CACHE_ENTRIES = 100_000  # domains remembered; past it the oldest are dropped
 
 # EDNS payload with DO: the DNS flag day 2020 size, no fragmentation on any path.
 EDNS_PAYLOAD_BYTES = 1232
-
-_Cached = tuple[float, list[Route] | Exception]  # (valid until, routes or the failure)
 
 
 def stub_resolver(config: RelayConfig) -> dns.asyncresolver.Resolver:
@@ -141,15 +138,22 @@ def authentic(response: object) -> bool:
 
 class MXResolver:
     def __init__(self, config: RelayConfig) -> None:
-        self._cache: dict[str, _Cached] = {}
-        self._inflight: dict[str, asyncio.Future[list[Route]]] = {}  # name -> its one lookup
+        self._lookups = CachedLookups(
+            self._lookup,
+            {
+                TemporaryDNSError: NEGATIVE_CACHE_SECONDS,
+                NullMX: PERMANENT_CACHE_SECONDS,
+                NoSuchDomain: PERMANENT_CACHE_SECONDS,
+                UnroutableDomain: PERMANENT_CACHE_SECONDS,
+            },
+        )
         self._slots: asyncio.Semaphore | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
         self._resolver = stub_resolver(config)
-        self._cache.clear()
+        self._lookups.clear()
 
     async def routes(self, domain: str) -> list[Route]:
         """Hosts to try in order, at most MAX_MX_ADDRESSES; raises InvalidDomain
@@ -161,42 +165,7 @@ class MXResolver:
         static = self.config.routes.get(name)
         if static:
             return [Route(r.host, r.port, r.host) for r in static]
-        now = time.monotonic()
-        cached = self._cache.get(name)
-        if cached is not None and cached[0] > now:
-            if isinstance(cached[1], Exception):
-                raise cached[1]
-            return cached[1]
-        lookup = self._inflight.get(name)
-        if lookup is None:
-            # One query per domain however many lanes ask at once; a task of its
-            # own, so a caller that is cancelled does not cancel it for the others.
-            lookup = asyncio.ensure_future(self._resolve(name))
-            self._inflight[name] = lookup
-            lookup.add_done_callback(lambda _: self._inflight.pop(name, None))
-        return await asyncio.shield(lookup)
-
-    async def _resolve(self, name: str) -> list[Route]:
-        """One lookup, cached with its outcome."""
-        try:
-            routes, ttl = await self._lookup(name)
-        except TemporaryDNSError as exc:
-            self._remember(name, NEGATIVE_CACHE_SECONDS, exc)
-            raise
-        except (NullMX, NoSuchDomain, UnroutableDomain) as exc:
-            self._remember(name, PERMANENT_CACHE_SECONDS, exc)
-            raise
-        self._remember(name, ttl, routes)
-        return routes
-
-    def _remember(self, name: str, seconds: float, outcome: list[Route] | Exception) -> None:
-        now = time.monotonic()
-        if len(self._cache) >= MAX_CACHE_ENTRIES:
-            for key in [k for k, (until, _) in self._cache.items() if until <= now]:
-                del self._cache[key]
-            while len(self._cache) >= MAX_CACHE_ENTRIES:
-                del self._cache[next(iter(self._cache))]  # oldest entry first
-        self._cache[name] = (now + seconds, outcome)
+        return await self._lookups.get(name)
 
     async def query(self, name: str, rdtype: str) -> dns.resolver.Answer:
         """One query through the pool's resolver and the concurrency bound (MTA-STS
