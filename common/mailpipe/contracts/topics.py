@@ -35,6 +35,9 @@ TOPIC_ROOT = "mailpipe"
 NEVER_MAIL_TOPIC = f"{TOPIC_ROOT}._cluster.never-mail"
 SUPPRESSIONS_SUFFIX = "suppressions"  # compacted, keyed by lower-cased address
 CONTROL_SUFFIX = "campaigns"  # compacted, keyed by 'namespace/name'
+# compacted, keyed by submission id: the submission endpoint's ledger of accepted
+# messages (`mailpipe.inbound.submission_kafka`), only for a pool that has one
+SUBMITTED_SUFFIX = "submitted"
 GROUP_SUFFIX = "relays"
 
 
@@ -89,6 +92,8 @@ class Topics:
     delay: dict[DelayStep, str] = field(default_factory=dict)
     obeyed: tuple[str, ...] = (NEVER_MAIL_TOPIC,)
     """Suppression topics this pool obeys but never writes."""
+    submitted: str = ""
+    """The submission endpoint's ledger (created only for a pool with the endpoint)."""
 
     @classmethod
     def for_prefix(
@@ -107,6 +112,7 @@ class Topics:
             suppressions=f"{prefix}.{SUPPRESSIONS_SUFFIX}" if routed else shared,
             control=f"{space}.{CONTROL_SUFFIX}",
             obeyed=(shared, NEVER_MAIL_TOPIC) if routed else (NEVER_MAIL_TOPIC,),
+            submitted=f"{prefix}.{SUBMITTED_SUFFIX}",
         )
 
     @classmethod
@@ -162,10 +168,10 @@ def namespace_acls(namespace: str) -> list[Acl]:
 def owned_topics(prefix: str, existing: Iterable[str]) -> list[str]:
     """The topics among `existing` that belong to the pool with `prefix`:
     outbound, events, DLQ and every delay topic, including those of delay
-    steps the pool no longer lists, and a routed pool's own suppressions.
-    Sorted. Never the namespace's or the cluster's topics."""
+    steps the pool no longer lists, a routed pool's own suppressions and the
+    submission endpoint's ledger. Sorted. Never the namespace's or the cluster's topics."""
     own = {f"{prefix}.outbound", f"{prefix}.events", f"{prefix}.dlq"}
-    own.add(f"{prefix}.{SUPPRESSIONS_SUFFIX}")
+    own |= {f"{prefix}.{SUPPRESSIONS_SUFFIX}", f"{prefix}.{SUBMITTED_SUFFIX}"}
     delay = f"{prefix}.delay."
     out = []
     for name in existing:

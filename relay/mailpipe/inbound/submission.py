@@ -33,6 +33,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from mailpipe.contracts.logformat import JSONFormatter
+from mailpipe.contracts.submission_users import SubmissionUser
 from mailpipe.contracts.suppressions import SuppressionList
 from mailpipe.contracts.wire import encode
 from mailpipe.endpoints import Probe, ScrapeEndpoint
@@ -46,7 +47,6 @@ from .submission_policy import (
     Reply,
     SubmissionConfig,
     SubmissionConfigError,
-    SubmissionUser,
     SuppressedRecipients,
     address_domain_allowed,
     build_records,
@@ -357,6 +357,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--config", type=Path, required=True, help="submission config (YAML)")
     serve.add_argument("--log-level", default=os.environ.get("MAILPIPE_LOG_LEVEL", "info"))
     serve.add_argument(
+        "--transactional-id",
+        help="this replica's Kafka transactional id, over the config's (the operator passes"
+        " one per pod: two replicas sharing one would fence each other)",
+    )
+    serve.add_argument(
         "--ensure-topics",
         action="store_true",
         help="create the ledger topic if missing (dev and tests; the operator does it)",
@@ -384,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
     except (SubmissionConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2
+    if args.transactional_id:
+        config = config.model_copy(update={"transactional_id": args.transactional_id})
     if args.ensure_topics:
         ensure_topics(config.kafka, [config.ledger], 1, 1, compacted=[config.ledger])
     return asyncio.run(_serve(config, users))
