@@ -146,21 +146,23 @@ class Topics:
 class Acl:
     """One Kafka ACL a platform team grants (README, "Multi-tenancy and security")."""
 
-    resource: str  # "topic" or "group"
+    resource: str  # "topic", "group" or "transactional_id"
     name: str
     prefixed: bool  # a PREFIXED pattern, else LITERAL
     operations: tuple[str, ...]  # Kafka operation names: Read, Write, Describe
 
 
 def namespace_acls(namespace: str) -> list[Acl]:
-    """What the relays of `namespace` (their own principal) need, and nothing
-    more: every topic and group of the namespace's space, and reading the
-    never-mail list. Topic creation stays with the operator's principal;
-    writing the never-mail list with the platform's."""
+    """What the relays and inbound endpoints of `namespace` (their own principal)
+    need, and nothing more: every topic and group of the namespace's space, the
+    transactional ids there (the submission endpoint's, `<prefix>.submitted.<pod>`),
+    and reading the never-mail list. Topic creation stays with the operator's
+    principal; writing the never-mail list with the platform's."""
     space = namespace_space(namespace) + "."
     return [
         Acl("topic", space, True, ("Read", "Write", "Describe")),
         Acl("group", space, True, ("Read", "Describe")),
+        Acl("transactional_id", space, True, ("Write", "Describe")),
         Acl("topic", NEVER_MAIL_TOPIC, False, ("Read", "Describe")),
     ]
 
