@@ -17,6 +17,7 @@ import yaml
 from mailpipe.devstack.harness import Child
 from mailpipe.inbound.submission_policy import hash_password
 from mailpipe.kafkakit import list_topics
+from mailpipe.operator.pool import SECRETS_HASH_ANNOTATION
 from tests.relay.mx_certs import make_certs
 
 from .conftest import get, kubectl, pool_manifest, wait_for
@@ -64,6 +65,21 @@ def _users_secret(env: dict[str, str], namespace: str, users: dict[str, Any], tm
     assert manifest.returncode == 0, manifest.stderr
     done = kubectl(env, "apply", "-f", "-", stdin=manifest.stdout)
     assert done.returncode == 0, done.stderr
+
+
+def _secrets_hash(env: dict[str, str], namespace: str, name: str) -> str | None:
+    deployment = get(env, "deployment", name, namespace) or {}
+    template = (deployment.get("spec") or {}).get("template") or {}
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(SECRETS_HASH_ANNOTATION)
+    return value if isinstance(value, str) else None
+
+
+def _reverted(env: dict[str, str], namespace: str) -> list[str]:
+    """The messages of the pool's ChildReverted Events (the children timer's)."""
+    out = kubectl(env, "get", "events", "-n", namespace, "-o", "json")
+    events = json.loads(out.stdout)["items"]
+    return [e["message"] for e in events if e.get("reason") == "ChildReverted"]
 
 
 def _wait_reason(env: dict[str, str], namespace: str, reason: str, op: Child) -> dict[str, Any]:
@@ -142,6 +158,21 @@ def test_the_endpoint_waits_for_good_secrets_comes_with_its_field_and_goes_witho
     assert ports["submission"] == 587 and ports["submissions"] == 465 and "metrics" in ports
     ledger = f"{topic_prefix}.submitted"
     wait_for(lambda: ledger in list_topics(kafka_bootstrap), SECONDS, "the ledger topic", op)
+
+    # A new user rolls the endpoint (its pod template's Secrets hash), by the
+    # reconcile that saw the Secret change, not by the children timer putting
+    # back a "drifted" child; the relays keep their pods.
+    relay_before = _secrets_hash(env, namespace, "mailpipe-relay-news")
+    endpoint_before = _secrets_hash(env, namespace, NAME)
+    _users_secret(env, namespace, {**good, "other": good["app"]}, tmp_path)
+    wait_for(
+        lambda: _secrets_hash(env, namespace, NAME) not in (endpoint_before, None),
+        SECONDS,
+        "the endpoint rolled for the new user",
+        op,
+    )
+    assert _secrets_hash(env, namespace, "mailpipe-relay-news") == relay_before
+    assert not [m for m in _reverted(env, namespace) if NAME in m], _reverted(env, namespace)
 
     apply()  # the field removed
     wait_for(lambda: _children(env, namespace) == [False] * len(KINDS), SECONDS, "removed", op)
