@@ -92,8 +92,6 @@ class Topics:
     delay: dict[DelayStep, str] = field(default_factory=dict)
     obeyed: tuple[str, ...] = (NEVER_MAIL_TOPIC,)
     """Suppression topics this pool obeys but never writes."""
-    submitted: str = ""
-    """The submission endpoint's ledger (created only for a pool with the endpoint)."""
 
     @classmethod
     def for_prefix(
@@ -112,7 +110,6 @@ class Topics:
             suppressions=f"{prefix}.{SUPPRESSIONS_SUFFIX}" if routed else shared,
             control=f"{space}.{CONTROL_SUFFIX}",
             obeyed=(shared, NEVER_MAIL_TOPIC) if routed else (NEVER_MAIL_TOPIC,),
-            submitted=f"{prefix}.{SUBMITTED_SUFFIX}",
         )
 
     @classmethod
@@ -132,6 +129,12 @@ class Topics:
             space=namespace_space(namespace),
             routed=routed,
         )
+
+    @property
+    def submitted(self) -> str:
+        """The submission endpoint's ledger, beside the outbound topic (created
+        only for a pool with the endpoint, so not in `all` or `compacted`)."""
+        return f"{self.outbound.removesuffix('.outbound')}.{SUBMITTED_SUFFIX}"
 
     def all(self) -> list[str]:
         """The pool's own topics, in creation order (the compacted ones are in `compacted`)."""
