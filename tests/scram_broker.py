@@ -123,7 +123,11 @@ def _ready(admin: KafkaConnection) -> bool:
 
 def tenant_acls(principal: str, namespace: str) -> list[ACL]:
     """README's ACLs for one namespace's principal (`contracts.topics.namespace_acls`)."""
-    kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
+    kinds = {
+        "topic": ResourceType.TOPIC,
+        "group": ResourceType.GROUP,
+        "transactional_id": ResourceType.TRANSACTIONAL_ID,
+    }
     return [
         ACL(
             principal=principal,

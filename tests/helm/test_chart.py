@@ -314,7 +314,11 @@ def test_service_monitors_render_only_where_their_crd_exists() -> None:
     assert not [d for d in render(enabled) if d["kind"] == "ServiceMonitor"]
     docs = render(enabled, api_versions=(SERVICE_MONITOR_API,))
     monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceMonitor"}
-    assert set(monitors) == {"rel-mailpipe-relays", "rel-mailpipe-operator"}
+    assert set(monitors) == {
+        "rel-mailpipe-relays",
+        "rel-mailpipe-endpoints",
+        "rel-mailpipe-operator",
+    }
     service = next(d for d in docs if d["kind"] == "Service")
     selector = monitors["rel-mailpipe-operator"]["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()

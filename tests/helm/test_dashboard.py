@@ -12,13 +12,15 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from mailpipe.inbound import feedback, submission, unsubscribe
+from mailpipe.inbound.feedback_server import FeedbackMetrics
 from mailpipe.operator import metrics as operator_metrics
 from mailpipe.relay import metrics as relay_metrics
 
@@ -26,11 +28,34 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "helm" / "mailpipe" / "dashboards" / "mailpipe.json"
 RELAY_SOURCES = ROOT / "relay" / "mailpipe" / "relay"
 OPERATOR_SOURCES = ROOT / "operator" / "mailpipe" / "operator"
-# Each metrics class, with the sources that must write its metrics.
-EXPORTERS = [relay_metrics.RelayMetrics, operator_metrics.OperatorMetrics]
+INBOUND_SOURCES = ROOT / "relay" / "mailpipe" / "inbound"
+# Every process that exports metrics (relay, operator, and each inbound endpoint
+# the operator runs for a pool): its metrics object made in a registry, and the
+# sources that must write its metrics. `test_every_declared_metric_has_an_exporter`
+# keeps this list whole.
+EXPORTERS: dict[str, Callable[[CollectorRegistry], object]] = {
+    "relay": relay_metrics.RelayMetrics,
+    "operator": operator_metrics.OperatorMetrics,
+    "feedback": FeedbackMetrics,
+    "unsubscribe": unsubscribe.Metrics.create,
+    "submission": submission.SubmissionMetrics,
+}
 SOURCES = {
-    relay_metrics.RelayMetrics: RELAY_SOURCES,
-    operator_metrics.OperatorMetrics: OPERATOR_SOURCES,
+    "relay": RELAY_SOURCES,
+    "operator": OPERATOR_SOURCES,
+    "feedback": INBOUND_SOURCES,
+    "unsubscribe": INBOUND_SOURCES,
+    "submission": INBOUND_SOURCES,
+}
+ENDPOINTS = ("feedback", "unsubscribe", "submission")
+# The words an endpoint's counter labels can hold, from the code's own
+# declarations: a panel filtering on another word would stay empty.
+LABEL_WORDS: dict[tuple[str, str], set[str]] = {
+    ("mailpipe_feedback_messages_total", "kind"): {k.value for k in feedback.Kind},
+    ("mailpipe_unsubscribe_requests_total", "outcome"): set(unsubscribe.OUTCOMES),
+    ("mailpipe_submission_refused_total", "reason"): set(submission.REFUSAL_REASONS),
+    ("mailpipe_submission_messages_total", "outcome"): set(submission.MESSAGE_OUTCOMES),
+    ("mailpipe_submission_logins_total", "result"): set(submission.LOGIN_RESULTS),
 }
 # Operator families without a `pool` label (per namespace only). Relay series get
 # `namespace` and `pool` from the ServiceMonitor (Prometheus' target namespace and
@@ -103,12 +128,13 @@ def queried() -> dict[str, set[str]]:
     }
 
 
-def exported() -> dict[str, str]:
-    """Exported series name -> its metric family, from the metric objects themselves."""
+def exported(names: Iterator[str] | tuple[str, ...] | None = None) -> dict[str, str]:
+    """Exported series name -> its metric family, from the metric objects themselves
+    (of the exporters `names`, default all)."""
     series = {}
-    for exporter in EXPORTERS:
+    for name in names if names is not None else EXPORTERS:
         registry = CollectorRegistry()
-        exporter(registry)
+        EXPORTERS[name](registry)
         for family in registry.collect():
             for suffix in SUFFIXES[family.type]:
                 series[family.name + suffix] = family.name
@@ -134,11 +160,11 @@ def _written_attributes(sources: Path) -> set[str]:
     return read
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS, ids=lambda e: e.__name__)
-def test_every_queried_metric_is_written_by_its_exporter(exporter: type) -> None:
+@pytest.mark.parametrize("exporter", list(EXPORTERS))
+def test_every_queried_metric_is_written_by_its_exporter(exporter: str) -> None:
     """A declared metric nobody sets exports no series: its panel stays empty."""
     registry = CollectorRegistry()
-    metrics = exporter(registry)
+    metrics = EXPORTERS[exporter](registry)
     family_of_attribute = {}
     for attribute, value in vars(metrics).items():
         for family in getattr(value, "collect", lambda: [])():
@@ -204,3 +230,81 @@ def test_every_panel_follows_the_variables() -> None:
                 if not all(w in matchers for w in wanted):
                     unfiltered.append(f"{panel['title']}: {name}{matchers}")
     assert unfiltered == []
+
+
+_DECLARED = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary|Info|Enum)\(\s*\"(mailpipe_\w+)\"")
+
+
+def test_every_declared_metric_has_an_exporter() -> None:
+    """A metric declared anywhere in the code belongs to an exporter this test
+    knows, so a new endpoint's metrics are checked too (and a panel naming a
+    metric no process exports fails above)."""
+    declared = set()
+    for root in (RELAY_SOURCES, OPERATOR_SOURCES, INBOUND_SOURCES):
+        for path in root.rglob("*.py"):
+            declared |= set(_DECLARED.findall(path.read_text()))
+    assert "mailpipe_submission_refused" in declared  # the scan sees the endpoints
+    families = set(exported().values())
+    assert sorted(declared - families) == []
+
+
+def test_each_endpoint_shows_what_it_accepted_refused_and_could_not_parse() -> None:
+    """Issue 20's wiring: per endpoint, panels for accepted, refused by reason and
+    parse failures, each selecting that endpoint's own series."""
+    panels = queried()
+    for endpoint in ENDPOINTS:
+        own = set(exported((endpoint,)))
+        for topic in ("accepted", "refused by reason", "parse failures"):
+            [title] = [t for t in panels if t.startswith("Inbound") and topic in t]
+            assert panels[title] & own, f"{title!r} shows nothing of the {endpoint} endpoint"
+
+
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def test_panels_filter_only_on_words_the_endpoints_write() -> None:
+    wrong = []
+    for panel in _panels(_dashboard()["panels"]):
+        for target in panel.get("targets", []):
+            for name, matchers in _selectors(target["expr"]):
+                for label, _, value in _MATCHER.findall(matchers):
+                    words = LABEL_WORDS.get((name, label))
+                    if words is not None and set(value.split("|")) - words:
+                        wrong.append(f"{panel['title']}: {name} {label}={value!r}")
+    assert wrong == []
+
+
+def test_the_endpoints_service_monitor_scrapes_every_endpoint_service() -> None:
+    """The operator's endpoint Services carry what the chart's ServiceMonitor selects:
+    its labels and a port named as the monitor's endpoint says."""
+    from mailpipe.operator.models import SendingPoolSpec
+    from mailpipe.operator.pool import PoolRef, build_children
+
+    template = (ROOT / "helm" / "mailpipe" / "templates" / "servicemonitor.yaml").read_text()
+    monitor = template.split("---")[1]  # the endpoints' ServiceMonitor
+    assert "-endpoints" in monitor
+    values = re.search(r"values: \[([^\]]*)\]", monitor)
+    assert values is not None
+    components = {v.strip() for v in values[1].split(",")}
+    spec = SendingPoolSpec.model_validate(
+        {
+            "kafka": {"bootstrapServers": "kafka:9092"},
+            "egressIPs": [{"address": "10.0.0.5", "helo": "mta1.example.com"}],
+            "feedback": {"bounceDomain": "b.example.com", "keySecretRef": {"name": "k"}},
+            "unsubscribe": {"baseUrl": "https://u.example.com/u/", "keySecret": "k"},
+            "submission": {"hostname": "s.example.com", "tlsSecret": "t", "usersSecret": "u"},
+        }
+    )
+    _, children = build_children(PoolRef("news", "mail", "uid"), spec)
+    services = [c for c in children if c["kind"] == "Service"]
+    endpoints = {
+        s["metadata"]["labels"]["app.kubernetes.io/component"]: s
+        for s in services
+        if s["metadata"]["labels"]["app.kubernetes.io/component"] != "relay"
+    }
+    assert set(endpoints) == components == set(ENDPOINTS)
+    for service in endpoints.values():
+        labels = service["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "mailpipe-operator"
+        assert "mailpipe.io/pool" in labels  # the `pool` label of its series
+        assert "metrics" in {p["name"] for p in service["spec"]["ports"]}

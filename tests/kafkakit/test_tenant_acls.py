@@ -168,3 +168,33 @@ def test_a_tenant_cannot_create_topics(acl_broker: str) -> None:
     finally:
         admin.close()
     assert "AUTHORIZATION" in refused.upper(), refused
+
+
+def _transaction(bootstrap: str, user: str, transactional_id: str, topic: str) -> None:
+    """Commit one record to `topic` in a transaction under `transactional_id`."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=transactional_id,
+        max_block_ms=CLIENT_TIMEOUT_MS,
+        **_login(user),
+    )
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic, key=b"k", value=b"tx")
+        producer.commit_transaction()
+    finally:
+        producer.close(timeout=CLIENT_TIMEOUT_MS / 1000)
+
+
+def test_a_tenants_submission_endpoint_uses_transactional_ids_of_its_namespace_only(
+    acl_broker: str,
+) -> None:
+    """The submission endpoint commits each message in a Kafka transaction under
+    `<prefix>.submitted.<pod>`: the namespace's ACLs allow ids in its space, and
+    no other namespace's (which would fence that one's endpoint)."""
+    own = Topics.for_pool("x", "news", ["1m"])
+    theirs = Topics.for_pool("y", "news", ["1m"])
+    _transaction(acl_broker, TENANT_X, f"{own.submitted}.pod-0", own.outbound)
+    with pytest.raises(KafkaError, match="TransactionalIdAuthorization"):
+        _transaction(acl_broker, TENANT_X, f"{theirs.submitted}.pod-0", own.outbound)

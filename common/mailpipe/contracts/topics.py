@@ -35,6 +35,9 @@ TOPIC_ROOT = "mailpipe"
 NEVER_MAIL_TOPIC = f"{TOPIC_ROOT}._cluster.never-mail"
 SUPPRESSIONS_SUFFIX = "suppressions"  # compacted, keyed by lower-cased address
 CONTROL_SUFFIX = "campaigns"  # compacted, keyed by 'namespace/name'
+# compacted, keyed by submission id: the submission endpoint's ledger of accepted
+# messages (`mailpipe.inbound.submission_kafka`), only for a pool that has one
+SUBMITTED_SUFFIX = "submitted"
 GROUP_SUFFIX = "relays"
 
 
@@ -127,6 +130,12 @@ class Topics:
             routed=routed,
         )
 
+    @property
+    def submitted(self) -> str:
+        """The submission endpoint's ledger, beside the outbound topic (created
+        only for a pool with the endpoint, so not in `all` or `compacted`)."""
+        return f"{self.outbound.removesuffix('.outbound')}.{SUBMITTED_SUFFIX}"
+
     def all(self) -> list[str]:
         """The pool's own topics, in creation order (the compacted ones are in `compacted`)."""
         return [self.outbound, self.events, self.dlq, *self.delay.values()]
@@ -140,21 +149,23 @@ class Topics:
 class Acl:
     """One Kafka ACL a platform team grants (README, "Multi-tenancy and security")."""
 
-    resource: str  # "topic" or "group"
+    resource: str  # "topic", "group" or "transactional_id"
     name: str
     prefixed: bool  # a PREFIXED pattern, else LITERAL
     operations: tuple[str, ...]  # Kafka operation names: Read, Write, Describe
 
 
 def namespace_acls(namespace: str) -> list[Acl]:
-    """What the relays of `namespace` (their own principal) need, and nothing
-    more: every topic and group of the namespace's space, and reading the
-    never-mail list. Topic creation stays with the operator's principal;
-    writing the never-mail list with the platform's."""
+    """What the relays and inbound endpoints of `namespace` (their own principal)
+    need, and nothing more: every topic and group of the namespace's space, the
+    transactional ids there (the submission endpoint's, `<prefix>.submitted.<pod>`),
+    and reading the never-mail list. Topic creation stays with the operator's
+    principal; writing the never-mail list with the platform's."""
     space = namespace_space(namespace) + "."
     return [
         Acl("topic", space, True, ("Read", "Write", "Describe")),
         Acl("group", space, True, ("Read", "Describe")),
+        Acl("transactional_id", space, True, ("Write", "Describe")),
         Acl("topic", NEVER_MAIL_TOPIC, False, ("Read", "Describe")),
     ]
 
@@ -162,10 +173,10 @@ def namespace_acls(namespace: str) -> list[Acl]:
 def owned_topics(prefix: str, existing: Iterable[str]) -> list[str]:
     """The topics among `existing` that belong to the pool with `prefix`:
     outbound, events, DLQ and every delay topic, including those of delay
-    steps the pool no longer lists, and a routed pool's own suppressions.
-    Sorted. Never the namespace's or the cluster's topics."""
+    steps the pool no longer lists, a routed pool's own suppressions and the
+    submission endpoint's ledger. Sorted. Never the namespace's or the cluster's topics."""
     own = {f"{prefix}.outbound", f"{prefix}.events", f"{prefix}.dlq"}
-    own.add(f"{prefix}.{SUPPRESSIONS_SUFFIX}")
+    own |= {f"{prefix}.{SUPPRESSIONS_SUFFIX}", f"{prefix}.{SUBMITTED_SUFFIX}"}
     delay = f"{prefix}.delay."
     out = []
     for name in existing:

@@ -25,7 +25,7 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 def guarded(child: Mapping[str, Any]) -> bool:
     """Whether the timer puts `child` back: every kind but the relay Deployment,
     which its own watch does (`handlers.relays`); the endpoints' Deployments
-    (feedback receiver, unsubscribe) have no watch, so the timer does."""
+    (feedback receiver, unsubscribe, submission) have no watch, so the timer does."""
     if child["kind"] in GUARDED_KINDS:
         return True
     labels = child["metadata"].get("labels") or {}

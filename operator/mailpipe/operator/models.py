@@ -207,6 +207,93 @@ class PoolUnsubscribe(Spec):
     )
 
 
+class SuppressedRecipients(enum.StrEnum):
+    """What the submission endpoint does with a suppressed recipient."""
+
+    REFUSE = "Refuse"  # 550 5.7.1 at RCPT with the reason: the application learns it
+    DROP = "Drop"  # accepted and not sent: the application cannot probe the list
+
+
+# The endpoint carries a message inside one Kafka record, and Kafka's default
+# record limit is 1 MiB (the topics' max.message.bytes): larger mail would be
+# refused for ever once encoded, so the spec cannot ask for it.
+SUBMISSION_MAX_MESSAGE_BYTES = 1024 * 1024
+SUBMISSION_DEFAULT_MESSAGE_BYTES = 768 * 1024  # the endpoint's default, room for the JSON
+
+
+class PoolSubmission(Spec):
+    """SMTP submission for applications (`mailpipe submission`): the operator runs it
+    as Deployment and Service mailpipe-submission-<pool> (587 STARTTLS, 465
+    implicit TLS). Who may send what is per user, in the users Secret."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.starttlsPort) || !has(self.implicitTlsPort) || "
+                "self.starttlsPort != 0 || self.implicitTlsPort != 0",
+                "submission: starttlsPort and implicitTlsPort cannot both be 0 (no listener)",
+            ),
+            (
+                "!has(self.starttlsPort) || !has(self.implicitTlsPort) || "
+                "self.starttlsPort == 0 || self.starttlsPort != self.implicitTlsPort",
+                "submission: starttlsPort and implicitTlsPort must differ",
+            ),
+        )
+    )
+
+    hostname: str = Field(
+        pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
+        max_length=253,
+        description="Lower-case name in the greeting; the TLS certificate must be for it.",
+    )
+    tls_secret: str = Field(
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="Secret of type kubernetes.io/tls (tls.crt, tls.key) the endpoint serves.",
+    )
+    users_secret: str = Field(
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description=(
+            "Secret whose key users.yaml maps each user to password_hash (`mailpipe "
+            "submission hash-password`), sender_domains and messages_per_minute."
+        ),
+    )
+    starttls_port: int = Field(
+        default=587, ge=0, le=65535, description="Service port of STARTTLS submission; 0: none."
+    )
+    implicit_tls_port: int = Field(
+        default=465, ge=0, le=65535, description="Service port of implicit TLS (RFC 8314); 0: none."
+    )
+    max_message_bytes: int = Field(
+        default=SUBMISSION_DEFAULT_MESSAGE_BYTES,
+        ge=1024,
+        le=SUBMISSION_MAX_MESSAGE_BYTES,
+        description="Largest message taken (SIZE; 552 5.3.4 above); at most Kafka's 1 MiB record.",
+    )
+    suppressed_recipients: SuppressedRecipients = Field(
+        default=SuppressedRecipients.REFUSE,
+        description="A suppressed recipient: Refuse (550 5.7.1 at RCPT) or Drop (silently).",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10,  # each replica has its own Kafka transactional id; a few serve a pool
+        description=(
+            "Endpoint replicas (Deployment mailpipe-submission-<pool>, Service of the same"
+            " name); 0 stops it."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _listeners(self) -> Self:
+        if self.starttls_port == 0 and self.implicit_tls_port == 0:
+            raise ValueError("starttlsPort and implicitTlsPort cannot both be 0 (no listener)")
+        if self.starttls_port and self.starttls_port == self.implicit_tls_port:
+            raise ValueError("starttlsPort and implicitTlsPort must differ")
+        return self
+
+
 class LocalObjectReference(Spec):
     name: str = Field(
         pattern=DNS_SUBDOMAIN, max_length=253, description="Name in the pool's namespace."
@@ -497,6 +584,13 @@ class SendingPoolSpec(Spec):
         description=(
             "The pool's one-click unsubscribe endpoint: a Campaign without an unsubscribe "
             "url of its own gets this one, with a token signed for each recipient."
+        ),
+    )
+    submission: PoolSubmission | None = Field(
+        default=None,
+        description=(
+            "SMTP submission endpoint for applications (587/465, AUTH over TLS only); "
+            "unset: applications write delivery records to Kafka themselves."
         ),
     )
     routes: dict[str, list[Route]] = Field(

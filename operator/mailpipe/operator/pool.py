@@ -30,9 +30,11 @@ import yaml
 
 from mailpipe.contracts import config as relay_config
 from mailpipe.contracts.policy import RetrySettings
+from mailpipe.contracts.submission_users import USERS_KEY
 from mailpipe.contracts.topics import Topics, pool_group
 
 from .models import API_VERSION, KafkaSpec, SendingPoolSpec
+from .validation import TLS_CERT_KEY, TLS_KEY_KEY, submission_secrets
 
 CONFIG_KEY = "relay.yaml"
 CONFIG_DIR = "/etc/mailpipe"
@@ -102,6 +104,11 @@ class PoolRef:
         """The one-click endpoint's ConfigMap, Deployment and Service."""
         return f"mailpipe-unsubscribe-{self.name}"
 
+    @property
+    def submission_name(self) -> str:
+        """The submission endpoint's ConfigMap, Deployment and Service."""
+        return f"mailpipe-submission-{self.name}"
+
     def labels(self, component: str = "relay") -> dict[str, str]:
         return {
             "app.kubernetes.io/name": f"mailpipe-{component}",
@@ -120,6 +127,9 @@ class PoolRef:
             ("Deployment", self.unsubscribe_name),
             ("Service", self.unsubscribe_name),
             ("ConfigMap", self.unsubscribe_name),
+            ("Deployment", self.submission_name),
+            ("Service", self.submission_name),
+            ("ConfigMap", self.submission_name),
         ]
 
     def owner_reference(self) -> dict[str, Any]:
@@ -275,6 +285,25 @@ def secrets_hash(secrets: Mapping[str, Mapping[str, str] | None]) -> str:
         {k: None if v is None else dict(v) for k, v in secrets.items()}, sort_keys=True
     )
     return config_hash(canonical)
+
+
+def secrets_digests(
+    spec: SendingPoolSpec, secrets: Mapping[str, Mapping[str, str] | None]
+) -> tuple[str | None, str | None]:
+    """(relays', submission endpoint's) digest of the Secrets each mounts, from
+    the referenced ones' data (`secrets`): a new submission user or a renewed
+    certificate rolls the endpoint, not the relays. A pool without the
+    endpoint hashes what it always did."""
+    if not secrets:
+        return None, None
+    own = submission_secrets(spec)
+    relay = secrets_hash({k: v for k, v in secrets.items() if k not in own})
+    if spec.submission is None:
+        return relay, None
+    names = [spec.submission.tls_secret, spec.submission.users_secret]
+    if spec.kafka.credentials_secret_ref is not None:
+        names.append(spec.kafka.credentials_secret_ref.name)
+    return relay, secrets_hash({n: secrets.get(n) for n in names})
 
 
 def build_deployment(
@@ -542,16 +571,29 @@ def build_feedback_deployment(
 SMTP_PORT = 25  # what other MTAs connect to: the bounce domain's MX port
 
 
-def build_feedback_service(ref: PoolRef) -> dict[str, Any]:
-    """Port 25 -> the receiver's SMTP port. ClusterIP: how it is reached from
-    outside (LoadBalancer, a node port, a MX host's forward) is the cluster's."""
+def _metrics_port(port: int) -> list[dict[str, Any]]:
+    """An endpoint Service's metrics port: what the chart's ServiceMonitor scrapes
+    (by its `metrics` name), so each endpoint's counters reach the dashboard."""
+    return [{"name": "metrics", "port": port, "targetPort": "metrics"}] if port else []
+
+
+def build_feedback_service(
+    ref: PoolRef, settings: relay_config.FeedbackSettings | None = None
+) -> dict[str, Any]:
+    """Port 25 -> the receiver's SMTP port (and its metrics). ClusterIP: how it is
+    reached from outside (LoadBalancer, a node port, a MX host's forward) is the
+    cluster's, and such a Service should carry port 25 only."""
+    metrics = settings.metrics_port if settings is not None else 0
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": ref.metadata(name=ref.feedback_name, component=FEEDBACK),
         "spec": {
             "selector": {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": FEEDBACK},
-            "ports": [{"name": "smtp", "port": SMTP_PORT, "targetPort": "smtp"}],
+            "ports": [
+                {"name": "smtp", "port": SMTP_PORT, "targetPort": "smtp"},
+                *_metrics_port(metrics),
+            ],
         },
     }
 
@@ -622,7 +664,134 @@ def build_unsubscribe_children(
         "metadata": ref.metadata(name=ref.unsubscribe_name, component=UNSUBSCRIBE),
         "spec": {
             "selector": {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": UNSUBSCRIBE},
-            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}],
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+                *_metrics_port(UNSUBSCRIBE_METRICS_PORT),
+            ],
+        },
+    }
+    return [configmap, deployment, service]
+
+
+SUBMISSION = "submission"
+SUBMISSION_KEY = "submission.yaml"
+SUBMISSION_TLS_DIR = "/etc/mailpipe/submission-tls"  # the pool's kubernetes.io/tls Secret
+SUBMISSION_USERS_DIR = "/etc/mailpipe/submission-users"  # the users Secret (hashed passwords)
+# The container's ports: unprivileged, as it runs as non-root; the Service maps
+# the spec's 587 and 465 onto them.
+SUBMISSION_STARTTLS_PORT = 2587
+SUBMISSION_IMPLICIT_PORT = 2465
+SUBMISSION_METRICS_PORT = 9091  # SubmissionConfig.metrics_port's default
+LISTEN_ALL = "0.0.0.0"  # the pod's own addresses: no hostNetwork, reached through the Service
+# RFC 8314's service names (also the Service's port names: at most 15 characters)
+STARTTLS_PORT_NAME, IMPLICIT_PORT_NAME = "submission", "submissions"
+
+
+def submission_ledger(ref: PoolRef, spec: SendingPoolSpec) -> str:
+    """The endpoint's compacted ledger of accepted submission ids: created with
+    the pool's topics when it has the endpoint, deleted with them."""
+    return topics(ref, spec).submitted
+
+
+def build_submission_config(
+    ref: PoolRef, spec: SendingPoolSpec, config: relay_config.RelayConfig
+) -> str:
+    """The endpoint's settings (`mailpipe.inbound.submission_policy.SubmissionConfig`)
+    as YAML: the relays' Kafka settings and login (it writes their outbound
+    topic and reads their suppression lists), the mounted certificate and users,
+    and what the spec says. The transactional id here is a fallback: each pod
+    passes its own (`--transactional-id`)."""
+    sub = spec.submission
+    assert sub is not None  # only rendered for a pool with spec.submission
+    ledger = submission_ledger(ref, spec)
+
+    def listener(enabled: int, port: int) -> dict[str, Any] | None:
+        return {"address": LISTEN_ALL, "port": port} if enabled else None
+
+    data = {
+        "pool": f"{ref.namespace}/{ref.name}",
+        "kafka": config.kafka.model_dump(mode="json", exclude_none=True),
+        "ledger_topic": ledger,
+        "transactional_id": f"{ledger}.0",
+        "hostname": sub.hostname,
+        "starttls": listener(sub.starttls_port, SUBMISSION_STARTTLS_PORT),
+        "implicit_tls": listener(sub.implicit_tls_port, SUBMISSION_IMPLICIT_PORT),
+        "tls_cert_file": f"{SUBMISSION_TLS_DIR}/{TLS_CERT_KEY}",
+        "tls_key_file": f"{SUBMISSION_TLS_DIR}/{TLS_KEY_KEY}",
+        "users_file": f"{SUBMISSION_USERS_DIR}/{USERS_KEY}",
+        "max_message_bytes": sub.max_message_bytes,
+        "suppressed_recipients": sub.suppressed_recipients.value.lower(),
+        "metrics_address": LISTEN_ALL,
+        "metrics_port": SUBMISSION_METRICS_PORT,
+    }
+    return yaml.safe_dump(data, sort_keys=True)
+
+
+def build_submission_children(
+    ref: PoolRef, spec: SendingPoolSpec, text: str, secrets_digest: str | None = None
+) -> list[dict[str, Any]]:
+    """The submission endpoint's ConfigMap, Deployment and Service.
+
+    Each pod's Kafka transactional id is the ledger's name and its pod name:
+    two replicas sharing one would fence each other's transactions, and the
+    namespace's prefix ACL covers it. `secrets_digest` is of the Secrets it
+    mounts (certificate, users, Kafka login), so a new user or a renewed
+    certificate rolls the endpoint and not the relays."""
+    sub = spec.submission
+    assert sub is not None  # only rendered for a pool with spec.submission
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": ref.metadata(
+            {HASH_ANNOTATION: config_hash(text)}, name=ref.submission_name, component=SUBMISSION
+        ),
+        "data": {SUBMISSION_KEY: text},
+    }
+    listeners = [
+        (STARTTLS_PORT_NAME, sub.starttls_port, SUBMISSION_STARTTLS_PORT),
+        (IMPLICIT_PORT_NAME, sub.implicit_tls_port, SUBMISSION_IMPLICIT_PORT),
+    ]
+    ports = [
+        {"name": name, "containerPort": port, "protocol": "TCP"}
+        for name, enabled, port in listeners
+        if enabled
+    ]
+    ports.append({"name": "metrics", "containerPort": SUBMISSION_METRICS_PORT, "protocol": "TCP"})
+    args = [SUBMISSION, "serve", "--config", f"{CONFIG_DIR}/{SUBMISSION_KEY}"]
+    # $(POD_NAME): the kubelet expands the container's env var in args
+    args += ["--transactional-id", f"{submission_ledger(ref, spec)}.$(POD_NAME)"]
+    deployment = _endpoint_deployment(
+        ref,
+        spec,
+        SUBMISSION,
+        ref.submission_name,
+        args,
+        ref.submission_name,
+        [
+            ("submission-tls", sub.tls_secret, SUBMISSION_TLS_DIR),
+            ("submission-users", sub.users_secret, SUBMISSION_USERS_DIR),
+            *_kafka_secret(spec),
+        ],
+        ports,
+        # /readyz: listening, i.e. Kafka transactions ready and the lists read
+        _http_probes("/readyz", SUBMISSION_METRICS_PORT),
+        _annotations(text, secrets_digest),
+        sub.replicas,
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ref.metadata(name=ref.submission_name, component=SUBMISSION),
+        "spec": {
+            "selector": {"mailpipe.io/pool": ref.name, "app.kubernetes.io/component": SUBMISSION},
+            "ports": [
+                *(
+                    {"name": name, "port": enabled, "targetPort": name}
+                    for name, enabled, _ in listeners
+                    if enabled
+                ),
+                *_metrics_port(SUBMISSION_METRICS_PORT),
+            ],
         },
     }
     return [configmap, deployment, service]
@@ -633,11 +802,14 @@ def build_children(
     spec: SendingPoolSpec,
     secrets_digest: str | None = None,
     credential_keys: Collection[str] = (),
+    submission_digest: str | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """The relay config text and every child object, in apply order (the relay
     Deployment is the first Deployment); a pool with `spec.feedback` also gets
     its feedback receiver's Deployment and Service, one with `spec.unsubscribe`
-    the one-click endpoint's ConfigMap, Deployment and Service."""
+    the one-click endpoint's ConfigMap, Deployment and Service, one with
+    `spec.submission` the submission endpoint's (`submission_digest`: of the
+    Secrets it mounts)."""
     config = build_relay_config(ref, spec, credential_keys)
     text = relay_config.dump_config(config)
     children = [
@@ -649,11 +821,14 @@ def build_children(
     if config.feedback is not None:
         children += [
             build_feedback_deployment(ref, spec, text, config.feedback, secrets_digest),
-            build_feedback_service(ref),
+            build_feedback_service(ref, config.feedback),
         ]
     if config.unsubscribe is not None:
         endpoint = build_unsubscribe_config(ref, config, config.unsubscribe)
         children += build_unsubscribe_children(ref, spec, endpoint, secrets_digest)
+    if spec.submission is not None:
+        endpoint = build_submission_config(ref, spec, config)
+        children += build_submission_children(ref, spec, endpoint, submission_digest)
     return text, children
 
 

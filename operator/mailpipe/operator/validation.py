@@ -22,11 +22,16 @@ import enum
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
+
+from mailpipe.contracts.submission_users import USERS_KEY, UsersFileError, parse_users
 
 from . import defaults
 from .models import SendingPoolSpec
@@ -46,6 +51,10 @@ class Reason(enum.StrEnum):
     SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
     FEEDBACK_KEY_SECRET_NOT_FOUND = "FeedbackKeySecretNotFound"
     FEEDBACK_KEY_INVALID = "FeedbackKeyInvalid"
+    SUBMISSION_TLS_SECRET_NOT_FOUND = "SubmissionTLSSecretNotFound"
+    SUBMISSION_TLS_SECRET_INVALID = "SubmissionTLSSecretInvalid"
+    SUBMISSION_USERS_SECRET_NOT_FOUND = "SubmissionUsersSecretNotFound"
+    SUBMISSION_USERS_INVALID = "SubmissionUsersInvalid"
     CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
     CONFIG_MAP_KEY_NOT_FOUND = "ConfigMapKeyNotFound"
     FORBIDDEN = "Forbidden"
@@ -155,7 +164,20 @@ def secret_refs(spec: SendingPoolSpec) -> list[SecretRef]:
         out.append(SecretRef(bundle.secret, bundle.key, "spec.tls.caBundle.secret"))
     if spec.unsubscribe is not None:
         out.append(SecretRef(spec.unsubscribe.key_secret, "", UNSUBSCRIBE_KEY_FIELD))
+    if spec.submission is not None:
+        out.append(SecretRef(spec.submission.tls_secret, "", SUBMISSION_TLS_FIELD))
+        out.append(SecretRef(spec.submission.users_secret, "", SUBMISSION_USERS_FIELD))
     return out
+
+
+def submission_secrets(spec: SendingPoolSpec) -> list[str]:
+    """The Secrets only the submission endpoint mounts (its certificate and users):
+    their changes roll the endpoint, never the relays."""
+    if spec.submission is None:
+        return []
+    others = {r.name for r in secret_refs(spec) if r.field not in _SUBMISSION_FIELDS}
+    mine = [spec.submission.tls_secret, spec.submission.users_secret]
+    return [n for n in dict.fromkeys(mine) if n not in others]
 
 
 def secret_names(raw: Mapping[str, Any]) -> list[str]:
@@ -166,6 +188,9 @@ def secret_names(raw: Mapping[str, Any]) -> list[str]:
     tls = raw.get("tls") or {}
     bundle = (tls.get("caBundle") or {}) if isinstance(tls, Mapping) else {}
     unsubscribe = raw.get("unsubscribe") or {}
+    submission = raw.get("submission") or {}
+    if not isinstance(submission, Mapping):
+        submission = {}
     names = [
         (dkim.get("secretRef") or {}).get("name") if isinstance(dkim, Mapping) else None,
         (kafka.get("credentialsSecretRef") or {}).get("name")
@@ -174,6 +199,8 @@ def secret_names(raw: Mapping[str, Any]) -> list[str]:
         bundle.get("secret") if isinstance(bundle, Mapping) else None,
         (feedback.get("keySecretRef") or {}).get("name") if isinstance(feedback, Mapping) else None,
         unsubscribe.get("keySecret") if isinstance(unsubscribe, Mapping) else None,
+        submission.get("tlsSecret"),
+        submission.get("usersSecret"),
     ]
     return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
 
@@ -185,8 +212,9 @@ def reference_problems(
     out = []
     for i, ref in enumerate(refs):
         data = found.get(ref.name)
-        if ref.field in (FEEDBACK_KEY_FIELD, UNSUBSCRIBE_KEY_FIELD):
-            problem = feedback_key_problem(ref.name, data)
+        if ref.field in (FEEDBACK_KEY_FIELD, UNSUBSCRIBE_KEY_FIELD, *_SUBMISSION_FIELDS):
+            check = _CONTENT_CHECKS.get(ref.field, feedback_key_problem)
+            problem = check(ref.name, data)
             if problem is not None:
                 out.append(problem)
             continue
@@ -239,6 +267,91 @@ def feedback_key_problem(name: str, data: Mapping[str, str] | None) -> Problem |
             f" hold at least {MIN_FEEDBACK_KEY_BYTES} bytes; not so: {', '.join(bad)}; {make}",
         )
     return None
+
+
+SUBMISSION_TLS_FIELD = "spec.submission.tlsSecret"
+SUBMISSION_USERS_FIELD = "spec.submission.usersSecret"
+_SUBMISSION_FIELDS = (SUBMISSION_TLS_FIELD, SUBMISSION_USERS_FIELD)
+TLS_CERT_KEY, TLS_KEY_KEY = "tls.crt", "tls.key"  # a kubernetes.io/tls Secret's keys
+
+
+def _decoded(value: str) -> bytes | None:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (ValueError, TypeError):
+        return None
+
+
+def submission_tls_problem(name: str, data: Mapping[str, str] | None) -> Problem | None:
+    """Why the endpoint could not serve TLS with this Secret (`data`: base64 values;
+    None: missing): it would exit at start, so the pool says it instead."""
+    make = f"kubectl create secret tls {name} --cert=<chain.pem> --key=<key.pem>"
+    if data is None:
+        return Problem(
+            Reason.SUBMISSION_TLS_SECRET_NOT_FOUND,
+            f"Secret {name} not found ({SUBMISSION_TLS_FIELD}): the submission endpoint"
+            f" has no certificate; create it: {make}",
+        )
+    cert, key = _decoded(data.get(TLS_CERT_KEY, "")), _decoded(data.get(TLS_KEY_KEY, ""))
+    why = None
+    if not cert or not key:
+        why = f"needs keys {TLS_CERT_KEY} and {TLS_KEY_KEY}"
+    else:
+        try:
+            public = x509.load_pem_x509_certificate(cert).public_key()
+            private = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError) as exc:
+            why = f"not a PEM certificate and unencrypted key ({type(exc).__name__})"
+        else:
+            raw = serialization.PublicFormat.SubjectPublicKeyInfo
+            der = serialization.Encoding.DER
+            if public.public_bytes(der, raw) != private.public_key().public_bytes(der, raw):
+                why = f"{TLS_KEY_KEY} is not the key of the certificate in {TLS_CERT_KEY}"
+    if why is None:
+        return None
+    return Problem(
+        Reason.SUBMISSION_TLS_SECRET_INVALID,
+        f"Secret {name} ({SUBMISSION_TLS_FIELD}): {why}; {make}",
+    )
+
+
+def submission_users_problem(name: str, data: Mapping[str, str] | None) -> Problem | None:
+    """Why the endpoint would refuse this users Secret at start (the endpoint's own
+    parser, `contracts.submission_users`), naming the user and the field."""
+    make = (
+        f"kubectl create secret generic {name} --from-file={USERS_KEY}"
+        " (password_hash from `mailpipe submission hash-password`)"
+    )
+    if data is None:
+        return Problem(
+            Reason.SUBMISSION_USERS_SECRET_NOT_FOUND,
+            f"Secret {name} not found ({SUBMISSION_USERS_FIELD}): nobody could log in to the"
+            f" submission endpoint; create it: {make}",
+        )
+    raw = _decoded(data.get(USERS_KEY, ""))
+    if not raw:
+        why = f"has no key {USERS_KEY}"
+    else:
+        try:
+            parse_users(raw.decode("utf-8"))
+            return None
+        except UnicodeDecodeError:
+            why = f"{USERS_KEY} is not UTF-8"
+        except UsersFileError as exc:
+            why = f"{USERS_KEY}: {exc}"
+    return Problem(
+        Reason.SUBMISSION_USERS_INVALID, f"Secret {name} ({SUBMISSION_USERS_FIELD}): {why}"
+    )
+
+
+_CONTENT_CHECKS: Mapping[str, Callable[[str, Mapping[str, str] | None], Problem | None]] = (
+    MappingProxyType(
+        {
+            SUBMISSION_TLS_FIELD: submission_tls_problem,
+            SUBMISSION_USERS_FIELD: submission_users_problem,
+        }
+    )
+)
 
 
 # The key of a mounted ConfigMap among the Secrets whose data the relays' pod

@@ -33,6 +33,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from mailpipe.contracts.logformat import JSONFormatter
+from mailpipe.contracts.submission_users import SubmissionUser
 from mailpipe.contracts.suppressions import SuppressionList
 from mailpipe.contracts.wire import encode
 from mailpipe.endpoints import Probe, ScrapeEndpoint
@@ -46,7 +47,6 @@ from .submission_policy import (
     Reply,
     SubmissionConfig,
     SubmissionConfigError,
-    SubmissionUser,
     SuppressedRecipients,
     address_domain_allowed,
     build_records,
@@ -69,9 +69,31 @@ _AIOSMTPD_AUTH_NEEDS_TLS = "538 5.7.11"
 _AIOSMTPD_TOO_BIG = ("552 Error: Too much mail data", "552 Error: message size exceeds fixed")
 
 
+# Every word each counter may carry (bounded labels, each series at 0 from the
+# start, so a dashboard's rate() sees the first refusal): this module's own
+# words, never user names, addresses or domains.
+REFUSAL_REASONS = (
+    "unauthenticated",  # MAIL before AUTH (530): an attempt to relay
+    "auth_before_tls",  # AUTH in clear (538)
+    "bad_address",
+    "sender_domain",  # MAIL FROM outside the user's domains
+    "rate",
+    "too_big",
+    "too_many_recipients",
+    "suppressed",
+    "suppressed_dropped",  # accepted and left out, as the pool says
+    "from_missing",  # no usable From: header: a message it cannot read
+    "from_domain",
+    "not_utf8",  # 8-bit bytes that are not UTF-8: a message it cannot read
+    "bad_suppression",  # an undecodable record on a suppression list it follows
+)
+MESSAGE_OUTCOMES = ("accepted", "duplicate", "unavailable", "all_dropped")
+LOGIN_RESULTS = ("ok", "refused")
+
+
 class SubmissionMetrics:
-    """Counters with bounded labels: reasons and outcomes are this module's own
-    words, never user names, addresses or domains."""
+    """Counters with bounded labels (`REFUSAL_REASONS`, `MESSAGE_OUTCOMES`,
+    `LOGIN_RESULTS`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -101,6 +123,12 @@ class SubmissionMetrics:
             "From end of DATA to Kafka's commit (or the deadline)",
             registry=r,
         )
+        for reason in REFUSAL_REASONS:
+            self.refused.labels(reason)
+        for outcome in MESSAGE_OUTCOMES:
+            self.messages.labels(outcome)
+        for result in LOGIN_RESULTS:
+            self.logins.labels(result)
 
 
 class _Authenticated:
@@ -357,6 +385,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--config", type=Path, required=True, help="submission config (YAML)")
     serve.add_argument("--log-level", default=os.environ.get("MAILPIPE_LOG_LEVEL", "info"))
     serve.add_argument(
+        "--transactional-id",
+        help="this replica's Kafka transactional id, over the config's (the operator passes"
+        " one per pod: two replicas sharing one would fence each other)",
+    )
+    serve.add_argument(
         "--ensure-topics",
         action="store_true",
         help="create the ledger topic if missing (dev and tests; the operator does it)",
@@ -384,6 +417,8 @@ def run(args: argparse.Namespace) -> int:
     except (SubmissionConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2
+    if args.transactional_id:
+        config = config.model_copy(update={"transactional_id": args.transactional_id})
     if args.ensure_topics:
         ensure_topics(config.kafka, [config.ledger], 1, 1, compacted=[config.ledger])
     return asyncio.run(_serve(config, users))

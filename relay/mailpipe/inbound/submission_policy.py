@@ -25,12 +25,19 @@ from collections.abc import Callable, Iterable, Sequence
 from email.headerregistry import Address as HeaderAddress
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
-from typing import Annotated, NamedTuple
+from typing import NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mailpipe.contracts import submission_users
 from mailpipe.contracts.config import KafkaSettings
+from mailpipe.contracts.submission_users import (
+    HASH_SCHEME,
+    SCRYPT_MAXMEM,
+    SubmissionUser,
+    parse_hash,
+)
 from mailpipe.contracts.wire import (
     MAX_RECIPIENTS,
     DeliveryRecord,
@@ -44,10 +51,8 @@ from mailpipe.contracts.wire import (
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
-SCRYPT_MAXMEM = 64 * 1024 * 1024  # above 128 * N * r = 16 MiB, with room for raised costs
 SALT_BYTES = 16
 HASH_BYTES = 32
-HASH_SCHEME = "scrypt"
 
 RATE_WINDOW_SECONDS = 60.0  # messages_per_minute counts MAIL FROMs accepted in a sliding minute
 # A message travels inside a Kafka record (JSON, one per recipient domain), and
@@ -100,45 +105,17 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Domain = Annotated[str, StringConstraints(min_length=1, pattern=r"^[A-Za-z0-9.-]+$")]
-
-
-class SubmissionUser(_Model):
-    """One application's login, from the users Secret."""
-
-    password_hash: str = Field(description="`mailpipe submission hash-password` output")
-    sender_domains: list[Domain] = Field(
-        min_length=1, description="domains allowed in MAIL FROM and the From: header"
-    )
-    messages_per_minute: int = Field(default=60, ge=1, description="accepted messages a minute")
-
-
 class SubmissionConfigError(ValueError):
-    """The users file cannot be used; the message says which entry and why."""
+    """The config or users file cannot be used; the message says which entry and why."""
 
 
 def parse_users(text: str) -> dict[str, SubmissionUser]:
-    """The users file (YAML: user name -> SubmissionUser), validated whole."""
+    """The users file (YAML: user name -> SubmissionUser), validated whole
+    (`contracts.submission_users`: the operator checks the Secret with it too)."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SubmissionConfigError(f"users file is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SubmissionConfigError("users file must map user names to their settings")
-    users = {}
-    for name, spec in data.items():
-        try:
-            user = SubmissionUser.model_validate(spec)
-        except ValidationError as exc:
-            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise SubmissionConfigError(f"user {name!r}: {msgs}") from exc
-        if not _parse_hash(user.password_hash):
-            raise SubmissionConfigError(
-                f"user {name!r}: password_hash is not a scrypt hash; "
-                "make one with `mailpipe submission hash-password`"
-            )
-        users[str(name)] = user
-    return users
+        return submission_users.parse_users(text)
+    except submission_users.UsersFileError as exc:
+        raise SubmissionConfigError(str(exc)) from exc
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -155,20 +132,6 @@ def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     )
 
 
-def _parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
-    parts = stored.split("$")
-    if len(parts) != 6 or parts[0] != HASH_SCHEME:
-        return None
-    try:
-        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-        salt, digest = base64.b64decode(parts[4], validate=True), base64.b64decode(parts[5])
-    except ValueError:
-        return None
-    if n < 2 or n & (n - 1) or r < 1 or p < 1 or 128 * n * r > SCRYPT_MAXMEM // 2:
-        return None
-    return n, r, p, salt, digest
-
-
 # Checked against when the user is unknown, so an unknown name costs the same
 # time as a wrong password and user names cannot be probed by timing.
 _DUMMY_HASH = hash_password("", salt=b"\0" * SALT_BYTES)
@@ -181,7 +144,7 @@ def check_login(
     call it off the event loop."""
     name = login.decode("utf-8", "replace")
     user = users.get(name)
-    parsed = _parse_hash(user.password_hash if user else _DUMMY_HASH) or _parse_hash(_DUMMY_HASH)
+    parsed = parse_hash(user.password_hash if user else _DUMMY_HASH) or parse_hash(_DUMMY_HASH)
     assert parsed is not None
     n, r, p, salt, digest = parsed
     ok = hmac.compare_digest(_scrypt(password, salt, n, r, p), digest)

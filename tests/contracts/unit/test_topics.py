@@ -130,6 +130,7 @@ def test_a_pools_own_topics_are_found_among_the_clusters() -> None:
         "mailpipe.mail.newsletter.outbound",
         "mailpipe.mail.news2.events",
         "mailpipe.mail.news.suppressions",  # its own, were it routed
+        "mailpipe.mail.news.submitted",  # its submission endpoint's ledger
         "mailpipe.mail.suppressions",
         "mailpipe.mail.campaigns",
         NEVER_MAIL_TOPIC,
@@ -140,5 +141,6 @@ def test_a_pools_own_topics_are_found_among_the_clusters() -> None:
         "mailpipe.mail.news.dlq",
         "mailpipe.mail.news.events",
         "mailpipe.mail.news.outbound",
+        "mailpipe.mail.news.submitted",
         "mailpipe.mail.news.suppressions",
     ]

@@ -7,12 +7,12 @@ import io
 
 import pytest
 
+from mailpipe.contracts.submission_users import SubmissionUser
 from mailpipe.contracts.wire import decode_record, encode
 from mailpipe.inbound.submission_policy import (
     RateLimiter,
     Replies,
     SubmissionConfigError,
-    SubmissionUser,
     address_domain_allowed,
     build_records,
     check_login,

@@ -80,7 +80,8 @@ def test_the_endpoints_come_with_their_fields_and_go_without_them(
         assert owner["kind"] == "SendingPool" and owner["uid"] == pool["metadata"]["uid"]
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"][0] == "feedback"
-    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(25, "smtp")]
+    ports = [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]]
+    assert ports[0] == (25, "smtp") and ports[1][1] == "metrics"  # and the ServiceMonitor's
     endpoint = get(env, "deployment", UNSUBSCRIBE, namespace) or {}
     [container] = endpoint["spec"]["template"]["spec"]["containers"]
     assert container["args"][0] == "unsubscribe"

@@ -55,6 +55,9 @@ def test_a_pool_without_feedback_renders_what_it_did_before() -> None:
         ("Deployment", "mailpipe-unsubscribe-news"),
         ("Service", "mailpipe-unsubscribe-news"),
         ("ConfigMap", "mailpipe-unsubscribe-news"),
+        ("Deployment", "mailpipe-submission-news"),
+        ("Service", "mailpipe-submission-news"),
+        ("ConfigMap", "mailpipe-submission-news"),
     ]
 
 
@@ -124,7 +127,11 @@ def test_feedback_renders_a_restricted_receiver_on_the_pools_own_config() -> Non
     svc = named(children, "Service", "mailpipe-feedback-news")
     assert svc["metadata"]["ownerReferences"] == meta["ownerReferences"]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
-    assert svc["spec"]["ports"] == [{"name": "smtp", "port": 25, "targetPort": "smtp"}]
+    # port 25, and the metrics the chart's ServiceMonitor scrapes (by port name)
+    assert svc["spec"]["ports"] == [
+        {"name": "smtp", "port": 25, "targetPort": "smtp"},
+        {"name": "metrics", "port": config.feedback.metrics_port, "targetPort": "metrics"},
+    ]
 
 
 def test_the_receiver_fields_stay_out_of_the_relay_config() -> None:
@@ -167,7 +174,10 @@ def test_unsubscribe_renders_its_endpoint_with_settings_it_accepts() -> None:
     assert annotations[SECRETS_HASH_ANNOTATION] == "s1"
     svc = named(children, "Service", "mailpipe-unsubscribe-news")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http"},
+        {"name": "metrics", "port": settings.metrics_port, "targetPort": "metrics"},
+    ]
     for obj in (cm, dep, svc):
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert [n for _, n in stale_children(REF, children) if "unsubscribe" in n] == []

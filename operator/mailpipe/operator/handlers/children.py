@@ -1,6 +1,6 @@
 """A pool's ConfigMap, Service and PDB are the operator's: edited or deleted, they are put back.
 
-So are its endpoints' children (feedback receiver, unsubscribe endpoint),
+So are its endpoints' children (feedback receiver, unsubscribe and submission endpoints),
 Deployments included: no watch follows those (`child_drift.guarded`).
 
 The relay Deployment is watched (`handlers.relays`) and applied back within a

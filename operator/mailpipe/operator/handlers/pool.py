@@ -46,6 +46,7 @@ from ..pool import (
     build_children,
     config_hash,
     drifted,
+    secrets_digests,
     secrets_hash,
     stale_children,
     topics,
@@ -249,7 +250,8 @@ def _reconcile_blocking(
         return _blocked(kube, obj, ref, old, status, generation, digest, problems, stopped)
     creds = spec.kafka.credentials_secret_ref  # which optional files its Secret has
     keys = frozenset(secrets.get(creds.name) or {}) if creds is not None else frozenset()
-    text, children = build_children(ref, spec, digest, keys)
+    relay_digest, submission_digest = secrets_digests(spec, secrets)
+    text, children = build_children(ref, spec, relay_digest, keys, submission_digest)
     children = config_signing.signed(children, text, signer)
     seen = _Seen(obj, Outcome(ref, spec), rendered=children)
     live = kube.read_deployment(ref)
@@ -263,7 +265,15 @@ def _reconcile_blocking(
     # no reads of the other children for every relay status change. No
     # Deployment at all (a pool that waited for its Secret) needs every child.
     if not ensure_topics and live is not None:
-        children = [deployment] if seen.drift or rerendered else []
+        # A referenced Secret changed: the endpoints mounting it roll too (apply
+        # writes only those whose template hash changed).
+        rotated = digest != status.get("secretsHash")
+        children = [
+            c
+            for c in children
+            if (c is deployment and (seen.drift or rerendered))
+            or (rotated and c is not deployment and c["kind"] == "Deployment")
+        ]
     try:
         for child in children:
             force = child is deployment and bool(seen.drift)
@@ -292,12 +302,14 @@ def _reconcile_blocking(
         ensure_topics = True  # not (yet) in place for this generation: stalled or Kafka down
     if ensure_topics:
         try:
+            # the submission endpoint's ledger only for a pool that has one
+            ledger = [t.submitted] if spec.submission is not None else []
             seen.topics_created = admins.ensure_topics(
                 spec.kafka.bootstrap_servers,
                 t.all(),
                 spec.kafka.partitions,
                 spec.kafka.replication_factor,
-                t.compacted(),
+                t.compacted() + ledger,
             )
         except KafkaError as exc:
             log.warning("pool %s/%s: topics: %r", namespace, name, exc)  # the full repr: the log
