@@ -105,12 +105,18 @@ def imported(node: Node, image: Image) -> list[str]:
 
 
 def install(
-    env: dict[str, str], release: str, namespace: str, image: Image | None, *sets: str
+    env: dict[str, str],
+    release: str,
+    namespace: str,
+    image: Image | None,
+    *sets: str,
+    strings: tuple[str, ...] = (),
 ) -> str:
     """`helm install` with the image built here, imported into the node, by its
     content tag with pullPolicy Never (the imported image or nothing, there is no
     registry); `image` None: the chart's default image, which names the same
-    archive by its version tag. Returns helm's output (NOTES included)."""
+    archive by its version tag. `strings`: values kept as strings (`--set-string`:
+    an environment variable's value). Returns helm's output (NOTES included)."""
     values = list(sets)
     if image is not None:
         repository, tag = image.reference.rsplit(":", 1)
@@ -129,6 +135,7 @@ def install(
         namespace,
         "--create-namespace",
         *[arg for value in values for arg in ("--set", value)],
+        *[arg for value in strings for arg in ("--set-string", value)],
     )
 
 

@@ -13,7 +13,10 @@ recipient once. The active pod's process is then killed (SIGKILL through the
 node's containerd: no clean exit, its keep-alive just stops) or its pod
 deleted (SIGTERM, as on a rolling update or a drained node), the standby
 resumes within the documented bound, and a campaign created after the
-hand-over is fanned out by the survivor, again exactly once.
+hand-over is fanned out by the survivor, again exactly once. The SIGKILL lands
+in the middle of a campaign of 10,000 recipients (checkpoints every 250): the
+survivor resumes from the checkpoint and each recipient is on the outbound
+topic exactly once.
 
 Which replica is active is read from kopf's own log lines, and that needs
 care (why this test once failed one run in two): every peering replica
@@ -66,6 +69,19 @@ ELECTION_SECONDS = 240
 RELAY_READY_SECONDS = 240  # topics created, the relay pod started, its consumer joined
 FANOUT_SECONDS = 120
 AUDIENCE = 20
+# The campaign the acting replica is killed in the middle of: a checkpoint every
+# FANOUT_CHUNK records (the operator's MAILPIPE_FANOUT_CHUNK, 2000 by default),
+# and the kill once MID_FANOUT records are past a checkpoint, well before the end.
+BIG_AUDIENCE = 10_000
+FANOUT_CHUNK = 250
+MID_FANOUT = 1_000
+MID_FANOUT_SECONDS = 180  # the audience checked and rendered, then the first chunks
+# A replica resumes a fan-out another process held only once that holder wrote
+# nothing for this long (fanout_lease: longer than a chunk takes to land; 200 s
+# by default, for a holder that may be frozen rather than dead); shortened here
+# (MAILPIPE_FANOUT_TAKEOVER_SECONDS) so the test does not wait out the default.
+TAKEOVER_SECONDS = 30
+POLL_SECONDS = 0.2  # how finely the fan-out's progress is watched for the kill
 
 STARTED = re.compile(rf"peering '{PEERING}' as (\S+), priority (-?\d+)")  # main.run
 RESUMED = "Resuming operations after the pause"  # kopf peering.py:150
@@ -157,7 +173,7 @@ def release(
 
 
 def install_and_elect(
-    rel: Release, pods_bootstrap: str, image: Image, lifetime: int
+    rel: Release, pods_bootstrap: str, image: Image, lifetime: int, *operator_env: tuple[str, str]
 ) -> tuple[Replica, Replica]:
     """One replica, then a second once the first acts: (active, standby).
 
@@ -178,6 +194,10 @@ def install_and_elect(
         f"kafka.bootstrapServers={pods_bootstrap}",
         f"policy.allowedImages={{{image.repository}:*}}",
         f"policy.allowedBootstrapServers={{{pods_bootstrap}}}",
+        *[f"operator.env[{i}].name={name}" for i, (name, _) in enumerate(operator_env)],
+        strings=tuple(
+            f"operator.env[{i}].value={value}" for i, (_, value) in enumerate(operator_env)
+        ),
     )
     wait_for(lambda: len(running_pods(env, namespace, rel.name)) == 1, ELECTION_SECONDS, "a pod")
     [name] = running_pods(env, namespace, rel.name)
@@ -237,14 +257,46 @@ def apply_campaign(env: dict[str, str], namespace: str, name: str) -> None:
     harness.apply(env, campaign)
 
 
-def fanned_out(rel: Release, name: str, by: Replica) -> Counter[str]:
+def apply_big_campaign(env: dict[str, str], namespace: str, name: str) -> None:
+    """A Campaign whose audience (BIG_AUDIENCE rows) is a ConfigMap's CSV."""
+    csv = "address\n" + "".join(f"{name}{i}@d{i % 13}.test\n" for i in range(BIG_AUDIENCE))
+    audience = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-audience", "namespace": namespace},
+        "data": {"audience.csv": csv},
+    }
+    harness.apply(env, audience)
+    campaign = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "Campaign",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "poolRef": "news",
+            "from": {"address": "news@sender.test"},
+            "subject": "Hello",
+            "text": "Hi",
+            "audience": {"configMapRef": {"name": f"{name}-audience"}},
+        },
+    }
+    harness.apply(env, campaign)
+
+
+def fanout_status(rel: Release, name: str) -> dict[str, Any]:
+    obj = harness.get_object(rel.env, "campaigns.mailpipe.io", name, rel.namespace) or {}
+    return dict(obj.get("status", {}).get("fanout", {}))
+
+
+def fanned_out(
+    rel: Release, name: str, by: Replica, timeout: float = FANOUT_SECONDS
+) -> Counter[str]:
     """Wait until campaign `name`'s fan-out is done; its record ids on the outbound topic."""
 
     def state() -> Any:
         obj = harness.get_object(rel.env, "campaigns.mailpipe.io", name, rel.namespace) or {}
         return obj.get("status", {}).get("fanout", {}).get("state")
 
-    wait_seen(lambda: state() == "done", FANOUT_SECONDS, f"campaign {name} fanned out", by)
+    wait_seen(lambda: state() == "done", timeout, f"campaign {name} fanned out", by)
     obj = harness.get_object(rel.env, "campaigns.mailpipe.io", name, rel.namespace) or {}
     uid = obj["metadata"]["uid"]
     topic = Topics.for_pool(rel.namespace, "news").outbound
@@ -252,9 +304,9 @@ def fanned_out(rel: Release, name: str, by: Replica) -> Counter[str]:
     return Counter(i for i in ids if i.startswith(uid))
 
 
-def assert_once(ids: Counter[str]) -> None:
+def assert_once(ids: Counter[str], audience: int = AUDIENCE) -> None:
     """Each recipient on the outbound topic exactly once: one replica fanned out."""
-    assert len(ids) == AUDIENCE, ids
+    assert len(ids) == audience, (len(ids), audience)
     assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1]
 
 
@@ -267,9 +319,19 @@ def container_id(env: dict[str, str], namespace: str, pod: str) -> str:
 def test_one_replica_acts_and_a_crash_hands_over_within_the_lifetime(
     node: Node, release: tuple[Release, str, Image]
 ) -> None:
+    """...and the crash lands in the middle of a fan-out of BIG_AUDIENCE
+    recipients: the survivor finishes it, each recipient on the outbound
+    topic exactly once."""
     rel, pods_bootstrap, image = release
     env, namespace = rel.env, rel.namespace
-    leader, standby = install_and_elect(rel, pods_bootstrap, image, LIFETIME_SECONDS)
+    leader, standby = install_and_elect(
+        rel,
+        pods_bootstrap,
+        image,
+        LIFETIME_SECONDS,
+        ("MAILPIPE_FANOUT_CHUNK", str(FANOUT_CHUNK)),
+        ("MAILPIPE_FANOUT_TAKEOVER_SECONDS", str(TAKEOVER_SECONDS)),
+    )
 
     apply_pool(env, namespace)
     wait_seen(
@@ -284,6 +346,19 @@ def test_one_replica_acts_and_a_crash_hands_over_within_the_lifetime(
     assert OBJECT_LOG in leader.log()
     assert OBJECT_LOG not in standby.log(), standby.section()  # no handler ran
 
+    # The relays go to 0 (a Ready pool still: its records wait on Kafka), so
+    # the big campaign's records are only counted, not worked on beside the fan-out.
+    harness.kubectl_ok(
+        env, "patch", "sp", "news", "-n", namespace, "--type=merge", "-p", '{"spec":{"replicas":0}}'
+    )
+    apply_big_campaign(env, namespace, "big")
+    started = time.monotonic()
+    harness.wait_for(
+        lambda: fanout_status(rel, "big").get("nextIndex", 0) >= MID_FANOUT,
+        MID_FANOUT_SECONDS,
+        "the big campaign's fan-out under way",
+        interval_seconds=POLL_SECONDS,
+    )
     state = node.state
     assert state is not None
     # SIGKILL to the operator's process: no clean exit, its keep-alive just stops
@@ -291,8 +366,16 @@ def test_one_replica_acts_and_a_crash_hands_over_within_the_lifetime(
     killed = container_id(env, namespace, leader.name)
     node.ctr(state, "tasks", "kill", "--signal", "SIGKILL", killed)
     killed_at = time.monotonic()
+    at_kill = fanout_status(rel, "big")
+    print(f"killed {killed_at - started:.1f} s after the big campaign was applied: {at_kill}")
+    assert at_kill.get("state") == "running", f"not killed mid fan-out: {at_kill}"
+    assert at_kill.get("nextIndex", 0) < BIG_AUDIENCE, at_kill
     wait_seen(lambda: active(standby), CRASH_HANDOVER_SECONDS, "the standby resumed", standby)
     print(f"crash hand-over: {time.monotonic() - killed_at:.1f} s (lifetime {LIFETIME_SECONDS} s)")
+    big = fanned_out(rel, "big", standby, timeout=TAKEOVER_SECONDS + MID_FANOUT_SECONDS)
+    print(f"big fan-out done {time.monotonic() - killed_at:.1f} s after the kill")
+    assert_once(big, BIG_AUDIENCE)
+    assert fanout_status(rel, "big").get("enqueued") == BIG_AUDIENCE
 
     apply_campaign(env, namespace, "after")
     assert_once(fanned_out(rel, "after", standby))
