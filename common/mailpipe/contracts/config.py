@@ -19,13 +19,13 @@ invalid value, a bad delay step or an unknown time zone included, raises
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import sites
 from .bounces import BounceRules
 from .delays import DelayStep
 from .delivery import (
@@ -347,11 +347,7 @@ class RelayConfig(_Model):
 
     def group_of(self, domain: str) -> str | None:
         """The domain group a destination domain belongs to, if any (first match wins)."""
-        domain = domain.lower()
-        for group, patterns in self.domain_groups.items():
-            if any(fnmatch.fnmatchcase(domain, p.lower()) for p in patterns):
-                return group
-        return None
+        return sites.group_of(domain, self.domain_groups)
 
     def throttle_for(self, domain: str) -> Throttle:
         """Shaping for a domain: its own override, else its group's, else the default."""
@@ -376,15 +372,10 @@ class RelayConfig(_Model):
             return sites[group]
         return self.tls
 
-    def shaping_key(self, domain: str) -> str:
-        """What a throttle counts against: the override's name, else the domain itself."""
-        domain = domain.lower()
-        if domain in self.throttles:
-            return domain
-        group = self.group_of(domain)
-        if group is not None and group in self.throttles:
-            return group
-        return domain
+    def site_of(self, domain: str) -> str:
+        """The destination's site: what its limits count under and what its records
+        are keyed by (`contracts.sites`, the naming rule)."""
+        return sites.site_of(domain, self.domain_groups, self.throttles)
 
 
 def parse_config(text: str) -> RelayConfig:

@@ -97,8 +97,15 @@ class Dispatcher:
 
     async def postpone(self, work: Work, due: float, reason: PostponeReason) -> None:
         """Move a record, unchanged but for not_before, to a delay topic."""
-        postponed = self.postponer.postpone(work.record, due, reason, work.src.headers)
+        postponed = self.postponer.postpone(
+            work.record, due, reason, work.src.headers, site=work.site
+        )
         await self.finish_after(work, [postponed])
+
+    async def forward(self, work: Work) -> None:
+        """Move a record read under another key to its site's partition
+        (`delays.Postponer.forward`)."""
+        await self.finish_after(work, [self.postponer.forward(work)])
 
     async def to_dlq(self, src: SourceRecord, gen: int, kind: DLQReason, reason: str) -> None:
         await self.emitter.dlq(src, kind, reason)
@@ -162,7 +169,11 @@ class Dispatcher:
             remaining = record.model_copy(update={"recipients": live})
             sends.append(
                 self.postponer.postpone(
-                    remaining, egress.due, PostponeReason.NO_EGRESS_IP, work.src.headers
+                    remaining,
+                    egress.due,
+                    PostponeReason.NO_EGRESS_IP,
+                    work.src.headers,
+                    site=work.site,
                 )
             )
             await self.finish_after(work, sends)
@@ -240,7 +251,7 @@ class Dispatcher:
         if retry is not None and retry.not_before is not None:
             sends.append(
                 self.postponer.postpone(
-                    retry, retry.not_before, PostponeReason.RETRY, work.src.headers
+                    retry, retry.not_before, PostponeReason.RETRY, work.src.headers, site=work.site
                 )
             )
         await self.finish_after(work, sends)

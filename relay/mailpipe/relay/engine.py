@@ -4,7 +4,8 @@
       -> Revoking? hold their new work, drain, answer what to commit  `handover`
       -> Assigned? the previous owners' finished-ahead offsets        `offsets`
       -> finished before (read again)? skip it                        `offsets`
-      -> decode (bad -> DLQ) -> not due yet? (wait in memory / postpone: `delays`)
+      -> decode (bad -> DLQ) -> keyed by another site? forward it      `delays`
+      -> not due yet? (wait in memory / postpone: `delays`)
       -> per-domain ready queue (full -> postpone)           `scheduling`
       -> lanes: connection slot, rate token, egress IP       `scheduling`
       -> transactions of at most N recipients                `dispatch`
@@ -30,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
+from mailpipe.contracts import sites
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.suppressions import CampaignStates, SuppressionList
 from mailpipe.contracts.warmup import WarmupLedger
@@ -219,7 +221,10 @@ class Engine:
             dlq = self.dispatch.to_dlq(src, gen, DLQReason.UNDECODABLE, str(exc))
             self.tasks.spawn(self._step(src, gen, dlq))
             return
-        work = Work(src, record, gen)
+        work = Work(src, record, gen, site=self.config.site_of(record.domain))
+        if self._elsewhere(work):
+            self.tasks.spawn(self._step(src, gen, self.dispatch.forward(work)))
+            return
         due = record.not_before
         now = self.clock.time()
         if due is not None and due > now + DUE_SLACK_SECONDS:
@@ -229,6 +234,21 @@ class Engine:
                 self._postpone(work, due, PostponeReason.NOT_YET_DUE)
             return
         self._enqueue(work)
+
+    def _elsewhere(self, work: Work) -> bool:
+        """Whether `work` was read under another key than its site's, so another
+        relay may own its site (ARCHITECTURE.md, "Limits hold pool-wide"): it goes
+        to the site's partition instead (`Postponer.forward`), as a postponed
+        record does, and its offset finishes once Kafka has the copy. A record
+        forwarded MAX_SITE_HOPS times already (relays disagreeing about its site
+        while a config rolls out) is delivered here."""
+        key = work.src.key
+        if key is not None and key == work.site.encode():
+            return False
+        if sites.hops(work.src.headers) >= sites.MAX_SITE_HOPS:
+            log.warning("%s: forwarded %d times, delivered here", work.site, sites.MAX_SITE_HOPS)
+            return False
+        return True
 
     def _wake_waiting(self) -> None:
         """Records whose wait in memory ended: due ones are queued, the others (due

@@ -66,6 +66,7 @@ log = logging.getLogger("mailpipe.relay.engine")
 
 @dataclass
 class DomainQueue:
+    site: str  # what its lanes count under (`contracts.sites`)
     items: deque[Work] = field(default_factory=deque)
     lanes: int = 0
 
@@ -103,7 +104,8 @@ class Scheduler:
         self.stalls = Stalls(clock)
         self.stopping = False
         self._queues: dict[str, DomainQueue] = {}
-        self._waiting_for_slot: dict[str, set[str]] = {}  # shaping key -> domains
+        # site -> domains waiting for one of its connection slots, first come first
+        self._waiting_for_slot: dict[str, dict[str, None]] = {}
         self._waiting_lanes: set[asyncio.Task[Any]] = set()
         metrics.queue_depths.read = lambda: {d: len(q.items) for d, q in self._queues.items()}
 
@@ -122,7 +124,8 @@ class Scheduler:
             return PostponeReason.STALLED_DOMAIN
         q = self._queues.get(domain)
         if q is None:
-            q = self._queues[domain] = DomainQueue()
+            q = self._queues[domain] = DomainQueue(work.site)
+        q.site = work.site  # a reload may move a domain to another site: its next lanes count there
         if len(q.items) >= self.config.kafka.ready_queue_per_domain:
             return PostponeReason.QUEUE_FULL
         q.items.append(work)
@@ -190,28 +193,41 @@ class Scheduler:
 
     # -- lanes: connection slots and rate tokens ----------------------------------
 
-    def _shaper(self, domain: str) -> tuple[str, Shaper]:
-        key = self.config.shaping_key(domain)
-        return key, self.shaping.shaper(
-            key, self.config.throttle_for(domain), self.clock.monotonic()
-        )
+    def _shaper(self, domain: str, site: str) -> Shaper:
+        return self.shaping.shaper(site, self.config.throttle_for(domain), self.clock.monotonic())
 
     def _start_lanes(self, domain: str) -> None:
-        """Open lanes while the domain has more records than lanes and its shaping
-        key has a free connection slot; otherwise wait for a slot to free up."""
+        """Open lanes while the domain has more records than lanes and its site has
+        a free connection slot; otherwise wait in the site's line for the next
+        free one (`_waiting_for_slot`, first come first: `_hand_over`)."""
         if self.stopping:
             return
         q = self._queues[domain]
-        key, shaper = self._shaper(domain)
+        shaper = self._shaper(domain, q.site)
+        line = self._waiting_for_slot.setdefault(q.site, {})
         while q.items and q.lanes < len(q.items):
             if not shaper.can_open():
-                self._waiting_for_slot.setdefault(key, set()).add(domain)
+                line[domain] = None  # joins the back of the line, or keeps its place
                 return
+            line.pop(domain, None)
             shaper.connections += 1
             q.lanes += 1
-            self.tasks.spawn(self._lane(domain, key, shaper))
+            self.tasks.spawn(self._lane(domain, q.site, shaper))
+        line.pop(domain, None)  # wants no more lanes
+        if not line:
+            del self._waiting_for_slot[q.site]
 
-    async def _lane(self, domain: str, key: str, shaper: Shaper) -> None:
+    def _hand_over(self, site: str, shaper: Shaper) -> None:
+        """A slot of `site` is free: the domains in line take it in their order."""
+        line = self._waiting_for_slot.get(site)
+        while line and shaper.can_open() and not self.stopping:
+            head = next(iter(line))
+            self._start_lanes(head)  # opens lanes, or leaves the line with nothing to send
+            if head in line:
+                break  # still in line: the site's slots are all taken
+            line = self._waiting_for_slot.get(site)
+
+    async def _lane(self, domain: str, site: str, shaper: Shaper) -> None:
         q = self._queues[domain]
         try:
             while q.items and not self.stopping:
@@ -245,13 +261,20 @@ class Scheduler:
                     # stops every commit of its partition (issue 10, finding 3).
                     log.exception("attempt failed", extra={"message_id": work.record.id})
                     await self._fail(work, exc)
+                line = self._waiting_for_slot.get(site)
+                if line and (len(line) > 1 or domain not in line):
+                    # Another domain of the site waits for a slot: hand this one
+                    # over after each attempt, so domains sharing a limit share it
+                    # in turn instead of the first one keeping it while its queue
+                    # lasts. (Its connection stays pooled in the transport: the
+                    # next domain reuses it when they share an MX host.)
+                    break
         finally:
             q.lanes -= 1
             shaper.connections -= 1
-            waiting = self._waiting_for_slot.pop(key, set())
-            for other in waiting | {domain}:
-                if other in self._queues:
-                    self._start_lanes(other)
+            if q.items and q.lanes < len(q.items) and not self.stopping:
+                self._waiting_for_slot.setdefault(site, {})[domain] = None  # to the back
+            self._hand_over(site, shaper)
 
     def _observe_wait(self, domain: str, turn: float) -> Callable[[float], None]:
         """The record's wait for its rate: its lane's turn plus its token's wait."""

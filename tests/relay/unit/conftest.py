@@ -73,7 +73,16 @@ class Harness:
         )
 
     def put(self, value: bytes, partition: int = 0, topic: str = "p.outbound") -> None:
-        self.source.append(topic, partition, b"k", value)
+        """`value` keyed by its site, as the fan-out keys it (bytes that are no
+        record keep a placeholder key: they never get as far as a site)."""
+        self.source.append(topic, partition, self.site_key(value), value)
+
+    def site_key(self, value: bytes) -> bytes:
+        try:
+            domain = json.loads(value)["recipients"][0]["address"].rpartition("@")[2]
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return b"k"
+        return self.config.site_of(domain).encode()
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(v or b"{}") for _, v in self.sink.topics["p.events"]]

@@ -1,0 +1,113 @@
+"""Sites: the naming rule, records forwarded to their site's partition, and the
+fair share of a site's connection slots among its domains."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from mailpipe.contracts import sites
+
+from .conftest import Harness, make_config, record_bytes
+
+GROUPS = {"grp": ["a.test", "b.test"], "wide": ["*.wide.test"]}
+
+
+@pytest.mark.parametrize(
+    ("domain", "overrides", "site"),
+    [
+        ("a.test", {"grp"}, "grp"),
+        ("B.Test", set(), "grp"),  # a hand-written group is a site, limited or not
+        ("x.wide.test", set(), "wide"),
+        ("a.test", {"a.test", "grp"}, "a.test"),  # a limit of its own: its own site
+        ("other.test", {"grp"}, "other.test"),
+    ],
+    ids=["grouped", "case", "pattern", "own-override", "ungrouped"],
+)
+def test_the_site_naming_rule(domain: str, overrides: set[str], site: str) -> None:
+    assert sites.site_of(domain, GROUPS, overrides) == site
+
+
+def test_hop_headers_count_up_and_a_bad_count_stops_forwarding() -> None:
+    once = sites.hopped((("trace", b"1"),))
+    assert once == (("trace", b"1"), (sites.HOPS_HEADER, b"1"))
+    assert sites.hops(sites.hopped(once)) == 2
+    assert sites.hops(((sites.HOPS_HEADER, b"x"),)) == sites.MAX_SITE_HOPS
+
+
+async def test_a_record_keyed_by_its_domain_goes_to_its_sites_partition_unchanged() -> None:
+    """Domains of one group hash to different partitions when keyed by domain, so
+    two relays would each count the group's limits alone: the relay forwards the
+    record, keyed by the group, to the same topic, and sends nothing itself."""
+    h = Harness(make_config(domain_groups=GROUPS, throttles={"grp": {"max_connections": 1}}))
+    value = record_bytes("u@a.test")
+    h.source.append("p.outbound", 0, b"a.test", value, (("trace", b"t1"),))
+    h.source.append("p.delay.1m", 0, b"b.test", record_bytes("v@b.test", not_before=2e9))
+    await h.run_until(lambda: len(h.sink.topics["p.delay.1m"]) == 1)
+    assert h.sink.topics["p.outbound"] == [(b"grp", value)]
+    assert h.sink.headers["p.outbound"] == [(("trace", b"t1"), (sites.HOPS_HEADER, b"1"))]
+    assert [k for k, _ in h.sink.topics["p.delay.1m"]] == [b"grp"]  # not due: still forwarded
+    assert h.transport.envelopes == []
+    assert h.engine.tracker.in_flight == 0  # both offsets finished
+
+
+async def test_a_record_forwarded_too_often_is_delivered_where_it_is() -> None:
+    h = Harness(make_config(domain_groups=GROUPS))
+    hops = ((sites.HOPS_HEADER, str(sites.MAX_SITE_HOPS).encode()),)
+    h.source.append("p.outbound", 0, b"a.test", record_bytes("u@a.test"), hops)
+    await h.run_until(lambda: len(h.events()) == 1)
+    assert [e.domain for e in h.transport.envelopes] == ["a.test"]
+    assert "p.outbound" not in h.sink.topics
+
+
+async def test_postponed_and_retried_records_are_keyed_by_their_site() -> None:
+    h = Harness(make_config(domain_groups=GROUPS))
+    h.transport.answer("u@a.test", "451 4.3.0 try later")
+    h.put(record_bytes("u@a.test"))
+    await h.run_until(lambda: any(h.sink.topics[t] for t in ("p.delay.1m", "p.delay.10m")))
+    keys = [k for t in ("p.delay.1m", "p.delay.10m") for k, _ in h.sink.topics[t]]
+    assert keys == [b"grp"]
+
+
+async def test_two_domains_sharing_one_connection_take_it_in_turn() -> None:
+    """One connection for the group: a lane hands the slot over after each
+    attempt while the other domain waits, instead of keeping it while its own
+    queue lasts (all of a.test first, then b.test)."""
+    h = Harness(make_config(domain_groups=GROUPS, throttles={"grp": {"max_connections": 1}}))
+    n = 10
+    for i in range(n):
+        h.put(record_bytes(f"u{i}@a.test"))
+    for i in range(n):
+        h.put(record_bytes(f"u{i}@b.test"))
+    await h.run_until(lambda: len(h.events()) == 2 * n)
+    order = [e.domain for e in h.transport.envelopes]
+    longest = max(len(list(run)) for _, run in itertools.groupby(order))
+    assert longest <= 2, order
+    assert sorted(order) == ["a.test"] * n + ["b.test"] * n
+
+
+async def test_a_single_domain_keeps_all_its_sites_slots() -> None:
+    """Handing over is only for another domain in line: a domain alone keeps
+    every slot busy (its own queue longer than its slots does not end lanes)."""
+    h = Harness(make_config(domain_groups=GROUPS, throttles={"grp": {"max_connections": 3}}))
+    h.transport.delay_seconds = 0.01
+    busy = peak = 0
+    deliver = h.transport.deliver
+
+    async def counting(envelope):  # type: ignore[no-untyped-def]
+        nonlocal busy, peak
+        busy += 1
+        peak = max(peak, busy)
+        try:
+            return await deliver(envelope)
+        finally:
+            busy -= 1
+
+    h.transport.deliver = counting  # type: ignore[method-assign]
+    for i in range(12):
+        h.put(record_bytes(f"u{i}@a.test"))
+    await h.run_until(lambda: len(h.events()) == 12)
+    assert peak == 3
+    assert json.loads(json.dumps(h.engine.scheduler.describe()))["lanes"] == {}
