@@ -14,7 +14,17 @@ The naming rule, first match:
    its own site: a limit written for one domain means that domain;
 2. a domain matching a hand-written domain group is the group's site (the
    group's name: group names have no dot, so never a domain's);
-3. otherwise the domain is its own site.
+3. a domain whose MX hosts are known (the relay's resolver) is the site of
+   its MX hosts (`mx_site`): the **provider domain** of each MX host name
+   (its last two labels, three under a country code whose second level is a
+   registry's: `co.uk`, `com.au`), sorted, joined by `+`. So every domain
+   served by `*.google.com` (gmail.com's `gmail-smtp-in.l.google.com`, a
+   Workspace domain's `aspmx.l.google.com`) is the site `google.com`, every
+   Microsoft 365 tenant (`*.mail.protection.outlook.com`) `outlook.com`;
+4. otherwise (a static route, an MX lookup that failed) the domain itself.
+
+A site's limits are `throttles[site]`, else the default: a pool limits all
+of Google with `throttles: {google.com: ...}`.
 
 Pure and shared: the operator keys fan-out records with it, the relay keys
 what it postpones with it and forwards a record read under another key
@@ -24,7 +34,7 @@ what it postpones with it and forwards a record read under another key
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 # Kafka header of a record forwarded to its site's partition: how many times it
 # was. Relays that disagree about a site (a config rollout half done) would
@@ -43,13 +53,44 @@ def group_of(domain: str, groups: Mapping[str, Sequence[str]]) -> str | None:
     return None
 
 
-def site_of(domain: str, groups: Mapping[str, Sequence[str]], overrides: Collection[str]) -> str:
-    """The site of `domain` under the naming rule above; `overrides` are the
-    names with a throttle override (domains and groups)."""
+def written_site(
+    domain: str, groups: Mapping[str, Sequence[str]], overrides: Collection[str]
+) -> str | None:
+    """The site of `domain` by rules 1-2 (what the config says), else None;
+    `overrides` are the names with a throttle override (domains and groups)."""
     domain = domain.lower()
     if domain in overrides:
         return domain
-    return group_of(domain, groups) or domain
+    return group_of(domain, groups)
+
+
+def site_of(domain: str, groups: Mapping[str, Sequence[str]], overrides: Collection[str]) -> str:
+    """The site of `domain` as far as the config knows it (rules 1, 2 and 4):
+    what a producer without MX answers keys by (the relay forwards a record
+    whose MX hosts name another site)."""
+    return written_site(domain, groups, overrides) or domain.lower()
+
+
+# Second-level labels that registries use under a country code (`example.co.uk`):
+# there the provider is the last three labels. A short list rather than the
+# Public Suffix List: MX hosts of the large providers end in a gTLD, and a
+# wrong guess only makes a site wider or narrower, never loses mail.
+_REGISTRY_SECOND_LEVELS = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or"})
+
+
+def provider_domain(host: str) -> str | None:
+    """The provider part of an MX host name (rule 3 above); None for an address."""
+    labels = [label for label in host.lower().rstrip(".").split(".") if label]
+    if len(labels) < 2 or all(label.isdigit() for label in labels) or ":" in host:
+        return None
+    keep = 3 if len(labels[-1]) == 2 and labels[-2] in _REGISTRY_SECOND_LEVELS else 2
+    return ".".join(labels[-keep:])
+
+
+def mx_site(hosts: Iterable[str]) -> str | None:
+    """The site of a domain whose MX hosts are `hosts`; None if none has a name."""
+    providers = sorted({p for h in hosts if (p := provider_domain(h)) is not None})
+    return "+".join(providers) or None
 
 
 def hops(headers: Sequence[tuple[str, bytes]]) -> int:

@@ -64,8 +64,8 @@ def test_a_groups_rate_and_connections_hold_across_relays(
     )
     times = sorted(rx.mail_times())
     rate = (len(times) - 1) / (times[-1] - times[0]) * 60
-    assert rate <= RATE_PER_MINUTE * 1.05, (rate, len(times))
-    assert rx.peak_connections() == 1
+    peak = rx.peak_connections()
+    assert rate <= RATE_PER_MINUTE * 1.05 and peak == 1, (rate, peak, len(times))
 
 
 def test_two_domains_sharing_one_connection_each_get_a_fair_share(

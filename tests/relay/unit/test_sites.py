@@ -30,6 +30,22 @@ def test_the_site_naming_rule(domain: str, overrides: set[str], site: str) -> No
     assert sites.site_of(domain, GROUPS, overrides) == site
 
 
+@pytest.mark.parametrize(
+    ("hosts", "site"),
+    [
+        (["gmail-smtp-in.l.google.com.", "alt1.gmail-smtp-in.l.google.com."], "google.com"),
+        (["aspmx.l.google.com", "alt2.aspmx.l.google.com"], "google.com"),
+        (["contoso-com.mail.protection.outlook.com"], "outlook.com"),
+        (["mx1.example.co.uk", "MX2.Example.CO.UK"], "example.co.uk"),
+        (["mx.b.test", "mx.a.test"], "a.test+b.test"),
+        (["192.0.2.1", "localhost"], None),
+    ],
+    ids=["gmail", "workspace", "m365", "cctld", "two-providers", "no-names"],
+)
+def test_a_site_from_mx_hosts(hosts: list[str], site: str | None) -> None:
+    assert sites.mx_site(hosts) == site
+
+
 def test_hop_headers_count_up_and_a_bad_count_stops_forwarding() -> None:
     once = sites.hopped((("trace", b"1"),))
     assert once == (("trace", b"1"), (sites.HOPS_HEADER, b"1"))
