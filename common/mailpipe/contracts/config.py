@@ -373,9 +373,20 @@ class RelayConfig(_Model):
         return self.tls
 
     def site_of(self, domain: str) -> str:
-        """The destination's site: what its limits count under and what its records
-        are keyed by (`contracts.sites`, the naming rule)."""
+        """The destination's site as the config knows it: what its limits count
+        under and what its records are keyed by (`contracts.sites`, the naming
+        rule; the relay may find another from the domain's MX hosts)."""
         return sites.site_of(domain, self.domain_groups, self.throttles)
+
+    def written_site(self, domain: str) -> str | None:
+        """The site the config names for `domain` (its own override, its group), or None."""
+        return sites.written_site(domain, self.domain_groups, self.throttles)
+
+    def throttle_for_site(self, site: str) -> Throttle:
+        """A site's shaping: its override (a domain's, a group's, an MX site's
+        such as `google.com`), else the default. For a site from `site_of` it is
+        `throttle_for` of each of its domains."""
+        return self.throttles.get(site, self.throttle_default)
 
 
 def parse_config(text: str) -> RelayConfig:

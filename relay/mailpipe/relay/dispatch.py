@@ -212,7 +212,7 @@ class Dispatcher:
         record, domain = work.record, work.domain
         assert work.message is not None
         transactions = []
-        throttle = self.scheduler.throttle(domain)
+        throttle = self.scheduler.throttle(work.site)
         with self.scheduler.stalls.watch(domain) as watch:
             for part in chunks(live, throttle.recipients_per_transaction):
                 envelope = Envelope(

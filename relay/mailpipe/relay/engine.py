@@ -52,6 +52,7 @@ from .ports import (
     RecordSource,
     Revoked,
     Revoking,
+    SiteLookup,
     SourceRecord,
     Transport,
 )
@@ -87,8 +88,11 @@ class Engine:
         metrics: RelayMetrics,
         relay_id: str,
         campaigns: CampaignStates | None = None,
+        sites: SiteLookup | None = None,
     ) -> None:
         self.campaigns = campaigns or CampaignStates()
+        # Sites from MX hosts (`contracts.sites`, rule 3); None: the config's only.
+        self.sites = sites
         self.source = source
         self.ledger = ledger
         self.clock = clock
@@ -221,7 +225,28 @@ class Engine:
             dlq = self.dispatch.to_dlq(src, gen, DLQReason.UNDECODABLE, str(exc))
             self.tasks.spawn(self._step(src, gen, dlq))
             return
-        work = Work(src, record, gen, site=self.config.site_of(record.domain))
+        written = self.config.written_site(record.domain)
+        work = Work(src, record, gen, site=written or record.domain)
+        if written is None and self.sites is not None:
+            known = self.sites.known_site(work.domain)
+            if known is None:  # its MX answer is not at hand: look it up, then go on
+                self.tasks.spawn(self._look_up_site(work, self.sites))
+                return
+            work.site = known
+        self._route(work)
+
+    async def _look_up_site(self, work: Work, sites: SiteLookup) -> None:
+        """The record's site once its MX hosts are known (the transport's resolver
+        caches the answer for its delivery). A partition revoked meanwhile is the
+        next owner's to read again."""
+        work.site = await sites.site(work.domain)
+        if self.tracker.current(work.src.tp, work.gen):
+            self._route(work)
+
+    def _route(self, work: Work) -> None:
+        """A decoded record whose site is known: forwarded to its site's partition,
+        waiting, postponed or queued."""
+        src, gen, record = work.src, work.gen, work.record
         if self._elsewhere(work):
             self.tasks.spawn(self._step(src, gen, self.dispatch.forward(work)))
             return

@@ -206,6 +206,20 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+class SiteLookup(Protocol):
+    """A destination's site from its MX hosts (`contracts.sites`, rule 3): the
+    relay's MX resolver, so the answer a delivery uses is the one that keyed it."""
+
+    def known_site(self, domain: str) -> str | None:
+        """The site if the MX answer is at hand (cached), else None: ask `site`."""
+        ...
+
+    async def site(self, domain: str) -> str:
+        """The site after an MX lookup; the domain itself when it has no MX names
+        (a static route, a lookup that failed: delivery reports why)."""
+        ...
+
+
 class Clock(Protocol):
     """Injectable time: wall clock for dates and warm-up days, monotonic for rates."""
 

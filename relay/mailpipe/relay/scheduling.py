@@ -158,11 +158,11 @@ class Scheduler:
         mono = self.clock.monotonic()
         ips = [e.address for e in self.config.egress]
 
-        def held_back(domain: str) -> bool:
-            throttled = self.config.throttle_for(domain).messages_per_minute is not None
+        def held_back(domain: str, q: DomainQueue) -> bool:
+            throttled = self.config.throttle_for_site(q.site).messages_per_minute is not None
             return throttled or all(self.shaping.backed_off(ip, domain, mono) for ip in ips)
 
-        candidates = [(d, q) for d, q in self._queues.items() if q.items and held_back(d)]
+        candidates = [(d, q) for d, q in self._queues.items() if q.items and held_back(d, q)]
         if not candidates:
             return []
         domain, q = max(candidates, key=lambda kv: len(kv[1].items))
@@ -193,8 +193,9 @@ class Scheduler:
 
     # -- lanes: connection slots and rate tokens ----------------------------------
 
-    def _shaper(self, domain: str, site: str) -> Shaper:
-        return self.shaping.shaper(site, self.config.throttle_for(domain), self.clock.monotonic())
+    def _shaper(self, site: str) -> Shaper:
+        throttle = self.config.throttle_for_site(site)
+        return self.shaping.shaper(site, throttle, self.clock.monotonic())
 
     def _start_lanes(self, domain: str) -> None:
         """Open lanes while the domain has more records than lanes and its site has
@@ -203,7 +204,7 @@ class Scheduler:
         if self.stopping:
             return
         q = self._queues[domain]
-        shaper = self._shaper(domain, q.site)
+        shaper = self._shaper(q.site)
         line = self._waiting_for_slot.setdefault(q.site, {})
         while q.items and q.lanes < len(q.items):
             if not shaper.can_open():
@@ -345,10 +346,10 @@ class Scheduler:
         for ev in settlement.events:
             self.ledger.outcome(egress.address, ev.disposition)
 
-    def throttle(self, domain: str) -> Throttle:
-        """The destination's shaping: `recipients_per_transaction` shapes the
+    def throttle(self, site: str) -> Throttle:
+        """The site's shaping: `recipients_per_transaction` shapes the
         transactions, `messages_per_connection` travels to the connection pool."""
-        return self.config.throttle_for(domain)
+        return self.config.throttle_for_site(site)
 
     # -- state -------------------------------------------------------------------
 

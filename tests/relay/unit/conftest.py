@@ -15,7 +15,7 @@ from mailpipe.relay.clock import ManualClock, SystemClock
 from mailpipe.relay.engine import Engine
 from mailpipe.relay.fakes import MemorySink, MemorySource, ScriptedTransport
 from mailpipe.relay.metrics import RelayMetrics
-from mailpipe.relay.ports import Clock
+from mailpipe.relay.ports import Clock, SiteLookup
 
 _ids = itertools.count()
 
@@ -53,7 +53,9 @@ def record_bytes(*recipients: str, subject: str = "hi", **extra: Any) -> bytes:
 
 
 class Harness:
-    def __init__(self, config: RelayConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: RelayConfig, clock: Clock | None = None, sites: SiteLookup | None = None
+    ) -> None:
         self.config = config
         self.source = MemorySource()
         self.sink = MemorySink()
@@ -70,6 +72,7 @@ class Harness:
             clock=self.clock,
             metrics=RelayMetrics(),
             relay_id="relay-test",
+            sites=sites,
         )
 
     def put(self, value: bytes, partition: int = 0, topic: str = "p.outbound") -> None:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import itertools
 import json
 
+import dns.asyncresolver
 import pytest
 
 from mailpipe.contracts import sites
+from mailpipe.relay.delivery import MXResolver
+from mailpipe.relay.fakes import MXSites
 
 from .conftest import Harness, make_config, record_bytes
+from .test_mx_hardening import FakeDNS
 
 GROUPS = {"grp": ["a.test", "b.test"], "wide": ["*.wide.test"]}
 
@@ -127,3 +131,52 @@ async def test_a_single_domain_keeps_all_its_sites_slots() -> None:
     await h.run_until(lambda: len(h.events()) == 12)
     assert peak == 3
     assert json.loads(json.dumps(h.engine.scheduler.describe()))["lanes"] == {}
+
+
+async def test_domains_on_one_providers_mx_hosts_share_its_site_and_its_limits() -> None:
+    """Two domains hosted on *.google.com MX hosts are the site `google.com`: its
+    records are forwarded there, and a looked-up domain already keyed by its site
+    shares the site's one connection with the other, in turn."""
+    google = ["aspmx.l.google.com", "alt1.aspmx.l.google.com"]
+    lookup = MXSites({"a.test": google, "b.test": ["gmail-smtp-in.l.google.com"]})
+    config = make_config(throttles={"google.com": {"max_connections": 1}})
+    h = Harness(config, sites=lookup)
+    h.source.append("p.outbound", 0, b"a.test", record_bytes("u@a.test"))  # keyed by domain
+    for i in range(4):
+        h.source.append("p.outbound", 1, b"google.com", record_bytes(f"u{i}@a.test"))
+        h.source.append("p.outbound", 1, b"google.com", record_bytes(f"v{i}@b.test"))
+    await h.run_until(lambda: len(h.events()) == 8)
+    assert [k for k, _ in h.sink.topics["p.outbound"]] == [b"google.com"]  # the forward
+    order = [e.domain for e in h.transport.envelopes]
+    assert max(len(list(run)) for _, run in itertools.groupby(order)) <= 2, order
+    assert h.engine.scheduler.shaping.shapers.keys() == {"google.com"}
+
+
+async def test_the_mx_resolver_names_sites_from_its_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay's resolver is the site lookup: a site is known only from a cached
+    answer; static routes and failed lookups leave a domain its own site."""
+    dns_ = FakeDNS(
+        mx={"a.test": ["10 aspmx.l.google.com.", "20 alt1.aspmx.l.google.com."]},
+        a={"aspmx.l.google.com": ["192.0.2.1"], "alt1.aspmx.l.google.com": ["192.0.2.2"]},
+    )
+
+    async def resolve(self: object, qname: object, rdtype: object = "A", *a: object) -> object:
+        return await dns_.resolve(qname, rdtype)
+
+    monkeypatch.setattr(dns.asyncresolver.Resolver, "resolve", resolve)
+    routed = {"r.test": [{"host": "127.0.0.10", "port": 25}]}
+    resolver = MXResolver(
+        make_config(
+            dns_nameserver="127.0.0.1:9",
+            routes=routed,
+            delivery={"allow_private_destinations": True},
+        )
+    )
+    assert resolver.known_site("a.test") is None
+    assert await resolver.site("a.test") == "google.com"
+    assert resolver.known_site("a.test") == "google.com"
+    assert await resolver.site("gone.test") == "gone.test"  # NXDOMAIN: delivery says why
+    assert resolver.known_site("r.test") == "r.test"
+    assert await resolver.site("r.test") == "r.test"
