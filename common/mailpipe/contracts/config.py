@@ -6,8 +6,9 @@ start and again whenever the mounted file changes. Unknown keys are refused so
 a typo in a pool never silently becomes a default; every quantity carries its
 unit in its name.
 
-Policy is data (KumoMTA's "shaping"): the scheduler asks `throttle_for()` and
-`group_of()` rather than reading dicts, so lookup rules live in one place.
+Policy is data (KumoMTA's "shaping"): the relay asks `site_of()` and
+`throttle_for_site()` rather than reading dicts, so lookup rules live in one
+place (`sites`: what a destination's site is).
 The policy types (egress IPs, throttles, warm-up steps, retry, TLS, routes)
 are the SendingPool spec's own (`policy`), so the operator passes what it
 parsed, and whatever the relay refuses the CRD schema refuses too.
