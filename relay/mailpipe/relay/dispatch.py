@@ -224,6 +224,8 @@ class Dispatcher:
                     egress.helo,
                     throttle.messages_per_connection,
                     work.token,
+                    work.site,
+                    throttle.max_connections,
                 )
                 transactions.append(Transaction(part, await self._transact(envelope, watch)))
         if work.token is not None and not work.token.used:

@@ -182,6 +182,11 @@ class Envelope:
     # The record's rate token, taken just before MAIL FROM; None = not rate-shaped
     # (tests that drive the transport alone).
     gate: RateGate | None = None
+    # Its site (`contracts.sites`) and the site's connection limit: the pooled
+    # idle connections of a site count towards it (a receiver counts them), so
+    # the transport closes one before it opens another past the limit.
+    site: str = ""
+    max_connections: int | None = None
 
 
 @dataclass(slots=True)

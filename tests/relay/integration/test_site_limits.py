@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
+from mailpipe.devstack.dns import Zone
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 
 from .conftest import Pool, RelayProcess, wait_for
@@ -96,3 +97,44 @@ def test_two_domains_sharing_one_connection_each_get_a_fair_share(
     first_done = min(max(i for i, d in enumerate(order) if d == dom) for dom in domains)
     longest = max(len(list(run)) for _, run in itertools.groupby(order[: first_done + 1]))
     assert longest <= 3, order
+
+
+def test_domains_on_one_providers_mx_hosts_share_the_sites_limits_across_relays(
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+    dns_zones: Callable[[list[Zone]], object],
+    stack_state: object,
+) -> None:
+    """No group written: ma.test and mb.test are hosted on two MX hosts of one
+    provider (mx1/mx2.hoster.test), so their site is `hoster.test` (named from
+    the MX hosts) and its limit holds for both, on two relays, with the idle
+    pooled connection to one MX host closed before one to the other opens."""
+    rx = smtp_receiver("127.0.0.10", 0)
+    hosts = {"ma.test": "mx1.hoster.test", "mb.test": "mx2.hoster.test"}
+    dns_zones([Zone(d, mx=((mx, 10),), a={mx: rx.host}) for d, mx in hosts.items()])
+    dns_port = stack_state.dns_port  # type: ignore[attr-defined]
+    pool = pool_factory(
+        smtp_port=rx.port,
+        dns_nameserver=f"127.0.0.1:{dns_port}",
+        throttles={"hoster.test": {"messages_per_minute": RATE_PER_MINUTE, "max_connections": 1}},
+    )
+    started = [relays(pool, f"relay-{i}") for i in range(2)]
+    wait_for(lambda: _members(pool) == 2, 90, "both relays in the group", started[0])
+    expected = set()
+    for i in range(MESSAGES // 2):
+        for domain, partition in {"ma.test": 0, "mb.test": 2}.items():
+            rcpt = f"u{i}@{domain}"
+            pool.send(rcpt, id=rcpt, partition=partition)
+            expected.add(rcpt)
+    pool.flush()
+    wait_for(
+        lambda: set(rx.recipients()) >= expected,
+        len(expected) * 60 / RATE_PER_MINUTE * 2 + 60,
+        "the site delivered",
+        started[0],
+    )
+    times = sorted(rx.mail_times())
+    rate = (len(times) - 1) / (times[-1] - times[0]) * 60
+    peak = rx.peak_connections()
+    assert rate <= RATE_PER_MINUTE * 1.05 and peak == 1, (rate, peak, len(times))
