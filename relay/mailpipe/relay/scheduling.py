@@ -1,21 +1,25 @@
-"""Ready queues and lanes: the one place the per-domain limits are enforced.
+"""Ready queues and lanes: the one place a site's limits are enforced.
 
-Each destination domain has a bounded ready queue and up to `max_connections`
-lanes; a lane is one connection's worth of sequential work. Before a lane
-takes a record it waits for its turn at the shaping key's rate
+Each destination domain has a bounded ready queue; the domains of a site
+(`contracts.sites`) share its `max_connections` lanes; a lane is one
+connection's worth of sequential work. A lane hands its slot over after each
+attempt while another domain of the site waits in line (`_hand_over`), so
+domains sharing a limit take it in turn. Before a lane
+takes a record it waits for its turn at the site's rate
 (`messages_per_minute`, a token bucket with a burst of one); the record's
 token itself is taken by the transport just before its MAIL FROM, on a
 greeted connection (`tokens`), so what arrives at the receiver keeps the
 rate however long connections take to open; a lane exists only while it holds one of
-the key's connection slots (`max_connections`); the destination's
+the site's connection slots (`max_connections`); the site's
 `messages_per_connection` travels in the envelope to the transport's
 connection pool; and the egress IP is chosen here, skipping IPs the domain
 told to back off (421, 4.7.x, 5.7.x) and IPs out of warm-up budget
 (ARCHITECTURE.md, "Limits hold pool-wide"). `throttle` holds the counters; this
 module is where they are consulted.
 
-Because every domain has its own queue and lanes, a throttled, backed-off or
-dead domain only ever waits on itself (ARCHITECTURE.md, "No head-of-line blocking"). A record waits
+Because every domain has its own queue and every site its own lanes, a
+throttled, backed-off or dead destination only ever waits on itself (and on
+the domains sharing its site) (ARCHITECTURE.md, "No head-of-line blocking"). A record waits
 for its token *in the queue*, so a full read window can still move it to a delay
 topic (`relieve`).
 
