@@ -164,7 +164,7 @@ class Dispatcher:
         if self.scheduler.ledger.settling:
             await self.scheduler.budgets_known()
             now = self.clock.time()
-        egress = self.scheduler.choose_egress(domain, len(live), now)
+        egress = self.scheduler.choose_egress(domain, work.site, len(live), now)
         if isinstance(egress, NoEgress):
             remaining = record.model_copy(update={"recipients": live})
             sends.append(
@@ -242,7 +242,7 @@ class Dispatcher:
             classifier=self.classifier,
             strikes=self.strikes,
         )
-        self.scheduler.settled(egress, domain, settlement)
+        self.scheduler.settled(egress, domain, work.site, settlement)
         for ev in settlement.events:
             self.metrics.delivered(ev.disposition.value, domain, egress.address)
         for tx in transactions:

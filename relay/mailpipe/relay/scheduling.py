@@ -164,7 +164,7 @@ class Scheduler:
 
         def held_back(domain: str, q: DomainQueue) -> bool:
             throttled = self.config.throttle_for_site(q.site).messages_per_minute is not None
-            return throttled or all(self.shaping.backed_off(ip, domain, mono) for ip in ips)
+            return throttled or all(self.shaping.backed_off(ip, q.site, mono) for ip in ips)
 
         candidates = [(d, q) for d, q in self._queues.items() if q.items and held_back(d, q)]
         if not candidates:
@@ -311,20 +311,21 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ledger.released.wait(), SETTLING_WAIT_SECONDS)
 
-    def choose_egress(self, domain: str, count: int, now: float) -> Egress | NoEgress:
+    def choose_egress(self, domain: str, site: str, count: int, now: float) -> Egress | NoEgress:
         """An IP that may send `count` messages to `domain` now, or when one may:
-        IPs the domain told to back off are skipped until their rest ends, IPs out
+        IPs the domain's site told to back off are skipped until their rest ends
+        (a provider's 421 for one of its domains holds for all of them), IPs out
         of warm-up budget until the next day. `count_sent` then spends the budget."""
         mono = self.clock.monotonic()
         ips = [e.address for e in self.config.egress]
-        excluded = frozenset(ip for ip in ips if self.shaping.backed_off(ip, domain, mono))
+        excluded = frozenset(ip for ip in ips if self.shaping.backed_off(ip, site, mono))
         ip = self.ledger.choose(domain, count, now, excluded)
         if ip is None and self.ledger.settling:
             # Budgets are unknown until the events topic is read past the
             # rebalance (`WarmupLedger.hold`): a second, not the next day.
             return NoEgress(now + SETTLING_RETRY_SECONDS)
         if ip is None:
-            end = self.shaping.earliest_backoff_end(domain, ips, mono)
+            end = self.shaping.earliest_backoff_end(site, ips, mono)
             due = now + (end - mono) if end is not None else self.ledger.next_day_start(now)
             return NoEgress(due)
         return Egress(ip, next(e.helo for e in self.config.egress if e.address == ip))
@@ -340,12 +341,12 @@ class Scheduler:
         same rule as the rate token (`tokens`)."""
         self.ledger.unrecord(egress.address, domain, count, now)
 
-    def settled(self, egress: Egress, domain: str, settlement: Settlement) -> None:
-        """What an attempt taught about the IP: rest it for the domain once per reply
-        that asked (421, 4.7.x, 5.7.x: repeats double the rest), and count its
+    def settled(self, egress: Egress, domain: str, site: str, settlement: Settlement) -> None:
+        """What an attempt taught about the IP: rest it for the domain's site once per
+        reply that asked (421, 4.7.x, 5.7.x: repeats double the rest), and count its
         dispositions towards the warm-up bounce and complaint rates."""
         for reason in settlement.backoffs:
-            self.shaping.back_off(egress.address, domain, reason, self.clock.monotonic())
+            self.shaping.back_off(egress.address, site, reason, self.clock.monotonic())
             self.metrics.backoffs.labels(domain, egress.address, reason).inc()
         for ev in settlement.events:
             self.ledger.outcome(egress.address, ev.disposition)

@@ -180,3 +180,16 @@ async def test_the_mx_resolver_names_sites_from_its_answers(
     assert await resolver.site("gone.test") == "gone.test"  # NXDOMAIN: delivery says why
     assert resolver.known_site("r.test") == "r.test"
     assert await resolver.site("r.test") == "r.test"
+
+
+async def test_a_sites_back_off_rests_the_ip_for_all_its_domains() -> None:
+    """A provider that says "slow down" for one of its domains means its
+    infrastructure: the IP rests for the whole site, not only that domain."""
+    h = Harness(make_config(domain_groups=GROUPS, throttles={"grp": {"max_connections": 1}}))
+    h.transport.answer("u@a.test", "421 4.7.0 too fast, slow down")
+    h.put(record_bytes("u@a.test"))
+    h.put(record_bytes("v@b.test"))
+    delays = ("p.delay.1m", "p.delay.10m")
+    await h.run_until(lambda: sum(len(h.sink.topics[t]) for t in delays) == 2)
+    assert [e.domain for e in h.transport.envelopes] == ["a.test"]  # b.test never tried
+    assert h.engine.scheduler.shaping.backoffs.keys() == {("127.0.0.2", "grp")}
