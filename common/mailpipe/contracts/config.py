@@ -6,8 +6,9 @@ start and again whenever the mounted file changes. Unknown keys are refused so
 a typo in a pool never silently becomes a default; every quantity carries its
 unit in its name.
 
-Policy is data (KumoMTA's "shaping"): the scheduler asks `throttle_for()` and
-`group_of()` rather than reading dicts, so lookup rules live in one place.
+Policy is data (KumoMTA's "shaping"): the relay asks `site_of()` and
+`throttle_for_site()` rather than reading dicts, so lookup rules live in one
+place (`sites`: what a destination's site is).
 The policy types (egress IPs, throttles, warm-up steps, retry, TLS, routes)
 are the SendingPool spec's own (`policy`), so the operator passes what it
 parsed, and whatever the relay refuses the CRD schema refuses too.
@@ -19,13 +20,13 @@ invalid value, a bad delay step or an unknown time zone included, raises
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import sites
 from .bounces import BounceRules
 from .delays import DelayStep
 from .delivery import (
@@ -347,11 +348,7 @@ class RelayConfig(_Model):
 
     def group_of(self, domain: str) -> str | None:
         """The domain group a destination domain belongs to, if any (first match wins)."""
-        domain = domain.lower()
-        for group, patterns in self.domain_groups.items():
-            if any(fnmatch.fnmatchcase(domain, p.lower()) for p in patterns):
-                return group
-        return None
+        return sites.group_of(domain, self.domain_groups)
 
     def throttle_for(self, domain: str) -> Throttle:
         """Shaping for a domain: its own override, else its group's, else the default."""
@@ -376,15 +373,21 @@ class RelayConfig(_Model):
             return sites[group]
         return self.tls
 
-    def shaping_key(self, domain: str) -> str:
-        """What a throttle counts against: the override's name, else the domain itself."""
-        domain = domain.lower()
-        if domain in self.throttles:
-            return domain
-        group = self.group_of(domain)
-        if group is not None and group in self.throttles:
-            return group
-        return domain
+    def site_of(self, domain: str) -> str:
+        """The destination's site as the config knows it: what its limits count
+        under and what its records are keyed by (`contracts.sites`, the naming
+        rule; the relay may find another from the domain's MX hosts)."""
+        return sites.site_of(domain, self.domain_groups, self.throttles)
+
+    def written_site(self, domain: str) -> str | None:
+        """The site the config names for `domain` (its own override, its group), or None."""
+        return sites.written_site(domain, self.domain_groups, self.throttles)
+
+    def throttle_for_site(self, site: str) -> Throttle:
+        """A site's shaping: its override (a domain's, a group's, an MX site's
+        such as `google.com`), else the default. For a site from `site_of` it is
+        `throttle_for` of each of its domains."""
+        return self.throttles.get(site, self.throttle_default)
 
 
 def parse_config(text: str) -> RelayConfig:

@@ -60,10 +60,17 @@ def delivery_record(
 
 
 def send_record(
-    producer: KafkaProducer, topic: str, record: DeliveryRecord, partition: int | None = None
+    producer: KafkaProducer,
+    topic: str,
+    record: DeliveryRecord,
+    partition: int | None = None,
+    key: str | None = None,
 ) -> None:
-    """Produce `record` keyed by its domain, as the operator's fan-out does."""
-    producer.send(topic, key=record.domain.encode(), value=encode(record), partition=partition)
+    """Produce `record` keyed by `key`, else by its domain (as a producer that knows
+    no sites does: the relays forward a grouped domain's record to its site,
+    `contracts.sites`; the operator's fan-out keys by site)."""
+    key = record.domain if key is None else key
+    producer.send(topic, key=key.encode(), value=encode(record), partition=partition)
 
 
 def pool_topics(

@@ -66,6 +66,12 @@ class _RecordingSMTP(SMTP):
 
     async def _handle_client(self) -> None:
         self._receiver.count_connection(self.session)
+        try:
+            await self._serve()
+        finally:
+            self._receiver.count_closed()
+
+    async def _serve(self) -> None:
         if self._receiver.policy.greeting_delay_seconds:
             await asyncio.sleep(self._receiver.policy.greeting_delay_seconds)
         if self._receiver.policy.greeting_421:
@@ -85,6 +91,10 @@ class ReceiverHandler:
         self.messages: list[Received] = []
         self.rcpt_replies: list[tuple[str, str]] = []  # (recipient, reply) in order
         self.connections: Counter[str] = Counter()  # peer ip -> connections
+        # Connections open now, and the most ever open at once: what a receiver's
+        # concurrent-connection limit counts, idle pooled ones included.
+        self.open_now = 0
+        self.open_peak = 0
         # peer ip -> recipients it tried (RCPT answered, whatever the reply): what
         # a warming IP's daily cap counts, delivered, bounced and deferred alike
         self.rcpt_tries: Counter[str] = Counter()
@@ -94,9 +104,15 @@ class ReceiverHandler:
         self._attempts: Counter[str] = Counter()
 
     def count_connection(self, session: Session | None) -> None:
-        if session is not None and session.peer:
-            with self.lock:
+        with self.lock:
+            self.open_now += 1
+            self.open_peak = max(self.open_peak, self.open_now)
+            if session is not None and session.peer:
                 self.connections[str(session.peer[0])] += 1
+
+    def count_closed(self) -> None:
+        with self.lock:
+            self.open_now -= 1
 
     def _reply_for(self, address: str) -> str:
         key = address.lower()
@@ -250,11 +266,17 @@ class SMTPReceiver:
         with self.handler.lock:
             return Counter(self.handler.connections)
 
+    def peak_connections(self) -> int:
+        """The most connections ever open at once (a pooled idle one counts)."""
+        with self.handler.lock:
+            return self.handler.open_peak
+
     def reset(self, recipients: Iterable[str] = ()) -> None:
         with self.handler.lock:
             self.handler.messages.clear()
             self.handler.rcpt_replies.clear()
             self.handler.connections.clear()
+            self.handler.open_peak = self.handler.open_now
             self.handler.mail_froms.clear()
             for r in recipients:
                 self.handler.policy.recipients.pop(r.lower(), None)

@@ -15,6 +15,7 @@ import heapq
 import itertools
 from collections.abc import Awaitable, Collection, Sequence
 
+from mailpipe.contracts import sites
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.wire import DeliveryRecord, encode
 
@@ -45,6 +46,7 @@ class PostponeReason(enum.StrEnum):
     CAMPAIGN_PAUSED = "campaign_paused"  # its campaign is suspended: look again later
     NO_EGRESS_IP = "no_egress_ip"  # every IP backed off or out of warm-up budget
     STALLED_DOMAIN = "stalled_domain"  # its domain outlived the tarpit budget (see stalls.py)
+    SITE_FORWARD = "site_forward"  # read under another key than its site: to the site's partition
 
 
 class Postponer:
@@ -105,13 +107,26 @@ class Postponer:
         due: float,
         reason: PostponeReason,
         headers: Sequence[tuple[str, bytes]] = (),
+        *,
+        site: str,
     ) -> Awaitable[None]:
-        """Produce `record` with `not_before = due`; completes when Kafka acknowledged it.
-        `headers`, the producer's Kafka headers, go with it: its events carry them."""
+        """Produce `record` with `not_before = due`, keyed by its `site` (so it comes
+        back on the site's partition: `contracts.sites`); completes when Kafka
+        acknowledged it. `headers`, the producer's Kafka headers, go with it: its
+        events carry them."""
         record = record.model_copy(update={"not_before": due})
         self.metrics.postponed.labels(record.domain, reason).inc()
         topic = self.topic_for(due - self.clock.time())
-        return self.sink.send(topic, record.domain.encode(), encode(record), headers)
+        return self.sink.send(topic, site.encode(), encode(record), headers)
+
+    def forward(self, work: Work) -> Awaitable[None]:
+        """Produce the bytes `work` was read from again, unchanged, to the same topic
+        keyed by its site: read under another key (a producer that keys by domain, a site
+        whose config changed), it belongs to the relay that owns the site's
+        partition. The hop count rides in a header (`contracts.sites.hopped`)."""
+        src = work.src
+        self.metrics.postponed.labels(work.domain, PostponeReason.SITE_FORWARD).inc()
+        return self.sink.send(src.topic, work.site.encode(), src.value, sites.hopped(src.headers))
 
 
 class Waiting:

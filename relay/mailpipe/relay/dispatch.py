@@ -97,8 +97,15 @@ class Dispatcher:
 
     async def postpone(self, work: Work, due: float, reason: PostponeReason) -> None:
         """Move a record, unchanged but for not_before, to a delay topic."""
-        postponed = self.postponer.postpone(work.record, due, reason, work.src.headers)
+        postponed = self.postponer.postpone(
+            work.record, due, reason, work.src.headers, site=work.site
+        )
         await self.finish_after(work, [postponed])
+
+    async def forward(self, work: Work) -> None:
+        """Move a record read under another key to its site's partition
+        (`delays.Postponer.forward`)."""
+        await self.finish_after(work, [self.postponer.forward(work)])
 
     async def to_dlq(self, src: SourceRecord, gen: int, kind: DLQReason, reason: str) -> None:
         await self.emitter.dlq(src, kind, reason)
@@ -157,12 +164,16 @@ class Dispatcher:
         if self.scheduler.ledger.settling:
             await self.scheduler.budgets_known()
             now = self.clock.time()
-        egress = self.scheduler.choose_egress(domain, len(live), now)
+        egress = self.scheduler.choose_egress(domain, work.site, len(live), now)
         if isinstance(egress, NoEgress):
             remaining = record.model_copy(update={"recipients": live})
             sends.append(
                 self.postponer.postpone(
-                    remaining, egress.due, PostponeReason.NO_EGRESS_IP, work.src.headers
+                    remaining,
+                    egress.due,
+                    PostponeReason.NO_EGRESS_IP,
+                    work.src.headers,
+                    site=work.site,
                 )
             )
             await self.finish_after(work, sends)
@@ -201,7 +212,7 @@ class Dispatcher:
         record, domain = work.record, work.domain
         assert work.message is not None
         transactions = []
-        throttle = self.scheduler.throttle(domain)
+        throttle = self.scheduler.throttle(work.site)
         with self.scheduler.stalls.watch(domain) as watch:
             for part in chunks(live, throttle.recipients_per_transaction):
                 envelope = Envelope(
@@ -213,6 +224,8 @@ class Dispatcher:
                     egress.helo,
                     throttle.messages_per_connection,
                     work.token,
+                    work.site,
+                    throttle.max_connections,
                 )
                 transactions.append(Transaction(part, await self._transact(envelope, watch)))
         if work.token is not None and not work.token.used:
@@ -229,7 +242,7 @@ class Dispatcher:
             classifier=self.classifier,
             strikes=self.strikes,
         )
-        self.scheduler.settled(egress, domain, settlement)
+        self.scheduler.settled(egress, domain, work.site, settlement)
         for ev in settlement.events:
             self.metrics.delivered(ev.disposition.value, domain, egress.address)
         for tx in transactions:
@@ -240,7 +253,7 @@ class Dispatcher:
         if retry is not None and retry.not_before is not None:
             sends.append(
                 self.postponer.postpone(
-                    retry, retry.not_before, PostponeReason.RETRY, work.src.headers
+                    retry, retry.not_before, PostponeReason.RETRY, work.src.headers, site=work.site
                 )
             )
         await self.finish_after(work, sends)

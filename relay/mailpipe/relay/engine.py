@@ -4,7 +4,8 @@
       -> Revoking? hold their new work, drain, answer what to commit  `handover`
       -> Assigned? the previous owners' finished-ahead offsets        `offsets`
       -> finished before (read again)? skip it                        `offsets`
-      -> decode (bad -> DLQ) -> not due yet? (wait in memory / postpone: `delays`)
+      -> decode (bad -> DLQ) -> keyed by another site? forward it      `delays`
+      -> not due yet? (wait in memory / postpone: `delays`)
       -> per-domain ready queue (full -> postpone)           `scheduling`
       -> lanes: connection slot, rate token, egress IP       `scheduling`
       -> transactions of at most N recipients                `dispatch`
@@ -30,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
+from mailpipe.contracts import sites
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.suppressions import CampaignStates, SuppressionList
 from mailpipe.contracts.warmup import WarmupLedger
@@ -50,6 +52,7 @@ from .ports import (
     RecordSource,
     Revoked,
     Revoking,
+    SiteLookup,
     SourceRecord,
     Transport,
 )
@@ -85,8 +88,11 @@ class Engine:
         metrics: RelayMetrics,
         relay_id: str,
         campaigns: CampaignStates | None = None,
+        sites: SiteLookup | None = None,
     ) -> None:
         self.campaigns = campaigns or CampaignStates()
+        # Sites from MX hosts (`contracts.sites`, rule 3); None: the config's only.
+        self.sites = sites
         self.source = source
         self.ledger = ledger
         self.clock = clock
@@ -228,7 +234,31 @@ class Engine:
             dlq = self.dispatch.to_dlq(src, gen, DLQReason.UNDECODABLE, str(exc))
             self.tasks.spawn(self._step(src, gen, dlq))
             return
-        work = Work(src, record, gen)
+        written = self.config.written_site(record.domain)
+        work = Work(src, record, gen, site=written or record.domain)
+        if written is None and self.sites is not None:
+            known = self.sites.known_site(work.domain)
+            if known is None:  # its MX answer is not at hand: look it up, then go on
+                self.tasks.spawn(self._look_up_site(work, self.sites))
+                return
+            work.site = known
+        self._route(work)
+
+    async def _look_up_site(self, work: Work, sites: SiteLookup) -> None:
+        """The record's site once its MX hosts are known (the transport's resolver
+        caches the answer for its delivery). A partition revoked meanwhile is the
+        next owner's to read again."""
+        work.site = await sites.site(work.domain)
+        if self.tracker.current(work.src.tp, work.gen):
+            self._route(work)
+
+    def _route(self, work: Work) -> None:
+        """A decoded record whose site is known: forwarded to its site's partition,
+        waiting, postponed or queued."""
+        src, gen, record = work.src, work.gen, work.record
+        if self._elsewhere(work):
+            self.tasks.spawn(self._step(src, gen, self.dispatch.forward(work)))
+            return
         due = record.not_before
         now = self.clock.time()
         if due is not None and due > now + DUE_SLACK_SECONDS:
@@ -238,6 +268,21 @@ class Engine:
                 self._postpone(work, due, PostponeReason.NOT_YET_DUE)
             return
         self._enqueue(work)
+
+    def _elsewhere(self, work: Work) -> bool:
+        """Whether `work` was read under another key than its site's, so another
+        relay may own its site (ARCHITECTURE.md, "Limits hold pool-wide"): it goes
+        to the site's partition instead (`Postponer.forward`), as a postponed
+        record does, and its offset finishes once Kafka has the copy. A record
+        forwarded MAX_SITE_HOPS times already (relays disagreeing about its site
+        while a config rolls out) is delivered here."""
+        key = work.src.key
+        if key is not None and key == work.site.encode():
+            return False
+        if sites.hops(work.src.headers) >= sites.MAX_SITE_HOPS:
+            log.warning("%s: forwarded %d times, delivered here", work.site, sites.MAX_SITE_HOPS)
+            return False
+        return True
 
     def _wake_waiting(self) -> None:
         """Records whose wait in memory ended: due ones are queued, the others (due

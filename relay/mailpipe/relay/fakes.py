@@ -11,6 +11,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 
+from mailpipe.contracts import sites
 from mailpipe.contracts.tls_outcome import TLSOutcome
 
 from .classify import reply
@@ -167,3 +168,24 @@ class ScriptedTransport:
 
     async def close(self) -> None:
         return None
+
+
+class MXSites:
+    """`ports.SiteLookup` from a table of MX host names per domain (`contracts.sites`,
+    rule 3); a domain is `known_site` only once `site` looked it up, as with a
+    resolver's cache."""
+
+    def __init__(self, mx_hosts: Mapping[str, Sequence[str]]) -> None:
+        self.mx_hosts = mx_hosts
+        self.looked_up: list[str] = []
+
+    def known_site(self, domain: str) -> str | None:
+        return self._site(domain) if domain in self.looked_up else None
+
+    async def site(self, domain: str) -> str:
+        await asyncio.sleep(0)  # an answer comes later than the question
+        self.looked_up.append(domain)
+        return self._site(domain)
+
+    def _site(self, domain: str) -> str:
+        return sites.mx_site(self.mx_hosts.get(domain, ())) or domain

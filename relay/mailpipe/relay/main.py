@@ -178,6 +178,7 @@ async def serve(
         metrics=metrics,
         relay_id=relay_id,
         campaigns=followed.campaigns,
+        sites=transport.mx,
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

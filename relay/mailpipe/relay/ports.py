@@ -182,6 +182,11 @@ class Envelope:
     # The record's rate token, taken just before MAIL FROM; None = not rate-shaped
     # (tests that drive the transport alone).
     gate: RateGate | None = None
+    # Its site (`contracts.sites`) and the site's connection limit: the pooled
+    # idle connections of a site count towards it (a receiver counts them), so
+    # the transport closes one before it opens another past the limit.
+    site: str = ""
+    max_connections: int | None = None
 
 
 @dataclass(slots=True)
@@ -204,6 +209,20 @@ class Transport(Protocol):
     async def deliver(self, envelope: Envelope) -> TransactionResult: ...
 
     async def close(self) -> None: ...
+
+
+class SiteLookup(Protocol):
+    """A destination's site from its MX hosts (`contracts.sites`, rule 3): the
+    relay's MX resolver, so the answer a delivery uses is the one that keyed it."""
+
+    def known_site(self, domain: str) -> str | None:
+        """The site if the MX answer is at hand (cached), else None: ask `site`."""
+        ...
+
+    async def site(self, domain: str) -> str:
+        """The site after an MX lookup; the domain itself when it has no MX names
+        (a static route, a lookup that failed: delivery reports why)."""
+        ...
 
 
 class Clock(Protocol):

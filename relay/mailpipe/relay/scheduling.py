@@ -1,21 +1,25 @@
-"""Ready queues and lanes: the one place the per-domain limits are enforced.
+"""Ready queues and lanes: the one place a site's limits are enforced.
 
-Each destination domain has a bounded ready queue and up to `max_connections`
-lanes; a lane is one connection's worth of sequential work. Before a lane
-takes a record it waits for its turn at the shaping key's rate
+Each destination domain has a bounded ready queue; the domains of a site
+(`contracts.sites`) share its `max_connections` lanes; a lane is one
+connection's worth of sequential work. A lane hands its slot over after each
+attempt while another domain of the site waits in line (`_hand_over`), so
+domains sharing a limit take it in turn. Before a lane
+takes a record it waits for its turn at the site's rate
 (`messages_per_minute`, a token bucket with a burst of one); the record's
 token itself is taken by the transport just before its MAIL FROM, on a
 greeted connection (`tokens`), so what arrives at the receiver keeps the
 rate however long connections take to open; a lane exists only while it holds one of
-the key's connection slots (`max_connections`); the destination's
+the site's connection slots (`max_connections`); the site's
 `messages_per_connection` travels in the envelope to the transport's
 connection pool; and the egress IP is chosen here, skipping IPs the domain
 told to back off (421, 4.7.x, 5.7.x) and IPs out of warm-up budget
 (ARCHITECTURE.md, "Limits hold pool-wide"). `throttle` holds the counters; this
 module is where they are consulted.
 
-Because every domain has its own queue and lanes, a throttled, backed-off or
-dead domain only ever waits on itself (ARCHITECTURE.md, "No head-of-line blocking"). A record waits
+Because every domain has its own queue and every site its own lanes, a
+throttled, backed-off or dead destination only ever waits on itself (and on
+the domains sharing its site) (ARCHITECTURE.md, "No head-of-line blocking"). A record waits
 for its token *in the queue*, so a full read window can still move it to a delay
 topic (`relieve`).
 
@@ -66,6 +70,7 @@ log = logging.getLogger("mailpipe.relay.engine")
 
 @dataclass
 class DomainQueue:
+    site: str  # what its lanes count under (`contracts.sites`)
     items: deque[Work] = field(default_factory=deque)
     lanes: int = 0
 
@@ -103,7 +108,8 @@ class Scheduler:
         self.stalls = Stalls(clock)
         self.stopping = False
         self._queues: dict[str, DomainQueue] = {}
-        self._waiting_for_slot: dict[str, set[str]] = {}  # shaping key -> domains
+        # site -> domains waiting for one of its connection slots, first come first
+        self._waiting_for_slot: dict[str, dict[str, None]] = {}
         self._waiting_lanes: set[asyncio.Task[Any]] = set()
         metrics.queue_depths.read = lambda: {d: len(q.items) for d, q in self._queues.items()}
 
@@ -122,7 +128,8 @@ class Scheduler:
             return PostponeReason.STALLED_DOMAIN
         q = self._queues.get(domain)
         if q is None:
-            q = self._queues[domain] = DomainQueue()
+            q = self._queues[domain] = DomainQueue(work.site)
+        q.site = work.site  # a reload may move a domain to another site: its next lanes count there
         if len(q.items) >= self.config.kafka.ready_queue_per_domain:
             return PostponeReason.QUEUE_FULL
         q.items.append(work)
@@ -155,11 +162,11 @@ class Scheduler:
         mono = self.clock.monotonic()
         ips = [e.address for e in self.config.egress]
 
-        def held_back(domain: str) -> bool:
-            throttled = self.config.throttle_for(domain).messages_per_minute is not None
-            return throttled or all(self.shaping.backed_off(ip, domain, mono) for ip in ips)
+        def held_back(domain: str, q: DomainQueue) -> bool:
+            throttled = self.config.throttle_for_site(q.site).messages_per_minute is not None
+            return throttled or all(self.shaping.backed_off(ip, q.site, mono) for ip in ips)
 
-        candidates = [(d, q) for d, q in self._queues.items() if q.items and held_back(d)]
+        candidates = [(d, q) for d, q in self._queues.items() if q.items and held_back(d, q)]
         if not candidates:
             return []
         domain, q = max(candidates, key=lambda kv: len(kv[1].items))
@@ -190,28 +197,42 @@ class Scheduler:
 
     # -- lanes: connection slots and rate tokens ----------------------------------
 
-    def _shaper(self, domain: str) -> tuple[str, Shaper]:
-        key = self.config.shaping_key(domain)
-        return key, self.shaping.shaper(
-            key, self.config.throttle_for(domain), self.clock.monotonic()
-        )
+    def _shaper(self, site: str) -> Shaper:
+        throttle = self.config.throttle_for_site(site)
+        return self.shaping.shaper(site, throttle, self.clock.monotonic())
 
     def _start_lanes(self, domain: str) -> None:
-        """Open lanes while the domain has more records than lanes and its shaping
-        key has a free connection slot; otherwise wait for a slot to free up."""
+        """Open lanes while the domain has more records than lanes and its site has
+        a free connection slot; otherwise wait in the site's line for the next
+        free one (`_waiting_for_slot`, first come first: `_hand_over`)."""
         if self.stopping:
             return
         q = self._queues[domain]
-        key, shaper = self._shaper(domain)
+        shaper = self._shaper(q.site)
+        line = self._waiting_for_slot.setdefault(q.site, {})
         while q.items and q.lanes < len(q.items):
             if not shaper.can_open():
-                self._waiting_for_slot.setdefault(key, set()).add(domain)
+                line[domain] = None  # joins the back of the line, or keeps its place
                 return
+            line.pop(domain, None)
             shaper.connections += 1
             q.lanes += 1
-            self.tasks.spawn(self._lane(domain, key, shaper))
+            self.tasks.spawn(self._lane(domain, q.site, shaper))
+        line.pop(domain, None)  # wants no more lanes
+        if not line:
+            del self._waiting_for_slot[q.site]
 
-    async def _lane(self, domain: str, key: str, shaper: Shaper) -> None:
+    def _hand_over(self, site: str, shaper: Shaper) -> None:
+        """A slot of `site` is free: the domains in line take it in their order."""
+        line = self._waiting_for_slot.get(site)
+        while line and shaper.can_open() and not self.stopping:
+            head = next(iter(line))
+            self._start_lanes(head)  # opens lanes, or leaves the line with nothing to send
+            if head in line:
+                break  # still in line: the site's slots are all taken
+            line = self._waiting_for_slot.get(site)
+
+    async def _lane(self, domain: str, site: str, shaper: Shaper) -> None:
         q = self._queues[domain]
         try:
             while q.items and not self.stopping:
@@ -245,13 +266,20 @@ class Scheduler:
                     # stops every commit of its partition (issue 10, finding 3).
                     log.exception("attempt failed", extra={"message_id": work.record.id})
                     await self._fail(work, exc)
+                line = self._waiting_for_slot.get(site)
+                if line and (len(line) > 1 or domain not in line):
+                    # Another domain of the site waits for a slot: hand this one
+                    # over after each attempt, so domains sharing a limit share it
+                    # in turn instead of the first one keeping it while its queue
+                    # lasts. (Its connection stays pooled in the transport: the
+                    # next domain reuses it when they share an MX host.)
+                    break
         finally:
             q.lanes -= 1
             shaper.connections -= 1
-            waiting = self._waiting_for_slot.pop(key, set())
-            for other in waiting | {domain}:
-                if other in self._queues:
-                    self._start_lanes(other)
+            if q.items and q.lanes < len(q.items) and not self.stopping:
+                self._waiting_for_slot.setdefault(site, {})[domain] = None  # to the back
+            self._hand_over(site, shaper)
 
     def _observe_wait(self, domain: str, turn: float) -> Callable[[float], None]:
         """The record's wait for its rate: its lane's turn plus its token's wait."""
@@ -283,20 +311,21 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ledger.released.wait(), SETTLING_WAIT_SECONDS)
 
-    def choose_egress(self, domain: str, count: int, now: float) -> Egress | NoEgress:
+    def choose_egress(self, domain: str, site: str, count: int, now: float) -> Egress | NoEgress:
         """An IP that may send `count` messages to `domain` now, or when one may:
-        IPs the domain told to back off are skipped until their rest ends, IPs out
+        IPs the domain's site told to back off are skipped until their rest ends
+        (a provider's 421 for one of its domains holds for all of them), IPs out
         of warm-up budget until the next day. `count_sent` then spends the budget."""
         mono = self.clock.monotonic()
         ips = [e.address for e in self.config.egress]
-        excluded = frozenset(ip for ip in ips if self.shaping.backed_off(ip, domain, mono))
+        excluded = frozenset(ip for ip in ips if self.shaping.backed_off(ip, site, mono))
         ip = self.ledger.choose(domain, count, now, excluded)
         if ip is None and self.ledger.settling:
             # Budgets are unknown until the events topic is read past the
             # rebalance (`WarmupLedger.hold`): a second, not the next day.
             return NoEgress(now + SETTLING_RETRY_SECONDS)
         if ip is None:
-            end = self.shaping.earliest_backoff_end(domain, ips, mono)
+            end = self.shaping.earliest_backoff_end(site, ips, mono)
             due = now + (end - mono) if end is not None else self.ledger.next_day_start(now)
             return NoEgress(due)
         return Egress(ip, next(e.helo for e in self.config.egress if e.address == ip))
@@ -312,20 +341,20 @@ class Scheduler:
         same rule as the rate token (`tokens`)."""
         self.ledger.unrecord(egress.address, domain, count, now)
 
-    def settled(self, egress: Egress, domain: str, settlement: Settlement) -> None:
-        """What an attempt taught about the IP: rest it for the domain once per reply
-        that asked (421, 4.7.x, 5.7.x: repeats double the rest), and count its
+    def settled(self, egress: Egress, domain: str, site: str, settlement: Settlement) -> None:
+        """What an attempt taught about the IP: rest it for the domain's site once per
+        reply that asked (421, 4.7.x, 5.7.x: repeats double the rest), and count its
         dispositions towards the warm-up bounce and complaint rates."""
         for reason in settlement.backoffs:
-            self.shaping.back_off(egress.address, domain, reason, self.clock.monotonic())
+            self.shaping.back_off(egress.address, site, reason, self.clock.monotonic())
             self.metrics.backoffs.labels(domain, egress.address, reason).inc()
         for ev in settlement.events:
             self.ledger.outcome(egress.address, ev.disposition)
 
-    def throttle(self, domain: str) -> Throttle:
-        """The destination's shaping: `recipients_per_transaction` shapes the
+    def throttle(self, site: str) -> Throttle:
+        """The site's shaping: `recipients_per_transaction` shapes the
         transactions, `messages_per_connection` travels to the connection pool."""
-        return self.config.throttle_for(domain)
+        return self.config.throttle_for_site(site)
 
     # -- state -------------------------------------------------------------------
 

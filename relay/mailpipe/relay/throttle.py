@@ -1,8 +1,9 @@
-"""Shaping state: message rates, connection counts and back-offs per destination.
+"""Shaping state: message rates and connection counts per site, back-offs per destination.
 
 The counters only; `scheduling` is where they are consulted and the limits
-enforced. Kafka keys records by recipient domain, so exactly one replica owns
-a domain at a time; the limits kept here in memory are therefore pool-wide
+enforced. Kafka keys records by site (`contracts.sites`; a record read under
+another key is forwarded to its site's partition), so exactly one replica owns
+a site at a time; the limits kept here in memory are therefore pool-wide
 limits (ARCHITECTURE.md, "Limits hold pool-wide") without any shared counter store. All
 times come from the injected clock's monotonic reading, so tests drive them
 without sleeping.

@@ -26,7 +26,12 @@ class Work:
     # The envelope sender: the record's, or its VERP Return-Path (`stamps`),
     # made with the message.
     sender: str | None = None
+    # Its site (`contracts.sites`): what its limits count under and its Kafka key
+    # when it is postponed; set by the engine when it reads the record.
+    site: str = ""
     domain: str = field(init=False)  # the record's, computed once: every step asks for it
 
     def __post_init__(self) -> None:
         self.domain = self.record.domain
+        if not self.site:
+            self.site = self.domain

@@ -3,9 +3,13 @@ become records, and how the counts move, on a first run and on a resume."""
 
 from __future__ import annotations
 
-from mailpipe.contracts.wire import suppression_key
-from mailpipe.operator.handlers.fanout import _chunk
-from mailpipe.operator.models import Recipient
+import functools
+
+from mailpipe.contracts import sites
+from mailpipe.contracts.wire import decode_record, suppression_key
+from mailpipe.operator.campaign import Renderer
+from mailpipe.operator.handlers.fanout import _chunk, _record
+from mailpipe.operator.models import CampaignSpec, Recipient
 
 AUDIENCE = [Recipient(address=f"u{i}@dest.test") for i in range(6)]
 
@@ -34,3 +38,22 @@ def test_a_list_unsubscribe_leaves_out_that_lists_campaigns_only() -> None:
     assert [v for _, v in other.records] == [b"0:u0@dest.test", b"1:u1@dest.test"]
     unlisted = _chunk(AUDIENCE, range(3), suppressed, set(), _build)
     assert unlisted.suppressed == 1
+
+
+def test_a_record_is_keyed_by_its_site() -> None:
+    """The fan-out keys by site (`contracts.sites`): the domains of a group share a
+    partition, so one relay owns the group's limits and no record needs a hop."""
+    spec = CampaignSpec.model_validate(
+        {
+            "poolRef": "news",
+            "from": {"address": "news@example.com"},
+            "subject": "Hello",
+            "text": "Hi",
+            "audience": {"inline": [{"address": "a@x.test"}]},
+        }
+    )
+    site_of = functools.partial(sites.site_of, groups={"mail": ["*.mail.test"]}, overrides={})
+    build = functools.partial(_record, "ns/c", "uid", spec, Renderer(spec, "ns/c"), site_of, 1.0)
+    key, value = build(0, Recipient(address="u@a.mail.test"))
+    assert (key, decode_record(value).domain) == (b"mail", "a.mail.test")
+    assert build(1, Recipient(address="u@dest.test"))[0] == b"dest.test"

@@ -52,11 +52,14 @@ class Pool:
         *recipients: str,
         partition: int | None = None,
         campaign: str | None = CAMPAIGN,
+        key: str | None = None,
         **fields: Any,
     ) -> str:
-        """One record to `recipients`; `fields` as `samples.delivery_record` takes them."""
+        """One record to `recipients`, keyed by `key` (default: its domain); `fields`
+        as `samples.delivery_record` takes them."""
         record = samples.delivery_record(*recipients, campaign=campaign, **fields)
-        samples.send_record(self.producer, self.config.kafka.outbound_topic, record, partition)
+        topic = self.config.kafka.outbound_topic
+        samples.send_record(self.producer, topic, record, partition, key)
         return record.id
 
     def send_raw(self, key: bytes, value: bytes) -> None:

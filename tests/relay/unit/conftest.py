@@ -15,7 +15,7 @@ from mailpipe.relay.clock import ManualClock, SystemClock
 from mailpipe.relay.engine import Engine
 from mailpipe.relay.fakes import MemorySink, MemorySource, ScriptedTransport
 from mailpipe.relay.metrics import RelayMetrics
-from mailpipe.relay.ports import Clock
+from mailpipe.relay.ports import Clock, SiteLookup
 
 _ids = itertools.count()
 
@@ -53,7 +53,9 @@ def record_bytes(*recipients: str, subject: str = "hi", **extra: Any) -> bytes:
 
 
 class Harness:
-    def __init__(self, config: RelayConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: RelayConfig, clock: Clock | None = None, sites: SiteLookup | None = None
+    ) -> None:
         self.config = config
         self.source = MemorySource()
         self.sink = MemorySink()
@@ -70,10 +72,20 @@ class Harness:
             clock=self.clock,
             metrics=RelayMetrics(),
             relay_id="relay-test",
+            sites=sites,
         )
 
     def put(self, value: bytes, partition: int = 0, topic: str = "p.outbound") -> None:
-        self.source.append(topic, partition, b"k", value)
+        """`value` keyed by its site, as the fan-out keys it (bytes that are no
+        record keep a placeholder key: they never get as far as a site)."""
+        self.source.append(topic, partition, self.site_key(value), value)
+
+    def site_key(self, value: bytes) -> bytes:
+        try:
+            domain = json.loads(value)["recipients"][0]["address"].rpartition("@")[2]
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return b"k"
+        return self.config.site_of(domain).encode()
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(v or b"{}") for _, v in self.sink.topics["p.events"]]

@@ -121,7 +121,7 @@ async def test_the_producers_kafka_headers_are_carried_onto_the_records_events()
     h = Harness(make_config())
     h.transport.answer("later@d.test", "451 4.3.0 try again")
     trace = (("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),)
-    h.source.append("p.outbound", 0, b"k", record_bytes("ok@d.test", "later@d.test"), trace)
+    h.source.append("p.outbound", 0, b"d.test", record_bytes("ok@d.test", "later@d.test"), trace)
     await h.run_until(lambda: len(h.events()) == 2)
     assert h.sink.headers["p.events"] == [trace, trace]
     # ...and onto its retry, so the retry's events carry them too.

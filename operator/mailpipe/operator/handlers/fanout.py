@@ -37,6 +37,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from mailpipe.contracts import sites
 from mailpipe.contracts.wire import encode, suppression_key
 
 from .. import campaign as camp
@@ -435,11 +436,14 @@ def _record(
     uid: str,
     spec: CampaignSpec,
     renderer: camp.Renderer,
+    site_of: Callable[[str], str],
     now: float,
     index: int,
     recipient: Recipient,
 ) -> tuple[bytes, bytes]:
-    """The (key, value) of recipient `index`'s delivery record."""
+    """The (key, value) of recipient `index`'s delivery record, keyed by its site
+    (`contracts.sites`): the domains of a group share one partition, so one relay
+    counts the group's limits (ARCHITECTURE.md, "Limits hold pool-wide")."""
     record = camp.build_record(
         campaign=key,
         uid=uid,
@@ -449,7 +453,7 @@ def _record(
         renderer=renderer,
         now=now,
     )
-    return record.domain.encode(), encode(record)
+    return site_of(record.domain).encode(), encode(record)
 
 
 def _run_fanout(
@@ -483,6 +487,8 @@ def _run_fanout(
         spec, key, seconds=FANOUT_RENDER_SECONDS, endpoint=pool.spec.unsubscribe is not None
     )
     suppressed = kafka_io.read_suppressions(bootstrap, t.suppressions)
+    groups, overrides = pool.spec.domain_groups, pool.spec.throttles.overrides
+    site_of = functools.partial(sites.site_of, groups=groups, overrides=overrides)
     start = checkpoint.next_index
     produced: set[int] = set()
     if checkpoint.offsets:
@@ -527,7 +533,7 @@ def _run_fanout(
         claim_from = checkpoint.holder if index == start else ""
         if not _write_held(state, key, obj, running, claim_from=claim_from):
             return  # another operator process resumed it (see fanout_lease)
-        build = functools.partial(_record, key, uid, spec, renderer, time.time())
+        build = functools.partial(_record, key, uid, spec, renderer, site_of, time.time())
         end = min(index + FANOUT_CHUNK, total)
         chunk = _chunk(audience, range(index, end), suppressed, produced, build, renderer.list)
         enqueued += chunk.enqueued

@@ -53,6 +53,7 @@ import dns.inet
 import dns.rdatatype
 import dns.resolver
 
+from mailpipe.contracts import sites
 from mailpipe.contracts.config import RelayConfig, TLSMode
 from mailpipe.contracts.delivery import destination_refusal, forbidden_reason
 from mailpipe.contracts.errors import PermanentError, TemporaryError
@@ -154,6 +155,43 @@ class MXResolver:
         self.config = config
         self._resolver = stub_resolver(config)
         self._lookups.clear()
+
+    def known_site(self, domain: str) -> str | None:
+        """`ports.SiteLookup`: the site of `domain` from a cached answer, else None.
+        A statically routed domain (or one that cannot be looked up) is its own."""
+        name = self._lookup_name(domain)
+        if name is None:
+            return domain
+        cached = self._cache.get(name)
+        if cached is None or cached[0] <= time.monotonic():
+            return None
+        found = cached[1]
+        return domain if isinstance(found, Exception) else self._site(domain, found)
+
+    async def site(self, domain: str) -> str:
+        """`ports.SiteLookup`: the site of `domain` after its MX lookup."""
+        if self._lookup_name(domain) is None:
+            return domain
+        try:
+            found = await self.routes(domain)
+        except Exception:  # its delivery reports it; the site is the domain's own
+            return domain
+        return self._site(domain, found)
+
+    def _lookup_name(self, domain: str) -> str | None:
+        """The name `routes` looks up for `domain`, or None when it looks up none
+        (a static route, a name it refuses)."""
+        if domain in self.config.routes:
+            return None
+        try:
+            name = ascii_domain(domain)
+        except InvalidDomain:
+            return None
+        return None if name in self.config.routes else name
+
+    @staticmethod
+    def _site(domain: str, found: list[Route]) -> str:
+        return sites.mx_site(r.name for r in found) or domain
 
     async def routes(self, domain: str) -> list[Route]:
         """Hosts to try in order, at most MAX_MX_ADDRESSES; raises InvalidDomain

@@ -231,6 +231,7 @@ class SMTPTransport:
         self.connections_opened = 0
         self._quitting: set[asyncio.Task[None]] = set()
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._site_of: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
         self._watchdog: asyncio.Task[None] | None = None
         self.reconfigure(config)
 
@@ -364,7 +365,37 @@ class SMTPTransport:
             if conn.is_open and now - conn.last_used < IDLE_SECONDS:
                 return conn, True
             conn.close()
-        return await self._open(env, route, tls_plan), False
+        await self._make_room(env)
+        conn = await self._open(env, route, tls_plan)
+        self._site_of[conn] = env.site
+        return conn, False
+
+    async def _make_room(self, env: Envelope) -> None:
+        """Before a new connection of the site: close (QUIT) its idle pooled ones
+        that would put it over its connection limit. The scheduler's lanes hold
+        the site's slots, one connection each in use; what a lane left in the
+        pool for another MX host of the site (gmail.com's and a Workspace
+        domain's are different hosts) is open too, and the receiver counts it.
+        Waits for the goodbye, so the receiver never sees one more."""
+        limit = env.max_connections
+        if limit is None:
+            return
+        mine = [s for s in self._sessions if s.is_open and self._site_of.get(s) == env.site]
+        excess = len(mine) + 1 - limit
+        if excess <= 0:
+            return
+        idle = sorted(
+            (
+                (conn.last_used, key, conn)
+                for key, conns in self._idle.items()
+                for conn in conns
+                if self._site_of.get(conn) == env.site
+            ),
+            key=lambda t: t[0],
+        )
+        for _, key, conn in idle[:excess]:
+            self._idle[key].remove(conn)
+        await asyncio.gather(*(conn.quit() for _, _, conn in idle[:excess]))
 
     async def _route_plan(
         self, env: Envelope, route: Route, tls_plan: TLSPlan
@@ -536,12 +567,16 @@ class SMTPTransport:
         shaping decides it; the transport only counts)."""
         limit = env.messages_per_connection
         if (limit is not None and conn.sent >= limit) or not conn.is_open:
-            task = asyncio.get_running_loop().create_task(conn.quit())
-            self._quitting.add(task)
-            task.add_done_callback(self._quitting.discard)
+            self._quit(conn)
             return
         key = (env.egress_address, route.host, route.port, route.name, tls_plan)
         self._idle.setdefault(key, []).append(conn)
+
+    def _quit(self, conn: Session) -> None:
+        """QUIT and close, in the background (the reply is not waited for here)."""
+        task = asyncio.get_running_loop().create_task(conn.quit())
+        self._quitting.add(task)
+        task.add_done_callback(self._quitting.discard)
 
     async def close(self) -> None:
         if self._watchdog is not None:

@@ -1,0 +1,140 @@
+"""A site's limits hold pool-wide, with real Kafka and real relays, when its
+domains sit on partitions that different relays own; domains sharing a site's
+one connection take it in turn.
+
+Records are produced keyed by their domain, each group domain on a partition
+chosen so that the range assignor gives them to different relays (4
+partitions: two members own 0-1 and 2-3, three own 0-1, 2 and 3): as a
+producer that knows no sites would. The relays forward them to the group's
+partition (`contracts.sites`), so one relay counts the group's rate and
+connections. What is measured is what the receiver saw.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from mailpipe.devstack.dns import Zone
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
+
+from .conftest import Pool, RelayProcess, wait_for
+from .test_shaping import _members
+
+pytestmark = pytest.mark.relay
+
+RATE_PER_MINUTE = 60
+# Per relay count: the group's domains, each on a partition owned by another relay.
+PLACEMENTS = {2: {"ga.test": 0, "gb.test": 2}, 3: {"ga.test": 0, "gb.test": 2, "gc.test": 3}}
+MESSAGES = 40  # about 40 s at the limit: enough MAIL FROMs to measure a rate by
+
+
+@pytest.mark.parametrize("replicas", [2, 3], ids=["2-relays", "3-relays"])
+def test_a_groups_rate_and_connections_hold_across_relays(
+    replicas: int,
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+) -> None:
+    placement = PLACEMENTS[replicas]
+    rx = smtp_receiver("127.0.0.10", 0)
+    route = [{"host": rx.host, "port": rx.port}]
+    pool = pool_factory(
+        routes=dict.fromkeys(placement, route),
+        domain_groups={"grp": list(placement)},
+        throttles={"grp": {"messages_per_minute": RATE_PER_MINUTE, "max_connections": 1}},
+    )
+    started = [relays(pool, f"relay-{i}") for i in range(replicas)]
+    wait_for(lambda: _members(pool) == replicas, 90, "every relay in the group", started[0])
+
+    per_domain = MESSAGES // replicas
+    expected = set()
+    for i in range(per_domain):
+        for domain, partition in placement.items():
+            rcpt = f"u{i}@{domain}"
+            pool.send(rcpt, id=rcpt, partition=partition)
+            expected.add(rcpt)
+    pool.flush()
+    wait_for(
+        lambda: set(rx.recipients()) >= expected,
+        len(expected) * 60 / RATE_PER_MINUTE * 2 + 60,
+        "the group delivered",
+        started[0],
+    )
+    times = sorted(rx.mail_times())
+    rate = (len(times) - 1) / (times[-1] - times[0]) * 60
+    peak = rx.peak_connections()
+    assert rate <= RATE_PER_MINUTE * 1.05 and peak == 1, (rate, peak, len(times))
+
+
+def test_two_domains_sharing_one_connection_each_get_a_fair_share(
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+) -> None:
+    """Both domains' records are queued before the first is sent (all of fa.test
+    ahead of fb.test on the group's partition): the one connection alternates
+    between them rather than serving fa.test until its queue is empty."""
+    rx = smtp_receiver("127.0.0.10", 0)
+    route = [{"host": rx.host, "port": rx.port}]
+    domains = ("fa.test", "fb.test")
+    pool = pool_factory(
+        routes=dict.fromkeys(domains, route),
+        domain_groups={"pair": list(domains)},
+        throttles={"pair": {"messages_per_minute": 120, "max_connections": 1}},
+    )
+    n = 12
+    for domain in domains:
+        for i in range(n):
+            pool.send(f"u{i}@{domain}", key="pair")  # keyed by its site, as the fan-out does
+    pool.flush()
+    relay = relays(pool, "relay-fair")
+    wait_for(lambda: len(rx.recipients()) >= 2 * n, 2 * n + 60, "both domains delivered", relay)
+    order = [m.rcpt_tos[0].rpartition("@")[2] for m in sorted(rx.messages(), key=lambda m: m.time)]
+    # Up to the moment one domain is done, neither waited more than a few messages.
+    first_done = min(max(i for i, d in enumerate(order) if d == dom) for dom in domains)
+    longest = max(len(list(run)) for _, run in itertools.groupby(order[: first_done + 1]))
+    assert longest <= 3, order
+
+
+def test_domains_on_one_providers_mx_hosts_share_the_sites_limits_across_relays(
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+    dns_zones: Callable[[list[Zone]], object],
+    stack_state: object,
+) -> None:
+    """No group written: ma.test and mb.test are hosted on two MX hosts of one
+    provider (mx1/mx2.hoster.test), so their site is `hoster.test` (named from
+    the MX hosts) and its limit holds for both, on two relays, with the idle
+    pooled connection to one MX host closed before one to the other opens."""
+    rx = smtp_receiver("127.0.0.10", 0)
+    hosts = {"ma.test": "mx1.hoster.test", "mb.test": "mx2.hoster.test"}
+    dns_zones([Zone(d, mx=((mx, 10),), a={mx: rx.host}) for d, mx in hosts.items()])
+    dns_port = stack_state.dns_port  # type: ignore[attr-defined]
+    pool = pool_factory(
+        smtp_port=rx.port,
+        dns_nameserver=f"127.0.0.1:{dns_port}",
+        throttles={"hoster.test": {"messages_per_minute": RATE_PER_MINUTE, "max_connections": 1}},
+    )
+    started = [relays(pool, f"relay-{i}") for i in range(2)]
+    wait_for(lambda: _members(pool) == 2, 90, "both relays in the group", started[0])
+    expected = set()
+    for i in range(MESSAGES // 2):
+        for domain, partition in {"ma.test": 0, "mb.test": 2}.items():
+            rcpt = f"u{i}@{domain}"
+            pool.send(rcpt, id=rcpt, partition=partition)
+            expected.add(rcpt)
+    pool.flush()
+    wait_for(
+        lambda: set(rx.recipients()) >= expected,
+        len(expected) * 60 / RATE_PER_MINUTE * 2 + 60,
+        "the site delivered",
+        started[0],
+    )
+    times = sorted(rx.mail_times())
+    rate = (len(times) - 1) / (times[-1] - times[0]) * 60
+    peak = rx.peak_connections()
+    assert rate <= RATE_PER_MINUTE * 1.05 and peak == 1, (rate, peak, len(times))
