@@ -64,15 +64,22 @@ class CachedLookups(Generic[T]):
         """Forget every answer (a new resolver: its answers may differ)."""
         self._cache.clear()
 
+    def peek(self, name: str) -> T | Exception | None:
+        """The cached outcome for `name` (an answer or a kept failure) while it is
+        fresh, else None; never looks anything up."""
+        cached = self._cache.get(name)
+        if cached is None or cached[0] <= self._clock():
+            return None
+        return cached[1]
+
     async def get(self, name: str) -> T:
         """The answer for `name`: cached, the running lookup's, or a new lookup's."""
-        cached = self._cache.get(name)
-        if cached is not None and cached[0] > self._clock():
-            outcome = cached[1]
-            if isinstance(outcome, Exception):
-                raise outcome
-            return outcome
-        return await self._flights.run(name, lambda: self._resolve(name))
+        outcome = self.peek(name)
+        if outcome is None:
+            return await self._flights.run(name, lambda: self._resolve(name))
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     async def _resolve(self, name: str) -> T:
         """One lookup, cached with its outcome."""

@@ -162,10 +162,9 @@ class MXResolver:
         name = self._lookup_name(domain)
         if name is None:
             return domain
-        cached = self._cache.get(name)
-        if cached is None or cached[0] <= time.monotonic():
+        found = self._lookups.peek(name)
+        if found is None:
             return None
-        found = cached[1]
         return domain if isinstance(found, Exception) else self._site(domain, found)
 
     async def site(self, domain: str) -> str:
