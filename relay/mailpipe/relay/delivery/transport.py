@@ -33,6 +33,8 @@ aiosmtplib opens each connection: source address bound to the egress IP,
 greeting, EHLO with the IP's HELO name, STARTTLS per policy. The open
 connection then becomes a `session.Session`, which runs the transactions
 (pipelined when the server offers PIPELINING, which aiosmtplib cannot do).
+Idle connections wait in `connection_cache`, which bounds their idle time and
+age per destination and ends them with QUIT on a timer (this module's watchdog).
 A pooled connection found dead before the message went out is replaced by a
 fresh one and the transaction tried again; once the message was sent, a lost
 connection is a deferral (it may have arrived: at-least-once, never lost).
@@ -68,8 +70,10 @@ from mailpipe.contracts.tls_outcome import CLEAR, TLSFailure, TLSOutcome
 
 from ..addresses import ascii_domain
 from ..classify import reply
+from ..metrics import RelayMetrics
 from ..ports import Envelope, SMTPReply, Stage, TransactionResult
 from . import dane
+from .connection_cache import ConnectionCache, ReuseLimits
 from .dial import Refused, StageTimeout, dial
 from .mta_sts import STSMode, sts_plan
 from .mta_sts_fetch import Applied, PolicyFetcher
@@ -89,13 +93,13 @@ from .tlsa import TLSALookupFailed, TLSAResolver
 
 log = logging.getLogger("mailpipe.relay.delivery")
 
-WATCHDOG_SECONDS = 1.0  # command timeouts are enforced to within this
-IDLE_SECONDS = 30.0  # drop pooled connections older than this; many MXes cut idle ones at ~60 s
+WATCHDOG_SECONDS = 1.0  # command timeouts and connection reuse limits are enforced to within this
 # After an opportunistic STARTTLS failed, connect to that host in clear for this
 # long instead of paying a failed handshake (and a second connection) every time.
 # Never under a mode that verifies: `tls_policy.TLSPlan.starttls_now`.
 TLS_FALLBACK_SECONDS = 3600.0
 MAX_TLS_BROKEN_HOSTS = 10_000  # hosts remembered; past it the expired ones are dropped
+MAX_REMEMBERED_DOMAINS = 10_000  # domains whose reuse limits are kept looked up; then forgotten
 
 
 def dns_failure(exc: Exception, domain: str) -> SMTPReply:
@@ -220,16 +224,29 @@ def _all(
     )
 
 
+# What a pooled connection is for: egress IP, MX host, port, MX name, TLS plan.
+_PoolKey = tuple[str, str, int, str, TLSPlan]
+
+
 class SMTPTransport:
-    def __init__(self, config: RelayConfig, resolver: MXResolver | None = None) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        resolver: MXResolver | None = None,
+        *,
+        metrics: RelayMetrics | None = None,
+    ) -> None:
         self.mx = resolver or MXResolver(config)
-        self._idle: dict[tuple[str, str, int, str, TLSPlan], list[Session]] = {}
+        counted = metrics.connections_closed if metrics is not None else None
+        self._cache: ConnectionCache[_PoolKey, Session] = ConnectionCache(
+            time.monotonic,
+            closed=(lambda r: counted.labels(r).inc()) if counted is not None else lambda _r: None,
+        )
         # what each open session's handshake gave (protocol, verified, failure)
         self._negotiated: weakref.WeakKeyDictionary[Session, _Negotiated] = (
             weakref.WeakKeyDictionary()
         )
         self.connections_opened = 0
-        self._quitting: set[asyncio.Task[None]] = set()
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._watchdog: asyncio.Task[None] | None = None
         self.reconfigure(config)
@@ -237,6 +254,7 @@ class SMTPTransport:
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
         self.mx.reconfigure(config)
+        self._reuse_limits: dict[str, ReuseLimits] = {}  # domain -> its throttle's, this config's
         self._tls_broken: dict[tuple[str, int], float] = {}  # (host, port) -> clear until
         # The pool's plan and each site's (`tls.sites`): whatever any destination may
         # get decides which helpers exist (a TLSA resolver, an MTA-STS fetcher, a
@@ -260,13 +278,15 @@ class SMTPTransport:
             )
 
     async def _watch(self) -> None:
-        """Enforce command timeouts on every open session (see Session.check_deadline)."""
+        """Enforce command timeouts on every open session (see Session.check_deadline)
+        and the reuse limits of idle ones (`ConnectionCache.sweep`)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(WATCHDOG_SECONDS)
             now = loop.time()
             for session in list(self._sessions):
                 session.check_deadline(now)
+            self._cache.sweep()
 
     async def deliver(self, envelope: Envelope) -> TransactionResult:
         if self._watchdog is None:
@@ -312,6 +332,7 @@ class SMTPTransport:
                     conn.close()  # cut mid-transaction (tarpit budget, shutdown): never pooled
                     raise
                 except ConnectionLost as exc:
+                    self._cache.discard(conn)
                     if reused and not exc.body_sent:
                         # A stale pooled connection: try once more on a new one. Its
                         # MAIL FROM may have arrived, so the retry takes a new token.
@@ -357,14 +378,12 @@ class SMTPTransport:
         # another, and one opened unverified never serves a destination that
         # enforces verification (mta-sts: destinations sharing an MX differ).
         key = (env.egress_address, route.host, route.port, route.name, tls_plan)
-        idle = self._idle.get(key, [])
-        now = time.monotonic()
-        while idle and not fresh_only:
-            conn = idle.pop()
-            if conn.is_open and now - conn.last_used < IDLE_SECONDS:
-                return conn, True
-            conn.close()
-        return await self._open(env, route, tls_plan), False
+        pooled = None if fresh_only else self._cache.take(key)
+        if pooled is not None:
+            return pooled, True
+        conn = await self._open(env, route, tls_plan)
+        self._cache.opened(conn)
+        return conn, False
 
     async def _route_plan(
         self, env: Envelope, route: Route, tls_plan: TLSPlan
@@ -531,22 +550,27 @@ class SMTPTransport:
             raise _TLSFailed(f"TLS handshake failed: {exc.__class__.__name__}: {exc}") from exc
 
     def _release(self, env: Envelope, route: Route, conn: Session, tls_plan: TLSPlan) -> None:
-        """Pool the connection for the next transaction, or close it: the envelope
-        carries the destination's messages-per-connection limit (the scheduler's
-        shaping decides it; the transport only counts)."""
+        """Give the connection back to the cache, which pools or QUITs it: the
+        envelope carries the destination's messages-per-connection limit (the
+        scheduler's shaping decides it; the transport only counts), the config its
+        reuse limits (an MX host serving several destinations keeps the limits of
+        the last one it served)."""
         limit = env.messages_per_connection
-        if (limit is not None and conn.sent >= limit) or not conn.is_open:
-            task = asyncio.get_running_loop().create_task(conn.quit())
-            self._quitting.add(task)
-            task.add_done_callback(self._quitting.discard)
-            return
+        limits = self._reuse_limits.get(env.domain)
+        if limits is None:  # the group match (fnmatch) once per domain, not per message
+            throttle = self.config.throttle_for(env.domain)
+            limits = ReuseLimits(
+                throttle.connection_idle_seconds, throttle.connection_max_age_seconds
+            )
+            if len(self._reuse_limits) >= MAX_REMEMBERED_DOMAINS:
+                self._reuse_limits.clear()
+            self._reuse_limits[env.domain] = limits
         key = (env.egress_address, route.host, route.port, route.name, tls_plan)
-        self._idle.setdefault(key, []).append(conn)
+        spent = limit is not None and conn.sent >= limit
+        self._cache.give_back(key, conn, limits, spent=spent)
 
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        conns = [c for idle in self._idle.values() for c in idle]
-        self._idle.clear()
-        await asyncio.gather(*(c.quit() for c in conns), *self._quitting)
+        await self._cache.close()
