@@ -5,12 +5,14 @@ time runs, every delay topic feeding back into the engine as Kafka would."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 import pytest
 
+from mailpipe.relay.clock import ManualClock
 from mailpipe.relay.delays import DUE_SLACK_SECONDS
 from mailpipe.relay.fakes import MemorySink, MemorySource
 from mailpipe.relay.ports import Envelope, TopicPartition, TransactionResult
@@ -73,6 +75,11 @@ def simulated(steps: dict[str, str]) -> tuple[Harness, list[float]]:
     return h, attempts
 
 
+def manual(h: Harness) -> ManualClock:
+    assert isinstance(h.clock, ManualClock)
+    return h.clock
+
+
 async def run_simulated(h: Harness, done: Callable[[], bool], seconds: float) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(h.engine.run(stop))
@@ -80,7 +87,7 @@ async def run_simulated(h: Harness, done: Callable[[], bool], seconds: float) ->
         elapsed = 0.0
         while not done():
             assert elapsed < seconds, "not done within the simulated time"
-            h.clock.advance(TICK_SECONDS)
+            manual(h).advance(TICK_SECONDS)
             elapsed += TICK_SECONDS
             for _ in range(2):  # let the engine read, wake, produce and read back
                 await asyncio.sleep(0.001)
@@ -115,7 +122,7 @@ async def test_twenty_retries_of_40s_take_a_few_hops_each_and_none_is_early(
     dispositions = Counter(e["disposition"] for e in h.events())
     assert dispositions == {"deferred": RETRIES, "delivered": 1}  # none lost, none twice
     assert len(attempts) == RETRIES + 1
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert min(gaps) >= RETRY_SECONDS - DUE_SLACK_SECONDS, gaps  # never before it is due
     ids = {json.loads(v or b"")["id"] for t in steps.values() for _, v in h.sink.topics.get(t, [])}
     assert len(ids) == 1  # every hop carries the one record
@@ -147,14 +154,17 @@ async def test_a_held_record_survives_a_restart_and_is_sent_once_when_due() -> N
 
     # The relay stops mid-wait; the next one reads from the committed offset.
     again, attempts = simulated(STEPS)
-    again.clock.advance(h.clock.time() - again.clock.time())
+    manual(again).advance(h.clock.time() - again.clock.time())
     again.source = h.source
     again.engine.source = again.engine.waiting.source = again.engine.window.source = h.source
     h.source.seek(HELD_TP, h.source.committed.get(HELD_TP, 0))  # as after a kill -9
-    sent = lambda: [e["recipient"] for e in again.events() if e["disposition"] == "delivered"]  # noqa: E731
+
+    def sent() -> list[str]:
+        return [e["recipient"] for e in again.events() if e["disposition"] == "delivered"]
+
     await run_simulated(again, lambda: "held@d.test" in sent(), seconds=60)
     envelopes = again.transport.envelopes
-    held = [t for t, env in zip(attempts, envelopes, strict=True) if "held@d.test" in env.recipients]
+    held = [t for t, e in zip(attempts, envelopes, strict=True) if "held@d.test" in e.recipients]
     assert len(held) == 1 and held[0] >= due - DUE_SLACK_SECONDS  # once, not before it was due
     assert sent().count("held@d.test") == 1
 
@@ -177,7 +187,7 @@ async def test_held_records_take_at_most_a_quarter_of_the_window_and_relief_retu
         )
     await h.run_until(lambda: len(h.sink.topics.get("p.delay.1s", [])) == 2)
     assert h.engine.waiting.held == 2  # 8 // 4; the other two went on hopping
-    relieved = []
+    relieved: list[bool] = []
 
     def relieved_and_returned() -> bool:
         if not relieved:  # what a window stuck full calls (`CommitWindow.full`), while running
