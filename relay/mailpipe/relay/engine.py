@@ -325,6 +325,7 @@ class Engine:
             "uncommitted": self.tracker.uncommitted,
             **self.scheduler.describe(),
             "waiting": len(self.waiting),
+            "held": self.waiting.held,
             "tasks": len(self.tasks),
             "stopping": self.scheduler.stopping,
             "handover": self.handover.describe(),
