@@ -570,7 +570,7 @@ class SMTPTransport:
         self._cache.give_back(key, conn, limits, spent=spent)
 
     async def close(self) -> None:
+        await self._cache.close()  # the watchdog still bounds each QUIT's wait for its reply
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        await self._cache.close()
