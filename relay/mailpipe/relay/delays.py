@@ -14,8 +14,10 @@ partition resumed, instead of hopping through a short step again and again
 (steps 1s/30s/1m and a 40 s retry: one write to the 30 s topic, not one to the
 30 s topic and nineteen to the 1 s one). A held record is not committed, so a
 crash or a rebalance re-reads it (never lost, and its own due time still
-holds); at most a quarter of the read window is held at once, and a window
-stuck full gives held records back to the delay topics first.
+holds). It also keeps its partition's commit behind it, so the records read
+after it stay in the read window until it finishes: at most a quarter of the
+window is held at once, and a window stuck full gives held records back to a
+delay topic (each with its own due time) along with the queued ones.
 """
 
 from __future__ import annotations
