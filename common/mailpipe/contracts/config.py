@@ -21,7 +21,8 @@ invalid value, a bad delay step or an unknown time zone included, raises
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -411,6 +412,14 @@ def load_config(path: Path) -> RelayConfig:
     return parse_config(path.read_text())
 
 
+_REUSE_DEFAULTS: Final = MappingProxyType(
+    {
+        name: Throttle.model_fields[name].default
+        for name in ("connection_idle_seconds", "connection_max_age_seconds")
+    }
+)
+
+
 def dump_config(config: RelayConfig) -> str:
     """The canonical YAML the operator writes; stable key order so hashes are stable."""
     data = config.model_dump(mode="json")
@@ -427,4 +436,9 @@ def dump_config(config: RelayConfig) -> str:
         del data["feedback"]
     if config.unsubscribe is None:  # no endpoint: the config (and its hash) as before it existed
         del data["unsubscribe"]
+    # Connection reuse limits at their defaults: the config (and its hash) as before they existed.
+    for throttle in (data["throttle_default"], *data["throttles"].values()):
+        for name in _REUSE_DEFAULTS:
+            if throttle[name] == _REUSE_DEFAULTS[name]:
+                del throttle[name]
     return yaml.safe_dump(data, sort_keys=True)

@@ -49,6 +49,11 @@ MAX_WARMUP_DAY = 365  # a schedule longer than a year is a typo, not a plan
 MAX_WARMUP_STEPS = 60  # daily steps for two months; also bounds the CRD's CEL cost
 MAX_CONNECTIONS = 1000  # per destination, pool-wide: far beyond what any MX tolerates
 MAX_RECIPIENTS_PER_TRANSACTION = MAX_RECIPIENTS  # a transaction carries at most one record's
+# Connection reuse, per destination; the defaults are Postfix's (see `Throttle`).
+DEFAULT_CONNECTION_IDLE_SECONDS = 2.0  # smtp_connection_cache_time_limit
+DEFAULT_CONNECTION_MAX_AGE_SECONDS = 300.0  # smtp_connection_reuse_time_limit
+MAX_CONNECTION_IDLE_SECONDS = 300.0  # RFC 5321 4.5.3.2.7: a server may close a session idle 5 min
+MAX_CONNECTION_MAX_AGE_SECONDS = 3600.0  # an hour-old session is a forgotten one, not a policy
 MAX_RETRY_STEPS = 20  # a schedule, not a list of every attempt: its last step repeats
 MIN_MAX_AGE_SECONDS = 60  # expiring sooner than the first retry could run is a mistake
 # Domain groups a pool shapes separately: a handful in practice (gmail, microsoft,
@@ -165,6 +170,23 @@ class Throttle(Spec):
     )
     recipients_per_transaction: int = Field(
         default=50, ge=1, le=MAX_RECIPIENTS_PER_TRANSACTION, description="RCPTs per DATA."
+    )
+    # Postfix's smtp_connection_cache_time_limit: receivers close idle sessions
+    # soon, and an idle session holds one of their process slots.
+    connection_idle_seconds: float = Field(
+        default=DEFAULT_CONNECTION_IDLE_SECONDS,
+        gt=0,
+        le=MAX_CONNECTION_IDLE_SECONDS,
+        description="Seconds a pooled connection may wait unused before it is closed with QUIT.",
+    )
+    # Postfix's smtp_connection_reuse_time_limit: a session never outlives a
+    # receiver's configuration change (a new certificate, a new policy) by long.
+    connection_max_age_seconds: float = Field(
+        default=DEFAULT_CONNECTION_MAX_AGE_SECONDS,
+        gt=0,
+        le=MAX_CONNECTION_MAX_AGE_SECONDS,
+        description="Seconds from connect after which a connection takes no new message"
+        " and is closed with QUIT.",
     )
 
 

@@ -56,13 +56,32 @@ class Policy:
     pipelining: bool = True
 
 
+@dataclass(frozen=True)
+class SessionEnd:
+    """One connection as it ended: who, whether the client said QUIT first, when."""
+
+    peer: str
+    quit: bool
+    time: float
+
+
 class _RecordingSMTP(SMTP):
-    """aiosmtpd's server, plus a 421-at-greeting option (a busy or blocking MX)
-    and a late greeting (a slow one)."""
+    """aiosmtpd's server, plus a 421-at-greeting option (a busy or blocking MX),
+    a late greeting (a slow one), and how each connection ended (QUIT or not)."""
 
     def __init__(self, handler: ReceiverHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._receiver = handler
+        self.quit_seen = False
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        self.quit_seen = True
+        await super().smtp_QUIT(arg)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        peer = self.session.peer if self.session is not None else None
+        self._receiver.session_ended(str(peer[0]) if peer else "", self.quit_seen)
+        super().connection_lost(error)
 
     async def _handle_client(self) -> None:
         self._receiver.count_connection(self.session)
@@ -102,6 +121,11 @@ class ReceiverHandler:
         # receiver's rate limit counts (Gmail, Yahoo count what arrives).
         self.mail_froms: list[tuple[str, float]] = []
         self._attempts: Counter[str] = Counter()
+        self.ends: list[SessionEnd] = []  # every connection that ended, in order
+
+    def session_ended(self, peer: str, quit: bool) -> None:
+        with self.lock:
+            self.ends.append(SessionEnd(peer, quit, time.time()))
 
     def count_connection(self, session: Session | None) -> None:
         with self.lock:
@@ -271,6 +295,11 @@ class SMTPReceiver:
         with self.handler.lock:
             return self.handler.open_peak
 
+    def session_ends(self) -> list[SessionEnd]:
+        """Every connection that ended so far, with whether the client said QUIT."""
+        with self.handler.lock:
+            return list(self.handler.ends)
+
     def reset(self, recipients: Iterable[str] = ()) -> None:
         with self.handler.lock:
             self.handler.messages.clear()
@@ -278,6 +307,7 @@ class SMTPReceiver:
             self.handler.connections.clear()
             self.handler.open_peak = self.handler.open_now
             self.handler.mail_froms.clear()
+            self.handler.ends.clear()
             for r in recipients:
                 self.handler.policy.recipients.pop(r.lower(), None)
 

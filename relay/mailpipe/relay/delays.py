@@ -6,6 +6,18 @@ is a `PostponeReason` and labels `mailpipe_postponed_records_total`. A record
 read back from a delay topic before it is due *waits* here, in memory, with
 its partition paused: a delay topic is FIFO with one step, so the records
 behind it are due later still.
+
+Few hops whatever the steps: a record goes to the largest step not beyond its
+wait, waits that step out (paused, as above), and then, if what is left of its
+wait is short (`Postponer.holds`), is **held** in memory until due with its
+partition resumed, instead of hopping through a short step again and again
+(steps 1s/30s/1m and a 40 s retry: one write to the 30 s topic, not one to the
+30 s topic and nineteen to the 1 s one). A held record is not committed, so a
+crash or a rebalance re-reads it (never lost, and its own due time still
+holds). It also keeps its partition's commit behind it, so the records read
+after it stay in the read window until it finishes: at most a quarter of the
+window is held at once, and a window stuck full gives held records back to a
+delay topic (each with its own due time) along with the queued ones.
 """
 
 from __future__ import annotations
@@ -34,6 +46,12 @@ STEP_SLACK_SECONDS = 1.0
 NO_DELAY_TOPIC_SECONDS = 1.0
 # Without delay topics, how long a paused campaign's record waits before it is looked at again.
 NO_DELAY_TOPIC_CAMPAIGN_RECHECK_SECONDS = 60.0
+# The longest rest of a wait held in memory: no longer than one trip through the
+# longest delay topic (so memory holds nothing longer than a topic's own wait
+# did), and at most this, as a held record ties up a read-window slot.
+MAX_HOLD_SECONDS = 300.0
+# Of the read window, the share held records may take: the rest stays for mail that is due.
+HOLD_SHARE_OF_WINDOW = 4
 
 
 class PostponeReason(enum.StrEnum):
@@ -61,6 +79,15 @@ class Postponer:
         self.outbound_topic = config.kafka.outbound_topic
         self.steps = sorted((s.seconds, t) for s, t in config.kafka.delay_topics.items())
         self.step_of_topic = {t: step for step, t in self.steps}
+        self.hold_limit = max(1, config.kafka.max_in_flight_records // HOLD_SHARE_OF_WINDOW)
+
+    def holds(self, remaining: float, held: int) -> bool:
+        """Whether a record whose wait on its delay topic ended, still `remaining`
+        seconds from due, is held in memory for the rest (see the module doc)
+        rather than postponed again; `held` records are held already."""
+        if not self.steps or held >= self.hold_limit:
+            return False
+        return remaining <= min(self.longest_seconds, MAX_HOLD_SECONDS) + STEP_SLACK_SECONDS
 
     @property
     def shortest_seconds(self) -> float:
@@ -130,39 +157,59 @@ class Postponer:
 
 
 class Waiting:
-    """Records read before they are due, in due order, their partitions paused."""
+    """Records read before they are due, in due order: waiting with their partitions
+    paused (`add`), or held with them running (`hold`)."""
 
     def __init__(self, source: RecordSource) -> None:
         self.source = source
-        self._heap: list[tuple[float, int, Work]] = []  # (until, seq, work)
+        self._heap: list[tuple[float, int, bool, Work]] = []  # (until, seq, paused, work)
         self._per_tp: dict[TopicPartition, int] = {}
         self._seq = itertools.count()  # ties keep arrival order; Work is not comparable
+        self.held = 0
 
     def add(self, work: Work, until: float) -> None:
-        heapq.heappush(self._heap, (until, next(self._seq), work))
+        heapq.heappush(self._heap, (until, next(self._seq), True, work))
         tp = work.src.tp
         self._per_tp[tp] = self._per_tp.get(tp, 0) + 1
         self.source.pause([tp])
 
+    def hold(self, work: Work, until: float) -> None:
+        """Keep `work` until `until` without pausing its partition: its delay topic's
+        step is over, so the records behind it may be due sooner."""
+        heapq.heappush(self._heap, (until, next(self._seq), False, work))
+        self.held += 1
+
     def due(self, now: float) -> list[Work]:
         """Take the records whose wait ended by `now` (with slack), resuming partitions
-        left with none; a record still not due is the caller's to postpone again."""
+        left with none; a record still not due is the caller's to hold or postpone."""
         out = []
         while self._heap and self._heap[0][0] <= now + DUE_SLACK_SECONDS:
-            _, _, work = heapq.heappop(self._heap)
+            _, _, paused, work = heapq.heappop(self._heap)
+            out.append(work)
+            if not paused:
+                self.held -= 1
+                continue
             tp = work.src.tp
             self._per_tp[tp] -= 1
             if self._per_tp[tp] == 0:
                 del self._per_tp[tp]
                 self.source.resume([tp])
-            out.append(work)
+        return out
+
+    def release_held(self) -> list[Work]:
+        """Take every held record (a read window stuck full: they go back to a delay topic)."""
+        out = [h[3] for h in self._heap if not h[2]]
+        self._heap = [h for h in self._heap if h[2]]
+        heapq.heapify(self._heap)
+        self.held = 0
         return out
 
     def drop(self, partitions: Collection[TopicPartition]) -> int:
         """Forget the records of revoked partitions (the new owner re-reads them)."""
         before = len(self._heap)
-        self._heap = [h for h in self._heap if h[2].src.tp not in partitions]
+        self._heap = [h for h in self._heap if h[3].src.tp not in partitions]
         heapq.heapify(self._heap)
+        self.held = sum(1 for h in self._heap if not h[2])
         for tp in partitions:
             self._per_tp.pop(tp, None)
         return before - len(self._heap)

@@ -286,14 +286,18 @@ class Engine:
 
     def _wake_waiting(self) -> None:
         """Records whose wait in memory ended: due ones are queued, the others (due
-        beyond their delay topic's step) postponed again (see `Postponer.wait_until`)."""
+        beyond their delay topic's step) held for a short rest, else postponed again
+        (see `Postponer.wait_until` and `Postponer.holds`)."""
         now = self.clock.time()
         for work in self.waiting.due(now):
             if not self.tracker.owns(work.src.tp):
                 continue
             due = work.record.not_before
             if due is not None and due > now + DUE_SLACK_SECONDS and self.postponer.steps:
-                self._postpone(work, due, PostponeReason.NOT_YET_DUE)
+                if self.postponer.holds(due - now, self.waiting.held):
+                    self.waiting.hold(work, due)
+                else:
+                    self._postpone(work, due, PostponeReason.NOT_YET_DUE)
             else:
                 self._enqueue(work)
 
@@ -307,6 +311,8 @@ class Engine:
         due = self.clock.time() + self.postponer.shortest_seconds
         for work in self.scheduler.relieve():
             self._postpone(work, due, PostponeReason.WINDOW_RELIEF)
+        for work in self.waiting.release_held():  # back to a delay topic, due when they were
+            self._postpone(work, work.record.not_before or due, PostponeReason.WINDOW_RELIEF)
 
     def _spill_stalled(self) -> None:
         """The tarpit budget (`stalls`): cut domains stalled over it, postpone their queues."""
@@ -373,6 +379,7 @@ class Engine:
             "uncommitted": self.tracker.uncommitted,
             **self.scheduler.describe(),
             "waiting": len(self.waiting),
+            "held": self.waiting.held,
             "tasks": len(self.tasks),
             "stopping": self.scheduler.stopping,
             "handover": self.handover.describe(),

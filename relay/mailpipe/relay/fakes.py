@@ -46,10 +46,14 @@ class MemorySource:
         key: bytes | None,
         value: bytes | None,
         headers: tuple[tuple[str, bytes], ...] = (),
+        timestamp_ms: int = 0,
     ) -> None:
+        """Add a record; `timestamp_ms` is its producer's time (0: unknown)."""
         tp = TopicPartition(topic, partition)
         offset = len(self.logs[tp])
-        self.logs[tp].append(SourceRecord(topic, partition, offset, key, value, 0, headers))
+        self.logs[tp].append(
+            SourceRecord(topic, partition, offset, key, value, timestamp_ms, headers)
+        )
 
     def revoke(self, partitions: Sequence[TopicPartition]) -> None:
         """A rebalance took `partitions`: the next poll says so first, and no more

@@ -164,7 +164,7 @@ async def serve(
 
     followed = await _follow(config, relay_id, metrics, health)
     metrics.suppressions_held.set_function(lambda: len(followed.suppressions))
-    transport = SMTPTransport(config)
+    transport = SMTPTransport(config, metrics=metrics)
     [events] = [f for f in followed.followers if f.topic == config.kafka.events_topic]
     source = await _consumer(config, topics, followed.ledger, events, metrics, health)
     engine = Engine(

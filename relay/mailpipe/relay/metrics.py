@@ -117,6 +117,7 @@ EXPORTED = (
     "mailpipe_already_finished_records_total",
     "mailpipe_config_refused_total",
     "mailpipe_tls_attempts_total",
+    "mailpipe_smtp_connections_closed_total",
 )
 
 
@@ -225,6 +226,14 @@ class RelayMetrics:
                 registry=r,
             ),
             self.domains,
+        )
+        self.connections_closed = Counter(
+            "mailpipe_smtp_connections_closed",
+            "Pooled SMTP connections that left the connection cache, by reason: idle or age"
+            " (the destination's reuse limits), messages (messages per connection), lost"
+            " (closed by the server; nothing to QUIT), shutdown; all but lost end with QUIT",
+            ["reason"],
+            registry=r,
         )
         self.config_refused = Counter(
             "mailpipe_config_refused",

@@ -19,7 +19,7 @@ import pytest
 from mailpipe.contracts.config import SMTPTimeouts
 from mailpipe.relay.delivery import SMTPTransport
 from mailpipe.relay.delivery.replies import ReplyError, ReplyParser
-from mailpipe.relay.delivery.session import dot_stuff
+from mailpipe.relay.delivery.session import QUIT_TIMEOUT_SECONDS, dot_stuff
 from mailpipe.relay.ports import Envelope
 
 from .conftest import make_config
@@ -37,6 +37,7 @@ class Script:
     size: int | None = None
     drop_after_body: bool = False  # close without the final reply
     silent: bool = False  # never answer a transaction (a hung MX)
+    silent_quit: bool = False  # never answer QUIT
 
 
 class _Server:
@@ -113,7 +114,7 @@ class _Server:
                     if verb == "EHLO":
                         writer.write(self._ehlo())
                         continue
-                    if self.script.silent:
+                    if self.script.silent or (self.script.silent_quit and verb == "QUIT"):
                         continue
                     pending.append(self._answer(line))
                     if self.pipelining and verb in ("MAIL", "RCPT"):
@@ -284,6 +285,18 @@ async def test_silent_server_times_out_as_a_deferral(transport_for: TransportFor
     r = result.replies["a@dest.test"]
     assert (r.code, r.enhanced) == (451, "4.4.2")
     assert "no reply to MAIL within 3 s (mail timeout)" in r.text
+
+
+async def test_closing_the_transport_is_not_held_by_a_peer_silent_at_quit(
+    transport_for: TransportFor,
+) -> None:
+    """The pool's QUITs on shutdown wait for their reply within the QUIT timeout:
+    the watchdog that enforces it stops only after them."""
+    server = GroupServer(Script(silent_quit=True))
+    t = await transport_for(server)
+    assert (await t.deliver(envelope("a@dest.test"))).replies["a@dest.test"].code == 250
+    await asyncio.wait_for(t.close(), QUIT_TIMEOUT_SECONDS + 10)
+    assert server.commands[-1] == "QUIT"
 
 
 def test_reply_parser_splits_joins_and_refuses_garbage() -> None:

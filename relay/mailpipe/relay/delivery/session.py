@@ -34,7 +34,6 @@ need the other's internals.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 
 from mailpipe.contracts.config import SMTPTimeouts
@@ -181,7 +180,6 @@ class Session:
         size = extensions.get("size", "").strip()
         self.size_limit = int(size) if size.isdigit() and int(size) > 0 else None
         self.sent = 0
-        self.last_used = time.monotonic()
 
     @property
     def is_open(self) -> bool:
@@ -305,7 +303,6 @@ class Session:
                 result.update(dict.fromkeys(accepted, data_reply))
                 stages.update(dict.fromkeys(accepted, Stage.DATA))
             await self._rset()
-        self.last_used = time.monotonic()
         return result, stages
 
     async def _take_token(self, gate: RateGate) -> None:

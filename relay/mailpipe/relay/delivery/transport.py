@@ -33,6 +33,8 @@ aiosmtplib opens each connection: source address bound to the egress IP,
 greeting, EHLO with the IP's HELO name, STARTTLS per policy. The open
 connection then becomes a `session.Session`, which runs the transactions
 (pipelined when the server offers PIPELINING, which aiosmtplib cannot do).
+Idle connections wait in `connection_cache`, which bounds their idle time and
+age per destination and ends them with QUIT on a timer (this module's watchdog).
 A pooled connection found dead before the message went out is replaced by a
 fresh one and the transaction tried again; once the message was sent, a lost
 connection is a deferral (it may have arrived: at-least-once, never lost).
@@ -68,8 +70,10 @@ from mailpipe.contracts.tls_outcome import CLEAR, TLSFailure, TLSOutcome
 
 from ..addresses import ascii_domain
 from ..classify import reply
+from ..metrics import RelayMetrics
 from ..ports import Envelope, SMTPReply, Stage, TransactionResult
 from . import dane
+from .connection_cache import ConnectionCache, ReuseLimits
 from .dial import Refused, StageTimeout, dial
 from .mta_sts import STSMode, sts_plan
 from .mta_sts_fetch import Applied, PolicyFetcher
@@ -89,13 +93,13 @@ from .tlsa import TLSALookupFailed, TLSAResolver
 
 log = logging.getLogger("mailpipe.relay.delivery")
 
-WATCHDOG_SECONDS = 1.0  # command timeouts are enforced to within this
-IDLE_SECONDS = 30.0  # drop pooled connections older than this; many MXes cut idle ones at ~60 s
+WATCHDOG_SECONDS = 1.0  # command timeouts and connection reuse limits are enforced to within this
 # After an opportunistic STARTTLS failed, connect to that host in clear for this
 # long instead of paying a failed handshake (and a second connection) every time.
 # Never under a mode that verifies: `tls_policy.TLSPlan.starttls_now`.
 TLS_FALLBACK_SECONDS = 3600.0
 MAX_TLS_BROKEN_HOSTS = 10_000  # hosts remembered; past it the expired ones are dropped
+MAX_REMEMBERED_DOMAINS = 10_000  # domains whose reuse limits are kept looked up; then forgotten
 
 
 def dns_failure(exc: Exception, domain: str) -> SMTPReply:
@@ -220,16 +224,29 @@ def _all(
     )
 
 
+# What a pooled connection is for: egress IP, MX host, port, MX name, TLS plan.
+_PoolKey = tuple[str, str, int, str, TLSPlan]
+
+
 class SMTPTransport:
-    def __init__(self, config: RelayConfig, resolver: MXResolver | None = None) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        resolver: MXResolver | None = None,
+        *,
+        metrics: RelayMetrics | None = None,
+    ) -> None:
         self.mx = resolver or MXResolver(config)
-        self._idle: dict[tuple[str, str, int, str, TLSPlan], list[Session]] = {}
+        counted = metrics.connections_closed if metrics is not None else None
+        self._cache: ConnectionCache[_PoolKey, Session] = ConnectionCache(
+            time.monotonic,
+            closed=(lambda r: counted.labels(r).inc()) if counted is not None else lambda _r: None,
+        )
         # what each open session's handshake gave (protocol, verified, failure)
         self._negotiated: weakref.WeakKeyDictionary[Session, _Negotiated] = (
             weakref.WeakKeyDictionary()
         )
         self.connections_opened = 0
-        self._quitting: set[asyncio.Task[None]] = set()
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._site_of: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
         self._watchdog: asyncio.Task[None] | None = None
@@ -238,6 +255,7 @@ class SMTPTransport:
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
         self.mx.reconfigure(config)
+        self._reuse_limits: dict[str, ReuseLimits] = {}  # domain -> its throttle's, this config's
         self._tls_broken: dict[tuple[str, int], float] = {}  # (host, port) -> clear until
         # The pool's plan and each site's (`tls.sites`): whatever any destination may
         # get decides which helpers exist (a TLSA resolver, an MTA-STS fetcher, a
@@ -261,13 +279,15 @@ class SMTPTransport:
             )
 
     async def _watch(self) -> None:
-        """Enforce command timeouts on every open session (see Session.check_deadline)."""
+        """Enforce command timeouts on every open session (see Session.check_deadline)
+        and the reuse limits of idle ones (`ConnectionCache.sweep`)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(WATCHDOG_SECONDS)
             now = loop.time()
             for session in list(self._sessions):
                 session.check_deadline(now)
+            self._cache.sweep()
 
     async def deliver(self, envelope: Envelope) -> TransactionResult:
         if self._watchdog is None:
@@ -313,6 +333,7 @@ class SMTPTransport:
                     conn.close()  # cut mid-transaction (tarpit budget, shutdown): never pooled
                     raise
                 except ConnectionLost as exc:
+                    self._cache.discard(conn)
                     if reused and not exc.body_sent:
                         # A stale pooled connection: try once more on a new one. Its
                         # MAIL FROM may have arrived, so the retry takes a new token.
@@ -358,15 +379,12 @@ class SMTPTransport:
         # another, and one opened unverified never serves a destination that
         # enforces verification (mta-sts: destinations sharing an MX differ).
         key = (env.egress_address, route.host, route.port, route.name, tls_plan)
-        idle = self._idle.get(key, [])
-        now = time.monotonic()
-        while idle and not fresh_only:
-            conn = idle.pop()
-            if conn.is_open and now - conn.last_used < IDLE_SECONDS:
-                return conn, True
-            conn.close()
+        pooled = None if fresh_only else self._cache.take(key)
+        if pooled is not None:
+            return pooled, True
         await self._make_room(env)
         conn = await self._open(env, route, tls_plan)
+        self._cache.opened(conn)
         self._site_of[conn] = env.site
         return conn, False
 
@@ -382,20 +400,8 @@ class SMTPTransport:
             return
         mine = [s for s in self._sessions if s.is_open and self._site_of.get(s) == env.site]
         excess = len(mine) + 1 - limit
-        if excess <= 0:
-            return
-        idle = sorted(
-            (
-                (conn.last_used, key, conn)
-                for key, conns in self._idle.items()
-                for conn in conns
-                if self._site_of.get(conn) == env.site
-            ),
-            key=lambda t: t[0],
-        )
-        for _, key, conn in idle[:excess]:
-            self._idle[key].remove(conn)
-        await asyncio.gather(*(conn.quit() for _, _, conn in idle[:excess]))
+        if excess > 0:
+            await self._cache.make_room(excess, lambda s: self._site_of.get(s) == env.site)
 
     async def _route_plan(
         self, env: Envelope, route: Route, tls_plan: TLSPlan
@@ -562,26 +568,32 @@ class SMTPTransport:
             raise _TLSFailed(f"TLS handshake failed: {exc.__class__.__name__}: {exc}") from exc
 
     def _release(self, env: Envelope, route: Route, conn: Session, tls_plan: TLSPlan) -> None:
-        """Pool the connection for the next transaction, or close it: the envelope
-        carries the destination's messages-per-connection limit (the scheduler's
-        shaping decides it; the transport only counts)."""
+        """Give the connection back to the cache, which pools or QUITs it: the
+        envelope carries the destination's messages-per-connection limit (the
+        scheduler's shaping decides it; the transport only counts), the config its
+        site's reuse limits (an MX host serving several sites keeps the limits of
+        the last one it served)."""
         limit = env.messages_per_connection
-        if (limit is not None and conn.sent >= limit) or not conn.is_open:
-            self._quit(conn)
-            return
+        site = env.site or env.domain
+        limits = self._reuse_limits.get(site)
+        if limits is None:  # the group match (fnmatch) once per site, not per message
+            throttle = (
+                self.config.throttle_for_site(env.site)
+                if env.site
+                else self.config.throttle_for(env.domain)
+            )
+            limits = ReuseLimits(
+                throttle.connection_idle_seconds, throttle.connection_max_age_seconds
+            )
+            if len(self._reuse_limits) >= MAX_REMEMBERED_DOMAINS:
+                self._reuse_limits.clear()
+            self._reuse_limits[site] = limits
         key = (env.egress_address, route.host, route.port, route.name, tls_plan)
-        self._idle.setdefault(key, []).append(conn)
-
-    def _quit(self, conn: Session) -> None:
-        """QUIT and close, in the background (the reply is not waited for here)."""
-        task = asyncio.get_running_loop().create_task(conn.quit())
-        self._quitting.add(task)
-        task.add_done_callback(self._quitting.discard)
+        spent = limit is not None and conn.sent >= limit
+        self._cache.give_back(key, conn, limits, spent=spent)
 
     async def close(self) -> None:
+        await self._cache.close()  # the watchdog still bounds each QUIT's wait for its reply
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        conns = [c for idle in self._idle.values() for c in idle]
-        self._idle.clear()
-        await asyncio.gather(*(c.quit() for c in conns), *self._quitting)
