@@ -5,6 +5,7 @@ summary's checks, which must fail when what came back is wrong."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from mailpipe.contracts.feedback_token import (
     sign,
 )
 from mailpipe.contracts.wire import Disposition, SuppressionReason
+from mailpipe.devstack import demo
 from mailpipe.devstack import demo_plan as P
 from mailpipe.devstack.smtp_receiver import Received
 from mailpipe.inbound.feedback import Kind, Receiver
@@ -48,6 +50,20 @@ def test_each_part_of_the_loop_has_its_own_deliverable_recipient(
 def test_an_audience_too_small_for_the_loop_is_refused_saying_why() -> None:
     with pytest.raises(ValueError, match=f"at least {P.MIN_RECIPIENTS} recipients.*not 10"):
         P.Plan.make(10)
+
+
+def test_mailpipe_demo_refuses_too_small_an_audience_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_dir = tmp_path / "demo-state"
+    args = argparse.Namespace(recipients=10, state_dir=state_dir)
+    assert demo.run(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"mailpipe demo: the demo needs at least {P.MIN_RECIPIENTS} recipients (one each to"
+        " bounce, complain, unsubscribe and be away), not 10"
+    )
+    assert not state_dir.exists()  # no stack was started for it
 
 
 def test_the_follow_up_is_a_valid_campaign_to_the_loops_recipients() -> None:

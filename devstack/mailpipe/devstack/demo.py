@@ -712,8 +712,8 @@ def http(url: str, body: bytes | None = None) -> tuple[int, str]:
         return 0, ""
 
 
-def run_demo(stack: Stack, workdir: Path, size: int, say: Callable[[str], None] = print) -> bool:
-    return Demo(stack, workdir, Plan.make(size), say).run()
+def run_demo(stack: Stack, workdir: Path, plan: Plan, say: Callable[[str], None] = print) -> bool:
+    return Demo(stack, workdir, plan, say).run()
 
 
 @contextmanager
@@ -744,6 +744,11 @@ def run(args: argparse.Namespace) -> int:
     def interrupted(*_: object) -> None:
         raise KeyboardInterrupt
 
+    try:
+        plan = Plan.make(args.recipients)
+    except ValueError as exc:  # before anything starts: nothing to stop
+        print(f"mailpipe demo: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="mailpipe-demo-"))
     print(f"mailpipe demo: {args.recipients} recipients; logs in {workdir}")
@@ -751,7 +756,7 @@ def run(args: argparse.Namespace) -> int:
         with ExitStack() as stack_ctx:
             print("starting the local stack (Kafka, etcd + kube-apiserver, dnsmasq)...")
             stack = stack_ctx.enter_context(_own_stack(args.state_dir))
-            ok = run_demo(stack, workdir, args.recipients)
+            ok = run_demo(stack, workdir, plan)
     except KeyboardInterrupt:
         print("interrupted: everything the demo started is stopped")
         return 130
