@@ -101,7 +101,9 @@ FEEDBACK = f"mailpipe-feedback-{POOL}"
 UNSUBSCRIBE = f"mailpipe-unsubscribe-{POOL}"
 TIMEOUT_SECONDS = 240  # the whole campaign; 1000 recipients take about a minute
 POOL_READY_TIMEOUT_SECONDS = 60  # topics created, children written: seconds on an idle stack
-COUNTED_TIMEOUT_SECONDS = 60  # what came back in the campaign's status: a few status timers
+# What came back in the campaign's status, and the follow-up's fan-out and one
+# delivery: seconds on an idle machine, a minute when a loaded one starves the operator.
+COUNTED_TIMEOUT_SECONDS = 120
 WAIT_POLL_SECONDS = 0.5
 WATCH_POLL_SECONDS = 3  # `kubectl get` once every 3 s reads like someone watching
 OPERATOR_TOKEN_DURATION = "1h"  # longer than the demo ever runs
@@ -581,7 +583,7 @@ class Demo:
         self.wait(
             f"{FOLLOW_UP} to finish",
             lambda: status().get("phase") in FINAL_PHASES,
-            POOL_READY_TIMEOUT_SECONDS,
+            COUNTED_TIMEOUT_SECONDS,
         )
         sent = [
             r

@@ -482,7 +482,8 @@ def summarize_loop(plan: Plan, back: CameBack, say: Callable[[str], None]) -> li
     async_n = len(plan.async_bounce)
 
     say("\n== what came back ==")
-    say(f"answers: {json.dumps(back.answers)}")
+    answered = Counter((what.split()[0], code) for what, code in back.answers.items())
+    say("answers: " + ", ".join(f"{what} {code} x{n}" for (what, code), n in answered.items()))
     say(
         f"campaign counts: bounced {counts['bounced']} {json.dumps(by_class)}, complained"
         f" {counts['complained']}, unsubscribed {counts['unsubscribed']}, complaint rate"
