@@ -105,6 +105,8 @@ def delivered(recipient: str, *, folded: bool = True) -> tuple[Received, TokenPa
         "Subject: Hello User4\r\n"
         "Message-ID: <demo-newsletter-1@demo-sender.test>\r\n"
         f"X-Mailpipe-Trace: {sign(token, Purpose.TRACE, KEYS)}\r\n"
+        f"DKIM-Signature: v=1; a=rsa-sha256; d=demo-sender.test; s=demo;{fold}h=from:to:"
+        f"subject:list-unsubscribe:{fold}List-Unsubscribe-Post; bh=x; b=y\r\n"
         f"List-Unsubscribe:{fold}<{URL}>\r\n"
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
         "\r\n"
@@ -169,6 +171,13 @@ def test_an_out_of_office_reply_is_an_auto_reply_and_changes_nothing() -> None:
 def test_the_one_click_url_is_the_https_target_of_list_unsubscribe(folded: bool) -> None:
     message, _ = delivered("user12@alpha.test", folded=folded)
     assert P.one_click_url(P.mailbox_copy(message)) == URL
+
+
+def test_the_dkim_h_tag_names_what_the_signature_covers() -> None:
+    message, _ = delivered("user12@alpha.test")
+    signed = P.dkim_signed_headers(message.data)
+    assert signed == ["from", "to", "subject", "list-unsubscribe", "list-unsubscribe-post"]
+    assert P.dkim_signed_headers(b"Subject: unsigned\r\n\r\nx\r\n") == []
 
 
 def test_no_one_click_post_header_means_no_one_click_url() -> None:
@@ -271,6 +280,7 @@ def came_back(plan: P.Plan) -> dict[str, Any]:
         "suppressions": suppressions,
         "follow_up": follow_up,
         "follow_up_sent_to": [plan.away],
+        "one_click_signed": ["from", "list-unsubscribe", "list-unsubscribe-post"],
     }
 
 
@@ -304,6 +314,9 @@ SPOILED: dict[str, Spoil] = {
     "the campaign paused": lambda plan, back: back["status"].update(phase="Paused"),
     "the follow-up sent to a suppressed address": lambda plan, back: back.update(
         follow_up_sent_to=[plan.away, plan.complainer]
+    ),
+    "DKIM does not cover List-Unsubscribe-Post": lambda plan, back: back.update(
+        one_click_signed=["from", "list-unsubscribe"]
     ),
     "the follow-up skipped nobody": lambda plan, back: back["follow_up"]["fanout"].update(
         suppressedBeforeSend=0

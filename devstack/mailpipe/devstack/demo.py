@@ -71,6 +71,7 @@ from .demo_plan import (
     Plan,
     arf,
     behind_ingress,
+    dkim_signed_headers,
     dsn,
     local_path,
     mailbox_copy,
@@ -143,6 +144,7 @@ class Demo:
         self.unsubscribe_backend = self.unsubscribe_ready = ""
         self.answers: dict[str, int] = {}  # what came back -> the reply it got
         self.sent_before: dict[str, int] = {}  # messages per receiver before the follow-up
+        self.one_click_signed: list[str] = []  # headers DKIM covers in the unsubscribed one's
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -529,6 +531,7 @@ class Demo:
         local = behind_ingress(url, UNSUBSCRIBE_BASE_URL, self.unsubscribe_backend)
         status, _ = http(local, ONE_CLICK_BODY)
         self.answers[f"one-click {who}"] = status
+        self.one_click_signed = dkim_signed_headers(copy)
         self.say(f"one-click unsubscribe of {who}: POST {url[:60]}... -> {status}")
 
     def wait_counted(self) -> None:
@@ -596,7 +599,9 @@ class Demo:
     def summarize_loop(
         self, suppressions: list[dict[str, Any]], follow_up: dict[str, Any], sent: list[str]
     ) -> None:
-        back = CameBack(self.answers, self.campaign()["status"], suppressions, follow_up, sent)
+        status = self.campaign()["status"]
+        signed = self.one_click_signed
+        back = CameBack(self.answers, status, suppressions, follow_up, sent, signed)
         self.checks.extend(summarize_loop(self.plan, back, self.say))
         self.checks.append(self.loopback_only())
         self.say("\n== checks ==")

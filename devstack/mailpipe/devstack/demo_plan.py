@@ -365,6 +365,13 @@ def one_click_url(copy: bytes) -> str:
     return urls[0]
 
 
+def dkim_signed_headers(copy: bytes) -> list[str]:
+    """The header names (lower case) the DKIM signature of `copy` covers (its h= tag)."""
+    signature = re.sub(r"\s+", "", str(_parsed(copy).get("DKIM-Signature", "")))
+    tags = dict(t.split("=", 1) for t in signature.split(";") if "=" in t)
+    return [h.lower() for h in tags.get("h", "").split(":") if h]
+
+
 def behind_ingress(url: str, base_url: str, local_base: str) -> str:
     """Where the https ingress in front of the endpoint sends `url`: the same
     path on the endpoint's plain HTTP address."""
@@ -468,6 +475,7 @@ class CameBack:
     suppressions: Sequence[Mapping[str, Any]]  # `kubectl mailpipe suppressions list -o json`
     follow_up: Mapping[str, Any]  # the follow-up campaign's status, Completed
     follow_up_sent_to: Sequence[str]  # who the receivers got the follow-up for
+    one_click_signed: Sequence[str] = ()  # what DKIM covers in the unsubscriber's message
 
 
 def summarize_loop(plan: Plan, back: CameBack, say: Callable[[str], None]) -> list[Check]:
@@ -539,6 +547,10 @@ def summarize_loop(plan: Plan, back: CameBack, say: Callable[[str], None]) -> li
             not wrong,
             f"suppressed: {async_n} hard_bounce, 1 complaint, 1 unsubscribe"
             + (f" (wrong: {wrong})" if wrong else ""),
+        ),
+        (
+            {"list-unsubscribe", "list-unsubscribe-post"} <= set(back.one_click_signed),
+            "DKIM covers List-Unsubscribe and List-Unsubscribe-Post (RFC 8058)",
         ),
         (
             plan.away.lower() not in reasons,
