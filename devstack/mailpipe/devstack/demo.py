@@ -499,7 +499,8 @@ class Demo:
         copy, _ = self.mailbox(who)
         rp = return_path(copy)
         reply = out_of_office(copy, who, datetime.now(UTC))
-        self.answers[f"out-of-office {who}"] = self.send_mail(rp, reply, "mx." + who.split("@")[1])
+        helo = "mx." + who.rpartition("@")[2]  # the recipient's own mail system answers
+        self.answers[f"out-of-office {who}"] = self.send_mail(rp, reply, helo)
         self.say(f"out-of-office reply from {who} -> {rp[:40]}...")
 
     def return_bounces(self) -> None:
@@ -535,6 +536,7 @@ class Demo:
         self.say(f"one-click unsubscribe of {who}: POST {url[:60]}... -> {status}")
 
     def wait_counted(self) -> None:
+        """Until the campaign's status counts what came back (a status timer or two)."""
         expected = {
             "bounced": len(self.plan.bounce) + len(self.plan.async_bounce),
             "complained": 1,
