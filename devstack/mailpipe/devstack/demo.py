@@ -424,15 +424,6 @@ class Demo:
         self.run_deployment(UNSUBSCRIBE, own)
         self.say(f"https ingress stand-in: {UNSUBSCRIBE_BASE_URL} -> {self.unsubscribe_backend}")
 
-    def endpoints_up(self) -> None:
-        """Wait for the receiver (listening) and the endpoint (its Deployment's
-        readiness probe); report their Deployments available. Nothing before
-        what comes back needs them, so the campaign does not wait for them."""
-        self.wait("the feedback receiver", lambda: listening(FEEDBACK_IP, self.smtp_port))
-        self.wait("the unsubscribe endpoint", lambda: http(self.unsubscribe_ready)[0] == HTTP_OK)
-        harness.report_deployment(self.env, NAMESPACE, FEEDBACK)
-        harness.report_deployment(self.env, NAMESPACE, UNSUBSCRIBE)
-
     def campaign(self) -> dict[str, Any]:
         return self.read("camp", CAMPAIGN)
 
@@ -465,6 +456,15 @@ class Demo:
         self.checks.extend(
             summarize(self.plan, self.campaign()["status"], self.receivers, self.say)
         )
+
+    def endpoints_up(self) -> None:
+        """Wait for the receiver (listening) and the endpoint (its Deployment's
+        readiness probe); report their Deployments available. Nothing before
+        what comes back needs them, so the campaign does not wait for them."""
+        self.wait("the feedback receiver", lambda: listening(FEEDBACK_IP, self.smtp_port))
+        self.wait("the unsubscribe endpoint", lambda: http(self.unsubscribe_ready)[0] == HTTP_OK)
+        harness.report_deployment(self.env, NAMESPACE, FEEDBACK)
+        harness.report_deployment(self.env, NAMESPACE, UNSUBSCRIBE)
 
     # -- what comes back: reaches the pool's endpoints as the world would ---------------------
 
