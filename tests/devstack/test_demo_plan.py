@@ -1,0 +1,341 @@
+"""The demo's plan, pure: who plays which part of the loop, the reports it sends
+as mail systems write them (decided here by the feedback receiver's own
+logic), the one-click URL it finds, the local stand-ins for a pod, and the
+summary's checks, which must fail when what came back is wrong."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailpipe.contracts.bounces import default_classifier
+from mailpipe.contracts.feedback_token import (
+    Purpose,
+    TokenPayload,
+    keys_from_secret,
+    return_path,
+    sign,
+)
+from mailpipe.contracts.wire import Disposition, SuppressionReason
+from mailpipe.devstack import demo
+from mailpipe.devstack import demo_plan as P
+from mailpipe.devstack.smtp_receiver import Received
+from mailpipe.inbound.feedback import Kind, Receiver
+from mailpipe.operator.models import CampaignSpec
+
+KEYS = keys_from_secret({"ka": b"k" * 32})
+NAMESPACE, POOL = "demo", "demo"
+WHEN = datetime(2026, 12, 4, 21, 0, tzinfo=UTC)
+URL = P.UNSUBSCRIBE_BASE_URL + "a" * 120  # long enough that a header is folded
+
+
+@pytest.mark.parametrize(("size", "async_bounces"), [(P.MIN_RECIPIENTS, 1), (200, 2), (1000, 10)])
+def test_each_part_of_the_loop_has_its_own_deliverable_recipient(
+    size: int, async_bounces: int
+) -> None:
+    plan = P.Plan.make(size)
+    singles = [plan.complainer, plan.unsubscriber, plan.away]
+    assert len(set(singles)) == 3 and not set(singles) & plan.async_bounce
+    assert plan.came_back | {plan.away} <= plan.deliverable - plan.defer
+    assert len(plan.async_bounce) == async_bounces
+    assert plan.came_back == plan.async_bounce | {plan.complainer, plan.unsubscriber}
+
+
+def test_an_audience_too_small_for_the_loop_is_refused_saying_why() -> None:
+    with pytest.raises(ValueError, match=f"at least {P.MIN_RECIPIENTS} recipients.*not 10"):
+        P.Plan.make(10)
+
+
+def test_mailpipe_demo_refuses_too_small_an_audience_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_dir = tmp_path / "demo-state"
+    args = argparse.Namespace(recipients=10, state_dir=state_dir)
+    assert demo.run(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"mailpipe demo: the demo needs at least {P.MIN_RECIPIENTS} recipients (one each to"
+        " bounce, complain, unsubscribe and be away), not 10"
+    )
+    assert not state_dir.exists()  # no stack was started for it
+
+
+def test_the_follow_up_is_a_valid_campaign_to_the_loops_recipients() -> None:
+    plan = P.Plan.make(200)
+    manifest = plan.follow_up(NAMESPACE, POOL)
+    spec = CampaignSpec.model_validate(manifest["spec"])
+    assert spec.audience.inline is not None
+    sent_to = {r.address for r in spec.audience.inline}
+    assert sent_to == plan.came_back | {plan.away}
+    assert manifest["metadata"] == {"name": P.FOLLOW_UP, "namespace": NAMESPACE}
+
+
+def test_the_bounce_domains_mx_is_the_feedback_receiver() -> None:
+    zones = {z.domain: z for z in P.zones()}
+    assert set(P.DOMAINS) < set(zones)
+    bounce = zones[P.BOUNCE_DOMAIN]
+    assert bounce.mx == ((P.FEEDBACK_MX, 10),) and bounce.a == {P.FEEDBACK_MX: P.FEEDBACK_IP}
+
+
+# -- the reports, decided by the feedback receiver ------------------------------------
+
+
+def delivered(recipient: str, *, folded: bool = True) -> tuple[Received, TokenPayload]:
+    """A message as the relay sends it with the pool's feedback settings."""
+    token = TokenPayload(
+        namespace=NAMESPACE,
+        pool=POOL,
+        recipient=recipient,
+        message_id="demo-newsletter-1",
+        campaign="demo-newsletter",
+        variant="a",
+        issued_at=int(time.time()),
+    )
+    rp = return_path(sign(token, Purpose.BOUNCE, KEYS), P.BOUNCE_DOMAIN)
+    fold = "\r\n " if folded else " "
+    data = (
+        "From: Demo News <news@demo-sender.test>\r\n"
+        f"To: {recipient}\r\n"
+        "Subject: Hello User4\r\n"
+        "Message-ID: <demo-newsletter-1@demo-sender.test>\r\n"
+        f"X-Mailpipe-Trace: {sign(token, Purpose.TRACE, KEYS)}\r\n"
+        f"DKIM-Signature: v=1; a=rsa-sha256; d=demo-sender.test; s=demo;{fold}h=from:to:"
+        f"subject:list-unsubscribe:{fold}List-Unsubscribe-Post; bh=x; b=y\r\n"
+        f"List-Unsubscribe:{fold}<{URL}>\r\n"
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        "\r\n"
+        "Hi User4, this is the demo.\r\n"
+    ).encode()
+    message = Received("127.0.0.2", "warm.demo-sender.test", rp, (recipient,), data, 0.0)
+    return message, token
+
+
+def receiver() -> Receiver:
+    return Receiver(NAMESPACE, POOL, P.BOUNCE_DOMAIN, KEYS, default_classifier(), 86400)
+
+
+def test_the_mailbox_copy_carries_the_return_path_reports_go_to() -> None:
+    message, _ = delivered("user8@alpha.test")
+    copy = P.mailbox_copy(message)
+    assert P.return_path(copy) == message.mail_from
+    assert copy.endswith(message.data)
+    with pytest.raises(ValueError, match="no Return-Path"):
+        P.return_path(message.data)
+
+
+def test_a_dsn_is_an_asynchronous_bounce_of_its_class_that_suppresses() -> None:
+    message, token = delivered("user8@alpha.test")
+    report = P.dsn(P.mailbox_copy(message), "user8@alpha.test", WHEN)
+    assert b"\n" not in report.replace(b"\r\n", b"")  # CRLF throughout, as SMTP wants
+    out = receiver().decide(report, token, "", time.time())
+    assert out.kind is Kind.BOUNCE, out
+    (event,) = out.events
+    assert (event.disposition, event.bounce_class, event.enhanced_code) == (
+        Disposition.BOUNCED,
+        P.ASYNC_BOUNCE_CLASS,
+        P.ASYNC_STATUS,
+    )
+    assert (event.campaign, event.variant) == ("demo/demo-newsletter", "a")
+    (suppression,) = out.suppressions
+    assert (suppression.address, suppression.reason) == (
+        "user8@alpha.test",
+        SuppressionReason.HARD_BOUNCE,
+    )
+
+
+def test_an_arf_report_at_the_fbl_address_is_a_complaint_found_by_its_return_path() -> None:
+    message, _ = delivered("user4@alpha.test")
+    report = P.arf(P.mailbox_copy(message), "user4@alpha.test", message.peer, WHEN)
+    # at the feedback loop address there is no envelope token: the report's own
+    out = receiver().decide(report, None, "complaints@fbl.alpha.test", time.time())
+    assert out.kind is Kind.COMPLAINT, out
+    (event,) = out.events
+    assert (event.disposition, event.recipient) == (Disposition.COMPLAINED, "user4@alpha.test")
+    assert [s.reason for s in out.suppressions] == [SuppressionReason.COMPLAINT]
+
+
+def test_an_out_of_office_reply_is_an_auto_reply_and_changes_nothing() -> None:
+    message, token = delivered("user16@alpha.test")
+    reply = P.out_of_office(P.mailbox_copy(message), "user16@alpha.test", WHEN)
+    out = receiver().decide(reply, token, "", time.time())
+    assert out.kind is Kind.AUTO_REPLY and out.events == () and out.suppressions == ()
+
+
+@pytest.mark.parametrize("folded", [True, False], ids=["folded", "one-line"])
+def test_the_one_click_url_is_the_https_target_of_list_unsubscribe(folded: bool) -> None:
+    message, _ = delivered("user12@alpha.test", folded=folded)
+    assert P.one_click_url(P.mailbox_copy(message)) == URL
+
+
+def test_the_dkim_h_tag_names_what_the_signature_covers() -> None:
+    message, _ = delivered("user12@alpha.test")
+    signed = P.dkim_signed_headers(message.data)
+    assert signed == ["from", "to", "subject", "list-unsubscribe", "list-unsubscribe-post"]
+    assert P.dkim_signed_headers(b"Subject: unsigned\r\n\r\nx\r\n") == []
+
+
+def test_no_one_click_post_header_means_no_one_click_url() -> None:
+    message, _ = delivered("user12@alpha.test")
+    data = message.data.replace(b"List-Unsubscribe-Post", b"X-Not-Post")
+    with pytest.raises(ValueError, match="no one-click"):
+        P.one_click_url(data)
+
+
+def test_the_ingress_stand_in_keeps_the_path_and_refuses_other_urls() -> None:
+    local = "http://127.0.0.26:8080/u/"
+    assert P.behind_ingress(URL, P.UNSUBSCRIBE_BASE_URL, local) == local + "a" * 120
+    with pytest.raises(ValueError, match="not under"):
+        P.behind_ingress("https://elsewhere.test/u/x", P.UNSUBSCRIBE_BASE_URL, local)
+
+
+# -- a Deployment's container as a local process --------------------------------------
+
+
+def test_paths_under_a_mount_point_become_the_local_directory(tmp_path: Path) -> None:
+    mounts = {"/etc/mailpipe": tmp_path / "config", "/etc/mailpipe/dkim": tmp_path / "dkim"}
+    config = {
+        "dkim": {"private_key_path": "/etc/mailpipe/dkim/private.pem"},
+        "feedback": {"keys_path": "/etc/mailpipe"},
+        "args": ["relay", "--config", "/etc/mailpipe/relay.yaml"],
+        "other": "/etc/mailpipe-other/x",
+        "port": 25,
+    }
+    local = P.local_path(config, mounts)
+    # the deeper mount point is a volume of its own, whichever order they come in
+    assert local["dkim"]["private_key_path"] == str(tmp_path / "dkim" / "private.pem")
+    assert P.local_path(config, dict(reversed(mounts.items()))) == local
+    assert local["feedback"]["keys_path"] == str(tmp_path / "config")
+    assert local["args"] == ["relay", "--config", str(tmp_path / "config" / "relay.yaml")]
+    assert local["other"] == "/etc/mailpipe-other/x" and local["port"] == 25
+
+
+def test_the_pods_environment_from_values_and_the_downward_api() -> None:
+    container = {
+        "env": [
+            {"name": "MAILPIPE_POOL", "value": "demo/demo"},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "ADDR", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "SECRET_REF", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            {"name": "LEFT_OUT", "value": "x"},
+        ]
+    }
+    env = P.pod_env(container, "mailpipe-relay-demo-0", "127.0.0.1", frozenset({"LEFT_OUT"}))
+    assert env == {
+        "MAILPIPE_POOL": "demo/demo",
+        "POD_NAME": "mailpipe-relay-demo-0",
+        "ADDR": "127.0.0.1",
+    }
+
+
+# -- the loop's summary -----------------------------------------------------------------
+
+
+def came_back(plan: P.Plan) -> dict[str, Any]:
+    """What a run where everything went right reads: `P.CameBack`'s fields."""
+    async_n = len(plan.async_bounce)
+    counts = {
+        "bounced": len(plan.bounce) + async_n,
+        "complained": 1,
+        "unsubscribed": 1,
+        "delivered": len(plan.deliverable) - async_n,
+    }
+    status = {
+        "phase": "Completed",
+        "counts": counts,
+        "bouncedByClass": {
+            P.SYNC_BOUNCE_CLASS: len(plan.bounce),
+            P.ASYNC_BOUNCE_CLASS: async_n,
+        },
+        "variants": {
+            "a": {"bounced": counts["bounced"] - 1, "complained": 1, "unsubscribed": 0},
+            "b": {"bounced": 1, "complained": 0, "unsubscribed": 1},
+        },
+        "complaints": {"rate": "0.54%"},
+    }
+    suppressions = [
+        {"address": a, "reason": "hard_bounce", "source": "fb-0:demo/demo"}
+        for a in plan.async_bounce
+    ]
+    suppressions += [
+        {"address": plan.complainer, "reason": "complaint", "source": "fb-0:demo/demo"},
+        {"address": plan.unsubscriber, "reason": "unsubscribe", "source": "unsubscribe:x"},
+        *({"address": a, "reason": "unsubscribe", "source": "demo"} for a in plan.suppressed),
+    ]
+    answers = {f"DSN {a}": 250 for a in plan.async_bounce}
+    answers |= {"ARF": 250, "out-of-office": 250, "one-click": 200}
+    follow_up = {
+        "phase": "Completed",
+        "fanout": {"suppressedBeforeSend": len(plan.came_back)},
+        "counts": {"delivered": 1},
+    }
+    return {
+        "answers": answers,
+        "status": status,
+        "suppressions": suppressions,
+        "follow_up": follow_up,
+        "follow_up_sent_to": [plan.away],
+        "one_click_signed": ["from", "list-unsubscribe", "list-unsubscribe-post"],
+    }
+
+
+Spoil = Callable[[P.Plan, dict[str, Any]], None]
+
+
+def _suppress_away(plan: P.Plan, back: dict[str, Any]) -> None:
+    back["suppressions"].append({"address": plan.away, "reason": "hard_bounce", "source": "x:y"})
+
+
+def _forget_complaint(plan: P.Plan, back: dict[str, Any]) -> None:
+    back["suppressions"] = [s for s in back["suppressions"] if s["address"] != plan.complainer]
+
+
+SPOILED: dict[str, Spoil] = {
+    "a report refused": lambda plan, back: back["answers"].update({"ARF": 550}),
+    "the async bounces not counted": lambda plan, back: back["status"]["counts"].update(
+        bounced=len(plan.bounce)
+    ),
+    "no complaint counted": lambda plan, back: back["status"]["counts"].update(complained=0),
+    "no unsubscribe counted": lambda plan, back: back["status"]["counts"].update(unsubscribed=0),
+    "the out-of-office counted as a bounce": lambda plan, back: back["status"]["counts"].update(
+        delivered=len(plan.deliverable) - len(plan.async_bounce) - 1
+    ),
+    "bounces in the wrong class": lambda plan, back: back["status"]["bouncedByClass"].update(
+        {P.SYNC_BOUNCE_CLASS: 12, P.ASYNC_BOUNCE_CLASS: 0}
+    ),
+    "a variant not counted": lambda plan, back: back["status"]["variants"].pop("b"),
+    "the out-of-office suppressed": _suppress_away,
+    "the complaint not suppressed": _forget_complaint,
+    "the campaign paused": lambda plan, back: back["status"].update(phase="Paused"),
+    "the follow-up sent to a suppressed address": lambda plan, back: back.update(
+        follow_up_sent_to=[plan.away, plan.complainer]
+    ),
+    "DKIM does not cover List-Unsubscribe-Post": lambda plan, back: back.update(
+        one_click_signed=["from", "list-unsubscribe"]
+    ),
+    "the follow-up skipped nobody": lambda plan, back: back["follow_up"]["fanout"].update(
+        suppressedBeforeSend=0
+    ),
+}
+
+
+def test_the_loop_summary_holds_when_everything_came_back_right() -> None:
+    plan = P.Plan.make(200)
+    lines: list[str] = []
+    checks = P.summarize_loop(plan, P.CameBack(**came_back(plan)), lines.append)
+    assert [what for ok, what in checks if not ok] == []
+    assert any("inactive_mailbox" in line for line in lines)
+
+
+@pytest.mark.parametrize("spoil", SPOILED.values(), ids=SPOILED.keys())
+def test_each_wrong_outcome_fails_a_check(spoil: Spoil) -> None:
+    plan = P.Plan.make(200)
+    back = came_back(plan)
+    spoil(plan, back)
+    checks = P.summarize_loop(plan, P.CameBack(**back), lambda _: None)
+    assert [what for ok, what in checks if not ok] != []
