@@ -106,7 +106,6 @@ ALGORITHM: Final = b"rsa-sha256"  # RFC 8301: rsa-sha1 must not be used for sign
 # relaxed header canonicalisation survives the refolding MTAs do; simple for the
 # body is dkimpy's default, what the relay has always signed with.
 CANONICALIZATION: Final = b"relaxed/simple"
-_POLICY: Final = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
 _B_PLACEHOLDER = b"0" * 60  # as dkimpy: b= folds onto its own line, the tags before stay put
 _HEADER_END = b"\r\n\r\n"
 
@@ -148,6 +147,7 @@ class Signer:
         self._headers = [h.encode().lower() for h in settings.headers]
         self._domain = settings.domain.encode()
         self._selector = settings.selector.encode()
+        self._policy = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
 
     def sign(self, message: bytes, now: float | None = None) -> bytes:
         """`message` (CRLF line ends, as `build_message` writes them) with a
@@ -157,7 +157,7 @@ class Signer:
         include = tuple(h for h in self._headers if h in present)
         if b"from" not in include:
             raise MessageError("cannot DKIM-sign a message without a From header (RFC 6376 5.4)")
-        bodyhash = base64.b64encode(hashlib.sha256(_POLICY.canonicalize_body(body)).digest())
+        bodyhash = base64.b64encode(hashlib.sha256(self._policy.canonicalize_body(body)).digest())
         stamp = int(time.time() if now is None else now)
         fields = [
             (b"v", b"1"),
@@ -177,8 +177,8 @@ class Signer:
         value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(name))
         value = dkim.RE_BTAG.sub(b"\\1", value)
         h = hashlib.sha256()
-        canonical = _POLICY.canonicalize_headers(headers)
-        dkim.hash_headers(h, _POLICY, canonical, include, (name, b" " + value), dict(fields))
+        canonical = self._policy.canonicalize_headers(headers)
+        dkim.hash_headers(h, self._policy, canonical, include, (name, b" " + value), dict(fields))
         signature = openssl_rsa_sign(self._rsa, ALGORITHM, h.digest())
         fields[-1] = (b"b", base64.b64encode(signature))
         signed: bytes = dkim.fold(
