@@ -452,13 +452,16 @@ def pipeline_rate(
     processes: int = 1,
     size: int = MESSAGE_BYTES,
     dkim_key: Path | None = None,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Relays started and caught up, then `n` records produced while they deliver:
     messages/s by the sink's count from the first record produced, the relays'
-    CPU per message over that window, their peak RSS, (kept, verified) if signed."""
+    CPU per message over that window, their peak RSS, (kept, verified) if signed
+    and `verify` (the sink then writes a file per message, which slows it)."""
+    verify = verify and dkim_key is not None
     in_flight = BIG_MAX_IN_FLIGHT_RECORDS if size > MESSAGE_BYTES else MAX_IN_FLIGHT_RECORDS
     kafka, path = _relay_config(stack, sink_port, workdir, dkim_key, max_in_flight=in_flight)
-    sink = Sink(sink_port, workdir, keep=dkim_key is not None)
+    sink = Sink(sink_port, workdir, keep=verify)
     relays = [
         harness.start(f"relay-{i}", _relay_command(path), workdir / f"relay-{i}.log")
         for i in range(processes)
@@ -511,7 +514,7 @@ def pipeline_rate(
         "cpu_us_per_msg": round(cpu * 1e6 / n),
         "peak_rss_mb": round(peak, 1),
     }
-    if dkim_key is not None:
+    if verify and dkim_key is not None:
         kept, good = sink.verified(dkim_txt(dkim_key))
         result |= {"kept": kept, "dkim_verified": good}
     return result
@@ -648,8 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, dict[str, Any]] = {
             "pipeline": {"n": n},
             "pipeline_2proc": {"n": n, "processes": 2},
-            "dkim_2kb": {"n": n, "dkim_key": key},
-            "dkim_2kb_2proc": {"n": n, "dkim_key": key, "processes": 2},
+            # against the RSA limit: the sink keeps nothing (the 100 KB runs verify)
+            "dkim_2kb": {"n": n, "dkim_key": key, "verify": False},
+            "dkim_2kb_2proc": {"n": n, "dkim_key": key, "processes": 2, "verify": False},
             "big_dkim": {"n": big, "size": BIG_MESSAGE_BYTES, "dkim_key": key},
             "big_dkim_2proc": {
                 "n": big, "size": BIG_MESSAGE_BYTES, "dkim_key": key, "processes": 2
