@@ -83,10 +83,18 @@ system_postfix_running() {
 need=()
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/postfix ] || need+=(postfix)
+# The relay benchmark's DKIM reference: postfix + OpenDKIM as a milter (bench/relay.py
+# runs its own instance on a loopback port; the package's service is left stopped).
+[ -x /usr/sbin/opendkim ] || need+=(opendkim opendkim-tools)
 if [ ${#need[@]} -gt 0 ]; then
     echo "apt: installing ${need[*]}"
     postfix_was_running=no
     system_postfix_running && postfix_was_running=yes
+    # opendkim's package may start its service where policy-rc.d allows it:
+    # stopped again below by the pid its pidfile records, only if the install started it.
+    opendkim_pidfile=/run/opendkim/opendkim.pid
+    opendkim_was_running=no
+    [ -s "$opendkim_pidfile" ] && opendkim_was_running=yes
     export DEBIAN_FRONTEND=noninteractive
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt_install "$LOGS/apt.log" "${need[@]}"
@@ -97,7 +105,10 @@ if [ ${#need[@]} -gt 0 ]; then
     if [ "$postfix_was_running" = no ] && system_postfix_running; then
         /usr/sbin/postfix -c "$SYSTEM_POSTFIX_CONF" stop >> "$LOGS/apt.log" 2>&1 || true
     fi
+    if [ "$opendkim_was_running" = no ] && [ -s "$opendkim_pidfile" ]; then
+        kill "$(cat "$opendkim_pidfile")" 2>/dev/null || true
+    fi
 else
-    echo "dnsmasq, postfix: installed"
+    echo "dnsmasq, postfix, opendkim: installed"
 fi
 echo "setup: components ready in $CACHE"

@@ -79,21 +79,20 @@ def _aiosmtplib() -> list[str]:
 
 
 def _dkimpy() -> list[str]:
-    """dkimpy, as `mailpipe.relay.message._OpenSSLDKIM` overrides its RSA step."""
+    """dkimpy, as `mailpipe.relay.message.Signer` uses its helpers around an OpenSSL RSA step."""
     missing = [
-        f"dkim.{name} (message.py, _OpenSSLDKIM.gen_header)"
-        for name in ("fold", "RE_BTAG", "HashThrough", "hash_headers")
+        f"dkim.{name} (message.py, Signer.sign)"
+        for name in ("rfc822_parse", "fold", "RE_BTAG", "hash_headers")
         if not hasattr(dkim, name)
     ]
-    expected = ["self", "fields", "include_headers", "canon_policy", "header_name", "pk"]
-    gen_header = getattr(dkim.DKIM, "gen_header", None)
-    if gen_header is None:
-        missing.append("dkim.DKIM.gen_header (message.py, _OpenSSLDKIM)")
-    elif list(inspect.signature(gen_header).parameters)[: len(expected)] != expected:
-        missing.append(f"dkim.DKIM.gen_header{inspect.signature(gen_header)}: expected {expected}")
-    for name in ("hasher", "debug_content", "headers", "linesep", "signature_algorithm"):
-        if name not in inspect.getsource(dkim.DomainSigner):
-            missing.append(f"DomainSigner.{name} (message.py, _OpenSSLDKIM.gen_header)")
+    expected = ["hasher", "canonicalize_headers", "headers", "include_headers", "sigheader", "sig"]
+    hash_headers = getattr(dkim, "hash_headers", None)
+    if hash_headers is not None and list(inspect.signature(hash_headers).parameters) != expected:
+        missing.append(f"dkim.hash_headers{inspect.signature(hash_headers)}: expected {expected}")
+    policy = dkim.canonicalization.CanonicalizationPolicy
+    for method in ("from_c_value", "canonicalize_headers", "canonicalize_body"):
+        if not hasattr(policy, method):
+            missing.append(f"CanonicalizationPolicy.{method} (message.py, Signer.sign)")
     return missing
 
 

@@ -62,5 +62,3 @@ _.component
 # persisted in the dev stack's state.json, read by whoever inspects a running stack
 kube_server
 _.kube_server
-# set as dkimpy's own gen_header sets it, for dkimpy's readers (relay/message.py)
-_.signed_headers

@@ -62,3 +62,51 @@ def changes(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> list[
     else:
         out += drifted(desired.get("spec") or {}, live.get("spec"), "spec")
     return out
+
+
+# How long an edited child stays edited at most (plus one apply) while few pools
+# are guarded: three GETs per pool per tick. The kubelet takes up to a minute to
+# show a running relay a changed ConfigMap, and the relay refuses one the
+# operator did not sign anyway, so seconds here are plenty.
+RECHECK_FLOOR_SECONDS = 5.0
+# The API reads the child guard may cost, whatever the number of pools. Three
+# GETs per pool every 5 s was 720 reads a second with 1,200 pools: measured
+# (bench/operator.py), 28 of the operator's 32 API threads sat in these reads
+# while 321 new pools waited minutes for their first reconcile. 40 a second
+# keeps 5 s up to 66 pools and stretches the round beyond (75 s at 1,000).
+CHILD_READS_PER_SECOND = 40.0
+READS_PER_POOL = len(GUARDED_KINDS)
+
+
+class RecheckPace:
+    """When each pool's children are read again: every `floor_seconds`, or less
+    often when the pools together would read more than `reads_per_second`.
+
+    A pool seen for the first time starts its wait then (its reconcile has just
+    applied its children), so pools created together do not read together."""
+
+    def __init__(
+        self,
+        floor_seconds: float = RECHECK_FLOOR_SECONDS,
+        reads_per_second: float = CHILD_READS_PER_SECOND,
+        reads_per_pool: int = READS_PER_POOL,
+    ) -> None:
+        self.floor_seconds = floor_seconds
+        self.reads_per_second = reads_per_second
+        self.reads_per_pool = reads_per_pool
+        self._last: dict[str, float] = {}
+
+    def interval(self, pools: int) -> float:
+        """Seconds between two checks of one pool when `pools` are guarded."""
+        return max(self.floor_seconds, pools * self.reads_per_pool / self.reads_per_second)
+
+    def due(self, key: str, pools: int, now: float) -> bool:
+        """Whether pool `key` reads its children now (and if so, counts it as read)."""
+        last = self._last.setdefault(key, now)
+        if now - last < self.interval(pools):
+            return False
+        self._last[key] = now
+        return True
+
+    def forget(self, key: str) -> None:
+        self._last.pop(key, None)

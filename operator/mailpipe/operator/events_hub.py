@@ -50,6 +50,12 @@ POLL_TIMEOUT_MS = 200  # how soon a stop request or a new topic is noticed
 FETCH_MIN_BYTES = 256 * 1024
 FETCH_MAX_WAIT_MS = 500
 TOPIC_RETRY_SECONDS = 1.0  # a topic not in metadata yet is looked for again at this pace
+# Looking for a topic asks for the metadata of every topic of the cluster (kafka-python
+# has no lookup by name): with 1,000 pools, 7,000 topics and a 100+ ms decode that
+# starves every Kafka client of the process ("blocking the event loop"). Asked on every
+# new follow, it ran many times a second while pools were created (a third of the
+# operator's CPU, measured with py-spy); now at most this share of the reader's time.
+TOPIC_LOOKUP_SHARE = 0.1
 TOPIC_MISSING_WARN_SECONDS = 60.0  # longer than any reconcile takes to create the topics
 CLIENT_RETRY_SECONDS = 5.0  # an unreachable cluster is tried again at this pace
 STOP_JOIN_SECONDS = 5.0  # one poll timeout plus closing the client
@@ -67,6 +73,13 @@ def default_consumer(bootstrap: str) -> KafkaConsumer:
             client_id="mailpipe-operator-events",
         )
     )
+
+
+def lookup_pause(took_seconds: float) -> float:
+    """Seconds until missing topics are looked for again, after a lookup that took
+    `took_seconds`: `TOPIC_RETRY_SECONDS`, or longer when lookups are slow, so
+    they take at most `TOPIC_LOOKUP_SHARE` of the reader's time."""
+    return max(TOPIC_RETRY_SECONDS, took_seconds / TOPIC_LOOKUP_SHARE)
 
 
 @dataclass(eq=False)
@@ -150,14 +163,16 @@ class ClusterReader:
                 except Exception as exc:
                     log.warning("cannot reach %s for events: %s", self.bootstrap, exc)
                     self._stop.wait(CLIENT_RETRY_SECONDS)
-            looked = 0.0
+            looked, pause = 0.0, TOPIC_RETRY_SECONDS
             while consumer is not None and not self._stop.is_set():
                 try:
-                    waiting = self._waiting()
-                    due = waiting and time.monotonic() - looked >= TOPIC_RETRY_SECONDS
+                    due = self._waiting() and time.monotonic() - looked >= pause
                     if self._changed.is_set() or due:
-                        looked = time.monotonic() if waiting else looked
-                        self._assign(consumer)
+                        started = time.monotonic()
+                        self._assign(consumer, look=due)
+                        if due:
+                            looked = time.monotonic()
+                            pause = lookup_pause(looked - started)
                     if not consumer.assignment():
                         self._changed.wait(POLL_TIMEOUT_MS / 1000)
                         continue
@@ -174,12 +189,14 @@ class ClusterReader:
         with self._lock:
             return any(t.partitions is None for t in self._topics.values())
 
-    def _assign(self, consumer: KafkaConsumer) -> None:
+    def _assign(self, consumer: KafkaConsumer, look: bool) -> None:
+        """Assign every followed topic known to exist; `look`: ask the cluster
+        for the ones not seen yet (paced by the caller: `lookup_pause`)."""
         self._changed.clear()
         with self._lock:
             missing = [name for name, t in self._topics.items() if t.partitions is None]
         found: dict[str, frozenset[int]] = {}
-        if missing:
+        if missing and look:
             known = consumer.topics()  # one metadata request for every missing topic
             for name in missing:
                 if name in known:

@@ -336,14 +336,19 @@ class Kube:
 
     def read_child(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         """A child (ConfigMap, Service, PDB, Deployment) as JSON, or None. Read by name:
-        the operator may `get` its children but never list a namespace's ConfigMaps."""
+        the operator may `get` its children but never list a namespace's ConfigMaps.
+
+        Raw JSON, not the client's models: the child guard reads every pool's
+        children on a timer, and building a model then serialising it back cost
+        more CPU than the read itself."""
         try:
-            obj = self._call(kind, "read", name, namespace)
+            # _preload_content=False: the urllib3 response, not a V1ConfigMap
+            answer: Any = self._call(kind, "read", name, namespace, _preload_content=False)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        out: dict[str, Any] = self.api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+        out: dict[str, Any] = json.loads(answer.data)
         return out
 
     def remove_data_keys(self, name: str, namespace: str, keys: list[str]) -> None:

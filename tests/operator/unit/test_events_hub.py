@@ -17,7 +17,7 @@ from kafka import TopicPartition
 
 from mailpipe.contracts.warmup import IPUnpaused, encode_unpaused
 from mailpipe.contracts.wire import Disposition, Event, encode
-from mailpipe.operator.events_hub import EventsHub
+from mailpipe.operator.events_hub import TOPIC_RETRY_SECONDS, EventsHub
 
 WAIT_SECONDS = 10.0
 BOOTSTRAP = "kafka:9092"
@@ -193,5 +193,50 @@ async def test_an_unfollowed_topic_delivers_nothing_more() -> None:
         await until(lambda: b == ["m1", "m2"])
         await asyncio.sleep(0.2)
         assert a == ["m1"]
+    finally:
+        hub.stop()
+
+
+class SlowLookupConsumer(FakeConsumer):
+    """A cluster whose all-topics metadata takes a while to decode, counting the lookups."""
+
+    LOOKUP_SECONDS = 0.05
+
+    def __init__(self, logs: dict[str, dict[int, list[bytes]]]) -> None:
+        super().__init__(logs)
+        self.lookups = 0
+
+    def topics(self) -> set[str]:
+        self.lookups += 1
+        time.sleep(self.LOOKUP_SECONDS)
+        return super().topics()
+
+
+async def test_pools_followed_before_their_topics_exist_do_not_look_up_every_topic_each_time() -> (
+    None
+):
+    """Each follow of a topic not created yet asked the cluster for the metadata of
+    all its topics: with 1,000 pools created at once, many 7,000-topic lookups a
+    second. Lookups are paced (`lookup_pause`); the topics are still read once made."""
+    logs: dict[str, dict[int, list[bytes]]] = {}
+    made: list[SlowLookupConsumer] = []
+
+    def factory(bootstrap: str) -> SlowLookupConsumer:
+        made.append(SlowLookupConsumer(logs))
+        return made[-1]
+
+    hub = EventsHub(factory)  # type: ignore[arg-type]
+    hub.start(asyncio.get_running_loop())
+    seen: list[str] = []
+    try:
+        started = time.monotonic()
+        for i in range(150):
+            hub.follow(BOOTSTRAP, f"p{i}.events", lambda e: seen.append(e.message_id))
+            await asyncio.sleep(0.01)
+        elapsed = time.monotonic() - started
+        (consumer,) = made
+        assert consumer.lookups <= elapsed / TOPIC_RETRY_SECONDS + 2
+        logs["p149.events"] = {0: [event(1)]}
+        await until(lambda: seen == ["m1"])
     finally:
         hub.stop()

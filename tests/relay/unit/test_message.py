@@ -201,6 +201,66 @@ def test_the_signer_writes_dkimpy_s_header_and_patches_nothing(
     assert dkim.crypto.RSASSA_PKCS1_v1_5_sign is rsa_step
 
 
+def _dns_for(key: Any) -> Any:
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    txt = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    return lambda name, timeout=5: txt
+
+
+def test_the_key_is_parsed_once_not_per_signature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dkimpy's sign() re-parses the PEM key with its pure-Python ASN.1 reader on
+    every call (about 450 us a message); the signer parses it once, so signing
+    works with dkimpy's key parser gone, and the file may go after start."""
+    key = write_rsa_key(tmp_path / "k.pem")
+    signer = Signer(
+        DKIMSettings(domain="sender.test", selector="s1", private_key_path=str(tmp_path / "k.pem"))
+    )
+    (tmp_path / "k.pem").unlink()
+
+    def refused(_: bytes) -> None:
+        raise AssertionError("the PEM key was parsed again for a signature")
+
+    monkeypatch.setattr(dkim, "parse_pem_private_key", refused)
+    monkeypatch.setattr(dkim.crypto, "parse_pem_private_key", refused)
+    data = build_message(record({"subject": "s", "text": "body\n"}), time.time(), signer)
+    assert dkim.verify(data, dnsfunc=_dns_for(key))
+
+
+def test_a_100_kb_message_gets_dkimpy_s_signature_and_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the header block is parsed: the signature over a 100 KB body (with
+    trailing blank lines, which simple body canonicalisation strips) is byte for
+    byte the one dkimpy computes from the whole message."""
+    key = write_rsa_key(tmp_path / "k.pem")
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)  # the t= tag
+    settings = DKIMSettings(
+        domain="sender.test", selector="s1", private_key_path=str(tmp_path / "k.pem")
+    )
+    text = "".join(f"{i % 10}" + "x " * 38 + "\n" for i in range(1300)) + "\n\n"
+    data = build_message(record({"subject": "big", "text": text}), NOW)
+    assert len(data) > 100_000
+    signed = Signer(settings).sign(data)
+    include = [b"From", b"To", b"Subject", b"Date", b"Message-ID", b"MIME-Version"]
+    include.append(b"Content-Type")
+    pem = (tmp_path / "k.pem").read_bytes()
+    assert signed == dkim.sign(data, b"s1", b"sender.test", pem, include_headers=include) + data
+    assert dkim.verify(signed, dnsfunc=_dns_for(key))
+
+
+def test_a_message_without_from_is_refused_for_signing(tmp_path: Path) -> None:
+    write_rsa_key(tmp_path / "k.pem")
+    signer = Signer(
+        DKIMSettings(domain="sender.test", selector="s1", private_key_path=str(tmp_path / "k.pem"))
+    )
+    with pytest.raises(MessageError, match="without a From header"):
+        signer.sign(b"Subject: s\r\n\r\nbody\r\n")
+
+
 def test_dkim_signature_verifies(tmp_path: Path) -> None:
     key = write_rsa_key(tmp_path / "k.pem")
     public = key.public_key().public_bytes(

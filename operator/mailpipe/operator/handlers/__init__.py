@@ -85,7 +85,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     state = operator_state(memo)
     await policy.stop(state)
-    # In threads: stopping readers and closing clients waits on sockets.
-    await asyncio.to_thread(state.hub.stop)
-    await asyncio.to_thread(state.producers.close)
-    await asyncio.to_thread(state.admins.close)
+    # In threads of their own, all at once: stopping readers and closing clients
+    # waits on sockets. Not the default executor: at shutdown its threads may all
+    # be in API calls to a slow apiserver (1,000 pools: every one of 32), and the
+    # clean-up queued behind them took seconds of SIGTERM's grace.
+    loop = asyncio.get_running_loop()
+    closers = (state.hub.stop, state.producers.close, state.admins.close)
+    with concurrent.futures.ThreadPoolExecutor(len(closers), "shutdown") as threads:
+        await asyncio.gather(*(loop.run_in_executor(threads, close) for close in closers))

@@ -14,8 +14,10 @@ operator's own back, so they keep (or get) the config they should have.
 ConfigMaps cannot be watched without reading every ConfigMap of every tenant
 namespace (RBAC cannot filter by label, and the operator may only `get` them
 by name: least privilege), so a timer on each pool reads its three children
-by name every `CHILDREN_RECHECK_SECONDS` and compares them with what the last
-reconcile rendered (`OperatorState.rendered`, `child_drift.changes`). A child
+by name every `CHILDREN_RECHECK_SECONDS` (less often when the pools together
+would read more than `child_drift.CHILD_READS_PER_SECOND`: the reads of
+a thousand pools must not crowd out their reconciles) and compares them with
+what the last reconcile rendered (`OperatorState.rendered`, `child_drift.changes`). A child
 that differs or is gone is applied back (forced) and named in a Warning Event
 (`ChildReverted`) with the fields that were changed. A pool that may not run
 relays (refused, invalid) has nothing rendered, so nothing of it is put back.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -35,11 +38,7 @@ from .context import OperatorState, operator_state
 
 log = logging.getLogger("mailpipe.operator")
 
-# How long an edited child stays edited at most (plus one apply): three GETs per
-# pool per tick (200 pools: 120 GETs/s). The kubelet takes up to a minute to
-# show a running relay a changed ConfigMap, and the relay refuses one the
-# operator did not sign anyway, so seconds here are plenty.
-CHILDREN_RECHECK_SECONDS = 5.0
+CHILDREN_RECHECK_SECONDS = child_drift.RECHECK_FLOOR_SECONDS
 CHILD_REVERTED = "ChildReverted"  # the Warning Event's reason
 PATHS_SHOWN = 5  # an Event names a few changed fields, not a whole ConfigMap
 
@@ -65,12 +64,20 @@ def _revert_blocking(kube: kube_io.Kube, rendered: list[dict[str, Any]]) -> list
     return reverted
 
 
-async def guard(state: OperatorState, namespace: str, name: str, body: Any) -> list[str]:
-    """Put back what was changed in the pool's children; a Warning Event names it."""
+async def guard(
+    state: OperatorState, namespace: str, name: str, body: Any, now: float | None = None
+) -> list[str]:
+    """Put back what was changed in the pool's children; a Warning Event names it.
+    Only when the pool is due (`OperatorState.child_pace`); `now`: monotonic seconds."""
     key = f"{namespace}/{name}"
     async with state.pool_lock(key):  # never between a reconcile's render and its apply
         rendered = state.rendered.get(key)
         if not rendered:
+            state.child_pace.forget(key)
+            return []
+        if not state.child_pace.due(
+            key, len(state.rendered), time.monotonic() if now is None else now
+        ):
             return []
         reverted = await asyncio.to_thread(_revert_blocking, state.kube, rendered)
     if reverted:

@@ -26,7 +26,7 @@ from mailpipe.contracts.signing import ConfigSigner
 from mailpipe.contracts.topics import Topics
 from mailpipe.contracts.warmup import WarmupLedger
 
-from .. import defaults, fanout_lease, kafka_io, kube_io, tenancy
+from .. import child_drift, defaults, fanout_lease, kafka_io, kube_io, tenancy
 from ..cluster_policy import ClusterPolicy
 from ..models import KafkaSpec, SendingPoolSpec
 from ..pool import PoolRef, topics
@@ -119,6 +119,9 @@ class OperatorState:
     """The children last rendered for each pool (`namespace/name`) that may run
     relays: what `handlers.children` puts back when one is edited or deleted.
     A refused or invalid pool has none, so nothing of it is put back."""
+    child_pace: child_drift.RecheckPace = field(default_factory=child_drift.RecheckPace)
+    """When each pool's children are read again (`handlers.children`): a fixed
+    read budget, whatever the number of pools."""
     process: fanout_lease.Holder = field(
         default_factory=lambda: fanout_lease.this_process(time.time())
     )
