@@ -42,19 +42,11 @@ def _said(env: dict[str, str], namespace: str, type_: str) -> tuple[str, str, st
     return "", "", ""
 
 
-def _warnings(env: dict[str, str], namespace: str) -> list[tuple[str, str]]:
-    out = kubectl(
-        env,
-        "get",
-        "events",
-        "-n",
-        namespace,
-        "--field-selector",
-        "involvedObject.name=news,type=Warning",
-        "-o",
-        "json",
-    )
-    return [(e["reason"], e["message"]) for e in json.loads(out.stdout)["items"]]
+def _events(env: dict[str, str], namespace: str, type_: str = "Normal") -> list[str]:
+    """The messages of the pool's Events of `type_`, each after its reason."""
+    selector = f"involvedObject.name=news,type={type_}"
+    out = kubectl(env, "get", "events", "-n", namespace, "--field-selector", selector, "-o", "json")
+    return [f"{e['reason']}: {e['message']}" for e in json.loads(out.stdout)["items"]]
 
 
 def test_an_unavailable_endpoint_shows_in_the_pool_status_and_ready_stays_the_relays(
@@ -115,7 +107,7 @@ def test_an_unavailable_endpoint_shows_in_the_pool_status_and_ready_stays_the_re
     assert _said(env, namespace, "Ready")[:2] == ("True", "RelaysAvailable")
     assert _status(env, namespace)["endpoints"]["unsubscribe"] == {"desired": 1, "available": 0}
     wait_for(
-        lambda: ("UnsubscribeUnavailable", message) in _warnings(env, namespace),
+        lambda: f"UnsubscribeUnavailable: {message}" in _events(env, namespace, "Warning"),
         STATUS_SECONDS,
         "a Warning Event for the lost endpoint",
         op,
@@ -123,6 +115,10 @@ def test_an_unavailable_endpoint_shows_in_the_pool_status_and_ready_stays_the_re
 
     harness.report_deployment(env, namespace, UNSUBSCRIBE)
     until("EndpointsReady", "True", "EndpointsAvailable")
+    back = (
+        "EndpointsAvailable: feedback 1/1, unsubscribe 1/1 available (was UnsubscribeUnavailable)"
+    )
+    wait_for(lambda: back in _events(env, namespace), STATUS_SECONDS, "a Normal Event", op)
 
     # spec.unsubscribe removed: the endpoint leaves the status with its Deployment
     apply(feedback=ENDPOINTS["feedback"])

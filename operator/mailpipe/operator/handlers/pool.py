@@ -63,7 +63,6 @@ LEGACY_CONDITIONS = ("Progressing", "Degraded")
 DRIFT_PATHS_SHOWN = 3  # an Event names a few drifted fields, not a whole template
 RELAYS_STOPPED = "RelaysStopped"  # a refused pool's relays held at 0 (Event and condition reason)
 RELAYS_RECOVERED = "RelaysRecovered"  # Event: relay pods in trouble are available again
-ENDPOINTS_RECOVERED = "EndpointsRecovered"  # Event: every endpoint is available again
 
 
 @kopf.on.create(GROUP, VERSION, "sendingpools")
@@ -194,7 +193,7 @@ def _announce_endpoints(
     new_conditions: list[dict[str, Any]] | None,
 ) -> None:
     """A Warning when an endpoint that was available is not any more (not for one
-    still starting), and a Normal Event when all are available again."""
+    still starting), and a Normal Event when all are available (again, or at last)."""
     new = find(new_conditions, endpoint_status.CONDITION)
     if new is None:  # never looked at: the pool was blocked from the start
         return
@@ -203,7 +202,7 @@ def _announce_endpoints(
         kopf.warn(body, reason=new["reason"], message=new["message"])
     elif old.get("status") == "False" and new["status"] == "True":
         message = f"{new['message']} (was {old.get('reason')})"
-        kopf.info(body, reason=ENDPOINTS_RECOVERED, message=message)
+        kopf.info(body, reason=endpoint_status.AVAILABLE, message=message)
 
 
 def _said(c: dict[str, Any]) -> tuple[Any, Any]:
