@@ -177,10 +177,17 @@ def sendingpool_crd() -> dict[str, Any]:
                 "type": "string",
                 "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
             },
+            # the endpoints apart from Ready (EndpointsAvailable, SubmissionUnavailable, ...)
+            {
+                "name": "Endpoints",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="EndpointsReady")].reason',
+            },
         ],
         status_doc=(
             "Observed state: conditions (Ready, Reconciling, Stalled, RelaysAvailable, "
-            "TopicsReady) with observedGeneration, relays (desired, available), secretsHash, "
+            "TopicsReady, EndpointsReady) with observedGeneration, relays (desired, available), "
+            "endpoints (feedback, unsubscribe, submission: desired, available), secretsHash, "
             "topics, configHash, ipCount, warmupSummary and per-IP warm-up "
             "(day, capToday, sentToday); tls (recipients tried, verified, in clear, and the "
             "busiest sites with their MTA-STS policy, last protocol and last failure); "

@@ -64,7 +64,16 @@ def test_printer_columns() -> None:
     pools = yaml.safe_load((CRDS / "sendingpools.yaml").read_text())
     camps = yaml.safe_load((CRDS / "campaigns.yaml").read_text())
     cols = lambda crd: [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]  # noqa: E731
-    assert cols(pools) == ["Ready", "Replicas", "Available", "IPs", "Warmup", "Reason", "Age"]
+    assert cols(pools) == [
+        "Ready",
+        "Replicas",
+        "Available",
+        "IPs",
+        "Warmup",
+        "Reason",
+        "Endpoints",
+        "Age",
+    ]
     assert cols(camps) == ["Pool", "Phase", "Delivered", "Bounced", "Progress", "Age"]
     assert pools["spec"]["names"]["shortNames"] == ["sp"]
     assert camps["spec"]["names"]["shortNames"] == ["camp"]

@@ -35,7 +35,7 @@ import kopf
 from mailpipe.contracts.signing import ConfigSigner
 from mailpipe.contracts.topics import Topics, owned_prefix, owned_topics
 
-from .. import config_signing, kafka_io, kube_io, relay_pods, tenancy, validation
+from .. import config_signing, endpoint_status, kafka_io, kube_io, relay_pods, tenancy, validation
 from ..cluster_policy import ClusterPolicy
 from ..kafka_io import KafkaError
 from ..kube_io import ApiException
@@ -100,6 +100,7 @@ class _Seen:
     rendered: list[dict[str, Any]] = field(default_factory=list)  # every child, as rendered
     stopped_from: int | None = None  # replicas of the relays this reconcile scaled to 0
     trouble: relay_pods.PodTrouble | None = None  # why relay pods are not available
+    endpoints: dict[str, endpoint_status.Endpoint] = field(default_factory=dict)
 
 
 async def reconcile(
@@ -182,6 +183,26 @@ def _announce(body: kopf.Body, seen: _Seen) -> None:
     if held and _said(old_rolling) != _said(new_rolling):
         # Relays still available, but a new one cannot start: the rollout is held.
         kopf.warn(body, reason=new_rolling["reason"], message=new_rolling["message"])
+    _announce_endpoints(body, seen, old_conditions, new_conditions)
+
+
+def _announce_endpoints(
+    body: kopf.Body,
+    seen: _Seen,
+    old_conditions: list[dict[str, Any]] | None,
+    new_conditions: list[dict[str, Any]] | None,
+) -> None:
+    """A Warning when an endpoint that was available is not any more (not for one
+    still starting), and a Normal Event when all are available (again, or at last)."""
+    new = find(new_conditions, endpoint_status.CONDITION)
+    if new is None:  # never looked at: the pool was blocked from the start
+        return
+    old = find(old_conditions, endpoint_status.CONDITION) or {}
+    if endpoint_status.lost(body.get("status", {}).get("endpoints"), seen.endpoints):
+        kopf.warn(body, reason=new["reason"], message=new["message"])
+    elif old.get("status") == "False" and new["status"] == "True":
+        message = f"{new['message']} (was {old.get('reason')})"
+        kopf.info(body, reason=endpoint_status.AVAILABLE, message=message)
 
 
 def _said(c: dict[str, Any]) -> tuple[Any, Any]:
@@ -318,6 +339,10 @@ def _reconcile_blocking(
     relays = Relays.of(live, spec.replicas)
     seen.trouble = _pod_trouble(kube, ref, relays)
     conditions = pool_conditions(generation, [], kafka, relays, seen.trouble)
+    # The endpoints' own condition: Ready stays the relays' (endpoint_status).
+    seen.endpoints = _endpoints(kube, namespace, seen.rendered)
+    up, why, message = endpoint_status.decide(seen.endpoints)
+    conditions.append(condition(endpoint_status.CONDITION, up, why, message, generation))
     seen.status = {
         "conditions": merge_conditions(old, conditions),
         "configHash": config_hash(text),
@@ -325,6 +350,7 @@ def _reconcile_blocking(
         "ipCount": len(spec.egress_ips),
         "secretsHash": digest,  # what handlers.relays compares the Secrets it re-reads with
         "relays": {"desired": relays.desired, "available": relays.available},
+        "endpoints": endpoint_status.status_patch(status.get("endpoints"), seen.endpoints),
     }
     if "warmupSummary" not in status:
         warming = sum(1 for e in spec.egress_ips if e.warmup)
@@ -359,6 +385,18 @@ def _blocked(
         seen.status["relays"] = {"desired": 0, "available": stopped.available}
     _patch(kube, seen, status, generation)
     return seen
+
+
+def _endpoints(
+    kube: kube_io.Kube, namespace: str, rendered: list[dict[str, Any]]
+) -> dict[str, endpoint_status.Endpoint]:
+    """Each rendered endpoint's availability, from its live Deployment (one GET
+    each: a pool without endpoints reads nothing more)."""
+    out = {}
+    for component, child in endpoint_status.endpoint_deployments(rendered).items():
+        live = kube.read_child("Deployment", child["metadata"]["name"], namespace)
+        out[component] = endpoint_status.Endpoint.of(int(child["spec"]["replicas"]), live)
+    return out
 
 
 def _pod_trouble(kube: kube_io.Kube, ref: PoolRef, relays: Relays) -> relay_pods.PodTrouble | None:

@@ -8,14 +8,17 @@ conditions, applies back a drifted Deployment (or holds a refused pool's at 0
 replicas: a manual scale of it is undone), and rolls the relays when the
 data of a referenced Secret changed (its hash is in the pod template).
 
-Deployments are watched by the operator's labels, so only relay Deployments
-reach these handlers. A relay pod's trouble (ErrImagePull turning into
-ImagePullBackOff, a container that starts crash-looping) often changes nothing
-in its Deployment's status, so while a pool's relays are missing its pods are
-re-read on a timer and the pool reconciled when what they say changed
-(`relay_pods`); a pool whose relays all run reads no pod. A timer rather
-than a watch of pods: the operator then needs only `list` of pods in the
-namespaces where it runs relays, not a watch of every pod in the cluster.
+Deployments are watched by the operator's labels, so only relay and endpoint
+Deployments (feedback, unsubscribe, submission) reach these handlers; an
+endpoint's status is the pool's `EndpointsReady` (`endpoint_status`).
+
+A relay pod's trouble (ErrImagePull turning into ImagePullBackOff, a container
+that starts crash-looping) often changes nothing in its Deployment's status, so
+while a pool's relays are missing its pods are re-read on a timer and the pool
+reconciled when what they say changed (`relay_pods`); a pool whose relays all
+run reads no pod. A timer rather than a watch of pods: the operator then needs
+only `list` of pods in the namespaces where it runs relays, not a watch of
+every pod in the cluster.
 
 Secrets cannot be watched (the operator may only `get` them by name), so a
 timer on each pool that references one re-reads it and reconciles when its
@@ -34,7 +37,7 @@ from typing import Any
 
 import kopf
 
-from .. import relay_pods
+from .. import endpoint_status, relay_pods
 from ..kube_io import ApiException
 from ..models import GROUP, VERSION
 from ..pool import MANAGED_BY, PoolRef, secrets_hash
@@ -89,6 +92,27 @@ async def relay_deployment_changed(
     namespace: str | None, labels: Any, memo: kopf.Memo, **_: Any
 ) -> None:
     """A relay Deployment changed (status, scale, edit, deletion): the pool follows."""
+    name = labels.get(POOL_LABEL)
+    if namespace is None or not name:
+        return
+    await _sync(memo, namespace, name)
+
+
+def _endpoint(value: str | None, **_: Any) -> bool:
+    return value is not None and value != endpoint_status.RELAY
+
+
+@kopf.on.event(
+    "apps",
+    "v1",
+    "deployments",
+    labels={"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": _endpoint},
+)
+async def endpoint_deployment_changed(
+    namespace: str | None, labels: Any, memo: kopf.Memo, **_: Any
+) -> None:
+    """An endpoint Deployment changed (its availability above all): the pool's
+    EndpointsReady and status.endpoints follow."""
     name = labels.get(POOL_LABEL)
     if namespace is None or not name:
         return
