@@ -38,6 +38,7 @@ receiver (`feedback_server`) does the IO.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import Message
@@ -217,6 +218,7 @@ class Receiver:
             Disposition.COMPLAINED,
             now,
             reason=FeedbackReason.COMPLAINT.complaint(fb.feedback_type),
+            egress_ip=_source_ip(fb.source_ip),
         )
         suppression = Suppression(
             address=suppression_key(recipient),
@@ -337,6 +339,7 @@ class Receiver:
         enhanced: str | None = None,
         text: str | None = None,
         bounce_class: str | None = None,
+        egress_ip: str | None = None,
     ) -> Event:
         return Event(
             message_id=token.message_id,
@@ -352,7 +355,22 @@ class Receiver:
             reason=reason,
             bounce_class=bounce_class,
             relay=self.receiver_id,
+            egress_ip=egress_ip,
         )
+
+
+def _source_ip(reported: str | None) -> str | None:
+    """The report's `Source-IP` (RFC 5965 3.2: the address the reported message came
+    from, one of the pool's egress IPs), canonical, or None. It feeds the relays'
+    warm-up safeguard (a warming IP paused on its complaint rate), which counts only
+    the pool's own IPs: a wrong or forged value (the report itself is attributed by
+    its signed token) counts against no IP of the pool."""
+    if not reported:
+        return None
+    try:
+        return str(ipaddress.ip_address(reported.strip().strip("[]")))
+    except ValueError:
+        return None
 
 
 def _attributed(

@@ -14,10 +14,12 @@ from mailpipe.contracts.feedback_token import (
     return_path,
     sign,
 )
-from mailpipe.contracts.wire import Disposition, SuppressionReason, decode_event, encode
+from mailpipe.contracts.warmup import WarmupLedger
+from mailpipe.contracts.wire import Disposition, Event, SuppressionReason, decode_event, encode
 from mailpipe.inbound import arf, dsn
 from mailpipe.inbound.feedback import Kind, Outcome, Receiver
 from mailpipe.inbound.mime import MAX_PARTS, MAX_REPORT_BYTES, ReportError
+from tests.relay.unit.conftest import make_config
 
 from .. import samples as S
 
@@ -245,6 +247,40 @@ def test_an_arf_complaint_is_complained_and_a_complaint_suppression() -> None:
     )
     (sup,) = out.suppressions
     assert sup.reason is SuppressionReason.COMPLAINT and sup.address == RCPT
+
+
+def test_a_complaints_source_ip_reaches_the_warm_up_safeguard() -> None:
+    """The report's Source-IP rides on the complained event, so the relays' warm-up
+    ledger (which reads the events topic) pauses a warming IP on its complaint rate;
+    a value that is not an address is dropped, never counted against some IP."""
+    out = receiver().decide(message(S.YAHOO_ARF), None, "", NOW + 60)
+    (event,) = out.events
+    assert event.egress_ip == "192.0.2.1"  # the sample's Source-IP
+    config = make_config(
+        egress=[
+            {"address": "192.0.2.1", "helo": "cold.test", "warmup": True},
+            {"address": "192.0.2.2", "helo": "warm.test"},
+        ],
+        warmup={"schedule": [{"day": 1, "daily_limit": 1000}], "min_sample": 10},
+    )
+    ledger = WarmupLedger(config, "relay-0")
+    for i in range(10):
+        delivered = Event(
+            message_id=f"m{i}",
+            recipient=f"u{i}@x.test",
+            domain="x.test",
+            disposition=Disposition.DELIVERED,
+            time=NOW,
+            egress_ip="192.0.2.1",
+            relay="relay-1",
+        )
+        ledger.observe(delivered, replaying=False)
+    ledger.observe(decode_event(encode(event)), replaying=False)  # as relays read it
+    [report] = [r for r in ledger.report(NOW + 61) if r.address == "192.0.2.1"]
+    assert report.paused_reason is not None and "complaint rate" in report.paused_reason
+    forged = message(S.YAHOO_ARF.replace("Source-IP: 192.0.2.1", "Source-IP: 192.0.2.1; drop"))
+    (event,) = receiver().decide(forged, None, "", NOW + 60).events
+    assert event.egress_ip is None
 
 
 def test_a_redacted_complaint_is_attributed_by_the_original_headers() -> None:
