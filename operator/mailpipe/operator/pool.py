@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from mailpipe.contracts import config as relay_config
+from mailpipe.contracts.egress import egress_label
 from mailpipe.contracts.policy import RetrySettings
 from mailpipe.contracts.topics import Topics, pool_group
 
@@ -358,6 +359,8 @@ def build_deployment(
         "containers": [container],
         "volumes": volumes,
     }
+    if spec.host_network:
+        pod["affinity"] = egress_affinity(spec)
     if spec.image_pull_secrets:  # the pool's, or the chart's imagePullSecrets (`defaults`)
         pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     return {
@@ -377,6 +380,22 @@ def build_deployment(
                 "spec": pod,
             },
         },
+    }
+
+
+def egress_affinity(spec: SendingPoolSpec) -> dict[str, Any]:
+    """A hostNetwork relay goes only to a node that advertises every egress IP
+    of its pool (`contracts.egress`: label `egress.mailpipe.io/<address>`, any
+    value): one term, so the expressions must all hold on the same node."""
+    expressions = [
+        {"key": egress_label(ip.address), "operator": "Exists"} for ip in spec.egress_ips
+    ]
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+            }
+        }
     }
 
 
