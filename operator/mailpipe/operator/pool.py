@@ -359,8 +359,17 @@ def build_deployment(
         "containers": [container],
         "volumes": volumes,
     }
+    deployment_spec: dict[str, Any] = {}
     if spec.host_network:
         pod["affinity"] = egress_affinity(spec)
+        # A hostNetwork relay holds node ports (its metrics port), so a surge pod
+        # never fits a node that runs the old one: with the default surge of one,
+        # a config change on a pool with one egress node would never roll. The
+        # old relay drains and goes first; its records wait on Kafka meanwhile.
+        deployment_spec["strategy"] = {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+        }
     if spec.image_pull_secrets:  # the pool's, or the chart's imagePullSecrets (`defaults`)
         pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     return {
@@ -368,6 +377,7 @@ def build_deployment(
         "kind": "Deployment",
         "metadata": ref.metadata({HASH_ANNOTATION: digest}),
         "spec": {
+            **deployment_spec,
             "replicas": spec.replicas,
             "selector": {
                 "matchLabels": {

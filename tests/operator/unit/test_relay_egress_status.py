@@ -48,8 +48,18 @@ def test_a_host_network_relay_may_only_go_where_every_egress_ip_is_advertised() 
         {"key": "egress.mailpipe.io/172.30.240.1", "operator": "Exists"},
         {"key": "egress.mailpipe.io/172.30.240.9", "operator": "Exists"},
     ]
-    in_pod_network = build_deployment(REF, spec(), "text")["spec"]["template"]["spec"]
-    assert "affinity" not in in_pod_network  # its IPs are the pod's, wherever it runs
+    in_pod_network = build_deployment(REF, spec(), "text")["spec"]
+    assert "affinity" not in in_pod_network["template"]["spec"]  # its IPs are the pod's
+    assert "strategy" not in in_pod_network  # the default surge: a new relay fits anywhere
+
+
+def test_a_host_network_relay_rolls_old_first_as_no_surge_pod_fits_its_node() -> None:
+    s = spec(hostNetwork=True)
+    strategy = build_deployment(REF, s, "text")["spec"]["strategy"]
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
 
 
 def test_a_pod_no_node_can_hold_names_its_egress_ips_and_the_label() -> None:
