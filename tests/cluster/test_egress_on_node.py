@@ -20,10 +20,12 @@ but does not hold (its relay runs, cannot bind it, says which, is not Ready).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -48,6 +50,11 @@ DOMAINS = ("alpha.egress.test", "beta.egress.test", "gamma.egress.test")
 RECIPIENTS = 50
 NOT_HELD = 9  # the 9th address of the node's egress block: the stack never puts it on the node
 NOWHERE = 10  # the 10th: neither held nor advertised
+# The roll: per domain, slow enough that the campaign is still sending when the
+# throttle changes (a burst, then one a minute), then fast enough to finish.
+ROLL_RECIPIENTS = 30
+SLOW_PER_MINUTE = 2
+FAST_PER_MINUTE = 6000
 
 
 def _pool(name: str, tenant: str, egress: list[tuple[str, str]], **spec: Any) -> dict[str, Any]:
@@ -101,7 +108,21 @@ def _pool_says(env: dict[str, str], tenant: str, pool: str, reason: str) -> Call
     return check
 
 
-def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_why(
+@dataclass(frozen=True)
+class Release:
+    """The chart installed for one test, its tenant allowed hostNetwork and inward
+    delivery, and what the pools need to reach the test's receiver."""
+
+    env: dict[str, str]
+    tenant: str
+    rx: SMTPReceiver
+    egress: list[str]  # the node's egress addresses
+    block: list[str]  # every address of the node's egress block
+    common: dict[str, Any]  # pool spec fields: the resolver, SMTP port, inward delivery
+
+
+@pytest.fixture
+def release(
     node: Node,
     imported: list[str],
     image: Image,
@@ -109,14 +130,12 @@ def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_
     dns_zones: DNSSetter,
     smtp_receiver: Callable[..., SMTPReceiver],
     unique: str,
-) -> None:
+) -> Iterator[Release]:
     env = {**os.environ, **stack_state.env()}
     state = node.state
     assert state is not None and len(state.egress) >= 2, state
     link = Link(ipaddress.IPv4Network(state.link))
-    block = list(node_plan.egress_block(link).hosts())
-    not_held, nowhere = str(block[NOT_HELD - 1]), str(block[NOWHERE - 1])
-    assert not {not_held, nowhere} & set(state.egress)
+    block = [str(a) for a in node_plan.egress_block(link).hosts()]
     labels = harness.get_json(env, "node", node_plan.NODE_NAME)["metadata"]["labels"]
     assert {egress_label(a) for a in state.egress} <= set(labels), labels
 
@@ -130,11 +149,11 @@ def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_
     dns_zones([Zone(d, mx=((f"mx.{d}", 10),), a={f"mx.{d}": mx_host}) for d in DOMAINS])
     bootstrap = node.expose_kafka(stack_state)
 
-    release, namespace, tenant = f"e{unique}", f"mailpipe-e{unique}", f"egress-{unique}"
+    name, namespace, tenant = f"e{unique}", f"mailpipe-e{unique}", f"egress-{unique}"
     harness.kubectl_ok(env, "create", "namespace", tenant)
     install(
         env,
-        release,
+        name,
         namespace,
         image,
         f"kafka.bootstrapServers={bootstrap}",
@@ -146,23 +165,39 @@ def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_
         f"policy.allowedDnsNameservers={{{resolver}}}",
         f"policy.allowedSmtpPorts={{{rx.port}}}",
     )
-    # A node that says it holds an address it does not: the label lies.
-    harness.kubectl_ok(env, "label", "node", node_plan.NODE_NAME, f"{egress_label(not_held)}=true")
     try:
         wait_for(
-            lambda: any(harness.condition_true(p) for p in operator_pods(env, namespace, release)),
+            lambda: any(harness.condition_true(p) for p in operator_pods(env, namespace, name)),
             OPERATOR_READY_TIMEOUT_SECONDS,
             "the operator pod Ready",
         )
-        egress = [
-            (state.egress[0], "egress-1.sender.test"),
-            (state.egress[1], "egress-2.sender.test"),
-        ]
         common = {
             "dnsNameserver": resolver,
             "smtpPort": rx.port,
             "delivery": {"allowPrivateDestinations": True},
         }
+        yield Release(env, tenant, rx, list(state.egress), block, common)
+        print(f"node cgroup peak memory {node.memory_peak_bytes(state) / 2**20:.0f} MiB so far")
+    finally:
+        harness.kubectl(env, "delete", "campaigns", "--all", "-n", tenant, "--wait=true")
+        harness.kubectl(env, "delete", "sendingpools", "--all", "-n", tenant, "--wait=true")
+        uninstall(env, name, namespace)
+        harness.kubectl(env, "delete", "namespace", tenant, namespace, "--wait=false")
+
+
+def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_why(
+    release: Release, unique: str
+) -> None:
+    env, tenant, rx, common = release.env, release.tenant, release.rx, release.common
+    not_held, nowhere = release.block[NOT_HELD - 1], release.block[NOWHERE - 1]
+    assert not {not_held, nowhere} & set(release.egress)
+    # A node that says it holds an address it does not: the label lies.
+    harness.kubectl_ok(env, "label", "node", node_plan.NODE_NAME, f"{egress_label(not_held)}=true")
+    try:
+        egress = [
+            (release.egress[0], "egress-1.sender.test"),
+            (release.egress[1], "egress-2.sender.test"),
+        ]
         sender, lost, liar = f"s{unique}", f"n{unique}", f"l{unique}"
         harness.apply(env, _pool(sender, tenant, egress, **common))
         harness.apply(env, _pool(lost, tenant, [(nowhere, "lost.sender.test")], **common))
@@ -235,10 +270,79 @@ def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_
         [liar_pod] = _pods(env, tenant, liar)
         [container] = liar_pod["status"]["containerStatuses"]
         assert container["restartCount"] == 0 and "running" in container["state"], container
-        print(f"node cgroup peak memory {node.memory_peak_bytes(state) / 2**20:.0f} MiB so far")
     finally:
         harness.kubectl(env, "label", "node", node_plan.NODE_NAME, f"{egress_label(not_held)}-")
-        harness.kubectl(env, "delete", "campaigns", "--all", "-n", tenant, "--wait=true")
-        harness.kubectl(env, "delete", "sendingpools", "--all", "-n", tenant, "--wait=true")
-        uninstall(env, release, namespace)
-        harness.kubectl(env, "delete", "namespace", tenant, namespace, "--wait=false")
+
+
+def _template_hash(pod: dict[str, Any]) -> str:
+    return str(pod["metadata"]["labels"].get("pod-template-hash", ""))
+
+
+def test_a_throttle_change_rolls_the_host_network_relay_under_load_and_loses_nothing(
+    release: Release, unique: str
+) -> None:
+    """A hostNetwork relay holds its node's metrics port, so its Deployment rolls
+    old-first (no surge pod could fit the one egress node): the throttle change
+    stops the old relay mid-campaign (it drains and commits), the new one takes
+    the rest. Every recipient arrives; none twice (the old relay's graceful
+    drain re-sends nothing; a crash would re-send at most its read window)."""
+    env, tenant, rx = release.env, release.tenant, release.rx
+    roller = f"r{unique}"
+    slow = {"default": {"messagesPerMinute": SLOW_PER_MINUTE}}
+    egress = [(release.egress[2], "egress-3.sender.test")]
+    harness.apply(env, _pool(roller, tenant, egress, throttles=slow, **release.common))
+    wait_for(
+        lambda: harness.condition_true(harness.get_json(env, "sp", roller, "-n", tenant)),
+        RELAY_READY_TIMEOUT_SECONDS,
+        "the pool Ready",
+    )
+    [old] = _pods(env, tenant, roller)
+    recipients = [f"r{i:02d}@{DOMAINS[i % len(DOMAINS)]}" for i in range(ROLL_RECIPIENTS)]
+    harness.apply(env, _campaign("winter", tenant, roller, recipients))
+    wait_for(
+        lambda: len(rx.recipients()) >= len(DOMAINS),
+        DELIVERY_TIMEOUT_SECONDS,
+        "the first recipients at the old rate",
+    )
+    before = len(rx.recipients())
+    assert before < ROLL_RECIPIENTS, "the campaign finished before the roll: no load"
+    fast = {"spec": {"throttles": {"default": {"messagesPerMinute": FAST_PER_MINUTE}}}}
+    harness.kubectl_ok(
+        env, "patch", "sp", roller, "-n", tenant, "--type=merge", "-p", json.dumps(fast)
+    )
+    started = time.monotonic()
+    seen: set[str] = set()
+
+    def rolled() -> bool:
+        pods = _pods(env, tenant, roller)
+        seen.update(p["metadata"]["name"] for p in pods)
+        return (
+            len(pods) == 1
+            and _template_hash(pods[0]) != _template_hash(old)
+            and harness.condition_true(pods[0])
+        )
+
+    wait_for(rolled, RELAY_READY_TIMEOUT_SECONDS, "the Deployment rolled to a new Ready relay")
+    print(
+        f"rolled {time.monotonic() - started:.1f}s after the throttle change, "
+        f"{before} of {ROLL_RECIPIENTS} received before it; relay pods seen: {sorted(seen)}"
+    )
+    wait_for(
+        lambda: set(rx.recipients()) >= set(recipients),
+        DELIVERY_TIMEOUT_SECONDS,
+        "every recipient at the receiver after the roll",
+    )
+    wait_for(
+        lambda: (
+            (harness.get_object(env, "camp", "winter", tenant) or {}).get("status", {}).get("phase")
+            == "Completed"
+        ),
+        DELIVERY_TIMEOUT_SECONDS,
+        "the campaign Completed",
+    )
+    got = Counter(r for r in rx.recipients() if r in set(recipients))
+    twice = {r: n for r, n in got.items() if n > 1}
+    print(f"OBSERVED roll under load: {len(got)} recipients, sent twice: {twice or 'none'}")
+    assert set(got) == set(recipients)
+    assert twice == {}, twice
+    assert {m.peer for m in rx.messages() if set(m.rcpt_tos) & set(recipients)} == {egress[0][0]}
