@@ -31,9 +31,7 @@ log = logging.getLogger("mailpipe.relay")
 # How often a relay that cannot bind its IPs asks again before it starts: an
 # address added, or a pod moved, shows within this; each try is a few syscalls.
 RETRY_SECONDS = 5.0
-_WHY = {
-    errno.EADDRNOTAVAIL: "not an address of this relay's network (with hostNetwork: the node's)",
-}
+NOT_LOCAL = "not an address of this relay's network (with hostNetwork: the node's)"
 
 Bind = Callable[[str], None]  # raises OSError when the address cannot be bound
 
@@ -55,9 +53,10 @@ def problem(addresses: Iterable[str], bind: Bind = bind_once) -> str | None:
         try:
             bind(address)
         except OSError as exc:
-            why = _WHY.get(exc.errno or 0) or (
-                errno.errorcode.get(exc.errno or 0, "") or exc.strerror or str(exc)
-            )
+            if exc.errno == errno.EADDRNOTAVAIL:
+                why = NOT_LOCAL
+            else:
+                why = errno.errorcode.get(exc.errno or 0, "") or exc.strerror or str(exc)
             failed.setdefault(why, []).append(address)
     if not failed:
         return None
