@@ -197,3 +197,29 @@ def test_the_kafka_service_has_the_advertised_address_and_the_link_as_endpoint()
     assert slice_["endpoints"][0]["addresses"] == ["172.30.0.5"] and slice_["ports"] == [port]
     # The `kubernetes` Service's endpoints are not touched by the copy.
     assert node_plan.kubernetes_endpoints(LINK, 6443)[0]["metadata"]["name"] == "kubernetes"
+
+
+def test_each_node_gets_its_own_egress_block_outside_every_link() -> None:
+    first = node_plan.Link(ipaddress.IPv4Network("172.30.0.0/30"))
+    assert node_plan.egress_addresses(first) == [
+        "172.30.240.1", "172.30.240.2", "172.30.240.3", "172.30.240.4",
+    ]  # fmt: skip
+    assert str(node_plan.egress_block(LINK)) == "172.30.240.16/28"  # the second /30
+    # No link is ever picked where egress addresses live.
+    with pytest.raises(PlanError, match="no free /30"):
+        node_plan.pick_link([], node_plan.EGRESS_RANGE)
+
+
+def test_egress_addresses_sit_on_the_node_end_and_come_back_over_the_link() -> None:
+    cmds = node_plan.egress_commands(LAYOUT, LINK, NAMES, ["172.30.240.17"], "10.0.0.0/16")
+    inside = [c[3:] for c in cmds if c[0] == "nsenter"]
+    assert ["ip", "addr", "add", "172.30.240.17/32", "dev", "eth0"] in inside
+    assert ["ip", "route", "add", "10.0.0.0/16", "via", "172.30.0.5", "dev", "eth0"] in inside
+    assert cmds[-1] == [
+        "ip", "route", "add", "172.30.240.16/28", "via", "172.30.0.6", "dev", "mph-abc123",
+    ]  # fmt: skip
+    labels = node_plan.egress_node_labels(["172.30.240.17"])
+    assert labels == {"egress.mailpipe.io/172.30.240.17": "true"}
+    kubelet = node_plan.kubelet_command(Path("/bin/kubelet"), LAYOUT, LINK, labels)
+    assert "--node-labels=egress.mailpipe.io/172.30.240.17=true" in kubelet
+    assert not [a for a in node_plan.kubelet_command(Path("/k"), LAYOUT, LINK) if "labels" in a]

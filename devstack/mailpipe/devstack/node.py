@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from . import certs, harness, node_plan, oci, paths, procs
+from . import certs, harness, kube, node_plan, oci, paths, procs
 from .node_plan import Layout, Link, Names
 from .procs import ComponentFailed
 
@@ -108,6 +108,10 @@ class NodeState:
     kubeconfig: str = ""  # the stack's admin kubeconfig: `down` deregisters the node
     endpoints: bool = False  # the `kubernetes` Service's endpoints were written
     kafka_service: bool = False  # `expose_kafka` created the Kafka Service
+    # Egress addresses on the node end of the link (node_plan.egress_commands),
+    # recorded before they are added; they go with the namespace, their host
+    # route with the veth.
+    egress: list[str] = field(default_factory=list)
     host_dirs: list[str] = field(default_factory=list)  # created outside the root, see HOST_DIRS
     complete: bool = False  # `up` finished: every process started and ready
     started_at: float = 0.0
@@ -267,6 +271,12 @@ class Node:
             state.save()
             for argv in node_plan.link_commands(layout, link, names):
                 _run(argv, "link the node to the host")
+            state.egress = node_plan.egress_addresses(link)
+            state.save()
+            for argv in node_plan.egress_commands(
+                layout, link, names, state.egress, kube.SERVICE_CIDR
+            ):
+                _run(argv, "put the egress addresses on the node")
         # on the host end alone; it goes with the interface, so `down` has nothing to undo
         node_plan.route_localnet_path(names).write_text("1")
         port = int(kube_server.rsplit(":", 1)[1])
@@ -440,7 +450,8 @@ class Node:
     def _kubelet(self, state: NodeState, env: dict[str, str]) -> None:
         layout = state.layout
         link = Link(_network(state.link))
-        argv = node_plan.kubelet_command(paths.binary("kubelet"), layout, link)
+        labels = node_plan.egress_node_labels(state.egress)
+        argv = node_plan.kubelet_command(paths.binary("kubelet"), layout, link, labels)
         self._spawn(state, "kubelet", node_plan.in_netns(layout, argv))
 
         def ready() -> bool:
@@ -800,6 +811,10 @@ class Node:
         left += [f"iptables {r}" for r in rules.splitlines() if names.iptables_comment in r]
         if Path("/sys/class/net", names.host_veth).exists():
             left.append(f"veth {names.host_veth}")
+        if state.link:
+            block = str(node_plan.egress_block(Link(_network(state.link))))
+            routes = _run(["ip", "-4", "route", "show"], "list host routes")
+            left += [f"route {r}" for r in routes.splitlines() if r.startswith(f"{block} ")]
         left += [f"directory {d}" for d in state.host_dirs if Path(d).exists()]
         left += [f"CNI result {r}" for r in _cni_results(layout)]
         if LOG_SYMLINK_DIR.is_dir():

@@ -30,11 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailpipe.contracts.egress import egress_label
+
 NODE_NAME = "mailpipe-node"
 # A /16 of RFC 1918 space that neither the VM's own network nor the stack's
 # Service range (10.0.0.0/16) uses; each node takes one /30 of it.
 LINK_RANGE = ipaddress.IPv4Network("172.30.0.0/16")
 LINK_PREFIX = 30  # two usable addresses: the host end and the node end
+# Egress addresses (a SendingPool's egressIPs) live on the node end of the
+# link, as a platform's egress IPs live on its nodes: the top /20 of the link
+# range holds them, never a link, one /28 per node chosen by its link's index
+# (two nodes on one machine never share one). The host routes each node's /28
+# to it over the link, so replies to mail sent from them come back.
+EGRESS_RANGE = ipaddress.IPv4Network("172.30.240.0/20")
+EGRESS_BLOCK_PREFIX = 28
+NODE_EGRESS_COUNT = 4  # addresses put on each node: pools of one or two IPs, a spare
 # Pod addresses exist only inside the node's namespace (the bridge plugin
 # masquerades pod traffic to the node address on its way out), so every node
 # may use the same range.
@@ -88,6 +98,8 @@ def pick_link(in_use: Iterable[str], link_range: ipaddress.IPv4Network = LINK_RA
     get their own; the caller holds a lock across picking and assigning."""
     used = {ipaddress.IPv4Address(a) for a in in_use}
     for net in link_range.subnets(new_prefix=LINK_PREFIX):
+        if net.overlaps(EGRESS_RANGE):
+            continue
         if not any(addr in net for addr in used):
             return Link(net)
     raise PlanError(f"no free /{LINK_PREFIX} left in {link_range}: remove stale nodes")
@@ -236,6 +248,47 @@ def link_commands(layout: Layout, link: Link, names: Names) -> list[list[str]]:
         ["ip", "link", "set", names.host_veth, "up"],
         *(in_netns(layout, cmd) for cmd in node),
     ]  # fmt: skip
+
+
+def egress_block(link: Link) -> ipaddress.IPv4Network:
+    """The node's /28 of egress addresses, by its link's place in LINK_RANGE."""
+    index = (int(link.network.network_address) - int(LINK_RANGE.network_address)) // (
+        link.network.num_addresses
+    )
+    blocks = list(EGRESS_RANGE.subnets(new_prefix=EGRESS_BLOCK_PREFIX))
+    if not 0 <= index < len(blocks):
+        raise PlanError(f"no egress block for link {link.network}: only {len(blocks)} nodes")
+    return blocks[index]
+
+
+def egress_addresses(link: Link, count: int = NODE_EGRESS_COUNT) -> list[str]:
+    """The egress addresses the stack puts on the node: the first `count` of its block."""
+    return [str(a) for a in list(egress_block(link).hosts())[:count]]
+
+
+def egress_commands(
+    layout: Layout, link: Link, names: Names, addresses: Iterable[str], service_cidr: str
+) -> list[list[str]]:
+    """Put the egress addresses on the node end of the link, and route to them.
+
+    In the node: each address as a /32 on its interface (as egress IPs sit on a
+    node's NIC), and a route to the Service range over the link: a hostNetwork
+    pod's connection to a ClusterIP (Kafka's) needs a route before kube-proxy's
+    DNAT turns it into the link's host end; the host forwards nothing, so
+    no other address of that range goes anywhere. On the host: the node's
+    egress block routed over the link, so replies to those sources come back
+    (the route goes with the veth)."""
+    node = [["ip", "addr", "add", f"{a}/32", "dev", NODE_IFNAME] for a in addresses]
+    node.append(["ip", "route", "add", service_cidr, "via", link.host_ip, "dev", NODE_IFNAME])
+    host = [
+        "ip", "route", "add", str(egress_block(link)), "via", link.node_ip, "dev", names.host_veth,
+    ]  # fmt: skip
+    return [*(in_netns(layout, cmd) for cmd in node), host]
+
+
+def egress_node_labels(addresses: Iterable[str]) -> dict[str, str]:
+    """The node labels saying which egress IPs the node holds (`contracts.egress`)."""
+    return {egress_label(a): "true" for a in addresses}
 
 
 def route_localnet_path(names: Names) -> Path:
@@ -402,7 +455,16 @@ def kubelet_config(layout: Layout, link: Link, names: Names, client_ca: Path) ->
     }
 
 
-def kubelet_command(binary: Path, layout: Layout, link: Link) -> list[str]:
+def kubelet_command(
+    binary: Path, layout: Layout, link: Link, labels: Mapping[str, str] | None = None
+) -> list[str]:
+    """The kubelet; `labels` it puts on the Node when it registers it (the egress
+    IPs the node holds: what a platform team labels its egress nodes with)."""
+    node_labels = (
+        [f"--node-labels={','.join(f'{k}={v}' for k, v in sorted(labels.items()))}"]
+        if labels
+        else []
+    )
     return [
         str(binary),
         f"--config={layout.kubelet_config}",
@@ -411,6 +473,7 @@ def kubelet_command(binary: Path, layout: Layout, link: Link) -> list[str]:
         f"--cert-dir={layout.pki / 'kubelet'}",
         f"--node-ip={link.node_ip}",
         f"--hostname-override={NODE_NAME}",
+        *node_labels,
         "--v=1",
     ]
 

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from mailpipe.contracts import config as relay_config
+from mailpipe.contracts.egress import egress_label
 from mailpipe.contracts.policy import RetrySettings
 from mailpipe.contracts.submission_users import USERS_KEY
 from mailpipe.contracts.topics import Topics, pool_group
@@ -387,6 +388,17 @@ def build_deployment(
         "containers": [container],
         "volumes": volumes,
     }
+    deployment_spec: dict[str, Any] = {}
+    if spec.host_network:
+        pod["affinity"] = egress_affinity(spec)
+        # A hostNetwork relay holds node ports (its metrics port), so a surge pod
+        # never fits a node that runs the old one: with the default surge of one,
+        # a config change on a pool with one egress node would never roll. The
+        # old relay drains and goes first; its records wait on Kafka meanwhile.
+        deployment_spec["strategy"] = {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+        }
     if spec.image_pull_secrets:  # the pool's, or the chart's imagePullSecrets (`defaults`)
         pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     return {
@@ -394,6 +406,7 @@ def build_deployment(
         "kind": "Deployment",
         "metadata": ref.metadata({HASH_ANNOTATION: digest}),
         "spec": {
+            **deployment_spec,
             "replicas": spec.replicas,
             "selector": {
                 "matchLabels": {
@@ -406,6 +419,22 @@ def build_deployment(
                 "spec": pod,
             },
         },
+    }
+
+
+def egress_affinity(spec: SendingPoolSpec) -> dict[str, Any]:
+    """A hostNetwork relay goes only to a node that advertises every egress IP
+    of its pool (`contracts.egress`: label `egress.mailpipe.io/<address>`, any
+    value): one term, so the expressions must all hold on the same node."""
+    expressions = [
+        {"key": egress_label(ip.address), "operator": "Exists"} for ip in spec.egress_ips
+    ]
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+            }
+        }
     }
 
 

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailpipe.contracts.egress import EGRESS_LABEL_PREFIX, egress_reason, labelled_addresses
+
 from .validation import one_line
 
 
@@ -34,7 +36,9 @@ class PodReason(enum.StrEnum):
     CONTAINER_NOT_CREATED = "ContainerNotCreated"
     OOM_KILLED = "OOMKilled"
     CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+    NO_NODE_HOLDS_EGRESS_IPS = "NoNodeHoldsEgressIPs"
     UNSCHEDULABLE = "Unschedulable"
+    EGRESS_IPS_NOT_BOUND = "EgressIPsNotBound"
     RELAYS_NOT_READY = "RelaysNotReady"
 
 
@@ -92,13 +96,25 @@ class _Finding:
     text: str  # what is wrong with the pod, without its name
 
 
-def diagnose(pods: Iterable[Mapping[str, Any]], now: dt.datetime) -> PodTrouble | None:
+def diagnose(
+    pods: Iterable[Mapping[str, Any]],
+    now: dt.datetime,
+    readiness: Mapping[str, str] | None = None,
+) -> PodTrouble | None:
     """The most pressing trouble of the relay pods, or None (all fine or starting).
 
     `pods`: the pool's relay pods as JSON (a pod list's items); terminating and
     finished pods are left out (they are on their way out). `now`: aware UTC,
-    for how long a running relay has not been Ready."""
-    findings = [f for pod in pods if (f := _pod_finding(pod, now)) is not None]
+    for how long a running relay has not been Ready. `readiness`: pod name ->
+    what its `/readyz` answered while it was not Ready (`readiness_to_ask`),
+    where the relay says itself why (its egress IPs)."""
+    answers = readiness or {}
+    findings = [
+        f
+        for pod in pods
+        if (f := _pod_finding(pod, now, answers.get(str((pod.get("metadata") or {}).get("name")))))
+        is not None
+    ]
     if not findings:
         return None
     order = list(PodReason)
@@ -108,7 +124,49 @@ def diagnose(pods: Iterable[Mapping[str, Any]], now: dt.datetime) -> PodTrouble 
     return PodTrouble(worst.reason, one_line(f"relay pod {worst.pod}{more}: {worst.text}"))
 
 
-def _pod_finding(pod: Mapping[str, Any], now: dt.datetime) -> _Finding | None:
+def readiness_to_ask(pods: Iterable[Mapping[str, Any]], limit: int) -> list[tuple[str, str]]:
+    """(pod name, `/readyz` URL) of at most `limit` relay pods that run but are not
+    Ready: a relay says there why, and the kubelet keeps no probe's answer.
+    The URL is the pod IP and its container's `metrics` port."""
+    out: list[tuple[str, str]] = []
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        ip = status.get("podIP")
+        if meta.get("deletionTimestamp") or status.get("phase") != "Running" or not ip:
+            continue
+        statuses = status.get("containerStatuses") or []
+        if not any(not c.get("ready") and (c.get("state") or {}).get("running") for c in statuses):
+            continue
+        ports = [
+            p.get("containerPort")
+            for c in (pod.get("spec") or {}).get("containers") or []
+            for p in c.get("ports") or []
+            if p.get("name") == "metrics"
+        ]
+        if ports:
+            host = f"[{ip}]" if ":" in str(ip) else ip
+            out.append((str(meta.get("name")), f"http://{host}:{ports[0]}/readyz"))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _egress_addresses(spec: Mapping[str, Any]) -> list[str]:
+    """The egress IPs a pod's required node affinity asks a node to advertise."""
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    keys = [
+        e.get("key", "")
+        for term in required.get("nodeSelectorTerms") or []
+        for e in term.get("matchExpressions") or []
+    ]
+    return labelled_addresses(keys)
+
+
+def _pod_finding(
+    pod: Mapping[str, Any], now: dt.datetime, readyz: str | None = None
+) -> _Finding | None:
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
@@ -126,12 +184,24 @@ def _pod_finding(pod: Mapping[str, Any], now: dt.datetime) -> _Finding | None:
     found = [
         f for c in statuses if (f := _container_finding(name, c, limits.get(c.get("name")), now))
     ]
+    egress = egress_reason(readyz or "")
+    if egress is not None:
+        text = f"cannot send from its egress IPs: {egress}"
+        found.append(_Finding(PodReason.EGRESS_IPS_NOT_BOUND, name, text))
     if found:
         order = list(PodReason)
         return min(found, key=lambda f: order.index(f.reason))
     scheduled = _condition(status, "PodScheduled")
     if scheduled is not None and scheduled.get("status") == "False":
         why = scheduled.get("message") or scheduled.get("reason") or "no node fits it"
+        addresses = _egress_addresses(spec)
+        if addresses and "affinity" in why:
+            text = (
+                f"no node holds all of its egress IPs {' '.join(addresses)}: a node that "
+                f"holds them needs the label {EGRESS_LABEL_PREFIX}<address> for each "
+                f"(scheduler: {why})"
+            )
+            return _Finding(PodReason.NO_NODE_HOLDS_EGRESS_IPS, name, text)
         return _Finding(PodReason.UNSCHEDULABLE, name, f"cannot be scheduled: {why}")
     return None
 

@@ -51,6 +51,7 @@ class Health:
         self._lock = threading.Lock()
         self._problems: dict[str, Problem] = {}
         self._fatal: dict[str, Check] = {}
+        self._required: dict[str, Check] = {}
 
     def report(self, name: str, reason: str) -> None:
         """`name` is failing now, for `reason` (readiness false until it recovers)."""
@@ -69,6 +70,13 @@ class Health:
         with self._lock:
             self._fatal[name] = check
 
+    def require(self, name: str, check: Check) -> None:
+        """A check asked at every readiness probe whose failure makes the relay not
+        ready, but never restarts it (what a restart cannot cure: an egress IP
+        that is not on this node). Its reason is shown as the check gives it."""
+        with self._lock:
+            self._required[name] = check
+
     def readiness(self) -> list[str]:
         """The reasons the relay is not ready; empty when it is."""
         now = self._clock()
@@ -78,7 +86,9 @@ class Health:
                 for name, p in sorted(self._problems.items())
                 if now - p.last < self.recover_seconds
             ]
-        return self.liveness() + current
+            required = sorted(self._required.items())
+        unmet = [f"{name}: {reason}" for name, check in required if (reason := check())]
+        return self.liveness() + unmet + current
 
     def liveness(self) -> list[str]:
         """The reasons the relay should be restarted; empty when it should not."""

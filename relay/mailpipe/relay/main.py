@@ -53,6 +53,7 @@ from .config_file import (
     wait_until_trusted,
 )
 from .delivery import SMTPTransport
+from .egress import EgressCheck, wait_until_bindable
 from .engine import Engine, task_stacks
 from .health import Health
 from .kafka import KafkaError, KafkaSink, KafkaSource, relay_followers
@@ -145,9 +146,16 @@ async def serve(
         endpoint = await ScrapeEndpoint(
             metrics.registry, address, config.metrics_port, probes=health.probes()
         ).start()
+    # Asked at every readiness probe from here on: a relay that cannot send
+    # from its IPs is not Ready, whatever else works.
+    egress = EgressCheck(e.address for e in config.egress)
+    egress.register(health)
     if ensure:
         await loop.run_in_executor(None, ensure_pool_topics, config.kafka)
     await wait_for_kafka_access(config.kafka, health)
+    # No record read before every egress IP can be bound: read, they would
+    # all be deferred at connect time; left on Kafka, other relays take them.
+    await wait_until_bindable(egress)
 
     sink = await loop.run_in_executor(None, KafkaSink, config.kafka)
     topics = [config.kafka.outbound_topic, *config.kafka.delay_topics.values()]
@@ -196,7 +204,7 @@ async def serve(
     source.start()
     reloader = asyncio.create_task(
         _watch_config(
-            config_file, engine, transport, stop, health, refusal_reporter(health, metrics)
+            config_file, engine, transport, stop, health, refusal_reporter(health, metrics), egress
         )
     )
     log.info("relay started", extra={"relay_id": relay_id, "pool": config.pool})
@@ -411,6 +419,7 @@ async def _watch_config(
     stop: asyncio.Event,
     health: Health,
     refused: Callable[[UntrustedConfigError], None],
+    egress: EgressCheck,
 ) -> None:
     """Apply a changed config in place; one the operator did not sign is refused
     (the running config stays, and readiness says why until a trusted one is
@@ -456,4 +465,5 @@ async def _watch_config(
             log.error("keeping the running config; the new one cannot be applied: %s", exc)
             continue
         transport.reconfigure(config)
+        egress.addresses = [e.address for e in config.egress]
         log.info("config reloaded", extra={"pool": config.pool})

@@ -35,7 +35,16 @@ import kopf
 from mailpipe.contracts.signing import ConfigSigner
 from mailpipe.contracts.topics import Topics, owned_prefix, owned_topics
 
-from .. import config_signing, endpoint_status, kafka_io, kube_io, relay_pods, tenancy, validation
+from .. import (
+    config_signing,
+    endpoint_status,
+    kafka_io,
+    kube_io,
+    relay_pods,
+    relay_readiness,
+    tenancy,
+    validation,
+)
 from ..cluster_policy import ClusterPolicy
 from ..kafka_io import KafkaError
 from ..kube_io import ApiException
@@ -412,7 +421,8 @@ def _pod_trouble(kube: kube_io.Kube, ref: PoolRef, relays: Relays) -> relay_pods
         # A chart from before pods were read: the count alone, as before.
         log.debug("pool %s/%s: may not list pods: %s", ref.namespace, ref.name, exc.reason)
         return None
-    return relay_pods.diagnose(pods, datetime.datetime.now(datetime.UTC))
+    now = datetime.datetime.now(datetime.UTC)
+    return relay_pods.diagnose(pods, now, relay_readiness.ask(pods))
 
 
 def _drift(

@@ -37,7 +37,7 @@ from typing import Any
 
 import kopf
 
-from .. import endpoint_status, relay_pods
+from .. import endpoint_status, relay_pods, relay_readiness
 from ..kube_io import ApiException
 from ..models import GROUP, VERSION
 from ..pool import MANAGED_BY, PoolRef, secrets_hash
@@ -204,6 +204,7 @@ async def relay_pods_changed(
         if exc.status == HTTPStatus.FORBIDDEN:
             return  # a chart that grants no `list pods`: the count alone (handlers.pool)
         raise
-    trouble = relay_pods.diagnose(pods, datetime.datetime.now(datetime.UTC))
+    answers = await asyncio.to_thread(relay_readiness.ask, pods)
+    trouble = relay_pods.diagnose(pods, datetime.datetime.now(datetime.UTC), answers)
     if trouble != state.pod_troubles.get(key):
         await _sync(memo, namespace, name)
