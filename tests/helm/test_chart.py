@@ -176,6 +176,22 @@ def test_watching_namespaces_installs_roles_instead_of_cluster_roles() -> None:
     assert "--namespace=mail" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
+def test_the_topic_policy_of_a_namespaced_release_polices_its_namespaces_only() -> None:
+    """A release that watches namespaces refuses pools there only: bound to the
+    whole cluster, one team's release refused another team's pools (CI saw a test
+    release's policy refuse a pool in a namespace it did not watch)."""
+    [binding] = [
+        d
+        for d in render("operator.watchNamespaces={team-a}")
+        if d["kind"] == "ValidatingAdmissionPolicyBinding"
+    ]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a"]}
+    ]
+    [cluster_wide] = [d for d in render() if d["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert "matchResources" not in cluster_wide["spec"]
+
+
 def test_monitoring_and_peering_are_optional() -> None:
     docs = render(
         "metrics.serviceMonitor.enabled=true",
