@@ -193,9 +193,10 @@ async def pool_warmup_status(
     ]
     summary = warmup_summary(reports)
     # The summary too: the pool's reconcile writes a first one ("1 warming").
+    changed: dict[str, Any] = {}
     if ips != status.get("ips") or summary != status.get("warmupSummary"):
-        patch.status["ips"] = ips
-        patch.status["warmupSummary"] = summary
+        changed = {"ips": ips, "warmupSummary": summary}
+        patch.status.update(changed)
     tls = status_update(state.tls.get(f"{namespace}/{name}"), status.get("tls"))
     if tls is not None:
         patch.status["tls"] = tls
@@ -216,8 +217,16 @@ async def pool_warmup_status(
         return  # never paused (or already said so): nothing to write for 200 quiet pools
     if previous is None or any(previous.get(k) != new[k] for k in ("status", "message")):
         conditions = merge_conditions(old, [new])  # the other types as they are
+        # With the IPs and the summary in the same write: a reader who sees the
+        # condition change sees the WARMUP column change with it.
         await asyncio.to_thread(
-            write_conditions, state.kube, namespace, name, meta.get("resourceVersion"), conditions
+            write_conditions,
+            state.kube,
+            namespace,
+            name,
+            meta.get("resourceVersion"),
+            conditions,
+            changed,
         )
 
 
@@ -238,8 +247,10 @@ def write_conditions(
     name: str,
     resource_version: str | None,
     conditions: list[dict[str, Any]],
+    fields: Mapping[str, Any] | None = None,
 ) -> bool:
-    """Replace the pool's conditions only if the pool is unchanged since `resource_version`.
+    """Replace the pool's conditions (and `fields` of its status, in the same write) only if
+    the pool is unchanged since `resource_version`.
 
     The reconcile writes the whole `conditions` list too (a merge patch replaces
     a list whole): an unconditional write of a list read moments ago would wipe
@@ -248,6 +259,7 @@ def write_conditions(
     ops: list[dict[str, Any]] = [
         {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
         {"op": "add", "path": "/status/conditions", "value": conditions},
+        *({"op": "add", "path": f"/status/{k}", "value": v} for k, v in (fields or {}).items()),
     ]
     try:
         kube.json_patch_status("sendingpools", namespace, name, ops)
