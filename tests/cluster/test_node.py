@@ -280,7 +280,8 @@ def test_pods_run_on_the_node_and_down_leaves_nothing(
         assert _phase(env, namespace, "readyz") == "Succeeded", answer
         assert f"https://{kube.KUBERNETES_SERVICE_IP}:443/readyz: 200 ok" in answer
 
-        # Contained: the node's namespace routes the link and the pods' bridge, nothing else.
+        # Contained: the node's namespace routes the link, the pods' bridge and the Service
+        # range over the link (hostNetwork pods reach ClusterIPs), nothing else.
         routes = subprocess.run(
             node_plan.in_netns(state.layout, ["ip", "-4", "route", "show"]),
             capture_output=True,
@@ -288,7 +289,7 @@ def test_pods_run_on_the_node_and_down_leaves_nothing(
             check=True,
         ).stdout
         assert sorted(line.split()[0] for line in routes.splitlines()) == sorted(
-            [state.link, node_plan.POD_CIDR]
+            [state.link, node_plan.POD_CIDR, kube.SERVICE_CIDR]
         ), routes
 
         # A test host of the stack (an SMTP receiver on loopback) exposed to pods.
