@@ -31,6 +31,34 @@ PLACEMENTS = {2: {"ga.test": 0, "gb.test": 2}, 3: {"ga.test": 0, "gb.test": 2, "
 MESSAGES = 40  # about 40 s at the limit: enough MAIL FROMs to measure a rate by
 
 
+def _send_and_measure(
+    pool: Pool,
+    rx: SMTPReceiver,
+    placement: dict[str, int],
+    per_domain: int,
+    what: str,
+    watch: RelayProcess,
+) -> tuple[float, int, int]:
+    """Send `per_domain` recipients to each domain on its partition, wait until all
+    arrived; (messages per minute the receiver saw, its peak connections, messages)."""
+    expected = set()
+    for i in range(per_domain):
+        for domain, partition in placement.items():
+            rcpt = f"u{i}@{domain}"
+            pool.send(rcpt, id=rcpt, partition=partition)
+            expected.add(rcpt)
+    pool.flush()
+    wait_for(
+        lambda: set(rx.recipients()) >= expected,
+        len(expected) * 60 / RATE_PER_MINUTE * 2 + 60,
+        what,
+        watch,
+    )
+    times = sorted(rx.mail_times())
+    rate = (len(times) - 1) / (times[-1] - times[0]) * 60
+    return rate, rx.peak_connections(), len(times)
+
+
 @pytest.mark.parametrize("replicas", [2, 3], ids=["2-relays", "3-relays"])
 def test_a_groups_rate_and_connections_hold_across_relays(
     replicas: int,
@@ -49,24 +77,10 @@ def test_a_groups_rate_and_connections_hold_across_relays(
     started = [relays(pool, f"relay-{i}") for i in range(replicas)]
     wait_for(lambda: _members(pool) == replicas, 90, "every relay in the group", started[0])
 
-    per_domain = MESSAGES // replicas
-    expected = set()
-    for i in range(per_domain):
-        for domain, partition in placement.items():
-            rcpt = f"u{i}@{domain}"
-            pool.send(rcpt, id=rcpt, partition=partition)
-            expected.add(rcpt)
-    pool.flush()
-    wait_for(
-        lambda: set(rx.recipients()) >= expected,
-        len(expected) * 60 / RATE_PER_MINUTE * 2 + 60,
-        "the group delivered",
-        started[0],
+    rate, peak, sent = _send_and_measure(
+        pool, rx, placement, MESSAGES // replicas, "the group delivered", started[0]
     )
-    times = sorted(rx.mail_times())
-    rate = (len(times) - 1) / (times[-1] - times[0]) * 60
-    peak = rx.peak_connections()
-    assert rate <= RATE_PER_MINUTE * 1.05 and peak == 1, (rate, peak, len(times))
+    assert rate <= RATE_PER_MINUTE * 1.05 and peak == 1, (rate, peak, sent)
 
 
 def test_two_domains_sharing_one_connection_each_get_a_fair_share(
@@ -121,20 +135,7 @@ def test_domains_on_one_providers_mx_hosts_share_the_sites_limits_across_relays(
     )
     started = [relays(pool, f"relay-{i}") for i in range(2)]
     wait_for(lambda: _members(pool) == 2, 90, "both relays in the group", started[0])
-    expected = set()
-    for i in range(MESSAGES // 2):
-        for domain, partition in {"ma.test": 0, "mb.test": 2}.items():
-            rcpt = f"u{i}@{domain}"
-            pool.send(rcpt, id=rcpt, partition=partition)
-            expected.add(rcpt)
-    pool.flush()
-    wait_for(
-        lambda: set(rx.recipients()) >= expected,
-        len(expected) * 60 / RATE_PER_MINUTE * 2 + 60,
-        "the site delivered",
-        started[0],
+    rate, peak, sent = _send_and_measure(
+        pool, rx, {"ma.test": 0, "mb.test": 2}, MESSAGES // 2, "the site delivered", started[0]
     )
-    times = sorted(rx.mail_times())
-    rate = (len(times) - 1) / (times[-1] - times[0]) * 60
-    peak = rx.peak_connections()
-    assert rate <= RATE_PER_MINUTE * 1.05 and peak == 1, (rate, peak, len(times))
+    assert rate <= RATE_PER_MINUTE * 1.05 and peak == 1, (rate, peak, sent)
