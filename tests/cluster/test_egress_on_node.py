@@ -254,8 +254,14 @@ def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_
         print(f"OBSERVED no node: {message}")
         assert nowhere in message and "egress.mailpipe.io/<address>" in message, message
         assert [p["status"]["phase"] for p in _pods(env, tenant, lost)] == ["Pending"]
-        camp = harness.get_object(env, "camp", "stuck", tenant) or {}
-        assert camp["status"]["phase"] == "Pending", camp["status"]
+        # the campaign's status is written by a timer that waits for the object
+        # to settle: wait for its first phase, which must say it waits
+        wait_for(
+            lambda: _campaign_phase(env, tenant, "stuck") is not None,
+            REASON_TIMEOUT_SECONDS,
+            "a phase on the campaign whose pool has no node",
+        )
+        assert _campaign_phase(env, tenant, "stuck") == "Pending"
         assert "w1@alpha.egress.test" not in rx.recipients()
 
         # The pool whose node does not hold its IP: running, not Ready, saying which.
@@ -272,6 +278,12 @@ def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_
         assert container["restartCount"] == 0 and "running" in container["state"], container
     finally:
         harness.kubectl(env, "label", "node", node_plan.NODE_NAME, f"{egress_label(not_held)}-")
+
+
+def _campaign_phase(env: dict[str, str], tenant: str, name: str) -> str | None:
+    camp = harness.get_object(env, "camp", name, tenant) or {}
+    phase = camp.get("status", {}).get("phase")
+    return None if phase is None else str(phase)
 
 
 def _template_hash(pod: dict[str, Any]) -> str:
