@@ -8,6 +8,14 @@ classifier, whose vocabulary the classes borrow). The defaults ship as data in
 `bounce_rules.yaml`; a SendingPool's `bounces.rules` are tried before them, so
 a platform team teaches a pool a receiver's wording without a release.
 
+A rule may also carry an action on the destination site (`ReplyAction`):
+`suspend` the site for the egress IP that got the reply, or `slow` that IP's
+rate to it, for a time. Providers say in words when they throttle or block
+an IP (Gmail's `421 4.7.28`, Microsoft's `S3150`, Yahoo's `[TSS04]`), so what
+the relay does about it is data beside the class, not code; the relay applies
+it pool-wide (`contracts.site_actions`). One rule is one class and at most one
+action: the first rule that matches decides both.
+
 Whether a class suppresses the address is data too (`suppression` in the
 file): only classes that mean the address is bad suppress at once. A `5.7.1`
 says the receiver's policy refused something - the sender, the content, the
@@ -41,6 +49,9 @@ RULES_FILE = "bounce_rules.yaml"
 MAX_POOL_RULES = 100  # a pool's additions to the defaults; more is a file, not a spec
 MAX_PATTERN_CHARS = 500  # a text pattern, not a program
 MAX_THRESHOLD_DAYS = 365
+# A site action lasts at most a week: past that it is a routing decision for a
+# person (drop the IP from the pool), not a reaction to one reply.
+MAX_ACTION_SECONDS = 7 * 24 * 3600
 
 
 class BounceClass(enum.StrEnum):
@@ -111,6 +122,57 @@ TextPattern = Annotated[
 ]
 
 
+class ActionKind(enum.StrEnum):
+    """What a reply makes the relays do about its site, for the IP that got it."""
+
+    SUSPEND = "suspend"  # send nothing to the site from this IP until the action ends
+    SLOW = "slow"  # send to the site from this IP at most at a lower rate until it ends
+
+
+# What a matching reply does to its site for the egress IP that got it, pool-wide.
+class ReplyAction(Spec):
+    kind: ActionKind = Field(description="suspend: nothing to the site from this IP; slow: less.")
+    duration_seconds: int = Field(
+        ge=1, le=MAX_ACTION_SECONDS, description="How long the action holds, in seconds."
+    )
+    max_duration_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ACTION_SECONDS,
+        description=(
+            "When set, the same reply again within one duration of the action's end "
+            "doubles the duration, up to this (seconds); unset: never longer."
+        ),
+    )
+    messages_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="slow: this IP's rate to the site while the action holds (messages/min).",
+    )
+    rate_factor: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description=(
+            "slow: also at most this fraction of the site's configured rate, when it has one."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        slowing = self.messages_per_minute is not None or self.rate_factor is not None
+        if self.kind is ActionKind.SUSPEND and slowing:
+            raise ValueError("a suspend action takes no messagesPerMinute or rateFactor")
+        if self.kind is ActionKind.SLOW and self.messages_per_minute is None:
+            raise ValueError("a slow action needs messagesPerMinute (the IP's rate while slowed)")
+        if self.max_duration_seconds is not None and (
+            self.max_duration_seconds < self.duration_seconds
+        ):
+            raise ValueError("maxDurationSeconds must be at least durationSeconds")
+        return self
+
+
 # One rule: every condition it names must hold; a condition left out matches
 # anything. A rule names at least one condition.
 class BounceRule(Spec):
@@ -135,6 +197,13 @@ class BounceRule(Spec):
     )
     description: str | None = Field(
         default=None, max_length=500, description="Why: the receiver or wording this rule is for."
+    )
+    action: ReplyAction | None = Field(
+        default=None,
+        description=(
+            "What a matching reply does to its site for the egress IP that got it, "
+            "on every relay of the pool: suspend it, or slow it, for a time."
+        ),
     )
 
     @model_validator(mode="after")

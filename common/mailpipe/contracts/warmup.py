@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import EgressIP, RelayConfig
+from .site_actions import SITE_ACTION_MARKER, SiteAction, decode_site_action
 from .wire import WIRE_VERSION, Disposition, Event, UnixSeconds, WireError, decode_event
 
 _COUNTED = frozenset({Disposition.DELIVERED, Disposition.BOUNCED, Disposition.DEFERRED})
@@ -112,9 +113,14 @@ def encode_usage(record: WarmupUsage) -> bytes:
     return record.model_dump_json(exclude_none=True).encode()
 
 
-def decode_events_value(data: bytes) -> Event | IPUnpaused | WarmupUsage:
-    """A value of a pool's events topic: an Event, an IPUnpaused or a WarmupUsage;
-    WireError otherwise."""
+EventsValue = Event | IPUnpaused | WarmupUsage | SiteAction
+
+
+def decode_events_value(data: bytes) -> EventsValue:
+    """A value of a pool's events topic: an Event, an IPUnpaused, a WarmupUsage or
+    a SiteAction (`contracts.site_actions`); WireError otherwise."""
+    if SITE_ACTION_MARKER in data:
+        return decode_site_action(data)
     if _USAGE_MARKER in data:
         try:
             return WarmupUsage.model_validate_json(data)
@@ -374,10 +380,12 @@ class WarmupLedger:
         state.paused_at = None
         return was_paused
 
-    def observe(self, event: Event | IPUnpaused | WarmupUsage, replaying: bool) -> None:
+    def observe(self, event: EventsValue, replaying: bool) -> None:
         """Count an event from the events topic: all of them while replaying at
         start, afterwards only those of other replicas (ours were counted live).
-        An un-pause applies whoever wrote it."""
+        An un-pause applies whoever wrote it; a site action is not the ledger's."""
+        if isinstance(event, SiteAction):
+            return
         if isinstance(event, IPUnpaused):
             self.unpause(event.egress_ip, event.time)
             return

@@ -3,28 +3,27 @@
 RFC 5321 reply codes give the class (2xx, 4xx, 5xx); RFC 3463 enhanced status
 codes ("5.1.1") say why. Together they decide delivered / deferred / bounced
 (as `wire.Disposition`, the one enum of dispositions), whether a bounce is
-hard (the mailbox is gone: suppress it) or a policy refusal (the sender is
-blocked: slow down that IP, don't blame the address), and whether the
-receiver is asking this IP to back off (421, 4.7.x). What a deferral then
-becomes (a retry or an expiry) is decided by `settlement`.
+hard or a policy refusal, and the `reason` of the event. What a deferral
+then becomes (a retry or an expiry) is decided by `settlement`.
 
-The code alone is not enough: the same reply means different things by the
-SMTP stage that gave it (`ports.Stage`), and some texts say more than their
-code (as KumoMTA's bounce classifier reads them). So the verdict of the code
-is then adjusted by stage and by the text rules below, which are data:
+Only protocol facts are code here: what a reply code and its RFC 3463
+subject mean, and what the SMTP stage that gave it (`ports.Stage`) changes:
 
-- a refusal at RCPT concerns that recipient: never an IP back-off, unless its
-  text names the client's reputation (a blocklist answered at RCPT);
-- a 5xx greeting or EHLO refuses the host, not the mailbox: never suppressed;
+- a 5.7.x refusal at RCPT concerns that recipient (`recipient_refused`),
+  unless the rules class it as the client's reputation (a blocklist answered
+  at RCPT, as Postfix's reject_rbl_client does);
+- a 5xx greeting or EHLO refuses the host, not the mailbox;
 - replies the relay made up itself (DNS, TLS, local refusals, a lost
-  connection) say nothing about the receiver's view of the IP: no back-off;
-- greylisting is recognised by its text and retried, never a back-off.
+  connection) say nothing about the receiver's view of the IP: they never
+  act on the site.
 
-What the refusal was about - its bounce class - and so whether it suppresses
-the address comes from the bounce rules (`mailpipe.contracts.bounces`, data a
-pool can extend): only a class that means the address is bad suppresses at
-once. A refusal at RCPT is not enough: receivers answer a refused *sender* or
-a policy there too (Postfix: `554 5.7.1 <x@sender>: Sender address rejected`).
+Everything a reply's *words* decide is data, in the bounce rules
+(`mailpipe.contracts.bounces`, a pool can extend them): its class (and so
+whether it suppresses the address: only a class that means the address is
+bad suppresses at once; receivers answer a refused *sender* or a policy at
+RCPT too), greylisting, and whether the receiver asks this IP to stop or slow
+down for the site - the rule's `action` (`suspend`, `slow`), which the relay
+applies pool-wide (`contracts.site_actions`).
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from typing import NamedTuple
 from mailpipe.contracts.bounces import (
     BounceClass,
     BounceClassifier,
+    ReplyAction,
     SuppressionPolicy,
     default_classifier,
 )
@@ -49,7 +49,7 @@ _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 class ReplyReason(enum.StrEnum):
     """Why a reply decided what it did; the value is the `reason` of the event
-    on the wire and the label of `mailpipe_backoffs_total`."""
+    on the wire."""
 
     ACCEPTED = "accepted"
     SERVICE_UNAVAILABLE = "service_unavailable"  # 421
@@ -62,7 +62,7 @@ class ReplyReason(enum.StrEnum):
     MAILBOX_OR_SYSTEM_FULL = "mailbox_or_system_full"  # 5.2.x, 5.3.x
     PERMANENT_FAILURE = "permanent_failure"  # any other 5xx
     INVALID_REPLY = "invalid_reply"  # not 2xx-5xx: a protocol violation by the peer
-    GREYLISTED = "greylisted"  # 4xx whose text says greylisting: retry, nothing wrong
+    GREYLISTED = "greylisted"  # 4xx the rules class as greylisting: retry, nothing wrong
     RECIPIENT_REFUSED = "recipient_refused"  # 5.7.x at RCPT: refused, not necessarily the address
     HOST_REFUSED = "host_refused"  # 5xx greeting/EHLO: the server refuses us, not the mailbox
     TLS_FAILED = "tls_failed"  # our TLS policy could not be met: retry, nobody blocked us
@@ -72,9 +72,16 @@ class Verdict(NamedTuple):
     disposition: Disposition  # DELIVERED, DEFERRED or BOUNCED: a reply decides no other
     reason: ReplyReason
     suppress: bool = False  # the class suppresses the address at its first bounce
-    backoff: bool = False  # the receiver wants this egress IP to slow down
     bounce_class: BounceClass | None = None  # what it was about (None: delivered)
     suppression: SuppressionPolicy | None = None  # when the class suppresses (None: never)
+    # What the receiver's words ask of this egress IP for the site (the rule's
+    # action); None: nothing, and always for a reply the relay made up.
+    action: ReplyAction | None = None
+
+    @property
+    def backoff(self) -> bool:
+        """The receiver asked this egress IP to stop or slow down for the site."""
+        return self.action is not None
 
 
 def enhanced_code(text: str) -> str | None:
@@ -106,14 +113,6 @@ _HARD_BASIC_CODES = (550, 551, 553)
 _DEFERRED = Disposition.DEFERRED
 _BOUNCED = Disposition.BOUNCED
 
-# Texts that name the sending client or its reputation: a refusal of the IP,
-# whatever the stage (Postfix answers reject_rbl_client at RCPT, for example).
-_IP_REPUTATION = re.compile(
-    r"block ?list|black ?list|blocked using|\bRBL\b|spamhaus|spamcop|barracuda"
-    r"|reputation|client host .*(blocked|rejected)|poor sending|sending rate",
-    re.IGNORECASE,
-)
-_GREYLISTING = re.compile(r"gr[ae]y ?list", re.IGNORECASE)
 # Stages where a refusal concerns the recipient it answered, not the sender's IP.
 _RECIPIENT_STAGES = frozenset({Stage.RCPT})
 # Stages where a 5xx refuses this client altogether: the mailbox was never judged.
@@ -128,7 +127,7 @@ def classify(
     """Decide the disposition of one recipient from the reply it got and the
     SMTP stage that gave it (None: unknown, judged by the code alone), and
     class it with `classifier` (the pool's rules; default: the packaged ones)."""
-    verdict = _by_stage(r, stage)
+    verdict = _by_code(r)
     if verdict.disposition is Disposition.DELIVERED:
         return verdict
     found = (classifier or default_classifier()).classify(
@@ -136,31 +135,33 @@ def classify(
     )
     policy = found.suppression
     at_once = verdict.disposition is _BOUNCED and policy is not None and policy.after == 1
-    return verdict._replace(suppress=at_once, bounce_class=found.bounce_class, suppression=policy)
+    made_up = stage in _SYNTHESIZED_STAGES  # the receiver said nothing: no site action
+    return Verdict(
+        verdict.disposition,
+        _by_stage(verdict, stage, found.bounce_class),
+        suppress=at_once,
+        bounce_class=found.bounce_class,
+        suppression=policy,
+        action=None if made_up or found.rule is None else found.rule.action,
+    )
 
 
-def _by_stage(r: SMTPReply, stage: str | None) -> Verdict:
-    """The disposition, reason and back-off of the code adjusted by stage and text."""
-    verdict = _by_code(r)
-    if verdict.disposition is Disposition.DELIVERED:
-        return verdict
+def _by_stage(verdict: Verdict, stage: str | None, bounce_class: BounceClass) -> ReplyReason:
+    """The reason of the code adjusted by the stage (and by the class where the
+    rules recognised greylisting or the client's reputation)."""
     if stage == Stage.TLS:
-        return Verdict(_DEFERRED, ReplyReason.TLS_FAILED)
-    if stage in _SYNTHESIZED_STAGES:
-        return verdict._replace(backoff=False)
-    if verdict.disposition is _DEFERRED and _GREYLISTING.search(r.text):
-        return Verdict(_DEFERRED, ReplyReason.GREYLISTED)
-    names_ip = bool(_IP_REPUTATION.search(r.text))
+        return ReplyReason.TLS_FAILED
+    if verdict.disposition is _DEFERRED and bounce_class is BounceClass.GREYLISTED:
+        return ReplyReason.GREYLISTED
     if stage in _HOST_STAGES and verdict.disposition is _BOUNCED:
-        return Verdict(_BOUNCED, ReplyReason.HOST_REFUSED, backoff=names_ip)
-    if stage in _RECIPIENT_STAGES:
-        if names_ip:
-            return verdict._replace(suppress=False, backoff=True)
-        if verdict.reason is ReplyReason.POLICY_BLOCK:
-            return Verdict(_BOUNCED, ReplyReason.RECIPIENT_REFUSED)
-        if verdict.reason is ReplyReason.RATE_LIMITED:
-            return verdict._replace(backoff=False)
-    return verdict
+        return ReplyReason.HOST_REFUSED
+    if (
+        stage in _RECIPIENT_STAGES
+        and verdict.reason is ReplyReason.POLICY_BLOCK
+        and bounce_class is not BounceClass.REPUTATION
+    ):
+        return ReplyReason.RECIPIENT_REFUSED
+    return verdict.reason
 
 
 def _by_code(r: SMTPReply) -> Verdict:
@@ -171,9 +172,9 @@ def _by_code(r: SMTPReply) -> Verdict:
         return Verdict(Disposition.DELIVERED, ReplyReason.ACCEPTED)
     if 400 <= r.code < 500:
         if r.code == 421:
-            return Verdict(_DEFERRED, ReplyReason.SERVICE_UNAVAILABLE, backoff=True)
+            return Verdict(_DEFERRED, ReplyReason.SERVICE_UNAVAILABLE)
         if subject.startswith("7."):
-            return Verdict(_DEFERRED, ReplyReason.RATE_LIMITED, backoff=True)
+            return Verdict(_DEFERRED, ReplyReason.RATE_LIMITED)
         if subject.startswith("4."):
             return Verdict(_DEFERRED, ReplyReason.NETWORK_OR_ROUTING)
         if subject.startswith("2."):
@@ -183,7 +184,7 @@ def _by_code(r: SMTPReply) -> Verdict:
         if subject in _HARD_SUBJECTS or (not enhanced and r.code in _HARD_BASIC_CODES):
             return Verdict(_BOUNCED, ReplyReason.MAILBOX_UNKNOWN, suppress=True)
         if subject.startswith("7."):
-            return Verdict(_BOUNCED, ReplyReason.POLICY_BLOCK, backoff=True)
+            return Verdict(_BOUNCED, ReplyReason.POLICY_BLOCK)
         if subject.startswith("2.") or subject.startswith("3."):
             return Verdict(_BOUNCED, ReplyReason.MAILBOX_OR_SYSTEM_FULL)
         return Verdict(_BOUNCED, ReplyReason.PERMANENT_FAILURE)

@@ -242,7 +242,8 @@ class Dispatcher:
             classifier=self.classifier,
             strikes=self.strikes,
         )
-        self.scheduler.settled(egress, domain, work.site, settlement)
+        for action in self.scheduler.settled(egress, domain, work.site, settlement):
+            sends.append(self.emitter.site_action(action))  # to the pool's other relays
         for ev in settlement.events:
             self.metrics.delivered(ev.disposition.value, domain, egress.address)
         for tx in transactions:

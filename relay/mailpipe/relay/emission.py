@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.site_actions import SiteAction, encode_site_action
 from mailpipe.contracts.suppressions import SuppressionList
 from mailpipe.contracts.warmup import WarmupUsage, encode_usage
 from mailpipe.contracts.wire import Event, Suppression, encode
@@ -66,6 +67,14 @@ class Emitter:
     def warmup_usage(self, usage: WarmupUsage) -> Awaitable[None]:
         """This relay's warm-up counts, for the relays that take over partitions."""
         return self.sink.send(self.kafka.events_topic, usage.relay.encode(), encode_usage(usage))
+
+    def site_action(self, action: SiteAction) -> Awaitable[None]:
+        """A site action this relay decided, for the pool's other relays and the
+        operator (`contracts.site_actions`); keyed by site, so one site's actions
+        stay in order."""
+        return self.sink.send(
+            self.kafka.events_topic, action.site.encode(), encode_site_action(action)
+        )
 
     def suppression(self, suppression: Suppression) -> Awaitable[None]:
         self.suppressions.add(suppression.address, suppression.reason.value)

@@ -33,6 +33,7 @@ from typing import Any
 
 from mailpipe.contracts import sites
 from mailpipe.contracts.config import RelayConfig
+from mailpipe.contracts.site_actions import SiteActions
 from mailpipe.contracts.suppressions import CampaignStates, SuppressionList
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.contracts.wire import WireError, decode_record
@@ -89,6 +90,7 @@ class Engine:
         relay_id: str,
         campaigns: CampaignStates | None = None,
         sites: SiteLookup | None = None,
+        site_actions: SiteActions | None = None,
     ) -> None:
         self.campaigns = campaigns or CampaignStates()
         # Sites from MX hosts (`contracts.sites`, rule 3); None: the config's only.
@@ -104,7 +106,17 @@ class Engine:
         self.postponer = Postponer(sink, clock, metrics)
         self.waiting = Waiting(source)
         self.emitter = Emitter(sink, metrics, suppressions)
-        self.scheduler = Scheduler(clock, metrics, ledger, self.tasks, self._attempt, self._fail)
+        # `site_actions`: the pool's, kept current by the events follower (main)
+        self.scheduler = Scheduler(
+            clock,
+            metrics,
+            ledger,
+            self.tasks,
+            self._attempt,
+            self._fail,
+            actions=site_actions,
+            relay_id=relay_id,
+        )
         self.dispatch = Dispatcher(
             transport=transport,
             scheduler=self.scheduler,

@@ -25,13 +25,14 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mailpipe.contracts.config import ConfigError, KafkaSettings, RelayConfig
 from mailpipe.contracts.logformat import JSONFormatter
 from mailpipe.contracts.signing import PUBLIC_KEY_ENV, StaleConfigError, UntrustedConfigError
+from mailpipe.contracts.site_actions import SiteActions
 from mailpipe.contracts.suppressions import CampaignStates, SuppressionList
 from mailpipe.contracts.warmup import WarmupLedger
 from mailpipe.endpoints import ScrapeEndpoint
@@ -187,6 +188,7 @@ async def serve(
         relay_id=relay_id,
         campaigns=followed.campaigns,
         sites=transport.mx,
+        site_actions=followed.site_actions,
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -226,6 +228,7 @@ class _Followed:
     ledger: WarmupLedger
     campaigns: CampaignStates
     followers: list[TopicFollower]
+    site_actions: SiteActions = field(default_factory=SiteActions)  # the pool's, from events
 
 
 async def _follow(
@@ -241,6 +244,7 @@ async def _follow(
         ledger=followed.ledger,
         campaigns=followed.campaigns,
         metrics=metrics,
+        actions=followed.site_actions,
     )
     for f in followed.followers:
         f.start()

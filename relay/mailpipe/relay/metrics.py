@@ -104,6 +104,8 @@ NO_CAP = -1  # mailpipe_warmup_budget_remaining of an IP that is warm (no daily 
 EXPORTED = (
     "mailpipe_deliveries_total",
     "mailpipe_backoffs_total",
+    "mailpipe_site_actions_total",
+    "mailpipe_site_suspensions_active",
     "mailpipe_ready_queue_depth",
     "mailpipe_throttle_wait_seconds",
     "mailpipe_warmup_budget_remaining",
@@ -137,11 +139,27 @@ class RelayMetrics:
         self.backoffs = _DomainLabelled(
             Counter(
                 "mailpipe_backoffs",
-                "Times a domain told an egress IP to slow down (421, 4.7.x, 5.7.x)",
+                "Replies whose bounce rule asked the egress IP to stop or slow down for the"
+                " domain's site, by the action asked (suspend, slow)",
                 ["domain", "egress_ip", "reason"],
                 registry=r,
             ),
             self.domains,
+        )
+        self.site_actions = _DomainLabelled(
+            Counter(
+                "mailpipe_site_actions",
+                "Site actions this relay decided from a reply (a bounce rule's suspend or slow"
+                " of the site for the egress IP), held by every relay of the pool",
+                ["site", "ip", "action"],
+                registry=r,
+            ),
+            self.domains,
+        )
+        self.suspensions_active = Gauge(
+            "mailpipe_site_suspensions_active",
+            "Sites suspended for an egress IP now, pool-wide as this relay holds them",
+            registry=r,
         )
         self.queue_depths = _ScrapedGauge(
             "mailpipe_ready_queue_depth", "Records waiting per domain", "domain", self.domains

@@ -12,8 +12,9 @@ greeted connection (`tokens`), so what arrives at the receiver keeps the
 rate however long connections take to open; a lane exists only while it holds one of
 the site's connection slots (`max_connections`); the site's
 `messages_per_connection` travels in the envelope to the transport's
-connection pool; and the egress IP is chosen here, skipping IPs the domain
-told to back off (421, 4.7.x, 5.7.x) and IPs out of warm-up budget
+connection pool; and the egress IP is chosen here, skipping IPs the site
+suspended or slowed (a reply rule's action, `contracts.site_actions`: held by
+every relay of the pool) and IPs out of warm-up budget
 (ARCHITECTURE.md, "Limits hold pool-wide"). `throttle` holds the counters; this
 module is where they are consulted.
 
@@ -39,12 +40,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from mailpipe.contracts.bounces import ActionKind
 from mailpipe.contracts.config import RelayConfig, Throttle
+from mailpipe.contracts.site_actions import STATE_OF, SiteAction, SiteActions
 from mailpipe.contracts.warmup import WarmupLedger
 
 from .delays import PostponeReason
@@ -53,7 +57,7 @@ from .ports import Clock, TopicPartition
 from .settlement import Settlement
 from .stalls import Stalls
 from .tasks import Tasks
-from .throttle import Shaper, Shaping
+from .throttle import Shaper, Shaping, slowed_rate
 from .tokens import RecordToken
 from .work import Work
 
@@ -83,7 +87,8 @@ class Egress(NamedTuple):
 
 
 class NoEgress(NamedTuple):
-    """No IP may send now; `due` is when one may (a back-off ends, or the next warm-up day)."""
+    """No IP may send now; `due` is when one may (a site action ends or lets the
+    next message go, or the next warm-up day)."""
 
     due: float
 
@@ -97,6 +102,9 @@ class Scheduler:
         tasks: Tasks,
         attempt: Callable[[Work], Awaitable[None]],
         fail: Callable[[Work, Exception], Awaitable[None]],
+        *,
+        actions: SiteActions | None = None,
+        relay_id: str | None = None,
     ) -> None:
         self.clock = clock
         self.metrics = metrics
@@ -104,7 +112,9 @@ class Scheduler:
         self.tasks = tasks
         self._attempt = attempt
         self._fail = fail
-        self.shaping = Shaping()
+        self.relay_id = relay_id
+        self.shaping = Shaping(actions=actions if actions is not None else SiteActions())
+        metrics.suspensions_active.set_function(self._suspensions_active)
         self.stalls = Stalls(clock)
         self.stopping = False
         self._queues: dict[str, DomainQueue] = {}
@@ -156,15 +166,16 @@ class Scheduler:
 
     def relieve(self) -> list[Work]:
         """Empty the largest queue of a domain that waits on a limit of its own
-        (a rate, or every IP backed off): what the window moves to a delay topic
-        when such a queue pins it. A merely busy domain drains by itself, and
-        moving it would cost a delay step."""
-        mono = self.clock.monotonic()
+        (a rate, or every IP suspended for its site): what the window moves to a
+        delay topic when such a queue pins it. A merely busy domain drains by
+        itself, and moving it would cost a delay step."""
+        now = self.clock.time()
         ips = [e.address for e in self.config.egress]
+        actions = self.shaping.actions
 
         def held_back(domain: str, q: DomainQueue) -> bool:
             throttled = self.config.throttle_for_site(q.site).messages_per_minute is not None
-            return throttled or all(self.shaping.backed_off(ip, q.site, mono) for ip in ips)
+            return throttled or all(actions.suspended(q.site, ip, now) for ip in ips)
 
         candidates = [(d, q) for d, q in self._queues.items() if q.items and held_back(d, q)]
         if not candidates:
@@ -312,22 +323,39 @@ class Scheduler:
                 await asyncio.wait_for(self.ledger.released.wait(), SETTLING_WAIT_SECONDS)
 
     def choose_egress(self, domain: str, site: str, count: int, now: float) -> Egress | NoEgress:
-        """An IP that may send `count` messages to `domain` now, or when one may:
-        IPs the domain's site told to back off are skipped until their rest ends
-        (a provider's 421 for one of its domains holds for all of them), IPs out
-        of warm-up budget until the next day. `count_sent` then spends the budget."""
+        """An IP that may send `count` messages to `domain` now (`now`: wall
+        clock), or when one may: IPs the site suspended are skipped until the
+        suspension ends (a provider's 421 for one of its domains holds for all
+        of them, on every relay of the pool), IPs it slowed until their next
+        message is due, IPs out of warm-up budget until the next day.
+        `count_sent` then spends the budget."""
         mono = self.clock.monotonic()
         ips = [e.address for e in self.config.egress]
-        excluded = frozenset(ip for ip in ips if self.shaping.backed_off(ip, site, mono))
-        ip = self.ledger.choose(domain, count, now, excluded)
+        actions = self.shaping.actions
+        excluded = {ip for ip in ips if actions.suspended(site, ip, now)}
+        slowed: dict[str, float] = {}  # IP -> seconds until its slowed pace lets one go
+        for ip in ips:
+            held = actions.holding(site, ip, ActionKind.SLOW, now)
+            if held is None:
+                self.shaping.slowed.pop((site, ip), None)
+            elif ip not in excluded:
+                rate = slowed_rate(held, self.config.throttle_for_site(site))
+                slowed[ip] = self.shaping.slow_bucket(site, ip, rate, mono).free_in(mono)
+        excluded.update(ip for ip, wait in slowed.items() if wait > 0)
+        ip = self.ledger.choose(domain, count, now, frozenset(excluded))
         if ip is None and self.ledger.settling:
             # Budgets are unknown until the events topic is read past the
             # rebalance (`WarmupLedger.hold`): a second, not the next day.
             return NoEgress(now + SETTLING_RETRY_SECONDS)
         if ip is None:
-            end = self.shaping.earliest_backoff_end(site, ips, mono)
-            due = now + (end - mono) if end is not None else self.ledger.next_day_start(now)
+            ends = [w for w in slowed.values() if w > 0]
+            end = actions.suspension_end(site, ips, now)
+            if end is not None:
+                ends.append(end - now)
+            due = now + min(ends) if ends else self.ledger.next_day_start(now)
             return NoEgress(due)
+        if ip in slowed:
+            self.shaping.slowed[(site, ip)].take(mono)
         return Egress(ip, next(e.helo for e in self.config.egress if e.address == ip))
 
     def count_sent(self, egress: Egress, domain: str, count: int, now: float) -> None:
@@ -341,15 +369,40 @@ class Scheduler:
         same rule as the rate token (`tokens`)."""
         self.ledger.unrecord(egress.address, domain, count, now)
 
-    def settled(self, egress: Egress, domain: str, site: str, settlement: Settlement) -> None:
-        """What an attempt taught about the IP: rest it for the domain's site once per
-        reply that asked (421, 4.7.x, 5.7.x: repeats double the rest), and count its
-        dispositions towards the warm-up bounce and complaint rates."""
-        for reason in settlement.backoffs:
-            self.shaping.back_off(egress.address, site, reason, self.clock.monotonic())
-            self.metrics.backoffs.labels(domain, egress.address, reason).inc()
+    def settled(
+        self, egress: Egress, domain: str, site: str, settlement: Settlement
+    ) -> list[SiteAction]:
+        """What an attempt taught about the IP: the site actions its replies' rules
+        ask for (suspend or slow the site for this IP; a repeat right after one
+        ended doubles it), applied here at once and returned for the caller to
+        write to the events topic, where the pool's other relays apply them; and
+        its dispositions counted towards the warm-up bounce and complaint rates."""
+        now = self.clock.time()
+        new: list[SiteAction] = []
+        for asked in settlement.actions:
+            self.metrics.backoffs.labels(domain, egress.address, asked.action.kind).inc()
+            record = self.shaping.actions.decide(
+                site,
+                egress.address,
+                asked.action,
+                now,
+                reply=asked.reply,
+                bounce_class=asked.bounce_class,
+                relay=self.relay_id,
+            )
+            if record is not None and self.shaping.actions.apply(record):
+                # Counted by the relay that got the reply: summed over the
+                # pool's relays, each action once.
+                self.metrics.site_actions.labels(site, egress.address, record.action).inc()
+                log_action(record, "")
+                new.append(record)
         for ev in settlement.events:
             self.ledger.outcome(egress.address, ev.disposition)
+        return new
+
+    def _suspensions_active(self) -> int:
+        now = self.clock.time()
+        return sum(1 for a in self.shaping.actions.active(now) if a.action is ActionKind.SUSPEND)
 
     def throttle(self, site: str) -> Throttle:
         """The site's shaping: `recipients_per_transaction` shapes the
@@ -363,4 +416,22 @@ class Scheduler:
             "queued": {d: len(q.items) for d, q in self._queues.items() if q.items},
             "lanes": {d: q.lanes for d, q in self._queues.items() if q.lanes},
             "stalls": self.stalls.describe(),
+            "site_actions": [
+                {"site": a.site, "ip": a.egress_ip, "action": a.action.value, "until": a.until}
+                for a in self.shaping.actions.active(self.clock.time())
+            ],
         }
+
+
+def log_action(record: SiteAction, via: str) -> None:
+    """One warning line per site action held: what an operator greps for."""
+    log.warning(
+        "%s %s on %s until %s after %r%s",
+        record.site,
+        STATE_OF[record.action],
+        record.egress_ip,
+        time.strftime("%H:%M:%SZ", time.gmtime(record.until)),
+        record.reply,
+        via,
+    )
+

@@ -9,10 +9,10 @@ The single answer to where a 4xx becomes a retry (ARCHITECTURE.md, "Where to loo
         still within max age  -> the recipient joins the retry record
                                  (attempt + 1, due now + the retry schedule's delay)
         past max age          -> EXPIRED instead
-      reply asks for back-off -> the egress IP rests for this domain
+      reply's rule has an action -> the site is suspended or slowed for the egress IP
 
 The engine applies a `Settlement` (emission produces it; scheduling applies the
-back-offs; the warm-up ledger counts the dispositions); `test_settlement`
+site actions, pool-wide; the warm-up ledger counts the dispositions); `test_settlement`
 drives this table without a broker, a transport or time.
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from mailpipe.contracts.bounces import BounceClassifier
+from mailpipe.contracts.bounces import BounceClassifier, ReplyAction
 from mailpipe.contracts.config import RetrySettings
 from mailpipe.contracts.strikes import StrikeLedger
 from mailpipe.contracts.tls_outcome import TLSOutcome
@@ -35,7 +35,7 @@ from mailpipe.contracts.wire import (
     suppression_key,
 )
 
-from .classify import ReplyReason, Verdict, classify, reply
+from .classify import Verdict, classify, reply
 from .ports import TransactionResult
 
 MAX_REPLY_CHARS = 2000  # Event.reply's bound: a receiver's essay must not bloat the topic
@@ -53,11 +53,19 @@ class Transaction(NamedTuple):
     result: TransactionResult
 
 
+class AskedAction(NamedTuple):
+    """A reply whose rule asks the egress IP to stop or slow down for the site."""
+
+    action: ReplyAction
+    reply: str  # the reply as the receiver said it ("421 4.7.28 ..."): what the status quotes
+    bounce_class: str | None
+
+
 class Settlement(NamedTuple):
     events: tuple[Event, ...] = ()
     suppressions: tuple[Suppression, ...] = ()
     retry: DeliveryRecord | None = None  # deferred recipients; `not_before` is the due time
-    backoffs: tuple[ReplyReason, ...] = ()  # one per reply that asked the IP to slow down
+    actions: tuple[AskedAction, ...] = ()  # one per reply whose rule has a site action
 
 
 def event(
@@ -120,14 +128,14 @@ def settle(
     classifier: BounceClassifier | None = None,
     strikes: StrikeLedger | None = None,
 ) -> Settlement:
-    """Events, suppressions, the retry record and back-offs of one attempt.
+    """Events, suppressions, the retry record and site actions of one attempt.
     `classifier`: the pool's bounce rules (default: the packaged ones);
     `strikes`: the bounces counted toward a class's threshold so far (default:
     none, so only classes that suppress at once suppress)."""
     ledger = strikes if strikes is not None else StrikeLedger()
     events: list[Event] = []
     suppressions: list[Suppression] = []
-    backoffs: list[ReplyReason] = []
+    actions: list[AskedAction] = []
     deferred: list[Recipient] = []
     next_delay = retry.delay_for(record.attempt + 1)
     expires = record.created_at + retry.max_age_seconds
@@ -135,8 +143,8 @@ def settle(
         for rcpt in tx.recipients:
             r = tx.result.replies.get(rcpt.address) or NO_REPLY
             verdict = classify(r, tx.result.detail.get(rcpt.address), classifier)
-            if verdict.backoff:
-                backoffs.append(verdict.reason)
+            if verdict.action is not None:
+                actions.append(AskedAction(verdict.action, f"{r.code} {r.text}", verdict.bounce_class))
             disposition = verdict.disposition
             if disposition is Disposition.BOUNCED:
                 why = _suppresses(verdict, rcpt.address, ledger, now)
@@ -181,7 +189,7 @@ def settle(
                 "not_before": now + next_delay,
             }
         )
-    return Settlement(tuple(events), tuple(suppressions), retry_record, tuple(backoffs))
+    return Settlement(tuple(events), tuple(suppressions), retry_record, tuple(actions))
 
 
 def _suppresses(verdict: Verdict, address: str, ledger: StrikeLedger, now: float) -> str | None:

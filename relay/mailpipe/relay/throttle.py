@@ -1,4 +1,4 @@
-"""Shaping state: message rates and connection counts per site, back-offs per destination.
+"""Shaping state: message rates and connection counts per site, site actions per egress IP.
 
 The counters only; `scheduling` is where they are consulted and the limits
 enforced. Kafka keys records by site (`contracts.sites`; a record read under
@@ -7,6 +7,11 @@ a site at a time; the limits kept here in memory are therefore pool-wide
 limits (ARCHITECTURE.md, "Limits hold pool-wide") without any shared counter store. All
 times come from the injected clock's monotonic reading, so tests drive them
 without sleeping.
+
+A site action (a reply rule's `suspend` or `slow`, `contracts.site_actions`)
+is the exception: it is about one egress IP, and the IP sends for every relay
+of the pool, so its table is shared through the events topic and kept in
+wall-clock time (`actions`); a slowed IP's own pace is a token bucket here.
 """
 
 from __future__ import annotations
@@ -14,11 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mailpipe.contracts.config import Throttle
-
-# After a 421 / 4.7.x the IP rests this long for that domain, doubling on each
-# repeat up to the cap: receivers that rate-limit usually lift it in minutes.
-BACKOFF_FIRST_SECONDS = 60.0
-BACKOFF_MAX_SECONDS = 15 * 60.0
+from mailpipe.contracts.site_actions import SiteAction, SiteActions
 
 
 class TokenBucket:
@@ -63,6 +64,10 @@ class TokenBucket:
             self._next_free = at
             self._last = None
 
+    def free_in(self, now: float) -> float:
+        """Seconds until a token is free (0.0: now); takes nothing."""
+        return max(0.0, self._next_free - now)
+
     def turn(self, now: float) -> float:
         """When a lane may start its next attempt: paced at the rate, never before
         the next free token. Takes nothing."""
@@ -83,11 +88,14 @@ class Shaper:
         return self.connections < self.throttle.max_connections
 
 
-@dataclass
-class Backoff:
-    until: float
-    seconds: float
-    reason: str
+def slowed_rate(action: SiteAction, throttle: Throttle) -> float:
+    """Messages per minute of an IP a `slow` action holds: its rate, and at most
+    its fraction of the site's configured rate when the site has one."""
+    assert action.messages_per_minute is not None  # a slow action always has one
+    rate = action.messages_per_minute
+    if action.rate_factor is not None and throttle.messages_per_minute is not None:
+        rate = min(rate, action.rate_factor * throttle.messages_per_minute)
+    return rate
 
 
 @dataclass
@@ -95,7 +103,10 @@ class Shaping:
     """All shapers of a relay, created on first use from the config's lookup."""
 
     shapers: dict[str, Shaper] = field(default_factory=dict)
-    backoffs: dict[tuple[str, str], Backoff] = field(default_factory=dict)
+    # The pool's site actions (shared with the events follower) and the pace of
+    # each slowed (site, IP).
+    actions: SiteActions = field(default_factory=SiteActions)
+    slowed: dict[tuple[str, str], TokenBucket] = field(default_factory=dict)
 
     def shaper(self, key: str, throttle: Throttle, now: float) -> Shaper:
         shaper = self.shapers.get(key)
@@ -110,24 +121,10 @@ class Shaping:
             self.shapers[key] = shaper
         return shaper
 
-    def back_off(self, ip: str, domain: str, reason: str, now: float) -> Backoff:
-        """Rest `ip` for `domain`, doubling the rest if it was already resting."""
-        prev = self.backoffs.get((ip, domain))
-        seconds = BACKOFF_FIRST_SECONDS
-        if prev is not None and prev.until > now - prev.seconds:
-            seconds = min(prev.seconds * 2, BACKOFF_MAX_SECONDS)
-        backoff = Backoff(now + seconds, seconds, reason)
-        self.backoffs[(ip, domain)] = backoff
-        return backoff
-
-    def backed_off(self, ip: str, domain: str, now: float) -> bool:
-        backoff = self.backoffs.get((ip, domain))
-        return backoff is not None and backoff.until > now
-
-    def earliest_backoff_end(self, domain: str, ips: list[str], now: float) -> float | None:
-        ends = [
-            b.until
-            for (ip, d), b in self.backoffs.items()
-            if d == domain and ip in ips and b.until > now
-        ]
-        return min(ends) if ends else None
+    def slow_bucket(self, site: str, ip: str, rate: float, now: float) -> TokenBucket:
+        """The pace of `ip` to `site` while a slow action holds (made anew when
+        the rate changes)."""
+        bucket = self.slowed.get((site, ip))
+        if bucket is None or bucket.interval != 60.0 / rate:
+            bucket = self.slowed[(site, ip)] = TokenBucket(rate, now)
+        return bucket

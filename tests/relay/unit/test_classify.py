@@ -24,7 +24,9 @@ from mailpipe.relay.classify import classify, enhanced_code, reply
         (550, "5.1.1 no such user", Disposition.BOUNCED, "mailbox_unknown", True, False),
         (556, "5.1.10 null MX", Disposition.BOUNCED, "mailbox_unknown", True, False),
         (550, "no such user here", Disposition.BOUNCED, "mailbox_unknown", True, False),
-        (554, "5.7.1 blocked by policy", Disposition.BOUNCED, "policy_block", False, True),
+        # issue 21: whether a reply acts on the site is the bounce rules' data; a
+        # policy refusal that names no rate or reputation does not
+        (554, "5.7.1 blocked by policy", Disposition.BOUNCED, "policy_block", False, False),
         (552, "5.2.2 over quota", Disposition.BOUNCED, "mailbox_or_system_full", False, False),
         (554, "transaction failed", Disposition.BOUNCED, "permanent_failure", False, False),
         (999, "what", Disposition.DEFERRED, "invalid_reply", False, False),

@@ -55,8 +55,10 @@ CASES = {
         True,
     ),
     "rcpt-rate-limit": (Stage.RCPT, 450, "4.7.1 slow down", D, "rate_limited", False, False),
-    # MAIL and DATA refusals are about the sender: back off the IP
-    "mail-policy": (Stage.MAIL, 550, "5.7.1 sender blocked", B, "policy_block", False, True),
+    # issue 21: a refused sender or a message judged spam is about the sender
+    # or the message, not the IP's rate: resting the IP changes nothing (the
+    # bounce rules give these classes no site action) ...
+    "mail-policy": (Stage.MAIL, 550, "5.7.1 sender blocked", B, "policy_block", False, False),
     "message-policy": (
         Stage.MESSAGE,
         554,
@@ -64,8 +66,11 @@ CASES = {
         B,
         "policy_block",
         False,
-        True,
+        False,
     ),
+    # ... while a receiver's words about the IP's rate act wherever they come
+    "mail-rate": (Stage.MAIL, 421, "4.7.0 too many connections from your IP", D,
+                  "service_unavailable", False, True),
     # finding 6: a 5xx greeting refuses the host, never suppresses the mailbox
     "greeting-5.1.1": (
         Stage.GREETING,

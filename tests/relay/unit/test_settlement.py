@@ -48,7 +48,11 @@ def one(reply_text: str, *, attempt: int = 0, age_s: float = 0.0) -> Settlement:
         ("451 4.3.0 later", 0, 3600 - 59, Disposition.EXPIRED, None, False, 0),  # past max age
         ("421 4.7.0 slow down", 0, 0, Disposition.DEFERRED, NOW + 60, False, 1),
         ("550 5.1.1 no such user", 0, 0, Disposition.BOUNCED, None, True, 0),
-        ("554 5.7.1 blocked", 0, 0, Disposition.BOUNCED, None, False, 1),
+        # a policy refusal whose words name no rate or reputation asks nothing
+        # of the IP (the bounce rules' actions; issue 21)
+        ("554 5.7.1 blocked", 0, 0, Disposition.BOUNCED, None, False, 0),
+        ("554 5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org", 0, 0,
+         Disposition.BOUNCED, None, False, 1),
         ("552 5.2.2 full", 0, 0, Disposition.BOUNCED, None, False, 0),
     ],
     ids=lambda v: str(v),
@@ -72,7 +76,7 @@ def test_settlement_table(
         assert s.retry is not None
         assert (s.retry.not_before, s.retry.attempt) == (retry_due, attempt + 1)
     assert bool(s.suppressions) is suppressed
-    assert len(s.backoffs) == backoffs
+    assert len(s.actions) == backoffs
 
 
 def test_missing_reply_is_a_deferral_and_only_deferred_recipients_retry() -> None:

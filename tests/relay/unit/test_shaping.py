@@ -6,7 +6,7 @@ import pytest
 
 from mailpipe.relay.offsets import OffsetTracker
 from mailpipe.relay.ports import Envelope, TopicPartition, TransactionResult
-from mailpipe.relay.throttle import BACKOFF_FIRST_SECONDS, Shaping, TokenBucket
+from mailpipe.relay.throttle import TokenBucket
 
 from .conftest import Harness, make_config, record_bytes
 
@@ -20,16 +20,6 @@ def test_token_bucket_spaces_sends_at_the_rate() -> None:
     assert bucket.take(2.0) == pytest.approx(0.3)  # ... and the next an interval after that
     assert bucket.take(10.0) == 0.0
     assert bucket.take(10.0) == 1.0  # idle time does not bank a burst
-
-
-def test_backoff_doubles_while_repeating() -> None:
-    s = Shaping()
-    first = s.back_off("127.0.0.2", "d.test", "rate_limited", now=0.0)
-    assert first.seconds == BACKOFF_FIRST_SECONDS
-    assert s.backed_off("127.0.0.2", "d.test", now=1.0)
-    assert not s.backed_off("127.0.0.3", "d.test", now=1.0)
-    second = s.back_off("127.0.0.2", "d.test", "rate_limited", now=61.0)
-    assert second.seconds == 2 * BACKOFF_FIRST_SECONDS
 
 
 def test_offsets_commit_lowest_unfinished() -> None:

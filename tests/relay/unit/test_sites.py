@@ -192,4 +192,5 @@ async def test_a_sites_back_off_rests_the_ip_for_all_its_domains() -> None:
     delays = ("p.delay.1m", "p.delay.10m")
     await h.run_until(lambda: sum(len(h.sink.topics[t]) for t in delays) == 2)
     assert [e.domain for e in h.transport.envelopes] == ["a.test"]  # b.test never tried
-    assert h.engine.scheduler.shaping.backoffs.keys() == {("127.0.0.2", "grp")}
+    [held] = h.engine.scheduler.shaping.actions.active(h.clock.time())
+    assert (held.site, held.egress_ip) == ("grp", "127.0.0.2")

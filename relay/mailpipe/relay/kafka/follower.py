@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 
 from mailpipe.contracts.config import KafkaSettings
+from mailpipe.contracts.site_actions import SiteAction, SiteActions
 from mailpipe.contracts.suppressions import CampaignStates, SuppressionList, apply_suppression
 from mailpipe.contracts.warmup import WarmupLedger, decode_events_value
 from mailpipe.contracts.wire import WireError, decode_control
@@ -23,11 +24,21 @@ from mailpipe.kafkakit import TopicFollower
 from mailpipe.kafkakit.follower import Apply
 
 from ..metrics import RelayMetrics
+from ..scheduling import log_action
 
 log = logging.getLogger("mailpipe.relay")
 
 
-def apply_event(ledger: WarmupLedger, relay_id: str, bad: Callable[[], None]) -> Apply:
+def apply_event(
+    ledger: WarmupLedger,
+    relay_id: str,
+    bad: Callable[[], None],
+    actions: SiteActions | None = None,
+) -> Apply:
+    """Apply a value of the pool's events topic: events (and un-pauses, usage
+    reports) to the warm-up ledger, site actions of any relay to `actions` -
+    so a suspension holds on every relay of the pool, and a relay that starts
+    knows the active ones before it joins the group."""
     # This relay's own live events are skipped before decoding: the ledger
     # counted them when they were sent, and decoding every event this relay
     # produces would only spend CPU to ignore it.
@@ -42,6 +53,10 @@ def apply_event(ledger: WarmupLedger, relay_id: str, bad: Callable[[], None]) ->
             event = decode_events_value(value)  # an event, or an IP's un-pause
         except WireError:
             bad()
+            return
+        if isinstance(event, SiteAction):
+            if actions is not None and actions.apply(event) and live:
+                log_action(event, f" (from {event.relay})")
             return
         ledger.observe(event, replaying=not live)
 
@@ -76,6 +91,7 @@ def relay_followers(
     ledger: WarmupLedger,
     campaigns: CampaignStates,
     metrics: RelayMetrics,
+    actions: SiteActions | None = None,
 ) -> list[TopicFollower]:
     """The followers, not started (start them, then await every
     `wait_caught_up` before the consumer joins the group): the pool's
@@ -96,7 +112,7 @@ def relay_followers(
         TopicFollower(
             bootstrap,
             settings.events_topic,
-            apply_event(ledger, relay_id, counter(settings.events_topic)),
+            apply_event(ledger, relay_id, counter(settings.events_topic), actions),
         ),
         TopicFollower(
             bootstrap,
