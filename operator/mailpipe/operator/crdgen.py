@@ -171,6 +171,13 @@ def sendingpool_crd() -> dict[str, Any]:
             {"name": "Available", "type": "integer", "jsonPath": ".status.relays.available"},
             {"name": "IPs", "type": "integer", "jsonPath": ".status.ipCount"},
             {"name": "Warmup", "type": "string", "jsonPath": ".status.warmupSummary"},
+            # sites a reply rule suspended or slowed for an IP (`-o wide`: usually empty)
+            {
+                "name": "Sites",
+                "type": "string",
+                "priority": 1,
+                "jsonPath": ".status.siteActionsSummary",
+            },
             # why not Ready (PolicyViolation, SecretNotFound, RelaysUnavailable, ...)
             {
                 "name": "Reason",
@@ -189,7 +196,9 @@ def sendingpool_crd() -> dict[str, Any]:
             "TopicsReady, EndpointsReady) with observedGeneration, relays (desired, available), "
             "endpoints (feedback, unsubscribe, submission: desired, available), secretsHash, "
             "topics, configHash, ipCount, warmupSummary and per-IP warm-up "
-            "(day, capToday, sentToday); tls (recipients tried, verified, in clear, and the "
+            "(day, capToday, sentToday); siteActions (sites a reply rule suspended or slowed "
+            "for an egress IP: site, ip, action, until, after which reply) and "
+            "siteActionsSummary; tls (recipients tried, verified, in clear, and the "
             "busiest sites with their MTA-STS policy, last protocol and last failure); "
             "replicas and selector of the relay pods (scale)."
         ),

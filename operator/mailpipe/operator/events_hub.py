@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
 
+from mailpipe.contracts.site_actions import SiteAction
 from mailpipe.contracts.warmup import IPUnpaused, WarmupUsage, decode_events_value
 from mailpipe.contracts.wire import Event, WireError
 from mailpipe.kafkakit import client_options, without_auto_create
@@ -42,6 +43,7 @@ log = logging.getLogger("mailpipe.operator.events")
 
 Observer = Callable[[Event], None]
 UnpauseObserver = Callable[[IPUnpaused], None]
+SiteActionObserver = Callable[[SiteAction], None]
 ConsumerFactory = Callable[[str], KafkaConsumer]
 
 POLL_TIMEOUT_MS = 200  # how soon a stop request or a new topic is noticed
@@ -86,6 +88,7 @@ def lookup_pause(took_seconds: float) -> float:
 class _Subscriber:
     on_event: Observer
     on_unpause: UnpauseObserver | None
+    on_site_action: SiteActionObserver | None
     start_epoch: int  # records read before the topic's next rewind are not for it
     next: dict[int, int] = field(default_factory=dict)  # partition -> next unseen offset
 
@@ -101,7 +104,7 @@ class _Topic:
 
 
 # (topic, partition, offset, epoch, decoded value)
-_Item = tuple[str, int, int, int, Event | IPUnpaused]
+_Item = tuple[str, int, int, int, Event | IPUnpaused | SiteAction]
 
 
 class ClusterReader:
@@ -123,12 +126,20 @@ class ClusterReader:
         self._thread = threading.Thread(target=self._run, name=f"events-{bootstrap}", daemon=True)
         self._thread.start()
 
-    def subscribe(self, topic: str, on_event: Observer, on_unpause: UnpauseObserver | None) -> None:
+    def subscribe(
+        self,
+        topic: str,
+        on_event: Observer,
+        on_unpause: UnpauseObserver | None,
+        on_site_action: SiteActionObserver | None = None,
+    ) -> None:
         with self._lock:
             t = self._topics.setdefault(topic, _Topic())
             if any(s.on_event == on_event for s in t.subscribers):
                 return
-            t.subscribers.append(_Subscriber(on_event, on_unpause, start_epoch=t.epoch + 1))
+            t.subscribers.append(
+                _Subscriber(on_event, on_unpause, on_site_action, start_epoch=t.epoch + 1)
+            )
             t.rewind = True
         self._changed.set()
 
@@ -269,6 +280,9 @@ class ClusterReader:
                     if isinstance(value, IPUnpaused):
                         if s.on_unpause is not None:
                             s.on_unpause(value)
+                    elif isinstance(value, SiteAction):
+                        if s.on_site_action is not None:
+                            s.on_site_action(value)
                     else:
                         s.on_event(value)
                 except Exception:
@@ -305,9 +319,11 @@ class EventsHub:
         topic: str,
         observer: Observer,
         on_unpause: UnpauseObserver | None = None,
+        on_site_action: SiteActionObserver | None = None,
     ) -> None:
-        """Call `observer` with every event on `topic`, from its beginning, and
-        `on_unpause` with every un-pause record; idempotent per observer."""
+        """Call `observer` with every event on `topic`, from its beginning,
+        `on_unpause` with every un-pause record and `on_site_action` with every
+        site action (`contracts.site_actions`); idempotent per observer."""
         with self._lock:
             reader = self._readers.get(bootstrap)
             if reader is None:
@@ -315,7 +331,7 @@ class EventsHub:
                     raise RuntimeError("EventsHub.follow before start")
                 reader = ClusterReader(bootstrap, self._loop, self._counted_factory)
                 self._readers[bootstrap] = reader
-        reader.subscribe(topic, observer, on_unpause)
+        reader.subscribe(topic, observer, on_unpause, on_site_action)
 
     def unfollow(self, bootstrap: str, topic: str) -> None:
         """Stop reading `topic` (its pool is gone); its observers get nothing more.

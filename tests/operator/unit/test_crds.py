@@ -70,6 +70,7 @@ def test_printer_columns() -> None:
         "Available",
         "IPs",
         "Warmup",
+        "Sites",
         "Reason",
         "Endpoints",
         "Age",

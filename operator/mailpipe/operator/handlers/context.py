@@ -23,6 +23,7 @@ import kopf
 from pydantic import ValidationError
 
 from mailpipe.contracts.signing import ConfigSigner
+from mailpipe.contracts.site_actions import SiteActions
 from mailpipe.contracts.topics import Topics
 from mailpipe.contracts.warmup import WarmupLedger
 
@@ -105,6 +106,9 @@ class OperatorState:
     """(bootstrap, events topic) each ledger is fed from (`handlers/warmup.py`)."""
     tls: dict[str, TLSTally] = field(default_factory=dict)
     """Per pool (`namespace/name`): the TLS of its attempts, for its status."""
+    site_actions: dict[str, SiteActions] = field(default_factory=dict)
+    """Per pool (`namespace/name`): its sites suspended or slowed for an IP, for
+    its status, as its relays hold them (`contracts.site_actions`)."""
     policy: ClusterPolicy = field(default_factory=ClusterPolicy)
     """The platform's cluster policy (`mailpipe operator --policy`); restrictive
     by default so a wiring slip fails closed."""

@@ -14,7 +14,9 @@ relay Deployment: this module never writes a pool's children.
   (`warmupSummary`), and the `WarmupPaused` condition plus a Warning Event
   when an IP pauses for its bounce or complaint rate; and the same events'
   TLS outcomes into the `tls` section (`tls_status`: per site, verified,
-  unverified or clear, and the last failure).
+  unverified or clear, and the last failure); and the sites its relays hold
+  suspended or slowed for an IP (a reply rule's action, `contracts.site_actions`)
+  into `siteActions` and the SITES column (`siteActionsSummary`).
 - The `mailpipe.io/unpause-ip: <ip>[,<ip>]` annotation makes the operator write
   an `IPUnpaused` record to the pool's events topic (relays and this ledger
   both replay it, so the lift survives restarts), then remove the annotation.
@@ -34,6 +36,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from mailpipe.contracts.site_actions import STATE_OF, SiteAction, SiteActions
 from mailpipe.contracts.warmup import (
     UNPAUSE_ANNOTATION,
     IPReport,
@@ -58,6 +61,7 @@ WARMUP_STATUS_IDLE_SECONDS = 5  # let a just-edited pool settle before its first
 WARMUP_LEDGER_RELAY_ID = "operator"  # the ledger only reads events; it never sends as a relay
 UNPAUSE_RETRY_SECONDS = 15  # a broker that refuses the un-pause record is retried at this pace
 PAUSED = "WarmupPaused"
+SUMMARY_ACTIONS = 2  # site actions named in the SITES column; the rest counted
 
 
 @kopf.on.event(GROUP, VERSION, "sendingpools")
@@ -105,11 +109,13 @@ def follow_pool_events(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec
         state.hub.forget(*state.warmup_sources[key])
     ledger = state.ledgers[key] = WarmupLedger(cfg, relay_id=WARMUP_LEDGER_RELAY_ID)
     state.warmup_sources[key] = source
+    actions = state.site_actions[key] = SiteActions()
     # replaying=True: the operator sends nothing itself, so every event counts
     state.hub.follow(
         *source,
         lambda e: ledger.observe(e, replaying=True),
         on_unpause=lambda u: ledger.observe(u, replaying=True),
+        on_site_action=actions.apply,
     )
     state.hub.follow(*source, state.tally.observe)
     tls = state.tls[key] = TLSTally()
@@ -120,6 +126,7 @@ def forget_pool(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec) -> No
     key = _key(ref)
     state.ledgers.pop(key, None)
     state.tls.pop(key, None)
+    state.site_actions.pop(key, None)
     source = state.warmup_sources.pop(key, None)
     if source is not None:  # never followed: nothing to forget, and no name to derive
         state.hub.forget(*source)
@@ -135,6 +142,40 @@ def pause_message(paused: list[IPReport]) -> str:
     """One line: which IPs paused, why, since when, and how to lift it."""
     parts = [f"{r.address} paused: {r.paused_reason}{_when(r.paused_at)}" for r in paused]
     return "; ".join(parts) + f" (annotate the pool {UNPAUSE_ANNOTATION}=<ip> to lift)"
+
+
+def _utc(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def site_actions_status(actions: list[SiteAction]) -> list[dict[str, Any]]:
+    """`status.siteActions`: each site suspended or slowed for an IP, until when,
+    after which reply (what the operator reads to know why a site gets nothing)."""
+    return [
+        {
+            "site": a.site,
+            "ip": a.egress_ip,
+            "action": STATE_OF[a.action].value,
+            "until": _utc(a.until),
+            "after": a.reply,
+            **({"messagesPerMinute": a.messages_per_minute} if a.messages_per_minute else {}),
+            **({"relay": a.relay} if a.relay else {}),
+        }
+        for a in actions
+    ]
+
+
+def site_actions_summary(actions: list[SiteAction]) -> str:
+    """The SITES printer column: `gmail.com suspended on 203.0.113.5 until 14:20Z`,
+    or "" when no site is held back."""
+    parts = [
+        f"{a.site} {STATE_OF[a.action]} on {a.egress_ip} until "
+        + dt.datetime.fromtimestamp(a.until, dt.UTC).strftime("%H:%MZ")
+        for a in actions
+    ]
+    if len(parts) > SUMMARY_ACTIONS:
+        parts = [*parts[:SUMMARY_ACTIONS], f"+{len(parts) - SUMMARY_ACTIONS} more"]
+    return ", ".join(parts)
 
 
 def warmup_summary(reports: list[IPReport]) -> str:
@@ -197,6 +238,14 @@ async def pool_warmup_status(
     if ips != status.get("ips") or summary != status.get("warmupSummary"):
         changed = {"ips": ips, "warmupSummary": summary}
         patch.status.update(changed)
+    table = state.site_actions.get(f"{namespace}/{name}")
+    active = table.active(time.time()) if table is not None else []
+    site_actions = site_actions_status(active)
+    if site_actions != (status.get("siteActions") or []):
+        # [] rather than None: a merge patch's None would delete the field, and an
+        # absent list reads back the same as an empty one above
+        patch.status["siteActions"] = site_actions
+        patch.status["siteActionsSummary"] = site_actions_summary(active)
     tls = status_update(state.tls.get(f"{namespace}/{name}"), status.get("tls"))
     if tls is not None:
         patch.status["tls"] = tls
