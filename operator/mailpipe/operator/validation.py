@@ -45,6 +45,9 @@ class Reason(enum.StrEnum):
     INVALID_SPEC = "InvalidSpec"
     UNKNOWN_TIME_ZONE = "UnknownTimeZone"
     INVALID_DELAY_STEP = "InvalidDelayStep"
+    # spec.bounces: a rule's pattern or action; the whole rule file is refused
+    # (nothing of it reaches the relays) until it is fixed
+    INVALID_BOUNCE_RULES = "InvalidBounceRules"
     UNKNOWN_DOMAIN_GROUP = "UnknownDomainGroup"
     RETRY_LONGER_THAN_MAX_AGE = "RetryLongerThanMaxAge"
     SECRET_NOT_FOUND = "SecretNotFound"
@@ -100,6 +103,8 @@ def _reason(path: str, msg: str) -> Reason:
         return Reason.UNKNOWN_TIME_ZONE
     if ".delaySteps" in path:
         return Reason.INVALID_DELAY_STEP
+    if path.startswith("spec.bounces"):
+        return Reason.INVALID_BOUNCE_RULES
     if "unknown groups" in msg:
         return Reason.UNKNOWN_DOMAIN_GROUP
     return Reason.INVALID_SPEC
