@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,7 +43,9 @@ class ActionState(enum.StrEnum):
     SLOWED = "slowed"
 
 
-STATE_OF = {ActionKind.SUSPEND: ActionState.SUSPENDED, ActionKind.SLOW: ActionState.SLOWED}
+STATE_OF = MappingProxyType(
+    {ActionKind.SUSPEND: ActionState.SUSPENDED, ActionKind.SLOW: ActionState.SLOWED}
+)
 
 
 class SiteAction(BaseModel):
@@ -120,9 +123,9 @@ class SiteActions:
         if held is not None and held.until > now:
             return None
         seconds = float(action.duration_seconds)
-        if held is not None and action.max_duration_seconds is not None:
-            if now < held.until + held.seconds:  # refused again right after it ended
-                seconds = min(max(seconds, held.seconds * 2), action.max_duration_seconds)
+        cap = action.max_duration_seconds
+        if cap is not None and held is not None and now < held.until + held.seconds:
+            seconds = min(max(seconds, held.seconds * 2), cap)  # refused again right after
         return SiteAction(
             site=site,
             egress_ip=ip,

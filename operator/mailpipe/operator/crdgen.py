@@ -88,7 +88,7 @@ def _spec_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-def _ready_column() -> dict[str, str]:
+def _ready_column() -> dict[str, str | int]:
     return {
         "name": "Ready",
         "type": "string",
@@ -102,7 +102,7 @@ def crd(
     plural: str,
     short: str,
     spec: type[BaseModel],
-    columns: list[dict[str, str]],
+    columns: list[dict[str, str | int]],
     status_doc: str,
     scale: dict[str, str] | None = None,
 ) -> dict[str, Any]:

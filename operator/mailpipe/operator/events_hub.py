@@ -43,7 +43,7 @@ log = logging.getLogger("mailpipe.operator.events")
 
 Observer = Callable[[Event], None]
 UnpauseObserver = Callable[[IPUnpaused], None]
-SiteActionObserver = Callable[[SiteAction], None]
+SiteActionObserver = Callable[[SiteAction], object]  # what it returns is ignored
 ConsumerFactory = Callable[[str], KafkaConsumer]
 
 POLL_TIMEOUT_MS = 200  # how soon a stop request or a new topic is noticed

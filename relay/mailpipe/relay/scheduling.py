@@ -342,21 +342,21 @@ class Scheduler:
                 rate = slowed_rate(held, self.config.throttle_for_site(site))
                 slowed[ip] = self.shaping.slow_bucket(site, ip, rate, mono).free_in(mono)
         excluded.update(ip for ip, wait in slowed.items() if wait > 0)
-        ip = self.ledger.choose(domain, count, now, frozenset(excluded))
-        if ip is None and self.ledger.settling:
+        chosen = self.ledger.choose(domain, count, now, frozenset(excluded))
+        if chosen is None and self.ledger.settling:
             # Budgets are unknown until the events topic is read past the
             # rebalance (`WarmupLedger.hold`): a second, not the next day.
             return NoEgress(now + SETTLING_RETRY_SECONDS)
-        if ip is None:
+        if chosen is None:
             ends = [w for w in slowed.values() if w > 0]
             end = actions.suspension_end(site, ips, now)
             if end is not None:
                 ends.append(end - now)
             due = now + min(ends) if ends else self.ledger.next_day_start(now)
             return NoEgress(due)
-        if ip in slowed:
-            self.shaping.slowed[(site, ip)].take(mono)
-        return Egress(ip, next(e.helo for e in self.config.egress if e.address == ip))
+        if chosen in slowed:
+            self.shaping.slowed[(site, chosen)].take(mono)
+        return Egress(chosen, next(e.helo for e in self.config.egress if e.address == chosen))
 
     def count_sent(self, egress: Egress, domain: str, count: int, now: float) -> None:
         """Spend `count` of the IP's warm-up budget before the attempt, so two
@@ -434,4 +434,3 @@ def log_action(record: SiteAction, via: str) -> None:
         record.reply,
         via,
     )
-

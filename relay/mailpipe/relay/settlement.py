@@ -144,7 +144,9 @@ def settle(
             r = tx.result.replies.get(rcpt.address) or NO_REPLY
             verdict = classify(r, tx.result.detail.get(rcpt.address), classifier)
             if verdict.action is not None:
-                actions.append(AskedAction(verdict.action, f"{r.code} {r.text}", verdict.bounce_class))
+                actions.append(
+                    AskedAction(verdict.action, f"{r.code} {r.text}", verdict.bounce_class)
+                )
             disposition = verdict.disposition
             if disposition is Disposition.BOUNCED:
                 why = _suppresses(verdict, rcpt.address, ledger, now)

@@ -153,8 +153,7 @@ ACTION_CASES: dict[str, Case] = {
         "greeting",
         421,
         "4.7.0",
-        f"4.7.0 [TS01] Messages from {IP} temporarily deferred due to user complaints"
-        " - 4.16.55.1",
+        f"4.7.0 [TS01] Messages from {IP} temporarily deferred due to user complaints - 4.16.55.1",
         C.RATE_LIMITED,
         SUSPEND,
         3600,
@@ -227,8 +226,15 @@ ACTION_CASES: dict[str, Case] = {
         SUSPEND,
         60,
     ),
-    "flood-5.7.28": ("message", 550, "5.7.28", "5.7.28 mail flood detected", C.RATE_LIMITED,
-                     None, None),
+    "flood-5.7.28": (
+        "message",
+        550,
+        "5.7.28",
+        "5.7.28 mail flood detected",
+        C.RATE_LIMITED,
+        None,
+        None,
+    ),
     "greeting-421": (
         "greeting",
         421,
@@ -268,7 +274,11 @@ def decide(case: Case) -> tuple[BounceClass, ReplyAction | None]:
 @pytest.mark.parametrize("case", list(ACTION_CASES.values()), ids=list(ACTION_CASES))
 def test_each_reply_gets_its_class_and_action(case: Case) -> None:
     bounce_class, action = decide(case)
-    got = (bounce_class, action.kind if action else None, action.duration_seconds if action else None)
+    got = (
+        bounce_class,
+        action.kind if action else None,
+        action.duration_seconds if action else None,
+    )
     assert got == case[4:]
 
 
@@ -307,10 +317,16 @@ def test_relay_made_replies_never_act() -> None:
         ("{kind: suspend}", "action.durationSeconds: Field required"),
         ("{kind: suspend, durationSeconds: 0}", "action.durationSeconds"),
         ("{kind: suspend, durationSeconds: 99999999}", "action.durationSeconds"),
-        ("{kind: suspend, durationSeconds: 60, messagesPerMinute: 5}", "takes no messagesPerMinute"),
+        (
+            "{kind: suspend, durationSeconds: 60, messagesPerMinute: 5}",
+            "takes no messagesPerMinute",
+        ),
         ("{kind: slow, durationSeconds: 60}", "a slow action needs messagesPerMinute"),
         ("{kind: slow, durationSeconds: 60, messagesPerMinute: 5, rateFactor: 1.5}", "rateFactor"),
-        ("{kind: suspend, durationSeconds: 600, maxDurationSeconds: 60}", "at least durationSeconds"),
+        (
+            "{kind: suspend, durationSeconds: 600, maxDurationSeconds: 60}",
+            "at least durationSeconds",
+        ),
         ("{kind: suspend, durationSeconds: 60, for: 1}", "for: Extra inputs are not permitted"),
     ],
 )

@@ -21,7 +21,12 @@ SUSPEND = ReplyAction(kind=ActionKind.SUSPEND, duration_seconds=60, max_duration
 
 def decide(table: SiteActions, now: float, ip: str = "203.0.113.5") -> SiteAction | None:
     return table.decide(
-        "google.com", ip, SUSPEND, now, reply="421 4.7.28 slow", bounce_class="rate_limited",
+        "google.com",
+        ip,
+        SUSPEND,
+        now,
+        reply="421 4.7.28 slow",
+        bounce_class="rate_limited",
         relay="r1",
     )
 
@@ -83,8 +88,13 @@ def test_the_record_reads_back_from_the_events_topic() -> None:
 def test_a_long_multi_line_reply_is_kept_as_one_short_line() -> None:
     table = SiteActions()
     record = table.decide(
-        "s", "ip", SUSPEND, T0, reply="421-4.7.28 a\n421 4.7.28 " + "b" * 1000,
-        bounce_class=None, relay=None,
+        "s",
+        "ip",
+        SUSPEND,
+        T0,
+        reply="421-4.7.28 a\n421 4.7.28 " + "b" * 1000,
+        bounce_class=None,
+        relay=None,
     )
     assert record is not None
     assert "\n" not in record.reply and len(record.reply) == MAX_REPLY_CHARS

@@ -47,7 +47,11 @@ def test_a_suspension_shows_in_the_pools_status_until_it_ends(
 ) -> None:
     op = operator_factory()
     kubectl_ok(
-        cli_env, "apply", "-f", "-", stdin=pool_manifest("news", namespace, kafka_bootstrap, topic_prefix)
+        cli_env,
+        "apply",
+        "-f",
+        "-",
+        stdin=pool_manifest("news", namespace, kafka_bootstrap, topic_prefix),
     )
     wait_pool_ready(cli_env, namespace, op)
     now = time.time()

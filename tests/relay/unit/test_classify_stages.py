@@ -69,8 +69,15 @@ CASES = {
         False,
     ),
     # ... while a receiver's words about the IP's rate act wherever they come
-    "mail-rate": (Stage.MAIL, 421, "4.7.0 too many connections from your IP", D,
-                  "service_unavailable", False, True),
+    "mail-rate": (
+        Stage.MAIL,
+        421,
+        "4.7.0 too many connections from your IP",
+        D,
+        "service_unavailable",
+        False,
+        True,
+    ),
     # finding 6: a 5xx greeting refuses the host, never suppresses the mailbox
     "greeting-5.1.1": (
         Stage.GREETING,

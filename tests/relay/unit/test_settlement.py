@@ -51,8 +51,15 @@ def one(reply_text: str, *, attempt: int = 0, age_s: float = 0.0) -> Settlement:
         # a policy refusal whose words name no rate or reputation asks nothing
         # of the IP (the bounce rules' actions; issue 21)
         ("554 5.7.1 blocked", 0, 0, Disposition.BOUNCED, None, False, 0),
-        ("554 5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org", 0, 0,
-         Disposition.BOUNCED, None, False, 1),
+        (
+            "554 5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org",
+            0,
+            0,
+            Disposition.BOUNCED,
+            None,
+            False,
+            1,
+        ),
         ("552 5.2.2 full", 0, 0, Disposition.BOUNCED, None, False, 0),
     ],
     ids=lambda v: str(v),
