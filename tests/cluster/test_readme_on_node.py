@@ -567,7 +567,7 @@ class Run:
         listed = next(
             v for k, v in self.printed.items() if k.startswith("kubectl get sendingpools")
         )
-        assert re.search(rf"^sendingpool\S* +{POOL} +True", listed, re.MULTILINE), listed
+        assert re.search(rf"^sendingpool\S*/{POOL} +True ", listed, re.MULTILINE), listed
         [operator] = operator_pods(env)
         relays = relay_pods(env)
         assert len(relays) == 2, [p["metadata"]["name"] for p in relays]
