@@ -257,7 +257,7 @@ def test_the_operator_pod_signs_relays_where_onboarded_and_says_forbidden_elsewh
         harness.kubectl(env, "delete", "sp", "news", "-n", team_a, "--wait=true")
         # Not onboarded, nothing was made there; on the node its delete waited
         # more than 300 s for the operator's finalizer (not yet explained), so
-        # its namespace goes without it (as the stand-in version left it).
+        # its namespace goes without it.
         harness.kubectl(env, "delete", "sp", "news", "-n", team_b, "--wait=false")
         uninstall(env, release, namespace)
         harness.kubectl(

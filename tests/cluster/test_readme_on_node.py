@@ -1,4 +1,4 @@
-"""The README, run top to bottom against the dev stack: every shell block, in order.
+"""The README, run top to bottom on a real node: every shell block, in order.
 
 Each line of each ```sh block is typed, as written, into one bash started in
 the repository root with nothing of the stack (no KUBECONFIG, no
@@ -9,19 +9,32 @@ and after each block the test checks what the README says the block did. A
 README edit that breaks a line fails here, and so does a block that is neither
 run here nor named in `ELSEWHERE` with the test that runs it.
 
-What differs from a real cluster, and only that (the substitutions):
+The cluster is a stack of this module's own with its real node (containerd, a
+kubelet, the scheduler and the controller-manager): `helm install` runs the
+operator as a pod from the image built here (imported into the node, named by
+the chart's default), the quick start's pool becomes relay pods Ready on the
+one node, and a Campaign through it is delivered to a recording MX. A stack of
+its own, not the session's: the README installs a cluster-wide operator and
+its uninstall block deletes every pool and campaign in every namespace.
 
-- There is no kubelet. After `helm install` and `helm upgrade` the test does
-  what the kubelet would with the chart's operator Deployment: it runs that
-  container's command as local processes (one per replica), authenticated as
-  the chart's ServiceAccount, with free loopback ports for the health and
-  metrics endpoints; after `helm uninstall` it stops them, as the pods would
-  go. It reports the relay Deployments available, as the Deployment controller
-  would once their pods ran (`Kubelet.report_relays`).
-- The relays do not run (the examples' egress IPs, 192.0.2.0/24, are not this
-  machine's). Before a block that un-pauses the warming IP, the test writes
-  what relays write after a run of bounces, bounce events of that IP on the
-  pool's events topic, until the pool shows the IP PAUSED.
+What differs from a reader's own cluster, and only that (the substitutions):
+
+- Before the first line the shell exports `KAFKA_BOOTSTRAP` as the address the
+  node's pods reach the stack's Kafka at (its Service) and
+  `MAILPIPE_KAFKA_BOOTSTRAP` as the one this machine reaches it at (for the
+  plugin, which runs outside the cluster), as the README says for the stack.
+- The Internet's DNS and MX hosts are the stack's: the `helm install` line
+  gets three more `--set`s (policy values allowing the stack's resolver, the
+  recording receiver's port and delivery to the node's link address in
+  namespace mail), and right after the quick start applies its pool the test
+  sets that pool's `dnsNameserver`, `smtpPort` and
+  `delivery.allowPrivateDestinations`. The README's newsletter sends in
+  weekday send windows, so delivery is proven with a Campaign of the test's
+  own through the same pool.
+- The relays of the warm-up pool stay Pending (no node holds 192.0.2.20-21, as
+  the README says). Before a block that un-pauses the warming IP, the test
+  writes what relays write after a run of bounces, bounce events of that IP on
+  the pool's events topic, until the pool shows the IP PAUSED.
 - The Kafka login block names the reader's own files (`./mail.pw`,
   `./ca.pem`): the shell `cd`s to a directory that holds such files first.
 - The Kafka ACL block needs what the reader's cluster has and the dev stack's
@@ -54,6 +67,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -77,11 +91,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailpipe.contracts.topics import NEVER_MAIL_TOPIC
 from mailpipe.contracts.wire import Disposition, Event, encode
-from mailpipe.devstack import harness, kafka, paths, procs
+from mailpipe.devstack import harness, kafka, node_plan, paths, procs
+from mailpipe.devstack.dns import Zone
+from mailpipe.devstack.node import Node
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.devstack.stack import Stack, StackState
+from mailpipe.operator.defaults import PoolDefaults
+from mailpipe.operator.models import CampaignSpec, SendingPoolSpec
+from mailpipe.operator.pool import PoolRef, topics
+from tests.cluster.conftest import GONE_TIMEOUT_SECONDS, Image
 from tests.conftest import wait_for
 from tests.devstack.test_cli import bare_env
-from tests.helm.kubelet import Kubelet
 from tests.kafkakit.test_tenant_acls import _admin as acl_admin
 from tests.scram_broker import (
     ACL_BROKER_START_SECONDS,
@@ -96,19 +116,30 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CRDS = ROOT / "crds"  # the chart's crds/ (a symlink to it, which kubectl -f does not follow)
 MAILPIPE = Path(sys.executable).parent / "mailpipe"
-LINE_TIMEOUT_SECONDS = 330  # the longest line: `kubectl mailpipe uninstall` waits up to 300 s
-FANOUT_SECONDS = 60  # two recipients checked and produced: seconds on an idle stack
+LINE_TIMEOUT_SECONDS = 420  # the longest line: `helm install --wait` (its default 5 min timeout)
+FANOUT_SECONDS = 120  # two recipients checked and produced by the operator pod
+DELIVERY_SECONDS = 300  # the test's campaign fanned out, read by a relay pod, delivered
+REASON_SECONDS = 180  # the warm-up pool's pods Pending, the operator's pod re-check
 STATUS_SECONDS = 90  # the warm-up status timer reports every 15 s, after 5 s idle
 ROLLOUT_SECONDS = 60
+PEERING_SECONDS = 300  # a second operator pod started (image on the node) and peered
 SHELL_EXIT_SECONDS = 10
 SHELL_BLOCK = re.compile(r"^```(?:sh|bash|shell)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 HEADING = re.compile(r"^#{2,3} (.+)$", re.MULTILINE)
 NAMESPACE, POOL, CAMPAIGN = "mail", "marketing", "november-newsletter"
+OPERATOR_NAMESPACE = "mailpipe-system"
+OPERATOR_SELECTOR = "app.kubernetes.io/instance=mailpipe,app.kubernetes.io/component=operator"
+OPERATOR_METRICS_PORT = 9090  # the chart's operator.metricsPort
+RELAY_SELECTOR = f"mailpipe.io/pool={POOL}"
+DEFAULT_IMAGE = "mailpipe.local/mailpipe:0.1.0"  # the chart's default, as the README installs it
 RELAY_DEPLOYMENT = f"mailpipe-relay-{POOL}"
 WARMING_IP = "192.0.2.21"  # examples/warmup-pool.yaml's warming IP
 EVENTS_TOPIC = f"mailpipe.{NAMESPACE}.{POOL}.events"
 POOL_TOPICS = f"mailpipe.{NAMESPACE}.{POOL}."
 FINALIZER = "mailpipe.io/finalizer"
+DELIVERY_CAMPAIGN = "quick-start-delivery"
+DELIVERY_DOMAINS = ("alpha.readme.test", "beta.readme.test")
+DELIVERY_RECIPIENTS = [f"reader{i}@{DELIVERY_DOMAINS[i % 2]}" for i in range(6)]
 
 # Blocks not run here, by the start of their first line: why, and what runs them.
 ELSEWHERE = {
@@ -322,32 +353,7 @@ class Shell:
             self.proc.stdout.close()
 
 
-# -- what the kubelet and the relays would do ---------------------------------------------
-
-
-@dataclass
-class Pods:
-    """The operator Deployment's pods, as local processes (see the module docstring)."""
-
-    kubelet: Kubelet
-    running: list[harness.Child] = field(default_factory=list)
-
-    def start(self, release: str, namespace: str) -> None:
-        manifest = harness.helm_ok(self.kubelet.env, "get", "manifest", release, "-n", namespace)
-        dep = next(d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Deployment")
-        for _ in range(dep["spec"].get("replicas", 1)):
-            self.running.append(self.kubelet.run_operator(release, namespace))
-
-    def stop(self) -> None:
-        for child in self.running:
-            child.stop()
-        self.running = []
-
-    def log(self) -> str:
-        return "".join(child.log_section() for child in self.running)
-
-    def one(self) -> harness.Child | None:
-        return self.running[0] if self.running else None
+# -- the node's pods, and what the relays of the warm-up pool would write -----------------
 
 
 def acl_broker_ready(bootstrap: str) -> bool:
@@ -376,19 +382,51 @@ def pool(env: dict[str, str]) -> dict[str, Any]:
     return harness.get_object(env, "sp", POOL, NAMESPACE) or {}
 
 
-def campaign(env: dict[str, str]) -> dict[str, Any]:
-    return harness.get_object(env, "camp", CAMPAIGN, NAMESPACE) or {}
+def campaign(env: dict[str, str], name: str = CAMPAIGN) -> dict[str, Any]:
+    return harness.get_object(env, "camp", name, NAMESPACE) or {}
+
+
+def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == "Ready"), {})
 
 
 def warmup_column(env: dict[str, str]) -> str:
     return str(pool(env).get("status", {}).get("warmupSummary", ""))
 
 
-def pause_warming_ip(env: dict[str, str], pods: Pods) -> None:
+def live_pods(env: dict[str, str], namespace: str, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = harness.get_json(env, "pods", "-n", namespace, "-l", selector)[
+        "items"
+    ]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def operator_pods(env: dict[str, str]) -> list[dict[str, Any]]:
+    return live_pods(env, OPERATOR_NAMESPACE, OPERATOR_SELECTOR)
+
+
+def relay_pods(env: dict[str, str]) -> list[dict[str, Any]]:
+    return live_pods(env, NAMESPACE, RELAY_SELECTOR)
+
+
+def pod_logs(env: dict[str, str]) -> str:
+    """The operator pods' log tails: what a failed wait is explained by."""
+    if harness.get_object(env, "namespace", OPERATOR_NAMESPACE, "") is None:
+        return ""
+    tails = []
+    for pod in operator_pods(env):
+        name = pod["metadata"]["name"]
+        got = harness.kubectl(env, "logs", "-n", OPERATOR_NAMESPACE, name, "--tail=60")
+        tails.append(f"--- {name} ---\n{got.stdout}{got.stderr}")
+    return "\n".join(tails)
+
+
+def pause_warming_ip(env: dict[str, str]) -> None:
     """Write the bounce events a relay of the warming IP would, until it is paused."""
     spec = yaml.safe_load((ROOT / "examples" / "warmup-pool.yaml").read_text())["spec"]
     sample = spec["warmup"]["minSample"]  # judged after this many; every one bounced
-    producer = KafkaProducer(bootstrap_servers=env["KAFKA_BOOTSTRAP"])
+    producer = KafkaProducer(bootstrap_servers=env["MAILPIPE_KAFKA_BOOTSTRAP"])
     try:
         for i in range(sample):
             bounce = Event(
@@ -409,16 +447,14 @@ def pause_warming_ip(env: dict[str, str], pods: Pods) -> None:
         lambda: f"{WARMING_IP} PAUSED" in warmup_column(env),
         STATUS_SECONDS,
         f"{WARMING_IP} PAUSED in the WARMUP column",
-        pods.one(),
     )
 
 
-def wait_unpaused(env: dict[str, str], pods: Pods) -> None:
+def wait_unpaused(env: dict[str, str]) -> None:
     wait_for(
         lambda: "PAUSED" not in warmup_column(env) and warmup_column(env) != "",
         STATUS_SECONDS,
         f"{WARMING_IP}'s pause lifted (WARMUP: {warmup_column(env)})",
-        pods.one(),
     )
 
 
@@ -443,40 +479,123 @@ CHART_CRDS = {
 }
 
 
+@dataclass(frozen=True)
+class World:
+    """The stack's stand-ins for the Internet's DNS and MX hosts, as the node's
+    pods reach them (at the host end of the node's link)."""
+
+    rx: SMTPReceiver
+    resolver: str  # host:port of the stack's dnsmasq
+    kafka_for_pods: str  # the stack's Kafka, at its Service address on the node
+
+    def install_sets(self) -> str:
+        """What the quick start's `helm install` line gets: the cluster policy
+        allowing the stack's resolver, the receiver's port, and delivery to the
+        link's private address from namespace mail."""
+        port = self.rx.port
+        return (
+            f" --set 'policy.allowedDnsNameservers={{{self.resolver}}}'"
+            f" --set 'policy.allowedSmtpPorts={{{port}}}'"
+            f" --set 'policy.privateDestinationNamespaces={{{NAMESPACE}}}'"
+        )
+
+    def pool_patch(self) -> str:
+        return json.dumps(
+            {
+                "spec": {
+                    "dnsNameserver": self.resolver,
+                    "smtpPort": self.rx.port,
+                    "delivery": {"allowPrivateDestinations": True},
+                }
+            }
+        )
+
+
+def delivery_campaign(recipients: list[str]) -> dict[str, Any]:
+    """A Campaign of the test's own through the quick start's pool: the README's
+    newsletter waits for weekday send windows."""
+    return {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "Campaign",
+        "metadata": {"name": DELIVERY_CAMPAIGN, "namespace": NAMESPACE},
+        "spec": {
+            "poolRef": POOL,
+            "from": {"address": "news@news.example.com"},
+            "subject": "Hello from the quick start",
+            "text": "Hi",
+            "audience": {"inline": [{"address": r} for r in recipients]},
+        },
+    }
+
+
 # -- what each block is for, checked after it ---------------------------------------------
 
 
 @dataclass
 class Run:
-    """One run of the README: the reader's shell, the pods, what each line printed."""
+    """One run of the README: the reader's shell, the world, what each line printed."""
 
     shell: Shell
     env: dict[str, str]
-    pods: Pods
+    world: World
     workdir: Path
     files: Path  # what the reader brings: the files a block names
+    imported: list[str]  # the image's names in the node's containerd
     printed: dict[str, str] = field(default_factory=dict)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     acl_bootstrap: str = ""
 
+    def typed(self, line: str) -> str:
+        """The line as the test types it (see the module docstring's substitutions)."""
+        if line.startswith("helm install mailpipe "):
+            return line + self.world.install_sets()
+        return line
+
+    def after_line(self, line: str) -> None:
+        if line.startswith("kubectl apply -f examples/quickstart-pool.yaml"):
+            harness.kubectl_ok(
+                self.env, "patch", "sp", POOL, "-n", NAMESPACE, "--type=merge",
+                "-p", self.world.pool_patch(),
+            )  # fmt: skip
+
     def check_quick_start(self) -> None:
+        """The operator and two relays run as pods on the node from the image built
+        here; the pool is Ready, the newsletter fanned out, and mail through the
+        pool reaches the recording MX."""
         env = self.env
         assert harness.condition_true(pool(env)), pool(env)
+        listed = next(
+            v for k, v in self.printed.items() if k.startswith("kubectl get sendingpools")
+        )
+        assert re.search(rf"^sendingpool\S*/{POOL} +True ", listed, re.MULTILINE), listed
+        [operator] = operator_pods(env)
+        relays = relay_pods(env)
+        assert len(relays) == 2, [p["metadata"]["name"] for p in relays]
+        for pod in [operator, *relays]:
+            assert pod["spec"]["nodeName"] == node_plan.NODE_NAME
+            assert pod["spec"]["containers"][0]["image"] == DEFAULT_IMAGE
+            [container] = pod["status"]["containerStatuses"]
+            assert container["image"] in self.imported, container["image"]
+            assert container["ready"], container
+        assert not any(p["spec"].get("hostNetwork") for p in relays)
+        # Every example passes the API server's checks (CRD schema, the chart's
+        # admission policy), the ones this README does not apply included.
+        for example in EXAMPLES:
+            harness.kubectl_ok(env, "apply", "--dry-run=server", "-f", str(example))
         audience = 2  # examples/newsletter-campaign.yaml's ConfigMap
 
         def fanned_out() -> bool:
             fanout = campaign(env).get("status", {}).get("fanout", {})
-            return fanout.get("state") == "done" and fanout.get("enqueued") == audience
+            return bool(fanout.get("state") == "done" and fanout.get("enqueued") == audience)
 
-        wait_for(fanned_out, FANOUT_SECONDS, "the campaign's audience on Kafka", self.pods.one())
+        wait_for(fanned_out, FANOUT_SECONDS, "the campaign's audience on Kafka")
         wait_for(
             lambda: campaign(env).get("status", {}).get("phase") in ("Scheduled", "Sending"),
             FANOUT_SECONDS,
             "the campaign Scheduled or Sending",
-            self.pods.one(),
         )
-        # The operator's own metrics saw the same.
-        metrics = self.pods.kubelet.metrics()
+        # The operator pod's own metrics saw the same.
+        metrics = operator_metrics(env, operator)
         ready = sample(metrics, "mailpipe_operator_pool_ready", namespace=NAMESPACE, pool=POOL)
         assert ready == 1, metrics
         enqueued = sample(
@@ -487,18 +606,44 @@ class Run:
             campaign=CAMPAIGN,
         )
         assert enqueued == audience, metrics
-        reconciled = sample(
-            metrics,
-            "mailpipe_operator_reconciles_total",
-            kind="SendingPool",
-            namespace=NAMESPACE,
-            handler="reconcile_pool",
-            outcome="succeeded",
+        # Mail through the quick start's pool, from its relay pods to the MX.
+        started = time.monotonic()
+        harness.apply(env, delivery_campaign(DELIVERY_RECIPIENTS))
+        wait_for(
+            lambda: set(self.world.rx.recipients()) >= set(DELIVERY_RECIPIENTS),
+            DELIVERY_SECONDS,
+            "the test's campaign at the recording MX",
         )
-        assert reconciled is not None and reconciled >= 1, metrics
+        wait_for(
+            lambda: campaign(env, DELIVERY_CAMPAIGN).get("status", {}).get("phase") == "Completed",
+            DELIVERY_SECONDS,
+            "the test's campaign Completed",
+        )
+        print(f"delivered through the quick start's pool in {time.monotonic() - started:.1f}s")
+        got = Counter(r for r in self.world.rx.recipients() if r in DELIVERY_RECIPIENTS)
+        assert got == Counter(DELIVERY_RECIPIENTS), got
+        pod_ips = {p["status"]["podIP"] for p in relay_pods(env)}
+        peers = {m.peer for m in self.world.rx.messages()}
+        # from the pods' own addresses, as the node's NAT (if any) leaves them
+        print(f"OBSERVED quick start delivery: peers {sorted(peers)}, relay pods {pod_ips}")
+
+    def check_production_pool(self) -> None:
+        """On one node with no egress IP labels for it, the warm-up pool's relays
+        stay Pending and the pool says why, naming the addresses."""
+        env = self.env
+
+        def says_no_node() -> bool:
+            return ready_condition(pool(env)).get("reason") == "NoNodeHoldsEgressIPs"
+
+        wait_for(says_no_node, REASON_SECONDS, "NoNodeHoldsEgressIPs on the warm-up pool")
+        message = ready_condition(pool(env))["message"]
+        print(f"OBSERVED production pool on one node: {message}")
+        assert WARMING_IP in message and "egress.mailpipe.io/<address>" in message, message
+        pending = [p for p in relay_pods(env) if p["spec"].get("hostNetwork")]
+        assert pending and all(p["status"]["phase"] == "Pending" for p in pending), pending
 
     def check_unpaused(self) -> None:
-        wait_unpaused(self.env, self.pods)
+        wait_unpaused(self.env)
 
     def in_files_dir(self) -> None:
         self.shell.ok(f"cd {self.files}")
@@ -560,26 +705,35 @@ class Run:
             dep = harness.get_object(env, "deployment", RELAY_DEPLOYMENT, NAMESPACE) or {}
             return bool(dep.get("spec", {}).get("replicas") == 3)
 
-        wait_for(relays_scaled, ROLLOUT_SECONDS, "the relays scaled to 3", self.pods.one())
+        wait_for(relays_scaled, ROLLOUT_SECONDS, "the relays scaled to 3")
         listed = next(out for line, out in self.printed.items() if "suppressions list" in line)
         assert isinstance(json.loads(listed), (list, dict)), listed
-        wait_unpaused(env, self.pods)
+        wait_unpaused(env)
 
     def check_peering(self) -> None:
-        """Two replicas meet in the peering object the block shows."""
+        """Two operator pods run and meet in the peering object the block shows."""
 
         def both_listed() -> bool:
+            pods = [p for p in operator_pods(self.env) if harness.condition_true(p)]
             peering = harness.get_object(self.env, "clusterkopfpeerings.kopf.dev", "mailpipe", "")
-            return len((peering or {}).get("status") or {}) == 2
+            peers = set((peering or {}).get("status") or {})
+            return len(pods) == 2 and peers == {p["metadata"]["name"] for p in pods}
 
-        wait_for(both_listed, ROLLOUT_SECONDS, "both replicas in the peering", self.pods.one())
-        assert harness.condition_true(pool(self.env)), pool(self.env)
+        wait_for(both_listed, PEERING_SECONDS, "two operator pods Ready, both in the peering")
 
     def check_uninstalled(self) -> None:
         env = self.env
-        assert harness.helm(env, "status", "mailpipe", "-n", "mailpipe-system").returncode != 0
+        assert harness.helm(env, "status", "mailpipe", "-n", OPERATOR_NAMESPACE).returncode != 0
         assert not (CHART_CRDS & crd_names(env)), crd_names(env)
-        assert pool_topics(env["KAFKA_BOOTSTRAP"]) == []
+        assert pool_topics(env["MAILPIPE_KAFKA_BOOTSTRAP"]) == []
+        wait_for(
+            lambda: (
+                not harness.get_json(env, "pods", "-n", NAMESPACE)["items"]
+                and not operator_pods(env)
+            ),
+            GONE_TIMEOUT_SECONDS,
+            "no relay or operator pod left",
+        )
 
     def objects_stuck_on_the_finalizer(self) -> None:
         """What the block is for: the operator is gone, its objects are being deleted."""
@@ -587,7 +741,7 @@ class Run:
         harness.kubectl_ok(
             self.env, "wait", "--for=condition=Established", "crd", *sorted(CHART_CRDS)
         )
-        for example in ("warmup-pool.yaml", "newsletter-campaign.yaml"):
+        for example in ("quickstart-pool.yaml", "newsletter-campaign.yaml"):
             for doc in yaml.safe_load_all((ROOT / "examples" / example).read_text()):
                 if doc and doc["kind"] in ("SendingPool", "Campaign"):
                     doc["metadata"]["finalizers"] = [FINALIZER]
@@ -598,6 +752,18 @@ class Run:
 
     def check_released(self) -> None:
         assert pool(self.env) == {} and campaign(self.env) == {}
+
+
+def operator_metrics(env: dict[str, str], pod: dict[str, Any]) -> str:
+    """The operator pod's /metrics, read inside the pod (the pod network is the node's)."""
+    url = f"http://{pod['status']['podIP']}:{OPERATOR_METRICS_PORT}/metrics"
+    script = (
+        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
+    )
+    return harness.kubectl_ok(
+        env, "exec", "-n", OPERATOR_NAMESPACE, pod["metadata"]["name"], "--",
+        "python3", "-c", script,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -611,10 +777,11 @@ class Step:
 
 STEPS = [
     Step("kubectl create namespace mail", Run.check_quick_start),
+    Step("kubectl apply -f examples/warmup-pool.yaml", Run.check_production_pool),
     Step(
         "kubectl annotate sp marketing",
         Run.check_unpaused,
-        before=lambda run: pause_warming_ip(run.env, run.pods),
+        before=lambda run: pause_warming_ip(run.env),
     ),
     Step(
         "kubectl -n mail create secret generic",
@@ -625,7 +792,7 @@ STEPS = [
     Step(
         "kubectl scale sp marketing",
         Run.check_day2,
-        before=lambda run: pause_warming_ip(run.env, run.pods),
+        before=lambda run: pause_warming_ip(run.env),
     ),
     Step("helm upgrade --install mailpipe", Run.check_peering),
     Step("kubectl mailpipe uninstall", Run.check_uninstalled),
@@ -665,76 +832,133 @@ def test_the_plugin_install_the_readme_names_exists() -> None:
     assert {"mailpipe", "kubectl-mailpipe"} <= scripts
 
 
+def test_the_quick_start_pool_fits_one_node() -> None:
+    """The quick start's pool must become Ready on a one-node cluster (kind,
+    minikube): no hostNetwork (whose relays hold a node port each and need
+    nodes labelled for their IPs) and egress address 0.0.0.0 (any address of
+    the pod: nothing to prepare on a node). The pool it used before,
+    examples/warmup-pool.yaml, stayed Pending there and `kubectl wait` timed out."""
+    pools = [
+        line.split()[3]
+        for line in quick_start_block().lines
+        if line.startswith("kubectl apply -f ") and "pool" in line.split()[3]
+    ]
+    assert pools == ["examples/quickstart-pool.yaml"], pools
+    [doc] = [d for d in yaml.safe_load_all((ROOT / pools[0]).read_text()) if d]
+    spec = SendingPoolSpec.model_validate(
+        doc["spec"], context=PoolDefaults(kafka_bootstrap_servers="kafka:9092").context()
+    )
+    assert not spec.host_network
+    assert [ip.address for ip in spec.egress_ips] == ["0.0.0.0"]
+    assert not any(ip.warmup for ip in spec.egress_ips)
+
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))  # examples/demo/ are the demo's templates
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_reads_as_the_operator_and_the_plugin_read_it(example: Path) -> None:
+    """Each pool parses as the plugin parses it (`SendingPoolSpec`, the model the
+    CRD schema is generated from, then its topics), each campaign as the operator
+    does. The API server's own check of each file (CRD schema and the chart's
+    admission policy) is the node test's `kubectl apply --dry-run=server`."""
+    docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
+    kinds = {d["kind"] for d in docs}
+    assert kinds & {"SendingPool", "Campaign"}, kinds
+    for doc in docs:
+        meta = doc["metadata"]
+        if doc["kind"] == "SendingPool":
+            context = PoolDefaults(kafka_bootstrap_servers="kafka:9092").context()
+            spec = SendingPoolSpec.model_validate(doc["spec"], context=context)
+            ref = PoolRef(meta["name"], meta["namespace"], "uid")
+            assert topics(ref, spec).outbound.startswith(f"mailpipe.{meta['namespace']}.")
+        elif doc["kind"] == "Campaign":
+            CampaignSpec.model_validate(doc["spec"])
+
+
+def quick_start_block() -> Block:
+    return next(b for b in shell_blocks(README.read_text()) if b.starts(STEPS[0].first))
+
+
 # -- the run ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def stack_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
-    """The README is a new user's first hour: a cluster of its own, not the session's,
-    where earlier tests leave pools and campaigns in other namespaces. Its
-    `kubectl mailpipe uninstall --all-namespaces` deleted those too and waited on
-    their finalizers (pools of brokers long gone) past the test's limit in the
-    whole suite, while the test alone took under two minutes."""
+def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The README is a new user's first hour: a cluster of its own, not the
+    session's, where earlier tests leave pools and campaigns in other namespaces.
+    Its cluster-wide operator would take those over, and its `kubectl mailpipe
+    uninstall --all-namespaces` deletes them and waits on their finalizers (pools
+    of brokers long gone). The conftest's `node` brings this stack's node up."""
     stack = Stack(tmp_path_factory.mktemp("readme-stack"))
     stack.up()
     try:
-        state = stack.state
-        assert state is not None
-        yield state
+        yield stack
     finally:
         stack.down()
 
 
+@pytest.fixture(scope="module")
+def stack_state(devstack: Stack) -> StackState:
+    state = devstack.state
+    assert state is not None
+    return state
+
+
 @pytest.fixture
-def reader(stack_state: StackState, tmp_path: Path) -> Iterator[Shell]:
-    """The reader's terminal: a bash in the checkout that ran `eval "$(mailpipe dev env)"`."""
+def world(
+    devstack: Stack,
+    stack_state: StackState,
+    node: Node,
+    smtp_receiver: Callable[..., SMTPReceiver],
+) -> World:
+    """The recording MX and the stack's dnsmasq, reached from the node at the host
+    end of its link; MX records for the test's domains; Kafka for pods."""
+    rx = smtp_receiver("127.0.0.1")
+    mx_host = node.expose(rx.port).partition(":")[0]
+    dns_port = stack_state.dns_port
+    resolver = f"{node.expose(dns_port, 'udp').rpartition(':')[0]}:{dns_port}"
+    node.expose(dns_port, "tcp")  # a truncated answer is asked again over TCP
+    devstack.set_dns(
+        [Zone(d, mx=((f"mx.{d}", 10),), a={f"mx.{d}": mx_host}) for d in DELIVERY_DOMAINS]
+    )
+    return World(rx, resolver, node.expose_kafka(stack_state))
+
+
+@pytest.fixture
+def reader(stack_state: StackState, world: World, tmp_path: Path) -> Iterator[Shell]:
+    """The reader's terminal: a bash in the checkout that ran `eval "$(mailpipe dev env)"`,
+    with the Kafka addresses the README names for the stack's node."""
     home = tmp_path / "home"
     home.mkdir()
     shell = Shell(bare_env(home), ROOT)
     try:
         shell.ok(f'eval "$({MAILPIPE} dev env --state-dir {stack_state.state_dir})"')
+        shell.ok(
+            f"export KAFKA_BOOTSTRAP={world.kafka_for_pods}"
+            f" MAILPIPE_KAFKA_BOOTSTRAP={stack_state.kafka_bootstrap}"
+        )
         yield shell
     finally:
         shell.close()
 
 
 @pytest.fixture
-def reader_env(reader: Shell, tmp_path: Path) -> dict[str, str]:
-    return reader.env(tmp_path)
-
-
-@pytest.fixture
-def kubelet(
-    reader_env: dict[str, str], stack_state: StackState, tmp_path: Path
-) -> Iterator[Kubelet]:
-    crds_before = CHART_CRDS & crd_names(reader_env)
-    k = Kubelet(reader_env, Path(stack_state.kubeconfig), tmp_path)
+def reader_env(reader: Shell, tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = reader.env(tmp_path)
     try:
-        yield k
+        yield env
     finally:
-        # A run that failed half-way: its objects go without the operator's cleanup.
-        harness.kubectl(reader_env, "delete", "sp,camp", "--all", "-n", NAMESPACE, "--wait=false")
+        # A run that failed half-way: its objects go without the operator's cleanup
+        # (the stack and its node go after the module).
+        harness.kubectl(env, "delete", "sp,camp", "--all", "-n", NAMESPACE, "--wait=false")
         for kind in ("sp", "camp"):
-            for name in (POOL, CAMPAIGN):
+            for name in (POOL, CAMPAIGN, DELIVERY_CAMPAIGN):
                 harness.kubectl(
-                    reader_env,
-                    "patch",
-                    kind,
-                    name,
-                    "-n",
-                    NAMESPACE,
-                    "--type=merge",
-                    "-p",
-                    '{"metadata":{"finalizers":null}}',
-                )
-        k.stop()
-        harness.helm(reader_env, "uninstall", "mailpipe", "-n", "mailpipe-system", "--no-hooks")
-        harness.kubectl(reader_env, "delete", "namespace", NAMESPACE, "--wait=false")
-        # the session's later tests find the CRDs as they were
-        if crds_before:
-            harness.kubectl_ok(reader_env, "apply", "-f", str(CRDS))
-        else:
-            harness.kubectl(reader_env, "delete", "crd", *sorted(CHART_CRDS), "--ignore-not-found")
+                    env, "patch", kind, name, "-n", NAMESPACE, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}',
+                )  # fmt: skip
+        harness.helm(env, "uninstall", "mailpipe", "-n", OPERATOR_NAMESPACE, "--no-hooks")
 
 
 def files_the_reader_brings(workdir: Path, state: StackState) -> Path:
@@ -748,24 +972,25 @@ def files_the_reader_brings(workdir: Path, state: StackState) -> Path:
     return files
 
 
-# The whole README against the stack: about 100 s on a quiet machine; on a loaded
-# one its waits (fan-out, pause status, uninstall's finalizers) took over the
-# suite's 300 s default. A bound, not a timing claim: each line has its own.
-README_TEST_TIMEOUT_SECONDS = 900
+# The whole README on the node: the operator and relay pods start, two rollouts,
+# the uninstall's finalizers. A bound, not a timing claim: each line and wait has its own.
+README_TEST_TIMEOUT_SECONDS = 1800
 
 
-@pytest.mark.e2e
+@pytest.mark.cluster
 @pytest.mark.timeout(README_TEST_TIMEOUT_SECONDS)
-def test_the_readme_runs_top_to_bottom(
+def test_the_readme_runs_top_to_bottom_on_a_node(
     reader: Shell,
     reader_env: dict[str, str],
-    kubelet: Kubelet,
+    world: World,
+    imported: list[str],
+    image: Image,
     stack_state: StackState,
     tmp_path: Path,
 ) -> None:
-    pods = Pods(kubelet)
+    assert DEFAULT_IMAGE in imported, (DEFAULT_IMAGE, imported)  # the chart's default names it
     files = files_the_reader_brings(tmp_path, stack_state)
-    run = Run(reader, reader_env, pods, tmp_path, files)
+    run = Run(reader, reader_env, world, tmp_path, files, imported)
     blocks = [b for b in shell_blocks(README.read_text()) if not any(map(b.starts, ELSEWHERE))]
     times = StepTimes()
     try:
@@ -777,21 +1002,14 @@ def test_the_readme_runs_top_to_bottom(
                 step.before(run)
             for line in block.lines:
                 with times.timing(timed, line):
-                    status, printed = reader.run(line)
+                    status, printed = reader.run(run.typed(line))
                 run.printed[line] = printed
                 assert status == 0, f"README line failed ({block.section}): {line}\n{printed}"
-                if installed := re.match(r"helm install (\S+) .*-n (\S+)", line):
-                    pods.start(installed[1], installed[2])
-                    kubelet.report_relays()
-                elif upgraded := re.match(r"helm upgrade --install (\S+) \S+ -n (\S+)", line):
-                    pods.stop()  # a rolling update: the new pods replace the old
-                    pods.start(upgraded[1], upgraded[2])
-                elif line.startswith("helm uninstall"):
-                    pods.stop()  # the Deployment is gone, and its pods with it
+                run.after_line(line)
             with times.timing(timed, "(test: checks after the block)"):
                 step.after(run)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{pods.log()}") from None
+        raise AssertionError(f"{exc}\n{pod_logs(reader_env)}") from None
     finally:
         for cleanup in run.cleanups:
             cleanup()
