@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable
-from concurrent.futures import ThreadPoolExecutor
 
 from mailpipe.contracts.bounces import classifier_for
 from mailpipe.contracts.config import RelayConfig
@@ -43,6 +42,7 @@ from .stalls import Attempt
 from .stamps import Stamper
 from .unsubscribe_links import UnsubscribeLinks
 from .work import Work
+from .workers import WorkerThreads
 
 ERROR_TEXT_CHARS = 300  # of an unexpected exception's text in a DLQ reason
 # DKIM signing threads: RSA scales with cores, and more threads than cores only
@@ -76,7 +76,7 @@ class Dispatcher:
         self.metrics = metrics
         self.relay_id = relay_id
         self.strikes = StrikeLedger()  # outlives reloads: a new rule set keeps the count
-        self._signing: ThreadPoolExecutor | None = None  # started by the first signature
+        self._signing: WorkerThreads[bytes] = WorkerThreads(SIGNING_THREADS, "mailpipe-dkim")
 
     def reconfigure(
         self,
@@ -217,15 +217,11 @@ class Dispatcher:
         and hashlib release the GIL while they compute, so the event loop goes on
         delivering other records meanwhile (on two cores, about the whole RSA
         cost of a message off the loop's core)."""
-        if self._signing is None:
-            self._signing = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="mailpipe-dkim")
-        return await asyncio.get_running_loop().run_in_executor(self._signing, unsigned.finish)
+        return await self._signing.submit(unsigned.finish)
 
     def close(self) -> None:
         """Stop the signing threads (the relay stops; a later run starts new ones)."""
-        if self._signing is not None:
-            self._signing.shutdown(wait=False, cancel_futures=True)
-            self._signing = None
+        self._signing.stop()
 
     async def _deliver(
         self,
