@@ -259,7 +259,7 @@ def test_a_message_without_from_is_refused_for_signing(tmp_path: Path) -> None:
     signer = Signer(
         DKIMSettings(domain="sender.test", selector="s1", private_key_path=str(tmp_path / "k.pem"))
     )
-    with pytest.raises(MessageError, match="cannot sign message r-1: .*without a From header"):
+    with pytest.raises(MessageError, match=r"cannot sign message r-1: .*without a From header"):
         build_message(_raw_record("Subject: s\n\nbody\n"), NOW, signer)
 
 
