@@ -55,7 +55,9 @@ _B_PLACEHOLDER: Final = b"0" * 60
 FOLD_COLUMN: Final = 72  # dkimpy folds the signature at column 72, its name included
 _CRLF: Final = b"\r\n"
 _HEADER_END: Final = b"\r\n\r\n"
-_FIELD_NAME: Final = re.compile(rb"([\x21-\x7e]+?):")  # RFC 5322 2.2: printable ASCII but ":"
+# RFC 5322 2.2: a field name is printable ASCII (dkimpy reads up to the first ":"
+# after the first character); deleting these from a name must leave nothing.
+_NAME_CHARS: Final = bytes(range(0x21, 0x7F))
 _WSP_RUN: Final = re.compile(rb"[\t ]+")
 _LINE_END: Final = re.compile(rb"\r?\n")
 # The b= tag's value, folding whitespace included (RFC 6376 3.5: hashed empty).
@@ -94,24 +96,29 @@ def _fields(lines: list[bytes]) -> list[Field]:
                 raise SigningError("the header block starts with a continuation line")
             fields[-1][1] += line + _CRLF
             continue
-        name = _FIELD_NAME.match(line)
-        if name is not None:
-            fields.append([name.group(1), line[name.end() :] + _CRLF])
+        colon = line.find(b":", 1)
+        if colon > 0 and not line[:colon].translate(None, _NAME_CHARS):
+            fields.append([line[:colon], line[colon + 1 :] + _CRLF])
         elif not line.startswith(b"From "):
             raise SigningError(f"not a header field: {line[:80]!r}")
     return [(name, value) for name, value in fields]
 
 
-def select(fields: list[Field], names: tuple[bytes, ...]) -> list[Field]:
+def select(
+    fields: list[Field], names: tuple[bytes, ...], lowered: list[bytes] | None = None
+) -> list[Field]:
     """The fields to sign for the lower-case `names` (the h= tag), RFC 6376 5.4.2:
-    the last instance of a name first, a repeated name the instance above it."""
+    the last instance of a name first, a repeated name the instance above it.
+    `lowered`: the fields' names in lower case, when the caller has them."""
+    if lowered is None:
+        lowered = [name.lower() for name, _ in fields]
     chosen = []
     below: dict[bytes, int] = {}
     for name in names:
         i = below.get(name, len(fields))
         while i > 0:
             i -= 1
-            if fields[i][0].lower() == name:
+            if lowered[i] == name:
                 chosen.append(fields[i])
                 break
         below[name] = i
@@ -227,11 +234,13 @@ class Signer:
         """Parse and canonicalise what is signed; refuses (SigningError) a message
         without From (RFC 6376 5.4) or with a malformed header block."""
         fields, body = parse_header_block(message)
-        present = {name.lower() for name, _ in fields}
+        lowered = [name.lower() for name, _ in fields]
+        present = set(lowered)
         names = tuple(n for n in self.names if n in present)
         if b"from" not in names:
             raise SigningError("cannot DKIM-sign a message without a From header (RFC 6376 5.4)")
-        canonical = b"".join(relaxed_header(n, v) for n, v in select(fields, names))
+        chosen = select(fields, names, lowered)
+        canonical = b"".join(relaxed_header(n, v) for n, v in chosen)
         return Prepared(self, message, body, names, canonical)
 
     def sign(self, message: bytes, now: float | None = None) -> bytes:

@@ -6,6 +6,7 @@ canonicalisation cares about; and dkimpy verifies each."""
 from __future__ import annotations
 
 import base64
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mailpipe.contracts.config import DKIMSettings
 from mailpipe.devstack.certs import write_rsa_key
-from mailpipe.relay.dkim_signing import Signer, SigningError, fold
+from mailpipe.relay.dkim_signing import Signer, SigningError, fold, parse_header_block
 
 NOW = 1_700_000_000
 HEADERS = ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type"]
@@ -142,3 +143,22 @@ def test_a_message_that_cannot_be_signed_is_refused_with_why(
 ) -> None:
     with pytest.raises(SigningError, match=why):
         _signer(key_path).prepare(message)
+
+
+def _fields_or_none(parse: Any, message: bytes) -> Any:
+    try:
+        return [tuple(field) for field in parse(message)[0]]
+    except Exception:  # each parser's own refusal: only whether it refused matters
+        return None
+
+
+def test_header_lines_are_read_as_dkimpy_reads_them() -> None:
+    """Every line of up to 5 characters from an alphabet of the cases that matter
+    (colons first and twice, spaces, controls, DEL, 8-bit) gives dkimpy's field
+    or dkimpy's refusal."""
+    alphabet = [b":", b"a", b" ", b"\x01", b"\x7f", b"\xc3", b"-"]
+    for n in range(1, 6):
+        for chars in itertools.product(alphabet, repeat=n):
+            message = b"From: a@sender.test\r\n" + b"".join(chars) + b"\r\n\r\nbody\r\n"
+            ours = _fields_or_none(parse_header_block, message)
+            assert ours == _fields_or_none(dkim.rfc822_parse, message), message
