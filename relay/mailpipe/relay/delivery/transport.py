@@ -260,6 +260,7 @@ class SMTPTransport:
         self.config = config
         self.mx.reconfigure(config)
         self._reuse_limits: dict[str, ReuseLimits] = {}  # domain -> its throttle's, this config's
+        self._plans: dict[str, TLSPlan] = {}  # domain -> `destination_plan`, this config's
         self._tls_broken: dict[tuple[str, int], float] = {}  # (host, port) -> clear until
         # The pool's plan and each site's (`tls.sites`): whatever any destination may
         # get decides which helpers exist (a TLSA resolver, an MTA-STS fetcher, a
@@ -354,7 +355,11 @@ class SMTPTransport:
         """The TLS plan for `domain`: its site's or the pool's (`destination_plan`),
         and under mode mta-sts what the domain's policy says (never an exception:
         see `mta_sts_fetch`)."""
-        site_plan = destination_plan(self.config, domain)
+        site_plan = self._plans.get(domain)
+        if site_plan is None:  # the site and group match (fnmatch) once per domain, not per message
+            if len(self._plans) >= MAX_REMEMBERED_DOMAINS:
+                self._plans.clear()
+            site_plan = self._plans[domain] = destination_plan(self.config, domain)
         if site_plan.mode is not TLSMode.MTA_STS or self._sts is None:
             return site_plan, None
         sts = await self._sts.applied(ascii_domain(domain))
