@@ -1,10 +1,11 @@
 """The private parts of dependencies the relay relies on are still there.
 
-kafka-python, aiosmtplib and dkimpy are each used through something they do
+kafka-python and aiosmtplib are each used through something they do
 not document (the comment beside each use says why, and which public API would
 replace it). They are pinned to the minor versions tested (pyproject.toml);
 when an upgrade is tried, this file says which private attribute went away,
-by name, before a rebalance or a DKIM signature goes wrong at run time.
+by name, before a rebalance or a delivery goes wrong at run time. (dkimpy's
+helpers were used too, until the relay signed with its own `dkim_signing`.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
-import dkim
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.cluster import ClusterMetadata
@@ -29,7 +29,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-USED_PRIVATELY = ("kafka-python", "aiosmtplib", "dkimpy")
+USED_PRIVATELY = ("kafka-python", "aiosmtplib")
 
 
 def _kafka_python() -> list[str]:
@@ -78,28 +78,9 @@ def _aiosmtplib() -> list[str]:
     ]
 
 
-def _dkimpy() -> list[str]:
-    """dkimpy, as `mailpipe.relay.message.Signer` uses its helpers around an OpenSSL RSA step."""
-    missing = [
-        f"dkim.{name} (message.py, Signer.sign)"
-        for name in ("rfc822_parse", "fold", "RE_BTAG", "hash_headers")
-        if not hasattr(dkim, name)
-    ]
-    expected = ["hasher", "canonicalize_headers", "headers", "include_headers", "sigheader", "sig"]
-    hash_headers = getattr(dkim, "hash_headers", None)
-    if hash_headers is not None and list(inspect.signature(hash_headers).parameters) != expected:
-        missing.append(f"dkim.hash_headers{inspect.signature(hash_headers)}: expected {expected}")
-    policy = dkim.canonicalization.CanonicalizationPolicy
-    for method in ("from_c_value", "canonicalize_headers", "canonicalize_body"):
-        if not hasattr(policy, method):
-            missing.append(f"CanonicalizationPolicy.{method} (message.py, Signer.sign)")
-    return missing
-
-
 CHECKS: dict[str, Callable[[], list[str]]] = {
     "kafka-python": _kafka_python,
     "aiosmtplib": _aiosmtplib,
-    "dkimpy": _dkimpy,
 }
 
 

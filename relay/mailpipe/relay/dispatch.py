@@ -3,6 +3,7 @@
     campaign paused?     -> postpone (campaign_paused)   cancelled? -> FAILED events
     suppressed addresses -> SUPPRESSED events ("Suppressed is never sent"); the rest are live
     egress IP            -> scheduling (back-offs, warm-up); none -> postpone (no_egress_ip)
+    message              -> built once (bad -> DLQ); DKIM: headers here, RSA in a thread
     transactions         -> at most `recipients_per_transaction` recipients each;
                             watched by the tarpit budget (`stalls`): a cut one is deferred;
                             the rate token taken by the transport before MAIL FROM (`tokens`);
@@ -18,6 +19,7 @@ steps in order and finishes the record's offset exactly once.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable
 
 from mailpipe.contracts.bounces import classifier_for
@@ -28,8 +30,9 @@ from mailpipe.contracts.wire import CampaignState, Disposition, Recipient
 
 from .classify import reply
 from .delays import Postponer, PostponeReason
+from .dkim_signing import Prepared, Signer, SigningError
 from .emission import DLQReason, Emitter
-from .message import MessageError, Signer, build_message
+from .message import MessageError, build_message
 from .metrics import RelayMetrics
 from .offsets import OffsetTracker
 from .ports import Clock, Envelope, SourceRecord, Stage, TransactionResult, Transport
@@ -39,8 +42,12 @@ from .stalls import Attempt
 from .stamps import Stamper
 from .unsubscribe_links import UnsubscribeLinks
 from .work import Work
+from .workers import WorkerThreads
 
 ERROR_TEXT_CHARS = 300  # of an unexpected exception's text in a DLQ reason
+# DKIM signing threads: RSA scales with cores, and more threads than cores only
+# queue; a few at most, the event loop needs a core of its own.
+SIGNING_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class Dispatcher:
@@ -69,6 +76,7 @@ class Dispatcher:
         self.metrics = metrics
         self.relay_id = relay_id
         self.strikes = StrikeLedger()  # outlives reloads: a new rule set keeps the count
+        self._signing: WorkerThreads[bytes] = WorkerThreads(SIGNING_THREADS, "mailpipe-dkim")
 
     def reconfigure(
         self,
@@ -178,24 +186,42 @@ class Dispatcher:
             )
             await self.finish_after(work, sends)
             return
+        unsigned = None
         if work.message is None:
             try:
                 stamp = self.stamper.stamp(record, now) if self.stamper is not None else None
-                work.message = build_message(
-                    record,
-                    now,
-                    self.signer,
-                    stamp.headers if stamp is not None else (),
-                    links=self.links,
+                message = build_message(
+                    record, now, None, stamp.headers if stamp is not None else (), links=self.links
                 )
+                if self.signer is None:
+                    work.message = message
+                else:
+                    unsigned = self.signer.prepare(message)
                 work.sender = stamp.return_path if stamp is not None else record.sender
-            except MessageError as exc:
+            except (MessageError, SigningError) as exc:
                 if sends:
                     await asyncio.gather(*sends)  # suppressed recipients are decided already
                 await self.to_dlq(work.src, work.gen, DLQReason.UNRENDERABLE, str(exc))
                 return
         self.scheduler.count_sent(egress, domain, len(live), now)
+        if unsigned is not None:
+            try:
+                work.message = await self._sign(unsigned)
+            except BaseException:
+                self.scheduler.not_sent(egress, domain, len(live), now)  # nothing went out
+                raise
         await self._deliver(work, live, egress, sends, counted_at=now)
+
+    async def _sign(self, unsigned: Prepared) -> bytes:
+        """The signature's hashing and RSA step in a worker thread: `cryptography`
+        and hashlib release the GIL while they compute, so the event loop goes on
+        delivering other records meanwhile (on two cores, about the whole RSA
+        cost of a message off the loop's core)."""
+        return await self._signing.submit(unsigned.finish)
+
+    def close(self) -> None:
+        """Stop the signing threads (the relay stops; a later run starts new ones)."""
+        self._signing.stop()
 
     async def _deliver(
         self,

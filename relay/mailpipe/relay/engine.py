@@ -40,9 +40,9 @@ from mailpipe.contracts.wire import WireError, decode_record
 
 from .delays import DUE_SLACK_SECONDS, Postponer, PostponeReason, Waiting
 from .dispatch import Dispatcher
+from .dkim_signing import Signer
 from .emission import DLQReason, Emitter
 from .handover import DRAIN_SECONDS, Handover
-from .message import Signer
 from .metrics import NO_CAP, RelayMetrics
 from .offsets import OffsetTracker
 from .ports import (
@@ -214,6 +214,7 @@ class Engine:
             self.scheduler.stop()  # unfinished work is not committed: the next owner re-reads it
             self.handover.stop()  # steps held by a rebalance give up likewise
             await self.tasks.finish(STOP_GRACE_SECONDS)
+            self.dispatch.close()
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer

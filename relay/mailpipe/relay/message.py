@@ -1,8 +1,8 @@
 """RFC 5322 bytes for a delivery record: MIME, list headers, DKIM signature.
 
 The operator has already rendered templates and merge fields, so content is
-final here; this module only assembles it and signs it (dkimpy's canonicalisation,
-OpenSSL's RSA). Records
+final here; this module only assembles it (and signs it with `dkim_signing`
+when asked: the relay's dispatcher signs in a worker thread instead). Records
 that arrive `raw` (submission endpoint) pass through, signed if the pool signs.
 
 Why not `email.message` + a generator: profiling the relay under load showed
@@ -26,38 +26,36 @@ is addressed `To: undisclosed-recipients:;` (RFC 5322 3.4 group syntax), one
 message for all of them that shows none of them to the others. A refusal is a
 `MessageError`: the record goes to the DLQ with the reason.
 
-A little over 300 lines on purpose: composing, header hygiene and signing
-share the same header rules and the hot path, so they stay in one module.
+Composing and header hygiene share the same header rules and the hot path, so
+they stay in one module.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import email.utils
 import functools
-import hashlib
 import re
 import secrets
-import time
 import urllib.parse
 from collections.abc import Sequence
 from email.header import Header
-from pathlib import Path
-from types import MappingProxyType
-from typing import Final
 
-import dkim
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
-from dkim.canonicalization import CanonicalizationPolicy
-
-from mailpipe.contracts.config import DKIMSettings
 from mailpipe.contracts.errors import PermanentError
 from mailpipe.contracts.wire import DeliveryRecord, ListUnsubscribe
 
 from .addresses import smtp_address
+from .dkim_signing import Signer, SigningError, openssl_rsa_sign
 from .unsubscribe_links import UnsubscribeLinks
+
+__all__ = [
+    "MessageError",
+    "Signer",
+    "SigningError",
+    "build_message",
+    "header_line",
+    "openssl_rsa_sign",
+]
 
 CRLF = "\r\n"
 MAX_HEADER_LINE = 78  # RFC 5322 2.1.1: SHOULD not exceed 78 characters
@@ -88,105 +86,6 @@ class MessageError(PermanentError, ValueError):
     """A record whose message cannot be built (goes to the DLQ with this reason)."""
 
 
-# How a signature is made, and why not `dkim.sign`: profiled per message,
-# dkimpy spent most of a signature outside the maths: it re-parses the PEM key
-# with its pure-Python ASN.1 reader on every call (about 450 us of 1,158 us),
-# computes RSA with Python's pow() (8 ms for 2048 bits), and splits the whole
-# message into lines to find its header block (about 1 ms for 100 KB). Here the
-# key is parsed once by `cryptography`, the RSA step is OpenSSL's (PKCS#1 v1.5
-# is deterministic, so the bytes are dkimpy's: checked in the unit tests), and
-# only the header block is parsed. dkimpy still does everything DKIM defines:
-# header parsing (`rfc822_parse`), canonicalisation (`CanonicalizationPolicy`),
-# header selection and hashing (`hash_headers`), folding (`fold`, `RE_BTAG`).
-# Those helpers are undocumented; dkimpy is pinned to the minor tested and
-# tests/test_dependency_internals.py names what an upgrade removed. A public
-# replacement would be dkimpy accepting a parsed key or a signing callable.
-_PREHASHED: Final = MappingProxyType({b"rsa-sha256": hashes.SHA256, b"rsa-sha1": hashes.SHA1})
-ALGORITHM: Final = b"rsa-sha256"  # RFC 8301: rsa-sha1 must not be used for signing
-# relaxed header canonicalisation survives the refolding MTAs do; simple for the
-# body is dkimpy's default, what the relay has always signed with.
-CANONICALIZATION: Final = b"relaxed/simple"
-_B_PLACEHOLDER = b"0" * 60  # as dkimpy: b= folds onto its own line, the tags before stay put
-_HEADER_END = b"\r\n\r\n"
-
-
-def openssl_rsa_sign(key: rsa.RSAPrivateKey, algorithm: bytes, digest: bytes) -> bytes:
-    """RSASSA-PKCS1-v1_5 (RFC 8017) of a DKIM hash, as dkimpy's own code computes it."""
-    return key.sign(digest, padding.PKCS1v15(), utils.Prehashed(_PREHASHED[algorithm]()))
-
-
-def _split(message: bytes) -> tuple[list[list[bytes]], bytes]:
-    """(header fields, body) as `dkim.rfc822_parse` gives them, parsing only the
-    header block: a message `build_message` makes has CRLF line ends only, so its
-    body is already what dkimpy would rejoin (re-splitting 100 KB costs about 1 ms;
-    even counting its line ends costs 0.2 ms). A header block with a bare LF
-    (not one of ours) is parsed whole, as dkimpy does."""
-    head, sep, body = message.partition(_HEADER_END)
-    if sep and head.count(b"\n") == head.count(b"\r\n"):
-        headers, _ = dkim.rfc822_parse(head + _HEADER_END)
-        return headers, body
-    headers, body = dkim.rfc822_parse(message)
-    return headers, body
-
-
-class Signer:
-    """DKIM signer (RFC 6376, rsa-sha256) with its key read and parsed once (keys
-    come from a mounted Secret); signatures are byte for byte `dkim.sign`'s."""
-
-    def __init__(self, settings: DKIMSettings) -> None:
-        self.settings = settings
-        loaded = serialization.load_pem_private_key(
-            Path(settings.private_key_path).read_bytes(), password=None
-        )
-        if not isinstance(loaded, rsa.RSAPrivateKey):
-            raise MessageError(
-                f"DKIM key {settings.private_key_path} is not an RSA key"
-                " (the relay signs rsa-sha256)"
-            )
-        self._rsa = loaded
-        self._headers = [h.encode().lower() for h in settings.headers]
-        self._domain = settings.domain.encode()
-        self._selector = settings.selector.encode()
-        self._policy = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
-
-    def sign(self, message: bytes, now: float | None = None) -> bytes:
-        """`message` (CRLF line ends, as `build_message` writes them) with a
-        DKIM-Signature header in front. `now`: the t= tag (seconds; now when None)."""
-        headers, body = _split(message)
-        present = {name.lower() for name, _ in headers}
-        include = tuple(h for h in self._headers if h in present)
-        if b"from" not in include:
-            raise MessageError("cannot DKIM-sign a message without a From header (RFC 6376 5.4)")
-        bodyhash = base64.b64encode(hashlib.sha256(self._policy.canonicalize_body(body)).digest())
-        stamp = int(time.time() if now is None else now)
-        fields = [
-            (b"v", b"1"),
-            (b"a", ALGORITHM),
-            (b"c", CANONICALIZATION),
-            (b"d", self._domain),
-            (b"i", b"@" + self._domain),
-            (b"q", b"dns/txt"),
-            (b"s", self._selector),
-            (b"t", str(stamp).encode("ascii")),
-            (b"h", b" : ".join(include)),
-            (b"bh", bodyhash),
-            (b"b", _B_PLACEHOLDER),
-        ]
-        # dkimpy's DomainSigner.gen_header (1.1.8), its RSA step done by OpenSSL.
-        name = b"DKIM-Signature"
-        value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(name))
-        value = dkim.RE_BTAG.sub(b"\\1", value)
-        h = hashlib.sha256()
-        canonical = self._policy.canonicalize_headers(headers)
-        dkim.hash_headers(h, self._policy, canonical, include, (name, b" " + value), dict(fields))
-        signature = openssl_rsa_sign(self._rsa, ALGORITHM, h.digest())
-        fields[-1] = (b"b", base64.b64encode(signature))
-        signed: bytes = dkim.fold(
-            b"; ".join(b"=".join(x) for x in fields) + b"\r\n", namelen=len(name)
-        )
-        return name + b": " + signed + message
-
-
 def build_message(
     record: DeliveryRecord,
     now: float,
@@ -205,7 +104,12 @@ def build_message(
             data = _structured(record, now, stamp, links)
         except (ValueError, TypeError, UnicodeError) as exc:
             raise MessageError(f"cannot build message {record.id}: {exc}") from exc
-    return signer.sign(data) if signer is not None else data
+    if signer is None:
+        return data
+    try:
+        return signer.sign(data)
+    except SigningError as exc:
+        raise MessageError(f"cannot sign message {record.id}: {exc}") from exc
 
 
 def _raw(raw: str) -> bytes:

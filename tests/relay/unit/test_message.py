@@ -253,12 +253,14 @@ def test_a_100_kb_message_gets_dkimpy_s_signature_and_verifies(
 
 
 def test_a_message_without_from_is_refused_for_signing(tmp_path: Path) -> None:
+    """A raw message the pool would sign without From: a MessageError (the record
+    goes to the DLQ with the reason), not another exception."""
     write_rsa_key(tmp_path / "k.pem")
     signer = Signer(
         DKIMSettings(domain="sender.test", selector="s1", private_key_path=str(tmp_path / "k.pem"))
     )
-    with pytest.raises(MessageError, match="without a From header"):
-        signer.sign(b"Subject: s\r\n\r\nbody\r\n")
+    with pytest.raises(MessageError, match=r"cannot sign message r-1: .*without a From header"):
+        build_message(_raw_record("Subject: s\n\nbody\n"), NOW, signer)
 
 
 def test_dkim_signature_verifies(tmp_path: Path) -> None:

@@ -100,6 +100,9 @@ WATCHDOG_SECONDS = 1.0  # command timeouts and connection reuse limits are enfor
 TLS_FALLBACK_SECONDS = 3600.0
 MAX_TLS_BROKEN_HOSTS = 10_000  # hosts remembered; past it the expired ones are dropped
 MAX_REMEMBERED_DOMAINS = 10_000  # domains whose reuse limits are kept looked up; then forgotten
+# TLS outcomes kept made (`_tls_outcome`): modes x policies x failures x protocols
+# is a few hundred; the bound only guards against a protocol string per server.
+MAX_TLS_OUTCOMES = 1024
 
 
 def dns_failure(exc: Exception, domain: str) -> SMTPReply:
@@ -250,12 +253,14 @@ class SMTPTransport:
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._site_of: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
         self._watchdog: asyncio.Task[None] | None = None
+        self._outcomes: dict[tuple[Any, ...], TLSOutcome] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
         self.mx.reconfigure(config)
         self._reuse_limits: dict[str, ReuseLimits] = {}  # domain -> its throttle's, this config's
+        self._plans: dict[str, TLSPlan] = {}  # domain -> `destination_plan`, this config's
         self._tls_broken: dict[tuple[str, int], float] = {}  # (host, port) -> clear until
         # The pool's plan and each site's (`tls.sites`): whatever any destination may
         # get decides which helpers exist (a TLSA resolver, an MTA-STS fetcher, a
@@ -299,10 +304,10 @@ class SMTPTransport:
             return _all(rcpts, dns_failure(exc, envelope.domain), Stage.DNS)
         tls_plan, sts = await self._destination_plan(envelope.domain)
         policy = sts.policy if sts is not None else None
-        outcome = TLSOutcome(
-            mode=tls_plan.mode.value,
-            policy=policy.mode.value if policy is not None else None,
-            failure=sts.failure if sts is not None else None,
+        outcome = self._tls_outcome(
+            tls_plan.mode.value,
+            policy.mode.value if policy is not None else None,
+            sts.failure if sts is not None else None,
         )
         if policy is not None and policy.mode is STSMode.ENFORCE:
             # RFC 8461 section 5: only MX hosts the policy lists are used
@@ -350,11 +355,44 @@ class SMTPTransport:
         """The TLS plan for `domain`: its site's or the pool's (`destination_plan`),
         and under mode mta-sts what the domain's policy says (never an exception:
         see `mta_sts_fetch`)."""
-        site_plan = destination_plan(self.config, domain)
+        site_plan = self._plans.get(domain)
+        if site_plan is None:  # the site and group match (fnmatch) once per domain, not per message
+            if len(self._plans) >= MAX_REMEMBERED_DOMAINS:
+                self._plans.clear()
+            site_plan = self._plans[domain] = destination_plan(self.config, domain)
         if site_plan.mode is not TLSMode.MTA_STS or self._sts is None:
             return site_plan, None
         sts = await self._sts.applied(ascii_domain(domain))
         return sts_plan(sts.policy), sts
+
+    def _tls_outcome(
+        self,
+        mode: str,
+        policy: str | None,
+        failure: TLSFailure | None,
+        negotiated: _Negotiated | None = None,
+    ) -> TLSOutcome:
+        """A destination's TLS before a connection (`negotiated` None), or an
+        attempt's on a connection. Made once per combination and shared: the
+        outcome is frozen and every field comes from a small fixed set, and
+        building a pydantic model twice per message was 2% of the relay's CPU."""
+        key = (mode, policy, failure, negotiated)
+        found = self._outcomes.get(key)
+        if found is None:
+            if len(self._outcomes) >= MAX_TLS_OUTCOMES:
+                self._outcomes.clear()
+            if negotiated is None:
+                found = TLSOutcome(mode=mode, policy=policy, failure=failure)
+            else:
+                found = TLSOutcome(
+                    mode=mode,
+                    policy=policy,
+                    protocol=negotiated.protocol,
+                    verified=negotiated.verified,
+                    failure=failure,
+                )
+            self._outcomes[key] = found
+        return found
 
     def _outcome(self, conn: Session, base: TLSOutcome, listed: bool) -> TLSOutcome:
         """The TLS of an attempt on `conn`: what its handshake gave, under this
@@ -363,13 +401,7 @@ class SMTPTransport:
         failure = negotiated.failure or base.failure
         if not listed:  # mta-sts testing, an MX the policy does not list: reported
             failure = failure or TLSFailure.MX_MISMATCH
-        return base.model_copy(
-            update={
-                "protocol": negotiated.protocol,
-                "verified": negotiated.verified,
-                "failure": failure,
-            }
-        )
+        return self._tls_outcome(base.mode, base.policy, failure, negotiated)
 
     async def _acquire(
         self, env: Envelope, route: Route, fresh_only: bool, tls_plan: TLSPlan
