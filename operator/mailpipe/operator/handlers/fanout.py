@@ -570,19 +570,25 @@ def _run_fanout(
                 pre_suppressed += chunk.suppressed
                 transactions.produce(t.outbound, chunk.records)
                 index = end
-    except kafka_io.ProducerFencedError as exc:
+    except KafkaError as exc:
+        # A fenced producer is not always told so: frozen past its commit's
+        # timeout, it only learns the commit timed out. The checkpoint says.
         now = state.kube.get_custom("campaigns", namespace, name)
         holder = FanoutCheckpoint.from_status((now or {}).get("status", {})).holder
-        if holder == state.process.encode():  # the broker aborted it (transaction timeout)
+        if holder == state.process.encode():
+            if not isinstance(exc, kafka_io.ProducerFencedError):
+                raise  # Kafka trouble: retried after a pause, from the checkpoint
+            # the broker aborted it (its transaction timeout): resumed at once
             log.warning("fan-out of %s: chunk aborted (%s); resuming from the checkpoint", key, exc)
-        else:
-            log.warning(
-                "fan-out of %s fenced at the broker (%s): taken over by %s, this process "
-                "stops producing it",
-                key,
-                exc,
-                holder,
-            )
+            return False
+        log.warning(
+            "fan-out of %s fenced: taken over by %s, whose transactions fence this "
+            "process's at the broker (%s: %s); this process stops producing it",
+            key,
+            holder or "another operator process (which has finished or released it since)",
+            type(exc).__name__,
+            exc,
+        )
         return False
     obj = state.kube.get_custom("campaigns", namespace, name)
     if obj is None:
