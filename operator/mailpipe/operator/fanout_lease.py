@@ -34,10 +34,16 @@ it is dead, frozen or cut off. A takeover that is wrong (a holder that was
 only slow) costs one aborted chunk, which the new holder produces again, once.
 
 Whether the holder's pod still exists is not asked: a peering standby runs
-the daemon only after the dead replica's keep-alive expired (30 s by
-default), by which time its holder has been silent longer than
-TAKEOVER_SECONDS anyway, and reading pods of the operator's own namespace
-would need one more RBAC rule for nothing.
+the daemon only after the dead replica's keep-alive expired (30 s with the
+chart's default lifetime), by which time its holder has been silent longer
+than TAKEOVER_SECONDS anyway, and reading pods of the operator's own
+namespace would need one more RBAC rule for nothing.
+
+What this does not prevent: two processes that both keep running the daemon
+(two standalone operators) with chunks slower than TAKEOVER_SECONDS take the
+fan-out from each other at every chunk and abort each other's transactions:
+no recipient twice, but no progress either. A holder renews `held_at` once
+per chunk only.
 
 Pure: the clock and the process probe are passed in.
 """
