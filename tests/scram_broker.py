@@ -167,7 +167,8 @@ def grant(admin: KafkaConnection, topics: set[str], partitions: int, grants: lis
 
 def operator_acls() -> list[ACL]:
     """README's operator lines: everything under `mailpipe.`, but never writing
-    the never-mail list (a DENY wins over the prefix ALLOW)."""
+    the never-mail list (a DENY wins over the prefix ALLOW), and the fan-out's
+    transactions."""
 
     def acl(op: ACLOperation, name: str, kind: ACLResourcePatternType, allow: bool) -> ACL:
         permission = ACLPermissionType.ALLOW if allow else ACLPermissionType.DENY
@@ -175,9 +176,20 @@ def operator_acls() -> list[ACL]:
             f"User:{OPERATOR}", "*", op, permission, ResourcePattern(ResourceType.TOPIC, name, kind)
         )
 
+    # the fan-out's transactional ids (`fanout_lease.transactional_id`), outside
+    # every namespace's space
+    fanout = ResourcePattern(
+        ResourceType.TRANSACTIONAL_ID,
+        "mailpipe._operator.",
+        ACLResourcePatternType.PREFIXED,
+    )
     return [
         acl(ACLOperation.ALL, "mailpipe.", ACLResourcePatternType.PREFIXED, True),
         acl(ACLOperation.WRITE, NEVER_MAIL_TOPIC, ACLResourcePatternType.LITERAL, False),
+        *(
+            ACL(f"User:{OPERATOR}", "*", op, ACLPermissionType.ALLOW, fanout)
+            for op in (ACLOperation.WRITE, ACLOperation.DESCRIBE)
+        ),
     ]
 
 

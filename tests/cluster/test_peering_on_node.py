@@ -46,6 +46,7 @@ from mailpipe.devstack import harness
 from mailpipe.devstack.node import Node
 from mailpipe.devstack.stack import StackState
 from mailpipe.kafkakit import read_topic
+from mailpipe.operator import fanout_lease
 from tests.cluster.conftest import CHART, ROOT, Image, install, operator_pods, uninstall
 from tests.conftest import wait_for
 
@@ -76,11 +77,11 @@ BIG_AUDIENCE = 10_000
 FANOUT_CHUNK = 250
 MID_FANOUT = 1_000
 MID_FANOUT_SECONDS = 180  # the audience checked and rendered, then the first chunks
-# A replica resumes a fan-out another process held only once that holder wrote
-# nothing for this long (fanout_lease: longer than a chunk takes to land; 200 s
-# by default, for a holder that may be frozen rather than dead); shortened here
-# (MAILPIPE_FANOUT_TAKEOVER_SECONDS) so the test does not wait out the default.
-TAKEOVER_SECONDS = 30
+# A replica resumes a fan-out another process held once that holder wrote
+# nothing for fanout_lease.TAKEOVER_SECONDS (20 s; the broker fences the old
+# holder, so it no longer has to outlast a chunk's way to Kafka): shorter than
+# the keep-alive lifetime a standby waits out anyway, so the default is tested.
+TAKEOVER_SECONDS = fanout_lease.TAKEOVER_SECONDS
 POLL_SECONDS = 0.2  # how finely the fan-out's progress is watched for the kill
 
 STARTED = re.compile(rf"peering '{PEERING}' as (\S+), priority (-?\d+)")  # main.run
@@ -290,7 +291,9 @@ def fanout_status(rel: Release, name: str) -> dict[str, Any]:
 def fanned_out(
     rel: Release, name: str, by: Replica, timeout: float = FANOUT_SECONDS
 ) -> Counter[str]:
-    """Wait until campaign `name`'s fan-out is done; its record ids on the outbound topic."""
+    """Wait until campaign `name`'s fan-out is done; its record ids on the outbound
+    topic, as the relays read them (read_committed: a chunk the kill left open
+    is aborted by the survivor and never delivered)."""
 
     def state() -> Any:
         obj = harness.get_object(rel.env, "campaigns.mailpipe.io", name, rel.namespace) or {}
@@ -300,7 +303,7 @@ def fanned_out(
     obj = harness.get_object(rel.env, "campaigns.mailpipe.io", name, rel.namespace) or {}
     uid = obj["metadata"]["uid"]
     topic = Topics.for_pool(rel.namespace, "news").outbound
-    ids = (json.loads(v)["id"] for _, v in read_topic(rel.bootstrap, topic) if v)
+    ids = (json.loads(v)["id"] for _, v in read_topic(rel.bootstrap, topic, committed=True) if v)
     return Counter(i for i in ids if i.startswith(uid))
 
 
@@ -330,7 +333,6 @@ def test_one_replica_acts_and_a_crash_hands_over_within_the_lifetime(
         image,
         LIFETIME_SECONDS,
         ("MAILPIPE_FANOUT_CHUNK", str(FANOUT_CHUNK)),
-        ("MAILPIPE_FANOUT_TAKEOVER_SECONDS", str(TAKEOVER_SECONDS)),
     )
 
     apply_pool(env, namespace)
@@ -372,6 +374,13 @@ def test_one_replica_acts_and_a_crash_hands_over_within_the_lifetime(
     assert at_kill.get("nextIndex", 0) < BIG_AUDIENCE, at_kill
     wait_seen(lambda: active(standby), CRASH_HANDOVER_SECONDS, "the standby resumed", standby)
     print(f"crash hand-over: {time.monotonic() - killed_at:.1f} s (lifetime {LIFETIME_SECONDS} s)")
+    wait_seen(
+        lambda: fanout_status(rel, "big").get("holder") != at_kill.get("holder"),
+        TAKEOVER_SECONDS + MID_FANOUT_SECONDS,
+        "the survivor claiming the big fan-out",
+        standby,
+    )
+    print(f"fan-out hand-over: {time.monotonic() - killed_at:.1f} s after the kill")
     big = fanned_out(rel, "big", standby, timeout=TAKEOVER_SECONDS + MID_FANOUT_SECONDS)
     print(f"big fan-out done {time.monotonic() - killed_at:.1f} s after the kill")
     assert_once(big, BIG_AUDIENCE)

@@ -33,8 +33,10 @@ from kafka.errors import (
 
 from mailpipe.contracts.topics import NEVER_MAIL_TOPIC, Topics, pool_group
 from mailpipe.devstack import kafka
+from mailpipe.operator.fanout_lease import transactional_id
 from tests.scram_broker import (
     CLIENT_TIMEOUT_MS,
+    OPERATOR,
     PASSWORDS,
     Broker,
     grant,
@@ -198,3 +200,15 @@ def test_a_tenants_submission_endpoint_uses_transactional_ids_of_its_namespace_o
     _transaction(acl_broker, TENANT_X, f"{own.submitted}.pod-0", own.outbound)
     with pytest.raises(KafkaError, match="TransactionalIdAuthorization"):
         _transaction(acl_broker, TENANT_X, f"{theirs.submitted}.pod-0", own.outbound)
+
+
+def test_the_operators_fanout_transactions_are_its_own(acl_broker: str) -> None:
+    """The operator commits each fan-out chunk in a transaction under the
+    campaign's transactional id (`fanout_lease.transactional_id`): the README's
+    operator lines allow it, and no tenant's ACLs do, so a tenant's relays cannot
+    fence (stall) a fan-out of their namespace."""
+    own = Topics.for_pool("x", "news", ["1m"])
+    fanout = transactional_id("x", "news", "0b5e7f9c-uid")
+    _transaction(acl_broker, OPERATOR, fanout, own.outbound)
+    with pytest.raises(KafkaError, match="TransactionalIdAuthorization"):
+        _transaction(acl_broker, TENANT_X, fanout, own.outbound)

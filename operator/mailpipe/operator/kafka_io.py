@@ -5,20 +5,26 @@ kafka-python (`.importlinter`, "kafka-only-at-its-boundary"); handlers catch
 `KafkaError` from here.
 
 Kafka clients are few and shared, whatever the number of pools: one producer
-and at most `ADMIN_CLIENTS_PER_CLUSTER` admin clients per cluster here, and one
-events reader per cluster (`events_hub.EventsHub`, re-exported).
+and at most `ADMIN_CLIENTS_PER_CLUSTER` admin clients per cluster here (and a
+producer per fan-out running, for its transactions), and one events reader
+per cluster (`events_hub.EventsHub`, re-exported).
 
-Fan-out is exactly-once across operator restarts without Kafka transactions:
-before each chunk the operator checkpoints, in the Campaign's status, the
-index it starts at *and the end offsets of the outbound topic at that moment*.
-After a crash it scans only the records appended since those offsets, finds
-which indices of this campaign were already produced (record ids are
-`<campaign uid>-<index>`), and skips them. Nothing before the checkpoint is
-re-sent, nothing after it is lost.
+Fan-out is exactly-once across operator restarts and replicas: before each
+chunk the operator checkpoints, in the Campaign's status, the index it starts
+at *and the end offsets of the outbound topic at that moment*, then produces
+the chunk in one Kafka transaction (`FanoutTransactions`) under the campaign's
+transactional id. A process resuming it first fences every earlier producer
+of that id (`init_transactions` aborts what one left open), then scans the
+records committed since those offsets (`produced_since`, read_committed, as
+the relays read), finds which indices of this campaign are there (record ids
+are `<campaign uid>-<index>`), and skips them. Nothing before the checkpoint
+is re-sent, nothing after it is lost, and a fenced process commits nothing more
+(`fanout_lease` says who may resume a fan-out, and when).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import json
@@ -27,11 +33,13 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError as KafkaError  # re-exported: handlers catch it
+from kafka.errors import ProducerFencedError as ProducerFencedError  # re-exported, the same
 from kafka.errors import TopicAlreadyExistsError
 
 from mailpipe.contracts.wire import (
@@ -56,13 +64,23 @@ FANOUT_LINGER_MS = 20
 FANOUT_BATCH_BYTES = 256 * 1024
 ACK_TIMEOUT_SECONDS = 30  # a record not acknowledged by then fails the chunk (retried whole)
 CLOSE_TIMEOUT_SECONDS = 10  # at shutdown, pending sends get this long before they are dropped
+# The broker aborts a fan-out transaction left open this long (its producer
+# frozen or dead and nobody took over): the relays' read_committed reads of
+# the pool's outbound topic wait behind an open one. A chunk's transaction
+# holds rendered records only, sent and acknowledged within ACK_TIMEOUT_SECONDS.
+TRANSACTION_TIMEOUT_MS = 60_000
+# kafka-python's commit_transaction waits without a limit; a commit normally
+# takes milliseconds, and past this the producer is given up (the next one's
+# init_transactions settles the transaction either way).
+COMMIT_LIMIT_SECONDS = 30.0
 # Reconciles of many pools create topics at once; two clients keep a slow
 # controller round trip from serialising all of them, and stay a fixed number.
 ADMIN_CLIENTS_PER_CLUSTER = 2
 
 
 class Producers:
-    """One idempotent, acks=all producer per Kafka cluster, shared by fan-outs."""
+    """One idempotent, acks=all producer per Kafka cluster, shared by campaign control
+    records and warm-up un-pauses (fan-outs have their own: `FanoutTransactions`)."""
 
     def __init__(self) -> None:
         self._producers: dict[str, KafkaProducer] = {}
@@ -105,6 +123,135 @@ def produce_all(producer: KafkaProducer, topic: str, records: list[tuple[bytes, 
         f.get(timeout=ACK_TIMEOUT_SECONDS)
 
 
+# What a producer that another process with its transactional id fenced is
+# told: ProducerFencedError by a commit or an epoch bump, InvalidProducerEpochError
+# by a send in flight (kafka-python 3.0), then either inside other errors' args.
+_FENCED = (kafka_errors.ProducerFencedError, kafka_errors.InvalidProducerEpochError)
+
+
+def _fenced(exc: BaseException) -> bool:
+    """Whether `exc` says this producer was fenced (see `_FENCED`)."""
+    seen: BaseException | None = exc
+    looked: set[int] = set()
+    while seen is not None and id(seen) not in looked:
+        looked.add(id(seen))
+        if isinstance(seen, _FENCED) or any(isinstance(a, _FENCED) for a in seen.args):
+            return True
+        if kafka_errors.ProducerFencedError.__name__ in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class FanoutTransactions:
+    """One campaign's fan-out producer: each chunk one Kafka transaction.
+
+    Made per run of a fan-out, not shared: a producer has at most one
+    transaction open, and the transactional id is the campaign's
+    (`fanout_lease.transactional_id`). Making it fences every earlier producer
+    of that id (`init_transactions`: the broker bumps the id's epoch and
+    aborts the transaction an earlier one left open), so it must be made only
+    after this process claimed the fan-out in the checkpoint. After any
+    failure it is closed at once and not used again: the next one settles
+    whatever it left open."""
+
+    def __init__(self, bootstrap: str, transactional_id: str) -> None:
+        self.transactional_id = transactional_id
+        self._producer = without_auto_create(
+            KafkaProducer(
+                **client_options(connection(bootstrap)),
+                transactional_id=transactional_id,
+                acks="all",
+                enable_idempotence=True,
+                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                linger_ms=FANOUT_LINGER_MS,
+                batch_size=FANOUT_BATCH_BYTES,
+                compression_type=None,
+                client_id="mailpipe-operator-fanout",
+            )
+        )
+        try:
+            self._producer.init_transactions()
+        except BaseException as exc:
+            self._raise(exc)
+
+    def produce(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+        """`records` in one transaction, committed once every one is acknowledged.
+
+        ProducerFencedError: another process made a producer of this id since
+        (it took the fan-out over); nothing of this transaction is visible.
+        Any other KafkaError: the transaction may or may not be committed
+        (a commit that timed out); the next producer's init settles it and its
+        scan finds out which."""
+        producer = self._producer
+        futures: list[Any] = []
+        try:
+            if not records:
+                return  # no transaction to commit: a resumed chunk already on the topic
+            producer.begin_transaction()
+            futures.extend(producer.send(topic, key=k, value=v) for k, v in records)
+            producer.flush()
+            for f in futures:
+                f.get(timeout=ACK_TIMEOUT_SECONDS)
+            self._commit(producer)
+        except BaseException as exc:
+            # A send refused because the producer is already bumping its epoch
+            # says nothing of why: the record that failed first does.
+            failed = [f.exception for f in futures if f.failed()]
+            self._raise(next((e for e in failed if _fenced(e)), exc))
+
+    def _commit(self, producer: KafkaProducer) -> None:
+        """`commit_transaction`, given up after COMMIT_LIMIT_SECONDS (it waits for ever)."""
+        outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def commit() -> None:
+            try:
+                producer.commit_transaction()
+            except BaseException as exc:
+                outcome.set_exception(exc)
+            else:
+                outcome.set_result(None)
+
+        threading.Thread(target=commit, name="fanout-commit", daemon=True).start()
+        try:
+            outcome.result(timeout=COMMIT_LIMIT_SECONDS)
+        except concurrent.futures.TimeoutError as exc:
+            raise kafka_errors.KafkaTimeoutError(
+                f"commit not acknowledged within {COMMIT_LIMIT_SECONDS:.0f} s"
+            ) from exc
+
+    def _mapped(self, exc: BaseException) -> BaseException:
+        """`exc` as the handlers catch it: ProducerFencedError, else a KafkaError."""
+        mapped: BaseException = exc
+        if _fenced(exc):
+            mapped = kafka_errors.ProducerFencedError(
+                f"transactional id {self.transactional_id} fenced by a newer producer: "
+                f"{type(exc).__name__}: {exc}"
+            )
+        elif isinstance(exc, Exception) and not isinstance(exc, KafkaError):
+            mapped = KafkaError(f"{type(exc).__name__}: {exc}")
+        return mapped
+
+    def _raise(self, exc: BaseException) -> NoReturn:
+        """Close at once, then raise `exc` as the handlers catch it."""
+        self.close(force=True)
+        mapped = self._mapped(exc)
+        if mapped is exc:
+            raise exc
+        raise mapped from exc
+
+    def close(self, force: bool = False) -> None:
+        """Close; `force`: at once, dropping what is unsent (never committed)."""
+        with contextlib.suppress(Exception):
+            self._producer.close(timeout=0 if force else CLOSE_TIMEOUT_SECONDS)
+
+    def __enter__(self) -> FanoutTransactions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(force=exc[0] is not None)
+
+
 def produce_to_every_partition(
     producer: KafkaProducer, topic: str, key: bytes, value: bytes
 ) -> int:
@@ -138,18 +285,22 @@ def delete_topics(bootstrap: str, names: Iterable[str]) -> list[str]:
 
 
 def read_topic(
-    bootstrap: str, topic: str, since: dict[int, int] | None = None
+    bootstrap: str, topic: str, since: dict[int, int] | None = None, committed: bool = False
 ) -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of `topic` up to its end now (from `since`)."""
-    return _read_topic(connection(bootstrap), topic, since)
+    """Every (key, value) of `topic` up to its end now (from `since`; `committed`:
+    read_committed, waiting for the transactions open now to be decided)."""
+    return _read_topic(connection(bootstrap), topic, since, committed)
 
 
 def produced_since(bootstrap: str, topic: str, since: dict[int, int], uid: str) -> set[int]:
-    """Indices of campaign `uid` appended to `topic` after the `since` offsets."""
+    """Indices of campaign `uid` committed to `topic` after the `since` offsets.
+
+    read_committed: the records of an aborted transaction (a fenced holder's
+    chunk) are not there, so they are produced again, once."""
     prefix = f'"id":"{uid}-'.encode()
     return {
         int(json.loads(value)["id"].rsplit("-", 1)[1])
-        for _, value in read_topic(bootstrap, topic, since)
+        for _, value in read_topic(bootstrap, topic, since, committed=True)
         if value and prefix in value
     }
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -355,7 +353,9 @@ def _fanout(env: dict[str, str], name: str, namespace: str) -> dict[str, Any]:
 
 
 def _outbound_ids(bootstrap: str, topic: str, uid: str) -> Counter[str]:
-    ids = (json.loads(v)["id"] for _, v in read_topic(bootstrap, topic) if v)
+    """Record ids of campaign `uid` as the relays read them (read_committed): a
+    chunk aborted by a kill is on the log but never delivered."""
+    ids = (json.loads(v)["id"] for _, v in read_topic(bootstrap, topic, committed=True) if v)
     return Counter(i for i in ids if i.startswith(uid))
 
 
@@ -555,59 +555,3 @@ def test_an_audience_edited_mid_fanout_is_never_resumed_by_position(
     addresses = Counter(r["recipients"][0]["address"] for r in mine)
     assert len(addresses) == n and max(addresses.values()) == 1, addresses.most_common(3)
     assert not any(a.startswith("new") for a in addresses)
-
-
-def test_a_frozen_operator_that_wakes_after_a_takeover_stops_producing(
-    operator_factory: Callable[..., OperatorProcess],
-    cli_env: dict[str, str],
-    namespace: str,
-    kafka_bootstrap: str,
-    topic_prefix: str,
-) -> None:
-    """Split brain: an operator frozen mid-fan-out (SIGSTOP: a stalled node, a
-    replica cut off from the apiserver) is replaced, then wakes. Before, both
-    resumed from the same checkpoint: the woken one produced every chunk from
-    where it stopped, all of them a second time. Now the replacement waits
-    until the holder named in the checkpoint has been silent for the takeover
-    time, claims the fan-out, and the woken one finds itself no longer the
-    holder at its next chunk and stops: at most the chunk it was producing
-    when frozen is repeated (`fanout_lease`, what it cannot fence)."""
-    n, chunk, takeover = 3000, 100, 8
-    knobs = {
-        "MAILPIPE_FANOUT_CHUNK": str(chunk),
-        "MAILPIPE_FANOUT_TAKEOVER_SECONDS": str(takeover),
-    }
-    op = operator_factory(**knobs)
-    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
-    _apply_audience(
-        cli_env, namespace, "address\n" + "".join(f"u{i}@d{i % 13}.test\n" for i in range(n))
-    )
-    _apply_configmap_campaign(cli_env, namespace, "split")
-
-    def fanout() -> dict[str, Any]:
-        return _fanout(cli_env, "split", namespace)
-
-    wait_for(lambda: fanout().get("nextIndex", 0) >= 500, 120, "fan-out under way", op)
-    os.kill(op.pid, signal.SIGSTOP)
-    try:
-        frozen_at = fanout()
-        assert frozen_at.get("state") == "running" and frozen_at.get("holder"), frozen_at
-        op2 = operator_factory(**knobs)
-        wait_for(lambda: fanout().get("state") == "done", 180, "done by the replacement", op2)
-        described = kubectl(cli_env, "describe", "camp", "split", "-n", namespace).stdout
-        assert "FanoutHeldElsewhere" in described  # it waited for the silent holder first
-    finally:
-        os.kill(op.pid, signal.SIGCONT)
-    wait_for(
-        lambda: "this process stops producing it" in op.log.read_text(),
-        60,
-        "the woken operator stops at its next chunk",
-        op,
-    )
-    uid = (get(cli_env, "camp", "split", namespace) or {})["metadata"]["uid"]
-    ids = _outbound_ids(kafka_bootstrap, f"{topic_prefix}.outbound", uid)
-    assert len(ids) == n
-    repeated = sum(c - 1 for c in ids.values())
-    assert repeated <= chunk, (
-        f"{repeated} records produced twice (before: every chunk after the freeze)"
-    )

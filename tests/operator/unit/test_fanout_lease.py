@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mailpipe.contracts.topics import namespace_space
+from mailpipe.operator import fanout_lease, main
 from mailpipe.operator.fanout_lease import Holder, may_produce
 
 ME = Holder("mailpipe-operator-7d9-abc", 1, 1_000.0)
@@ -49,3 +51,30 @@ def test_may_produce(
     ok, reason = may_produce(encoded, held_at, ME, NOW, alive.__contains__, takeover_seconds=200)
     assert ok is allowed
     assert why in reason
+
+
+def test_a_crashed_replicas_fanout_resumes_as_soon_as_its_standby_acts() -> None:
+    """A peering standby acts once the dead replica's keep-alive expired; its
+    holder has then been silent at least that long. Before, the standby waited
+    200 s more, because a frozen holder could still be producing; the broker now
+    fences it (the campaign's transactional id), so the wait is shorter than
+    the keep-alive and adds nothing to the hand-over."""
+    assert fanout_lease.TAKEOVER_SECONDS < main.PEERING_LIFETIME_SECONDS
+    silent_since_crash = NOW - main.PEERING_LIFETIME_SECONDS
+    ok, why = may_produce(OTHER.encode(), silent_since_crash, ME, NOW, {1}.__contains__)
+    assert ok, why
+
+
+@pytest.mark.parametrize("namespace", ["mail", "fanout", "operator", "a"])
+def test_a_fanouts_transactional_id_is_the_campaigns_and_no_tenants(namespace: str) -> None:
+    """One id per campaign (a re-created one of the same name is another), every
+    process producing it uses it (so the broker fences all but the latest), and
+    no namespace's space holds it: a tenant's transactional-id ACL (prefix
+    `mailpipe.<namespace>.`) never lets its relays fence the operator's fan-out."""
+    tid = fanout_lease.transactional_id(namespace, "news", "uid-1")
+    assert tid == fanout_lease.transactional_id(namespace, "news", "uid-1")
+    assert tid != fanout_lease.transactional_id(namespace, "news", "uid-2")
+    assert tid != fanout_lease.transactional_id(namespace, "news2", "uid-1")
+    for space in ("mail", "fanout", "operator", "a"):
+        assert not tid.startswith(namespace_space(space) + ".")
+    assert tid.startswith(fanout_lease.TRANSACTIONAL_ID_PREFIX)

@@ -99,7 +99,7 @@ class OperatorState:
     tally: Tally = field(default_factory=Tally)
     """Per-campaign counts of the latest disposition per recipient."""
     producers: kafka_io.Producers = field(default_factory=kafka_io.Producers)
-    """One producer per Kafka cluster, shared by fan-outs and control records."""
+    """One producer per Kafka cluster, shared by control records (a fan-out has its own)."""
     ledgers: dict[str, WarmupLedger] = field(default_factory=dict)
     """Per-IP warm-up of each pool (`namespace/name`), as the relays count it."""
     warmup_sources: dict[str, tuple[str, str]] = field(default_factory=dict)

@@ -6,12 +6,15 @@ audience checked in a process of its own (`render_check`: parsed, normalised,
 de-duplicated, validated, every record rendered within limits) before the
 first record is produced, so a bad row or template fails the campaign with
 nothing sent (`status.audience` says what was de-duplicated and skipped).
-Then it produces the prepared audience in chunks. Before each chunk
+Then it produces the prepared audience in chunks, each in one Kafka
+transaction under the campaign's transactional id. Before each chunk
 it writes a `FanoutCheckpoint` (next index + the outbound topic's end offsets)
-into status; a restarted operator resumes from it and skips indices already
-on the topic, so no recipient is produced twice (see `kafka_io` for why that
-is exactly-once without Kafka transactions). The daemon exits when the
-fan-out is done or failed; the status timer in `handlers.campaign` takes over.
+into status; a restarted operator, or another replica, claims the fan-out in
+the checkpoint, fences every earlier producer of the campaign at the broker,
+resumes from the checkpoint and skips indices committed on the topic since, so
+no recipient is produced twice (`kafka_io`, `fanout_lease`). The daemon exits
+when the fan-out is done or failed; the status timer in `handlers.campaign`
+takes over.
 
 A Failed campaign whose spec is then edited (a new generation) gets a new
 daemon (kopf's `when` filter, `progress.fanout_wanted`), which resumes from
@@ -171,7 +174,7 @@ def fanout(
                 stopped.wait(POLL_SECONDS)
                 continue
             assert pool is not None
-            _run_fanout(
+            if not _run_fanout(
                 stopped,
                 state,
                 campaign_key,
@@ -182,7 +185,11 @@ def fanout(
                 body,
                 generation,
                 checked,
-            )
+            ):
+                # Another process holds it now: watched, so this one resumes it
+                # should that one go too (the lease above says when).
+                waiting_for = None
+                continue
         except camp.CampaignError as exc:
             checked = None  # a fixed ConfigMap or spec is checked again
             failed = FanoutCheckpoint(
@@ -467,8 +474,10 @@ def _run_fanout(
     body: Any,
     generation: int | None,
     checked: Checked | None,
-) -> None:
+) -> bool:
     """Produce the audience from `checkpoint` on; returns early when stopped or deleted.
+    False when another operator process took the fan-out over (this one stopped
+    producing it); True when done, stopped or deleted.
 
     `checked`: the audience as checked while the pool was not Ready, used when
     neither the spec nor the audience ConfigMap changed since."""
@@ -480,7 +489,7 @@ def _run_fanout(
     state.hub.follow(bootstrap, t.events, state.tally.observe)
     ready = _prepare(stopped, state, key, uid, spec_raw, checkpoint, generation, checked)
     if ready is None:
-        return
+        return True
     spec, prepared = ready
     digest, audience, total = prepared.digest(), prepared.recipients, len(prepared.recipients)
     renderer = camp.Renderer(
@@ -490,15 +499,11 @@ def _run_fanout(
     groups, overrides = pool.spec.domain_groups, pool.spec.throttles.overrides
     site_of = functools.partial(sites.site_of, groups=groups, overrides=overrides)
     start = checkpoint.next_index
-    produced: set[int] = set()
-    if checkpoint.offsets:
-        produced = kafka_io.produced_since(bootstrap, t.outbound, checkpoint.offsets, uid)
     enqueued = checkpoint.enqueued
     pre_suppressed = checkpoint.suppressed_before_send
     if start == 0 and checkpoint.is_empty:
         kopf.info(body, reason="FanoutStarted", message=f"{total} recipients to {t.outbound}")
     started_at = checkpoint.started_at or now_iso()
-    producer = state.producers.get(bootstrap)
 
     def progress(state_: FanoutState, index: int, **fields: Any) -> FanoutCheckpoint:
         return FanoutCheckpoint(
@@ -515,40 +520,86 @@ def _run_fanout(
             **fields,
         )
 
-    index = start
-    while index < total:
-        obj = state.kube.get_custom("campaigns", namespace, name)
-        if obj is None:
-            return
-        if stopped:  # released: another replica may resume it at once
-            _write_held(state, key, obj, FanoutCheckpoint(holder=None))
-            return
-        running = progress(
+    def held(index: int, offsets: dict[int, int] | None) -> FanoutCheckpoint:
+        return progress(
             FanoutState.RUNNING,
             index,
-            offsets=kafka_io.end_offsets(bootstrap, t.outbound),
+            offsets=offsets,
             holder=state.process.encode(),
             held_at=time.time(),
         )
-        claim_from = checkpoint.holder if index == start else ""
-        if not _write_held(state, key, obj, running, claim_from=claim_from):
-            return  # another operator process resumed it (see fanout_lease)
-        build = functools.partial(_record, key, uid, spec, renderer, site_of, time.time())
-        end = min(index + FANOUT_CHUNK, total)
-        chunk = _chunk(audience, range(index, end), suppressed, produced, build, renderer.list)
-        enqueued += chunk.enqueued
-        pre_suppressed += chunk.suppressed
-        kafka_io.produce_all(producer, t.outbound, chunk.records)
-        index = end
+
+    # Claimed in the checkpoint before the broker fences anyone: a holder
+    # fenced below then finds this process named there and waits, instead of
+    # fencing it back (`fanout_lease`).
     obj = state.kube.get_custom("campaigns", namespace, name)
     if obj is None:
-        return
+        return True
+    # No offsets yet: nothing of it was ever produced, the first chunk starts here.
+    scan_from = checkpoint.offsets or kafka_io.end_offsets(bootstrap, t.outbound)
+    if not _write_held(state, key, obj, held(start, scan_from), checkpoint.holder):
+        return False
+    tid = fanout_lease.transactional_id(namespace, name, uid)
+    try:
+        with kafka_io.FanoutTransactions(bootstrap, tid) as transactions:
+            produced: set[int] = set()
+            if checkpoint.offsets:
+                # after the fence: what it finds is all that will ever be committed there
+                produced = kafka_io.produced_since(bootstrap, t.outbound, checkpoint.offsets, uid)
+            index = start
+            while index < total:
+                obj = state.kube.get_custom("campaigns", namespace, name)
+                if obj is None:
+                    return True
+                if stopped:  # released: another replica may resume it at once
+                    _write_held(state, key, obj, FanoutCheckpoint(holder=None))
+                    return True
+                if index > start:  # the claim was the first chunk's checkpoint
+                    # Fresh offsets only once no index from here on was found
+                    # committed: a resume from them would not see those again.
+                    later = any(i >= index for i in produced)
+                    offsets = scan_from if later else kafka_io.end_offsets(bootstrap, t.outbound)
+                    if not _write_held(state, key, obj, held(index, offsets)):
+                        return False  # another operator process resumed it (see fanout_lease)
+                build = functools.partial(_record, key, uid, spec, renderer, site_of, time.time())
+                end = min(index + FANOUT_CHUNK, total)
+                chunk = _chunk(
+                    audience, range(index, end), suppressed, produced, build, renderer.list
+                )
+                enqueued += chunk.enqueued
+                pre_suppressed += chunk.suppressed
+                transactions.produce(t.outbound, chunk.records)
+                index = end
+    except KafkaError as exc:
+        # A fenced producer is not always told so: frozen past its commit's
+        # timeout, it only learns the commit timed out. The checkpoint says.
+        now = state.kube.get_custom("campaigns", namespace, name)
+        holder = FanoutCheckpoint.from_status((now or {}).get("status", {})).holder
+        if holder == state.process.encode():
+            if not isinstance(exc, kafka_io.ProducerFencedError):
+                raise  # Kafka trouble: retried after a pause, from the checkpoint
+            # the broker aborted it (its transaction timeout): resumed at once
+            log.warning("fan-out of %s: chunk aborted (%s); resuming from the checkpoint", key, exc)
+            return False
+        log.warning(
+            "fan-out of %s fenced: taken over by %s, whose transactions fence this "
+            "process's at the broker (%s: %s); this process stops producing it",
+            key,
+            holder or "another operator process (which has finished or released it since)",
+            type(exc).__name__,
+            exc,
+        )
+        return False
+    obj = state.kube.get_custom("campaigns", namespace, name)
+    if obj is None:
+        return True
     # offsets: explicit null, the merge patch removes the resume offsets
     done = progress(FanoutState.DONE, total, offsets=None, holder=None)
     if not _write_held(state, key, obj, done):
-        return  # taken over during the last chunk: the new holder writes done
+        return False  # taken over during the last chunk: the new holder writes done
     kopf.info(
         body,
         reason="FanoutDone",
         message=f"{enqueued} records enqueued, {pre_suppressed} suppressed",
     )
+    return True
