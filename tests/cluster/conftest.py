@@ -1,5 +1,6 @@
 """What the node tests share: the image built here, one node per module, the chart installed with
-that image, and the check that an uninstall leaves nothing.
+that image, the check that an uninstall leaves nothing, and a release whose pools deliver
+to a recording receiver (`delivering`).
 
 A node costs 30-60 s to start, so each module brings one up for all its tests
 (module scope, not session: `test_node.py` brings the stack's node up and down
@@ -13,13 +14,14 @@ ClusterRoles) included: a policy left behind refused later tests' pools.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,9 @@ from typing import Any
 import pytest
 
 from mailpipe.devstack import harness, paths
+from mailpipe.devstack.dns import Zone
 from mailpipe.devstack.node import Node
+from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.devstack.stack import Stack, StackState
 from tests.conftest import wait_for
 
@@ -36,6 +40,7 @@ CHART = ROOT / "helm" / "mailpipe"
 BUILD_TIMEOUT_SECONDS = 1200  # a cold build: Debian packages and wheels, loaded machine
 UNINSTALL_TIMEOUT_SECONDS = 360  # the hook Job's pod starts, then the plugin's own wait
 GONE_TIMEOUT_SECONDS = 120  # the namespace's pods terminate (grace period 60 s)
+OPERATOR_READY_TIMEOUT_SECONDS = 240  # image unpack, Python and kopf start, first probe
 # The build script's last line names what it built or found: "image: <ref> ... (<archive>)".
 BUILT_LINE = re.compile(r"^image: (?P<ref>\S+) .*\((?P<archive>/\S+\.oci\.tar)\)$", re.MULTILINE)
 
@@ -193,3 +198,114 @@ def release_objects(env: dict[str, str], release: str) -> list[str]:
         for i in items
         if i["kind"] != "CustomResourceDefinition"
     )
+
+
+def campaign_manifest(name: str, tenant: str, pool: str, recipients: list[str]) -> dict[str, Any]:
+    """A plain-text Campaign to `recipients` (inline audience) through `pool`."""
+    return {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "Campaign",
+        "metadata": {"name": name, "namespace": tenant},
+        "spec": {
+            "poolRef": pool,
+            "from": {"address": "news@sender.test"},
+            "subject": "Hello",
+            "text": "Hi",
+            "audience": {"inline": [{"address": r} for r in recipients]},
+        },
+    }
+
+
+def ready_condition(env: dict[str, str], kind: str, name: str, namespace: str) -> dict[str, Any]:
+    """The object's Ready condition ({} when it has none yet)."""
+    obj = harness.get_object(env, kind, name, namespace) or {}
+    found = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
+    return found[0] if found else {}
+
+
+def pool_pods(env: dict[str, str], tenant: str, pool: str) -> list[dict[str, Any]]:
+    """The pool's relay pods, those being deleted left out."""
+    items: list[dict[str, Any]] = harness.get_json(
+        env, "pods", "-n", tenant, "-l", f"mailpipe.io/pool={pool}"
+    )["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def campaign_phase(env: dict[str, str], tenant: str, name: str) -> str | None:
+    camp = harness.get_object(env, "camp", name, tenant) or {}
+    phase = camp.get("status", {}).get("phase")
+    return None if phase is None else str(phase)
+
+
+@dataclass(frozen=True)
+class Delivering:
+    """The chart installed with the image built here, its operator Ready, watching
+    `tenant`, whose pools deliver to `rx` by MX records in the stack's dnsmasq."""
+
+    env: dict[str, str]
+    name: str  # the release
+    namespace: str  # the release's namespace
+    tenant: str
+    rx: SMTPReceiver
+    bootstrap: str  # the stack's Kafka, as pods reach it
+    common: dict[str, Any]  # pool spec fields: the resolver, SMTP port, inward delivery
+
+
+@contextlib.contextmanager
+def delivering(
+    node: Node,
+    image: Image,
+    stack_state: StackState,
+    rx: SMTPReceiver,
+    set_dns: Callable[[list[Zone]], object],
+    domains: Sequence[str],
+    name: str,
+    tenant: str,
+    *sets: str,
+) -> Iterator[Delivering]:
+    """Install release `name` for `tenant`, its cluster policy allowing what the
+    pools need to reach `rx` (on the host's loopback, reached from the node at
+    the host end of the link, as the MX of every domain of `domains`) and
+    nothing more; `sets`: more chart values. Everything goes on the way out:
+    campaigns and pools first (their finalizers need the operator), then the
+    release (checked to leave nothing), then the namespaces."""
+    env = {**os.environ, **stack_state.env()}
+    mx_host, _, _ = node.expose(rx.port).partition(":")
+    dns_port = stack_state.dns_port
+    resolver = f"{node.expose(dns_port, 'udp').rpartition(':')[0]}:{dns_port}"
+    node.expose(dns_port, "tcp")  # a truncated answer is asked again over TCP
+    set_dns([Zone(d, mx=((f"mx.{d}", 10),), a={f"mx.{d}": mx_host}) for d in domains])
+    bootstrap = node.expose_kafka(stack_state)
+    namespace = f"mailpipe-{name}"
+    harness.kubectl_ok(env, "create", "namespace", tenant)
+    install(
+        env,
+        name,
+        namespace,
+        image,
+        f"kafka.bootstrapServers={bootstrap}",
+        f"operator.watchNamespaces={{{tenant}}}",
+        f"policy.allowedImages={{{image.repository}:*}}",
+        f"policy.allowedBootstrapServers={{{bootstrap}}}",
+        f"policy.privateDestinationNamespaces={{{tenant}}}",
+        f"policy.allowedDnsNameservers={{{resolver}}}",
+        f"policy.allowedSmtpPorts={{{rx.port}}}",
+        *sets,
+    )
+    try:
+        wait_for(
+            lambda: any(harness.condition_true(p) for p in operator_pods(env, namespace, name)),
+            OPERATOR_READY_TIMEOUT_SECONDS,
+            "the operator pod Ready",
+        )
+        common = {
+            "dnsNameserver": resolver,
+            "smtpPort": rx.port,
+            "delivery": {"allowPrivateDestinations": True},
+        }
+        yield Delivering(env, name, namespace, tenant, rx, bootstrap, common)
+    finally:
+        harness.kubectl(env, "delete", "campaigns", "--all", "-n", tenant, "--wait=true")
+        harness.kubectl(env, "delete", "sendingpools", "--all", "-n", tenant, "--wait=true")
+        uninstall(env, name, namespace)
+        harness.kubectl(env, "delete", "namespace", tenant, namespace, "--wait=false")
