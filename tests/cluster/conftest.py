@@ -15,7 +15,6 @@ ClusterRoles) included: a policy left behind refused later tests' pools.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from mailpipe.devstack import harness, paths
+from mailpipe.devstack import harness
 from mailpipe.devstack.dns import Zone
 from mailpipe.devstack.node import Node
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
@@ -60,26 +59,24 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
     """This checkout's image (built or cached), held by a hard link.
 
     The script keeps only the newest two archives and other checkouts build
-    theirs into the same cache, so the link is taken under the script's own
-    lock: a later build elsewhere cannot remove the file from under the import."""
+    theirs into the same cache, so the script itself takes the link while it
+    holds its lock (`MAILPIPE_IMAGE_HOLD`): a build elsewhere cannot remove the
+    file before it is held (a link taken after the script ended once found it
+    pruned already)."""
+    held = tmp_path_factory.mktemp("image") / "mailpipe.oci.tar"
     out = subprocess.run(
         ["bash", str(ROOT / "scripts" / "build-image.sh")],
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT_SECONDS,
         check=False,
+        env={**os.environ, "MAILPIPE_IMAGE_HOLD": str(held)},
     )
     assert out.returncode == 0, out.stdout + out.stderr
     print(out.stdout.strip())
     built = BUILT_LINE.search(out.stdout)
     assert built is not None, out.stdout
-    held = tmp_path_factory.mktemp("image") / "mailpipe.oci.tar"
-    with (paths.cache_dir() / "images" / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            os.link(built["archive"], held)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    assert held.is_file(), f"the script did not hold the archive at {held}"
     return Image(built["ref"], held)
 
 
@@ -198,6 +195,33 @@ def release_objects(env: dict[str, str], release: str) -> list[str]:
         for i in items
         if i["kind"] != "CustomResourceDefinition"
     )
+
+
+# In a relay pod's own network namespace a loopback address is local: a pool
+# on the pod network that binds it runs, though it reaches nothing beyond the pod.
+LOOPBACK_EGRESS = (("127.0.0.2", "egress-2.sender.test"),)
+
+
+def sending_pool(
+    name: str,
+    tenant: str,
+    egress: Sequence[tuple[str, str]] = LOOPBACK_EGRESS,
+    partitions: int = 1,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A SendingPool of one relay with these (address, HELO) egress IPs; `spec`:
+    more (or other) spec fields, camelCase."""
+    return {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "SendingPool",
+        "metadata": {"name": name, "namespace": tenant},
+        "spec": {
+            "replicas": 1,
+            "kafka": {"partitions": partitions},
+            "egressIPs": [{"address": a, "helo": h} for a, h in egress],
+            **spec,
+        },
+    }
 
 
 def campaign_manifest(name: str, tenant: str, pool: str, recipients: list[str]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from tests.cluster.conftest import (
     delivering,
     pool_pods,
     ready_condition,
+    sending_pool,
 )
 from tests.conftest import DNSSetter, wait_for
 
@@ -63,18 +64,7 @@ FAST_PER_MINUTE = 6000
 
 
 def _pool(name: str, tenant: str, egress: list[tuple[str, str]], **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "mailpipe.io/v1alpha1",
-        "kind": "SendingPool",
-        "metadata": {"name": name, "namespace": tenant},
-        "spec": {
-            "replicas": 1,
-            "kafka": {"partitions": 3},
-            "hostNetwork": True,
-            "egressIPs": [{"address": a, "helo": h} for a, h in egress],
-            **spec,
-        },
-    }
+    return sending_pool(name, tenant, egress, partitions=3, hostNetwork=True, **spec)
 
 
 def _pool_says(env: dict[str, str], tenant: str, pool: str, reason: str) -> Callable[[], bool]:

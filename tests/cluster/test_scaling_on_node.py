@@ -54,6 +54,7 @@ from tests.cluster.conftest import (
     operator_pods,
     pool_pods,
     ready_condition,
+    sending_pool,
 )
 from tests.conftest import wait_for
 
@@ -103,19 +104,10 @@ DOMAINS = _domains()
 
 
 def _pool(name: str, tenant: str, common: dict[str, Any], per_minute: float) -> dict[str, Any]:
-    return {
-        "apiVersion": "mailpipe.io/v1alpha1",
-        "kind": "SendingPool",
-        "metadata": {"name": name, "namespace": tenant},
-        "spec": {
-            "replicas": 1,
-            "kafka": {"partitions": PARTITIONS},
-            # the pod's own address: in the pod network a relay binds what it has
-            "egressIPs": [{"address": "0.0.0.0", "helo": "relay.sender.test"}],
-            "throttles": {"default": {"messagesPerMinute": per_minute}},
-            **common,
-        },
-    }
+    # the pod's own address: in the pod network a relay binds what it has
+    egress = [("0.0.0.0", "relay.sender.test")]
+    slow = {"default": {"messagesPerMinute": per_minute}}
+    return sending_pool(name, tenant, egress, PARTITIONS, throttles=slow, **common)
 
 
 def _recipients(prefix: str, per_site: int) -> list[str]:
@@ -200,6 +192,18 @@ def _exactly_once(rx: SMTPReceiver, recipients: list[str]) -> dict[str, int]:
     return {r: n for r, n in got.items() if n > 1}
 
 
+def _send(rel: Delivering, pool: str, campaign: str, recipients: list[str]) -> list[str]:
+    """Apply the campaign; return its recipients once every site's first arrived
+    (from then on the throttle paces each site)."""
+    harness.apply(rel.env, campaign_manifest(campaign, rel.tenant, pool, recipients))
+    wait_for(
+        lambda: len(set(rel.rx.recipients()) & set(recipients)) >= SITES,
+        DELIVERY_TIMEOUT_SECONDS,
+        "every site's first recipient",
+    )
+    return recipients
+
+
 def _phase_is(rel: Delivering, campaign: str, phase: str) -> bool:
     return campaign_phase(rel.env, rel.tenant, campaign) == phase
 
@@ -222,14 +226,8 @@ def test_scaling_relays_1_3_1_under_load_loses_nothing(
     harness.apply(env, _pool(pool, tenant, rel.common, SCALE_PER_MINUTE))
     wait_for(lambda: _pool_ready(rel, pool), RELAY_READY_TIMEOUT_SECONDS, "the pool Ready")
     [first] = (p["metadata"]["name"] for p in pool_pods(env, tenant, pool))
-    recipients = _recipients("e", SCALE_PER_SITE)
+    recipients = _send(rel, pool, campaign, _recipients("e", SCALE_PER_SITE))
     wanted = set(recipients)
-    harness.apply(env, campaign_manifest(campaign, tenant, pool, recipients))
-    wait_for(
-        lambda: len(set(rx.recipients()) & wanted) >= SITES,
-        DELIVERY_TIMEOUT_SECONDS,
-        "every site's first recipient, from the one relay",
-    )
 
     _scale(rel, pool, 3)
     started = time.monotonic()
@@ -350,14 +348,8 @@ def test_a_pool_stopped_by_the_cluster_policy_delivers_its_backlog_once_loosened
         RELAY_READY_TIMEOUT_SECONDS,
         f"the pool Ready with {replicas} relays",
     )
-    recipients = _recipients("h", HELD_PER_SITE)
+    recipients = _send(rel, pool, campaign, _recipients("h", HELD_PER_SITE))
     wanted = set(recipients)
-    harness.apply(env, campaign_manifest(campaign, tenant, pool, recipients))
-    wait_for(
-        lambda: len(set(rx.recipients()) & wanted) >= SITES,
-        DELIVERY_TIMEOUT_SECONDS,
-        "every site's first recipient",
-    )
 
     _upgrade_policy(rel, "policy.allowedSmtpPorts={25}")
     _refresh_policy_now(rel)
@@ -385,6 +377,16 @@ def test_a_pool_stopped_by_the_cluster_policy_delivers_its_backlog_once_loosened
     )
     sp = harness.get_json(env, "sp", pool, "-n", tenant)
     assert sp["spec"]["replicas"] == replicas, sp["spec"]  # the pool's own word stays
+    # the campaign, fanned out, says its pool's words rather than only "Sending"
+    wait_for(
+        lambda: (
+            "PolicyViolation" in ready_condition(env, "camp", campaign, tenant).get("message", "")
+        ),
+        STOP_TIMEOUT_SECONDS,
+        "the campaign saying its pool is stopped by the policy",
+    )
+    campaign_says = ready_condition(env, "camp", campaign, tenant)["message"]
+    assert _phase_is(rel, campaign, "Sending"), campaign_says
     delivered = set(rx.recipients()) & wanted
     backlog = len(wanted - delivered)
     lag = _lag(stack_state, rel, pool)
@@ -419,7 +421,7 @@ def test_a_pool_stopped_by_the_cluster_policy_delivers_its_backlog_once_loosened
         f"{replicas} relay pods Ready {back_in:.1f}s and the backlog delivered "
         f"{delivered_in:.1f}s after the loosening helm upgrade (kubelet left to itself); "
         f"delivered by relay {dict(by_relay)}; sent twice: {twice or 'none'}; "
-        f"condition: {message}"
+        f"pool's condition: {message}; campaign's while stopped: {campaign_says}"
     )
     assert twice == {}, twice
     assert set(rx.recipients()) & wanted == wanted

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from .conftest import (
+    Child,
     OperatorProcess,
     get,
     kubectl,
     pool_manifest,
-    ready_pool,
     relays_up,
     wait_for,
 )
@@ -141,23 +141,16 @@ def test_a_long_check_says_how_far_it_got(
 
 
 def test_a_sending_campaign_whose_pool_loses_its_relays_says_so_in_the_pools_words(
-    operator_factory: Callable[..., OperatorProcess],
-    cli_env: dict[str, str],
-    namespace: str,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    ready_operator: Child, cli_env: dict[str, str], namespace: str
 ) -> None:
     """Fanned out, its records on Kafka, the campaign is Sending; then its pool
     has no relay available (on a cluster: a cluster policy that refuses the pool
     scales its relays to 0, tests/cluster/test_scaling_on_node.py). "waiting for
     dispositions" alone would hide that nothing can be sent: the campaign adds
     the pool's words while they last, and drops them when the relays are back."""
-    op = operator_factory()
-    ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
-    assert (
-        kubectl(cli_env, "apply", "-f", "-", stdin=_campaign("summer", namespace, 2)).returncode
-        == 0
-    )
+    op = ready_operator
+    campaign = _campaign("summer", namespace, 2)
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=campaign).returncode == 0
 
     def says(message: str) -> Callable[[], bool]:
         def check() -> bool:
