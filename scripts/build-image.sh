@@ -15,6 +15,9 @@
 # (changes with the content, for rollouts) and <repository>:<version> (the
 # chart's appVersion). $MAILPIPE_CACHE/images/mailpipe.env names the newest
 # (MAILPIPE_IMAGE, MAILPIPE_IMAGE_VERSION_TAG, MAILPIPE_IMAGE_OCI) for `source`.
+# Only the newest two archives are kept, so a caller that uses the archive after
+# this script ends (another checkout's build may prune it by then) names a path in
+# MAILPIPE_IMAGE_HOLD: the archive is hard-linked there before the lock is released.
 #
 # Needs root (mmdebstrap's root mode, chroot); network to Debian's mirror and PyPI.
 set -euo pipefail
@@ -65,9 +68,16 @@ EOF
     mv "$IMAGES/mailpipe.env.tmp" "$IMAGES/mailpipe.env"
 }
 
+hold() {
+    if [ -n "${MAILPIPE_IMAGE_HOLD:-}" ]; then
+        ln -f "$oci" "$MAILPIPE_IMAGE_HOLD"
+    fi
+}
+
 if [ -f "$oci" ]; then
     touch "$oci" # most recently used: kept by the pruning below
     publish
+    hold
     echo "image: $REPOSITORY:$tag up to date ($oci)"
     exit 0
 fi
@@ -156,6 +166,7 @@ publish
 ls -1t "$IMAGES"/*.oci.tar | tail -n +$((KEEP_BUILDS + 1)) | while read -r old; do
     rm -f "$old"
 done
+hold
 
 seconds=$(($(date +%s) - started))
 echo "image: $ref built in ${seconds}s: archive $(du -m "$oci" | cut -f1) MB," \

@@ -32,17 +32,23 @@ import pytest
 
 from mailpipe.contracts.egress import egress_label
 from mailpipe.devstack import harness, node_plan
-from mailpipe.devstack.dns import Zone
 from mailpipe.devstack.node import Node
 from mailpipe.devstack.node_plan import Link
 from mailpipe.devstack.smtp_receiver import SMTPReceiver
 from mailpipe.devstack.stack import StackState
-from tests.cluster.conftest import Image, install, operator_pods, uninstall
+from tests.cluster.conftest import (
+    Image,
+    campaign_manifest,
+    campaign_phase,
+    delivering,
+    pool_pods,
+    ready_condition,
+    sending_pool,
+)
 from tests.conftest import DNSSetter, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
-OPERATOR_READY_TIMEOUT_SECONDS = 240  # image unpack, Python and kopf start, first probe
 RELAY_READY_TIMEOUT_SECONDS = 300  # topics, the relay pod, its followers and consumer join
 DELIVERY_TIMEOUT_SECONDS = 300  # fan-out of 50, relay reads, 3 domains over one receiver
 REASON_TIMEOUT_SECONDS = 180  # the pod Pending or running, the operator's 3 s pod re-check
@@ -58,51 +64,12 @@ FAST_PER_MINUTE = 6000
 
 
 def _pool(name: str, tenant: str, egress: list[tuple[str, str]], **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "mailpipe.io/v1alpha1",
-        "kind": "SendingPool",
-        "metadata": {"name": name, "namespace": tenant},
-        "spec": {
-            "replicas": 1,
-            "kafka": {"partitions": 3},
-            "hostNetwork": True,
-            "egressIPs": [{"address": a, "helo": h} for a, h in egress],
-            **spec,
-        },
-    }
-
-
-def _campaign(name: str, tenant: str, pool: str, recipients: list[str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "mailpipe.io/v1alpha1",
-        "kind": "Campaign",
-        "metadata": {"name": name, "namespace": tenant},
-        "spec": {
-            "poolRef": pool,
-            "from": {"address": "news@sender.test"},
-            "subject": "Hello",
-            "text": "Hi",
-            "audience": {"inline": [{"address": r} for r in recipients]},
-        },
-    }
-
-
-def _ready(env: dict[str, str], kind: str, name: str, namespace: str) -> dict[str, Any]:
-    obj = harness.get_object(env, kind, name, namespace) or {}
-    found = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
-    return found[0] if found else {}
-
-
-def _pods(env: dict[str, str], tenant: str, pool: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = harness.get_json(
-        env, "pods", "-n", tenant, "-l", f"mailpipe.io/pool={pool}"
-    )["items"]
-    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+    return sending_pool(name, tenant, egress, partitions=3, hostNetwork=True, **spec)
 
 
 def _pool_says(env: dict[str, str], tenant: str, pool: str, reason: str) -> Callable[[], bool]:
     def check() -> bool:
-        ready = _ready(env, "sp", pool, tenant)
+        ready = ready_condition(env, "sp", pool, tenant)
         return ready.get("status") == "False" and ready.get("reason") == reason
 
     return check
@@ -138,51 +105,20 @@ def release(
     block = [str(a) for a in node_plan.egress_block(link).hosts()]
     labels = harness.get_json(env, "node", node_plan.NODE_NAME)["metadata"]["labels"]
     assert {egress_label(a) for a in state.egress} <= set(labels), labels
-
-    # The recipients' MX: one recording receiver on the host's loopback, reached
-    # from the node at the host end of the link; the stack's dnsmasq likewise.
-    rx = smtp_receiver("127.0.0.1")
-    mx_host, _, _ = node.expose(rx.port).partition(":")
-    dns_port = stack_state.dns_port
-    resolver = f"{node.expose(dns_port, 'udp').rpartition(':')[0]}:{dns_port}"
-    node.expose(dns_port, "tcp")  # a truncated answer is asked again over TCP
-    dns_zones([Zone(d, mx=((f"mx.{d}", 10),), a={f"mx.{d}": mx_host}) for d in DOMAINS])
-    bootstrap = node.expose_kafka(stack_state)
-
-    name, namespace, tenant = f"e{unique}", f"mailpipe-e{unique}", f"egress-{unique}"
-    harness.kubectl_ok(env, "create", "namespace", tenant)
-    install(
-        env,
-        name,
-        namespace,
+    tenant = f"egress-{unique}"
+    with delivering(
+        node,
         image,
-        f"kafka.bootstrapServers={bootstrap}",
-        f"operator.watchNamespaces={{{tenant}}}",
-        f"policy.allowedImages={{{image.repository}:*}}",
-        f"policy.allowedBootstrapServers={{{bootstrap}}}",
+        stack_state,
+        smtp_receiver("127.0.0.1"),
+        dns_zones,
+        DOMAINS,
+        f"e{unique}",
+        tenant,
         f"policy.hostNetworkNamespaces={{{tenant}}}",
-        f"policy.privateDestinationNamespaces={{{tenant}}}",
-        f"policy.allowedDnsNameservers={{{resolver}}}",
-        f"policy.allowedSmtpPorts={{{rx.port}}}",
-    )
-    try:
-        wait_for(
-            lambda: any(harness.condition_true(p) for p in operator_pods(env, namespace, name)),
-            OPERATOR_READY_TIMEOUT_SECONDS,
-            "the operator pod Ready",
-        )
-        common = {
-            "dnsNameserver": resolver,
-            "smtpPort": rx.port,
-            "delivery": {"allowPrivateDestinations": True},
-        }
-        yield Release(env, tenant, rx, list(state.egress), block, common)
+    ) as rel:
+        yield Release(rel.env, tenant, rel.rx, list(state.egress), block, rel.common)
         print(f"node cgroup peak memory {node.memory_peak_bytes(state) / 2**20:.0f} MiB so far")
-    finally:
-        harness.kubectl(env, "delete", "campaigns", "--all", "-n", tenant, "--wait=true")
-        harness.kubectl(env, "delete", "sendingpools", "--all", "-n", tenant, "--wait=true")
-        uninstall(env, name, namespace)
-        harness.kubectl(env, "delete", "namespace", tenant, namespace, "--wait=false")
 
 
 def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_why(
@@ -212,13 +148,13 @@ def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_
             "the sending pool Ready (its relay pod binds both IPs)",
         )
         print(f"sending pool Ready {time.monotonic() - started:.1f}s after it was applied")
-        [pod] = _pods(env, tenant, sender)
+        [pod] = pool_pods(env, tenant, sender)
         assert pod["spec"]["hostNetwork"] is True
         assert pod["spec"]["nodeName"] == node_plan.NODE_NAME
 
         recipients = [f"u{i:02d}@{DOMAINS[i % len(DOMAINS)]}" for i in range(RECIPIENTS)]
-        harness.apply(env, _campaign("autumn", tenant, sender, recipients))
-        harness.apply(env, _campaign("stuck", tenant, lost, ["w1@alpha.egress.test"]))
+        harness.apply(env, campaign_manifest("autumn", tenant, sender, recipients))
+        harness.apply(env, campaign_manifest("stuck", tenant, lost, ["w1@alpha.egress.test"]))
         started = time.monotonic()
         wait_for(
             lambda: len(rx.recipients()) >= RECIPIENTS,
@@ -250,18 +186,18 @@ def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_
             REASON_TIMEOUT_SECONDS,
             "NoNodeHoldsEgressIPs on the pool whose IP no node advertises",
         )
-        message = _ready(env, "sp", lost, tenant)["message"]
+        message = ready_condition(env, "sp", lost, tenant)["message"]
         print(f"OBSERVED no node: {message}")
         assert nowhere in message and "egress.mailpipe.io/<address>" in message, message
-        assert [p["status"]["phase"] for p in _pods(env, tenant, lost)] == ["Pending"]
+        assert [p["status"]["phase"] for p in pool_pods(env, tenant, lost)] == ["Pending"]
         # the campaign's status is written by a timer that waits for the object
         # to settle: wait for its first phase, which must say it waits
         wait_for(
-            lambda: _campaign_phase(env, tenant, "stuck") is not None,
+            lambda: campaign_phase(env, tenant, "stuck") is not None,
             REASON_TIMEOUT_SECONDS,
             "a phase on the campaign whose pool has no node",
         )
-        assert _campaign_phase(env, tenant, "stuck") == "Pending"
+        assert campaign_phase(env, tenant, "stuck") == "Pending"
         assert "w1@alpha.egress.test" not in rx.recipients()
 
         # The pool whose node does not hold its IP: running, not Ready, saying which.
@@ -270,20 +206,14 @@ def test_relay_pods_deliver_from_the_pools_egress_ips_and_pools_that_cannot_say_
             REASON_TIMEOUT_SECONDS,
             "EgressIPsNotBound on the pool whose node does not hold its IP",
         )
-        message = _ready(env, "sp", liar, tenant)["message"]
+        message = ready_condition(env, "sp", liar, tenant)["message"]
         print(f"OBSERVED cannot bind: {message}")
         assert f"cannot bind {not_held}" in message, message
-        [liar_pod] = _pods(env, tenant, liar)
+        [liar_pod] = pool_pods(env, tenant, liar)
         [container] = liar_pod["status"]["containerStatuses"]
         assert container["restartCount"] == 0 and "running" in container["state"], container
     finally:
         harness.kubectl(env, "label", "node", node_plan.NODE_NAME, f"{egress_label(not_held)}-")
-
-
-def _campaign_phase(env: dict[str, str], tenant: str, name: str) -> str | None:
-    camp = harness.get_object(env, "camp", name, tenant) or {}
-    phase = camp.get("status", {}).get("phase")
-    return None if phase is None else str(phase)
 
 
 def _template_hash(pod: dict[str, Any]) -> str:
@@ -308,9 +238,9 @@ def test_a_throttle_change_rolls_the_host_network_relay_under_load_and_loses_not
         RELAY_READY_TIMEOUT_SECONDS,
         "the pool Ready",
     )
-    [old] = _pods(env, tenant, roller)
+    [old] = pool_pods(env, tenant, roller)
     recipients = [f"r{i:02d}@{DOMAINS[i % len(DOMAINS)]}" for i in range(ROLL_RECIPIENTS)]
-    harness.apply(env, _campaign("winter", tenant, roller, recipients))
+    harness.apply(env, campaign_manifest("winter", tenant, roller, recipients))
     wait_for(
         lambda: len(rx.recipients()) >= len(DOMAINS),
         DELIVERY_TIMEOUT_SECONDS,
@@ -326,7 +256,7 @@ def test_a_throttle_change_rolls_the_host_network_relay_under_load_and_loses_not
     seen: set[str] = set()
 
     def rolled() -> bool:
-        pods = _pods(env, tenant, roller)
+        pods = pool_pods(env, tenant, roller)
         seen.update(p["metadata"]["name"] for p in pods)
         return (
             len(pods) == 1

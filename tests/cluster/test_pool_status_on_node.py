@@ -32,7 +32,14 @@ from kubernetes import client
 from mailpipe.devstack import harness, oci, paths
 from mailpipe.devstack.node import Node
 from mailpipe.devstack.stack import StackState
-from tests.cluster.conftest import Image, install, operator_pods, uninstall
+from tests.cluster.conftest import (
+    Image,
+    campaign_manifest,
+    install,
+    operator_pods,
+    sending_pool,
+    uninstall,
+)
 from tests.conftest import wait_for
 
 # The first test also waits for the image (a cold build took 9 minutes on a
@@ -127,36 +134,7 @@ class Pool:
     name: str
 
     def apply(self, **spec: Any) -> None:
-        harness.apply(self.op.env, _pool(self.name, self.op.tenant, **spec))
-
-
-def _pool(name: str, tenant: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "mailpipe.io/v1alpha1",
-        "kind": "SendingPool",
-        "metadata": {"name": name, "namespace": tenant},
-        "spec": {
-            "replicas": 1,
-            "kafka": {"partitions": 1},
-            "egressIPs": [{"address": "127.0.0.2", "helo": "egress-2.sender.test"}],
-            **spec,
-        },
-    }
-
-
-def _campaign(name: str, tenant: str, pool: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "mailpipe.io/v1alpha1",
-        "kind": "Campaign",
-        "metadata": {"name": name, "namespace": tenant},
-        "spec": {
-            "poolRef": pool,
-            "from": {"address": "news@sender.test"},
-            "subject": "Hello",
-            "text": "Hi",
-            "audience": {"inline": [{"address": "u1@x.test"}]},
-        },
-    }
+        harness.apply(self.op.env, sending_pool(self.name, self.op.tenant, **spec))
 
 
 @pytest.fixture
@@ -331,7 +309,7 @@ def test_a_relay_that_exits_is_crash_looping(pool: Pool) -> None:
     )
     # A campaign for the pool waits, in the pool's words; it does not fail.
     env, tenant = pool.op.env, pool.op.tenant
-    harness.apply(env, _campaign("spring", tenant, pool.name))
+    harness.apply(env, campaign_manifest("spring", tenant, pool.name, ["u1@x.test"]))
     try:
         wanted = f"waiting for the pool: pool {pool.name} is not Ready: CrashLoopBackOff: "
 

@@ -3,7 +3,8 @@
 The pool here is not Ready because its relays are not available (the dev
 stack runs no kubelet; the test reports none). While it waits, the campaign's
 audience and templates are checked: a template that cannot render fails it at
-once, and a long check says how far it got.
+once, and a long check says how far it got. A campaign already sending whose
+pool loses its relays says so too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from .conftest import OperatorProcess, get, kubectl, pool_manifest, relays_up, wait_for
+from .conftest import (
+    Child,
+    OperatorProcess,
+    get,
+    kubectl,
+    pool_manifest,
+    relays_up,
+    wait_for,
+)
 
 pytestmark = pytest.mark.operator
 
@@ -129,3 +138,36 @@ def test_a_long_check_says_how_far_it_got(
 
     wait_for(checked, STATUS_SECONDS * 3, "the check to finish", unready_pool)
     assert seen and min(seen) < SLOW_ROWS, seen  # shown while it ran, not only at the end
+
+
+def test_a_sending_campaign_whose_pool_loses_its_relays_says_so_in_the_pools_words(
+    ready_operator: Child, cli_env: dict[str, str], namespace: str
+) -> None:
+    """Fanned out, its records on Kafka, the campaign is Sending; then its pool
+    has no relay available (on a cluster: a cluster policy that refuses the pool
+    scales its relays to 0, tests/cluster/test_scaling_on_node.py). "waiting for
+    dispositions" alone would hide that nothing can be sent: the campaign adds
+    the pool's words while they last, and drops them when the relays are back."""
+    op = ready_operator
+    campaign = _campaign("summer", namespace, 2)
+    assert kubectl(cli_env, "apply", "-f", "-", stdin=campaign).returncode == 0
+
+    def says(message: str) -> Callable[[], bool]:
+        def check() -> bool:
+            status = _status(cli_env, "summer", namespace)
+            return status.get("phase") == "Sending" and _ready(status).get("message") == message
+
+        return check
+
+    sending = "waiting for dispositions"
+    wait_for(says(sending), STATUS_SECONDS, f"Sending, {sending!r}", op)
+    relays_up(cli_env, namespace, op, available=0)
+    stopped = f"{sending}; pool news is not Ready: RelaysUnavailable: 0/1 relays available"
+    wait_for(
+        says(stopped),
+        STATUS_SECONDS,
+        f"Sending, {stopped!r}; last: {_ready(_status(cli_env, 'summer', namespace))}",
+        op,
+    )
+    relays_up(cli_env, namespace, op)
+    wait_for(says(sending), STATUS_SECONDS, f"Sending, {sending!r} again", op)

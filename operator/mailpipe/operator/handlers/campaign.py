@@ -38,7 +38,7 @@ from ..validation import (
     frozen_digests,
     refused_edits,
 )
-from .context import OperatorState, get_pool, operator_state
+from .context import OperatorState, get_pool, operator_state, pool_readiness, pool_waiting
 from .status import campaign_conditions, condition, merge_conditions, now_iso
 
 STATUS_INTERVAL_SECONDS = 3.0  # counts are patched at most this often
@@ -91,6 +91,8 @@ async def campaign_status(
     finished = state.tally.finished(key)
     complaints, complaint_condition = _complaints(spec, status, counts, body, patch)
     phase, reason = campaign_phase(fanout, dict(spec), finished, time.time())
+    if phase is CampaignPhase.SENDING:
+        reason = await _with_pool_trouble(state, namespace, str(spec.get("poolRef", "")), reason)
     if phase is CampaignPhase.PAUSED and complaints.get("paused"):
         reason = complaint_condition["message"]
     total = fanout.total
@@ -162,6 +164,22 @@ async def campaign_status(
     for k, v in new.items():
         if status.get(k) != v:
             patch.status[k] = v
+
+
+async def _with_pool_trouble(
+    state: OperatorState, namespace: str, pool_name: str, reason: str
+) -> str:
+    """`reason` of a Sending campaign, and the pool's words when it is not Ready.
+
+    Its records wait on Kafka while the pool has no relay to read them (a
+    cluster policy that now refuses the pool scales its relays to 0; relays in
+    a crash loop): "waiting for dispositions" alone would say the campaign
+    sends when nothing can. One GET of the pool per status tick, and only
+    while the campaign is Sending."""
+    pool = await asyncio.to_thread(get_pool, state.kube, namespace, pool_name)
+    if pool_readiness(pool)[0]:
+        return reason
+    return f"{reason}; {pool_waiting(pool_name, pool)}"
 
 
 def _complaints(
