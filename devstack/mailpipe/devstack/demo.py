@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import base64
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -528,7 +529,7 @@ class Demo:
         for name in (FEEDBACK, UNSUBSCRIBE):
             self.wait(
                 f"Deployment {name} available",
-                lambda name=name: self.deployment_available(NAMESPACE, name),  # type: ignore[misc]
+                functools.partial(self.deployment_available, NAMESPACE, name),
                 POD_READY_TIMEOUT_SECONDS,
             )
         node_ip = self.link.node_ip
