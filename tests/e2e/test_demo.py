@@ -7,15 +7,19 @@ a follow-up campaign that skips the suppressed)."""
 from __future__ import annotations
 
 import base64
+import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from mailpipe.devstack import node_plan
+from mailpipe.devstack import harness, node_plan, procs
 from mailpipe.devstack.demo import OPERATOR, RELAY, SYSTEM_NAMESPACE, Demo, Plan
 from mailpipe.devstack.demo_plan import domain_of
-from mailpipe.devstack.stack import Stack
+from mailpipe.devstack.node import Node
+from mailpipe.devstack.stack import Stack, StackState
+from tests.conftest import wait_for
 
 # The demo installs its chart into fixed namespaces, sets the stack's DNS
 # records and brings up the stack's node: it runs alone, in the cluster phase.
@@ -26,6 +30,11 @@ pytestmark = [
     # a cold image build, the node, a loaded machine; the demo's own waits come first
     pytest.mark.timeout(2700),
 ]
+# The demo's own stack (Kafka's JVM, etcd, the API server), then its node, on a
+# loaded 2-core machine.
+INTERRUPT_AFTER_TIMEOUT_SECONDS = 600
+# The demo's clean-up (the chart, the node) and the stack's `down`.
+STOPPED_TIMEOUT_SECONDS = 600
 
 
 def test_campaign_end_to_end_with_every_component_a_pod(devstack: Stack, tmp_path: Path) -> None:
@@ -121,3 +130,32 @@ def assert_no_secret_in_any_log(demo: Demo, report: str) -> None:
         str(f): found for f in logs if (found := secrets_in(f.read_text(errors="replace"), secrets))
     }
     assert not leaked and not secrets_in(report, secrets), leaked
+
+
+def test_an_interrupted_demo_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Ctrl-C once the demo's node is up (while the image is imported or the
+    chart installed): exit 130, and no process, mount, cgroup, rule, link or
+    namespace of its node or its stack is left."""
+    state_dir = tmp_path / "demo"
+    command = [str(harness.MAILPIPE), "demo", "--recipients", "20", "--state-dir", str(state_dir)]
+    demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        node = Node(state_dir)
+        wait_for(
+            lambda: demo.poll() is not None or bool((s := node.state) and s.complete),
+            INTERRUPT_AFTER_TIMEOUT_SECONDS,
+            "the demo's node up",
+        )
+        node_state, stack_state = node.state, StackState.load(state_dir)
+        assert demo.poll() is None and node_state is not None and stack_state is not None
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=STOPPED_TIMEOUT_SECONDS)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 128 + signal.SIGINT, out
+    assert "interrupted: everything the demo started is stopped" in out, out
+    assert node.leftovers(node_state) == [], out
+    assert [n for n, p in stack_state.processes.items() if procs.alive(p.pid)] == [], out
+    assert Stack(state_dir).state is None
