@@ -7,9 +7,12 @@ a follow-up campaign that skips the suppressed)."""
 from __future__ import annotations
 
 import base64
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -132,11 +135,22 @@ def assert_no_secret_in_any_log(demo: Demo, report: str) -> None:
     assert not leaked and not secrets_in(report, secrets), leaked
 
 
-def test_an_interrupted_demo_leaves_nothing_behind(tmp_path: Path) -> None:
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory whose node sockets fit containerd's 104 bytes (pytest's
+    temporary directories are too deep for a node of its own)."""
+    path = Path(tempfile.mkdtemp(prefix="mpdemo-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_an_interrupted_demo_leaves_nothing_behind(short_dir: Path) -> None:
     """Ctrl-C once the demo's node is up (while the image is imported or the
     chart installed): exit 130, and no process, mount, cgroup, rule, link or
     namespace of its node or its stack is left."""
-    state_dir = tmp_path / "demo"
+    state_dir = short_dir / "demo"
     command = [str(harness.MAILPIPE), "demo", "--recipients", "20", "--state-dir", str(state_dir)]
     demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -147,7 +161,8 @@ def test_an_interrupted_demo_leaves_nothing_behind(tmp_path: Path) -> None:
             "the demo's node up",
         )
         node_state, stack_state = node.state, StackState.load(state_dir)
-        assert demo.poll() is None and node_state is not None and stack_state is not None
+        assert demo.poll() is None, demo.communicate()[0]
+        assert node_state is not None and stack_state is not None
         demo.send_signal(signal.SIGINT)
         out, _ = demo.communicate(timeout=STOPPED_TIMEOUT_SECONDS)
     finally:
