@@ -183,8 +183,8 @@ class Demo:
         self.installed = False  # the chart, once `helm install` ran
         # The recipients' MX hosts: one recording receiver on loopback, on a port
         # free here (the pool's smtpPort), reached from the node through the link.
-        self.receiver = SMTPReceiver("127.0.0.1", procs.free_port())
-        self.receiving = False
+        self.smtp_port = procs.free_port()
+        self._receiver: SMTPReceiver | None = None  # once started
         self.link: Link | None = None  # the node's link, once it is up
         self.egress = Egress("", "")  # the pool's egress IPs: the node's, once it is up
         self.pods_bootstrap = ""  # Kafka for pods (`Node.expose_kafka`)
@@ -204,6 +204,12 @@ class Demo:
         self.one_click_signed: list[str] = []  # headers DKIM covers in the unsubscribed one's
 
     # -- helpers ---------------------------------------------------------------------
+
+    @property
+    def receiver(self) -> SMTPReceiver:
+        if self._receiver is None:
+            raise harness.HarnessError("the recording receiver has not started yet")
+        return self._receiver
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         return harness.kubectl_ok(self.env, *args, stdin=stdin)
@@ -345,8 +351,7 @@ class Demo:
         """The recipients' MX: the receiver, exposed to the node at the host end
         of the link; DNS says so, and that the bounce domain's MX is the node."""
         assert self.link is not None
-        rx = self.receiver.start()
-        self.receiving = True
+        rx = self._receiver = SMTPReceiver("127.0.0.1", self.smtp_port).start()
         self.plan.script(rx)
         mx = self.node.expose(rx.port).rpartition(":")[0]
         self.stack.set_dns(zones(mx, self.link.node_ip))
@@ -365,7 +370,7 @@ class Demo:
             "allowedImages": f"{repository}:*",
             "allowedBootstrapServers": self.pods_bootstrap,
             "allowedDnsNameservers": self.resolver,
-            "allowedSmtpPorts": str(self.receiver.port),
+            "allowedSmtpPorts": str(self.smtp_port),
             "hostNetworkNamespaces": NAMESPACE,
             # its MX is the host end of the node's link (the pool opts in; the platform allows it)
             "privateDestinationNamespaces": NAMESPACE,
@@ -462,7 +467,7 @@ class Demo:
             "NAMESPACE": NAMESPACE,
             "KAFKA_BOOTSTRAP": self.pods_bootstrap,
             "MAILPIPE_DNS": self.resolver,
-            "SMTP_PORT": str(self.receiver.port),
+            "SMTP_PORT": str(self.smtp_port),
             "WARM_IP": self.egress.warm,
             "WARMING_IP": self.egress.warming,
             "WARMUP_CAP": str(self.plan.warmup_cap),
@@ -796,9 +801,8 @@ class Demo:
             self.node.down()
 
     def stop_receiver(self) -> None:
-        if self.receiving:
-            self.receiver.stop()
-            self.receiving = False
+        if self._receiver is not None:
+            self._receiver.stop()
 
     def stop_build(self) -> None:
         if self.builder is not None:

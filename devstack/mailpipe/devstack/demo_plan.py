@@ -2,9 +2,11 @@
 
 Derived from the audience size alone, so every check is exact: the demo (and
 the end-to-end test, with a smaller audience) compares the campaign's counts,
-what the receivers saw and what came back against this plan. Kept apart from
+what the receiver saw and what came back against this plan. Kept apart from
 `demo`, which runs the steps, so the expectations read on one page; pure (no
-IO, no clock), so `tests/devstack/test_demo_plan.py` checks each piece.
+IO, no clock), so `tests/devstack/test_demo_plan.py` checks each piece. The
+pods are judged here too (`pods_check`: the operator's and the pool's Running
+on the node with the image built here), from what `kubectl get pods -A` says.
 
 What comes back is written as mail systems write it: an asynchronous bounce as
 the recipient's MX writes an RFC 3464 report, a complaint as a mailbox
