@@ -859,6 +859,7 @@ class Demo:
             self.endpoints_up()  # started with the relay: up long since, as a rule
             self.show_pods()
             self.say("\n== what comes back ==")
+            back_started = time.monotonic()
             self.reply_out_of_office()
             self.return_bounces()
             self.complain()
@@ -867,13 +868,17 @@ class Demo:
             suppressions = self.show_suppressions()
             self.wait_counted()
             follow_up, sent = self.follow_up_done()
+            self.timings["what comes back, counted; the follow-up"] = (
+                time.monotonic() - back_started
+            )
             self.summarize_loop(suppressions, follow_up, sent)
             self.say("\nkubectl describe camp demo-newsletter (events):")
             described = self.kubectl("describe", "camp", CAMPAIGN, "-n", NAMESPACE)
             self.say(described[described.find("Events:") :].rstrip())
         finally:
             self.say("\ncleaning up: the CRs, the chart, the namespaces, the node")
-            self.clean_up()
+            with self.timed("clean-up (all of it)"):
+                self.clean_up()
         self.say("\n== timings ==")
         for line in timings(self.timings):
             self.say(line)
@@ -941,6 +946,7 @@ def run(args: argparse.Namespace) -> int:
         with harness.stop_on_signal(), ExitStack() as stack_ctx:
             print("starting the local stack (Kafka, etcd + kube-apiserver, dnsmasq)...")
             stack = stack_ctx.enter_context(_own_stack(args.state_dir))
+            print(f"  (stack up: {time.monotonic() - started:.1f}s)")
             ok = run_demo(stack, workdir, plan)
     except SystemExit as exc:
         print("interrupted: everything the demo started is stopped", file=sys.stderr)
