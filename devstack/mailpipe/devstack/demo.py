@@ -797,6 +797,13 @@ class Demo:
     def node_down(self) -> None:
         if self.node_state is None or self.node_was_up:
             return
+        # Every node process and pod, page cache included: what a node for the demo
+        # needs. Not knowing it (no v1 memory cgroup) must not keep the node up.
+        try:
+            peak = self.node.memory_peak_bytes(self.node_state)
+            self.say(f"  node cgroup peak memory {peak / 2**20:.0f} MiB")
+        except (NodeError, OSError) as exc:
+            self.say(f"  node cgroup peak memory unknown: {exc}")
         with self.timed("node down"):
             self.node.down()
 
