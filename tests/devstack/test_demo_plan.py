@@ -1,7 +1,7 @@
 """The demo's plan, pure: who plays which part of the loop, the reports it sends
 as mail systems write them (decided here by the feedback receiver's own
-logic), the one-click URL it finds, the local stand-ins for a pod, and the
-summary's checks, which must fail when what came back is wrong."""
+logic), the one-click URL it finds, how it finds and judges the pods, and the
+summary's checks, which must fail when what was sent or came back is wrong."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ from mailpipe.contracts.feedback_token import (
 from mailpipe.contracts.wire import Disposition, SuppressionReason
 from mailpipe.devstack import demo
 from mailpipe.devstack import demo_plan as P
-from mailpipe.devstack.smtp_receiver import Received
+from mailpipe.devstack.smtp_receiver import Received, ReceiverHandler
 from mailpipe.inbound.feedback import Kind, Receiver
 from mailpipe.operator.models import CampaignSpec
+from mailpipe.operator.pool import FEEDBACK, UNSUBSCRIBE, PoolRef
 
 KEYS = keys_from_secret({"ka": b"k" * 32})
 NAMESPACE, POOL = "demo", "demo"
@@ -76,11 +77,24 @@ def test_the_follow_up_is_a_valid_campaign_to_the_loops_recipients() -> None:
     assert manifest["metadata"] == {"name": P.FOLLOW_UP, "namespace": NAMESPACE}
 
 
-def test_the_bounce_domains_mx_is_the_feedback_receiver() -> None:
-    zones = {z.domain: z for z in P.zones()}
+def test_the_recipients_mx_is_the_receiver_and_the_bounce_domains_the_node() -> None:
+    zones = {z.domain: z for z in P.zones("172.30.0.1", "172.30.0.2")}
     assert set(P.DOMAINS) < set(zones)
+    for domain in P.DOMAINS:
+        assert zones[domain].mx == ((f"mx.{domain}", 10),)
+        assert zones[domain].a == {f"mx.{domain}": "172.30.0.1"}
     bounce = zones[P.BOUNCE_DOMAIN]
-    assert bounce.mx == ((P.FEEDBACK_MX, 10),) and bounce.a == {P.FEEDBACK_MX: P.FEEDBACK_IP}
+    assert bounce.mx == ((P.FEEDBACK_MX, 10),) and bounce.a == {P.FEEDBACK_MX: "172.30.0.2"}
+
+
+def test_the_pools_egress_ips_are_the_nodes_first_two_addresses() -> None:
+    egress = P.Egress.of(["172.30.240.1", "172.30.240.2", "172.30.240.3"])
+    assert (egress.warm, egress.warming) == ("172.30.240.1", "172.30.240.2")
+    assert egress.helos == {"172.30.240.1": P.WARM_HELO, "172.30.240.2": P.WARMING_HELO}
+    with pytest.raises(
+        ValueError, match=r"needs two egress IPs, the node holds \['172.30.240.1'\]"
+    ):
+        P.Egress.of(["172.30.240.1"])
 
 
 # -- the reports, decided by the feedback receiver ------------------------------------
@@ -188,49 +202,185 @@ def test_no_one_click_post_header_means_no_one_click_url() -> None:
 
 
 def test_the_ingress_stand_in_keeps_the_path_and_refuses_other_urls() -> None:
-    local = "http://127.0.0.26:8080/u/"
+    local = "http://172.30.0.2:31080/u/"
     assert P.behind_ingress(URL, P.UNSUBSCRIBE_BASE_URL, local) == local + "a" * 120
     with pytest.raises(ValueError, match="not under"):
         P.behind_ingress("https://elsewhere.test/u/x", P.UNSUBSCRIBE_BASE_URL, local)
 
 
-# -- a Deployment's container as a local process --------------------------------------
+# -- the image and the pods ----------------------------------------------------------------
+
+BUILT = (
+    "build-image: installing umoci from Debian\n"
+    "image: mailpipe.local/mailpipe:0.1.0-1c8113133987 built in 96s: archive 78 MB, root"
+    " filesystem 260 MB (/root/.cache/mailpipe/images/mailpipe.local_mailpipe-0.1.0-1c8113133987"
+    ".oci.tar)\n"
+)
+CACHED = (
+    "image: mailpipe.local/mailpipe:0.1.0-1c8113133987 up to date"
+    " (/c/images/mailpipe.local_mailpipe-0.1.0-1c8113133987.oci.tar)\n"
+)
 
 
-def test_paths_under_a_mount_point_become_the_local_directory(tmp_path: Path) -> None:
-    mounts = {"/etc/mailpipe": tmp_path / "config", "/etc/mailpipe/dkim": tmp_path / "dkim"}
-    config = {
-        "dkim": {"private_key_path": "/etc/mailpipe/dkim/private.pem"},
-        "feedback": {"keys_path": "/etc/mailpipe"},
-        "args": ["relay", "--config", "/etc/mailpipe/relay.yaml"],
-        "other": "/etc/mailpipe-other/x",
-        "port": 25,
+@pytest.mark.parametrize("output", [BUILT, CACHED], ids=["built", "cached"])
+def test_the_build_scripts_last_line_names_the_image_and_its_archive(output: str) -> None:
+    ref, archive = P.built_image(output)
+    assert ref == "mailpipe.local/mailpipe:0.1.0-1c8113133987"
+    assert archive.name == "mailpipe.local_mailpipe-0.1.0-1c8113133987.oci.tar"
+    assert archive.is_absolute()
+
+
+def test_a_build_that_names_no_image_is_an_error_saying_so() -> None:
+    with pytest.raises(ValueError, match="named no image"):
+        P.built_image("build-image: pip wheel failed; the end of build.log:\n")
+
+
+@pytest.mark.parametrize(
+    ("component", "port_name"), [(FEEDBACK, "smtp"), (UNSUBSCRIBE, "http")], ids=str
+)
+def test_the_node_port_service_selects_the_pools_endpoint_pods(
+    component: str, port_name: str
+) -> None:
+    service = P.node_port_service("demo-mx", NAMESPACE, POOL, component, port_name)
+    spec = service["spec"]
+    assert spec["type"] == "NodePort"
+    # the labels the operator gives the endpoint's pods, and no other pool's
+    pod_labels = PoolRef(POOL, NAMESPACE, "uid").labels(component)
+    assert spec["selector"].items() <= pod_labels.items()
+    other = PoolRef("other", NAMESPACE, "uid").labels(component)
+    assert not spec["selector"].items() <= other.items()
+    assert spec["ports"][0]["targetPort"] == port_name
+    assert P.node_port(service) == 0  # until the API server allocates one
+    service["spec"]["ports"][0]["nodePort"] = 31025
+    assert P.node_port(service) == 31025
+
+
+IMAGE = "mailpipe.local/mailpipe:0.1.0-1c8113133987"
+NAMES = (IMAGE, "mailpipe.local/mailpipe:0.1.0")
+ROLES = {"operator": ("mailpipe-system", "mailpipe-operator-"), "relay": ("demo", "relay-")}
+
+
+def pod(namespace: str, name: str, **change: Any) -> dict[str, Any]:
+    """A pod as `kubectl get pods -o json` shows a Running one; `change` spoils it."""
+    status: dict[str, Any] = {
+        "phase": "Running",
+        "containerStatuses": [{"image": change.get("running", IMAGE), "ready": True}],
     }
-    local = P.local_path(config, mounts)
-    # the deeper mount point is a volume of its own, whichever order they come in
-    assert local["dkim"]["private_key_path"] == str(tmp_path / "dkim" / "private.pem")
-    assert P.local_path(config, dict(reversed(mounts.items()))) == local
-    assert local["feedback"]["keys_path"] == str(tmp_path / "config")
-    assert local["args"] == ["relay", "--config", str(tmp_path / "config" / "relay.yaml")]
-    assert local["other"] == "/etc/mailpipe-other/x" and local["port"] == 25
+    if "phase" in change:
+        status["phase"] = change["phase"]
+    if "ready" in change:
+        status["containerStatuses"][0]["ready"] = change["ready"]
+    metadata: dict[str, Any] = {"namespace": namespace, "name": name}
+    if change.get("terminating"):
+        metadata["deletionTimestamp"] = "2026-12-05T00:00:00Z"
+    return {
+        "metadata": metadata,
+        "spec": {
+            "nodeName": "mailpipe-node",
+            "containers": [{"image": change.get("image", IMAGE)}],
+        },
+        "status": status,
+    }
 
 
-def test_the_pods_environment_from_values_and_the_downward_api() -> None:
-    container = {
-        "env": [
-            {"name": "MAILPIPE_POOL", "value": "demo/demo"},
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "ADDR", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": "SECRET_REF", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
-            {"name": "LEFT_OUT", "value": "x"},
-        ]
+GOOD = [pod("mailpipe-system", "mailpipe-operator-7d-x"), pod("demo", "relay-5f-y")]
+SPOILED_PODS = {
+    "pending": pod("demo", "relay-5f-z", phase="Pending"),
+    "not ready": pod("demo", "relay-5f-z", ready=False),
+    "another image": pod("demo", "relay-5f-z", image="ghcr.io/mailpipe/mailpipe:0.1.0"),
+    "running another image": pod("demo", "relay-5f-z", running="docker.io/library/python:3"),
+}
+
+
+def test_pods_running_the_built_image_pass_under_either_of_its_names() -> None:
+    # the kubelet may report the image by its version tag: the same archive
+    by_version = pod("demo", "relay-5f-z", running="mailpipe.local/mailpipe:0.1.0")
+    leaving = pod("demo", "relay-4a-old", phase="Pending", terminating=True)
+    checks = P.pods_check([*GOOD, by_version, leaving], IMAGE, NAMES, ROLES)
+    assert [ok for ok, _ in checks] == [True, True], checks
+    assert "relay: 2 of 2 pod(s) Running and ready on mailpipe-node" in checks[1][1]
+
+
+@pytest.mark.parametrize("spoiled", SPOILED_PODS.values(), ids=SPOILED_PODS.keys())
+def test_a_pod_not_running_the_built_image_fails_its_roles_check(spoiled: dict[str, Any]) -> None:
+    checks = P.pods_check([*GOOD, spoiled], IMAGE, NAMES, ROLES)
+    assert [ok for ok, _ in checks] == [True, False], checks
+    assert "relay: 1 of 2 pod(s)" in checks[1][1]
+
+
+def test_a_role_without_pods_fails() -> None:
+    checks = P.pods_check(GOOD[:1], IMAGE, NAMES, ROLES)
+    assert checks[1] == (
+        False,
+        f"relay: 0 of 0 pod(s) Running and ready on no node with image {IMAGE}",
+    )
+
+
+def test_the_timings_read_in_the_order_they_ran() -> None:
+    lines = P.timings({"node up": 41.23, "image import": 9.0, "campaign Completed": 75.5})
+    assert [line.split()[:2] for line in lines] == [
+        ["node", "up"],
+        ["image", "import"],
+        ["campaign", "Completed"],
+    ]
+    assert lines[0].endswith("41.2 s") and len({len(line) for line in lines}) == 1
+
+
+# -- the send's summary --------------------------------------------------------------------
+
+EGRESS = P.Egress("172.30.240.1", "172.30.240.2")
+
+
+def sent(plan: P.Plan, *, stranger: str = "") -> ReceiverHandler:
+    """What the receiver recorded of a send that went to plan, from the pool's
+    IPs (the warming one up to its cap, the warm one); `stranger` sends one."""
+    handler = ReceiverHandler()
+    deliverable = sorted(plan.deliverable)
+    warming = [r for r in deliverable if r not in plan.defer][: plan.warmup_cap]
+    for i, rcpt in enumerate(deliverable):
+        ip = EGRESS.warming if rcpt in warming else EGRESS.warm
+        if stranger and i == len(deliverable) - 1:
+            ip = stranger
+        helo = EGRESS.helos.get(ip, "stranger.test")
+        handler.messages.append(Received(ip, helo, "b@x", (rcpt,), b"", 0.0))
+        if rcpt in plan.defer:
+            handler.rcpt_replies.append((rcpt, P.GREYLIST_REPLY))
+        handler.rcpt_replies.append((rcpt, P.OK_REPLY))
+        handler.rcpt_tries[ip] += 1 + (rcpt in plan.defer)
+    for rcpt in plan.bounce:
+        handler.rcpt_replies.append((rcpt, P.BOUNCE_REPLY))
+        handler.rcpt_tries[EGRESS.warm] += 1
+    return handler
+
+
+def send_status(plan: P.Plan) -> dict[str, Any]:
+    counts = {
+        "total": plan.size,
+        "delivered": len(plan.deliverable),
+        "bounced": len(plan.bounce),
+        "suppressed": len(plan.suppressed),
+        "deferred": 0,
+        "expired": 0,
     }
-    env = P.pod_env(container, "mailpipe-relay-demo-0", "127.0.0.1", frozenset({"LEFT_OUT"}))
-    assert env == {
-        "MAILPIPE_POOL": "demo/demo",
-        "POD_NAME": "mailpipe-relay-demo-0",
-        "ADDR": "127.0.0.1",
-    }
+    return {"phase": "Completed", "counts": counts}
+
+
+def test_the_send_summary_counts_per_domain_and_holds_when_the_send_went_to_plan() -> None:
+    plan = P.Plan.make(200)
+    lines: list[str] = []
+    checks = P.summarize(plan, send_status(plan), sent(plan), EGRESS, lines.append)
+    assert [what for ok, what in checks if not ok] == []
+    per_domain = [line.split() for line in lines if line.startswith("  ")]
+    assert {row[0] for row in per_domain} == set(P.DOMAINS)
+    assert sum(int(row[2]) for row in per_domain) == len(plan.deliverable)
+
+
+def test_mail_from_an_address_not_the_pools_fails_the_send_summary() -> None:
+    plan = P.Plan.make(200)
+    rx = sent(plan, stranger="172.30.0.2")  # the node's own address: not an egress IP
+    checks = P.summarize(plan, send_status(plan), rx, EGRESS, lambda _: None)
+    failed = [what for ok, what in checks if not ok]
+    assert any("came from the pool's egress IPs" in what for what in failed), failed
 
 
 # -- the loop's summary -----------------------------------------------------------------

@@ -53,6 +53,22 @@ def test_a_root_too_deep_for_a_unix_socket_is_refused_with_the_way_out() -> None
     LAYOUT.check()
 
 
+@pytest.mark.parametrize(("length", "refused"), [(104, False), (105, True), (107, True)])
+def test_the_socket_path_limit_is_containerds_104_bytes(length: int, refused: bool) -> None:
+    """containerd 1.6 refuses a socket path over 104 bytes ("unix socket path
+    too long (> 104)"), three less than sun_path holds: a 105-byte path passed
+    the check and containerd then failed to start (`mailpipe demo --state-dir`
+    under pytest's temporary directory)."""
+    suffix = len(str(Layout(Path("/x")).containerd_socket) + ".ttrpc") - len("/x")
+    root = Layout(Path("/" + "d" * (length - suffix - 1)))
+    assert len(str(root.containerd_socket) + ".ttrpc") == length
+    if refused:
+        with pytest.raises(PlanError, match="too deep"):
+            root.check()
+    else:
+        root.check()
+
+
 def test_link_commands_address_both_ends_and_route_nothing_beyond_the_link() -> None:
     cmds = node_plan.link_commands(LAYOUT, LINK, NAMES)
     assert cmds[0][:3] == ["ip", "link", "add"]

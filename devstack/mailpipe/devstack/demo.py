@@ -1,28 +1,47 @@
-"""`mailpipe demo`: the whole pipeline end to end on the local stack, and what comes back.
+"""`mailpipe demo`: the whole pipeline end to end on the stack's real node, and what comes back.
 
-    helm install the chart -> run the operator with the chart's ServiceAccount
-    token -> apply examples/demo (a pool with a warm and a warming IP, a
-    feedback receiver and a one-click unsubscribe endpoint; a campaign to an
-    audience across four .test domains) -> run the relays, the receiver and the
-    endpoint from exactly the Deployments and ConfigMaps the operator wrote ->
-    watch `kubectl get sp,camp` until Completed -> what comes back: DSNs for
-    some recipients, a complaint, a one-click unsubscribe, an out-of-office
-    reply -> a follow-up campaign to them -> check the numbers add up.
+    build the image (scripts/build-image.sh; cached) while the node comes up ->
+    import it into the node -> helm install the chart with it: the operator
+    runs as a pod under the chart's ServiceAccount -> apply examples/demo (a
+    pool with a warm and a warming IP, a feedback receiver and a one-click
+    unsubscribe endpoint; a campaign to an audience across four .test domains):
+    the operator's Deployments run as pods on the node -> watch `kubectl get
+    sp,camp` until Completed -> `kubectl get pods -A`: the operator, relay,
+    receiver and endpoint pods Running with the image built here -> what comes
+    back: DSNs for some recipients, a complaint, a one-click unsubscribe, an
+    out-of-office reply -> a follow-up campaign to them -> check the numbers
+    add up -> uninstall, the node down.
 
-There is no kubelet, so the chart's operator Deployment and the pool's
-Deployments never get pods; their commands run here as local processes
-instead (`run_deployment`), with the same arguments and environment (the only
-changes: the mounted ConfigMaps and Secrets as local files, and the pod's own
-addresses and ports, since local processes share one network namespace: a
-free metrics port each, the receiver and the endpoint on loopback addresses of
-their own). What comes back reaches them only as mail systems and mail clients
-would: reports by SMTP to the bounce domain's MX found in DNS, the POST to
-the URL in the message through the https ingress's stand-in
-(`demo_plan.behind_ingress`), so those steps do not depend on how the
-processes run. The end-to-end test runs the
-same code with a smaller audience. Exit code 0 only if every check holds.
+Where each part lives, and why:
+- The relays run with hostNetwork on the node's egress addresses (the stack
+  puts four on the node and labels it `egress.mailpipe.io/<address>`; the
+  operator's node affinity places the relay there), so mail leaves from the
+  pool's warm and warming IPs, as on a cluster with egress nodes. One relay:
+  a hostNetwork relay holds its metrics port on its node, and there is one node.
+- The recipients' MX hosts are one recording receiver on the host's loopback,
+  reached by the relay pods at the host end of the node's link (`Node.expose`:
+  one DNAT rule, recorded and removed with the node); the four domains' MX
+  names resolve there, one mail system for four domains as mailbox providers
+  run them. Not four receivers: the node reaches the host at one address and
+  the pool has one SMTP port; and not through a ClusterIP Service, whose
+  masquerade would hide the egress IP a message came from (the per-IP checks).
+- The feedback receiver and the unsubscribe endpoint run on the pod network
+  behind the ClusterIP Services the operator makes; how the world reaches them
+  is the cluster's to decide, so the demo does what a platform team would: a
+  NodePort Service in front of each. The host reaches the node's own address
+  on the link without any route of its own. Not a host route to the Service
+  or pod range (every stack's node uses the same ranges: two nodes on one
+  machine would fight over it); not hostPort (not in the operator's
+  Deployment, and the operator reverts a patched child). The bounce domain's
+  MX resolves to the node's address, and reports go to the receiver's node
+  port there; the https ingress's stand-in (`demo_plan.behind_ingress`) sends
+  the one-click POST to the endpoint's node port.
+What comes back reaches the pods only as mail systems and mail clients would:
+by SMTP to the MX found in DNS, by an https POST to the URL in the message.
+The end-to-end test runs the same code with a smaller audience. Exit code 0
+only if every check holds.
 
-Why one module of ~700 lines: it is a script read top to bottom, one step per
+Why one module of ~800 lines: it is a script read top to bottom, one step per
 method in run order; what the steps compute is in `demo_plan`.
 """
 
@@ -30,13 +49,16 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
+import functools
+import ipaddress
 import json
 import os
 import secrets
 import shutil
-import signal
 import smtplib
 import string
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,40 +72,41 @@ from pathlib import Path
 from typing import Any
 
 import dns.resolver
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kafka import KafkaProducer
 
-from mailpipe.contracts.signing import PUBLIC_KEY_ENV
-
-from . import harness, kube, sockets
+from . import harness, node_plan, procs, sockets
 from .demo_plan import (
     DOMAINS,
     FBL_ADDRESS,
-    FEEDBACK_IP,
+    FEEDBACK_MX,
     FOLLOW_UP,
     ONE_CLICK_BODY,
     UNSUBSCRIBE_BASE_URL,
-    UNSUBSCRIBE_IP,
     CameBack,
     Check,
+    Egress,
     Plan,
     arf,
     behind_ingress,
+    built_image,
     dkim_signed_headers,
     dsn,
-    local_path,
     mailbox_copy,
+    node_port,
+    node_port_service,
     one_click_url,
     out_of_office,
-    pod_env,
+    pods_check,
     return_path,
     summarize,
     summarize_loop,
+    timings,
     zones,
 )
-from .procs import free_port, listening
+from .node import Node, NodeError, NodeState
+from .node_plan import Link
 from .smtp_receiver import SMTPReceiver
 from .stack import Stack, StackState
 
@@ -92,33 +115,51 @@ __all__ = ["Demo", "Plan", "run_demo"]
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples" / "demo"
 CHART = ROOT / "helm" / "mailpipe"
+BUILD_SCRIPT = ROOT / "scripts" / "build-image.sh"
 NAMESPACE = "demo"
 SYSTEM_NAMESPACE = "mailpipe-system"
 RELEASE = "mailpipe"
+OPERATOR = f"{RELEASE}-operator"  # the chart's Deployment (its full name is the release's)
 POOL, CAMPAIGN, AUDIENCE = "demo", "demo-newsletter", "demo-audience"
 # The operator's names for the pool's Deployments (and the relays' ConfigMap).
 RELAY = f"mailpipe-relay-{POOL}"
 FEEDBACK = f"mailpipe-feedback-{POOL}"
 UNSUBSCRIBE = f"mailpipe-unsubscribe-{POOL}"
+# The platform team's NodePort Services in front of the receiver and the endpoint.
+MX_SERVICE, INGRESS_SERVICE = "demo-mx", "demo-ingress"
 TIMEOUT_SECONDS = 240  # the whole campaign; 1000 recipients take about a minute
-POOL_READY_TIMEOUT_SECONDS = 60  # topics created, children written: seconds on an idle stack
+BUILD_TIMEOUT_SECONDS = 1200  # a cold build: Debian packages and wheels, loaded machine
+# A pod from the ~80 MB image: unpack, Python and kopf start-up, the first
+# readiness probe (every 10 s), on a loaded 2-core machine.
+POD_READY_TIMEOUT_SECONDS = 300
+# Topics created, the relay pod started and its consumer joined, the operator's
+# next look at its Deployment: a minute on an idle machine.
+POOL_READY_TIMEOUT_SECONDS = 300
 # What came back in the campaign's status, and the follow-up's fan-out and one
 # delivery: seconds on an idle machine, a minute when a loaded one starves the operator.
 COUNTED_TIMEOUT_SECONDS = 120
 WAIT_POLL_SECONDS = 0.5
 WATCH_POLL_SECONDS = 3  # `kubectl get` once every 3 s reads like someone watching
-OPERATOR_TOKEN_DURATION = "1h"  # longer than the demo ever runs
 DKIM_SECRET = "demo-dkim"
 FEEDBACK_SECRET = "demo-feedback-keys"  # examples/demo/pool.yaml names it twice
 FEEDBACK_KEY_ID = "ka"  # a key id is a-z and 2-7; the newest signs (rotation adds "kb")
 FEEDBACK_KEY_BYTES = 32  # the least spec.feedback.keySecretRef accepts
-CR_DELETE_TIMEOUT_SECONDS = 60  # finalizers: delete relays and topics, tell relays
+# Finalizers: the operator pod deletes the relays and topics, tells the relays.
+CR_DELETE_TIMEOUT_SECONDS = 120
+UNINSTALL_TIMEOUT_SECONDS = 300  # the hook Job's pod starts on the node and deletes the CRs
+NAMESPACE_GONE_TIMEOUT_SECONDS = 120  # its pods stop (grace periods of 30 and 60 s)
+LOGS_TIMEOUT_SECONDS = 60  # `kubectl logs` of one pod, through the kubelet
 DKIM_KEY_BITS = 2048  # what mailbox providers expect of an RSA DKIM key
-LOCAL_POD_IP = "127.0.0.1"  # a local relay's "pod IP": where its metrics endpoint binds
-CLIENT_TIMEOUT_SECONDS = 30  # one SMTP or HTTP exchange with a local endpoint
+CLIENT_TIMEOUT_SECONDS = 30  # one SMTP or HTTP exchange with an endpoint
 DEFAULT_RECIPIENTS = 1000
 FINAL_PHASES = ("Completed", "Failed")
 HTTP_OK = 200
+BOOTSTRAP_ENV = "MAILPIPE_KAFKA_BOOTSTRAP"  # the plugin's Kafka, when the pool's is not reachable
+# `kubectl get pods -A` with what the plain listing leaves out: the node and the image.
+POD_COLUMNS = (
+    "NAMESPACE:.metadata.namespace,NAME:.metadata.name,STATUS:.status.phase,"
+    "NODE:.spec.nodeName,IMAGE:.spec.containers[*].image"
+)
 
 
 class Demo:
@@ -132,37 +173,62 @@ class Demo:
         self.say = say
         # this process's environment aimed at the stack, for kubectl, helm and mailpipe
         self.env = {**os.environ, **state.env()}
-        self.children = harness.Children(workdir)
-        self.receivers: dict[str, SMTPReceiver] = {}
+        self.node = Node(stack.state_dir)
+        self.node_state: NodeState | None = None  # the node this demo ran on, once up
+        self.node_was_up = False  # someone else's node: left running
+        self.builder: harness.Child | None = None  # scripts/build-image.sh, while it runs
+        self.build_started = 0.0
+        self.image = ""  # the built image's reference, once imported into the node
+        self.image_names: list[str] = []  # every name the node's containerd holds it by
+        self.installed = False  # the chart, once `helm install` ran
+        # The recipients' MX hosts: one recording receiver on loopback, on a port
+        # free here (the pool's smtpPort), reached from the node through the link.
+        self.smtp_port = procs.free_port()
+        self._receiver: SMTPReceiver | None = None  # once started
+        self.link: Link | None = None  # the node's link, once it is up
+        self.egress = Egress("", "")  # the pool's egress IPs: the node's, once it is up
+        self.pods_bootstrap = ""  # Kafka for pods (`Node.expose_kafka`)
+        self.resolver = ""  # the stack's dnsmasq for pods: the host end of the link
         self.checks: list[Check] = []
-        self.token = ""  # the operator's ServiceAccount token, once created
+        self.timings: dict[str, float] = {}  # step -> seconds, in the order they ran
+        self.pods: list[dict[str, Any]] = []  # `kubectl get pods -A` once everything ran
+        self.pod_logs: dict[str, Path] = {}  # pod name -> its log, saved before the node goes
+        self.cleanup_errors: list[str] = []
         self.dkim_pem = ""  # the pool's DKIM private key, once created
         self.feedback_key = b""  # the pool's token key, once created
-        self.smtp_port = 0  # every MX's port here (the pool's smtpPort), once chosen
-        # where the https ingress in front of the one-click endpoint forwards to,
-        # and the endpoint's readiness probe, once it runs
-        self.unsubscribe_backend = self.unsubscribe_ready = ""
+        self.mx_port = 0  # the feedback receiver's node port: the bounce domain's MX
+        # where the https ingress in front of the one-click endpoint forwards to
+        self.unsubscribe_backend = ""
         self.answers: dict[str, int] = {}  # what came back -> the reply it got
-        self.sent_before: dict[str, int] = {}  # messages per receiver before the follow-up
+        self.sent_before = 0  # messages at the receiver before the follow-up
         self.one_click_signed: list[str] = []  # headers DKIM covers in the unsubscribed one's
 
     # -- helpers ---------------------------------------------------------------------
 
+    @property
+    def receiver(self) -> SMTPReceiver:
+        if self._receiver is None:
+            raise harness.HarnessError("the recording receiver has not started yet")
+        return self._receiver
+
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         return harness.kubectl_ok(self.env, *args, stdin=stdin)
 
-    def read(self, kind: str, name: str) -> dict[str, Any]:
-        """One object of the demo's namespace, through the API client (no kubectl
-        process: on a busy two-core machine each costs a second)."""
-        obj = harness.get_object(self.env, kind, name, NAMESPACE)
+    def read(self, kind: str, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        """One object, through the API client where it can (no kubectl process:
+        on a busy two-core machine each costs a second)."""
+        obj = harness.get_object(self.env, kind, name, namespace)
         if obj is None:
-            raise harness.HarnessError(f"{kind} {name} not found in namespace {NAMESPACE}")
+            raise harness.HarnessError(f"{kind} {name} not found in namespace {namespace}")
         return obj
 
     def plugin(self, *args: str) -> str:
-        """`kubectl mailpipe <args>`: kubectl finds this checkout's plugin on PATH."""
+        """`kubectl mailpipe <args>`: kubectl finds this checkout's plugin on PATH.
+        The pool names Kafka as its pods reach it (a ClusterIP); from the host
+        the plugin is given the address the host reaches, as its error says to."""
         path = f"{harness.MAILPIPE.parent}{os.pathsep}{self.env.get('PATH', '')}"
-        return harness.kubectl_ok({**self.env, "PATH": path}, "mailpipe", *args)
+        env = {**self.env, "PATH": path, BOOTSTRAP_ENV: self.state.kafka_bootstrap}
+        return harness.kubectl_ok(env, "mailpipe", *args)
 
     def wait(
         self,
@@ -170,115 +236,180 @@ class Demo:
         predicate: Callable[[], bool],
         timeout_s: float = POOL_READY_TIMEOUT_SECONDS,
     ) -> None:
-        """Wait for `predicate`; fail fast with its log tail if a demo process exited."""
-        harness.wait_for(
-            predicate,
-            timeout_s,
-            what,
-            watch=self.children.running(),
-            interval_seconds=WAIT_POLL_SECONDS,
+        """Wait for `predicate`; on a timeout, say where the pods and the pool are."""
+        try:
+            harness.wait_for(predicate, timeout_s, what, interval_seconds=WAIT_POLL_SECONDS)
+        except harness.TimedOut as exc:
+            pods = harness.kubectl(self.env, "get", "pods", "-A", "-o", "wide").stdout
+            objects = harness.kubectl(self.env, "get", "sp,camp", "-n", NAMESPACE).stdout
+            raise harness.TimedOut(f"{exc}\n{pods}\n{objects}") from exc
+
+    @contextmanager
+    def timed(self, what: str) -> Iterator[None]:
+        started = time.monotonic()
+        yield
+        self.timings[what] = time.monotonic() - started
+        self.say(f"  ({what}: {self.timings[what]:.1f}s)")
+
+    def deployment_available(self, namespace: str, name: str) -> bool:
+        """Every replica of the Deployment's latest template is available (its
+        controller's word, from the kubelet's readiness probes)."""
+        dep = harness.get_object(self.env, "deployment", name, namespace)
+        if dep is None:
+            return False
+        status = dep.get("status") or {}
+        want = int(dep["spec"].get("replicas", 1))
+        return (
+            int(status.get("observedGeneration", 0)) >= int(dep["metadata"]["generation"])
+            and int(status.get("updatedReplicas", 0)) >= want
+            and int(status.get("availableReplicas", 0)) >= want
         )
 
     # -- steps -------------------------------------------------------------------------
 
-    def start_receivers(self) -> int:
-        # one port for every MX, free on every address: the feedback receiver takes it too
-        port = self.smtp_port = free_port(next(iter(DOMAINS.values())))
-        for domain, ip in DOMAINS.items():
-            self.receivers[domain] = SMTPReceiver(ip, port).start()
-        self.plan.script(self.receivers)
-        self.stack.set_dns(zones())
-        self.say(f"receivers: {', '.join(f'{d} -> {ip}:{port}' for d, ip in DOMAINS.items())}")
-        return port
+    def start_image_build(self) -> None:
+        """`make image`'s script, in the background while the node comes up: it
+        finds the image cached unless the sources changed."""
+        self.say("building the image (scripts/build-image.sh; cached until the sources change)")
+        self.build_started = time.time()  # wall clock: compared with its log's mtime
+        log = self.workdir / "build-image.log"
+        self.builder = harness.start("build-image", ["bash", str(BUILD_SCRIPT)], log)
 
-    def install_chart(self, smtp_port: int) -> tuple[str, list[str]]:
-        # The platform team's cluster policy: the stack's Kafka and resolver and
-        # the receivers' port are what the demo's pool may use, nothing else.
+    def start_node(self) -> None:
+        """The stack's node (containerd, kubelet, kube-proxy, scheduler,
+        controller-manager in a network namespace), and what its pods reach on
+        the host: Kafka (a ClusterIP Service) and the stack's DNS."""
+        before = self.node.state
+        self.node_was_up = (
+            before is not None
+            and before.complete
+            and all(procs.alive(p.pid) for p in before.processes.values())
+        )
+        self.say("starting the node (containerd, kubelet, kube-proxy, scheduler, controllers)")
+        with self.timed("node up"):
+            node = self.node_state = self.node.up(self.state)
+        self.link = Link(ipaddress.IPv4Network(node.link))
+        self.egress = Egress.of(node.egress)
+        self.pods_bootstrap = self.node.expose_kafka(self.state)
+        dns_port = self.state.dns_port
+        host = self.node.expose(dns_port, "udp").rpartition(":")[0]
+        self.node.expose(dns_port, "tcp")  # a truncated answer is asked again over TCP
+        self.resolver = f"{host}:{dns_port}"
+        self.say(
+            f"node {node_plan.NODE_NAME} at {self.link.node_ip}, egress addresses"
+            f" {', '.join(node.egress)}; its pods reach Kafka at {self.pods_bootstrap},"
+            f" DNS at {self.resolver}"
+        )
+
+    def import_image(self) -> None:
+        """Wait for the build; import its archive into the node's containerd (no
+        registry: the chart names it with pullPolicy Never)."""
+        builder = self.builder
+        assert builder is not None
+        harness.wait_for(
+            lambda: builder.exit_code() is not None,
+            BUILD_TIMEOUT_SECONDS,
+            "scripts/build-image.sh",
+            interval_seconds=WAIT_POLL_SECONDS,
+        )
+        # Its own time, beside the node's start: to its last word in its log.
+        self.timings["image build (beside node up)"] = (
+            builder.log.stat().st_mtime - self.build_started
+        )
+        if builder.exit_code() != 0:
+            raise harness.HarnessError(f"scripts/build-image.sh failed:\n{builder.log_tail()}")
+        builder.stop()  # exited: this only records it
+        ref, archive = built_image(builder.log.read_text(errors="replace"))
+        held = self.hold(archive)
+        try:
+            with self.timed("image import"):
+                self.image_names = self.node.import_image(held)
+        finally:
+            held.unlink()
+        if ref not in self.image_names:
+            raise harness.HarnessError(f"the node holds {self.image_names}, not {ref}")
+        self.image = ref
+        self.say(f"image {ref} in the node's containerd")
+
+    def hold(self, archive: Path) -> Path:
+        """A hard link of the archive (a copy across filesystems), taken under the
+        build script's lock: other checkouts build into the same cache, and the
+        script keeps only the newest two archives."""
+        held = self.workdir / "mailpipe.oci.tar"
+        with (archive.parent / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                try:
+                    os.link(archive, held)
+                except OSError:
+                    shutil.copyfile(archive, held)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return held
+
+    def start_receiver(self) -> None:
+        """The recipients' MX: the receiver, exposed to the node at the host end
+        of the link; DNS says so, and that the bounce domain's MX is the node."""
+        assert self.link is not None
+        rx = self._receiver = SMTPReceiver("127.0.0.1", self.smtp_port).start()
+        self.plan.script(rx)
+        mx = self.node.expose(rx.port).rpartition(":")[0]
+        self.stack.set_dns(zones(mx, self.link.node_ip))
+        self.say(
+            f"MX of {', '.join(DOMAINS)}: one recording receiver on 127.0.0.1:{rx.port},"
+            f" reached from the node at {mx}:{rx.port}; {FEEDBACK_MX}: the node,"
+            f" {self.link.node_ip}"
+        )
+
+    def install_chart(self) -> None:
+        # The platform team's cluster policy: the stack's Kafka and resolver (as
+        # pods reach them), the receiver's port, hostNetwork relays and private
+        # destinations in the demo's namespace, the image built here.
+        repository, tag = self.image.rsplit(":", 1)
         policy = {
-            "allowedBootstrapServers": self.state.kafka_bootstrap,
-            "allowedDnsNameservers": f"127.0.0.1:{self.state.dns_port}",
-            "allowedSmtpPorts": str(smtp_port),
-            # its MX hosts are loopback addresses (the pool opts in; the platform allows it)
+            "allowedImages": f"{repository}:*",
+            "allowedBootstrapServers": self.pods_bootstrap,
+            "allowedDnsNameservers": self.resolver,
+            "allowedSmtpPorts": str(self.smtp_port),
+            "hostNetworkNamespaces": NAMESPACE,
+            # its MX is the host end of the node's link (the pool opts in; the platform allows it)
             "privateDestinationNamespaces": NAMESPACE,
         }
-        sets = [a for k, v in policy.items() for a in ("--set", f"policy.{k}={{{v}}}")]
+        values = {
+            "image.repository": repository,
+            "image.tag": tag,
+            "image.pullPolicy": "Never",  # imported into the node; there is no registry
+            "kafka.bootstrapServers": self.pods_bootstrap,
+            # The operator watches, and may create relays in, the demo's namespace only.
+            "operator.watchNamespaces": f"{{{NAMESPACE}}}",
+            **{f"policy.{k}": f"{{{v}}}" for k, v in policy.items()},
+        }
         self.say(
-            f"helm install the chart (onboarding namespace {NAMESPACE}; "
-            "policy: " + ", ".join(policy.values()) + ")"
+            f"helm install the chart with image {self.image} (watching namespace {NAMESPACE};"
+            " policy: " + ", ".join(policy.values()) + ")"
         )
-        harness.helm_ok(
-            self.env,
-            "install",
-            RELEASE,
-            str(CHART),
-            "-n",
-            SYSTEM_NAMESPACE,
-            "--create-namespace",
-            *sets,
-            # The operator may create relays only in onboarded namespaces (least privilege).
-            "--set",
-            f"rbac.tenantNamespaces={{{NAMESPACE}}}",
-            # Its pod's own addresses are, for a local process, the machine's: the
-            # local stack stays on loopback (checked in the summary).
-            "--set",
-            "operator.listenAddress=127.0.0.1",
-        )
-        manifest = harness.helm_ok(self.env, "get", "manifest", RELEASE, "-n", SYSTEM_NAMESPACE)
-        docs = [d for d in yaml.safe_load_all(manifest) if d]
-        sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-        dep = next(d for d in docs if d["kind"] == "Deployment")
-        # The chart mounts its policy ConfigMap where `--policy` points; here it is a file.
-        policy_cm = next(
-            d
-            for d in docs
-            if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-policy")
-        )
-        policy_file = self.workdir / "policy.yaml"
-        policy_file.write_text(policy_cm["data"]["policy.yaml"])
-        # Likewise the Secret with the key the operator signs relay configs with.
-        signing = next(
-            d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-signing")
-        )
-        key_file = self.workdir / "config-signing.pem"
-        key_file.touch(mode=0o600)
-        key_file.write_bytes(base64.b64decode(signing["data"]["ed25519.pem"]))
-        local = {"--policy": policy_file, "--config-signing-key": key_file}
-        args: list[str] = [
-            f"{a.split('=', 1)[0]}={local[a.split('=', 1)[0]]}"
-            if a.split("=", 1)[0] in local
-            else a
-            for a in dep["spec"]["template"]["spec"]["containers"][0]["args"]
-        ]
-        return sa, args
-
-    def operator_kubeconfig(self, service_account: str) -> Path:
-        self.token = self.kubectl(
-            "create",
-            "token",
-            service_account,
-            "-n",
-            SYSTEM_NAMESPACE,
-            f"--duration={OPERATOR_TOKEN_DURATION}",
-        ).strip()
-        path = self.workdir / "operator.kubeconfig"
-        kube.write_token_kubeconfig(path, Path(self.state.kubeconfig), service_account, self.token)
-        return path
-
-    def start_operator(self, args: list[str], kubeconfig: Path) -> None:
-        # one network namespace for every local process: free ports instead of the pod's
-        ports = {"--liveness-port": free_port(), "--metrics-port": free_port()}
-        args = [
-            f"{a.split('=', 1)[0]}={ports[a.split('=', 1)[0]]}"
-            if a.split("=", 1)[0] in ports
-            else a
-            for a in args
-        ]
-        self.say(f"operator: mailpipe {' '.join(args)}  (as the chart's ServiceAccount)")
-        self.children.mailpipe("operator", args, {**self.env, "KUBECONFIG": str(kubeconfig)})
+        with self.timed("helm install"):
+            self.installed = True
+            harness.helm_ok(
+                self.env,
+                "install",
+                RELEASE,
+                str(CHART),
+                "-n",
+                SYSTEM_NAMESPACE,
+                "--create-namespace",
+                *[arg for k, v in values.items() for arg in ("--set", f"{k}={v}")],
+            )
+        with self.timed("operator pod Ready"):
+            self.wait(
+                "the operator pod Ready",
+                lambda: self.deployment_available(SYSTEM_NAMESPACE, OPERATOR),
+                POD_READY_TIMEOUT_SECONDS,
+            )
 
     def create_dkim_secret(self) -> None:
         """The pool signs with a key from a Secret, as a real one would; the
-        test of this run greps every log for it (and for the operator's token)."""
+        test of this run greps every pod's log for it."""
         key = rsa.generate_private_key(public_exponent=65537, key_size=DKIM_KEY_BITS)
         self.dkim_pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -311,10 +442,6 @@ class Demo:
         text = string.Template((EXAMPLES / name).read_text()).substitute(values)
         harness.apply(self.env, text)
 
-    def topics_ready(self) -> bool:
-        pool = harness.get_object(self.env, "sp", POOL, NAMESPACE)
-        return harness.condition_true(pool, "TopicsReady")
-
     def pool_ready(self) -> bool:
         return harness.condition_true(harness.get_object(self.env, "sp", POOL, NAMESPACE))
 
@@ -334,95 +461,39 @@ class Demo:
         producer.close()
         self.say(f"suppression list: {len(self.plan.suppressed)} unsubscribed addresses")
 
-    def mount_volumes(self, pod: dict[str, Any], here: Path) -> dict[str, Path]:
-        """Write what the pod would mount (its ConfigMaps and Secrets) under `here`;
-        return mount path -> local directory."""
-        volumes = {v["name"]: v for v in pod["volumes"]}
-        mounts: dict[str, Path] = {}
-        for mount in pod["containers"][0]["volumeMounts"]:
-            volume = volumes[mount["name"]]
-            target = here / mount["name"]
-            target.mkdir(parents=True, exist_ok=True)
-            if "configMap" in volume:
-                data = self.read("configmap", volume["configMap"]["name"])
-                for key, text in data["data"].items():
-                    (target / key).write_text(text)
-            elif "secret" in volume:
-                data = self.read("secret", volume["secret"]["secretName"])
-                for key, value in data["data"].items():
-                    (target / key).touch(mode=0o600)
-                    (target / key).write_bytes(base64.b64decode(value))
-            mounts[mount["mountPath"]] = target
-        return mounts
+    def values(self) -> dict[str, str]:
+        """examples/demo's placeholders."""
+        return {
+            "NAMESPACE": NAMESPACE,
+            "KAFKA_BOOTSTRAP": self.pods_bootstrap,
+            "MAILPIPE_DNS": self.resolver,
+            "SMTP_PORT": str(self.smtp_port),
+            "WARM_IP": self.egress.warm,
+            "WARMING_IP": self.egress.warming,
+            "WARMUP_CAP": str(self.plan.warmup_cap),
+            "WARMUP_CAP_DAY2": str(2 * self.plan.warmup_cap),
+        }
 
-    def run_deployment(
-        self,
-        name: str,
-        own_addresses: Callable[[dict[str, Any]], None],
-        extra_args: Callable[[str], list[str]] = lambda _: [],
-    ) -> None:
-        """Run each replica of Deployment `name` as a local process: its args and
-        env, its volumes as local files; `own_addresses` sets the pod's own
-        addresses and ports in the replica's copy of the config file its args name."""
-        dep = self.read("deployment", name)
-        pod = dep["spec"]["template"]["spec"]
-        container = pod["containers"][0]
-        here = self.workdir / name
-        mounts = self.mount_volumes(pod, here)
-        args: list[str] = local_path(container["args"], mounts)
-        at = args.index("--config") + 1
-        text = Path(args[at]).read_text()
-        for i in range(dep["spec"]["replicas"]):
-            pod_name = f"{name}-{i}"
-            config = local_path(yaml.safe_load(text), mounts)
-            own_addresses(config)
-            (here / f"{pod_name}.yaml").write_text(yaml.safe_dump(config))
-            argv = [*args[:at], str(here / f"{pod_name}.yaml"), *args[at + 1 :]]
-            argv += extra_args(pod_name)
-            env = pod_env(container, pod_name, LOCAL_POD_IP, frozenset({PUBLIC_KEY_ENV}))
-            self.say(f"{pod_name}: mailpipe {' '.join(argv)}")
-            self.children.mailpipe(pod_name, argv, {**self.env, **env})
-
-    def start_relays(self) -> None:
-        def own(config: dict[str, Any]) -> None:
-            # the pod's fixed metrics port may be taken by anything else on this machine
-            config["metrics_port"] = free_port()
-
-        self.run_deployment(RELAY, own, lambda pod: ["--relay-id", pod])
-        # Ready needs available relays; the local relays stand in for the pods: report them.
-        harness.report_deployment(self.env, NAMESPACE, RELAY)
-
-    def start_feedback_receiver(self) -> None:
-        """The bounce domain's MX (DNS points there): on its own loopback address,
-        on the port every MX of the demo uses."""
-
-        def own(config: dict[str, Any]) -> None:
-            config["feedback"].update(
-                listen_address=FEEDBACK_IP,
-                listen_port=self.smtp_port,
-                metrics_port=free_port(FEEDBACK_IP),
-            )
-
-        # In a pod the receiver names itself by its host name, the pod's name.
-        self.run_deployment(FEEDBACK, own, lambda pod: ["--receiver-id", pod])
-
-    def start_unsubscribe_endpoint(self) -> None:
-        """The one-click endpoint, on its own loopback address; the https
-        ingress's stand-in forwards the base URL to it (`behind_ingress`)."""
-
-        def own(config: dict[str, Any]) -> None:
-            port, metrics = free_port(UNSUBSCRIBE_IP), free_port(UNSUBSCRIBE_IP)
-            config.update(
-                listen_address=UNSUBSCRIBE_IP,
-                port=port,
-                metrics_address=UNSUBSCRIBE_IP,
-                metrics_port=metrics,
-            )
-            self.unsubscribe_backend = f"http://{UNSUBSCRIBE_IP}:{port}/u/"
-            self.unsubscribe_ready = f"http://{UNSUBSCRIBE_IP}:{metrics}/readyz"
-
-        self.run_deployment(UNSUBSCRIBE, own)
-        self.say(f"https ingress stand-in: {UNSUBSCRIBE_BASE_URL} -> {self.unsubscribe_backend}")
+    def expose_endpoints(self) -> None:
+        """The platform team's part: a NodePort Service in front of the feedback
+        receiver (the bounce domain's MX, which DNS names as the node) and one
+        in front of the one-click endpoint (where the https ingress's stand-in
+        forwards)."""
+        assert self.link is not None
+        services = [
+            node_port_service(MX_SERVICE, NAMESPACE, POOL, "feedback", "smtp"),
+            node_port_service(INGRESS_SERVICE, NAMESPACE, POOL, "unsubscribe", "http"),
+        ]
+        harness.apply(self.env, {"apiVersion": "v1", "kind": "List", "items": services})
+        self.mx_port = node_port(self.read("service", MX_SERVICE))
+        ingress_port = node_port(self.read("service", INGRESS_SERVICE))
+        node_ip = self.link.node_ip
+        self.unsubscribe_backend = f"http://{node_ip}:{ingress_port}/u/"
+        self.say(
+            f"NodePort Services: {FEEDBACK_MX} -> {node_ip}:{self.mx_port} (the feedback"
+            f" receiver's pods); https ingress stand-in: {UNSUBSCRIBE_BASE_URL} ->"
+            f" {self.unsubscribe_backend} (the unsubscribe endpoint's pods)"
+        )
 
     def campaign(self) -> dict[str, Any]:
         return self.read("camp", CAMPAIGN)
@@ -447,31 +518,54 @@ class Demo:
             finished,
             TIMEOUT_SECONDS,
             "the campaign to finish",
-            watch=self.children.running(),
             interval_seconds=WATCH_POLL_SECONDS,
         )
 
     def summarize_send(self) -> None:
         """The send's checks, as it stood at Completed (before anything came back)."""
         self.checks.extend(
-            summarize(self.plan, self.campaign()["status"], self.receivers, self.say)
+            summarize(
+                self.plan, self.campaign()["status"], self.receiver.handler, self.egress, self.say
+            )
         )
 
     def endpoints_up(self) -> None:
-        """Wait for the receiver (listening) and the endpoint (its Deployment's
-        readiness probe); report their Deployments available. Nothing before
-        what comes back needs them, so the campaign does not wait for them."""
-        self.wait("the feedback receiver", lambda: listening(FEEDBACK_IP, self.smtp_port))
-        self.wait("the unsubscribe endpoint", lambda: http(self.unsubscribe_ready)[0] == HTTP_OK)
-        harness.report_deployment(self.env, NAMESPACE, FEEDBACK)
-        harness.report_deployment(self.env, NAMESPACE, UNSUBSCRIBE)
+        """Wait for the receiver's and the endpoint's Deployments (their pods'
+        readiness probes) and the receiver's node port. Nothing before what
+        comes back needs them, so the campaign does not wait for them."""
+        assert self.link is not None
+        for name in (FEEDBACK, UNSUBSCRIBE):
+            self.wait(
+                f"Deployment {name} available",
+                functools.partial(self.deployment_available, NAMESPACE, name),
+                POD_READY_TIMEOUT_SECONDS,
+            )
+        node_ip = self.link.node_ip
+        self.wait(
+            "the feedback receiver at its node port", lambda: procs.listening(node_ip, self.mx_port)
+        )
+
+    def show_pods(self) -> None:
+        """What a user sees of it all: every pod, with its node and image; the
+        operator's and the pool's pods must run the image built here."""
+        self.say("\nkubectl get pods -A")
+        self.say(self.kubectl("get", "pods", "-A").rstrip())
+        self.say(f"\nkubectl get pods -A -o custom-columns={POD_COLUMNS}")
+        self.say(self.kubectl("get", "pods", "-A", "-o", f"custom-columns={POD_COLUMNS}").rstrip())
+        self.pods = harness.get_json(self.env, "pods", "-A")["items"]
+        roles = {
+            "operator": (SYSTEM_NAMESPACE, f"{OPERATOR}-"),
+            "relay": (NAMESPACE, f"{RELAY}-"),
+            "feedback receiver": (NAMESPACE, f"{FEEDBACK}-"),
+            "unsubscribe endpoint": (NAMESPACE, f"{UNSUBSCRIBE}-"),
+        }
+        self.checks.extend(pods_check(self.pods, self.image, self.image_names, roles))
 
     # -- what comes back: reaches the pool's endpoints as the world would ---------------------
 
     def mailbox(self, recipient: str) -> tuple[bytes, str]:
         """The copy `recipient`'s mailbox holds, and the address it came from."""
-        rx = self.receivers[recipient.rpartition("@")[2]]
-        message = next(m for m in rx.messages() if recipient in m.rcpt_tos)
+        message = next(m for m in self.receiver.messages() if recipient in m.rcpt_tos)
         return mailbox_copy(message), message.peer
 
     def mx_address(self, domain: str) -> str:
@@ -484,9 +578,10 @@ class Demo:
 
     def send_mail(self, to: str, data: bytes, helo: str, mail_from: str = "") -> int:
         """Hand `data` to `to`'s MX over SMTP as the host `helo`; the reply code
-        (RCPT's if refused, else DATA's)."""
+        (RCPT's if refused, else DATA's). The MX takes it on its node port (a
+        MX's port 25 on a real cluster's load balancer)."""
         host = self.mx_address(to.rpartition("@")[2])
-        with smtplib.SMTP(host, self.smtp_port, timeout=CLIENT_TIMEOUT_SECONDS) as smtp:
+        with smtplib.SMTP(host, self.mx_port, timeout=CLIENT_TIMEOUT_SECONDS) as smtp:
             smtp.ehlo(helo)
             smtp.mail(mail_from)
             code, _ = smtp.rcpt(to)
@@ -554,7 +649,7 @@ class Demo:
         """A second campaign to everyone the loop touched, at once: every
         suppression was acknowledged by Kafka before its 250 or 200 above, so
         its fan-out reads them all."""
-        self.sent_before = {d: len(rx.messages()) for d, rx in self.receivers.items()}
+        self.sent_before = len(self.receiver.messages())
         harness.apply(self.env, self.plan.follow_up(NAMESPACE, POOL))
         self.say(f"follow-up campaign {FOLLOW_UP} to {len(self.plan.came_back) + 1} of them")
 
@@ -573,6 +668,7 @@ class Demo:
         with ThreadPoolExecutor(len(calls)) as pool:
             running = {shown: pool.submit(self.plugin, *args) for shown, args in calls.items()}
         out = {shown: future.result() for shown, future in running.items()}
+        self.say(f"\n(the plugin reads Kafka at {BOOTSTRAP_ENV}={self.state.kafka_bootstrap})")
         for shown, text in out.items():
             if shown != "json":
                 self.say(f"\nkubectl mailpipe {shown}\n{text.rstrip()}")
@@ -580,7 +676,7 @@ class Demo:
         return listed
 
     def follow_up_done(self) -> tuple[dict[str, Any], list[str]]:
-        """The follow-up's status once it finished, and who the receivers got it for."""
+        """The follow-up's status once it finished, and who the receiver got it for."""
 
         def status() -> dict[str, Any]:
             obj = harness.get_object(self.env, "camp", FOLLOW_UP, NAMESPACE) or {}
@@ -591,12 +687,7 @@ class Demo:
             lambda: status().get("phase") in FINAL_PHASES,
             COUNTED_TIMEOUT_SECONDS,
         )
-        sent = [
-            r
-            for d, rx in self.receivers.items()
-            for m in rx.messages()[self.sent_before[d] :]
-            for r in m.rcpt_tos
-        ]
+        sent = [r for m in self.receiver.messages()[self.sent_before :] for r in m.rcpt_tos]
         return status(), sent
 
     def summarize_loop(
@@ -611,43 +702,154 @@ class Demo:
         for ok, what in self.checks:
             self.say(f"  [{'ok' if ok else 'FAIL'}] {what}")
 
-    def loopback_only(self) -> tuple[bool, str]:
-        """The local stack promises loopback only: every socket the stack's
-        components, the operator and the relays listen on, checked from /proc."""
-        pids = [c.pid for c in self.children.running()]
-        pids += [p.pid for p in self.state.processes.values()]
+    def loopback_only(self) -> Check:
+        """The stack promises loopback only on the host: every socket its
+        components, the node's processes and this process listen on in the
+        host's network namespace, checked from /proc (the pods and the node's
+        kubelet listen in the node's namespace, which this table does not show)."""
+        pids = [os.getpid(), *(p.pid for p in self.state.processes.values())]
+        if self.node_state is not None:
+            pids += [p.pid for p in self.node_state.processes.values()]
         listeners = sockets.listening(pids)
         wide = sorted({f"{a}:{p}" for a, p in listeners if not sockets.is_loopback(a)})
         if wide:
             return False, "listening beyond loopback: " + ", ".join(wide)
         return bool(listeners), "every process of the stack listens on loopback only"
 
-    def run(self) -> bool:
-        smtp_port = self.start_receivers()
+    # -- clean-up ------------------------------------------------------------------------
+
+    def save_pod_logs(self) -> None:
+        """Each pod's log (`kubectl logs`) into the work directory: the pods go
+        with the node."""
+        got = harness.kubectl(self.env, "get", "pods", "-A", "-o", "json")
+        if got.returncode != 0:
+            return
+        (self.workdir / "pods").mkdir(exist_ok=True)
+        for pod in json.loads(got.stdout)["items"]:
+            namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            if namespace not in (NAMESPACE, SYSTEM_NAMESPACE):
+                continue
+            out = harness.kubectl(
+                self.env,
+                "logs",
+                name,
+                "-n",
+                namespace,
+                "--all-containers",
+                timeout_seconds=LOGS_TIMEOUT_SECONDS,
+            )
+            path = self.workdir / "pods" / f"{name}.log"
+            path.write_text(out.stdout + out.stderr)
+            self.pod_logs[name] = path
+
+    def uninstall(self) -> None:
+        """As the README says: the CRs first, while the operator still runs their
+        finalizers (deleting the pool deletes its relays and topics), then the
+        chart, whose pre-delete hook Job runs on the node; without hooks when
+        that cannot work (no image on the node) or did not."""
+        harness.kubectl(
+            self.env,
+            "delete",
+            "campaigns,sendingpools",
+            "--all",
+            "-n",
+            NAMESPACE,
+            f"--timeout={CR_DELETE_TIMEOUT_SECONDS}s",
+            timeout_seconds=CR_DELETE_TIMEOUT_SECONDS + 30,
+        )
+        hooks = [] if self.image else ["--no-hooks"]
+        out = harness.helm(
+            self.env,
+            "uninstall",
+            RELEASE,
+            "-n",
+            SYSTEM_NAMESPACE,
+            *hooks,
+            "--wait",
+            f"--timeout={UNINSTALL_TIMEOUT_SECONDS}s",
+            timeout_seconds=UNINSTALL_TIMEOUT_SECONDS + 60,
+        )
+        if out.returncode != 0 and hooks == []:
+            self.say(f"helm uninstall: {out.stderr.strip()}; again without its hook")
+            out = harness.helm(self.env, "uninstall", RELEASE, "-n", SYSTEM_NAMESPACE, "--no-hooks")
+        if out.returncode != 0:
+            raise harness.CommandFailed(f"helm uninstall: {out.stderr.strip()}")
+
+    def timed_uninstall(self) -> None:
+        if self.installed:
+            with self.timed("uninstall (CRs, then the chart and its hook Job)"):
+                self.uninstall()
+
+    def delete_namespaces(self) -> None:
+        """The demo's namespaces (its NodePort Services, Secrets, audience), while
+        the node still runs to stop their pods."""
+        harness.kubectl(
+            self.env,
+            "delete",
+            "namespace",
+            NAMESPACE,
+            SYSTEM_NAMESPACE,
+            "--ignore-not-found",
+            f"--timeout={NAMESPACE_GONE_TIMEOUT_SECONDS}s",
+            timeout_seconds=NAMESPACE_GONE_TIMEOUT_SECONDS + 30,
+        )
+
+    def node_down(self) -> None:
+        if self.node_state is None or self.node_was_up:
+            return
+        # Every node process and pod, page cache included: what a node for the demo
+        # needs. Not knowing it (no v1 memory cgroup) must not keep the node up.
         try:
+            peak = self.node.memory_peak_bytes(self.node_state)
+            self.say(f"  node cgroup peak memory {peak / 2**20:.0f} MiB")
+        except (NodeError, OSError) as exc:
+            self.say(f"  node cgroup peak memory unknown: {exc}")
+        with self.timed("node down"):
+            self.node.down()
+
+    def stop_receiver(self) -> None:
+        if self._receiver is not None:
+            self._receiver.stop()
+
+    def stop_build(self) -> None:
+        if self.builder is not None:
+            self.builder.stop()
+
+    def clean_up(self) -> None:
+        """Everything the demo made goes, each step whatever the one before did;
+        a step that fails is said, and fails the demo."""
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("stop the image build", self.stop_build),
+            ("save the pods' logs", self.save_pod_logs),
+            ("uninstall", self.timed_uninstall),
+            ("delete the demo's namespaces", self.delete_namespaces),
+            ("stop the receiver", self.stop_receiver),
+            ("bring the node down", self.node_down),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except (harness.HarnessError, NodeError, OSError, subprocess.SubprocessError) as exc:
+                self.cleanup_errors.append(f"{what}: {exc}")
+                self.say(f"clean-up: {what} failed: {exc}")
+
+    def run(self) -> bool:
+        try:
+            self.start_image_build()
+            self.start_node()
+            self.import_image()
+            self.start_receiver()
             self.kubectl("create", "namespace", NAMESPACE)
-            sa, operator_args = self.install_chart(smtp_port)
-            self.start_operator(operator_args, self.operator_kubeconfig(sa))
+            self.install_chart()
             self.create_dkim_secret()
-            values = {
-                "NAMESPACE": NAMESPACE,
-                "KAFKA_BOOTSTRAP": self.state.kafka_bootstrap,
-                "MAILPIPE_DNS": f"127.0.0.1:{self.state.dns_port}",
-                "SMTP_PORT": str(smtp_port),
-                "METRICS_PORT": str(free_port()),
-                "WARMUP_CAP": str(self.plan.warmup_cap),
-                "WARMUP_CAP_DAY2": str(2 * self.plan.warmup_cap),
-            }
             self.create_feedback_keys()
             self.say("kubectl apply -f examples/demo/pool.yaml")
-            self.apply_template("pool.yaml", values)
-            # Relays start once their topics exist (a consumer that subscribes
-            # before them rebalances when they appear, and re-reads records).
-            self.wait("relay Deployment and topics", self.topics_ready)
-            self.start_relays()
-            self.start_feedback_receiver()
-            self.start_unsubscribe_endpoint()
-            self.wait("pool Ready", self.pool_ready)
+            applied = time.monotonic()
+            self.apply_template("pool.yaml", self.values())
+            self.expose_endpoints()
+            self.wait("pool Ready (its relay pod Ready on the node)", self.pool_ready)
+            self.timings["pool Ready"] = time.monotonic() - applied
+            self.say(f"  (pool Ready: {self.timings['pool Ready']:.1f}s after it was applied)")
             self.seed_suppressions()
             audience = {
                 "apiVersion": "v1",
@@ -657,11 +859,14 @@ class Demo:
             }
             harness.apply(self.env, audience)
             self.say(f"kubectl apply -f examples/demo/campaign.yaml  ({self.plan.size} recipients)")
-            self.apply_template("campaign.yaml", values)
-            self.watch()
+            self.apply_template("campaign.yaml", self.values())
+            with self.timed("campaign Completed"):
+                self.watch()
             self.summarize_send()
-            self.endpoints_up()  # started with the relays: up long since, as a rule
+            self.endpoints_up()  # started with the relay: up long since, as a rule
+            self.show_pods()
             self.say("\n== what comes back ==")
+            back_started = time.monotonic()
             self.reply_out_of_office()
             self.return_bounces()
             self.complain()
@@ -670,37 +875,21 @@ class Demo:
             suppressions = self.show_suppressions()
             self.wait_counted()
             follow_up, sent = self.follow_up_done()
+            self.timings["what comes back, counted; the follow-up"] = (
+                time.monotonic() - back_started
+            )
             self.summarize_loop(suppressions, follow_up, sent)
             self.say("\nkubectl describe camp demo-newsletter (events):")
             described = self.kubectl("describe", "camp", CAMPAIGN, "-n", NAMESPACE)
             self.say(described[described.find("Events:") :].rstrip())
         finally:
-            # Uninstall as the README says: the CRs first, while the operator
-            # still runs their finalizers (deleting the pool deletes its topics),
-            # then the chart. The pool's local processes go first, as the
-            # Deployments' pods would: a relay still reading would have the
-            # broker re-create the topics. The chart's pre-delete hook is a Job
-            # that deletes the CRs too, which needs a kubelet this stack does
-            # not have: --no-hooks.
-            pods = [c for c in self.children.running() if c.name != "operator"]
-            for child in pods:
-                child.request_stop()
-            for child in pods:
-                child.stop()
-            harness.kubectl(
-                self.env,
-                "delete",
-                "campaigns,sendingpools",
-                "--all",
-                "-n",
-                NAMESPACE,
-                f"--timeout={CR_DELETE_TIMEOUT_SECONDS}s",
-            )
-            self.children.stop_all()
-            for rx in self.receivers.values():
-                rx.stop()
-            harness.helm(self.env, "uninstall", RELEASE, "-n", SYSTEM_NAMESPACE, "--no-hooks")
-        return bool(self.checks) and all(ok for ok, _ in self.checks)
+            self.say("\ncleaning up: the CRs, the chart, the namespaces, the node")
+            with self.timed("clean-up (all of it)"):
+                self.clean_up()
+        self.say("\n== timings ==")
+        for line in timings(self.timings):
+            self.say(line)
+        return bool(self.checks) and all(ok for ok, _ in self.checks) and not self.cleanup_errors
 
 
 # Loopback only: never through a proxy the environment may name (http_proxy).
@@ -750,26 +939,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-
-    def interrupted(*_: object) -> None:
-        raise KeyboardInterrupt
-
     try:
         plan = Plan.make(args.recipients)
     except ValueError as exc:  # before anything starts: nothing to stop
         print(f"mailpipe demo: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="mailpipe-demo-"))
     print(f"mailpipe demo: {args.recipients} recipients; logs in {workdir}")
     try:
-        with ExitStack() as stack_ctx:
+        # A signal (Ctrl-C, SIGTERM) becomes SystemExit: the demo's clean-up
+        # and the stack's `down` (its node included) run, and a second signal
+        # cannot cut them short.
+        with harness.stop_on_signal(), ExitStack() as stack_ctx:
             print("starting the local stack (Kafka, etcd + kube-apiserver, dnsmasq)...")
             stack = stack_ctx.enter_context(_own_stack(args.state_dir))
+            print(f"  (stack up: {time.monotonic() - started:.1f}s)")
             ok = run_demo(stack, workdir, plan)
-    except KeyboardInterrupt:
-        print("interrupted: everything the demo started is stopped")
-        return 130
+    except SystemExit as exc:
+        print("interrupted: everything the demo started is stopped", file=sys.stderr)
+        return int(exc.code or 1)
     except Exception as exc:  # the demo's contract is an exit code and a readable reason
         print(f"demo FAILED: {exc}", file=sys.stderr)
         return 1

@@ -2,9 +2,11 @@
 
 Derived from the audience size alone, so every check is exact: the demo (and
 the end-to-end test, with a smaller audience) compares the campaign's counts,
-what the receivers saw and what came back against this plan. Kept apart from
+what the receiver saw and what came back against this plan. Kept apart from
 `demo`, which runs the steps, so the expectations read on one page; pure (no
-IO, no clock), so `tests/devstack/test_demo_plan.py` checks each piece.
+IO, no clock), so `tests/devstack/test_demo_plan.py` checks each piece. The
+pods are judged here too (`pods_check`: the operator's and the pool's Running
+on the node with the image built here), from what `kubectl get pods -A` says.
 
 What comes back is written as mail systems write it: an asynchronous bounce as
 the recipient's MX writes an RFC 3464 report, a complaint as a mailbox
@@ -21,7 +23,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime
@@ -29,18 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from .dns import Zone
-from .smtp_receiver import Received, SMTPReceiver
+from .smtp_receiver import Received, ReceiverHandler, SMTPReceiver
 
-# Destination domain -> the loopback address its receiver (its MX) listens on.
-DOMAINS = {
-    "alpha.test": "127.0.0.21",
-    "beta.test": "127.0.0.22",
-    "gamma.test": "127.0.0.23",
-    "delta.test": "127.0.0.24",
-}
-# The pool's egress IPs and HELO names, as examples/demo/pool.yaml declares them.
-WARM_IP, WARM_HELO = "127.0.0.2", "warm.demo-sender.test"
-WARMING_IP, WARMING_HELO = "127.0.0.3", "new.demo-sender.test"
+# The recipients' domains. Their MX hosts are one recording receiver (one mail
+# system hosting four domains, as mailbox providers do), reached by the relay
+# pods at the address `zones` gives their MX names.
+DOMAINS = ("alpha.test", "beta.test", "gamma.test", "delta.test")
+# The pool's HELO names, as examples/demo/pool.yaml declares them beside its
+# egress IPs (the node's egress addresses, `Egress`).
+WARM_HELO, WARMING_HELO = "warm.demo-sender.test", "new.demo-sender.test"
 # What comes back, as examples/demo/pool.yaml's spec.feedback and spec.unsubscribe say:
 # the bounce domain's MX is the pool's feedback receiver; the one-click URLs
 # start with the base URL, which an https ingress routes to the endpoint.
@@ -48,9 +47,6 @@ BOUNCE_DOMAIN = "bounces.demo-sender.test"
 FEEDBACK_MX = f"mx.{BOUNCE_DOMAIN}"
 FBL_ADDRESS = f"fbl@{BOUNCE_DOMAIN}"  # spec.feedback.fblLocalPart's default, "fbl"
 UNSUBSCRIBE_BASE_URL = "https://unsubscribe.demo-sender.test/u/"
-# Where the local feedback receiver and unsubscribe endpoint listen: their "pod IPs".
-FEEDBACK_IP = "127.0.0.25"
-UNSUBSCRIBE_IP = "127.0.0.26"
 
 # Recipient i goes to DOMAINS[i % 4]; the remainders below pick recipients of
 # one domain each (20, 10, 50 and 100 are multiples of 4), spread through the audience.
@@ -75,6 +71,8 @@ SYNC_BOUNCE_CLASS, ASYNC_BOUNCE_CLASS = "invalid_recipient", "inactive_mailbox"
 ONE_CLICK_BODY = b"List-Unsubscribe=One-Click"  # RFC 8058 3.1
 FOLLOW_UP = "demo-followup"  # the campaign sent to the loop's recipients afterwards
 CRLF = "\r\n"
+
+Check = tuple[bool, str]  # whether it held, and what it says
 
 
 @dataclass
@@ -134,12 +132,12 @@ class Plan:
         rows = [f"{a},User{a.split('@')[0][4:]}" for a in self.recipients]
         return "address,first\n" + "\n".join(rows) + "\n"
 
-    def script(self, receivers: Mapping[str, SMTPReceiver]) -> None:
-        """Tell the receivers how to answer the plan's bounced and greylisted recipients."""
+    def script(self, receiver: SMTPReceiver) -> None:
+        """Tell the receiver how to answer the plan's bounced and greylisted recipients."""
         for addr in self.bounce:
-            receivers["beta.test"].answer(addr, BOUNCE_REPLY)
+            receiver.answer(addr, BOUNCE_REPLY)
         for addr in self.defer:
-            receivers["gamma.test"].answer(addr, GREYLIST_REPLY, OK_REPLY)
+            receiver.answer(addr, GREYLIST_REPLY, OK_REPLY)
 
     def follow_up(self, namespace: str, pool: str) -> dict[str, Any]:
         """A second campaign to everyone the loop touched: the suppressed are left
@@ -159,53 +157,139 @@ class Plan:
         }
 
 
-def zones() -> list[Zone]:
-    """The demo's DNS: each recipient domain's MX is its receiver; the bounce
-    domain's MX is the pool's feedback receiver."""
-    out = [Zone(d, mx=((f"mx.{d}", 10),), a={f"mx.{d}": ip}) for d, ip in DOMAINS.items()]
-    out.append(Zone(BOUNCE_DOMAIN, mx=((FEEDBACK_MX, 10),), a={FEEDBACK_MX: FEEDBACK_IP}))
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+@dataclass(frozen=True)
+class Egress:
+    """The pool's two egress IPs: the node's first two egress addresses (the
+    node holds them and advertises them in its labels), one warm, one warming up."""
+
+    warm: str
+    warming: str
+
+    @classmethod
+    def of(cls, node_addresses: Sequence[str]) -> Egress:
+        if len(node_addresses) < 2:
+            raise ValueError(
+                f"the demo's pool needs two egress IPs, the node holds {list(node_addresses)}"
+            )
+        return cls(node_addresses[0], node_addresses[1])
+
+    @property
+    def helos(self) -> dict[str, str]:
+        return {self.warm: WARM_HELO, self.warming: WARMING_HELO}
+
+
+def zones(recipients_mx: str, feedback_mx: str) -> list[Zone]:
+    """The demo's DNS: every recipient domain's MX at `recipients_mx` (where the
+    node reaches the recording receiver), the bounce domain's MX at
+    `feedback_mx` (where the host reaches the pool's feedback receiver)."""
+    out = [Zone(d, mx=((f"mx.{d}", 10),), a={f"mx.{d}": recipients_mx}) for d in DOMAINS]
+    out.append(Zone(BOUNCE_DOMAIN, mx=((FEEDBACK_MX, 10),), a={FEEDBACK_MX: feedback_mx}))
     return out
 
 
-# -- running a Deployment's container as a local process -------------------------------
+# -- the pods ----------------------------------------------------------------------------
+
+# The build script's last line names what it built or found: "image: <ref> ... (<archive>)".
+_BUILT_LINE = re.compile(r"^image: (?P<ref>\S+) .*\((?P<archive>/\S+\.oci\.tar)\)$", re.MULTILINE)
 
 
-def local_path(value: Any, mounts: Mapping[str, Path]) -> Any:
-    """`value` (a config, or part of one) with each path under a pod mount point
-    rewritten to the local directory standing in for that volume. Mount points
-    nest (the config at /etc/mailpipe, the DKIM key at /etc/mailpipe/dkim): the
-    deepest one holding the path is its volume."""
-    if isinstance(value, dict):
-        return {k: local_path(v, mounts) for k, v in value.items()}
-    if isinstance(value, list):
-        return [local_path(v, mounts) for v in value]
-    if isinstance(value, str):
-        for mount, here in sorted(mounts.items(), key=lambda m: -len(m[0])):
-            if value == mount or value.startswith(mount.rstrip("/") + "/"):
-                return str(here) + value[len(mount.rstrip("/")) :]
-    return value
+def built_image(output: str) -> tuple[str, Path]:
+    """The image reference and archive `scripts/build-image.sh` says it built or found."""
+    found = list(_BUILT_LINE.finditer(output))
+    if not found:
+        raise ValueError(
+            "scripts/build-image.sh named no image (no `image: <ref> ... (<archive>)`)"
+        )
+    return found[-1]["ref"], Path(found[-1]["archive"])
 
 
-def pod_env(
-    container: Mapping[str, Any], pod_name: str, pod_ip: str, leave_out: frozenset[str]
-) -> dict[str, str]:
-    """The container's environment as the kubelet would set it: plain values and
-    the pod's name and IP from the downward API; `leave_out` names what a local
-    process must not get (the relays' config public key: their config was
-    rewritten for a local process, so it is no longer the text the operator
-    signed; tests/relay/integration/test_config_signature.py checks signing)."""
-    fields = {"metadata.name": pod_name, "status.podIP": pod_ip}
-    env: dict[str, str] = {}
-    for var in container.get("env", []):
-        if var["name"] in leave_out:
-            continue
-        if "value" in var:
-            env[var["name"]] = var["value"]
-            continue
-        path = var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
-        if path in fields:
-            env[var["name"]] = fields[path]
-    return env
+def node_port_service(
+    name: str, namespace: str, pool: str, component: str, port_name: str
+) -> dict[str, Any]:
+    """What a platform team puts in front of an endpoint the operator serves
+    behind a ClusterIP Service (how the world reaches it is the cluster's): a
+    NodePort Service on the same pods and container port, so the world reaches
+    them at the node's address."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "mailpipe-demo"},
+        },
+        "spec": {
+            "type": "NodePort",
+            "selector": {"mailpipe.io/pool": pool, "app.kubernetes.io/component": component},
+            "ports": [{"name": port_name, "port": NODE_PORT_SERVICE_PORT, "targetPort": port_name}],
+        },
+    }
+
+
+NODE_PORT_SERVICE_PORT = 80  # its ClusterIP port, unused: the world comes in at the node port
+
+
+def node_port(service: Mapping[str, Any]) -> int:
+    """The node port the API server gave a NodePort Service (0 before it did)."""
+    ports = service.get("spec", {}).get("ports") or [{}]
+    return int(ports[0].get("nodePort") or 0)
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return bool(statuses) and all(c.get("ready") for c in statuses)
+
+
+def pods_check(
+    pods: Sequence[Mapping[str, Any]],
+    image: str,
+    image_names: Collection[str],
+    roles: Mapping[str, tuple[str, str]],
+) -> list[Check]:
+    """For each role (what -> (namespace, pod name prefix)): its pods are Running
+    and ready on a node, their containers name `image`, and the kubelet reports
+    them running an image the node holds under one of `image_names` (the
+    imported archive's names: its content tag and its version tag)."""
+    checks: list[Check] = []
+    for what, (namespace, prefix) in roles.items():
+        mine = [
+            p
+            for p in pods
+            if p["metadata"]["namespace"] == namespace
+            and p["metadata"]["name"].startswith(prefix)
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+        good = [
+            p
+            for p in mine
+            if p.get("status", {}).get("phase") == "Running"
+            and _pod_ready(p)
+            and p.get("spec", {}).get("nodeName")
+            and all(c.get("image") == image for c in p["spec"]["containers"])
+            and all(
+                c.get("image") in image_names
+                for c in p.get("status", {}).get("containerStatuses") or []
+            )
+        ]
+        nodes = sorted({str(p["spec"]["nodeName"]) for p in good})
+        checks.append(
+            (
+                bool(mine) and len(good) == len(mine),
+                f"{what}: {len(good)} of {len(mine)} pod(s) Running and ready on"
+                f" {', '.join(nodes) or 'no node'} with image {image}",
+            )
+        )
+    return checks
+
+
+def timings(measured: Mapping[str, float]) -> list[str]:
+    """The measured steps, one line each, in the order they ran."""
+    width = max((len(what) for what in measured), default=0)
+    return [f"  {what:<{width}}  {seconds:6.1f} s" for what, seconds in measured.items()]
 
 
 # -- what comes back, as mail systems write it -------------------------------------------
@@ -382,35 +466,38 @@ def behind_ingress(url: str, base_url: str, local_base: str) -> str:
 
 # -- the summary ---------------------------------------------------------------------------
 
-Check = tuple[bool, str]
-
 
 def summarize(
     plan: Plan,
     status: Mapping[str, Any],
-    receivers: Mapping[str, SMTPReceiver],
+    receiver: ReceiverHandler,
+    egress: Egress,
     say: Callable[[str], None],
 ) -> list[Check]:
-    """Print the send's numbers and return each check with whether it held."""
+    """Print the send's numbers and return each check with whether it held
+    (`receiver`: the recording receiver's records)."""
     counts = status["counts"]
     accepted: Counter[str] = Counter()
     per_ip: Counter[tuple[str, str]] = Counter()
     replies: dict[str, list[str]] = {}
-    for domain, rx in receivers.items():
-        for m in rx.messages():
-            for r in m.rcpt_tos:
-                accepted[r] += 1
-                per_ip[(domain, m.peer)] += 1
-        for rcpt, reply in rx.handler.rcpt_replies:
-            replies.setdefault(rcpt, []).append(reply.split()[0])
+    with receiver.lock:
+        messages = list(receiver.messages)
+        rcpt_replies = list(receiver.rcpt_replies)
+        cold_tried = receiver.rcpt_tries[egress.warming]
+    for m in messages:
+        for r in m.rcpt_tos:
+            accepted[r] += 1
+            per_ip[(domain_of(r), m.peer)] += 1
+    for rcpt, reply in rcpt_replies:
+        replies.setdefault(rcpt, []).append(reply.split()[0])
     delivered_expected = plan.deliverable
     duplicates = sum(n - 1 for n in accepted.values())
 
     say("\n== the send ==")
     say(f"campaign phase {status['phase']}, counts {json.dumps(counts)}")
-    say("delivered per domain and egress IP (as the receivers saw them):")
+    say("delivered per domain and egress IP (as the receiver saw them):")
     for (domain, ip), n in sorted(per_ip.items()):
-        say(f"  {domain:<12} {ip:<10} {n}")
+        say(f"  {domain:<12} {ip:<15} {n}")
     greylisted_then_ok = [GREYLIST_REPLY.split()[0], OK_REPLY.split()[0]]
     deferred_then_delivered = {
         a for a in plan.defer if replies.get(a, [])[:2] == greylisted_then_ok
@@ -420,11 +507,10 @@ def summarize(
         f"suppressed {counts['suppressed']}, duplicates {duplicates}"
     )
 
-    cold = sum(n for (_, ip), n in per_ip.items() if ip == WARMING_IP)
+    cold = sum(n for (_, ip), n in per_ip.items() if ip == egress.warming)
     # The cap, and the WARMUP column's "tried", count every recipient the IP
-    # tried: delivered, bounced and deferred alike.
-    cold_tried = sum(rx.handler.rcpt_tries[WARMING_IP] for rx in receivers.values())
-    helos = {m.peer: m.helo for rx in receivers.values() for m in rx.messages()}
+    # tried (`cold_tried`): delivered, bounced and deferred alike.
+    helos = {m.peer: m.helo for m in messages}
     return [
         (status["phase"] == "Completed", "campaign Completed"),
         (counts["total"] == plan.size, f"total {counts['total']} == audience {plan.size}"),
@@ -443,7 +529,11 @@ def summarize(
         (counts["deferred"] == 0 and counts["expired"] == 0, "nothing left deferred or expired"),
         (
             set(accepted) == delivered_expected,
-            "receivers accepted exactly the deliverable recipients",
+            "the receiver accepted exactly the deliverable recipients",
+        ),
+        (
+            {ip for _, ip in per_ip} <= {egress.warm, egress.warming},
+            f"every message came from the pool's egress IPs {egress.warm}, {egress.warming}",
         ),
         (
             deferred_then_delivered == plan.defer,
@@ -455,11 +545,11 @@ def summarize(
         ),
         (
             0 < cold <= cold_tried <= plan.warmup_cap,
-            f"warming IP {WARMING_IP} tried {cold_tried} recipients ({cold} delivered)"
+            f"warming IP {egress.warming} tried {cold_tried} recipients ({cold} delivered)"
             f" <= cap {plan.warmup_cap}",
         ),
         (
-            helos.get(WARMING_IP) == WARMING_HELO and helos.get(WARM_IP) == WARM_HELO,
+            all(helos.get(ip) == helo for ip, helo in egress.helos.items()),
             "each IP greets with its own HELO name",
         ),
     ]

@@ -52,7 +52,9 @@ POD_CIDR = "10.244.0.0/24"
 BRIDGE_NAME = "cni0"
 CNI_NETWORK = "mailpipe-pods"
 NODE_IFNAME = "eth0"  # the node end of the link, renamed inside the namespace
-UNIX_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+# containerd refuses a longer socket path ("unix socket path too long (> 104)"),
+# less than the 107 bytes sun_path would hold with its terminating NUL.
+UNIX_SOCKET_PATH_MAX = 104
 KUBELET_PORT = 10250
 KUBELET_HEALTHZ_PORT = 10248  # on the namespace's own loopback
 KUBE_PROXY_HEALTHZ_PORT = 10256  # kube-proxy's defaults, on the namespace's loopback
