@@ -9,7 +9,9 @@
 #              marker), one at a time on a stack of their own, at the same
 #              time as the parallel phase; its output follows that phase's;
 #   cluster    the stack's real node (kubelet, containerd: the `cluster`
-#              marker), after both, reported on its own.
+#              marker), after both, reported on its own. Its image is built
+#              (or found cached) beside the first two phases, so the node
+#              tests do not wait minutes for it after them.
 # pytest's exit code 5 ("no tests ran") fails a phase: a suite that silently
 # collects nothing must never look green.
 # --durations=25: every phase (CI's too) ends with its 25 slowest tests, so a
@@ -42,17 +44,21 @@ if [ "$#" -gt 0 ]; then
 fi
 
 pids=()
+image_pid=
 stop() {
     trap '' TERM INT HUP  # a repeated signal must not cut the clean-up short
     echo "run-tests: stopping ${#pids[@]} phase(s)" >&2
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${pids[@]}"; do wait "$pid"; done
+    for pid in "${pids[@]}" $image_pid; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${pids[@]}" $image_pid; do wait "$pid"; done
     exit 143
 }
 trap stop TERM INT HUP
 
 exclusive_log="$(mktemp -t mailpipe-exclusive.XXXXXX.log)"
+image_log="$(mktemp -t mailpipe-image.XXXXXX.log)"
 started=$SECONDS
+bash scripts/build-image.sh >"$image_log" 2>&1 &
+image_pid=$!
 "${PYTEST[@]}" -p no:xdist -m "exclusive and not cluster" >"$exclusive_log" 2>&1 &
 pids+=($!)
 "${PYTEST[@]}" -n "$WORKERS" --dist worksteal -m "not exclusive and not cluster" &
@@ -68,6 +74,15 @@ rm -f "$exclusive_log"
 pids=()
 check "parallel phase" "$parallel_rc"
 check "exclusive phase" "$exclusive_rc"
+
+# The node tests' fixture builds the image itself when this build failed, and
+# fails with the build's own message; here it is only reported.
+wait "$image_pid"
+image_rc=$?
+image_pid=
+echo "run-tests: image build beside the first phases: exit $image_rc, $(tail -n 1 "$image_log")"
+[ "$image_rc" -eq 0 ] || tail -n 30 "$image_log"
+rm -f "$image_log"
 
 cluster_started=$SECONDS
 "${PYTEST[@]}" -p no:xdist -m cluster &
