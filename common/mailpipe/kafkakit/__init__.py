@@ -8,7 +8,8 @@ Written once, over kafka-python: the options every client is made with
 `partition_count`), `TopicFollower`, which replays a topic and keeps
 following it, and `probe_access`, which says in one line why an identity
 cannot use its topics; `without_auto_create` makes a client that never
-creates a topic by asking for it. Every function taking a cluster accepts a bootstrap
+creates a topic by asking for it; `commit_within` bounds a transaction's
+commit. Every function taking a cluster accepts a bootstrap
 string (PLAINTEXT), a `KafkaConnection` or a relay's `KafkaSettings`.
 Depends on no plane: the relay and the operator both import this, never
 each other.
@@ -26,6 +27,7 @@ from ._security import (
     connection_of,
     security_options,
 )
+from ._transactions import commit_within
 from .follower import TopicFollower
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "TopicFollower",
     "TopicRecord",
     "client_options",
+    "commit_within",
     "connection_of",
     "delete_topics",
     "end_offsets",

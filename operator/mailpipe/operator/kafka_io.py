@@ -24,7 +24,6 @@ is re-sent, nothing after it is lost, and a fenced process commits nothing more
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import copy
 import json
@@ -47,7 +46,7 @@ from mailpipe.contracts.wire import (
     decode_suppression,
     suppression_key,
 )
-from mailpipe.kafkakit import client_options, login_refused, without_auto_create
+from mailpipe.kafkakit import client_options, commit_within, login_refused, without_auto_create
 from mailpipe.kafkakit import delete_topics as _delete_topics
 from mailpipe.kafkakit import end_offsets as _end_offsets
 from mailpipe.kafkakit import list_topics as _list_topics
@@ -193,32 +192,12 @@ class FanoutTransactions:
             producer.flush()
             for f in futures:
                 f.get(timeout=ACK_TIMEOUT_SECONDS)
-            self._commit(producer)
+            commit_within(producer, COMMIT_LIMIT_SECONDS, "fanout-commit")
         except BaseException as exc:
             # A send refused because the producer is already bumping its epoch
             # says nothing of why: the record that failed first does.
             failed = [f.exception for f in futures if f.failed()]
             self._raise(next((e for e in failed if _fenced(e)), exc))
-
-    def _commit(self, producer: KafkaProducer) -> None:
-        """`commit_transaction`, given up after COMMIT_LIMIT_SECONDS (it waits for ever)."""
-        outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def commit() -> None:
-            try:
-                producer.commit_transaction()
-            except BaseException as exc:
-                outcome.set_exception(exc)
-            else:
-                outcome.set_result(None)
-
-        threading.Thread(target=commit, name="fanout-commit", daemon=True).start()
-        try:
-            outcome.result(timeout=COMMIT_LIMIT_SECONDS)
-        except concurrent.futures.TimeoutError as exc:
-            raise kafka_errors.KafkaTimeoutError(
-                f"commit not acknowledged within {COMMIT_LIMIT_SECONDS:.0f} s"
-            ) from exc
 
     def _mapped(self, exc: BaseException) -> BaseException:
         """`exc` as the handlers catch it: ProducerFencedError, else a KafkaError."""

@@ -49,7 +49,7 @@ from kafka.errors import KafkaError
 
 from mailpipe.contracts.config import KafkaSettings
 from mailpipe.contracts.suppressions import SuppressionList, apply_suppression
-from mailpipe.kafkakit import TopicFollower, client_options
+from mailpipe.kafkakit import TopicFollower, client_options, commit_within
 
 log = logging.getLogger("mailpipe.inbound.submission")
 
@@ -218,21 +218,7 @@ class Outbox:
         producer; the next one's `init_transactions` settles the transaction
         (committed if the commit had reached the coordinator, else aborted), and
         `_reload_ledger` learns which."""
-        outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def commit() -> None:
-            try:
-                producer.commit_transaction()
-            except BaseException as exc:
-                outcome.set_exception(exc)
-            else:
-                outcome.set_result(None)
-
-        threading.Thread(target=commit, name="submission-commit", daemon=True).start()
-        try:
-            outcome.result(timeout=COMMIT_LIMIT_SECONDS)
-        except concurrent.futures.TimeoutError as exc:
-            raise KafkaError(f"commit not acknowledged within {COMMIT_LIMIT_SECONDS}s") from exc
+        commit_within(producer, COMMIT_LIMIT_SECONDS, "submission-commit")
 
     def _reload_ledger(self) -> bool:
         """Read the ledger to its end (read_committed) into the known ids: after a
