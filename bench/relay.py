@@ -604,8 +604,10 @@ def throttle_use(stack: Stack, sink_port: int, workdir: Path) -> float:
 
 
 def _event_times(bootstrap: str, topic: str) -> list[float]:
+    """When each delivery happened; the topic's other records (warm-up usage,
+    site actions) have no disposition and are passed over."""
     events = (json.loads(v) for _, v in read_topic(bootstrap, topic) if v)
-    return [e["time"] for e in events if e["disposition"] == "delivered"]
+    return [e["time"] for e in events if e.get("disposition") == "delivered"]
 
 
 def main(argv: list[str] | None = None) -> int:
