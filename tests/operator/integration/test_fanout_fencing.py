@@ -30,9 +30,10 @@ from .conftest import OperatorProcess, get, kubectl, ready_pool, wait_for
 
 pytestmark = pytest.mark.operator
 
-# The outbound topic is looked at until a chunk's transaction is open, then the
-# old holder is stopped, and let go again if the transaction was on its way
-# to its commit. A look is two offset requests of clients kept open.
+# The old holder is stopped and the outbound topic looked at until a chunk's
+# transaction is found open; it is let go again when none is, or when the one
+# open was on its way to its commit. A look is two offset requests of clients
+# kept open.
 FREEZE_SECONDS = 120
 LOOK_SECONDS = 0.02
 # A second look this much later must find the same transaction still open, so
@@ -117,24 +118,30 @@ class _Offsets:
             c.close()
 
 
-def _freeze_mid_transaction(op: OperatorProcess, bootstrap: str, topic: str) -> dict[int, int]:
-    """SIGSTOP `op` while its chunk's transaction is open on `topic` (the only
-    producer there), looking from before its fan-out starts (a quiet machine
-    produces thousands of records a second); returns the last stable offsets
-    it left."""
-    offsets = _Offsets(bootstrap, topic)
+def _freeze_mid_transaction(op: OperatorProcess, offsets: _Offsets) -> dict[int, int]:
+    """SIGSTOP `op` while its chunk's transaction is open on the topic `offsets`
+    looks at (the only producer there); returns the last stable offsets it left.
+
+    `offsets` is made before the campaign is applied: its clients take a while
+    to start on a loaded machine, and a whole fan-out of thousands of records
+    can end in that time (CI saw one end in 6 s, unseen). Each look stops the
+    operator first, then looks, so no chunk can commit between the look and
+    the stop; a commit already on its way lands within SETTLE_SECONDS, and the
+    operator is let go and looked at again."""
     found: dict[int, int] = {}
 
     def stopped_mid_chunk() -> bool:
-        if offsets.open_transaction() is None:
-            return False
         os.kill(op.pid, signal.SIGSTOP)
-        first = offsets.open_transaction()
-        if first is not None:
-            time.sleep(SETTLE_SECONDS)  # a commit on its way lands within it
-            if offsets.open_transaction() == first:
-                found.update(first)
-                return True
+        try:
+            first = offsets.open_transaction()
+            if first is not None:
+                time.sleep(SETTLE_SECONDS)  # a commit on its way lands within it
+                if offsets.open_transaction() == first:
+                    found.update(first)
+                    return True
+        except BaseException:
+            os.kill(op.pid, signal.SIGCONT)  # never leave it stopped behind a failed look
+            raise
         os.kill(op.pid, signal.SIGCONT)
         return False
 
@@ -148,8 +155,6 @@ def _freeze_mid_transaction(op: OperatorProcess, bootstrap: str, topic: str) -> 
         )
     except harness.HarnessError as exc:
         raise AssertionError(str(exc)) from None
-    finally:
-        offsets.close()
     return found
 
 
@@ -170,13 +175,17 @@ def test_a_frozen_holder_is_fenced_at_the_broker_and_taken_over_within_seconds(
     n, chunk = 4000, 200
     op = operator_factory(MAILPIPE_FANOUT_CHUNK=str(chunk))
     ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
-    _campaign(cli_env, namespace, "split", n)
     outbound = f"{topic_prefix}.outbound"
+    offsets = _Offsets(kafka_bootstrap, outbound)
+    try:
+        _campaign(cli_env, namespace, "split", n)
+        _freeze_mid_transaction(op, offsets)
+    finally:
+        offsets.close()
 
     def fanout() -> dict[str, Any]:
         return _fanout(cli_env, "split", namespace)
 
-    _freeze_mid_transaction(op, kafka_bootstrap, outbound)
     try:
         frozen = fanout()
         assert frozen.get("state") == "running" and frozen.get("holder"), frozen
@@ -220,13 +229,17 @@ def test_an_aborted_chunk_is_never_read_and_is_produced_again_exactly_once(
     n, chunk = 4000, 200
     op = operator_factory(MAILPIPE_FANOUT_CHUNK=str(chunk))
     ready_pool(cli_env, namespace, kafka_bootstrap, topic_prefix, op)
-    _campaign(cli_env, namespace, "aborted", n)
     outbound = f"{topic_prefix}.outbound"
+    offsets = _Offsets(kafka_bootstrap, outbound)
+    try:
+        _campaign(cli_env, namespace, "aborted", n)
+        stable = _freeze_mid_transaction(op, offsets)
+    finally:
+        offsets.close()
 
     def fanout() -> dict[str, Any]:
         return _fanout(cli_env, "aborted", namespace)
 
-    stable = _freeze_mid_transaction(op, kafka_bootstrap, outbound)
     uid = _uid(cli_env, "aborted", namespace)
     in_flight = {
         json.loads(r.value)["id"]
