@@ -99,7 +99,7 @@ from mailpipe.devstack.stack import Stack, StackState
 from mailpipe.operator.defaults import PoolDefaults
 from mailpipe.operator.models import CampaignSpec, SendingPoolSpec
 from mailpipe.operator.pool import PoolRef, topics
-from tests.cluster.conftest import GONE_TIMEOUT_SECONDS, Image
+from tests.cluster.conftest import GONE_TIMEOUT_SECONDS, Image, campaign_manifest
 from tests.conftest import wait_for
 from tests.devstack.test_cli import bare_env
 from tests.kafkakit.test_tenant_acls import _admin as acl_admin
@@ -514,18 +514,12 @@ class World:
 def delivery_campaign(recipients: list[str]) -> dict[str, Any]:
     """A Campaign of the test's own through the quick start's pool: the README's
     newsletter waits for weekday send windows."""
-    return {
-        "apiVersion": "mailpipe.io/v1alpha1",
-        "kind": "Campaign",
-        "metadata": {"name": DELIVERY_CAMPAIGN, "namespace": NAMESPACE},
-        "spec": {
-            "poolRef": POOL,
-            "from": {"address": "news@news.example.com"},
-            "subject": "Hello from the quick start",
-            "text": "Hi",
-            "audience": {"inline": [{"address": r} for r in recipients]},
-        },
+    manifest = campaign_manifest(DELIVERY_CAMPAIGN, NAMESPACE, POOL, recipients)
+    manifest["spec"] |= {
+        "from": {"address": "news@news.example.com"},
+        "subject": "Hello from the quick start",
     }
+    return manifest
 
 
 # -- what each block is for, checked after it ---------------------------------------------
