@@ -10,7 +10,6 @@ partition of a key is remembered instead of hashed per record.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +19,8 @@ from kafka.partitioner.default import murmur2
 
 from mailpipe.contracts.config import KafkaSettings
 from mailpipe.kafkakit import client_options
+
+from ..workers import LoopHandOver
 
 LINGER_MS = 5  # small batches: acks stay fast, throughput stays high
 SEND_RETRIES = 5
@@ -42,9 +43,7 @@ class KafkaSink:
         )
         self._partitions: dict[tuple[str, bytes], int] = {}
         self._partitions_until = 0.0
-        self._acks: list[tuple[asyncio.Future[None], BaseException | None]] = []
-        self._acks_lock = threading.Lock()
-        self._acks_scheduled = False
+        self._acks: LoopHandOver[None] | None = None  # made on the loop by the first send
 
     def prefetch(self, topics: Sequence[str]) -> None:
         """Load topic metadata now: a first send would otherwise block the loop."""
@@ -65,12 +64,14 @@ class KafkaSink:
         than one per record: at thousands of records a second that matters).
         """
         loop = asyncio.get_running_loop()
+        if self._acks is None or self._acks.loop is not loop:
+            self._acks = LoopHandOver(loop)
         done: asyncio.Future[None] = loop.create_future()
         partition = self._partition_for(topic, key) if key is not None else None
         future = self._producer.send(
             topic, key=key, value=value, partition=partition, headers=list(headers) or None
         )
-        future.add_both(self._acked, loop, done)
+        future.add_both(_acked, self._acks, done)
         return done
 
     def _partition_for(self, topic: str, key: bytes) -> int:
@@ -90,24 +91,6 @@ class KafkaSink:
             self._partitions[(topic, key)] = found
         return found
 
-    def _acked(
-        self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], result: Any
-    ) -> None:
-        error = result if isinstance(result, BaseException) else None
-        with self._acks_lock:
-            self._acks.append((done, error))
-            wake = not self._acks_scheduled
-            self._acks_scheduled = True
-        if wake:
-            loop.call_soon_threadsafe(self._deliver_acks)
-
-    def _deliver_acks(self) -> None:
-        with self._acks_lock:
-            acks, self._acks = self._acks, []
-            self._acks_scheduled = False
-        for done, error in acks:
-            _set(done, error)
-
     async def flush(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._producer.flush)
 
@@ -115,10 +98,6 @@ class KafkaSink:
         self._producer.close(timeout=CLOSE_TIMEOUT_SECONDS)
 
 
-def _set(fut: asyncio.Future[None], exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(exc)
+def _acked(acks: LoopHandOver[None], done: asyncio.Future[None], result: Any) -> None:
+    """On the producer's IO thread: the record's acknowledgement (or its error)."""
+    acks.resolve(done, None, result if isinstance(result, BaseException) else None)
