@@ -56,8 +56,9 @@ MAX_CONNECTION_IDLE_SECONDS = 300.0  # RFC 5321 4.5.3.2.7: a server may close a 
 MAX_CONNECTION_MAX_AGE_SECONDS = 3600.0  # an hour-old session is a forgotten one, not a policy
 MAX_RETRY_STEPS = 20  # a schedule, not a list of every attempt: its last step repeats
 MIN_MAX_AGE_SECONDS = 60  # expiring sooner than the first retry could run is a mistake
-# Domain groups a pool shapes separately: a handful in practice (gmail, microsoft,
-# yahoo, ...); the bound also keeps the CRD's CEL rule on groupLimits within budget.
+# Domain groups a pool shapes separately (and sites a warm-up step caps): a handful
+# in practice (gmail, microsoft, yahoo, ...); the bound also keeps the CRD's CEL
+# rule on groupLimits within budget.
 MAX_DOMAIN_GROUPS = 32
 # TLS overrides per site (domain or group): a pool names a few dozen partners at most;
 # the bound keeps the CRD's CEL rules over `tls.sites` within the apiserver's budget.
@@ -112,7 +113,8 @@ class WarmupStep(Spec):
     group_limits: dict[str, NonNegativeInt] = Field(
         default_factory=dict,
         max_length=MAX_DOMAIN_GROUPS,
-        description="Messages per day from the IP per domain group.",
+        description="Messages per day from the IP per site: a domain group, or a site "
+        "named by its MX hosts' provider (google.com) or a domain with its own throttle.",
     )
 
 
@@ -417,6 +419,29 @@ class Route(Spec):
     port: int = Field(default=25, ge=1, le=65535, description="TCP port.")
 
 
+def warmup_sites_problem(
+    schedule: Sequence[WarmupStep], domain_groups: Collection[str]
+) -> str | None:
+    """Why a name in a step's groupLimits can never be a site; None if each can.
+
+    A name is a site (`contracts.sites`): a domain group, or a dotted name (a
+    domain with its own throttle, an MX provider such as `google.com`). A name
+    without a dot that no group defines is a typo whose cap would never apply
+    (the rule of `tls.sites`), and so is a dotted name in capitals (sites are
+    named in lower case)."""
+    for i, step in enumerate(schedule):
+        for name in step.group_limits:
+            where = f"warmup.schedule[{i}].groupLimits.{name}"
+            if "." in name and name != name.lower():
+                return f"{where}: write the site in lower case ({name.lower()})"
+            if "." not in name and name not in domain_groups:
+                return (
+                    f"{where} names no domain group defined in domainGroups (unknown group) and "
+                    "is not a site: define the group, or write a site such as google.com"
+                )
+    return None
+
+
 def check_pool(
     egress: Sequence[EgressIP], domain_groups: Collection[str], schedule: Sequence[WarmupStep]
 ) -> None:
@@ -425,8 +450,8 @@ def check_pool(
     Both the SendingPool spec and the relay config run it, so a pool the
     operator accepts renders a relay config the relay accepts.
     """
-    unknown = sorted({g for step in schedule for g in step.group_limits} - set(domain_groups))
-    if unknown:
-        raise ValueError(f"warmup group_limits name unknown groups {unknown}")
+    problem = warmup_sites_problem(schedule, domain_groups)
+    if problem is not None:
+        raise ValueError(problem)
     if len({e.address for e in egress}) != len(egress):
         raise ValueError("egress addresses must be unique")

@@ -1,20 +1,37 @@
-"""IP warm-up: daily caps per egress IP, in total and per destination group.
+"""IP warm-up: daily caps per egress IP, in total and per destination site.
 
 A new IP earns reputation by sending a little more each day. Its warm-up day
 is 1 + the number of earlier calendar days on which it actually sent (plus a
 manual offset), so a weekend without traffic does not skip a step. The cap of
-that day holds in total and per domain group; when a warming IP is out of
-budget, mail goes to the pool's warm IPs, and when none can take it, it waits
-(ARCHITECTURE.md, "Limits hold pool-wide": never dropped, never over).
+that day holds in total and per site (`contracts.sites`: a domain group, a
+domain with its own throttle, or the provider its MX hosts name, such as
+`google.com`); when a warming IP is out of budget, mail goes to the pool's
+warm IPs, and when none can take it, it waits (ARCHITECTURE.md, "Limits hold
+pool-wide": never dropped, never over).
+
+A send counts under the site the relay delivered it for (`Event.site`; an
+older event without it, under the site the config names for its domain), and
+under the domain's group as well when the domain is a site of its own (a
+throttle override), so a group's cap counts each of its domains as it always
+did. Only the sites some step caps are counted beside the groups: a pool
+mails thousands of sites a day, and a count nobody reads is memory.
 
 The ledger is rebuilt from the events topic at start (`observe`), and keeps
 following it so sends of other replicas count too; this relay's own sends are
 counted when made (`record`) and skipped when their events come back.
 
 Several replicas send from the same IPs, and the events of the others arrive
-with a lag, so each replica may use only its share of a cap: the fraction of
-the outbound topic's partitions it owns (`set_share`). The shares add up to at
-most the cap, so the pool never goes over it even while events are in flight.
+with a lag, so each replica may use only its share of a cap that several of
+them spend (the IP's daily total, a group cap counted for a domain that is its
+own site): the fraction of the outbound topic's partitions it owns
+(`set_share`). The shares add up to at most the cap, so the pool never goes
+over it even while events are in flight. A site's cap is not divided: all its
+records are on its partition, which one replica owns, so that replica may
+spend all of it (dividing it left the rest of the cap unused by the pool).
+When the partition moves, the new owner sends on a capped IP only after it
+read the events topic past the rebalance, the old owner's attempts in flight
+included (`hold`, `WarmupUsage`), so the site's count is whole before it
+spends it.
 
 Both planes use it: the relay to enforce the caps, the operator to replay the
 same events into each IP's warm-up day and cap for the pool's status. It is
@@ -41,6 +58,7 @@ import asyncio
 import datetime as dt
 import itertools
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -52,7 +70,7 @@ from .site_actions import SITE_ACTION_MARKER, SiteAction, decode_site_action
 from .wire import WIRE_VERSION, Disposition, Event, UnixSeconds, WireError, decode_event
 
 _COUNTED = frozenset({Disposition.DELIVERED, Disposition.BOUNCED, Disposition.DEFERRED})
-ALL = "*"  # the per-day total, beside the per-group counts
+ALL = "*"  # the per-day total, beside the per-site counts
 UNPAUSE_ANNOTATION = "mailpipe.io/unpause-ip"  # on a SendingPool: lift this IP's pause
 UNPAUSED_KIND: Literal["ip_unpaused"] = "ip_unpaused"
 # Recognises an un-pause record without decoding it: an Event's JSON never has
@@ -60,7 +78,9 @@ UNPAUSED_KIND: Literal["ip_unpaused"] = "ip_unpaused"
 _UNPAUSED_MARKER = b'"kind":"ip_unpaused"'
 USAGE_KIND: Literal["warmup_usage"] = "warmup_usage"
 _USAGE_MARKER = b'"kind":"warmup_usage"'
-MAX_USAGE_COUNTS = 10_000  # (IP, group) pairs in one report: far above any pool's
+MAX_USAGE_COUNTS = 10_000  # (IP, site) pairs in one report: far above any pool's
+# A site's name in a report: a domain name is at most 253, an MX site joins a few.
+MAX_USAGE_KEY_LENGTH = 1000
 
 
 class IPUnpaused(BaseModel):
@@ -85,7 +105,10 @@ class UsageCount(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ip: str = Field(max_length=64)
-    key: str = Field(max_length=200, description=f"a domain group, or {ALL!r} for the day's total")
+    key: str = Field(
+        max_length=MAX_USAGE_KEY_LENGTH,
+        description=f"a site (a domain group, a domain, an MX provider), or {ALL!r} for the total",
+    )
     n: int = Field(strict=True, ge=0)
 
 
@@ -138,7 +161,7 @@ def decode_events_value(data: bytes) -> EventsValue:
 class IPState:
     egress: EgressIP
     days_sent: set[int] = field(default_factory=set)  # proleptic ordinals, local tz
-    sent: Counter[tuple[int, str]] = field(default_factory=Counter)  # (day, group|ALL), pool-wide
+    sent: Counter[tuple[int, str]] = field(default_factory=Counter)  # (day, site|ALL), pool-wide
     own: Counter[tuple[int, str]] = field(default_factory=Counter)  # this replica's share of it
     # Other replicas' sends as their events said (relay, day, key), and as their
     # last WarmupUsage said: the difference is what they have in flight.
@@ -194,6 +217,7 @@ class WarmupLedger:
 
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
+        self._capped = frozenset(k for step in config.warmup.schedule for k in step.group_limits)
         self._tz = ZoneInfo(config.warmup.timezone)
         self._day: tuple[float, float, int] = (0.0, 0.0, 0)  # [start, end) -> day, see day_of
         old = self._ips
@@ -225,52 +249,83 @@ class WarmupLedger:
         earlier = sum(1 for d in state.days_sent if d < today)
         return 1 + earlier + state.egress.warmup_day_offset
 
-    def _caps(self, ip: str, group: str | None, now: float) -> tuple[int | None, int | None]:
-        """(total cap, group cap) for today; None = no cap."""
+    def _step_caps(self, ip: str, now: float) -> tuple[int, Mapping[str, int]] | None:
+        """(total cap, caps per site) of `ip` today; None = no cap."""
         state = self._ips[ip]
         if not state.egress.warmup:
-            return None, None
+            return None
         step = self.config.warmup.step_for(self.warmup_day(ip, now))
         if step is None:
             # Before the first step there is no sending allowed; past the last, fully warm.
-            day = self.warmup_day(ip, now)
             schedule = self.config.warmup.schedule
-            if schedule and day < schedule[0].day:
-                return 0, 0
-            return None, None
-        group_cap = step.group_limits.get(group) if group is not None else None
-        return step.daily_limit, group_cap
+            if schedule and self.warmup_day(ip, now) < schedule[0].day:
+                return 0, {}
+            return None
+        return step.daily_limit, step.group_limits
 
-    def remaining(self, ip: str, group: str | None, now: float) -> int | None:
-        """Messages `ip` may still send today to `group`; None = unlimited."""
-        total_cap, group_cap = self._caps(ip, group, now)
+    def _targets(self, domain: str, site: str | None) -> tuple[tuple[str, bool], ...]:
+        """The keys besides ALL a send to `domain` (delivered for `site`; None: the
+        site the config names) counts under, each with whether one replica owns
+        all of its sends: its site's (the partition's owner), and its group's when
+        the domain is a site of its own (the group's domains are on several
+        partitions). A site no step caps and that is no group is not counted."""
+        groups = self.config.domain_groups
+        site = site if site is not None else self.config.site_of(domain)
+        out: list[tuple[str, bool]] = []
+        if site in self._capped or site in groups:
+            out.append((site, True))
+        group = self.config.group_of(domain)
+        if group is not None and group != site:
+            out.append((group, False))
+        return tuple(out)
+
+    def remaining(
+        self, ip: str, domain: str | None, now: float, site: str | None = None
+    ) -> int | None:
+        """Messages `ip` may still send today to `domain` (delivered for `site`;
+        None: the site the config names), or in total if `domain` is None; None
+        = unlimited. A cap one replica owns (its site's) is this replica's whole;
+        the others, its share."""
+        caps = self._step_caps(ip, now)
+        if caps is None:
+            return None
+        if self.settling:
+            return 0
+        total, per_site = caps
+        limits = [(total, ALL, False)]
+        if domain is not None:
+            limits += [
+                (per_site[k], k, owned) for k, owned in self._targets(domain, site) if k in per_site
+            ]
         state = self._ips[ip]
         today = self.day_of(now)
         left: list[int] = []
-        for cap, key in ((total_cap, ALL), (group_cap, group)):
-            if cap is None or key is None:
-                continue
-            if self.settling:
-                return 0
+        for cap, key, owned in limits:
             left.append(cap - state.sent[(today, key)] - _in_flight_elsewhere(state, today, key))
-            left.append(int(cap * self.share) - state.own[(today, key)])
-        return max(0, min(left)) if left else None
+            if not owned:
+                left.append(int(cap * self.share) - state.own[(today, key)])
+        return max(0, min(left))
 
     def choose(
-        self, domain: str, count: int, now: float, excluded: frozenset[str] = frozenset()
+        self,
+        domain: str,
+        count: int,
+        now: float,
+        excluded: frozenset[str] = frozenset(),
+        site: str | None = None,
     ) -> str | None:
-        """An egress IP that may send `count` more messages to `domain` now, or None.
+        """An egress IP that may send `count` more messages to `domain` (delivered
+        for `site`; None: the site the config names) now, or None.
 
         Warming IPs with budget go first, so each gets its day's volume; the rest
         goes round-robin over IPs without a cap. Paused IPs are never chosen.
         """
-        group = self.config.group_of(domain)
         warming: list[str] = []
         warm: list[str] = []
         for ip, state in self._ips.items():
             if ip in excluded or state.paused_reason is not None:
                 continue
-            left = self.remaining(ip, group, now)
+            left = self.remaining(ip, domain, now, site)
             if left is None:
                 warm.append(ip)
             elif left >= count:
@@ -281,11 +336,13 @@ class WarmupLedger:
             return warm[next(self._rr) % len(warm)]
         return None
 
-    def record(self, ip: str, domain: str, count: int, now: float) -> None:
+    def record(self, ip: str, domain: str, count: int, now: float, site: str | None = None) -> None:
         """Count `count` messages sent from `ip` (this relay's own sends)."""
-        self._count(ip, self.config.group_of(domain), count, now, own=True)
+        self._count(ip, self._targets(domain, site), count, now, own=True)
 
-    def unrecord(self, ip: str, domain: str, count: int, now: float) -> None:
+    def unrecord(
+        self, ip: str, domain: str, count: int, now: float, site: str | None = None
+    ) -> None:
         """Take back `count` messages `record` counted that never reached a MAIL
         FROM (the relay counts before the attempt, so two attempts cannot both
         take an IP's last message): what did not arrive is not sent. A day
@@ -294,25 +351,27 @@ class WarmupLedger:
         if state is None:
             return
         today = self.day_of(now)
-        for key in (ALL, self.config.group_of(domain)):
-            if key is None:
-                continue
+        for key in (ALL, *(k for k, _ in self._targets(domain, site))):
             state.sent[(today, key)] = max(0, state.sent[(today, key)] - count)
             state.own[(today, key)] = max(0, state.own[(today, key)] - count)
         if state.sent[(today, ALL)] == 0:
             state.days_sent.discard(today)
 
     def _count(
-        self, ip: str, group: str | None, count: int, now: float, own: bool, relay: str = ""
+        self,
+        ip: str,
+        targets: tuple[tuple[str, bool], ...],
+        count: int,
+        now: float,
+        own: bool,
+        relay: str = "",
     ) -> None:
         state = self._ips.get(ip)
         if state is None:
             return
         today = self.day_of(now)
         state.days_sent.add(today)
-        for key in (ALL, group):
-            if key is None:
-                continue
+        for key in (ALL, *(k for k, _ in targets)):
             state.sent[(today, key)] += count
             if own:
                 state.own[(today, key)] += count
@@ -402,8 +461,8 @@ class WarmupLedger:
         if replaying or event.relay != self.relay_id:
             if event.disposition in _COUNTED:
                 own = event.relay == self.relay_id
-                group = self.config.group_of(event.domain)
-                self._count(event.egress_ip, group, 1, event.time, own, event.relay or "")
+                targets = self._targets(event.domain, event.site)
+                self._count(event.egress_ip, targets, 1, event.time, own, event.relay or "")
             self.outcome(event.egress_ip, event.disposition, event.time)
 
     def budgets(self, now: float) -> dict[str, int | None]:
@@ -425,7 +484,8 @@ class WarmupLedger:
         today = self.day_of(now)
         out = []
         for ip, state in self._ips.items():
-            cap, _ = self._caps(ip, None, now)
+            caps = self._step_caps(ip, now)
+            cap = caps[0] if caps is not None else None
             out.append(
                 IPReport(
                     address=ip,

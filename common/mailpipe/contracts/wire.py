@@ -259,6 +259,14 @@ class Event(_Model):
     tls: TLSOutcome | None = Field(
         default=None, description="the TLS of this attempt: mode, protocol, verified or why not"
     )
+    # Not derivable from `mx_host` on replay: a site joins the providers of every
+    # MX host of the domain (and a group or override outranks them), as the
+    # relay that delivered knew them.
+    site: str | None = Field(
+        default=None,
+        description="the site the attempt was shaped and warm-up counted under (contracts.sites);"
+        " absent in older events: the site the config names for `domain`",
+    )
 
 
 class SuppressionReason(enum.StrEnum):

@@ -505,10 +505,10 @@ class SendingPoolSpec(Spec):
         json_schema_extra=_cel(
             (
                 "!has(self.warmup) || !has(self.warmup.schedule) || self.warmup.schedule.all(s, "
-                "!has(s.groupLimits) || s.groupLimits.all(g, "
-                "has(self.domainGroups) && g in self.domainGroups))",
+                "!has(s.groupLimits) || s.groupLimits.all(g, g.contains('.') || "
+                "(has(self.domainGroups) && g in self.domainGroups)))",
                 "warmup.schedule groupLimits name a domain group that is not defined "
-                "in domainGroups",
+                "in domainGroups and is not a site (a dotted name such as google.com)",
             ),
             (
                 "!has(self.tls) || !has(self.tls.mode) || self.tls.mode != 'dane' "

@@ -105,7 +105,7 @@ def _reason(path: str, msg: str) -> Reason:
         return Reason.INVALID_DELAY_STEP
     if path.startswith("spec.bounces"):
         return Reason.INVALID_BOUNCE_RULES
-    if "unknown groups" in msg:
+    if "unknown group" in msg:
         return Reason.UNKNOWN_DOMAIN_GROUP
     return Reason.INVALID_SPEC
 

@@ -203,12 +203,12 @@ class Dispatcher:
                     await asyncio.gather(*sends)  # suppressed recipients are decided already
                 await self.to_dlq(work.src, work.gen, DLQReason.UNRENDERABLE, str(exc))
                 return
-        self.scheduler.count_sent(egress, domain, len(live), now)
+        self.scheduler.count_sent(egress, domain, work.site, len(live), now)
         if unsigned is not None:
             try:
                 work.message = await self._sign(unsigned)
             except BaseException:
-                self.scheduler.not_sent(egress, domain, len(live), now)  # nothing went out
+                self.scheduler.not_sent(egress, domain, work.site, len(live), now)  # nothing sent
                 raise
         await self._deliver(work, live, egress, sends, counted_at=now)
 
@@ -255,7 +255,7 @@ class Dispatcher:
                 )
                 transactions.append(Transaction(part, await self._transact(envelope, watch)))
         if work.token is not None and not work.token.used:
-            self.scheduler.not_sent(egress, domain, len(live), counted_at)
+            self.scheduler.not_sent(egress, domain, work.site, len(live), counted_at)
 
         settlement = settle(
             record,
@@ -267,6 +267,7 @@ class Dispatcher:
             pool=self.config.pool,
             classifier=self.classifier,
             strikes=self.strikes,
+            site=work.site,
         )
         for action in self.scheduler.settled(egress, domain, work.site, settlement):
             sends.append(self.emitter.site_action(action))  # to the pool's other relays

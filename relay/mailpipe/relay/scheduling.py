@@ -342,7 +342,7 @@ class Scheduler:
                 rate = slowed_rate(held, self.config.throttle_for_site(site))
                 slowed[ip] = self.shaping.slow_bucket(site, ip, rate, mono).free_in(mono)
         excluded.update(ip for ip, wait in slowed.items() if wait > 0)
-        chosen = self.ledger.choose(domain, count, now, frozenset(excluded))
+        chosen = self.ledger.choose(domain, count, now, frozenset(excluded), site)
         if chosen is None and self.ledger.settling:
             # Budgets are unknown until the events topic is read past the
             # rebalance (`WarmupLedger.hold`): a second, not the next day.
@@ -358,16 +358,17 @@ class Scheduler:
             self.shaping.slowed[(site, chosen)].take(mono)
         return Egress(chosen, next(e.helo for e in self.config.egress if e.address == chosen))
 
-    def count_sent(self, egress: Egress, domain: str, count: int, now: float) -> None:
-        """Spend `count` of the IP's warm-up budget before the attempt, so two
-        lanes cannot both take its last message; `not_sent` gives it back."""
-        self.ledger.record(egress.address, domain, count, now)
+    def count_sent(self, egress: Egress, domain: str, site: str, count: int, now: float) -> None:
+        """Spend `count` of the IP's warm-up budget (its total and `site`'s) before
+        the attempt, so two lanes cannot both take its last message; `not_sent`
+        gives it back."""
+        self.ledger.record(egress.address, domain, count, now, site)
 
-    def not_sent(self, egress: Egress, domain: str, count: int, now: float) -> None:
+    def not_sent(self, egress: Egress, domain: str, site: str, count: int, now: float) -> None:
         """The attempt wrote no MAIL FROM (no connection, refused at greeting):
         nothing arrived, so the warm-up budget counts it as not sent, by the
         same rule as the rate token (`tokens`)."""
-        self.ledger.unrecord(egress.address, domain, count, now)
+        self.ledger.unrecord(egress.address, domain, count, now, site)
 
     def settled(
         self, egress: Egress, domain: str, site: str, settlement: Settlement

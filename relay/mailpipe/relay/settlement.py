@@ -83,6 +83,7 @@ def event(
     reason: str | None = None,
     bounce_class: str | None = None,
     tls: TLSOutcome | None = None,
+    site: str | None = None,
 ) -> Event:
     """The disposition event of one recipient of `record`'s current attempt."""
     return Event(
@@ -103,6 +104,7 @@ def event(
         bounce_class=bounce_class,
         relay=relay_id,
         tls=tls,
+        site=site,
     )
 
 
@@ -127,8 +129,11 @@ def settle(
     pool: str,
     classifier: BounceClassifier | None = None,
     strikes: StrikeLedger | None = None,
+    site: str | None = None,
 ) -> Settlement:
     """Events, suppressions, the retry record and site actions of one attempt.
+    `site`: what the attempt was shaped under, in its events for the warm-up
+    ledgers that replay them;
     `classifier`: the pool's bounce rules (default: the packaged ones);
     `strikes`: the bounces counted toward a class's threshold so far (default:
     none, so only classes that suppress at once suppress)."""
@@ -180,6 +185,7 @@ def settle(
                     reason=verdict.reason,
                     bounce_class=verdict.bounce_class,
                     tls=tx.result.tls,
+                    site=site,
                 )
             )
     retry_record = None

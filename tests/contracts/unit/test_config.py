@@ -82,3 +82,22 @@ def test_zero_retry_waits_and_negative_group_caps_are_refused() -> None:
         parse_config(
             yaml.safe_dump(_doc(domain_groups={"big": ["*"]}, warmup={"schedule": schedule}))
         )
+
+
+def _warmup_caps(group_limits: dict[str, int]) -> str:
+    schedule = [{"day": 1, "daily_limit": 50, "group_limits": group_limits}]
+    return yaml.safe_dump(
+        _doc(domain_groups={"big": ["*.big.test"]}, warmup={"schedule": schedule})
+    )
+
+
+def test_a_warmup_cap_names_a_group_or_a_site() -> None:
+    """A group, an MX provider's site and a domain's own site are all capped by
+    name; a name without a dot that no group defines is a typo, named in the
+    error with the field it is in, and so is a site in capitals."""
+    caps = {"big": 5, "google.com": 10, "partner.example": 2}
+    assert parse_config(_warmup_caps(caps)).warmup.schedule[0].group_limits == caps
+    with pytest.raises(ConfigError, match=r"warmup\.schedule\[0\]\.groupLimits\.gmail names no "):
+        parse_config(_warmup_caps({"big": 5, "gmail": 3}))
+    with pytest.raises(ConfigError, match=r"groupLimits\.Google\.com: write the site in lower"):
+        parse_config(_warmup_caps({"Google.com": 3}))

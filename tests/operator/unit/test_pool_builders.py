@@ -112,7 +112,7 @@ def test_dkim_secret_is_mounted_and_topics_follow_the_prefix() -> None:
     [
         (
             {"warmup": {"schedule": [{"day": 1, "dailyLimit": 5, "groupLimits": {"big": 1}}]}},
-            "unknown groups",
+            "groupLimits.big names no domain group",
         ),
         (
             {

@@ -62,7 +62,9 @@ SPEC_ERRORS = [
     (
         _with("warmup.schedule", [{"day": 1, "dailyLimit": 5, "groupLimits": {"gmail": 1}}]),
         "UnknownDomainGroup",
-        "spec: warmup group_limits name unknown groups ['gmail']",
+        "spec: warmup.schedule[0].groupLimits.gmail names no domain group defined in "
+        "domainGroups (unknown group) and is not a site: define the group, or write a site "
+        "such as google.com",
     ),
     (
         _with("retry", {"maxAgeSeconds": 3600}),  # the default schedule adds up to 25,860 s

@@ -7,12 +7,16 @@ chosen so that the range assignor gives them to different relays (4
 partitions: two members own 0-1 and 2-3, three own 0-1, 2 and 3): as a
 producer that knows no sites would. The relays forward them to the group's
 partition (`contracts.sites`), so one relay counts the group's rate and
-connections. What is measured is what the receiver saw.
+connections, and the owner of that partition spends the group's whole warm-up
+cap on a warming IP (no other relay sends to the group). What is measured is
+what the receiver saw.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -29,6 +33,8 @@ RATE_PER_MINUTE = 60
 # Per relay count: the group's domains, each on a partition owned by another relay.
 PLACEMENTS = {2: {"ga.test": 0, "gb.test": 2}, 3: {"ga.test": 0, "gb.test": 2, "gc.test": 3}}
 MESSAGES = 40  # about 40 s at the limit: enough MAIL FROMs to measure a rate by
+WARMUP_CAP = 12  # the group's day-1 cap on the warming IP: a share of it would be 6 or 3
+COLD, WARM = "127.0.0.2", "127.0.0.3"
 
 
 def _send_and_measure(
@@ -139,3 +145,56 @@ def test_domains_on_one_providers_mx_hosts_share_the_sites_limits_across_relays(
         pool, rx, {"ma.test": 0, "mb.test": 2}, MESSAGES // 2, "the site delivered", started[0]
     )
     assert rate <= RATE_PER_MINUTE * 1.05 and peak == 1, (rate, peak, sent)
+
+
+@pytest.mark.parametrize("replicas", [2, 3], ids=["2-relays", "3-relays"])
+def test_a_groups_warmup_cap_holds_across_relays_and_its_owner_spends_all_of_it(
+    replicas: int,
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+) -> None:
+    """Three times the group's cap is sent, its domains on partitions of different
+    relays: the warming IP gets the cap (within +5 %) and not a relay's share of
+    it, the warm IP the rest, each recipient once; the events name the group as
+    the site they were counted under, so a replay counts them the same way."""
+    placement = PLACEMENTS[replicas]
+    rx = smtp_receiver("127.0.0.10", 0)
+    route = [{"host": rx.host, "port": rx.port}]
+    pool = pool_factory(
+        routes=dict.fromkeys(placement, route),
+        domain_groups={"grp": list(placement)},
+        egress=[
+            {"address": COLD, "helo": "cold.sender.test", "warmup": True},
+            {"address": WARM, "helo": "warm.sender.test"},
+        ],
+        # The IP's daily total is shared by partitions; a quarter of it is far above the cap.
+        warmup={"schedule": [{"day": 1, "daily_limit": 1000, "group_limits": {"grp": WARMUP_CAP}}]},
+    )
+    # Day 1 starts well inside a UTC day, so the run cannot straddle midnight.
+    now = time.time()
+    env = {"MAILPIPE_CLOCK_OFFSET_SECONDS": str((now // 86400) * 86400 + 43200 - now)}
+    started = [relays(pool, f"relay-{i}", env) for i in range(replicas)]
+    wait_for(lambda: _members(pool) == replicas, 90, "every relay in the group", started[0])
+
+    expected = set()
+    for i in range(3 * WARMUP_CAP // len(placement)):
+        for domain, partition in placement.items():
+            rcpt = f"w{i}@{domain}"
+            pool.send(rcpt, id=rcpt, partition=partition)
+            expected.add(rcpt)
+    pool.flush()
+    wait_for(lambda: set(rx.recipients()) >= expected, 90, "the group delivered", started[0])
+
+    peers = rx.peers()
+    assert WARMUP_CAP <= peers[COLD] <= WARMUP_CAP * 1.05, peers
+    assert peers[COLD] + peers[WARM] == len(expected), peers
+    counts = Counter(rx.recipients())
+    assert set(counts) == expected and max(counts.values()) == 1, counts
+    wait_for(
+        lambda: sum(e["disposition"] == "delivered" for e in pool.events()) >= len(expected),
+        30,
+        "every delivery's event",
+        started[0],
+    )
+    assert {e.get("site") for e in pool.events() if e["disposition"] == "delivered"} == {"grp"}

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from mailpipe.contracts.config import RetrySettings
-from mailpipe.contracts.wire import DeliveryRecord, Disposition, Recipient, decode_record
+from mailpipe.contracts.wire import (
+    DeliveryRecord,
+    Disposition,
+    Recipient,
+    decode_event,
+    decode_record,
+    encode,
+)
 from mailpipe.relay.classify import reply
 from mailpipe.relay.ports import TransactionResult
 from mailpipe.relay.settlement import Settlement, Transaction, cancelled, chunks, settle
@@ -124,3 +131,25 @@ def test_chunks_keep_order_and_bound_size() -> None:
         ["u2", "u3"],
         ["u4"],
     ]
+
+
+def test_events_name_the_site_their_attempt_was_counted_under() -> None:
+    """The warm-up ledgers that replay the events count each under the site the
+    delivering relay knew (from the domain's MX hosts); an older event without
+    the field still decodes, and encodes without it."""
+    rec = record("a@d.test")
+    result = TransactionResult({"a@d.test": reply(250, "ok")}, mx_host="mx1.hoster.test")
+    s = settle(
+        rec,
+        [Transaction(rec.recipients, result)],
+        egress_ip="127.0.0.2",
+        now=NOW,
+        retry=RETRY,
+        relay_id="r",
+        pool="ns/pool",
+        site="hoster.test",
+    )
+    assert decode_event(encode(s.events[0])).site == "hoster.test"
+    older = s.events[0].model_copy(update={"site": None})
+    assert b'"site"' not in encode(older)
+    assert decode_event(encode(older)).site is None

@@ -166,3 +166,109 @@ def test_without_a_report_the_taking_over_relay_sees_only_events() -> None:
     )
     b.set_share(0.5)
     assert b.remaining("127.0.0.2", None, now) == 2
+
+
+COLD = "127.0.0.2"
+
+
+def site_capped(**overrides: object) -> WarmupLedger:
+    """A warming IP whose day-1 steps cap the MX site `google.com` and the group
+    `big` at 4 each, within a total of 10."""
+    config = make_config(
+        egress=[
+            {"address": COLD, "helo": "cold.test", "warmup": True},
+            {"address": "127.0.0.3", "helo": "warm.test"},
+        ],
+        domain_groups={"big": ["*.big.test"]},
+        warmup={
+            "schedule": [{"day": 1, "daily_limit": 10, "group_limits": {"big": 4, "google.com": 4}}]
+        },
+        **overrides,
+    )
+    return WarmupLedger(config, "me")
+
+
+def send_to_site(ledger: WarmupLedger, domain: str, site: str | None, n: int) -> int:
+    """Send `n` messages to `domain` as the relay delivering it for `site` does;
+    how many went from the warming IP."""
+    cold = 0
+    for _ in range(n):
+        ip = ledger.choose(domain, 1, T0 + 10, site=site)
+        assert ip is not None
+        ledger.record(ip, domain, 1, T0 + 10, site=site)
+        cold += ip == COLD
+    return cold
+
+
+def test_a_cap_naming_an_mx_site_holds_for_every_domain_on_its_mx_hosts() -> None:
+    """gmail.com and a Workspace domain are both the site google.com (named from
+    their MX hosts by the relay): they share its cap; a domain of another
+    provider does not count against it."""
+    ledger = site_capped()
+    assert send_to_site(ledger, "gmail.com", "google.com", 3) == 3
+    assert send_to_site(ledger, "corp.example", "google.com", 3) == 1
+    assert ledger.remaining(COLD, "gmail.com", T0 + 10, "google.com") == 0
+    assert send_to_site(ledger, "hotmail.com", "outlook.com", 2) == 2
+
+
+def test_a_sites_owner_spends_its_whole_cap_while_the_total_stays_shared() -> None:
+    """Half the partitions: the IP's daily total is halved (5 of 10), but the
+    group's (site's) records are all on the partition this relay owns, so the
+    whole cap of 4 is its to spend (the share left 2 of it unused by the pool)."""
+    ledger = site_capped()
+    ledger.set_share(0.5)
+    assert send_to_site(ledger, "a.big.test", None, 6) == 4
+    assert send_to_site(ledger, "x.test", None, 3) == 1  # the total's half: 5
+
+
+def test_a_domain_that_is_its_own_site_still_counts_toward_its_groups_divided_cap() -> None:
+    """b.big.test has a throttle of its own, so it is a site (its records sit on
+    its own partition); its sends still count under its group's cap, as they
+    always did, and that cap is divided by share: the group's other domains are
+    on another partition, which another relay may own."""
+    ledger = site_capped(throttles={"b.big.test": {"max_connections": 1}})
+    ledger.set_share(0.5)
+    assert send_to_site(ledger, "b.big.test", "b.big.test", 3) == 2
+    assert send_to_site(ledger, "a.big.test", "big", 3) == 2  # the pool-wide 4 less 2
+
+
+def _delivered(i: int, domain: str, site: str | None, relay: str = "a") -> Event:
+    return Event(
+        message_id=f"m{i}",
+        recipient=f"r{i}@{domain}",
+        domain=domain,
+        disposition=Disposition.DELIVERED,
+        time=T0 + 10,
+        egress_ip=COLD,
+        relay=relay,
+        site=site,
+    )
+
+
+def test_replay_counts_an_event_under_the_site_it_was_delivered_for() -> None:
+    """An event names its site (the MX answer is the delivering relay's); an older
+    event without one counts under the site the config names (its group)."""
+    ledger = site_capped()
+    for i in range(3):
+        ledger.observe(_delivered(i, "corp.example", "google.com"), replaying=True)
+    ledger.observe(_delivered(9, "a.big.test", None), replaying=True)
+    assert ledger.remaining(COLD, "gmail.com", T0 + 10, "google.com") == 1
+    assert ledger.remaining(COLD, "c.big.test", T0 + 10) == 3
+
+
+def test_a_relay_taking_over_a_site_counts_the_attempts_in_flight_on_it() -> None:
+    """a owned big's partition and spent its whole cap of 4, three attempts still
+    running; b takes the partition over (and with it the whole cap): it sends to
+    big only what a's report leaves, nothing."""
+    a, b = site_capped(), site_capped()
+    a.relay_id, b.relay_id = "a", "b"
+    assert send_to_site(a, "a.big.test", "big", 4) == 4
+    b.observe(_delivered(0, "a.big.test", "big"), replaying=True)
+    b.hold()
+    b.observe(a.usage(T0 + 10), replaying=False)
+    b.release()
+    assert b.remaining(COLD, "a.big.test", T0 + 10, "big") == 0
+    for i in range(1, 4):
+        b.observe(_delivered(i, "a.big.test", "big"), replaying=False)
+    assert b.remaining(COLD, "a.big.test", T0 + 10, "big") == 0
+    assert b.remaining(COLD, None, T0 + 10) == 6
