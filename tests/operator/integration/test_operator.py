@@ -245,6 +245,27 @@ def test_a_pool_with_tls_sites_is_accepted(
     assert accepted.returncode == 0, accepted.stderr
 
 
+def test_a_pool_capping_a_site_during_warmup_is_accepted(
+    crds: None, cli_env: dict[str, str], namespace: str
+) -> None:
+    """Issue 21: a warm-up step caps a group or a site (every domain on Google's
+    MX hosts is the site google.com), and the schema lets both through."""
+    step = {"day": 1, "dailyLimit": 100, "groupLimits": {"gmail": 10, "google.com": 20}}
+    spec = {
+        **GOOD_POOL,
+        "domainGroups": {"gmail": ["gmail.com"]},
+        "warmup": {"schedule": [step]},
+    }
+    body = {
+        "apiVersion": "mailpipe.io/v1alpha1",
+        "kind": "SendingPool",
+        "metadata": {"name": "warmsites", "namespace": namespace},
+        "spec": spec,
+    }
+    accepted = kubectl(cli_env, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(body))
+    assert accepted.returncode == 0, accepted.stderr
+
+
 def test_a_dane_pool_naming_its_resolver_is_accepted(
     crds: None, cli_env: dict[str, str], namespace: str
 ) -> None:
