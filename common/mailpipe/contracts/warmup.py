@@ -14,7 +14,9 @@ older event without it, under the site the config names for its domain), and
 under the domain's group as well when the domain is a site of its own (a
 throttle override), so a group's cap counts each of its domains as it always
 did. Only the sites some step caps are counted beside the groups: a pool
-mails thousands of sites a day, and a count nobody reads is memory.
+mails thousands of sites a day, and a count nobody reads is memory (so a site
+cap added by a reload counts that day's sends from then on; a restart replays
+them all).
 
 The ledger is rebuilt from the events topic at start (`observe`), and keeps
 following it so sends of other replicas count too; this relay's own sends are
@@ -31,7 +33,11 @@ spend all of it (dividing it left the rest of the cap unused by the pool).
 When the partition moves, the new owner sends on a capped IP only after it
 read the events topic past the rebalance, the old owner's attempts in flight
 included (`hold`, `WarmupUsage`), so the site's count is whole before it
-spends it.
+spends it. Not owned, and so divided: a group one of whose domains is a site
+of its own (its sends count under the group from another partition). The one
+way a site's cap goes over is the one its rate has too: a record delivered
+off its site's partition, after relays disagreeing about its site (a config
+rollout half done) forwarded it `sites.MAX_SITE_HOPS` times.
 
 Both planes use it: the relay to enforce the caps, the operator to replay the
 same events into each IP's warm-up day and cap for the pool's status. It is
@@ -218,6 +224,12 @@ class WarmupLedger:
     def reconfigure(self, config: RelayConfig) -> None:
         self.config = config
         self._capped = frozenset(k for step in config.warmup.schedule for k in step.group_limits)
+        # Groups some of whose domains are sites of their own (a throttle override):
+        # their sends count under the group from other partitions too, so no one
+        # relay owns the group's cap and each spends its share of it.
+        self._split_groups = frozenset(
+            g for d in config.throttles if "." in d and (g := config.group_of(d)) is not None
+        )
         self._tz = ZoneInfo(config.warmup.timezone)
         self._day: tuple[float, float, int] = (0.0, 0.0, 0)  # [start, end) -> day, see day_of
         old = self._ips
@@ -267,13 +279,14 @@ class WarmupLedger:
         """The keys besides ALL a send to `domain` (delivered for `site`; None: the
         site the config names) counts under, each with whether one replica owns
         all of its sends: its site's (the partition's owner), and its group's when
-        the domain is a site of its own (the group's domains are on several
-        partitions). A site no step caps and that is no group is not counted."""
+        the domain is a site of its own (the group's domains are then on several
+        partitions, so no relay owns the group's cap, `_split_groups`). A site no
+        step caps and that is no group is not counted."""
         groups = self.config.domain_groups
         site = site if site is not None else self.config.site_of(domain)
         out: list[tuple[str, bool]] = []
         if site in self._capped or site in groups:
-            out.append((site, True))
+            out.append((site, site not in self._split_groups))
         group = self.config.group_of(domain)
         if group is not None and group != site:
             out.append((group, False))
@@ -284,8 +297,12 @@ class WarmupLedger:
     ) -> int | None:
         """Messages `ip` may still send today to `domain` (delivered for `site`;
         None: the site the config names), or in total if `domain` is None; None
-        = unlimited. A cap one replica owns (its site's) is this replica's whole;
+        = unlimited. A cap one relay owns (its site's) is this relay's whole;
         the others, its share."""
+        targets = self._targets(domain, site) if domain is not None else ()
+        return self._left(ip, targets, now)
+
+    def _left(self, ip: str, targets: tuple[tuple[str, bool], ...], now: float) -> int | None:
         caps = self._step_caps(ip, now)
         if caps is None:
             return None
@@ -293,10 +310,7 @@ class WarmupLedger:
             return 0
         total, per_site = caps
         limits = [(total, ALL, False)]
-        if domain is not None:
-            limits += [
-                (per_site[k], k, owned) for k, owned in self._targets(domain, site) if k in per_site
-            ]
+        limits += [(per_site[k], k, owned) for k, owned in targets if k in per_site]
         state = self._ips[ip]
         today = self.day_of(now)
         left: list[int] = []
@@ -320,12 +334,13 @@ class WarmupLedger:
         Warming IPs with budget go first, so each gets its day's volume; the rest
         goes round-robin over IPs without a cap. Paused IPs are never chosen.
         """
+        targets = self._targets(domain, site)
         warming: list[str] = []
         warm: list[str] = []
         for ip, state in self._ips.items():
             if ip in excluded or state.paused_reason is not None:
                 continue
-            left = self.remaining(ip, domain, now, site)
+            left = self._left(ip, targets, now)
             if left is None:
                 warm.append(ip)
             elif left >= count:

@@ -224,12 +224,16 @@ def test_a_sites_owner_spends_its_whole_cap_while_the_total_stays_shared() -> No
 def test_a_domain_that_is_its_own_site_still_counts_toward_its_groups_divided_cap() -> None:
     """b.big.test has a throttle of its own, so it is a site (its records sit on
     its own partition); its sends still count under its group's cap, as they
-    always did, and that cap is divided by share: the group's other domains are
-    on another partition, which another relay may own."""
+    always did, and that cap is divided by share, for the group's other domains
+    too: two relays (b.big.test's and the group's partition owners) spend it at
+    once, each seeing the other's sends only later."""
     ledger = site_capped(throttles={"b.big.test": {"max_connections": 1}})
     ledger.set_share(0.5)
     assert send_to_site(ledger, "b.big.test", "b.big.test", 3) == 2
-    assert send_to_site(ledger, "a.big.test", "big", 3) == 2  # the pool-wide 4 less 2
+    assert send_to_site(ledger, "a.big.test", "big", 3) == 0  # this relay's half is spent
+    other = site_capped(throttles={"b.big.test": {"max_connections": 1}})
+    other.set_share(0.5)
+    assert send_to_site(other, "a.big.test", "big", 3) == 2  # the other relay's half
 
 
 def _delivered(i: int, domain: str, site: str | None, relay: str = "a") -> Event:
