@@ -198,3 +198,48 @@ def test_a_groups_warmup_cap_holds_across_relays_and_its_owner_spends_all_of_it(
         started[0],
     )
     assert {e.get("site") for e in pool.events() if e["disposition"] == "delivered"} == {"grp"}
+
+
+def test_a_warmup_cap_on_a_site_named_by_mx_hosts_holds_across_relays(
+    pool_factory: Callable[..., Pool],
+    relays: Callable[..., RelayProcess],
+    smtp_receiver: Callable[[str, int], SMTPReceiver],
+    dns_zones: Callable[[list[Zone]], object],
+    stack_state: object,
+) -> None:
+    """No group written: ma.test and mb.test are hosted on one provider's MX
+    hosts, so the warming IP's cap on the site `hoster.test` holds for both
+    together, on two relays, and the site's owner spends all of it."""
+    rx = smtp_receiver("127.0.0.10", 0)
+    hosts = {"ma.test": "mx1.hoster.test", "mb.test": "mx2.hoster.test"}
+    dns_zones([Zone(d, mx=((mx, 10),), a={mx: rx.host}) for d, mx in hosts.items()])
+    dns_port = stack_state.dns_port  # type: ignore[attr-defined]
+    pool = pool_factory(
+        smtp_port=rx.port,
+        dns_nameserver=f"127.0.0.1:{dns_port}",
+        egress=[
+            {"address": COLD, "helo": "cold.sender.test", "warmup": True},
+            {"address": WARM, "helo": "warm.sender.test"},
+        ],
+        warmup={
+            "schedule": [
+                {"day": 1, "daily_limit": 1000, "group_limits": {"hoster.test": WARMUP_CAP}}
+            ]
+        },
+    )
+    now = time.time()
+    env = {"MAILPIPE_CLOCK_OFFSET_SECONDS": str((now // 86400) * 86400 + 43200 - now)}
+    started = [relays(pool, f"relay-{i}", env) for i in range(2)]
+    wait_for(lambda: _members(pool) == 2, 90, "both relays in the group", started[0])
+    expected = set()
+    for i in range(3 * WARMUP_CAP // 2):
+        for domain, partition in (("ma.test", 0), ("mb.test", 2)):
+            rcpt = f"w{i}@{domain}"
+            pool.send(rcpt, id=rcpt, partition=partition)
+            expected.add(rcpt)
+    pool.flush()
+    wait_for(lambda: set(rx.recipients()) >= expected, 90, "the site delivered", started[0])
+    peers = rx.peers()
+    assert WARMUP_CAP <= peers[COLD] <= WARMUP_CAP * 1.05, peers
+    counts = Counter(rx.recipients())
+    assert set(counts) == expected and max(counts.values()) == 1, counts
