@@ -29,11 +29,14 @@ BOTH_LOOPS_MODULES = frozenset({"test_smtp_session", "test_tls_modes"})
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
-) -> dict[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Both loops for BOTH_LOOPS_MODULES, asyncio's for the rest (a mapping of
+    one is not named in the test ids)."""
+    loops: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
     module = getattr(item, "module", None)
     if module is not None and module.__name__.rpartition(".")[2] in BOTH_LOOPS_MODULES:
-        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-    return None
+        loops["uvloop"] = uvloop.new_event_loop
+    return loops
 
 
 def make_config(**overrides: Any) -> RelayConfig:
