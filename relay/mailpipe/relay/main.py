@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from mailpipe.contracts.config import ConfigError, KafkaSettings, RelayConfig
 from mailpipe.contracts.logformat import JSONFormatter
 from mailpipe.contracts.signing import PUBLIC_KEY_ENV, StaleConfigError, UntrustedConfigError
@@ -115,8 +117,14 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc)
         return 2
     relay_id = args.relay_id or f"{os.uname().nodename}-{uuid.uuid4().hex[:6]}"
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(first, config_file, relay_id, ensure=args.ensure_topics))
+    # uvloop: the event loop's own work (callbacks, socket reads and writes)
+    # in C; about 6% less CPU per message than asyncio's loop (bench/relay.py,
+    # pipeline mode, the two alternated in one sitting).
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        runner.run(serve(first, config_file, relay_id, ensure=args.ensure_topics))
     return 0
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import uvloop
 
 from mailpipe.contracts.config import RelayConfig
 from mailpipe.contracts.suppressions import SuppressionList
@@ -18,6 +19,24 @@ from mailpipe.relay.metrics import RelayMetrics
 from mailpipe.relay.ports import Clock, SiteLookup
 
 _ids = itertools.count()
+
+# The relay runs on uvloop (relay/main.py) and these modules' SMTP transport
+# tests run on both loops: uvloop's transports do not derive from
+# asyncio.Transport and its STARTTLS is its own code (a type check on the
+# transport once deferred every delivery on uvloop).
+BOTH_LOOPS_MODULES = frozenset({"test_smtp_session", "test_tls_modes"})
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Both loops for BOTH_LOOPS_MODULES, asyncio's for the rest (a mapping of
+    one is not named in the test ids)."""
+    loops: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__.rpartition(".")[2] in BOTH_LOOPS_MODULES:
+        loops["uvloop"] = uvloop.new_event_loop
+    return loops
 
 
 def make_config(**overrides: Any) -> RelayConfig:

@@ -61,7 +61,7 @@ import ssl
 import time
 import weakref
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiosmtplib
 
@@ -538,8 +538,10 @@ class SMTPTransport:
             # aiosmtplib is pinned to the minor tested (pyproject.toml) and
             # tests/test_dependency_internals.py fails, naming the attribute,
             # when an upgrade changes what this relies on.
-            transport = smtp.transport
-            if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+            # Not isinstance(asyncio.Transport): uvloop's transports implement it
+            # without deriving from it.
+            transport = cast(asyncio.Transport | None, smtp.transport)
+            if transport is None or transport.is_closing():
                 raise aiosmtplib.SMTPServerDisconnected("connection closed during EHLO")
         except BaseException:
             smtp.close()
