@@ -112,17 +112,23 @@ class Kube:
         out: dict[str, Any] = self.api.sanitize_for_serialization(answer)  # type: ignore[no-untyped-call]
         return out
 
-    def apply(self, obj: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
+    def apply(
+        self, obj: dict[str, Any], force: bool = False, absent: bool = False
+    ) -> dict[str, Any] | None:
         """Server-side apply `obj` unless the live one has the same spec hash.
 
         Returns the object as the API server stored it (with its defaults: what a
         later read of it is compared with, `server_view`), or None when nothing
         was written. `force`: apply even then (the live object drifted: a manual
-        scale or edit).
+        scale or edit). `absent`: the caller knows there is no live one (a new
+        pool's children), so it is written without reading it first; were
+        there one, applying it again would change nothing but its managedFields.
         """
         desired = _annotated(obj)
         digest = desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
+        if absent:
+            return self._patch_applied(desired)
         try:
             live = self._call(kind, "read", name, ns)
             annotations = live.metadata.annotations or {}

@@ -285,6 +285,13 @@ def _reconcile_blocking(
     children = config_signing.signed(children, text, signer)
     seen = _Seen(obj, Outcome(ref, spec), rendered=children)
     live = kube.read_deployment(ref)
+    # A pool never reconciled whose relay Deployment is absent has no child at
+    # all: the relay Deployment is applied before any endpoint child, and
+    # observedGeneration is written after them. Its children are then written
+    # without a read each first, and no endpoint child is looked for to delete:
+    # 12 of the 19 API calls of a new pool's first reconcile, when 1,000 pools
+    # created together wait on the API server.
+    fresh = live is None and status.get("observedGeneration") is None
     deployment = next(c for c in children if c["kind"] == "Deployment")
     key = f"{namespace}/{name}"
     rerendered = False
@@ -307,13 +314,13 @@ def _reconcile_blocking(
     try:
         for child in children:
             force = child is deployment and bool(seen.drift)
-            stored = kube.apply(child, force=force)
+            stored = kube.apply(child, force=force, absent=fresh)
             if stored is None:
                 continue
             seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
             if child is deployment:
                 views[key] = (kube_io.spec_digest(deployment), stored)
-        if ensure_topics:  # a new spec: endpoints whose field was removed go
+        if ensure_topics and not fresh:  # a new spec: endpoints whose field was removed go
             for kind, child_name in stale_children(ref, children):
                 if kube.delete_child(kind, child_name, namespace):
                     seen.written.append(f"{kind}/{child_name} (deleted)")
