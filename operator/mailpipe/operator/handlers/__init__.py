@@ -31,7 +31,7 @@ from typing import Any
 
 import kopf
 
-from .. import tenancy
+from .. import kube_io, tenancy
 from ..cluster_policy import POLICY_MEMO_KEY
 from ..config_signing import SIGNER_MEMO_KEY
 from ..models import GROUP
@@ -50,7 +50,7 @@ WATCH_CONNECT_TIMEOUT_SECONDS = 30
 SYNC_HANDLER_THREADS = 8
 # Threads for the handlers' blocking calls (to_thread): API requests and topic
 # creation in flight at once. The API server and Kafka queue the rest.
-BLOCKING_CALL_THREADS = 32
+BLOCKING_CALL_THREADS = kube_io.API_CONNECTIONS  # each thread keeps its API connection
 
 
 @kopf.on.startup()
