@@ -9,7 +9,7 @@ status (ARCHITECTURE.md, "Components"):
 - `fanout`: the per-Campaign daemon that produces the audience to Kafka;
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
 - `children`: a pool's ConfigMap, Service and PDB put back when edited or
-  deleted (the Deployment is `relays`'s);
+  deleted (the Deployment is `relays`'s), by one task for every pool;
 - `relays`: the world a pool depends on (its relay Deployment watched, the
   Secrets it references re-read), so its status and relays follow it;
 - `scale`: the pool's status.replicas and status.selector (scale subresource)
@@ -85,6 +85,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     state = operator_state(memo)
     await policy.stop(state)
+    await children.stop_guard(state)
     # In threads of their own, all at once: stopping readers and closing clients
     # waits on sockets. Not the default executor: at shutdown its threads may all
     # be in API calls to a slow apiserver (1,000 pools: every one of 32), and the

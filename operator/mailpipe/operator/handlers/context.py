@@ -126,6 +126,8 @@ class OperatorState:
     child_pace: child_drift.RecheckPace = field(default_factory=child_drift.RecheckPace)
     """When each pool's children are read again (`handlers.children`): a fixed
     read budget, whatever the number of pools."""
+    child_guard: asyncio.Task[None] | None = None
+    """The one task that reads every pool's children in turn (`handlers.children`)."""
     process: fanout_lease.Holder = field(
         default_factory=lambda: fanout_lease.this_process(time.time())
     )

@@ -61,6 +61,7 @@ from ..pool import (
     topics,
 )
 from ..validation import Problem
+from .children import start_guard
 from .context import OperatorState, operator_state, parse_pool_kafka
 from .scale import Stopped, stop_relays
 from .status import Relays, condition, find, merge_conditions, pool_conditions
@@ -80,6 +81,7 @@ RELAYS_RECOVERED = "RelaysRecovered"  # Event: relay pods in trouble are availab
 async def reconcile_pool(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     assert namespace is not None  # both kinds are namespaced
     state = operator_state(memo)
+    start_guard(state)  # the one guard of every pool's children (handlers.children)
     outcome = await reconcile(state, namespace, name, ensure_topics=True)
     if outcome.kafka is not None:
         # Only Kafka is retried: a spec problem waits for an edit or for the
@@ -499,16 +501,21 @@ async def delete_pool(
     assert namespace is not None  # both kinds are namespaced
     ref = PoolRef(name, namespace, uid)
     state = operator_state(memo)
-    children = await asyncio.to_thread(state.kube.delete_children, ref)
-    state.ledgers.pop(f"{namespace}/{name}", None)
-    state.server_views.pop(f"{namespace}/{name}", None)
-    log.info("deleted children of pool %s/%s: %s", namespace, name, children.deleted)
-    if children.forbidden:
+    key = f"{namespace}/{name}"
+    async with state.pool_lock(key):
+        # Out of the child guard's walk first: it would put back what is deleted here.
+        state.rendered.pop(key, None)
+        state.pod_troubles.pop(key, None)
+    deleted = await asyncio.to_thread(state.kube.delete_children, ref)
+    state.ledgers.pop(key, None)
+    state.server_views.pop(key, None)
+    log.info("deleted children of pool %s/%s: %s", namespace, name, deleted.deleted)
+    if deleted.forbidden:
         # Not onboarded (or no longer): holding the pool would hold its namespace
         # in Terminating for ever, and anything the operator made here before
         # goes with the pool through its ownerReferences.
         message = (
-            f"may not delete {', '.join(children.forbidden)} in namespace {namespace} "
+            f"may not delete {', '.join(deleted.forbidden)} in namespace {namespace} "
             "(not onboarded: chart value rbac.tenantNamespaces); any the operator made "
             "go with the pool through their ownerReferences"
         )
