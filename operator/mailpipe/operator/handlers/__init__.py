@@ -50,6 +50,7 @@ WATCH_CONNECT_TIMEOUT_SECONDS = 30
 SYNC_HANDLER_THREADS = 8
 # Threads for the handlers' blocking calls (to_thread): API requests and topic
 # creation in flight at once. The API server and Kafka queue the rest.
+EXECUTOR_MEMO_KEY = "mailpipe_blocking_executor"  # the operator memo's, for the clean-up
 BLOCKING_CALL_THREADS = kube_io.API_CONNECTIONS  # each thread keeps its API connection
 
 
@@ -67,11 +68,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # so 200 pools created at once queued 1,000 API calls behind six threads.
     # The calls wait on the network, not the CPU: more threads overlap them.
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(
-            max_workers=BLOCKING_CALL_THREADS, thread_name_prefix="blocking"
-        )
+    blocking = concurrent.futures.ThreadPoolExecutor(
+        max_workers=BLOCKING_CALL_THREADS, thread_name_prefix="blocking"
     )
+    loop.set_default_executor(blocking)
+    memo[EXECUTOR_MEMO_KEY] = blocking  # the clean-up drops what still waits for a thread
     state = OperatorState(timers=memo.get(TIMERS_MEMO_KEY, OperatorTimers()))
     if POLICY_MEMO_KEY in memo:  # put there by `mailpipe operator` (main.run)
         state.policy = tenancy.policy_of(memo)
@@ -86,6 +87,13 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     state = operator_state(memo)
     await policy.stop(state)
     await children.stop_guard(state)
+    blocking = memo.get(EXECUTOR_MEMO_KEY)
+    if isinstance(blocking, concurrent.futures.ThreadPoolExecutor):
+        # The blocking calls still queued are for handlers kopf has cancelled:
+        # dropped, not run. asyncio waits for the default executor's work
+        # before the process exits, and at SIGTERM with 1,000 pools that queue
+        # (API reads and writes nobody waits for any more) held the exit 10 s.
+        blocking.shutdown(wait=False, cancel_futures=True)
     # In threads of their own, all at once: stopping readers and closing clients
     # waits on sockets. Not the default executor: at shutdown its threads may all
     # be in API calls to a slow apiserver (1,000 pools: every one of 32), and the
