@@ -26,7 +26,9 @@ One operator-wide task walks the pools (`guard_loop`), not a kopf timer per
 pool: with 1,200 pools, 240 timer ticks a second, each a handler call and a
 log line, were 44% of the event loop's busy time (py-spy, bench/operator.py),
 although all but a few only found their pool not due. The pools it walks are
-those with something rendered, so a deleted or refused pool leaves it.
+those with something rendered, so a deleted or refused pool leaves it. Like
+the policy follower (`handlers.policy`), an operator that lost its leadership
+(peering) keeps guarding what it rendered: it writes what the active one writes.
 """
 
 from __future__ import annotations
