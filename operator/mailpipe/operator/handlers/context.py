@@ -163,6 +163,12 @@ class OperatorState:
     `handlers.relays` re-reads the pods of a pool whose relays are missing and
     reconciles it when their trouble is no longer this one."""
 
+    relay_versions: dict[str, str] = field(default_factory=dict)
+    """Per pool (`namespace/name`): the resourceVersion of the relay Deployment its
+    last reconcile derived its status from (the one it wrote, for a new pool). An
+    event of that same version changes nothing: `handlers.relays` and
+    `handlers.scale` skip it rather than read the pool and its Deployment again."""
+
     def pool_lock(self, key: str) -> asyncio.Lock:
         return self.pool_locks.setdefault(key, asyncio.Lock())
 

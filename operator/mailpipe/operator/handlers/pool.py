@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, cast
@@ -63,8 +64,9 @@ from ..pool import (
 from ..validation import Problem
 from .children import start_guard
 from .context import OperatorState, operator_state, parse_pool_kafka
-from .scale import Stopped, stop_relays
+from .scale import Stopped, scale_status, stop_relays
 from .status import Relays, condition, find, merge_conditions, pool_conditions
+from .warmup import first_report
 
 log = logging.getLogger("mailpipe.operator")
 
@@ -111,11 +113,18 @@ class _Seen:
     rendered: list[dict[str, Any]] = field(default_factory=list)  # every child, as rendered
     stopped_from: int | None = None  # replicas of the relays this reconcile scaled to 0
     trouble: relay_pods.PodTrouble | None = None  # why relay pods are not available
+    # resourceVersion of the relay Deployment this status was derived from
+    relay_version: str | None = None
     endpoints: dict[str, endpoint_status.Endpoint] = field(default_factory=dict)
 
 
 async def reconcile(
-    state: OperatorState, namespace: str, name: str, *, ensure_topics: bool
+    state: OperatorState,
+    namespace: str,
+    name: str,
+    *,
+    ensure_topics: bool,
+    deployment_version: str | None = None,
 ) -> Outcome:
     """Bring the pool's children to its spec and its status to what the world shows.
 
@@ -124,8 +133,16 @@ async def reconcile(
     time per pool; topics are ensured for a spec change and whenever they were
     not yet for this generation. Nothing is applied while the
     spec or a reference has a problem; each new problem is a Warning Event.
+
+    `deployment_version`: the resourceVersion of the relay Deployment whose
+    event asks for this reconcile. Nothing is read or written when the last
+    reconcile derived the pool's status from that very version (the event of
+    the Deployment it wrote itself): the world it would read is the one it saw.
     """
-    async with state.pool_lock(f"{namespace}/{name}"):
+    key = f"{namespace}/{name}"
+    async with state.pool_lock(key):
+        if deployment_version is not None and state.relay_versions.get(key) == deployment_version:
+            return Outcome()
         seen = await asyncio.to_thread(
             _reconcile_blocking,
             state.kube,
@@ -136,15 +153,19 @@ async def reconcile(
             state.admins,
             state.server_views,
             state.signer,
+            first_report(state.ledgers.get(key), time.time()),
         )
         # What handlers.children guards: only a pool that may run relays has any.
-        key = f"{namespace}/{name}"
         if seen is not None and seen.rendered:
             state.rendered[key] = seen.rendered
             state.pod_troubles[key] = seen.trouble  # what handlers.relays compares with
         else:
             state.rendered.pop(key, None)
             state.pod_troubles.pop(key, None)
+        if seen is not None and seen.relay_version is not None:
+            state.relay_versions[key] = seen.relay_version
+        else:
+            state.relay_versions.pop(key, None)
     if seen is None:
         return Outcome()
     body = kopf.Body(cast(kopf.RawBody, seen.obj))
@@ -229,6 +250,7 @@ def _reconcile_blocking(
     admins: kafka_io.Admins,
     views: dict[str, tuple[str, dict[str, Any]]],
     signer: ConfigSigner | None = None,
+    warmup: dict[str, Any] | None = None,
 ) -> _Seen | None:
     obj = kube.get_custom("sendingpools", namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
@@ -322,6 +344,8 @@ def _reconcile_blocking(
             seen.written.append(f"{child['kind']}/{child['metadata']['name']}")
             if child is deployment:
                 views[key] = (kube_io.spec_digest(deployment), stored)
+                if fresh:  # as the API server stored it: what a read now would return
+                    live = stored
         if ensure_topics and not fresh:  # a new spec: endpoints whose field was removed go
             for kind, child_name in stale_children(ref, children):
                 if kube.delete_child(kind, child_name, namespace):
@@ -332,7 +356,7 @@ def _reconcile_blocking(
         # RBAC: the namespace is not onboarded (chart value rbac.tenantNamespaces)
         problem = validation.forbidden_write_problem(namespace, f"{child['kind']}/{ref.child_name}")
         return _blocked(kube, obj, ref, old, status, generation, digest, [problem])
-    if seen.written and live is not None and _deployment_written(seen.written):
+    if seen.written and not fresh and live is not None and _deployment_written(seen.written):
         live = kube.read_deployment(ref)  # the controller's view of the new template
     t = topics(ref, spec)
     kafka = None
@@ -355,6 +379,8 @@ def _reconcile_blocking(
             kafka = validation.kafka_problem(exc, spec.kafka.bootstrap_servers)
     seen.outcome = Outcome(ref, spec, kafka)
     relays = Relays.of(live, spec.replicas)
+    if live is not None:
+        seen.relay_version = (live.get("metadata") or {}).get("resourceVersion")
     seen.trouble = _pod_trouble(kube, ref, relays)
     conditions = pool_conditions(generation, [], kafka, relays, seen.trouble)
     # The endpoints' own condition: Ready stays the relays' (endpoint_status).
@@ -369,8 +395,13 @@ def _reconcile_blocking(
         "secretsHash": digest,  # what handlers.relays compares the Secrets it re-reads with
         "relays": {"desired": relays.desired, "available": relays.available},
         "endpoints": endpoint_status.status_patch(status.get("endpoints"), seen.endpoints),
+        # The scale subresource's, from the Deployment just read or written, in
+        # this same write: `handlers.scale` then finds nothing to write for it.
+        **(scale_status(live) if live is not None else {}),
     }
-    if "warmupSummary" not in status:
+    if "ips" not in status and warmup is not None:
+        seen.status.update(warmup)  # the ledger's first report (`warmup.first_report`)
+    elif "warmupSummary" not in status:
         warming = sum(1 for e in spec.egress_ips if e.warmup)
         seen.status["warmupSummary"] = f"{warming} warming" if warming else "warm"
     _patch(kube, seen, status, generation)
@@ -506,6 +537,7 @@ async def delete_pool(
         # Out of the child guard's walk first: it would put back what is deleted here.
         state.rendered.pop(key, None)
         state.pod_troubles.pop(key, None)
+        state.relay_versions.pop(key, None)
     deleted = await asyncio.to_thread(state.kube.delete_children, ref)
     state.ledgers.pop(key, None)
     state.server_views.pop(key, None)
