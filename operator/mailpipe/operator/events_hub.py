@@ -143,6 +143,17 @@ class ClusterReader:
             t.rewind = True
         self._changed.set()
 
+    def created(self, topic: str, partitions: int) -> None:
+        """`topic` was just created with `partitions` partitions (by this operator's
+        pool reconcile): read it without asking the cluster for every topic's
+        metadata to find it. A topic not followed (yet) is looked for as before."""
+        with self._lock:
+            t = self._topics.get(topic)
+            if t is None or t.partitions is not None:
+                return
+            t.partitions = frozenset(range(partitions))
+        self._changed.set()
+
     def unsubscribe_all(self, topic: str, timeout_s: float = STOP_JOIN_SECONDS) -> None:
         """Stop reading `topic`; returns once the consumer no longer has it
         (the pool's topics may be deleted next). Blocking, at most `timeout_s`."""
@@ -332,6 +343,17 @@ class EventsHub:
                 reader = ClusterReader(bootstrap, self._loop, self._counted_factory)
                 self._readers[bootstrap] = reader
         reader.subscribe(topic, observer, on_unpause, on_site_action)
+
+    def created(self, bootstrap: str, topic: str, partitions: int) -> None:
+        """`topic` was just created with `partitions` partitions: followed, it is
+        read at once. With 1,000 pools created together, finding each new events
+        topic by a lookup of every topic's metadata (thousands) was the reader's
+        main cost and what starved kafka-python's I/O loop ("blocking the event
+        loop"). Not blocking."""
+        with self._lock:
+            reader = self._readers.get(bootstrap)
+        if reader is not None:
+            reader.created(topic, partitions)
 
     def unfollow(self, bootstrap: str, topic: str) -> None:
         """Stop reading `topic` (its pool is gone); its observers get nothing more.

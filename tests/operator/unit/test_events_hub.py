@@ -240,3 +240,40 @@ async def test_pools_followed_before_their_topics_exist_do_not_look_up_every_top
         await until(lambda: seen == ["m1"])
     finally:
         hub.stop()
+
+
+class NoLookupConsumer(FakeConsumer):
+    """A cluster whose all-topics lookup does not show the new topics (yet)."""
+
+    def __init__(self, logs: dict[str, dict[int, list[bytes]]]) -> None:
+        super().__init__(logs)
+        self.lookups = 0
+
+    def topics(self) -> set[str]:
+        self.lookups += 1
+        return set()
+
+
+async def test_a_topic_the_operator_created_is_read_without_looking_it_up() -> None:
+    """With 1,000 pools created together, finding each new events topic in a lookup
+    of every topic's metadata was the reader's main cost (and what starved
+    kafka-python's I/O loop): the reconcile that created it says so instead."""
+    logs: dict[str, dict[int, list[bytes]]] = {}
+    made: list[NoLookupConsumer] = []
+
+    def factory(bootstrap: str) -> NoLookupConsumer:
+        made.append(NoLookupConsumer(logs))
+        return made[-1]
+
+    hub = EventsHub(factory)  # type: ignore[arg-type]
+    hub.start(asyncio.get_running_loop())
+    seen: list[str] = []
+    try:
+        hub.follow(BOOTSTRAP, "new.events", lambda e: seen.append(e.message_id))
+        await until(lambda: bool(made) and made[0].lookups > 0)
+        logs["new.events"] = {0: [event(1)], 1: [event(2)]}
+        hub.created(BOOTSTRAP, "new.events", 2)
+        await until(lambda: sorted(seen) == ["m1", "m2"])
+        hub.created(BOOTSTRAP, "unfollowed.events", 1)  # not followed: nothing to read
+    finally:
+        hub.stop()

@@ -171,3 +171,14 @@ async def test_status_writes_do_not_make_the_warmup_handler_reparse_the_spec(
     }
     await warmup.track_pool_warmup(type="DELETED", body=body, memo=memo)
     assert "ns/news" not in state.ledgers
+
+
+async def test_the_reconcile_tells_the_events_reader_of_the_events_topic_it_created() -> None:
+    kube = VersionedKube(_new_pool())
+    state = _state(kube)
+    told: list[tuple[str, str, int]] = []
+    state.hub.created = lambda *args: told.append(args)  # type: ignore[method-assign]
+    await pool.reconcile(state, "ns", "news", ensure_topics=True)
+    spec = parse_pool_spec(kube.pool["spec"])
+    events = pool.topics(pool.PoolRef("news", "ns", "u1"), spec).events
+    assert told == [("kafka.test:9092", events, spec.kafka.partitions)]

@@ -176,6 +176,11 @@ async def reconcile(
         kopf.info(body, reason="Applied", message=message)
     if seen.topics_created:
         kopf.info(body, reason="TopicsCreated", message=", ".join(seen.topics_created))
+        spec, ref = seen.outcome.spec, seen.outcome.ref
+        if spec is not None and ref is not None:
+            events = topics(ref, spec).events
+            if events in seen.topics_created:  # made now, so its partitions are the spec's
+                state.hub.created(spec.kafka.bootstrap_servers, events, spec.kafka.partitions)
     if seen.stopped_from is not None:
         refused = find(seen.status.get("conditions"), "Ready") or {}
         kopf.warn(
