@@ -59,6 +59,13 @@ TOPIC_RETRY_SECONDS = 1.0  # a topic not in metadata yet is looked for again at 
 # operator's CPU, measured with py-spy); now at most this share of the reader's time.
 TOPIC_LOOKUP_SHARE = 0.1
 TOPIC_MISSING_WARN_SECONDS = 60.0  # longer than any reconcile takes to create the topics
+# Each new assignment makes the consumer refresh the metadata of every assigned
+# topic: with 1,000 pools created together, re-assigning for each new events
+# topic decoded a 1,000-topic metadata answer a dozen times a second (the
+# reader's main cost, and kafka-python's "blocking the event loop"). Changes
+# are gathered and assigned together at most this often; a deleted pool's
+# topic is let go within it (`unsubscribe_all` waits for that).
+ASSIGN_PAUSE_SECONDS = 1.0
 CLIENT_RETRY_SECONDS = 5.0  # an unreachable cluster is tried again at this pace
 STOP_JOIN_SECONDS = 5.0  # one poll timeout plus closing the client
 
@@ -185,18 +192,23 @@ class ClusterReader:
                 except Exception as exc:
                     log.warning("cannot reach %s for events: %s", self.bootstrap, exc)
                     self._stop.wait(CLIENT_RETRY_SECONDS)
-            looked, pause = 0.0, TOPIC_RETRY_SECONDS
+            looked, pause, assigned = 0.0, TOPIC_RETRY_SECONDS, -ASSIGN_PAUSE_SECONDS
             while consumer is not None and not self._stop.is_set():
                 try:
-                    due = self._waiting() and time.monotonic() - looked >= pause
-                    if self._changed.is_set() or due:
-                        started = time.monotonic()
+                    now = time.monotonic()
+                    due = self._waiting() and now - looked >= pause
+                    turn = now - assigned >= ASSIGN_PAUSE_SECONDS
+                    if (self._changed.is_set() and turn) or due:
                         self._assign(consumer, look=due)
+                        assigned = time.monotonic()
                         if due:
-                            looked = time.monotonic()
-                            pause = lookup_pause(looked - started)
+                            looked = assigned
+                            pause = lookup_pause(looked - now)
                     if not consumer.assignment():
-                        self._changed.wait(POLL_TIMEOUT_MS / 1000)
+                        if self._changed.is_set():  # a change waiting for its turn
+                            self._stop.wait(ASSIGN_PAUSE_SECONDS - (time.monotonic() - assigned))
+                        else:
+                            self._changed.wait(POLL_TIMEOUT_MS / 1000)
                         continue
                     self._read(consumer)
                 except Exception:
