@@ -3,7 +3,7 @@ together, each status write is a watch event every sendingpool handler runs
 for, and each re-read waits behind every other pool's calls on the API server.
 
 A new pool's first reconcile writes, in its one status write, what the scale
-handler and the warm-up timer used to write after it (`status.replicas`,
+handler and the warm-up status used to write after it (`status.replicas`,
 `status.selector`, `status.ips`); the event of the relay Deployment that
 reconcile wrote itself reconciles nothing again; and a pool's status writes
 do not make the warm-up handler parse its unchanged spec again."""
@@ -84,19 +84,8 @@ async def test_a_new_pools_one_status_write_has_its_scale_and_warmup() -> None:
     assert status["selector"] == scale.scale_status(_deployment(kube))["selector"]
     assert [(ip["address"], ip["warming"]) for ip in status["ips"]] == [("10.0.0.5", False)]
     assert status["warmupSummary"] == "warm"
-    # the warm-up timer then has nothing to write for it
-    body = kopf.Body(cast(kopf.RawBody, copy.deepcopy(kube.pool)))
-    patch = kopf.Patch()
-    await warmup.pool_warmup_status(
-        name="news",
-        namespace="ns",
-        meta=body.meta,
-        status=body.status,
-        body=body,
-        patch=patch,
-        memo=_memo(state),
-    )
-    assert not patch
+    # the warm-up status loop then has nothing to write for it
+    assert warmup.report(state, "ns/news", kube.pool, time.time()) == warmup.Report()
 
 
 async def test_the_event_of_the_deployment_a_reconcile_wrote_reconciles_nothing() -> None:

@@ -87,6 +87,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     state = operator_state(memo)
     await policy.stop(state)
     await children.stop_guard(state)
+    await warmup.stop_status_loop(state)
     blocking = memo.get(EXECUTOR_MEMO_KEY)
     if isinstance(blocking, concurrent.futures.ThreadPoolExecutor):
         # The blocking calls still queued are for handlers kopf has cancelled:

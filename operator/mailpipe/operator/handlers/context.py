@@ -163,6 +163,11 @@ class OperatorState:
     `handlers.relays` re-reads the pods of a pool whose relays are missing and
     reconciles it when their trouble is no longer this one."""
 
+    warmup_views: dict[str, Any] = field(default_factory=dict)
+    """Per pool (`namespace/name`): the pool as its last event showed it, and when
+    the warm-up status loop last looked at it (`handlers.warmup.PoolView`)."""
+    warmup_task: asyncio.Task[None] | None = None
+    """The one task writing every pool's warm-up status (`handlers.warmup`)."""
     relay_versions: dict[str, str] = field(default_factory=dict)
     """Per pool (`namespace/name`): the resourceVersion of the relay Deployment its
     last reconcile derived its status from (the one it wrote, for a new pool). An
