@@ -319,3 +319,38 @@ async def test_topics_created_one_after_another_are_assigned_together() -> None:
         assert consumer.assigns <= elapsed / ASSIGN_PAUSE_SECONDS + 2
     finally:
         hub.stop()
+
+
+class LookupCountingConsumer(FakeConsumer):
+    def __init__(self, logs: dict[str, dict[int, list[bytes]]]) -> None:
+        super().__init__(logs)
+        self.lookups = 0
+
+    def topics(self) -> set[str]:
+        self.lookups += 1
+        return super().topics()
+
+
+async def test_a_topic_its_reconcile_will_announce_is_not_looked_up_until_it_says_so() -> None:
+    """Hundreds of pools created together wait for their first reconcile at once;
+    looking up their events topics meanwhile (every topic's metadata) kept
+    kafka-python's I/O loop blocked. The reconcile says when the topic exists."""
+    logs: dict[str, dict[int, list[bytes]]] = {"old.events": {0: [event(1)]}}
+    made: list[LookupCountingConsumer] = []
+
+    def factory(bootstrap: str) -> LookupCountingConsumer:
+        made.append(LookupCountingConsumer(logs))
+        return made[-1]
+
+    hub = EventsHub(factory)  # type: ignore[arg-type]
+    hub.start(asyncio.get_running_loop())
+    seen: list[str] = []
+    try:
+        hub.follow(BOOTSTRAP, "old.events", lambda e: seen.append(e.message_id), expected=True)
+        await asyncio.sleep(3 * TOPIC_RETRY_SECONDS)
+        assert made[0].lookups == 0 and seen == []
+        hub.exists(BOOTSTRAP, "old.events")  # found made already: looked up now
+        await until(lambda: seen == ["m1"])
+        assert made[0].lookups == 1
+    finally:
+        hub.stop()

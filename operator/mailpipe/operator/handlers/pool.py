@@ -110,6 +110,7 @@ class _Seen:
     written: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
     topics_created: list[str] = field(default_factory=list)
+    topics_ensured: bool = False  # every topic of the pool is in place now
     rendered: list[dict[str, Any]] = field(default_factory=list)  # every child, as rendered
     stopped_from: int | None = None  # replicas of the relays this reconcile scaled to 0
     trouble: relay_pods.PodTrouble | None = None  # why relay pods are not available
@@ -176,11 +177,14 @@ async def reconcile(
         kopf.info(body, reason="Applied", message=message)
     if seen.topics_created:
         kopf.info(body, reason="TopicsCreated", message=", ".join(seen.topics_created))
-        spec, ref = seen.outcome.spec, seen.outcome.ref
-        if spec is not None and ref is not None:
-            events = topics(ref, spec).events
-            if events in seen.topics_created:  # made now, so its partitions are the spec's
-                state.hub.created(spec.kafka.bootstrap_servers, events, spec.kafka.partitions)
+    spec, ref = seen.outcome.spec, seen.outcome.ref
+    if seen.topics_ensured and spec is not None and ref is not None:
+        # The events reader reads the pool's events topic without looking for it.
+        events, bootstrap = topics(ref, spec).events, spec.kafka.bootstrap_servers
+        if events in seen.topics_created:  # made now, so its partitions are the spec's
+            state.hub.created(bootstrap, events, spec.kafka.partitions)
+        else:
+            state.hub.exists(bootstrap, events)
     if seen.stopped_from is not None:
         refused = find(seen.status.get("conditions"), "Ready") or {}
         kopf.warn(
@@ -379,6 +383,7 @@ def _reconcile_blocking(
                 spec.kafka.replication_factor,
                 t.compacted() + ledger,
             )
+            seen.topics_ensured = True
         except KafkaError as exc:
             log.warning("pool %s/%s: topics: %r", namespace, name, exc)  # the full repr: the log
             kafka = validation.kafka_problem(exc, spec.kafka.bootstrap_servers)

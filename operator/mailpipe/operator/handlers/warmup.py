@@ -112,15 +112,21 @@ def track(
     if deleted or meta.get("deletionTimestamp") or refused is not None:
         forget_pool(state, ref, spec)
     else:
-        follow_pool_events(state, ref, spec)
+        # Never reconciled: its first reconcile creates the topics and tells the
+        # events reader (`EventsHub.created`), which need not look for them.
+        new = (body.get("status") or {}).get("observedGeneration") is None
+        follow_pool_events(state, ref, spec, expected=new)
 
 
 def _key(ref: PoolRef) -> str:
     return f"{ref.namespace}/{ref.name}"
 
 
-def follow_pool_events(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec) -> None:
-    """Count this pool's events into its warm-up ledger and the campaign tally."""
+def follow_pool_events(
+    state: OperatorState, ref: PoolRef, spec: SendingPoolSpec, *, expected: bool = False
+) -> None:
+    """Count this pool's events into its warm-up ledger and the campaign tally.
+    `expected`: the pool's reconcile will say when its events topic exists."""
     key = _key(ref)
     cfg = build_relay_config(ref, spec)
     source = (spec.kafka.bootstrap_servers, topics(ref, spec).events)
@@ -139,6 +145,7 @@ def follow_pool_events(state: OperatorState, ref: PoolRef, spec: SendingPoolSpec
         lambda e: ledger.observe(e, replaying=True),
         on_unpause=lambda u: ledger.observe(u, replaying=True),
         on_site_action=actions.apply,
+        expected=expected,
     )
     state.hub.follow(*source, state.tally.observe)
     tls = state.tls[key] = TLSTally()
