@@ -12,7 +12,7 @@ garbage-collect its children.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from .pool import drifted
@@ -110,3 +110,8 @@ class RecheckPace:
 
     def forget(self, key: str) -> None:
         self._last.pop(key, None)
+
+    def keep(self, keys: Collection[str]) -> None:
+        """Forget every pool but `keys` (those that left: deleted, refused)."""
+        for key in self._last.keys() - set(keys):
+            del self._last[key]

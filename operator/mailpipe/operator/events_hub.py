@@ -59,6 +59,19 @@ TOPIC_RETRY_SECONDS = 1.0  # a topic not in metadata yet is looked for again at 
 # operator's CPU, measured with py-spy); now at most this share of the reader's time.
 TOPIC_LOOKUP_SHARE = 0.1
 TOPIC_MISSING_WARN_SECONDS = 60.0  # longer than any reconcile takes to create the topics
+# A pool not reconciled yet has its reconcile say when its events topic exists:
+# with 1,000 pools created together, hundreds of them wait for their first
+# reconcile at once, and looking their topics up meanwhile (every topic's
+# metadata, thousands) was what kept kafka-python's I/O loop blocked. Looked up
+# anyway after this long (another operator's reconcile made them, say).
+TOPIC_EXPECTED_SECONDS = TOPIC_MISSING_WARN_SECONDS
+# Each new assignment makes the consumer refresh the metadata of every assigned
+# topic: with 1,000 pools created together, re-assigning for each new events
+# topic decoded a 1,000-topic metadata answer a dozen times a second (the
+# reader's main cost, and kafka-python's "blocking the event loop"). Changes
+# are gathered and assigned together at most this often; a deleted pool's
+# topic is let go within it (`unsubscribe_all` waits for that).
+ASSIGN_PAUSE_SECONDS = 1.0
 CLIENT_RETRY_SECONDS = 5.0  # an unreachable cluster is tried again at this pace
 STOP_JOIN_SECONDS = 5.0  # one poll timeout plus closing the client
 
@@ -101,6 +114,15 @@ class _Topic:
     epoch: int = 0  # rewinds done; records carry the epoch they were read in
     since: float = field(default_factory=time.monotonic)
     warned: bool = False
+    # Its pool's reconcile will say when it exists (`created`, `exists`): not
+    # looked up meanwhile, for at most TOPIC_EXPECTED_SECONDS.
+    expected: bool = False
+
+    def looked_for(self, now: float) -> bool:
+        """Missing, and to be found by a lookup of every topic's metadata."""
+        if self.partitions is not None:
+            return False
+        return not self.expected or now - self.since >= TOPIC_EXPECTED_SECONDS
 
 
 # (topic, partition, offset, epoch, decoded value)
@@ -132,9 +154,12 @@ class ClusterReader:
         on_event: Observer,
         on_unpause: UnpauseObserver | None,
         on_site_action: SiteActionObserver | None = None,
+        expected: bool = False,
     ) -> None:
         with self._lock:
-            t = self._topics.setdefault(topic, _Topic())
+            t = self._topics.get(topic)
+            if t is None:
+                t = self._topics[topic] = _Topic(expected=expected)
             if any(s.on_event == on_event for s in t.subscribers):
                 return
             t.subscribers.append(
@@ -142,6 +167,24 @@ class ClusterReader:
             )
             t.rewind = True
         self._changed.set()
+
+    def created(self, topic: str, partitions: int) -> None:
+        """`topic` was just created with `partitions` partitions (by this operator's
+        pool reconcile): read it without asking the cluster for every topic's
+        metadata to find it. A topic not followed (yet) is looked for as before."""
+        with self._lock:
+            t = self._topics.get(topic)
+            if t is None or t.partitions is not None:
+                return
+            t.partitions = frozenset(range(partitions))
+        self._changed.set()
+
+    def exists(self, topic: str) -> None:
+        """`topic` exists, its partitions unknown here: looked up if still missing."""
+        with self._lock:
+            t = self._topics.get(topic)
+            if t is not None:
+                t.expected = False
 
     def unsubscribe_all(self, topic: str, timeout_s: float = STOP_JOIN_SECONDS) -> None:
         """Stop reading `topic`; returns once the consumer no longer has it
@@ -174,18 +217,23 @@ class ClusterReader:
                 except Exception as exc:
                     log.warning("cannot reach %s for events: %s", self.bootstrap, exc)
                     self._stop.wait(CLIENT_RETRY_SECONDS)
-            looked, pause = 0.0, TOPIC_RETRY_SECONDS
+            looked, pause, assigned = 0.0, TOPIC_RETRY_SECONDS, -ASSIGN_PAUSE_SECONDS
             while consumer is not None and not self._stop.is_set():
                 try:
-                    due = self._waiting() and time.monotonic() - looked >= pause
-                    if self._changed.is_set() or due:
-                        started = time.monotonic()
+                    now = time.monotonic()
+                    due = self._waiting() and now - looked >= pause
+                    turn = now - assigned >= ASSIGN_PAUSE_SECONDS
+                    if (self._changed.is_set() and turn) or due:
                         self._assign(consumer, look=due)
+                        assigned = time.monotonic()
                         if due:
-                            looked = time.monotonic()
-                            pause = lookup_pause(looked - started)
+                            looked = assigned
+                            pause = lookup_pause(looked - now)
                     if not consumer.assignment():
-                        self._changed.wait(POLL_TIMEOUT_MS / 1000)
+                        if self._changed.is_set():  # a change waiting for its turn
+                            self._stop.wait(ASSIGN_PAUSE_SECONDS - (time.monotonic() - assigned))
+                        else:
+                            self._changed.wait(POLL_TIMEOUT_MS / 1000)
                         continue
                     self._read(consumer)
                 except Exception:
@@ -197,15 +245,17 @@ class ClusterReader:
                     consumer.close()
 
     def _waiting(self) -> bool:
+        now = time.monotonic()
         with self._lock:
-            return any(t.partitions is None for t in self._topics.values())
+            return any(t.looked_for(now) for t in self._topics.values())
 
     def _assign(self, consumer: KafkaConsumer, look: bool) -> None:
         """Assign every followed topic known to exist; `look`: ask the cluster
         for the ones not seen yet (paced by the caller: `lookup_pause`)."""
         self._changed.clear()
         with self._lock:
-            missing = [name for name, t in self._topics.items() if t.partitions is None]
+            now = time.monotonic()
+            missing = [name for name, t in self._topics.items() if t.looked_for(now)]
         found: dict[str, frozenset[int]] = {}
         if missing and look:
             known = consumer.topics()  # one metadata request for every missing topic
@@ -320,10 +370,13 @@ class EventsHub:
         observer: Observer,
         on_unpause: UnpauseObserver | None = None,
         on_site_action: SiteActionObserver | None = None,
+        expected: bool = False,
     ) -> None:
         """Call `observer` with every event on `topic`, from its beginning,
         `on_unpause` with every un-pause record and `on_site_action` with every
-        site action (`contracts.site_actions`); idempotent per observer."""
+        site action (`contracts.site_actions`); idempotent per observer.
+        `expected`: the caller will say when the topic exists (`created`,
+        `exists`), so it is not looked up meanwhile (`TOPIC_EXPECTED_SECONDS`)."""
         with self._lock:
             reader = self._readers.get(bootstrap)
             if reader is None:
@@ -331,7 +384,25 @@ class EventsHub:
                     raise RuntimeError("EventsHub.follow before start")
                 reader = ClusterReader(bootstrap, self._loop, self._counted_factory)
                 self._readers[bootstrap] = reader
-        reader.subscribe(topic, observer, on_unpause, on_site_action)
+        reader.subscribe(topic, observer, on_unpause, on_site_action, expected)
+
+    def created(self, bootstrap: str, topic: str, partitions: int) -> None:
+        """`topic` was just created with `partitions` partitions: followed, it is
+        read at once. With 1,000 pools created together, finding each new events
+        topic by a lookup of every topic's metadata (thousands) was the reader's
+        main cost and what starved kafka-python's I/O loop ("blocking the event
+        loop"). Not blocking."""
+        with self._lock:
+            reader = self._readers.get(bootstrap)
+        if reader is not None:
+            reader.created(topic, partitions)
+
+    def exists(self, bootstrap: str, topic: str) -> None:
+        """`topic` exists (a reconcile found it made): looked up if still missing. Not blocking."""
+        with self._lock:
+            reader = self._readers.get(bootstrap)
+        if reader is not None:
+            reader.exists(topic)
 
     def unfollow(self, bootstrap: str, topic: str) -> None:
         """Stop reading `topic` (its pool is gone); its observers get nothing more.

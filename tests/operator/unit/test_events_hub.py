@@ -17,7 +17,7 @@ from kafka import TopicPartition
 
 from mailpipe.contracts.warmup import IPUnpaused, encode_unpaused
 from mailpipe.contracts.wire import Disposition, Event, encode
-from mailpipe.operator.events_hub import TOPIC_RETRY_SECONDS, EventsHub
+from mailpipe.operator.events_hub import ASSIGN_PAUSE_SECONDS, TOPIC_RETRY_SECONDS, EventsHub
 
 WAIT_SECONDS = 10.0
 BOOTSTRAP = "kafka:9092"
@@ -238,5 +238,119 @@ async def test_pools_followed_before_their_topics_exist_do_not_look_up_every_top
         assert consumer.lookups <= elapsed / TOPIC_RETRY_SECONDS + 2
         logs["p149.events"] = {0: [event(1)]}
         await until(lambda: seen == ["m1"])
+    finally:
+        hub.stop()
+
+
+class NoLookupConsumer(FakeConsumer):
+    """A cluster whose all-topics lookup does not show the new topics (yet)."""
+
+    def __init__(self, logs: dict[str, dict[int, list[bytes]]]) -> None:
+        super().__init__(logs)
+        self.lookups = 0
+
+    def topics(self) -> set[str]:
+        self.lookups += 1
+        return set()
+
+
+async def test_a_topic_the_operator_created_is_read_without_looking_it_up() -> None:
+    """With 1,000 pools created together, finding each new events topic in a lookup
+    of every topic's metadata was the reader's main cost (and what starved
+    kafka-python's I/O loop): the reconcile that created it says so instead."""
+    logs: dict[str, dict[int, list[bytes]]] = {}
+    made: list[NoLookupConsumer] = []
+
+    def factory(bootstrap: str) -> NoLookupConsumer:
+        made.append(NoLookupConsumer(logs))
+        return made[-1]
+
+    hub = EventsHub(factory)  # type: ignore[arg-type]
+    hub.start(asyncio.get_running_loop())
+    seen: list[str] = []
+    try:
+        hub.follow(BOOTSTRAP, "new.events", lambda e: seen.append(e.message_id))
+        await until(lambda: bool(made) and made[0].lookups > 0)
+        logs["new.events"] = {0: [event(1)], 1: [event(2)]}
+        hub.created(BOOTSTRAP, "new.events", 2)
+        await until(lambda: sorted(seen) == ["m1", "m2"])
+        hub.created(BOOTSTRAP, "unfollowed.events", 1)  # not followed: nothing to read
+    finally:
+        hub.stop()
+
+
+class CountingConsumer(FakeConsumer):
+    """Counts assignments: each makes kafka-python refresh every assigned topic's metadata."""
+
+    def __init__(self, logs: dict[str, dict[int, list[bytes]]]) -> None:
+        super().__init__(logs)
+        self.assigns = 0
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.assigns += 1
+        super().assign(tps)
+
+
+async def test_topics_created_one_after_another_are_assigned_together() -> None:
+    """Re-assigning for each new events topic refreshed the metadata of every assigned
+    topic each time: with 1,000 pools created together, a 1,000-topic answer decoded
+    a dozen times a second. Changes are assigned together, at most once a pace."""
+    logs: dict[str, dict[int, list[bytes]]] = {}
+    made: list[CountingConsumer] = []
+
+    def factory(bootstrap: str) -> CountingConsumer:
+        made.append(CountingConsumer(logs))
+        return made[-1]
+
+    hub = EventsHub(factory)  # type: ignore[arg-type]
+    hub.start(asyncio.get_running_loop())
+    seen: list[str] = []
+    try:
+        started = time.monotonic()
+        for i in range(100):
+            topic = f"p{i}.events"
+            hub.follow(BOOTSTRAP, topic, lambda e: seen.append(e.message_id))
+            logs[topic] = {0: [event(i)]}
+            hub.created(BOOTSTRAP, topic, 1)
+            await asyncio.sleep(0.01)
+        await until(lambda: len(seen) == 100)
+        elapsed = time.monotonic() - started
+        (consumer,) = made
+        assert consumer.assigns <= elapsed / ASSIGN_PAUSE_SECONDS + 2
+    finally:
+        hub.stop()
+
+
+class LookupCountingConsumer(FakeConsumer):
+    def __init__(self, logs: dict[str, dict[int, list[bytes]]]) -> None:
+        super().__init__(logs)
+        self.lookups = 0
+
+    def topics(self) -> set[str]:
+        self.lookups += 1
+        return super().topics()
+
+
+async def test_a_topic_its_reconcile_will_announce_is_not_looked_up_until_it_says_so() -> None:
+    """Hundreds of pools created together wait for their first reconcile at once;
+    looking up their events topics meanwhile (every topic's metadata) kept
+    kafka-python's I/O loop blocked. The reconcile says when the topic exists."""
+    logs: dict[str, dict[int, list[bytes]]] = {"old.events": {0: [event(1)]}}
+    made: list[LookupCountingConsumer] = []
+
+    def factory(bootstrap: str) -> LookupCountingConsumer:
+        made.append(LookupCountingConsumer(logs))
+        return made[-1]
+
+    hub = EventsHub(factory)  # type: ignore[arg-type]
+    hub.start(asyncio.get_running_loop())
+    seen: list[str] = []
+    try:
+        hub.follow(BOOTSTRAP, "old.events", lambda e: seen.append(e.message_id), expected=True)
+        await asyncio.sleep(3 * TOPIC_RETRY_SECONDS)
+        assert made[0].lookups == 0 and seen == []
+        hub.exists(BOOTSTRAP, "old.events")  # found made already: looked up now
+        await until(lambda: seen == ["m1"])
+        assert made[0].lookups == 1
     finally:
         hub.stop()

@@ -9,7 +9,7 @@ status (ARCHITECTURE.md, "Components"):
 - `fanout`: the per-Campaign daemon that produces the audience to Kafka;
 - `campaign`: Campaign status from events, suspend/resume, cancel on delete;
 - `children`: a pool's ConfigMap, Service and PDB put back when edited or
-  deleted (the Deployment is `relays`'s);
+  deleted (the Deployment is `relays`'s), by one task for every pool;
 - `relays`: the world a pool depends on (its relay Deployment watched, the
   Secrets it references re-read), so its status and relays follow it;
 - `scale`: the pool's status.replicas and status.selector (scale subresource)
@@ -31,7 +31,7 @@ from typing import Any
 
 import kopf
 
-from .. import tenancy
+from .. import kube_io, tenancy
 from ..cluster_policy import POLICY_MEMO_KEY
 from ..config_signing import SIGNER_MEMO_KEY
 from ..models import GROUP
@@ -50,7 +50,8 @@ WATCH_CONNECT_TIMEOUT_SECONDS = 30
 SYNC_HANDLER_THREADS = 8
 # Threads for the handlers' blocking calls (to_thread): API requests and topic
 # creation in flight at once. The API server and Kafka queue the rest.
-BLOCKING_CALL_THREADS = 32
+EXECUTOR_MEMO_KEY = "mailpipe_blocking_executor"  # the operator memo's, for the clean-up
+BLOCKING_CALL_THREADS = kube_io.API_CONNECTIONS  # each thread keeps its API connection
 
 
 @kopf.on.startup()
@@ -67,11 +68,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # so 200 pools created at once queued 1,000 API calls behind six threads.
     # The calls wait on the network, not the CPU: more threads overlap them.
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(
-            max_workers=BLOCKING_CALL_THREADS, thread_name_prefix="blocking"
-        )
+    blocking = concurrent.futures.ThreadPoolExecutor(
+        max_workers=BLOCKING_CALL_THREADS, thread_name_prefix="blocking"
     )
+    loop.set_default_executor(blocking)
+    memo[EXECUTOR_MEMO_KEY] = blocking  # the clean-up drops what still waits for a thread
     state = OperatorState(timers=memo.get(TIMERS_MEMO_KEY, OperatorTimers()))
     if POLICY_MEMO_KEY in memo:  # put there by `mailpipe operator` (main.run)
         state.policy = tenancy.policy_of(memo)
@@ -85,6 +86,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     state = operator_state(memo)
     await policy.stop(state)
+    await children.stop_guard(state)
+    await warmup.stop_status_loop(state)
+    blocking = memo.get(EXECUTOR_MEMO_KEY)
+    if isinstance(blocking, concurrent.futures.ThreadPoolExecutor):
+        # The blocking calls still queued are for handlers kopf has cancelled:
+        # dropped, not run. asyncio waits for the default executor's work
+        # before the process exits, and at SIGTERM with 1,000 pools that queue
+        # (API reads and writes nobody waits for any more) held the exit 10 s.
+        blocking.shutdown(wait=False, cancel_futures=True)
     # In threads of their own, all at once: stopping readers and closing clients
     # waits on sockets. Not the default executor: at shutdown its threads may all
     # be in API calls to a slow apiserver (1,000 pools: every one of 32), and the

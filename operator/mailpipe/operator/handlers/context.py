@@ -126,6 +126,8 @@ class OperatorState:
     child_pace: child_drift.RecheckPace = field(default_factory=child_drift.RecheckPace)
     """When each pool's children are read again (`handlers.children`): a fixed
     read budget, whatever the number of pools."""
+    child_guard: asyncio.Task[None] | None = None
+    """The one task that reads every pool's children in turn (`handlers.children`)."""
     process: fanout_lease.Holder = field(
         default_factory=lambda: fanout_lease.this_process(time.time())
     )
@@ -160,6 +162,17 @@ class OperatorState:
     not available at its last reconcile (None: they were, or were starting).
     `handlers.relays` re-reads the pods of a pool whose relays are missing and
     reconciles it when their trouble is no longer this one."""
+
+    warmup_views: dict[str, Any] = field(default_factory=dict)
+    """Per pool (`namespace/name`): the pool as its last event showed it, and when
+    the warm-up status loop last looked at it (`handlers.warmup.PoolView`)."""
+    warmup_task: asyncio.Task[None] | None = None
+    """The one task writing every pool's warm-up status (`handlers.warmup`)."""
+    relay_versions: dict[str, str] = field(default_factory=dict)
+    """Per pool (`namespace/name`): the resourceVersion of the relay Deployment its
+    last reconcile derived its status from (the one it wrote, for a new pool). An
+    event of that same version changes nothing: `handlers.relays` and
+    `handlers.scale` skip it rather than read the pool and its Deployment again."""
 
     def pool_lock(self, key: str) -> asyncio.Lock:
         return self.pool_locks.setdefault(key, asyncio.Lock())

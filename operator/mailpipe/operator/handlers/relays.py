@@ -65,21 +65,34 @@ _PODS_PENDING = frozenset({*relay_pods.PodReason, "RelaysUnavailable", "RollingO
 
 
 async def sync(
-    state: OperatorState, namespace: str, name: str, *, ensure_topics: bool = False
+    state: OperatorState,
+    namespace: str,
+    name: str,
+    *,
+    ensure_topics: bool = False,
+    deployment_version: str | None = None,
 ) -> None:
     """Reconcile the pool from the world; retry while its Kafka cannot be reached.
 
     `ensure_topics`: render and apply everything, as for a spec change (a
-    cluster policy change that allows a pool never rolled out: `handlers.policy`)."""
+    cluster policy change that allows a pool never rolled out: `handlers.policy`).
+    `deployment_version`: the relay Deployment's resourceVersion an event
+    brought (`pool.reconcile` skips one its last reconcile already saw)."""
+    version = deployment_version
     while True:
-        outcome = await pool.reconcile(state, namespace, name, ensure_topics=ensure_topics)
+        outcome = await pool.reconcile(
+            state, namespace, name, ensure_topics=ensure_topics, deployment_version=version
+        )
         if outcome.kafka is None:
             return
+        version = None  # a retry reads the world again, whatever version it saw
         await asyncio.sleep(state.timers.kafka_retry_seconds)
 
 
-async def _sync(memo: kopf.Memo, namespace: str, name: str) -> None:
-    await sync(operator_state(memo), namespace, name)
+async def _sync(
+    memo: kopf.Memo, namespace: str, name: str, deployment_version: str | None = None
+) -> None:
+    await sync(operator_state(memo), namespace, name, deployment_version=deployment_version)
 
 
 @kopf.on.event(
@@ -89,13 +102,17 @@ async def _sync(memo: kopf.Memo, namespace: str, name: str) -> None:
     labels={"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "relay"},
 )
 async def relay_deployment_changed(
-    namespace: str | None, labels: Any, memo: kopf.Memo, **_: Any
+    namespace: str | None, labels: Any, meta: Any, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A relay Deployment changed (status, scale, edit, deletion): the pool follows."""
+    """A relay Deployment changed (status, scale, edit, deletion): the pool follows.
+
+    Not for the version the pool's last reconcile derived its status from (its
+    own write of a new pool's Deployment): one reconcile fewer per pool created."""
     name = labels.get(POOL_LABEL)
     if namespace is None or not name:
         return
-    await _sync(memo, namespace, name)
+    version = None if type == "DELETED" else meta.get("resourceVersion")
+    await _sync(memo, namespace, name, version)
 
 
 def _endpoint(value: str | None, **_: Any) -> bool:

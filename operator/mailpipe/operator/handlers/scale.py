@@ -104,5 +104,9 @@ async def relay_deployment_scale(
     pool = owning_pool(meta)
     if namespace is None or pool is None or type == "DELETED":
         return
-    kube = operator_state(memo).kube
-    await asyncio.to_thread(_patch_pool, kube, namespace, pool, scale_status(body))
+    state = operator_state(memo)
+    key = f"{namespace}/{pool}"
+    async with state.pool_lock(key):  # after a reconcile that is writing this Deployment
+        if state.relay_versions.get(key) == meta.get("resourceVersion"):
+            return  # that reconcile wrote this version's scale status with its own
+    await asyncio.to_thread(_patch_pool, state.kube, namespace, pool, scale_status(body))
