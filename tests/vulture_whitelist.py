@@ -35,6 +35,8 @@ _.client_timeout
 _.connect_timeout
 _.level
 _.max_workers
+# kubernetes client settings, read by its urllib3 pool manager (operator/kube_io.py)
+_.connection_pool_maxsize
 # jinja2 sandbox policy, read by the sandbox (operator/campaign.py)
 intercepted_binops
 # PyYAML Dumper hook (operator/crdgen.py)
