@@ -41,7 +41,8 @@ with harness.stop_on_signal():
     kids = [harness.start(f"k{i}", sleep, out / f"k{i}.log") for i in range(3)]
     (out / "pids").write_text(" ".join(str(k.pid) for k in kids))
     try:
-        signal.pause()  # until the run is signalled: the point of the test
+        while True:  # until the run is signalled: the point of the test
+            time.sleep(0.1)  # not signal.pause(): it sleeps on if the signal lands just before it
     finally:
         (out / "cleaning").write_text("")
         time.sleep(2)  # a slow clean-up: the second signal arrives meanwhile
@@ -183,6 +184,7 @@ READY_FILE = "ready"
 # says so and waits to be interrupted.
 STACK_SESSION = """
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -202,13 +204,15 @@ def operator(devstack, cli_env):
 
 def test_waits_to_be_interrupted(operator, kafka_bootstrap):
     (OUT / "ready").write_text(str(operator.pid))
-    signal.pause()  # until the run is signalled: the point of the test
+    while True:  # until the run is signalled: the point of the test
+        time.sleep(0.1)  # not signal.pause(): it sleeps on if the signal lands just before it
 """
 
 # The same shape without the stack: two sleeping children of a session fixture.
 CHILDREN_SESSION = """
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -227,7 +231,8 @@ def sleepers():
 
 def test_waits_to_be_interrupted(sleepers):
     (OUT / "ready").write_text(" ".join(str(k.pid) for k in sleepers))
-    signal.pause()  # until the run is signalled: the point of the test
+    while True:  # until the run is signalled: the point of the test
+        time.sleep(0.1)  # not signal.pause(): it sleeps on if the signal lands just before it
 """
 
 
@@ -236,6 +241,7 @@ def test_waits_to_be_interrupted(sleepers):
 WORKER_SESSION = """
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -254,7 +260,8 @@ def sleepers():
 
 def test_waits_to_be_interrupted(sleepers):
     (OUT / "ready").write_text(" ".join(str(k.pid) for k in sleepers))
-    signal.pause()  # until the run is signalled: the point of the test
+    while True:  # until the run is signalled: the point of the test
+        time.sleep(0.1)  # not signal.pause(): it sleeps on if the signal lands just before it
 """
 
 
