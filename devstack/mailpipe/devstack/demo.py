@@ -144,6 +144,7 @@ DKIM_SECRET = "demo-dkim"
 FEEDBACK_SECRET = "demo-feedback-keys"  # examples/demo/pool.yaml names it twice
 FEEDBACK_KEY_ID = "ka"  # a key id is a-z and 2-7; the newest signs (rotation adds "kb")
 FEEDBACK_KEY_BYTES = 32  # the least spec.feedback.keySecretRef accepts
+
 # Finalizers: the operator pod deletes the relays and topics, tells the relays.
 CR_DELETE_TIMEOUT_SECONDS = 120
 UNINSTALL_TIMEOUT_SECONDS = 300  # the hook Job's pod starts on the node and deletes the CRs
@@ -160,6 +161,14 @@ POD_COLUMNS = (
     "NAMESPACE:.metadata.namespace,NAME:.metadata.name,STATUS:.status.phase,"
     "NODE:.spec.nodeName,IMAGE:.spec.containers[*].image"
 )
+
+
+def new_feedback_key() -> bytes:
+    """A token key as the README makes one (`openssl rand -hex 32`): hex text.
+    Every reader strips a key (a mounted file may end in a newline), so raw
+    random bytes that began or ended with a whitespace byte (one run in twenty)
+    lost it and the pool was refused (`FeedbackKeyInvalid`)."""
+    return secrets.token_hex(FEEDBACK_KEY_BYTES).encode()
 
 
 class Demo:
@@ -428,7 +437,7 @@ class Demo:
     def create_feedback_keys(self) -> None:
         """The key the relays sign each message's tokens with (Return-Path, trace
         header, unsubscribe URL) and the receiver and endpoint verify them with."""
-        self.feedback_key = secrets.token_bytes(FEEDBACK_KEY_BYTES)
+        self.feedback_key = new_feedback_key()
         secret = {
             "apiVersion": "v1",
             "kind": "Secret",
