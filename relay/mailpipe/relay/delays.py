@@ -205,13 +205,18 @@ class Waiting:
         return out
 
     def drop(self, partitions: Collection[TopicPartition]) -> int:
-        """Forget the records of revoked partitions (the new owner re-reads them)."""
+        """Forget the records of revoked partitions (the new owner re-reads them),
+        and resume the ones this paused: kafka-python keeps a partition's paused
+        flag across a rebalance that assigns it again (`assign_from_subscribed`),
+        so a delay partition revoked while paused and given back to this relay
+        was never fetched again (a single relay's records stalled for good)."""
         before = len(self._heap)
         self._heap = [h for h in self._heap if h[3].src.tp not in partitions]
         heapq.heapify(self._heap)
         self.held = sum(1 for h in self._heap if not h[2])
-        for tp in partitions:
-            self._per_tp.pop(tp, None)
+        paused = [tp for tp in partitions if self._per_tp.pop(tp, None)]
+        if paused:
+            self.source.resume(paused)
         return before - len(self._heap)
 
     def __len__(self) -> int:

@@ -12,10 +12,12 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from mailpipe.contracts.wire import decode_record
 from mailpipe.relay.clock import ManualClock
-from mailpipe.relay.delays import DUE_SLACK_SECONDS
+from mailpipe.relay.delays import DUE_SLACK_SECONDS, Waiting
 from mailpipe.relay.fakes import MemorySink, MemorySource
-from mailpipe.relay.ports import Envelope, TopicPartition, TransactionResult
+from mailpipe.relay.ports import Envelope, SourceRecord, TopicPartition, TransactionResult
+from mailpipe.relay.work import Work
 
 from .conftest import Harness, make_config, record_bytes
 
@@ -199,3 +201,20 @@ async def test_held_records_take_at_most_a_quarter_of_the_window_and_relief_retu
     assert h.engine.waiting.held == 0
     dues = {json.loads(v or b"")["not_before"] for _, v in h.sink.topics["p.delay.1s"]}
     assert dues == {now + 10}  # each keeps its own due time
+
+
+def test_a_delay_partition_revoked_while_paused_is_resumed_for_when_it_comes_back() -> None:
+    """kafka-python keeps a partition's paused flag when a rebalance assigns it
+    again; the records waiting on it are dropped for the new owner, so nothing
+    would resume it: a single relay's delay partition was never fetched again."""
+    source = MemorySource()
+    waiting = Waiting(source)
+    tp = TopicPartition("p.delay.30s", 0)
+    value = record_bytes("u@d.test")
+    waiting.add(
+        Work(SourceRecord(tp.topic, tp.partition, 0, b"d.test", value, 0), decode_record(value), 0),
+        1e9,
+    )
+    assert tp in source.paused
+    assert waiting.drop([tp]) == 1
+    assert tp not in source.paused

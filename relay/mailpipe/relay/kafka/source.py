@@ -422,7 +422,11 @@ class KafkaSource:
                     case Pause(partitions):
                         consumer.pause(*[KafkaTP(*tp) for tp in partitions])
                     case Resume(partitions):
-                        consumer.resume(*[KafkaTP(*tp) for tp in partitions])
+                        # only those still assigned: a revoked partition's resume
+                        # (`delays.Waiting.drop`) has nothing left to resume
+                        assigned = consumer.assignment()
+                        tps = [KafkaTP(*tp) for tp in partitions]
+                        consumer.resume(*[tp for tp in tps if tp in assigned])
             except Exception as exc:
                 if isinstance(command, Commit) and not command.done.done():
                     command.done.set_exception(exc)
