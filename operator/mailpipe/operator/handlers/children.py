@@ -42,7 +42,7 @@ from typing import Any, cast
 import kopf
 
 from .. import child_drift, kube_io
-from .context import OperatorState
+from .context import OperatorState, cancel_task
 
 log = logging.getLogger("mailpipe.operator")
 
@@ -137,6 +137,4 @@ def start_guard(state: OperatorState) -> None:
 
 async def stop_guard(state: OperatorState) -> None:
     task, state.child_guard = state.child_guard, None
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await cancel_task(task)

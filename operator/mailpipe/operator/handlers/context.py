@@ -273,3 +273,11 @@ def pool_readiness(pool: Pool | None) -> tuple[bool, str]:
         if c.get("type") == "Ready":
             return c.get("status") == "True", c.get("reason", "PoolNotReady")
     return False, "PoolNotReconciled"
+
+
+async def cancel_task(task: asyncio.Task[None] | None) -> None:
+    """Stop one of the operator-wide tasks (the child guard, the warm-up status
+    loop) at shutdown: cancel it and wait for it to end, whatever it raised."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -52,7 +52,7 @@ from ..kube_io import ApiException
 from ..models import GROUP, VERSION, SendingPoolSpec
 from ..pool import PoolRef, build_relay_config, topics
 from ..tls_status import TLSTally, status_update
-from .context import OperatorState, operator_state, parse_pool_spec
+from .context import OperatorState, cancel_task, operator_state, parse_pool_spec
 from .status import condition, merge_conditions
 
 log = logging.getLogger("mailpipe.operator.warmup")
@@ -405,9 +405,7 @@ def start_status_loop(state: OperatorState) -> None:
 
 async def stop_status_loop(state: OperatorState) -> None:
     task, state.warmup_task = state.warmup_task, None
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await cancel_task(task)
 
 
 def split_unpause(
