@@ -37,6 +37,19 @@ WARMUP_CAP = 12  # the group's day-1 cap on the warming IP: a share of it would 
 COLD, WARM = "127.0.0.2", "127.0.0.3"
 
 
+def _send(pool: Pool, placement: dict[str, int], per_domain: int, local: str) -> set[str]:
+    """`per_domain` recipients `<local><i>@<domain>` to each domain, on its partition
+    (as a producer keying by domain would); the recipients."""
+    expected = set()
+    for i in range(per_domain):
+        for domain, partition in placement.items():
+            rcpt = f"{local}{i}@{domain}"
+            pool.send(rcpt, id=rcpt, partition=partition)
+            expected.add(rcpt)
+    pool.flush()
+    return expected
+
+
 def _send_and_measure(
     pool: Pool,
     rx: SMTPReceiver,
@@ -47,13 +60,7 @@ def _send_and_measure(
 ) -> tuple[float, int, int]:
     """Send `per_domain` recipients to each domain on its partition, wait until all
     arrived; (messages per minute the receiver saw, its peak connections, messages)."""
-    expected = set()
-    for i in range(per_domain):
-        for domain, partition in placement.items():
-            rcpt = f"u{i}@{domain}"
-            pool.send(rcpt, id=rcpt, partition=partition)
-            expected.add(rcpt)
-    pool.flush()
+    expected = _send(pool, placement, per_domain, "u")
     wait_for(
         lambda: set(rx.recipients()) >= expected,
         len(expected) * 60 / RATE_PER_MINUTE * 2 + 60,
@@ -159,13 +166,7 @@ def _send_past_the_cap(
     """Three times WARMUP_CAP recipients over the domains of `placement`, each on
     its partition; once all arrived, the warming IP got the cap (within +5 %)
     and not a relay's share of it, and each recipient came once. The recipients."""
-    expected = set()
-    for i in range(3 * WARMUP_CAP // len(placement)):
-        for domain, partition in placement.items():
-            rcpt = f"w{i}@{domain}"
-            pool.send(rcpt, id=rcpt, partition=partition)
-            expected.add(rcpt)
-    pool.flush()
+    expected = _send(pool, placement, 3 * WARMUP_CAP // len(placement), "w")
     wait_for(lambda: set(rx.recipients()) >= expected, 90, "every recipient delivered", watch)
     peers = rx.peers()
     assert WARMUP_CAP <= peers[COLD] <= WARMUP_CAP * 1.05, peers
